@@ -1,0 +1,147 @@
+//! The x86_64 kernel binary, booted by QEMU's `-kernel` through the PVH entry.
+//!
+//! `pvh_start32` (32-bit protected mode, paging off, EBX = `hvm_start_info`)
+//! builds boot page tables — identity for the first 4 GiB, the direct map
+//! at `0xFFFF_8000_0000_0000` and the kernel at `0xFFFF_FFFF_8000_0000`, all
+//! with 1 GiB pages — enables long mode and NX, and calls [`x86_64_main`] on the
+//! boot stack. See QEMU.md §5.1 for the entry state.
+#![no_std]
+#![no_main]
+
+use platform_x86_64::{exit, pvh, PLATFORM};
+
+core::arch::global_asm!(
+    r#"
+.section .note.pvh, "a"
+.balign 4
+    .long 4                 /* name size: "Xen\0" */
+    .long 8                 /* descriptor size */
+    .long 18                /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .balign 4
+    .quad pvh_start32
+
+.section .boot.data, "aw"
+.balign 4096
+boot_pml4:      .fill 512, 8, 0
+boot_pdpt_low:  .fill 512, 8, 0
+boot_pdpt_dmap: .fill 512, 8, 0
+boot_pdpt_kern: .fill 512, 8, 0
+boot_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF    /* 0x08: 64-bit code */
+    .quad 0x00CF92000000FFFF    /* 0x10: data */
+boot_gdt_end:
+boot_gdt_ptr:
+    .word boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+
+.section .boot.text, "ax"
+.code32
+.global pvh_start32
+pvh_start32:
+    cli
+    mov esi, ebx                        /* keep hvm_start_info */
+
+    /* PML4[0] identity, PML4[256] direct map, PML4[511] kernel */
+    mov eax, offset boot_pdpt_low
+    or eax, 3
+    mov [boot_pml4], eax
+    mov eax, offset boot_pdpt_dmap
+    or eax, 3
+    mov [boot_pml4 + 256 * 8], eax
+    mov eax, offset boot_pdpt_kern
+    or eax, 3
+    mov [boot_pml4 + 511 * 8], eax
+
+    /* direct map: 512 x 1 GiB pages; identity reuses the first 4 */
+    xor ecx, ecx
+2:
+    mov eax, ecx
+    shl eax, 30
+    or eax, 0x83                        /* present, writable, 1 GiB */
+    mov edx, ecx
+    shr edx, 2                          /* bits 32.. of the address */
+    mov [boot_pdpt_dmap + ecx * 8], eax
+    mov [boot_pdpt_dmap + ecx * 8 + 4], edx
+    cmp ecx, 4
+    jae 3f
+    mov [boot_pdpt_low + ecx * 8], eax
+    mov [boot_pdpt_low + ecx * 8 + 4], edx
+3:
+    inc ecx
+    cmp ecx, 512
+    jne 2b
+    /* kernel: 0xFFFFFFFF80000000 -> physical 0 (PDPT index 510) */
+    mov dword ptr [boot_pdpt_kern + 510 * 8], 0x83
+
+    mov eax, cr4
+    or eax, 0x20                        /* PAE */
+    mov cr4, eax
+    mov eax, offset boot_pml4
+    mov cr3, eax
+    mov ecx, 0xC0000080                 /* EFER */
+    rdmsr
+    or eax, 0x900                       /* LME | NXE */
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80010001                  /* PG | WP | PE */
+    mov cr0, eax
+    lgdt [boot_gdt_ptr]
+    mov eax, offset long_mode
+    push 0x08
+    push eax
+    retf
+
+.code64
+long_mode:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    movabs rsp, offset boot_stack_top
+    xor ebp, ebp
+    mov edi, esi
+    movabs rax, offset x86_64_main
+    call rax
+4:
+    hlt
+    jmp 4b
+
+.section .bss.boot_stack, "aw", @nobits
+.balign 4096
+.global boot_stack_bottom
+.global boot_stack_top
+boot_stack_bottom:
+    .skip 65536
+boot_stack_top:
+"#
+);
+
+unsafe extern "C" {
+    static __kernel_phys_start: u8;
+    static __kernel_phys_end: u8;
+}
+
+/// The first Rust code: long mode, boot page tables, boot stack, interrupts off.
+#[unsafe(no_mangle)]
+extern "C" fn x86_64_main(start_info: u32) -> ! {
+    platform_x86_64::tsc::mark_start();
+    platform_x86_64::early_init();
+    let image = (
+        core::ptr::addr_of!(__kernel_phys_start) as u64,
+        core::ptr::addr_of!(__kernel_phys_end) as u64,
+    );
+    let boot = match pvh::boot_info(u64::from(start_info), image) {
+        Ok(b) => b,
+        Err(e) => {
+            kcore::console::print_unlocked(format_args!("boot: {e}\n"));
+            exit::exit(false)
+        }
+    };
+    exit::configure(&boot);
+    kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, platform_x86_64::ktests::SUITES])
+}

@@ -1,0 +1,151 @@
+//! Kernel tests of the portable core, run on every architecture.
+
+use crate::frames::FRAME_SIZE;
+use crate::{mm, platform, PageAttr};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use ktest::{check, check_eq, TestResult};
+
+/// Frames handed out are distinct, aligned, not in the kernel image, and writable.
+fn frames_no_double_handout() -> TestResult {
+    let (before, _) = mm::frame_counts();
+    let mut got = Vec::new();
+    for _ in 0..256 {
+        let pa = mm::alloc_frame();
+        check!(pa.is_some(), "allocation failed with {} frames free", mm::frame_counts().0);
+        got.push(pa.unwrap_or_default());
+    }
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    check_eq!(sorted.len(), got.len());
+    for &pa in &got {
+        check_eq!(pa % FRAME_SIZE, 0);
+        let va = mm::phys_to_virt(pa) as *mut u64;
+        // SAFETY: the frame was just allocated for this test and is in the direct map.
+        unsafe { va.write_volatile(pa) };
+    }
+    for &pa in &got {
+        // SAFETY: as above; the frame is still ours.
+        let v = unsafe { (mm::phys_to_virt(pa) as *const u64).read_volatile() };
+        check_eq!(v, pa);
+        check!(mm::free_frame(pa).is_ok());
+    }
+    check_eq!(mm::frame_counts().0, before);
+    Ok(())
+}
+
+/// Every freed frame comes back; double frees are refused; contiguous runs are aligned.
+fn frames_all_freed_come_back() -> TestResult {
+    let (before, _) = mm::frame_counts();
+    let run = mm::alloc_frames(16, 16);
+    check!(run.is_some());
+    let run = run.unwrap_or_default();
+    check_eq!(run % (16 * FRAME_SIZE), 0);
+    check_eq!(mm::frame_counts().0, before - 16);
+    for i in 0..16 {
+        check!(mm::free_frame(run + i * FRAME_SIZE).is_ok());
+    }
+    check!(mm::free_frame(run).is_err(), "double free accepted");
+    check_eq!(mm::frame_counts().0, before);
+    Ok(())
+}
+
+/// The heap grows, keeps contents and returns memory.
+fn heap_alloc_and_free() -> TestResult {
+    let (used_before, _) = crate::heap::usage();
+    {
+        let mut v: Vec<u32> = Vec::new();
+        for i in 0..100_000u32 {
+            v.push(i.wrapping_mul(2_654_435_761));
+        }
+        check!(v.iter().enumerate().all(|(i, &x)| x == (i as u32).wrapping_mul(2_654_435_761)));
+        let boxes: Vec<Box<[u8; 100]>> = (0..1000).map(|i| Box::new([i as u8; 100])).collect();
+        check!(boxes.iter().enumerate().all(|(i, b)| b.iter().all(|&x| x == i as u8)));
+    }
+    check_eq!(crate::heap::usage().0, used_before);
+    Ok(())
+}
+
+/// A kernel page mapped in the dynamic window reads the frame's contents; unmapping removes it.
+fn mm_map_unmap_kernel_page() -> TestResult {
+    let p = platform();
+    let pa = mm::alloc_frame();
+    check!(pa.is_some());
+    let pa = pa.unwrap_or_default();
+    // SAFETY: the frame is ours and in the direct map.
+    unsafe { (mm::phys_to_virt(pa) as *mut u64).write_volatile(0x5eed_f00d_cafe_0001) };
+    let va = mm::reserve_virtual(FRAME_SIZE);
+    check!(va.is_ok());
+    let va = va.unwrap_or_default();
+    check_eq!(p.translate(va), None);
+    check!(p.map_page(va, pa, PageAttr::Data).is_ok());
+    check_eq!(p.map_page(va, pa, PageAttr::Data), Err(crate::MapError::AlreadyMapped(va)));
+    check_eq!(p.translate(va + 8), Some(pa + 8));
+    // SAFETY: `va` maps the frame we own (checked through translate above).
+    let seen = unsafe { (va as *const u64).read_volatile() };
+    check_eq!(seen, 0x5eed_f00d_cafe_0001);
+    // SAFETY: as above; writing through the new mapping.
+    unsafe { (va as *mut u64).add(1).write_volatile(7) };
+    // SAFETY: the frame is ours; reading back through the direct map.
+    let back = unsafe { (mm::phys_to_virt(pa) as *const u64).add(1).read_volatile() };
+    check_eq!(back, 7);
+    check_eq!(p.unmap_page(va), Ok(pa));
+    check_eq!(p.translate(va), None);
+    check_eq!(p.unmap_page(va), Err(crate::MapError::NotMapped(va)));
+    check!(mm::free_frame(pa).is_ok());
+    Ok(())
+}
+
+/// A breakpoint exception is caught, reported and returned from.
+fn exceptions_breakpoint_returns() -> TestResult {
+    let p = platform();
+    let before = p.breakpoints_handled();
+    p.trigger_breakpoint();
+    check_eq!(p.breakpoints_handled(), before + 1);
+    p.trigger_breakpoint();
+    check_eq!(p.breakpoints_handled(), before + 2);
+    Ok(())
+}
+
+/// The periodic timer interrupt fires and the tick count advances.
+fn timer_ticks_advance() -> TestResult {
+    let p = platform();
+    let start = p.timer_ticks();
+    let t0 = p.uptime_ns();
+    // Bounded wait: at most 2 s of uptime for 3 ticks.
+    while p.timer_ticks() < start + 3 && p.uptime_ns() - t0 < 2_000_000_000 {
+        p.wait_for_interrupt();
+    }
+    let got = p.timer_ticks() - start;
+    check!(got >= 3, "only {got} ticks in 2 s at {} Hz", p.timer_hz());
+    let elapsed = p.uptime_ns() - t0;
+    check!(elapsed > 0, "uptime did not advance");
+    Ok(())
+}
+
+ktest::suite!(pub CORE = "core", [
+    frames_no_double_handout,
+    frames_all_freed_come_back,
+    heap_alloc_and_free,
+    mm_map_unmap_kernel_page,
+    exceptions_breakpoint_returns,
+    timer_ticks_advance,
+]);
+
+/// A test that must fail: proves that a failing kernel test fails the suite.
+#[cfg(feature = "ktest-selfcheck")]
+fn must_fail() -> TestResult {
+    check!(1 + 1 == 3, "selfcheck: this test fails on purpose");
+    Ok(())
+}
+
+#[cfg(feature = "ktest-selfcheck")]
+ktest::suite!(pub SELFCHECK = "selfcheck", [must_fail]);
+
+/// The suites of this crate for the boot binary.
+#[cfg(feature = "ktest-selfcheck")]
+pub static SUITES: &[&ktest::Suite] = &[&CORE, &SELFCHECK];
+/// The suites of this crate for the boot binary.
+#[cfg(not(feature = "ktest-selfcheck"))]
+pub static SUITES: &[&ktest::Suite] = &[&CORE];

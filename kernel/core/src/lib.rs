@@ -1,0 +1,133 @@
+//! The portable kernel core: frames, heap, kernel mappings, logging, the boot
+//! flow and the core kernel tests. Architecture specifics arrive through the
+//! [`Platform`] trait, implemented in `platform/<arch>`.
+//!
+//! Boot flow ([`start`]): logger → memory map → frame allocator → heap →
+//! interrupts and timer → summary → kernel tests (when the command line asks
+//! for them with `ktest=all` or `ktest=<filter>`) → exit.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod backtrace;
+pub mod console;
+pub mod frames;
+pub mod heap;
+pub mod ktests;
+pub mod mm;
+pub mod platform;
+
+pub use platform::{MapError, PageAttr, Platform};
+
+use bootinfo::{BootInfo, FirmwareTables, MemoryKind};
+
+static PLATFORM: spin::Once<&'static dyn Platform> = spin::Once::new();
+
+/// The running platform. Panics only if called before [`start`], which is a kernel bug.
+pub fn platform() -> &'static dyn Platform {
+    *PLATFORM.get().expect("kcore::platform() used before kcore::start()")
+}
+
+/// The running platform, if [`start`] has registered it.
+pub fn try_platform() -> Option<&'static dyn Platform> {
+    PLATFORM.get().copied()
+}
+
+/// Registers the platform early (before [`start`]) so that exception handlers can log.
+pub fn register_platform(p: &'static dyn Platform) {
+    PLATFORM.call_once(|| p);
+}
+
+/// Prints a line on the console (not through `log`): KTAP and raw reports.
+#[macro_export]
+macro_rules! kprintln {
+    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+fn kind_name(kind: MemoryKind) -> &'static str {
+    match kind {
+        MemoryKind::Usable => "usable",
+        MemoryKind::Reserved => "reserved",
+        MemoryKind::AcpiReclaimable => "acpi-reclaimable",
+        MemoryKind::AcpiNvs => "acpi-nvs",
+        MemoryKind::Bad => "bad",
+    }
+}
+
+/// The kernel's main function, called by each boot path once the CPU runs in
+/// the kernel's address space with a stack, a console and exception vectors.
+///
+/// `suites` are the kernel test suites linked into this image, one slice per crate.
+pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktest::Suite]]) -> ! {
+    register_platform(platform);
+    console::init(boot.cmdline_value("log"));
+    log::info!("portcullis: kernel_main on {} (loader {})", platform.arch(), boot.loader);
+    log::info!("cmdline: \"{}\"", boot.cmdline());
+    for r in boot.regions() {
+        log::info!("memory: {:#018x}-{:#018x} {}", r.base, r.end().saturating_sub(1), kind_name(r.kind));
+    }
+    log::info!("kernel image: {:#x}-{:#x}", boot.kernel_image.0, boot.kernel_image.1);
+    let ok = match boot_core(boot, platform) {
+        Ok(()) => run_tests(boot, suites),
+        Err(e) => {
+            log::error!("boot failed: {e}");
+            false
+        }
+    };
+    log::info!("portcullis: exit {}", if ok { "success" } else { "failure" });
+    platform.exit(ok)
+}
+
+fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'static str> {
+    mm::init_frames(boot).map_err(|e| {
+        log::error!("frames: {e}");
+        "frame allocator"
+    })?;
+    let ram = boot.usable_bytes();
+    heap::init(heap::heap_size_for(ram))?;
+    platform.init_interrupts(boot)?;
+    platform.enable_interrupts();
+    let (free, total) = mm::frame_counts();
+    let (_, heap_free) = heap::usage();
+    let firmware = match boot.firmware {
+        FirmwareTables::Acpi { rsdp } => alloc::format!("acpi rsdp={rsdp:#x}"),
+        FirmwareTables::DeviceTree { dtb } => alloc::format!("devicetree dtb={dtb:#x}"),
+        FirmwareTables::None => alloc::string::String::from("none"),
+    };
+    log::info!(
+        "summary: arch={} ram={} MiB free_frames={free}/{total} heap={} KiB timer_hz={} firmware=\"{firmware}\"",
+        platform.arch(),
+        ram >> 20,
+        heap_free >> 10,
+        platform.timer_hz(),
+    );
+    Ok(())
+}
+
+fn run_tests(boot: &BootInfo, suites: &[&[&ktest::Suite]]) -> bool {
+    let suites: alloc::vec::Vec<&ktest::Suite> = suites.iter().flat_map(|s| s.iter().copied()).collect();
+    let Some(filter) = boot.cmdline_value("ktest") else {
+        log::info!("ktest: not requested (boot with ktest=all or ktest=<filter>)");
+        return true;
+    };
+    let mut out = console::Console;
+    let result = ktest::run(&suites, filter, &mut out, &mut |name| log::debug!("ktest: running {name}"));
+    match result {
+        Ok(summary) => summary.ok(),
+        Err(_) => false,
+    }
+}
+
+/// The kernel panic handler: location, message, backtrace, failure exit.
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::print_unlocked(format_args!("\nPANIC: {info}\n"));
+    backtrace::print_here();
+    match try_platform() {
+        Some(p) => p.exit(false),
+        None => loop {
+            core::hint::spin_loop();
+        },
+    }
+}

@@ -1,0 +1,83 @@
+//! What the portable core needs from an architecture.
+
+use core::fmt;
+
+/// Memory type and access rights of a kernel mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAttr {
+    /// Normal write-back memory, read/write, never executable.
+    Data,
+    /// Device memory (uncached, no speculation), read/write, never executable.
+    Mmio,
+}
+
+/// Why a kernel mapping could not be changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapError {
+    /// The virtual address is already mapped.
+    AlreadyMapped(u64),
+    /// The virtual address is not mapped.
+    NotMapped(u64),
+    /// A page-table frame could not be allocated.
+    OutOfFrames,
+    /// The address is not page aligned or outside the allowed window.
+    BadAddress(u64),
+    /// The address lies inside a larger (block/huge) mapping that cannot be split.
+    InsideHugePage(u64),
+    /// The kernel virtual window for this purpose is exhausted.
+    WindowFull,
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::AlreadyMapped(a) => write!(f, "{a:#x} is already mapped"),
+            MapError::NotMapped(a) => write!(f, "{a:#x} is not mapped"),
+            MapError::OutOfFrames => f.write_str("out of page-table frames"),
+            MapError::BadAddress(a) => write!(f, "bad address {a:#x}"),
+            MapError::InsideHugePage(a) => write!(f, "{a:#x} is inside a huge page"),
+            MapError::WindowFull => f.write_str("kernel virtual window exhausted"),
+        }
+    }
+}
+
+/// The services one architecture provides to the portable kernel core.
+///
+/// Implemented once per architecture in `platform/<arch>`; the boot binary
+/// passes a `&'static` instance to [`crate::start`].
+pub trait Platform: Sync {
+    /// Architecture name for the log (`"x86_64"`, `"aarch64"`).
+    fn arch(&self) -> &'static str;
+    /// Writes text to the console without taking any lock that a panic could hold.
+    fn console_write(&self, text: &str);
+    /// Nanoseconds since an arbitrary point early in boot.
+    fn uptime_ns(&self) -> u64;
+    /// Brings up the interrupt controller(s) and the periodic timer.
+    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str>;
+    /// Periodic timer interrupts handled so far.
+    fn timer_ticks(&self) -> u64;
+    /// Configured timer frequency in Hz.
+    fn timer_hz(&self) -> u32;
+    /// Unmasks interrupts on this CPU.
+    fn enable_interrupts(&self);
+    /// Sleeps until the next interrupt (interrupts must be enabled).
+    fn wait_for_interrupt(&self);
+    /// Executes a breakpoint instruction that the exception handler catches and returns from.
+    fn trigger_breakpoint(&self);
+    /// Breakpoint exceptions handled so far.
+    fn breakpoints_handled(&self) -> u64;
+    /// Maps one 4 KiB kernel page; page-table frames come from [`crate::frames`].
+    fn map_page(&self, va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError>;
+    /// Unmaps one 4 KiB kernel page and returns the physical address it mapped.
+    fn unmap_page(&self, va: u64) -> Result<u64, MapError>;
+    /// Physical address behind a kernel virtual address, if mapped.
+    fn translate(&self, va: u64) -> Option<u64>;
+    /// Kernel virtual window `(start, size)` for dynamic mappings (MMIO, tests).
+    fn dynamic_window(&self) -> (u64, u64);
+    /// Frame pointer of the caller's frame (for backtraces).
+    fn frame_pointer(&self) -> usize;
+    /// Address ranges `(low, high)` that hold kernel stacks, for safe backtrace walks.
+    fn stack_ranges(&self) -> &[(usize, usize)];
+    /// Ends the machine run with a status (QEMU exit device where present, else halt).
+    fn exit(&self, success: bool) -> !;
+}

@@ -1,0 +1,2 @@
+//! aarch64 platform.
+#![no_std]

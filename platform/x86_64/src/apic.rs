@@ -1,0 +1,119 @@
+//! The local APIC (xAPIC MMIO mode): enable, periodic timer, end of interrupt.
+//!
+//! Register layout: Intel SDM Vol. 3A §11.4.1 (Table 11-1, "Local APIC Register
+//! Address Map"); timer: §11.5.4. The base comes from the IA32_APIC_BASE MSR.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
+use tock_registers::{register_bitfields, register_structs};
+use x86_64::registers::model_specific::Msr;
+
+register_bitfields! [u32,
+    /// Spurious-interrupt vector register (SDM §11.9).
+    SVR [
+        VECTOR OFFSET(0) NUMBITS(8) [],
+        APIC_ENABLE OFFSET(8) NUMBITS(1) []
+    ],
+    /// LVT timer entry (SDM §11.5.1, Figure 11-8).
+    LVT_TIMER [
+        VECTOR OFFSET(0) NUMBITS(8) [],
+        MASKED OFFSET(16) NUMBITS(1) [],
+        MODE OFFSET(17) NUMBITS(2) [OneShot = 0, Periodic = 1]
+    ]
+];
+
+register_structs! {
+    /// Local APIC registers, each 32 bits on a 16-byte stride.
+    LapicRegisters {
+        (0x000 => _reserved0),
+        (0x020 => id: ReadOnly<u32>),
+        (0x024 => _reserved1),
+        (0x030 => version: ReadOnly<u32>),
+        (0x034 => _reserved2),
+        (0x080 => tpr: ReadWrite<u32>),
+        (0x084 => _reserved3),
+        (0x0B0 => eoi: WriteOnly<u32>),
+        (0x0B4 => _reserved4),
+        (0x0F0 => svr: ReadWrite<u32, SVR::Register>),
+        (0x0F4 => _reserved5),
+        (0x320 => lvt_timer: ReadWrite<u32, LVT_TIMER::Register>),
+        (0x324 => _reserved6),
+        (0x380 => timer_initial: ReadWrite<u32>),
+        (0x384 => _reserved7),
+        (0x390 => timer_current: ReadOnly<u32>),
+        (0x394 => _reserved8),
+        (0x3E0 => timer_divide: ReadWrite<u32>),
+        (0x3E4 => _reserved9),
+        (0x400 => @END),
+    }
+}
+
+const IA32_APIC_BASE: u32 = 0x1B;
+/// Divide configuration value for "divide by 16" (SDM Figure 11-10).
+const DIVIDE_BY_16: u32 = 0b0011;
+
+/// Kernel virtual address of the mapped registers (0 = not mapped yet).
+static LAPIC_VA: AtomicU64 = AtomicU64::new(0);
+
+fn regs() -> Option<&'static LapicRegisters> {
+    let va = LAPIC_VA.load(Ordering::Acquire);
+    if va == 0 {
+        return None;
+    }
+    // SAFETY: `va` maps the 4 KiB local APIC register page with device attributes
+    // for the life of the kernel (set once in `map_and_enable`).
+    Some(unsafe { &*(va as *const LapicRegisters) })
+}
+
+/// Maps the local APIC, enables it with spurious vector 0xFF and accepts all priorities.
+pub fn map_and_enable() -> Result<(), &'static str> {
+    // SAFETY: reading IA32_APIC_BASE has no side effects on any x86_64 CPU with an APIC.
+    let base = unsafe { Msr::new(IA32_APIC_BASE).read() } & 0x000F_FFFF_FFFF_F000;
+    let mmio = kcore::mm::map_mmio(base, 0x1000).map_err(|_| "cannot map the local APIC")?;
+    LAPIC_VA.store(mmio.va, Ordering::Release);
+    let r = regs().ok_or("local APIC not mapped")?;
+    r.tpr.set(0);
+    r.svr.write(SVR::VECTOR.val(u32::from(crate::interrupts::SPURIOUS_VECTOR)) + SVR::APIC_ENABLE::SET);
+    log::info!("lapic: base={base:#x} id={} version={:#x}", r.id.get() >> 24, r.version.get() & 0xFF);
+    Ok(())
+}
+
+/// Starts a masked one-shot count from the maximum, for calibration.
+pub fn start_calibration_count() {
+    if let Some(r) = regs() {
+        r.timer_divide.set(DIVIDE_BY_16);
+        r.lvt_timer.write(LVT_TIMER::MASKED::SET + LVT_TIMER::MODE::OneShot);
+        r.timer_initial.set(u32::MAX);
+    }
+}
+
+/// Stops the calibration count and returns how far it counted.
+pub fn stop_calibration_count() -> u32 {
+    match regs() {
+        Some(r) => {
+            let left = r.timer_current.get();
+            r.timer_initial.set(0);
+            u32::MAX - left
+        }
+        None => 0,
+    }
+}
+
+/// Starts the periodic timer at `hz` given the calibrated count per 10 ms.
+pub fn start_periodic(ticks_per_10ms: u32, hz: u32) -> Result<(), &'static str> {
+    let r = regs().ok_or("local APIC not mapped")?;
+    let initial = (u64::from(ticks_per_10ms) * 100 / u64::from(hz.max(1))).clamp(1, u64::from(u32::MAX)) as u32;
+    r.timer_divide.set(DIVIDE_BY_16);
+    r.lvt_timer.write(LVT_TIMER::VECTOR.val(u32::from(crate::interrupts::TIMER_VECTOR)) + LVT_TIMER::MODE::Periodic);
+    r.timer_initial.set(initial);
+    log::info!("lapic timer: {hz} Hz (initial count {initial}, divide 16)");
+    Ok(())
+}
+
+/// Signals end of interrupt.
+pub fn eoi() {
+    if let Some(r) = regs() {
+        r.eoi.set(0);
+    }
+}

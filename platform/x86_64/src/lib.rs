@@ -1,0 +1,126 @@
+//! x86_64 platform: the COM1 console, descriptor tables and exception entry,
+//! kernel page tables, the local APIC timer (calibrated against the PIT), the
+//! TSC clock and the QEMU exit device.
+//!
+//! Virtual memory layout (4-level paging, set up by `boot/x86_64`):
+//! - `0xFFFF_8000_0000_0000` + phys: direct map of the first 512 GiB (1 GiB pages),
+//! - `0xFFFF_C000_0000_0000`: dynamic window (MMIO, test pages; 4 KiB pages),
+//! - `0xFFFF_FFFF_8000_0000` + phys: the kernel image (code model "kernel").
+#![no_std]
+
+extern crate alloc;
+
+pub mod apic;
+pub mod exit;
+pub mod gdt;
+pub mod interrupts;
+pub mod ktests;
+pub mod paging;
+pub mod pit;
+pub mod pvh;
+pub mod serial;
+pub mod tsc;
+
+use core::sync::atomic::Ordering;
+use kcore::{MapError, PageAttr, Platform};
+
+/// Offset of the direct map of physical memory.
+pub const DIRECT_MAP: u64 = 0xFFFF_8000_0000_0000;
+/// Start and size of the dynamic kernel window.
+pub const DYNAMIC_WINDOW: (u64, u64) = (0xFFFF_C000_0000_0000, 1 << 39);
+
+/// The x86_64 implementation of [`kcore::Platform`].
+pub struct X86Platform;
+
+/// The one platform instance.
+pub static PLATFORM: X86Platform = X86Platform;
+
+/// First steps after the switch to long mode: console, GDT/TSS, IDT.
+pub fn early_init() {
+    serial::init();
+    gdt::init();
+    interrupts::init_idt();
+    kcore::mm::set_direct_map(DIRECT_MAP);
+    kcore::register_platform(&PLATFORM);
+}
+
+impl Platform for X86Platform {
+    fn arch(&self) -> &'static str {
+        "x86_64"
+    }
+
+    fn console_write(&self, text: &str) {
+        serial::write_str(text);
+    }
+
+    fn uptime_ns(&self) -> u64 {
+        tsc::uptime_ns()
+    }
+
+    fn init_interrupts(&self, _boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
+        pit::disable_legacy_pic();
+        apic::map_and_enable()?;
+        let calib = pit::calibrate().map_err(|e| {
+            log::error!("timer calibration: {e}");
+            "PIT calibration timed out"
+        })?;
+        tsc::set_frequency(calib.tsc_hz);
+        log::info!("tsc: {} MHz", calib.tsc_hz / 1_000_000);
+        apic::start_periodic(calib.lapic_ticks_per_10ms, interrupts::TIMER_HZ)
+    }
+
+    fn timer_ticks(&self) -> u64 {
+        interrupts::TICKS.load(Ordering::Relaxed)
+    }
+
+    fn timer_hz(&self) -> u32 {
+        interrupts::TIMER_HZ
+    }
+
+    fn enable_interrupts(&self) {
+        x86_64::instructions::interrupts::enable();
+    }
+
+    fn wait_for_interrupt(&self) {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+
+    fn trigger_breakpoint(&self) {
+        x86_64::instructions::interrupts::int3();
+    }
+
+    fn breakpoints_handled(&self) -> u64 {
+        interrupts::BREAKPOINTS.load(Ordering::Relaxed)
+    }
+
+    fn map_page(&self, va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
+        paging::map_page(va, pa, attr)
+    }
+
+    fn unmap_page(&self, va: u64) -> Result<u64, MapError> {
+        paging::unmap_page(va)
+    }
+
+    fn translate(&self, va: u64) -> Option<u64> {
+        paging::translate(va)
+    }
+
+    fn dynamic_window(&self) -> (u64, u64) {
+        DYNAMIC_WINDOW
+    }
+
+    fn frame_pointer(&self) -> usize {
+        let fp: usize;
+        // SAFETY: reads rbp only; no memory access, no flags changed.
+        unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+        fp
+    }
+
+    fn stack_ranges(&self) -> &[(usize, usize)] {
+        gdt::stack_ranges()
+    }
+
+    fn exit(&self, success: bool) -> ! {
+        exit::exit(success)
+    }
+}
