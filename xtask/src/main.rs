@@ -1,1 +1,100 @@
-fn main() {}
+//! `cargo xtask`: builds portcullis, boots it under QEMU, runs the test suite
+//! and the benchmarks, and installs what is missing.
+//!
+//! ```text
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
+//! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--filter PATTERN]
+//! cargo xtask bench [NAME]
+//! cargo xtask setup
+//! ```
+//! `PORTCULLIS_QEMU_EXTRA` (whitespace-split) is appended to every QEMU command line.
+//! `PORTCULLIS_KTEST_SELFCHECK=1` builds the kernel with a test that fails on purpose.
+
+mod bench;
+mod build;
+mod machine;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+use machine::{Arch, Iommu};
+use std::process::ExitCode;
+
+/// The portcullis build tool.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, boot, test and benchmark portcullis", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the kernel and boot it under QEMU, running the main demo.
+    Run {
+        /// Architecture to boot.
+        #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+        arch: Arch,
+        /// IOMMU to put in the machine (default: vtd on x86_64, smmuv3 on aarch64).
+        #[arg(long, value_enum)]
+        iommu: Option<Iommu>,
+        /// Build the kernel with optimisations.
+        #[arg(long)]
+        release: bool,
+        /// Start QEMU halted with a gdbstub on :1234 and print the gdb command.
+        #[arg(long)]
+        gdb: bool,
+        /// Log every IOMMU register write and command (kernel command line `trace=1`).
+        #[arg(long)]
+        trace: bool,
+        /// Extra QEMU arguments (after `--`).
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
+    /// Run the test suite: host tests and the QEMU matrix (both unless one is chosen).
+    Test {
+        /// Run only the host tests (`cargo test` on the host-buildable crates).
+        #[arg(long)]
+        host: bool,
+        /// Run only the QEMU tests.
+        #[arg(long)]
+        qemu: bool,
+        /// Restrict the QEMU matrix to one architecture.
+        #[arg(long, value_enum)]
+        arch: Option<Arch>,
+        /// Restrict the QEMU matrix to one IOMMU.
+        #[arg(long, value_enum)]
+        iommu: Option<Iommu>,
+        /// Run only kernel tests whose `suite.test` name contains PATTERN (comma-separated list).
+        #[arg(long, value_name = "PATTERN")]
+        filter: Option<String>,
+    },
+    /// Run benchmarks and print figures: `boot`, `pgtable` (all when NAME is omitted).
+    Bench {
+        /// Benchmark to run.
+        name: Option<String>,
+    },
+    /// Install what is missing: rustup targets and components, QEMU >= 10.
+    Setup,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Run { arch, iommu, release, gdb, trace, qemu_args } => {
+            setup::run().and_then(|()| test::run_demo(arch, iommu, release, gdb, trace, &qemu_args))
+        }
+        Command::Test { host, qemu, arch, iommu, filter } => {
+            setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref()))
+        }
+        Command::Bench { name } => setup::run().and_then(|()| bench::run(name.as_deref())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,2 +1,204 @@
+//! The aarch64 kernel binary, booted by QEMU's `-kernel` as an ELF.
+//!
+//! `_start` runs at its physical address with the MMU off (QEMU.md §5.2):
+//! at EL2 it configures EL2 (timer access, GICv3 system registers, no traps)
+//! and drops to EL1, keeping EL2 reachable through a minimal vector table; at
+//! EL1 it zeroes .bss, builds one level-0 and one level-1 table that map the
+//! first 512 GiB both at 0 (TTBR0, identity) and at the direct map (TTBR1),
+//! enables the MMU and caches, and jumps to the linked (high) address.
 #![no_std]
 #![no_main]
+
+use bootinfo::{BootInfo, FirmwareTables, MemoryKind, MemoryRegion};
+use platform_aarch64::{exit, PLATFORM};
+
+core::arch::global_asm!(
+    r#"
+.section .text.boot, "ax"
+.global _start
+_start:
+    mov x19, x0                     /* DTB pointer per the Linux protocol (QEMU passes 0) */
+    mrs x20, CurrentEL
+    lsr x20, x20, #2
+    cmp x20, #2
+    b.ne 1f
+
+    /* ---- EL2: prepare EL1 and drop ---- */
+    mov x0, #(1 << 31)              /* HCR_EL2.RW: EL1 is AArch64 */
+    msr hcr_el2, x0
+    mrs x0, cnthctl_el2
+    orr x0, x0, #3                  /* EL1PCTEN | EL1PCEN */
+    msr cnthctl_el2, x0
+    msr cntvoff_el2, xzr
+    mov x0, #0x33ff                 /* CPTR_EL2: no FP/SIMD traps */
+    msr cptr_el2, x0
+    mrs x0, id_aa64pfr0_el1
+    ubfx x0, x0, #24, #4            /* GIC system registers implemented? */
+    cbz x0, 2f
+    mov x0, #0xf                    /* ICC_SRE_EL2: SRE | DFB | DIB | Enable */
+    msr icc_sre_el2, x0
+    isb
+2:
+    msr vttbr_el2, xzr
+    adr x0, el2_vectors
+    msr vbar_el2, x0
+    mov x0, #0x0800
+    movk x0, #0x30d0, lsl #16       /* SCTLR_EL1 RES1 bits, MMU off */
+    msr sctlr_el1, x0
+    mov x0, #0x3c5                  /* SPSR: EL1h, DAIF masked */
+    msr spsr_el2, x0
+    adr x0, 1f
+    msr elr_el2, x0
+    eret
+
+1:  /* ---- EL1, MMU off ---- */
+    mov x0, #(3 << 20)              /* CPACR_EL1.FPEN */
+    msr cpacr_el1, x0
+    isb
+
+    /* zero .bss (physical addresses: PC-relative) */
+    adrp x0, __bss_start
+    add x0, x0, :lo12:__bss_start
+    adrp x1, __bss_end
+    add x1, x1, :lo12:__bss_end
+3:  cmp x0, x1
+    b.hs 4f
+    str xzr, [x0], #8
+    b 3b
+4:
+    /* L0[0] -> L1; L1[i] = 1 GiB block at i GiB. Device for GiB 0 and >= 256. */
+    adrp x0, boot_l0
+    adrp x1, boot_l1
+    orr x2, x1, #3
+    str x2, [x0]
+    mov x3, #0                      /* i */
+5:  lsl x4, x3, #30
+    cmp x3, #0
+    b.eq 6f
+    cmp x3, #256
+    b.hs 6f
+    mov x5, #0x705                  /* normal: AF | SH inner | AttrIndx 1 | block */
+    orr x4, x4, x5
+    mov x5, #(1 << 54)              /* UXN: never executable at EL0 */
+    b 7f
+6:  mov x5, #0x401                  /* device: AF | AttrIndx 0 | block */
+    orr x4, x4, x5
+    mov x5, #(3 << 53)              /* PXN | UXN: never executable */
+7:  orr x4, x4, x5
+    str x4, [x1, x3, lsl #3]
+    add x3, x3, #1
+    cmp x3, #512
+    b.ne 5b
+
+    ldr x0, =0xff00                 /* MAIR: attr0 Device-nGnRnE, attr1 Normal WB */
+    msr mair_el1, x0
+    mrs x1, id_aa64mmfr0_el1
+    and x1, x1, #0xf                /* PARange */
+    cmp x1, #5
+    mov x2, #5
+    csel x1, x1, x2, ls             /* IPS = min(PARange, 48 bits) */
+    ldr x0, =0xB5103510             /* T0SZ=T1SZ=16, WBWA inner/outer, inner shareable, TG0=4K, TG1=4K */
+    orr x0, x0, x1, lsl #32
+    msr tcr_el1, x0
+    adrp x0, boot_l0
+    msr ttbr0_el1, x0
+    msr ttbr1_el1, x0
+    isb
+    tlbi vmalle1
+    dsb nsh
+    isb
+    mrs x0, sctlr_el1
+    mov x1, #0x1005                 /* M | C | I */
+    orr x0, x0, x1
+    msr sctlr_el1, x0
+    isb
+
+    ldr x0, =boot_stack_top
+    mov sp, x0
+    mov x29, #0
+    mov x30, #0
+    mov x0, x19
+    mov x1, x20
+    ldr x2, =aarch64_main
+    br x2
+
+/* EL2 vectors: anything taken to EL2 returns at once (a later hypervisor replaces them). */
+.balign 2048
+el2_vectors:
+.rept 16
+.balign 0x80
+    eret
+.endr
+
+.section .bss.boot, "aw", @nobits
+.balign 4096
+boot_l0: .skip 4096
+boot_l1: .skip 4096
+.global boot_stack_bottom
+.global boot_stack_top
+boot_stack_bottom:
+    .skip 65536
+boot_stack_top:
+"#
+);
+
+unsafe extern "C" {
+    static __kernel_start: u8;
+    static __kernel_end: u8;
+}
+
+/// Where QEMU places the DTB for an ELF kernel that passes none: the start of
+/// RAM, which is the 1 GiB-aligned base below the kernel (QEMU.md §5.2, G10).
+fn find_dtb(x0: u64, kernel_phys: u64) -> Option<u64> {
+    let candidates = [x0, kernel_phys & !0x3FFF_FFFF];
+    candidates.into_iter().filter(|&pa| pa != 0).find(|&pa| {
+        let va = kcore::mm::phys_to_virt(pa) as *const u32;
+        // SAFETY: the boot tables map the first 512 GiB; the candidate is RAM or the
+        // pointer the loader passed, and the read is 4 bytes, aligned.
+        u32::from_be(unsafe { va.read_volatile() }) == 0xD00D_FEED
+    })
+}
+
+fn build_boot_info(x0: u64, entry_el: u64) -> Result<BootInfo, &'static str> {
+    let start = core::ptr::addr_of!(__kernel_start) as u64 - platform_aarch64::DIRECT_MAP;
+    let end = core::ptr::addr_of!(__kernel_end) as u64 - platform_aarch64::DIRECT_MAP;
+    let mut boot = BootInfo::new(if entry_el == 2 { "arm64-elf, entered at EL2" } else { "arm64-elf, entered at EL1" });
+    boot.kernel_image = (start, end);
+    let dtb_pa = find_dtb(x0, start).ok_or("no device tree (x0 = 0 and none at the start of RAM)")?;
+    boot.firmware = FirmwareTables::DeviceTree { dtb: dtb_pa };
+    let dt = platform_aarch64::dtb_at(dtb_pa).ok_or("device tree header invalid")?;
+    if let Some(uart) = dt.console() {
+        // No frame allocator yet, so no dynamic mapping: the boot tables map the
+        // first GiB (QEMU virt's device area) as device memory in the direct map.
+        platform_aarch64::pl011::init(kcore::mm::phys_to_virt(uart.base));
+    }
+    for m in dt.memory() {
+        boot.push_region(MemoryRegion { base: m.base, size: m.size, kind: MemoryKind::Usable })
+            .map_err(|_| "too many memory regions")?;
+    }
+    for r in dt.reserved() {
+        let _ = boot.push_region(MemoryRegion { base: r.base, size: r.size, kind: MemoryKind::Reserved });
+    }
+    let dtb_size = platform_aarch64::dtb_size(dtb_pa).ok_or("device tree header invalid")?;
+    boot.push_region(MemoryRegion { base: dtb_pa, size: dtb_size as u64, kind: MemoryKind::Reserved })
+        .map_err(|_| "too many memory regions")?;
+    if let Some(args) = dt.bootargs() {
+        boot.set_cmdline(args);
+    }
+    Ok(boot)
+}
+
+/// The first Rust code: EL1, MMU on, boot stack, interrupts masked.
+#[unsafe(no_mangle)]
+extern "C" fn aarch64_main(x0: u64, entry_el: u64) -> ! {
+    platform_aarch64::early_init();
+    let boot = match build_boot_info(x0, entry_el) {
+        Ok(b) => b,
+        Err(e) => {
+            kcore::console::print_unlocked(format_args!("boot: {e}\n"));
+            exit::exit(false)
+        }
+    };
+    exit::configure(&boot);
+    kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, platform_aarch64::ktests::SUITES])
+}

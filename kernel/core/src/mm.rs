@@ -103,9 +103,14 @@ pub fn alloc_frame() -> Option<u64> {
     alloc_frames(1, 1)
 }
 
+/// Allocates `count` contiguous frames aligned to `align_frames` frames, not zeroed.
+pub fn alloc_frames_uninit(count: usize, align_frames: usize) -> Option<u64> {
+    FRAMES.lock().as_mut()?.alloc_contiguous(count, align_frames)
+}
+
 /// Allocates `count` zeroed contiguous frames aligned to `align_frames` frames.
 pub fn alloc_frames(count: usize, align_frames: usize) -> Option<u64> {
-    let pa = FRAMES.lock().as_mut()?.alloc_contiguous(count, align_frames)?;
+    let pa = alloc_frames_uninit(count, align_frames)?;
     let va = phys_to_virt(pa) as *mut u8;
     // SAFETY: the frames were just handed out to us, so nothing else uses them, and
     // the direct map covers all RAM.

@@ -1,2 +1,149 @@
-//! aarch64 platform.
+//! aarch64 platform: PL011 console, exception vectors, kernel page tables
+//! (TTBR1), GICv3, the generic timer, and the exit paths (semihosting, PSCI).
+//!
+//! Virtual memory layout (4 KiB granule, 48-bit VAs, set up by `boot/aarch64`):
+//! - `0xFFFF_0000_0000_0000` + phys: direct map of the first 512 GiB (1 GiB blocks),
+//!   which also holds the kernel image (linked at direct-map + load address),
+//! - `0xFFFF_8000_0000_0000`: dynamic window (MMIO, test pages; 4 KiB pages).
+//!
+//! MAIR_EL1 (set at boot): index 0 = Device-nGnRnE, index 1 = Normal write-back.
 #![no_std]
+
+extern crate alloc;
+
+pub mod exceptions;
+pub mod exit;
+pub mod gic;
+pub mod ktests;
+pub mod paging;
+pub mod pl011;
+pub mod timer;
+
+use core::sync::atomic::Ordering;
+use kcore::{MapError, PageAttr, Platform};
+
+/// Offset of the direct map of physical memory.
+pub const DIRECT_MAP: u64 = 0xFFFF_0000_0000_0000;
+/// Start and size of the dynamic kernel window.
+pub const DYNAMIC_WINDOW: (u64, u64) = (0xFFFF_8000_0000_0000, 1 << 39);
+
+/// The aarch64 implementation of [`kcore::Platform`].
+pub struct ArmPlatform;
+
+/// The one platform instance.
+pub static PLATFORM: ArmPlatform = ArmPlatform;
+
+/// First steps at EL1 with the MMU on: exception vectors, direct map, clock.
+pub fn early_init() {
+    exceptions::install_vectors();
+    kcore::mm::set_direct_map(DIRECT_MAP);
+    timer::mark_start();
+    kcore::register_platform(&PLATFORM);
+}
+
+impl Platform for ArmPlatform {
+    fn arch(&self) -> &'static str {
+        "aarch64"
+    }
+
+    fn console_write(&self, text: &str) {
+        pl011::write_str(text);
+    }
+
+    fn uptime_ns(&self) -> u64 {
+        timer::uptime_ns()
+    }
+
+    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
+        let dtb = crate::dtb(boot).ok_or("no device tree: cannot find the GIC and timer")?;
+        let gic = dtb.gic().ok_or("device tree has no interrupt controller")?;
+        let timer = dtb.timer().ok_or("device tree has no arm,armv8-timer node")?;
+        gic::init(&gic)?;
+        timer::start(timer.virt, timer::TIMER_HZ)
+    }
+
+    fn timer_ticks(&self) -> u64 {
+        timer::TICKS.load(Ordering::Relaxed)
+    }
+
+    fn timer_hz(&self) -> u32 {
+        timer::TIMER_HZ
+    }
+
+    fn enable_interrupts(&self) {
+        // SAFETY: unmasking IRQs at EL1; the vector table is installed.
+        unsafe { core::arch::asm!("msr daifclr, #2", options(nomem, nostack)) };
+    }
+
+    fn wait_for_interrupt(&self) {
+        self.enable_interrupts();
+        aarch64_cpu::asm::wfi();
+    }
+
+    fn trigger_breakpoint(&self) {
+        // SAFETY: `brk` raises a synchronous exception that the vector handler
+        // counts and returns from, past the instruction.
+        unsafe { core::arch::asm!("brk #0x1") };
+    }
+
+    fn breakpoints_handled(&self) -> u64 {
+        exceptions::BREAKPOINTS.load(Ordering::Relaxed)
+    }
+
+    fn map_page(&self, va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
+        paging::map_page(va, pa, attr)
+    }
+
+    fn unmap_page(&self, va: u64) -> Result<u64, MapError> {
+        paging::unmap_page(va)
+    }
+
+    fn translate(&self, va: u64) -> Option<u64> {
+        paging::translate(va)
+    }
+
+    fn dynamic_window(&self) -> (u64, u64) {
+        DYNAMIC_WINDOW
+    }
+
+    fn frame_pointer(&self) -> usize {
+        let fp: usize;
+        // SAFETY: reads x29 only.
+        unsafe { core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+        fp
+    }
+
+    fn stack_ranges(&self) -> &[(usize, usize)] {
+        exceptions::stack_ranges()
+    }
+
+    fn exit(&self, success: bool) -> ! {
+        exit::exit(success)
+    }
+}
+
+/// The device tree the boot path handed over, parsed through the direct map.
+pub fn dtb(boot: &bootinfo::BootInfo) -> Option<devicetree::DeviceTree<'static>> {
+    let bootinfo::FirmwareTables::DeviceTree { dtb } = boot.firmware else {
+        return None;
+    };
+    dtb_at(dtb)
+}
+
+/// Size in bytes of the device tree at physical address `pa`, from its header.
+pub fn dtb_size(pa: u64) -> Option<usize> {
+    let va = kcore::mm::phys_to_virt(pa) as *const u8;
+    // SAFETY: `pa` is RAM holding the DTB (the boot path checked the magic); the
+    // direct map covers it and the range stays reserved for the kernel's lifetime.
+    let header = unsafe { core::slice::from_raw_parts(va, 40) };
+    devicetree::DeviceTree::total_size(header).ok()
+}
+
+/// Parses the device tree at physical address `pa`.
+pub fn dtb_at(pa: u64) -> Option<devicetree::DeviceTree<'static>> {
+    let va = kcore::mm::phys_to_virt(pa) as *const u8;
+    let size = dtb_size(pa)?;
+    // SAFETY: as in `dtb_size`, for the full size the header declares.
+    let blob = unsafe { core::slice::from_raw_parts(va, size) };
+    devicetree::DeviceTree::from_bytes(blob).ok()
+}

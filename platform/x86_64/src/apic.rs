@@ -79,25 +79,22 @@ pub fn map_and_enable() -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Starts a masked one-shot count from the maximum, for calibration.
-pub fn start_calibration_count() {
-    if let Some(r) = regs() {
-        r.timer_divide.set(DIVIDE_BY_16);
-        r.lvt_timer.write(LVT_TIMER::MASKED::SET + LVT_TIMER::MODE::OneShot);
-        r.timer_initial.set(u32::MAX);
+/// Counts (divide-by-16) of the timer during 10 ms of the calibrated TSC clock.
+pub fn calibrate_against_tsc() -> Result<u32, &'static str> {
+    let r = regs().ok_or("local APIC not mapped")?;
+    r.timer_divide.set(DIVIDE_BY_16);
+    r.lvt_timer.write(LVT_TIMER::MASKED::SET + LVT_TIMER::MODE::OneShot);
+    let t0 = crate::tsc::uptime_ns();
+    if t0 == 0 && crate::tsc::uptime_ns() == 0 {
+        return Err("TSC not calibrated");
     }
-}
-
-/// Stops the calibration count and returns how far it counted.
-pub fn stop_calibration_count() -> u32 {
-    match regs() {
-        Some(r) => {
-            let left = r.timer_current.get();
-            r.timer_initial.set(0);
-            u32::MAX - left
-        }
-        None => 0,
+    r.timer_initial.set(u32::MAX);
+    while crate::tsc::uptime_ns() - t0 < 10_000_000 {
+        core::hint::spin_loop();
     }
+    let counted = u32::MAX - r.timer_current.get();
+    r.timer_initial.set(0);
+    Ok(counted.max(1))
 }
 
 /// Starts the periodic timer at `hz` given the calibrated count per 10 ms.

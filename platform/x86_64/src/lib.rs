@@ -38,6 +38,10 @@ pub static PLATFORM: X86Platform = X86Platform;
 /// First steps after the switch to long mode: console, GDT/TSS, IDT.
 pub fn early_init() {
     serial::init();
+    match pit::calibrate_tsc() {
+        Ok(hz) => tsc::set_frequency(hz),
+        Err(pit::CalibrationTimeout) => serial::write_str("warning: PIT did not count; TSC clock unknown\n"),
+    }
     gdt::init();
     interrupts::init_idt();
     kcore::mm::set_direct_map(DIRECT_MAP);
@@ -60,13 +64,8 @@ impl Platform for X86Platform {
     fn init_interrupts(&self, _boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
         pit::disable_legacy_pic();
         apic::map_and_enable()?;
-        let calib = pit::calibrate().map_err(|e| {
-            log::error!("timer calibration: {e}");
-            "PIT calibration timed out"
-        })?;
-        tsc::set_frequency(calib.tsc_hz);
-        log::info!("tsc: {} MHz", calib.tsc_hz / 1_000_000);
-        apic::start_periodic(calib.lapic_ticks_per_10ms, interrupts::TIMER_HZ)
+        let per_10ms = apic::calibrate_against_tsc()?;
+        apic::start_periodic(per_10ms, interrupts::TIMER_HZ)
     }
 
     fn timer_ticks(&self) -> u64 {

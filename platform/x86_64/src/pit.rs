@@ -1,6 +1,6 @@
 //! The legacy 8254 PIT and 8259 PICs: the PICs are masked (the local APIC
 //! takes over), and PIT channel 2 provides a 10 ms reference interval to
-//! calibrate the TSC and the local APIC timer.
+//! calibrate the TSC (which then calibrates the local APIC timer).
 
 use x86_64::instructions::port::Port;
 
@@ -10,15 +10,6 @@ const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_TICKS: u16 = (PIT_HZ / 100) as u16;
 /// Upper bound on polls of the PIT output before giving up.
 const MAX_POLLS: u64 = 200_000_000;
-
-/// What one calibration measured.
-#[derive(Debug, Clone, Copy)]
-pub struct Calibration {
-    /// TSC frequency in Hz.
-    pub tsc_hz: u64,
-    /// Local APIC timer counts (divide-by-16) in 10 ms.
-    pub lapic_ticks_per_10ms: u32,
-}
 
 /// The PIT output never went high within the poll bound.
 #[derive(Debug, Clone, Copy)]
@@ -52,8 +43,8 @@ pub fn disable_legacy_pic() {
     }
 }
 
-/// Measures the TSC and local APIC timer against 10 ms of PIT channel 2.
-pub fn calibrate() -> Result<Calibration, CalibrationTimeout> {
+/// Measures the TSC frequency (Hz) against 10 ms of PIT channel 2.
+pub fn calibrate_tsc() -> Result<u64, CalibrationTimeout> {
     let mut gate: Port<u8> = Port::new(0x61);
     let mut mode: Port<u8> = Port::new(0x43);
     let mut ch2: Port<u8> = Port::new(0x42);
@@ -66,7 +57,6 @@ pub fn calibrate() -> Result<Calibration, CalibrationTimeout> {
         ch2.write((CALIBRATION_TICKS & 0xFF) as u8);
         ch2.write((CALIBRATION_TICKS >> 8) as u8);
     }
-    crate::apic::start_calibration_count();
     let t0 = crate::tsc::read();
     let mut polls = 0u64;
     // SAFETY: reading the gate/status port has no side effects.
@@ -78,6 +68,5 @@ pub fn calibrate() -> Result<Calibration, CalibrationTimeout> {
         core::hint::spin_loop();
     }
     let t1 = crate::tsc::read();
-    let lapic = crate::apic::stop_calibration_count();
-    Ok(Calibration { tsc_hz: (t1 - t0) * 100, lapic_ticks_per_10ms: lapic.max(1) })
+    Ok((t1 - t0) * 100)
 }

@@ -1,0 +1,196 @@
+//! GICv3 bring-up: distributor, this CPU's redistributor, the system-register
+//! CPU interface, and IRQ dispatch (Arm GICv3/v4 architecture spec, IHI 0069:
+//! §12.9 GICD_*, §12.11 GICR_*, §12.2 ICC_* registers).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::{register_bitfields, register_structs};
+
+register_bitfields! [u32,
+    /// GICD_CTLR with a single security state (DS=1) or as seen from Non-secure.
+    GICD_CTLR [
+        ENABLE_GRP0 OFFSET(0) NUMBITS(1) [],
+        ENABLE_GRP1 OFFSET(1) NUMBITS(1) [],
+        ARE OFFSET(4) NUMBITS(1) [],
+        RWP OFFSET(31) NUMBITS(1) []
+    ],
+    /// GICR_WAKER.
+    GICR_WAKER [
+        PROCESSOR_SLEEP OFFSET(1) NUMBITS(1) [],
+        CHILDREN_ASLEEP OFFSET(2) NUMBITS(1) []
+    ]
+];
+
+register_structs! {
+    /// Distributor registers used here.
+    GicdRegisters {
+        (0x0000 => ctlr: ReadWrite<u32, GICD_CTLR::Register>),
+        (0x0004 => typer: ReadOnly<u32>),
+        (0x0008 => iidr: ReadOnly<u32>),
+        (0x000C => @END),
+    }
+}
+
+register_structs! {
+    /// Redistributor RD_base frame registers used here.
+    GicrRdRegisters {
+        (0x0000 => ctlr: ReadWrite<u32>),
+        (0x0004 => iidr: ReadOnly<u32>),
+        (0x0008 => typer_lo: ReadOnly<u32>),
+        (0x000C => typer_hi: ReadOnly<u32>),
+        (0x0010 => _reserved0),
+        (0x0014 => waker: ReadWrite<u32, GICR_WAKER::Register>),
+        (0x0018 => @END),
+    }
+}
+
+register_structs! {
+    /// Redistributor SGI_base frame registers used here (SGIs and PPIs).
+    GicrSgiRegisters {
+        (0x0000 => _reserved0),
+        (0x0080 => igroupr0: ReadWrite<u32>),
+        (0x0084 => _reserved1),
+        (0x0100 => isenabler0: ReadWrite<u32>),
+        (0x0104 => _reserved2),
+        (0x0180 => icenabler0: ReadWrite<u32>),
+        (0x0184 => _reserved3),
+        (0x0400 => ipriorityr: [ReadWrite<u32>; 8]),
+        (0x0420 => @END),
+    }
+}
+
+/// Size of one redistributor (RD_base + SGI_base frames).
+const GICR_STRIDE: u64 = 0x2_0000;
+/// Bound on polls of RWP / ChildrenAsleep.
+const MAX_POLLS: u32 = 1_000_000;
+
+static GICD_VA: AtomicU64 = AtomicU64::new(0);
+
+/// Mapped distributor base (0 before [`init`]).
+pub fn distributor_va() -> u64 {
+    GICD_VA.load(Ordering::Acquire)
+}
+
+fn wait(what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), &'static str> {
+    for _ in 0..MAX_POLLS {
+        if done() {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    log::error!("gic: timeout waiting for {what}");
+    Err("GIC did not respond in time")
+}
+
+fn read_mpidr_affinity() -> u32 {
+    let mpidr: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    // Aff3:Aff2:Aff1:Aff0 in GICR_TYPER[63:32] order.
+    (((mpidr >> 32) & 0xFF) << 24 | (mpidr & 0xFF_FFFF)) as u32
+}
+
+/// Brings up the distributor, this CPU's redistributor and CPU interface.
+pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
+    if gic.version != devicetree::GicVersion::V3 {
+        return Err("only GICv3 is supported (boot QEMU virt with gic-version=3)");
+    }
+    let redist = gic.redist.ok_or("GICv3 without a redistributor region")?;
+    let d = kcore::mm::map_mmio(gic.dist.base, gic.dist.size.max(0x1_0000)).map_err(|_| "cannot map GICD")?;
+    let r = kcore::mm::map_mmio(redist.base, redist.size).map_err(|_| "cannot map GICR")?;
+    GICD_VA.store(d.va, Ordering::Release);
+    // SAFETY: d.va maps the distributor registers (device memory) for the kernel's life.
+    let gicd = unsafe { &*(d.va as *const GicdRegisters) };
+    gicd.ctlr.write(GICD_CTLR::ARE::SET + GICD_CTLR::ENABLE_GRP0::SET + GICD_CTLR::ENABLE_GRP1::SET);
+    wait("GICD_CTLR.RWP", || !gicd.ctlr.is_set(GICD_CTLR::RWP))?;
+
+    // Find this CPU's redistributor by affinity (GICR_TYPER.Last ends the list).
+    let me = read_mpidr_affinity();
+    let mut frame = None;
+    let mut off = 0;
+    while off + GICR_STRIDE <= redist.size {
+        // SAFETY: off < mapped size; each frame starts with RD_base registers.
+        let rd = unsafe { &*((r.va + off) as *const GicrRdRegisters) };
+        if rd.typer_hi.get() == me {
+            frame = Some(r.va + off);
+            break;
+        }
+        if rd.typer_lo.get() & (1 << 4) != 0 {
+            break;
+        }
+        off += GICR_STRIDE;
+    }
+    let frame = frame.ok_or("no redistributor matches this CPU's affinity")?;
+    // SAFETY: `frame` is this CPU's RD_base; SGI_base follows 64 KiB later.
+    let (rd, sgi) = unsafe {
+        (&*(frame as *const GicrRdRegisters), &*((frame + 0x1_0000) as *const GicrSgiRegisters))
+    };
+    rd.waker.write(GICR_WAKER::PROCESSOR_SLEEP::CLEAR);
+    wait("GICR_WAKER.ChildrenAsleep", || !rd.waker.is_set(GICR_WAKER::CHILDREN_ASLEEP))?;
+    sgi.icenabler0.set(u32::MAX);
+    sgi.igroupr0.set(u32::MAX); // SGIs and PPIs are Group 1 (Non-secure)
+    for p in sgi.ipriorityr.iter() {
+        p.set(0xA0A0_A0A0);
+    }
+    // CPU interface: system registers on, all priorities, Group 1 enabled.
+    // SAFETY: EL2 set ICC_SRE_EL2.Enable at boot, so EL1 may use ICC_* registers.
+    unsafe {
+        core::arch::asm!(
+            "mrs {t}, icc_sre_el1",
+            "orr {t}, {t}, #1",
+            "msr icc_sre_el1, {t}",
+            "isb",
+            "msr icc_pmr_el1, {pmr}",
+            "msr icc_bpr1_el1, xzr",
+            "msr icc_igrpen1_el1, {one}",
+            "isb",
+            t = out(reg) _,
+            pmr = in(reg) 0xFFu64,
+            one = in(reg) 1u64,
+            options(nostack)
+        );
+    }
+    log::info!(
+        "gic: v3 dist={:#x} redist={:#x} (frame +{off:#x}) lines={} iidr={:#x}",
+        gic.dist.base,
+        redist.base,
+        32 * ((gicd.typer.get() & 0x1F) + 1),
+        gicd.iidr.get()
+    );
+    STATE.call_once(|| sgi as *const GicrSgiRegisters as u64);
+    Ok(())
+}
+
+/// SGI_base frame of this CPU's redistributor.
+static STATE: spin::Once<u64> = spin::Once::new();
+
+/// Enables a private peripheral interrupt (INTID 16..31) on this CPU.
+pub fn enable_ppi(intid: u32) -> Result<(), &'static str> {
+    if !(16..32).contains(&intid) {
+        return Err("not a PPI");
+    }
+    let va = *STATE.get().ok_or("GIC not initialised")?;
+    // SAFETY: `va` is this CPU's mapped SGI_base frame (set in `init`).
+    let sgi = unsafe { &*(va as *const GicrSgiRegisters) };
+    sgi.isenabler0.set(1 << intid);
+    Ok(())
+}
+
+/// Acknowledges and dispatches one pending interrupt.
+pub fn handle_irq() {
+    let intid: u64;
+    // SAFETY: reading IAR1 acknowledges the highest-priority Group 1 interrupt.
+    unsafe { core::arch::asm!("mrs {}, icc_iar1_el1", out(reg) intid, options(nostack)) };
+    let intid = intid & 0xFF_FFFF;
+    if (1020..1024).contains(&intid) {
+        return; // spurious
+    }
+    if intid as u32 == crate::timer::intid() {
+        crate::timer::on_tick();
+    } else {
+        log::warn!("gic: unexpected interrupt {intid}");
+    }
+    // SAFETY: ends the interrupt acknowledged above (EOImode 0: also deactivates).
+    unsafe { core::arch::asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid, options(nostack)) };
+}

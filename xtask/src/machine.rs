@@ -1,0 +1,196 @@
+//! The QEMU machines portcullis boots on, one command line per (arch, IOMMU).
+//! Facts from ../shared/QEMU.md §1.
+
+use crate::build::Kernel;
+use std::path::PathBuf;
+
+/// Target architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// x86_64 on QEMU q35.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// aarch64 on QEMU virt.
+    #[value(name = "aarch64")]
+    Aarch64,
+}
+
+impl Arch {
+    /// Name used in case names and paths.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Rust target triple of the kernel.
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-none",
+            Arch::Aarch64 => "aarch64-unknown-none-softfloat",
+        }
+    }
+
+    /// IOMMU used when none is named.
+    pub fn default_iommu(self) -> Iommu {
+        match self {
+            Arch::X86_64 => Iommu::Vtd,
+            Arch::Aarch64 => Iommu::Smmuv3,
+        }
+    }
+
+    /// QEMU exit statuses that mean "the kernel reported success".
+    pub fn success_codes(self) -> Vec<i32> {
+        match self {
+            // isa-debug-exit: (0x10 << 1) | 1
+            Arch::X86_64 => vec![33],
+            // semihosting SYS_EXIT with code 0
+            Arch::Aarch64 => vec![0],
+        }
+    }
+
+    /// All architectures.
+    pub fn all() -> [Arch; 2] {
+        [Arch::X86_64, Arch::Aarch64]
+    }
+}
+
+/// IOMMU in the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Iommu {
+    /// Intel VT-d (x86_64 only).
+    Vtd,
+    /// AMD-Vi (x86_64 only).
+    Amdvi,
+    /// Arm SMMUv3 (aarch64 only).
+    Smmuv3,
+    /// virtio-iommu (both).
+    Virtio,
+    /// No IOMMU.
+    None,
+}
+
+impl Iommu {
+    /// Name used in case names and on the kernel command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Iommu::Vtd => "vtd",
+            Iommu::Amdvi => "amdvi",
+            Iommu::Smmuv3 => "smmuv3",
+            Iommu::Virtio => "virtio",
+            Iommu::None => "none",
+        }
+    }
+
+    /// IOMMUs a machine of `arch` can have.
+    pub fn for_arch(arch: Arch) -> &'static [Iommu] {
+        match arch {
+            Arch::X86_64 => &[Iommu::Vtd, Iommu::Amdvi, Iommu::Virtio, Iommu::None],
+            Arch::Aarch64 => &[Iommu::Smmuv3, Iommu::Virtio, Iommu::None],
+        }
+    }
+
+    /// Checks that `arch` can have this IOMMU, with a clear reason if not.
+    pub fn check(self, arch: Arch) -> Result<(), String> {
+        if Iommu::for_arch(arch).contains(&self) {
+            return Ok(());
+        }
+        let valid: Vec<&str> = Iommu::for_arch(arch).iter().map(|i| i.name()).collect();
+        Err(format!(
+            "--iommu {} is not available on {}: QEMU's {} machine cannot have it (choose one of: {})",
+            self.name(),
+            arch.name(),
+            if arch == Arch::X86_64 { "q35" } else { "virt" },
+            valid.join(", ")
+        ))
+    }
+}
+
+/// Extra kernel command-line words from `PORTCULLIS_CMDLINE`.
+pub fn env_cmdline() -> Vec<String> {
+    std::env::var("PORTCULLIS_CMDLINE")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Everything needed to start one QEMU boot.
+pub struct Machine {
+    /// Architecture.
+    pub arch: Arch,
+    /// IOMMU.
+    pub iommu: Iommu,
+    /// Kernel command line (without the parts the xtask always adds).
+    pub cmdline: Vec<String>,
+    /// Extra QEMU arguments from the caller.
+    pub extra: Vec<String>,
+    /// Start halted with a gdbstub.
+    pub gdb: bool,
+}
+
+/// Extra QEMU arguments from `PORTCULLIS_QEMU_EXTRA`.
+pub fn env_extra() -> Vec<String> {
+    std::env::var("PORTCULLIS_QEMU_EXTRA")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+impl Machine {
+    /// The QEMU program and arguments for booting `kernel`.
+    pub fn command(&self, kernel: &Kernel) -> (String, Vec<String>) {
+        let mut a: Vec<String> = Vec::new();
+        let mut add = |s: &str| a.extend(s.split_whitespace().map(str::to_owned));
+        let mut cmdline = self.cmdline.clone();
+        let program = match self.arch {
+            Arch::X86_64 => {
+                add("-machine q35 -cpu max -m 512M -smp 1 -nographic -no-reboot -vga none -nic none");
+                add("-device isa-debug-exit,iobase=0xf4,iosize=0x04");
+                match self.iommu {
+                    Iommu::Vtd => add("-device intel-iommu"),
+                    // pt=off: with the default pt=on QEMU 10 never translates emulated devices (QEMU.md G1).
+                    Iommu::Amdvi => add("-device amd-iommu,pt=off"),
+                    Iommu::Virtio => add("-device virtio-iommu-pci"),
+                    Iommu::Smmuv3 | Iommu::None => {}
+                }
+                add("-device edu");
+                cmdline.insert(0, "qemu_exit=0xf4".into());
+                "qemu-system-x86_64"
+            }
+            Arch::Aarch64 => {
+                let smmu = if self.iommu == Iommu::Smmuv3 { ",iommu=smmuv3" } else { "" };
+                add(&format!("-machine virt,virtualization=on,gic-version=3{smmu}"));
+                add("-cpu max -m 1G -smp 1 -nographic -no-reboot -nic none -semihosting");
+                if self.iommu == Iommu::Virtio {
+                    add("-device virtio-iommu-pci");
+                }
+                add("-device edu");
+                cmdline.insert(0, "qemu_exit=semihosting".into());
+                "qemu-system-aarch64"
+            }
+        };
+        cmdline.push(format!("iommu={}", self.iommu.name()));
+        cmdline.extend(env_cmdline());
+        a.push("-kernel".into());
+        a.push(kernel.elf.display().to_string());
+        a.push("-append".into());
+        a.push(cmdline.join(" "));
+        if self.gdb {
+            a.push("-s".into());
+            a.push("-S".into());
+        }
+        a.extend(env_extra());
+        a.extend(self.extra.iter().cloned());
+        (program.to_owned(), a)
+    }
+
+    /// Short name of this configuration, e.g. `x86_64-vtd`.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.arch.name(), self.iommu.name())
+    }
+}
+
+/// Workspace root (the parent of the xtask crate).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
