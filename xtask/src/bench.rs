@@ -1,0 +1,61 @@
+//! `cargo xtask bench [NAME]`: benchmarks that print figures (never asserts on time).
+//!
+//! - `boot`: wall time from QEMU start to the kernel's first log line
+//!   (`portcullis: kernel_main`) and to its exit, per architecture, several runs.
+//! - `pgtable`: the I/O page-table engine benchmark (`cargo bench -p io-pgtable`).
+
+use crate::build;
+use crate::harness;
+use crate::machine::{Arch, Machine};
+use std::process::Command;
+use std::time::Duration;
+
+/// Boots per architecture for `bench boot`.
+const BOOT_RUNS: usize = 3;
+
+fn boot() -> Result<(), String> {
+    println!("bench boot: wall time from QEMU start (TCG, {BOOT_RUNS} runs per arch)");
+    println!("{:<10} {:>24} {:>24}", "arch", "first kernel log (ms)", "kernel exit (ms)");
+    for arch in Arch::all() {
+        let kernel = build::kernel(arch, true)?;
+        let machine = Machine { arch, iommu: arch.default_iommu(), cmdline: Vec::new(), extra: Vec::new(), gdb: false };
+        let mut first = Vec::new();
+        let mut total = Vec::new();
+        for _ in 0..BOOT_RUNS {
+            let t = harness::time_boot(&machine, &kernel, "portcullis: kernel_main", Duration::from_secs(120))?;
+            first.push(t.0.as_secs_f64() * 1000.0);
+            total.push(t.1.as_secs_f64() * 1000.0);
+        }
+        let fmt = |v: &[f64]| {
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let avg = v.iter().sum::<f64>() / v.len() as f64;
+            format!("min {min:.0} / avg {avg:.0}")
+        };
+        println!("{:<10} {:>24} {:>24}", arch.name(), fmt(&first), fmt(&total));
+    }
+    Ok(())
+}
+
+fn pgtable() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(crate::machine::workspace_root())
+        .args(["bench", "--package", "io-pgtable", "--bench", "pgtable"])
+        .status()
+        .map_err(|e| format!("cannot run cargo bench: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("the pgtable benchmark failed".into())
+    }
+}
+
+/// Runs one benchmark by name, or all.
+pub fn run(name: Option<&str>) -> Result<(), String> {
+    match name {
+        Some("boot") => boot(),
+        Some("pgtable") => pgtable(),
+        None => boot().and_then(|()| pgtable()),
+        Some(other) => Err(format!("unknown benchmark `{other}` (available: boot, pgtable)")),
+    }
+}
