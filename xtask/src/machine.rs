@@ -109,9 +109,7 @@ impl Iommu {
 
 /// Extra kernel command-line words from `PORTCULLIS_CMDLINE`.
 pub fn env_cmdline() -> Vec<String> {
-    std::env::var("PORTCULLIS_CMDLINE")
-        .map(|v| v.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default()
+    std::env::var("PORTCULLIS_CMDLINE").map(|v| v.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
 }
 
 /// Everything needed to start one QEMU boot.

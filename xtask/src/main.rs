@@ -12,6 +12,7 @@
 
 mod bench;
 mod build;
+mod harness;
 mod machine;
 mod setup;
 mod test;

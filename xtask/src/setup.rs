@@ -19,7 +19,7 @@ fn output(cmd: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+fn run_cmd(cmd: &str, args: &[&str]) -> Result<(), String> {
     eprintln!("xtask: running {cmd} {}", args.join(" "));
     let status = Command::new(cmd)
         .args(args)
@@ -44,7 +44,7 @@ fn rust() -> Result<(), String> {
     if !missing.is_empty() {
         let mut args = vec!["target", "add"];
         args.extend(&missing);
-        run("rustup", &args)?;
+        run_cmd("rustup", &args)?;
     }
     let comps = output("rustup", &["component", "list", "--installed"]).unwrap_or_default();
     let missing: Vec<&str> = COMPONENTS
@@ -55,7 +55,7 @@ fn rust() -> Result<(), String> {
     if !missing.is_empty() {
         let mut args = vec!["component", "add"];
         args.extend(&missing);
-        run("rustup", &args)?;
+        run_cmd("rustup", &args)?;
     }
     Ok(())
 }
@@ -114,16 +114,18 @@ fn qemu() -> Result<(), String> {
             std::fs::write(BACKPORTS_LIST, "deb http://deb.debian.org/debian bookworm-backports main\n")
                 .map_err(|e| format!("cannot write {BACKPORTS_LIST}: {e}"))?;
         }
-        run("apt-get", &["update", "-q"])?;
-        run("apt-get", &["install", "-y", "-q", "-t", "bookworm-backports", packages[0], packages[1]])?;
+        run_cmd("apt-get", &["update", "-q"])?;
+        run_cmd("apt-get", &["install", "-y", "-q", "-t", "bookworm-backports", packages[0], packages[1]])?;
     } else {
-        run("apt-get", &["update", "-q"])?;
-        run("apt-get", &["install", "-y", "-q", packages[0], packages[1]])?;
+        run_cmd("apt-get", &["update", "-q"])?;
+        run_cmd("apt-get", &["install", "-y", "-q", packages[0], packages[1]])?;
     }
     if ok("qemu-system-x86_64") && ok("qemu-system-aarch64") {
         Ok(())
     } else {
-        Err(format!("QEMU was installed but is older than {MIN_QEMU_MAJOR}; portcullis needs QEMU {MIN_QEMU_MAJOR} or newer"))
+        Err(format!(
+            "QEMU was installed but is older than {MIN_QEMU_MAJOR}; portcullis needs QEMU {MIN_QEMU_MAJOR} or newer"
+        ))
     }
 }
 

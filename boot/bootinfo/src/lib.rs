@@ -158,10 +158,7 @@ mod tests {
         for i in 0..MAX_MEMORY_REGIONS as u64 {
             b.push_region(MemoryRegion { base: i << 20, size: 4096, kind: MemoryKind::Usable }).unwrap();
         }
-        assert_eq!(
-            b.push_region(MemoryRegion { base: 1, size: 1, kind: MemoryKind::Usable }),
-            Err(CapacityExceeded)
-        );
+        assert_eq!(b.push_region(MemoryRegion { base: 1, size: 1, kind: MemoryKind::Usable }), Err(CapacityExceeded));
         assert_eq!(b.usable_bytes(), 4096 * MAX_MEMORY_REGIONS as u64);
     }
 
@@ -172,7 +169,7 @@ mod tests {
         assert_eq!(b.cmdline_value("ktest.filter"), Some("frames"));
         assert_eq!(b.cmdline_value("flag"), None);
         assert_eq!(b.cmdline_value("missing"), None);
-        let long: String = core::iter::repeat('é').take(MAX_CMDLINE).collect();
+        let long = "é".repeat(MAX_CMDLINE);
         b.set_cmdline(&long);
         assert!(b.cmdline().len() <= MAX_CMDLINE);
         assert!(b.cmdline().chars().all(|c| c == 'é'));

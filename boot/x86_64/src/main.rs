@@ -131,10 +131,7 @@ unsafe extern "C" {
 extern "C" fn x86_64_main(start_info: u32) -> ! {
     platform_x86_64::tsc::mark_start();
     platform_x86_64::early_init();
-    let image = (
-        core::ptr::addr_of!(__kernel_phys_start) as u64,
-        core::ptr::addr_of!(__kernel_phys_end) as u64,
-    );
+    let image = (core::ptr::addr_of!(__kernel_phys_start) as u64, core::ptr::addr_of!(__kernel_phys_end) as u64);
     let boot = match pvh::boot_info(u64::from(start_info), image) {
         Ok(b) => b,
         Err(e) => {

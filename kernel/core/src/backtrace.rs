@@ -14,7 +14,7 @@ pub fn print_from(fp: usize) {
     let inside = |a: usize| ranges.iter().any(|&(lo, hi)| a >= lo && a.saturating_add(16) <= hi);
     let mut fp = fp;
     for n in 0..MAX_FRAMES {
-        if fp == 0 || fp % 8 != 0 || !inside(fp) {
+        if fp == 0 || !fp.is_multiple_of(8) || !inside(fp) {
             break;
         }
         let record = fp as *const usize;

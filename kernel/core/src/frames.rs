@@ -154,7 +154,7 @@ impl<'a> FrameBitmap<'a> {
 
     /// Returns one frame.
     pub fn free(&mut self, addr: u64) -> Result<(), FrameError> {
-        if addr % FRAME_SIZE != 0 {
+        if !addr.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::Unaligned(addr));
         }
         if addr < self.base || addr >= self.base + self.frames as u64 * FRAME_SIZE {

@@ -164,10 +164,7 @@ pub fn run(
     out: &mut dyn Write,
     before_each: &mut dyn FnMut(&str),
 ) -> Result<Summary, fmt::Error> {
-    let total = suites
-        .iter()
-        .map(|s| s.tests.iter().filter(|t| selected(filter, s, t)).count())
-        .sum::<usize>();
+    let total = suites.iter().map(|s| s.tests.iter().filter(|t| selected(filter, s, t)).count()).sum::<usize>();
     writeln!(out, "KTAP version 1")?;
     writeln!(out, "1..{total}")?;
     let mut summary = Summary::default();

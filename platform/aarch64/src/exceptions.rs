@@ -111,7 +111,8 @@ static STACKS: spin::Once<[(usize, usize); 1]> = spin::Once::new();
 
 /// Kernel stacks known to the backtrace walker.
 pub fn stack_ranges() -> &'static [(usize, usize)] {
-    STACKS.call_once(|| [(core::ptr::addr_of!(boot_stack_bottom) as usize, core::ptr::addr_of!(boot_stack_top) as usize)])
+    STACKS
+        .call_once(|| [(core::ptr::addr_of!(boot_stack_bottom) as usize, core::ptr::addr_of!(boot_stack_top) as usize)])
 }
 
 /// Points VBAR_EL1 at the vector table.

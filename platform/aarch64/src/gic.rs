@@ -123,9 +123,7 @@ pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
     }
     let frame = frame.ok_or("no redistributor matches this CPU's affinity")?;
     // SAFETY: `frame` is this CPU's RD_base; SGI_base follows 64 KiB later.
-    let (rd, sgi) = unsafe {
-        (&*(frame as *const GicrRdRegisters), &*((frame + 0x1_0000) as *const GicrSgiRegisters))
-    };
+    let (rd, sgi) = unsafe { (&*(frame as *const GicrRdRegisters), &*((frame + 0x1_0000) as *const GicrSgiRegisters)) };
     rd.waker.write(GICR_WAKER::PROCESSOR_SLEEP::CLEAR);
     wait("GICR_WAKER.ChildrenAsleep", || !rd.waker.is_set(GICR_WAKER::CHILDREN_ASLEEP))?;
     sgi.icenabler0.set(u32::MAX);

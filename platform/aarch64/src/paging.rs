@@ -83,7 +83,9 @@ fn sync_after_change(va: Option<u64>) {
     // SAFETY: barriers and a TLB invalidation by VA for all ASIDs, inner shareable.
     unsafe {
         match va {
-            Some(va) => core::arch::asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack)),
+            Some(va) => {
+                core::arch::asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack))
+            }
             None => core::arch::asm!("dsb ishst", "isb", options(nostack)),
         }
     }

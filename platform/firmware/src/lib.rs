@@ -273,10 +273,7 @@ impl Topology {
 
     /// The most specific rule covering `segment:rid`.
     pub fn rule_for(&self, segment: u16, rid: u16) -> Option<&PciRule> {
-        self.rules
-            .iter()
-            .filter(|r| r.segment == segment && r.matches.covers(rid))
-            .min_by_key(|r| r.matches.rank())
+        self.rules.iter().filter(|r| r.segment == segment && r.matches.covers(rid)).min_by_key(|r| r.matches.rank())
     }
 
     /// Which unit translates PCI function `segment:rid`, and under which ID.

@@ -26,20 +26,37 @@ pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 #[allow(missing_docs)]
 pub struct TrapFrame {
-    pub r15: u64, pub r14: u64, pub r13: u64, pub r12: u64, pub r11: u64, pub r10: u64,
-    pub r9: u64, pub r8: u64, pub rbp: u64, pub rdi: u64, pub rsi: u64, pub rdx: u64,
-    pub rcx: u64, pub rbx: u64, pub rax: u64,
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
     /// Vector number pushed by the stub.
     pub vector: u64,
     /// CPU error code, or 0 for vectors without one.
     pub error: u64,
-    pub rip: u64, pub cs: u64, pub rflags: u64, pub rsp: u64, pub ss: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
 }
 
 // Entry stubs: push a dummy error code where the CPU pushes none, the vector,
 // then all general registers, and call `x86_trap(&mut TrapFrame)`. The stack is
 // 16-byte aligned at the call (22 quadwords pushed after the CPU's alignment).
-core::arch::global_asm!(r#"
+core::arch::global_asm!(
+    r#"
 .section .text.isr, "ax"
 isr_common:
     push rax
@@ -241,14 +258,18 @@ isr_table:
     .quad isr_31
     .quad isr_32
     .quad isr_255
-"#);
+"#
+);
 
 unsafe extern "C" {
     static isr_table: [u64; 34];
 }
 
 /// Vectors in `isr_table` order.
-const VECTORS: [u8; 34] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 255];
+const VECTORS: [u8; 34] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+    31, 32, 255,
+];
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
@@ -262,7 +283,7 @@ pub fn init_idt() {
             let i = VECTORS.iter().position(|&x| x == v).unwrap_or(0);
             VirtAddr::new(stubs[i])
         };
-        // SAFETY (all entries): each address is an entry stub above that saves the
+        // SAFETY: (all entries) each address is an entry stub above that saves the
         // full register state, calls the dispatcher and returns with iretq.
         unsafe {
             idt.divide_error.set_handler_addr(addr(0));
@@ -328,7 +349,12 @@ fn report(frame: &TrapFrame) {
     let f = frame;
     print_unlocked(format_args!(
         "\nEXCEPTION: {} vector={} error={:#x} rip={:#018x} cs={:#x} rflags={:#x}\n",
-        exception_name(f.vector), f.vector, f.error, f.rip, f.cs, f.rflags
+        exception_name(f.vector),
+        f.vector,
+        f.error,
+        f.rip,
+        f.cs,
+        f.rflags
     ));
     if f.vector == 14 {
         let cr2 = x86_64::registers::control::Cr2::read_raw();

@@ -40,7 +40,7 @@ fn page(va: u64) -> Result<Page<Size4KiB>, MapError> {
 /// Maps one 4 KiB page (writable, never executable; MMIO uncached).
 pub fn map_page(va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
     let page = page(va)?;
-    if pa % 4096 != 0 {
+    if !pa.is_multiple_of(4096) {
         return Err(MapError::BadAddress(pa));
     }
     let frame = PhysFrame::containing_address(PhysAddr::new(pa));

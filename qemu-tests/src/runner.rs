@@ -1,0 +1,304 @@
+//! Runs QEMU cases: spawn, capture the console with timestamps, enforce the
+//! timeout, keep a log file, parse KTAP and decide a verdict.
+
+use crate::ktap::{self, Report};
+use crate::symbolize::Symbolizer;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a case expects from the kernel's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A complete, clean KTAP document (test boots).
+    Ktap,
+    /// Only a successful exit (demo boots).
+    Exit,
+}
+
+/// One QEMU boot.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Name shown in reports (`x86_64-vtd`).
+    pub name: String,
+    /// QEMU binary.
+    pub program: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Wall-time limit; `None` waits forever (gdb sessions).
+    pub timeout: Option<Duration>,
+    /// QEMU exit statuses that mean the kernel reported success.
+    pub success_codes: Vec<i32>,
+    /// Where to keep the full console log.
+    pub log_file: PathBuf,
+    /// Kernel ELF for symbolization.
+    pub elf: Option<PathBuf>,
+    /// What the output must contain.
+    pub expect: Expect,
+}
+
+/// How the QEMU process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Exited with a status code.
+    Exited(i32),
+    /// Killed by a signal (not by us).
+    Signaled,
+    /// Killed by the harness after the timeout.
+    TimedOut(Duration),
+    /// Could not be started.
+    SpawnFailed(String),
+}
+
+/// Result of one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// The case.
+    pub case: Case,
+    /// How QEMU ended.
+    pub ending: Ending,
+    /// Console lines with their time since spawn.
+    pub lines: Vec<(Duration, String)>,
+    /// Parsed KTAP.
+    pub report: Report,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl CaseResult {
+    /// Whether QEMU's exit status says the kernel reported success.
+    pub fn exit_ok(&self) -> bool {
+        matches!(self.ending, Ending::Exited(c) if self.case.success_codes.contains(&c))
+    }
+
+    /// The verdict (see the crate documentation).
+    pub fn passed(&self) -> bool {
+        match self.case.expect {
+            Expect::Exit => self.exit_ok() && self.report.crash.is_none(),
+            Expect::Ktap => self.exit_ok() && self.report.clean(),
+        }
+    }
+
+    /// Time from spawn to the first line containing `marker`.
+    pub fn time_to(&self, marker: &str) -> Option<Duration> {
+        self.lines.iter().find(|(_, l)| l.contains(marker)).map(|(t, _)| *t)
+    }
+
+    /// Human-readable description of the ending.
+    pub fn ending_text(&self) -> String {
+        match &self.ending {
+            Ending::Exited(c) if self.exit_ok() => format!("exit status {c} (kernel success)"),
+            Ending::Exited(c) => format!("exit status {c} (expected one of {:?})", self.case.success_codes),
+            Ending::Signaled => "QEMU was killed by a signal".into(),
+            Ending::TimedOut(t) => format!("timed out after {:.0} s (killed)", t.as_secs_f64()),
+            Ending::SpawnFailed(e) => format!("could not start {}: {e}", self.case.program),
+        }
+    }
+}
+
+/// Forwards lines from a reader to the channel.
+fn pump(reader: impl Read + Send + 'static, tx: mpsc::Sender<String>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs one case; with `live`, prints each (symbolized) line as it arrives.
+pub fn run_case(case: &Case, live: bool) -> CaseResult {
+    let start = Instant::now();
+    let symbolizer = case.elf.as_deref().and_then(|p| Symbolizer::from_elf(p).ok());
+    let fail = |ending| CaseResult {
+        case: case.clone(),
+        ending,
+        lines: Vec::new(),
+        report: ktap::parse(""),
+        elapsed: start.elapsed(),
+    };
+    if let Some(dir) = case.log_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut child = match Command::new(&case.program)
+        .args(&case.args)
+        .stdin(if live { Stdio::inherit() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(Ending::SpawnFailed(e.to_string())),
+    };
+    let (tx, rx) = mpsc::channel();
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(pump(out, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(pump(err, tx.clone()));
+    }
+    drop(tx);
+    let mut lines = Vec::new();
+    let mut log = std::fs::File::create(&case.log_file).ok();
+    let mut ending = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let shown = symbolizer.as_ref().map_or_else(|| line.clone(), |s| s.symbolize_line(&line));
+                if live {
+                    println!("{shown}");
+                }
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{shown}");
+                }
+                lines.push((start.elapsed(), line));
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if ending.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                ending = Some(status.code().map_or(Ending::Signaled, Ending::Exited));
+            } else if case.timeout.is_some_and(|t| start.elapsed() > t) {
+                let _ = child.kill();
+                let _ = child.wait();
+                ending = Some(Ending::TimedOut(start.elapsed()));
+            }
+        }
+        // Done once the process ended and both pipes are drained (bounded: pipes close with the process).
+        if ending.is_some() && pumps.iter().all(|p| p.is_finished()) {
+            while let Ok(line) = rx.try_recv() {
+                if live {
+                    println!("{}", symbolizer.as_ref().map_or_else(|| line.clone(), |s| s.symbolize_line(&line)));
+                }
+                lines.push((start.elapsed(), line));
+            }
+            break;
+        }
+    }
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    CaseResult {
+        case: case.clone(),
+        ending: ending.unwrap_or(Ending::Signaled),
+        report: ktap::parse(&text),
+        lines,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs all cases, at most `parallel` at a time, returning results in case order.
+pub fn run_cases(cases: &[Case], parallel: usize) -> Vec<CaseResult> {
+    let next = Arc::new(Mutex::new(0usize));
+    let results: Arc<Mutex<Vec<Option<CaseResult>>>> = Arc::new(Mutex::new(vec![None; cases.len()]));
+    let cases: Arc<Vec<Case>> = Arc::new(cases.to_vec());
+    let workers: Vec<_> = (0..parallel.max(1))
+        .map(|_| {
+            let (next, results, cases) = (next.clone(), results.clone(), cases.clone());
+            std::thread::spawn(move || loop {
+                let i = {
+                    let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(case) = cases.get(i) else { break };
+                eprintln!("qemu-tests: starting {}", case.name);
+                let r = run_case(case, false);
+                eprintln!(
+                    "qemu-tests: {} {} ({:.1} s)",
+                    if r.passed() { "PASS" } else { "FAIL" },
+                    case.name,
+                    r.elapsed.as_secs_f64()
+                );
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let mut guard = results.lock().unwrap_or_else(|e| e.into_inner());
+    guard.drain(..).flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh_case(name: &str, script: &str, timeout: u64, expect: Expect) -> Case {
+        Case {
+            name: name.into(),
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            timeout: Some(Duration::from_secs(timeout)),
+            success_codes: vec![33],
+            log_file: std::env::temp_dir().join(format!("qemu-tests-{name}-{}.log", std::process::id())),
+            elf: None,
+            expect,
+        }
+    }
+
+    #[test]
+    fn a_clean_document_with_the_success_code_passes() {
+        let c = sh_case("pass", "echo 'KTAP version 1'; echo '1..1'; echo 'ok 1 a'; exit 33", 20, Expect::Ktap);
+        let r = run_case(&c, false);
+        assert!(r.passed(), "{:?} {:?}", r.ending, r.report);
+        assert!(std::fs::read_to_string(&c.log_file).unwrap().contains("ok 1 a"));
+        assert!(r.time_to("1..1").is_some());
+    }
+
+    #[test]
+    fn wrong_exit_code_fails_even_with_clean_ktap() {
+        let c = sh_case("code", "echo 'KTAP version 1'; echo '1..1'; echo 'ok 1 a'; exit 35", 20, Expect::Ktap);
+        let r = run_case(&c, false);
+        assert_eq!(r.ending, Ending::Exited(35));
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn a_hang_is_killed_at_the_timeout() {
+        let c = sh_case("hang", "echo 'KTAP version 1'; echo '1..2'; echo 'ok 1 a'; exec sleep 30", 1, Expect::Ktap);
+        let t = Instant::now();
+        let r = run_case(&c, false);
+        assert!(matches!(r.ending, Ending::TimedOut(_)), "{:?}", r.ending);
+        assert!(t.elapsed() < Duration::from_secs(10));
+        assert_eq!(r.report.missing(), 1);
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn missing_program_is_reported() {
+        let mut c = sh_case("missing", "", 1, Expect::Exit);
+        c.program = "/nonexistent/qemu".into();
+        let r = run_case(&c, false);
+        assert!(matches!(r.ending, Ending::SpawnFailed(_)));
+        assert!(!r.passed());
+    }
+
+    #[test]
+    fn parallel_runs_keep_order() {
+        let cases: Vec<Case> =
+            (0..4).map(|i| sh_case(&format!("par{i}"), &format!("echo n{i}; exit 33"), 20, Expect::Exit)).collect();
+        let rs = run_cases(&cases, 2);
+        assert_eq!(rs.len(), 4);
+        for (i, r) in rs.iter().enumerate() {
+            assert!(r.passed());
+            assert_eq!(r.lines[0].1, format!("n{i}"));
+        }
+    }
+}

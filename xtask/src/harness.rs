@@ -1,0 +1,67 @@
+//! Glue between the xtask's machines and the `qemu-tests` harness.
+
+use crate::build::Kernel;
+use crate::machine::{workspace_root, Machine};
+use qemu_tests::report;
+use qemu_tests::runner::{self, Case, Expect};
+use std::time::Duration;
+
+pub use qemu_tests::report::Totals;
+
+/// Cores to use for parallel boots.
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A test case (KTAP expected) for `machine` booting `kernel`.
+pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Case {
+    let (program, args) = machine.command(kernel);
+    Case {
+        name: machine.name(),
+        program,
+        args,
+        timeout: Some(timeout),
+        success_codes: machine.arch.success_codes(),
+        log_file: workspace_root().join("target").join("qemu-tests").join(format!("{}.log", machine.name())),
+        elf: Some(kernel.elf.clone()),
+        expect: Expect::Ktap,
+    }
+}
+
+/// Runs the cases in parallel and prints the report.
+pub fn run_and_report(cases: Vec<Case>) -> Result<(bool, Totals), String> {
+    let results = runner::run_cases(&cases, parallelism());
+    let (totals, ok) = report::print(&results);
+    Ok((ok, totals))
+}
+
+/// Boots one machine with live output (`cargo xtask run`).
+pub fn run_live(machine: &Machine, kernel: &Kernel, timeout: Option<Duration>) -> Result<(), String> {
+    let mut c = case(machine, kernel, Duration::ZERO);
+    c.timeout = timeout;
+    c.expect = Expect::Exit;
+    eprintln!("xtask: {} {}", c.program, c.args.join(" "));
+    let r = runner::run_case(&c, true);
+    if r.passed() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", c.name, r.ending_text()))
+    }
+}
+
+/// Boots once and returns (time to the first line containing `marker`, time to exit).
+pub fn time_boot(
+    machine: &Machine,
+    kernel: &Kernel,
+    marker: &str,
+    timeout: Duration,
+) -> Result<(Duration, Duration), String> {
+    let mut c = case(machine, kernel, timeout);
+    c.expect = Expect::Exit;
+    let r = runner::run_case(&c, false);
+    if !r.passed() {
+        return Err(format!("{}: {}", c.name, r.ending_text()));
+    }
+    let first = r.time_to(marker).ok_or_else(|| format!("{}: no line containing {marker:?}", c.name))?;
+    Ok((first, r.elapsed))
+}
