@@ -14,10 +14,11 @@ use std::time::Duration;
 const BOOT_RUNS: usize = 3;
 
 fn boot() -> Result<(), String> {
-    println!("bench boot: wall time from QEMU start (TCG, {BOOT_RUNS} runs per arch)");
+    let kernels = Arch::all().map(|arch| build::kernel(arch, true).map(|k| (arch, k)));
+    println!("bench boot: wall time from QEMU start (TCG, {BOOT_RUNS} runs per arch, release kernels)");
     println!("{:<10} {:>24} {:>24}", "arch", "first kernel log (ms)", "kernel exit (ms)");
-    for arch in Arch::all() {
-        let kernel = build::kernel(arch, true)?;
+    for built in kernels {
+        let (arch, kernel) = built?;
         let machine = Machine { arch, iommu: arch.default_iommu(), cmdline: Vec::new(), extra: Vec::new(), gdb: false };
         let mut first = Vec::new();
         let mut total = Vec::new();
