@@ -17,6 +17,9 @@ pub enum Expect {
     Ktap,
     /// Only a successful exit (demo boots).
     Exit,
+    /// A deliberate crash: a failure exit, a crash report, and a backtrace line
+    /// naming a function (the symbolizer worked).
+    Crash,
 }
 
 /// One QEMU boot.
@@ -79,7 +82,21 @@ impl CaseResult {
         match self.case.expect {
             Expect::Exit => self.exit_ok() && self.report.crash.is_none(),
             Expect::Ktap => self.exit_ok() && self.report.clean(),
+            Expect::Crash => {
+                matches!(self.ending, Ending::Exited(_))
+                    && !self.exit_ok()
+                    && self.report.crash.is_some()
+                    && self.symbolized_backtrace()
+            }
         }
+    }
+
+    /// Whether some `backtrace:` line resolves to a function of the kernel ELF.
+    pub fn symbolized_backtrace(&self) -> bool {
+        let Some(s) = self.case.elf.as_deref().and_then(|p| Symbolizer::from_elf(p).ok()) else {
+            return false;
+        };
+        self.lines.iter().any(|(_, l)| l.starts_with("backtrace:") && s.symbolize_line(l).contains(" <"))
     }
 
     /// Time from spawn to the first line containing `marker`.
@@ -279,6 +296,21 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10));
         assert_eq!(r.report.missing(), 1);
         assert!(!r.passed());
+    }
+
+    #[test]
+    fn crash_cases_need_a_failure_exit_a_report_and_a_symbolized_backtrace() {
+        let exe = std::env::current_exe().unwrap();
+        let addr = Symbolizer::from_elf(&exe).unwrap().address_of("run_case").unwrap();
+        let script =
+            |code: i32, bt: u64| format!("echo 'EXCEPTION: page fault'; echo 'backtrace: #0 {bt:#018x}'; exit {code}");
+        let mut c = sh_case("crash", &script(35, addr + 1), 20, Expect::Crash);
+        c.elf = Some(exe.clone());
+        assert!(run_case(&c, false).passed());
+        c.args[1] = script(33, addr + 1);
+        assert!(!run_case(&c, false).passed(), "a success exit is not a crash");
+        c.args[1] = script(35, 0x10);
+        assert!(!run_case(&c, false).passed(), "an unresolvable backtrace fails");
     }
 
     #[test]

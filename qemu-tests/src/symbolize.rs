@@ -30,6 +30,11 @@ impl Symbolizer {
         Ok(Symbolizer { functions })
     }
 
+    /// Link address of the first function whose demangled name contains `part`.
+    pub fn address_of(&self, part: &str) -> Option<u64> {
+        self.functions.iter().find(|f| f.2.contains(part)).map(|f| f.0)
+    }
+
     /// `function+0xoff` for an address inside a known function.
     pub fn lookup(&self, addr: u64) -> Option<String> {
         let i = self.functions.partition_point(|f| f.0 <= addr).checked_sub(1)?;
@@ -39,7 +44,13 @@ impl Symbolizer {
     }
 
     /// Appends ` <function+0xoff>` after every `0x` + 16-hex-digit token that is a known function address.
+    ///
+    /// In `backtrace: #N` lines with N > 0 the address is a return address: it is
+    /// looked up one byte earlier, so a call at the very end of a function (a call
+    /// to a function that never returns) names the caller, not the next function.
     pub fn symbolize_line(&self, line: &str) -> String {
+        let return_address =
+            line.strip_prefix("backtrace: #").and_then(|r| r.split_whitespace().next()).is_some_and(|n| n != "0");
         let mut out = String::with_capacity(line.len());
         let bytes = line.as_bytes();
         let mut i = 0;
@@ -53,7 +64,12 @@ impl Symbolizer {
                 && bytes.get(i + 18).is_none_or(|b| !b.is_ascii_hexdigit());
             if is_token {
                 let value = u64::from_str_radix(&line[i + 2..i + 18], 16).unwrap_or(0);
-                if let Some(sym) = self.lookup(value) {
+                let found = if return_address && value > 0 {
+                    self.lookup(value - 1).map(|s| bump_offset(&s))
+                } else {
+                    self.lookup(value)
+                };
+                if let Some(sym) = found {
                     out.push_str(&line[copied..i + 18]);
                     out.push_str(" <");
                     out.push_str(&sym);
@@ -67,6 +83,14 @@ impl Symbolizer {
         }
         out.push_str(&line[copied..]);
         out
+    }
+}
+
+/// `name+0xN` for a lookup of `addr - 1` becomes `name+0x(N+1)`, the offset of `addr`.
+fn bump_offset(sym: &str) -> String {
+    match sym.rsplit_once("+0x").and_then(|(n, o)| Some((n, u64::from_str_radix(o, 16).ok()?))) {
+        Some((name, off)) => format!("{name}+{:#x}", off + 1),
+        None => sym.to_owned(),
     }
 }
 
@@ -107,5 +131,12 @@ mod tests {
         assert_eq!(s.symbolize_line("0x0000000000002000 end"), "0x0000000000002000 end");
         assert_eq!(s.symbolize_line("short 0x1004"), "short 0x1004");
         assert_eq!(s.symbolize_line("π 0x0000000000001000"), "π 0x0000000000001000 <f+0x0>");
+        let two = Symbolizer { functions: vec![(0x1000, 0x10, "f".into()), (0x1010, 0x10, "g".into())] };
+        assert_eq!(two.symbolize_line("backtrace: #0 0x0000000000001010"), "backtrace: #0 0x0000000000001010 <g+0x0>");
+        assert_eq!(
+            two.symbolize_line("backtrace: #2 0x0000000000001010"),
+            "backtrace: #2 0x0000000000001010 <f+0x10>",
+            "a return address right after a call at the end of f belongs to f"
+        );
     }
 }

@@ -112,6 +112,26 @@ pub fn run_tests(
                 cases.push(harness::case(&machine, &kernel, BOOT_TIMEOUT));
             }
         }
+        // The exception and panic report paths, once per architecture.
+        if filter.is_none_or(|f| f.contains("crash")) {
+            for a in Arch::all().into_iter().filter(|a| configs.iter().any(|(x, _)| x == a)) {
+                let kernel = build::kernel(a, false)?;
+                for kind in ["page-fault", "panic"] {
+                    let machine = Machine {
+                        arch: a,
+                        iommu: Iommu::None,
+                        cmdline: vec![format!("crashtest={kind}")],
+                        extra: Vec::new(),
+                        gdb: false,
+                    };
+                    let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT);
+                    c.name = format!("{}-crash-{kind}", a.name());
+                    c.log_file.set_file_name(format!("{}.log", c.name));
+                    c.expect = qemu_tests::runner::Expect::Crash;
+                    cases.push(c);
+                }
+            }
+        }
         let (ok, counts) = harness::run_and_report(cases)?;
         qemu_ok = ok;
         totals.passed += counts.passed;

@@ -8,12 +8,13 @@ use crate::console::print_unlocked;
 
 const MAX_FRAMES: usize = 32;
 
-/// Prints the chain of return addresses starting at frame pointer `fp`.
-pub fn print_from(fp: usize) {
+/// Prints the chain of return addresses starting at frame pointer `fp`,
+/// numbering frames from `first` (1 when the caller printed the faulting PC as #0).
+pub fn print_from(fp: usize, first: usize) {
     let ranges = crate::try_platform().map_or(&[][..], |p| p.stack_ranges());
     let inside = |a: usize| ranges.iter().any(|&(lo, hi)| a >= lo && a.saturating_add(16) <= hi);
     let mut fp = fp;
-    for n in 0..MAX_FRAMES {
+    for n in first..first + MAX_FRAMES {
         if fp == 0 || !fp.is_multiple_of(8) || !inside(fp) {
             break;
         }
@@ -35,6 +36,6 @@ pub fn print_from(fp: usize) {
 /// Prints the backtrace of the caller.
 pub fn print_here() {
     if let Some(p) = crate::try_platform() {
-        print_from(p.frame_pointer());
+        print_from(p.frame_pointer(), 0);
     }
 }

@@ -68,7 +68,10 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
     }
     log::info!("kernel image: {:#x}-{:#x}", boot.kernel_image.0, boot.kernel_image.1);
     let ok = match boot_core(boot, platform) {
-        Ok(()) => run_tests(boot, suites),
+        Ok(()) => {
+            crash_test(boot);
+            run_tests(boot, suites)
+        }
         Err(e) => {
             log::error!("boot failed: {e}");
             false
@@ -102,6 +105,26 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
         platform.timer_hz(),
     );
     Ok(())
+}
+
+/// `crashtest=page-fault` or `crashtest=panic` on the command line crashes the
+/// kernel on purpose, so the test suite can check the exception report path.
+fn crash_test(boot: &BootInfo) {
+    match boot.cmdline_value("crashtest") {
+        Some("page-fault") => {
+            let (start, size) = platform().dynamic_window();
+            // The last page of the dynamic window is never handed out.
+            let addr = start + size - 8;
+            log::warn!("crashtest: reading unmapped address {addr:#x}");
+            // SAFETY: deliberately faulting access; the exception handler reports it
+            // and ends the run, so execution never continues past this read.
+            let value = unsafe { (addr as *const u64).read_volatile() };
+            log::error!("crashtest: read {value:#x} from an unmapped address: no fault was raised");
+        }
+        Some("panic") => panic!("crashtest: deliberate panic"),
+        Some(other) => log::warn!("crashtest: unknown kind {other:?} (page-fault, panic)"),
+        None => {}
+    }
 }
 
 fn run_tests(boot: &BootInfo, suites: &[&[&ktest::Suite]]) -> bool {

@@ -172,7 +172,7 @@ fn report(frame: &TrapFrame, vector: u64, esr: u64, far: u64) {
         print_unlocked(format_args!("\n"));
     }
     print_unlocked(format_args!("backtrace: #0 {:#018x}\n", frame.elr));
-    kcore::backtrace::print_from(frame.x[29] as usize);
+    kcore::backtrace::print_from(frame.x[29] as usize, 1);
 }
 
 /// The Rust side of every vector.

@@ -27,6 +27,10 @@ pub fn exit(success: bool) -> ! {
             aarch64_cpu::asm::wfi();
         }
     }
+    kcore::console::print_unlocked(format_args!(
+        "portcullis: halting ({})\n",
+        if success { "success" } else { "failure" }
+    ));
     if SEMIHOSTING.load(Ordering::Relaxed) {
         let block: [u64; 2] = [APPLICATION_EXIT, u64::from(!success)];
         // SAFETY: the command line says the host handles semihosting; SYS_EXIT

@@ -28,6 +28,10 @@ pub fn configure(boot: &bootinfo::BootInfo) {
 
 /// Exits QEMU (or halts forever on a machine without the exit device).
 pub fn exit(success: bool) -> ! {
+    kcore::console::print_unlocked(format_args!(
+        "portcullis: halting ({})\n",
+        if success { "success" } else { "failure" }
+    ));
     let port = EXIT_PORT.load(Ordering::Relaxed) as u16;
     if port != 0 {
         let mut p: Port<u32> = Port::new(port);

@@ -375,7 +375,7 @@ fn report(frame: &TrapFrame) {
         f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15
     ));
     print_unlocked(format_args!("backtrace: #0 {:#018x}\n", f.rip));
-    kcore::backtrace::print_from(f.rbp as usize);
+    kcore::backtrace::print_from(f.rbp as usize, 1);
 }
 
 /// The Rust side of every vector.
