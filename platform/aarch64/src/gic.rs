@@ -28,7 +28,9 @@ register_structs! {
         (0x0000 => ctlr: ReadWrite<u32, GICD_CTLR::Register>),
         (0x0004 => typer: ReadOnly<u32>),
         (0x0008 => iidr: ReadOnly<u32>),
-        (0x000C => @END),
+        (0x000C => _reserved0),
+        (0x0400 => ipriorityr: [ReadWrite<u8>; 1020]),
+        (0x07FC => @END),
     }
 }
 
@@ -172,6 +174,33 @@ pub fn enable_ppi(intid: u32) -> Result<(), &'static str> {
     // SAFETY: `va` is this CPU's mapped SGI_base frame (set in `init`).
     let sgi = unsafe { &*(va as *const GicrSgiRegisters) };
     sgi.isenabler0.set(1 << intid);
+    Ok(())
+}
+
+fn distributor() -> Option<&'static GicdRegisters> {
+    let va = distributor_va();
+    // SAFETY: `va` maps the distributor registers for the kernel's life (set in `init`).
+    (va != 0).then(|| unsafe { &*(va as *const GicdRegisters) })
+}
+
+/// Number of interrupt lines the distributor implements (GICD_TYPER.ITLinesNumber).
+pub fn lines() -> u32 {
+    distributor().map_or(0, |d| 32 * ((d.typer.get() & 0x1F) + 1)).min(1020)
+}
+
+/// Priority byte of shared interrupt `intid` (32..lines).
+pub fn spi_priority(intid: u32) -> Option<u8> {
+    let d = distributor()?;
+    (32..lines()).contains(&intid).then(|| d.ipriorityr[intid as usize].get())
+}
+
+/// Sets the priority byte of shared interrupt `intid`.
+pub fn set_spi_priority(intid: u32, priority: u8) -> Result<(), &'static str> {
+    let d = distributor().ok_or("GIC not initialised")?;
+    if !(32..lines()).contains(&intid) {
+        return Err("not an implemented SPI");
+    }
+    d.ipriorityr[intid as usize].set(priority);
     Ok(())
 }
 

@@ -26,7 +26,22 @@ fn mmio_map_reads_device_register() -> TestResult {
     Ok(())
 }
 
-ktest::suite!(pub ARCH = "arch", [mmio_map_reads_device_register]);
+/// A GIC distributor priority register written for the last SPI reads back, and is restored.
+fn irq_controller_roundtrip() -> TestResult {
+    let lines = crate::gic::lines();
+    check!(lines > 32, "distributor reports {lines} lines");
+    let intid = lines - 1;
+    let before = crate::gic::spi_priority(intid);
+    check!(before.is_some());
+    // Implemented priority bits are the top ones: 0xA0 survives any implementation of >= 3 bits.
+    check!(crate::gic::set_spi_priority(intid, 0xA0).is_ok());
+    check_eq!(crate::gic::spi_priority(intid), Some(0xA0));
+    check!(crate::gic::set_spi_priority(intid, before.unwrap_or(0)).is_ok());
+    check!(crate::gic::set_spi_priority(lines, 0).is_err(), "INTID past the last line accepted");
+    Ok(())
+}
+
+ktest::suite!(pub ARCH = "arch", [mmio_map_reads_device_register, irq_controller_roundtrip]);
 
 /// The suites of this crate for the boot binary.
 pub static SUITES: &[&ktest::Suite] = &[&ARCH];

@@ -21,7 +21,24 @@ fn mmio_map_reads_device_register() -> TestResult {
     Ok(())
 }
 
-ktest::suite!(pub ARCH = "arch", [mmio_map_reads_device_register]);
+/// An I/O APIC redirection entry written (masked) reads back, and is restored.
+fn irq_controller_roundtrip() -> TestResult {
+    let all = crate::ioapic::all();
+    check!(!all.is_empty(), "no I/O APIC was brought up");
+    let io = &all[0];
+    check!(io.pins >= 16, "only {} pins", io.pins);
+    let pin = io.pins - 1;
+    let before = io.entry(pin);
+    check_eq!(before.map(|e| e & crate::ioapic::MASKED), Some(crate::ioapic::MASKED));
+    let probe = crate::ioapic::MASKED | 0x4A | (1u64 << 56);
+    check!(io.set_entry(pin, probe).is_ok());
+    check_eq!(io.entry(pin).map(|e| e & 0xFF00_0000_0001_00FF), Some(probe));
+    check!(io.set_entry(pin, before.unwrap_or(crate::ioapic::MASKED)).is_ok());
+    check!(io.set_entry(io.pins, 0).is_err(), "pin out of range accepted");
+    Ok(())
+}
+
+ktest::suite!(pub ARCH = "arch", [mmio_map_reads_device_register, irq_controller_roundtrip]);
 
 /// The suites of this crate for the boot binary.
 pub static SUITES: &[&ktest::Suite] = &[&ARCH];

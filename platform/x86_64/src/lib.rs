@@ -1,5 +1,6 @@
 //! x86_64 platform: the COM1 console, descriptor tables and exception entry,
-//! kernel page tables, the local APIC timer (calibrated against the PIT), the
+//! kernel page tables, the local APIC timer (calibrated against the PIT), the I/O
+//! APICs from the ACPI MADT (masked until a driver routes a line), the
 //! TSC clock and the QEMU exit device.
 //!
 //! Virtual memory layout (4-level paging, set up by `boot/x86_64`):
@@ -10,10 +11,12 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod apic;
 pub mod exit;
 pub mod gdt;
 pub mod interrupts;
+pub mod ioapic;
 pub mod ktests;
 pub mod paging;
 pub mod pit;
@@ -61,9 +64,17 @@ impl Platform for X86Platform {
         tsc::uptime_ns()
     }
 
-    fn init_interrupts(&self, _boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
+    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
         pit::disable_legacy_pic();
         apic::map_and_enable()?;
+        match boot.firmware {
+            bootinfo::FirmwareTables::Acpi { rsdp } => {
+                if ioapic::init(rsdp)? == 0 {
+                    log::warn!("ioapic: the MADT lists no I/O APIC; legacy interrupts unavailable");
+                }
+            }
+            _ => log::warn!("ioapic: no ACPI tables; legacy interrupts unavailable"),
+        }
         let per_10ms = apic::calibrate_against_tsc()?;
         apic::start_periodic(per_10ms, interrupts::TIMER_HZ)
     }
