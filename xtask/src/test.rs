@@ -159,7 +159,8 @@ pub fn run_demo(
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
     let kernel = build::kernel(arch, release)?;
-    let mut cmdline = Vec::new();
+    // The demo: the first user program.
+    let mut cmdline = vec!["init=hello".to_owned()];
     if trace {
         cmdline.push("trace=1".to_owned());
     }

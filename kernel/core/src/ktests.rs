@@ -124,6 +124,32 @@ fn timer_ticks_advance() -> TestResult {
     Ok(())
 }
 
+/// A user program runs in its own address space and exits with status 0.
+fn task_user_program_runs_and_exits() -> TestResult {
+    if crate::task::programs().iter().all(|p| p.name != "hello") {
+        return Err(ktest::TestError::Skipped("program hello not packed".into()));
+    }
+    let (free_before, _) = mm::frame_counts();
+    let exit = crate::task::run("hello");
+    check_eq!(exit, Ok(crate::UserExit::Exited(0)));
+    check_eq!(mm::frame_counts().0, free_before);
+    check_eq!(crate::task::run("no-such-program"), Err(crate::task::SpawnError::NotFound));
+    Ok(())
+}
+
+/// A user task that faults is killed and the kernel goes on (and can run the next task).
+fn task_fault_kills_only_the_task() -> TestResult {
+    if crate::task::programs().iter().all(|p| p.name != "fault") {
+        return Err(ktest::TestError::Skipped("program fault not packed".into()));
+    }
+    let (free_before, _) = mm::frame_counts();
+    let exit = crate::task::run("fault");
+    check!(matches!(exit, Ok(crate::UserExit::Killed { addr: 0x10, .. })), "got {exit:?}");
+    check_eq!(mm::frame_counts().0, free_before);
+    check_eq!(crate::task::run("hello"), Ok(crate::UserExit::Exited(0)));
+    Ok(())
+}
+
 ktest::suite!(pub CORE = "core", [
     frames_no_double_handout,
     frames_all_freed_come_back,
@@ -131,6 +157,8 @@ ktest::suite!(pub CORE = "core", [
     mm_map_unmap_kernel_page,
     exceptions_breakpoint_returns,
     timer_ticks_advance,
+    task_user_program_runs_and_exits,
+    task_fault_kills_only_the_task,
 ]);
 
 /// A test that must fail: proves that a failing kernel test fails the suite.

@@ -11,13 +11,15 @@ extern crate alloc;
 
 pub mod backtrace;
 pub mod console;
+pub mod elf;
 pub mod frames;
 pub mod heap;
 pub mod ktests;
 pub mod mm;
 pub mod platform;
+pub mod task;
 
-pub use platform::{MapError, PageAttr, Platform};
+pub use platform::{MapError, PageAttr, Platform, UserExit, UserPerms};
 
 use bootinfo::{BootInfo, FirmwareTables, MemoryKind};
 
@@ -70,7 +72,23 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
     let ok = match boot_core(boot, platform) {
         Ok(()) => {
             crash_test(boot);
-            run_tests(boot, suites)
+            let names: alloc::vec::Vec<&str> = task::programs().iter().map(|p| p.name).collect();
+            log::info!("user programs: {}", if names.is_empty() { "none packed".into() } else { names.join(", ") });
+            let init_ok = match boot.cmdline_value("init") {
+                Some(name) => match task::run(name) {
+                    Ok(UserExit::Exited(0)) => true,
+                    Ok(other) => {
+                        log::error!("init {name}: {other:?}");
+                        false
+                    }
+                    Err(e) => {
+                        log::error!("init {name}: {e}");
+                        false
+                    }
+                },
+                None => true,
+            };
+            init_ok && run_tests(boot, suites)
         }
         Err(e) => {
             log::error!("boot failed: {e}");
@@ -135,10 +153,10 @@ fn run_tests(boot: &BootInfo, suites: &[&[&ktest::Suite]]) -> bool {
     };
     let mut out = console::Console;
     let result = ktest::run(&suites, filter, &mut out, &mut |name| log::debug!("ktest: running {name}"));
-    match result {
-        Ok(summary) => summary.ok(),
-        Err(_) => false,
-    }
+    let kernel_ok = matches!(result, Ok(summary) if summary.ok());
+    // User test programs print their own KTAP documents.
+    let user_ok = task::run_user_tests(filter);
+    kernel_ok && user_ok
 }
 
 /// The kernel panic handler: location, message, backtrace, failure exit.

@@ -41,6 +41,31 @@ impl fmt::Display for MapError {
     }
 }
 
+/// Access rights of a user page (always readable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserPerms {
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+}
+
+/// How a user task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserExit {
+    /// It called `exit(status)`.
+    Exited(i64),
+    /// It broke a rule the kernel enforces (a fault, an illegal instruction).
+    Killed {
+        /// What happened.
+        reason: &'static str,
+        /// Program counter at the fault.
+        pc: u64,
+        /// Faulting address (0 when not applicable).
+        addr: u64,
+    },
+}
+
 /// The services one architecture provides to the portable kernel core.
 ///
 /// Implemented once per architecture in `platform/<arch>`; the boot binary
@@ -78,6 +103,19 @@ pub trait Platform: Sync {
     fn frame_pointer(&self) -> usize;
     /// Address ranges `(low, high)` that hold kernel stacks, for safe backtrace walks.
     fn stack_ranges(&self) -> &[(usize, usize)];
+    /// ELF `e_machine` of user programs for this architecture.
+    fn elf_machine(&self) -> u16;
+    /// Creates an empty user address space (kernel half shared) and returns its root.
+    fn user_space_new(&self) -> Result<u64, MapError>;
+    /// Maps one 4 KiB user page.
+    fn user_map(&self, root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError>;
+    /// Physical address and rights of a user page, if mapped.
+    fn user_translate(&self, root: u64, va: u64) -> Option<(u64, UserPerms)>;
+    /// Frees the page tables of a user address space (not the frames it mapped).
+    fn user_space_free(&self, root: u64);
+    /// Runs user code at `entry` with stack `stack_top` in address space `root`
+    /// until the task exits or is killed; syscalls go to [`crate::task::syscall`].
+    fn run_user(&self, root: u64, entry: u64, stack_top: u64) -> UserExit;
     /// Ends the machine run with a status (QEMU exit device where present, else halt).
     fn exit(&self, success: bool) -> !;
 }

@@ -191,8 +191,19 @@ extern "C" fn arm_trap(frame: &mut TrapFrame, vector: u64) {
             report(frame, vector, esr, FAR_EL1.get());
             crate::exit::exit(false);
         }
-        // IRQ from EL1.
-        5 => crate::gic::handle_irq(),
+        // IRQ from EL1 or EL0.
+        5 | 9 => crate::gic::handle_irq(),
+        // Synchronous from EL0 (AArch64): a syscall, or a fault that kills the task.
+        8 => {
+            let esr = ESR_EL1.get();
+            let ec = (esr >> 26) & 0x3F;
+            if ec == 0x15 {
+                crate::user::syscall(frame);
+                return;
+            }
+            let addr = if matches!(ec, 0x20 | 0x24) { FAR_EL1.get() } else { 0 };
+            crate::user::leave(kcore::UserExit::Killed { reason: exception_class_name(ec), pc: frame.elr, addr });
+        }
         _ => {
             report(frame, vector, ESR_EL1.get(), FAR_EL1.get());
             crate::exit::exit(false);

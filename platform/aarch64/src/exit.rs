@@ -39,10 +39,6 @@ pub fn exit(success: bool) -> ! {
             core::arch::asm!("hlt #0xf000", in("x0") SYS_EXIT, in("x1") block.as_ptr(), options(nostack));
         }
     }
-    kcore::console::print_unlocked(format_args!(
-        "portcullis: halted ({})\n",
-        if success { "success" } else { "failure" }
-    ));
     // SAFETY: PSCI SYSTEM_OFF does not return when firmware implements it; if the
     // SMC is not implemented it returns an error code we ignore.
     unsafe { core::arch::asm!("smc #0", inout("x0") PSCI_SYSTEM_OFF => _, options(nostack)) };

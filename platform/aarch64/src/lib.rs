@@ -18,6 +18,7 @@ pub mod ktests;
 pub mod paging;
 pub mod pl011;
 pub mod timer;
+pub mod user;
 
 use core::sync::atomic::Ordering;
 use kcore::{MapError, PageAttr, Platform};
@@ -115,6 +116,30 @@ impl Platform for ArmPlatform {
 
     fn stack_ranges(&self) -> &[(usize, usize)] {
         exceptions::stack_ranges()
+    }
+
+    fn elf_machine(&self) -> u16 {
+        kcore::elf::EM_AARCH64
+    }
+
+    fn user_space_new(&self) -> Result<u64, MapError> {
+        user::new_space()
+    }
+
+    fn user_map(&self, root: u64, va: u64, pa: u64, perms: kcore::UserPerms) -> Result<(), MapError> {
+        user::map(root, va, pa, perms)
+    }
+
+    fn user_translate(&self, root: u64, va: u64) -> Option<(u64, kcore::UserPerms)> {
+        user::translate(root, va)
+    }
+
+    fn user_space_free(&self, root: u64) {
+        user::free_space(root)
+    }
+
+    fn run_user(&self, root: u64, entry: u64, stack_top: u64) -> kcore::UserExit {
+        user::run(root, entry, stack_top)
     }
 
     fn exit(&self, success: bool) -> ! {

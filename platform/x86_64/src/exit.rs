@@ -38,10 +38,6 @@ pub fn exit(success: bool) -> ! {
         // SAFETY: the command line told us this port is QEMU's isa-debug-exit device.
         unsafe { p.write(if success { SUCCESS } else { FAILURE }) };
     }
-    kcore::console::print_unlocked(format_args!(
-        "portcullis: halted ({})\n",
-        if success { "success" } else { "failure" }
-    ));
     loop {
         x86_64::instructions::interrupts::disable();
         x86_64::instructions::hlt();

@@ -15,9 +15,44 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 struct Stack([u8; IST_STACK_SIZE]);
 
 static mut IST_STACK: Stack = Stack([0; IST_STACK_SIZE]);
-static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
-static GDT: spin::Once<(GlobalDescriptorTable, SegmentSelector, SegmentSelector, SegmentSelector)> = spin::Once::new();
-static STACKS: spin::Once<[(usize, usize); 2]> = spin::Once::new();
+/// Kernel stack used while a user task runs (TSS.RSP0 and the syscall stack).
+const USER_KERNEL_STACK_SIZE: usize = 64 * 1024;
+static mut USER_KERNEL_STACK: Stack64 = Stack64([0; USER_KERNEL_STACK_SIZE]);
+#[repr(align(16))]
+#[allow(dead_code)] // only its address is used
+struct Stack64([u8; USER_KERNEL_STACK_SIZE]);
+
+/// The task-state segment; mutable only through [`set_rsp0`].
+static mut TSS: TaskStateSegment = TaskStateSegment::new();
+static GDT: spin::Once<Selectors> = spin::Once::new();
+static STACKS: spin::Once<[(usize, usize); 3]> = spin::Once::new();
+
+/// The GDT and the selectors of its entries.
+struct Selectors {
+    gdt: GlobalDescriptorTable,
+    kernel_code: SegmentSelector,
+    kernel_data: SegmentSelector,
+    tss: SegmentSelector,
+}
+
+/// User code selector (ring 3); SYSRET derives it from STAR as user base + 16.
+pub const USER_CODE: u16 = 0x23;
+/// User data/stack selector (ring 3); SYSRET derives it as user base + 8.
+pub const USER_DATA: u16 = 0x1B;
+/// Kernel code selector.
+pub const KERNEL_CODE: u16 = 0x08;
+
+/// Top of the kernel stack used while user code runs.
+pub fn user_kernel_stack_top() -> u64 {
+    (core::ptr::addr_of!(USER_KERNEL_STACK) as usize + USER_KERNEL_STACK_SIZE) as u64
+}
+
+/// Sets the stack the CPU switches to on an interrupt from ring 3.
+pub fn set_rsp0(top: u64) {
+    // SAFETY: single CPU; called with interrupts disabled before entering user
+    // mode, so the CPU cannot read the TSS concurrently.
+    unsafe { (*core::ptr::addr_of_mut!(TSS)).privilege_stack_table[0] = VirtAddr::new(top) };
+}
 
 unsafe extern "C" {
     static boot_stack_bottom: u8;
@@ -29,37 +64,44 @@ fn ist_range() -> (usize, usize) {
     (lo, lo + IST_STACK_SIZE)
 }
 
-/// Kernel stacks known to the backtrace walker: the boot stack and the IST stack.
+/// Kernel stacks known to the backtrace walker: boot, IST and user-kernel stacks.
 pub fn stack_ranges() -> &'static [(usize, usize)] {
     STACKS.call_once(|| {
         let boot = (core::ptr::addr_of!(boot_stack_bottom) as usize, core::ptr::addr_of!(boot_stack_top) as usize);
-        [boot, ist_range()]
+        let user = user_kernel_stack_top() as usize;
+        [boot, ist_range(), (user - USER_KERNEL_STACK_SIZE, user)]
     })
 }
 
-/// Loads the GDT (kernel code/data + TSS) and reloads the segment registers.
+/// Loads the GDT (kernel code/data, user data/code, TSS) and reloads the segment registers.
 pub fn init() {
-    let tss = TSS.call_once(|| {
-        let mut tss = TaskStateSegment::new();
+    // SAFETY: called once at boot before interrupts are enabled; nothing else
+    // holds a reference to the TSS yet.
+    let tss: &'static TaskStateSegment = unsafe {
+        let tss = &mut *core::ptr::addr_of_mut!(TSS);
         tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = VirtAddr::new(ist_range().1 as u64);
+        tss.privilege_stack_table[0] = VirtAddr::new(user_kernel_stack_top());
         tss
-    });
-    let (gdt, code, data, tss_sel) = GDT.call_once(|| {
+    };
+    let s = GDT.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
-        let code = gdt.append(Descriptor::kernel_code_segment());
-        let data = gdt.append(Descriptor::kernel_data_segment());
-        let tss_sel = gdt.append(Descriptor::tss_segment(tss));
-        (gdt, code, data, tss_sel)
+        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+        // Order fixed by SYSRET: user data at base + 8, user code at base + 16.
+        let _user_data = gdt.append(Descriptor::user_data_segment());
+        let _user_code = gdt.append(Descriptor::user_code_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        Selectors { gdt, kernel_code, kernel_data, tss }
     });
-    gdt.load();
+    s.gdt.load();
     // SAFETY: the selectors index descriptors of the GDT just loaded, which lives
     // in a static; the TSS descriptor is valid and not yet loaded.
     unsafe {
-        CS::set_reg(*code);
-        DS::set_reg(*data);
-        ES::set_reg(*data);
-        SS::set_reg(*data);
-        load_tss(*tss_sel);
+        CS::set_reg(s.kernel_code);
+        DS::set_reg(s.kernel_data);
+        ES::set_reg(s.kernel_data);
+        SS::set_reg(s.kernel_data);
+        load_tss(s.tss);
     }
     let _ = stack_ranges();
 }

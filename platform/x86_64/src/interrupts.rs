@@ -391,6 +391,11 @@ extern "C" fn x86_trap(frame: &mut TrapFrame) {
             crate::apic::eoi();
         }
         v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if frame.cs & 3 == 3 => {
+            // A fault in user mode kills the task, not the kernel.
+            let addr = if v == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };
+            crate::user::kill(exception_name(v), frame.rip, addr);
+        }
         _ => {
             report(frame);
             crate::exit::exit(false);

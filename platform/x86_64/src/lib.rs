@@ -23,6 +23,7 @@ pub mod pit;
 pub mod pvh;
 pub mod serial;
 pub mod tsc;
+pub mod user;
 
 use core::sync::atomic::Ordering;
 use kcore::{MapError, PageAttr, Platform};
@@ -47,6 +48,7 @@ pub fn early_init() {
     }
     gdt::init();
     interrupts::init_idt();
+    user::init_syscalls();
     kcore::mm::set_direct_map(DIRECT_MAP);
     kcore::register_platform(&PLATFORM);
 }
@@ -128,6 +130,30 @@ impl Platform for X86Platform {
 
     fn stack_ranges(&self) -> &[(usize, usize)] {
         gdt::stack_ranges()
+    }
+
+    fn elf_machine(&self) -> u16 {
+        kcore::elf::EM_X86_64
+    }
+
+    fn user_space_new(&self) -> Result<u64, MapError> {
+        user::new_space()
+    }
+
+    fn user_map(&self, root: u64, va: u64, pa: u64, perms: kcore::UserPerms) -> Result<(), MapError> {
+        user::map(root, va, pa, perms)
+    }
+
+    fn user_translate(&self, root: u64, va: u64) -> Option<(u64, kcore::UserPerms)> {
+        user::translate(root, va)
+    }
+
+    fn user_space_free(&self, root: u64) {
+        user::free_space(root)
+    }
+
+    fn run_user(&self, root: u64, entry: u64, stack_top: u64) -> kcore::UserExit {
+        user::run(root, entry, stack_top)
     }
 
     fn exit(&self, success: bool) -> ! {

@@ -1,0 +1,301 @@
+//! Ring 3: user address spaces, entering user mode, the `syscall` entry, and
+//! leaving user mode on `exit` or a fault (Intel SDM Vol. 3A §5.8.8 SYSCALL/SYSRET,
+//! §6.14 64-bit interrupt handling).
+//!
+//! A user address space is a PML4 whose upper half (entries 256–511) is copied
+//! from the kernel's, so kernel code and the direct map stay mapped while user
+//! code runs; user pages carry the USER bit and NX unless executable.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use kcore::task::SyscallOutcome;
+use kcore::{MapError, UserExit, UserPerms};
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags, KernelGsBase, LStar, SFMask};
+use x86_64::registers::rflags::RFlags;
+use x86_64::structures::paging::mapper::{MapToError, TranslateResult};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB, Translate,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Per-CPU data reached through GS during `syscall` entry: kernel stack top, scratch.
+#[repr(C)]
+struct PerCpu {
+    kernel_rsp: u64,
+    user_rsp_scratch: u64,
+}
+
+static mut PERCPU: PerCpu = PerCpu { kernel_rsp: 0, user_rsp_scratch: 0 };
+/// Kernel stack pointer saved by `x86_enter_user`, restored by `x86_leave_user`.
+static mut KERNEL_RSP: u64 = 0;
+/// CR3 of the kernel address space, restored after a task.
+static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
+/// How the running task ended (written before leaving user mode).
+static EXIT: spin::Mutex<Option<UserExit>> = spin::Mutex::new(None);
+
+/// Registers saved by the `syscall` entry stub, lowest address first.
+#[repr(C)]
+struct SyscallFrame {
+    rax: u64,
+    rdi: u64,
+    rsi: u64,
+    rdx: u64,
+    r10: u64,
+    r8: u64,
+    r9: u64,
+    r11: u64,
+    rcx: u64,
+    user_rsp: u64,
+}
+
+core::arch::global_asm!(
+    r#"
+.section .text.user_entry, "ax"
+.global x86_syscall_entry
+x86_syscall_entry:
+    swapgs
+    mov gs:[8], rsp
+    mov rsp, gs:[0]
+    push qword ptr gs:[8]
+    swapgs
+    push rcx
+    push r11
+    push r9
+    push r8
+    push r10
+    push rdx
+    push rsi
+    push rdi
+    push rax
+    mov rdi, rsp
+    cld
+    call x86_syscall
+    pop rax
+    pop rdi
+    pop rsi
+    pop rdx
+    pop r10
+    pop r8
+    pop r9
+    pop r11
+    pop rcx
+    pop rsp
+    xor edi, edi
+    xor esi, esi
+    xor edx, edx
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    sysretq
+
+/* x86_enter_user(entry = rdi, user_sp = rsi): returns the value passed to x86_leave_user. */
+.global x86_enter_user
+x86_enter_user:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov [rip + {kernel_rsp}], rsp
+    push {user_data}
+    push rsi
+    push 0x202
+    push {user_code}
+    push rdi
+    xor eax, eax
+    xor ebx, ebx
+    xor ecx, ecx
+    xor edx, edx
+    xor esi, esi
+    xor edi, edi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+    iretq
+
+/* x86_leave_user(value = rdi): back on the kernel stack saved by x86_enter_user. */
+.global x86_leave_user
+x86_leave_user:
+    mov rsp, [rip + {kernel_rsp}]
+    mov rax, rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+"#,
+    kernel_rsp = sym KERNEL_RSP,
+    user_data = const crate::gdt::USER_DATA as u64,
+    user_code = const crate::gdt::USER_CODE as u64,
+);
+
+unsafe extern "C" {
+    fn x86_syscall_entry();
+    fn x86_enter_user(entry: u64, user_sp: u64) -> u64;
+    fn x86_leave_user(value: u64) -> !;
+}
+
+/// Enables `syscall`/`sysret` and points them at the entry stub.
+pub fn init_syscalls() {
+    // SAFETY: EFER.SCE only enables the SYSCALL instruction; NXE and LME stay set.
+    unsafe { Efer::update(|f| *f |= EferFlags::SYSTEM_CALL_EXTENSIONS) };
+    LStar::write(VirtAddr::new(x86_syscall_entry as *const () as u64));
+    // Interrupts, traps, direction and alignment checks are off on entry.
+    SFMask::write(RFlags::INTERRUPT_FLAG | RFlags::TRAP_FLAG | RFlags::DIRECTION_FLAG | RFlags::ALIGNMENT_CHECK);
+    let star = (u64::from(crate::gdt::USER_DATA - 8) << 48) | (u64::from(crate::gdt::KERNEL_CODE) << 32);
+    // SAFETY: STAR holds the selector bases SYSCALL/SYSRET derive CS/SS from; the
+    // GDT layout (kernel code, kernel data, user data, user code) matches them.
+    unsafe { x86_64::registers::model_specific::Msr::new(0xC000_0081).write(star) };
+    KernelGsBase::write(VirtAddr::new(core::ptr::addr_of!(PERCPU) as u64));
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn x86_syscall(frame: &mut SyscallFrame) {
+    let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
+    match kcore::task::syscall(frame.rax, args) {
+        SyscallOutcome::Return(v) => frame.rax = v,
+        SyscallOutcome::Exit(code) => leave(UserExit::Exited(code)),
+    }
+}
+
+/// Ends the running task: records how, then resumes the kernel after `run_user`.
+pub fn leave(exit: UserExit) -> ! {
+    *EXIT.lock() = Some(exit);
+    // SAFETY: called only while a task runs (from a syscall or an exception taken
+    // in ring 3), so x86_enter_user saved a valid kernel stack to return to.
+    unsafe { x86_leave_user(0) }
+}
+
+/// Called by the exception dispatcher for a fault taken in ring 3.
+pub fn kill(reason: &'static str, pc: u64, addr: u64) -> ! {
+    leave(UserExit::Killed { reason, pc, addr })
+}
+
+/// Runs user code until it exits or is killed.
+pub fn run(root: u64, entry: u64, stack_top: u64) -> UserExit {
+    let (kernel_frame, flags) = Cr3::read();
+    KERNEL_CR3.store(kernel_frame.start_address().as_u64(), Ordering::Relaxed);
+    let kstack = crate::gdt::user_kernel_stack_top();
+    x86_64::instructions::interrupts::disable();
+    crate::gdt::set_rsp0(kstack);
+    // SAFETY: single CPU with interrupts off; the syscall stub reads this only
+    // after SWAPGS in a later syscall.
+    unsafe { (*core::ptr::addr_of_mut!(PERCPU)).kernel_rsp = kstack };
+    *EXIT.lock() = None;
+    // SAFETY: `root` is a user PML4 built by `new_space`, whose upper half is the
+    // kernel's, so this code stays mapped after the switch.
+    unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(root)), Cr3Flags::empty()) };
+    // SAFETY: entry and stack lie in the user half of `root`; the call returns
+    // only through x86_leave_user, which restores the callee-saved registers.
+    unsafe { x86_enter_user(entry, stack_top) };
+    // SAFETY: restoring the kernel's own page tables.
+    unsafe { Cr3::write(kernel_frame, flags) };
+    x86_64::instructions::interrupts::enable();
+    EXIT.lock().take().unwrap_or(UserExit::Killed { reason: "lost exit status", pc: 0, addr: 0 })
+}
+
+struct KernelFrames;
+
+// SAFETY: every frame returned is freshly allocated, zeroed and unused elsewhere.
+unsafe impl FrameAllocator<Size4KiB> for KernelFrames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        kcore::mm::alloc_frame().map(|pa| PhysFrame::containing_address(PhysAddr::new(pa)))
+    }
+}
+
+fn with_space<R>(root: u64, f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
+    let va = kcore::mm::phys_to_virt(root);
+    // SAFETY: `root` is a PML4 frame of a user space (from `new_space`), reached
+    // through the direct map; callers do not run concurrently on one space.
+    let mut t = unsafe { OffsetPageTable::new(&mut *(va as *mut PageTable), VirtAddr::new(crate::DIRECT_MAP)) };
+    f(&mut t)
+}
+
+/// A new user PML4 sharing the kernel half.
+pub fn new_space() -> Result<u64, MapError> {
+    let root = kcore::mm::alloc_frame().ok_or(MapError::OutOfFrames)?;
+    let kernel = Cr3::read().0.start_address().as_u64();
+    let (src, dst) = (kcore::mm::phys_to_virt(kernel) as *const u64, kcore::mm::phys_to_virt(root) as *mut u64);
+    for i in 256..512 {
+        // SAFETY: both frames are page tables in the direct map; copying entries.
+        unsafe { dst.add(i).write(src.add(i).read()) };
+    }
+    Ok(root)
+}
+
+/// Maps a user page.
+pub fn map(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError> {
+    if va >= 0x0000_8000_0000_0000 || !va.is_multiple_of(4096) {
+        return Err(MapError::BadAddress(va));
+    }
+    let page: Page<Size4KiB> = Page::containing_address(VirtAddr::new(va));
+    let mut flags = PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE;
+    if perms.write {
+        flags |= PageTableFlags::WRITABLE;
+    }
+    if !perms.exec {
+        flags |= PageTableFlags::NO_EXECUTE;
+    }
+    let parents = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE;
+    let frame = PhysFrame::containing_address(PhysAddr::new(pa));
+    with_space(root, |t| {
+        // SAFETY: the page is in the user half of a space no CPU runs right now
+        // (or the current task's own space); the frame belongs to the task.
+        match unsafe { t.map_to_with_table_flags(page, frame, flags, parents, &mut KernelFrames) } {
+            Ok(flush) => {
+                flush.ignore();
+                Ok(())
+            }
+            Err(MapToError::PageAlreadyMapped(_)) => Err(MapError::AlreadyMapped(va)),
+            Err(MapToError::ParentEntryHugePage) => Err(MapError::InsideHugePage(va)),
+            Err(MapToError::FrameAllocationFailed) => Err(MapError::OutOfFrames),
+        }
+    })
+}
+
+/// Frame and rights of a user page.
+pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
+    if va >= 0x0000_8000_0000_0000 {
+        return None;
+    }
+    with_space(root, |t| match t.translate(VirtAddr::new(va)) {
+        TranslateResult::Mapped { frame, offset, flags } if flags.contains(PageTableFlags::USER_ACCESSIBLE) => Some((
+            frame.start_address().as_u64() + offset,
+            UserPerms {
+                write: flags.contains(PageTableFlags::WRITABLE),
+                exec: !flags.contains(PageTableFlags::NO_EXECUTE),
+            },
+        )),
+        _ => None,
+    })
+}
+
+/// Frees the user half's page tables and the PML4.
+pub fn free_space(root: u64) {
+    fn free_level(table_pa: u64, level: u8, range: core::ops::Range<usize>) {
+        let table = kcore::mm::phys_to_virt(table_pa) as *const u64;
+        for i in range {
+            // SAFETY: `table_pa` is a page-table frame of this user space in the direct map.
+            let e = unsafe { table.add(i).read() };
+            if e & 1 == 0 || e & 0x80 != 0 {
+                continue; // not present, or a huge page (never used for user space)
+            }
+            let next = e & 0x000F_FFFF_FFFF_F000;
+            if level > 1 {
+                free_level(next, level - 1, 0..512);
+                let _ = kcore::mm::free_frame(next);
+            }
+        }
+    }
+    free_level(root, 4, 0..256);
+    let _ = kcore::mm::free_frame(root);
+}

@@ -1,0 +1,77 @@
+//! Raw syscalls and their typed wrappers (register convention in `abi`).
+
+use abi::{decode, SysResult, Sysno};
+
+/// Issues syscall `n` with up to five arguments and returns the raw result.
+#[inline(always)]
+pub fn raw(n: u64, a: [u64; 5]) -> u64 {
+    let ret: u64;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the kernel's syscall entry preserves everything but rax, rcx, r11
+    // and the argument registers, which are declared clobbered here.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n => ret,
+            inlateout("rdi") a[0] => _,
+            inlateout("rsi") a[1] => _,
+            inlateout("rdx") a[2] => _,
+            inlateout("r10") a[3] => _,
+            inlateout("r8") a[4] => _,
+            lateout("r9") _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the kernel's SVC handler returns the result in x0 and preserves
+    // every other register except the argument registers declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "svc #0",
+            in("x8") n,
+            inlateout("x0") a[0] => ret,
+            inlateout("x1") a[1] => _,
+            inlateout("x2") a[2] => _,
+            inlateout("x3") a[3] => _,
+            inlateout("x4") a[4] => _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// Ends the task.
+pub fn exit(status: i64) -> ! {
+    raw(Sysno::Exit as u64, [status as u64, 0, 0, 0, 0]);
+    // The kernel never returns from exit; trap if it somehow did.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Writes text to the kernel log.
+pub fn log(text: &str) -> SysResult {
+    decode(raw(Sysno::Log as u64, [text.as_ptr() as u64, text.len() as u64, 0, 0, 0]))
+}
+
+/// Writes `len` bytes at a raw address to the kernel log (for tests of bad pointers).
+pub fn log_raw(ptr: u64, len: u64) -> SysResult {
+    decode(raw(Sysno::Log as u64, [ptr, len, 0, 0, 0]))
+}
+
+/// Gives up the CPU.
+pub fn yield_now() -> SysResult {
+    decode(raw(Sysno::Yield as u64, [0; 5]))
+}
+
+/// Nanoseconds since boot.
+pub fn clock() -> SysResult {
+    decode(raw(Sysno::Clock as u64, [0; 5]))
+}
+
+/// Sleeps at least `ns` nanoseconds.
+pub fn sleep(ns: u64) -> SysResult {
+    decode(raw(Sysno::Sleep as u64, [ns, 0, 0, 0, 0]))
+}
