@@ -1,0 +1,200 @@
+//! Host tests: enumeration and assignment on simulated topologies.
+
+use crate::assign::assign;
+use crate::enumerate::enumerate;
+use crate::fake::{FakeConfig, FakeFunction};
+use crate::{reg, BarKind, Bdf, ConfigAccess, HostBridge, PciError, Window};
+use proptest::prelude::*;
+
+fn virt_host() -> HostBridge {
+    HostBridge {
+        segment: 0,
+        bus_start: 0,
+        bus_end: 0xFF,
+        mmio32: Some(Window { cpu_base: 0x1000_0000, pci_base: 0x1000_0000, size: 0x2EFF_0000 }),
+        mmio64: Some(Window { cpu_base: 0x80_0000_0000, pci_base: 0x80_0000_0000, size: 0x80_0000_0000 }),
+        io: Some(Window { cpu_base: 0x3EFF_0000, pci_base: 0, size: 0x1_0000 }),
+    }
+}
+
+const EDU: (u16, u16, u32) = (0x1234, 0x11E8, 0x00FF00);
+
+fn edu(parent: Option<usize>, dev: u8) -> FakeFunction {
+    FakeFunction::endpoint(parent, dev, 0, EDU.0, EDU.1, EDU.2).with_mem_bar(0, 1 << 20, false, false)
+}
+
+#[test]
+fn root_bus_endpoints_get_bars_and_decode() {
+    let host_bridge = FakeFunction::endpoint(None, 0, 0, 0x1B36, 0x0008, 0x060000);
+    let nvme = FakeFunction::endpoint(None, 5, 0, 0x1B36, 0x0010, 0x010802)
+        .with_mem_bar(0, 16 << 10, true, false)
+        .with_cap(0x40, crate::caps::id::MSIX, &[0x3F, 0x00, 0x00, 0x20, 0, 0, 0x00, 0x30, 0, 0]);
+    let cfg = FakeConfig::new(0, vec![host_bridge, edu(None, 4), nvme]);
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    assert_eq!(fns.len(), 3);
+    assert_eq!(fns[1].bdf, Bdf::new(0, 0, 4, 0));
+    assert_eq!((fns[1].vendor, fns[1].device, fns[1].class), EDU);
+    assert_eq!(fns[1].bars[0].size, 1 << 20);
+    assert_eq!(fns[1].bars[0].base, 0, "unassigned before assignment");
+    let msix = fns[2].caps.msix.unwrap();
+    assert_eq!((msix.table_size, msix.table, msix.pba), (64, (0, 0x2000), (0, 0x3000)));
+    let s = assign(&cfg, &host, &mut fns).unwrap();
+    assert_eq!(s.assigned, 2);
+    let edu_bar = fns[1].bars[0];
+    assert_eq!(edu_bar.base % (1 << 20), 0);
+    assert_eq!(cfg.read32(fns[1].bdf, reg::BAR0), edu_bar.base as u32, "BAR programmed");
+    let nvme_bar = fns[2].bars[0];
+    assert_eq!(nvme_bar.kind, BarKind::Mem64);
+    assert!(nvme_bar.base >= 0x80_0000_0000, "64-bit BAR on the root bus uses the 64-bit window");
+    assert_eq!(cfg.read32(fns[2].bdf, reg::BAR0 + 4), (nvme_bar.base >> 32) as u32);
+    assert_ne!(cfg.read16(fns[1].bdf, reg::COMMAND) & reg::CMD_MEMORY, 0, "memory decode on");
+    assert_eq!(cfg.read16(fns[1].bdf, reg::COMMAND) & reg::CMD_BUS_MASTER, 0, "bus master stays off");
+}
+
+#[test]
+fn devices_behind_a_root_port_and_a_bridge_chain_get_buses_and_windows() {
+    // root port (bus 0 dev 1) -> edu ; pci bridge (bus 0 dev 2) -> bridge -> edu (multi-function: + fn 1)
+    let rp = FakeFunction::bridge(None, 1, 0x1B36, 0x000C).with_cap(0x40, crate::caps::id::PCIE, &[0x42, 0]);
+    let e1 = edu(Some(0), 0);
+    let b1 = FakeFunction::bridge(None, 2, 0x1B36, 0x0001);
+    let b2 = FakeFunction::bridge(Some(2), 3, 0x1B36, 0x0001);
+    let e2 = edu(Some(3), 0).multifunction();
+    let e3 = FakeFunction::endpoint(Some(3), 0, 1, 0x1AF4, 0x1057, 0x00FF00).with_mem_bar(0, 16 << 10, true, true);
+    let cfg = FakeConfig::new(0, vec![rp, e1, b1, b2, e2, e3]);
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    let bdfs: Vec<String> = fns.iter().map(|f| f.bdf.to_string()).collect();
+    assert_eq!(bdfs, ["0000:00:01.0", "0000:01:00.0", "0000:00:02.0", "0000:02:03.0", "0000:03:00.0", "0000:03:00.1"]);
+    assert_eq!(fns[0].bridge_buses, Some((1, 1)));
+    assert_eq!(fns[2].bridge_buses, Some((2, 3)));
+    assert_eq!(fns[3].bridge_buses, Some((3, 3)));
+    assert_eq!(fns[4].path, vec![Bdf::new(0, 0, 2, 0), Bdf::new(0, 2, 3, 0)]);
+    assert_eq!(fns[0].caps.pcie_port_type, Some(4), "root port");
+    assign(&cfg, &host, &mut fns).unwrap();
+    // Every endpoint BAR lies inside every window of its bridges.
+    for f in fns.iter().filter(|f| !f.is_bridge()) {
+        for bar in &f.bars {
+            assert!(bar.base != 0 && bar.base + bar.size <= 1 << 32, "{} {bar:?}", f.bdf);
+            for bridge in &f.path {
+                let w = cfg.read32(*bridge, reg::MEMORY_BASE);
+                let (base, limit) = (u64::from(w & 0xFFF0) << 16, (u64::from(w >> 16 & 0xFFF0) << 16) | 0xF_FFFF);
+                assert!(bar.base >= base && bar.base + bar.size - 1 <= limit, "{} not in {bridge}'s window", f.bdf);
+            }
+        }
+    }
+    assert_ne!(cfg.read16(fns[0].bdf, reg::COMMAND) & reg::CMD_BUS_MASTER, 0, "bridges forward DMA");
+}
+
+#[test]
+fn firmware_assigned_bars_and_buses_are_kept() {
+    let rp = FakeFunction::bridge(None, 1, 0x8086, 0x1234).with_bytes(0x18, &[0, 5, 5, 0]);
+    let e = edu(Some(0), 0).with_bar_value(0, 0xFEA0_0000);
+    let cfg = FakeConfig::new(0, vec![rp, e]);
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    assert_eq!(fns[1].bdf, Bdf::new(0, 5, 0, 0), "firmware's bus number kept");
+    assert_eq!(fns[1].bars[0].base, 0xFEA0_0000);
+    let s = assign(&cfg, &host, &mut fns).unwrap();
+    assert_eq!((s.assigned, s.kept), (0, 1));
+    assert_eq!(cfg.read32(fns[1].bdf, reg::BAR0), 0xFEA0_0000);
+}
+
+#[test]
+fn window_too_small_is_a_typed_error() {
+    let mut host = virt_host();
+    host.mmio32 = Some(Window { cpu_base: 0x1000_0000, pci_base: 0x1000_0000, size: 0x8_0000 });
+    host.mmio64 = None;
+    let cfg = FakeConfig::new(0, vec![edu(None, 4)]);
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    assert_eq!(
+        assign(&cfg, &host, &mut fns),
+        Err(PciError::WindowExhausted { bdf: Bdf::new(0, 0, 4, 0), bar: 0, size: 1 << 20 })
+    );
+}
+
+#[test]
+fn capability_loop_is_detected_and_enumeration_goes_on() {
+    let looped = edu(None, 4).with_cap(0x40, crate::caps::id::MSI, &[0, 0]).with_bytes(0x41, &[0x40]);
+    let cfg = FakeConfig::new(0, vec![looped]);
+    assert_eq!(crate::caps::read(&cfg, Bdf::new(0, 0, 4, 0)), Err(PciError::BadCapabilityList(Bdf::new(0, 0, 4, 0))));
+    let into_header = edu(None, 4).with_bytes(0x06, &[0x10]).with_bytes(0x34, &[0x20]);
+    let cfg2 = FakeConfig::new(0, vec![into_header]);
+    assert!(crate::caps::read(&cfg2, Bdf::new(0, 0, 4, 0)).is_err());
+    let fns = enumerate(&cfg, &virt_host(), true).unwrap();
+    assert_eq!(fns.len(), 1, "a bad capability list does not stop enumeration");
+}
+
+#[test]
+fn msi_fields_decode() {
+    // Control: 64-bit (bit 7), per-vector mask (bit 8), 4 vectors capable (MMC = 2).
+    let ctrl: u16 = (1 << 7) | (1 << 8) | (2 << 1);
+    let f = edu(None, 4).with_cap(0x40, crate::caps::id::MSI, &ctrl.to_le_bytes());
+    let cfg = FakeConfig::new(0, vec![f]);
+    let caps = crate::caps::read(&cfg, Bdf::new(0, 0, 4, 0)).unwrap();
+    let msi = caps.msi.unwrap();
+    assert!(msi.is_64bit && msi.per_vector_mask);
+    assert_eq!((msi.offset, msi.vectors), (0x40, 4));
+    assert_eq!(caps.names(), vec!["msi"]);
+}
+
+#[test]
+fn out_of_bus_numbers() {
+    let mut host = virt_host();
+    host.bus_end = 0;
+    let cfg = FakeConfig::new(0, vec![FakeFunction::bridge(None, 1, 1, 1), edu(Some(0), 0)]);
+    assert_eq!(enumerate(&cfg, &host, true), Err(PciError::OutOfBusNumbers(Bdf::new(0, 0, 1, 0))));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Random endpoints (some behind one or two bridges) with random BARs: after
+    /// assignment no two BARs overlap, each is naturally aligned, inside a host
+    /// window, and inside the windows of every bridge above it.
+    #[test]
+    fn assignment_invariants(devs in proptest::collection::vec((0u8..3, 12u32..22, any::<bool>(), any::<bool>()), 1..12)) {
+        let mut fns = vec![
+            FakeFunction::bridge(None, 30, 1, 1),
+            FakeFunction::bridge(Some(0), 0, 1, 1),
+        ];
+        for (i, &(place, log2, is64, pref)) in devs.iter().enumerate() {
+            let parent = match place { 0 => None, 1 => Some(0), _ => Some(1) };
+            let dev = (i as u8) + 1;
+            fns.push(FakeFunction::endpoint(parent, dev, 0, 0x1234, i as u16, 0xFF00)
+                .with_mem_bar(0, 1 << log2, is64, pref)
+                .with_mem_bar(if is64 { 2 } else { 1 }, 1 << (log2 - 1).max(12), false, false));
+        }
+        let cfg = FakeConfig::new(0, fns);
+        let host = virt_host();
+        let mut found = enumerate(&cfg, &host, true).unwrap();
+        prop_assert_eq!(found.len(), devs.len() + 2);
+        assign(&cfg, &host, &mut found).unwrap();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for f in found.iter().filter(|f| !f.is_bridge()) {
+            for bar in &f.bars {
+                prop_assert_eq!(bar.base % bar.size, 0);
+                let in32 = host.mmio32.is_some_and(|w| bar.base >= w.pci_base && bar.base + bar.size <= w.pci_base + w.size);
+                let in64 = host.mmio64.is_some_and(|w| bar.base >= w.pci_base && bar.base + bar.size <= w.pci_base + w.size);
+                prop_assert!(in32 || in64);
+                for bridge in &f.path {
+                    let w = cfg.read32(*bridge, reg::MEMORY_BASE);
+                    let (lo, hi) = (u64::from(w & 0xFFF0) << 16, (u64::from(w >> 16 & 0xFFF0) << 16) | 0xF_FFFF);
+                    prop_assert!(bar.base >= lo && bar.base + bar.size - 1 <= hi);
+                }
+                for &(b, s) in &ranges {
+                    prop_assert!(bar.base + bar.size <= b || b + s <= bar.base, "overlap");
+                }
+                ranges.push((bar.base, bar.size));
+            }
+        }
+    }
+}
+
+#[test]
+fn bdf_rid_and_display() {
+    let b = Bdf::new(0, 0x01, 0x1F, 7);
+    assert_eq!(b.rid(), 0x01FF);
+    assert_eq!(Bdf::from_rid(0, 0x01FF), b);
+    assert_eq!(b.to_string(), "0000:01:1f.7");
+    assert_eq!(Bdf::new(1, 0, 0x24, 9), Bdf::new(1, 0, 4, 1), "fields masked");
+}
