@@ -4,9 +4,14 @@
 //!
 //! Bindings: Devicetree Specification v0.4 (§3.4 `/memory`, §3.6 `/chosen`,
 //! §5.3 memory reservation block), Linux bindings `arm,gic-v3`, `arm,armv8-timer`,
-//! `arm,pl011`, `reserved-memory`.
+//! `arm,pl011`, `reserved-memory`; PCI hosts, SMMUs and virtio-iommu in [`pci`]
+//! (these allocate; the boot-time queries above do not).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod pci;
 
 use core::fmt;
 
