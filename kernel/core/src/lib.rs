@@ -16,6 +16,7 @@ pub mod frames;
 pub mod heap;
 pub mod ktests;
 pub mod mm;
+pub mod pci;
 pub mod platform;
 pub mod task;
 
@@ -108,6 +109,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     heap::init(heap::heap_size_for(ram))?;
     platform.init_interrupts(boot)?;
     platform.enable_interrupts();
+    pci::init(platform.pci_hosts(boot));
     let (free, total) = mm::frame_counts();
     let (_, heap_free) = heap::usage();
     let firmware = match boot.firmware {

@@ -103,6 +103,8 @@ pub trait Platform: Sync {
     fn frame_pointer(&self) -> usize;
     /// Address ranges `(low, high)` that hold kernel stacks, for safe backtrace walks.
     fn stack_ranges(&self) -> &[(usize, usize)];
+    /// The PCI host bridges (ECAM windows) the firmware describes.
+    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<crate::pci::Ecam>;
     /// ELF `e_machine` of user programs for this architecture.
     fn elf_machine(&self) -> u16;
     /// Creates an empty user address space (kernel half shared) and returns its root.

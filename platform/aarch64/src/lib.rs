@@ -118,6 +118,34 @@ impl Platform for ArmPlatform {
         exceptions::stack_ranges()
     }
 
+    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
+        let Some(dt) = dtb(boot) else { return alloc::vec::Vec::new() };
+        let mut out = alloc::vec::Vec::new();
+        for host in dt.pci_hosts() {
+            let h = match host {
+                Ok(h) => h,
+                Err(e) => {
+                    log::error!("devicetree: PCI host node rejected: {e}");
+                    continue;
+                }
+            };
+            let window = |space| {
+                h.window(space).map(|r| pci::Window { cpu_base: r.cpu_addr, pci_base: r.pci_addr, size: r.size })
+            };
+            use devicetree::pci::PciSpace;
+            let bridge = pci::HostBridge {
+                segment: h.segment,
+                bus_start: h.bus_start,
+                bus_end: h.bus_end,
+                mmio32: window(PciSpace::Mem32),
+                mmio64: window(PciSpace::Mem64),
+                io: window(PciSpace::Io),
+            };
+            out.push(kcore::pci::Ecam::new(h.ecam.base, bridge));
+        }
+        out
+    }
+
     fn elf_machine(&self) -> u16 {
         kcore::elf::EM_AARCH64
     }

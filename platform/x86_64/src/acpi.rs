@@ -26,3 +26,31 @@ pub fn tables(rsdp: u64) -> Result<AcpiTables<DirectMapHandler>, acpi::AcpiError
     // firmware memory covered by the direct map.
     unsafe { AcpiTables::from_rsdp(DirectMapHandler, rsdp as usize) }
 }
+
+/// PCI hosts from the MCFG (ECAM windows). Address windows stay empty: on PCs
+/// firmware assigns every BAR (the _CRS windows live in AML, not parsed here).
+pub fn pci_hosts(rsdp: u64) -> alloc::vec::Vec<kcore::pci::Ecam> {
+    let mut out = alloc::vec::Vec::new();
+    let tables = match tables(rsdp) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("acpi: cannot read the tables: {e:?}");
+            return out;
+        }
+    };
+    let Ok(mcfg) = tables.find_table::<acpi::mcfg::Mcfg>() else {
+        log::warn!("acpi: no MCFG: PCI configuration space unreachable");
+        return out;
+    };
+    for e in mcfg.get().entries() {
+        let (base, segment, start, end) = (e.base_address, e.pci_segment_group, e.bus_number_start, e.bus_number_end);
+        if end < start {
+            log::error!("acpi: MCFG entry for segment {segment} has buses {start}-{end}; skipped");
+            continue;
+        }
+        let host = pci::HostBridge { segment, bus_start: start, bus_end: end, mmio32: None, mmio64: None, io: None };
+        // The ECAM base in MCFG is that of bus 0; ours is that of the first bus.
+        out.push(kcore::pci::Ecam::new(base + (u64::from(start) << 20), host));
+    }
+    out
+}

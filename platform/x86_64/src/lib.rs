@@ -132,6 +132,13 @@ impl Platform for X86Platform {
         gdt::stack_ranges()
     }
 
+    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
+        match boot.firmware {
+            bootinfo::FirmwareTables::Acpi { rsdp } => acpi::pci_hosts(rsdp),
+            _ => alloc::vec::Vec::new(),
+        }
+    }
+
     fn elf_machine(&self) -> u16 {
         kcore::elf::EM_X86_64
     }

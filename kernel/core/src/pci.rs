@@ -1,0 +1,151 @@
+//! PCI in the running kernel: ECAM configuration access (mapped per bus on
+//! first use, as device memory), enumeration of every host the firmware
+//! describes, BAR assignment, and the list of functions other parts use.
+
+use crate::mm;
+use alloc::vec::Vec;
+use pci::{Bdf, ConfigAccess, Function, HostBridge};
+
+/// ECAM: 4 KiB of configuration space per function, 1 MiB per bus (PCIe 4.0 §7.2.2).
+pub struct Ecam {
+    /// Physical base of bus `host.bus_start`.
+    pub base: u64,
+    /// The host bridge this window serves.
+    pub host: HostBridge,
+    /// Kernel virtual address of each bus's 1 MiB (0 = not mapped yet).
+    buses: spin::Mutex<[u64; 256]>,
+}
+
+impl Ecam {
+    /// An ECAM window at physical `base` for `host`.
+    pub fn new(base: u64, host: HostBridge) -> Self {
+        Ecam { base, host, buses: spin::Mutex::new([0; 256]) }
+    }
+
+    /// Virtual address of a config register, mapping its bus on first use.
+    fn address(&self, bdf: Bdf, offset: u16) -> Option<u64> {
+        if bdf.segment != self.host.segment || bdf.bus < self.host.bus_start || bdf.bus > self.host.bus_end {
+            return None;
+        }
+        let index = usize::from(bdf.bus - self.host.bus_start);
+        let mut buses = self.buses.lock();
+        if buses[index] == 0 {
+            let pa = self.base + ((index as u64) << 20);
+            buses[index] = mm::map_mmio(pa, 1 << 20).ok()?.va;
+        }
+        Some(buses[index] + (u64::from(bdf.dev) << 15 | u64::from(bdf.func) << 12 | u64::from(offset & 0xFFF)))
+    }
+}
+
+impl ConfigAccess for Ecam {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        match self.address(bdf, offset & !3) {
+            // SAFETY: the address lies in this bus's ECAM page mapped as device memory.
+            Some(va) => unsafe { (va as *const u32).read_volatile() },
+            None => u32::MAX,
+        }
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(va) = self.address(bdf, offset & !3) {
+            // SAFETY: as in `read32`.
+            unsafe { (va as *mut u32).write_volatile(value) }
+        }
+    }
+
+    fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        match self.address(bdf, offset & !1) {
+            // SAFETY: as in `read32`; ECAM accepts naturally aligned 16-bit accesses.
+            Some(va) => unsafe { (va as *const u16).read_volatile() },
+            None => u16::MAX,
+        }
+    }
+
+    fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        if let Some(va) = self.address(bdf, offset & !1) {
+            // SAFETY: as in `read16`.
+            unsafe { (va as *mut u16).write_volatile(value) }
+        }
+    }
+}
+
+/// An enumerated function with the host it hangs off.
+pub struct Device {
+    /// What enumeration found.
+    pub function: Function,
+    /// Index of its host in [`hosts`].
+    pub host: usize,
+}
+
+static HOSTS: spin::Once<Vec<Ecam>> = spin::Once::new();
+static DEVICES: spin::Once<Vec<Device>> = spin::Once::new();
+
+/// The PCI hosts found at boot.
+pub fn hosts() -> &'static [Ecam] {
+    HOSTS.get().map_or(&[], |v| v.as_slice())
+}
+
+/// Every PCI function found at boot.
+pub fn devices() -> &'static [Device] {
+    DEVICES.get().map_or(&[], |v| v.as_slice())
+}
+
+/// Configuration access for `bdf`.
+pub fn access(bdf: Bdf) -> Option<&'static Ecam> {
+    hosts().iter().find(|h| h.host.segment == bdf.segment && (h.host.bus_start..=h.host.bus_end).contains(&bdf.bus))
+}
+
+/// CPU physical address of a BAR (PCI bus address translated through the host's windows).
+pub fn bar_cpu_address(dev: &Device, bar: &pci::Bar) -> u64 {
+    let host = &hosts()[dev.host].host;
+    [host.mmio32, host.mmio64, host.io]
+        .into_iter()
+        .flatten()
+        .find(|w| bar.base >= w.pci_base && bar.base < w.pci_base + w.size)
+        .map_or(bar.base, |w| bar.base - w.pci_base + w.cpu_base)
+}
+
+/// Enumerates every host (assigning buses and BARs where firmware did not).
+pub fn init(hosts: Vec<Ecam>) {
+    let mut all = Vec::new();
+    for (index, ecam) in hosts.iter().enumerate() {
+        let host = &ecam.host;
+        let mut functions = match pci::enumerate::enumerate(ecam, host, true) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("pci: segment {}: enumeration failed: {e}", host.segment);
+                continue;
+            }
+        };
+        match pci::assign::assign(ecam, host, &mut functions) {
+            Ok(s) => log::info!(
+                "pci: segment {} buses {:#x}-{:#x}: {} functions, {} BARs assigned, {} kept, {} bridge windows",
+                host.segment,
+                host.bus_start,
+                host.bus_end,
+                functions.len(),
+                s.assigned,
+                s.kept,
+                s.bridges
+            ),
+            Err(e) => log::error!("pci: segment {}: BAR assignment failed: {e}", host.segment),
+        }
+        for f in &functions {
+            let bars: Vec<alloc::string::String> =
+                f.bars.iter().map(|b| alloc::format!("BAR{}={:#x}+{:#x}", b.index, b.base, b.size)).collect();
+            log::info!(
+                "pci: {} {:04x}:{:04x} class={:06x}{} {} caps=[{}]",
+                f.bdf,
+                f.vendor,
+                f.device,
+                f.class,
+                if f.is_bridge() { " bridge" } else { "" },
+                bars.join(" "),
+                f.caps.names().join(",")
+            );
+        }
+        all.extend(functions.into_iter().map(|function| Device { function, host: index }));
+    }
+    HOSTS.call_once(|| hosts);
+    DEVICES.call_once(|| all);
+}
