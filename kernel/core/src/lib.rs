@@ -110,6 +110,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     platform.init_interrupts(boot)?;
     platform.enable_interrupts();
     pci::init(platform.pci_hosts(boot));
+    pci::init_topology(boot);
     let (free, total) = mm::frame_counts();
     let (_, heap_free) = heap::usage();
     let firmware = match boot.firmware {

@@ -78,6 +78,25 @@ pub struct Device {
 }
 
 static HOSTS: spin::Once<Vec<Ecam>> = spin::Once::new();
+static TOPOLOGY: spin::Once<firmware::Topology> = spin::Once::new();
+
+/// The IOMMU topology found at boot.
+pub fn topology() -> Option<&'static firmware::Topology> {
+    TOPOLOGY.get()
+}
+
+/// Builds the IOMMU topology from the firmware and prints it, one line per item.
+pub fn init_topology(boot: &bootinfo::BootInfo) {
+    let functions: Vec<Function> = devices().iter().map(|d| d.function.clone()).collect();
+    let t = crate::platform().iommu_topology(boot, &functions);
+    for line in firmware::build::lines(&t, &functions) {
+        crate::kprintln!("{line}");
+    }
+    if t.units().is_empty() {
+        log::info!("topology: no IOMMU described by the firmware");
+    }
+    TOPOLOGY.call_once(|| t);
+}
 static DEVICES: spin::Once<Vec<Device>> = spin::Once::new();
 
 /// The PCI hosts found at boot.

@@ -105,6 +105,8 @@ pub trait Platform: Sync {
     fn stack_ranges(&self) -> &[(usize, usize)];
     /// The PCI host bridges (ECAM windows) the firmware describes.
     fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<crate::pci::Ecam>;
+    /// The IOMMU topology the firmware describes, resolved against the PCI functions.
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology;
     /// ELF `e_machine` of user programs for this architecture.
     fn elf_machine(&self) -> u16;
     /// Creates an empty user address space (kernel half shared) and returns its root.

@@ -146,6 +146,16 @@ impl Platform for ArmPlatform {
         out
     }
 
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, _functions: &[pci::Function]) -> firmware::Topology {
+        let Some(dt) = dtb(boot) else { return firmware::Topology::new() };
+        let mut errors = alloc::vec::Vec::new();
+        let t = firmware::build::from_devicetree(&dt, &mut errors);
+        for e in errors {
+            log::error!("devicetree: {e}");
+        }
+        t
+    }
+
     fn elf_machine(&self) -> u16 {
         kcore::elf::EM_AARCH64
     }

@@ -12,6 +12,8 @@
 
 extern crate alloc;
 
+pub mod build;
+
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -117,7 +119,8 @@ impl PciMatch {
         }
     }
 
-    fn first_rid(&self) -> u16 {
+    /// The first requester ID the match covers.
+    pub fn first_rid(&self) -> u16 {
         match *self {
             PciMatch::Rids { first, .. } => first,
             PciMatch::Buses { first, .. } => u16::from(first) << 8,

@@ -235,6 +235,28 @@ impl Function {
     }
 }
 
+/// PCIe device/port type of a PCI Express to PCI/PCI-X bridge (PCIe 4.0 §7.5.3.2).
+pub const PORT_TYPE_PCIE_TO_PCI_BRIDGE: u8 = 0x7;
+
+/// The requester ID an IOMMU sees on DMA from `f`.
+///
+/// A conventional PCI bus carries no requester ID, so the bridge that forwards
+/// the request upstream supplies one: a PCIe-to-PCI bridge uses its secondary
+/// bus number with devfn 0 (PCIe-to-PCI/PCI-X Bridge spec r1.0 §2.3), a
+/// conventional PCI-PCI bridge (no PCIe capability) its own ID. The bridge
+/// closest to the host bridge wins, as it rewrites whatever came from below.
+pub fn dma_requester_id(f: &Function, all: &[Function]) -> u16 {
+    for bridge in &f.path {
+        let Some(b) = all.iter().find(|x| x.bdf == *bridge) else { continue };
+        match b.caps.pcie_port_type {
+            None => return b.bdf.rid(),
+            Some(PORT_TYPE_PCIE_TO_PCI_BRIDGE) => return u16::from(b.bridge_buses.map_or(0, |x| x.0)) << 8,
+            Some(_) => {}
+        }
+    }
+    f.bdf.rid()
+}
+
 /// Sets or clears Bus Master Enable.
 pub fn set_bus_master(access: &dyn ConfigAccess, bdf: Bdf, on: bool) {
     let cmd = access.read16(bdf, reg::COMMAND);

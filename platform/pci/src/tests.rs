@@ -198,3 +198,22 @@ fn bdf_rid_and_display() {
     assert_eq!(b.to_string(), "0000:01:1f.7");
     assert_eq!(Bdf::new(1, 0, 0x24, 9), Bdf::new(1, 0, 4, 1), "fields masked");
 }
+
+#[test]
+fn requester_ids_behind_conventional_and_pcie_to_pci_bridges() {
+    let rp = FakeFunction::bridge(None, 1, 0x1B36, 0x000C).with_cap(0x40, crate::caps::id::PCIE, &[0x42, 0]);
+    let e1 = edu(Some(0), 0);
+    let conv = FakeFunction::bridge(None, 2, 0x1B36, 0x0001);
+    let e2 = edu(Some(2), 3);
+    let p2p = FakeFunction::bridge(None, 4, 0x1B36, 0x000E).with_cap(0x40, crate::caps::id::PCIE, &[0x72, 0]);
+    let e3 = edu(Some(4), 5);
+    let cfg = FakeConfig::new(0, vec![rp, e1, conv, e2, p2p, e3]);
+    let fns = enumerate(&cfg, &virt_host(), true).unwrap();
+    let rid_of = |vendor_dev: Bdf| {
+        let f = fns.iter().find(|f| f.bdf == vendor_dev).unwrap();
+        crate::dma_requester_id(f, &fns)
+    };
+    assert_eq!(rid_of(Bdf::new(0, 1, 0, 0)), 0x0100, "behind a PCIe root port: its own RID");
+    assert_eq!(rid_of(Bdf::new(0, 2, 3, 0)), Bdf::new(0, 0, 2, 0).rid(), "behind a PCI-PCI bridge: the bridge's RID");
+    assert_eq!(rid_of(Bdf::new(0, 3, 5, 0)), 0x0300, "behind a PCIe-to-PCI bridge: secondary bus, devfn 0");
+}

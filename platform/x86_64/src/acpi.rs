@@ -54,3 +54,70 @@ pub fn pci_hosts(rsdp: u64) -> alloc::vec::Vec<kcore::pci::Ecam> {
     }
     out
 }
+
+/// Largest table the raw walker accepts (a corrupt length must not map the world).
+const MAX_TABLE: usize = 1 << 20;
+
+fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
+    // SAFETY: firmware tables lie in RAM or reserved memory below 512 GiB, which the
+    // boot page tables map through the direct map; they are never written.
+    unsafe { core::slice::from_raw_parts(kcore::mm::phys_to_virt(pa) as *const u8, len) }
+}
+
+/// Every table the RSDT (or XSDT) lists, as `(signature, bytes)`; lengths are
+/// taken from each header and capped, contents are not validated here.
+pub fn raw_tables(rsdp: u64) -> alloc::vec::Vec<([u8; 4], &'static [u8])> {
+    let mut out = alloc::vec::Vec::new();
+    let r = phys_bytes(rsdp, 36);
+    if &r[..8] != b"RSD PTR " {
+        log::error!("acpi: no RSDP signature at {rsdp:#x}");
+        return out;
+    }
+    let revision = r[15];
+    let (root, entry_size) = if revision >= 2 && u64::from_le_bytes(r[24..32].try_into().unwrap_or([0; 8])) != 0 {
+        (u64::from_le_bytes(r[24..32].try_into().unwrap_or([0; 8])), 8)
+    } else {
+        (u64::from(u32::from_le_bytes(r[16..20].try_into().unwrap_or([0; 4]))), 4)
+    };
+    let header = phys_bytes(root, 36);
+    let len = (u32::from_le_bytes(header[4..8].try_into().unwrap_or([0; 4])) as usize).clamp(36, MAX_TABLE);
+    let root_table = phys_bytes(root, len);
+    for entry in root_table[36..].chunks_exact(entry_size) {
+        let pa = if entry_size == 8 {
+            u64::from_le_bytes(entry.try_into().unwrap_or([0; 8]))
+        } else {
+            u64::from(u32::from_le_bytes(entry.try_into().unwrap_or([0; 4])))
+        };
+        let h = phys_bytes(pa, 36);
+        let sig = [h[0], h[1], h[2], h[3]];
+        let len = (u32::from_le_bytes(h[4..8].try_into().unwrap_or([0; 4])) as usize).clamp(36, MAX_TABLE);
+        out.push((sig, phys_bytes(pa, len)));
+    }
+    out
+}
+
+/// The x86 interrupt address range, which no IOMMU translates for DMA
+/// (Intel SDM Vol. 3A §11.11.1; VT-d §3.15; AMD IOMMU §2.2.6).
+pub const MSI_WINDOW: (u64, u64) = (0xFEE0_0000, 0xFEEF_FFFF);
+
+/// The IOMMU topology from DMAR, IVRS and VIOT; a table that fails to parse is
+/// logged and left out, the others still count.
+pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
+    let mut t = firmware::Topology::new();
+    for (sig, bytes) in raw_tables(rsdp) {
+        let name = core::str::from_utf8(&sig).unwrap_or("????");
+        let result = match &sig {
+            b"DMAR" => {
+                acpi_tables::dmar::parse(bytes).map(|d| firmware::build::add_dmar(&mut t, &d, functions, MSI_WINDOW))
+            }
+            b"IVRS" => acpi_tables::ivrs::parse(bytes).map(|v| firmware::build::add_ivrs(&mut t, &v, MSI_WINDOW)),
+            b"VIOT" => acpi_tables::viot::parse(bytes).map(|v| firmware::build::add_viot(&mut t, &v, Some(MSI_WINDOW))),
+            _ => continue,
+        };
+        match result {
+            Ok(()) => log::info!("acpi: {name} ({} bytes) parsed", bytes.len()),
+            Err(e) => log::error!("acpi: {name} rejected: {e}; continuing without the units it describes"),
+        }
+    }
+    t
+}

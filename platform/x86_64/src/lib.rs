@@ -139,6 +139,13 @@ impl Platform for X86Platform {
         }
     }
 
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology {
+        match boot.firmware {
+            bootinfo::FirmwareTables::Acpi { rsdp } => acpi::topology(rsdp, functions),
+            _ => firmware::Topology::new(),
+        }
+    }
+
     fn elf_machine(&self) -> u16 {
         kcore::elf::EM_X86_64
     }

@@ -1,0 +1,325 @@
+//! Building a [`Topology`] from firmware tables and the enumerated PCI functions.
+
+use crate::{IommuKind, IommuUnit, PciMatch, PciRule, ReservedKind, ReservedRegion, Topology, UnitLocation};
+use acpi_tables::{dmar, ivrs, viot};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use pci::Function;
+
+/// Secondary and subordinate bus of the bridge at `segment:bus:dev.func`, from enumeration.
+fn bridge_buses(functions: &[Function], segment: u16, bus: u8, dev: u8, func: u8) -> Option<(u8, u8)> {
+    functions.iter().find(|f| f.bdf == pci::Bdf::new(segment, bus, dev, func)).and_then(|f| f.bridge_buses)
+}
+
+fn rid(bus: u8, dev: u8, func: u8) -> u16 {
+    pci::Bdf::new(0, bus, dev, func).rid()
+}
+
+/// What a device scope covers, resolved against the enumerated functions.
+fn scope_match(s: &dmar::DeviceScope, segment: u16, functions: &[Function]) -> Option<Vec<PciMatch>> {
+    let (bus, dev, func) = s.resolve(|b, d, f| bridge_buses(functions, segment, b, d, f).map(|x| x.0))?;
+    let r = rid(bus, dev, func);
+    match s.kind {
+        dmar::ScopeKind::Endpoint => Some(alloc::vec![PciMatch::Rids { first: r, last: r }]),
+        dmar::ScopeKind::Bridge => {
+            let mut v = alloc::vec![PciMatch::Rids { first: r, last: r }];
+            if let Some((first, last)) = bridge_buses(functions, segment, bus, dev, func) {
+                v.push(PciMatch::Buses { first, last });
+            }
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// Adds the units, rules and reserved regions a DMAR describes.
+/// `msi_window` is the architecture's interrupt address range (x86: 0xFEE00000–0xFEEFFFFF).
+pub fn add_dmar(t: &mut Topology, d: &dmar::Dmar, functions: &[Function], msi_window: (u64, u64)) {
+    for (i, u) in d.drhds.iter().enumerate() {
+        let unit = t.add_unit(IommuUnit {
+            name: format!("dmar{i}"),
+            kind: IommuKind::Vtd,
+            location: UnitLocation::Mmio { base: u.base, size: 0x1000 << u.size },
+            segment: u.segment,
+            interrupts: Vec::new(),
+            flags: u32::from(u.include_pci_all),
+        });
+        if u.include_pci_all {
+            let _ = t.add_rule(PciRule {
+                segment: u.segment,
+                matches: PciMatch::All,
+                unit: Some(unit),
+                id_base: 0,
+                alias: None,
+            });
+        }
+        for s in &u.scopes {
+            for m in scope_match(s, u.segment, functions).unwrap_or_default() {
+                let _ = t.add_rule(PciRule {
+                    segment: u.segment,
+                    matches: m,
+                    unit: Some(unit),
+                    id_base: u32::from(m.first_rid()),
+                    alias: None,
+                });
+            }
+        }
+        let _ = t.add_reserved(ReservedRegion {
+            unit,
+            devices: None,
+            start: msi_window.0,
+            end: msi_window.1,
+            kind: ReservedKind::Msi,
+        });
+    }
+    for r in &d.rmrrs {
+        for s in &r.scopes {
+            for m in scope_match(s, r.segment, functions).unwrap_or_default() {
+                if let Some(tr) = t.translate_pci(r.segment, m.first_rid()) {
+                    let region = ReservedRegion {
+                        unit: tr.unit,
+                        devices: Some((r.segment, m)),
+                        start: r.base,
+                        end: r.limit,
+                        kind: ReservedKind::DirectMap,
+                    };
+                    let _ = t.add_reserved(region);
+                }
+            }
+        }
+    }
+}
+
+/// Adds the units, rules and reserved regions an IVRS describes.
+pub fn add_ivrs(t: &mut Topology, v: &ivrs::Ivrs, msi_window: (u64, u64)) {
+    let first_unit = t.units().len();
+    for (i, h) in v.units().into_iter().enumerate() {
+        let unit = t.add_unit(IommuUnit {
+            name: format!("ivhd{i}"),
+            kind: IommuKind::AmdVi,
+            location: UnitLocation::Mmio { base: h.base, size: 0x4000 },
+            segment: h.segment,
+            interrupts: Vec::new(),
+            flags: u32::from(h.flags),
+        });
+        if h.all.is_some() {
+            let _ = t.add_rule(PciRule {
+                segment: h.segment,
+                matches: PciMatch::All,
+                unit: Some(unit),
+                id_base: 0,
+                alias: None,
+            });
+        }
+        for d in &h.devices {
+            let _ = t.add_rule(PciRule {
+                segment: h.segment,
+                matches: PciMatch::Rids { first: d.first, last: d.last },
+                unit: Some(unit),
+                id_base: u32::from(d.first),
+                alias: d.alias,
+            });
+        }
+        let _ = t.add_reserved(ReservedRegion {
+            unit,
+            devices: None,
+            start: msi_window.0,
+            end: msi_window.1,
+            kind: ReservedKind::Msi,
+        });
+    }
+    for m in &v.ivmds {
+        let kind = if m.flags & 8 != 0 { ReservedKind::Reserved } else { ReservedKind::DirectMap };
+        let end = m.start.saturating_add(m.length.max(1) - 1);
+        for unit in first_unit..t.units().len() {
+            let devices = (m.block_type != 0x20)
+                .then_some((t.units()[unit].segment, PciMatch::Rids { first: m.first, last: m.last }));
+            let _ = t.add_reserved(ReservedRegion { unit, devices, start: m.start, end, kind });
+        }
+    }
+}
+
+/// Adds the virtio-iommus and endpoint ranges a VIOT describes; `msi_window`
+/// (x86 only) is reserved for every unit.
+pub fn add_viot(t: &mut Topology, v: &viot::Viot, msi_window: Option<(u64, u64)>) {
+    let mut by_offset: Vec<(u16, usize)> = Vec::new();
+    for n in &v.nodes {
+        let (offset, location, segment) = match *n {
+            viot::Node::VirtioPci { offset, segment, bdf } => {
+                (offset, UnitLocation::Pci { segment, rid: bdf }, segment)
+            }
+            viot::Node::VirtioMmio { offset, base } => (offset, UnitLocation::Mmio { base, size: 0x200 }, 0),
+            _ => continue,
+        };
+        let unit = t.add_unit(IommuUnit {
+            name: format!("viommu{}", by_offset.len()),
+            kind: IommuKind::Virtio,
+            location,
+            segment,
+            interrupts: Vec::new(),
+            flags: 0,
+        });
+        if let UnitLocation::Pci { segment, rid } = location {
+            // The virtio-iommu's own DMA (its queues) is never translated by itself.
+            let _ = t.add_rule(PciRule {
+                segment,
+                matches: PciMatch::Rids { first: rid, last: rid },
+                unit: None,
+                id_base: 0,
+                alias: None,
+            });
+        }
+        if let Some((s, e)) = msi_window {
+            let _ = t.add_reserved(ReservedRegion { unit, devices: None, start: s, end: e, kind: ReservedKind::Msi });
+        }
+        by_offset.push((offset, unit));
+    }
+    for n in &v.nodes {
+        if let viot::Node::PciRange { endpoint_start, segment_start, segment_end, bdf_start, bdf_end, output, .. } = *n
+        {
+            let Some(&(_, unit)) = by_offset.iter().find(|(o, _)| *o == output) else { continue };
+            for segment in segment_start..=segment_end {
+                let _ = t.add_rule(PciRule {
+                    segment,
+                    matches: PciMatch::Rids { first: bdf_start, last: bdf_end },
+                    unit: Some(unit),
+                    id_base: endpoint_start,
+                    alias: None,
+                });
+            }
+        }
+    }
+}
+
+/// Builds the topology a device tree describes (SMMUv3 and virtio-iommu behind
+/// PCI hosts through `iommu-map`). The ITS doorbell page, which every device's
+/// MSIs write to through its IOMMU, is reserved as an MSI window per unit.
+pub fn from_devicetree(dt: &devicetree::DeviceTree<'_>, errors: &mut Vec<String>) -> Topology {
+    let mut t = Topology::new();
+    let mut phandles: Vec<(u32, usize)> = Vec::new();
+    for (i, s) in dt.smmus().into_iter().enumerate() {
+        match s {
+            Ok(s) => {
+                let unit = t.add_unit(IommuUnit {
+                    name: format!("smmu{i}"),
+                    kind: IommuKind::Smmuv3,
+                    location: UnitLocation::Mmio { base: s.regs.base, size: s.regs.size },
+                    segment: 0,
+                    interrupts: s.irqs.iter().map(|q| (q.name.clone(), q.intid)).collect(),
+                    flags: u32::from(s.dma_coherent),
+                });
+                if let Some(p) = s.phandle {
+                    phandles.push((p, unit));
+                }
+            }
+            Err(e) => errors.push(format!("smmu node {i}: {e}; unit ignored")),
+        }
+    }
+    let hosts: Vec<_> =
+        dt.pci_hosts().into_iter().filter_map(|h| h.map_err(|e| errors.push(format!("pci host: {e}"))).ok()).collect();
+    for (i, v) in dt.virtio_iommus().into_iter().enumerate() {
+        match v {
+            Ok(v) => {
+                let segment = hosts.first().map_or(0, |h| h.segment);
+                let unit = t.add_unit(IommuUnit {
+                    name: format!("viommu{i}"),
+                    kind: IommuKind::Virtio,
+                    location: UnitLocation::Pci { segment, rid: v.rid },
+                    segment,
+                    interrupts: Vec::new(),
+                    flags: 0,
+                });
+                if let Some(p) = v.phandle {
+                    phandles.push((p, unit));
+                }
+            }
+            Err(e) => errors.push(format!("virtio-iommu node {i}: {e}; unit ignored")),
+        }
+    }
+    for h in &hosts {
+        for m in &h.iommu_map {
+            let Some(&(_, unit)) = phandles.iter().find(|(p, _)| *p == m.target) else {
+                errors.push(format!("{}: iommu-map names phandle {:#x}, which is no IOMMU", h.name, m.target));
+                continue;
+            };
+            let (Ok(first), Some(last)) = (u16::try_from(m.rid_base), m.rid_base.checked_add(m.len.saturating_sub(1)))
+            else {
+                continue;
+            };
+            let last = u16::try_from(last).unwrap_or(u16::MAX);
+            let _ = t.add_rule(PciRule {
+                segment: h.segment,
+                matches: PciMatch::Rids { first, last },
+                unit: Some(unit),
+                id_base: m.out_base,
+                alias: None,
+            });
+        }
+    }
+    if let Some(its) = dt.gic().and_then(|g| g.its) {
+        // GITS_TRANSLATER lives in the second 64 KiB frame of the ITS (GICv3 spec §12.19).
+        let doorbell = its.base + 0x1_0000;
+        for unit in 0..t.units().len() {
+            let _ = t.add_reserved(ReservedRegion {
+                unit,
+                devices: None,
+                start: doorbell,
+                end: doorbell + 0xFFF,
+                kind: ReservedKind::Msi,
+            });
+        }
+    }
+    t
+}
+
+/// The lines the kernel prints for a topology, in the documented format.
+pub fn lines(t: &Topology, functions: &[Function]) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in t.units() {
+        let (base, extra) = match u.location {
+            UnitLocation::Mmio { base, .. } => (base, String::new()),
+            UnitLocation::Pci { segment, rid } => {
+                let bdf = pci::Bdf::from_rid(segment, rid);
+                let bar = functions
+                    .iter()
+                    .find(|f| f.bdf == bdf)
+                    .and_then(|f| f.bars.iter().find(|b| b.kind != pci::BarKind::Io))
+                    .map_or(0, |b| b.base);
+                (bar, format!(" pci={bdf}"))
+            }
+        };
+        out.push(format!(
+            "topology: iommu {} kind={} base={base:#x} segment={}{extra}",
+            u.name,
+            u.kind.name(),
+            u.segment
+        ));
+    }
+    for f in functions {
+        let rid = pci::dma_requester_id(f, functions);
+        let (name, id) = match t.translate_pci(f.bdf.segment, rid) {
+            Some(tr) => (t.units()[tr.unit].name.as_str(), tr.id),
+            None => ("none", u32::from(rid)),
+        };
+        let alias = if rid != f.bdf.rid() { format!(" alias={:#x}", rid) } else { String::new() };
+        out.push(format!(
+            "topology: pci {} {:04x}:{:04x} class={:06x} iommu={name} id={id:#x}{alias}",
+            f.bdf, f.vendor, f.device, f.class
+        ));
+    }
+    for r in t.reserved() {
+        let devices = match r.devices {
+            None => String::new(),
+            Some((seg, m)) => format!(" devices={seg:04x}:{m:?}"),
+        };
+        out.push(format!(
+            "topology: reserved {} {:#x}-{:#x} {}{devices}",
+            t.units()[r.unit].name,
+            r.start,
+            r.end,
+            r.kind.name()
+        ));
+    }
+    out
+}
