@@ -65,6 +65,9 @@ pub fn print(results: &[CaseResult]) -> (Totals, bool) {
                 println!("  not ok {}: {reason}", t.name);
             }
         }
+        for text in r.missing_texts() {
+            println!("  missing output: {text:?}");
+        }
         for p in &r.report.problems {
             println!("  problem: {p}");
         }

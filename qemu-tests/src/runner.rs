@@ -41,6 +41,8 @@ pub struct Case {
     pub elf: Option<PathBuf>,
     /// What the output must contain.
     pub expect: Expect,
+    /// Text that must appear somewhere in the console output (each entry).
+    pub must_contain: Vec<String>,
 }
 
 /// How the QEMU process ended.
@@ -77,8 +79,21 @@ impl CaseResult {
         matches!(self.ending, Ending::Exited(c) if self.case.success_codes.contains(&c))
     }
 
+    /// Required texts that never appeared.
+    pub fn missing_texts(&self) -> Vec<&str> {
+        self.case
+            .must_contain
+            .iter()
+            .filter(|want| !self.lines.iter().any(|(_, l)| l.contains(want.as_str())))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The verdict (see the crate documentation).
     pub fn passed(&self) -> bool {
+        if !self.missing_texts().is_empty() {
+            return false;
+        }
         match self.case.expect {
             Expect::Exit => self.exit_ok() && self.report.crash.is_none(),
             Expect::Ktap => self.exit_ok() && self.report.clean(),
@@ -267,6 +282,7 @@ mod tests {
             log_file: std::env::temp_dir().join(format!("qemu-tests-{name}-{}.log", std::process::id())),
             elf: None,
             expect,
+            must_contain: Vec::new(),
         }
     }
 
@@ -311,6 +327,17 @@ mod tests {
         assert!(!run_case(&c, false).passed(), "a success exit is not a crash");
         c.args[1] = script(35, 0x10);
         assert!(!run_case(&c, false).passed(), "an unresolvable backtrace fails");
+    }
+
+    #[test]
+    fn required_text_must_appear() {
+        let mut c = sh_case("text", "echo 'topology: iommu dmar0'; exit 33", 20, Expect::Exit);
+        c.must_contain = vec!["topology: iommu dmar0".into()];
+        assert!(run_case(&c, false).passed());
+        c.must_contain.push("never printed".into());
+        let r = run_case(&c, false);
+        assert!(!r.passed());
+        assert_eq!(r.missing_texts(), vec!["never printed"]);
     }
 
     #[test]

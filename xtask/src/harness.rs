@@ -25,6 +25,7 @@ pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Case {
         log_file: workspace_root().join("target").join("qemu-tests").join(format!("{}.log", machine.name())),
         elf: Some(kernel.elf.clone()),
         expect: Expect::Ktap,
+        must_contain: Vec::new(),
     }
 }
 

@@ -63,6 +63,156 @@ fn host_tests() -> Result<HostCounts, String> {
     Ok(counts)
 }
 
+/// Topology lines the kernel must print for a machine of `arch` with `iommu`
+/// (they follow from the QEMU command line that `Machine::command` builds).
+fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
+    let edu = "1234:11e8 class=00ff00";
+    let v: Vec<String> = match (arch, iommu) {
+        (_, Iommu::Vtd) => vec![
+            "topology: iommu dmar0 kind=vtd base=0xfed90000".into(),
+            format!("{edu} iommu=dmar0 id=0x"),
+            "topology: reserved dmar0 0xfee00000-0xfeefffff msi".into(),
+        ],
+        (_, Iommu::Amdvi) => {
+            vec!["topology: iommu ivhd0 kind=amdvi base=0xfed80000".into(), format!("{edu} iommu=ivhd0 id=0x")]
+        }
+        (_, Iommu::Virtio) => vec![
+            "topology: iommu viommu0 kind=virtio".into(),
+            format!("{edu} iommu=viommu0 id=0x"),
+            "1af4:1057 class=00ff00 iommu=none".into(),
+        ],
+        (_, Iommu::Smmuv3) => vec![
+            "topology: iommu smmu0 kind=smmuv3 base=0x9050000".into(),
+            format!("{edu} iommu=smmu0 id=0x8"),
+            "topology: reserved smmu0 0x8090000-0x8090fff msi".into(),
+        ],
+        (_, Iommu::None) => vec![format!("{edu} iommu=none")],
+    };
+    v
+}
+
+/// Extra devices behind a PCIe root port and a conventional PCI bridge.
+const BRIDGED_EDUS: &str = "-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 -device edu,bus=rp1 \
+                            -device pci-bridge,id=br1,bus=pcie.0,chassis_nr=2 -device edu,bus=br1,addr=3";
+
+/// A DMAR whose only remapping structure has length 0: the parser must reject
+/// the table, the kernel must say so and boot on without the unit.
+fn corrupt_dmar() -> Vec<u8> {
+    let mut t = vec![0u8; 52];
+    t[0..4].copy_from_slice(b"DMAR");
+    t[4..8].copy_from_slice(&52u32.to_le_bytes());
+    t[8] = 1;
+    t[10..16].copy_from_slice(b"PCULLS");
+    t[36] = 47; // host address width
+                // Structure at 48: type 0 (DRHD), length 0.
+    let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    t[9] = 0u8.wrapping_sub(sum);
+    t
+}
+
+/// Patches a QEMU virt DTB so the SMMU's `interrupts` property has a length
+/// that is no multiple of a 3-cell specifier (45 instead of 48 bytes; the
+/// structure stays aligned). Returns false if the property was not found.
+fn corrupt_smmu_interrupts(dtb: &mut [u8]) -> bool {
+    // <0 74 1>, <0 75 1>, <0 76 1>, <0 77 1> as big-endian cells.
+    let value: Vec<u8> = [0u32, 74, 1, 0, 75, 1, 0, 76, 1, 0, 77, 1].iter().flat_map(|c| c.to_be_bytes()).collect();
+    let Some(at) = dtb.windows(value.len()).position(|w| w == value.as_slice()) else { return false };
+    let len_at = at - 8;
+    if dtb[len_at..len_at + 4] != 48u32.to_be_bytes() {
+        return false;
+    }
+    dtb[len_at..len_at + 4].copy_from_slice(&45u32.to_be_bytes());
+    true
+}
+
+/// Cuts a dumped DTB (1 MiB, mostly free space) to the end of its last block:
+/// QEMU doubles a `-dtb` file's size when loading it, and a 2 MiB tree no
+/// longer fits below a kernel loaded 2 MiB into RAM (QEMU.md G10).
+fn shrink_dtb(dtb: &mut Vec<u8>) {
+    let field =
+        |i: usize| dtb.get(i * 4..i * 4 + 4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let end = (field(2) + field(9)).max(field(3) + field(8)).next_multiple_of(8);
+    if end >= 40 && end < dtb.len() {
+        dtb.truncate(end);
+        dtb[4..8].copy_from_slice(&(end as u32).to_be_bytes());
+    }
+}
+
+/// Firmware-description cases: bridges, a corrupt DMAR, a corrupt DTB node.
+fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_tests::runner::Case>, String> {
+    let dir = crate::machine::workspace_root().join("target").join("qemu-tests");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut cases = Vec::new();
+    let machine = |iommu, extra: Vec<String>| Machine {
+        arch,
+        iommu,
+        cmdline: vec!["ktest=core.pci,arch.".to_owned()],
+        extra,
+        gdb: false,
+    };
+    let split = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    // Devices behind a PCIe root port (own RID) and a PCI-PCI bridge (the bridge's RID).
+    let iommu = arch.default_iommu();
+    let unit = if arch == Arch::X86_64 { "dmar0" } else { "smmu0" };
+    let mut c = harness::case(&machine(iommu, split(BRIDGED_EDUS)), kernel, BOOT_TIMEOUT);
+    c.name = format!("{}-bridges", arch.name());
+    c.log_file.set_file_name(format!("{}.log", c.name));
+    c.must_contain = vec![
+        format!("topology: pci 0000:01:00.0 1234:11e8 class=00ff00 iommu={unit} id=0x100"),
+        format!("topology: pci 0000:02:03.0 1234:11e8 class=00ff00 iommu={unit} id=0x18 alias=0x18"),
+    ];
+    cases.push(c);
+    match arch {
+        Arch::X86_64 => {
+            let path = dir.join("corrupt-dmar.bin");
+            std::fs::write(&path, corrupt_dmar()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let extra = vec!["-acpitable".to_owned(), format!("file={}", path.display())];
+            let mut c = harness::case(&machine(Iommu::None, extra), kernel, BOOT_TIMEOUT);
+            c.name = "x86_64-corrupt-dmar".into();
+            c.log_file.set_file_name("x86_64-corrupt-dmar.log");
+            c.must_contain = vec![
+                "acpi: DMAR rejected: structure at 0x30 has bad length 0".into(),
+                "1234:11e8 class=00ff00 iommu=none".into(),
+            ];
+            cases.push(c);
+        }
+        Arch::Aarch64 => {
+            let path = dir.join("corrupt-smmu.dtb");
+            let m = machine(Iommu::Smmuv3, Vec::new());
+            let (program, mut args) = m.command(kernel);
+            // Ask QEMU for the DTB it would generate, then patch it.
+            let machine_arg = args.iter().position(|a| a == "-machine").map(|i| i + 1);
+            if let Some(i) = machine_arg {
+                args[i] = format!("{},dumpdtb={}", args[i], path.display());
+            }
+            let status = Command::new(&program)
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run {program}: {e}"))?;
+            let mut dtb = std::fs::read(&path).map_err(|e| format!("QEMU did not dump a DTB ({status}): {e}"))?;
+            if !corrupt_smmu_interrupts(&mut dtb) {
+                return Err("the SMMU interrupts property was not found in QEMU's DTB".into());
+            }
+            shrink_dtb(&mut dtb);
+            std::fs::write(&path, &dtb).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            let mut c = harness::case(
+                &machine(Iommu::Smmuv3, vec!["-dtb".into(), path.display().to_string()]),
+                kernel,
+                BOOT_TIMEOUT,
+            );
+            c.name = "aarch64-corrupt-dtb".into();
+            c.log_file.set_file_name("aarch64-corrupt-dtb.log");
+            c.must_contain = vec![
+                "devicetree: smmu node 0: device tree structure is malformed; unit ignored".into(),
+                "1234:11e8 class=00ff00 iommu=none".into(),
+            ];
+            cases.push(c);
+        }
+    }
+    Ok(cases)
+}
+
 /// The QEMU configurations to test, after `--arch` / `--iommu` restrictions.
 fn matrix(arch: Option<Arch>, iommu: Option<Iommu>) -> Result<Vec<(Arch, Iommu)>, String> {
     if let (Some(a), Some(i)) = (arch, iommu) {
@@ -109,7 +259,12 @@ pub fn run_tests(
                     extra: Vec::new(),
                     gdb: false,
                 };
-                cases.push(harness::case(&machine, &kernel, BOOT_TIMEOUT));
+                let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT);
+                c.must_contain = expected_topology(ca, ci);
+                cases.push(c);
+            }
+            if iommu.is_none() && filter.is_none() {
+                cases.extend(firmware_cases(a, &kernel)?);
             }
         }
         // The exception and panic report paths, once per architecture.

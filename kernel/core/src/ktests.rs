@@ -150,40 +150,51 @@ fn task_fault_kills_only_the_task() -> TestResult {
     Ok(())
 }
 
-/// PCI enumeration found the QEMU `edu` device, its BAR is assigned, and its
-/// registers answer through it: identity, liveness (inverted echo), factorial.
-fn pci_edu_registers_through_bar() -> TestResult {
-    let Some(dev) = crate::pci::devices().iter().find(|d| (d.function.vendor, d.function.device) == (0x1234, 0x11E8))
-    else {
-        return Err(ktest::TestError::Skipped("no edu device (add -device edu)".into()));
-    };
-    let bar = dev.function.bars.iter().find(|b| b.index == 0);
-    check!(bar.is_some_and(|b| b.base != 0 && b.size == 1 << 20), "BAR0 not assigned: {bar:?}");
-    let bar =
-        bar.copied().unwrap_or(pci::Bar { index: 0, kind: pci::BarKind::Mem32, prefetchable: false, base: 0, size: 0 });
+/// Maps BAR0 of an `edu` function and returns the address of its registers.
+fn edu_registers(dev: &crate::pci::Device) -> Result<u64, ktest::TestError> {
+    let bar = dev.function.bars.iter().find(|b| b.index == 0).copied();
+    check!(bar.is_some_and(|b| b.base != 0 && b.size == 1 << 20), "{}: BAR0 not assigned: {bar:?}", dev.function.bdf);
+    let bar = bar.ok_or_else(|| ktest::TestError::Failed("no BAR0".into()))?;
     let regs = crate::mm::map_mmio(crate::pci::bar_cpu_address(dev, &bar), 0x100);
-    check!(regs.is_ok());
-    let va = regs.map(|m| m.va).unwrap_or(0);
-    let reg = |off: u64| (va + off) as *mut u32;
-    // SAFETY: `va` maps the edu BAR (device memory); offsets are edu registers (QEMU docs/specs/edu.rst).
-    let id = unsafe { reg(0).read_volatile() };
-    check_eq!(id, 0x0100_00ED);
-    // SAFETY: as above; 0x04 is the liveness register.
-    let echo = unsafe {
-        reg(4).write_volatile(0x1234_5678);
-        reg(4).read_volatile()
-    };
-    check_eq!(echo, !0x1234_5678u32);
-    // SAFETY: as above; 0x08 starts a factorial, 0x20 bit 0 is "computing".
-    unsafe { reg(8).write_volatile(10) };
-    let t0 = platform().uptime_ns();
-    // SAFETY: as above.
-    while unsafe { reg(0x20).read_volatile() } & 1 != 0 && platform().uptime_ns() - t0 < 1_000_000_000 {
-        core::hint::spin_loop();
+    check!(regs.is_ok(), "cannot map {}", dev.function.bdf);
+    Ok(regs.map(|m| m.va).unwrap_or(0))
+}
+
+/// PCI enumeration found every QEMU `edu` device (also behind bridges), their
+/// BARs are assigned, and their registers answer through them: identity and
+/// liveness (inverted echo) on each, a factorial on the first.
+fn pci_edu_registers_through_bar() -> TestResult {
+    let edus: Vec<&crate::pci::Device> =
+        crate::pci::devices().iter().filter(|d| (d.function.vendor, d.function.device) == (0x1234, 0x11E8)).collect();
+    if edus.is_empty() {
+        return Err(ktest::TestError::Skipped("no edu device (add -device edu)".into()));
     }
-    // SAFETY: as above.
-    let fact = unsafe { reg(8).read_volatile() };
-    check_eq!(fact, 0x0037_5F00);
+    for (i, dev) in edus.iter().enumerate() {
+        let va = edu_registers(dev)?;
+        let reg = |off: u64| (va + off) as *mut u32;
+        // SAFETY: `va` maps the edu BAR (device memory); offsets are edu registers (QEMU docs/specs/edu.rst).
+        let id = unsafe { reg(0).read_volatile() };
+        check_eq!(id, 0x0100_00ED);
+        let probe = 0x1234_5678 ^ i as u32;
+        // SAFETY: as above; 0x04 is the liveness register.
+        let echo = unsafe {
+            reg(4).write_volatile(probe);
+            reg(4).read_volatile()
+        };
+        check_eq!(echo, !probe);
+        if i == 0 {
+            // SAFETY: as above; 0x08 starts a factorial, 0x20 bit 0 is "computing".
+            unsafe { reg(8).write_volatile(10) };
+            let t0 = platform().uptime_ns();
+            // SAFETY: as above.
+            while unsafe { reg(0x20).read_volatile() } & 1 != 0 && platform().uptime_ns() - t0 < 1_000_000_000 {
+                core::hint::spin_loop();
+            }
+            // SAFETY: as above.
+            let fact = unsafe { reg(8).read_volatile() };
+            check_eq!(fact, 0x0037_5F00);
+        }
+    }
     Ok(())
 }
 
