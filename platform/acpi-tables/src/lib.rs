@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod dmar;
+pub mod iort;
 
 pub mod ivrs;
 pub mod viot;
@@ -169,9 +170,13 @@ pub(crate) mod testutil {
         t
     }
 
-    /// Mutates random bytes (xorshift) and runs `f` on each variant.
+    /// Mutates random bytes (xorshift) and runs `f` on each variant;
+    /// `ACPI_FUZZ_ROUNDS` overrides the number of rounds for long runs.
     pub fn mutate(base: &[u8], rounds: usize, mut f: impl FnMut(&[u8])) {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let rounds = std::env::var("ACPI_FUZZ_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(rounds);
+        let seed =
+            std::env::var("ACPI_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x2545_F491_4F6C_DD1Du64);
+        let mut x = seed | 1;
         for round in 0..rounds {
             let mut d = base.to_vec();
             for _ in 0..1 + round % 4 {
@@ -210,5 +215,32 @@ mod tests {
         assert!(matches!(check_header(&bad, b"DMAR", 48), Err(TableError::BadChecksum(_))));
         let short = testutil::table(b"DMAR", 1, &[0u8; 2]);
         assert_eq!(check_header(&short, b"DMAR", 48), Err(TableError::BadLength { offset: 0, length: 38 }));
+    }
+}
+
+#[cfg(test)]
+mod random_bytes {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Arbitrary bytes, with a valid-looking header or without, never panic any parser.
+        #[test]
+        fn never_panic(body in proptest::collection::vec(any::<u8>(), 0..600), sig in 0usize..4, fix in any::<bool>()) {
+            let sigs: [&[u8; 4]; 4] = [b"DMAR", b"IVRS", b"IORT", b"VIOT"];
+            let mut t = super::testutil::table(sigs[sig], 1, &body);
+            if !fix {
+                t[9] ^= 0x5A;
+            }
+            let _ = super::dmar::parse(&t);
+            let _ = super::ivrs::parse(&t);
+            let _ = super::viot::parse(&t);
+            if let Ok(i) = super::iort::parse(&t) {
+                for n in &i.nodes {
+                    let _ = i.map_rid(n.offset, 7);
+                }
+            }
+            let _ = super::dmar::parse(&body);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Building a [`Topology`] from firmware tables and the enumerated PCI functions.
 
 use crate::{IommuKind, IommuUnit, PciMatch, PciRule, ReservedKind, ReservedRegion, Topology, UnitLocation};
-use acpi_tables::{dmar, ivrs, viot};
+use acpi_tables::{dmar, iort, ivrs, viot};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -192,6 +192,63 @@ pub fn add_viot(t: &mut Topology, v: &viot::Viot, msi_window: Option<(u64, u64)>
     }
 }
 
+/// Adds the SMMUv3 units and root-complex ID mappings an IORT describes (the
+/// ACPI path on arm, used with UEFI firmware). RMR ranges become direct-map
+/// reservations for the stream IDs that name them.
+pub fn add_iort(t: &mut Topology, table: &iort::Iort) {
+    let mut units: Vec<(u32, usize)> = Vec::new();
+    for n in &table.nodes {
+        if let iort::NodeKind::SmmuV3 { base, flags, gsiv, .. } = n.kind {
+            let names = ["eventq", "priq", "gerror", "cmdq-sync"];
+            let unit = t.add_unit(IommuUnit {
+                name: format!("smmu{}", units.len()),
+                kind: IommuKind::Smmuv3,
+                location: UnitLocation::Mmio { base, size: 0x2_0000 },
+                segment: 0,
+                interrupts: names
+                    .iter()
+                    .zip(gsiv)
+                    .filter(|(_, g)| *g != 0)
+                    .map(|(n, g)| (String::from(*n), g))
+                    .collect(),
+                flags,
+            });
+            units.push((n.offset, unit));
+        }
+    }
+    for n in &table.nodes {
+        let iort::NodeKind::RootComplex { segment, .. } = n.kind else { continue };
+        let Ok(segment) = u16::try_from(segment) else { continue };
+        for m in n.mappings.iter().filter(|m| m.flags & 1 == 0) {
+            let Some(&(_, unit)) = units.iter().find(|(o, _)| *o == m.output_ref) else { continue };
+            let Ok(first) = u16::try_from(m.input_base) else { continue };
+            let last = u16::try_from(u64::from(m.input_base) + u64::from(m.count_minus_one)).unwrap_or(u16::MAX);
+            let _ = t.add_rule(PciRule {
+                segment,
+                matches: PciMatch::Rids { first, last },
+                unit: Some(unit),
+                id_base: m.output_base,
+                alias: None,
+            });
+        }
+    }
+    for n in &table.nodes {
+        let iort::NodeKind::Rmr { ranges, .. } = &n.kind else { continue };
+        for m in &n.mappings {
+            let Some(&(_, unit)) = units.iter().find(|(o, _)| *o == m.output_ref) else { continue };
+            for r in ranges.iter().filter(|r| r.length > 0) {
+                let _ = t.add_reserved(ReservedRegion {
+                    unit,
+                    devices: None,
+                    start: r.base,
+                    end: r.base + (r.length - 1),
+                    kind: ReservedKind::DirectMap,
+                });
+            }
+        }
+    }
+}
+
 /// Builds the topology a device tree describes (SMMUv3 and virtio-iommu behind
 /// PCI hosts through `iommu-map`). The ITS doorbell page, which every device's
 /// MSIs write to through its IOMMU, is reserved as an MSI window per unit.
@@ -322,4 +379,71 @@ pub fn lines(t: &Topology, functions: &[Function]) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_tables_build_topologies() {
+        let mut t = Topology::new();
+        let d = dmar::parse(include_bytes!("../../acpi-tables/tests/data/vtd-DMAR.bin")).unwrap();
+        let edu = Function {
+            bdf: pci::Bdf::new(0, 0, 1, 0),
+            vendor: 0x1234,
+            device: 0x11E8,
+            class: 0xFF00,
+            header_type: 0,
+            bars: Vec::new(),
+            caps: Default::default(),
+            path: Vec::new(),
+            bridge_buses: None,
+        };
+        add_dmar(&mut t, &d, core::slice::from_ref(&edu), (0xFEE0_0000, 0xFEEF_FFFF));
+        assert_eq!(
+            t.translate_pci(0, 0x0008).map(|x| (t.units()[x.unit].name.clone(), x.id)),
+            Some(("dmar0".into(), 8))
+        );
+        assert_eq!(t.translate_pci(0, 0x0100), None, "not in any scope");
+        assert_eq!(t.reserved_for(0, 0x0008).count(), 1);
+        let lines = lines(&t, core::slice::from_ref(&edu));
+        assert_eq!(lines[0], "topology: iommu dmar0 kind=vtd base=0xfed90000 segment=0");
+        assert_eq!(lines[1], "topology: pci 0000:00:01.0 1234:11e8 class=00ff00 iommu=dmar0 id=0x8");
+        assert_eq!(lines[2], "topology: reserved dmar0 0xfee00000-0xfeefffff msi");
+
+        let mut t = Topology::new();
+        add_ivrs(
+            &mut t,
+            &ivrs::parse(include_bytes!("../../acpi-tables/tests/data/amdvi-IVRS.bin")).unwrap(),
+            (0xFEE0_0000, 0xFEEF_FFFF),
+        );
+        assert_eq!(t.units().len(), 1);
+        assert_eq!(t.translate_pci(0, 0x0008).map(|x| x.id), Some(8));
+
+        let mut t = Topology::new();
+        add_viot(&mut t, &viot::parse(include_bytes!("../../acpi-tables/tests/data/virtio-VIOT.bin")).unwrap(), None);
+        let UnitLocation::Pci { rid, .. } = t.units()[0].location else { panic!("virtio-iommu is a PCI function") };
+        assert_eq!(t.translate_pci(0, rid), None, "the virtio-iommu does not translate itself");
+        assert_eq!(t.translate_pci(0, rid + 8).map(|x| x.id), Some(u32::from(rid) + 8));
+
+        let mut t = Topology::new();
+        add_iort(&mut t, &iort::parse(include_bytes!("../../acpi-tables/tests/data/virt-smmuv3-IORT.bin")).unwrap());
+        assert_eq!(t.units()[0].kind, IommuKind::Smmuv3);
+        assert_eq!(t.translate_pci(0, 0x0008).map(|x| x.id), Some(8));
+        assert_eq!(t.translate_pci(0, 0x0300), None, "RIDs past the SMMU range go straight to the ITS");
+    }
+
+    #[test]
+    fn devicetree_topologies() {
+        let dtb = include_bytes!("../../devicetree/tests/data/virt-smmuv3.dtb");
+        let dt = devicetree::DeviceTree::from_bytes(dtb).unwrap();
+        let mut errors = Vec::new();
+        let t = from_devicetree(&dt, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(t.units()[0].name, "smmu0");
+        assert_eq!(t.units()[0].interrupts.len(), 4);
+        assert_eq!(t.translate_pci(0, 0x0010).map(|x| x.id), Some(0x10));
+        assert_eq!(t.reserved().len(), 1, "ITS doorbell");
+    }
 }

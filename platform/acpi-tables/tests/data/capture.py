@@ -66,3 +66,53 @@ def capture(name, extra):
 
 for name, extra in CONFIGS.items():
     capture(name, extra)
+
+
+def capture_arm(name, machine):
+    """aarch64 virt only gets ACPI tables from UEFI firmware: boot edk2, dump RAM, find the tables."""
+    tmp = tempfile.mkdtemp()
+    sock = os.path.join(tmp, "mon.sock")
+    q = subprocess.Popen(["qemu-system-aarch64", "-machine", machine, "-cpu", "max", "-m", "1G", "-display", "none",
+                          "-no-reboot", "-nic", "none", "-serial", "none", "-device", "edu",
+                          "-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+                          "-monitor", f"unix:{sock},server,nowait"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        time.sleep(25.0)  # edk2 under TCG installs the tables within seconds; leave margin
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.settimeout(60)
+        buf = b""
+        while b"(qemu)" not in buf:
+            buf += s.recv(4096)
+        ram = os.path.join(tmp, "ram.bin")
+        s.sendall(f"pmemsave 0x40000000 0x40000000 \"{ram}\"\n".encode())
+        buf = b""
+        while not buf.rstrip().endswith(b"(qemu)"):
+            buf += s.recv(4096)
+        s.sendall(b"quit\n")
+        q.wait(timeout=30)
+    finally:
+        if q.poll() is None:
+            q.kill()
+    r = open(ram, "rb").read()
+    for sig in (b"IORT", b"MCFG", b"APIC"):
+        at = 0
+        while True:
+            at = r.find(sig, at)
+            if at < 0:
+                break
+            length = struct.unpack_from("<I", r, at + 4)[0]
+            if 36 <= length < 0x10000 and sum(r[at:at + length]) % 256 == 0:
+                open(f"{name}-{sig.decode()}.bin", "wb").write(r[at:at + length])
+                print(f"{name}-{sig.decode()}.bin: {length} bytes")
+                break
+            at += 4
+    os.remove(ram)
+
+
+if os.path.exists("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"):
+    capture_arm("virt-smmuv3", "virt,iommu=smmuv3,gic-version=3")
