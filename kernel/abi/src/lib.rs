@@ -33,6 +33,20 @@ pub enum Sysno {
     Clock = 3,
     /// `sleep(ns)`: sleeps at least `ns` nanoseconds.
     Sleep = 4,
+    /// `mem_map(addr, len, prot)`: maps anonymous zeroed pages; `addr` 0 lets the kernel choose.
+    MemMap = 5,
+    /// `mem_unmap(addr, len)`: unmaps pages mapped by `mem_map`.
+    MemUnmap = 6,
+    /// `device_list(buf, len)`: fills `DeviceInfo` records, returns how many devices exist.
+    DeviceList = 7,
+    /// `device_claim(bdf)`: takes a PCI function for the calling task (`EBUSY` if taken).
+    DeviceClaim = 8,
+    /// `device_map_bar(bdf, index)`: maps a claimed function's memory BAR, returns its address.
+    DeviceMapBar = 9,
+    /// `device_config_read(bdf, offset, width)`: reads configuration space.
+    DeviceConfigRead = 10,
+    /// `device_config_write(bdf, offset, width, value)`: writes configuration space (guarded).
+    DeviceConfigWrite = 11,
 }
 
 impl Sysno {
@@ -44,6 +58,13 @@ impl Sysno {
             2 => Sysno::Yield,
             3 => Sysno::Clock,
             4 => Sysno::Sleep,
+            5 => Sysno::MemMap,
+            6 => Sysno::MemUnmap,
+            7 => Sysno::DeviceList,
+            8 => Sysno::DeviceClaim,
+            9 => Sysno::DeviceMapBar,
+            10 => Sysno::DeviceConfigRead,
+            11 => Sysno::DeviceConfigWrite,
             _ => return None,
         })
     }
@@ -147,6 +168,115 @@ pub fn decode(raw: u64) -> SysResult {
     }
 }
 
+/// `mem_map` protection: readable (always implied).
+pub const PROT_READ: u64 = 1;
+/// `mem_map` protection: writable.
+pub const PROT_WRITE: u64 = 2;
+
+/// A PCI function address as syscalls pass it: `segment << 16 | bus << 8 | dev << 3 | func`.
+pub const fn bdf(segment: u16, bus: u8, dev: u8, func: u8) -> u64 {
+    (segment as u64) << 16 | (bus as u64) << 8 | ((dev as u64) & 0x1F) << 3 | (func as u64 & 7)
+}
+
+/// Kind of a BAR in [`DeviceInfo`].
+pub mod bar_kind {
+    /// Not implemented.
+    pub const NONE: u32 = 0;
+    /// 32-bit memory.
+    pub const MEM32: u32 = 1;
+    /// 64-bit memory.
+    pub const MEM64: u32 = 2;
+    /// I/O ports.
+    pub const IO: u32 = 3;
+}
+
+/// One BAR in [`DeviceInfo`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BarInfo {
+    /// Bus address (0 = unassigned).
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// One of [`bar_kind`].
+    pub kind: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// What `device_list` reports per PCI function. Begins with `size` like every ABI struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `size_of::<DeviceInfo>()` as the kernel wrote it.
+    pub size: u32,
+    /// Bit 0: claimed by some task; bit 1: translated by an IOMMU.
+    pub flags: u32,
+    /// Address as [`bdf`] encodes it.
+    pub bdf: u64,
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device: u16,
+    /// Class code (24 bits).
+    pub class: u32,
+    /// BARs by index.
+    pub bars: [BarInfo; 6],
+}
+
+/// `DeviceInfo.flags`: the function is claimed.
+pub const DEVICE_CLAIMED: u32 = 1;
+/// `DeviceInfo.flags`: the function sits behind an IOMMU.
+pub const DEVICE_BEHIND_IOMMU: u32 = 2;
+
+impl DeviceInfo {
+    /// The record as bytes (for copying out to user memory).
+    pub fn to_bytes(&self) -> [u8; core::mem::size_of::<DeviceInfo>()] {
+        let mut out = [0u8; core::mem::size_of::<DeviceInfo>()];
+        let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &self.size.to_le_bytes());
+        put(4, &self.flags.to_le_bytes());
+        put(8, &self.bdf.to_le_bytes());
+        put(16, &self.vendor.to_le_bytes());
+        put(18, &self.device.to_le_bytes());
+        put(20, &self.class.to_le_bytes());
+        for (i, b) in self.bars.iter().enumerate() {
+            let at = 24 + 24 * i;
+            put(at, &b.base.to_le_bytes());
+            put(at + 8, &b.size.to_le_bytes());
+            put(at + 16, &b.kind.to_le_bytes());
+            put(at + 20, &b.reserved.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads a record from bytes (`None` if too short).
+    pub fn from_bytes(b: &[u8]) -> Option<DeviceInfo> {
+        let u16_at = |at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+        let u32_at = |at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+        let u64_at = |at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+        let mut bars = [BarInfo::default(); 6];
+        for (i, bar) in bars.iter_mut().enumerate() {
+            let at = 24 + 24 * i;
+            *bar = BarInfo {
+                base: u64_at(at)?,
+                size: u64_at(at + 8)?,
+                kind: u32_at(at + 16)?,
+                reserved: u32_at(at + 20)?,
+            };
+        }
+        Some(DeviceInfo {
+            size: u32_at(0)?,
+            flags: u32_at(4)?,
+            bdf: u64_at(8)?,
+            vendor: u16_at(16)?,
+            device: u16_at(18)?,
+            class: u32_at(20)?,
+            bars,
+        })
+    }
+}
+
 /// Longest text one `log` call accepts.
 pub const LOG_MAX: usize = 4096;
 
@@ -171,10 +301,29 @@ mod tests {
     }
 
     #[test]
+    fn device_info_round_trips_and_matches_the_layout() {
+        assert_eq!(core::mem::size_of::<DeviceInfo>(), 24 + 6 * 24);
+        let mut d = DeviceInfo {
+            size: 168,
+            flags: 3,
+            bdf: bdf(0, 1, 2, 3),
+            vendor: 0x1234,
+            device: 0x11E8,
+            class: 0xFF00,
+            ..Default::default()
+        };
+        d.bars[5] = BarInfo { base: 0xFE00_0000, size: 0x10_0000, kind: bar_kind::MEM64, reserved: 0 };
+        assert_eq!(DeviceInfo::from_bytes(&d.to_bytes()), Some(d));
+        assert_eq!(DeviceInfo::from_bytes(&d.to_bytes()[..100]), None);
+        assert_eq!(bdf(1, 2, 0x21, 9), 0x1_0209);
+    }
+
+    #[test]
     fn numbers_are_stable() {
         assert_eq!(Sysno::from_raw(0), Some(Sysno::Exit));
         assert_eq!(Sysno::from_raw(4), Some(Sysno::Sleep));
-        assert_eq!(Sysno::from_raw(5), None);
+        assert_eq!(Sysno::from_raw(11), Some(Sysno::DeviceConfigWrite));
+        assert_eq!(Sysno::from_raw(12), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }

@@ -42,12 +42,14 @@ impl fmt::Display for MapError {
 }
 
 /// Access rights of a user page (always readable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UserPerms {
     /// Writable.
     pub write: bool,
     /// Executable.
     pub exec: bool,
+    /// Device memory (uncached, for mapped BARs); never executable.
+    pub device: bool,
 }
 
 /// How a user task ended.
@@ -113,6 +115,8 @@ pub trait Platform: Sync {
     fn user_space_new(&self) -> Result<u64, MapError>;
     /// Maps one 4 KiB user page.
     fn user_map(&self, root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError>;
+    /// Unmaps one user page and returns the physical address it mapped.
+    fn user_unmap(&self, root: u64, va: u64) -> Result<u64, MapError>;
     /// Physical address and rights of a user page, if mapped.
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, UserPerms)>;
     /// Frees the page tables of a user address space (not the frames it mapped).

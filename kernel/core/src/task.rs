@@ -12,6 +12,7 @@ use crate::{mm, platform};
 use abi::{Errno, SysResult, Sysno};
 use alloc::string::String;
 use alloc::vec::Vec;
+use pci::ConfigAccess;
 
 /// Top of every task's user stack (exclusive).
 pub const USER_STACK_TOP: u64 = 0x0000_7FFF_FFF0_0000;
@@ -19,6 +20,12 @@ pub const USER_STACK_TOP: u64 = 0x0000_7FFF_FFF0_0000;
 pub const USER_STACK_PAGES: u64 = 16;
 /// Lowest address a program may load at (page 0 stays unmapped to catch null pointers).
 pub const USER_MIN: u64 = 0x1000;
+/// Where `mem_map` and `device_map_bar` place mappings the kernel chooses.
+pub const MMAP_BASE: u64 = 0x0000_1000_0000_0000;
+/// End of the area `mem_map` may use.
+pub const MMAP_END: u64 = 0x0000_7000_0000_0000;
+/// Most pages one `mem_map` call may ask for (256 MiB).
+pub const MAX_MAP_PAGES: u64 = 65_536;
 
 /// A packed user program.
 #[derive(Clone, Copy)]
@@ -58,9 +65,18 @@ impl core::fmt::Display for SpawnError {
 
 /// The running task (one at a time for now).
 struct Current {
+    id: u64,
     name: &'static str,
     root: u64,
+    /// Anonymous pages from `mem_map`: (virtual, physical).
+    anon: Vec<(u64, u64)>,
+    /// Next address for kernel-chosen mappings.
+    next_va: u64,
 }
+
+/// Which task claimed which PCI function.
+static CLAIMS: spin::Mutex<Vec<(pci::Bdf, u64)>> = spin::Mutex::new(Vec::new());
+static NEXT_TASK_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 static CURRENT: spin::Mutex<Option<Current>> = spin::Mutex::new(None);
 
@@ -106,7 +122,7 @@ fn load(program: &Program, machine: u16) -> Result<(Owned, u64), SpawnError> {
         if seg.vaddr < USER_MIN || end > USER_STACK_TOP - USER_STACK_PAGES * FRAME_SIZE {
             return Err(SpawnError::Layout(seg.vaddr));
         }
-        let perms = UserPerms { write: seg.write, exec: seg.exec };
+        let perms = UserPerms { write: seg.write, exec: seg.exec, device: false };
         let data = elf.contents(&seg);
         let mut page = seg.vaddr & !(FRAME_SIZE - 1);
         while page < end {
@@ -125,7 +141,11 @@ fn load(program: &Program, machine: u16) -> Result<(Owned, u64), SpawnError> {
         }
     }
     for i in 1..=USER_STACK_PAGES {
-        map_new_page(&mut owned, USER_STACK_TOP - i * FRAME_SIZE, UserPerms { write: true, exec: false })?;
+        map_new_page(
+            &mut owned,
+            USER_STACK_TOP - i * FRAME_SIZE,
+            UserPerms { write: true, exec: false, device: false },
+        )?;
     }
     Ok((owned, elf.entry))
 }
@@ -135,9 +155,12 @@ pub fn run(name: &str) -> Result<UserExit, SpawnError> {
     let program = *programs().iter().find(|p| p.name == name).ok_or(SpawnError::NotFound)?;
     let (owned, entry) = load(&program, platform().elf_machine())?;
     log::info!("task {}: started (entry {entry:#x}, {} frames)", program.name, owned.frames.len());
-    *CURRENT.lock() = Some(Current { name: program.name, root: owned.root });
+    let id = NEXT_TASK_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    *CURRENT.lock() = Some(Current { id, name: program.name, root: owned.root, anon: Vec::new(), next_va: MMAP_BASE });
     let exit = platform().run_user(owned.root, entry, USER_STACK_TOP);
-    *CURRENT.lock() = None;
+    if let Some(cur) = CURRENT.lock().take() {
+        release(&cur);
+    }
     match &exit {
         UserExit::Exited(code) => log::info!("task {}: exited with status {code}", program.name),
         UserExit::Killed { reason, pc, addr } => {
@@ -148,6 +171,22 @@ pub fn run(name: &str) -> Result<UserExit, SpawnError> {
     Ok(exit)
 }
 
+/// Frees what a finished task held: anonymous pages and device claims (with
+/// bus mastering turned off, so a dead task's device stops DMA).
+fn release(cur: &Current) {
+    for &(_, pa) in &cur.anon {
+        let _ = mm::free_frame(pa);
+    }
+    let mut claims = CLAIMS.lock();
+    for &(bdf, _) in claims.iter().filter(|(_, owner)| *owner == cur.id) {
+        if let Some(access) = crate::pci::access(bdf) {
+            pci::set_bus_master(access, bdf, false);
+        }
+        log::info!("task {}: released {bdf}", cur.name);
+    }
+    claims.retain(|(_, owner)| *owner != cur.id);
+}
+
 /// Copies `len` bytes from the current task's memory, checking every page is mapped for it.
 fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
     let root = CURRENT.lock().as_ref().map(|c| c.root).ok_or(Errno::EFAULT)?;
@@ -155,7 +194,10 @@ fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
     let mut out = Vec::with_capacity(len);
     let mut at = va;
     while out.len() < len {
-        let (pa, _) = platform().user_translate(root, at & !(FRAME_SIZE - 1)).ok_or(Errno::EFAULT)?;
+        let (pa, perms) = platform().user_translate(root, at & !(FRAME_SIZE - 1)).ok_or(Errno::EFAULT)?;
+        if perms.device {
+            return Err(Errno::EFAULT);
+        }
         let offset = at % FRAME_SIZE;
         let n = ((FRAME_SIZE - offset) as usize).min(len - out.len());
         let src = (mm::phys_to_virt(pa) + offset) as *const u8;
@@ -165,6 +207,272 @@ fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
         at += n as u64;
     }
     Ok(out)
+}
+
+/// Copies `bytes` into the current task's memory at `va`, checking every page is mapped writable.
+fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
+    let root = CURRENT.lock().as_ref().map(|c| c.root).ok_or(Errno::EFAULT)?;
+    va.checked_add(bytes.len() as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
+    // Check every page first, so a bad pointer writes nothing.
+    let mut page = va & !(FRAME_SIZE - 1);
+    while page < va + bytes.len() as u64 {
+        match platform().user_translate(root, page) {
+            Some((_, p)) if p.write && !p.device => {}
+            _ => return Err(Errno::EFAULT),
+        }
+        page += FRAME_SIZE;
+    }
+    let mut done = 0;
+    while done < bytes.len() {
+        let at = va + done as u64;
+        let (pa, _) = platform().user_translate(root, at & !(FRAME_SIZE - 1)).ok_or(Errno::EFAULT)?;
+        let offset = at % FRAME_SIZE;
+        let n = ((FRAME_SIZE - offset) as usize).min(bytes.len() - done);
+        let dst = (mm::phys_to_virt(pa) + offset) as *mut u8;
+        // SAFETY: the page is mapped writable for the task to frame `pa` (checked
+        // above), reached through the direct map; `n` stays within the page.
+        unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), dst, n) };
+        done += n;
+    }
+    Ok(())
+}
+
+fn with_current<R>(f: impl FnOnce(&mut Current) -> Result<R, Errno>) -> Result<R, Errno> {
+    let mut guard = CURRENT.lock();
+    let cur = guard.as_mut().ok_or(Errno::EPERM)?;
+    f(cur)
+}
+
+fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
+    if len == 0
+        || !len.is_multiple_of(FRAME_SIZE)
+        || !addr.is_multiple_of(FRAME_SIZE)
+        || prot & !(abi::PROT_READ | abi::PROT_WRITE) != 0
+    {
+        return Err(Errno::EINVAL);
+    }
+    if len / FRAME_SIZE > MAX_MAP_PAGES {
+        return Err(Errno::ENOMEM);
+    }
+    with_current(|cur| {
+        let p = platform();
+        let va = if addr == 0 { cur.next_va } else { addr };
+        let end = va.checked_add(len).ok_or(Errno::EINVAL)?;
+        if va < USER_MIN || end > MMAP_END {
+            return Err(Errno::EINVAL);
+        }
+        if (va..end).step_by(FRAME_SIZE as usize).any(|pg| p.user_translate(cur.root, pg).is_some()) {
+            return Err(Errno::EADDRINUSE);
+        }
+        let perms = UserPerms { write: prot & abi::PROT_WRITE != 0, exec: false, device: false };
+        for pg in (va..end).step_by(FRAME_SIZE as usize) {
+            let mapped =
+                mm::alloc_frame().ok_or(Errno::ENOMEM).and_then(|pa| match p.user_map(cur.root, pg, pa, perms) {
+                    Ok(()) => Ok(pa),
+                    Err(_) => {
+                        let _ = mm::free_frame(pa);
+                        Err(Errno::ENOMEM)
+                    }
+                });
+            match mapped {
+                Ok(pa) => cur.anon.push((pg, pa)),
+                Err(e) => {
+                    // Roll back what this call mapped.
+                    for undo in (va..pg).step_by(FRAME_SIZE as usize) {
+                        if let Some(i) = cur.anon.iter().position(|&(v, _)| v == undo) {
+                            let (_, pa) = cur.anon.swap_remove(i);
+                            let _ = p.user_unmap(cur.root, undo);
+                            let _ = mm::free_frame(pa);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if addr == 0 {
+            cur.next_va = end + FRAME_SIZE; // a guard page between mappings
+        }
+        Ok(va)
+    })
+}
+
+fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
+    if len == 0 || !len.is_multiple_of(FRAME_SIZE) || !addr.is_multiple_of(FRAME_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+    with_current(|cur| {
+        // Every page must be an anonymous page of this task: nothing is unmapped otherwise.
+        let pages: Vec<u64> = (addr..end).step_by(FRAME_SIZE as usize).collect();
+        if !pages.iter().all(|pg| cur.anon.iter().any(|&(v, _)| v == *pg)) {
+            return Err(Errno::EINVAL);
+        }
+        for pg in pages {
+            if let Some(i) = cur.anon.iter().position(|&(v, _)| v == pg) {
+                let (_, pa) = cur.anon.swap_remove(i);
+                let _ = platform().user_unmap(cur.root, pg);
+                let _ = mm::free_frame(pa);
+            }
+        }
+        Ok(0)
+    })
+}
+
+fn decode_bdf(raw: u64) -> Result<pci::Bdf, Errno> {
+    if raw >> 32 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(pci::Bdf::from_rid((raw >> 16) as u16, raw as u16))
+}
+
+fn device(bdf: pci::Bdf) -> Result<&'static crate::pci::Device, Errno> {
+    crate::pci::devices().iter().find(|d| d.function.bdf == bdf).ok_or(Errno::ENOENT)
+}
+
+fn sys_device_list(buf: u64, len: u64) -> SysResult {
+    let devices = crate::pci::devices();
+    let size = core::mem::size_of::<abi::DeviceInfo>();
+    let room = (len as usize) / size;
+    let claims = CLAIMS.lock().clone();
+    let topology = crate::pci::topology();
+    let mut out = Vec::new();
+    for d in devices.iter().take(room) {
+        let f = &d.function;
+        let mut info = abi::DeviceInfo {
+            size: size as u32,
+            flags: 0,
+            bdf: abi::bdf(f.bdf.segment, f.bdf.bus, f.bdf.dev, f.bdf.func),
+            vendor: f.vendor,
+            device: f.device,
+            class: f.class,
+            bars: Default::default(),
+        };
+        if claims.iter().any(|(b, _)| *b == f.bdf) {
+            info.flags |= abi::DEVICE_CLAIMED;
+        }
+        if topology.and_then(|t| t.translate_pci(f.bdf.segment, f.bdf.rid())).is_some() {
+            info.flags |= abi::DEVICE_BEHIND_IOMMU;
+        }
+        for b in &f.bars {
+            let kind = match b.kind {
+                pci::BarKind::Mem32 => abi::bar_kind::MEM32,
+                pci::BarKind::Mem64 => abi::bar_kind::MEM64,
+                pci::BarKind::Io => abi::bar_kind::IO,
+            };
+            info.bars[usize::from(b.index).min(5)] = abi::BarInfo { base: b.base, size: b.size, kind, reserved: 0 };
+        }
+        out.extend_from_slice(&info.to_bytes());
+    }
+    if !out.is_empty() {
+        copy_to_user(buf, &out)?;
+    }
+    Ok(devices.len() as u64)
+}
+
+fn sys_device_claim(raw: u64) -> SysResult {
+    let bdf = decode_bdf(raw)?;
+    device(bdf)?;
+    let id = with_current(|cur| Ok(cur.id))?;
+    let mut claims = CLAIMS.lock();
+    if claims.iter().any(|(b, _)| *b == bdf) {
+        return Err(Errno::EBUSY);
+    }
+    claims.push((bdf, id));
+    Ok(0)
+}
+
+fn claimed_by_current(bdf: pci::Bdf) -> Result<&'static crate::pci::Device, Errno> {
+    let dev = device(bdf)?;
+    let id = with_current(|cur| Ok(cur.id))?;
+    if CLAIMS.lock().iter().any(|&(b, owner)| b == bdf && owner == id) {
+        Ok(dev)
+    } else {
+        Err(Errno::EPERM)
+    }
+}
+
+fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
+    let dev = claimed_by_current(decode_bdf(raw)?)?;
+    if index > 5 {
+        return Err(Errno::EINVAL);
+    }
+    let bar = dev
+        .function
+        .bars
+        .iter()
+        .find(|b| u64::from(b.index) == index && b.kind != pci::BarKind::Io && b.base != 0)
+        .copied()
+        .ok_or(Errno::ENOENT)?;
+    let pa = crate::pci::bar_cpu_address(dev, &bar);
+    let span = bar.size.max(FRAME_SIZE).next_multiple_of(FRAME_SIZE);
+    with_current(|cur| {
+        let va = cur.next_va;
+        if va + span > MMAP_END {
+            return Err(Errno::ENOMEM);
+        }
+        let perms = UserPerms { write: true, exec: false, device: true };
+        for off in (0..span).step_by(FRAME_SIZE as usize) {
+            platform()
+                .user_map(cur.root, va + off, (pa & !(FRAME_SIZE - 1)) + off, perms)
+                .map_err(|_| Errno::ENOMEM)?;
+        }
+        cur.next_va = va + span + FRAME_SIZE;
+        Ok(va + (pa % FRAME_SIZE))
+    })
+}
+
+/// Whether a task may write `width` bytes at `offset` of a function's config
+/// space: never the BARs, expansion ROM, or a bridge's bus numbers and windows.
+pub fn config_write_allowed(header_type: u8, offset: u16, width: u16) -> bool {
+    let end = offset + width;
+    let overlaps = |lo: u16, hi: u16| offset < hi && lo < end;
+    let forbidden: &[(u16, u16)] = if header_type == 1 {
+        &[(0x00, 0x04), (0x08, 0x0C), (0x10, 0x34), (0x38, 0x3C)]
+    } else {
+        &[(0x00, 0x04), (0x08, 0x0C), (0x10, 0x28), (0x30, 0x34)]
+    };
+    !forbidden.iter().any(|&(lo, hi)| overlaps(lo, hi))
+}
+
+fn config_args(raw: u64, offset: u64, width: u64) -> Result<(&'static crate::pci::Device, u16, u16), Errno> {
+    let dev = claimed_by_current(decode_bdf(raw)?)?;
+    if !matches!(width, 1 | 2 | 4) || !offset.is_multiple_of(width) || offset + width > 4096 {
+        return Err(Errno::EINVAL);
+    }
+    Ok((dev, offset as u16, width as u16))
+}
+
+fn sys_config_read(raw: u64, offset: u64, width: u64) -> SysResult {
+    let (dev, off, w) = config_args(raw, offset, width)?;
+    let access = crate::pci::access(dev.function.bdf).ok_or(Errno::EIO)?;
+    let v = access.read32(dev.function.bdf, off & !3) >> ((off & 3) * 8);
+    Ok(u64::from(match w {
+        1 => v & 0xFF,
+        2 => v & 0xFFFF,
+        _ => v,
+    }))
+}
+
+fn sys_config_write(raw: u64, offset: u64, width: u64, value: u64) -> SysResult {
+    let (dev, off, w) = config_args(raw, offset, width)?;
+    if value >> (8 * w) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if !config_write_allowed(dev.function.header_type, off, w) {
+        return Err(Errno::EPERM);
+    }
+    let access = crate::pci::access(dev.function.bdf).ok_or(Errno::EIO)?;
+    let bdf = dev.function.bdf;
+    match w {
+        2 => access.write16(bdf, off, value as u16),
+        4 => access.write32(bdf, off, value as u32),
+        _ => {
+            let old = access.read32(bdf, off & !3);
+            let shift = (off & 3) * 8;
+            access.write32(bdf, off & !3, (old & !(0xFF << shift)) | ((value as u32) << shift));
+        }
+    }
+    Ok(0)
 }
 
 /// What the platform does after a syscall.
@@ -203,6 +511,13 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::Yield) => Ok(0),
         Some(Sysno::Clock) => Ok(platform().uptime_ns()),
         Some(Sysno::Sleep) => sys_sleep(args[0]),
+        Some(Sysno::MemMap) => sys_mem_map(args[0], args[1], args[2]),
+        Some(Sysno::MemUnmap) => sys_mem_unmap(args[0], args[1]),
+        Some(Sysno::DeviceList) => sys_device_list(args[0], args[1]),
+        Some(Sysno::DeviceClaim) => sys_device_claim(args[0]),
+        Some(Sysno::DeviceMapBar) => sys_device_map_bar(args[0], args[1]),
+        Some(Sysno::DeviceConfigRead) => sys_config_read(args[0], args[1], args[2]),
+        Some(Sysno::DeviceConfigWrite) => sys_config_write(args[0], args[1], args[2], args[3]),
         None => {
             let name = CURRENT.lock().as_ref().map_or("?", |c| c.name);
             log::debug!("task {name}: unknown syscall {number}");
@@ -237,4 +552,24 @@ pub fn run_user_tests(filter: &str) -> bool {
 /// Name of the current task, for logs.
 pub fn current_name() -> String {
     CURRENT.lock().as_ref().map_or_else(|| String::from("kernel"), |c| String::from(c.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_write_allowed;
+
+    #[test]
+    fn config_write_guard() {
+        assert!(config_write_allowed(0, 0x04, 2), "command register");
+        assert!(config_write_allowed(0, 0x40, 4), "capabilities");
+        assert!(!config_write_allowed(0, 0x10, 4), "BAR0");
+        assert!(!config_write_allowed(0, 0x24, 4), "BAR5");
+        assert!(!config_write_allowed(0, 0x30, 4), "expansion ROM");
+        assert!(!config_write_allowed(1, 0x18, 4), "bridge bus numbers");
+        assert!(!config_write_allowed(1, 0x20, 2), "bridge memory window");
+        assert!(config_write_allowed(1, 0x3E, 2), "bridge control");
+        assert!(!config_write_allowed(0, 0x02, 2), "device ID");
+        assert!(!config_write_allowed(0, 0x0E, 4), "a write reaching into BAR0 is refused");
+        assert!(config_write_allowed(0, 0x0C, 4), "cache line size, latency timer, header, BIST");
+    }
 }

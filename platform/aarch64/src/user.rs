@@ -187,11 +187,12 @@ pub fn map(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError
     if unsafe { p.read_volatile() } & VALID != 0 {
         return Err(MapError::AlreadyMapped(va));
     }
-    let mut desc = pa | VALID | TABLE_OR_PAGE | ACCESS_FLAG | ATTR_NORMAL | SH_INNER | AP_EL0 | NOT_GLOBAL | PXN;
+    let memory = if perms.device { 0 } else { ATTR_NORMAL | SH_INNER };
+    let mut desc = pa | VALID | TABLE_OR_PAGE | ACCESS_FLAG | memory | AP_EL0 | NOT_GLOBAL | PXN;
     if !perms.write {
         desc |= AP_RO;
     }
-    if !perms.exec {
+    if !perms.exec || perms.device {
         desc |= UXN;
     }
     // SAFETY: as above.
@@ -213,7 +214,30 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     if e & VALID == 0 || e & AP_EL0 == 0 {
         return None;
     }
-    Some(((e & ADDR_MASK) | (va & 0xFFF), UserPerms { write: e & AP_RO == 0, exec: e & UXN == 0 }))
+    Some((
+        (e & ADDR_MASK) | (va & 0xFFF),
+        UserPerms { write: e & AP_RO == 0, exec: e & UXN == 0, device: e & (7 << 2) == 0 },
+    ))
+}
+
+/// Unmaps a user page (the caller frees the frame) and invalidates its TLB entry.
+pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
+    if va >= USER_END || !va.is_multiple_of(4096) {
+        return Err(MapError::BadAddress(va));
+    }
+    let table = leaf_table(root, va, false)?;
+    let p = entry_at(table, index(va, 3));
+    // SAFETY: `table` is this space's level-3 table in the direct map.
+    let e = unsafe { p.read_volatile() };
+    if e & VALID == 0 {
+        return Err(MapError::NotMapped(va));
+    }
+    // SAFETY: as above; then invalidate the page for every ASID (none are used).
+    unsafe {
+        p.write_volatile(0);
+        core::arch::asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack));
+    }
+    Ok(e & ADDR_MASK)
 }
 
 /// Frees the tables of a user address space.

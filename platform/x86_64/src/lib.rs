@@ -158,6 +158,10 @@ impl Platform for X86Platform {
         user::map(root, va, pa, perms)
     }
 
+    fn user_unmap(&self, root: u64, va: u64) -> Result<u64, MapError> {
+        user::unmap(root, va)
+    }
+
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, kcore::UserPerms)> {
         user::translate(root, va)
     }

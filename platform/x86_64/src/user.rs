@@ -242,8 +242,11 @@ pub fn map(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError
     if perms.write {
         flags |= PageTableFlags::WRITABLE;
     }
-    if !perms.exec {
+    if !perms.exec || perms.device {
         flags |= PageTableFlags::NO_EXECUTE;
+    }
+    if perms.device {
+        flags |= PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH;
     }
     let parents = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE;
     let frame = PhysFrame::containing_address(PhysAddr::new(pa));
@@ -273,9 +276,26 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
             UserPerms {
                 write: flags.contains(PageTableFlags::WRITABLE),
                 exec: !flags.contains(PageTableFlags::NO_EXECUTE),
+                device: flags.contains(PageTableFlags::NO_CACHE),
             },
         )),
         _ => None,
+    })
+}
+
+/// Unmaps a user page (the caller frees the frame) and flushes its TLB entry.
+pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
+    if va >= 0x0000_8000_0000_0000 || !va.is_multiple_of(4096) {
+        return Err(MapError::BadAddress(va));
+    }
+    let page: Page<Size4KiB> = Page::containing_address(VirtAddr::new(va));
+    with_space(root, |t| match t.unmap(page) {
+        Ok((frame, flush)) => {
+            // Flushing is harmless when `root` is not the active space.
+            flush.flush();
+            Ok(frame.start_address().as_u64())
+        }
+        Err(_) => Err(MapError::NotMapped(va)),
     })
 }
 

@@ -75,3 +75,39 @@ pub fn clock() -> SysResult {
 pub fn sleep(ns: u64) -> SysResult {
     decode(raw(Sysno::Sleep as u64, [ns, 0, 0, 0, 0]))
 }
+
+/// Maps `len` bytes of anonymous zeroed memory (`addr` 0: the kernel chooses).
+pub fn mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
+    decode(raw(Sysno::MemMap as u64, [addr, len, prot, 0, 0]))
+}
+
+/// Unmaps memory mapped by [`mem_map`].
+pub fn mem_unmap(addr: u64, len: u64) -> SysResult {
+    decode(raw(Sysno::MemUnmap as u64, [addr, len, 0, 0, 0]))
+}
+
+/// Fills `buf` with device records and returns how many devices exist.
+pub fn device_list(buf: &mut [abi::DeviceInfo]) -> SysResult {
+    let bytes = core::mem::size_of_val(buf) as u64;
+    decode(raw(Sysno::DeviceList as u64, [buf.as_mut_ptr() as u64, bytes, 0, 0, 0]))
+}
+
+/// Claims a PCI function for this task.
+pub fn device_claim(bdf: u64) -> SysResult {
+    decode(raw(Sysno::DeviceClaim as u64, [bdf, 0, 0, 0, 0]))
+}
+
+/// Maps a claimed function's memory BAR and returns its address.
+pub fn device_map_bar(bdf: u64, index: u64) -> SysResult {
+    decode(raw(Sysno::DeviceMapBar as u64, [bdf, index, 0, 0, 0]))
+}
+
+/// Reads `width` (1, 2, 4) bytes of configuration space.
+pub fn device_config_read(bdf: u64, offset: u64, width: u64) -> SysResult {
+    decode(raw(Sysno::DeviceConfigRead as u64, [bdf, offset, width, 0, 0]))
+}
+
+/// Writes `width` (1, 2, 4) bytes of configuration space.
+pub fn device_config_write(bdf: u64, offset: u64, width: u64, value: u64) -> SysResult {
+    decode(raw(Sysno::DeviceConfigWrite as u64, [bdf, offset, width, value, 0]))
+}

@@ -45,6 +45,64 @@ fn yield_returns() -> Result<(), &'static str> {
     (sys::yield_now() == Ok(0)).then_some(()).ok_or("yield failed")
 }
 
+fn mem_map_and_unmap() -> Result<(), &'static str> {
+    let len = 3 * 4096;
+    let va = sys::mem_map(0, len, abi::PROT_READ | abi::PROT_WRITE).map_err(|_| "mem_map failed")?;
+    let p = va as *mut u64;
+    // SAFETY: the kernel just mapped `len` writable bytes at `va`.
+    let ok = unsafe {
+        let zero = p.read_volatile() == 0 && p.add(1023).read_volatile() == 0;
+        p.add(700).write_volatile(0xDEAD_BEEF);
+        zero && p.add(700).read_volatile() == 0xDEAD_BEEF
+    };
+    if !ok {
+        return Err("mapped memory not zeroed or not writable");
+    }
+    // The kernel can write into it (device_list) and read from it (log).
+    if sys::log_raw(va + 8, 0) != Ok(0) {
+        return Err("log from mapped memory failed");
+    }
+    if sys::mem_map(va, 4096, abi::PROT_READ) != Err(Errno::EADDRINUSE) {
+        return Err("overlapping fixed mapping not EADDRINUSE");
+    }
+    if sys::mem_unmap(va, len + 4096) != Err(Errno::EINVAL) {
+        return Err("unmapping past the mapping not EINVAL");
+    }
+    sys::mem_unmap(va, len).map_err(|_| "mem_unmap failed")?;
+    if sys::mem_unmap(va, len) != Err(Errno::EINVAL) {
+        return Err("double unmap not EINVAL");
+    }
+    if sys::log_raw(va, 8) != Err(Errno::EFAULT) {
+        return Err("unmapped memory still readable by the kernel");
+    }
+    Ok(())
+}
+
+fn mem_map_bad_arguments() -> Result<(), &'static str> {
+    let bad = [
+        sys::mem_map(0, 0, abi::PROT_READ),
+        sys::mem_map(0, 100, abi::PROT_READ),
+        sys::mem_map(0x1234, 4096, abi::PROT_READ),
+        sys::mem_map(0, 4096, 0x80),
+        sys::mem_map(0xFFFF_8000_0000_0000, 4096, abi::PROT_READ),
+    ];
+    if bad.iter().any(|r| *r != Err(Errno::EINVAL)) {
+        return Err("a bad mem_map argument was not EINVAL");
+    }
+    if sys::mem_map(0, 1 << 40, abi::PROT_READ) != Err(Errno::ENOMEM) {
+        return Err("a huge mem_map was not ENOMEM");
+    }
+    Ok(())
+}
+
+fn read_only_mapping_refuses_kernel_writes() -> Result<(), &'static str> {
+    let va = sys::mem_map(0, 4096 * 8, abi::PROT_READ).map_err(|_| "mem_map failed")?;
+    // device_list writes into the buffer: a read-only buffer is EFAULT.
+    let r = sys::raw(abi::Sysno::DeviceList as u64, [va, 4096 * 8, 0, 0, 0]);
+    let _ = sys::mem_unmap(va, 4096 * 8);
+    (abi::decode(r) == Err(Errno::EFAULT)).then_some(()).ok_or("kernel wrote into a read-only page")
+}
+
 const TESTS: &[(&str, Check)] = &[
     ("log_ok", log_ok),
     ("log_bad_pointer_is_efault", log_bad_pointer),
@@ -53,6 +111,9 @@ const TESTS: &[(&str, Check)] = &[
     ("unknown_syscall_is_enosys", unknown_syscall),
     ("clock_and_sleep", clock_advances),
     ("yield_returns", yield_returns),
+    ("mem_map_and_unmap", mem_map_and_unmap),
+    ("mem_map_bad_arguments", mem_map_bad_arguments),
+    ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
 ];
 
 fn main() -> i32 {
