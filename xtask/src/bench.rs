@@ -2,6 +2,7 @@
 //!
 //! - `boot`: wall time from QEMU start to the kernel's first log line
 //!   (`portcullis: kernel_main`) and to its exit, per architecture, several runs.
+//! - `syscall`: null-syscall round trip from user space (`yield`), per architecture.
 //! - `pgtable`: the I/O page-table engine benchmark (`cargo bench -p io-pgtable`).
 
 use crate::build;
@@ -37,6 +38,26 @@ fn boot() -> Result<(), String> {
     Ok(())
 }
 
+fn syscall() -> Result<(), String> {
+    println!("bench syscall: null syscall round trip from user space (TCG, release kernels)");
+    for arch in Arch::all() {
+        let kernel = build::kernel(arch, true)?;
+        let machine = Machine {
+            arch,
+            iommu: crate::machine::Iommu::None,
+            cmdline: vec!["init=bench-syscall".into()],
+            extra: Vec::new(),
+            gdb: false,
+        };
+        let line = harness::boot_lines(&machine, &kernel, Duration::from_secs(300))?
+            .into_iter()
+            .find(|l| l.starts_with("bench: null syscall"))
+            .ok_or_else(|| format!("{}: the benchmark printed no result", arch.name()))?;
+        println!("{:<10} {}", arch.name(), line.trim_start_matches("bench: "));
+    }
+    Ok(())
+}
+
 fn pgtable() -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -55,8 +76,9 @@ fn pgtable() -> Result<(), String> {
 pub fn run(name: Option<&str>) -> Result<(), String> {
     match name {
         Some("boot") => boot(),
+        Some("syscall") => syscall(),
         Some("pgtable") => pgtable(),
-        None => boot().and_then(|()| pgtable()),
-        Some(other) => Err(format!("unknown benchmark `{other}` (available: boot, pgtable)")),
+        None => boot().and_then(|()| syscall()).and_then(|()| pgtable()),
+        Some(other) => Err(format!("unknown benchmark `{other}` (available: boot, syscall, pgtable)")),
     }
 }

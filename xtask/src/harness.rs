@@ -66,3 +66,14 @@ pub fn time_boot(
     let first = r.time_to(marker).ok_or_else(|| format!("{}: no line containing {marker:?}", c.name))?;
     Ok((first, r.elapsed))
 }
+
+/// Boots once (expecting a successful exit) and returns the console lines.
+pub fn boot_lines(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Vec<String>, String> {
+    let mut c = case(machine, kernel, timeout);
+    c.expect = Expect::Exit;
+    let r = runner::run_case(&c, false);
+    if !r.passed() {
+        return Err(format!("{}: {}", c.name, r.ending_text()));
+    }
+    Ok(r.lines.into_iter().map(|(_, l)| l).collect())
+}
