@@ -1,2 +1,493 @@
 //! One I/O page-table engine for every IOMMU page-table format.
+//!
+//! The walk, map, unmap, lookup and dirty-tracking logic is written once in
+//! [`PageTable`]; each hardware format is a small [`Format`] implementation
+//! that says how many levels there are, which levels may hold leaves, and how
+//! to encode and decode an entry ([`formats`]: Intel VT-d second-level and
+//! first-level, AMD-Vi v1 and v2, Arm LPAE stage 1 and stage 2, 4 KiB granule).
+//!
+//! Design points:
+//! - **Frames through a seam.** Table frames are allocated, freed, read and
+//!   written only through [`TableMemory`]; the kernel implements it over its
+//!   direct map, the tests over a counting arena. The crate has no `unsafe`.
+//! - **Largest leaf first.** `map` uses the biggest leaf the format allows at a
+//!   level whenever IOVA, physical address and remaining length are aligned.
+//! - **No silent splits.** `unmap` removes whole leaves only: a range that
+//!   starts or ends inside a large leaf is refused with [`Error::SplitLeaf`]
+//!   before anything changes (the generic IOAS never asks for it, because it
+//!   unmaps exactly what it mapped).
+//! - **Empty tables are freed** on unmap, the root excepted.
+//! - **Gather.** Every change returns a [`Gather`] (merged IOVA range + freed
+//!   table frames) marked `#[must_use]`: the driver flushes the IOTLB for the
+//!   range once, then gives the frames back with [`Gather::release`]. Freeing
+//!   before the flush would let the hardware walk a reused frame.
+//! - **Publication order.** A new table is filled (zeroed) before the entry
+//!   that points to it is written; callers add the barrier/cache flush their
+//!   hardware needs between the two (none under QEMU, coherent walks).
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod formats;
+
+use alloc::vec::Vec;
+use core::fmt;
+
+bitflags::bitflags! {
+    /// Access rights and attributes of a mapping.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Perms: u32 {
+        /// Device may read.
+        const READ = 1 << 0;
+        /// Device may write.
+        const WRITE = 1 << 1;
+        /// Instruction fetch allowed (formats that distinguish it).
+        const EXEC = 1 << 2;
+        /// Cacheable / snooped access (format-specific meaning).
+        const CACHE = 1 << 3;
+    }
+}
+
+/// Why an operation was refused. Nothing is changed when an error is returned:
+/// a map that runs out of table memory midway removes what it had mapped and
+/// frees the tables it had allocated. (Those leaves were briefly visible, so a
+/// caller that lets hardware run concurrently flushes the range anyway.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// IOVA, physical address or length not aligned to the smallest page.
+    Unaligned,
+    /// The range leaves the input address space (or wraps).
+    OutOfRange,
+    /// Part of the range is already mapped.
+    AlreadyMapped(u64),
+    /// The range starts or ends inside a larger leaf.
+    SplitLeaf(u64),
+    /// No table frame could be allocated.
+    NoMemory,
+    /// A permission set the format cannot express (e.g. write without read).
+    BadPerms,
+    /// Length zero.
+    Empty,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Unaligned => f.write_str("address or length not page aligned"),
+            Error::OutOfRange => f.write_str("range outside the input address space"),
+            Error::AlreadyMapped(a) => write!(f, "{a:#x} is already mapped"),
+            Error::SplitLeaf(a) => write!(f, "{a:#x} lies inside a larger mapping (no silent split)"),
+            Error::NoMemory => f.write_str("out of page-table memory"),
+            Error::BadPerms => f.write_str("permissions the format cannot express"),
+            Error::Empty => f.write_str("empty range"),
+        }
+    }
+}
+
+/// Where table frames live: allocation and 64-bit entry access by physical address.
+pub trait TableMemory {
+    /// A zeroed 4 KiB frame, or `None` when memory is exhausted.
+    fn alloc_table(&mut self) -> Option<u64>;
+    /// Returns a frame obtained from [`TableMemory::alloc_table`].
+    fn free_table(&mut self, pa: u64);
+    /// Reads entry `index` (0–511) of the table at `table`.
+    fn read(&self, table: u64, index: usize) -> u64;
+    /// Writes entry `index` of the table at `table`.
+    fn write(&mut self, table: u64, index: usize, value: u64);
+}
+
+/// A decoded entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Not present.
+    Empty,
+    /// Points to the next-level table.
+    Table(u64),
+    /// A leaf mapping the size of its level.
+    Leaf {
+        /// Output address.
+        pa: u64,
+        /// Rights.
+        perms: Perms,
+    },
+}
+
+/// One page-table format. Levels are numbered from the leaf: level 0 maps
+/// 4 KiB pages, level 1 2 MiB, level 2 1 GiB, and so on (9 bits per level).
+pub trait Format {
+    /// Name for reports.
+    fn name(&self) -> &'static str;
+    /// Number of levels (the root is level `levels() - 1`).
+    fn levels(&self) -> usize;
+    /// Input (IOVA) address bits.
+    fn ia_bits(&self) -> u32;
+    /// Whether a leaf may sit at `level`.
+    fn leaf_allowed(&self, level: usize) -> bool;
+    /// Encodes a table pointer at `level`.
+    fn encode_table(&self, pa: u64, level: usize) -> u64;
+    /// Encodes a leaf at `level`.
+    fn encode_leaf(&self, pa: u64, level: usize, perms: Perms) -> Result<u64, Error>;
+    /// Decodes an entry found at `level`.
+    fn decode(&self, pte: u64, level: usize) -> Entry;
+    /// Whether the leaf `pte` records a write (formats without dirty bits: `None`).
+    fn is_dirty(&self, _pte: u64) -> Option<bool> {
+        None
+    }
+    /// `pte` with its dirty state cleared.
+    fn clear_dirty(&self, pte: u64) -> u64 {
+        pte
+    }
+}
+
+/// The size a leaf at `level` maps.
+pub const fn level_size(level: usize) -> u64 {
+    1 << (12 + 9 * level)
+}
+
+fn index(iova: u64, level: usize) -> usize {
+    ((iova >> (12 + 9 * level)) & 0x1FF) as usize
+}
+
+/// Whether every entry of `table` is zero. `hint` is the last index just
+/// cleared: its neighbours are checked first, so unmapping pages in order does
+/// not rescan the whole table each time.
+fn table_empty(mem: &impl TableMemory, table: u64, hint: usize) -> bool {
+    if hint + 1 < 512 && mem.read(table, hint + 1) != 0 {
+        return false;
+    }
+    if hint > 0 && mem.read(table, hint - 1) != 0 {
+        return false;
+    }
+    (0..512).all(|j| mem.read(table, j) == 0)
+}
+
+/// Work the caller owes after a change: flush `start..end` from the IOTLB, then
+/// release the freed table frames.
+#[must_use = "flush the IOTLB for the range, then release the freed tables"]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Gather {
+    /// First IOVA touched (inclusive), if any.
+    pub start: u64,
+    /// End of the touched range (exclusive); equals `start` when nothing changed.
+    pub end: u64,
+    /// Table frames no longer referenced by the table.
+    pub freed: Vec<u64>,
+}
+
+impl Gather {
+    fn add(&mut self, start: u64, end: u64) {
+        if self.start == self.end {
+            (self.start, self.end) = (start, end);
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+    }
+
+    /// Whether anything needs flushing.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end && self.freed.is_empty()
+    }
+
+    /// After the IOTLB flush: gives the freed frames back.
+    pub fn release(self, mem: &mut impl TableMemory) {
+        for f in self.freed {
+            mem.free_table(f);
+        }
+    }
+}
+
+/// A page table of format `F`.
+#[derive(Debug)]
+pub struct PageTable<F: Format> {
+    fmt: F,
+    root: u64,
+}
+
+impl<F: Format> PageTable<F> {
+    /// Allocates an empty table.
+    pub fn new(fmt: F, mem: &mut impl TableMemory) -> Result<Self, Error> {
+        let root = mem.alloc_table().ok_or(Error::NoMemory)?;
+        Ok(PageTable { fmt, root })
+    }
+
+    /// Physical address of the root table (what the hardware is pointed at).
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// The format.
+    pub fn format(&self) -> &F {
+        &self.fmt
+    }
+
+    fn check(&self, iova: u64, len: u64) -> Result<u64, Error> {
+        if len == 0 {
+            return Err(Error::Empty);
+        }
+        if !(iova | len).is_multiple_of(4096) {
+            return Err(Error::Unaligned);
+        }
+        let end = iova.checked_add(len).ok_or(Error::OutOfRange)?;
+        if self.fmt.ia_bits() < 64 && end > 1u64 << self.fmt.ia_bits() {
+            return Err(Error::OutOfRange);
+        }
+        Ok(end)
+    }
+
+    /// Maps `[iova, iova + len)` to `[pa, pa + len)`, choosing the largest
+    /// leaves alignment allows. Fails without change if any part is mapped.
+    pub fn map(
+        &mut self,
+        mem: &mut impl TableMemory,
+        iova: u64,
+        pa: u64,
+        len: u64,
+        perms: Perms,
+    ) -> Result<Gather, Error> {
+        let end = self.check(iova, len)?;
+        if !pa.is_multiple_of(4096) {
+            return Err(Error::Unaligned);
+        }
+        self.fmt.encode_leaf(pa, 0, perms)?;
+        // Refuse overlaps before touching anything.
+        let mut overlap = None;
+        self.walk(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut |va, _, _, _| {
+            overlap.get_or_insert(va);
+        });
+        if let Some(va) = overlap {
+            return Err(Error::AlreadyMapped(va.max(iova)));
+        }
+        let mut g = Gather::default();
+        let (mut va, mut out) = (iova, pa);
+        while va < end {
+            match self.map_one(mem, va, out, end - va, perms) {
+                Ok(size) => {
+                    va += size;
+                    out += size;
+                }
+                Err(e) => {
+                    // Undo: the range was empty before, so clear it entirely and free
+                    // the tables this call created (also the path of the failed leaf).
+                    let mut undo = Gather::default();
+                    self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut undo);
+                    undo.release(mem);
+                    return Err(e);
+                }
+            }
+        }
+        g.add(iova, end);
+        Ok(g)
+    }
+
+    /// Maps the largest leaf possible at `va`; returns its size.
+    fn map_one(&mut self, mem: &mut impl TableMemory, va: u64, pa: u64, left: u64, perms: Perms) -> Result<u64, Error> {
+        let mut table = self.root;
+        let mut level = self.fmt.levels() - 1;
+        loop {
+            let size = level_size(level);
+            let i = index(va, level);
+            if self.fmt.leaf_allowed(level) && (va | pa).is_multiple_of(size) && left >= size {
+                let pte = self.fmt.encode_leaf(pa, level, perms)?;
+                mem.write(table, i, pte);
+                return Ok(size);
+            }
+            if level == 0 {
+                // Level 0 leaves are always allowed and 4 KiB aligned by `check`.
+                return Err(Error::BadPerms);
+            }
+            table = match self.fmt.decode(mem.read(table, i), level) {
+                Entry::Table(next) => next,
+                Entry::Empty => {
+                    let next = mem.alloc_table().ok_or(Error::NoMemory)?;
+                    mem.write(table, i, self.fmt.encode_table(next, level));
+                    next
+                }
+                Entry::Leaf { .. } => return Err(Error::AlreadyMapped(va)),
+            };
+            level -= 1;
+        }
+    }
+
+    /// Calls `f(va, size, pa, perms)` for each leaf intersecting `[start, end)`.
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        mem: &impl TableMemory,
+        table: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64, u64, Perms),
+    ) {
+        let size = level_size(level);
+        let first = if start > base { index(start, level) } else { 0 };
+        for i in first..512 {
+            // The top level of a 64-bit space has fewer than 512 slots in use.
+            let Some(va) = (i as u64).checked_mul(size).and_then(|o| base.checked_add(o)).filter(|&v| v < end) else {
+                break;
+            };
+            match self.fmt.decode(mem.read(table, i), level) {
+                Entry::Empty => {}
+                Entry::Leaf { pa, perms } => f(va, size, pa, perms),
+                Entry::Table(next) if level > 0 => self.walk(mem, next, level - 1, va, start, end, f),
+                Entry::Table(_) => {}
+            }
+        }
+    }
+
+    /// Output address for `iova`, if mapped.
+    pub fn iova_to_phys(&self, mem: &impl TableMemory, iova: u64) -> Option<u64> {
+        if self.fmt.ia_bits() < 64 && iova >> self.fmt.ia_bits() != 0 {
+            return None;
+        }
+        let mut table = self.root;
+        for level in (0..self.fmt.levels()).rev() {
+            match self.fmt.decode(mem.read(table, index(iova, level)), level) {
+                Entry::Empty => return None,
+                Entry::Leaf { pa, .. } => return Some(pa + (iova & (level_size(level) - 1))),
+                Entry::Table(next) => table = next,
+            }
+        }
+        None
+    }
+
+    /// Calls `f(iova, size, pa, perms)` for every leaf, in IOVA order.
+    pub fn for_each_mapping(&self, mem: &impl TableMemory, f: &mut dyn FnMut(u64, u64, u64, Perms)) {
+        let top = if self.fmt.ia_bits() >= 64 { u64::MAX } else { 1u64 << self.fmt.ia_bits() };
+        self.walk(mem, self.root, self.fmt.levels() - 1, 0, 0, top, f);
+    }
+
+    /// Unmaps every leaf inside `[iova, iova + len)` and returns the bytes
+    /// unmapped. A leaf that only partly overlaps the range refuses the whole
+    /// call ([`Error::SplitLeaf`]); holes are skipped.
+    pub fn unmap(&mut self, mem: &mut impl TableMemory, iova: u64, len: u64) -> Result<(u64, Gather), Error> {
+        let end = self.check(iova, len)?;
+        let mut split = None;
+        self.walk(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut |va, size, _, _| {
+            if va < iova || va + size > end {
+                split.get_or_insert(va);
+            }
+        });
+        if let Some(va) = split {
+            return Err(Error::SplitLeaf(va));
+        }
+        let mut g = Gather::default();
+        let unmapped = self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut g);
+        if unmapped > 0 {
+            g.add(iova, end);
+        }
+        Ok((unmapped, g))
+    }
+
+    /// Clears leaves in range under `table`; frees child tables that become empty.
+    #[allow(clippy::too_many_arguments)]
+    fn unmap_level(
+        &mut self,
+        mem: &mut impl TableMemory,
+        table: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        g: &mut Gather,
+    ) -> u64 {
+        let size = level_size(level);
+        let mut done = 0;
+        let first = if start > base { index(start, level) } else { 0 };
+        for i in first..512 {
+            // The top level of a 64-bit space has fewer than 512 slots in use.
+            let Some(va) = (i as u64).checked_mul(size).and_then(|o| base.checked_add(o)).filter(|&v| v < end) else {
+                break;
+            };
+            match self.fmt.decode(mem.read(table, i), level) {
+                Entry::Empty => {}
+                Entry::Leaf { .. } => {
+                    mem.write(table, i, 0);
+                    done += size;
+                }
+                Entry::Table(next) if level > 0 => {
+                    done += self.unmap_level(mem, next, level - 1, va, start, end, g);
+                    let last = index(end.saturating_sub(1).min(va + size - 1), level - 1);
+                    if table_empty(mem, next, last) {
+                        mem.write(table, i, 0);
+                        g.freed.push(next);
+                    }
+                }
+                Entry::Table(_) => {}
+            }
+        }
+        done
+    }
+
+    /// Reports every leaf in `[iova, iova + len)` written since the last call
+    /// (`f(iova, size)`) and clears its dirty state; formats without dirty bits
+    /// report nothing. The gather covers the leaves that were cleared.
+    pub fn read_and_clear_dirty(
+        &mut self,
+        mem: &mut impl TableMemory,
+        iova: u64,
+        len: u64,
+        f: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, Error> {
+        let end = self.check(iova, len)?;
+        let mut g = Gather::default();
+        self.dirty_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, f, &mut g);
+        Ok(g)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dirty_level(
+        &mut self,
+        mem: &mut impl TableMemory,
+        table: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64),
+        g: &mut Gather,
+    ) {
+        let size = level_size(level);
+        let first = if start > base { index(start, level) } else { 0 };
+        for i in first..512 {
+            // The top level of a 64-bit space has fewer than 512 slots in use.
+            let Some(va) = (i as u64).checked_mul(size).and_then(|o| base.checked_add(o)).filter(|&v| v < end) else {
+                break;
+            };
+            let pte = mem.read(table, i);
+            match self.fmt.decode(pte, level) {
+                Entry::Leaf { .. } if self.fmt.is_dirty(pte) == Some(true) => {
+                    mem.write(table, i, self.fmt.clear_dirty(pte));
+                    f(va, size);
+                    g.add(va, va + size);
+                }
+                Entry::Table(next) if level > 0 => self.dirty_level(mem, next, level - 1, va, start, end, f, g),
+                _ => {}
+            }
+        }
+    }
+
+    /// Frees every table (not the mapped memory) including the root.
+    pub fn destroy(self, mem: &mut impl TableMemory) {
+        fn free<F: Format>(fmt: &F, mem: &mut impl TableMemory, table: u64, level: usize) {
+            if level > 0 {
+                for i in 0..512 {
+                    if let Entry::Table(next) = fmt.decode(mem.read(table, i), level) {
+                        free(fmt, mem, next, level - 1);
+                    }
+                }
+            }
+            mem.free_table(table);
+        }
+        free(&self.fmt, mem, self.root, self.fmt.levels() - 1);
+    }
+}
+
+/// A counting arena of table frames for tests and benchmarks.
+pub mod arena;
+
+#[cfg(test)]
+mod tests;

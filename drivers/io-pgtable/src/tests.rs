@@ -1,0 +1,365 @@
+//! Property tests of every format against a reference model, golden encodings,
+//! allocation-failure injection and dirty tracking.
+
+use crate::arena::Arena;
+use crate::formats::{AmdV1, ArmLpae, VtdSecondLevel, X86Paging};
+use crate::{level_size, Error, Format, PageTable, Perms, TableMemory};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+/// Leaves as the model expects them: start → (size, pa, perms).
+#[derive(Default, Clone, Debug)]
+struct Model {
+    leaves: BTreeMap<u64, (u64, u64, Perms)>,
+}
+
+impl Model {
+    fn check_range<F: Format>(f: &F, iova: u64, len: u64) -> Result<u64, Error> {
+        if len == 0 {
+            return Err(Error::Empty);
+        }
+        if !(iova | len).is_multiple_of(4096) {
+            return Err(Error::Unaligned);
+        }
+        let end = iova.checked_add(len).ok_or(Error::OutOfRange)?;
+        if f.ia_bits() < 64 && end > 1u64 << f.ia_bits() {
+            return Err(Error::OutOfRange);
+        }
+        Ok(end)
+    }
+
+    fn overlapping(&self, iova: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.leaves.iter().map(|(&s, &(size, _, _))| (s, size)).filter(move |&(s, size)| s < end && iova < s + size)
+    }
+
+    fn map<F: Format>(&mut self, f: &F, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
+        let end = Self::check_range(f, iova, len)?;
+        if !pa.is_multiple_of(4096) {
+            return Err(Error::Unaligned);
+        }
+        f.encode_leaf(pa, 0, perms)?;
+        if let Some((s, _)) = self.overlapping(iova, end).next() {
+            return Err(Error::AlreadyMapped(s.max(iova)));
+        }
+        let (mut va, mut out) = (iova, pa);
+        while va < end {
+            let level = (0..f.levels())
+                .rev()
+                .find(|&l| f.leaf_allowed(l) && (va | out).is_multiple_of(level_size(l)) && end - va >= level_size(l))
+                .unwrap_or(0);
+            self.leaves.insert(va, (level_size(level), out, perms));
+            va += level_size(level);
+            out += level_size(level);
+        }
+        Ok(())
+    }
+
+    fn unmap<F: Format>(&mut self, f: &F, iova: u64, len: u64) -> Result<u64, Error> {
+        let end = Self::check_range(f, iova, len)?;
+        let hit: Vec<(u64, u64)> = self.overlapping(iova, end).collect();
+        if let Some(&(s, _)) = hit.iter().find(|&&(s, size)| s < iova || s + size > end) {
+            return Err(Error::SplitLeaf(s));
+        }
+        Ok(hit
+            .iter()
+            .map(|&(s, size)| {
+                self.leaves.remove(&s);
+                size
+            })
+            .sum())
+    }
+
+    fn lookup(&self, iova: u64) -> Option<u64> {
+        let (&s, &(size, pa, _)) = self.leaves.range(..=iova).next_back()?;
+        (iova < s + size).then(|| pa + (iova - s))
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Map { page: u64, pages: u64, pa_page: u64, perms: u8 },
+    Unmap { page: u64, pages: u64 },
+    Lookup { page: u64 },
+}
+
+/// Page numbers clustered so that maps collide, straddle 2 MiB boundaries and
+/// sometimes sit at IOVA 0 or the very top of the address space (`top` pages).
+fn page(top: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..2048,
+        2 => (0u64..8).prop_map(|k| k * 512),
+        1 => Just(0u64),
+        1 => (1u64..600).prop_map(move |k| top - k),
+        1 => (0u64..4).prop_map(|k| k * 262_144),
+    ]
+}
+
+fn pages() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 1u64..40, 2 => Just(512u64), 1 => 500u64..1100, 1 => Just(262_144u64)]
+}
+
+fn ops(top: u64) -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        3 => (page(top), pages(), prop_oneof![Just(0u64), 0u64..4096, (0u64..8).prop_map(|k| k * 262_144)], 0u8..4)
+            .prop_map(|(page, pages, pa_page, perms)| Op::Map { page, pages, pa_page, perms }),
+        2 => (page(top), pages()).prop_map(|(page, pages)| Op::Unmap { page, pages }),
+        2 => page(top).prop_map(|page| Op::Lookup { page }),
+    ];
+    proptest::collection::vec(op, 1..40)
+}
+
+fn perms_of(i: u8) -> Perms {
+    [Perms::READ, Perms::READ | Perms::WRITE, Perms::READ | Perms::WRITE | Perms::CACHE, Perms::READ | Perms::EXEC]
+        [i as usize % 4]
+}
+
+/// Runs `ops` on a table and the model, comparing every result, every leaf and
+/// the frame count; finally unmaps everything and checks only the root is left.
+fn run<F: Format + Clone>(f: F, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(f.clone(), &mut mem).unwrap();
+    let mut m = Model::default();
+    for op in ops {
+        match *op {
+            Op::Map { page, pages, pa_page, perms } => {
+                let (iova, len, pa) = (page.wrapping_mul(4096), pages * 4096, pa_page * 4096);
+                let p = perms_of(perms);
+                let got = t.map(&mut mem, iova, pa, len, p).map(|g| g.release(&mut mem));
+                prop_assert_eq!(got, m.map(&f, iova, pa, len, p), "map {:#x}+{:#x}", iova, len);
+            }
+            Op::Unmap { page, pages } => {
+                let (iova, len) = (page.wrapping_mul(4096), pages * 4096);
+                let got = t.unmap(&mut mem, iova, len).map(|(n, g)| {
+                    g.release(&mut mem);
+                    n
+                });
+                prop_assert_eq!(got, m.unmap(&f, iova, len), "unmap {:#x}+{:#x}", iova, len);
+            }
+            Op::Lookup { page } => {
+                let iova = page.wrapping_mul(4096) + 0x123;
+                prop_assert_eq!(t.iova_to_phys(&mem, iova), m.lookup(iova));
+            }
+        }
+    }
+    let mut seen = BTreeMap::new();
+    t.for_each_mapping(&mem, &mut |va, size, pa, perms| {
+        seen.insert(va, (size, pa, perms));
+    });
+    let model_without_extra: BTreeMap<u64, (u64, u64)> = m.leaves.iter().map(|(&k, &(s, p, _))| (k, (s, p))).collect();
+    let seen_without_perms: BTreeMap<u64, (u64, u64)> = seen.iter().map(|(&k, &(s, p, _))| (k, (s, p))).collect();
+    prop_assert_eq!(seen_without_perms, model_without_extra);
+    for (k, (_, _, perms)) in &seen {
+        let want = m.leaves[k].2;
+        prop_assert!(perms.contains(want & (Perms::READ | Perms::WRITE)), "perms lost: {:?} vs {:?}", perms, want);
+    }
+    // Unmap everything: only the root remains.
+    let top = if f.ia_bits() >= 64 { !0xFFF } else { 1u64 << f.ia_bits() };
+    let (_, g) = t.unmap(&mut mem, 0, top).unwrap();
+    g.release(&mut mem);
+    prop_assert_eq!(mem.live(), 1, "tables left besides the root");
+    t.destroy(&mut mem);
+    prop_assert_eq!(mem.live(), 0);
+    Ok(())
+}
+
+/// A format under test, run against the model.
+type Runner = Box<dyn Fn(&[Op]) -> Result<(), TestCaseError>>;
+
+fn all_formats() -> Vec<(&'static str, Runner)> {
+    vec![
+        ("vtd-sl-3", Box::new(|o: &[Op]| run(VtdSecondLevel { levels: 3, max_leaf_level: 2 }, o))),
+        ("vtd-sl-4", Box::new(|o: &[Op]| run(VtdSecondLevel { levels: 4, max_leaf_level: 1 }, o))),
+        ("vtd-sl-5", Box::new(|o: &[Op]| run(VtdSecondLevel { levels: 5, max_leaf_level: 2 }, o))),
+        ("vtd-fl-4", Box::new(|o: &[Op]| run(X86Paging::vtd_first_level(4, 2), o))),
+        ("vtd-fl-5", Box::new(|o: &[Op]| run(X86Paging::vtd_first_level(5, 1), o))),
+        ("amd-v2-4", Box::new(|o: &[Op]| run(X86Paging::amd_v2(4), o))),
+        ("amd-v1-3", Box::new(|o: &[Op]| run(AmdV1 { levels: 3 }, o))),
+        ("amd-v1-4", Box::new(|o: &[Op]| run(AmdV1 { levels: 4 }, o))),
+        ("amd-v1-6", Box::new(|o: &[Op]| run(AmdV1 { levels: 6 }, o))),
+        ("arm-s1-3", Box::new(|o: &[Op]| run(ArmLpae::stage1(3, 1, 0), o))),
+        ("arm-s1-4", Box::new(|o: &[Op]| run(ArmLpae::stage1(4, 1, 0), o))),
+        ("arm-s2-4", Box::new(|o: &[Op]| run(ArmLpae::stage2(4), o))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Every format against the model. The top-of-space pages use the smallest
+    /// format's width (3 levels, 39 bits); bigger formats see them as ordinary.
+    #[test]
+    fn formats_match_the_model(ops in ops(1 << 27)) {
+        for (_, f) in all_formats() {
+            f(&ops)?;
+        }
+    }
+
+    /// AMD v1 with 6 levels covers the full 64-bit space: IOVAs at the very top work.
+    #[test]
+    fn amd_v1_full_width(ops in ops(1 << 52)) {
+        run(AmdV1 { levels: 6 }, &ops)?;
+    }
+}
+
+#[test]
+fn golden_encodings() {
+    let sl = VtdSecondLevel { levels: 4, max_leaf_level: 2 };
+    assert_eq!(sl.encode_leaf(0x1234_5000, 0, Perms::READ | Perms::WRITE).unwrap(), 0x1234_5003);
+    assert_eq!(sl.encode_leaf(0x4020_0000, 1, Perms::READ).unwrap(), 0x4020_0081);
+    assert_eq!(sl.encode_leaf(0x1000, 0, Perms::WRITE | Perms::CACHE).unwrap(), 0x1802);
+    assert_eq!(sl.encode_table(0x9000, 2), 0x9003);
+    let fl = X86Paging::vtd_first_level(4, 2);
+    assert_eq!(fl.encode_leaf(0x5000, 0, Perms::READ | Perms::WRITE).unwrap(), 0x8000_0000_0000_5027);
+    assert_eq!(fl.encode_leaf(0x4000_0000, 2, Perms::READ | Perms::EXEC).unwrap(), 0x4000_00A5);
+    assert_eq!(fl.encode_table(0x8000, 3), 0x8007);
+    let amd = AmdV1 { levels: 4 };
+    assert_eq!(amd.encode_leaf(0x7000, 0, Perms::READ | Perms::WRITE).unwrap(), 0x6000_0000_0000_7001);
+    assert_eq!(amd.encode_table(0x9000, 1), 0x6000_0000_0000_9201, "NextLevel 1 = the PTE table");
+    assert_eq!(amd.encode_table(0x9000, 3), 0x6000_0000_0000_9601);
+    let s1 = ArmLpae::stage1(4, 1, 0);
+    assert_eq!(
+        s1.encode_leaf(0x4000_0000, 0, Perms::READ | Perms::WRITE | Perms::CACHE).unwrap(),
+        0x0060_0000_4000_0F47
+    );
+    assert_eq!(s1.encode_leaf(0x4000_0000, 1, Perms::READ).unwrap(), 0x0060_0000_4000_0FC1);
+    let s2 = ArmLpae::stage2(4);
+    assert_eq!(
+        s2.encode_leaf(0x8020_0000, 1, Perms::READ | Perms::WRITE | Perms::CACHE).unwrap(),
+        0x0040_0000_8020_07FD
+    );
+    assert_eq!(s2.encode_table(0x1000, 3), 0x1003);
+    assert_eq!(fl.encode_leaf(0x1000, 0, Perms::WRITE), Err(Error::BadPerms), "x86 paging has no write-only");
+    assert_eq!(sl.encode_leaf(0x1000, 0, Perms::empty()), Err(Error::BadPerms));
+}
+
+#[test]
+fn allocation_failure_at_every_call_leaves_no_trace() {
+    for f in [VtdSecondLevel { levels: 4, max_leaf_level: 2 }] {
+        for fail_at in 1..8 {
+            let mut mem = Arena::new();
+            let mut t = PageTable::new(f, &mut mem).unwrap();
+            t.map(&mut mem, 0x20_0000, 0x1000_0000, 0x20_0000, Perms::READ).unwrap().release(&mut mem);
+            let before = mem.live();
+            mem.fail_at = Some(mem.allocations() + fail_at - 1);
+            // A range needing new tables at several levels, then more 4K pages.
+            let r = t.map(&mut mem, (1 << 39) + 0x40_1000, 0x2000_1000, 0x40_0000, Perms::READ | Perms::WRITE);
+            match r {
+                Err(Error::NoMemory) => {
+                    assert_eq!(mem.live(), before, "fail_at {fail_at}: tables leaked");
+                    assert_eq!(t.iova_to_phys(&mem, (1 << 39) + 0x40_1000), None);
+                }
+                Ok(g) => g.release(&mut mem),
+                Err(e) => panic!("unexpected {e}"),
+            }
+            assert_eq!(t.iova_to_phys(&mem, 0x20_0000), Some(0x1000_0000), "earlier mapping intact");
+            mem.fail_at = None;
+            let (_, g) = t.unmap(&mut mem, 0, 1 << 48).unwrap();
+            g.release(&mut mem);
+            assert_eq!(mem.live(), 1);
+        }
+    }
+    // Several formats, failing at each allocation of a mixed workload.
+    fn mixed<F: Format + Copy>(f: F) {
+        for fail_at in 0..12 {
+            let mut mem = Arena::new();
+            let mut t = PageTable::new(f, &mut mem).unwrap();
+            mem.fail_at = Some(fail_at + 1);
+            for (i, (iova, len)) in
+                [(0u64, 0x1000u64), (0x1FF000, 0x3000), (0x4000_0000, 0x20_0000), (0x7F_FFFF_F000, 0x1000)]
+                    .iter()
+                    .enumerate()
+            {
+                match t.map(&mut mem, *iova, 0x8000_0000 + (i as u64) * 0x100_0000, *len, Perms::READ | Perms::WRITE) {
+                    Ok(g) => {
+                        g.release(&mut mem);
+                        assert_eq!(t.iova_to_phys(&mem, *iova), Some(0x8000_0000 + (i as u64) * 0x100_0000));
+                    }
+                    Err(Error::NoMemory) => assert_eq!(t.iova_to_phys(&mem, *iova), None),
+                    Err(e) => panic!("{}: {e}", f.name()),
+                }
+            }
+            let (_, g) = t.unmap(&mut mem, 0, 1u64 << f.ia_bits().min(63)).unwrap();
+            g.release(&mut mem);
+            assert_eq!(mem.live(), 1, "{}: fail_at {fail_at}", f.name());
+            t.destroy(&mut mem);
+            assert_eq!(mem.live(), 0);
+        }
+    }
+    mixed(VtdSecondLevel { levels: 3, max_leaf_level: 1 });
+    mixed(X86Paging::vtd_first_level(4, 2));
+    mixed(AmdV1 { levels: 3 });
+    mixed(ArmLpae::stage1(3, 1, 0));
+    mixed(ArmLpae::stage2(4));
+}
+
+#[test]
+fn partial_unmap_of_a_large_leaf_is_refused() {
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(ArmLpae::stage1(4, 1, 0), &mut mem).unwrap();
+    t.map(&mut mem, 0x20_0000, 0x4020_0000, 0x20_0000, Perms::READ).unwrap().release(&mut mem);
+    assert_eq!(t.unmap(&mut mem, 0x20_0000, 0x1000).map(|(n, _)| n), Err(Error::SplitLeaf(0x20_0000)));
+    assert_eq!(t.iova_to_phys(&mem, 0x20_1000), Some(0x4020_1000), "nothing changed");
+    let (n, g) = t.unmap(&mut mem, 0, 0x100_0000).unwrap();
+    assert_eq!(n, 0x20_0000);
+    assert_eq!((g.start, g.end), (0, 0x100_0000));
+    g.release(&mut mem);
+}
+
+#[test]
+fn gather_merges_and_collects_freed_tables() {
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(VtdSecondLevel { levels: 4, max_leaf_level: 1 }, &mut mem).unwrap();
+    t.map(&mut mem, 0x1000, 0x1000, 0x1000, Perms::READ).unwrap().release(&mut mem);
+    let live = mem.live();
+    assert_eq!(live, 4, "root + 3 levels of tables for one 4K page");
+    let (n, g) = t.unmap(&mut mem, 0, 0x20_0000).unwrap();
+    assert_eq!(n, 0x1000);
+    assert_eq!(g.freed.len(), 3);
+    assert_eq!(mem.live(), 4, "frames are released only after the flush");
+    g.release(&mut mem);
+    assert_eq!(mem.live(), 1);
+}
+
+#[test]
+fn dirty_bits_are_read_and_cleared() {
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(VtdSecondLevel { levels: 4, max_leaf_level: 1 }, &mut mem).unwrap();
+    t.map(&mut mem, 0, 0x10_0000, 0x4000, Perms::READ | Perms::WRITE).unwrap().release(&mut mem);
+    // Simulate the IOMMU setting D (bit 9) on the second page.
+    let mut leaf_table = t.root();
+    for level in (1..4).rev() {
+        leaf_table = match t.format().decode(mem.read(leaf_table, 0), level) {
+            crate::Entry::Table(n) => n,
+            other => panic!("{other:?}"),
+        };
+    }
+    let pte = mem.read(leaf_table, 1);
+    mem.write(leaf_table, 1, pte | 1 << 9);
+    let mut dirty = Vec::new();
+    t.read_and_clear_dirty(&mut mem, 0, 0x4000, &mut |va, size| dirty.push((va, size))).unwrap().release(&mut mem);
+    assert_eq!(dirty, vec![(0x1000, 0x1000)]);
+    dirty.clear();
+    t.read_and_clear_dirty(&mut mem, 0, 0x4000, &mut |va, size| dirty.push((va, size))).unwrap().release(&mut mem);
+    assert!(dirty.is_empty(), "cleared");
+    // Arm with hardware dirty tracking: writable-clean leaves, hardware clears AP[2].
+    let mut mem = Arena::new();
+    let f = ArmLpae::stage1(4, 1, 0).with_hw_dirty();
+    let mut t = PageTable::new(f, &mut mem).unwrap();
+    t.map(&mut mem, 0, 0x10_0000, 0x1000, Perms::READ | Perms::WRITE).unwrap().release(&mut mem);
+    let mut dirty = 0;
+    t.read_and_clear_dirty(&mut mem, 0, 0x1000, &mut |_, _| dirty += 1).unwrap().release(&mut mem);
+    assert_eq!(dirty, 0, "clean after map");
+}
+
+#[test]
+fn range_errors() {
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(VtdSecondLevel { levels: 3, max_leaf_level: 2 }, &mut mem).unwrap();
+    assert_eq!(t.map(&mut mem, 0, 0, 0, Perms::READ), Err(Error::Empty));
+    assert_eq!(t.map(&mut mem, 0x10, 0, 0x1000, Perms::READ), Err(Error::Unaligned));
+    assert_eq!(t.map(&mut mem, 0, 0x10, 0x1000, Perms::READ), Err(Error::Unaligned));
+    assert_eq!(t.map(&mut mem, (1 << 39) - 0x1000, 0, 0x2000, Perms::READ), Err(Error::OutOfRange));
+    assert_eq!(t.map(&mut mem, !0xFFF, 0, 0x2000, Perms::READ), Err(Error::OutOfRange));
+    assert_eq!(t.iova_to_phys(&mem, 1 << 40), None);
+    t.map(&mut mem, 0, 0x5000, 0x2000, Perms::READ).unwrap().release(&mut mem);
+    assert_eq!(t.map(&mut mem, 0x1000, 0x5000, 0x1000, Perms::READ), Err(Error::AlreadyMapped(0x1000)));
+}
