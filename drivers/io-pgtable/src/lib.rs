@@ -410,7 +410,7 @@ impl<F: Format> PageTable<F> {
                 }
                 Entry::Table(next) if level > 0 => {
                     done += self.unmap_level(mem, next, level - 1, va, start, end, g);
-                    let last = index(end.saturating_sub(1).min(va + size - 1), level - 1);
+                    let last = index(end.saturating_sub(1).min(va + (size - 1)), level - 1);
                     if table_empty(mem, next, last) {
                         mem.write(table, i, 0);
                         g.freed.push(next);
