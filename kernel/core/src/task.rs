@@ -531,7 +531,14 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
 pub fn run_user_tests(filter: &str) -> bool {
     let mut ok = true;
     for p in programs().iter().filter(|p| p.name.starts_with("test-")) {
-        if !(filter.is_empty() || filter == "all" || filter.split(',').any(|f| p.name.contains(f))) {
+        // User tests are named `user.<program>.<test>`: a filter selects a program
+        // when it names it or is a prefix of `user.`-names.
+        let selected = filter.is_empty()
+            || filter == "all"
+            || filter
+                .split(',')
+                .any(|f| !f.is_empty() && (p.name.contains(f) || "user.".starts_with(f) || f.starts_with("user.")));
+        if !selected {
             continue;
         }
         match run(p.name) {

@@ -3,10 +3,14 @@
 //! A program is a `#![no_std] #![no_main]` binary that defines
 //! `#[unsafe(no_mangle)] fn main() -> i32` (see [`entry!`]); this crate provides `_start`,
 //! a panic handler that reports and exits with status 101, typed syscall
-//! wrappers ([`sys`]) and [`println!`].
+//! wrappers ([`sys`]), [`println!`], and a heap ([`heap`]) so programs can use
+//! `alloc` (`Vec`, `Box`, `String`).
 #![no_std]
 
+pub mod heap;
 pub mod sys;
+
+extern crate alloc;
 
 pub use abi::{Errno, SysResult};
 

@@ -103,6 +103,20 @@ fn read_only_mapping_refuses_kernel_writes() -> Result<(), &'static str> {
     (abi::decode(r) == Err(Errno::EFAULT)).then_some(()).ok_or("kernel wrote into a read-only page")
 }
 
+fn heap_allocations() -> Result<(), &'static str> {
+    extern crate alloc;
+    use alloc::vec::Vec;
+    let mut v: Vec<u64> = Vec::new();
+    for i in 0..50_000u64 {
+        v.push(i * 3);
+    }
+    let boxes: Vec<alloc::boxed::Box<[u8; 300]>> = (0..200).map(|i| alloc::boxed::Box::new([i as u8; 300])).collect();
+    let s = alloc::format!("{} {}", v[49_999], boxes[199][299]);
+    (v.iter().enumerate().all(|(i, &x)| x == i as u64 * 3) && s == "149997 199")
+        .then_some(())
+        .ok_or("heap contents wrong")
+}
+
 const TESTS: &[(&str, Check)] = &[
     ("log_ok", log_ok),
     ("log_bad_pointer_is_efault", log_bad_pointer),
@@ -114,6 +128,7 @@ const TESTS: &[(&str, Check)] = &[
     ("mem_map_and_unmap", mem_map_and_unmap),
     ("mem_map_bad_arguments", mem_map_bad_arguments),
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
+    ("heap_allocations", heap_allocations),
 ];
 
 fn main() -> i32 {
