@@ -47,6 +47,8 @@ pub enum Sysno {
     DeviceConfigRead = 10,
     /// `device_config_write(bdf, offset, width, value)`: writes configuration space (guarded).
     DeviceConfigWrite = 11,
+    /// `task_spawn(name, len)`: starts a packed program as a new task, returns its id.
+    TaskSpawn = 12,
 }
 
 impl Sysno {
@@ -65,6 +67,7 @@ impl Sysno {
             9 => Sysno::DeviceMapBar,
             10 => Sysno::DeviceConfigRead,
             11 => Sysno::DeviceConfigWrite,
+            12 => Sysno::TaskSpawn,
             _ => return None,
         })
     }
@@ -323,7 +326,8 @@ mod tests {
         assert_eq!(Sysno::from_raw(0), Some(Sysno::Exit));
         assert_eq!(Sysno::from_raw(4), Some(Sysno::Sleep));
         assert_eq!(Sysno::from_raw(11), Some(Sysno::DeviceConfigWrite));
-        assert_eq!(Sysno::from_raw(12), None);
+        assert_eq!(Sysno::from_raw(12), Some(Sysno::TaskSpawn));
+        assert_eq!(Sysno::from_raw(13), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }

@@ -198,6 +198,25 @@ fn pci_edu_registers_through_bar() -> TestResult {
     Ok(())
 }
 
+/// Two tasks that never yield both finish, interleaved by timer preemption.
+fn task_preemptive_round_robin() -> TestResult {
+    if crate::task::programs().iter().all(|p| p.name != "spin") {
+        return Err(ktest::TestError::Skipped("program spin not packed".into()));
+    }
+    let (free_before, _) = mm::frame_counts();
+    let before = crate::task::SWITCHES.load(core::sync::atomic::Ordering::Relaxed);
+    let a = crate::task::spawn("spin");
+    let b = crate::task::spawn("spin");
+    check!(a.is_ok() && b.is_ok());
+    let exits = crate::task::run_until(&[a.unwrap_or(0), b.unwrap_or(0)]);
+    check_eq!(exits, alloc::vec![crate::UserExit::Exited(0), crate::UserExit::Exited(0)]);
+    let switches = crate::task::SWITCHES.load(core::sync::atomic::Ordering::Relaxed) - before;
+    // Each spins 60 ms against a 20 ms quantum; without preemption there are exactly 2 switches.
+    check!(switches >= 3, "only {switches} context switches: no preemption");
+    check_eq!(mm::frame_counts().0, free_before);
+    Ok(())
+}
+
 ktest::suite!(pub CORE = "core", [
     frames_no_double_handout,
     frames_all_freed_come_back,
@@ -208,6 +227,7 @@ ktest::suite!(pub CORE = "core", [
     pci_edu_registers_through_bar,
     task_user_program_runs_and_exits,
     task_fault_kills_only_the_task,
+    task_preemptive_round_robin,
 ]);
 
 /// A test that must fail: proves that a failing kernel test fails the suite.

@@ -121,9 +121,22 @@ pub trait Platform: Sync {
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, UserPerms)>;
     /// Frees the page tables of a user address space (not the frames it mapped).
     fn user_space_free(&self, root: u64);
-    /// Runs user code at `entry` with stack `stack_top` in address space `root`
-    /// until the task exits or is killed; syscalls go to [`crate::task::syscall`].
-    fn run_user(&self, root: u64, entry: u64, stack_top: u64) -> UserExit;
+    /// Prepares a new task's kernel stack (top at `stack_top`) so that the first
+    /// [`Platform::context_switch`] to the returned stack pointer calls `start` on it.
+    fn init_task_stack(&self, stack_top: u64, start: extern "C" fn() -> !) -> u64;
+    /// Saves the callee-saved registers and stack pointer to `*save` and
+    /// resumes the context whose stack pointer is `load`.
+    fn context_switch(&self, save: *mut u64, load: u64);
+    /// Makes `root` the user address space and `kernel_stack_top` the stack
+    /// used for traps from user mode.
+    fn activate_task(&self, root: u64, kernel_stack_top: u64);
+    /// Returns to the kernel's own address space (before a task's tables are freed).
+    fn activate_kernel(&self);
+    /// Enters user mode at `entry` with stack `user_sp`, on the current task's
+    /// kernel stack; syscalls go to [`crate::task::syscall`].
+    fn enter_user(&self, entry: u64, user_sp: u64) -> !;
+    /// Masks interrupts on this CPU.
+    fn disable_interrupts(&self);
     /// Ends the machine run with a status (QEMU exit device where present, else halt).
     fn exit(&self, success: bool) -> !;
 }

@@ -78,8 +78,6 @@ struct Current {
 static CLAIMS: spin::Mutex<Vec<(pci::Bdf, u64)>> = spin::Mutex::new(Vec::new());
 static NEXT_TASK_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
-static CURRENT: spin::Mutex<Option<Current>> = spin::Mutex::new(None);
-
 include!(concat!(env!("OUT_DIR"), "/user_programs.rs"));
 
 /// The programs packed into the kernel image.
@@ -150,25 +148,240 @@ fn load(program: &Program, machine: u16) -> Result<(Owned, u64), SpawnError> {
     Ok((owned, elf.entry))
 }
 
-/// Loads and runs a packed program to completion.
-pub fn run(name: &str) -> Result<UserExit, SpawnError> {
+/// Pages in each task's kernel stack.
+const KERNEL_STACK_PAGES: usize = 4;
+/// Timer ticks a task may run before it is preempted.
+const QUANTUM_TICKS: u64 = 2;
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Ready,
+    Running,
+    /// Asleep until this uptime (ns).
+    Sleeping(u64),
+    Exited(UserExit),
+}
+
+/// A user task: its address space, kernel stack and saved kernel context.
+struct Task {
+    cur: Current,
+    owned: Owned,
+    entry: u64,
+    state: State,
+    /// Physical base of the kernel stack frames.
+    kstack: u64,
+    /// Saved kernel stack pointer while not running.
+    sp: u64,
+}
+
+impl Task {
+    fn kstack_top(&self) -> u64 {
+        mm::phys_to_virt(self.kstack) + (KERNEL_STACK_PAGES as u64) * FRAME_SIZE
+    }
+}
+
+/// All live tasks (boxed: the scheduler keeps raw pointers to `sp` fields
+/// across context switches, so a task must not move).
+#[allow(clippy::vec_box)] // the boxes are the point: `sp` must not move when the Vec grows
+static TASKS: spin::Mutex<Vec<alloc::boxed::Box<Task>>> = spin::Mutex::new(Vec::new());
+/// Id of the running task (0 = the scheduler / kernel).
+static RUNNING: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Saved stack pointer of the scheduler while a task runs.
+static SCHEDULER_SP: spin::Mutex<u64> = spin::Mutex::new(0);
+/// Context switches into tasks so far.
+pub static SWITCHES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Tick count when the running task was last scheduled.
+static SLICE_START: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn running() -> u64 {
+    RUNNING.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Loads a packed program into a new task, ready to run; returns its id.
+pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     let program = *programs().iter().find(|p| p.name == name).ok_or(SpawnError::NotFound)?;
     let (owned, entry) = load(&program, platform().elf_machine())?;
-    log::info!("task {}: started (entry {entry:#x}, {} frames)", program.name, owned.frames.len());
+    let kstack = mm::alloc_frames(KERNEL_STACK_PAGES, 1).ok_or(SpawnError::OutOfMemory)?;
     let id = NEXT_TASK_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    *CURRENT.lock() = Some(Current { id, name: program.name, root: owned.root, anon: Vec::new(), next_va: MMAP_BASE });
-    let exit = platform().run_user(owned.root, entry, USER_STACK_TOP);
-    if let Some(cur) = CURRENT.lock().take() {
-        release(&cur);
+    let cur = Current { id, name: program.name, root: owned.root, anon: Vec::new(), next_va: MMAP_BASE };
+    let mut task = alloc::boxed::Box::new(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 });
+    task.sp = platform().init_task_stack(task.kstack_top(), task_start);
+    log::info!("task {}: spawned as #{id} (entry {entry:#x}, {} frames)", program.name, task.owned.frames.len());
+    TASKS.lock().push(task);
+    Ok(id)
+}
+
+/// First code of every task, on its own kernel stack: enter user mode.
+extern "C" fn task_start() -> ! {
+    let entry = TASKS.lock().iter().find(|t| t.cur.id == running()).map(|t| t.entry);
+    match entry {
+        Some(entry) => platform().enter_user(entry, USER_STACK_TOP),
+        None => exit_current(UserExit::Killed { reason: "task vanished before it started", pc: 0, addr: 0 }),
     }
-    match &exit {
-        UserExit::Exited(code) => log::info!("task {}: exited with status {code}", program.name),
-        UserExit::Killed { reason, pc, addr } => {
-            log::warn!("task {}: killed: {reason} at pc {pc:#x} (address {addr:#x})", program.name)
+}
+
+/// Switches from the running task back to the scheduler; returns when the task is scheduled again.
+fn to_scheduler() {
+    let save = {
+        let mut tasks = TASKS.lock();
+        match tasks.iter_mut().find(|t| t.cur.id == running()) {
+            Some(t) => &mut t.sp as *mut u64,
+            None => return,
+        }
+    };
+    let load = *SCHEDULER_SP.lock();
+    platform().context_switch(save, load);
+}
+
+/// Gives up the CPU (the task stays ready).
+pub fn yield_current() {
+    if running() != 0 {
+        to_scheduler();
+    }
+}
+
+/// Called by the platform on a timer interrupt taken in user mode: preempts
+/// the running task once its quantum is used up.
+pub fn preempt() {
+    let now = platform().timer_ticks();
+    if running() != 0 && now.saturating_sub(SLICE_START.load(core::sync::atomic::Ordering::Relaxed)) >= QUANTUM_TICKS {
+        yield_current();
+    }
+}
+
+/// Ends the running task (from `exit` or a fatal fault); never returns.
+pub fn exit_current(exit: UserExit) -> ! {
+    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
+        t.state = State::Exited(exit);
+    }
+    to_scheduler();
+    // The scheduler never switches back to an exited task.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Runs `task` until it yields, sleeps, is preempted or exits.
+fn switch_to(index: usize) {
+    let (root, top, load, id) = {
+        let mut tasks = TASKS.lock();
+        let t = &mut tasks[index];
+        t.state = State::Running;
+        (t.cur.root, t.kstack_top(), t.sp, t.cur.id)
+    };
+    let p = platform();
+    p.disable_interrupts();
+    SWITCHES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    RUNNING.store(id, core::sync::atomic::Ordering::Relaxed);
+    SLICE_START.store(p.timer_ticks(), core::sync::atomic::Ordering::Relaxed);
+    p.activate_task(root, top);
+    let save = {
+        let mut guard = SCHEDULER_SP.lock();
+        &mut *guard as *mut u64
+    };
+    p.context_switch(save, load);
+    p.activate_kernel();
+    RUNNING.store(0, core::sync::atomic::Ordering::Relaxed);
+    p.enable_interrupts();
+    let mut tasks = TASKS.lock();
+    if let Some(t) = tasks.iter_mut().find(|t| t.cur.id == id) {
+        if t.state == State::Running {
+            t.state = State::Ready;
         }
     }
-    drop(owned);
-    Ok(exit)
+}
+
+/// Removes an exited task and frees everything it held.
+fn reap(id: u64) -> Option<UserExit> {
+    let task = {
+        let mut tasks = TASKS.lock();
+        let i = tasks.iter().position(|t| t.cur.id == id)?;
+        if !matches!(tasks[i].state, State::Exited(_)) {
+            return None;
+        }
+        tasks.remove(i)
+    };
+    release(&task.cur);
+    let State::Exited(exit) = task.state.clone() else { return None };
+    match &exit {
+        UserExit::Exited(code) => log::info!("task {}: exited with status {code}", task.cur.name),
+        UserExit::Killed { reason, pc, addr } => {
+            log::warn!("task {}: killed: {reason} at pc {pc:#x} (address {addr:#x})", task.cur.name)
+        }
+    }
+    for i in 0..KERNEL_STACK_PAGES as u64 {
+        let _ = mm::free_frame(task.kstack + i * FRAME_SIZE);
+    }
+    drop(task); // frees the address space (Owned)
+    Some(exit)
+}
+
+/// Round-robin scheduling until every task in `ids` has exited; returns their
+/// exits in order. Other tasks run meanwhile (and stay if still alive).
+pub fn run_until(ids: &[u64]) -> Vec<UserExit> {
+    let mut exits: Vec<Option<UserExit>> = alloc::vec![None; ids.len()];
+    let mut next = 0usize;
+    loop {
+        // Reap whatever exited.
+        let exited: Vec<u64> =
+            TASKS.lock().iter().filter(|t| matches!(t.state, State::Exited(_))).map(|t| t.cur.id).collect();
+        for id in exited {
+            if let Some(e) = reap(id) {
+                if let Some(i) = ids.iter().position(|&x| x == id) {
+                    exits[i] = Some(e);
+                }
+            }
+        }
+        if exits.iter().all(Option::is_some) {
+            return exits.into_iter().flatten().collect();
+        }
+        // Wake sleepers, pick the next ready task after the last one run.
+        let now = platform().uptime_ns();
+        let pick = {
+            let mut tasks = TASKS.lock();
+            for t in tasks.iter_mut() {
+                if matches!(t.state, State::Sleeping(until) if until <= now) {
+                    t.state = State::Ready;
+                }
+            }
+            let n = tasks.len();
+            (0..n).map(|k| (next + k) % n).find(|&i| tasks[i].state == State::Ready)
+        };
+        match pick {
+            Some(i) => {
+                switch_to(i);
+                next = i + 1;
+            }
+            None if TASKS.lock().iter().any(|t| matches!(t.state, State::Sleeping(_))) => {
+                platform().wait_for_interrupt();
+            }
+            None => {
+                // The tasks waited for are gone without an exit record (cannot happen).
+                return exits
+                    .into_iter()
+                    .map(|e| e.unwrap_or(UserExit::Killed { reason: "lost", pc: 0, addr: 0 }))
+                    .collect();
+            }
+        }
+    }
+}
+
+/// Loads and runs a packed program to completion (other tasks run meanwhile).
+pub fn run(name: &str) -> Result<UserExit, SpawnError> {
+    let id = spawn(name)?;
+    Ok(run_until(&[id]).remove(0))
+}
+
+/// `(bottom, top)` of the running task's kernel stack, for backtraces.
+pub fn current_kernel_stack() -> Option<(usize, usize)> {
+    let tasks = TASKS.try_lock()?;
+    let t = tasks.iter().find(|t| t.cur.id == running())?;
+    Some((mm::phys_to_virt(t.kstack) as usize, t.kstack_top() as usize))
+}
+
+fn current_root() -> Option<u64> {
+    TASKS.lock().iter().find(|t| t.cur.id == running()).map(|t| t.cur.root)
 }
 
 /// Frees what a finished task held: anonymous pages and device claims (with
@@ -189,7 +402,7 @@ fn release(cur: &Current) {
 
 /// Copies `len` bytes from the current task's memory, checking every page is mapped for it.
 fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
-    let root = CURRENT.lock().as_ref().map(|c| c.root).ok_or(Errno::EFAULT)?;
+    let root = current_root().ok_or(Errno::EFAULT)?;
     va.checked_add(len as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
     let mut out = Vec::with_capacity(len);
     let mut at = va;
@@ -211,7 +424,7 @@ fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
 
 /// Copies `bytes` into the current task's memory at `va`, checking every page is mapped writable.
 fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
-    let root = CURRENT.lock().as_ref().map(|c| c.root).ok_or(Errno::EFAULT)?;
+    let root = current_root().ok_or(Errno::EFAULT)?;
     va.checked_add(bytes.len() as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
     // Check every page first, so a bad pointer writes nothing.
     let mut page = va & !(FRAME_SIZE - 1);
@@ -238,9 +451,9 @@ fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
 }
 
 fn with_current<R>(f: impl FnOnce(&mut Current) -> Result<R, Errno>) -> Result<R, Errno> {
-    let mut guard = CURRENT.lock();
-    let cur = guard.as_mut().ok_or(Errno::EPERM)?;
-    f(cur)
+    let mut tasks = TASKS.lock();
+    let t = tasks.iter_mut().find(|t| t.cur.id == running()).ok_or(Errno::EPERM)?;
+    f(&mut t.cur)
 }
 
 fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
@@ -475,6 +688,20 @@ fn sys_config_write(raw: u64, offset: u64, width: u64, value: u64) -> SysResult 
     Ok(0)
 }
 
+fn sys_task_spawn(ptr: u64, len: u64) -> SysResult {
+    if len > 64 {
+        return Err(Errno::E2BIG);
+    }
+    let bytes = copy_from_user(ptr, len as usize)?;
+    let name = core::str::from_utf8(&bytes).map_err(|_| Errno::EINVAL)?;
+    match spawn(name) {
+        Ok(id) => Ok(id),
+        Err(SpawnError::NotFound) => Err(Errno::ENOENT),
+        Err(SpawnError::OutOfMemory | SpawnError::Map(_)) => Err(Errno::ENOMEM),
+        Err(_) => Err(Errno::EINVAL),
+    }
+}
+
 /// What the platform does after a syscall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyscallOutcome {
@@ -495,11 +722,11 @@ fn sys_log(ptr: u64, len: u64) -> SysResult {
 }
 
 fn sys_sleep(ns: u64) -> SysResult {
-    let p = platform();
-    let deadline = p.uptime_ns().saturating_add(ns);
-    while p.uptime_ns() < deadline {
-        p.wait_for_interrupt();
+    let deadline = platform().uptime_ns().saturating_add(ns);
+    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
+        t.state = State::Sleeping(deadline);
     }
+    to_scheduler();
     Ok(0)
 }
 
@@ -508,7 +735,10 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
     let result = match Sysno::from_raw(number) {
         Some(Sysno::Exit) => return SyscallOutcome::Exit(args[0] as i64),
         Some(Sysno::Log) => sys_log(args[0], args[1]),
-        Some(Sysno::Yield) => Ok(0),
+        Some(Sysno::Yield) => {
+            yield_current();
+            Ok(0)
+        }
         Some(Sysno::Clock) => Ok(platform().uptime_ns()),
         Some(Sysno::Sleep) => sys_sleep(args[0]),
         Some(Sysno::MemMap) => sys_mem_map(args[0], args[1], args[2]),
@@ -518,8 +748,9 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::DeviceMapBar) => sys_device_map_bar(args[0], args[1]),
         Some(Sysno::DeviceConfigRead) => sys_config_read(args[0], args[1], args[2]),
         Some(Sysno::DeviceConfigWrite) => sys_config_write(args[0], args[1], args[2], args[3]),
+        Some(Sysno::TaskSpawn) => sys_task_spawn(args[0], args[1]),
         None => {
-            let name = CURRENT.lock().as_ref().map_or("?", |c| c.name);
+            let name = TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("?", |t| t.cur.name);
             log::debug!("task {name}: unknown syscall {number}");
             Err(Errno::ENOSYS)
         }
@@ -558,7 +789,11 @@ pub fn run_user_tests(filter: &str) -> bool {
 
 /// Name of the current task, for logs.
 pub fn current_name() -> String {
-    CURRENT.lock().as_ref().map_or_else(|| String::from("kernel"), |c| String::from(c.name))
+    TASKS
+        .lock()
+        .iter()
+        .find(|t| t.cur.id == running())
+        .map_or_else(|| String::from("kernel"), |t| String::from(t.cur.name))
 }
 
 #[cfg(test)]

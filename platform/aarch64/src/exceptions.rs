@@ -19,8 +19,9 @@ pub struct TrapFrame {
     pub elr: u64,
     /// Saved program status.
     pub spsr: u64,
-    /// Padding to keep the frame 16-byte aligned.
-    pub _pad: u64,
+    /// The interrupted context's EL0 stack pointer (SP_EL0), saved because the
+    /// scheduler may run another task before this frame returns.
+    pub sp_el0: u64,
 }
 
 // 16 vectors; each saves x0/x1, loads its index and branches to the common
@@ -74,11 +75,13 @@ arm_trap_common:
     mrs x2, elr_el1
     stp x30, x2, [sp, #240]
     mrs x2, spsr_el1
-    str x2, [sp, #256]
+    mrs x3, sp_el0
+    stp x2, x3, [sp, #256]
     mov x0, sp
     bl arm_trap
-    ldr x2, [sp, #256]
+    ldp x2, x3, [sp, #256]
     msr spsr_el1, x2
+    msr sp_el0, x3
     ldp x30, x2, [sp, #240]
     msr elr_el1, x2
     ldp x28, x29, [sp, #224]
@@ -191,8 +194,13 @@ extern "C" fn arm_trap(frame: &mut TrapFrame, vector: u64) {
             report(frame, vector, esr, FAR_EL1.get());
             crate::exit::exit(false);
         }
-        // IRQ from EL1 or EL0.
-        5 | 9 => crate::gic::handle_irq(),
+        // IRQ from EL1.
+        5 => crate::gic::handle_irq(),
+        // IRQ from EL0: may end the task's time slice.
+        9 => {
+            crate::gic::handle_irq();
+            kcore::task::preempt();
+        }
         // Synchronous from EL0 (AArch64): a syscall, or a fault that kills the task.
         8 => {
             let esr = ESR_EL1.get();

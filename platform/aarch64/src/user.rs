@@ -26,9 +26,6 @@ const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 /// End of the lower (TTBR0) range with 48-bit VAs.
 const USER_END: u64 = 1 << 48;
 
-/// Kernel stack pointer saved by `arm_enter_user`, restored by `arm_leave_user`.
-static mut KERNEL_SP: u64 = 0;
-static EXIT: spin::Mutex<Option<UserExit>> = spin::Mutex::new(None);
 static KERNEL_TTBR0: AtomicU64 = AtomicU64::new(0);
 
 const USER_KERNEL_STACK_SIZE: usize = 64 * 1024;
@@ -46,18 +43,9 @@ pub fn user_kernel_stack() -> (usize, usize) {
 core::arch::global_asm!(
     r#"
 .section .text.user_entry, "ax"
-/* arm_enter_user(entry = x0, user_sp = x1, kernel_stack_top = x2) */
+/* arm_enter_user(entry = x0, user_sp = x1, kernel_stack_top = x2): eret to EL0t. */
 .global arm_enter_user
 arm_enter_user:
-    stp x19, x20, [sp, #-96]!
-    stp x21, x22, [sp, #16]
-    stp x23, x24, [sp, #32]
-    stp x25, x26, [sp, #48]
-    stp x27, x28, [sp, #64]
-    stp x29, x30, [sp, #80]
-    mov x9, sp
-    adrp x10, {kernel_sp}
-    str x9, [x10, :lo12:{kernel_sp}]
     mov sp, x2
     msr sp_el0, x1
     msr elr_el1, x0
@@ -65,18 +53,22 @@ arm_enter_user:
     mov x0, xzr
     mov x1, xzr
     mov x2, xzr
-    mov x9, xzr
-    mov x10, xzr
     mov x29, xzr
     mov x30, xzr
     eret
 
-/* arm_leave_user(value = x0): back on the kernel stack saved by arm_enter_user. */
-.global arm_leave_user
-arm_leave_user:
-    adrp x10, {kernel_sp}
-    ldr x9, [x10, :lo12:{kernel_sp}]
-    mov sp, x9
+/* arm_context_switch(save = x0, load = x1): callee-saved registers on the stack. */
+.global arm_context_switch
+arm_context_switch:
+    stp x19, x20, [sp, #-96]!
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    mov x9, sp
+    str x9, [x0]
+    mov sp, x1
     ldp x21, x22, [sp, #16]
     ldp x23, x24, [sp, #32]
     ldp x25, x26, [sp, #48]
@@ -84,14 +76,16 @@ arm_leave_user:
     ldp x29, x30, [sp, #80]
     ldp x19, x20, [sp], #96
     ret
-"#,
-    kernel_sp = sym KERNEL_SP,
+"#
 );
 
 unsafe extern "C" {
-    fn arm_enter_user(entry: u64, user_sp: u64, kernel_stack_top: u64) -> u64;
-    fn arm_leave_user(value: u64) -> !;
+    fn arm_enter_user(entry: u64, user_sp: u64, kernel_stack_top: u64) -> !;
+    fn arm_context_switch(save: *mut u64, load: u64);
 }
+
+/// Kernel stack of the running task (where traps from EL0 land).
+static TASK_KSTACK_TOP: AtomicU64 = AtomicU64::new(0);
 
 /// Serves an SVC from EL0: number in x8, arguments x0–x4, result in x0.
 pub fn syscall(frame: &mut crate::exceptions::TrapFrame) {
@@ -102,12 +96,9 @@ pub fn syscall(frame: &mut crate::exceptions::TrapFrame) {
     }
 }
 
-/// Ends the running task and resumes the kernel after `run`.
+/// Ends the running task (exit or fault); the scheduler takes over.
 pub fn leave(exit: UserExit) -> ! {
-    *EXIT.lock() = Some(exit);
-    // SAFETY: called only from an exception taken at EL0, so `arm_enter_user`
-    // saved a valid kernel stack to return to.
-    unsafe { arm_leave_user(0) }
+    kcore::task::exit_current(exit)
 }
 
 fn set_ttbr0(value: u64) {
@@ -119,23 +110,55 @@ fn set_ttbr0(value: u64) {
     };
 }
 
-/// Runs user code until it exits or is killed.
-pub fn run(root: u64, entry: u64, stack_top: u64) -> UserExit {
-    let old: u64;
-    // SAFETY: reading TTBR0_EL1 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, ttbr0_el1", out(reg) old, options(nomem, nostack)) };
-    KERNEL_TTBR0.store(old, Ordering::Relaxed);
-    // SAFETY: masks IRQs while switching; they are unmasked again in EL0 by SPSR = 0.
-    unsafe { core::arch::asm!("msr daifset, #2", options(nomem, nostack)) };
-    *EXIT.lock() = None;
+/// Builds a new task's kernel stack: a 96-byte frame for `arm_context_switch`
+/// to restore, whose x30 is `start` (x29 = 0 ends backtraces).
+pub fn init_task_stack(top: u64, start: extern "C" fn() -> !) -> u64 {
+    let top = top & !0xF;
+    let frame = (top - 96) as *mut u64;
+    // SAFETY: `top` is the end of a fresh kernel stack owned by the new task;
+    // the 12 slots written lie inside it.
+    unsafe {
+        for i in 0..12 {
+            frame.add(i).write(0);
+        }
+        frame.add(11).write(start as *const () as u64); // x30
+    }
+    frame as u64
+}
+
+/// Saves the current kernel context to `*save` and resumes `load`.
+pub fn context_switch(save: *mut u64, load: u64) {
+    // SAFETY: `save` points at a live task's or the scheduler's saved-sp slot and
+    // `load` is a stack pointer saved by this function or `init_task_stack`.
+    unsafe { arm_context_switch(save, load) }
+}
+
+/// Makes `root` the EL0 address space and remembers the task's kernel stack.
+pub fn activate_task(root: u64, kernel_stack_top: u64) {
+    if KERNEL_TTBR0.load(Ordering::Relaxed) == 0 {
+        let old: u64;
+        // SAFETY: reading TTBR0_EL1 has no side effects.
+        unsafe { core::arch::asm!("mrs {}, ttbr0_el1", out(reg) old, options(nomem, nostack)) };
+        KERNEL_TTBR0.store(old, Ordering::Relaxed);
+    }
+    TASK_KSTACK_TOP.store(kernel_stack_top, Ordering::Relaxed);
     set_ttbr0(root);
-    // SAFETY: entry and stack are mapped for EL0 in `root`; the call returns only
-    // through arm_leave_user, which restores the callee-saved registers.
-    unsafe { arm_enter_user(entry, stack_top, user_kernel_stack().1 as u64) };
-    set_ttbr0(old);
-    // SAFETY: unmasking IRQs at EL1 after the task.
-    unsafe { core::arch::asm!("msr daifclr, #2", options(nomem, nostack)) };
-    EXIT.lock().take().unwrap_or(UserExit::Killed { reason: "lost exit status", pc: 0, addr: 0 })
+}
+
+/// Back to the boot TTBR0 (no user mappings).
+pub fn activate_kernel() {
+    let k = KERNEL_TTBR0.load(Ordering::Relaxed);
+    if k != 0 {
+        set_ttbr0(k);
+    }
+}
+
+/// Enters EL0; never returns. SP_EL1 is reset to the top of the task's kernel
+/// stack, where exceptions from EL0 will build their frames.
+pub fn enter_user(entry: u64, user_sp: u64) -> ! {
+    // SAFETY: the task's tables are in TTBR0 (`activate_task`), entry and stack
+    // are mapped for EL0; the kernel stack top belongs to the running task.
+    unsafe { arm_enter_user(entry, user_sp, TASK_KSTACK_TOP.load(Ordering::Relaxed)) }
 }
 
 fn entry_at(table: u64, index: u64) -> *mut u64 {

@@ -389,6 +389,9 @@ extern "C" fn x86_trap(frame: &mut TrapFrame) {
         v if v == u64::from(TIMER_VECTOR) => {
             TICKS.fetch_add(1, Ordering::Relaxed);
             crate::apic::eoi();
+            if frame.cs & 3 == 3 {
+                kcore::task::preempt();
+            }
         }
         v if v == u64::from(SPURIOUS_VECTOR) => {}
         v if frame.cs & 3 == 3 => {

@@ -125,7 +125,10 @@ impl Platform for X86Platform {
         let fp: usize;
         // SAFETY: reads rbp only; no memory access, no flags changed.
         unsafe { core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags)) };
-        fp
+        // This function has its own frame record (frame pointers are forced), which
+        // dies when it returns: hand back the caller's frame pointer saved in it.
+        // SAFETY: `fp` points at this function's live frame record on the stack.
+        unsafe { (fp as *const usize).read_volatile() }
     }
 
     fn stack_ranges(&self) -> &[(usize, usize)] {
@@ -170,8 +173,28 @@ impl Platform for X86Platform {
         user::free_space(root)
     }
 
-    fn run_user(&self, root: u64, entry: u64, stack_top: u64) -> kcore::UserExit {
-        user::run(root, entry, stack_top)
+    fn init_task_stack(&self, stack_top: u64, start: extern "C" fn() -> !) -> u64 {
+        user::init_task_stack(stack_top, start)
+    }
+
+    fn context_switch(&self, save: *mut u64, load: u64) {
+        user::context_switch(save, load)
+    }
+
+    fn activate_task(&self, root: u64, kernel_stack_top: u64) {
+        user::activate_task(root, kernel_stack_top)
+    }
+
+    fn activate_kernel(&self) {
+        user::activate_kernel()
+    }
+
+    fn enter_user(&self, entry: u64, user_sp: u64) -> ! {
+        user::enter_user(entry, user_sp)
+    }
+
+    fn disable_interrupts(&self) {
+        x86_64::instructions::interrupts::disable();
     }
 
     fn exit(&self, success: bool) -> ! {

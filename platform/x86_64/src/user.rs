@@ -26,12 +26,8 @@ struct PerCpu {
 }
 
 static mut PERCPU: PerCpu = PerCpu { kernel_rsp: 0, user_rsp_scratch: 0 };
-/// Kernel stack pointer saved by `x86_enter_user`, restored by `x86_leave_user`.
-static mut KERNEL_RSP: u64 = 0;
 /// CR3 of the kernel address space, restored after a task.
 static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
-/// How the running task ended (written before leaving user mode).
-static EXIT: spin::Mutex<Option<UserExit>> = spin::Mutex::new(None);
 
 /// Registers saved by the `syscall` entry stub, lowest address first.
 #[repr(C)]
@@ -88,16 +84,9 @@ x86_syscall_entry:
     xor r10d, r10d
     sysretq
 
-/* x86_enter_user(entry = rdi, user_sp = rsi): returns the value passed to x86_leave_user. */
+/* x86_enter_user(entry = rdi, user_sp = rsi): iretq to ring 3 with clean registers. */
 .global x86_enter_user
 x86_enter_user:
-    push rbx
-    push rbp
-    push r12
-    push r13
-    push r14
-    push r15
-    mov [rip + {kernel_rsp}], rsp
     push {user_data}
     push rsi
     push 0x202
@@ -120,28 +109,33 @@ x86_enter_user:
     xor r15d, r15d
     iretq
 
-/* x86_leave_user(value = rdi): back on the kernel stack saved by x86_enter_user. */
-.global x86_leave_user
-x86_leave_user:
-    mov rsp, [rip + {kernel_rsp}]
-    mov rax, rdi
+/* x86_context_switch(save = rdi, load = rsi): callee-saved registers on the stack. */
+.global x86_context_switch
+x86_context_switch:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    mov [rdi], rsp
+    mov rsp, rsi
     pop r15
     pop r14
     pop r13
     pop r12
-    pop rbp
     pop rbx
+    pop rbp
     ret
 "#,
-    kernel_rsp = sym KERNEL_RSP,
     user_data = const crate::gdt::USER_DATA as u64,
     user_code = const crate::gdt::USER_CODE as u64,
 );
 
 unsafe extern "C" {
     fn x86_syscall_entry();
-    fn x86_enter_user(entry: u64, user_sp: u64) -> u64;
-    fn x86_leave_user(value: u64) -> !;
+    fn x86_enter_user(entry: u64, user_sp: u64) -> !;
+    fn x86_context_switch(save: *mut u64, load: u64);
 }
 
 /// Enables `syscall`/`sysret` and points them at the entry stub.
@@ -167,12 +161,9 @@ extern "C" fn x86_syscall(frame: &mut SyscallFrame) {
     }
 }
 
-/// Ends the running task: records how, then resumes the kernel after `run_user`.
+/// Ends the running task (exit or fault); the scheduler takes over.
 pub fn leave(exit: UserExit) -> ! {
-    *EXIT.lock() = Some(exit);
-    // SAFETY: called only while a task runs (from a syscall or an exception taken
-    // in ring 3), so x86_enter_user saved a valid kernel stack to return to.
-    unsafe { x86_leave_user(0) }
+    kcore::task::exit_current(exit)
 }
 
 /// Called by the exception dispatcher for a fault taken in ring 3.
@@ -180,27 +171,60 @@ pub fn kill(reason: &'static str, pc: u64, addr: u64) -> ! {
     leave(UserExit::Killed { reason, pc, addr })
 }
 
-/// Runs user code until it exits or is killed.
-pub fn run(root: u64, entry: u64, stack_top: u64) -> UserExit {
-    let (kernel_frame, flags) = Cr3::read();
-    KERNEL_CR3.store(kernel_frame.start_address().as_u64(), Ordering::Relaxed);
-    let kstack = crate::gdt::user_kernel_stack_top();
-    x86_64::instructions::interrupts::disable();
-    crate::gdt::set_rsp0(kstack);
-    // SAFETY: single CPU with interrupts off; the syscall stub reads this only
-    // after SWAPGS in a later syscall.
-    unsafe { (*core::ptr::addr_of_mut!(PERCPU)).kernel_rsp = kstack };
-    *EXIT.lock() = None;
+/// Builds a new task's kernel stack: six zeroed callee-saved slots for
+/// `x86_context_switch` to pop, then `start` as its return address, with the
+/// stack 16-byte aligned minus 8 at `start`'s entry as the ABI expects.
+pub fn init_task_stack(top: u64, start: extern "C" fn() -> !) -> u64 {
+    let top = top & !0xF;
+    let slots = (top - 8 * 8) as *mut u64;
+    // SAFETY: `top` is the end of a fresh kernel stack owned by the new task;
+    // the 8 slots written lie inside it.
+    unsafe {
+        for i in 0..6 {
+            slots.add(i).write(0);
+        }
+        slots.add(6).write(start as *const () as u64);
+        slots.add(7).write(0); // fake return address of `start`
+    }
+    slots as u64
+}
+
+/// Saves the current kernel context to `*save` and resumes `load`.
+pub fn context_switch(save: *mut u64, load: u64) {
+    // SAFETY: `save` points at a live task's or the scheduler's saved-sp slot and
+    // `load` is a stack pointer saved by this function or `init_task_stack`.
+    unsafe { x86_context_switch(save, load) }
+}
+
+/// Switches to a task's page tables and makes its kernel stack the one used
+/// for interrupts and syscalls from ring 3.
+pub fn activate_task(root: u64, kernel_stack_top: u64) {
+    if KERNEL_CR3.load(Ordering::Relaxed) == 0 {
+        KERNEL_CR3.store(Cr3::read().0.start_address().as_u64(), Ordering::Relaxed);
+    }
+    crate::gdt::set_rsp0(kernel_stack_top);
+    // SAFETY: single CPU, interrupts off (the scheduler disables them); the
+    // syscall stub reads this only after SWAPGS in a later syscall.
+    unsafe { (*core::ptr::addr_of_mut!(PERCPU)).kernel_rsp = kernel_stack_top };
     // SAFETY: `root` is a user PML4 built by `new_space`, whose upper half is the
     // kernel's, so this code stays mapped after the switch.
     unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(root)), Cr3Flags::empty()) };
-    // SAFETY: entry and stack lie in the user half of `root`; the call returns
-    // only through x86_leave_user, which restores the callee-saved registers.
-    unsafe { x86_enter_user(entry, stack_top) };
-    // SAFETY: restoring the kernel's own page tables.
-    unsafe { Cr3::write(kernel_frame, flags) };
-    x86_64::instructions::interrupts::enable();
-    EXIT.lock().take().unwrap_or(UserExit::Killed { reason: "lost exit status", pc: 0, addr: 0 })
+}
+
+/// Back to the kernel's page tables.
+pub fn activate_kernel() {
+    let k = KERNEL_CR3.load(Ordering::Relaxed);
+    if k != 0 {
+        // SAFETY: the kernel's own PML4, saved before the first task ran.
+        unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(k)), Cr3Flags::empty()) };
+    }
+}
+
+/// Enters ring 3; never returns (the task's kernel stack is current).
+pub fn enter_user(entry: u64, user_sp: u64) -> ! {
+    // SAFETY: the task's address space is active (`activate_task`), entry and
+    // stack are mapped for ring 3 in it.
+    unsafe { x86_enter_user(entry, user_sp) }
 }
 
 struct KernelFrames;

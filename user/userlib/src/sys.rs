@@ -111,3 +111,8 @@ pub fn device_config_read(bdf: u64, offset: u64, width: u64) -> SysResult {
 pub fn device_config_write(bdf: u64, offset: u64, width: u64, value: u64) -> SysResult {
     decode(raw(Sysno::DeviceConfigWrite as u64, [bdf, offset, width, value, 0]))
 }
+
+/// Starts the packed program `name` as a new task; returns its id.
+pub fn task_spawn(name: &str) -> SysResult {
+    decode(raw(Sysno::TaskSpawn as u64, [name.as_ptr() as u64, name.len() as u64, 0, 0, 0]))
+}

@@ -117,6 +117,19 @@ fn heap_allocations() -> Result<(), &'static str> {
         .ok_or("heap contents wrong")
 }
 
+fn task_spawn() -> Result<(), &'static str> {
+    let id = sys::task_spawn("hello").map_err(|_| "spawning hello failed")?;
+    if id == 0 {
+        return Err("task id 0");
+    }
+    let checks = [
+        (sys::task_spawn("no-such-program"), Err(Errno::ENOENT)),
+        (abi::decode(sys::raw(abi::Sysno::TaskSpawn as u64, [0x10, 5, 0, 0, 0])), Err(Errno::EFAULT)),
+        (abi::decode(sys::raw(abi::Sysno::TaskSpawn as u64, [0x40_0000, 100, 0, 0, 0])), Err(Errno::E2BIG)),
+    ];
+    checks.iter().all(|(got, want)| got == want).then_some(()).ok_or("a bad spawn was not refused correctly")
+}
+
 const TESTS: &[(&str, Check)] = &[
     ("log_ok", log_ok),
     ("log_bad_pointer_is_efault", log_bad_pointer),
@@ -129,6 +142,7 @@ const TESTS: &[(&str, Check)] = &[
     ("mem_map_bad_arguments", mem_map_bad_arguments),
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
     ("heap_allocations", heap_allocations),
+    ("task_spawn", task_spawn),
 ];
 
 fn main() -> i32 {
