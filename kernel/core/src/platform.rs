@@ -126,7 +126,12 @@ pub trait Platform: Sync {
     fn init_task_stack(&self, stack_top: u64, start: extern "C" fn() -> !) -> u64;
     /// Saves the callee-saved registers and stack pointer to `*save` and
     /// resumes the context whose stack pointer is `load`.
-    fn context_switch(&self, save: *mut u64, load: u64);
+    ///
+    /// # Safety
+    /// `save` must be valid for a write for as long as the saved context may be
+    /// resumed, and `load` must be a stack pointer saved by this function or
+    /// returned by [`Platform::init_task_stack`] whose stack is still alive.
+    unsafe fn context_switch(&self, save: *mut u64, load: u64);
     /// Makes `root` the user address space and `kernel_stack_top` the stack
     /// used for traps from user mode.
     fn activate_task(&self, root: u64, kernel_stack_top: u64);

@@ -231,7 +231,10 @@ fn to_scheduler() {
         }
     };
     let load = *SCHEDULER_SP.lock();
-    platform().context_switch(save, load);
+    // SAFETY: `save` is the running task's `sp` field in its box (stable while the
+    // task exists; exited tasks are only reaped by the scheduler after this
+    // switch); `load` is the scheduler's stack pointer saved by `switch_to`.
+    unsafe { platform().context_switch(save, load) };
 }
 
 /// Gives up the CPU (the task stays ready).
@@ -280,7 +283,10 @@ fn switch_to(index: usize) {
         let mut guard = SCHEDULER_SP.lock();
         &mut *guard as *mut u64
     };
-    p.context_switch(save, load);
+    // SAFETY: `save` points into the SCHEDULER_SP static; `load` is the task's
+    // saved stack pointer (from `init_task_stack` or its last switch out), on a
+    // kernel stack the task owns until it is reaped.
+    unsafe { p.context_switch(save, load) };
     p.activate_kernel();
     RUNNING.store(0, core::sync::atomic::Ordering::Relaxed);
     p.enable_interrupts();

@@ -127,9 +127,12 @@ pub fn init_task_stack(top: u64, start: extern "C" fn() -> !) -> u64 {
 }
 
 /// Saves the current kernel context to `*save` and resumes `load`.
-pub fn context_switch(save: *mut u64, load: u64) {
-    // SAFETY: `save` points at a live task's or the scheduler's saved-sp slot and
-    // `load` is a stack pointer saved by this function or `init_task_stack`.
+///
+/// # Safety
+/// As [`kcore::Platform::context_switch`]: `save` writable while the context
+/// may resume, `load` a live saved stack pointer.
+pub unsafe fn context_switch(save: *mut u64, load: u64) {
+    // SAFETY: upheld by the caller (see above).
     unsafe { arm_context_switch(save, load) }
 }
 

@@ -177,8 +177,9 @@ impl Platform for X86Platform {
         user::init_task_stack(stack_top, start)
     }
 
-    fn context_switch(&self, save: *mut u64, load: u64) {
-        user::context_switch(save, load)
+    unsafe fn context_switch(&self, save: *mut u64, load: u64) {
+        // SAFETY: the caller upholds the trait's contract, which is this function's.
+        unsafe { user::context_switch(save, load) }
     }
 
     fn activate_task(&self, root: u64, kernel_stack_top: u64) {
