@@ -49,6 +49,10 @@ pub enum Sysno {
     DeviceConfigWrite = 11,
     /// `task_spawn(name, len)`: starts a packed program as a new task, returns its id.
     TaskSpawn = 12,
+    /// `device_irq_enable(bdf)`: routes a claimed function's interrupt to the task.
+    DeviceIrqEnable = 13,
+    /// `device_irq_wait(bdf, timeout_ns)`: waits for interrupts, returns how many arrived.
+    DeviceIrqWait = 14,
 }
 
 impl Sysno {
@@ -68,6 +72,8 @@ impl Sysno {
             10 => Sysno::DeviceConfigRead,
             11 => Sysno::DeviceConfigWrite,
             12 => Sysno::TaskSpawn,
+            13 => Sysno::DeviceIrqEnable,
+            14 => Sysno::DeviceIrqWait,
             _ => return None,
         })
     }
@@ -327,7 +333,8 @@ mod tests {
         assert_eq!(Sysno::from_raw(4), Some(Sysno::Sleep));
         assert_eq!(Sysno::from_raw(11), Some(Sysno::DeviceConfigWrite));
         assert_eq!(Sysno::from_raw(12), Some(Sysno::TaskSpawn));
-        assert_eq!(Sysno::from_raw(13), None);
+        assert_eq!(Sysno::from_raw(14), Some(Sysno::DeviceIrqWait));
+        assert_eq!(Sysno::from_raw(15), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }

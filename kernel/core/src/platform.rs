@@ -140,6 +140,18 @@ pub trait Platform: Sync {
     /// Enters user mode at `entry` with stack `user_sp`, on the current task's
     /// kernel stack; syscalls go to [`crate::task::syscall`].
     fn enter_user(&self, entry: u64, user_sp: u64) -> !;
+    /// Routes the interrupt of PCI function `f` (MSI, else INTx) so that each one
+    /// ends in [`crate::task::device_irq`]`(slot)`; `slot` < 8.
+    fn route_device_irq(
+        &self,
+        f: &pci::Function,
+        access: &dyn pci::ConfigAccess,
+        slot: u32,
+    ) -> Result<(), &'static str>;
+    /// Re-enables a level-triggered line masked when it fired (no-op for MSI).
+    fn unmask_device_irq(&self, slot: u32);
+    /// Stops delivering `f`'s interrupts to `slot`.
+    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32);
     /// Masks interrupts on this CPU.
     fn disable_interrupts(&self);
     /// Ends the machine run with a status (QEMU exit device where present, else halt).

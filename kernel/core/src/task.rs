@@ -160,6 +160,8 @@ enum State {
     Running,
     /// Asleep until this uptime (ns).
     Sleeping(u64),
+    /// Waiting for a device interrupt on a slot, or the deadline (ns).
+    WaitIrq(usize, u64),
     Exited(UserExit),
 }
 
@@ -189,6 +191,21 @@ static TASKS: spin::Mutex<Vec<alloc::boxed::Box<Task>>> = spin::Mutex::new(Vec::
 static RUNNING: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Saved stack pointer of the scheduler while a task runs.
 static SCHEDULER_SP: spin::Mutex<u64> = spin::Mutex::new(0);
+/// Interrupt slots that can be routed to tasks.
+const IRQ_SLOTS: usize = 8;
+/// Interrupts received per slot since the owner last collected them (written in interrupt context).
+static IRQ_PENDING: [core::sync::atomic::AtomicU64; IRQ_SLOTS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; IRQ_SLOTS];
+/// Owner (task id, function) of each slot; touched only in syscall context.
+static IRQ_OWNER: spin::Mutex<[Option<(u64, pci::Bdf)>; IRQ_SLOTS]> = spin::Mutex::new([None; IRQ_SLOTS]);
+
+/// Called by the platform's interrupt handler for a routed device interrupt.
+pub fn device_irq(slot: u32) {
+    if let Some(p) = IRQ_PENDING.get(slot as usize) {
+        p.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Context switches into tasks so far.
 pub static SWITCHES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Tick count when the running task was last scheduled.
@@ -347,7 +364,14 @@ pub fn run_until(ids: &[u64]) -> Vec<UserExit> {
         let pick = {
             let mut tasks = TASKS.lock();
             for t in tasks.iter_mut() {
-                if matches!(t.state, State::Sleeping(until) if until <= now) {
+                let wake = match t.state {
+                    State::Sleeping(until) => until <= now,
+                    State::WaitIrq(slot, until) => {
+                        until <= now || IRQ_PENDING[slot].load(core::sync::atomic::Ordering::Relaxed) > 0
+                    }
+                    _ => false,
+                };
+                if wake {
                     t.state = State::Ready;
                 }
             }
@@ -359,7 +383,7 @@ pub fn run_until(ids: &[u64]) -> Vec<UserExit> {
                 switch_to(i);
                 next = i + 1;
             }
-            None if TASKS.lock().iter().any(|t| matches!(t.state, State::Sleeping(_))) => {
+            None if TASKS.lock().iter().any(|t| matches!(t.state, State::Sleeping(_) | State::WaitIrq(..))) => {
                 platform().wait_for_interrupt();
             }
             None => {
@@ -404,6 +428,19 @@ fn release(cur: &Current) {
         log::info!("task {}: released {bdf}", cur.name);
     }
     claims.retain(|(_, owner)| *owner != cur.id);
+    drop(claims);
+    let mut owners = IRQ_OWNER.lock();
+    for (slot, owner) in owners.iter_mut().enumerate() {
+        if let Some((task, bdf)) = *owner {
+            if task == cur.id {
+                if let (Ok(dev), Some(access)) = (device(bdf), crate::pci::access(bdf)) {
+                    platform().unroute_device_irq(&dev.function, access, slot as u32);
+                }
+                *owner = None;
+                IRQ_PENDING[slot].store(0, core::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Copies `len` bytes from the current task's memory, checking every page is mapped for it.
@@ -708,6 +745,47 @@ fn sys_task_spawn(ptr: u64, len: u64) -> SysResult {
     }
 }
 
+fn irq_slot_of_current(bdf: pci::Bdf) -> Result<usize, Errno> {
+    let id = running();
+    IRQ_OWNER.lock().iter().position(|o| *o == Some((id, bdf))).ok_or(Errno::EINVAL)
+}
+
+fn sys_irq_enable(raw: u64) -> SysResult {
+    let dev = claimed_by_current(decode_bdf(raw)?)?;
+    let bdf = dev.function.bdf;
+    if let Ok(slot) = irq_slot_of_current(bdf) {
+        return Ok(slot as u64);
+    }
+    let slot = IRQ_OWNER.lock().iter().position(Option::is_none).ok_or(Errno::EBUSY)?;
+    let access = crate::pci::access(bdf).ok_or(Errno::EIO)?;
+    IRQ_PENDING[slot].store(0, core::sync::atomic::Ordering::Relaxed);
+    platform().route_device_irq(&dev.function, access, slot as u32).map_err(|why| {
+        log::warn!("task {}: cannot route {bdf}'s interrupt: {why}", current_name());
+        Errno::EOPNOTSUPP
+    })?;
+    IRQ_OWNER.lock()[slot] = Some((running(), bdf));
+    Ok(slot as u64)
+}
+
+fn sys_irq_wait(raw: u64, timeout_ns: u64) -> SysResult {
+    let slot = irq_slot_of_current(decode_bdf(raw)?)?;
+    let take = || IRQ_PENDING[slot].swap(0, core::sync::atomic::Ordering::Relaxed);
+    let mut n = take();
+    if n == 0 && timeout_ns > 0 {
+        let deadline = platform().uptime_ns().saturating_add(timeout_ns);
+        if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
+            t.state = State::WaitIrq(slot, deadline);
+        }
+        to_scheduler();
+        n = take();
+    }
+    if n == 0 {
+        return Err(Errno::ETIMEDOUT);
+    }
+    platform().unmask_device_irq(slot as u32);
+    Ok(n)
+}
+
 /// What the platform does after a syscall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyscallOutcome {
@@ -755,6 +833,8 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::DeviceConfigRead) => sys_config_read(args[0], args[1], args[2]),
         Some(Sysno::DeviceConfigWrite) => sys_config_write(args[0], args[1], args[2], args[3]),
         Some(Sysno::TaskSpawn) => sys_task_spawn(args[0], args[1]),
+        Some(Sysno::DeviceIrqEnable) => sys_irq_enable(args[0]),
+        Some(Sysno::DeviceIrqWait) => sys_irq_wait(args[0], args[1]),
         None => {
             let name = TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("?", |t| t.cur.name);
             log::debug!("task {name}: unknown syscall {number}");

@@ -29,8 +29,16 @@ register_structs! {
         (0x0004 => typer: ReadOnly<u32>),
         (0x0008 => iidr: ReadOnly<u32>),
         (0x000C => _reserved0),
+        (0x0080 => igroupr: [ReadWrite<u32>; 32]),
+        (0x0100 => isenabler: [ReadWrite<u32>; 32]),
+        (0x0180 => icenabler: [ReadWrite<u32>; 32]),
+        (0x0200 => _reserved1),
         (0x0400 => ipriorityr: [ReadWrite<u8>; 1020]),
-        (0x07FC => @END),
+        (0x07FC => _reserved2),
+        (0x0C00 => icfgr: [ReadWrite<u32>; 64]),
+        (0x0D00 => _reserved3),
+        (0x6100 => irouter: [ReadWrite<u64>; 988]),
+        (0x7FE0 => @END),
     }
 }
 
@@ -204,6 +212,56 @@ pub fn set_spi_priority(intid: u32, priority: u8) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Shared interrupts routed to device-interrupt slots (0 = unused).
+static SLOT_INTID: [core::sync::atomic::AtomicU32; 8] = [const { core::sync::atomic::AtomicU32::new(0) }; 8];
+
+/// Configures SPI `intid` (level, Group 1, to this CPU) for device-interrupt `slot` and enables it.
+pub fn route_spi(intid: u32, level: bool, slot: u32) -> Result<(), &'static str> {
+    let d = distributor().ok_or("GIC not initialised")?;
+    if !(32..lines()).contains(&intid) || slot as usize >= SLOT_INTID.len() {
+        return Err("not an implemented SPI");
+    }
+    let (word, bit) = ((intid / 32) as usize, intid % 32);
+    d.icenabler[word].set(1 << bit);
+    d.igroupr[word].set(d.igroupr[word].get() | 1 << bit);
+    d.ipriorityr[intid as usize].set(0xA0);
+    let cfg = &d.icfgr[(intid / 16) as usize];
+    let shift = (intid % 16) * 2;
+    let edge = if level { 0 } else { 2 };
+    cfg.set((cfg.get() & !(3 << shift)) | edge << shift);
+    // Affinity of this CPU (Aff3 in bits 39:32, Aff2..0 in 23:0), IRM = 0.
+    let aff = u64::from(read_mpidr_affinity());
+    d.irouter[(intid - 32) as usize].set((aff >> 24) << 32 | (aff & 0xFF_FFFF));
+    SLOT_INTID[slot as usize].store(intid, core::sync::atomic::Ordering::Relaxed);
+    d.isenabler[word].set(1 << bit);
+    Ok(())
+}
+
+/// Disables SPI `intid` (a level line stays masked until its owner re-arms it).
+fn mask_spi(intid: u32) {
+    if let Some(d) = distributor() {
+        d.icenabler[(intid / 32) as usize].set(1 << (intid % 32));
+    }
+}
+
+/// Re-enables the SPI behind device-interrupt `slot`.
+pub fn unmask_slot(slot: u32) {
+    let intid = SLOT_INTID.get(slot as usize).map_or(0, |a| a.load(core::sync::atomic::Ordering::Relaxed));
+    if let (true, Some(d)) = (intid >= 32, distributor()) {
+        d.isenabler[(intid / 32) as usize].set(1 << (intid % 32));
+    }
+}
+
+/// Disables and forgets the SPI behind `slot`.
+pub fn unroute_slot(slot: u32) {
+    if let Some(a) = SLOT_INTID.get(slot as usize) {
+        let intid = a.swap(0, core::sync::atomic::Ordering::Relaxed);
+        if intid >= 32 {
+            mask_spi(intid);
+        }
+    }
+}
+
 /// Acknowledges and dispatches one pending interrupt.
 pub fn handle_irq() {
     let intid: u64;
@@ -213,8 +271,14 @@ pub fn handle_irq() {
     if (1020..1024).contains(&intid) {
         return; // spurious
     }
+    let slot = SLOT_INTID.iter().position(|s| s.load(core::sync::atomic::Ordering::Relaxed) == intid as u32);
     if intid as u32 == crate::timer::intid() {
         crate::timer::on_tick();
+    } else if let Some(slot) = slot {
+        // Level-triggered INTx: keep the line masked until the task has serviced
+        // the device and waits again (it is unmasked then).
+        mask_spi(intid as u32);
+        kcore::task::device_irq(slot as u32);
     } else {
         log::warn!("gic: unexpected interrupt {intid}");
     }

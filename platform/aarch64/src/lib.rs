@@ -204,6 +204,28 @@ impl Platform for ArmPlatform {
         user::enter_user(entry, user_sp)
     }
 
+    fn route_device_irq(
+        &self,
+        f: &pci::Function,
+        access: &dyn pci::ConfigAccess,
+        slot: u32,
+    ) -> Result<(), &'static str> {
+        let intid = intx_intid(f, access)?;
+        let cmd = access.read16(f.bdf, pci::reg::COMMAND);
+        access.write16(f.bdf, pci::reg::COMMAND, cmd & !(1 << 10)); // INTx enabled
+        gic::route_spi(intid, true, slot)?;
+        log::info!("intx: {} -> GIC INTID {intid} (level)", f.bdf);
+        Ok(())
+    }
+
+    fn unmask_device_irq(&self, slot: u32) {
+        gic::unmask_slot(slot);
+    }
+
+    fn unroute_device_irq(&self, _f: &pci::Function, _access: &dyn pci::ConfigAccess, slot: u32) {
+        gic::unroute_slot(slot);
+    }
+
     fn disable_interrupts(&self) {
         // SAFETY: masking IRQs at EL1.
         unsafe { core::arch::asm!("msr daifset, #2", options(nomem, nostack)) };
@@ -214,11 +236,42 @@ impl Platform for ArmPlatform {
     }
 }
 
+/// The GIC INTID of `f`'s INTx line: its pin swizzled through every bridge up
+/// to the root bus (PCI-to-PCI Bridge spec 1.2 §9.1), then looked up in the
+/// host's `interrupt-map`. (MSIs on arm need the GICv3 ITS, not driven yet.)
+fn intx_intid(f: &pci::Function, access: &dyn pci::ConfigAccess) -> Result<u32, &'static str> {
+    let pin = u32::from(access.read8(f.bdf, pci::reg::INTERRUPT + 1));
+    if !(1..=4).contains(&pin) {
+        return Err("function has no interrupt pin");
+    }
+    let (mut pin, mut at) = (pin, f.bdf);
+    for bridge in f.path.iter().rev() {
+        pin = ((pin - 1 + u32::from(at.dev)) % 4) + 1;
+        at = *bridge;
+    }
+    let dt = dtb_at(DTB_PA.load(core::sync::atomic::Ordering::Relaxed)).ok_or("no device tree")?;
+    let host = dt
+        .pci_hosts()
+        .into_iter()
+        .flatten()
+        .find(|h| h.segment == f.bdf.segment)
+        .ok_or("no PCI host for this segment in the device tree")?;
+    let route = host.intx(at.rid(), pin).ok_or("interrupt-map has no entry for this device")?;
+    match route.parent_spec.as_slice() {
+        [0, spi, _] => Ok(32 + spi),
+        _ => Err("interrupt-map parent is not a GIC SPI"),
+    }
+}
+
+/// Physical address of the boot device tree (set by `dtb`).
+static DTB_PA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// The device tree the boot path handed over, parsed through the direct map.
 pub fn dtb(boot: &bootinfo::BootInfo) -> Option<devicetree::DeviceTree<'static>> {
     let bootinfo::FirmwareTables::DeviceTree { dtb } = boot.firmware else {
         return None;
     };
+    DTB_PA.store(dtb, core::sync::atomic::Ordering::Relaxed);
     dtb_at(dtb)
 }
 

@@ -57,6 +57,20 @@ pub fn map_id(map: &[IdMap], mask: Option<u32>, rid: u32) -> Option<(u32, u32)> 
         .map(|e| (e.target, e.out_base.wrapping_add(id - e.rid_base)))
 }
 
+/// One `interrupt-map` entry: INTx `pin` of the device at `child_hi` (phys.hi,
+/// i.e. bus/dev/fn in bits 23:8) raises `parent_spec` on interrupt controller `parent`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntxRoute {
+    /// phys.hi of the child unit address.
+    pub child_hi: u32,
+    /// Interrupt pin (1 = INTA .. 4 = INTD).
+    pub pin: u32,
+    /// Phandle of the parent interrupt controller.
+    pub parent: u32,
+    /// The parent's interrupt specifier (for a GIC: type, number, flags).
+    pub parent_spec: Vec<u32>,
+}
+
 /// A `pci-host-ecam-generic` node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciHost {
@@ -82,9 +96,21 @@ pub struct PciHost {
     pub msi_parent: Option<u32>,
     /// `dma-coherent`.
     pub dma_coherent: bool,
+    /// `interrupt-map` (legacy INTx routing).
+    pub interrupt_map: Vec<IntxRoute>,
+    /// `interrupt-map-mask` (phys.hi, mid, lo, pin).
+    pub interrupt_map_mask: [u32; 4],
 }
 
 impl PciHost {
+    /// The parent interrupt for INTx `pin` (1–4) of the root-bus device with
+    /// requester ID `rid` (callers swizzle pins through bridges first).
+    pub fn intx(&self, rid: u16, pin: u32) -> Option<&IntxRoute> {
+        let hi = (u32::from(rid) << 8) & self.interrupt_map_mask[0];
+        let pin = pin & self.interrupt_map_mask[3];
+        self.interrupt_map.iter().find(|e| e.child_hi & self.interrupt_map_mask[0] == hi && e.pin == pin)
+    }
+
     /// The IOMMU (phandle) and ID that requester ID `rid` is translated with, if any.
     pub fn map_rid(&self, rid: u16) -> Option<(u32, u32)> {
         map_id(&self.iommu_map, self.iommu_map_mask, u32::from(rid))
@@ -199,6 +225,29 @@ impl<'a> DeviceTree<'a> {
             }
         }
         let segment = self.property(node, "linux,pci-domain").and_then(|p| p.as_u32()).unwrap_or(0);
+        let mut interrupt_map_mask = [u32::MAX; 4];
+        if let Some(p) = self.property(node, "interrupt-map-mask") {
+            for (slot, c) in interrupt_map_mask.iter_mut().zip(p.cells()) {
+                *slot = c;
+            }
+        }
+        let mut interrupt_map = Vec::new();
+        if let Some(p) = self.property(node, "interrupt-map") {
+            let cells: Vec<u32> = p.cells().collect();
+            let mut i = 0;
+            while i + 5 <= cells.len() {
+                let (child_hi, pin, parent) = (cells[i], cells[i + 3], cells[i + 4]);
+                let pnode = self.find_phandle(parent).ok_or(DtError::Malformed)?;
+                let acells = self.property(&pnode, "#address-cells").and_then(|p| p.as_u32()).unwrap_or(0) as usize;
+                let icells =
+                    self.property(&pnode, "#interrupt-cells").and_then(|p| p.as_u32()).ok_or(DtError::Malformed)?
+                        as usize;
+                let start = i + 5 + acells;
+                let spec = cells.get(start..start + icells).ok_or(DtError::Malformed)?.to_vec();
+                interrupt_map.push(IntxRoute { child_hi, pin, parent, parent_spec: spec });
+                i = start + icells;
+            }
+        }
         Ok(PciHost {
             name: node.name.into(),
             segment: u16::try_from(segment).map_err(|_| DtError::Malformed)?,
@@ -211,6 +260,8 @@ impl<'a> DeviceTree<'a> {
             msi_map: id_map(self, node, "msi-map")?,
             msi_parent: self.property(node, "msi-parent").and_then(|p| p.cells().next()),
             dma_coherent: self.property(node, "dma-coherent").is_some(),
+            interrupt_map,
+            interrupt_map_mask,
         })
     }
 
@@ -316,6 +367,10 @@ mod tests {
             [("eventq", 106, true), ("priq", 107, true), ("cmdq-sync", 108, true), ("gerror", 109, true)]
         );
         assert_eq!(h.msi_map.len(), 1);
+        // INTx: SPI 3 + (slot + pin - 1) % 4 (QEMU virt's swizzle).
+        let edu_slot1_inta = h.intx(0x0008, 1).unwrap();
+        assert_eq!(edu_slot1_inta.parent_spec, vec![0, 4, 4], "slot 1, INTA -> SPI 4, level");
+        assert_eq!(h.intx(0x0010, 4).unwrap().parent_spec[1], 3 + (2 + 4 - 1) % 4);
     }
 
     #[test]

@@ -114,3 +114,41 @@ pub fn eoi() {
         r.eoi.set(0);
     }
 }
+
+/// MSI message address for this CPU's local APIC (SDM Vol. 3A §11.11.1):
+/// 0xFEE in bits 31:20, destination APIC ID in bits 19:12, physical mode.
+fn msi_address() -> u32 {
+    let id = regs().map_or(0, |r| r.id.get() >> 24);
+    0xFEE0_0000 | (id << 12)
+}
+
+/// Programs `f`'s MSI capability to send `vector` (edge, fixed delivery) to
+/// this CPU and disables its INTx (PCI 3.0 §6.8.1). No MSI: an error.
+pub fn route_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) -> Result<(), &'static str> {
+    let msi = f.caps.msi.ok_or("function has no MSI capability (INTx through the I/O APIC is not wired yet)")?;
+    let (bdf, o) = (f.bdf, msi.offset);
+    let ctrl = access.read16(bdf, o + 2);
+    access.write16(bdf, o + 2, ctrl & !1); // disable while reprogramming
+    access.write32(bdf, o + 4, msi_address());
+    let data_at = if msi.is_64bit {
+        access.write32(bdf, o + 8, 0);
+        o + 0xC
+    } else {
+        o + 8
+    };
+    access.write16(bdf, data_at, u16::from(vector));
+    // One vector (MME = 0), enabled.
+    access.write16(bdf, o + 2, (ctrl & !(0x7 << 4)) | 1);
+    let cmd = access.read16(bdf, pci::reg::COMMAND);
+    access.write16(bdf, pci::reg::COMMAND, cmd | (1 << 10)); // INTx disable
+    log::info!("msi: {bdf} -> vector {vector:#x} at {:#x}", msi_address());
+    Ok(())
+}
+
+/// Turns `f`'s MSI off again.
+pub fn unroute_msi(f: &pci::Function, access: &dyn pci::ConfigAccess) {
+    if let Some(msi) = f.caps.msi {
+        let ctrl = access.read16(f.bdf, msi.offset + 2);
+        access.write16(f.bdf, msi.offset + 2, ctrl & !1);
+    }
+}

@@ -13,6 +13,8 @@ use x86_64::VirtAddr;
 pub const TIMER_VECTOR: u8 = 32;
 /// Vector of APIC spurious interrupts.
 pub const SPURIOUS_VECTOR: u8 = 255;
+/// Vectors for device MSIs routed to user tasks.
+pub const DEVICE_VECTORS: core::ops::RangeInclusive<u8> = 64..=71;
 /// Frequency of the periodic timer.
 pub const TIMER_HZ: u32 = 100;
 
@@ -220,6 +222,38 @@ isr_255:
     push 0
     push 255
     jmp isr_common
+isr_64:
+    push 0
+    push 64
+    jmp isr_common
+isr_65:
+    push 0
+    push 65
+    jmp isr_common
+isr_66:
+    push 0
+    push 66
+    jmp isr_common
+isr_67:
+    push 0
+    push 67
+    jmp isr_common
+isr_68:
+    push 0
+    push 68
+    jmp isr_common
+isr_69:
+    push 0
+    push 69
+    jmp isr_common
+isr_70:
+    push 0
+    push 70
+    jmp isr_common
+isr_71:
+    push 0
+    push 71
+    jmp isr_common
 .section .rodata.isr, "a"
 .balign 8
 .global isr_table
@@ -258,17 +292,25 @@ isr_table:
     .quad isr_31
     .quad isr_32
     .quad isr_255
+    .quad isr_64
+    .quad isr_65
+    .quad isr_66
+    .quad isr_67
+    .quad isr_68
+    .quad isr_69
+    .quad isr_70
+    .quad isr_71
 "#
 );
 
 unsafe extern "C" {
-    static isr_table: [u64; 34];
+    static isr_table: [u64; 42];
 }
 
 /// Vectors in `isr_table` order.
-const VECTORS: [u8; 34] = [
+const VECTORS: [u8; 42] = [
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-    31, 32, 255,
+    31, 32, 255, 64, 65, 66, 67, 68, 69, 70, 71,
 ];
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
@@ -311,6 +353,9 @@ pub fn init_idt() {
             idt.security_exception.set_handler_addr(addr(30));
             idt[TIMER_VECTOR].set_handler_addr(addr(TIMER_VECTOR));
             idt[SPURIOUS_VECTOR].set_handler_addr(addr(SPURIOUS_VECTOR));
+            for v in DEVICE_VECTORS {
+                idt[v].set_handler_addr(addr(v));
+            }
         }
         idt
     });
@@ -394,6 +439,13 @@ extern "C" fn x86_trap(frame: &mut TrapFrame) {
             }
         }
         v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if DEVICE_VECTORS.contains(&(v as u8)) => {
+            crate::apic::eoi();
+            kcore::task::device_irq(u32::from(v as u8 - DEVICE_VECTORS.start()));
+            if frame.cs & 3 == 3 {
+                kcore::task::preempt();
+            }
+        }
         v if frame.cs & 3 == 3 => {
             // A fault in user mode kills the task, not the kernel.
             let addr = if v == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };

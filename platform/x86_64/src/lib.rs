@@ -198,6 +198,21 @@ impl Platform for X86Platform {
         x86_64::instructions::interrupts::disable();
     }
 
+    fn route_device_irq(
+        &self,
+        f: &pci::Function,
+        access: &dyn pci::ConfigAccess,
+        slot: u32,
+    ) -> Result<(), &'static str> {
+        apic::route_msi(f, access, interrupts::DEVICE_VECTORS.start() + slot as u8)
+    }
+
+    fn unmask_device_irq(&self, _slot: u32) {}
+
+    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, _slot: u32) {
+        apic::unroute_msi(f, access);
+    }
+
     fn exit(&self, success: bool) -> ! {
         exit::exit(success)
     }

@@ -116,3 +116,13 @@ pub fn device_config_write(bdf: u64, offset: u64, width: u64, value: u64) -> Sys
 pub fn task_spawn(name: &str) -> SysResult {
     decode(raw(Sysno::TaskSpawn as u64, [name.as_ptr() as u64, name.len() as u64, 0, 0, 0]))
 }
+
+/// Routes a claimed function's interrupt to this task.
+pub fn device_irq_enable(bdf: u64) -> SysResult {
+    decode(raw(Sysno::DeviceIrqEnable as u64, [bdf, 0, 0, 0, 0]))
+}
+
+/// Waits up to `timeout_ns` for interrupts; returns how many arrived.
+pub fn device_irq_wait(bdf: u64, timeout_ns: u64) -> SysResult {
+    decode(raw(Sysno::DeviceIrqWait as u64, [bdf, timeout_ns, 0, 0, 0]))
+}
