@@ -198,7 +198,8 @@ fn pci_edu_registers_through_bar() -> TestResult {
     Ok(())
 }
 
-/// Two tasks that never yield both finish, interleaved by timer preemption.
+/// Two tasks that never yield both finish, interleaved by timer preemption,
+/// while a third task faults and is killed without disturbing them.
 fn task_preemptive_round_robin() -> TestResult {
     if crate::task::programs().iter().all(|p| p.name != "spin") {
         return Err(ktest::TestError::Skipped("program spin not packed".into()));
@@ -206,10 +207,13 @@ fn task_preemptive_round_robin() -> TestResult {
     let (free_before, _) = mm::frame_counts();
     let before = crate::task::SWITCHES.load(core::sync::atomic::Ordering::Relaxed);
     let a = crate::task::spawn("spin");
+    let f = crate::task::spawn("fault");
     let b = crate::task::spawn("spin");
-    check!(a.is_ok() && b.is_ok());
-    let exits = crate::task::run_until(&[a.unwrap_or(0), b.unwrap_or(0)]);
-    check_eq!(exits, alloc::vec![crate::UserExit::Exited(0), crate::UserExit::Exited(0)]);
+    check!(a.is_ok() && b.is_ok() && f.is_ok());
+    let exits = crate::task::run_until(&[a.unwrap_or(0), f.unwrap_or(0), b.unwrap_or(0)]);
+    check_eq!(exits[0], crate::UserExit::Exited(0));
+    check!(matches!(exits[1], crate::UserExit::Killed { addr: 0x10, .. }), "fault task: {:?}", exits[1]);
+    check_eq!(exits[2], crate::UserExit::Exited(0));
     let switches = crate::task::SWITCHES.load(core::sync::atomic::Ordering::Relaxed) - before;
     // Each spins 60 ms against a 20 ms quantum; without preemption there are exactly 2 switches.
     check!(switches >= 3, "only {switches} context switches: no preemption");
