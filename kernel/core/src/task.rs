@@ -254,9 +254,15 @@ fn to_scheduler() {
     unsafe { platform().context_switch(save, load) };
 }
 
-/// Gives up the CPU (the task stays ready).
+/// Gives up the CPU (the task stays ready) if another task can run.
 pub fn yield_current() {
-    if running() != 0 {
+    let me = running();
+    let someone_else = me != 0
+        && TASKS
+            .lock()
+            .iter()
+            .any(|t| t.cur.id != me && matches!(t.state, State::Ready | State::Sleeping(_) | State::WaitIrq(..)));
+    if someone_else {
         to_scheduler();
     }
 }

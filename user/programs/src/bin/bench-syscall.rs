@@ -1,5 +1,6 @@
-//! Measures the null-syscall round trip (`yield`, which does no work) and
-//! prints `bench: null syscall <ns> ns` for `cargo xtask bench syscall`.
+//! Measures syscall round trips for `cargo xtask bench syscall`:
+//! - null: an unknown number (dispatch and return with ENOSYS, no work),
+//! - yield: a full trip through the scheduler and back.
 #![no_std]
 #![no_main]
 
@@ -7,21 +8,30 @@ use userlib::{println, sys};
 
 const CALLS: u64 = 100_000;
 
-fn main() -> i32 {
-    // Warm up, then time a batch; clock() itself is one more syscall per batch.
+/// Best-of-5 nanoseconds per call of `f`.
+fn measure(f: impl Fn()) -> u64 {
     for _ in 0..1000 {
-        let _ = sys::yield_now();
+        f();
     }
     let mut best = u64::MAX;
     for _ in 0..5 {
         let t0 = sys::clock().unwrap_or(0);
         for _ in 0..CALLS {
-            let _ = sys::yield_now();
+            f();
         }
-        let t1 = sys::clock().unwrap_or(0);
-        best = best.min(t1.saturating_sub(t0));
+        best = best.min(sys::clock().unwrap_or(0).saturating_sub(t0));
     }
-    println!("bench: null syscall {} ns ({} calls, best of 5 batches)", best / CALLS, CALLS);
+    best / CALLS
+}
+
+fn main() -> i32 {
+    let null = measure(|| {
+        core::hint::black_box(sys::raw(u64::MAX, [0; 5]));
+    });
+    let yld = measure(|| {
+        let _ = core::hint::black_box(sys::yield_now());
+    });
+    println!("bench: null syscall {null} ns, yield {yld} ns ({CALLS} calls, best of 5 batches)");
     0
 }
 
