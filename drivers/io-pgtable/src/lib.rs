@@ -50,9 +50,10 @@ bitflags::bitflags! {
 }
 
 /// Why an operation was refused. Nothing is changed when an error is returned:
-/// a map that runs out of table memory midway removes what it had mapped and
-/// frees the tables it had allocated. (Those leaves were briefly visible, so a
-/// caller that lets hardware run concurrently flushes the range anyway.)
+/// a map that meets an existing mapping or runs out of table memory midway
+/// removes the leaves it had written and frees the tables it had allocated.
+/// (Those leaves were briefly visible, so a caller that lets hardware run
+/// concurrently flushes the range anyway.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     /// IOVA, physical address or length not aligned to the smallest page.
@@ -251,14 +252,6 @@ impl<F: Format> PageTable<F> {
             return Err(Error::Unaligned);
         }
         self.fmt.encode_leaf(pa, 0, perms)?;
-        // Refuse overlaps before touching anything.
-        let mut overlap = None;
-        self.walk(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut |va, _, _, _| {
-            overlap.get_or_insert(va);
-        });
-        if let Some(va) = overlap {
-            return Err(Error::AlreadyMapped(va.max(iova)));
-        }
         let mut g = Gather::default();
         let (mut va, mut out) = (iova, pa);
         while va < end {
@@ -268,17 +261,52 @@ impl<F: Format> PageTable<F> {
                     out += size;
                 }
                 Err(e) => {
-                    // Undo: the range was empty before, so clear it entirely and free
-                    // the tables this call created (also the path of the failed leaf).
+                    // Undo: [iova, va) holds only leaves this call wrote (an
+                    // occupied slot stops the loop), and tables created for `va`
+                    // that stayed empty are pruned.
                     let mut undo = Gather::default();
-                    self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut undo);
+                    if va > iova {
+                        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut undo);
+                    }
+                    self.prune(mem, va, &mut undo);
                     undo.release(mem);
+                    if let Error::AlreadyMapped(_) = e {
+                        // Report the first mapping in the way, as a pre-check would.
+                        let mut first = None;
+                        self.walk(mem, self.root, self.fmt.levels() - 1, 0, va, end, &mut |leaf, _, _, _| {
+                            first.get_or_insert(leaf);
+                        });
+                        return Err(Error::AlreadyMapped(first.unwrap_or(va).max(iova)));
+                    }
                     return Err(e);
                 }
             }
         }
         g.add(iova, end);
         Ok(g)
+    }
+
+    /// Frees the empty tables on the walk path of `va` (bottom up, never the root).
+    fn prune(&mut self, mem: &mut impl TableMemory, va: u64, g: &mut Gather) {
+        let mut path = Vec::new(); // (table, index in it, level)
+        let mut table = self.root;
+        for level in (1..self.fmt.levels()).rev() {
+            let i = index(va, level);
+            match self.fmt.decode(mem.read(table, i), level) {
+                Entry::Table(next) => {
+                    path.push((table, i, next));
+                    table = next;
+                }
+                _ => break,
+            }
+        }
+        for (parent, i, child) in path.into_iter().rev() {
+            if !(0..512).all(|j| mem.read(child, j) == 0) {
+                break;
+            }
+            mem.write(parent, i, 0);
+            g.freed.push(child);
+        }
     }
 
     /// Maps the largest leaf possible at `va`; returns its size.
@@ -289,6 +317,9 @@ impl<F: Format> PageTable<F> {
             let size = level_size(level);
             let i = index(va, level);
             if self.fmt.leaf_allowed(level) && (va | pa).is_multiple_of(size) && left >= size {
+                if mem.read(table, i) != 0 {
+                    return Err(Error::AlreadyMapped(va));
+                }
                 let pte = self.fmt.encode_leaf(pa, level, perms)?;
                 mem.write(table, i, pte);
                 return Ok(size);
@@ -338,6 +369,19 @@ impl<F: Format> PageTable<F> {
         }
     }
 
+    /// Start and size of the leaf mapping `va`, if any.
+    fn leaf_at(&self, mem: &impl TableMemory, va: u64) -> Option<(u64, u64)> {
+        let mut table = self.root;
+        for level in (0..self.fmt.levels()).rev() {
+            match self.fmt.decode(mem.read(table, index(va, level)), level) {
+                Entry::Empty => return None,
+                Entry::Leaf { .. } => return Some((va & !(level_size(level) - 1), level_size(level))),
+                Entry::Table(next) => table = next,
+            }
+        }
+        None
+    }
+
     /// Output address for `iova`, if mapped.
     pub fn iova_to_phys(&self, mem: &impl TableMemory, iova: u64) -> Option<u64> {
         if self.fmt.ia_bits() < 64 && iova >> self.fmt.ia_bits() != 0 {
@@ -365,24 +409,24 @@ impl<F: Format> PageTable<F> {
     /// call ([`Error::SplitLeaf`]); holes are skipped.
     pub fn unmap(&mut self, mem: &mut impl TableMemory, iova: u64, len: u64) -> Result<(u64, Gather), Error> {
         let end = self.check(iova, len)?;
-        let mut split = None;
-        self.walk(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut |va, size, _, _| {
-            if va < iova || va + size > end {
-                split.get_or_insert(va);
-            }
-        });
-        if let Some(va) = split {
-            return Err(Error::SplitLeaf(va));
+        // Only the leaves holding the first and the last byte can straddle the range.
+        if let Some((start, _)) = self.leaf_at(mem, iova).filter(|&(start, _)| start < iova) {
+            return Err(Error::SplitLeaf(start));
+        }
+        if let Some((start, _)) = self.leaf_at(mem, end - 1).filter(|&(start, size)| start + (size - 1) > end - 1) {
+            return Err(Error::SplitLeaf(start));
         }
         let mut g = Gather::default();
-        let unmapped = self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut g);
+        let (unmapped, _) = self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut g);
         if unmapped > 0 {
             g.add(iova, end);
         }
         Ok((unmapped, g))
     }
 
-    /// Clears leaves in range under `table`; frees child tables that become empty.
+    /// Clears leaves in range under `table`; frees child tables that become
+    /// empty. Returns the bytes unmapped and whether any entry of `table` was
+    /// cleared (only then can `table` itself have become empty).
     #[allow(clippy::too_many_arguments)]
     fn unmap_level(
         &mut self,
@@ -393,9 +437,9 @@ impl<F: Format> PageTable<F> {
         start: u64,
         end: u64,
         g: &mut Gather,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let size = level_size(level);
-        let mut done = 0;
+        let (mut done, mut cleared) = (0, false);
         let first = if start > base { index(start, level) } else { 0 };
         for i in first..512 {
             // The top level of a 64-bit space has fewer than 512 slots in use.
@@ -407,19 +451,22 @@ impl<F: Format> PageTable<F> {
                 Entry::Leaf { .. } => {
                     mem.write(table, i, 0);
                     done += size;
+                    cleared = true;
                 }
                 Entry::Table(next) if level > 0 => {
-                    done += self.unmap_level(mem, next, level - 1, va, start, end, g);
+                    let (d, child_cleared) = self.unmap_level(mem, next, level - 1, va, start, end, g);
+                    done += d;
                     let last = index(end.saturating_sub(1).min(va + (size - 1)), level - 1);
-                    if table_empty(mem, next, last) {
+                    if child_cleared && table_empty(mem, next, last) {
                         mem.write(table, i, 0);
                         g.freed.push(next);
+                        cleared = true;
                     }
                 }
                 Entry::Table(_) => {}
             }
         }
-        done
+        (done, cleared)
     }
 
     /// Reports every leaf in `[iova, iova + len)` written since the last call
