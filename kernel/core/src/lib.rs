@@ -14,6 +14,7 @@ pub mod console;
 pub mod elf;
 pub mod frames;
 pub mod heap;
+pub mod iommu;
 pub mod ktests;
 pub mod mm;
 pub mod pci;

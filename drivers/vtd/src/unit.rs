@@ -1,0 +1,315 @@
+//! One remapping unit in legacy mode, and its second-level domains.
+
+use crate::context;
+use crate::fault::FaultRecord;
+use crate::regs::{FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
+use io_pgtable::formats::VtdSecondLevel;
+use io_pgtable::{Gather, PageTable, Perms, TableMemory};
+use tock_registers::interfaces::{Readable, Writeable};
+
+/// Polls of a status bit before a wait is declared failed.
+const MAX_POLLS: u32 = 1_000_000;
+
+/// Why a unit operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VtdError {
+    /// The hardware did not acknowledge a command in time.
+    Timeout(&'static str),
+    /// No table memory.
+    NoMemory,
+    /// SAGAW offers no address width this driver can use.
+    NoAddressWidth,
+    /// A page-table operation failed.
+    Map(io_pgtable::Error),
+}
+
+impl core::fmt::Display for VtdError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VtdError::Timeout(what) => write!(f, "VT-d did not complete {what} in time"),
+            VtdError::NoMemory => f.write_str("out of memory for VT-d tables"),
+            VtdError::NoAddressWidth => f.write_str("no supported second-level address width in CAP.SAGAW"),
+            VtdError::Map(e) => write!(f, "page table: {e}"),
+        }
+    }
+}
+
+/// A second-level translation domain.
+pub struct Domain {
+    /// Domain ID in context entries and invalidations.
+    pub id: u16,
+    /// Its page table.
+    pub table: PageTable<VtdSecondLevel>,
+}
+
+/// A remapping unit.
+pub struct Unit {
+    base: u64,
+    root: u64,
+    /// Context-table frame per bus (0 = none yet).
+    context_tables: [u64; 256],
+    /// Second-level levels in use (3, 4 or 5).
+    pub levels: usize,
+    /// Largest leaf level (SLLPS).
+    pub max_leaf_level: usize,
+    /// CAP.CM: flush on map too.
+    pub caching_mode: bool,
+    /// Raw CAP.
+    pub cap: u64,
+    /// Raw ECAP.
+    pub ecap: u64,
+    /// IOTLB invalidations issued so far.
+    pub invalidations: u64,
+}
+
+fn wait(what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
+    for _ in 0..MAX_POLLS {
+        if done() {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err(VtdError::Timeout(what))
+}
+
+impl Unit {
+    fn regs(&self) -> &Registers {
+        // SAFETY: `base` maps the unit's register page for the unit's lifetime (see `new`).
+        unsafe { &*(self.base as *const Registers) }
+    }
+
+    fn iotlb(&self) -> &IotlbRegisters {
+        let off = ECAP::IRO.read(self.ecap) * 16;
+        // SAFETY: ECAP.IRO locates the IOTLB registers inside the mapped register page.
+        unsafe { &*((self.base + off) as *const IotlbRegisters) }
+    }
+
+    fn fault_record(&self, i: u64) -> &FaultRecordRegisters {
+        let off = CAP::FRO.read(self.cap) * 16 + i * 16;
+        // SAFETY: CAP.FRO and NFR locate the fault records inside the mapped register page.
+        unsafe { &*((self.base + off) as *const FaultRecordRegisters) }
+    }
+
+    /// Takes over the unit whose registers are mapped at virtual address `base`:
+    /// installs an empty root table and invalidates the caches. Translation stays off.
+    ///
+    /// # Safety
+    /// `base` must map the unit's whole register page (device memory) for as long
+    /// as the returned `Unit` lives, and nothing else may program the unit.
+    pub unsafe fn new(base: u64, mem: &mut impl TableMemory) -> Result<Unit, VtdError> {
+        // SAFETY: the caller guarantees `base` maps the registers.
+        let regs = unsafe { &*(base as *const Registers) };
+        let (cap, ecap) = (regs.cap.get(), regs.ecap.get());
+        let sagaw = CAP::SAGAW.read(cap);
+        let levels = if sagaw & 0b0100 != 0 {
+            4
+        } else if sagaw & 0b0010 != 0 {
+            3
+        } else if sagaw & 0b1000 != 0 {
+            5
+        } else {
+            return Err(VtdError::NoAddressWidth);
+        };
+        let sllps = CAP::SLLPS.read(cap);
+        let max_leaf_level = if sllps & 2 != 0 {
+            2
+        } else if sllps & 1 != 0 {
+            1
+        } else {
+            0
+        };
+        let root = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+        let unit = Unit {
+            base,
+            root,
+            context_tables: [0; 256],
+            levels,
+            max_leaf_level,
+            caching_mode: CAP::CM.read(cap) != 0,
+            cap,
+            ecap,
+            invalidations: 0,
+        };
+        unit.regs().rtaddr.set(root); // legacy root table (RTADDR.TTM = 0)
+        unit.command(GLOBAL::SRTP::SET, "set root table pointer", |s| s & (1 << 30) != 0)?;
+        unit.invalidate_context_global()?;
+        unit.invalidate_iotlb(None)?;
+        Ok(unit)
+    }
+
+    /// One line describing the unit, for the boot log.
+    pub fn describe(&self) -> alloc::string::String {
+        alloc::format!(
+            "vtd: ver {:#x} cap {:#018x} ecap {:#018x}: {}-level second-level tables, largest leaf {}, {} domains{}{}{}",
+            self.regs().version.get(),
+            self.cap,
+            self.ecap,
+            self.levels,
+            ["4K", "2M", "1G"][self.max_leaf_level],
+            1u32 << (4 + 2 * CAP::ND.read(self.cap)),
+            if ECAP::QI.read(self.ecap) != 0 { ", queued invalidation" } else { "" },
+            if self.caching_mode { ", caching mode" } else { "" },
+            if ECAP::SMTS.read(self.ecap) != 0 { ", scalable mode available" } else { "" },
+        )
+    }
+
+    /// Writes GCMD with the persistent bits of GSTS plus `bit`, and waits for `done(GSTS)`.
+    fn command(
+        &self,
+        bit: tock_registers::fields::FieldValue<u32, GLOBAL::Register>,
+        what: &'static str,
+        done: impl Fn(u32) -> bool,
+    ) -> Result<(), VtdError> {
+        // One-shot bits (SRTP, SFL, WBF, SIRTP) must not be written back (§10.4.4).
+        let persistent = self.regs().gsts.get() & 0x96FF_FFFF;
+        self.regs().gcmd.set(persistent | bit.value);
+        wait(what, || done(self.regs().gsts.get()))
+    }
+
+    fn invalidate_context_global(&self) -> Result<(), VtdError> {
+        self.regs().ccmd.write(CCMD::ICC::SET + CCMD::CIRG.val(1));
+        wait("context-cache invalidation", || !self.regs().ccmd.is_set(CCMD::ICC))
+    }
+
+    /// Invalidates the IOTLB for one domain (or all with `None`), draining reads and writes.
+    fn invalidate_iotlb(&self, domain: Option<u16>) -> Result<(), VtdError> {
+        let v = match domain {
+            Some(did) => IOTLB::IVT::SET + IOTLB::IIRG.val(2) + IOTLB::DID.val(u64::from(did)),
+            None => IOTLB::IVT::SET + IOTLB::IIRG.val(1),
+        };
+        self.iotlb().iotlb.write(v + IOTLB::DR::SET + IOTLB::DW::SET);
+        wait("IOTLB invalidation", || !self.iotlb().iotlb.is_set(IOTLB::IVT))
+    }
+
+    /// Turns DMA remapping on.
+    pub fn enable(&self) -> Result<(), VtdError> {
+        self.command(GLOBAL::TE::SET, "translation enable", |s| s & (1 << 31) != 0)
+    }
+
+    /// Turns DMA remapping off.
+    pub fn disable(&self) -> Result<(), VtdError> {
+        let keep = self.regs().gsts.get() & 0x96FF_FFFF & !(1 << 31);
+        self.regs().gcmd.set(keep);
+        wait("translation disable", || self.regs().gsts.get() & (1 << 31) == 0)
+    }
+
+    /// A new, empty domain.
+    pub fn new_domain(&self, id: u16, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
+        let fmt = VtdSecondLevel { levels: self.levels, max_leaf_level: self.max_leaf_level };
+        Ok(Domain { id, table: PageTable::new(fmt, mem).map_err(VtdError::Map)? })
+    }
+
+    /// Points requester ID `rid` at `domain` and flushes the context cache.
+    pub fn attach(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        let bus = usize::from(rid >> 8);
+        if self.context_tables[bus] == 0 {
+            let ct = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+            self.context_tables[bus] = ct;
+            // Root entry: 128 bits, low half at index 2*bus.
+            mem.write(self.root, 2 * bus, context::root_entry(ct));
+        }
+        let (lo, hi) = context::context_entry(domain.table.root(), self.levels, domain.id);
+        let ct = self.context_tables[bus];
+        let devfn = usize::from(rid & 0xFF);
+        mem.write(ct, 2 * devfn + 1, hi);
+        mem.write(ct, 2 * devfn, lo); // present bit last
+        self.invalidate_context_global()?;
+        self.invalidate_iotlb(Some(domain.id))
+    }
+
+    /// Removes requester ID `rid`'s context entry (its DMA then faults).
+    pub fn detach(&mut self, rid: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        let ct = self.context_tables[usize::from(rid >> 8)];
+        if ct != 0 {
+            let devfn = usize::from(rid & 0xFF);
+            mem.write(ct, 2 * devfn, 0);
+            mem.write(ct, 2 * devfn + 1, 0);
+        }
+        self.invalidate_context_global()?;
+        self.invalidate_iotlb(None)
+    }
+
+    /// Maps `[iova, iova + len)` → `pa` in `domain` (flushing first in caching mode).
+    pub fn map(
+        &mut self,
+        domain: &mut Domain,
+        iova: u64,
+        pa: u64,
+        len: u64,
+        perms: Perms,
+        mem: &mut impl TableMemory,
+    ) -> Result<(), VtdError> {
+        let g = domain.table.map(mem, iova, pa, len, perms).map_err(VtdError::Map)?;
+        if self.caching_mode {
+            // CAP.CM: the unit may have cached the not-present entries (§6.1).
+            self.flush(domain.id, g, mem)
+        } else {
+            g.release(mem);
+            Ok(())
+        }
+    }
+
+    /// Unmaps `[iova, iova + len)` from `domain`, flushes the IOTLB, frees tables.
+    pub fn unmap(
+        &mut self,
+        domain: &mut Domain,
+        iova: u64,
+        len: u64,
+        mem: &mut impl TableMemory,
+    ) -> Result<u64, VtdError> {
+        let (n, g) = domain.table.unmap(mem, iova, len).map_err(VtdError::Map)?;
+        self.flush(domain.id, g, mem)?;
+        Ok(n)
+    }
+
+    /// Flushes what a gather covers, then releases its tables.
+    pub fn flush(&mut self, domain: u16, g: Gather, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if !g.is_empty() {
+            self.invalidations += 1;
+            self.invalidate_iotlb(Some(domain))?;
+        }
+        g.release(mem);
+        Ok(())
+    }
+
+    /// Invalidates every IOTLB entry of `domain` (no table change needed).
+    pub fn invalidate_domain(&mut self, domain: u16) -> Result<(), VtdError> {
+        self.invalidations += 1;
+        self.invalidate_iotlb(Some(domain))
+    }
+
+    /// Takes the next recorded fault, clearing it (and the overflow flag).
+    pub fn take_fault(&self) -> Option<FaultRecord> {
+        let count = CAP::NFR.read(self.cap) + 1;
+        for i in 0..count {
+            let r = self.fault_record(i);
+            let lo = r.lo.get();
+            let hi = u64::from(r.hi_hi.get()) << 32 | u64::from(r.hi_lo.get());
+            if let Some(rec) = FaultRecord::decode(lo, hi) {
+                r.hi_hi.set(1 << 31); // F is write-1-to-clear
+                self.regs().fsts.write(FSTS::PFO::SET);
+                return Some(rec);
+            }
+        }
+        None
+    }
+
+    /// Whether the invalidation queue reported an error (FSTS.IQE).
+    pub fn queue_error(&self) -> bool {
+        self.regs().fsts.is_set(FSTS::IQE)
+    }
+
+    /// Physical address of the root table.
+    pub fn root_table(&self) -> u64 {
+        self.root
+    }
+
+    /// Frees the unit's root and context tables (translation must be off).
+    pub fn release_tables(&mut self, mem: &mut impl TableMemory) {
+        for ct in self.context_tables.iter_mut().filter(|c| **c != 0) {
+            mem.free_table(*ct);
+            *ct = 0;
+        }
+        mem.free_table(self.root);
+    }
+}
