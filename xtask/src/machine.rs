@@ -150,7 +150,8 @@ impl Machine {
                     Iommu::Virtio => add("-device virtio-iommu-pci"),
                     Iommu::Smmuv3 | Iommu::None => {}
                 }
-                add("-device edu");
+                // A 64-bit DMA mask so edu can reach IOVAs above its default 28 bits (QEMU.md §4).
+                add("-device edu,dma_mask=0xffffffffffffffff");
                 cmdline.insert(0, "qemu_exit=0xf4".into());
                 "qemu-system-x86_64"
             }
@@ -161,7 +162,7 @@ impl Machine {
                 if self.iommu == Iommu::Virtio {
                     add("-device virtio-iommu-pci");
                 }
-                add("-device edu");
+                add("-device edu,dma_mask=0xffffffffffffffff");
                 cmdline.insert(0, "qemu_exit=semihosting".into());
                 "qemu-system-aarch64"
             }

@@ -209,7 +209,113 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
     Ok(())
 }
 
-ktest::suite!(pub IOMMU = "iommu", [vtd_edu_dma_through_a_domain]);
+/// VT-d: a 2 MiB leaf above 4 GiB carries the DMA, and a second edu in its own
+/// domain cannot reach the first one's buffer (it faults instead).
+fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
+    use io_pgtable::Perms;
+    let Some(base) = kcore::pci::topology().and_then(|t| {
+        t.units().iter().find(|u| u.kind == firmware::IommuKind::Vtd).and_then(|u| match u.location {
+            firmware::UnitLocation::Mmio { base, .. } => Some(base),
+            firmware::UnitLocation::Pci { .. } => None,
+        })
+    }) else {
+        return Err(ktest::TestError::Skipped("no VT-d unit (boot with --iommu vtd)".into()));
+    };
+    let all: alloc::vec::Vec<pci::Function> = kcore::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let edus: alloc::vec::Vec<&kcore::pci::Device> =
+        kcore::pci::devices().iter().filter(|d| (d.function.vendor, d.function.device) == (0x1234, 0x11E8)).collect();
+    if edus.is_empty() {
+        return Err(ktest::TestError::Skipped("no edu device".into()));
+    }
+    let open = |d: &kcore::pci::Device| -> Result<Edu, ktest::TestError> {
+        let bar = d
+            .function
+            .bars
+            .iter()
+            .find(|b| b.index == 0)
+            .copied()
+            .ok_or_else(|| ktest::TestError::Failed("no BAR0".into()))?;
+        let m = kcore::mm::map_mmio(kcore::pci::bar_cpu_address(d, &bar), 0x100)
+            .map_err(|_| ktest::TestError::Failed("map BAR".into()))?;
+        if let Some(a) = kcore::pci::access(d.function.bdf) {
+            pci::set_bus_master(a, d.function.bdf, true);
+        }
+        Ok(Edu { regs: m.va })
+    };
+    let err = |e: vtd::VtdError| ktest::TestError::Failed(alloc::format!("{e}"));
+    let mmio = kcore::mm::map_mmio(base, 0x1000).map_err(|_| ktest::TestError::Failed("map VT-d".into()))?;
+    let mut mem = kcore::iommu::KernelTables::default();
+    // SAFETY: as in `vtd_edu_dma_through_a_domain`: the test owns the unit and disables it at the end.
+    let mut unit = unsafe { vtd::Unit::new(mmio.va, &mut mem) }.map_err(err)?;
+    // 2 MiB of physically contiguous, 2 MiB-aligned memory for a large leaf.
+    let big = kcore::mm::alloc_frames(512, 512).ok_or_else(|| ktest::TestError::Failed("no 2 MiB block".into()))?;
+    let result = (|| -> TestResult {
+        let mut d1 = unit.new_domain(1, &mut mem).map_err(err)?;
+        let high = if unit.levels >= 4 { 0x1_4000_0000 } else { 0x4000_0000 }; // above 4 GiB when 48-bit
+        unit.map(&mut d1, high, big, 2 << 20, Perms::READ | Perms::WRITE, &mut mem).map_err(err)?;
+        let mut leaves = 0;
+        d1.table.for_each_mapping(&mem, &mut |_, size, _, _| {
+            if size == 2 << 20 {
+                leaves += 1;
+            }
+        });
+        check_eq!(leaves, 1);
+        let rid0 = pci::dma_requester_id(&edus[0].function, &all);
+        unit.attach(rid0, &d1, &mut mem).map_err(err)?;
+        unit.enable().map_err(err)?;
+        let e0 = open(edus[0])?;
+        // Pattern at offset 1 MiB + 4 KiB inside the 2 MiB leaf, copied to offset 0.
+        let off = (1 << 20) + 0x1000;
+        for i in 0..4096u64 {
+            // SAFETY: `big` is our 2 MiB block in the direct map.
+            unsafe { ((kcore::mm::phys_to_virt(big) + off + i) as *mut u8).write_volatile((i * 13) as u8) };
+        }
+        e0.dma(high + off, 4096, false)?;
+        e0.dma(high, 4096, true)?;
+        // SAFETY: as above.
+        let got = unsafe { core::slice::from_raw_parts(kcore::mm::phys_to_virt(big) as *const u8, 4096) };
+        check!(got.iter().enumerate().all(|(i, &b)| b == (i as u64 * 13) as u8), "data wrong through a 2 MiB leaf");
+        check!(unit.take_fault().is_none());
+        if edus.len() >= 2 {
+            // Second edu, second (empty) domain: the same IOVA is not mapped for it.
+            let d2 = unit.new_domain(2, &mut mem).map_err(err)?;
+            let rid1 = pci::dma_requester_id(&edus[1].function, &all);
+            unit.attach(rid1, &d2, &mut mem).map_err(err)?;
+            let e1 = open(edus[1])?;
+            // SAFETY: as above.
+            unsafe { core::ptr::write_bytes(kcore::mm::phys_to_virt(big) as *mut u8, 0x77, 4096) };
+            e1.dma(high, 4096, true)?;
+            let f = unit.take_fault();
+            check!(f.is_some_and(|f| f.source_id == rid1 && f.address == high), "no isolation fault: {f:?}");
+            check!(got.iter().all(|&b| b == 0x77), "the second device reached the first one's buffer");
+            let _ = unit.detach(rid1, &mut mem);
+            d2.table.destroy(&mut mem);
+        }
+        let _ = unit.disable();
+        let _ = unit.detach(rid0, &mut mem);
+        let (n, g) =
+            d1.table.unmap(&mut mem, high, 2 << 20).map_err(|e| ktest::TestError::Failed(alloc::format!("{e}")))?;
+        check_eq!(n, 2 << 20);
+        g.release(&mut mem);
+        d1.table.destroy(&mut mem);
+        Ok(())
+    })();
+    let _ = unit.disable();
+    unit.release_tables(&mut mem);
+    for i in 0..512 {
+        let _ = kcore::mm::free_frame(big + i * 4096);
+    }
+    for d in &edus {
+        if let Some(a) = kcore::pci::access(d.function.bdf) {
+            pci::set_bus_master(a, d.function.bdf, false);
+        }
+    }
+    result?;
+    check!(mem.live == 0, "VT-d table frames leaked: {}", mem.live);
+    Ok(())
+}
+
+ktest::suite!(pub IOMMU = "iommu", [vtd_edu_dma_through_a_domain, vtd_large_pages_high_iovas_and_isolation]);
 
 /// The suites of this crate for the boot binary.
 pub static SUITES: &[&ktest::Suite] = &[&ARCH, &IOMMU];
