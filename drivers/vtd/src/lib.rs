@@ -2,10 +2,12 @@
 //!
 //! This first part drives a remapping unit in legacy mode: the root and context
 //! tables (§9.1–9.3), second-level domains built by the shared `io-pgtable`
-//! engine, register-based context-cache and IOTLB invalidation (§10.4.7, §10.4.8),
-//! translation enable (§10.4.4) and the fault-recording registers (§7.2, §10.4.14).
-//! Still to come: queued invalidation, scalable mode, first-level tables,
-//! caching-mode handling beyond flushing on map, fault MSI, RMRR identity maps.
+//! engine, queued invalidation (§6.5.2) with page-selective IOTLB flushes sized
+//! to each gather, or register-based invalidation (§10.4.7, §10.4.8) when the
+//! unit has no queue, flushing on map in caching mode, translation enable
+//! (§10.4.4) and the fault-recording registers (§7.2, §10.4.14).
+//! Still to come: scalable mode, first-level tables, fault MSI, RMRR identity
+//! maps, pass-through and blocking domains.
 //!
 //! Hardware access: [`regs::Registers`] over an MMIO window the kernel mapped;
 //! tables live in frames the kernel provides through [`io_pgtable::TableMemory`].
@@ -15,8 +17,16 @@ extern crate alloc;
 
 pub mod context;
 pub mod fault;
+pub mod invalidation;
 pub mod regs;
 pub mod unit;
 
 pub use fault::{FaultReason, FaultRecord};
+
+/// Log every register command and queued descriptor (`--trace`; a teaching aid).
+pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn tracing() -> bool {
+    TRACE.load(core::sync::atomic::Ordering::Relaxed)
+}
 pub use unit::{Domain, Unit, VtdError};

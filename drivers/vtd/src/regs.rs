@@ -24,7 +24,9 @@ register_bitfields! [u64,
         /// Number of fault-recording registers minus one.
         NFR OFFSET(40) NUMBITS(8) [],
         /// Caching mode: not-present entries may be cached; flush on map too.
-        CM OFFSET(7) NUMBITS(1) []
+        CM OFFSET(7) NUMBITS(1) [],
+        /// Maximum address-mask value for page-selective invalidation.
+        MAMV OFFSET(48) NUMBITS(6) []
     ],
     /// Extended capability register (§10.4.3).
     pub ECAP [
@@ -101,7 +103,13 @@ register_structs! {
         (0x03C => pub fedata: ReadWrite<u32>),
         (0x040 => pub feaddr: ReadWrite<u32>),
         (0x044 => pub feuaddr: ReadWrite<u32>),
-        (0x048 => @END),
+        (0x048 => _reserved2),
+        (0x080 => pub iqh: ReadOnly<u64>),
+        (0x088 => pub iqt: ReadWrite<u64>),
+        (0x090 => pub iqa: ReadWrite<u64>),
+        (0x098 => _reserved3),
+        (0x09C => pub ics: ReadWrite<u32>),
+        (0x0A0 => @END),
     }
 }
 

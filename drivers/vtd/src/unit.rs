@@ -2,6 +2,7 @@
 
 use crate::context;
 use crate::fault::FaultRecord;
+use crate::invalidation::{self as inv, Descriptor};
 use crate::regs::{FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
 use io_pgtable::formats::VtdSecondLevel;
 use io_pgtable::{Gather, PageTable, Perms, TableMemory};
@@ -60,7 +61,20 @@ pub struct Unit {
     pub ecap: u64,
     /// IOTLB invalidations issued so far.
     pub invalidations: u64,
+    /// The invalidation queue, when the unit has one (ECAP.QI).
+    queue: Option<Queue>,
 }
+
+/// The invalidation queue: one 4 KiB page of 256 descriptors and a status word.
+struct Queue {
+    base: u64,
+    status: u64,
+    tail: usize,
+    seq: u32,
+}
+
+/// Descriptors in the one-page queue (QS = 0).
+const QUEUE_ENTRIES: usize = 256;
 
 fn wait(what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
     for _ in 0..MAX_POLLS {
@@ -119,7 +133,7 @@ impl Unit {
             0
         };
         let root = mem.alloc_table().ok_or(VtdError::NoMemory)?;
-        let unit = Unit {
+        let mut unit = Unit {
             base,
             root,
             context_tables: [0; 256],
@@ -129,12 +143,59 @@ impl Unit {
             cap,
             ecap,
             invalidations: 0,
+            queue: None,
         };
+        if crate::tracing() {
+            log::info!("vtd trace: RTADDR <- {root:#x}");
+        }
         unit.regs().rtaddr.set(root); // legacy root table (RTADDR.TTM = 0)
         unit.command(GLOBAL::SRTP::SET, "set root table pointer", |s| s & (1 << 30) != 0)?;
-        unit.invalidate_context_global()?;
-        unit.invalidate_iotlb(None)?;
+        if ECAP::QI.read(ecap) != 0 {
+            let base = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+            let status = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+            if crate::tracing() {
+                log::info!("vtd trace: IQT <- 0, IQA <- {base:#x} (QS 0: 256 descriptors)");
+            }
+            unit.regs().iqt.set(0);
+            unit.regs().iqa.set(base); // QS = 0, 128-bit descriptors
+            unit.command(GLOBAL::QIE::SET, "queued invalidation enable", |s| s & (1 << 26) != 0)?;
+            unit.queue = Some(Queue { base, status, tail: 0, seq: 0 });
+        }
+        unit.invalidate_context_global(mem)?;
+        unit.invalidate_iotlb(None, mem)?;
         Ok(unit)
+    }
+
+    /// Whether invalidations go through the queue.
+    pub fn queued(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Queues `descs` plus a wait descriptor and waits for the unit to write its status.
+    fn submit(&mut self, descs: &[Descriptor], mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        let trace = crate::tracing();
+        let Some(q) = self.queue.as_mut() else { return Ok(()) };
+        q.seq = q.seq.wrapping_add(1);
+        mem.write(q.status, 0, 0);
+        let wait_desc = inv::wait(q.seq, q.status);
+        for &(lo, hi) in descs.iter().chain(core::iter::once(&wait_desc)) {
+            if trace {
+                log::info!("vtd trace: descriptor [{}] {lo:#018x} {hi:#018x}", q.tail);
+            }
+            mem.write(q.base, 2 * q.tail, lo);
+            mem.write(q.base, 2 * q.tail + 1, hi);
+            q.tail = (q.tail + 1) % QUEUE_ENTRIES;
+        }
+        let (tail, seq, status) = (q.tail, q.seq, q.status);
+        self.regs().iqt.set((tail as u64) << 4);
+        wait("invalidation wait descriptor", || {
+            self.regs().fsts.is_set(FSTS::IQE) || mem.read(status, 0) as u32 == seq
+        })?;
+        if self.regs().fsts.is_set(FSTS::IQE) {
+            log::error!("vtd: invalidation queue error (FSTS.IQE) at head {:#x}", self.regs().iqh.get());
+            return Err(VtdError::Timeout("invalidation queue (IQE)"));
+        }
+        Ok(())
     }
 
     /// One line describing the unit, for the boot log.
@@ -166,13 +227,26 @@ impl Unit {
         wait(what, || done(self.regs().gsts.get()))
     }
 
-    fn invalidate_context_global(&self) -> Result<(), VtdError> {
+    fn invalidate_context_global(&mut self, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if self.queue.is_some() {
+            return self.submit(&[inv::context_global()], mem);
+        }
+        if crate::tracing() {
+            log::info!("vtd trace: CCMD <- ICC, global");
+        }
         self.regs().ccmd.write(CCMD::ICC::SET + CCMD::CIRG.val(1));
         wait("context-cache invalidation", || !self.regs().ccmd.is_set(CCMD::ICC))
     }
 
     /// Invalidates the IOTLB for one domain (or all with `None`), draining reads and writes.
-    fn invalidate_iotlb(&self, domain: Option<u16>) -> Result<(), VtdError> {
+    fn invalidate_iotlb(&mut self, domain: Option<u16>, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if self.queue.is_some() {
+            let d = domain.map_or_else(inv::iotlb_global, inv::iotlb_domain);
+            return self.submit(&[d], mem);
+        }
+        if crate::tracing() {
+            log::info!("vtd trace: IOTLB <- IVT, domain {domain:?}");
+        }
         let v = match domain {
             Some(did) => IOTLB::IVT::SET + IOTLB::IIRG.val(2) + IOTLB::DID.val(u64::from(did)),
             None => IOTLB::IVT::SET + IOTLB::IIRG.val(1),
@@ -183,6 +257,9 @@ impl Unit {
 
     /// Turns DMA remapping on.
     pub fn enable(&self) -> Result<(), VtdError> {
+        if crate::tracing() {
+            log::info!("vtd trace: GCMD <- TE");
+        }
         self.command(GLOBAL::TE::SET, "translation enable", |s| s & (1 << 31) != 0)
     }
 
@@ -213,8 +290,11 @@ impl Unit {
         let devfn = usize::from(rid & 0xFF);
         mem.write(ct, 2 * devfn + 1, hi);
         mem.write(ct, 2 * devfn, lo); // present bit last
-        self.invalidate_context_global()?;
-        self.invalidate_iotlb(Some(domain.id))
+        if crate::tracing() {
+            log::info!("vtd trace: context[{rid:#06x}] <- {lo:#018x} {hi:#018x}");
+        }
+        self.invalidate_context_global(mem)?;
+        self.invalidate_iotlb(Some(domain.id), mem)
     }
 
     /// Removes requester ID `rid`'s context entry (its DMA then faults).
@@ -225,8 +305,8 @@ impl Unit {
             mem.write(ct, 2 * devfn, 0);
             mem.write(ct, 2 * devfn + 1, 0);
         }
-        self.invalidate_context_global()?;
-        self.invalidate_iotlb(None)
+        self.invalidate_context_global(mem)?;
+        self.invalidate_iotlb(None, mem)
     }
 
     /// Maps `[iova, iova + len)` → `pa` in `domain` (flushing first in caching mode).
@@ -262,20 +342,27 @@ impl Unit {
         Ok(n)
     }
 
-    /// Flushes what a gather covers, then releases its tables.
+    /// Flushes what a gather covers — one page-selective invalidation sized to
+    /// its range when the unit supports it (CAP.PSI, within CAP.MAMV), else the
+    /// domain — then releases its tables.
     pub fn flush(&mut self, domain: u16, g: Gather, mem: &mut impl TableMemory) -> Result<(), VtdError> {
         if !g.is_empty() {
             self.invalidations += 1;
-            self.invalidate_iotlb(Some(domain))?;
+            let mamv = CAP::MAMV.read(self.cap) as u32;
+            let psi = CAP::PSI.read(self.cap) != 0;
+            match (self.queue.is_some(), psi, inv::address_mask(g.start, g.end.max(g.start + 1), mamv)) {
+                (true, true, Some((base, am))) => self.submit(&[inv::iotlb_pages(domain, base, am)], mem)?,
+                _ => self.invalidate_iotlb(Some(domain), mem)?,
+            }
         }
         g.release(mem);
         Ok(())
     }
 
     /// Invalidates every IOTLB entry of `domain` (no table change needed).
-    pub fn invalidate_domain(&mut self, domain: u16) -> Result<(), VtdError> {
+    pub fn invalidate_domain(&mut self, domain: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
         self.invalidations += 1;
-        self.invalidate_iotlb(Some(domain))
+        self.invalidate_iotlb(Some(domain), mem)
     }
 
     /// Takes the next recorded fault, clearing it (and the overflow flag).
@@ -304,8 +391,16 @@ impl Unit {
         self.root
     }
 
-    /// Frees the unit's root and context tables (translation must be off).
+    /// Turns the queue off (so register-based invalidation works again) and frees
+    /// the unit's root, context and queue tables (translation must be off).
     pub fn release_tables(&mut self, mem: &mut impl TableMemory) {
+        if let Some(q) = self.queue.take() {
+            let keep = self.regs().gsts.get() & 0x96FF_FFFF & !(1 << 26);
+            self.regs().gcmd.set(keep);
+            let _ = wait("queued invalidation disable", || self.regs().gsts.get() & (1 << 26) == 0);
+            mem.free_table(q.base);
+            mem.free_table(q.status);
+        }
         for ct in self.context_tables.iter_mut().filter(|c| **c != 0) {
             mem.free_table(*ct);
             *ct = 0;

@@ -26,6 +26,12 @@ pub use platform::{MapError, PageAttr, Platform, UserExit, UserPerms};
 use bootinfo::{BootInfo, FirmwareTables, MemoryKind};
 
 static PLATFORM: spin::Once<&'static dyn Platform> = spin::Once::new();
+static CMDLINE: spin::Once<alloc::string::String> = spin::Once::new();
+
+/// Value of `key=value` on the kernel command line.
+pub fn cmdline_value(key: &str) -> Option<&'static str> {
+    CMDLINE.get()?.split_ascii_whitespace().find_map(|w| w.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
 
 /// The running platform. Panics only if called before [`start`], which is a kernel bug.
 pub fn platform() -> &'static dyn Platform {
@@ -108,6 +114,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     })?;
     let ram = boot.usable_bytes();
     heap::init(heap::heap_size_for(ram))?;
+    CMDLINE.call_once(|| alloc::string::String::from(boot.cmdline()));
     platform.init_interrupts(boot)?;
     platform.enable_interrupts();
     pci::init(platform.pci_hosts(boot));

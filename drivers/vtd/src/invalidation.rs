@@ -1,0 +1,73 @@
+//! Invalidation: the queued-invalidation interface (VT-d §6.5.2) with
+//! context-cache, IOTLB and wait descriptors, and the choice of granularity.
+
+/// Descriptor type: context-cache invalidate (§6.5.2.1).
+pub const CONTEXT_CACHE: u64 = 1;
+/// Descriptor type: IOTLB invalidate (§6.5.2.3).
+pub const IOTLB: u64 = 2;
+/// Descriptor type: invalidation wait (§6.5.2.8).
+pub const WAIT: u64 = 5;
+
+/// A 128-bit descriptor (low, high).
+pub type Descriptor = (u64, u64);
+
+/// Global context-cache invalidation.
+pub fn context_global() -> Descriptor {
+    (CONTEXT_CACHE | 1 << 4, 0)
+}
+
+/// Domain-selective IOTLB invalidation, draining reads and writes.
+pub fn iotlb_domain(did: u16) -> Descriptor {
+    (IOTLB | 2 << 4 | 1 << 7 | 1 << 6 | u64::from(did) << 16, 0)
+}
+
+/// Global IOTLB invalidation.
+pub fn iotlb_global() -> Descriptor {
+    (IOTLB | 1 << 4 | 1 << 7 | 1 << 6, 0)
+}
+
+/// Page-selective IOTLB invalidation of 2^`am` pages at `addr` (aligned to that size).
+pub fn iotlb_pages(did: u16, addr: u64, am: u32) -> Descriptor {
+    (IOTLB | 3 << 4 | 1 << 7 | 1 << 6 | u64::from(did) << 16, (addr & !0xFFF) | u64::from(am))
+}
+
+/// Wait descriptor: the unit writes `status` to `status_pa` when all earlier descriptors are done
+/// (SW only: QEMU aborts on SW together with IF, QEMU.md G5).
+pub fn wait(status: u32, status_pa: u64) -> Descriptor {
+    (WAIT | 1 << 5 | u64::from(status) << 32, status_pa & !3)
+}
+
+/// The smallest address mask covering `[start, end)` with one aligned block,
+/// or `None` when it would exceed `mamv` (then invalidate the whole domain).
+pub fn address_mask(start: u64, end: u64, mamv: u32) -> Option<(u64, u32)> {
+    (0..=mamv).find_map(|am| {
+        let size = 4096u64 << am;
+        let base = start & !(size - 1);
+        (base.checked_add(size)? >= end).then_some((base, am))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        assert_eq!(context_global(), (0x11, 0));
+        assert_eq!(iotlb_domain(5), (0x2 | 0x20 | 0xC0 | 5 << 16, 0));
+        assert_eq!(iotlb_pages(1, 0x20_0000, 9), (0x2 | 0x30 | 0xC0 | 1 << 16, 0x20_0009));
+        assert_eq!(wait(7, 0x1000), (0x5 | 0x20 | 7 << 32, 0x1000));
+    }
+
+    #[test]
+    fn masks_cover_the_range() {
+        assert_eq!(address_mask(0x20_0000, 0x20_1000, 18), Some((0x20_0000, 0)));
+        assert_eq!(address_mask(0x20_0000, 0x40_0000, 18), Some((0x20_0000, 9)));
+        assert_eq!(address_mask(0x1F_F000, 0x20_1000, 18), Some((0, 10)), "straddling a 2M boundary");
+        assert_eq!(address_mask(0, 1 << 40, 18), None, "beyond MAMV");
+        for (s, e) in [(0x3000u64, 0x9000u64), (0x7FF_F000, 0x800_1000)] {
+            let (b, am) = address_mask(s, e, 30).unwrap();
+            assert!(b <= s && b + (4096 << am) >= e);
+        }
+    }
+}
