@@ -153,8 +153,7 @@ fn find_dtb(x0: u64, kernel_phys: u64) -> Option<u64> {
     let candidates = [x0, kernel_phys & !0x3FFF_FFFF];
     candidates.into_iter().filter(|&pa| pa != 0).find(|&pa| {
         let va = kcore::mm::phys_to_virt(pa) as *const u32;
-        // SAFETY: the boot tables map the first 512 GiB; the candidate is RAM or the
-        // pointer the loader passed, and the read is 4 bytes, aligned.
+        // SAFETY: the boot tables map the first 512 GiB; the candidate is RAM or the pointer the loader passed, and the read is 4 bytes, aligned.
         u32::from_be(unsafe { va.read_volatile() }) == 0xD00D_FEED
     })
 }

@@ -20,8 +20,7 @@ pub fn print_from(fp: usize, first: usize) {
             break;
         }
         let record = fp as *const usize;
-        // SAFETY: `fp` is 8-byte aligned and the 16-byte record lies inside a known
-        // kernel stack (checked above), so both words are mapped and readable.
+        // SAFETY: `fp` is 8-byte aligned and the 16-byte record lies inside a known kernel stack (checked above), so both words are mapped and readable.
         let (next, ret) = unsafe { (record.read_volatile(), record.add(1).read_volatile()) };
         if ret == 0 {
             break;

@@ -15,8 +15,7 @@ pub fn heap_size_for(ram: u64) -> usize {
 pub fn init(size: usize) -> Result<(), &'static str> {
     let frames = size / 4096;
     let pa = mm::alloc_frames_uninit(frames, 1).ok_or("no contiguous memory for the heap")?;
-    // SAFETY: the frames were just allocated for the heap alone and are mapped
-    // through the direct map; the heap owns them for the life of the kernel.
+    // SAFETY: the frames were just allocated for the heap alone and are mapped through the direct map; the heap owns them for the life of the kernel.
     unsafe { HEAP.lock().init(mm::phys_to_virt(pa) as *mut u8, frames * 4096) };
     Ok(())
 }

@@ -25,15 +25,13 @@ impl io_pgtable::TableMemory for KernelTables {
 
     fn read(&self, table: u64, index: usize) -> u64 {
         let p = (mm::phys_to_virt(table) + (index as u64 % 512) * 8) as *const u64;
-        // SAFETY: `table` is a frame handed out by `alloc_table` (still allocated),
-        // reached through the direct map; the index stays inside the frame.
+        // SAFETY: `table` is a frame handed out by `alloc_table` (still allocated), reached through the direct map; the index stays inside the frame.
         unsafe { p.read_volatile() }
     }
 
     fn write(&mut self, table: u64, index: usize, value: u64) {
         let p = (mm::phys_to_virt(table) + (index as u64 % 512) * 8) as *mut u64;
-        // SAFETY: as in `read`; the IOMMU walks these tables coherently (QEMU),
-        // real hardware without coherent walks would need a cache flush here.
+        // SAFETY: as in `read`; the IOMMU walks these tables coherently (QEMU), real hardware without coherent walks would need a cache flush here.
         unsafe { p.write_volatile(value) }
     }
 }

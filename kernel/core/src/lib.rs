@@ -145,8 +145,7 @@ fn crash_test(boot: &BootInfo) {
             // The last page of the dynamic window is never handed out.
             let addr = start + size - 8;
             log::warn!("crashtest: reading unmapped address {addr:#x}");
-            // SAFETY: deliberately faulting access; the exception handler reports it
-            // and ends the run, so execution never continues past this read.
+            // SAFETY: deliberately faulting access; the exception handler reports it and ends the run, so execution never continues past this read.
             let value = unsafe { (addr as *const u64).read_volatile() };
             log::error!("crashtest: read {value:#x} from an unmapped address: no fault was raised");
         }

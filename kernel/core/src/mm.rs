@@ -80,9 +80,7 @@ pub fn init_frames(boot: &BootInfo) -> Result<(), MemInitError> {
     }
     let place = place.ok_or(MemInitError::NoRoomForBitmap)?;
     let words_ptr = phys_to_virt(place) as *mut u64;
-    // SAFETY: [place, place + bytes) is usable RAM reserved for nothing else (checked
-    // above), mapped through the direct map, 8-byte aligned, and from now on owned by
-    // the allocator for the life of the kernel (it is reserved below).
+    // SAFETY: [place, place + bytes) is usable RAM reserved for nothing else (checked above), mapped through the direct map, 8-byte aligned, and from now on owned by the allocator for the life of the kernel (it is reserved below).
     let words = unsafe { core::slice::from_raw_parts_mut(words_ptr, bitmap_words(frames)) };
     let mut bitmap = FrameBitmap::new(lo, frames, words);
     for r in usable() {
@@ -112,8 +110,7 @@ pub fn alloc_frames_uninit(count: usize, align_frames: usize) -> Option<u64> {
 pub fn alloc_frames(count: usize, align_frames: usize) -> Option<u64> {
     let pa = alloc_frames_uninit(count, align_frames)?;
     let va = phys_to_virt(pa) as *mut u8;
-    // SAFETY: the frames were just handed out to us, so nothing else uses them, and
-    // the direct map covers all RAM.
+    // SAFETY: the frames were just handed out to us, so nothing else uses them, and the direct map covers all RAM.
     unsafe { core::ptr::write_bytes(va, 0, count * FRAME_SIZE as usize) };
     Some(pa)
 }

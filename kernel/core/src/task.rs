@@ -131,8 +131,7 @@ fn load(program: &Program, machine: u16) -> Result<(Owned, u64), SpawnError> {
             if lo < hi {
                 let src = &data[(lo - seg.vaddr) as usize..(hi - seg.vaddr) as usize];
                 let dst = (mm::phys_to_virt(pa) + (lo - page)) as *mut u8;
-                // SAFETY: `pa` is a fresh frame owned by this task, reached through the
-                // direct map; `src` fits within the page by construction of lo/hi.
+                // SAFETY: `pa` is a fresh frame owned by this task, reached through the direct map; `src` fits within the page by construction of lo/hi.
                 unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
             }
             page += FRAME_SIZE;
@@ -248,9 +247,7 @@ fn to_scheduler() {
         }
     };
     let load = *SCHEDULER_SP.lock();
-    // SAFETY: `save` is the running task's `sp` field in its box (stable while the
-    // task exists; exited tasks are only reaped by the scheduler after this
-    // switch); `load` is the scheduler's stack pointer saved by `switch_to`.
+    // SAFETY: `save` is the running task's `sp` field in its box (stable while the task exists; exited tasks are only reaped by the scheduler after this switch); `load` is the scheduler's stack pointer saved by `switch_to`.
     unsafe { platform().context_switch(save, load) };
 }
 
@@ -306,9 +303,7 @@ fn switch_to(index: usize) {
         let mut guard = SCHEDULER_SP.lock();
         &mut *guard as *mut u64
     };
-    // SAFETY: `save` points into the SCHEDULER_SP static; `load` is the task's
-    // saved stack pointer (from `init_task_stack` or its last switch out), on a
-    // kernel stack the task owns until it is reaped.
+    // SAFETY: `save` points into the SCHEDULER_SP static; `load` is the task's saved stack pointer (from `init_task_stack` or its last switch out), on a kernel stack the task owns until it is reaped.
     unsafe { p.context_switch(save, load) };
     p.activate_kernel();
     RUNNING.store(0, core::sync::atomic::Ordering::Relaxed);
@@ -463,8 +458,7 @@ fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
         let offset = at % FRAME_SIZE;
         let n = ((FRAME_SIZE - offset) as usize).min(len - out.len());
         let src = (mm::phys_to_virt(pa) + offset) as *const u8;
-        // SAFETY: the page is mapped in the task's address space to frame `pa`
-        // (checked above), and the frame is reachable through the direct map.
+        // SAFETY: the page is mapped in the task's address space to frame `pa` (checked above), and the frame is reachable through the direct map.
         out.extend_from_slice(unsafe { core::slice::from_raw_parts(src, n) });
         at += n as u64;
     }
@@ -491,8 +485,7 @@ fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
         let offset = at % FRAME_SIZE;
         let n = ((FRAME_SIZE - offset) as usize).min(bytes.len() - done);
         let dst = (mm::phys_to_virt(pa) + offset) as *mut u8;
-        // SAFETY: the page is mapped writable for the task to frame `pa` (checked
-        // above), reached through the direct map; `n` stays within the page.
+        // SAFETY: the page is mapped writable for the task to frame `pa` (checked above), reached through the direct map; `n` stays within the page.
         unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), dst, n) };
         done += n;
     }

@@ -33,14 +33,12 @@ pub fn exit(success: bool) -> ! {
     ));
     if SEMIHOSTING.load(Ordering::Relaxed) {
         let block: [u64; 2] = [APPLICATION_EXIT, u64::from(!success)];
-        // SAFETY: the command line says the host handles semihosting; SYS_EXIT
-        // reads the two-word block and ends the emulator.
+        // SAFETY: the command line says the host handles semihosting; SYS_EXIT reads the two-word block and ends the emulator.
         unsafe {
             core::arch::asm!("hlt #0xf000", in("x0") SYS_EXIT, in("x1") block.as_ptr(), options(nostack));
         }
     }
-    // SAFETY: PSCI SYSTEM_OFF does not return when firmware implements it; if the
-    // SMC is not implemented it returns an error code we ignore.
+    // SAFETY: PSCI SYSTEM_OFF does not return when firmware implements it; if the SMC is not implemented it returns an error code we ignore.
     unsafe { core::arch::asm!("smc #0", inout("x0") PSCI_SYSTEM_OFF => _, options(nostack)) };
     loop {
         aarch64_cpu::asm::wfi();

@@ -82,8 +82,7 @@ impl Platform for ArmPlatform {
     }
 
     fn trigger_breakpoint(&self) {
-        // SAFETY: `brk` raises a synchronous exception that the vector handler
-        // counts and returns from, past the instruction.
+        // SAFETY: `brk` raises a synchronous exception that the vector handler counts and returns from, past the instruction.
         unsafe { core::arch::asm!("brk #0x1") };
     }
 
@@ -278,8 +277,7 @@ pub fn dtb(boot: &bootinfo::BootInfo) -> Option<devicetree::DeviceTree<'static>>
 /// Size in bytes of the device tree at physical address `pa`, from its header.
 pub fn dtb_size(pa: u64) -> Option<usize> {
     let va = kcore::mm::phys_to_virt(pa) as *const u8;
-    // SAFETY: `pa` is RAM holding the DTB (the boot path checked the magic); the
-    // direct map covers it and the range stays reserved for the kernel's lifetime.
+    // SAFETY: `pa` is RAM holding the DTB (the boot path checked the magic); the direct map covers it and the range stays reserved for the kernel's lifetime.
     let header = unsafe { core::slice::from_raw_parts(va, 40) };
     devicetree::DeviceTree::total_size(header).ok()
 }

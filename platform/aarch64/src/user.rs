@@ -102,9 +102,7 @@ pub fn leave(exit: UserExit) -> ! {
 }
 
 fn set_ttbr0(value: u64) {
-    // SAFETY: TTBR0 only translates the lower range, which the kernel does not
-    // use after boot; the TLB is invalidated because user pages are non-global
-    // without ASIDs.
+    // SAFETY: TTBR0 only translates the lower range, which the kernel does not use after boot; the TLB is invalidated because user pages are non-global without ASIDs.
     unsafe {
         core::arch::asm!("msr ttbr0_el1, {}", "isb", "tlbi vmalle1", "dsb nsh", "isb", in(reg) value, options(nostack))
     };
@@ -115,8 +113,7 @@ fn set_ttbr0(value: u64) {
 pub fn init_task_stack(top: u64, start: extern "C" fn() -> !) -> u64 {
     let top = top & !0xF;
     let frame = (top - 96) as *mut u64;
-    // SAFETY: `top` is the end of a fresh kernel stack owned by the new task;
-    // the 12 slots written lie inside it.
+    // SAFETY: `top` is the end of a fresh kernel stack owned by the new task; the 12 slots written lie inside it.
     unsafe {
         for i in 0..12 {
             frame.add(i).write(0);
@@ -159,8 +156,7 @@ pub fn activate_kernel() {
 /// Enters EL0; never returns. SP_EL1 is reset to the top of the task's kernel
 /// stack, where exceptions from EL0 will build their frames.
 pub fn enter_user(entry: u64, user_sp: u64) -> ! {
-    // SAFETY: the task's tables are in TTBR0 (`activate_task`), entry and stack
-    // are mapped for EL0; the kernel stack top belongs to the running task.
+    // SAFETY: the task's tables are in TTBR0 (`activate_task`), entry and stack are mapped for EL0; the kernel stack top belongs to the running task.
     unsafe { arm_enter_user(entry, user_sp, TASK_KSTACK_TOP.load(Ordering::Relaxed)) }
 }
 

@@ -12,8 +12,7 @@ impl AcpiHandler for DirectMapHandler {
         let va = kcore::mm::phys_to_virt(physical_address as u64) as *mut T;
         // The direct map offset is non-zero, so the address is never null.
         let ptr = NonNull::new(va).unwrap_or(NonNull::dangling());
-        // SAFETY: the boot page tables map the first 512 GiB of physical memory at the
-        // direct-map offset; firmware tables are read-only data that stays in place.
+        // SAFETY: the boot page tables map the first 512 GiB of physical memory at the direct-map offset; firmware tables are read-only data that stays in place.
         unsafe { PhysicalMapping::new(physical_address, ptr, size, size, *self) }
     }
 
@@ -22,8 +21,7 @@ impl AcpiHandler for DirectMapHandler {
 
 /// Opens the tables from the RSDP the loader found.
 pub fn tables(rsdp: u64) -> Result<AcpiTables<DirectMapHandler>, acpi::AcpiError> {
-    // SAFETY: `rsdp` comes from the boot protocol (PVH start_info) and points at
-    // firmware memory covered by the direct map.
+    // SAFETY: `rsdp` comes from the boot protocol (PVH start_info) and points at firmware memory covered by the direct map.
     unsafe { AcpiTables::from_rsdp(DirectMapHandler, rsdp as usize) }
 }
 
@@ -59,8 +57,7 @@ pub fn pci_hosts(rsdp: u64) -> alloc::vec::Vec<kcore::pci::Ecam> {
 const MAX_TABLE: usize = 1 << 20;
 
 fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
-    // SAFETY: firmware tables lie in RAM or reserved memory below 512 GiB, which the
-    // boot page tables map through the direct map; they are never written.
+    // SAFETY: firmware tables lie in RAM or reserved memory below 512 GiB, which the boot page tables map through the direct map; they are never written.
     unsafe { core::slice::from_raw_parts(kcore::mm::phys_to_virt(pa) as *const u8, len) }
 }
 

@@ -61,8 +61,7 @@ fn regs() -> Option<&'static LapicRegisters> {
     if va == 0 {
         return None;
     }
-    // SAFETY: `va` maps the 4 KiB local APIC register page with device attributes
-    // for the life of the kernel (set once in `map_and_enable`).
+    // SAFETY: `va` maps the 4 KiB local APIC register page with device attributes for the life of the kernel (set once in `map_and_enable`).
     Some(unsafe { &*(va as *const LapicRegisters) })
 }
 

@@ -49,8 +49,7 @@ pub fn user_kernel_stack_top() -> u64 {
 
 /// Sets the stack the CPU switches to on an interrupt from ring 3.
 pub fn set_rsp0(top: u64) {
-    // SAFETY: single CPU; called with interrupts disabled before entering user
-    // mode, so the CPU cannot read the TSS concurrently.
+    // SAFETY: single CPU; called with interrupts disabled before entering user mode, so the CPU cannot read the TSS concurrently.
     unsafe { (*core::ptr::addr_of_mut!(TSS)).privilege_stack_table[0] = VirtAddr::new(top) };
 }
 
@@ -75,8 +74,7 @@ pub fn stack_ranges() -> &'static [(usize, usize)] {
 
 /// Loads the GDT (kernel code/data, user data/code, TSS) and reloads the segment registers.
 pub fn init() {
-    // SAFETY: called once at boot before interrupts are enabled; nothing else
-    // holds a reference to the TSS yet.
+    // SAFETY: called once at boot before interrupts are enabled; nothing else holds a reference to the TSS yet.
     let tss: &'static TaskStateSegment = unsafe {
         let tss = &mut *core::ptr::addr_of_mut!(TSS);
         tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = VirtAddr::new(ist_range().1 as u64);
@@ -94,8 +92,7 @@ pub fn init() {
         Selectors { gdt, kernel_code, kernel_data, tss }
     });
     s.gdt.load();
-    // SAFETY: the selectors index descriptors of the GDT just loaded, which lives
-    // in a static; the TSS descriptor is valid and not yet loaded.
+    // SAFETY: the selectors index descriptors of the GDT just loaded, which lives in a static; the TSS descriptor is valid and not yet loaded.
     unsafe {
         CS::set_reg(s.kernel_code);
         DS::set_reg(s.kernel_data);

@@ -325,8 +325,7 @@ pub fn init_idt() {
             let i = VECTORS.iter().position(|&x| x == v).unwrap_or(0);
             VirtAddr::new(stubs[i])
         };
-        // SAFETY: (all entries) each address is an entry stub above that saves the
-        // full register state, calls the dispatcher and returns with iretq.
+        // SAFETY: (all entries) each address is an entry stub above that saves the full register state, calls the dispatcher and returns with iretq.
         unsafe {
             idt.divide_error.set_handler_addr(addr(0));
             idt.debug.set_handler_addr(addr(1));

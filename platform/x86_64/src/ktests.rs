@@ -123,8 +123,7 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
     check!(mmio.is_ok());
     vtd::TRACE.store(kcore::cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let mut mem = kcore::iommu::KernelTables::default();
-    // SAFETY: the mapping covers the unit's register page; this test is the only
-    // user of the unit and turns translation off again before returning.
+    // SAFETY: the mapping covers the unit's register page; this test is the only user of the unit and turns translation off again before returning.
     let unit = unsafe { vtd::Unit::new(mmio.map(|m| m.va).unwrap_or(0), &mut mem) };
     check!(unit.is_ok(), "bring-up: {:?}", unit.as_ref().err());
     let mut unit = unit.map_err(|e| ktest::TestError::Failed(alloc::format!("{e}")))?;

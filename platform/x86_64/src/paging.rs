@@ -26,8 +26,7 @@ fn with_tables<R>(f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
     let _guard = LOCK.lock();
     let (root, _) = Cr3::read();
     let va = kcore::mm::phys_to_virt(root.start_address().as_u64());
-    // SAFETY: CR3 holds the active PML4, mapped through the direct map at
-    // `crate::DIRECT_MAP`; the lock gives exclusive access to the tables.
+    // SAFETY: CR3 holds the active PML4, mapped through the direct map at `crate::DIRECT_MAP`; the lock gives exclusive access to the tables.
     let mut tables = unsafe { OffsetPageTable::new(&mut *(va as *mut PageTable), VirtAddr::new(crate::DIRECT_MAP)) };
     f(&mut tables)
 }
@@ -49,8 +48,7 @@ pub fn map_page(va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
         flags |= PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH;
     }
     with_tables(|t| {
-        // SAFETY: the page lies in the dynamic window (callers reserve it through
-        // kcore::mm), so it aliases no Rust object; the frame is owned by the caller.
+        // SAFETY: the page lies in the dynamic window (callers reserve it through kcore::mm), so it aliases no Rust object; the frame is owned by the caller.
         match unsafe { t.map_to(page, frame, flags, &mut KernelFrames) } {
             Ok(flush) => {
                 flush.flush();

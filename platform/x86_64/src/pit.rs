@@ -27,8 +27,7 @@ pub fn disable_legacy_pic() {
     let mut data1: Port<u8> = Port::new(0x21);
     let mut cmd2: Port<u8> = Port::new(0xA0);
     let mut data2: Port<u8> = Port::new(0xA1);
-    // SAFETY: the standard 8259 initialisation sequence (ICW1..ICW4) on the PC's
-    // fixed PIC ports, then OCW1 masking all lines; nothing else uses the PICs.
+    // SAFETY: the standard 8259 initialisation sequence (ICW1..ICW4) on the PC's fixed PIC ports, then OCW1 masking all lines; nothing else uses the PICs.
     unsafe {
         cmd1.write(0x11);
         cmd2.write(0x11);
@@ -48,8 +47,7 @@ pub fn calibrate_tsc() -> Result<u64, CalibrationTimeout> {
     let mut gate: Port<u8> = Port::new(0x61);
     let mut mode: Port<u8> = Port::new(0x43);
     let mut ch2: Port<u8> = Port::new(0x42);
-    // SAFETY: PIT channel 2 and its gate at port 0x61 are not used elsewhere; the
-    // speaker output bit (1) stays off.
+    // SAFETY: PIT channel 2 and its gate at port 0x61 are not used elsewhere; the speaker output bit (1) stays off.
     unsafe {
         let g = gate.read();
         gate.write((g & !0x02) | 0x01); // gate on, speaker off

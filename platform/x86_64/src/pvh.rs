@@ -8,8 +8,7 @@ pub const START_INFO_MAGIC: u32 = 0x336E_C578;
 
 fn read<T: Copy>(pa: u64) -> T {
     let va = kcore::mm::phys_to_virt(pa) as *const T;
-    // SAFETY: the boot page tables map all low physical memory through the direct
-    // map; `pa` points into the start_info structures the loader left in RAM.
+    // SAFETY: the boot page tables map all low physical memory through the direct map; `pa` points into the start_info structures the loader left in RAM.
     unsafe { va.read_unaligned() }
 }
 

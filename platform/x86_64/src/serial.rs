@@ -25,8 +25,7 @@ pub fn write_str(text: &str) {
             }
         }
         None => {
-            // SAFETY: the lock holder was interrupted mid-line (panic or exception
-            // path); a byte-level interleave is the worst outcome, no memory is shared.
+            // SAFETY: the lock holder was interrupted mid-line (panic or exception path); a byte-level interleave is the worst outcome, no memory is shared.
             let mut port = unsafe { SerialPort::new(COM1) };
             let _ = port.write_str(text);
         }

@@ -146,8 +146,7 @@ pub fn init_syscalls() {
     // Interrupts, traps, direction and alignment checks are off on entry.
     SFMask::write(RFlags::INTERRUPT_FLAG | RFlags::TRAP_FLAG | RFlags::DIRECTION_FLAG | RFlags::ALIGNMENT_CHECK);
     let star = (u64::from(crate::gdt::USER_DATA - 8) << 48) | (u64::from(crate::gdt::KERNEL_CODE) << 32);
-    // SAFETY: STAR holds the selector bases SYSCALL/SYSRET derive CS/SS from; the
-    // GDT layout (kernel code, kernel data, user data, user code) matches them.
+    // SAFETY: STAR holds the selector bases SYSCALL/SYSRET derive CS/SS from; the GDT layout (kernel code, kernel data, user data, user code) matches them.
     unsafe { x86_64::registers::model_specific::Msr::new(0xC000_0081).write(star) };
     KernelGsBase::write(VirtAddr::new(core::ptr::addr_of!(PERCPU) as u64));
 }
@@ -177,8 +176,7 @@ pub fn kill(reason: &'static str, pc: u64, addr: u64) -> ! {
 pub fn init_task_stack(top: u64, start: extern "C" fn() -> !) -> u64 {
     let top = top & !0xF;
     let slots = (top - 8 * 8) as *mut u64;
-    // SAFETY: `top` is the end of a fresh kernel stack owned by the new task;
-    // the 8 slots written lie inside it.
+    // SAFETY: `top` is the end of a fresh kernel stack owned by the new task; the 8 slots written lie inside it.
     unsafe {
         for i in 0..6 {
             slots.add(i).write(0);
@@ -206,11 +204,9 @@ pub fn activate_task(root: u64, kernel_stack_top: u64) {
         KERNEL_CR3.store(Cr3::read().0.start_address().as_u64(), Ordering::Relaxed);
     }
     crate::gdt::set_rsp0(kernel_stack_top);
-    // SAFETY: single CPU, interrupts off (the scheduler disables them); the
-    // syscall stub reads this only after SWAPGS in a later syscall.
+    // SAFETY: single CPU, interrupts off (the scheduler disables them); the syscall stub reads this only after SWAPGS in a later syscall.
     unsafe { (*core::ptr::addr_of_mut!(PERCPU)).kernel_rsp = kernel_stack_top };
-    // SAFETY: `root` is a user PML4 built by `new_space`, whose upper half is the
-    // kernel's, so this code stays mapped after the switch.
+    // SAFETY: `root` is a user PML4 built by `new_space`, whose upper half is the kernel's, so this code stays mapped after the switch.
     unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(root)), Cr3Flags::empty()) };
 }
 
@@ -225,8 +221,7 @@ pub fn activate_kernel() {
 
 /// Enters ring 3; never returns (the task's kernel stack is current).
 pub fn enter_user(entry: u64, user_sp: u64) -> ! {
-    // SAFETY: the task's address space is active (`activate_task`), entry and
-    // stack are mapped for ring 3 in it.
+    // SAFETY: the task's address space is active (`activate_task`), entry and stack are mapped for ring 3 in it.
     unsafe { x86_enter_user(entry, user_sp) }
 }
 
@@ -241,8 +236,7 @@ unsafe impl FrameAllocator<Size4KiB> for KernelFrames {
 
 fn with_space<R>(root: u64, f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
     let va = kcore::mm::phys_to_virt(root);
-    // SAFETY: `root` is a PML4 frame of a user space (from `new_space`), reached
-    // through the direct map; callers do not run concurrently on one space.
+    // SAFETY: `root` is a PML4 frame of a user space (from `new_space`), reached through the direct map; callers do not run concurrently on one space.
     let mut t = unsafe { OffsetPageTable::new(&mut *(va as *mut PageTable), VirtAddr::new(crate::DIRECT_MAP)) };
     f(&mut t)
 }
@@ -278,8 +272,7 @@ pub fn map(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError
     let parents = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::USER_ACCESSIBLE;
     let frame = PhysFrame::containing_address(PhysAddr::new(pa));
     with_space(root, |t| {
-        // SAFETY: the page is in the user half of a space no CPU runs right now
-        // (or the current task's own space); the frame belongs to the task.
+        // SAFETY: the page is in the user half of a space no CPU runs right now (or the current task's own space); the frame belongs to the task.
         match unsafe { t.map_to_with_table_flags(page, frame, flags, parents, &mut KernelFrames) } {
             Ok(flush) => {
                 flush.ignore();

@@ -7,8 +7,7 @@ use abi::{decode, SysResult, Sysno};
 pub fn raw(n: u64, a: [u64; 5]) -> u64 {
     let ret: u64;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the kernel's syscall entry preserves everything but rax, rcx, r11
-    // and the argument registers, which are declared clobbered here.
+    // SAFETY: the kernel's syscall entry preserves everything but rax, rcx, r11 and the argument registers, which are declared clobbered here.
     unsafe {
         core::arch::asm!(
             "syscall",
@@ -25,8 +24,7 @@ pub fn raw(n: u64, a: [u64; 5]) -> u64 {
         );
     }
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: the kernel's SVC handler returns the result in x0 and preserves
-    // every other register except the argument registers declared clobbered.
+    // SAFETY: the kernel's SVC handler returns the result in x0 and preserves every other register except the argument registers declared clobbered.
     unsafe {
         core::arch::asm!(
             "svc #0",
