@@ -150,6 +150,18 @@ fn index(iova: u64, level: usize) -> usize {
     ((iova >> (12 + 9 * level)) & 0x1FF) as usize
 }
 
+/// The entries `(index, first IOVA)` of a table at `level` covering `base..`
+/// that intersect `[start, end)`. The top level of a 64-bit space has fewer
+/// than 512 slots in use, so addresses are computed without overflow.
+fn slots(base: u64, start: u64, end: u64, level: usize) -> impl Iterator<Item = (usize, u64)> {
+    let size = level_size(level);
+    let first = if start > base { index(start, level) } else { 0 };
+    (first..512)
+        .map(move |i| (i, (i as u64).checked_mul(size).and_then(|o| base.checked_add(o))))
+        .take_while(move |&(_, va)| va.is_some_and(|v| v < end))
+        .map(|(i, va)| (i, va.unwrap_or(0)))
+}
+
 /// Whether every entry of `table` is zero. `hint` is the last index just
 /// cleared: its neighbours are checked first, so unmapping pages in order does
 /// not rescan the whole table each time.
@@ -354,12 +366,7 @@ impl<F: Format> PageTable<F> {
         f: &mut dyn FnMut(u64, u64, u64, Perms),
     ) {
         let size = level_size(level);
-        let first = if start > base { index(start, level) } else { 0 };
-        for i in first..512 {
-            // The top level of a 64-bit space has fewer than 512 slots in use.
-            let Some(va) = (i as u64).checked_mul(size).and_then(|o| base.checked_add(o)).filter(|&v| v < end) else {
-                break;
-            };
+        for (i, va) in slots(base, start, end, level) {
             match self.fmt.decode(mem.read(table, i), level) {
                 Entry::Empty => {}
                 Entry::Leaf { pa, perms } => f(va, size, pa, perms),
@@ -440,12 +447,7 @@ impl<F: Format> PageTable<F> {
     ) -> (u64, bool) {
         let size = level_size(level);
         let (mut done, mut cleared) = (0, false);
-        let first = if start > base { index(start, level) } else { 0 };
-        for i in first..512 {
-            // The top level of a 64-bit space has fewer than 512 slots in use.
-            let Some(va) = (i as u64).checked_mul(size).and_then(|o| base.checked_add(o)).filter(|&v| v < end) else {
-                break;
-            };
+        for (i, va) in slots(base, start, end, level) {
             match self.fmt.decode(mem.read(table, i), level) {
                 Entry::Empty => {}
                 Entry::Leaf { .. } => {
@@ -498,12 +500,7 @@ impl<F: Format> PageTable<F> {
         g: &mut Gather,
     ) {
         let size = level_size(level);
-        let first = if start > base { index(start, level) } else { 0 };
-        for i in first..512 {
-            // The top level of a 64-bit space has fewer than 512 slots in use.
-            let Some(va) = (i as u64).checked_mul(size).and_then(|o| base.checked_add(o)).filter(|&v| v < end) else {
-                break;
-            };
+        for (i, va) in slots(base, start, end, level) {
             let pte = mem.read(table, i);
             match self.fmt.decode(pte, level) {
                 Entry::Leaf { .. } if self.fmt.is_dirty(pte) == Some(true) => {
