@@ -20,3 +20,44 @@ pub fn context_entry(slpt_root: u64, levels: usize, domain_id: u16) -> (u64, u64
     let hi = address_width(levels) | u64::from(domain_id) << 8;
     (lo, hi)
 }
+
+/// Scalable-mode root entry half (§9.2): present (bit 0) and a 128-entry context table.
+pub fn scalable_root_half(context_table: u64) -> u64 {
+    context_table | 1
+}
+
+/// Scalable-mode context entry (§9.4), four qwords: present, PASID directory
+/// of 128 entries (PDTS = 0), RID_PASID = 0 (requests without PASID use PASID 0).
+pub fn scalable_context_entry(pasid_dir: u64) -> [u64; 4] {
+    [pasid_dir | 1, 0, 0, 0]
+}
+
+/// PASID directory entry (§9.5): present and the 64-entry PASID table.
+pub fn pasid_dir_entry(pasid_table: u64) -> u64 {
+    pasid_table | 1
+}
+
+/// PASID-granular translation type "second stage only" (§9.6, PGTT = 010b).
+pub const PGTT_SECOND_STAGE: u64 = 2;
+
+/// Scalable-mode PASID table entry (§9.6), eight qwords, for second-stage
+/// translation through `slpt_root` with `levels` levels in domain `domain_id`.
+pub fn pasid_entry_second_stage(slpt_root: u64, levels: usize, domain_id: u16) -> [u64; 8] {
+    let q0 = slpt_root | PGTT_SECOND_STAGE << 6 | address_width(levels) << 2 | 1;
+    [q0, u64::from(domain_id), 0, 0, 0, 0, 0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        assert_eq!(root_entry(0x5000), 0x5001);
+        assert_eq!(context_entry(0x9000, 4, 3), (0x9001, 0x302));
+        assert_eq!(context_entry(0x9000, 3, 1), (0x9001, 0x101));
+        assert_eq!(scalable_context_entry(0x7000), [0x7001, 0, 0, 0]);
+        assert_eq!(pasid_dir_entry(0x8000), 0x8001);
+        assert_eq!(pasid_entry_second_stage(0xA000, 4, 7)[..2], [0xA000 | 0x80 | 0x8 | 1, 7]);
+    }
+}

@@ -39,7 +39,11 @@ register_bitfields! [u64,
         /// IOTLB register offset / 16.
         IRO OFFSET(8) NUMBITS(10) [],
         /// Scalable mode.
-        SMTS OFFSET(43) NUMBITS(1) []
+        SMTS OFFSET(43) NUMBITS(1) [],
+        /// Second-stage translation in scalable mode.
+        SLTS OFFSET(46) NUMBITS(1) [],
+        /// First-stage translation in scalable mode.
+        FLTS OFFSET(47) NUMBITS(1) []
     ],
     /// Context command register (§10.4.7).
     pub CCMD [

@@ -47,8 +47,10 @@ pub struct Domain {
 pub struct Unit {
     base: u64,
     root: u64,
-    /// Context-table frame per bus (0 = none yet).
+    /// Context-table frame per bus (0 = none yet); in scalable mode, for devfn 0–127.
     context_tables: [u64; 256],
+    /// Scalable mode: context-table frame per bus for devfn 128–255.
+    upper_context_tables: [u64; 256],
     /// Second-level levels in use (3, 4 or 5).
     pub levels: usize,
     /// Largest leaf level (SLLPS).
@@ -63,6 +65,11 @@ pub struct Unit {
     pub invalidations: u64,
     /// The invalidation queue, when the unit has one (ECAP.QI).
     queue: Option<Queue>,
+    /// Scalable mode (ECAP.SMTS with second-stage support): root entries have two
+    /// halves, context entries point at PASID directories.
+    pub scalable: bool,
+    /// Scalable mode: (requester ID, PASID directory, PASID table) per attached device.
+    pasid_tables: alloc::vec::Vec<(u16, u64, u64)>,
 }
 
 /// The invalidation queue: one 4 KiB page of 256 descriptors and a status word.
@@ -137,6 +144,7 @@ impl Unit {
             base,
             root,
             context_tables: [0; 256],
+            upper_context_tables: [0; 256],
             levels,
             max_leaf_level,
             caching_mode: CAP::CM.read(cap) != 0,
@@ -144,11 +152,15 @@ impl Unit {
             ecap,
             invalidations: 0,
             queue: None,
+            scalable: ECAP::SMTS.read(ecap) != 0 && ECAP::SLTS.read(ecap) != 0,
+            pasid_tables: alloc::vec::Vec::new(),
         };
+        // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
+        let rtaddr = if unit.scalable { root | 1 << 10 } else { root };
         if crate::tracing() {
-            log::info!("vtd trace: RTADDR <- {root:#x}");
+            log::info!("vtd trace: RTADDR <- {rtaddr:#x}");
         }
-        unit.regs().rtaddr.set(root); // legacy root table (RTADDR.TTM = 0)
+        unit.regs().rtaddr.set(rtaddr);
         unit.command(GLOBAL::SRTP::SET, "set root table pointer", |s| s & (1 << 30) != 0)?;
         if ECAP::QI.read(ecap) != 0 {
             let base = mem.alloc_table().ok_or(VtdError::NoMemory)?;
@@ -210,7 +222,7 @@ impl Unit {
             1u32 << (4 + 2 * CAP::ND.read(self.cap)),
             if ECAP::QI.read(self.ecap) != 0 { ", queued invalidation" } else { "" },
             if self.caching_mode { ", caching mode" } else { "" },
-            if ECAP::SMTS.read(self.ecap) != 0 { ", scalable mode available" } else { "" },
+            if self.scalable { ", scalable mode (second stage)" } else if ECAP::SMTS.read(self.ecap) != 0 { ", scalable mode without second stage: legacy used" } else { "" },
         )
     }
 
@@ -278,6 +290,9 @@ impl Unit {
 
     /// Points requester ID `rid` at `domain` and flushes the context cache.
     pub fn attach(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if self.scalable {
+            return self.attach_scalable(rid, domain, mem);
+        }
         let bus = usize::from(rid >> 8);
         if self.context_tables[bus] == 0 {
             let ct = mem.alloc_table().ok_or(VtdError::NoMemory)?;
@@ -297,11 +312,75 @@ impl Unit {
         self.invalidate_iotlb(Some(domain.id), mem)
     }
 
+    /// Scalable mode: context entry → PASID directory → PASID table entry 0
+    /// (RID_PASID) with second-stage translation through `domain`.
+    fn attach_scalable(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        let (bus, devfn) = (usize::from(rid >> 8), usize::from(rid & 0xFF));
+        // Two context tables per bus: the root entry's low half for devfn 0–127,
+        // its high half for 128–255.
+        let half = devfn / 128;
+        let tables = if half == 0 { &mut self.context_tables } else { &mut self.upper_context_tables };
+        let ct = match tables[bus] {
+            0 => {
+                let ct = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+                tables[bus] = ct;
+                mem.write(self.root, 2 * bus + half, context::scalable_root_half(ct));
+                ct
+            }
+            ct => ct,
+        };
+        let (dir, table) = match self.pasid_tables.iter().find(|t| t.0 == rid) {
+            Some(&(_, d, t)) => (d, t),
+            None => {
+                let d = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+                let t = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+                self.pasid_tables.push((rid, d, t));
+                (d, t)
+            }
+        };
+        let pe = context::pasid_entry_second_stage(domain.table.root(), self.levels, domain.id);
+        for (i, q) in pe.iter().enumerate().rev() {
+            mem.write(table, i, *q); // present bit (qword 0) last
+        }
+        mem.write(dir, 0, context::pasid_dir_entry(table));
+        let ce = context::scalable_context_entry(dir);
+        let at = 4 * (devfn % 128);
+        for (i, q) in ce.iter().enumerate().rev() {
+            mem.write(ct, at + i, *q);
+        }
+        if crate::tracing() {
+            log::info!(
+                "vtd trace: scalable context[{rid:#06x}] -> PASID dir {dir:#x} -> PASID table {table:#x}: {:#x} {:#x}",
+                pe[0],
+                pe[1]
+            );
+        }
+        self.invalidate_context_global(mem)?;
+        self.invalidate_iotlb(Some(domain.id), mem)
+    }
+
     /// Removes requester ID `rid`'s context entry (its DMA then faults).
     pub fn detach(&mut self, rid: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        let devfn = usize::from(rid & 0xFF);
+        if self.scalable {
+            let bus = usize::from(rid >> 8);
+            let ct = if devfn < 128 { self.context_tables[bus] } else { self.upper_context_tables[bus] };
+            if ct != 0 {
+                for i in 0..4 {
+                    mem.write(ct, 4 * (devfn % 128) + i, 0);
+                }
+            }
+            self.invalidate_context_global(mem)?;
+            self.invalidate_iotlb(None, mem)?;
+            if let Some(i) = self.pasid_tables.iter().position(|t| t.0 == rid) {
+                let (_, d, t) = self.pasid_tables.swap_remove(i);
+                mem.free_table(d);
+                mem.free_table(t);
+            }
+            return Ok(());
+        }
         let ct = self.context_tables[usize::from(rid >> 8)];
         if ct != 0 {
-            let devfn = usize::from(rid & 0xFF);
             mem.write(ct, 2 * devfn, 0);
             mem.write(ct, 2 * devfn + 1, 0);
         }
@@ -394,6 +473,10 @@ impl Unit {
     /// Turns the queue off (so register-based invalidation works again) and frees
     /// the unit's root, context and queue tables (translation must be off).
     pub fn release_tables(&mut self, mem: &mut impl TableMemory) {
+        for (_, d, t) in self.pasid_tables.drain(..) {
+            mem.free_table(d);
+            mem.free_table(t);
+        }
         if let Some(q) = self.queue.take() {
             let keep = self.regs().gsts.get() & 0x96FF_FFFF & !(1 << 26);
             self.regs().gcmd.set(keep);
@@ -401,7 +484,7 @@ impl Unit {
             mem.free_table(q.base);
             mem.free_table(q.status);
         }
-        for ct in self.context_tables.iter_mut().filter(|c| **c != 0) {
+        for ct in self.context_tables.iter_mut().chain(self.upper_context_tables.iter_mut()).filter(|c| **c != 0) {
             mem.free_table(*ct);
             *ct = 0;
         }
