@@ -186,6 +186,17 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             c.log_file.set_file_name("x86_64-vtd-scalable.log");
             c.must_contain = vec!["scalable mode (second stage)".into()];
             cases.push(c);
+            // VT-d in scalable mode with first-stage tables only.
+            let extra = split("-global intel-iommu.x-scalable-mode=on -global intel-iommu.x-flts=on -device edu,dma_mask=0xffffffffffffffff");
+            let mut c = harness::case(
+                &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Vtd, extra) },
+                kernel,
+                BOOT_TIMEOUT,
+            );
+            c.name = "x86_64-vtd-first-stage".into();
+            c.log_file.set_file_name("x86_64-vtd-first-stage.log");
+            c.must_contain = vec!["scalable mode (first stage)".into()];
+            cases.push(c);
             let path = dir.join("corrupt-dmar.bin");
             std::fs::write(&path, corrupt_dmar()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             let extra = vec!["-acpitable".to_owned(), format!("file={}", path.display())];

@@ -47,6 +47,18 @@ pub fn pasid_entry_second_stage(slpt_root: u64, levels: usize, domain_id: u16) -
     [q0, u64::from(domain_id), 0, 0, 0, 0, 0, 0]
 }
 
+/// PASID-granular translation type "first stage only" (§9.6, PGTT = 001b).
+pub const PGTT_FIRST_STAGE: u64 = 1;
+
+/// Scalable-mode PASID table entry for first-stage translation (x86 paging
+/// format, 4 levels: FLPM = 0) through `flpt_root` in domain `domain_id`.
+pub fn pasid_entry_first_stage(flpt_root: u64, domain_id: u16) -> [u64; 8] {
+    // AW describes the 48-bit input space too (QEMU checks first-stage IOVAs
+    // for canonical form against it).
+    let q0 = PGTT_FIRST_STAGE << 6 | address_width(4) << 2 | 1;
+    [q0, u64::from(domain_id), flpt_root, 0, 0, 0, 0, 0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +71,6 @@ mod tests {
         assert_eq!(scalable_context_entry(0x7000), [0x7001, 0, 0, 0]);
         assert_eq!(pasid_dir_entry(0x8000), 0x8001);
         assert_eq!(pasid_entry_second_stage(0xA000, 4, 7)[..2], [0xA000 | 0x80 | 0x8 | 1, 7]);
+        assert_eq!(pasid_entry_first_stage(0xB000, 2)[..3], [0x49, 2, 0xB000]);
     }
 }

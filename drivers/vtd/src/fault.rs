@@ -23,6 +23,7 @@ impl FaultReason {
             0x0C => "reserved bits set in a second-level entry",
             0x0D => "translation type blocked",
             0x71 => "first-stage entry not present",
+            0x85 => "scalable mode: write to a page without write permission",
             _ => "other (see VT-d Appendix A)",
         }
     }

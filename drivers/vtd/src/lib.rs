@@ -6,8 +6,10 @@
 //! to each gather, or register-based invalidation (§10.4.7, §10.4.8) when the
 //! unit has no queue, flushing on map in caching mode, translation enable
 //! (§10.4.4) and the fault-recording registers (§7.2, §10.4.14).
-//! Still to come: scalable mode, first-level tables, fault MSI, RMRR identity
-//! maps, pass-through and blocking domains.
+//! Scalable mode (§9.2–9.6) with second-stage tables, or first-stage tables in
+//! x86 paging format when the unit offers only those (QEMU `x-flts=on`).
+//! Still to come: fault MSI, RMRR identity maps, pass-through and blocking
+//! domains, nested translation.
 //!
 //! Hardware access: [`regs::Registers`] over an MMIO window the kernel mapped;
 //! tables live in frames the kernel provides through [`io_pgtable::TableMemory`].
@@ -29,4 +31,4 @@ pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 fn tracing() -> bool {
     TRACE.load(core::sync::atomic::Ordering::Relaxed)
 }
-pub use unit::{Domain, Unit, VtdError};
+pub use unit::{Domain, DomainTable, Stage, Unit, VtdError};

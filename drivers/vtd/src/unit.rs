@@ -4,7 +4,7 @@ use crate::context;
 use crate::fault::FaultRecord;
 use crate::invalidation::{self as inv, Descriptor};
 use crate::regs::{FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
-use io_pgtable::formats::VtdSecondLevel;
+use io_pgtable::formats::{VtdSecondLevel, X86Paging};
 use io_pgtable::{Gather, PageTable, Perms, TableMemory};
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -35,12 +35,85 @@ impl core::fmt::Display for VtdError {
     }
 }
 
-/// A second-level translation domain.
+/// Which translation a unit's domains use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Legacy root/context tables, second-level page tables.
+    Legacy,
+    /// Scalable mode, second-stage tables (ECAP.SLTS).
+    ScalableSecond,
+    /// Scalable mode, first-stage tables in x86 paging format (ECAP.FLTS only).
+    ScalableFirst,
+}
+
+/// A domain's page table, in the format its unit's stage needs.
+pub enum DomainTable {
+    /// Second-level / second-stage tables.
+    Second(PageTable<VtdSecondLevel>),
+    /// First-stage tables.
+    First(PageTable<X86Paging>),
+}
+
+impl DomainTable {
+    /// Physical address of the root table.
+    pub fn root(&self) -> u64 {
+        match self {
+            DomainTable::Second(t) => t.root(),
+            DomainTable::First(t) => t.root(),
+        }
+    }
+
+    /// See [`PageTable::map`].
+    pub fn map(
+        &mut self,
+        mem: &mut impl TableMemory,
+        iova: u64,
+        pa: u64,
+        len: u64,
+        perms: Perms,
+    ) -> Result<Gather, io_pgtable::Error> {
+        match self {
+            DomainTable::Second(t) => t.map(mem, iova, pa, len, perms),
+            DomainTable::First(t) => t.map(mem, iova, pa, len, perms),
+        }
+    }
+
+    /// See [`PageTable::unmap`].
+    pub fn unmap(
+        &mut self,
+        mem: &mut impl TableMemory,
+        iova: u64,
+        len: u64,
+    ) -> Result<(u64, Gather), io_pgtable::Error> {
+        match self {
+            DomainTable::Second(t) => t.unmap(mem, iova, len),
+            DomainTable::First(t) => t.unmap(mem, iova, len),
+        }
+    }
+
+    /// See [`PageTable::for_each_mapping`].
+    pub fn for_each_mapping(&self, mem: &impl TableMemory, f: &mut dyn FnMut(u64, u64, u64, Perms)) {
+        match self {
+            DomainTable::Second(t) => t.for_each_mapping(mem, f),
+            DomainTable::First(t) => t.for_each_mapping(mem, f),
+        }
+    }
+
+    /// See [`PageTable::destroy`].
+    pub fn destroy(self, mem: &mut impl TableMemory) {
+        match self {
+            DomainTable::Second(t) => t.destroy(mem),
+            DomainTable::First(t) => t.destroy(mem),
+        }
+    }
+}
+
+/// A translation domain.
 pub struct Domain {
-    /// Domain ID in context entries and invalidations.
+    /// Domain ID in context/PASID entries and invalidations.
     pub id: u16,
     /// Its page table.
-    pub table: PageTable<VtdSecondLevel>,
+    pub table: DomainTable,
 }
 
 /// A remapping unit.
@@ -65,9 +138,9 @@ pub struct Unit {
     pub invalidations: u64,
     /// The invalidation queue, when the unit has one (ECAP.QI).
     queue: Option<Queue>,
-    /// Scalable mode (ECAP.SMTS with second-stage support): root entries have two
-    /// halves, context entries point at PASID directories.
-    pub scalable: bool,
+    /// Legacy, or scalable mode with second- or first-stage tables: in scalable
+    /// mode root entries have two halves and context entries point at PASID directories.
+    pub stage: Stage,
     /// Scalable mode: (requester ID, PASID directory, PASID table) per attached device.
     pasid_tables: alloc::vec::Vec<(u16, u64, u64)>,
 }
@@ -152,11 +225,15 @@ impl Unit {
             ecap,
             invalidations: 0,
             queue: None,
-            scalable: ECAP::SMTS.read(ecap) != 0 && ECAP::SLTS.read(ecap) != 0,
+            stage: match (ECAP::SMTS.read(ecap) != 0, ECAP::SLTS.read(ecap) != 0, ECAP::FLTS.read(ecap) != 0) {
+                (true, true, _) => Stage::ScalableSecond,
+                (true, false, true) => Stage::ScalableFirst,
+                _ => Stage::Legacy,
+            },
             pasid_tables: alloc::vec::Vec::new(),
         };
         // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
-        let rtaddr = if unit.scalable { root | 1 << 10 } else { root };
+        let rtaddr = if unit.stage == Stage::Legacy { root } else { root | 1 << 10 };
         if crate::tracing() {
             log::info!("vtd trace: RTADDR <- {rtaddr:#x}");
         }
@@ -222,7 +299,11 @@ impl Unit {
             1u32 << (4 + 2 * CAP::ND.read(self.cap)),
             if ECAP::QI.read(self.ecap) != 0 { ", queued invalidation" } else { "" },
             if self.caching_mode { ", caching mode" } else { "" },
-            if self.scalable { ", scalable mode (second stage)" } else if ECAP::SMTS.read(self.ecap) != 0 { ", scalable mode without second stage: legacy used" } else { "" },
+            match self.stage {
+                Stage::ScalableSecond => ", scalable mode (second stage)",
+                Stage::ScalableFirst => ", scalable mode (first stage)",
+                Stage::Legacy => "",
+            },
         )
     }
 
@@ -282,15 +363,22 @@ impl Unit {
         wait("translation disable", || self.regs().gsts.get() & (1 << 31) == 0)
     }
 
-    /// A new, empty domain.
+    /// A new, empty domain in the format the unit's stage uses.
     pub fn new_domain(&self, id: u16, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
-        let fmt = VtdSecondLevel { levels: self.levels, max_leaf_level: self.max_leaf_level };
-        Ok(Domain { id, table: PageTable::new(fmt, mem).map_err(VtdError::Map)? })
+        let table = if self.stage == Stage::ScalableFirst {
+            // 4-level x86 paging (FLPM = 0); 1 GiB leaves only with CAP.FS1GP (bit 56).
+            let max_leaf = if self.cap >> 56 & 1 != 0 { 2 } else { 1 };
+            DomainTable::First(PageTable::new(X86Paging::vtd_first_level(4, max_leaf), mem).map_err(VtdError::Map)?)
+        } else {
+            let fmt = VtdSecondLevel { levels: self.levels, max_leaf_level: self.max_leaf_level };
+            DomainTable::Second(PageTable::new(fmt, mem).map_err(VtdError::Map)?)
+        };
+        Ok(Domain { id, table })
     }
 
     /// Points requester ID `rid` at `domain` and flushes the context cache.
     pub fn attach(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
-        if self.scalable {
+        if self.stage != Stage::Legacy {
             return self.attach_scalable(rid, domain, mem);
         }
         let bus = usize::from(rid >> 8);
@@ -338,7 +426,10 @@ impl Unit {
                 (d, t)
             }
         };
-        let pe = context::pasid_entry_second_stage(domain.table.root(), self.levels, domain.id);
+        let pe = match self.stage {
+            Stage::ScalableFirst => context::pasid_entry_first_stage(domain.table.root(), domain.id),
+            _ => context::pasid_entry_second_stage(domain.table.root(), self.levels, domain.id),
+        };
         for (i, q) in pe.iter().enumerate().rev() {
             mem.write(table, i, *q); // present bit (qword 0) last
         }
@@ -362,7 +453,7 @@ impl Unit {
     /// Removes requester ID `rid`'s context entry (its DMA then faults).
     pub fn detach(&mut self, rid: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
         let devfn = usize::from(rid & 0xFF);
-        if self.scalable {
+        if self.stage != Stage::Legacy {
             let bus = usize::from(rid >> 8);
             let ct = if devfn < 128 { self.context_tables[bus] } else { self.upper_context_tables[bus] };
             if ct != 0 {
