@@ -7,6 +7,8 @@ pub const CONTEXT_CACHE: u64 = 1;
 pub const IOTLB: u64 = 2;
 /// Descriptor type: invalidation wait (§6.5.2.8).
 pub const WAIT: u64 = 5;
+/// Descriptor type: PASID-cache invalidate (§6.5.2.2), scalable mode.
+pub const PASID_CACHE: u64 = 7;
 
 /// A 128-bit descriptor (low, high).
 pub type Descriptor = (u64, u64);
@@ -14,6 +16,11 @@ pub type Descriptor = (u64, u64);
 /// Global context-cache invalidation.
 pub fn context_global() -> Descriptor {
     (CONTEXT_CACHE | 1 << 4, 0)
+}
+
+/// PASID-cache invalidation of every PASID of domain `did` (granularity 01b).
+pub fn pasid_cache_domain(did: u16) -> Descriptor {
+    (PASID_CACHE | 1 << 4 | u64::from(did) << 16, 0)
 }
 
 /// Domain-selective IOTLB invalidation, draining reads and writes.
@@ -57,6 +64,7 @@ mod tests {
         assert_eq!(iotlb_domain(5), (0x2 | 0x20 | 0xC0 | 5 << 16, 0));
         assert_eq!(iotlb_pages(1, 0x20_0000, 9), (0x2 | 0x30 | 0xC0 | 1 << 16, 0x20_0009));
         assert_eq!(wait(7, 0x1000), (0x5 | 0x20 | 7 << 32, 0x1000));
+        assert_eq!(pasid_cache_domain(3), (0x7 | 0x10 | 3 << 16, 0));
     }
 
     #[test]

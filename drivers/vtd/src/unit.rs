@@ -143,6 +143,9 @@ pub struct Unit {
     pub stage: Stage,
     /// Scalable mode: (requester ID, PASID directory, PASID table) per attached device.
     pasid_tables: alloc::vec::Vec<(u16, u64, u64)>,
+    /// Domain IDs in use (bit per ID; ID 0 is reserved when CAP.CM is set, §6.2.3.1,
+    /// and never handed out here).
+    domain_ids: alloc::vec::Vec<u64>,
 }
 
 /// The invalidation queue: one 4 KiB page of 256 descriptors and a status word.
@@ -231,6 +234,7 @@ impl Unit {
                 _ => Stage::Legacy,
             },
             pasid_tables: alloc::vec::Vec::new(),
+            domain_ids: alloc::vec::Vec::new(),
         };
         // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
         let rtaddr = if unit.stage == Stage::Legacy { root } else { root | 1 << 10 };
@@ -361,6 +365,36 @@ impl Unit {
         let keep = self.regs().gsts.get() & 0x96FF_FFFF & !(1 << 31);
         self.regs().gcmd.set(keep);
         wait("translation disable", || self.regs().gsts.get() & (1 << 31) == 0)
+    }
+
+    /// Number of domain IDs the unit supports (CAP.ND: 2^(4 + 2·ND)).
+    pub fn domain_id_count(&self) -> u32 {
+        1 << (4 + 2 * CAP::ND.read(self.cap))
+    }
+
+    /// Takes a free domain ID (1 .. CAP.ND limit).
+    pub fn alloc_domain_id(&mut self) -> Option<u16> {
+        let n = self.domain_id_count().min(1 << 16) as usize;
+        if self.domain_ids.is_empty() {
+            self.domain_ids = alloc::vec![0; n.div_ceil(64)];
+            self.domain_ids[0] |= 1; // ID 0 stays unused
+        }
+        let id = (0..n).find(|&i| self.domain_ids[i / 64] & (1 << (i % 64)) == 0)?;
+        self.domain_ids[id / 64] |= 1 << (id % 64);
+        Some(id as u16)
+    }
+
+    /// Returns a domain ID.
+    pub fn free_domain_id(&mut self, id: u16) {
+        if let Some(w) = self.domain_ids.get_mut(usize::from(id) / 64) {
+            *w &= !(1 << (id % 64));
+        }
+    }
+
+    /// A new, empty domain with a fresh ID.
+    pub fn alloc_domain(&mut self, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
+        let id = self.alloc_domain_id().ok_or(VtdError::NoMemory)?;
+        self.new_domain(id, mem).inspect_err(|_| self.free_domain_id(id))
     }
 
     /// A new, empty domain in the format the unit's stage uses.
@@ -533,6 +567,23 @@ impl Unit {
     pub fn invalidate_domain(&mut self, domain: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
         self.invalidations += 1;
         self.invalidate_iotlb(Some(domain), mem)
+    }
+
+    /// Routes fault events to an MSI (`address`, `data`) and unmasks them (§10.4.10–10.4.13).
+    pub fn enable_fault_interrupt(&self, address: u32, data: u32) {
+        if crate::tracing() {
+            log::info!("vtd trace: FEDATA <- {data:#x}, FEADDR <- {address:#x}, FECTL <- 0");
+        }
+        // 32-bit registers take 32-bit writes only (QEMU.md G5).
+        self.regs().fedata.set(data);
+        self.regs().feaddr.set(address);
+        self.regs().feuaddr.set(0);
+        self.regs().fectl.set(0); // IM = 0
+    }
+
+    /// Masks fault-event interrupts again.
+    pub fn disable_fault_interrupt(&self) {
+        self.regs().fectl.set(1 << 31);
     }
 
     /// Takes the next recorded fault, clearing it (and the overflow flag).

@@ -116,7 +116,7 @@ pub fn eoi() {
 
 /// MSI message address for this CPU's local APIC (SDM Vol. 3A §11.11.1):
 /// 0xFEE in bits 31:20, destination APIC ID in bits 19:12, physical mode.
-fn msi_address() -> u32 {
+pub fn msi_address() -> u32 {
     let id = regs().map_or(0, |r| r.id.get() >> 24);
     0xFEE0_0000 | (id << 12)
 }

@@ -15,6 +15,10 @@ pub const TIMER_VECTOR: u8 = 32;
 pub const SPURIOUS_VECTOR: u8 = 255;
 /// Vectors for device MSIs routed to user tasks.
 pub const DEVICE_VECTORS: core::ops::RangeInclusive<u8> = 64..=71;
+/// Vector of IOMMU fault-event interrupts.
+pub const IOMMU_FAULT_VECTOR: u8 = 72;
+/// IOMMU fault-event interrupts received.
+pub static IOMMU_FAULT_IRQS: AtomicU64 = AtomicU64::new(0);
 /// Frequency of the periodic timer.
 pub const TIMER_HZ: u32 = 100;
 
@@ -254,6 +258,10 @@ isr_71:
     push 0
     push 71
     jmp isr_common
+isr_72:
+    push 0
+    push 72
+    jmp isr_common
 .section .rodata.isr, "a"
 .balign 8
 .global isr_table
@@ -300,17 +308,18 @@ isr_table:
     .quad isr_69
     .quad isr_70
     .quad isr_71
+    .quad isr_72
 "#
 );
 
 unsafe extern "C" {
-    static isr_table: [u64; 42];
+    static isr_table: [u64; 43];
 }
 
 /// Vectors in `isr_table` order.
-const VECTORS: [u8; 42] = [
+const VECTORS: [u8; 43] = [
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-    31, 32, 255, 64, 65, 66, 67, 68, 69, 70, 71,
+    31, 32, 255, 64, 65, 66, 67, 68, 69, 70, 71, 72,
 ];
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
@@ -355,6 +364,7 @@ pub fn init_idt() {
             for v in DEVICE_VECTORS {
                 idt[v].set_handler_addr(addr(v));
             }
+            idt[IOMMU_FAULT_VECTOR].set_handler_addr(addr(IOMMU_FAULT_VECTOR));
         }
         idt
     });
@@ -438,6 +448,10 @@ extern "C" fn x86_trap(frame: &mut TrapFrame) {
             }
         }
         v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if v == u64::from(IOMMU_FAULT_VECTOR) => {
+            IOMMU_FAULT_IRQS.fetch_add(1, Ordering::Relaxed);
+            crate::apic::eoi();
+        }
         v if DEVICE_VECTORS.contains(&(v as u8)) => {
             crate::apic::eoi();
             kcore::task::device_irq(u32::from(v as u8 - DEVICE_VECTORS.start()));

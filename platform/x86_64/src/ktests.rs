@@ -163,7 +163,8 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
     }
 
     let result = (|| -> TestResult {
-        let mut dom = unit.new_domain(1, &mut mem).map_err(|e| ktest::TestError::Failed(alloc::format!("{e}")))?;
+        let mut dom = unit.alloc_domain(&mut mem).map_err(|e| ktest::TestError::Failed(alloc::format!("{e}")))?;
+        check!(dom.id != 0 && u32::from(dom.id) < unit.domain_id_count());
         let map =
             |unit: &mut vtd::Unit, dom: &mut vtd::Domain, mem: &mut kcore::iommu::KernelTables, iova, pa, perms| {
                 unit.map(dom, iova, pa, 4096, perms, mem)
@@ -179,8 +180,22 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
         edu.dma(0x20_0000, 4096, true)?;
         check!(frame_bytes(dst) == frame_bytes(src), "data did not arrive through the IOMMU");
         check!(unit.take_fault().is_none(), "unexpected fault");
-        // Unmapped IOVA: blocked, one decoded fault naming edu and the address.
+        // Unmapped IOVA: blocked, one decoded fault naming edu and the address,
+        // announced by the fault-event MSI.
+        unit.enable_fault_interrupt(crate::apic::msi_address(), u32::from(crate::interrupts::IOMMU_FAULT_VECTOR));
+        let irqs = crate::interrupts::IOMMU_FAULT_IRQS.load(core::sync::atomic::Ordering::Relaxed);
         edu.dma(0x30_0000, 4096, true)?;
+        let t0 = kcore::platform().uptime_ns();
+        while crate::interrupts::IOMMU_FAULT_IRQS.load(core::sync::atomic::Ordering::Relaxed) == irqs
+            && kcore::platform().uptime_ns() - t0 < 500_000_000
+        {
+            kcore::platform().wait_for_interrupt();
+        }
+        unit.disable_fault_interrupt();
+        check!(
+            crate::interrupts::IOMMU_FAULT_IRQS.load(core::sync::atomic::Ordering::Relaxed) > irqs,
+            "no fault-event interrupt"
+        );
         let f = unit.take_fault();
         check!(f.is_some_and(|f| f.source_id == rid && f.address == 0x30_0000 && f.write), "fault: {f:?}");
         if let Some(f) = f {
