@@ -22,6 +22,8 @@ pub enum VtdError {
     NoAddressWidth,
     /// A page-table operation failed.
     Map(io_pgtable::Error),
+    /// Every domain ID the unit supports (CAP.ND) is in use.
+    NoDomainId,
 }
 
 impl core::fmt::Display for VtdError {
@@ -31,6 +33,7 @@ impl core::fmt::Display for VtdError {
             VtdError::NoMemory => f.write_str("out of memory for VT-d tables"),
             VtdError::NoAddressWidth => f.write_str("no supported second-level address width in CAP.SAGAW"),
             VtdError::Map(e) => write!(f, "page table: {e}"),
+            VtdError::NoDomainId => f.write_str("every VT-d domain ID (CAP.ND) is in use"),
         }
     }
 }
@@ -393,7 +396,7 @@ impl Unit {
 
     /// A new, empty domain with a fresh ID.
     pub fn alloc_domain(&mut self, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
-        let id = self.alloc_domain_id().ok_or(VtdError::NoMemory)?;
+        let id = self.alloc_domain_id().ok_or(VtdError::NoDomainId)?;
         self.new_domain(id, mem).inspect_err(|_| self.free_domain_id(id))
     }
 
@@ -481,6 +484,10 @@ impl Unit {
             );
         }
         self.invalidate_context_global(mem)?;
+        // Scalable mode always has QI; the PASID cache has no register interface (§6.5.2.2).
+        if self.queue.is_some() {
+            self.submit(&[inv::pasid_cache_domain(domain.id)], mem)?;
+        }
         self.invalidate_iotlb(Some(domain.id), mem)
     }
 
