@@ -8,7 +8,8 @@
 //! (§10.4.4) and the fault-recording registers (§7.2, §10.4.14).
 //! Scalable mode (§9.2–9.6) with second-stage tables, or first-stage tables in
 //! x86 paging format when the unit offers only those (QEMU `x-flts=on`).
-//! Still to come: fault MSI, RMRR identity maps, pass-through and blocking
+//! Fault-event MSI (§10.4.10–10.4.13) and domain IDs bounded by CAP.ND.
+//! Still to come: RMRR identity maps, pass-through and blocking
 //! domains, nested translation.
 //!
 //! Hardware access: [`regs::Registers`] over an MMIO window the kernel mapped;
@@ -18,6 +19,7 @@
 extern crate alloc;
 
 pub mod context;
+pub mod domain_ids;
 pub mod fault;
 pub mod invalidation;
 pub mod regs;

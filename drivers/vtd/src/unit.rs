@@ -146,9 +146,8 @@ pub struct Unit {
     pub stage: Stage,
     /// Scalable mode: (requester ID, PASID directory, PASID table) per attached device.
     pasid_tables: alloc::vec::Vec<(u16, u64, u64)>,
-    /// Domain IDs in use (bit per ID; ID 0 is reserved when CAP.CM is set, §6.2.3.1,
-    /// and never handed out here).
-    domain_ids: alloc::vec::Vec<u64>,
+    /// Domain IDs in use.
+    domain_ids: crate::domain_ids::DomainIds,
 }
 
 /// The invalidation queue: one 4 KiB page of 256 descriptors and a status word.
@@ -237,7 +236,7 @@ impl Unit {
                 _ => Stage::Legacy,
             },
             pasid_tables: alloc::vec::Vec::new(),
-            domain_ids: alloc::vec::Vec::new(),
+            domain_ids: crate::domain_ids::DomainIds::new(1 << (4 + 2 * CAP::ND.read(cap))),
         };
         // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
         let rtaddr = if unit.stage == Stage::Legacy { root } else { root | 1 << 10 };
@@ -377,21 +376,12 @@ impl Unit {
 
     /// Takes a free domain ID (1 .. CAP.ND limit).
     pub fn alloc_domain_id(&mut self) -> Option<u16> {
-        let n = self.domain_id_count().min(1 << 16) as usize;
-        if self.domain_ids.is_empty() {
-            self.domain_ids = alloc::vec![0; n.div_ceil(64)];
-            self.domain_ids[0] |= 1; // ID 0 stays unused
-        }
-        let id = (0..n).find(|&i| self.domain_ids[i / 64] & (1 << (i % 64)) == 0)?;
-        self.domain_ids[id / 64] |= 1 << (id % 64);
-        Some(id as u16)
+        self.domain_ids.alloc()
     }
 
     /// Returns a domain ID.
     pub fn free_domain_id(&mut self, id: u16) {
-        if let Some(w) = self.domain_ids.get_mut(usize::from(id) / 64) {
-            *w &= !(1 << (id % 64));
-        }
+        self.domain_ids.free(id);
     }
 
     /// A new, empty domain with a fresh ID.
