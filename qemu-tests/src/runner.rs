@@ -123,7 +123,9 @@ impl CaseResult {
     pub fn ending_text(&self) -> String {
         match &self.ending {
             Ending::Exited(c) if self.exit_ok() => format!("exit status {c} (kernel success)"),
-            Ending::Exited(c) => format!("exit status {c} (expected one of {:?})", self.case.success_codes),
+            Ending::Exited(c) => {
+                format!("exit status {c} (not kernel success, which is one of {:?})", self.case.success_codes)
+            }
             Ending::Signaled => "QEMU was killed by a signal".into(),
             Ending::TimedOut(t) => format!("timed out after {:.0} s (killed)", t.as_secs_f64()),
             Ending::SpawnFailed(e) => format!("could not start {}: {e}", self.case.program),
