@@ -1,0 +1,283 @@
+//! The IOMMU hardware interface (../shared/DESIGN.md §4).
+//!
+//! Every IOMMU driver (VT-d, SMMUv3, AMD-Vi, virtio-iommu) implements [`Iommu`]
+//! for each unit it drives; the kernel's IOAS layer depends on this trait only.
+//! [`mock::MockIommu`] implements it in plain memory for host tests: its own
+//! aperture, page-size bitmap, reserved regions, simulated DMA and injectable
+//! failures.
+//!
+//! Model, in iommufd's terms:
+//! - A **domain** is a translation context owned by one unit: a *paging*
+//!   domain has an I/O page table; the *identity* domain lets DMA through
+//!   untranslated; the *blocked* domain stops every DMA.
+//! - A **device** is named by the ID the unit sees (PCI requester ID after
+//!   aliasing, or stream ID). Before a device is attached it is in the unit's
+//!   default state, which for every driver here is identity (translation of
+//!   devices nobody claimed must not change what they could do before);
+//!   [`Iommu::detach`] returns it there.
+//! - `unmap` hands back a [`Gather`] that the caller passes to [`Iommu::flush`]
+//!   once per batch; table frames are freed only after the flush.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod mock;
+
+use alloc::vec::Vec;
+use core::fmt;
+
+pub use firmware::ReservedKind;
+pub use io_pgtable::{Gather, Perms};
+
+/// Which hardware a unit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitKind {
+    /// Intel VT-d remapping unit.
+    Vtd,
+    /// AMD-Vi IOMMU.
+    AmdVi,
+    /// Arm SMMUv3.
+    Smmuv3,
+    /// virtio-iommu device.
+    VirtioIommu,
+    /// The host-test mock.
+    Mock,
+}
+
+impl UnitKind {
+    /// Short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnitKind::Vtd => "vtd",
+            UnitKind::AmdVi => "amdvi",
+            UnitKind::Smmuv3 => "smmuv3",
+            UnitKind::VirtioIommu => "virtio-iommu",
+            UnitKind::Mock => "mock",
+        }
+    }
+}
+
+/// What a unit offers: enough for the generic door to choose IOVAs and page
+/// sizes, plus the raw capability registers for the hardware-specific door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// The hardware kind.
+    pub kind: UnitKind,
+    /// Raw capability registers by their spec names (e.g. `("CAP", ..)`, `("ECAP", ..)`).
+    pub raw: Vec<(&'static str, u64)>,
+    /// Leaf sizes paging domains support: bit n set = 2^n bytes.
+    pub page_sizes: u64,
+    /// Lowest and highest (inclusive) IOVA a paging domain can translate.
+    pub aperture: (u64, u64),
+    /// Whether the identity domain is native (false: emulated with a page table).
+    pub native_identity: bool,
+}
+
+impl Info {
+    /// Smallest page size, in bytes.
+    pub fn min_page(&self) -> u64 {
+        1 << self.page_sizes.trailing_zeros().min(63)
+    }
+}
+
+/// The kind of domain to allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainKind {
+    /// An I/O page table, empty at first.
+    Paging,
+    /// DMA passes untranslated (every address reaches memory).
+    Identity,
+    /// Every DMA is refused.
+    Blocked,
+}
+
+/// A domain of one unit (a handle, valid until [`Iommu::domain_free`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainId(pub u32);
+
+/// A device as its unit sees it: PCI requester ID (after aliasing) or stream ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(pub u32);
+
+/// An address range reserved for a device (inclusive end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// First address.
+    pub start: u64,
+    /// Last address.
+    pub end: u64,
+    /// What it is for: direct-map regions are identity-mapped into every
+    /// paging domain the device joins; MSI and reserved regions must never be
+    /// used as IOVAs.
+    pub kind: ReservedKind,
+}
+
+/// A DMA fault a unit reported, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultEvent {
+    /// The device that issued the request.
+    pub device: DeviceId,
+    /// The faulting IOVA (page-aligned on units that record only the page).
+    pub address: u64,
+    /// Write (true) or read (false).
+    pub write: bool,
+    /// The unit's own reason code.
+    pub reason: u32,
+    /// The reason code's name from the unit's spec.
+    pub reason_name: &'static str,
+}
+
+impl fmt::Display for FaultEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DMA {} fault from device {:#x} at {:#x}: reason {:#x} ({})",
+            if self.write { "write" } else { "read" },
+            self.device.0,
+            self.address,
+            self.reason,
+            self.reason_name
+        )
+    }
+}
+
+/// What `unmap` removed; the gather must be flushed ([`Iommu::flush`]).
+#[must_use = "the IOTLB still holds the old translations until the gather is flushed"]
+#[derive(Debug)]
+pub struct Unmapped {
+    /// Bytes unmapped.
+    pub bytes: u64,
+    /// Range and freed tables to flush.
+    pub gather: Gather,
+}
+
+/// Why a unit operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The unit cannot do this (hardware-specific requests only; the generic
+    /// operations never fail for this reason).
+    NotSupported(&'static str),
+    /// Out of memory for tables.
+    NoMemory,
+    /// Every domain ID / ASID / VMID the unit has is in use.
+    NoDomainIds,
+    /// No such domain on this unit.
+    NoSuchDomain(DomainId),
+    /// This device is not behind this unit.
+    NoSuchDevice(DeviceId),
+    /// The domain still has devices attached.
+    Busy(DomainId),
+    /// The operation needs a paging domain.
+    NotPaging(DomainId),
+    /// The range leaves the unit's aperture.
+    OutOfAperture {
+        /// First IOVA of the request.
+        iova: u64,
+        /// Length of the request.
+        len: u64,
+    },
+    /// The page-table engine refused the change (alignment, overlap, split...).
+    Map(io_pgtable::Error),
+    /// The hardware did not do what it was asked (a timeout, a queue error).
+    Hardware(&'static str),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotSupported(what) => write!(f, "not supported by this unit: {what}"),
+            Error::NoMemory => f.write_str("out of memory for IOMMU tables"),
+            Error::NoDomainIds => f.write_str("no free domain ID"),
+            Error::NoSuchDomain(d) => write!(f, "no domain {}", d.0),
+            Error::NoSuchDevice(d) => write!(f, "device {:#x} is not behind this unit", d.0),
+            Error::Busy(d) => write!(f, "domain {} still has devices attached", d.0),
+            Error::NotPaging(d) => write!(f, "domain {} has no page table", d.0),
+            Error::OutOfAperture { iova, len } => {
+                write!(f, "IOVA range {iova:#x}+{len:#x} is outside the unit's aperture")
+            }
+            Error::Map(e) => write!(f, "page table: {e}"),
+            Error::Hardware(what) => write!(f, "hardware error: {what}"),
+        }
+    }
+}
+
+impl From<io_pgtable::Error> for Error {
+    fn from(e: io_pgtable::Error) -> Self {
+        match e {
+            io_pgtable::Error::NoMemory => Error::NoMemory,
+            e => Error::Map(e),
+        }
+    }
+}
+
+/// One IOMMU unit, as its driver presents it.
+pub trait Iommu: Send {
+    /// Kind, capabilities, aperture and page sizes.
+    fn info(&self) -> Info;
+
+    /// A new domain. Identity and blocked domains always succeed when memory
+    /// and IDs allow (a unit without a native identity mode emulates it).
+    fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error>;
+
+    /// A domain described in the unit's own language (the hardware-specific
+    /// door: driver attributes, nested stage-1 tables); `parent` is the
+    /// stage-2 domain of a nested one.
+    fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
+        let _ = (data_type, data, parent);
+        Err(Error::NotSupported("driver-specific domains"))
+    }
+
+    /// Frees a domain with no device attached ([`Error::Busy`] otherwise); a
+    /// paging domain's tables go with it.
+    fn domain_free(&mut self, domain: DomainId) -> Result<(), Error>;
+
+    /// Points `device` at `domain` (replacing what it had). Direct-map regions
+    /// of the device are identity-mapped into a paging domain first.
+    fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error>;
+
+    /// Returns `device` to the unit's default (identity) state.
+    fn detach(&mut self, device: DeviceId) -> Result<(), Error>;
+
+    /// The domain `device` is attached to, if any.
+    fn attached(&self, device: DeviceId) -> Option<DomainId>;
+
+    /// Maps `[iova, iova + len)` to `pa` in a paging domain; takes effect for
+    /// the hardware before it returns (the driver flushes on map where the
+    /// unit caches not-present entries).
+    fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error>;
+
+    /// Removes whole mappings in `[iova, iova + len)`; the caller flushes the
+    /// returned gather (once for a batch of unmaps).
+    fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error>;
+
+    /// Invalidates the unit's caches for what `gather` covers, then frees its tables.
+    fn flush(&mut self, domain: DomainId, gather: Gather) -> Result<(), Error>;
+
+    /// The physical address `iova` translates to in a paging domain.
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64>;
+
+    /// Takes every fault the unit recorded since the last call.
+    fn drain_faults(&mut self) -> Vec<FaultEvent>;
+
+    /// Reserved regions for `device`: the interrupt window, firmware
+    /// direct-map regions, holes.
+    fn reserved_regions(&self, device: DeviceId) -> Vec<Region>;
+
+    /// The driver behind the trait, for driver-specific tests and the
+    /// hardware-specific door.
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any;
+}
+
+/// Unmaps and flushes in one step (for callers that do not batch).
+pub fn unmap_and_flush(unit: &mut dyn Iommu, domain: DomainId, iova: u64, len: u64) -> Result<u64, Error> {
+    let u = unit.unmap(domain, iova, len)?;
+    unit.flush(domain, u.gather)?;
+    Ok(u.bytes)
+}
+
+/// Whether `[start, end]` (inclusive) overlaps any region in `regions` that
+/// must never be used as IOVA (MSI windows and holes; direct maps are usable
+/// only as their identity mapping).
+pub fn overlaps_reserved(regions: &[Region], start: u64, end: u64) -> Option<Region> {
+    regions.iter().copied().find(|r| r.start <= end && start <= r.end)
+}
