@@ -98,16 +98,40 @@ const BRIDGED_EDUS: &str = "-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 -
 /// A DMAR whose only remapping structure has length 0: the parser must reject
 /// the table, the kernel must say so and boot on without the unit.
 fn corrupt_dmar() -> Vec<u8> {
-    let mut t = vec![0u8; 52];
+    // Structure at 48: type 0 (DRHD), length 0.
+    dmar_table(&[0, 0, 0, 0])
+}
+
+/// A DMAR with `structures` after the header (host address width 48 bits), checksummed.
+fn dmar_table(structures: &[u8]) -> Vec<u8> {
+    let mut t = vec![0u8; 48];
     t[0..4].copy_from_slice(b"DMAR");
-    t[4..8].copy_from_slice(&52u32.to_le_bytes());
     t[8] = 1;
     t[10..16].copy_from_slice(b"PCULLS");
-    t[36] = 47; // host address width
-                // Structure at 48: type 0 (DRHD), length 0.
+    t[36] = 47; // host address width - 1
+    t.extend_from_slice(structures);
+    let len = t.len() as u32;
+    t[4..8].copy_from_slice(&len.to_le_bytes());
     let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
     t[9] = 0u8.wrapping_sub(sum);
     t
+}
+
+/// Where the extra DMAR of the RMRR case puts its region (RAM on the 512 MiB q35 machine).
+const RMRR_BASE: u64 = 0x1E00_0000;
+
+/// A second DMAR holding one RMRR (VT-d §8.4) of 64 KiB at [`RMRR_BASE`] for
+/// the endpoint 00:10.0 (a device scope with a one-element path, §8.3.1); no
+/// remapping units of its own.
+fn rmrr_dmar() -> Vec<u8> {
+    let mut rmrr = Vec::new();
+    rmrr.extend_from_slice(&1u16.to_le_bytes()); // type 1: RMRR
+    rmrr.extend_from_slice(&32u16.to_le_bytes()); // length
+    rmrr.extend_from_slice(&[0, 0, 0, 0]); // reserved, segment 0
+    rmrr.extend_from_slice(&RMRR_BASE.to_le_bytes());
+    rmrr.extend_from_slice(&(RMRR_BASE + 0xFFFF).to_le_bytes()); // limit (inclusive)
+    rmrr.extend_from_slice(&[1, 8, 0, 0, 0, 0, 0x10, 0]); // endpoint scope: bus 0, path (dev 0x10, fn 0)
+    dmar_table(&rmrr)
 }
 
 /// Patches a QEMU virt DTB so the SMMU's `interrupts` property has a length
@@ -164,19 +188,36 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     cases.push(c);
     match arch {
         Arch::X86_64 => {
-            // VT-d with caching mode and a second edu (two domains).
-            let extra = split("-global intel-iommu.caching-mode=on -device edu,dma_mask=0xffffffffffffffff");
+            // VT-d with caching mode and a second edu (two domains), without
+            // pass-through (identity emulated by a 1:1 table), invalidating
+            // through the registers instead of the queue.
+            let extra = split(
+                "-global intel-iommu.caching-mode=on -global intel-iommu.pt=off -device edu,dma_mask=0xffffffffffffffff",
+            );
             let mut c = harness::case(
-                &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Vtd, extra) },
+                &Machine {
+                    cmdline: vec!["ktest=iommu".to_owned(), "vtd_qi=off".to_owned()],
+                    ..machine(Iommu::Vtd, extra)
+                },
                 kernel,
                 BOOT_TIMEOUT,
             );
             c.name = "x86_64-vtd-caching-mode".into();
             c.log_file.set_file_name("x86_64-vtd-caching-mode.log");
-            c.must_contain = vec!["caching mode".into()];
+            c.must_contain = vec![
+                "caching mode".into(),
+                "register-based invalidation".into(),
+                "the identity domain is a page table mapping RAM 1:1".into(),
+            ];
             cases.push(c);
-            // VT-d in scalable mode, second stage.
-            let extra = split("-global intel-iommu.x-scalable-mode=on -device edu,dma_mask=0xffffffffffffffff");
+            // VT-d in scalable mode, second stage, with a second DMAR naming
+            // the second edu (00:10.0) in an RMRR.
+            let rmrr = dir.join("rmrr-dmar.bin");
+            std::fs::write(&rmrr, rmrr_dmar()).map_err(|e| format!("cannot write {}: {e}", rmrr.display()))?;
+            let mut extra = split(
+                "-global intel-iommu.x-scalable-mode=on -device edu,addr=0x10,dma_mask=0xffffffffffffffff -acpitable",
+            );
+            extra.push(format!("file={}", rmrr.display()));
             let mut c = harness::case(
                 &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Vtd, extra) },
                 kernel,
@@ -184,7 +225,14 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             );
             c.name = "x86_64-vtd-scalable".into();
             c.log_file.set_file_name("x86_64-vtd-scalable.log");
-            c.must_contain = vec!["scalable mode (second stage)".into()];
+            c.must_contain = vec![
+                "scalable mode (second stage)".into(),
+                format!(
+                    "iommu: direct-map region {RMRR_BASE:#x}-{:#x} kept out of the frame allocator",
+                    RMRR_BASE + 0xFFFF
+                ),
+                format!("vtd: RMRR {RMRR_BASE:#x}-{:#x} identity-mapped for 0x0080", RMRR_BASE + 0xFFFF),
+            ];
             cases.push(c);
             // VT-d in scalable mode with first-stage tables only.
             let extra = split("-global intel-iommu.x-scalable-mode=on -global intel-iommu.x-flts=on -device edu,dma_mask=0xffffffffffffffff");

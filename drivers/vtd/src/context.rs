@@ -7,6 +7,9 @@ pub fn root_entry(context_table: u64) -> u64 {
 
 /// Translation type "untranslated requests use second-level translation" (TT = 00b).
 const TT_SECOND_LEVEL: u64 = 0;
+/// Translation type "pass-through": untranslated requests reach memory as
+/// they are (TT = 10b, only with ECAP.PT).
+const TT_PASS_THROUGH: u64 = 2;
 
 /// Address-width encoding of the context entry for `levels` of second-level tables
 /// (1 = 39-bit 3-level, 2 = 48-bit 4-level, 3 = 57-bit 5-level).
@@ -17,6 +20,14 @@ pub fn address_width(levels: usize) -> u64 {
 /// Context entry (low, high) pointing a device at a second-level table.
 pub fn context_entry(slpt_root: u64, levels: usize, domain_id: u16) -> (u64, u64) {
     let lo = slpt_root | TT_SECOND_LEVEL << 2 | 1; // present
+    let hi = address_width(levels) | u64::from(domain_id) << 8;
+    (lo, hi)
+}
+
+/// Context entry (low, high) letting a device's DMA through untranslated. The
+/// address width must still be one SAGAW allows; the table pointer is ignored.
+pub fn context_entry_pass_through(levels: usize, domain_id: u16) -> (u64, u64) {
+    let lo = TT_PASS_THROUGH << 2 | 1;
     let hi = address_width(levels) | u64::from(domain_id) << 8;
     (lo, hi)
 }
@@ -59,6 +70,15 @@ pub fn pasid_entry_first_stage(flpt_root: u64, domain_id: u16) -> [u64; 8] {
     [q0, u64::from(domain_id), flpt_root, 0, 0, 0, 0, 0]
 }
 
+/// PASID-granular translation type "pass-through" (§9.6, PGTT = 100b, only with ECAP.PT).
+pub const PGTT_PASS_THROUGH: u64 = 4;
+
+/// Scalable-mode PASID table entry letting requests through untranslated in domain `domain_id`.
+pub fn pasid_entry_pass_through(levels: usize, domain_id: u16) -> [u64; 8] {
+    let q0 = PGTT_PASS_THROUGH << 6 | address_width(levels) << 2 | 1;
+    [q0, u64::from(domain_id), 0, 0, 0, 0, 0, 0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +92,7 @@ mod tests {
         assert_eq!(pasid_dir_entry(0x8000), 0x8001);
         assert_eq!(pasid_entry_second_stage(0xA000, 4, 7)[..2], [0xA000 | 0x80 | 0x8 | 1, 7]);
         assert_eq!(pasid_entry_first_stage(0xB000, 2)[..3], [0x49, 2, 0xB000]);
+        assert_eq!(context_entry_pass_through(4, 5), (0b1001, 0x502));
+        assert_eq!(pasid_entry_pass_through(3, 6)[..2], [0x100 | 0x4 | 1, 6]);
     }
 }

@@ -54,6 +54,46 @@ pub fn address_mask(start: u64, end: u64, mamv: u32) -> Option<(u64, u32)> {
     })
 }
 
+/// An error the unit reported about its invalidation queue in FSTS (§6.5.2.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// IQE: the descriptor at IQH is invalid (unknown type or reserved bits
+    /// set); the unit stopped fetching at it.
+    InvalidDescriptor,
+    /// ITE: a device-TLB invalidation was not answered in time; the unit
+    /// dropped the wait descriptors still pending.
+    TimeOut,
+    /// ICE: a device-TLB invalidation completion was invalid.
+    Completion,
+}
+
+impl QueueError {
+    /// The first error FSTS reports, checked in the order IQE, ITE, ICE.
+    pub fn from_fsts(fsts: u32) -> Option<Self> {
+        [QueueError::InvalidDescriptor, QueueError::TimeOut, QueueError::Completion]
+            .into_iter()
+            .find(|e| fsts & e.fsts_bit() != 0)
+    }
+
+    /// Its write-1-to-clear bit in FSTS.
+    pub fn fsts_bit(self) -> u32 {
+        match self {
+            QueueError::InvalidDescriptor => 1 << 4,
+            QueueError::Completion => 1 << 5,
+            QueueError::TimeOut => 1 << 6,
+        }
+    }
+
+    /// Spec name and meaning.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueError::InvalidDescriptor => "IQE (invalid descriptor)",
+            QueueError::TimeOut => "ITE (device-TLB invalidation time-out)",
+            QueueError::Completion => "ICE (invalid device-TLB invalidation completion)",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +105,19 @@ mod tests {
         assert_eq!(iotlb_pages(1, 0x20_0000, 9), (0x2 | 0x30 | 0xC0 | 1 << 16, 0x20_0009));
         assert_eq!(wait(7, 0x1000), (0x5 | 0x20 | 7 << 32, 0x1000));
         assert_eq!(pasid_cache_domain(3), (0x7 | 0x10 | 3 << 16, 0));
+    }
+
+    #[test]
+    fn queue_errors_decode_from_fsts() {
+        assert_eq!(QueueError::from_fsts(0), None);
+        assert_eq!(QueueError::from_fsts(0b11), None, "fault bits are not queue errors");
+        assert_eq!(QueueError::from_fsts(1 << 4), Some(QueueError::InvalidDescriptor));
+        assert_eq!(QueueError::from_fsts(1 << 5), Some(QueueError::Completion));
+        assert_eq!(QueueError::from_fsts(1 << 6), Some(QueueError::TimeOut));
+        assert_eq!(QueueError::from_fsts(0x70), Some(QueueError::InvalidDescriptor));
+        for e in [QueueError::InvalidDescriptor, QueueError::TimeOut, QueueError::Completion] {
+            assert_eq!(QueueError::from_fsts(e.fsts_bit()), Some(e));
+        }
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! (§10.4.4) and the fault-recording registers (§7.2, §10.4.14).
 //! Scalable mode (§9.2–9.6) with second-stage tables, or first-stage tables in
 //! x86 paging format when the unit offers only those (QEMU `x-flts=on`).
-//! Fault-event MSI (§10.4.10–10.4.13) and domain IDs bounded by CAP.ND.
-//! Still to come: RMRR identity maps, pass-through and blocking
-//! domains, nested translation.
+//! Fault-event MSI (§10.4.10–10.4.13), domain IDs bounded by CAP.ND,
+//! invalidation-queue errors (IQE/ITE/ICE) reported and recovered from.
+//! [`VtdIommu`] puts a unit behind the generic [`iommu::Iommu`] trait with
+//! paging, pass-through (or emulated identity) and blocked domains, and RMRR
+//! regions identity-mapped into the paging domains of the devices that name
+//! them. Still to come: nested translation (the hardware-specific door).
 //!
 //! Hardware access: [`regs::Registers`] over an MMIO window the kernel mapped;
 //! tables live in frames the kernel provides through [`io_pgtable::TableMemory`].
@@ -20,6 +23,7 @@ extern crate alloc;
 
 pub mod context;
 pub mod domain_ids;
+pub mod driver;
 pub mod fault;
 pub mod invalidation;
 pub mod regs;
@@ -33,4 +37,5 @@ pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 fn tracing() -> bool {
     TRACE.load(core::sync::atomic::Ordering::Relaxed)
 }
+pub use driver::VtdIommu;
 pub use unit::{Domain, DomainTable, Stage, Unit, VtdError};

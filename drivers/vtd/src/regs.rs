@@ -86,7 +86,11 @@ register_bitfields! [u32,
         /// Primary pending fault.
         PPF OFFSET(1) NUMBITS(1) [],
         /// Invalidation queue error.
-        IQE OFFSET(4) NUMBITS(1) []
+        IQE OFFSET(4) NUMBITS(1) [],
+        /// Invalidation completion error (a device-TLB invalidation response was invalid).
+        ICE OFFSET(5) NUMBITS(1) [],
+        /// Invalidation time-out error (a device-TLB invalidation was not answered in time).
+        ITE OFFSET(6) NUMBITS(1) []
     ]
 ];
 

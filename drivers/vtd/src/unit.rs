@@ -2,7 +2,7 @@
 
 use crate::context;
 use crate::fault::FaultRecord;
-use crate::invalidation::{self as inv, Descriptor};
+use crate::invalidation::{self as inv, Descriptor, QueueError};
 use crate::regs::{FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
 use io_pgtable::formats::{VtdSecondLevel, X86Paging};
 use io_pgtable::{Gather, PageTable, Perms, TableMemory};
@@ -24,6 +24,18 @@ pub enum VtdError {
     Map(io_pgtable::Error),
     /// Every domain ID the unit supports (CAP.ND) is in use.
     NoDomainId,
+    /// The unit reported an invalidation-queue error; `head` is the descriptor
+    /// index IQH pointed at. The queue was made to run again before returning.
+    Queue {
+        /// Which error.
+        error: QueueError,
+        /// Descriptor index at IQH when the error was seen.
+        head: usize,
+    },
+    /// The operation needs the invalidation queue and the unit has none.
+    NoQueue,
+    /// The unit cannot do this (a missing capability, named).
+    NotSupported(&'static str),
 }
 
 impl core::fmt::Display for VtdError {
@@ -34,6 +46,11 @@ impl core::fmt::Display for VtdError {
             VtdError::NoAddressWidth => f.write_str("no supported second-level address width in CAP.SAGAW"),
             VtdError::Map(e) => write!(f, "page table: {e}"),
             VtdError::NoDomainId => f.write_str("every VT-d domain ID (CAP.ND) is in use"),
+            VtdError::Queue { error, head } => {
+                write!(f, "invalidation queue error {} at descriptor {head}", error.name())
+            }
+            VtdError::NoQueue => f.write_str("the unit has no invalidation queue (ECAP.QI = 0)"),
+            VtdError::NotSupported(what) => write!(f, "the unit does not support {what}"),
         }
     }
 }
@@ -94,6 +111,14 @@ impl DomainTable {
         }
     }
 
+    /// See [`PageTable::iova_to_phys`].
+    pub fn iova_to_phys(&self, mem: &impl TableMemory, iova: u64) -> Option<u64> {
+        match self {
+            DomainTable::Second(t) => t.iova_to_phys(mem, iova),
+            DomainTable::First(t) => t.iova_to_phys(mem, iova),
+        }
+    }
+
     /// See [`PageTable::for_each_mapping`].
     pub fn for_each_mapping(&self, mem: &impl TableMemory, f: &mut dyn FnMut(u64, u64, u64, Perms)) {
         match self {
@@ -150,6 +175,23 @@ pub struct Unit {
     domain_ids: crate::domain_ids::DomainIds,
 }
 
+/// What a context / PASID entry points a device at.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// A page table (root address) in domain `id`.
+    Table { root: u64, id: u16 },
+    /// No translation, domain `id`.
+    PassThrough { id: u16 },
+}
+
+impl Entry {
+    fn id(self) -> u16 {
+        match self {
+            Entry::Table { id, .. } | Entry::PassThrough { id } => id,
+        }
+    }
+}
+
 /// The invalidation queue: one 4 KiB page of 256 descriptors and a status word.
 struct Queue {
     base: u64,
@@ -196,6 +238,18 @@ impl Unit {
     /// `base` must map the unit's whole register page (device memory) for as long
     /// as the returned `Unit` lives, and nothing else may program the unit.
     pub unsafe fn new(base: u64, mem: &mut impl TableMemory) -> Result<Unit, VtdError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::with_queue(base, mem, true) }
+    }
+
+    /// As [`Unit::new`]; with `use_queue` false a legacy-mode unit invalidates
+    /// through the CCMD/IOTLB registers even when it has a queue (to exercise
+    /// that path on units that all have QI, like QEMU's). Scalable mode needs
+    /// the queue (PASID-cache invalidation has no register form) and keeps it.
+    ///
+    /// # Safety
+    /// As for [`Unit::new`].
+    pub unsafe fn with_queue(base: u64, mem: &mut impl TableMemory, use_queue: bool) -> Result<Unit, VtdError> {
         // SAFETY: the caller guarantees `base` maps the registers.
         let regs = unsafe { &*(base as *const Registers) };
         let (cap, ecap) = (regs.cap.get(), regs.ecap.get());
@@ -245,7 +299,7 @@ impl Unit {
         }
         unit.regs().rtaddr.set(rtaddr);
         unit.command(GLOBAL::SRTP::SET, "set root table pointer", |s| s & (1 << 30) != 0)?;
-        if ECAP::QI.read(ecap) != 0 {
+        if ECAP::QI.read(ecap) != 0 && (use_queue || unit.stage != Stage::Legacy) {
             let base = mem.alloc_table().ok_or(VtdError::NoMemory)?;
             let status = mem.alloc_table().ok_or(VtdError::NoMemory)?;
             if crate::tracing() {
@@ -281,16 +335,39 @@ impl Unit {
             mem.write(q.base, 2 * q.tail + 1, hi);
             q.tail = (q.tail + 1) % QUEUE_ENTRIES;
         }
-        let (tail, seq, status) = (q.tail, q.seq, q.status);
+        let (tail, seq, status, base) = (q.tail, q.seq, q.status, q.base);
         self.regs().iqt.set((tail as u64) << 4);
         wait("invalidation wait descriptor", || {
-            self.regs().fsts.is_set(FSTS::IQE) || mem.read(status, 0) as u32 == seq
+            QueueError::from_fsts(self.regs().fsts.get()).is_some() || mem.read(status, 0) as u32 == seq
         })?;
-        if self.regs().fsts.is_set(FSTS::IQE) {
-            log::error!("vtd: invalidation queue error (FSTS.IQE) at head {:#x}", self.regs().iqh.get());
-            return Err(VtdError::Timeout("invalidation queue (IQE)"));
+        let Some(error) = QueueError::from_fsts(self.regs().fsts.get()) else { return Ok(()) };
+        let head = (self.regs().iqh.get() >> 4) as usize % QUEUE_ENTRIES;
+        let (lo, hi) = (mem.read(base, 2 * head), mem.read(base, 2 * head + 1));
+        log::error!("vtd: invalidation queue error {} at descriptor {head}: {lo:#018x} {hi:#018x}", error.name());
+        if error == QueueError::InvalidDescriptor {
+            // The unit stopped at the bad descriptor (§6.5.2.10): put a valid
+            // one in its place (a global IOTLB flush never does harm), clear
+            // IQE and ring the doorbell again so the rest, and our wait, run.
+            let (glo, ghi) = inv::iotlb_global();
+            mem.write(base, 2 * head, glo);
+            mem.write(base, 2 * head + 1, ghi);
         }
-        Ok(())
+        self.regs().fsts.set(error.fsts_bit());
+        self.regs().iqt.set((tail as u64) << 4);
+        // After ITE the unit dropped pending waits; ours may never complete.
+        if error != QueueError::TimeOut {
+            wait("invalidation wait after a queue error", || mem.read(status, 0) as u32 == seq)?;
+        }
+        Err(VtdError::Queue { error, head })
+    }
+
+    /// Queues raw descriptors, followed by a wait, and waits for them: for
+    /// callers that form their own descriptors (user invalidation, tests).
+    pub fn submit_descriptors(&mut self, descs: &[Descriptor], mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if self.queue.is_none() {
+            return Err(VtdError::NoQueue);
+        }
+        self.submit(descs, mem)
     }
 
     /// One line describing the unit, for the boot log.
@@ -405,8 +482,27 @@ impl Unit {
 
     /// Points requester ID `rid` at `domain` and flushes the context cache.
     pub fn attach(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        self.install(rid, Entry::Table { root: domain.table.root(), id: domain.id }, mem)
+    }
+
+    /// Whether the unit can let DMA through untranslated (ECAP.PT).
+    pub fn pass_through_supported(&self) -> bool {
+        ECAP::PT.read(self.ecap) != 0
+    }
+
+    /// Lets requester ID `rid`'s DMA through untranslated (context entry
+    /// TT = 10b, or PASID entry PGTT = 100b in scalable mode), tagged with
+    /// domain ID `id`.
+    pub fn attach_pass_through(&mut self, rid: u16, id: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if !self.pass_through_supported() {
+            return Err(VtdError::NotSupported("pass-through (ECAP.PT)"));
+        }
+        self.install(rid, Entry::PassThrough { id }, mem)
+    }
+
+    fn install(&mut self, rid: u16, entry: Entry, mem: &mut impl TableMemory) -> Result<(), VtdError> {
         if self.stage != Stage::Legacy {
-            return self.attach_scalable(rid, domain, mem);
+            return self.attach_scalable(rid, entry, mem);
         }
         let bus = usize::from(rid >> 8);
         if self.context_tables[bus] == 0 {
@@ -415,7 +511,10 @@ impl Unit {
             // Root entry: 128 bits, low half at index 2*bus.
             mem.write(self.root, 2 * bus, context::root_entry(ct));
         }
-        let (lo, hi) = context::context_entry(domain.table.root(), self.levels, domain.id);
+        let (lo, hi) = match entry {
+            Entry::Table { root, id } => context::context_entry(root, self.levels, id),
+            Entry::PassThrough { id } => context::context_entry_pass_through(self.levels, id),
+        };
         let ct = self.context_tables[bus];
         let devfn = usize::from(rid & 0xFF);
         mem.write(ct, 2 * devfn + 1, hi);
@@ -424,12 +523,12 @@ impl Unit {
             log::info!("vtd trace: context[{rid:#06x}] <- {lo:#018x} {hi:#018x}");
         }
         self.invalidate_context_global(mem)?;
-        self.invalidate_iotlb(Some(domain.id), mem)
+        self.invalidate_iotlb(Some(entry.id()), mem)
     }
 
     /// Scalable mode: context entry → PASID directory → PASID table entry 0
-    /// (RID_PASID) with second-stage translation through `domain`.
-    fn attach_scalable(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+    /// (RID_PASID) with `entry`'s translation.
+    fn attach_scalable(&mut self, rid: u16, entry: Entry, mem: &mut impl TableMemory) -> Result<(), VtdError> {
         let (bus, devfn) = (usize::from(rid >> 8), usize::from(rid & 0xFF));
         // Two context tables per bus: the root entry's low half for devfn 0–127,
         // its high half for 128–255.
@@ -453,9 +552,10 @@ impl Unit {
                 (d, t)
             }
         };
-        let pe = match self.stage {
-            Stage::ScalableFirst => context::pasid_entry_first_stage(domain.table.root(), domain.id),
-            _ => context::pasid_entry_second_stage(domain.table.root(), self.levels, domain.id),
+        let pe = match (entry, self.stage) {
+            (Entry::PassThrough { id }, _) => context::pasid_entry_pass_through(self.levels, id),
+            (Entry::Table { root, id }, Stage::ScalableFirst) => context::pasid_entry_first_stage(root, id),
+            (Entry::Table { root, id }, _) => context::pasid_entry_second_stage(root, self.levels, id),
         };
         for (i, q) in pe.iter().enumerate().rev() {
             mem.write(table, i, *q); // present bit (qword 0) last
@@ -476,9 +576,9 @@ impl Unit {
         self.invalidate_context_global(mem)?;
         // Scalable mode always has QI; the PASID cache has no register interface (§6.5.2.2).
         if self.queue.is_some() {
-            self.submit(&[inv::pasid_cache_domain(domain.id)], mem)?;
+            self.submit(&[inv::pasid_cache_domain(entry.id())], mem)?;
         }
-        self.invalidate_iotlb(Some(domain.id), mem)
+        self.invalidate_iotlb(Some(entry.id()), mem)
     }
 
     /// Removes requester ID `rid`'s context entry (its DMA then faults).
@@ -602,6 +702,13 @@ impl Unit {
     /// Whether the invalidation queue reported an error (FSTS.IQE).
     pub fn queue_error(&self) -> bool {
         self.regs().fsts.is_set(FSTS::IQE)
+    }
+
+    /// Frames the unit itself holds: root, context and PASID tables, the
+    /// queue and its status page (domains' page tables not included).
+    pub fn table_frames(&self) -> usize {
+        let contexts = self.context_tables.iter().chain(self.upper_context_tables.iter()).filter(|c| **c != 0).count();
+        1 + contexts + 2 * self.pasid_tables.len() + if self.queue.is_some() { 2 } else { 0 }
     }
 
     /// Physical address of the root table.

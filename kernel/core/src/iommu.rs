@@ -1,7 +1,46 @@
 //! Glue for IOMMU drivers: page-table frames from the kernel frame allocator,
-//! reached through the direct map (the `io-pgtable` frame seam).
+//! reached through the direct map (the `io-pgtable` frame seam), and the
+//! registry of the units brought up at boot.
 
 use crate::mm;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+static UNITS: spin::Mutex<Vec<Box<dyn iommu::Iommu>>> = spin::Mutex::new(Vec::new());
+
+/// Reserves the firmware's direct-map regions (RMRR, IVMD unity, IORT RMR) in
+/// the frame allocator, so the kernel never hands out memory that devices may
+/// still be using, then brings up every unit the platform has a driver for.
+pub fn init(boot: &bootinfo::BootInfo) {
+    let Some(topo) = crate::pci::topology() else { return };
+    for r in topo.reserved().iter().filter(|r| r.kind == firmware::ReservedKind::DirectMap) {
+        let end = r.end.saturating_add(1);
+        let taken = mm::frames_taken(boot, r.start, end);
+        if taken > 0 {
+            log::error!(
+                "iommu: direct-map region {:#x}-{:#x} overlaps {taken} frame(s) the kernel already uses",
+                r.start,
+                r.end
+            );
+        }
+        match mm::reserve_range(r.start, end) {
+            Ok(()) => {
+                log::info!("iommu: direct-map region {:#x}-{:#x} kept out of the frame allocator", r.start, r.end)
+            }
+            Err(e) => log::error!("iommu: cannot reserve {:#x}-{:#x}: {e:?}", r.start, r.end),
+        }
+    }
+    let units = crate::platform().iommu_units(boot, topo);
+    if !units.is_empty() {
+        log::info!("iommu: {} unit(s) registered", units.len());
+    }
+    UNITS.lock().extend(units);
+}
+
+/// Runs `f` on the registered units (in topology order), holding the registry lock.
+pub fn with_units<R>(f: impl FnOnce(&mut [Box<dyn iommu::Iommu>]) -> R) -> R {
+    f(&mut UNITS.lock())
+}
 
 /// [`io_pgtable::TableMemory`] over kernel frames.
 #[derive(Debug, Default)]

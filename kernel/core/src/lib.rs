@@ -119,6 +119,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     platform.enable_interrupts();
     pci::init(platform.pci_hosts(boot));
     pci::init_topology(boot);
+    iommu::init(boot);
     let (free, total) = mm::frame_counts();
     let (_, heap_free) = heap::usage();
     let firmware = match boot.firmware {

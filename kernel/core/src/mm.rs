@@ -120,6 +120,25 @@ pub fn free_frame(pa: u64) -> Result<(), FrameError> {
     FRAMES.lock().as_mut().ok_or(FrameError::Uninitialised)?.free(pa)
 }
 
+/// Keeps every frame touching `[start, end)` out of the allocator for good.
+pub fn reserve_range(start: u64, end: u64) -> Result<(), FrameError> {
+    FRAMES.lock().as_mut().ok_or(FrameError::Uninitialised)?.reserve_range(start, end);
+    Ok(())
+}
+
+/// Frames touching `[start, end)` that the kernel has handed out or uses
+/// itself (usable RAM above the low megabyte, outside the kernel image, in use).
+pub fn frames_taken(boot: &BootInfo, start: u64, end: u64) -> usize {
+    let guard = FRAMES.lock();
+    let Some(frames) = guard.as_ref() else { return 0 };
+    (start & !(FRAME_SIZE - 1)..end)
+        .step_by(FRAME_SIZE as usize)
+        .filter(|&a| a >= LOW_RESERVED && !(boot.kernel_image.0..boot.kernel_image.1).contains(&a))
+        .filter(|&a| boot.regions().iter().any(|r| r.kind == MemoryKind::Usable && r.base <= a && a < r.end()))
+        .filter(|&a| frames.in_use(a))
+        .count()
+}
+
 /// `(free, total)` frames.
 pub fn frame_counts() -> (usize, usize) {
     FRAMES.lock().as_ref().map_or((0, 0), |f| (f.free_frames(), f.total_frames()))

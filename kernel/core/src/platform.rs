@@ -109,6 +109,17 @@ pub trait Platform: Sync {
     fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<crate::pci::Ecam>;
     /// The IOMMU topology the firmware describes, resolved against the PCI functions.
     fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology;
+    /// Brings up the IOMMU units of `topology` this architecture has drivers
+    /// for (translation still off) and returns them, one per unit. The default
+    /// has none.
+    fn iommu_units(
+        &self,
+        boot: &bootinfo::BootInfo,
+        topology: &firmware::Topology,
+    ) -> alloc::vec::Vec<alloc::boxed::Box<dyn iommu::Iommu>> {
+        let _ = (boot, topology);
+        alloc::vec::Vec::new()
+    }
     /// ELF `e_machine` of user programs for this architecture.
     fn elf_machine(&self) -> u16;
     /// Creates an empty user address space (kernel half shared) and returns its root.

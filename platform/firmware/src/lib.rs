@@ -101,7 +101,8 @@ pub enum PciMatch {
 }
 
 impl PciMatch {
-    fn covers(&self, rid: u16) -> bool {
+    /// Whether requester ID `rid` is one of the functions this match names.
+    pub fn covers(&self, rid: u16) -> bool {
         match *self {
             PciMatch::Rids { first, last } => (first..=last).contains(&rid),
             PciMatch::Buses { first, last } => (first..=last).contains(&((rid >> 8) as u8)),

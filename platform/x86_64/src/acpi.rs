@@ -101,12 +101,19 @@ pub const MSI_WINDOW: (u64, u64) = (0xFEE0_0000, 0xFEEF_FFFF);
 /// logged and left out, the others still count.
 pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
     let mut t = firmware::Topology::new();
+    // A DMAR without remapping units (RMRRs only, e.g. a second table) names
+    // devices through the units of the others: add it last.
+    let mut unitless = alloc::vec::Vec::new();
     for (sig, bytes) in raw_tables(rsdp) {
         let name = core::str::from_utf8(&sig).unwrap_or("????");
         let result = match &sig {
-            b"DMAR" => {
-                acpi_tables::dmar::parse(bytes).map(|d| firmware::build::add_dmar(&mut t, &d, functions, MSI_WINDOW))
-            }
+            b"DMAR" => acpi_tables::dmar::parse(bytes).map(|d| {
+                if d.drhds.is_empty() {
+                    unitless.push(d);
+                } else {
+                    firmware::build::add_dmar(&mut t, &d, functions, MSI_WINDOW)
+                }
+            }),
             b"IVRS" => acpi_tables::ivrs::parse(bytes).map(|v| firmware::build::add_ivrs(&mut t, &v, MSI_WINDOW)),
             b"VIOT" => acpi_tables::viot::parse(bytes).map(|v| firmware::build::add_viot(&mut t, &v, Some(MSI_WINDOW))),
             _ => continue,
@@ -115,6 +122,9 @@ pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
             Ok(()) => log::info!("acpi: {name} ({} bytes) parsed", bytes.len()),
             Err(e) => log::error!("acpi: {name} rejected: {e}; continuing without the units it describes"),
         }
+    }
+    for d in unitless {
+        firmware::build::add_dmar(&mut t, &d, functions, MSI_WINDOW);
     }
     t
 }

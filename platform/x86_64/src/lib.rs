@@ -17,6 +17,7 @@ pub mod exit;
 pub mod gdt;
 pub mod interrupts;
 pub mod ioapic;
+pub mod iommu;
 pub mod ktests;
 pub mod paging;
 pub mod pit;
@@ -147,6 +148,14 @@ impl Platform for X86Platform {
             bootinfo::FirmwareTables::Acpi { rsdp } => acpi::topology(rsdp, functions),
             _ => firmware::Topology::new(),
         }
+    }
+
+    fn iommu_units(
+        &self,
+        boot: &bootinfo::BootInfo,
+        topology: &firmware::Topology,
+    ) -> alloc::vec::Vec<alloc::boxed::Box<dyn ::iommu::Iommu>> {
+        iommu::units(boot, topology)
     }
 
     fn elf_machine(&self) -> u16 {

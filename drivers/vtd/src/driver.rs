@@ -1,0 +1,391 @@
+//! [`VtdIommu`]: one remapping unit behind the [`iommu::Iommu`] trait.
+//!
+//! Policy:
+//! - Translation is off until the first device is attached. Just before it
+//!   goes on, every other device behind the unit is put in a shared identity
+//!   domain, so devices nobody claimed keep working as before; detaching a
+//!   device returns it there, and when the last attached device leaves,
+//!   translation goes off again and the context entries are cleared.
+//! - The identity domain is native (context TT = 10b / PGTT = 100b) when the
+//!   unit has ECAP.PT; otherwise it is a page table mapping the machine's RAM
+//!   one to one, so identity never fails for lack of a feature.
+//! - Blocked = no context entry: DMA faults with reason "context entry not
+//!   present" (or its scalable-mode equivalent).
+//! - RMRR regions (direct-map reserved regions) of a device are identity-mapped
+//!   into every paging domain it joins, before its context entry points there
+//!   (VT-d §8.4: the firmware may keep such DMA running across the handover).
+
+use crate::unit::{Domain, Stage, Unit, VtdError};
+use crate::FaultRecord;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use io_pgtable::{Gather, Perms, TableMemory};
+use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, ReservedKind, UnitKind, Unmapped};
+
+const PAGE: u64 = 4096;
+
+/// The page table of paging domain `domain`.
+fn paging(domains: &mut BTreeMap<u32, Slot>, domain: DomainId) -> Result<&mut Domain, Error> {
+    match domains.get_mut(&domain.0) {
+        Some(Slot::Paging(d)) => Ok(d),
+        Some(_) => Err(Error::NotPaging(domain)),
+        None => Err(Error::NoSuchDomain(domain)),
+    }
+}
+
+enum Slot {
+    /// A second-level or first-stage page table.
+    Paging(Domain),
+    /// Native pass-through, tagged with a domain ID.
+    PassThrough(u16),
+    /// Emulated identity: a page table mapping RAM 1:1.
+    IdentityMapped(Domain),
+    /// No translation allowed.
+    Blocked,
+}
+
+/// A VT-d unit driven through the generic IOMMU interface.
+pub struct VtdIommu<M: TableMemory> {
+    /// The hardware unit (driver-specific calls and tests reach it here).
+    pub unit: Unit,
+    /// Where its tables come from.
+    pub mem: M,
+    devices: Vec<u16>,
+    reserved: Vec<(Option<u16>, Region)>,
+    ram: Vec<(u64, u64)>,
+    domains: BTreeMap<u32, Slot>,
+    next_handle: u32,
+    attached: BTreeMap<u16, DomainId>,
+    default_identity: Option<DomainId>,
+}
+
+impl From<VtdError> for Error {
+    fn from(e: VtdError) -> Self {
+        match e {
+            VtdError::Timeout(what) => Error::Hardware(what),
+            VtdError::NoMemory => Error::NoMemory,
+            VtdError::NoAddressWidth => Error::NotSupported("no usable address width in CAP.SAGAW"),
+            VtdError::Map(e) => Error::from(e),
+            VtdError::NoDomainId => Error::NoDomainIds,
+            VtdError::Queue { .. } => Error::Hardware("invalidation queue error"),
+            VtdError::NoQueue => Error::NotSupported("queued invalidation"),
+            VtdError::NotSupported(what) => Error::NotSupported(what),
+        }
+    }
+}
+
+impl<M: TableMemory + Send + 'static> VtdIommu<M> {
+    /// Wraps a unit that was just brought up (translation off).
+    ///
+    /// `devices`: requester IDs behind the unit; `reserved`: its reserved
+    /// regions, per device or (`None`) for all; `ram`: `[start, end)` ranges of
+    /// memory an emulated identity domain maps.
+    pub fn new(
+        unit: Unit,
+        mem: M,
+        devices: Vec<u16>,
+        reserved: Vec<(Option<u16>, Region)>,
+        ram: Vec<(u64, u64)>,
+    ) -> Self {
+        VtdIommu {
+            unit,
+            mem,
+            devices,
+            reserved,
+            ram,
+            domains: BTreeMap::new(),
+            next_handle: 1,
+            attached: BTreeMap::new(),
+            default_identity: None,
+        }
+    }
+
+    /// Requester IDs behind the unit.
+    pub fn devices(&self) -> &[u16] {
+        &self.devices
+    }
+
+    /// Whether translation is on (some device is attached).
+    pub fn translating(&self) -> bool {
+        !self.attached.is_empty()
+    }
+
+    /// Lowest and highest IOVA a paging domain translates.
+    fn aperture(&self) -> (u64, u64) {
+        let bits = match self.unit.stage {
+            // 4-level x86 paging: the lower canonical half.
+            Stage::ScalableFirst => 47,
+            _ => (12 + 9 * self.unit.levels as u64).min(crate::regs::CAP::MGAW.read(self.unit.cap) + 1),
+        };
+        (0, (1u64 << bits) - 1)
+    }
+
+    fn rid(&self, device: DeviceId) -> Result<u16, Error> {
+        u16::try_from(device.0).ok().filter(|r| self.devices.contains(r)).ok_or(Error::NoSuchDevice(device))
+    }
+
+    fn insert(&mut self, slot: Slot) -> DomainId {
+        let id = DomainId(self.next_handle);
+        self.next_handle += 1;
+        self.domains.insert(id.0, slot);
+        id
+    }
+
+    /// A page table mapping every RAM range 1:1, read/write.
+    fn identity_table(&mut self) -> Result<Domain, Error> {
+        let mut d = self.unit.alloc_domain(&mut self.mem)?;
+        let top = self.aperture().1;
+        for &(start, end) in &self.ram {
+            let (s, e) = (start & !(PAGE - 1), end.next_multiple_of(PAGE).min(top.saturating_add(1)));
+            if s < e {
+                if let Err(err) = self.unit.map(&mut d, s, s, e - s, Perms::READ | Perms::WRITE, &mut self.mem) {
+                    self.drop_table(d);
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    fn drop_table(&mut self, d: Domain) {
+        let id = d.id;
+        d.table.destroy(&mut self.mem);
+        let _ = self.unit.invalidate_domain(id, &mut self.mem);
+        self.unit.free_domain_id(id);
+    }
+
+    /// Points `rid` at what `domain` stands for in the hardware.
+    fn program(&mut self, rid: u16, domain: DomainId) -> Result<(), Error> {
+        let unit = &mut self.unit;
+        match self.domains.get(&domain.0) {
+            Some(Slot::Paging(d)) | Some(Slot::IdentityMapped(d)) => unit.attach(rid, d, &mut self.mem)?,
+            Some(Slot::PassThrough(id)) => unit.attach_pass_through(rid, *id, &mut self.mem)?,
+            Some(Slot::Blocked) => unit.detach(rid, &mut self.mem)?,
+            None => return Err(Error::NoSuchDomain(domain)),
+        }
+        Ok(())
+    }
+
+    /// Maps the device's direct-map regions 1:1 into a paging domain (pages
+    /// already mapped 1:1 are kept; another mapping there is an error).
+    fn map_direct_regions(&mut self, rid: u16, domain: DomainId) -> Result<(), Error> {
+        let regions: Vec<Region> = self
+            .reserved_regions(DeviceId(u32::from(rid)))
+            .into_iter()
+            .filter(|r| r.kind == ReservedKind::DirectMap)
+            .collect();
+        let d = paging(&mut self.domains, domain)?;
+        let (unit, mem) = (&mut self.unit, &mut self.mem);
+        for r in regions {
+            let (start, end) = (r.start & !(PAGE - 1), (r.end | (PAGE - 1)).saturating_add(1));
+            let mut page = start;
+            while page < end {
+                match d.table.iova_to_phys(mem, page) {
+                    Some(pa) if pa == page => page += PAGE,
+                    Some(_) => return Err(Error::Map(io_pgtable::Error::AlreadyMapped(page))),
+                    None => {
+                        let mut run = page + PAGE;
+                        while run < end && d.table.iova_to_phys(mem, run).is_none() {
+                            run += PAGE;
+                        }
+                        unit.map(d, page, page, run - page, Perms::READ | Perms::WRITE, mem)?;
+                        log::info!("vtd: RMRR {page:#x}-{:#x} identity-mapped for {rid:#06x}", run - 1);
+                        page = run;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the first attach: every other device to the default identity
+    /// domain, then translation on.
+    fn start_translating(&mut self, except: u16) -> Result<(), Error> {
+        let id = self.domain_alloc(DomainKind::Identity)?;
+        self.default_identity = Some(id);
+        let others: Vec<u16> = self.devices.iter().copied().filter(|&r| r != except).collect();
+        for rid in others {
+            if let Err(e) = self.program(rid, id) {
+                self.stop_translating();
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.unit.enable() {
+            self.stop_translating();
+            return Err(e.into());
+        }
+        log::info!("vtd: translation on ({} other device(s) in the identity domain)", self.devices.len() - 1);
+        Ok(())
+    }
+
+    /// After the last detach: translation off, context entries cleared, the
+    /// default identity domain freed.
+    fn stop_translating(&mut self) {
+        let _ = self.unit.disable();
+        for rid in self.devices.clone() {
+            let _ = self.unit.detach(rid, &mut self.mem);
+        }
+        if let Some(id) = self.default_identity.take() {
+            let _ = self.domain_free(id);
+        }
+        log::info!("vtd: translation off (no device attached)");
+    }
+
+    fn record_event(r: FaultRecord) -> FaultEvent {
+        FaultEvent {
+            device: DeviceId(u32::from(r.source_id)),
+            address: r.address,
+            write: r.write,
+            reason: u32::from(r.reason.0),
+            reason_name: r.reason.name(),
+        }
+    }
+}
+
+impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
+    fn info(&self) -> Info {
+        let first = self.unit.stage == Stage::ScalableFirst;
+        let max_leaf = if first { 1 + (self.unit.cap >> 56 & 1) as usize } else { self.unit.max_leaf_level };
+        Info {
+            kind: UnitKind::Vtd,
+            raw: alloc::vec![("CAP", self.unit.cap), ("ECAP", self.unit.ecap)],
+            page_sizes: (0..=max_leaf).map(|l| 1u64 << (12 + 9 * l)).sum(),
+            aperture: self.aperture(),
+            native_identity: self.unit.pass_through_supported(),
+        }
+    }
+
+    fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
+        let slot = match kind {
+            DomainKind::Paging => Slot::Paging(self.unit.alloc_domain(&mut self.mem)?),
+            DomainKind::Blocked => Slot::Blocked,
+            DomainKind::Identity if self.unit.pass_through_supported() => {
+                Slot::PassThrough(self.unit.alloc_domain_id().ok_or(Error::NoDomainIds)?)
+            }
+            DomainKind::Identity => {
+                log::info!("vtd: no ECAP.PT: the identity domain is a page table mapping RAM 1:1");
+                Slot::IdentityMapped(self.identity_table()?)
+            }
+        };
+        Ok(self.insert(slot))
+    }
+
+    fn domain_free(&mut self, domain: DomainId) -> Result<(), Error> {
+        if !self.domains.contains_key(&domain.0) {
+            return Err(Error::NoSuchDomain(domain));
+        }
+        if self.attached.values().any(|d| *d == domain) || (self.default_identity == Some(domain) && self.translating())
+        {
+            return Err(Error::Busy(domain));
+        }
+        match self.domains.remove(&domain.0) {
+            Some(Slot::Paging(d)) | Some(Slot::IdentityMapped(d)) => self.drop_table(d),
+            Some(Slot::PassThrough(id)) => {
+                let _ = self.unit.invalidate_domain(id, &mut self.mem);
+                self.unit.free_domain_id(id);
+            }
+            Some(Slot::Blocked) | None => {}
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
+        let rid = self.rid(device)?;
+        if !self.domains.contains_key(&domain.0) || self.default_identity == Some(domain) {
+            return Err(Error::NoSuchDomain(domain));
+        }
+        if matches!(self.domains.get(&domain.0), Some(Slot::Paging(_))) {
+            self.map_direct_regions(rid, domain)?;
+        }
+        let first = !self.translating();
+        self.program(rid, domain)?;
+        if first {
+            if let Err(e) = self.start_translating(rid) {
+                let _ = self.unit.detach(rid, &mut self.mem);
+                return Err(e);
+            }
+        }
+        self.attached.insert(rid, domain);
+        Ok(())
+    }
+
+    fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
+        let rid = self.rid(device)?;
+        if self.attached.remove(&rid).is_none() {
+            return Ok(());
+        }
+        if self.attached.is_empty() {
+            self.stop_translating();
+            return Ok(());
+        }
+        match self.default_identity {
+            Some(id) => self.program(rid, id),
+            None => Ok(self.unit.detach(rid, &mut self.mem)?),
+        }
+    }
+
+    fn attached(&self, device: DeviceId) -> Option<DomainId> {
+        u16::try_from(device.0).ok().and_then(|r| self.attached.get(&r).copied())
+    }
+
+    fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
+        let top = self.aperture().1;
+        if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
+            return Err(Error::OutOfAperture { iova, len });
+        }
+        let d = paging(&mut self.domains, domain)?;
+        Ok(self.unit.map(d, iova, pa, len, perms, &mut self.mem)?)
+    }
+
+    fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error> {
+        let d = paging(&mut self.domains, domain)?;
+        let (bytes, gather) = d.table.unmap(&mut self.mem, iova, len)?;
+        Ok(Unmapped { bytes, gather })
+    }
+
+    fn flush(&mut self, domain: DomainId, gather: Gather) -> Result<(), Error> {
+        let id = match self.domains.get(&domain.0) {
+            Some(Slot::Paging(d)) => d.id,
+            Some(_) => {
+                gather.release(&mut self.mem);
+                return Ok(());
+            }
+            None => {
+                // The frames were taken from a table of this unit: give them back anyway.
+                gather.release(&mut self.mem);
+                return Err(Error::NoSuchDomain(domain));
+            }
+        };
+        Ok(self.unit.flush(id, gather, &mut self.mem)?)
+    }
+
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        match self.domains.get(&domain.0)? {
+            Slot::Paging(d) | Slot::IdentityMapped(d) => d.table.iova_to_phys(&self.mem, iova),
+            Slot::PassThrough(_) => Some(iova),
+            Slot::Blocked => None,
+        }
+    }
+
+    fn drain_faults(&mut self) -> Vec<FaultEvent> {
+        let mut v = Vec::new();
+        // One fault-recording register per CAP.NFR + 1; bounded by that count
+        // per call so a device faulting without pause cannot keep us here.
+        for _ in 0..=crate::regs::CAP::NFR.read(self.unit.cap) {
+            match self.unit.take_fault() {
+                Some(r) => v.push(Self::record_event(r)),
+                None => break,
+            }
+        }
+        v
+    }
+
+    fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
+        let rid = u16::try_from(device.0).ok();
+        self.reserved.iter().filter(|(d, _)| d.is_none() || *d == rid).map(|(_, r)| *r).collect()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
+    }
+}

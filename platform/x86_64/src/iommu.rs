@@ -1,0 +1,67 @@
+//! The x86 IOMMU units at boot: each VT-d remapping unit of the topology is
+//! brought up (root table, invalidation queue; translation stays off) and
+//! handed to the kernel behind the generic `iommu::Iommu` trait.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use bootinfo::MemoryKind;
+use firmware::{IommuKind, Topology, UnitLocation};
+
+/// One `VtdIommu` per VT-d unit in `topology`; a unit that fails to come up is
+/// logged and left out.
+pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iommu::Iommu>> {
+    vtd::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
+    let functions: Vec<pci::Function> = kcore::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let mut out: Vec<Box<dyn iommu::Iommu>> = Vec::new();
+    for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {
+        let UnitLocation::Mmio { base, .. } = u.location else { continue };
+        let mmio = match kcore::mm::map_mmio(base, 0x1000) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("vtd: {}: cannot map registers at {base:#x}: {e}", u.name);
+                continue;
+            }
+        };
+        let mut mem = kcore::iommu::KernelTables::default();
+        let use_queue = boot.cmdline_value("vtd_qi") != Some("off");
+        // SAFETY: `mmio` maps the unit's register page for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
+        let unit = match unsafe { vtd::Unit::with_queue(mmio.va, &mut mem, use_queue) } {
+            Ok(unit) => unit,
+            Err(e) => {
+                log::error!("vtd: {}: bring-up failed: {e}", u.name);
+                continue;
+            }
+        };
+        log::info!("{} ({} at {base:#x})", unit.describe(), u.name);
+        if !unit.queued() {
+            log::info!("vtd: {}: register-based invalidation (CCMD, IOTLB registers)", u.name);
+        }
+        // Devices behind this unit, by the requester ID it sees.
+        let mut devices: Vec<u16> = functions
+            .iter()
+            .filter_map(|f| topology.translate_pci(f.bdf.segment, pci::dma_requester_id(f, &functions)))
+            .filter(|t| t.unit == index)
+            .filter_map(|t| u16::try_from(t.id).ok())
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        let mut reserved = Vec::new();
+        for r in topology.reserved().iter().filter(|r| r.unit == index) {
+            let region = iommu::Region { start: r.start, end: r.end, kind: r.kind };
+            match r.devices {
+                None => reserved.push((None, region)),
+                Some((_, m)) => {
+                    reserved.extend(devices.iter().filter(|&&rid| m.covers(rid)).map(|&rid| (Some(rid), region)))
+                }
+            }
+        }
+        let ram: Vec<(u64, u64)> = boot
+            .regions()
+            .iter()
+            .filter(|r| matches!(r.kind, MemoryKind::Usable | MemoryKind::AcpiReclaimable))
+            .map(|r| (r.base, r.end()))
+            .collect();
+        out.push(Box::new(vtd::VtdIommu::new(unit, mem, devices, reserved, ram)));
+    }
+    out
+}
