@@ -232,6 +232,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                     RMRR_BASE + 0xFFFF
                 ),
                 format!("vtd: RMRR {RMRR_BASE:#x}-{:#x} identity-mapped for 0x0080", RMRR_BASE + 0xFFFF),
+                format!(
+                    "topology: reserved dmar0 {RMRR_BASE:#x}-{:#x} direct-map devices=0000:00:10.0",
+                    RMRR_BASE + 0xFFFF
+                ),
             ];
             cases.push(c);
             // VT-d in scalable mode with first-stage tables only.

@@ -368,7 +368,14 @@ pub fn lines(t: &Topology, functions: &[Function]) -> Vec<String> {
     for r in t.reserved() {
         let devices = match r.devices {
             None => String::new(),
-            Some((seg, m)) => format!(" devices={seg:04x}:{m:?}"),
+            Some((seg, PciMatch::Rids { first, last })) if first == last => {
+                format!(" devices={}", crate::RidDisplay(seg, first))
+            }
+            Some((seg, PciMatch::Rids { first, last })) => {
+                format!(" devices={}-{}", crate::RidDisplay(seg, first), crate::RidDisplay(seg, last))
+            }
+            Some((seg, PciMatch::Buses { first, last })) => format!(" devices={seg:04x}:buses {first:02x}-{last:02x}"),
+            Some((seg, PciMatch::All)) => format!(" devices={seg:04x}:all"),
         };
         out.push(format!(
             "topology: reserved {} {:#x}-{:#x} {}{devices}",
@@ -411,6 +418,28 @@ mod tests {
         assert_eq!(lines[0], "topology: iommu dmar0 kind=vtd base=0xfed90000 segment=0");
         assert_eq!(lines[1], "topology: pci 0000:00:01.0 1234:11e8 class=00ff00 iommu=dmar0 id=0x8");
         assert_eq!(lines[2], "topology: reserved dmar0 0xfee00000-0xfeefffff msi");
+
+        // An RMRR naming edu becomes a direct-map region for edu alone.
+        let mut with_rmrr = d.clone();
+        with_rmrr.rmrrs.push(dmar::Rmrr {
+            segment: 0,
+            base: 0x1E00_0000,
+            limit: 0x1E00_FFFF,
+            scopes: alloc::vec![dmar::DeviceScope {
+                kind: dmar::ScopeKind::Endpoint,
+                enumeration_id: 0,
+                start_bus: 0,
+                path: alloc::vec![(1, 0)],
+            }],
+        });
+        let mut t = Topology::new();
+        add_dmar(&mut t, &with_rmrr, core::slice::from_ref(&edu), (0xFEE0_0000, 0xFEEF_FFFF));
+        let direct: Vec<_> = t.reserved_for(0, 0x0008).filter(|r| r.kind == ReservedKind::DirectMap).collect();
+        assert_eq!(direct.len(), 1);
+        assert_eq!((direct[0].start, direct[0].end), (0x1E00_0000, 0x1E00_FFFF));
+        assert_eq!(t.reserved_for(0, 0x0010).filter(|r| r.kind == ReservedKind::DirectMap).count(), 0);
+        let lines = super::lines(&t, core::slice::from_ref(&edu));
+        assert_eq!(lines[3], "topology: reserved dmar0 0x1e000000-0x1e00ffff direct-map devices=0000:00:01.0");
 
         let mut t = Topology::new();
         add_ivrs(
