@@ -164,6 +164,8 @@ pub struct Unit {
     pub ecap: u64,
     /// IOTLB invalidations issued so far.
     pub invalidations: u64,
+    /// Primary fault overflows seen (FSTS.PFO: faults the unit could not record).
+    pub fault_overflows: core::sync::atomic::AtomicU64,
     /// The invalidation queue, when the unit has one (ECAP.QI).
     queue: Option<Queue>,
     /// Legacy, or scalable mode with second- or first-stage tables: in scalable
@@ -283,6 +285,7 @@ impl Unit {
             cap,
             ecap,
             invalidations: 0,
+            fault_overflows: core::sync::atomic::AtomicU64::new(0),
             queue: None,
             stage: match (ECAP::SMTS.read(ecap) != 0, ECAP::SLTS.read(ecap) != 0, ECAP::FLTS.read(ecap) != 0) {
                 (true, true, _) => Stage::ScalableSecond,
@@ -683,8 +686,15 @@ impl Unit {
         self.regs().fectl.set(1 << 31);
     }
 
-    /// Takes the next recorded fault, clearing it (and the overflow flag).
+    /// Takes the next recorded fault, clearing it. A primary fault overflow
+    /// (FSTS.PFO: every recording register was full, so faults were lost) is
+    /// logged, counted in `fault_overflows` and cleared (§7.2.2).
     pub fn take_fault(&self) -> Option<FaultRecord> {
+        if self.regs().fsts.is_set(FSTS::PFO) {
+            self.fault_overflows.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            log::warn!("vtd: primary fault overflow (FSTS.PFO): faults arrived while the recording registers were full and were lost");
+            self.regs().fsts.write(FSTS::PFO::SET); // write-1-to-clear
+        }
         let count = CAP::NFR.read(self.cap) + 1;
         for i in 0..count {
             let r = self.fault_record(i);
@@ -692,7 +702,6 @@ impl Unit {
             let hi = u64::from(r.hi_hi.get()) << 32 | u64::from(r.hi_lo.get());
             if let Some(rec) = FaultRecord::decode(lo, hi) {
                 r.hi_hi.set(1 << 31); // F is write-1-to-clear
-                self.regs().fsts.write(FSTS::PFO::SET);
                 return Some(rec);
             }
         }

@@ -441,6 +441,22 @@ fn vtd_generic_domains() -> TestResult {
             "blocked: {faults:?}"
         );
         log::info!("vtd generic: blocked: {}", faults[0]);
+        // A second device faulting while the one recording register is full
+        // is an overflow (FSTS.PFO): counted, and the first fault is still there.
+        if let Some((e1, r1)) = &other {
+            u.attach(DeviceId(u32::from(*r1)), blocked).map_err(iommu_err)?;
+            edu.dma(canary, 4096, true)?;
+            e1.dma(canary, 4096, true)?;
+            check!(frame_bytes(canary).iter().all(|&b| b == 0xCC), "a blocked device wrote memory");
+            let v = u.as_any_mut().downcast_mut::<vtd::VtdIommu<kcore::iommu::KernelTables>>();
+            let before = v.map_or(0, |v| v.unit.fault_overflows.load(core::sync::atomic::Ordering::Relaxed));
+            let f = u.drain_faults();
+            let v = u.as_any_mut().downcast_mut::<vtd::VtdIommu<kcore::iommu::KernelTables>>();
+            let after = v.map_or(0, |v| v.unit.fault_overflows.load(core::sync::atomic::Ordering::Relaxed));
+            check!(f.len() == 1 && f[0].device == dev_id, "with overflow: {f:?}");
+            check_eq!(after, before + 1);
+            u.detach(DeviceId(u32::from(*r1))).map_err(iommu_err)?;
+        }
         // Paging: translated, and after unmap + flush the IOVA faults.
         let paging = u.domain_alloc(DomainKind::Paging).map_err(iommu_err)?;
         u.map(paging, 0x10_0000, src, 4096, Perms::READ).map_err(iommu_err)?;
