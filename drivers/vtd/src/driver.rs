@@ -244,8 +244,7 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
 
 impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
     fn info(&self) -> Info {
-        let first = self.unit.stage == Stage::ScalableFirst;
-        let max_leaf = if first { 1 + (self.unit.cap >> 56 & 1) as usize } else { self.unit.max_leaf_level };
+        let max_leaf = self.unit.domain_max_leaf_level();
         Info {
             kind: UnitKind::Vtd,
             raw: alloc::vec![("CAP", self.unit.cap), ("ECAP", self.unit.ecap)],

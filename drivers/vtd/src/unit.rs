@@ -470,12 +470,22 @@ impl Unit {
         self.new_domain(id, mem).inspect_err(|_| self.free_domain_id(id))
     }
 
+    /// Largest leaf level of the domains' tables (0 = 4K, 1 = 2M, 2 = 1G):
+    /// SLLPS for second-level tables; for first-stage tables 2M always and
+    /// 1G only with CAP.FS1GP (bit 56).
+    pub fn domain_max_leaf_level(&self) -> usize {
+        match self.stage {
+            Stage::ScalableFirst => 1 + (self.cap >> 56 & 1) as usize,
+            _ => self.max_leaf_level,
+        }
+    }
+
     /// A new, empty domain in the format the unit's stage uses.
     pub fn new_domain(&self, id: u16, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
         let table = if self.stage == Stage::ScalableFirst {
-            // 4-level x86 paging (FLPM = 0); 1 GiB leaves only with CAP.FS1GP (bit 56).
-            let max_leaf = if self.cap >> 56 & 1 != 0 { 2 } else { 1 };
-            DomainTable::First(PageTable::new(X86Paging::vtd_first_level(4, max_leaf), mem).map_err(VtdError::Map)?)
+            // 4-level x86 paging (FLPM = 0).
+            let fmt = X86Paging::vtd_first_level(4, self.domain_max_leaf_level());
+            DomainTable::First(PageTable::new(fmt, mem).map_err(VtdError::Map)?)
         } else {
             let fmt = VtdSecondLevel { levels: self.levels, max_leaf_level: self.max_leaf_level };
             DomainTable::Second(PageTable::new(fmt, mem).map_err(VtdError::Map)?)
