@@ -21,6 +21,7 @@
 
 extern crate alloc;
 
+pub mod ids;
 pub mod mock;
 
 use alloc::vec::Vec;

@@ -22,7 +22,6 @@
 extern crate alloc;
 
 pub mod context;
-pub mod domain_ids;
 pub mod driver;
 pub mod fault;
 pub mod invalidation;

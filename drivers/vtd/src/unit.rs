@@ -174,7 +174,7 @@ pub struct Unit {
     /// Scalable mode: (requester ID, PASID directory, PASID table) per attached device.
     pasid_tables: alloc::vec::Vec<(u16, u64, u64)>,
     /// Domain IDs in use.
-    domain_ids: crate::domain_ids::DomainIds,
+    domain_ids: iommu::ids::IdAllocator,
 }
 
 /// What a context / PASID entry points a device at.
@@ -293,7 +293,7 @@ impl Unit {
                 _ => Stage::Legacy,
             },
             pasid_tables: alloc::vec::Vec::new(),
-            domain_ids: crate::domain_ids::DomainIds::new(1 << (4 + 2 * CAP::ND.read(cap))),
+            domain_ids: iommu::ids::IdAllocator::new(1 << (4 + 2 * CAP::ND.read(cap))),
         };
         // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
         let rtaddr = if unit.stage == Stage::Legacy { root } else { root | 1 << 10 };

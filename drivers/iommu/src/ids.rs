@@ -1,16 +1,18 @@
-//! Domain-ID allocation within the unit's CAP.ND limit (§10.4.2, §9.3 DID field).
+//! Allocation of the small tags units put on their TLB entries: VT-d domain
+//! IDs (within CAP.ND), SMMUv3 ASIDs and VMIDs, AMD-Vi domain IDs.
 
 use alloc::vec::Vec;
 
-/// A bitmap of domain IDs in use. ID 0 is never handed out: with CAP.CM set the
-/// hardware tags invalid-entry translations with it (§6.2.3.1).
+/// A bitmap of IDs in use. ID 0 is never handed out (VT-d with CAP.CM tags
+/// invalid-entry translations with it, §6.2.3.1; elsewhere 0 is kept for the
+/// kernel's own use).
 #[derive(Debug)]
-pub struct DomainIds {
+pub struct IdAllocator {
     count: usize,
     used: Vec<u64>,
 }
 
-impl DomainIds {
+impl IdAllocator {
     /// An allocator for IDs `1 .. count` (`count` at most 2^16).
     pub fn new(count: u32) -> Self {
         let count = count.min(1 << 16) as usize;
@@ -49,7 +51,7 @@ mod tests {
 
     #[test]
     fn hands_out_each_id_once_then_none() {
-        let mut ids = DomainIds::new(16); // CAP.ND = 0
+        let mut ids = IdAllocator::new(16); // CAP.ND = 0
         let got: Vec<u16> = core::iter::from_fn(|| ids.alloc()).collect();
         assert_eq!(got, (1..16).collect::<Vec<u16>>());
         assert_eq!(ids.alloc(), None);
@@ -60,19 +62,19 @@ mod tests {
 
     #[test]
     fn zero_and_out_of_range_frees_change_nothing() {
-        let mut ids = DomainIds::new(1 << 16);
+        let mut ids = IdAllocator::new(1 << 16);
         assert_eq!(ids.alloc(), Some(1));
         ids.free(0);
         ids.free(u16::MAX);
         assert_eq!(ids.alloc(), Some(2));
-        let mut small = DomainIds::new(16);
+        let mut small = IdAllocator::new(16);
         small.free(500);
         assert_eq!(small.alloc(), Some(1));
     }
 
     #[test]
     fn full_sixteen_bit_space() {
-        let mut ids = DomainIds::new(1 << 16);
+        let mut ids = IdAllocator::new(1 << 16);
         let n = core::iter::from_fn(|| ids.alloc()).count();
         assert_eq!(n, (1 << 16) - 1);
     }
