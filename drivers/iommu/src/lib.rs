@@ -211,6 +211,15 @@ impl From<io_pgtable::Error> for Error {
     }
 }
 
+/// Memory for IOMMU tables and queues: the page-table frame seam plus
+/// zeroed, naturally aligned runs of frames (stream tables, command queues).
+pub trait DmaMemory: io_pgtable::TableMemory {
+    /// `frames` (a power of two) contiguous zeroed frames aligned to their size.
+    fn alloc_contiguous(&mut self, frames: usize) -> Option<u64>;
+    /// Gives back what `alloc_contiguous` returned.
+    fn free_contiguous(&mut self, base: u64, frames: usize);
+}
+
 /// One IOMMU unit, as its driver presents it.
 pub trait Iommu: Send {
     /// Kind, capabilities, aperture and page sizes.
@@ -241,6 +250,9 @@ pub trait Iommu: Send {
 
     /// The domain `device` is attached to, if any.
     fn attached(&self, device: DeviceId) -> Option<DomainId>;
+
+    /// The devices behind this unit.
+    fn devices(&self) -> Vec<DeviceId>;
 
     /// Maps `[iova, iova + len)` to `pa` in a paging domain; takes effect for
     /// the hardware before it returns (the driver flushes on map where the

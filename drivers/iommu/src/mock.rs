@@ -256,6 +256,10 @@ impl Iommu for MockIommu {
         self.attached.get(&device).copied()
     }
 
+    fn devices(&self) -> Vec<DeviceId> {
+        self.cfg.devices.clone()
+    }
+
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
         self.injected(Op::Map)?;
         self.check_range(iova, len)?;
@@ -345,6 +349,7 @@ mod tests {
     #[test]
     fn dma_follows_the_domain_kind() {
         let mut m = MockIommu::new(MockConfig::default());
+        assert_eq!(m.devices(), [DEV, OTHER]);
         assert_eq!(m.dma(DEV, 0x1234, true), Some(0x1234), "unattached devices pass through");
         let blocked = m.domain_alloc(DomainKind::Blocked).unwrap();
         m.attach(DEV, blocked).unwrap();

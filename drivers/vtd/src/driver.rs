@@ -327,6 +327,10 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
         u16::try_from(device.0).ok().and_then(|r| self.attached.get(&r).copied())
     }
 
+    fn devices(&self) -> Vec<DeviceId> {
+        self.devices.iter().map(|&r| DeviceId(u32::from(r))).collect()
+    }
+
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
         let top = self.aperture().1;
         if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {

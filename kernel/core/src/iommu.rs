@@ -37,9 +37,63 @@ pub fn init(boot: &bootinfo::BootInfo) {
     UNITS.lock().extend(units);
 }
 
+/// The IDs unit `index` of `topology` sees the PCI functions behind it by
+/// (requester IDs after aliasing, or stream IDs), sorted, without repeats.
+pub fn unit_devices(topology: &firmware::Topology, index: usize) -> Vec<u32> {
+    let functions: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let mut ids: Vec<u32> = functions
+        .iter()
+        .filter_map(|f| topology.translate_pci(f.bdf.segment, pci::dma_requester_id(f, &functions)))
+        .filter(|t| t.unit == index)
+        .map(|t| t.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Reserved regions of unit `index`, per device ID (`None`: every device),
+/// for the devices in `devices`.
+pub fn unit_reserved(
+    topology: &firmware::Topology,
+    index: usize,
+    devices: &[u32],
+) -> Vec<(Option<u32>, iommu::Region)> {
+    let mut out = Vec::new();
+    for r in topology.reserved().iter().filter(|r| r.unit == index) {
+        let region = iommu::Region { start: r.start, end: r.end, kind: r.kind };
+        match r.devices {
+            None => out.push((None, region)),
+            Some((_, m)) => out.extend(
+                devices
+                    .iter()
+                    .filter(|&&id| u16::try_from(id).is_ok_and(|rid| m.covers(rid)))
+                    .map(|&id| (Some(id), region)),
+            ),
+        }
+    }
+    out
+}
+
 /// Runs `f` on the registered units (in topology order), holding the registry lock.
 pub fn with_units<R>(f: impl FnOnce(&mut [Box<dyn iommu::Iommu>]) -> R) -> R {
     f(&mut UNITS.lock())
+}
+
+impl iommu::DmaMemory for KernelTables {
+    fn alloc_contiguous(&mut self, frames: usize) -> Option<u64> {
+        let pa = mm::alloc_frames(frames, frames)?;
+        self.live += frames;
+        Some(pa)
+    }
+
+    fn free_contiguous(&mut self, base: u64, frames: usize) {
+        for i in 0..frames as u64 {
+            if mm::free_frame(base + i * 4096).is_ok() {
+                self.live -= 1;
+            }
+        }
+    }
 }
 
 /// [`io_pgtable::TableMemory`] over kernel frames.

@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod exceptions;
 pub mod exit;
 pub mod gic;
+pub mod iommu;
 pub mod ktests;
 pub mod paging;
 pub mod pl011;
@@ -146,6 +147,14 @@ impl Platform for ArmPlatform {
             out.push(kcore::pci::Ecam::new(h.ecam.base, bridge));
         }
         out
+    }
+
+    fn iommu_units(
+        &self,
+        boot: &bootinfo::BootInfo,
+        topology: &firmware::Topology,
+    ) -> alloc::vec::Vec<alloc::boxed::Box<dyn ::iommu::Iommu>> {
+        iommu::units(boot, topology)
     }
 
     fn iommu_topology(&self, boot: &bootinfo::BootInfo, _functions: &[pci::Function]) -> firmware::Topology {

@@ -11,7 +11,6 @@ use firmware::{IommuKind, Topology, UnitLocation};
 /// logged and left out.
 pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iommu::Iommu>> {
     vtd::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
-    let functions: Vec<pci::Function> = kcore::pci::devices().iter().map(|d| d.function.clone()).collect();
     let mut out: Vec<Box<dyn iommu::Iommu>> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {
         let UnitLocation::Mmio { base, .. } = u.location else { continue };
@@ -36,25 +35,12 @@ pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iomm
         if !unit.queued() {
             log::info!("vtd: {}: register-based invalidation (CCMD, IOTLB registers)", u.name);
         }
-        // Devices behind this unit, by the requester ID it sees.
-        let mut devices: Vec<u16> = functions
-            .iter()
-            .filter_map(|f| topology.translate_pci(f.bdf.segment, pci::dma_requester_id(f, &functions)))
-            .filter(|t| t.unit == index)
-            .filter_map(|t| u16::try_from(t.id).ok())
+        let ids = kcore::iommu::unit_devices(topology, index);
+        let devices: Vec<u16> = ids.iter().filter_map(|&id| u16::try_from(id).ok()).collect();
+        let reserved: Vec<(Option<u16>, iommu::Region)> = kcore::iommu::unit_reserved(topology, index, &ids)
+            .into_iter()
+            .map(|(d, r)| (d.and_then(|d| u16::try_from(d).ok()), r))
             .collect();
-        devices.sort_unstable();
-        devices.dedup();
-        let mut reserved = Vec::new();
-        for r in topology.reserved().iter().filter(|r| r.unit == index) {
-            let region = iommu::Region { start: r.start, end: r.end, kind: r.kind };
-            match r.devices {
-                None => reserved.push((None, region)),
-                Some((_, m)) => {
-                    reserved.extend(devices.iter().filter(|&&rid| m.covers(rid)).map(|&rid| (Some(rid), region)))
-                }
-            }
-        }
         let ram: Vec<(u64, u64)> = boot
             .regions()
             .iter()

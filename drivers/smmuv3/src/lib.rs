@@ -1,0 +1,36 @@
+//! Arm SMMUv3 (Arm IHI 0070, SMMU architecture v3.x).
+//!
+//! [`unit::Smmu`] drives one SMMU: ID registers decoded, a linear or 2-level
+//! stream table (§3.3), the command queue with CFGI / TLBI / SYNC commands and
+//! command-error recovery (§4), the event queue decoded into typed events with
+//! overflow handling (§7), STEs for abort, bypass, stage 1 (one context
+//! descriptor, §5.4) and stage 2 (§5.2). [`SmmuIommu`] puts it behind the
+//! generic [`iommu::Iommu`] trait with paging domains on stage 1 or stage 2
+//! tables from the shared `io-pgtable` engine (ASIDs and VMIDs allocated),
+//! bypass for identity and abort for blocked domains.
+//!
+//! Hardware access: typed registers over the 128 KiB MMIO window the kernel
+//! mapped; tables and queues in memory the kernel provides ([`iommu::DmaMemory`]).
+//! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /
+//! PASIDs and CD tables, ATS / PRI, stall mode, non-coherent SMMUs.
+#![no_std]
+
+extern crate alloc;
+
+pub mod cd;
+pub mod cmd;
+pub mod driver;
+pub mod event;
+pub mod regs;
+pub mod ste;
+pub mod unit;
+
+pub use driver::SmmuIommu;
+pub use unit::{Smmu, SmmuError};
+
+/// Log every register write and command (`--trace`; a teaching aid).
+pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn tracing() -> bool {
+    TRACE.load(core::sync::atomic::Ordering::Relaxed)
+}

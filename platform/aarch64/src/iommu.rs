@@ -1,0 +1,43 @@
+//! The arm IOMMU units at boot: each SMMUv3 of the topology is brought up
+//! (stream table, command and event queues; translation stays off) and handed
+//! to the kernel behind the generic `iommu::Iommu` trait.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use firmware::{IommuKind, Topology, UnitLocation};
+
+/// One `SmmuIommu` per SMMUv3 in `topology`; a unit that fails to come up is
+/// logged and left out. `smmu_stage=2` on the command line makes paging
+/// domains use stage 2 where the SMMU has both stages.
+pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iommu::Iommu>> {
+    smmuv3::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
+    let prefer_stage2 = boot.cmdline_value("smmu_stage") == Some("2");
+    let mut out: Vec<Box<dyn iommu::Iommu>> = Vec::new();
+    for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Smmuv3) {
+        let UnitLocation::Mmio { base, .. } = u.location else { continue };
+        // Page 0 and page 1 (event queue indices).
+        let mmio = match kcore::mm::map_mmio(base, 0x2_0000) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("smmuv3: {}: cannot map registers at {base:#x}: {e}", u.name);
+                continue;
+            }
+        };
+        let mut mem = kcore::iommu::KernelTables::default();
+        // SAFETY: `mmio` maps both register pages for the rest of the kernel's life (never unmapped), and the registered driver becomes the SMMU's only user.
+        let smmu = match unsafe { smmuv3::Smmu::new(mmio.va, &mut mem) } {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("smmuv3: {}: bring-up failed: {e}", u.name);
+                continue;
+            }
+        };
+        log::info!("{} ({} at {base:#x})", smmu.describe(), u.name);
+        let devices = kcore::iommu::unit_devices(topology, index);
+        let reserved = kcore::iommu::unit_reserved(topology, index, &devices);
+        let driver = smmuv3::SmmuIommu::new(smmu, mem, devices, reserved, prefer_stage2);
+        log::info!("smmuv3: {}: paging domains use stage {}", u.name, if driver.uses_stage2() { 2 } else { 1 });
+        out.push(Box::new(driver));
+    }
+    out
+}
