@@ -262,6 +262,20 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             cases.push(c);
         }
         Arch::Aarch64 => {
+            // SMMUv3 with paging domains on stage 2, and a second edu (two domains).
+            let extra = split("-device edu,dma_mask=0xffffffffffffffff");
+            let mut c = harness::case(
+                &Machine {
+                    cmdline: vec!["ktest=iommu".to_owned(), "smmu_stage=2".to_owned()],
+                    ..machine(Iommu::Smmuv3, extra)
+                },
+                kernel,
+                BOOT_TIMEOUT,
+            );
+            c.name = "aarch64-smmuv3-stage2".into();
+            c.log_file.set_file_name("aarch64-smmuv3-stage2.log");
+            c.must_contain = vec!["paging domains use stage 2".into()];
+            cases.push(c);
             let path = dir.join("corrupt-smmu.dtb");
             let m = machine(Iommu::Smmuv3, Vec::new());
             let (program, mut args) = m.command(kernel);

@@ -354,11 +354,11 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         }
     }
 
+    /// Events of one faulting DMA are merged ([`crate::event::coalesce`]).
     fn drain_faults(&mut self) -> Vec<FaultEvent> {
-        self.smmu
-            .take_events(&self.mem)
+        crate::event::coalesce(self.smmu.take_events(&self.mem))
             .into_iter()
-            .map(|e| FaultEvent {
+            .map(|(e, _)| FaultEvent {
                 device: DeviceId(e.stream),
                 address: e.address,
                 write: !e.read,

@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod backtrace;
 pub mod console;
+pub mod edu;
 pub mod elf;
 pub mod frames;
 pub mod heap;

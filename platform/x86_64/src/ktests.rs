@@ -40,52 +40,7 @@ fn irq_controller_roundtrip() -> TestResult {
 
 ktest::suite!(pub ARCH = "arch", [mmio_map_reads_device_register, irq_controller_roundtrip]);
 
-/// The QEMU `edu` device's DMA engine (QEMU docs/specs/edu.rst).
-struct Edu {
-    regs: u64,
-}
-
-impl Edu {
-    /// Device-side buffer address.
-    const BUFFER: u64 = 0x4_0000;
-
-    fn write64(&self, off: u64, v: u64) {
-        // SAFETY: `regs` maps edu's BAR0 (device memory); 0x80..0x98 accept 8-byte writes.
-        unsafe { ((self.regs + off) as *mut u64).write_volatile(v) }
-    }
-
-    fn read64(&self, off: u64) -> u64 {
-        // SAFETY: as above.
-        unsafe { ((self.regs + off) as *const u64).read_volatile() }
-    }
-
-    /// Copies `len` bytes between RAM (bus address `ram`) and the edu buffer; waits up to 2 s.
-    fn dma(&self, ram: u64, len: u64, to_ram: bool) -> Result<(), ktest::TestError> {
-        let (src, dst) = if to_ram { (Self::BUFFER, ram) } else { (ram, Self::BUFFER) };
-        self.write64(0x80, src);
-        self.write64(0x88, dst);
-        self.write64(0x90, len);
-        self.write64(0x98, 1 | if to_ram { 2 } else { 0 });
-        let t0 = kcore::platform().uptime_ns();
-        while self.read64(0x98) & 1 != 0 {
-            if kcore::platform().uptime_ns() - t0 > 2_000_000_000 {
-                return Err(ktest::TestError::Failed("edu DMA did not finish in 2 s".into()));
-            }
-            core::hint::spin_loop();
-        }
-        Ok(())
-    }
-}
-
-fn fill(pa: u64, byte: u8) {
-    // SAFETY: `pa` is a frame the test allocated, in the direct map.
-    unsafe { core::ptr::write_bytes(kcore::mm::phys_to_virt(pa) as *mut u8, byte, 4096) }
-}
-
-fn frame_bytes(pa: u64) -> &'static [u8] {
-    // SAFETY: as in `fill`; read while no DMA targets the frame.
-    unsafe { core::slice::from_raw_parts(kcore::mm::phys_to_virt(pa) as *const u8, 4096) }
-}
+use kcore::edu::{fill, frame_bytes};
 
 /// Runs `f` on the registered driver of the first VT-d unit (skips without one).
 fn with_vtd(f: impl FnOnce(&mut vtd::VtdIommu<kcore::iommu::KernelTables>) -> TestResult) -> TestResult {
@@ -109,23 +64,10 @@ fn domain_frames(v: &vtd::VtdIommu<kcore::iommu::KernelTables>) -> usize {
 /// fault naming the device and address, and after unmap + flush the old IOVA faults.
 fn vtd_edu_dma_through_a_domain() -> TestResult {
     use io_pgtable::Perms;
-    let Some(dev) = kcore::pci::devices().iter().find(|d| (d.function.vendor, d.function.device) == (0x1234, 0x11E8))
-    else {
+    let Some(&(dev, rid)) = kcore::edu::devices().first() else {
         return Err(ktest::TestError::Skipped("no edu device".into()));
     };
-    let rid = pci::dma_requester_id(
-        &dev.function,
-        &kcore::pci::devices().iter().map(|d| d.function.clone()).collect::<alloc::vec::Vec<_>>(),
-    );
-    let bar = dev.function.bars.iter().find(|b| b.index == 0).copied();
-    check!(bar.is_some());
-    let bar = bar.ok_or_else(|| ktest::TestError::Failed("no BAR0".into()))?;
-    let edu_regs = kcore::mm::map_mmio(kcore::pci::bar_cpu_address(dev, &bar), 0x100);
-    check!(edu_regs.is_ok());
-    let edu = Edu { regs: edu_regs.map(|m| m.va).unwrap_or(0) };
-    let access =
-        kcore::pci::access(dev.function.bdf).ok_or_else(|| ktest::TestError::Failed("no config access".into()))?;
-    pci::set_bus_master(access, dev.function.bdf, true);
+    let edu = kcore::edu::open(dev)?;
 
     let outcome = with_vtd(|v| {
         check!(!v.translating(), "the registered unit is in use");
@@ -255,7 +197,7 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
         check!(now == live0, "VT-d table frames: {live0} before, {now} after");
         Ok(())
     });
-    pci::set_bus_master(access, dev.function.bdf, false);
+    kcore::edu::close(dev);
     outcome
 }
 
@@ -263,7 +205,7 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
 /// domain cannot reach the first one's buffer (it faults instead).
 fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
     use io_pgtable::Perms;
-    let edus = edu_devices();
+    let edus = kcore::edu::devices();
     if edus.is_empty() {
         return Err(ktest::TestError::Skipped("no edu device".into()));
     }
@@ -288,7 +230,7 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
             let rid0 = edus[0].1;
             unit.attach(rid0, &d1, mem).map_err(err)?;
             unit.enable().map_err(err)?;
-            let e0 = open_edu(edus[0].0)?;
+            let e0 = kcore::edu::open(edus[0].0)?;
             // Pattern at offset 1 MiB + 4 KiB inside the 2 MiB leaf, copied to offset 0.
             let off = (1 << 20) + 0x1000;
             for i in 0..4096u64 {
@@ -306,7 +248,7 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
                 let d2 = unit.new_domain(2, mem).map_err(err)?;
                 let rid1 = edus[1].1;
                 unit.attach(rid1, &d2, mem).map_err(err)?;
-                let e1 = open_edu(edus[1].0)?;
+                let e1 = kcore::edu::open(edus[1].0)?;
                 // SAFETY: as above.
                 unsafe { core::ptr::write_bytes(kcore::mm::phys_to_virt(big) as *mut u8, 0x77, 4096) };
                 e1.dma(high, 4096, true)?;
@@ -330,7 +272,7 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
             let _ = kcore::mm::free_frame(big + i * 4096);
         }
         for (d, _) in &edus {
-            close_edu(d);
+            kcore::edu::close(d);
         }
         result?;
         let now = mem.live - unit.table_frames();
@@ -339,56 +281,19 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
     })
 }
 
-/// The edu devices and the requester ID each is seen with.
-fn edu_devices() -> alloc::vec::Vec<(&'static kcore::pci::Device, u16)> {
-    let all: alloc::vec::Vec<pci::Function> = kcore::pci::devices().iter().map(|d| d.function.clone()).collect();
-    kcore::pci::devices()
-        .iter()
-        .filter(|d| (d.function.vendor, d.function.device) == (0x1234, 0x11E8))
-        .map(|d| (d, pci::dma_requester_id(&d.function, &all)))
-        .collect()
-}
-
-/// Maps edu's BAR0 and turns bus mastering on.
-fn open_edu(d: &kcore::pci::Device) -> Result<Edu, ktest::TestError> {
-    let bar = d
-        .function
-        .bars
-        .iter()
-        .find(|b| b.index == 0)
-        .copied()
-        .ok_or_else(|| ktest::TestError::Failed("no BAR0".into()))?;
-    let m = kcore::mm::map_mmio(kcore::pci::bar_cpu_address(d, &bar), 0x100)
-        .map_err(|_| ktest::TestError::Failed("map BAR".into()))?;
-    if let Some(a) = kcore::pci::access(d.function.bdf) {
-        pci::set_bus_master(a, d.function.bdf, true);
-    }
-    Ok(Edu { regs: m.va })
-}
-
-fn close_edu(d: &kcore::pci::Device) {
-    if let Some(a) = kcore::pci::access(d.function.bdf) {
-        pci::set_bus_master(a, d.function.bdf, false);
-    }
-}
-
-fn iommu_err(e: iommu::Error) -> ktest::TestError {
-    ktest::TestError::Failed(alloc::format!("{e}"))
-}
-
-/// The generic door on VT-d: identity, blocked and paging domains through the
-/// `Iommu` trait on the unit registered at boot. Identity lets edu reach
-/// physical addresses (native pass-through, or a 1:1 table without ECAP.PT),
-/// blocked stops it with one decoded fault, paging translates and faults after
-/// unmap + flush; devices nobody attached keep working while translation is
-/// on; the last detach turns translation off and frees everything.
+/// The generic door on VT-d (`kcore::edu::generic_domains`) on the unit
+/// registered at boot, plus what VT-d adds: a blocked DMA is recorded as
+/// exactly one decoded fault, so is the DMA to an unmapped IOVA; a second
+/// device faulting while the one recording register is full is a primary
+/// fault overflow; the last detach turns translation off and every table
+/// frame is freed.
 fn vtd_generic_domains() -> TestResult {
-    use iommu::{DeviceId, DomainKind, Iommu, Perms};
-    let edus = edu_devices();
+    use iommu::{DeviceId, DomainKind, Iommu};
+    let edus = kcore::edu::devices();
     let Some(&(dev, rid)) = edus.first() else { return Err(ktest::TestError::Skipped("no edu device".into())) };
-    let edu = open_edu(dev)?;
+    let edu = kcore::edu::open(dev)?;
     let other = match edus.get(1) {
-        Some(&(d, r)) => Some((open_edu(d)?, r)),
+        Some(&(d, r)) => Some((kcore::edu::open(d)?, r)),
         None => None,
     };
     let frames: alloc::vec::Vec<u64> = (0..3).filter_map(|_| kcore::mm::alloc_frame()).collect();
@@ -397,93 +302,38 @@ fn vtd_generic_domains() -> TestResult {
         check!(!v.translating(), "the registered unit is in use");
         let live0 = domain_frames(v);
         let dev_id = DeviceId(u32::from(rid));
-        check!(v.devices().contains(&rid), "edu {rid:#06x} is not in the unit's device list {:?}", v.devices());
-        let u: &mut dyn Iommu = v;
-        let info = u.info();
-        check!(info.kind == iommu::UnitKind::Vtd && info.page_sizes & 0x1000 != 0 && info.aperture.1 >= 0xFFFF_FFFF);
-        log::info!(
-            "vtd generic: aperture {:#x}-{:#x}, page sizes {:#x}, native identity {}",
-            info.aperture.0,
-            info.aperture.1,
-            info.page_sizes,
-            info.native_identity
-        );
-        let (src, dst, canary) = (frames[0], frames[1], frames[2]);
-        for (i, b) in (0..4096u64).map(|i| (i, (i * 5 + 1) as u8)) {
-            // SAFETY: `src` is our frame in the direct map.
-            unsafe { ((kcore::mm::phys_to_virt(src) + i) as *mut u8).write_volatile(b) };
-        }
-        // Identity: physical addresses work as IOVAs.
-        let ident = u.domain_alloc(DomainKind::Identity).map_err(iommu_err)?;
-        u.attach(dev_id, ident).map_err(iommu_err)?;
-        check_eq!(u.attached(dev_id), Some(ident));
-        fill(dst, 0);
-        edu.dma(src, 4096, false)?;
-        edu.dma(dst, 4096, true)?;
-        check!(frame_bytes(dst) == frame_bytes(src), "identity domain: data did not arrive");
-        check!(u.drain_faults().is_empty(), "identity domain: unexpected fault");
-        // A device nobody attached sits in the default identity domain.
-        if let Some((e1, _)) = &other {
-            fill(dst, 0);
-            e1.dma(src, 4096, false)?;
-            e1.dma(dst, 4096, true)?;
-            check!(frame_bytes(dst) == frame_bytes(src), "an unattached device lost its DMA");
-        }
-        // Blocked: nothing gets through, one decoded fault.
-        let blocked = u.domain_alloc(DomainKind::Blocked).map_err(iommu_err)?;
-        u.attach(dev_id, blocked).map_err(iommu_err)?;
-        fill(canary, 0xCC);
-        edu.dma(canary, 4096, true)?;
-        check!(frame_bytes(canary).iter().all(|&b| b == 0xCC), "a blocked device wrote memory");
-        let faults = u.drain_faults();
-        check!(
-            faults.len() == 1 && faults[0].device == dev_id && faults[0].address == canary && faults[0].write,
-            "blocked: {faults:?}"
-        );
-        log::info!("vtd generic: blocked: {}", faults[0]);
+        let report = kcore::edu::generic_domains(
+            v,
+            dev_id,
+            &edu,
+            other.as_ref().map(|o| &o.0),
+            [frames[0], frames[1], frames[2]],
+        )?;
+        check!(report.blocked.len() == 1 && report.blocked[0].write, "blocked: {:?}", report.blocked);
+        log::info!("vtd generic: blocked: {}", report.blocked[0]);
+        check!(report.stale.len() == 1, "after unmap + flush: {:?}", report.stale);
+        check!(!v.translating(), "translation still on after the last detach");
         // A second device faulting while the one recording register is full
         // is an overflow (FSTS.PFO): counted, and the first fault is still there.
         if let Some((e1, r1)) = &other {
-            u.attach(DeviceId(u32::from(*r1)), blocked).map_err(iommu_err)?;
+            let canary = frames[2];
+            let u: &mut dyn Iommu = v;
+            let blocked = u.domain_alloc(DomainKind::Blocked).map_err(kcore::edu::failed)?;
+            u.attach(dev_id, blocked).map_err(kcore::edu::failed)?;
+            u.attach(DeviceId(u32::from(*r1)), blocked).map_err(kcore::edu::failed)?;
             edu.dma(canary, 4096, true)?;
             e1.dma(canary, 4096, true)?;
             check!(frame_bytes(canary).iter().all(|&b| b == 0xCC), "a blocked device wrote memory");
-            let v = u.as_any_mut().downcast_mut::<vtd::VtdIommu<kcore::iommu::KernelTables>>();
-            let before = v.map_or(0, |v| v.unit.fault_overflows.load(core::sync::atomic::Ordering::Relaxed));
-            let f = u.drain_faults();
-            let v = u.as_any_mut().downcast_mut::<vtd::VtdIommu<kcore::iommu::KernelTables>>();
-            let after = v.map_or(0, |v| v.unit.fault_overflows.load(core::sync::atomic::Ordering::Relaxed));
+            let before = v.unit.fault_overflows.load(core::sync::atomic::Ordering::Relaxed);
+            let f = v.drain_faults();
+            let after = v.unit.fault_overflows.load(core::sync::atomic::Ordering::Relaxed);
             check!(f.len() == 1 && f[0].device == dev_id, "with overflow: {f:?}");
             check_eq!(after, before + 1);
-            u.detach(DeviceId(u32::from(*r1))).map_err(iommu_err)?;
+            for d in [dev_id, DeviceId(u32::from(*r1))] {
+                v.detach(d).map_err(kcore::edu::failed)?;
+            }
+            v.domain_free(blocked).map_err(kcore::edu::failed)?;
         }
-        // Paging: translated, and after unmap + flush the IOVA faults.
-        let paging = u.domain_alloc(DomainKind::Paging).map_err(iommu_err)?;
-        u.map(paging, 0x10_0000, src, 4096, Perms::READ).map_err(iommu_err)?;
-        u.map(paging, 0x20_0000, dst, 4096, Perms::READ | Perms::WRITE).map_err(iommu_err)?;
-        check_eq!(u.iova_to_phys(paging, 0x20_0010), Some(dst + 0x10));
-        check!(matches!(u.map(paging, 1 << 60, src, 4096, Perms::READ), Err(iommu::Error::OutOfAperture { .. })));
-        check!(matches!(u.map(blocked, 0, src, 4096, Perms::READ), Err(iommu::Error::NotPaging(_))));
-        u.attach(dev_id, paging).map_err(iommu_err)?;
-        check_eq!(u.domain_free(paging), Err(iommu::Error::Busy(paging)));
-        fill(dst, 0);
-        edu.dma(0x10_0000, 4096, false)?;
-        edu.dma(0x20_0000, 4096, true)?;
-        check!(frame_bytes(dst) == frame_bytes(src), "paging domain: data did not arrive");
-        check_eq!(iommu::unmap_and_flush(u, paging, 0x20_0000, 4096), Ok(4096));
-        fill(dst, 0x5A);
-        edu.dma(0x20_0000, 4096, true)?;
-        let stale = u.drain_faults();
-        check!(stale.len() == 1 && stale[0].address == 0x20_0000, "after unmap + flush: {stale:?}");
-        check!(frame_bytes(dst).iter().all(|&b| b == 0x5A), "DMA reached an unmapped page");
-        // Back to the default: translation goes off with the last device.
-        u.detach(dev_id).map_err(iommu_err)?;
-        check_eq!(u.attached(dev_id), None);
-        for d in [ident, blocked, paging] {
-            u.domain_free(d).map_err(iommu_err)?;
-        }
-        check_eq!(u.domain_free(paging), Err(iommu::Error::NoSuchDomain(paging)));
-        check!(!v.translating());
         let now = domain_frames(v);
         check!(now == live0, "VT-d table frames: {live0} before, {now} after");
         Ok(())
@@ -492,7 +342,7 @@ fn vtd_generic_domains() -> TestResult {
         let _ = kcore::mm::free_frame(f);
     }
     for (d, _) in &edus {
-        close_edu(d);
+        kcore::edu::close(d);
     }
     outcome
 }
@@ -502,7 +352,7 @@ fn vtd_generic_domains() -> TestResult {
 /// of the frame allocator), while any other IOVA faults.
 fn vtd_rmrr_identity_mapped() -> TestResult {
     use iommu::{DeviceId, DomainKind, Iommu, ReservedKind};
-    let edus = edu_devices();
+    let edus = kcore::edu::devices();
     let found = kcore::iommu::with_units(|units| {
         edus.iter().find_map(|&(d, rid)| {
             units
@@ -516,16 +366,16 @@ fn vtd_rmrr_identity_mapped() -> TestResult {
     let Some((dev, rid, region)) = found else {
         return Err(ktest::TestError::Skipped("no RMRR names an edu device".into()));
     };
-    let edu = open_edu(dev)?;
+    let edu = kcore::edu::open(dev)?;
     let src = kcore::mm::alloc_frame().ok_or_else(|| ktest::TestError::Failed("no frame".into()))?;
     let outcome = with_vtd(|v| {
         check!(!v.translating(), "the registered unit is in use");
         let live0 = domain_frames(v);
         let u: &mut dyn Iommu = v;
         let dev_id = DeviceId(u32::from(rid));
-        let d = u.domain_alloc(DomainKind::Paging).map_err(iommu_err)?;
-        u.map(d, 0x10_0000, src, 4096, iommu::Perms::READ).map_err(iommu_err)?;
-        u.attach(dev_id, d).map_err(iommu_err)?;
+        let d = u.domain_alloc(DomainKind::Paging).map_err(kcore::edu::failed)?;
+        u.map(d, 0x10_0000, src, 4096, iommu::Perms::READ).map_err(kcore::edu::failed)?;
+        u.attach(dev_id, d).map_err(kcore::edu::failed)?;
         check_eq!(u.iova_to_phys(d, region.start), Some(region.start));
         check_eq!(u.iova_to_phys(d, region.end & !0xFFF), Some(region.end & !0xFFF));
         for i in 0..4096u64 {
@@ -541,14 +391,14 @@ fn vtd_rmrr_identity_mapped() -> TestResult {
         check!(u.drain_faults().is_empty(), "unexpected fault");
         edu.dma(region.end + 1 + 0x10_0000, 4096, true)?;
         check_eq!(u.drain_faults().len(), 1);
-        u.detach(dev_id).map_err(iommu_err)?;
-        u.domain_free(d).map_err(iommu_err)?;
+        u.detach(dev_id).map_err(kcore::edu::failed)?;
+        u.domain_free(d).map_err(kcore::edu::failed)?;
         let now = domain_frames(v);
         check!(now == live0, "VT-d table frames: {live0} before, {now} after");
         Ok(())
     });
     let _ = kcore::mm::free_frame(src);
-    close_edu(dev);
+    kcore::edu::close(dev);
     outcome
 }
 
