@@ -262,11 +262,12 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             cases.push(c);
         }
         Arch::Aarch64 => {
-            // SMMUv3 with paging domains on stage 2, and a second edu (two domains).
+            // SMMUv3 with paging domains on stage 2, a linear stream table, and a
+            // second edu (two domains).
             let extra = split("-device edu,dma_mask=0xffffffffffffffff");
             let mut c = harness::case(
                 &Machine {
-                    cmdline: vec!["ktest=iommu".to_owned(), "smmu_stage=2".to_owned()],
+                    cmdline: vec!["ktest=iommu".to_owned(), "smmu_stage=2".to_owned(), "smmu_st=linear".to_owned()],
                     ..machine(Iommu::Smmuv3, extra)
                 },
                 kernel,
@@ -274,7 +275,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             );
             c.name = "aarch64-smmuv3-stage2".into();
             c.log_file.set_file_name("aarch64-smmuv3-stage2.log");
-            c.must_contain = vec!["paging domains use stage 2".into()];
+            c.must_contain = vec!["paging domains use stage 2".into(), "(linear stream table)".into()];
             cases.push(c);
             let path = dir.join("corrupt-smmu.dtb");
             let m = machine(Iommu::Smmuv3, Vec::new());

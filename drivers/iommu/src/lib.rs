@@ -281,6 +281,18 @@ pub trait Iommu: Send {
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any;
 }
 
+/// Polls `done` up to `limit` times (spinning between polls); false when it
+/// never became true. Every wait on IOMMU hardware goes through this bound.
+pub fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..limit {
+        if done() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
 /// Unmaps and flushes in one step (for callers that do not batch).
 pub fn unmap_and_flush(unit: &mut dyn Iommu, domain: DomainId, iova: u64, len: u64) -> Result<u64, Error> {
     let u = unit.unmap(domain, iova, len)?;

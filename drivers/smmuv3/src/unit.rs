@@ -2,7 +2,9 @@
 
 use crate::cmd::{self, Command, CommandError};
 use crate::event::Event;
-use crate::regs::{Page0, Page1, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_CONS, EVENTQ_PROD, GERROR, IDR0, IDR1, IDR3, IDR5};
+use crate::regs::{
+    Page0, Page1, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, GERROR, IDR0, IDR1, IDR3, IDR5,
+};
 use crate::regs::{PAGE1, STRTAB_BASE_CFG};
 use crate::ste::{self, Ste};
 use iommu::DmaMemory;
@@ -53,14 +55,12 @@ impl core::fmt::Display for SmmuError {
     }
 }
 
-fn wait(what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), SmmuError> {
-    for _ in 0..MAX_POLLS {
-        if done() {
-            return Ok(());
-        }
-        core::hint::spin_loop();
+fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), SmmuError> {
+    if iommu::poll(MAX_POLLS, done) {
+        Ok(())
+    } else {
+        Err(SmmuError::Timeout(what))
     }
-    Err(SmmuError::Timeout(what))
 }
 
 /// Writes word `index` of a region of contiguous frames starting at `base`.
@@ -139,6 +139,16 @@ impl Smmu {
     /// `base` must map both register pages (device memory) for as long as the
     /// returned value lives, and nothing else may program the SMMU.
     pub unsafe fn new(base: u64, mem: &mut impl DmaMemory) -> Result<Smmu, SmmuError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::with_options(base, mem, false) }
+    }
+
+    /// As [`Smmu::new`]; `linear` asks for a linear stream table even where
+    /// 2-level ones are supported (to test that path on QEMU, whose SMMU has both).
+    ///
+    /// # Safety
+    /// As for [`Smmu::new`].
+    pub unsafe fn with_options(base: u64, mem: &mut impl DmaMemory, linear: bool) -> Result<Smmu, SmmuError> {
         // SAFETY: the caller guarantees the mapping.
         let p0 = unsafe { &*(base as *const Page0) };
         let idr = [p0.idr0.get(), p0.idr1.get(), p0.idr2.get(), p0.idr3.get(), p0.idr4.get(), p0.idr5.get()];
@@ -156,7 +166,7 @@ impl Smmu {
             return Err(SmmuError::Unsupported("coherent table walks (IDR0.COHACC)"));
         }
         let sid_bits = IDR1::SIDSIZE.read(idr[1]);
-        let two_level = IDR0::ST_LEVEL.read(idr[0]) == 1 && sid_bits > SPLIT;
+        let two_level = IDR0::ST_LEVEL.read(idr[0]) == 1 && sid_bits > SPLIT && !linear;
         let table = if two_level {
             let l1_frames = ((8usize << (sid_bits - SPLIT)).div_ceil(4096)).next_power_of_two();
             let l1 = mem.alloc_contiguous(l1_frames).ok_or(SmmuError::NoMemory)?;
@@ -170,12 +180,21 @@ impl Smmu {
         let eventq_log2 = IDR1::EVENTQS.read(idr[1]).min(7); // 128 events: one frame
         let cmdq = Queue { base: 0, log2: cmdq_log2, words: 2, index: 0 };
         let eventq = Queue { base: 0, log2: eventq_log2, words: 4, index: 0 };
+        let trace = crate::tracing();
         let mut smmu =
             Smmu { base, idr, aidr: p0.aidr.get(), sid_bits, table, cmdq, eventq, commands: 0, event_overflows: 0 };
         smmu.cmdq.base = mem.alloc_contiguous(smmu.cmdq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.eventq.base = mem.alloc_contiguous(smmu.eventq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.set_cr0(0, "CR0 disable")?;
-        let trace = crate::tracing();
+        // While SMMUEN is 0, transactions follow GBPA: let them through (the
+        // driver's policy until the first attach; firmware may have left ABORT set).
+        if p0.gbpa.is_set(GBPA::ABORT) {
+            if trace {
+                log::info!("smmu trace: GBPA <- UPDATE (ABORT clear)");
+            }
+            p0.gbpa.modify(GBPA::ABORT::CLEAR + GBPA::UPDATE::SET);
+            wait("GBPA update", || !p0.gbpa.is_set(GBPA::UPDATE))?;
+        }
         let cr1 = CR1::QUEUE_IC.val(1)
             + CR1::QUEUE_OC.val(1)
             + CR1::QUEUE_SH.val(3)
@@ -333,6 +352,9 @@ impl Smmu {
             write_word(mem, self.cmdq.base, at, sync[0]);
             write_word(mem, self.cmdq.base, at + 1, sync[1]);
             let gerror = self.page0().gerror.get();
+            if crate::tracing() {
+                log::info!("smmu trace: GERRORN <- CMDQ_ERR acknowledged");
+            }
             self.page0().gerrorn.modify(GERROR::CMDQ_ERR.val(GERROR::CMDQ_ERR.read(gerror)));
             self.page0().cmdq_prod.set(prod);
             refused = Some(SmmuError::Command { error, index });
@@ -396,7 +418,13 @@ impl Smmu {
             );
         }
         let inval = if fresh { cmd::cfgi_all() } else { cmd::cfgi_ste(sid) };
-        self.submit(&[inval], mem)
+        // A stage-1 STE's CD may be cached under the stream too (§4.3.2).
+        let stage1 = entry[0] >> 1 & 0b111 == 0b101;
+        if stage1 {
+            self.submit(&[inval, cmd::cfgi_cd(sid)], mem)
+        } else {
+            self.submit(&[inval], mem)
+        }
     }
 
     /// Makes stream `sid`'s STE invalid again (its transactions then raise C_BAD_STE).
@@ -421,6 +449,7 @@ impl Smmu {
     /// Takes every event the SMMU queued since the last call. An overflow
     /// (events lost) is logged, counted and acknowledged.
     pub fn take_events(&mut self, mem: &impl DmaMemory) -> alloc::vec::Vec<Event> {
+        self.global_errors();
         let mut out = alloc::vec::Vec::new();
         let prod = self.page1().eventq_prod.get();
         let wr = EVENTQ_PROD::WR.read(prod) & ((2 << self.eventq.log2) - 1);
@@ -440,8 +469,31 @@ impl Smmu {
             self.event_overflows += 1;
             log::warn!("smmuv3: event queue overflow: events were lost");
         }
+        if crate::tracing() && !out.is_empty() {
+            log::info!("smmu trace: EVENTQ_CONS <- {:#x}", self.eventq.index);
+        }
         self.page1().eventq_cons.write(EVENTQ_CONS::RD.val(self.eventq.index) + EVENTQ_CONS::OVACKFLG.val(overflow));
         out
+    }
+
+    /// Logs and acknowledges global errors other than command-queue errors
+    /// (those are handled where commands are submitted): event-queue write
+    /// aborts, MSI write aborts, service failure mode (§7.5).
+    pub fn global_errors(&self) -> u32 {
+        let (gerror, gerrorn) = (self.page0().gerror.get(), self.page0().gerrorn.get());
+        let active = (gerror ^ gerrorn) & !1;
+        if active != 0 {
+            log::error!(
+                "smmuv3: global error(s) {active:#x}{}{}",
+                if active & (1 << 2) != 0 { " EVENTQ_ABT_ERR (an event write aborted)" } else { "" },
+                if active & (1 << 8) != 0 { " SFM_ERR (service failure mode)" } else { "" },
+            );
+            if crate::tracing() {
+                log::info!("smmu trace: GERRORN <- {:#x}", gerrorn ^ active);
+            }
+            self.page0().gerrorn.set(gerrorn ^ active);
+        }
+        active
     }
 
     /// Frames the SMMU itself holds (stream table, level-2 tables, queues):

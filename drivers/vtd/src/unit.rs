@@ -205,14 +205,12 @@ struct Queue {
 /// Descriptors in the one-page queue (QS = 0).
 const QUEUE_ENTRIES: usize = 256;
 
-fn wait(what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), VtdError> {
-    for _ in 0..MAX_POLLS {
-        if done() {
-            return Ok(());
-        }
-        core::hint::spin_loop();
+fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), VtdError> {
+    if iommu::poll(MAX_POLLS, done) {
+        Ok(())
+    } else {
+        Err(VtdError::Timeout(what))
     }
-    Err(VtdError::Timeout(what))
 }
 
 impl Unit {

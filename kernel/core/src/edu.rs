@@ -74,6 +74,16 @@ pub fn close(d: &Device) {
     }
 }
 
+/// After a test: frees its scratch frames and turns the edus' bus mastering off.
+pub fn release(frames: &[u64], edus: &[(&Device, u16)]) {
+    for &f in frames {
+        let _ = crate::mm::free_frame(f);
+    }
+    for (d, _) in edus {
+        close(d);
+    }
+}
+
 /// Fills the frame at `pa` with `byte`.
 pub fn fill(pa: u64, byte: u8) {
     // SAFETY: `pa` is a frame the test allocated, in the direct map.

@@ -8,7 +8,8 @@ use firmware::{IommuKind, Topology, UnitLocation};
 
 /// One `SmmuIommu` per SMMUv3 in `topology`; a unit that fails to come up is
 /// logged and left out. `smmu_stage=2` on the command line makes paging
-/// domains use stage 2 where the SMMU has both stages.
+/// domains use stage 2 where the SMMU has both stages; `smmu_st=linear` asks
+/// for a linear stream table where a 2-level one would do.
 pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iommu::Iommu>> {
     smmuv3::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let prefer_stage2 = boot.cmdline_value("smmu_stage") == Some("2");
@@ -24,8 +25,9 @@ pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iomm
             }
         };
         let mut mem = kcore::iommu::KernelTables::default();
+        let linear = boot.cmdline_value("smmu_st") == Some("linear");
         // SAFETY: `mmio` maps both register pages for the rest of the kernel's life (never unmapped), and the registered driver becomes the SMMU's only user.
-        let smmu = match unsafe { smmuv3::Smmu::new(mmio.va, &mut mem) } {
+        let smmu = match unsafe { smmuv3::Smmu::with_options(mmio.va, &mut mem, linear) } {
             Ok(s) => s,
             Err(e) => {
                 log::error!("smmuv3: {}: bring-up failed: {e}", u.name);

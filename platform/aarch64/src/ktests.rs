@@ -236,12 +236,7 @@ fn smmu_generic_domains() -> TestResult {
         check!(now == live0, "SMMU table frames: {live0} before, {now} after");
         Ok(())
     });
-    for f in frames {
-        let _ = kcore::mm::free_frame(f);
-    }
-    for (d, _) in &edus {
-        kcore::edu::close(d);
-    }
+    kcore::edu::release(&frames, &edus);
     outcome
 }
 

@@ -338,12 +338,7 @@ fn vtd_generic_domains() -> TestResult {
         check!(now == live0, "VT-d table frames: {live0} before, {now} after");
         Ok(())
     });
-    for f in frames {
-        let _ = kcore::mm::free_frame(f);
-    }
-    for (d, _) in &edus {
-        kcore::edu::close(d);
-    }
+    kcore::edu::release(&frames, &edus);
     outcome
 }
 
