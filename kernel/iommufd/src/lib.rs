@@ -1,0 +1,794 @@
+//! The IOAS object model (../shared/DESIGN.md §2): one per task, behind both
+//! syscall doors.
+//!
+//! Objects are named by `u32` ids in a per-task table: **IOAS** (an IOVA space:
+//! areas of pinned user pages), **HWPT** (a domain of one IOMMU unit mirroring
+//! an IOAS), **DEVICE** (a PCI function the task claimed, with its unit and the
+//! ID the unit knows it by). Everything is generic over [`iommu::Iommu`] and a
+//! [`Memory`] that pins user pages, so the whole model is tested on the host
+//! against `iommu::mock::MockIommu`.
+//!
+//! Rules kept here:
+//! - Two-phase create: an id is published only when its object is complete.
+//! - A map pins its pages (one pin per page per mapping) and mirrors them into
+//!   every HWPT of the IOAS; a failure anywhere undoes all of it.
+//! - Unmap removes whole areas only (a range that cuts an area is an error,
+//!   never a split), flushes each HWPT once per call, then unpins.
+//! - Usable IOVAs: everything above page 0, narrowed to each attached unit's
+//!   aperture, minus each attached device's reserved regions. Ranges given to
+//!   `allow_iovas` must stay usable: an attach that would narrow them fails.
+//! - A bound device not attached to an IOAS is in a blocked domain: DMA stops.
+//! - [`Iommufd::close`] (task exit) blocks every device before any page is unpinned.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod ranges;
+
+use abi::Errno;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use iommu::{DeviceId, DomainId, DomainKind, Gather, Iommu, Perms};
+use ranges::Range;
+
+/// Pages are 4 KiB everywhere in this model.
+pub const PAGE: u64 = 4096;
+
+/// The task's memory, as DMA mappings see it.
+pub trait Memory {
+    /// Pins the pages of `[va, va + len)` (page aligned, mapped, writable when
+    /// `write`) and returns their physical addresses, one per page.
+    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<u64>, Errno>;
+    /// Adds one more pin to each page (the same pages mapped again).
+    fn repin(&mut self, pages: &[u64]);
+    /// Drops one pin of each page.
+    fn unpin(&mut self, pages: &[u64]);
+}
+
+/// The units, indexed as the kernel registered them.
+pub type Units<'a> = &'a mut [Box<dyn Iommu>];
+
+/// An IOMMU error as an errno.
+pub fn errno(e: iommu::Error) -> Errno {
+    match e {
+        iommu::Error::NotSupported(_) => Errno::EOPNOTSUPP,
+        iommu::Error::NoMemory => Errno::ENOMEM,
+        iommu::Error::NoDomainIds => Errno::ENOSPC,
+        iommu::Error::NoSuchDomain(_) | iommu::Error::NoSuchDevice(_) => Errno::ENOENT,
+        iommu::Error::Busy(_) => Errno::EBUSY,
+        iommu::Error::NotPaging(_) => Errno::EINVAL,
+        iommu::Error::OutOfAperture { .. } => Errno::ERANGE,
+        iommu::Error::Map(io_pgtable::Error::AlreadyMapped(_)) => Errno::EEXIST,
+        iommu::Error::Map(_) => Errno::EINVAL,
+        iommu::Error::Hardware(_) => Errno::EIO,
+    }
+}
+
+/// Hints a caller may give an IOAS; none can make an operation fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    /// Use leaves larger than 4 KiB where alignment allows (default on).
+    pub huge_pages: bool,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Hints { huge_pages: true }
+    }
+}
+
+/// Option ids for [`Iommufd::set_option`].
+pub mod option {
+    /// Value 1: allow huge leaves (default); 0: 4 KiB leaves only.
+    pub const HUGE_PAGES: u32 = 1;
+}
+
+/// A mapping: a run of pinned pages at an IOVA.
+#[derive(Debug, Clone)]
+struct Area {
+    len: u64,
+    pages: Vec<u64>,
+    perms: Perms,
+}
+
+#[derive(Debug, Default)]
+struct Ioas {
+    areas: BTreeMap<u64, Area>,
+    allowed: Vec<Range>,
+    hwpts: Vec<u32>,
+    hints: Hints,
+}
+
+#[derive(Debug)]
+struct Hwpt {
+    unit: usize,
+    domain: DomainId,
+    ioas: u32,
+    devices: u32,
+}
+
+#[derive(Debug)]
+struct Device {
+    unit: usize,
+    id: DeviceId,
+    hwpt: Option<u32>,
+}
+
+#[derive(Debug)]
+enum Object {
+    /// An id taken by a create still in progress.
+    Pending,
+    Ioas(Ioas),
+    Hwpt(Hwpt),
+    Device(Device),
+}
+
+/// What kind an object id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An IOVA space.
+    Ioas,
+    /// A hardware page table.
+    Hwpt,
+    /// A bound device.
+    Device,
+}
+
+/// The object table of one task.
+#[derive(Debug, Default)]
+pub struct Iommufd {
+    objects: BTreeMap<u32, Object>,
+    next_id: u32,
+    /// A blocked domain per unit for bound devices not attached anywhere.
+    blocked: BTreeMap<usize, DomainId>,
+}
+
+/// Where an IOVA for a new mapping comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IovaChoice {
+    /// Exactly here.
+    Fixed(u64),
+    /// The kernel picks, aligned to the largest page size that fits.
+    Auto,
+}
+
+/// What [`Iommufd::map`] maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapArgs {
+    /// Task virtual address (page aligned).
+    pub va: u64,
+    /// Bytes (page multiple, not zero).
+    pub len: u64,
+    /// Where.
+    pub iova: IovaChoice,
+    /// Device access.
+    pub perms: Perms,
+}
+
+/// What [`Iommufd::copy`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyArgs {
+    /// Source IOAS.
+    pub src: u32,
+    /// First IOVA in the source.
+    pub src_iova: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Where in the destination.
+    pub dst_iova: IovaChoice,
+    /// Device access in the destination (no more than the source allows).
+    pub perms: Perms,
+}
+
+impl Iommufd {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn reserve_id(&mut self) -> Result<u32, Errno> {
+        // Ids start at 1 and are never reused while the table lives.
+        let id = self.next_id.checked_add(1).ok_or(Errno::ENOSPC)?;
+        self.next_id = id;
+        self.objects.insert(id, Object::Pending);
+        Ok(id)
+    }
+
+    fn publish(&mut self, id: u32, object: Object) -> u32 {
+        self.objects.insert(id, object);
+        id
+    }
+
+    /// The kind of object `id`, if it exists.
+    pub fn kind(&self, id: u32) -> Option<Kind> {
+        match self.objects.get(&id)? {
+            Object::Ioas(_) => Some(Kind::Ioas),
+            Object::Hwpt(_) => Some(Kind::Hwpt),
+            Object::Device(_) => Some(Kind::Device),
+            Object::Pending => None,
+        }
+    }
+
+    /// Number of live objects.
+    pub fn len(&self) -> usize {
+        self.objects.values().filter(|o| !matches!(o, Object::Pending)).count()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn ioas(&self, id: u32) -> Result<&Ioas, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Ioas(i)) => Ok(i),
+            Some(_) => Err(Errno::EINVAL),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn ioas_mut(&mut self, id: u32) -> Result<&mut Ioas, Errno> {
+        match self.objects.get_mut(&id) {
+            Some(Object::Ioas(i)) => Ok(i),
+            Some(_) => Err(Errno::EINVAL),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn hwpt(&self, id: u32) -> Option<&Hwpt> {
+        match self.objects.get(&id) {
+            Some(Object::Hwpt(h)) => Some(h),
+            _ => None,
+        }
+    }
+
+    fn device(&self, id: u32) -> Result<&Device, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Device(d)) => Ok(d),
+            Some(_) => Err(Errno::EINVAL),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Creates an empty IOAS.
+    pub fn ioas_alloc(&mut self) -> Result<u32, Errno> {
+        let id = self.reserve_id()?;
+        Ok(self.publish(id, Object::Ioas(Ioas::default())))
+    }
+
+    /// Devices attached to `ioas` (through any of its HWPTs), with their units.
+    fn attached_devices(&self, ioas: u32) -> Vec<(usize, DeviceId)> {
+        self.objects
+            .values()
+            .filter_map(|o| match o {
+                Object::Device(d) => {
+                    d.hwpt.and_then(|h| self.hwpt(h)).filter(|h| h.ioas == ioas).map(|_| (d.unit, d.id))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Usable IOVA ranges of an IOAS with `devices` attached: above page 0,
+    /// inside every unit's aperture, outside every device's reserved regions.
+    fn usable_with(units: &[Box<dyn Iommu>], devices: &[(usize, DeviceId)]) -> Vec<Range> {
+        let mut set = alloc::vec![(PAGE, u64::MAX)];
+        for &(unit, dev) in devices {
+            let u = &units[unit];
+            set = ranges::intersect(&set, u.info().aperture);
+            for r in u.reserved_regions(dev) {
+                set = ranges::subtract(&set, (r.start & !(PAGE - 1), r.end | (PAGE - 1)));
+            }
+        }
+        set
+    }
+
+    /// Reserved ranges of the devices attached to `ioas`.
+    fn reserved_of(units: &[Box<dyn Iommu>], devices: &[(usize, DeviceId)]) -> Vec<Range> {
+        devices
+            .iter()
+            .flat_map(|&(unit, dev)| units[unit].reserved_regions(dev))
+            .map(|r| (r.start & !(PAGE - 1), r.end | (PAGE - 1)))
+            .collect()
+    }
+
+    /// The IOVA ranges a map into `ioas` may use now.
+    pub fn iova_ranges(&self, units: Units<'_>, ioas: u32) -> Result<Vec<Range>, Errno> {
+        self.ioas(ioas)?;
+        Ok(Self::usable_with(units, &self.attached_devices(ioas)))
+    }
+
+    /// Promises that `ranges` stay usable: they must be usable now, and a
+    /// later attach that would take part of them away fails. An empty list
+    /// withdraws the promise.
+    pub fn allow_iovas(&mut self, units: Units<'_>, ioas: u32, allowed: &[Range]) -> Result<(), Errno> {
+        let usable = self.iova_ranges(units, ioas)?;
+        for &(s, e) in allowed {
+            if s > e || !s.is_multiple_of(PAGE) || e % PAGE != PAGE - 1 {
+                return Err(Errno::EINVAL);
+            }
+            if !ranges::covers(&usable, (s, e)) {
+                return Err(Errno::EADDRINUSE);
+            }
+        }
+        self.ioas_mut(ioas)?.allowed = allowed.to_vec();
+        Ok(())
+    }
+
+    /// Sets a hint; returns whether it is honoured (unknown hints: false, never an error).
+    pub fn set_option(&mut self, ioas: u32, option: u32, value: u64) -> Result<bool, Errno> {
+        let i = self.ioas_mut(ioas)?;
+        match option {
+            option::HUGE_PAGES if value <= 1 => {
+                i.hints.huge_pages = value == 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Page sizes all units attached to `ioas` support (4 KiB, 2 MiB, 1 GiB when none is).
+    fn page_sizes(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
+        let devs = self.attached_devices(ioas);
+        devs.iter().fold(1 << 12 | 1 << 21 | 1 << 30, |acc, &(u, _)| acc & units[u].info().page_sizes) | 1 << 12
+    }
+
+    /// Maps `[va, va + len)` of the task at an IOVA of `ioas`; returns the IOVA.
+    pub fn map(&mut self, units: Units<'_>, mem: &mut dyn Memory, ioas: u32, m: MapArgs) -> Result<u64, Errno> {
+        let MapArgs { va, len, iova, perms } = m;
+        if len == 0
+            || !va.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || !perms.intersects(Perms::READ | Perms::WRITE)
+        {
+            return Err(Errno::EINVAL);
+        }
+        va.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        let at = self.place(units, ioas, len, iova)?;
+        let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
+        self.insert_area(units, ioas, at, pages, perms).map_err(|(e, pages)| {
+            mem.unpin(&pages);
+            e
+        })
+    }
+
+    /// Where a new area of `len` bytes goes in `ioas`.
+    fn place(&self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
+        let i = self.ioas(ioas)?;
+        let devs = self.attached_devices(ioas);
+        let usable = Self::usable_with(units, &devs);
+        let taken: Vec<Range> = i.areas.iter().map(|(&s, a)| (s, s + a.len - 1)).collect();
+        match iova {
+            IovaChoice::Fixed(at) => {
+                if !at.is_multiple_of(PAGE) {
+                    return Err(Errno::EINVAL);
+                }
+                let last = at.checked_add(len - 1).ok_or(Errno::ERANGE)?;
+                if ranges::overlaps(&Self::reserved_of(units, &devs), (at, last)) {
+                    return Err(Errno::EADDRINUSE);
+                }
+                if !ranges::covers(&usable, (at, last)) {
+                    return Err(Errno::ERANGE);
+                }
+                if ranges::overlaps(&taken, (at, last)) {
+                    return Err(Errno::EEXIST);
+                }
+                Ok(at)
+            }
+            IovaChoice::Auto => {
+                let free = taken.iter().fold(usable, |set, &r| ranges::subtract(&set, r));
+                let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
+                let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
+                ranges::lowest_fit(&free, len, align)
+                    .or_else(|| ranges::lowest_fit(&free, len, PAGE))
+                    .ok_or(Errno::ENOSPC)
+            }
+        }
+    }
+
+    /// Maps pinned `pages` at `at` in every HWPT of `ioas` and records the
+    /// area; on failure everything is undone and the pages handed back.
+    fn insert_area(
+        &mut self,
+        units: Units<'_>,
+        ioas: u32,
+        at: u64,
+        pages: Vec<u64>,
+        perms: Perms,
+    ) -> Result<u64, (Errno, Vec<u64>)> {
+        let len = pages.len() as u64 * PAGE;
+        let (hwpts, huge) = match self.ioas(ioas) {
+            Ok(i) => (i.hwpts.clone(), i.hints.huge_pages),
+            Err(e) => return Err((e, pages)),
+        };
+        for (n, &h) in hwpts.iter().enumerate() {
+            let Some(hw) = self.hwpt(h) else { continue };
+            let (unit, domain) = (hw.unit, hw.domain);
+            if let Err(e) = map_pages(&mut *units[unit], domain, at, &pages, perms, huge) {
+                for &done in &hwpts[..n] {
+                    if let Some(hw) = self.hwpt(done) {
+                        let _ = iommu::unmap_and_flush(&mut *units[hw.unit], hw.domain, at, len);
+                    }
+                }
+                return Err((errno(e), pages));
+            }
+        }
+        match self.ioas_mut(ioas) {
+            Ok(i) => {
+                i.areas.insert(at, Area { len, pages, perms });
+                Ok(at)
+            }
+            Err(e) => Err((e, pages)),
+        }
+    }
+
+    /// Unmaps the areas inside `[iova, iova + len)`; the range must not cut
+    /// an area. `iova = 0, len = u64::MAX` unmaps everything. Returns the bytes
+    /// unmapped (`ENOENT` when there was nothing).
+    pub fn unmap(
+        &mut self,
+        units: Units<'_>,
+        mem: &mut dyn Memory,
+        ioas: u32,
+        iova: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let all = iova == 0 && len == u64::MAX;
+        if !all && (len == 0 || !iova.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE)) {
+            return Err(Errno::EINVAL);
+        }
+        let last = if all { u64::MAX } else { iova.checked_add(len - 1).ok_or(Errno::EINVAL)? };
+        let i = self.ioas(ioas)?;
+        let hit: Vec<(u64, u64)> =
+            i.areas.iter().filter(|(&s, a)| s <= last && iova < s + a.len).map(|(&s, a)| (s, a.len)).collect();
+        if hit.iter().any(|&(s, l)| s < iova || s + l - 1 > last) {
+            return Err(Errno::EINVAL); // would cut an area
+        }
+        if hit.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let hwpts = i.hwpts.clone();
+        let mut first_error = None;
+        for h in hwpts {
+            let Some(hw) = self.hwpt(h) else { continue };
+            let unit = &mut *units[hw.unit];
+            let mut gather = Gather::default();
+            for &(s, l) in &hit {
+                match unit.unmap(hw.domain, s, l) {
+                    Ok(u) => merge(&mut gather, u.gather),
+                    Err(e) => first_error = first_error.or(Some(errno(e))),
+                }
+            }
+            // One flush per HWPT for the whole call.
+            if let Err(e) = unit.flush(hw.domain, gather) {
+                first_error = first_error.or(Some(errno(e)));
+            }
+        }
+        let i = self.ioas_mut(ioas)?;
+        let mut bytes = 0;
+        for (s, _) in hit {
+            if let Some(a) = i.areas.remove(&s) {
+                mem.unpin(&a.pages);
+                bytes += a.len;
+            }
+        }
+        match first_error {
+            // The areas are gone from the IOAS either way; the error says the
+            // hardware may not have been told.
+            Some(e) => Err(e),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Maps the pages behind `[src_iova, src_iova + len)` of `src` into `dst`
+    /// as well (pinned once more); returns the IOVA in `dst`.
+    pub fn copy(&mut self, units: Units<'_>, mem: &mut dyn Memory, dst: u32, c: CopyArgs) -> Result<u64, Errno> {
+        let CopyArgs { src, src_iova, len, dst_iova, perms } = c;
+        if len == 0
+            || !src_iova.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || !perms.intersects(Perms::READ | Perms::WRITE)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let s = self.ioas(src)?;
+        let mut pages = Vec::new();
+        let mut at = src_iova;
+        let end = src_iova.checked_add(len).ok_or(Errno::EINVAL)?;
+        while at < end {
+            let (&start, area) = s.areas.range(..=at).next_back().ok_or(Errno::ENOENT)?;
+            if at >= start + area.len {
+                return Err(Errno::ENOENT);
+            }
+            if perms.contains(Perms::WRITE) && !area.perms.contains(Perms::WRITE) {
+                return Err(Errno::EPERM);
+            }
+            let first = ((at - start) / PAGE) as usize;
+            let count = (((start + area.len).min(end) - at) / PAGE) as usize;
+            pages.extend_from_slice(&area.pages[first..first + count]);
+            at += count as u64 * PAGE;
+        }
+        let place = self.place(units, dst, len, dst_iova)?;
+        mem.repin(&pages);
+        self.insert_area(units, dst, place, pages, perms).map_err(|(e, pages)| {
+            mem.unpin(&pages);
+            e
+        })
+    }
+
+    /// Binds a device the task owns: `unit` and `id` say where it sits. It is
+    /// put in a blocked domain until it is attached.
+    pub fn device_bind(&mut self, units: Units<'_>, unit: usize, id: DeviceId) -> Result<u32, Errno> {
+        if unit >= units.len() || !units[unit].devices().contains(&id) {
+            return Err(Errno::ENOENT);
+        }
+        let bound = self.objects.values().any(|o| matches!(o, Object::Device(d) if d.unit == unit && d.id == id));
+        if bound {
+            return Err(Errno::EBUSY);
+        }
+        let obj = self.reserve_id()?;
+        let blocked = match self.blocked_domain(units, unit) {
+            Ok(b) => b,
+            Err(e) => {
+                self.objects.remove(&obj);
+                return Err(e);
+            }
+        };
+        if let Err(e) = units[unit].attach(id, blocked) {
+            self.objects.remove(&obj);
+            return Err(errno(e));
+        }
+        Ok(self.publish(obj, Object::Device(Device { unit, id, hwpt: None })))
+    }
+
+    fn blocked_domain(&mut self, units: Units<'_>, unit: usize) -> Result<DomainId, Errno> {
+        if let Some(&d) = self.blocked.get(&unit) {
+            return Ok(d);
+        }
+        let d = units[unit].domain_alloc(DomainKind::Blocked).map_err(errno)?;
+        self.blocked.insert(unit, d);
+        Ok(d)
+    }
+
+    /// Attaches device `dev` to `ioas` (through the IOAS's HWPT for the
+    /// device's unit, created and filled on first use) or to a HWPT directly;
+    /// returns the HWPT id.
+    pub fn device_attach(&mut self, units: Units<'_>, dev: u32, pt: u32) -> Result<u32, Errno> {
+        let d = self.device(dev)?;
+        let (unit, id, old) = (d.unit, d.id, d.hwpt);
+        let hwpt = match self.kind(pt) {
+            Some(Kind::Hwpt) => {
+                let h = self.hwpt(pt).ok_or(Errno::ENOENT)?;
+                if h.unit != unit {
+                    return Err(Errno::EINVAL);
+                }
+                pt
+            }
+            Some(Kind::Ioas) => {
+                // The device's reserved regions must not collide with what is
+                // mapped, nor narrow the ranges the IOAS was promised.
+                let mut devs = self.attached_devices(pt);
+                devs.push((unit, id));
+                let i = self.ioas(pt)?;
+                let usable = Self::usable_with(units, &devs);
+                let taken = i.areas.iter().map(|(&s, a)| (s, s + a.len - 1));
+                if taken.chain(i.allowed.iter().copied()).any(|r| !ranges::covers(&usable, r)) {
+                    return Err(Errno::EADDRINUSE);
+                }
+                let existing = i.hwpts.iter().copied().find(|&h| self.hwpt(h).is_some_and(|h| h.unit == unit));
+                match existing {
+                    Some(h) => h,
+                    None => self.hwpt_create(units, unit, pt)?,
+                }
+            }
+            _ => return Err(Errno::ENOENT),
+        };
+        if old == Some(hwpt) {
+            return Ok(hwpt);
+        }
+        let domain = self.hwpt(hwpt).map(|h| h.domain).ok_or(Errno::ENOENT)?;
+        if let Err(e) = units[unit].attach(id, domain) {
+            self.release_hwpt_if_unused(units, hwpt);
+            return Err(errno(e));
+        }
+        if let Some(Object::Hwpt(h)) = self.objects.get_mut(&hwpt) {
+            h.devices += 1;
+        }
+        if let Some(Object::Device(d)) = self.objects.get_mut(&dev) {
+            d.hwpt = Some(hwpt);
+        }
+        if let Some(old) = old {
+            self.drop_hwpt_ref(units, old);
+        }
+        Ok(hwpt)
+    }
+
+    /// A HWPT on `unit` mirroring every area of `ioas`.
+    fn hwpt_create(&mut self, units: Units<'_>, unit: usize, ioas: u32) -> Result<u32, Errno> {
+        let obj = self.reserve_id()?;
+        let u = &mut *units[unit];
+        let domain = match u.domain_alloc(DomainKind::Paging) {
+            Ok(d) => d,
+            Err(e) => {
+                self.objects.remove(&obj);
+                return Err(errno(e));
+            }
+        };
+        let i = self.ioas(ioas)?;
+        let huge = i.hints.huge_pages;
+        for (&at, area) in &i.areas {
+            if let Err(e) = map_pages(u, domain, at, &area.pages, area.perms, huge) {
+                let _ = u.domain_free(domain);
+                self.objects.remove(&obj);
+                return Err(errno(e));
+            }
+        }
+        self.ioas_mut(ioas)?.hwpts.push(obj);
+        Ok(self.publish(obj, Object::Hwpt(Hwpt { unit, domain, ioas, devices: 0 })))
+    }
+
+    fn drop_hwpt_ref(&mut self, units: Units<'_>, hwpt: u32) {
+        if let Some(Object::Hwpt(h)) = self.objects.get_mut(&hwpt) {
+            h.devices = h.devices.saturating_sub(1);
+        }
+        self.release_hwpt_if_unused(units, hwpt);
+    }
+
+    /// Frees an automatic HWPT no device uses any more.
+    fn release_hwpt_if_unused(&mut self, units: Units<'_>, hwpt: u32) {
+        let Some(h) = self.hwpt(hwpt) else { return };
+        if h.devices > 0 {
+            return;
+        }
+        let (unit, domain, ioas) = (h.unit, h.domain, h.ioas);
+        // Freeing the domain frees its tables and invalidates its TLB entries;
+        // the pages stay pinned by the IOAS.
+        let _ = units[unit].domain_free(domain);
+        self.objects.remove(&hwpt);
+        if let Ok(i) = self.ioas_mut(ioas) {
+            i.hwpts.retain(|&x| x != hwpt);
+        }
+    }
+
+    /// Detaches `dev`: its DMA is blocked until it is attached again.
+    pub fn device_detach(&mut self, units: Units<'_>, dev: u32) -> Result<(), Errno> {
+        let d = self.device(dev)?;
+        let (unit, id, hwpt) = (d.unit, d.id, d.hwpt);
+        let Some(hwpt) = hwpt else { return Err(Errno::EINVAL) };
+        let blocked = self.blocked_domain(units, unit)?;
+        units[unit].attach(id, blocked).map_err(errno)?;
+        if let Some(Object::Device(d)) = self.objects.get_mut(&dev) {
+            d.hwpt = None;
+        }
+        self.drop_hwpt_ref(units, hwpt);
+        Ok(())
+    }
+
+    /// The unit a bound device sits behind, and the ID it knows it by.
+    pub fn device_unit(&self, dev: u32) -> Result<(usize, DeviceId), Errno> {
+        let d = self.device(dev)?;
+        Ok((d.unit, d.id))
+    }
+
+    /// Destroys any object: an IOAS with attached devices or a HWPT in use is
+    /// `EBUSY`; destroying a device detaches and unbinds it (its unit's default
+    /// applies again).
+    pub fn destroy(&mut self, units: Units<'_>, mem: &mut dyn Memory, id: u32) -> Result<(), Errno> {
+        match self.kind(id) {
+            None => Err(Errno::ENOENT),
+            Some(Kind::Ioas) => {
+                if !self.attached_devices(id).is_empty() {
+                    return Err(Errno::EBUSY);
+                }
+                if self.ioas(id)?.areas.is_empty() {
+                    self.objects.remove(&id);
+                    return Ok(());
+                }
+                let r = self.unmap(units, mem, id, 0, u64::MAX);
+                self.objects.remove(&id);
+                r.map(|_| ())
+            }
+            Some(Kind::Hwpt) => {
+                if self.hwpt(id).is_some_and(|h| h.devices > 0) {
+                    return Err(Errno::EBUSY);
+                }
+                self.release_hwpt_if_unused(units, id);
+                Ok(())
+            }
+            Some(Kind::Device) => {
+                if self.device(id)?.hwpt.is_some() {
+                    self.device_detach(units, id)?;
+                }
+                let (unit, dev) = self.device_unit(id)?;
+                let r = units[unit].detach(dev).map_err(errno);
+                self.objects.remove(&id);
+                r
+            }
+        }
+    }
+
+    /// Task exit: every device blocked first (no DMA can reach a page after
+    /// this), then every IOAS unmapped and unpinned, devices unbound, blocked
+    /// domains freed. Nothing is left.
+    pub fn close(&mut self, units: Units<'_>, mem: &mut dyn Memory) {
+        let devices: Vec<u32> =
+            self.objects.iter().filter(|(_, o)| matches!(o, Object::Device(_))).map(|(&id, _)| id).collect();
+        for &d in &devices {
+            if self.device(d).is_ok_and(|x| x.hwpt.is_some()) {
+                let _ = self.device_detach(units, d);
+            }
+        }
+        let ioases: Vec<u32> =
+            self.objects.iter().filter(|(_, o)| matches!(o, Object::Ioas(_))).map(|(&id, _)| id).collect();
+        for i in ioases {
+            let _ = self.destroy(units, mem, i);
+        }
+        for d in devices {
+            let _ = self.destroy(units, mem, d);
+        }
+        for (unit, d) in core::mem::take(&mut self.blocked) {
+            let _ = units[unit].domain_free(d);
+        }
+        self.objects.clear();
+    }
+
+    /// Mapped areas of `ioas` as (iova, length), for inspection.
+    pub fn areas(&self, ioas: u32) -> Result<Vec<(u64, u64)>, Errno> {
+        Ok(self.ioas(ioas)?.areas.iter().map(|(&s, a)| (s, a.len)).collect())
+    }
+
+    /// The HWPT ids of `ioas` and the unit each is on.
+    pub fn hwpts(&self, ioas: u32) -> Result<Vec<(u32, usize)>, Errno> {
+        Ok(self.ioas(ioas)?.hwpts.iter().filter_map(|&h| self.hwpt(h).map(|x| (h, x.unit))).collect())
+    }
+
+    /// The domain behind a HWPT (for tests and the hardware-specific door).
+    pub fn hwpt_domain(&self, hwpt: u32) -> Option<(usize, DomainId)> {
+        self.hwpt(hwpt).map(|h| (h.unit, h.domain))
+    }
+}
+
+/// Adds `g` to `into` (one flush for both).
+fn merge(into: &mut Gather, g: Gather) {
+    if g.start != g.end {
+        if into.start == into.end {
+            (into.start, into.end) = (g.start, g.end);
+        } else {
+            into.start = into.start.min(g.start);
+            into.end = into.end.max(g.end);
+        }
+    }
+    into.freed.extend(g.freed);
+}
+
+/// Maps `pages` (one PA per 4 KiB page) at `at`, in runs of physically
+/// contiguous pages so the engine can use large leaves (4 KiB calls only when
+/// `huge` is off).
+fn map_pages(
+    u: &mut dyn Iommu,
+    domain: DomainId,
+    at: u64,
+    pages: &[u64],
+    perms: Perms,
+    huge: bool,
+) -> Result<(), iommu::Error> {
+    let mut i = 0;
+    while i < pages.len() {
+        let mut n = 1;
+        while huge && i + n < pages.len() && pages[i + n] == pages[i] + n as u64 * PAGE {
+            n += 1;
+        }
+        if let Err(e) = u.map(domain, at + i as u64 * PAGE, pages[i], n as u64 * PAGE, perms) {
+            if i > 0 {
+                let _ = iommu::unmap_and_flush(u, domain, at, i as u64 * PAGE);
+            }
+            return Err(e);
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,362 @@
+//! Host tests of the object model against `MockIommu`.
+
+use super::*;
+use iommu::mock::{MockConfig, MockIommu};
+use iommu::{Region, ReservedKind};
+use std::collections::BTreeMap as Map;
+
+/// Task memory: every page of `[0, 1 GiB)` is mapped at `BASE + va`; pins are counted.
+#[derive(Default)]
+struct FakeMemory {
+    pins: Map<u64, u32>,
+    fail_pin: bool,
+}
+
+const BASE: u64 = 0x1_0000_0000;
+const RW: Perms = Perms::READ.union(Perms::WRITE);
+
+impl Memory for FakeMemory {
+    fn pin(&mut self, va: u64, len: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+        if self.fail_pin || va + len > 1 << 30 {
+            return Err(Errno::EFAULT);
+        }
+        let pages: Vec<u64> = (0..len / PAGE).map(|i| BASE + va + i * PAGE).collect();
+        self.repin(&pages);
+        Ok(pages)
+    }
+    fn repin(&mut self, pages: &[u64]) {
+        for p in pages {
+            *self.pins.entry(*p).or_default() += 1;
+        }
+    }
+    fn unpin(&mut self, pages: &[u64]) {
+        for p in pages {
+            let n = self.pins.get_mut(p).expect("unpin of a page never pinned");
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(p);
+            }
+        }
+    }
+}
+
+fn mock(devices: &[u32], extra_reserved: Vec<(Option<DeviceId>, Region)>) -> Box<dyn Iommu> {
+    let mut cfg = MockConfig { devices: devices.iter().map(|&d| DeviceId(d)).collect(), ..MockConfig::default() };
+    cfg.reserved.extend(extra_reserved);
+    Box::new(MockIommu::new(cfg))
+}
+
+fn mock_of(units: &mut [Box<dyn Iommu>], i: usize) -> &mut MockIommu {
+    units[i].as_any_mut().downcast_mut::<MockIommu>().unwrap()
+}
+
+#[test]
+fn map_attach_dma_unmap() {
+    let mut units = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), 0x1234, true), None, "bound, unattached: blocked");
+    // Mapped before the attach: mirrored into the HWPT the attach creates.
+    let iova = fd
+        .map(&mut units, &mut mem, ioas, MapArgs { va: 0x8000, len: 0x2000, iova: IovaChoice::Auto, perms: RW })
+        .unwrap();
+    assert!(iova >= PAGE && iova.is_multiple_of(PAGE));
+    let hwpt = fd.device_attach(&mut units, dev, ioas).unwrap();
+    assert_eq!(fd.kind(hwpt), Some(Kind::Hwpt));
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), iova + 0x1008, true), Some(BASE + 0x9008));
+    // Mapped after the attach: goes straight in.
+    let fixed = fd
+        .map(
+            &mut units,
+            &mut mem,
+            ioas,
+            MapArgs { va: 0x10_0000, len: 0x1000, iova: IovaChoice::Fixed(0x4000_0000), perms: Perms::READ },
+        )
+        .unwrap();
+    assert_eq!(fixed, 0x4000_0000);
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), fixed, false), Some(BASE + 0x10_0000));
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), fixed, true), None, "read-only");
+    assert_eq!(mem.pins.len(), 3);
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, iova, 0x2000), Ok(0x2000));
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), iova, true), None, "flushed");
+    assert_eq!(mem.pins.len(), 1);
+    assert_eq!(fd.destroy(&mut units, &mut mem, ioas), Err(Errno::EBUSY), "attached");
+    fd.device_detach(&mut units, dev).unwrap();
+    assert_eq!(fd.kind(hwpt), None, "the automatic HWPT goes with its last device");
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), fixed, false), None, "detached: blocked");
+    fd.destroy(&mut units, &mut mem, ioas).unwrap();
+    assert!(mem.pins.is_empty());
+    fd.destroy(&mut units, &mut mem, dev).unwrap();
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), 0x5000, true), Some(0x5000), "unbound: unit default");
+    assert!(fd.is_empty());
+}
+
+#[test]
+fn auto_iova_is_aligned_to_the_largest_page_that_fits_and_never_zero() {
+    let mut units = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let a =
+        fd.map(&mut units, &mut mem, ioas, MapArgs { va: 0, len: 0x1000, iova: IovaChoice::Auto, perms: RW }).unwrap();
+    assert_eq!(a, PAGE);
+    let b = fd
+        .map(&mut units, &mut mem, ioas, MapArgs { va: 0x20_0000, len: 0x20_0000, iova: IovaChoice::Auto, perms: RW })
+        .unwrap();
+    assert!(b.is_multiple_of(0x20_0000));
+    let c = fd.map(
+        &mut units,
+        &mut mem,
+        ioas,
+        MapArgs { va: 0x4000_0000, len: 1 << 30, iova: IovaChoice::Auto, perms: RW },
+    );
+    assert_eq!(c, Err(Errno::EFAULT), "beyond the fake memory");
+    // Without huge pages the same 2 MiB map takes the lowest 4 KiB-aligned hole.
+    let other = fd.ioas_alloc().unwrap();
+    fd.map(&mut units, &mut mem, other, MapArgs { va: 0, len: 0x1000, iova: IovaChoice::Auto, perms: RW }).unwrap();
+    assert_eq!(fd.set_option(other, option::HUGE_PAGES, 0), Ok(true));
+    let d = fd
+        .map(&mut units, &mut mem, other, MapArgs { va: 0x40_0000, len: 0x20_0000, iova: IovaChoice::Auto, perms: RW })
+        .unwrap();
+    assert_eq!(d, 0x2000);
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty());
+}
+
+#[test]
+fn bad_maps_are_refused_with_their_errno() {
+    let msi = Region { start: 0xFEE0_0000, end: 0xFEEF_FFFF, kind: ReservedKind::Msi };
+    let mut units = vec![mock(&[0x10], vec![(None, msi)])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, dev, ioas).unwrap();
+    let m = |fd: &mut Iommufd, units: &mut Vec<Box<dyn Iommu>>, mem: &mut FakeMemory, va, len, at| {
+        fd.map(units, mem, ioas, MapArgs { va, len, iova: IovaChoice::Fixed(at), perms: RW })
+    };
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0, 0x1000), Err(Errno::EINVAL), "empty");
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1001, 0x1000, 0x1000), Err(Errno::EINVAL), "unaligned VA");
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 0x1800), Err(Errno::EINVAL), "unaligned IOVA");
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 0), Err(Errno::ERANGE), "IOVA 0");
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 0xFEE0_1000), Err(Errno::EADDRINUSE), "MSI window");
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 1 << 48), Err(Errno::ERANGE), "beyond the aperture");
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x2000, 0x10_0000), Ok(0x10_0000));
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 0x10_1000), Err(Errno::EEXIST), "overlap");
+    assert_eq!(
+        fd.map(
+            &mut units,
+            &mut mem,
+            ioas,
+            MapArgs { va: 0x1000, len: 0x1000, iova: IovaChoice::Auto, perms: Perms::empty() }
+        ),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        fd.map(&mut units, &mut mem, 99, MapArgs { va: 0x1000, len: 0x1000, iova: IovaChoice::Auto, perms: RW }),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        fd.map(&mut units, &mut mem, dev, MapArgs { va: 0x1000, len: 0x1000, iova: IovaChoice::Auto, perms: RW }),
+        Err(Errno::EINVAL)
+    );
+    mem.fail_pin = true;
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 0x20_0000), Err(Errno::EFAULT));
+    mem.fail_pin = false;
+    mock_of(&mut units, 0).fail_next(iommu::mock::Op::Map, iommu::Error::NoMemory);
+    assert_eq!(m(&mut fd, &mut units, &mut mem, 0x1000, 0x1000, 0x20_0000), Err(Errno::ENOMEM));
+    assert_eq!(mem.pins.len(), 2, "a failed map leaves no pin behind");
+    assert_eq!(fd.areas(ioas).unwrap(), [(0x10_0000, 0x2000)]);
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty() && fd.is_empty());
+}
+
+#[test]
+fn unmap_is_exact_or_all() {
+    let mut units = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    for (va, at) in [(0x0, 0x10_0000u64), (0x4000, 0x10_4000), (0x8000, 0x20_0000)] {
+        fd.map(&mut units, &mut mem, ioas, MapArgs { va, len: 0x2000, iova: IovaChoice::Fixed(at), perms: RW })
+            .unwrap();
+    }
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x10_1000, 0x1000), Err(Errno::EINVAL), "cuts an area");
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x10_0000, 0x5000), Err(Errno::EINVAL), "cuts the second");
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x30_0000, 0x1000), Err(Errno::ENOENT));
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x10_0000, 0x6000), Ok(0x4000), "two whole areas");
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0, u64::MAX), Ok(0x2000), "unmap-all");
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0, u64::MAX), Err(Errno::ENOENT));
+    assert!(mem.pins.is_empty());
+}
+
+#[test]
+fn one_flush_per_unmap_call_per_hwpt() {
+    let mut units = vec![mock(&[0x10], vec![]), mock(&[0x20], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let d0 = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    let d1 = fd.device_bind(&mut units, 1, DeviceId(0x20)).unwrap();
+    fd.device_attach(&mut units, d0, ioas).unwrap();
+    fd.device_attach(&mut units, d1, ioas).unwrap();
+    assert_eq!(fd.hwpts(ioas).unwrap().len(), 2, "one HWPT per unit");
+    for i in 0..8u64 {
+        fd.map(
+            &mut units,
+            &mut mem,
+            ioas,
+            MapArgs { va: i * 0x1000, len: 0x1000, iova: IovaChoice::Fixed(0x10_0000 + i * 0x1000), perms: RW },
+        )
+        .unwrap();
+    }
+    for u in 0..2 {
+        assert_eq!(mock_of(&mut units, u).dma(DeviceId(0x10 + 0x10 * u as u32), 0x10_3000, false), Some(BASE + 0x3000));
+        mock_of(&mut units, u).flushes.clear();
+    }
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x10_0000, 0x8000), Ok(0x8000));
+    for u in 0..2 {
+        let m = mock_of(&mut units, u);
+        assert_eq!(m.flushes.len(), 1);
+        assert_eq!((m.flushes[0].1, m.flushes[0].2), (0x10_0000, 0x10_8000));
+    }
+    fd.close(&mut units, &mut mem);
+}
+
+#[test]
+fn iova_ranges_narrow_with_attached_devices_and_allowed_ranges_hold() {
+    let direct = Region { start: 0x7000_0000, end: 0x7000_FFFF, kind: ReservedKind::DirectMap };
+    let mut cfg = MockConfig { aperture: (0, (1 << 39) - 1), devices: vec![DeviceId(0x20)], ..MockConfig::default() };
+    cfg.reserved.push((Some(DeviceId(0x20)), direct));
+    let mut units: Vec<Box<dyn Iommu>> = vec![mock(&[0x10], vec![]), Box::new(MockIommu::new(cfg))];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    assert_eq!(fd.iova_ranges(&mut units, ioas).unwrap(), [(PAGE, u64::MAX)]);
+    let d0 = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, d0, ioas).unwrap();
+    assert_eq!(fd.iova_ranges(&mut units, ioas).unwrap(), [(PAGE, 0xFEDF_FFFF), (0xFEF0_0000, (1 << 48) - 1)]);
+    // Promise a range the second unit's direct-map region would take.
+    fd.allow_iovas(&mut units, ioas, &[(0x7000_0000, 0x7000_0FFF)]).unwrap();
+    assert_eq!(fd.allow_iovas(&mut units, ioas, &[(0xFEE0_0000, 0xFEE0_0FFF)]), Err(Errno::EADDRINUSE));
+    assert_eq!(fd.allow_iovas(&mut units, ioas, &[(0x1000, 0x1800)]), Err(Errno::EINVAL));
+    let d1 = fd.device_bind(&mut units, 1, DeviceId(0x20)).unwrap();
+    assert_eq!(fd.device_attach(&mut units, d1, ioas), Err(Errno::EADDRINUSE));
+    fd.allow_iovas(&mut units, ioas, &[]).unwrap();
+    fd.device_attach(&mut units, d1, ioas).unwrap();
+    let r = fd.iova_ranges(&mut units, ioas).unwrap();
+    assert_eq!(r, [(PAGE, 0x6FFF_FFFF), (0x7001_0000, 0xFEDF_FFFF), (0xFEF0_0000, (1 << 39) - 1)]);
+    fd.close(&mut units, &mut mem);
+}
+
+#[test]
+fn attach_refuses_a_device_whose_reserved_regions_collide_with_mappings() {
+    let direct = Region { start: 0x10_0000, end: 0x10_0FFF, kind: ReservedKind::DirectMap };
+    let mut units = vec![mock(&[0x10, 0x18], vec![(Some(DeviceId(0x18)), direct)])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    fd.map(&mut units, &mut mem, ioas, MapArgs { va: 0, len: 0x1000, iova: IovaChoice::Fixed(0x10_0000), perms: RW })
+        .unwrap();
+    let d = fd.device_bind(&mut units, 0, DeviceId(0x18)).unwrap();
+    assert_eq!(fd.device_attach(&mut units, d, ioas), Err(Errno::EADDRINUSE));
+    assert!(fd.hwpts(ioas).unwrap().is_empty(), "nothing left behind");
+    let d2 = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, d2, ioas).unwrap();
+    assert_eq!(fd.device_bind(&mut units, 0, DeviceId(0x10)), Err(Errno::EBUSY), "bound twice");
+    assert_eq!(fd.device_bind(&mut units, 0, DeviceId(0x99)), Err(Errno::ENOENT));
+    assert_eq!(fd.device_bind(&mut units, 7, DeviceId(0x10)), Err(Errno::ENOENT));
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty());
+}
+
+#[test]
+fn copy_maps_the_same_pages_again() {
+    let mut units = vec![mock(&[0x10, 0x18], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let a = fd.ioas_alloc().unwrap();
+    let b = fd.ioas_alloc().unwrap();
+    fd.map(
+        &mut units,
+        &mut mem,
+        a,
+        MapArgs { va: 0x3000, len: 0x4000, iova: IovaChoice::Fixed(0x10_0000), perms: Perms::READ },
+    )
+    .unwrap();
+    let db = fd.device_bind(&mut units, 0, DeviceId(0x18)).unwrap();
+    fd.device_attach(&mut units, db, b).unwrap();
+    let at = fd
+        .copy(
+            &mut units,
+            &mut mem,
+            b,
+            CopyArgs { src: a, src_iova: 0x10_1000, len: 0x2000, dst_iova: IovaChoice::Auto, perms: Perms::READ },
+        )
+        .unwrap();
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x18), at, false), Some(BASE + 0x4000));
+    assert_eq!(mem.pins.get(&(BASE + 0x4000)), Some(&2));
+    assert_eq!(
+        fd.copy(
+            &mut units,
+            &mut mem,
+            b,
+            CopyArgs { src: a, src_iova: 0x10_0000, len: 0x1000, dst_iova: IovaChoice::Auto, perms: RW }
+        ),
+        Err(Errno::EPERM),
+        "the source is read-only"
+    );
+    assert_eq!(
+        fd.copy(
+            &mut units,
+            &mut mem,
+            b,
+            CopyArgs { src: a, src_iova: 0x10_3000, len: 0x2000, dst_iova: IovaChoice::Auto, perms: Perms::READ }
+        ),
+        Err(Errno::ENOENT)
+    );
+    fd.unmap(&mut units, &mut mem, a, 0, u64::MAX).unwrap();
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x18), at, false), Some(BASE + 0x4000), "still mapped in b");
+    assert_eq!(mem.pins.get(&(BASE + 0x4000)), Some(&1));
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty());
+}
+
+#[test]
+fn close_blocks_devices_before_unpinning() {
+    let mut units = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let d = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, d, ioas).unwrap();
+    let at =
+        fd.map(&mut units, &mut mem, ioas, MapArgs { va: 0, len: 0x1000, iova: IovaChoice::Auto, perms: RW }).unwrap();
+    assert!(mock_of(&mut units, 0).dma(DeviceId(0x10), at, true).is_some());
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty() && fd.is_empty());
+    assert_eq!(mock_of(&mut units, 0).domain_count(), 0, "every domain freed");
+    assert_eq!(mock_of(&mut units, 0).attached(DeviceId(0x10)), None);
+}
+
+#[test]
+fn hwpt_objects_and_hints() {
+    let mut units = vec![mock(&[0x10, 0x18], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let d0 = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    let d1 = fd.device_bind(&mut units, 0, DeviceId(0x18)).unwrap();
+    let h = fd.device_attach(&mut units, d0, ioas).unwrap();
+    assert_eq!(fd.device_attach(&mut units, d1, h), Ok(h), "attach to the HWPT directly");
+    assert_eq!(fd.destroy(&mut units, &mut mem, h), Err(Errno::EBUSY));
+    assert_eq!(fd.device_detach(&mut units, d1), Ok(()));
+    assert_eq!(fd.device_detach(&mut units, d1), Err(Errno::EINVAL), "not attached");
+    assert_eq!(fd.set_option(ioas, option::HUGE_PAGES, 0), Ok(true));
+    assert_eq!(fd.set_option(ioas, 77, 1), Ok(false), "unknown hints are reported, not errors");
+    assert_eq!(fd.set_option(d0, option::HUGE_PAGES, 1), Err(Errno::EINVAL));
+    assert_eq!(fd.destroy(&mut units, &mut mem, 12345), Err(Errno::ENOENT));
+    fd.close(&mut units, &mut mem);
+}
