@@ -11,7 +11,7 @@ pub struct Kernel {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 6] = ["hello", "test-syscalls", "test-edu", "fault", "bench-syscall", "spin"];
+pub const USER_PROGRAMS: [&str; 7] = ["hello", "test-syscalls", "test-edu", "fault", "bench-syscall", "spin", "demo"];
 
 fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"))

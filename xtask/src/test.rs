@@ -414,8 +414,8 @@ pub fn run_demo(
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
     let kernel = build::kernel(arch, release)?;
-    // The demo: the first user program.
-    let mut cmdline = vec!["init=hello".to_owned()];
+    // The demo: the generic edu driver on every edu behind an IOMMU.
+    let mut cmdline = vec!["init=demo".to_owned()];
     if trace {
         cmdline.push("trace=1".to_owned());
     }

@@ -485,7 +485,7 @@ impl Smmu {
         if active != 0 {
             log::error!(
                 "smmuv3: global error(s) {active:#x}{}{}",
-                if active & (1 << 2) != 0 { " EVENTQ_ABT_ERR (an event write aborted)" } else { "" },
+                if active & (1 << 2) != 0 { " EVENTQ_ABT_ERR (an event write aborted: events lost)" } else { "" },
                 if active & (1 << 8) != 0 { " SFM_ERR (service failure mode)" } else { "" },
             );
             if crate::tracing() {

@@ -53,6 +53,8 @@ pub enum Sysno {
     DeviceIrqEnable = 13,
     /// `device_irq_wait(bdf, timeout_ns)`: waits for interrupts, returns how many arrived.
     DeviceIrqWait = 14,
+    /// The IOAS door: `(op, struct pointer)`, see [`ioas`].
+    Iommufd = 15,
 }
 
 impl Sysno {
@@ -74,6 +76,7 @@ impl Sysno {
             12 => Sysno::TaskSpawn,
             13 => Sysno::DeviceIrqEnable,
             14 => Sysno::DeviceIrqWait,
+            15 => Sysno::Iommufd,
             _ => return None,
         })
     }
@@ -99,6 +102,8 @@ pub enum Errno {
     EBUSY = 16,
     /// Already exists.
     EEXIST = 17,
+    /// No such device (e.g. no IOMMU translates it).
+    ENODEV = 19,
     /// Invalid argument.
     EINVAL = 22,
     /// No space left.
@@ -120,8 +125,8 @@ impl Errno {
     pub fn from_raw(n: i64) -> Option<Errno> {
         use Errno::*;
         [
-            EPERM, ENOENT, EIO, E2BIG, ENOMEM, EFAULT, EBUSY, EEXIST, EINVAL, ENOSPC, ERANGE, ENOSYS, EOPNOTSUPP,
-            EADDRINUSE, ETIMEDOUT,
+            EPERM, ENOENT, EIO, E2BIG, ENOMEM, EFAULT, EBUSY, EEXIST, ENODEV, EINVAL, ENOSPC, ERANGE, ENOSYS,
+            EOPNOTSUPP, EADDRINUSE, ETIMEDOUT,
         ]
         .into_iter()
         .find(|e| *e as i64 == n)
@@ -139,6 +144,7 @@ impl Errno {
             EFAULT => "EFAULT",
             EBUSY => "EBUSY",
             EEXIST => "EEXIST",
+            ENODEV => "ENODEV",
             EINVAL => "EINVAL",
             ENOSPC => "ENOSPC",
             ERANGE => "ERANGE",
@@ -286,6 +292,8 @@ impl DeviceInfo {
     }
 }
 
+pub mod ioas;
+
 /// Longest text one `log` call accepts.
 pub const LOG_MAX: usize = 4096;
 
@@ -334,7 +342,8 @@ mod tests {
         assert_eq!(Sysno::from_raw(11), Some(Sysno::DeviceConfigWrite));
         assert_eq!(Sysno::from_raw(12), Some(Sysno::TaskSpawn));
         assert_eq!(Sysno::from_raw(14), Some(Sysno::DeviceIrqWait));
-        assert_eq!(Sysno::from_raw(15), None);
+        assert_eq!(Sysno::from_raw(15), Some(Sysno::Iommufd));
+        assert_eq!(Sysno::from_raw(16), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }

@@ -7,6 +7,8 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 static UNITS: spin::Mutex<Vec<Box<dyn iommu::Iommu>>> = spin::Mutex::new(Vec::new());
+/// The topology index of each registered unit (same order as `UNITS`).
+static TOPOLOGY_INDEX: spin::Mutex<Vec<usize>> = spin::Mutex::new(Vec::new());
 
 /// Reserves the firmware's direct-map regions (RMRR, IVMD unity, IORT RMR) in
 /// the frame allocator, so the kernel never hands out memory that devices may
@@ -34,7 +36,10 @@ pub fn init(boot: &bootinfo::BootInfo) {
     if !units.is_empty() {
         log::info!("iommu: {} unit(s) registered", units.len());
     }
-    UNITS.lock().extend(units);
+    for (index, unit) in units {
+        TOPOLOGY_INDEX.lock().push(index);
+        UNITS.lock().push(unit);
+    }
 }
 
 /// The IDs unit `index` of `topology` sees the PCI functions behind it by
@@ -73,6 +78,33 @@ pub fn unit_reserved(
         }
     }
     out
+}
+
+/// The registry index of the unit the topology lists at `topology_index`.
+pub fn registered(topology_index: usize) -> Option<usize> {
+    TOPOLOGY_INDEX.lock().iter().position(|&i| i == topology_index)
+}
+
+/// The topology index of registered unit `unit`.
+pub fn topology_index(unit: usize) -> Option<usize> {
+    TOPOLOGY_INDEX.lock().get(unit).copied()
+}
+
+/// Takes every fault the registered units recorded and logs it; returns how many.
+pub fn log_faults() -> usize {
+    with_units(|units| {
+        let mut n = 0;
+        for (i, u) in units.iter_mut().enumerate() {
+            for f in u.drain_faults() {
+                let name = topology_index(i)
+                    .and_then(|t| crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.clone())))
+                    .unwrap_or_default();
+                log::warn!("iommu: {name}: {f}");
+                n += 1;
+            }
+        }
+        n
+    })
 }
 
 /// Runs `f` on the registered units (in topology order), holding the registry lock.

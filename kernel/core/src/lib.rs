@@ -15,6 +15,7 @@ pub mod edu;
 pub mod elf;
 pub mod frames;
 pub mod heap;
+pub mod ioas;
 pub mod iommu;
 pub mod ktests;
 pub mod mm;

@@ -110,13 +110,13 @@ pub trait Platform: Sync {
     /// The IOMMU topology the firmware describes, resolved against the PCI functions.
     fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology;
     /// Brings up the IOMMU units of `topology` this architecture has drivers
-    /// for (translation still off) and returns them, one per unit. The default
-    /// has none.
+    /// for (translation still off) and returns them with their topology
+    /// indices. The default has none.
     fn iommu_units(
         &self,
         boot: &bootinfo::BootInfo,
         topology: &firmware::Topology,
-    ) -> alloc::vec::Vec<alloc::boxed::Box<dyn iommu::Iommu>> {
+    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn iommu::Iommu>)> {
         let _ = (boot, topology);
         alloc::vec::Vec::new()
     }

@@ -72,6 +72,8 @@ struct Current {
     anon: Vec<(u64, u64)>,
     /// Next address for kernel-chosen mappings.
     next_va: u64,
+    /// The task's IOAS objects (../shared/DESIGN.md §2).
+    iommufd: iommufd::Iommufd,
 }
 
 /// Which task claimed which PCI function.
@@ -220,7 +222,14 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     let (owned, entry) = load(&program, platform().elf_machine())?;
     let kstack = mm::alloc_frames(KERNEL_STACK_PAGES, 1).ok_or(SpawnError::OutOfMemory)?;
     let id = NEXT_TASK_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let cur = Current { id, name: program.name, root: owned.root, anon: Vec::new(), next_va: MMAP_BASE };
+    let cur = Current {
+        id,
+        name: program.name,
+        root: owned.root,
+        anon: Vec::new(),
+        next_va: MMAP_BASE,
+        iommufd: iommufd::Iommufd::new(),
+    };
     let mut task = alloc::boxed::Box::new(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 });
     task.sp = platform().init_task_stack(task.kstack_top(), task_start);
     log::info!("task {}: spawned as #{id} (entry {entry:#x}, {} frames)", program.name, task.owned.frames.len());
@@ -326,7 +335,8 @@ fn reap(id: u64) -> Option<UserExit> {
         }
         tasks.remove(i)
     };
-    release(&task.cur);
+    let mut task = task;
+    release(&mut task.cur);
     let State::Exited(exit) = task.state.clone() else { return None };
     match &exit {
         UserExit::Exited(code) => log::info!("task {}: exited with status {code}", task.cur.name),
@@ -417,9 +427,12 @@ fn current_root() -> Option<u64> {
 
 /// Frees what a finished task held: anonymous pages and device claims (with
 /// bus mastering turned off, so a dead task's device stops DMA).
-fn release(cur: &Current) {
+fn release(cur: &mut Current) {
+    // Devices first: their DMA is blocked and every page unpinned before any
+    // frame of the task is freed.
+    crate::ioas::close(&mut cur.iommufd, cur.root);
     for &(_, pa) in &cur.anon {
-        let _ = mm::free_frame(pa);
+        crate::ioas::free_user_frame(pa);
     }
     let mut claims = CLAIMS.lock();
     for &(bdf, _) in claims.iter().filter(|(_, owner)| *owner == cur.id) {
@@ -445,7 +458,7 @@ fn release(cur: &Current) {
 }
 
 /// Copies `len` bytes from the current task's memory, checking every page is mapped for it.
-fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
+pub(crate) fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
     let root = current_root().ok_or(Errno::EFAULT)?;
     va.checked_add(len as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
     let mut out = Vec::with_capacity(len);
@@ -466,7 +479,7 @@ fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
 }
 
 /// Copies `bytes` into the current task's memory at `va`, checking every page is mapped writable.
-fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
+pub(crate) fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
     let root = current_root().ok_or(Errno::EFAULT)?;
     va.checked_add(bytes.len() as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
     // Check every page first, so a bad pointer writes nothing.
@@ -490,6 +503,13 @@ fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
         done += n;
     }
     Ok(())
+}
+
+/// Runs `f` on the running task's IOAS objects, with its page-table root.
+pub(crate) fn with_current_iommufd<R>(
+    f: impl FnOnce(&mut iommufd::Iommufd, u64) -> Result<R, Errno>,
+) -> Result<R, Errno> {
+    with_current(|cur| f(&mut cur.iommufd, cur.root))
 }
 
 fn with_current<R>(f: impl FnOnce(&mut Current) -> Result<R, Errno>) -> Result<R, Errno> {
@@ -566,14 +586,15 @@ fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
             if let Some(i) = cur.anon.iter().position(|&(v, _)| v == pg) {
                 let (_, pa) = cur.anon.swap_remove(i);
                 let _ = platform().user_unmap(cur.root, pg);
-                let _ = mm::free_frame(pa);
+                // A page still DMA-mapped stays allocated until its last unmap.
+                crate::ioas::free_user_frame(pa);
             }
         }
         Ok(0)
     })
 }
 
-fn decode_bdf(raw: u64) -> Result<pci::Bdf, Errno> {
+pub(crate) fn decode_bdf(raw: u64) -> Result<pci::Bdf, Errno> {
     if raw >> 32 != 0 {
         return Err(Errno::EINVAL);
     }
@@ -636,7 +657,7 @@ fn sys_device_claim(raw: u64) -> SysResult {
     Ok(0)
 }
 
-fn claimed_by_current(bdf: pci::Bdf) -> Result<&'static crate::pci::Device, Errno> {
+pub(crate) fn claimed_by_current(bdf: pci::Bdf) -> Result<&'static crate::pci::Device, Errno> {
     let dev = device(bdf)?;
     let id = with_current(|cur| Ok(cur.id))?;
     if CLAIMS.lock().iter().any(|&(b, owner)| b == bdf && owner == id) {
@@ -834,6 +855,7 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::TaskSpawn) => sys_task_spawn(args[0], args[1]),
         Some(Sysno::DeviceIrqEnable) => sys_irq_enable(args[0]),
         Some(Sysno::DeviceIrqWait) => sys_irq_wait(args[0], args[1]),
+        Some(Sysno::Iommufd) => crate::ioas::syscall(args[0], args[1]),
         None => {
             let name = TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("?", |t| t.cur.name);
             log::debug!("task {name}: unknown syscall {number}");

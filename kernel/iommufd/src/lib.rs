@@ -329,7 +329,7 @@ impl Iommufd {
     }
 
     /// Page sizes all units attached to `ioas` support (4 KiB, 2 MiB, 1 GiB when none is).
-    fn page_sizes(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
+    pub fn page_sizes(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
         let devs = self.attached_devices(ioas);
         devs.iter().fold(1 << 12 | 1 << 21 | 1 << 30, |acc, &(u, _)| acc & units[u].info().page_sizes) | 1 << 12
     }

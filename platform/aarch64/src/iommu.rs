@@ -10,10 +10,10 @@ use firmware::{IommuKind, Topology, UnitLocation};
 /// logged and left out. `smmu_stage=2` on the command line makes paging
 /// domains use stage 2 where the SMMU has both stages; `smmu_st=linear` asks
 /// for a linear stream table where a 2-level one would do.
-pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iommu::Iommu>> {
+pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     smmuv3::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let prefer_stage2 = boot.cmdline_value("smmu_stage") == Some("2");
-    let mut out: Vec<Box<dyn iommu::Iommu>> = Vec::new();
+    let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Smmuv3) {
         let UnitLocation::Mmio { base, .. } = u.location else { continue };
         // Page 0 and page 1 (event queue indices).
@@ -39,7 +39,7 @@ pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iomm
         let reserved = kcore::iommu::unit_reserved(topology, index, &devices);
         let driver = smmuv3::SmmuIommu::new(smmu, mem, devices, reserved, prefer_stage2);
         log::info!("smmuv3: {}: paging domains use stage {}", u.name, if driver.uses_stage2() { 2 } else { 1 });
-        out.push(Box::new(driver));
+        out.push((index, Box::new(driver)));
     }
     out
 }

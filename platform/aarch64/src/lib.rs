@@ -153,7 +153,7 @@ impl Platform for ArmPlatform {
         &self,
         boot: &bootinfo::BootInfo,
         topology: &firmware::Topology,
-    ) -> alloc::vec::Vec<alloc::boxed::Box<dyn ::iommu::Iommu>> {
+    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
         iommu::units(boot, topology)
     }
 

@@ -9,9 +9,9 @@ use firmware::{IommuKind, Topology, UnitLocation};
 
 /// One `VtdIommu` per VT-d unit in `topology`; a unit that fails to come up is
 /// logged and left out.
-pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iommu::Iommu>> {
+pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     vtd::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
-    let mut out: Vec<Box<dyn iommu::Iommu>> = Vec::new();
+    let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {
         let UnitLocation::Mmio { base, .. } = u.location else { continue };
         let mmio = match kcore::mm::map_mmio(base, 0x1000) {
@@ -47,7 +47,7 @@ pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<Box<dyn iomm
             .filter(|r| matches!(r.kind, MemoryKind::Usable | MemoryKind::AcpiReclaimable))
             .map(|r| (r.base, r.end()))
             .collect();
-        out.push(Box::new(vtd::VtdIommu::new(unit, mem, devices, reserved, ram)));
+        out.push((index, Box::new(vtd::VtdIommu::new(unit, mem, devices, reserved, ram))));
     }
     out
 }

@@ -154,7 +154,7 @@ impl Platform for X86Platform {
         &self,
         boot: &bootinfo::BootInfo,
         topology: &firmware::Topology,
-    ) -> alloc::vec::Vec<alloc::boxed::Box<dyn ::iommu::Iommu>> {
+    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
         iommu::units(boot, topology)
     }
 

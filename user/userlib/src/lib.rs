@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod heap;
+pub mod ioas;
 pub mod sys;
 
 extern crate alloc;

@@ -1,0 +1,267 @@
+//! The IOAS syscall (`Sysno::Iommufd`): user structs decoded by the ABI rules,
+//! the running task's object table (`iommufd::Iommufd`) driven over the
+//! registered IOMMU units, and task pages pinned while DMA-mapped.
+//!
+//! Pinning: a frame mapped into an IOAS carries a pin count. A task that
+//! unmaps such a page from its own address space (or exits) does not free the
+//! frame; it becomes an orphan, freed by the last unpin.
+
+use crate::frames::FRAME_SIZE;
+use crate::task::{copy_from_user, copy_to_user, with_current_iommufd};
+use crate::{mm, platform};
+use abi::ioas::{self as a, Header, Op};
+use abi::{Errno, SysResult};
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use iommu::Perms;
+use iommufd::{CopyArgs, Iommufd, IovaChoice, MapArgs};
+use zerocopy::IntoBytes;
+
+static PINS: spin::Mutex<BTreeMap<u64, u32>> = spin::Mutex::new(BTreeMap::new());
+static ORPHANS: spin::Mutex<BTreeSet<u64>> = spin::Mutex::new(BTreeSet::new());
+
+/// Frees a task frame, or leaves it to its last unpin while DMA-mapped.
+pub fn free_user_frame(pa: u64) {
+    if PINS.lock().contains_key(&pa) {
+        ORPHANS.lock().insert(pa);
+    } else {
+        let _ = mm::free_frame(pa);
+    }
+}
+
+/// Frames pinned for DMA right now (for tests and the log).
+pub fn pinned_frames() -> usize {
+    PINS.lock().len()
+}
+
+/// A task's memory as its IOAS mappings see it.
+struct TaskMemory {
+    root: u64,
+}
+
+impl iommufd::Memory for TaskMemory {
+    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        let end = va.checked_add(len).filter(|&e| e <= crate::task::USER_STACK_TOP).ok_or(Errno::EFAULT)?;
+        if va < crate::task::USER_MIN {
+            return Err(Errno::EFAULT);
+        }
+        let mut pages = Vec::with_capacity((len / FRAME_SIZE) as usize);
+        for page in (va..end).step_by(FRAME_SIZE as usize) {
+            let (pa, perms) = platform().user_translate(self.root, page).ok_or(Errno::EFAULT)?;
+            // Device memory (a mapped BAR) is no DMA target; a device may
+            // write only what the task may write.
+            if perms.device || (write && !perms.write) {
+                return Err(Errno::EFAULT);
+            }
+            pages.push(pa);
+        }
+        self.repin(&pages);
+        Ok(pages)
+    }
+
+    fn repin(&mut self, pages: &[u64]) {
+        let mut pins = PINS.lock();
+        for &p in pages {
+            *pins.entry(p).or_default() += 1;
+        }
+    }
+
+    fn unpin(&mut self, pages: &[u64]) {
+        let mut pins = PINS.lock();
+        for &p in pages {
+            let Some(n) = pins.get_mut(&p) else { continue };
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&p);
+                if ORPHANS.lock().remove(&p) {
+                    let _ = mm::free_frame(p);
+                }
+            }
+        }
+    }
+}
+
+/// Task exit: every device blocked, every mapping gone, every pin dropped.
+pub fn close(fd: &mut Iommufd, root: u64) {
+    if fd.is_empty() {
+        return;
+    }
+    crate::iommu::with_units(|units| fd.close(units, &mut TaskMemory { root }));
+}
+
+/// Reads the struct at `ptr` by the ABI's size rules.
+fn read<T: Header>(ptr: u64) -> Result<(T, u32), Errno> {
+    let head = copy_from_user(ptr, 4)?;
+    let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if size > a::MAX_STRUCT {
+        return Err(Errno::E2BIG);
+    }
+    Ok((a::decode::<T>(&copy_from_user(ptr, size as usize)?)?, size))
+}
+
+fn write<T: Header>(ptr: u64, v: &T, size: u32) -> Result<(), Errno> {
+    copy_to_user(ptr, a::encode(v, size))
+}
+
+/// Runs `f` on the running task's objects and the registered units.
+fn with_fd<R>(
+    f: impl FnOnce(&mut Iommufd, iommufd::Units<'_>, &mut TaskMemory) -> Result<R, Errno>,
+) -> Result<R, Errno> {
+    with_current_iommufd(|fd, root| crate::iommu::with_units(|units| f(fd, units, &mut TaskMemory { root })))
+}
+
+fn perms(flags: u32) -> Perms {
+    let mut p = Perms::empty();
+    p.set(Perms::READ, flags & a::MAP_READABLE != 0);
+    p.set(Perms::WRITE, flags & a::MAP_WRITEABLE != 0);
+    p
+}
+
+fn iova_choice(flags: u32, iova: u64) -> IovaChoice {
+    if flags & a::MAP_FIXED_IOVA != 0 {
+        IovaChoice::Fixed(iova)
+    } else {
+        IovaChoice::Auto
+    }
+}
+
+/// `iommufd(op, ptr)`. Faults the units recorded since the last call are
+/// logged first (decoded), so a task sees its stray DMA reported.
+pub fn syscall(op: u64, ptr: u64) -> SysResult {
+    crate::iommu::log_faults();
+    match Op::from_raw(op).ok_or(Errno::EINVAL)? {
+        Op::IoasAlloc => {
+            let (mut s, size) = read::<a::IoasAlloc>(ptr)?;
+            s.out_ioas_id = with_fd(|fd, _, _| fd.ioas_alloc())?;
+            write(ptr, &s, size)?;
+        }
+        Op::Destroy => {
+            let (s, _) = read::<a::Destroy>(ptr)?;
+            with_fd(|fd, units, mem| fd.destroy(units, mem, s.id))?;
+        }
+        Op::IoasIovaRanges => {
+            let (mut s, size) = read::<a::IoasIovaRanges>(ptr)?;
+            let (ranges, align) = with_fd(|fd, units, _| {
+                let r = fd.iova_ranges(units, s.ioas_id)?;
+                Ok((r, 1u64 << fd.page_sizes(units, s.ioas_id).trailing_zeros()))
+            })?;
+            let room = s.num_ranges as usize;
+            s.num_ranges = ranges.len() as u32;
+            s.out_iova_alignment = align;
+            let out: Vec<a::IovaRange> = ranges.iter().map(|&(start, last)| a::IovaRange { start, last }).collect();
+            if out.len() > room {
+                write(ptr, &s, size)?;
+                return Err(Errno::E2BIG);
+            }
+            copy_to_user(s.ranges, out.as_bytes())?;
+            write(ptr, &s, size)?;
+        }
+        Op::IoasAllowIovas => {
+            let (s, _) = read::<a::IoasAllowIovas>(ptr)?;
+            if s.num_ranges > 64 {
+                return Err(Errno::E2BIG);
+            }
+            let bytes = copy_from_user(s.ranges, s.num_ranges as usize * core::mem::size_of::<a::IovaRange>())?;
+            let ranges: Vec<(u64, u64)> = bytes
+                .chunks_exact(16)
+                .map(|c| {
+                    (
+                        u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+                        u64::from_le_bytes(c[8..].try_into().unwrap_or_default()),
+                    )
+                })
+                .collect();
+            with_fd(|fd, units, _| fd.allow_iovas(units, s.ioas_id, &ranges))?;
+        }
+        Op::IoasMap => {
+            let (mut s, size) = read::<a::IoasMap>(ptr)?;
+            let m = MapArgs { va: s.user_va, len: s.length, iova: iova_choice(s.flags, s.iova), perms: perms(s.flags) };
+            s.iova = with_fd(|fd, units, mem| fd.map(units, mem, s.ioas_id, m))?;
+            write(ptr, &s, size)?;
+        }
+        Op::IoasUnmap => {
+            let (mut s, size) = read::<a::IoasUnmap>(ptr)?;
+            s.length = with_fd(|fd, units, mem| fd.unmap(units, mem, s.ioas_id, s.iova, s.length))?;
+            write(ptr, &s, size)?;
+        }
+        Op::IoasCopy => {
+            let (mut s, size) = read::<a::IoasCopy>(ptr)?;
+            let c = CopyArgs {
+                src: s.src_ioas_id,
+                src_iova: s.src_iova,
+                len: s.length,
+                dst_iova: iova_choice(s.flags, s.dst_iova),
+                perms: perms(s.flags),
+            };
+            s.dst_iova = with_fd(|fd, units, mem| fd.copy(units, mem, s.dst_ioas_id, c))?;
+            write(ptr, &s, size)?;
+        }
+        Op::IoasOption => {
+            let (mut s, size) = read::<a::IoasOption>(ptr)?;
+            let honoured = with_fd(|fd, _, _| fd.set_option(s.object_id, s.option_id, s.value))?;
+            s.out_honoured = u32::from(honoured);
+            write(ptr, &s, size)?;
+        }
+        Op::DeviceBind => {
+            let (mut s, size) = read::<a::DeviceBind>(ptr)?;
+            let bdf = crate::task::decode_bdf(s.bdf)?;
+            let dev = crate::task::claimed_by_current(bdf)?;
+            let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+            let rid = pci::dma_requester_id(&dev.function, &all);
+            let t = crate::pci::topology().and_then(|t| t.translate_pci(bdf.segment, rid)).ok_or(Errno::ENODEV)?;
+            let unit = crate::iommu::registered(t.unit).ok_or(Errno::ENODEV)?;
+            s.out_dev_id = with_fd(|fd, units, _| fd.device_bind(units, unit, iommu::DeviceId(t.id)))?;
+            write(ptr, &s, size)?;
+        }
+        Op::DeviceAttach => {
+            let (mut s, size) = read::<a::DeviceAttach>(ptr)?;
+            s.out_hwpt_id = with_fd(|fd, units, _| fd.device_attach(units, s.dev_id, s.pt_id))?;
+            write(ptr, &s, size)?;
+        }
+        Op::DeviceDetach => {
+            let (s, _) = read::<a::DeviceDetach>(ptr)?;
+            with_fd(|fd, units, _| fd.device_detach(units, s.dev_id))?;
+        }
+        Op::GetHwInfo => {
+            let (mut s, size) = read::<a::HwInfo>(ptr)?;
+            let (unit, info) = with_fd(|fd, units, _| {
+                let (unit, _) = fd.device_unit(s.dev_id)?;
+                Ok((unit, units[unit].info()))
+            })?;
+            if let Some(name) = crate::iommu::topology_index(unit)
+                .and_then(|i| crate::pci::topology().and_then(|t| t.units().get(i).map(|u| u.name.clone())))
+            {
+                let b = name.as_bytes();
+                let n = b.len().min(15);
+                s.out_unit_name = [0; 16];
+                s.out_unit_name[..n].copy_from_slice(&b[..n]);
+            }
+            s.out_kind = match info.kind {
+                iommu::UnitKind::Vtd => a::hw_kind::VTD,
+                iommu::UnitKind::AmdVi => a::hw_kind::AMDVI,
+                iommu::UnitKind::Smmuv3 => a::hw_kind::SMMUV3,
+                iommu::UnitKind::VirtioIommu => a::hw_kind::VIRTIO_IOMMU,
+                iommu::UnitKind::Mock => a::hw_kind::MOCK,
+            };
+            let regs: Vec<a::HwReg> = info
+                .raw
+                .iter()
+                .map(|&(name, value)| {
+                    let mut n = [0u8; 8];
+                    let b = name.as_bytes();
+                    n[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+                    a::HwReg { name: n, value }
+                })
+                .collect();
+            let room = s.num_regs as usize;
+            s.num_regs = regs.len() as u32;
+            if regs.len() > room {
+                write(ptr, &s, size)?;
+                return Err(Errno::E2BIG);
+            }
+            copy_to_user(s.data, regs.as_bytes())?;
+            write(ptr, &s, size)?;
+        }
+    }
+    Ok(0)
+}

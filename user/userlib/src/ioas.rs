@@ -1,0 +1,175 @@
+//! The IOAS door from user space: typed wrappers over `Sysno::Iommufd`
+//! (structs and rules in `abi::ioas`).
+
+use abi::ioas::{self as a, Op};
+use abi::{decode, Errno, Sysno};
+
+/// Issues `iommufd(op, &mut s)`.
+pub fn call<T>(op: Op, s: &mut T) -> Result<u64, Errno> {
+    decode(crate::sys::raw(Sysno::Iommufd as u64, [op as u64, s as *mut T as u64, 0, 0, 0]))
+}
+
+fn size_of<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+/// A new IOAS.
+pub fn ioas_alloc() -> Result<u32, Errno> {
+    let mut s = a::IoasAlloc { size: size_of::<a::IoasAlloc>(), ..Default::default() };
+    call(Op::IoasAlloc, &mut s)?;
+    Ok(s.out_ioas_id)
+}
+
+/// Destroys an object.
+pub fn destroy(id: u32) -> Result<(), Errno> {
+    let mut s = a::Destroy { size: size_of::<a::Destroy>(), id, ..Default::default() };
+    call(Op::Destroy, &mut s).map(|_| ())
+}
+
+/// Fills `out` with the usable IOVA ranges; returns (how many there are, IOVA alignment).
+pub fn iova_ranges(ioas: u32, out: &mut [a::IovaRange]) -> Result<(usize, u64), Errno> {
+    let mut s = a::IoasIovaRanges {
+        size: size_of::<a::IoasIovaRanges>(),
+        ioas_id: ioas,
+        num_ranges: out.len() as u32,
+        ranges: out.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    call(Op::IoasIovaRanges, &mut s)?;
+    Ok((s.num_ranges as usize, s.out_iova_alignment))
+}
+
+/// Promises `ranges` stay usable.
+pub fn allow_iovas(ioas: u32, ranges: &[a::IovaRange]) -> Result<(), Errno> {
+    let mut s = a::IoasAllowIovas {
+        size: size_of::<a::IoasAllowIovas>(),
+        ioas_id: ioas,
+        num_ranges: ranges.len() as u32,
+        ranges: ranges.as_ptr() as u64,
+        ..Default::default()
+    };
+    call(Op::IoasAllowIovas, &mut s).map(|_| ())
+}
+
+/// Maps `[va, va + len)` at `iova` (or a kernel-chosen IOVA); `flags` are
+/// `MAP_READABLE` / `MAP_WRITEABLE`. Returns the IOVA.
+pub fn map(ioas: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
+    let fixed = if iova.is_some() { a::MAP_FIXED_IOVA } else { 0 };
+    let mut s = a::IoasMap {
+        size: size_of::<a::IoasMap>(),
+        flags: flags | fixed,
+        ioas_id: ioas,
+        user_va: va,
+        length: len,
+        iova: iova.unwrap_or(0),
+        ..Default::default()
+    };
+    call(Op::IoasMap, &mut s)?;
+    Ok(s.iova)
+}
+
+/// Unmaps whole mappings in `[iova, iova + len)`; returns the bytes unmapped.
+pub fn unmap(ioas: u32, iova: u64, len: u64) -> Result<u64, Errno> {
+    let mut s =
+        a::IoasUnmap { size: size_of::<a::IoasUnmap>(), ioas_id: ioas, iova, length: len, ..Default::default() };
+    call(Op::IoasUnmap, &mut s)?;
+    Ok(s.length)
+}
+
+/// Unmaps everything.
+pub fn unmap_all(ioas: u32) -> Result<u64, Errno> {
+    unmap(ioas, 0, u64::MAX)
+}
+
+/// Maps the pages behind `[src_iova, src_iova + len)` of `src` into `dst`; returns the IOVA there.
+pub fn copy(dst: u32, src: u32, src_iova: u64, len: u64, dst_iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
+    let fixed = if dst_iova.is_some() { a::MAP_FIXED_IOVA } else { 0 };
+    let mut s = a::IoasCopy {
+        size: size_of::<a::IoasCopy>(),
+        flags: flags | fixed,
+        dst_ioas_id: dst,
+        src_ioas_id: src,
+        length: len,
+        dst_iova: dst_iova.unwrap_or(0),
+        src_iova,
+    };
+    call(Op::IoasCopy, &mut s)?;
+    Ok(s.dst_iova)
+}
+
+/// Sets a hint; returns whether it is honoured.
+pub fn set_option(ioas: u32, option: u32, value: u64) -> Result<bool, Errno> {
+    let mut s = a::IoasOption {
+        size: size_of::<a::IoasOption>(),
+        option_id: option,
+        object_id: ioas,
+        value,
+        ..Default::default()
+    };
+    call(Op::IoasOption, &mut s)?;
+    Ok(s.out_honoured == 1)
+}
+
+/// Binds a claimed PCI function; returns the device object id.
+pub fn device_bind(bdf: u64) -> Result<u32, Errno> {
+    let mut s = a::DeviceBind { size: size_of::<a::DeviceBind>(), bdf, ..Default::default() };
+    call(Op::DeviceBind, &mut s)?;
+    Ok(s.out_dev_id)
+}
+
+/// Attaches a device to an IOAS or HWPT; returns the HWPT id.
+pub fn device_attach(dev: u32, pt: u32) -> Result<u32, Errno> {
+    let mut s = a::DeviceAttach { size: size_of::<a::DeviceAttach>(), dev_id: dev, pt_id: pt, ..Default::default() };
+    call(Op::DeviceAttach, &mut s)?;
+    Ok(s.out_hwpt_id)
+}
+
+/// Detaches a device (its DMA is blocked).
+pub fn device_detach(dev: u32) -> Result<(), Errno> {
+    let mut s = a::DeviceDetach { size: size_of::<a::DeviceDetach>(), dev_id: dev, ..Default::default() };
+    call(Op::DeviceDetach, &mut s).map(|_| ())
+}
+
+/// What `hw_info` tells about a device's unit.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitInfo {
+    /// `abi::ioas::hw_kind::*`.
+    pub kind: u32,
+    /// Registers the unit has (those beyond `regs.len()` were not copied).
+    pub num_regs: usize,
+    /// The unit's topology name, NUL padded.
+    pub name: [u8; 16],
+}
+
+impl UnitInfo {
+    /// The unit's name as text.
+    pub fn name(&self) -> &str {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        core::str::from_utf8(&self.name[..n]).unwrap_or("?")
+    }
+
+    /// The kind as text.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            a::hw_kind::VTD => "vtd",
+            a::hw_kind::AMDVI => "amdvi",
+            a::hw_kind::SMMUV3 => "smmuv3",
+            a::hw_kind::VIRTIO_IOMMU => "virtio-iommu",
+            a::hw_kind::MOCK => "mock",
+            _ => "unknown",
+        }
+    }
+}
+
+/// The unit a device sits behind and its raw capability registers.
+pub fn hw_info(dev: u32, regs: &mut [a::HwReg]) -> Result<UnitInfo, Errno> {
+    let mut s = a::HwInfo {
+        size: size_of::<a::HwInfo>(),
+        dev_id: dev,
+        num_regs: regs.len() as u32,
+        data: regs.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    call(Op::GetHwInfo, &mut s)?;
+    Ok(UnitInfo { kind: s.out_kind, num_regs: s.num_regs as usize, name: s.out_unit_name })
+}
