@@ -186,6 +186,19 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         format!("topology: pci 0000:02:03.0 1234:11e8 class=00ff00 iommu={unit} id=0x18 alias=0x18"),
     ];
     cases.push(c);
+    // The main demo on the default IOMMU, with a second edu at edu's default
+    // 28-bit DMA mask (what PORTCULLIS_QEMU_EXTRA users add).
+    let demo_iommu = arch.default_iommu();
+    let mut c = harness::case(
+        &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(demo_iommu, split("-device edu")) },
+        kernel,
+        BOOT_TIMEOUT,
+    );
+    c.name = format!("{}-demo", arch.name());
+    c.log_file.set_file_name(format!("{}.log", c.name));
+    c.must_contain = vec!["demo: passed 2 devices".into(), "dma=ok stray-dma=blocked".into()];
+    c.expect = qemu_tests::runner::Expect::Exit;
+    cases.push(c);
     match arch {
         Arch::X86_64 => {
             // VT-d with caching mode and a second edu (two domains), without
