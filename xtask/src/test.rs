@@ -209,7 +209,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             );
             let mut c = harness::case(
                 &Machine {
-                    cmdline: vec!["ktest=iommu".to_owned(), "vtd_qi=off".to_owned()],
+                    cmdline: vec!["ktest=iommu,ioas".to_owned(), "vtd_qi=off".to_owned()],
                     ..machine(Iommu::Vtd, extra)
                 },
                 kernel,
@@ -280,7 +280,11 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             let extra = split("-device edu,dma_mask=0xffffffffffffffff");
             let mut c = harness::case(
                 &Machine {
-                    cmdline: vec!["ktest=iommu".to_owned(), "smmu_stage=2".to_owned(), "smmu_st=linear".to_owned()],
+                    cmdline: vec![
+                        "ktest=iommu,ioas".to_owned(),
+                        "smmu_stage=2".to_owned(),
+                        "smmu_st=linear".to_owned(),
+                    ],
                     ..machine(Iommu::Smmuv3, extra)
                 },
                 kernel,

@@ -1,0 +1,112 @@
+//! The IOAS selftest suite (`user/selftest`) through the real `iommufd`
+//! syscall: every `edu` behind an IOMMU is claimed and offered to the cases
+//! that need a device. KTAP output (`user.ioas.*`).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use abi::ioas::IovaRange;
+use abi::{DeviceInfo, Errno};
+use alloc::string::String;
+use alloc::vec::Vec;
+use ioas_selftest::Door;
+use userlib::{ioas, println, sys};
+
+struct SyscallDoor {
+    /// (bdf, unit index by name) of each claimed edu.
+    devices: Vec<(u64, usize)>,
+}
+
+impl Door for SyscallDoor {
+    fn ioas_alloc(&mut self) -> Result<u32, Errno> {
+        ioas::ioas_alloc()
+    }
+    fn destroy(&mut self, id: u32) -> Result<(), Errno> {
+        ioas::destroy(id)
+    }
+    fn iova_ranges(&mut self, id: u32) -> Result<(Vec<(u64, u64)>, u64), Errno> {
+        let mut buf = [IovaRange::default(); 16];
+        let (n, align) = ioas::iova_ranges(id, &mut buf)?;
+        Ok((buf[..n.min(16)].iter().map(|r| (r.start, r.last)).collect(), align))
+    }
+    fn allow_iovas(&mut self, id: u32, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+        let r: Vec<IovaRange> = ranges.iter().map(|&(start, last)| IovaRange { start, last }).collect();
+        ioas::allow_iovas(id, &r)
+    }
+    fn map(&mut self, id: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
+        ioas::map(id, va, len, iova, flags)
+    }
+    fn unmap(&mut self, id: u32, iova: u64, len: u64) -> Result<u64, Errno> {
+        ioas::unmap(id, iova, len)
+    }
+    fn copy(
+        &mut self,
+        dst: u32,
+        src: u32,
+        src_iova: u64,
+        len: u64,
+        dst_iova: Option<u64>,
+        flags: u32,
+    ) -> Result<u64, Errno> {
+        ioas::copy(dst, src, src_iova, len, dst_iova, flags)
+    }
+    fn set_option(&mut self, id: u32, option: u32, value: u64) -> Result<bool, Errno> {
+        ioas::set_option(id, option, value)
+    }
+    fn devices(&self) -> Vec<usize> {
+        self.devices.iter().map(|d| d.1).collect()
+    }
+    fn bind(&mut self, which: usize) -> Result<u32, Errno> {
+        ioas::device_bind(self.devices.get(which).ok_or(Errno::ENOENT)?.0)
+    }
+    fn attach(&mut self, dev: u32, pt: u32) -> Result<u32, Errno> {
+        ioas::device_attach(dev, pt)
+    }
+    fn detach(&mut self, dev: u32) -> Result<(), Errno> {
+        ioas::device_detach(dev)
+    }
+    fn alloc_pages(&mut self, pages: u64) -> Result<u64, Errno> {
+        sys::mem_map(0, pages * 4096, abi::PROT_READ | abi::PROT_WRITE)
+    }
+    fn free_pages(&mut self, va: u64, pages: u64) {
+        let _ = sys::mem_unmap(va, pages * 4096);
+    }
+    fn unmapped_va(&self) -> u64 {
+        0x7000_0000_0000 // far above every mapping of this task
+    }
+    fn raw(&mut self, op: u64, bytes: &mut [u8]) -> Option<Result<(), Errno>> {
+        self.raw_ptr(op, bytes.as_mut_ptr() as u64)
+    }
+    fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
+        Some(abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])).map(|_| ()))
+    }
+}
+
+fn main() -> i32 {
+    let mut list = [DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut list).unwrap_or(0) as usize;
+    let mut devices = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for d in list[..n.min(64)].iter().filter(|d| (d.vendor, d.device) == (0x1234, 0x11E8)) {
+        if d.flags & abi::DEVICE_BEHIND_IOMMU == 0 || sys::device_claim(d.bdf).is_err() {
+            continue;
+        }
+        // Which unit is it behind? Bind once to ask, then unbind.
+        let Ok(dev) = ioas::device_bind(d.bdf) else { continue };
+        let unit = ioas::hw_info(dev, &mut []).or_else(|_| ioas::hw_info(dev, &mut [Default::default(); 16]));
+        let _ = ioas::destroy(dev);
+        let Ok(unit) = unit else { continue };
+        let name = String::from(unit.name());
+        let index = names.iter().position(|x| *x == name).unwrap_or_else(|| {
+            names.push(name);
+            names.len() - 1
+        });
+        devices.push((d.bdf, index));
+    }
+    let mut door = SyscallDoor { devices };
+    let (_, failed, _) = ioas_selftest::run(&mut door, &mut |line| println!("{line}"));
+    i32::from(failed != 0)
+}
+
+userlib::entry!(main);

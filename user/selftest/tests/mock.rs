@@ -1,0 +1,175 @@
+//! The selftest suite on the host: the object model (`iommufd`) over two
+//! `MockIommu` units, with a fake task memory.
+
+use abi::Errno;
+use ioas_selftest::Door;
+use iommu::mock::{MockConfig, MockIommu};
+use iommu::{DeviceId, Iommu, Perms};
+use iommufd::{CopyArgs, Iommufd, IovaChoice, MapArgs};
+use std::collections::{BTreeMap, BTreeSet};
+
+const PAGE: u64 = 4096;
+
+/// Task pages: allocated VAs map to `PA_BASE + va`; pins are counted.
+#[derive(Default)]
+struct FakeMemory {
+    mapped: BTreeSet<u64>,
+    pins: BTreeMap<u64, u32>,
+}
+
+const PA_BASE: u64 = 0x10_0000_0000;
+
+impl iommufd::Memory for FakeMemory {
+    fn pin(&mut self, va: u64, len: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+        let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
+        if len / PAGE > self.mapped.len() as u64 {
+            return Err(Errno::EFAULT);
+        }
+        let pages: Vec<u64> = (va..end).step_by(PAGE as usize).collect();
+        if !pages.iter().all(|p| self.mapped.contains(p)) {
+            return Err(Errno::EFAULT);
+        }
+        let pas: Vec<u64> = pages.iter().map(|p| PA_BASE + p).collect();
+        self.repin(&pas);
+        Ok(pas)
+    }
+    fn repin(&mut self, pages: &[u64]) {
+        for p in pages {
+            *self.pins.entry(*p).or_default() += 1;
+        }
+    }
+    fn unpin(&mut self, pages: &[u64]) {
+        for p in pages {
+            let n = self.pins.get_mut(p).expect("unpinned more than pinned");
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(p);
+            }
+        }
+    }
+}
+
+struct HostDoor {
+    fd: Iommufd,
+    units: Vec<Box<dyn Iommu>>,
+    mem: FakeMemory,
+    next_va: u64,
+    /// (unit, device ID) of each bindable device.
+    devices: Vec<(usize, u32)>,
+}
+
+impl HostDoor {
+    fn new() -> Self {
+        let unit = |ids: &[u32], aperture: (u64, u64)| -> Box<dyn Iommu> {
+            Box::new(MockIommu::new(MockConfig {
+                devices: ids.iter().map(|&i| DeviceId(i)).collect(),
+                aperture,
+                ..MockConfig::default()
+            }))
+        };
+        HostDoor {
+            fd: Iommufd::new(),
+            units: vec![unit(&[0x10, 0x18], (0, (1 << 48) - 1)), unit(&[0x20], (0, (1 << 39) - 1))],
+            mem: FakeMemory::default(),
+            next_va: 0x40_0000,
+            devices: vec![(0, 0x10), (0, 0x18), (1, 0x20)],
+        }
+    }
+}
+
+fn perms(flags: u32) -> Perms {
+    let mut p = Perms::empty();
+    p.set(Perms::READ, flags & abi::ioas::MAP_READABLE != 0);
+    p.set(Perms::WRITE, flags & abi::ioas::MAP_WRITEABLE != 0);
+    p
+}
+
+fn choice(iova: Option<u64>) -> IovaChoice {
+    iova.map_or(IovaChoice::Auto, IovaChoice::Fixed)
+}
+
+impl Door for HostDoor {
+    fn ioas_alloc(&mut self) -> Result<u32, Errno> {
+        self.fd.ioas_alloc()
+    }
+    fn destroy(&mut self, id: u32) -> Result<(), Errno> {
+        self.fd.destroy(&mut self.units, &mut self.mem, id)
+    }
+    fn iova_ranges(&mut self, ioas: u32) -> Result<(Vec<(u64, u64)>, u64), Errno> {
+        let r = self.fd.iova_ranges(&mut self.units, ioas)?;
+        Ok((r, 1 << self.fd.page_sizes(&self.units, ioas).trailing_zeros()))
+    }
+    fn allow_iovas(&mut self, ioas: u32, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+        self.fd.allow_iovas(&mut self.units, ioas, ranges)
+    }
+    fn map(&mut self, ioas: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
+        let m = MapArgs { va, len, iova: choice(iova), perms: perms(flags) };
+        self.fd.map(&mut self.units, &mut self.mem, ioas, m)
+    }
+    fn unmap(&mut self, ioas: u32, iova: u64, len: u64) -> Result<u64, Errno> {
+        self.fd.unmap(&mut self.units, &mut self.mem, ioas, iova, len)
+    }
+    fn copy(
+        &mut self,
+        dst: u32,
+        src: u32,
+        src_iova: u64,
+        len: u64,
+        dst_iova: Option<u64>,
+        flags: u32,
+    ) -> Result<u64, Errno> {
+        let c = CopyArgs { src, src_iova, len, dst_iova: choice(dst_iova), perms: perms(flags) };
+        self.fd.copy(&mut self.units, &mut self.mem, dst, c)
+    }
+    fn set_option(&mut self, ioas: u32, option: u32, value: u64) -> Result<bool, Errno> {
+        self.fd.set_option(ioas, option, value)
+    }
+    fn devices(&self) -> Vec<usize> {
+        self.devices.iter().map(|d| d.0).collect()
+    }
+    fn bind(&mut self, which: usize) -> Result<u32, Errno> {
+        let (unit, id) = *self.devices.get(which).ok_or(Errno::ENOENT)?;
+        self.fd.device_bind(&mut self.units, unit, DeviceId(id))
+    }
+    fn attach(&mut self, dev: u32, pt: u32) -> Result<u32, Errno> {
+        self.fd.device_attach(&mut self.units, dev, pt)
+    }
+    fn detach(&mut self, dev: u32) -> Result<(), Errno> {
+        self.fd.device_detach(&mut self.units, dev)
+    }
+    fn alloc_pages(&mut self, pages: u64) -> Result<u64, Errno> {
+        let va = self.next_va;
+        self.next_va += (pages + 1) * PAGE; // a guard page between allocations
+        self.mem.mapped.extend((0..pages).map(|i| va + i * PAGE));
+        Ok(va)
+    }
+    fn free_pages(&mut self, va: u64, pages: u64) {
+        for i in 0..pages {
+            self.mem.mapped.remove(&(va + i * PAGE));
+        }
+    }
+    fn unmapped_va(&self) -> u64 {
+        0x10_0000 // below every allocation
+    }
+    fn raw(&mut self, _op: u64, _bytes: &mut [u8]) -> Option<Result<(), Errno>> {
+        None
+    }
+    fn raw_ptr(&mut self, _op: u64, _ptr: u64) -> Option<Result<(), Errno>> {
+        None
+    }
+}
+
+#[test]
+fn selftest_suite_on_the_mock() {
+    let mut door = HostDoor::new();
+    let mut lines = Vec::new();
+    let (pass, fail, skip) = ioas_selftest::run(&mut door, &mut |l| lines.push(l.to_owned()));
+    for l in &lines {
+        println!("{l}");
+    }
+    assert_eq!(fail, 0, "{}", lines.iter().filter(|l| l.starts_with("not ok")).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(pass >= 100, "only {pass} cases passed ({skip} skipped)");
+    // Nothing left behind: every pin dropped once the objects are gone.
+    door.fd.close(&mut door.units, &mut door.mem);
+    assert!(door.mem.pins.is_empty(), "pins left: {}", door.mem.pins.len());
+}
