@@ -4,6 +4,7 @@
 //!   (`portcullis: kernel_main`) and to its exit, per architecture, several runs.
 //! - `syscall`: null-syscall round trip from user space (`yield`), per architecture.
 //! - `pgtable`: the I/O page-table engine benchmark (`cargo bench -p io-pgtable`).
+//! - `ioas`: the generic IOAS door's map + unmap cost through the syscall, per architecture.
 
 use crate::build;
 use crate::harness;
@@ -58,6 +59,29 @@ fn syscall() -> Result<(), String> {
     Ok(())
 }
 
+fn ioas() -> Result<(), String> {
+    println!("bench ioas: generic map + unmap through the iommufd syscall (TCG, release kernels)");
+    for arch in Arch::all() {
+        let kernel = build::kernel(arch, true)?;
+        let machine = Machine {
+            arch,
+            iommu: arch.default_iommu(),
+            cmdline: vec!["init=bench-ioas".into()],
+            extra: Vec::new(),
+            gdb: false,
+        };
+        let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(600))?;
+        let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("bench-ioas:")).collect();
+        if !ours.iter().any(|l| l.contains("bench-ioas: done")) {
+            return Err(format!("{}: the benchmark did not finish: {ours:?}", arch.name()));
+        }
+        for l in ours.iter().filter(|l| !l.contains("done")) {
+            println!("{:<10} {}", arch.name(), l.trim_start_matches("bench-ioas: "));
+        }
+    }
+    Ok(())
+}
+
 fn pgtable() -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -78,7 +102,8 @@ pub fn run(name: Option<&str>) -> Result<(), String> {
         Some("boot") => boot(),
         Some("syscall") => syscall(),
         Some("pgtable") => pgtable(),
-        None => boot().and_then(|()| syscall()).and_then(|()| pgtable()),
-        Some(other) => Err(format!("unknown benchmark `{other}` (available: boot, syscall, pgtable)")),
+        Some("ioas") => ioas(),
+        None => boot().and_then(|()| syscall()).and_then(|()| pgtable()).and_then(|()| ioas()),
+        Some(other) => Err(format!("unknown benchmark `{other}` (available: boot, syscall, pgtable, ioas)")),
     }
 }

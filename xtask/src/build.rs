@@ -11,8 +11,18 @@ pub struct Kernel {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 9] =
-    ["hello", "test-syscalls", "test-edu", "fault", "bench-syscall", "spin", "demo", "test-ioas", "ioas-leaker"];
+pub const USER_PROGRAMS: [&str; 10] = [
+    "hello",
+    "test-syscalls",
+    "test-edu",
+    "fault",
+    "bench-syscall",
+    "spin",
+    "demo",
+    "test-ioas",
+    "ioas-leaker",
+    "bench-ioas",
+];
 
 fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"))

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, value_name = "PATTERN")]
         filter: Option<String>,
     },
-    /// Run benchmarks and print figures: `boot`, `syscall`, `pgtable` (all when NAME is omitted).
+    /// Run benchmarks and print figures: `boot`, `syscall`, `pgtable`, `ioas` (all when NAME is omitted).
     Bench {
         /// Benchmark to run.
         name: Option<String>,

@@ -276,6 +276,9 @@ pub trait Iommu: Send {
     /// direct-map regions, holes.
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region>;
 
+    /// IOTLB invalidations (flushes that reached the hardware) so far.
+    fn flushes(&self) -> u64;
+
     /// The driver behind the trait, for driver-specific tests and the
     /// hardware-specific door.
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any;

@@ -331,6 +331,10 @@ impl Iommu for MockIommu {
         self.cfg.reserved.iter().filter(|(d, _)| d.is_none_or(|d| d == device)).map(|(_, r)| *r).collect()
     }
 
+    fn flushes(&self) -> u64 {
+        self.flushes.len() as u64
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
         self
     }

@@ -68,6 +68,7 @@ pub struct SmmuIommu<M: DmaMemory> {
     asids: IdAllocator,
     vmids: IdAllocator,
     use_stage2: bool,
+    flushes: u64,
 }
 
 impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
@@ -94,6 +95,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             asids,
             vmids,
             use_stage2,
+            flushes: 0,
         }
     }
 
@@ -340,6 +342,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
             // One TLBI for the whole gather (a range when IDR3.RIL, else the
             // page or the whole ASID / VMID), then the CMD_SYNC `submit` adds.
             let c = self.invalidation(tag, &gather);
+            self.flushes += 1;
             self.smmu.submit(&[c], &mut self.mem)?;
         }
         gather.release(&mut self.mem);
@@ -370,6 +373,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
         self.reserved.iter().filter(|(d, _)| d.is_none_or(|d| d == device.0)).map(|(_, r)| *r).collect()
+    }
+
+    fn flushes(&self) -> u64 {
+        self.flushes
     }
 
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {

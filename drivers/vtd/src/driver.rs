@@ -388,6 +388,10 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
         self.reserved.iter().filter(|(d, _)| d.is_none() || *d == rid).map(|(_, r)| *r).collect()
     }
 
+    fn flushes(&self) -> u64 {
+        self.unit.invalidations
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
         self
     }

@@ -338,8 +338,9 @@ impl Unit {
         }
         let (tail, seq, status, base) = (q.tail, q.seq, q.status, q.base);
         self.regs().iqt.set((tail as u64) << 4);
+        // The status word first: it is memory, FSTS is a (slow) register read.
         wait("invalidation wait descriptor", || {
-            QueueError::from_fsts(self.regs().fsts.get()).is_some() || mem.read(status, 0) as u32 == seq
+            mem.read(status, 0) as u32 == seq || QueueError::from_fsts(self.regs().fsts.get()).is_some()
         })?;
         let Some(error) = QueueError::from_fsts(self.regs().fsts.get()) else { return Ok(()) };
         let head = (self.regs().iqh.get() >> 4) as usize % QUEUE_ENTRIES;
@@ -698,7 +699,12 @@ impl Unit {
     /// (FSTS.PFO: every recording register was full, so faults were lost) is
     /// logged, counted in `fault_overflows` and cleared (§7.2.2).
     pub fn take_fault(&self) -> Option<FaultRecord> {
-        if self.regs().fsts.is_set(FSTS::PFO) {
+        let fsts = self.regs().fsts.extract();
+        // Nothing pending, nothing lost: one register read (the common case).
+        if !fsts.is_set(FSTS::PPF) && !fsts.is_set(FSTS::PFO) {
+            return None;
+        }
+        if fsts.is_set(FSTS::PFO) {
             self.fault_overflows.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             log::warn!("vtd: primary fault overflow (FSTS.PFO): faults arrived while the recording registers were full and were lost");
             self.regs().fsts.write(FSTS::PFO::SET); // write-1-to-clear

@@ -320,6 +320,8 @@ pub struct HwInfo {
     pub data: u64,
     /// Out: the unit's name in the firmware topology (e.g. `dmar0`, `smmu0`), NUL padded.
     pub out_unit_name: [u8; 16],
+    /// Out: IOTLB invalidations the unit has issued so far (a statistic for benchmarks).
+    pub out_flushes: u64,
 }
 
 /// Every IOAS struct begins with these two words.
@@ -393,7 +395,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<IoasMap>(), 40);
         assert_eq!(core::mem::size_of::<IoasCopy>(), 40);
         assert_eq!(core::mem::size_of::<IoasIovaRanges>(), 32);
-        assert_eq!(core::mem::size_of::<HwInfo>(), 48);
+        assert_eq!(core::mem::size_of::<HwInfo>(), 56);
         assert_eq!(core::mem::size_of::<HwReg>(), 16);
         for n in 1..=12 {
             assert_eq!(Op::from_raw(n).map(|o| o as u64), Some(n));

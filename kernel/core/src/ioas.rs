@@ -224,10 +224,11 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
         }
         Op::GetHwInfo => {
             let (mut s, size) = read::<a::HwInfo>(ptr)?;
-            let (unit, info) = with_fd(|fd, units, _| {
+            let (unit, info, flushes) = with_fd(|fd, units, _| {
                 let (unit, _) = fd.device_unit(s.dev_id)?;
-                Ok((unit, units[unit].info()))
+                Ok((unit, units[unit].info(), units[unit].flushes()))
             })?;
+            s.out_flushes = flushes;
             if let Some(name) = crate::iommu::topology_index(unit)
                 .and_then(|i| crate::pci::topology().and_then(|t| t.units().get(i).map(|u| u.name.clone())))
             {

@@ -531,7 +531,16 @@ fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
     }
     with_current(|cur| {
         let p = platform();
-        let va = if addr == 0 { cur.next_va } else { addr };
+        // Kernel-chosen addresses of 2 MiB or more start 2 MiB aligned, so
+        // the 2 MiB-aligned runs of frames below can become large DMA leaves.
+        const RUN: u64 = 512 * FRAME_SIZE;
+        let va = if addr != 0 {
+            addr
+        } else if len >= RUN {
+            cur.next_va.next_multiple_of(RUN)
+        } else {
+            cur.next_va
+        };
         let end = va.checked_add(len).ok_or(Errno::EINVAL)?;
         if va < USER_MIN || end > MMAP_END {
             return Err(Errno::EINVAL);
@@ -540,24 +549,39 @@ fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
             return Err(Errno::EADDRINUSE);
         }
         let perms = UserPerms { write: prot & abi::PROT_WRITE != 0, exec: false, device: false };
+        // Physically contiguous, 2 MiB-aligned frames for each whole 2 MiB
+        // of the range that is 2 MiB aligned (one frame at a time otherwise).
+        let mut run: Option<(u64, u64)> = None;
         for pg in (va..end).step_by(FRAME_SIZE as usize) {
-            let mapped =
-                mm::alloc_frame().ok_or(Errno::ENOMEM).and_then(|pa| match p.user_map(cur.root, pg, pa, perms) {
-                    Ok(()) => Ok(pa),
-                    Err(_) => {
-                        let _ = mm::free_frame(pa);
-                        Err(Errno::ENOMEM)
-                    }
-                });
+            if pg % RUN == 0 && end - pg >= RUN {
+                run = mm::alloc_frames(512, 512).map(|pa| (pg, pa));
+            }
+            let frame = match run {
+                Some((start, pa)) if pg < start + RUN => Some(pa + (pg - start)),
+                _ => mm::alloc_frame(),
+            };
+            let mapped = frame.ok_or(Errno::ENOMEM).and_then(|pa| match p.user_map(cur.root, pg, pa, perms) {
+                Ok(()) => Ok(pa),
+                Err(_) => {
+                    let _ = mm::free_frame(pa);
+                    Err(Errno::ENOMEM)
+                }
+            });
             match mapped {
                 Ok(pa) => cur.anon.push((pg, pa)),
                 Err(e) => {
-                    // Roll back what this call mapped.
+                    // Roll back what this call mapped, and the frames of the
+                    // current run that no page took yet.
                     for undo in (va..pg).step_by(FRAME_SIZE as usize) {
                         if let Some(i) = cur.anon.iter().position(|&(v, _)| v == undo) {
                             let (_, pa) = cur.anon.swap_remove(i);
                             let _ = p.user_unmap(cur.root, undo);
                             let _ = mm::free_frame(pa);
+                        }
+                    }
+                    if let Some((start, pa)) = run.filter(|&(start, _)| pg >= start && pg < start + RUN) {
+                        for off in (pg - start + FRAME_SIZE..RUN).step_by(FRAME_SIZE as usize) {
+                            let _ = mm::free_frame(pa + off);
                         }
                     }
                     return Err(e);

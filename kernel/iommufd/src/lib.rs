@@ -353,12 +353,12 @@ impl Iommufd {
         })
     }
 
-    /// Where a new area of `len` bytes goes in `ioas`.
+    /// Where a new area of `len` bytes goes in `ioas`. Both cases look only
+    /// at the areas near the answer (the areas are sorted by IOVA).
     fn place(&self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
         let devs = self.attached_devices(ioas);
         let usable = Self::usable_with(units, &devs);
-        let taken: Vec<Range> = i.areas.iter().map(|(&s, a)| (s, s + a.len - 1)).collect();
         match iova {
             IovaChoice::Fixed(at) => {
                 if !at.is_multiple_of(PAGE) {
@@ -371,17 +371,16 @@ impl Iommufd {
                 if !ranges::covers(&usable, (at, last)) {
                     return Err(Errno::ERANGE);
                 }
-                if ranges::overlaps(&taken, (at, last)) {
+                if i.areas.range(..=last).next_back().is_some_and(|(&s, a)| s + (a.len - 1) >= at) {
                     return Err(Errno::EEXIST);
                 }
                 Ok(at)
             }
             IovaChoice::Auto => {
-                let free = taken.iter().fold(usable, |set, &r| ranges::subtract(&set, r));
                 let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
                 let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
-                ranges::lowest_fit(&free, len, align)
-                    .or_else(|| ranges::lowest_fit(&free, len, PAGE))
+                lowest_gap(&i.areas, &usable, len, align)
+                    .or_else(|| lowest_gap(&i.areas, &usable, len, PAGE))
                     .ok_or(Errno::ENOSPC)
             }
         }
@@ -747,6 +746,50 @@ impl Iommufd {
     pub fn hwpt_domain(&self, hwpt: u32) -> Option<(usize, DomainId)> {
         self.hwpt(hwpt).map(|h| (h.unit, h.domain))
     }
+}
+
+/// The lowest `align`-aligned IOVA where `len` bytes fit inside `usable`
+/// without touching an area: one walk over the areas in IOVA order.
+fn lowest_gap(areas: &BTreeMap<u64, Area>, usable: &[Range], len: u64, align: u64) -> Option<u64> {
+    let fit = |lo: u64, hi: u64| -> Option<u64> {
+        let start = lo.checked_add(align - 1)? & !(align - 1);
+        (start >= lo && start.checked_add(len - 1)? <= hi).then_some(start)
+    };
+    for &(s, e) in usable {
+        let mut cur = s;
+        // An area that began below `s` may reach into the range.
+        if let Some((&start, a)) = areas.range(..=s).next_back() {
+            match start.checked_add(a.len) {
+                Some(end) if end > cur => cur = end,
+                None => continue,
+                _ => {}
+            }
+        }
+        let mut blocked = false;
+        for (&start, a) in areas.range(cur..) {
+            if start > e {
+                break;
+            }
+            if start > cur {
+                if let Some(at) = fit(cur, start - 1) {
+                    return Some(at);
+                }
+            }
+            match start.checked_add(a.len) {
+                Some(end) => cur = cur.max(end),
+                None => {
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        if !blocked && cur <= e {
+            if let Some(at) = fit(cur, e) {
+                return Some(at);
+            }
+        }
+    }
+    None
 }
 
 /// Adds `g` to `into` (one flush for both).

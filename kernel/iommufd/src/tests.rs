@@ -360,3 +360,27 @@ fn hwpt_objects_and_hints() {
     assert_eq!(fd.destroy(&mut units, &mut mem, 12345), Err(Errno::ENOENT));
     fd.close(&mut units, &mut mem);
 }
+
+proptest::proptest! {
+    /// The one-walk gap search agrees with subtracting every area from the
+    /// usable set and taking the lowest fit.
+    #[test]
+    fn lowest_gap_matches_the_set_reference(
+        spans in proptest::collection::vec((1u64..64, 1u64..16), 0..12),
+        len_pages in 1u64..40,
+        shift in 0u32..5,
+        hole in 0u64..64,
+    ) {
+        let mut areas = BTreeMap::new();
+        let mut at = PAGE;
+        for (gap, pages) in spans {
+            at += gap * PAGE;
+            areas.insert(at, Area { len: pages * PAGE, pages: Vec::new(), perms: RW });
+            at += pages * PAGE;
+        }
+        let usable = ranges::subtract(&[(PAGE, 0x10_0000 - 1)], (hole * PAGE + PAGE, hole * PAGE + 4 * PAGE - 1));
+        let (len, align) = (len_pages * PAGE, PAGE << shift);
+        let free = areas.iter().fold(usable.clone(), |set, (&s, a)| ranges::subtract(&set, (s, s + a.len - 1)));
+        proptest::prop_assert_eq!(lowest_gap(&areas, &usable, len, align), ranges::lowest_fit(&free, len, align));
+    }
+}

@@ -139,6 +139,8 @@ pub struct UnitInfo {
     pub num_regs: usize,
     /// The unit's topology name, NUL padded.
     pub name: [u8; 16],
+    /// IOTLB invalidations the unit has issued so far.
+    pub flushes: u64,
 }
 
 impl UnitInfo {
@@ -171,5 +173,5 @@ pub fn hw_info(dev: u32, regs: &mut [a::HwReg]) -> Result<UnitInfo, Errno> {
         ..Default::default()
     };
     call(Op::GetHwInfo, &mut s)?;
-    Ok(UnitInfo { kind: s.out_kind, num_regs: s.num_regs as usize, name: s.out_unit_name })
+    Ok(UnitInfo { kind: s.out_kind, num_regs: s.num_regs as usize, name: s.out_unit_name, flushes: s.out_flushes })
 }

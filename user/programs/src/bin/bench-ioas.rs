@@ -1,0 +1,108 @@
+//! `cargo xtask bench ioas`: the generic door's map + unmap cost through the
+//! real syscall, with an `edu` attached so every map and unmap reaches the
+//! IOMMU: 4 KiB, 256 × 4 KiB in one call, 2 MiB (2 MiB-aligned memory and
+//! IOVA, so 2 MiB leaves are possible), 1000 separate 4 KiB maps then
+//! unmaps, and IOTLB invalidations per unmap call. Prints figures only.
+#![no_std]
+#![no_main]
+
+use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::DeviceInfo;
+use userlib::{ioas, println, sys};
+
+const PAGE: u64 = 4096;
+const RW: u32 = MAP_READABLE | MAP_WRITEABLE;
+
+fn now() -> u64 {
+    sys::clock().unwrap_or(0)
+}
+
+fn flushes(dev: u32) -> u64 {
+    ioas::hw_info(dev, &mut [Default::default(); 16]).map(|u| u.flushes).unwrap_or(0)
+}
+
+/// `reps` times map + unmap of `pages` pages as one call each.
+fn map_unmap(ioas_id: u32, dev: u32, pages: u64, reps: u64, name: &str) -> Result<(), &'static str> {
+    let va = sys::mem_map(0, pages * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(|_| "mem_map")?;
+    let (mut map_ns, mut unmap_ns) = (0, 0);
+    let f0 = flushes(dev);
+    for _ in 0..reps {
+        let t0 = now();
+        let at = ioas::map(ioas_id, va, pages * PAGE, None, RW).map_err(|_| "map")?;
+        let t1 = now();
+        ioas::unmap(ioas_id, at, pages * PAGE).map_err(|_| "unmap")?;
+        let t2 = now();
+        map_ns += t1 - t0;
+        unmap_ns += t2 - t1;
+    }
+    let inv = flushes(dev) - f0;
+    let (m, u) = (map_ns / reps, unmap_ns / reps);
+    println!(
+        "bench-ioas: {name:<12} map {m:>9} ns  unmap {u:>9} ns  map+unmap per 4K {:>7} ns  invalidations/unmap {}.{:02}",
+        (m + u) / pages,
+        inv / reps,
+        inv * 100 / reps % 100
+    );
+    sys::mem_unmap(va, pages * PAGE).map_err(|_| "mem_unmap")?;
+    Ok(())
+}
+
+fn separate(ioas_id: u32, dev: u32, n: u64) -> Result<(), &'static str> {
+    let va = sys::mem_map(0, n * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(|_| "mem_map")?;
+    let mut iovas = [0u64; 1000];
+    let t0 = now();
+    for (i, slot) in iovas.iter_mut().enumerate().take(n as usize) {
+        *slot = ioas::map(ioas_id, va + i as u64 * PAGE, PAGE, None, RW).map_err(|_| "map")?;
+    }
+    let t1 = now();
+    let f0 = flushes(dev);
+    for &at in iovas.iter().take(n as usize) {
+        ioas::unmap(ioas_id, at, PAGE).map_err(|_| "unmap")?;
+    }
+    let t2 = now();
+    let inv = flushes(dev) - f0;
+    println!(
+        "bench-ioas: {n} x 4K      map {:>9} ns  unmap {:>9} ns  (per call)  invalidations/unmap {}",
+        (t1 - t0) / n,
+        (t2 - t1) / n,
+        inv / n
+    );
+    sys::mem_unmap(va, n * PAGE).map_err(|_| "mem_unmap")?;
+    Ok(())
+}
+
+fn bench() -> Result<(), &'static str> {
+    let mut list = [DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut list).map_err(|_| "device_list")? as usize;
+    let edu = list[..n.min(64)]
+        .iter()
+        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_BEHIND_IOMMU != 0)
+        .ok_or("no edu behind an IOMMU")?;
+    sys::device_claim(edu.bdf).map_err(|_| "claim")?;
+    let dev = ioas::device_bind(edu.bdf).map_err(|_| "bind")?;
+    let unit = ioas::hw_info(dev, &mut [Default::default(); 16]).map_err(|_| "hw_info")?;
+    let ioas_id = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    ioas::device_attach(dev, ioas_id).map_err(|_| "attach")?;
+    println!("bench-ioas: unit {} ({}), through the iommufd syscall, TCG", unit.name(), unit.kind_name());
+    map_unmap(ioas_id, dev, 1, 200, "4K")?;
+    map_unmap(ioas_id, dev, 256, 20, "256 x 4K")?;
+    map_unmap(ioas_id, dev, 512, 20, "2M")?;
+    println!("bench-ioas: 1G           skipped: a task maps at most 256 MiB (MAX_MAP_PAGES)");
+    separate(ioas_id, dev, 1000)?;
+    Ok(())
+}
+
+fn main() -> i32 {
+    match bench() {
+        Ok(()) => {
+            println!("bench-ioas: done");
+            0
+        }
+        Err(e) => {
+            println!("bench-ioas: failed: {e}");
+            1
+        }
+    }
+}
+
+userlib::entry!(main);
