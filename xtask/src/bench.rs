@@ -67,11 +67,15 @@ fn ioas() -> Result<(), String> {
             arch,
             iommu: arch.default_iommu(),
             cmdline: vec!["init=bench-ioas".into()],
-            extra: Vec::new(),
+            // Room for the 1 GiB case (the last -m wins).
+            extra: vec!["-m".into(), "2G".into()],
             gdb: false,
         };
         let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(600))?;
         let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("bench-ioas:")).collect();
+        for l in lines.iter().filter_map(|l| l.find("ioas: 0x").map(|at| &l[at..])) {
+            println!("{:<10} {}", arch.name(), l.replacen("ioas: ", "leaves: ", 1));
+        }
         if !ours.iter().any(|l| l.contains("bench-ioas: done")) {
             return Err(format!("{}: the benchmark did not finish: {ours:?}", arch.name()));
         }

@@ -276,6 +276,14 @@ pub trait Iommu: Send {
     /// direct-map regions, holes.
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region>;
 
+    /// The leaves mapping `[iova, iova + len)` in a paging domain, as
+    /// (leaf size, count) pairs, largest first (for reports; empty when the
+    /// driver cannot tell).
+    fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
+        let _ = (domain, iova, len);
+        Vec::new()
+    }
+
     /// IOTLB invalidations (flushes that reached the hardware) so far.
     fn flushes(&self) -> u64;
 
@@ -294,6 +302,19 @@ pub fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
         core::hint::spin_loop();
     }
     false
+}
+
+/// Counts leaves by size, largest first: the helper drivers use for [`Iommu::leaves`].
+pub fn count_leaves(sizes: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for size in sizes {
+        match v.iter_mut().find(|(s, _)| *s == size) {
+            Some((_, n)) => *n += 1,
+            None => v.push((size, 1)),
+        }
+    }
+    v.sort_unstable_by_key(|&(size, _)| core::cmp::Reverse(size));
+    v
 }
 
 /// Unmaps and flushes in one step (for callers that do not batch).

@@ -371,6 +371,12 @@ mod tests {
     }
 
     #[test]
+    fn leaves_are_counted_largest_first() {
+        assert_eq!(crate::count_leaves([4096, 2 << 20, 4096, 1 << 30]), [(1 << 30, 1), (2 << 20, 1), (4096, 2)]);
+        assert!(crate::count_leaves([]).is_empty());
+    }
+
+    #[test]
     fn paging_translates_and_checks_permissions() {
         let mut m = MockIommu::new(MockConfig::default());
         let d = m.domain_alloc(DomainKind::Paging).unwrap();

@@ -205,6 +205,8 @@ pub struct IoasCopy {
 
 /// `IoasOption.option_id`: 1 allows huge leaves (default), 0 forbids them.
 pub const OPTION_HUGE_PAGES: u32 = 1;
+/// `IoasOption.option_id`: 1 makes the kernel log the leaves each new mapping gets.
+pub const OPTION_REPORT_LEAVES: u32 = 2;
 
 /// Sets a hint on an IOAS; whether it is honoured comes back, it never fails
 /// for being unknown.

@@ -125,6 +125,14 @@ fn iova_choice(flags: u32, iova: u64) -> IovaChoice {
     }
 }
 
+fn size_name(size: u64) -> alloc::string::String {
+    match size {
+        s if s >= 1 << 30 => alloc::format!("{}G", s >> 30),
+        s if s >= 1 << 20 => alloc::format!("{}M", s >> 20),
+        s => alloc::format!("{}K", s >> 10),
+    }
+}
+
 /// `iommufd(op, ptr)`. Faults the units recorded since the last call are
 /// logged first (decoded), so a task sees its stray DMA reported.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
@@ -176,7 +184,22 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
         Op::IoasMap => {
             let (mut s, size) = read::<a::IoasMap>(ptr)?;
             let m = MapArgs { va: s.user_va, len: s.length, iova: iova_choice(s.flags, s.iova), perms: perms(s.flags) };
-            s.iova = with_fd(|fd, units, mem| fd.map(units, mem, s.ioas_id, m))?;
+            s.iova = with_fd(|fd, units, mem| {
+                let iova = fd.map(units, mem, s.ioas_id, m)?;
+                if fd.hints(s.ioas_id)?.report_leaves {
+                    for (unit, leaves) in fd.leaves(units, s.ioas_id, iova, m.len)? {
+                        let text: Vec<alloc::string::String> =
+                            leaves.iter().map(|&(size, n)| alloc::format!("{} x {n}", size_name(size))).collect();
+                        let name = crate::iommu::topology_index(unit)
+                            .and_then(|t| {
+                                crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.clone()))
+                            })
+                            .unwrap_or_default();
+                        log::info!("ioas: {:#x} bytes at {iova:#x}: {name} leaves {}", m.len, text.join(", "));
+                    }
+                }
+                Ok(iova)
+            })?;
             write(ptr, &s, size)?;
         }
         Op::IoasUnmap => {

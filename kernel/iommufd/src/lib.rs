@@ -32,6 +32,9 @@ use alloc::vec::Vec;
 use iommu::{DeviceId, DomainId, DomainKind, Gather, Iommu, Perms};
 use ranges::Range;
 
+/// Leaves of a mapping in one unit: (leaf size, count) pairs, largest first.
+pub type Leaves = Vec<(u64, u64)>;
+
 /// Pages are 4 KiB everywhere in this model.
 pub const PAGE: u64 = 4096;
 
@@ -70,11 +73,13 @@ pub fn errno(e: iommu::Error) -> Errno {
 pub struct Hints {
     /// Use leaves larger than 4 KiB where alignment allows (default on).
     pub huge_pages: bool,
+    /// Report the leaves each new mapping got (a teaching and benchmark aid; default off).
+    pub report_leaves: bool,
 }
 
 impl Default for Hints {
     fn default() -> Self {
-        Hints { huge_pages: true }
+        Hints { huge_pages: true, report_leaves: false }
     }
 }
 
@@ -82,6 +87,8 @@ impl Default for Hints {
 pub mod option {
     /// Value 1: allow huge leaves (default); 0: 4 KiB leaves only.
     pub const HUGE_PAGES: u32 = 1;
+    /// Value 1: the kernel logs the leaves each new mapping gets; 0: not (default).
+    pub const REPORT_LEAVES: u32 = 2;
 }
 
 /// A mapping: a run of pinned pages at an IOVA.
@@ -322,6 +329,10 @@ impl Iommufd {
         match option {
             option::HUGE_PAGES if value <= 1 => {
                 i.hints.huge_pages = value == 1;
+                Ok(true)
+            }
+            option::REPORT_LEAVES if value <= 1 => {
+                i.hints.report_leaves = value == 1;
                 Ok(true)
             }
             _ => Ok(false),
@@ -730,6 +741,28 @@ impl Iommufd {
             let _ = units[unit].domain_free(d);
         }
         self.objects.clear();
+    }
+
+    /// The hints of `ioas`.
+    pub fn hints(&self, ioas: u32) -> Result<Hints, Errno> {
+        Ok(self.ioas(ioas)?.hints)
+    }
+
+    /// The leaves `[iova, iova + len)` got in each HWPT of `ioas`: (unit, (size, count) pairs).
+    pub fn leaves(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        iova: u64,
+        len: u64,
+    ) -> Result<Vec<(usize, Leaves)>, Errno> {
+        Ok(self
+            .ioas(ioas)?
+            .hwpts
+            .iter()
+            .filter_map(|&h| self.hwpt(h))
+            .map(|h| (h.unit, units[h.unit].leaves(h.domain, iova, len)))
+            .collect())
     }
 
     /// Mapped areas of `ioas` as (iova, length), for inspection.

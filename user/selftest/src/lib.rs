@@ -555,6 +555,13 @@ pub fn cases() -> Vec<(String, Case)> {
         expect!(d.set_option(ioas, abi::ioas::OPTION_HUGE_PAGES, 1), Ok(true));
         Verdict::Pass
     }));
+    case!("option_report_leaves_honoured", |d| with_ioas(d, |d, ioas| with_pages(d, 1, |d, va| {
+        expect!(d.set_option(ioas, abi::ioas::OPTION_REPORT_LEAVES, 1), Ok(true));
+        let at = try_ok!(d.map(ioas, va, PAGE, None, RW));
+        expect!(d.unmap(ioas, at, PAGE), Ok(PAGE));
+        expect!(d.set_option(ioas, abi::ioas::OPTION_REPORT_LEAVES, 0), Ok(true));
+        Verdict::Pass
+    })));
     case!("option_unknown_reported_not_error", |d| with_ioas(d, |d, ioas| {
         expect!(d.set_option(ioas, 0x7777, 1), Ok(false));
         Verdict::Pass
