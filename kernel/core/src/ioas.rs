@@ -252,14 +252,10 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
                 Ok((unit, units[unit].info(), units[unit].flushes()))
             })?;
             s.out_flushes = flushes;
-            if let Some(name) = crate::iommu::topology_index(unit)
-                .and_then(|i| crate::pci::topology().and_then(|t| t.units().get(i).map(|u| u.name.clone())))
-            {
-                let b = name.as_bytes();
-                let n = b.len().min(15);
-                s.out_unit_name = [0; 16];
-                s.out_unit_name[..n].copy_from_slice(&b[..n]);
-            }
+            let name = crate::iommu::unit_name(unit);
+            let n = name.len().min(15);
+            s.out_unit_name = [0; 16];
+            s.out_unit_name[..n].copy_from_slice(&name.as_bytes()[..n]);
             s.out_kind = match info.kind {
                 iommu::UnitKind::Vtd => a::hw_kind::VTD,
                 iommu::UnitKind::AmdVi => a::hw_kind::AMDVI,

@@ -90,16 +90,20 @@ pub fn topology_index(unit: usize) -> Option<usize> {
     TOPOLOGY_INDEX.lock().get(unit).copied()
 }
 
+/// The firmware name (`dmar0`, `smmu0`) of registered unit `unit` ("" if unknown).
+pub fn unit_name(unit: usize) -> alloc::string::String {
+    topology_index(unit)
+        .and_then(|t| crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.clone())))
+        .unwrap_or_default()
+}
+
 /// Takes every fault the registered units recorded and logs it; returns how many.
 pub fn log_faults() -> usize {
     with_units(|units| {
         let mut n = 0;
         for (i, u) in units.iter_mut().enumerate() {
             for f in u.drain_faults() {
-                let name = topology_index(i)
-                    .and_then(|t| crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.clone())))
-                    .unwrap_or_default();
-                log::warn!("iommu: {name}: {f}");
+                log::warn!("iommu: {}: {f}", unit_name(i));
                 n += 1;
             }
         }

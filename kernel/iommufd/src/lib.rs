@@ -24,6 +24,8 @@
 extern crate alloc;
 
 pub mod ranges;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use abi::Errno;
 use alloc::boxed::Box;

@@ -3,42 +3,10 @@
 use super::*;
 use iommu::mock::{MockConfig, MockIommu};
 use iommu::{Region, ReservedKind};
-use std::collections::BTreeMap as Map;
 
-/// Task memory: every page of `[0, 1 GiB)` is mapped at `BASE + va`; pins are counted.
-#[derive(Default)]
-struct FakeMemory {
-    pins: Map<u64, u32>,
-    fail_pin: bool,
-}
+use crate::testing::{FakeMemory, PA_BASE as BASE};
 
-const BASE: u64 = 0x1_0000_0000;
 const RW: Perms = Perms::READ.union(Perms::WRITE);
-
-impl Memory for FakeMemory {
-    fn pin(&mut self, va: u64, len: u64, _write: bool) -> Result<Vec<u64>, Errno> {
-        if self.fail_pin || va + len > 1 << 30 {
-            return Err(Errno::EFAULT);
-        }
-        let pages: Vec<u64> = (0..len / PAGE).map(|i| BASE + va + i * PAGE).collect();
-        self.repin(&pages);
-        Ok(pages)
-    }
-    fn repin(&mut self, pages: &[u64]) {
-        for p in pages {
-            *self.pins.entry(*p).or_default() += 1;
-        }
-    }
-    fn unpin(&mut self, pages: &[u64]) {
-        for p in pages {
-            let n = self.pins.get_mut(p).expect("unpin of a page never pinned");
-            *n -= 1;
-            if *n == 0 {
-                self.pins.remove(p);
-            }
-        }
-    }
-}
 
 fn mock(devices: &[u32], extra_reserved: Vec<(Option<DeviceId>, Region)>) -> Box<dyn Iommu> {
     let mut cfg = MockConfig { devices: devices.iter().map(|&d| DeviceId(d)).collect(), ..MockConfig::default() };

@@ -5,49 +5,10 @@ use abi::Errno;
 use ioas_selftest::Door;
 use iommu::mock::{MockConfig, MockIommu};
 use iommu::{DeviceId, Iommu, Perms};
+use iommufd::testing::FakeMemory;
 use iommufd::{CopyArgs, Iommufd, IovaChoice, MapArgs};
-use std::collections::{BTreeMap, BTreeSet};
 
 const PAGE: u64 = 4096;
-
-/// Task pages: allocated VAs map to `PA_BASE + va`; pins are counted.
-#[derive(Default)]
-struct FakeMemory {
-    mapped: BTreeSet<u64>,
-    pins: BTreeMap<u64, u32>,
-}
-
-const PA_BASE: u64 = 0x10_0000_0000;
-
-impl iommufd::Memory for FakeMemory {
-    fn pin(&mut self, va: u64, len: u64, _write: bool) -> Result<Vec<u64>, Errno> {
-        let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
-        if len / PAGE > self.mapped.len() as u64 {
-            return Err(Errno::EFAULT);
-        }
-        let pages: Vec<u64> = (va..end).step_by(PAGE as usize).collect();
-        if !pages.iter().all(|p| self.mapped.contains(p)) {
-            return Err(Errno::EFAULT);
-        }
-        let pas: Vec<u64> = pages.iter().map(|p| PA_BASE + p).collect();
-        self.repin(&pas);
-        Ok(pas)
-    }
-    fn repin(&mut self, pages: &[u64]) {
-        for p in pages {
-            *self.pins.entry(*p).or_default() += 1;
-        }
-    }
-    fn unpin(&mut self, pages: &[u64]) {
-        for p in pages {
-            let n = self.pins.get_mut(p).expect("unpinned more than pinned");
-            *n -= 1;
-            if *n == 0 {
-                self.pins.remove(p);
-            }
-        }
-    }
-}
 
 struct HostDoor {
     fd: Iommufd,
@@ -70,7 +31,7 @@ impl HostDoor {
         HostDoor {
             fd: Iommufd::new(),
             units: vec![unit(&[0x10, 0x18], (0, (1 << 48) - 1)), unit(&[0x20], (0, (1 << 39) - 1))],
-            mem: FakeMemory::default(),
+            mem: FakeMemory { mapped: Some(Default::default()), ..FakeMemory::default() },
             next_va: 0x40_0000,
             devices: vec![(0, 0x10), (0, 0x18), (1, 0x20)],
         }
@@ -140,12 +101,14 @@ impl Door for HostDoor {
     fn alloc_pages(&mut self, pages: u64) -> Result<u64, Errno> {
         let va = self.next_va;
         self.next_va += (pages + 1) * PAGE; // a guard page between allocations
-        self.mem.mapped.extend((0..pages).map(|i| va + i * PAGE));
+        self.mem.mapped.get_or_insert_with(Default::default).extend((0..pages).map(|i| va + i * PAGE));
         Ok(va)
     }
     fn free_pages(&mut self, va: u64, pages: u64) {
-        for i in 0..pages {
-            self.mem.mapped.remove(&(va + i * PAGE));
+        if let Some(m) = self.mem.mapped.as_mut() {
+            for i in 0..pages {
+                m.remove(&(va + i * PAGE));
+            }
         }
     }
     fn unmapped_va(&self) -> u64 {

@@ -1,0 +1,64 @@
+//! A fake task memory for host tests (feature `testing`): pages map to
+//! `PA_BASE + va`, pins are counted, pinning can be made to fail.
+
+use crate::{Memory, PAGE};
+use abi::Errno;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+/// Physical address of task page 0.
+pub const PA_BASE: u64 = 0x10_0000_0000;
+
+/// Task memory for tests.
+#[derive(Debug, Default)]
+pub struct FakeMemory {
+    /// Mapped pages; `None`: every page below 1 GiB is mapped.
+    pub mapped: Option<BTreeSet<u64>>,
+    /// Pins per physical page.
+    pub pins: BTreeMap<u64, u32>,
+    /// Make every `pin` fail with `EFAULT`.
+    pub fail_pin: bool,
+}
+
+impl FakeMemory {
+    fn is_mapped(&self, page: u64) -> bool {
+        match &self.mapped {
+            None => page < 1 << 30,
+            Some(set) => set.contains(&page),
+        }
+    }
+}
+
+impl Memory for FakeMemory {
+    fn pin(&mut self, va: u64, len: u64, _write: bool) -> Result<Vec<u64>, Errno> {
+        let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
+        // Bounded before anything is allocated: no more pages than exist.
+        let limit = self.mapped.as_ref().map_or(1 << 18, |m| m.len() as u64);
+        if self.fail_pin || len / PAGE > limit {
+            return Err(Errno::EFAULT);
+        }
+        let pages: Vec<u64> = (va..end).step_by(PAGE as usize).collect();
+        if !pages.iter().all(|&p| self.is_mapped(p)) {
+            return Err(Errno::EFAULT);
+        }
+        let pas: Vec<u64> = pages.iter().map(|p| PA_BASE + p).collect();
+        self.repin(&pas);
+        Ok(pas)
+    }
+
+    fn repin(&mut self, pages: &[u64]) {
+        for p in pages {
+            *self.pins.entry(*p).or_default() += 1;
+        }
+    }
+
+    fn unpin(&mut self, pages: &[u64]) {
+        for p in pages {
+            let n = self.pins.get_mut(p).expect("unpin of a page never pinned");
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(p);
+            }
+        }
+    }
+}
