@@ -73,13 +73,18 @@ fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
             format!("{edu} iommu=dmar0 id=0x"),
             "topology: reserved dmar0 0xfee00000-0xfeefffff msi".into(),
         ],
-        (_, Iommu::Amdvi) => {
-            vec!["topology: iommu ivhd0 kind=amdvi base=0xfed80000".into(), format!("{edu} iommu=ivhd0 id=0x")]
-        }
+        (_, Iommu::Amdvi) => vec![
+            "topology: iommu ivhd0 kind=amdvi base=0xfed80000".into(),
+            format!("{edu} iommu=ivhd0 id=0x"),
+            "amdvi: EFR=0x29d3".into(),
+            "iommu: 1 unit(s) registered".into(),
+        ],
         (_, Iommu::Virtio) => vec![
             "topology: iommu viommu0 kind=virtio".into(),
             format!("{edu} iommu=viommu0 id=0x"),
             "1af4:1057 class=00ff00 iommu=none".into(),
+            "virtio-iommu: features".into(),
+            "iommu: 1 unit(s) registered".into(),
         ],
         (_, Iommu::Smmuv3) => vec![
             "topology: iommu smmu0 kind=smmuv3 base=0x9050000".into(),
@@ -89,6 +94,14 @@ fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
         (_, Iommu::None) => vec![format!("{edu} iommu=none")],
     };
     v
+}
+
+/// The unit kind the demo prints for a machine with `iommu` (`abi::ioas::hw_kind` names).
+fn demo_kind(iommu: Iommu) -> &'static str {
+    match iommu {
+        Iommu::Virtio => "virtio-iommu",
+        other => other.name(),
+    }
 }
 
 /// Extra devices behind a PCIe root port and a conventional PCI bridge.
@@ -199,6 +212,20 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     c.must_contain = vec!["demo: passed 2 devices".into(), "dma=ok stray-dma=blocked".into()];
     c.expect = qemu_tests::runner::Expect::Exit;
     cases.push(c);
+    // The same demo, unchanged, on every other IOMMU the machine can have.
+    for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != demo_iommu && i != Iommu::None) {
+        let mut c = harness::case(
+            &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(iommu, split("-device edu")) },
+            kernel,
+            BOOT_TIMEOUT,
+        );
+        c.name = format!("{}-{}-demo", arch.name(), iommu.name());
+        c.log_file.set_file_name(format!("{}.log", c.name));
+        c.must_contain =
+            vec!["demo: passed 2 devices".into(), format!("kind={} dma=ok stray-dma=blocked", demo_kind(iommu))];
+        c.expect = qemu_tests::runner::Expect::Exit;
+        cases.push(c);
+    }
     match arch {
         Arch::X86_64 => {
             // VT-d with caching mode and a second edu (two domains), without
@@ -369,11 +396,19 @@ pub fn run_tests(
         for a in Arch::all().into_iter().filter(|a| configs.iter().any(|(x, _)| x == a)) {
             let kernel = build::kernel(a, false)?;
             for &(ca, ci) in configs.iter().filter(|(x, _)| *x == a) {
+                // AMD-Vi and virtio-iommu have no cases of their own: their
+                // boot gets the second edu the isolation tests need.
+                let extra = match ci {
+                    Iommu::Amdvi | Iommu::Virtio => {
+                        vec!["-device".to_owned(), "edu,dma_mask=0xffffffffffffffff".to_owned()]
+                    }
+                    _ => Vec::new(),
+                };
                 let machine = Machine {
                     arch: ca,
                     iommu: ci,
                     cmdline: vec![format!("ktest={}", filter.unwrap_or("all"))],
-                    extra: Vec::new(),
+                    extra,
                     gdb: false,
                 };
                 let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT);

@@ -113,6 +113,38 @@ pub struct Region {
     pub kind: ReservedKind,
 }
 
+/// The direction of a faulting DMA, as far as the unit said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A read from memory.
+    Read,
+    /// A write to memory.
+    Write,
+    /// The unit did not say (virtio-iommu names the direction only for
+    /// permission faults, virtio 1.2 §5.13.6.7).
+    Unknown,
+}
+
+impl Access {
+    /// `Write` when `write`, else `Read` (units that always say).
+    pub fn from_write(write: bool) -> Access {
+        if write {
+            Access::Write
+        } else {
+            Access::Read
+        }
+    }
+
+    /// Name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Unknown => "access",
+        }
+    }
+}
+
 /// A DMA fault a unit reported, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultEvent {
@@ -120,8 +152,8 @@ pub struct FaultEvent {
     pub device: DeviceId,
     /// The faulting IOVA (page-aligned on units that record only the page).
     pub address: u64,
-    /// Write (true) or read (false).
-    pub write: bool,
+    /// Read, write, or not said.
+    pub access: Access,
     /// The unit's own reason code.
     pub reason: u32,
     /// The reason code's name from the unit's spec.
@@ -133,13 +165,34 @@ impl fmt::Display for FaultEvent {
         write!(
             f,
             "DMA {} fault from device {:#x} at {:#x}: reason {:#x} ({})",
-            if self.write { "write" } else { "read" },
+            self.access.name(),
             self.device.0,
             self.address,
             self.reason,
             self.reason_name
         )
     }
+}
+
+/// Merges runs of faults that describe one faulting DMA: same device,
+/// reason and direction, in the same 4 KiB page, one after the other. A
+/// device's DMA reaches the unit as many transactions (QEMU retries a failed
+/// access 4 bytes at a time, so one blocked 4 KiB transfer can raise a
+/// thousand events); the first of a run stands for it, with the run's length.
+pub fn coalesce_faults(faults: impl IntoIterator<Item = FaultEvent>) -> Vec<(FaultEvent, usize)> {
+    let mut out: Vec<(FaultEvent, usize)> = Vec::new();
+    for f in faults {
+        match out.last_mut() {
+            Some((first, n))
+                if (first.device, first.reason, first.access) == (f.device, f.reason, f.access)
+                    && first.address >> 12 == f.address >> 12 =>
+            {
+                *n += 1
+            }
+            _ => out.push((f, 1)),
+        }
+    }
+    out
 }
 
 /// What `unmap` removed; the gather must be flushed ([`Iommu::flush`]).
@@ -329,4 +382,78 @@ pub fn unmap_and_flush(unit: &mut dyn Iommu, domain: DomainId, iova: u64, len: u
 /// only as their identity mapping).
 pub fn overlaps_reserved(regions: &[Region], start: u64, end: u64) -> Option<Region> {
     regions.iter().copied().find(|r| r.start <= end && start <= r.end)
+}
+
+/// Identity-maps `device`'s direct-map regions ([`ReservedKind::DirectMap`]:
+/// RMRRs, IVMD unity ranges, RMRs) read/write into paging domain `domain`,
+/// using only the trait, so any driver can call it from `attach` before the
+/// device is pointed at the domain. Pages already mapped one to one are kept;
+/// a page mapped elsewhere is [`io_pgtable::Error::AlreadyMapped`].
+pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: DomainId) -> Result<(), Error> {
+    let page = unit.info().min_page();
+    let regions: Vec<Region> =
+        unit.reserved_regions(device).into_iter().filter(|r| r.kind == ReservedKind::DirectMap).collect();
+    for r in regions {
+        let (start, end) = (r.start & !(page - 1), (r.end | (page - 1)).saturating_add(1));
+        let mut at = start;
+        while at < end {
+            match unit.iova_to_phys(domain, at) {
+                Some(pa) if pa == at => at += page,
+                Some(_) => return Err(Error::Map(io_pgtable::Error::AlreadyMapped(at))),
+                None => {
+                    let mut run = at + page;
+                    while run < end && unit.iova_to_phys(domain, run).is_none() {
+                        run += page;
+                    }
+                    unit.map(domain, at, at, run - at, Perms::READ | Perms::WRITE)?;
+                    at = run;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(device: u32, address: u64, reason: u32, access: Access) -> FaultEvent {
+        FaultEvent { device: DeviceId(device), address, access, reason, reason_name: "test" }
+    }
+
+    #[test]
+    fn runs_of_one_dma_coalesce() {
+        // One blocked 4 KiB transfer retried 4 bytes at a time, then faults
+        // that each differ in one respect from the run before them.
+        let mut v: Vec<FaultEvent> = (0..1024).map(|i| fault(8, 0x30_0000 + 4 * i, 2, Access::Write)).collect();
+        v.push(fault(8, 0x30_1000, 2, Access::Write)); // next page
+        v.push(fault(9, 0x30_1000, 2, Access::Write)); // other device
+        v.push(fault(9, 0x30_1004, 5, Access::Write)); // other reason
+        v.push(fault(9, 0x30_1008, 5, Access::Write));
+        v.push(fault(9, 0x30_100C, 5, Access::Unknown)); // other direction
+        let got: Vec<(u32, u64, u32, usize)> =
+            coalesce_faults(v).iter().map(|(f, n)| (f.device.0, f.address, f.reason, *n)).collect();
+        assert_eq!(
+            got,
+            [
+                (8, 0x30_0000, 2, 1024),
+                (8, 0x30_1000, 2, 1),
+                (9, 0x30_1000, 2, 1),
+                (9, 0x30_1004, 5, 2),
+                (9, 0x30_100C, 5, 1)
+            ]
+        );
+        assert!(coalesce_faults(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn faults_print_their_direction() {
+        assert_eq!(
+            alloc::format!("{}", fault(0x10, 0x2000, 2, Access::Unknown)),
+            "DMA access fault from device 0x10 at 0x2000: reason 0x2 (test)"
+        );
+        assert_eq!(Access::from_write(true), Access::Write);
+        assert_eq!(Access::from_write(false).name(), "read");
+    }
 }

@@ -134,8 +134,13 @@ impl MockIommu {
     pub fn dma(&mut self, device: DeviceId, iova: u64, write: bool) -> Option<u64> {
         let g = self.granule();
         let page = iova & !(g - 1);
-        let fault =
-            |reason: u32, reason_name: &'static str| FaultEvent { device, address: iova, write, reason, reason_name };
+        let fault = |reason: u32, reason_name: &'static str| FaultEvent {
+            device,
+            address: iova,
+            access: crate::Access::from_write(write),
+            reason,
+            reason_name,
+        };
         let Some(d) = self.attached.get(&device) else { return Some(iova) };
         let result = match self.domains.get_mut(&d.0) {
             Some(Domain::Identity) | None => return Some(iova),
@@ -360,7 +365,10 @@ mod tests {
         assert_eq!(m.dma(DEV, 0x1234, false), None);
         let f = m.drain_faults();
         assert_eq!(f.len(), 1);
-        assert_eq!((f[0].device, f[0].address, f[0].write, f[0].reason), (DEV, 0x1234, false, reason::BLOCKED));
+        assert_eq!(
+            (f[0].device, f[0].address, f[0].access, f[0].reason),
+            (DEV, 0x1234, crate::Access::Read, reason::BLOCKED)
+        );
         assert!(m.drain_faults().is_empty(), "drain takes the faults");
         let id = m.domain_alloc(DomainKind::Identity).unwrap();
         m.attach(DEV, id).unwrap();

@@ -357,18 +357,17 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         }
     }
 
-    /// Events of one faulting DMA are merged ([`crate::event::coalesce`]).
+    /// Events of one faulting DMA are merged ([`iommu::coalesce_faults`]):
+    /// QEMU queues one per 4-byte retry of a blocked transfer.
     fn drain_faults(&mut self) -> Vec<FaultEvent> {
-        crate::event::coalesce(self.smmu.take_events(&self.mem))
-            .into_iter()
-            .map(|(e, _)| FaultEvent {
-                device: DeviceId(e.stream),
-                address: e.address,
-                write: !e.read,
-                reason: u32::from(e.kind.0),
-                reason_name: e.kind.name(),
-            })
-            .collect()
+        let events = self.smmu.take_events(&self.mem).into_iter().map(|e| FaultEvent {
+            device: DeviceId(e.stream),
+            address: e.address,
+            access: iommu::Access::from_write(!e.read),
+            reason: u32::from(e.kind.0),
+            reason_name: e.kind.name(),
+        });
+        iommu::coalesce_faults(events).into_iter().map(|(f, _)| f).collect()
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {

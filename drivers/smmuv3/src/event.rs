@@ -84,29 +84,6 @@ impl fmt::Display for Event {
     }
 }
 
-/// Merges runs of events that describe one faulting DMA: same type, stream,
-/// substream, direction and stage, in the same 4 KiB page, one after the
-/// other. A device's DMA reaches the SMMU as many transactions (PCIe splits
-/// it into packets; QEMU's DMA retries a failed access 4 bytes at a time, so
-/// one blocked 4 KiB edu transfer queues a thousand events), and each records
-/// an event; the first of a run stands for it, with the run's length.
-pub fn coalesce(events: impl IntoIterator<Item = Event>) -> alloc::vec::Vec<(Event, usize)> {
-    let mut out: alloc::vec::Vec<(Event, usize)> = alloc::vec::Vec::new();
-    for e in events {
-        match out.last_mut() {
-            Some((first, n))
-                if (first.kind, first.stream, first.substream, first.read, first.stage2)
-                    == (e.kind, e.stream, e.substream, e.read, e.stage2)
-                    && first.address >> 12 == e.address >> 12 =>
-            {
-                *n += 1
-            }
-            _ => out.push((e, 1)),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,23 +102,5 @@ mod tests {
             "F_PERMISSION (access not permitted) from stream 0x10 at 0x1000 (write, stage 2)"
         );
         assert_eq!(EventType(0x77).name(), "unknown event type");
-    }
-
-    #[test]
-    fn runs_of_one_dma_coalesce() {
-        let at = |stream: u64, addr: u64, kind: u64| Event::decode([kind | stream << 32, 0, addr, 0]);
-        let mut v: alloc::vec::Vec<Event> = (0..1024).map(|i| at(8, 0x30_0000 + 4 * i, 0x10)).collect();
-        v.push(at(8, 0x30_1000, 0x10)); // next page
-        v.push(at(9, 0x30_1000, 0x10)); // other stream
-        v.push(at(9, 0x30_1004, 0x13)); // other type
-        v.push(at(9, 0x30_1008, 0x13));
-        let c = coalesce(v);
-        let got: alloc::vec::Vec<(u32, u64, u8, usize)> =
-            c.iter().map(|(e, n)| (e.stream, e.address, e.kind.0, *n)).collect();
-        assert_eq!(
-            got,
-            [(8, 0x30_0000, 0x10, 1024), (8, 0x30_1000, 0x10, 1), (9, 0x30_1000, 0x10, 1), (9, 0x30_1004, 0x13, 2)]
-        );
-        assert!(coalesce(alloc::vec::Vec::new()).is_empty());
     }
 }

@@ -235,7 +235,7 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         FaultEvent {
             device: DeviceId(u32::from(r.source_id)),
             address: r.address,
-            write: r.write,
+            access: iommu::Access::from_write(r.write),
             reason: u32::from(r.reason.0),
             reason_name: r.reason.name(),
         }

@@ -239,7 +239,7 @@ pub struct DeviceInfo {
     pub bars: [BarInfo; 6],
 }
 
-/// `DeviceInfo.flags`: the function is claimed.
+/// `DeviceInfo.flags`: the function is claimed (by a task, or driven by the kernel itself).
 pub const DEVICE_CLAIMED: u32 = 1;
 /// `DeviceInfo.flags`: the function sits behind an IOMMU.
 pub const DEVICE_BEHIND_IOMMU: u32 = 2;

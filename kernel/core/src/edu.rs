@@ -128,12 +128,16 @@ pub struct GenericReport {
 /// translates, refuses maps outside the aperture or into other domain kinds,
 /// and after unmap + flush the IOVA is blocked; then everything is detached
 /// and freed. `frames`: three scratch frames (source, destination, canary).
+/// `faults_reported`: whether the unit records faults at all (QEMU 10's
+/// AMD-Vi never writes its event log, QEMU.md G2); when false, the stale IOVA
+/// is proven blocked by memory alone and no fault may appear.
 pub fn generic_domains(
     u: &mut dyn Iommu,
     dev: DeviceId,
     edu: &Edu,
     other: Option<&Edu>,
     frames: [u64; 3],
+    faults_reported: bool,
 ) -> Result<GenericReport, TestError> {
     let [src, dst, canary] = frames;
     check!(u.devices().contains(&dev), "device {:#x} is not behind the unit ({:?})", dev.0, u.devices());
@@ -188,8 +192,11 @@ pub fn generic_domains(
     fill(dst, 0x5A);
     edu.dma(0x20_0000, 4096, true)?;
     let stale = u.drain_faults();
-    check!(!stale.is_empty(), "no fault after unmap + flush");
-    check!(stale.iter().all(|f| f.device == dev && f.address & !0xFFF == 0x20_0000 && f.write), "{stale:?}");
+    check!(stale.is_empty() != faults_reported, "after unmap + flush: {stale:?} (faults reported: {faults_reported})");
+    check!(
+        stale.iter().all(|f| f.device == dev && f.address & !0xFFF == 0x20_0000 && f.access != iommu::Access::Read),
+        "{stale:?}"
+    );
     check!(frame_bytes(dst).iter().all(|&b| b == 0x5A), "DMA reached an unmapped page");
     u.detach(dev).map_err(failed)?;
     check_eq!(u.attached(dev), None);

@@ -80,6 +80,82 @@ pub fn unit_reserved(
     out
 }
 
+/// Every virtio-iommu of `topology` (a PCI function, on either architecture):
+/// its virtio structures found through its vendor capabilities, the BARs
+/// holding them mapped, bus mastering on (its queues are DMA), the function
+/// kept from tasks, and the device initialised; a unit that fails is logged
+/// and left out.
+pub fn virtio_units(boot: &bootinfo::BootInfo, topology: &firmware::Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
+    use firmware::{IommuKind, UnitLocation};
+    virtio_iommu::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
+    let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
+    for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Virtio) {
+        let UnitLocation::Pci { segment, rid } = u.location else { continue };
+        let found =
+            crate::pci::devices().iter().find(|d| d.function.bdf.segment == segment && d.function.bdf.rid() == rid);
+        let Some(dev) = found else {
+            log::error!("virtio-iommu: {}: no PCI function {:04x}:{rid:04x}", u.name, segment);
+            continue;
+        };
+        let mut mem = KernelTables::default();
+        match virtio_device(dev, &mut mem) {
+            Ok(d) => {
+                log::info!("{} ({} at {})", d.describe(), u.name, dev.function.bdf);
+                let endpoints = unit_devices(topology, index);
+                out.push((index, Box::new(virtio_iommu::VirtioIommu::new(d, mem, endpoints))));
+            }
+            Err(e) => log::error!("virtio-iommu: {}: bring-up failed: {e}", u.name),
+        }
+    }
+    out
+}
+
+/// Finds, maps and initialises the virtio-iommu at `dev` (virtio 1.2 §4.1.4).
+fn virtio_device(
+    dev: &crate::pci::Device,
+    mem: &mut KernelTables,
+) -> Result<virtio_iommu::VirtioIommuDevice, alloc::string::String> {
+    use alloc::format;
+    use pci::ConfigAccess;
+    let f = &dev.function;
+    let access = crate::pci::access(f.bdf).ok_or("no configuration access")?;
+    let vendor_caps: Vec<u16> = f.caps.legacy.iter().filter(|c| c.0 == pci::caps::id::VENDOR).map(|c| c.1).collect();
+    let caps = virtio_iommu::find_caps(|o| access.read8(f.bdf, o), |o| access.read32(f.bdf, o), &vendor_caps)
+        .map_err(|e| format!("{e}"))?;
+    // Each structure's BAR, mapped once.
+    let mut mapped_bars: Vec<(u8, u64)> = Vec::new();
+    let mut at = |r: virtio_iommu::CapRegion| -> Result<u64, alloc::string::String> {
+        let bar = f.bars.iter().find(|b| b.index == r.bar).ok_or_else(|| format!("BAR{} is not implemented", r.bar))?;
+        if bar.base == 0 || matches!(bar.kind, pci::BarKind::Io) {
+            return Err(format!("BAR{} is unassigned or an I/O BAR", r.bar));
+        }
+        if u64::from(r.offset) + u64::from(r.length) > bar.size {
+            return Err(format!("a virtio structure lies beyond BAR{}", r.bar));
+        }
+        let va = match mapped_bars.iter().find(|m| m.0 == r.bar) {
+            Some(m) => m.1,
+            None => {
+                let m = mm::map_mmio(crate::pci::bar_cpu_address(dev, bar), bar.size)
+                    .map_err(|e| format!("cannot map BAR{}: {e}", r.bar))?;
+                mapped_bars.push((r.bar, m.va));
+                m.va
+            }
+        };
+        Ok(va + u64::from(r.offset))
+    };
+    let mapped = virtio_iommu::Mapped {
+        common: at(caps.common)?,
+        notify: at(caps.notify)?,
+        notify_multiplier: caps.notify_off_multiplier,
+        isr: at(caps.isr)?,
+        device: at(caps.device)?,
+    };
+    crate::pci::keep_for_kernel(f.bdf);
+    pci::set_bus_master(access, f.bdf, true);
+    // SAFETY: `mapped` points into the function's BARs, mapped above for the rest of the kernel's life and never unmapped; the function is kept from tasks, so the driver is the device's only user; bus mastering is on.
+    unsafe { virtio_iommu::VirtioIommuDevice::new(mapped, mem) }.map_err(|e| format!("{e}"))
+}
+
 /// The registry index of the unit the topology lists at `topology_index`.
 pub fn registered(topology_index: usize) -> Option<usize> {
     TOPOLOGY_INDEX.lock().iter().position(|&i| i == topology_index)

@@ -109,6 +109,19 @@ pub fn devices() -> &'static [Device] {
     DEVICES.get().map_or(&[], |v| v.as_slice())
 }
 
+/// Functions the kernel drives itself (an IOMMU that is a PCI function).
+static KERNEL_OWNED: spin::Mutex<Vec<Bdf>> = spin::Mutex::new(Vec::new());
+
+/// Marks `bdf` as driven by the kernel: no task can claim it.
+pub fn keep_for_kernel(bdf: Bdf) {
+    KERNEL_OWNED.lock().push(bdf);
+}
+
+/// Whether the kernel drives `bdf` itself.
+pub fn kernel_owned(bdf: Bdf) -> bool {
+    KERNEL_OWNED.lock().contains(&bdf)
+}
+
 /// Configuration access for `bdf`.
 pub fn access(bdf: Bdf) -> Option<&'static Ecam> {
     hosts().iter().find(|h| h.host.segment == bdf.segment && (h.host.bus_start..=h.host.bus_end).contains(&bdf.bus))

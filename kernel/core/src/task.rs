@@ -647,7 +647,7 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
             class: f.class,
             bars: Default::default(),
         };
-        if claims.iter().any(|(b, _)| *b == f.bdf) {
+        if claims.iter().any(|(b, _)| *b == f.bdf) || crate::pci::kernel_owned(f.bdf) {
             info.flags |= abi::DEVICE_CLAIMED;
         }
         if topology.and_then(|t| t.translate_pci(f.bdf.segment, f.bdf.rid())).is_some() {
@@ -674,7 +674,7 @@ fn sys_device_claim(raw: u64) -> SysResult {
     device(bdf)?;
     let id = with_current(|cur| Ok(cur.id))?;
     let mut claims = CLAIMS.lock();
-    if claims.iter().any(|(b, _)| *b == bdf) {
+    if claims.iter().any(|(b, _)| *b == bdf) || crate::pci::kernel_owned(bdf) {
         return Err(Errno::EBUSY);
     }
     claims.push((bdf, id));

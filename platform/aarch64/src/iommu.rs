@@ -1,16 +1,25 @@
-//! The arm IOMMU units at boot: each SMMUv3 of the topology is brought up
-//! (stream table, command and event queues; translation stays off) and handed
-//! to the kernel behind the generic `iommu::Iommu` trait.
+//! The arm IOMMU units at boot: each SMMUv3 (stream table, command and event
+//! queues) and virtio-iommu of the topology is brought up (translation stays
+//! off until a device is attached) and handed to the kernel behind the
+//! generic `iommu::Iommu` trait.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use firmware::{IommuKind, Topology, UnitLocation};
 
-/// One `SmmuIommu` per SMMUv3 in `topology`; a unit that fails to come up is
-/// logged and left out. `smmu_stage=2` on the command line makes paging
+/// One driver per SMMUv3 and virtio-iommu in `topology`, in topology order; a
+/// unit that fails to come up is logged and left out.
+pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
+    let mut out = smmu_units(boot, topology);
+    out.extend(kcore::iommu::virtio_units(boot, topology));
+    out.sort_by_key(|(index, _)| *index);
+    out
+}
+
+/// One `SmmuIommu` per SMMUv3 in `topology`. `smmu_stage=2` on the command line makes paging
 /// domains use stage 2 where the SMMU has both stages; `smmu_st=linear` asks
 /// for a linear stream table where a 2-level one would do.
-pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
+fn smmu_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     smmuv3::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let prefer_stage2 = boot.cmdline_value("smmu_stage") == Some("2");
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();

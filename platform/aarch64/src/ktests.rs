@@ -119,7 +119,11 @@ fn smmu_edu_dma_through_a_domain() -> TestResult {
         let f = s.drain_faults();
         log::info!("smmuv3: unmapped IOVA: {} event(s), first {:?}", f.len(), f.first().map(|e| alloc::format!("{e}")));
         check!(
-            f.len() == 1 && f[0].device == id && f[0].address == 0x30_0000 && f[0].write && f[0].reason == 0x10,
+            f.len() == 1
+                && f[0].device == id
+                && f[0].address == 0x30_0000
+                && f[0].access == iommu::Access::Write
+                && f[0].reason == 0x10,
             "unmapped: {f:?}"
         );
         check!(frame_bytes(canary).iter().all(|&b| b == 0xCC), "canary changed");
@@ -228,7 +232,7 @@ fn smmu_generic_domains() -> TestResult {
         check_eq!(frames.len(), 3);
         check!(!s.translating(), "the registered SMMU is in use");
         let live0 = domain_frames(s);
-        let report = kcore::edu::generic_domains(s, id, &edu, other.as_ref(), [frames[0], frames[1], frames[2]])?;
+        let report = kcore::edu::generic_domains(s, id, &edu, other.as_ref(), [frames[0], frames[1], frames[2]], true)?;
         check!(report.blocked.is_empty(), "abort STE raised events: {:?}", report.blocked);
         check_eq!(report.stale.len(), 1);
         check!(!s.translating(), "translation still on after the last detach");

@@ -1,15 +1,68 @@
-//! The x86 IOMMU units at boot: each VT-d remapping unit of the topology is
-//! brought up (root table, invalidation queue; translation stays off) and
-//! handed to the kernel behind the generic `iommu::Iommu` trait.
+//! The x86 IOMMU units at boot: each VT-d remapping unit (root table,
+//! invalidation queue), AMD-Vi unit (device table, command buffer, event log)
+//! and virtio-iommu of the topology is brought up (translation stays off
+//! until a device is attached) and handed to the kernel behind the generic
+//! `iommu::Iommu` trait.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bootinfo::MemoryKind;
 use firmware::{IommuKind, Topology, UnitLocation};
 
-/// One `VtdIommu` per VT-d unit in `topology`; a unit that fails to come up is
-/// logged and left out.
+/// One driver per VT-d, AMD-Vi and virtio-iommu unit in `topology`, in
+/// topology order; a unit that fails to come up is logged and left out.
 pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
+    let mut out = vtd_units(boot, topology);
+    out.extend(amdvi_units(boot, topology));
+    out.extend(kcore::iommu::virtio_units(boot, topology));
+    out.sort_by_key(|(index, _)| *index);
+    out
+}
+
+/// The unit's devices (requester IDs) and reserved regions, as the x86
+/// drivers take them.
+fn devices_and_reserved(topology: &Topology, index: usize) -> (Vec<u16>, Vec<(Option<u16>, iommu::Region)>) {
+    let ids = kcore::iommu::unit_devices(topology, index);
+    let devices: Vec<u16> = ids.iter().filter_map(|&id| u16::try_from(id).ok()).collect();
+    let reserved = kcore::iommu::unit_reserved(topology, index, &ids)
+        .into_iter()
+        .map(|(d, r)| (d.and_then(|d| u16::try_from(d).ok()), r))
+        .collect();
+    (devices, reserved)
+}
+
+/// AMD-Vi units (IVHD): device table, command buffer and event log.
+fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
+    amdvi::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
+    let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
+    for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::AmdVi) {
+        let UnitLocation::Mmio { base, .. } = u.location else { continue };
+        // The register block is 16 KiB (AMD IOMMU spec §3.4: head/tail registers at 0x2000).
+        let mmio = match kcore::mm::map_mmio(base, 0x4000) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("amdvi: {}: cannot map registers at {base:#x}: {e}", u.name);
+                continue;
+            }
+        };
+        let mut mem = kcore::iommu::KernelTables::default();
+        // SAFETY: `mmio` maps the unit's register block for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
+        let unit = match unsafe { amdvi::AmdVi::new(mmio.va, &mut mem) } {
+            Ok(unit) => unit,
+            Err(e) => {
+                log::error!("amdvi: {}: bring-up failed: {e}", u.name);
+                continue;
+            }
+        };
+        log::info!("{} ({} at {base:#x})", unit.describe(), u.name);
+        let (devices, reserved) = devices_and_reserved(topology, index);
+        out.push((index, Box::new(amdvi::AmdViIommu::new(unit, mem, devices, reserved))));
+    }
+    out
+}
+
+/// VT-d remapping units (DRHD): root table and invalidation queue.
+fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     vtd::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {
@@ -35,12 +88,7 @@ pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<
         if !unit.queued() {
             log::info!("vtd: {}: register-based invalidation (CCMD, IOTLB registers)", u.name);
         }
-        let ids = kcore::iommu::unit_devices(topology, index);
-        let devices: Vec<u16> = ids.iter().filter_map(|&id| u16::try_from(id).ok()).collect();
-        let reserved: Vec<(Option<u16>, iommu::Region)> = kcore::iommu::unit_reserved(topology, index, &ids)
-            .into_iter()
-            .map(|(d, r)| (d.and_then(|d| u16::try_from(d).ok()), r))
-            .collect();
+        let (devices, reserved) = devices_and_reserved(topology, index);
         let ram: Vec<(u64, u64)> = boot
             .regions()
             .iter()

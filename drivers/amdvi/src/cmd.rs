@@ -1,0 +1,205 @@
+//! Command buffer entries (§2.4, "Commands"): 16 bytes each, the opcode in
+//! bits 63:60 of the first 64-bit word.
+
+/// A command as two 64-bit words.
+pub type Command = [u64; 2];
+
+/// COMPLETION_WAIT opcode.
+pub const COMPLETION_WAIT: u64 = 0x1;
+/// INVALIDATE_DEVTAB_ENTRY opcode.
+pub const INVALIDATE_DEVTAB_ENTRY: u64 = 0x2;
+/// INVALIDATE_IOMMU_PAGES opcode.
+pub const INVALIDATE_IOMMU_PAGES: u64 = 0x3;
+/// INVALIDATE_IOMMU_ALL opcode.
+pub const INVALIDATE_IOMMU_ALL: u64 = 0x8;
+
+const OPCODE_SHIFT: u32 = 60;
+
+/// The opcode of a command.
+pub fn opcode(c: &Command) -> u64 {
+    c[0] >> OPCODE_SHIFT
+}
+
+/// COMPLETION_WAIT (§2.4.1) with the store bit (S, bit 0): once every earlier
+/// command has completed, the IOMMU writes `data` to the 8-byte aligned
+/// `store_pa` (address bits 51:3 in word 0, data in word 1). No interrupt (I),
+/// no flush-queue (F).
+pub fn completion_wait(store_pa: u64, data: u64) -> Command {
+    debug_assert_eq!(store_pa & 7, 0, "the store address is 8-byte aligned");
+    [COMPLETION_WAIT << OPCODE_SHIFT | (store_pa & 0x000F_FFFF_FFFF_FFF8) | 1, data]
+}
+
+/// INVALIDATE_DEVTAB_ENTRY (§2.4.2): the IOMMU forgets what it cached of
+/// DeviceID `devid`'s DTE.
+pub fn invalidate_devtab_entry(devid: u16) -> Command {
+    [INVALIDATE_DEVTAB_ENTRY << OPCODE_SHIFT | u64::from(devid), 0]
+}
+
+/// The address operand of INVALIDATE_IOMMU_PAGES (§2.4.3): one 4 KiB page
+/// (S = 0), or with S = 1 a naturally aligned power-of-two range whose size
+/// the address itself encodes: counting from bit 12, the first zero bit at
+/// position 12 + n means a range of 2^(13 + n) bytes (bit 12 clear: 8 KiB;
+/// bits 19:12 set and bit 20 clear: 2 MiB). Bits 62:12 set with bit 63 clear
+/// means the whole 64-bit space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRange {
+    /// Address field (bits 63:12; the low 12 bits are zero).
+    pub address: u64,
+    /// S: `address` encodes a range larger than 4 KiB.
+    pub size: bool,
+}
+
+impl PageRange {
+    /// Every address of the domain.
+    pub const ALL: PageRange = PageRange { address: 0x7FFF_FFFF_FFFF_F000, size: true };
+
+    /// The smallest naturally aligned power-of-two range covering
+    /// `[start, end)` (`end > start`; an empty range counts as its first page).
+    pub fn covering(start: u64, end: u64) -> PageRange {
+        let last = end.saturating_sub(1).max(start);
+        // Bits in which the first and last address differ: the range must span them.
+        let span = 64 - (start ^ last).leading_zeros();
+        match span {
+            0..=12 => PageRange { address: start & !0xFFF, size: false },
+            64 => PageRange::ALL,
+            k => {
+                let base = start & !((1u64 << k) - 1);
+                // Bits 12..k-2 set, bit k-1 clear: 2^k bytes.
+                PageRange { address: (base | ((1u64 << (k - 1)) - 1)) & !0xFFF, size: true }
+            }
+        }
+    }
+
+    /// First byte covered.
+    pub fn start(&self) -> u64 {
+        if !self.size {
+            return self.address;
+        }
+        match self.len() {
+            None => 0,
+            Some(len) => self.address & !(len - 1),
+        }
+    }
+
+    /// Bytes covered (`None`: all 2^64).
+    pub fn len(&self) -> Option<u64> {
+        if !self.size {
+            return Some(4096);
+        }
+        let ones = (self.address >> 12).trailing_ones();
+        1u64.checked_shl(13 + ones)
+    }
+
+    /// Whether the range is empty (never: at least one page).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// INVALIDATE_IOMMU_PAGES (§2.4.3) for domain `domain_id`, no PASID (GN = 0):
+/// the IOMMU drops cached translations of `range`; with `pde` also the cached
+/// page-directory entries (needed when tables were freed).
+pub fn invalidate_iommu_pages(domain_id: u16, range: PageRange, pde: bool) -> Command {
+    let w0 = INVALIDATE_IOMMU_PAGES << OPCODE_SHIFT | u64::from(domain_id) << 32;
+    let w1 = (range.address & !0xFFF) | u64::from(pde) << 1 | u64::from(range.size);
+    [w0, w1]
+}
+
+/// INVALIDATE_IOMMU_ALL (§2.4.8; EFR.IASup): every cached DTE, translation
+/// and interrupt-table entry.
+pub fn invalidate_iommu_all() -> Command {
+    [INVALIDATE_IOMMU_ALL << OPCODE_SHIFT, 0]
+}
+
+/// Name of a command's opcode, for trace lines.
+pub fn opcode_name(c: &Command) -> &'static str {
+    match opcode(c) {
+        0x1 => "COMPLETION_WAIT",
+        0x2 => "INVALIDATE_DEVTAB_ENTRY",
+        0x3 => "INVALIDATE_IOMMU_PAGES",
+        0x4 => "INVALIDATE_IOTLB_PAGES",
+        0x5 => "INVALIDATE_INTERRUPT_TABLE",
+        0x6 => "PREFETCH_IOMMU_PAGES",
+        0x7 => "COMPLETE_PPR_REQUEST",
+        0x8 => "INVALIDATE_IOMMU_ALL",
+        _ => "?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::qemu_accepts;
+
+    #[test]
+    fn golden_words() {
+        // S = 1, address bits 51:3, opcode 1 in bits 63:60, data in word 1.
+        assert_eq!(completion_wait(0x1234_5678, 0xABCD), [0x1000_0000_1234_5679, 0xABCD]);
+        assert_eq!(invalidate_devtab_entry(0x00A0), [0x2000_0000_0000_00A0, 0]);
+        assert_eq!(invalidate_iommu_all(), [0x8000_0000_0000_0000, 0]);
+        // DomainID in bits 47:32 of word 0; S bit 0, PDE bit 1 of word 1.
+        let one_page = invalidate_iommu_pages(5, PageRange::covering(0x20_3000, 0x20_4000), false);
+        assert_eq!(one_page, [0x3000_0005_0000_0000, 0x20_3000]);
+        let eight_k = invalidate_iommu_pages(5, PageRange::covering(0x20_2000, 0x20_4000), false);
+        assert_eq!(eight_k[1], 0x20_2001, "8 KiB: bit 12 clear, S set");
+        let two_m = invalidate_iommu_pages(0xFEFF, PageRange::covering(0x4000_0000, 0x4020_0000), true);
+        assert_eq!(two_m, [0x3000_FEFF_0000_0000, 0x400F_F003], "2 MiB: bits 19:12 set, bit 20 clear, PDE, S");
+        let all = invalidate_iommu_pages(1, PageRange::ALL, true);
+        assert_eq!(all[1], 0x7FFF_FFFF_FFFF_F003);
+    }
+
+    #[test]
+    fn qemu_parses_them() {
+        // QEMU reads the completion store address as bits 51:3 of word 0 (`amdvi_completion_wait`).
+        let c = completion_wait(0x000F_FFFF_FFFF_FFF8, 7);
+        assert_eq!((c[0] >> 3 & ((1 << 49) - 1)) << 3, 0x000F_FFFF_FFFF_FFF8);
+        for c in [
+            c,
+            completion_wait(0x1000, u64::MAX),
+            invalidate_devtab_entry(0xFFFF),
+            invalidate_iommu_pages(0xFEFF, PageRange::ALL, true),
+            invalidate_iommu_pages(1, PageRange::covering(0x1234_5000, 0x1234_6000), false),
+            invalidate_iommu_all(),
+        ] {
+            assert!(qemu_accepts(&c), "{} {c:x?}", opcode_name(&c));
+        }
+        assert!(!qemu_accepts(&[0xF << 60, 0]));
+        assert_eq!(opcode_name(&invalidate_iommu_all()), "INVALIDATE_IOMMU_ALL");
+    }
+
+    #[test]
+    fn unaligned_ranges_get_the_covering_power_of_two() {
+        // Pages 0x1000 and 0x2000: the aligned block holding both is 16 KiB at 0.
+        let r = PageRange::covering(0x1000, 0x3000);
+        assert_eq!((r.address, r.size, r.start(), r.len()), (0x1000, true, 0, Some(0x4000)));
+        // Across the 2^47 boundary: 2^48 bytes from 0.
+        let r = PageRange::covering((1 << 47) - 0x1000, (1 << 47) + 0x1000);
+        assert_eq!((r.start(), r.len()), (0, Some(1 << 48)));
+        // An empty range is its first page.
+        assert_eq!(PageRange::covering(0x5000, 0x5000), PageRange { address: 0x5000, size: false });
+        assert_eq!(PageRange::covering(0, u64::MAX), PageRange::ALL);
+        assert_eq!(PageRange::ALL.len(), None);
+    }
+
+    #[test]
+    fn covering_is_minimal() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let start = (x >> 16) & 0x0000_FFFF_FFFF_F000;
+            let len = ((x & 0xFFFF) + 1) << (x % 20);
+            let end = start + len;
+            let r = PageRange::covering(start, end);
+            let size = r.len().unwrap();
+            assert!(size.is_power_of_two() && r.start().is_multiple_of(size), "{r:?}");
+            assert!(r.start() <= start && end - 1 <= r.start() + (size - 1), "{start:#x}..{end:#x}: {r:?}");
+            // No aligned block of half the size holds the whole range.
+            if size > 4096 {
+                let half = size / 2;
+                assert_ne!(start / half, (end - 1) / half, "{start:#x}..{end:#x}: {r:?} is not minimal");
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! [`AmdViIommu`]: one AMD-Vi unit behind the [`iommu::Iommu`] trait.
+//!
+//! Policy:
+//! - The unit is enabled at bring-up ([`crate::unit`]) with every DTE zero:
+//!   devices nobody attached are untranslated (V = 0), exactly as before the
+//!   driver ran, and [`Iommu::detach`] puts a device back there. "Translating"
+//!   ([`AmdViIommu::translating`]) means some device is attached.
+//! - Paging = a 4-level AMD v1 host page table (48-bit IOVAs; §2.2.3) with
+//!   IR = IW = 1 in the DTE, identity = DTE Mode 0 with IR = IW = 1, blocked =
+//!   DTE Mode 0 with IR = IW = 0 (§2.2.2). Every domain has its own DomainID,
+//!   so the translations QEMU caches for identity domains can be dropped too.
+//! - A device's direct-map regions (IVMD unity ranges) are identity-mapped
+//!   into every paging domain it joins, before its DTE points there.
+//! - map does not invalidate: the IOMMU keeps no translation for an absent
+//!   entry (QEMU never caches a failed walk, `amdvi_update_iotlb`). Units
+//!   whose PCI capability sets NpCache do; [`AmdViIommu::set_flush_on_map`]
+//!   covers them. unmap hands back a gather; flush sends one
+//!   INVALIDATE_IOMMU_PAGES for the range it covers (QEMU drops the whole
+//!   domain either way, `amdvi_inval_pages`).
+//! - drain_faults returns the events that report a refused device request
+//!   (IO_PAGE_FAULT, ILLEGAL_DEV_TABLE_ENTRY, INVALID_DEVICE_REQUEST) with the
+//!   event code as the reason; the unit's own troubles (hardware errors,
+//!   refused commands, IOTLB timeouts) are logged as warnings. QEMU 10.0
+//!   never writes its event log (QEMU.md G2), so there it always returns nothing.
+
+use crate::cmd::{self, PageRange};
+use crate::dte::{self, Dte};
+use crate::unit::{AmdVi, AmdViError};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use io_pgtable::formats::AmdV1;
+use io_pgtable::{Gather, PageTable, Perms};
+use iommu::ids::IdAllocator;
+use iommu::DmaMemory;
+use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
+
+/// Page-table levels of paging domains (DTE Mode 4: 48-bit IOVAs).
+pub const LEVELS: usize = 4;
+
+/// Domain tags: 15 bits of index spread over 16-bit DomainIDs.
+const TAG_INDICES: u32 = 1 << 15;
+
+/// The DomainID for allocation index `index` (1 ..= 0x7FFF): the index with
+/// a zero inserted at bit 8. QEMU 10.0 takes DTE qword-1 bit 8, which is
+/// DomainID bit 8, for a reserved bit (`AMDVI_DTE_MIDDLE_QUAD_RESERVED` =
+/// 0x100; later QEMU clears that mask) and refuses such entries, so IDs with
+/// bit 8 set are never used. Never 0 for a non-zero index.
+pub fn domain_tag(index: u16) -> u16 {
+    (index & 0xFF) | ((index >> 8) << 9)
+}
+
+fn tag_index(tag: u16) -> u16 {
+    (tag & 0xFF) | ((tag >> 9) << 8)
+}
+
+impl From<AmdViError> for Error {
+    fn from(e: AmdViError) -> Self {
+        match e {
+            AmdViError::Timeout(what) => Error::Hardware(what),
+            AmdViError::NoMemory => Error::NoMemory,
+            AmdViError::Unsupported(what) => Error::NotSupported(what),
+            AmdViError::Command { .. } => Error::Hardware("AMD-Vi command refused"),
+        }
+    }
+}
+
+enum Slot {
+    Paging(PageTable<AmdV1>),
+    Identity,
+    Blocked,
+}
+
+struct Domain {
+    slot: Slot,
+    /// The hardware DomainID (IOTLB tag).
+    tag: u16,
+}
+
+/// An AMD-Vi unit driven through the generic IOMMU interface.
+pub struct AmdViIommu<M: DmaMemory> {
+    /// The hardware (driver-specific calls and tests reach it here).
+    pub unit: AmdVi,
+    /// Where tables come from.
+    pub mem: M,
+    devices: Vec<u16>,
+    reserved: Vec<(Option<u16>, Region)>,
+    domains: BTreeMap<u32, Domain>,
+    next_handle: u32,
+    attached: BTreeMap<u16, DomainId>,
+    tags: IdAllocator,
+    flushes: u64,
+    flush_on_map: bool,
+}
+
+impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
+    /// Wraps a unit that was just brought up. `devices`: DeviceIDs (requester
+    /// IDs after aliasing) behind it; `reserved`: its reserved regions, per
+    /// device or (`None`) for all.
+    pub fn new(unit: AmdVi, mem: M, devices: Vec<u16>, reserved: Vec<(Option<u16>, Region)>) -> Self {
+        AmdViIommu {
+            unit,
+            mem,
+            devices,
+            reserved,
+            domains: BTreeMap::new(),
+            next_handle: 1,
+            attached: BTreeMap::new(),
+            tags: IdAllocator::new(TAG_INDICES),
+            flushes: 0,
+            flush_on_map: false,
+        }
+    }
+
+    /// DeviceIDs behind the unit.
+    pub fn devices(&self) -> &[u16] {
+        &self.devices
+    }
+
+    /// Whether any device is attached (its DMA translated or checked).
+    pub fn translating(&self) -> bool {
+        !self.attached.is_empty()
+    }
+
+    /// Invalidate the mapped range after every map, for units that cache
+    /// not-present entries (PCI capability header NpCache = 1).
+    pub fn set_flush_on_map(&mut self, on: bool) {
+        self.flush_on_map = on;
+    }
+
+    /// The hardware DomainID of `domain`.
+    pub fn domain_tag(&self, domain: DomainId) -> Option<u16> {
+        self.domains.get(&domain.0).map(|d| d.tag)
+    }
+
+    fn top(&self) -> u64 {
+        (1u64 << (12 + 9 * LEVELS)) - 1
+    }
+
+    fn rid(&self, device: DeviceId) -> Result<u16, Error> {
+        u16::try_from(device.0).ok().filter(|r| self.devices.contains(r)).ok_or(Error::NoSuchDevice(device))
+    }
+
+    /// The DTE that puts a device in `domain`.
+    fn dte_for(&self, domain: DomainId) -> Result<Dte, Error> {
+        let d = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?;
+        Ok(match &d.slot {
+            Slot::Paging(table) => dte::paging(table.root(), LEVELS, d.tag),
+            Slot::Identity => dte::identity(d.tag),
+            Slot::Blocked => dte::blocked(d.tag),
+        })
+    }
+
+    /// Sends one INVALIDATE_IOMMU_PAGES for `range` of the domain tagged `tag`.
+    fn invalidate(&mut self, tag: u16, range: PageRange, pde: bool) -> Result<(), Error> {
+        self.flushes += 1;
+        Ok(self.unit.submit(&[cmd::invalidate_iommu_pages(tag, range, pde)], &mut self.mem)?)
+    }
+
+    fn fault_event(e: &crate::event::Event) -> FaultEvent {
+        FaultEvent {
+            device: DeviceId(u32::from(e.device.unwrap_or(0))),
+            address: e.address,
+            access: iommu::Access::from_write(e.write()),
+            reason: u32::from(e.code.0),
+            reason_name: e.code.name(),
+        }
+    }
+}
+
+impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
+    fn info(&self) -> Info {
+        Info {
+            kind: UnitKind::AmdVi,
+            raw: alloc::vec![
+                ("EFR", self.unit.efr()),
+                ("CONTROL", self.unit.control()),
+                ("STATUS", self.unit.status())
+            ],
+            page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
+            aperture: (0, self.top()),
+            native_identity: true,
+        }
+    }
+
+    fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
+        let tag = domain_tag(self.tags.alloc().ok_or(Error::NoDomainIds)?);
+        let slot = match kind {
+            DomainKind::Paging => match PageTable::new(AmdV1 { levels: LEVELS }, &mut self.mem) {
+                Ok(t) => Slot::Paging(t),
+                Err(e) => {
+                    self.tags.free(tag_index(tag));
+                    return Err(e.into());
+                }
+            },
+            DomainKind::Identity => Slot::Identity,
+            DomainKind::Blocked => Slot::Blocked,
+        };
+        let id = DomainId(self.next_handle);
+        self.next_handle += 1;
+        self.domains.insert(id.0, Domain { slot, tag });
+        Ok(id)
+    }
+
+    fn domain_free(&mut self, domain: DomainId) -> Result<(), Error> {
+        if !self.domains.contains_key(&domain.0) {
+            return Err(Error::NoSuchDomain(domain));
+        }
+        if self.attached.values().any(|d| *d == domain) {
+            return Err(Error::Busy(domain));
+        }
+        // Nothing points at the domain any more (detach invalidated each DTE):
+        // drop whatever the IOTLB still holds under its tag before the tag and
+        // the table frames can be reused. If that fails the domain stays.
+        let tag = self.domains.get(&domain.0).map_or(0, |d| d.tag);
+        self.unit.submit(&[cmd::invalidate_iommu_pages(tag, PageRange::ALL, true)], &mut self.mem)?;
+        if let Some(d) = self.domains.remove(&domain.0) {
+            if let Slot::Paging(table) = d.slot {
+                table.destroy(&mut self.mem);
+            }
+            self.tags.free(tag_index(d.tag));
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
+        let rid = self.rid(device)?;
+        if matches!(self.domains.get(&domain.0).map(|d| &d.slot), Some(Slot::Paging(_))) {
+            iommu::map_direct_regions(self, device, domain)?;
+        }
+        let entry = self.dte_for(domain)?;
+        self.unit.set_dte(rid, &entry, &mut self.mem)?;
+        self.attached.insert(rid, domain);
+        Ok(())
+    }
+
+    fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
+        let rid = self.rid(device)?;
+        if !self.attached.contains_key(&rid) {
+            return Ok(());
+        }
+        self.unit.set_dte(rid, &dte::untranslated(), &mut self.mem)?;
+        self.attached.remove(&rid);
+        Ok(())
+    }
+
+    fn attached(&self, device: DeviceId) -> Option<DomainId> {
+        u16::try_from(device.0).ok().and_then(|r| self.attached.get(&r).copied())
+    }
+
+    fn devices(&self) -> Vec<DeviceId> {
+        self.devices.iter().map(|&r| DeviceId(u32::from(r))).collect()
+    }
+
+    fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
+        let top = self.top();
+        if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
+            return Err(Error::OutOfAperture { iova, len });
+        }
+        let tag = match self.domains.get_mut(&domain.0) {
+            Some(Domain { slot: Slot::Paging(table), tag }) => {
+                table.map(&mut self.mem, iova, pa, len, perms)?.release(&mut self.mem);
+                *tag
+            }
+            Some(_) => return Err(Error::NotPaging(domain)),
+            None => return Err(Error::NoSuchDomain(domain)),
+        };
+        if self.flush_on_map {
+            self.invalidate(tag, PageRange::covering(iova, iova + len), false)?;
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error> {
+        match self.domains.get_mut(&domain.0).map(|d| &mut d.slot) {
+            Some(Slot::Paging(table)) => {
+                let (bytes, gather) = table.unmap(&mut self.mem, iova, len)?;
+                Ok(Unmapped { bytes, gather })
+            }
+            Some(_) => Err(Error::NotPaging(domain)),
+            None => Err(Error::NoSuchDomain(domain)),
+        }
+    }
+
+    fn flush(&mut self, domain: DomainId, gather: Gather) -> Result<(), Error> {
+        let tag = match self.domains.get(&domain.0) {
+            Some(Domain { slot: Slot::Paging(_), tag }) => *tag,
+            other => {
+                gather.release(&mut self.mem);
+                return if other.is_some() { Ok(()) } else { Err(Error::NoSuchDomain(domain)) };
+            }
+        };
+        if !gather.is_empty() {
+            // One command for the whole gather: the smallest aligned power of
+            // two covering it, or the whole domain when only tables were
+            // freed; PDE as well when tables were freed.
+            let range =
+                if gather.start < gather.end { PageRange::covering(gather.start, gather.end) } else { PageRange::ALL };
+            self.invalidate(tag, range, !gather.freed.is_empty())?;
+        }
+        gather.release(&mut self.mem);
+        Ok(())
+    }
+
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        match &self.domains.get(&domain.0)?.slot {
+            Slot::Paging(table) => table.iova_to_phys(&self.mem, iova),
+            Slot::Identity => Some(iova),
+            Slot::Blocked => None,
+        }
+    }
+
+    fn drain_faults(&mut self) -> Vec<FaultEvent> {
+        let mut out = Vec::new();
+        for e in self.unit.take_events(&self.mem) {
+            if e.is_request_fault() {
+                out.push(Self::fault_event(&e));
+            } else {
+                log::warn!("amdvi: {e}");
+            }
+        }
+        out
+    }
+
+    fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
+        let rid = u16::try_from(device.0).ok();
+        self.reserved.iter().filter(|(d, _)| d.is_none() || *d == rid).map(|(_, r)| *r).collect()
+    }
+
+    fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
+        let Some(Domain { slot: Slot::Paging(table), .. }) = self.domains.get(&domain.0) else { return Vec::new() };
+        let mut sizes = Vec::new();
+        let end = iova.saturating_add(len);
+        table.for_each_mapping(&self.mem, &mut |at, size, _, _| {
+            if at < end && iova < at + size {
+                sizes.push(size);
+            }
+        });
+        iommu::count_leaves(sizes)
+    }
+
+    fn flushes(&self) -> u64 {
+        self.flushes
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
+    }
+}

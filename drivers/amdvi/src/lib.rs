@@ -1,0 +1,59 @@
+//! AMD-Vi: the AMD I/O Virtualization Technology IOMMU (AMD IOMMU
+//! specification, doc 48882 rev 3.x; section numbers below are that document's).
+//!
+//! [`unit::AmdVi`] drives one IOMMU through its 16 KiB MMIO block (§3.4): a
+//! device table covering every 16-bit DeviceID (§2.2.2), the command buffer
+//! with COMPLETION_WAIT / INVALIDATE_DEVTAB_ENTRY / INVALIDATE_IOMMU_PAGES /
+//! INVALIDATE_IOMMU_ALL (§2.4), and the event log decoded into typed events
+//! with overflow handling (§2.5). [`AmdViIommu`] puts it behind the generic
+//! [`iommu::Iommu`] trait: paging domains are AMD v1 host page tables of four
+//! levels (48-bit IOVAs) from the shared `io-pgtable` engine, identity and
+//! blocked domains are DTEs without translation (Mode 0) whose IR/IW bits
+//! allow or refuse every access.
+//!
+//! Hardware access: typed registers ([`regs`]) over the MMIO block the kernel
+//! mapped, tables and queues in memory the kernel provides
+//! ([`iommu::DmaMemory`]). Completion is polled (no MSI is programmed); every
+//! wait is bounded with [`iommu::poll`].
+//!
+//! Facts about QEMU 10.0's model (`hw/i386/amd_iommu.c`) that shaped the
+//! driver, besides the QEMU.md gotchas G1 (`pt=off`) and G2 (no events):
+//! - Commands run only while IommuEn and CmdBufEn are both set
+//!   (`amdvi_handle_control_write`), so the unit is enabled at bring-up; all
+//!   DTEs are then zero (V=0), which QEMU and the spec treat as untranslated,
+//!   full access (`amdvi_do_translate`), so nothing changes for devices.
+//! - Its IOTLB is looked up by DeviceID *before* the DTE is read and is
+//!   emptied per domain ID only, so every DTE change also invalidates the
+//!   domain the device leaves (see [`unit::AmdVi::set_dte`]).
+//! - Its DTE check treats qword-1 bit 8 (DomainID bit 8) as reserved, so
+//!   domain IDs never have bit 8 set ([`driver::domain_tag`]).
+//!
+//! Left out: interrupt remapping (DTE IV = 0: interrupts pass unchanged),
+//! guest (v2) page tables and PASIDs, ATS / device IOTLBs, PPR, the exclusion
+//! range (its registers are cleared: IVMD exclusion ranges are reported as
+//! reserved regions and kept out of IOVA allocation instead).
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod cmd;
+pub mod driver;
+pub mod dte;
+pub mod event;
+pub mod regs;
+pub mod unit;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use driver::AmdViIommu;
+pub use unit::{AmdVi, AmdViError};
+
+/// Log every register write and command (`--trace`; a teaching aid).
+pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn tracing() -> bool {
+    TRACE.load(core::sync::atomic::Ordering::Relaxed)
+}

@@ -1,0 +1,388 @@
+//! The unit and the driver against the QEMU-like fake ([`crate::fake`]).
+
+use crate::cmd::{self, Command, PageRange};
+use crate::driver::{domain_tag, AmdViIommu};
+use crate::dte;
+use crate::event::EventCode;
+use crate::fake::{FakeMem, QEMU_EFR};
+use crate::regs::{CONTROL, DEVTAB_BASE, RING_BASE, STATUS};
+use crate::unit::{AmdVi, AmdViError};
+use iommu::mock::{MockConfig, MockIommu};
+use iommu::{DeviceId, DomainKind, Error, Iommu, Perms, Region, ReservedKind};
+use tock_registers::interfaces::{Readable, Writeable};
+
+const DEV: u16 = 0x10;
+const OTHER: u16 = 0x18;
+const RW: Perms = Perms::READ.union(Perms::WRITE);
+
+fn bring_up(efr: u64) -> (Result<AmdVi, AmdViError>, FakeMem) {
+    let mut mem = FakeMem::with_unit(efr);
+    // SAFETY: the fake's register block is 16 KiB, lives for the rest of the test, and only this unit programs it.
+    let unit = unsafe { AmdVi::new(mem.register_base(), &mut mem) };
+    (unit, mem)
+}
+
+fn driver(reserved: Vec<(Option<u16>, Region)>) -> AmdViIommu<FakeMem> {
+    let (unit, mem) = bring_up(QEMU_EFR);
+    AmdViIommu::new(unit.unwrap(), mem, vec![DEV, OTHER], reserved)
+}
+
+/// Commands the fake ran since `from`.
+fn ran(a: &AmdViIommu<FakeMem>, from: usize) -> Vec<Command> {
+    a.mem.log.borrow()[from..].to_vec()
+}
+
+fn opcodes(cmds: &[Command]) -> Vec<u64> {
+    cmds.iter().map(cmd::opcode).collect()
+}
+
+#[test]
+fn bring_up_programs_the_unit() {
+    let (unit, mem) = bring_up(QEMU_EFR);
+    let unit = unit.unwrap();
+    let r = mem.regs();
+    assert_eq!(r.devtab_base.read(DEVTAB_BASE::SIZE), 0x1FF, "2 MiB: every 16-bit DeviceID");
+    assert_eq!((r.cmd_base.read(RING_BASE::LEN), r.evt_base.read(RING_BASE::LEN)), (8, 8));
+    let want = CONTROL::IOMMU_EN::SET + CONTROL::EVENT_LOG_EN::SET + CONTROL::CMD_BUF_EN::SET + CONTROL::COHERENT::SET;
+    assert_eq!(r.control.get(), want.value);
+    assert_eq!((r.excl_base.get(), r.excl_limit.get()), (0, 0), "no exclusion range");
+    // INVALIDATE_IOMMU_ALL (QEMU has IASup), then the COMPLETION_WAIT that proves the buffer runs.
+    assert_eq!(opcodes(&mem.log.borrow()), [cmd::INVALIDATE_IOMMU_ALL, cmd::COMPLETION_WAIT]);
+    assert_eq!(unit.commands, 2);
+    // Every DTE is zero: DMA is untranslated while the unit is on.
+    for devid in [0, DEV, 0xFFFF] {
+        assert_eq!(mem.dte(devid), [0; 4]);
+        assert_eq!(mem.translate(devid, 0x1234_5678, true), Some(0x1234_5678));
+    }
+    assert_eq!(mem.live(), unit.table_frames());
+    let line = unit.describe();
+    for part in ["EFR=0x29d3", "PreFSup PPRSup GTSup IASup GASup HESup", "HATS 6 host levels", "65536 entries"] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+}
+
+#[test]
+fn bring_up_checks_features_and_memory() {
+    // No IASup: a lone COMPLETION_WAIT.
+    let (unit, mem) = bring_up(QEMU_EFR & !(1 << 6));
+    assert!(unit.is_ok());
+    assert_eq!(opcodes(&mem.log.borrow()), [cmd::COMPLETION_WAIT]);
+    // HATS = 3 is reserved.
+    let (unit, mem) = bring_up(QEMU_EFR | 3 << 10);
+    let e = unit.err().unwrap();
+    assert!(matches!(e, AmdViError::Unsupported(_)), "{e}");
+    assert_eq!(mem.live(), 0);
+    // Out of memory after the device table: nothing leaks.
+    let mut mem = FakeMem::with_unit(QEMU_EFR);
+    mem.limit = Some(513);
+    // SAFETY: as in `bring_up`.
+    let e = unsafe { AmdVi::new(mem.register_base(), &mut mem) }.err().unwrap();
+    assert_eq!((e, mem.live()), (AmdViError::NoMemory, 0));
+    assert_eq!(Error::from(e), Error::NoMemory);
+}
+
+#[test]
+fn domains_translate_as_qemu_does() {
+    let mut a = driver(Vec::new());
+    let (id, bl, pg) = (
+        a.domain_alloc(DomainKind::Identity).unwrap(),
+        a.domain_alloc(DomainKind::Blocked).unwrap(),
+        a.domain_alloc(DomainKind::Paging).unwrap(),
+    );
+    a.attach(DeviceId(DEV.into()), id).unwrap();
+    assert_eq!(a.mem.dte(DEV), dte::identity(a.domain_tag(id).unwrap()));
+    assert_eq!(a.mem.translate(DEV, 0x4000_0123, true), Some(0x4000_0123));
+    a.attach(DeviceId(DEV.into()), bl).unwrap();
+    assert_eq!((a.mem.translate(DEV, 0x9000, false), a.mem.translate(DEV, 0x9000, true)), (None, None));
+    a.map(pg, 0x1000, 0x5000, 0x1000, Perms::READ).unwrap();
+    a.map(pg, 0x4000_0000, 0x8000_0000, 0x20_0000, RW).unwrap();
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    assert_eq!(dte::mode(&a.mem.dte(DEV)), 4);
+    assert_eq!(a.mem.translate(DEV, 0x1234, false), Some(0x5234));
+    assert_eq!(a.mem.translate(DEV, 0x1234, true), None, "read-only page");
+    assert_eq!(a.mem.translate(DEV, 0x4012_3456, true), Some(0x8012_3456), "2 MiB leaf");
+    assert_eq!(a.mem.translate(DEV, 0x3000, false), None, "unmapped");
+    assert_eq!(a.mem.translate(OTHER, 0x3000, false), Some(0x3000), "other devices stay untranslated");
+    assert!(a.translating());
+    assert_eq!((a.attached(DeviceId(DEV.into())), a.attached(DeviceId(OTHER.into()))), (Some(pg), None));
+    assert_eq!(a.iova_to_phys(pg, 0x1008), Some(0x5008));
+    assert_eq!((a.iova_to_phys(id, 0x77), a.iova_to_phys(bl, 0x77)), (Some(0x77), None));
+    assert_eq!(a.leaves(pg, 0, 1 << 31), [(1 << 21, 1), (1 << 12, 1)]);
+}
+
+#[test]
+fn detach_returns_to_untranslated_and_forgets_translations() {
+    let mut a = driver(Vec::new());
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    a.map(pg, 0x1000, 0x5000, 0x1000, RW).unwrap();
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    assert_eq!(a.mem.translate(DEV, 0x1000, true), Some(0x5000)); // now in QEMU's IOTLB
+    let from = a.mem.log.borrow().len();
+    a.detach(DeviceId(DEV.into())).unwrap();
+    assert_eq!(a.mem.dte(DEV), [0; 4]);
+    // QEMU answers from its IOTLB before reading the DTE: without the
+    // domain invalidation the device would still reach 0x5000.
+    assert_eq!(a.mem.translate(DEV, 0x1000, true), Some(0x1000));
+    let tag = a.domain_tag(pg).unwrap();
+    assert_eq!(
+        ran(&a, from)[..2],
+        [cmd::invalidate_devtab_entry(DEV), cmd::invalidate_iommu_pages(tag, PageRange::ALL, true)]
+    );
+    assert!(!a.translating());
+    a.detach(DeviceId(DEV.into())).unwrap(); // detaching twice is fine
+}
+
+#[test]
+fn switching_domains_passes_through_blocked() {
+    let mut a = driver(Vec::new());
+    let (pg, id) = (a.domain_alloc(DomainKind::Paging).unwrap(), a.domain_alloc(DomainKind::Identity).unwrap());
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    let from = a.mem.log.borrow().len();
+    a.attach(DeviceId(DEV.into()), id).unwrap();
+    // Blocked qword 0 + invalidation, then the new entry, its invalidation and the old domain's.
+    let old = a.domain_tag(pg).unwrap();
+    assert_eq!(
+        ran(&a, from),
+        [
+            cmd::invalidate_devtab_entry(DEV),
+            ran(&a, from)[1],
+            cmd::invalidate_devtab_entry(DEV),
+            cmd::invalidate_iommu_pages(old, PageRange::ALL, true),
+            ran(&a, from)[4],
+        ]
+    );
+    assert_eq!(opcodes(&ran(&a, from))[1], cmd::COMPLETION_WAIT);
+    assert_eq!(a.mem.dte(DEV), dte::identity(a.domain_tag(id).unwrap()));
+    // Attaching to the domain it is in changes nothing.
+    let from = a.mem.log.borrow().len();
+    a.attach(DeviceId(DEV.into()), id).unwrap();
+    assert!(ran(&a, from).is_empty());
+}
+
+#[test]
+fn unmap_needs_the_flush() {
+    let mut a = driver(Vec::new());
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    let tag = a.domain_tag(pg).unwrap();
+    a.map(pg, 0x20_0000, 0x30_0000, 0x3000, RW).unwrap();
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    assert_eq!(a.mem.translate(DEV, 0x20_1000, false), Some(0x30_1000));
+    let u = a.unmap(pg, 0x20_1000, 0x2000).unwrap();
+    assert_eq!(u.bytes, 0x2000);
+    assert_eq!(a.mem.translate(DEV, 0x20_1000, false), Some(0x30_1000), "stale until flushed");
+    let (flushes, from) = (a.flushes(), a.mem.log.borrow().len());
+    a.flush(pg, u.gather).unwrap();
+    assert_eq!(a.flushes(), flushes + 1);
+    // Pages 0x201000 and 0x202000: the covering block is 16 KiB at 0x200000.
+    assert_eq!(ran(&a, from)[0], cmd::invalidate_iommu_pages(tag, PageRange::covering(0x20_1000, 0x20_3000), false));
+    assert_eq!(ran(&a, from)[0][1], 0x20_1001);
+    assert_eq!(a.mem.translate(DEV, 0x20_1000, false), None);
+    assert_eq!(a.mem.translate(DEV, 0x20_0000, false), Some(0x30_0000));
+    // Emptying the last-level table frees it: PDE is set.
+    let live = a.mem.live();
+    let u = a.unmap(pg, 0x20_0000, 0x1000).unwrap();
+    assert_eq!(u.gather.freed.len(), 3, "level-1, -2 and -3 tables emptied");
+    let from = a.mem.log.borrow().len();
+    a.flush(pg, u.gather).unwrap();
+    assert_eq!(ran(&a, from)[0][1] & 3, 0b10, "one page, PDE");
+    assert_eq!(a.mem.live(), live - 3);
+    // An empty gather sends nothing.
+    let u = a.unmap(pg, 0x7000_0000, 0x1000).unwrap();
+    let (flushes, from) = (a.flushes(), a.mem.log.borrow().len());
+    a.flush(pg, u.gather).unwrap();
+    assert_eq!((a.flushes(), ran(&a, from).len()), (flushes, 0));
+}
+
+#[test]
+fn map_checks_aperture_and_kind() {
+    let mut a = driver(Vec::new());
+    let (pg, id) = (a.domain_alloc(DomainKind::Paging).unwrap(), a.domain_alloc(DomainKind::Identity).unwrap());
+    assert_eq!(a.map(pg, 1 << 48, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 1 << 48, len: 0x1000 }));
+    assert_eq!(
+        a.map(pg, (1 << 48) - 0x1000, 0, 0x2000, RW),
+        Err(Error::OutOfAperture { iova: (1 << 48) - 0x1000, len: 0x2000 })
+    );
+    a.map(pg, (1 << 48) - 0x1000, 0, 0x1000, RW).unwrap();
+    assert_eq!(a.map(id, 0, 0, 0x1000, RW), Err(Error::NotPaging(id)));
+    assert_eq!(a.map(iommu::DomainId(99), 0, 0, 0x1000, RW), Err(Error::NoSuchDomain(iommu::DomainId(99))));
+    assert!(matches!(a.unmap(id, 0, 0x1000), Err(Error::NotPaging(_))));
+    assert_eq!(a.attach(DeviceId(0x20), pg), Err(Error::NoSuchDevice(DeviceId(0x20))));
+    assert_eq!(a.attach(DeviceId(0x1_0010), pg), Err(Error::NoSuchDevice(DeviceId(0x1_0010))));
+    let info = a.info();
+    assert_eq!((info.kind, info.aperture, info.page_sizes), (iommu::UnitKind::AmdVi, (0, (1 << 48) - 1), 0x4020_1000));
+    assert!(info.native_identity && info.raw.contains(&("EFR", QEMU_EFR)));
+    assert_eq!(Iommu::devices(&a), [DeviceId(DEV.into()), DeviceId(OTHER.into())]);
+    assert_eq!(a.devices(), [DEV, OTHER]);
+    // No flush on map, unless asked for (units whose capability sets NpCache).
+    let from = a.mem.log.borrow().len();
+    a.map(pg, 0x1000, 0x1000, 0x1000, RW).unwrap();
+    assert!(ran(&a, from).is_empty());
+    a.set_flush_on_map(true);
+    a.map(pg, 0x2000, 0x2000, 0x1000, RW).unwrap();
+    let tag = a.domain_tag(pg).unwrap();
+    assert_eq!(ran(&a, from)[0], cmd::invalidate_iommu_pages(tag, PageRange { address: 0x2000, size: false }, false));
+}
+
+#[test]
+fn domain_free_waits_for_detach_and_releases_everything() {
+    let mut a = driver(Vec::new());
+    let base = a.mem.live();
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    a.map(pg, 0x4000_0000, 0x4000_0000, 0x40_1000, RW).unwrap();
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    assert_eq!(a.domain_free(pg), Err(Error::Busy(pg)));
+    a.detach(DeviceId(DEV.into())).unwrap();
+    let tag = a.domain_tag(pg).unwrap();
+    let from = a.mem.log.borrow().len();
+    a.domain_free(pg).unwrap();
+    assert_eq!(ran(&a, from)[0], cmd::invalidate_iommu_pages(tag, PageRange::ALL, true));
+    assert_eq!(a.mem.live(), base, "page tables freed");
+    assert_eq!(a.domain_free(pg), Err(Error::NoSuchDomain(pg)));
+    // The tag is handed out again.
+    let again = a.domain_alloc(DomainKind::Blocked).unwrap();
+    assert_eq!(a.domain_tag(again), Some(tag));
+}
+
+#[test]
+fn domain_tags_skip_bit_8() {
+    let mut seen = std::collections::BTreeSet::new();
+    for index in 1..0x8000u16 {
+        let tag = domain_tag(index);
+        assert!(tag != 0 && tag & 0x100 == 0, "{index:#x} -> {tag:#x}");
+        assert!(seen.insert(tag), "{tag:#x} twice");
+    }
+    assert_eq!((domain_tag(0xFF), domain_tag(0x100), domain_tag(0x7FFF)), (0xFF, 0x200, 0xFEFF));
+}
+
+#[test]
+fn direct_map_regions_are_mapped_before_the_dte() {
+    let region = Region { start: 0x7000_0000, end: 0x7000_2FFF, kind: ReservedKind::DirectMap };
+    let msi = Region { start: 0xFEE0_0000, end: 0xFEEF_FFFF, kind: ReservedKind::Msi };
+    let mut a = driver(vec![(Some(DEV), region), (None, msi)]);
+    assert_eq!(a.reserved_regions(DeviceId(DEV.into())), [region, msi]);
+    assert_eq!(a.reserved_regions(DeviceId(OTHER.into())), [msi]);
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    assert_eq!(a.iova_to_phys(pg, 0x7000_2010), Some(0x7000_2010));
+    assert_eq!(a.mem.translate(DEV, 0x7000_1008, true), Some(0x7000_1008));
+    // Another paging domain where the region is mapped elsewhere: refused.
+    let other = a.domain_alloc(DomainKind::Paging).unwrap();
+    a.map(other, 0x7000_1000, 0x9000_0000, 0x1000, RW).unwrap();
+    assert_eq!(a.attach(DeviceId(DEV.into()), other), Err(Error::Map(io_pgtable::Error::AlreadyMapped(0x7000_1000))));
+    assert_eq!(a.attached(DeviceId(DEV.into())), Some(pg));
+}
+
+#[test]
+fn map_direct_regions_helper_on_the_mock() {
+    let region = Region { start: 0x10_0800, end: 0x10_2000, kind: ReservedKind::DirectMap };
+    let mut cfg = MockConfig::default();
+    cfg.reserved.push((Some(DeviceId(0x10)), region));
+    let mut m = MockIommu::new(cfg);
+    let d = m.domain_alloc(DomainKind::Paging).unwrap();
+    m.map(d, 0x10_1000, 0x10_1000, 0x1000, RW).unwrap(); // already one to one: kept
+    iommu::map_direct_regions(&mut m, DeviceId(0x10), d).unwrap();
+    for page in [0x10_0000, 0x10_1000, 0x10_2000] {
+        assert_eq!(m.iova_to_phys(d, page), Some(page));
+    }
+    assert_eq!(m.iova_to_phys(d, 0x10_3000), None);
+    iommu::map_direct_regions(&mut m, DeviceId(0x10), d).unwrap(); // idempotent
+    iommu::map_direct_regions(&mut m, DeviceId(0x18), d).unwrap(); // no region: nothing
+    let e = m.domain_alloc(DomainKind::Paging).unwrap();
+    m.map(e, 0x10_2000, 0x5000, 0x1000, RW).unwrap();
+    assert_eq!(
+        iommu::map_direct_regions(&mut m, DeviceId(0x10), e),
+        Err(Error::Map(io_pgtable::Error::AlreadyMapped(0x10_2000)))
+    );
+}
+
+#[test]
+fn faults_are_drained_and_other_events_logged() {
+    let mut a = driver(Vec::new());
+    assert!(a.drain_faults().is_empty());
+    // IO_PAGE_FAULT: write (RW, bit 53) by 0x10 in domain 1 at 0x5000; then an illegal command.
+    a.mem.push_event([2 << 60 | 1 << 53 | 1 << 32 | u64::from(DEV), 0x5000]);
+    a.mem.push_event([5 << 60, 0x1_0000_0000]);
+    a.mem.push_event([1 << 60 | u64::from(OTHER), 0x6000]);
+    let f = a.drain_faults();
+    assert_eq!(f.len(), 2);
+    assert_eq!((f[0].device, f[0].address, f[0].access), (DeviceId(DEV.into()), 0x5000, iommu::Access::Write));
+    assert_eq!((f[0].reason, f[0].reason_name), (2, "IO_PAGE_FAULT"));
+    assert_eq!((f[1].device, f[1].reason_name), (DeviceId(OTHER.into()), "ILLEGAL_DEV_TABLE_ENTRY"));
+    assert_eq!(a.mem.regs().evt_head.get(), a.mem.regs().evt_tail.get(), "EvtHead caught up");
+    assert!(a.drain_faults().is_empty());
+    // Around the ring, in order.
+    let mut got = Vec::new();
+    for round in 0..3u64 {
+        for i in 0..100 {
+            a.mem.push_event([2 << 60 | u64::from(DEV), (round * 100 + i) << 12]);
+        }
+        got.extend(a.drain_faults().into_iter().map(|f| f.address >> 12));
+    }
+    assert_eq!(got, (0..300).collect::<Vec<u64>>());
+}
+
+#[test]
+fn event_log_overflow_is_counted_and_restarted() {
+    let mut a = driver(Vec::new());
+    for i in 0..300u64 {
+        a.mem.push_event([2 << 60 | u64::from(DEV), i << 12]);
+    }
+    let status = a.mem.regs().status.get();
+    assert!(status & 1 != 0 && status & STATUS::EVENT_LOG_RUN::SET.value == 0, "fake overflowed: {status:#x}");
+    assert_eq!(a.drain_faults().len(), 255, "one slot stays free");
+    assert_eq!(a.unit.event_overflows, 1);
+    // The overflow was acknowledged (a W1C write of EventOverflow) and EventLogEn is on again.
+    assert_eq!(a.mem.regs().status.get(), STATUS::EVENT_OVERFLOW::SET.value);
+    assert!(a.mem.regs().control.is_set(CONTROL::EVENT_LOG_EN));
+    a.mem.regs().status.set(0); // what the hardware made of the W1C write
+    a.mem.push_event([2 << 60 | u64::from(DEV), 0x42_000]);
+    assert_eq!(a.drain_faults().len(), 1);
+    assert_eq!(a.unit.event_overflows, 1);
+}
+
+#[test]
+fn refused_command_is_reported_and_the_buffer_restarted() {
+    let mut a = driver(Vec::new());
+    let bad: Command = [0xF << 60, 0];
+    let base = a.mem.regs().cmd_base.get() & 0x000F_FFFF_FFFF_F000;
+    a.mem.push_event([2 << 60 | u64::from(DEV), 0x9000]); // a fault already in the log
+    let e = a.unit.submit(&[bad], &mut a.mem).unwrap_err();
+    // Bring-up used slots 0 and 1: the bad command sat in slot 2.
+    assert_eq!(e, AmdViError::Command { code: EventCode::ILLEGAL_COMMAND_ERROR, address: base + 0x20 });
+    assert_eq!(Error::from(e), Error::Hardware("AMD-Vi command refused"));
+    // The buffer works again, and the fault that was read on the way is not lost.
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    a.attach(DeviceId(DEV.into()), pg).unwrap();
+    let f = a.drain_faults();
+    assert_eq!((f.len(), f[0].address), (1, 0x9000));
+}
+
+#[test]
+fn commands_wrap_around_the_buffer() {
+    let mut a = driver(Vec::new());
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    for i in 0..300u64 {
+        a.map(pg, i << 12, i << 12, 0x1000, RW).unwrap();
+        let u = a.unmap(pg, i << 12, 0x1000).unwrap();
+        a.flush(pg, u.gather).unwrap();
+    }
+    // 2 at bring-up + 2 per flush; QEMU's CmdHead shows 0x1000 after the last slot.
+    assert_eq!(a.unit.commands, 602);
+    assert_eq!(a.mem.log.borrow().len(), 602);
+    assert_eq!(a.flushes(), 300);
+    // A batch longer than half the ring goes in parts.
+    let many = vec![cmd::invalidate_devtab_entry(DEV); 300];
+    let from = a.mem.log.borrow().len();
+    a.unit.submit(&many, &mut a.mem).unwrap();
+    assert_eq!(opcodes(&ran(&a, from)).iter().filter(|&&o| o == cmd::COMPLETION_WAIT).count(), 3);
+}
+
+#[test]
+fn status_and_control_show_in_info() {
+    let a = driver(Vec::new());
+    a.mem.regs().status.set(0x18);
+    let raw = a.info().raw;
+    assert_eq!(raw[0], ("EFR", QEMU_EFR));
+    assert!(raw.contains(&("STATUS", 0x18)));
+    assert!(raw.iter().any(|&(n, v)| n == "CONTROL" && v & 1 == 1));
+}

@@ -1,0 +1,510 @@
+//! One AMD-Vi IOMMU: bring-up, the command buffer, the device table, the
+//! event log.
+//!
+//! Bring-up (§3.4 register programming, in the order the spec's
+//! initialisation follows): a zeroed device table for all 65536 DeviceIDs, a
+//! 256-entry command buffer and a 256-entry event log are installed, the
+//! exclusion range is switched off, then the command buffer, the event log
+//! and the IOMMU itself are enabled. The unit translates from then on, but
+//! every DTE is zero (V = 0: untranslated, unchecked), so no device notices.
+//! Enabling early is what makes commands work at all on QEMU 10.0, which runs
+//! the command buffer only while IommuEn is set.
+//!
+//! Commands are queued at CmdTail, followed by a COMPLETION_WAIT that stores
+//! a sequence number into a small frame; the driver polls that frame (bounded).
+
+use crate::cmd::{self, Command};
+use crate::dte::{self, Dte};
+use crate::event::{Event, EventCode};
+use crate::regs::{Regs, CONTROL, DEVTAB_BASE, EXCL_BASE, RING_BASE, RING_PTR, STATUS};
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+use iommu::DmaMemory;
+use tock_registers::interfaces::{Readable, Writeable};
+
+/// Polls of memory or a register before a wait is declared failed.
+const MAX_POLLS: u32 = 1_000_000;
+/// Frames of the device table: 65536 DTEs of 32 bytes.
+const DEVTAB_FRAMES: usize = 512;
+/// log2 of the command buffer entries (256 × 16 bytes: one frame; the spec's minimum).
+const CMD_LOG2: u32 = 8;
+/// log2 of the event log entries (256 × 16 bytes: one frame).
+const EVT_LOG2: u32 = 8;
+/// Bytes per command and per event.
+const ENTRY: u64 = 16;
+
+/// Why an AMD-Vi operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmdViError {
+    /// The IOMMU did not complete something in time.
+    Timeout(&'static str),
+    /// No memory for tables or buffers.
+    NoMemory,
+    /// The IOMMU lacks something this driver needs (named).
+    Unsupported(&'static str),
+    /// The IOMMU refused a command (ILLEGAL_COMMAND_ERROR or
+    /// COMMAND_HARDWARE_ERROR in the event log); the command buffer was
+    /// restarted empty.
+    Command {
+        /// The event code.
+        code: EventCode,
+        /// Physical address of the command (or of the failed access).
+        address: u64,
+    },
+}
+
+impl core::fmt::Display for AmdViError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AmdViError::Timeout(what) => write!(f, "AMD-Vi did not complete {what} in time"),
+            AmdViError::NoMemory => f.write_str("out of memory for AMD-Vi tables or buffers"),
+            AmdViError::Unsupported(what) => write!(f, "AMD-Vi unit lacks {what}"),
+            AmdViError::Command { code, address } => {
+                write!(f, "AMD-Vi refused the command at {address:#x}: {}", code.name())
+            }
+        }
+    }
+}
+
+fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), AmdViError> {
+    if iommu::poll(MAX_POLLS, done) {
+        Ok(())
+    } else {
+        Err(AmdViError::Timeout(what))
+    }
+}
+
+/// Where byte `offset` of a run of contiguous frames at `base` lives: (frame, word index).
+fn locate(base: u64, offset: u64) -> (u64, usize) {
+    (base + (offset & !0xFFF), ((offset & 0xFFF) / 8) as usize)
+}
+
+/// A ring of 16-byte entries in one run of frames: the command buffer or the event log.
+struct Ring {
+    base: u64,
+    log2: u32,
+    /// Our pointer, a byte offset: the tail of the command buffer, the head of the event log.
+    at: u64,
+}
+
+impl Ring {
+    fn bytes(&self) -> u64 {
+        ENTRY << self.log2
+    }
+
+    fn frames(&self) -> usize {
+        self.bytes().div_ceil(4096) as usize
+    }
+
+    fn next(&self, at: u64) -> u64 {
+        (at + ENTRY) % self.bytes()
+    }
+
+    /// The base-register value (address and length).
+    fn base_value(&self) -> u64 {
+        (RING_BASE::BASE.val(self.base >> 12) + RING_BASE::LEN.val(u64::from(self.log2))).value
+    }
+}
+
+/// An AMD-Vi IOMMU and its in-memory structures.
+pub struct AmdVi {
+    base: u64,
+    efr: u64,
+    devtab: u64,
+    cmd: Ring,
+    evt: Ring,
+    /// Frame the COMPLETION_WAIT stores its sequence number into.
+    wait_frame: u64,
+    sequence: u64,
+    /// Events read while recovering from a refused command, for the next `take_events`.
+    pending: Vec<Event>,
+    /// Commands issued so far (COMPLETION_WAITs included).
+    pub commands: u64,
+    /// Event-log overflows seen (events were lost).
+    pub event_overflows: u64,
+}
+
+impl AmdVi {
+    /// The register block.
+    fn regs(&self) -> &Regs {
+        // SAFETY: `new`'s caller guaranteed that `base` maps the 16 KiB register block for this value's whole life
+        // and that nothing else programs the unit; `Regs` is exactly that block, every field a volatile register.
+        unsafe { &*(self.base as *const Regs) }
+    }
+
+    /// Takes over the unit whose 16 KiB register block is mapped at virtual
+    /// address `base`: device table, command buffer and event log installed,
+    /// exclusion range off, the unit enabled with every DTE zero (untranslated),
+    /// its caches invalidated (INVALIDATE_IOMMU_ALL where EFR.IASup says so).
+    ///
+    /// # Safety
+    /// `base` is the virtual address of the unit's 16 KiB register block,
+    /// mapped (as device memory) for the rest of the kernel's life, and this
+    /// value becomes its only user.
+    pub unsafe fn new(base: u64, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
+        let mut unit = AmdVi {
+            base,
+            efr: 0,
+            devtab: 0,
+            cmd: Ring { base: 0, log2: CMD_LOG2, at: 0 },
+            evt: Ring { base: 0, log2: EVT_LOG2, at: 0 },
+            wait_frame: 0,
+            sequence: 0,
+            pending: Vec::new(),
+            commands: 0,
+            event_overflows: 0,
+        };
+        unit.efr = unit.regs().efr.get();
+        let levels = crate::regs::host_levels(unit.efr).ok_or(AmdViError::Unsupported("a valid EFR.HATS"))?;
+        if levels < crate::driver::LEVELS {
+            return Err(AmdViError::Unsupported("4-level host page tables (EFR.HATS)"));
+        }
+        unit.quiesce()?;
+        unit.allocate(mem)?;
+        unit.program();
+        let on =
+            CONTROL::IOMMU_EN::SET + CONTROL::EVENT_LOG_EN::SET + CONTROL::CMD_BUF_EN::SET + CONTROL::COHERENT::SET;
+        unit.write_control(on.value);
+        // The fresh table is all zero; without INVALIDATE_IOMMU_ALL only DTEs
+        // the firmware's table left cached could linger, and each is replaced
+        // (and invalidated) when its device is attached.
+        let first = if unit.invalidate_all_supported() {
+            unit.submit(&[cmd::invalidate_iommu_all()], mem)
+        } else {
+            unit.sync(mem)
+        };
+        if let Err(e) = first {
+            unit.write_control(0);
+            unit.release(mem);
+            return Err(e);
+        }
+        Ok(unit)
+    }
+
+    /// Turns off what the firmware may have left running (IommuEn, the
+    /// command buffer, the event log) before the bases change.
+    fn quiesce(&self) -> Result<(), AmdViError> {
+        let running = STATUS::CMD_BUF_RUN::SET.value | STATUS::EVENT_LOG_RUN::SET.value;
+        if self.regs().control.get() == 0 && self.regs().status.get() & running == 0 {
+            return Ok(());
+        }
+        log::info!(
+            "amdvi: the unit was enabled by firmware (control {:#x}): turning it off",
+            self.regs().control.get()
+        );
+        self.write_control(0);
+        wait("stopping the command buffer and event log", || self.regs().status.get() & running == 0)
+    }
+
+    /// Allocates the device table, the rings and the completion frame.
+    fn allocate(&mut self, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        let devtab = mem.alloc_contiguous(DEVTAB_FRAMES).ok_or(AmdViError::NoMemory)?;
+        let (cmd_frames, evt_frames) = (self.cmd.frames(), self.evt.frames());
+        let cmd = mem.alloc_contiguous(cmd_frames);
+        let evt = mem.alloc_contiguous(evt_frames);
+        let wait = mem.alloc_contiguous(1);
+        match (cmd, evt, wait) {
+            (Some(c), Some(e), Some(w)) => {
+                (self.devtab, self.cmd.base, self.evt.base, self.wait_frame) = (devtab, c, e, w);
+                Ok(())
+            }
+            (c, e, w) => {
+                mem.free_contiguous(devtab, DEVTAB_FRAMES);
+                c.inspect(|&c| mem.free_contiguous(c, cmd_frames));
+                e.inspect(|&e| mem.free_contiguous(e, evt_frames));
+                w.inspect(|&w| mem.free_contiguous(w, 1));
+                Err(AmdViError::NoMemory)
+            }
+        }
+    }
+
+    /// Gives back what `allocate` took (bring-up failed).
+    fn release(&mut self, mem: &mut impl DmaMemory) {
+        mem.free_contiguous(self.devtab, DEVTAB_FRAMES);
+        mem.free_contiguous(self.cmd.base, self.cmd.frames());
+        mem.free_contiguous(self.evt.base, self.evt.frames());
+        mem.free_contiguous(self.wait_frame, 1);
+    }
+
+    /// Programs bases, pointers and the exclusion range (the unit is off).
+    fn program(&self) {
+        let r = self.regs();
+        let devtab = DEVTAB_BASE::BASE.val(self.devtab >> 12) + DEVTAB_BASE::SIZE.val(DEVTAB_FRAMES as u64 - 1);
+        r.devtab_base.write(devtab);
+        r.cmd_base.set(self.cmd.base_value());
+        r.evt_base.set(self.evt.base_value());
+        r.cmd_head.set(0);
+        r.cmd_tail.set(0);
+        r.evt_head.set(0);
+        r.evt_tail.set(0);
+        // No exclusion range: IVMD exclusion ranges become reserved regions
+        // (kept out of IOVA allocation) instead of untranslated holes.
+        r.excl_base.write(EXCL_BASE::EX_EN::CLEAR);
+        r.excl_limit.set(0);
+        // Acknowledge whatever W1C status the firmware left.
+        let ack = r.status.get() & crate::regs::STATUS_W1C;
+        r.status.set(ack);
+        if crate::tracing() {
+            log::info!(
+                "amdvi trace: DEVTAB <- {:#x}, CMD_BASE <- {:#x}, EVT_BASE <- {:#x}, heads/tails <- 0, EXCL_BASE/LIMIT <- 0, STATUS <- {ack:#x}",
+                r.devtab_base.get(),
+                r.cmd_base.get(),
+                r.evt_base.get()
+            );
+        }
+    }
+
+    fn write_control(&self, value: u64) {
+        if crate::tracing() {
+            log::info!("amdvi trace: CONTROL <- {value:#x}");
+        }
+        self.regs().control.set(value);
+    }
+
+    /// The Extended Feature register.
+    pub fn efr(&self) -> u64 {
+        self.efr
+    }
+
+    /// The Control register now.
+    pub fn control(&self) -> u64 {
+        self.regs().control.get()
+    }
+
+    /// The Status register now.
+    pub fn status(&self) -> u64 {
+        self.regs().status.get()
+    }
+
+    /// Whether INVALIDATE_IOMMU_ALL exists (EFR.IASup).
+    pub fn invalidate_all_supported(&self) -> bool {
+        crate::regs::EFR::IA_SUP.read(self.efr) != 0
+    }
+
+    /// Most host page-table levels the unit walks (EFR.HATS).
+    pub fn max_levels(&self) -> usize {
+        crate::regs::host_levels(self.efr).unwrap_or(4)
+    }
+
+    /// One line describing the unit, for the boot log.
+    pub fn describe(&self) -> alloc::string::String {
+        let features = crate::regs::efr_features(self.efr).join(" ");
+        alloc::format!(
+            "amdvi: EFR={:#x} ({features}, HATS {} host levels, GATS={}, PASmax={}), device table {} entries, command buffer {} entries, event log {} entries",
+            self.efr,
+            self.max_levels(),
+            crate::regs::EFR::GATS.read(self.efr),
+            crate::regs::EFR::PAS_MAX.read(self.efr),
+            DEVTAB_FRAMES * 4096 / 32,
+            1u32 << self.cmd.log2,
+            1u32 << self.evt.log2,
+        )
+    }
+
+    /// Frames the unit itself holds (device table, rings, completion frame):
+    /// what leak checks leave out.
+    pub fn table_frames(&self) -> usize {
+        DEVTAB_FRAMES + self.cmd.frames() + self.evt.frames() + 1
+    }
+
+    /// Free command slots: the ring holds one entry less than its size, so
+    /// that a full ring differs from an empty one (§3.4: head == tail means empty).
+    fn free_slots(&self) -> u64 {
+        let size = self.cmd.bytes();
+        // QEMU stores the unwrapped head (== size) after running the last
+        // slot (`amdvi_cmdbuf_run`): reduce it modulo the ring.
+        let head = (RING_PTR::OFFSET.read(self.regs().cmd_head.get()) * ENTRY) % size;
+        ((head + size - self.cmd.at - ENTRY) % size) / ENTRY
+    }
+
+    /// Queues `cmds`, then a COMPLETION_WAIT, and waits until the IOMMU has
+    /// completed them all. Batches longer than half the ring go in parts.
+    pub fn submit(&mut self, cmds: &[Command], mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        let half = (1usize << self.cmd.log2) / 2;
+        for part in cmds.chunks(half) {
+            self.submit_part(part, mem)?;
+        }
+        if cmds.is_empty() {
+            self.sync(mem)?;
+        }
+        Ok(())
+    }
+
+    /// A COMPLETION_WAIT alone: everything queued before it has completed.
+    fn sync(&mut self, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        self.submit_part(&[], mem)
+    }
+
+    fn submit_part(&mut self, cmds: &[Command], mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        self.sequence += 1;
+        let seq = self.sequence;
+        let done = cmd::completion_wait(self.wait_frame, seq);
+        let needed = cmds.len() as u64 + 1;
+        if self.free_slots() < needed {
+            wait("command buffer space", || self.free_slots() >= needed)?;
+        }
+        let trace = crate::tracing();
+        for c in cmds.iter().chain(core::iter::once(&done)) {
+            let (frame, word) = locate(self.cmd.base, self.cmd.at);
+            mem.write(frame, word, c[0]);
+            mem.write(frame, word + 1, c[1]);
+            if trace {
+                log::info!(
+                    "amdvi trace: cmd [{}] {} {:#018x} {:#018x}",
+                    self.cmd.at / ENTRY,
+                    cmd::opcode_name(c),
+                    c[0],
+                    c[1]
+                );
+            }
+            self.cmd.at = self.cmd.next(self.cmd.at);
+            self.commands += 1;
+        }
+        // The entries must be in memory before the IOMMU sees the new tail.
+        fence(Ordering::SeqCst);
+        if trace {
+            log::info!("amdvi trace: CMD_TAIL <- {:#x}", self.cmd.at);
+        }
+        self.regs().cmd_tail.set(self.cmd.at);
+        let wait_frame = self.wait_frame;
+        if iommu::poll(MAX_POLLS, || mem.read(wait_frame, 0) == seq) {
+            return Ok(());
+        }
+        Err(self.command_failure(mem))
+    }
+
+    /// After a COMPLETION_WAIT that never stored: a refused command is in the
+    /// event log (§2.5), and the IOMMU stopped at it. The buffer is restarted
+    /// empty and the refusal reported; other events are kept for `take_events`.
+    fn command_failure(&mut self, mem: &mut impl DmaMemory) -> AmdViError {
+        let events = self.read_events(mem);
+        let refused = events.iter().find(|e| e.is_command_error()).copied();
+        self.pending.extend(events.into_iter().filter(|e| !e.is_command_error()));
+        let Some(e) = refused else {
+            return AmdViError::Timeout("COMPLETION_WAIT");
+        };
+        log::error!("amdvi: {e}; restarting the command buffer");
+        let control = self.regs().control.get();
+        self.write_control(control & !CONTROL::CMD_BUF_EN::SET.value);
+        let stopped = wait("command buffer stop", || !self.regs().status.is_set(STATUS::CMD_BUF_RUN));
+        if crate::tracing() {
+            log::info!("amdvi trace: CMD_HEAD <- 0, CMD_TAIL <- 0");
+        }
+        self.regs().cmd_head.set(0);
+        self.regs().cmd_tail.set(0);
+        self.cmd.at = 0;
+        self.write_control(control);
+        match stopped {
+            Ok(()) => AmdViError::Command { code: e.code, address: e.address },
+            Err(t) => t,
+        }
+    }
+
+    /// Where DeviceID `devid`'s entry lives: (frame, index of qword 0).
+    fn dte_at(&self, devid: u16) -> (u64, usize) {
+        locate(self.devtab, u64::from(devid) * 32)
+    }
+
+    /// The DTE of `devid` as the table holds it.
+    pub fn dte(&self, devid: u16, mem: &impl DmaMemory) -> Dte {
+        let (frame, word) = self.dte_at(devid);
+        [0, 1, 2, 3].map(|i| mem.read(frame, word + i))
+    }
+
+    /// Installs `new` as `devid`'s DTE so that the IOMMU never uses a torn
+    /// entry, then makes it forget the old one (§2.2.2 / §2.4.2):
+    /// - becoming invalid (V = 0): qword 0 first, so V clears in one store;
+    /// - from an invalid entry: qwords 3..1 first, qword 0 (with V) last;
+    /// - from a valid entry with other qwords 1..3: qword 0 is first made
+    ///   blocked (V = 1, TV = 1, Mode 0, no access) and invalidated, so no DMA
+    ///   passes while the rest changes; then as from an invalid entry.
+    ///
+    /// The final INVALIDATE_DEVTAB_ENTRY goes with an INVALIDATE_IOMMU_PAGES
+    /// of the domain the device leaves: QEMU's IOTLB answers by DeviceID
+    /// before it reads the DTE, so its old translations would outlive the change.
+    pub fn set_dte(&mut self, devid: u16, new: &Dte, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        let old = self.dte(devid, mem);
+        if old == *new {
+            return Ok(());
+        }
+        let (frame, word) = self.dte_at(devid);
+        if crate::tracing() {
+            log::info!(
+                "amdvi trace: DTE[{devid:#06x}] <- {:#018x} {:#018x} {:#018x} {:#018x}",
+                new[0],
+                new[1],
+                new[2],
+                new[3]
+            );
+        }
+        if !dte::valid(new) {
+            for (i, q) in new.iter().enumerate() {
+                mem.write(frame, word + i, *q);
+            }
+        } else {
+            if dte::valid(&old) && old[1..] != new[1..] {
+                mem.write(frame, word, dte::blocked(0)[0]);
+                self.submit(&[cmd::invalidate_devtab_entry(devid)], mem)?;
+            }
+            for i in (1..4).rev() {
+                mem.write(frame, word + i, new[i]);
+            }
+            mem.write(frame, word, new[0]);
+        }
+        let mut cmds = alloc::vec![cmd::invalidate_devtab_entry(devid)];
+        if dte::valid(&old) && old[0] & dte::TV != 0 {
+            cmds.push(cmd::invalidate_iommu_pages(dte::domain_id(&old), cmd::PageRange::ALL, true));
+        }
+        self.submit(&cmds, mem)
+    }
+
+    /// Reads the entries between EvtHead and EvtTail and advances EvtHead.
+    fn read_events(&mut self, mem: &impl DmaMemory) -> Vec<Event> {
+        let size = self.evt.bytes();
+        let tail = (RING_PTR::OFFSET.read(self.regs().evt_tail.get()) * ENTRY) % size;
+        let mut out = Vec::new();
+        // Bounded by the ring: the IOMMU cannot have more for us.
+        for _ in 0..(1u32 << self.evt.log2) {
+            if self.evt.at == tail {
+                break;
+            }
+            let (frame, word) = locate(self.evt.base, self.evt.at);
+            out.push(Event::decode([mem.read(frame, word), mem.read(frame, word + 1)]));
+            self.evt.at = self.evt.next(self.evt.at);
+        }
+        if !out.is_empty() {
+            if crate::tracing() {
+                log::info!("amdvi trace: EVT_HEAD <- {:#x}", self.evt.at);
+            }
+            self.regs().evt_head.set(self.evt.at);
+        }
+        out
+    }
+
+    /// Takes every event the IOMMU logged since the last call. An overflow
+    /// (Status.EventOverflow: events were lost) is logged, counted and
+    /// cleared, and a halted log is restarted (EventLogEn off, the overflow
+    /// acknowledged, EventLogEn on again, §2.5).
+    pub fn take_events(&mut self, mem: &impl DmaMemory) -> Vec<Event> {
+        let mut out = core::mem::take(&mut self.pending);
+        out.extend(self.read_events(mem));
+        let status = self.regs().status.get();
+        if STATUS::EVENT_OVERFLOW.is_set(status) {
+            self.event_overflows += 1;
+            log::warn!("amdvi: event log overflow: events were lost");
+            let control = self.regs().control.get();
+            let halted = !STATUS::EVENT_LOG_RUN.is_set(status);
+            if halted {
+                self.write_control(control & !CONTROL::EVENT_LOG_EN::SET.value);
+            }
+            if crate::tracing() {
+                log::info!("amdvi trace: STATUS <- EventOverflow (write 1 to clear)");
+            }
+            self.regs().status.write(STATUS::EVENT_OVERFLOW::SET);
+            if halted {
+                self.write_control(control);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,818 @@
+//! One virtio-iommu device: initialisation (virtio 1.2 §3.1), feature
+//! negotiation (§5.13.3), its configuration (§5.13.4), the request queue with
+//! synchronous requests (§5.13.6) and the event queue with fault records
+//! (§5.13.7).
+//!
+//! Requests are issued one at a time: head and body in a DMA buffer the
+//! device reads, tail (and PROBE properties) in one it writes, one descriptor
+//! chain, a notification, then a bounded poll of the used ring. A request
+//! that never completes leaves the device unusable ([`VirtioError::Broken`]
+//! afterwards): the device may still write the buffer, so it is not reused.
+//!
+//! The event queue gets [`EVENT_BUFFERS`] device-writable buffers at start;
+//! [`VirtioIommuDevice::take_faults`] decodes the used ones and posts them again.
+
+use crate::dma;
+use crate::queue::{Buffer, VirtQueue};
+use crate::request::{self, feature, status, Fault, Request, FAULT_LEN};
+use crate::transport::{self, Mapped, MmioTransport, Transport};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use iommu::{DeviceId, DmaMemory, DomainId, Region};
+
+/// Polls of the used ring before a request is declared lost.
+pub const REQUEST_POLLS: u32 = 10_000_000;
+/// Polls of `device_status` after a reset.
+const RESET_POLLS: u32 = 1_000_000;
+/// Reads of the configuration before a still-changing generation is an error.
+const CONFIG_TRIES: u32 = 64;
+/// Index of the request queue.
+pub const REQUEST_QUEUE: u16 = 0;
+/// Index of the event queue.
+pub const EVENT_QUEUE: u16 = 1;
+/// Entries of the request queue (requests are synchronous: two suffice).
+const REQUEST_QUEUE_SIZE: u16 = 16;
+/// Fault buffers kept posted on the event queue (fewer if the queue is smaller).
+pub const EVENT_BUFFERS: u16 = 32;
+/// Bytes per fault buffer (a record is [`FAULT_LEN`]).
+const EVENT_SLOT: u64 = 64;
+/// Where the device-writable part starts in the request buffer (after the
+/// longest request body, PROBE's 72 bytes).
+const RESPONSE_OFFSET: u64 = 128;
+/// Largest `probe_size` this driver provides a buffer for.
+const MAX_PROBE_SIZE: u32 = 0x1_0000;
+
+/// Why a virtio-iommu operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioError {
+    /// A bounded wait ran out (what was awaited).
+    Timeout(&'static str),
+    /// No memory for queues or buffers.
+    NoMemory,
+    /// The function lacks a virtio capability (which).
+    MissingCapability(&'static str),
+    /// A capability or mapped structure is unusable (why).
+    BadCapability(&'static str),
+    /// The device does not offer a feature this driver needs (which).
+    MissingFeature(&'static str),
+    /// The device did not accept the features (FEATURES_OK did not stick).
+    FeaturesRejected,
+    /// The device reports DEVICE_NEEDS_RESET or FAILED (the status byte).
+    DeviceFailed(u8),
+    /// The device configuration is unusable (why).
+    BadConfig(&'static str),
+    /// `config_generation` kept changing while the configuration was read.
+    ConfigUnstable,
+    /// A virtqueue cannot be set up (which, why).
+    BadQueue {
+        /// Queue index.
+        queue: u16,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// No free descriptors in a queue.
+    QueueFull(u16),
+    /// A chain the driver built is malformed (a driver bug).
+    BadBuffer(&'static str),
+    /// The device returned a used entry that matches no outstanding chain.
+    BadUsed {
+        /// Queue index.
+        queue: u16,
+        /// The descriptor ID (or used index) it named.
+        id: u32,
+    },
+    /// The device answered a request with an error status.
+    Status {
+        /// The request.
+        request: Request,
+        /// Its status code ([`request::status`]).
+        status: u8,
+    },
+    /// A PROBE reply does not parse (where, why).
+    BadProbe {
+        /// Byte offset of the bad property.
+        offset: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// An earlier request never completed; the device is not used any more.
+    Broken,
+}
+
+impl fmt::Display for VirtioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VirtioError::Timeout(what) => write!(f, "virtio-iommu: no answer in time ({what})"),
+            VirtioError::NoMemory => f.write_str("virtio-iommu: out of memory for queues or buffers"),
+            VirtioError::MissingCapability(what) => write!(f, "virtio-iommu: no {what} capability"),
+            VirtioError::BadCapability(what) => write!(f, "virtio-iommu: bad capability: {what}"),
+            VirtioError::MissingFeature(what) => write!(f, "virtio-iommu: device lacks feature {what}"),
+            VirtioError::FeaturesRejected => f.write_str("virtio-iommu: device refused the features (FEATURES_OK)"),
+            VirtioError::DeviceFailed(s) => write!(f, "virtio-iommu: device failed (status {s:#x})"),
+            VirtioError::BadConfig(what) => write!(f, "virtio-iommu: bad configuration: {what}"),
+            VirtioError::ConfigUnstable => f.write_str("virtio-iommu: configuration kept changing while read"),
+            VirtioError::BadQueue { queue, what } => write!(f, "virtio-iommu: queue {queue}: {what}"),
+            VirtioError::QueueFull(q) => write!(f, "virtio-iommu: queue {q} is full"),
+            VirtioError::BadBuffer(what) => write!(f, "virtio-iommu: bad descriptor chain: {what}"),
+            VirtioError::BadUsed { queue, id } => write!(f, "virtio-iommu: queue {queue}: bogus used entry {id}"),
+            VirtioError::Status { request, status } => write!(
+                f,
+                "virtio-iommu: {request}: {} ({})",
+                request::status_name(*status),
+                request::status_message(*status).trim_start_matches("virtio-iommu: ")
+            ),
+            VirtioError::BadProbe { offset, what } => write!(f, "virtio-iommu: PROBE reply at byte {offset}: {what}"),
+            VirtioError::Broken => f.write_str("virtio-iommu: device unusable after a lost request"),
+        }
+    }
+}
+
+impl From<VirtioError> for iommu::Error {
+    fn from(e: VirtioError) -> Self {
+        use io_pgtable::Error as Pt;
+        use iommu::Error as E;
+        match e {
+            VirtioError::NoMemory => E::NoMemory,
+            VirtioError::Status { request, status } => match (status, request) {
+                (status::NOENT, Request::Map { domain, .. } | Request::Unmap { domain, .. }) => {
+                    E::NoSuchDomain(DomainId(domain))
+                }
+                (
+                    status::NOENT,
+                    Request::Attach { endpoint, .. } | Request::Detach { endpoint, .. } | Request::Probe { endpoint },
+                ) => E::NoSuchDevice(DeviceId(endpoint)),
+                (status::RANGE, Request::Unmap { virt_start, .. }) => E::Map(Pt::SplitLeaf(virt_start)),
+                (status::RANGE, Request::Map { virt_start, virt_end, .. }) => {
+                    E::OutOfAperture { iova: virt_start, len: virt_end.wrapping_sub(virt_start).wrapping_add(1) }
+                }
+                (status::INVAL, Request::Map { virt_start, .. }) => E::Map(Pt::AlreadyMapped(virt_start)),
+                (status::NOMEM, _) => E::NoMemory,
+                (status::UNSUPP, _) => E::NotSupported(request::status_message(status)),
+                _ => E::Hardware(request::status_message(status)),
+            },
+            VirtioError::MissingFeature(what) => E::NotSupported(what),
+            VirtioError::Timeout(_) => E::Hardware("virtio-iommu: the device did not answer in time"),
+            VirtioError::Broken => E::Hardware("virtio-iommu: device unusable after a lost request"),
+            VirtioError::QueueFull(_) => E::Hardware("virtio-iommu: request queue full"),
+            VirtioError::BadUsed { .. } => E::Hardware("virtio-iommu: bogus used-ring entry"),
+            VirtioError::BadProbe { .. } => E::Hardware("virtio-iommu: malformed PROBE reply"),
+            VirtioError::MissingCapability(_) | VirtioError::BadCapability(_) => {
+                E::Hardware("virtio-iommu: unusable PCI capabilities")
+            }
+            VirtioError::FeaturesRejected | VirtioError::DeviceFailed(_) => E::Hardware("virtio-iommu: device failed"),
+            VirtioError::BadConfig(_) | VirtioError::ConfigUnstable => E::Hardware("virtio-iommu: bad configuration"),
+            VirtioError::BadQueue { .. } | VirtioError::BadBuffer(_) => E::Hardware("virtio-iommu: queue setup failed"),
+        }
+    }
+}
+
+/// The device configuration (§5.13.4) as this driver uses it: fields whose
+/// feature was not negotiated hold the value the spec implies instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Supported page sizes (bit n = 2^n bytes); the lowest set bit is the mapping granule.
+    pub page_size_mask: u64,
+    /// Lowest and highest (inclusive) IOVA (all of them without INPUT_RANGE).
+    pub input_range: (u64, u64),
+    /// Lowest and highest (inclusive) domain ID (all 32-bit IDs without DOMAIN_RANGE).
+    pub domain_range: (u32, u32),
+    /// Bytes of properties a PROBE reply carries (0 without PROBE).
+    pub probe_size: u32,
+    /// 1: endpoints not attached to a domain pass through untranslated; 0: their DMA faults.
+    pub bypass: u8,
+}
+
+/// Frames allocated during initialisation, given back if it fails.
+struct Allocations(Vec<(u64, usize)>);
+
+impl Allocations {
+    fn take(&mut self, mem: &mut impl DmaMemory, frames: usize) -> Result<u64, VirtioError> {
+        let base = mem.alloc_contiguous(frames).ok_or(VirtioError::NoMemory)?;
+        self.0.push((base, frames));
+        Ok(base)
+    }
+
+    fn release(self, mem: &mut impl DmaMemory) {
+        for (base, frames) in self.0 {
+            mem.free_contiguous(base, frames);
+        }
+    }
+}
+
+/// The largest power of two not above `n` (n > 0).
+fn floor_pow2(n: u16) -> u16 {
+    1 << (15 - n.leading_zeros())
+}
+
+/// A virtio-iommu that went through initialisation: features negotiated,
+/// queues live, fault buffers posted.
+pub struct VirtioIommuDevice {
+    transport: Box<dyn Transport>,
+    /// Feature bits the device offered.
+    pub offered: u64,
+    /// Feature bits negotiated.
+    pub features: u64,
+    /// The configuration, read once at start (bypass as written by the driver).
+    pub config: Config,
+    /// The request queue (queue 0).
+    pub requests: VirtQueue,
+    /// The event queue (queue 1).
+    pub events: VirtQueue,
+    request_buf: u64,
+    request_frames: usize,
+    event_buf: u64,
+    event_frames: usize,
+    /// Which buffer each outstanding event-queue head carries.
+    event_slots: Vec<Option<u64>>,
+    /// Used-ring polls before a request counts as lost.
+    pub poll_limit: u32,
+    broken: bool,
+    /// Requests sent so far.
+    pub requests_sent: u64,
+}
+
+impl VirtioIommuDevice {
+    /// Brings up the device whose structures the kernel mapped at `mapped`:
+    /// reset, feature negotiation, configuration, both queues, fault buffers,
+    /// DRIVER_OK. Queues and buffers come from `mem`.
+    ///
+    /// # Safety
+    /// The addresses map the device's structures for the rest of the
+    /// kernel's life; this value becomes the device's only user. Bus
+    /// mastering is already enabled by the caller.
+    pub unsafe fn new(mapped: Mapped, mem: &mut impl DmaMemory) -> Result<VirtioIommuDevice, VirtioError> {
+        // SAFETY: the caller's guarantees are MmioTransport::new's.
+        let transport = unsafe { MmioTransport::new(mapped) }?;
+        Self::with_transport(Box::new(transport), mem)
+    }
+
+    /// As [`VirtioIommuDevice::new`], over any transport (host tests use a simulated device).
+    pub fn with_transport(
+        mut transport: Box<dyn Transport>,
+        mem: &mut impl DmaMemory,
+    ) -> Result<VirtioIommuDevice, VirtioError> {
+        let mut allocs = Allocations(Vec::new());
+        match Self::bring_up(&mut *transport, mem, &mut allocs) {
+            Ok(parts) => Ok(Self::assemble(transport, parts)),
+            Err(e) => {
+                // §3.1.1: a driver that gives up sets FAILED.
+                let s = transport.status();
+                transport.set_status(s | transport::status::FAILED);
+                allocs.release(mem);
+                Err(e)
+            }
+        }
+    }
+
+    fn bring_up(
+        t: &mut dyn Transport,
+        mem: &mut impl DmaMemory,
+        allocs: &mut Allocations,
+    ) -> Result<Parts, VirtioError> {
+        use transport::status::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
+        // §3.1.1 steps 1–3.
+        t.set_status(0);
+        if !iommu::poll(RESET_POLLS, || t.status() == 0) {
+            return Err(VirtioError::Timeout("device reset"));
+        }
+        t.set_status(ACKNOWLEDGE);
+        t.set_status(ACKNOWLEDGE | DRIVER);
+        // Steps 4–6: features.
+        let offered = t.device_features();
+        let has = |bit: u32| offered >> bit & 1 != 0;
+        if !has(feature::VERSION_1) {
+            return Err(VirtioError::MissingFeature("VERSION_1"));
+        }
+        if !has(feature::MAP_UNMAP) {
+            return Err(VirtioError::MissingFeature("MAP_UNMAP"));
+        }
+        let optional = [feature::INPUT_RANGE, feature::DOMAIN_RANGE, feature::PROBE, feature::BYPASS_CONFIG];
+        let mut features = 1 << feature::VERSION_1 | 1 << feature::MAP_UNMAP;
+        for bit in optional {
+            if has(bit) {
+                features |= 1 << bit;
+            }
+        }
+        // The legacy BYPASS feature keeps unattached endpoints passing
+        // through on devices without BYPASS_CONFIG.
+        if has(feature::BYPASS) && !has(feature::BYPASS_CONFIG) {
+            features |= 1 << feature::BYPASS;
+        }
+        t.set_driver_features(features);
+        t.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        if t.status() & FEATURES_OK == 0 {
+            return Err(VirtioError::FeaturesRejected);
+        }
+        let negotiated = |bit: u32| features >> bit & 1 != 0;
+        // Step 7: device setup. The configuration, read consistently (§4.1.4.3.1).
+        let mut raw = None;
+        for _ in 0..CONFIG_TRIES {
+            let generation = t.config_generation();
+            let c = t.read_config();
+            if t.config_generation() == generation {
+                raw = Some(c);
+                break;
+            }
+        }
+        let raw = raw.ok_or(VirtioError::ConfigUnstable)?;
+        let mut config = Config {
+            page_size_mask: raw.page_size_mask,
+            input_range: if negotiated(feature::INPUT_RANGE) { raw.input_range } else { (0, u64::MAX) },
+            domain_range: if negotiated(feature::DOMAIN_RANGE) { raw.domain_range } else { (0, u32::MAX) },
+            probe_size: if negotiated(feature::PROBE) { raw.probe_size } else { 0 },
+            bypass: u8::from(negotiated(feature::BYPASS)),
+        };
+        if config.page_size_mask == 0 {
+            return Err(VirtioError::BadConfig("page_size_mask is 0"));
+        }
+        if config.input_range.0 > config.input_range.1 {
+            return Err(VirtioError::BadConfig("input_range is empty"));
+        }
+        if config.domain_range.0 > config.domain_range.1 {
+            return Err(VirtioError::BadConfig("domain_range is empty"));
+        }
+        if config.probe_size > MAX_PROBE_SIZE {
+            return Err(VirtioError::BadConfig("probe_size above 64 KiB"));
+        }
+        if negotiated(feature::BYPASS_CONFIG) {
+            // Unattached endpoints keep passing through: the "identity
+            // default" the Iommu trait promises (QEMU's boot-bypass default is
+            // 1, but firmware or an earlier kernel may have written 0).
+            if raw.bypass != 1 {
+                t.set_bypass(1);
+            }
+            config.bypass = 1;
+        }
+        if config.bypass == 0 {
+            log::warn!("virtio-iommu: no bypass: DMA from endpoints not attached to a domain faults");
+        }
+        // The queues.
+        if t.num_queues() < 2 {
+            return Err(VirtioError::BadQueue { queue: EVENT_QUEUE, what: "the device has fewer than 2 queues" });
+        }
+        let mut sizes = [0u16; 2];
+        for (q, want) in [(REQUEST_QUEUE, REQUEST_QUEUE_SIZE), (EVENT_QUEUE, EVENT_BUFFERS)] {
+            let max = t.queue_max(q);
+            if max < 2 {
+                return Err(VirtioError::BadQueue { queue: q, what: "maximum size below 2" });
+            }
+            sizes[usize::from(q)] = floor_pow2(max).min(want);
+        }
+        let requests = VirtQueue::new(mem, REQUEST_QUEUE, sizes[0])?;
+        allocs.0.push((requests.desc_table(), requests.frames()));
+        let mut events = VirtQueue::new(mem, EVENT_QUEUE, sizes[1])?;
+        allocs.0.push((events.desc_table(), events.frames()));
+        let response_len = request::TAIL_LEN as u64 + u64::from(config.probe_size);
+        let request_frames = ((RESPONSE_OFFSET + response_len).div_ceil(4096) as usize).next_power_of_two();
+        let request_buf = allocs.take(mem, request_frames)?;
+        let event_frames = ((EVENT_SLOT * u64::from(sizes[1])).div_ceil(4096) as usize).next_power_of_two();
+        let event_buf = allocs.take(mem, event_frames)?;
+        t.enable_queue(REQUEST_QUEUE, requests.size(), requests.rings());
+        t.enable_queue(EVENT_QUEUE, events.size(), events.rings());
+        let mut event_slots = alloc::vec![None; usize::from(events.size())];
+        for i in 0..u64::from(events.size()) {
+            let addr = event_buf + i * EVENT_SLOT;
+            let head = events.add(mem, &[Buffer { addr, len: EVENT_SLOT as u32, device_writes: true }])?;
+            event_slots[usize::from(head)] = Some(addr);
+        }
+        // Step 8.
+        t.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        t.notify(EVENT_QUEUE);
+        let s = t.status();
+        if s & (transport::status::DEVICE_NEEDS_RESET | transport::status::FAILED) != 0 {
+            return Err(VirtioError::DeviceFailed(s));
+        }
+        Ok(Parts {
+            offered,
+            features,
+            config,
+            requests,
+            events,
+            request_buf,
+            request_frames,
+            event_buf,
+            event_frames,
+            event_slots,
+        })
+    }
+
+    fn assemble(transport: Box<dyn Transport>, p: Parts) -> VirtioIommuDevice {
+        VirtioIommuDevice {
+            transport,
+            offered: p.offered,
+            features: p.features,
+            config: p.config,
+            requests: p.requests,
+            events: p.events,
+            request_buf: p.request_buf,
+            request_frames: p.request_frames,
+            event_buf: p.event_buf,
+            event_frames: p.event_frames,
+            event_slots: p.event_slots,
+            poll_limit: REQUEST_POLLS,
+            broken: false,
+            requests_sent: 0,
+        }
+    }
+
+    /// Whether feature `bit` was negotiated.
+    pub fn has(&self, bit: u32) -> bool {
+        self.features >> bit & 1 != 0
+    }
+
+    /// The mapping granule: the smallest page size.
+    pub fn granule(&self) -> u64 {
+        1 << self.config.page_size_mask.trailing_zeros()
+    }
+
+    /// One log line: features by name, page sizes, input range, domain range, probe size.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        alloc::format!(
+            "virtio-iommu: features {:#x} [{}], page sizes {:#x} (granule {} KiB), input range {:#x}-{:#x}, domains {}-{}, probe size {:#x}, bypass {}, queues {}+{}",
+            self.features,
+            feature::names(self.features).join(" "),
+            c.page_size_mask,
+            self.granule() / 1024,
+            c.input_range.0,
+            c.input_range.1,
+            c.domain_range.0,
+            c.domain_range.1,
+            c.probe_size,
+            c.bypass,
+            self.requests.size(),
+            self.events.size(),
+        )
+    }
+
+    /// Sends `req` and waits for its answer. Returns the bytes the device
+    /// wrote before the tail (PROBE's properties; empty otherwise); a status
+    /// other than OK is [`VirtioError::Status`].
+    pub fn request(&mut self, req: &Request, mem: &mut impl DmaMemory) -> Result<Vec<u8>, VirtioError> {
+        if self.broken {
+            return Err(VirtioError::Broken);
+        }
+        let body = req.encode();
+        let response_len = req.response_len(self.config.probe_size);
+        let response = self.request_buf + RESPONSE_OFFSET;
+        dma::write_bytes(mem, self.request_buf, &body);
+        // A status no device returns, so a tail the device never wrote is an error.
+        dma::write_bytes(mem, response + response_len as u64 - request::TAIL_LEN as u64, &[0xFF]);
+        let head = self.requests.add(
+            mem,
+            &[
+                Buffer { addr: self.request_buf, len: body.len() as u32, device_writes: false },
+                Buffer { addr: response, len: response_len as u32, device_writes: true },
+            ],
+        )?;
+        self.transport.notify(REQUEST_QUEUE);
+        self.requests_sent += 1;
+        let (mut used, mut bad) = (None, None);
+        let queue = &mut self.requests;
+        iommu::poll(self.poll_limit, || match queue.pop_used(mem) {
+            Ok(Some(u)) => {
+                used = Some(u);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                bad = Some(e);
+                true
+            }
+        });
+        if let Some(e) = bad {
+            self.broken = true;
+            log::error!("virtio-iommu: {req}: {e}; the device is no longer used");
+            return Err(e);
+        }
+        let Some(u) = used else {
+            self.broken = true;
+            log::error!("virtio-iommu: {req}: no answer after {} polls; the device is no longer used", self.poll_limit);
+            return Err(VirtioError::Timeout("request"));
+        };
+        if u.head != head {
+            self.broken = true;
+            return Err(VirtioError::BadUsed { queue: REQUEST_QUEUE, id: u32::from(u.head) });
+        }
+        let mut bytes = alloc::vec![0u8; response_len];
+        dma::read_bytes(mem, response, &mut bytes);
+        let written = u.len as usize;
+        // A device that could not fill the whole reply writes a bare tail
+        // first (QEMU 10 does, `virtio_iommu_handle_command`).
+        let code = if written >= request::TAIL_LEN && written < response_len {
+            bytes[0]
+        } else {
+            bytes[response_len - request::TAIL_LEN]
+        };
+        if crate::tracing() {
+            log::info!("virtio-iommu trace: {req} -> {}", request::status_name(code));
+        }
+        if code != status::OK {
+            return Err(VirtioError::Status { request: *req, status: code });
+        }
+        bytes.truncate(response_len - request::TAIL_LEN);
+        Ok(bytes)
+    }
+
+    /// ATTACH `endpoint` to `domain` (a bypass domain when `bypass`).
+    pub fn attach(
+        &mut self,
+        domain: u32,
+        endpoint: u32,
+        bypass: bool,
+        mem: &mut impl DmaMemory,
+    ) -> Result<(), VirtioError> {
+        self.request(&request::attach(domain, endpoint, bypass), mem).map(drop)
+    }
+
+    /// DETACH `endpoint` from `domain`.
+    pub fn detach(&mut self, domain: u32, endpoint: u32, mem: &mut impl DmaMemory) -> Result<(), VirtioError> {
+        self.request(&request::detach(domain, endpoint), mem).map(drop)
+    }
+
+    /// MAP `[start, end]` (inclusive) to `phys` in `domain` with [`request::map_flags`].
+    pub fn map(
+        &mut self,
+        domain: u32,
+        start: u64,
+        end: u64,
+        phys: u64,
+        flags: u32,
+        mem: &mut impl DmaMemory,
+    ) -> Result<(), VirtioError> {
+        self.request(&request::map(domain, start, end, phys, flags), mem).map(drop)
+    }
+
+    /// UNMAP `[start, end]` (inclusive) in `domain`.
+    pub fn unmap(&mut self, domain: u32, start: u64, end: u64, mem: &mut impl DmaMemory) -> Result<(), VirtioError> {
+        self.request(&request::unmap(domain, start, end), mem).map(drop)
+    }
+
+    /// PROBE `endpoint`: its reserved regions (needs VIRTIO_IOMMU_F_PROBE).
+    pub fn probe(&mut self, endpoint: u32, mem: &mut impl DmaMemory) -> Result<Vec<Region>, VirtioError> {
+        if !self.has(feature::PROBE) {
+            return Err(VirtioError::MissingFeature("PROBE"));
+        }
+        let props = self.request(&request::probe(endpoint), mem)?;
+        request::parse_probe(&props)
+    }
+
+    /// Takes the fault records the device wrote since the last call and
+    /// posts their buffers again (at most one queue's worth per call).
+    pub fn take_faults(&mut self, mem: &mut impl DmaMemory) -> Vec<Fault> {
+        // Acknowledge any interrupt status (the rings ask for none).
+        let _ = self.transport.isr();
+        let mut out = Vec::new();
+        let mut reposted = false;
+        for _ in 0..self.events.size() {
+            let u = match self.events.pop_used(mem) {
+                Ok(Some(u)) => u,
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("virtio-iommu: event queue: {e}");
+                    break;
+                }
+            };
+            let Some(addr) = self.event_slots[usize::from(u.head)].take() else { continue };
+            let mut record = [0u8; FAULT_LEN];
+            dma::read_bytes(mem, addr, &mut record);
+            match Fault::decode(&record[..(u.len as usize).min(FAULT_LEN)]) {
+                Some(f) => {
+                    if crate::tracing() {
+                        log::info!("virtio-iommu trace: fault {f:?}");
+                    }
+                    out.push(f)
+                }
+                None => log::warn!("virtio-iommu: short fault record ({} bytes)", u.len),
+            }
+            match self.events.add(mem, &[Buffer { addr, len: EVENT_SLOT as u32, device_writes: true }]) {
+                Ok(head) => {
+                    self.event_slots[usize::from(head)] = Some(addr);
+                    reposted = true;
+                }
+                Err(e) => log::error!("virtio-iommu: fault buffer not posted again: {e}"),
+            }
+        }
+        if reposted {
+            self.transport.notify(EVENT_QUEUE);
+        }
+        out
+    }
+
+    /// Whether a lost request made the device unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Frames the device holds (queues and buffers): what leak checks leave out.
+    pub fn frames(&self) -> usize {
+        self.requests.frames() + self.events.frames() + self.request_frames + self.event_frames
+    }
+
+    /// Physical addresses of the request and event buffers (for tests and traces).
+    pub fn buffers(&self) -> (u64, u64) {
+        (self.request_buf, self.event_buf)
+    }
+}
+
+/// What initialisation produced, before the device value exists.
+struct Parts {
+    offered: u64,
+    features: u64,
+    config: Config,
+    requests: VirtQueue,
+    events: VirtQueue,
+    request_buf: u64,
+    request_frames: usize,
+    event_buf: u64,
+    event_frames: usize,
+    event_slots: Vec<Option<u64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{fault_flags, map_flags, reason};
+    use crate::testing::{Fake, TestMem, DEFAULT_FEATURES};
+
+    fn up() -> (Fake, TestMem, VirtioIommuDevice) {
+        let fake = Fake::q35();
+        let mut mem = TestMem::new();
+        let dev = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem).unwrap();
+        (fake, mem, dev)
+    }
+
+    #[test]
+    fn initialisation_negotiates_and_sets_up_queues() {
+        let (fake, mem, dev) = up();
+        let f = fake.lock();
+        assert_eq!(f.status, 0xF, "ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK");
+        let want = 1 << feature::VERSION_1
+            | 1 << feature::MAP_UNMAP
+            | 1 << feature::INPUT_RANGE
+            | 1 << feature::DOMAIN_RANGE
+            | 1 << feature::PROBE
+            | 1 << feature::BYPASS_CONFIG;
+        assert_eq!(f.accepted, want, "no EVENT_IDX, INDIRECT_DESC, MMIO or ACCESS_PLATFORM");
+        assert_eq!(dev.features, want);
+        assert_eq!(dev.offered, DEFAULT_FEATURES);
+        assert_eq!(dev.config.input_range, (0, (1 << 39) - 1));
+        assert_eq!(dev.config.probe_size, 0x200);
+        assert_eq!(dev.config.bypass, 1);
+        assert_eq!(f.queue_sizes(), [16, 32]);
+        assert_eq!(f.event_buffers_available(), 32, "every fault buffer is posted");
+        assert_eq!(mem.live(), dev.frames());
+        let line = dev.describe();
+        assert!(
+            line.contains("MAP_UNMAP") && line.contains("BYPASS_CONFIG") && line.contains("0x7fffffffff"),
+            "{line}"
+        );
+        assert!(line.contains("granule 4 KiB") && line.contains("probe size 0x200"), "{line}");
+    }
+
+    #[test]
+    fn bypass_is_turned_back_on_and_ranges_default_without_their_features() {
+        let fake = Fake::q35();
+        {
+            let mut f = fake.lock();
+            f.config.bypass = 0;
+            f.offered &= !(1 << feature::INPUT_RANGE | 1 << feature::DOMAIN_RANGE);
+        }
+        let mut mem = TestMem::new();
+        let dev = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem).unwrap();
+        assert_eq!(fake.lock().config.bypass, 1, "the driver wrote config.bypass = 1");
+        assert_eq!(dev.config.input_range, (0, u64::MAX));
+        assert_eq!(dev.config.domain_range, (0, u32::MAX));
+    }
+
+    #[test]
+    fn devices_that_cannot_be_driven_are_refused_and_nothing_leaks() {
+        for (what, change) in [
+            ("VERSION_1", (|f: &mut crate::testing::FakeState| f.offered &= !(1 << feature::VERSION_1)) as fn(&mut _)),
+            ("MAP_UNMAP", |f| f.offered &= !(1 << feature::MAP_UNMAP)),
+        ] {
+            let fake = Fake::q35();
+            change(&mut fake.lock());
+            let mut mem = TestMem::new();
+            let r = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem);
+            assert_eq!(r.err(), Some(VirtioError::MissingFeature(what)));
+            assert_eq!(fake.lock().status & transport::status::FAILED, transport::status::FAILED);
+            assert_eq!(mem.live(), 0);
+        }
+        let fake = Fake::q35();
+        fake.lock().refuse_features = true;
+        let mut mem = TestMem::new();
+        let r = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem);
+        assert_eq!(r.err(), Some(VirtioError::FeaturesRejected));
+        // Out of memory halfway through: what was taken goes back.
+        let fake = Fake::q35();
+        let mut mem = TestMem::new();
+        mem.fail_after(2);
+        let r = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem);
+        assert_eq!(r.err(), Some(VirtioError::NoMemory));
+        assert_eq!(mem.live(), 0);
+        // A device whose reset never completes.
+        let fake = Fake::q35();
+        {
+            let mut f = fake.lock();
+            f.status = 0xF;
+            f.stuck_status = true;
+        }
+        let mut mem = TestMem::new();
+        let r = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem);
+        assert_eq!(r.err(), Some(VirtioError::Timeout("device reset")));
+    }
+
+    #[test]
+    fn configuration_is_reread_until_the_generation_is_stable() {
+        let fake = Fake::q35();
+        fake.lock().generation_changes = 3;
+        let mut mem = TestMem::new();
+        assert!(VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem).is_ok());
+        assert!(fake.lock().config_reads >= 4);
+        let fake = Fake::q35();
+        fake.lock().generation_changes = 1000;
+        let mut mem = TestMem::new();
+        let r = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem);
+        assert_eq!(r.err(), Some(VirtioError::ConfigUnstable));
+    }
+
+    #[test]
+    fn requests_round_trip_and_errors_keep_their_status() {
+        let (fake, mut mem, mut dev) = up();
+        dev.attach(3, 0x10, false, &mut mem).unwrap();
+        dev.map(3, 0x10_0000, 0x10_0FFF, 0x8000, map_flags::READ, &mut mem).unwrap();
+        assert_eq!(fake.lock().translate(0x10, 0x10_0010, false), Some(0x8010));
+        let e = dev.map(3, 0x10_0000, 0x10_1FFF, 0x8000, map_flags::READ, &mut mem).unwrap_err();
+        assert!(matches!(e, VirtioError::Status { status: status::INVAL, .. }), "{e}");
+        assert!(alloc::format!("{e}").contains("INVAL"), "{e}");
+        assert_eq!(iommu::Error::from(e), iommu::Error::Map(io_pgtable::Error::AlreadyMapped(0x10_0000)));
+        let e = dev.unmap(3, 0x10_0000, 0x10_07FF, &mut mem).unwrap_err();
+        assert_eq!(iommu::Error::from(e), iommu::Error::Map(io_pgtable::Error::SplitLeaf(0x10_0000)));
+        let e = dev.map(77, 0, 0xFFF, 0, map_flags::READ, &mut mem).unwrap_err();
+        assert_eq!(iommu::Error::from(e), iommu::Error::NoSuchDomain(DomainId(77)));
+        let e = dev.attach(3, 0x99, false, &mut mem).unwrap_err();
+        assert_eq!(iommu::Error::from(e), iommu::Error::NoSuchDevice(DeviceId(0x99)));
+        fake.lock().fail_next = Some(status::DEVERR);
+        let e = dev.detach(3, 0x10, &mut mem).unwrap_err();
+        assert_eq!(iommu::Error::from(e), iommu::Error::Hardware(request::status_message(status::DEVERR)));
+        assert_eq!(dev.requests_sent, 7);
+        assert_eq!(dev.requests.in_flight(), 0);
+    }
+
+    #[test]
+    fn probe_reports_the_msi_window() {
+        let (_fake, mut mem, mut dev) = up();
+        let r = dev.probe(0x10, &mut mem).unwrap();
+        assert_eq!(r, [Region { start: 0xFEE0_0000, end: 0xFEEF_FFFF, kind: iommu::ReservedKind::Msi }]);
+        let e = dev.probe(0x99, &mut mem).unwrap_err();
+        assert!(matches!(e, VirtioError::Status { status: status::NOENT, .. }));
+    }
+
+    #[test]
+    fn a_silent_device_times_out_and_is_then_left_alone() {
+        let (fake, mut mem, mut dev) = up();
+        fake.lock().silent = true;
+        dev.poll_limit = 1000;
+        assert_eq!(dev.attach(1, 0x10, false, &mut mem), Err(VirtioError::Timeout("request")));
+        assert!(dev.is_broken());
+        fake.lock().silent = false;
+        assert_eq!(dev.attach(1, 0x10, false, &mut mem), Err(VirtioError::Broken));
+        assert_eq!(fake.lock().requests_seen(), 0);
+        assert!(matches!(iommu::Error::from(VirtioError::Broken), iommu::Error::Hardware(_)));
+    }
+
+    #[test]
+    fn faults_are_decoded_and_buffers_reposted() {
+        let (fake, mut mem, mut dev) = up();
+        dev.attach(5, 0x18, false, &mut mem).unwrap();
+        dev.map(5, 0x4000, 0x4FFF, 0x9000, map_flags::READ, &mut mem).unwrap();
+        for _ in 0..40 {
+            assert_eq!(fake.lock().translate(0x18, 0x4008, true), None);
+        }
+        let mut f = fake.lock();
+        assert_eq!(f.events_dropped, 8, "32 buffers, 40 faults");
+        drop(f);
+        let faults = dev.take_faults(&mut mem);
+        assert_eq!(faults.len(), 32);
+        assert_eq!(
+            faults[0],
+            Fault {
+                reason: reason::MAPPING,
+                flags: fault_flags::WRITE | fault_flags::ADDRESS,
+                endpoint: 0x18,
+                address: 0x4008
+            }
+        );
+        f = fake.lock();
+        assert_eq!(f.event_buffers_available(), 32, "all posted again");
+        assert_eq!(f.translate(0x18, 0x7000, false), None);
+        drop(f);
+        let again = dev.take_faults(&mut mem);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].flags, again[0].address), (fault_flags::ADDRESS, 0x7000), "no mapping: no R/W flag");
+        assert!(dev.take_faults(&mut mem).is_empty());
+    }
+}

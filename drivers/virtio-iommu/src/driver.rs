@@ -1,0 +1,688 @@
+//! [`VirtioIommu`]: one virtio-iommu behind the [`iommu::Iommu`] trait.
+//!
+//! The device keeps the mappings (there is no page table in guest memory);
+//! the driver mirrors every domain in a `BTreeMap` (IOVA → end, physical
+//! address, flags) for `iova_to_phys`, `leaves` and its own checks.
+//!
+//! **Domain lifetime.** In QEMU (`hw/virtio/virtio-iommu.c`) a domain exists
+//! only while an endpoint is attached to it: ATTACH creates it
+//! (`virtio_iommu_get_domain`), and when DETACH (`virtio_iommu_detach`) or an
+//! ATTACH that moves the endpoint elsewhere (`virtio_iommu_attach`) leaves it
+//! without endpoints, `g_tree_remove` destroys it together with its
+//! mappings (`virtio_iommu_put_domain`); MAP and UNMAP on a domain that does
+//! not exist answer NOENT. The generic layer, however, maps into a paging
+//! domain before any device is attached and keeps the domain across
+//! detach/attach. So the mirror is the source of truth: MAP / UNMAP reach the
+//! device only while the domain has an endpoint, and the first endpoint
+//! attached to a domain replays its mappings (one MAP each). Between that
+//! ATTACH and the end of the replay the endpoint's DMA faults; the generic
+//! layer attaches devices before starting their DMA, so nothing is lost.
+//!
+//! **Domains.** IDs come from the device's `domain_range`; a [`DomainId`] is
+//! the device's domain ID. Identity = ATTACH with the BYPASS flag when
+//! VIRTIO_IOMMU_F_BYPASS_CONFIG was negotiated, otherwise a domain with one
+//! mapping of the whole input range onto itself. Blocked = a domain with no
+//! mappings: DMA raises "mapping fault" events.
+//!
+//! **Default state.** A detached endpoint follows `config.bypass`, which the
+//! device layer sets to 1: it passes through untranslated, the identity
+//! default the trait documents.
+//!
+//! **Map and unmap.** QEMU checks neither alignment nor the input range
+//! (`virtio_iommu_map`), so the driver does: IOVA, physical address and
+//! length aligned to the smallest page of `page_size_mask`, the range inside
+//! `input_range`. A MAP is one request for the whole range; an UNMAP removes
+//! whole mappings only (a range that cuts one is refused before anything is
+//! sent, as QEMU would answer RANGE). UNMAP is synchronous and the device has
+//! dropped the translations when it answers, so `flush` sends nothing; it
+//! counts one flush per non-empty gather so [`Iommu::flushes`] reports
+//! invalidations per unmap call like the page-table drivers.
+
+use crate::device::{VirtioError, VirtioIommuDevice};
+use crate::request::{self, feature, map_flags, Request};
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use io_pgtable::Gather;
+use iommu::{
+    DeviceId, DmaMemory, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Perms, Region, UnitKind, Unmapped,
+};
+
+/// What a domain is on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Translated through the mirrored mappings.
+    Paging,
+    /// ATTACH with the BYPASS flag.
+    Bypass,
+    /// Identity emulated with one mapping of the whole input range.
+    IdentityMapped,
+    /// No mappings at all.
+    Blocked,
+}
+
+/// One mapping: `[start, end]` → `pa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapping {
+    /// Last IOVA (inclusive).
+    end: u64,
+    pa: u64,
+    flags: u32,
+}
+
+#[derive(Debug)]
+struct Domain {
+    kind: Kind,
+    /// Start IOVA → mapping.
+    mappings: BTreeMap<u64, Mapping>,
+    /// Attached endpoints; the device holds the domain exactly while this is not empty.
+    endpoints: BTreeSet<u32>,
+}
+
+/// A virtio-iommu driven through the generic IOMMU interface.
+pub struct VirtioIommu<M: DmaMemory> {
+    /// The device (driver-specific calls and tests reach it here).
+    pub dev: VirtioIommuDevice,
+    /// Where queues and request buffers live.
+    pub mem: M,
+    endpoints: Vec<u32>,
+    reserved: BTreeMap<u32, Vec<Region>>,
+    domains: BTreeMap<u32, Domain>,
+    attached: BTreeMap<u32, u32>,
+    flushes: u64,
+}
+
+impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
+    /// Wraps a device that was just brought up. `endpoints`: the endpoint IDs
+    /// (PCI requester IDs) behind it. With VIRTIO_IOMMU_F_PROBE each endpoint
+    /// is probed now and its reserved regions kept (an endpoint the device
+    /// does not know gets none).
+    pub fn new(dev: VirtioIommuDevice, mem: M, endpoints: Vec<u32>) -> Self {
+        let mut s = VirtioIommu {
+            dev,
+            mem,
+            endpoints,
+            reserved: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            attached: BTreeMap::new(),
+            flushes: 0,
+        };
+        if s.dev.has(feature::PROBE) {
+            for ep in s.endpoints.clone() {
+                match s.dev.probe(ep, &mut s.mem) {
+                    Ok(regions) => {
+                        s.reserved.insert(ep, regions);
+                    }
+                    Err(VirtioError::Status { status: request::status::NOENT, .. }) => {
+                        log::debug!("virtio-iommu: PROBE {ep:#x}: no such endpoint");
+                    }
+                    Err(e) => log::warn!("virtio-iommu: PROBE {ep:#x}: {e}"),
+                }
+            }
+        }
+        s
+    }
+
+    /// The endpoints behind the device.
+    pub fn endpoints(&self) -> &[u32] {
+        &self.endpoints
+    }
+
+    /// Whether the device currently holds `domain` (it has an endpoint attached).
+    pub fn domain_live(&self, domain: DomainId) -> bool {
+        self.domains.get(&domain.0).is_some_and(|d| !d.endpoints.is_empty())
+    }
+
+    /// Mappings in the driver's mirror of `domain`.
+    pub fn mapping_count(&self, domain: DomainId) -> usize {
+        self.domains.get(&domain.0).map_or(0, |d| d.mappings.len())
+    }
+
+    fn endpoint(&self, device: DeviceId) -> Result<u32, Error> {
+        Some(device.0).filter(|e| self.endpoints.contains(e)).ok_or(Error::NoSuchDevice(device))
+    }
+
+    fn granule(&self) -> u64 {
+        self.dev.granule()
+    }
+
+    /// The lowest free domain ID in `domain_range` (0 only if it is the sole ID).
+    fn free_domain_id(&self) -> Option<u32> {
+        let (lo, hi) = self.dev.config.domain_range;
+        let mut candidate = if hi == 0 { 0 } else { lo.max(1) };
+        for &taken in self.domains.range(candidate..=hi).map(|(k, _)| k) {
+            if taken != candidate {
+                break;
+            }
+            candidate = candidate.checked_add(1)?;
+        }
+        (candidate <= hi).then_some(candidate)
+    }
+
+    /// Alignment, emptiness and input-range checks; the last IOVA.
+    fn check_range(&self, iova: u64, len: u64) -> Result<u64, Error> {
+        if len == 0 {
+            return Err(Error::Map(io_pgtable::Error::Empty));
+        }
+        let g = self.granule();
+        if !iova.is_multiple_of(g) || !len.is_multiple_of(g) {
+            return Err(Error::Map(io_pgtable::Error::Unaligned));
+        }
+        let (lo, hi) = self.dev.config.input_range;
+        match iova.checked_add(len - 1) {
+            Some(last) if iova >= lo && last <= hi => Ok(last),
+            _ => Err(Error::OutOfAperture { iova, len }),
+        }
+    }
+
+    /// The requests that rebuild `domain` on the device after it was (re)created.
+    fn replay_requests(&self, id: u32) -> Vec<Request> {
+        let Some(d) = self.domains.get(&id) else { return Vec::new() };
+        match d.kind {
+            Kind::Paging => d.mappings.iter().map(|(&s, m)| request::map(id, s, m.end, m.pa, m.flags)).collect(),
+            Kind::IdentityMapped => {
+                let (lo, hi) = self.dev.config.input_range;
+                alloc::vec![request::map(id, lo, hi, lo, map_flags::READ | map_flags::WRITE)]
+            }
+            Kind::Bypass | Kind::Blocked => Vec::new(),
+        }
+    }
+}
+
+impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
+    fn info(&self) -> Info {
+        let c = &self.dev.config;
+        let granule = 1u64 << c.page_size_mask.trailing_zeros();
+        Info {
+            kind: UnitKind::VirtioIommu,
+            raw: alloc::vec![
+                ("FEATURES", self.dev.features),
+                ("PAGE_SIZE_MASK", c.page_size_mask),
+                ("INPUT_START", c.input_range.0),
+                ("INPUT_END", c.input_range.1),
+                ("DOMAIN_START", u64::from(c.domain_range.0)),
+                ("DOMAIN_END", u64::from(c.domain_range.1)),
+            ],
+            page_sizes: granule | (c.page_size_mask & (1 << 21 | 1 << 30)),
+            aperture: c.input_range,
+            native_identity: self.dev.has(feature::BYPASS_CONFIG),
+        }
+    }
+
+    fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
+        let id = self.free_domain_id().ok_or(Error::NoDomainIds)?;
+        let kind = match kind {
+            DomainKind::Paging => Kind::Paging,
+            DomainKind::Identity if self.dev.has(feature::BYPASS_CONFIG) => Kind::Bypass,
+            DomainKind::Identity => Kind::IdentityMapped,
+            DomainKind::Blocked => Kind::Blocked,
+        };
+        self.domains.insert(id, Domain { kind, mappings: BTreeMap::new(), endpoints: BTreeSet::new() });
+        Ok(DomainId(id))
+    }
+
+    /// Nothing to tell the device: a domain without endpoints does not exist there.
+    fn domain_free(&mut self, domain: DomainId) -> Result<(), Error> {
+        match self.domains.get(&domain.0) {
+            None => Err(Error::NoSuchDomain(domain)),
+            Some(d) if !d.endpoints.is_empty() => Err(Error::Busy(domain)),
+            Some(_) => {
+                self.domains.remove(&domain.0);
+                Ok(())
+            }
+        }
+    }
+
+    /// One ATTACH (the device moves the endpoint out of its old domain); if
+    /// the domain was not on the device, its mappings are replayed. If the
+    /// replay fails the endpoint is detached (left in the default state).
+    fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
+        let ep = self.endpoint(device)?;
+        let kind = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?.kind;
+        let previous = self.attached.get(&ep).copied();
+        if previous == Some(domain.0) {
+            return Ok(());
+        }
+        self.dev.attach(domain.0, ep, kind == Kind::Bypass, &mut self.mem)?;
+        if let Some(p) = previous.and_then(|p| self.domains.get_mut(&p)) {
+            p.endpoints.remove(&ep);
+        }
+        self.attached.insert(ep, domain.0);
+        let fresh = self.domains.get_mut(&domain.0).is_some_and(|d| {
+            let fresh = d.endpoints.is_empty();
+            d.endpoints.insert(ep);
+            fresh
+        });
+        if !fresh {
+            return Ok(());
+        }
+        let replay = self.replay_requests(domain.0);
+        for r in &replay {
+            if let Err(e) = self.dev.request(r, &mut self.mem) {
+                log::error!("virtio-iommu: replaying domain {}: {e}", domain.0);
+                if let Err(e2) = self.dev.detach(domain.0, ep, &mut self.mem) {
+                    log::error!("virtio-iommu: detaching {ep:#x} after the failed replay: {e2}");
+                }
+                self.attached.remove(&ep);
+                if let Some(d) = self.domains.get_mut(&domain.0) {
+                    d.endpoints.remove(&ep);
+                }
+                return Err(e.into());
+            }
+        }
+        if !replay.is_empty() {
+            log::debug!("virtio-iommu: domain {} back on the device with {} mapping(s)", domain.0, replay.len());
+        }
+        Ok(())
+    }
+
+    /// DETACH; the endpoint then follows `config.bypass` (passes through).
+    fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
+        let ep = self.endpoint(device)?;
+        let Some(domain) = self.attached.get(&ep).copied() else { return Ok(()) };
+        self.dev.detach(domain, ep, &mut self.mem)?;
+        self.attached.remove(&ep);
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.endpoints.remove(&ep);
+        }
+        Ok(())
+    }
+
+    fn attached(&self, device: DeviceId) -> Option<DomainId> {
+        self.attached.get(&device.0).map(|&d| DomainId(d))
+    }
+
+    fn devices(&self) -> Vec<DeviceId> {
+        self.endpoints.iter().map(|&e| DeviceId(e)).collect()
+    }
+
+    fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
+        let d = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?;
+        if d.kind != Kind::Paging {
+            return Err(Error::NotPaging(domain));
+        }
+        let last = self.check_range(iova, len)?;
+        if !pa.is_multiple_of(self.granule()) {
+            return Err(Error::Map(io_pgtable::Error::Unaligned));
+        }
+        if !perms.intersects(Perms::READ | Perms::WRITE) {
+            return Err(Error::Map(io_pgtable::Error::BadPerms));
+        }
+        // QEMU refuses overlaps too (INVAL), but only for a domain it holds.
+        if let Some((&s, _)) = d.mappings.range(..=last).next_back().filter(|(_, m)| m.end >= iova) {
+            return Err(Error::Map(io_pgtable::Error::AlreadyMapped(s.max(iova))));
+        }
+        let mut flags = 0;
+        if perms.contains(Perms::READ) {
+            flags |= map_flags::READ;
+        }
+        if perms.contains(Perms::WRITE) {
+            flags |= map_flags::WRITE;
+        }
+        if !d.endpoints.is_empty() {
+            self.dev.map(domain.0, iova, last, pa, flags, &mut self.mem)?;
+        }
+        if let Some(d) = self.domains.get_mut(&domain.0) {
+            d.mappings.insert(iova, Mapping { end: last, pa, flags });
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error> {
+        let d = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?;
+        if d.kind != Kind::Paging {
+            return Err(Error::NotPaging(domain));
+        }
+        let last = self.check_range(iova, len)?;
+        // Mappings meeting the range: the one starting below it, then those inside.
+        let below = d.mappings.range(..iova).next_back().filter(|(_, m)| m.end >= iova);
+        let hit: Vec<(u64, Mapping)> =
+            below.into_iter().chain(d.mappings.range(iova..=last)).map(|(&s, &m)| (s, m)).collect();
+        if let Some(&(s, _)) = hit.iter().find(|(s, m)| *s < iova || m.end > last) {
+            return Err(Error::Map(io_pgtable::Error::SplitLeaf(s)));
+        }
+        let (Some(&(first, _)), Some(&(_, last_map))) = (hit.first(), hit.last()) else {
+            return Ok(Unmapped { bytes: 0, gather: Gather::default() });
+        };
+        if !d.endpoints.is_empty() {
+            self.dev.unmap(domain.0, iova, last, &mut self.mem)?;
+        }
+        let mut bytes = 0;
+        if let Some(d) = self.domains.get_mut(&domain.0) {
+            for (s, m) in &hit {
+                d.mappings.remove(s);
+                bytes += m.end - s + 1;
+            }
+        }
+        let gather = Gather { start: first, end: last_map.end.saturating_add(1), freed: Vec::new() };
+        Ok(Unmapped { bytes, gather })
+    }
+
+    /// Nothing to send (the UNMAP already took effect); counts the invalidation.
+    fn flush(&mut self, domain: DomainId, gather: Gather) -> Result<(), Error> {
+        let known = self.domains.contains_key(&domain.0);
+        if known && !gather.is_empty() {
+            self.flushes += 1;
+        }
+        gather.release(&mut self.mem);
+        if known {
+            Ok(())
+        } else {
+            Err(Error::NoSuchDomain(domain))
+        }
+    }
+
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        let d = self.domains.get(&domain.0)?;
+        match d.kind {
+            Kind::Paging => {
+                let (&s, m) = d.mappings.range(..=iova).next_back()?;
+                (iova <= m.end).then(|| m.pa + (iova - s))
+            }
+            Kind::Bypass => Some(iova),
+            Kind::IdentityMapped => {
+                let (lo, hi) = self.dev.config.input_range;
+                (lo..=hi).contains(&iova).then_some(iova)
+            }
+            Kind::Blocked => None,
+        }
+    }
+
+    /// Events of one faulting DMA are merged ([`iommu::coalesce_faults`]):
+    /// QEMU reports every 4-byte retry of a blocked transfer.
+    fn drain_faults(&mut self) -> Vec<FaultEvent> {
+        let events = self.dev.take_faults(&mut self.mem).iter().map(|f| f.to_event()).collect::<Vec<_>>();
+        iommu::coalesce_faults(events).into_iter().map(|(f, _)| f).collect()
+    }
+
+    fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
+        self.reserved.get(&device.0).cloned().unwrap_or_default()
+    }
+
+    /// One "leaf" per device mapping (a mapping is one entry of any size).
+    fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
+        let Some(d) = self.domains.get(&domain.0).filter(|d| d.kind == Kind::Paging) else { return Vec::new() };
+        let Some(last) = len.checked_sub(1).map(|l| iova.saturating_add(l)) else { return Vec::new() };
+        let sizes = d.mappings.iter().filter(|(&s, m)| s <= last && iova <= m.end).map(|(&s, m)| m.end - s + 1);
+        iommu::count_leaves(sizes)
+    }
+
+    fn flushes(&self) -> u64 {
+        self.flushes
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::kind;
+    use crate::testing::{Fake, TestMem};
+    use iommu::ReservedKind;
+
+    const A: DeviceId = DeviceId(0x10);
+    const B: DeviceId = DeviceId(0x18);
+    const RW: Perms = Perms::READ.union(Perms::WRITE);
+
+    fn unit_with(fake: &Fake) -> VirtioIommu<TestMem> {
+        let mut mem = TestMem::new();
+        let dev = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem).unwrap();
+        VirtioIommu::new(dev, mem, vec![0x10, 0x18, 0x20, 0x99])
+    }
+
+    fn unit() -> (Fake, VirtioIommu<TestMem>) {
+        let fake = Fake::q35();
+        let u = unit_with(&fake);
+        (fake, u)
+    }
+
+    #[test]
+    fn info_describes_the_device() {
+        let (_fake, u) = unit();
+        let i = u.info();
+        assert_eq!(i.kind, UnitKind::VirtioIommu);
+        assert_eq!(i.page_sizes, 1 << 12 | 1 << 21 | 1 << 30);
+        assert_eq!(i.aperture, (0, (1 << 39) - 1));
+        assert!(i.native_identity);
+        let names: Vec<&str> = i.raw.iter().map(|r| r.0).collect();
+        assert_eq!(names, ["FEATURES", "PAGE_SIZE_MASK", "INPUT_START", "INPUT_END", "DOMAIN_START", "DOMAIN_END"]);
+        assert_eq!(i.raw[1].1, 0xFFFF_FFFF_FFFF_F000);
+        assert_eq!(i.raw[5].1, u64::from(u32::MAX));
+        assert_eq!(u.devices(), [DeviceId(0x10), DeviceId(0x18), DeviceId(0x20), DeviceId(0x99)]);
+    }
+
+    #[test]
+    fn reserved_regions_come_from_probe() {
+        let (fake, u) = unit();
+        let msi = Region { start: 0xFEE0_0000, end: 0xFEEF_FFFF, kind: ReservedKind::Msi };
+        assert_eq!(u.reserved_regions(A), [msi]);
+        assert_eq!(u.reserved_regions(DeviceId(0x99)), [], "unknown to the device: no regions");
+        assert_eq!(fake.lock().count(kind::PROBE), 4, "one PROBE per endpoint, at start");
+        assert!(iommu::overlaps_reserved(&u.reserved_regions(B), 0xFEE0_1000, 0xFEE0_1FFF).is_some());
+    }
+
+    #[test]
+    fn mappings_made_before_attach_are_replayed() {
+        let (fake, mut u) = unit();
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        u.map(d, 0x10_0000, 0x8000_0000, 0x2000, Perms::READ).unwrap();
+        u.map(d, 0x20_0000, 0x9000_0000, 0x1000, RW).unwrap();
+        assert_eq!(fake.lock().count(kind::MAP), 0, "no MAP for a domain the device does not hold");
+        assert!(!u.domain_live(d));
+        assert_eq!(u.iova_to_phys(d, 0x10_1008), Some(0x8000_1008));
+        u.attach(A, d).unwrap();
+        assert!(u.domain_live(d));
+        let mut f = fake.lock();
+        assert_eq!(f.count(kind::MAP), 2);
+        assert_eq!(f.translate(0x10, 0x10_1008, false), Some(0x8000_1008));
+        assert_eq!(f.translate(0x10, 0x20_0000, true), Some(0x9000_0000));
+        assert_eq!(f.translate(0x10, 0x10_0000, true), None, "read-only mapping");
+        assert_eq!(f.translate(0x10, 0xFEE0_0004, true), Some(0xFEE0_0004), "MSI window passes");
+        assert_eq!(f.translate(0x18, 0x10_0000, true), Some(0x10_0000), "unattached endpoints pass through");
+    }
+
+    #[test]
+    fn detaching_the_last_endpoint_does_not_lose_the_mappings() {
+        let (fake, mut u) = unit();
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        u.attach(A, d).unwrap();
+        u.map(d, 0x4000, 0x7000, 0x1000, RW).unwrap();
+        assert_eq!(fake.lock().count(kind::MAP), 1, "live domain: mapped at once");
+        u.detach(A).unwrap();
+        assert!(fake.lock().domains.is_empty(), "QEMU dropped the domain with the last endpoint");
+        assert_eq!(u.attached(A), None);
+        assert_eq!(fake.lock().translate(0x10, 0x4000, true), Some(0x4000), "detached: identity default");
+        // Changes while the device does not hold the domain stay in the mirror.
+        u.map(d, 0x8000, 0xA000, 0x1000, Perms::READ).unwrap();
+        assert_eq!(iommu::unmap_and_flush(&mut u, d, 0x4000, 0x1000), Ok(0x1000));
+        assert_eq!(fake.lock().count(kind::UNMAP), 0);
+        u.attach(B, d).unwrap();
+        let mut f = fake.lock();
+        assert_eq!(f.translate(0x18, 0x8000, false), Some(0xA000));
+        assert_eq!(f.translate(0x18, 0x4000, false), None, "the unmapped page stays unmapped");
+        assert_eq!(f.domains[&d.0].mappings.len(), 1);
+    }
+
+    #[test]
+    fn moving_an_endpoint_keeps_both_domains_usable() {
+        let (fake, mut u) = unit();
+        let d1 = u.domain_alloc(DomainKind::Paging).unwrap();
+        let d2 = u.domain_alloc(DomainKind::Paging).unwrap();
+        assert_ne!(d1, d2);
+        u.map(d1, 0x1000, 0x11000, 0x1000, RW).unwrap();
+        u.map(d2, 0x1000, 0x22000, 0x1000, RW).unwrap();
+        u.attach(A, d1).unwrap();
+        u.attach(B, d1).unwrap();
+        assert_eq!(fake.lock().count(kind::MAP), 1, "the second endpoint joins a live domain: no replay");
+        u.attach(A, d2).unwrap();
+        assert_eq!(u.attached(A), Some(d2));
+        assert_eq!(fake.lock().translate(0x10, 0x1000, true), Some(0x22000));
+        assert_eq!(fake.lock().translate(0x18, 0x1000, true), Some(0x11000));
+        assert_eq!(u.domain_free(d1), Err(Error::Busy(d1)));
+        // B leaves d1 for d2: d1 disappears from the device, then comes back on demand.
+        u.attach(B, d2).unwrap();
+        assert!(!u.domain_live(d1) && !fake.lock().domains.contains_key(&d1.0));
+        u.attach(A, d1).unwrap();
+        assert_eq!(fake.lock().translate(0x10, 0x1000, true), Some(0x11000));
+        assert_eq!(u.attach(A, d1), Ok(()), "attaching to the current domain sends nothing");
+        assert_eq!(fake.lock().count(kind::ATTACH), 5);
+    }
+
+    #[test]
+    fn identity_and_blocked_domains() {
+        let (fake, mut u) = unit();
+        let id = u.domain_alloc(DomainKind::Identity).unwrap();
+        let blocked = u.domain_alloc(DomainKind::Blocked).unwrap();
+        u.attach(A, id).unwrap();
+        assert!(fake.lock().domains[&id.0].bypass, "ATTACH with the BYPASS flag");
+        assert_eq!(fake.lock().translate(0x10, 0x1234_5000, true), Some(0x1234_5000));
+        assert_eq!(u.iova_to_phys(id, 0x5000), Some(0x5000));
+        assert_eq!(u.map(id, 0, 0, 0x1000, RW), Err(Error::NotPaging(id)));
+        u.attach(A, blocked).unwrap();
+        assert_eq!(fake.lock().translate(0x10, 0x5000, true), None);
+        let faults = u.drain_faults();
+        assert_eq!(faults.len(), 1);
+        assert_eq!((faults[0].device, faults[0].address, faults[0].reason_name), (A, 0x5000, "mapping fault"));
+        assert_eq!(faults[0].access, iommu::Access::Unknown, "QEMU reports no access direction for a missing mapping");
+        assert_eq!(u.map(blocked, 0, 0, 0x1000, RW), Err(Error::NotPaging(blocked)));
+        assert_eq!(u.iova_to_phys(blocked, 0x5000), None);
+    }
+
+    #[test]
+    fn identity_without_bypass_config_is_one_big_mapping() {
+        let fake = Fake::q35();
+        fake.lock().offered &= !(1 << feature::BYPASS_CONFIG);
+        let mut u = unit_with(&fake);
+        assert!(!u.info().native_identity);
+        let id = u.domain_alloc(DomainKind::Identity).unwrap();
+        u.attach(A, id).unwrap();
+        let f = fake.lock();
+        let dom = &f.domains[&id.0];
+        assert!(!dom.bypass);
+        assert_eq!(dom.mappings.get(&0), Some(&((1 << 39) - 1, 0, map_flags::READ | map_flags::WRITE)));
+        drop(f);
+        assert_eq!(fake.lock().translate(0x10, 0x7654_3000, false), Some(0x7654_3000));
+        assert_eq!(u.iova_to_phys(id, 1 << 40), None);
+    }
+
+    #[test]
+    fn map_checks_what_qemu_does_not() {
+        let (fake, mut u) = unit();
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        u.attach(A, d).unwrap();
+        let unaligned = Err(Error::Map(io_pgtable::Error::Unaligned));
+        assert_eq!(u.map(d, 0x1800, 0, 0x1000, RW), unaligned);
+        assert_eq!(u.map(d, 0x1000, 0x800, 0x1000, RW), unaligned);
+        assert_eq!(u.map(d, 0x1000, 0, 0x800, RW), unaligned);
+        assert_eq!(u.map(d, 0x1000, 0, 0, RW), Err(Error::Map(io_pgtable::Error::Empty)));
+        assert_eq!(u.map(d, 1 << 39, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 1 << 39, len: 0x1000 }));
+        assert_eq!(
+            u.map(d, u64::MAX - 0xFFF, 0, 0x2000, RW),
+            Err(Error::OutOfAperture { iova: u64::MAX - 0xFFF, len: 0x2000 })
+        );
+        assert_eq!(u.map(d, 0x1000, 0, 0x1000, Perms::empty()), Err(Error::Map(io_pgtable::Error::BadPerms)));
+        assert_eq!(u.map(DomainId(999), 0x1000, 0, 0x1000, RW), Err(Error::NoSuchDomain(DomainId(999))));
+        assert_eq!(fake.lock().count(kind::MAP), 0, "refused before any request");
+        u.map(d, 0x3000, 0x3000, 0x2000, RW).unwrap();
+        assert_eq!(u.map(d, 0x2000, 0, 0x2000, RW), Err(Error::Map(io_pgtable::Error::AlreadyMapped(0x3000))));
+        assert_eq!(u.map(d, 0x4000, 0, 0x1000, RW), Err(Error::Map(io_pgtable::Error::AlreadyMapped(0x4000))));
+        u.map(d, 0x5000, 0x5000, 0x1000, RW).unwrap();
+        u.map(d, 0x2000, 0x2000, 0x1000, RW).unwrap();
+        assert_eq!(u.mapping_count(d), 3);
+        // A request the device refuses leaves the mirror unchanged.
+        fake.lock().fail_next = Some(crate::request::status::NOMEM);
+        assert_eq!(u.map(d, 0x10_0000, 0, 0x1000, RW), Err(Error::NoMemory));
+        assert_eq!(u.mapping_count(d), 3);
+        assert_eq!(u.iova_to_phys(d, 0x10_0000), None);
+    }
+
+    #[test]
+    fn unmap_removes_whole_mappings_and_flush_counts() {
+        let (fake, mut u) = unit();
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        u.attach(A, d).unwrap();
+        u.map(d, 0x20_0000, 0x4000_0000, 0x20_0000, RW).unwrap();
+        u.map(d, 0x40_0000, 0x5000_0000, 0x1000, RW).unwrap();
+        assert_eq!(u.leaves(d, 0, 1 << 30), [(0x20_0000, 1), (0x1000, 1)]);
+        assert_eq!(u.iova_to_phys(d, 0x3F_FFFF), Some(0x401F_FFFF));
+        // Cutting a mapping is refused before anything is sent.
+        let split = u.unmap(d, 0x20_0000, 0x1000).map(|x| x.bytes);
+        assert_eq!(split, Err(Error::Map(io_pgtable::Error::SplitLeaf(0x20_0000))));
+        let split = u.unmap(d, 0x30_0000, 0x20_0000).map(|x| x.bytes);
+        assert_eq!(split, Err(Error::Map(io_pgtable::Error::SplitLeaf(0x20_0000))));
+        assert_eq!(fake.lock().count(kind::UNMAP), 0);
+        let before = u.flushes();
+        let un = u.unmap(d, 0, 0x100_0000).unwrap();
+        assert_eq!(un.bytes, 0x20_1000);
+        assert_eq!((un.gather.start, un.gather.end), (0x20_0000, 0x40_1000));
+        assert!(un.gather.freed.is_empty());
+        u.flush(d, un.gather).unwrap();
+        assert_eq!(u.flushes(), before + 1);
+        assert_eq!(fake.lock().count(kind::UNMAP), 1, "one UNMAP for the whole range");
+        assert_eq!(fake.lock().translate(0x10, 0x20_0000, false), None);
+        // Nothing there: no request, an empty gather, no flush counted.
+        let none = u.unmap(d, 0, 0x1000).unwrap();
+        assert_eq!(none.bytes, 0);
+        u.flush(d, none.gather).unwrap();
+        assert_eq!(u.flushes(), before + 1);
+        assert_eq!(fake.lock().count(kind::UNMAP), 1);
+        assert_eq!(u.flush(DomainId(999), Gather::default()), Err(Error::NoSuchDomain(DomainId(999))));
+        assert!(u.leaves(d, 0, 1 << 30).is_empty());
+    }
+
+    #[test]
+    fn domain_ids_come_from_the_domain_range() {
+        let fake = Fake::q35();
+        fake.lock().config.domain_range = (10, 12);
+        let mut u = unit_with(&fake);
+        let ids: Vec<u32> = (0..3).map(|_| u.domain_alloc(DomainKind::Paging).unwrap().0).collect();
+        assert_eq!(ids, [10, 11, 12]);
+        assert_eq!(u.domain_alloc(DomainKind::Blocked), Err(Error::NoDomainIds));
+        u.domain_free(DomainId(11)).unwrap();
+        assert_eq!(u.domain_alloc(DomainKind::Identity), Ok(DomainId(11)));
+        assert_eq!(u.domain_free(DomainId(11)), Ok(()));
+        assert_eq!(u.domain_free(DomainId(11)), Err(Error::NoSuchDomain(DomainId(11))));
+    }
+
+    #[test]
+    fn attach_and_detach_errors() {
+        let (fake, mut u) = unit();
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        assert_eq!(u.attach(DeviceId(0x77), d), Err(Error::NoSuchDevice(DeviceId(0x77))));
+        assert_eq!(u.attach(A, DomainId(999)), Err(Error::NoSuchDomain(DomainId(999))));
+        // Listed but unknown to the device: the device says NOENT.
+        assert_eq!(u.attach(DeviceId(0x99), d), Err(Error::NoSuchDevice(DeviceId(0x99))));
+        assert_eq!(u.attached(DeviceId(0x99)), None);
+        assert_eq!(u.detach(A), Ok(()), "detaching an unattached device is a no-op");
+        assert_eq!(fake.lock().count(kind::DETACH), 0);
+        // A failed replay leaves the endpoint detached, the mirror intact.
+        u.map(d, 0x1000, 0x1000, 0x1000, RW).unwrap();
+        u.map(d, 0x3000, 0x3000, 0x1000, RW).unwrap();
+        let blocker = u.domain_alloc(DomainKind::Paging).unwrap();
+        // Make the second replayed MAP fail.
+        u.attach(DeviceId(0x20), blocker).unwrap();
+        fake.lock().fail_after_requests(2, crate::request::status::DEVERR);
+        assert!(matches!(u.attach(A, d), Err(Error::Hardware(_))));
+        assert_eq!(u.attached(A), None);
+        assert!(!fake.lock().attached.contains_key(&0x10));
+        assert_eq!(u.mapping_count(d), 2);
+        u.attach(A, d).unwrap();
+        assert_eq!(fake.lock().translate(0x10, 0x3000, true), Some(0x3000));
+    }
+
+    #[test]
+    fn frames_are_given_back() {
+        let (_fake, mut u) = unit();
+        let base = u.mem.live();
+        assert_eq!(base, u.dev.frames());
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        u.attach(A, d).unwrap();
+        u.map(d, 0x1000, 0x1000, 0x1000, RW).unwrap();
+        assert_eq!(iommu::unmap_and_flush(&mut u, d, 0x1000, 0x1000), Ok(0x1000));
+        u.detach(A).unwrap();
+        u.domain_free(d).unwrap();
+        assert_eq!(u.mem.live(), base, "the driver holds no frames besides the device's");
+    }
+}

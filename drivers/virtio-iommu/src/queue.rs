@@ -1,0 +1,394 @@
+//! A split virtqueue (virtio 1.2 §2.7) in memory from [`iommu::DmaMemory`].
+//!
+//! One run of contiguous zeroed frames holds, in order, the descriptor table
+//! (16 bytes per entry, §2.7.5), the available ring (`flags`, `idx`,
+//! `ring[size]`, §2.7.6) and, 8-byte aligned, the used ring (`flags`, `idx`,
+//! `ring[size]` of `{ le32 id; le32 len }`, §2.7.8). Neither EVENT_IDX nor
+//! indirect descriptors are negotiated, so `used_event` / `avail_event` stay
+//! unused. The driver polls: the available ring's NO_INTERRUPT flag asks the
+//! device not to interrupt (§2.7.7).
+//!
+//! The driver keeps its own copy of every chain it posted (which
+//! descriptors, which heads are outstanding) and trusts nothing it reads back
+//! from the device except the used ring, whose entries are checked against
+//! that copy. Indices are free-running 16-bit counters (§2.7.6, §2.7.8); slots
+//! are the counters modulo the queue size.
+
+use crate::device::VirtioError;
+use crate::dma;
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+use iommu::DmaMemory;
+
+/// Descriptor flag: the chain continues at `next`.
+pub const DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the device writes this buffer (else it reads it).
+pub const DESC_F_WRITE: u16 = 2;
+/// Available-ring flag: do not interrupt when buffers are used.
+pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Largest queue this driver builds (the split-ring maximum).
+pub const MAX_SIZE: u16 = 32768;
+
+const NO_NEXT: u16 = u16::MAX;
+
+/// One buffer of a descriptor chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    /// Physical address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// The device writes it (a response); otherwise it reads it (a request).
+    pub device_writes: bool,
+}
+
+/// A chain the device has finished with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// Head descriptor of the chain (what [`VirtQueue::add`] returned).
+    pub head: u16,
+    /// Bytes the device wrote into the chain's device-writable buffers.
+    pub len: u32,
+}
+
+/// Byte offsets of the three parts of a queue of `size` entries, and its total size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Available ring offset (the descriptor table starts at 0).
+    pub avail: u64,
+    /// Used ring offset.
+    pub used: u64,
+    /// Bytes of the whole queue.
+    pub bytes: u64,
+}
+
+impl Layout {
+    /// The layout of a queue of `size` entries.
+    pub fn new(size: u16) -> Layout {
+        let n = u64::from(size);
+        let avail = 16 * n;
+        let used = (avail + 6 + 2 * n).next_multiple_of(8);
+        Layout { avail, used, bytes: used + 6 + 8 * n }
+    }
+
+    /// Frames to allocate (a power of two, as [`DmaMemory::alloc_contiguous`] wants).
+    pub fn frames(&self) -> usize {
+        (self.bytes.div_ceil(4096) as usize).next_power_of_two()
+    }
+}
+
+/// A split virtqueue, driver side.
+#[derive(Debug)]
+pub struct VirtQueue {
+    index: u16,
+    size: u16,
+    base: u64,
+    layout: Layout,
+    /// Free descriptors (a stack).
+    free: Vec<u16>,
+    /// Our copy of each descriptor's `next` ([`NO_NEXT`] ends a chain).
+    next: Vec<u16>,
+    /// Heads of chains the device owns.
+    outstanding: Vec<bool>,
+    /// Chains the device owns.
+    in_flight: u16,
+    /// Our copy of `avail.idx`.
+    avail_idx: u16,
+    /// Used entries consumed so far.
+    last_used: u16,
+}
+
+impl VirtQueue {
+    /// A queue with index `index` and `size` entries (a power of two up to
+    /// [`MAX_SIZE`]) in fresh zeroed frames.
+    pub fn new(mem: &mut impl DmaMemory, index: u16, size: u16) -> Result<VirtQueue, VirtioError> {
+        if size == 0 || !size.is_power_of_two() || size > MAX_SIZE {
+            return Err(VirtioError::BadQueue { queue: index, what: "size is not a power of two up to 32768" });
+        }
+        let layout = Layout::new(size);
+        let base = mem.alloc_contiguous(layout.frames()).ok_or(VirtioError::NoMemory)?;
+        dma::write_u16(mem, base + layout.avail, AVAIL_F_NO_INTERRUPT);
+        Ok(VirtQueue {
+            index,
+            size,
+            base,
+            layout,
+            free: (0..size).rev().collect(),
+            next: alloc::vec![NO_NEXT; usize::from(size)],
+            outstanding: alloc::vec![false; usize::from(size)],
+            in_flight: 0,
+            avail_idx: 0,
+            last_used: 0,
+        })
+    }
+
+    /// The queue's index on the device.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Physical address of the descriptor table.
+    pub fn desc_table(&self) -> u64 {
+        self.base
+    }
+
+    /// Physical address of the driver area (available ring).
+    pub fn driver_area(&self) -> u64 {
+        self.base + self.layout.avail
+    }
+
+    /// Physical address of the device area (used ring).
+    pub fn device_area(&self) -> u64 {
+        self.base + self.layout.used
+    }
+
+    /// The three ring addresses, for the transport.
+    pub fn rings(&self) -> crate::transport::Rings {
+        crate::transport::Rings { desc: self.desc_table(), driver: self.driver_area(), device: self.device_area() }
+    }
+
+    /// Frames the queue occupies.
+    pub fn frames(&self) -> usize {
+        self.layout.frames()
+    }
+
+    /// Descriptors not in a posted chain.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Chains the device has not given back.
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Our copy of the available index (chains posted so far, modulo 2^16).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Posts `bufs` as one chain (device-readable buffers first, as §2.7.4
+    /// wants) and makes it available. Returns the head descriptor. The device
+    /// still has to be notified.
+    pub fn add(&mut self, mem: &mut impl DmaMemory, bufs: &[Buffer]) -> Result<u16, VirtioError> {
+        if bufs.is_empty() || bufs.iter().any(|b| b.len == 0) {
+            return Err(VirtioError::BadBuffer("empty chain or zero-length buffer"));
+        }
+        if bufs.windows(2).any(|w| w[0].device_writes && !w[1].device_writes) {
+            return Err(VirtioError::BadBuffer("device-readable buffer after a device-writable one"));
+        }
+        if bufs.len() > self.free.len() {
+            return Err(VirtioError::QueueFull(self.index));
+        }
+        let ids: Vec<u16> = (0..bufs.len()).filter_map(|_| self.free.pop()).collect();
+        for (k, b) in bufs.iter().enumerate() {
+            let id = ids[k];
+            let next = ids.get(k + 1).copied();
+            let mut flags = if b.device_writes { DESC_F_WRITE } else { 0 };
+            if next.is_some() {
+                flags |= DESC_F_NEXT;
+            }
+            let at = self.base + 16 * u64::from(id);
+            dma::write_u64(mem, at, b.addr);
+            let word = u64::from(b.len) | u64::from(flags) << 32 | u64::from(next.unwrap_or(0)) << 48;
+            dma::write_u64(mem, at + 8, word);
+            self.next[usize::from(id)] = next.unwrap_or(NO_NEXT);
+        }
+        let head = ids[0];
+        self.outstanding[usize::from(head)] = true;
+        self.in_flight += 1;
+        let slot = u64::from(self.avail_idx % self.size);
+        dma::write_u16(mem, self.driver_area() + 4 + 2 * slot, head);
+        // §2.7.13: the ring entry and descriptors are visible before the index moves.
+        fence(Ordering::SeqCst);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        dma::write_u16(mem, self.driver_area() + 2, self.avail_idx);
+        // And the index before the caller's notification.
+        fence(Ordering::SeqCst);
+        Ok(head)
+    }
+
+    /// Whether the device has returned a chain we have not taken yet.
+    pub fn has_used(&self, mem: &impl DmaMemory) -> bool {
+        dma::read_u16(mem, self.device_area() + 2) != self.last_used
+    }
+
+    /// Takes the next chain the device has finished with, freeing its
+    /// descriptors. A used entry naming a descriptor that is not the head of
+    /// an outstanding chain, or more used entries than chains posted, is an
+    /// error (the entry is skipped).
+    pub fn pop_used(&mut self, mem: &impl DmaMemory) -> Result<Option<Used>, VirtioError> {
+        let device_idx = dma::read_u16(mem, self.device_area() + 2);
+        if device_idx == self.last_used {
+            return Ok(None);
+        }
+        if device_idx.wrapping_sub(self.last_used) > self.in_flight {
+            return Err(VirtioError::BadUsed { queue: self.index, id: u32::from(device_idx) });
+        }
+        // §2.7.13: read the entry only after seeing the index.
+        fence(Ordering::SeqCst);
+        let slot = u64::from(self.last_used % self.size);
+        let at = self.device_area() + 4 + 8 * slot;
+        let (id, len) = (dma::read_u32(mem, at), dma::read_u32(mem, at + 4));
+        self.last_used = self.last_used.wrapping_add(1);
+        let head = match u16::try_from(id) {
+            Ok(h) if h < self.size && self.outstanding[usize::from(h)] => h,
+            _ => return Err(VirtioError::BadUsed { queue: self.index, id }),
+        };
+        self.outstanding[usize::from(head)] = false;
+        self.in_flight -= 1;
+        let mut d = head;
+        // A chain is at most `size` long; the bound keeps a corrupted copy from looping.
+        for _ in 0..self.size {
+            self.free.push(d);
+            let n = core::mem::replace(&mut self.next[usize::from(d)], NO_NEXT);
+            if n == NO_NEXT {
+                break;
+            }
+            d = n;
+        }
+        Ok(Some(Used { head, len }))
+    }
+
+    /// Gives the queue's frames back (the device must no longer use the queue).
+    pub fn release(self, mem: &mut impl DmaMemory) {
+        mem.free_contiguous(self.base, self.layout.frames());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{DeviceQueue, TestMem};
+
+    fn rw(addr: u64, len: u32, device_writes: bool) -> Buffer {
+        Buffer { addr, len, device_writes }
+    }
+
+    #[test]
+    fn layout_follows_the_alignment_rules() {
+        let l = Layout::new(256);
+        assert_eq!((l.avail, l.used), (4096, 4616));
+        assert_eq!(l.bytes, 4616 + 6 + 8 * 256);
+        assert_eq!(l.frames(), 2);
+        let small = Layout::new(16);
+        assert_eq!((small.avail, small.used, small.frames()), (256, 296, 1));
+        assert!(small.used.is_multiple_of(4) && small.avail.is_multiple_of(2));
+    }
+
+    #[test]
+    fn a_chain_is_laid_out_as_the_spec_says() {
+        let mut mem = TestMem::new();
+        let mut q = VirtQueue::new(&mut mem, 0, 8).unwrap();
+        assert_eq!(dma::read_u16(&mem, q.driver_area()), AVAIL_F_NO_INTERRUPT);
+        let head = q.add(&mut mem, &[rw(0x1000, 20, false), rw(0x2000, 4, true)]).unwrap();
+        // Descriptor `head`: addr, len, flags NEXT, next = the second one.
+        let d0 = q.desc_table() + 16 * u64::from(head);
+        assert_eq!(dma::read_u64(&mem, d0), 0x1000);
+        assert_eq!(dma::read_u32(&mem, d0 + 8), 20);
+        assert_eq!(dma::read_u16(&mem, d0 + 12), DESC_F_NEXT);
+        let second = dma::read_u16(&mem, d0 + 14);
+        let d1 = q.desc_table() + 16 * u64::from(second);
+        assert_eq!(dma::read_u64(&mem, d1), 0x2000);
+        assert_eq!(dma::read_u32(&mem, d1 + 8), 4);
+        assert_eq!(dma::read_u16(&mem, d1 + 12), DESC_F_WRITE);
+        // Avail ring: idx 1, ring[0] = head.
+        assert_eq!(dma::read_u16(&mem, q.driver_area() + 2), 1);
+        assert_eq!(dma::read_u16(&mem, q.driver_area() + 4), head);
+        assert_eq!(q.free_descriptors(), 6);
+        // The simulated device sees the same chain.
+        let mut dev = DeviceQueue::new(q.rings(), 8);
+        let chain = dev.pop(&mem).unwrap();
+        assert_eq!(chain.head, head);
+        assert_eq!(chain.bufs, [rw(0x1000, 20, false), rw(0x2000, 4, true)]);
+        assert!(dev.pop(&mem).is_none());
+        assert!(!q.has_used(&mem));
+        dev.push(&mut mem, head, 4);
+        assert!(q.has_used(&mem));
+        assert_eq!(q.pop_used(&mem).unwrap(), Some(Used { head, len: 4 }));
+        assert_eq!(q.pop_used(&mem).unwrap(), None);
+        assert_eq!(q.free_descriptors(), 8);
+    }
+
+    #[test]
+    fn indices_wrap_past_the_queue_size_and_past_65535() {
+        let mut mem = TestMem::new();
+        let mut q = VirtQueue::new(&mut mem, 0, 4).unwrap();
+        let mut dev = DeviceQueue::new(q.rings(), 4);
+        for i in 0..70_000u32 {
+            let head =
+                q.add(&mut mem, &[rw(0x1000 + u64::from(i % 7), 1 + i % 5, false), rw(0x9000, 4, true)]).unwrap();
+            let chain = dev.pop(&mem).expect("the device sees every chain");
+            assert_eq!(chain.head, head);
+            assert_eq!(chain.bufs[0].len, 1 + i % 5);
+            dev.push(&mut mem, head, i);
+            assert_eq!(q.pop_used(&mem).unwrap(), Some(Used { head, len: i }), "request {i}");
+        }
+        assert_eq!(q.avail_idx(), (70_000u32 % 65_536) as u16);
+        assert_eq!(dma::read_u16(&mem, q.device_area() + 2), (70_000u32 % 65_536) as u16);
+        assert_eq!(q.free_descriptors(), 4);
+    }
+
+    #[test]
+    fn out_of_order_completion_frees_the_right_descriptors() {
+        let mut mem = TestMem::new();
+        let mut q = VirtQueue::new(&mut mem, 1, 8).unwrap();
+        let mut dev = DeviceQueue::new(q.rings(), 8);
+        let a = q.add(&mut mem, &[rw(0xA000, 8, false), rw(0xA100, 8, true)]).unwrap();
+        let b = q.add(&mut mem, &[rw(0xB000, 8, true)]).unwrap();
+        let c = q.add(&mut mem, &[rw(0xC000, 8, false), rw(0xC100, 8, false), rw(0xC200, 8, true)]).unwrap();
+        assert_eq!(q.free_descriptors(), 2);
+        assert_eq!(
+            q.add(&mut mem, &[rw(0, 1, false), rw(0, 1, false), rw(0, 1, true)]),
+            Err(VirtioError::QueueFull(1))
+        );
+        let chains: Vec<_> = core::iter::from_fn(|| dev.pop(&mem)).collect();
+        assert_eq!(chains.iter().map(|c| c.head).collect::<Vec<_>>(), [a, b, c]);
+        dev.push(&mut mem, c, 8);
+        dev.push(&mut mem, a, 8);
+        assert_eq!(q.pop_used(&mem).unwrap().map(|u| u.head), Some(c));
+        assert_eq!(q.free_descriptors(), 5);
+        assert_eq!(q.pop_used(&mem).unwrap().map(|u| u.head), Some(a));
+        assert_eq!((q.free_descriptors(), q.in_flight()), (7, 1));
+        dev.push(&mut mem, b, 8);
+        assert_eq!(q.pop_used(&mem).unwrap().map(|u| u.head), Some(b));
+        assert_eq!(q.free_descriptors(), 8);
+    }
+
+    #[test]
+    fn a_lying_device_is_caught() {
+        let mut mem = TestMem::new();
+        let mut q = VirtQueue::new(&mut mem, 0, 4).unwrap();
+        let mut dev = DeviceQueue::new(q.rings(), 4);
+        let head = q.add(&mut mem, &[rw(0x1000, 8, true)]).unwrap();
+        dev.pop(&mem).unwrap();
+        // Used entry for a descriptor that is not an outstanding head.
+        dev.push(&mut mem, (head + 1) % 4, 8);
+        assert!(matches!(q.pop_used(&mem), Err(VirtioError::BadUsed { queue: 0, .. })));
+        // More used entries than chains posted.
+        dev.push(&mut mem, head, 8);
+        dev.push(&mut mem, head, 8);
+        assert!(matches!(q.pop_used(&mem), Err(VirtioError::BadUsed { .. })));
+    }
+
+    #[test]
+    fn bad_chains_and_sizes_are_refused() {
+        let mut mem = TestMem::new();
+        assert!(matches!(VirtQueue::new(&mut mem, 0, 6), Err(VirtioError::BadQueue { .. })));
+        assert!(matches!(VirtQueue::new(&mut mem, 0, 0), Err(VirtioError::BadQueue { .. })));
+        let mut q = VirtQueue::new(&mut mem, 0, 4).unwrap();
+        assert!(matches!(q.add(&mut mem, &[]), Err(VirtioError::BadBuffer(_))));
+        assert!(matches!(q.add(&mut mem, &[rw(0, 0, false)]), Err(VirtioError::BadBuffer(_))));
+        assert!(matches!(q.add(&mut mem, &[rw(0, 4, true), rw(0, 4, false)]), Err(VirtioError::BadBuffer(_))));
+        assert_eq!(q.free_descriptors(), 4, "refused chains take nothing");
+        let frames = mem.live();
+        q.release(&mut mem);
+        assert_eq!(mem.live(), frames - 1);
+    }
+}

@@ -1,0 +1,473 @@
+//! The virtio PCI modern transport (virtio 1.2 §4.1).
+//!
+//! [`find_caps`] reads the vendor-specific capabilities (§4.1.4) that say
+//! where, inside which BAR, the common configuration, notification area, ISR
+//! status and device configuration live. The kernel maps those BAR ranges and
+//! hands the virtual addresses over as [`Mapped`]; [`MmioTransport`] then
+//! drives them through the typed registers of [`crate::regs`].
+//!
+//! The device layer talks to the hardware only through the [`Transport`]
+//! trait, so host tests can put a simulated device behind it.
+
+use crate::device::{Config, VirtioError};
+use crate::regs::{self, CommonCfg, IommuConfig, Isr, Notify, STATUS};
+use alloc::vec::Vec;
+use tock_registers::interfaces::{Readable, Writeable};
+
+/// `cfg_type` values of virtio PCI capabilities (§4.1.4).
+pub mod cfg_type {
+    /// Common configuration.
+    pub const COMMON: u8 = 1;
+    /// Notifications.
+    pub const NOTIFY: u8 = 2;
+    /// ISR status.
+    pub const ISR: u8 = 3;
+    /// Device-specific configuration.
+    pub const DEVICE: u8 = 4;
+    /// PCI configuration access window.
+    pub const PCI: u8 = 5;
+    /// Shared memory region.
+    pub const SHARED_MEMORY: u8 = 8;
+    /// Vendor data.
+    pub const VENDOR: u8 = 9;
+}
+
+/// Offsets inside `struct virtio_pci_cap` (§4.1.4).
+mod cap {
+    pub const VNDR: u16 = 0;
+    pub const LEN: u16 = 2;
+    pub const CFG_TYPE: u16 = 3;
+    pub const BAR: u16 = 4;
+    pub const OFFSET: u16 = 8;
+    pub const LENGTH: u16 = 12;
+    /// `notify_off_multiplier`, only in the notify capability.
+    pub const NOTIFY_MULTIPLIER: u16 = 16;
+    /// Bytes of `struct virtio_pci_cap`.
+    pub const SIZE: u8 = 16;
+    /// Bytes of `struct virtio_pci_notify_cap`.
+    pub const NOTIFY_SIZE: u8 = 20;
+}
+
+/// Where one structure lives: a BAR and a byte range inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapRegion {
+    /// BAR index (0–5).
+    pub bar: u8,
+    /// Offset of the structure in the BAR.
+    pub offset: u32,
+    /// Length of the structure in bytes.
+    pub length: u32,
+}
+
+/// The four structures a virtio-iommu needs, from its capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciCaps {
+    /// Common configuration (§4.1.4.3).
+    pub common: CapRegion,
+    /// Notification area (§4.1.4.4).
+    pub notify: CapRegion,
+    /// Bytes between the notification addresses of consecutive `queue_notify_off` values.
+    pub notify_off_multiplier: u32,
+    /// ISR status (§4.1.4.5).
+    pub isr: CapRegion,
+    /// Device configuration (§4.1.4.6, here `struct virtio_iommu_config`).
+    pub device: CapRegion,
+}
+
+/// Reads the virtio capabilities among `cap_offsets` (the configuration-space
+/// offsets of the function's vendor-specific capabilities, ID 0x09) through
+/// `read8` / `read32` (configuration space reads at an offset). The first
+/// capability of each type wins (§4.1.4: the driver uses the first it
+/// understands); capabilities naming a reserved BAR (> 5) and types this
+/// driver does not use are skipped. A capability of a used type that is too
+/// short, or a structure too small for its fields, is an error.
+pub fn find_caps(
+    read8: impl Fn(u16) -> u8,
+    read32: impl Fn(u16) -> u32,
+    cap_offsets: &[u16],
+) -> Result<PciCaps, VirtioError> {
+    let (mut common, mut notify, mut isr, mut device) = (None, None, None, None);
+    let mut multiplier = 0;
+    for &at in cap_offsets {
+        if read8(at + cap::VNDR) != 0x09 {
+            continue;
+        }
+        let ty = read8(at + cap::CFG_TYPE);
+        let bar = read8(at + cap::BAR);
+        if bar > 5 {
+            continue;
+        }
+        let slot = match ty {
+            cfg_type::COMMON => &mut common,
+            cfg_type::NOTIFY => &mut notify,
+            cfg_type::ISR => &mut isr,
+            cfg_type::DEVICE => &mut device,
+            _ => continue,
+        };
+        if slot.is_some() {
+            continue;
+        }
+        let len = read8(at + cap::LEN);
+        let need = if ty == cfg_type::NOTIFY { cap::NOTIFY_SIZE } else { cap::SIZE };
+        if len < need {
+            return Err(VirtioError::BadCapability("virtio capability shorter than its structure"));
+        }
+        let region = CapRegion { bar, offset: read32(at + cap::OFFSET), length: read32(at + cap::LENGTH) };
+        if ty == cfg_type::NOTIFY {
+            multiplier = read32(at + cap::NOTIFY_MULTIPLIER);
+            // §4.1.4.4: an even power of two, or 0 (every queue at the same address).
+            if multiplier != 0 && (!multiplier.is_power_of_two() || multiplier == 1) {
+                return Err(VirtioError::BadCapability("notify_off_multiplier is not 0 or an even power of 2"));
+            }
+        }
+        *slot = Some(region);
+    }
+    let common = common.ok_or(VirtioError::MissingCapability("common configuration"))?;
+    let notify = notify.ok_or(VirtioError::MissingCapability("notification"))?;
+    let isr = isr.ok_or(VirtioError::MissingCapability("ISR status"))?;
+    let device = device.ok_or(VirtioError::MissingCapability("device configuration"))?;
+    if common.length < regs::COMMON_CFG_LEN {
+        return Err(VirtioError::BadCapability("common configuration shorter than 0x38 bytes"));
+    }
+    if notify.length < 2 {
+        return Err(VirtioError::BadCapability("notification area shorter than 2 bytes"));
+    }
+    if isr.length < 1 {
+        return Err(VirtioError::BadCapability("empty ISR status"));
+    }
+    if device.length < regs::IOMMU_CFG_LEN {
+        return Err(VirtioError::BadCapability("device configuration shorter than virtio_iommu_config"));
+    }
+    Ok(PciCaps { common, notify, notify_off_multiplier: multiplier, isr, device })
+}
+
+/// Where the kernel mapped each structure (virtual addresses), from
+/// [`PciCaps`] and the BAR mapping: `common` = BAR(common.bar) + common.offset, etc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapped {
+    /// Common configuration.
+    pub common: u64,
+    /// Notification area (queue `q` notifies at `notify + queue_notify_off(q) * notify_multiplier`).
+    pub notify: u64,
+    /// [`PciCaps::notify_off_multiplier`].
+    pub notify_multiplier: u32,
+    /// ISR status.
+    pub isr: u64,
+    /// Device configuration.
+    pub device: u64,
+}
+
+/// The ring addresses of one virtqueue (§2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rings {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Driver area (available ring).
+    pub driver: u64,
+    /// Device area (used ring).
+    pub device: u64,
+}
+
+/// What the device layer needs from a virtio-iommu's transport. The kernel
+/// uses [`MmioTransport`]; host tests put a simulated device behind it.
+pub trait Transport: Send {
+    /// `device_status` (§2.1).
+    fn status(&self) -> u8;
+    /// Writes `device_status` (0 resets the device).
+    fn set_status(&mut self, status: u8);
+    /// The 64 feature bits the device offers (both `device_feature_select` halves).
+    fn device_features(&mut self) -> u64;
+    /// Writes the 64 feature bits the driver accepts.
+    fn set_driver_features(&mut self, features: u64);
+    /// `num_queues`.
+    fn num_queues(&self) -> u16;
+    /// The largest size queue `queue` can have (0: no such queue).
+    fn queue_max(&mut self, queue: u16) -> u16;
+    /// Programs queue `queue` with `size` entries at `rings` and enables it.
+    fn enable_queue(&mut self, queue: u16, size: u16, rings: Rings);
+    /// Tells the device that queue `queue` has new available buffers.
+    fn notify(&mut self, queue: u16);
+    /// `config_generation`: changes whenever the device configuration may have changed.
+    fn config_generation(&self) -> u8;
+    /// One read of the device configuration (the caller checks the generation).
+    fn read_config(&self) -> Config;
+    /// Writes `config.bypass` (only with VIRTIO_IOMMU_F_BYPASS_CONFIG).
+    fn set_bypass(&mut self, bypass: u8);
+    /// Reads the ISR status, which acknowledges it (§4.1.4.5).
+    fn isr(&mut self) -> u8;
+}
+
+/// The transport over the memory-mapped structures of a virtio PCI device.
+pub struct MmioTransport {
+    mapped: Mapped,
+    /// `queue_notify_off` of each enabled queue, as (queue, offset).
+    notify_offsets: Vec<(u16, u16)>,
+}
+
+impl MmioTransport {
+    /// Drives the structures at `mapped`.
+    ///
+    /// # Safety
+    /// The addresses must map the device's structures (device memory, at
+    /// least as long as [`PciCaps`] says, and the notification area up to
+    /// every queue's notification address) for the life of the value, and
+    /// nothing else may access them.
+    pub unsafe fn new(mapped: Mapped) -> Result<MmioTransport, VirtioError> {
+        if !mapped.common.is_multiple_of(4) || !mapped.device.is_multiple_of(4) || !mapped.notify.is_multiple_of(2) {
+            return Err(VirtioError::BadCapability("a virtio structure is not naturally aligned"));
+        }
+        Ok(MmioTransport { mapped, notify_offsets: Vec::new() })
+    }
+
+    fn common(&self) -> &CommonCfg {
+        // SAFETY: `new`'s caller guarantees `common` maps the common configuration for our lifetime; alignment was checked.
+        unsafe { &*(self.mapped.common as *const CommonCfg) }
+    }
+
+    fn device_cfg(&self) -> &IommuConfig {
+        // SAFETY: as in `common`, for the device configuration.
+        unsafe { &*(self.mapped.device as *const IommuConfig) }
+    }
+
+    fn isr_reg(&self) -> &Isr {
+        // SAFETY: as in `common`, for the ISR status byte.
+        unsafe { &*(self.mapped.isr as *const Isr) }
+    }
+
+    fn notify_reg(&self, offset: u16) -> &Notify {
+        let at = self.mapped.notify + u64::from(offset) * u64::from(self.mapped.notify_multiplier);
+        // SAFETY: `new`'s caller guarantees the notification area covers every queue's address;
+        // `notify` is 2-aligned and the multiplier even, so `at` is too.
+        unsafe { &*(at as *const Notify) }
+    }
+
+    fn trace(&self, what: core::fmt::Arguments<'_>) {
+        if crate::tracing() {
+            log::info!("virtio-iommu trace: {what}");
+        }
+    }
+}
+
+impl Transport for MmioTransport {
+    fn status(&self) -> u8 {
+        self.common().device_status.get()
+    }
+
+    fn set_status(&mut self, status: u8) {
+        self.trace(format_args!("device_status <- {status:#x}"));
+        self.common().device_status.set(status);
+    }
+
+    fn device_features(&mut self) -> u64 {
+        let c = self.common();
+        c.device_feature_select.set(0);
+        let low = c.device_feature.get();
+        c.device_feature_select.set(1);
+        let high = c.device_feature.get();
+        u64::from(high) << 32 | u64::from(low)
+    }
+
+    fn set_driver_features(&mut self, features: u64) {
+        self.trace(format_args!("driver_feature <- {features:#x}"));
+        let c = self.common();
+        c.driver_feature_select.set(0);
+        c.driver_feature.set(features as u32);
+        c.driver_feature_select.set(1);
+        c.driver_feature.set((features >> 32) as u32);
+    }
+
+    fn num_queues(&self) -> u16 {
+        self.common().num_queues.get()
+    }
+
+    fn queue_max(&mut self, queue: u16) -> u16 {
+        let c = self.common();
+        c.queue_select.set(queue);
+        c.queue_size.get()
+    }
+
+    fn enable_queue(&mut self, queue: u16, size: u16, rings: Rings) {
+        self.trace(format_args!(
+            "queue {queue}: size {size}, desc {:#x}, driver {:#x}, device {:#x}, enable",
+            rings.desc, rings.driver, rings.device
+        ));
+        let c = self.common();
+        c.queue_select.set(queue);
+        c.queue_size.set(size);
+        c.queue_desc_lo.set(rings.desc as u32);
+        c.queue_desc_hi.set((rings.desc >> 32) as u32);
+        c.queue_driver_lo.set(rings.driver as u32);
+        c.queue_driver_hi.set((rings.driver >> 32) as u32);
+        c.queue_device_lo.set(rings.device as u32);
+        c.queue_device_hi.set((rings.device >> 32) as u32);
+        let off = c.queue_notify_off.get();
+        c.queue_enable.set(1);
+        self.notify_offsets.retain(|&(q, _)| q != queue);
+        self.notify_offsets.push((queue, off));
+    }
+
+    fn notify(&mut self, queue: u16) {
+        let off = self.notify_offsets.iter().find(|&&(q, _)| q == queue).map_or(0, |&(_, o)| o);
+        self.notify_reg(off).queue_index.set(queue);
+    }
+
+    fn config_generation(&self) -> u8 {
+        self.common().config_generation.get()
+    }
+
+    fn read_config(&self) -> Config {
+        let d = self.device_cfg();
+        let wide = |lo: u32, hi: u32| u64::from(hi) << 32 | u64::from(lo);
+        Config {
+            page_size_mask: wide(d.page_size_mask_lo.get(), d.page_size_mask_hi.get()),
+            input_range: (
+                wide(d.input_start_lo.get(), d.input_start_hi.get()),
+                wide(d.input_end_lo.get(), d.input_end_hi.get()),
+            ),
+            domain_range: (d.domain_start.get(), d.domain_end.get()),
+            probe_size: d.probe_size.get(),
+            bypass: d.bypass.get(),
+        }
+    }
+
+    fn set_bypass(&mut self, bypass: u8) {
+        self.trace(format_args!("config.bypass <- {bypass}"));
+        self.device_cfg().bypass.set(bypass);
+    }
+
+    fn isr(&mut self) -> u8 {
+        self.isr_reg().status.get()
+    }
+}
+
+/// `device_status` bits (§2.1), as plain values for the device layer.
+pub mod status {
+    use super::STATUS;
+
+    /// ACKNOWLEDGE.
+    pub const ACKNOWLEDGE: u8 = STATUS::ACKNOWLEDGE.mask << STATUS::ACKNOWLEDGE.shift;
+    /// DRIVER.
+    pub const DRIVER: u8 = STATUS::DRIVER.mask << STATUS::DRIVER.shift;
+    /// DRIVER_OK.
+    pub const DRIVER_OK: u8 = STATUS::DRIVER_OK.mask << STATUS::DRIVER_OK.shift;
+    /// FEATURES_OK.
+    pub const FEATURES_OK: u8 = STATUS::FEATURES_OK.mask << STATUS::FEATURES_OK.shift;
+    /// DEVICE_NEEDS_RESET.
+    pub const DEVICE_NEEDS_RESET: u8 = STATUS::DEVICE_NEEDS_RESET.mask << STATUS::DEVICE_NEEDS_RESET.shift;
+    /// FAILED.
+    pub const FAILED: u8 = STATUS::FAILED.mask << STATUS::FAILED.shift;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A configuration space with capabilities written at chosen offsets.
+    struct Space(RefCell<[u8; 256]>);
+
+    impl Space {
+        fn new() -> Self {
+            Space(RefCell::new([0; 256]))
+        }
+        fn cap(&self, at: u16, ty: u8, bar: u8, offset: u32, length: u32, extra: Option<u32>) {
+            let mut s = self.0.borrow_mut();
+            let a = at as usize;
+            let len = if extra.is_some() { 20 } else { 16 };
+            s[a..a + 8].copy_from_slice(&[0x09, 0, len, ty, bar, 0, 0, 0]);
+            s[a + 8..a + 12].copy_from_slice(&offset.to_le_bytes());
+            s[a + 12..a + 16].copy_from_slice(&length.to_le_bytes());
+            if let Some(x) = extra {
+                s[a + 16..a + 20].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        fn read8(&self, at: u16) -> u8 {
+            self.0.borrow()[at as usize]
+        }
+        fn read32(&self, at: u16) -> u32 {
+            assert!(at.is_multiple_of(4), "unaligned dword read at {at:#x}");
+            let s = self.0.borrow();
+            u32::from_le_bytes(s[at as usize..at as usize + 4].try_into().unwrap())
+        }
+        fn find(&self, offsets: &[u16]) -> Result<PciCaps, VirtioError> {
+            find_caps(|a| self.read8(a), |a| self.read32(a), offsets)
+        }
+    }
+
+    /// QEMU 10's virtio-iommu-pci: everything in BAR 4 (QEMU.md §3.4),
+    /// capabilities in the order `virtio_pci_device_plugged` adds them.
+    fn qemu_like() -> (Space, Vec<u16>) {
+        let s = Space::new();
+        s.cap(0x90, cfg_type::COMMON, 4, 0x0, 0x1000, None);
+        s.cap(0x80, cfg_type::ISR, 4, 0x1000, 0x1000, None);
+        s.cap(0x70, cfg_type::DEVICE, 4, 0x2000, 0x1000, None);
+        s.cap(0x58, cfg_type::NOTIFY, 4, 0x3000, 0x1000, Some(4));
+        s.cap(0x40, cfg_type::PCI, 0, 0, 0, Some(0));
+        (s, vec![0x90, 0x80, 0x70, 0x58, 0x40])
+    }
+
+    #[test]
+    fn finds_qemus_layout() {
+        let (s, offs) = qemu_like();
+        let c = s.find(&offs).unwrap();
+        assert_eq!(c.common, CapRegion { bar: 4, offset: 0, length: 0x1000 });
+        assert_eq!(c.isr, CapRegion { bar: 4, offset: 0x1000, length: 0x1000 });
+        assert_eq!(c.device, CapRegion { bar: 4, offset: 0x2000, length: 0x1000 });
+        assert_eq!(c.notify, CapRegion { bar: 4, offset: 0x3000, length: 0x1000 });
+        assert_eq!(c.notify_off_multiplier, 4);
+    }
+
+    #[test]
+    fn first_capability_of_a_type_wins_and_reserved_bars_are_skipped() {
+        let (s, mut offs) = qemu_like();
+        s.cap(0xA0, cfg_type::COMMON, 7, 0x9000, 0x1000, None); // reserved BAR: ignored
+        s.cap(0xB0, cfg_type::COMMON, 2, 0x8000, 0x1000, None); // later duplicate: ignored
+        s.cap(0xC0, cfg_type::SHARED_MEMORY, 1, 0, 0x1000, None);
+        offs.insert(0, 0xA0);
+        offs.push(0xB0);
+        offs.push(0xC0);
+        let c = s.find(&offs).unwrap();
+        assert_eq!(c.common, CapRegion { bar: 4, offset: 0, length: 0x1000 });
+        // A non-vendor capability in the list is skipped too.
+        s.0.borrow_mut()[0xD0] = 0x05;
+        offs.push(0xD0);
+        assert!(s.find(&offs).is_ok());
+    }
+
+    #[test]
+    fn missing_and_malformed_capabilities() {
+        let (s, offs) = qemu_like();
+        let without_isr: Vec<u16> = offs.iter().copied().filter(|&o| o != 0x80).collect();
+        assert_eq!(s.find(&without_isr), Err(VirtioError::MissingCapability("ISR status")));
+        assert_eq!(s.find(&[]), Err(VirtioError::MissingCapability("common configuration")));
+        // A notify capability without room for the multiplier.
+        let (s, offs) = qemu_like();
+        s.0.borrow_mut()[0x5A] = 16;
+        assert!(matches!(s.find(&offs), Err(VirtioError::BadCapability(_))));
+        // Odd multiplier.
+        let (s, offs) = qemu_like();
+        s.cap(0x58, cfg_type::NOTIFY, 4, 0x3000, 0x1000, Some(3));
+        assert!(matches!(s.find(&offs), Err(VirtioError::BadCapability(_))));
+        // Multiplier 0 is allowed (all queues share one address).
+        let (s, offs) = qemu_like();
+        s.cap(0x58, cfg_type::NOTIFY, 4, 0x3000, 0x1000, Some(0));
+        assert_eq!(s.find(&offs).unwrap().notify_off_multiplier, 0);
+        // Common configuration too small for the queue registers.
+        let (s, offs) = qemu_like();
+        s.cap(0x90, cfg_type::COMMON, 4, 0, 0x30, None);
+        assert!(matches!(s.find(&offs), Err(VirtioError::BadCapability(_))));
+        // Device configuration too small for virtio_iommu_config.
+        let (s, offs) = qemu_like();
+        s.cap(0x70, cfg_type::DEVICE, 4, 0x2000, 0x10, None);
+        assert!(matches!(s.find(&offs), Err(VirtioError::BadCapability(_))));
+    }
+
+    #[test]
+    fn status_values() {
+        assert_eq!(
+            [status::ACKNOWLEDGE, status::DRIVER, status::DRIVER_OK, status::FEATURES_OK, status::FAILED],
+            [1, 2, 4, 8, 0x80]
+        );
+        assert_eq!(status::DEVICE_NEEDS_RESET, 0x40);
+    }
+}
