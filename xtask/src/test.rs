@@ -147,6 +147,27 @@ fn rmrr_dmar() -> Vec<u8> {
     dmar_table(&rmrr)
 }
 
+/// A second IVRS holding one IVMD (AMD IOMMU spec §5.2.2.3): type 21h for
+/// DeviceID 00:10.0, Unity | IR | IW, 64 KiB at [`RMRR_BASE`]; no IVHD of its own.
+fn ivmd_ivrs() -> Vec<u8> {
+    let mut t = vec![0u8; 48];
+    t[0..4].copy_from_slice(b"IVRS");
+    t[8] = 2; // revision
+    t[10..16].copy_from_slice(b"PCULLS");
+    t[36..40].copy_from_slice(&0x2800u32.to_le_bytes()); // IVinfo: 40-bit physical addresses
+    t.extend_from_slice(&[0x21, 0x07]); // one device; Unity, IR, IW
+    t.extend_from_slice(&32u16.to_le_bytes()); // length
+    t.extend_from_slice(&0x0080u16.to_le_bytes()); // DeviceID 00:10.0
+    t.extend_from_slice(&[0; 10]); // auxiliary data, reserved
+    t.extend_from_slice(&RMRR_BASE.to_le_bytes());
+    t.extend_from_slice(&0x1_0000u64.to_le_bytes());
+    let len = t.len() as u32;
+    t[4..8].copy_from_slice(&len.to_le_bytes());
+    let sum = t.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    t[9] = 0u8.wrapping_sub(sum);
+    t
+}
+
 /// Patches a QEMU virt DTB so the SMMU's `interrupts` property has a length
 /// that is no multiple of a 3-cell specifier (45 instead of 48 bytes; the
 /// structure stays aligned). Returns false if the property was not found.
@@ -271,9 +292,40 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                     "iommu: direct-map region {RMRR_BASE:#x}-{:#x} kept out of the frame allocator",
                     RMRR_BASE + 0xFFFF
                 ),
-                format!("vtd: RMRR {RMRR_BASE:#x}-{:#x} identity-mapped for 0x0080", RMRR_BASE + 0xFFFF),
+                format!(
+                    "vtd: direct-map region {RMRR_BASE:#x}-{:#x} identity-mapped for device 0x0080",
+                    RMRR_BASE + 0xFFFF
+                ),
                 format!(
                     "topology: reserved dmar0 {RMRR_BASE:#x}-{:#x} direct-map devices=0000:00:10.0",
+                    RMRR_BASE + 0xFFFF
+                ),
+            ];
+            cases.push(c);
+            // AMD-Vi with a second IVRS whose IVMD names the second edu
+            // (00:10.0): a unity range identity-mapped into its paging domains.
+            let ivrs = dir.join("ivmd-ivrs.bin");
+            std::fs::write(&ivrs, ivmd_ivrs()).map_err(|e| format!("cannot write {}: {e}", ivrs.display()))?;
+            let mut extra = split("-device edu,addr=0x10,dma_mask=0xffffffffffffffff -acpitable");
+            extra.push(format!("file={}", ivrs.display()));
+            let mut c = harness::case(
+                &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Amdvi, extra) },
+                kernel,
+                BOOT_TIMEOUT,
+            );
+            c.name = "x86_64-amdvi-ivmd".into();
+            c.log_file.set_file_name("x86_64-amdvi-ivmd.log");
+            c.must_contain = vec![
+                format!(
+                    "topology: reserved ivhd0 {RMRR_BASE:#x}-{:#x} direct-map devices=0000:00:10.0",
+                    RMRR_BASE + 0xFFFF
+                ),
+                format!(
+                    "iommu: direct-map region {RMRR_BASE:#x}-{:#x} kept out of the frame allocator",
+                    RMRR_BASE + 0xFFFF
+                ),
+                format!(
+                    "amdvi: direct-map region {RMRR_BASE:#x}-{:#x} identity-mapped for device 0x0080",
                     RMRR_BASE + 0xFFFF
                 ),
             ];

@@ -406,6 +406,12 @@ pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: Domain
                         run += page;
                     }
                     unit.map(domain, at, at, run - at, Perms::READ | Perms::WRITE)?;
+                    log::info!(
+                        "{}: direct-map region {at:#x}-{:#x} identity-mapped for device {:#06x}",
+                        unit.info().kind.name(),
+                        run - 1,
+                        device.0
+                    );
                     at = run;
                 }
             }

@@ -20,7 +20,7 @@ use crate::FaultRecord;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use io_pgtable::{Gather, Perms, TableMemory};
-use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, ReservedKind, UnitKind, Unmapped};
+use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
 
 const PAGE: u64 = 4096;
 
@@ -166,38 +166,6 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         Ok(())
     }
 
-    /// Maps the device's direct-map regions 1:1 into a paging domain (pages
-    /// already mapped 1:1 are kept; another mapping there is an error).
-    fn map_direct_regions(&mut self, rid: u16, domain: DomainId) -> Result<(), Error> {
-        let regions: Vec<Region> = self
-            .reserved_regions(DeviceId(u32::from(rid)))
-            .into_iter()
-            .filter(|r| r.kind == ReservedKind::DirectMap)
-            .collect();
-        let d = paging(&mut self.domains, domain)?;
-        let (unit, mem) = (&mut self.unit, &mut self.mem);
-        for r in regions {
-            let (start, end) = (r.start & !(PAGE - 1), (r.end | (PAGE - 1)).saturating_add(1));
-            let mut page = start;
-            while page < end {
-                match d.table.iova_to_phys(mem, page) {
-                    Some(pa) if pa == page => page += PAGE,
-                    Some(_) => return Err(Error::Map(io_pgtable::Error::AlreadyMapped(page))),
-                    None => {
-                        let mut run = page + PAGE;
-                        while run < end && d.table.iova_to_phys(mem, run).is_none() {
-                            run += PAGE;
-                        }
-                        unit.map(d, page, page, run - page, Perms::READ | Perms::WRITE, mem)?;
-                        log::info!("vtd: RMRR {page:#x}-{:#x} identity-mapped for {rid:#06x}", run - 1);
-                        page = run;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Before the first attach: every other device to the default identity
     /// domain, then translation on.
     fn start_translating(&mut self, except: u16) -> Result<(), Error> {
@@ -294,7 +262,7 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
             return Err(Error::NoSuchDomain(domain));
         }
         if matches!(self.domains.get(&domain.0), Some(Slot::Paging(_))) {
-            self.map_direct_regions(rid, domain)?;
+            iommu::map_direct_regions(self, device, domain)?;
         }
         let first = !self.translating();
         self.program(rid, domain)?;

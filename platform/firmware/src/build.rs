@@ -91,7 +91,8 @@ pub fn add_dmar(t: &mut Topology, d: &dmar::Dmar, functions: &[Function], msi_wi
     }
 }
 
-/// Adds the units, rules and reserved regions an IVRS describes.
+/// Adds the units, rules and reserved regions an IVRS describes. Add an
+/// IVRS without IVHDs after the others: its IVMDs apply to their units.
 pub fn add_ivrs(t: &mut Topology, v: &ivrs::Ivrs, msi_window: (u64, u64)) {
     let first_unit = t.units().len();
     for (i, h) in v.units().into_iter().enumerate() {
@@ -129,10 +130,23 @@ pub fn add_ivrs(t: &mut Topology, v: &ivrs::Ivrs, msi_window: (u64, u64)) {
             kind: ReservedKind::Msi,
         });
     }
+    // IVMDs belong to this table's units; a table without IVHDs (a second
+    // IVRS, like a DMAR holding only RMRRs) names devices of the units added before.
+    let units: Vec<usize> = if v.ivhds.is_empty() {
+        (0..t.units().len()).filter(|&u| t.units()[u].kind == IommuKind::AmdVi).collect()
+    } else {
+        (first_unit..t.units().len()).collect()
+    };
     for m in &v.ivmds {
-        let kind = if m.flags & 8 != 0 { ReservedKind::Reserved } else { ReservedKind::DirectMap };
+        // §5.2.2.3: ExclusionRange (bit 3) wins; otherwise Unity (bit 0) asks
+        // for an identity mapping; a block with neither asks for nothing.
+        let kind = match m.flags {
+            f if f & 8 != 0 => ReservedKind::Reserved,
+            f if f & 1 != 0 => ReservedKind::DirectMap,
+            _ => continue,
+        };
         let end = m.start.saturating_add(m.length.max(1) - 1);
-        for unit in first_unit..t.units().len() {
+        for &unit in &units {
             let devices = (m.block_type != 0x20)
                 .then_some((t.units()[unit].segment, PciMatch::Rids { first: m.first, last: m.last }));
             let _ = t.add_reserved(ReservedRegion { unit, devices, start: m.start, end, kind });
@@ -449,6 +463,32 @@ mod tests {
         );
         assert_eq!(t.units().len(), 1);
         assert_eq!(t.translate_pci(0, 0x0008).map(|x| x.id), Some(8));
+        // A second IVRS with IVMDs only: unity for 00:02.0, an exclusion
+        // range for all, a block with neither flag (ignored).
+        let ivmd = |block_type: u8, flags: u8, device: u16, start: u64| ivrs::Ivmd {
+            block_type,
+            flags,
+            first: device,
+            last: if block_type == 0x20 { 0xFFFF } else { device },
+            start,
+            length: 0x1_0000,
+        };
+        let extra = ivrs::Ivrs {
+            ivmds: alloc::vec![
+                ivmd(0x21, 7, 0x10, 0x1E00_0000),
+                ivmd(0x20, 8, 0, 0x1F00_0000),
+                ivmd(0x21, 0, 0x10, 0x1D00_0000)
+            ],
+            ..Default::default()
+        };
+        add_ivrs(&mut t, &extra, (0xFEE0_0000, 0xFEEF_FFFF));
+        assert_eq!(t.units().len(), 1, "no unit of its own");
+        let for_edu: Vec<(u64, ReservedKind)> = t.reserved_for(0, 0x0010).map(|r| (r.start, r.kind)).collect();
+        assert!(for_edu.contains(&(0x1E00_0000, ReservedKind::DirectMap)), "{for_edu:x?}");
+        assert!(for_edu.contains(&(0x1F00_0000, ReservedKind::Reserved)), "{for_edu:x?}");
+        assert!(!for_edu.iter().any(|r| r.0 == 0x1D00_0000), "{for_edu:x?}");
+        let others: Vec<u64> = t.reserved_for(0, 0x0008).map(|r| r.start).collect();
+        assert!(!others.contains(&0x1E00_0000) && others.contains(&0x1F00_0000), "{others:x?}");
 
         let mut t = Topology::new();
         add_viot(&mut t, &viot::parse(include_bytes!("../../acpi-tables/tests/data/virtio-VIOT.bin")).unwrap(), None);

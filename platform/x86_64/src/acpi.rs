@@ -101,9 +101,11 @@ pub const MSI_WINDOW: (u64, u64) = (0xFEE0_0000, 0xFEEF_FFFF);
 /// logged and left out, the others still count.
 pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
     let mut t = firmware::Topology::new();
-    // A DMAR without remapping units (RMRRs only, e.g. a second table) names
-    // devices through the units of the others: add it last.
+    // A DMAR without remapping units (RMRRs only, e.g. a second table) or an
+    // IVRS without IVHDs (IVMDs only) names devices through the units of the
+    // others: add them last.
     let mut unitless = alloc::vec::Vec::new();
+    let mut unitless_ivrs = alloc::vec::Vec::new();
     for (sig, bytes) in raw_tables(rsdp) {
         let name = core::str::from_utf8(&sig).unwrap_or("????");
         let result = match &sig {
@@ -114,7 +116,13 @@ pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
                     firmware::build::add_dmar(&mut t, &d, functions, MSI_WINDOW)
                 }
             }),
-            b"IVRS" => acpi_tables::ivrs::parse(bytes).map(|v| firmware::build::add_ivrs(&mut t, &v, MSI_WINDOW)),
+            b"IVRS" => acpi_tables::ivrs::parse(bytes).map(|v| {
+                if v.ivhds.is_empty() {
+                    unitless_ivrs.push(v);
+                } else {
+                    firmware::build::add_ivrs(&mut t, &v, MSI_WINDOW)
+                }
+            }),
             b"VIOT" => acpi_tables::viot::parse(bytes).map(|v| firmware::build::add_viot(&mut t, &v, Some(MSI_WINDOW))),
             _ => continue,
         };
@@ -125,6 +133,9 @@ pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
     }
     for d in unitless {
         firmware::build::add_dmar(&mut t, &d, functions, MSI_WINDOW);
+    }
+    for v in unitless_ivrs {
+        firmware::build::add_ivrs(&mut t, &v, MSI_WINDOW);
     }
     t
 }
