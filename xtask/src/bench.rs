@@ -4,11 +4,11 @@
 //!   (`portcullis: kernel_main`) and to its exit, per architecture, several runs.
 //! - `syscall`: null-syscall round trip from user space (`yield`), per architecture.
 //! - `pgtable`: the I/O page-table engine benchmark (`cargo bench -p io-pgtable`).
-//! - `ioas`: the generic IOAS door's map + unmap cost through the syscall, per architecture.
+//! - `ioas`: the generic IOAS door's map + unmap cost through the syscall, per architecture and IOMMU.
 
 use crate::build;
 use crate::harness;
-use crate::machine::{Arch, Machine};
+use crate::machine::{Arch, Iommu, Machine};
 use std::process::Command;
 use std::time::Duration;
 
@@ -60,27 +60,30 @@ fn syscall() -> Result<(), String> {
 }
 
 fn ioas() -> Result<(), String> {
-    println!("bench ioas: generic map + unmap through the iommufd syscall (TCG, release kernels)");
+    println!("bench ioas: generic map + unmap through the iommufd syscall (TCG, release kernels), every IOMMU");
     for arch in Arch::all() {
         let kernel = build::kernel(arch, true)?;
-        let machine = Machine {
-            arch,
-            iommu: arch.default_iommu(),
-            cmdline: vec!["init=bench-ioas".into()],
-            // Room for the 1 GiB case (the last -m wins).
-            extra: vec!["-m".into(), "2G".into()],
-            gdb: false,
-        };
-        let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(600))?;
-        let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("bench-ioas:")).collect();
-        for l in lines.iter().filter_map(|l| l.find("ioas: 0x").map(|at| &l[at..])) {
-            println!("{:<10} {}", arch.name(), l.replacen("ioas: ", "leaves: ", 1));
-        }
-        if !ours.iter().any(|l| l.contains("bench-ioas: done")) {
-            return Err(format!("{}: the benchmark did not finish: {ours:?}", arch.name()));
-        }
-        for l in ours.iter().filter(|l| !l.contains("done")) {
-            println!("{:<10} {}", arch.name(), l.trim_start_matches("bench-ioas: "));
+        for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
+            let machine = Machine {
+                arch,
+                iommu,
+                cmdline: vec!["init=bench-ioas".into()],
+                // Room for the 1 GiB case (the last -m wins).
+                extra: vec!["-m".into(), "2G".into()],
+                gdb: false,
+            };
+            let label = machine.name();
+            let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(600))?;
+            let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("bench-ioas:")).collect();
+            for l in lines.iter().filter_map(|l| l.find("ioas: 0x").map(|at| &l[at..])) {
+                println!("{label:<16} {}", l.replacen("ioas: ", "leaves: ", 1));
+            }
+            if !ours.iter().any(|l| l.contains("bench-ioas: done")) {
+                return Err(format!("{label}: the benchmark did not finish: {ours:?}"));
+            }
+            for l in ours.iter().filter(|l| !l.contains("done")) {
+                println!("{label:<16} {}", l.trim_start_matches("bench-ioas: "));
+            }
         }
     }
     Ok(())

@@ -221,6 +221,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     fn info(&self) -> Info {
         let mut raw: Vec<(&'static str, u64)> =
             ["IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5"].into_iter().zip(self.smmu.idr.map(u64::from)).collect();
+        raw.push(("IIDR", u64::from(self.smmu.iidr)));
         raw.push(("AIDR", u64::from(self.smmu.aidr)));
         Info {
             kind: UnitKind::Smmuv3,

@@ -144,7 +144,7 @@ register_structs! {
         (0x00C => pub idr3: ReadOnly<u32, IDR3::Register>),
         (0x010 => pub idr4: ReadOnly<u32>),
         (0x014 => pub idr5: ReadOnly<u32, IDR5::Register>),
-        (0x018 => _reserved0),
+        (0x018 => pub iidr: ReadOnly<u32>),
         (0x01C => pub aidr: ReadOnly<u32>),
         (0x020 => pub cr0: ReadWrite<u32, CR0::Register>),
         (0x024 => pub cr0ack: ReadOnly<u32, CR0::Register>),

@@ -109,6 +109,8 @@ pub struct Smmu {
     pub idr: [u32; 6],
     /// AIDR.
     pub aidr: u32,
+    /// IIDR (implementer, revision, product).
+    pub iidr: u32,
     /// Stream ID bits the stream table covers.
     pub sid_bits: u32,
     table: StreamTable,
@@ -181,8 +183,18 @@ impl Smmu {
         let cmdq = Queue { base: 0, log2: cmdq_log2, words: 2, index: 0 };
         let eventq = Queue { base: 0, log2: eventq_log2, words: 4, index: 0 };
         let trace = crate::tracing();
-        let mut smmu =
-            Smmu { base, idr, aidr: p0.aidr.get(), sid_bits, table, cmdq, eventq, commands: 0, event_overflows: 0 };
+        let mut smmu = Smmu {
+            base,
+            idr,
+            aidr: p0.aidr.get(),
+            iidr: p0.iidr.get(),
+            sid_bits,
+            table,
+            cmdq,
+            eventq,
+            commands: 0,
+            event_overflows: 0,
+        };
         smmu.cmdq.base = mem.alloc_contiguous(smmu.cmdq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.eventq.base = mem.alloc_contiguous(smmu.eventq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.set_cr0(0, "CR0 disable")?;
