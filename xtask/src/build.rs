@@ -11,7 +11,7 @@ pub struct Kernel {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 10] = [
+pub const USER_PROGRAMS: [&str; 11] = [
     "hello",
     "test-syscalls",
     "test-edu",
@@ -22,6 +22,7 @@ pub const USER_PROGRAMS: [&str; 10] = [
     "test-ioas",
     "ioas-leaker",
     "bench-ioas",
+    "hw-vtd",
 ];
 
 fn target_dir() -> PathBuf {

@@ -2,7 +2,7 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--hw] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--filter PATTERN]
 //! cargo xtask bench [NAME]
 //! cargo xtask setup
@@ -48,6 +48,10 @@ enum Command {
         /// Log every IOMMU register write and command (kernel command line `trace=1`).
         #[arg(long)]
         trace: bool,
+        /// Run the hardware-specific door's demo (`hw-vtd`: a user-owned stage 1,
+        /// nested over a NEST_PARENT HWPT, invalidation, a fault queue) instead of the generic one.
+        #[arg(long)]
+        hw: bool,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -83,8 +87,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Run { arch, iommu, release, gdb, trace, qemu_args } => {
-            setup::run().and_then(|()| test::run_demo(arch, iommu, release, gdb, trace, &qemu_args))
+        Command::Run { arch, iommu, release, gdb, trace, hw, qemu_args } => {
+            setup::run().and_then(|()| test::run_demo(arch, iommu, release, gdb, trace, hw, &qemu_args))
         }
         Command::Test { host, qemu, arch, iommu, filter } => {
             setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref()))

@@ -517,13 +517,15 @@ pub fn run_demo(
     release: bool,
     gdb: bool,
     trace: bool,
+    hw: bool,
     qemu_args: &[String],
 ) -> Result<(), String> {
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
     let kernel = build::kernel(arch, release)?;
-    // The demo: the generic edu driver on every edu behind an IOMMU.
-    let mut cmdline = vec!["init=demo".to_owned()];
+    // The demo: the generic edu driver on every edu behind an IOMMU, or
+    // (`--hw`) the hardware-specific door with a user-owned stage 1.
+    let mut cmdline = vec![if hw { "init=hw-vtd" } else { "init=demo" }.to_owned()];
     if trace {
         cmdline.push("trace=1".to_owned());
     }

@@ -530,6 +530,72 @@ impl<F: Format> PageTable<F> {
     }
 }
 
+/// Visits the leaves overlapping `[start, end)` of a table this code does not
+/// own (a user's stage-1 table, say) and calls `f(iova, size, out, perms)` for
+/// each, in IOVA order. The leaf is reported whole: `iova` and `size` are its
+/// own, so a leaf that starts before `start` is reported from its start.
+///
+/// `read(table, index)` fetches entry `index` of the table at `table`; `None`
+/// means the entry cannot be read and counts as not present. The walk trusts
+/// nothing it reads:
+/// - it is bounded by the level count: every step down lowers the level, so a
+///   table that points at itself or an ancestor is visited again only at lower
+///   levels, never in a loop;
+/// - an entry the format decodes as a leaf at a level where
+///   [`Format::leaf_allowed`] says no is treated as not present (a hardware
+///   walker faults on it);
+/// - addresses are whatever [`Format::decode`] makes of the bits (reserved
+///   bits and alignment are the format's business); an output address beyond
+///   what the hardware could reach is passed on for `f` to judge.
+///
+/// The work is at most 512 `read` calls per table reached. A caller bounds
+/// it by making `read` answer `None` once its budget is spent: the walk then
+/// ends after at most 512 more calls per level.
+pub fn walk_foreign<F: Format>(
+    fmt: &F,
+    root: u64,
+    read: &mut dyn FnMut(u64, usize) -> Option<u64>,
+    start: u64,
+    end: u64,
+    f: &mut dyn FnMut(u64, u64, u64, Perms),
+) {
+    let levels = fmt.levels();
+    // Level 5 is the highest whose leaves fit a 64-bit address space.
+    if levels == 0 || levels > 6 {
+        return;
+    }
+    let top = if fmt.ia_bits() >= 64 { u64::MAX } else { 1u64 << fmt.ia_bits() };
+    let end = end.min(top);
+    if start >= end {
+        return;
+    }
+    foreign_level(fmt, root, levels - 1, 0, start, end, read, f);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn foreign_level<F: Format>(
+    fmt: &F,
+    table: u64,
+    level: usize,
+    base: u64,
+    start: u64,
+    end: u64,
+    read: &mut dyn FnMut(u64, usize) -> Option<u64>,
+    f: &mut dyn FnMut(u64, u64, u64, Perms),
+) {
+    let size = level_size(level);
+    for (i, va) in slots(base, start, end, level) {
+        let Some(pte) = read(table, i) else { continue };
+        match fmt.decode(pte, level) {
+            Entry::Empty => {}
+            Entry::Leaf { pa, perms } if fmt.leaf_allowed(level) => f(va, size, pa, perms),
+            Entry::Leaf { .. } => {}
+            Entry::Table(next) if level > 0 => foreign_level(fmt, next, level - 1, va, start, end, read, f),
+            Entry::Table(_) => {}
+        }
+    }
+}
+
 /// A counting arena of table frames for tests and benchmarks.
 pub mod arena;
 

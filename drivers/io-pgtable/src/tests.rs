@@ -363,3 +363,160 @@ fn range_errors() {
     t.map(&mut mem, 0, 0x5000, 0x2000, Perms::READ).unwrap().release(&mut mem);
     assert_eq!(t.map(&mut mem, 0x1000, 0x5000, 0x1000, Perms::READ), Err(Error::AlreadyMapped(0x1000)));
 }
+
+/// A table in plain memory for [`crate::walk_foreign`]: entries by (table, index);
+/// a missing entry reads as zero unless its table is listed as unreadable.
+#[derive(Default)]
+struct Foreign {
+    entries: BTreeMap<(u64, usize), u64>,
+    unreadable: Vec<u64>,
+    reads: usize,
+}
+
+impl Foreign {
+    fn read(&mut self, table: u64, index: usize) -> Option<u64> {
+        self.reads += 1;
+        if self.unreadable.contains(&table) {
+            return None;
+        }
+        Some(self.entries.get(&(table, index)).copied().unwrap_or(0))
+    }
+
+    fn leaves<F: Format>(&mut self, fmt: &F, root: u64, start: u64, end: u64) -> Vec<(u64, u64, u64, Perms)> {
+        let mut out = Vec::new();
+        crate::walk_foreign(fmt, root, &mut |t, i| self.read(t, i), start, end, &mut |va, size, pa, perms| {
+            out.push((va, size, pa, perms & (Perms::READ | Perms::WRITE)))
+        });
+        out
+    }
+}
+
+const R: Perms = Perms::READ;
+const RW: Perms = Perms::READ.union(Perms::WRITE);
+
+#[test]
+fn foreign_walk_reports_every_leaf_size_and_skips_what_it_cannot_read() {
+    let fmt = X86Paging::vtd_first_level(4, 2);
+    let (pml4, pdpt, pd, pt) = (0x1000_0000u64, 0x1000_1000, 0x1000_2000, 0x1000_3000);
+    let mut m = Foreign::default();
+    let e = &mut m.entries;
+    e.insert((pml4, 0), pdpt | 7);
+    e.insert((pdpt, 0), pd | 7);
+    e.insert((pdpt, 1), 0x8000_0000 | 0x83); // 1 GiB leaf, writable
+    e.insert((pd, 0), pt | 7);
+    e.insert((pd, 1), 0x20_0000 | 0x81); // 2 MiB leaf, read-only
+    e.insert((pt, 0), 0x5000 | 0x3);
+    e.insert((pt, 1), 0x6000 | 0x1);
+    e.insert((pt, 3), 0x8000_0000_0000_7003);
+    e.insert((pml4, 1), 0x2000_0000 | 7); // a table nobody can read
+    e.insert((pml4, 511), 0x83); // PS at the top level: reserved, not a leaf
+    m.unreadable.push(0x2000_0000);
+    let all = m.leaves(&fmt, pml4, 0, u64::MAX);
+    assert_eq!(
+        all,
+        [
+            (0, 0x1000, 0x5000, RW),
+            (0x1000, 0x1000, 0x6000, R),
+            (0x3000, 0x1000, 0x7000, RW),
+            (0x20_0000, 0x20_0000, 0x20_0000, R),
+            (1 << 30, 1 << 30, 0x8000_0000, RW),
+        ]
+    );
+    // A range reports the leaves overlapping it, each whole.
+    assert_eq!(m.leaves(&fmt, pml4, 0x1000, 0x20_1000).len(), 3);
+    assert_eq!(m.leaves(&fmt, pml4, 0x20_1000, 0x20_2000), [(0x20_0000, 0x20_0000, 0x20_0000, R)]);
+    assert_eq!(m.leaves(&fmt, pml4, 0x4000, 0x20_0000), []);
+    assert_eq!(m.leaves(&fmt, pml4, 5, 5), [], "empty range");
+    // An unreadable root maps nothing.
+    m.unreadable.push(pml4);
+    assert_eq!(m.leaves(&fmt, pml4, 0, u64::MAX), []);
+}
+
+#[test]
+fn foreign_walk_survives_garbage() {
+    let fmt = X86Paging::vtd_first_level(4, 2);
+    // A root whose every entry points at itself: each level finds "tables",
+    // the last one leaves; the walk ends after the levels run out.
+    let root = 0x4000_0000u64;
+    let mut m = Foreign::default();
+    for i in 0..512 {
+        m.entries.insert((root, i), root | 7);
+    }
+    let leaves = m.leaves(&fmt, root, 0, 0x4000);
+    assert_eq!(leaves.len(), 4);
+    assert!(leaves.iter().all(|&(_, size, pa, _)| size == 0x1000 && pa == root));
+    // The whole space of that table is 2^36 leaves: a budget on reads stops it.
+    let budget = 10_000;
+    let (mut calls, mut leaves) = (0usize, 0usize);
+    crate::walk_foreign(
+        &fmt,
+        root,
+        &mut |_, _| {
+            calls += 1;
+            (calls <= budget).then_some(root | 7)
+        },
+        0,
+        u64::MAX,
+        &mut |_, _, _, _| leaves += 1,
+    );
+    assert!(calls <= budget + 4 * 512, "{calls} reads");
+    assert!(leaves < budget);
+    // All-ones entries: a reserved leaf at the top, 1 GiB leaves at the
+    // highest address the format decodes below (passed on as they are).
+    let mut m = Foreign::default();
+    for i in 0..512 {
+        m.entries.insert((root, i), u64::MAX);
+    }
+    assert_eq!(m.leaves(&fmt, root, 0, u64::MAX), []);
+    let mut m = Foreign::default();
+    m.entries.insert((root, 0), 0x5000 | 7);
+    for i in 0..512 {
+        m.entries.insert((0x5000, i), u64::MAX);
+    }
+    let leaves = m.leaves(&fmt, root, 0, u64::MAX);
+    assert_eq!(leaves.len(), 512);
+    assert!(leaves.iter().all(|&(_, size, pa, perms)| size == 1 << 30 && pa == 0xF_FFFF_C000_0000 && perms == RW));
+    // A 1 GiB leaf where the format allows only 2 MiB ones is not present.
+    let small = X86Paging::vtd_first_level(4, 1);
+    assert_eq!(m.leaves(&small, root, 0, u64::MAX), []);
+    // A format too deep for 64-bit addresses is not walked at all.
+    let reads = m.reads;
+    assert_eq!(m.leaves(&X86Paging::vtd_first_level(7, 2), root, 0, u64::MAX), []);
+    assert_eq!(m.reads, reads);
+}
+
+#[test]
+fn foreign_walk_agrees_with_the_engine_on_every_format() {
+    fn check<F: Format + Copy>(f: F) {
+        let mut mem = Arena::new();
+        let mut t = PageTable::new(f, &mut mem).unwrap();
+        let maps = [
+            (0x1000u64, 0x10_0000u64, 0x3000u64, RW),
+            (0x20_0000, 0x40_0000, 0x40_0000, R),
+            (0x4000_0000, 0x8000_0000, 0x4000_0000, RW),
+            (0x9000_0000, 0x7000, 0x1000, R),
+        ];
+        for (iova, pa, len, perms) in maps {
+            t.map(&mut mem, iova, pa, len, perms).unwrap().release(&mut mem);
+        }
+        let mut want = Vec::new();
+        t.for_each_mapping(&mem, &mut |va, size, pa, perms| want.push((va, size, pa, perms)));
+        let mut got = Vec::new();
+        crate::walk_foreign(
+            t.format(),
+            t.root(),
+            &mut |table, i| Some(mem.read(table, i)),
+            0,
+            u64::MAX,
+            &mut |va, size, pa, perms| got.push((va, size, pa, perms)),
+        );
+        assert_eq!(got, want, "{}", f.name());
+        assert_eq!(want.len(), 3 + 2 + 1 + 1, "{}", f.name());
+    }
+    check(X86Paging::vtd_first_level(4, 2));
+    check(X86Paging::amd_v2(5));
+    check(VtdSecondLevel { levels: 3, max_leaf_level: 2 });
+    check(AmdV1 { levels: 6 });
+    check(ArmLpae::stage1(4, 1, 0));
+    check(ArmLpae::stage2(3));
+}

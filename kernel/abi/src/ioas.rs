@@ -36,6 +36,14 @@ pub enum Op {
     DeviceDetach = 11,
     /// [`HwInfo`] (the first piece of the hardware-specific door).
     GetHwInfo = 12,
+    /// [`HwptAlloc`] (hardware-specific door).
+    HwptAlloc = 13,
+    /// [`HwptInvalidate`] (hardware-specific door).
+    HwptInvalidate = 14,
+    /// [`FaultQueueAlloc`] (hardware-specific door).
+    FaultQueueAlloc = 15,
+    /// [`FaultRead`] (hardware-specific door).
+    FaultRead = 16,
 }
 
 impl Op {
@@ -55,6 +63,10 @@ impl Op {
             DeviceAttach,
             DeviceDetach,
             GetHwInfo,
+            HwptAlloc,
+            HwptInvalidate,
+            FaultQueueAlloc,
+            FaultRead,
         ]
         .into_iter()
         .find(|o| *o as u64 == n)
@@ -302,7 +314,11 @@ pub struct HwReg {
     pub value: u64,
 }
 
-/// The unit a device sits behind: kind and raw capability registers.
+/// The unit a device sits behind: kind and raw capability registers, and
+/// (hardware-specific door) its capabilities as one typed struct per kind
+/// (`data_*`: [`HwInfoVtd`], [`HwInfoAmdvi`], [`HwInfoSmmuv3`],
+/// [`HwInfoVirtio`]; `out_data_type` is the `hw_kind`), plus which
+/// [`HwptAlloc`] and [`HwptInvalidate`] data types the unit accepts.
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HwInfo {
@@ -324,6 +340,222 @@ pub struct HwInfo {
     pub out_unit_name: [u8; 16],
     /// Out: IOTLB invalidations the unit has issued so far (a statistic for benchmarks).
     pub out_flushes: u64,
+    /// In: bytes of room at `data_uptr` (0: no typed data wanted); out: bytes written.
+    pub data_len: u32,
+    /// Out: the type of the typed data (`hw_kind::*`).
+    pub out_data_type: u32,
+    /// User pointer for the typed data.
+    pub data_uptr: u64,
+    /// Out: bit n set = [`HwptAlloc`] accepts `data_type` n (`hwpt_data::*`).
+    pub out_hwpt_alloc_types: u64,
+    /// Out: bit n set = [`HwptInvalidate`] accepts `data_type` n (`hwpt_data::*`).
+    pub out_invalidate_types: u64,
+}
+
+/// Typed capabilities of a VT-d unit (VT-d §11.4.2, §11.4.3), version 1.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwInfoVtd {
+    /// Capability register.
+    pub cap_reg: u64,
+    /// Extended capability register.
+    pub ecap_reg: u64,
+}
+
+/// Typed capabilities of an AMD-Vi unit (AMD IOMMU spec §3.4.1), version 1.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwInfoAmdvi {
+    /// Extended Feature Register.
+    pub efr: u64,
+    /// Extended Feature 2 Register (0 where the unit has none).
+    pub efr2: u64,
+}
+
+/// Typed capabilities of an SMMUv3 (SMMUv3 §6.3.1–§6.3.6), version 1.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwInfoSmmuv3 {
+    /// IDR0–IDR5.
+    pub idr: [u32; 6],
+    /// Implementation identification (0 where not read).
+    pub iidr: u32,
+    /// Architecture version.
+    pub aidr: u32,
+}
+
+/// Typed capabilities of a virtio-iommu (virtio 1.2 §5.13.4), version 1.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwInfoVirtio {
+    /// Negotiated feature bits.
+    pub features: u64,
+    /// Page sizes the device maps.
+    pub page_size_mask: u64,
+    /// First IOVA.
+    pub input_start: u64,
+    /// Last IOVA.
+    pub input_end: u64,
+    /// First domain ID.
+    pub domain_start: u32,
+    /// Last domain ID.
+    pub domain_end: u32,
+}
+
+/// `HwptAlloc.data_type` / `HwptInvalidate.data_type` values.
+pub mod hwpt_data {
+    /// No data: a kernel-managed HWPT with the unit's defaults.
+    pub const NONE: u32 = 0;
+    /// [`super::HwptVtdS1`]: a nested child whose stage 1 (x86-64 paging
+    /// format, VT-d first stage) the task owns; on [`super::HwptInvalidate`],
+    /// [`super::HwptVtdS1Invalidation`] entries. Accepted by every unit: where
+    /// the hardware cannot nest, the kernel shadows the task's tables.
+    pub const VTD_S1: u32 = 1;
+}
+
+/// `HwptAlloc.flags`: the HWPT may serve as the parent (stage 2) of nested children.
+pub const HWPT_ALLOC_NEST_PARENT: u32 = 1;
+/// `HwptAlloc.flags`: `fault_id` names a fault queue the HWPT's faults go to.
+pub const HWPT_ALLOC_FAULT_ID_VALID: u32 = 2;
+
+/// Creates a HWPT on a device's unit: kernel-managed over an IOAS (`pt_id`),
+/// or a nested child of a `HWPT_ALLOC_NEST_PARENT` HWPT (`pt_id`) described by
+/// `data_type` / `data_uptr` / `data_len`. Unlike the generic door, a request
+/// the unit cannot honour is an error (`EOPNOTSUPP`, `EINVAL`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptAlloc {
+    /// Size of this struct as the caller knows it.
+    pub size: u32,
+    /// `HWPT_ALLOC_*`.
+    pub flags: u32,
+    /// A bound device: the HWPT is created on its unit.
+    pub dev_id: u32,
+    /// Parent: an IOAS, or a NEST_PARENT HWPT for a nested child.
+    pub pt_id: u32,
+    /// `hwpt_data::*`.
+    pub data_type: u32,
+    /// Bytes at `data_uptr`.
+    pub data_len: u32,
+    /// User pointer to the typed data.
+    pub data_uptr: u64,
+    /// With `HWPT_ALLOC_FAULT_ID_VALID`: the fault queue.
+    pub fault_id: u32,
+    /// Out: the new HWPT id.
+    pub out_hwpt_id: u32,
+}
+
+/// Stage-1 data of a VT-d nested child (`hwpt_data::VTD_S1`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptVtdS1 {
+    /// None defined: zero.
+    pub flags: u64,
+    /// The top-level table: an IOVA of the parent's IOAS (4 KiB aligned).
+    pub pgtbl_addr: u64,
+    /// Input address width: 48 (4 levels) or 57 (5 levels).
+    pub addr_width: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// One stage-1 invalidation of a VT-d nested child (`hwpt_data::VTD_S1`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptVtdS1Invalidation {
+    /// First IOVA (4 KiB aligned).
+    pub addr: u64,
+    /// Pages; `addr = 0, npages = u64::MAX` is everything.
+    pub npages: u64,
+    /// Bit 0: leaf entries only (a hint).
+    pub flags: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Hands a batch of invalidation entries to a HWPT: they are handled in
+/// order and the first bad one stops the batch; `entry_num` comes back as the
+/// number handled.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptInvalidate {
+    /// Size of this struct as the caller knows it.
+    pub size: u32,
+    /// None defined: zero.
+    pub flags: u32,
+    /// The HWPT.
+    pub hwpt_id: u32,
+    /// `hwpt_data::*` of the entries.
+    pub data_type: u32,
+    /// User pointer to the entries.
+    pub data_uptr: u64,
+    /// Bytes per entry as the caller knows them (shorter or longer entries follow the size rules).
+    pub entry_len: u32,
+    /// In: entries; out: entries handled.
+    pub entry_num: u32,
+}
+
+/// Creates a fault queue a HWPT can route its faults to.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultQueueAlloc {
+    /// Size of this struct as the caller knows it.
+    pub size: u32,
+    /// None defined: zero.
+    pub flags: u32,
+    /// Records the queue holds before it counts overflows (1–4096).
+    pub capacity: u32,
+    /// Out: the fault queue id.
+    pub out_fault_id: u32,
+}
+
+/// `FaultRecord.access` values.
+pub mod fault_access {
+    /// A read.
+    pub const READ: u32 = 1;
+    /// A write.
+    pub const WRITE: u32 = 2;
+    /// The unit did not say.
+    pub const UNKNOWN: u32 = 0;
+}
+
+/// One fault a HWPT routed to a queue.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// The device object.
+    pub dev_id: u32,
+    /// The HWPT the device was attached to.
+    pub hwpt_id: u32,
+    /// The faulting IOVA.
+    pub address: u64,
+    /// `fault_access::*`.
+    pub access: u32,
+    /// The unit's reason code.
+    pub reason: u32,
+}
+
+/// Reads fault records, oldest first; waits up to `timeout_ms` while the
+/// queue is empty (`ETIMEDOUT` when nothing came).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRead {
+    /// Size of this struct as the caller knows it.
+    pub size: u32,
+    /// None defined: zero.
+    pub flags: u32,
+    /// The fault queue.
+    pub fault_id: u32,
+    /// Longest wait for a first record (0: do not wait; at most 10 000).
+    pub timeout_ms: u32,
+    /// User pointer to an array of [`FaultRecord`].
+    pub records: u64,
+    /// In: room in `records`; out: records written.
+    pub num: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// Out: records dropped because the queue was full, since the last read.
+    pub out_overflows: u64,
 }
 
 /// Every IOAS struct begins with these two words.
@@ -358,6 +590,10 @@ header!(DeviceBind, 0, |s| s.reserved == 0);
 header!(DeviceAttach, 0, |s| s.reserved == 0);
 header!(DeviceDetach, 0, |s| s.reserved == 0);
 header!(HwInfo, 0, |s| s.reserved == 0);
+header!(HwptAlloc, HWPT_ALLOC_NEST_PARENT | HWPT_ALLOC_FAULT_ID_VALID, |_s| true);
+header!(HwptInvalidate, 0, |_s| true);
+header!(FaultQueueAlloc, 0, |_s| true);
+header!(FaultRead, 0, |s| s.reserved == 0);
 
 /// Decodes a struct from the bytes a caller passed (its whole `size`):
 /// shorter input leaves the rest zero, longer input must be zero past what
@@ -397,13 +633,21 @@ mod tests {
         assert_eq!(core::mem::size_of::<IoasMap>(), 40);
         assert_eq!(core::mem::size_of::<IoasCopy>(), 40);
         assert_eq!(core::mem::size_of::<IoasIovaRanges>(), 32);
-        assert_eq!(core::mem::size_of::<HwInfo>(), 56);
+        assert_eq!(core::mem::size_of::<HwInfo>(), 88);
         assert_eq!(core::mem::size_of::<HwReg>(), 16);
-        for n in 1..=12 {
+        assert_eq!(core::mem::size_of::<HwptAlloc>(), 40);
+        assert_eq!(core::mem::size_of::<HwptVtdS1>(), 24);
+        assert_eq!(core::mem::size_of::<HwptVtdS1Invalidation>(), 24);
+        assert_eq!(core::mem::size_of::<HwptInvalidate>(), 32);
+        assert_eq!(core::mem::size_of::<FaultRecord>(), 24);
+        assert_eq!(core::mem::size_of::<FaultRead>(), 40);
+        assert_eq!(core::mem::size_of::<HwInfoSmmuv3>(), 32);
+        assert_eq!(core::mem::size_of::<HwInfoVirtio>(), 40);
+        for n in 1..=16 {
             assert_eq!(Op::from_raw(n).map(|o| o as u64), Some(n));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(13), None);
+        assert_eq!(Op::from_raw(17), None);
     }
 
     #[test]

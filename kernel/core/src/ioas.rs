@@ -11,13 +11,17 @@ use crate::task::{copy_from_user, copy_to_user, with_current_iommufd};
 use crate::{mm, platform};
 use abi::ioas::{self as a, Header, Op};
 use abi::{Errno, SysResult};
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use iommu::Perms;
 use iommufd::{CopyArgs, Iommufd, IovaChoice, MapArgs};
 use zerocopy::IntoBytes;
 
 static PINS: spin::Mutex<BTreeMap<u64, u32>> = spin::Mutex::new(BTreeMap::new());
+/// Faults drained from the units that no task has taken yet (oldest first).
+static PENDING_FAULTS: spin::Mutex<VecDeque<(usize, iommu::FaultEvent)>> = spin::Mutex::new(VecDeque::new());
+/// Faults kept for their owner at most (older ones are dropped; all were logged).
+const PENDING_LIMIT: usize = 256;
 static ORPHANS: spin::Mutex<BTreeSet<u64>> = spin::Mutex::new(BTreeSet::new());
 
 /// Frees a task frame, or leaves it to its last unpin while DMA-mapped.
@@ -64,6 +68,15 @@ impl iommufd::Memory for TaskMemory {
         for &p in pages {
             *pins.entry(p).or_default() += 1;
         }
+    }
+
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        // Only pinned task frames (pages mapped in an IOAS) are read.
+        if !pa.is_multiple_of(8) || !PINS.lock().contains_key(&(pa & !(FRAME_SIZE - 1))) {
+            return None;
+        }
+        // SAFETY: `pa` lies in a frame pinned for DMA (allocated, not freed while pinned), reached through the direct map; the read is aligned.
+        Some(unsafe { (mm::phys_to_virt(pa) as *const u64).read_volatile() })
     }
 
     fn unpin(&mut self, pages: &[u64]) {
@@ -133,10 +146,31 @@ fn size_name(size: u64) -> alloc::string::String {
     }
 }
 
+/// Drains the units' faults (each logged, decoded), keeps them for their
+/// owners, and hands the running task those its HWPTs route to a fault queue.
+fn collect_faults() {
+    let drained = crate::iommu::take_faults();
+    let mut pending = PENDING_FAULTS.lock();
+    for f in drained {
+        if pending.len() == PENDING_LIMIT {
+            pending.pop_front();
+        }
+        pending.push_back(f);
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let _ = with_current_iommufd(|fd, _| {
+        pending.retain(|(unit, f)| !fd.deliver_fault(*unit, f));
+        Ok(())
+    });
+}
+
 /// `iommufd(op, ptr)`. Faults the units recorded since the last call are
-/// logged first (decoded), so a task sees its stray DMA reported.
+/// logged first (decoded), so a task sees its stray DMA reported, and
+/// delivered to the fault queues that asked for them.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
-    crate::iommu::log_faults();
+    collect_faults();
     match Op::from_raw(op).ok_or(Errno::EINVAL)? {
         Op::IoasAlloc => {
             let (mut s, size) = read::<a::IoasAlloc>(ptr)?;
@@ -245,6 +279,80 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
             let (s, _) = read::<a::DeviceDetach>(ptr)?;
             with_fd(|fd, units, _| fd.device_detach(units, s.dev_id))?;
         }
+        Op::HwptAlloc => {
+            let (mut s, size) = read::<a::HwptAlloc>(ptr)?;
+            if s.data_len > a::MAX_STRUCT {
+                return Err(Errno::E2BIG);
+            }
+            let data = copy_from_user(s.data_uptr, s.data_len as usize)?;
+            let args = iommufd::abi_glue::hwpt_alloc(&s, &data)?;
+            s.out_hwpt_id = with_fd(|fd, units, mem| {
+                let id = fd.hwpt_alloc(units, mem, args)?;
+                if let Some(st) = fd.shadow_stats(id) {
+                    log::info!(
+                        "ioas: nested HWPT {id}: stage 1 shadowed, {} page(s) mapped, {} table entries read",
+                        st.pages,
+                        st.last_reads
+                    );
+                }
+                Ok(id)
+            })?;
+            write(ptr, &s, size)?;
+        }
+        Op::HwptInvalidate => {
+            let (mut s, size) = read::<a::HwptInvalidate>(ptr)?;
+            let bytes = iommufd::abi_glue::invalidation_bytes(&s).and_then(|n| copy_from_user(s.data_uptr, n));
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    // Nothing was handled.
+                    s.entry_num = 0;
+                    write(ptr, &s, size)?;
+                    return Err(e);
+                }
+            };
+            // Entries up to the first malformed one; that one stops the batch.
+            let (entries, bad) = iommufd::abi_glue::invalidations(&bytes, s.entry_len as usize);
+            let (handled, result) = with_fd(|fd, units, mem| Ok(fd.hwpt_invalidate(units, mem, s.hwpt_id, &entries)))?;
+            s.entry_num = handled;
+            write(ptr, &s, size)?;
+            result?;
+            if let Some(e) = bad {
+                return Err(e);
+            }
+        }
+        Op::FaultQueueAlloc => {
+            let (mut s, size) = read::<a::FaultQueueAlloc>(ptr)?;
+            let capacity = iommufd::abi_glue::fault_queue_capacity(&s)?;
+            s.out_fault_id = with_fd(|fd, _, _| fd.fault_queue_alloc(capacity))?;
+            write(ptr, &s, size)?;
+        }
+        Op::FaultRead => {
+            let (mut s, size) = read::<a::FaultRead>(ptr)?;
+            if s.timeout_ms > 10_000 || s.num > 1024 {
+                return Err(Errno::EINVAL);
+            }
+            // The buffer is checked before records leave the queue, so none is lost to a bad pointer.
+            copy_to_user(s.records, &alloc::vec![0u8; s.num as usize * core::mem::size_of::<a::FaultRecord>()])?;
+            let deadline = platform().uptime_ns().saturating_add(u64::from(s.timeout_ms) * 1_000_000);
+            let (records, overflows) = loop {
+                let (records, overflows) = with_fd(|fd, _, _| fd.fault_read(s.fault_id, s.num as usize))?;
+                if !records.is_empty() || s.num == 0 || platform().uptime_ns() >= deadline {
+                    break (records, overflows);
+                }
+                // Faults are polled: look again after a short sleep.
+                crate::task::sleep_current(5_000_000);
+                collect_faults();
+            };
+            let out: Vec<a::FaultRecord> = records.iter().map(iommufd::abi_glue::fault_record).collect();
+            copy_to_user(s.records, out.as_bytes())?;
+            s.num = out.len() as u32;
+            s.out_overflows = overflows;
+            write(ptr, &s, size)?;
+            if out.is_empty() && s.timeout_ms > 0 {
+                return Err(Errno::ETIMEDOUT);
+            }
+        }
         Op::GetHwInfo => {
             let (mut s, size) = read::<a::HwInfo>(ptr)?;
             let (unit, info, flushes) = with_fd(|fd, units, _| {
@@ -273,6 +381,16 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
                     a::HwReg { name: n, value }
                 })
                 .collect();
+            // The typed part first: it is complete even when the raw registers do not fit.
+            let (data_type, typed) = iommufd::abi_glue::typed_hw_info(&info);
+            s.out_data_type = data_type;
+            s.out_hwpt_alloc_types = iommufd::abi_glue::HWPT_ALLOC_TYPES;
+            s.out_invalidate_types = iommufd::abi_glue::INVALIDATE_TYPES;
+            if s.data_len > 0 {
+                let n = typed.len().min(s.data_len as usize);
+                copy_to_user(s.data_uptr, &typed[..n])?;
+                s.data_len = n as u32;
+            }
             let room = s.num_regs as usize;
             s.num_regs = regs.len() as u32;
             if regs.len() > room {

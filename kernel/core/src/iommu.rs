@@ -173,17 +173,18 @@ pub fn unit_name(unit: usize) -> alloc::string::String {
         .unwrap_or_default()
 }
 
-/// Takes every fault the registered units recorded and logs it; returns how many.
-pub fn log_faults() -> usize {
+/// Takes every fault the registered units recorded, logs each (decoded), and
+/// returns them with the registry index of their unit.
+pub fn take_faults() -> Vec<(usize, iommu::FaultEvent)> {
     with_units(|units| {
-        let mut n = 0;
+        let mut out = Vec::new();
         for (i, u) in units.iter_mut().enumerate() {
             for f in u.drain_faults() {
                 log::warn!("iommu: {}: {f}", unit_name(i));
-                n += 1;
+                out.push((i, f));
             }
         }
-        n
+        out
     })
 }
 

@@ -492,7 +492,21 @@ ktest::suite!(
     [units_generic_domains, units_large_pages_high_iovas_and_isolation, virtio_requests_and_reserved_regions]
 );
 
-ktest::suite!(pub IOAS = "ioas", [task_exit_releases_everything]);
+/// The hardware-specific door's user demo (`hw-vtd`): a task-owned stage 1
+/// over a NEST_PARENT HWPT carries edu's DMA, a changed PTE takes effect after
+/// `hwpt_invalidate`, a stray DMA and a PTE outside the parent are blocked
+/// and read back from a fault queue. Reports what a shadow sync cost.
+fn hw_vtd_program_passes() -> TestResult {
+    if crate::iommu::with_units(|u| u.is_empty()) || crate::edu::devices().is_empty() {
+        return Err(ktest::TestError::Skipped("no edu behind an IOMMU".into()));
+    }
+    match crate::task::run("hw-vtd") {
+        Ok(crate::platform::UserExit::Exited(0)) => Ok(()),
+        other => Err(ktest::TestError::Failed(alloc::format!("hw-vtd: {other:?}"))),
+    }
+}
+
+ktest::suite!(pub IOAS = "ioas", [task_exit_releases_everything, hw_vtd_program_passes]);
 
 #[cfg(feature = "ktest-selfcheck")]
 ktest::suite!(pub SELFCHECK = "selfcheck", [must_fail]);

@@ -850,12 +850,17 @@ fn sys_log(ptr: u64, len: u64) -> SysResult {
 }
 
 fn sys_sleep(ns: u64) -> SysResult {
+    sleep_current(ns);
+    Ok(0)
+}
+
+/// Puts the running task to sleep for `ns` (other tasks run meanwhile).
+pub(crate) fn sleep_current(ns: u64) {
     let deadline = platform().uptime_ns().saturating_add(ns);
     if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
         t.state = State::Sleeping(deadline);
     }
     to_scheduler();
-    Ok(0)
 }
 
 /// Serves one syscall of the current task.

@@ -2,13 +2,15 @@
 //! syscall doors.
 //!
 //! Objects are named by `u32` ids in a per-task table: **IOAS** (an IOVA space:
-//! areas of pinned user pages), **HWPT** (a domain of one IOMMU unit mirroring
-//! an IOAS), **DEVICE** (a PCI function the task claimed, with its unit and the
-//! ID the unit knows it by). Everything is generic over [`iommu::Iommu`] and a
-//! [`Memory`] that pins user pages, so the whole model is tested on the host
-//! against `iommu::mock::MockIommu`.
+//! areas of pinned user pages), **HWPT** (a domain of one IOMMU unit: mirroring
+//! an IOAS, or a nested child shadowing a user's stage-1 table), **DEVICE** (a
+//! PCI function the task claimed, with its unit and the ID the unit knows it
+//! by), **FAULT QUEUE** (faults of the devices of the HWPTs routed to it).
+//! Everything is generic over [`iommu::Iommu`] and a [`Memory`] that pins user
+//! pages, so the whole model is tested on the host against
+//! `iommu::mock::MockIommu`.
 //!
-//! Rules kept here:
+//! Rules kept here (generic door):
 //! - Two-phase create: an id is published only when its object is complete.
 //! - A map pins its pages (one pin per page per mapping) and mirrors them into
 //!   every HWPT of the IOAS; a failure anywhere undoes all of it.
@@ -18,14 +20,47 @@
 //!   aperture, minus each attached device's reserved regions. Ranges given to
 //!   `allow_iovas` must stay usable: an attach that would narrow them fails.
 //! - A bound device not attached to an IOAS is in a blocked domain: DMA stops.
-//! - [`Iommufd::close`] (task exit) blocks every device before any page is unpinned.
+//! - [`Iommufd::close`] (task exit) blocks every device before any page is
+//!   unpinned, then frees nested children, then their parents, then unmaps and
+//!   unpins every IOAS.
+//! - An automatic HWPT (made by an attach to an IOAS) goes with its last device.
+//!
+//! Rules of the hardware-specific door ([`Iommufd::hwpt_alloc`] and friends):
+//! - A HWPT is created on the unit of the device named at creation; attaching
+//!   a device of another unit is `EINVAL`.
+//! - A kernel-managed user HWPT ([`HwptData::Default`], [`HwptData::Driver`])
+//!   mirrors its IOAS like an automatic one but lives until `destroy`
+//!   (`EBUSY` while a device is attached or a nested child hangs off it).
+//!   Driver data goes to the unit unchanged; a unit that cannot honour it fails
+//!   the call (unlike the generic door).
+//! - A nested child ([`HwptData::Stage1X86`]) needs a parent HWPT created with
+//!   [`hwpt_flags::NEST_PARENT`]. Its stage 1 is the user's table in the parent
+//!   IOAS, shadowed into a kernel-owned paging domain (any unit kind): see
+//!   [`shadow`]. The user's table is read at creation and at each
+//!   [`Iommufd::hwpt_invalidate`] entry, never otherwise: a change to the
+//!   table, or a new map in the parent IOAS, is seen after an invalidation
+//!   (as on hardware). An unmap in the parent IOAS drops the child pages
+//!   pointing into it (unmapped and flushed) before the pages are unpinned.
+//! - Attach to any HWPT replaces the device's domain with one `attach` call:
+//!   the device is never left untranslated nor on a freed domain.
+//! - An IOAS with a HWPT on it is `EBUSY` for `destroy`; so is a fault queue
+//!   a HWPT routes to.
+//! - Faults of a device whose HWPT routes to a queue go to that queue
+//!   ([`Iommufd::deliver_fault`]); a full queue drops and counts them.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod abi_glue;
+mod hw;
 pub mod ranges;
+pub mod shadow;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use hw::{hwpt_flags, FaultRecord, HwptAlloc, HwptData, Stage1Invalidation, MAX_FAULT_QUEUE};
+pub use shadow::{ShadowLimits, ShadowStats};
 
 use abi::Errno;
 use alloc::boxed::Box;
@@ -49,6 +84,13 @@ pub trait Memory {
     fn repin(&mut self, pages: &[u64]);
     /// Drops one pin of each page.
     fn unpin(&mut self, pages: &[u64]);
+    /// Reads the 8-byte-aligned `u64` at physical address `pa` of a page this
+    /// table pinned (a user's stage-1 table entry); `None`: cannot be read (the
+    /// entry is then treated as not present). The default reads nothing.
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        let _ = pa;
+        None
+    }
 }
 
 /// The units, indexed as the kernel registered them.
@@ -109,12 +151,37 @@ struct Ioas {
     hints: Hints,
 }
 
+/// How a HWPT came to be, which decides how it goes.
+#[derive(Debug)]
+enum HwptKind {
+    /// Made by an attach to an IOAS; freed with its last device.
+    Auto,
+    /// Made by `hwpt_alloc`, mirroring its IOAS; freed by `destroy`.
+    User {
+        /// Nested children may be created under it.
+        nest_parent: bool,
+    },
+    /// A nested child of HWPT `parent`, shadowing the user's stage 1.
+    Nested { parent: u32, shadow: shadow::Shadow },
+}
+
 #[derive(Debug)]
 struct Hwpt {
     unit: usize,
     domain: DomainId,
+    /// The IOAS it mirrors; for a nested child, its parent's.
     ioas: u32,
     devices: u32,
+    kind: HwptKind,
+    /// The fault queue its devices' faults go to.
+    fault_queue: Option<u32>,
+}
+
+impl Hwpt {
+    /// Whether it mirrors its IOAS (and is on the IOAS's list).
+    fn mirrors(&self) -> bool {
+        !matches!(self.kind, HwptKind::Nested { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -131,6 +198,7 @@ enum Object {
     Ioas(Ioas),
     Hwpt(Hwpt),
     Device(Device),
+    FaultQueue(hw::FaultQueue),
 }
 
 /// What kind an object id names.
@@ -142,6 +210,8 @@ pub enum Kind {
     Hwpt,
     /// A bound device.
     Device,
+    /// A fault queue.
+    FaultQueue,
 }
 
 /// The object table of one task.
@@ -151,6 +221,8 @@ pub struct Iommufd {
     next_id: u32,
     /// A blocked domain per unit for bound devices not attached anywhere.
     blocked: BTreeMap<usize, DomainId>,
+    /// Bounds on shadowing work.
+    limits: ShadowLimits,
 }
 
 /// Where an IOVA for a new mapping comes from.
@@ -215,6 +287,7 @@ impl Iommufd {
             Object::Ioas(_) => Some(Kind::Ioas),
             Object::Hwpt(_) => Some(Kind::Hwpt),
             Object::Device(_) => Some(Kind::Device),
+            Object::FaultQueue(_) => Some(Kind::FaultQueue),
             Object::Pending => None,
         }
     }
@@ -302,10 +375,22 @@ impl Iommufd {
             .collect()
     }
 
+    /// Usable IOVA ranges of `ioas` with `devices` attached, narrowed to the
+    /// aperture of every unit it has a HWPT on (a user HWPT may have no device).
+    fn usable(&self, units: &[Box<dyn Iommu>], ioas: u32, devices: &[(usize, DeviceId)]) -> Vec<Range> {
+        let mut set = Self::usable_with(units, devices);
+        if let Ok(i) = self.ioas(ioas) {
+            for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
+                set = ranges::intersect(&set, units[h.unit].info().aperture);
+            }
+        }
+        set
+    }
+
     /// The IOVA ranges a map into `ioas` may use now.
     pub fn iova_ranges(&self, units: Units<'_>, ioas: u32) -> Result<Vec<Range>, Errno> {
         self.ioas(ioas)?;
-        Ok(Self::usable_with(units, &self.attached_devices(ioas)))
+        Ok(self.usable(units, ioas, &self.attached_devices(ioas)))
     }
 
     /// Promises that `ranges` stay usable: they must be usable now, and a
@@ -371,7 +456,7 @@ impl Iommufd {
     fn place(&self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
         let devs = self.attached_devices(ioas);
-        let usable = Self::usable_with(units, &devs);
+        let usable = self.usable(units, ioas, &devs);
         match iova {
             IovaChoice::Fixed(at) => {
                 if !at.is_multiple_of(PAGE) {
@@ -477,6 +562,11 @@ impl Iommufd {
                 first_error = first_error.or(Some(errno(e)));
             }
         }
+        // Nested children shadowing this IOAS drop what points into the areas
+        // (unmapped and flushed) before the pages are unpinned.
+        if let Err(e) = self.purge_children(units, ioas, &hit) {
+            first_error = first_error.or(Some(e));
+        }
         let i = self.ioas_mut(ioas)?;
         let mut bytes = 0;
         for (s, _) in hit {
@@ -575,20 +665,19 @@ impl Iommufd {
                 if h.unit != unit {
                     return Err(Errno::EINVAL);
                 }
+                if old != Some(pt) {
+                    self.check_fits(units, h.ioas, &[(unit, id)])?;
+                }
                 pt
             }
             Some(Kind::Ioas) => {
-                // The device's reserved regions must not collide with what is
-                // mapped, nor narrow the ranges the IOAS was promised.
-                let mut devs = self.attached_devices(pt);
-                devs.push((unit, id));
+                self.check_fits(units, pt, &[(unit, id)])?;
                 let i = self.ioas(pt)?;
-                let usable = Self::usable_with(units, &devs);
-                let taken = i.areas.iter().map(|(&s, a)| (s, s + a.len - 1));
-                if taken.chain(i.allowed.iter().copied()).any(|r| !ranges::covers(&usable, r)) {
-                    return Err(Errno::EADDRINUSE);
-                }
-                let existing = i.hwpts.iter().copied().find(|&h| self.hwpt(h).is_some_and(|h| h.unit == unit));
+                let existing = i
+                    .hwpts
+                    .iter()
+                    .copied()
+                    .find(|&h| self.hwpt(h).is_some_and(|h| h.unit == unit && matches!(h.kind, HwptKind::Auto)));
                 match existing {
                     Some(h) => h,
                     None => self.hwpt_create(units, unit, pt)?,
@@ -616,28 +705,61 @@ impl Iommufd {
         Ok(hwpt)
     }
 
-    /// A HWPT on `unit` mirroring every area of `ioas`.
+    /// Whether `ioas` can take `more` devices: their reserved regions must
+    /// not collide with what is mapped, nor narrow the ranges the IOAS was
+    /// promised, and their units' apertures must hold both (`EADDRINUSE`).
+    fn check_fits(&self, units: &[Box<dyn Iommu>], ioas: u32, more: &[(usize, DeviceId)]) -> Result<(), Errno> {
+        let mut devs = self.attached_devices(ioas);
+        devs.extend_from_slice(more);
+        let i = self.ioas(ioas)?;
+        let usable = self.usable(units, ioas, &devs);
+        let taken = i.areas.iter().map(|(&s, a)| (s, s + (a.len - 1)));
+        if taken.chain(i.allowed.iter().copied()).any(|r| !ranges::covers(&usable, r)) {
+            return Err(Errno::EADDRINUSE);
+        }
+        Ok(())
+    }
+
+    /// An automatic HWPT on `unit` mirroring every area of `ioas`.
     fn hwpt_create(&mut self, units: Units<'_>, unit: usize, ioas: u32) -> Result<u32, Errno> {
         let obj = self.reserve_id()?;
-        let u = &mut *units[unit];
-        let domain = match u.domain_alloc(DomainKind::Paging) {
+        let domain = match units[unit].domain_alloc(DomainKind::Paging) {
             Ok(d) => d,
             Err(e) => {
                 self.objects.remove(&obj);
                 return Err(errno(e));
             }
         };
-        let i = self.ioas(ioas)?;
-        let huge = i.hints.huge_pages;
-        for (&at, area) in &i.areas {
-            if let Err(e) = map_pages(u, domain, at, &area.pages, area.perms, huge) {
-                let _ = u.domain_free(domain);
-                self.objects.remove(&obj);
-                return Err(errno(e));
-            }
+        self.publish_mirror(units, obj, unit, domain, ioas, HwptKind::Auto, None)
+    }
+
+    /// Fills `domain` with every area of `ioas` and publishes it as HWPT
+    /// `obj` on the IOAS's list; on failure frees the domain and the id.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_mirror(
+        &mut self,
+        units: Units<'_>,
+        obj: u32,
+        unit: usize,
+        domain: DomainId,
+        ioas: u32,
+        kind: HwptKind,
+        fault_queue: Option<u32>,
+    ) -> Result<u32, Errno> {
+        let u = &mut *units[unit];
+        let filled = self.ioas(ioas).and_then(|i| {
+            let huge = i.hints.huge_pages;
+            i.areas
+                .iter()
+                .try_for_each(|(&at, area)| map_pages(u, domain, at, &area.pages, area.perms, huge).map_err(errno))
+        });
+        if let Err(e) = filled {
+            let _ = u.domain_free(domain);
+            self.objects.remove(&obj);
+            return Err(e);
         }
         self.ioas_mut(ioas)?.hwpts.push(obj);
-        Ok(self.publish(obj, Object::Hwpt(Hwpt { unit, domain, ioas, devices: 0 })))
+        Ok(self.publish(obj, Object::Hwpt(Hwpt { unit, domain, ioas, devices: 0, kind, fault_queue })))
     }
 
     fn drop_hwpt_ref(&mut self, units: Units<'_>, hwpt: u32) {
@@ -647,19 +769,23 @@ impl Iommufd {
         self.release_hwpt_if_unused(units, hwpt);
     }
 
-    /// Frees an automatic HWPT no device uses any more.
+    /// Frees an automatic HWPT no device uses any more (user HWPTs wait for `destroy`).
     fn release_hwpt_if_unused(&mut self, units: Units<'_>, hwpt: u32) {
-        let Some(h) = self.hwpt(hwpt) else { return };
-        if h.devices > 0 {
-            return;
+        if self.hwpt(hwpt).is_some_and(|h| h.devices == 0 && matches!(h.kind, HwptKind::Auto)) {
+            self.free_hwpt(units, hwpt);
         }
-        let (unit, domain, ioas) = (h.unit, h.domain, h.ioas);
+    }
+
+    /// Frees a HWPT with no device: its domain, its id, its place on its IOAS.
+    fn free_hwpt(&mut self, units: Units<'_>, hwpt: u32) {
+        let Some(Object::Hwpt(h)) = self.objects.remove(&hwpt) else { return };
         // Freeing the domain frees its tables and invalidates its TLB entries;
         // the pages stay pinned by the IOAS.
-        let _ = units[unit].domain_free(domain);
-        self.objects.remove(&hwpt);
-        if let Ok(i) = self.ioas_mut(ioas) {
-            i.hwpts.retain(|&x| x != hwpt);
+        let _ = units[h.unit].domain_free(h.domain);
+        if h.mirrors() {
+            if let Ok(i) = self.ioas_mut(h.ioas) {
+                i.hwpts.retain(|&x| x != hwpt);
+            }
         }
     }
 
@@ -683,14 +809,16 @@ impl Iommufd {
         Ok((d.unit, d.id))
     }
 
-    /// Destroys any object: an IOAS with attached devices or a HWPT in use is
-    /// `EBUSY`; destroying a device detaches and unbinds it (its unit's default
-    /// applies again).
+    /// Destroys any object: an IOAS with attached devices or any HWPT on it,
+    /// a HWPT with devices or nested children, a fault queue a HWPT routes to
+    /// are `EBUSY`; destroying a device detaches and unbinds it (its unit's
+    /// default applies again).
     pub fn destroy(&mut self, units: Units<'_>, mem: &mut dyn Memory, id: u32) -> Result<(), Errno> {
         match self.kind(id) {
             None => Err(Errno::ENOENT),
             Some(Kind::Ioas) => {
-                if !self.attached_devices(id).is_empty() {
+                let has_hwpt = self.objects.values().any(|o| matches!(o, Object::Hwpt(h) if h.ioas == id));
+                if has_hwpt || !self.attached_devices(id).is_empty() {
                     return Err(Errno::EBUSY);
                 }
                 if self.ioas(id)?.areas.is_empty() {
@@ -702,10 +830,17 @@ impl Iommufd {
                 r.map(|_| ())
             }
             Some(Kind::Hwpt) => {
-                if self.hwpt(id).is_some_and(|h| h.devices > 0) {
+                if self.hwpt(id).is_some_and(|h| h.devices > 0) || self.has_children(id) {
                     return Err(Errno::EBUSY);
                 }
-                self.release_hwpt_if_unused(units, id);
+                self.free_hwpt(units, id);
+                Ok(())
+            }
+            Some(Kind::FaultQueue) => {
+                if self.objects.values().any(|o| matches!(o, Object::Hwpt(h) if h.fault_queue == Some(id))) {
+                    return Err(Errno::EBUSY);
+                }
+                self.objects.remove(&id);
                 Ok(())
             }
             Some(Kind::Device) => {
@@ -721,8 +856,9 @@ impl Iommufd {
     }
 
     /// Task exit: every device blocked first (no DMA can reach a page after
-    /// this), then every IOAS unmapped and unpinned, devices unbound, blocked
-    /// domains freed. Nothing is left.
+    /// this), then nested children freed, then the HWPTs left (their parents),
+    /// then every IOAS unmapped and unpinned, devices unbound, blocked domains
+    /// freed. Nothing is left.
     pub fn close(&mut self, units: Units<'_>, mem: &mut dyn Memory) {
         let devices: Vec<u32> =
             self.objects.iter().filter(|(_, o)| matches!(o, Object::Device(_))).map(|(&id, _)| id).collect();
@@ -730,6 +866,19 @@ impl Iommufd {
             if self.device(d).is_ok_and(|x| x.hwpt.is_some()) {
                 let _ = self.device_detach(units, d);
             }
+        }
+        let hwpts = |fd: &Self, nested: bool| -> Vec<u32> {
+            fd.objects
+                .iter()
+                .filter(|(_, o)| matches!(o, Object::Hwpt(h) if h.mirrors() != nested))
+                .map(|(&id, _)| id)
+                .collect()
+        };
+        for h in hwpts(self, true) {
+            self.free_hwpt(units, h);
+        }
+        for h in hwpts(self, false) {
+            self.free_hwpt(units, h);
         }
         let ioases: Vec<u32> =
             self.objects.iter().filter(|(_, o)| matches!(o, Object::Ioas(_))).map(|(&id, _)| id).collect();
@@ -868,5 +1017,7 @@ fn map_pages(
     Ok(())
 }
 
+#[cfg(test)]
+mod hw_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! A fake task memory for host tests (feature `testing`): pages map to
-//! `PA_BASE + va`, pins are counted, pinning can be made to fail.
+//! `PA_BASE + va`, pins are counted, pinning can be made to fail, and 64-bit
+//! words can be written and read back (user page tables for shadowing).
 
 use crate::{Memory, PAGE};
 use abi::Errno;
@@ -18,6 +19,8 @@ pub struct FakeMemory {
     pub pins: BTreeMap<u64, u32>,
     /// Make every `pin` fail with `EFAULT`.
     pub fail_pin: bool,
+    /// Memory contents by physical address (8-byte aligned words; absent: zero).
+    pub ram: BTreeMap<u64, u64>,
 }
 
 impl FakeMemory {
@@ -26,6 +29,17 @@ impl FakeMemory {
             None => page < 1 << 30,
             Some(set) => set.contains(&page),
         }
+    }
+
+    /// Writes `value` at task virtual address `va` (8-byte aligned).
+    pub fn write_u64(&mut self, va: u64, value: u64) {
+        assert!(va.is_multiple_of(8), "unaligned word at {va:#x}");
+        self.ram.insert(PA_BASE + va, value);
+    }
+
+    /// The word at task virtual address `va` (zero when never written).
+    pub fn get_u64(&self, va: u64) -> u64 {
+        self.ram.get(&(PA_BASE + va)).copied().unwrap_or(0)
     }
 }
 
@@ -50,6 +64,11 @@ impl Memory for FakeMemory {
         for p in pages {
             *self.pins.entry(*p).or_default() += 1;
         }
+    }
+
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        let va = pa.checked_sub(PA_BASE)?;
+        (pa.is_multiple_of(8) && self.is_mapped(va & !(PAGE - 1))).then(|| self.ram.get(&pa).copied().unwrap_or(0))
     }
 
     fn unpin(&mut self, pages: &[u64]) {

@@ -1,4 +1,5 @@
-//! Selftest scenarios for the generic IOAS door, written once against the
+//! Selftest scenarios for the generic IOAS door and the rules of the
+//! hardware-specific door (`hw_*`, module `hw`), written once against the
 //! [`Door`] trait: user space runs them through the `iommufd` syscall under
 //! QEMU (program `test-ioas`), the host runs them against the object model
 //! and `MockIommu` (`tests/mock.rs`). Output is KTAP (`user.ioas.<case>`).
@@ -66,6 +67,39 @@ pub trait Door {
     fn raw(&mut self, op: u64, bytes: &mut [u8]) -> Option<Result<(), Errno>>;
     /// The raw syscall with an arbitrary struct pointer.
     fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>>;
+
+    // The hardware-specific door.
+
+    /// `get_hw_info` with typed data into `data`: (data type, bytes written,
+    /// `hwpt_alloc` types, `hwpt_invalidate` types).
+    fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno>;
+    /// `hwpt_alloc` with raw `HWPT_ALLOC_*` flags, typed data and `fault_id`.
+    fn hwpt_alloc(
+        &mut self,
+        dev: u32,
+        parent: u32,
+        flags: u32,
+        data_type: u32,
+        data: &[u8],
+        fault_id: u32,
+    ) -> Result<u32, Errno>;
+    /// `hwpt_invalidate` of `entries` (`entry_len` bytes each): (handled, result).
+    fn hwpt_invalidate(
+        &mut self,
+        hwpt: u32,
+        data_type: u32,
+        entries: &[u8],
+        entry_len: u32,
+    ) -> (u32, Result<(), Errno>);
+    /// `fault_queue_alloc`.
+    fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno>;
+    /// `fault_read` of up to `room` records, waiting up to `timeout_ms`.
+    fn fault_read(
+        &mut self,
+        queue: u32,
+        room: usize,
+        timeout_ms: u32,
+    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno>;
 }
 
 /// A case's verdict.
@@ -107,6 +141,8 @@ macro_rules! try_ok {
         }
     };
 }
+
+mod hw;
 
 fn with_ioas(d: &mut dyn Door, f: impl FnOnce(&mut dyn Door, u32) -> Verdict) -> Verdict {
     let ioas = try_ok!(d.ioas_alloc());
@@ -820,6 +856,7 @@ pub fn cases() -> Vec<(String, Case)> {
         let missing = abi::bdf(0, 0xEE, 31, 7) as u32;
         raw_call(d, Op::DeviceBind as u64, &[24, 0, missing, 0], 24, Err(Errno::ENOENT))
     });
+    v.extend(hw::cases());
     v
 }
 

@@ -120,6 +120,77 @@ impl Door for HostDoor {
     fn raw_ptr(&mut self, _op: u64, _ptr: u64) -> Option<Result<(), Errno>> {
         None
     }
+    fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
+        let (unit, _) = self.fd.device_unit(dev)?;
+        let (kind, typed) = iommufd::abi_glue::typed_hw_info(&self.units[unit].info());
+        let n = typed.len().min(data.len());
+        data[..n].copy_from_slice(&typed[..n]);
+        Ok((kind, n, iommufd::abi_glue::HWPT_ALLOC_TYPES, iommufd::abi_glue::INVALIDATE_TYPES))
+    }
+    fn hwpt_alloc(
+        &mut self,
+        dev: u32,
+        parent: u32,
+        flags: u32,
+        data_type: u32,
+        data: &[u8],
+        fault_id: u32,
+    ) -> Result<u32, Errno> {
+        // The same decoding the kernel does: the ABI's flag rules, then the data rules.
+        let s = abi::ioas::HwptAlloc {
+            size: std::mem::size_of::<abi::ioas::HwptAlloc>() as u32,
+            flags,
+            dev_id: dev,
+            pt_id: parent,
+            data_type,
+            data_len: data.len() as u32,
+            data_uptr: 0,
+            fault_id,
+            out_hwpt_id: 0,
+        };
+        let s: abi::ioas::HwptAlloc = abi::ioas::decode(zerocopy::IntoBytes::as_bytes(&s))?;
+        let args = iommufd::abi_glue::hwpt_alloc(&s, data)?;
+        self.fd.hwpt_alloc(&mut self.units, &mut self.mem, args)
+    }
+    fn hwpt_invalidate(
+        &mut self,
+        hwpt: u32,
+        data_type: u32,
+        entries: &[u8],
+        entry_len: u32,
+    ) -> (u32, Result<(), Errno>) {
+        let s = abi::ioas::HwptInvalidate {
+            size: 32,
+            hwpt_id: hwpt,
+            data_type,
+            entry_len,
+            entry_num: entries.len().checked_div(entry_len as usize).unwrap_or(0) as u32,
+            ..Default::default()
+        };
+        if let Err(e) = iommufd::abi_glue::invalidation_bytes(&s) {
+            return (0, Err(e));
+        }
+        let (list, bad) = iommufd::abi_glue::invalidations(entries, entry_len as usize);
+        let (handled, r) = self.fd.hwpt_invalidate(&mut self.units, &mut self.mem, hwpt, &list);
+        (handled, r.and(bad.map_or(Ok(()), Err)))
+    }
+    fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno> {
+        let s = abi::ioas::FaultQueueAlloc { size: 16, capacity, ..Default::default() };
+        self.fd.fault_queue_alloc(iommufd::abi_glue::fault_queue_capacity(&s)?)
+    }
+    fn fault_read(
+        &mut self,
+        queue: u32,
+        room: usize,
+        timeout_ms: u32,
+    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno> {
+        let (records, overflows) = self.fd.fault_read(queue, room)?;
+        if records.is_empty() && timeout_ms > 0 {
+            return Err(Errno::ETIMEDOUT);
+        }
+        let out = records.iter().map(iommufd::abi_glue::fault_record).collect();
+        Ok((out, overflows))
+    }
 }
 
 #[test]

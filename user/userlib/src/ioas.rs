@@ -175,3 +175,108 @@ pub fn hw_info(dev: u32, regs: &mut [a::HwReg]) -> Result<UnitInfo, Errno> {
     call(Op::GetHwInfo, &mut s)?;
     Ok(UnitInfo { kind: s.out_kind, num_regs: s.num_regs as usize, name: s.out_unit_name, flushes: s.out_flushes })
 }
+
+// ---- The hardware-specific door -------------------------------------------
+
+/// What the typed `hw_info` says: the unit's capabilities in its own struct
+/// (`data`, `data_len` bytes of it) and which HWPT data types it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct TypedInfo {
+    /// `abi::ioas::hw_kind::*` of the data.
+    pub data_type: u32,
+    /// Bytes written to the caller's buffer.
+    pub data_len: usize,
+    /// Bit n: `hwpt_alloc` accepts data type n.
+    pub hwpt_alloc_types: u64,
+    /// Bit n: `hwpt_invalidate` accepts data type n.
+    pub invalidate_types: u64,
+}
+
+/// The typed capabilities of a device's unit, written into `data` (for
+/// example an `abi::ioas::HwInfoVtd`'s bytes).
+pub fn hw_info_typed(dev: u32, data: &mut [u8]) -> Result<TypedInfo, Errno> {
+    // Room for the raw registers too, so the call does not end in E2BIG.
+    let mut regs = [a::HwReg::default(); 16];
+    let mut s = a::HwInfo {
+        size: size_of::<a::HwInfo>(),
+        dev_id: dev,
+        num_regs: regs.len() as u32,
+        data: regs.as_mut_ptr() as u64,
+        data_len: data.len() as u32,
+        data_uptr: data.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    call(Op::GetHwInfo, &mut s)?;
+    Ok(TypedInfo {
+        data_type: s.out_data_type,
+        data_len: s.data_len as usize,
+        hwpt_alloc_types: s.out_hwpt_alloc_types,
+        invalidate_types: s.out_invalidate_types,
+    })
+}
+
+/// A HWPT on `dev`'s unit under `parent` (an IOAS, or a NEST_PARENT HWPT for a
+/// nested child) with `flags` (`HWPT_ALLOC_*`; `HWPT_ALLOC_FAULT_ID_VALID` is
+/// added when `fault` is given) and typed `data` of `data_type`.
+pub fn hwpt_alloc(
+    dev: u32,
+    parent: u32,
+    flags: u32,
+    data_type: u32,
+    data: &[u8],
+    fault: Option<u32>,
+) -> Result<u32, Errno> {
+    let mut s = a::HwptAlloc {
+        size: size_of::<a::HwptAlloc>(),
+        flags: flags | if fault.is_some() { a::HWPT_ALLOC_FAULT_ID_VALID } else { 0 },
+        dev_id: dev,
+        pt_id: parent,
+        data_type,
+        data_len: data.len() as u32,
+        data_uptr: data.as_ptr() as u64,
+        fault_id: fault.unwrap_or(0),
+        ..Default::default()
+    };
+    call(Op::HwptAlloc, &mut s)?;
+    Ok(s.out_hwpt_id)
+}
+
+/// Hands `entries` (each `entry_len` bytes of `data_type`) to a HWPT; returns
+/// how many were handled, also when the batch stopped at a bad one (then
+/// the error comes with the count).
+pub fn hwpt_invalidate(hwpt: u32, data_type: u32, entries: &[u8], entry_len: usize) -> (u32, Result<(), Errno>) {
+    let num = entries.len().checked_div(entry_len).unwrap_or(0);
+    let mut s = a::HwptInvalidate {
+        size: size_of::<a::HwptInvalidate>(),
+        hwpt_id: hwpt,
+        data_type,
+        data_uptr: entries.as_ptr() as u64,
+        entry_len: entry_len as u32,
+        entry_num: num as u32,
+        ..Default::default()
+    };
+    let r = call(Op::HwptInvalidate, &mut s).map(|_| ());
+    (s.entry_num, r)
+}
+
+/// A fault queue holding `capacity` records.
+pub fn fault_queue_alloc(capacity: u32) -> Result<u32, Errno> {
+    let mut s = a::FaultQueueAlloc { size: size_of::<a::FaultQueueAlloc>(), capacity, ..Default::default() };
+    call(Op::FaultQueueAlloc, &mut s)?;
+    Ok(s.out_fault_id)
+}
+
+/// Reads up to `out.len()` fault records, waiting up to `timeout_ms` for the
+/// first; returns (records read, overflows since the last read).
+pub fn fault_read(queue: u32, out: &mut [a::FaultRecord], timeout_ms: u32) -> Result<(usize, u64), Errno> {
+    let mut s = a::FaultRead {
+        size: size_of::<a::FaultRead>(),
+        fault_id: queue,
+        timeout_ms,
+        records: out.as_mut_ptr() as u64,
+        num: out.len() as u32,
+        ..Default::default()
+    };
+    call(Op::FaultRead, &mut s)?;
+    Ok((s.num as usize, s.out_overflows))
+}

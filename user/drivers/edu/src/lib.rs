@@ -46,11 +46,22 @@ fn check_that(ok: bool, what: &'static str) -> Result<(), Failure> {
 }
 
 /// The device's DMA engine through its mapped BAR0.
-struct Edu {
+pub struct Edu {
     regs: u64,
 }
 
 impl Edu {
+    /// Claims the `edu` function `bdf` (released when the task ends), maps
+    /// its BAR0 and turns bus mastering on.
+    pub fn open(bdf: u64) -> Result<Edu, Failure> {
+        sys::device_claim(bdf).map_err(fail("claim"))?;
+        let edu = Edu { regs: sys::device_map_bar(bdf, 0).map_err(fail("map BAR0"))? };
+        // Bus mastering on (PCI command register bit 2), or the device cannot DMA at all.
+        let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
+        sys::device_config_write(bdf, 4, 2, command | 4).map_err(fail("enable bus mastering"))?;
+        Ok(edu)
+    }
+
     fn write64(&self, off: u64, v: u64) {
         // SAFETY: `regs` maps edu's BAR0 in this task (device memory); 0x80..0xA0 take 8-byte writes.
         unsafe { ((self.regs + off) as *mut u64).write_volatile(v) }
@@ -62,7 +73,8 @@ impl Edu {
     }
 
     /// Copies a page between `iova` and the device buffer; waits up to 2 s.
-    fn dma(&self, iova: u64, to_ram: bool) -> Result<(), Failure> {
+    /// (edu reports completion even when the IOMMU blocked the transfer.)
+    pub fn dma(&self, iova: u64, to_ram: bool) -> Result<(), Failure> {
         let (src, dst) = if to_ram { (EDU_BUFFER, iova) } else { (iova, EDU_BUFFER) };
         self.write64(0x80, src);
         self.write64(0x88, dst);
@@ -97,11 +109,7 @@ pub struct Report {
 /// the task ends): DMA both ways must carry the data, DMA to an unmapped IOVA
 /// must leave memory untouched.
 pub fn check(bdf: u64) -> Result<Report, Failure> {
-    sys::device_claim(bdf).map_err(fail("claim"))?;
-    let edu = Edu { regs: sys::device_map_bar(bdf, 0).map_err(fail("map BAR0"))? };
-    // Bus mastering on (PCI command register bit 2), or the device cannot DMA at all.
-    let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
-    sys::device_config_write(bdf, 4, 2, command | 4).map_err(fail("enable bus mastering"))?;
+    let edu = Edu::open(bdf)?;
     let dev = ioas::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
     let unit = ioas::hw_info(dev, &mut []).or_else(|e| match e {
         // No room for registers is fine: the kind and name came back.

@@ -1,7 +1,9 @@
 //! Used by the kernel test `ioas.task_exit_releases_everything`: builds IOAS
-//! state (an IOAS with mappings, a copy, a bound and attached `edu` when one
-//! is behind an IOMMU), unmaps one DMA-mapped page from its own address space,
-//! and exits without tearing anything down. The kernel must clean up.
+//! state (an IOAS with mappings, a copy, a bound `edu` when one is behind an
+//! IOMMU, attached to a nested child HWPT whose stage-1 tables live in the
+//! mapped pages, over a NEST_PARENT HWPT, with a fault queue), unmaps one
+//! DMA-mapped page from its own address space, and exits without tearing
+//! anything down. The kernel must clean up.
 #![no_std]
 #![no_main]
 
@@ -15,20 +17,37 @@ fn main() -> i32 {
     let Ok(b) = ioas::ioas_alloc() else { return 2 };
     let Ok(buf) = sys::mem_map(0, 8 * 4096, abi::PROT_READ | abi::PROT_WRITE) else { return 3 };
     let mut list = [DeviceInfo::default(); 64];
+    let mut dev = None;
     let n = sys::device_list(&mut list).unwrap_or(0) as usize;
     if let Some(edu) = list[..n.min(64)]
         .iter()
         .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_BEHIND_IOMMU != 0)
     {
         if sys::device_claim(edu.bdf).is_ok() {
-            if let Ok(dev) = ioas::device_bind(edu.bdf) {
-                let _ = ioas::device_attach(dev, a);
+            if let Ok(d) = ioas::device_bind(edu.bdf) {
+                let _ = ioas::device_attach(d, a);
+                dev = Some(d);
             }
         }
     }
     let Ok(at) = ioas::map(a, buf, 8 * 4096, None, rw) else { return 4 };
     if ioas::copy(b, a, at, 4 * 4096, None, rw).is_err() {
         return 5;
+    }
+    if let Some(dev) = dev {
+        // Hardware-specific door: a nested child with an (empty) stage 1 at
+        // the first mapped page, faults routed to a queue, the device on it.
+        let s1 = abi::ioas::HwptVtdS1 { pgtbl_addr: at, addr_width: 48, ..Default::default() };
+        let nested = ioas::hwpt_alloc(dev, a, abi::ioas::HWPT_ALLOC_NEST_PARENT, abi::ioas::hwpt_data::NONE, &[], None)
+            .and_then(|parent| {
+                let queue = ioas::fault_queue_alloc(16)?;
+                let data = zerocopy::IntoBytes::as_bytes(&s1);
+                ioas::hwpt_alloc(dev, parent, 0, abi::ioas::hwpt_data::VTD_S1, data, Some(queue))
+            })
+            .and_then(|child| ioas::device_attach(dev, child));
+        if nested.is_err() {
+            return 7;
+        }
     }
     // The first page stays DMA-mapped while the task lets go of it.
     if sys::mem_unmap(buf, 4096).is_err() {

@@ -81,6 +81,57 @@ impl Door for SyscallDoor {
     fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
         Some(abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])).map(|_| ()))
     }
+    fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
+        let t = ioas::hw_info_typed(dev, data)?;
+        Ok((t.data_type, t.data_len, t.hwpt_alloc_types, t.invalidate_types))
+    }
+    fn hwpt_alloc(
+        &mut self,
+        dev: u32,
+        parent: u32,
+        flags: u32,
+        data_type: u32,
+        data: &[u8],
+        fault_id: u32,
+    ) -> Result<u32, Errno> {
+        // Raw flags as given (FAULT_ID_VALID included or not).
+        let mut s = abi::ioas::HwptAlloc {
+            size: core::mem::size_of::<abi::ioas::HwptAlloc>() as u32,
+            flags,
+            dev_id: dev,
+            pt_id: parent,
+            data_type,
+            data_len: data.len() as u32,
+            data_uptr: data.as_ptr() as u64,
+            fault_id,
+            out_hwpt_id: 0,
+        };
+        ioas::call(abi::ioas::Op::HwptAlloc, &mut s)?;
+        Ok(s.out_hwpt_id)
+    }
+    fn hwpt_invalidate(
+        &mut self,
+        hwpt: u32,
+        data_type: u32,
+        entries: &[u8],
+        entry_len: u32,
+    ) -> (u32, Result<(), Errno>) {
+        ioas::hwpt_invalidate(hwpt, data_type, entries, entry_len as usize)
+    }
+    fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno> {
+        ioas::fault_queue_alloc(capacity)
+    }
+    fn fault_read(
+        &mut self,
+        queue: u32,
+        room: usize,
+        timeout_ms: u32,
+    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno> {
+        let mut buf = alloc::vec![abi::ioas::FaultRecord::default(); room];
+        let (n, overflows) = ioas::fault_read(queue, &mut buf, timeout_ms)?;
+        buf.truncate(n);
+        Ok((buf, overflows))
+    }
 }
 
 fn main() -> i32 {

@@ -1,0 +1,386 @@
+//! Shadowing of a user-owned stage-1 table (x86-64 paging: VT-d first
+//! stage, AMD v2) into a kernel-owned paging domain.
+//!
+//! The user's table lives in its parent IOAS: every table address and every
+//! output address is a parent IOVA. A sync walks a range of the user's table
+//! with [`io_pgtable::walk_foreign`], reading each entry through the parent
+//! IOAS (IOVA → area → pinned page → [`Memory::read_u64`]), and maps into the
+//! child's domain the composition: stage-1 IOVA → parent IOVA → pinned page,
+//! with the stage-1 permissions (R/W of every level on the path) ∧ the area's.
+//! What cannot be composed is left unmapped, so a device's DMA there faults:
+//! an entry that cannot be read, an output outside every area, a page the unit
+//! refuses (outside its aperture, taken by a direct-map region, a permission
+//! set its format cannot express).
+//!
+//! What a child has mapped is kept as chunks (one `map` call each: a run of
+//! physically contiguous pages inside one stage-1 leaf and one IOAS area), so
+//! a re-sync unmaps exactly what it mapped and never asks the unit to split a
+//! large leaf: a re-sync widens its range to whole chunks. An index by parent
+//! IOVA finds the chunks an IOAS unmap hits.
+//!
+//! Not emulated: accessed/dirty bits are never written back into the user's
+//! table, and U/S is ignored (every device access is treated alike).
+
+use crate::{errno, merge, Ioas, Memory, PAGE};
+use abi::Errno;
+use alloc::collections::{BTreeMap, BTreeSet};
+use core::cell::Cell;
+use io_pgtable::formats::X86Paging;
+use io_pgtable::{level_size, Entry, Format, Gather};
+use iommu::{DomainId, Iommu, Perms};
+
+/// Bounds on the work one child may cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowLimits {
+    /// Most 4 KiB pages a child may have mapped (default 2^20: 4 GiB). A sync
+    /// that would go beyond stops with `ENOSPC`.
+    pub max_pages: u64,
+    /// Most table entries one sync may read (default 2^23). A sync that runs
+    /// out stops with `ENOSPC`: a table that fans out without end (every entry
+    /// pointing back at its own table) costs this much and no more.
+    pub max_reads: u64,
+}
+
+impl Default for ShadowLimits {
+    fn default() -> Self {
+        ShadowLimits { max_pages: 1 << 20, max_reads: 1 << 23 }
+    }
+}
+
+/// What shadowing a nested child costs, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// 4 KiB pages mapped in the child's domain now.
+    pub pages: u64,
+    /// Syncs so far (the one at creation and one per invalidation entry).
+    pub syncs: u64,
+    /// Stage-1 4 KiB pages the last sync found mapped by the user's table
+    /// (composed or not).
+    pub last_walked: u64,
+    /// Table entries the last sync read.
+    pub last_reads: u64,
+}
+
+/// A run mapped with one `map` call.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    /// Parent IOVA of its first page.
+    src: u64,
+    /// Length in bytes.
+    len: u64,
+}
+
+/// The shadow state of one nested child.
+#[derive(Debug, Default)]
+pub(crate) struct Shadow {
+    /// Parent IOVA of the user's top-level table.
+    root: u64,
+    /// 4 or 5.
+    levels: usize,
+    /// Stage-1 IOVA → chunk.
+    chunks: BTreeMap<u64, Chunk>,
+    /// (parent IOVA, stage-1 IOVA) of every chunk.
+    by_src: BTreeSet<(u64, u64)>,
+    stats: ShadowStats,
+}
+
+/// What a sync works with.
+pub(crate) struct SyncCtx<'a> {
+    /// The parent IOAS (the user's tables and output addresses live here).
+    pub ioas: &'a Ioas,
+    /// The task's memory, for reading table entries.
+    pub mem: &'a dyn Memory,
+    /// The child's unit.
+    pub unit: &'a mut dyn Iommu,
+    /// The child's domain.
+    pub domain: DomainId,
+    /// Work bounds.
+    pub limits: ShadowLimits,
+}
+
+/// Reads user table entries through the IOAS, counting against a budget.
+struct Reader<'a> {
+    ioas: &'a Ioas,
+    mem: &'a dyn Memory,
+    reads: Cell<u64>,
+    limit: u64,
+    /// Set when the budget ran out.
+    exhausted: Cell<bool>,
+    /// Set to end the walk early (every read answers `None`).
+    stop: Cell<bool>,
+}
+
+impl Reader<'_> {
+    fn read(&self, table: u64, index: usize) -> Option<u64> {
+        if self.stop.get() {
+            return None;
+        }
+        let n = self.reads.get() + 1;
+        self.reads.set(n);
+        if n > self.limit {
+            self.exhausted.set(true);
+            self.stop.set(true);
+            return None;
+        }
+        let addr = table.checked_add(index as u64 * 8)?;
+        let (&start, area) = self.ioas.areas.range(..=addr).next_back()?;
+        let off = addr - start;
+        // The walk reads through stage 2: the area must be readable.
+        if off > area.len - 1 || !area.perms.contains(Perms::READ) {
+            return None;
+        }
+        self.mem.read_u64(area.pages[(off / PAGE) as usize] + off % PAGE)
+    }
+}
+
+/// Whether a unit's refusal to map a page only means "this page cannot be
+/// translated" (the page stays unmapped) rather than a failure of the sync.
+fn page_refused(e: iommu::Error) -> bool {
+    matches!(e, iommu::Error::Map(_) | iommu::Error::OutOfAperture { .. } | iommu::Error::NotSupported(_))
+}
+
+impl Shadow {
+    /// An empty shadow of the table at parent IOVA `root`.
+    pub fn new(root: u64, levels: usize) -> Self {
+        Shadow { root, levels, ..Shadow::default() }
+    }
+
+    fn format(&self) -> X86Paging {
+        // 1 GiB leaves included: AMD v2 always has them, VT-d with FL1GP.
+        X86Paging { levels: self.levels, max_leaf_level: 2, name: "user-stage1" }
+    }
+
+    /// Costs so far.
+    pub fn stats(&self) -> ShadowStats {
+        self.stats
+    }
+
+    fn insert(&mut self, iova: u64, c: Chunk) {
+        self.chunks.insert(iova, c);
+        self.by_src.insert((c.src, iova));
+        self.stats.pages += c.len / PAGE;
+    }
+
+    fn remove(&mut self, iova: u64) {
+        if let Some(c) = self.chunks.remove(&iova) {
+            self.by_src.remove(&(c.src, iova));
+            self.stats.pages -= c.len / PAGE;
+        }
+    }
+
+    /// Re-reads `[start, end)` of the user's table (widened to whole chunks,
+    /// clipped to the stage-1 input space and the unit's aperture): unmaps what
+    /// the child had there, maps what the table says now, flushes once. On an
+    /// error what is recorded stays exactly what is mapped.
+    pub fn sync(&mut self, cx: &mut SyncCtx<'_>, start: u64, end: u64) -> Result<(), Errno> {
+        self.stats.syncs += 1;
+        self.stats.last_walked = 0;
+        self.stats.last_reads = 0;
+        let (lo, hi) = self.span(cx.unit.info().aperture);
+        let (mut start, mut end) = (start.max(lo) & !(PAGE - 1), end.min(hi).next_multiple_of(PAGE));
+        if start >= end {
+            return Ok(());
+        }
+        if let Some((&s, c)) = self.chunks.range(..start).next_back() {
+            if s + c.len > start {
+                start = s;
+            }
+        }
+        if let Some((&s, c)) = self.chunks.range(..end).next_back() {
+            end = end.max(s + c.len);
+        }
+        let mut gather = Gather::default();
+        let mut result = Ok(());
+        let old: alloc::vec::Vec<(u64, u64)> = self.chunks.range(start..end).map(|(&s, c)| (s, c.len)).collect();
+        for (s, len) in old {
+            match cx.unit.unmap(cx.domain, s, len) {
+                Ok(u) => {
+                    merge(&mut gather, u.gather);
+                    self.remove(s);
+                }
+                Err(e) => {
+                    result = Err(errno(e));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self.fill(cx, start, end);
+        }
+        if !gather.is_empty() {
+            if let Err(e) = cx.unit.flush(cx.domain, gather) {
+                result = result.and(Err(errno(e)));
+            }
+        }
+        result
+    }
+
+    /// The stage-1 IOVAs `[lo, hi)` that can translate on a unit with `aperture`.
+    fn span(&self, aperture: (u64, u64)) -> (u64, u64) {
+        let top = level_size(self.levels); // 2^(12 + 9 * levels)
+        let lo = aperture.0.checked_next_multiple_of(PAGE).unwrap_or(u64::MAX);
+        let hi = aperture.1.saturating_add(1).min(top) & !(PAGE - 1);
+        (lo, hi)
+    }
+
+    /// Maps what the user's table says about `[start, end)` (nothing of it is
+    /// mapped in the child when this is called).
+    fn fill(&mut self, cx: &mut SyncCtx<'_>, start: u64, end: u64) -> Result<(), Errno> {
+        let fmt = self.format();
+        let (root, levels) = (self.root, self.levels);
+        let reader = Reader {
+            ioas: cx.ioas,
+            mem: cx.mem,
+            reads: Cell::new(0),
+            limit: cx.limits.max_reads,
+            exhausted: Cell::new(false),
+            stop: Cell::new(false),
+        };
+        let ioas = cx.ioas;
+        let huge = ioas.hints.huge_pages;
+        let (unit, domain, max_pages) = (&mut *cx.unit, cx.domain, cx.limits.max_pages);
+        let mut err: Option<Errno> = None;
+        let mut walked = 0u64;
+        // Write permission of the tables above the last leaf's table: (key, writable).
+        let mut path_cache: Option<((usize, u64), bool)> = None;
+        io_pgtable::walk_foreign(&fmt, root, &mut |t, i| reader.read(t, i), start, end, &mut |va, size, out, perms| {
+            if err.is_some() {
+                return;
+            }
+            let (lo, hi) = (va.max(start), va.saturating_add(size).min(end));
+            walked += (hi - lo) / PAGE;
+            let mut perms = perms & (Perms::READ | Perms::WRITE);
+            if perms.contains(Perms::WRITE) {
+                let leaf_level = (size.trailing_zeros() as usize - 12) / 9;
+                let key = (leaf_level, va >> (12 + 9 * (leaf_level + 1)));
+                let writable = match path_cache {
+                    Some((k, w)) if k == key => w,
+                    _ => {
+                        let w = path_writable(&fmt, &reader, root, levels, leaf_level, va);
+                        path_cache = Some((key, w));
+                        w
+                    }
+                };
+                perms.set(Perms::WRITE, writable);
+            }
+            let Some(src_lo) = out.checked_add(lo - va) else { return };
+            let Some(src_last) = src_lo.checked_add(hi - lo - 1) else { return };
+            // The areas overlapping [src_lo, src_last], in order.
+            let first = match ioas.areas.range(..=src_lo).next_back() {
+                Some((&s, a)) if s + (a.len - 1) >= src_lo => s,
+                _ => src_lo,
+            };
+            for (&s, area) in ioas.areas.range(first..=src_last) {
+                let p = perms & area.perms;
+                if !p.intersects(Perms::READ | Perms::WRITE) {
+                    continue;
+                }
+                let (a_lo, a_last) = (s.max(src_lo), (s + (area.len - 1)).min(src_last));
+                let first_page = ((a_lo - s) / PAGE) as usize;
+                let pages = &area.pages[first_page..first_page + ((a_last - a_lo) / PAGE) as usize + 1];
+                let iova = lo + (a_lo - src_lo);
+                let mut i = 0;
+                while i < pages.len() {
+                    let mut n = 1;
+                    while huge && i + n < pages.len() && pages[i + n] == pages[i] + n as u64 * PAGE {
+                        n += 1;
+                    }
+                    let at = iova + i as u64 * PAGE;
+                    let src = a_lo + i as u64 * PAGE;
+                    if let Err(e) = self.map_run(unit, domain, max_pages, at, src, &pages[i..i + n], p) {
+                        err = Some(e);
+                        reader.stop.set(true);
+                        return;
+                    }
+                    i += n;
+                }
+            }
+        });
+        self.stats.last_walked = walked;
+        self.stats.last_reads = reader.reads.get().min(cx.limits.max_reads);
+        match err {
+            Some(e) => Err(e),
+            None if reader.exhausted.get() => Err(Errno::ENOSPC),
+            None => Ok(()),
+        }
+    }
+
+    /// Maps physically contiguous `pages` at stage-1 IOVA `at` (parent IOVA
+    /// `src`); pages the unit refuses are left out.
+    #[allow(clippy::too_many_arguments)]
+    fn map_run(
+        &mut self,
+        unit: &mut dyn Iommu,
+        domain: DomainId,
+        max_pages: u64,
+        at: u64,
+        src: u64,
+        pages: &[u64],
+        perms: Perms,
+    ) -> Result<(), Errno> {
+        let n = pages.len() as u64;
+        if self.stats.pages + n > max_pages {
+            return Err(Errno::ENOSPC);
+        }
+        match unit.map(domain, at, pages[0], n * PAGE, perms) {
+            Ok(()) => {
+                self.insert(at, Chunk { src, len: n * PAGE });
+                Ok(())
+            }
+            Err(e) if page_refused(e) && n > 1 => {
+                // One page in the way (a direct-map region, say): the others still go in.
+                for (k, &pa) in pages.iter().enumerate() {
+                    let off = k as u64 * PAGE;
+                    self.map_run(unit, domain, max_pages, at + off, src + off, &[pa], perms)?;
+                }
+                Ok(())
+            }
+            Err(e) if page_refused(e) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Unmaps every chunk pointing into parent IOVAs `[first, last]` (the
+    /// pages of an area about to be unpinned) into `gather`; the caller
+    /// flushes. A chunk the unit fails to unmap stays recorded.
+    pub fn purge(
+        &mut self,
+        unit: &mut dyn Iommu,
+        domain: DomainId,
+        first: u64,
+        last: u64,
+        gather: &mut Gather,
+    ) -> Result<(), Errno> {
+        let hit: alloc::vec::Vec<u64> =
+            self.by_src.range((first, 0)..=(last, u64::MAX)).map(|&(_, iova)| iova).collect();
+        let mut result = Ok(());
+        for iova in hit {
+            let len = self.chunks[&iova].len;
+            match unit.unmap(domain, iova, len) {
+                Ok(u) => {
+                    merge(gather, u.gather);
+                    self.remove(iova);
+                }
+                Err(e) => result = result.and(Err(errno(e))),
+            }
+        }
+        result
+    }
+}
+
+/// Whether every table entry above the leaf mapping `va` at `leaf_level`
+/// allows writes (x86 paging: R/W, bit 1, on every level of the path).
+fn path_writable(fmt: &X86Paging, reader: &Reader<'_>, root: u64, levels: usize, leaf_level: usize, va: u64) -> bool {
+    let mut table = root;
+    for level in (leaf_level + 1..levels).rev() {
+        let Some(pte) = reader.read(table, ((va >> (12 + 9 * level)) & 0x1FF) as usize) else { return false };
+        if pte & 2 == 0 {
+            return false;
+        }
+        match fmt.decode(pte, level) {
+            Entry::Table(next) => table = next,
+            _ => return false,
+        }
+    }
+    true
+}
