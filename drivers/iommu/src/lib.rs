@@ -234,6 +234,9 @@ pub enum Error {
     Map(io_pgtable::Error),
     /// The hardware did not do what it was asked (a timeout, a queue error).
     Hardware(&'static str),
+    /// Driver data (hardware-specific door) the unit refuses: a reserved or
+    /// forbidden field set, a value out of range (named).
+    InvalidData(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -251,6 +254,7 @@ impl fmt::Display for Error {
             }
             Error::Map(e) => write!(f, "page table: {e}"),
             Error::Hardware(what) => write!(f, "hardware error: {what}"),
+            Error::InvalidData(what) => write!(f, "invalid driver data: {what}"),
         }
     }
 }
@@ -288,6 +292,28 @@ pub trait Iommu: Send {
     fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
         let _ = (data_type, data, parent);
         Err(Error::NotSupported("driver-specific domains"))
+    }
+
+    /// A paging domain that may serve as the parent (stage 2) of nested
+    /// children made by [`Iommu::domain_alloc_user`]; units that nest in
+    /// hardware give their stage-2 format, the others a plain paging domain.
+    fn domain_alloc_nest_parent(&mut self) -> Result<DomainId, Error> {
+        self.domain_alloc(DomainKind::Paging)
+    }
+
+    /// Hands the unit a batch of invalidation entries (`entry_len` bytes each,
+    /// of `data_type`) for a nested child made by [`Iommu::domain_alloc_user`]:
+    /// each is checked before it reaches the hardware, the batch stops at the
+    /// first bad one; returns how many were handled and why it stopped.
+    fn invalidate_user(
+        &mut self,
+        domain: DomainId,
+        data_type: u32,
+        entries: &[u8],
+        entry_len: usize,
+    ) -> (u32, Result<(), Error>) {
+        let _ = (domain, data_type, entries, entry_len);
+        (0, Err(Error::NotSupported("user invalidation")))
     }
 
     /// Frees a domain with no device attached ([`Error::Busy`] otherwise); a

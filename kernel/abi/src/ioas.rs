@@ -411,6 +411,80 @@ pub mod hwpt_data {
     /// [`super::HwptVtdS1Invalidation`] entries. Accepted by every unit: where
     /// the hardware cannot nest, the kernel shadows the task's tables.
     pub const VTD_S1: u32 = 1;
+    /// [`super::HwptVtdAttrs`]: a kernel-managed HWPT on a VT-d unit with
+    /// driver attributes (stage, address width, snoop).
+    pub const VTD_ATTRS: u32 = 2;
+    /// [`super::HwptSmmuv3Attrs`]: a kernel-managed HWPT on an SMMUv3 with
+    /// driver attributes (stage, granule, input size).
+    pub const SMMUV3_ATTRS: u32 = 3;
+    /// [`super::HwptAmdviAttrs`]: a kernel-managed HWPT on an AMD-Vi unit with
+    /// driver attributes (page-table levels).
+    pub const AMDVI_ATTRS: u32 = 4;
+    /// [`super::HwptSmmuv3Ste`]: a nested child on an SMMUv3 (real hardware
+    /// nesting: the task's stage-1 context descriptors over the parent's
+    /// stage 2); on [`super::HwptInvalidate`], [`super::HwptSmmuv3Command`] entries.
+    pub const SMMUV3_STE: u32 = 5;
+}
+
+/// `HwptVtdAttrs.flags`: first-stage tables (scalable mode with FLTS) instead of second-stage.
+pub const VTD_ATTR_FIRST_STAGE: u32 = 1;
+/// `HwptVtdAttrs.flags`: snooped DMA (second-stage SNP bit; needs ECAP.SC).
+pub const VTD_ATTR_SNOOP: u32 = 2;
+
+/// Driver attributes of a kernel-managed VT-d HWPT (`hwpt_data::VTD_ATTRS`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptVtdAttrs {
+    /// `VTD_ATTR_*`.
+    pub flags: u32,
+    /// Input address width: 39, 48 or 57 (0: the unit's default).
+    pub addr_width: u32,
+}
+
+/// Driver attributes of a kernel-managed SMMUv3 HWPT (`hwpt_data::SMMUV3_ATTRS`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptSmmuv3Attrs {
+    /// 1 or 2 (0: the driver's default).
+    pub stage: u32,
+    /// log2 of the translation granule: 12 (0: 12).
+    pub granule_log2: u32,
+    /// Input address size in bits (0: the driver's default).
+    pub input_bits: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Driver attributes of a kernel-managed AMD-Vi HWPT (`hwpt_data::AMDVI_ATTRS`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptAmdviAttrs {
+    /// Host page-table levels, 1–6 within EFR.HATS (0: the driver's default).
+    pub levels: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Stage-1 STE words of an SMMUv3 nested child (`hwpt_data::SMMUV3_STE`;
+/// SMMUv3 §5.2): only the stage-1 fields (Config, S1Fmt, S1ContextPtr,
+/// S1CDMax, S1DSS, S1CIR/COR/CSH, ...) may be set; the context-descriptor
+/// pointer is an IOVA of the parent's IOAS.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptSmmuv3Ste {
+    /// STE words 0 and 1.
+    pub ste: [u64; 2],
+}
+
+/// One SMMUv3 command a task may queue for its nested child
+/// (`hwpt_data::SMMUV3_STE`; SMMUv3 §4): TLBI_NH_VA, TLBI_NH_VAA,
+/// TLBI_NH_ASID, TLBI_NH_ALL, CFGI_CD, CFGI_CD_ALL. The kernel checks each
+/// and puts in the VMID and stream ID itself.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwptSmmuv3Command {
+    /// Command words 0 and 1.
+    pub cmd: [u64; 2],
 }
 
 /// `HwptAlloc.flags`: the HWPT may serve as the parent (stage 2) of nested children.

@@ -109,6 +109,7 @@ pub fn errno(e: iommu::Error) -> Errno {
         iommu::Error::Map(io_pgtable::Error::AlreadyMapped(_)) => Errno::EEXIST,
         iommu::Error::Map(_) => Errno::EINVAL,
         iommu::Error::Hardware(_) => Errno::EIO,
+        iommu::Error::InvalidData(_) => Errno::EINVAL,
     }
 }
 
