@@ -11,7 +11,7 @@ pub struct Kernel {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 11] = [
+pub const USER_PROGRAMS: [&str; 12] = [
     "hello",
     "test-syscalls",
     "test-edu",
@@ -23,6 +23,7 @@ pub const USER_PROGRAMS: [&str; 11] = [
     "ioas-leaker",
     "bench-ioas",
     "hw-vtd",
+    "hw-smmuv3",
 ];
 
 fn target_dir() -> PathBuf {

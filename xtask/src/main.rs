@@ -48,8 +48,10 @@ enum Command {
         /// Log every IOMMU register write and command (kernel command line `trace=1`).
         #[arg(long)]
         trace: bool,
-        /// Run the hardware-specific door's demo (`hw-vtd`: a user-owned stage 1,
-        /// nested over a NEST_PARENT HWPT, invalidation, a fault queue) instead of the generic one.
+        /// Run the hardware-specific door's demos instead of the generic one:
+        /// `hw-vtd` (a task-owned VT-d stage 1 nested over a NEST_PARENT HWPT,
+        /// shadowed where the unit cannot nest; every IOMMU) and `hw-smmuv3`
+        /// (SMMUv3 hardware nesting with the task's CD and tables; SMMUv3 only).
         #[arg(long)]
         hw: bool,
         /// Extra QEMU arguments (after `--`).

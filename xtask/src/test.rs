@@ -284,7 +284,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             );
             extra.push(format!("file={}", rmrr.display()));
             let mut c = harness::case(
-                &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Vtd, extra) },
+                &Machine { cmdline: vec!["ktest=iommu,ioas".to_owned()], ..machine(Iommu::Vtd, extra) },
                 kernel,
                 BOOT_TIMEOUT,
             );
@@ -337,7 +337,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             // VT-d in scalable mode with first-stage tables only.
             let extra = split("-global intel-iommu.x-scalable-mode=on -global intel-iommu.x-flts=on -device edu,dma_mask=0xffffffffffffffff");
             let mut c = harness::case(
-                &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Vtd, extra) },
+                &Machine { cmdline: vec!["ktest=iommu,ioas".to_owned()], ..machine(Iommu::Vtd, extra) },
                 kernel,
                 BOOT_TIMEOUT,
             );
@@ -525,7 +525,7 @@ pub fn run_demo(
     let kernel = build::kernel(arch, release)?;
     // The demo: the generic edu driver on every edu behind an IOMMU, or
     // (`--hw`) the hardware-specific door with a user-owned stage 1.
-    let mut cmdline = vec![if hw { "init=hw-vtd" } else { "init=demo" }.to_owned()];
+    let mut cmdline = vec![if hw { "init=hw-vtd,hw-smmuv3" } else { "init=demo" }.to_owned()];
     if trace {
         cmdline.push("trace=1".to_owned());
     }

@@ -9,6 +9,11 @@
 //!   IR = IW = 1 in the DTE, identity = DTE Mode 0 with IR = IW = 1, blocked =
 //!   DTE Mode 0 with IR = IW = 0 (§2.2.2). Every domain has its own DomainID,
 //!   so the translations QEMU caches for identity domains can be dropped too.
+//! - Kernel-managed HWPTs with driver attributes ([`Iommu::domain_alloc_user`]
+//!   with `hwpt_data::AMDVI_ATTRS`) are paging domains whose level count (1–6,
+//!   at most what EFR.HATS allows, §3.4.1) the task chose: it becomes the
+//!   domain's DTE Mode and bounds its aperture (12 + 9 × levels bits) for
+//!   `map`; [`Iommu::info`] keeps describing the unit's default domains.
 //! - A device's direct-map regions (IVMD unity ranges) are identity-mapped
 //!   into every paging domain it joins, before its DTE points there.
 //! - map does not invalidate: the IOMMU keeps no translation for an absent
@@ -26,16 +31,58 @@
 use crate::cmd::{self, PageRange};
 use crate::dte::{self, Dte};
 use crate::unit::{AmdVi, AmdViError};
+use abi::ioas::{hwpt_data, HwptAmdviAttrs};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use io_pgtable::formats::AmdV1;
-use io_pgtable::{Gather, PageTable, Perms};
+use io_pgtable::{Format, Gather, PageTable, Perms};
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
 
 /// Page-table levels of paging domains (DTE Mode 4: 48-bit IOVAs).
 pub const LEVELS: usize = 4;
+
+/// Most levels a host page table can have (DTE Mode 1–6, §2.2.2).
+pub const MAX_LEVELS: usize = 6;
+
+/// IOVA bits a host page table of `levels` levels translates: 12 + 9 per
+/// level, the whole 64-bit space from 6 levels on.
+pub fn iova_bits(levels: usize) -> u32 {
+    AmdV1 { levels }.ia_bits()
+}
+
+/// The last IOVA a host page table of `levels` levels translates.
+pub fn last_iova(levels: usize) -> u64 {
+    match iova_bits(levels) {
+        64.. => u64::MAX,
+        bits => (1u64 << bits) - 1,
+    }
+}
+
+/// Decodes `HwptAmdviAttrs` as the task gave it: shorter data is read as if
+/// zero-filled, longer data must be zero beyond the struct; `reserved` must
+/// be zero. Nothing else is checked here.
+fn decode_attrs(data: &[u8]) -> Result<HwptAmdviAttrs, Error> {
+    use zerocopy::{FromZeros, IntoBytes};
+    let mut attrs = HwptAmdviAttrs::new_zeroed();
+    let bytes = attrs.as_mut_bytes();
+    let (head, tail) = data.split_at(data.len().min(bytes.len()));
+    if tail.iter().any(|&b| b != 0) {
+        log::warn!(
+            "amdvi: HWPT refused: {} bytes of driver data, non-zero beyond the {} of HwptAmdviAttrs",
+            data.len(),
+            bytes.len()
+        );
+        return Err(Error::InvalidData("non-zero bytes beyond HwptAmdviAttrs"));
+    }
+    bytes[..head.len()].copy_from_slice(head);
+    if attrs.reserved != 0 {
+        log::warn!("amdvi: HWPT refused: HwptAmdviAttrs.reserved = {:#x}, must be 0", attrs.reserved);
+        return Err(Error::InvalidData("reserved"));
+    }
+    Ok(attrs)
+}
 
 /// Domain tags: 15 bits of index spread over 16-bit DomainIDs.
 const TAG_INDICES: u32 = 1 << 15;
@@ -132,8 +179,62 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
         self.domains.get(&domain.0).map(|d| d.tag)
     }
 
+    /// Page-table levels of paging domain `domain` (its DTE Mode): [`LEVELS`]
+    /// unless it was made by [`Iommu::domain_alloc_user`] with other levels.
+    pub fn domain_levels(&self, domain: DomainId) -> Option<usize> {
+        match &self.domains.get(&domain.0)?.slot {
+            Slot::Paging(table) => Some(table.format().levels),
+            Slot::Identity | Slot::Blocked => None,
+        }
+    }
+
+    /// The last IOVA of the default paging domains (the unit's aperture).
     fn top(&self) -> u64 {
         (1u64 << (12 + 9 * LEVELS)) - 1
+    }
+
+    /// The last IOVA `domain` can map: its own table's reach for a paging
+    /// domain, the unit's aperture for any other (or unknown) handle.
+    fn domain_top(&self, domain: DomainId) -> u64 {
+        self.domain_levels(domain).map_or(self.top(), last_iova)
+    }
+
+    /// The level count a task asked for (`HwptAmdviAttrs.levels`), checked
+    /// against the DTE Mode encoding and what this unit walks (EFR.HATS).
+    fn requested_levels(&self, levels: u32) -> Result<usize, Error> {
+        let max = self.unit.max_levels();
+        match usize::try_from(levels) {
+            Ok(0) => Ok(LEVELS),
+            Ok(n @ 1..=MAX_LEVELS) if n <= max => Ok(n),
+            Ok(n @ 1..=MAX_LEVELS) => {
+                log::warn!("amdvi: HWPT refused: {n} page-table levels, the unit walks at most {max} (EFR.HATS)");
+                Err(Error::NotSupported("levels"))
+            }
+            _ => {
+                log::warn!("amdvi: HWPT refused: {levels} page-table levels, DTE Mode allows 1-{MAX_LEVELS}");
+                Err(Error::InvalidData("levels"))
+            }
+        }
+    }
+
+    /// A new domain of `kind`; a paging one gets a table of `levels` levels.
+    fn alloc(&mut self, kind: DomainKind, levels: usize) -> Result<DomainId, Error> {
+        let tag = domain_tag(self.tags.alloc().ok_or(Error::NoDomainIds)?);
+        let slot = match kind {
+            DomainKind::Paging => match PageTable::new(AmdV1 { levels }, &mut self.mem) {
+                Ok(t) => Slot::Paging(t),
+                Err(e) => {
+                    self.tags.free(tag_index(tag));
+                    return Err(e.into());
+                }
+            },
+            DomainKind::Identity => Slot::Identity,
+            DomainKind::Blocked => Slot::Blocked,
+        };
+        let id = DomainId(self.next_handle);
+        self.next_handle += 1;
+        self.domains.insert(id.0, Domain { slot, tag });
+        Ok(id)
     }
 
     fn rid(&self, device: DeviceId) -> Result<u16, Error> {
@@ -144,7 +245,7 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
     fn dte_for(&self, domain: DomainId) -> Result<Dte, Error> {
         let d = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?;
         Ok(match &d.slot {
-            Slot::Paging(table) => dte::paging(table.root(), LEVELS, d.tag),
+            Slot::Paging(table) => dte::paging(table.root(), table.format().levels, d.tag),
             Slot::Identity => dte::identity(d.tag),
             Slot::Blocked => dte::blocked(d.tag),
         })
@@ -183,21 +284,27 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
     }
 
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
-        let tag = domain_tag(self.tags.alloc().ok_or(Error::NoDomainIds)?);
-        let slot = match kind {
-            DomainKind::Paging => match PageTable::new(AmdV1 { levels: LEVELS }, &mut self.mem) {
-                Ok(t) => Slot::Paging(t),
-                Err(e) => {
-                    self.tags.free(tag_index(tag));
-                    return Err(e.into());
-                }
-            },
-            DomainKind::Identity => Slot::Identity,
-            DomainKind::Blocked => Slot::Blocked,
-        };
-        let id = DomainId(self.next_handle);
-        self.next_handle += 1;
-        self.domains.insert(id.0, Domain { slot, tag });
+        self.alloc(kind, LEVELS)
+    }
+
+    /// A kernel-managed paging domain with driver attributes
+    /// (`hwpt_data::AMDVI_ATTRS`, `HwptAmdviAttrs`): `levels` 0 means
+    /// [`LEVELS`], 1–6 are taken when EFR.HATS allows them. Fewer levels give
+    /// a smaller aperture (3: 39-bit IOVAs, 2: 30-bit, 1: 21-bit with 4 KiB
+    /// leaves only). AMD-Vi v1 tables have no nested form here: `parent` is refused.
+    fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
+        if data_type != hwpt_data::AMDVI_ATTRS {
+            log::warn!("amdvi: HWPT refused: data type {data_type} (this unit takes {})", hwpt_data::AMDVI_ATTRS);
+            return Err(Error::NotSupported("data type"));
+        }
+        if let Some(p) = parent {
+            log::warn!("amdvi: HWPT refused: a nested HWPT under domain {} (AMD-Vi attributes make none)", p.0);
+            return Err(Error::NotSupported("AMD-Vi has no nested HWPT of this type"));
+        }
+        let attrs = decode_attrs(data)?;
+        let levels = self.requested_levels(attrs.levels)?;
+        let id = self.alloc(DomainKind::Paging, levels)?;
+        log::info!("amdvi: HWPT domain {}: {levels} levels ({}-bit IOVAs)", id.0, iova_bits(levels));
         Ok(id)
     }
 
@@ -252,7 +359,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
     }
 
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
-        let top = self.top();
+        let top = self.domain_top(domain);
         if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
             return Err(Error::OutOfAperture { iova, len });
         }

@@ -9,7 +9,9 @@
 //! [`iommu::Iommu`] trait: paging domains are AMD v1 host page tables of four
 //! levels (48-bit IOVAs) from the shared `io-pgtable` engine, identity and
 //! blocked domains are DTEs without translation (Mode 0) whose IR/IW bits
-//! allow or refuse every access.
+//! allow or refuse every access. A kernel-managed HWPT with driver attributes
+//! (`hwpt_data::AMDVI_ATTRS`) is a paging domain of 1–6 levels, as many as
+//! EFR.HATS allows, with the matching DTE Mode and aperture.
 //!
 //! Hardware access: typed registers ([`regs`]) over the MMIO block the kernel
 //! mapped, tables and queues in memory the kernel provides

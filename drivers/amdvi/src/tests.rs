@@ -386,3 +386,308 @@ fn status_and_control_show_in_info() {
     assert!(raw.contains(&("STATUS", 0x18)));
     assert!(raw.iter().any(|&(n, v)| n == "CONTROL" && v & 1 == 1));
 }
+
+// Kernel-managed HWPTs with driver attributes (`hwpt_data::AMDVI_ATTRS`).
+
+mod hwpt {
+    use super::*;
+    use abi::ioas::{hwpt_data::AMDVI_ATTRS, HwptAmdviAttrs};
+    use iommu::DomainId;
+    use std::sync::Mutex;
+    use zerocopy::IntoBytes;
+
+    /// Log lines by thread (tests run in parallel, each on its own thread).
+    static LINES: Mutex<Vec<(std::thread::ThreadId, log::Level, String)>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            let line = (std::thread::current().id(), r.level(), r.args().to_string());
+            LINES.lock().unwrap().push(line);
+        }
+        fn flush(&self) {}
+    }
+
+    /// Starts capturing (once per process) and forgets this thread's old lines.
+    fn capture() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            log::set_logger(&Capture).unwrap();
+            log::set_max_level(log::LevelFilter::Trace);
+        });
+        logged();
+    }
+
+    /// This thread's lines since the last call, at `level` or more severe.
+    fn logged_at(level: log::Level) -> Vec<String> {
+        let me = std::thread::current().id();
+        let mut all = LINES.lock().unwrap();
+        let (mine, rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|(t, _, _)| *t == me);
+        *all = rest;
+        mine.into_iter().filter(|(_, l, _)| *l <= level).map(|(_, _, s)| s).collect()
+    }
+
+    fn logged() -> Vec<String> {
+        logged_at(log::Level::Info)
+    }
+
+    fn attrs(levels: u32, reserved: u32) -> Vec<u8> {
+        HwptAmdviAttrs { levels, reserved }.as_bytes().to_vec()
+    }
+
+    fn hwpt(a: &mut AmdViIommu<FakeMem>, levels: u32) -> Result<DomainId, Error> {
+        a.domain_alloc_user(AMDVI_ATTRS, &attrs(levels, 0), None)
+    }
+
+    /// A unit whose EFR.HATS allows `max` host levels (4, 5 or 6).
+    fn driver_with_hats(max: usize) -> AmdViIommu<FakeMem> {
+        let (unit, mem) = bring_up((QEMU_EFR & !(3 << 10)) | ((max as u64 - 4) << 10));
+        let a = AmdViIommu::new(unit.unwrap(), mem, vec![DEV, OTHER], Vec::new());
+        assert_eq!(a.unit.max_levels(), max);
+        a
+    }
+
+    type Alloc<'a> = &'a dyn Fn(&mut AmdViIommu<FakeMem>) -> Result<DomainId, Error>;
+
+    /// Asserts `alloc` fails with `want`, allocating nothing, and one warning says why.
+    fn refused(a: &mut AmdViIommu<FakeMem>, alloc: Alloc, want: Error) {
+        let live = a.mem.live();
+        assert_eq!(alloc(a), Err(want));
+        assert_eq!(a.mem.live(), live, "{want}: nothing allocated");
+        let warned = logged_at(log::Level::Warn);
+        assert!(warned.len() == 1 && warned[0].starts_with("amdvi: HWPT refused: "), "{want}: {warned:?}");
+    }
+
+    #[test]
+    fn three_levels_map_and_translate_with_mode_3() {
+        capture();
+        let mut a = driver(Vec::new());
+        let base = a.mem.live();
+        let d = hwpt(&mut a, 3).unwrap();
+        assert_eq!(logged(), [format!("amdvi: HWPT domain {}: 3 levels (39-bit IOVAs)", d.0)]);
+        assert_eq!(a.domain_levels(d), Some(3));
+        let top = (1u64 << 39) - 1;
+        // The aperture is 39 bits: the last page maps, nothing beyond it.
+        a.map(d, top - 0xFFF, 0x7_0000_0000, 0x1000, RW).unwrap();
+        for (iova, len) in [(1u64 << 39, 0x1000), (top - 0xFFF, 0x2000), (1 << 47, 0x1000), (u64::MAX - 0xFFF, 0x1000)]
+        {
+            assert_eq!(a.map(d, iova, 0, len, RW), Err(Error::OutOfAperture { iova, len }));
+        }
+        a.map(d, 0x1000, 0x5000, 0x1000, Perms::READ).unwrap();
+        a.map(d, 1 << 30, 1 << 32, 1 << 30, RW).unwrap(); // a 1 GiB leaf in the root
+        a.map(d, 0x4020_0000 + (1 << 32), 0x20_0000, 0x20_0000, RW).unwrap(); // 2 MiB
+        a.attach(DeviceId(DEV.into()), d).unwrap();
+        let entry = a.mem.dte(DEV);
+        assert_eq!((dte::mode(&entry), dte::domain_id(&entry)), (3, a.domain_tag(d).unwrap()));
+        assert_eq!(entry[1..], [u64::from(a.domain_tag(d).unwrap()), 0, 0]);
+        // The fake walks three levels from the DTE.
+        assert_eq!(a.mem.translate(DEV, 0x1234, false), Some(0x5234));
+        assert_eq!(a.mem.translate(DEV, 0x1234, true), None, "read-only page");
+        assert_eq!(a.mem.translate(DEV, 0x4123_4567, true), Some(0x1_0123_4567), "1 GiB leaf");
+        assert_eq!(a.mem.translate(DEV, 0x1_4021_0008, true), Some(0x21_0008), "2 MiB leaf");
+        assert_eq!(a.mem.translate(DEV, top - 7, true), Some(0x7_0000_0FF8), "last page");
+        assert_eq!(a.mem.translate(DEV, 0x3000, false), None, "unmapped");
+        assert_eq!(a.iova_to_phys(d, 0x4000_0010), Some(0x1_0000_0010));
+        assert_eq!((a.iova_to_phys(d, top), a.iova_to_phys(d, top + 1)), (Some(0x7_0000_0FFF), None));
+        assert_eq!(a.leaves(d, 0, 1 << 39), [(1 << 30, 1), (1 << 21, 1), (1 << 12, 2)]);
+        // Unmap, flush, gone.
+        let tag = a.domain_tag(d).unwrap();
+        let u = a.unmap(d, 1 << 30, 1 << 30).unwrap();
+        assert_eq!(u.bytes, 1 << 30);
+        let from = a.mem.log.borrow().len();
+        a.flush(d, u.gather).unwrap();
+        assert_eq!(ran(&a, from)[0], cmd::invalidate_iommu_pages(tag, PageRange::covering(1 << 30, 1 << 31), false));
+        assert_eq!(a.mem.translate(DEV, 0x4123_4567, true), None);
+        assert_eq!(iommu::unmap_and_flush(&mut a, d, top - 0xFFF, 0x1000), Ok(0x1000));
+        assert_eq!(a.mem.translate(DEV, top - 7, true), None);
+        // The unit's info describes its default domains still.
+        assert_eq!(a.info().aperture, (0, (1 << 48) - 1));
+        assert_eq!(a.domain_free(d), Err(Error::Busy(d)));
+        a.detach(DeviceId(DEV.into())).unwrap();
+        a.domain_free(d).unwrap();
+        assert_eq!((a.mem.live(), a.domain_levels(d)), (base, None));
+    }
+
+    #[test]
+    fn every_level_count_the_unit_walks_works() {
+        capture();
+        let mut a = driver(Vec::new()); // QEMU: HATS = 6 levels
+                                        // 1 level: 21-bit IOVAs, 4 KiB leaves only.
+        let one = hwpt(&mut a, 1).unwrap();
+        a.map(one, 0, 0x4000_0000, 0x20_0000, RW).unwrap();
+        assert_eq!(a.leaves(one, 0, 0x20_0000), [(0x1000, 512)]);
+        assert_eq!(a.map(one, 0x20_0000, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 0x20_0000, len: 0x1000 }));
+        a.attach(DeviceId(DEV.into()), one).unwrap();
+        assert_eq!(dte::mode(&a.mem.dte(DEV)), 1);
+        assert_eq!(a.mem.translate(DEV, 0x1F_F010, true), Some(0x401F_F010));
+        // 2 levels: 30-bit IOVAs, 2 MiB leaves in the root.
+        let two = hwpt(&mut a, 2).unwrap();
+        a.map(two, 0x3FE0_0000, 0x20_0000, 0x20_0000, RW).unwrap();
+        a.map(two, 0x1000, 0x9000, 0x1000, RW).unwrap();
+        assert_eq!(a.leaves(two, 0, 1 << 30), [(1 << 21, 1), (1 << 12, 1)]);
+        assert_eq!(a.map(two, 1 << 30, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 1 << 30, len: 0x1000 }));
+        a.attach(DeviceId(OTHER.into()), two).unwrap();
+        assert_eq!(dte::mode(&a.mem.dte(OTHER)), 2);
+        assert_eq!(a.mem.translate(OTHER, 0x3FF0_0008, true), Some(0x30_0008));
+        assert_eq!(a.mem.translate(OTHER, 0x1008, false), Some(0x9008));
+        // 5 and 6 levels: 57-bit IOVAs, then the whole 64-bit space.
+        let five = hwpt(&mut a, 5).unwrap();
+        a.map(five, 1 << 56, 0x6000, 0x1000, RW).unwrap();
+        assert_eq!(a.map(five, 1 << 57, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 1 << 57, len: 0x1000 }));
+        a.attach(DeviceId(DEV.into()), five).unwrap();
+        assert_eq!(dte::mode(&a.mem.dte(DEV)), 5);
+        assert_eq!(a.mem.translate(DEV, (1 << 56) + 4, false), Some(0x6004));
+        let six = hwpt(&mut a, 6).unwrap();
+        a.map(six, 1 << 63, 0x7000, 0x1000, RW).unwrap();
+        a.attach(DeviceId(DEV.into()), six).unwrap();
+        assert_eq!(dte::mode(&a.mem.dte(DEV)), 6);
+        assert_eq!(a.mem.translate(DEV, (1 << 63) + 8, true), Some(0x7008));
+        assert_eq!(a.iova_to_phys(six, 1 << 63), Some(0x7000));
+        let lines = logged();
+        for (d, text) in [
+            (one, "1 levels (21-bit IOVAs)"),
+            (two, "2 levels (30-bit IOVAs)"),
+            (five, "5 levels (57-bit IOVAs)"),
+            (six, "6 levels (64-bit IOVAs)"),
+        ] {
+            assert!(lines.contains(&format!("amdvi: HWPT domain {}: {text}", d.0)), "{text}: {lines:?}");
+        }
+        // Everything is given back.
+        a.detach(DeviceId(DEV.into())).unwrap();
+        a.detach(DeviceId(OTHER.into())).unwrap();
+        let frames = a.unit.table_frames();
+        for d in [one, two, five, six] {
+            a.domain_free(d).unwrap();
+        }
+        assert_eq!(a.mem.live(), frames);
+    }
+
+    #[test]
+    fn levels_beyond_efr_hats_are_not_supported() {
+        capture();
+        for max in 4..=6 {
+            let mut a = driver_with_hats(max);
+            for levels in 1..=6u32 {
+                if levels as usize <= max {
+                    let d = hwpt(&mut a, levels).unwrap();
+                    assert_eq!(a.domain_levels(d), Some(levels as usize));
+                    a.domain_free(d).unwrap();
+                    assert_eq!(logged().len(), 1);
+                } else {
+                    refused(&mut a, &|a| hwpt(a, levels), Error::NotSupported("levels"));
+                }
+            }
+        }
+        // A refusal takes no domain ID: the next domain gets the first tag.
+        let mut a = driver_with_hats(4);
+        refused(&mut a, &|a| hwpt(a, 5), Error::NotSupported("levels"));
+        let d = hwpt(&mut a, 0).unwrap();
+        assert_eq!((a.domain_tag(d), a.domain_levels(d)), (Some(domain_tag(1)), Some(4)));
+    }
+
+    #[test]
+    fn malformed_attributes_are_invalid() {
+        capture();
+        let mut a = driver(Vec::new());
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (attrs(3, 1), "reserved"),
+            (attrs(0, 0x8000_0000), "reserved"),
+            ([3, 0, 0, 0, 1].to_vec(), "reserved"),
+            (attrs(7, 0), "levels"),
+            (attrs(8, 0), "levels"),
+            (attrs(0x100, 0), "levels"),
+            (attrs(u32::MAX, 0), "levels"),
+            ([attrs(3, 0), vec![1]].concat(), "non-zero bytes beyond HwptAmdviAttrs"),
+            ([attrs(3, 0), vec![0; 55], vec![0x80]].concat(), "non-zero bytes beyond HwptAmdviAttrs"),
+        ];
+        for (data, what) in cases {
+            refused(&mut a, &|a| a.domain_alloc_user(AMDVI_ATTRS, &data, None), Error::InvalidData(what));
+        }
+        // Reserved is checked before levels; both malformed: reserved.
+        refused(&mut a, &|a| a.domain_alloc_user(AMDVI_ATTRS, &attrs(9, 2), None), Error::InvalidData("reserved"));
+        let d = hwpt(&mut a, 3).unwrap();
+        assert_eq!(a.domain_tag(d), Some(domain_tag(1)), "no domain ID was taken");
+    }
+
+    #[test]
+    fn other_data_types_and_nesting_are_not_supported() {
+        capture();
+        let mut a = driver(Vec::new());
+        let parent = a.domain_alloc_nest_parent().unwrap();
+        for t in [0, 1, 2, 3, 5, u32::MAX] {
+            refused(&mut a, &|a| a.domain_alloc_user(t, &attrs(3, 0), None), Error::NotSupported("data type"));
+        }
+        let nested = Error::NotSupported("AMD-Vi has no nested HWPT of this type");
+        refused(&mut a, &|a| a.domain_alloc_user(AMDVI_ATTRS, &attrs(3, 0), Some(parent)), nested);
+        // The data type is looked at first; bad data under a parent is still "nested".
+        refused(&mut a, &|a| a.domain_alloc_user(1, &[], Some(parent)), Error::NotSupported("data type"));
+        refused(&mut a, &|a| a.domain_alloc_user(AMDVI_ATTRS, &attrs(9, 9), Some(parent)), nested);
+        assert_eq!(a.domain_levels(parent), Some(4));
+    }
+
+    #[test]
+    fn defaults_and_short_data() {
+        capture();
+        let mut a = driver(Vec::new());
+        let plain = a.domain_alloc(DomainKind::Paging).unwrap();
+        // Zero levels, or no data at all, or zeros of any length: the default (4 levels).
+        let zeros: [&[u8]; 5] = [&[], &[0], &[0; 4], &[0; 8], &[0; 64]];
+        for data in zeros {
+            let d = a.domain_alloc_user(AMDVI_ATTRS, data, None).unwrap();
+            assert_eq!(a.domain_levels(d), Some(4), "{} bytes", data.len());
+            assert_eq!(logged(), [format!("amdvi: HWPT domain {}: 4 levels (48-bit IOVAs)", d.0)]);
+            a.map(d, (1 << 48) - 0x1000, 0, 0x1000, RW).unwrap();
+            assert!(matches!(a.map(d, 1 << 48, 0, 0x1000, RW), Err(Error::OutOfAperture { .. })));
+        }
+        let explicit = hwpt(&mut a, 4).unwrap();
+        // Same DTE as a default paging domain but for the root and the tag.
+        a.attach(DeviceId(DEV.into()), plain).unwrap();
+        a.attach(DeviceId(OTHER.into()), explicit).unwrap();
+        let (p, e) = (a.mem.dte(DEV), a.mem.dte(OTHER));
+        assert_eq!(p[0] & !dte::ROOT_MASK, e[0] & !dte::ROOT_MASK);
+        assert_eq!(dte::mode(&p), 4);
+        // Short data is zero-filled: levels in the first bytes.
+        for (data, levels) in [(&[3u8][..], 3), (&[2, 0][..], 2), (&[5, 0, 0, 0][..], 5), (&[1, 0, 0, 0, 0, 0][..], 1)]
+        {
+            let d = a.domain_alloc_user(AMDVI_ATTRS, data, None).unwrap();
+            assert_eq!(a.domain_levels(d), Some(levels));
+        }
+        // Trailing zeros beyond the struct are fine.
+        let d = a.domain_alloc_user(AMDVI_ATTRS, &[attrs(3, 0), vec![0; 24]].concat(), None).unwrap();
+        assert_eq!(a.domain_levels(d), Some(3));
+        // info() and identity / blocked domains are untouched.
+        assert_eq!(a.info().aperture, (0, (1 << 48) - 1));
+        let id = a.domain_alloc(DomainKind::Identity).unwrap();
+        assert_eq!(a.domain_levels(id), None);
+        assert_eq!(a.map(id, 1 << 48, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 1 << 48, len: 0x1000 }));
+        assert_eq!(a.map(id, 0, 0, 0x1000, RW), Err(Error::NotPaging(id)));
+        let gone = DomainId(999);
+        assert_eq!(a.map(gone, 1 << 48, 0, 0x1000, RW), Err(Error::OutOfAperture { iova: 1 << 48, len: 0x1000 }));
+        assert_eq!(a.map(gone, 0, 0, 0x1000, RW), Err(Error::NoSuchDomain(gone)));
+    }
+
+    #[test]
+    fn direct_map_regions_must_fit_the_aperture() {
+        capture();
+        let region = Region { start: 0x7000_0000, end: 0x7000_2FFF, kind: ReservedKind::DirectMap };
+        let mut a = driver(vec![(Some(DEV), region)]);
+        // 39 bits hold the region: identity-mapped before the DTE points there.
+        let three = hwpt(&mut a, 3).unwrap();
+        a.attach(DeviceId(DEV.into()), three).unwrap();
+        assert_eq!(a.iova_to_phys(three, 0x7000_2010), Some(0x7000_2010));
+        assert_eq!(a.mem.translate(DEV, 0x7000_1008, true), Some(0x7000_1008));
+        // 30 bits (1 GiB) do not: the attach fails and the device stays put.
+        let two = hwpt(&mut a, 2).unwrap();
+        let e = a.attach(DeviceId(DEV.into()), two);
+        assert_eq!(e, Err(Error::OutOfAperture { iova: 0x7000_0000, len: 0x3000 }));
+        assert_eq!(a.attached(DeviceId(DEV.into())), Some(three));
+        assert_eq!(dte::mode(&a.mem.dte(DEV)), 3);
+        // A device without the region attaches to it.
+        a.attach(DeviceId(OTHER.into()), two).unwrap();
+        assert_eq!(dte::mode(&a.mem.dte(OTHER)), 2);
+    }
+}

@@ -4,9 +4,28 @@
 /// A command, as two 64-bit words.
 pub type Command = [u64; 2];
 
+/// Opcodes (word 0 bits 7:0, §4.1.1) of the commands a nested child's owner
+/// may queue, and of the configuration invalidations.
+pub mod op {
+    /// CMD_CFGI_STE.
+    pub const CFGI_STE: u64 = 0x03;
+    /// CMD_CFGI_CD.
+    pub const CFGI_CD: u64 = 0x05;
+    /// CMD_CFGI_CD_ALL.
+    pub const CFGI_CD_ALL: u64 = 0x06;
+    /// CMD_TLBI_NH_ALL.
+    pub const TLBI_NH_ALL: u64 = 0x10;
+    /// CMD_TLBI_NH_ASID.
+    pub const TLBI_NH_ASID: u64 = 0x11;
+    /// CMD_TLBI_NH_VA.
+    pub const TLBI_NH_VA: u64 = 0x12;
+    /// CMD_TLBI_NH_VAA.
+    pub const TLBI_NH_VAA: u64 = 0x13;
+}
+
 /// CMD_CFGI_STE: the SMMU forgets what it cached of stream `sid`'s STE.
 pub fn cfgi_ste(sid: u32) -> Command {
-    [0x03 | u64::from(sid) << 32, 1] // Leaf = 1: only the STE, not the L1 descriptor
+    [op::CFGI_STE | u64::from(sid) << 32, 1] // Leaf = 1: only the STE, not the L1 descriptor
 }
 
 /// CMD_CFGI_ALL (CFGI_STE_RANGE with Range = 31): every cached STE and CD.
@@ -16,12 +35,23 @@ pub fn cfgi_all() -> Command {
 
 /// CMD_CFGI_CD: the cached CD of substream 0 of stream `sid`.
 pub fn cfgi_cd(sid: u32) -> Command {
-    [0x05 | u64::from(sid) << 32, 1]
+    [op::CFGI_CD | u64::from(sid) << 32, 1]
+}
+
+/// CMD_CFGI_CD_ALL: every cached CD of stream `sid` (§4.3.4).
+pub fn cfgi_cd_all(sid: u32) -> Command {
+    [op::CFGI_CD_ALL | u64::from(sid) << 32, 0]
+}
+
+/// CMD_TLBI_NH_ALL: every stage-1 TLB entry tagged with `vmid` (§4.4.2.1),
+/// including the combined stage-1 + stage-2 entries of nested streams.
+pub fn tlbi_nh_all(vmid: u16) -> Command {
+    [op::TLBI_NH_ALL | u64::from(vmid) << 32, 0]
 }
 
 /// CMD_TLBI_NH_ASID: stage-1 TLB entries of `asid`.
 pub fn tlbi_nh_asid(asid: u16) -> Command {
-    [0x11 | u64::from(asid) << 48, 0]
+    [op::TLBI_NH_ASID | u64::from(asid) << 48, 0]
 }
 
 /// CMD_TLBI_S12_VMALL: every TLB entry tagged with `vmid`.
@@ -96,7 +126,7 @@ fn address_words(opcode: u64, tag: u64, s: Scope) -> Command {
 
 /// CMD_TLBI_NH_VA: stage-1 entries of `asid` in the scope (TG = 4 KiB when ranged).
 pub fn tlbi_nh_va(asid: u16, scope: Scope) -> Command {
-    address_words(0x12, u64::from(asid) << 48, scope)
+    address_words(op::TLBI_NH_VA, u64::from(asid) << 48, scope)
 }
 
 /// CMD_TLBI_S2_IPA: stage-2 entries of `vmid` in the scope.
@@ -145,8 +175,11 @@ pub fn opcode_name(word0: u64) -> &'static str {
         0x03 => "CFGI_STE",
         0x04 => "CFGI_STE_RANGE",
         0x05 => "CFGI_CD",
+        0x06 => "CFGI_CD_ALL",
+        0x10 => "TLBI_NH_ALL",
         0x11 => "TLBI_NH_ASID",
         0x12 => "TLBI_NH_VA",
+        0x13 => "TLBI_NH_VAA",
         0x28 => "TLBI_S12_VMALL",
         0x2A => "TLBI_S2_IPA",
         0x30 => "TLBI_NSNH_ALL",
@@ -165,6 +198,10 @@ mod tests {
         assert_eq!(cfgi_all(), [4, 31]);
         assert_eq!(tlbi_nh_asid(7), [0x0007_0000_0000_0011, 0]);
         assert_eq!(tlbi_s12_vmall(2), [0x2_0000_0028, 0]);
+        assert_eq!(tlbi_nh_all(2), [0x2_0000_0010, 0]);
+        assert_eq!(cfgi_cd(0x10), [0x10_0000_0005, 1]);
+        assert_eq!(cfgi_cd_all(0x10), [0x10_0000_0006, 0]);
+        assert_eq!(opcode_name(0x13), "TLBI_NH_VAA");
         assert_eq!(sync(), [0x46, 0]);
         let r = Range::covering(0x20_0000, 0x20_1000).unwrap();
         assert_eq!((r.num, r.scale, r.len()), (0, 0, 4096));

@@ -7,11 +7,25 @@
 //! Identity = bypass STE, blocked = abort STE (transactions end silently),
 //! paging = stage 1 (a context descriptor with a fresh ASID) or, when the SMMU
 //! has no stage 1 or stage 2 is asked for, stage 2 (a fresh VMID).
+//!
+//! The hardware-specific door ([`crate::user`] checks what comes in):
+//! - `SMMUV3_ATTRS` domains: paging domains with their own stage and input
+//!   size (their aperture), otherwise like any other.
+//! - Nest parents: stage-2 paging domains. Nested children (`SMMUV3_STE`):
+//!   the owner's stage-1 STE words over the parent's stage 2 (STE.Config =
+//!   0b111, §3.3.4); the SMMU fetches the owner's CD and stage-1 tables at
+//!   IPAs through the parent's tables. Their TLB entries are tagged with the
+//!   owner's ASIDs and the parent's VMID, never 0, the VMID of the kernel's
+//!   stage-1 domains, so nothing the owner does reaches other domains' entries.
+//! - The owner's invalidation commands go to the queue checked, with the
+//!   parent's VMID and the attached streams' IDs put in by the kernel.
 
 use crate::cd;
 use crate::cmd::{self, Range, Scope};
 use crate::ste;
 use crate::unit::{Smmu, SmmuError};
+use crate::user::{self, Attrs, UserSte};
+use abi::ioas::hwpt_data;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use io_pgtable::formats::ArmLpae;
@@ -20,10 +34,14 @@ use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
 
-/// Stage-1 tables: 4 levels, 48-bit input.
+/// Stage-1 tables by default: 4 levels, 48-bit input.
 const S1_LEVELS: usize = 4;
-/// Stage-2 tables: 3 levels, 39-bit input (within QEMU's 44-bit output limit).
+/// Stage-2 tables by default: 3 levels, 39-bit input (within QEMU's 44-bit
+/// output limit, which also bounds a stage-2 input: §5.2 STE.S2T0SZ).
 const S2_LEVELS: usize = 3;
+/// Hardware commands per queue submission of user invalidations (each batch
+/// ends with a CMD_SYNC; the queue holds 256).
+const USER_BATCH: usize = 128;
 
 /// A paging domain's translation stage and its TLB tag.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +53,19 @@ enum Tag {
 }
 
 enum Slot {
-    Paging { table: PageTable<ArmLpae>, tag: Tag },
+    /// A page table; `ias` input bits (its aperture); `children`: nested
+    /// children over it (stage 2 only).
+    Paging {
+        table: PageTable<ArmLpae>,
+        tag: Tag,
+        ias: u32,
+        children: u32,
+    },
+    /// A nested child: the owner's checked stage-1 STE words over `parent`.
+    Nested {
+        parent: DomainId,
+        ste: UserSte,
+    },
     Identity,
     Blocked,
 }
@@ -114,6 +144,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         !self.attached.is_empty()
     }
 
+    /// Input bits of the default paging domains (the unit's aperture).
     fn input_bits(&self) -> u32 {
         if self.use_stage2 {
             12 + 9 * S2_LEVELS as u32
@@ -122,15 +153,100 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         }
     }
 
+    /// The defaults of [`Iommu::domain_alloc`]'s paging domains.
+    fn default_attrs(&self) -> Attrs {
+        Attrs { stage2: self.use_stage2, input_bits: self.input_bits() }
+    }
+
+    fn insert(&mut self, slot: Slot) -> DomainId {
+        let id = DomainId(self.next_handle);
+        self.next_handle += 1;
+        self.domains.insert(id.0, slot);
+        id
+    }
+
+    /// The parent's stage 2 as an STE carries it.
+    fn stage2_of(&self, domain: DomainId) -> Option<ste::Stage2> {
+        match self.domains.get(&domain.0)? {
+            Slot::Paging { table, tag: Tag::Vmid(vmid), ias, .. } => Some(ste::Stage2 {
+                vmid: *vmid,
+                ttb: table.root(),
+                ias: *ias,
+                levels: table.format().levels,
+                ps: self.smmu.oas(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The streams attached to `domain`.
+    fn streams_of(&self, domain: DomainId) -> Vec<u32> {
+        self.attached.iter().filter(|(_, d)| **d == domain).map(|(&sid, _)| sid).collect()
+    }
+
+    /// The streams attached to nested children of `parent`.
+    fn streams_under(&self, parent: DomainId) -> Vec<u32> {
+        self.attached
+            .iter()
+            .filter(|(_, d)| matches!(self.domains.get(&d.0), Some(Slot::Nested { parent: p, .. }) if *p == parent))
+            .map(|(&sid, _)| sid)
+            .collect()
+    }
+
+    /// A stage-2 paging domain for nested children (`SMMUV3_STE`), or a plain
+    /// paging domain where the SMMU has no stage 2.
+    fn nest_parent(&mut self) -> Result<DomainId, Error> {
+        if !self.smmu.stage2() {
+            return self.domain_alloc(DomainKind::Paging);
+        }
+        let attrs = Attrs { stage2: true, input_bits: user::S2_DEFAULT_BITS };
+        let id = self.insert_paging(attrs)?;
+        log::info!(
+            "smmuv3: domain {}: nest parent, stage 2, {}-bit input ({} levels)",
+            id.0,
+            attrs.input_bits,
+            attrs.levels()
+        );
+        Ok(id)
+    }
+
+    fn insert_paging(&mut self, attrs: Attrs) -> Result<DomainId, Error> {
+        let slot = self.new_paging(attrs)?;
+        Ok(self.insert(slot))
+    }
+
+    /// A nested child of `parent` from the owner's STE words (§5.2).
+    fn nested_child(&mut self, data: &[u8], parent: DomainId) -> Result<DomainId, Error> {
+        if !(self.smmu.stage1() && self.smmu.stage2()) {
+            return Err(Error::NotSupported("nesting"));
+        }
+        let Some(s2) = self.stage2_of(parent) else {
+            return Err(Error::InvalidData("parent is not a stage-2 domain"));
+        };
+        let ste = user::check_ste(&self.smmu.idr, s2.ias, data)?;
+        if let Some(Slot::Paging { children, .. }) = self.domains.get_mut(&parent.0) {
+            *children += 1;
+        }
+        let id = self.insert(Slot::Nested { parent, ste });
+        let what = match ste {
+            UserSte::Abort => alloc::string::String::from("abort"),
+            UserSte::Bypass => alloc::string::String::from("stage-1 bypass, the parent's stage 2 alone"),
+            UserSte::Translate(w) => alloc::format!("stage-1 CD at IPA {:#x}", w[0] & ste::w0::S1_CONTEXT_PTR),
+        };
+        log::info!("smmuv3: domain {}: nested child of domain {} (VMID {}): {what}", id.0, parent.0, s2.vmid);
+        Ok(id)
+    }
+
     fn stream(&self, device: DeviceId) -> Result<u32, Error> {
         Some(device.0).filter(|s| self.devices.contains(s)).ok_or(Error::NoSuchDevice(device))
     }
 
-    fn new_paging(&mut self) -> Result<Slot, Error> {
-        if self.use_stage2 {
+    fn new_paging(&mut self, attrs: Attrs) -> Result<Slot, Error> {
+        let ias = attrs.input_bits;
+        if attrs.stage2 {
             let vmid = self.vmids.alloc().ok_or(Error::NoDomainIds)?;
-            match PageTable::new(ArmLpae::stage2(S2_LEVELS), &mut self.mem) {
-                Ok(table) => Ok(Slot::Paging { table, tag: Tag::Vmid(vmid) }),
+            match PageTable::new(ArmLpae::stage2(attrs.levels()), &mut self.mem) {
+                Ok(table) => Ok(Slot::Paging { table, tag: Tag::Vmid(vmid), ias, children: 0 }),
                 Err(e) => {
                     self.vmids.free(vmid);
                     Err(e.into())
@@ -138,7 +254,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             }
         } else {
             let asid = self.asids.alloc().ok_or(Error::NoDomainIds)?;
-            let fmt = ArmLpae::stage1(S1_LEVELS, cd::MAIR_CACHED, cd::MAIR_DEVICE);
+            let fmt = ArmLpae::stage1(attrs.levels(), cd::MAIR_CACHED, cd::MAIR_DEVICE);
             let (table, frame) = match (PageTable::new(fmt, &mut self.mem), self.mem.alloc_table()) {
                 (Ok(t), Some(f)) => (t, f),
                 (t, f) => {
@@ -152,17 +268,11 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
                     return Err(Error::NoMemory);
                 }
             };
-            let desc = cd::stage1(cd::Stage1 {
-                asid,
-                ttb0: table.root(),
-                ias: self.input_bits(),
-                ips: self.smmu.oas(),
-                mair: cd::MAIR,
-            });
+            let desc = cd::stage1(cd::Stage1 { asid, ttb0: table.root(), ias, ips: self.smmu.oas(), mair: cd::MAIR });
             for (i, w) in desc.iter().enumerate() {
                 self.mem.write(frame, i, *w);
             }
-            Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame } })
+            Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame }, ias, children: 0 })
         }
     }
 
@@ -172,13 +282,17 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             Some(Slot::Identity) => Ok(ste::bypass()),
             Some(Slot::Blocked) => Ok(ste::abort()),
             Some(Slot::Paging { tag: Tag::Asid { cd, .. }, .. }) => Ok(ste::stage1(*cd)),
-            Some(Slot::Paging { table, tag: Tag::Vmid(vmid) }) => Ok(ste::stage2(ste::Stage2 {
-                vmid: *vmid,
-                ttb: table.root(),
-                ias: self.input_bits(),
-                levels: S2_LEVELS,
-                ps: self.smmu.oas(),
-            })),
+            Some(Slot::Paging { tag: Tag::Vmid(_), .. }) => {
+                self.stage2_of(domain).map(ste::stage2).ok_or(Error::NoSuchDomain(domain))
+            }
+            Some(Slot::Nested { parent, ste: user }) => {
+                let s2 = self.stage2_of(*parent).ok_or(Error::NoSuchDomain(*parent))?;
+                Ok(match user {
+                    UserSte::Abort => ste::abort(),
+                    UserSte::Bypass => ste::stage2(s2),
+                    UserSte::Translate(words) => ste::nested(*words, s2),
+                })
+            }
             None => Err(Error::NoSuchDomain(domain)),
         }
     }
@@ -234,14 +348,88 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
 
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
         let slot = match kind {
-            DomainKind::Paging => self.new_paging()?,
+            DomainKind::Paging => self.new_paging(self.default_attrs())?,
             DomainKind::Identity => Slot::Identity,
             DomainKind::Blocked => Slot::Blocked,
         };
-        let id = DomainId(self.next_handle);
-        self.next_handle += 1;
-        self.domains.insert(id.0, slot);
-        Ok(id)
+        Ok(self.insert(slot))
+    }
+
+    /// `SMMUV3_ATTRS` (no parent): a paging domain with the stage, granule and
+    /// input size asked for ([`user::decode_attrs`]). `SMMUV3_STE` (parent: a
+    /// stage-2 domain of this SMMU): a nested child ([`user::check_ste`]);
+    /// needs both stages (IDR0.S1P and S2P, §6.3.1).
+    fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
+        match (data_type, parent) {
+            (hwpt_data::SMMUV3_ATTRS, None) => {
+                let attrs = user::decode_attrs(&self.smmu.idr, self.use_stage2, data)?;
+                let id = self.insert_paging(attrs)?;
+                log::info!(
+                    "smmuv3: domain {}: stage {}, {}-bit input ({} levels, 4 KiB granule) from driver attributes",
+                    id.0,
+                    if attrs.stage2 { 2 } else { 1 },
+                    attrs.input_bits,
+                    attrs.levels()
+                );
+                Ok(id)
+            }
+            (hwpt_data::SMMUV3_ATTRS, Some(_)) => Err(Error::InvalidData("driver attributes take no parent")),
+            (hwpt_data::SMMUV3_STE, Some(parent)) => self.nested_child(data, parent),
+            (hwpt_data::SMMUV3_STE, None) => Err(Error::InvalidData("a nested domain needs a parent")),
+            _ => Err(Error::NotSupported("driver data type")),
+        }
+    }
+
+    /// A stage-2 domain (VMID, 3-level 39-bit tables) where the SMMU has
+    /// stage 2; a plain paging domain otherwise.
+    fn domain_alloc_nest_parent(&mut self) -> Result<DomainId, Error> {
+        self.nest_parent()
+    }
+
+    /// `SMMUV3_STE` entries ([`abi::ioas::HwptSmmuv3Command`]) for a nested
+    /// child, checked by [`user::check_commands`]: the accepted ones go to the
+    /// queue (CFGI_CD* once per stream attached to the child) in batches,
+    /// each closed by a CMD_SYNC. A command the SMMU refuses (CERROR, §4.7.3)
+    /// is [`Error::Hardware`], and only the entries before it count as handled.
+    fn invalidate_user(
+        &mut self,
+        domain: DomainId,
+        data_type: u32,
+        entries: &[u8],
+        entry_len: usize,
+    ) -> (u32, Result<(), Error>) {
+        let parent = match self.domains.get(&domain.0) {
+            Some(Slot::Nested { parent, .. }) => *parent,
+            Some(_) => return (0, Err(Error::InvalidData("not a nested domain"))),
+            None => return (0, Err(Error::NoSuchDomain(domain))),
+        };
+        if data_type != hwpt_data::SMMUV3_STE {
+            return (0, Err(Error::NotSupported("invalidation data type")));
+        }
+        let Some(s2) = self.stage2_of(parent) else { return (0, Err(Error::NoSuchDomain(parent))) };
+        let (accepted, stop) = user::check_commands(&self.smmu.idr, s2.vmid, entries, entry_len);
+        let streams = self.streams_of(domain);
+        // Each hardware command with the index of the entry it came from.
+        let mut cmds: Vec<(cmd::Command, usize)> = Vec::new();
+        for (i, c) in accepted.iter().enumerate() {
+            cmds.extend(c.commands(&streams).map(|hw| (hw, i)));
+        }
+        for (n, chunk) in cmds.chunks(USER_BATCH).enumerate() {
+            let batch: Vec<cmd::Command> = chunk.iter().map(|&(c, _)| c).collect();
+            self.flushes += 1;
+            if let Err((e, at)) = self.smmu.submit_batch(&batch, &mut self.mem) {
+                // The entries before the refused command's were handled;
+                // without a position, those wholly before this batch.
+                let handled = chunk[at.map_or(0, |k| k.min(chunk.len() - 1))].1;
+                log::warn!("smmuv3: user invalidation batch {n} of domain {}: {e}", domain.0);
+                let err = match e {
+                    SmmuError::Command { .. } => Error::Hardware("SMMU refused a user command"),
+                    e => Error::from(e),
+                };
+                return (handled as u32, Err(err));
+            }
+        }
+        (accepted.len() as u32, stop.map_or(Ok(()), Err))
     }
 
     fn domain_free(&mut self, domain: DomainId) -> Result<(), Error> {
@@ -251,19 +439,38 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         if self.attached.values().any(|d| *d == domain) {
             return Err(Error::Busy(domain));
         }
-        if let Some(Slot::Paging { table, tag }) = self.domains.remove(&domain.0) {
-            table.destroy(&mut self.mem);
-            match tag {
-                Tag::Asid { asid, cd } => {
-                    let _ = self.smmu.submit(&[cmd::tlbi_nh_asid(asid)], &mut self.mem);
-                    self.mem.free_table(cd);
-                    self.asids.free(asid);
-                }
-                Tag::Vmid(vmid) => {
-                    let _ = self.smmu.submit(&[cmd::tlbi_s12_vmall(vmid)], &mut self.mem);
-                    self.vmids.free(vmid);
+        if let Some(Slot::Paging { children, .. }) = self.domains.get(&domain.0) {
+            if *children > 0 {
+                return Err(Error::Busy(domain));
+            }
+        }
+        match self.domains.remove(&domain.0) {
+            Some(Slot::Paging { table, tag, .. }) => {
+                table.destroy(&mut self.mem);
+                match tag {
+                    Tag::Asid { asid, cd } => {
+                        let _ = self.smmu.submit(&[cmd::tlbi_nh_asid(asid)], &mut self.mem);
+                        self.mem.free_table(cd);
+                        self.asids.free(asid);
+                    }
+                    Tag::Vmid(vmid) => {
+                        let _ = self.smmu.submit(&[cmd::tlbi_s12_vmall(vmid)], &mut self.mem);
+                        self.vmids.free(vmid);
+                    }
                 }
             }
+            Some(Slot::Nested { parent, .. }) => {
+                // No stream uses the child any more (its STEs were replaced,
+                // and CFGI_STE dropped the CDs cached under them, §4.3.1);
+                // the stage-1 entries its owner's ASIDs left under the
+                // parent's VMID go now.
+                if let Some(Slot::Paging { tag: Tag::Vmid(vmid), children, .. }) = self.domains.get_mut(&parent.0) {
+                    *children = children.saturating_sub(1);
+                    let vmid = *vmid;
+                    let _ = self.smmu.submit(&[cmd::tlbi_nh_all(vmid)], &mut self.mem);
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -304,17 +511,18 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     }
 
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
-        let top = (1u64 << self.input_bits()) - 1;
-        if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
-            return Err(Error::OutOfAperture { iova, len });
-        }
+        let beyond = |bits: u32| len > 0 && iova.checked_add(len - 1).is_none_or(|last| last >> bits != 0);
+        let unit_bits = self.input_bits();
         match self.domains.get_mut(&domain.0) {
+            // Each paging domain's aperture is its own input size.
+            Some(Slot::Paging { ias, .. }) if beyond(*ias) => Err(Error::OutOfAperture { iova, len }),
             // New entries replace invalid ones, which the SMMU never caches:
             // nothing to invalidate (§3.21.3).
             Some(Slot::Paging { table, .. }) => {
                 table.map(&mut self.mem, iova, pa, len, perms)?.release(&mut self.mem);
                 Ok(())
             }
+            _ if beyond(unit_bits) => Err(Error::OutOfAperture { iova, len }),
             Some(_) => Err(Error::NotPaging(domain)),
             None => Err(Error::NoSuchDomain(domain)),
         }
@@ -332,8 +540,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     }
 
     fn flush(&mut self, domain: DomainId, gather: Gather) -> Result<(), Error> {
-        let tag = match self.domains.get(&domain.0) {
-            Some(Slot::Paging { tag, .. }) => *tag,
+        let (tag, children) = match self.domains.get(&domain.0) {
+            Some(Slot::Paging { tag, children, .. }) => (*tag, *children),
             other => {
                 gather.release(&mut self.mem);
                 return if other.is_some() { Ok(()) } else { Err(Error::NoSuchDomain(domain)) };
@@ -342,9 +550,18 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         if !gather.is_empty() {
             // One TLBI for the whole gather (a range when IDR3.RIL, else the
             // page or the whole ASID / VMID), then the CMD_SYNC `submit` adds.
-            let c = self.invalidation(tag, &gather);
+            let mut cmds = alloc::vec![self.invalidation(tag, &gather)];
+            if let (Tag::Vmid(vmid), true) = (tag, children > 0) {
+                // A nest parent: TLBI_S2_IPA leaves the combined stage-1 +
+                // stage-2 entries of its children (§4.4.3.1), which go with
+                // TLBI_NH_ALL; QEMU also keeps the stage-2 translation of the
+                // children's CD and table pointers in its configuration cache,
+                // which CFGI_STE of their streams drops (§4.3.1).
+                cmds.push(cmd::tlbi_nh_all(vmid));
+                cmds.extend(self.streams_under(domain).into_iter().map(cmd::cfgi_ste));
+            }
             self.flushes += 1;
-            self.smmu.submit(&[c], &mut self.mem)?;
+            self.smmu.submit(&cmds, &mut self.mem)?;
         }
         gather.release(&mut self.mem);
         Ok(())
@@ -354,7 +571,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         match self.domains.get(&domain.0)? {
             Slot::Paging { table, .. } => table.iova_to_phys(&self.mem, iova),
             Slot::Identity => Some(iova),
-            Slot::Blocked => None,
+            // The owner's stage 1 is not the kernel's to walk.
+            Slot::Blocked | Slot::Nested { .. } => None,
         }
     }
 

@@ -7,7 +7,12 @@
 //! descriptor, §5.4) and stage 2 (§5.2). [`SmmuIommu`] puts it behind the
 //! generic [`iommu::Iommu`] trait with paging domains on stage 1 or stage 2
 //! tables from the shared `io-pgtable` engine (ASIDs and VMIDs allocated),
-//! bypass for identity and abort for blocked domains.
+//! bypass for identity and abort for blocked domains. The hardware-specific
+//! door ([`user`]): paging domains with driver attributes (stage, input size),
+//! stage-2 nest parents, nested children whose stage-1 STE words (and so
+//! their CDs and tables, at IPAs of the parent) a task supplies, with
+//! Config = 0b111 in hardware (§3.3.4, §5.2), and the task's TLBI_NH_* /
+//! CFGI_CD* commands, checked and tagged with the parent's VMID (§4.3, §4.4).
 //!
 //! Hardware access: typed registers over the 128 KiB MMIO window the kernel
 //! mapped; tables and queues in memory the kernel provides ([`iommu::DmaMemory`]).
@@ -24,6 +29,7 @@ pub mod event;
 pub mod regs;
 pub mod ste;
 pub mod unit;
+pub mod user;
 
 pub use driver::SmmuIommu;
 pub use unit::{Smmu, SmmuError};

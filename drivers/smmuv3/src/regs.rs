@@ -26,6 +26,8 @@ register_bitfields! [u32,
         VMID16 OFFSET(18) NUMBITS(1) [],
         /// 2-level context-descriptor tables.
         CD2L OFFSET(19) NUMBITS(1) [],
+        /// Stall model (0 stall and terminate, 1 terminate only, 2 stall forced).
+        STALL_MODEL OFFSET(24) NUMBITS(2) [],
         /// Stream table levels (0 linear only, 1 linear and 2-level).
         ST_LEVEL OFFSET(27) NUMBITS(2) []
     ],

@@ -321,18 +321,32 @@ impl Smmu {
     /// Queues `cmds` and a CMD_SYNC and waits until the SMMU consumed them. A
     /// refused command is reported after the queue was made to run again.
     pub fn submit(&mut self, cmds: &[Command], mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
+        self.submit_batch(cmds, mem).map_err(|(e, _)| e)
+    }
+
+    /// As [`Smmu::submit`], and when the SMMU refused a command (§4.7.3),
+    /// also where in `cmds` the first refused one was (`cmds.len()`: the
+    /// closing CMD_SYNC; `None` when not known, as after a timeout or for a
+    /// batch longer than the queue's index space).
+    pub fn submit_batch(
+        &mut self,
+        cmds: &[Command],
+        mem: &mut impl DmaMemory,
+    ) -> Result<(), (SmmuError, Option<usize>)> {
         let trace = crate::tracing();
         let size = 1u32 << self.cmdq.log2;
-        let mut refused = None;
+        let span = (2u32 << self.cmdq.log2) - 1; // index and wrap bit
+        let start = self.cmdq.index;
+        let mut refused: Option<(SmmuError, Option<usize>)> = None;
         for c in cmds.iter().chain(core::iter::once(&cmd::sync())) {
             // Room for one more? (indices differ by less than the size.)
             let full = |s: &Self| {
-                let cons = CMDQ_CONS::RD.read(s.page0().cmdq_cons.get()) & ((2 << s.cmdq.log2) - 1);
-                s.cmdq.index.wrapping_sub(cons) & ((2 << s.cmdq.log2) - 1) >= size
+                let cons = CMDQ_CONS::RD.read(s.page0().cmdq_cons.get()) & span;
+                s.cmdq.index.wrapping_sub(cons) & span >= size
             };
             if full(self) {
                 self.page0().cmdq_prod.set(self.cmdq.index);
-                wait("command queue space", || !full(self) || self.command_error().is_some())?;
+                wait("command queue space", || !full(self) || self.command_error().is_some()).map_err(|e| (e, None))?;
             }
             let at = self.cmdq.slot(self.cmdq.index);
             write_word(mem, self.cmdq.base, at, c[0]);
@@ -354,7 +368,8 @@ impl Smmu {
         loop {
             wait("command queue", || {
                 CMDQ_CONS::RD.read(self.page0().cmdq_cons.get()) == prod || self.command_error().is_some()
-            })?;
+            })
+            .map_err(|e| (e, None))?;
             let Some((error, index)) = self.command_error() else { break };
             // §4.7.3 / §7.1: the queue stopped at the refused command. Put a
             // CMD_SYNC in its place, acknowledge the error and let it run on.
@@ -369,7 +384,11 @@ impl Smmu {
             }
             self.page0().gerrorn.modify(GERROR::CMDQ_ERR.val(GERROR::CMDQ_ERR.read(gerror)));
             self.page0().cmdq_prod.set(prod);
-            refused = Some(SmmuError::Command { error, index });
+            if refused.is_none() {
+                let offset = (index.wrapping_sub(start) & span) as usize;
+                let known = cmds.len() < span as usize && offset <= cmds.len();
+                refused = Some((SmmuError::Command { error, index }, known.then_some(offset)));
+            }
         }
         refused.map_or(Ok(()), Err)
     }
@@ -430,9 +449,9 @@ impl Smmu {
             );
         }
         let inval = if fresh { cmd::cfgi_all() } else { cmd::cfgi_ste(sid) };
-        // A stage-1 STE's CD may be cached under the stream too (§4.3.2).
-        let stage1 = entry[0] >> 1 & 0b111 == 0b101;
-        if stage1 {
+        // The CD of an STE that translates at stage 1 (alone or nested) may
+        // be cached under the stream too (§4.3.3).
+        if ste::translates_stage1(entry) {
             self.submit(&[inval, cmd::cfgi_cd(sid)], mem)
         } else {
             self.submit(&[inval], mem)

@@ -1,4 +1,5 @@
-//! Legacy-mode root and context entries (VT-d §9.1 root entry, §9.3 context entry).
+//! Root, context and PASID entries: legacy mode (VT-d §9.1 root entry, §9.3
+//! context entry) and scalable mode (§9.2, §9.4–§9.6).
 
 /// Root entry, low 64 bits: present (bit 0) and the context table pointer.
 pub fn root_entry(context_table: u64) -> u64 {
@@ -61,13 +62,21 @@ pub fn pasid_entry_second_stage(slpt_root: u64, levels: usize, domain_id: u16) -
 /// PASID-granular translation type "first stage only" (§9.6, PGTT = 001b).
 pub const PGTT_FIRST_STAGE: u64 = 1;
 
+/// PASID entry bit 88 (qword 1 bit 24), PGSNP: every access of requests
+/// through this entry is snooped (only with ECAP.SC).
+const PGSNP: u64 = 1 << 24;
+
 /// Scalable-mode PASID table entry for first-stage translation (x86 paging
-/// format, 4 levels: FLPM = 0) through `flpt_root` in domain `domain_id`.
-pub fn pasid_entry_first_stage(flpt_root: u64, domain_id: u16) -> [u64; 8] {
-    // AW describes the 48-bit input space too (QEMU checks first-stage IOVAs
-    // for canonical form against it).
-    let q0 = PGTT_FIRST_STAGE << 6 | address_width(4) << 2 | 1;
-    [q0, u64::from(domain_id), flpt_root, 0, 0, 0, 0, 0]
+/// format, 4 levels: FLPM = 0, or 5 levels: FLPM = 1, needs CAP.FL5LP)
+/// through `flpt_root` in domain `domain_id`, with PGSNP when `snoop`.
+pub fn pasid_entry_first_stage(flpt_root: u64, levels: usize, domain_id: u16, snoop: bool) -> [u64; 8] {
+    // AW describes the input space too (QEMU checks first-stage IOVAs for
+    // canonical form against it).
+    let q0 = PGTT_FIRST_STAGE << 6 | address_width(levels) << 2 | 1;
+    let q1 = u64::from(domain_id) | if snoop { PGSNP } else { 0 };
+    // FLPM: qword 2 bits 3:2 (0 = 4-level, 1 = 5-level paging).
+    let flpm = (levels as u64).saturating_sub(4) << 2;
+    [q0, q1, flpt_root | flpm, 0, 0, 0, 0, 0]
 }
 
 /// PASID-granular translation type "pass-through" (§9.6, PGTT = 100b, only with ECAP.PT).
@@ -91,7 +100,8 @@ mod tests {
         assert_eq!(scalable_context_entry(0x7000), [0x7001, 0, 0, 0]);
         assert_eq!(pasid_dir_entry(0x8000), 0x8001);
         assert_eq!(pasid_entry_second_stage(0xA000, 4, 7)[..2], [0xA000 | 0x80 | 0x8 | 1, 7]);
-        assert_eq!(pasid_entry_first_stage(0xB000, 2)[..3], [0x49, 2, 0xB000]);
+        assert_eq!(pasid_entry_first_stage(0xB000, 4, 2, false)[..3], [0x49, 2, 0xB000]);
+        assert_eq!(pasid_entry_first_stage(0xB000, 5, 2, true)[..3], [0x4D, 1 << 24 | 2, 0xB004]);
         assert_eq!(context_entry_pass_through(4, 5), (0b1001, 0x502));
         assert_eq!(pasid_entry_pass_through(3, 6)[..2], [0x100 | 0x4 | 1, 6]);
     }

@@ -14,8 +14,14 @@
 //! - RMRR regions (direct-map reserved regions) of a device are identity-mapped
 //!   into every paging domain it joins, before its context entry points there
 //!   (VT-d §8.4: the firmware may keep such DMA running across the handover).
+//! - The hardware-specific door takes `hwpt_data::VTD_ATTRS` only: a paging
+//!   domain with a chosen stage, address width and snoop control
+//!   ([`crate::hwpt::hwpt_config`]); a request the unit cannot honour is
+//!   refused with the reason logged. Each paging domain has its own
+//!   aperture (its input width); [`Info::aperture`] is the default domains'.
 
-use crate::unit::{Domain, Stage, Unit, VtdError};
+use crate::hwpt::{self, DomainConfig};
+use crate::unit::{Domain, Unit, VtdError};
 use crate::FaultRecord;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -110,14 +116,25 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         !self.attached.is_empty()
     }
 
-    /// Lowest and highest IOVA a paging domain translates.
+    /// Lowest and highest IOVA a default paging domain translates (4-level
+    /// first stage: the lower canonical half; second stage: the table's
+    /// width within MGAW + 1).
     fn aperture(&self) -> (u64, u64) {
-        let bits = match self.unit.stage {
-            // 4-level x86 paging: the lower canonical half.
-            Stage::ScalableFirst => 47,
-            _ => (12 + 9 * self.unit.levels as u64).min(crate::regs::CAP::MGAW.read(self.unit.cap) + 1),
-        };
-        (0, (1u64 << bits) - 1)
+        self.unit.default_config().aperture()
+    }
+
+    /// The configuration of paging domain `domain` (`None` for other kinds).
+    pub fn domain_config(&self, domain: DomainId) -> Option<DomainConfig> {
+        match self.domains.get(&domain.0) {
+            Some(Slot::Paging(d)) => Some(d.config),
+            _ => None,
+        }
+    }
+
+    /// Lowest and highest IOVA `domain` translates: its own input width for
+    /// a paging domain, the default domains' aperture for the other kinds.
+    pub fn domain_aperture(&self, domain: DomainId) -> (u64, u64) {
+        self.domain_config(domain).map_or_else(|| self.aperture(), |c| c.aperture())
     }
 
     fn rid(&self, device: DeviceId) -> Result<u16, Error> {
@@ -237,6 +254,15 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
         Ok(self.insert(slot))
     }
 
+    fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
+        let config = hwpt::hwpt_config(self.unit.cap, self.unit.ecap, self.unit.stage, data_type, data, parent)
+            .inspect_err(|e| log::warn!("vtd: HWPT refused: {e}"))?;
+        let d = self.unit.alloc_domain_with(config, &mut self.mem)?;
+        let id = self.insert(Slot::Paging(d));
+        log::info!("vtd: HWPT domain {}: {}", id.0, config.describe());
+        Ok(id)
+    }
+
     fn domain_free(&mut self, domain: DomainId) -> Result<(), Error> {
         if !self.domains.contains_key(&domain.0) {
             return Err(Error::NoSuchDomain(domain));
@@ -300,7 +326,7 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
     }
 
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
-        let top = self.aperture().1;
+        let top = self.domain_aperture(domain).1;
         if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
             return Err(Error::OutOfAperture { iova, len });
         }

@@ -13,7 +13,9 @@
 //! [`VtdIommu`] puts a unit behind the generic [`iommu::Iommu`] trait with
 //! paging, pass-through (or emulated identity) and blocked domains, and RMRR
 //! regions identity-mapped into the paging domains of the devices that name
-//! them. Still to come: nested translation (the hardware-specific door).
+//! them. The hardware-specific door takes kernel-managed HWPTs with driver
+//! attributes (stage, address width, snoop control; [`hwpt`]). Still to
+//! come: nested translation.
 //!
 //! Hardware access: [`regs::Registers`] over an MMIO window the kernel mapped;
 //! tables live in frames the kernel provides through [`io_pgtable::TableMemory`].
@@ -24,6 +26,7 @@ extern crate alloc;
 pub mod context;
 pub mod driver;
 pub mod fault;
+pub mod hwpt;
 pub mod invalidation;
 pub mod regs;
 pub mod unit;
@@ -37,4 +40,5 @@ fn tracing() -> bool {
     TRACE.load(core::sync::atomic::Ordering::Relaxed)
 }
 pub use driver::VtdIommu;
+pub use hwpt::DomainConfig;
 pub use unit::{Domain, DomainTable, Stage, Unit, VtdError};

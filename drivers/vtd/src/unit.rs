@@ -1,7 +1,9 @@
-//! One remapping unit in legacy mode, and its second-level domains.
+//! One remapping unit (legacy or scalable mode), and its domains:
+//! second-stage tables, or first-stage tables in scalable mode.
 
 use crate::context;
 use crate::fault::FaultRecord;
+use crate::hwpt::{self, DomainConfig};
 use crate::invalidation::{self as inv, Descriptor, QueueError};
 use crate::regs::{FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
 use io_pgtable::formats::{VtdSecondLevel, X86Paging};
@@ -142,6 +144,16 @@ pub struct Domain {
     pub id: u16,
     /// Its page table.
     pub table: DomainTable,
+    /// Stage, levels, input width and snoop: the unit's default, or what a
+    /// HWPT asked for.
+    pub config: DomainConfig,
+}
+
+impl Domain {
+    /// Lowest and highest (inclusive) IOVA the domain translates.
+    pub fn aperture(&self) -> (u64, u64) {
+        self.config.aperture()
+    }
 }
 
 /// A remapping unit.
@@ -152,8 +164,11 @@ pub struct Unit {
     context_tables: [u64; 256],
     /// Scalable mode: context-table frame per bus for devfn 128–255.
     upper_context_tables: [u64; 256],
-    /// Second-level levels in use (3, 4 or 5).
+    /// Second-level levels of the default domains (3, 4 or 5); pass-through
+    /// entries carry this address width too.
     pub levels: usize,
+    /// What `new_domain` and `alloc_domain` give.
+    default_config: DomainConfig,
     /// Largest leaf level (SLLPS).
     pub max_leaf_level: usize,
     /// CAP.CM: flush on map too.
@@ -180,8 +195,8 @@ pub struct Unit {
 /// What a context / PASID entry points a device at.
 #[derive(Clone, Copy)]
 enum Entry {
-    /// A page table (root address) in domain `id`.
-    Table { root: u64, id: u16 },
+    /// A page table (root address) in domain `id`, with its configuration.
+    Table { root: u64, id: u16, config: DomainConfig },
     /// No translation, domain `id`.
     PassThrough { id: u16 },
 }
@@ -253,16 +268,13 @@ impl Unit {
         // SAFETY: the caller guarantees `base` maps the registers.
         let regs = unsafe { &*(base as *const Registers) };
         let (cap, ecap) = (regs.cap.get(), regs.ecap.get());
-        let sagaw = CAP::SAGAW.read(cap);
-        let levels = if sagaw & 0b0100 != 0 {
-            4
-        } else if sagaw & 0b0010 != 0 {
-            3
-        } else if sagaw & 0b1000 != 0 {
-            5
-        } else {
-            return Err(VtdError::NoAddressWidth);
+        let levels = hwpt::sagaw_default_levels(cap).ok_or(VtdError::NoAddressWidth)?;
+        let stage = match (ECAP::SMTS.read(ecap) != 0, ECAP::SLTS.read(ecap) != 0, ECAP::FLTS.read(ecap) != 0) {
+            (true, true, _) => Stage::ScalableSecond,
+            (true, false, true) => Stage::ScalableFirst,
+            _ => Stage::Legacy,
         };
+        let default_config = hwpt::default_config(cap, stage).ok_or(VtdError::NoAddressWidth)?;
         let sllps = CAP::SLLPS.read(cap);
         let max_leaf_level = if sllps & 2 != 0 {
             2
@@ -278,6 +290,7 @@ impl Unit {
             context_tables: [0; 256],
             upper_context_tables: [0; 256],
             levels,
+            default_config,
             max_leaf_level,
             caching_mode: CAP::CM.read(cap) != 0,
             cap,
@@ -285,11 +298,7 @@ impl Unit {
             invalidations: 0,
             fault_overflows: core::sync::atomic::AtomicU64::new(0),
             queue: None,
-            stage: match (ECAP::SMTS.read(ecap) != 0, ECAP::SLTS.read(ecap) != 0, ECAP::FLTS.read(ecap) != 0) {
-                (true, true, _) => Stage::ScalableSecond,
-                (true, false, true) => Stage::ScalableFirst,
-                _ => Stage::Legacy,
-            },
+            stage,
             pasid_tables: alloc::vec::Vec::new(),
             domain_ids: iommu::ids::IdAllocator::new(1 << (4 + 2 * CAP::ND.read(cap))),
         };
@@ -465,36 +474,64 @@ impl Unit {
 
     /// A new, empty domain with a fresh ID.
     pub fn alloc_domain(&mut self, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
-        let id = self.alloc_domain_id().ok_or(VtdError::NoDomainId)?;
-        self.new_domain(id, mem).inspect_err(|_| self.free_domain_id(id))
+        self.alloc_domain_with(self.default_config, mem)
     }
 
-    /// Largest leaf level of the domains' tables (0 = 4K, 1 = 2M, 2 = 1G):
-    /// SLLPS for second-level tables; for first-stage tables 2M always and
-    /// 1G only with CAP.FS1GP (bit 56).
+    /// A new, empty domain with a fresh ID and configuration `config` (one
+    /// [`hwpt::hwpt_config`] accepted for this unit).
+    pub fn alloc_domain_with(&mut self, config: DomainConfig, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
+        let id = self.alloc_domain_id().ok_or(VtdError::NoDomainId)?;
+        self.new_domain_with(id, config, mem).inspect_err(|_| self.free_domain_id(id))
+    }
+
+    /// The configuration of the unit's default paging domains.
+    pub fn default_config(&self) -> DomainConfig {
+        self.default_config
+    }
+
+    /// Largest leaf level of the default domains' tables (0 = 4K, 1 = 2M, 2 = 1G).
     pub fn domain_max_leaf_level(&self) -> usize {
-        match self.stage {
-            Stage::ScalableFirst => 1 + (self.cap >> 56 & 1) as usize,
-            _ => self.max_leaf_level,
+        self.max_leaf_level_for(self.default_config.first_stage)
+    }
+
+    /// Largest leaf level of first-stage or second-stage tables: SLLPS for
+    /// second-level tables; for first-stage tables 2M always and 1G only with
+    /// CAP.FS1GP (bit 56).
+    pub fn max_leaf_level_for(&self, first_stage: bool) -> usize {
+        if first_stage {
+            1 + (self.cap >> 56 & 1) as usize
+        } else {
+            self.max_leaf_level
         }
     }
 
     /// A new, empty domain in the format the unit's stage uses.
     pub fn new_domain(&self, id: u16, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
-        let table = if self.stage == Stage::ScalableFirst {
-            // 4-level x86 paging (FLPM = 0).
-            let fmt = X86Paging::vtd_first_level(4, self.domain_max_leaf_level());
+        self.new_domain_with(id, self.default_config, mem)
+    }
+
+    /// A new, empty domain with configuration `config`: first-stage x86
+    /// paging (FLPM from its levels) or second-stage tables of its levels.
+    pub fn new_domain_with(
+        &self,
+        id: u16,
+        config: DomainConfig,
+        mem: &mut impl TableMemory,
+    ) -> Result<Domain, VtdError> {
+        let leaf = self.max_leaf_level_for(config.first_stage);
+        let table = if config.first_stage {
+            let fmt = X86Paging::vtd_first_level(config.levels, leaf);
             DomainTable::First(PageTable::new(fmt, mem).map_err(VtdError::Map)?)
         } else {
-            let fmt = VtdSecondLevel { levels: self.levels, max_leaf_level: self.max_leaf_level };
+            let fmt = VtdSecondLevel { levels: config.levels, max_leaf_level: leaf };
             DomainTable::Second(PageTable::new(fmt, mem).map_err(VtdError::Map)?)
         };
-        Ok(Domain { id, table })
+        Ok(Domain { id, table, config })
     }
 
     /// Points requester ID `rid` at `domain` and flushes the context cache.
     pub fn attach(&mut self, rid: u16, domain: &Domain, mem: &mut impl TableMemory) -> Result<(), VtdError> {
-        self.install(rid, Entry::Table { root: domain.table.root(), id: domain.id }, mem)
+        self.install(rid, Entry::Table { root: domain.table.root(), id: domain.id, config: domain.config }, mem)
     }
 
     /// Whether the unit can let DMA through untranslated (ECAP.PT).
@@ -516,6 +553,9 @@ impl Unit {
         if self.stage != Stage::Legacy {
             return self.attach_scalable(rid, entry, mem);
         }
+        if matches!(entry, Entry::Table { config: DomainConfig { first_stage: true, .. }, .. }) {
+            return Err(VtdError::NotSupported("first-stage tables in legacy mode"));
+        }
         let bus = usize::from(rid >> 8);
         if self.context_tables[bus] == 0 {
             let ct = mem.alloc_table().ok_or(VtdError::NoMemory)?;
@@ -524,7 +564,7 @@ impl Unit {
             mem.write(self.root, 2 * bus, context::root_entry(ct));
         }
         let (lo, hi) = match entry {
-            Entry::Table { root, id } => context::context_entry(root, self.levels, id),
+            Entry::Table { root, id, config } => context::context_entry(root, config.levels, id),
             Entry::PassThrough { id } => context::context_entry_pass_through(self.levels, id),
         };
         let ct = self.context_tables[bus];
@@ -564,10 +604,12 @@ impl Unit {
                 (d, t)
             }
         };
-        let pe = match (entry, self.stage) {
-            (Entry::PassThrough { id }, _) => context::pasid_entry_pass_through(self.levels, id),
-            (Entry::Table { root, id }, Stage::ScalableFirst) => context::pasid_entry_first_stage(root, id),
-            (Entry::Table { root, id }, _) => context::pasid_entry_second_stage(root, self.levels, id),
+        let pe = match entry {
+            Entry::PassThrough { id } => context::pasid_entry_pass_through(self.levels, id),
+            Entry::Table { root, id, config } if config.first_stage => {
+                context::pasid_entry_first_stage(root, config.levels, id, config.snoop)
+            }
+            Entry::Table { root, id, config } => context::pasid_entry_second_stage(root, config.levels, id),
         };
         for (i, q) in pe.iter().enumerate().rev() {
             mem.write(table, i, *q); // present bit (qword 0) last
@@ -632,6 +674,9 @@ impl Unit {
         perms: Perms,
         mem: &mut impl TableMemory,
     ) -> Result<(), VtdError> {
+        // Snooped second-stage domains: SNP (bit 11) in every leaf, which
+        // VtdSecondLevel writes for Perms::CACHE (first stage: PGSNP instead).
+        let perms = if domain.config.snoop && !domain.config.first_stage { perms | Perms::CACHE } else { perms };
         let g = domain.table.map(mem, iova, pa, len, perms).map_err(VtdError::Map)?;
         if self.caching_mode {
             // CAP.CM: the unit may have cached the not-present entries (§6.1).

@@ -311,9 +311,18 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
                     return Err(e);
                 }
             };
-            // Entries up to the first malformed one; that one stops the batch.
-            let (entries, bad) = iommufd::abi_glue::invalidations(&bytes, s.entry_len as usize);
-            let (handled, result) = with_fd(|fd, units, mem| Ok(fd.hwpt_invalidate(units, mem, s.hwpt_id, &entries)))?;
+            let (handled, result, bad) = if s.data_type == a::hwpt_data::VTD_S1 {
+                // Entries up to the first malformed one; that one stops the batch.
+                let (entries, bad) = iommufd::abi_glue::invalidations(&bytes, s.entry_len as usize);
+                let (n, r) = with_fd(|fd, units, mem| Ok(fd.hwpt_invalidate(units, mem, s.hwpt_id, &entries)))?;
+                (n, r, bad)
+            } else {
+                // The unit's own commands: it checks each one.
+                let (n, r) = with_fd(|fd, units, _| {
+                    Ok(fd.hwpt_invalidate_driver(units, s.hwpt_id, s.data_type, &bytes, s.entry_len as usize))
+                })?;
+                (n, r, None)
+            };
             s.entry_num = handled;
             write(ptr, &s, size)?;
             result?;
@@ -384,8 +393,8 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
             // The typed part first: it is complete even when the raw registers do not fit.
             let (data_type, typed) = iommufd::abi_glue::typed_hw_info(&info);
             s.out_data_type = data_type;
-            s.out_hwpt_alloc_types = iommufd::abi_glue::HWPT_ALLOC_TYPES;
-            s.out_invalidate_types = iommufd::abi_glue::INVALIDATE_TYPES;
+            s.out_hwpt_alloc_types = iommufd::abi_glue::hwpt_alloc_types(info.kind);
+            s.out_invalidate_types = iommufd::abi_glue::invalidate_types(info.kind);
             if s.data_len > 0 {
                 let n = typed.len().min(s.data_len as usize);
                 copy_to_user(s.data_uptr, &typed[..n])?;

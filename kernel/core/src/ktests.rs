@@ -506,7 +506,25 @@ fn hw_vtd_program_passes() -> TestResult {
     }
 }
 
-ktest::suite!(pub IOAS = "ioas", [task_exit_releases_everything, hw_vtd_program_passes]);
+/// The SMMUv3 hardware-door demo (`hw-smmuv3`): the task's context
+/// descriptor and stage-1 tables nested in hardware over a NEST_PARENT
+/// (stage-2) HWPT, TLBI_NH_VA through `hwpt_invalidate`, an illegal command
+/// refused in place, faults from a fault queue.
+fn hw_smmuv3_program_passes() -> TestResult {
+    let smmu = crate::iommu::with_units(|u| u.iter().any(|u| u.info().kind == iommu::UnitKind::Smmuv3));
+    if !smmu || crate::edu::devices().is_empty() {
+        return Err(ktest::TestError::Skipped("no edu behind an SMMUv3".into()));
+    }
+    match crate::task::run("hw-smmuv3") {
+        Ok(crate::platform::UserExit::Exited(0)) => Ok(()),
+        other => Err(ktest::TestError::Failed(alloc::format!("hw-smmuv3: {other:?}"))),
+    }
+}
+
+ktest::suite!(
+    pub IOAS = "ioas",
+    [task_exit_releases_everything, hw_vtd_program_passes, hw_smmuv3_program_passes]
+);
 
 #[cfg(feature = "ktest-selfcheck")]
 ktest::suite!(pub SELFCHECK = "selfcheck", [must_fail]);

@@ -84,20 +84,22 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
             crash_test(boot);
             let names: alloc::vec::Vec<&str> = task::programs().iter().map(|p| p.name).collect();
             log::info!("user programs: {}", if names.is_empty() { "none packed".into() } else { names.join(", ") });
-            let init_ok = match boot.cmdline_value("init") {
-                Some(name) => match task::run(name) {
-                    Ok(UserExit::Exited(0)) => true,
-                    Ok(other) => {
-                        log::error!("init {name}: {other:?}");
-                        false
+            // `init=a,b`: the programs run one after the other; all must exit 0.
+            let init_ok = boot.cmdline_value("init").is_none_or(|names| {
+                names.split(',').filter(|n| !n.is_empty()).fold(true, |ok, name| {
+                    ok & match task::run(name) {
+                        Ok(UserExit::Exited(0)) => true,
+                        Ok(other) => {
+                            log::error!("init {name}: {other:?}");
+                            false
+                        }
+                        Err(e) => {
+                            log::error!("init {name}: {e}");
+                            false
+                        }
                     }
-                    Err(e) => {
-                        log::error!("init {name}: {e}");
-                        false
-                    }
-                },
-                None => true,
-            };
+                })
+            });
             init_ok && run_tests(boot, suites)
         }
         Err(e) => {

@@ -44,6 +44,11 @@ pub fn hwpt_alloc(s: &a::HwptAlloc, data: &[u8]) -> Result<HwptAlloc, Errno> {
             }
             HwptData::Stage1X86 { root: s1.pgtbl_addr, levels }
         }
+        // Driver attributes: the unit decodes and checks them.
+        a::hwpt_data::VTD_ATTRS | a::hwpt_data::SMMUV3_ATTRS | a::hwpt_data::AMDVI_ATTRS => {
+            HwptData::Driver { data_type: s.data_type, bytes: data.to_vec() }
+        }
+        a::hwpt_data::SMMUV3_STE => HwptData::DriverNested { data_type: s.data_type, bytes: data.to_vec() },
         _ => return Err(Errno::EOPNOTSUPP),
     };
     Ok(HwptAlloc {
@@ -61,7 +66,8 @@ pub const MAX_INVALIDATIONS: u32 = 4096;
 /// Checks an [`a::HwptInvalidate`]'s header (`EINVAL` / `E2BIG`) before its
 /// entries are read: the entry bytes to copy.
 pub fn invalidation_bytes(s: &a::HwptInvalidate) -> Result<usize, Errno> {
-    if s.data_type != a::hwpt_data::VTD_S1 || s.entry_len == 0 || s.entry_len > a::MAX_STRUCT {
+    let known = matches!(s.data_type, a::hwpt_data::VTD_S1 | a::hwpt_data::SMMUV3_STE);
+    if !known || s.entry_len == 0 || s.entry_len > a::MAX_STRUCT {
         return Err(Errno::EINVAL);
     }
     if s.entry_num > MAX_INVALIDATIONS {
@@ -111,11 +117,25 @@ pub fn fault_record(r: &crate::FaultRecord) -> a::FaultRecord {
     }
 }
 
-/// `HwInfo.out_hwpt_alloc_types`: kernel-managed HWPTs and VT-d stage-1
-/// children (shadowed where the unit cannot nest), on every unit.
-pub const HWPT_ALLOC_TYPES: u64 = 1 << a::hwpt_data::NONE | 1 << a::hwpt_data::VTD_S1;
-/// `HwInfo.out_invalidate_types`: VT-d stage-1 invalidations, on every unit.
-pub const INVALIDATE_TYPES: u64 = 1 << a::hwpt_data::VTD_S1;
+/// `HwInfo.out_hwpt_alloc_types` for a unit of `kind`: kernel-managed HWPTs
+/// and VT-d stage-1 children (shadowed where the unit cannot nest) on every
+/// unit, plus the unit's own driver attributes and (SMMUv3) hardware nesting.
+pub fn hwpt_alloc_types(kind: iommu::UnitKind) -> u64 {
+    let generic = 1 << a::hwpt_data::NONE | 1 << a::hwpt_data::VTD_S1;
+    generic
+        | match kind {
+            iommu::UnitKind::Vtd => 1 << a::hwpt_data::VTD_ATTRS,
+            iommu::UnitKind::AmdVi => 1 << a::hwpt_data::AMDVI_ATTRS,
+            iommu::UnitKind::Smmuv3 => 1 << a::hwpt_data::SMMUV3_ATTRS | 1 << a::hwpt_data::SMMUV3_STE,
+            iommu::UnitKind::VirtioIommu | iommu::UnitKind::Mock => 0,
+        }
+}
+
+/// `HwInfo.out_invalidate_types` for a unit of `kind`: VT-d stage-1 entries
+/// everywhere, SMMUv3 commands on an SMMUv3.
+pub fn invalidate_types(kind: iommu::UnitKind) -> u64 {
+    1 << a::hwpt_data::VTD_S1 | if kind == iommu::UnitKind::Smmuv3 { 1 << a::hwpt_data::SMMUV3_STE } else { 0 }
+}
 
 /// The unit's capabilities as the typed struct of its kind (`abi::ioas::HwInfo*`).
 pub fn typed_hw_info(info: &iommu::Info) -> (u32, Vec<u8>) {
@@ -213,6 +233,17 @@ mod tests {
         assert_eq!(hwpt_alloc(&alloc(a::hwpt_data::VTD_S1, &long, 0), &long).err(), Some(Errno::E2BIG));
         assert_eq!(hwpt_alloc(&alloc(a::hwpt_data::NONE, &[0; 8], 0), &[0; 8]).err(), Some(Errno::EINVAL));
         assert_eq!(hwpt_alloc(&alloc(77, &[0; 8], 0), &[0; 8]).err(), Some(Errno::EOPNOTSUPP));
+        // Driver types pass their bytes through unchanged.
+        let attrs = [48, 0, 0, 0, 1, 0, 0, 0];
+        let d = hwpt_alloc(&alloc(a::hwpt_data::VTD_ATTRS, &attrs, 0), &attrs).unwrap();
+        assert_eq!(d.data, HwptData::Driver { data_type: a::hwpt_data::VTD_ATTRS, bytes: attrs.to_vec() });
+        let ste = [1u8; 16];
+        let d = hwpt_alloc(&alloc(a::hwpt_data::SMMUV3_STE, &ste, 0), &ste).unwrap();
+        assert_eq!(d.data, HwptData::DriverNested { data_type: a::hwpt_data::SMMUV3_STE, bytes: ste.to_vec() });
+        assert_eq!(hwpt_alloc_types(iommu::UnitKind::VirtioIommu), 0b11);
+        assert_eq!(hwpt_alloc_types(iommu::UnitKind::Smmuv3), 0b101011);
+        assert_eq!(invalidate_types(iommu::UnitKind::Smmuv3), 0b100010);
+        assert_eq!(invalidate_types(iommu::UnitKind::Vtd), 0b10);
         let huge = [0u8; 300];
         assert_eq!(hwpt_alloc(&alloc(a::hwpt_data::VTD_S1, &huge, 0), &huge).err(), Some(Errno::E2BIG));
     }
@@ -238,6 +269,7 @@ mod tests {
         };
         assert_eq!(invalidation_bytes(&header(a::hwpt_data::VTD_S1, 24, 3)), Ok(72));
         assert_eq!(invalidation_bytes(&header(9, 24, 3)), Err(Errno::EINVAL));
+        assert_eq!(invalidation_bytes(&header(a::hwpt_data::SMMUV3_STE, 16, 2)), Ok(32));
         assert_eq!(invalidation_bytes(&header(a::hwpt_data::VTD_S1, 0, 3)), Err(Errno::EINVAL));
         assert_eq!(invalidation_bytes(&header(a::hwpt_data::VTD_S1, 24, 5000)), Err(Errno::E2BIG));
     }

@@ -58,6 +58,17 @@ pub enum HwptData {
         /// 4 or 5.
         levels: usize,
     },
+    /// A nested child the unit builds itself (hardware nesting): `bytes`
+    /// (the unit's own structure, e.g. SMMUv3 STE words) go unchanged to
+    /// `domain_alloc_user(data_type, bytes, Some(parent's domain))`, and its
+    /// invalidations to the unit's `invalidate_user`. Parent must be a
+    /// [`hwpt_flags::NEST_PARENT`] HWPT on the same unit.
+    DriverNested {
+        /// The driver's type tag for `bytes`.
+        data_type: u32,
+        /// The driver's structure.
+        bytes: Vec<u8>,
+    },
 }
 
 /// One stage-1 invalidation request of [`Iommufd::hwpt_invalidate`].
@@ -154,6 +165,7 @@ impl Iommufd {
                 let obj = self.reserve_id()?;
                 let domain = match &data {
                     HwptData::Driver { data_type, bytes } => units[unit].domain_alloc_user(*data_type, bytes, None),
+                    _ if nest_parent => units[unit].domain_alloc_nest_parent(),
                     _ => units[unit].domain_alloc(DomainKind::Paging),
                 };
                 let domain = match domain {
@@ -164,6 +176,34 @@ impl Iommufd {
                     }
                 };
                 self.publish_mirror(units, obj, unit, domain, parent, HwptKind::User { nest_parent }, fault_queue)
+            }
+            HwptData::DriverNested { data_type, bytes } => {
+                let p = match self.objects.get(&parent) {
+                    Some(Object::Hwpt(h)) => h,
+                    Some(_) => return Err(Errno::EINVAL),
+                    None => return Err(Errno::ENOENT),
+                };
+                if nest_parent || !matches!(p.kind, HwptKind::User { nest_parent: true }) || p.unit != unit {
+                    return Err(Errno::EINVAL);
+                }
+                let (ioas, parent_domain) = (p.ioas, p.domain);
+                let obj = self.reserve_id()?;
+                let domain = match units[unit].domain_alloc_user(data_type, &bytes, Some(parent_domain)) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.objects.remove(&obj);
+                        return Err(errno(e));
+                    }
+                };
+                let hwpt = crate::Hwpt {
+                    unit,
+                    domain,
+                    ioas,
+                    devices: 0,
+                    kind: HwptKind::Nested { parent, shadow: None },
+                    fault_queue,
+                };
+                Ok(self.publish(obj, Object::Hwpt(hwpt)))
             }
             HwptData::Stage1X86 { root, levels } => {
                 let p = match self.objects.get(&parent) {
@@ -208,7 +248,7 @@ impl Iommufd {
                     domain,
                     ioas,
                     devices: 0,
-                    kind: HwptKind::Nested { parent, shadow },
+                    kind: HwptKind::Nested { parent, shadow: Some(shadow) },
                     fault_queue,
                 };
                 Ok(self.publish(obj, Object::Hwpt(hwpt)))
@@ -236,7 +276,7 @@ impl Iommufd {
         entries: &[Stage1Invalidation],
     ) -> (u32, Result<(), Errno>) {
         match self.objects.get(&hwpt) {
-            Some(Object::Hwpt(h)) if matches!(h.kind, HwptKind::Nested { .. }) => {}
+            Some(Object::Hwpt(h)) if matches!(h.kind, HwptKind::Nested { shadow: Some(_), .. }) => {}
             Some(_) => return (0, Err(Errno::EINVAL)),
             None => return (0, Err(Errno::ENOENT)),
         }
@@ -251,6 +291,27 @@ impl Iommufd {
         (handled, Ok(()))
     }
 
+    /// Hands `entries` (`entry_len` bytes each, of `data_type`) to the unit of
+    /// a hardware-nested child, which checks each before it reaches the
+    /// hardware; returns how many were handled and why the batch stopped.
+    /// Other HWPTs: `EINVAL`, 0 handled.
+    pub fn hwpt_invalidate_driver(
+        &mut self,
+        units: Units<'_>,
+        hwpt: u32,
+        data_type: u32,
+        entries: &[u8],
+        entry_len: usize,
+    ) -> (u32, Result<(), Errno>) {
+        let (unit, domain) = match self.objects.get(&hwpt) {
+            Some(Object::Hwpt(h)) if matches!(h.kind, HwptKind::Nested { shadow: None, .. }) => (h.unit, h.domain),
+            Some(_) => return (0, Err(Errno::EINVAL)),
+            None => return (0, Err(Errno::ENOENT)),
+        };
+        let (handled, r) = units[unit].invalidate_user(domain, data_type, entries, entry_len);
+        (handled, r.map_err(errno))
+    }
+
     /// Syncs `[start, end)` of nested child `hwpt`.
     fn shadow_sync(
         &mut self,
@@ -263,7 +324,7 @@ impl Iommufd {
         let limits = self.limits;
         let Some(Object::Hwpt(h)) = self.objects.get_mut(&hwpt) else { return Err(Errno::ENOENT) };
         let (unit, domain, ioas) = (h.unit, h.domain, h.ioas);
-        let HwptKind::Nested { shadow, .. } = &mut h.kind else { return Err(Errno::EINVAL) };
+        let HwptKind::Nested { shadow: Some(shadow), .. } = &mut h.kind else { return Err(Errno::EINVAL) };
         // Out of the table while the IOAS is borrowed; put back below.
         let mut sh = core::mem::take(shadow);
         let r = match self.ioas(ioas) {
@@ -271,7 +332,7 @@ impl Iommufd {
             Err(e) => Err(e),
         };
         if let Some(Object::Hwpt(h)) = self.objects.get_mut(&hwpt) {
-            if let HwptKind::Nested { shadow, .. } = &mut h.kind {
+            if let HwptKind::Nested { shadow: Some(shadow), .. } = &mut h.kind {
                 *shadow = sh;
             }
         }
@@ -288,7 +349,7 @@ impl Iommufd {
                 continue;
             }
             let (unit, domain) = (h.unit, h.domain);
-            let HwptKind::Nested { shadow, .. } = &mut h.kind else { continue };
+            let HwptKind::Nested { shadow: Some(shadow), .. } = &mut h.kind else { continue };
             let u = &mut *units[unit];
             let mut gather = Gather::default();
             for &(s, len) in hit {
@@ -308,7 +369,7 @@ impl Iommufd {
     /// What shadowing nested child `hwpt` costs (`None`: not a nested child).
     pub fn shadow_stats(&self, hwpt: u32) -> Option<ShadowStats> {
         match &self.hwpt(hwpt)?.kind {
-            HwptKind::Nested { shadow, .. } => Some(shadow.stats()),
+            HwptKind::Nested { shadow: Some(shadow), .. } => Some(shadow.stats()),
             _ => None,
         }
     }

@@ -339,7 +339,10 @@ fn shadow_translates_through_the_users_stage1() {
 }
 
 #[test]
-fn invalidation_entries_are_checked_and_a_bad_one_stops_the_batch() {
+fn one_page_of_a_merged_run_is_re_read_alone() {
+    // Two 4 KiB stage-1 pages onto contiguous parent pages are one map call;
+    // invalidating the first re-reads it alone (the run is cut), so the
+    // second keeps its old translation until it is invalidated too.
     let mut e = Env::new();
     let a = e.s1.map4k(&mut e.mem, 0x1000, DATA_IOVA, true);
     let b = e.s1.map4k(&mut e.mem, 0x2000, DATA_IOVA + 0x1000, true);
@@ -347,9 +350,29 @@ fn invalidation_entries_are_checked_and_a_bad_one_stops_the_batch() {
     e.attach(e.dev, child).unwrap();
     S1::put(&mut e.mem, a, (DATA_IOVA + 0x7000) | 7);
     S1::put(&mut e.mem, b, (DATA_IOVA + 0x8000) | 7);
+    assert_eq!(e.inval(child, &[(0x1000, 1, 0)]), (1, Ok(())));
+    assert_eq!(e.dma(DEV, 0x1000, false), Some(data_pa(DATA_IOVA + 0x7000)));
+    assert_eq!(e.dma(DEV, 0x2000, false), Some(data_pa(DATA_IOVA + 0x1000)), "not invalidated yet");
+    assert_eq!(e.fd.shadow_stats(child).unwrap().last_walked, 1, "one page re-read");
+    assert_eq!(e.inval(child, &[(0x2000, 1, 0)]), (1, Ok(())));
+    assert_eq!(e.dma(DEV, 0x2000, false), Some(data_pa(DATA_IOVA + 0x8000)));
+    e.close_clean();
+}
+
+#[test]
+fn invalidation_entries_are_checked_and_a_bad_one_stops_the_batch() {
+    let mut e = Env::new();
+    let a = e.s1.map4k(&mut e.mem, 0x1000, DATA_IOVA, true);
+    // Not contiguous with `a`'s page, so the two are separate map calls
+    // (contiguous ones join one run, and a re-sync re-reads a whole run).
+    let b = e.s1.map4k(&mut e.mem, 0x2000, DATA_IOVA + 0x3000, true);
+    let child = e.child().unwrap();
+    e.attach(e.dev, child).unwrap();
+    S1::put(&mut e.mem, a, (DATA_IOVA + 0x7000) | 7);
+    S1::put(&mut e.mem, b, (DATA_IOVA + 0x8000) | 7);
     assert_eq!(e.inval(child, &[(0x1000, 1, 0), (0x1000, 1, 2), (0x2000, 1, 0)]), (1, Err(Errno::EINVAL)));
     assert_eq!(e.dma(DEV, 0x1000, false), Some(data_pa(DATA_IOVA + 0x7000)), "the first was handled");
-    assert_eq!(e.dma(DEV, 0x2000, false), Some(data_pa(DATA_IOVA + 0x1000)), "the last was not");
+    assert_eq!(e.dma(DEV, 0x2000, false), Some(data_pa(DATA_IOVA + 0x3000)), "the last was not");
     for bad in [(0x1800, 1, 0), (0x1000, 0, 0), (u64::MAX - 0xFFF, 2, 0), (0, u64::MAX - 1, 0), (0x1000, 1, 1 << 31)] {
         assert_eq!(e.inval(child, &[(0x1000, 1, 0), (0x1000, 1, 0), bad]), (2, Err(Errno::EINVAL)), "{bad:x?}");
     }

@@ -162,8 +162,10 @@ enum HwptKind {
         /// Nested children may be created under it.
         nest_parent: bool,
     },
-    /// A nested child of HWPT `parent`, shadowing the user's stage 1.
-    Nested { parent: u32, shadow: shadow::Shadow },
+    /// A nested child of HWPT `parent`: shadowing the user's stage 1
+    /// (`shadow`), or nested by the hardware itself (`None`: the unit's
+    /// domain holds the user's stage-1 configuration over the parent's).
+    Nested { parent: u32, shadow: Option<shadow::Shadow> },
 }
 
 #[derive(Debug)]

@@ -13,9 +13,11 @@
 //! set its format cannot express).
 //!
 //! What a child has mapped is kept as chunks (one `map` call each: a run of
-//! physically contiguous pages inside one stage-1 leaf and one IOAS area), so
-//! a re-sync unmaps exactly what it mapped and never asks the unit to split a
-//! large leaf: a re-sync widens its range to whole chunks. An index by parent
+//! physically contiguous pages at consecutive stage-1 and parent IOVAs, inside
+//! one IOAS area, possibly across many stage-1 leaves), so a re-sync unmaps
+//! exactly what it mapped and never asks the unit to split a large leaf: a
+//! re-sync widens its range to whole chunks (re-reading more of the user's
+//! table than asked is allowed: hardware may drop more IOTLB entries too). An index by parent
 //! IOVA finds the chunks an IOAS unmap hits.
 //!
 //! Not emulated: accessed/dirty bits are never written back into the user's
@@ -68,6 +70,9 @@ struct Chunk {
     src: u64,
     /// Length in bytes.
     len: u64,
+    /// Size of the stage-1 leaves it came from (an invalidation of any page
+    /// of a leaf re-reads the whole leaf, as hardware drops the whole entry).
+    leaf: u64,
 }
 
 /// The shadow state of one nested child.
@@ -98,6 +103,21 @@ pub(crate) struct SyncCtx<'a> {
     pub limits: ShadowLimits,
 }
 
+/// Physically contiguous pages at consecutive stage-1 and parent IOVAs,
+/// inside one IOAS area, with one set of permissions: one `map` call.
+struct Run {
+    /// The IOAS area (its first IOVA) the parent IOVAs lie in.
+    area: u64,
+    /// First stage-1 IOVA.
+    at: u64,
+    /// First parent IOVA.
+    src: u64,
+    perms: Perms,
+    /// Size of the stage-1 leaves.
+    leaf: u64,
+    pages: alloc::vec::Vec<u64>,
+}
+
 /// Reads user table entries through the IOAS, counting against a budget.
 struct Reader<'a> {
     ioas: &'a Ioas,
@@ -108,6 +128,8 @@ struct Reader<'a> {
     exhausted: Cell<bool>,
     /// Set to end the walk early (every read answers `None`).
     stop: Cell<bool>,
+    /// The last table page read: (parent IOVA of the page, its frame).
+    last_page: Cell<Option<(u64, u64)>>,
 }
 
 impl Reader<'_> {
@@ -123,13 +145,23 @@ impl Reader<'_> {
             return None;
         }
         let addr = table.checked_add(index as u64 * 8)?;
-        let (&start, area) = self.ioas.areas.range(..=addr).next_back()?;
-        let off = addr - start;
-        // The walk reads through stage 2: the area must be readable.
-        if off > area.len - 1 || !area.perms.contains(Perms::READ) {
-            return None;
-        }
-        self.mem.read_u64(area.pages[(off / PAGE) as usize] + off % PAGE)
+        let page = addr & !(PAGE - 1);
+        // Walks read many entries of one table page: its frame is remembered.
+        let frame = match self.last_page.get() {
+            Some((p, frame)) if p == page => frame,
+            _ => {
+                let (&start, area) = self.ioas.areas.range(..=addr).next_back()?;
+                let off = addr - start;
+                // The walk reads through stage 2: the area must be readable.
+                if off > area.len - 1 || !area.perms.contains(Perms::READ) {
+                    return None;
+                }
+                let frame = area.pages[(off / PAGE) as usize];
+                self.last_page.set(Some((page, frame)));
+                frame
+            }
+        };
+        self.mem.read_u64(frame + addr % PAGE)
     }
 }
 
@@ -168,8 +200,37 @@ impl Shadow {
         }
     }
 
-    /// Re-reads `[start, end)` of the user's table (widened to whole chunks,
-    /// clipped to the stage-1 input space and the unit's aperture): unmaps what
+    /// Unmaps `[lo, hi)`, widened to whole stage-1 leaves, out of the chunk at
+    /// `s` and keeps what is left of it on either side as chunks of their own;
+    /// returns the range unmapped, or `None` (nothing changed) when the unit
+    /// cannot unmap part of it (a large leaf would have to split).
+    fn cut(&mut self, cx: &mut SyncCtx<'_>, s: u64, lo: u64, hi: u64, gather: &mut Gather) -> Option<(u64, u64)> {
+        let &c = self.chunks.get(&s)?;
+        // Whole stage-1 leaves of the chunk.
+        let lo = (lo & !(c.leaf - 1)).max(s);
+        let hi = hi.checked_next_multiple_of(c.leaf).unwrap_or(u64::MAX).min(s + c.len);
+        if lo >= hi {
+            return None;
+        }
+        match cx.unit.unmap(cx.domain, lo, hi - lo) {
+            Ok(u) => {
+                merge(gather, u.gather);
+                self.remove(s);
+                if lo > s {
+                    self.insert(s, Chunk { len: lo - s, ..c });
+                }
+                if hi < s + c.len {
+                    self.insert(hi, Chunk { src: c.src + (hi - s), len: s + c.len - hi, leaf: c.leaf });
+                }
+                Some((lo, hi))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Re-reads `[start, end)` of the user's table (chunks across its ends cut
+    /// or, where the unit cannot, the range widened to them; clipped to the
+    /// stage-1 input space and the unit's aperture): unmaps what
     /// the child had there, maps what the table says now, flushes once. On an
     /// error what is recorded stays exactly what is mapped.
     pub fn sync(&mut self, cx: &mut SyncCtx<'_>, start: u64, end: u64) -> Result<(), Errno> {
@@ -181,15 +242,25 @@ impl Shadow {
         if start >= end {
             return Ok(());
         }
-        if let Some((&s, c)) = self.chunks.range(..start).next_back() {
-            if s + c.len > start {
-                start = s;
+        let mut gather = Gather::default();
+        // A chunk across a boundary is cut there when the unit can unmap part
+        // of it (it used small leaves); otherwise the range widens to it.
+        if let Some((s, len)) = self.chunks.range(..start).next_back().map(|(&s, c)| (s, c.len)) {
+            if s + len > start {
+                match self.cut(cx, s, start, (s + len).min(end), &mut gather) {
+                    Some((lo, hi)) => (start, end) = (lo, end.max(hi)),
+                    None => start = s,
+                }
             }
         }
-        if let Some((&s, c)) = self.chunks.range(..end).next_back() {
-            end = end.max(s + c.len);
+        if let Some((s, len)) = self.chunks.range(..end).next_back().map(|(&s, c)| (s, c.len)) {
+            if s + len > end {
+                match self.cut(cx, s, s.max(start), end, &mut gather) {
+                    Some((lo, hi)) => (start, end) = (start.min(lo), hi),
+                    None => end = s + len,
+                }
+            }
         }
-        let mut gather = Gather::default();
         let mut result = Ok(());
         let old: alloc::vec::Vec<(u64, u64)> = self.chunks.range(start..end).map(|(&s, c)| (s, c.len)).collect();
         for (s, len) in old {
@@ -235,6 +306,7 @@ impl Shadow {
             limit: cx.limits.max_reads,
             exhausted: Cell::new(false),
             stop: Cell::new(false),
+            last_page: Cell::new(None),
         };
         let ioas = cx.ioas;
         let huge = ioas.hints.huge_pages;
@@ -243,6 +315,8 @@ impl Shadow {
         let mut walked = 0u64;
         // Write permission of the tables above the last leaf's table: (key, writable).
         let mut path_cache: Option<((usize, u64), bool)> = None;
+        // The run being gathered for one map call.
+        let mut pending: Option<Run> = None;
         io_pgtable::walk_foreign(&fmt, root, &mut |t, i| reader.read(t, i), start, end, &mut |va, size, out, perms| {
             if err.is_some() {
                 return;
@@ -287,15 +361,44 @@ impl Shadow {
                     }
                     let at = iova + i as u64 * PAGE;
                     let src = a_lo + i as u64 * PAGE;
-                    if let Err(e) = self.map_run(unit, domain, max_pages, at, src, &pages[i..i + n], p) {
-                        err = Some(e);
-                        reader.stop.set(true);
-                        return;
+                    let run = &pages[i..i + n];
+                    // Leaves that continue the pending run (same area and
+                    // permissions, consecutive IOVAs, parent IOVAs and frames)
+                    // join it: one map call for many stage-1 pages.
+                    let joins = pending.as_ref().is_some_and(|r: &Run| {
+                        let len = r.pages.len() as u64 * PAGE;
+                        huge && r.area == s
+                            && r.perms == p
+                            && r.leaf == size
+                            && r.at + len == at
+                            && r.src + len == src
+                            && r.pages.last().is_some_and(|&last| last + PAGE == run[0])
+                    });
+                    if joins {
+                        if let Some(r) = pending.as_mut() {
+                            r.pages.extend_from_slice(run);
+                        }
+                    } else {
+                        if let Some(r) = pending.take() {
+                            if let Err(e) =
+                                self.map_run(unit, domain, max_pages, r.at, r.src, r.leaf, &r.pages, r.perms)
+                            {
+                                err = Some(e);
+                                reader.stop.set(true);
+                                return;
+                            }
+                        }
+                        pending = Some(Run { area: s, at, src, perms: p, leaf: size, pages: run.to_vec() });
                     }
                     i += n;
                 }
             }
         });
+        if let (None, Some(r)) = (err, pending.take()) {
+            if let Err(e) = self.map_run(unit, domain, max_pages, r.at, r.src, r.leaf, &r.pages, r.perms) {
+                err = Some(e);
+            }
+        }
         self.stats.last_walked = walked;
         self.stats.last_reads = reader.reads.get().min(cx.limits.max_reads);
         match err {
@@ -315,6 +418,7 @@ impl Shadow {
         max_pages: u64,
         at: u64,
         src: u64,
+        leaf: u64,
         pages: &[u64],
         perms: Perms,
     ) -> Result<(), Errno> {
@@ -324,14 +428,14 @@ impl Shadow {
         }
         match unit.map(domain, at, pages[0], n * PAGE, perms) {
             Ok(()) => {
-                self.insert(at, Chunk { src, len: n * PAGE });
+                self.insert(at, Chunk { src, len: n * PAGE, leaf });
                 Ok(())
             }
             Err(e) if page_refused(e) && n > 1 => {
                 // One page in the way (a direct-map region, say): the others still go in.
                 for (k, &pa) in pages.iter().enumerate() {
                     let off = k as u64 * PAGE;
-                    self.map_run(unit, domain, max_pages, at + off, src + off, &[pa], perms)?;
+                    self.map_run(unit, domain, max_pages, at + off, src + off, leaf, &[pa], perms)?;
                 }
                 Ok(())
             }

@@ -76,6 +76,25 @@ fn typed_len(kind: u32) -> Option<usize> {
     }
 }
 
+/// The driver-attribute data type a unit of `kind` takes (`None`: none).
+fn own_attrs(kind: u32) -> Option<u32> {
+    match kind {
+        a::hw_kind::VTD => Some(a::hwpt_data::VTD_ATTRS),
+        a::hw_kind::AMDVI => Some(a::hwpt_data::AMDVI_ATTRS),
+        a::hw_kind::SMMUV3 => Some(a::hwpt_data::SMMUV3_ATTRS),
+        _ => None,
+    }
+}
+
+/// Runs `f(door, dev, ioas, kind, typed data)` with a device and its unit's typed info.
+fn with_kind(d: &mut dyn Door, f: impl FnOnce(&mut dyn Door, u32, u32, u32, &[u8]) -> Verdict) -> Verdict {
+    with_device(d, |d, dev, ioas| {
+        let mut buf = [0u8; 64];
+        let (kind, len, _, _) = try_ok!(d.hw_info_typed(dev, &mut buf));
+        f(d, dev, ioas, kind, &buf[..len])
+    })
+}
+
 /// The hardware-door cases.
 pub(crate) fn cases() -> Vec<(String, Case)> {
     let mut v: Vec<(String, Case)> = Vec::new();
@@ -134,6 +153,87 @@ pub(crate) fn cases() -> Vec<(String, Case)> {
     case!("hwpt_alloc_missing_parent_enoent", |d| with_device(d, |d, dev, _| {
         expect!(d.hwpt_alloc(dev, 9999, 0, a::hwpt_data::NONE, &[], 0), Err(Errno::ENOENT));
         Verdict::Pass
+    }));
+    case!("driver_attrs_of_another_unit_eopnotsupp", |d| with_kind(d, |d, dev, ioas, kind, _| {
+        let foreign = if kind == a::hw_kind::VTD { a::hwpt_data::AMDVI_ATTRS } else { a::hwpt_data::VTD_ATTRS };
+        expect!(d.hwpt_alloc(dev, ioas, 0, foreign, &[0; 8], 0), Err(Errno::EOPNOTSUPP));
+        Verdict::Pass
+    }));
+    case!("driver_attrs_defaults", |d| with_kind(d, |d, dev, ioas, kind, _| {
+        let Some(t) = own_attrs(kind) else { return Verdict::Skip("the unit takes no driver attributes") };
+        let h = try_ok!(d.hwpt_alloc(dev, ioas, 0, t, &[0; 16], 0));
+        expect!(d.attach(dev, h), Ok(h));
+        try_ok!(d.attach(dev, ioas));
+        expect!(d.destroy(h), Ok(()));
+        Verdict::Pass
+    }));
+    case!("driver_attrs_malformed_einval", |d| with_kind(d, |d, dev, ioas, kind, _| {
+        let bad: (u32, Vec<u8>) = match kind {
+            a::hw_kind::VTD => {
+                (a::hwpt_data::VTD_ATTRS, a::HwptVtdAttrs { flags: 0x80, addr_width: 0 }.as_bytes().to_vec())
+            }
+            a::hw_kind::AMDVI => {
+                (a::hwpt_data::AMDVI_ATTRS, a::HwptAmdviAttrs { levels: 9, reserved: 0 }.as_bytes().to_vec())
+            }
+            a::hw_kind::SMMUV3 => {
+                (a::hwpt_data::SMMUV3_ATTRS, a::HwptSmmuv3Attrs { stage: 3, ..Default::default() }.as_bytes().to_vec())
+            }
+            _ => return Verdict::Skip("the unit takes no driver attributes"),
+        };
+        expect!(d.hwpt_alloc(dev, ioas, 0, bad.0, &bad.1, 0), Err(Errno::EINVAL));
+        Verdict::Pass
+    }));
+    case!("driver_attrs_beyond_the_unit_eopnotsupp", |d| with_kind(d, |d, dev, ioas, kind, typed| {
+        let ask: (u32, Vec<u8>) = match kind {
+            // Snoop control needs ECAP.SC (bit 7).
+            a::hw_kind::VTD => {
+                let ecap = typed.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                if ecap & 1 << 7 != 0 {
+                    return Verdict::Skip("this VT-d unit has snoop control");
+                }
+                (
+                    a::hwpt_data::VTD_ATTRS,
+                    a::HwptVtdAttrs { flags: a::VTD_ATTR_SNOOP, addr_width: 0 }.as_bytes().to_vec(),
+                )
+            }
+            // This driver has the 4 KiB granule only.
+            a::hw_kind::SMMUV3 => (
+                a::hwpt_data::SMMUV3_ATTRS,
+                a::HwptSmmuv3Attrs { granule_log2: 16, ..Default::default() }.as_bytes().to_vec(),
+            ),
+            _ => return Verdict::Skip("no attribute this unit is known to lack"),
+        };
+        expect!(d.hwpt_alloc(dev, ioas, 0, ask.0, &ask.1, 0), Err(Errno::EOPNOTSUPP));
+        Verdict::Pass
+    }));
+    case!("driver_attrs_narrow_the_aperture", |d| with_kind(d, |d, dev, ioas, kind, _| {
+        // 39-bit IOVAs: VT-d address width 39, AMD-Vi 3 levels, SMMUv3 input 39.
+        let ask: (u32, Vec<u8>) = match kind {
+            a::hw_kind::VTD => {
+                (a::hwpt_data::VTD_ATTRS, a::HwptVtdAttrs { flags: 0, addr_width: 39 }.as_bytes().to_vec())
+            }
+            a::hw_kind::AMDVI => {
+                (a::hwpt_data::AMDVI_ATTRS, a::HwptAmdviAttrs { levels: 3, reserved: 0 }.as_bytes().to_vec())
+            }
+            a::hw_kind::SMMUV3 => (
+                a::hwpt_data::SMMUV3_ATTRS,
+                a::HwptSmmuv3Attrs { input_bits: 39, ..Default::default() }.as_bytes().to_vec(),
+            ),
+            _ => return Verdict::Skip("the unit takes no driver attributes"),
+        };
+        let h = match d.hwpt_alloc(dev, ioas, 0, ask.0, &ask.1, 0) {
+            Ok(h) => h,
+            Err(Errno::EOPNOTSUPP) => return Verdict::Skip("the unit cannot do 39-bit IOVAs"),
+            Err(e) => return Verdict::Fail(format!("hwpt_alloc: {e:?}")),
+        };
+        let v = with_pages(d, 1, |d, va| {
+            expect!(d.map(ioas, va, PAGE, Some(1 << 40), RW), Err(Errno::ERANGE));
+            expect!(d.map(ioas, va, PAGE, Some(1 << 30), RW), Ok(1 << 30));
+            try_ok!(d.unmap(ioas, 1 << 30, PAGE));
+            Verdict::Pass
+        });
+        try_ok!(d.destroy(h));
+        v
     }));
     case!("nested_on_an_ioas_einval", |d| with_device(d, |d, dev, ioas| {
         expect!(d.hwpt_alloc(dev, ioas, 0, a::hwpt_data::VTD_S1, s1(TABLES).as_bytes(), 0), Err(Errno::EINVAL));

@@ -125,7 +125,12 @@ impl Door for HostDoor {
         let (kind, typed) = iommufd::abi_glue::typed_hw_info(&self.units[unit].info());
         let n = typed.len().min(data.len());
         data[..n].copy_from_slice(&typed[..n]);
-        Ok((kind, n, iommufd::abi_glue::HWPT_ALLOC_TYPES, iommufd::abi_glue::INVALIDATE_TYPES))
+        Ok((
+            kind,
+            n,
+            iommufd::abi_glue::hwpt_alloc_types(self.units[unit].info().kind),
+            iommufd::abi_glue::invalidate_types(self.units[unit].info().kind),
+        ))
     }
     fn hwpt_alloc(
         &mut self,
@@ -169,6 +174,9 @@ impl Door for HostDoor {
         };
         if let Err(e) = iommufd::abi_glue::invalidation_bytes(&s) {
             return (0, Err(e));
+        }
+        if data_type != abi::ioas::hwpt_data::VTD_S1 {
+            return self.fd.hwpt_invalidate_driver(&mut self.units, hwpt, data_type, entries, entry_len as usize);
         }
         let (list, bad) = iommufd::abi_glue::invalidations(entries, entry_len as usize);
         let (handled, r) = self.fd.hwpt_invalidate(&mut self.units, &mut self.mem, hwpt, &list);
