@@ -235,6 +235,52 @@ pub(crate) fn cases() -> Vec<(String, Case)> {
         try_ok!(d.destroy(h));
         v
     }));
+    case!("smmuv3_ste_rules", |d| with_kind(d, |d, dev, ioas, kind, typed| {
+        if kind != a::hw_kind::SMMUV3 {
+            return Verdict::Skip("not an SMMUv3");
+        }
+        // IDR0.S1P (bit 1) and S2P (bit 0): nesting needs both.
+        let idr0 = typed.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+        if idr0 & 3 != 3 {
+            return Verdict::Skip("this SMMU cannot nest");
+        }
+        with_pages(d, 1, |d, va| {
+            try_ok!(d.map(ioas, va, PAGE, Some(TABLES), RW));
+            let parent = try_ok!(d.hwpt_alloc(dev, ioas, HWPT_ALLOC_NEST_PARENT, a::hwpt_data::NONE, &[], 0));
+            // V, Config = S1 translate, S1ContextPtr = TABLES; word 1: S1CIR/COR WB, S1CSH inner.
+            let good = [1 | 0b101 << 1 | TABLES, 1 << 2 | 1 << 4 | 3 << 6];
+            let ste = |w: [u64; 2]| a::HwptSmmuv3Ste { ste: w };
+            let alloc = |d: &mut dyn Door, p: u32, w: [u64; 2]| {
+                d.hwpt_alloc(dev, p, 0, a::hwpt_data::SMMUV3_STE, ste(w).as_bytes(), 0)
+            };
+            let v = (|| {
+                expect!(alloc(d, ioas, good), Err(Errno::EINVAL)); // an IOAS is no parent
+                                                                   // Config 0b111 (the kernel's to set), EATS = 2, a bit outside every field.
+                expect!(alloc(d, parent, [1 | 0b111 << 1 | TABLES, good[1]]), Err(Errno::EINVAL));
+                expect!(alloc(d, parent, [good[0], good[1] | 2 << 28]), Err(Errno::EINVAL));
+                expect!(alloc(d, parent, [good[0] | 1 << 58, good[1]]), Err(Errno::EINVAL));
+                // Substreams (S1CDMax > 0): QEMU's SMMU has none.
+                expect!(alloc(d, parent, [good[0] | 1 << 59, good[1]]), Err(Errno::EOPNOTSUPP));
+                let child = try_ok!(alloc(d, parent, good));
+                // A command the task may not queue (CMD_SYNC) stops the batch at 0.
+                let sync = a::HwptSmmuv3Command { cmd: [0x46, 0] };
+                expect!(
+                    d.hwpt_invalidate(child, a::hwpt_data::SMMUV3_STE, sync.as_bytes(), 16),
+                    (0, Err(Errno::EINVAL))
+                );
+                let tlbi = a::HwptSmmuv3Command { cmd: [0x11 | 7 << 48, 0] }; // TLBI_NH_ASID 7
+                expect!(d.hwpt_invalidate(child, a::hwpt_data::SMMUV3_STE, tlbi.as_bytes(), 16), (1, Ok(())));
+                // A V = 0 STE is an aborting child.
+                let abort = try_ok!(alloc(d, parent, [0, 0]));
+                try_ok!(d.destroy(abort));
+                try_ok!(d.destroy(child));
+                Verdict::Pass
+            })();
+            let _ = d.destroy(parent);
+            let _ = d.unmap(ioas, TABLES, PAGE);
+            v
+        })
+    }));
     case!("nested_on_an_ioas_einval", |d| with_device(d, |d, dev, ioas| {
         expect!(d.hwpt_alloc(dev, ioas, 0, a::hwpt_data::VTD_S1, s1(TABLES).as_bytes(), 0), Err(Errno::EINVAL));
         Verdict::Pass
