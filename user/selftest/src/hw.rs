@@ -159,9 +159,18 @@ pub(crate) fn cases() -> Vec<(String, Case)> {
         expect!(d.hwpt_alloc(dev, ioas, 0, foreign, &[0; 8], 0), Err(Errno::EOPNOTSUPP));
         Verdict::Pass
     }));
-    case!("driver_attrs_defaults", |d| with_kind(d, |d, dev, ioas, kind, _| {
+    case!("driver_attrs_defaults", |d| with_kind(d, |d, dev, ioas, kind, typed| {
         let Some(t) = own_attrs(kind) else { return Verdict::Skip("the unit takes no driver attributes") };
-        let h = try_ok!(d.hwpt_alloc(dev, ioas, 0, t, &[0; 16], 0));
+        let mut data = [0u8; 16];
+        if kind == a::hw_kind::VTD {
+            // A scalable-mode unit with first-stage tables only (ECAP.SMTS 43,
+            // SLTS 46, FLTS 47) is asked for the first stage.
+            let ecap = typed.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+            if ecap & 1 << 43 != 0 && ecap & 1 << 46 == 0 && ecap & 1 << 47 != 0 {
+                data[0] = a::VTD_ATTR_FIRST_STAGE as u8;
+            }
+        }
+        let h = try_ok!(d.hwpt_alloc(dev, ioas, 0, t, &data, 0));
         expect!(d.attach(dev, h), Ok(h));
         try_ok!(d.attach(dev, ioas));
         expect!(d.destroy(h), Ok(()));
