@@ -435,14 +435,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
 
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
         let Some(Domain { slot: Slot::Paging(table), .. }) = self.domains.get(&domain.0) else { return Vec::new() };
-        let mut sizes = Vec::new();
-        let end = iova.saturating_add(len);
-        table.for_each_mapping(&self.mem, &mut |at, size, _, _| {
-            if at < end && iova < at + size {
-                sizes.push(size);
-            }
-        });
-        iommu::count_leaves(sizes)
+        iommu::table_leaves(|f| table.for_each_mapping(&self.mem, f), iova, len)
     }
 
     fn flushes(&self) -> u64 {

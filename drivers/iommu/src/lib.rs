@@ -396,6 +396,24 @@ pub fn count_leaves(sizes: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     v
 }
 
+/// The leaves a table walk (`for_each_mapping`, called with the visitor)
+/// finds meeting `[iova, iova + len)`, counted by size ([`count_leaves`]):
+/// [`Iommu::leaves`] for drivers with I/O page tables.
+pub fn table_leaves(
+    for_each_mapping: impl FnOnce(&mut dyn FnMut(u64, u64, u64, Perms)),
+    iova: u64,
+    len: u64,
+) -> Vec<(u64, u64)> {
+    let mut sizes = Vec::new();
+    let end = iova.saturating_add(len);
+    for_each_mapping(&mut |at, size, _, _| {
+        if at < end && iova < at + size {
+            sizes.push(size);
+        }
+    });
+    count_leaves(sizes)
+}
+
 /// Unmaps and flushes in one step (for callers that do not batch).
 pub fn unmap_and_flush(unit: &mut dyn Iommu, domain: DomainId, iova: u64, len: u64) -> Result<u64, Error> {
     let u = unit.unmap(domain, iova, len)?;

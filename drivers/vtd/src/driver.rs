@@ -388,14 +388,7 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
 
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
         let Some(Slot::Paging(d)) = self.domains.get(&domain.0) else { return Vec::new() };
-        let mut sizes = Vec::new();
-        let end = iova.saturating_add(len);
-        d.table.for_each_mapping(&self.mem, &mut |at, size, _, _| {
-            if at < end && iova < at + size {
-                sizes.push(size);
-            }
-        });
-        iommu::count_leaves(sizes)
+        iommu::table_leaves(|f| d.table.for_each_mapping(&self.mem, f), iova, len)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {

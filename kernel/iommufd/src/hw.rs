@@ -162,19 +162,11 @@ impl Iommufd {
                 if taken.chain(i.allowed.iter().copied()).any(|r| !crate::ranges::covers(&[aperture], r)) {
                     return Err(Errno::EADDRINUSE);
                 }
-                let obj = self.reserve_id()?;
-                let domain = match &data {
+                let (obj, domain) = self.reserve_with_domain(|| match &data {
                     HwptData::Driver { data_type, bytes } => units[unit].domain_alloc_user(*data_type, bytes, None),
                     _ if nest_parent => units[unit].domain_alloc_nest_parent(),
                     _ => units[unit].domain_alloc(DomainKind::Paging),
-                };
-                let domain = match domain {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.objects.remove(&obj);
-                        return Err(errno(e));
-                    }
-                };
+                })?;
                 self.publish_mirror(units, obj, unit, domain, parent, HwptKind::User { nest_parent }, fault_queue)
             }
             HwptData::DriverNested { data_type, bytes } => {
@@ -187,14 +179,8 @@ impl Iommufd {
                     return Err(Errno::EINVAL);
                 }
                 let (ioas, parent_domain) = (p.ioas, p.domain);
-                let obj = self.reserve_id()?;
-                let domain = match units[unit].domain_alloc_user(data_type, &bytes, Some(parent_domain)) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.objects.remove(&obj);
-                        return Err(errno(e));
-                    }
-                };
+                let (obj, domain) =
+                    self.reserve_with_domain(|| units[unit].domain_alloc_user(data_type, &bytes, Some(parent_domain)))?;
                 let hwpt = crate::Hwpt {
                     unit,
                     domain,
@@ -220,14 +206,7 @@ impl Iommufd {
                     return Err(Errno::EINVAL);
                 }
                 let ioas = p.ioas;
-                let obj = self.reserve_id()?;
-                let domain = match units[unit].domain_alloc(DomainKind::Paging) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.objects.remove(&obj);
-                        return Err(errno(e));
-                    }
-                };
+                let (obj, domain) = self.reserve_with_domain(|| units[unit].domain_alloc(DomainKind::Paging))?;
                 let mut shadow = Shadow::new(root, levels);
                 let synced = match self.ioas(ioas) {
                     Ok(i) => {

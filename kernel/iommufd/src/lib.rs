@@ -279,6 +279,22 @@ impl Iommufd {
         Ok(id)
     }
 
+    /// Reserves an id and allocates its domain with `alloc`; on failure the
+    /// id is given back and the unit's error returned as an errno.
+    fn reserve_with_domain(
+        &mut self,
+        alloc: impl FnOnce() -> Result<DomainId, iommu::Error>,
+    ) -> Result<(u32, DomainId), Errno> {
+        let obj = self.reserve_id()?;
+        match alloc() {
+            Ok(d) => Ok((obj, d)),
+            Err(e) => {
+                self.objects.remove(&obj);
+                Err(errno(e))
+            }
+        }
+    }
+
     fn publish(&mut self, id: u32, object: Object) -> u32 {
         self.objects.insert(id, object);
         id
@@ -725,14 +741,7 @@ impl Iommufd {
 
     /// An automatic HWPT on `unit` mirroring every area of `ioas`.
     fn hwpt_create(&mut self, units: Units<'_>, unit: usize, ioas: u32) -> Result<u32, Errno> {
-        let obj = self.reserve_id()?;
-        let domain = match units[unit].domain_alloc(DomainKind::Paging) {
-            Ok(d) => d,
-            Err(e) => {
-                self.objects.remove(&obj);
-                return Err(errno(e));
-            }
-        };
+        let (obj, domain) = self.reserve_with_domain(|| units[unit].domain_alloc(DomainKind::Paging))?;
         self.publish_mirror(units, obj, unit, domain, ioas, HwptKind::Auto, None)
     }
 

@@ -124,3 +124,34 @@ pub fn device_irq_enable(bdf: u64) -> SysResult {
 pub fn device_irq_wait(bdf: u64, timeout_ns: u64) -> SysResult {
     decode(raw(Sysno::DeviceIrqWait as u64, [bdf, timeout_ns, 0, 0, 0]))
 }
+
+/// Pages this task mapped read/write with [`mem_map`] and keeps mapped while
+/// a `Pages` is used: page `n` as bytes or as 64-bit words (page tables).
+#[derive(Debug, Clone, Copy)]
+pub struct Pages {
+    /// First virtual address.
+    pub va: u64,
+    /// How many pages.
+    pub count: u64,
+}
+
+impl Pages {
+    /// Maps `count` fresh read/write pages.
+    pub fn map(count: u64) -> Result<Pages, abi::Errno> {
+        Ok(Pages { va: mem_map(0, count * 4096, abi::PROT_READ | abi::PROT_WRITE)?, count })
+    }
+
+    /// Page `n` as 512 words; panics if `n` is beyond the pages.
+    pub fn words(&self, n: u64) -> &'static mut [u64] {
+        assert!(n < self.count, "page {n} of {}", self.count);
+        // SAFETY: page `n` lies in the pages this task mapped read/write (checked above) and keeps mapped while `self` is used.
+        unsafe { core::slice::from_raw_parts_mut((self.va + n * 4096) as *mut u64, 512) }
+    }
+
+    /// Page `n` as 4096 bytes; panics if `n` is beyond the pages.
+    pub fn bytes(&self, n: u64) -> &'static mut [u8] {
+        assert!(n < self.count, "page {n} of {}", self.count);
+        // SAFETY: as in `words`.
+        unsafe { core::slice::from_raw_parts_mut((self.va + n * 4096) as *mut u8, 4096) }
+    }
+}

@@ -33,11 +33,32 @@ pub struct Failure {
     pub errno: Option<Errno>,
 }
 
-fn fail(what: &'static str) -> impl FnOnce(Errno) -> Failure {
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.errno {
+            Some(e) => write!(f, "{} ({e})", self.what),
+            None => f.write_str(self.what),
+        }
+    }
+}
+
+/// The first `edu` function behind an IOMMU, by its `device_list` entry.
+pub fn first_behind_iommu() -> Option<abi::DeviceInfo> {
+    let mut buf = [abi::DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut buf).unwrap_or(0) as usize;
+    buf[..n.min(buf.len())]
+        .iter()
+        .find(|d| (d.vendor, d.device) == EDU && d.flags & abi::DEVICE_BEHIND_IOMMU != 0)
+        .copied()
+}
+
+/// Turns a syscall error at step `what` into a [`Failure`] (for `map_err`).
+pub fn fail(what: &'static str) -> impl FnOnce(Errno) -> Failure {
     move |e| Failure { what, errno: Some(e) }
 }
 
-fn check_that(ok: bool, what: &'static str) -> Result<(), Failure> {
+/// A [`Failure`] at step `what` unless `ok`.
+pub fn check_that(ok: bool, what: &'static str) -> Result<(), Failure> {
     if ok {
         Ok(())
     } else {

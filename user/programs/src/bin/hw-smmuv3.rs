@@ -19,8 +19,7 @@
 #![no_main]
 
 use abi::ioas::{self as a, HWPT_ALLOC_NEST_PARENT, MAP_READABLE, MAP_WRITEABLE};
-use abi::DeviceInfo;
-use edu_driver::{Edu, Failure};
+use edu_driver::{check_that as ensure, fail as step, Edu, Failure};
 use userlib::{ioas, println, sys};
 use zerocopy::IntoBytes;
 
@@ -43,35 +42,6 @@ const AP_UNPRIV: u64 = 1 << 6;
 const AP_RDONLY: u64 = 1 << 7;
 const SH_INNER: u64 = 3 << 8;
 const AF: u64 = 1 << 10;
-
-fn step(what: &'static str) -> impl FnOnce(abi::Errno) -> Failure {
-    move |e| Failure { what, errno: Some(e) }
-}
-
-fn ensure(ok: bool, what: &'static str) -> Result<(), Failure> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure { what, errno: None })
-    }
-}
-
-/// The task's memory: page 0 the CD, pages 1–4 the tables (L0–L3), 5–8 data.
-struct Memory {
-    va: u64,
-}
-
-impl Memory {
-    fn words(&self, n: u64) -> &'static mut [u64] {
-        // SAFETY: page `n` (< 9) of the 9 read/write pages this task mapped with mem_map and keeps mapped until exit.
-        unsafe { core::slice::from_raw_parts_mut((self.va + n * PAGE) as *mut u64, 512) }
-    }
-
-    fn bytes(&self, n: u64) -> &'static mut [u8] {
-        // SAFETY: as in `words`.
-        unsafe { core::slice::from_raw_parts_mut((self.va + n * PAGE) as *mut u8, PAGE as usize) }
-    }
-}
 
 fn index(iova: u64, level: u32) -> usize {
     ((iova >> (12 + 9 * level)) & 511) as usize
@@ -134,7 +104,7 @@ fn run(bdf: u64) -> Result<bool, Failure> {
         println!("hw-smmuv3: skipped: this SMMU cannot nest (S1P {s1p}, S2P {s2p})");
         return Ok(false);
     }
-    let mem = Memory { va: sys::mem_map(0, 9 * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(step("mem_map"))? };
+    let mem = sys::Pages::map(9).map_err(step("mem_map"))?;
     let ioas_id = ioas::ioas_alloc().map_err(step("ioas_alloc"))?;
     let rw = MAP_READABLE | MAP_WRITEABLE;
     ioas::map(ioas_id, mem.va, 5 * PAGE, Some(TABLES_IOVA), MAP_READABLE).map_err(step("map CD and tables"))?;
@@ -194,26 +164,19 @@ fn run(bdf: u64) -> Result<bool, Failure> {
 }
 
 fn main() -> i32 {
-    let mut buf = [DeviceInfo::default(); 64];
-    let n = sys::device_list(&mut buf).unwrap_or(0) as usize;
-    let edu = buf[..n.min(buf.len())]
-        .iter()
-        .find(|d| (d.vendor, d.device) == edu_driver::EDU && d.flags & abi::DEVICE_BEHIND_IOMMU != 0);
-    let Some(d) = edu else {
+    let Some(d) = edu_driver::first_behind_iommu() else {
         println!("hw-smmuv3: no edu behind an IOMMU");
         return 1;
     };
     match run(d.bdf) {
-        Ok(true) => {
-            println!("hw-smmuv3: passed");
+        Ok(ran) => {
+            if ran {
+                println!("hw-smmuv3: passed");
+            }
             0
         }
-        Ok(false) => 0,
         Err(f) => {
-            match f.errno {
-                Some(e) => println!("hw-smmuv3: failed: {} ({e})", f.what),
-                None => println!("hw-smmuv3: failed: {}", f.what),
-            }
+            println!("hw-smmuv3: failed: {f}");
             1
         }
     }

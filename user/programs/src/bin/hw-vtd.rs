@@ -20,8 +20,7 @@
 #![no_main]
 
 use abi::ioas::{self as a, HWPT_ALLOC_NEST_PARENT, MAP_READABLE, MAP_WRITEABLE};
-use abi::DeviceInfo;
-use edu_driver::{Edu, Failure};
+use edu_driver::{check_that as ensure, fail as step, Edu, Failure};
 use userlib::{ioas, println, sys};
 use zerocopy::IntoBytes;
 
@@ -40,35 +39,6 @@ const PARENT_HOLE: u64 = 0x0F00_0000;
 const P: u64 = 1;
 const RW: u64 = 2;
 const US: u64 = 4;
-
-fn step(what: &'static str) -> impl FnOnce(abi::Errno) -> Failure {
-    move |e| Failure { what, errno: Some(e) }
-}
-
-fn ensure(ok: bool, what: &'static str) -> Result<(), Failure> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure { what, errno: None })
-    }
-}
-
-/// The task's memory: 4 table pages, then 4 data pages.
-struct Memory {
-    va: u64,
-}
-
-impl Memory {
-    fn page(&self, n: u64) -> &'static mut [u64] {
-        // SAFETY: page `n` (< 8) of the 8 read/write pages this task mapped with mem_map and keeps mapped until exit.
-        unsafe { core::slice::from_raw_parts_mut((self.va + n * PAGE) as *mut u64, 512) }
-    }
-
-    fn bytes(&self, n: u64) -> &'static mut [u8] {
-        // SAFETY: as in `page`.
-        unsafe { core::slice::from_raw_parts_mut((self.va + n * PAGE) as *mut u8, PAGE as usize) }
-    }
-}
 
 fn pt_index(iova: u64, level: u32) -> usize {
     ((iova >> (12 + 9 * level)) & 511) as usize
@@ -103,20 +73,18 @@ fn expect_fault(queue: u32, dev: u32, child: u32, iova: u64, kind: u32) -> Resul
 /// under the same PD), then `hwpt_invalidate` of 1 page and of all 512, timed
 /// from user space (one syscall each; on a unit that nests in hardware this
 /// would be a plain IOTLB invalidation).
-fn resync_cost(ioas_id: u32, child: u32, mem: &Memory) -> Result<(), Failure> {
+fn resync_cost(ioas_id: u32, child: u32, mem: &sys::Pages) -> Result<(), Failure> {
     const PAGES: u64 = 512;
     const S1_BASE: u64 = 0x0820_0000; // PD index 65
     const DATA2_IOVA: u64 = 0x100_0000;
-    let big = sys::mem_map(0, (PAGES + 1) * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(step("mem_map 2 MiB"))?;
+    let big = sys::Pages::map(PAGES + 1).map_err(step("mem_map 2 MiB"))?;
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    ioas::map(ioas_id, big, PAGE, Some(TABLES_IOVA + 4 * PAGE), MAP_READABLE).map_err(step("map second PT"))?;
-    ioas::map(ioas_id, big + PAGE, PAGES * PAGE, Some(DATA2_IOVA), rw).map_err(step("map 512 pages"))?;
-    // SAFETY: `big`'s first page is this task's, mapped read/write above and kept until exit.
-    let pt2 = unsafe { core::slice::from_raw_parts_mut(big as *mut u64, 512) };
-    for (i, e) in pt2.iter_mut().enumerate() {
+    ioas::map(ioas_id, big.va, PAGE, Some(TABLES_IOVA + 4 * PAGE), MAP_READABLE).map_err(step("map second PT"))?;
+    ioas::map(ioas_id, big.va + PAGE, PAGES * PAGE, Some(DATA2_IOVA), rw).map_err(step("map 512 pages"))?;
+    for (i, e) in big.words(0).iter_mut().enumerate() {
         *e = (DATA2_IOVA + i as u64 * PAGE) | P | RW | US;
     }
-    mem.page(2)[pt_index(S1_BASE, 1)] = (TABLES_IOVA + 4 * PAGE) | P | RW | US;
+    mem.words(2)[pt_index(S1_BASE, 1)] = (TABLES_IOVA + 4 * PAGE) | P | RW | US;
     let time = |npages: u64| -> Result<u64, Failure> {
         let e = a::HwptVtdS1Invalidation { addr: S1_BASE, npages, flags: 0, reserved: 0 };
         let t0 = sys::clock().unwrap_or(0);
@@ -157,7 +125,7 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
         a::hw_kind::VIRTIO_IOMMU => "virtio-iommu",
         _ => "unknown",
     };
-    let mem = Memory { va: sys::mem_map(0, 8 * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(step("mem_map"))? };
+    let mem = sys::Pages::map(8).map_err(step("mem_map"))?;
     let ioas_id = ioas::ioas_alloc().map_err(step("ioas_alloc"))?;
     let rw = MAP_READABLE | MAP_WRITEABLE;
     ioas::map(ioas_id, mem.va, 4 * PAGE, Some(TABLES_IOVA), MAP_READABLE).map_err(step("map tables"))?;
@@ -167,10 +135,10 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
     // Stage 1: PML4 (table page 0) → PDPT (1) → PD (2) → PT (3), entries name parent IOVAs.
     let table = |n: u64| TABLES_IOVA + n * PAGE;
     let data = |n: u64| DATA_IOVA + n * PAGE;
-    mem.page(0)[pt_index(S1_SRC, 3)] = table(1) | P | RW | US;
-    mem.page(1)[pt_index(S1_SRC, 2)] = table(2) | P | RW | US;
-    mem.page(2)[pt_index(S1_SRC, 1)] = table(3) | P | RW | US;
-    let pt = mem.page(3);
+    mem.words(0)[pt_index(S1_SRC, 3)] = table(1) | P | RW | US;
+    mem.words(1)[pt_index(S1_SRC, 2)] = table(2) | P | RW | US;
+    mem.words(2)[pt_index(S1_SRC, 1)] = table(3) | P | RW | US;
+    let pt = mem.words(3);
     pt[pt_index(S1_SRC, 0)] = data(0) | P | US; // read-only source
     pt[pt_index(S1_DST, 0)] = data(1) | P | RW | US;
     pt[pt_index(S1_OUTSIDE, 0)] = PARENT_HOLE | P | RW | US;
@@ -188,7 +156,7 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
     edu.dma(S1_DST, true)?;
     ensure(mem.bytes(5) == mem.bytes(4), "data did not arrive through the stage-1 tables")?;
     // Repoint S1_DST at data page 2; effective after the invalidation.
-    mem.page(3)[pt_index(S1_DST, 0)] = data(2) | P | RW | US;
+    mem.words(3)[pt_index(S1_DST, 0)] = data(2) | P | RW | US;
     let inv = a::HwptVtdS1Invalidation { addr: S1_DST, npages: 1, flags: 0, reserved: 0 };
     let (handled, r) = ioas::hwpt_invalidate(child, a::hwpt_data::VTD_S1, inv.as_bytes(), inv.as_bytes().len());
     r.map_err(step("hwpt_invalidate"))?;
@@ -218,12 +186,7 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
 }
 
 fn main() -> i32 {
-    let mut buf = [DeviceInfo::default(); 64];
-    let n = sys::device_list(&mut buf).unwrap_or(0) as usize;
-    let edu = buf[..n.min(buf.len())]
-        .iter()
-        .find(|d| (d.vendor, d.device) == edu_driver::EDU && d.flags & abi::DEVICE_BEHIND_IOMMU != 0);
-    let Some(d) = edu else {
+    let Some(d) = edu_driver::first_behind_iommu() else {
         println!("hw-vtd: no edu behind an IOMMU");
         return 1;
     };
@@ -233,10 +196,7 @@ fn main() -> i32 {
             0
         }
         Err(f) => {
-            match f.errno {
-                Some(e) => println!("hw-vtd: failed: {} ({e})", f.what),
-                None => println!("hw-vtd: failed: {}", f.what),
-            }
+            println!("hw-vtd: failed: {f}");
             1
         }
     }
