@@ -127,8 +127,7 @@ pub struct AmdVi {
 impl AmdVi {
     /// The register block.
     fn regs(&self) -> &Regs {
-        // SAFETY: `new`'s caller guaranteed that `base` maps the 16 KiB register block for this value's whole life
-        // and that nothing else programs the unit; `Regs` is exactly that block, every field a volatile register.
+        // SAFETY: `new`'s caller guaranteed that `base` maps the 16 KiB register block for this value's whole life and that nothing else programs the unit; `Regs` is exactly that block, every field a volatile register.
         unsafe { &*(self.base as *const Regs) }
     }
 

@@ -236,8 +236,7 @@ impl MmioTransport {
 
     fn notify_reg(&self, offset: u16) -> &Notify {
         let at = self.mapped.notify + u64::from(offset) * u64::from(self.mapped.notify_multiplier);
-        // SAFETY: `new`'s caller guarantees the notification area covers every queue's address;
-        // `notify` is 2-aligned and the multiplier even, so `at` is too.
+        // SAFETY: `new`'s caller guarantees the notification area covers every queue's address; `notify` is 2-aligned and the multiplier even, so `at` is too.
         unsafe { &*(at as *const Notify) }
     }
 
