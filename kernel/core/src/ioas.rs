@@ -355,10 +355,12 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
             };
             let out: Vec<a::FaultRecord> = records.iter().map(iommufd::abi_glue::fault_record).collect();
             copy_to_user(s.records, out.as_bytes())?;
+            let room = s.num;
             s.num = out.len() as u32;
             s.out_overflows = overflows;
             write(ptr, &s, size)?;
-            if out.is_empty() && s.timeout_ms > 0 {
+            // Waited for a record that never came (asking for none is no timeout).
+            if out.is_empty() && s.timeout_ms > 0 && room > 0 {
                 return Err(Errno::ETIMEDOUT);
             }
         }

@@ -193,7 +193,7 @@ impl Door for HostDoor {
         timeout_ms: u32,
     ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno> {
         let (records, overflows) = self.fd.fault_read(queue, room)?;
-        if records.is_empty() && timeout_ms > 0 {
+        if records.is_empty() && timeout_ms > 0 && room > 0 {
             return Err(Errno::ETIMEDOUT);
         }
         let out = records.iter().map(iommufd::abi_glue::fault_record).collect();
