@@ -311,24 +311,12 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
                     return Err(e);
                 }
             };
-            let (handled, result, bad) = if s.data_type == a::hwpt_data::VTD_S1 {
-                // Entries up to the first malformed one; that one stops the batch.
-                let (entries, bad) = iommufd::abi_glue::invalidations(&bytes, s.entry_len as usize);
-                let (n, r) = with_fd(|fd, units, mem| Ok(fd.hwpt_invalidate(units, mem, s.hwpt_id, &entries)))?;
-                (n, r, bad)
-            } else {
-                // The unit's own commands: it checks each one.
-                let (n, r) = with_fd(|fd, units, _| {
-                    Ok(fd.hwpt_invalidate_driver(units, s.hwpt_id, s.data_type, &bytes, s.entry_len as usize))
-                })?;
-                (n, r, None)
-            };
+            let (handled, result) = with_fd(|fd, units, mem| {
+                Ok(iommufd::abi_glue::invalidate(fd, units, mem, s.hwpt_id, s.data_type, &bytes, s.entry_len as usize))
+            })?;
             s.entry_num = handled;
             write(ptr, &s, size)?;
             result?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
         }
         Op::FaultQueueAlloc => {
             let (mut s, size) = read::<a::FaultQueueAlloc>(ptr)?;

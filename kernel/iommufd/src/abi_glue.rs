@@ -93,6 +93,28 @@ pub fn invalidations(bytes: &[u8], entry_len: usize) -> (Vec<Stage1Invalidation>
     (out, None)
 }
 
+/// Runs a checked batch of invalidation entries (`bytes`, `entry_len` each,
+/// of `data_type`) on `hwpt`: VT-d stage-1 entries re-sync a shadowed child
+/// (decoded here; the first malformed one stops the batch with its error),
+/// anything else goes to the unit of a hardware-nested child, which checks
+/// each entry itself. Returns how many were handled and why the batch stopped.
+pub fn invalidate(
+    fd: &mut crate::Iommufd,
+    units: crate::Units<'_>,
+    mem: &mut dyn crate::Memory,
+    hwpt: u32,
+    data_type: u32,
+    bytes: &[u8],
+    entry_len: usize,
+) -> (u32, Result<(), Errno>) {
+    if data_type != a::hwpt_data::VTD_S1 {
+        return fd.hwpt_invalidate_driver(units, hwpt, data_type, bytes, entry_len);
+    }
+    let (entries, bad) = invalidations(bytes, entry_len);
+    let (handled, r) = fd.hwpt_invalidate(units, mem, hwpt, &entries);
+    (handled, r.and(bad.map_or(Ok(()), Err)))
+}
+
 /// Checks a [`a::FaultQueueAlloc`]'s capacity (1–4096 records).
 pub fn fault_queue_capacity(s: &a::FaultQueueAlloc) -> Result<usize, Errno> {
     if (1..=4096).contains(&s.capacity) {

@@ -175,12 +175,15 @@ impl Door for HostDoor {
         if let Err(e) = iommufd::abi_glue::invalidation_bytes(&s) {
             return (0, Err(e));
         }
-        if data_type != abi::ioas::hwpt_data::VTD_S1 {
-            return self.fd.hwpt_invalidate_driver(&mut self.units, hwpt, data_type, entries, entry_len as usize);
-        }
-        let (list, bad) = iommufd::abi_glue::invalidations(entries, entry_len as usize);
-        let (handled, r) = self.fd.hwpt_invalidate(&mut self.units, &mut self.mem, hwpt, &list);
-        (handled, r.and(bad.map_or(Ok(()), Err)))
+        iommufd::abi_glue::invalidate(
+            &mut self.fd,
+            &mut self.units,
+            &mut self.mem,
+            hwpt,
+            data_type,
+            entries,
+            entry_len as usize,
+        )
     }
     fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno> {
         let s = abi::ioas::FaultQueueAlloc { size: 16, capacity, ..Default::default() };
