@@ -9,7 +9,7 @@
 #![no_std]
 #![no_main]
 
-use bootinfo::{BootInfo, FirmwareTables, MemoryKind, MemoryRegion};
+use bootinfo::{BootInfo, MemoryKind, MemoryRegion};
 use platform_aarch64::{exit, PLATFORM};
 
 core::arch::global_asm!(
@@ -162,9 +162,9 @@ fn build_boot_info(x0: u64, entry_el: u64) -> Result<BootInfo, &'static str> {
     let start = core::ptr::addr_of!(__kernel_start) as u64 - platform_aarch64::DIRECT_MAP;
     let end = core::ptr::addr_of!(__kernel_end) as u64 - platform_aarch64::DIRECT_MAP;
     let mut boot = BootInfo::new(if entry_el == 2 { "arm64-elf, entered at EL2" } else { "arm64-elf, entered at EL1" });
-    boot.kernel_image = (start, end);
+    boot.kernel_image = bootinfo::PhysRange { start, end };
     let dtb_pa = find_dtb(x0, start).ok_or("no device tree (x0 = 0 and none at the start of RAM)")?;
-    boot.firmware = FirmwareTables::DeviceTree { dtb: dtb_pa };
+    boot.set_dtb(dtb_pa);
     let dt = platform_aarch64::dtb_at(dtb_pa).ok_or("device tree header invalid")?;
     if let Some(uart) = dt.console() {
         // No frame allocator yet, so no dynamic mapping: the boot tables map the

@@ -1,10 +1,16 @@
-//! The x86_64 kernel binary, booted by QEMU's `-kernel` through the PVH entry.
+//! The x86_64 kernel binary, with two entries into the same kernel:
 //!
-//! `pvh_start32` (32-bit protected mode, paging off, EBX = `hvm_start_info`)
-//! builds boot page tables — identity for the first 4 GiB, the direct map
-//! at `0xFFFF_8000_0000_0000` and the kernel at `0xFFFF_FFFF_8000_0000`, all
-//! with 1 GiB pages — enables long mode and NX, and calls [`x86_64_main`] on the
-//! boot stack. See QEMU.md §5.1 for the entry state.
+//! - `pvh_start32`, named by the PVH ELF note, for QEMU's `-kernel` (32-bit
+//!   protected mode, paging off, EBX = `hvm_start_info`; QEMU.md §5.1);
+//! - `entry64`, the ELF entry point, for loaders that run in long mode — the
+//!   UEFI loader (`boot/uefi`) enters it with RDI = physical address of a
+//!   `BootInfo` hand-off and RSI = `BOOTINFO_MAGIC`, paging on with an identity
+//!   map of the low 4 GiB, interrupts off.
+//!
+//! Both build the same boot page tables — identity for the first 4 GiB, the
+//! direct map at `0xFFFF_8000_0000_0000` and the kernel at
+//! `0xFFFF_FFFF_8000_0000`, all with 1 GiB pages — enable NX and call
+//! [`x86_64_main`] on the boot stack.
 #![no_std]
 #![no_main]
 
@@ -35,6 +41,9 @@ boot_gdt_end:
 boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .long boot_gdt
+boot_gdt_ptr64:
+    .word boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
 
 .section .boot.text, "ax"
 .code32
@@ -104,12 +113,74 @@ long_mode:
     mov gs, ax
     movabs rsp, offset boot_stack_top
     xor ebp, ebp
-    mov edi, esi
+    mov edi, esi                        /* hvm_start_info */
+    xor esi, esi                        /* no hand-off magic: PVH */
     movabs rax, offset x86_64_main
     call rax
 4:
     hlt
     jmp 4b
+
+/* Long-mode entry (UEFI loader): RDI = hand-off, RSI = magic, identity-mapped. */
+.global entry64
+entry64:
+    cli
+    mov r12, rdi
+    mov r13, rsi
+    mov eax, offset boot_pdpt_low
+    or eax, 3
+    mov [boot_pml4], rax
+    mov eax, offset boot_pdpt_dmap
+    or eax, 3
+    mov [boot_pml4 + 256 * 8], rax
+    mov eax, offset boot_pdpt_kern
+    or eax, 3
+    mov [boot_pml4 + 511 * 8], rax
+    xor ecx, ecx
+5:
+    mov rax, rcx
+    shl rax, 30
+    or rax, 0x83                        /* present, writable, 1 GiB */
+    mov [boot_pdpt_dmap + rcx * 8], rax
+    cmp ecx, 4
+    jae 6f
+    mov [boot_pdpt_low + rcx * 8], rax
+6:
+    inc ecx
+    cmp ecx, 512
+    jne 5b
+    mov qword ptr [boot_pdpt_kern + 510 * 8], 0x83
+    mov ecx, 0xC0000080                 /* EFER.NXE (LME is on already) */
+    rdmsr
+    or eax, 0x800
+    wrmsr
+    mov rax, cr0
+    or eax, 0x10000                     /* WP */
+    mov cr0, rax
+    mov eax, offset boot_pml4
+    mov cr3, rax
+    movabs rsp, offset boot_stack_top
+    lgdt [boot_gdt_ptr64]
+    push 0x08
+    lea rax, [rip + 7f]
+    push rax
+    .byte 0x48, 0xcb                    /* retfq: reload CS from the new GDT */
+7:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    xor ebp, ebp
+    mov rdi, r12
+    mov rsi, r13
+    movabs rax, offset x86_64_main
+    call rax
+8:
+    hlt
+    jmp 8b
 
 .section .bss.boot_stack, "aw", @nobits
 .balign 4096
@@ -127,18 +198,24 @@ unsafe extern "C" {
 }
 
 /// The first Rust code: long mode, boot page tables, boot stack, interrupts off.
+/// `magic` is `BOOTINFO_MAGIC` when `arg` is a loader's `BootInfo` hand-off,
+/// 0 when it is PVH's `hvm_start_info`.
 #[unsafe(no_mangle)]
-extern "C" fn x86_64_main(start_info: u32) -> ! {
+extern "C" fn x86_64_main(arg: u64, magic: u64) -> ! {
     platform_x86_64::tsc::mark_start();
     platform_x86_64::early_init();
     let image = (core::ptr::addr_of!(__kernel_phys_start) as u64, core::ptr::addr_of!(__kernel_phys_end) as u64);
-    let boot = match pvh::boot_info(u64::from(start_info), image) {
-        Ok(b) => b,
-        Err(e) => {
-            kcore::console::print_unlocked(format_args!("boot: {e}\n"));
-            exit::exit(false)
-        }
+    let boot = if magic == bootinfo::BOOTINFO_MAGIC {
+        kcore::boot_handoff(arg, image).map_err(|e| alloc_free_error(format_args!("{e}")))
+    } else {
+        pvh::boot_info(arg, image).map_err(|e| alloc_free_error(format_args!("{e}")))
     };
+    let Ok(boot) = boot else { exit::exit(false) };
     exit::configure(&boot);
     kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, platform_x86_64::ktests::SUITES])
+}
+
+/// Prints why there is no `BootInfo` (there is no heap yet).
+fn alloc_free_error(e: core::fmt::Arguments<'_>) {
+    kcore::console::print_unlocked(format_args!("boot: {e}\n"));
 }

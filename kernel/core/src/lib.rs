@@ -66,6 +66,21 @@ fn kind_name(kind: MemoryKind) -> &'static str {
     }
 }
 
+/// Reads and checks the `BootInfo` a separate loader (UEFI) left at physical
+/// address `pa`, then records the kernel image range `image` the kernel knows
+/// from its own linker symbols. Called before the heap exists.
+pub fn boot_handoff(pa: u64, image: (u64, u64)) -> Result<BootInfo, bootinfo::HandoffError> {
+    if pa == 0 || !pa.is_multiple_of(8) {
+        return Err(bootinfo::HandoffError::Invalid("hand-off address is null or misaligned"));
+    }
+    let va = mm::phys_to_virt(pa) as *const u8;
+    // SAFETY: the loader put the hand-off in RAM it owns (below 512 GiB, covered by the boot direct map) and nothing writes it while the kernel reads; the length is exactly one BootInfo.
+    let bytes = unsafe { core::slice::from_raw_parts(va, core::mem::size_of::<BootInfo>()) };
+    let mut boot = BootInfo::from_handoff(bytes)?;
+    boot.kernel_image = bootinfo::PhysRange { start: image.0, end: image.1 };
+    Ok(boot)
+}
+
 /// The kernel's main function, called by each boot path once the CPU runs in
 /// the kernel's address space with a stack, a console and exception vectors.
 ///
@@ -73,12 +88,12 @@ fn kind_name(kind: MemoryKind) -> &'static str {
 pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktest::Suite]]) -> ! {
     register_platform(platform);
     console::init(boot.cmdline_value("log"));
-    log::info!("portcullis: kernel_main on {} (loader {})", platform.arch(), boot.loader);
+    log::info!("portcullis: kernel_main on {} (loader {})", platform.arch(), boot.loader());
     log::info!("cmdline: \"{}\"", boot.cmdline());
     for r in boot.regions() {
         log::info!("memory: {:#018x}-{:#018x} {}", r.base, r.end().saturating_sub(1), kind_name(r.kind));
     }
-    log::info!("kernel image: {:#x}-{:#x}", boot.kernel_image.0, boot.kernel_image.1);
+    log::info!("kernel image: {:#x}-{:#x}", boot.kernel_image.start, boot.kernel_image.end);
     let ok = match boot_core(boot, platform) {
         Ok(()) => {
             crash_test(boot);
@@ -126,7 +141,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     iommu::init(boot);
     let (free, total) = mm::frame_counts();
     let (_, heap_free) = heap::usage();
-    let firmware = match boot.firmware {
+    let firmware = match boot.firmware() {
         FirmwareTables::Acpi { rsdp } => alloc::format!("acpi rsdp={rsdp:#x}"),
         FirmwareTables::DeviceTree { dtb } => alloc::format!("devicetree dtb={dtb:#x}"),
         FirmwareTables::None => alloc::string::String::from("none"),

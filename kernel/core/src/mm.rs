@@ -52,7 +52,7 @@ impl core::fmt::Display for MemInitError {
 fn is_reserved(boot: &BootInfo, start: u64, end: u64) -> bool {
     let overlaps = |a: u64, b: u64| start < b && a < end;
     overlaps(0, LOW_RESERVED)
-        || overlaps(boot.kernel_image.0, boot.kernel_image.1)
+        || overlaps(boot.kernel_image.start, boot.kernel_image.end)
         || boot.regions().iter().any(|r| r.kind != MemoryKind::Usable && overlaps(r.base, r.end()))
 }
 
@@ -90,7 +90,7 @@ pub fn init_frames(boot: &BootInfo) -> Result<(), MemInitError> {
         bitmap.reserve_range(r.base, r.end());
     }
     bitmap.reserve_range(0, LOW_RESERVED);
-    bitmap.reserve_range(boot.kernel_image.0, boot.kernel_image.1);
+    bitmap.reserve_range(boot.kernel_image.start, boot.kernel_image.end);
     bitmap.reserve_range(place, place + bytes);
     *FRAMES.lock() = Some(bitmap);
     Ok(())
@@ -133,7 +133,7 @@ pub fn frames_taken(boot: &BootInfo, start: u64, end: u64) -> usize {
     let Some(frames) = guard.as_ref() else { return 0 };
     (start & !(FRAME_SIZE - 1)..end)
         .step_by(FRAME_SIZE as usize)
-        .filter(|&a| a >= LOW_RESERVED && !(boot.kernel_image.0..boot.kernel_image.1).contains(&a))
+        .filter(|&a| a >= LOW_RESERVED && !(boot.kernel_image.start..boot.kernel_image.end).contains(&a))
         .filter(|&a| boot.regions().iter().any(|r| r.kind == MemoryKind::Usable && r.base <= a && a < r.end()))
         .filter(|&a| frames.in_use(a))
         .count()

@@ -276,7 +276,7 @@ static DTB_PA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::ne
 
 /// The device tree the boot path handed over, parsed through the direct map.
 pub fn dtb(boot: &bootinfo::BootInfo) -> Option<devicetree::DeviceTree<'static>> {
-    let bootinfo::FirmwareTables::DeviceTree { dtb } = boot.firmware else {
+    let bootinfo::FirmwareTables::DeviceTree { dtb } = boot.firmware() else {
         return None;
     };
     DTB_PA.store(dtb, core::sync::atomic::Ordering::Relaxed);

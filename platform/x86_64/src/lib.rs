@@ -70,7 +70,7 @@ impl Platform for X86Platform {
     fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
         pit::disable_legacy_pic();
         apic::map_and_enable()?;
-        match boot.firmware {
+        match boot.firmware() {
             bootinfo::FirmwareTables::Acpi { rsdp } => {
                 if ioapic::init(rsdp)? == 0 {
                     log::warn!("ioapic: the MADT lists no I/O APIC; legacy interrupts unavailable");
@@ -137,14 +137,14 @@ impl Platform for X86Platform {
     }
 
     fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
-        match boot.firmware {
+        match boot.firmware() {
             bootinfo::FirmwareTables::Acpi { rsdp } => acpi::pci_hosts(rsdp),
             _ => alloc::vec::Vec::new(),
         }
     }
 
     fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology {
-        match boot.firmware {
+        match boot.firmware() {
             bootinfo::FirmwareTables::Acpi { rsdp } => acpi::topology(rsdp, functions),
             _ => firmware::Topology::new(),
         }

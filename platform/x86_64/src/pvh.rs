@@ -1,7 +1,7 @@
 //! The PVH boot protocol as QEMU's `-kernel` implements it: `hvm_start_info`
 //! (Xen `arch-x86/hvm/start_info.h`, version 1) → [`bootinfo::BootInfo`].
 
-use bootinfo::{BootInfo, FirmwareTables, MemoryKind, MemoryRegion};
+use bootinfo::{BootInfo, MemoryKind, MemoryRegion};
 
 /// `hvm_start_info.magic`.
 pub const START_INFO_MAGIC: u32 = 0x336E_C578;
@@ -34,7 +34,7 @@ pub fn boot_info(start_info: u64, kernel_image: (u64, u64)) -> Result<BootInfo, 
         return Err(PvhError::BadMagic(magic));
     }
     let mut boot = BootInfo::new("pvh");
-    boot.kernel_image = kernel_image;
+    boot.kernel_image = bootinfo::PhysRange { start: kernel_image.0, end: kernel_image.1 };
     let version: u32 = read(start_info + 4);
     let cmdline_pa: u64 = read(start_info + 24);
     if cmdline_pa != 0 {
@@ -52,7 +52,7 @@ pub fn boot_info(start_info: u64, kernel_image: (u64, u64)) -> Result<BootInfo, 
     }
     let rsdp: u64 = read(start_info + 32);
     if rsdp != 0 {
-        boot.firmware = FirmwareTables::Acpi { rsdp };
+        boot.set_acpi_rsdp(rsdp);
     }
     if version >= 1 {
         let memmap: u64 = read(start_info + 40);
