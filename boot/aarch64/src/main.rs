@@ -1,6 +1,10 @@
-//! The aarch64 kernel binary, booted by QEMU's `-kernel` as an ELF.
+//! The aarch64 kernel binary, booted by QEMU's `-kernel` as an ELF or by the
+//! UEFI loader (`boot/uefi`).
 //!
-//! `_start` runs at its physical address with the MMU off (QEMU.md §5.2):
+//! `_start` runs at its physical address with the MMU off (QEMU.md §5.2;
+//! the UEFI loader turns the MMU off before it jumps). x0 is the DTB (or 0)
+//! from QEMU, or the physical address of a `BootInfo` hand-off when x1 is
+//! `BOOTINFO_MAGIC`.
 //! at EL2 it configures EL2 (timer access, GICv3 system registers, no traps)
 //! and drops to EL1, keeping EL2 reachable through a minimal vector table; at
 //! EL1 it zeroes .bss, builds one level-0 and one level-1 table that map the
@@ -17,7 +21,8 @@ core::arch::global_asm!(
 .section .text.boot, "ax"
 .global _start
 _start:
-    mov x19, x0                     /* DTB pointer per the Linux protocol (QEMU passes 0) */
+    mov x19, x0                     /* DTB pointer per the Linux protocol (QEMU passes 0), or a hand-off */
+    mov x21, x1                     /* BOOTINFO_MAGIC when x0 is a hand-off */
     mrs x20, CurrentEL
     lsr x20, x20, #2
     cmp x20, #2
@@ -119,8 +124,9 @@ _start:
     mov x30, #0
     mov x0, x19
     mov x1, x20
-    ldr x2, =aarch64_main
-    br x2
+    mov x2, x21
+    ldr x3, =aarch64_main
+    br x3
 
 /* EL2 vectors: anything taken to EL2 returns at once (a later hypervisor replaces them). */
 .balign 2048
@@ -187,11 +193,29 @@ fn build_boot_info(x0: u64, entry_el: u64) -> Result<BootInfo, &'static str> {
     Ok(boot)
 }
 
+/// The boot info a loader handed over (UEFI): checked, with the console
+/// brought up from what the firmware describes (SPCR under ACPI, else the
+/// device tree) and the device tree kept out of the frame allocator.
+fn handoff_boot_info(pa: u64) -> Result<BootInfo, &'static str> {
+    let start = core::ptr::addr_of!(__kernel_start) as u64 - platform_aarch64::DIRECT_MAP;
+    let end = core::ptr::addr_of!(__kernel_end) as u64 - platform_aarch64::DIRECT_MAP;
+    // No console is known before the hand-off is accepted: a refusal only shows in the exit status.
+    let mut boot = kcore::boot_handoff(pa, (start, end)).map_err(|_| "the loader's boot information was refused")?;
+    platform_aarch64::early_console(&boot);
+    if let Some(dtb) = boot.dtb() {
+        let size = platform_aarch64::dtb_size(dtb).ok_or("device tree header invalid")?;
+        boot.push_region(MemoryRegion { base: dtb, size: size as u64, kind: MemoryKind::Reserved })
+            .map_err(|_| "too many memory regions")?;
+    }
+    Ok(boot)
+}
+
 /// The first Rust code: EL1, MMU on, boot stack, interrupts masked.
 #[unsafe(no_mangle)]
-extern "C" fn aarch64_main(x0: u64, entry_el: u64) -> ! {
+extern "C" fn aarch64_main(x0: u64, entry_el: u64, magic: u64) -> ! {
     platform_aarch64::early_init();
-    let boot = match build_boot_info(x0, entry_el) {
+    let boot = if magic == bootinfo::BOOTINFO_MAGIC { handoff_boot_info(x0) } else { build_boot_info(x0, entry_el) };
+    let boot = match boot {
         Ok(b) => b,
         Err(e) => {
             kcore::console::print_unlocked(format_args!("boot: {e}\n"));

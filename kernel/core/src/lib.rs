@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod backtrace;
 pub mod console;
 pub mod edu;

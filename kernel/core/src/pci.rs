@@ -3,6 +3,7 @@
 //! describes, BAR assignment, and the list of functions other parts use.
 
 use crate::mm;
+use alloc::string::String;
 use alloc::vec::Vec;
 use pci::{Bdf, ConfigAccess, Function, HostBridge};
 
@@ -89,6 +90,22 @@ pub fn topology() -> Option<&'static firmware::Topology> {
 pub fn init_topology(boot: &bootinfo::BootInfo) {
     let functions: Vec<Function> = devices().iter().map(|d| d.function.clone()).collect();
     let t = crate::platform().iommu_topology(boot, &functions);
+    let source = match boot.firmware() {
+        bootinfo::FirmwareTables::Acpi { rsdp } => {
+            let tables: Vec<String> = crate::acpi::raw_tables(rsdp)
+                .into_iter()
+                .filter(|(sig, _)| matches!(sig, b"DMAR" | b"IVRS" | b"IORT" | b"VIOT"))
+                .map(|(sig, _)| String::from_utf8_lossy(&sig).into_owned())
+                .collect();
+            alloc::format!(
+                "acpi {}",
+                if tables.is_empty() { String::from("(no IOMMU table)") } else { tables.join(" ") }
+            )
+        }
+        bootinfo::FirmwareTables::DeviceTree { .. } => String::from("devicetree"),
+        bootinfo::FirmwareTables::None => String::from("none"),
+    };
+    crate::kprintln!("topology: source {source}");
     for line in firmware::build::lines(&t, &functions) {
         crate::kprintln!("{line}");
     }
@@ -151,13 +168,14 @@ pub fn init(hosts: Vec<Ecam>) {
         };
         match pci::assign::assign(ecam, host, &mut functions) {
             Ok(s) => log::info!(
-                "pci: segment {} buses {:#x}-{:#x}: {} functions, {} BARs assigned, {} kept, {} bridge windows",
+                "pci: segment {} buses {:#x}-{:#x}: {} functions, {} BARs assigned, {} kept, {} left unassigned, {} bridge windows",
                 host.segment,
                 host.bus_start,
                 host.bus_end,
                 functions.len(),
                 s.assigned,
                 s.kept,
+                s.unplaced,
                 s.bridges
             ),
             Err(e) => log::error!("pci: segment {}: BAR assignment failed: {e}", host.segment),

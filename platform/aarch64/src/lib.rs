@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod exceptions;
 pub mod exit;
 pub mod gic;
@@ -21,6 +22,7 @@ pub mod pl011;
 pub mod timer;
 pub mod user;
 
+use bootinfo::FirmwareTables;
 use core::sync::atomic::Ordering;
 use kcore::{MapError, PageAttr, Platform};
 
@@ -57,11 +59,17 @@ impl Platform for ArmPlatform {
     }
 
     fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
-        let dtb = crate::dtb(boot).ok_or("no device tree: cannot find the GIC and timer")?;
-        let gic = dtb.gic().ok_or("device tree has no interrupt controller")?;
-        let timer = dtb.timer().ok_or("device tree has no arm,armv8-timer node")?;
+        let (gic, virt_timer) = match boot.firmware() {
+            FirmwareTables::Acpi { rsdp } => (acpi::gic(rsdp)?, acpi::virtual_timer(rsdp)?),
+            FirmwareTables::DeviceTree { .. } => {
+                let dtb = crate::dtb(boot).ok_or("device tree unreadable: cannot find the GIC and timer")?;
+                let gic = dtb.gic().ok_or("device tree has no interrupt controller")?;
+                (gic, dtb.timer().ok_or("device tree has no arm,armv8-timer node")?.virt)
+            }
+            FirmwareTables::None => return Err("no firmware tables: cannot find the GIC and timer"),
+        };
         gic::init(&gic)?;
-        timer::start(timer.virt, timer::TIMER_HZ)
+        timer::start(virt_timer, timer::TIMER_HZ)
     }
 
     fn timer_ticks(&self) -> u64 {
@@ -122,6 +130,9 @@ impl Platform for ArmPlatform {
     }
 
     fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
+        if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
+            return kcore::acpi::pci_hosts(rsdp);
+        }
         let Some(dt) = dtb(boot) else { return alloc::vec::Vec::new() };
         let mut out = alloc::vec::Vec::new();
         for host in dt.pci_hosts() {
@@ -157,7 +168,11 @@ impl Platform for ArmPlatform {
         iommu::units(boot, topology)
     }
 
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, _functions: &[pci::Function]) -> firmware::Topology {
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology {
+        if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
+            // MSIs go through the ITS doorbell, which the IOMMU translates like any DMA.
+            return kcore::acpi::topology(rsdp, functions, None);
+        }
         let Some(dt) = dtb(boot) else { return firmware::Topology::new() };
         let mut errors = alloc::vec::Vec::new();
         let t = firmware::build::from_devicetree(&dt, &mut errors);
@@ -268,6 +283,21 @@ fn intx_intid(f: &pci::Function, access: &dyn pci::ConfigAccess) -> Result<u32, 
     match route.parent_spec.as_slice() {
         [0, spi, _] => Ok(32 + spi),
         _ => Err("interrupt-map parent is not a GIC SPI"),
+    }
+}
+
+/// Brings up the PL011 console a loader's hand-off points at: the SPCR's
+/// UART under ACPI, else the device tree's `stdout-path`. Before the frame
+/// allocator exists, so through the boot direct map (device memory for the
+/// first GiB, where QEMU virt's UART lives).
+pub fn early_console(boot: &bootinfo::BootInfo) {
+    let base = match boot.firmware() {
+        FirmwareTables::Acpi { rsdp } => kcore::acpi::spcr_console(rsdp),
+        FirmwareTables::DeviceTree { dtb } => dtb_at(dtb).and_then(|dt| dt.console()).map(|u| u.base),
+        FirmwareTables::None => None,
+    };
+    if let Some(base) = base {
+        pl011::init(kcore::mm::phys_to_virt(base));
     }
 }
 

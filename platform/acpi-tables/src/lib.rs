@@ -1,5 +1,6 @@
 //! Parsers for the ACPI tables that describe IOMMUs, over raw table images:
-//! [`dmar`] (Intel VT-d), [`ivrs`] (AMD-Vi), [`iort`] (Arm), [`viot`] (virtio-iommu).
+//! [`dmar`] (Intel VT-d), [`ivrs`] (AMD-Vi), [`iort`] (Arm), [`viot`] (virtio-iommu),
+//! and [`gtdt`] (the Arm generic timer's interrupts, which the `acpi` crate does not model).
 //!
 //! Every parser checks the common header (signature, length, checksum) and the
 //! bounds of every structure, returns a typed [`TableError`] for malformed
@@ -13,6 +14,7 @@
 extern crate alloc;
 
 pub mod dmar;
+pub mod gtdt;
 pub mod iort;
 
 pub mod ivrs;

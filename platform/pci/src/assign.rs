@@ -46,6 +46,10 @@ pub struct Summary {
     pub kept: usize,
     /// Bridges whose windows were programmed.
     pub bridges: usize,
+    /// BARs left unassigned because the host describes no window of their kind
+    /// (ACPI machines: the windows live in the DSDT's AML, so the kernel keeps
+    /// what firmware assigned and cannot place the rest).
+    pub unplaced: usize,
 }
 
 struct Ctx<'a> {
@@ -65,6 +69,15 @@ fn write_bar(access: &dyn ConfigAccess, f: &Function, bar: &Bar) {
 }
 
 impl Ctx<'_> {
+    /// Whether the host has any window a root-bus BAR of `kind` could go in.
+    fn has_window_for(&self, kind: BarKind) -> bool {
+        match kind {
+            BarKind::Io => self.io.is_some(),
+            BarKind::Mem32 => self.mem32.is_some(),
+            BarKind::Mem64 => self.mem32.is_some() || self.mem64.is_some(),
+        }
+    }
+
     fn place(&mut self, f: &Function, bar: &mut Bar, behind_bridge: bool) -> Result<(), PciError> {
         let err = PciError::WindowExhausted { bdf: f.bdf, bar: bar.index, size: bar.size };
         let base = match bar.kind {
@@ -164,6 +177,17 @@ pub fn assign(access: &dyn ConfigAccess, host: &HostBridge, functions: &mut [Fun
                 for b in 0..functions[i].bars.len() {
                     let mut bar = functions[i].bars[b];
                     if bar.base == 0 {
+                        if !ctx.has_window_for(bar.kind) {
+                            log::warn!(
+                                "pci: {} BAR{} ({:?}, {:#x} bytes) left unassigned: the firmware names no host window for it",
+                                functions[i].bdf,
+                                bar.index,
+                                bar.kind,
+                                bar.size
+                            );
+                            ctx.summary.unplaced += 1;
+                            continue;
+                        }
                         ctx.place(&functions[i], &mut bar, false)?;
                         functions[i].bars[b] = bar;
                     }

@@ -101,6 +101,24 @@ fn firmware_assigned_bars_and_buses_are_kept() {
 }
 
 #[test]
+fn without_host_windows_firmware_bars_are_kept_and_the_rest_left_alone() {
+    // An ACPI machine: MCFG gives the ECAM but no windows (they are AML).
+    let mut host = virt_host();
+    host.mmio32 = None;
+    host.mmio64 = None;
+    host.io = None;
+    let kept = edu(None, 1).with_bar_value(0, 0x1000_0000);
+    let missing = edu(None, 2);
+    let cfg = FakeConfig::new(0, vec![kept, missing]);
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    let s = assign(&cfg, &host, &mut fns).unwrap();
+    assert_eq!((s.assigned, s.kept, s.unplaced), (0, 1, 1));
+    assert_eq!(fns[0].bars[0].base, 0x1000_0000);
+    assert_eq!(fns[1].bars[0].base, 0, "no address invented");
+    assert_eq!(cfg.read16(fns[1].bdf, reg::COMMAND) & reg::CMD_MEMORY, 0, "no decode of an unplaced BAR");
+}
+
+#[test]
 fn window_too_small_is_a_typed_error() {
     let mut host = virt_host();
     host.mmio32 = Some(Window { cpu_base: 0x1000_0000, pci_base: 0x1000_0000, size: 0x8_0000 });

@@ -88,7 +88,7 @@ pub fn all() -> &'static [IoApic] {
 
 /// Finds every I/O APIC in the MADT, maps it and masks all of its entries.
 pub fn init(rsdp: u64) -> Result<usize, &'static str> {
-    let tables = crate::acpi::tables(rsdp).map_err(|e| {
+    let tables = kcore::acpi::tables(rsdp).map_err(|e| {
         log::error!("acpi: cannot read the tables at RSDP {rsdp:#x}: {e:?}");
         "ACPI tables unreadable"
     })?;

@@ -138,7 +138,7 @@ impl Platform for X86Platform {
 
     fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
         match boot.firmware() {
-            bootinfo::FirmwareTables::Acpi { rsdp } => acpi::pci_hosts(rsdp),
+            bootinfo::FirmwareTables::Acpi { rsdp } => kcore::acpi::pci_hosts(rsdp),
             _ => alloc::vec::Vec::new(),
         }
     }

@@ -1,0 +1,65 @@
+//! The arm machine from ACPI (UEFI firmware hands over an RSDP instead of a
+//! device tree): SPCR for the console, MADT for the GICv3 (ACPI 6.5
+//! §5.2.12.15–18), GTDT for the timer, MCFG for PCI and IORT / VIOT for the
+//! IOMMUs (through `kcore::acpi`).
+
+use acpi::madt::{Madt, MadtEntry};
+use devicetree::{Gic, GicVersion, MemRange};
+
+/// Size of one GICv3 distributor frame.
+const GICD_SIZE: u64 = 0x1_0000;
+
+/// The GIC from the MADT: distributor, redistributor discovery range, ITS.
+pub fn gic(rsdp: u64) -> Result<Gic, &'static str> {
+    let tables = kcore::acpi::tables(rsdp).map_err(|_| "ACPI tables unreadable")?;
+    let madt = tables.find_table::<Madt>().map_err(|_| "no MADT in the ACPI tables")?;
+    let (mut dist, mut redist, mut its, mut version) = (None, None, None, None);
+    for entry in madt.get().entries() {
+        match entry {
+            MadtEntry::Gicd(e) => {
+                let (base, v) = (e.physical_base_address, e.gic_version);
+                dist = Some(MemRange { base, size: GICD_SIZE });
+                version = Some(v);
+            }
+            MadtEntry::GicRedistributor(e) => {
+                let (base, len) = (e.discovery_range_base_address, e.discovery_range_length);
+                redist.get_or_insert(MemRange { base, size: u64::from(len) });
+            }
+            MadtEntry::GicInterruptTranslationService(e) => {
+                let base = e.physical_base_address;
+                its.get_or_insert(MemRange { base, size: 0x2_0000 });
+            }
+            _ => {}
+        }
+    }
+    let dist = dist.ok_or("MADT has no GIC distributor")?;
+    // Version 0 asks for discovery from the hardware; a redistributor range means GICv3 or later.
+    let version = match version {
+        Some(3 | 4) => GicVersion::V3,
+        Some(0) if redist.is_some() => GicVersion::V3,
+        _ => GicVersion::V2,
+    };
+    log::info!(
+        "acpi: MADT: GICD {:#x}, GICR {}, ITS {}",
+        dist.base,
+        redist.map_or(alloc::string::String::from("none"), |r| alloc::format!("{:#x}+{:#x}", r.base, r.size)),
+        its.map_or(alloc::string::String::from("none"), |r| alloc::format!("{:#x}", r.base)),
+    );
+    Ok(Gic { version, dist, redist, its, v2m: None, cpu_if: None })
+}
+
+/// The EL1 virtual timer's INTID from the GTDT.
+pub fn virtual_timer(rsdp: u64) -> Result<u32, &'static str> {
+    let (_, bytes) = kcore::acpi::raw_tables(rsdp)
+        .into_iter()
+        .find(|(sig, _)| sig == b"GTDT")
+        .ok_or("no GTDT in the ACPI tables")?;
+    let gtdt = acpi_tables::gtdt::parse(bytes).map_err(|e| {
+        log::error!("acpi: GTDT rejected: {e}");
+        "GTDT rejected"
+    })?;
+    match gtdt.virtual_el1.gsiv {
+        intid @ 16..=31 => Ok(intid),
+        _ => Err("GTDT names no PPI for the virtual timer"),
+    }
+}
