@@ -8,7 +8,7 @@
 
 use crate::build;
 use crate::harness;
-use crate::machine::{Arch, Iommu, Machine};
+use crate::machine::{Arch, Boot, Iommu, Machine};
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,7 +21,14 @@ fn boot() -> Result<(), String> {
     println!("{:<10} {:>24} {:>24}", "arch", "first kernel log (ms)", "kernel exit (ms)");
     for built in kernels {
         let (arch, kernel) = built?;
-        let machine = Machine { arch, iommu: arch.default_iommu(), cmdline: Vec::new(), extra: Vec::new(), gdb: false };
+        let machine = Machine {
+            arch,
+            iommu: arch.default_iommu(),
+            cmdline: Vec::new(),
+            extra: Vec::new(),
+            gdb: false,
+            boot: Boot::Direct,
+        };
         let mut first = Vec::new();
         let mut total = Vec::new();
         for _ in 0..BOOT_RUNS {
@@ -49,6 +56,7 @@ fn syscall() -> Result<(), String> {
             cmdline: vec!["init=bench-syscall".into()],
             extra: Vec::new(),
             gdb: false,
+            boot: Boot::Direct,
         };
         let line = harness::boot_lines(&machine, &kernel, Duration::from_secs(300))?
             .into_iter()
@@ -71,6 +79,7 @@ fn ioas() -> Result<(), String> {
                 // Room for the 1 GiB case (the last -m wins).
                 extra: vec!["-m".into(), "2G".into()],
                 gdb: false,
+                boot: Boot::Direct,
             };
             let label = machine.name();
             let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(600))?;

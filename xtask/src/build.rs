@@ -8,6 +8,8 @@ use std::process::Command;
 pub struct Kernel {
     /// Path of the ELF.
     pub elf: PathBuf,
+    /// The UEFI loader for this kernel's architecture, when a UEFI boot needs it.
+    pub uefi_loader: Option<PathBuf>,
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
@@ -69,5 +71,59 @@ pub fn kernel(arch: Arch, release: bool) -> Result<Kernel, String> {
     if !elf.exists() {
         return Err(format!("kernel image {} is missing after the build", elf.display()));
     }
-    Ok(Kernel { elf })
+    Ok(Kernel { elf, uefi_loader: None })
+}
+
+/// Builds the UEFI loader (`boot/uefi`) for `arch` and returns the `.efi` file.
+pub fn uefi_loader(arch: Arch, release: bool) -> Result<PathBuf, String> {
+    let target = arch.uefi_target();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root()).args(["build", "--package", "boot-uefi", "--target", target]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the {} UEFI loader failed", arch.name()));
+    }
+    let efi = target_dir().join(target).join(if release { "release" } else { "debug" }).join("portcullis-uefi.efi");
+    if !efi.exists() {
+        return Err(format!("UEFI loader {} is missing after the build", efi.display()));
+    }
+    Ok(efi)
+}
+
+/// Builds the kernel and, for a UEFI boot, its loader.
+pub fn kernel_for(arch: Arch, release: bool, boot: crate::machine::Boot) -> Result<Kernel, String> {
+    let mut k = kernel(arch, release)?;
+    if boot == crate::machine::Boot::Uefi {
+        k.uefi_loader = Some(uefi_loader(arch, release)?);
+    }
+    Ok(k)
+}
+
+/// The kernel ELF without its debug sections (what goes on an EFI system
+/// partition: the firmware reads every byte, and symbols for backtraces are
+/// taken from the unstripped ELF on the host). Uses `llvm-strip` from the
+/// `llvm-tools` component; without it, the ELF as it is.
+pub fn stripped(elf: &std::path::Path) -> Result<Vec<u8>, String> {
+    let out = elf.with_extension("stripped");
+    let strip = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .and_then(|sysroot| {
+            std::fs::read_dir(PathBuf::from(sysroot).join("lib/rustlib"))
+                .ok()?
+                .flatten()
+                .map(|e| e.path().join("bin/llvm-strip"))
+                .find(|p| p.exists())
+        });
+    let ok = strip.is_some_and(|tool| {
+        Command::new(tool).arg("--strip-debug").arg("-o").arg(&out).arg(elf).status().is_ok_and(|s| s.success())
+    });
+    let path = if ok { out.as_path() } else { elf };
+    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
 }

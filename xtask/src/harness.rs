@@ -14,9 +14,9 @@ fn parallelism() -> usize {
 }
 
 /// A test case (KTAP expected) for `machine` booting `kernel`.
-pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Case {
-    let (program, args) = machine.command(kernel);
-    Case {
+pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Case, String> {
+    let (program, args) = machine.command(kernel)?;
+    Ok(Case {
         name: machine.name(),
         program,
         args,
@@ -26,7 +26,7 @@ pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Case {
         elf: Some(kernel.elf.clone()),
         expect: Expect::Ktap,
         must_contain: Vec::new(),
-    }
+    })
 }
 
 /// Runs the cases in parallel and prints the report.
@@ -38,7 +38,7 @@ pub fn run_and_report(cases: Vec<Case>) -> Result<(bool, Totals), String> {
 
 /// Boots one machine with live output (`cargo xtask run`).
 pub fn run_live(machine: &Machine, kernel: &Kernel, timeout: Option<Duration>) -> Result<(), String> {
-    let mut c = case(machine, kernel, Duration::ZERO);
+    let mut c = case(machine, kernel, Duration::ZERO)?;
     c.timeout = timeout;
     c.expect = Expect::Exit;
     eprintln!("xtask: {} {}", c.program, c.args.join(" "));
@@ -57,7 +57,7 @@ pub fn time_boot(
     marker: &str,
     timeout: Duration,
 ) -> Result<(Duration, Duration), String> {
-    let mut c = case(machine, kernel, timeout);
+    let mut c = case(machine, kernel, timeout)?;
     c.expect = Expect::Exit;
     let r = runner::run_case(&c, false);
     if !r.passed() {
@@ -69,7 +69,7 @@ pub fn time_boot(
 
 /// Boots once (expecting a successful exit) and returns the console lines.
 pub fn boot_lines(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Vec<String>, String> {
-    let mut c = case(machine, kernel, timeout);
+    let mut c = case(machine, kernel, timeout)?;
     c.expect = Expect::Exit;
     let r = runner::run_case(&c, false);
     if !r.passed() {

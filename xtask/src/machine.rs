@@ -32,6 +32,22 @@ impl Arch {
         }
     }
 
+    /// Rust target triple of the UEFI loader.
+    pub fn uefi_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-uefi",
+            Arch::Aarch64 => "aarch64-unknown-uefi",
+        }
+    }
+
+    /// File name the firmware boots from removable media (`\EFI\BOOT\...`, UEFI 2.10 §3.5.1.1).
+    pub fn uefi_boot_file(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "BOOTX64.EFI",
+            Arch::Aarch64 => "BOOTAA64.EFI",
+        }
+    }
+
     /// IOMMU used when none is named.
     pub fn default_iommu(self) -> Iommu {
         match self {
@@ -107,6 +123,28 @@ impl Iommu {
     }
 }
 
+/// How the kernel gets loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Boot {
+    /// QEMU's `-kernel` (PVH on x86_64, the ELF at EL2 on aarch64).
+    Direct,
+    /// UEFI firmware (OVMF / AAVMF) runs the portcullis loader from an EFI
+    /// system partition on a GPT disk image, which loads the kernel.
+    Uefi,
+}
+
+/// UEFI firmware images (code, variable-store template) for `arch`, as Debian's
+/// `ovmf` and `qemu-efi-aarch64` packages install them.
+pub fn uefi_firmware(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::X86_64 => ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        Arch::Aarch64 => ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+    }
+}
+
+/// Numbers the disk images of one xtask run, so that parallel boots never share one.
+static IMAGE_SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Extra kernel command-line words from `PORTCULLIS_CMDLINE`.
 pub fn env_cmdline() -> Vec<String> {
     std::env::var("PORTCULLIS_CMDLINE").map(|v| v.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
@@ -124,6 +162,8 @@ pub struct Machine {
     pub extra: Vec<String>,
     /// Start halted with a gdbstub.
     pub gdb: bool,
+    /// How the kernel is loaded.
+    pub boot: Boot,
 }
 
 /// Extra QEMU arguments from `PORTCULLIS_QEMU_EXTRA`.
@@ -134,8 +174,10 @@ pub fn env_extra() -> Vec<String> {
 }
 
 impl Machine {
-    /// The QEMU program and arguments for booting `kernel`.
-    pub fn command(&self, kernel: &Kernel) -> (String, Vec<String>) {
+    /// The QEMU program and arguments for booting `kernel`. A UEFI boot first
+    /// writes its disk image (loader, kernel, command line) and a private copy
+    /// of the firmware's variable store under `target/uefi`.
+    pub fn command(&self, kernel: &Kernel) -> Result<(String, Vec<String>), String> {
         let mut a: Vec<String> = Vec::new();
         let mut add = |s: &str| a.extend(s.split_whitespace().map(str::to_owned));
         let mut cmdline = self.cmdline.clone();
@@ -169,22 +211,56 @@ impl Machine {
         };
         cmdline.push(format!("iommu={}", self.iommu.name()));
         cmdline.extend(env_cmdline());
-        a.push("-kernel".into());
-        a.push(kernel.elf.display().to_string());
-        a.push("-append".into());
-        a.push(cmdline.join(" "));
+        match self.boot {
+            Boot::Direct => {
+                a.push("-kernel".into());
+                a.push(kernel.elf.display().to_string());
+                a.push("-append".into());
+                a.push(cmdline.join(" "));
+            }
+            Boot::Uefi => a.extend(self.uefi_args(kernel, &cmdline.join(" "))?),
+        }
         if self.gdb {
             a.push("-s".into());
             a.push("-S".into());
         }
         a.extend(env_extra());
         a.extend(self.extra.iter().cloned());
-        (program.to_owned(), a)
+        Ok((program.to_owned(), a))
     }
 
-    /// Short name of this configuration, e.g. `x86_64-vtd`.
+    /// Firmware flash and the boot disk for a UEFI boot of `kernel` with `cmdline`.
+    fn uefi_args(&self, kernel: &Kernel, cmdline: &str) -> Result<Vec<String>, String> {
+        let (code, vars) = uefi_firmware(self.arch);
+        for f in [code, vars] {
+            if !std::path::Path::new(f).exists() {
+                return Err(format!(
+                    "UEFI firmware {f} is missing: run `cargo xtask setup` (installs ovmf / qemu-efi-aarch64)"
+                ));
+            }
+        }
+        let dir = workspace_root().join("target").join("uefi");
+        let n = IMAGE_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let image = dir.join(format!("{}-{}-{n}.img", self.arch.name(), self.iommu.name()));
+        let vars_copy = image.with_extension("vars.fd");
+        crate::image::write_kernel_image(self.arch, kernel, cmdline, &image)?;
+        std::fs::copy(vars, &vars_copy).map_err(|e| format!("copying {vars} to {}: {e}", vars_copy.display()))?;
+        Ok(vec![
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display()),
+            "-drive".into(),
+            format!("format=raw,file={}", image.display()),
+        ])
+    }
+
+    /// Short name of this configuration, e.g. `x86_64-vtd` (`x86_64-vtd-uefi` for a UEFI boot).
     pub fn name(&self) -> String {
-        format!("{}-{}", self.arch.name(), self.iommu.name())
+        match self.boot {
+            Boot::Direct => format!("{}-{}", self.arch.name(), self.iommu.name()),
+            Boot::Uefi => format!("{}-{}-uefi", self.arch.name(), self.iommu.name()),
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--hw] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
-//! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--filter PATTERN]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
+//! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
+//! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME]
 //! cargo xtask setup
 //! ```
@@ -13,12 +14,13 @@
 mod bench;
 mod build;
 mod harness;
+mod image;
 mod machine;
 mod setup;
 mod test;
 
 use clap::{Parser, Subcommand};
-use machine::{Arch, Iommu};
+use machine::{Arch, Boot, Iommu};
 use std::process::ExitCode;
 
 /// The portcullis build tool.
@@ -54,6 +56,10 @@ enum Command {
         /// (SMMUv3 hardware nesting with the task's CD and tables; SMMUv3 only).
         #[arg(long)]
         hw: bool,
+        /// How the kernel is loaded: QEMU's `-kernel`, or UEFI firmware
+        /// (OVMF / AAVMF) running the portcullis loader from a disk image.
+        #[arg(long, value_enum, default_value_t = Boot::Direct)]
+        boot: Boot,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -75,6 +81,25 @@ enum Command {
         /// Run only kernel tests whose `suite.test` name contains PATTERN (comma-separated list).
         #[arg(long, value_name = "PATTERN")]
         filter: Option<String>,
+        /// Only the boots through this path (default: both `direct` and `uefi`).
+        #[arg(long, value_enum)]
+        boot: Option<Boot>,
+    },
+    /// Write a bootable GPT disk image (EFI system partition with the UEFI
+    /// loader, the kernel and its command line) for a real machine or QEMU.
+    Image {
+        /// Architecture of the image.
+        #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+        arch: Arch,
+        /// Build the kernel and loader without optimisations (default: release).
+        #[arg(long)]
+        debug: bool,
+        /// Kernel command line written to `\portcullis\cmdline`.
+        #[arg(long, default_value = "init=demo")]
+        cmdline: String,
+        /// Where to write the image (default: target/portcullis-<arch>.img).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
     },
     /// Run benchmarks and print figures: `boot`, `syscall`, `pgtable`, `ioas` (all when NAME is omitted).
     Bench {
@@ -89,11 +114,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Run { arch, iommu, release, gdb, trace, hw, qemu_args } => {
-            setup::run().and_then(|()| test::run_demo(arch, iommu, release, gdb, trace, hw, &qemu_args))
+        Command::Run { arch, iommu, release, gdb, trace, hw, boot, qemu_args } => {
+            setup::run().and_then(|()| test::run_demo(arch, iommu, release, gdb, trace, hw, boot, &qemu_args))
         }
-        Command::Test { host, qemu, arch, iommu, filter } => {
-            setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref()))
+        Command::Test { host, qemu, arch, iommu, filter, boot } => {
+            setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot))
+        }
+        Command::Image { arch, debug, cmdline, output } => {
+            setup::run().and_then(|()| image::build_image(arch, !debug, &cmdline, output))
         }
         Command::Bench { name } => setup::run().and_then(|()| bench::run(name.as_deref())),
     };

@@ -3,14 +3,18 @@
 //! - rustup targets and components named in `rust-toolchain.toml`;
 //! - QEMU >= 10 (`qemu-system-x86`, `qemu-system-arm`): on Debian bookworm from
 //!   bookworm-backports through apt when running as root, otherwise a message
-//!   with the exact commands.
+//!   with the exact commands;
+//! - UEFI firmware for the `--boot uefi` path (`ovmf`, `qemu-efi-aarch64`), the same way.
 
 use crate::machine::workspace_root;
 use std::process::Command;
 
 /// Oldest QEMU with the IOMMU modes portcullis uses.
 const MIN_QEMU_MAJOR: u32 = 10;
-const TARGETS: [&str; 2] = ["x86_64-unknown-none", "aarch64-unknown-none-softfloat"];
+const TARGETS: [&str; 4] =
+    ["x86_64-unknown-none", "aarch64-unknown-none-softfloat", "x86_64-unknown-uefi", "aarch64-unknown-uefi"];
+/// Debian packages holding the UEFI firmware images `machine::uefi_firmware` names.
+const FIRMWARE_PACKAGES: [&str; 2] = ["ovmf", "qemu-efi-aarch64"];
 const COMPONENTS: [&str; 4] = ["rust-src", "llvm-tools", "clippy", "rustfmt"];
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/portcullis-bookworm-backports.list";
 
@@ -129,8 +133,38 @@ fn qemu() -> Result<(), String> {
     }
 }
 
+/// Makes sure the UEFI firmware images for both architectures are installed.
+fn firmware() -> Result<(), String> {
+    let present = || {
+        crate::machine::Arch::all().into_iter().all(|a| {
+            let (code, vars) = crate::machine::uefi_firmware(a);
+            std::path::Path::new(code).exists() && std::path::Path::new(vars).exists()
+        })
+    };
+    if present() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(format!(
+            "UEFI firmware (OVMF / AAVMF) is missing. Install it as root with:\n  sudo apt-get install -y {}",
+            FIRMWARE_PACKAGES.join(" ")
+        ));
+    }
+    eprintln!("xtask: UEFI firmware not found; installing {}", FIRMWARE_PACKAGES.join(", "));
+    run_cmd("apt-get", &["install", "-y", "-q", FIRMWARE_PACKAGES[0], FIRMWARE_PACKAGES[1]]).or_else(|_| {
+        run_cmd("apt-get", &["update", "-q"])?;
+        run_cmd("apt-get", &["install", "-y", "-q", FIRMWARE_PACKAGES[0], FIRMWARE_PACKAGES[1]])
+    })?;
+    if present() {
+        Ok(())
+    } else {
+        Err("the UEFI firmware packages were installed but the firmware images are not where expected".into())
+    }
+}
+
 /// Installs everything that is missing.
 pub fn run() -> Result<(), String> {
     rust()?;
-    qemu()
+    qemu()?;
+    firmware()
 }

@@ -2,7 +2,7 @@
 
 use crate::build;
 use crate::harness;
-use crate::machine::{Arch, Iommu, Machine};
+use crate::machine::{Arch, Boot, Iommu, Machine};
 use std::process::Command;
 use std::time::Duration;
 
@@ -207,12 +207,13 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         cmdline: vec!["ktest=core.pci,arch.".to_owned()],
         extra,
         gdb: false,
+        boot: Boot::Direct,
     };
     let split = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     // Devices behind a PCIe root port (own RID) and a PCI-PCI bridge (the bridge's RID).
     let iommu = arch.default_iommu();
     let unit = if arch == Arch::X86_64 { "dmar0" } else { "smmu0" };
-    let mut c = harness::case(&machine(iommu, split(BRIDGED_EDUS)), kernel, BOOT_TIMEOUT);
+    let mut c = harness::case(&machine(iommu, split(BRIDGED_EDUS)), kernel, BOOT_TIMEOUT)?;
     c.name = format!("{}-bridges", arch.name());
     c.log_file.set_file_name(format!("{}.log", c.name));
     c.must_contain = vec![
@@ -227,7 +228,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(demo_iommu, split("-device edu")) },
         kernel,
         BOOT_TIMEOUT,
-    );
+    )?;
     c.name = format!("{}-demo", arch.name());
     c.log_file.set_file_name(format!("{}.log", c.name));
     c.must_contain = vec!["demo: passed 2 devices".into(), "dma=ok stray-dma=blocked".into()];
@@ -239,7 +240,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(iommu, split("-device edu")) },
             kernel,
             BOOT_TIMEOUT,
-        );
+        )?;
         c.name = format!("{}-{}-demo", arch.name(), iommu.name());
         c.log_file.set_file_name(format!("{}.log", c.name));
         c.must_contain =
@@ -266,7 +267,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 },
                 kernel,
                 BOOT_TIMEOUT,
-            );
+            )?;
             c.name = "x86_64-vtd-caching-mode".into();
             c.log_file.set_file_name("x86_64-vtd-caching-mode.log");
             c.must_contain = vec![
@@ -287,7 +288,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 &Machine { cmdline: vec!["ktest=iommu,ioas".to_owned()], ..machine(Iommu::Vtd, extra) },
                 kernel,
                 BOOT_TIMEOUT,
-            );
+            )?;
             c.name = "x86_64-vtd-scalable".into();
             c.log_file.set_file_name("x86_64-vtd-scalable.log");
             c.must_contain = vec![
@@ -316,7 +317,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 &Machine { cmdline: vec!["ktest=iommu".to_owned()], ..machine(Iommu::Amdvi, extra) },
                 kernel,
                 BOOT_TIMEOUT,
-            );
+            )?;
             c.name = "x86_64-amdvi-ivmd".into();
             c.log_file.set_file_name("x86_64-amdvi-ivmd.log");
             c.must_contain = vec![
@@ -340,7 +341,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 &Machine { cmdline: vec!["ktest=iommu,ioas".to_owned()], ..machine(Iommu::Vtd, extra) },
                 kernel,
                 BOOT_TIMEOUT,
-            );
+            )?;
             c.name = "x86_64-vtd-first-stage".into();
             c.log_file.set_file_name("x86_64-vtd-first-stage.log");
             c.must_contain = vec!["scalable mode (first stage)".into()];
@@ -348,7 +349,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             let path = dir.join("corrupt-dmar.bin");
             std::fs::write(&path, corrupt_dmar()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             let extra = vec!["-acpitable".to_owned(), format!("file={}", path.display())];
-            let mut c = harness::case(&machine(Iommu::None, extra), kernel, BOOT_TIMEOUT);
+            let mut c = harness::case(&machine(Iommu::None, extra), kernel, BOOT_TIMEOUT)?;
             c.name = "x86_64-corrupt-dmar".into();
             c.log_file.set_file_name("x86_64-corrupt-dmar.log");
             c.must_contain = vec![
@@ -372,14 +373,14 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 },
                 kernel,
                 BOOT_TIMEOUT,
-            );
+            )?;
             c.name = "aarch64-smmuv3-stage2".into();
             c.log_file.set_file_name("aarch64-smmuv3-stage2.log");
             c.must_contain = vec!["paging domains use stage 2".into(), "(linear stream table)".into()];
             cases.push(c);
             let path = dir.join("corrupt-smmu.dtb");
             let m = machine(Iommu::Smmuv3, Vec::new());
-            let (program, mut args) = m.command(kernel);
+            let (program, mut args) = m.command(kernel)?;
             // Ask QEMU for the DTB it would generate, then patch it.
             let machine_arg = args.iter().position(|a| a == "-machine").map(|i| i + 1);
             if let Some(i) = machine_arg {
@@ -400,13 +401,61 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 &machine(Iommu::Smmuv3, vec!["-dtb".into(), path.display().to_string()]),
                 kernel,
                 BOOT_TIMEOUT,
-            );
+            )?;
             c.name = "aarch64-corrupt-dtb".into();
             c.log_file.set_file_name("aarch64-corrupt-dtb.log");
             c.must_contain = vec![
                 "devicetree: smmu node 0: device tree structure is malformed; unit ignored".into(),
                 "1234:11e8 class=00ff00 iommu=none".into(),
             ];
+            cases.push(c);
+        }
+    }
+    Ok(cases)
+}
+
+/// The UEFI boots of `arch` (OVMF / AAVMF, the loader from a GPT disk image):
+/// per IOMMU of `configs`, the whole kernel + user suite (with the topology the
+/// direct boot prints, which on aarch64 now comes from the IORT or VIOT
+/// instead of the device tree) and, without a filter, the demo.
+fn uefi_cases(
+    arch: Arch,
+    kernel: &crate::build::Kernel,
+    configs: &[(Arch, Iommu)],
+    filter: Option<&str>,
+) -> Result<Vec<qemu_tests::runner::Case>, String> {
+    let mut cases = Vec::new();
+    let split = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let loader = format!("(loader uefi ({}))", arch.name());
+    for &(_, iommu) in configs.iter().filter(|(a, i)| *a == arch && *i != Iommu::None) {
+        let source = match (arch, iommu) {
+            (Arch::Aarch64, Iommu::Smmuv3) => "topology: source acpi IORT",
+            (_, Iommu::Virtio) => "topology: source acpi VIOT",
+            (_, Iommu::Vtd) => "topology: source acpi DMAR",
+            (_, _) => "topology: source acpi IVRS",
+        };
+        // The second edu the isolation tests need, as in the direct boots.
+        let machine = Machine {
+            arch,
+            iommu,
+            cmdline: vec![format!("ktest={}", filter.unwrap_or("all"))],
+            extra: split("-device edu,dma_mask=0xffffffffffffffff"),
+            gdb: false,
+            boot: Boot::Uefi,
+        };
+        let mut c = harness::case(&machine, kernel, BOOT_TIMEOUT)?;
+        c.must_contain = expected_topology(arch, iommu);
+        c.must_contain.push(source.into());
+        c.must_contain.push(loader.clone());
+        cases.push(c);
+        if filter.is_none() {
+            let demo = Machine { cmdline: vec!["init=demo".to_owned()], extra: Vec::new(), ..machine };
+            let mut c = harness::case(&demo, kernel, BOOT_TIMEOUT)?;
+            c.name = format!("{}-demo", demo.name());
+            c.log_file.set_file_name(format!("{}.log", c.name));
+            c.must_contain =
+                vec!["demo: passed 1 devices".into(), format!("kind={} dma=ok stray-dma=blocked", demo_kind(iommu))];
+            c.expect = qemu_tests::runner::Expect::Exit;
             cases.push(c);
         }
     }
@@ -437,6 +486,7 @@ pub fn run_tests(
     arch: Option<Arch>,
     iommu: Option<Iommu>,
     filter: Option<&str>,
+    boot: Option<Boot>,
 ) -> Result<(), String> {
     let (do_host, do_qemu) = match (host_only, qemu_only) {
         (true, false) => (true, false),
@@ -449,8 +499,16 @@ pub fn run_tests(
     if do_qemu {
         let configs = matrix(arch, iommu)?;
         let mut cases = Vec::new();
+        let direct = boot.is_none_or(|b| b == Boot::Direct);
+        let uefi = boot.is_none_or(|b| b == Boot::Uefi);
         for a in Arch::all().into_iter().filter(|a| configs.iter().any(|(x, _)| x == a)) {
-            let kernel = build::kernel(a, false)?;
+            let kernel = build::kernel_for(a, false, if uefi { Boot::Uefi } else { Boot::Direct })?;
+            if uefi {
+                cases.extend(uefi_cases(a, &kernel, &configs, filter)?);
+            }
+            if !direct {
+                continue;
+            }
             for &(ca, ci) in configs.iter().filter(|(x, _)| *x == a) {
                 // AMD-Vi and virtio-iommu have no cases of their own: their
                 // boot gets the second edu the isolation tests need.
@@ -466,8 +524,9 @@ pub fn run_tests(
                     cmdline: vec![format!("ktest={}", filter.unwrap_or("all"))],
                     extra,
                     gdb: false,
+                    boot: Boot::Direct,
                 };
-                let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT);
+                let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT)?;
                 c.must_contain = expected_topology(ca, ci);
                 cases.push(c);
             }
@@ -476,7 +535,7 @@ pub fn run_tests(
             }
         }
         // The exception and panic report paths, once per architecture.
-        if filter.is_none_or(|f| f.contains("crash")) {
+        if direct && filter.is_none_or(|f| f.contains("crash")) {
             for a in Arch::all().into_iter().filter(|a| configs.iter().any(|(x, _)| x == a)) {
                 let kernel = build::kernel(a, false)?;
                 for kind in ["page-fault", "panic"] {
@@ -486,8 +545,9 @@ pub fn run_tests(
                         cmdline: vec![format!("crashtest={kind}")],
                         extra: Vec::new(),
                         gdb: false,
+                        boot: Boot::Direct,
                     };
-                    let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT);
+                    let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT)?;
                     c.name = format!("{}-crash-{kind}", a.name());
                     c.log_file.set_file_name(format!("{}.log", c.name));
                     c.expect = qemu_tests::runner::Expect::Crash;
@@ -518,18 +578,19 @@ pub fn run_demo(
     gdb: bool,
     trace: bool,
     hw: bool,
+    boot: Boot,
     qemu_args: &[String],
 ) -> Result<(), String> {
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
-    let kernel = build::kernel(arch, release)?;
+    let kernel = build::kernel_for(arch, release, boot)?;
     // The demo: the generic edu driver on every edu behind an IOMMU, or
     // (`--hw`) the hardware-specific door with a user-owned stage 1.
     let mut cmdline = vec![if hw { "init=hw-vtd,hw-smmuv3" } else { "init=demo" }.to_owned()];
     if trace {
         cmdline.push("trace=1".to_owned());
     }
-    let machine = Machine { arch, iommu, cmdline, extra: qemu_args.to_vec(), gdb };
+    let machine = Machine { arch, iommu, cmdline, extra: qemu_args.to_vec(), gdb, boot };
     if gdb {
         println!(
             "xtask: QEMU waits for gdb on localhost:1234. In another terminal:\n  gdb {} -ex 'target remote localhost:1234'",

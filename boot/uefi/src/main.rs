@@ -4,8 +4,11 @@
 //! 1. reads the kernel ELF `\portcullis\kernel` from the volume it was
 //!    loaded from (the EFI system partition) and the optional command line
 //!    `\portcullis\cmdline`;
-//! 2. allocates each `PT_LOAD` segment at its physical address (`p_paddr`),
-//!    copies it and zeroes the rest (`p_memsz` > `p_filesz`);
+//! 2. allocates the `PT_LOAD` segments at their physical addresses
+//!    (`p_paddr`) — or, on x86_64, whose long-mode entry is position
+//!    independent, all shifted to a free 2 MiB-aligned block below 4 GiB when
+//!    firmware owns the link address (OVMF keeps boot-services data at 16 MiB)
+//!    — copies them and zeroes the rest (`p_memsz` > `p_filesz`);
 //! 3. finds the ACPI RSDP (`ACPI_20` table, else `ACPI`) and a device tree
 //!    (`EFI_DTB_TABLE`) among the configuration tables (UEFI 2.10 §4.6);
 //! 4. exits boot services, turns the final memory map into the
@@ -118,8 +121,52 @@ fn read_file(path: &CStr16) -> Result<Option<Vec<u8>>, LoadError> {
     Ok(Some(data))
 }
 
-/// Loads every `PT_LOAD` segment of `image` at its physical address and
-/// returns (entry point, physical range of the image).
+/// Whether this architecture's kernel entry is position independent (the
+/// x86_64 `entry64` maps its kernel window wherever the image lands); the
+/// aarch64 kernel is linked into the direct map and must sit at its link address.
+const RELOCATABLE: bool = cfg!(target_arch = "x86_64");
+/// Alignment of a relocated image (the kernel window uses 2 MiB pages).
+const RELOCATION_ALIGN: u64 = 2 << 20;
+
+/// Finds `pages` pages for the image linked at `start`: the link address if
+/// free, else (where the kernel allows it) a 2 MiB-aligned block below 4 GiB.
+/// Returns where the image goes.
+fn place_image(start: u64, pages: usize) -> Result<u64, LoadError> {
+    let at_link = boot::allocate_pages(AllocateType::Address(start), MemoryType::LOADER_DATA, pages);
+    if at_link.is_ok() {
+        return Ok(start);
+    }
+    let end = start + pages as u64 * PAGE;
+    if !RELOCATABLE {
+        say(format_args!("portcullis-uefi: physical {start:#x}-{end:#x} is not free; the firmware has there:"));
+        report_map(start, end);
+        return Err(LoadError::Kernel("the link address is taken and this kernel cannot be relocated"));
+    }
+    let slack = (RELOCATION_ALIGN / PAGE) as usize;
+    let block = boot::allocate_pages(AllocateType::MaxAddress(0xFFFF_FFFF), MemoryType::LOADER_DATA, pages + slack)
+        .map_err(fw("allocating the kernel's pages below 4 GiB"))?;
+    let block = block.as_ptr() as u64;
+    let base = block.next_multiple_of(RELOCATION_ALIGN);
+    let head = ((base - block) / PAGE) as usize;
+    let tail = slack - head;
+    // SAFETY: the head and tail pages are the unused ends of the block just allocated; nothing refers to them.
+    unsafe {
+        if head > 0 {
+            let _ = boot::free_pages(core::ptr::NonNull::new_unchecked(block as *mut u8), head);
+        }
+        if tail > 0 {
+            let _ = boot::free_pages(core::ptr::NonNull::new_unchecked((base + pages as u64 * PAGE) as *mut u8), tail);
+        }
+    }
+    say(format_args!(
+        "portcullis-uefi: link address {start:#x} is taken by the firmware; image relocated to {base:#x}"
+    ));
+    Ok(base)
+}
+
+/// Loads every `PT_LOAD` segment of `image` (at its physical address, or all
+/// shifted by one 2 MiB-aligned offset where the kernel allows it) and returns
+/// (entry point, physical range of the image).
 fn load_segments(image: &[u8]) -> Result<(u64, PhysRange), LoadError> {
     use elf::endian::LittleEndian;
     let file =
@@ -128,33 +175,49 @@ fn load_segments(image: &[u8]) -> Result<(u64, PhysRange), LoadError> {
         return Err(LoadError::Kernel("built for another architecture"));
     }
     let segments = file.segments().ok_or(LoadError::Kernel("no program headers"))?;
-    let mut range = PhysRange { start: u64::MAX, end: 0 };
-    for ph in segments.iter().filter(|p| p.p_type == elf::abi::PT_LOAD && p.p_memsz > 0) {
-        let bad = LoadError::Kernel("a PT_LOAD segment lies outside the file or wraps");
+    let loads = || segments.iter().filter(|p| p.p_type == elf::abi::PT_LOAD && p.p_memsz > 0);
+    let mut span = PhysRange { start: u64::MAX, end: 0 };
+    for ph in loads() {
         let file_end = ph.p_offset.checked_add(ph.p_filesz).ok_or(LoadError::Kernel("segment overflows"))?;
-        let contents = image.get(ph.p_offset as usize..file_end as usize).ok_or(bad)?;
-        if ph.p_filesz > ph.p_memsz {
-            return Err(LoadError::Kernel("a segment's file size exceeds its memory size"));
+        if file_end > image.len() as u64 || ph.p_filesz > ph.p_memsz {
+            return Err(LoadError::Kernel(
+                "a PT_LOAD segment lies outside the file or is larger in the file than in memory",
+            ));
         }
-        let start = ph.p_paddr & !(PAGE - 1);
-        let end =
-            ph.p_paddr.checked_add(ph.p_memsz).ok_or(LoadError::Kernel("segment overflows"))?.next_multiple_of(PAGE);
-        let pages = ((end - start) / PAGE) as usize;
-        boot::allocate_pages(AllocateType::Address(start), MemoryType::LOADER_DATA, pages).map_err(|e| {
-            say(format_args!("portcullis-uefi: physical {start:#x}-{end:#x} is not free"));
-            LoadError::Firmware("allocating the kernel's physical pages", e.status())
-        })?;
-        // SAFETY: the firmware just gave us [start, end) (identity-mapped while boot services run); p_paddr + p_memsz lies inside it.
-        let dst = unsafe { core::slice::from_raw_parts_mut(ph.p_paddr as *mut u8, ph.p_memsz as usize) };
-        dst[..contents.len()].copy_from_slice(contents);
-        dst[contents.len()..].fill(0);
-        range.start = range.start.min(start);
-        range.end = range.end.max(end);
+        let end = ph.p_paddr.checked_add(ph.p_memsz).ok_or(LoadError::Kernel("segment overflows"))?;
+        span.start = span.start.min(ph.p_paddr & !(PAGE - 1));
+        span.end = span.end.max(end.next_multiple_of(PAGE));
     }
-    if range.end == 0 {
+    if span.end == 0 {
         return Err(LoadError::Kernel("no loadable segment"));
     }
-    Ok((file.ehdr.e_entry, range))
+    if span.end - span.start > 1 << 30 {
+        return Err(LoadError::Kernel("segments spread over more than 1 GiB"));
+    }
+    let pages = ((span.end - span.start) / PAGE) as usize;
+    let base = place_image(span.start, pages)?;
+    let delta = base.wrapping_sub(span.start);
+    // SAFETY: the firmware gave us [base, base + pages * 4 KiB), identity-mapped while boot services run.
+    let dst = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, pages * PAGE as usize) };
+    dst.fill(0);
+    for ph in loads() {
+        let at = (ph.p_paddr - span.start) as usize;
+        let contents = &image[ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize];
+        dst[at..at + contents.len()].copy_from_slice(contents);
+    }
+    let moved = PhysRange { start: span.start.wrapping_add(delta), end: span.end.wrapping_add(delta) };
+    Ok((file.ehdr.e_entry.wrapping_add(delta), moved))
+}
+
+/// Prints the firmware memory-map entries that overlap `[start, end)`.
+fn report_map(start: u64, end: u64) {
+    let Ok(map) = boot::memory_map(MemoryType::LOADER_DATA) else { return };
+    for d in map.entries() {
+        let (s, e) = (d.phys_start, d.phys_start + d.page_count * PAGE);
+        if s < end && start < e {
+            say(format_args!("portcullis-uefi:   {s:#x}-{e:#x} {:?}", d.ty));
+        }
+    }
 }
 
 /// The RSDP (ACPI 2.0 preferred) and the device tree from the configuration tables.

@@ -8,9 +8,12 @@
 //!   map of the low 4 GiB, interrupts off.
 //!
 //! Both build the same boot page tables — identity for the first 4 GiB, the
-//! direct map at `0xFFFF_8000_0000_0000` and the kernel at
-//! `0xFFFF_FFFF_8000_0000`, all with 1 GiB pages — enable NX and call
-//! [`x86_64_main`] on the boot stack.
+//! direct map at `0xFFFF_8000_0000_0000` (1 GiB pages) and the kernel at
+//! `0xFFFF_FFFF_8000_0000` — enable NX and call [`x86_64_main`] on the boot
+//! stack. `entry64` is position independent: a loader that cannot get the
+//! link address (firmware data sits there on OVMF) may load the image at any
+//! 2 MiB-aligned address below 4 GiB, and the kernel window then maps there
+//! (2 MiB pages).
 #![no_std]
 #![no_main]
 
@@ -33,6 +36,7 @@ boot_pml4:      .fill 512, 8, 0
 boot_pdpt_low:  .fill 512, 8, 0
 boot_pdpt_dmap: .fill 512, 8, 0
 boot_pdpt_kern: .fill 512, 8, 0
+boot_pd_kern:   .fill 512, 8, 0
 boot_gdt:
     .quad 0
     .quad 0x00AF9A000000FFFF    /* 0x08: 64-bit code */
@@ -115,41 +119,63 @@ long_mode:
     xor ebp, ebp
     mov edi, esi                        /* hvm_start_info */
     xor esi, esi                        /* no hand-off magic: PVH */
+    xor edx, edx                        /* loaded at the link address */
     movabs rax, offset x86_64_main
     call rax
 4:
     hlt
     jmp 4b
 
-/* Long-mode entry (UEFI loader): RDI = hand-off, RSI = magic, identity-mapped. */
+/* Long-mode entry (UEFI loader): RDI = hand-off, RSI = magic, identity-mapped.
+ * The loader may place the image anywhere 2 MiB-aligned below 4 GiB (firmware
+ * owns the link address on many machines): everything here is RIP-relative,
+ * and the kernel's 1 GiB window maps to where the image really is. */
 .global entry64
 entry64:
     cli
     mov r12, rdi
     mov r13, rsi
-    mov eax, offset boot_pdpt_low
-    or eax, 3
-    mov [boot_pml4], rax
-    mov eax, offset boot_pdpt_dmap
-    or eax, 3
-    mov [boot_pml4 + 256 * 8], rax
-    mov eax, offset boot_pdpt_kern
-    or eax, 3
-    mov [boot_pml4 + 511 * 8], rax
+    lea r14, [rip + entry64]
+    mov eax, offset entry64
+    sub r14, rax                        /* r14 = load address - link address */
+    lea rax, [rip + boot_pdpt_low]
+    or rax, 3
+    mov [rip + boot_pml4], rax
+    lea rax, [rip + boot_pdpt_dmap]
+    or rax, 3
+    mov [rip + boot_pml4 + 256 * 8], rax
+    lea rax, [rip + boot_pdpt_kern]
+    or rax, 3
+    mov [rip + boot_pml4 + 511 * 8], rax
+    lea rdx, [rip + boot_pdpt_dmap]
+    lea rsi, [rip + boot_pdpt_low]
     xor ecx, ecx
 5:
     mov rax, rcx
     shl rax, 30
     or rax, 0x83                        /* present, writable, 1 GiB */
-    mov [boot_pdpt_dmap + rcx * 8], rax
+    mov [rdx + rcx * 8], rax
     cmp ecx, 4
     jae 6f
-    mov [boot_pdpt_low + rcx * 8], rax
+    mov [rsi + rcx * 8], rax
 6:
     inc ecx
     cmp ecx, 512
     jne 5b
-    mov qword ptr [boot_pdpt_kern + 510 * 8], 0x83
+    /* kernel window: 0xFFFFFFFF80000000 + x -> x + r14, 2 MiB pages */
+    lea rdx, [rip + boot_pd_kern]
+    xor ecx, ecx
+7:
+    mov rax, rcx
+    shl rax, 21
+    add rax, r14
+    or rax, 0x83                        /* present, writable, 2 MiB */
+    mov [rdx + rcx * 8], rax
+    inc ecx
+    cmp ecx, 512
+    jne 7b
+    or rdx, 3
+    mov [rip + boot_pdpt_kern + 510 * 8], rdx
     mov ecx, 0xC0000080                 /* EFER.NXE (LME is on already) */
     rdmsr
     or eax, 0x800
@@ -157,15 +183,17 @@ entry64:
     mov rax, cr0
     or eax, 0x10000                     /* WP */
     mov cr0, rax
-    mov eax, offset boot_pml4
+    lea rax, [rip + boot_pml4]
     mov cr3, rax
     movabs rsp, offset boot_stack_top
-    lgdt [boot_gdt_ptr64]
+    lea rax, [rip + boot_gdt]
+    mov [rip + boot_gdt_ptr64 + 2], rax
+    lgdt [rip + boot_gdt_ptr64]
     push 0x08
-    lea rax, [rip + 7f]
+    lea rax, [rip + 8f]
     push rax
     .byte 0x48, 0xcb                    /* retfq: reload CS from the new GDT */
-7:
+8:
     mov ax, 0x10
     mov ds, ax
     mov es, ax
@@ -176,11 +204,12 @@ entry64:
     xor ebp, ebp
     mov rdi, r12
     mov rsi, r13
+    mov rdx, r14
     movabs rax, offset x86_64_main
     call rax
-8:
+9:
     hlt
-    jmp 8b
+    jmp 9b
 
 .section .bss.boot_stack, "aw", @nobits
 .balign 4096
@@ -199,12 +228,17 @@ unsafe extern "C" {
 
 /// The first Rust code: long mode, boot page tables, boot stack, interrupts off.
 /// `magic` is `BOOTINFO_MAGIC` when `arg` is a loader's `BootInfo` hand-off,
-/// 0 when it is PVH's `hvm_start_info`.
+/// 0 when it is PVH's `hvm_start_info`; `delta` is how far from its link
+/// address the loader put the image (0 for PVH).
 #[unsafe(no_mangle)]
-extern "C" fn x86_64_main(arg: u64, magic: u64) -> ! {
+extern "C" fn x86_64_main(arg: u64, magic: u64, delta: u64) -> ! {
     platform_x86_64::tsc::mark_start();
     platform_x86_64::early_init();
-    let image = (core::ptr::addr_of!(__kernel_phys_start) as u64, core::ptr::addr_of!(__kernel_phys_end) as u64);
+    // The symbols sit in the identity-mapped .boot section: their link addresses are physical.
+    let image = (
+        (core::ptr::addr_of!(__kernel_phys_start) as u64).wrapping_add(delta),
+        (core::ptr::addr_of!(__kernel_phys_end) as u64).wrapping_add(delta),
+    );
     let boot = if magic == bootinfo::BOOTINFO_MAGIC {
         kcore::boot_handoff(arg, image).map_err(|e| alloc_free_error(format_args!("{e}")))
     } else {

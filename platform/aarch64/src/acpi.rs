@@ -9,7 +9,7 @@ use devicetree::{Gic, GicVersion, MemRange};
 /// Size of one GICv3 distributor frame.
 const GICD_SIZE: u64 = 0x1_0000;
 
-/// The GIC from the MADT: distributor, redistributor discovery range, ITS.
+/// The GIC from the MADT: distributor, redistributor discovery range, ITS (no log line; see [`log_gic`]).
 pub fn gic(rsdp: u64) -> Result<Gic, &'static str> {
     let tables = kcore::acpi::tables(rsdp).map_err(|_| "ACPI tables unreadable")?;
     let madt = tables.find_table::<Madt>().map_err(|_| "no MADT in the ACPI tables")?;
@@ -39,12 +39,6 @@ pub fn gic(rsdp: u64) -> Result<Gic, &'static str> {
         Some(0) if redist.is_some() => GicVersion::V3,
         _ => GicVersion::V2,
     };
-    log::info!(
-        "acpi: MADT: GICD {:#x}, GICR {}, ITS {}",
-        dist.base,
-        redist.map_or(alloc::string::String::from("none"), |r| alloc::format!("{:#x}+{:#x}", r.base, r.size)),
-        its.map_or(alloc::string::String::from("none"), |r| alloc::format!("{:#x}", r.base)),
-    );
     Ok(Gic { version, dist, redist, its, v2m: None, cpu_if: None })
 }
 
@@ -62,4 +56,15 @@ pub fn virtual_timer(rsdp: u64) -> Result<u32, &'static str> {
         intid @ 16..=31 => Ok(intid),
         _ => Err("GTDT names no PPI for the virtual timer"),
     }
+}
+
+/// One log line naming what the MADT says about the GIC.
+pub fn log_gic(gic: &Gic) {
+    let none = || alloc::string::String::from("none");
+    log::info!(
+        "acpi: MADT: GICD {:#x}, GICR {}, ITS {}",
+        gic.dist.base,
+        gic.redist.map_or_else(none, |r| alloc::format!("{:#x}+{:#x}", r.base, r.size)),
+        gic.its.map_or_else(none, |r| alloc::format!("{:#x}", r.base)),
+    );
 }

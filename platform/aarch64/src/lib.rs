@@ -60,7 +60,11 @@ impl Platform for ArmPlatform {
 
     fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
         let (gic, virt_timer) = match boot.firmware() {
-            FirmwareTables::Acpi { rsdp } => (acpi::gic(rsdp)?, acpi::virtual_timer(rsdp)?),
+            FirmwareTables::Acpi { rsdp } => {
+                let gic = acpi::gic(rsdp)?;
+                acpi::log_gic(&gic);
+                (gic, acpi::virtual_timer(rsdp)?)
+            }
             FirmwareTables::DeviceTree { .. } => {
                 let dtb = crate::dtb(boot).ok_or("device tree unreadable: cannot find the GIC and timer")?;
                 let gic = dtb.gic().ok_or("device tree has no interrupt controller")?;
@@ -170,8 +174,13 @@ impl Platform for ArmPlatform {
 
     fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology {
         if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
-            // MSIs go through the ITS doorbell, which the IOMMU translates like any DMA.
-            return kcore::acpi::topology(rsdp, functions, None);
+            // MSIs go through the ITS doorbell, which the IOMMU translates like any DMA:
+            // reserve it as the device tree path does (IORT names the ITS by ID; its base is in the MADT).
+            let mut t = kcore::acpi::topology(rsdp, functions, None);
+            if let Some(its) = acpi::gic(rsdp).ok().and_then(|g| g.its) {
+                firmware::build::reserve_its_doorbell(&mut t, its.base);
+            }
+            return t;
         }
         let Some(dt) = dtb(boot) else { return firmware::Topology::new() };
         let mut errors = alloc::vec::Vec::new();

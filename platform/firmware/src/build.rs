@@ -329,19 +329,27 @@ pub fn from_devicetree(dt: &devicetree::DeviceTree<'_>, errors: &mut Vec<String>
         }
     }
     if let Some(its) = dt.gic().and_then(|g| g.its) {
-        // GITS_TRANSLATER lives in the second 64 KiB frame of the ITS (GICv3 spec §12.19).
-        let doorbell = its.base + 0x1_0000;
-        for unit in 0..t.units().len() {
-            let _ = t.add_reserved(ReservedRegion {
-                unit,
-                devices: None,
-                start: doorbell,
-                end: doorbell + 0xFFF,
-                kind: ReservedKind::Msi,
-            });
-        }
+        reserve_its_doorbell(&mut t, its.base);
     }
     t
+}
+
+/// Reserves the doorbell page of the GICv3 ITS at `its_base` as an MSI window
+/// on every unit: devices behind an IOMMU write their MSIs there through it.
+/// (The ITS base comes from the device tree or the MADT; IORT names ITS groups
+/// by ID only.)
+pub fn reserve_its_doorbell(t: &mut Topology, its_base: u64) {
+    // GITS_TRANSLATER lives in the second 64 KiB frame of the ITS (GICv3 spec §12.19).
+    let doorbell = its_base + 0x1_0000;
+    for unit in 0..t.units().len() {
+        let _ = t.add_reserved(ReservedRegion {
+            unit,
+            devices: None,
+            start: doorbell,
+            end: doorbell + 0xFFF,
+            kind: ReservedKind::Msi,
+        });
+    }
 }
 
 /// The lines the kernel prints for a topology, in the documented format.
