@@ -150,7 +150,7 @@ fn write_sparse(file: &mut std::fs::File, offset: u64, data: &[u8]) -> std::io::
 /// Writes a bootable GPT disk image with one EFI system partition to `path`.
 pub fn write(path: &Path, contents: &EspContents<'_>) -> Result<(), String> {
     let volume = fat_volume(contents)?;
-    let seed = contents.kernel.len() as u64 ^ (contents.cmdline.len() as u64) << 32;
+    let seed = contents.kernel.len() as u64 ^ ((contents.cmdline.len() as u64) << 32);
     let disk_guid = seeded_guid(seed);
     let entries = partition_entries(seed);
     let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
@@ -200,7 +200,7 @@ pub fn build_image(
         "xtask: wrote {} ({} MiB GPT disk, EFI system partition with {}, the kernel and cmdline \"{cmdline}\")",
         path.display(),
         arch.uefi_boot_file(),
-        DISK_SECTORS * SECTOR >> 20
+        (DISK_SECTORS * SECTOR) >> 20
     );
     println!(
         "xtask: write it to a USB stick with: sudo dd if={} of=/dev/sdX bs=1M conv=fsync (see docs/hardware.md)",

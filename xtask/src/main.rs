@@ -115,7 +115,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Run { arch, iommu, release, gdb, trace, hw, boot, qemu_args } => {
-            setup::run().and_then(|()| test::run_demo(arch, iommu, release, gdb, trace, hw, boot, &qemu_args))
+            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, boot };
+            setup::run().and_then(|()| test::run_demo(options, &qemu_args))
         }
         Command::Test { host, qemu, arch, iommu, filter, boot } => {
             setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot))

@@ -570,17 +570,27 @@ pub fn run_tests(
     }
 }
 
+/// What `cargo xtask run` boots.
+pub struct RunOptions {
+    /// Architecture.
+    pub arch: Arch,
+    /// IOMMU (default: the architecture's).
+    pub iommu: Option<Iommu>,
+    /// Optimised kernel.
+    pub release: bool,
+    /// Wait for gdb.
+    pub gdb: bool,
+    /// `trace=1` on the command line.
+    pub trace: bool,
+    /// The hardware-specific door's demos instead of the generic one.
+    pub hw: bool,
+    /// Direct or UEFI boot.
+    pub boot: Boot,
+}
+
 /// `cargo xtask run`: boots one machine with live, symbolized output.
-pub fn run_demo(
-    arch: Arch,
-    iommu: Option<Iommu>,
-    release: bool,
-    gdb: bool,
-    trace: bool,
-    hw: bool,
-    boot: Boot,
-    qemu_args: &[String],
-) -> Result<(), String> {
+pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String> {
+    let RunOptions { arch, iommu, release, gdb, trace, hw, boot } = options;
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
     let kernel = build::kernel_for(arch, release, boot)?;
