@@ -428,8 +428,10 @@ fn uefi_cases(
     let split = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let loader = format!("(loader uefi ({}))", arch.name());
     for &(_, iommu) in configs.iter().filter(|(a, i)| *a == arch && *i != Iommu::None) {
+        // QEMU virt always has an IORT (for the ITS); a virtio-iommu adds a VIOT.
         let source = match (arch, iommu) {
             (Arch::Aarch64, Iommu::Smmuv3) => "topology: source acpi IORT",
+            (Arch::Aarch64, Iommu::Virtio) => "topology: source acpi IORT VIOT",
             (_, Iommu::Virtio) => "topology: source acpi VIOT",
             (_, Iommu::Vtd) => "topology: source acpi DMAR",
             (_, _) => "topology: source acpi IVRS",

@@ -68,3 +68,33 @@ pub fn log_gic(gic: &Gic) {
         gic.its.map_or_else(none, |r| alloc::format!("{:#x}", r.base)),
     );
 }
+
+/// The root bridge's routing table, read from the DSDT on first use.
+static PRT: spin::Once<Result<alloc::vec::Vec<acpi_tables::prt::PrtEntry>, acpi_tables::prt::PrtError>> =
+    spin::Once::new();
+
+fn load_prt(rsdp: u64) -> Result<alloc::vec::Vec<acpi_tables::prt::PrtEntry>, acpi_tables::prt::PrtError> {
+    let Ok(dsdt) = kcore::acpi::tables(rsdp).and_then(|t| t.dsdt()) else {
+        return Err(acpi_tables::prt::PrtError::NotFound);
+    };
+    // SAFETY: the DSDT lies in firmware memory covered by the direct map, is never written, and `length` comes from its header.
+    let aml = unsafe {
+        core::slice::from_raw_parts(kcore::mm::phys_to_virt(dsdt.address as u64) as *const u8, dsdt.length as usize)
+    };
+    let prt = acpi_tables::prt::parse(aml);
+    match &prt {
+        Ok(entries) => log::info!("acpi: DSDT _PRT: {} INTx routes", entries.len()),
+        Err(e) => log::error!("acpi: DSDT _PRT unusable: {e}"),
+    }
+    prt
+}
+
+/// The GIC INTID that INTx `pin` (1 = INTA .. 4 = INTD) of root-bus device
+/// `device` is wired to, from the host bridge's `_PRT` (ACPI 6.5 §6.2.13).
+pub fn intx_gsi(rsdp: u64, device: u8, pin: u32) -> Result<u32, &'static str> {
+    let prt = PRT.call_once(|| load_prt(rsdp)).as_ref().map_err(|_| "the DSDT has no static _PRT")?;
+    prt.iter()
+        .find(|e| e.device == u16::from(device) && u32::from(e.pin) + 1 == pin)
+        .map(|e| e.gsi)
+        .ok_or("the _PRT has no entry for this device and pin")
+}

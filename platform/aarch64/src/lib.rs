@@ -61,6 +61,7 @@ impl Platform for ArmPlatform {
     fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
         let (gic, virt_timer) = match boot.firmware() {
             FirmwareTables::Acpi { rsdp } => {
+                ACPI_RSDP.call_once(|| rsdp);
                 let gic = acpi::gic(rsdp)?;
                 acpi::log_gic(&gic);
                 (gic, acpi::virtual_timer(rsdp)?)
@@ -270,7 +271,8 @@ impl Platform for ArmPlatform {
 
 /// The GIC INTID of `f`'s INTx line: its pin swizzled through every bridge up
 /// to the root bus (PCI-to-PCI Bridge spec 1.2 §9.1), then looked up in the
-/// host's `interrupt-map`. (MSIs on arm need the GICv3 ITS, not driven yet.)
+/// host's `interrupt-map` (device tree) or `_PRT` (ACPI). (MSIs on arm need
+/// the GICv3 ITS, not driven yet.)
 fn intx_intid(f: &pci::Function, access: &dyn pci::ConfigAccess) -> Result<u32, &'static str> {
     let pin = u32::from(access.read8(f.bdf, pci::reg::INTERRUPT + 1));
     if !(1..=4).contains(&pin) {
@@ -280,6 +282,10 @@ fn intx_intid(f: &pci::Function, access: &dyn pci::ConfigAccess) -> Result<u32, 
     for bridge in f.path.iter().rev() {
         pin = ((pin - 1 + u32::from(at.dev)) % 4) + 1;
         at = *bridge;
+    }
+    if let Some(rsdp) = ACPI_RSDP.get() {
+        // The routing lives in the DSDT's _PRT; its GSIs are GIC INTIDs.
+        return acpi::intx_gsi(*rsdp, at.dev, pin);
     }
     let dt = dtb_at(DTB_PA.load(core::sync::atomic::Ordering::Relaxed)).ok_or("no device tree")?;
     let host = dt
@@ -294,6 +300,9 @@ fn intx_intid(f: &pci::Function, access: &dyn pci::ConfigAccess) -> Result<u32, 
         _ => Err("interrupt-map parent is not a GIC SPI"),
     }
 }
+
+/// The RSDP when ACPI describes the machine (set by `init_interrupts`).
+static ACPI_RSDP: spin::Once<u64> = spin::Once::new();
 
 /// Brings up the PL011 console a loader's hand-off points at: the SPCR's
 /// UART under ACPI, else the device tree's `stdout-path`. Before the frame

@@ -18,6 +18,7 @@ pub mod gtdt;
 pub mod iort;
 
 pub mod ivrs;
+pub mod prt;
 pub mod viot;
 
 use core::fmt;
