@@ -1,7 +1,8 @@
 //! `cargo xtask bench [NAME]`: benchmarks that print figures (never asserts on time).
 //!
 //! - `boot`: wall time from QEMU start to the kernel's first log line
-//!   (`portcullis: kernel_main`) and to its exit, per architecture, several runs.
+//!   (`portcullis: kernel_main`), to the first user task's output and to the
+//!   kernel's exit, per architecture, for the direct and the UEFI boot.
 //! - `syscall`: null-syscall round trip from user space (`yield`), per architecture.
 //! - `pgtable`: the I/O page-table engine benchmark (`cargo bench -p io-pgtable`).
 //! - `ioas`: the generic IOAS door's map + unmap cost through the syscall, per architecture and IOMMU.
@@ -16,32 +17,42 @@ use std::time::Duration;
 const BOOT_RUNS: usize = 3;
 
 fn boot() -> Result<(), String> {
-    let kernels = Arch::all().map(|arch| build::kernel(arch, true).map(|k| (arch, k)));
-    println!("bench boot: wall time from QEMU start (TCG, {BOOT_RUNS} runs per arch, release kernels)");
-    println!("{:<10} {:>24} {:>24}", "arch", "first kernel log (ms)", "kernel exit (ms)");
-    for built in kernels {
-        let (arch, kernel) = built?;
-        let machine = Machine {
-            arch,
-            iommu: arch.default_iommu(),
-            cmdline: Vec::new(),
-            extra: Vec::new(),
-            gdb: false,
-            boot: Boot::Direct,
-        };
-        let mut first = Vec::new();
-        let mut total = Vec::new();
-        for _ in 0..BOOT_RUNS {
-            let t = harness::time_boot(&machine, &kernel, "portcullis: kernel_main", Duration::from_secs(120))?;
-            first.push(t.0.as_secs_f64() * 1000.0);
-            total.push(t.1.as_secs_f64() * 1000.0);
+    println!(
+        "bench boot: wall time from QEMU start to the first kernel log line and to the first user task's output \
+         (`init=hello`), direct (-kernel) and UEFI (OVMF / AAVMF + the portcullis loader) boot \
+         (TCG, {BOOT_RUNS} runs each, release kernels)"
+    );
+    println!(
+        "{:<9} {:<7} {:>24} {:>24} {:>24}",
+        "arch", "boot", "first kernel log (ms)", "first user task (ms)", "kernel exit (ms)"
+    );
+    for arch in Arch::all() {
+        let kernel = build::kernel_for(arch, true, Boot::Uefi)?;
+        for boot in [Boot::Direct, Boot::Uefi] {
+            let machine = Machine {
+                arch,
+                iommu: arch.default_iommu(),
+                cmdline: vec!["init=hello".to_owned()],
+                extra: Vec::new(),
+                gdb: false,
+                boot,
+            };
+            let (mut first, mut user, mut total) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..BOOT_RUNS {
+                let marks = ["portcullis: kernel_main", "hello from user space"];
+                let t = harness::time_boot_marks(&machine, &kernel, &marks, Duration::from_secs(180))?;
+                first.push(t.0[0].as_secs_f64() * 1000.0);
+                user.push(t.0[1].as_secs_f64() * 1000.0);
+                total.push(t.1.as_secs_f64() * 1000.0);
+            }
+            let fmt = |v: &[f64]| {
+                let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let avg = v.iter().sum::<f64>() / v.len() as f64;
+                format!("min {min:.0} / avg {avg:.0}")
+            };
+            let boot_name = if boot == Boot::Uefi { "uefi" } else { "direct" };
+            println!("{:<9} {:<7} {:>24} {:>24} {:>24}", arch.name(), boot_name, fmt(&first), fmt(&user), fmt(&total));
         }
-        let fmt = |v: &[f64]| {
-            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let avg = v.iter().sum::<f64>() / v.len() as f64;
-            format!("min {min:.0} / avg {avg:.0}")
-        };
-        println!("{:<10} {:>24} {:>24}", arch.name(), fmt(&first), fmt(&total));
     }
     Ok(())
 }

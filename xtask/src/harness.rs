@@ -50,21 +50,24 @@ pub fn run_live(machine: &Machine, kernel: &Kernel, timeout: Option<Duration>) -
     }
 }
 
-/// Boots once and returns (time to the first line containing `marker`, time to exit).
-pub fn time_boot(
+/// Boots once and returns (time to the first line containing each of `markers`, time to exit).
+pub fn time_boot_marks(
     machine: &Machine,
     kernel: &Kernel,
-    marker: &str,
+    markers: &[&str],
     timeout: Duration,
-) -> Result<(Duration, Duration), String> {
+) -> Result<(Vec<Duration>, Duration), String> {
     let mut c = case(machine, kernel, timeout)?;
     c.expect = Expect::Exit;
     let r = runner::run_case(&c, false);
     if !r.passed() {
         return Err(format!("{}: {}", c.name, r.ending_text()));
     }
-    let first = r.time_to(marker).ok_or_else(|| format!("{}: no line containing {marker:?}", c.name))?;
-    Ok((first, r.elapsed))
+    let times = markers
+        .iter()
+        .map(|m| r.time_to(m).ok_or_else(|| format!("{}: no line containing {m:?}", c.name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((times, r.elapsed))
 }
 
 /// Boots once (expecting a successful exit) and returns the console lines.
