@@ -302,6 +302,20 @@ impl Unit {
             pasid_tables: alloc::vec::Vec::new(),
             domain_ids: iommu::ids::IdAllocator::new(1 << (4 + 2 * CAP::ND.read(cap))),
         };
+        // Firmware with pre-boot DMA protection hands over with remapping (and its
+        // queue) on: take both down before installing our tables, translation first,
+        // then the queue (IQA may change only while QI is off, VT-d §6.5.2).
+        // (QEMU's OVMF never does this, so this path is not exercised by the QEMU tests.)
+        let gsts = unit.regs().gsts.get();
+        if gsts & (1 << 31) != 0 {
+            log::warn!("vtd: unit at {base:#x}: firmware left DMA remapping on; turning it off to take over");
+            unit.disable()?;
+        }
+        if gsts & (1 << 26) != 0 {
+            let keep = unit.regs().gsts.get() & 0x96FF_FFFF & !(1 << 26);
+            unit.regs().gcmd.set(keep);
+            wait("queued invalidation disable", || unit.regs().gsts.get() & (1 << 26) == 0)?;
+        }
         // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
         let rtaddr = if unit.stage == Stage::Legacy { root } else { root | 1 << 10 };
         if crate::tracing() {
