@@ -43,6 +43,9 @@ pub struct Case {
     pub expect: Expect,
     /// Text that must appear somewhere in the console output (each entry).
     pub must_contain: Vec<String>,
+    /// Text that ends the run at once as a failure (e.g. a boot loader's error
+    /// after which firmware would wait for a key until the timeout).
+    pub stop_on: Vec<String>,
 }
 
 /// How the QEMU process ended.
@@ -56,6 +59,8 @@ pub enum Ending {
     TimedOut(Duration),
     /// Could not be started.
     SpawnFailed(String),
+    /// Killed by the harness after a line matched one of [`Case::stop_on`].
+    Stopped(String),
 }
 
 /// Result of one case.
@@ -129,6 +134,7 @@ impl CaseResult {
             Ending::Signaled => "QEMU was killed by a signal".into(),
             Ending::TimedOut(t) => format!("timed out after {:.0} s (killed)", t.as_secs_f64()),
             Ending::SpawnFailed(e) => format!("could not start {}: {e}", self.case.program),
+            Ending::Stopped(line) => format!("stopped (killed) at a fatal line: {line}"),
         }
     }
 }
@@ -198,6 +204,11 @@ pub fn run_case(case: &Case, live: bool) -> CaseResult {
                 }
                 if let Some(f) = log.as_mut() {
                     let _ = writeln!(f, "{shown}");
+                }
+                if ending.is_none() && case.stop_on.iter().any(|p| line.contains(p.as_str())) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    ending = Some(Ending::Stopped(line.clone()));
                 }
                 lines.push((start.elapsed(), line));
                 continue;
@@ -285,6 +296,7 @@ mod tests {
             elf: None,
             expect,
             must_contain: Vec::new(),
+            stop_on: Vec::new(),
         }
     }
 
@@ -314,6 +326,18 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10));
         assert_eq!(r.report.missing(), 1);
         assert!(!r.passed());
+    }
+
+    #[test]
+    fn a_fatal_line_stops_the_run_at_once() {
+        let mut c = sh_case("stop", "echo 'loader: error: no kernel'; exec sleep 30", 20, Expect::Exit);
+        c.stop_on = vec!["loader: error:".into()];
+        let t = Instant::now();
+        let r = run_case(&c, false);
+        assert!(matches!(&r.ending, Ending::Stopped(l) if l.contains("no kernel")), "{:?}", r.ending);
+        assert!(t.elapsed() < Duration::from_secs(10), "not left to the timeout");
+        assert!(!r.passed());
+        assert!(r.ending_text().contains("fatal line"));
     }
 
     #[test]

@@ -51,6 +51,54 @@ fn frames_all_freed_come_back() -> TestResult {
     Ok(())
 }
 
+/// Firmware memory in the boot memory map (reserved, ACPI reclaimable and NVS
+/// — under UEFI also runtime services), the firmware tables and the kernel
+/// image are never handed out; loader memory (usable under UEFI) is.
+fn frames_firmware_memory_never_handed_out() -> TestResult {
+    let boot = crate::boot_info().ok_or_else(|| ktest::TestError::Failed("no boot info kept".into()))?;
+    let mut checked = 0;
+    for r in boot.regions().iter().filter(|r| r.kind != bootinfo::MemoryKind::Usable) {
+        let last = (r.end() - 1) & !(FRAME_SIZE - 1);
+        for pa in [r.base & !(FRAME_SIZE - 1), (r.base + r.size / 2) & !(FRAME_SIZE - 1), last] {
+            check!(
+                mm::frame_unavailable(pa),
+                "frame {pa:#x} of {:?} region {:#x}+{:#x} is allocatable",
+                r.kind,
+                r.base,
+                r.size
+            );
+            checked += 1;
+        }
+    }
+    let tables = match boot.firmware() {
+        bootinfo::FirmwareTables::Acpi { rsdp } => Some(rsdp),
+        bootinfo::FirmwareTables::DeviceTree { dtb } => Some(dtb),
+        bootinfo::FirmwareTables::None => None,
+    };
+    if let Some(pa) = tables {
+        check!(mm::frame_unavailable(pa), "the firmware tables at {pa:#x} are allocatable");
+    }
+    for pa in (boot.kernel_image.start..boot.kernel_image.end).step_by(FRAME_SIZE as usize) {
+        check!(mm::frame_unavailable(pa), "kernel image frame {pa:#x} is allocatable");
+    }
+    // And what the allocator hands out lies in usable RAM only.
+    let mut got = Vec::new();
+    for _ in 0..64 {
+        let Some(pa) = mm::alloc_frame() else { break };
+        got.push(pa);
+    }
+    let outside = got.iter().find(|&&pa| {
+        !boot.regions().iter().any(|r| r.kind == bootinfo::MemoryKind::Usable && r.base <= pa && pa < r.end())
+    });
+    let outside = outside.copied();
+    for pa in got {
+        check!(mm::free_frame(pa).is_ok());
+    }
+    check!(outside.is_none(), "frame {outside:#x?} handed out outside usable RAM");
+    log::info!("frames: {checked} frames of firmware memory checked reserved (loader {})", boot.loader());
+    Ok(())
+}
+
 /// The heap grows, keeps contents and returns memory.
 fn heap_alloc_and_free() -> TestResult {
     let (used_before, _) = crate::heap::usage();
@@ -224,6 +272,7 @@ fn task_preemptive_round_robin() -> TestResult {
 ktest::suite!(pub CORE = "core", [
     frames_no_double_handout,
     frames_all_freed_come_back,
+    frames_firmware_memory_never_handed_out,
     heap_alloc_and_free,
     mm_map_unmap_kernel_page,
     exceptions_breakpoint_returns,

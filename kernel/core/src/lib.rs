@@ -30,6 +30,13 @@ use bootinfo::{BootInfo, FirmwareTables, MemoryKind};
 
 static PLATFORM: spin::Once<&'static dyn Platform> = spin::Once::new();
 static CMDLINE: spin::Once<alloc::string::String> = spin::Once::new();
+/// The boot information the kernel started with (kept for tests and diagnostics).
+static BOOT_INFO: spin::Once<BootInfo> = spin::Once::new();
+
+/// The boot information the kernel started with, once `start` has run.
+pub fn boot_info() -> Option<&'static BootInfo> {
+    BOOT_INFO.get()
+}
 
 /// Value of `key=value` on the kernel command line.
 pub fn cmdline_value(key: &str) -> Option<&'static str> {
@@ -91,6 +98,13 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
     console::init(boot.cmdline_value("log"));
     log::info!("portcullis: kernel_main on {} (loader {})", platform.arch(), boot.loader());
     log::info!("cmdline: \"{}\"", boot.cmdline());
+    if boot.cmdline_value("bootinfo.truncated") == Some("1") {
+        // Memory the map leaves out is never handed out, so this costs RAM, not safety.
+        log::warn!(
+            "boot: the loader's memory map had more than {} regions; the rest is ignored",
+            bootinfo::MAX_MEMORY_REGIONS
+        );
+    }
     for r in boot.regions() {
         log::info!("memory: {:#018x}-{:#018x} {}", r.base, r.end().saturating_sub(1), kind_name(r.kind));
     }
@@ -135,6 +149,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     let ram = boot.usable_bytes();
     heap::init(heap::heap_size_for(ram))?;
     CMDLINE.call_once(|| alloc::string::String::from(boot.cmdline()));
+    BOOT_INFO.call_once(|| boot.clone());
     platform.init_interrupts(boot)?;
     platform.enable_interrupts();
     pci::init(platform.pci_hosts(boot));

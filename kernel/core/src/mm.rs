@@ -139,6 +139,12 @@ pub fn frames_taken(boot: &BootInfo, start: u64, end: u64) -> usize {
         .count()
 }
 
+/// Whether the frame allocator would never hand out the frame at `pa`
+/// (reserved, in use, or outside the RAM it manages).
+pub fn frame_unavailable(pa: u64) -> bool {
+    FRAMES.lock().as_ref().is_none_or(|f| f.in_use(pa & !(FRAME_SIZE - 1)))
+}
+
 /// `(free, total)` frames.
 pub fn frame_counts() -> (usize, usize) {
     FRAMES.lock().as_ref().map_or((0, 0), |f| (f.free_frames(), f.total_frames()))
