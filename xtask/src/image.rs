@@ -199,8 +199,8 @@ pub fn build_image(
     println!(
         "xtask: wrote {} ({} MiB GPT disk, EFI system partition with {}, the kernel and cmdline \"{cmdline}\")",
         path.display(),
+        (DISK_SECTORS * SECTOR) >> 20,
         arch.uefi_boot_file(),
-        (DISK_SECTORS * SECTOR) >> 20
     );
     println!(
         "xtask: write it to a USB stick with: sudo dd if={} of=/dev/sdX bs=1M conv=fsync (see docs/hardware.md)",

@@ -106,7 +106,7 @@ enum Command {
         /// Benchmark to run.
         name: Option<String>,
     },
-    /// Install what is missing: rustup targets and components, QEMU >= 10.
+    /// Install what is missing: rustup targets and components, QEMU >= 10, UEFI firmware (OVMF, AAVMF).
     Setup,
 }
 
