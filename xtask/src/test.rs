@@ -464,6 +464,43 @@ fn uefi_cases(
     Ok(cases)
 }
 
+/// Checks that every `topology:` line the direct boot of (`arch`, `iommu`)
+/// printed (from the device tree on aarch64, from QEMU's ACPI tables through
+/// SeaBIOS on x86_64) is also printed by the UEFI boot of the same machine
+/// (from the tables the UEFI firmware installs: IORT / VIOT on aarch64). The
+/// UEFI machine has its boot disk as one more PCI function on aarch64, so its
+/// lines may be more, never different. Returns how many lines were compared.
+fn topology_agrees(arch: Arch, iommu: Iommu) -> Result<usize, String> {
+    let dir = crate::machine::workspace_root().join("target").join("qemu-tests");
+    let lines = |name: &str| -> Result<Vec<String>, String> {
+        let path = dir.join(format!("{name}.log"));
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("topology: ") && !l.starts_with("topology: source"))
+            .map(|l| {
+                // A unit that is a PCI function (virtio-iommu) is named by its BDF; its
+                // `base=` is a BAR, which SeaBIOS and OVMF place differently.
+                if l.contains(" pci=") {
+                    l.split(' ').filter(|w| !w.starts_with("base=")).collect::<Vec<_>>().join(" ")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect())
+    };
+    let name = format!("{}-{}", arch.name(), iommu.name());
+    let direct = lines(&name)?;
+    let uefi = lines(&format!("{name}-uefi"))?;
+    if direct.is_empty() {
+        return Err("the direct boot printed no topology".into());
+    }
+    match direct.iter().find(|l| !uefi.contains(l)) {
+        Some(missing) => Err(format!("the UEFI boot does not print \"{missing}\"")),
+        None => Ok(direct.len()),
+    }
+}
+
 /// The QEMU configurations to test, after `--arch` / `--iommu` restrictions.
 fn matrix(arch: Option<Arch>, iommu: Option<Iommu>) -> Result<Vec<(Arch, Iommu)>, String> {
     if let (Some(a), Some(i)) = (arch, iommu) {
@@ -562,6 +599,25 @@ pub fn run_tests(
         totals.passed += counts.passed;
         totals.failed += counts.failed;
         totals.skipped += counts.skipped;
+        // With both boot paths run, the firmware descriptions must agree.
+        if direct && uefi {
+            for (a, i) in configs.iter().copied().filter(|&(_, i)| i != Iommu::None) {
+                match topology_agrees(a, i) {
+                    Ok(n) => {
+                        println!(
+                            "PASS {}-{}-topology-uefi-vs-direct ({n} lines of the direct boot found)",
+                            a.name(),
+                            i.name()
+                        );
+                        totals.passed += 1;
+                    }
+                    Err(e) => {
+                        println!("FAIL {}-{}-topology-uefi-vs-direct: {e}", a.name(), i.name());
+                        totals.failed += 1;
+                    }
+                }
+            }
+        }
     }
     // The plain closing line counts host and kernel tests together.
     println!("{} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.skipped);
