@@ -108,23 +108,10 @@ pvh_start32:
 
 .code64
 long_mode:
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    xor eax, eax
-    mov fs, ax
-    mov gs, ax
-    movabs rsp, offset boot_stack_top
-    xor ebp, ebp
-    mov edi, esi                        /* hvm_start_info */
-    xor esi, esi                        /* no hand-off magic: PVH */
-    xor edx, edx                        /* loaded at the link address */
-    movabs rax, offset x86_64_main
-    call rax
-4:
-    hlt
-    jmp 4b
+    mov r12d, esi                       /* hvm_start_info */
+    xor r13d, r13d                      /* no hand-off magic: PVH */
+    xor r14d, r14d                      /* loaded at the link address */
+    jmp enter_kernel
 
 /* Long-mode entry (UEFI loader): RDI = hand-off, RSI = magic, identity-mapped.
  * The loader may place the image anywhere 2 MiB-aligned below 4 GiB (firmware
@@ -190,10 +177,12 @@ entry64:
     mov [rip + boot_gdt_ptr64 + 2], rax
     lgdt [rip + boot_gdt_ptr64]
     push 0x08
-    lea rax, [rip + 8f]
+    lea rax, [rip + enter_kernel]
     push rax
     .byte 0x48, 0xcb                    /* retfq: reload CS from the new GDT */
-8:
+
+/* Both entries: 64-bit CS loaded; R12 = argument, R13 = magic, R14 = load offset. */
+enter_kernel:
     mov ax, 0x10
     mov ds, ax
     mov es, ax
@@ -201,6 +190,7 @@ entry64:
     xor eax, eax
     mov fs, ax
     mov gs, ax
+    movabs rsp, offset boot_stack_top
     xor ebp, ebp
     mov rdi, r12
     mov rsi, r13
