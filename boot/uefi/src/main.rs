@@ -269,8 +269,8 @@ fn load() -> Result<core::convert::Infallible, LoadError> {
         }
     }
     if overflow {
-        // The kernel learns of it from a usable-RAM total below what it expects;
-        // the first regions (low memory, where it runs) are always kept.
+        // Nothing can be printed any more: the kernel warns when it sees the flag.
+        // Memory the map leaves out is never handed out, so this costs RAM, not safety.
         info.set_cmdline(&alloc::format!("{} bootinfo.truncated=1", info.cmdline()));
     }
     let bytes = info.handoff_bytes();
