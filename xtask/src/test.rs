@@ -461,6 +461,24 @@ fn uefi_cases(
             cases.push(c);
         }
     }
+    // The loader moves the image away from its link address (as on machines whose
+    // firmware owns it), and the kernel runs from there: the core, IOMMU and IOAS tests.
+    let iommu = arch.default_iommu();
+    if filter.is_none() && configs.contains(&(arch, iommu)) {
+        let machine = Machine {
+            arch,
+            iommu,
+            cmdline: vec!["ktest=core,iommu,ioas".to_owned(), "uefi.relocate=1".to_owned()],
+            extra: Vec::new(),
+            gdb: false,
+            boot: Boot::Uefi,
+        };
+        let mut c = harness::case(&machine, kernel, BOOT_TIMEOUT)?;
+        c.name = format!("{}-relocated", machine.name());
+        c.log_file.set_file_name(format!("{}.log", c.name));
+        c.must_contain = vec!["portcullis-uefi: image relocated from its link address".into(), loader];
+        cases.push(c);
+    }
     Ok(cases)
 }
 

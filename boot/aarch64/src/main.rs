@@ -9,7 +9,10 @@
 //! and drops to EL1, keeping EL2 reachable through a minimal vector table; at
 //! EL1 it zeroes .bss, builds one level-0 and one level-1 table that map the
 //! first 512 GiB both at 0 (TTBR0, identity) and at the direct map (TTBR1),
-//! enables the MMU and caches, and jumps to the linked (high) address.
+//! maps the kernel window (`KERNEL_WINDOW` + link address) to wherever the
+//! image really is (2 MiB blocks: the code is position independent until the
+//! MMU is on, so a loader may move the image by any 2 MiB multiple), enables
+//! the MMU and caches, and jumps to the linked (high) address.
 #![no_std]
 #![no_main]
 
@@ -95,6 +98,35 @@ _start:
     cmp x3, #512
     b.ne 5b
 
+    /* Kernel window (TTBR1 L0[511]): the image's link addresses map to where
+     * it really is, in 2 MiB blocks. x22 = load address - link address (0 for
+     * QEMU's -kernel; a UEFI loader may move the image when firmware owns the
+     * link address). */
+    adr x6, _start
+    ldr x7, =_start_phys
+    sub x22, x6, x7
+    adrp x0, boot_l0
+    adrp x1, boot_l1k
+    orr x2, x1, #3
+    str x2, [x0, #(511 * 8)]
+    lsr x3, x7, #30                 /* L1 slot of the link address */
+    adrp x4, boot_l2k
+    orr x2, x4, #3
+    str x2, [x1, x3, lsl #3]
+    lsl x5, x3, #30
+    add x5, x5, x22                 /* physical base of that GiB, moved */
+    mov x3, #0
+8:  lsl x2, x3, #21
+    add x2, x2, x5
+    mov x6, #0x705                  /* normal: AF | SH inner | AttrIndx 1 | block */
+    orr x2, x2, x6
+    mov x6, #(1 << 54)              /* UXN */
+    orr x2, x2, x6
+    str x2, [x4, x3, lsl #3]
+    add x3, x3, #1
+    cmp x3, #512
+    b.ne 8b
+
     ldr x0, =0xff00                 /* MAIR: attr0 Device-nGnRnE, attr1 Normal WB */
     msr mair_el1, x0
     mrs x1, id_aa64mmfr0_el1
@@ -125,8 +157,9 @@ _start:
     mov x0, x19
     mov x1, x20
     mov x2, x21
-    ldr x3, =aarch64_main
-    br x3
+    mov x3, x22
+    ldr x4, =aarch64_main
+    br x4
 
 /* EL2 vectors: anything taken to EL2 returns at once (a later hypervisor replaces them). */
 .balign 2048
@@ -140,6 +173,8 @@ el2_vectors:
 .balign 4096
 boot_l0: .skip 4096
 boot_l1: .skip 4096
+boot_l1k: .skip 4096
+boot_l2k: .skip 4096
 .global boot_stack_bottom
 .global boot_stack_top
 boot_stack_bottom:
@@ -164,9 +199,15 @@ fn find_dtb(x0: u64, kernel_phys: u64) -> Option<u64> {
     })
 }
 
+/// Physical range of the kernel image, which the boot code found `delta`
+/// bytes away from its link address.
+fn image_range(delta: u64) -> (u64, u64) {
+    let phys = |va: u64| (va - platform_aarch64::KERNEL_WINDOW).wrapping_add(delta);
+    (phys(core::ptr::addr_of!(__kernel_start) as u64), phys(core::ptr::addr_of!(__kernel_end) as u64))
+}
+
 fn build_boot_info(x0: u64, entry_el: u64) -> Result<BootInfo, &'static str> {
-    let start = core::ptr::addr_of!(__kernel_start) as u64 - platform_aarch64::DIRECT_MAP;
-    let end = core::ptr::addr_of!(__kernel_end) as u64 - platform_aarch64::DIRECT_MAP;
+    let (start, end) = image_range(0);
     let mut boot = BootInfo::new(if entry_el == 2 { "arm64-elf, entered at EL2" } else { "arm64-elf, entered at EL1" });
     boot.kernel_image = bootinfo::PhysRange { start, end };
     let dtb_pa = find_dtb(x0, start).ok_or("no device tree (x0 = 0 and none at the start of RAM)")?;
@@ -196,9 +237,8 @@ fn build_boot_info(x0: u64, entry_el: u64) -> Result<BootInfo, &'static str> {
 /// The boot info a loader handed over (UEFI): checked, with the console
 /// brought up from what the firmware describes (SPCR under ACPI, else the
 /// device tree) and the device tree kept out of the frame allocator.
-fn handoff_boot_info(pa: u64) -> Result<BootInfo, &'static str> {
-    let start = core::ptr::addr_of!(__kernel_start) as u64 - platform_aarch64::DIRECT_MAP;
-    let end = core::ptr::addr_of!(__kernel_end) as u64 - platform_aarch64::DIRECT_MAP;
+fn handoff_boot_info(pa: u64, delta: u64) -> Result<BootInfo, &'static str> {
+    let (start, end) = image_range(delta);
     // No console is known before the hand-off is accepted: a refusal only shows in the exit status.
     let mut boot = kcore::boot_handoff(pa, (start, end)).map_err(|_| "the loader's boot information was refused")?;
     platform_aarch64::early_console(&boot);
@@ -212,9 +252,10 @@ fn handoff_boot_info(pa: u64) -> Result<BootInfo, &'static str> {
 
 /// The first Rust code: EL1, MMU on, boot stack, interrupts masked.
 #[unsafe(no_mangle)]
-extern "C" fn aarch64_main(x0: u64, entry_el: u64, magic: u64) -> ! {
+extern "C" fn aarch64_main(x0: u64, entry_el: u64, magic: u64, delta: u64) -> ! {
     platform_aarch64::early_init();
-    let boot = if magic == bootinfo::BOOTINFO_MAGIC { handoff_boot_info(x0) } else { build_boot_info(x0, entry_el) };
+    let boot =
+        if magic == bootinfo::BOOTINFO_MAGIC { handoff_boot_info(x0, delta) } else { build_boot_info(x0, entry_el) };
     let boot = match boot {
         Ok(b) => b,
         Err(e) => {

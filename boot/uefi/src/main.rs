@@ -5,10 +5,12 @@
 //!    loaded from (the EFI system partition) and the optional command line
 //!    `\portcullis\cmdline`;
 //! 2. allocates the `PT_LOAD` segments at their physical addresses
-//!    (`p_paddr`) — or, on x86_64, whose long-mode entry is position
-//!    independent, all shifted to a free 2 MiB-aligned block below 4 GiB when
-//!    firmware owns the link address (OVMF keeps boot-services data at 16 MiB)
-//!    — copies them and zeroes the rest (`p_memsz` > `p_filesz`);
+//!    (`p_paddr`) — or, when firmware owns the link address (OVMF keeps
+//!    boot-services data at 16 MiB; arm servers have no RAM at 1 GiB), all
+//!    shifted to a free 2 MiB-aligned block (both kernels' entries are position
+//!    independent and map their image window to where it lands) — copies them
+//!    and zeroes the rest (`p_memsz` > `p_filesz`); `uefi.relocate=1` on the
+//!    command line forces the move, to test that path;
 //! 3. finds the ACPI RSDP (`ACPI_20` table, else `ACPI`) and a device tree
 //!    (`EFI_DTB_TABLE`) among the configuration tables (UEFI 2.10 §4.6);
 //! 4. exits boot services, turns the final memory map into the
@@ -121,30 +123,35 @@ fn read_file(path: &CStr16) -> Result<Option<Vec<u8>>, LoadError> {
     Ok(Some(data))
 }
 
-/// Whether this architecture's kernel entry is position independent (the
-/// x86_64 `entry64` maps its kernel window wherever the image lands); the
-/// aarch64 kernel is linked into the direct map and must sit at its link address.
-const RELOCATABLE: bool = cfg!(target_arch = "x86_64");
-/// Alignment of a relocated image (the kernel window uses 2 MiB pages).
+/// Alignment of a relocated image: both kernels map their image window with
+/// 2 MiB pages / blocks to wherever the image really is.
 const RELOCATION_ALIGN: u64 = 2 << 20;
+/// Highest address a relocated image may reach: the x86_64 long-mode entry
+/// runs on an identity map of the low 4 GiB until it jumps high; the aarch64
+/// kernel's direct map covers 512 GiB.
+#[cfg(target_arch = "x86_64")]
+const RELOCATION_LIMIT: u64 = 0xFFFF_FFFF;
+#[cfg(target_arch = "aarch64")]
+const RELOCATION_LIMIT: u64 = (512 << 30) - 1;
 
 /// Finds `pages` pages for the image linked at `start`: the link address if
-/// free, else (where the kernel allows it) a 2 MiB-aligned block below 4 GiB.
-/// Returns where the image goes.
-fn place_image(start: u64, pages: usize) -> Result<u64, LoadError> {
-    let at_link = boot::allocate_pages(AllocateType::Address(start), MemoryType::LOADER_DATA, pages);
-    if at_link.is_ok() {
+/// free (and `force_move` is off), else a 2 MiB-aligned block below
+/// [`RELOCATION_LIMIT`]. Returns where the image goes.
+fn place_image(start: u64, pages: usize, force_move: bool) -> Result<u64, LoadError> {
+    if !force_move && boot::allocate_pages(AllocateType::Address(start), MemoryType::LOADER_DATA, pages).is_ok() {
         return Ok(start);
     }
     let end = start + pages as u64 * PAGE;
-    if !RELOCATABLE {
+    if force_move {
+        say(format_args!("portcullis-uefi: uefi.relocate=1: not using the link address {start:#x}"));
+    } else {
         say(format_args!("portcullis-uefi: physical {start:#x}-{end:#x} is not free; the firmware has there:"));
         report_map(start, end);
-        return Err(LoadError::Kernel("the link address is taken and this kernel cannot be relocated"));
     }
     let slack = (RELOCATION_ALIGN / PAGE) as usize;
-    let block = boot::allocate_pages(AllocateType::MaxAddress(0xFFFF_FFFF), MemoryType::LOADER_DATA, pages + slack)
-        .map_err(fw("allocating the kernel's pages below 4 GiB"))?;
+    let block =
+        boot::allocate_pages(AllocateType::MaxAddress(RELOCATION_LIMIT), MemoryType::LOADER_DATA, pages + slack)
+            .map_err(fw("allocating the kernel's pages elsewhere"))?;
     let block = block.as_ptr() as u64;
     let base = block.next_multiple_of(RELOCATION_ALIGN);
     let head = ((base - block) / PAGE) as usize;
@@ -158,16 +165,14 @@ fn place_image(start: u64, pages: usize) -> Result<u64, LoadError> {
             let _ = boot::free_pages(core::ptr::NonNull::new_unchecked((base + pages as u64 * PAGE) as *mut u8), tail);
         }
     }
-    say(format_args!(
-        "portcullis-uefi: link address {start:#x} is taken by the firmware; image relocated to {base:#x}"
-    ));
+    say(format_args!("portcullis-uefi: image relocated from its link address {start:#x} to {base:#x}"));
     Ok(base)
 }
 
 /// Loads every `PT_LOAD` segment of `image` (at its physical address, or all
 /// shifted by one 2 MiB-aligned offset where the kernel allows it) and returns
 /// (entry point, physical range of the image).
-fn load_segments(image: &[u8]) -> Result<(u64, PhysRange), LoadError> {
+fn load_segments(image: &[u8], force_move: bool) -> Result<(u64, PhysRange), LoadError> {
     use elf::endian::LittleEndian;
     let file =
         elf::ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|_| LoadError::Kernel("not an ELF64 file"))?;
@@ -195,7 +200,7 @@ fn load_segments(image: &[u8]) -> Result<(u64, PhysRange), LoadError> {
         return Err(LoadError::Kernel("segments spread over more than 1 GiB"));
     }
     let pages = ((span.end - span.start) / PAGE) as usize;
-    let base = place_image(span.start, pages)?;
+    let base = place_image(span.start, pages, force_move)?;
     let delta = base.wrapping_sub(span.start);
     // SAFETY: the firmware gave us [base, base + pages * 4 KiB), identity-mapped while boot services run.
     let dst = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, pages * PAGE as usize) };
@@ -234,15 +239,17 @@ fn firmware_tables() -> (u64, u64) {
 
 fn load() -> Result<core::convert::Infallible, LoadError> {
     say(format_args!("portcullis-uefi: loading \\portcullis\\kernel"));
-    let image =
-        read_file(KERNEL_PATH)?.ok_or(LoadError::Kernel("\\portcullis\\kernel not found on the boot volume"))?;
-    let (entry, range) = load_segments(&image)?;
-    drop(image);
-    let (rsdp, dtb) = firmware_tables();
     let cmdline = read_file(CMDLINE_PATH)?.unwrap_or_default();
     let cmdline =
         core::str::from_utf8(&cmdline).map_err(|_| LoadError::Kernel("\\portcullis\\cmdline is not UTF-8"))?;
     let cmdline = cmdline.trim();
+    // `uefi.relocate=1` moves the image even when its link address is free (tests the relocation path).
+    let force_move = cmdline.split_ascii_whitespace().any(|w| w == "uefi.relocate=1");
+    let image =
+        read_file(KERNEL_PATH)?.ok_or(LoadError::Kernel("\\portcullis\\kernel not found on the boot volume"))?;
+    let (entry, range) = load_segments(&image, force_move)?;
+    drop(image);
+    let (rsdp, dtb) = firmware_tables();
     say(format_args!(
         "portcullis-uefi: kernel {:#x}-{:#x} entry {entry:#x}; acpi rsdp {rsdp:#x}, dtb {dtb:#x}; cmdline \"{cmdline}\"",
         range.start, range.end

@@ -3,8 +3,9 @@
 //!
 //! Virtual memory layout (4 KiB granule, 48-bit VAs, set up by `boot/aarch64`):
 //! - `0xFFFF_0000_0000_0000` + phys: direct map of the first 512 GiB (1 GiB blocks),
-//!   which also holds the kernel image (linked at direct-map + load address),
-//! - `0xFFFF_8000_0000_0000`: dynamic window (MMIO, test pages; 4 KiB pages).
+//! - `0xFFFF_8000_0000_0000`: dynamic window (MMIO, test pages; 4 KiB pages),
+//! - `0xFFFF_FF80_0000_0000` + link address: the kernel image (2 MiB blocks to
+//!   wherever the loader put it).
 //!
 //! MAIR_EL1 (set at boot): index 0 = Device-nGnRnE, index 1 = Normal write-back.
 #![no_std]
@@ -28,6 +29,8 @@ use kcore::{MapError, PageAttr, Platform};
 
 /// Offset of the direct map of physical memory.
 pub const DIRECT_MAP: u64 = 0xFFFF_0000_0000_0000;
+/// Base of the kernel window: the image is linked at this + its link (physical) address.
+pub const KERNEL_WINDOW: u64 = 0xFFFF_FF80_0000_0000;
 /// Start and size of the dynamic kernel window.
 pub const DYNAMIC_WINDOW: (u64, u64) = (0xFFFF_8000_0000_0000, 1 << 39);
 
