@@ -43,12 +43,14 @@ const KERNEL_PATH: &CStr16 = cstr16!("\\portcullis\\kernel");
 const CMDLINE_PATH: &CStr16 = cstr16!("\\portcullis\\cmdline");
 /// `EFI_DTB_TABLE_GUID` (the device tree configuration table, UEFI 2.10 §4.6.1.3).
 const DTB_GUID: Guid = uefi::guid!("b1b621d5-f19c-41a5-830b-d9152c69aae0");
-const PAGE: u64 = 4096;
+const PAGE: u64 = load_plan::PAGE;
 
+/// `e_machine` of x86-64.
 #[cfg(target_arch = "x86_64")]
-const MACHINE: u16 = elf::abi::EM_X86_64;
+const MACHINE: u16 = 62;
+/// `e_machine` of AArch64.
 #[cfg(target_arch = "aarch64")]
-const MACHINE: u16 = elf::abi::EM_AARCH64;
+const MACHINE: u16 = 183;
 #[cfg(target_arch = "x86_64")]
 const LOADER_NAME: &str = "uefi (x86_64)";
 #[cfg(target_arch = "aarch64")]
@@ -84,6 +86,8 @@ enum LoadError {
     Firmware(&'static str, Status),
     /// The kernel file is not a kernel this loader can enter.
     Kernel(&'static str),
+    /// The kernel ELF cannot be loaded.
+    Plan(load_plan::PlanError),
 }
 
 impl core::fmt::Display for LoadError {
@@ -91,6 +95,7 @@ impl core::fmt::Display for LoadError {
         match self {
             LoadError::Firmware(what, status) => write!(f, "{what}: {status:?}"),
             LoadError::Kernel(what) => write!(f, "kernel image: {what}"),
+            LoadError::Plan(e) => write!(f, "kernel image: {e}"),
         }
     }
 }
@@ -153,9 +158,7 @@ fn place_image(start: u64, pages: usize, force_move: bool) -> Result<u64, LoadEr
         boot::allocate_pages(AllocateType::MaxAddress(RELOCATION_LIMIT), MemoryType::LOADER_DATA, pages + slack)
             .map_err(fw("allocating the kernel's pages elsewhere"))?;
     let block = block.as_ptr() as u64;
-    let base = block.next_multiple_of(RELOCATION_ALIGN);
-    let head = ((base - block) / PAGE) as usize;
-    let tail = slack - head;
+    let (base, head, tail) = load_plan::carve_aligned(block, RELOCATION_ALIGN);
     // SAFETY: the head and tail pages are the unused ends of the block just allocated; nothing refers to them.
     unsafe {
         if head > 0 {
@@ -169,49 +172,16 @@ fn place_image(start: u64, pages: usize, force_move: bool) -> Result<u64, LoadEr
     Ok(base)
 }
 
-/// Loads every `PT_LOAD` segment of `image` (at its physical address, or all
-/// shifted by one 2 MiB-aligned offset where the kernel allows it) and returns
-/// (entry point, physical range of the image).
+/// Loads the image's segments (at their link addresses, or all moved by one
+/// 2 MiB-aligned offset) and returns (entry point, physical range of the image).
 fn load_segments(image: &[u8], force_move: bool) -> Result<(u64, PhysRange), LoadError> {
-    use elf::endian::LittleEndian;
-    let file =
-        elf::ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|_| LoadError::Kernel("not an ELF64 file"))?;
-    if file.ehdr.e_machine != MACHINE {
-        return Err(LoadError::Kernel("built for another architecture"));
-    }
-    let segments = file.segments().ok_or(LoadError::Kernel("no program headers"))?;
-    let loads = || segments.iter().filter(|p| p.p_type == elf::abi::PT_LOAD && p.p_memsz > 0);
-    let mut span = PhysRange { start: u64::MAX, end: 0 };
-    for ph in loads() {
-        let file_end = ph.p_offset.checked_add(ph.p_filesz).ok_or(LoadError::Kernel("segment overflows"))?;
-        if file_end > image.len() as u64 || ph.p_filesz > ph.p_memsz {
-            return Err(LoadError::Kernel(
-                "a PT_LOAD segment lies outside the file or is larger in the file than in memory",
-            ));
-        }
-        let end = ph.p_paddr.checked_add(ph.p_memsz).ok_or(LoadError::Kernel("segment overflows"))?;
-        span.start = span.start.min(ph.p_paddr & !(PAGE - 1));
-        span.end = span.end.max(end.next_multiple_of(PAGE));
-    }
-    if span.end == 0 {
-        return Err(LoadError::Kernel("no loadable segment"));
-    }
-    if span.end - span.start > 1 << 30 {
-        return Err(LoadError::Kernel("segments spread over more than 1 GiB"));
-    }
-    let pages = ((span.end - span.start) / PAGE) as usize;
-    let base = place_image(span.start, pages, force_move)?;
-    let delta = base.wrapping_sub(span.start);
-    // SAFETY: the firmware gave us [base, base + pages * 4 KiB), identity-mapped while boot services run.
-    let dst = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, pages * PAGE as usize) };
-    dst.fill(0);
-    for ph in loads() {
-        let at = (ph.p_paddr - span.start) as usize;
-        let contents = &image[ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize];
-        dst[at..at + contents.len()].copy_from_slice(contents);
-    }
-    let moved = PhysRange { start: span.start.wrapping_add(delta), end: span.end.wrapping_add(delta) };
-    Ok((file.ehdr.e_entry.wrapping_add(delta), moved))
+    let plan = load_plan::Plan::new(image, MACHINE).map_err(LoadError::Plan)?;
+    let base = place_image(plan.link_start, plan.pages(), force_move)?;
+    // SAFETY: the firmware gave us [base, base + plan.size), identity-mapped while boot services run.
+    let span = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, plan.size as usize) };
+    plan.copy_into(image, span).map_err(LoadError::Plan)?;
+    let (entry, start, end) = plan.placed_at(base);
+    Ok((entry, PhysRange { start, end }))
 }
 
 /// Prints the firmware memory-map entries that overlap `[start, end)`.
