@@ -8,8 +8,16 @@ use std::process::Command;
 pub struct Kernel {
     /// Path of the ELF.
     pub elf: PathBuf,
-    /// The UEFI loader for this kernel's architecture, when a UEFI boot needs it.
-    pub uefi_loader: Option<PathBuf>,
+    /// What a UEFI boot puts on the EFI system partition, when one needs it.
+    pub uefi: Option<UefiFiles>,
+}
+
+/// The files of a UEFI boot, built and prepared once per kernel.
+pub struct UefiFiles {
+    /// The loader (`.efi`).
+    pub loader: Vec<u8>,
+    /// The kernel ELF without debug sections.
+    pub kernel: Vec<u8>,
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
@@ -71,7 +79,7 @@ pub fn kernel(arch: Arch, release: bool) -> Result<Kernel, String> {
     if !elf.exists() {
         return Err(format!("kernel image {} is missing after the build", elf.display()));
     }
-    Ok(Kernel { elf, uefi_loader: None })
+    Ok(Kernel { elf, uefi: None })
 }
 
 /// Builds the UEFI loader (`boot/uefi`) for `arch` and returns the `.efi` file.
@@ -97,7 +105,9 @@ pub fn uefi_loader(arch: Arch, release: bool) -> Result<PathBuf, String> {
 pub fn kernel_for(arch: Arch, release: bool, boot: crate::machine::Boot) -> Result<Kernel, String> {
     let mut k = kernel(arch, release)?;
     if boot == crate::machine::Boot::Uefi {
-        k.uefi_loader = Some(uefi_loader(arch, release)?);
+        let loader = uefi_loader(arch, release)?;
+        let loader = std::fs::read(&loader).map_err(|e| format!("reading {}: {e}", loader.display()))?;
+        k.uefi = Some(UefiFiles { loader, kernel: stripped(&k.elf)? });
     }
     Ok(k)
 }
@@ -106,7 +116,7 @@ pub fn kernel_for(arch: Arch, release: bool, boot: crate::machine::Boot) -> Resu
 /// partition: the firmware reads every byte, and symbols for backtraces are
 /// taken from the unstripped ELF on the host). Uses `llvm-strip` from the
 /// `llvm-tools` component; without it, the ELF as it is.
-pub fn stripped(elf: &std::path::Path) -> Result<Vec<u8>, String> {
+fn stripped(elf: &std::path::Path) -> Result<Vec<u8>, String> {
     let out = elf.with_extension("stripped");
     let strip = Command::new("rustc")
         .args(["--print", "sysroot"])

@@ -177,10 +177,11 @@ pub fn write_kernel_image(
     cmdline: &str,
     path: &Path,
 ) -> Result<(), String> {
-    let loader = kernel.uefi_loader.as_ref().ok_or("internal: the UEFI loader was not built for this boot")?;
-    let loader = std::fs::read(loader).map_err(|e| format!("reading {}: {e}", loader.display()))?;
-    let kernel = crate::build::stripped(&kernel.elf)?;
-    write(path, &EspContents { loader: &loader, loader_name: arch.uefi_boot_file(), kernel: &kernel, cmdline })
+    let files = kernel.uefi.as_ref().ok_or("internal: the UEFI loader was not built for this boot")?;
+    write(
+        path,
+        &EspContents { loader: &files.loader, loader_name: arch.uefi_boot_file(), kernel: &files.kernel, cmdline },
+    )
 }
 
 /// `cargo xtask image`: builds the kernel and the loader for `arch` and writes

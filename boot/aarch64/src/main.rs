@@ -206,8 +206,8 @@ fn image_range(delta: u64) -> (u64, u64) {
     (phys(core::ptr::addr_of!(__kernel_start) as u64), phys(core::ptr::addr_of!(__kernel_end) as u64))
 }
 
-fn build_boot_info(x0: u64, entry_el: u64) -> Result<BootInfo, &'static str> {
-    let (start, end) = image_range(0);
+fn build_boot_info(x0: u64, entry_el: u64, delta: u64) -> Result<BootInfo, &'static str> {
+    let (start, end) = image_range(delta);
     let mut boot = BootInfo::new(if entry_el == 2 { "arm64-elf, entered at EL2" } else { "arm64-elf, entered at EL1" });
     boot.kernel_image = bootinfo::PhysRange { start, end };
     let dtb_pa = find_dtb(x0, start).ok_or("no device tree (x0 = 0 and none at the start of RAM)")?;
@@ -254,8 +254,11 @@ fn handoff_boot_info(pa: u64, delta: u64) -> Result<BootInfo, &'static str> {
 #[unsafe(no_mangle)]
 extern "C" fn aarch64_main(x0: u64, entry_el: u64, magic: u64, delta: u64) -> ! {
     platform_aarch64::early_init();
-    let boot =
-        if magic == bootinfo::BOOTINFO_MAGIC { handoff_boot_info(x0, delta) } else { build_boot_info(x0, entry_el) };
+    let boot = if magic == bootinfo::BOOTINFO_MAGIC {
+        handoff_boot_info(x0, delta)
+    } else {
+        build_boot_info(x0, entry_el, delta)
+    };
     let boot = match boot {
         Ok(b) => b,
         Err(e) => {
