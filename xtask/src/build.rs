@@ -21,7 +21,7 @@ pub struct UefiFiles {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 12] = [
+pub const USER_PROGRAMS: [&str; 14] = [
     "hello",
     "test-syscalls",
     "test-edu",
@@ -34,6 +34,8 @@ pub const USER_PROGRAMS: [&str; 12] = [
     "bench-ioas",
     "hw-vtd",
     "hw-smmuv3",
+    "test-isolation",
+    "isolation-child",
 ];
 
 fn target_dir() -> PathBuf {

@@ -1,10 +1,11 @@
 //! [`AmdViIommu`]: one AMD-Vi unit behind the [`iommu::Iommu`] trait.
 //!
 //! Policy:
-//! - The unit is enabled at bring-up ([`crate::unit`]) with every DTE zero:
-//!   devices nobody attached are untranslated (V = 0), exactly as before the
-//!   driver ran, and [`Iommu::detach`] puts a device back there. "Translating"
-//!   ([`AmdViIommu::translating`]) means some device is attached.
+//! - **Default deny.** The unit is enabled at bring-up ([`crate::unit`]) with
+//!   every DTE blocked (valid, no translation, IR = IW = 0), so no device
+//!   reaches memory until it is attached; [`Iommu::detach`] puts a device
+//!   back there. "Translating" ([`AmdViIommu::translating`]) means some
+//!   device is attached.
 //! - Paging = a 4-level AMD v1 host page table (48-bit IOVAs; §2.2.3) with
 //!   IR = IW = 1 in the DTE, identity = DTE Mode 0 with IR = IW = 1, blocked =
 //!   DTE Mode 0 with IR = IW = 0 (§2.2.2). Every domain has its own DomainID,
@@ -342,10 +343,9 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
 
     fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
         let rid = self.rid(device)?;
-        if !self.attached.contains_key(&rid) {
-            return Ok(());
-        }
-        self.unit.set_dte(rid, &dte::untranslated(), &mut self.mem)?;
+        // INVALIDATE_DEVTAB_ENTRY and the old domain's INVALIDATE_IOMMU_PAGES,
+        // then a COMPLETION_WAIT: the unit has dropped the old entry when this returns.
+        self.unit.set_dte(rid, &dte::blocked(dte::BLOCKED_TAG), &mut self.mem)?;
         self.attached.remove(&rid);
         Ok(())
     }

@@ -10,7 +10,8 @@
 //! - qword 2: interrupt remapping (IV bit 0 = 0: interrupts pass unchanged).
 //!
 //! V = 0 means the entry is not valid: the IOMMU neither translates nor
-//! checks the device's DMA (the untranslated default state of every device).
+//! checks the device's DMA. This driver never leaves an entry so: every
+//! DeviceID starts [`blocked`] (default deny) and returns there on detach.
 //! With V = 1, TV = 1 and Mode = 0 the DMA is not translated and IR / IW alone
 //! decide whether reads and writes pass: both set is the identity domain,
 //! both clear the blocked one (QEMU `amdvi_page_walk`, label `no_remap`).
@@ -32,10 +33,15 @@ pub const IR: u64 = 1 << 61;
 pub const IW: u64 = 1 << 62;
 
 /// The all-zero entry: not valid, so the device's DMA is untranslated and
-/// unchecked (the state of every device no domain claimed).
+/// unchecked (what firmware may leave; never written by this driver).
 pub const fn untranslated() -> Dte {
     [0; 4]
 }
+
+/// The DomainID of the blocked entries every device sits in while no domain
+/// holds it. No domain uses it ([`crate::driver::domain_tag`] is never 0),
+/// and a blocked entry caches no translation under it.
+pub const BLOCKED_TAG: u16 = 0;
 
 /// Translation through a host page table of `levels` levels (1–6) rooted at
 /// `root` (4 KiB aligned), IOTLB entries tagged `domain_id`, reads and writes

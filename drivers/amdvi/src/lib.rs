@@ -42,6 +42,7 @@ pub mod cmd;
 pub mod driver;
 pub mod dte;
 pub mod event;
+pub mod intremap;
 pub mod regs;
 pub mod unit;
 

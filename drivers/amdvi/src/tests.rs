@@ -49,10 +49,11 @@ fn bring_up_programs_the_unit() {
     // INVALIDATE_IOMMU_ALL (QEMU has IASup), then the COMPLETION_WAIT that proves the buffer runs.
     assert_eq!(opcodes(&mem.log.borrow()), [cmd::INVALIDATE_IOMMU_ALL, cmd::COMPLETION_WAIT]);
     assert_eq!(unit.commands, 2);
-    // Every DTE is zero: DMA is untranslated while the unit is on.
-    for devid in [0, DEV, 0xFFFF] {
-        assert_eq!(mem.dte(devid), [0; 4]);
-        assert_eq!(mem.translate(devid, 0x1234_5678, true), Some(0x1234_5678));
+    // Default deny: every DTE, named by firmware or not, is blocked.
+    for devid in [0, 1, DEV, OTHER, 0x0300, 0xFFFF] {
+        assert_eq!(mem.dte(devid), dte::blocked(dte::BLOCKED_TAG));
+        assert_eq!(mem.translate(devid, 0x1234_5678, true), None);
+        assert_eq!(mem.translate(devid, 0x1234_5678, false), None);
     }
     assert_eq!(mem.live(), unit.table_frames());
     let line = unit.describe();
@@ -102,7 +103,7 @@ fn domains_translate_as_qemu_does() {
     assert_eq!(a.mem.translate(DEV, 0x1234, true), None, "read-only page");
     assert_eq!(a.mem.translate(DEV, 0x4012_3456, true), Some(0x8012_3456), "2 MiB leaf");
     assert_eq!(a.mem.translate(DEV, 0x3000, false), None, "unmapped");
-    assert_eq!(a.mem.translate(OTHER, 0x3000, false), Some(0x3000), "other devices stay untranslated");
+    assert_eq!(a.mem.translate(OTHER, 0x3000, false), None, "other devices stay blocked");
     assert!(a.translating());
     assert_eq!((a.attached(DeviceId(DEV.into())), a.attached(DeviceId(OTHER.into()))), (Some(pg), None));
     assert_eq!(a.iova_to_phys(pg, 0x1008), Some(0x5008));
@@ -111,7 +112,7 @@ fn domains_translate_as_qemu_does() {
 }
 
 #[test]
-fn detach_returns_to_untranslated_and_forgets_translations() {
+fn detach_blocks_and_forgets_translations() {
     let mut a = driver(Vec::new());
     let pg = a.domain_alloc(DomainKind::Paging).unwrap();
     a.map(pg, 0x1000, 0x5000, 0x1000, RW).unwrap();
@@ -119,15 +120,19 @@ fn detach_returns_to_untranslated_and_forgets_translations() {
     assert_eq!(a.mem.translate(DEV, 0x1000, true), Some(0x5000)); // now in QEMU's IOTLB
     let from = a.mem.log.borrow().len();
     a.detach(DeviceId(DEV.into())).unwrap();
-    assert_eq!(a.mem.dte(DEV), [0; 4]);
+    assert_eq!(a.mem.dte(DEV), dte::blocked(dte::BLOCKED_TAG));
     // QEMU answers from its IOTLB before reading the DTE: without the
     // domain invalidation the device would still reach 0x5000.
-    assert_eq!(a.mem.translate(DEV, 0x1000, true), Some(0x1000));
+    assert_eq!(a.mem.translate(DEV, 0x1000, true), None);
     let tag = a.domain_tag(pg).unwrap();
-    assert_eq!(
-        ran(&a, from)[..2],
-        [cmd::invalidate_devtab_entry(DEV), cmd::invalidate_iommu_pages(tag, PageRange::ALL, true)]
+    let cmds = ran(&a, from);
+    let at = |c: Command| cmds.iter().position(|&x| x == c);
+    let (devtab, pages) = (
+        at(cmd::invalidate_devtab_entry(DEV)).expect("devtab invalidation"),
+        at(cmd::invalidate_iommu_pages(tag, PageRange::ALL, true)).expect("the old domain's pages invalidated"),
     );
+    assert!(devtab < pages);
+    assert_eq!(opcodes(&cmds).last(), Some(&cmd::COMPLETION_WAIT), "detach waits for completion");
     assert!(!a.translating());
     a.detach(DeviceId(DEV.into())).unwrap(); // detaching twice is fine
 }

@@ -133,8 +133,10 @@ impl AmdVi {
 
     /// Takes over the unit whose 16 KiB register block is mapped at virtual
     /// address `base`: device table, command buffer and event log installed,
-    /// exclusion range off, the unit enabled with every DTE zero (untranslated),
-    /// its caches invalidated (INVALIDATE_IOMMU_ALL where EFR.IASup says so).
+    /// exclusion range off, the unit enabled with every one of the 65536 DTEs
+    /// blocked ([`dte::blocked`]: valid, no translation, no access; default
+    /// deny, so even a DeviceID no firmware table names reaches nothing), its
+    /// caches invalidated (INVALIDATE_IOMMU_ALL where EFR.IASup says so).
     ///
     /// # Safety
     /// `base` is the virtual address of the unit's 16 KiB register block,
@@ -160,6 +162,7 @@ impl AmdVi {
         }
         unit.quiesce()?;
         unit.allocate(mem)?;
+        unit.block_all(mem);
         unit.program();
         let on =
             CONTROL::IOMMU_EN::SET + CONTROL::EVENT_LOG_EN::SET + CONTROL::CMD_BUF_EN::SET + CONTROL::COHERENT::SET;
@@ -213,6 +216,17 @@ impl AmdVi {
                 e.inspect(|&e| mem.free_contiguous(e, evt_frames));
                 w.inspect(|&w| mem.free_contiguous(w, 1));
                 Err(AmdViError::NoMemory)
+            }
+        }
+    }
+
+    /// Fills the device table (the unit is off) with blocked entries.
+    fn block_all(&self, mem: &mut impl DmaMemory) {
+        let entry = dte::blocked(dte::BLOCKED_TAG);
+        for devid in 0..=u16::MAX {
+            let (frame, word) = self.dte_at(devid);
+            for (i, q) in entry.iter().enumerate() {
+                mem.write(frame, word + i, *q);
             }
         }
     }

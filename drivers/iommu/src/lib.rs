@@ -11,10 +11,18 @@
 //!   domain has an I/O page table; the *identity* domain lets DMA through
 //!   untranslated; the *blocked* domain stops every DMA.
 //! - A **device** is named by the ID the unit sees (PCI requester ID after
-//!   aliasing, or stream ID). Before a device is attached it is in the unit's
-//!   default state, which for every driver here is identity (translation of
-//!   devices nobody claimed must not change what they could do before);
-//!   [`Iommu::detach`] returns it there.
+//!   aliasing, or stream ID). **Default deny**: from the moment a driver has
+//!   brought its unit up, every device behind it is *blocked* (no DMA of it
+//!   reaches memory) until it is attached to a domain, and
+//!   [`Iommu::detach`] returns it there. Whoever wants a device to keep
+//!   reaching memory untranslated (the kernel's own devices, an opt-in
+//!   policy for unclaimed functions) attaches it to an identity domain
+//!   explicitly. The states per driver:
+//!   VT-d: a present context entry pointing at an empty page table;
+//!   AMD-Vi: a valid DTE with no translation permission (every DeviceID of
+//!   the device table, not just the known ones); SMMUv3: an abort STE with
+//!   SMMUEN on (GBPA abort whenever SMMUEN is off); virtio-iommu: attached
+//!   to a domain with no mappings, `bypass` off.
 //! - `unmap` hands back a [`Gather`] that the caller passes to [`Iommu::flush`]
 //!   once per batch; table frames are freed only after the flush.
 #![cfg_attr(not(test), no_std)]
@@ -324,10 +332,14 @@ pub trait Iommu: Send {
     /// of the device are identity-mapped into a paging domain first.
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error>;
 
-    /// Returns `device` to the unit's default (identity) state.
+    /// Returns `device` to the blocked state (no DMA of it reaches memory)
+    /// and waits until the unit has forgotten every cached translation and
+    /// context of it: when this returns `Ok`, the device's DMA is stopped.
+    /// An `Err` means the unit may still let it through (the caller must not
+    /// free memory the device could reach).
     fn detach(&mut self, device: DeviceId) -> Result<(), Error>;
 
-    /// The domain `device` is attached to, if any.
+    /// The domain `device` is attached to (`None`: blocked).
     fn attached(&self, device: DeviceId) -> Option<DomainId>;
 
     /// The devices behind this unit.

@@ -56,6 +56,8 @@ pub enum Op {
     Unmap,
     /// [`Iommu::flush`].
     Flush,
+    /// [`Iommu::detach`].
+    Detach,
 }
 
 /// Fault reason codes the mock reports.
@@ -141,9 +143,10 @@ impl MockIommu {
             reason,
             reason_name,
         };
-        let Some(d) = self.attached.get(&device) else { return Some(iova) };
-        let result = match self.domains.get_mut(&d.0) {
-            Some(Domain::Identity) | None => return Some(iova),
+        let result = match self.attached.get(&device).and_then(|d| self.domains.get_mut(&d.0)) {
+            Some(Domain::Identity) => return Some(iova),
+            // Not attached: the unit's default, blocked.
+            None => Err(fault(reason::BLOCKED, "not attached (blocked)")),
             Some(Domain::Blocked) => Err(fault(reason::BLOCKED, "blocked domain")),
             Some(Domain::Paging { pages, tlb }) => {
                 let entry = tlb.get(&page).copied().or_else(|| pages.get(&page).copied());
@@ -253,6 +256,8 @@ impl Iommu for MockIommu {
         if !self.cfg.devices.contains(&device) {
             return Err(Error::NoSuchDevice(device));
         }
+        // A failed detach leaves the device where it was (still translated).
+        self.injected(Op::Detach)?;
         self.attached.remove(&device);
         Ok(())
     }
@@ -359,7 +364,8 @@ mod tests {
     fn dma_follows_the_domain_kind() {
         let mut m = MockIommu::new(MockConfig::default());
         assert_eq!(m.devices(), [DEV, OTHER]);
-        assert_eq!(m.dma(DEV, 0x1234, true), Some(0x1234), "unattached devices pass through");
+        assert_eq!(m.dma(DEV, 0x1234, true), None, "unattached devices are blocked");
+        assert_eq!(m.drain_faults()[0].reason, reason::BLOCKED);
         let blocked = m.domain_alloc(DomainKind::Blocked).unwrap();
         m.attach(DEV, blocked).unwrap();
         assert_eq!(m.dma(DEV, 0x1234, false), None);
@@ -373,9 +379,12 @@ mod tests {
         let id = m.domain_alloc(DomainKind::Identity).unwrap();
         m.attach(DEV, id).unwrap();
         assert_eq!(m.dma(DEV, 0x5000, true), Some(0x5000));
+        m.fail_next(Op::Detach, Error::Hardware("injected"));
+        assert!(m.detach(DEV).is_err());
+        assert_eq!(m.attached(DEV), Some(id), "a failed detach leaves the device where it was");
         m.detach(DEV).unwrap();
         assert_eq!(m.attached(DEV), None);
-        assert_eq!(m.dma(DEV, 0x5000, true), Some(0x5000));
+        assert_eq!(m.dma(DEV, 0x5000, true), None, "detach blocks");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! [`SmmuIommu`]: one SMMU behind the [`iommu::Iommu`] trait.
 //!
-//! Policy (as for the VT-d driver): SMMUEN stays off until the first device
-//! is attached; just before it goes on, every other stream behind the SMMU
-//! gets a bypass STE, so devices nobody claimed keep working; detaching puts
-//! a stream back to bypass, and the last detach turns translation off.
+//! Policy (as for the VT-d driver): **default deny**. [`SmmuIommu::new`]
+//! gives every stream behind the SMMU an abort STE and sets SMMUEN (GBPA
+//! aborts while SMMUEN is off, from bring-up on); detaching puts a stream
+//! back on its abort STE; a stream ID nobody listed has an invalid STE
+//! (C_BAD_STE: aborted, reported). SMMUEN never goes off again.
 //! Identity = bypass STE, blocked = abort STE (transactions end silently),
 //! paging = stage 1 (a context descriptor with a fresh ASID) or, when the SMMU
 //! has no stage 1 or stage 2 is asked for, stage 2 (a fresh VMID).
@@ -102,19 +103,20 @@ pub struct SmmuIommu<M: DmaMemory> {
 }
 
 impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
-    /// Wraps an SMMU that was just brought up. `devices`: stream IDs behind it;
-    /// `reserved`: its reserved regions, per stream or (`None`) for all;
-    /// `prefer_stage2`: paging domains use stage 2 even when stage 1 exists.
+    /// Takes an SMMU that was just brought up (SMMUEN off, GBPA abort),
+    /// gives every stream in `devices` an abort STE and sets SMMUEN (default
+    /// deny). `reserved`: its reserved regions, per stream or (`None`) for
+    /// all; `prefer_stage2`: paging domains use stage 2 even when stage 1 exists.
     pub fn new(
         smmu: Smmu,
         mem: M,
         devices: Vec<u32>,
         reserved: Vec<(Option<u32>, Region)>,
         prefer_stage2: bool,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let use_stage2 = smmu.stage2() && (prefer_stage2 || !smmu.stage1());
         let (asids, vmids) = (IdAllocator::new(1 << smmu.asid_bits()), IdAllocator::new(1 << smmu.vmid_bits()));
-        SmmuIommu {
+        let mut s = SmmuIommu {
             smmu,
             mem,
             devices,
@@ -126,7 +128,13 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             vmids,
             use_stage2,
             flushes: 0,
+        };
+        for sid in s.devices.clone() {
+            s.smmu.write_ste(sid, &ste::abort(), &mut s.mem)?;
         }
+        s.smmu.set_translation(true)?;
+        log::info!("smmuv3: translation on, {} stream(s) aborted until attached", s.devices.len());
+        Ok(s)
     }
 
     /// Stream IDs behind the SMMU.
@@ -139,7 +147,8 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         self.use_stage2
     }
 
-    /// Whether translation is on (some device is attached).
+    /// Whether some stream is attached to a domain (SMMUEN itself is always
+    /// on: the others abort).
     pub fn translating(&self) -> bool {
         !self.attached.is_empty()
     }
@@ -295,25 +304,6 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             }
             None => Err(Error::NoSuchDomain(domain)),
         }
-    }
-
-    /// Before the first attach: bypass STEs for every other stream, then SMMUEN.
-    fn start_translating(&mut self, except: u32) -> Result<(), Error> {
-        for sid in self.devices.clone().into_iter().filter(|&s| s != except) {
-            self.smmu.write_ste(sid, &ste::bypass(), &mut self.mem)?;
-        }
-        self.smmu.set_translation(true)?;
-        log::info!("smmuv3: translation on ({} other stream(s) bypass)", self.devices.len() - 1);
-        Ok(())
-    }
-
-    /// After the last detach: SMMUEN off, every STE invalid again.
-    fn stop_translating(&mut self) {
-        let _ = self.smmu.set_translation(false);
-        for sid in self.devices.clone() {
-            let _ = self.smmu.clear_ste(sid, &mut self.mem);
-        }
-        log::info!("smmuv3: translation off (no device attached)");
     }
 
     /// The TLB invalidation for `gather` in a domain tagged `tag`.
@@ -478,28 +468,23 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let sid = self.stream(device)?;
         let entry = self.ste_for(domain)?;
-        let first = !self.translating();
-        self.smmu.write_ste(sid, &entry, &mut self.mem)?;
-        if first {
-            if let Err(e) = self.start_translating(sid) {
-                self.stop_translating();
-                return Err(e);
-            }
+        if let Err(e) = self.smmu.write_ste(sid, &entry, &mut self.mem) {
+            let _ = self.smmu.write_ste(sid, &ste::abort(), &mut self.mem);
+            self.attached.remove(&sid);
+            return Err(e.into());
         }
         self.attached.insert(sid, domain);
         Ok(())
     }
 
+    /// Gives the stream its abort STE; `write_ste` ends with CFGI_STE and a
+    /// CMD_SYNC, so the SMMU has dropped the old configuration (and its TLB
+    /// entries are unreachable) when this returns.
     fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
         let sid = self.stream(device)?;
-        if self.attached.remove(&sid).is_none() {
-            return Ok(());
-        }
-        if self.attached.is_empty() {
-            self.stop_translating();
-            return Ok(());
-        }
-        Ok(self.smmu.write_ste(sid, &ste::bypass(), &mut self.mem)?)
+        self.smmu.write_ste(sid, &ste::abort(), &mut self.mem)?;
+        self.attached.remove(&sid);
+        Ok(())
     }
 
     fn attached(&self, device: DeviceId) -> Option<DomainId> {

@@ -198,13 +198,13 @@ impl Smmu {
         smmu.cmdq.base = mem.alloc_contiguous(smmu.cmdq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.eventq.base = mem.alloc_contiguous(smmu.eventq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.set_cr0(0, "CR0 disable")?;
-        // While SMMUEN is 0, transactions follow GBPA: let them through (the
-        // driver's policy until the first attach; firmware may have left ABORT set).
-        if p0.gbpa.is_set(GBPA::ABORT) {
+        // While SMMUEN is 0, transactions follow GBPA: abort them (default
+        // deny from the moment the driver owns the SMMU, §6.3.14).
+        if !p0.gbpa.is_set(GBPA::ABORT) {
             if trace {
-                log::info!("smmu trace: GBPA <- UPDATE (ABORT clear)");
+                log::info!("smmu trace: GBPA <- UPDATE|ABORT");
             }
-            p0.gbpa.modify(GBPA::ABORT::CLEAR + GBPA::UPDATE::SET);
+            p0.gbpa.modify(GBPA::ABORT::SET + GBPA::UPDATE::SET);
             wait("GBPA update", || !p0.gbpa.is_set(GBPA::UPDATE))?;
         }
         let cr1 = CR1::QUEUE_IC.val(1)

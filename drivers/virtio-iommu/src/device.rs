@@ -295,11 +295,8 @@ impl VirtioIommuDevice {
                 features |= 1 << bit;
             }
         }
-        // The legacy BYPASS feature keeps unattached endpoints passing
-        // through on devices without BYPASS_CONFIG.
-        if has(feature::BYPASS) && !has(feature::BYPASS_CONFIG) {
-            features |= 1 << feature::BYPASS;
-        }
+        // The legacy BYPASS feature is never negotiated: an endpoint that is
+        // not attached must fault, not pass through (default deny).
         t.set_driver_features(features);
         t.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK);
         if t.status() & FEATURES_OK == 0 {
@@ -337,16 +334,12 @@ impl VirtioIommuDevice {
             return Err(VirtioError::BadConfig("probe_size above 64 KiB"));
         }
         if negotiated(feature::BYPASS_CONFIG) {
-            // Unattached endpoints keep passing through: the "identity
-            // default" the Iommu trait promises (QEMU's boot-bypass default is
-            // 1, but firmware or an earlier kernel may have written 0).
-            if raw.bypass != 1 {
-                t.set_bypass(1);
+            // Default deny: endpoints not attached to a domain fault (QEMU's
+            // boot-bypass default is 1, so this write matters there).
+            if raw.bypass != 0 {
+                t.set_bypass(0);
             }
-            config.bypass = 1;
-        }
-        if config.bypass == 0 {
-            log::warn!("virtio-iommu: no bypass: DMA from endpoints not attached to a domain faults");
+            config.bypass = 0;
         }
         // The queues.
         if t.num_queues() < 2 {
@@ -660,7 +653,7 @@ mod tests {
         assert_eq!(dev.offered, DEFAULT_FEATURES);
         assert_eq!(dev.config.input_range, (0, (1 << 39) - 1));
         assert_eq!(dev.config.probe_size, 0x200);
-        assert_eq!(dev.config.bypass, 1);
+        assert_eq!(dev.config.bypass, 0, "default deny: bypass off");
         assert_eq!(f.queue_sizes(), [16, 32]);
         assert_eq!(f.event_buffers_available(), 32, "every fault buffer is posted");
         assert_eq!(mem.live(), dev.frames());
@@ -673,16 +666,16 @@ mod tests {
     }
 
     #[test]
-    fn bypass_is_turned_back_on_and_ranges_default_without_their_features() {
+    fn bypass_is_turned_off_and_ranges_default_without_their_features() {
         let fake = Fake::q35();
         {
             let mut f = fake.lock();
-            f.config.bypass = 0;
+            f.config.bypass = 1;
             f.offered &= !(1 << feature::INPUT_RANGE | 1 << feature::DOMAIN_RANGE);
         }
         let mut mem = TestMem::new();
         let dev = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem).unwrap();
-        assert_eq!(fake.lock().config.bypass, 1, "the driver wrote config.bypass = 1");
+        assert_eq!(fake.lock().config.bypass, 0, "the driver wrote config.bypass = 0 (default deny)");
         assert_eq!(dev.config.input_range, (0, u64::MAX));
         assert_eq!(dev.config.domain_range, (0, u32::MAX));
     }

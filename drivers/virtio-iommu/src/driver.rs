@@ -24,9 +24,12 @@
 //! mapping of the whole input range onto itself. Blocked = a domain with no
 //! mappings: DMA raises "mapping fault" events.
 //!
-//! **Default state.** A detached endpoint follows `config.bypass`, which the
-//! device layer sets to 1: it passes through untranslated, the identity
-//! default the trait documents.
+//! **Default state: blocked.** The device layer writes `config.bypass` = 0
+//! (and never negotiates the legacy BYPASS feature), and [`VirtioIommu::new`]
+//! attaches every endpoint to a *blocking* domain of its own with no
+//! mappings: its DMA raises mapping faults. Detaching moves an endpoint back
+//! there (one ATTACH; QEMU answers it synchronously, after which the old
+//! domain's translations no longer apply to it).
 //!
 //! **Map and unmap.** QEMU checks neither alignment nor the input range
 //! (`virtio_iommu_map`), so the driver does: IOVA, physical address and
@@ -87,7 +90,10 @@ pub struct VirtioIommu<M: DmaMemory> {
     endpoints: Vec<u32>,
     reserved: BTreeMap<u32, Vec<Region>>,
     domains: BTreeMap<u32, Domain>,
+    /// Endpoint → the domain it is attached to (the blocking one included).
     attached: BTreeMap<u32, u32>,
+    /// The domain every endpoint not attached elsewhere sits in.
+    blocking: u32,
     flushes: u64,
 }
 
@@ -96,7 +102,11 @@ impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
     /// (PCI requester IDs) behind it. With VIRTIO_IOMMU_F_PROBE each endpoint
     /// is probed now and its reserved regions kept (an endpoint the device
     /// does not know gets none).
-    pub fn new(dev: VirtioIommuDevice, mem: M, endpoints: Vec<u32>) -> Self {
+    ///
+    /// Then every endpoint is attached to the blocking domain (default deny);
+    /// an endpoint the device does not know (NOENT) is logged and skipped
+    /// (with bypass off its DMA faults anyway).
+    pub fn new(dev: VirtioIommuDevice, mem: M, endpoints: Vec<u32>) -> Result<Self, Error> {
         let mut s = VirtioIommu {
             dev,
             mem,
@@ -104,8 +114,12 @@ impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
             reserved: BTreeMap::new(),
             domains: BTreeMap::new(),
             attached: BTreeMap::new(),
+            blocking: 0,
             flushes: 0,
         };
+        s.blocking = s.free_domain_id().ok_or(Error::NoDomainIds)?;
+        s.domains
+            .insert(s.blocking, Domain { kind: Kind::Blocked, mappings: BTreeMap::new(), endpoints: BTreeSet::new() });
         if s.dev.has(feature::PROBE) {
             for ep in s.endpoints.clone() {
                 match s.dev.probe(ep, &mut s.mem) {
@@ -119,7 +133,21 @@ impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
                 }
             }
         }
-        s
+        for ep in s.endpoints.clone() {
+            match s.attach(DeviceId(ep), DomainId(s.blocking)) {
+                Ok(()) => {}
+                Err(Error::NoSuchDevice(_)) => {
+                    log::warn!("virtio-iommu: endpoint {ep:#x} unknown to the device (its DMA faults: bypass is off)")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The blocking domain's ID (for tests and logs).
+    pub fn blocking_domain(&self) -> DomainId {
+        DomainId(self.blocking)
     }
 
     /// The endpoints behind the device.
@@ -224,6 +252,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
     fn domain_free(&mut self, domain: DomainId) -> Result<(), Error> {
         match self.domains.get(&domain.0) {
             None => Err(Error::NoSuchDomain(domain)),
+            Some(_) if domain.0 == self.blocking => Err(Error::Busy(domain)),
             Some(d) if !d.endpoints.is_empty() => Err(Error::Busy(domain)),
             Some(_) => {
                 self.domains.remove(&domain.0);
@@ -234,7 +263,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
 
     /// One ATTACH (the device moves the endpoint out of its old domain); if
     /// the domain was not on the device, its mappings are replayed. If the
-    /// replay fails the endpoint is detached (left in the default state).
+    /// replay fails the endpoint goes back to the blocking domain.
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let ep = self.endpoint(device)?;
         let kind = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?.kind;
@@ -259,12 +288,26 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         for r in &replay {
             if let Err(e) = self.dev.request(r, &mut self.mem) {
                 log::error!("virtio-iommu: replaying domain {}: {e}", domain.0);
-                if let Err(e2) = self.dev.detach(domain.0, ep, &mut self.mem) {
-                    log::error!("virtio-iommu: detaching {ep:#x} after the failed replay: {e2}");
-                }
+                // Back to the blocking domain; if even that fails, DETACH
+                // (with bypass off an unattached endpoint faults too).
                 self.attached.remove(&ep);
                 if let Some(d) = self.domains.get_mut(&domain.0) {
                     d.endpoints.remove(&ep);
+                }
+                let blocking = self.blocking;
+                match self.dev.attach(blocking, ep, false, &mut self.mem) {
+                    Ok(()) => {
+                        self.attached.insert(ep, blocking);
+                        if let Some(b) = self.domains.get_mut(&blocking) {
+                            b.endpoints.insert(ep);
+                        }
+                    }
+                    Err(e2) => {
+                        log::error!("virtio-iommu: blocking {ep:#x} after the failed replay: {e2}");
+                        if let Err(e3) = self.dev.detach(domain.0, ep, &mut self.mem) {
+                            log::error!("virtio-iommu: detaching {ep:#x} after the failed replay: {e3}");
+                        }
+                    }
                 }
                 return Err(e.into());
             }
@@ -275,20 +318,15 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         Ok(())
     }
 
-    /// DETACH; the endpoint then follows `config.bypass` (passes through).
+    /// ATTACH to the blocking domain (the device moves the endpoint out of
+    /// its domain and answers once it has).
     fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
-        let ep = self.endpoint(device)?;
-        let Some(domain) = self.attached.get(&ep).copied() else { return Ok(()) };
-        self.dev.detach(domain, ep, &mut self.mem)?;
-        self.attached.remove(&ep);
-        if let Some(d) = self.domains.get_mut(&domain) {
-            d.endpoints.remove(&ep);
-        }
-        Ok(())
+        self.endpoint(device)?;
+        self.attach(device, DomainId(self.blocking))
     }
 
     fn attached(&self, device: DeviceId) -> Option<DomainId> {
-        self.attached.get(&device.0).map(|&d| DomainId(d))
+        self.attached.get(&device.0).filter(|&&d| d != self.blocking).map(|&d| DomainId(d))
     }
 
     fn devices(&self) -> Vec<DeviceId> {
@@ -429,7 +467,7 @@ mod tests {
     fn unit_with(fake: &Fake) -> VirtioIommu<TestMem> {
         let mut mem = TestMem::new();
         let dev = VirtioIommuDevice::with_transport(fake.transport(&mem), &mut mem).unwrap();
-        VirtioIommu::new(dev, mem, vec![0x10, 0x18, 0x20, 0x99])
+        VirtioIommu::new(dev, mem, vec![0x10, 0x18, 0x20, 0x99]).unwrap()
     }
 
     fn unit() -> (Fake, VirtioIommu<TestMem>) {
@@ -480,7 +518,8 @@ mod tests {
         assert_eq!(f.translate(0x10, 0x20_0000, true), Some(0x9000_0000));
         assert_eq!(f.translate(0x10, 0x10_0000, true), None, "read-only mapping");
         assert_eq!(f.translate(0x10, 0xFEE0_0004, true), Some(0xFEE0_0004), "MSI window passes");
-        assert_eq!(f.translate(0x18, 0x10_0000, true), Some(0x10_0000), "unattached endpoints pass through");
+        assert_eq!(f.translate(0x18, 0x10_0000, true), None, "endpoints nobody attached are blocked");
+        assert_eq!(f.translate(0x28, 0x10_0000, true), None, "so are endpoints the driver was not told about");
     }
 
     #[test]
@@ -491,9 +530,10 @@ mod tests {
         u.map(d, 0x4000, 0x7000, 0x1000, RW).unwrap();
         assert_eq!(fake.lock().count(kind::MAP), 1, "live domain: mapped at once");
         u.detach(A).unwrap();
-        assert!(fake.lock().domains.is_empty(), "QEMU dropped the domain with the last endpoint");
+        assert!(!fake.lock().domains.contains_key(&d.0), "QEMU dropped the domain with the last endpoint");
+        assert!(fake.lock().domains[&u.blocking_domain().0].endpoints.contains(&0x10));
         assert_eq!(u.attached(A), None);
-        assert_eq!(fake.lock().translate(0x10, 0x4000, true), Some(0x4000), "detached: identity default");
+        assert_eq!(fake.lock().translate(0x10, 0x4000, true), None, "detached: blocked");
         // Changes while the device does not hold the domain stay in the mirror.
         u.map(d, 0x8000, 0xA000, 0x1000, Perms::READ).unwrap();
         assert_eq!(iommu::unmap_and_flush(&mut u, d, 0x4000, 0x1000), Ok(0x1000));
@@ -508,6 +548,7 @@ mod tests {
     #[test]
     fn moving_an_endpoint_keeps_both_domains_usable() {
         let (fake, mut u) = unit();
+        let attaches = fake.lock().count(kind::ATTACH);
         let d1 = u.domain_alloc(DomainKind::Paging).unwrap();
         let d2 = u.domain_alloc(DomainKind::Paging).unwrap();
         assert_ne!(d1, d2);
@@ -527,7 +568,7 @@ mod tests {
         u.attach(A, d1).unwrap();
         assert_eq!(fake.lock().translate(0x10, 0x1000, true), Some(0x11000));
         assert_eq!(u.attach(A, d1), Ok(()), "attaching to the current domain sends nothing");
-        assert_eq!(fake.lock().count(kind::ATTACH), 5);
+        assert_eq!(fake.lock().count(kind::ATTACH) - attaches, 5);
     }
 
     #[test]
@@ -635,10 +676,12 @@ mod tests {
     #[test]
     fn domain_ids_come_from_the_domain_range() {
         let fake = Fake::q35();
-        fake.lock().config.domain_range = (10, 12);
+        fake.lock().config.domain_range = (10, 13);
         let mut u = unit_with(&fake);
+        assert_eq!(u.blocking_domain(), DomainId(10), "the blocking domain takes the first ID");
         let ids: Vec<u32> = (0..3).map(|_| u.domain_alloc(DomainKind::Paging).unwrap().0).collect();
-        assert_eq!(ids, [10, 11, 12]);
+        assert_eq!(ids, [11, 12, 13]);
+        assert_eq!(u.domain_free(DomainId(10)), Err(Error::Busy(DomainId(10))), "the blocking domain stays");
         assert_eq!(u.domain_alloc(DomainKind::Blocked), Err(Error::NoDomainIds));
         u.domain_free(DomainId(11)).unwrap();
         assert_eq!(u.domain_alloc(DomainKind::Identity), Ok(DomainId(11)));
@@ -657,7 +700,7 @@ mod tests {
         assert_eq!(u.attached(DeviceId(0x99)), None);
         assert_eq!(u.detach(A), Ok(()), "detaching an unattached device is a no-op");
         assert_eq!(fake.lock().count(kind::DETACH), 0);
-        // A failed replay leaves the endpoint detached, the mirror intact.
+        // A failed replay leaves the endpoint blocked, the mirror intact.
         u.map(d, 0x1000, 0x1000, 0x1000, RW).unwrap();
         u.map(d, 0x3000, 0x3000, 0x1000, RW).unwrap();
         let blocker = u.domain_alloc(DomainKind::Paging).unwrap();
@@ -666,7 +709,7 @@ mod tests {
         fake.lock().fail_after_requests(2, crate::request::status::DEVERR);
         assert!(matches!(u.attach(A, d), Err(Error::Hardware(_))));
         assert_eq!(u.attached(A), None);
-        assert!(!fake.lock().attached.contains_key(&0x10));
+        assert_eq!(fake.lock().attached.get(&0x10), Some(&u.blocking_domain().0), "back in the blocking domain");
         assert_eq!(u.mapping_count(d), 2);
         u.attach(A, d).unwrap();
         assert_eq!(fake.lock().translate(0x10, 0x3000, true), Some(0x3000));

@@ -1,16 +1,19 @@
 //! [`VtdIommu`]: one remapping unit behind the [`iommu::Iommu`] trait.
 //!
 //! Policy:
-//! - Translation is off until the first device is attached. Just before it
-//!   goes on, every other device behind the unit is put in a shared identity
-//!   domain, so devices nobody claimed keep working as before; detaching a
-//!   device returns it there, and when the last attached device leaves,
-//!   translation goes off again and the context entries are cleared.
+//! - **Default deny.** [`VtdIommu::new`] points every device behind the unit
+//!   at the *blocking* entry and turns translation on: from then on no device
+//!   reaches memory unless it is attached to a domain, and detaching a
+//!   device puts it back on the blocking entry. Translation is never turned
+//!   off again; a requester ID the firmware did not list has no context
+//!   entry at all, which blocks it too (fault "context entry not present").
+//! - The blocking entry is a present context (or PASID) entry whose page
+//!   table is empty and never mapped, under a domain ID of its own: every
+//!   DMA faults at the first level of the walk. Blocked domains
+//!   ([`DomainKind::Blocked`]) all use it.
 //! - The identity domain is native (context TT = 10b / PGTT = 100b) when the
 //!   unit has ECAP.PT; otherwise it is a page table mapping the machine's RAM
 //!   one to one, so identity never fails for lack of a feature.
-//! - Blocked = no context entry: DMA faults with reason "context entry not
-//!   present" (or its scalable-mode equivalent).
 //! - RMRR regions (direct-map reserved regions) of a device are identity-mapped
 //!   into every paging domain it joins, before its context entry points there
 //!   (VT-d §8.4: the firmware may keep such DMA running across the handover).
@@ -62,7 +65,8 @@ pub struct VtdIommu<M: TableMemory> {
     domains: BTreeMap<u32, Slot>,
     next_handle: u32,
     attached: BTreeMap<u16, DomainId>,
-    default_identity: Option<DomainId>,
+    /// The empty page table every blocked device points at.
+    blocking: Domain,
 }
 
 impl From<VtdError> for Error {
@@ -81,19 +85,22 @@ impl From<VtdError> for Error {
 }
 
 impl<M: TableMemory + Send + 'static> VtdIommu<M> {
-    /// Wraps a unit that was just brought up (translation off).
+    /// Takes a unit that was just brought up (translation off), points every
+    /// device in `devices` at the blocking entry and turns translation on
+    /// (default deny). On failure translation stays off and the error says why.
     ///
     /// `devices`: requester IDs behind the unit; `reserved`: its reserved
     /// regions, per device or (`None`) for all; `ram`: `[start, end)` ranges of
     /// memory an emulated identity domain maps.
     pub fn new(
-        unit: Unit,
-        mem: M,
+        mut unit: Unit,
+        mut mem: M,
         devices: Vec<u16>,
         reserved: Vec<(Option<u16>, Region)>,
         ram: Vec<(u64, u64)>,
-    ) -> Self {
-        VtdIommu {
+    ) -> Result<Self, Error> {
+        let blocking = unit.alloc_domain(&mut mem)?;
+        let mut v = VtdIommu {
             unit,
             mem,
             devices,
@@ -102,8 +109,25 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
             domains: BTreeMap::new(),
             next_handle: 1,
             attached: BTreeMap::new(),
-            default_identity: None,
+            blocking,
+        };
+        for rid in v.devices.clone() {
+            v.unit.attach(rid, &v.blocking, &mut v.mem)?;
         }
+        v.unit.enable()?;
+        log::info!("vtd: translation on, {} device(s) blocked until attached", v.devices.len());
+        Ok(v)
+    }
+
+    /// The domain ID of the blocking entry (for tests and logs).
+    pub fn blocking_domain_id(&self) -> u16 {
+        self.blocking.id
+    }
+
+    /// Points `rid` at the blocking entry again (after a test drove the
+    /// unit's context entries directly).
+    pub fn block(&mut self, rid: u16) -> Result<(), Error> {
+        Ok(self.unit.attach(rid, &self.blocking, &mut self.mem)?)
     }
 
     /// Requester IDs behind the unit.
@@ -111,7 +135,8 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         &self.devices
     }
 
-    /// Whether translation is on (some device is attached).
+    /// Whether some device is attached to a domain (translation itself is
+    /// always on: the others are blocked).
     pub fn translating(&self) -> bool {
         !self.attached.is_empty()
     }
@@ -177,43 +202,10 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         match self.domains.get(&domain.0) {
             Some(Slot::Paging(d)) | Some(Slot::IdentityMapped(d)) => unit.attach(rid, d, &mut self.mem)?,
             Some(Slot::PassThrough(id)) => unit.attach_pass_through(rid, *id, &mut self.mem)?,
-            Some(Slot::Blocked) => unit.detach(rid, &mut self.mem)?,
+            Some(Slot::Blocked) => unit.attach(rid, &self.blocking, &mut self.mem)?,
             None => return Err(Error::NoSuchDomain(domain)),
         }
         Ok(())
-    }
-
-    /// Before the first attach: every other device to the default identity
-    /// domain, then translation on.
-    fn start_translating(&mut self, except: u16) -> Result<(), Error> {
-        let id = self.domain_alloc(DomainKind::Identity)?;
-        self.default_identity = Some(id);
-        let others: Vec<u16> = self.devices.iter().copied().filter(|&r| r != except).collect();
-        for rid in others {
-            if let Err(e) = self.program(rid, id) {
-                self.stop_translating();
-                return Err(e);
-            }
-        }
-        if let Err(e) = self.unit.enable() {
-            self.stop_translating();
-            return Err(e.into());
-        }
-        log::info!("vtd: translation on ({} other device(s) in the identity domain)", self.devices.len() - 1);
-        Ok(())
-    }
-
-    /// After the last detach: translation off, context entries cleared, the
-    /// default identity domain freed.
-    fn stop_translating(&mut self) {
-        let _ = self.unit.disable();
-        for rid in self.devices.clone() {
-            let _ = self.unit.detach(rid, &mut self.mem);
-        }
-        if let Some(id) = self.default_identity.take() {
-            let _ = self.domain_free(id);
-        }
-        log::info!("vtd: translation off (no device attached)");
     }
 
     fn record_event(r: FaultRecord) -> FaultEvent {
@@ -267,8 +259,7 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
         if !self.domains.contains_key(&domain.0) {
             return Err(Error::NoSuchDomain(domain));
         }
-        if self.attached.values().any(|d| *d == domain) || (self.default_identity == Some(domain) && self.translating())
-        {
+        if self.attached.values().any(|d| *d == domain) {
             return Err(Error::Busy(domain));
         }
         match self.domains.remove(&domain.0) {
@@ -284,37 +275,32 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
 
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let rid = self.rid(device)?;
-        if !self.domains.contains_key(&domain.0) || self.default_identity == Some(domain) {
+        if !self.domains.contains_key(&domain.0) {
             return Err(Error::NoSuchDomain(domain));
         }
         if matches!(self.domains.get(&domain.0), Some(Slot::Paging(_))) {
             iommu::map_direct_regions(self, device, domain)?;
         }
-        let first = !self.translating();
-        self.program(rid, domain)?;
-        if first {
-            if let Err(e) = self.start_translating(rid) {
-                let _ = self.unit.detach(rid, &mut self.mem);
-                return Err(e);
-            }
+        if let Err(e) = self.program(rid, domain) {
+            // Whatever the failure left in the entry, the device goes back to
+            // the blocking entry if the unit still answers.
+            let _ = self.block(rid);
+            self.attached.remove(&rid);
+            return Err(e);
         }
         self.attached.insert(rid, domain);
         Ok(())
     }
 
+    /// Points the device at the blocking entry; the context-cache and IOTLB
+    /// invalidations that follow complete before this returns (queued
+    /// invalidation waits for its wait descriptor, register invalidation for
+    /// the ICC / IVT bits).
     fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
         let rid = self.rid(device)?;
-        if self.attached.remove(&rid).is_none() {
-            return Ok(());
-        }
-        if self.attached.is_empty() {
-            self.stop_translating();
-            return Ok(());
-        }
-        match self.default_identity {
-            Some(id) => self.program(rid, id),
-            None => Ok(self.unit.detach(rid, &mut self.mem)?),
-        }
+        self.block(rid)?;
+        self.attached.remove(&rid);
+        Ok(())
     }
 
     fn attached(&self, device: DeviceId) -> Option<DomainId> {

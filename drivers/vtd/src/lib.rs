@@ -27,6 +27,7 @@ pub mod context;
 pub mod driver;
 pub mod fault;
 pub mod hwpt;
+pub mod intremap;
 pub mod invalidation;
 pub mod regs;
 pub mod unit;

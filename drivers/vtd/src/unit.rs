@@ -456,6 +456,11 @@ impl Unit {
         wait("IOTLB invalidation", || !self.iotlb().iotlb.is_set(IOTLB::IVT))
     }
 
+    /// Whether DMA remapping is on (GSTS.TES).
+    pub fn enabled(&self) -> bool {
+        self.regs().gsts.get() & (1 << 31) != 0
+    }
+
     /// Turns DMA remapping on.
     pub fn enable(&self) -> Result<(), VtdError> {
         if crate::tracing() {
@@ -583,6 +588,16 @@ impl Unit {
         };
         let ct = self.context_tables[bus];
         let devfn = usize::from(rid & 0xFF);
+        let present = mem.read(ct, 2 * devfn) & 1 != 0;
+        if present {
+            // A present entry is never rewritten in place (the unit could
+            // fetch half of each): it goes not-present, the caches forget it
+            // and every translation made through it (any domain: global),
+            // then the new one is written (VT-d §6.5.3.3).
+            mem.write(ct, 2 * devfn, 0);
+            self.invalidate_context_global(mem)?;
+            self.invalidate_iotlb(None, mem)?;
+        }
         mem.write(ct, 2 * devfn + 1, hi);
         mem.write(ct, 2 * devfn, lo); // present bit last
         if crate::tracing() {
@@ -625,6 +640,15 @@ impl Unit {
             }
             Entry::Table { root, id, config } => context::pasid_entry_second_stage(root, config.levels, id),
         };
+        if mem.read(table, 0) & 1 != 0 {
+            // As in legacy mode: the old PASID entry goes not-present and is
+            // forgotten (PASID cache of its domain, IOTLB globally) first.
+            let old_id = mem.read(table, 1) as u16;
+            mem.write(table, 0, 0);
+            self.invalidate_context_global(mem)?;
+            self.submit(&[inv::pasid_cache_domain(old_id)], mem)?;
+            self.invalidate_iotlb(None, mem)?;
+        }
         for (i, q) in pe.iter().enumerate().rev() {
             mem.write(table, i, *q); // present bit (qword 0) last
         }

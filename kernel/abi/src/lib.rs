@@ -55,6 +55,12 @@ pub enum Sysno {
     DeviceIrqWait = 14,
     /// The IOAS door: `(op, struct pointer)`, see [`ioas`].
     Iommufd = 15,
+    /// `test_canary(op)`, only while the kernel runs its tests (`ktest=` on
+    /// the command line; `ENOSYS`-like `EPERM` otherwise): op 0 returns the
+    /// physical address of a kernel frame filled with a known pattern, op 1
+    /// returns 0 if the pattern is intact and `EIO` if anything wrote it. The
+    /// isolation tests aim device DMA at it.
+    TestCanary = 16,
 }
 
 impl Sysno {
@@ -77,6 +83,7 @@ impl Sysno {
             13 => Sysno::DeviceIrqEnable,
             14 => Sysno::DeviceIrqWait,
             15 => Sysno::Iommufd,
+            16 => Sysno::TestCanary,
             _ => return None,
         })
     }
@@ -237,6 +244,11 @@ pub struct DeviceInfo {
     pub class: u32,
     /// BARs by index.
     pub bars: [BarInfo; 6],
+    /// IOMMU group (1-based; functions the IOMMU cannot tell apart share
+    /// it and are claimed together).
+    pub group: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 /// `DeviceInfo.flags`: the function is claimed (by a task, or driven by the kernel itself).
@@ -262,6 +274,8 @@ impl DeviceInfo {
             put(at + 16, &b.kind.to_le_bytes());
             put(at + 20, &b.reserved.to_le_bytes());
         }
+        put(168, &self.group.to_le_bytes());
+        put(172, &self.reserved.to_le_bytes());
         out
     }
 
@@ -288,6 +302,8 @@ impl DeviceInfo {
             device: u16_at(18)?,
             class: u32_at(20)?,
             bars,
+            group: u32_at(168)?,
+            reserved: u32_at(172)?,
         })
     }
 }
@@ -319,9 +335,10 @@ mod tests {
 
     #[test]
     fn device_info_round_trips_and_matches_the_layout() {
-        assert_eq!(core::mem::size_of::<DeviceInfo>(), 24 + 6 * 24);
+        assert_eq!(core::mem::size_of::<DeviceInfo>(), 24 + 6 * 24 + 8);
         let mut d = DeviceInfo {
-            size: 168,
+            size: 176,
+            group: 7,
             flags: 3,
             bdf: bdf(0, 1, 2, 3),
             vendor: 0x1234,
@@ -343,7 +360,8 @@ mod tests {
         assert_eq!(Sysno::from_raw(12), Some(Sysno::TaskSpawn));
         assert_eq!(Sysno::from_raw(14), Some(Sysno::DeviceIrqWait));
         assert_eq!(Sysno::from_raw(15), Some(Sysno::Iommufd));
-        assert_eq!(Sysno::from_raw(16), None);
+        assert_eq!(Sysno::from_raw(16), Some(Sysno::TestCanary));
+        assert_eq!(Sysno::from_raw(17), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }

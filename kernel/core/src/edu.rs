@@ -123,8 +123,8 @@ pub struct GenericReport {
 }
 
 /// The generic door on one unit, the same on every IOMMU: identity lets edu
-/// reach physical addresses, a device nobody attached keeps its DMA while
-/// translation is on, blocked stops the DMA (canary unchanged), paging
+/// reach physical addresses, a device nobody attached reaches nothing
+/// (default deny), blocked stops the DMA (canary unchanged), paging
 /// translates, refuses maps outside the aperture or into other domain kinds,
 /// and after unmap + flush the IOVA is blocked; then everything is detached
 /// and freed. `frames`: three scratch frames (source, destination, canary).
@@ -162,10 +162,11 @@ pub fn generic_domains(
     check!(frame_bytes(dst) == frame_bytes(src), "identity domain: data did not arrive");
     check!(u.drain_faults().is_empty(), "identity domain: unexpected fault");
     if let Some(e1) = other {
-        fill(dst, 0);
-        e1.dma(src, 4096, false)?;
-        e1.dma(dst, 4096, true)?;
-        check!(frame_bytes(dst) == frame_bytes(src), "an unattached device lost its DMA");
+        // Default deny: a device nobody attached reaches nothing.
+        fill(canary, 0xCC);
+        e1.dma(canary, 4096, true)?;
+        check!(frame_bytes(canary).iter().all(|&b| b == 0xCC), "an unattached device wrote memory");
+        let _ = u.drain_faults();
     }
     // Blocked: nothing gets through.
     let blocked = u.domain_alloc(DomainKind::Blocked).map_err(failed)?;
@@ -200,6 +201,13 @@ pub fn generic_domains(
     check!(frame_bytes(dst).iter().all(|&b| b == 0x5A), "DMA reached an unmapped page");
     u.detach(dev).map_err(failed)?;
     check_eq!(u.attached(dev), None);
+    // Detached: blocked again (the paging domain's mapping no longer applies).
+    fill(src, 0x3C);
+    edu.dma(0x10_0000, 4096, false)?;
+    fill(dst, 0x5A);
+    edu.dma(dst, 4096, true)?;
+    check!(frame_bytes(dst).iter().all(|&b| b == 0x5A), "a detached device wrote memory");
+    let _ = u.drain_faults();
     for d in [ident, blocked, paging] {
         u.domain_free(d).map_err(failed)?;
     }

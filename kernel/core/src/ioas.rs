@@ -23,6 +23,13 @@ static PENDING_FAULTS: spin::Mutex<VecDeque<(usize, iommu::FaultEvent)>> = spin:
 /// Faults kept for their owner at most (older ones are dropped; all were logged).
 const PENDING_LIMIT: usize = 256;
 static ORPHANS: spin::Mutex<BTreeSet<u64>> = spin::Mutex::new(BTreeSet::new());
+/// Frames a unit may still reach (a flush or a detach failed): never freed.
+static QUARANTINE: spin::Mutex<BTreeSet<u64>> = spin::Mutex::new(BTreeSet::new());
+
+/// Frames quarantined so far (kept forever: a unit may still reach them).
+pub fn quarantined_frames() -> usize {
+    QUARANTINE.lock().len()
+}
 
 /// Frees a task frame, or leaves it to its last unpin while DMA-mapped.
 pub fn free_user_frame(pa: u64) {
@@ -31,6 +38,17 @@ pub fn free_user_frame(pa: u64) {
     } else {
         let _ = mm::free_frame(pa);
     }
+}
+
+/// Keeps task frames that a device may still reach (its unit could not
+/// block it) out of the allocator forever, counted and logged.
+pub fn quarantine(frames: &[u64]) {
+    if frames.is_empty() {
+        return;
+    }
+    let mut q = QUARANTINE.lock();
+    q.extend(frames.iter().copied());
+    log::error!("iommu: {} task frame(s) quarantined, {} in all", frames.len(), q.len());
 }
 
 /// Frames pinned for DMA right now (for tests and the log).
@@ -68,6 +86,18 @@ impl iommufd::Memory for TaskMemory {
         for &p in pages {
             *pins.entry(p).or_default() += 1;
         }
+    }
+
+    fn quarantine(&mut self, pages: &[u64]) {
+        let mut q = QUARANTINE.lock();
+        let before = q.len();
+        q.extend(pages.iter().copied());
+        // The pins stay: neither unpin nor a task's exit frees these frames.
+        log::error!(
+            "iommu: {} frame(s) quarantined (a unit may still reach them), {} in all",
+            q.len() - before,
+            q.len()
+        );
     }
 
     fn read_u64(&self, pa: u64) -> Option<u64> {

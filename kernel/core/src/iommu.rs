@@ -40,6 +40,7 @@ pub fn init(boot: &bootinfo::BootInfo) {
         TOPOLOGY_INDEX.lock().push(index);
         UNITS.lock().push(unit);
     }
+    apply_boot_policy(boot);
 }
 
 /// The IDs unit `index` of `topology` sees the PCI functions behind it by
@@ -102,7 +103,10 @@ pub fn virtio_units(boot: &bootinfo::BootInfo, topology: &firmware::Topology) ->
             Ok(d) => {
                 log::info!("{} ({} at {})", d.describe(), u.name, dev.function.bdf);
                 let endpoints = unit_devices(topology, index);
-                out.push((index, Box::new(virtio_iommu::VirtioIommu::new(d, mem, endpoints))));
+                match virtio_iommu::VirtioIommu::new(d, mem, endpoints) {
+                    Ok(v) => out.push((index, Box::new(v))),
+                    Err(e) => log::error!("virtio-iommu: {}: cannot block its endpoints: {e}", u.name),
+                }
             }
             Err(e) => log::error!("virtio-iommu: {}: bring-up failed: {e}", u.name),
         }
@@ -240,4 +244,102 @@ impl io_pgtable::TableMemory for KernelTables {
         // SAFETY: as in `read`; the IOMMU walks these tables coherently (QEMU), real hardware without coherent walks would need a cache flush here.
         unsafe { p.write_volatile(value) }
     }
+}
+
+/// The registered unit that translates PCI function `bdf` and the ID it
+/// knows the function by (requester ID after aliasing, or stream ID); `None`
+/// when no registered unit does (no IOMMU, or its bring-up failed).
+pub fn unit_of(bdf: pci::Bdf) -> Option<(usize, iommu::DeviceId)> {
+    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let f = all.iter().find(|f| f.bdf == bdf)?;
+    let t = crate::pci::topology()?.translate_pci(bdf.segment, pci::dma_requester_id(f, &all))?;
+    Some((registered(t.unit)?, iommu::DeviceId(t.id)))
+}
+
+/// The IOMMU group of `bdf`: every function its unit cannot tell apart from
+/// it (the same unit and the same ID after aliasing, e.g. the functions
+/// behind one PCIe-to-PCI bridge), `bdf` included, in enumeration order. A
+/// function no registered unit translates is a group of its own.
+pub fn group_of(bdf: pci::Bdf) -> Vec<pci::Bdf> {
+    let Some(key) = unit_of(bdf) else { return alloc::vec![bdf] };
+    crate::pci::devices().iter().map(|d| d.function.bdf).filter(|&b| unit_of(b) == Some(key)).collect()
+}
+
+/// A small number naming `bdf`'s group in `device_list` (the index of its
+/// first member in enumeration order, plus one; 0 is never a group).
+pub fn group_id(bdf: pci::Bdf) -> u32 {
+    let first = group_of(bdf).first().copied().unwrap_or(bdf);
+    crate::pci::devices().iter().position(|d| d.function.bdf == first).map_or(0, |i| i as u32 + 1)
+}
+
+/// Blocks `bdf`'s DMA at its unit ([`iommu::Iommu::detach`]): when this
+/// returns `Ok` the unit has forgotten every translation of it. A function
+/// no registered unit translates is `Ok` (nothing to block; see
+/// [`protected`]).
+pub fn block(bdf: pci::Bdf) -> Result<(), iommu::Error> {
+    let Some((unit, id)) = unit_of(bdf) else { return Ok(()) };
+    with_units(|units| units[unit].detach(id))
+}
+
+/// Whether a registered unit translates `bdf` (so its DMA can be confined):
+/// only then may a task turn its Bus Master bit on.
+pub fn protected(bdf: pci::Bdf) -> bool {
+    unit_of(bdf).is_some()
+}
+
+/// What devices nobody claimed get at boot (`iommu.unclaimed=` on the
+/// command line): `blocked` (the default) or `identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnclaimedPolicy {
+    /// No DMA until a task (or the kernel) attaches the device.
+    Blocked,
+    /// DMA reaches memory untranslated (a machine whose firmware or boot
+    /// devices need it; off by default).
+    Identity,
+}
+
+/// The policy the command line chose (unknown values keep the default, logged).
+pub fn unclaimed_policy(boot: &bootinfo::BootInfo) -> UnclaimedPolicy {
+    match boot.cmdline_value("iommu.unclaimed") {
+        None | Some("blocked") => UnclaimedPolicy::Blocked,
+        Some("identity") => UnclaimedPolicy::Identity,
+        Some(other) => {
+            log::warn!("iommu: iommu.unclaimed={other} is not blocked|identity: keeping blocked");
+            UnclaimedPolicy::Blocked
+        }
+    }
+}
+
+/// After the units are registered (every device blocked by its driver):
+/// devices that firmware names in a direct-map region get a paging domain of
+/// their own holding exactly those regions mapped 1:1 (so firmware-owned DMA
+/// keeps working and reaches nothing else); with
+/// [`UnclaimedPolicy::Identity`] every other device gets its unit's identity
+/// domain. A claim takes the device out of these domains ([`block`]).
+pub fn apply_boot_policy(boot: &bootinfo::BootInfo) {
+    let policy = unclaimed_policy(boot);
+    with_units(|units| {
+        for (i, u) in units.iter_mut().enumerate() {
+            let mut identity = None;
+            for dev in u.devices() {
+                let direct = u.reserved_regions(dev).iter().any(|r| r.kind == firmware::ReservedKind::DirectMap);
+                let domain = if direct {
+                    u.domain_alloc(iommu::DomainKind::Paging)
+                } else if policy == UnclaimedPolicy::Identity {
+                    match identity {
+                        Some(d) => Ok(d),
+                        None => u.domain_alloc(iommu::DomainKind::Identity).inspect(|&d| identity = Some(d)),
+                    }
+                } else {
+                    continue;
+                };
+                let what = if direct { "its direct-map regions only" } else { "identity (iommu.unclaimed=identity)" };
+                match domain.and_then(|d| u.attach(dev, d)) {
+                    Ok(()) => log::info!("iommu: {}: device {:#x} unclaimed: {what}", unit_name(i), dev.0),
+                    Err(e) => log::error!("iommu: {}: device {:#x} stays blocked: {e}", unit_name(i), dev.0),
+                }
+            }
+        }
+    });
+    log::info!("iommu: unclaimed devices: {policy:?} (iommu.unclaimed=), direct-map devices: their regions only");
 }

@@ -425,21 +425,39 @@ fn current_root() -> Option<u64> {
     TASKS.lock().iter().find(|t| t.cur.id == running()).map(|t| t.cur.root)
 }
 
-/// Frees what a finished task held: anonymous pages and device claims (with
-/// bus mastering turned off, so a dead task's device stops DMA).
+/// Frees what a finished task held, in the order that stops DMA first
+/// (docs/isolation.md): every claimed function's Bus Master bit off; every
+/// function blocked at its unit with the unit's caches flushed and the flush
+/// completed (bound ones through the IOAS layer, which then unpins; a block
+/// that fails quarantines the task's pinned pages instead); only then the
+/// task's own frames are freed and the claims dropped.
 fn release(cur: &mut Current) {
-    // Devices first: their DMA is blocked and every page unpinned before any
-    // frame of the task is freed.
-    crate::ioas::close(&mut cur.iommufd, cur.root);
-    for &(_, pa) in &cur.anon {
-        crate::ioas::free_user_frame(pa);
-    }
-    let mut claims = CLAIMS.lock();
-    for &(bdf, _) in claims.iter().filter(|(_, owner)| *owner == cur.id) {
+    let mine: Vec<pci::Bdf> = CLAIMS.lock().iter().filter(|(_, owner)| *owner == cur.id).map(|&(bdf, _)| bdf).collect();
+    for &bdf in &mine {
         if let Some(access) = crate::pci::access(bdf) {
             pci::set_bus_master(access, bdf, false);
         }
-        log::info!("task {}: released {bdf}", cur.name);
+    }
+    crate::ioas::close(&mut cur.iommufd, cur.root);
+    let mut unblocked = 0;
+    for &bdf in &mine {
+        if let Err(e) = crate::iommu::block(bdf) {
+            log::error!("task {}: {bdf} could not be blocked at its IOMMU: {e}", cur.name);
+            unblocked += 1;
+        }
+    }
+    if unblocked > 0 {
+        // A device of the task may still reach its memory: keep every frame.
+        let pages: Vec<u64> = cur.anon.iter().map(|&(_, pa)| pa).collect();
+        crate::ioas::quarantine(&pages);
+    } else {
+        for &(_, pa) in &cur.anon {
+            crate::ioas::free_user_frame(pa);
+        }
+    }
+    let mut claims = CLAIMS.lock();
+    for &bdf in &mine {
+        log::info!("task {}: released {bdf} (bus master off, blocked)", cur.name);
     }
     claims.retain(|(_, owner)| *owner != cur.id);
     drop(claims);
@@ -646,6 +664,8 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
             device: f.device,
             class: f.class,
             bars: Default::default(),
+            group: crate::iommu::group_id(f.bdf),
+            reserved: 0,
         };
         if claims.iter().any(|(b, _)| *b == f.bdf) || crate::pci::kernel_owned(f.bdf) {
             info.flags |= abi::DEVICE_CLAIMED;
@@ -669,15 +689,51 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
     Ok(devices.len() as u64)
 }
 
+/// Claims `bdf` and every other member of its IOMMU group for the calling
+/// task: bridges, host and LPC bridges are `EPERM`; a group with a member
+/// the kernel drives or another task holds is `EBUSY`. Every member is
+/// blocked at its unit before the claim is granted (a function the boot
+/// policy left in an identity or direct-map domain leaves it).
 fn sys_device_claim(raw: u64) -> SysResult {
     let bdf = decode_bdf(raw)?;
-    device(bdf)?;
+    let dev = device(bdf)?;
+    if let Err(why) = pci::policy::claimable(&dev.function) {
+        log::warn!("task {}: claim of {bdf} refused: {why}", current_name());
+        return Err(Errno::EPERM);
+    }
     let id = with_current(|cur| Ok(cur.id))?;
+    let group = crate::iommu::group_of(bdf);
     let mut claims = CLAIMS.lock();
-    if claims.iter().any(|(b, _)| *b == bdf) || crate::pci::kernel_owned(bdf) {
+    if claims.iter().any(|&(b, owner)| b == bdf && owner == id) {
         return Err(Errno::EBUSY);
     }
-    claims.push((bdf, id));
+    for &member in &group {
+        let theirs = claims.iter().any(|&(b, owner)| b == member && owner != id);
+        if theirs || crate::pci::kernel_owned(member) {
+            if member != bdf {
+                log::warn!("task {}: claim of {bdf} refused: {member} of its IOMMU group is taken", current_name());
+            }
+            return Err(Errno::EBUSY);
+        }
+        if member != bdf && device(member).is_ok_and(|d| pci::policy::claimable(&d.function).is_err()) {
+            log::warn!("task {}: claim of {bdf} refused: its IOMMU group holds {member}, a bridge", current_name());
+            return Err(Errno::EPERM);
+        }
+    }
+    for &member in &group {
+        crate::iommu::block(member).map_err(|e| {
+            log::error!("task {}: claim of {bdf}: {member} cannot be blocked: {e}", current_name());
+            Errno::EIO
+        })?;
+    }
+    for member in group {
+        if !claims.iter().any(|&(b, _)| b == member) {
+            if member != bdf {
+                log::info!("task {}: {member} claimed with {bdf} (same IOMMU group)", current_name());
+            }
+            claims.push((member, id));
+        }
+    }
     Ok(0)
 }
 
@@ -703,6 +759,16 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
         .find(|b| u64::from(b.index) == index && b.kind != pci::BarKind::Io && b.base != 0)
         .copied()
         .ok_or(Errno::ENOENT)?;
+    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    if pci::assign::bar_shares_page(&all, dev.function.bdf, bar.index) {
+        log::warn!(
+            "task {}: BAR{} of {} shares a 4 KiB page with another function's registers: not mapped",
+            current_name(),
+            bar.index,
+            dev.function.bdf
+        );
+        return Err(Errno::EPERM);
+    }
     let pa = crate::pci::bar_cpu_address(dev, &bar);
     let span = bar.size.max(FRAME_SIZE).next_multiple_of(FRAME_SIZE);
     with_current(|cur| {
@@ -719,19 +785,6 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
         cur.next_va = va + span + FRAME_SIZE;
         Ok(va + (pa % FRAME_SIZE))
     })
-}
-
-/// Whether a task may write `width` bytes at `offset` of a function's config
-/// space: never the BARs, expansion ROM, or a bridge's bus numbers and windows.
-pub fn config_write_allowed(header_type: u8, offset: u16, width: u16) -> bool {
-    let end = offset + width;
-    let overlaps = |lo: u16, hi: u16| offset < hi && lo < end;
-    let forbidden: &[(u16, u16)] = if header_type == 1 {
-        &[(0x00, 0x04), (0x08, 0x0C), (0x10, 0x34), (0x38, 0x3C)]
-    } else {
-        &[(0x00, 0x04), (0x08, 0x0C), (0x10, 0x28), (0x30, 0x34)]
-    };
-    !forbidden.iter().any(|&(lo, hi)| overlaps(lo, hi))
 }
 
 fn config_args(raw: u64, offset: u64, width: u64) -> Result<(&'static crate::pci::Device, u16, u16), Errno> {
@@ -753,16 +806,35 @@ fn sys_config_read(raw: u64, offset: u64, width: u64) -> SysResult {
     }))
 }
 
+/// Writes a claimed function's configuration space through the per-field
+/// policy (`pci::policy::check_write`): the command register's I/O, memory
+/// and Bus Master bits and the device-specific bytes are writable; BARs, ROM,
+/// capability pointers and structures (MSI, MSI-X, power management, PCIe),
+/// extended configuration space and every bridge register are `EPERM`. Bus
+/// Master can be turned on only for a function a registered IOMMU translates.
 fn sys_config_write(raw: u64, offset: u64, width: u64, value: u64) -> SysResult {
     let (dev, off, w) = config_args(raw, offset, width)?;
     if value >> (8 * w) != 0 {
         return Err(Errno::EINVAL);
     }
-    if !config_write_allowed(dev.function.header_type, off, w) {
-        return Err(Errno::EPERM);
-    }
     let access = crate::pci::access(dev.function.bdf).ok_or(Errno::EIO)?;
     let bdf = dev.function.bdf;
+    let command = access.read16(bdf, pci::reg::COMMAND);
+    match pci::policy::check_write(&dev.function, off, w, value as u32, command) {
+        Err(why) => {
+            log::warn!("task {}: config write {bdf} +{off:#x}/{w} refused: {why}", current_name());
+            return Err(Errno::EPERM);
+        }
+        Ok(pci::policy::WriteKind::Command { command: new })
+            if new & pci::reg::CMD_BUS_MASTER != 0
+                && command & pci::reg::CMD_BUS_MASTER == 0
+                && !crate::iommu::protected(bdf) =>
+        {
+            log::warn!("task {}: {bdf}: Bus Master refused: no IOMMU translates this function", current_name());
+            return Err(Errno::EPERM);
+        }
+        Ok(_) => {}
+    }
     match w {
         2 => access.write16(bdf, off, value as u16),
         4 => access.write32(bdf, off, value as u32),
@@ -885,6 +957,7 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::DeviceIrqEnable) => sys_irq_enable(args[0]),
         Some(Sysno::DeviceIrqWait) => sys_irq_wait(args[0], args[1]),
         Some(Sysno::Iommufd) => crate::ioas::syscall(args[0], args[1]),
+        Some(Sysno::TestCanary) => sys_test_canary(args[0]),
         None => {
             let name = TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("?", |t| t.cur.name);
             log::debug!("task {name}: unknown syscall {number}");
@@ -892,6 +965,45 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         }
     };
     SyscallOutcome::Return(abi::encode(result))
+}
+
+/// The frame isolation tests aim DMA at, filled with [`canary_byte`].
+static CANARY: spin::Once<Option<u64>> = spin::Once::new();
+
+fn canary_byte(i: u64) -> u8 {
+    (i as u8).wrapping_mul(37) ^ 0xA5
+}
+
+/// `test_canary(op)`: only in a test boot (`ktest=` on the command line).
+fn sys_test_canary(op: u64) -> SysResult {
+    if crate::cmdline_value("ktest").is_none() {
+        return Err(Errno::EPERM);
+    }
+    let pa = CANARY
+        .call_once(|| {
+            let pa = mm::alloc_frame()?;
+            for i in 0..FRAME_SIZE {
+                // SAFETY: `pa` is a frame just allocated for the canary (kept forever), in the direct map.
+                unsafe { ((mm::phys_to_virt(pa) + i) as *mut u8).write_volatile(canary_byte(i)) };
+            }
+            Some(pa)
+        })
+        .ok_or(Errno::ENOMEM)?;
+    match op {
+        0 => Ok(pa),
+        1 => {
+            // SAFETY: as above; read-only.
+            let intact = (0..FRAME_SIZE)
+                .all(|i| unsafe { ((mm::phys_to_virt(pa) + i) as *const u8).read_volatile() } == canary_byte(i));
+            if intact {
+                Ok(0)
+            } else {
+                log::error!("test canary at {pa:#x} was written: DMA reached kernel memory");
+                Err(Errno::EIO)
+            }
+        }
+        _ => Err(Errno::EINVAL),
+    }
 }
 
 /// Runs every packed program whose name starts with `test-`, for the test suite.
@@ -930,24 +1042,4 @@ pub fn current_name() -> String {
         .iter()
         .find(|t| t.cur.id == running())
         .map_or_else(|| String::from("kernel"), |t| String::from(t.cur.name))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::config_write_allowed;
-
-    #[test]
-    fn config_write_guard() {
-        assert!(config_write_allowed(0, 0x04, 2), "command register");
-        assert!(config_write_allowed(0, 0x40, 4), "capabilities");
-        assert!(!config_write_allowed(0, 0x10, 4), "BAR0");
-        assert!(!config_write_allowed(0, 0x24, 4), "BAR5");
-        assert!(!config_write_allowed(0, 0x30, 4), "expansion ROM");
-        assert!(!config_write_allowed(1, 0x18, 4), "bridge bus numbers");
-        assert!(!config_write_allowed(1, 0x20, 2), "bridge memory window");
-        assert!(config_write_allowed(1, 0x3E, 2), "bridge control");
-        assert!(!config_write_allowed(0, 0x02, 2), "device ID");
-        assert!(!config_write_allowed(0, 0x0E, 4), "a write reaching into BAR0 is refused");
-        assert!(config_write_allowed(0, 0x0C, 4), "cache line size, latency timer, header, BIST");
-    }
 }

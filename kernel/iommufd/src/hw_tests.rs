@@ -770,6 +770,9 @@ impl Memory for Watch {
     fn read_u64(&self, pa: u64) -> Option<u64> {
         self.inner.read_u64(pa)
     }
+    fn quarantine(&mut self, pages: &[u64]) {
+        self.inner.quarantine(pages)
+    }
 }
 
 #[test]

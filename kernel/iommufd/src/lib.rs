@@ -19,10 +19,15 @@
 //! - Usable IOVAs: everything above page 0, narrowed to each attached unit's
 //!   aperture, minus each attached device's reserved regions. Ranges given to
 //!   `allow_iovas` must stay usable: an attach that would narrow them fails.
-//! - A bound device not attached to an IOAS is in a blocked domain: DMA stops.
+//! - A bound device not attached to an IOAS is blocked (its unit's default,
+//!   [`Iommu::detach`]): DMA stops. Bind, detach and destroy all block it.
 //! - [`Iommufd::close`] (task exit) blocks every device before any page is
 //!   unpinned, then frees nested children, then their parents, then unmaps and
 //!   unpins every IOAS.
+//! - **Quarantine.** Pages are unpinned only after the unit confirmed it can
+//!   no longer reach them. If a flush fails during unmap, that call's pages
+//!   are quarantined ([`Memory::quarantine`]) instead; if a device cannot be
+//!   blocked at exit, every page of the task's IOAS is.
 //! - An automatic HWPT (made by an attach to an IOAS) goes with its last device.
 //!
 //! Rules of the hardware-specific door ([`Iommufd::hwpt_alloc`] and friends):
@@ -84,6 +89,10 @@ pub trait Memory {
     fn repin(&mut self, pages: &[u64]);
     /// Drops one pin of each page.
     fn unpin(&mut self, pages: &[u64]);
+    /// Gives up on `pages` instead of unpinning them: the unit may still
+    /// reach them (a flush or a detach failed), so they must never be handed
+    /// out again. They stay pinned forever, counted and logged.
+    fn quarantine(&mut self, pages: &[u64]);
     /// Reads the 8-byte-aligned `u64` at physical address `pa` of a page this
     /// table pinned (a user's stage-1 table entry); `None`: cannot be read (the
     /// entry is then treated as not present). The default reads nothing.
@@ -222,8 +231,8 @@ pub enum Kind {
 pub struct Iommufd {
     objects: BTreeMap<u32, Object>,
     next_id: u32,
-    /// A blocked domain per unit for bound devices not attached anywhere.
-    blocked: BTreeMap<usize, DomainId>,
+    /// A device could not be blocked: no page may be unpinned any more.
+    poisoned: bool,
     /// Bounds on shadowing work.
     limits: ShadowLimits,
 }
@@ -464,10 +473,7 @@ impl Iommufd {
         va.checked_add(len - 1).ok_or(Errno::EINVAL)?;
         let at = self.place(units, ioas, len, iova)?;
         let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
-        self.insert_area(units, ioas, at, pages, perms).map_err(|(e, pages)| {
-            mem.unpin(&pages);
-            e
-        })
+        self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
     }
 
     /// Where a new area of `len` bytes goes in `ioas`. Both cases look only
@@ -512,22 +518,22 @@ impl Iommufd {
         at: u64,
         pages: Vec<u64>,
         perms: Perms,
-    ) -> Result<u64, (Errno, Vec<u64>)> {
+    ) -> Result<u64, InsertFailed> {
         let len = pages.len() as u64 * PAGE;
         let (hwpts, huge) = match self.ioas(ioas) {
             Ok(i) => (i.hwpts.clone(), i.hints.huge_pages),
-            Err(e) => return Err((e, pages)),
+            Err(e) => return Err(InsertFailed { errno: e, pages, clean: true }),
         };
         for (n, &h) in hwpts.iter().enumerate() {
             let Some(hw) = self.hwpt(h) else { continue };
             let (unit, domain) = (hw.unit, hw.domain);
-            if let Err(e) = map_pages(&mut *units[unit], domain, at, &pages, perms, huge) {
+            if let Err((e, mut clean)) = map_pages(&mut *units[unit], domain, at, &pages, perms, huge) {
                 for &done in &hwpts[..n] {
                     if let Some(hw) = self.hwpt(done) {
-                        let _ = iommu::unmap_and_flush(&mut *units[hw.unit], hw.domain, at, len);
+                        clean &= iommu::unmap_and_flush(&mut *units[hw.unit], hw.domain, at, len).is_ok();
                     }
                 }
-                return Err((errno(e), pages));
+                return Err(InsertFailed { errno: errno(e), pages, clean: clean && !self.poisoned });
             }
         }
         match self.ioas_mut(ioas) {
@@ -535,7 +541,7 @@ impl Iommufd {
                 i.areas.insert(at, Area { len, pages, perms });
                 Ok(at)
             }
-            Err(e) => Err((e, pages)),
+            Err(e) => Err(InsertFailed { errno: e, pages, clean: true }),
         }
     }
 
@@ -586,11 +592,17 @@ impl Iommufd {
         if let Err(e) = self.purge_children(units, ioas, &hit) {
             first_error = first_error.or(Some(e));
         }
+        // Unpinned only once every unit confirmed it forgot them.
+        let quarantine = first_error.is_some() || self.poisoned;
         let i = self.ioas_mut(ioas)?;
         let mut bytes = 0;
         for (s, _) in hit {
             if let Some(a) = i.areas.remove(&s) {
-                mem.unpin(&a.pages);
+                if quarantine {
+                    mem.quarantine(&a.pages);
+                } else {
+                    mem.unpin(&a.pages);
+                }
                 bytes += a.len;
             }
         }
@@ -632,14 +644,11 @@ impl Iommufd {
         }
         let place = self.place(units, dst, len, dst_iova)?;
         mem.repin(&pages);
-        self.insert_area(units, dst, place, pages, perms).map_err(|(e, pages)| {
-            mem.unpin(&pages);
-            e
-        })
+        self.insert_area(units, dst, place, pages, perms).map_err(|f| f.give_back(mem))
     }
 
     /// Binds a device the task owns: `unit` and `id` say where it sits. It is
-    /// put in a blocked domain until it is attached.
+    /// blocked (again) until it is attached.
     pub fn device_bind(&mut self, units: Units<'_>, unit: usize, id: DeviceId) -> Result<u32, Errno> {
         if unit >= units.len() || !units[unit].devices().contains(&id) {
             return Err(Errno::ENOENT);
@@ -649,27 +658,11 @@ impl Iommufd {
             return Err(Errno::EBUSY);
         }
         let obj = self.reserve_id()?;
-        let blocked = match self.blocked_domain(units, unit) {
-            Ok(b) => b,
-            Err(e) => {
-                self.objects.remove(&obj);
-                return Err(e);
-            }
-        };
-        if let Err(e) = units[unit].attach(id, blocked) {
+        if let Err(e) = units[unit].detach(id) {
             self.objects.remove(&obj);
             return Err(errno(e));
         }
         Ok(self.publish(obj, Object::Device(Device { unit, id, hwpt: None })))
-    }
-
-    fn blocked_domain(&mut self, units: Units<'_>, unit: usize) -> Result<DomainId, Errno> {
-        if let Some(&d) = self.blocked.get(&unit) {
-            return Ok(d);
-        }
-        let d = units[unit].domain_alloc(DomainKind::Blocked).map_err(errno)?;
-        self.blocked.insert(unit, d);
-        Ok(d)
     }
 
     /// Attaches device `dev` to `ioas` (through the IOAS's HWPT for the
@@ -761,9 +754,9 @@ impl Iommufd {
         let u = &mut *units[unit];
         let filled = self.ioas(ioas).and_then(|i| {
             let huge = i.hints.huge_pages;
-            i.areas
-                .iter()
-                .try_for_each(|(&at, area)| map_pages(u, domain, at, &area.pages, area.perms, huge).map_err(errno))
+            i.areas.iter().try_for_each(|(&at, area)| {
+                map_pages(u, domain, at, &area.pages, area.perms, huge).map_err(|(e, _)| errno(e))
+            })
         });
         if let Err(e) = filled {
             let _ = u.domain_free(domain);
@@ -806,8 +799,7 @@ impl Iommufd {
         let d = self.device(dev)?;
         let (unit, id, hwpt) = (d.unit, d.id, d.hwpt);
         let Some(hwpt) = hwpt else { return Err(Errno::EINVAL) };
-        let blocked = self.blocked_domain(units, unit)?;
-        units[unit].attach(id, blocked).map_err(errno)?;
+        units[unit].detach(id).map_err(errno)?;
         if let Some(Object::Device(d)) = self.objects.get_mut(&dev) {
             d.hwpt = None;
         }
@@ -823,8 +815,9 @@ impl Iommufd {
 
     /// Destroys any object: an IOAS with attached devices or any HWPT on it,
     /// a HWPT with devices or nested children, a fault queue a HWPT routes to
-    /// are `EBUSY`; destroying a device detaches and unbinds it (its unit's
-    /// default applies again).
+    /// are `EBUSY`; destroying a device detaches and unbinds it (it stays
+    /// blocked; if the unit cannot block it, the object stays and the error
+    /// is returned).
     pub fn destroy(&mut self, units: Units<'_>, mem: &mut dyn Memory, id: u32) -> Result<(), Errno> {
         match self.kind(id) {
             None => Err(Errno::ENOENT),
@@ -860,9 +853,9 @@ impl Iommufd {
                     self.device_detach(units, id)?;
                 }
                 let (unit, dev) = self.device_unit(id)?;
-                let r = units[unit].detach(dev).map_err(errno);
+                units[unit].detach(dev).map_err(errno)?;
                 self.objects.remove(&id);
-                r
+                Ok(())
             }
         }
     }
@@ -875,8 +868,17 @@ impl Iommufd {
         let devices: Vec<u32> =
             self.objects.iter().filter(|(_, o)| matches!(o, Object::Device(_))).map(|(&id, _)| id).collect();
         for &d in &devices {
-            if self.device(d).is_ok_and(|x| x.hwpt.is_some()) {
-                let _ = self.device_detach(units, d);
+            let Ok(&Device { unit, id, hwpt }) = self.device(d) else { continue };
+            let blocked = match hwpt {
+                Some(_) => self.device_detach(units, d).is_ok(),
+                None => units[unit].detach(id).is_ok(),
+            };
+            if !blocked {
+                log::error!(
+                    "iommufd: device {:#x} of unit {unit} could not be blocked: the task's pages are quarantined",
+                    id.0
+                );
+                self.poisoned = true;
             }
         }
         let hwpts = |fd: &Self, nested: bool| -> Vec<u32> {
@@ -899,9 +901,6 @@ impl Iommufd {
         }
         for d in devices {
             let _ = self.destroy(units, mem, d);
-        }
-        for (unit, d) in core::mem::take(&mut self.blocked) {
-            let _ = units[unit].domain_free(d);
         }
         self.objects.clear();
     }
@@ -1004,6 +1003,28 @@ fn merge(into: &mut Gather, g: Gather) {
 /// Maps `pages` (one PA per 4 KiB page) at `at`, in runs of physically
 /// contiguous pages so the engine can use large leaves (4 KiB calls only when
 /// `huge` is off).
+/// A map that failed after its pages were pinned: they go back to the task
+/// (`clean`: every unit confirmed it forgot what was mapped) or to quarantine.
+struct InsertFailed {
+    errno: Errno,
+    pages: Vec<u64>,
+    clean: bool,
+}
+
+impl InsertFailed {
+    /// Unpins (or quarantines) the pages; the errno for the caller.
+    fn give_back(self, mem: &mut dyn Memory) -> Errno {
+        if self.clean {
+            mem.unpin(&self.pages);
+        } else {
+            mem.quarantine(&self.pages);
+        }
+        self.errno
+    }
+}
+
+/// Maps `pages` at `at` run by run; on failure undoes what it mapped and
+/// says whether that undo (unmap + flush) succeeded.
 fn map_pages(
     u: &mut dyn Iommu,
     domain: DomainId,
@@ -1011,7 +1032,7 @@ fn map_pages(
     pages: &[u64],
     perms: Perms,
     huge: bool,
-) -> Result<(), iommu::Error> {
+) -> Result<(), (iommu::Error, bool)> {
     let mut i = 0;
     while i < pages.len() {
         let mut n = 1;
@@ -1019,10 +1040,8 @@ fn map_pages(
             n += 1;
         }
         if let Err(e) = u.map(domain, at + i as u64 * PAGE, pages[i], n as u64 * PAGE, perms) {
-            if i > 0 {
-                let _ = iommu::unmap_and_flush(u, domain, at, i as u64 * PAGE);
-            }
-            return Err(e);
+            let clean = i == 0 || iommu::unmap_and_flush(u, domain, at, i as u64 * PAGE).is_ok();
+            return Err((e, clean));
         }
         i += n;
     }

@@ -21,6 +21,8 @@ pub struct FakeMemory {
     pub fail_pin: bool,
     /// Memory contents by physical address (8-byte aligned words; absent: zero).
     pub ram: BTreeMap<u64, u64>,
+    /// Pages given up on ([`Memory::quarantine`]), one entry per pin given up.
+    pub quarantined: Vec<u64>,
 }
 
 impl FakeMemory {
@@ -79,5 +81,12 @@ impl Memory for FakeMemory {
                 self.pins.remove(p);
             }
         }
+    }
+
+    fn quarantine(&mut self, pages: &[u64]) {
+        for p in pages {
+            assert!(self.pins.contains_key(p), "quarantine of a page never pinned");
+        }
+        self.quarantined.extend_from_slice(pages);
     }
 }

@@ -1,7 +1,7 @@
 //! Host tests of the object model against `MockIommu`.
 
 use super::*;
-use iommu::mock::{MockConfig, MockIommu};
+use iommu::mock::{MockConfig, MockIommu, Op as MockOp};
 use iommu::{Region, ReservedKind};
 
 use crate::testing::{FakeMemory, PA_BASE as BASE};
@@ -57,8 +57,95 @@ fn map_attach_dma_unmap() {
     fd.destroy(&mut units, &mut mem, ioas).unwrap();
     assert!(mem.pins.is_empty());
     fd.destroy(&mut units, &mut mem, dev).unwrap();
-    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), 0x5000, true), Some(0x5000), "unbound: unit default");
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), 0x5000, true), None, "unbound: still blocked");
     assert!(fd.is_empty());
+}
+
+/// Default deny through every exit of a device's life: bound, attached then
+/// detached, destroyed while attached, and the task closed while attached.
+#[test]
+fn a_device_is_blocked_at_every_step_but_attached() {
+    let mut units = vec![mock(&[0x10, 0x18], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let blocked = |units: &mut Vec<Box<dyn Iommu>>, d: u32| {
+        let m = mock_of(units, 0);
+        m.drain_faults();
+        m.dma(DeviceId(d), 0x40_0000, true).is_none() && m.attached(DeviceId(d)).is_none()
+    };
+    assert!(blocked(&mut units, 0x10), "before bind");
+    let ioas = fd.ioas_alloc().unwrap();
+    fd.map(
+        &mut units,
+        &mut mem,
+        ioas,
+        MapArgs { va: 0x8000, len: 0x1000, iova: IovaChoice::Fixed(0x40_0000), perms: RW },
+    )
+    .unwrap();
+    let a = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    assert!(blocked(&mut units, 0x10), "bound");
+    fd.device_attach(&mut units, a, ioas).unwrap();
+    assert!(!blocked(&mut units, 0x10), "attached: translated");
+    fd.device_detach(&mut units, a).unwrap();
+    assert!(blocked(&mut units, 0x10), "detached");
+    fd.device_attach(&mut units, a, ioas).unwrap();
+    fd.destroy(&mut units, &mut mem, a).unwrap();
+    assert!(blocked(&mut units, 0x10), "destroyed while attached");
+    let b = fd.device_bind(&mut units, 0, DeviceId(0x18)).unwrap();
+    fd.device_attach(&mut units, b, ioas).unwrap();
+    assert!(!blocked(&mut units, 0x18));
+    fd.close(&mut units, &mut mem);
+    assert!(blocked(&mut units, 0x18), "task exit");
+    assert!(mem.pins.is_empty() && mem.quarantined.is_empty());
+}
+
+/// A flush that fails during unmap: the unit may still hold the old
+/// translation, so the pages are quarantined, never unpinned.
+#[test]
+fn a_failed_flush_quarantines_the_pages() {
+    let mut units = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, dev, ioas).unwrap();
+    let iova = fd
+        .map(&mut units, &mut mem, ioas, MapArgs { va: 0x8000, len: 0x2000, iova: IovaChoice::Auto, perms: RW })
+        .unwrap();
+    mock_of(&mut units, 0).fail_next(MockOp::Flush, iommu::Error::Hardware("injected flush failure"));
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, iova, 0x2000), Err(Errno::EIO));
+    assert_eq!(mem.quarantined, [BASE + 0x8000, BASE + 0x9000]);
+    assert_eq!(mem.pins.len(), 2, "quarantined pages stay pinned");
+    // The next unmap that works unpins as usual.
+    let again = fd
+        .map(&mut units, &mut mem, ioas, MapArgs { va: 0x20_0000, len: 0x1000, iova: IovaChoice::Auto, perms: RW })
+        .unwrap();
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, again, 0x1000), Ok(0x1000));
+    assert_eq!(mem.pins.len(), 2);
+    fd.close(&mut units, &mut mem);
+}
+
+/// A device that cannot be blocked at exit: no page of the task is unpinned.
+#[test]
+fn a_failed_detach_at_exit_quarantines_everything() {
+    let mut units = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, dev, ioas).unwrap();
+    fd.map(&mut units, &mut mem, ioas, MapArgs { va: 0x8000, len: 0x3000, iova: IovaChoice::Auto, perms: RW }).unwrap();
+    mock_of(&mut units, 0).fail_next(MockOp::Detach, iommu::Error::Hardware("injected detach failure"));
+    fd.close(&mut units, &mut mem);
+    assert_eq!(mem.quarantined.len(), 3);
+    assert_eq!(mem.pins.len(), 3, "nothing unpinned");
+    // A failed destroy of a device keeps the object (the caller sees the error).
+    let mut fd = Iommufd::new();
+    let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    mock_of(&mut units, 0).fail_next(MockOp::Detach, iommu::Error::Hardware("injected"));
+    assert_eq!(fd.destroy(&mut units, &mut mem, dev), Err(Errno::EIO));
+    assert_eq!(fd.kind(dev), Some(Kind::Device));
+    fd.destroy(&mut units, &mut mem, dev).unwrap();
 }
 
 #[test]

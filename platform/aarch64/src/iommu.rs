@@ -46,7 +46,13 @@ fn smmu_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box
         log::info!("{} ({} at {base:#x})", smmu.describe(), u.name);
         let devices = kcore::iommu::unit_devices(topology, index);
         let reserved = kcore::iommu::unit_reserved(topology, index, &devices);
-        let driver = smmuv3::SmmuIommu::new(smmu, mem, devices, reserved, prefer_stage2);
+        let driver = match smmuv3::SmmuIommu::new(smmu, mem, devices, reserved, prefer_stage2) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("smmuv3: {}: cannot abort its streams and set SMMUEN: {e}", u.name);
+                continue;
+            }
+        };
         log::info!("smmuv3: {}: paging domains use stage {}", u.name, if driver.uses_stage2() { 2 } else { 1 });
         out.push((index, Box::new(driver)));
     }

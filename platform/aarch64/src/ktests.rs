@@ -235,7 +235,8 @@ fn smmu_generic_domains() -> TestResult {
         let report = kcore::edu::generic_domains(s, id, &edu, other.as_ref(), [frames[0], frames[1], frames[2]], true)?;
         check!(report.blocked.is_empty(), "abort STE raised events: {:?}", report.blocked);
         check_eq!(report.stale.len(), 1);
-        check!(!s.translating(), "translation still on after the last detach");
+        check!(!s.translating(), "a stream is still attached after the last detach");
+        check!(s.smmu.translating(), "SMMUEN went off: default deny lost");
         let now = domain_frames(s);
         check!(now == live0, "SMMU table frames: {live0} before, {now} after");
         Ok(())

@@ -9,12 +9,26 @@
 //! programmed; on the root bus 64-bit BARs use the 64-bit window when there is
 //! one. I/O BARs are assigned on the root bus only. A host whose BARs are all
 //! assigned already (x86 firmware) is left alone.
+//!
+//! Every memory BAR this module places gets a page of its own: it is aligned to
+//! at least [`PAGE_SIZE`] and takes a slot of at least [`PAGE_SIZE`], so a BAR
+//! smaller than a page is followed by padding and no other function's BAR
+//! shares a page with it (a task that maps one function's BAR cannot reach
+//! another's). I/O BARs keep natural alignment and packing. BARs firmware
+//! assigned are kept where they are, and when only some are unassigned the new
+//! ones avoid every page a kept memory BAR touches (and every kept I/O range);
+//! firmware may still have packed its own BARs into shared pages, which
+//! [`shares_page`] reports so the kernel can refuse to map those to a task.
 
-use crate::{reg, Bar, BarKind, ConfigAccess, Function, HostBridge, PciError, Window};
+use crate::{reg, Bar, BarKind, Bdf, ConfigAccess, Function, HostBridge, PciError, Window};
 use alloc::vec::Vec;
 
 /// Bridge memory windows have 1 MiB granularity; I/O windows 4 KiB.
 const MEM_GRANULE: u64 = 1 << 20;
+
+/// The page size memory BAR isolation is measured in (the smallest page a task
+/// can be given).
+pub const PAGE_SIZE: u64 = 4096;
 
 #[derive(Clone, Copy)]
 struct Bump {
@@ -27,13 +41,25 @@ impl Bump {
         w.map(|w| Bump { next: w.pci_base, end: w.pci_base + w.size })
     }
 
-    fn take(&mut self, size: u64, align: u64) -> Option<u64> {
-        let start = self.next.checked_next_multiple_of(align.max(1))?;
-        let end = start.checked_add(size)?;
-        (end <= self.end).then(|| {
-            self.next = end;
-            start
-        })
+    /// The lowest `align`-aligned range of `size` bytes from `next` that fits
+    /// before `end` and overlaps none of `reserved` (half-open ranges).
+    fn take(&mut self, size: u64, align: u64, reserved: &[(u64, u64)]) -> Option<u64> {
+        let align = align.max(1);
+        let mut start = self.next.checked_next_multiple_of(align)?;
+        loop {
+            let end = start.checked_add(size)?;
+            if end > self.end {
+                return None;
+            }
+            // Each step moves past at least one reserved range, so this ends.
+            match reserved.iter().filter(|r| r.0 < end && start < r.1).map(|r| r.1).max() {
+                None => {
+                    self.next = end;
+                    return Some(start);
+                }
+                Some(past) => start = past.checked_next_multiple_of(align)?,
+            }
+        }
     }
 }
 
@@ -57,6 +83,10 @@ struct Ctx<'a> {
     mem32: Option<Bump>,
     mem64: Option<Bump>,
     io: Option<Bump>,
+    /// Memory ranges (whole pages) of BARs firmware assigned, to keep clear of.
+    reserved_mem: Vec<(u64, u64)>,
+    /// I/O ranges of BARs firmware assigned.
+    reserved_io: Vec<(u64, u64)>,
     summary: Summary,
 }
 
@@ -80,19 +110,22 @@ impl Ctx<'_> {
 
     fn place(&mut self, f: &Function, bar: &mut Bar, behind_bridge: bool) -> Result<(), PciError> {
         let err = PciError::WindowExhausted { bdf: f.bdf, bar: bar.index, size: bar.size };
+        // A memory BAR gets a page-aligned slot of at least a page (sizes are powers of two).
+        let slot = bar.size.max(PAGE_SIZE);
+        let (mem, io) = (&self.reserved_mem, &self.reserved_io);
         let base = match bar.kind {
             BarKind::Io if behind_bridge => {
                 log::warn!("pci: {} BAR{}: I/O behind a bridge is not assigned", f.bdf, bar.index);
                 return Ok(());
             }
-            BarKind::Io => self.io.as_mut().and_then(|b| b.take(bar.size, bar.size)),
+            BarKind::Io => self.io.as_mut().and_then(|b| b.take(bar.size, bar.size, io)),
             BarKind::Mem64 if !behind_bridge && self.mem64.is_some() => {
-                self.mem64.as_mut().and_then(|b| b.take(bar.size, bar.size))
+                self.mem64.as_mut().and_then(|b| b.take(slot, slot, mem))
             }
             BarKind::Mem32 | BarKind::Mem64 => self
                 .mem32
                 .as_mut()
-                .and_then(|b| b.take(bar.size, bar.size))
+                .and_then(|b| b.take(slot, slot, mem))
                 .filter(|&a| bar.kind == BarKind::Mem64 || a + bar.size <= 1 << 32),
         };
         bar.base = base.ok_or(err)?;
@@ -162,12 +195,23 @@ pub fn assign(access: &dyn ConfigAccess, host: &HostBridge, functions: &mut [Fun
             b.next = b.next.max(0x1000);
             b
         }),
+        reserved_mem: Vec::new(),
+        reserved_io: Vec::new(),
         summary: Summary::default(),
     };
     if unassigned > 0 && unassigned == total {
         ctx.bus(functions, None)?;
     } else {
         ctx.summary.kept = total - unassigned;
+        for bar in functions.iter().flat_map(|f| f.bars.iter()).filter(|b| b.base != 0) {
+            let end = bar.base.saturating_add(bar.size);
+            match bar.kind {
+                BarKind::Io => ctx.reserved_io.push((bar.base, end)),
+                BarKind::Mem32 | BarKind::Mem64 => ctx
+                    .reserved_mem
+                    .push((bar.base & !(PAGE_SIZE - 1), end.checked_next_multiple_of(PAGE_SIZE).unwrap_or(u64::MAX))),
+            }
+        }
         if unassigned > 0 {
             log::warn!(
                 "pci: {unassigned} of {total} BARs unassigned by firmware; assigning those on the root bus only"
@@ -212,4 +256,43 @@ pub fn assign(access: &dyn ConfigAccess, host: &HostBridge, functions: &mut [Fun
         }
     }
     Ok(ctx.summary)
+}
+
+/// Pairs of memory BARs of different functions that share a [`PAGE_SIZE`] page
+/// (or overlap), as `(function, BAR index, function, BAR index)`.
+///
+/// Unassigned BARs (base 0) and I/O BARs are left out. Each pair appears once,
+/// the BAR whose first page is lower (then the earlier one in `functions`)
+/// first. BARs this module placed never appear here; BARs firmware packed
+/// together can. Addresses are PCI bus addresses; host windows translate them
+/// to CPU addresses by page-aligned offsets, so sharing a page on the bus is
+/// sharing one in the CPU's view too.
+pub fn shares_page(functions: &[Function]) -> Vec<(Bdf, u8, Bdf, u8)> {
+    // (first page, last page, position in `functions`, BAR index)
+    let mut spans: Vec<(u64, u64, usize, u8)> = Vec::new();
+    for (i, f) in functions.iter().enumerate() {
+        for bar in f.bars.iter().filter(|b| b.kind != BarKind::Io && b.base != 0 && b.size != 0) {
+            let last = bar.base.saturating_add(bar.size - 1);
+            spans.push((bar.base / PAGE_SIZE, last / PAGE_SIZE, i, bar.index));
+        }
+    }
+    spans.sort_unstable_by_key(|s| (s.0, s.2, s.3));
+    let mut out = Vec::new();
+    for (n, a) in spans.iter().enumerate() {
+        // Sorted by first page: once one starts after `a` ends, all later ones do.
+        for b in spans[n + 1..].iter().take_while(|b| b.0 <= a.1) {
+            let (fa, fb) = (functions[a.2].bdf, functions[b.2].bdf);
+            if fa != fb {
+                out.push((fa, a.3, fb, b.3));
+            }
+        }
+    }
+    out
+}
+
+/// Whether BAR `index` of `bdf` shares a page with a memory BAR of another
+/// function in `functions` (see [`shares_page`]): a kernel must not map such a
+/// BAR to a task.
+pub fn bar_shares_page(functions: &[Function], bdf: Bdf, index: u8) -> bool {
+    shares_page(functions).iter().any(|p| (p.0 == bdf && p.1 == index) || (p.2 == bdf && p.3 == index))
 }

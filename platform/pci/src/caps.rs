@@ -8,6 +8,8 @@ use alloc::vec::Vec;
 pub mod id {
     /// Power management.
     pub const PM: u8 = 0x01;
+    /// Vital product data.
+    pub const VPD: u8 = 0x03;
     /// MSI.
     pub const MSI: u8 = 0x05;
     /// Vendor specific (virtio uses these).
@@ -69,6 +71,14 @@ pub struct Capabilities {
     pub msix: Option<MsiX>,
     /// PCIe device/port type (PCIe 4.0 §7.5.3.2), if a PCIe function.
     pub pcie_port_type: Option<u8>,
+    /// Vendor-specific capabilities as (offset, length byte): byte 2 of such a
+    /// structure gives its length in bytes, header included (PCI 3.0 Appendix H).
+    pub vendor_lengths: Vec<(u16, u8)>,
+    /// The lists could not be walked (a loop, or a pointer into the header), so
+    /// what the function really holds in 0x40..0x1000 is unknown. Enumeration
+    /// sets this and leaves the other fields empty; [`crate::policy`] then
+    /// treats all of 0x40..0x100 as capability structures.
+    pub malformed: bool,
 }
 
 impl Capabilities {
@@ -142,6 +152,7 @@ pub fn read(access: &dyn ConfigAccess, bdf: Bdf) -> Result<Capabilities, PciErro
                     });
                 }
                 id::PCIE => caps.pcie_port_type = Some(((access.read16(bdf, ptr + 2) >> 4) & 0xF) as u8),
+                id::VENDOR => caps.vendor_lengths.push((ptr, access.read8(bdf, ptr + 2))),
                 _ => {}
             }
             ptr = (header >> 8) & 0xFC;

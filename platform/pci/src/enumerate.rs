@@ -99,7 +99,7 @@ impl Walk<'_> {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("pci: {e}; capabilities ignored");
-                caps::Capabilities::default()
+                caps::Capabilities { malformed: true, ..Default::default() }
             }
         };
         let mut f = Function {

@@ -1,6 +1,7 @@
 //! PCI: configuration access, enumeration through bridges, BAR sizing and
-//! assignment, and capability parsing (PCI Local Bus 3.0 §6, PCI-to-PCI Bridge
-//! 1.2 §3.2, PCI Express Base 4.0 §7).
+//! assignment, capability parsing (PCI Local Bus 3.0 §6, PCI-to-PCI Bridge
+//! 1.2 §3.2, PCI Express Base 4.0 §7), and what a user task may claim and
+//! write ([`policy`]).
 //!
 //! Hardware access goes through [`ConfigAccess`]; the kernel implements it with
 //! ECAM MMIO, the host tests with [`fake::FakeConfig`]. Nothing here touches
@@ -14,6 +15,9 @@ pub mod assign;
 pub mod caps;
 pub mod enumerate;
 pub mod fake;
+pub mod policy;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -116,6 +120,19 @@ pub mod reg {
     pub const CMD_BUS_MASTER: u16 = 1 << 2;
     /// Status: capability list present.
     pub const STATUS_CAP_LIST: u16 = 1 << 4;
+    /// Status bits that are write-1-to-clear error flags (PCI 3.0 §6.2.3;
+    /// the same bits in PCIe 4.0 §7.5.1.1.4): master data parity error (8),
+    /// signaled target abort (11), received target abort (12), received
+    /// master abort (13), signaled system error (14), detected parity error (15).
+    pub const STATUS_RW1C: u16 = 0xF900;
+    /// Cache line size (8).
+    pub const CACHE_LINE_SIZE: u16 = 0x0C;
+    /// Latency timer (8).
+    pub const LATENCY_TIMER: u16 = 0x0D;
+    /// Built-in self test (8).
+    pub const BIST: u16 = 0x0F;
+    /// Type 0: expansion ROM base address (32).
+    pub const EXPANSION_ROM: u16 = 0x30;
 }
 
 /// Why a PCI operation failed.

@@ -1,12 +1,12 @@
 //! Host tests: enumeration and assignment on simulated topologies.
 
-use crate::assign::assign;
+use crate::assign::{assign, bar_shares_page, shares_page, PAGE_SIZE};
 use crate::enumerate::enumerate;
 use crate::fake::{FakeConfig, FakeFunction};
-use crate::{reg, BarKind, Bdf, ConfigAccess, HostBridge, PciError, Window};
+use crate::{reg, Bar, BarKind, Bdf, ConfigAccess, Function, HostBridge, PciError, Window};
 use proptest::prelude::*;
 
-fn virt_host() -> HostBridge {
+pub(crate) fn virt_host() -> HostBridge {
     HostBridge {
         segment: 0,
         bus_start: 0,
@@ -164,13 +164,19 @@ fn out_of_bus_numbers() {
     assert_eq!(enumerate(&cfg, &host, true), Err(PciError::OutOfBusNumbers(Bdf::new(0, 0, 1, 0))));
 }
 
+/// The pages `bar` touches, first and last.
+fn pages(bar: &Bar) -> (u64, u64) {
+    (bar.base / PAGE_SIZE, (bar.base + bar.size - 1) / PAGE_SIZE)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Random endpoints (some behind one or two bridges) with random BARs: after
-    /// assignment no two BARs overlap, each is naturally aligned, inside a host
-    /// window, and inside the windows of every bridge above it.
+    /// Random endpoints (some behind one or two bridges) with random BARs, some
+    /// smaller than a page: after assignment no two BARs overlap, each is
+    /// naturally aligned and page aligned, inside a host window, and inside the
+    /// windows of every bridge above it, and no two functions' BARs share a page.
     #[test]
-    fn assignment_invariants(devs in proptest::collection::vec((0u8..3, 12u32..22, any::<bool>(), any::<bool>()), 1..12)) {
+    fn assignment_invariants(devs in proptest::collection::vec((0u8..3, 4u32..22, any::<bool>(), any::<bool>()), 1..12)) {
         let mut fns = vec![
             FakeFunction::bridge(None, 30, 1, 1),
             FakeFunction::bridge(Some(0), 0, 1, 1),
@@ -180,17 +186,18 @@ proptest! {
             let dev = (i as u8) + 1;
             fns.push(FakeFunction::endpoint(parent, dev, 0, 0x1234, i as u16, 0xFF00)
                 .with_mem_bar(0, 1 << log2, is64, pref)
-                .with_mem_bar(if is64 { 2 } else { 1 }, 1 << (log2 - 1).max(12), false, false));
+                .with_mem_bar(if is64 { 2 } else { 1 }, 1 << (log2 - 1).max(4), false, false));
         }
         let cfg = FakeConfig::new(0, fns);
         let host = virt_host();
         let mut found = enumerate(&cfg, &host, true).unwrap();
         prop_assert_eq!(found.len(), devs.len() + 2);
         assign(&cfg, &host, &mut found).unwrap();
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut ranges: Vec<(Bdf, u64, u64)> = Vec::new();
         for f in found.iter().filter(|f| !f.is_bridge()) {
             for bar in &f.bars {
                 prop_assert_eq!(bar.base % bar.size, 0);
+                prop_assert_eq!(bar.base % PAGE_SIZE, 0, "memory BARs are page aligned");
                 let in32 = host.mmio32.is_some_and(|w| bar.base >= w.pci_base && bar.base + bar.size <= w.pci_base + w.size);
                 let in64 = host.mmio64.is_some_and(|w| bar.base >= w.pci_base && bar.base + bar.size <= w.pci_base + w.size);
                 prop_assert!(in32 || in64);
@@ -199,12 +206,176 @@ proptest! {
                     let (lo, hi) = (u64::from(w & 0xFFF0) << 16, (u64::from(w >> 16 & 0xFFF0) << 16) | 0xF_FFFF);
                     prop_assert!(bar.base >= lo && bar.base + bar.size - 1 <= hi);
                 }
-                for &(b, s) in &ranges {
+                let (first, last) = pages(bar);
+                for &(other, b, s) in &ranges {
                     prop_assert!(bar.base + bar.size <= b || b + s <= bar.base, "overlap");
+                    let (of, ol) = (b / PAGE_SIZE, (b + s - 1) / PAGE_SIZE);
+                    prop_assert!(other == f.bdf || last < of || ol < first, "{} and {} share a page", f.bdf, other);
                 }
-                ranges.push((bar.base, bar.size));
+                ranges.push((f.bdf, bar.base, bar.size));
             }
         }
+        prop_assert_eq!(shares_page(&found), vec![]);
+    }
+
+    /// Firmware assigned some BARs (some in the middle of a page), left others
+    /// unassigned: the kept ones stay, and the new ones are naturally and page
+    /// aligned and share no page with any other BAR, kept or new.
+    #[test]
+    fn partial_assignment_keeps_clear_of_firmware_pages(
+        devs in proptest::collection::vec((4u32..22, any::<bool>(), 0u64..4, 0u64..256, 4u32..16), 1..12),
+    ) {
+        let mut fns = Vec::new();
+        let mut firmware = Vec::new();
+        for (i, &(log2, assigned, jitter, sub, log2b)) in devs.iter().enumerate() {
+            let size = 1u64 << log2;
+            let mut f = FakeFunction::endpoint(None, (i as u8) + 1, 0, 0x1234, i as u16, 0xFF00)
+                .with_mem_bar(0, size, false, false)
+                .with_mem_bar(1, 1 << log2b, false, false);
+            if assigned {
+                // A 4 MiB slot of its own, at a random sub-page offset when the BAR is small.
+                let base = 0x1000_0000 + (i as u64 * 4 + jitter) * (4 << 20) + if size < PAGE_SIZE { (sub * size) % PAGE_SIZE } else { 0 };
+                f = f.with_bar_value(0, base as u32);
+                firmware.push(((i as u8) + 1, base));
+            }
+            fns.push(f);
+        }
+        let cfg = FakeConfig::new(0, fns);
+        let host = virt_host();
+        let mut found = enumerate(&cfg, &host, true).unwrap();
+        let s = assign(&cfg, &host, &mut found).unwrap();
+        prop_assert_eq!(s.kept, firmware.len());
+        prop_assert_eq!(s.assigned, 2 * devs.len() - firmware.len());
+        let all: Vec<(Bdf, Bar)> = found.iter().flat_map(|f| f.bars.iter().map(move |b| (f.bdf, *b))).collect();
+        for &(bdf, bar) in &all {
+            let kept = firmware.iter().find(|k| k.0 == bdf.dev && bar.index == 0);
+            if let Some(&(_, base)) = kept {
+                prop_assert_eq!(bar.base, base, "firmware BAR kept");
+                continue;
+            }
+            prop_assert!(bar.base != 0);
+            prop_assert_eq!(bar.base % bar.size.max(PAGE_SIZE), 0);
+            let (first, last) = pages(&bar);
+            for &(other, b) in &all {
+                if (other, b.index) != (bdf, bar.index) {
+                    let (of, ol) = pages(&b);
+                    prop_assert!(last < of || ol < first, "{} BAR{} shares a page with {} BAR{}", bdf, bar.index, other, b.index);
+                }
+            }
+        }
+        prop_assert_eq!(shares_page(&found), vec![]);
+    }
+}
+
+#[test]
+fn small_memory_bars_get_a_page_each() {
+    let f =
+        |dev, size| FakeFunction::endpoint(None, dev, 0, 0x1234, 0x1000, 0xFF00).with_mem_bar(0, size, false, false);
+    let cfg = FakeConfig::new(0, vec![f(1, 16), f(2, 256), f(3, 4096), f(4, 16)]);
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    assign(&cfg, &host, &mut fns).unwrap();
+    let bases: Vec<u64> = fns.iter().map(|f| f.bars[0].base).collect();
+    // Largest first from the window base; every BAR starts a page and takes one.
+    // (Packed naturally these were 0x1000_1100, 0x1000_1000, 0x1000_0000, 0x1000_1110.)
+    assert_eq!(bases, [0x1000_2000, 0x1000_1000, 0x1000_0000, 0x1000_3000]);
+    for (i, f) in fns.iter().enumerate() {
+        assert_eq!(cfg.read32(f.bdf, reg::BAR0), bases[i] as u32, "programmed");
+    }
+    assert!(shares_page(&fns).is_empty());
+}
+
+#[test]
+fn io_bars_still_pack_naturally() {
+    let a = FakeFunction::endpoint(None, 1, 0, 0x1234, 0x1000, 0xFF00).with_io_bar(0, 32);
+    let b = FakeFunction::endpoint(None, 2, 0, 0x1234, 0x1001, 0xFF00).with_io_bar(0, 16).with_io_bar(1, 4);
+    let cfg = FakeConfig::new(0, vec![a, b]);
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    assign(&cfg, &host, &mut fns).unwrap();
+    assert_eq!(fns[0].bars[0].base, 0x1000);
+    assert_eq!((fns[1].bars[0].base, fns[1].bars[1].base), (0x1020, 0x1030));
+    assert!(fns.iter().flat_map(|f| &f.bars).all(|b| b.kind == BarKind::Io));
+    assert!(shares_page(&fns).is_empty(), "I/O BARs are not pages");
+}
+
+#[test]
+fn partial_assignment_avoids_firmware_bars() {
+    let f =
+        |dev, size| FakeFunction::endpoint(None, dev, 0, 0x1234, 0x1000, 0xFF00).with_mem_bar(0, size, false, false);
+    let cfg = FakeConfig::new(
+        0,
+        vec![
+            f(1, 64 << 10).with_bar_value(0, 0x1000_0000),
+            f(2, 2 << 10).with_bar_value(0, 0x1001_0800),
+            f(3, 16),
+            f(4, 64 << 10),
+            FakeFunction::endpoint(None, 5, 0, 0x1234, 0x1000, 0xFF00).with_io_bar(0, 32).with_bar_value(0, 0x1000),
+            FakeFunction::endpoint(None, 6, 0, 0x1234, 0x1000, 0xFF00).with_io_bar(0, 16),
+        ],
+    );
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    let s = assign(&cfg, &host, &mut fns).unwrap();
+    assert_eq!((s.assigned, s.kept), (3, 3));
+    let bases: Vec<u64> = fns.iter().map(|f| f.bars[0].base).collect();
+    // Without the reservation these went to 0x1000_0000 (inside dev 1's BAR),
+    // 0x1001_0000 (dev 2's page) and I/O port 0x1000 (dev 5's ports).
+    assert_eq!(bases, [0x1000_0000, 0x1001_0800, 0x1001_1000, 0x1002_0000, 0x1000, 0x1020]);
+    assert!(shares_page(&fns).is_empty());
+}
+
+fn mem_bar(index: u8, base: u64, size: u64) -> Bar {
+    Bar { index, kind: BarKind::Mem32, prefetchable: false, base, size }
+}
+
+fn with_bars(dev: u8, bars: Vec<Bar>) -> Function {
+    Function {
+        bdf: Bdf::new(0, 0, dev, 0),
+        vendor: 0x1234,
+        device: 0x1000,
+        class: 0xFF00,
+        header_type: 0,
+        bars,
+        caps: Default::default(),
+        path: Vec::new(),
+        bridge_buses: None,
+    }
+}
+
+#[test]
+fn shares_page_reports_firmware_packed_bars() {
+    let io = Bar { index: 0, kind: BarKind::Io, prefetchable: false, base: 0x3000_0000, size: 0x100 };
+    let fns = vec![
+        with_bars(10, vec![mem_bar(0, 0x5000_0000, 0x1_0000)]),
+        with_bars(1, vec![mem_bar(0, 0x2000_0000, 0x100)]),
+        with_bars(2, vec![mem_bar(0, 0x2000_0100, 0x100)]),
+        with_bars(3, vec![mem_bar(0, 0x2000_1000, 0x1000)]),
+        with_bars(4, vec![mem_bar(0, 0x3000_0000, 0x2000), mem_bar(2, 0x3000_3000, 0x10)]),
+        with_bars(5, vec![io, mem_bar(1, 0x3000_1800, 0x800)]),
+        with_bars(6, vec![mem_bar(0, 0x4000_0000, 0x100), mem_bar(1, 0x4000_0100, 0x100)]),
+        with_bars(7, vec![mem_bar(0, 0, 0x10)]),
+        with_bars(8, vec![mem_bar(0, 0, 0x10)]),
+        with_bars(9, vec![mem_bar(0, 0x5000_4000, 0x1000)]),
+        with_bars(11, vec![mem_bar(0, 0xFFFF_FFFF_FFFF_F000, 0x2000)]),
+    ];
+    let d = |dev| Bdf::new(0, 0, dev, 0);
+    assert_eq!(
+        shares_page(&fns),
+        vec![(d(1), 0, d(2), 0), (d(4), 0, d(5), 1), (d(10), 0, d(9), 0)],
+        "same-function, I/O and unassigned BARs are not reported"
+    );
+    for (dev, index, shared) in [
+        (1, 0, true),
+        (2, 0, true),
+        (3, 0, false),
+        (4, 0, true),
+        (4, 2, false),
+        (5, 1, true),
+        (5, 0, false),
+        (6, 0, false),
+    ] {
+        assert_eq!(bar_shares_page(&fns, d(dev), index), shared, "dev {dev} BAR{index}");
     }
 }
 

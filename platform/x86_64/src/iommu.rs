@@ -95,7 +95,10 @@ fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<
             .filter(|r| matches!(r.kind, MemoryKind::Usable | MemoryKind::AcpiReclaimable))
             .map(|r| (r.base, r.end()))
             .collect();
-        out.push((index, Box::new(vtd::VtdIommu::new(unit, mem, devices, reserved, ram))));
+        match vtd::VtdIommu::new(unit, mem, devices, reserved, ram) {
+            Ok(v) => out.push((index, Box::new(v))),
+            Err(e) => log::error!("vtd: {}: cannot block its devices and turn translation on: {e}", u.name),
+        }
     }
     out
 }

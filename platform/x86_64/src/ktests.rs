@@ -70,7 +70,11 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
     let edu = kcore::edu::open(dev)?;
 
     let outcome = with_vtd(|v| {
-        check!(!v.translating(), "the registered unit is in use");
+        // The kernel takes the unit's devices for the test: out of any boot
+        // (direct-map) domain, blocked.
+        for d in iommu::Iommu::devices(v) {
+            iommu::Iommu::detach(v, d).map_err(kcore::edu::failed)?;
+        }
         let live0 = domain_frames(v);
         let (unit, mem) = (&mut v.unit, &mut v.mem);
         log::info!("{}", unit.describe());
@@ -180,7 +184,6 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
             let stale = unit.take_fault();
             check!(stale.is_some_and(|f| f.address == 0x20_0000), "no fault after unmap: {stale:?}");
             check!(frame_bytes(dst).iter().all(|&b| b == 0x5A), "DMA reached an unmapped page");
-            let _ = unit.disable();
             let _ = unit.detach(rid, mem);
             let (_, g) =
                 dom.table.unmap(mem, 0, 1 << 39).map_err(|e| ktest::TestError::Failed(alloc::format!("{e}")))?;
@@ -188,7 +191,6 @@ fn vtd_edu_dma_through_a_domain() -> TestResult {
             dom.table.destroy(mem);
             Ok(())
         })();
-        let _ = unit.disable();
         for f in frames {
             let _ = kcore::mm::free_frame(f);
         }
@@ -211,7 +213,11 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
     }
     let err = |e: vtd::VtdError| ktest::TestError::Failed(alloc::format!("{e}"));
     with_vtd(|v| {
-        check!(!v.translating(), "the registered unit is in use");
+        // The kernel takes the unit's devices for the test: out of any boot
+        // (direct-map) domain, blocked.
+        for d in iommu::Iommu::devices(v) {
+            iommu::Iommu::detach(v, d).map_err(kcore::edu::failed)?;
+        }
         let live0 = domain_frames(v);
         let (unit, mem) = (&mut v.unit, &mut v.mem);
         // 2 MiB of physically contiguous, 2 MiB-aligned memory for a large leaf.
@@ -258,7 +264,6 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
                 let _ = unit.detach(rid1, mem);
                 d2.table.destroy(mem);
             }
-            let _ = unit.disable();
             let _ = unit.detach(rid0, mem);
             let (n, g) =
                 d1.table.unmap(mem, high, 2 << 20).map_err(|e| ktest::TestError::Failed(alloc::format!("{e}")))?;
@@ -267,7 +272,6 @@ fn vtd_large_pages_high_iovas_and_isolation() -> TestResult {
             d1.table.destroy(mem);
             Ok(())
         })();
-        let _ = unit.disable();
         for i in 0..512 {
             let _ = kcore::mm::free_frame(big + i * 4096);
         }
@@ -299,7 +303,11 @@ fn vtd_generic_domains() -> TestResult {
     let frames: alloc::vec::Vec<u64> = (0..3).filter_map(|_| kcore::mm::alloc_frame()).collect();
     let outcome = with_vtd(|v| {
         check_eq!(frames.len(), 3);
-        check!(!v.translating(), "the registered unit is in use");
+        // The kernel takes the unit's devices for the test: out of any boot
+        // (direct-map) domain, blocked.
+        for d in iommu::Iommu::devices(v) {
+            iommu::Iommu::detach(v, d).map_err(kcore::edu::failed)?;
+        }
         let live0 = domain_frames(v);
         let dev_id = DeviceId(u32::from(rid));
         let report = kcore::edu::generic_domains(
@@ -317,7 +325,8 @@ fn vtd_generic_domains() -> TestResult {
         );
         log::info!("vtd generic: blocked: {}", report.blocked[0]);
         check!(report.stale.len() == 1, "after unmap + flush: {:?}", report.stale);
-        check!(!v.translating(), "translation still on after the last detach");
+        check!(!v.translating(), "a device is still attached after the last detach");
+        check!(v.unit.enabled(), "translation went off: default deny lost");
         // A second device faulting while the one recording register is full
         // is an overflow (FSTS.PFO): counted, and the first fault is still there.
         if let Some((e1, r1)) = &other {
@@ -387,7 +396,7 @@ fn direct_map_regions_identity_mapped() -> TestResult {
         let records_faults = u.info().kind != UnitKind::AmdVi;
         let live0 = unit_domain_frames(u);
         let dev_id = DeviceId(u32::from(rid));
-        check!(u.attached(dev_id).is_none(), "the device is in use");
+        u.detach(dev_id).map_err(kcore::edu::failed)?; // out of its boot direct-map domain
         let d = u.domain_alloc(DomainKind::Paging).map_err(kcore::edu::failed)?;
         u.map(d, 0x10_0000, src, 4096, iommu::Perms::READ).map_err(kcore::edu::failed)?;
         u.attach(dev_id, d).map_err(kcore::edu::failed)?;
@@ -475,7 +484,7 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
         check!(!a.translating(), "the registered unit is in use");
         let live0 = a.mem.live;
         let id = iommu::DeviceId(u32::from(rid));
-        check_eq!(a.unit.dte(rid, &a.mem), dte::untranslated());
+        check_eq!(a.unit.dte(rid, &a.mem), dte::blocked(dte::BLOCKED_TAG));
         for (kind, mode, access) in [(DomainKind::Identity, 0, true), (DomainKind::Blocked, 0, false)] {
             let d = a.domain_alloc(kind).map_err(failed)?;
             a.attach(id, d).map_err(failed)?;
@@ -520,7 +529,7 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
         edu.dma(iova + 200 * 4096, 4096, true)?;
         check!(frame_bytes(frames[200]).iter().all(|&b| b == 0x5A), "DMA reached an unmapped page");
         a.detach(id).map_err(failed)?;
-        check_eq!(a.unit.dte(rid, &a.mem), dte::untranslated());
+        check_eq!(a.unit.dte(rid, &a.mem), dte::blocked(dte::BLOCKED_TAG));
         a.domain_free(d).map_err(failed)?;
         check!(a.mem.live == live0, "table frames: {live0} before, {} after", a.mem.live);
         Ok(())

@@ -110,6 +110,12 @@ pub fn device_config_write(bdf: u64, offset: u64, width: u64, value: u64) -> Sys
     decode(raw(Sysno::DeviceConfigWrite as u64, [bdf, offset, width, value, 0]))
 }
 
+/// The kernel's test canary (ktest boots only): its physical address (`op`
+/// 0), or whether it is intact (`op` 1: `Ok(0)`, `EIO` when written).
+pub fn test_canary(op: u64) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [op, 0, 0, 0, 0]))
+}
+
 /// Starts the packed program `name` as a new task; returns its id.
 pub fn task_spawn(name: &str) -> SysResult {
     decode(raw(Sysno::TaskSpawn as u64, [name.as_ptr() as u64, name.len() as u64, 0, 0, 0]))

@@ -33,6 +33,13 @@ pub struct Failure {
     pub errno: Option<Errno>,
 }
 
+impl Failure {
+    /// A failure at step `what` with no errno.
+    pub const fn new(what: &'static str) -> Failure {
+        Failure { what, errno: None }
+    }
+}
+
 impl core::fmt::Display for Failure {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self.errno {
@@ -76,6 +83,11 @@ impl Edu {
     /// its BAR0 and turns bus mastering on.
     pub fn open(bdf: u64) -> Result<Edu, Failure> {
         sys::device_claim(bdf).map_err(fail("claim"))?;
+        Self::open_claimed(bdf)
+    }
+
+    /// As [`Edu::open`] for a function this task already claimed.
+    pub fn open_claimed(bdf: u64) -> Result<Edu, Failure> {
         let edu = Edu { regs: sys::device_map_bar(bdf, 0).map_err(fail("map BAR0"))? };
         // Bus mastering on (PCI command register bit 2), or the device cannot DMA at all.
         let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
@@ -93,14 +105,20 @@ impl Edu {
         unsafe { ((self.regs + off) as *const u64).read_volatile() }
     }
 
-    /// Copies a page between `iova` and the device buffer; waits up to 2 s.
-    /// (edu reports completion even when the IOMMU blocked the transfer.)
-    pub fn dma(&self, iova: u64, to_ram: bool) -> Result<(), Failure> {
+    /// Starts copying a page between `iova` and the device buffer and
+    /// returns at once (the transfer runs on in the device).
+    pub fn start_dma(&self, iova: u64, to_ram: bool) {
         let (src, dst) = if to_ram { (EDU_BUFFER, iova) } else { (iova, EDU_BUFFER) };
         self.write64(0x80, src);
         self.write64(0x88, dst);
         self.write64(0x90, PAGE);
         self.write64(0x98, 1 | if to_ram { 2 } else { 0 });
+    }
+
+    /// Copies a page between `iova` and the device buffer; waits up to 2 s.
+    /// (edu reports completion even when the IOMMU blocked the transfer.)
+    pub fn dma(&self, iova: u64, to_ram: bool) -> Result<(), Failure> {
+        self.start_dma(iova, to_ram);
         let start = sys::clock().unwrap_or(0);
         while self.read64(0x98) & 1 != 0 {
             if sys::clock().unwrap_or(u64::MAX).saturating_sub(start) > 2_000_000_000 {

@@ -113,9 +113,16 @@ fn config_space(ctx: &mut Ctx) -> Result<(), &'static str> {
         return Err("moving BAR0 not EPERM");
     }
     let cmd = sys::device_config_read(edu.bdf, 4, 2).map_err(|_| "command read failed")?;
-    sys::device_config_write(edu.bdf, 4, 2, cmd | 4).map_err(|_| "setting bus master failed")?;
-    if sys::device_config_read(edu.bdf, 4, 2) != Ok(cmd | 4) {
-        return Err("bus master bit did not stick");
+    if edu.flags & abi::DEVICE_BEHIND_IOMMU == 0 {
+        // No IOMMU could confine its DMA: the kernel refuses Bus Master.
+        if sys::device_config_write(edu.bdf, 4, 2, cmd | 4) != Err(Errno::EPERM) {
+            return Err("bus master on a function no IOMMU translates not EPERM");
+        }
+    } else {
+        sys::device_config_write(edu.bdf, 4, 2, cmd | 4).map_err(|_| "setting bus master failed")?;
+        if sys::device_config_read(edu.bdf, 4, 2) != Ok(cmd | 4) {
+            return Err("bus master bit did not stick");
+        }
     }
     if let Some(other) = ctx.other {
         if sys::device_config_read(other.bdf, 0, 4) != Err(Errno::EPERM) {
@@ -127,6 +134,10 @@ fn config_space(ctx: &mut Ctx) -> Result<(), &'static str> {
 
 fn interrupt(ctx: &mut Ctx) -> Result<(), &'static str> {
     let edu = ctx.edu.ok_or("no edu")?;
+    if cfg!(target_arch = "x86_64") && edu.flags & abi::DEVICE_BEHIND_IOMMU == 0 {
+        // An MSI is a DMA write: without an IOMMU the kernel refuses Bus Master.
+        return Err("SKIP no IOMMU: Bus Master refused, so no MSI can be sent");
+    }
     if sys::device_irq_wait(edu.bdf, 0) != Err(Errno::EINVAL) {
         return Err("waiting before enabling not EINVAL");
     }
@@ -173,6 +184,7 @@ fn main() -> i32 {
     for (i, (name, step)) in STEPS.iter().enumerate() {
         match step(&mut ctx) {
             Ok(()) => println!("ok {} user.edu.{name}", i + 1),
+            Err(why) if why.starts_with("SKIP ") => println!("ok {} user.edu.{name} # {why}", i + 1),
             Err(why) => {
                 failed += 1;
                 println!("not ok {} user.edu.{name} # {why}", i + 1);
