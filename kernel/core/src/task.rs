@@ -992,9 +992,11 @@ fn sys_test_canary(op: u64) -> SysResult {
     match op {
         0 => Ok(pa),
         1 => {
-            // SAFETY: as above; read-only.
-            let intact = (0..FRAME_SIZE)
-                .all(|i| unsafe { ((mm::phys_to_virt(pa) + i) as *const u8).read_volatile() } == canary_byte(i));
+            let intact = (0..FRAME_SIZE).all(|i| {
+                // SAFETY: `pa` is the canary frame (allocated once, never freed), in the direct map; read-only.
+                let b = unsafe { ((mm::phys_to_virt(pa) + i) as *const u8).read_volatile() };
+                b == canary_byte(i)
+            });
             if intact {
                 Ok(0)
             } else {
