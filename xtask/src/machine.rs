@@ -183,10 +183,16 @@ impl Machine {
         let mut cmdline = self.cmdline.clone();
         let program = match self.arch {
             Arch::X86_64 => {
-                add("-machine q35 -cpu max -m 512M -smp 1 -nographic -no-reboot -vga none -nic none");
+                // Interrupt remapping wants the I/O APIC in QEMU, not in KVM
+                // (`kernel-irqchip=split`; TCG does not care, KVM users need it).
+                let irqchip = if self.iommu == Iommu::Vtd { ",kernel-irqchip=split" } else { "" };
+                add(&format!(
+                    "-machine q35{irqchip} -cpu max -m 512M -smp 1 -nographic -no-reboot -vga none -nic none"
+                ));
                 add("-device isa-debug-exit,iobase=0xf4,iosize=0x04");
                 match self.iommu {
-                    Iommu::Vtd => add("-device intel-iommu"),
+                    // Interrupt remapping on (a case of the suite turns it off again).
+                    Iommu::Vtd => add("-device intel-iommu,intremap=on"),
                     // pt=off: with the default pt=on QEMU 10 never translates emulated devices (QEMU.md G1).
                     Iommu::Amdvi => add("-device amd-iommu,pt=off"),
                     Iommu::Virtio => add("-device virtio-iommu-pci"),

@@ -70,6 +70,7 @@ fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
     let v: Vec<String> = match (arch, iommu) {
         (_, Iommu::Vtd) => vec![
             "topology: iommu dmar0 kind=vtd base=0xfed90000".into(),
+            "vtd: interrupt remapping on: 256 entries".into(),
             format!("{edu} iommu=dmar0 id=0x"),
             "topology: reserved dmar0 0xfee00000-0xfeefffff msi".into(),
         ],
@@ -274,6 +275,24 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 "caching mode".into(),
                 "register-based invalidation".into(),
                 "the identity domain is a page table mapping RAM 1:1".into(),
+            ];
+            cases.push(c);
+            // VT-d without interrupt remapping: the device tests and the
+            // attacks still pass, and the kernel says MSIs are not confined.
+            let mut c = harness::case(
+                &Machine {
+                    cmdline: vec!["ktest=user.edu,user.isolation".to_owned()],
+                    ..machine(Iommu::Vtd, split("-global intel-iommu.intremap=off"))
+                },
+                kernel,
+                BOOT_TIMEOUT,
+            )?;
+            c.name = "x86_64-vtd-no-intremap".into();
+            c.log_file.set_file_name("x86_64-vtd-no-intremap.log");
+            c.must_contain = vec![
+                "vtd: dmar0: interrupts not remapped (not supported by this unit: interrupt remapping (ECAP.IR clear))"
+                    .into(),
+                "(not remapped: the device can raise any vector)".into(),
             ];
             cases.push(c);
             // VT-d in scalable mode, second stage, with a second DMAR naming

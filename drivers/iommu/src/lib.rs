@@ -131,6 +131,10 @@ pub enum Access {
     /// The unit did not say (virtio-iommu names the direction only for
     /// permission faults, virtio 1.2 §5.13.6.7).
     Unknown,
+    /// An interrupt request (a write to the interrupt window) that the
+    /// unit's interrupt remapping refused; the event's `address` holds the
+    /// interrupt index the request named.
+    Interrupt,
 }
 
 impl Access {
@@ -149,6 +153,7 @@ impl Access {
             Access::Read => "read",
             Access::Write => "write",
             Access::Unknown => "access",
+            Access::Interrupt => "interrupt",
         }
     }
 }
@@ -170,6 +175,13 @@ pub struct FaultEvent {
 
 impl fmt::Display for FaultEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.access == Access::Interrupt {
+            return write!(
+                f,
+                "interrupt request from device {:#x} blocked (interrupt index {:#x}): reason {:#x} ({})",
+                self.device.0, self.address, self.reason, self.reason_name
+            );
+        }
         write!(
             f,
             "DMA {} fault from device {:#x} at {:#x}: reason {:#x} ({})",
@@ -285,6 +297,25 @@ pub trait DmaMemory: io_pgtable::TableMemory {
     fn free_contiguous(&mut self, base: u64, frames: usize);
 }
 
+/// Where a device's message-signalled interrupt should land: on x86 a
+/// vector and the local APIC ID of the CPU that takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiTarget {
+    /// The vector the CPU sees.
+    pub vector: u8,
+    /// The destination CPU's interrupt-controller ID (x86: APIC ID).
+    pub cpu: u32,
+}
+
+/// The address / data pair a device's MSI capability is programmed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiMessage {
+    /// Message address (x86: in the 0xFEEx_xxxx window).
+    pub address: u64,
+    /// Message data.
+    pub data: u32,
+}
+
 /// One IOMMU unit, as its driver presents it.
 pub trait Iommu: Send {
     /// Kind, capabilities, aperture and page sizes.
@@ -377,6 +408,31 @@ pub trait Iommu: Send {
 
     /// IOTLB invalidations (flushes that reached the hardware) so far.
     fn flushes(&self) -> u64;
+
+    /// Whether this unit remaps (and so confines) its devices' interrupts.
+    fn remaps_interrupts(&self) -> bool {
+        false
+    }
+
+    /// Gives `device` an interrupt-remapping entry that turns one message
+    /// into `target`, and returns the message to program into the device
+    /// (a remappable-format handle, not a destination). A device can then
+    /// raise exactly this interrupt and no other. `Ok(None)`: the unit does
+    /// not remap interrupts, and the caller programs `target` directly
+    /// (unconfined). Asking again for the same `device` and vector replaces
+    /// the entry.
+    fn msi_remap(&mut self, device: DeviceId, target: MsiTarget) -> Result<Option<MsiMessage>, Error> {
+        let _ = (device, target);
+        Ok(None)
+    }
+
+    /// Removes the entry [`Iommu::msi_remap`] made for `device` and `vector`
+    /// and waits until the unit's interrupt entry cache has forgotten it:
+    /// afterwards that message is blocked. Nothing to remove is `Ok`.
+    fn msi_unmap(&mut self, device: DeviceId, vector: u8) -> Result<(), Error> {
+        let _ = (device, vector);
+        Ok(())
+    }
 
     /// The driver behind the trait, for driver-specific tests and the
     /// hardware-specific door.

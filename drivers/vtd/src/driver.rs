@@ -22,16 +22,29 @@
 //!   ([`crate::hwpt::hwpt_config`]); a request the unit cannot honour is
 //!   refused with the reason logged. Each paging domain has its own
 //!   aperture (its input width); [`Info::aperture`] is the default domains'.
+//! - **Interrupt remapping** ([`VtdIommu::enable_interrupt_remapping`]): a
+//!   table whose entries are all not present, so every remappable interrupt
+//!   is blocked (fault 22h) until [`Iommu::msi_remap`] fills one entry per
+//!   (device, vector), checked against the device's requester ID (SVT = 01b,
+//!   all 16 bits). Compatibility-format interrupts are blocked (CFI clear).
+//!   An entry is cleared and its cache line invalidated before its handle is
+//!   reused; a handle whose invalidation failed is never reused.
 
 use crate::hwpt::{self, DomainConfig};
+use crate::intremap::{self, Destination, IrTable, Irte, RemappedIrte};
 use crate::unit::{Domain, Unit, VtdError};
 use crate::FaultRecord;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use io_pgtable::{Gather, Perms, TableMemory};
-use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
+use iommu::{
+    DeviceId, DmaMemory, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, MsiMessage, MsiTarget, Region, UnitKind,
+    Unmapped,
+};
 
 const PAGE: u64 = 4096;
+/// IRTA.S of the interrupt remapping table: 2^8 = 256 entries, one frame.
+const IR_SIZE_FIELD: u8 = 7;
 
 /// The page table of paging domain `domain`.
 fn paging(domains: &mut BTreeMap<u32, Slot>, domain: DomainId) -> Result<&mut Domain, Error> {
@@ -67,6 +80,10 @@ pub struct VtdIommu<M: TableMemory> {
     attached: BTreeMap<u16, DomainId>,
     /// The empty page table every blocked device points at.
     blocking: Domain,
+    /// The interrupt remapping table, once remapping is on.
+    ir: Option<IrTable>,
+    /// The table handle of each remapped (requester ID, vector).
+    msi_handles: BTreeMap<(u16, u8), u16>,
 }
 
 impl From<VtdError> for Error {
@@ -84,7 +101,7 @@ impl From<VtdError> for Error {
     }
 }
 
-impl<M: TableMemory + Send + 'static> VtdIommu<M> {
+impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
     /// Takes a unit that was just brought up (translation off), points every
     /// device in `devices` at the blocking entry and turns translation on
     /// (default deny). On failure translation stays off and the error says why.
@@ -110,6 +127,8 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
             next_handle: 1,
             attached: BTreeMap::new(),
             blocking,
+            ir: None,
+            msi_handles: BTreeMap::new(),
         };
         for rid in v.devices.clone() {
             v.unit.attach(rid, &v.blocking, &mut v.mem)?;
@@ -117,6 +136,57 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         v.unit.enable()?;
         log::info!("vtd: translation on, {} device(s) blocked until attached", v.devices.len());
         Ok(v)
+    }
+
+    /// Turns interrupt remapping on with an empty table: from here on no
+    /// device behind the unit raises an interrupt it was not given by
+    /// [`Iommu::msi_remap`]. Needs ECAP.IR and the invalidation queue. On an
+    /// error remapping may be half set up; the table is then never freed
+    /// (the unit may read it), and interrupts stay as they were.
+    pub fn enable_interrupt_remapping(&mut self) -> Result<(), Error> {
+        if self.ir.is_some() {
+            return Ok(());
+        }
+        if !self.unit.interrupt_remapping_supported() {
+            return Err(Error::NotSupported("interrupt remapping (ECAP.IR clear)"));
+        }
+        if !self.unit.queued() {
+            return Err(Error::NotSupported("interrupt remapping without the invalidation queue"));
+        }
+        let table = IrTable::new(&mut self.mem, IR_SIZE_FIELD).ok_or(Error::NoMemory)?;
+        // xAPIC destinations (EIME clear): the kernel runs its local APIC in xAPIC mode.
+        let irta = table.irta_value(false);
+        if let Err(e) = self.unit.set_interrupt_table(irta, &mut self.mem) {
+            core::mem::forget(table);
+            return Err(e.into());
+        }
+        if let Err(e) = self.unit.enable_interrupt_remapping() {
+            core::mem::forget(table);
+            return Err(e.into());
+        }
+        log::info!(
+            "vtd: interrupt remapping on: {} entries at {:#x}, all blocked until given; compatibility format blocked",
+            table.entries(),
+            table.base()
+        );
+        self.ir = Some(table);
+        Ok(())
+    }
+
+    /// The interrupt remapping entry of `handle` (`None`: remapping off or
+    /// out of range), for tests.
+    pub fn irte(&self, handle: u16) -> Option<Irte> {
+        self.ir.as_ref().and_then(|t| t.get(&self.mem, handle))
+    }
+
+    /// The handle remapping `rid`'s interrupt to `vector`, for tests.
+    pub fn msi_handle(&self, rid: u16, vector: u8) -> Option<u16> {
+        self.msi_handles.get(&(rid, vector)).copied()
+    }
+
+    /// Interrupt remapping entries in use.
+    pub fn irtes_in_use(&self) -> usize {
+        self.ir.as_ref().map_or(0, IrTable::in_use)
     }
 
     /// The domain ID of the blocking entry (for tests and logs).
@@ -212,14 +282,14 @@ impl<M: TableMemory + Send + 'static> VtdIommu<M> {
         FaultEvent {
             device: DeviceId(u32::from(r.source_id)),
             address: r.address,
-            access: iommu::Access::from_write(r.write),
+            access: if r.reason.is_interrupt() { iommu::Access::Interrupt } else { iommu::Access::from_write(r.write) },
             reason: u32::from(r.reason.0),
             reason_name: r.reason.name(),
         }
     }
 }
 
-impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
+impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
     fn info(&self) -> Info {
         let max_leaf = self.unit.domain_max_leaf_level();
         Info {
@@ -370,6 +440,48 @@ impl<M: TableMemory + Send + 'static> Iommu for VtdIommu<M> {
 
     fn flushes(&self) -> u64 {
         self.unit.invalidations
+    }
+
+    fn remaps_interrupts(&self) -> bool {
+        self.ir.is_some()
+    }
+
+    fn msi_remap(&mut self, device: DeviceId, target: MsiTarget) -> Result<Option<MsiMessage>, Error> {
+        if self.ir.is_none() {
+            return Ok(None);
+        }
+        let rid = self.rid(device)?;
+        let cpu = u8::try_from(target.cpu).map_err(|_| Error::NotSupported("x2APIC destinations (EIME)"))?;
+        let Some(table) = self.ir.as_mut() else { return Ok(None) };
+        let key = (rid, target.vector);
+        let handle = match self.msi_handles.get(&key) {
+            Some(&h) => h,
+            None => table.alloc().ok_or(Error::NotSupported("a free interrupt remapping entry (table full)"))?,
+        };
+        let irte = Irte::remapped(&RemappedIrte::fixed(target.vector, Destination::XApic(cpu), rid));
+        if table.set(&mut self.mem, handle, irte).is_err() {
+            return Err(Error::Hardware("interrupt remapping entry out of range"));
+        }
+        self.msi_handles.insert(key, handle);
+        // A replaced entry may sit in the entry cache; a new one costs one descriptor.
+        self.unit.invalidate_interrupt_entry(handle, &mut self.mem)?;
+        Ok(Some(MsiMessage { address: u64::from(intremap::msi_address(handle)), data: intremap::msi_data() }))
+    }
+
+    fn msi_unmap(&mut self, device: DeviceId, vector: u8) -> Result<(), Error> {
+        let rid = self.rid(device)?;
+        let Some(table) = self.ir.as_mut() else { return Ok(()) };
+        let Some(handle) = self.msi_handles.remove(&(rid, vector)) else { return Ok(()) };
+        if table.clear(&mut self.mem, handle).is_err() {
+            return Err(Error::Hardware("interrupt remapping entry out of range"));
+        }
+        // Only once the unit has dropped the cached entry may the handle go
+        // to another device; a failed invalidation keeps it taken for good.
+        self.unit.invalidate_interrupt_entry(handle, &mut self.mem)?;
+        if let Some(table) = self.ir.as_mut() {
+            let _ = table.free(&mut self.mem, handle);
+        }
+        Ok(())
     }
 
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {

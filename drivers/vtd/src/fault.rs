@@ -24,17 +24,25 @@ impl FaultReason {
             0x0D => "translation type blocked",
             0x71 => "first-stage entry not present",
             0x85 => "scalable mode: write to a page without write permission",
-            _ => "other (see VT-d Appendix A)",
+            r => crate::intremap::ir_fault_name(r).unwrap_or("other (see VT-d Appendix A)"),
         }
+    }
+
+    /// Whether this is an interrupt-remapping fault (20h–2Fh, §7.1.3): the
+    /// record names an interrupt index instead of a page.
+    pub fn is_interrupt(self) -> bool {
+        self.0 & 0xF0 == 0x20
     }
 }
 
-/// One recorded DMA-remapping fault.
+/// One recorded DMA-remapping or interrupt-remapping fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultRecord {
-    /// Requester ID of the device.
+    /// Requester ID of the device (0xFFFF when the request carried none:
+    /// QEMU's DMA writes into the interrupt window).
     pub source_id: u16,
-    /// Faulting page address.
+    /// Faulting page address; for an interrupt-remapping fault
+    /// ([`FaultReason::is_interrupt`]) the interrupt index (FI bits 63:48).
     pub address: u64,
     /// True for a write request (T = 0), false for a read.
     pub write: bool,
@@ -48,17 +56,34 @@ impl FaultRecord {
         if hi >> 63 == 0 {
             return None; // F clear: no fault recorded
         }
+        let reason = FaultReason((hi >> 32) as u8);
         Some(FaultRecord {
             source_id: hi as u16,
-            address: lo & !0xFFF,
+            address: if reason.is_interrupt() {
+                u64::from(crate::intremap::fault_interrupt_index(lo))
+            } else {
+                lo & !0xFFF
+            },
             write: (hi >> 62) & 1 == 0,
-            reason: FaultReason((hi >> 32) as u8),
+            reason,
         })
     }
 }
 
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reason.is_interrupt() {
+            return write!(
+                f,
+                "interrupt request from {:02x}:{:02x}.{} blocked, index {:#x}: reason {:#04x} ({})",
+                self.source_id >> 8,
+                (self.source_id >> 3) & 0x1F,
+                self.source_id & 7,
+                self.address,
+                self.reason.0,
+                self.reason.name()
+            );
+        }
         write!(
             f,
             "DMA {} fault from {:02x}:{:02x}.{} at {:#x}: reason {:#04x} ({})",
@@ -92,5 +117,21 @@ mod tests {
         let read = FaultRecord::decode(0, 1 << 63 | 1 << 62 | 6 << 32).unwrap();
         assert!(!read.write);
         assert_eq!(FaultRecord::decode(0x1000, 0x0500_0000_0008), None, "F clear");
+    }
+
+    #[test]
+    fn decode_interrupt_remapping_fault() {
+        // Reason 22h (IRTE not present), index 0x1234 in FI (bits 63:48), no requester ID.
+        let r = FaultRecord::decode(0x1234u64 << 48 | 0xABC, 1u64 << 63 | 0x22u64 << 32 | 0xFFFF).unwrap();
+        assert!(r.reason.is_interrupt());
+        assert_eq!((r.address, r.source_id), (0x1234, 0xFFFF));
+        assert_eq!(
+            r.to_string(),
+            "interrupt request from ff:1f.7 blocked, index 0x1234: reason 0x22 (IR: IRTE not present)"
+        );
+        assert!(
+            !FaultReason(0x05).is_interrupt() && !FaultReason(0x30).is_interrupt() && FaultReason(0x26).is_interrupt()
+        );
+        assert_eq!(FaultReason(0x26).name(), "IR: source-id verification failed (SID/SQ/SVT)");
     }
 }

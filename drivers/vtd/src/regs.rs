@@ -77,7 +77,11 @@ register_bitfields! [u32,
         /// Queued invalidation enable.
         QIE OFFSET(26) NUMBITS(1) [],
         /// Interrupt remapping enable.
-        IRE OFFSET(25) NUMBITS(1) []
+        IRE OFFSET(25) NUMBITS(1) [],
+        /// Set interrupt remap table pointer (one-shot) / its status.
+        SIRTP OFFSET(24) NUMBITS(1) [],
+        /// Compatibility-format interrupts allowed (left clear: blocked).
+        CFI OFFSET(23) NUMBITS(1) []
     ],
     /// Fault status (§10.4.9).
     pub FSTS [
@@ -117,7 +121,10 @@ register_structs! {
         (0x090 => pub iqa: ReadWrite<u64>),
         (0x098 => _reserved3),
         (0x09C => pub ics: ReadWrite<u32>),
-        (0x0A0 => @END),
+        (0x0A0 => _reserved4),
+        /// Interrupt remapping table address (§10.4.29).
+        (0x0B8 => pub irta: ReadWrite<u64>),
+        (0x0C0 => @END),
     }
 }
 

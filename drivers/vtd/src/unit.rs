@@ -461,6 +461,53 @@ impl Unit {
         self.regs().gsts.get() & (1 << 31) != 0
     }
 
+    /// Whether the unit can remap interrupts (ECAP.IR, §10.4.3).
+    pub fn interrupt_remapping_supported(&self) -> bool {
+        ECAP::IR.read(self.ecap) != 0
+    }
+
+    /// Whether interrupt remapping is on (GSTS.IRES).
+    pub fn interrupt_remapping_enabled(&self) -> bool {
+        self.regs().gsts.get() & (1 << 25) != 0
+    }
+
+    /// Latches `irta` (an [`crate::intremap::IrTable::irta_value`]) as the
+    /// interrupt remapping table (IRTA, then GCMD.SIRTP, §10.4.29, §10.4.4)
+    /// and invalidates the whole interrupt entry cache. Needs the
+    /// invalidation queue: the entry cache has no register-based
+    /// invalidation (§6.5.2.7).
+    pub fn set_interrupt_table(&mut self, irta: u64, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if self.queue.is_none() {
+            return Err(VtdError::NoQueue);
+        }
+        if crate::tracing() {
+            log::info!("vtd trace: IRTA <- {irta:#x}, GCMD <- SIRTP");
+        }
+        self.regs().irta.set(irta);
+        self.command(GLOBAL::SIRTP::SET, "set interrupt remap table pointer", |s| s & (1 << 24) != 0)?;
+        self.submit(&[crate::intremap::iec_global()], mem)
+    }
+
+    /// Turns interrupt remapping on (GCMD.IRE). CFI stays clear, so
+    /// compatibility-format interrupts are blocked (§5.1.4; QEMU does not
+    /// model CFI and lets them through, docs/qemu.md).
+    pub fn enable_interrupt_remapping(&self) -> Result<(), VtdError> {
+        if crate::tracing() {
+            log::info!("vtd trace: GCMD <- IRE");
+        }
+        self.command(GLOBAL::IRE::SET, "interrupt remapping enable", |s| s & (1 << 25) != 0)
+    }
+
+    /// Invalidates the interrupt entry cache for `handle` (§6.5.2.7) and
+    /// waits until the unit has done it.
+    pub fn invalidate_interrupt_entry(&mut self, handle: u16, mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        if self.queue.is_none() {
+            return Err(VtdError::NoQueue);
+        }
+        let d = crate::intremap::iec_selective(handle, 0).unwrap_or_else(crate::intremap::iec_global);
+        self.submit(&[d], mem)
+    }
+
     /// Turns DMA remapping on.
     pub fn enable(&self) -> Result<(), VtdError> {
         if crate::tracing() {

@@ -591,6 +591,9 @@ pub mod fault_access {
     pub const WRITE: u32 = 2;
     /// The unit did not say.
     pub const UNKNOWN: u32 = 0;
+    /// An interrupt request the unit's interrupt remapping refused
+    /// (`address` holds the interrupt index).
+    pub const INTERRUPT: u32 = 3;
 }
 
 /// One fault a HWPT routed to a queue.

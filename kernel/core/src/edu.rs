@@ -26,6 +26,22 @@ impl Edu {
         unsafe { ((self.regs + off) as *const u64).read_volatile() }
     }
 
+    fn write32(&self, off: u64, v: u32) {
+        // SAFETY: `regs` maps edu's BAR0 (device memory); registers below 0x80 take 4-byte writes.
+        unsafe { ((self.regs + off) as *mut u32).write_volatile(v) }
+    }
+
+    /// Raises edu's interrupt with status bits `status` (register 0x60): an
+    /// MSI when its MSI capability is enabled, else INTx.
+    pub fn raise_interrupt(&self, status: u32) {
+        self.write32(0x60, status);
+    }
+
+    /// Clears status bits `status` (register 0x64), lowering INTx.
+    pub fn ack_interrupt(&self, status: u32) {
+        self.write32(0x64, status);
+    }
+
     /// Copies `len` bytes between bus address `ram` and the edu buffer; waits
     /// up to 2 s (each DMA takes 100 ms of virtual time in QEMU).
     pub fn dma(&self, ram: u64, len: u64, to_ram: bool) -> Result<(), TestError> {

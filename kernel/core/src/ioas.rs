@@ -181,7 +181,9 @@ fn size_name(size: u64) -> alloc::string::String {
 fn collect_faults() {
     let drained = crate::iommu::take_faults();
     let mut pending = PENDING_FAULTS.lock();
-    for f in drained {
+    // Refused interrupt requests are logged (above) but are no HWPT's page
+    // faults: they never reach a fault queue.
+    for f in drained.into_iter().filter(|(_, f)| f.access != iommu::Access::Interrupt) {
         if pending.len() == PENDING_LIMIT {
             pending.pop_front();
         }

@@ -281,6 +281,22 @@ pub fn block(bdf: pci::Bdf) -> Result<(), iommu::Error> {
     with_units(|units| units[unit].detach(id))
 }
 
+/// Asks `bdf`'s unit for an interrupt-remapping entry delivering `target`
+/// ([`iommu::Iommu::msi_remap`]): the message to program into the device,
+/// or `None` when no registered unit remaps its interrupts (the caller then
+/// programs `target` itself, unconfined).
+pub fn msi_remap(bdf: pci::Bdf, target: iommu::MsiTarget) -> Result<Option<iommu::MsiMessage>, iommu::Error> {
+    let Some((unit, id)) = unit_of(bdf) else { return Ok(None) };
+    with_units(|units| units[unit].msi_remap(id, target))
+}
+
+/// Removes the entry [`msi_remap`] made for `bdf` and `vector`; afterwards
+/// that message from the device is blocked.
+pub fn msi_unmap(bdf: pci::Bdf, vector: u8) -> Result<(), iommu::Error> {
+    let Some((unit, id)) = unit_of(bdf) else { return Ok(()) };
+    with_units(|units| units[unit].msi_unmap(id, vector))
+}
+
 /// Whether a registered unit translates `bdf` (so its DMA can be confined):
 /// only then may a task turn its Bus Master bit on.
 pub fn protected(bdf: pci::Bdf) -> bool {

@@ -207,6 +207,11 @@ pub fn device_irq(slot: u32) {
     }
 }
 
+/// Interrupts counted on `slot` that its owner has not collected yet (for tests).
+pub fn irq_pending(slot: u32) -> u64 {
+    IRQ_PENDING.get(slot as usize).map_or(0, |p| p.load(core::sync::atomic::Ordering::Relaxed))
+}
+
 /// Context switches into tasks so far.
 pub static SWITCHES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Tick count when the running task was last scheduled.

@@ -134,6 +134,7 @@ pub fn fault_record(r: &crate::FaultRecord) -> a::FaultRecord {
             iommu::Access::Read => a::fault_access::READ,
             iommu::Access::Write => a::fault_access::WRITE,
             iommu::Access::Unknown => a::fault_access::UNKNOWN,
+            iommu::Access::Interrupt => a::fault_access::INTERRUPT,
         },
         reason: r.reason,
     }

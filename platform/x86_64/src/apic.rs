@@ -117,37 +117,69 @@ pub fn eoi() {
 /// MSI message address for this CPU's local APIC (SDM Vol. 3A §11.11.1):
 /// 0xFEE in bits 31:20, destination APIC ID in bits 19:12, physical mode.
 pub fn msi_address() -> u32 {
-    let id = regs().map_or(0, |r| r.id.get() >> 24);
-    0xFEE0_0000 | (id << 12)
+    0xFEE0_0000 | (id() << 12)
 }
 
-/// Programs `f`'s MSI capability to send `vector` (edge, fixed delivery) to
-/// this CPU and disables its INTx (PCI 3.0 §6.8.1). No MSI: an error.
+/// This CPU's local APIC ID (xAPIC: ID register bits 31:24).
+pub fn id() -> u32 {
+    regs().map_or(0, |r| r.id.get() >> 24)
+}
+
+/// Programs `f`'s MSI capability so that each message ends as `vector` on
+/// this CPU (edge, fixed delivery), and disables its INTx (PCI 3.0 §6.8.1).
+///
+/// When `f`'s IOMMU remaps interrupts, the device gets the remappable
+/// message of its own table entry (it can raise this interrupt and no
+/// other); a failure there fails the routing — a compatibility-format
+/// message is never the fallback, the unit would block it. Without
+/// remapping the device is programmed with the destination itself, and the
+/// log says that it is not confined. No MSI capability: an error.
 pub fn route_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) -> Result<(), &'static str> {
     let msi = f.caps.msi.ok_or("function has no MSI capability (INTx through the I/O APIC is not wired yet)")?;
     let (bdf, o) = (f.bdf, msi.offset);
+    let target = iommu::MsiTarget { vector, cpu: id() };
+    let (address, data, remapped) = match kcore::iommu::msi_remap(bdf, target) {
+        Ok(Some(m)) => (m.address, m.data, true),
+        Ok(None) => (u64::from(msi_address()), u32::from(vector), false),
+        Err(e) => {
+            log::warn!("msi: {bdf}: no interrupt remapping entry: {e}");
+            return Err("the IOMMU could not give the device an interrupt remapping entry");
+        }
+    };
+    if address >> 32 != 0 && !msi.is_64bit {
+        let _ = kcore::iommu::msi_unmap(bdf, vector);
+        return Err("the MSI address needs 64 bits and the function's MSI capability has 32");
+    }
     let ctrl = access.read16(bdf, o + 2);
     access.write16(bdf, o + 2, ctrl & !1); // disable while reprogramming
-    access.write32(bdf, o + 4, msi_address());
+    access.write32(bdf, o + 4, address as u32);
     let data_at = if msi.is_64bit {
-        access.write32(bdf, o + 8, 0);
+        access.write32(bdf, o + 8, (address >> 32) as u32);
         o + 0xC
     } else {
         o + 8
     };
-    access.write16(bdf, data_at, u16::from(vector));
+    access.write16(bdf, data_at, data as u16);
     // One vector (MME = 0), enabled.
     access.write16(bdf, o + 2, (ctrl & !(0x7 << 4)) | 1);
     let cmd = access.read16(bdf, pci::reg::COMMAND);
     access.write16(bdf, pci::reg::COMMAND, cmd | (1 << 10)); // INTx disable
-    log::info!("msi: {bdf} -> vector {vector:#x} at {:#x}", msi_address());
+    if remapped {
+        log::info!("msi: {bdf} -> vector {vector:#x} through interrupt remapping (message {address:#x}/{data:#x})");
+    } else {
+        log::info!("msi: {bdf} -> vector {vector:#x} at {address:#x} (not remapped: the device can raise any vector)");
+    }
     Ok(())
 }
 
-/// Turns `f`'s MSI off again.
-pub fn unroute_msi(f: &pci::Function, access: &dyn pci::ConfigAccess) {
+/// Turns `f`'s MSI off again and drops its remapping entry for `vector`
+/// (after the device stopped using it).
+pub fn unroute_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) {
     if let Some(msi) = f.caps.msi {
         let ctrl = access.read16(f.bdf, msi.offset + 2);
         access.write16(f.bdf, msi.offset + 2, ctrl & !1);
+    }
+    if let Err(e) = kcore::iommu::msi_unmap(f.bdf, vector) {
+        log::error!("msi: {}: interrupt remapping entry for vector {vector:#x} not removed: {e}", f.bdf);
     }
 }

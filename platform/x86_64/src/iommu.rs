@@ -64,6 +64,7 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
 /// VT-d remapping units (DRHD): root table and invalidation queue.
 fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     vtd::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
+    let intremap = boot.cmdline_value("intremap") != Some("off");
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {
         let UnitLocation::Mmio { base, .. } = u.location else { continue };
@@ -96,7 +97,19 @@ fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<
             .map(|r| (r.base, r.end()))
             .collect();
         match vtd::VtdIommu::new(unit, mem, devices, reserved, ram) {
-            Ok(v) => out.push((index, Box::new(v))),
+            Ok(mut v) => {
+                if intremap {
+                    if let Err(e) = v.enable_interrupt_remapping() {
+                        log::warn!("vtd: {}: interrupts not remapped ({e}): its devices can raise any vector", u.name);
+                    }
+                } else {
+                    log::warn!(
+                        "vtd: {}: interrupt remapping off (intremap=off): its devices can raise any vector",
+                        u.name
+                    );
+                }
+                out.push((index, Box::new(v)))
+            }
             Err(e) => log::error!("vtd: {}: cannot block its devices and turn translation on: {e}", u.name),
         }
     }

@@ -538,6 +538,142 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
     outcome
 }
 
+/// Waits up to `ns` of uptime, interrupts enabled, for `done`.
+fn wait_with_interrupts(ns: u64, done: impl Fn() -> bool) -> bool {
+    let was = x86_64::instructions::interrupts::are_enabled();
+    x86_64::instructions::interrupts::enable();
+    let t0 = kcore::platform().uptime_ns();
+    let mut ok = done();
+    while !ok && kcore::platform().uptime_ns() - t0 < ns {
+        core::hint::spin_loop();
+        ok = done();
+    }
+    if !was {
+        x86_64::instructions::interrupts::disable();
+    }
+    ok
+}
+
+/// The interrupt-remapping faults a registered VT-d unit recorded since the
+/// last call, as (interrupt index, reason).
+fn vtd_interrupt_faults() -> alloc::vec::Vec<(u64, u32)> {
+    let mut out = alloc::vec::Vec::new();
+    let _ = with_vtd(|v| {
+        for f in iommu::Iommu::drain_faults(v) {
+            log::info!("vtd: {f}");
+            if f.access == iommu::Access::Interrupt {
+                out.push((f.address, f.reason));
+            }
+        }
+        Ok(())
+    });
+    out
+}
+
+/// VT-d interrupt remapping end to end: edu's MSI, routed by the kernel,
+/// reaches its vector through a remapped entry checked against edu's
+/// requester ID; messages a device forges with a DMA write into the
+/// interrupt window — a handle with no entry, one beyond the table, edu's
+/// own handle after the kernel took it back — are blocked, raise nothing,
+/// and are recorded as decoded interrupt-remapping faults naming the index.
+fn vtd_interrupt_remapping() -> TestResult {
+    use vtd::intremap::{msi_address, Destination, RemappedIrte};
+    let mut on = false;
+    with_vtd(|v| {
+        on = iommu::Iommu::remaps_interrupts(v);
+        check!(on == v.unit.interrupt_remapping_enabled(), "driver and GSTS.IRES disagree");
+        Ok(())
+    })?;
+    if !on {
+        return Err(ktest::TestError::Skipped("interrupt remapping off (boot with intel-iommu,intremap=on)".into()));
+    }
+    let Some(&(dev, rid)) = kcore::edu::devices().first() else {
+        return Err(ktest::TestError::Skipped("no edu device".into()));
+    };
+    let access = kcore::pci::access(dev.function.bdf).ok_or(ktest::TestError::Failed("no config access".into()))?;
+    let vector = *crate::interrupts::DEVICE_VECTORS.end();
+    let slot = u32::from(vector - crate::interrupts::DEVICE_VECTORS.start());
+    let frame = kcore::mm::alloc_frame().ok_or(ktest::TestError::Failed("no frame".into()))?;
+    let edu = kcore::edu::open(dev)?;
+    let mut domain = None;
+    let outcome = (|| -> TestResult {
+        crate::apic::route_msi(&dev.function, access, vector).map_err(|e| ktest::TestError::Failed(e.into()))?;
+        let mut handle = 0;
+        with_vtd(|v| {
+            handle = v.msi_handle(rid, vector).ok_or(ktest::TestError::Failed("no entry for edu".into()))?;
+            let irte = v.irte(handle).ok_or(ktest::TestError::Failed("entry out of range".into()))?;
+            let want = RemappedIrte::fixed(vector, Destination::XApic(crate::apic::id() as u8), rid);
+            check_eq!(irte.decode(false), Ok(want));
+            Ok(())
+        })?;
+        let _ = vtd_interrupt_faults();
+        // A real MSI through the remapped entry.
+        let before = kcore::task::irq_pending(slot);
+        edu.raise_interrupt(1);
+        let delivered = wait_with_interrupts(500_000_000, || kcore::task::irq_pending(slot) > before);
+        edu.ack_interrupt(1);
+        check!(delivered, "edu's MSI did not arrive through its remapped entry (handle {handle})");
+        check!(vtd_interrupt_faults().is_empty(), "the real MSI raised an interrupt-remapping fault");
+        // Forged messages: edu copies 4 bytes of `frame` into its buffer,
+        // then writes them to an address in the interrupt window.
+        with_vtd(|v| {
+            let d = iommu::Iommu::domain_alloc(v, iommu::DomainKind::Paging).map_err(kcore::edu::failed)?;
+            domain = Some(d);
+            iommu::Iommu::map(v, d, 0x10_0000, frame, 4096, io_pgtable::Perms::READ).map_err(kcore::edu::failed)?;
+            iommu::Iommu::attach(v, iommu::DeviceId(u32::from(rid)), d).map_err(kcore::edu::failed)?;
+            Ok(())
+        })?;
+        let forge = |address: u32, data: u32| -> Result<bool, ktest::TestError> {
+            // SAFETY: `frame` is this test's frame, in the direct map.
+            unsafe { (kcore::mm::phys_to_virt(frame) as *mut u32).write_volatile(data) };
+            let before = kcore::task::irq_pending(slot);
+            edu.dma(0x10_0000, 4, false)?;
+            edu.dma(u64::from(address), 4, true)?;
+            Ok(wait_with_interrupts(50_000_000, || kcore::task::irq_pending(slot) > before))
+        };
+        for (index, reason, what) in
+            [(200u16, 0x22u32, "a handle with no entry"), (300, 0x21, "a handle beyond the 256-entry table")]
+        {
+            check!(!forge(msi_address(index), 0)?, "a forged MSI through {what} was delivered");
+            let faults = vtd_interrupt_faults();
+            check!(
+                faults.contains(&(u64::from(index), reason)),
+                "{what}: faults {faults:x?}, want index {index} reason {reason:#x}"
+            );
+        }
+        // The kernel takes edu's entry back: its handle is blocked from then on.
+        crate::apic::unroute_msi(&dev.function, access, vector);
+        with_vtd(|v| {
+            check!(v.msi_handle(rid, vector).is_none());
+            check!(v.irte(handle).is_some_and(|e| !e.present()), "edu's entry is still present");
+            Ok(())
+        })?;
+        check!(!forge(msi_address(handle), 0)?, "a forged MSI through edu's old handle was delivered");
+        let faults = vtd_interrupt_faults();
+        check!(faults.contains(&(u64::from(handle), 0x22)), "old handle: faults {faults:x?}");
+        // Compatibility format (address bit 4 clear): VT-d blocks it with
+        // CFI clear (fault 25h), QEMU does not model CFI and delivers it.
+        let compat = forge(crate::apic::msi_address(), u32::from(vector))?;
+        let faults = vtd_interrupt_faults();
+        log::info!(
+            "vtd: a forged compatibility-format MSI was {} (faults {faults:x?}; QEMU does not model GCMD.CFI)",
+            if compat { "delivered" } else { "blocked" }
+        );
+        Ok(())
+    })();
+    crate::apic::unroute_msi(&dev.function, access, vector);
+    let _ = with_vtd(|v| {
+        let _ = iommu::Iommu::detach(v, iommu::DeviceId(u32::from(rid)));
+        if let Some(d) = domain {
+            let _ = iommu::unmap_and_flush(v, d, 0x10_0000, 4096);
+            let _ = iommu::Iommu::domain_free(v, d);
+        }
+        Ok(())
+    });
+    kcore::edu::release(&[frame], &kcore::edu::devices());
+    outcome
+}
+
 ktest::suite!(
     pub IOMMU = "iommu",
     [
@@ -545,6 +681,7 @@ ktest::suite!(
         vtd_large_pages_high_iovas_and_isolation,
         vtd_queue_error_reported,
         vtd_generic_domains,
+        vtd_interrupt_remapping,
         direct_map_regions_identity_mapped,
         amdvi_device_table_and_invalidations
     ]

@@ -218,8 +218,8 @@ impl Platform for X86Platform {
 
     fn unmask_device_irq(&self, _slot: u32) {}
 
-    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, _slot: u32) {
-        apic::unroute_msi(f, access);
+    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) {
+        apic::unroute_msi(f, access, interrupts::DEVICE_VECTORS.start() + slot as u8);
     }
 
     fn exit(&self, success: bool) -> ! {
