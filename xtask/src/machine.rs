@@ -185,7 +185,8 @@ impl Machine {
             Arch::X86_64 => {
                 // Interrupt remapping wants the I/O APIC in QEMU, not in KVM
                 // (`kernel-irqchip=split`; TCG does not care, KVM users need it).
-                let irqchip = if self.iommu == Iommu::Vtd { ",kernel-irqchip=split" } else { "" };
+                let irqchip =
+                    if matches!(self.iommu, Iommu::Vtd | Iommu::Amdvi) { ",kernel-irqchip=split" } else { "" };
                 add(&format!(
                     "-machine q35{irqchip} -cpu max -m 512M -smp 1 -nographic -no-reboot -vga none -nic none"
                 ));
@@ -194,7 +195,7 @@ impl Machine {
                     // Interrupt remapping on (a case of the suite turns it off again).
                     Iommu::Vtd => add("-device intel-iommu,intremap=on"),
                     // pt=off: with the default pt=on QEMU 10 never translates emulated devices (QEMU.md G1).
-                    Iommu::Amdvi => add("-device amd-iommu,pt=off"),
+                    Iommu::Amdvi => add("-device amd-iommu,pt=off,intremap=on"),
                     Iommu::Virtio => add("-device virtio-iommu-pci"),
                     Iommu::Smmuv3 | Iommu::None => {}
                 }

@@ -78,6 +78,7 @@ fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
             "topology: iommu ivhd0 kind=amdvi base=0xfed80000".into(),
             format!("{edu} iommu=ivhd0 id=0x"),
             "amdvi: EFR=0x29d3".into(),
+            "amdvi: interrupt remapping on".into(),
             "iommu: 1 unit(s) registered".into(),
         ],
         (_, Iommu::Virtio) => vec![

@@ -28,9 +28,17 @@
 //!   event code as the reason; the unit's own troubles (hardware errors,
 //!   refused commands, IOTLB timeouts) are logged as warnings. QEMU 10.0
 //!   never writes its event log (QEMU.md G2), so there it always returns nothing.
+//! - **Interrupt remapping** ([`AmdViIommu::enable_interrupt_remapping`]):
+//!   every DTE gets IV = 1 with IntCtl = 00b and no pass bits, so every
+//!   interrupt of every DeviceID is target-aborted (§2.2.5) until
+//!   [`Iommu::msi_remap`] gives a device its own 16-entry table (IntCtl =
+//!   10b) with one entry per vector. Entry 0 is never used; a cleared entry's
+//!   index is reused only after INVALIDATE_INTERRUPT_TABLE completed. DTE
+//!   changes for DMA (attach, detach) keep the interrupt fields.
 
 use crate::cmd::{self, PageRange};
 use crate::dte::{self, Dte};
+use crate::intremap::{self, AmdIrTable, IrteFormat, RemapFields};
 use crate::unit::{AmdVi, AmdViError};
 use abi::ioas::{hwpt_data, HwptAmdviAttrs};
 use alloc::collections::BTreeMap;
@@ -39,7 +47,21 @@ use io_pgtable::formats::AmdV1;
 use io_pgtable::{Format, Gather, PageTable, Perms};
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
-use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
+use iommu::{
+    DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, MsiMessage, MsiTarget, Region, UnitKind, Unmapped,
+};
+
+/// IntTabLen of the per-device interrupt tables: 16 entries (one per vector
+/// a device may be given, index 0 unused).
+const IR_LEN_LOG2: u8 = 4;
+
+/// Interrupt remapping state, once it is on.
+struct Remapping {
+    /// Each device's interrupt table (made at its first `msi_remap`).
+    tables: BTreeMap<u16, AmdIrTable>,
+    /// The table index of each remapped (DeviceID, vector).
+    indices: BTreeMap<(u16, u8), u16>,
+}
 
 /// Page-table levels of paging domains (DTE Mode 4: 48-bit IOVAs).
 pub const LEVELS: usize = 4;
@@ -138,6 +160,7 @@ pub struct AmdViIommu<M: DmaMemory> {
     tags: IdAllocator,
     flushes: u64,
     flush_on_map: bool,
+    ir: Option<Remapping>,
 }
 
 impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
@@ -156,7 +179,32 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
             tags: IdAllocator::new(TAG_INDICES),
             flushes: 0,
             flush_on_map: false,
+            ir: None,
         }
+    }
+
+    /// Turns interrupt remapping on: every DeviceID's interrupts are
+    /// target-aborted until [`Iommu::msi_remap`] gives it an entry. Call only
+    /// on a unit that remaps interrupts (firmware names its I/O APIC): QEMU
+    /// drops every interrupt of a DTE with IV = 1 when its `intremap` is off.
+    pub fn enable_interrupt_remapping(&mut self) -> Result<(), Error> {
+        if self.ir.is_some() {
+            return Ok(());
+        }
+        self.unit.set_all_interrupt_fields(intremap::DTE_IV, &mut self.mem)?;
+        self.ir = Some(Remapping { tables: BTreeMap::new(), indices: BTreeMap::new() });
+        log::info!("amdvi: interrupt remapping on: every DeviceID's interrupts blocked until given");
+        Ok(())
+    }
+
+    /// The table index remapping `rid`'s interrupt to `vector`, for tests.
+    pub fn msi_index(&self, rid: u16, vector: u8) -> Option<u16> {
+        self.ir.as_ref().and_then(|r| r.indices.get(&(rid, vector)).copied())
+    }
+
+    /// The entry at `index` of `rid`'s interrupt table, for tests.
+    pub fn irte(&self, rid: u16, index: u16) -> Option<intremap::AmdIrte> {
+        self.ir.as_ref().and_then(|r| r.tables.get(&rid)).and_then(|t| t.get(&self.mem, index))
     }
 
     /// DeviceIDs behind the unit.
@@ -335,7 +383,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         if matches!(self.domains.get(&domain.0).map(|d| &d.slot), Some(Slot::Paging(_))) {
             iommu::map_direct_regions(self, device, domain)?;
         }
-        let entry = self.dte_for(domain)?;
+        let mut entry = self.dte_for(domain)?;
+        entry[2] = self.unit.dte(rid, &self.mem)[2]; // the interrupt fields stay
         self.unit.set_dte(rid, &entry, &mut self.mem)?;
         self.attached.insert(rid, domain);
         Ok(())
@@ -345,7 +394,9 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         let rid = self.rid(device)?;
         // INVALIDATE_DEVTAB_ENTRY and the old domain's INVALIDATE_IOMMU_PAGES,
         // then a COMPLETION_WAIT: the unit has dropped the old entry when this returns.
-        self.unit.set_dte(rid, &dte::blocked(dte::BLOCKED_TAG), &mut self.mem)?;
+        let mut entry = dte::blocked(dte::BLOCKED_TAG);
+        entry[2] = self.unit.dte(rid, &self.mem)[2]; // the interrupt fields stay
+        self.unit.set_dte(rid, &entry, &mut self.mem)?;
         self.attached.remove(&rid);
         Ok(())
     }
@@ -436,6 +487,58 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
         let Some(Domain { slot: Slot::Paging(table), .. }) = self.domains.get(&domain.0) else { return Vec::new() };
         iommu::table_leaves(|f| table.for_each_mapping(&self.mem, f), iova, len)
+    }
+
+    fn remaps_interrupts(&self) -> bool {
+        self.ir.is_some()
+    }
+
+    fn msi_remap(&mut self, device: DeviceId, target: MsiTarget) -> Result<Option<MsiMessage>, Error> {
+        if self.ir.is_none() {
+            return Ok(None);
+        }
+        let rid = self.rid(device)?;
+        let Some(ir) = self.ir.as_mut() else { return Ok(None) };
+        let fresh = !ir.tables.contains_key(&rid);
+        if fresh {
+            let t = AmdIrTable::new(&mut self.mem, IR_LEN_LOG2, IrteFormat::Legacy).ok_or(Error::NoMemory)?;
+            ir.tables.insert(rid, t);
+        }
+        let Some(table) = ir.tables.get_mut(&rid) else { return Err(Error::NoMemory) };
+        let key = (rid, target.vector);
+        let index = match ir.indices.get(&key) {
+            Some(&i) => i,
+            None => table.alloc().ok_or(Error::NotSupported("a free interrupt remapping entry (table full)"))?,
+        };
+        if table.set(&mut self.mem, index, &RemapFields::fixed(target.vector, target.cpu)).is_err() {
+            let _ = table.free(&mut self.mem, index);
+            return Err(Error::NotSupported("destinations above APIC ID 255 (x2APIC, GA mode)"));
+        }
+        ir.indices.insert(key, index);
+        let fields = table.dte_fields(true);
+        if fresh {
+            self.unit.set_interrupt_fields(rid, fields, &mut self.mem)?;
+        } else {
+            self.unit.invalidate_interrupt_table(rid, &mut self.mem)?;
+        }
+        Ok(Some(MsiMessage { address: u64::from(intremap::msi_address(false)), data: intremap::msi_data(index) }))
+    }
+
+    fn msi_unmap(&mut self, device: DeviceId, vector: u8) -> Result<(), Error> {
+        let rid = self.rid(device)?;
+        let Some(ir) = self.ir.as_mut() else { return Ok(()) };
+        let Some(index) = ir.indices.remove(&(rid, vector)) else { return Ok(()) };
+        let Some(table) = ir.tables.get_mut(&rid) else { return Ok(()) };
+        if table.clear(&mut self.mem, index).is_err() {
+            return Err(Error::Hardware("interrupt remapping entry out of range"));
+        }
+        // The index goes back to the pool only once the IOMMU has dropped
+        // its cached copy; a failed invalidation keeps it taken for good.
+        self.unit.invalidate_interrupt_table(rid, &mut self.mem)?;
+        if let Some(table) = self.ir.as_mut().and_then(|ir| ir.tables.get_mut(&rid)) {
+            let _ = table.free(&mut self.mem, index);
+        }
+        Ok(())
     }
 
     fn flushes(&self) -> u64 {

@@ -471,6 +471,49 @@ impl AmdVi {
         self.submit(&cmds, mem)
     }
 
+    /// Rewrites `devid`'s interrupt fields (DTE qword 2, §2.2.2.2) in one
+    /// store — the translation fields stay as they are, so DMA is not
+    /// disturbed — and makes the IOMMU forget the old DTE and whatever it
+    /// cached of the device's interrupt table.
+    pub fn set_interrupt_fields(&mut self, devid: u16, q2: u64, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        let (frame, word) = self.dte_at(devid);
+        if crate::tracing() {
+            log::info!("amdvi trace: DTE[{devid:#06x}].q2 <- {q2:#018x}");
+        }
+        mem.write(frame, word + 2, q2);
+        self.submit(&[cmd::invalidate_devtab_entry(devid), crate::intremap::invalidate_interrupt_table(devid)], mem)
+    }
+
+    /// Writes `q2` as the interrupt fields of every DTE (turning interrupt
+    /// remapping on for the whole table) and invalidates every cached DTE and
+    /// interrupt table: with INVALIDATE_IOMMU_ALL where the unit has it, else
+    /// one INVALIDATE_DEVTAB_ENTRY and INVALIDATE_INTERRUPT_TABLE per DeviceID.
+    pub fn set_all_interrupt_fields(&mut self, q2: u64, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        if crate::tracing() {
+            log::info!("amdvi trace: DTE[*].q2 <- {q2:#018x}");
+        }
+        for devid in 0..=u16::MAX {
+            let (frame, word) = self.dte_at(devid);
+            mem.write(frame, word + 2, q2);
+        }
+        if self.invalidate_all_supported() {
+            return self.submit(&[cmd::invalidate_iommu_all()], mem);
+        }
+        for first in (0..=u16::MAX).step_by(64) {
+            let cmds: Vec<Command> = (first..=first.saturating_add(63))
+                .flat_map(|d| [cmd::invalidate_devtab_entry(d), crate::intremap::invalidate_interrupt_table(d)])
+                .collect();
+            self.submit(&cmds, mem)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the IOMMU forget what it cached of `devid`'s interrupt table
+    /// (INVALIDATE_INTERRUPT_TABLE and a COMPLETION_WAIT, §2.4.5).
+    pub fn invalidate_interrupt_table(&mut self, devid: u16, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
+        self.submit(&[crate::intremap::invalidate_interrupt_table(devid)], mem)
+    }
+
     /// Reads the entries between EvtHead and EvtTail and advances EvtHead.
     fn read_events(&mut self, mem: &impl DmaMemory) -> Vec<Event> {
         let size = self.evt.bytes();

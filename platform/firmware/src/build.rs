@@ -44,6 +44,7 @@ pub fn add_dmar(t: &mut Topology, d: &dmar::Dmar, functions: &[Function], msi_wi
             segment: u.segment,
             interrupts: Vec::new(),
             flags: u32::from(u.include_pci_all),
+            interrupt_remapping: Some(d.flags & 1 != 0),
         });
         if u.include_pci_all {
             let _ = t.add_rule(PciRule {
@@ -103,6 +104,7 @@ pub fn add_ivrs(t: &mut Topology, v: &ivrs::Ivrs, msi_window: (u64, u64)) {
             segment: h.segment,
             interrupts: Vec::new(),
             flags: u32::from(h.flags),
+            interrupt_remapping: Some(h.specials.iter().any(|s| s.variety == 1)),
         });
         if h.all.is_some() {
             let _ = t.add_rule(PciRule {
@@ -173,6 +175,7 @@ pub fn add_viot(t: &mut Topology, v: &viot::Viot, msi_window: Option<(u64, u64)>
             segment,
             interrupts: Vec::new(),
             flags: 0,
+            interrupt_remapping: None,
         });
         if let UnitLocation::Pci { segment, rid } = location {
             // The virtio-iommu's own DMA (its queues) is never translated by itself.
@@ -226,6 +229,7 @@ pub fn add_iort(t: &mut Topology, table: &iort::Iort) {
                     .map(|(n, g)| (String::from(*n), g))
                     .collect(),
                 flags,
+                interrupt_remapping: None,
             });
             units.push((n.offset, unit));
         }
@@ -279,6 +283,7 @@ pub fn from_devicetree(dt: &devicetree::DeviceTree<'_>, errors: &mut Vec<String>
                     segment: 0,
                     interrupts: s.irqs.iter().map(|q| (q.name.clone(), q.intid)).collect(),
                     flags: u32::from(s.dma_coherent),
+                    interrupt_remapping: None,
                 });
                 if let Some(p) = s.phandle {
                     phandles.push((p, unit));
@@ -300,6 +305,7 @@ pub fn from_devicetree(dt: &devicetree::DeviceTree<'_>, errors: &mut Vec<String>
                     segment,
                     interrupts: Vec::new(),
                     flags: 0,
+                    interrupt_remapping: None,
                 });
                 if let Some(p) = v.phandle {
                     phandles.push((p, unit));

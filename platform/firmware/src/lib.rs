@@ -77,6 +77,11 @@ pub struct IommuUnit {
     pub interrupts: Vec<(String, u32)>,
     /// Firmware flags as given (DRHD flags, IVHD flags, IORT flags ...).
     pub flags: u32,
+    /// What firmware says about interrupt remapping by this unit: the DMAR's
+    /// INTR_REMAP flag; for an IVHD, whether it names the I/O APIC (a type
+    /// 48h special device entry, which firmware gives only when the IOMMU
+    /// remaps interrupts). `None`: the table says nothing.
+    pub interrupt_remapping: Option<bool>,
 }
 
 /// Which PCI functions a rule covers.
@@ -343,6 +348,7 @@ mod tests {
             segment: 0,
             interrupts: vec![],
             flags: 0,
+            interrupt_remapping: None,
         }
     }
 

@@ -56,7 +56,22 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
         };
         log::info!("{} ({} at {base:#x})", unit.describe(), u.name);
         let (devices, reserved) = devices_and_reserved(topology, index);
-        out.push((index, Box::new(amdvi::AmdViIommu::new(unit, mem, devices, reserved))));
+        let mut a = amdvi::AmdViIommu::new(unit, mem, devices, reserved);
+        match (boot.cmdline_value("intremap") != Some("off"), u.interrupt_remapping) {
+            (false, _) => {
+                log::warn!("amdvi: {}: interrupt remapping off (intremap=off): its devices can raise any vector", u.name)
+            }
+            (true, Some(true)) => {
+                if let Err(e) = a.enable_interrupt_remapping() {
+                    log::warn!("amdvi: {}: interrupts not remapped ({e}): its devices can raise any vector", u.name);
+                }
+            }
+            (true, _) => log::warn!(
+                "amdvi: {}: interrupts not remapped (the IVRS names no I/O APIC for the unit, so it does not remap): its devices can raise any vector",
+                u.name
+            ),
+        }
+        out.push((index, Box::new(a)));
     }
     out
 }

@@ -455,6 +455,20 @@ fn vtd_queue_error_reported() -> TestResult {
 type AmdDriver = amdvi::AmdViIommu<kcore::iommu::KernelTables>;
 
 /// Runs `f` on the registered driver of the first AMD-Vi unit (skips without one).
+/// `rid`'s DTE is the blocked one: no translation, no access, and (with
+/// interrupt remapping on) its interrupts blocked or remapped, never passed.
+fn check_blocked_dte(a: &AmdDriver, rid: u16) -> TestResult {
+    let e = a.unit.dte(rid, &a.mem);
+    check_eq!(e[..2], amdvi::dte::blocked(amdvi::dte::BLOCKED_TAG)[..2]);
+    check_eq!(e[3], 0);
+    if iommu::Iommu::remaps_interrupts(a) {
+        check!(e[2] & amdvi::intremap::DTE_IV != 0, "interrupt fields {:#x}: IV clear, interrupts pass", e[2]);
+    } else {
+        check_eq!(e[2], 0);
+    }
+    Ok(())
+}
+
 fn with_amdvi(f: impl FnOnce(&mut AmdDriver) -> TestResult) -> TestResult {
     kcore::iommu::with_units(|units| match units.iter_mut().find_map(|u| u.as_any_mut().downcast_mut::<AmdDriver>()) {
         Some(a) => f(a),
@@ -484,7 +498,7 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
         check!(!a.translating(), "the registered unit is in use");
         let live0 = a.mem.live;
         let id = iommu::DeviceId(u32::from(rid));
-        check_eq!(a.unit.dte(rid, &a.mem), dte::blocked(dte::BLOCKED_TAG));
+        check_blocked_dte(a, rid)?;
         for (kind, mode, access) in [(DomainKind::Identity, 0, true), (DomainKind::Blocked, 0, false)] {
             let d = a.domain_alloc(kind).map_err(failed)?;
             a.attach(id, d).map_err(failed)?;
@@ -529,7 +543,7 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
         edu.dma(iova + 200 * 4096, 4096, true)?;
         check!(frame_bytes(frames[200]).iter().all(|&b| b == 0x5A), "DMA reached an unmapped page");
         a.detach(id).map_err(failed)?;
-        check_eq!(a.unit.dte(rid, &a.mem), dte::blocked(dte::BLOCKED_TAG));
+        check_blocked_dte(a, rid)?;
         a.domain_free(d).map_err(failed)?;
         check!(a.mem.live == live0, "table frames: {live0} before, {} after", a.mem.live);
         Ok(())
@@ -552,6 +566,19 @@ fn wait_with_interrupts(ns: u64, done: impl Fn() -> bool) -> bool {
         x86_64::instructions::interrupts::disable();
     }
     ok
+}
+
+/// A device's forged interrupt: edu (attached, `frame` mapped at IOVA
+/// 0x100000) copies `data` from `frame` into its buffer, then writes it to
+/// `address` in the interrupt window. True when `slot` then counted an
+/// interrupt within 50 ms.
+fn forge_msi(edu: &kcore::edu::Edu, frame: u64, address: u32, data: u32, slot: u32) -> Result<bool, ktest::TestError> {
+    // SAFETY: `frame` is the test's frame, in the direct map.
+    unsafe { (kcore::mm::phys_to_virt(frame) as *mut u32).write_volatile(data) };
+    let before = kcore::task::irq_pending(slot);
+    edu.dma(0x10_0000, 4, false)?;
+    edu.dma(u64::from(address), 4, true)?;
+    Ok(wait_with_interrupts(50_000_000, || kcore::task::irq_pending(slot) > before))
 }
 
 /// The interrupt-remapping faults a registered VT-d unit recorded since the
@@ -623,14 +650,7 @@ fn vtd_interrupt_remapping() -> TestResult {
             iommu::Iommu::attach(v, iommu::DeviceId(u32::from(rid)), d).map_err(kcore::edu::failed)?;
             Ok(())
         })?;
-        let forge = |address: u32, data: u32| -> Result<bool, ktest::TestError> {
-            // SAFETY: `frame` is this test's frame, in the direct map.
-            unsafe { (kcore::mm::phys_to_virt(frame) as *mut u32).write_volatile(data) };
-            let before = kcore::task::irq_pending(slot);
-            edu.dma(0x10_0000, 4, false)?;
-            edu.dma(u64::from(address), 4, true)?;
-            Ok(wait_with_interrupts(50_000_000, || kcore::task::irq_pending(slot) > before))
-        };
+        let forge = |address: u32, data: u32| forge_msi(&edu, frame, address, data, slot);
         for (index, reason, what) in
             [(200u16, 0x22u32, "a handle with no entry"), (300, 0x21, "a handle beyond the 256-entry table")]
         {
@@ -674,6 +694,85 @@ fn vtd_interrupt_remapping() -> TestResult {
     outcome
 }
 
+/// AMD-Vi interrupt remapping end to end: edu's MSI, routed by the kernel,
+/// reaches its vector through edu's own interrupt table (DTE IntCtl = 10b);
+/// messages forged by a DMA write into the interrupt window — edu's real
+/// message, a compatibility-style one — raise nothing. (QEMU looks a DMA
+/// write's interrupt up under the I/O APIC's DeviceID, 00:14.0, whose DTE
+/// blocks every interrupt; it logs no event for a refused interrupt, so
+/// "blocked" is shown by the vector that never fires.)
+fn amdvi_interrupt_remapping() -> TestResult {
+    use amdvi::intremap::{DteInterrupt, RemapFields};
+    let mut on = false;
+    with_amdvi(|a| {
+        on = iommu::Iommu::remaps_interrupts(a);
+        Ok(())
+    })?;
+    if !on {
+        return Err(ktest::TestError::Skipped("interrupt remapping off (amd-iommu with intremap=on)".into()));
+    }
+    let Some(&(dev, rid)) = kcore::edu::devices().first() else {
+        return Err(ktest::TestError::Skipped("no edu device".into()));
+    };
+    let access = kcore::pci::access(dev.function.bdf).ok_or(ktest::TestError::Failed("no config access".into()))?;
+    let vector = *crate::interrupts::DEVICE_VECTORS.end();
+    let slot = u32::from(vector - crate::interrupts::DEVICE_VECTORS.start());
+    let frame = kcore::mm::alloc_frame().ok_or(ktest::TestError::Failed("no frame".into()))?;
+    let edu = kcore::edu::open(dev)?;
+    let mut domain = None;
+    let outcome = (|| -> TestResult {
+        crate::apic::route_msi(&dev.function, access, vector).map_err(|e| ktest::TestError::Failed(e.into()))?;
+        let mut index = 0;
+        with_amdvi(|a| {
+            index = a.msi_index(rid, vector).ok_or(ktest::TestError::Failed("no entry for edu".into()))?;
+            check!(index != 0, "index 0 handed out");
+            let irte = a.irte(rid, index).ok_or(ktest::TestError::Failed("entry out of range".into()))?;
+            check_eq!(irte.decode(), Ok(RemapFields::fixed(vector, crate::apic::id())));
+            let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem)[2]);
+            check!(q2.valid && q2.int_ctl == 2 && q2.len_log2 == 4, "edu's interrupt fields {q2:?}");
+            check!(!(q2.nmi_pass || q2.init_pass || q2.eint_pass || q2.lint0_pass || q2.lint1_pass), "{q2:?}");
+            // The I/O APIC's DeviceID (and every other) blocks interrupts.
+            let io = DteInterrupt::decode(a.unit.dte(0x00A0, &a.mem)[2]);
+            check!(io.valid && io.int_ctl == 0, "00:14.0's interrupt fields {io:?}");
+            Ok(())
+        })?;
+        let before = kcore::task::irq_pending(slot);
+        edu.raise_interrupt(1);
+        let delivered = wait_with_interrupts(500_000_000, || kcore::task::irq_pending(slot) > before);
+        edu.ack_interrupt(1);
+        check!(delivered, "edu's MSI did not arrive through its interrupt table (index {index})");
+        with_amdvi(|a| {
+            let d = iommu::Iommu::domain_alloc(a, iommu::DomainKind::Paging).map_err(kcore::edu::failed)?;
+            domain = Some(d);
+            iommu::Iommu::map(a, d, 0x10_0000, frame, 4096, io_pgtable::Perms::READ).map_err(kcore::edu::failed)?;
+            iommu::Iommu::attach(a, iommu::DeviceId(u32::from(rid)), d).map_err(kcore::edu::failed)?;
+            Ok(())
+        })?;
+        let msg = (amdvi::intremap::msi_address(false), amdvi::intremap::msi_data(index));
+        check!(!forge_msi(&edu, frame, msg.0, msg.1, slot)?, "edu's own message, forged by DMA, was delivered");
+        let compat = (crate::apic::msi_address(), u32::from(vector));
+        check!(!forge_msi(&edu, frame, compat.0, compat.1, slot)?, "a forged destination-format MSI was delivered");
+        crate::apic::unroute_msi(&dev.function, access, vector);
+        with_amdvi(|a| {
+            check!(a.msi_index(rid, vector).is_none());
+            check!(a.irte(rid, index).is_some_and(|e| !e.enabled()), "edu's entry is still enabled");
+            Ok(())
+        })?;
+        Ok(())
+    })();
+    crate::apic::unroute_msi(&dev.function, access, vector);
+    let _ = with_amdvi(|a| {
+        let _ = iommu::Iommu::detach(a, iommu::DeviceId(u32::from(rid)));
+        if let Some(d) = domain {
+            let _ = iommu::unmap_and_flush(a, d, 0x10_0000, 4096);
+            let _ = iommu::Iommu::domain_free(a, d);
+        }
+        Ok(())
+    });
+    kcore::edu::release(&[frame], &kcore::edu::devices());
+    outcome
+}
+
 ktest::suite!(
     pub IOMMU = "iommu",
     [
@@ -683,7 +782,8 @@ ktest::suite!(
         vtd_generic_domains,
         vtd_interrupt_remapping,
         direct_map_regions_identity_mapped,
-        amdvi_device_table_and_invalidations
+        amdvi_device_table_and_invalidations,
+        amdvi_interrupt_remapping
     ]
 );
 
