@@ -776,6 +776,16 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
     }
     let pa = crate::pci::bar_cpu_address(dev, &bar);
     let span = bar.size.max(FRAME_SIZE).next_multiple_of(FRAME_SIZE);
+    // The MSI-X table and PBA belong to the kernel: their pages stay holes.
+    let msix = pci::policy::msix_pages(&dev.function, bar.index);
+    if !msix.is_empty() {
+        log::info!(
+            "task {}: BAR{} of {}: MSI-X pages {msix:x?} left unmapped (the kernel owns the table)",
+            current_name(),
+            bar.index,
+            dev.function.bdf
+        );
+    }
     with_current(|cur| {
         let va = cur.next_va;
         if va + span > MMAP_END {
@@ -783,6 +793,9 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
         }
         let perms = UserPerms { write: true, exec: false, device: true };
         for off in (0..span).step_by(FRAME_SIZE as usize) {
+            if msix.iter().any(|&(start, end)| (start..end).contains(&off)) {
+                continue;
+            }
             platform()
                 .user_map(cur.root, va + off, (pa & !(FRAME_SIZE - 1)) + off, perms)
                 .map_err(|_| Errno::ENOMEM)?;

@@ -446,6 +446,16 @@ mod tests {
         assert_eq!(lines[0], "topology: iommu dmar0 kind=vtd base=0xfed90000 segment=0");
         assert_eq!(lines[1], "topology: pci 0000:00:01.0 1234:11e8 class=00ff00 iommu=dmar0 id=0x8");
         assert_eq!(lines[2], "topology: reserved dmar0 0xfee00000-0xfeefffff msi");
+        // QEMU's DMAR (intremap on) sets INTR_REMAP; without it the unit is no remapper.
+        assert_eq!(t.units()[0].interrupt_remapping, Some(true));
+        let mut t2 = Topology::new();
+        add_dmar(
+            &mut t2,
+            &dmar::Dmar { flags: 0, ..d.clone() },
+            core::slice::from_ref(&edu),
+            (0xFEE0_0000, 0xFEEF_FFFF),
+        );
+        assert_eq!(t2.units()[0].interrupt_remapping, Some(false));
 
         // An RMRR naming edu becomes a direct-map region for edu alone.
         let mut with_rmrr = d.clone();
@@ -477,6 +487,15 @@ mod tests {
         );
         assert_eq!(t.units().len(), 1);
         assert_eq!(t.translate_pci(0, 0x0008).map(|x| x.id), Some(8));
+        // The IVHD names the I/O APIC (QEMU gives that entry only with intremap on).
+        assert_eq!(t.units()[0].interrupt_remapping, Some(true));
+        let mut no_ioapic = ivrs::parse(include_bytes!("../../acpi-tables/tests/data/amdvi-IVRS.bin")).unwrap();
+        for h in &mut no_ioapic.ivhds {
+            h.specials.clear();
+        }
+        let mut t2 = Topology::new();
+        add_ivrs(&mut t2, &no_ioapic, (0xFEE0_0000, 0xFEEF_FFFF));
+        assert_eq!(t2.units()[0].interrupt_remapping, Some(false));
         // A second IVRS with IVMDs only: unity for 00:02.0, an exclusion
         // range for all, a block with neither flag (ignored).
         let ivmd = |block_type: u8, flags: u8, device: u16, start: u64| ivrs::Ivmd {

@@ -470,3 +470,33 @@ pub fn claimable(f: &Function) -> Result<(), ClaimRefusal> {
         _ => Ok(()),
     }
 }
+
+/// The 4 KiB pages of BAR `bar` of `f` that hold its MSI-X table or pending
+/// bit array (PCI 3.0 §6.8.2.4, §6.8.2.5), as sorted, disjoint byte ranges
+/// `[start, end)` from the BAR's base. The kernel owns the MSI-X table like
+/// the MSI capability: these pages are never mapped into a task, so a task
+/// cannot aim its device's interrupt messages anywhere. Empty when the
+/// function has no MSI-X or keeps both structures in other BARs.
+pub fn msix_pages(f: &Function, bar: u8) -> Vec<(u64, u64)> {
+    const PAGE: u64 = 4096;
+    let Some(m) = f.caps.msix else { return Vec::new() };
+    // Table: 16 bytes per entry; PBA: one bit per entry, in qwords.
+    let entries = u64::from(m.table_size);
+    let table = (m.table, entries * 16);
+    let pba = (m.pba, entries.div_ceil(64) * 8);
+    let mut out: Vec<(u64, u64)> = [table, pba]
+        .into_iter()
+        .filter(|((b, _), len)| *b == bar && *len > 0)
+        .map(|((_, off), len)| {
+            let start = u64::from(off) & !(PAGE - 1);
+            (start, (u64::from(off) + len).next_multiple_of(PAGE))
+        })
+        .collect();
+    out.sort_unstable();
+    if let [a, b] = out[..] {
+        if b.0 <= a.1 {
+            return alloc::vec![(a.0, a.1.max(b.1))];
+        }
+    }
+    out
+}
