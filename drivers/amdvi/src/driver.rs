@@ -130,6 +130,7 @@ impl From<AmdViError> for Error {
             AmdViError::NoMemory => Error::NoMemory,
             AmdViError::Unsupported(what) => Error::NotSupported(what),
             AmdViError::Command { .. } => Error::Hardware("AMD-Vi command refused"),
+            AmdViError::RegisterOutsideWindow { .. } => Error::Hardware("registers outside the register window"),
         }
     }
 }

@@ -13,8 +13,8 @@
 //! (`hwpt_data::AMDVI_ATTRS`) is a paging domain of 1–6 levels, as many as
 //! EFR.HATS allows, with the matching DTE Mode and aperture.
 //!
-//! Hardware access: typed registers ([`regs`]) over the MMIO block the kernel
-//! mapped, tables and queues in memory the kernel provides
+//! Hardware access: typed registers ([`regs`]) over the 16 KiB MMIO block the
+//! kernel mapped (checked to hold every register used: [`regs::check_window`]), tables and queues in memory the kernel provides
 //! ([`iommu::DmaMemory`]). Completion is polled (no MSI is programmed); every
 //! wait is bounded with [`iommu::poll`].
 //!

@@ -5,6 +5,7 @@
 //! command-buffer base only after an 8-byte write or a write to the upper
 //! half, so whole-register writes are the simple, correct choice.
 
+use crate::unit::AmdViError;
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
@@ -155,6 +156,37 @@ register_structs! {
 /// Size of the register block.
 pub const MMIO_SIZE: usize = 0x4000;
 
+/// The registers this driver reads or writes (§3.4), by name, offset and
+/// end: the control block (Device Table Base at 0000h through EFR at 0037h)
+/// and the ring pointers and status (CmdHead at 2000h through Status at
+/// 2027h).
+const USED: [(&str, u64, u64); 2] = [
+    ("control registers (Device Table Base..EFR, 0000h-0037h)", 0x0000, 0x0038),
+    ("ring pointers and status (Command Buffer Head..IOMMU Status, 2000h-2027h)", 0x2000, 0x2028),
+];
+
+/// Checks that the mapped register window (`window` bytes; the IVHD gives
+/// the base only, so the kernel maps the 16 KiB block of §3.4) holds every
+/// register the driver uses ([`Regs`]). The offsets are fixed by the spec,
+/// none comes from a capability: EFR only says which optional registers
+/// exist, and the ones it gates that lie beyond 16 KiB — the performance
+/// counter banks at MMIO offset 4_0000h (EFR.PCSup) — are not used; the
+/// PPR log (EFR.PPRSup, 0038h / 2030h) and GA log (EFR.GASup, 00E0h /
+/// 2040h) registers are inside the block and not used either. A driver that
+/// starts using an EFR-gated register adds it to this check with its EFR bit.
+pub fn check_window(window: u64) -> Result<(), AmdViError> {
+    let outside = |register, offset: u64, end: u64| AmdViError::RegisterOutsideWindow { register, offset, end, window };
+    if let Some(&(register, offset, end)) = USED.iter().find(|(_, _, end)| *end > window) {
+        return Err(outside(register, offset, end));
+    }
+    // The typed view spans the whole block, reserved gaps included.
+    let block = core::mem::size_of::<Regs>() as u64;
+    if block > window {
+        return Err(outside("register block (Regs, 0000h-3FFFh)", 0, block));
+    }
+    Ok(())
+}
+
 /// Status bits that are cleared by writing 1 (EventOverflow, EventLogInt,
 /// ComWaitInt, PprOverflow, PprInt).
 pub const STATUS_W1C: u64 = 0x67;
@@ -185,4 +217,42 @@ pub fn efr_features(efr: u64) -> alloc::vec::Vec<&'static str> {
         (EFR::HD_SUP, "HDSup"),
     ];
     flags.iter().filter(|(f, _)| f.read(efr) != 0).map(|(_, n)| *n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    fn outside(r: Result<(), AmdViError>) -> (u64, u64, u64) {
+        match r {
+            Err(AmdViError::RegisterOutsideWindow { offset, end, window, .. }) => (offset, end, window),
+            other => panic!("expected RegisterOutsideWindow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_must_hold_the_16k_block() {
+        assert_eq!(core::mem::size_of::<Regs>(), MMIO_SIZE);
+        assert_eq!(check_window(0x4000), Ok(()));
+        assert_eq!(check_window(u64::MAX), Ok(()));
+        // One byte short of the block: the head/tail registers fit, the typed block does not.
+        assert_eq!(outside(check_window(0x3FFF)), (0, 0x4000, 0x3FFF));
+        // Exactly up to IOMMU Status, and one byte short of it.
+        assert_eq!(outside(check_window(0x2028)), (0, 0x4000, 0x2028));
+        assert_eq!(outside(check_window(0x2027)), (0x2000, 0x2028, 0x2027));
+        // One page (what a VT-d-style mapping would give): head/tail at 2000h are out.
+        assert_eq!(outside(check_window(0x1000)), (0x2000, 0x2028, 0x1000));
+        assert_eq!(outside(check_window(0x37)), (0, 0x38, 0x37));
+        assert_eq!(outside(check_window(0)), (0, 0x38, 0));
+    }
+
+    #[test]
+    fn the_error_names_register_offset_and_window() {
+        let msg = check_window(0x1000).unwrap_err().to_string();
+        assert!(
+            msg.contains("Command Buffer Head") && msg.contains("0x2000..0x2028") && msg.contains("0x1000-byte"),
+            "{msg}"
+        );
+    }
 }

@@ -51,6 +51,18 @@ pub enum AmdViError {
         /// Physical address of the command (or of the failed access).
         address: u64,
     },
+    /// Registers the driver uses lie outside the mapped register window
+    /// ([`crate::regs::check_window`]): the unit is not used.
+    RegisterOutsideWindow {
+        /// Which registers.
+        register: &'static str,
+        /// Their first byte, from the register base.
+        offset: u64,
+        /// One past their last byte.
+        end: u64,
+        /// Bytes in the window.
+        window: u64,
+    },
 }
 
 impl core::fmt::Display for AmdViError {
@@ -62,6 +74,11 @@ impl core::fmt::Display for AmdViError {
             AmdViError::Command { code, address } => {
                 write!(f, "AMD-Vi refused the command at {address:#x}: {}", code.name())
             }
+            AmdViError::RegisterOutsideWindow { register, offset, end, window } => write!(
+                f,
+                "AMD-Vi {register} at {offset:#x}..{end:#x} lie outside the {window:#x}-byte register window \
+                 (the 16 KiB block of AMD IOMMU spec 3.4)"
+            ),
         }
     }
 }
@@ -143,6 +160,21 @@ impl AmdVi {
     /// mapped (as device memory) for the rest of the kernel's life, and this
     /// value becomes its only user.
     pub unsafe fn new(base: u64, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
+        // SAFETY: forwarded from the caller, whose mapping is the whole block.
+        unsafe { Self::with_window(base, crate::regs::MMIO_SIZE as u64, mem) }
+    }
+
+    /// As [`AmdVi::new`] for a register window of `window` bytes: refused
+    /// with [`AmdViError::RegisterOutsideWindow`], before any register is
+    /// touched, unless it holds every register the driver uses
+    /// ([`crate::regs::check_window`]: the 16 KiB block, with CmdHead /
+    /// CmdTail / EvtHead / EvtTail / Status at 2000h-2027h).
+    ///
+    /// # Safety
+    /// `base` maps `window` bytes of the unit's registers (device memory)
+    /// for the rest of the kernel's life, and this value becomes its only user.
+    pub unsafe fn with_window(base: u64, window: u64, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
+        crate::regs::check_window(window)?;
         let mut unit = AmdVi {
             base,
             efr: 0,
@@ -562,5 +594,28 @@ impl AmdVi {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::fake::{FakeMem, QEMU_EFR};
+
+    #[test]
+    fn bring_up_refuses_a_short_window_before_touching_anything() {
+        let mut mem = FakeMem::with_unit(QEMU_EFR);
+        // SAFETY: the fake's block is 16 KiB and outlives the call; a refused window touches none of it.
+        let e = unsafe { AmdVi::with_window(mem.register_base(), 0x1000, &mut mem) }.err();
+        assert!(
+            matches!(e, Some(AmdViError::RegisterOutsideWindow { offset: 0x2000, end: 0x2028, window: 0x1000, .. })),
+            "{e:?}"
+        );
+        assert_eq!(mem.live(), 0, "nothing allocated");
+        assert_eq!(mem.regs().control.get(), 0, "nothing enabled");
+        // The whole block works as `new` does.
+        // SAFETY: as above; this unit becomes the block's only user.
+        let unit = unsafe { AmdVi::with_window(mem.register_base(), 0x4000, &mut mem) };
+        assert!(unit.is_ok(), "{:?}", unit.err());
     }
 }

@@ -81,6 +81,7 @@ impl From<SmmuError> for Error {
             SmmuError::Command { .. } => Error::Hardware("SMMU command refused"),
             SmmuError::Map(e) => Error::from(e),
             SmmuError::NoTags => Error::NoDomainIds,
+            SmmuError::RegisterOutsideWindow { .. } => Error::Hardware("registers outside the register window"),
         }
     }
 }

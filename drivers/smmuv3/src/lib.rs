@@ -14,8 +14,9 @@
 //! Config = 0b111 in hardware (§3.3.4, §5.2), and the task's TLBI_NH_* /
 //! CFGI_CD* commands, checked and tagged with the parent's VMID (§4.3, §4.4).
 //!
-//! Hardware access: typed registers over the 128 KiB MMIO window the kernel
-//! mapped; tables and queues in memory the kernel provides ([`iommu::DmaMemory`]).
+//! Hardware access: typed registers over the MMIO window the firmware described
+//! (128 KiB architected, checked to hold page 1's queue indices:
+//! [`regs::check_window`]) and the kernel mapped; tables and queues in memory the kernel provides ([`iommu::DmaMemory`]).
 //! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /
 //! PASIDs and CD tables, ATS / PRI, stall mode, non-coherent SMMUs.
 #![no_std]

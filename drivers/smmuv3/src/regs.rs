@@ -3,6 +3,7 @@
 //! event-queue producer and consumer indices. 32-bit registers are read with
 //! 32-bit loads (QEMU returns 0 for 64-bit reads of them, QEMU.md G6).
 
+use crate::unit::SmmuError;
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
@@ -185,6 +186,32 @@ register_structs! {
 /// Offset of page 1 from page 0.
 pub const PAGE1: u64 = 0x1_0000;
 
+/// The architected register window: page 0 and page 1, 64 KiB each (§6.1,
+/// "SMMU memory map"); what an IORT SMMUv3 node implies (it gives no size)
+/// and what a device-tree `reg` normally says.
+pub const ARCHITECTED_WINDOW: u64 = 0x2_0000;
+
+/// Checks that the register window the firmware described (device-tree
+/// `reg` size, or the IORT node's implied 128 KiB) holds every register this
+/// driver touches (§6, SMMU memory map): page 0 up to EVENTQ_BASE
+/// ([`Page0`]) and, in page 1 at [`PAGE1`], EVENTQ_PROD / EVENTQ_CONS
+/// ([`Page1`], up to 0x100B0). The driver always uses page 1 (the event queue
+/// indices live only there); it uses no PRI queue (PRIQ_PROD / PRIQ_CONS,
+/// also page 1, further up) and no ECMDQ or secure pages. The layout is
+/// architected, not read from ID registers, so only the window can be wrong.
+pub fn check_window(window: u64) -> Result<(), SmmuError> {
+    let outside = |register, offset: u64, end: u64| SmmuError::RegisterOutsideWindow { register, offset, end, window };
+    let page0_end = core::mem::size_of::<Page0>() as u64;
+    if window < page0_end {
+        return Err(outside("page 0 registers (IDR0..EVENTQ_BASE)", 0, page0_end));
+    }
+    let page1_end = PAGE1 + core::mem::size_of::<Page1>() as u64;
+    if window < page1_end {
+        return Err(outside("page 1 event queue indices (EVENTQ_PROD, EVENTQ_CONS)", PAGE1 + 0xA8, page1_end));
+    }
+    Ok(())
+}
+
 /// Output address size in bits for an IDR5.OAS / CD.IPS / STE.S2PS encoding.
 pub fn oas_bits(oas: u32) -> u32 {
     match oas {
@@ -202,4 +229,41 @@ pub fn oas_bits(oas: u32) -> u32 {
 /// queues) and read/write-allocate hint bit 62 (§6.3.24, §6.3.26).
 pub fn base_value(pa: u64, log2size: u32) -> u64 {
     1 << 62 | (pa & 0x000F_FFFF_FFFF_FFE0) | u64::from(log2size & 0x1F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn window_must_reach_the_page1_queue_indices() {
+        assert_eq!(check_window(ARCHITECTED_WINDOW), Ok(()));
+        assert_eq!(check_window(u64::MAX), Ok(()));
+        // Exactly up to EVENTQ_CONS's last byte, and one byte short.
+        assert_eq!(check_window(0x1_00B0), Ok(()));
+        assert_eq!(
+            check_window(0x1_00AF),
+            Err(SmmuError::RegisterOutsideWindow {
+                register: "page 1 event queue indices (EVENTQ_PROD, EVENTQ_CONS)",
+                offset: 0x1_00A8,
+                end: 0x1_00B0,
+                window: 0x1_00AF,
+            })
+        );
+        // Page 0 alone (a firmware that described 64 KiB).
+        assert!(matches!(check_window(0x1_0000), Err(SmmuError::RegisterOutsideWindow { offset: 0x1_00A8, .. })));
+        // Not even page 0's registers.
+        assert!(matches!(check_window(0xA7), Err(SmmuError::RegisterOutsideWindow { offset: 0, end: 0xA8, .. })));
+        assert!(matches!(check_window(0), Err(SmmuError::RegisterOutsideWindow { window: 0, .. })));
+    }
+
+    #[test]
+    fn the_error_names_register_offset_and_window() {
+        let msg = check_window(0x1_0000).unwrap_err().to_string();
+        assert!(
+            msg.contains("EVENTQ_PROD") && msg.contains("0x100a8..0x100b0") && msg.contains("0x10000-byte"),
+            "{msg}"
+        );
+    }
 }

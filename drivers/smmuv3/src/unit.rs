@@ -39,6 +39,19 @@ pub enum SmmuError {
     Map(io_pgtable::Error),
     /// Every ASID or VMID is in use.
     NoTags,
+    /// Registers the driver needs lie outside the register window the
+    /// firmware described (device-tree `reg` or IORT): the SMMU is not used
+    /// ([`crate::regs::check_window`]).
+    RegisterOutsideWindow {
+        /// Which registers.
+        register: &'static str,
+        /// Their first byte, from the register base.
+        offset: u64,
+        /// One past their last byte.
+        end: u64,
+        /// Bytes in the window.
+        window: u64,
+    },
 }
 
 impl core::fmt::Display for SmmuError {
@@ -51,6 +64,11 @@ impl core::fmt::Display for SmmuError {
             SmmuError::Command { error, index } => write!(f, "command {index} refused: {}", error.name()),
             SmmuError::Map(e) => write!(f, "page table: {e}"),
             SmmuError::NoTags => f.write_str("every ASID / VMID is in use"),
+            SmmuError::RegisterOutsideWindow { register, offset, end, window } => write!(
+                f,
+                "{register} at {offset:#x}..{end:#x} lie outside the SMMU's {window:#x}-byte register window \
+                 (the firmware's reg / IORT size; the architecture needs page 0 and page 1, 0x20000 bytes)"
+            ),
         }
     }
 }
@@ -124,25 +142,31 @@ pub struct Smmu {
 
 impl Smmu {
     fn page0(&self) -> &Page0 {
-        // SAFETY: `base` maps both register pages for the SMMU's lifetime (see `new`).
+        // SAFETY: `base` maps a register window holding `Page0` (checked in `with_options`) for the SMMU's lifetime (see `new`).
         unsafe { &*(self.base as *const Page0) }
     }
 
     fn page1(&self) -> &Page1 {
-        // SAFETY: as in `page0`; page 1 starts 64 KiB above page 0, inside the mapping.
+        // SAFETY: as in `page0`; `check_window` found page 1 up to `Page1`'s end inside the mapped window.
         unsafe { &*((self.base + PAGE1) as *const Page1) }
     }
 
-    /// Takes over the SMMU whose 128 KiB register window is mapped at virtual
-    /// address `base`: queues and an empty stream table installed, command and
-    /// event queues on, caches invalidated. Translation (SMMUEN) stays off.
+    /// Takes over the SMMU whose register window, `window` bytes as the
+    /// firmware described it (128 KiB architected: page 0 and page 1, §6), is
+    /// mapped at virtual address `base`: checks the window holds every
+    /// register the driver uses ([`crate::regs::check_window`];
+    /// [`SmmuError::RegisterOutsideWindow`] before any access otherwise),
+    /// installs queues and an empty stream table, turns the command and
+    /// event queues on and invalidates the caches. Translation (SMMUEN)
+    /// stays off.
     ///
     /// # Safety
-    /// `base` must map both register pages (device memory) for as long as the
-    /// returned value lives, and nothing else may program the SMMU.
-    pub unsafe fn new(base: u64, mem: &mut impl DmaMemory) -> Result<Smmu, SmmuError> {
+    /// `base` must map `window` bytes of the SMMU's registers (device memory)
+    /// for as long as the returned value lives, and nothing else may program
+    /// the SMMU.
+    pub unsafe fn new(base: u64, window: u64, mem: &mut impl DmaMemory) -> Result<Smmu, SmmuError> {
         // SAFETY: forwarded from the caller.
-        unsafe { Self::with_options(base, mem, false) }
+        unsafe { Self::with_options(base, window, mem, false) }
     }
 
     /// As [`Smmu::new`]; `linear` asks for a linear stream table even where
@@ -150,8 +174,14 @@ impl Smmu {
     ///
     /// # Safety
     /// As for [`Smmu::new`].
-    pub unsafe fn with_options(base: u64, mem: &mut impl DmaMemory, linear: bool) -> Result<Smmu, SmmuError> {
-        // SAFETY: the caller guarantees the mapping.
+    pub unsafe fn with_options(
+        base: u64,
+        window: u64,
+        mem: &mut impl DmaMemory,
+        linear: bool,
+    ) -> Result<Smmu, SmmuError> {
+        crate::regs::check_window(window)?;
+        // SAFETY: the caller guarantees `window` bytes are mapped, and `check_window` found `Page0` inside them.
         let p0 = unsafe { &*(base as *const Page0) };
         let idr = [p0.idr0.get(), p0.idr1.get(), p0.idr2.get(), p0.idr3.get(), p0.idr4.get(), p0.idr5.get()];
         if IDR0::TTF.read(idr[0]) & 2 == 0 {
@@ -535,5 +565,54 @@ impl Smmu {
             StreamTable::TwoLevel { l1_frames, l2, .. } => *l1_frames + l2.iter().filter(|t| **t != 0).count(),
         };
         table + self.cmdq.frames() + self.eventq.frames()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory a refused SMMU must never touch.
+    struct Untouched;
+
+    impl io_pgtable::TableMemory for Untouched {
+        fn alloc_table(&mut self) -> Option<u64> {
+            panic!("alloc_table")
+        }
+        fn free_table(&mut self, _: u64) {
+            panic!("free_table")
+        }
+        fn read(&self, _: u64, _: usize) -> u64 {
+            panic!("read")
+        }
+        fn write(&mut self, _: u64, _: usize, _: u64) {
+            panic!("write")
+        }
+    }
+
+    impl DmaMemory for Untouched {
+        fn alloc_contiguous(&mut self, _: usize) -> Option<u64> {
+            panic!("a SMMU with too small a register window allocated memory")
+        }
+        fn free_contiguous(&mut self, _: u64, _: usize) {
+            panic!("free_contiguous")
+        }
+    }
+
+    #[test]
+    fn bring_up_refuses_a_window_without_page1() {
+        // Page 0 as plain memory with IDR0 = 0: were the window not checked
+        // first, the probe would fail on IDR0.TTF instead.
+        #[repr(C, align(4096))]
+        struct Page([u32; 1024]);
+        let page = alloc::boxed::Box::new(Page([0; 1024]));
+        let base = page.0.as_ptr() as u64;
+        // SAFETY: 4 KiB of plain memory that outlives the call; the window check refuses before any access.
+        let r = unsafe { Smmu::new(base, 0x1000, &mut Untouched) };
+        assert!(
+            matches!(r, Err(SmmuError::RegisterOutsideWindow { offset: 0x1_00A8, window: 0x1000, .. })),
+            "{:?}",
+            r.as_ref().err()
+        );
     }
 }

@@ -97,6 +97,9 @@ impl From<VtdError> for Error {
             VtdError::Queue { .. } => Error::Hardware("invalidation queue error"),
             VtdError::NoQueue => Error::NotSupported("queued invalidation"),
             VtdError::NotSupported(what) => Error::NotSupported(what),
+            VtdError::RegisterOutsideWindow { .. } | VtdError::RegistersOverlap { .. } => {
+                Error::Hardware("register offsets outside the register window")
+            }
         }
     }
 }

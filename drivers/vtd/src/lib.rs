@@ -17,7 +17,9 @@
 //! attributes (stage, address width, snoop control; [`hwpt`]). Still to
 //! come: nested translation.
 //!
-//! Hardware access: [`regs::Registers`] over an MMIO window the kernel mapped;
+//! Hardware access: [`regs::Registers`] over the MMIO window the DRHD describes
+//! (§8.3), with the IOTLB and fault-recording registers that ECAP.IRO, CAP.FRO and
+//! CAP.NFR locate checked to lie inside it before use ([`regs::check_window`]);
 //! tables live in frames the kernel provides through [`io_pgtable::TableMemory`].
 #![no_std]
 

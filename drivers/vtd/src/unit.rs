@@ -5,7 +5,7 @@ use crate::context;
 use crate::fault::FaultRecord;
 use crate::hwpt::{self, DomainConfig};
 use crate::invalidation::{self as inv, Descriptor, QueueError};
-use crate::regs::{FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
+use crate::regs::{FaultRecordRegisters, IotlbRegisters, Layout, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
 use io_pgtable::formats::{VtdSecondLevel, X86Paging};
 use io_pgtable::{Gather, PageTable, Perms, TableMemory};
 use tock_registers::interfaces::{Readable, Writeable};
@@ -38,6 +38,30 @@ pub enum VtdError {
     NoQueue,
     /// The unit cannot do this (a missing capability, named).
     NotSupported(&'static str),
+    /// Registers the capability registers locate (ECAP.IRO, CAP.FRO and
+    /// CAP.NFR) do not fit in the register window the firmware described
+    /// (DRHD size), or sit over the fixed registers: the unit is not used
+    /// ([`crate::regs::check_window`]).
+    RegisterOutsideWindow {
+        /// Which registers, and the capability field that placed them.
+        register: &'static str,
+        /// Their first byte, from the register base.
+        offset: u64,
+        /// One past their last byte.
+        end: u64,
+        /// Bytes in the window.
+        window: u64,
+    },
+    /// ECAP.IRO puts the IOTLB registers over the fault-recording registers
+    /// CAP.FRO and CAP.NFR describe.
+    RegistersOverlap {
+        /// IOTLB register offset (ECAP.IRO × 16).
+        iotlb: u64,
+        /// First fault-recording register (CAP.FRO × 16).
+        records: u64,
+        /// One past the last fault-recording register.
+        records_end: u64,
+    },
 }
 
 impl core::fmt::Display for VtdError {
@@ -53,6 +77,16 @@ impl core::fmt::Display for VtdError {
             }
             VtdError::NoQueue => f.write_str("the unit has no invalidation queue (ECAP.QI = 0)"),
             VtdError::NotSupported(what) => write!(f, "the unit does not support {what}"),
+            VtdError::RegisterOutsideWindow { register, offset, end, window } => write!(
+                f,
+                "{register} at {offset:#x}..{end:#x} lie outside the unit's {window:#x}-byte register window \
+                 (DRHD size) or over its fixed registers"
+            ),
+            VtdError::RegistersOverlap { iotlb, records, records_end } => write!(
+                f,
+                "IOTLB registers (ECAP.IRO) at {iotlb:#x} overlap the fault-recording registers \
+                 (CAP.FRO, CAP.NFR) at {records:#x}..{records_end:#x}"
+            ),
         }
     }
 }
@@ -159,6 +193,9 @@ impl Domain {
 /// A remapping unit.
 pub struct Unit {
     base: u64,
+    /// Where the IOTLB and fault-recording registers are, checked against
+    /// the register window at bring-up.
+    layout: Layout,
     root: u64,
     /// Context-table frame per bus (0 = none yet); in scalable mode, for devfn 0–127.
     context_tables: [u64; 256],
@@ -230,31 +267,47 @@ fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), VtdError> 
 
 impl Unit {
     fn regs(&self) -> &Registers {
-        // SAFETY: `base` maps the unit's register page for the unit's lifetime (see `new`).
+        // SAFETY: `base` maps the unit's register window, which holds `Registers` (checked in `with_queue`), for the unit's lifetime (see `new`).
         unsafe { &*(self.base as *const Registers) }
     }
 
+    /// Where ECAP.IRO and CAP.FRO / CAP.NFR put the IOTLB and fault-recording
+    /// registers (checked against the register window at bring-up).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The IOTLB register pair at ECAP.IRO × 16.
     fn iotlb(&self) -> &IotlbRegisters {
-        let off = ECAP::IRO.read(self.ecap) * 16;
-        // SAFETY: ECAP.IRO locates the IOTLB registers inside the mapped register page.
+        let off = self.layout.iotlb as u64;
+        // SAFETY: `check_window` placed these 16 bytes inside the mapped register window (see `with_queue`), clear of every other register this driver defines.
         unsafe { &*((self.base + off) as *const IotlbRegisters) }
     }
 
-    fn fault_record(&self, i: u64) -> &FaultRecordRegisters {
-        let off = CAP::FRO.read(self.cap) * 16 + i * 16;
-        // SAFETY: CAP.FRO and NFR locate the fault records inside the mapped register page.
-        unsafe { &*((self.base + off) as *const FaultRecordRegisters) }
+    /// Fault-recording register `i`, if the unit has that many (CAP.NFR + 1).
+    fn fault_record(&self, i: usize) -> Option<&FaultRecordRegisters> {
+        if i >= self.layout.fault_record_count {
+            return None;
+        }
+        let off = (self.layout.fault_records + i * core::mem::size_of::<FaultRecordRegisters>()) as u64;
+        // SAFETY: `check_window` placed all CAP.NFR + 1 records (i is below that) inside the mapped register window (see `with_queue`).
+        Some(unsafe { &*((self.base + off) as *const FaultRecordRegisters) })
     }
 
-    /// Takes over the unit whose registers are mapped at virtual address `base`:
-    /// installs an empty root table and invalidates the caches. Translation stays off.
+    /// Takes over the unit whose registers are mapped at virtual address `base`,
+    /// `window` bytes of them (the DRHD's register set size, §8.3): checks that
+    /// the registers CAP and ECAP locate lie in that window
+    /// ([`crate::regs::check_window`]; [`VtdError::RegisterOutsideWindow`]
+    /// otherwise, before anything is written), installs an empty root table
+    /// and invalidates the caches. Translation stays off.
     ///
     /// # Safety
-    /// `base` must map the unit's whole register page (device memory) for as long
-    /// as the returned `Unit` lives, and nothing else may program the unit.
-    pub unsafe fn new(base: u64, mem: &mut impl TableMemory) -> Result<Unit, VtdError> {
+    /// `base` must map `window` bytes of the unit's registers (device memory),
+    /// at least the fixed ones, for as long as the returned `Unit` lives, and
+    /// nothing else may program the unit.
+    pub unsafe fn new(base: u64, window: usize, mem: &mut impl TableMemory) -> Result<Unit, VtdError> {
         // SAFETY: forwarded from the caller.
-        unsafe { Self::with_queue(base, mem, true) }
+        unsafe { Self::with_queue(base, window, mem, true) }
     }
 
     /// As [`Unit::new`]; with `use_queue` false a legacy-mode unit invalidates
@@ -264,10 +317,25 @@ impl Unit {
     ///
     /// # Safety
     /// As for [`Unit::new`].
-    pub unsafe fn with_queue(base: u64, mem: &mut impl TableMemory, use_queue: bool) -> Result<Unit, VtdError> {
-        // SAFETY: the caller guarantees `base` maps the registers.
+    pub unsafe fn with_queue(
+        base: u64,
+        window: usize,
+        mem: &mut impl TableMemory,
+        use_queue: bool,
+    ) -> Result<Unit, VtdError> {
+        if window < core::mem::size_of::<Registers>() {
+            // Not even CAP and ECAP can be read.
+            return Err(VtdError::RegisterOutsideWindow {
+                register: "fixed registers (VER_REG..ICS_REG)",
+                offset: 0,
+                end: core::mem::size_of::<Registers>() as u64,
+                window: window as u64,
+            });
+        }
+        // SAFETY: the caller guarantees `base` maps `window` bytes of the registers, which holds `Registers` (checked just above).
         let regs = unsafe { &*(base as *const Registers) };
         let (cap, ecap) = (regs.cap.get(), regs.ecap.get());
+        let layout = crate::regs::check_window(cap, ecap, window)?;
         let levels = hwpt::sagaw_default_levels(cap).ok_or(VtdError::NoAddressWidth)?;
         let stage = match (ECAP::SMTS.read(ecap) != 0, ECAP::SLTS.read(ecap) != 0, ECAP::FLTS.read(ecap) != 0) {
             (true, true, _) => Stage::ScalableSecond,
@@ -286,6 +354,7 @@ impl Unit {
         let root = mem.alloc_table().ok_or(VtdError::NoMemory)?;
         let mut unit = Unit {
             base,
+            layout,
             root,
             context_tables: [0; 256],
             upper_context_tables: [0; 256],
@@ -839,9 +908,8 @@ impl Unit {
             log::warn!("vtd: primary fault overflow (FSTS.PFO): faults arrived while the recording registers were full and were lost");
             self.regs().fsts.write(FSTS::PFO::SET); // write-1-to-clear
         }
-        let count = CAP::NFR.read(self.cap) + 1;
-        for i in 0..count {
-            let r = self.fault_record(i);
+        for i in 0..self.layout.fault_record_count {
+            let Some(r) = self.fault_record(i) else { break };
             let lo = r.lo.get();
             let hi = u64::from(r.hi_hi.get()) << 32 | u64::from(r.hi_lo.get());
             if let Some(rec) = FaultRecord::decode(lo, hi) {
@@ -888,5 +956,59 @@ impl Unit {
             *ct = 0;
         }
         mem.free_table(self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Table memory a refused unit must never touch.
+    struct Untouched;
+
+    impl TableMemory for Untouched {
+        fn alloc_table(&mut self) -> Option<u64> {
+            panic!("a unit with out-of-window registers allocated a table")
+        }
+        fn free_table(&mut self, _: u64) {
+            panic!("free_table")
+        }
+        fn read(&self, _: u64, _: usize) -> u64 {
+            panic!("read")
+        }
+        fn write(&mut self, _: u64, _: usize, _: u64) {
+            panic!("write")
+        }
+    }
+
+    /// A register page (plain memory) whose CAP and ECAP read `cap` and `ecap`.
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+
+    fn page(cap: u64, ecap: u64) -> alloc::boxed::Box<Page> {
+        let mut p = alloc::boxed::Box::new(Page([0; 512]));
+        p.0[1] = cap; // 0x08
+        p.0[2] = ecap; // 0x10
+        p
+    }
+
+    #[test]
+    fn bring_up_refuses_out_of_window_offsets_before_touching_anything() {
+        // QEMU's FRO/NFR, and an IRO one page out.
+        let cap = (CAP::FRO.val(0x22) + CAP::SAGAW.val(4) + CAP::MGAW.val(47)).value;
+        let regs = page(cap, ECAP::IRO.val(0x100).value);
+        let base = regs.0.as_ptr() as u64;
+        // SAFETY: `regs` is 4 KiB of plain memory that outlives the call; the unit is refused before any write.
+        let r = unsafe { Unit::with_queue(base, 0x1000, &mut Untouched, false) };
+        assert!(
+            matches!(r, Err(VtdError::RegisterOutsideWindow { offset: 0x1000, end: 0x1010, window: 0x1000, .. })),
+            "{:?}",
+            r.as_ref().err()
+        );
+        // A window too small to read CAP from.
+        // SAFETY: as above; nothing is read.
+        let r = unsafe { Unit::new(base, 0x10, &mut Untouched) };
+        assert!(matches!(r, Err(VtdError::RegisterOutsideWindow { offset: 0, window: 0x10, .. })));
+        assert_eq!(regs.0[3..].iter().filter(|w| **w != 0).count(), 0, "no register written");
     }
 }

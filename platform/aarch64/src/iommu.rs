@@ -24,19 +24,22 @@ fn smmu_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box
     let prefer_stage2 = boot.cmdline_value("smmu_stage") == Some("2");
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Smmuv3) {
-        let UnitLocation::Mmio { base, .. } = u.location else { continue };
-        // Page 0 and page 1 (event queue indices).
-        let mmio = match kcore::mm::map_mmio(base, 0x2_0000) {
+        let UnitLocation::Mmio { base, size } = u.location else { continue };
+        // The window the firmware described (device-tree `reg`; an IORT node
+        // implies the architected 128 KiB); the driver refuses one that lacks
+        // a register it uses (page 1's event queue indices).
+        let window = if size == 0 { smmuv3::regs::ARCHITECTED_WINDOW } else { size };
+        let mmio = match kcore::mm::map_mmio(base, window) {
             Ok(m) => m,
             Err(e) => {
-                log::error!("smmuv3: {}: cannot map registers at {base:#x}: {e}", u.name);
+                log::error!("smmuv3: {}: cannot map {window:#x} bytes of registers at {base:#x}: {e}", u.name);
                 continue;
             }
         };
         let mut mem = kcore::iommu::KernelTables::default();
         let linear = boot.cmdline_value("smmu_st") == Some("linear");
-        // SAFETY: `mmio` maps both register pages for the rest of the kernel's life (never unmapped), and the registered driver becomes the SMMU's only user.
-        let smmu = match unsafe { smmuv3::Smmu::with_options(mmio.va, &mut mem, linear) } {
+        // SAFETY: `mmio` maps the `window`-byte register window for the rest of the kernel's life (never unmapped), and the registered driver becomes the SMMU's only user.
+        let smmu = match unsafe { smmuv3::Smmu::with_options(mmio.va, window, &mut mem, linear) } {
             Ok(s) => s,
             Err(e) => {
                 log::error!("smmuv3: {}: bring-up failed: {e}", u.name);

@@ -258,6 +258,7 @@ mod tests {
         let u = &d.drhds[0];
         assert!(!u.include_pci_all, "QEMU lists explicit scopes");
         assert_eq!((u.segment, u.base), (0, 0xFED9_0000));
+        assert_eq!(u.size, 0, "QEMU leaves Size 0: one 4 KiB page of registers");
         assert_eq!(u.scopes[0].kind, ScopeKind::IoApic);
         let edu = u.scopes.iter().find(|s| s.path == [(1, 0)]).expect("edu at 00:01.0 in the capture");
         assert_eq!(edu.kind, ScopeKind::Endpoint);
@@ -291,7 +292,8 @@ mod tests {
         let mut drhd = vec![1u8, 0, 0, 0];
         drhd.extend(0xFED9_1000u64.to_le_bytes());
         body.extend(structure(0, &drhd, &[]));
-        let mut drhd2 = vec![0u8, 0, 0, 0];
+        // Size 3 (eight pages) with the reserved bits 7:4 set, which are ignored.
+        let mut drhd2 = vec![0u8, 0xF3, 0, 0];
         drhd2.extend(0xFED9_0000u64.to_le_bytes());
         let mut scopes = scope(2, 0, &[(0x1C, 0)]);
         scopes.extend(scope(1, 0, &[(0x1C, 0), (0, 0)]));
@@ -316,6 +318,7 @@ mod tests {
         let d = parse(&full()).unwrap();
         assert_eq!(d.drhds.len(), 2);
         assert!(d.drhds[0].include_pci_all);
+        assert_eq!((d.drhds[0].size, d.drhds[1].size), (0, 3));
         let behind = &d.drhds[1].scopes[1];
         assert_eq!(behind.resolve(|bus, dev, func| ((bus, dev, func) == (0, 0x1C, 0)).then_some(5)), Some((5, 0, 0)));
         assert_eq!(behind.resolve(|_, _, _| None), None, "unknown bridge");

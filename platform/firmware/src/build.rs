@@ -442,6 +442,17 @@ mod tests {
         );
         assert_eq!(t.translate_pci(0, 0x0100), None, "not in any scope");
         assert_eq!(t.reserved_for(0, 0x0008).count(), 1);
+        // The DRHD's Size (2^n pages; QEMU's is 0) is the register window the driver gets.
+        assert_eq!(t.units()[0].location, UnitLocation::Mmio { base: 0xFED9_0000, size: 0x1000 });
+        let mut bigger = d.clone();
+        bigger.drhds[0].size = 2;
+        let mut t4 = Topology::new();
+        add_dmar(&mut t4, &bigger, core::slice::from_ref(&edu), (0xFEE0_0000, 0xFEEF_FFFF));
+        assert_eq!(t4.units()[0].location, UnitLocation::Mmio { base: 0xFED9_0000, size: 0x4000 });
+        bigger.drhds[0].size = 15;
+        let mut t15 = Topology::new();
+        add_dmar(&mut t15, &bigger, core::slice::from_ref(&edu), (0xFEE0_0000, 0xFEEF_FFFF));
+        assert_eq!(t15.units()[0].location, UnitLocation::Mmio { base: 0xFED9_0000, size: 0x1000 << 15 });
         let lines = lines(&t, core::slice::from_ref(&edu));
         assert_eq!(lines[0], "topology: iommu dmar0 kind=vtd base=0xfed90000 segment=0");
         assert_eq!(lines[1], "topology: pci 0000:00:01.0 1234:11e8 class=00ff00 iommu=dmar0 id=0x8");
@@ -532,6 +543,8 @@ mod tests {
         let mut t = Topology::new();
         add_iort(&mut t, &iort::parse(include_bytes!("../../acpi-tables/tests/data/virt-smmuv3-IORT.bin")).unwrap());
         assert_eq!(t.units()[0].kind, IommuKind::Smmuv3);
+        // An IORT SMMUv3 node has no size: the architected page 0 + page 1.
+        assert!(matches!(t.units()[0].location, UnitLocation::Mmio { size: 0x2_0000, .. }));
         assert_eq!(t.translate_pci(0, 0x0008).map(|x| x.id), Some(8));
         assert_eq!(t.translate_pci(0, 0x0300), None, "RIDs past the SMMU range go straight to the ITS");
     }
@@ -544,6 +557,12 @@ mod tests {
         let t = from_devicetree(&dt, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(t.units()[0].name, "smmu0");
+        // QEMU virt's `reg` size: page 0 and page 1.
+        assert!(
+            matches!(t.units()[0].location, UnitLocation::Mmio { size: 0x2_0000, .. }),
+            "{:?}",
+            t.units()[0].location
+        );
         assert_eq!(t.units()[0].interrupts.len(), 4);
         assert_eq!(t.translate_pci(0, 0x0010).map(|x| x.id), Some(0x10));
         assert_eq!(t.reserved().len(), 1, "ITS doorbell");

@@ -37,8 +37,8 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::AmdVi) {
         let UnitLocation::Mmio { base, .. } = u.location else { continue };
-        // The register block is 16 KiB (AMD IOMMU spec §3.4: head/tail registers at 0x2000).
-        let mmio = match kcore::mm::map_mmio(base, 0x4000) {
+        // The register block is 16 KiB (AMD IOMMU spec §3.4: head/tail registers at 0x2000); the IVHD gives no size.
+        let mmio = match kcore::mm::map_mmio(base, amdvi::regs::MMIO_SIZE as u64) {
             Ok(m) => m,
             Err(e) => {
                 log::error!("amdvi: {}: cannot map registers at {base:#x}: {e}", u.name);
@@ -46,8 +46,8 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
             }
         };
         let mut mem = kcore::iommu::KernelTables::default();
-        // SAFETY: `mmio` maps the unit's register block for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
-        let unit = match unsafe { amdvi::AmdVi::new(mmio.va, &mut mem) } {
+        // SAFETY: `mmio` maps `mmio.len` bytes of the unit's registers for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
+        let unit = match unsafe { amdvi::AmdVi::with_window(mmio.va, mmio.len, &mut mem) } {
             Ok(unit) => unit,
             Err(e) => {
                 log::error!("amdvi: {}: bring-up failed: {e}", u.name);
@@ -82,18 +82,22 @@ fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<
     let intremap = boot.cmdline_value("intremap") != Some("off");
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {
-        let UnitLocation::Mmio { base, .. } = u.location else { continue };
-        let mmio = match kcore::mm::map_mmio(base, 0x1000) {
+        let UnitLocation::Mmio { base, size } = u.location else { continue };
+        // The register set the DRHD describes (2^Size 4 KiB pages, VT-d §8.3),
+        // at least one page; the driver checks that the IOTLB and
+        // fault-recording registers CAP and ECAP locate lie inside it.
+        let window = size.max(0x1000);
+        let mmio = match kcore::mm::map_mmio(base, window) {
             Ok(m) => m,
             Err(e) => {
-                log::error!("vtd: {}: cannot map registers at {base:#x}: {e}", u.name);
+                log::error!("vtd: {}: cannot map {window:#x} bytes of registers at {base:#x}: {e}", u.name);
                 continue;
             }
         };
         let mut mem = kcore::iommu::KernelTables::default();
         let use_queue = boot.cmdline_value("vtd_qi") != Some("off");
-        // SAFETY: `mmio` maps the unit's register page for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
-        let unit = match unsafe { vtd::Unit::with_queue(mmio.va, &mut mem, use_queue) } {
+        // SAFETY: `mmio` maps the unit's `window`-byte register set for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
+        let unit = match unsafe { vtd::Unit::with_queue(mmio.va, window as usize, &mut mem, use_queue) } {
             Ok(unit) => unit,
             Err(e) => {
                 log::error!("vtd: {}: bring-up failed: {e}", u.name);
