@@ -193,9 +193,10 @@ impl Machine {
                 add("-device isa-debug-exit,iobase=0xf4,iosize=0x04");
                 match self.iommu {
                     // Interrupt remapping on (a case of the suite turns it off again).
-                    Iommu::Vtd => add("-device intel-iommu,intremap=on"),
+                    // (as a -global, so that a later `-global intel-iommu.intremap=off` wins).
+                    Iommu::Vtd => add("-global intel-iommu.intremap=on -device intel-iommu"),
                     // pt=off: with the default pt=on QEMU 10 never translates emulated devices (QEMU.md G1).
-                    Iommu::Amdvi => add("-device amd-iommu,pt=off,intremap=on"),
+                    Iommu::Amdvi => add("-global amd-iommu.intremap=on -device amd-iommu,pt=off"),
                     Iommu::Virtio => add("-device virtio-iommu-pci"),
                     Iommu::Smmuv3 | Iommu::None => {}
                 }

@@ -282,7 +282,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             // attacks still pass, and the kernel says MSIs are not confined.
             let mut c = harness::case(
                 &Machine {
-                    cmdline: vec!["ktest=user.edu,user.isolation".to_owned()],
+                    cmdline: vec!["ktest=test-edu,test-isolation".to_owned()],
                     ..machine(Iommu::Vtd, split("-global intel-iommu.intremap=off"))
                 },
                 kernel,
