@@ -21,7 +21,7 @@ pub struct UefiFiles {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 14] = [
+pub const USER_PROGRAMS: [&str; 16] = [
     "hello",
     "test-syscalls",
     "test-edu",
@@ -36,6 +36,8 @@ pub const USER_PROGRAMS: [&str; 14] = [
     "hw-smmuv3",
     "test-isolation",
     "isolation-child",
+    "isolation-victim",
+    "isolation-no-ktest",
 ];
 
 fn target_dir() -> PathBuf {

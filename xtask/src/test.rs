@@ -434,6 +434,49 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     Ok(cases)
 }
 
+/// Two `edu` functions behind one conventional PCI bridge (one requester ID,
+/// the bridge's: one IOMMU group), and a second `edu` on the root bus.
+const GROUPED_EDUS: &str = "-device pci-bridge,id=br1,bus=pcie.0,chassis_nr=2 \
+                            -device edu,bus=br1,addr=3,dma_mask=0xffffffffffffffff \
+                            -device edu,bus=br1,addr=4,dma_mask=0xffffffffffffffff \
+                            -device edu,dma_mask=0xffffffffffffffff";
+
+/// The isolation attacks that need a machine of their own, on the default
+/// IOMMU of `arch`: `<arch>-isolation-groups` (the user isolation tests with
+/// an IOMMU group of two, which a victim task holds while this task claims,
+/// binds and writes its members) and `<arch>-isolation-no-ktest` (a boot
+/// without `ktest=`, where every `test_canary` operation must be `EPERM`).
+fn isolation_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_tests::runner::Case>, String> {
+    let split = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let machine = |cmdline: &str, extra: Vec<String>| Machine {
+        arch,
+        iommu: arch.default_iommu(),
+        cmdline: vec![cmdline.to_owned()],
+        extra,
+        gdb: false,
+        boot: Boot::Direct,
+    };
+    let mut cases = Vec::new();
+    let mut c = harness::case(&machine("ktest=isolation", split(GROUPED_EDUS)), kernel, BOOT_TIMEOUT)?;
+    c.name = format!("{}-isolation-groups", arch.name());
+    c.log_file.set_file_name(format!("{}.log", c.name));
+    c.must_contain = vec![
+        "user.isolation.other_tasks_group_member_refused".into(),
+        "user.isolation.dma_into_other_task_pinned_memory_is_blocked".into(),
+        "(same IOMMU group)".into(),
+    ];
+    // This machine has what both attacks need: a SKIP is a failure here.
+    c.stop_on.push("user.isolation.other_tasks_group_member_refused # SKIP".into());
+    c.stop_on.push("user.isolation.dma_into_other_task_pinned_memory_is_blocked # SKIP".into());
+    cases.push(c);
+    let mut c = harness::case(&machine("init=isolation-no-ktest", Vec::new()), kernel, BOOT_TIMEOUT)?;
+    c.name = format!("{}-isolation-no-ktest", arch.name());
+    c.log_file.set_file_name(format!("{}.log", c.name));
+    c.must_contain = vec!["ok 1 user.isolation.test_canary_refused_without_ktest".into()];
+    cases.push(c);
+    Ok(cases)
+}
+
 /// The UEFI boots of `arch` (OVMF / AAVMF, the loader from a GPT disk image):
 /// per IOMMU of `configs`, the whole kernel + user suite (with the topology the
 /// direct boot prints, which on aarch64 now comes from the IORT or VIOT
@@ -587,13 +630,11 @@ pub fn run_tests(
                 continue;
             }
             for &(ca, ci) in configs.iter().filter(|(x, _)| *x == a) {
-                // AMD-Vi and virtio-iommu have no cases of their own: their
-                // boot gets the second edu the isolation tests need.
+                // Every boot with an IOMMU gets the second edu the isolation
+                // tests need (the victim task's, in another IOMMU group).
                 let extra = match ci {
-                    Iommu::Amdvi | Iommu::Virtio => {
-                        vec!["-device".to_owned(), "edu,dma_mask=0xffffffffffffffff".to_owned()]
-                    }
-                    _ => Vec::new(),
+                    Iommu::None => Vec::new(),
+                    _ => vec!["-device".to_owned(), "edu,dma_mask=0xffffffffffffffff".to_owned()],
                 };
                 let machine = Machine {
                     arch: ca,
@@ -609,6 +650,9 @@ pub fn run_tests(
             }
             if iommu.is_none() && filter.is_none() {
                 cases.extend(firmware_cases(a, &kernel)?);
+            }
+            if configs.contains(&(a, a.default_iommu())) && filter.is_none_or(|f| f.contains("isolation")) {
+                cases.extend(isolation_cases(a, &kernel)?);
             }
         }
         // The exception and panic report paths, once per architecture.

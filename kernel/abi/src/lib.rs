@@ -59,7 +59,10 @@ pub enum Sysno {
     /// the command line; `ENOSYS`-like `EPERM` otherwise): op 0 returns the
     /// physical address of a kernel frame filled with a known pattern, op 1
     /// returns 0 if the pattern is intact and `EIO` if anything wrote it. The
-    /// isolation tests aim device DMA at it.
+    /// isolation tests aim device DMA at it. Op 2 reads word `a` (0..8) of a
+    /// mailbox every task shares, op 3 writes `b` there, op 4 returns the
+    /// physical address of the caller's page at virtual address `a`: the
+    /// isolation tests' victim task tells the attacker what to aim at.
     TestCanary = 16,
 }
 

@@ -695,8 +695,9 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
 }
 
 /// Claims `bdf` and every other member of its IOMMU group for the calling
-/// task: bridges, host and LPC bridges are `EPERM`; a group with a member
-/// the kernel drives or another task holds is `EBUSY`. Every member is
+/// task: bridges, host and LPC bridges are `EPERM` (a bridge in the group,
+/// which shares its ID, is blocked with it but not claimed); a group with a
+/// member the kernel drives or another task holds is `EBUSY`. Every member is
 /// blocked at its unit before the claim is granted (a function the boot
 /// policy left in an identity or direct-map domain leaves it).
 fn sys_device_claim(raw: u64) -> SysResult {
@@ -720,10 +721,6 @@ fn sys_device_claim(raw: u64) -> SysResult {
             }
             return Err(Errno::EBUSY);
         }
-        if member != bdf && device(member).is_ok_and(|d| pci::policy::claimable(&d.function).is_err()) {
-            log::warn!("task {}: claim of {bdf} refused: its IOMMU group holds {member}, a bridge", current_name());
-            return Err(Errno::EPERM);
-        }
     }
     for &member in &group {
         crate::iommu::block(member).map_err(|e| {
@@ -732,7 +729,11 @@ fn sys_device_claim(raw: u64) -> SysResult {
         })?;
     }
     for member in group {
-        if !claims.iter().any(|&(b, _)| b == member) {
+        // A bridge sharing the group's ID (a PCIe-to-PCI bridge's own function)
+        // is blocked with the group but never a task's: its config space and
+        // BARs stay the kernel's.
+        let bridge = device(member).is_ok_and(|d| pci::policy::claimable(&d.function).is_err());
+        if !bridge && !claims.iter().any(|&(b, _)| b == member) {
             if member != bdf {
                 log::info!("task {}: {member} claimed with {bdf} (same IOMMU group)", current_name());
             }
@@ -975,7 +976,7 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::DeviceIrqEnable) => sys_irq_enable(args[0]),
         Some(Sysno::DeviceIrqWait) => sys_irq_wait(args[0], args[1]),
         Some(Sysno::Iommufd) => crate::ioas::syscall(args[0], args[1]),
-        Some(Sysno::TestCanary) => sys_test_canary(args[0]),
+        Some(Sysno::TestCanary) => sys_test_canary(args[0], args[1], args[2]),
         None => {
             let name = TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("?", |t| t.cur.name);
             log::debug!("task {name}: unknown syscall {number}");
@@ -992,10 +993,34 @@ fn canary_byte(i: u64) -> u8 {
     (i as u8).wrapping_mul(37) ^ 0xA5
 }
 
-/// `test_canary(op)`: only in a test boot (`ktest=` on the command line).
-fn sys_test_canary(op: u64) -> SysResult {
+/// Slots two test tasks exchange words through (`test_canary` ops 2 and 3):
+/// the isolation tests' victim task publishes what the attacker aims at.
+static TEST_MAILBOX: [core::sync::atomic::AtomicU64; 8] = [const { core::sync::atomic::AtomicU64::new(0) }; 8];
+
+/// `test_canary(op, a, b)`: only in a test boot (`ktest=` on the command line).
+fn sys_test_canary(op: u64, a: u64, b: u64) -> SysResult {
+    use core::sync::atomic::Ordering;
     if crate::cmdline_value("ktest").is_none() {
         return Err(Errno::EPERM);
+    }
+    match op {
+        2 => return TEST_MAILBOX.get(a as usize).map(|s| s.load(Ordering::SeqCst)).ok_or(Errno::EINVAL),
+        3 => {
+            let slot = TEST_MAILBOX.get(a as usize).ok_or(Errno::EINVAL)?;
+            slot.store(b, Ordering::SeqCst);
+            return Ok(0);
+        }
+        4 => {
+            let root = current_root().ok_or(Errno::EFAULT)?;
+            if a >= USER_STACK_TOP {
+                return Err(Errno::EFAULT);
+            }
+            return match platform().user_translate(root, a & !(FRAME_SIZE - 1)) {
+                Some((pa, perms)) if !perms.device => Ok(pa),
+                _ => Err(Errno::EFAULT),
+            };
+        }
+        _ => {}
     }
     let pa = CANARY
         .call_once(|| {

@@ -116,6 +116,21 @@ pub fn test_canary(op: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [op, 0, 0, 0, 0]))
 }
 
+/// The test boot's mailbox shared by every task (`test_canary` op 2): word `slot` (0..8).
+pub fn test_mailbox_get(slot: u64) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [2, slot, 0, 0, 0]))
+}
+
+/// Writes `value` into word `slot` of the test boot's mailbox (`test_canary` op 3).
+pub fn test_mailbox_set(slot: u64, value: u64) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [3, slot, value, 0, 0]))
+}
+
+/// The physical address of this task's page at `va` (test boots only, `test_canary` op 4).
+pub fn test_phys_addr(va: u64) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [4, va, 0, 0, 0]))
+}
+
 /// Starts the packed program `name` as a new task; returns its id.
 pub fn task_spawn(name: &str) -> SysResult {
     decode(raw(Sysno::TaskSpawn as u64, [name.as_ptr() as u64, name.len() as u64, 0, 0, 0]))

@@ -5,6 +5,12 @@
 //! the device's life but "attached", and writes configuration fields a task
 //! must not touch. After each step the canary must be intact and this task's
 //! page unchanged; the kernel keeps running (the next step proves it).
+//!
+//! Against another task (`isolation-victim`, protocol in
+//! `isolation_protocol.rs`): DMA aimed at the IOVA and the physical address of
+//! a page the victim pinned for its own device, and claims, binds and config
+//! writes of a member of an IOMMU group the victim holds; the victim checks
+//! its page afterwards.
 #![no_std]
 #![no_main]
 
@@ -12,6 +18,9 @@ use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
 use abi::{DeviceInfo, Errno};
 use edu_driver::{check_that, fail, Edu, Failure};
 use userlib::{ioas, println, sys};
+
+#[path = "../isolation_protocol.rs"]
+mod protocol;
 
 const PAGE: u64 = 4096;
 
@@ -21,6 +30,8 @@ struct Ctx {
     canary: u64,
     /// A page of this task, never mapped for the device.
     own: u64,
+    /// Set by a step that found the machine lacks what it needs: the SKIP reason.
+    skip: Option<&'static str>,
 }
 
 fn canary_intact(what: &'static str) -> Result<(), Failure> {
@@ -164,17 +175,231 @@ fn config_policy(ctx: &mut Ctx) -> Result<(), Failure> {
 /// Functions in one IOMMU group go to one task: all members are ours now.
 fn groups(ctx: &mut Ctx) -> Result<(), Failure> {
     let edu = ctx.edu.ok_or(Failure::new("no edu"))?;
-    let mut buf = [DeviceInfo::default(); 64];
-    let n = sys::device_list(&mut buf).map_err(fail("device_list"))? as usize;
-    let list = &buf[..n.min(buf.len())];
-    let me = list.iter().find(|d| d.bdf == edu.bdf).ok_or(Failure::new("edu not listed"))?;
-    check_that(me.group != 0, "no group number")?;
-    for d in list.iter().filter(|d| d.group == me.group && d.bdf != edu.bdf) {
-        // Claimed with the edu: config reads work for us.
-        check_that(d.flags & abi::DEVICE_CLAIMED != 0, "a group member is not claimed with the edu")?;
-        check_that(sys::device_config_read(d.bdf, 0, 4).is_ok(), "a group member is not ours")?;
+    whole_group_ours(edu.bdf).map(drop)
+}
+
+/// The victim task while it runs: what it published.
+struct Victim {
+    iova: u64,
+    pa: u64,
+}
+
+/// Waits up to `secs` for the mailbox state to satisfy `done`; returns it.
+fn wait_state(secs: u64, done: impl Fn(u64) -> bool) -> Result<u64, Failure> {
+    let start = sys::clock().unwrap_or(0);
+    loop {
+        let state = sys::test_mailbox_get(protocol::SLOT_STATE).map_err(fail("mailbox read"))?;
+        if done(state) {
+            return Ok(state);
+        }
+        if sys::clock().unwrap_or(u64::MAX).saturating_sub(start) > secs * 1_000_000_000 {
+            return Err(Failure::new("the victim task did not answer in time"));
+        }
+        let _ = sys::sleep(5_000_000);
     }
+}
+
+/// The victim's own failure, by the index it reported.
+fn victim_failure(state: u64) -> Failure {
+    let i = state.saturating_sub(protocol::FAILED) as usize;
+    Failure::new(protocol::FAILURES.get(i).copied().unwrap_or("victim: unknown failure"))
+}
+
+impl Victim {
+    /// Spawns `isolation-victim` on the function `bdf` and waits until its page is pinned.
+    fn start(bdf: u64) -> Result<Victim, Failure> {
+        let set = |slot, v| sys::test_mailbox_set(slot, v).map_err(fail("mailbox write"));
+        set(protocol::SLOT_STATE, protocol::IDLE)?;
+        set(protocol::SLOT_IOVA, 0)?;
+        set(protocol::SLOT_PHYS, 0)?;
+        set(protocol::SLOT_TARGET, bdf + 1)?;
+        sys::task_spawn("isolation-victim").map_err(fail("spawn isolation-victim"))?;
+        let state = wait_state(30, |s| s != protocol::IDLE)?;
+        if state != protocol::READY {
+            return Err(victim_failure(state));
+        }
+        let get = |slot| sys::test_mailbox_get(slot).map_err(fail("mailbox read"));
+        Ok(Victim { iova: get(protocol::SLOT_IOVA)?, pa: get(protocol::SLOT_PHYS)? })
+    }
+
+    /// Tells the victim the attack is over, takes its verdict on its page,
+    /// and waits for it to exit (our claim of `reclaim` succeeds then).
+    fn finish(self, reclaim: u64) -> Result<(), Failure> {
+        sys::test_mailbox_set(protocol::SLOT_STATE, protocol::GO).map_err(fail("mailbox write"))?;
+        let state = wait_state(30, |s| s == protocol::DONE_OK || s >= protocol::FAILED)?;
+        let start = sys::clock().unwrap_or(0);
+        loop {
+            match sys::device_claim(reclaim) {
+                Ok(_) => break,
+                Err(Errno::EBUSY) if sys::clock().unwrap_or(u64::MAX).saturating_sub(start) < 10_000_000_000 => {
+                    let _ = sys::sleep(10_000_000);
+                }
+                Err(e) => return Err(Failure { what: "claim after the victim's exit", errno: Some(e) }),
+            }
+        }
+        if state == protocol::DONE_OK {
+            Ok(())
+        } else {
+            Err(victim_failure(state))
+        }
+    }
+}
+
+fn device_list(buf: &mut [DeviceInfo; 64]) -> Result<&[DeviceInfo], Failure> {
+    let n = sys::device_list(buf).map_err(fail("device_list"))? as usize;
+    Ok(&buf[..n.min(buf.len())])
+}
+
+fn is_free_edu(d: &DeviceInfo) -> bool {
+    (d.vendor, d.device) == edu_driver::EDU
+        && d.flags & abi::DEVICE_BEHIND_IOMMU != 0
+        && d.flags & abi::DEVICE_CLAIMED == 0
+        && d.group != 0
+}
+
+/// A page of ours is filled with the victim's pattern (DMA carried its data to us).
+fn holds_victim_pattern(p: &[u8]) -> bool {
+    p.iter().enumerate().all(|(i, &b)| b == protocol::pattern(i))
+}
+
+/// DMA into another task's pinned memory: the victim pins a page for its own
+/// `edu` (another IOMMU group); our `edu` aims DMA writes and reads at that
+/// page's IOVA (the same number in our IOAS, where it is not mapped) and at
+/// its physical address, first while our device is claimed but unattached,
+/// then attached to an IOAS of our own.
+fn into_other_task(ctx: &mut Ctx) -> Result<(), Failure> {
+    let edu = ctx.edu.ok_or(Failure::new("no edu"))?;
+    let mut buf = [DeviceInfo::default(); 64];
+    let list = device_list(&mut buf)?;
+    let group_of = |g: u32| list.iter().filter(|d| d.group == g && !is_bridge(d)).count();
+    let mine = list.iter().find(|d| d.bdf == edu.bdf).map_or(0, |d| d.group);
+    let free = |d: &&DeviceInfo| is_free_edu(d) && d.group != mine;
+    // A function alone in its group, so that a group of two stays free for `other_tasks_group_member`.
+    let Some(target) = list.iter().filter(free).find(|d| group_of(d.group) == 1).or(list.iter().find(free)) else {
+        ctx.skip = Some("one edu behind an IOMMU: the victim task needs a second one, in another IOMMU group");
+        return Ok(());
+    };
+    let target = target.bdf;
+    let victim = Victim::start(target)?;
+    let attacked = attack_victim(ctx, &victim);
+    // The victim's verdict on its page first: it names what reached it.
+    victim.finish(target).and(attacked)?;
+    canary_intact("the kernel canary changed in the attack on another task")
+}
+
+fn attack_victim(ctx: &Ctx, v: &Victim) -> Result<(), Failure> {
+    let edu = ctx.edu.ok_or(Failure::new("no edu"))?;
+    let dev = ctx.dev.as_ref().ok_or(Failure::new("no device"))?;
+    check_that(v.iova != 0 && v.pa != 0, "the victim published no IOVA or physical address")?;
+    // Claimed, bus master on, not bound: blocked.
+    attack(ctx, dev, &[v.iova, v.pa], "DMA of an unattached device reached memory")?;
+    // Attached to an IOAS of ours that maps one page of ours at an IOVA that
+    // is neither the victim's IOVA nor its physical address.
+    let page_of = |a: u64| a & !(PAGE - 1);
+    let iova = [0x80_0000u64, 0x90_0000, 0xA0_0000]
+        .into_iter()
+        .find(|&c| c != page_of(v.iova) && c != page_of(v.pa))
+        .ok_or(Failure::new("no IOVA left to map"))?;
+    let scratch = sys::mem_map(0, PAGE, 3).map_err(fail("mem_map scratch"))?;
+    // SAFETY: `scratch` is a page this task mapped read/write and never unmaps.
+    let s = unsafe { core::slice::from_raw_parts_mut(scratch as *mut u8, PAGE as usize) };
+    let space = ioas::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    ioas::map(space, scratch, PAGE, Some(iova), MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
+    let id = ioas::device_bind(edu.bdf).map_err(fail("bind"))?;
+    ioas::device_attach(id, space).map_err(fail("attach"))?;
+    // Our DMA works: a round trip through our own page.
+    s.fill(0x5C);
+    dev.dma(iova, false)?;
+    s.fill(0);
+    dev.dma(iova, true)?;
+    check_that(s.iter().all(|&b| b == 0x5C), "attached: our own DMA did not arrive")?;
+    // Writes (the device buffer holds 0x5C…) aimed at the victim's page.
+    for &t in &[v.iova, v.pa] {
+        dev.dma(t, true)?;
+    }
+    // Reads of the victim's page into the device, then the device buffer into
+    // our page: the victim's data must not arrive.
+    for &t in &[v.iova, v.pa] {
+        dev.dma(t, false)?;
+        s.fill(0);
+        dev.dma(iova, true)?;
+        check_that(!holds_victim_pattern(s), "DMA read another task's pinned page")?;
+    }
+    attack(ctx, dev, &[v.iova, v.pa], "DMA of an attached device reached memory")?;
+    ioas::device_detach(id).map_err(fail("detach"))?;
+    ioas::destroy(id).map_err(fail("destroy the device"))?;
+    ioas::destroy(space).map_err(fail("destroy the IOAS"))?;
     Ok(())
+}
+
+fn is_bridge(d: &DeviceInfo) -> bool {
+    d.class >> 16 == 0x06
+}
+
+/// Every function of `bdf`'s group is claimed with it, and ours; a bridge
+/// in the group (a PCIe-to-PCI bridge shares the ID of the functions behind
+/// it) is not: tasks never own bridges. Returns how many functions are ours.
+fn whole_group_ours(bdf: u64) -> Result<usize, Failure> {
+    let mut buf = [DeviceInfo::default(); 64];
+    let list = device_list(&mut buf)?;
+    let me = list.iter().find(|d| d.bdf == bdf).ok_or(Failure::new("function not listed"))?;
+    check_that(me.group != 0, "no group number")?;
+    let mut members = 0;
+    for d in list.iter().filter(|d| d.group == me.group) {
+        if is_bridge(d) {
+            check_that(d.flags & abi::DEVICE_CLAIMED == 0, "a bridge was claimed with its group")?;
+            check_that(sys::device_config_read(d.bdf, 0, 4) == Err(Errno::EPERM), "a bridge of the group is ours")?;
+            continue;
+        }
+        check_that(d.flags & abi::DEVICE_CLAIMED != 0, "a group member is not claimed with the function")?;
+        check_that(sys::device_config_read(d.bdf, 0, 4).is_ok(), "a group member is not ours")?;
+        members += 1;
+    }
+    Ok(members)
+}
+
+/// A group member of another task: the victim claims one function of a
+/// two-function IOMMU group (behind a PCIe-to-PCI bridge) and pins a page
+/// for it; our claims of either member are EBUSY, our binds, config writes
+/// and BAR maps of them refused. After the victim exits our claim of the
+/// other member takes the whole group.
+fn other_tasks_group_member(ctx: &mut Ctx) -> Result<(), Failure> {
+    let mut buf = [DeviceInfo::default(); 64];
+    let list = device_list(&mut buf)?;
+    let pair = list.iter().filter(|d| is_free_edu(d)).find_map(|a| {
+        let members = list.iter().filter(|d| d.group == a.group && !is_bridge(d)).count();
+        let b = list.iter().find(|d| d.group == a.group && d.bdf != a.bdf && is_free_edu(d));
+        b.filter(|_| members == 2).map(|b| (a.bdf, b.bdf))
+    });
+    let Some((theirs, other)) = pair else {
+        ctx.skip =
+            Some("no free IOMMU group of two edus on this machine (two behind one PCI bridge: the <arch>-isolation-groups case, VT-d and SMMUv3)");
+        return Ok(());
+    };
+    let victim = Victim::start(theirs)?;
+    let attacked = (|| {
+        let mut buf = [DeviceInfo::default(); 64];
+        let list = device_list(&mut buf)?;
+        let flags = |bdf| list.iter().find(|d| d.bdf == bdf).map_or(0, |d| d.flags);
+        let group = |bdf| list.iter().find(|d| d.bdf == bdf).map_or(0, |d| d.group);
+        check_that(group(theirs) == group(other), "the two functions are not listed in one group")?;
+        check_that(flags(other) & abi::DEVICE_CLAIMED != 0, "the victim's claim did not take the whole group")?;
+        for (bdf, what) in [(other, "the other member"), (theirs, "the victim's member")] {
+            match sys::device_claim(bdf) {
+                Err(Errno::EBUSY) => {}
+                Ok(_) => return Err(Failure::new("claimed a member of another task's IOMMU group")),
+                Err(e) => return Err(Failure { what, errno: Some(e) }),
+            }
+            check_that(ioas::device_bind(bdf).is_err(), "bound a member of another task's IOMMU group")?;
+            check_that(sys::device_config_write(bdf, 4, 2, 4).is_err(), "config write to another task's group member")?;
+            check_that(sys::device_map_bar(bdf, 0).is_err(), "mapped the BAR of another task's group member")?;
+        }
+        canary_intact("the kernel canary changed in the group attack")
+    })();
+    victim.finish(other).and(attacked)?;
+    // The victim is gone: our claim of the other member took both.
+    check_that(whole_group_ours(other)? == 2, "the group did not come to us whole")?;
+    canary_intact("the kernel canary changed")
 }
 
 type Step = fn(&mut Ctx) -> Result<(), Failure>;
@@ -184,12 +409,14 @@ const STEPS: &[(&str, Step)] = &[
     ("dma_after_owner_exit_is_blocked", after_owner_exit),
     ("dma_claimed_never_attached_is_blocked", claimed_never_attached),
     ("dma_after_detach_and_destroy_is_blocked", after_detach),
+    ("dma_into_other_task_pinned_memory_is_blocked", into_other_task),
     ("config_writes_and_bridge_claims_refused", config_policy),
     ("group_claimed_whole", groups),
+    ("other_tasks_group_member_refused", other_tasks_group_member),
 ];
 
 fn main() -> i32 {
-    let mut ctx = Ctx { edu: None, dev: None, canary: 0, own: 0 };
+    let mut ctx = Ctx { edu: None, dev: None, canary: 0, own: 0, skip: None };
     println!("KTAP version 1");
     println!("1..{}", STEPS.len());
     let mut failed = 0;
@@ -204,7 +431,10 @@ fn main() -> i32 {
                 skip = Some("no edu behind an IOMMU");
                 println!("ok {} user.isolation.{name}", i + 1);
             }
-            Ok(()) => println!("ok {} user.isolation.{name}", i + 1),
+            Ok(()) => match ctx.skip.take() {
+                Some(why) => println!("ok {} user.isolation.{name} # SKIP {why}", i + 1),
+                None => println!("ok {} user.isolation.{name}", i + 1),
+            },
             Err(f) => {
                 failed += 1;
                 println!("not ok {} user.isolation.{name} # {f}", i + 1);

@@ -1,0 +1,36 @@
+//! Run as `init=isolation-no-ktest` in a boot *without* `ktest=` (the
+//! `<arch>-isolation-no-ktest` case): every `test_canary` operation — the
+//! canary's physical address, its check, the test mailbox and the physical
+//! address of a page of ours — must be refused with `EPERM`, since outside a
+//! test boot they would hand a task kernel and physical addresses. Prints one
+//! KTAP result and exits non-zero if anything was not refused.
+#![no_std]
+#![no_main]
+
+use abi::Errno;
+use userlib::{println, sys};
+
+fn main() -> i32 {
+    let page = sys::mem_map(0, 4096, abi::PROT_READ | abi::PROT_WRITE);
+    let answers = [
+        ("canary address", sys::test_canary(0)),
+        ("canary check", sys::test_canary(1)),
+        ("mailbox read", sys::test_mailbox_get(0)),
+        ("mailbox write", sys::test_mailbox_set(0, 1)),
+        ("physical address", page.and_then(sys::test_phys_addr)),
+    ];
+    println!("KTAP version 1");
+    println!("1..1");
+    match answers.iter().find(|(_, r)| *r != Err(Errno::EPERM)) {
+        None => {
+            println!("ok 1 user.isolation.test_canary_refused_without_ktest");
+            0
+        }
+        Some((what, r)) => {
+            println!("not ok 1 user.isolation.test_canary_refused_without_ktest # {what} not EPERM: {r:?}");
+            1
+        }
+    }
+}
+
+userlib::entry!(main);
