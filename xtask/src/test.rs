@@ -198,6 +198,34 @@ fn shrink_dtb(dtb: &mut Vec<u8>) {
     }
 }
 
+/// QEMU 10.0's AMD-Vi translates the DMA of a function off bus 0 through the
+/// bus-0 DeviceID of its devfn (docs/qemu.md): the demo on `edu` devices
+/// behind a PCIe root port (01:00.0, looked up under the host bridge's 0x0000)
+/// and behind a PCI bridge on bus 0 (02:03.0, seen as the bridge), each of
+/// which must pass; the first must be reported at boot.
+fn amdvi_stale_bus_case(kernel: &crate::build::Kernel) -> Result<qemu_tests::runner::Case, String> {
+    let machine = Machine {
+        arch: Arch::X86_64,
+        iommu: Iommu::Amdvi,
+        cmdline: vec!["init=demo".to_owned()],
+        extra: BRIDGED_EDUS.split_whitespace().map(str::to_owned).collect(),
+        gdb: false,
+        boot: Boot::Direct,
+    };
+    let mut c = harness::case(&machine, kernel, BOOT_TIMEOUT)?;
+    c.name = "x86_64-amdvi-stale-bus-demo".into();
+    c.log_file.set_file_name(format!("{}.log", c.name));
+    c.must_contain = vec![
+        "amdvi: ivhd0: amdvi.stale_bus=Auto: 0000:00:01.0 is QEMU's AMD-Vi function".into(),
+        "amdvi: 0000:01:00.0 is translated by QEMU 10.0 (bus numbers read before enumeration) through DeviceID 0x0000, not its own 0x0100; programming both entries, grouped with no other function; sharing it: 0000:00:00.0 (a host bridge".into(),
+        "demo: 0000:01:00.0 iommu=ivhd0 kind=amdvi dma=ok stray-dma=blocked".into(),
+        "demo: 0000:02:03.0 iommu=ivhd0 kind=amdvi dma=ok stray-dma=blocked".into(),
+        "demo: passed 3 devices".into(),
+    ];
+    c.expect = qemu_tests::runner::Expect::Exit;
+    Ok(c)
+}
+
 /// Firmware-description cases: bridges, a corrupt DMAR, a corrupt DTB node.
 fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_tests::runner::Case>, String> {
     let dir = crate::machine::workspace_root().join("target").join("qemu-tests");
@@ -653,6 +681,9 @@ pub fn run_tests(
             }
             if configs.contains(&(a, a.default_iommu())) && filter.is_none_or(|f| f.contains("isolation")) {
                 cases.extend(isolation_cases(a, &kernel)?);
+            }
+            if configs.contains(&(a, Iommu::Amdvi)) && filter.is_none() {
+                cases.push(amdvi_stale_bus_case(&kernel)?);
             }
         }
         // The exception and panic report paths, once per architecture.

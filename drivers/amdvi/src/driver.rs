@@ -35,6 +35,15 @@
 //!   10b) with one entry per vector. Entry 0 is never used; a cleared entry's
 //!   index is reused only after INVALIDATE_INTERRUPT_TABLE completed. DTE
 //!   changes for DMA (attach, detach) keep the interrupt fields.
+//! - **Extra entries per device** ([`AmdViIommu::with_dte_aliases`]): a unit
+//!   that looks a device's DMA up under another DeviceID as well (QEMU 10.0,
+//!   [`crate::qemu`]) gets that entry written exactly like the device's own on
+//!   attach and blocked with it on detach. Devices that share an entry share
+//!   a translation: attaching one to another domain than a sharer is attached
+//!   to is refused ([`Error::Busy`] of the sharer's domain), and a sharer
+//!   whose every entry a detach blocked is no longer attached. Who shares an
+//!   entry must be one IOMMU group (`iommu::groups`); the driver only keeps
+//!   the entries consistent.
 
 use crate::cmd::{self, PageRange};
 use crate::dte::{self, Dte};
@@ -154,6 +163,8 @@ pub struct AmdViIommu<M: DmaMemory> {
     /// Where tables come from.
     pub mem: M,
     devices: Vec<u16>,
+    /// (device, another DeviceID the unit looks its DMA up under).
+    aliases: Vec<(u16, u16)>,
     reserved: Vec<(Option<u16>, Region)>,
     domains: BTreeMap<u32, Domain>,
     next_handle: u32,
@@ -173,6 +184,7 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
             unit,
             mem,
             devices,
+            aliases: Vec::new(),
             reserved,
             domains: BTreeMap::new(),
             next_handle: 1,
@@ -211,6 +223,49 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
     /// DeviceIDs behind the unit.
     pub fn devices(&self) -> &[u16] {
         &self.devices
+    }
+
+    /// Also program DeviceID `alias` whenever device `device` is attached or
+    /// detached, for each `(device, alias)`: for a unit that translates the
+    /// device's DMA through `alias`'s entry (or may). Pairs naming a device
+    /// that is not behind the unit, or the device itself, are left out with a
+    /// warning. The devices that share an entry this way must be grouped by
+    /// the caller. Call before any device is attached.
+    pub fn with_dte_aliases(mut self, aliases: Vec<(u16, u16)>) -> Self {
+        for (device, alias) in aliases {
+            if !self.devices.contains(&device) {
+                log::warn!("amdvi: extra entry {alias:#06x} for {device:#06x} ignored: no such device behind the unit");
+            } else if alias == device {
+                log::warn!("amdvi: extra entry {alias:#06x} for {device:#06x} ignored: it is the device's own");
+            } else if !self.aliases.contains(&(device, alias)) {
+                self.aliases.push((device, alias));
+            }
+        }
+        self
+    }
+
+    /// The extra DeviceIDs programmed with `device` ([`Self::with_dte_aliases`]).
+    pub fn dte_aliases(&self, device: u16) -> Vec<u16> {
+        self.aliases.iter().filter(|a| a.0 == device).map(|a| a.1).collect()
+    }
+
+    /// Every device-table entry that holds `device`'s translation: its own,
+    /// then its extra ones.
+    fn entries_of(&self, device: u16) -> Vec<u16> {
+        let mut ids = alloc::vec![device];
+        ids.extend(self.dte_aliases(device));
+        ids
+    }
+
+    /// An attached device other than `device` that shares an entry with it
+    /// and is in another domain than `domain`, and that domain.
+    fn conflicting_sharer(&self, device: u16, domain: DomainId) -> Option<(u16, DomainId)> {
+        let mine = self.entries_of(device);
+        self.attached
+            .iter()
+            .filter(|&(&other, &theirs)| other != device && theirs != domain)
+            .find(|&(&other, _)| self.entries_of(other).iter().any(|id| mine.contains(id)))
+            .map(|(&other, &theirs)| (other, theirs))
     }
 
     /// Whether any device is attached (its DMA translated or checked).
@@ -381,24 +436,66 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
 
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let rid = self.rid(device)?;
+        if let Some((other, theirs)) = self.conflicting_sharer(rid, domain) {
+            log::warn!(
+                "amdvi: {rid:#06x} not attached to domain {}: {other:#06x} shares a device-table entry with it and is attached to domain {}",
+                domain.0,
+                theirs.0
+            );
+            return Err(Error::Busy(theirs));
+        }
         if matches!(self.domains.get(&domain.0).map(|d| &d.slot), Some(Slot::Paging(_))) {
             iommu::map_direct_regions(self, device, domain)?;
         }
-        let mut entry = self.dte_for(domain)?;
-        entry[2] = self.unit.dte(rid, &self.mem)[2]; // the interrupt fields stay
-        self.unit.set_dte(rid, &entry, &mut self.mem)?;
+        let entry = self.dte_for(domain)?;
+        let ids = self.entries_of(rid);
+        for (written, &id) in ids.iter().enumerate() {
+            // Each entry keeps its own interrupt fields (qword 2).
+            let mut e = entry;
+            e[2] = self.unit.dte(id, &self.mem)[2];
+            if let Err(err) = self.unit.set_dte(id, &e, &mut self.mem) {
+                if written > 0 {
+                    // Half moved: fail closed, every entry of the device blocked.
+                    for &id in &ids {
+                        let mut b = dte::blocked(dte::BLOCKED_TAG);
+                        b[2] = self.unit.dte(id, &self.mem)[2];
+                        let _ = self.unit.set_dte(id, &b, &mut self.mem);
+                    }
+                    self.attached.remove(&rid);
+                }
+                return Err(err.into());
+            }
+        }
         self.attached.insert(rid, domain);
         Ok(())
     }
 
     fn detach(&mut self, device: DeviceId) -> Result<(), Error> {
         let rid = self.rid(device)?;
-        // INVALIDATE_DEVTAB_ENTRY and the old domain's INVALIDATE_IOMMU_PAGES,
-        // then a COMPLETION_WAIT: the unit has dropped the old entry when this returns.
-        let mut entry = dte::blocked(dte::BLOCKED_TAG);
-        entry[2] = self.unit.dte(rid, &self.mem)[2]; // the interrupt fields stay
-        self.unit.set_dte(rid, &entry, &mut self.mem)?;
+        // Per entry INVALIDATE_DEVTAB_ENTRY and the old domain's
+        // INVALIDATE_IOMMU_PAGES, then a COMPLETION_WAIT: the unit has dropped
+        // the old entries when this returns. Every entry is tried, even after
+        // one failed; each keeps its own interrupt fields (qword 2).
+        let ids = self.entries_of(rid);
+        let mut failed = None;
+        for &id in &ids {
+            let mut b = dte::blocked(dte::BLOCKED_TAG);
+            b[2] = self.unit.dte(id, &self.mem)[2];
+            if let Err(e) = self.unit.set_dte(id, &b, &mut self.mem) {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         self.attached.remove(&rid);
+        // A sharer whose every entry was just blocked (the host bridge whose
+        // own entry is `rid`'s extra one) is no longer attached to anything.
+        let blocked: Vec<u16> =
+            self.attached.keys().copied().filter(|&o| self.entries_of(o).iter().all(|id| ids.contains(id))).collect();
+        for o in blocked {
+            self.attached.remove(&o);
+        }
         Ok(())
     }
 

@@ -29,6 +29,9 @@
 //!   domain the device leaves (see [`unit::AmdVi::set_dte`]).
 //! - Its DTE check treats qword-1 bit 8 (DomainID bit 8) as reserved, so
 //!   domain IDs never have bit 8 set ([`driver::domain_tag`]).
+//! - It translates the DMA of a function off bus 0 through the bus-0 DTE of
+//!   its devfn ([`qemu`]); [`AmdViIommu::with_dte_aliases`] programs that
+//!   entry together with the real one.
 //!
 //! Left out: interrupt remapping (DTE IV = 0: interrupts pass unchanged),
 //! guest (v2) page tables and PASIDs, ATS / device IOTLBs, PPR, the exclusion
@@ -43,6 +46,7 @@ pub mod driver;
 pub mod dte;
 pub mod event;
 pub mod intremap;
+pub mod qemu;
 pub mod regs;
 pub mod unit;
 

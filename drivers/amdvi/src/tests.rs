@@ -696,3 +696,92 @@ mod hwpt {
         assert_eq!(dte::mode(&a.mem.dte(OTHER)), 2);
     }
 }
+
+/// Devices as QEMU 10.0 sees a host bridge (0x0000) and two functions behind
+/// root ports (03:00.0, 04:00.0) whose DMA it looks up under 0x0000.
+fn stale_driver() -> AmdViIommu<FakeMem> {
+    let (unit, mem) = bring_up(QEMU_EFR);
+    AmdViIommu::new(unit.unwrap(), mem, vec![0x0000, 0x0300, 0x0400], Vec::new())
+        .with_dte_aliases(vec![(0x0300, 0x0000), (0x0400, 0x0000)])
+}
+
+#[test]
+fn extra_entry_is_programmed_and_blocked_with_its_device() {
+    let mut a = stale_driver();
+    assert_eq!(a.dte_aliases(0x0300), [0x0000]);
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    a.map(pg, 0x1000, 0x5000, 0x1000, RW).unwrap();
+    a.attach(DeviceId(0x300), pg).unwrap();
+    assert_eq!(a.mem.dte(0x0000), a.mem.dte(0x0300), "the stale entry is the real one");
+    assert_eq!(dte::mode(&a.mem.dte(0x0000)), 4);
+    // QEMU 10.0 translates 03:00.0 through 0x0000; 10.2 through 0x0300.
+    assert_eq!(a.mem.translate(0x0000, 0x1000, true), Some(0x5000));
+    assert_eq!(a.mem.translate(0x0300, 0x1000, true), Some(0x5000));
+    assert_eq!(a.mem.translate(0x0400, 0x1000, true), None, "04:00.0's own entry stays blocked");
+    let from = a.mem.log.borrow().len();
+    a.detach(DeviceId(0x300)).unwrap();
+    for id in [0x0000, 0x0300] {
+        assert_eq!(a.mem.dte(id), dte::blocked(dte::BLOCKED_TAG));
+        assert_eq!(a.mem.translate(id, 0x1000, true), None, "{id:#x}: nothing left in the IOTLB");
+    }
+    let cmds = ran(&a, from);
+    assert!(
+        cmds.contains(&cmd::invalidate_devtab_entry(0x0000)) && cmds.contains(&cmd::invalidate_devtab_entry(0x0300))
+    );
+    assert_eq!(opcodes(&cmds).last(), Some(&cmd::COMPLETION_WAIT));
+    assert!(!a.translating());
+    a.domain_free(pg).unwrap();
+}
+
+#[test]
+fn sharers_of_an_entry_must_be_in_one_domain() {
+    let mut a = stale_driver();
+    let (d1, d2) = (a.domain_alloc(DomainKind::Paging).unwrap(), a.domain_alloc(DomainKind::Paging).unwrap());
+    a.attach(DeviceId(0x300), d1).unwrap();
+    assert_eq!(a.attach(DeviceId(0x400), d2), Err(Error::Busy(d1)), "0x0000 cannot hold two domains");
+    assert_eq!(a.mem.dte(0x0400), dte::blocked(dte::BLOCKED_TAG), "refused before any write");
+    a.attach(DeviceId(0x400), d1).unwrap();
+    // Moving 03:00.0 elsewhere while 04:00.0 stays in d1 is refused too.
+    assert_eq!(a.attach(DeviceId(0x300), d2), Err(Error::Busy(d1)));
+    a.attach(DeviceId(0x300), d1).unwrap(); // re-attaching to the same domain is fine
+                                            // Detaching 03:00.0 blocks the shared entry: 04:00.0 fails closed on
+                                            // QEMU 10.0 but keeps its own entry (and stays attached).
+    a.detach(DeviceId(0x300)).unwrap();
+    assert_eq!(a.mem.dte(0x0000), dte::blocked(dte::BLOCKED_TAG));
+    assert_eq!(a.attached(DeviceId(0x400)), Some(d1));
+    assert_eq!(dte::domain_id(&a.mem.dte(0x0400)), a.domain_tag(d1).unwrap());
+    a.detach(DeviceId(0x400)).unwrap();
+    assert!(!a.translating());
+}
+
+#[test]
+fn blocking_the_device_unattaches_the_owner_of_its_extra_entry() {
+    // iommu.unclaimed=identity at boot: the host bridge and 03:00.0 in the identity domain.
+    let mut a = stale_driver();
+    let ident = a.domain_alloc(DomainKind::Identity).unwrap();
+    for dev in [0x0000, 0x0300] {
+        a.attach(DeviceId(dev), ident).unwrap();
+    }
+    let pg = a.domain_alloc(DomainKind::Paging).unwrap();
+    assert_eq!(a.attach(DeviceId(0x300), pg), Err(Error::Busy(ident)), "the host bridge holds 0x0000");
+    // A claim blocks 03:00.0 first: that blocks 0x0000, the host bridge's
+    // only entry, so it is no longer attached and the attach goes through.
+    a.detach(DeviceId(0x300)).unwrap();
+    assert_eq!(a.attached(DeviceId(0x0000)), None);
+    a.attach(DeviceId(0x300), pg).unwrap();
+    assert_eq!(a.mem.dte(0x0000), a.mem.dte(0x0300));
+    a.detach(DeviceId(0x300)).unwrap();
+    assert_eq!(a.mem.dte(0x0000), dte::blocked(dte::BLOCKED_TAG), "the host bridge is not given identity back");
+}
+
+#[test]
+fn extra_entries_for_unknown_devices_or_themselves_are_left_out() {
+    let (unit, mem) = bring_up(QEMU_EFR);
+    let a = AmdViIommu::new(unit.unwrap(), mem, vec![DEV, 0x0310], Vec::new()).with_dte_aliases(vec![
+        (0x0500, 0x0000),
+        (DEV, DEV),
+        (0x0310, 0x0010),
+        (0x0310, 0x0010),
+    ]);
+    assert_eq!((a.dte_aliases(0x0500), a.dte_aliases(DEV), a.dte_aliases(0x0310)), (vec![], vec![], vec![0x0010]));
+}

@@ -29,6 +29,7 @@
 
 extern crate alloc;
 
+pub mod groups;
 pub mod ids;
 pub mod mock;
 

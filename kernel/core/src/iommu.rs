@@ -40,7 +40,115 @@ pub fn init(boot: &bootinfo::BootInfo) {
         TOPOLOGY_INDEX.lock().push(index);
         UNITS.lock().push(unit);
     }
+    place_functions(topo);
     apply_boot_policy(boot);
+}
+
+/// Another ID a unit looks a PCI function's DMA up under, besides the one
+/// the topology gives it (a model's quirk: QEMU 10.0's AMD-Vi, `amdvi::qemu`).
+/// The platform notes each one while it builds the unit's driver (which
+/// programs both entries alike); the grouping links the functions that
+/// share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaAlias {
+    /// The unit's topology index.
+    pub unit: usize,
+    /// The ID the topology gives the function(s).
+    pub id: u32,
+    /// The other ID their DMA is (also) looked up under.
+    pub alias: u32,
+    /// Log prefix (`amdvi`).
+    pub who: &'static str,
+    /// Why, for the boot log ("by QEMU 10.0 (...)").
+    pub why: &'static str,
+}
+
+static DMA_ALIASES: spin::Mutex<Vec<DmaAlias>> = spin::Mutex::new(Vec::new());
+
+/// Records `alias` (before the units are registered; see [`DmaAlias`]).
+pub fn note_dma_alias(alias: DmaAlias) {
+    let mut all = DMA_ALIASES.lock();
+    if !all.contains(&alias) {
+        all.push(alias);
+    }
+}
+
+/// Where one PCI function's DMA goes, computed once after the units are
+/// registered: its unit (registry index) and ID, and its IOMMU group.
+struct Placement {
+    bdf: pci::Bdf,
+    unit: Option<(usize, iommu::DeviceId)>,
+    /// Index (in enumeration order) of the group's first member.
+    group: usize,
+}
+
+static PLACEMENTS: spin::Mutex<Vec<Placement>> = spin::Mutex::new(Vec::new());
+
+/// Whether `f` only forwards other functions' DMA and issues none of its own:
+/// a host bridge, or a PCI-to-PCI bridge / PCIe port (type 1 header). Such a
+/// function never joins an IOMMU group through a shared ID
+/// (`iommu::groups` says why that is safe); ISA / LPC bridges (ISA DMA) and
+/// every endpoint do.
+pub fn forwards_only(f: &pci::Function) -> bool {
+    f.is_bridge() || (f.class >> 8) & 0xFFFF == 0x0600
+}
+
+/// Computes every function's unit, ID and group (after the units are
+/// registered, before any claim), and logs each function that is looked up
+/// under an extra ID, with the reason and its group.
+fn place_functions(topo: &firmware::Topology) {
+    use iommu::groups::{self, Member};
+    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let aliases = DMA_ALIASES.lock().clone();
+    let mut units = Vec::new();
+    let mut members = Vec::new();
+    for f in &all {
+        let t = topo.translate_pci(f.bdf.segment, pci::dma_requester_id(f, &all));
+        let placed = t.and_then(|t| Some((registered(t.unit)?, t)));
+        let ids = placed.map(|(unit, t)| {
+            let mut ids = alloc::vec![t.id];
+            ids.extend(aliases.iter().filter(|a| a.unit == t.unit && a.id == t.id).map(|a| a.alias));
+            (unit, ids)
+        });
+        units.push(placed.map(|(unit, t)| (unit, iommu::DeviceId(t.id))));
+        members.push(Member { ids, forwards_only: forwards_only(f) });
+    }
+    let group = groups::groups(&members);
+    for (i, f) in all.iter().enumerate() {
+        let Some((unit, own)) = units[i] else { continue };
+        let Some(topo_unit) = topology_index(unit) else { continue };
+        for a in aliases.iter().filter(|a| a.unit == topo_unit && a.id == own.0) {
+            let with: Vec<alloc::string::String> = (0..all.len())
+                .filter(|&j| j != i && group[j] == group[i])
+                .map(|j| alloc::format!("{}", all[j].bdf))
+                .collect();
+            let outside: Vec<alloc::string::String> = groups::sharing(&members, i)
+                .into_iter()
+                .filter(|&j| group[j] != group[i])
+                .map(|j| {
+                    let kind = if all[j].is_bridge() { "a bridge" } else { "a host bridge" };
+                    alloc::format!("{} ({kind}: forwards DMA, issues none; not grouped)", all[j].bdf)
+                })
+                .collect();
+            let with = if with.is_empty() { "no other function".into() } else { with.join(", ") };
+            let outside = if outside.is_empty() {
+                alloc::string::String::new()
+            } else {
+                alloc::format!("; sharing it: {}", outside.join(", "))
+            };
+            log::warn!(
+                "{}: {} is translated {} through DeviceID {:#06x}, not its own {:#06x}; programming both entries, grouped with {with}{outside}",
+                a.who,
+                f.bdf,
+                a.why,
+                a.alias,
+                a.id
+            );
+        }
+    }
+    let mut placements = PLACEMENTS.lock();
+    placements.clear();
+    placements.extend(all.iter().zip(units).zip(group).map(|((f, unit), group)| Placement { bdf: f.bdf, unit, group }));
 }
 
 /// The IDs unit `index` of `topology` sees the PCI functions behind it by
@@ -248,28 +356,33 @@ impl io_pgtable::TableMemory for KernelTables {
 
 /// The registered unit that translates PCI function `bdf` and the ID it
 /// knows the function by (requester ID after aliasing, or stream ID); `None`
-/// when no registered unit does (no IOMMU, or its bring-up failed).
+/// when no registered unit does (no IOMMU, or its bring-up failed). Computed
+/// once at boot ([`init`]).
 pub fn unit_of(bdf: pci::Bdf) -> Option<(usize, iommu::DeviceId)> {
-    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
-    let f = all.iter().find(|f| f.bdf == bdf)?;
-    let t = crate::pci::topology()?.translate_pci(bdf.segment, pci::dma_requester_id(f, &all))?;
-    Some((registered(t.unit)?, iommu::DeviceId(t.id)))
+    PLACEMENTS.lock().iter().find(|p| p.bdf == bdf)?.unit
 }
 
-/// The IOMMU group of `bdf`: every function its unit cannot tell apart from
-/// it (the same unit and the same ID after aliasing, e.g. the functions
-/// behind one PCIe-to-PCI bridge), `bdf` included, in enumeration order. A
-/// function no registered unit translates is a group of its own.
+/// The IOMMU group of `bdf` (`iommu::groups`): every function its unit
+/// cannot tell apart from it — the same unit and an ID in common after
+/// aliasing (the functions behind one PCIe-to-PCI bridge), including extra
+/// IDs the unit looks functions up under ([`DmaAlias`]) — `bdf` included,
+/// in enumeration order. Host bridges and bridges never join through a
+/// shared ID; a function no registered unit translates is a group of its own.
 pub fn group_of(bdf: pci::Bdf) -> Vec<pci::Bdf> {
-    let Some(key) = unit_of(bdf) else { return alloc::vec![bdf] };
-    crate::pci::devices().iter().map(|d| d.function.bdf).filter(|&b| unit_of(b) == Some(key)).collect()
+    let placements = PLACEMENTS.lock();
+    let Some(me) = placements.iter().find(|p| p.bdf == bdf) else { return alloc::vec![bdf] };
+    placements.iter().filter(|p| p.group == me.group).map(|p| p.bdf).collect()
 }
 
 /// A small number naming `bdf`'s group in `device_list` (the index of its
 /// first member in enumeration order, plus one; 0 is never a group).
 pub fn group_id(bdf: pci::Bdf) -> u32 {
-    let first = group_of(bdf).first().copied().unwrap_or(bdf);
-    crate::pci::devices().iter().position(|d| d.function.bdf == first).map_or(0, |i| i as u32 + 1)
+    let first = match PLACEMENTS.lock().iter().find(|p| p.bdf == bdf) {
+        Some(p) => Some(p.group),
+        // No topology: every function is a group of its own.
+        None => crate::pci::devices().iter().position(|d| d.function.bdf == bdf),
+    };
+    first.map_or(0, |i| i as u32 + 1)
 }
 
 /// Blocks `bdf`'s DMA at its unit ([`iommu::Iommu::detach`]): when this

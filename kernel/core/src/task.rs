@@ -714,6 +714,13 @@ fn sys_device_claim(raw: u64) -> SysResult {
         return Err(Errno::EBUSY);
     }
     for &member in &group {
+        // Bridges and ports never join a group (`iommu::groups`); a member a
+        // task may not claim (an ISA / LPC bridge, the IOMMU's function) may
+        // issue DMA of its own: the group is not the task's to take.
+        if let Some(why) = device(member).ok().and_then(|d| pci::policy::claimable(&d.function).err()) {
+            log::warn!("task {}: claim of {bdf} refused: {member} of its IOMMU group is {why}", current_name());
+            return Err(Errno::EPERM);
+        }
         let theirs = claims.iter().any(|&(b, owner)| b == member && owner != id);
         if theirs || crate::pci::kernel_owned(member) {
             if member != bdf {
@@ -729,11 +736,7 @@ fn sys_device_claim(raw: u64) -> SysResult {
         })?;
     }
     for member in group {
-        // A bridge sharing the group's ID (a PCIe-to-PCI bridge's own function)
-        // is blocked with the group but never a task's: its config space and
-        // BARs stay the kernel's.
-        let bridge = device(member).is_ok_and(|d| pci::policy::claimable(&d.function).is_err());
-        if !bridge && !claims.iter().any(|&(b, _)| b == member) {
+        if !claims.iter().any(|&(b, _)| b == member) {
             if member != bdf {
                 log::info!("task {}: {member} claimed with {bdf} (same IOMMU group)", current_name());
             }

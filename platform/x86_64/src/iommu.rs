@@ -56,7 +56,8 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
         };
         log::info!("{} ({} at {base:#x})", unit.describe(), u.name);
         let (devices, reserved) = devices_and_reserved(topology, index);
-        let mut a = amdvi::AmdViIommu::new(unit, mem, devices, reserved);
+        let stale = stale_bus_entries(boot, topology, index);
+        let mut a = amdvi::AmdViIommu::new(unit, mem, devices, reserved).with_dte_aliases(stale);
         match (boot.cmdline_value("intremap") != Some("off"), u.interrupt_remapping) {
             (false, _) => {
                 log::warn!("amdvi: {}: interrupt remapping off (intremap=off): its devices can raise any vector", u.name)
@@ -72,6 +73,56 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
             ),
         }
         out.push((index, Box::new(a)));
+    }
+    out
+}
+
+/// Subsystem vendor ID in a type 0 configuration header.
+const SUBSYSTEM_VENDOR_ID: u16 = 0x2C;
+
+/// `amdvi.stale_bus=auto|on|off` (default `auto`: on when the unit is
+/// QEMU's, `amdvi::qemu::is_qemu_iommu_function`): for every device of AMD-Vi
+/// unit `index` off bus 0, the bus-0 DeviceID QEMU 10.0 translates its DMA
+/// through (`amdvi::qemu`), as `(device, stale)` for the driver; each is
+/// noted for the kernel's IOMMU groups, which log it.
+fn stale_bus_entries(boot: &bootinfo::BootInfo, topology: &Topology, index: usize) -> Vec<(u16, u16)> {
+    use amdvi::qemu::{self, StaleBus};
+    use pci::ConfigAccess;
+    let Some(u) = topology.units().get(index) else { return Vec::new() };
+    let mode = StaleBus::parse(boot.cmdline_value("amdvi.stale_bus")).unwrap_or_else(|other| {
+        log::warn!("amdvi: amdvi.stale_bus={other} is not auto|on|off: using auto");
+        StaleBus::Auto
+    });
+    let qemu_function = kcore::pci::devices().iter().map(|d| &d.function).find(|f| {
+        f.bdf.segment == u.segment
+            && kcore::pci::access(f.bdf).is_some_and(|a| {
+                qemu::is_qemu_iommu_function(f.vendor, f.device, f.class, a.read16(f.bdf, SUBSYSTEM_VENDOR_ID))
+            })
+    });
+    let why = match qemu_function {
+        Some(f) => alloc::format!("{} is QEMU's AMD-Vi function (1022:1419, subsystem vendor 1af4)", f.bdf),
+        None => "no QEMU AMD-Vi function found".into(),
+    };
+    if !mode.applies(qemu_function.is_some()) {
+        log::info!("amdvi: {}: amdvi.stale_bus={mode:?}: {why}; every device only through its own DeviceID", u.name);
+        return Vec::new();
+    }
+    log::info!(
+        "amdvi: {}: amdvi.stale_bus={mode:?}: {why}; devices off bus 0 are programmed under their bus-0 DeviceID too",
+        u.name
+    );
+    let mut out = Vec::new();
+    for id in kcore::iommu::unit_devices(topology, index).into_iter().filter_map(|id| u16::try_from(id).ok()) {
+        if let Some(stale) = qemu::stale_device_id(id) {
+            kcore::iommu::note_dma_alias(kcore::iommu::DmaAlias {
+                unit: index,
+                id: u32::from(id),
+                alias: u32::from(stale),
+                who: "amdvi",
+                why: "by QEMU 10.0 (bus numbers read before enumeration)",
+            });
+            out.push((id, stale));
+        }
     }
     out
 }
