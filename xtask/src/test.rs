@@ -292,7 +292,12 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             );
             let mut c = harness::case(
                 &Machine {
-                    cmdline: vec!["ktest=iommu,ioas".to_owned(), "vtd_qi=off".to_owned()],
+                    // Without the queue there is no interrupt remapping: DMA needs the opt-in.
+                    cmdline: vec![
+                        "ktest=iommu,ioas".to_owned(),
+                        "vtd_qi=off".to_owned(),
+                        "iommu.unsafe_interrupts=allow".to_owned(),
+                    ],
                     ..machine(Iommu::Vtd, extra)
                 },
                 kernel,
@@ -310,7 +315,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             // attacks still pass, and the kernel says MSIs are not confined.
             let mut c = harness::case(
                 &Machine {
-                    cmdline: vec!["ktest=test-edu,test-isolation".to_owned()],
+                    cmdline: vec![
+                        "ktest=test-edu,test-isolation".to_owned(),
+                        "iommu.unsafe_interrupts=allow".to_owned(),
+                    ],
                     ..machine(Iommu::Vtd, split("-global intel-iommu.intremap=off"))
                 },
                 kernel,
@@ -323,6 +331,24 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                     .into(),
                 "(not remapped: the device can raise any vector)".into(),
             ];
+            cases.push(c);
+            // The same without `iommu.unsafe_interrupts=allow`: Bus Master is
+            // refused, since the device's DMA could send any interrupt.
+            let mut c = harness::case(
+                &Machine {
+                    cmdline: vec!["ktest=test-isolation".to_owned()],
+                    ..machine(Iommu::Vtd, split("-global intel-iommu.intremap=off"))
+                },
+                kernel,
+                BOOT_TIMEOUT,
+            )?;
+            c.name = "x86_64-vtd-no-intremap-denied".into();
+            c.log_file.set_file_name("x86_64-vtd-no-intremap-denied.log");
+            c.must_contain = vec![
+                "ok 1 user.isolation.bus_master_refused_without_interrupt_remapping".into(),
+                "Bus Master refused: its IOMMU does not remap interrupts".into(),
+            ];
+            c.stop_on.push("user.isolation.bus_master_refused_without_interrupt_remapping # SKIP".into());
             cases.push(c);
             // VT-d in scalable mode, second stage, with a second DMAR naming
             // the second edu (00:10.0) in an RMRR.
@@ -674,6 +700,10 @@ pub fn run_tests(
                 };
                 let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT)?;
                 c.must_contain = expected_topology(ca, ci);
+                if ci == Iommu::Vtd && filter.is_none_or(|f| f.contains("isolation")) {
+                    // user.isolation's forged message through a handle beyond the table.
+                    c.must_contain.push("(interrupt index 0xabc): reason 0x21".into());
+                }
                 cases.push(c);
             }
             if iommu.is_none() && filter.is_none() {

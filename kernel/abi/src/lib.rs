@@ -258,6 +258,14 @@ pub struct DeviceInfo {
 pub const DEVICE_CLAIMED: u32 = 1;
 /// `DeviceInfo.flags`: the function sits behind an IOMMU.
 pub const DEVICE_BEHIND_IOMMU: u32 = 2;
+/// `DeviceInfo.flags`: the function's DMA cannot raise interrupts it was not
+/// given (its unit remaps interrupts, or the architecture's doorbell is
+/// reached only through the device's translation, as the GIC ITS on arm).
+pub const DEVICE_INTERRUPTS_CONFINED: u32 = 4;
+/// `DeviceInfo.flags`: a task that claims the function may turn its Bus
+/// Master bit on: it is behind an IOMMU, and its interrupts are confined or
+/// the kernel was booted with `iommu.unsafe_interrupts=allow`.
+pub const DEVICE_DMA_ALLOWED: u32 = 8;
 
 impl DeviceInfo {
     /// The record as bytes (for copying out to user memory).

@@ -416,6 +416,27 @@ pub fn protected(bdf: pci::Bdf) -> bool {
     unit_of(bdf).is_some()
 }
 
+/// Whether `bdf`'s DMA writes into the interrupt window are confined. On x86
+/// such a write *is* an interrupt message, which no DMA translation stops: a
+/// device can send any vector, an NMI or an INIT (a CPU reset) unless its
+/// unit remaps interrupts. On aarch64 the doorbell (the GIC ITS) is reached
+/// through the device's own translation and is never mapped for a task.
+pub fn interrupts_confined(bdf: pci::Bdf) -> bool {
+    if crate::platform().arch() != "x86_64" {
+        return true;
+    }
+    let Some((unit, _)) = unit_of(bdf) else { return false };
+    with_units(|units| units[unit].remaps_interrupts())
+}
+
+/// `iommu.unsafe_interrupts=allow` on the command line: a task may turn Bus
+/// Master on for a function whose interrupts are not confined
+/// ([`interrupts_confined`]); off by default, as Linux's
+/// `iommufd.allow_unsafe_interrupts`.
+pub fn unsafe_interrupts_allowed() -> bool {
+    crate::cmdline_value("iommu.unsafe_interrupts") == Some("allow")
+}
+
 /// What devices nobody claimed get at boot (`iommu.unclaimed=` on the
 /// command line): `blocked` (the default) or `identity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -678,6 +678,13 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
         if topology.and_then(|t| t.translate_pci(f.bdf.segment, f.bdf.rid())).is_some() {
             info.flags |= abi::DEVICE_BEHIND_IOMMU;
         }
+        let confined = crate::iommu::interrupts_confined(f.bdf);
+        if confined {
+            info.flags |= abi::DEVICE_INTERRUPTS_CONFINED;
+        }
+        if crate::iommu::protected(f.bdf) && (confined || crate::iommu::unsafe_interrupts_allowed()) {
+            info.flags |= abi::DEVICE_DMA_ALLOWED;
+        }
         for b in &f.bars {
             let kind = match b.kind {
                 pci::BarKind::Mem32 => abi::bar_kind::MEM32,
@@ -855,16 +862,39 @@ fn sys_config_write(raw: u64, offset: u64, width: u64, value: u64) -> SysResult 
             log::warn!("task {}: {bdf}: Bus Master refused: no IOMMU translates this function", current_name());
             return Err(Errno::EPERM);
         }
-        Ok(_) => {}
+        Ok(pci::policy::WriteKind::Command { command: new })
+            if new & pci::reg::CMD_BUS_MASTER != 0
+                && command & pci::reg::CMD_BUS_MASTER == 0
+                && !crate::iommu::interrupts_confined(bdf)
+                && !crate::iommu::unsafe_interrupts_allowed() =>
+        {
+            log::warn!(
+                "task {}: {bdf}: Bus Master refused: its IOMMU does not remap interrupts, so its DMA could send any \
+                 interrupt (boot with iommu.unsafe_interrupts=allow to permit it)",
+                current_name()
+            );
+            return Err(Errno::EPERM);
+        }
+        Ok(kind) => {
+            if w == 1 {
+                // A byte goes out as its 16-bit word, never as a dword
+                // read-modify-write that would write the neighbouring
+                // registers back (status is write-1-to-clear; BIST starts a
+                // self test). Status bytes carry only the bits asked for.
+                let (word, shift) = (off & !1, (off & 1) * 8);
+                let merged = if kind == pci::policy::WriteKind::StatusClear {
+                    (value as u16 & 0xFF) << shift
+                } else {
+                    (access.read16(bdf, word) & !(0xFF << shift)) | ((value as u16 & 0xFF) << shift)
+                };
+                access.write16(bdf, word, merged);
+                return Ok(0);
+            }
+        }
     }
     match w {
         2 => access.write16(bdf, off, value as u16),
-        4 => access.write32(bdf, off, value as u32),
-        _ => {
-            let old = access.read32(bdf, off & !3);
-            let shift = (off & 3) * 8;
-            access.write32(bdf, off & !3, (old & !(0xFF << shift)) | ((value as u32) << shift));
-        }
+        _ => access.write32(bdf, off, value as u32),
     }
     Ok(0)
 }

@@ -49,13 +49,14 @@ impl core::fmt::Display for Failure {
     }
 }
 
-/// The first `edu` function behind an IOMMU, by its `device_list` entry.
+/// The first `edu` function a task may drive: behind an IOMMU, Bus Master
+/// allowed (`DEVICE_DMA_ALLOWED`), by its `device_list` entry.
 pub fn first_behind_iommu() -> Option<abi::DeviceInfo> {
     let mut buf = [abi::DeviceInfo::default(); 64];
     let n = sys::device_list(&mut buf).unwrap_or(0) as usize;
     buf[..n.min(buf.len())]
         .iter()
-        .find(|d| (d.vendor, d.device) == EDU && d.flags & abi::DEVICE_BEHIND_IOMMU != 0)
+        .find(|d| (d.vendor, d.device) == EDU && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
         .copied()
 }
 
@@ -108,17 +109,27 @@ impl Edu {
     /// Starts copying a page between `iova` and the device buffer and
     /// returns at once (the transfer runs on in the device).
     pub fn start_dma(&self, iova: u64, to_ram: bool) {
+        self.start_dma_len(iova, PAGE, to_ram);
+    }
+
+    fn start_dma_len(&self, iova: u64, len: u64, to_ram: bool) {
         let (src, dst) = if to_ram { (EDU_BUFFER, iova) } else { (iova, EDU_BUFFER) };
         self.write64(0x80, src);
         self.write64(0x88, dst);
-        self.write64(0x90, PAGE);
+        self.write64(0x90, len.min(PAGE));
         self.write64(0x98, 1 | if to_ram { 2 } else { 0 });
     }
 
     /// Copies a page between `iova` and the device buffer; waits up to 2 s.
     /// (edu reports completion even when the IOMMU blocked the transfer.)
     pub fn dma(&self, iova: u64, to_ram: bool) -> Result<(), Failure> {
-        self.start_dma(iova, to_ram);
+        self.dma_len(iova, PAGE, to_ram)
+    }
+
+    /// As [`Edu::dma`] for the first `len` bytes (at most a page) of the
+    /// buffer: a 4-byte write to the interrupt window is one message.
+    pub fn dma_len(&self, iova: u64, len: u64, to_ram: bool) -> Result<(), Failure> {
+        self.start_dma_len(iova, len, to_ram);
         let start = sys::clock().unwrap_or(0);
         while self.read64(0x98) & 1 != 0 {
             if sys::clock().unwrap_or(u64::MAX).saturating_sub(start) > 2_000_000_000 {

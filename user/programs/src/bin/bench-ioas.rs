@@ -114,7 +114,7 @@ fn bench() -> Result<(), &'static str> {
     let n = sys::device_list(&mut list).map_err(|_| "device_list")? as usize;
     let edu = list[..n.min(64)]
         .iter()
-        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_BEHIND_IOMMU != 0)
+        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
         .ok_or("no edu behind an IOMMU")?;
     sys::device_claim(edu.bdf).map_err(|_| "claim")?;
     let dev = ioas::device_bind(edu.bdf).map_err(|_| "bind")?;

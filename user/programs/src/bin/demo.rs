@@ -25,6 +25,13 @@ fn main() -> i32 {
             println!("demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} iommu=none skipped (no IOMMU translates it)");
             continue;
         }
+        if d.flags & abi::DEVICE_DMA_ALLOWED == 0 {
+            println!(
+                "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} skipped (its IOMMU does not remap interrupts; \
+                 boot with iommu.unsafe_interrupts=allow to drive it anyway)"
+            );
+            continue;
+        }
         match edu_driver::check(d.bdf) {
             Ok(r) => {
                 println!(

@@ -21,7 +21,7 @@ fn main() -> i32 {
     let n = sys::device_list(&mut list).unwrap_or(0) as usize;
     if let Some(edu) = list[..n.min(64)]
         .iter()
-        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_BEHIND_IOMMU != 0)
+        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
     {
         if sys::device_claim(edu.bdf).is_ok() {
             if let Ok(d) = ioas::device_bind(edu.bdf) {

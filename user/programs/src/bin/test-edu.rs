@@ -113,10 +113,10 @@ fn config_space(ctx: &mut Ctx) -> Result<(), &'static str> {
         return Err("moving BAR0 not EPERM");
     }
     let cmd = sys::device_config_read(edu.bdf, 4, 2).map_err(|_| "command read failed")?;
-    if edu.flags & abi::DEVICE_BEHIND_IOMMU == 0 {
-        // No IOMMU could confine its DMA: the kernel refuses Bus Master.
+    if edu.flags & abi::DEVICE_DMA_ALLOWED == 0 {
+        // No IOMMU could confine its DMA (or its interrupts): the kernel refuses Bus Master.
         if sys::device_config_write(edu.bdf, 4, 2, cmd | 4) != Err(Errno::EPERM) {
-            return Err("bus master on a function no IOMMU translates not EPERM");
+            return Err("bus master on a function whose DMA is not confined not EPERM");
         }
     } else {
         sys::device_config_write(edu.bdf, 4, 2, cmd | 4).map_err(|_| "setting bus master failed")?;
@@ -134,9 +134,9 @@ fn config_space(ctx: &mut Ctx) -> Result<(), &'static str> {
 
 fn interrupt(ctx: &mut Ctx) -> Result<(), &'static str> {
     let edu = ctx.edu.ok_or("no edu")?;
-    if cfg!(target_arch = "x86_64") && edu.flags & abi::DEVICE_BEHIND_IOMMU == 0 {
-        // An MSI is a DMA write: without an IOMMU the kernel refuses Bus Master.
-        return Err("SKIP no IOMMU: Bus Master refused, so no MSI can be sent");
+    if cfg!(target_arch = "x86_64") && edu.flags & abi::DEVICE_DMA_ALLOWED == 0 {
+        // An MSI is a DMA write: with Bus Master refused no MSI can be sent.
+        return Err("SKIP Bus Master refused (no IOMMU, or interrupts not remapped), so no MSI can be sent");
     }
     if sys::device_irq_wait(edu.bdf, 0) != Err(Errno::EINVAL) {
         return Err("waiting before enabling not EINVAL");

@@ -140,7 +140,7 @@ fn main() -> i32 {
     let mut devices = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for d in list[..n.min(64)].iter().filter(|d| (d.vendor, d.device) == (0x1234, 0x11E8)) {
-        if d.flags & abi::DEVICE_BEHIND_IOMMU == 0 || sys::device_claim(d.bdf).is_err() {
+        if d.flags & abi::DEVICE_DMA_ALLOWED == 0 || sys::device_claim(d.bdf).is_err() {
             continue;
         }
         // Which unit is it behind? Bind once to ask, then unbind.

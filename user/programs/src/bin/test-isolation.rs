@@ -252,7 +252,7 @@ fn device_list(buf: &mut [DeviceInfo; 64]) -> Result<&[DeviceInfo], Failure> {
 
 fn is_free_edu(d: &DeviceInfo) -> bool {
     (d.vendor, d.device) == edu_driver::EDU
-        && d.flags & abi::DEVICE_BEHIND_IOMMU != 0
+        && d.flags & abi::DEVICE_DMA_ALLOWED != 0
         && d.flags & abi::DEVICE_CLAIMED == 0
         && d.group != 0
 }
@@ -402,7 +402,88 @@ fn other_tasks_group_member(ctx: &mut Ctx) -> Result<(), Failure> {
     canary_intact("the kernel canary changed")
 }
 
+/// The interrupt window: a device's DMA writes there forged messages —
+/// remappable handles with no entry (x86 VT-d: blocked, each a decoded
+/// fault; handle 0xABC lies beyond the table), a message through a DeviceID
+/// whose entry blocks every interrupt (AMD-Vi), the ITS doorbell (aarch64:
+/// a reserved region never mapped, so the translation faults). The kernel
+/// must keep running and the canary stay intact. Skipped where the kernel
+/// was told to let unconfined interrupts through (`iommu.unsafe_interrupts=allow`):
+/// there a forged message would be delivered, by design of that option.
+fn into_interrupt_window(ctx: &mut Ctx) -> Result<(), Failure> {
+    let edu = ctx.edu.ok_or(Failure::new("no edu"))?;
+    let dev = ctx.dev.as_ref().ok_or(Failure::new("no device"))?;
+    if edu.flags & abi::DEVICE_INTERRUPTS_CONFINED == 0 {
+        ctx.skip = Some("interrupts not remapped here (iommu.unsafe_interrupts=allow): a forged message is delivered");
+        return Ok(());
+    }
+    // Remappable format (bit 4), SHV (bit 3), handle in bits 19:5 and 2.
+    let remappable = |h: u64| 0xFEE0_0000 | (h & 0x7FFF) << 5 | 1 << 4 | 1 << 3 | (h >> 15) << 2;
+    let targets: &[u64] = if cfg!(target_arch = "x86_64") {
+        &[remappable(200), remappable(0xABC), 0xFEE0_0000 | 1 << 4 | 1 << 3]
+    } else {
+        &[0x0809_0040, 0x0809_0000]
+    };
+    let scratch = sys::mem_map(0, PAGE, 3).map_err(fail("mem_map scratch"))?;
+    let space = ioas::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    let iova = ioas::map(space, scratch, PAGE, None, MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
+    let id = ioas::device_bind(edu.bdf).map_err(fail("bind"))?;
+    ioas::device_attach(id, space).map_err(fail("attach"))?;
+    // SAFETY: `scratch` is a page this task mapped read/write.
+    let s = unsafe { core::slice::from_raw_parts_mut(scratch as *mut u8, PAGE as usize) };
+    s.fill(0); // message data 0: subhandle 0 (VT-d), entry 0 (AMD-Vi), EventID 0 (ITS)
+    dev.dma(iova, false)?; // the page -> edu's buffer
+    for &t in targets {
+        dev.dma_len(t, 4, true)?;
+        sys::clock().map_err(fail("the kernel stopped answering after a forged interrupt message"))?;
+        // Any iommufd call first logs what the units recorded (VT-d keeps one
+        // fault per source until it is read): an id that names nothing will do.
+        let _ = ioas::destroy(u32::MAX);
+    }
+    ioas::destroy(id).map_err(fail("destroy the device"))?;
+    ioas::destroy(space).map_err(fail("destroy the IOAS"))?;
+    canary_intact("the kernel canary changed")
+}
+
+/// On x86 a unit that does not remap interrupts cannot stop a device's DMA
+/// from sending any interrupt message (any vector, NMI, INIT): unless the
+/// kernel was booted with `iommu.unsafe_interrupts=allow`, Bus Master is
+/// refused for such a function, and `device_list` says so. Needs no usable
+/// `edu` (it looks for one whose DMA is refused).
+fn unsafe_interrupts_refused(ctx: &mut Ctx) -> Result<(), Failure> {
+    let mut buf = [DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut buf).map_err(fail("device_list"))? as usize;
+    let edus = buf[..n.min(buf.len())].iter().filter(|d| (d.vendor, d.device) == edu_driver::EDU);
+    let mut refused = None;
+    for d in edus {
+        let confined = d.flags & abi::DEVICE_INTERRUPTS_CONFINED != 0;
+        let allowed = d.flags & abi::DEVICE_DMA_ALLOWED != 0;
+        let behind = d.flags & abi::DEVICE_BEHIND_IOMMU != 0;
+        check_that(!allowed || behind, "DMA allowed for a function no IOMMU translates")?;
+        check_that(!behind || allowed || !confined, "DMA refused although the interrupts are confined")?;
+        if behind && !allowed && refused.is_none() {
+            refused = Some(*d);
+        }
+    }
+    let Some(d) = refused else {
+        ctx.skip = Some("every edu behind an IOMMU may do DMA here (interrupts remapped, or allowed)");
+        return Ok(());
+    };
+    sys::device_claim(d.bdf).map_err(fail("claim"))?;
+    let cmd = sys::device_config_read(d.bdf, 4, 2).map_err(fail("read the command register"))?;
+    check_that(
+        sys::device_config_write(d.bdf, 4, 2, cmd | 4) == Err(Errno::EPERM),
+        "Bus Master allowed for a function whose interrupts are not remapped",
+    )?;
+    let now = sys::device_config_read(d.bdf, 4, 2).map_err(fail("read the command register"))?;
+    check_that(now & 4 == 0, "the Bus Master bit is set")?;
+    canary_intact("the kernel canary changed")
+}
+
 type Step = fn(&mut Ctx) -> Result<(), Failure>;
+
+/// Steps that run even when no `edu` can be driven.
+const FIRST: &[(&str, Step)] = &[("bus_master_refused_without_interrupt_remapping", unsafe_interrupts_refused)];
 
 const STEPS: &[(&str, Step)] = &[
     ("setup", setup),
@@ -410,6 +491,7 @@ const STEPS: &[(&str, Step)] = &[
     ("dma_claimed_never_attached_is_blocked", claimed_never_attached),
     ("dma_after_detach_and_destroy_is_blocked", after_detach),
     ("dma_into_other_task_pinned_memory_is_blocked", into_other_task),
+    ("dma_into_interrupt_window_is_blocked", into_interrupt_window),
     ("config_writes_and_bridge_claims_refused", config_policy),
     ("group_claimed_whole", groups),
     ("other_tasks_group_member_refused", other_tasks_group_member),
@@ -418,16 +500,29 @@ const STEPS: &[(&str, Step)] = &[
 fn main() -> i32 {
     let mut ctx = Ctx { edu: None, dev: None, canary: 0, own: 0, skip: None };
     println!("KTAP version 1");
-    println!("1..{}", STEPS.len());
+    println!("1..{}", FIRST.len() + STEPS.len());
     let mut failed = 0;
+    for (i, (name, step)) in FIRST.iter().enumerate() {
+        match step(&mut ctx) {
+            Ok(()) => match ctx.skip.take() {
+                Some(why) => println!("ok {} user.isolation.{name} # SKIP {why}", i + 1),
+                None => println!("ok {} user.isolation.{name}", i + 1),
+            },
+            Err(f) => {
+                failed += 1;
+                println!("not ok {} user.isolation.{name} # {f}", i + 1);
+            }
+        }
+    }
     let mut skip: Option<&'static str> = None;
     for (i, (name, step)) in STEPS.iter().enumerate() {
+        let i = i + FIRST.len();
         if let Some(why) = skip {
             println!("ok {} user.isolation.{name} # SKIP {why}", i + 1);
             continue;
         }
         match step(&mut ctx) {
-            Ok(()) if i == 0 && ctx.edu.is_none() => {
+            Ok(()) if i == FIRST.len() && ctx.edu.is_none() => {
                 skip = Some("no edu behind an IOMMU");
                 println!("ok {} user.isolation.{name}", i + 1);
             }
