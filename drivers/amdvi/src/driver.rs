@@ -352,7 +352,7 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
         Ok(match &d.slot {
             Slot::Paging(table) => dte::paging(table.root(), table.format().levels, d.tag),
             Slot::Identity => dte::identity(d.tag),
-            Slot::Blocked => dte::blocked(d.tag),
+            Slot::Blocked => self.unit.blocked_dte(d.tag),
         })
     }
 
@@ -457,7 +457,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
                 if written > 0 {
                     // Half moved: fail closed, every entry of the device blocked.
                     for &id in &ids {
-                        let mut b = dte::blocked(dte::BLOCKED_TAG);
+                        let mut b = self.unit.blocked_dte(dte::BLOCKED_TAG);
                         b[2] = self.unit.dte(id, &self.mem)[2];
                         let _ = self.unit.set_dte(id, &b, &mut self.mem);
                     }
@@ -479,7 +479,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         let ids = self.entries_of(rid);
         let mut failed = None;
         for &id in &ids {
-            let mut b = dte::blocked(dte::BLOCKED_TAG);
+            let mut b = self.unit.blocked_dte(dte::BLOCKED_TAG);
             b[2] = self.unit.dte(id, &self.mem)[2];
             if let Err(e) = self.unit.set_dte(id, &b, &mut self.mem) {
                 failed.get_or_insert(e);

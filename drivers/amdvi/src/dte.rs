@@ -12,9 +12,12 @@
 //! V = 0 means the entry is not valid: the IOMMU neither translates nor
 //! checks the device's DMA. This driver never leaves an entry so: every
 //! DeviceID starts [`blocked`] (default deny) and returns there on detach.
-//! With V = 1, TV = 1 and Mode = 0 the DMA is not translated and IR / IW alone
-//! decide whether reads and writes pass: both set is the identity domain,
-//! both clear the blocked one (QEMU `amdvi_page_walk`, label `no_remap`).
+//! With V = 1, TV = 1 and Mode = 0 the DMA is not translated and IR / IW
+//! decide whether reads and writes pass (QEMU 10.0 `amdvi_page_walk`, label
+//! `no_remap`): both set is the identity domain. The blocked entry does not
+//! rely on that reading (QEMU 10.2 lets a Mode 0 entry pass whatever IR / IW
+//! say): it has IR = IW = 0 *and* Mode 1 with a root table that is all zero
+//! and never written, so every DMA fails the walk at its first entry too.
 
 /// A device table entry as four 64-bit words.
 pub type Dte = [u64; 4];
@@ -58,9 +61,12 @@ pub fn identity(domain_id: u16) -> Dte {
     [V | TV | IR | IW, u64::from(domain_id), 0, 0]
 }
 
-/// No translation (Mode 0), no access: every DMA of the device is refused.
-pub fn blocked(domain_id: u16) -> Dte {
-    [V | TV, u64::from(domain_id), 0, 0]
+/// No access: IR = IW = 0, and a one-level table at `empty_root` (a zeroed
+/// frame nothing ever maps into): every DMA of the device is refused by
+/// both the entry's permissions and the walk.
+pub fn blocked(domain_id: u16, empty_root: u64) -> Dte {
+    debug_assert_eq!(empty_root & !ROOT_MASK, 0, "root must be 4 KiB aligned below 2^52");
+    [V | TV | 1 << MODE_SHIFT | (empty_root & ROOT_MASK), u64::from(domain_id), 0, 0]
 }
 
 /// Whether the entry is valid (V).
@@ -93,7 +99,7 @@ mod tests {
         assert_eq!(paging(0x1234_5000, 4, 7), [0x6000_0000_1234_5803, 7, 0, 0]);
         assert_eq!(paging(0xF_FFFF_FFFF_F000, 6, 0xFEFF), [0x600F_FFFF_FFFF_FC03, 0xFEFF, 0, 0]);
         assert_eq!(identity(3), [0x6000_0000_0000_0003, 3, 0, 0]);
-        assert_eq!(blocked(3), [0x3, 3, 0, 0]);
+        assert_eq!(blocked(3, 0x7000), [0x7203, 3, 0, 0]);
         assert_eq!(untranslated(), [0; 4]);
     }
 
@@ -106,7 +112,8 @@ mod tests {
             assert_eq!(d[0] & (IR | IW), IR | IW);
         }
         assert_eq!(mode(&identity(1)), 0);
-        assert_eq!(blocked(9)[0] & (IR | IW), 0, "blocked grants nothing");
+        assert_eq!(blocked(9, 0x7000)[0] & (IR | IW), 0, "blocked grants nothing");
+        assert_eq!(mode(&blocked(9, 0x7000)), 1, "and is not a Mode 0 entry");
         assert!(!valid(&untranslated()));
     }
 
@@ -116,7 +123,9 @@ mod tests {
         // (qword 3 zero), with any DomainID the driver hands out.
         for index in 1..0x8000u16 {
             let tag = crate::driver::domain_tag(index);
-            for d in [paging(0x000F_FFFF_FFFF_F000, 4, tag), identity(tag), blocked(tag), untranslated()] {
+            for d in
+                [paging(0x000F_FFFF_FFFF_F000, 4, tag), identity(tag), blocked(tag, 0xF_FFFF_FFFF_F000), untranslated()]
+            {
                 assert!(qemu_valid(&d), "{d:x?} (tag {tag:#x})");
             }
         }

@@ -51,7 +51,7 @@ fn bring_up_programs_the_unit() {
     assert_eq!(unit.commands, 2);
     // Default deny: every DTE, named by firmware or not, is blocked.
     for devid in [0, 1, DEV, OTHER, 0x0300, 0xFFFF] {
-        assert_eq!(mem.dte(devid), dte::blocked(dte::BLOCKED_TAG));
+        assert_eq!(mem.dte(devid), unit.blocked_dte(dte::BLOCKED_TAG));
         assert_eq!(mem.translate(devid, 0x1234_5678, true), None);
         assert_eq!(mem.translate(devid, 0x1234_5678, false), None);
     }
@@ -120,7 +120,7 @@ fn detach_blocks_and_forgets_translations() {
     assert_eq!(a.mem.translate(DEV, 0x1000, true), Some(0x5000)); // now in QEMU's IOTLB
     let from = a.mem.log.borrow().len();
     a.detach(DeviceId(DEV.into())).unwrap();
-    assert_eq!(a.mem.dte(DEV), dte::blocked(dte::BLOCKED_TAG));
+    assert_eq!(a.mem.dte(DEV), a.unit.blocked_dte(dte::BLOCKED_TAG));
     // QEMU answers from its IOTLB before reading the DTE: without the
     // domain invalidation the device would still reach 0x5000.
     assert_eq!(a.mem.translate(DEV, 0x1000, true), None);
@@ -721,7 +721,7 @@ fn extra_entry_is_programmed_and_blocked_with_its_device() {
     let from = a.mem.log.borrow().len();
     a.detach(DeviceId(0x300)).unwrap();
     for id in [0x0000, 0x0300] {
-        assert_eq!(a.mem.dte(id), dte::blocked(dte::BLOCKED_TAG));
+        assert_eq!(a.mem.dte(id), a.unit.blocked_dte(dte::BLOCKED_TAG));
         assert_eq!(a.mem.translate(id, 0x1000, true), None, "{id:#x}: nothing left in the IOTLB");
     }
     let cmds = ran(&a, from);
@@ -739,7 +739,7 @@ fn sharers_of_an_entry_must_be_in_one_domain() {
     let (d1, d2) = (a.domain_alloc(DomainKind::Paging).unwrap(), a.domain_alloc(DomainKind::Paging).unwrap());
     a.attach(DeviceId(0x300), d1).unwrap();
     assert_eq!(a.attach(DeviceId(0x400), d2), Err(Error::Busy(d1)), "0x0000 cannot hold two domains");
-    assert_eq!(a.mem.dte(0x0400), dte::blocked(dte::BLOCKED_TAG), "refused before any write");
+    assert_eq!(a.mem.dte(0x0400), a.unit.blocked_dte(dte::BLOCKED_TAG), "refused before any write");
     a.attach(DeviceId(0x400), d1).unwrap();
     // Moving 03:00.0 elsewhere while 04:00.0 stays in d1 is refused too.
     assert_eq!(a.attach(DeviceId(0x300), d2), Err(Error::Busy(d1)));
@@ -747,7 +747,7 @@ fn sharers_of_an_entry_must_be_in_one_domain() {
                                             // Detaching 03:00.0 blocks the shared entry: 04:00.0 fails closed on
                                             // QEMU 10.0 but keeps its own entry (and stays attached).
     a.detach(DeviceId(0x300)).unwrap();
-    assert_eq!(a.mem.dte(0x0000), dte::blocked(dte::BLOCKED_TAG));
+    assert_eq!(a.mem.dte(0x0000), a.unit.blocked_dte(dte::BLOCKED_TAG));
     assert_eq!(a.attached(DeviceId(0x400)), Some(d1));
     assert_eq!(dte::domain_id(&a.mem.dte(0x0400)), a.domain_tag(d1).unwrap());
     a.detach(DeviceId(0x400)).unwrap();
@@ -771,7 +771,7 @@ fn blocking_the_device_unattaches_the_owner_of_its_extra_entry() {
     a.attach(DeviceId(0x300), pg).unwrap();
     assert_eq!(a.mem.dte(0x0000), a.mem.dte(0x0300));
     a.detach(DeviceId(0x300)).unwrap();
-    assert_eq!(a.mem.dte(0x0000), dte::blocked(dte::BLOCKED_TAG), "the host bridge is not given identity back");
+    assert_eq!(a.mem.dte(0x0000), a.unit.blocked_dte(dte::BLOCKED_TAG), "the host bridge is not given identity back");
 }
 
 #[test]

@@ -130,7 +130,8 @@ pub struct AmdVi {
     devtab: u64,
     cmd: Ring,
     evt: Ring,
-    /// Frame the COMPLETION_WAIT stores its sequence number into.
+    /// Frame the COMPLETION_WAIT stores its sequence number into; the frame
+    /// after it is the all-zero table blocked entries point at.
     wait_frame: u64,
     sequence: u64,
     /// Events read while recovering from a refused command, for the next `take_events`.
@@ -236,7 +237,8 @@ impl AmdVi {
         let (cmd_frames, evt_frames) = (self.cmd.frames(), self.evt.frames());
         let cmd = mem.alloc_contiguous(cmd_frames);
         let evt = mem.alloc_contiguous(evt_frames);
-        let wait = mem.alloc_contiguous(1);
+        // The completion frame and, after it, the empty table of [`AmdVi::blocked_dte`].
+        let wait = mem.alloc_contiguous(2);
         match (cmd, evt, wait) {
             (Some(c), Some(e), Some(w)) => {
                 (self.devtab, self.cmd.base, self.evt.base, self.wait_frame) = (devtab, c, e, w);
@@ -246,15 +248,21 @@ impl AmdVi {
                 mem.free_contiguous(devtab, DEVTAB_FRAMES);
                 c.inspect(|&c| mem.free_contiguous(c, cmd_frames));
                 e.inspect(|&e| mem.free_contiguous(e, evt_frames));
-                w.inspect(|&w| mem.free_contiguous(w, 1));
+                w.inspect(|&w| mem.free_contiguous(w, 2));
                 Err(AmdViError::NoMemory)
             }
         }
     }
 
+    /// The blocked entry ([`dte::blocked`]) tagged `domain_id`, over this
+    /// unit's empty table.
+    pub fn blocked_dte(&self, domain_id: u16) -> Dte {
+        dte::blocked(domain_id, self.wait_frame + 4096)
+    }
+
     /// Fills the device table (the unit is off) with blocked entries.
     fn block_all(&self, mem: &mut impl DmaMemory) {
-        let entry = dte::blocked(dte::BLOCKED_TAG);
+        let entry = self.blocked_dte(dte::BLOCKED_TAG);
         for devid in 0..=u16::MAX {
             let (frame, word) = self.dte_at(devid);
             for (i, q) in entry.iter().enumerate() {
@@ -268,7 +276,7 @@ impl AmdVi {
         mem.free_contiguous(self.devtab, DEVTAB_FRAMES);
         mem.free_contiguous(self.cmd.base, self.cmd.frames());
         mem.free_contiguous(self.evt.base, self.evt.frames());
-        mem.free_contiguous(self.wait_frame, 1);
+        mem.free_contiguous(self.wait_frame, 2);
     }
 
     /// Programs bases, pointers and the exclusion range (the unit is off).
@@ -346,10 +354,10 @@ impl AmdVi {
         )
     }
 
-    /// Frames the unit itself holds (device table, rings, completion frame):
-    /// what leak checks leave out.
+    /// Frames the unit itself holds (device table, rings, completion frame,
+    /// the blocked entries' empty table): what leak checks leave out.
     pub fn table_frames(&self) -> usize {
-        DEVTAB_FRAMES + self.cmd.frames() + self.evt.frames() + 1
+        DEVTAB_FRAMES + self.cmd.frames() + self.evt.frames() + 2
     }
 
     /// Free command slots: the ring holds one entry less than its size, so
@@ -488,7 +496,7 @@ impl AmdVi {
             }
         } else {
             if dte::valid(&old) && old[1..] != new[1..] {
-                mem.write(frame, word, dte::blocked(0)[0]);
+                mem.write(frame, word, self.blocked_dte(0)[0]);
                 self.submit(&[cmd::invalidate_devtab_entry(devid)], mem)?;
             }
             for i in (1..4).rev() {

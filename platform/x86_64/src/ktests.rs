@@ -459,7 +459,7 @@ type AmdDriver = amdvi::AmdViIommu<kcore::iommu::KernelTables>;
 /// interrupt remapping on) its interrupts blocked or remapped, never passed.
 fn check_blocked_dte(a: &AmdDriver, rid: u16) -> TestResult {
     let e = a.unit.dte(rid, &a.mem);
-    check_eq!(e[..2], amdvi::dte::blocked(amdvi::dte::BLOCKED_TAG)[..2]);
+    check_eq!(e[..2], a.unit.blocked_dte(amdvi::dte::BLOCKED_TAG)[..2]);
     check_eq!(e[3], 0);
     if iommu::Iommu::remaps_interrupts(a) {
         check!(e[2] & amdvi::intremap::DTE_IV != 0, "interrupt fields {:#x}: IV clear, interrupts pass", e[2]);
@@ -499,7 +499,7 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
         let live0 = a.mem.live;
         let id = iommu::DeviceId(u32::from(rid));
         check_blocked_dte(a, rid)?;
-        for (kind, mode, access) in [(DomainKind::Identity, 0, true), (DomainKind::Blocked, 0, false)] {
+        for (kind, mode, access) in [(DomainKind::Identity, 0, true), (DomainKind::Blocked, 1, false)] {
             let d = a.domain_alloc(kind).map_err(failed)?;
             a.attach(id, d).map_err(failed)?;
             let e = a.unit.dte(rid, &a.mem);
