@@ -26,6 +26,13 @@
 //! Functions that can master DMA (an ISA / LPC bridge with ISA DMA, the IOMMU
 //! function, every endpoint) join groups as usual, so a group holding one of
 //! those that the kernel keeps stays unclaimable.
+//!
+//! **Functions of one multi-function device without ACS**
+//! ([`Member::peer_slot`]) are one group as well: without Access Control
+//! Services (PCIe 4.0 §6.12, extended capability 000Dh) nothing promises that
+//! a request from one function to another's address goes up to the IOMMU at
+//! all — the device may route it inside, past any translation. (Linux groups
+//! them the same way, `pci_device_group`, save for its vendor quirks.)
 
 use alloc::vec::Vec;
 
@@ -39,6 +46,10 @@ pub struct Member {
     /// The function forwards others' DMA and issues none of its own (host
     /// bridge, PCI-to-PCI bridge, PCIe port): it never joins a group.
     pub forwards_only: bool,
+    /// Set (to the slot: segment, bus, device) for a function of a
+    /// multi-function device without ACS: every member with the same slot
+    /// joins its group, whatever its IDs.
+    pub peer_slot: Option<(u16, u8, u8)>,
 }
 
 impl Member {
@@ -72,13 +83,24 @@ pub fn groups(members: &[Member]) -> Vec<usize> {
         .flat_map(|(i, m)| m.keys().map(move |k| (k, i)))
         .collect();
     keys.sort_unstable();
-    for pair in keys.windows(2) {
-        if pair[0].0 == pair[1].0 {
-            let (a, b) = (root(&mut parent, pair[0].1), root(&mut parent, pair[1].1));
-            // The smaller index becomes the root: it is the group's first member.
-            let (low, high) = if a < b { (a, b) } else { (b, a) };
-            parent[high] = low;
-        }
+    let mut slots: Vec<((u16, u8, u8), usize)> = members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.forwards_only)
+        .filter_map(|(i, m)| m.peer_slot.map(|s| (s, i)))
+        .collect();
+    slots.sort_unstable();
+    let mut join = |a: usize, b: usize| {
+        let (a, b) = (root(&mut parent, a), root(&mut parent, b));
+        // The smaller index becomes the root: it is the group's first member.
+        let (low, high) = if a < b { (a, b) } else { (b, a) };
+        parent[high] = low;
+    };
+    for pair in keys.windows(2).filter(|p| p[0].0 == p[1].0) {
+        join(pair[0].1, pair[1].1);
+    }
+    for pair in slots.windows(2).filter(|p| p[0].0 == p[1].0) {
+        join(pair[0].1, pair[1].1);
     }
     (0..members.len()).map(|i| root(&mut parent, i)).collect()
 }
@@ -97,16 +119,17 @@ mod tests {
     use alloc::vec;
 
     fn m(unit: usize, ids: &[u32]) -> Member {
-        Member { ids: Some((unit, ids.to_vec())), forwards_only: false }
+        Member { ids: Some((unit, ids.to_vec())), forwards_only: false, peer_slot: None }
     }
 
     fn bridge(unit: usize, id: u32) -> Member {
-        Member { ids: Some((unit, vec![id])), forwards_only: true }
+        Member { ids: Some((unit, vec![id])), forwards_only: true, peer_slot: None }
     }
 
     #[test]
     fn distinct_ids_are_groups_of_their_own() {
-        let ms = [m(0, &[0x10]), m(0, &[0x18]), Member { ids: None, forwards_only: false }, m(1, &[0x10])];
+        let ms =
+            [m(0, &[0x10]), m(0, &[0x18]), Member { ids: None, forwards_only: false, peer_slot: None }, m(1, &[0x10])];
         assert_eq!(groups(&ms), vec![0, 1, 2, 3], "same ID on another unit is another entry");
     }
 
@@ -131,6 +154,22 @@ mod tests {
         ];
         assert_eq!(groups(&ms), vec![0, 1, 1, 0, 0, 5]);
         assert_eq!(sharing(&ms, 3), vec![0, 4]);
+    }
+
+    #[test]
+    fn functions_of_a_multifunction_device_without_acs_are_one_group() {
+        let slot = |m: Member, s: Option<(u16, u8, u8)>| Member { peer_slot: s, ..m };
+        let ich9 = Some((0, 0, 0x1F));
+        let ms = [
+            slot(m(0, &[0xF8]), ich9),                 // 00:1f.0
+            m(0, &[0x08]),                             // 00:01.0
+            slot(m(0, &[0xFA]), ich9),                 // 00:1f.2
+            slot(m(0, &[0xFB]), ich9),                 // 00:1f.3
+            slot(m(0, &[0x100]), Some((0, 1, 0))),     // 01:00.0, alone in its slot
+            slot(bridge(0, 0x110), Some((0, 1, 0x2))), // a bridge never joins
+            slot(m(0, &[0x111]), Some((0, 1, 0x2))),
+        ];
+        assert_eq!(groups(&ms), vec![0, 1, 0, 0, 4, 5, 6]);
     }
 
     #[test]

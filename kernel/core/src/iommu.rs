@@ -93,6 +93,17 @@ pub fn forwards_only(f: &pci::Function) -> bool {
     f.is_bridge() || (f.class >> 8) & 0xFFFF == 0x0600
 }
 
+/// The slot of `f` when it is one of several functions of a device and has
+/// no ACS capability (extended capability 000Dh, PCIe 4.0 §7.7.8): such
+/// functions may reach each other without the IOMMU (`iommu::groups`).
+fn peer_slot(f: &pci::Function, all: &[pci::Function]) -> Option<(u16, u8, u8)> {
+    const ACS: u16 = 0x000D;
+    let slot = |g: &pci::Function| (g.bdf.segment, g.bdf.bus, g.bdf.dev);
+    let siblings = all.iter().filter(|g| slot(g) == slot(f)).count();
+    let acs = f.caps.extended.iter().any(|&(id, _, _)| id == ACS);
+    (siblings > 1 && !acs).then_some(slot(f))
+}
+
 /// Computes every function's unit, ID and group (after the units are
 /// registered, before any claim), and logs each function that is looked up
 /// under an extra ID, with the reason and its group.
@@ -111,7 +122,7 @@ fn place_functions(topo: &firmware::Topology) {
             (unit, ids)
         });
         units.push(placed.map(|(unit, t)| (unit, iommu::DeviceId(t.id))));
-        members.push(Member { ids, forwards_only: forwards_only(f) });
+        members.push(Member { ids, forwards_only: forwards_only(f), peer_slot: peer_slot(f, &all) });
     }
     let group = groups::groups(&members);
     for (i, f) in all.iter().enumerate() {

@@ -175,7 +175,26 @@ fn config_policy(ctx: &mut Ctx) -> Result<(), Failure> {
 /// Functions in one IOMMU group go to one task: all members are ours now.
 fn groups(ctx: &mut Ctx) -> Result<(), Failure> {
     let edu = ctx.edu.ok_or(Failure::new("no edu"))?;
-    whole_group_ours(edu.bdf).map(drop)
+    whole_group_ours(edu.bdf).map(drop)?;
+    // The functions of one multi-function device without ACS (q35's ICH9 at
+    // 00:1f: LPC, SATA, SMBus) are one group, and the LPC bridge in it makes
+    // every member unclaimable.
+    let mut buf = [DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut buf).map_err(fail("device_list"))? as usize;
+    let ich9 = || buf[..n.min(buf.len())].iter().filter(|d| d.vendor == 0x8086 && (d.bdf >> 3) & 0x1FFF == 0x1F);
+    if let (Some(first), true) = (ich9().next(), ich9().count() > 1) {
+        if first.flags & abi::DEVICE_BEHIND_IOMMU == 0 {
+            return Ok(());
+        }
+        check_that(ich9().all(|d| d.group == first.group && d.group != 0), "00:1f.* are not one group")?;
+        for d in ich9() {
+            check_that(
+                sys::device_claim(d.bdf) == Err(Errno::EPERM),
+                "a function of the LPC bridge's group was claimed",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The victim task while it runs: what it published.
