@@ -294,7 +294,7 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
         Op::DeviceBind => {
             let (mut s, size) = read::<a::DeviceBind>(ptr)?;
             let bdf = crate::task::decode_bdf(s.bdf)?;
-            let dev = crate::task::claimed_by_current(bdf)?;
+            let dev = crate::task::owned_by_current(bdf)?;
             let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
             let rid = pci::dma_requester_id(&dev.function, &all);
             let t = crate::pci::topology().and_then(|t| t.translate_pci(bdf.segment, rid)).ok_or(Errno::ENODEV)?;

@@ -753,6 +753,21 @@ fn sys_device_claim(raw: u64) -> SysResult {
     Ok(0)
 }
 
+/// As [`claimed_by_current`], but a function another task holds (or the
+/// kernel drives) is `EBUSY` rather than `EPERM`: what a bind answers, as
+/// for a claim of a taken group.
+pub(crate) fn owned_by_current(bdf: pci::Bdf) -> Result<&'static crate::pci::Device, Errno> {
+    claimed_by_current(bdf).map_err(|e| {
+        let id = with_current(|cur| Ok(cur.id)).unwrap_or(0);
+        let taken = CLAIMS.lock().iter().any(|&(b, owner)| b == bdf && owner != id) || crate::pci::kernel_owned(bdf);
+        if e == Errno::EPERM && taken {
+            Errno::EBUSY
+        } else {
+            e
+        }
+    })
+}
+
 pub(crate) fn claimed_by_current(bdf: pci::Bdf) -> Result<&'static crate::pci::Device, Errno> {
     let dev = device(bdf)?;
     let id = with_current(|cur| Ok(cur.id))?;

@@ -409,7 +409,7 @@ fn other_tasks_group_member(ctx: &mut Ctx) -> Result<(), Failure> {
                 Ok(_) => return Err(Failure::new("claimed a member of another task's IOMMU group")),
                 Err(e) => return Err(Failure { what, errno: Some(e) }),
             }
-            check_that(ioas::device_bind(bdf).is_err(), "bound a member of another task's IOMMU group")?;
+            check_that(ioas::device_bind(bdf) == Err(Errno::EBUSY), "bind of another task's group member not EBUSY")?;
             check_that(sys::device_config_write(bdf, 4, 2, 4).is_err(), "config write to another task's group member")?;
             check_that(sys::device_map_bar(bdf, 0).is_err(), "mapped the BAR of another task's group member")?;
         }
