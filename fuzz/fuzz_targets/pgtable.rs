@@ -145,13 +145,19 @@ fn run<F: Format>(fmt: F, input: &mut Input<'_>) {
                     continue; // beyond every format's output size: callers never ask
                 }
                 // Keep each call to a few thousand leaves (a huge range in 4 KiB leaves is slow, not wrong).
-                let align = [1u64 << 30, 1 << 21, 1 << 12].into_iter().find(|a| (iova | pa) % a == 0).unwrap_or(1);
-                if len / align > 512 && (iova | pa | len) % 4096 == 0 && iova.checked_add(len).is_some() {
+                let f = pt.format();
+                let align = (0..f.levels())
+                    .rev()
+                    .filter(|&l| f.leaf_allowed(l))
+                    .map(io_pgtable::level_size)
+                    .find(|a| (iova | pa).is_multiple_of(*a))
+                    .unwrap_or(1);
+                if len / align > 512 && (iova | pa | len).is_multiple_of(4096) && iova.checked_add(len).is_some() {
                     continue;
                 }
                 let end = iova.checked_add(len);
                 let valid = len != 0
-                    && (iova | len | pa) % 4096 == 0
+                    && (iova | len | pa).is_multiple_of(4096)
                     && end.is_some_and(|e| e <= limit || (limit == u64::MAX))
                     && pa.checked_add(len).is_some();
                 match pt.map(&mut mem, iova, pa, len, perms) {

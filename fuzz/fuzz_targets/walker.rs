@@ -26,7 +26,7 @@ fn run<F: Format>(fmt: F, input: &mut Input<'_>) {
     let mut reads = 0usize;
     let mut read = |table: u64, index: usize| -> Option<u64> {
         reads += 1;
-        if reads > budget || table % 0x1000 != 0 {
+        if reads > budget || !table.is_multiple_of(0x1000) {
             return None;
         }
         let t = usize::try_from(table / 0x1000).ok()?.checked_sub(1)?;
