@@ -6,6 +6,7 @@
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME]
+//! cargo xtask fuzz  [TARGET|all] [--time S] [--list] [--input FILE]
 //! cargo xtask setup
 //! ```
 //! `PORTCULLIS_QEMU_EXTRA` (whitespace-split) is appended to every QEMU command line.
@@ -13,6 +14,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod harness;
 mod image;
 mod machine;
@@ -106,7 +108,21 @@ enum Command {
         /// Benchmark to run.
         name: Option<String>,
     },
-    /// Install what is missing: rustup targets and components, QEMU >= 10, UEFI firmware (OVMF, AAVMF).
+    /// Coverage-guided fuzzing (libFuzzer) of a parser or the page-table engine; `--list` names the targets.
+    Fuzz {
+        /// Target to fuzz (`all` runs each in turn).
+        target: Option<String>,
+        /// Seconds to run (each target, with `all`).
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// List the targets.
+        #[arg(long)]
+        list: bool,
+        /// Run the target once on this input (a crash artifact) instead of fuzzing.
+        #[arg(long)]
+        input: Option<std::path::PathBuf>,
+    },
+    /// Install what is missing: rustup targets and components, QEMU >= 10, UEFI firmware (OVMF, AAVMF), a C++ compiler.
     Setup,
 }
 
@@ -125,6 +141,9 @@ fn main() -> ExitCode {
             setup::run().and_then(|()| image::build_image(arch, !debug, &cmdline, output))
         }
         Command::Bench { name } => setup::run().and_then(|()| bench::run(name.as_deref())),
+        Command::Fuzz { target, time, list, input } => {
+            setup::run().and_then(|()| fuzz::run(target.as_deref(), time, list, input.as_deref()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! - QEMU >= 10 (`qemu-system-x86`, `qemu-system-arm`): on Debian bookworm from
 //!   bookworm-backports through apt when running as root, otherwise a message
 //!   with the exact commands;
-//! - UEFI firmware for the `--boot uefi` path (`ovmf`, `qemu-efi-aarch64`), the same way.
+//! - UEFI firmware for the `--boot uefi` path (`ovmf`, `qemu-efi-aarch64`), the same way;
+//! - a C++ compiler (`g++`) for libFuzzer, which `cargo xtask fuzz` builds from source.
 
 use crate::machine::workspace_root;
 use std::process::Command;
@@ -162,9 +163,23 @@ fn firmware() -> Result<(), String> {
     }
 }
 
+/// Makes sure a C++ compiler is there for libFuzzer (the fuzz targets' `libfuzzer-sys`).
+fn cxx() -> Result<(), String> {
+    if output("c++", &["--version"]).is_some() || output("g++", &["--version"]).is_some() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err("no C++ compiler (for libFuzzer). Install it as root with:\n  sudo apt-get install -y g++".into());
+    }
+    run_cmd("apt-get", &["install", "-y", "-q", "g++"]).or_else(|_| {
+        run_cmd("apt-get", &["update", "-q"]).and_then(|()| run_cmd("apt-get", &["install", "-y", "-q", "g++"]))
+    })
+}
+
 /// Installs everything that is missing.
 pub fn run() -> Result<(), String> {
     rust()?;
     qemu()?;
-    firmware()
+    firmware()?;
+    cxx()
 }

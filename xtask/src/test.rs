@@ -670,6 +670,12 @@ pub fn run_tests(
     let host = if do_host { host_tests()? } else { HostCounts::default() };
     let mut qemu_ok = true;
     let mut totals = harness::Totals { passed: host.passed, failed: host.failed, skipped: host.ignored };
+    if do_host {
+        // Brief coverage-guided runs of every parser fuzz target (xtask/src/fuzz.rs), one test each.
+        let (passed, failed) = crate::fuzz::brief();
+        totals.passed += passed;
+        totals.failed += failed;
+    }
     if do_qemu {
         let configs = matrix(arch, iommu)?;
         let mut cases = Vec::new();

@@ -291,9 +291,9 @@ impl BootInfo {
         })
     }
 
-    /// Total bytes of usable RAM.
+    /// Total bytes of usable RAM (saturating: the sizes come from the loader).
     pub fn usable_bytes(&self) -> u64 {
-        self.regions().iter().filter(|r| r.kind == MemoryKind::Usable).map(|r| r.size).sum()
+        self.regions().iter().filter(|r| r.kind == MemoryKind::Usable).fold(0u64, |sum, r| sum.saturating_add(r.size))
     }
 }
 
@@ -326,6 +326,18 @@ fn utf8_prefix(text: &str, max: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo xtask fuzz bootinfo`: two usable regions whose sizes add
+    /// past 2^64 (a loader's hand-off) overflowed the sum.
+    #[test]
+    fn usable_bytes_saturates() {
+        let mut b = BootInfo::new("test");
+        for base in [0, 1 << 40] {
+            b.push_region(MemoryRegion { base, size: u64::MAX - 1, kind: MemoryKind::Usable }).unwrap();
+        }
+        let b = BootInfo::from_handoff(b.handoff_bytes()).unwrap();
+        assert_eq!(b.usable_bytes(), u64::MAX);
+    }
 
     #[test]
     fn regions_and_capacity() {

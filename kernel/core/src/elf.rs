@@ -63,10 +63,10 @@ pub struct Elf<'a> {
 }
 
 fn u16_at(d: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(d.get(o..o + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(d.get(o..o.checked_add(2)?)?.try_into().ok()?))
 }
 fn u32_at(d: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(o..o + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(d.get(o..o.checked_add(4)?)?.try_into().ok()?))
 }
 fn u64_at(d: &[u8], o: usize) -> Option<u64> {
     Some(u64::from_le_bytes(d.get(o..o.checked_add(8)?)?.try_into().ok()?))
@@ -114,7 +114,10 @@ impl<'a> Elf<'a> {
     pub fn segments(&self) -> impl Iterator<Item = Result<Segment, ElfError>> + 'a {
         let (data, phoff, phentsize) = (self.data, self.phoff, self.phentsize);
         (0..self.phnum).filter_map(move |i| {
-            let base = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            // A header table past the end of the address space is as unreadable as one past the file.
+            let Some(base) = i.checked_mul(phentsize).and_then(|o| phoff.checked_add(o)) else {
+                return Some(Err(ElfError::Truncated));
+            };
             let read = || -> Option<Option<Segment>> {
                 if u32_at(data, base)? != 1 {
                     return Some(None); // not PT_LOAD
@@ -201,6 +204,17 @@ mod tests {
         let mut trunc = image(EM_X86_64, &[(0x40_0000, 0x1000, 0x10, 5)]);
         trunc[56..58].copy_from_slice(&100u16.to_le_bytes());
         assert_eq!(Elf::parse(&trunc, EM_X86_64).err(), Some(ElfError::Truncated));
+    }
+
+    /// Found by `cargo xtask fuzz elf`: a program-header offset near 2^64
+    /// overflowed the field readers (a panic with overflow checks on).
+    #[test]
+    fn header_table_at_the_top_of_the_address_space_is_truncated() {
+        for phoff in [u64::MAX - 1, u64::MAX - 60, u64::MAX] {
+            let mut d = image(EM_X86_64, &[(0x40_0000, 0x1000, 0x10, 5)]);
+            d[32..40].copy_from_slice(&phoff.to_le_bytes());
+            assert_eq!(Elf::parse(&d, EM_X86_64).err(), Some(ElfError::Truncated), "phoff {phoff:#x}");
+        }
     }
 
     #[test]

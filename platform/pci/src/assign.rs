@@ -38,7 +38,8 @@ struct Bump {
 
 impl Bump {
     fn from(w: Option<Window>) -> Option<Self> {
-        w.map(|w| Bump { next: w.pci_base, end: w.pci_base + w.size })
+        // A window firmware claims runs past 2^64 is cut at the top of the bus address space.
+        w.map(|w| Bump { next: w.pci_base, end: w.pci_base.saturating_add(w.size) })
     }
 
     /// The lowest `align`-aligned range of `size` bytes from `next` that fits

@@ -22,8 +22,10 @@ pub fn size_bars(access: &dyn ConfigAccess, bdf: Bdf, header_type: u8) -> Vec<Ba
             continue;
         }
         if orig & 1 == 1 {
-            let mask = probe & 0xFFFF_FFFC;
-            let size = u64::from((!mask & 0xFFFF).wrapping_add(1) & 0xFFFF);
+            // The size is the lowest writable address bit (PCI 3.0 §6.2.5.1); a
+            // device whose writable bits are not contiguous gets no odd size.
+            let mask = probe & 0xFFFC;
+            let size = u64::from(mask & mask.wrapping_neg());
             if size > 0 {
                 bars.push(Bar {
                     index: i as u8,
@@ -48,7 +50,8 @@ pub fn size_bars(access: &dyn ConfigAccess, bdf: Bdf, header_type: u8) -> Vec<Ba
         } else {
             (0xFFFF_FFFF_0000_0000 | u64::from(probe & !0xF), u64::from(orig & !0xF))
         };
-        let size = (!mask).wrapping_add(1);
+        // Lowest writable address bit, as for I/O: always a power of two.
+        let size = mask & mask.wrapping_neg();
         if size != 0 && mask != 0 {
             let kind = if is_64 { BarKind::Mem64 } else { BarKind::Mem32 };
             bars.push(Bar { index: i as u8, kind, prefetchable, base, size });

@@ -406,3 +406,38 @@ fn requester_ids_behind_conventional_and_pcie_to_pci_bridges() {
     assert_eq!(rid_of(Bdf::new(0, 2, 3, 0)), Bdf::new(0, 0, 2, 0).rid(), "behind a PCI-PCI bridge: the bridge's RID");
     assert_eq!(rid_of(Bdf::new(0, 3, 5, 0)), 0x0300, "behind a PCIe-to-PCI bridge: secondary bus, devfn 0");
 }
+
+/// Found by `cargo xtask fuzz pci`: a host window whose end passes 2^64 (a
+/// firmware table's claim) overflowed the BAR allocator's window end.
+#[test]
+fn window_past_the_top_of_the_address_space_is_cut_not_overflowed() {
+    let cfg = FakeConfig::new(0, vec![edu(None, 1)]);
+    let w = Window { cpu_base: u64::MAX - 0xF_FFFF, pci_base: u64::MAX - 0xF_FFFF, size: u64::MAX };
+    let host = HostBridge { mmio32: Some(w), mmio64: None, io: None, ..virt_host() };
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    // 1 MiB does not fit below 2^64 from there (the window starts 1 MiB - 1 below it).
+    assert!(matches!(assign(&cfg, &host, &mut fns), Err(PciError::WindowExhausted { .. })));
+}
+
+/// Found by `cargo xtask fuzz pci`: a BAR whose writable bits are not
+/// contiguous (a hostile or broken device) was sized `!mask + 1`, no power of
+/// two, and assignment then placed it off a page boundary, sharing a page with
+/// another function's BAR. The size is the lowest writable bit, as in Linux.
+#[test]
+fn non_contiguous_bar_mask_is_sized_by_its_lowest_bit() {
+    let mut odd = FakeFunction::endpoint(None, 1, 0, 0x1234, 0x0001, 0x00FF00);
+    odd.bar_masks[0] = 0xFFFF_0400; // bits 10 and 16..31 writable
+    odd.bar_masks[1] = 0xFFFF_FC00; // a 1 KiB I/O BAR's mask shape, as memory
+    odd.bar_masks[2] = 0x0000_FF04; // I/O: bits 2 and 8..15
+    odd.cfg[0x18] = 1; // BAR2 is I/O
+    let cfg = FakeConfig::new(0, vec![odd, edu(None, 2)]);
+    let host = virt_host();
+    let mut fns = enumerate(&cfg, &host, true).unwrap();
+    let sizes: Vec<u64> = fns[0].bars.iter().map(|b| b.size).collect();
+    assert_eq!(sizes, [0x400, 0x400, 0x4]);
+    assign(&cfg, &host, &mut fns).unwrap();
+    for b in fns[0].bars.iter().filter(|b| b.kind != BarKind::Io) {
+        assert_eq!(b.base % PAGE_SIZE, 0, "BAR{} at {:#x}", b.index, b.base);
+    }
+    assert!(shares_page(&fns).is_empty());
+}

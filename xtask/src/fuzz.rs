@@ -1,0 +1,228 @@
+//! `cargo xtask fuzz`: coverage-guided fuzzing of the parsers and the
+//! page-table engine with libFuzzer (the `fuzz/` crate, outside the
+//! workspace; its `src/lib.rs` says why libFuzzer and how it runs on stable).
+//!
+//! The targets are built with rustc's SanitizerCoverage codegen options (all
+//! stable) for the host triple into `fuzz/target`, and run with their corpus
+//! in `fuzz/corpus/<target>` (gitignored), seeded from the captured QEMU
+//! tables in the tree and `fuzz/seeds/<target>`. A crash writes the input to
+//! `fuzz/artifacts/<target>/` and fails the run with that path.
+//! `cargo xtask test` runs every target for [`BRIEF`] and counts each as a test.
+
+use crate::machine::workspace_root;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// How long `cargo xtask test` runs each target.
+pub const BRIEF: Duration = Duration::from_secs(2);
+
+/// Targets, what they exercise, and their seeds (files, or directories of files).
+pub const TARGETS: [(&str, &str, &[&str]); 12] = [
+    (
+        "dmar",
+        "DMAR parser + VT-d topology",
+        &["platform/acpi-tables/tests/data/vtd-DMAR.bin", "platform/acpi-tables/tests/data/vtd-iotlb-DMAR.bin"],
+    ),
+    ("ivrs", "IVRS parser + AMD-Vi topology", &["platform/acpi-tables/tests/data/amdvi-IVRS.bin"]),
+    ("iort", "IORT parser, ID mapping + Arm topology", &["platform/acpi-tables/tests/data/virt-smmuv3-IORT.bin"]),
+    ("viot", "VIOT parser + virtio-iommu topology", &["platform/acpi-tables/tests/data/virtio-VIOT.bin"]),
+    ("gtdt", "GTDT parser", &["fuzz/seeds/gtdt"]),
+    ("prt", "_PRT from DSDT AML", &["fuzz/seeds/prt"]),
+    (
+        "devicetree",
+        "device tree queries + topology",
+        &["platform/devicetree/tests/data/virt-smmuv3.dtb", "platform/devicetree/tests/data/virt-virtio.dtb"],
+    ),
+    ("pci", "PCI enumeration, caps, policy, BAR assignment", &[]),
+    ("bootinfo", "boot hand-off (BootInfo::from_handoff)", &["fuzz/seeds/bootinfo"]),
+    ("elf", "kernel ELF reader + UEFI load plan", &["fuzz/seeds/elf"]),
+    ("pgtable", "io-pgtable map/unmap vs a model", &["fuzz/seeds/pgtable"]),
+    ("walker", "io-pgtable walk_foreign over hostile tables", &["fuzz/seeds/walker"]),
+];
+
+/// The SanitizerCoverage flags cargo-fuzz uses with `--sanitizer none`.
+const RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+    -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+    -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing";
+
+fn fuzz_dir() -> PathBuf {
+    workspace_root().join("fuzz")
+}
+
+fn host_triple() -> Result<String, String> {
+    let out = Command::new("rustc").arg("-vV").output().map_err(|e| format!("cannot run rustc: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .ok_or_else(|| "rustc -vV names no host".into())
+}
+
+/// Builds every target; returns the directory holding the binaries.
+pub fn build() -> Result<PathBuf, String> {
+    let triple = host_triple()?;
+    eprintln!("xtask: building the fuzz targets (libFuzzer, SanitizerCoverage) for {triple}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(fuzz_dir())
+        .args(["build", "--release", "--target", &triple, "--bins"])
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", RUSTFLAGS)
+        .env("CARGO_TARGET_DIR", fuzz_dir().join("target"))
+        .status()
+        .map_err(|e| format!("cannot run cargo build for the fuzz targets: {e}"))?;
+    if !status.success() {
+        return Err("building the fuzz targets failed".into());
+    }
+    Ok(fuzz_dir().join("target").join(triple).join("release"))
+}
+
+/// Copies the seeds of `target` into its corpus directory (once each).
+fn corpus(target: &str, seeds: &[&str]) -> Result<PathBuf, String> {
+    let dir = fuzz_dir().join("corpus").join(target);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for s in seeds {
+        let p = workspace_root().join(s);
+        if p.is_dir() {
+            let entries = std::fs::read_dir(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            files.extend(entries.flatten().map(|e| e.path()).filter(|f| f.is_file()));
+        } else {
+            files.push(p);
+        }
+    }
+    for f in files {
+        let Some(name) = f.file_name() else { continue };
+        let to = dir.join(format!("seed-{}", name.to_string_lossy()));
+        if !to.exists() {
+            std::fs::copy(&f, &to).map_err(|e| format!("seed {}: {e}", f.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// What one run did.
+pub struct Outcome {
+    /// Inputs executed.
+    pub execs: u64,
+    /// Executions per second (libFuzzer's average).
+    pub per_sec: u64,
+    /// The input that crashed the target, if any (or the failure text).
+    pub crash: Option<String>,
+}
+
+fn stat(text: &str, name: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Fuzzes `target` for `time`.
+pub fn run_one(bin_dir: &Path, target: &str, time: Duration) -> Result<Outcome, String> {
+    let (_, _, seeds) =
+        TARGETS.iter().find(|t| t.0 == target).ok_or_else(|| format!("no fuzz target {target:?}; try --list"))?;
+    let dir = corpus(target, seeds)?;
+    let artifacts = fuzz_dir().join("artifacts").join(target);
+    std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
+    let out = Command::new(bin_dir.join(target))
+        .arg(format!("-max_total_time={}", time.as_secs().max(1)))
+        .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("cannot run fuzz target {target}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let crash = (!out.status.success()).then(|| {
+        text.lines()
+            .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim().to_owned()))
+            .unwrap_or_else(|| format!("exit {}: {}", out.status, text.lines().last().unwrap_or("")))
+    });
+    if crash.is_some() {
+        eprint!("{text}");
+    }
+    Ok(Outcome {
+        execs: stat(&text, "stat::number_of_executed_units:"),
+        per_sec: stat(&text, "stat::average_exec_per_sec:"),
+        crash,
+    })
+}
+
+fn report(target: &str, o: &Outcome) -> bool {
+    match &o.crash {
+        None => {
+            println!("PASS fuzz.{target} ({} execs, {} exec/s)", o.execs, o.per_sec);
+            true
+        }
+        Some(input) => {
+            println!(
+                "FAIL fuzz.{target}: crashing input {input} (reproduce: cargo xtask fuzz {target} --input {input})"
+            );
+            false
+        }
+    }
+}
+
+/// `cargo xtask test`'s fuzz phase: every target for [`BRIEF`]; (passed, failed).
+pub fn brief() -> (usize, usize) {
+    eprintln!("xtask: fuzz phase: {} targets, {}s each", TARGETS.len(), BRIEF.as_secs());
+    let bin_dir = match build() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL fuzz (build): {e}");
+            return (0, 1);
+        }
+    };
+    let (mut passed, mut failed, mut total) = (0, 0, 0);
+    for (target, _, _) in TARGETS {
+        match run_one(&bin_dir, target, BRIEF) {
+            Ok(o) => {
+                total += o.execs;
+                if report(target, &o) {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            Err(e) => {
+                println!("FAIL fuzz.{target}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    eprintln!("xtask: fuzz phase: {passed} passed, {failed} failed, {total} inputs executed");
+    (passed, failed)
+}
+
+/// `cargo xtask fuzz`.
+pub fn run(target: Option<&str>, time: u64, list: bool, input: Option<&Path>) -> Result<(), String> {
+    let target = match target {
+        Some(t) if !list => t,
+        _ => {
+            for (name, what, _) in TARGETS {
+                println!("{name:<11} {what}");
+            }
+            return Ok(());
+        }
+    };
+    let bin_dir = build()?;
+    if let Some(input) = input {
+        // Re-run one input (a crash artifact) with the panic message and backtrace.
+        let status = Command::new(bin_dir.join(target))
+            .arg(input)
+            .env("RUST_BACKTRACE", "1")
+            .status()
+            .map_err(|e| format!("cannot run fuzz target {target}: {e}"))?;
+        return if status.success() { Ok(()) } else { Err(format!("{target} fails on {}", input.display())) };
+    }
+    let targets: Vec<&str> = if target == "all" { TARGETS.iter().map(|t| t.0).collect() } else { vec![target] };
+    let mut failed = 0;
+    for t in targets {
+        let o = run_one(&bin_dir, t, Duration::from_secs(time))?;
+        if !report(t, &o) {
+            failed += 1;
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} fuzz target(s) crashed"))
+    }
+}
