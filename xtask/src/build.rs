@@ -21,7 +21,7 @@ pub struct UefiFiles {
 }
 
 /// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 16] = [
+pub const USER_PROGRAMS: [&str; 17] = [
     "hello",
     "test-syscalls",
     "test-edu",
@@ -38,6 +38,7 @@ pub const USER_PROGRAMS: [&str; 16] = [
     "isolation-child",
     "isolation-victim",
     "isolation-no-ktest",
+    "test-hostile",
 ];
 
 fn target_dir() -> PathBuf {

@@ -673,11 +673,14 @@ header!(FaultQueueAlloc, 0, |_s| true);
 header!(FaultRead, 0, |s| s.reserved == 0);
 
 /// Decodes a struct from the bytes a caller passed (its whole `size`):
-/// shorter input leaves the rest zero, longer input must be zero past what
-/// this ABI knows.
+/// longer input must be zero past what this ABI knows; shorter input than
+/// the struct is `EINVAL`. (Every field of every struct is part of the first
+/// ABI, so its size is also its minimum: a caller cannot cut off an out
+/// field, such as the id of the object it just made, and lose the object.
+/// A field added later will make the older size the minimum of that op.)
 pub fn decode<T: Header>(bytes: &[u8]) -> Result<T, crate::Errno> {
     let known = core::mem::size_of::<T>();
-    if bytes.len() < 8 {
+    if bytes.len() < 8 || bytes.len() < known {
         return Err(crate::Errno::EINVAL);
     }
     if bytes.len() > known && bytes[known..].iter().any(|&b| b != 0) {
@@ -731,9 +734,12 @@ mod tests {
     fn decode_follows_the_growth_rules() {
         let m = IoasMap { size: 40, flags: MAP_READABLE, ioas_id: 3, iova: 0x1000, ..Default::default() };
         assert_eq!(decode::<IoasMap>(m.as_bytes()), Ok(m));
-        // An older caller that knew only the first 24 bytes.
-        let short = decode::<IoasMap>(&m.as_bytes()[..24]).unwrap();
-        assert_eq!((short.ioas_id, short.iova), (3, 0));
+        // Shorter than the struct: every field is part of the first ABI, so
+        // a cut-off struct is refused (its out fields would be lost).
+        for cut in [8, 24, 39] {
+            assert_eq!(decode::<IoasMap>(&m.as_bytes()[..cut]), Err(Errno::EINVAL), "{cut} bytes");
+        }
+        assert_eq!(decode::<IoasAlloc>(&IoasAlloc::default().as_bytes()[..8]), Err(Errno::EINVAL));
         // A newer caller with zero bytes we do not know: fine; non-zero: E2BIG.
         let mut long = [0u8; 48];
         long[..40].copy_from_slice(m.as_bytes());

@@ -104,6 +104,8 @@ pub enum Errno {
     EIO = 5,
     /// Argument list too long / struct too big.
     E2BIG = 7,
+    /// Try again: a system-wide limit (tasks) is reached for now.
+    EAGAIN = 11,
     /// Out of memory.
     ENOMEM = 12,
     /// Bad address (a user pointer that is not valid).
@@ -116,6 +118,10 @@ pub enum Errno {
     ENODEV = 19,
     /// Invalid argument.
     EINVAL = 22,
+    /// Too many objects: the task's object quota is reached.
+    EMFILE = 24,
+    /// No such operation (an unknown iommufd op).
+    ENOTTY = 25,
     /// No space left.
     ENOSPC = 28,
     /// Result out of range.
@@ -128,6 +134,8 @@ pub enum Errno {
     EADDRINUSE = 98,
     /// Timed out.
     ETIMEDOUT = 110,
+    /// A per-task quota (pinned pages, memory, fault records, children) is reached.
+    EDQUOT = 122,
 }
 
 impl Errno {
@@ -135,8 +143,8 @@ impl Errno {
     pub fn from_raw(n: i64) -> Option<Errno> {
         use Errno::*;
         [
-            EPERM, ENOENT, EIO, E2BIG, ENOMEM, EFAULT, EBUSY, EEXIST, ENODEV, EINVAL, ENOSPC, ERANGE, ENOSYS,
-            EOPNOTSUPP, EADDRINUSE, ETIMEDOUT,
+            EPERM, ENOENT, EIO, E2BIG, EAGAIN, ENOMEM, EFAULT, EBUSY, EEXIST, ENODEV, EINVAL, EMFILE, ENOTTY, ENOSPC,
+            ERANGE, ENOSYS, EOPNOTSUPP, EADDRINUSE, ETIMEDOUT, EDQUOT,
         ]
         .into_iter()
         .find(|e| *e as i64 == n)
@@ -150,6 +158,10 @@ impl Errno {
             ENOENT => "ENOENT",
             EIO => "EIO",
             E2BIG => "E2BIG",
+            EAGAIN => "EAGAIN",
+            EMFILE => "EMFILE",
+            ENOTTY => "ENOTTY",
+            EDQUOT => "EDQUOT",
             ENOMEM => "ENOMEM",
             EFAULT => "EFAULT",
             EBUSY => "EBUSY",

@@ -67,13 +67,18 @@ impl iommufd::Memory for TaskMemory {
         if va < crate::task::USER_MIN {
             return Err(Errno::EFAULT);
         }
-        let mut pages = Vec::with_capacity((len / FRAME_SIZE) as usize);
+        // Grown as pages are found, never sized from `len`: a huge length
+        // fails at its first unmapped page, not in the allocator.
+        let mut pages: Vec<u64> = Vec::new();
         for page in (va..end).step_by(FRAME_SIZE as usize) {
             let (pa, perms) = platform().user_translate(self.root, page).ok_or(Errno::EFAULT)?;
             // Device memory (a mapped BAR) is no DMA target; a device may
             // write only what the task may write.
             if perms.device || (write && !perms.write) {
                 return Err(Errno::EFAULT);
+            }
+            if pages.len() == pages.capacity() {
+                pages.try_reserve(pages.len().max(16)).map_err(|_| Errno::ENOMEM)?;
             }
             pages.push(pa);
         }
@@ -203,7 +208,8 @@ fn collect_faults() {
 /// delivered to the fault queues that asked for them.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
     collect_faults();
-    match Op::from_raw(op).ok_or(Errno::EINVAL)? {
+    // An op this kernel does not know has its own errno (as an unknown ioctl).
+    match Op::from_raw(op).ok_or(Errno::ENOTTY)? {
         Op::IoasAlloc => {
             let (mut s, size) = read::<a::IoasAlloc>(ptr)?;
             s.out_ioas_id = with_fd(|fd, _, _| fd.ioas_alloc())?;

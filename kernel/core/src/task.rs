@@ -66,6 +66,8 @@ impl core::fmt::Display for SpawnError {
 /// The running task (one at a time for now).
 struct Current {
     id: u64,
+    /// The task that spawned this one (0: the kernel).
+    parent: u64,
     name: &'static str,
     root: u64,
     /// Anonymous pages from `mem_map`: (virtual, physical).
@@ -207,6 +209,46 @@ pub fn device_irq(slot: u32) {
     }
 }
 
+/// What tasks may hold, from the kernel command line (README, "Limits").
+pub struct Limits {
+    /// Tasks alive at once, system-wide (`quota.tasks`): a spawn beyond is `EAGAIN`.
+    pub tasks: usize,
+    /// Children one task may have alive (`quota.children`): `EAGAIN`.
+    pub children: usize,
+    /// Anonymous pages one task may map (`quota.mem_pages`): `EDQUOT`.
+    pub mem_pages: u64,
+    /// Each task's iommufd limits (`quota.objects`, `quota.pinned_pages`,
+    /// `quota.fault_records`).
+    pub iommufd: iommufd::Quota,
+}
+
+/// The limits, read once from the command line (defaults where a key is
+/// missing or not a number).
+pub fn limits() -> &'static Limits {
+    static LIMITS: spin::Once<Limits> = spin::Once::new();
+    LIMITS.call_once(|| {
+        let num = |key: &str, default: u64| {
+            crate::cmdline_value(key).map_or(default, |v| {
+                v.parse().unwrap_or_else(|_| {
+                    log::warn!("{key}={v} is not a number: using {default}");
+                    default
+                })
+            })
+        };
+        let d = iommufd::Quota::default();
+        Limits {
+            tasks: num("quota.tasks", 32) as usize,
+            children: num("quota.children", 8) as usize,
+            mem_pages: num("quota.mem_pages", 32 * 1024),
+            iommufd: iommufd::Quota {
+                objects: num("quota.objects", d.objects as u64) as usize,
+                pinned_pages: num("quota.pinned_pages", d.pinned_pages),
+                fault_records: num("quota.fault_records", d.fault_records as u64) as usize,
+            },
+        }
+    })
+}
+
 /// Interrupts counted on `slot` that its owner has not collected yet (for tests).
 pub fn irq_pending(slot: u32) -> u64 {
     IRQ_PENDING.get(slot as usize).map_or(0, |p| p.load(core::sync::atomic::Ordering::Relaxed))
@@ -229,11 +271,12 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     let id = NEXT_TASK_ID.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let cur = Current {
         id,
+        parent: 0,
         name: program.name,
         root: owned.root,
         anon: Vec::new(),
         next_va: MMAP_BASE,
-        iommufd: iommufd::Iommufd::new(),
+        iommufd: iommufd::Iommufd::with_quota(limits().iommufd),
     };
     let mut task = alloc::boxed::Box::new(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 });
     task.sp = platform().init_task_stack(task.kstack_top(), task_start);
@@ -484,7 +527,8 @@ fn release(cur: &mut Current) {
 pub(crate) fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
     let root = current_root().ok_or(Errno::EFAULT)?;
     va.checked_add(len as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| Errno::ENOMEM)?;
     let mut at = va;
     while out.len() < len {
         let (pa, perms) = platform().user_translate(root, at & !(FRAME_SIZE - 1)).ok_or(Errno::EFAULT)?;
@@ -553,6 +597,9 @@ fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
         return Err(Errno::ENOMEM);
     }
     with_current(|cur| {
+        if (cur.anon.len() as u64).saturating_add(len / FRAME_SIZE) > limits().mem_pages {
+            return Err(Errno::EDQUOT);
+        }
         let p = platform();
         // Kernel-chosen addresses of 2 MiB or more start 2 MiB aligned, so
         // the 2 MiB-aligned runs of frames below can become large DMA leaves.
@@ -624,9 +671,14 @@ fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
     }
     let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
     with_current(|cur| {
-        // Every page must be an anonymous page of this task: nothing is unmapped otherwise.
-        let pages: Vec<u64> = (addr..end).step_by(FRAME_SIZE as usize).collect();
-        if !pages.iter().all(|pg| cur.anon.iter().any(|&(v, _)| v == *pg)) {
+        // Every page must be an anonymous page of this task: nothing is
+        // unmapped otherwise. More pages than the task has cannot all be
+        // its own (and are never collected: a huge length costs nothing).
+        if len / FRAME_SIZE > cur.anon.len() as u64 {
+            return Err(Errno::EINVAL);
+        }
+        let pages = (addr..end).step_by(FRAME_SIZE as usize);
+        if !pages.clone().all(|pg| cur.anon.iter().any(|&(v, _)| v == pg)) {
             return Err(Errno::EINVAL);
         }
         for pg in pages {
@@ -833,7 +885,10 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
 
 fn config_args(raw: u64, offset: u64, width: u64) -> Result<(&'static crate::pci::Device, u16, u16), Errno> {
     let dev = claimed_by_current(decode_bdf(raw)?)?;
-    if !matches!(width, 1 | 2 | 4) || !offset.is_multiple_of(width) || offset + width > 4096 {
+    if !matches!(width, 1 | 2 | 4)
+        || !offset.is_multiple_of(width)
+        || offset.checked_add(width).is_none_or(|e| e > 4096)
+    {
         return Err(Errno::EINVAL);
     }
     Ok((dev, offset as u16, width as u16))
@@ -920,8 +975,24 @@ fn sys_task_spawn(ptr: u64, len: u64) -> SysResult {
     }
     let bytes = copy_from_user(ptr, len as usize)?;
     let name = core::str::from_utf8(&bytes).map_err(|_| Errno::EINVAL)?;
+    let me = running();
+    {
+        let tasks = TASKS.lock();
+        if tasks.len() >= limits().tasks {
+            log::warn!("task {}: spawn of {name} refused: {} tasks alive (quota.tasks)", current_name(), tasks.len());
+            return Err(Errno::EAGAIN);
+        }
+        if tasks.iter().filter(|t| t.cur.parent == me).count() >= limits().children {
+            return Err(Errno::EAGAIN);
+        }
+    }
     match spawn(name) {
-        Ok(id) => Ok(id),
+        Ok(id) => {
+            if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == id) {
+                t.cur.parent = me;
+            }
+            Ok(id)
+        }
         Err(SpawnError::NotFound) => Err(Errno::ENOENT),
         Err(SpawnError::OutOfMemory | SpawnError::Map(_)) => Err(Errno::ENOMEM),
         Err(_) => Err(Errno::EINVAL),

@@ -259,14 +259,26 @@ impl Iommufd {
             Some(_) => return (0, Err(Errno::EINVAL)),
             None => return (0, Err(Errno::ENOENT)),
         }
+        // One budget of table reads for the whole call, not one per entry:
+        // 4096 entries must not cost 4096 times the bound of one sync.
+        let limits = self.limits;
+        let mut left = limits.max_reads;
         let mut handled = 0u32;
         for e in entries {
+            if left == 0 {
+                self.limits = limits;
+                return (handled, Err(Errno::ENOSPC));
+            }
+            self.limits.max_reads = left;
             let r = e.range().and_then(|(start, end)| self.shadow_sync(units, &*mem, hwpt, start, end));
+            left = left.saturating_sub(self.shadow_last_reads(hwpt));
             if let Err(err) = r {
+                self.limits = limits;
                 return (handled, Err(err));
             }
             handled = handled.saturating_add(1);
         }
+        self.limits = limits;
         (handled, Ok(()))
     }
 
@@ -318,6 +330,17 @@ impl Iommufd {
         r
     }
 
+    /// Table reads the last sync of shadowed HWPT `hwpt` made (0 for others).
+    fn shadow_last_reads(&self, hwpt: u32) -> u64 {
+        match self.objects.get(&hwpt) {
+            Some(Object::Hwpt(h)) => match &h.kind {
+                HwptKind::Nested { shadow: Some(sh), .. } => sh.stats().last_reads.max(1),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
     /// Drops from every nested child shadowing `ioas` the pages that point
     /// into the areas `hit` (iova, len), one flush per child.
     pub(crate) fn purge_children(&mut self, units: Units<'_>, ioas: u32, hit: &[(u64, u64)]) -> Result<(), Errno> {
@@ -366,6 +389,14 @@ impl Iommufd {
     pub fn fault_queue_alloc(&mut self, capacity: usize) -> Result<u32, Errno> {
         if capacity == 0 || capacity > MAX_FAULT_QUEUE {
             return Err(Errno::EINVAL);
+        }
+        let held: usize = self
+            .objects
+            .values()
+            .filter_map(|o| if let Object::FaultQueue(q) = o { Some(q.capacity) } else { None })
+            .sum();
+        if held + capacity > self.quota.fault_records {
+            return Err(Errno::EDQUOT);
         }
         let id = self.reserve_id()?;
         let q = FaultQueue { capacity, records: VecDeque::new(), overflows: 0 };

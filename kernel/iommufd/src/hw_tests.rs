@@ -393,6 +393,29 @@ fn invalidation_entries_are_checked_and_a_bad_one_stops_the_batch() {
     e.close_clean();
 }
 
+/// The read budget covers a whole `hwpt_invalidate` call, not each entry:
+/// a batch of many whole-space entries stops with ENOSPC part way.
+#[test]
+fn one_read_budget_per_invalidation_call() {
+    let mut e = Env::new();
+    e.s1.map4k(&mut e.mem, 0x1000, DATA_IOVA, true);
+    let child = e.child().unwrap();
+    e.attach(e.dev, child).unwrap();
+    assert_eq!(e.inval(child, &[(0, u64::MAX, 0)]), (1, Ok(())));
+    let one = e.fd.shadow_stats(child).unwrap().last_reads;
+    assert!(one > 0);
+    // Room for about three whole-space syncs in all.
+    e.fd.set_shadow_limits(ShadowLimits { max_reads: one * 3 + one / 2, ..ShadowLimits::default() });
+    let batch = [(0, u64::MAX, 0); 64];
+    let (handled, r) = e.inval(child, &batch);
+    assert_eq!(r, Err(Errno::ENOSPC), "the batch must run out of its one budget");
+    assert!((3..=4).contains(&handled), "{handled} entries handled with a budget of ~3.5 syncs");
+    // The limits are the configured ones again afterwards, and a single entry still fits.
+    assert_eq!(e.inval(child, &[(0, u64::MAX, 0)]), (1, Ok(())));
+    e.fd.set_shadow_limits(ShadowLimits::default());
+    e.close_clean();
+}
+
 #[test]
 fn garbage_tables_neither_hang_nor_panic() {
     let mut e = Env::new();

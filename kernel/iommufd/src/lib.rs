@@ -226,6 +226,24 @@ pub enum Kind {
     FaultQueue,
 }
 
+/// What one task's table may hold; each limit has its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Objects alive at once (IOAS, HWPT, device, fault queue): `EMFILE`.
+    pub objects: usize,
+    /// 4 KiB pages pinned by mappings, a copied page counting again:
+    /// `EDQUOT`. It also bounds the IOMMU page tables the mappings need.
+    pub pinned_pages: u64,
+    /// Records all fault queues may hold together: `EDQUOT`.
+    pub fault_records: usize,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota { objects: 1024, pinned_pages: 1 << 16, fault_records: 16 * 1024 }
+    }
+}
+
 /// The object table of one task.
 #[derive(Debug, Default)]
 pub struct Iommufd {
@@ -235,6 +253,10 @@ pub struct Iommufd {
     poisoned: bool,
     /// Bounds on shadowing work.
     limits: ShadowLimits,
+    /// Per-task limits.
+    quota: Quota,
+    /// Pages pinned by the areas of every IOAS now.
+    pinned: u64,
 }
 
 /// Where an IOVA for a new mapping comes from.
@@ -280,7 +302,33 @@ impl Iommufd {
         Self::default()
     }
 
+    /// An empty table with `quota`.
+    pub fn with_quota(quota: Quota) -> Self {
+        Iommufd { quota, ..Self::default() }
+    }
+
+    /// The table's limits.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Pages the task's mappings pin now (copies count again).
+    pub fn pinned_pages(&self) -> u64 {
+        self.pinned
+    }
+
+    /// `EDQUOT` unless `pages` more pinned pages fit the quota.
+    fn check_pins(&self, pages: u64) -> Result<(), Errno> {
+        match self.pinned.checked_add(pages) {
+            Some(n) if n <= self.quota.pinned_pages => Ok(()),
+            _ => Err(Errno::EDQUOT),
+        }
+    }
+
     fn reserve_id(&mut self) -> Result<u32, Errno> {
+        if self.objects.len() >= self.quota.objects {
+            return Err(Errno::EMFILE);
+        }
         // Ids start at 1 and are never reused while the table lives.
         let id = self.next_id.checked_add(1).ok_or(Errno::ENOSPC)?;
         self.next_id = id;
@@ -472,6 +520,7 @@ impl Iommufd {
         }
         va.checked_add(len - 1).ok_or(Errno::EINVAL)?;
         let at = self.place(units, ioas, len, iova)?;
+        self.check_pins(len / PAGE)?;
         let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
         self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
     }
@@ -500,6 +549,15 @@ impl Iommufd {
                 Ok(at)
             }
             IovaChoice::Auto => {
+                // Ranges set by `allow_iovas` confine the kernel's choice (as Linux's).
+                let usable: Vec<Range> = if i.allowed.is_empty() {
+                    usable
+                } else {
+                    let mut within: Vec<Range> =
+                        i.allowed.iter().flat_map(|&r| ranges::intersect(&usable, r)).collect();
+                    within.sort_unstable();
+                    within
+                };
                 let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
                 let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
                 lowest_gap(&i.areas, &usable, len, align)
@@ -539,6 +597,7 @@ impl Iommufd {
         match self.ioas_mut(ioas) {
             Ok(i) => {
                 i.areas.insert(at, Area { len, pages, perms });
+                self.pinned += len / PAGE;
                 Ok(at)
             }
             Err(e) => Err(InsertFailed { errno: e, pages, clean: true }),
@@ -562,13 +621,15 @@ impl Iommufd {
         }
         let last = if all { u64::MAX } else { iova.checked_add(len - 1).ok_or(Errno::EINVAL)? };
         let i = self.ioas(ioas)?;
+        // Last bytes, never ends: an area may end at 2^64.
         let hit: Vec<(u64, u64)> =
-            i.areas.iter().filter(|(&s, a)| s <= last && iova < s + a.len).map(|(&s, a)| (s, a.len)).collect();
-        if hit.iter().any(|&(s, l)| s < iova || s + l - 1 > last) {
+            i.areas.range(..=last).filter(|(&s, a)| iova <= s + (a.len - 1)).map(|(&s, a)| (s, a.len)).collect();
+        if hit.iter().any(|&(s, l)| s < iova || s + (l - 1) > last) {
             return Err(Errno::EINVAL); // would cut an area
         }
         if hit.is_empty() {
-            return Err(Errno::ENOENT);
+            // Unmap-all of an empty IOAS has nothing to do, and succeeds (as Linux's).
+            return if all { Ok(0) } else { Err(Errno::ENOENT) };
         }
         let hwpts = i.hwpts.clone();
         let mut first_error = None;
@@ -606,6 +667,7 @@ impl Iommufd {
                 bytes += a.len;
             }
         }
+        self.pinned = self.pinned.saturating_sub(bytes / PAGE);
         match first_error {
             // The areas are gone from the IOAS either way; the error says the
             // hardware may not have been told.
@@ -626,23 +688,31 @@ impl Iommufd {
             return Err(Errno::EINVAL);
         }
         let s = self.ioas(src)?;
-        let mut pages = Vec::new();
+        let mut pages: Vec<u64> = Vec::new();
         let mut at = src_iova;
-        let end = src_iova.checked_add(len).ok_or(Errno::EINVAL)?;
-        while at < end {
+        // Last bytes, never ends: the source may end at 2^64.
+        let last = src_iova.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        loop {
             let (&start, area) = s.areas.range(..=at).next_back().ok_or(Errno::ENOENT)?;
-            if at >= start + area.len {
+            let area_last = start + (area.len - 1);
+            if at > area_last {
                 return Err(Errno::ENOENT);
             }
             if perms.contains(Perms::WRITE) && !area.perms.contains(Perms::WRITE) {
                 return Err(Errno::EPERM);
             }
+            let upto = area_last.min(last);
             let first = ((at - start) / PAGE) as usize;
-            let count = (((start + area.len).min(end) - at) / PAGE) as usize;
+            let count = ((upto - at) / PAGE + 1) as usize;
+            pages.try_reserve(count).map_err(|_| Errno::ENOMEM)?;
             pages.extend_from_slice(&area.pages[first..first + count]);
-            at += count as u64 * PAGE;
+            if upto == last {
+                break;
+            }
+            at = upto + 1;
         }
         let place = self.place(units, dst, len, dst_iova)?;
+        self.check_pins(pages.len() as u64)?;
         mem.repin(&pages);
         self.insert_area(units, dst, place, pages, perms).map_err(|f| f.give_back(mem))
     }
@@ -695,7 +765,9 @@ impl Iommufd {
                     None => self.hwpt_create(units, unit, pt)?,
                 }
             }
-            _ => return Err(Errno::ENOENT),
+            // An id of another kind is EINVAL, as everywhere; no object at all ENOENT.
+            Some(_) => return Err(Errno::EINVAL),
+            None => return Err(Errno::ENOENT),
         };
         if old == Some(hwpt) {
             return Ok(hwpt);

@@ -152,7 +152,8 @@ fn a_failed_detach_at_exit_quarantines_everything() {
 fn auto_iova_is_aligned_to_the_largest_page_that_fits_and_never_zero() {
     let mut units = vec![mock(&[0x10], vec![])];
     let mut mem = FakeMemory::default();
-    let mut fd = Iommufd::new();
+    // Room for the 1 GiB attempt below (the default quota would refuse it first).
+    let mut fd = Iommufd::with_quota(Quota { pinned_pages: 1 << 20, ..Quota::default() });
     let ioas = fd.ioas_alloc().unwrap();
     let a =
         fd.map(&mut units, &mut mem, ioas, MapArgs { va: 0, len: 0x1000, iova: IovaChoice::Auto, perms: RW }).unwrap();
@@ -228,6 +229,99 @@ fn bad_maps_are_refused_with_their_errno() {
     assert!(mem.pins.is_empty() && fd.is_empty());
 }
 
+/// An area whose last byte is 2^64 - 1 (possible on an IOAS no device
+/// narrows): map, copy, exact unmap, unmap-all and close all work, with
+/// every pin given back.
+#[test]
+fn areas_at_the_top_of_the_iova_space() {
+    let mut units: Vec<Box<dyn Iommu>> = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let (a, b) = (fd.ioas_alloc().unwrap(), fd.ioas_alloc().unwrap());
+    let top = u64::MAX - 0x1FFF; // two pages: the last byte is u64::MAX
+    let at =
+        fd.map(&mut units, &mut mem, a, MapArgs { va: 0x4000, len: 0x2000, iova: IovaChoice::Fixed(top), perms: RW });
+    assert_eq!(at, Ok(top));
+    assert_eq!(fd.areas(a).unwrap(), [(top, 0x2000)]);
+    // The same range again overlaps; one page past the top does not exist.
+    let again = fd.map(
+        &mut units,
+        &mut mem,
+        a,
+        MapArgs { va: 0x4000, len: 0x1000, iova: IovaChoice::Fixed(u64::MAX - 0xFFF), perms: RW },
+    );
+    assert_eq!(again, Err(Errno::EEXIST));
+    let past = fd.map(
+        &mut units,
+        &mut mem,
+        a,
+        MapArgs { va: 0x4000, len: 0x2000, iova: IovaChoice::Fixed(u64::MAX - 0xFFF), perms: RW },
+    );
+    assert_eq!(past, Err(Errno::ERANGE));
+    // Copy the top page, and the whole area, into another IOAS, wherever it fits.
+    let c = CopyArgs { src: a, src_iova: u64::MAX - 0xFFF, len: 0x1000, dst_iova: IovaChoice::Auto, perms: RW };
+    let one = fd.copy(&mut units, &mut mem, b, c).unwrap();
+    let c = CopyArgs { src: a, src_iova: top, len: 0x2000, dst_iova: IovaChoice::Auto, perms: RW };
+    let both = fd.copy(&mut units, &mut mem, b, c).unwrap();
+    assert_ne!(one, both);
+    assert_eq!(mem.pins.len(), 2, "two frames, pinned three times");
+    // A copy running off the end is refused without a pin.
+    let c = CopyArgs { src: a, src_iova: top, len: 0x3000, dst_iova: IovaChoice::Auto, perms: RW };
+    assert_eq!(fd.copy(&mut units, &mut mem, b, c), Err(Errno::EINVAL));
+    // Unmaps that touch the top: cutting is refused, the exact range works.
+    assert_eq!(fd.unmap(&mut units, &mut mem, a, u64::MAX - 0xFFF, 0x1000), Err(Errno::EINVAL), "would cut the area");
+    assert_eq!(fd.unmap(&mut units, &mut mem, a, top, 0x2000), Ok(0x2000));
+    let again =
+        fd.map(&mut units, &mut mem, a, MapArgs { va: 0x4000, len: 0x2000, iova: IovaChoice::Fixed(top), perms: RW });
+    assert_eq!(again, Ok(top));
+    assert_eq!(fd.unmap(&mut units, &mut mem, a, 0, u64::MAX), Ok(0x2000), "unmap-all reaches the top area");
+    fd.map(&mut units, &mut mem, a, MapArgs { va: 0x4000, len: 0x2000, iova: IovaChoice::Fixed(top), perms: RW })
+        .unwrap();
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty() && fd.is_empty(), "every pin given back");
+}
+
+/// Each per-task limit answers its errno, a refused call changes nothing,
+/// and giving back makes room again.
+#[test]
+fn quotas_have_their_errno() {
+    let mut units: Vec<Box<dyn Iommu>> = vec![mock(&[0x10], vec![])];
+    let mut mem = FakeMemory::default();
+    let quota = Quota { objects: 3, pinned_pages: 4, fault_records: 100 };
+    let mut fd = Iommufd::with_quota(quota);
+    assert_eq!(fd.quota(), quota);
+    let a = fd.ioas_alloc().unwrap();
+    let b = fd.ioas_alloc().unwrap();
+    let q = fd.fault_queue_alloc(60).unwrap();
+    assert_eq!(fd.ioas_alloc(), Err(Errno::EMFILE), "object quota");
+    assert_eq!(fd.len(), 3, "a refused alloc leaves nothing");
+    fd.destroy(&mut units, &mut mem, q).unwrap();
+    assert_eq!(fd.fault_queue_alloc(101), Err(Errno::EDQUOT), "fault records quota");
+    let q = fd.fault_queue_alloc(40).unwrap();
+    assert_eq!(fd.fault_queue_alloc(61), Err(Errno::EDQUOT), "the queues' records together");
+    fd.destroy(&mut units, &mut mem, q).unwrap();
+    let q = fd.fault_queue_alloc(100).unwrap();
+    fd.destroy(&mut units, &mut mem, q).unwrap();
+    // Pins: 3 pages fit, a 2-page map does not; copies count again.
+    let map = |fd: &mut Iommufd, units: &mut Vec<Box<dyn Iommu>>, mem: &mut FakeMemory, len| {
+        fd.map(units, mem, a, MapArgs { va: 0x10_0000, len, iova: IovaChoice::Auto, perms: RW })
+    };
+    let at = map(&mut fd, &mut units, &mut mem, 0x3000).unwrap();
+    assert_eq!(fd.pinned_pages(), 3);
+    assert_eq!(map(&mut fd, &mut units, &mut mem, 0x2000), Err(Errno::EDQUOT));
+    let c = CopyArgs { src: a, src_iova: at, len: 0x2000, dst_iova: IovaChoice::Auto, perms: RW };
+    assert_eq!(fd.copy(&mut units, &mut mem, b, c), Err(Errno::EDQUOT), "a copy pins again");
+    assert_eq!(mem.pins.len(), 3, "refused calls pin nothing");
+    let c = CopyArgs { src: a, src_iova: at, len: 0x1000, dst_iova: IovaChoice::Auto, perms: RW };
+    fd.copy(&mut units, &mut mem, b, c).unwrap();
+    assert_eq!(fd.pinned_pages(), 4);
+    fd.unmap(&mut units, &mut mem, a, 0, u64::MAX).unwrap();
+    assert_eq!(fd.pinned_pages(), 1);
+    map(&mut fd, &mut units, &mut mem, 0x3000).unwrap();
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty() && fd.is_empty());
+}
+
 #[test]
 fn unmap_is_exact_or_all() {
     let mut units = vec![mock(&[0x10], vec![])];
@@ -243,7 +337,7 @@ fn unmap_is_exact_or_all() {
     assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x30_0000, 0x1000), Err(Errno::ENOENT));
     assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0x10_0000, 0x6000), Ok(0x4000), "two whole areas");
     assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0, u64::MAX), Ok(0x2000), "unmap-all");
-    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0, u64::MAX), Err(Errno::ENOENT));
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, 0, u64::MAX), Ok(0), "unmap-all of an empty IOAS succeeds");
     assert!(mem.pins.is_empty());
 }
 
@@ -303,6 +397,15 @@ fn iova_ranges_narrow_with_attached_devices_and_allowed_ranges_hold() {
     fd.device_attach(&mut units, d1, ioas).unwrap();
     let r = fd.iova_ranges(&mut units, ioas).unwrap();
     assert_eq!(r, [(PAGE, 0x6FFF_FFFF), (0x7001_0000, 0xFEDF_FFFF), (0xFEF0_0000, (1 << 39) - 1)]);
+    // Allowed ranges confine the kernel's choice of IOVA (fixed IOVAs may go anywhere usable).
+    fd.allow_iovas(&mut units, ioas, &[(0x5000_0000, 0x5000_1FFF), (0x9000_0000, 0x9FFF_FFFF)]).unwrap();
+    let auto = |fd: &mut Iommufd, units: &mut Vec<Box<dyn Iommu>>, mem: &mut FakeMemory, len| {
+        fd.map(units, mem, ioas, MapArgs { va: 0x1000, len, iova: IovaChoice::Auto, perms: RW })
+    };
+    assert_eq!(auto(&mut fd, &mut units, &mut mem, 0x2000), Ok(0x5000_0000));
+    assert_eq!(auto(&mut fd, &mut units, &mut mem, 0x1000), Ok(0x9000_0000), "the first range is full");
+    fd.allow_iovas(&mut units, ioas, &[(0x5000_0000, 0x5000_1FFF)]).unwrap();
+    assert_eq!(auto(&mut fd, &mut units, &mut mem, 0x1000), Err(Errno::ENOSPC), "nothing left where allowed");
     fd.close(&mut units, &mut mem);
 }
 

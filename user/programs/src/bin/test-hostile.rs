@@ -1,0 +1,201 @@
+//! Hostile inputs, run as a test (KTAP `user.hostile.*`): lengths that would
+//! make the kernel allocate without bound, areas at the top of the IOVA
+//! space, offsets that overflow, and floods of objects, pins, memory and
+//! tasks. Each must get its errno, leave nothing behind, and the kernel must
+//! keep answering. The quotas checked are the defaults (README, "Limits").
+#![no_std]
+#![no_main]
+
+use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::Errno;
+use userlib::{ioas, println, sys};
+
+const PAGE: u64 = 4096;
+const RW: u32 = MAP_READABLE | MAP_WRITEABLE;
+/// `quota.objects`, `quota.pinned_pages`, `quota.mem_pages`, `quota.children` defaults.
+const OBJECTS: u64 = 1024;
+const PINNED_PAGES: u64 = 1 << 16;
+const MEM_PAGES: u64 = 32 * 1024;
+const CHILDREN: u64 = 8;
+
+type Step = fn() -> Result<(), &'static str>;
+
+fn alive() -> Result<(), &'static str> {
+    sys::clock().map(drop).map_err(|_| "the kernel stopped answering")
+}
+
+/// A map of 2^46 bytes with a kernel-chosen IOVA: refused before anything
+/// is allocated for its length (once it panicked the heap).
+fn huge_map() -> Result<(), &'static str> {
+    let space = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    let page = sys::mem_map(0, PAGE, 3).map_err(|_| "mem_map")?;
+    match ioas::map(space, page, 1 << 46, None, RW) {
+        Err(Errno::EDQUOT | Errno::EFAULT) => {}
+        _ => return Err("a 2^46-byte map was not EDQUOT / EFAULT"),
+    }
+    ioas::destroy(space).map_err(|_| "destroy")?;
+    sys::mem_unmap(page, PAGE).map_err(|_| "mem_unmap")?;
+    alive()
+}
+
+/// An area ending at 2^64 (an IOAS no device narrows): map, copy, unmap and
+/// unmap-all all work (once unmap, copy and exit overflowed there).
+fn top_of_the_iova_space() -> Result<(), &'static str> {
+    let (a, b) = (ioas::ioas_alloc().map_err(|_| "ioas_alloc")?, ioas::ioas_alloc().map_err(|_| "ioas_alloc")?);
+    let page = sys::mem_map(0, 2 * PAGE, 3).map_err(|_| "mem_map")?;
+    let top = u64::MAX - (2 * PAGE - 1);
+    if ioas::map(a, page, 2 * PAGE, Some(top), RW) != Ok(top) {
+        return Err("map at the top refused");
+    }
+    ioas::copy(b, a, top, 2 * PAGE, None, RW).map_err(|_| "copy of the top area")?;
+    if ioas::unmap(a, u64::MAX - (PAGE - 1), PAGE) != Err(Errno::EINVAL) {
+        return Err("an unmap cutting the top area not EINVAL");
+    }
+    if ioas::unmap(a, top, 2 * PAGE) != Ok(2 * PAGE) {
+        return Err("exact unmap of the top area");
+    }
+    if ioas::unmap_all(a) != Ok(0) {
+        return Err("unmap-all of an empty IOAS did not succeed with 0");
+    }
+    ioas::map(a, page, 2 * PAGE, Some(top), RW).map_err(|_| "map at the top again")?;
+    // Left mapped on purpose: destroy (and exit) must unpin it too.
+    ioas::destroy(a).map_err(|_| "destroy with the top area mapped")?;
+    ioas::destroy(b).map_err(|_| "destroy")?;
+    sys::mem_unmap(page, 2 * PAGE).map_err(|_| "mem_unmap")?;
+    alive()
+}
+
+/// `mem_unmap` of 2^46 bytes: refused at once (once it collected every page).
+fn huge_mem_unmap() -> Result<(), &'static str> {
+    let page = sys::mem_map(0, PAGE, 3).map_err(|_| "mem_map")?;
+    if sys::mem_unmap(page, 1 << 46) != Err(Errno::EINVAL) {
+        return Err("a 2^46-byte mem_unmap not EINVAL");
+    }
+    sys::mem_unmap(page, PAGE).map_err(|_| "the page is still ours to unmap")?;
+    alive()
+}
+
+/// Config access at offsets near 2^64 (once an overflow) and an unknown op.
+fn overflowing_offsets_and_unknown_ops() -> Result<(), &'static str> {
+    let mut buf = [abi::DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut buf).map_err(|_| "device_list")? as usize;
+    if let Some(d) = buf[..n.min(buf.len())].iter().find(|d| sys::device_claim(d.bdf).is_ok()) {
+        for off in [u64::MAX - 1, u64::MAX - 3, 1 << 63] {
+            if sys::device_config_read(d.bdf, off, 2) != Err(Errno::EINVAL) {
+                return Err("a config read near 2^64 not EINVAL");
+            }
+            if sys::device_config_write(d.bdf, off, 2, 0) != Err(Errno::EINVAL) {
+                return Err("a config write near 2^64 not EINVAL");
+            }
+        }
+    }
+    let mut s = abi::ioas::IoasAlloc { size: 16, ..Default::default() };
+    let ptr = &mut s as *mut abi::ioas::IoasAlloc as u64;
+    for op in [0, 99, u64::MAX] {
+        if abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])) != Err(Errno::ENOTTY) {
+            return Err("an unknown iommufd op not ENOTTY");
+        }
+    }
+    alive()
+}
+
+/// IOAS objects until the quota: exactly `OBJECTS` fit, then EMFILE.
+fn object_flood() -> Result<(), &'static str> {
+    let mut ids = [0u32; OBJECTS as usize];
+    let mut made = 0usize;
+    let stop = loop {
+        match ioas::ioas_alloc() {
+            Ok(id) if made < ids.len() => {
+                ids[made] = id;
+                made += 1;
+            }
+            Ok(_) => return Err("more objects than the quota"),
+            Err(e) => break e,
+        }
+    };
+    for &id in &ids[..made] {
+        ioas::destroy(id).map_err(|_| "destroy")?;
+    }
+    if stop != Errno::EMFILE || made != OBJECTS as usize {
+        return Err("the object flood did not stop at the quota with EMFILE");
+    }
+    ioas::destroy(ioas::ioas_alloc().map_err(|_| "no object fits after the flood")?).map_err(|_| "destroy")?;
+    alive()
+}
+
+/// One 1 MiB buffer mapped again and again: `PINNED_PAGES` pins fit, the
+/// next map is EDQUOT, and unmap-all gives the room back.
+fn pin_flood() -> Result<(), &'static str> {
+    const CHUNK: u64 = 256;
+    let space = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    let buf = sys::mem_map(0, CHUNK * PAGE, 3).map_err(|_| "mem_map")?;
+    for _ in 0..PINNED_PAGES / CHUNK {
+        ioas::map(space, buf, CHUNK * PAGE, None, RW).map_err(|_| "a map inside the pin quota failed")?;
+    }
+    if ioas::map(space, buf, PAGE, None, RW) != Err(Errno::EDQUOT) {
+        return Err("a map beyond the pin quota not EDQUOT");
+    }
+    if ioas::unmap_all(space) != Ok(PINNED_PAGES * PAGE) {
+        return Err("unmap-all did not take every pin");
+    }
+    ioas::map(space, buf, CHUNK * PAGE, None, RW).map_err(|_| "no room after unmap-all")?;
+    ioas::destroy(space).map_err(|_| "destroy")?;
+    sys::mem_unmap(buf, CHUNK * PAGE).map_err(|_| "mem_unmap")?;
+    alive()
+}
+
+/// Memory beyond the per-task quota is EDQUOT before a frame is taken.
+fn memory_flood() -> Result<(), &'static str> {
+    if sys::mem_map(0, (MEM_PAGES + 1) * PAGE, 3) != Err(Errno::EDQUOT) {
+        return Err("a mem_map beyond the memory quota not EDQUOT");
+    }
+    let page = sys::mem_map(0, PAGE, 3).map_err(|_| "a page after the refused flood")?;
+    sys::mem_unmap(page, PAGE).map_err(|_| "mem_unmap")?;
+    alive()
+}
+
+/// Children until the quota: `spin` busy-loops for 60 ms and syscalls do
+/// not yield, so all of them are alive when the next spawn is `EAGAIN`.
+fn spawn_flood() -> Result<(), &'static str> {
+    let mut spawned = 0;
+    let stop = loop {
+        match sys::task_spawn("spin") {
+            Ok(_) if spawned < 64 => spawned += 1,
+            Ok(_) => return Err("64 children and no limit"),
+            Err(e) => break e,
+        }
+    };
+    if stop != Errno::EAGAIN || spawned != CHILDREN {
+        return Err("the spawn flood did not stop at the children quota with EAGAIN");
+    }
+    alive()
+}
+
+const STEPS: &[(&str, Step)] = &[
+    ("huge_map", huge_map),
+    ("top_of_the_iova_space", top_of_the_iova_space),
+    ("huge_mem_unmap", huge_mem_unmap),
+    ("overflowing_offsets_and_unknown_ops", overflowing_offsets_and_unknown_ops),
+    ("object_flood", object_flood),
+    ("pin_flood", pin_flood),
+    ("memory_flood", memory_flood),
+    ("spawn_flood", spawn_flood),
+];
+
+fn main() -> i32 {
+    println!("KTAP version 1");
+    println!("1..{}", STEPS.len());
+    let mut failed = 0;
+    for (i, (name, step)) in STEPS.iter().enumerate() {
+        match step() {
+            Ok(()) => println!("ok {} user.hostile.{name}", i + 1),
+            Err(why) => {
+                failed += 1;
+                println!("not ok {} user.hostile.{name} # {why}", i + 1);
+            }
+        }
+    }
+    i32::from(failed != 0)
+}
+
+userlib::entry!(main);
