@@ -311,6 +311,15 @@ pub fn take_faults() -> Vec<(usize, iommu::FaultEvent)> {
     })
 }
 
+/// Frames the units' drivers hold in tables now (device / stream tables,
+/// queues, every domain's page tables), through the kernel's table memory.
+pub fn table_frames() -> usize {
+    TABLE_FRAMES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Frames handed out to IOMMU drivers and not given back.
+static TABLE_FRAMES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 /// Runs `f` on the registered units (in topology order), holding the registry lock.
 pub fn with_units<R>(f: impl FnOnce(&mut [Box<dyn iommu::Iommu>]) -> R) -> R {
     f(&mut UNITS.lock())
@@ -320,6 +329,7 @@ impl iommu::DmaMemory for KernelTables {
     fn alloc_contiguous(&mut self, frames: usize) -> Option<u64> {
         let pa = mm::alloc_frames(frames, frames)?;
         self.live += frames;
+        TABLE_FRAMES.fetch_add(frames, core::sync::atomic::Ordering::Relaxed);
         Some(pa)
     }
 
@@ -327,6 +337,7 @@ impl iommu::DmaMemory for KernelTables {
         for i in 0..frames as u64 {
             if mm::free_frame(base + i * 4096).is_ok() {
                 self.live -= 1;
+                TABLE_FRAMES.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -343,12 +354,14 @@ impl io_pgtable::TableMemory for KernelTables {
     fn alloc_table(&mut self) -> Option<u64> {
         let pa = mm::alloc_frame()?;
         self.live += 1;
+        TABLE_FRAMES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         Some(pa)
     }
 
     fn free_table(&mut self, pa: u64) {
         if mm::free_frame(pa).is_ok() {
             self.live -= 1;
+            TABLE_FRAMES.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         }
     }
 

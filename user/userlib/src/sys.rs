@@ -126,6 +126,32 @@ pub fn test_mailbox_set(slot: u64, value: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [3, slot, value, 0, 0]))
 }
 
+/// Kernel counters for leak checks (test boots only, `test_canary` op 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Free frames in the frame allocator.
+    FreeFrames = 0,
+    /// Frames pinned for DMA by every task.
+    PinnedFrames = 1,
+    /// Kernel heap bytes in use.
+    HeapUsed = 2,
+    /// Frames quarantined (never freed).
+    QuarantinedFrames = 3,
+    /// Tasks alive.
+    Tasks = 4,
+    /// This task's iommufd objects.
+    Objects = 5,
+    /// Pages this task's mappings pin.
+    PinnedPages = 6,
+    /// Frames the IOMMU drivers hold in tables.
+    TableFrames = 7,
+}
+
+/// The kernel counter `c` (test boots only; `EPERM` without `ktest=`).
+pub fn test_counter(c: Counter) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [5, c as u64, 0, 0, 0]))
+}
+
 /// The physical address of this task's page at `va` (test boots only, `test_canary` op 4).
 pub fn test_phys_addr(va: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [4, va, 0, 0, 0]))

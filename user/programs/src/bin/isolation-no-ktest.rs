@@ -18,6 +18,7 @@ fn main() -> i32 {
         ("mailbox read", sys::test_mailbox_get(0)),
         ("mailbox write", sys::test_mailbox_set(0, 1)),
         ("physical address", page.and_then(sys::test_phys_addr)),
+        ("kernel counter", sys::test_counter(sys::Counter::FreeFrames)),
     ];
     println!("KTAP version 1");
     println!("1..1");

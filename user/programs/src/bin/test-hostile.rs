@@ -171,6 +171,14 @@ fn spawn_flood() -> Result<(), &'static str> {
     alive()
 }
 
+/// What must be back where it was once every step ran.
+const BASELINE: [sys::Counter; 4] =
+    [sys::Counter::PinnedFrames, sys::Counter::Objects, sys::Counter::PinnedPages, sys::Counter::TableFrames];
+
+fn counters() -> [u64; 4] {
+    BASELINE.map(|c| sys::test_counter(c).unwrap_or(u64::MAX))
+}
+
 const STEPS: &[(&str, Step)] = &[
     ("huge_map", huge_map),
     ("top_of_the_iova_space", top_of_the_iova_space),
@@ -184,7 +192,8 @@ const STEPS: &[(&str, Step)] = &[
 
 fn main() -> i32 {
     println!("KTAP version 1");
-    println!("1..{}", STEPS.len());
+    println!("1..{}", STEPS.len() + 1);
+    let before = counters();
     let mut failed = 0;
     for (i, (name, step)) in STEPS.iter().enumerate() {
         match step() {
@@ -194,6 +203,16 @@ fn main() -> i32 {
                 println!("not ok {} user.hostile.{name} # {why}", i + 1);
             }
         }
+    }
+    let after = counters();
+    let n = STEPS.len() + 1;
+    if before.contains(&u64::MAX) {
+        println!("ok {n} user.hostile.baseline_restored # SKIP no kernel counters (boot with ktest=)");
+    } else if after == before {
+        println!("ok {n} user.hostile.baseline_restored");
+    } else {
+        failed += 1;
+        println!("not ok {n} user.hostile.baseline_restored # {BASELINE:?}: {before:?} before, {after:?} after");
     }
     i32::from(failed != 0)
 }
