@@ -1,8 +1,10 @@
 //! Packs the user programs the xtask built into the kernel image.
 //!
 //! `PORTCULLIS_USER_DIR` names the directory holding the program binaries and
-//! `PORTCULLIS_USER_PROGRAMS` their comma-separated names; without them (plain
-//! `cargo build`, host tests) the kernel carries no programs.
+//! `PORTCULLIS_USER_PROGRAMS` their comma-separated names, packed in that order
+//! (the xtask passes every binary of `user/programs`, sorted by name:
+//! `xtask/src/programs.rs`); without them (plain `cargo build`, host tests) the
+//! kernel carries no programs.
 use std::fmt::Write as _;
 
 fn main() {

@@ -17,6 +17,9 @@ pub enum Expect {
     Ktap,
     /// Only a successful exit (demo boots).
     Exit,
+    /// A failure the kernel reports on purpose: a failure exit with no crash
+    /// report (a boot told to run a program that does not exist).
+    Failure,
     /// A deliberate crash: a failure exit, a crash report, and a backtrace line
     /// naming a function (the symbolizer worked).
     Crash,
@@ -102,6 +105,9 @@ impl CaseResult {
         match self.case.expect {
             Expect::Exit => self.exit_ok() && self.report.crash.is_none(),
             Expect::Ktap => self.exit_ok() && self.report.clean(),
+            Expect::Failure => {
+                matches!(self.ending, Ending::Exited(_)) && !self.exit_ok() && self.report.crash.is_none()
+            }
             Expect::Crash => {
                 matches!(self.ending, Ending::Exited(_))
                     && !self.exit_ok()
@@ -326,6 +332,16 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10));
         assert_eq!(r.report.missing(), 1);
         assert!(!r.passed());
+    }
+
+    #[test]
+    fn an_expected_failure_needs_a_failure_exit_without_a_crash() {
+        let fail = run_case(&sh_case("fail", "echo 'init x: no such program'; exit 35", 20, Expect::Failure), false);
+        assert!(fail.passed());
+        let ok = run_case(&sh_case("ok", "exit 33", 20, Expect::Failure), false);
+        assert!(!ok.passed());
+        let hang = run_case(&sh_case("hang", "exec sleep 30", 1, Expect::Failure), false);
+        assert!(!hang.passed());
     }
 
     #[test]

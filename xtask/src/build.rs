@@ -20,33 +20,14 @@ pub struct UefiFiles {
     pub kernel: Vec<u8>,
 }
 
-/// User programs packed into every kernel image (binaries of `user/programs`).
-pub const USER_PROGRAMS: [&str; 17] = [
-    "hello",
-    "test-syscalls",
-    "test-edu",
-    "fault",
-    "bench-syscall",
-    "spin",
-    "demo",
-    "test-ioas",
-    "ioas-leaker",
-    "bench-ioas",
-    "hw-vtd",
-    "hw-smmuv3",
-    "test-isolation",
-    "isolation-child",
-    "isolation-victim",
-    "isolation-no-ktest",
-    "test-hostile",
-];
-
 fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"))
 }
 
-/// Builds the user programs for `arch` and returns the directory holding them.
-fn user_programs(arch: Arch, release: bool) -> Result<PathBuf, String> {
+/// Builds the user programs for `arch`; returns the directory holding them
+/// and their names (every binary of `user/programs`, sorted: `programs.rs`).
+fn user_programs(arch: Arch, release: bool) -> Result<(PathBuf, Vec<String>), String> {
+    let names = crate::programs::names()?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root()).args(["build", "--package", "user-programs", "--target", arch.target()]);
     if release {
@@ -56,17 +37,21 @@ fn user_programs(arch: Arch, release: bool) -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("building the {} user programs failed", arch.name()));
     }
-    Ok(target_dir().join(arch.target()).join(if release { "release" } else { "debug" }))
+    let dir = target_dir().join(arch.target()).join(if release { "release" } else { "debug" });
+    if let Some(missing) = names.iter().find(|n| !dir.join(n).is_file()) {
+        return Err(format!("user program {missing} was not built (no {})", dir.join(missing).display()));
+    }
+    Ok((dir, names))
 }
 
 /// Builds the user programs and the kernel for `arch`.
 pub fn kernel(arch: Arch, release: bool) -> Result<Kernel, String> {
     let root = workspace_root();
-    let user_dir = user_programs(arch, release)?;
+    let (user_dir, programs) = user_programs(arch, release)?;
     let package = format!("boot-{}", arch.name());
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root).args(["build", "--package", &package, "--target", arch.target()]);
-    cmd.env("PORTCULLIS_USER_DIR", &user_dir).env("PORTCULLIS_USER_PROGRAMS", USER_PROGRAMS.join(","));
+    cmd.env("PORTCULLIS_USER_DIR", &user_dir).env("PORTCULLIS_USER_PROGRAMS", programs.join(","));
     if release {
         cmd.arg("--release");
     }

@@ -2,7 +2,7 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME]
@@ -18,6 +18,7 @@ mod fuzz;
 mod harness;
 mod image;
 mod machine;
+mod programs;
 mod setup;
 mod test;
 
@@ -35,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the kernel and boot it under QEMU, running the main demo.
+    /// Build the kernel and boot it under QEMU, running the main demo (or the programs of `--init`).
     Run {
         /// Architecture to boot.
         #[arg(long, value_enum, default_value_t = Arch::X86_64)]
@@ -58,6 +59,13 @@ enum Command {
         /// (SMMUv3 hardware nesting with the task's CD and tables; SMMUv3 only).
         #[arg(long)]
         hw: bool,
+        /// Run these user programs instead of the demo, one after the other, each
+        /// to its exit (kernel command line `init=NAME,NAME`). A program that fails
+        /// (non-zero status, killed) is reported and the next one runs; QEMU exits
+        /// with failure if any failed. Every binary of `user/programs` is packed
+        /// into the image; an unknown name is refused with the list of programs.
+        #[arg(long, value_name = "NAME[,NAME…]", conflicts_with = "hw")]
+        init: Option<String>,
         /// How the kernel is loaded: QEMU's `-kernel`, or UEFI firmware
         /// (OVMF / AAVMF) running the portcullis loader from a disk image.
         #[arg(long, value_enum, default_value_t = Boot::Direct)]
@@ -130,8 +138,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Run { arch, iommu, release, gdb, trace, hw, boot, qemu_args } => {
-            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, boot };
+        Command::Run { arch, iommu, release, gdb, trace, hw, init, boot, qemu_args } => {
+            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot };
             setup::run().and_then(|()| test::run_demo(options, &qemu_args))
         }
         Command::Test { host, qemu, arch, iommu, filter, boot } => {

@@ -531,6 +531,47 @@ fn isolation_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu
     Ok(cases)
 }
 
+/// `init=` with a list (`cargo xtask run --init`), on a machine without an
+/// IOMMU: `<arch>-init-list` runs two programs in order, each to its exit;
+/// `<arch>-init-unknown` names one that does not exist between two that do,
+/// which must be reported with the programs that exist while the others still
+/// run, and the boot must end in failure.
+fn init_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_tests::runner::Case>, String> {
+    let machine = |init: &str| Machine {
+        arch,
+        iommu: Iommu::None,
+        cmdline: vec![init.to_owned()],
+        extra: Vec::new(),
+        gdb: false,
+        boot: Boot::Direct,
+    };
+    let mut list = harness::case(&machine("init=hello,spin"), kernel, BOOT_TIMEOUT)?;
+    list.name = format!("{}-init-list", arch.name());
+    list.log_file.set_file_name(format!("{}.log", list.name));
+    list.must_contain = vec![
+        "hello from user space at".into(),
+        "task hello: exited with status 0".into(),
+        "spin: done after".into(),
+        "task spin: exited with status 0".into(),
+        "init: 2 of 2 programs exited 0".into(),
+    ];
+    list.expect = qemu_tests::runner::Expect::Exit;
+    let mut unknown = harness::case(&machine("init=hello,no-such-program,spin"), kernel, BOOT_TIMEOUT)?;
+    unknown.name = format!("{}-init-unknown", arch.name());
+    unknown.log_file.set_file_name(format!("{}.log", unknown.name));
+    unknown.must_contain = vec![
+        "init no-such-program: no such program; user programs: ".into(),
+        "demo, fault, hello,".into(),
+        "task hello: exited with status 0".into(),
+        "task spin: exited with status 0".into(),
+        "init: 1 of 3 programs failed: no-such-program".into(),
+        "portcullis: exit failure".into(),
+    ];
+    // The kernel's failure exit, not a panic (a crash report fails the case).
+    unknown.expect = qemu_tests::runner::Expect::Failure;
+    Ok(vec![list, unknown])
+}
+
 /// The UEFI boots of `arch` (OVMF / AAVMF, the loader from a GPT disk image):
 /// per IOMMU of `configs`, the whole kernel + user suite (with the topology the
 /// direct boot prints, which on aarch64 now comes from the IORT or VIOT
@@ -718,6 +759,9 @@ pub fn run_tests(
             if configs.contains(&(a, a.default_iommu())) && filter.is_none_or(|f| f.contains("isolation")) {
                 cases.extend(isolation_cases(a, &kernel)?);
             }
+            if iommu.is_none() && filter.is_none_or(|f| f.contains("init")) {
+                cases.extend(init_cases(a, &kernel)?);
+            }
             if configs.contains(&(a, Iommu::Amdvi)) && filter.is_none() {
                 cases.push(amdvi_stale_bus_case(&kernel)?);
             }
@@ -791,19 +835,27 @@ pub struct RunOptions {
     pub trace: bool,
     /// The hardware-specific door's demos instead of the generic one.
     pub hw: bool,
+    /// `--init NAME[,NAME…]`: these programs instead of the demo.
+    pub init: Option<String>,
     /// Direct or UEFI boot.
     pub boot: Boot,
 }
 
 /// `cargo xtask run`: boots one machine with live, symbolized output.
 pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String> {
-    let RunOptions { arch, iommu, release, gdb, trace, hw, boot } = options;
+    let RunOptions { arch, iommu, release, gdb, trace, hw, init, boot } = options;
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
-    let kernel = build::kernel_for(arch, release, boot)?;
     // The demo: the generic edu driver on every edu behind an IOMMU, or
-    // (`--hw`) the hardware-specific door with a user-owned stage 1.
-    let mut cmdline = vec![if hw { "init=hw-vtd,hw-smmuv3" } else { "init=demo" }.to_owned()];
+    // (`--hw`) the hardware-specific door with a user-owned stage 1, or
+    // (`--init`) the programs named, checked before anything is built.
+    let init = match init {
+        Some(spec) => crate::programs::init_word(&spec, &crate::programs::names()?)?,
+        None if hw => "init=hw-vtd,hw-smmuv3".to_owned(),
+        None => "init=demo".to_owned(),
+    };
+    let kernel = build::kernel_for(arch, release, boot)?;
+    let mut cmdline = vec![init];
     if trace {
         cmdline.push("trace=1".to_owned());
     }

@@ -112,24 +112,8 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
     let ok = match boot_core(boot, platform) {
         Ok(()) => {
             crash_test(boot);
-            let names: alloc::vec::Vec<&str> = task::programs().iter().map(|p| p.name).collect();
-            log::info!("user programs: {}", if names.is_empty() { "none packed".into() } else { names.join(", ") });
-            // `init=a,b`: the programs run one after the other; all must exit 0.
-            let init_ok = boot.cmdline_value("init").is_none_or(|names| {
-                names.split(',').filter(|n| !n.is_empty()).fold(true, |ok, name| {
-                    ok & match task::run(name) {
-                        Ok(UserExit::Exited(0)) => true,
-                        Ok(other) => {
-                            log::error!("init {name}: {other:?}");
-                            false
-                        }
-                        Err(e) => {
-                            log::error!("init {name}: {e}");
-                            false
-                        }
-                    }
-                })
-            });
+            log::info!("user programs: {}", packed_programs());
+            let init_ok = boot.cmdline_value("init").is_none_or(run_init);
             init_ok && run_tests(boot, suites)
         }
         Err(e) => {
@@ -139,6 +123,58 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
     };
     log::info!("portcullis: exit {}", if ok { "success" } else { "failure" });
     platform.exit(ok)
+}
+
+/// The names of the packed programs, for messages.
+fn packed_programs() -> alloc::string::String {
+    let names: alloc::vec::Vec<&str> = task::programs().iter().map(|p| p.name).collect();
+    if names.is_empty() {
+        "none packed".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `init=a,b`: runs the programs one after the other, each to its exit, and
+/// reports how each ended. One that fails (a non-zero status, a kill, a name
+/// no program has) does not stop the next; true when every one exited 0.
+fn run_init(list: &str) -> bool {
+    let names: alloc::vec::Vec<&str> = list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        log::error!("init: no program named (init=NAME[,NAME...]); user programs: {}", packed_programs());
+        return false;
+    }
+    let mut failed = alloc::vec::Vec::new();
+    for &name in &names {
+        let ok = match task::run(name) {
+            Ok(UserExit::Exited(0)) => true,
+            Ok(UserExit::Exited(status)) => {
+                log::error!("init {name}: exited with status {status}");
+                false
+            }
+            Ok(UserExit::Killed { reason, .. }) => {
+                log::error!("init {name}: killed: {reason}");
+                false
+            }
+            Err(task::SpawnError::NotFound) => {
+                log::error!("init {name}: no such program; user programs: {}", packed_programs());
+                false
+            }
+            Err(e) => {
+                log::error!("init {name}: cannot start: {e}");
+                false
+            }
+        };
+        if !ok {
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        log::info!("init: {} of {} programs exited 0", names.len(), names.len());
+    } else {
+        log::error!("init: {} of {} programs failed: {}", failed.len(), names.len(), failed.join(", "));
+    }
+    failed.is_empty()
 }
 
 fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'static str> {
