@@ -61,6 +61,7 @@ pub mod abi_glue;
 mod hw;
 pub mod ranges;
 pub mod shadow;
+pub mod syscall;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -17,6 +17,96 @@ struct HostDoor {
     next_va: u64,
     /// (unit, device ID) of each bindable device.
     devices: Vec<(usize, u32)>,
+    /// The user memory raw calls pass their structs in.
+    user: HostUser,
+}
+
+/// Where a raw call's struct sits in the fake user memory.
+const STRUCT_VA: u64 = 0x7000_0000;
+
+/// Fake user memory for the decoder: the pages at [`STRUCT_VA`] (and the
+/// door's data pages), every other address `EFAULT`, as in the kernel.
+#[derive(Default)]
+struct HostUser {
+    pages: std::collections::BTreeMap<u64, Box<[u8; 4096]>>,
+}
+
+impl HostUser {
+    fn page(&self, va: u64) -> Result<&[u8; 4096], Errno> {
+        self.pages.get(&(va & !(PAGE - 1))).map(|p| &**p).ok_or(Errno::EFAULT)
+    }
+}
+
+impl iommufd::syscall::UserMemory for HostUser {
+    fn read(&self, va: u64, len: usize) -> Result<Vec<u8>, Errno> {
+        va.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        (0..len as u64).map(|i| self.page(va + i).map(|p| p[((va + i) % PAGE) as usize])).collect()
+    }
+
+    fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
+        va.checked_add(bytes.len() as u64).ok_or(Errno::EFAULT)?;
+        // Checked whole before the first byte lands, as the kernel does.
+        for i in 0..bytes.len() as u64 {
+            self.page(va + i)?;
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = va + i as u64;
+            if let Some(p) = self.pages.get_mut(&(at & !(PAGE - 1))) {
+                p[(at % PAGE) as usize] = b;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host's side of [`iommufd::syscall::Kernel`]: the door's table, the
+/// mock units and fake memories; functions are bound by their index in
+/// the door's device list, encoded as the bdf's low bits.
+struct HostKernel<'a> {
+    fd: &'a mut Iommufd,
+    units: &'a mut Vec<Box<dyn Iommu>>,
+    mem: &'a mut FakeMemory,
+    user: &'a mut HostUser,
+    devices: &'a [(usize, u32)],
+}
+
+impl iommufd::syscall::Kernel for HostKernel<'_> {
+    fn user(&mut self) -> &mut dyn iommufd::syscall::UserMemory {
+        self.user
+    }
+    fn with_fd(&mut self, f: &mut iommufd::syscall::TableOp<'_>) -> Result<(), Errno> {
+        f(self.fd, self.units, self.mem)
+    }
+    fn bind_target(&mut self, bdf: u64) -> Result<(usize, DeviceId), Errno> {
+        // As the kernel: a function that is not there is ENOENT, one this
+        // task did not claim (the host bridge, 00:00.0) EPERM.
+        match bdf {
+            0 => Err(Errno::EPERM),
+            b => {
+                self.devices.iter().find(|d| u64::from(d.1) == b).map(|&(u, id)| (u, DeviceId(id))).ok_or(Errno::ENOENT)
+            }
+        }
+    }
+    fn unit_name(&self, unit: usize) -> String {
+        format!("mock{unit}")
+    }
+    fn now_ns(&self) -> u64 {
+        0
+    }
+    fn wait_for_faults(&mut self) {}
+}
+
+impl HostDoor {
+    fn dispatch(&mut self, op: u64, ptr: u64) -> Result<(), Errno> {
+        let mut k = HostKernel {
+            fd: &mut self.fd,
+            units: &mut self.units,
+            mem: &mut self.mem,
+            user: &mut self.user,
+            devices: &self.devices,
+        };
+        iommufd::syscall::dispatch(&mut k, op, ptr).map(|_| ())
+    }
 }
 
 impl HostDoor {
@@ -34,6 +124,7 @@ impl HostDoor {
             mem: FakeMemory { mapped: Some(Default::default()), ..FakeMemory::default() },
             next_va: 0x40_0000,
             devices: vec![(0, 0x10), (0, 0x18), (1, 0x20)],
+            user: HostUser { pages: (0..4).map(|i| (STRUCT_VA + i * PAGE, Box::new([0u8; 4096]))).collect() },
         }
     }
 }
@@ -114,11 +205,20 @@ impl Door for HostDoor {
     fn unmapped_va(&self) -> u64 {
         0x10_0000 // below every allocation
     }
-    fn raw(&mut self, _op: u64, _bytes: &mut [u8]) -> Option<Result<(), Errno>> {
-        None
+    fn raw(&mut self, op: u64, bytes: &mut [u8]) -> Option<Result<(), Errno>> {
+        // The struct goes into the fake user memory and through the kernel's decoder.
+        use iommufd::syscall::UserMemory;
+        if self.user.write(STRUCT_VA, bytes).is_err() {
+            return Some(Err(Errno::E2BIG));
+        }
+        let r = self.dispatch(op, STRUCT_VA);
+        if let Ok(back) = self.user.read(STRUCT_VA, bytes.len()) {
+            bytes.copy_from_slice(&back);
+        }
+        Some(r)
     }
-    fn raw_ptr(&mut self, _op: u64, _ptr: u64) -> Option<Result<(), Errno>> {
-        None
+    fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
+        Some(self.dispatch(op, ptr))
     }
     fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
         let (unit, _) = self.fd.device_unit(dev)?;
