@@ -1,6 +1,7 @@
-//! The IOAS syscall (`Sysno::Iommufd`): user structs decoded by the ABI rules,
-//! the running task's object table (`iommufd::Iommufd`) driven over the
-//! registered IOMMU units, and task pages pinned while DMA-mapped.
+//! The IOAS syscall (`Sysno::Iommufd`): the decoder of `iommufd::syscall` run
+//! on the running task's object table (`iommufd::Iommufd`) over the
+//! registered IOMMU units, with the task's memory behind its page tables,
+//! and task pages pinned while DMA-mapped.
 //!
 //! Pinning: a frame mapped into an IOAS carries a pin count. A task that
 //! unmaps such a page from its own address space (or exits) does not free the
