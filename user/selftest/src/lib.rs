@@ -67,6 +67,11 @@ pub trait Door {
     fn raw(&mut self, op: u64, bytes: &mut [u8]) -> Option<Result<(), Errno>>;
     /// The raw syscall with an arbitrary struct pointer.
     fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>>;
+    /// What a leak check compares before and after each case (pinned pages,
+    /// live objects, ...); `None` where the backend cannot tell.
+    fn leak_counters(&mut self) -> Option<[u64; 2]> {
+        None
+    }
 
     // The hardware-specific door.
 
@@ -816,7 +821,20 @@ pub fn cases() -> Vec<(String, Case)> {
     case!("raw_size_too_big_e2big", |d| raw_call(d, Op::IoasAlloc as u64, &[4096, 0], 16, Err(Errno::E2BIG)));
     case!("raw_unknown_flags_einval", |d| raw_call(d, Op::IoasAlloc as u64, &[16, 1], 16, Err(Errno::EINVAL)));
     case!("raw_reserved_set_einval", |d| raw_call(d, Op::IoasAlloc as u64, &[16, 0, 0, 5], 16, Err(Errno::EINVAL)));
-    case!("raw_longer_struct_zero_tail_ok", |d| raw_call(d, Op::IoasAlloc as u64, &[32, 0], 32, Ok(())));
+    case!("raw_longer_struct_zero_tail_ok", |d| {
+        let mut bytes = alloc::vec![0u8; 32];
+        bytes[0..4].copy_from_slice(&32u32.to_le_bytes());
+        match d.raw(Op::IoasAlloc as u64, &mut bytes) {
+            None => Verdict::Skip("no ABI layer on this backend"),
+            Some(r) => {
+                expect!(r, Ok(()));
+                // The id came back in the struct: the IOAS is not lost.
+                let id = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+                expect!(d.destroy(id), Ok(()));
+                Verdict::Pass
+            }
+        }
+    });
     case!("raw_longer_struct_nonzero_tail_e2big", |d| {
         raw_call(d, Op::IoasAlloc as u64, &[32, 0, 0, 0, 0, 0, 7], 32, Err(Errno::E2BIG))
     });
@@ -865,6 +883,54 @@ pub fn cases() -> Vec<(String, Case)> {
         let missing = abi::bdf(0, 0xEE, 31, 7) as u32;
         raw_call(d, Op::DeviceBind as u64, &[24, 0, missing, 0], 24, Err(Errno::ENOENT))
     });
+    // Ported from Linux's iommufd selftest: what it checks that the cases above do not.
+    case!("copy_window_starting_before_an_area_enoent", |d| with_ioas(d, |d, src| with_pages(d, 2, |d, va| {
+        let at = try_ok!(d.map(src, va, 2 * PAGE, Some(0x40_0000), RW));
+        with_ioas(d, |d, dst| {
+            expect!(d.copy(dst, src, at - PAGE, 2 * PAGE, None, RW), Err(Errno::ENOENT));
+            expect!(d.copy(dst, src, at + PAGE, 2 * PAGE, None, RW), Err(Errno::ENOENT));
+            expect!(d.copy(dst, src, at, 2 * PAGE, None, RW).map(|_| ()), Ok(()));
+            Verdict::Pass
+        })
+    })));
+    case!("auto_map_never_wraps_past_2_64", |d| with_ioas(d, |d, ioas| with_pages(d, 32, |d, va| {
+        // Only the top 16 pages of the space are allowed: a bigger map finds
+        // no gap (it must not wrap to low IOVAs), a fitting one lands there.
+        let top = u64::MAX - (16 * PAGE - 1);
+        if d.allow_iovas(ioas, &[(top, u64::MAX)]).is_err() {
+            return Verdict::Skip("the top of the IOVA space is not usable here (a device narrows it)");
+        }
+        expect!(d.map(ioas, va, 32 * PAGE, None, RW), Err(Errno::ENOSPC));
+        expect!(d.map(ioas, va, 16 * PAGE, None, RW), Ok(top));
+        expect!(d.map(ioas, va, PAGE, None, RW), Err(Errno::ENOSPC));
+        expect!(d.unmap(ioas, 0, u64::MAX), Ok(16 * PAGE));
+        expect!(d.allow_iovas(ioas, &[]), Ok(()));
+        Verdict::Pass
+    })));
+    case!("map_of_a_range_whose_first_half_is_unmapped_efault", |d| with_ioas(d, |d, ioas| with_pages(
+        d,
+        2,
+        |d, va| {
+            // The page before `va` is a guard page: the range starts unmapped.
+            expect!(d.map(ioas, va - PAGE, 2 * PAGE, None, RW), Err(Errno::EFAULT));
+            expect!(d.map(ioas, va - 2 * PAGE, 4 * PAGE, None, RW), Err(Errno::EFAULT));
+            expect!(d.unmap(ioas, 0, u64::MAX), Ok(0));
+            Verdict::Pass
+        }
+    )));
+    case!("hw_info_of_an_unknown_device_enoent", |d| {
+        let mut data = [0u8; 64];
+        expect!(d.hw_info_typed(0x7FFF_0001, &mut data).map(|_| ()), Err(Errno::ENOENT));
+        with_ioas(d, |d, ioas| {
+            expect!(d.hw_info_typed(ioas, &mut data).map(|_| ()), Err(Errno::EINVAL));
+            Verdict::Pass
+        })
+    });
+    case!("raw_hwpt_alloc_null_data_pointer_efault", |d| with_device(d, |d, dev, ioas| {
+        // data_len 8 with data_uptr 0: the kernel must not read address 0.
+        let words = [40, 0, dev, ioas, abi::ioas::hwpt_data::VTD_ATTRS, 8, 0, 0, 0, 0];
+        raw_call(d, Op::HwptAlloc as u64, &words, 40, Err(Errno::EFAULT))
+    }));
     v.extend(hw::cases());
     v
 }
@@ -877,7 +943,15 @@ pub fn run(door: &mut dyn Door, out: &mut dyn FnMut(&str)) -> (u32, u32, u32) {
     out(&format!("1..{}", all.len()));
     let (mut pass, mut fail, mut skip) = (0, 0, 0);
     for (i, (name, case)) in all.iter().enumerate() {
-        match case(door) {
+        // Every case ends with a pin-leak check, as Linux's selftest does.
+        let before = door.leak_counters();
+        let mut verdict = case(door);
+        if let (Verdict::Pass | Verdict::Skip(_), Some(b), Some(a)) = (&verdict, before, door.leak_counters()) {
+            if a != b {
+                verdict = Verdict::Fail(format!("leak: pins and objects {b:?} before the case, {a:?} after"));
+            }
+        }
+        match verdict {
             Verdict::Pass => {
                 pass += 1;
                 out(&format!("ok {} user.ioas.{name}", i + 1));

@@ -220,6 +220,9 @@ impl Door for HostDoor {
     fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
         Some(self.dispatch(op, ptr))
     }
+    fn leak_counters(&mut self) -> Option<[u64; 2]> {
+        Some([self.mem.pins.len() as u64, self.fd.len() as u64])
+    }
     fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
         let (unit, _) = self.fd.device_unit(dev)?;
         let (kind, typed) = iommufd::abi_glue::typed_hw_info(&self.units[unit].info());

@@ -81,6 +81,11 @@ impl Door for SyscallDoor {
     fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
         Some(abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])).map(|_| ()))
     }
+    fn leak_counters(&mut self) -> Option<[u64; 2]> {
+        // Kernel counters (ktest boots): this task's pinned pages and objects.
+        let pins = sys::test_counter(sys::Counter::PinnedPages).ok()?;
+        Some([pins, sys::test_counter(sys::Counter::Objects).ok()?])
+    }
     fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
         let t = ioas::hw_info_typed(dev, data)?;
         Ok((t.data_type, t.data_len, t.hwpt_alloc_types, t.invalidate_types))
