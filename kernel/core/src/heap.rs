@@ -25,3 +25,24 @@ pub fn usage() -> (usize, usize) {
     let h = HEAP.lock();
     (h.used(), h.free())
 }
+
+/// Heap bytes every syscall that allocates must leave free: one call never
+/// allocates more than this (the largest is a 1 MiB user copy, or a 512 KiB
+/// page list of a map at the pin quota), so a call that starts with this
+/// much free cannot exhaust the heap, and the kernel's own work after it
+/// still finds memory.
+pub const SYSCALL_RESERVE: usize = 2 << 20;
+
+/// `ENOMEM` unless the heap has [`SYSCALL_RESERVE`] bytes free (half the
+/// heap on heaps smaller than twice that): checked on entry to the syscalls
+/// that allocate, so a task that would exhaust the heap gets an error and
+/// the kernel keeps running.
+pub fn ensure_headroom() -> Result<(), abi::Errno> {
+    let h = HEAP.lock();
+    let reserve = SYSCALL_RESERVE.min(h.size() / 2);
+    if h.free() >= reserve {
+        Ok(())
+    } else {
+        Err(abi::Errno::ENOMEM)
+    }
+}

@@ -237,7 +237,7 @@ pub fn limits() -> &'static Limits {
         };
         let d = iommufd::Quota::default();
         Limits {
-            tasks: num("quota.tasks", 32) as usize,
+            tasks: num("quota.tasks", 16) as usize,
             children: num("quota.children", 8) as usize,
             mem_pages: num("quota.mem_pages", 32 * 1024),
             iommufd: iommufd::Quota {
@@ -1075,6 +1075,16 @@ pub(crate) fn sleep_current(ns: u64) {
 
 /// Serves one syscall of the current task.
 pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
+    // Calls that allocate on the heap start only with headroom left (ENOMEM otherwise).
+    let allocates = matches!(
+        Sysno::from_raw(number),
+        Some(Sysno::MemMap | Sysno::DeviceList | Sysno::TaskSpawn | Sysno::Iommufd | Sysno::DeviceIrqEnable)
+    );
+    if allocates {
+        if let Err(e) = crate::heap::ensure_headroom() {
+            return SyscallOutcome::Return(abi::encode(Err(e)));
+        }
+    }
     let result = match Sysno::from_raw(number) {
         Some(Sysno::Exit) => return SyscallOutcome::Exit(args[0] as i64),
         Some(Sysno::Log) => sys_log(args[0], args[1]),

@@ -241,7 +241,7 @@ pub struct Quota {
 
 impl Default for Quota {
     fn default() -> Self {
-        Quota { objects: 1024, pinned_pages: 1 << 16, fault_records: 16 * 1024 }
+        Quota { objects: 1024, pinned_pages: 1 << 16, fault_records: 4096 }
     }
 }
 
