@@ -6,6 +6,20 @@ use log::{LevelFilter, Log, Metadata, Record};
 /// Serialises whole lines so that messages from different contexts do not mix.
 static LINE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
+/// The line lock, or `None` after a bounded wait: an interrupt handler that
+/// logs while the code it interrupted holds the lock (syscalls run with
+/// interrupts on) must not spin forever on this CPU; it writes unlocked (a
+/// line may interleave, nothing is lost).
+fn line_guard() -> Option<spin::MutexGuard<'static, ()>> {
+    for _ in 0..10_000 {
+        if let Some(g) = LINE_LOCK.try_lock() {
+            return Some(g);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
 /// A `fmt::Write` sink on the platform console.
 pub struct Console;
 
@@ -27,7 +41,7 @@ impl Log for KernelLogger {
 
     fn log(&self, record: &Record) {
         let ns = crate::try_platform().map_or(0, |p| p.uptime_ns());
-        let _guard = LINE_LOCK.lock();
+        let _guard = line_guard();
         let _ = writeln!(
             Console,
             "[{:5}.{:06}] {:<5} {}: {}",
@@ -60,7 +74,7 @@ pub fn init(level: Option<&str>) {
 
 /// Prints raw text (KTAP lines) under the line lock.
 pub fn print(args: fmt::Arguments) {
-    let _guard = LINE_LOCK.lock();
+    let _guard = line_guard();
     let _ = Console.write_fmt(args);
 }
 

@@ -181,8 +181,11 @@ impl iommufd::syscall::Kernel for TaskKernel {
     }
 
     fn wait_for_faults(&mut self) {
+        // The switch to another task happens with interrupts off, as always.
+        platform().disable_interrupts();
         crate::task::sleep_current(5_000_000);
         collect_faults();
+        platform().enable_interrupts();
     }
 }
 
@@ -212,7 +215,17 @@ fn collect_faults() {
 /// logged first (decoded), so a task sees its stray DMA reported, and
 /// delivered to the fault queues that asked for them; then the op runs
 /// through the decoder the host tests use too (`iommufd::syscall`).
+///
+/// The op runs with interrupts on: a map at the pin quota takes tens of
+/// milliseconds (45 ms for 128 MiB under TCG), and the timer and devices
+/// are served meanwhile. That is safe on one CPU: no interrupt handler
+/// takes a lock a syscall may hold (they count, acknowledge, and at most
+/// log, which does not wait on an interrupted writer), and the kernel is
+/// not preempted (a task switch happens only from user mode).
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
     collect_faults();
-    iommufd::syscall::dispatch(&mut TaskKernel { user: TaskUser }, op, ptr)
+    platform().enable_interrupts();
+    let r = iommufd::syscall::dispatch(&mut TaskKernel { user: TaskUser }, op, ptr);
+    platform().disable_interrupts();
+    r
 }
