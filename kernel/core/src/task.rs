@@ -1073,6 +1073,14 @@ pub(crate) fn sleep_current(ns: u64) {
     to_scheduler();
 }
 
+/// Runs `f` with interrupts on (syscalls start with them off) and turns them off again.
+fn with_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    platform().enable_interrupts();
+    let r = f();
+    platform().disable_interrupts();
+    r
+}
+
 /// Serves one syscall of the current task.
 pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
     // Calls that allocate on the heap start only with headroom left (ENOMEM otherwise).
@@ -1094,8 +1102,10 @@ pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
         }
         Some(Sysno::Clock) => Ok(platform().uptime_ns()),
         Some(Sysno::Sleep) => sys_sleep(args[0]),
-        Some(Sysno::MemMap) => sys_mem_map(args[0], args[1], args[2]),
-        Some(Sysno::MemUnmap) => sys_mem_unmap(args[0], args[1]),
+        // Long (zeroing 128 MiB at the memory quota): with interrupts on, as
+        // iommufd ops (see `ioas::syscall` for why that is safe).
+        Some(Sysno::MemMap) => with_interrupts(|| sys_mem_map(args[0], args[1], args[2])),
+        Some(Sysno::MemUnmap) => with_interrupts(|| sys_mem_unmap(args[0], args[1])),
         Some(Sysno::DeviceList) => sys_device_list(args[0], args[1]),
         Some(Sysno::DeviceClaim) => sys_device_claim(args[0]),
         Some(Sysno::DeviceMapBar) => sys_device_map_bar(args[0], args[1]),
