@@ -222,10 +222,33 @@ fn collect_faults() {
 /// takes a lock a syscall may hold (they count, acknowledge, and at most
 /// log, which does not wait on an interrupted writer), and the kernel is
 /// not preempted (a task switch happens only from user mode).
+///
+/// IOMMU table frames: what each call adds or frees is charged to the task
+/// (`quota.table_frames`); at the limit, ops that can add tables are `EDQUOT`.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
     collect_faults();
+    let frees_only = matches!(
+        abi::ioas::Op::from_raw(op),
+        Some(
+            abi::ioas::Op::Destroy
+                | abi::ioas::Op::IoasUnmap
+                | abi::ioas::Op::DeviceDetach
+                | abi::ioas::Op::IoasIovaRanges
+                | abi::ioas::Op::GetHwInfo
+                | abi::ioas::Op::FaultRead
+        )
+    );
+    if !frees_only && crate::task::current_table_frames()? >= crate::task::limits().table_frames {
+        return Err(Errno::EDQUOT);
+    }
+    let before = crate::iommu::table_frames() as i64;
     platform().enable_interrupts();
     let r = iommufd::syscall::dispatch(&mut TaskKernel { user: TaskUser }, op, ptr);
     platform().disable_interrupts();
+    // fault_read may sleep, and other tasks' calls run meanwhile: it maps
+    // nothing, so it is charged nothing.
+    if abi::ioas::Op::from_raw(op) != Some(abi::ioas::Op::FaultRead) {
+        crate::task::charge_table_frames(crate::iommu::table_frames() as i64 - before);
+    }
     r
 }

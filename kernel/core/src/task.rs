@@ -76,6 +76,11 @@ struct Current {
     next_va: u64,
     /// The task's IOAS objects (../shared/DESIGN.md §2).
     iommufd: iommufd::Iommufd,
+    /// IOMMU table frames the task's iommufd calls took and did not give
+    /// back (`quota.table_frames`): each call's change of the units' table
+    /// frames, which only that call can have caused (one CPU, no kernel
+    /// preemption).
+    table_frames: i64,
 }
 
 /// Which task claimed which PCI function.
@@ -220,6 +225,11 @@ pub struct Limits {
     /// Each task's iommufd limits (`quota.objects`, `quota.pinned_pages`,
     /// `quota.fault_records`).
     pub iommufd: iommufd::Quota,
+    /// IOMMU page-table frames one task's mappings, HWPTs and shadows may
+    /// hold (`quota.table_frames`): an op that would add to them once the
+    /// task is at the limit is `EDQUOT` (one call may overshoot by what it
+    /// maps, which the pin quota bounds).
+    pub table_frames: i64,
 }
 
 /// The limits, read once from the command line (defaults where a key is
@@ -240,6 +250,7 @@ pub fn limits() -> &'static Limits {
             tasks: num("quota.tasks", 16) as usize,
             children: num("quota.children", 8) as usize,
             mem_pages: num("quota.mem_pages", 32 * 1024),
+            table_frames: num("quota.table_frames", 4096) as i64,
             iommufd: iommufd::Quota {
                 objects: num("quota.objects", d.objects as u64) as usize,
                 pinned_pages: num("quota.pinned_pages", d.pinned_pages),
@@ -277,6 +288,7 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
         anon: Vec::new(),
         next_va: MMAP_BASE,
         iommufd: iommufd::Iommufd::with_quota(limits().iommufd),
+        table_frames: 0,
     };
     let mut task = alloc::boxed::Box::new(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 });
     task.sp = platform().init_task_stack(task.kstack_top(), task_start);
@@ -573,6 +585,19 @@ pub(crate) fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
 }
 
 /// Runs `f` on the running task's IOAS objects, with its page-table root.
+/// The running task's IOMMU table frames (see `Current::table_frames`).
+pub(crate) fn current_table_frames() -> Result<i64, Errno> {
+    with_current(|cur| Ok(cur.table_frames))
+}
+
+/// Adds `delta` to the running task's IOMMU table frames.
+pub(crate) fn charge_table_frames(delta: i64) {
+    let _ = with_current(|cur| {
+        cur.table_frames = cur.table_frames.saturating_add(delta);
+        Ok(())
+    });
+}
+
 pub(crate) fn with_current_iommufd<R>(
     f: impl FnOnce(&mut iommufd::Iommufd, u64) -> Result<R, Errno>,
 ) -> Result<R, Errno> {
@@ -1160,6 +1185,7 @@ fn sys_test_canary(op: u64, a: u64, b: u64) -> SysResult {
                 5 => with_current(|cur| Ok(cur.iommufd.len() as u64)),
                 6 => with_current(|cur| Ok(cur.iommufd.pinned_pages())),
                 7 => Ok(crate::iommu::table_frames() as u64),
+                8 => with_current(|cur| Ok(cur.table_frames.max(0) as u64)),
                 _ => Err(Errno::EINVAL),
             };
         }

@@ -145,6 +145,8 @@ pub enum Counter {
     PinnedPages = 6,
     /// Frames the IOMMU drivers hold in tables.
     TableFrames = 7,
+    /// IOMMU table frames charged to this task (`quota.table_frames`).
+    MyTableFrames = 8,
 }
 
 /// The kernel counter `c` (test boots only; `EPERM` without `ktest=`).
