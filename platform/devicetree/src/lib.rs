@@ -521,8 +521,13 @@ impl<'a> DeviceTree<'a> {
         let intid = |i: usize| -> Option<u32> {
             let kind = be32(cells, i * 12)?;
             let num = be32(cells, i * 12 + 4)?;
-            // Cell 0: 0 = SPI (INTID 32 + n), 1 = PPI (INTID 16 + n).
-            Some(if kind == 1 { 16 + num } else { 32 + num })
+            // Cell 0: 0 = SPI (INTID 32 + n), 1 = PPI (INTID 16 + n); a
+            // number past the INTID space is no timer (the fuzzer found it).
+            if kind == 1 {
+                num.checked_add(16)
+            } else {
+                num.checked_add(32)
+            }
         };
         Some(Timer { secure_phys: intid(0)?, phys: intid(1)?, virt: intid(2)?, hyp_phys: intid(3)? })
     }
@@ -533,6 +538,15 @@ mod tests {
     use super::*;
 
     const SMMU: &[u8] = include_bytes!("../tests/data/virt-smmuv3.dtb");
+
+    /// Found by the `devicetree` fuzz target: a timer interrupt number near
+    /// 2^32 overflowed `INTID = 16 + n`. Such a timer is refused, not a panic.
+    #[test]
+    fn timer_interrupt_numbers_past_the_intid_space_are_refused() {
+        let dt = DeviceTree::from_bytes(include_bytes!("../tests/data/fuzz-timer-intid-overflow.dtb")).unwrap();
+        assert_eq!(dt.timer(), None);
+        assert!(DeviceTree::from_bytes(SMMU).unwrap().timer().is_some(), "QEMU's own timer still parses");
+    }
 
     #[test]
     fn qemu_virt_basics() {
