@@ -9,7 +9,7 @@
 //! `fuzz/artifacts/<target>/` and fails the run with that path.
 //! `cargo xtask test` runs every target for [`BRIEF`] and counts each as a test.
 
-use crate::machine::workspace_root;
+use crate::machine::{workspace_root, Arch, Boot, Iommu, Machine};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -199,6 +199,7 @@ pub fn run(target: Option<&str>, time: u64, list: bool, input: Option<&Path>) ->
             for (name, what, _) in TARGETS {
                 println!("{name:<11} {what}");
             }
+            println!("{:<11} the syscall fuzzer in QEMU (--calls N --seed S --arch A --iommu I)", "syscalls");
             return Ok(());
         }
     };
@@ -224,5 +225,41 @@ pub fn run(target: Option<&str>, time: u64, list: bool, input: Option<&Path>) ->
         Ok(())
     } else {
         Err(format!("{failed} fuzz target(s) crashed"))
+    }
+}
+
+/// `cargo xtask fuzz syscalls`: boots one machine (the test suite's, with
+/// its second `edu`) running only `test-fuzz`, with `fuzz.calls=` and
+/// `fuzz.seed=` on the command line, and checks its KTAP results.
+pub fn syscalls(arch: Arch, iommu: Option<Iommu>, calls: u64, seed: Option<&str>) -> Result<(), String> {
+    let iommu = iommu.unwrap_or(arch.default_iommu());
+    iommu.check(arch)?;
+    let mut cmdline = vec!["ktest=test-fuzz".to_owned(), format!("fuzz.calls={calls}")];
+    if let Some(s) = seed {
+        let ok = s.strip_prefix("0x").map_or(s.parse::<u64>().is_ok(), |h| u64::from_str_radix(h, 16).is_ok());
+        if !ok {
+            return Err(format!("--seed {s:?}: a decimal or 0x-hex number"));
+        }
+        cmdline.push(format!("fuzz.seed={s}"));
+    }
+    let extra = match iommu {
+        Iommu::None => Vec::new(),
+        _ => vec!["-device".to_owned(), "edu,dma_mask=0xffffffffffffffff".to_owned()],
+    };
+    let kernel = crate::build::kernel_for(arch, false, Boot::Direct)?;
+    let machine = Machine { arch, iommu, cmdline, extra, gdb: false, boot: Boot::Direct };
+    // About 40 us a call under TCG, with a margin.
+    let timeout = Duration::from_secs(120 + calls / 5_000);
+    let mut case = crate::harness::case(&machine, &kernel, timeout)?;
+    case.name = format!("{}-fuzz-syscalls", machine.name());
+    case.log_file.set_file_name(format!("{}.log", case.name));
+    case.must_contain = vec!["ok 1 user.fuzz.calls".into(), "ok 3 user.fuzz.baseline_restored".into()];
+    let started = std::time::Instant::now();
+    let (ok, _) = crate::harness::run_and_report(vec![case])?;
+    eprintln!("xtask: fuzz syscalls: {calls} calls on {} in {:.1} s", machine.name(), started.elapsed().as_secs_f64());
+    if ok {
+        Ok(())
+    } else {
+        Err("the syscall fuzzer failed (the log names the seed)".into())
     }
 }

@@ -7,6 +7,7 @@
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME]
 //! cargo xtask fuzz  [TARGET|all] [--time S] [--list] [--input FILE]
+//! cargo xtask fuzz  syscalls [--calls N] [--seed S] [--arch A] [--iommu I]
 //! cargo xtask setup
 //! ```
 //! `PORTCULLIS_QEMU_EXTRA` (whitespace-split) is appended to every QEMU command line.
@@ -116,7 +117,8 @@ enum Command {
         /// Benchmark to run.
         name: Option<String>,
     },
-    /// Coverage-guided fuzzing (libFuzzer) of a parser or the page-table engine; `--list` names the targets.
+    /// Coverage-guided fuzzing (libFuzzer) of a parser or the page-table engine; `--list` names the
+    /// targets. `syscalls` instead boots one machine and runs the syscall fuzzer (`test-fuzz`).
     Fuzz {
         /// Target to fuzz (`all` runs each in turn).
         target: Option<String>,
@@ -129,6 +131,18 @@ enum Command {
         /// Run the target once on this input (a crash artifact) instead of fuzzing.
         #[arg(long)]
         input: Option<std::path::PathBuf>,
+        /// `syscalls`: calls to issue (default 10^6).
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        /// `syscalls`: the seed (default: the kernel's clock, printed first).
+        #[arg(long)]
+        seed: Option<String>,
+        /// `syscalls`: architecture.
+        #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+        arch: Arch,
+        /// `syscalls`: IOMMU (default: the architecture's).
+        #[arg(long, value_enum)]
+        iommu: Option<Iommu>,
     },
     /// Install what is missing: rustup targets and components, QEMU >= 10, UEFI firmware (OVMF, AAVMF), a C++ compiler.
     Setup,
@@ -149,7 +163,12 @@ fn main() -> ExitCode {
             setup::run().and_then(|()| image::build_image(arch, !debug, &cmdline, output))
         }
         Command::Bench { name } => setup::run().and_then(|()| bench::run(name.as_deref())),
-        Command::Fuzz { target, time, list, input } => {
+        Command::Fuzz { target, list: false, calls, seed, arch, iommu, .. }
+            if target.as_deref() == Some("syscalls") =>
+        {
+            setup::run().and_then(|()| fuzz::syscalls(arch, iommu, calls, seed.as_deref()))
+        }
+        Command::Fuzz { target, time, list, input, .. } => {
             setup::run().and_then(|()| fuzz::run(target.as_deref(), time, list, input.as_deref()))
         }
     };

@@ -62,7 +62,10 @@ pub enum Sysno {
     /// isolation tests aim device DMA at it. Op 2 reads word `a` (0..8) of a
     /// mailbox every task shares, op 3 writes `b` there, op 4 returns the
     /// physical address of the caller's page at virtual address `a`: the
-    /// isolation tests' victim task tells the attacker what to aim at.
+    /// isolation tests' victim task tells the attacker what to aim at. Op 5
+    /// reads kernel counters (leak checks); op 8 returns the syscall
+    /// fuzzer's parameters from the command line (`a` 0: `fuzz.seed=`, 1:
+    /// `fuzz.calls=`; `ENOENT` when absent).
     TestCanary = 16,
 }
 

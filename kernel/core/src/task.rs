@@ -1189,6 +1189,22 @@ fn sys_test_canary(op: u64, a: u64, b: u64) -> SysResult {
                 _ => Err(Errno::EINVAL),
             };
         }
+        8 => {
+            // The syscall fuzzer's parameters from the command line
+            // (`fuzz.seed=`, `fuzz.calls=`; decimal or 0x hex): `ENOENT` when absent.
+            let key = match a {
+                0 => "fuzz.seed",
+                1 => "fuzz.calls",
+                _ => return Err(Errno::EINVAL),
+            };
+            let v = crate::cmdline_value(key).ok_or(Errno::ENOENT)?;
+            let n = match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => v.parse(),
+            };
+            // Results are 63-bit: a seed keeps its low 63 bits.
+            return n.map(|n| n & (i64::MAX as u64)).map_err(|_| Errno::EINVAL);
+        }
         4 => {
             let root = current_root().ok_or(Errno::EFAULT)?;
             if a >= USER_STACK_TOP {

@@ -105,6 +105,17 @@ pub trait Door {
         room: usize,
         timeout_ms: u32,
     ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno>;
+
+    // What the fuzzer (`fuzz`) compares with its model, where the backend can tell.
+
+    /// Pages the task's mappings pin now (copies count again).
+    fn pinned_pages(&mut self) -> Option<u64> {
+        None
+    }
+    /// The task's live iommufd objects.
+    fn objects(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// A case's verdict.
@@ -147,6 +158,7 @@ macro_rules! try_ok {
     };
 }
 
+pub mod fuzz;
 mod hw;
 
 fn with_ioas(d: &mut dyn Door, f: impl FnOnce(&mut dyn Door, u32) -> Verdict) -> Verdict {

@@ -155,6 +155,10 @@ impl Door for HostDoor {
         self.fd.allow_iovas(&mut self.units, ioas, ranges)
     }
     fn map(&mut self, ioas: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
+        // The ABI's flag rules first, as the kernel decodes the struct.
+        let fixed = if iova.is_some() { abi::ioas::MAP_FIXED_IOVA } else { 0 };
+        let s = abi::ioas::IoasMap { size: 40, flags: flags | fixed, ioas_id: ioas, ..Default::default() };
+        abi::ioas::decode::<abi::ioas::IoasMap>(zerocopy::IntoBytes::as_bytes(&s))?;
         let m = MapArgs { va, len, iova: choice(iova), perms: perms(flags) };
         self.fd.map(&mut self.units, &mut self.mem, ioas, m)
     }
@@ -170,6 +174,9 @@ impl Door for HostDoor {
         dst_iova: Option<u64>,
         flags: u32,
     ) -> Result<u64, Errno> {
+        let fixed = if dst_iova.is_some() { abi::ioas::MAP_FIXED_IOVA } else { 0 };
+        let s = abi::ioas::IoasCopy { size: 40, flags: flags | fixed, dst_ioas_id: dst, ..Default::default() };
+        abi::ioas::decode::<abi::ioas::IoasCopy>(zerocopy::IntoBytes::as_bytes(&s))?;
         let c = CopyArgs { src, src_iova, len, dst_iova: choice(dst_iova), perms: perms(flags) };
         self.fd.copy(&mut self.units, &mut self.mem, dst, c)
     }
@@ -305,6 +312,12 @@ impl Door for HostDoor {
         let out = records.iter().map(iommufd::abi_glue::fault_record).collect();
         Ok((out, overflows))
     }
+    fn pinned_pages(&mut self) -> Option<u64> {
+        Some(self.fd.pinned_pages())
+    }
+    fn objects(&mut self) -> Option<u64> {
+        Some(self.fd.len() as u64)
+    }
 }
 
 #[test]
@@ -320,4 +333,41 @@ fn selftest_suite_on_the_mock() {
     // Nothing left behind: every pin dropped once the objects are gone.
     door.fd.close(&mut door.units, &mut door.mem);
     assert!(door.mem.pins.is_empty(), "pins left: {}", door.mem.pins.len());
+}
+
+/// The syscall fuzzer's iommufd sequences (`ioas_selftest::fuzz`) over the
+/// object model and two mock units: the same generator and oracle as
+/// `test-fuzz` in QEMU. `PORTCULLIS_FUZZ_SEED` / `PORTCULLIS_FUZZ_CALLS`
+/// replay or lengthen a run; a failure names its seed and call.
+#[test]
+fn syscall_fuzz_sequences_on_the_mock() {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| parse_u64(&v));
+    let calls = env("PORTCULLIS_FUZZ_CALLS").unwrap_or(10_000);
+    let seeds: Vec<u64> = match env("PORTCULLIS_FUZZ_SEED") {
+        Some(s) => vec![s],
+        None => vec![1, 2, 3, 0x5eed_f00d],
+    };
+    let mut total = 0;
+    for seed in seeds {
+        let mut door = HostDoor::new();
+        // Read-only memory is a property of the real task's page tables; the
+        // mock has unmapped pages (below every buffer and far above).
+        let targets = ioas_selftest::fuzz::Targets { bad_vas: vec![0x10_0000, 0x7000_0000_0000], read_only: None };
+        let stats = ioas_selftest::fuzz::run(&mut door, seed, calls, targets)
+            .unwrap_or_else(|e| panic!("{e} (replay: PORTCULLIS_FUZZ_SEED={seed:#x})"));
+        door.fd.close(&mut door.units, &mut door.mem);
+        assert!(door.mem.pins.is_empty(), "seed {seed:#x}: pins left: {}", door.mem.pins.len());
+        assert!(door.mem.quarantined.is_empty(), "seed {seed:#x}: quarantined pages");
+        println!("seed {seed:#x}: {stats:?}");
+        assert!(stats.ok * 20 > stats.calls, "seed {seed:#x}: only {} of {} calls succeeded", stats.ok, stats.calls);
+        total += stats.calls;
+    }
+    println!("{total} fuzzed iommufd calls over the mock");
+}
+
+fn parse_u64(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
 }

@@ -154,6 +154,13 @@ pub fn test_counter(c: Counter) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [5, c as u64, 0, 0, 0]))
 }
 
+/// A parameter of the syscall fuzzer from the kernel command line (test
+/// boots only, `test_canary` op 8): `fuzz.seed=` (`which` 0) or
+/// `fuzz.calls=` (1); `ENOENT` when the boot gave none.
+pub fn test_fuzz_param(which: u64) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [8, which, 0, 0, 0]))
+}
+
 /// The physical address of this task's page at `va` (test boots only, `test_canary` op 4).
 pub fn test_phys_addr(va: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [4, va, 0, 0, 0]))

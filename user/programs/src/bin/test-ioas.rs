@@ -6,138 +6,14 @@
 
 extern crate alloc;
 
-use abi::ioas::IovaRange;
-use abi::{DeviceInfo, Errno};
+use abi::DeviceInfo;
 use alloc::string::String;
 use alloc::vec::Vec;
-use ioas_selftest::Door;
 use userlib::{ioas, println, sys};
 
-struct SyscallDoor {
-    /// (bdf, unit index by name) of each claimed edu.
-    devices: Vec<(u64, usize)>,
-}
-
-impl Door for SyscallDoor {
-    fn ioas_alloc(&mut self) -> Result<u32, Errno> {
-        ioas::ioas_alloc()
-    }
-    fn destroy(&mut self, id: u32) -> Result<(), Errno> {
-        ioas::destroy(id)
-    }
-    fn iova_ranges(&mut self, id: u32) -> Result<(Vec<(u64, u64)>, u64), Errno> {
-        let mut buf = [IovaRange::default(); 16];
-        let (n, align) = ioas::iova_ranges(id, &mut buf)?;
-        Ok((buf[..n.min(16)].iter().map(|r| (r.start, r.last)).collect(), align))
-    }
-    fn allow_iovas(&mut self, id: u32, ranges: &[(u64, u64)]) -> Result<(), Errno> {
-        let r: Vec<IovaRange> = ranges.iter().map(|&(start, last)| IovaRange { start, last }).collect();
-        ioas::allow_iovas(id, &r)
-    }
-    fn map(&mut self, id: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
-        ioas::map(id, va, len, iova, flags)
-    }
-    fn unmap(&mut self, id: u32, iova: u64, len: u64) -> Result<u64, Errno> {
-        ioas::unmap(id, iova, len)
-    }
-    fn copy(
-        &mut self,
-        dst: u32,
-        src: u32,
-        src_iova: u64,
-        len: u64,
-        dst_iova: Option<u64>,
-        flags: u32,
-    ) -> Result<u64, Errno> {
-        ioas::copy(dst, src, src_iova, len, dst_iova, flags)
-    }
-    fn set_option(&mut self, id: u32, option: u32, value: u64) -> Result<bool, Errno> {
-        ioas::set_option(id, option, value)
-    }
-    fn devices(&self) -> Vec<usize> {
-        self.devices.iter().map(|d| d.1).collect()
-    }
-    fn bind(&mut self, which: usize) -> Result<u32, Errno> {
-        ioas::device_bind(self.devices.get(which).ok_or(Errno::ENOENT)?.0)
-    }
-    fn attach(&mut self, dev: u32, pt: u32) -> Result<u32, Errno> {
-        ioas::device_attach(dev, pt)
-    }
-    fn detach(&mut self, dev: u32) -> Result<(), Errno> {
-        ioas::device_detach(dev)
-    }
-    fn alloc_pages(&mut self, pages: u64) -> Result<u64, Errno> {
-        sys::mem_map(0, pages * 4096, abi::PROT_READ | abi::PROT_WRITE)
-    }
-    fn free_pages(&mut self, va: u64, pages: u64) {
-        let _ = sys::mem_unmap(va, pages * 4096);
-    }
-    fn unmapped_va(&self) -> u64 {
-        0x7000_0000_0000 // far above every mapping of this task
-    }
-    fn raw(&mut self, op: u64, bytes: &mut [u8]) -> Option<Result<(), Errno>> {
-        self.raw_ptr(op, bytes.as_mut_ptr() as u64)
-    }
-    fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
-        Some(abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])).map(|_| ()))
-    }
-    fn leak_counters(&mut self) -> Option<[u64; 2]> {
-        // Kernel counters (ktest boots): this task's pinned pages and objects.
-        let pins = sys::test_counter(sys::Counter::PinnedPages).ok()?;
-        Some([pins, sys::test_counter(sys::Counter::Objects).ok()?])
-    }
-    fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
-        let t = ioas::hw_info_typed(dev, data)?;
-        Ok((t.data_type, t.data_len, t.hwpt_alloc_types, t.invalidate_types))
-    }
-    fn hwpt_alloc(
-        &mut self,
-        dev: u32,
-        parent: u32,
-        flags: u32,
-        data_type: u32,
-        data: &[u8],
-        fault_id: u32,
-    ) -> Result<u32, Errno> {
-        // Raw flags as given (FAULT_ID_VALID included or not).
-        let mut s = abi::ioas::HwptAlloc {
-            size: core::mem::size_of::<abi::ioas::HwptAlloc>() as u32,
-            flags,
-            dev_id: dev,
-            pt_id: parent,
-            data_type,
-            data_len: data.len() as u32,
-            data_uptr: data.as_ptr() as u64,
-            fault_id,
-            out_hwpt_id: 0,
-        };
-        ioas::call(abi::ioas::Op::HwptAlloc, &mut s)?;
-        Ok(s.out_hwpt_id)
-    }
-    fn hwpt_invalidate(
-        &mut self,
-        hwpt: u32,
-        data_type: u32,
-        entries: &[u8],
-        entry_len: u32,
-    ) -> (u32, Result<(), Errno>) {
-        ioas::hwpt_invalidate(hwpt, data_type, entries, entry_len as usize)
-    }
-    fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno> {
-        ioas::fault_queue_alloc(capacity)
-    }
-    fn fault_read(
-        &mut self,
-        queue: u32,
-        room: usize,
-        timeout_ms: u32,
-    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno> {
-        let mut buf = alloc::vec![abi::ioas::FaultRecord::default(); room];
-        let (n, overflows) = ioas::fault_read(queue, &mut buf, timeout_ms)?;
-        buf.truncate(n);
-        Ok((buf, overflows))
-    }
-}
+#[path = "../door.rs"]
+mod door;
+use door::SyscallDoor;
 
 fn main() -> i32 {
     let mut list = [DeviceInfo::default(); 64];
