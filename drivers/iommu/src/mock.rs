@@ -5,14 +5,19 @@
 //! an IOTLB that caches what simulated DMA ([`MockIommu::dma`]) translated:
 //! entries leave the IOTLB only when a flush covers them, so a caller that
 //! forgets to flush after unmap sees the stale translation, as on hardware.
-//! Any operation can be told to fail once ([`MockIommu::fail_next`]).
+//! Any operation can be told to fail once ([`MockIommu::fail_next`]), and a
+//! [`FailNth`] countdown shared with other fakes (the task memory of
+//! `iommufd::testing`) fails the N-th injection point of a call, whichever
+//! fake it lands in (fail-nth, as Linux's `iommufd_fail_nth`).
 
 use crate::{
     DeviceId, DomainId, DomainKind, Error, FaultEvent, Gather, Info, Iommu, Perms, Region, ReservedKind, UnitKind,
     Unmapped,
 };
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How a mock unit looks.
 #[derive(Debug, Clone)]
@@ -60,6 +65,78 @@ pub enum Op {
     Detach,
 }
 
+/// What an injection point stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// Something that allocates (a domain, page-table frames, context
+    /// structures, pinned pages): a failure there must leave no trace.
+    Alloc,
+    /// A command to the hardware on a teardown path (unmap, flush, detach):
+    /// a failure there may quarantine pages, as documented, but leaks nothing.
+    Hardware,
+}
+
+/// A fail-nth countdown: armed with N, the N-th injection point passed from
+/// then on fails (once); every point passed is counted. Shared (`Arc`) by
+/// every fake of one test world, so the N-th point of a call fails wherever
+/// it is.
+#[derive(Debug, Default)]
+pub struct FailNth {
+    /// Points left until the failing one; 0: disarmed.
+    countdown: AtomicU64,
+    /// Points passed since the last [`FailNth::arm`].
+    passed: AtomicU64,
+    /// Whether [`Point::Hardware`] points count too (else only allocations).
+    hardware: AtomicBool,
+    /// Whether the armed failure was injected.
+    fired: AtomicBool,
+}
+
+impl FailNth {
+    /// A disarmed countdown, to share.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Fails the `n`-th point from now (`n` ≥ 1; 0 disarms). With `hardware`
+    /// the teardown commands count as points too.
+    pub fn arm(&self, n: u64, hardware: bool) {
+        self.passed.store(0, Ordering::SeqCst);
+        self.fired.store(false, Ordering::SeqCst);
+        self.hardware.store(hardware, Ordering::SeqCst);
+        self.countdown.store(n, Ordering::SeqCst);
+    }
+
+    /// Disarms; returns how many points were passed since [`FailNth::arm`]
+    /// (the failing one included).
+    pub fn disarm(&self) -> u64 {
+        self.countdown.store(0, Ordering::SeqCst);
+        self.passed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the armed failure was injected.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// One injection point of kind `p`: true when it must fail.
+    pub fn hit(&self, p: Point) -> bool {
+        if p == Point::Hardware && !self.hardware.load(Ordering::SeqCst) {
+            return false;
+        }
+        let left = self.countdown.load(Ordering::SeqCst);
+        if left == 0 {
+            return false;
+        }
+        self.passed.fetch_add(1, Ordering::SeqCst);
+        self.countdown.store(left - 1, Ordering::SeqCst);
+        if left == 1 {
+            self.fired.store(true, Ordering::SeqCst);
+        }
+        left == 1
+    }
+}
+
 /// Fault reason codes the mock reports.
 pub mod reason {
     /// No translation for the IOVA.
@@ -84,6 +161,7 @@ pub struct MockIommu {
     attached: BTreeMap<DeviceId, DomainId>,
     faults: Vec<FaultEvent>,
     fail: Vec<(Op, Error)>,
+    fail_nth: Option<Arc<FailNth>>,
     /// Flushes done, each as (domain, start, end exclusive).
     pub flushes: Vec<(DomainId, u64, u64)>,
 }
@@ -98,6 +176,7 @@ impl MockIommu {
             attached: BTreeMap::new(),
             faults: Vec::new(),
             fail: Vec::new(),
+            fail_nth: None,
             flushes: Vec::new(),
         }
     }
@@ -107,11 +186,51 @@ impl MockIommu {
         self.fail.push((op, err));
     }
 
+    /// Every operation becomes an injection point of `f`: domain_alloc,
+    /// attach and map are [`Point::Alloc`] (they fail with
+    /// [`Error::NoMemory`]), unmap, flush and detach [`Point::Hardware`]
+    /// ([`Error::Hardware`]).
+    pub fn set_fail_nth(&mut self, f: Arc<FailNth>) {
+        self.fail_nth = Some(f);
+    }
+
     fn injected(&mut self, op: Op) -> Result<(), Error> {
-        match self.fail.iter().position(|(o, _)| *o == op) {
-            Some(i) => Err(self.fail.remove(i).1),
-            None => Ok(()),
+        if let Some(i) = self.fail.iter().position(|(o, _)| *o == op) {
+            return Err(self.fail.remove(i).1);
         }
+        let point = match op {
+            Op::DomainAlloc | Op::Attach | Op::Map => Point::Alloc,
+            Op::Unmap | Op::Flush | Op::Detach => Point::Hardware,
+        };
+        match &self.fail_nth {
+            Some(f) if f.hit(point) => Err(match point {
+                Point::Alloc => Error::NoMemory,
+                Point::Hardware => Error::Hardware("fail-nth"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Everything a caller can change, as text (domains by id with their kind
+    /// and pages, devices and their domains; not the IOTLB, a cache): two
+    /// snapshots are equal when nothing was left behind.
+    pub fn snapshot(&self) -> alloc::string::String {
+        use core::fmt::Write;
+        let mut out = alloc::string::String::new();
+        for (id, d) in &self.domains {
+            let _ = match d {
+                Domain::Paging { pages, .. } => write!(out, "domain {id} paging {pages:?}; "),
+                Domain::Identity => write!(out, "domain {id} identity; "),
+                Domain::Blocked => write!(out, "domain {id} blocked; "),
+            };
+        }
+        let _ = write!(out, "attached {:?}", self.attached);
+        out
+    }
+
+    /// Ids of the domains that exist now.
+    pub fn domain_ids(&self) -> Vec<DomainId> {
+        self.domains.keys().map(|&d| DomainId(d)).collect()
     }
 
     fn granule(&self) -> u64 {

@@ -65,6 +65,10 @@ impl iommufd::Memory for TaskMemory {
         if va < crate::task::USER_MIN {
             return Err(Errno::EFAULT);
         }
+        // fail-nth injection points: the pin itself, and each growth of its vector.
+        if crate::fail_nth::hit() {
+            return Err(Errno::ENOMEM);
+        }
         // Grown as pages are found, never sized from `len`: a huge length
         // fails at its first unmapped page, not in the allocator.
         let mut pages: Vec<u64> = Vec::new();
@@ -76,6 +80,9 @@ impl iommufd::Memory for TaskMemory {
                 return Err(Errno::EFAULT);
             }
             if pages.len() == pages.capacity() {
+                if crate::fail_nth::hit() {
+                    return Err(Errno::ENOMEM);
+                }
                 pages.try_reserve(pages.len().max(16)).map_err(|_| Errno::ENOMEM)?;
             }
             pages.push(pa);

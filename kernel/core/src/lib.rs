@@ -14,6 +14,7 @@ pub mod backtrace;
 pub mod console;
 pub mod edu;
 pub mod elf;
+pub mod fail_nth;
 pub mod frames;
 pub mod heap;
 pub mod ioas;

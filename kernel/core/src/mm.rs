@@ -103,6 +103,10 @@ pub fn alloc_frame() -> Option<u64> {
 
 /// Allocates `count` contiguous frames aligned to `align_frames` frames, not zeroed.
 pub fn alloc_frames_uninit(count: usize, align_frames: usize) -> Option<u64> {
+    // A fail-nth injection point (every frame allocation goes through here).
+    if crate::fail_nth::hit() {
+        return None;
+    }
     FRAMES.lock().as_mut()?.alloc_contiguous(count, align_frames)
 }
 

@@ -270,7 +270,7 @@ pub static SWITCHES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU
 /// Tick count when the running task was last scheduled.
 static SLICE_START: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-fn running() -> u64 {
+pub(crate) fn running() -> u64 {
     RUNNING.load(core::sync::atomic::Ordering::Relaxed)
 }
 
@@ -1205,6 +1205,14 @@ fn sys_test_canary(op: u64, a: u64, b: u64) -> SysResult {
             // Results are 63-bit: a seed keeps its low 63 bits.
             return n.map(|n| n & (i64::MAX as u64)).map_err(|_| Errno::EINVAL);
         }
+        // fail-nth (`crate::fail_nth`): 6 arms the calling task's countdown
+        // (the `a`-th injection point from now fails; 0 disarms), 7 disarms and
+        // returns the points passed since.
+        6 => {
+            crate::fail_nth::arm(running(), a);
+            return Ok(0);
+        }
+        7 => return Ok(crate::fail_nth::disarm()),
         4 => {
             let root = current_root().ok_or(Errno::EFAULT)?;
             if a >= USER_STACK_TOP {

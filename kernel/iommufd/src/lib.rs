@@ -922,11 +922,15 @@ impl Iommufd {
                 Ok(())
             }
             Some(Kind::Device) => {
+                // Blocked by one detach: from its HWPT when attached (a second
+                // detach that failed would leave the call failed with the
+                // device already moved — fail-nth `destroy_attached_device`).
                 if self.device(id)?.hwpt.is_some() {
                     self.device_detach(units, id)?;
+                } else {
+                    let (unit, dev) = self.device_unit(id)?;
+                    units[unit].detach(dev).map_err(errno)?;
                 }
-                let (unit, dev) = self.device_unit(id)?;
-                units[unit].detach(dev).map_err(errno)?;
                 self.objects.remove(&id);
                 Ok(())
             }
@@ -1121,6 +1125,8 @@ fn map_pages(
     Ok(())
 }
 
+#[cfg(test)]
+mod fail_nth_tests;
 #[cfg(test)]
 mod hw_tests;
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! A fake task memory for host tests (feature `testing`): pages map to
 //! `PA_BASE + va`, pins are counted, pinning can be made to fail, and 64-bit
 //! words can be written and read back (user page tables for shadowing).
+//! With a [`FailNth`] countdown, every `pin` is an allocation injection point.
 
 use crate::{Memory, PAGE};
 use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use iommu::mock::{FailNth, Point};
 
 /// Physical address of task page 0.
 pub const PA_BASE: u64 = 0x10_0000_0000;
@@ -23,6 +26,8 @@ pub struct FakeMemory {
     pub ram: BTreeMap<u64, u64>,
     /// Pages given up on ([`Memory::quarantine`]), one entry per pin given up.
     pub quarantined: Vec<u64>,
+    /// A fail-nth countdown: each `pin` is a [`Point::Alloc`] (`ENOMEM`).
+    pub fail_nth: Option<Arc<FailNth>>,
 }
 
 impl FakeMemory {
@@ -52,6 +57,9 @@ impl Memory for FakeMemory {
         let limit = self.mapped.as_ref().map_or(1 << 18, |m| m.len() as u64);
         if self.fail_pin || len / PAGE > limit {
             return Err(Errno::EFAULT);
+        }
+        if self.fail_nth.as_ref().is_some_and(|f| f.hit(Point::Alloc)) {
+            return Err(Errno::ENOMEM);
         }
         let pages: Vec<u64> = (va..end).step_by(PAGE as usize).collect();
         if !pages.iter().all(|&p| self.is_mapped(p)) {

@@ -161,6 +161,20 @@ pub fn test_fuzz_param(which: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [8, which, 0, 0, 0]))
 }
 
+/// fail-nth (test boots only, `test_canary` op 6): the `n`-th injection point
+/// (frame allocation, pin, pin-vector growth) this task passes from now on
+/// fails as if memory ran out; 0 disarms.
+pub fn test_fail_nth(n: u64) -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [6, n, 0, 0, 0]))
+}
+
+/// Disarms fail-nth; returns the injection points passed since it was armed,
+/// the failing one included (`test_canary` op 7): fewer than N means the
+/// call ran without an injected failure.
+pub fn test_fail_nth_passed() -> SysResult {
+    decode(raw(Sysno::TestCanary as u64, [7, 0, 0, 0, 0]))
+}
+
 /// The physical address of this task's page at `va` (test boots only, `test_canary` op 4).
 pub fn test_phys_addr(va: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [4, va, 0, 0, 0]))

@@ -1,7 +1,7 @@
 //! Run as `init=isolation-no-ktest` in a boot *without* `ktest=` (the
 //! `<arch>-isolation-no-ktest` case): every `test_canary` operation — the
 //! canary's physical address, its check, the test mailbox and the physical
-//! address of a page of ours — must be refused with `EPERM`, since outside a
+//! address of a page of ours, the kernel counters, fail-nth — must be refused with `EPERM`, since outside a
 //! test boot they would hand a task kernel and physical addresses. Prints one
 //! KTAP result and exits non-zero if anything was not refused.
 #![no_std]
@@ -19,6 +19,8 @@ fn main() -> i32 {
         ("mailbox write", sys::test_mailbox_set(0, 1)),
         ("physical address", page.and_then(sys::test_phys_addr)),
         ("kernel counter", sys::test_counter(sys::Counter::FreeFrames)),
+        ("fail-nth arm", sys::test_fail_nth(1)),
+        ("fail-nth disarm", sys::test_fail_nth_passed()),
     ];
     println!("KTAP version 1");
     println!("1..1");
