@@ -7,15 +7,37 @@
 //! in `fuzz/corpus/<target>` (gitignored), seeded from the captured QEMU
 //! tables in the tree and `fuzz/seeds/<target>`. A crash writes the input to
 //! `fuzz/artifacts/<target>/` and fails the run with that path.
-//! `cargo xtask test` runs every target for [`BRIEF`] and counts each as a test.
+//! `cargo xtask test` runs [`BRIEF_RUNS`] inputs through every target,
+//! reproducibly, and counts each as a test.
 
 use crate::machine::{workspace_root, Arch, Boot, Iommu, Machine};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// How long `cargo xtask test` runs each target.
-pub const BRIEF: Duration = Duration::from_secs(2);
+/// How many inputs `cargo xtask test` runs through each target, from the
+/// seeds alone with a fixed libFuzzer seed: the same inputs on every run of
+/// the same build, so the suite's verdict does not depend on luck (a longer
+/// `cargo xtask fuzz` run is where new inputs are found; what it finds
+/// becomes a regression test).
+pub const BRIEF_RUNS: u64 = 40_000;
+
+/// Inputs for `target`'s brief run: [`BRIEF_RUNS`] scaled by how fast the
+/// target is (about 1–2 s each on this project's 2-core machines).
+pub fn brief_runs(target: &str) -> u64 {
+    match target {
+        "dmar" | "ivrs" | "iort" | "gtdt" | "elf" => 10 * BRIEF_RUNS,
+        "prt" | "bootinfo" => 6 * BRIEF_RUNS,
+        "pci" => 4 * BRIEF_RUNS,
+        "walker" => 2 * BRIEF_RUNS,
+        "viot" => BRIEF_RUNS / 2,
+        "devicetree" => BRIEF_RUNS / 4,
+        "pgtable" => BRIEF_RUNS / 5,
+        _ => BRIEF_RUNS,
+    }
+}
+/// libFuzzer's `-seed` for the brief runs.
+pub const BRIEF_SEED: u64 = 1;
 
 /// Targets, what they exercise, and their seeds (files, or directories of files).
 pub const TARGETS: [(&str, &str, &[&str]); 12] = [
@@ -77,9 +99,22 @@ pub fn build() -> Result<PathBuf, String> {
     Ok(fuzz_dir().join("target").join(triple).join("release"))
 }
 
-/// Copies the seeds of `target` into its corpus directory (once each).
-fn corpus(target: &str, seeds: &[&str]) -> Result<PathBuf, String> {
-    let dir = fuzz_dir().join("corpus").join(target);
+/// How long a run goes on.
+#[derive(Clone, Copy, Debug)]
+pub enum Budget {
+    /// For this long, from the corpus kept in `fuzz/corpus/<target>`.
+    Time(Duration),
+    /// This many inputs with [`BRIEF_SEED`], from the seeds alone.
+    Runs(u64),
+}
+
+/// Copies the seeds of `target` into its corpus directory (once each); a
+/// fresh directory of the seeds alone when `fresh`.
+fn corpus(target: &str, seeds: &[&str], fresh: bool) -> Result<PathBuf, String> {
+    let dir = fuzz_dir().join(if fresh { "brief-corpus" } else { "corpus" }).join(target);
+    if fresh && dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for s in seeds {
@@ -115,15 +150,19 @@ fn stat(text: &str, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
-/// Fuzzes `target` for `time`.
-pub fn run_one(bin_dir: &Path, target: &str, time: Duration) -> Result<Outcome, String> {
+/// Fuzzes `target` within `budget`.
+pub fn run_one(bin_dir: &Path, target: &str, budget: Budget) -> Result<Outcome, String> {
     let (_, _, seeds) =
         TARGETS.iter().find(|t| t.0 == target).ok_or_else(|| format!("no fuzz target {target:?}; try --list"))?;
-    let dir = corpus(target, seeds)?;
+    let dir = corpus(target, seeds, matches!(budget, Budget::Runs(_)))?;
     let artifacts = fuzz_dir().join("artifacts").join(target);
     std::fs::create_dir_all(&artifacts).map_err(|e| format!("{}: {e}", artifacts.display()))?;
+    let limits = match budget {
+        Budget::Time(t) => vec![format!("-max_total_time={}", t.as_secs().max(1))],
+        Budget::Runs(n) => vec![format!("-runs={n}"), format!("-seed={BRIEF_SEED}")],
+    };
     let out = Command::new(bin_dir.join(target))
-        .arg(format!("-max_total_time={}", time.as_secs().max(1)))
+        .args(&limits)
         .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg(&dir)
@@ -160,9 +199,12 @@ fn report(target: &str, o: &Outcome) -> bool {
     }
 }
 
-/// `cargo xtask test`'s fuzz phase: every target for [`BRIEF`]; (passed, failed).
+/// `cargo xtask test`'s fuzz phase: [`brief_runs`] inputs through every target; (passed, failed).
 pub fn brief() -> (usize, usize) {
-    eprintln!("xtask: fuzz phase: {} targets, {}s each", TARGETS.len(), BRIEF.as_secs());
+    eprintln!(
+        "xtask: fuzz phase: {} targets, a fixed number of inputs each (libFuzzer seed {BRIEF_SEED})",
+        TARGETS.len()
+    );
     let bin_dir = match build() {
         Ok(d) => d,
         Err(e) => {
@@ -172,7 +214,7 @@ pub fn brief() -> (usize, usize) {
     };
     let (mut passed, mut failed, mut total) = (0, 0, 0);
     for (target, _, _) in TARGETS {
-        match run_one(&bin_dir, target, BRIEF) {
+        match run_one(&bin_dir, target, Budget::Runs(brief_runs(target))) {
             Ok(o) => {
                 total += o.execs;
                 if report(target, &o) {
@@ -216,7 +258,7 @@ pub fn run(target: Option<&str>, time: u64, list: bool, input: Option<&Path>) ->
     let targets: Vec<&str> = if target == "all" { TARGETS.iter().map(|t| t.0).collect() } else { vec![target] };
     let mut failed = 0;
     for t in targets {
-        let o = run_one(&bin_dir, t, Duration::from_secs(time))?;
+        let o = run_one(&bin_dir, t, Budget::Time(Duration::from_secs(time)))?;
         if !report(t, &o) {
             failed += 1;
         }
