@@ -201,6 +201,12 @@ impl iommufd::syscall::Kernel for TaskKernel {
 fn collect_faults() {
     let drained = crate::iommu::take_faults();
     let mut pending = PENDING_FAULTS.lock();
+    // Room for the whole bound at once: the queue never grows afterwards, so
+    // a task's faults do not show as kernel heap it leaves behind.
+    if pending.capacity() < PENDING_LIMIT {
+        let more = PENDING_LIMIT - pending.len();
+        let _ = pending.try_reserve_exact(more);
+    }
     // Refused interrupt requests are logged (above) but are no HWPT's page
     // faults: they never reach a fault queue.
     for f in drained.into_iter().filter(|(_, f)| f.access != iommu::Access::Interrupt) {
