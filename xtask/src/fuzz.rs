@@ -283,6 +283,12 @@ pub fn syscalls(arch: Arch, iommu: Option<Iommu>, calls: u64, seed: Option<&str>
             return Err(format!("--seed {s:?}: a decimal or 0x-hex number"));
         }
         cmdline.push(format!("fuzz.seed={s}"));
+    } else {
+        // A new seed each time (the test boots use a fixed one per IOMMU).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let s = format!("{:#x}", (now ^ 0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9) & (i64::MAX as u64));
+        eprintln!("xtask: fuzz syscalls: seed {s} (replay with --seed {s})");
+        cmdline.push(format!("fuzz.seed={s}"));
     }
     let extra = match iommu {
         Iommu::None => Vec::new(),

@@ -85,6 +85,10 @@ struct Current {
 
 /// Which task claimed which PCI function.
 static CLAIMS: spin::Mutex<Vec<(pci::Bdf, u64)>> = spin::Mutex::new(Vec::new());
+/// Each claimed function's command register as the claim found it: the
+/// release puts it back (Bus Master off), so a task that turned memory or
+/// I/O decoding off does not leave the function unusable for the next owner.
+static CLAIM_COMMAND: spin::Mutex<Vec<(pci::Bdf, u16)>> = spin::Mutex::new(Vec::new());
 static NEXT_TASK_ID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
 include!(concat!(env!("OUT_DIR"), "/user_programs.rs"));
@@ -293,7 +297,15 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     let mut task = alloc::boxed::Box::new(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 });
     task.sp = platform().init_task_stack(task.kstack_top(), task_start);
     log::info!("task {}: spawned as #{id} (entry {entry:#x}, {} frames)", program.name, task.owned.frames.len());
-    TASKS.lock().push(task);
+    let mut tasks = TASKS.lock();
+    // The list takes room for the task quota at once, so it never grows
+    // later (which would show as heap a task left behind).
+    if tasks.capacity() < limits().tasks {
+        let more = limits().tasks - tasks.len();
+        let _ = tasks.try_reserve_exact(more);
+    }
+    tasks.push(task);
+    drop(tasks);
     Ok(id)
 }
 
@@ -498,6 +510,15 @@ fn release(cur: &mut Current) {
             pci::set_bus_master(access, bdf, false);
         }
     }
+    // The decode bits as the claim found them (Bus Master stays off).
+    let mut saved = CLAIM_COMMAND.lock();
+    for &bdf in &mine {
+        if let (Some(&(_, cmd)), Some(access)) = (saved.iter().find(|(b, _)| *b == bdf), crate::pci::access(bdf)) {
+            access.write16(bdf, pci::reg::COMMAND, cmd & !pci::reg::CMD_BUS_MASTER);
+        }
+    }
+    saved.retain(|(b, _)| !mine.contains(b));
+    drop(saved);
     crate::ioas::close(&mut cur.iommufd, cur.root);
     let mut unblocked = 0;
     for &bdf in &mine {
@@ -821,6 +842,11 @@ fn sys_device_claim(raw: u64) -> SysResult {
     }
     for member in group {
         if !claims.iter().any(|&(b, _)| b == member) {
+            if let Some(access) = crate::pci::access(member) {
+                let mut saved = CLAIM_COMMAND.lock();
+                saved.retain(|(b, _)| *b != member);
+                saved.push((member, access.read16(member, pci::reg::COMMAND)));
+            }
             if member != bdf {
                 log::info!("task {}: {member} claimed with {bdf} (same IOMMU group)", current_name());
             }

@@ -23,6 +23,10 @@ fn main() -> i32 {
     // Hold the device a while so the parent sees EBUSY, then exit with it attached.
     let _ = sys::sleep(200_000_000);
     dev.start_dma(iova, true);
+    // Leave the function with memory decoding off: the kernel must put the
+    // command register back at release, or the next owner's BAR reads 0.
+    let cmd = sys::device_config_read(edu.bdf, 4, 2).unwrap_or(0);
+    let _ = sys::device_config_write(edu.bdf, 4, 2, cmd & !2);
     0
 }
 

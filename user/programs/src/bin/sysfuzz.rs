@@ -294,11 +294,13 @@ fn rng_next(rng: &mut Rng) -> u64 {
     rng.bits()
 }
 
-/// The seed: `fuzz.seed=` or the clock, mixed with the name of the first
-/// IOMMU unit (so boots started at the same instant differ).
+/// The seed: `fuzz.seed=` (`cargo xtask fuzz syscalls` passes a new one
+/// each run), else a fixed one mixed with the name of the first IOMMU unit:
+/// the suite's boots make the same calls every time, so their verdict is
+/// reproducible (a longer run with new seeds is where new bugs are found).
 fn seed(unit: &str) -> u64 {
     let salt = unit.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    sys::test_fuzz_param(0).unwrap_or_else(|_| (sys::clock().unwrap_or(0) ^ salt) & (i64::MAX as u64))
+    sys::test_fuzz_param(0).unwrap_or((0x5EED_5EED_5EED_5EED ^ salt) & (i64::MAX as u64))
 }
 
 fn main() -> i32 {

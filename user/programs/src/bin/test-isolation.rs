@@ -93,6 +93,10 @@ fn after_owner_exit(ctx: &mut Ctx) -> Result<(), Failure> {
             Err(e) => return Err(Failure { what: "claim after the child's exit", errno: Some(e) }),
         }
     }
+    // The child left memory decoding off; the release put it back.
+    let cmd = sys::device_config_read(edu.bdf, 4, 2).map_err(fail("read the command register"))?;
+    check_that(cmd & 2 != 0, "the previous owner's command register outlived its release (memory decode off)")?;
+    check_that(cmd & 4 == 0, "bus master still on after the previous owner's release")?;
     // Ours now (Edu::open claims again: EBUSY from our own claim is fine).
     let dev = Edu::open_claimed(edu.bdf)?;
     attack(ctx, &dev, &[0x10_0000], "DMA after its owner exited reached memory")?;
