@@ -597,6 +597,92 @@ fn vtd_interrupt_faults() -> alloc::vec::Vec<(u64, u32)> {
     out
 }
 
+/// What both interrupt-remapping tests share: the first edu, its config
+/// access, the last device vector (and its slot), a scratch frame and edu's
+/// BAR opened.
+struct IrBench {
+    dev: &'static kcore::pci::Device,
+    rid: u16,
+    access: &'static dyn pci::ConfigAccess,
+    vector: u8,
+    slot: u32,
+    frame: u64,
+    edu: kcore::edu::Edu,
+    domain: Option<iommu::DomainId>,
+}
+
+impl IrBench {
+    fn new() -> Result<IrBench, ktest::TestError> {
+        let Some(&(dev, rid)) = kcore::edu::devices().first() else {
+            return Err(ktest::TestError::Skipped("no edu device".into()));
+        };
+        let access = kcore::pci::access(dev.function.bdf).ok_or(ktest::TestError::Failed("no config access".into()))?;
+        let vector = *crate::interrupts::DEVICE_VECTORS.end();
+        let slot = u32::from(vector - crate::interrupts::DEVICE_VECTORS.start());
+        let frame = kcore::mm::alloc_frame().ok_or(ktest::TestError::Failed("no frame".into()))?;
+        let edu = kcore::edu::open(dev)?;
+        Ok(IrBench { dev, rid, access, vector, slot, frame, edu, domain: None })
+    }
+
+    /// Routes edu's MSI through the kernel (and so through its unit).
+    fn route(&self) -> TestResult {
+        crate::apic::route_msi(&self.dev.function, self.access, self.vector)
+            .map_err(|e| ktest::TestError::Failed(e.into()))
+    }
+
+    /// Takes edu's MSI route (and its remapping entry) back.
+    fn unroute(&self) {
+        crate::apic::unroute_msi(&self.dev.function, self.access, self.vector);
+    }
+
+    /// Raises edu's interrupt; true when its vector fired within 500 ms.
+    fn raise(&self) -> bool {
+        let before = kcore::task::irq_pending(self.slot);
+        self.edu.raise_interrupt(1);
+        let delivered = wait_with_interrupts(500_000_000, || kcore::task::irq_pending(self.slot) > before);
+        self.edu.ack_interrupt(1);
+        delivered
+    }
+
+    /// Attaches edu, through the generic interface of its unit, to a paging
+    /// domain that maps the scratch frame at IOVA 0x100000 (what `forge` needs).
+    fn attach_frame(&mut self) -> TestResult {
+        let (unit, id) =
+            kcore::iommu::unit_of(self.dev.function.bdf).ok_or(ktest::TestError::Failed("edu has no unit".into()))?;
+        let frame = self.frame;
+        let d = kcore::iommu::with_units(|units| -> Result<iommu::DomainId, iommu::Error> {
+            let u = &mut units[unit];
+            let d = u.domain_alloc(iommu::DomainKind::Paging)?;
+            u.map(d, 0x10_0000, frame, 4096, io_pgtable::Perms::READ)?;
+            u.attach(id, d)?;
+            Ok(d)
+        })
+        .map_err(kcore::edu::failed)?;
+        self.domain = Some(d);
+        Ok(())
+    }
+
+    /// A forged message: true when it raised edu's vector ([`forge_msi`]).
+    fn forge(&self, address: u32, data: u32) -> Result<bool, ktest::TestError> {
+        forge_msi(&self.edu, self.frame, address, data, self.slot)
+    }
+
+    /// Undoes everything, whatever the test's outcome.
+    fn finish(self) {
+        self.unroute();
+        if let Some((unit, id)) = kcore::iommu::unit_of(self.dev.function.bdf) {
+            kcore::iommu::with_units(|units| {
+                let _ = units[unit].detach(id);
+                if let Some(d) = self.domain {
+                    let _ = iommu::unmap_and_flush(&mut *units[unit], d, 0x10_0000, 4096);
+                    let _ = units[unit].domain_free(d);
+                }
+            });
+        }
+        kcore::edu::release(&[self.frame], &kcore::edu::devices());
+    }
+}
+
 /// VT-d interrupt remapping end to end: edu's MSI, routed by the kernel,
 /// reaches its vector through a remapped entry checked against edu's
 /// requester ID; messages a device forges with a DMA write into the
@@ -614,17 +700,10 @@ fn vtd_interrupt_remapping() -> TestResult {
     if !on {
         return Err(ktest::TestError::Skipped("interrupt remapping off (boot with intel-iommu,intremap=on)".into()));
     }
-    let Some(&(dev, rid)) = kcore::edu::devices().first() else {
-        return Err(ktest::TestError::Skipped("no edu device".into()));
-    };
-    let access = kcore::pci::access(dev.function.bdf).ok_or(ktest::TestError::Failed("no config access".into()))?;
-    let vector = *crate::interrupts::DEVICE_VECTORS.end();
-    let slot = u32::from(vector - crate::interrupts::DEVICE_VECTORS.start());
-    let frame = kcore::mm::alloc_frame().ok_or(ktest::TestError::Failed("no frame".into()))?;
-    let edu = kcore::edu::open(dev)?;
-    let mut domain = None;
+    let mut b = IrBench::new()?;
+    let (rid, vector) = (b.rid, b.vector);
     let outcome = (|| -> TestResult {
-        crate::apic::route_msi(&dev.function, access, vector).map_err(|e| ktest::TestError::Failed(e.into()))?;
+        b.route()?;
         let mut handle = 0;
         with_vtd(|v| {
             handle = v.msi_handle(rid, vector).ok_or(ktest::TestError::Failed("no entry for edu".into()))?;
@@ -634,27 +713,13 @@ fn vtd_interrupt_remapping() -> TestResult {
             Ok(())
         })?;
         let _ = vtd_interrupt_faults();
-        // A real MSI through the remapped entry.
-        let before = kcore::task::irq_pending(slot);
-        edu.raise_interrupt(1);
-        let delivered = wait_with_interrupts(500_000_000, || kcore::task::irq_pending(slot) > before);
-        edu.ack_interrupt(1);
-        check!(delivered, "edu's MSI did not arrive through its remapped entry (handle {handle})");
+        check!(b.raise(), "edu's MSI did not arrive through its remapped entry (handle {handle})");
         check!(vtd_interrupt_faults().is_empty(), "the real MSI raised an interrupt-remapping fault");
-        // Forged messages: edu copies 4 bytes of `frame` into its buffer,
-        // then writes them to an address in the interrupt window.
-        with_vtd(|v| {
-            let d = iommu::Iommu::domain_alloc(v, iommu::DomainKind::Paging).map_err(kcore::edu::failed)?;
-            domain = Some(d);
-            iommu::Iommu::map(v, d, 0x10_0000, frame, 4096, io_pgtable::Perms::READ).map_err(kcore::edu::failed)?;
-            iommu::Iommu::attach(v, iommu::DeviceId(u32::from(rid)), d).map_err(kcore::edu::failed)?;
-            Ok(())
-        })?;
-        let forge = |address: u32, data: u32| forge_msi(&edu, frame, address, data, slot);
+        b.attach_frame()?;
         for (index, reason, what) in
             [(200u16, 0x22u32, "a handle with no entry"), (300, 0x21, "a handle beyond the 256-entry table")]
         {
-            check!(!forge(msi_address(index), 0)?, "a forged MSI through {what} was delivered");
+            check!(!b.forge(msi_address(index), 0)?, "a forged MSI through {what} was delivered");
             let faults = vtd_interrupt_faults();
             check!(
                 faults.contains(&(u64::from(index), reason)),
@@ -662,18 +727,18 @@ fn vtd_interrupt_remapping() -> TestResult {
             );
         }
         // The kernel takes edu's entry back: its handle is blocked from then on.
-        crate::apic::unroute_msi(&dev.function, access, vector);
+        b.unroute();
         with_vtd(|v| {
             check!(v.msi_handle(rid, vector).is_none());
             check!(v.irte(handle).is_some_and(|e| !e.present()), "edu's entry is still present");
             Ok(())
         })?;
-        check!(!forge(msi_address(handle), 0)?, "a forged MSI through edu's old handle was delivered");
+        check!(!b.forge(msi_address(handle), 0)?, "a forged MSI through edu's old handle was delivered");
         let faults = vtd_interrupt_faults();
         check!(faults.contains(&(u64::from(handle), 0x22)), "old handle: faults {faults:x?}");
         // Compatibility format (address bit 4 clear): VT-d blocks it with
         // CFI clear (fault 25h), QEMU does not model CFI and delivers it.
-        let compat = forge(crate::apic::msi_address(), u32::from(vector))?;
+        let compat = b.forge(crate::apic::msi_address(), u32::from(vector))?;
         let faults = vtd_interrupt_faults();
         log::info!(
             "vtd: a forged compatibility-format MSI was {} (faults {faults:x?}; QEMU does not model GCMD.CFI)",
@@ -681,16 +746,7 @@ fn vtd_interrupt_remapping() -> TestResult {
         );
         Ok(())
     })();
-    crate::apic::unroute_msi(&dev.function, access, vector);
-    let _ = with_vtd(|v| {
-        let _ = iommu::Iommu::detach(v, iommu::DeviceId(u32::from(rid)));
-        if let Some(d) = domain {
-            let _ = iommu::unmap_and_flush(v, d, 0x10_0000, 4096);
-            let _ = iommu::Iommu::domain_free(v, d);
-        }
-        Ok(())
-    });
-    kcore::edu::release(&[frame], &kcore::edu::devices());
+    b.finish();
     outcome
 }
 
@@ -711,17 +767,10 @@ fn amdvi_interrupt_remapping() -> TestResult {
     if !on {
         return Err(ktest::TestError::Skipped("interrupt remapping off (amd-iommu with intremap=on)".into()));
     }
-    let Some(&(dev, rid)) = kcore::edu::devices().first() else {
-        return Err(ktest::TestError::Skipped("no edu device".into()));
-    };
-    let access = kcore::pci::access(dev.function.bdf).ok_or(ktest::TestError::Failed("no config access".into()))?;
-    let vector = *crate::interrupts::DEVICE_VECTORS.end();
-    let slot = u32::from(vector - crate::interrupts::DEVICE_VECTORS.start());
-    let frame = kcore::mm::alloc_frame().ok_or(ktest::TestError::Failed("no frame".into()))?;
-    let edu = kcore::edu::open(dev)?;
-    let mut domain = None;
+    let mut b = IrBench::new()?;
+    let (rid, vector) = (b.rid, b.vector);
     let outcome = (|| -> TestResult {
-        crate::apic::route_msi(&dev.function, access, vector).map_err(|e| ktest::TestError::Failed(e.into()))?;
+        b.route()?;
         let mut index = 0;
         with_amdvi(|a| {
             index = a.msi_index(rid, vector).ok_or(ktest::TestError::Failed("no entry for edu".into()))?;
@@ -736,23 +785,13 @@ fn amdvi_interrupt_remapping() -> TestResult {
             check!(io.valid && io.int_ctl == 0, "00:14.0's interrupt fields {io:?}");
             Ok(())
         })?;
-        let before = kcore::task::irq_pending(slot);
-        edu.raise_interrupt(1);
-        let delivered = wait_with_interrupts(500_000_000, || kcore::task::irq_pending(slot) > before);
-        edu.ack_interrupt(1);
-        check!(delivered, "edu's MSI did not arrive through its interrupt table (index {index})");
-        with_amdvi(|a| {
-            let d = iommu::Iommu::domain_alloc(a, iommu::DomainKind::Paging).map_err(kcore::edu::failed)?;
-            domain = Some(d);
-            iommu::Iommu::map(a, d, 0x10_0000, frame, 4096, io_pgtable::Perms::READ).map_err(kcore::edu::failed)?;
-            iommu::Iommu::attach(a, iommu::DeviceId(u32::from(rid)), d).map_err(kcore::edu::failed)?;
-            Ok(())
-        })?;
+        check!(b.raise(), "edu's MSI did not arrive through its interrupt table (index {index})");
+        b.attach_frame()?;
         let msg = (amdvi::intremap::msi_address(false), amdvi::intremap::msi_data(index));
-        check!(!forge_msi(&edu, frame, msg.0, msg.1, slot)?, "edu's own message, forged by DMA, was delivered");
+        check!(!b.forge(msg.0, msg.1)?, "edu's own message, forged by DMA, was delivered");
         let compat = (crate::apic::msi_address(), u32::from(vector));
-        check!(!forge_msi(&edu, frame, compat.0, compat.1, slot)?, "a forged destination-format MSI was delivered");
-        crate::apic::unroute_msi(&dev.function, access, vector);
+        check!(!b.forge(compat.0, compat.1)?, "a forged destination-format MSI was delivered");
+        b.unroute();
         with_amdvi(|a| {
             check!(a.msi_index(rid, vector).is_none());
             check!(a.irte(rid, index).is_some_and(|e| !e.enabled()), "edu's entry is still enabled");
@@ -760,16 +799,7 @@ fn amdvi_interrupt_remapping() -> TestResult {
         })?;
         Ok(())
     })();
-    crate::apic::unroute_msi(&dev.function, access, vector);
-    let _ = with_amdvi(|a| {
-        let _ = iommu::Iommu::detach(a, iommu::DeviceId(u32::from(rid)));
-        if let Some(d) = domain {
-            let _ = iommu::unmap_and_flush(a, d, 0x10_0000, 4096);
-            let _ = iommu::Iommu::domain_free(a, d);
-        }
-        Ok(())
-    });
-    kcore::edu::release(&[frame], &kcore::edu::devices());
+    b.finish();
     outcome
 }
 
