@@ -11,7 +11,23 @@ use userlib::{ioas, sys};
 pub struct SyscallDoor {
     /// (bdf, unit index by name) of each claimed edu.
     pub devices: Vec<(u64, usize)>,
+    /// Each device's edu, once `dma_read` opened it.
+    edus: Vec<Option<edu_driver::Edu>>,
+    /// The page `dma_read` has the device copy what it read into.
+    result: Option<u64>,
 }
+
+impl SyscallDoor {
+    /// A door over the claimed edus `devices`.
+    pub fn new(devices: Vec<(u64, usize)>) -> Self {
+        SyscallDoor { devices, edus: Vec::new(), result: None }
+    }
+}
+
+/// Where `dma_read` maps its result page (clear of the selftest's IOVAs).
+const RESULT_IOVA: u64 = 0x7FF0_0000;
+/// What the result page holds before a read: a blocked read leaves it.
+const MARKER: u64 = 0x6D61_726B_6572_2121;
 
 impl Door for SyscallDoor {
     fn ioas_alloc(&mut self) -> Result<u32, Errno> {
@@ -75,6 +91,53 @@ impl Door for SyscallDoor {
     }
     fn raw_ptr(&mut self, op: u64, ptr: u64) -> Option<Result<(), Errno>> {
         Some(abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])).map(|_| ()))
+    }
+    fn poke(&mut self, va: u64, value: u64) {
+        // SAFETY: `va` is a page of this task the case mapped read/write (alloc_pages).
+        unsafe { (va as *mut u64).write_volatile(value) };
+    }
+    fn dma_read(&mut self, which: usize, ioas: u32, iova: u64) -> Option<Option<u64>> {
+        let &(bdf, _) = self.devices.get(which)?;
+        if self.edus.len() <= which {
+            self.edus.resize_with(which + 1, || None);
+        }
+        if self.edus[which].is_none() {
+            self.edus[which] = edu_driver::Edu::open_claimed(bdf).ok();
+        }
+        let page = match self.result {
+            Some(p) => p,
+            None => {
+                let p = sys::mem_map(0, 4096, abi::PROT_READ | abi::PROT_WRITE).ok()?;
+                self.result = Some(p);
+                p
+            }
+        };
+        let edu = self.edus[which].as_ref()?;
+        let flags = abi::ioas::MAP_READABLE | abi::ioas::MAP_WRITEABLE;
+        ioas::map(ioas, page, 4096, Some(RESULT_IOVA), flags).ok()?;
+        // SAFETY: `page` is this door's own page, mapped read/write.
+        let word = |v: Option<u64>| unsafe {
+            match v {
+                Some(v) => {
+                    (page as *mut u64).write_volatile(v);
+                    v
+                }
+                None => (page as *const u64).read_volatile(),
+            }
+        };
+        // The marker into edu's buffer, then the page at `iova` over it (a
+        // blocked read leaves the marker), then the buffer back to our page.
+        word(Some(MARKER));
+        let copied = edu.dma(RESULT_IOVA, false).and_then(|_| edu.dma(iova, false));
+        word(Some(0));
+        let back = copied.and_then(|_| edu.dma(RESULT_IOVA, true));
+        let got = word(None);
+        let _ = ioas::unmap(ioas, RESULT_IOVA, 4096);
+        back.ok()?;
+        // A blocked read leaves the marker, or (QEMU: a refused DMA read
+        // fills the device's buffer with zeros) zeros; no page of a case is
+        // zero at its start, so neither can be data read through a mapping.
+        Some((got != MARKER && got != 0).then_some(got))
     }
     fn leak_counters(&mut self) -> Option<[u64; 2]> {
         // Kernel counters (ktest boots): this task's pinned pages and objects.

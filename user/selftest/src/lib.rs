@@ -72,6 +72,19 @@ pub trait Door {
     fn leak_counters(&mut self) -> Option<[u64; 2]> {
         None
     }
+    /// Writes `value` into the first word of the task page at `va` (what a
+    /// device reading that page will find).
+    fn poke(&mut self, va: u64, value: u64) {
+        let _ = (va, value);
+    }
+    /// Device `which` (bound, attached to `ioas`) reads the page at `iova`:
+    /// `Some(Some(word))` with the first word it read, `Some(None)` when the
+    /// read was blocked (or read nothing but zeros), `None` when this backend
+    /// has no device DMA. Cases poke non-zero words only.
+    fn dma_read(&mut self, which: usize, ioas: u32, iova: u64) -> Option<Option<u64>> {
+        let _ = (which, ioas, iova);
+        None
+    }
 
     // The hardware-specific door.
 
@@ -896,6 +909,34 @@ pub fn cases() -> Vec<(String, Case)> {
         raw_call(d, Op::DeviceBind as u64, &[24, 0, missing, 0], 24, Err(Errno::ENOENT))
     });
     // Ported from Linux's iommufd selftest: what it checks that the cases above do not.
+    case!("dma_sweep_of_map_starts_and_lengths", |d| with_device(d, |d, _, ioas| with_pages(d, 8, |d, va| {
+        // Every page says which task page it is; a device reading through a
+        // mapping of pages [first, first + n) must find exactly those, and
+        // the page just past the mapping must be blocked.
+        for i in 0..8 {
+            d.poke(va + i * PAGE, va + i * PAGE);
+        }
+        for (first, n) in [(0u64, 1u64), (1, 3), (5, 3)] {
+            let at = 0x400_0000 + first * 0x10_0000;
+            try_ok!(d.map(ioas, va + first * PAGE, n * PAGE, Some(at), RW));
+            for k in [0, n - 1] {
+                match d.dma_read(0, ioas, at + k * PAGE) {
+                    None => {
+                        let _ = d.unmap(ioas, 0, u64::MAX);
+                        return Verdict::Skip("no device DMA on this backend");
+                    }
+                    Some(got) => {
+                        let want = va + (first + k) * PAGE;
+                        ensure!(got == Some(want), "map [{first}, +{n}) page {k}: read {got:x?}, want {want:#x}");
+                    }
+                }
+            }
+            let past = d.dma_read(0, ioas, at + n * PAGE);
+            ensure!(past == Some(None), "map [{first}, +{n}): the page past the mapping was read: {past:x?}");
+            expect!(d.unmap(ioas, at, n * PAGE), Ok(n * PAGE));
+        }
+        Verdict::Pass
+    })));
     case!("copy_window_starting_before_an_area_enoent", |d| with_ioas(d, |d, src| with_pages(d, 2, |d, va| {
         let at = try_ok!(d.map(src, va, 2 * PAGE, Some(0x40_0000), RW));
         with_ioas(d, |d, dst| {

@@ -230,6 +230,15 @@ impl Door for HostDoor {
     fn leak_counters(&mut self) -> Option<[u64; 2]> {
         Some([self.mem.pins.len() as u64, self.fd.len() as u64])
     }
+    fn poke(&mut self, va: u64, value: u64) {
+        self.mem.write_u64(va, value);
+    }
+    fn dma_read(&mut self, which: usize, _ioas: u32, iova: u64) -> Option<Option<u64>> {
+        // The mock unit translates; the fake memory holds what the page says.
+        let &(unit, id) = self.devices.get(which)?;
+        let mock = self.units[unit].as_any_mut().downcast_mut::<MockIommu>()?;
+        Some(mock.dma(DeviceId(id), iova, false).map(|pa| self.mem.get_u64(pa - iommufd::testing::PA_BASE)))
+    }
     fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
         let (unit, _) = self.fd.device_unit(dev)?;
         let (kind, typed) = iommufd::abi_glue::typed_hw_info(&self.units[unit].info());

@@ -358,7 +358,7 @@ fn main() -> i32 {
     };
 
     let start = sys::clock().unwrap_or(0);
-    let mut door = SyscallDoor { devices };
+    let mut door = SyscallDoor::new(devices);
     let mut f = Fuzzer::new(&mut door, seed, targets);
     let mut result = Ok(());
     while result.is_ok() && f.stats().calls + s.calls < calls {

@@ -36,7 +36,7 @@ fn main() -> i32 {
         });
         devices.push((d.bdf, index));
     }
-    let mut door = SyscallDoor { devices };
+    let mut door = SyscallDoor::new(devices);
     let (_, failed, _) = ioas_selftest::run(&mut door, &mut |line| println!("{line}"));
     i32::from(failed != 0)
 }
