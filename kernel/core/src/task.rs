@@ -800,8 +800,9 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
 }
 
 /// Claims `bdf` and every other member of its IOMMU group for the calling
-/// task: bridges, host and LPC bridges are `EPERM` (a bridge in the group,
-/// which shares its ID, is blocked with it but not claimed); a group with a
+/// task: bridges, host and LPC bridges are `EPERM`, and so is a group holding
+/// a function a task may not claim (bridges and ports never join groups,
+/// `iommu::groups`; an LPC bridge or the IOMMU's function can); a group with a
 /// member the kernel drives or another task holds is `EBUSY`. Every member is
 /// blocked at its unit before the claim is granted (a function the boot
 /// policy left in an identity or direct-map domain leaves it).
