@@ -13,18 +13,19 @@ pub struct IdAllocator {
 }
 
 impl IdAllocator {
-    /// An allocator for IDs `1 .. count` (`count` at most 2^16).
+    /// An allocator for IDs `1 .. count` (`count` at most 2^16). The bitmap
+    /// (at most 8 KiB) is taken here, when the unit comes up, not at the
+    /// first `alloc`: a task's first domain must not leave kernel heap
+    /// behind that looks like a leak (the syscall fuzzer's baseline saw it).
     pub fn new(count: u32) -> Self {
         let count = count.min(1 << 16) as usize;
-        Self { count, used: Vec::new() }
+        let mut used = alloc::vec![0; count.div_ceil(64).max(1)];
+        used[0] |= 1; // ID 0 stays unused
+        Self { count, used }
     }
 
     /// Takes the lowest free ID, or `None` when all are in use.
     pub fn alloc(&mut self) -> Option<u16> {
-        if self.used.is_empty() {
-            self.used = alloc::vec![0; self.count.div_ceil(64)];
-            self.used[0] |= 1; // ID 0 stays unused
-        }
         let (w, word) = self.used.iter_mut().enumerate().find(|(_, w)| **w != u64::MAX)?;
         let id = w * 64 + word.trailing_ones() as usize;
         if id >= self.count {
