@@ -33,7 +33,7 @@
 //! - No failure is logged: QEMU writes no IO_PAGE_FAULT event for interrupts
 //!   (`amdvi_mem_ir_write` only reports it once on stderr and drops the write).
 
-use alloc::vec::Vec;
+use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 
 /// Largest IntTabLen: 2^11 = 2048 entries (§2.2.2.2; 1100b–1111b are reserved).
@@ -415,8 +415,8 @@ pub struct AmdIrTable {
     base: u64,
     len_log2: u8,
     format: IrteFormat,
-    used: Vec<u64>,
-    in_use: usize,
+    /// Indices in use (0 never is).
+    ids: IdAllocator,
 }
 
 impl AmdIrTable {
@@ -430,12 +430,7 @@ impl AmdIrTable {
         let frames = (entries * format.entry_bytes()).div_ceil(4096);
         let base = mem.alloc_contiguous(frames)?;
         debug_assert_eq!(base % TABLE_ALIGN, 0);
-        let mut used = alloc::vec![0u64; entries.div_ceil(64)];
-        used[0] = 1; // index 0 reserved
-        if entries < 64 {
-            used[0] |= !0 << entries; // no indices beyond the table
-        }
-        Some(AmdIrTable { base, len_log2, format, used, in_use: 0 })
+        Some(AmdIrTable { base, len_log2, format, ids: IdAllocator::new(entries as u32) })
     }
 
     /// Physical address of entry 0.
@@ -465,16 +460,12 @@ impl AmdIrTable {
 
     /// Indices allocated now.
     pub fn in_use(&self) -> usize {
-        self.in_use
+        self.ids.in_use()
     }
 
     /// DTE qword 2 naming this table ([`dte_interrupt_fields`]).
     pub fn dte_fields(&self, remap: bool) -> u64 {
         dte_interrupt_fields(self.base, self.len_log2, remap)
-    }
-
-    fn is_used(&self, i: usize) -> bool {
-        self.used[i / 64] & 1 << (i % 64) != 0
     }
 
     /// Takes the lowest free index (never 0), or `None` when the table is full.
@@ -486,15 +477,10 @@ impl AmdIrTable {
     /// multi-message MSI function, which replaces the low log2(`count`) data
     /// bits with the message number; returns the first.
     pub fn alloc_block(&mut self, count: usize) -> Option<u16> {
-        if !count.is_power_of_two() || count > self.entries() {
+        if !count.is_power_of_two() {
             return None;
         }
-        let start = (0..self.entries()).step_by(count).find(|&s| (s..s + count).all(|i| !self.is_used(i)))?;
-        for i in start..start + count {
-            self.used[i / 64] |= 1 << (i % 64);
-        }
-        self.in_use += count;
-        Some(start as u16)
+        self.ids.alloc_run(count, count)
     }
 
     fn check(&self, index: u16) -> Result<usize, AmdIrError> {
@@ -502,7 +488,7 @@ impl AmdIrTable {
         if i >= self.entries() {
             return Err(AmdIrError::OutOfRange(index));
         }
-        if i == 0 || !self.is_used(i) {
+        if !self.ids.is_used(index) {
             return Err(AmdIrError::NotAllocated(index));
         }
         Ok(i)
@@ -583,9 +569,7 @@ impl AmdIrTable {
     /// Disables the entry at `index` and returns the index to the pool.
     pub fn free(&mut self, mem: &mut impl DmaMemory, index: u16) -> Result<(), AmdIrError> {
         self.clear(mem, index)?;
-        let i = usize::from(index);
-        self.used[i / 64] &= !(1 << (i % 64));
-        self.in_use -= 1;
+        self.ids.free(index);
         Ok(())
     }
 

@@ -28,7 +28,7 @@
 //!   IM (bit 15, posted format) and the xAPIC-mode reserved destination bits
 //!   are not checked.
 
-use alloc::vec::Vec;
+use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 
 /// Bytes per IRTE.
@@ -485,8 +485,8 @@ pub enum IrTableError {
 pub struct IrTable {
     base: u64,
     size_field: u8,
-    used: Vec<u64>,
-    in_use: usize,
+    /// Handles in use (0 never is).
+    ids: IdAllocator,
 }
 
 impl IrTable {
@@ -499,12 +499,7 @@ impl IrTable {
         let entries = 1usize << (size_field + 1);
         let frames = entries.div_ceil(IRTES_PER_FRAME);
         let base = mem.alloc_contiguous(frames)?;
-        let mut used = alloc::vec![0u64; entries.div_ceil(64)];
-        used[0] = 1; // handle 0 reserved
-        if entries < 64 {
-            used[0] |= !0 << entries; // no handles beyond the table
-        }
-        Some(IrTable { base, size_field, used, in_use: 0 })
+        Some(IrTable { base, size_field, ids: IdAllocator::new(entries as u32) })
     }
 
     /// The smallest IRTA.S whose table holds `entries` entries (at most 15).
@@ -535,7 +530,7 @@ impl IrTable {
 
     /// Handles allocated now.
     pub fn in_use(&self) -> usize {
-        self.in_use
+        self.ids.in_use()
     }
 
     /// The IRTA register value (§10.4.29): table base (bits 63:12), EIME
@@ -544,39 +539,15 @@ impl IrTable {
         self.base | if ext_irq_mode { IRTA_EIME } else { 0 } | u64::from(self.size_field)
     }
 
-    fn is_used(&self, i: usize) -> bool {
-        self.used[i / 64] & 1 << (i % 64) != 0
-    }
-
     /// Takes the lowest free handle (never 0), or `None` when the table is full.
     pub fn alloc(&mut self) -> Option<u16> {
-        let (w, word) = self.used.iter_mut().enumerate().find(|(_, w)| **w != u64::MAX)?;
-        let i = w * 64 + word.trailing_ones() as usize;
-        *word |= 1 << (i % 64);
-        self.in_use += 1;
-        Some(i as u16)
+        self.ids.alloc()
     }
 
     /// Takes `count` consecutive free handles (for a multi-message MSI with
     /// SHV, whose messages reach `first + n`), returning the first.
     pub fn alloc_block(&mut self, count: usize) -> Option<u16> {
-        if count == 0 || count > self.entries() {
-            return None;
-        }
-        let mut start = 1;
-        while start + count <= self.entries() {
-            match (start..start + count).find(|&i| self.is_used(i)) {
-                Some(busy) => start = busy + 1,
-                None => {
-                    for i in start..start + count {
-                        self.used[i / 64] |= 1 << (i % 64);
-                    }
-                    self.in_use += count;
-                    return Some(start as u16);
-                }
-            }
-        }
-        None
+        self.ids.alloc_run(count, 1)
     }
 
     fn check(&self, handle: u16) -> Result<usize, IrTableError> {
@@ -584,7 +555,7 @@ impl IrTable {
         if i >= self.entries() {
             return Err(IrTableError::OutOfRange(handle));
         }
-        if i == 0 || !self.is_used(i) {
+        if !self.ids.is_used(handle) {
             return Err(IrTableError::NotAllocated(handle));
         }
         Ok(i)
@@ -640,9 +611,7 @@ impl IrTable {
     /// Clears the entry of `handle` and returns the handle to the pool.
     pub fn free(&mut self, mem: &mut impl DmaMemory, handle: u16) -> Result<(), IrTableError> {
         self.clear(mem, handle)?;
-        let i = usize::from(handle);
-        self.used[i / 64] &= !(1 << (i % 64));
-        self.in_use -= 1;
+        self.ids.free(handle);
         Ok(())
     }
 
@@ -659,6 +628,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::vec;
+    use std::vec::Vec;
 
     /// Frames in a map at made-up physical addresses; contiguous runs aligned
     /// to their size, as `DmaMemory` promises.
