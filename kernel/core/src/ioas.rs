@@ -240,16 +240,11 @@ fn collect_faults() {
 /// (`quota.table_frames`); at the limit, ops that can add tables are `EDQUOT`.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
     collect_faults();
+    use abi::ioas::Op;
+    let op_kind = Op::from_raw(op);
     let frees_only = matches!(
-        abi::ioas::Op::from_raw(op),
-        Some(
-            abi::ioas::Op::Destroy
-                | abi::ioas::Op::IoasUnmap
-                | abi::ioas::Op::DeviceDetach
-                | abi::ioas::Op::IoasIovaRanges
-                | abi::ioas::Op::GetHwInfo
-                | abi::ioas::Op::FaultRead
-        )
+        op_kind,
+        Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach | Op::IoasIovaRanges | Op::GetHwInfo | Op::FaultRead)
     );
     if !frees_only && crate::task::current_table_frames()? >= crate::task::limits().table_frames {
         return Err(Errno::EDQUOT);
@@ -260,7 +255,7 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     platform().disable_interrupts();
     // fault_read may sleep, and other tasks' calls run meanwhile: it maps
     // nothing, so it is charged nothing.
-    if abi::ioas::Op::from_raw(op) != Some(abi::ioas::Op::FaultRead) {
+    if op_kind != Some(Op::FaultRead) {
         crate::task::charge_table_frames(crate::iommu::table_frames() as i64 - before);
     }
     r
