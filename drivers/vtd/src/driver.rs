@@ -187,16 +187,6 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
         self.msi_handles.get(&(rid, vector)).copied()
     }
 
-    /// Interrupt remapping entries in use.
-    pub fn irtes_in_use(&self) -> usize {
-        self.ir.as_ref().map_or(0, IrTable::in_use)
-    }
-
-    /// The domain ID of the blocking entry (for tests and logs).
-    pub fn blocking_domain_id(&self) -> u16 {
-        self.blocking.id
-    }
-
     /// Points `rid` at the blocking entry again (after a test drove the
     /// unit's context entries directly).
     pub fn block(&mut self, rid: u16) -> Result<(), Error> {
