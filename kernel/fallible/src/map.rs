@@ -1,0 +1,335 @@
+//! An ordered map and set over one sorted vector.
+//!
+//! `BTreeMap` allocates a node whenever an insert fills one, and there is no
+//! fallible insert on stable Rust. [`TryMap`] keeps its entries sorted in one
+//! `Vec`: lookups are binary searches, an insert reserves room with
+//! `try_reserve` before it moves anything, and a remove never allocates. An
+//! insert or remove moves the entries after it, which is cheap at the sizes
+//! the kernel holds per task (quotas bound them to thousands).
+
+use crate::AllocError;
+use alloc::vec::Vec;
+use core::ops::{Bound, RangeBounds};
+
+/// An ordered map whose inserts answer a full heap (see the module doc).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TryMap<K, V> {
+    entries: Vec<(K, V)>,
+}
+
+impl<K, V> Default for TryMap<K, V> {
+    fn default() -> Self {
+        TryMap { entries: Vec::new() }
+    }
+}
+
+impl<K: core::fmt::Debug, V: core::fmt::Debug> core::fmt::Debug for TryMap<K, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_map().entries(self.entries.iter().map(|(k, v)| (k, v))).finish()
+    }
+}
+
+/// Iterator over `(&K, &V)` in key order.
+pub type Iter<'a, K, V> = core::iter::Map<core::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+/// Iterator over `(&K, &mut V)` in key order.
+pub type IterMut<'a, K, V> =
+    core::iter::Map<core::slice::IterMut<'a, (K, V)>, fn(&'a mut (K, V)) -> (&'a K, &'a mut V)>;
+
+fn pair<K, V>(e: &(K, V)) -> (&K, &V) {
+    (&e.0, &e.1)
+}
+
+fn pair_mut<K, V>(e: &mut (K, V)) -> (&K, &mut V) {
+    (&e.0, &mut e.1)
+}
+
+impl<K: Ord, V> TryMap<K, V> {
+    /// An empty map (allocates nothing).
+    pub const fn new() -> Self {
+        TryMap { entries: Vec::new() }
+    }
+
+    /// Entries in the map.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the map holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, key: &K) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.find(key).ok().map(|i| &self.entries[i].1)
+    }
+
+    /// The value under `key`, to change it.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self.find(key) {
+            Ok(i) => Some(&mut self.entries[i].1),
+            Err(_) => None,
+        }
+    }
+
+    /// True when `key` is in the map.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Puts `value` under `key` and returns the value it replaces; on
+    /// [`AllocError`] the map is unchanged (and `value` dropped).
+    pub fn try_insert(&mut self, key: K, value: V) -> Result<Option<V>, AllocError> {
+        match self.find(&key) {
+            Ok(i) => Ok(Some(core::mem::replace(&mut self.entries[i].1, value))),
+            Err(i) => {
+                if self.entries.len() == self.entries.capacity() {
+                    self.entries.try_reserve(self.entries.len().max(4))?;
+                }
+                self.entries.insert(i, (key, value));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Room for `more` inserts that then cannot fail, or [`AllocError`].
+    pub fn try_reserve(&mut self, more: usize) -> Result<(), AllocError> {
+        Ok(self.entries.try_reserve(more)?)
+    }
+
+    /// Takes the entry under `key` out (never allocates).
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.find(key).ok().map(|i| self.entries.remove(i).1)
+    }
+
+    /// Keeps only the entries `keep` accepts (never allocates).
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        self.entries.retain_mut(|(k, v)| keep(k, v));
+    }
+
+    /// Removes every entry (keeps nothing allocated).
+    pub fn clear(&mut self) {
+        self.entries = Vec::new();
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        self.entries.iter().map(pair as fn(&(K, V)) -> (&K, &V))
+    }
+
+    /// The entries in key order, values changeable.
+    pub fn iter_mut(&mut self) -> IterMut<'_, K, V> {
+        self.entries.iter_mut().map(pair_mut as fn(&mut (K, V)) -> (&K, &mut V))
+    }
+
+    /// The keys in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    /// The values in key order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// The values in key order, changeable.
+    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
+        self.entries.iter_mut().map(|(_, v)| v)
+    }
+
+    /// The entry with the smallest key.
+    pub fn first_key_value(&self) -> Option<(&K, &V)> {
+        self.entries.first().map(pair)
+    }
+
+    /// The entry with the largest key.
+    pub fn last_key_value(&self) -> Option<(&K, &V)> {
+        self.entries.last().map(pair)
+    }
+
+    /// Index bounds of the entries whose keys are in `range`.
+    fn span(&self, range: impl RangeBounds<K>) -> (usize, usize) {
+        let lo = match range.start_bound() {
+            Bound::Included(k) => self.entries.partition_point(|(x, _)| x < k),
+            Bound::Excluded(k) => self.entries.partition_point(|(x, _)| x <= k),
+            Bound::Unbounded => 0,
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(k) => self.entries.partition_point(|(x, _)| x <= k),
+            Bound::Excluded(k) => self.entries.partition_point(|(x, _)| x < k),
+            Bound::Unbounded => self.entries.len(),
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// The entries whose keys are in `range`, in order (both ends, as `BTreeMap::range`).
+    pub fn range(&self, range: impl RangeBounds<K>) -> Iter<'_, K, V> {
+        let (lo, hi) = self.span(range);
+        self.entries[lo..hi].iter().map(pair as fn(&(K, V)) -> (&K, &V))
+    }
+
+    /// The entries whose keys are in `range`, values changeable.
+    pub fn range_mut(&mut self, range: impl RangeBounds<K>) -> IterMut<'_, K, V> {
+        let (lo, hi) = self.span(range);
+        self.entries[lo..hi].iter_mut().map(pair_mut as fn(&mut (K, V)) -> (&K, &mut V))
+    }
+}
+
+impl<'a, K: Ord, V> IntoIterator for &'a TryMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = Iter<'a, K, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<K, V> IntoIterator for TryMap<K, V> {
+    type Item = (K, V);
+    type IntoIter = alloc::vec::IntoIter<(K, V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// An ordered set whose inserts answer a full heap: a [`TryMap`] without values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TrySet<K> {
+    map: TryMap<K, ()>,
+}
+
+impl<K: core::fmt::Debug> core::fmt::Debug for TrySet<K> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_set().entries(self.map.entries.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+impl<K: Ord> TrySet<K> {
+    /// An empty set (allocates nothing).
+    pub const fn new() -> Self {
+        TrySet { map: TryMap::new() }
+    }
+
+    /// Members of the set.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// True when `key` is a member.
+    pub fn contains(&self, key: &K) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Adds `key`; true when it was not there. On [`AllocError`] the set is unchanged.
+    pub fn try_insert(&mut self, key: K) -> Result<bool, AllocError> {
+        Ok(self.map.try_insert(key, ())?.is_none())
+    }
+
+    /// Takes `key` out; true when it was there (never allocates).
+    pub fn remove(&mut self, key: &K) -> bool {
+        self.map.remove(key).is_some()
+    }
+
+    /// The members in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
+        self.map.keys()
+    }
+
+    /// The members in `range`, in order.
+    pub fn range(&self, range: impl RangeBounds<K>) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
+        self.map.range(range).map(|(k, _)| k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::{BTreeMap, BTreeSet};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8, u16),
+        Remove(u8),
+        Retain(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<u8>(), any::<u16>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            any::<u8>().prop_map(Op::Remove),
+            any::<u8>().prop_map(Op::Retain),
+        ]
+    }
+
+    proptest! {
+        /// Every answer matches `BTreeMap`'s, ranges included.
+        #[test]
+        fn behaves_as_btreemap(ops in proptest::collection::vec(op(), 0..200), lo in any::<u8>(), hi in any::<u8>()) {
+            let mut ours = TryMap::new();
+            let mut model = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k, v) => prop_assert_eq!(ours.try_insert(k, v).unwrap(), model.insert(k, v)),
+                    Op::Remove(k) => prop_assert_eq!(ours.remove(&k), model.remove(&k)),
+                    Op::Retain(m) => {
+                        ours.retain(|k, _| k % m.max(1) != 0);
+                        model.retain(|k, _| k % m.max(1) != 0);
+                    }
+                }
+                prop_assert_eq!(ours.len(), model.len());
+            }
+            prop_assert!(ours.iter().eq(model.iter()));
+            prop_assert_eq!(ours.first_key_value(), model.first_key_value());
+            prop_assert_eq!(ours.last_key_value(), model.last_key_value());
+            if lo <= hi {
+                prop_assert!(ours.range(lo..hi).eq(model.range(lo..hi)));
+                prop_assert!(ours.range(lo..=hi).eq(model.range(lo..=hi)));
+                prop_assert!(ours.range(..=hi).rev().eq(model.range(..=hi).rev()));
+                prop_assert!(ours.range((Bound::Excluded(lo), Bound::Unbounded)).eq(model.range((Bound::Excluded(lo), Bound::Unbounded))));
+            }
+            for k in 0..=255u8 {
+                prop_assert_eq!(ours.get(&k), model.get(&k));
+                prop_assert_eq!(ours.contains_key(&k), model.contains_key(&k));
+            }
+        }
+
+        /// The set matches `BTreeSet`.
+        #[test]
+        fn set_behaves_as_btreeset(keys in proptest::collection::vec((any::<u8>(), any::<bool>()), 0..200)) {
+            let mut ours = TrySet::new();
+            let mut model = BTreeSet::new();
+            for (k, add) in keys {
+                if add {
+                    prop_assert_eq!(ours.try_insert(k).unwrap(), model.insert(k));
+                } else {
+                    prop_assert_eq!(ours.remove(&k), model.remove(&k));
+                }
+            }
+            prop_assert!(ours.iter().eq(model.iter()));
+            prop_assert!(ours.range(10..100).eq(model.range(10..100)));
+        }
+    }
+
+    #[test]
+    fn an_empty_range_is_empty_even_when_reversed() {
+        let mut m = TryMap::new();
+        for k in [1, 5, 9] {
+            m.try_insert(k, ()).unwrap();
+        }
+        assert_eq!(m.range(6..6).count(), 0);
+        assert_eq!(m.range(5..=5).count(), 1);
+        assert_eq!(m.range((Bound::Excluded(5), Bound::Excluded(5))).count(), 0);
+        m.range_mut(..).for_each(|(_, v)| *v = ());
+        m.clear();
+        assert!(m.is_empty());
+    }
+}
