@@ -203,6 +203,14 @@ impl Gather {
         self.start == self.end && self.freed.is_empty()
     }
 
+    /// Adds `other` to this gather (one flush covers both).
+    pub fn merge(&mut self, other: Gather) {
+        if other.start != other.end {
+            self.add(other.start, other.end);
+        }
+        self.freed.extend(other.freed);
+    }
+
     /// After the IOTLB flush: gives the freed frames back.
     pub fn release(self, mem: &mut impl TableMemory) {
         for f in self.freed {

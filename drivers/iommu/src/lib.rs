@@ -377,6 +377,13 @@ pub trait Iommu: Send {
     /// The devices behind this unit.
     fn devices(&self) -> Vec<DeviceId>;
 
+    /// Whether `device` is behind this unit. Syscall paths ask this rather
+    /// than [`Iommu::devices`], so a driver should answer it without
+    /// allocating.
+    fn serves(&self, device: DeviceId) -> bool {
+        self.devices().contains(&device)
+    }
+
     /// Maps `[iova, iova + len)` to `pa` in a paging domain; takes effect for
     /// the hardware before it returns (the driver flushes on map where the
     /// unit caches not-present entries).
@@ -395,9 +402,27 @@ pub trait Iommu: Send {
     /// Takes every fault the unit recorded since the last call.
     fn drain_faults(&mut self) -> Vec<FaultEvent>;
 
+    /// Takes every fault the unit recorded since the last call, handing each
+    /// to `f` in order. Syscall paths use this one: a driver should
+    /// implement it without allocating, so a full heap loses no fault.
+    fn drain_faults_with(&mut self, f: &mut dyn FnMut(FaultEvent)) {
+        for e in self.drain_faults() {
+            f(e);
+        }
+    }
+
     /// Reserved regions for `device`: the interrupt window, firmware
     /// direct-map regions, holes.
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region>;
+
+    /// Hands each of `device`'s reserved regions to `f` (as
+    /// [`Iommu::reserved_regions`]). Syscall paths use this one: a driver
+    /// should implement it without allocating.
+    fn for_each_reserved(&self, device: DeviceId, f: &mut dyn FnMut(Region)) {
+        for r in self.reserved_regions(device) {
+            f(r);
+        }
+    }
 
     /// The leaves mapping `[iova, iova + len)` in a paging domain, as
     /// (leaf size, count) pairs, largest first (for reports; empty when the
@@ -405,6 +430,15 @@ pub trait Iommu: Send {
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
         let _ = (domain, iova, len);
         Vec::new()
+    }
+
+    /// Hands each (leaf size, count) pair of [`Iommu::leaves`] to `f`,
+    /// largest first. Syscall paths use this one: a driver should implement
+    /// it without allocating.
+    fn for_each_leaf_size(&self, domain: DomainId, iova: u64, len: u64, f: &mut dyn FnMut(u64, u64)) {
+        for (size, n) in self.leaves(domain, iova, len) {
+            f(size, n);
+        }
     }
 
     /// IOTLB invalidations (flushes that reached the hardware) so far.

@@ -1066,15 +1066,7 @@ fn lowest_gap(areas: &BTreeMap<u64, Area>, usable: &[Range], len: u64, align: u6
 
 /// Adds `g` to `into` (one flush for both).
 fn merge(into: &mut Gather, g: Gather) {
-    if g.start != g.end {
-        if into.start == into.end {
-            (into.start, into.end) = (g.start, g.end);
-        } else {
-            into.start = into.start.min(g.start);
-            into.end = into.end.max(g.end);
-        }
-    }
-    into.freed.extend(g.freed);
+    into.merge(g);
 }
 
 /// Maps `pages` (one PA per 4 KiB page) at `at`, in runs of physically
