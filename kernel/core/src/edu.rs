@@ -63,11 +63,11 @@ impl Edu {
 
 /// Every edu device and the requester ID its DMA carries.
 pub fn devices() -> Vec<(&'static Device, u16)> {
-    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let all = crate::pci::functions();
     crate::pci::devices()
         .iter()
         .filter(|d| (d.function.vendor, d.function.device) == (0x1234, 0x11E8))
-        .map(|d| (d, pci::dma_requester_id(&d.function, &all)))
+        .map(|d| (d, pci::dma_requester_id(&d.function, all)))
         .collect()
 }
 

@@ -6,14 +6,15 @@
 //!
 //! Injection points: every frame allocation ([`crate::mm::alloc_frames_uninit`]:
 //! task memory, IOMMU page tables and driver structures through
-//! `KernelTables`, kernel stacks), every pin of task pages for DMA and the
-//! growth of its page vector (`TaskMemory::pin`: the one heap allocation on
-//! the IOAS path that is fallible, `try_reserve`). Not injected: the other
-//! heap allocations (an infallible `Vec` / `BTreeMap` growth that fails calls
-//! the allocation error handler, a panic, so injecting there would only test
-//! the panic), and IOMMU command submission (a failed flush or detach
-//! quarantines frames for good by design, so a loop over it would eat
-//! memory; the host harness covers those paths over the mock).
+//! `KernelTables`, kernel stacks), every pin of task pages for DMA, and every
+//! heap allocation made while the armed task is inside a syscall
+//! ([`hit_heap`], asked by the global allocator). Syscall paths allocate only
+//! through the `fallible` crate, so a failed heap allocation is an `ENOMEM`
+//! like a failed frame; one that was missed calls the allocation error
+//! handler, a panic, which the test then reports. Not injected: IOMMU command
+//! submission (a failed flush or detach quarantines frames for good by
+//! design, so a loop over it would eat memory; the host harness covers those
+//! paths over the mock).
 //!
 //! Only the armed task's calls count (the scheduler may run others in
 //! between; their allocations pass untouched).
@@ -26,6 +27,33 @@ static TASK: AtomicU64 = AtomicU64::new(0);
 static COUNTDOWN: AtomicU64 = AtomicU64::new(0);
 /// Points the armed task passed since it armed.
 static PASSED: AtomicU64 = AtomicU64::new(0);
+/// The task whose syscall is being served (0: none): heap allocations
+/// count only there, not in the scheduler or a task's teardown.
+static IN_SYSCALL: AtomicU64 = AtomicU64::new(0);
+
+/// Whether heap allocations are injection points (on once every syscall
+/// path allocates fallibly).
+const HEAP_POINTS: bool = false;
+
+/// Marks the start (`Some(task)`) and end (`None`) of serving a syscall.
+pub fn syscall_scope(task: Option<u64>) {
+    IN_SYSCALL.store(task.unwrap_or(0), Ordering::SeqCst);
+}
+
+/// The task whose syscall is being served, if any.
+pub fn current_scope() -> Option<u64> {
+    Some(IN_SYSCALL.load(Ordering::SeqCst)).filter(|&t| t != 0)
+}
+
+/// The heap's injection point: true when this allocation must fail. Only
+/// allocations inside the armed task's syscall count.
+pub fn hit_heap() -> bool {
+    if !HEAP_POINTS || COUNTDOWN.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let task = IN_SYSCALL.load(Ordering::SeqCst);
+    task != 0 && task == crate::task::running() && hit()
+}
 
 /// Fails the `n`-th injection point `task` passes from now (0 disarms).
 pub fn arm(task: u64, n: u64) {

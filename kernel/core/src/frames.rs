@@ -62,6 +62,11 @@ impl<'a> FrameBitmap<'a> {
         self.free
     }
 
+    /// Address of the first frame managed.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
     /// Frames managed in total.
     pub fn total_frames(&self) -> usize {
         self.frames

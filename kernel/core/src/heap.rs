@@ -1,10 +1,33 @@
 //! The kernel heap: a `linked_list_allocator` over contiguous frames.
 
 use crate::mm;
+use core::alloc::{GlobalAlloc, Layout};
 use linked_list_allocator::LockedHeap;
 
+/// The heap, with fail-nth's heap injection point in front of it.
+struct KernelHeap(LockedHeap);
+
+// SAFETY: every call goes to `LockedHeap` unchanged, except that an
+// allocation may answer null (fail-nth), which `GlobalAlloc` allows. Growing
+// `realloc`s come through `alloc` (the trait's provided `realloc`), so they
+// are injection points too.
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if crate::fail_nth::hit_heap() {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract is `LockedHeap`'s.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is `LockedHeap`'s.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
+
 #[cfg_attr(target_os = "none", global_allocator)]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: KernelHeap = KernelHeap(LockedHeap::empty());
 
 /// Heap size for a machine with `ram` bytes of usable memory: 1/16 of RAM, 4–32 MiB.
 pub fn heap_size_for(ram: u64) -> usize {
@@ -16,21 +39,24 @@ pub fn init(size: usize) -> Result<(), &'static str> {
     let frames = size / 4096;
     let pa = mm::alloc_frames_uninit(frames, 1).ok_or("no contiguous memory for the heap")?;
     // SAFETY: the frames were just allocated for the heap alone and are mapped through the direct map; the heap owns them for the life of the kernel.
-    unsafe { HEAP.lock().init(mm::phys_to_virt(pa) as *mut u8, frames * 4096) };
+    unsafe { HEAP.0.lock().init(mm::phys_to_virt(pa) as *mut u8, frames * 4096) };
     Ok(())
 }
 
 /// `(used, free)` heap bytes.
 pub fn usage() -> (usize, usize) {
-    let h = HEAP.lock();
+    let h = HEAP.0.lock();
     (h.used(), h.free())
 }
 
-/// Heap bytes every syscall that allocates must leave free: one call never
-/// allocates more than this (the largest is a 1 MiB user copy, or a 512 KiB
-/// page list of a map at the pin quota), so a call that starts with this
-/// much free cannot exhaust the heap, and the kernel's own work after it
-/// still finds memory.
+/// Heap bytes every syscall that allocates must leave free. Syscall paths
+/// allocate only through the `fallible` crate, so a call that finds the
+/// heap full answers `ENOMEM` with nothing changed (fail-nth checks it); this
+/// reserve is the second line: it keeps room for the kernel's own work that
+/// is not fallible — a task's teardown, boot-time structures — so one task
+/// filling the heap cannot starve it. One call allocates less than this (the
+/// largest is a 1 MiB user copy, or a 512 KiB page list of a map at the pin
+/// quota).
 pub const SYSCALL_RESERVE: usize = 2 << 20;
 
 /// `ENOMEM` unless the heap has [`SYSCALL_RESERVE`] bytes free (half the
@@ -38,7 +64,7 @@ pub const SYSCALL_RESERVE: usize = 2 << 20;
 /// that allocate, so a task that would exhaust the heap gets an error and
 /// the kernel keeps running.
 pub fn ensure_headroom() -> Result<(), abi::Errno> {
-    let h = HEAP.lock();
+    let h = HEAP.0.lock();
     let reserve = SYSCALL_RESERVE.min(h.size() / 2);
     if h.free() >= reserve {
         Ok(())

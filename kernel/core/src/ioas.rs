@@ -8,32 +8,51 @@
 //! frame; it becomes an orphan, freed by the last unpin.
 
 use crate::frames::FRAME_SIZE;
+use crate::pins::{PinTable, Unpinned};
 use crate::task::{copy_from_user, copy_to_user, with_current_iommufd};
 use crate::{mm, platform};
 use abi::{Errno, SysResult};
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use fallible::VecExt;
 use iommufd::Iommufd;
 
-static PINS: spin::Mutex<BTreeMap<u64, u32>> = spin::Mutex::new(BTreeMap::new());
+/// Pin counts, orphan and quarantine marks, one word per frame of RAM
+/// (`crate::pins`); set up at boot by [`init_pins`].
+static PINS: spin::Mutex<Option<PinTable<'static>>> = spin::Mutex::new(None);
 /// Faults drained from the units that no task has taken yet (oldest first).
 static PENDING_FAULTS: spin::Mutex<VecDeque<(usize, iommu::FaultEvent)>> = spin::Mutex::new(VecDeque::new());
 /// Faults kept for their owner at most (older ones are dropped; all were logged).
 const PENDING_LIMIT: usize = 256;
-static ORPHANS: spin::Mutex<BTreeSet<u64>> = spin::Mutex::new(BTreeSet::new());
-/// Frames a unit may still reach (a flush or a detach failed): never freed.
-static QUARANTINE: spin::Mutex<BTreeSet<u64>> = spin::Mutex::new(BTreeSet::new());
+
+/// Sizes the pin table for the frame allocator's span (4 bytes per frame,
+/// from frames, not the heap): after `mm::init_frames`.
+pub fn init_pins() -> Result<(), &'static str> {
+    let (base, frames) = mm::frame_span().ok_or("pins: no frame allocator")?;
+    let pages = (frames * 4).div_ceil(FRAME_SIZE as usize);
+    let pa = mm::alloc_frames(pages, 1).ok_or("pins: no memory for the pin table")?;
+    // SAFETY: `pages` zeroed frames were just allocated for the table alone
+    // and are kept for the life of the kernel; the direct map covers them and
+    // they are 4-byte aligned; `frames` words fit in `pages` frames.
+    let words = unsafe { core::slice::from_raw_parts_mut(mm::phys_to_virt(pa) as *mut u32, frames) };
+    *PINS.lock() = Some(PinTable::new(base, words));
+    Ok(())
+}
+
+/// Runs `f` on the pin table (`None` before [`init_pins`]).
+fn with_pins<R>(f: impl FnOnce(Option<&mut PinTable<'static>>) -> R) -> R {
+    f(PINS.lock().as_mut())
+}
 
 /// Frames quarantined so far (kept forever: a unit may still reach them).
 pub fn quarantined_frames() -> usize {
-    QUARANTINE.lock().len()
+    with_pins(|p| p.map_or(0, |p| p.quarantined()))
 }
 
-/// Frees a task frame, or leaves it to its last unpin while DMA-mapped.
+/// Frees a task frame, or leaves it to its last unpin while DMA-mapped
+/// (never, if quarantined).
 pub fn free_user_frame(pa: u64) {
-    if PINS.lock().contains_key(&pa) {
-        ORPHANS.lock().insert(pa);
-    } else {
+    if !with_pins(|p| p.is_some_and(|p| p.orphan(pa))) {
         let _ = mm::free_frame(pa);
     }
 }
@@ -44,14 +63,34 @@ pub fn quarantine(frames: &[u64]) {
     if frames.is_empty() {
         return;
     }
-    let mut q = QUARANTINE.lock();
-    q.extend(frames.iter().copied());
-    log::error!("iommu: {} task frame(s) quarantined, {} in all", frames.len(), q.len());
+    let (new, all) = with_pins(|p| match p {
+        Some(p) => (frames.iter().filter(|&&f| p.quarantine(f)).count(), p.quarantined()),
+        None => (0, 0),
+    });
+    log::error!("iommu: {new} frame(s) quarantined (a unit may still reach them), {all} in all");
 }
 
 /// Frames pinned for DMA right now (for tests and the log).
 pub fn pinned_frames() -> usize {
-    PINS.lock().len()
+    with_pins(|p| p.map_or(0, |p| p.pinned()))
+}
+
+/// Pins every frame of `pages`, or none (the error, all undone).
+fn pin_all(pages: &[u64]) -> Result<(), Errno> {
+    with_pins(|p| {
+        let p = p.ok_or(Errno::ENOMEM)?;
+        for (i, &pa) in pages.iter().enumerate() {
+            if let Err(e) = p.pin(pa) {
+                log::error!("iommu: cannot pin {pa:#x}: {e:?}");
+                // Undo: these frames were pinned here, and their task still owns them.
+                for &done in &pages[..i] {
+                    let _ = p.unpin(done);
+                }
+                return Err(Errno::EFAULT);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A task's memory as its IOAS mappings see it.
@@ -65,7 +104,8 @@ impl iommufd::Memory for TaskMemory {
         if va < crate::task::USER_MIN {
             return Err(Errno::EFAULT);
         }
-        // fail-nth injection points: the pin itself, and each growth of its vector.
+        // A fail-nth injection point (the growth of the page vector is one
+        // too, as a heap allocation).
         if crate::fail_nth::hit() {
             return Err(Errno::ENOMEM);
         }
@@ -80,39 +120,30 @@ impl iommufd::Memory for TaskMemory {
                 return Err(Errno::EFAULT);
             }
             if pages.len() == pages.capacity() {
-                if crate::fail_nth::hit() {
-                    return Err(Errno::ENOMEM);
-                }
                 pages.try_reserve(pages.len().max(16)).map_err(|_| Errno::ENOMEM)?;
             }
             pages.push(pa);
         }
-        self.repin(&pages);
+        pin_all(&pages)?;
         Ok(pages)
     }
 
     fn repin(&mut self, pages: &[u64]) {
-        let mut pins = PINS.lock();
-        for &p in pages {
-            *pins.entry(p).or_default() += 1;
+        // The pages are pinned already (by the area copied from), so no
+        // frame is out of range; a count cannot saturate under the quotas.
+        if let Err(e) = pin_all(pages) {
+            log::error!("iommu: repin of {} page(s) refused: {e:?}", pages.len());
         }
     }
 
     fn quarantine(&mut self, pages: &[u64]) {
-        let mut q = QUARANTINE.lock();
-        let before = q.len();
-        q.extend(pages.iter().copied());
         // The pins stay: neither unpin nor a task's exit frees these frames.
-        log::error!(
-            "iommu: {} frame(s) quarantined (a unit may still reach them), {} in all",
-            q.len() - before,
-            q.len()
-        );
+        quarantine(pages);
     }
 
     fn read_u64(&self, pa: u64) -> Option<u64> {
         // Only pinned task frames (pages mapped in an IOAS) are read.
-        if !pa.is_multiple_of(8) || !PINS.lock().contains_key(&(pa & !(FRAME_SIZE - 1))) {
+        if !pa.is_multiple_of(8) || !with_pins(|p| p.is_some_and(|p| p.is_pinned(pa))) {
             return None;
         }
         // SAFETY: `pa` lies in a frame pinned for DMA (allocated, not freed while pinned), reached through the direct map; the read is aligned.
@@ -120,17 +151,14 @@ impl iommufd::Memory for TaskMemory {
     }
 
     fn unpin(&mut self, pages: &[u64]) {
-        let mut pins = PINS.lock();
-        for &p in pages {
-            let Some(n) = pins.get_mut(&p) else { continue };
-            *n -= 1;
-            if *n == 0 {
-                pins.remove(&p);
-                if ORPHANS.lock().remove(&p) {
-                    let _ = mm::free_frame(p);
+        with_pins(|p| {
+            let Some(p) = p else { return };
+            for &pa in pages {
+                if p.unpin(pa) == Unpinned::FreeOrphan {
+                    let _ = mm::free_frame(pa);
                 }
             }
-        }
+        });
     }
 }
 
@@ -172,15 +200,14 @@ impl iommufd::syscall::Kernel for TaskKernel {
     fn bind_target(&mut self, raw: u64) -> Result<(usize, iommu::DeviceId), Errno> {
         let bdf = crate::task::decode_bdf(raw)?;
         let dev = crate::task::owned_by_current(bdf)?;
-        let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
-        let rid = pci::dma_requester_id(&dev.function, &all);
+        let rid = pci::dma_requester_id(&dev.function, crate::pci::functions());
         let t = crate::pci::topology().and_then(|t| t.translate_pci(bdf.segment, rid)).ok_or(Errno::ENODEV)?;
         let unit = crate::iommu::registered(t.unit).ok_or(Errno::ENODEV)?;
         Ok((unit, iommu::DeviceId(t.id)))
     }
 
     fn unit_name(&self, unit: usize) -> alloc::string::String {
-        crate::iommu::unit_name(unit)
+        alloc::string::String::from(crate::iommu::unit_name(unit))
     }
 
     fn now_ns(&self) -> u64 {
@@ -199,7 +226,6 @@ impl iommufd::syscall::Kernel for TaskKernel {
 /// Drains the units' faults (each logged, decoded), keeps them for their
 /// owners, and hands the running task those its HWPTs route to a fault queue.
 fn collect_faults() {
-    let drained = crate::iommu::take_faults();
     let mut pending = PENDING_FAULTS.lock();
     // Room for the whole bound at once: the queue never grows afterwards, so
     // a task's faults do not show as kernel heap it leaves behind.
@@ -207,14 +233,18 @@ fn collect_faults() {
         let more = PENDING_LIMIT - pending.len();
         let _ = pending.try_reserve_exact(more);
     }
-    // Refused interrupt requests are logged (above) but are no HWPT's page
-    // faults: they never reach a fault queue.
-    for f in drained.into_iter().filter(|(_, f)| f.access != iommu::Access::Interrupt) {
+    crate::iommu::take_faults(&mut |unit, f| {
+        // Refused interrupt requests are logged (by `take_faults`) but are
+        // no HWPT's page faults: they never reach a fault queue.
+        if f.access == iommu::Access::Interrupt {
+            return;
+        }
         if pending.len() == PENDING_LIMIT {
             pending.pop_front();
         }
-        pending.push_back(f);
-    }
+        // Without room (the reserve above failed) the fault is only logged.
+        let _ = pending.try_push((unit, f));
+    });
     if pending.is_empty() {
         return;
     }

@@ -109,12 +109,12 @@ fn peer_slot(f: &pci::Function, all: &[pci::Function]) -> Option<(u16, u8, u8)> 
 /// under an extra ID, with the reason and its group.
 fn place_functions(topo: &firmware::Topology) {
     use iommu::groups::{self, Member};
-    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let all = crate::pci::functions();
     let aliases = DMA_ALIASES.lock().clone();
     let mut units = Vec::new();
     let mut members = Vec::new();
-    for f in &all {
-        let t = topo.translate_pci(f.bdf.segment, pci::dma_requester_id(f, &all));
+    for f in all {
+        let t = topo.translate_pci(f.bdf.segment, pci::dma_requester_id(f, all));
         let placed = t.and_then(|t| Some((registered(t.unit)?, t)));
         let ids = placed.map(|(unit, t)| {
             let mut ids = alloc::vec![t.id];
@@ -122,7 +122,7 @@ fn place_functions(topo: &firmware::Topology) {
             (unit, ids)
         });
         units.push(placed.map(|(unit, t)| (unit, iommu::DeviceId(t.id))));
-        members.push(Member { ids, forwards_only: forwards_only(f), peer_slot: peer_slot(f, &all) });
+        members.push(Member { ids, forwards_only: forwards_only(f), peer_slot: peer_slot(f, all) });
     }
     let group = groups::groups(&members);
     for (i, f) in all.iter().enumerate() {
@@ -165,10 +165,10 @@ fn place_functions(topo: &firmware::Topology) {
 /// The IDs unit `index` of `topology` sees the PCI functions behind it by
 /// (requester IDs after aliasing, or stream IDs), sorted, without repeats.
 pub fn unit_devices(topology: &firmware::Topology, index: usize) -> Vec<u32> {
-    let functions: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
+    let functions = crate::pci::functions();
     let mut ids: Vec<u32> = functions
         .iter()
-        .filter_map(|f| topology.translate_pci(f.bdf.segment, pci::dma_requester_id(f, &functions)))
+        .filter_map(|f| topology.translate_pci(f.bdf.segment, pci::dma_requester_id(f, functions)))
         .filter(|t| t.unit == index)
         .map(|t| t.id)
         .collect();
@@ -290,24 +290,22 @@ pub fn topology_index(unit: usize) -> Option<usize> {
 }
 
 /// The firmware name (`dmar0`, `smmu0`) of registered unit `unit` ("" if unknown).
-pub fn unit_name(unit: usize) -> alloc::string::String {
+pub fn unit_name(unit: usize) -> &'static str {
     topology_index(unit)
-        .and_then(|t| crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.clone())))
+        .and_then(|t| crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.as_str())))
         .unwrap_or_default()
 }
 
 /// Takes every fault the registered units recorded, logs each (decoded), and
-/// returns them with the registry index of their unit.
-pub fn take_faults() -> Vec<(usize, iommu::FaultEvent)> {
+/// hands each to `f` with the registry index of its unit (allocates nothing).
+pub fn take_faults(f: &mut dyn FnMut(usize, iommu::FaultEvent)) {
     with_units(|units| {
-        let mut out = Vec::new();
         for (i, u) in units.iter_mut().enumerate() {
-            for f in u.drain_faults() {
-                log::warn!("iommu: {}: {f}", unit_name(i));
-                out.push((i, f));
-            }
+            u.drain_faults_with(&mut |e| {
+                log::warn!("iommu: {}: {e}", unit_name(i));
+                f(i, e);
+            });
         }
-        out
     })
 }
 
@@ -392,10 +390,10 @@ pub fn unit_of(bdf: pci::Bdf) -> Option<(usize, iommu::DeviceId)> {
 /// IDs the unit looks functions up under ([`DmaAlias`]) — `bdf` included,
 /// in enumeration order. Host bridges and bridges never join through a
 /// shared ID; a function no registered unit translates is a group of its own.
-pub fn group_of(bdf: pci::Bdf) -> Vec<pci::Bdf> {
+pub fn group_of(bdf: pci::Bdf) -> Result<Vec<pci::Bdf>, fallible::AllocError> {
     let placements = PLACEMENTS.lock();
-    let Some(me) = placements.iter().find(|p| p.bdf == bdf) else { return alloc::vec![bdf] };
-    placements.iter().filter(|p| p.group == me.group).map(|p| p.bdf).collect()
+    let Some(me) = placements.iter().find(|p| p.bdf == bdf) else { return fallible::try_to_vec(&[bdf]) };
+    fallible::try_collect(placements.iter().filter(|p| p.group == me.group).map(|p| p.bdf))
 }
 
 /// A small number naming `bdf`'s group in `device_list` (the index of its

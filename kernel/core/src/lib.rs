@@ -22,6 +22,7 @@ pub mod iommu;
 pub mod ktests;
 pub mod mm;
 pub mod pci;
+pub mod pins;
 pub mod platform;
 pub mod task;
 
@@ -185,6 +186,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     })?;
     let ram = boot.usable_bytes();
     heap::init(heap::heap_size_for(ram))?;
+    ioas::init_pins()?;
     CMDLINE.call_once(|| alloc::string::String::from(boot.cmdline()));
     BOOT_INFO.call_once(|| boot.clone());
     platform.init_interrupts(boot)?;

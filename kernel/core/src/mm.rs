@@ -96,6 +96,11 @@ pub fn init_frames(boot: &BootInfo) -> Result<(), MemInitError> {
     Ok(())
 }
 
+/// The frame allocator's span: its first frame and how many frames it covers.
+pub fn frame_span() -> Option<(u64, usize)> {
+    FRAMES.lock().as_ref().map(|f| (f.base(), f.total_frames()))
+}
+
 /// Allocates one zeroed frame.
 pub fn alloc_frame() -> Option<u64> {
     alloc_frames(1, 1)

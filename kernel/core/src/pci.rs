@@ -88,8 +88,8 @@ pub fn topology() -> Option<&'static firmware::Topology> {
 
 /// Builds the IOMMU topology from the firmware and prints it, one line per item.
 pub fn init_topology(boot: &bootinfo::BootInfo) {
-    let functions: Vec<Function> = devices().iter().map(|d| d.function.clone()).collect();
-    let t = crate::platform().iommu_topology(boot, &functions);
+    let functions = self::functions();
+    let t = crate::platform().iommu_topology(boot, functions);
     let source = match boot.firmware() {
         bootinfo::FirmwareTables::Acpi { rsdp } => {
             let tables: Vec<String> = crate::acpi::raw_tables(rsdp)
@@ -106,7 +106,7 @@ pub fn init_topology(boot: &bootinfo::BootInfo) {
         bootinfo::FirmwareTables::None => String::from("none"),
     };
     crate::kprintln!("topology: source {source}");
-    for line in firmware::build::lines(&t, &functions) {
+    for line in firmware::build::lines(&t, functions) {
         crate::kprintln!("{line}");
     }
     if t.units().is_empty() {
@@ -115,6 +115,7 @@ pub fn init_topology(boot: &bootinfo::BootInfo) {
     TOPOLOGY.call_once(|| t);
 }
 static DEVICES: spin::Once<Vec<Device>> = spin::Once::new();
+static FUNCTIONS: spin::Once<Vec<Function>> = spin::Once::new();
 
 /// The PCI hosts found at boot.
 pub fn hosts() -> &'static [Ecam] {
@@ -124,6 +125,12 @@ pub fn hosts() -> &'static [Ecam] {
 /// Every PCI function found at boot.
 pub fn devices() -> &'static [Device] {
     DEVICES.get().map_or(&[], |v| v.as_slice())
+}
+
+/// Every PCI function found at boot, as [`devices`] without the host index
+/// (what the `pci` crate's topology helpers take).
+pub fn functions() -> &'static [Function] {
+    FUNCTIONS.get().map_or(&[], |v| v.as_slice())
 }
 
 /// Functions the kernel drives itself (an IOMMU that is a PCI function).
@@ -197,5 +204,6 @@ pub fn init(hosts: Vec<Ecam>) {
         all.extend(functions.into_iter().map(|function| Device { function, host: index }));
     }
     HOSTS.call_once(|| hosts);
+    FUNCTIONS.call_once(|| all.iter().map(|d: &Device| d.function.clone()).collect());
     DEVICES.call_once(|| all);
 }

@@ -10,8 +10,8 @@ use crate::frames::FRAME_SIZE;
 use crate::platform::{MapError, UserExit, UserPerms};
 use crate::{mm, platform};
 use abi::{Errno, SysResult, Sysno};
-use alloc::string::String;
 use alloc::vec::Vec;
+use fallible::VecExt;
 use pci::ConfigAccess;
 
 /// Top of every task's user stack (exclusive).
@@ -114,6 +114,7 @@ impl Drop for Owned {
 }
 
 fn map_new_page(owned: &mut Owned, va: u64, perms: UserPerms) -> Result<u64, SpawnError> {
+    owned.frames.try_reserve(1).map_err(|_| SpawnError::OutOfMemory)?;
     let pa = mm::alloc_frame().ok_or(SpawnError::OutOfMemory)?;
     owned.frames.push(pa);
     platform().user_map(owned.root, va, pa, perms).map_err(|e| match e {
@@ -294,9 +295,18 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
         iommufd: iommufd::Iommufd::with_quota(limits().iommufd),
         table_frames: 0,
     };
-    let mut task = alloc::boxed::Box::new(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 });
+    let free_kstack = || {
+        for i in 0..KERNEL_STACK_PAGES as u64 {
+            let _ = mm::free_frame(kstack + i * FRAME_SIZE);
+        }
+    };
+    // A task that cannot be recorded is dropped whole: its `Owned` gives
+    // back its frames and address space, and the stack goes back here.
+    let Ok(mut task) = fallible::try_box(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 }) else {
+        free_kstack();
+        return Err(SpawnError::OutOfMemory);
+    };
     task.sp = platform().init_task_stack(task.kstack_top(), task_start);
-    log::info!("task {}: spawned as #{id} (entry {entry:#x}, {} frames)", program.name, task.owned.frames.len());
     let mut tasks = TASKS.lock();
     // The list takes room for the task quota at once, so it never grows
     // later (which would show as heap a task left behind).
@@ -304,8 +314,14 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
         let more = limits().tasks - tasks.len();
         let _ = tasks.try_reserve_exact(more);
     }
-    tasks.push(task);
+    let frames = task.owned.frames.len();
+    if tasks.try_push(task).is_err() {
+        drop(tasks);
+        free_kstack();
+        return Err(SpawnError::OutOfMemory);
+    }
     drop(tasks);
+    log::info!("task {}: spawned as #{id} (entry {entry:#x}, {frames} frames)", program.name);
     Ok(id)
 }
 
@@ -328,8 +344,13 @@ fn to_scheduler() {
         }
     };
     let load = *SCHEDULER_SP.lock();
+    // A task may switch away inside a syscall (a sleep): the scheduler and
+    // other tasks run outside it; it is back in it when it returns here.
+    let in_syscall = crate::fail_nth::current_scope();
+    crate::fail_nth::syscall_scope(None);
     // SAFETY: `save` is the running task's `sp` field in its box (stable while the task exists; exited tasks are only reaped by the scheduler after this switch); `load` is the scheduler's stack pointer saved by `switch_to`.
     unsafe { platform().context_switch(save, load) };
+    crate::fail_nth::syscall_scope(in_syscall);
 }
 
 /// Gives up the CPU (the task stays ready) if another task can run.
@@ -665,6 +686,8 @@ fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
             return Err(Errno::EADDRINUSE);
         }
         let perms = UserPerms { write: prot & abi::PROT_WRITE != 0, exec: false, device: false };
+        // Room for every page's record first (the quota above bounds it).
+        cur.anon.try_reserve((len / FRAME_SIZE) as usize).map_err(|_| Errno::ENOMEM)?;
         // Physically contiguous, 2 MiB-aligned frames for each whole 2 MiB
         // of the range that is 2 MiB aligned (one frame at a time otherwise).
         let mut run: Option<(u64, u64)> = None;
@@ -754,9 +777,10 @@ fn sys_device_list(buf: u64, len: u64) -> SysResult {
     let devices = crate::pci::devices();
     let size = core::mem::size_of::<abi::DeviceInfo>();
     let room = (len as usize) / size;
-    let claims = CLAIMS.lock().clone();
+    let claims = CLAIMS.lock();
     let topology = crate::pci::topology();
     let mut out = Vec::new();
+    out.try_reserve_exact(devices.len().min(room) * size).map_err(|_| Errno::ENOMEM)?;
     for d in devices.iter().take(room) {
         let f = &d.function;
         let mut info = abi::DeviceInfo {
@@ -814,8 +838,11 @@ fn sys_device_claim(raw: u64) -> SysResult {
         return Err(Errno::EPERM);
     }
     let id = with_current(|cur| Ok(cur.id))?;
-    let group = crate::iommu::group_of(bdf);
+    let group = crate::iommu::group_of(bdf).map_err(|_| Errno::ENOMEM)?;
     let mut claims = CLAIMS.lock();
+    // Room first: once a member is blocked below, nothing may fail.
+    claims.try_reserve(group.len()).map_err(|_| Errno::ENOMEM)?;
+    CLAIM_COMMAND.lock().try_reserve(group.len()).map_err(|_| Errno::ENOMEM)?;
     if claims.iter().any(|&(b, owner)| b == bdf && owner == id) {
         return Err(Errno::EBUSY);
     }
@@ -894,8 +921,8 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
         .find(|b| u64::from(b.index) == index && b.kind != pci::BarKind::Io && b.base != 0)
         .copied()
         .ok_or(Errno::ENOENT)?;
-    let all: Vec<pci::Function> = crate::pci::devices().iter().map(|d| d.function.clone()).collect();
-    if pci::assign::bar_shares_page(&all, dev.function.bdf, bar.index) {
+    let all = crate::pci::functions();
+    if pci::assign::bar_shares_page(all, dev.function.bdf, bar.index) {
         log::warn!(
             "task {}: BAR{} of {} shares a 4 KiB page with another function's registers: not mapped",
             current_name(),
@@ -910,10 +937,11 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
     let msix = pci::policy::msix_pages(&dev.function, bar.index);
     if !msix.is_empty() {
         log::info!(
-            "task {}: BAR{} of {}: MSI-X pages {msix:x?} left unmapped (the kernel owns the table)",
+            "task {}: BAR{} of {}: MSI-X pages {:x?} left unmapped (the kernel owns the table)",
             current_name(),
             bar.index,
-            dev.function.bdf
+            dev.function.bdf,
+            msix.as_slice()
         );
     }
     with_current(|cur| {
@@ -923,7 +951,7 @@ fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
         }
         let perms = UserPerms { write: true, exec: false, device: true };
         for off in (0..span).step_by(FRAME_SIZE as usize) {
-            if msix.iter().any(|&(start, end)| (start..end).contains(&off)) {
+            if msix.contains(off) {
                 continue;
             }
             platform()
@@ -1135,6 +1163,13 @@ fn with_interrupts<R>(f: impl FnOnce() -> R) -> R {
 
 /// Serves one syscall of the current task.
 pub fn syscall(number: u64, args: [u64; 5]) -> SyscallOutcome {
+    crate::fail_nth::syscall_scope(Some(running()));
+    let outcome = serve(number, args);
+    crate::fail_nth::syscall_scope(None);
+    outcome
+}
+
+fn serve(number: u64, args: [u64; 5]) -> SyscallOutcome {
     // Calls that allocate on the heap start only with headroom left (ENOMEM otherwise).
     let allocates = matches!(
         Sysno::from_raw(number),
@@ -1311,10 +1346,6 @@ pub fn run_user_tests(filter: &str) -> bool {
 }
 
 /// Name of the current task, for logs.
-pub fn current_name() -> String {
-    TASKS
-        .lock()
-        .iter()
-        .find(|t| t.cur.id == running())
-        .map_or_else(|| String::from("kernel"), |t| String::from(t.cur.name))
+pub fn current_name() -> &'static str {
+    TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("kernel", |t| t.cur.name)
 }

@@ -477,26 +477,52 @@ pub fn claimable(f: &Function) -> Result<(), ClaimRefusal> {
 /// the MSI capability: these pages are never mapped into a task, so a task
 /// cannot aim its device's interrupt messages anywhere. Empty when the
 /// function has no MSI-X or keeps both structures in other BARs.
-pub fn msix_pages(f: &Function, bar: u8) -> Vec<(u64, u64)> {
+pub fn msix_pages(f: &Function, bar: u8) -> PageHoles {
     const PAGE: u64 = 4096;
-    let Some(m) = f.caps.msix else { return Vec::new() };
+    let mut out = PageHoles::default();
+    let Some(m) = f.caps.msix else { return out };
     // Table: 16 bytes per entry; PBA: one bit per entry, in qwords.
     let entries = u64::from(m.table_size);
     let table = (m.table, entries * 16);
     let pba = (m.pba, entries.div_ceil(64) * 8);
-    let mut out: Vec<(u64, u64)> = [table, pba]
-        .into_iter()
-        .filter(|((b, _), len)| *b == bar && *len > 0)
-        .map(|((_, off), len)| {
+    for ((b, off), len) in [table, pba] {
+        if b == bar && len > 0 {
             let start = u64::from(off) & !(PAGE - 1);
-            (start, (u64::from(off) + len).next_multiple_of(PAGE))
-        })
-        .collect();
-    out.sort_unstable();
-    if let [a, b] = out[..] {
-        if b.0 <= a.1 {
-            return alloc::vec![(a.0, a.1.max(b.1))];
+            out.spans[out.len] = (start, (u64::from(off) + len).next_multiple_of(PAGE));
+            out.len += 1;
         }
     }
+    out.spans[..out.len].sort_unstable();
+    let [a, b] = out.spans;
+    if out.len == 2 && b.0 <= a.1 {
+        out.spans[0] = (a.0, a.1.max(b.1));
+        out.len = 1;
+    }
     out
+}
+
+/// At most two disjoint byte ranges `[start, end)` of a BAR (what
+/// [`msix_pages`] finds), held inline: a syscall asks for them, and they
+/// need no heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageHoles {
+    spans: [(u64, u64); 2],
+    len: usize,
+}
+
+impl PageHoles {
+    /// The ranges, sorted.
+    pub fn as_slice(&self) -> &[(u64, u64)] {
+        &self.spans[..self.len]
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether byte `off` of the BAR lies in one.
+    pub fn contains(&self, off: u64) -> bool {
+        self.as_slice().iter().any(|&(start, end)| (start..end).contains(&off))
+    }
 }
