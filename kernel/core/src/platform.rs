@@ -128,6 +128,9 @@ pub trait Platform: Sync {
     fn user_map(&self, root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError>;
     /// Unmaps one user page and returns the physical address it mapped.
     fn user_unmap(&self, root: u64, va: u64) -> Result<u64, MapError>;
+    /// Frees the page tables under `[start, end)` of a user space that map
+    /// nothing any more (a rolled-back or undone map leaves none behind).
+    fn user_prune(&self, root: u64, start: u64, end: u64);
     /// Physical address and rights of a user page, if mapped.
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, UserPerms)>;
     /// Frees the page tables of a user address space (not the frames it mapped).

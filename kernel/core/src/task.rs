@@ -723,6 +723,8 @@ fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
                             let _ = mm::free_frame(pa + off);
                         }
                     }
+                    // And the page tables this call added.
+                    p.user_prune(cur.root, va, end);
                     return Err(e);
                 }
             }
@@ -758,6 +760,7 @@ fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
                 crate::ioas::free_user_frame(pa);
             }
         }
+        platform().user_prune(cur.root, addr, end);
         Ok(0)
     })
 }

@@ -211,6 +211,10 @@ impl Platform for ArmPlatform {
         user::unmap(root, va)
     }
 
+    fn user_prune(&self, root: u64, start: u64, end: u64) {
+        user::prune(root, start, end)
+    }
+
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, kcore::UserPerms)> {
         user::translate(root, va)
     }

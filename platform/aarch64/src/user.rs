@@ -262,6 +262,46 @@ pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
     Ok(e & ADDR_MASK)
 }
 
+/// Frees the page tables under `[start, end)` that map nothing any more
+/// (after an unmap, or a map rolled back), so a failed or undone call leaves
+/// no table frame behind. The level-0 table stays.
+pub fn prune(root: u64, start: u64, end: u64) {
+    /// Prunes below `table` (at `level`, mapping from `base`); true when it is empty after.
+    fn level_prune(table: u64, level: u32, base: u64, start: u64, end: u64, freed: &mut bool) -> bool {
+        let span = 1u64 << (39 - 9 * level);
+        let mut empty = true;
+        for i in 0..512u64 {
+            let lo = base + i * span;
+            let p = entry_at(table, i);
+            // SAFETY: `table` is a page-table frame of this space in the direct map.
+            let e = unsafe { p.read_volatile() };
+            let inside = lo < end && lo + span > start;
+            if inside && level < 3 && e & VALID != 0 && e & TABLE_OR_PAGE != 0 {
+                let next = e & ADDR_MASK;
+                if level_prune(next, level + 1, lo, start, end, freed) {
+                    // SAFETY: as above; the entry is cleared before its table is freed.
+                    unsafe { p.write_volatile(0) };
+                    let _ = kcore::mm::free_frame(next);
+                    *freed = true;
+                    continue;
+                }
+            }
+            empty &= e & VALID == 0;
+        }
+        empty
+    }
+    if start >= end || end > USER_END {
+        return;
+    }
+    let mut freed = false;
+    level_prune(root, 0, 0, start, end, &mut freed);
+    if freed {
+        // SAFETY: drops every cached walk (the freed tables among them) for
+        // all ASIDs; barriers order it after the cleared entries.
+        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb", options(nostack)) };
+    }
+}
+
 /// Frees the tables of a user address space.
 pub fn free_space(root: u64) {
     fn free_level(table: u64, level: u32) {

@@ -12,9 +12,10 @@ use kcore::{MapError, UserExit, UserPerms};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags, KernelGsBase, LStar, SFMask};
 use x86_64::registers::rflags::RFlags;
-use x86_64::structures::paging::mapper::{MapToError, TranslateResult};
+use x86_64::structures::paging::mapper::{CleanUp, MapToError, TranslateResult};
 use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB, Translate,
+    FrameAllocator, FrameDeallocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+    Translate,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -234,6 +235,14 @@ unsafe impl FrameAllocator<Size4KiB> for KernelFrames {
     }
 }
 
+/// Gives back the user page tables `clean_up_addr_range` found empty and
+/// unlinked (nothing else refers to them).
+impl FrameDeallocator<Size4KiB> for KernelFrames {
+    unsafe fn deallocate_frame(&mut self, frame: PhysFrame<Size4KiB>) {
+        let _ = kcore::mm::free_frame(frame.start_address().as_u64());
+    }
+}
+
 fn with_space<R>(root: u64, f: impl FnOnce(&mut OffsetPageTable<'static>) -> R) -> R {
     let va = kcore::mm::phys_to_virt(root);
     // SAFETY: `root` is a PML4 frame of a user space (from `new_space`), reached through the direct map; callers do not run concurrently on one space.
@@ -317,6 +326,26 @@ pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
         }
         Err(_) => Err(MapError::NotMapped(va)),
     })
+}
+
+/// Frees the page tables under `[start, end)` that map nothing any more
+/// (after an unmap, or a map rolled back), so a failed or undone call leaves
+/// no table frame behind.
+pub fn prune(root: u64, start: u64, end: u64) {
+    if start >= end || end > 0x0000_8000_0000_0000 {
+        return;
+    }
+    let first = Page::<Size4KiB>::containing_address(VirtAddr::new(start));
+    let last = Page::<Size4KiB>::containing_address(VirtAddr::new(end - 1));
+    with_space(root, |t| {
+        // SAFETY: the range is in the user half, whose tables belong to this
+        // space alone (built by `map`, each used at one place only); a table
+        // is freed only once it holds no entry.
+        unsafe { t.clean_up_addr_range(Page::range_inclusive(first, last), &mut KernelFrames) };
+    });
+    // The paging-structure caches may hold the freed tables: reloading CR3
+    // drops them (no PCIDs, no global user pages).
+    x86_64::instructions::tlb::flush_all();
 }
 
 /// Frees the user half's page tables and the PML4.

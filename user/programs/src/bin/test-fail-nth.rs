@@ -1,7 +1,8 @@
 //! fail-nth in the kernel (KTAP `fail_nth.*`, issue 18 item 4): each
 //! sequence's call runs with its 1st, 2nd, … injection point failing
 //! (`test_canary` op 6: frame allocations, which include every IOMMU table
-//! and driver structure, pins, pin-vector growth; see `kernel/core/src/fail_nth.rs`)
+//! and driver structure and the task's own page tables, pins, and heap
+//! allocations inside the call; see `kernel/core/src/fail_nth.rs`)
 //! until it runs without an injected failure. After every failed call the
 //! kernel counters — free, pinned, quarantined and IOMMU table frames, heap
 //! bytes, tasks, our objects and pinned pages — must be exactly where they
@@ -56,11 +57,6 @@ type Step = fn(&mut Ctx) -> Result<(), Errno>;
 struct Sequence {
     name: &'static str,
     needs_device: bool,
-    /// The call maps task memory: CPU page-table pages a failed call linked
-    /// into the task's own tables stay there (the task's, reused by the next
-    /// map there, freed at exit; as Linux keeps them after munmap), so free
-    /// frames are compared only on the second run at the same N.
-    keeps_cpu_tables: bool,
     setup: Step,
     call: Step,
     /// Undoes a successful `call` (back to the state after `setup`).
@@ -99,7 +95,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "mem_map",
         needs_device: false,
-        keeps_cpu_tables: true,
         setup: nothing,
         call: |c| {
             c.made = sys::mem_map(0, SMALL, abi::PROT_READ | abi::PROT_WRITE)?;
@@ -111,7 +106,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "ioas_alloc",
         needs_device: false,
-        keeps_cpu_tables: false,
         setup: nothing,
         call: |c| {
             c.made = u64::from(ioas::ioas_alloc()?);
@@ -123,7 +117,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "map_4k_pages_attached",
         needs_device: false,
-        keeps_cpu_tables: false,
         setup: attach_a,
         call: |c| {
             c.made = ioas::map(c.a, c.small, SMALL, None, RW)?;
@@ -135,7 +128,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "map_2m_attached",
         needs_device: false,
-        keeps_cpu_tables: false,
         setup: attach_a,
         call: |c| {
             c.made = ioas::map(c.a, c.big, BIG, None, RW)?;
@@ -147,7 +139,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "copy_attached",
         needs_device: false,
-        keeps_cpu_tables: false,
         setup: |c| {
             ioas::map(c.b, c.small, SMALL, Some(0x100_0000), RW)?;
             attach_a(c)
@@ -165,7 +156,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "attach",
         needs_device: true,
-        keeps_cpu_tables: false,
         setup: |c| {
             ioas::map(c.a, c.small, SMALL, None, RW)?;
             ioas::map(c.a, c.big, BIG, None, RW).map(drop)
@@ -180,7 +170,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "replace",
         needs_device: true,
-        keeps_cpu_tables: false,
         setup: |c| {
             ioas::map(c.a, c.small, SMALL, None, RW)?;
             ioas::map(c.b, c.big, BIG, None, RW)?;
@@ -200,7 +189,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "hwpt_alloc",
         needs_device: true,
-        keeps_cpu_tables: false,
         setup: |c| ioas::map(c.a, c.big, BIG, None, RW).map(drop),
         call: |c| {
             c.made = u64::from(ioas::hwpt_alloc(dev(c)?, c.a, 0, hwpt_data::NONE, &[], None)?);
@@ -212,7 +200,6 @@ const SEQUENCES: &[Sequence] = &[
     Sequence {
         name: "unmap_attached",
         needs_device: false,
-        keeps_cpu_tables: false,
         setup: |c| {
             attach_a(c)?;
             ioas::map(c.a, c.big, BIG, Some(0x4000_0000), RW).map(drop)
@@ -230,7 +217,6 @@ const SEQUENCES: &[Sequence] = &[
 /// the first may grow a long-lived table's capacity for good (a `Vec` or
 /// `BTreeMap` that keeps its room), the second must not grow it again.
 const HEAP: usize = 2;
-const FREE_FRAMES: usize = 0;
 
 /// Whether counters differ between `a` and `b`, leaving out the ones `skip` names.
 fn differ(a: &[u64; 8], b: &[u64; 8], skip: &[usize]) -> bool {
@@ -256,7 +242,7 @@ fn run(c: &mut Ctx, s: &Sequence) -> Result<u64, alloc::string::String> {
     (s.setup)(c).map_err(|e| format!("setup: {e:?}"))?;
     let base = counters();
     let mut result = None;
-    let first_run: &[usize] = if s.keeps_cpu_tables { &[HEAP, FREE_FRAMES] } else { &[HEAP] };
+    let first_run: &[usize] = &[HEAP];
     for n in 1..=MAX_N {
         let (r, passed) = attempt(c, s, n)?;
         let now = counters();
