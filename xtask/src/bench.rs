@@ -5,11 +5,14 @@
 //!   kernel's exit, per architecture, for the direct and the UEFI boot.
 //! - `syscall`: null-syscall round trip from user space (`yield`), per architecture.
 //! - `pgtable`: the I/O page-table engine benchmark (`cargo bench -p io-pgtable`).
-//! - `ioas`: the generic IOAS door's map + unmap cost through the syscall, per architecture and IOMMU.
+//! - `ioas`: the generic IOAS door's map + unmap cost through the syscall, per architecture and IOMMU;
+//!   with `--vs-linux [--boots N]`, our VT-d machine against the Linux iommufd peer, booted
+//!   alternately with the same machine options, as ratios of medians.
 
 use crate::build;
 use crate::harness;
 use crate::machine::{Arch, Boot, Iommu, Machine};
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -86,7 +89,7 @@ fn ioas() -> Result<(), String> {
             let machine = Machine {
                 arch,
                 iommu,
-                cmdline: vec!["init=bench-ioas".into()],
+                cmdline: BENCH_IOAS_CMDLINE.iter().map(|s| (*s).to_owned()).collect(),
                 // Room for the 1 GiB case (the last -m wins).
                 extra: vec!["-m".into(), "2G".into()],
                 gdb: false,
@@ -104,6 +107,127 @@ fn ioas() -> Result<(), String> {
             for l in ours.iter().filter(|l| !l.contains("done")) {
                 println!("{label:<16} {}", l.trim_start_matches("bench-ioas: "));
             }
+        }
+    }
+    Ok(())
+}
+
+/// `bench-ioas` maps 1 GiB: above the default memory and pin quotas.
+const BENCH_IOAS_CMDLINE: [&str; 3] = ["init=bench-ioas", "quota.mem_pages=327680", "quota.pinned_pages=327680"];
+
+/// The machine options the Linux peer boots with (`runner.py`), on top of
+/// our VT-d machine: 2 GiB, two CPUs (ours runs on the first), VT-d caching
+/// mode as the peer's `intel-iommu` has it.
+const PEER_OPTIONS: [&str; 6] = ["-m", "2G", "-smp", "2", "-global", "intel-iommu.caching-mode=on"];
+
+/// The `RESULT key=value …` lines of a boot, as maps.
+fn results<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<BTreeMap<String, String>> {
+    lines
+        .filter_map(|l| l.find("RESULT ").map(|at| &l[at + 7..]))
+        .map(|r| r.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+        .collect()
+}
+
+fn field(r: &BTreeMap<String, String>, key: &str) -> Option<f64> {
+    r.get(key)?.parse().ok()
+}
+
+/// The shapes compared with `--vs-linux`: our case, the peer's case, and
+/// how each side's figure (map + unmap, ns) is read.
+const SHAPES: [(&str, &str, &str); 5] = [
+    ("4k", "a_1x4k", "a_1x4k"),
+    ("256x4k", "b_256x4k", "b_256x4k"),
+    ("2m", "c_2m", "c_2m_hugetlb"),
+    ("1000x4k", "d_1000x4k", "d_1000x4k"),
+    ("error-path", "error_path", "null_ioctl_destroy_enoent"),
+];
+
+/// A case's map + unmap time (ns): `pair_ns`, else `map_ns + unmap_ns`, else `ns`.
+fn pair_ns(r: &BTreeMap<String, String>) -> Option<f64> {
+    field(r, "pair_ns").or_else(|| Some(field(r, "map_ns")? + field(r, "unmap_ns")?)).or_else(|| field(r, "ns"))
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// `cargo xtask bench ioas --vs-linux`: our VT-d machine and the Linux peer
+/// booted alternately `boots` times, the same shapes measured on both; per
+/// shape the median across boots of each boot's median, and the ratio.
+pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
+    let peer = crate::machine::workspace_root().join("../shared/peer/linux-iommufd");
+    if !peer.join("runner.py").exists() {
+        return Err(format!("the Linux peer is not at {} (runner.py missing)", peer.display()));
+    }
+    let kernel = build::kernel(Arch::X86_64, true)?;
+    let machine = Machine {
+        arch: Arch::X86_64,
+        iommu: Iommu::Vtd,
+        cmdline: BENCH_IOAS_CMDLINE.iter().map(|s| (*s).to_owned()).collect(),
+        extra: PEER_OPTIONS.iter().map(|s| (*s).to_owned()).collect(),
+        gdb: false,
+        boot: Boot::Direct,
+    };
+    let out = crate::machine::workspace_root().join("target").join("bench-vs-linux");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "bench ioas vs linux: x86_64 q35 + VT-d (caching mode) + edu, -m 2G -smp 2, TCG, {boots} boot(s) of each, alternating"
+    );
+    let mut ours: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut linux: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut growth: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for i in 0..boots {
+        let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(600))?;
+        let ours_r = results(lines.iter().map(String::as_str));
+        let dir = out.join(format!("linux-{i}"));
+        let status = Command::new("python3")
+            .arg(peer.join("runner.py"))
+            .args(["--boots", "1", "--out"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run the peer's runner.py: {e}"))?;
+        if !status.success() {
+            return Err(format!("the Linux peer failed ({status}); its log is in {}", dir.display()));
+        }
+        let log = std::fs::read_to_string(dir.join("boot-0.log")).map_err(|e| format!("peer log: {e}"))?;
+        let linux_r: Vec<_> =
+            results(log.lines()).into_iter().filter(|r| r.get("backend").is_some_and(|b| b == "iommufd")).collect();
+        let find = |rs: &[BTreeMap<String, String>], case: &str| {
+            rs.iter().find(|r| r.get("case").is_some_and(|c| c == case)).and_then(pair_ns)
+        };
+        for (shape, o, l) in SHAPES {
+            let (a, b) = (find(&ours_r, o), find(&linux_r, l));
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(format!("boot {i}: shape {shape}: ours {a:?}, linux {b:?} (a case did not report)"));
+            };
+            ours.entry(shape).or_default().push(a);
+            linux.entry(shape).or_default().push(b);
+        }
+        for (name, case) in [("4K", "a_1x4k"), ("256K", "g_256k"), ("2M", "c_2m"), ("64M", "g_64m"), ("1G", "g_1g")] {
+            if let Some(v) = ours_r
+                .iter()
+                .find(|r| r.get("case").is_some_and(|c| c == case))
+                .and_then(|r| field(r, "pair_ns_per_4k"))
+            {
+                growth.entry(name).or_default().push(v);
+            }
+        }
+        eprintln!("bench ioas vs linux: boot {} of {boots} done", i + 1);
+    }
+    let mut worst = 0f64;
+    for (shape, _, _) in SHAPES {
+        let o = ours.get_mut(shape).and_then(|v| median(v)).unwrap_or(f64::NAN);
+        let l = linux.get_mut(shape).and_then(|v| median(v)).unwrap_or(f64::NAN);
+        let ratio = o / l;
+        worst = worst.max(ratio);
+        println!("bench ioas vs linux: {shape} ours {o:.0} linux {l:.0} ratio {ratio:.2}");
+    }
+    println!("bench ioas vs linux: worst ratio {worst:.2}");
+    for name in ["4K", "256K", "2M", "64M", "1G"] {
+        if let Some(v) = growth.get_mut(name).and_then(|v| median(v)) {
+            println!("bench ioas growth: {name} map+unmap per 4K {v:.0} ns");
         }
     }
     Ok(())

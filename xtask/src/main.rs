@@ -116,6 +116,14 @@ enum Command {
     Bench {
         /// Benchmark to run.
         name: Option<String>,
+        /// `ioas` only: boot our kernel (x86_64, VT-d) and the Linux iommufd
+        /// peer (`../shared/peer/linux-iommufd`) alternately with the same
+        /// machine options, and print both medians and their ratio per shape.
+        #[arg(long)]
+        vs_linux: bool,
+        /// Boots of each side with `--vs-linux`.
+        #[arg(long, default_value_t = 5)]
+        boots: usize,
     },
     /// Coverage-guided fuzzing (libFuzzer) of a parser or the page-table engine; `--list` names the
     /// targets. `syscalls` instead boots one machine and runs the syscall fuzzer (`test-fuzz`).
@@ -162,7 +170,14 @@ fn main() -> ExitCode {
         Command::Image { arch, debug, cmdline, output } => {
             setup::run().and_then(|()| image::build_image(arch, !debug, &cmdline, output))
         }
-        Command::Bench { name } => setup::run().and_then(|()| bench::run(name.as_deref())),
+        Command::Bench { name, vs_linux: true, boots } => {
+            if name.as_deref() != Some("ioas") {
+                Err("--vs-linux goes with `cargo xtask bench ioas`".into())
+            } else {
+                setup::run().and_then(|()| bench::ioas_vs_linux(boots))
+            }
+        }
+        Command::Bench { name, .. } => setup::run().and_then(|()| bench::run(name.as_deref())),
         Command::Fuzz { target, list: false, calls, seed, arch, iommu, .. }
             if target.as_deref() == Some("syscalls") =>
         {

@@ -1,9 +1,12 @@
 //! `cargo xtask bench ioas`: the generic door's map + unmap cost through the
 //! real syscall, with an `edu` attached so every map and unmap reaches the
-//! IOMMU: 4 KiB, 256 × 4 KiB in one call, 2 MiB and 1 GiB (2 MiB-aligned
-//! memory and IOVA; an untimed first map of each size has the kernel log the
-//! leaves it used), 1000 separate 4 KiB maps then unmaps, and IOTLB
-//! invalidations per unmap call. Prints figures only.
+//! IOMMU, in the Linux peer's shapes and repetitions (medians): 4 KiB,
+//! 256 × 4 KiB in one call, 2 MiB (2 MiB-aligned memory and IOVA: one 2M
+//! leaf), 1000 separate 4 KiB maps then unmaps, the cheapest failing call;
+//! then growth (256 KiB, 64 MiB, 1 GiB). An untimed first map of each size
+//! has the kernel log the leaves it used; IOTLB invalidations per unmap call
+//! are counted. Prints figures only, and a `RESULT` line per case for
+//! `--vs-linux`.
 #![no_std]
 #![no_main]
 
@@ -32,30 +35,75 @@ fn show_leaves(ioas_id: u32, va: u64, pages: u64) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `reps` times map + unmap of `pages` pages as one call each.
-fn map_unmap(ioas_id: u32, dev: u32, pages: u64, reps: u64, name: &str) -> Result<(), &'static str> {
+/// Most repetitions one case keeps samples for.
+const MAX_REPS: usize = 1001;
+
+/// The median of `v` (sorted in place; 0 for none).
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// `warm` untimed, then `reps` timed map + unmap of `pages` pages as one
+/// call each; prints the medians (human line, then a `RESULT` line that
+/// `cargo xtask bench ioas --vs-linux` reads, named as the Linux peer's cases).
+fn map_unmap(
+    ioas_id: u32,
+    dev: u32,
+    pages: u64,
+    warm: usize,
+    reps: usize,
+    name: &str,
+    case: &str,
+) -> Result<(), &'static str> {
+    let reps = reps.min(MAX_REPS);
     let va = map_memory(pages)?;
     show_leaves(ioas_id, va, pages)?;
-    let (mut map_ns, mut unmap_ns) = (0, 0);
+    let (mut maps, mut unmaps, mut pairs) = ([0u64; MAX_REPS], [0u64; MAX_REPS], [0u64; MAX_REPS]);
     let f0 = flushes(dev);
-    for _ in 0..reps {
+    for i in 0..warm + reps {
         let t0 = now();
         let at = ioas::map(ioas_id, va, pages * PAGE, None, RW).map_err(|_| "map")?;
         let t1 = now();
         ioas::unmap(ioas_id, at, pages * PAGE).map_err(|_| "unmap")?;
         let t2 = now();
-        map_ns += t1 - t0;
-        unmap_ns += t2 - t1;
+        if let Some(k) = i.checked_sub(warm) {
+            (maps[k], unmaps[k], pairs[k]) = (t1 - t0, t2 - t1, t2 - t0);
+        }
     }
     let inv = flushes(dev) - f0;
-    let (m, u) = (map_ns / reps, unmap_ns / reps);
+    let runs = (warm + reps) as u64;
+    let (m, u, p) = (median(&mut maps[..reps]), median(&mut unmaps[..reps]), median(&mut pairs[..reps]));
     println!(
         "bench-ioas: {name:<12} map {m:>9} ns  unmap {u:>9} ns  map+unmap per 4K {:>7} ns  invalidations/unmap {}.{:02}",
-        (m + u) / pages,
-        inv / reps,
-        inv * 100 / reps % 100
+        p / pages,
+        inv / runs,
+        inv * 100 / runs % 100
+    );
+    println!(
+        "RESULT case={case} pages4k={pages} reps={reps} map_ns={m} unmap_ns={u} pair_ns={p} pair_ns_per_4k={} invalidations_per_unmap_x100={}",
+        p / pages,
+        inv * 100 / runs
     );
     unmap_memory(va, pages)?;
+    Ok(())
+}
+
+/// The cheapest failing IOAS call: destroying an id that does not exist
+/// (`ENOENT`; the Linux peer's `null_ioctl_destroy_enoent`).
+fn error_path(reps: usize) -> Result<(), &'static str> {
+    let reps = reps.min(MAX_REPS);
+    let mut t = [0u64; MAX_REPS];
+    for slot in t.iter_mut().take(reps) {
+        let t0 = now();
+        if ioas::destroy(u32::MAX) != Err(abi::Errno::ENOENT) {
+            return Err("destroy of an unknown id did not answer ENOENT");
+        }
+        *slot = now() - t0;
+    }
+    let ns = median(&mut t[..reps]);
+    println!("bench-ioas: error path   destroy of an unknown id {ns:>7} ns");
+    println!("RESULT case=error_path reps={reps} ns={ns}");
     Ok(())
 }
 
@@ -85,25 +133,41 @@ fn unmap_memory(va: u64, pages: u64) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn separate(ioas_id: u32, dev: u32, n: u64) -> Result<(), &'static str> {
+/// `n` separate 4 KiB maps, then their unmaps, `reps` times after one warm-up
+/// round; the medians of the per-call averages.
+fn separate(ioas_id: u32, dev: u32, n: u64, reps: usize) -> Result<(), &'static str> {
+    const MAX_ROUNDS: usize = 16;
+    let reps = reps.min(MAX_ROUNDS);
     let va = sys::mem_map(0, n * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(|_| "mem_map")?;
     let mut iovas = [0u64; 1000];
-    let t0 = now();
-    for (i, slot) in iovas.iter_mut().enumerate().take(n as usize) {
-        *slot = ioas::map(ioas_id, va + i as u64 * PAGE, PAGE, None, RW).map_err(|_| "map")?;
-    }
-    let t1 = now();
+    let (mut maps, mut unmaps) = ([0u64; MAX_ROUNDS], [0u64; MAX_ROUNDS]);
     let f0 = flushes(dev);
-    for &at in iovas.iter().take(n as usize) {
-        ioas::unmap(ioas_id, at, PAGE).map_err(|_| "unmap")?;
+    for round in 0..=reps {
+        let t0 = now();
+        for (i, slot) in iovas.iter_mut().enumerate().take(n as usize) {
+            *slot = ioas::map(ioas_id, va + i as u64 * PAGE, PAGE, None, RW).map_err(|_| "map")?;
+        }
+        let t1 = now();
+        for &at in iovas.iter().take(n as usize) {
+            ioas::unmap(ioas_id, at, PAGE).map_err(|_| "unmap")?;
+        }
+        let t2 = now();
+        if let Some(k) = round.checked_sub(1) {
+            (maps[k], unmaps[k]) = ((t1 - t0) / n, (t2 - t1) / n);
+        }
     }
-    let t2 = now();
     let inv = flushes(dev) - f0;
+    let (m, u) = (median(&mut maps[..reps]), median(&mut unmaps[..reps]));
+    let calls = n * (reps as u64 + 1);
     println!(
-        "bench-ioas: {n} x 4K      map {:>9} ns  unmap {:>9} ns  (per call)  invalidations/unmap {}",
-        (t1 - t0) / n,
-        (t2 - t1) / n,
-        inv / n
+        "bench-ioas: {n} x 4K      map {m:>9} ns  unmap {u:>9} ns  (per call)  invalidations/unmap {}",
+        inv / calls
+    );
+    println!(
+        "RESULT case=d_1000x4k pages4k={n} reps={reps} map_ns={m} unmap_ns={u} pair_ns={} pair_ns_per_4k={} invalidations_per_unmap_x100={}",
+        m + u,
+        m + u,
+        inv * 100 / calls
     );
     sys::mem_unmap(va, n * PAGE).map_err(|_| "mem_unmap")?;
     Ok(())
@@ -122,11 +186,17 @@ fn bench() -> Result<(), &'static str> {
     let ioas_id = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
     ioas::device_attach(dev, ioas_id).map_err(|_| "attach")?;
     println!("bench-ioas: unit {} ({}), through the iommufd syscall, TCG", unit.name(), unit.kind_name());
-    map_unmap(ioas_id, dev, 1, 200, "4K")?;
-    map_unmap(ioas_id, dev, 256, 20, "256 x 4K")?;
-    map_unmap(ioas_id, dev, 512, 20, "2M")?;
-    map_unmap(ioas_id, dev, 262_144, 3, "1G")?;
-    separate(ioas_id, dev, 1000)?;
+    // The shapes and repetitions of the Linux peer (`../shared/peer/linux-iommufd`).
+    map_unmap(ioas_id, dev, 1, 3, 1001, "4K", "a_1x4k")?;
+    map_unmap(ioas_id, dev, 256, 3, 201, "256 x 4K", "b_256x4k")?;
+    // 2 MiB-aligned physically contiguous memory: one 2M leaf (Linux: hugetlb).
+    map_unmap(ioas_id, dev, 512, 3, 201, "2M", "c_2m")?;
+    separate(ioas_id, dev, 1000, 11)?;
+    error_path(1001)?;
+    // Growth: the cost per 4 KiB as maps get larger.
+    map_unmap(ioas_id, dev, 64, 1, 51, "256K", "g_256k")?;
+    map_unmap(ioas_id, dev, 16_384, 1, 5, "64M", "g_64m")?;
+    map_unmap(ioas_id, dev, 262_144, 1, 3, "1G", "g_1g")?;
     Ok(())
 }
 
