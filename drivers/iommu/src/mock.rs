@@ -9,15 +9,23 @@
 //! [`FailNth`] countdown shared with other fakes (the task memory of
 //! `iommufd::testing`) fails the N-th injection point of a call, whichever
 //! fake it lands in (fail-nth, as Linux's `iommufd_fail_nth`).
+//!
+//! Under heap failure it behaves as a driver should: the trait methods that
+//! allocate (`domain_alloc`, `attach`, `map`) answer [`Error::NoMemory`]
+//! with the unit unchanged, the teardown ones (`unmap`, `flush`, `detach`,
+//! `domain_free`) and the allocation-free doors (`serves`,
+//! `drain_faults_with`, `for_each_reserved`, `for_each_leaf_size`) never
+//! allocate. Only the test-side helpers (`dma`, `snapshot`, the `Vec` forms
+//! of the trait, the flush log) allocate infallibly.
 
 use crate::{
     DeviceId, DomainId, DomainKind, Error, FaultEvent, Gather, Info, Iommu, Perms, Region, ReservedKind, UnitKind,
     Unmapped,
 };
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use fallible::{TryMap, VecExt};
 
 /// How a mock unit looks.
 #[derive(Debug, Clone)]
@@ -148,7 +156,7 @@ pub mod reason {
 }
 
 enum Domain {
-    Paging { pages: BTreeMap<u64, (u64, Perms)>, tlb: BTreeMap<u64, (u64, Perms)> },
+    Paging { pages: TryMap<u64, (u64, Perms)>, tlb: TryMap<u64, (u64, Perms)> },
     Identity,
     Blocked,
 }
@@ -156,14 +164,18 @@ enum Domain {
 /// A simulated IOMMU unit.
 pub struct MockIommu {
     cfg: MockConfig,
-    domains: BTreeMap<u32, Domain>,
+    domains: TryMap<u32, Domain>,
     next_id: u32,
-    attached: BTreeMap<DeviceId, DomainId>,
+    attached: TryMap<DeviceId, DomainId>,
     faults: Vec<FaultEvent>,
     fail: Vec<(Op, Error)>,
     fail_nth: Option<Arc<FailNth>>,
-    /// Flushes done, each as (domain, start, end exclusive).
+    /// Flushes done, each as (domain, start, end exclusive): a log for
+    /// tests. A flush the heap has no room to log still happens (and is
+    /// counted by [`Iommu::flushes`]); it is only missing here.
     pub flushes: Vec<(DomainId, u64, u64)>,
+    /// Flushes done (logged or not).
+    flush_count: u64,
 }
 
 impl MockIommu {
@@ -171,13 +183,14 @@ impl MockIommu {
     pub fn new(cfg: MockConfig) -> Self {
         MockIommu {
             cfg,
-            domains: BTreeMap::new(),
+            domains: TryMap::new(),
             next_id: 1,
-            attached: BTreeMap::new(),
+            attached: TryMap::new(),
             faults: Vec::new(),
             fail: Vec::new(),
             fail_nth: None,
             flushes: Vec::new(),
+            flush_count: 0,
         }
     }
 
@@ -272,7 +285,8 @@ impl MockIommu {
                 match entry {
                     None => Err(fault(reason::NOT_MAPPED, "not mapped")),
                     Some((pa, perms)) => {
-                        tlb.insert(page, (pa, perms));
+                        // Test-side (simulated DMA): a full heap just leaves it uncached.
+                        let _ = tlb.try_insert(page, (pa, perms));
                         let needed = if write { Perms::WRITE } else { Perms::READ };
                         if perms.contains(needed) {
                             Ok(pa + (iova - page))
@@ -286,7 +300,7 @@ impl MockIommu {
         result.map_err(|f| self.faults.push(f)).ok()
     }
 
-    fn paging(&mut self, domain: DomainId) -> Result<&mut BTreeMap<u64, (u64, Perms)>, Error> {
+    fn paging(&mut self, domain: DomainId) -> Result<&mut TryMap<u64, (u64, Perms)>, Error> {
         match self.domains.get_mut(&domain.0) {
             Some(Domain::Paging { pages, .. }) => Ok(pages),
             Some(_) => Err(Error::NotPaging(domain)),
@@ -313,7 +327,10 @@ impl Iommu for MockIommu {
     fn info(&self) -> Info {
         Info {
             kind: UnitKind::Mock,
-            raw: alloc::vec![("PAGE_SIZES", self.cfg.page_sizes)],
+            // No raw registers: `info` is asked on syscall paths and cannot
+            // fail, so the mock's allocates nothing (a real driver's `raw`
+            // vector is an infallible allocation there).
+            raw: Vec::new(),
             page_sizes: self.cfg.page_sizes,
             aperture: self.cfg.aperture,
             native_identity: true,
@@ -326,13 +343,13 @@ impl Iommu for MockIommu {
             return Err(Error::NoDomainIds);
         }
         let id = self.next_id;
-        self.next_id += 1;
         let d = match kind {
-            DomainKind::Paging => Domain::Paging { pages: BTreeMap::new(), tlb: BTreeMap::new() },
+            DomainKind::Paging => Domain::Paging { pages: TryMap::new(), tlb: TryMap::new() },
             DomainKind::Identity => Domain::Identity,
             DomainKind::Blocked => Domain::Blocked,
         };
-        self.domains.insert(id, d);
+        self.domains.try_insert(id, d).map_err(|_| Error::NoMemory)?;
+        self.next_id += 1;
         Ok(DomainId(id))
     }
 
@@ -356,18 +373,38 @@ impl Iommu for MockIommu {
             return Err(Error::NoSuchDomain(domain));
         }
         let g = self.granule();
-        let direct: Vec<Region> =
-            self.reserved_regions(device).into_iter().filter(|r| r.kind == ReservedKind::DirectMap).collect();
-        if let Ok(pages) = self.paging(domain) {
-            for r in direct {
+        // Room for everything first, so a full heap changes nothing.
+        if !self.attached.contains_key(&device) {
+            self.attached.try_reserve(1).map_err(|_| Error::NoMemory)?;
+        }
+        let Self { cfg, domains, .. } = self;
+        let direct = || {
+            cfg.reserved
+                .iter()
+                .filter(move |(d, r)| d.is_none_or(|d| d == device) && r.kind == ReservedKind::DirectMap)
+                .map(|(_, r)| *r)
+        };
+        if let Some(Domain::Paging { pages, .. }) = domains.get_mut(&domain.0) {
+            let mut more = 0usize;
+            for r in direct() {
                 let mut p = r.start & !(g - 1);
                 while p <= r.end {
-                    pages.entry(p).or_insert((p, Perms::READ | Perms::WRITE));
+                    more += usize::from(!pages.contains_key(&p));
+                    p += g;
+                }
+            }
+            pages.try_reserve(more).map_err(|_| Error::NoMemory)?;
+            for r in direct() {
+                let mut p = r.start & !(g - 1);
+                while p <= r.end {
+                    if !pages.contains_key(&p) {
+                        pages.try_insert(p, (p, Perms::READ | Perms::WRITE)).map_err(|_| Error::NoMemory)?;
+                    }
                     p += g;
                 }
             }
         }
-        self.attached.insert(device, domain);
+        self.attached.try_insert(device, domain).map_err(|_| Error::NoMemory)?;
         Ok(())
     }
 
@@ -389,6 +426,10 @@ impl Iommu for MockIommu {
         self.cfg.devices.clone()
     }
 
+    fn serves(&self, device: DeviceId) -> bool {
+        self.cfg.devices.contains(&device)
+    }
+
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
         self.injected(Op::Map)?;
         self.check_range(iova, len)?;
@@ -403,8 +444,11 @@ impl Iommu for MockIommu {
         if let Some((&taken, _)) = pages.range(iova..=iova + (len - 1)).next() {
             return Err(Error::Map(io_pgtable::Error::AlreadyMapped(taken)));
         }
+        // One reservation: the inserts after it cannot fail.
+        let n = usize::try_from(len / g).map_err(|_| Error::NoMemory)?;
+        pages.try_reserve(n).map_err(|_| Error::NoMemory)?;
         for i in 0..len / g {
-            pages.insert(iova + i * g, (pa + i * g, perms));
+            pages.try_insert(iova + i * g, (pa + i * g, perms)).map_err(|_| Error::NoMemory)?;
         }
         Ok(())
     }
@@ -414,15 +458,19 @@ impl Iommu for MockIommu {
         self.check_range(iova, len)?;
         let g = self.granule();
         let pages = self.paging(domain)?;
-        let gone: Vec<u64> = pages.range(iova..=iova + (len - 1)).map(|(&k, _)| k).collect();
-        for k in &gone {
-            pages.remove(k);
+        let last = iova + (len - 1);
+        let mut range = pages.range(iova..=last);
+        let count = range.len() as u64;
+        let first = range.next().map(|(&k, _)| k);
+        let end = range.next_back().map_or(first, |(&k, _)| Some(k)).map(|k| k + g);
+        // Without allocating: a teardown command must work on a full heap.
+        pages.retain(|&k, _| k < iova || k > last);
+        let mut gather = Gather::default();
+        if let (Some(start), Some(end)) = (first, end) {
+            gather.start = start;
+            gather.end = end;
         }
-        let gather = match (gone.first(), gone.last()) {
-            (Some(&a), Some(&b)) => Gather { start: a, end: b + g, freed: Vec::new() },
-            _ => Gather::default(),
-        };
-        Ok(Unmapped { bytes: gone.len() as u64 * g, gather })
+        Ok(Unmapped { bytes: count * g, gather })
     }
 
     fn flush(&mut self, domain: DomainId, gather: Gather) -> Result<(), Error> {
@@ -430,16 +478,15 @@ impl Iommu for MockIommu {
         match self.domains.get_mut(&domain.0) {
             Some(Domain::Paging { tlb, .. }) => {
                 if gather.start < gather.end {
-                    let stale: Vec<u64> = tlb.range(gather.start..gather.end).map(|(&k, _)| k).collect();
-                    for k in stale {
-                        tlb.remove(&k);
-                    }
+                    tlb.retain(|&k, _| k < gather.start || k >= gather.end);
                 }
             }
             Some(_) => {}
             None => return Err(Error::NoSuchDomain(domain)),
         }
-        self.flushes.push((domain, gather.start, gather.end));
+        self.flush_count += 1;
+        // The log is the tests' record; a flush never fails for want of heap.
+        let _ = self.flushes.try_push((domain, gather.start, gather.end));
         Ok(())
     }
 
@@ -456,12 +503,48 @@ impl Iommu for MockIommu {
         core::mem::take(&mut self.faults)
     }
 
+    fn drain_faults_with(&mut self, f: &mut dyn FnMut(FaultEvent)) {
+        for e in self.faults.drain(..) {
+            f(e);
+        }
+    }
+
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
         self.cfg.reserved.iter().filter(|(d, _)| d.is_none_or(|d| d == device)).map(|(_, r)| *r).collect()
     }
 
+    fn for_each_reserved(&self, device: DeviceId, f: &mut dyn FnMut(Region)) {
+        for (d, r) in &self.cfg.reserved {
+            if d.is_none_or(|d| d == device) {
+                f(*r);
+            }
+        }
+    }
+
+    fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        self.for_each_leaf_size(domain, iova, len, &mut |size, n| v.push((size, n)));
+        v
+    }
+
+    /// The mock maps at its granule only: one size, counted without allocating.
+    fn for_each_leaf_size(&self, domain: DomainId, iova: u64, len: u64, f: &mut dyn FnMut(u64, u64)) {
+        let g = self.granule();
+        if let Some(Domain::Paging { pages, .. }) = self.domains.get(&domain.0) {
+            let first = iova & !(g - 1);
+            let n = match iova.checked_add(len) {
+                Some(end) if end > iova => pages.range(first..end).len(),
+                Some(_) => 0,
+                None => pages.range(first..).len(),
+            } as u64;
+            if n > 0 {
+                f(g, n);
+            }
+        }
+    }
+
     fn flushes(&self) -> u64 {
-        self.flushes.len() as u64
+        self.flush_count
     }
 
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {

@@ -24,7 +24,8 @@ pub fn decode_data<T: FromBytes + IntoBytes + Immutable + Default>(bytes: &[u8])
 }
 
 /// The request an [`a::HwptAlloc`] (already decoded by the ABI's size and
-/// flag rules) makes, with `data` the `data_len` bytes at its `data_uptr`.
+/// flag rules) makes, with `data` the `data_len` bytes at its `data_uptr`
+/// (`ENOMEM`: no room to copy driver data).
 pub fn hwpt_alloc(s: &a::HwptAlloc, data: &[u8]) -> Result<HwptAlloc, Errno> {
     if s.data_len > a::MAX_STRUCT || data.len() != s.data_len as usize {
         return Err(Errno::E2BIG);
@@ -46,9 +47,11 @@ pub fn hwpt_alloc(s: &a::HwptAlloc, data: &[u8]) -> Result<HwptAlloc, Errno> {
         }
         // Driver attributes: the unit decodes and checks them.
         a::hwpt_data::VTD_ATTRS | a::hwpt_data::SMMUV3_ATTRS | a::hwpt_data::AMDVI_ATTRS => {
-            HwptData::Driver { data_type: s.data_type, bytes: data.to_vec() }
+            HwptData::Driver { data_type: s.data_type, bytes: fallible::try_to_vec(data).map_err(crate::nomem)? }
         }
-        a::hwpt_data::SMMUV3_STE => HwptData::DriverNested { data_type: s.data_type, bytes: data.to_vec() },
+        a::hwpt_data::SMMUV3_STE => {
+            HwptData::DriverNested { data_type: s.data_type, bytes: fallible::try_to_vec(data).map_err(crate::nomem)? }
+        }
         _ => return Err(Errno::EOPNOTSUPP),
     };
     Ok(HwptAlloc {
@@ -77,11 +80,16 @@ pub fn invalidation_bytes(s: &a::HwptInvalidate) -> Result<usize, Errno> {
 }
 
 /// The entries in `bytes` (`entry_len` each) up to the first malformed one,
-/// and that one's error: the batch stops there.
+/// and that one's error: the batch stops there (`ENOMEM`, no entry: no room
+/// for the list).
 pub fn invalidations(bytes: &[u8], entry_len: usize) -> (Vec<Stage1Invalidation>, Option<Errno>) {
     let mut out = Vec::new();
     if entry_len == 0 {
         return (out, Some(Errno::EINVAL));
+    }
+    // Room for every entry at once: the pushes below never allocate.
+    if out.try_reserve_exact(bytes.len() / entry_len).is_err() {
+        return (out, Some(Errno::ENOMEM));
     }
     for chunk in bytes.chunks_exact(entry_len) {
         match decode_data::<a::HwptVtdS1Invalidation>(chunk) {
@@ -111,6 +119,9 @@ pub fn invalidate(
         return fd.hwpt_invalidate_driver(units, hwpt, data_type, bytes, entry_len);
     }
     let (entries, bad) = invalidations(bytes, entry_len);
+    if entries.is_empty() && bad == Some(Errno::ENOMEM) {
+        return (0, Err(Errno::ENOMEM));
+    }
     let (handled, r) = fd.hwpt_invalidate(units, mem, hwpt, &entries);
     (handled, r.and(bad.map_or(Ok(()), Err)))
 }
@@ -160,20 +171,46 @@ pub fn invalidate_types(kind: iommu::UnitKind) -> u64 {
     1 << a::hwpt_data::VTD_S1 | if kind == iommu::UnitKind::Smmuv3 { 1 << a::hwpt_data::SMMUV3_STE } else { 0 }
 }
 
+/// The bytes of a typed hardware-info struct, held without a heap
+/// allocation (every `abi::ioas::HwInfo*` fits); reads as a `[u8]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypedInfo {
+    bytes: [u8; TypedInfo::MAX],
+    len: usize,
+}
+
+impl TypedInfo {
+    /// Room for the largest typed struct.
+    pub const MAX: usize = 64;
+
+    fn of(b: &[u8]) -> Self {
+        let mut t = TypedInfo { bytes: [0; Self::MAX], len: b.len().min(Self::MAX) };
+        t.bytes[..t.len].copy_from_slice(&b[..t.len]);
+        t
+    }
+}
+
+impl core::ops::Deref for TypedInfo {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// The unit's capabilities as the typed struct of its kind (`abi::ioas::HwInfo*`).
-pub fn typed_hw_info(info: &iommu::Info) -> (u32, Vec<u8>) {
+pub fn typed_hw_info(info: &iommu::Info) -> (u32, TypedInfo) {
     let reg = |name: &str| info.raw.iter().find(|r| r.0 == name).map_or(0, |r| r.1);
     match info.kind {
         iommu::UnitKind::Vtd => {
-            (a::hw_kind::VTD, a::HwInfoVtd { cap_reg: reg("CAP"), ecap_reg: reg("ECAP") }.as_bytes().to_vec())
+            (a::hw_kind::VTD, TypedInfo::of(a::HwInfoVtd { cap_reg: reg("CAP"), ecap_reg: reg("ECAP") }.as_bytes()))
         }
         iommu::UnitKind::AmdVi => {
-            (a::hw_kind::AMDVI, a::HwInfoAmdvi { efr: reg("EFR"), efr2: reg("EFR2") }.as_bytes().to_vec())
+            (a::hw_kind::AMDVI, TypedInfo::of(a::HwInfoAmdvi { efr: reg("EFR"), efr2: reg("EFR2") }.as_bytes()))
         }
         iommu::UnitKind::Smmuv3 => {
             let idr = ["IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5"].map(|n| reg(n) as u32);
             let t = a::HwInfoSmmuv3 { idr, iidr: reg("IIDR") as u32, aidr: reg("AIDR") as u32 };
-            (a::hw_kind::SMMUV3, t.as_bytes().to_vec())
+            (a::hw_kind::SMMUV3, TypedInfo::of(t.as_bytes()))
         }
         iommu::UnitKind::VirtioIommu => {
             let t = a::HwInfoVirtio {
@@ -184,9 +221,9 @@ pub fn typed_hw_info(info: &iommu::Info) -> (u32, Vec<u8>) {
                 domain_start: reg("DOMAIN_START") as u32,
                 domain_end: reg("DOMAIN_END") as u32,
             };
-            (a::hw_kind::VIRTIO_IOMMU, t.as_bytes().to_vec())
+            (a::hw_kind::VIRTIO_IOMMU, TypedInfo::of(t.as_bytes()))
         }
-        iommu::UnitKind::Mock => (a::hw_kind::MOCK, Vec::new()),
+        iommu::UnitKind::Mock => (a::hw_kind::MOCK, TypedInfo::of(&[])),
     }
 }
 
@@ -216,11 +253,11 @@ mod tests {
             native_identity: true,
         };
         let (t, b) = typed_hw_info(&info(iommu::UnitKind::Vtd, alloc::vec![("CAP", 7), ("ECAP", 9)]));
-        assert_eq!((t, b), (a::hw_kind::VTD, a::HwInfoVtd { cap_reg: 7, ecap_reg: 9 }.as_bytes().to_vec()));
+        assert_eq!((t, b.to_vec()), (a::hw_kind::VTD, a::HwInfoVtd { cap_reg: 7, ecap_reg: 9 }.as_bytes().to_vec()));
         let raw = alloc::vec![("IDR0", 1), ("IDR5", 6), ("IIDR", 0x43b), ("AIDR", 2)];
         let (t, b) = typed_hw_info(&info(iommu::UnitKind::Smmuv3, raw));
         let want = a::HwInfoSmmuv3 { idr: [1, 0, 0, 0, 0, 6], iidr: 0x43b, aidr: 2 };
-        assert_eq!((t, b), (a::hw_kind::SMMUV3, want.as_bytes().to_vec()));
+        assert_eq!((t, b.to_vec()), (a::hw_kind::SMMUV3, want.as_bytes().to_vec()));
         let (t, b) =
             typed_hw_info(&info(iommu::UnitKind::VirtioIommu, alloc::vec![("FEATURES", 3), ("INPUT_END", 99)]));
         assert_eq!(t, a::hw_kind::VIRTIO_IOMMU);

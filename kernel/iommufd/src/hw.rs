@@ -7,6 +7,7 @@ use crate::{errno, HwptKind, Iommufd, Memory, Object, ShadowLimits, Units, PAGE}
 use abi::Errno;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use fallible::VecExt;
 use iommu::{DomainKind, Gather};
 
 /// Flags of [`HwptAlloc::flags`].
@@ -121,6 +122,7 @@ pub struct FaultRecord {
 #[derive(Debug)]
 pub(crate) struct FaultQueue {
     capacity: usize,
+    /// Room for `capacity` records, reserved at creation: a delivery never allocates.
     records: VecDeque<FaultRecord>,
     /// Records dropped because the queue was full, since the last read.
     overflows: u64,
@@ -342,8 +344,9 @@ impl Iommufd {
     }
 
     /// Drops from every nested child shadowing `ioas` the pages that point
-    /// into the areas `hit` (iova, len), one flush per child.
-    pub(crate) fn purge_children(&mut self, units: Units<'_>, ioas: u32, hit: &[(u64, u64)]) -> Result<(), Errno> {
+    /// into parent IOVAs `[span.0, span.1]` (the areas an unmap hits), one
+    /// flush per child; allocates nothing.
+    pub(crate) fn purge_children(&mut self, units: Units<'_>, ioas: u32, span: (u64, u64)) -> Result<(), Errno> {
         let mut result = Ok(());
         for o in self.objects.values_mut() {
             let Object::Hwpt(h) = o else { continue };
@@ -354,10 +357,8 @@ impl Iommufd {
             let HwptKind::Nested { shadow: Some(shadow), .. } = &mut h.kind else { continue };
             let u = &mut *units[unit];
             let mut gather = Gather::default();
-            for &(s, len) in hit {
-                if let Err(e) = shadow.purge(u, domain, s, s + (len - 1), &mut gather) {
-                    result = result.and(Err(e));
-                }
+            if let Err(e) = shadow.purge(u, domain, span.0, span.1, &mut gather) {
+                result = result.and(Err(e));
             }
             if !gather.is_empty() {
                 if let Err(e) = u.flush(domain, gather) {
@@ -385,7 +386,8 @@ impl Iommufd {
     }
 
     /// Creates a fault queue holding up to `capacity` records (1 to
-    /// [`MAX_FAULT_QUEUE`], else `EINVAL`).
+    /// [`MAX_FAULT_QUEUE`], else `EINVAL`); their room is allocated now
+    /// (`ENOMEM`), so delivering a fault never allocates.
     pub fn fault_queue_alloc(&mut self, capacity: usize) -> Result<u32, Errno> {
         if capacity == 0 || capacity > MAX_FAULT_QUEUE {
             return Err(Errno::EINVAL);
@@ -398,8 +400,10 @@ impl Iommufd {
         if held + capacity > self.quota.fault_records {
             return Err(Errno::EDQUOT);
         }
+        let mut records = VecDeque::new();
+        records.try_reserve_exact(capacity).map_err(|_| Errno::ENOMEM)?;
         let id = self.reserve_id()?;
-        let q = FaultQueue { capacity, records: VecDeque::new(), overflows: 0 };
+        let q = FaultQueue { capacity, records, overflows: 0 };
         Ok(self.publish(id, Object::FaultQueue(q)))
     }
 
@@ -414,17 +418,18 @@ impl Iommufd {
         let Some((dev_id, Some(hwpt_id))) = found else { return false };
         let Some(q) = self.hwpt(hwpt_id).and_then(|h| h.fault_queue) else { return false };
         let Some(Object::FaultQueue(queue)) = self.objects.get_mut(&q) else { return false };
-        if queue.records.len() >= queue.capacity {
+        let r = FaultRecord { dev_id, hwpt_id, address: f.address, access: f.access, reason: f.reason };
+        // The room was reserved at creation; should it be missing, the
+        // record is dropped and counted as a full queue's would be.
+        if queue.records.len() >= queue.capacity || queue.records.try_push(r).is_err() {
             queue.overflows += 1;
-        } else {
-            let r = FaultRecord { dev_id, hwpt_id, address: f.address, access: f.access, reason: f.reason };
-            queue.records.push_back(r);
         }
         true
     }
 
     /// Takes up to `max` records from fault queue `q`, oldest first, and the
-    /// number of records dropped (queue full) since the last read.
+    /// number of records dropped (queue full) since the last read. `ENOMEM`
+    /// takes none.
     pub fn fault_read(&mut self, q: u32, max: usize) -> Result<(Vec<FaultRecord>, u64), Errno> {
         let queue = match self.objects.get_mut(&q) {
             Some(Object::FaultQueue(queue)) => queue,
@@ -432,7 +437,10 @@ impl Iommufd {
             None => return Err(Errno::ENOENT),
         };
         let n = max.min(queue.records.len());
-        let records = queue.records.drain(..n).collect();
+        // The room first: a record leaves the queue only into it.
+        let mut records = Vec::new();
+        records.try_reserve_exact(n).map_err(|_| Errno::ENOMEM)?;
+        records.extend(queue.records.drain(..n));
         Ok((records, core::mem::take(&mut queue.overflows)))
     }
 }

@@ -52,6 +52,13 @@
 //!   a HWPT routes to.
 //! - Faults of a device whose HWPT routes to a queue go to that queue
 //!   ([`Iommufd::deliver_fault`]); a full queue drops and counts them.
+//!
+//! Heap (issue 18): every allocation a public method or
+//! [`syscall::dispatch`] makes goes through the `fallible` crate and answers
+//! `ENOMEM` with the table, the units and the task's pins as they were
+//! before the call. Teardown ([`Iommufd::unmap`], `destroy`, `close`)
+//! allocates nothing, so it cannot be stopped half-way by a full heap. The
+//! object table and the areas are [`fallible::TryMap`]s.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -70,10 +77,16 @@ pub use shadow::{ShadowLimits, ShadowStats};
 
 use abi::Errno;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::ops::Bound;
+use fallible::{AllocError, TryMap, VecExt};
 use iommu::{DeviceId, DomainId, DomainKind, Gather, Iommu, Perms};
 use ranges::Range;
+
+/// A full heap, as an errno.
+pub(crate) fn nomem(_: AllocError) -> Errno {
+    Errno::ENOMEM
+}
 
 /// Leaves of a mapping in one unit: (leaf size, count) pairs, largest first.
 pub type Leaves = Vec<(u64, u64)>;
@@ -156,7 +169,7 @@ struct Area {
 
 #[derive(Debug, Default)]
 struct Ioas {
-    areas: BTreeMap<u64, Area>,
+    areas: TryMap<u64, Area>,
     allowed: Vec<Range>,
     hwpts: Vec<u32>,
     hints: Hints,
@@ -248,7 +261,7 @@ impl Default for Quota {
 /// The object table of one task.
 #[derive(Debug, Default)]
 pub struct Iommufd {
-    objects: BTreeMap<u32, Object>,
+    objects: TryMap<u32, Object>,
     next_id: u32,
     /// A device could not be blocked: no page may be unpinned any more.
     poisoned: bool,
@@ -332,8 +345,8 @@ impl Iommufd {
         }
         // Ids start at 1 and are never reused while the table lives.
         let id = self.next_id.checked_add(1).ok_or(Errno::ENOSPC)?;
+        self.objects.try_insert(id, Object::Pending).map_err(nomem)?;
         self.next_id = id;
-        self.objects.insert(id, Object::Pending);
         Ok(id)
     }
 
@@ -353,9 +366,19 @@ impl Iommufd {
         }
     }
 
+    /// Puts `object` in the slot [`Iommufd::reserve_id`] made (never allocates).
     fn publish(&mut self, id: u32, object: Object) -> u32 {
-        self.objects.insert(id, object);
+        if let Some(slot) = self.objects.get_mut(&id) {
+            *slot = object;
+        }
         id
+    }
+
+    /// The first object id after `after` (`None`: from the start) whose
+    /// object `pick` accepts; walks without allocating.
+    fn next_id_where(&self, after: Option<u32>, pick: impl Fn(&Object) -> bool) -> Option<u32> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.objects.range((from, Bound::Unbounded)).find(|(_, o)| pick(o)).map(|(&id, _)| id)
     }
 
     /// The kind of object `id`, if it exists.
@@ -416,58 +439,69 @@ impl Iommufd {
         Ok(self.publish(id, Object::Ioas(Ioas::default())))
     }
 
-    /// Devices attached to `ioas` (through any of its HWPTs), with their units.
-    fn attached_devices(&self, ioas: u32) -> Vec<(usize, DeviceId)> {
-        self.objects
-            .values()
-            .filter_map(|o| match o {
-                Object::Device(d) => {
-                    d.hwpt.and_then(|h| self.hwpt(h)).filter(|h| h.ioas == ioas).map(|_| (d.unit, d.id))
-                }
-                _ => None,
-            })
-            .collect()
+    /// Devices attached to `ioas` (through any of its HWPTs), with their
+    /// units (a walk of the table: nothing is allocated).
+    fn attached_devices(&self, ioas: u32) -> impl Iterator<Item = (usize, DeviceId)> + Clone + '_ {
+        self.objects.iter().filter_map(move |(_, o)| match o {
+            Object::Device(d) => d.hwpt.and_then(|h| self.hwpt(h)).filter(|h| h.ioas == ioas).map(|_| (d.unit, d.id)),
+            _ => None,
+        })
     }
 
     /// Usable IOVA ranges of an IOAS with `devices` attached: above page 0,
     /// inside every unit's aperture, outside every device's reserved regions.
-    fn usable_with(units: &[Box<dyn Iommu>], devices: &[(usize, DeviceId)]) -> Vec<Range> {
-        let mut set = alloc::vec![(PAGE, u64::MAX)];
-        for &(unit, dev) in devices {
+    fn usable_with(
+        units: &[Box<dyn Iommu>],
+        devices: impl Iterator<Item = (usize, DeviceId)>,
+    ) -> Result<Vec<Range>, Errno> {
+        let mut set = Vec::new();
+        set.try_push((PAGE, u64::MAX)).map_err(nomem)?;
+        for (unit, dev) in devices {
             let u = &units[unit];
-            set = ranges::intersect(&set, u.info().aperture);
-            for r in u.reserved_regions(dev) {
-                set = ranges::subtract(&set, (r.start & !(PAGE - 1), r.end | (PAGE - 1)));
+            ranges::intersect_in(&mut set, u.info().aperture);
+            let mut full = false;
+            u.for_each_reserved(dev, &mut |r| {
+                full |= ranges::subtract_in(&mut set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
+            });
+            if full {
+                return Err(Errno::ENOMEM);
             }
         }
-        set
+        Ok(set)
     }
 
-    /// Reserved ranges of the devices attached to `ioas`.
-    fn reserved_of(units: &[Box<dyn Iommu>], devices: &[(usize, DeviceId)]) -> Vec<Range> {
-        devices
-            .iter()
-            .flat_map(|&(unit, dev)| units[unit].reserved_regions(dev))
-            .map(|r| (r.start & !(PAGE - 1), r.end | (PAGE - 1)))
-            .collect()
+    /// Whether `r` meets a reserved region of one of `devices`.
+    fn hits_reserved(units: &[Box<dyn Iommu>], mut devices: impl Iterator<Item = (usize, DeviceId)>, r: Range) -> bool {
+        devices.any(|(unit, dev)| {
+            let mut hit = false;
+            units[unit].for_each_reserved(dev, &mut |x| {
+                hit |= ranges::overlaps(&[(x.start & !(PAGE - 1), x.end | (PAGE - 1))], r);
+            });
+            hit
+        })
     }
 
     /// Usable IOVA ranges of `ioas` with `devices` attached, narrowed to the
     /// aperture of every unit it has a HWPT on (a user HWPT may have no device).
-    fn usable(&self, units: &[Box<dyn Iommu>], ioas: u32, devices: &[(usize, DeviceId)]) -> Vec<Range> {
-        let mut set = Self::usable_with(units, devices);
+    fn usable(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        devices: impl Iterator<Item = (usize, DeviceId)>,
+    ) -> Result<Vec<Range>, Errno> {
+        let mut set = Self::usable_with(units, devices)?;
         if let Ok(i) = self.ioas(ioas) {
             for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
-                set = ranges::intersect(&set, units[h.unit].info().aperture);
+                ranges::intersect_in(&mut set, units[h.unit].info().aperture);
             }
         }
-        set
+        Ok(set)
     }
 
     /// The IOVA ranges a map into `ioas` may use now.
     pub fn iova_ranges(&self, units: Units<'_>, ioas: u32) -> Result<Vec<Range>, Errno> {
         self.ioas(ioas)?;
-        Ok(self.usable(units, ioas, &self.attached_devices(ioas)))
+        self.usable(units, ioas, self.attached_devices(ioas))
     }
 
     /// Promises that `ranges` stay usable: they must be usable now, and a
@@ -483,7 +517,7 @@ impl Iommufd {
                 return Err(Errno::EADDRINUSE);
             }
         }
-        self.ioas_mut(ioas)?.allowed = allowed.to_vec();
+        self.ioas_mut(ioas)?.allowed = fallible::try_to_vec(allowed).map_err(nomem)?;
         Ok(())
     }
 
@@ -505,8 +539,8 @@ impl Iommufd {
 
     /// Page sizes all units attached to `ioas` support (4 KiB, 2 MiB, 1 GiB when none is).
     pub fn page_sizes(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
-        let devs = self.attached_devices(ioas);
-        devs.iter().fold(1 << 12 | 1 << 21 | 1 << 30, |acc, &(u, _)| acc & units[u].info().page_sizes) | 1 << 12
+        self.attached_devices(ioas).fold(1 << 12 | 1 << 21 | 1 << 30, |acc, (u, _)| acc & units[u].info().page_sizes)
+            | 1 << 12
     }
 
     /// Maps `[va, va + len)` of the task at an IOVA of `ioas`; returns the IOVA.
@@ -531,14 +565,14 @@ impl Iommufd {
     fn place(&self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
         let devs = self.attached_devices(ioas);
-        let usable = self.usable(units, ioas, &devs);
+        let usable = self.usable(units, ioas, devs.clone())?;
         match iova {
             IovaChoice::Fixed(at) => {
                 if !at.is_multiple_of(PAGE) {
                     return Err(Errno::EINVAL);
                 }
                 let last = at.checked_add(len - 1).ok_or(Errno::ERANGE)?;
-                if ranges::overlaps(&Self::reserved_of(units, &devs), (at, last)) {
+                if Self::hits_reserved(units, devs, (at, last)) {
                     return Err(Errno::EADDRINUSE);
                 }
                 if !ranges::covers(&usable, (at, last)) {
@@ -554,8 +588,15 @@ impl Iommufd {
                 let usable: Vec<Range> = if i.allowed.is_empty() {
                     usable
                 } else {
-                    let mut within: Vec<Range> =
-                        i.allowed.iter().flat_map(|&r| ranges::intersect(&usable, r)).collect();
+                    let mut within: Vec<Range> = Vec::new();
+                    for &r in &i.allowed {
+                        for &(s, e) in &usable {
+                            let (lo, hi) = (s.max(r.0), e.min(r.1));
+                            if lo <= hi {
+                                within.try_push((lo, hi)).map_err(nomem)?;
+                            }
+                        }
+                    }
                     within.sort_unstable();
                     within
                 };
@@ -579,30 +620,38 @@ impl Iommufd {
         perms: Perms,
     ) -> Result<u64, InsertFailed> {
         let len = pages.len() as u64 * PAGE;
-        let (hwpts, huge) = match self.ioas(ioas) {
-            Ok(i) => (i.hwpts.clone(), i.hints.huge_pages),
+        // The area's slot first (its pages join it once mapped), so nothing
+        // can fail after the units were told.
+        let huge = match self.ioas_mut(ioas) {
+            Ok(i) => match i.areas.try_insert(at, Area { len, pages: Vec::new(), perms }) {
+                Ok(_) => i.hints.huge_pages,
+                Err(_) => return Err(InsertFailed { errno: Errno::ENOMEM, pages, clean: true }),
+            },
             Err(e) => return Err(InsertFailed { errno: e, pages, clean: true }),
         };
-        for (n, &h) in hwpts.iter().enumerate() {
-            let Some(hw) = self.hwpt(h) else { continue };
-            let (unit, domain) = (hw.unit, hw.domain);
-            if let Err((e, mut clean)) = map_pages(&mut *units[unit], domain, at, &pages, perms, huge) {
-                for &done in &hwpts[..n] {
+        let failed = match self.ioas(ioas) {
+            Ok(i) => i.hwpts.iter().enumerate().find_map(|(n, &h)| {
+                let hw = self.hwpt(h)?;
+                let (e, mut clean) = map_pages(&mut *units[hw.unit], hw.domain, at, &pages, perms, huge).err()?;
+                for &done in &i.hwpts[..n] {
                     if let Some(hw) = self.hwpt(done) {
                         clean &= iommu::unmap_and_flush(&mut *units[hw.unit], hw.domain, at, len).is_ok();
                     }
                 }
-                return Err(InsertFailed { errno: errno(e), pages, clean: clean && !self.poisoned });
-            }
+                Some((errno(e), clean && !self.poisoned))
+            }),
+            Err(e) => Some((e, true)),
+        };
+        let Ok(i) = self.ioas_mut(ioas) else { return Err(InsertFailed { errno: Errno::ENOENT, pages, clean: true }) };
+        if let Some((errno, clean)) = failed {
+            i.areas.remove(&at);
+            return Err(InsertFailed { errno, pages, clean });
         }
-        match self.ioas_mut(ioas) {
-            Ok(i) => {
-                i.areas.insert(at, Area { len, pages, perms });
-                self.pinned += len / PAGE;
-                Ok(at)
-            }
-            Err(e) => Err(InsertFailed { errno: e, pages, clean: true }),
+        if let Some(a) = i.areas.get_mut(&at) {
+            a.pages = pages;
         }
+        self.pinned += len / PAGE;
+        Ok(at)
     }
 
     /// Unmaps the areas inside `[iova, iova + len)`; the range must not cut
@@ -622,24 +671,31 @@ impl Iommufd {
         }
         let last = if all { u64::MAX } else { iova.checked_add(len - 1).ok_or(Errno::EINVAL)? };
         let i = self.ioas(ioas)?;
+        // The areas hit are those starting in [lo, last]: the one holding
+        // `iova` (if any) and the ones after it. Walked again where needed
+        // rather than listed, so an unmap never allocates.
         // Last bytes, never ends: an area may end at 2^64.
-        let hit: Vec<(u64, u64)> =
-            i.areas.range(..=last).filter(|(&s, a)| iova <= s + (a.len - 1)).map(|(&s, a)| (s, a.len)).collect();
-        if hit.iter().any(|&(s, l)| s < iova || s + (l - 1) > last) {
+        let lo = match i.areas.range(..=iova).next_back() {
+            Some((&s, a)) if s + (a.len - 1) >= iova => s,
+            _ => iova,
+        };
+        let hit = || i.areas.range(lo..=last);
+        if hit().any(|(&s, a)| s < iova || s + (a.len - 1) > last) {
             return Err(Errno::EINVAL); // would cut an area
         }
-        if hit.is_empty() {
+        // The parent IOVAs the areas hit span (first and last byte).
+        let span = match (hit().next(), hit().next_back()) {
+            (Some((&first, _)), Some((&s, a))) => (first, s + (a.len - 1)),
             // Unmap-all of an empty IOAS has nothing to do, and succeeds (as Linux's).
-            return if all { Ok(0) } else { Err(Errno::ENOENT) };
-        }
-        let hwpts = i.hwpts.clone();
+            _ => return if all { Ok(0) } else { Err(Errno::ENOENT) },
+        };
         let mut first_error = None;
-        for h in hwpts {
+        for &h in &i.hwpts {
             let Some(hw) = self.hwpt(h) else { continue };
             let unit = &mut *units[hw.unit];
             let mut gather = Gather::default();
-            for &(s, l) in &hit {
-                match unit.unmap(hw.domain, s, l) {
+            for (&s, a) in hit() {
+                match unit.unmap(hw.domain, s, a.len) {
                     Ok(u) => merge(&mut gather, u.gather),
                     Err(e) => first_error = first_error.or(Some(errno(e))),
                 }
@@ -651,14 +707,14 @@ impl Iommufd {
         }
         // Nested children shadowing this IOAS drop what points into the areas
         // (unmapped and flushed) before the pages are unpinned.
-        if let Err(e) = self.purge_children(units, ioas, &hit) {
+        if let Err(e) = self.purge_children(units, ioas, span) {
             first_error = first_error.or(Some(e));
         }
         // Unpinned only once every unit confirmed it forgot them.
         let quarantine = first_error.is_some() || self.poisoned;
         let i = self.ioas_mut(ioas)?;
         let mut bytes = 0;
-        for (s, _) in hit {
+        while let Some(s) = i.areas.range(lo..=last).next().map(|(&s, _)| s) {
             if let Some(a) = i.areas.remove(&s) {
                 if quarantine {
                     mem.quarantine(&a.pages);
@@ -721,7 +777,7 @@ impl Iommufd {
     /// Binds a device the task owns: `unit` and `id` say where it sits. It is
     /// blocked (again) until it is attached.
     pub fn device_bind(&mut self, units: Units<'_>, unit: usize, id: DeviceId) -> Result<u32, Errno> {
-        if unit >= units.len() || !units[unit].devices().contains(&id) {
+        if unit >= units.len() || !units[unit].serves(id) {
             return Err(Errno::ENOENT);
         }
         let bound = self.objects.values().any(|o| matches!(o, Object::Device(d) if d.unit == unit && d.id == id));
@@ -794,10 +850,9 @@ impl Iommufd {
     /// not collide with what is mapped, nor narrow the ranges the IOAS was
     /// promised, and their units' apertures must hold both (`EADDRINUSE`).
     fn check_fits(&self, units: &[Box<dyn Iommu>], ioas: u32, more: &[(usize, DeviceId)]) -> Result<(), Errno> {
-        let mut devs = self.attached_devices(ioas);
-        devs.extend_from_slice(more);
+        let devs = self.attached_devices(ioas).chain(more.iter().copied());
         let i = self.ioas(ioas)?;
-        let usable = self.usable(units, ioas, &devs);
+        let usable = self.usable(units, ioas, devs)?;
         let taken = i.areas.iter().map(|(&s, a)| (s, s + (a.len - 1)));
         if taken.chain(i.allowed.iter().copied()).any(|r| !ranges::covers(&usable, r)) {
             return Err(Errno::EADDRINUSE);
@@ -825,7 +880,9 @@ impl Iommufd {
         fault_queue: Option<u32>,
     ) -> Result<u32, Errno> {
         let u = &mut *units[unit];
-        let filled = self.ioas(ioas).and_then(|i| {
+        // Room on the IOAS's list first: nothing can fail once it is filled.
+        let room = self.ioas_mut(ioas).and_then(|i| i.hwpts.try_reserve(1).map_err(|_| Errno::ENOMEM));
+        let filled = room.and_then(|()| self.ioas(ioas)).and_then(|i| {
             let huge = i.hints.huge_pages;
             i.areas.iter().try_for_each(|(&at, area)| {
                 map_pages(u, domain, at, &area.pages, area.perms, huge).map_err(|(e, _)| errno(e))
@@ -836,7 +893,11 @@ impl Iommufd {
             self.objects.remove(&obj);
             return Err(e);
         }
-        self.ioas_mut(ioas)?.hwpts.push(obj);
+        if let Err(e) = self.ioas_mut(ioas).and_then(|i| i.hwpts.try_push(obj).map_err(nomem)) {
+            let _ = u.domain_free(domain);
+            self.objects.remove(&obj);
+            return Err(e);
+        }
         Ok(self.publish(obj, Object::Hwpt(Hwpt { unit, domain, ioas, devices: 0, kind, fault_queue })))
     }
 
@@ -896,7 +957,7 @@ impl Iommufd {
             None => Err(Errno::ENOENT),
             Some(Kind::Ioas) => {
                 let has_hwpt = self.objects.values().any(|o| matches!(o, Object::Hwpt(h) if h.ioas == id));
-                if has_hwpt || !self.attached_devices(id).is_empty() {
+                if has_hwpt || self.attached_devices(id).next().is_some() {
                     return Err(Errno::EBUSY);
                 }
                 if self.ioas(id)?.areas.is_empty() {
@@ -940,11 +1001,12 @@ impl Iommufd {
     /// Task exit: every device blocked first (no DMA can reach a page after
     /// this), then nested children freed, then the HWPTs left (their parents),
     /// then every IOAS unmapped and unpinned, devices unbound, blocked domains
-    /// freed. Nothing is left.
+    /// freed. Nothing is left, and nothing is allocated on the way.
     pub fn close(&mut self, units: Units<'_>, mem: &mut dyn Memory) {
-        let devices: Vec<u32> =
-            self.objects.iter().filter(|(_, o)| matches!(o, Object::Device(_))).map(|(&id, _)| id).collect();
-        for &d in &devices {
+        let is_device = |o: &Object| matches!(o, Object::Device(_));
+        let mut at = None;
+        while let Some(d) = self.next_id_where(at, is_device) {
+            at = Some(d);
             let Ok(&Device { unit, id, hwpt }) = self.device(d) else { continue };
             let blocked = match hwpt {
                 Some(_) => self.device_detach(units, d).is_ok(),
@@ -958,25 +1020,22 @@ impl Iommufd {
                 self.poisoned = true;
             }
         }
-        let hwpts = |fd: &Self, nested: bool| -> Vec<u32> {
-            fd.objects
-                .iter()
-                .filter(|(_, o)| matches!(o, Object::Hwpt(h) if h.mirrors() != nested))
-                .map(|(&id, _)| id)
-                .collect()
-        };
-        for h in hwpts(self, true) {
-            self.free_hwpt(units, h);
+        // Nested children first, then the HWPTs they hang off.
+        for nested in [true, false] {
+            let mut at = None;
+            while let Some(h) = self.next_id_where(at, |o| matches!(o, Object::Hwpt(h) if h.mirrors() != nested)) {
+                at = Some(h);
+                self.free_hwpt(units, h);
+            }
         }
-        for h in hwpts(self, false) {
-            self.free_hwpt(units, h);
-        }
-        let ioases: Vec<u32> =
-            self.objects.iter().filter(|(_, o)| matches!(o, Object::Ioas(_))).map(|(&id, _)| id).collect();
-        for i in ioases {
+        let mut at = None;
+        while let Some(i) = self.next_id_where(at, |o| matches!(o, Object::Ioas(_))) {
+            at = Some(i);
             let _ = self.destroy(units, mem, i);
         }
-        for d in devices {
+        let mut at = None;
+        while let Some(d) = self.next_id_where(at, is_device) {
+            at = Some(d);
             let _ = self.destroy(units, mem, d);
         }
         self.objects.clear();
@@ -995,23 +1054,31 @@ impl Iommufd {
         iova: u64,
         len: u64,
     ) -> Result<Vec<(usize, Leaves)>, Errno> {
-        Ok(self
-            .ioas(ioas)?
-            .hwpts
-            .iter()
-            .filter_map(|&h| self.hwpt(h))
-            .map(|h| (h.unit, units[h.unit].leaves(h.domain, iova, len)))
-            .collect())
+        let i = self.ioas(ioas)?;
+        let mut out = Vec::new();
+        out.try_reserve(i.hwpts.len()).map_err(|_| Errno::ENOMEM)?;
+        for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
+            let (mut leaves, mut full) = (Vec::new(), false);
+            units[h.unit].for_each_leaf_size(h.domain, iova, len, &mut |size, n| {
+                full |= leaves.try_push((size, n)).is_err();
+            });
+            if full {
+                return Err(Errno::ENOMEM);
+            }
+            out.try_push((h.unit, leaves)).map_err(nomem)?;
+        }
+        Ok(out)
     }
 
     /// Mapped areas of `ioas` as (iova, length), for inspection.
     pub fn areas(&self, ioas: u32) -> Result<Vec<(u64, u64)>, Errno> {
-        Ok(self.ioas(ioas)?.areas.iter().map(|(&s, a)| (s, a.len)).collect())
+        fallible::try_collect(self.ioas(ioas)?.areas.iter().map(|(&s, a)| (s, a.len))).map_err(nomem)
     }
 
     /// The HWPT ids of `ioas` and the unit each is on.
     pub fn hwpts(&self, ioas: u32) -> Result<Vec<(u32, usize)>, Errno> {
-        Ok(self.ioas(ioas)?.hwpts.iter().filter_map(|&h| self.hwpt(h).map(|x| (h, x.unit))).collect())
+        let i = self.ioas(ioas)?;
+        fallible::try_collect(i.hwpts.iter().filter_map(|&h| self.hwpt(h).map(|x| (h, x.unit)))).map_err(nomem)
     }
 
     /// The domain behind a HWPT (for tests and the hardware-specific door).
@@ -1022,7 +1089,7 @@ impl Iommufd {
 
 /// The lowest `align`-aligned IOVA where `len` bytes fit inside `usable`
 /// without touching an area: one walk over the areas in IOVA order.
-fn lowest_gap(areas: &BTreeMap<u64, Area>, usable: &[Range], len: u64, align: u64) -> Option<u64> {
+fn lowest_gap(areas: &TryMap<u64, Area>, usable: &[Range], len: u64, align: u64) -> Option<u64> {
     let fit = |lo: u64, hi: u64| -> Option<u64> {
         let start = lo.checked_add(align - 1)? & !(align - 1);
         (start >= lo && start.checked_add(len - 1)? <= hi).then_some(start)
@@ -1116,6 +1183,12 @@ fn map_pages(
     }
     Ok(())
 }
+
+/// Heap fail-nth for every unit test of the crate: allocations fail only
+/// where a test arms it (`fail_nth_tests`), and otherwise go to the system.
+#[cfg(test)]
+#[global_allocator]
+static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;
 
 #[cfg(test)]
 mod fail_nth_tests;

@@ -1,16 +1,22 @@
 //! Sets of IOVA ranges as sorted, disjoint, inclusive `(first, last)` pairs.
+//!
+//! Syscall paths use the in-place forms ([`intersect_in`], [`subtract_in`]):
+//! they allocate at most once, fallibly.
 
 use alloc::vec::Vec;
+use fallible::AllocError;
 
 /// An inclusive IOVA range.
 pub type Range = (u64, u64);
 
-/// `set` ∩ `r`.
+/// `set` ∩ `r`, as a new vector (allocates infallibly: tests and tools;
+/// syscall paths use [`intersect_in`]).
 pub fn intersect(set: &[Range], r: Range) -> Vec<Range> {
     set.iter().filter_map(|&(s, e)| (s.max(r.0) <= e.min(r.1)).then_some((s.max(r.0), e.min(r.1)))).collect()
 }
 
-/// `set` minus `r`.
+/// `set` minus `r`, as a new vector (allocates infallibly: tests and tools;
+/// syscall paths use [`subtract_in`]).
 pub fn subtract(set: &[Range], r: Range) -> Vec<Range> {
     let mut out = Vec::new();
     for &(s, e) in set {
@@ -26,6 +32,43 @@ pub fn subtract(set: &[Range], r: Range) -> Vec<Range> {
         }
     }
     out
+}
+
+/// `set` ∩ `r`, in place (never allocates).
+pub fn intersect_in(set: &mut Vec<Range>, r: Range) {
+    set.retain_mut(|x| {
+        let (s, e) = (x.0.max(r.0), x.1.min(r.1));
+        *x = (s, e);
+        s <= e
+    });
+}
+
+/// `set` minus `r`, in place. Only a range strictly containing `r` grows the
+/// set (by one, split in two); the room is reserved first, so on
+/// [`AllocError`] the set is unchanged.
+pub fn subtract_in(set: &mut Vec<Range>, r: Range) -> Result<(), AllocError> {
+    if let Some(i) = set.iter().position(|&(s, e)| s < r.0 && e > r.1) {
+        // The set is disjoint: no other range meets `r`.
+        set.try_reserve(1)?;
+        let (s, e) = set[i];
+        set[i] = (s, r.0 - 1);
+        set.insert(i + 1, (r.1 + 1, e));
+        return Ok(());
+    }
+    set.retain_mut(|x| {
+        if x.1 < r.0 || x.0 > r.1 {
+            true
+        } else if x.0 < r.0 {
+            x.1 = r.0 - 1;
+            true
+        } else if x.1 > r.1 {
+            x.0 = r.1 + 1;
+            true
+        } else {
+            false
+        }
+    });
+    Ok(())
 }
 
 /// Whether `r` lies inside one range of `set`.
@@ -79,6 +122,24 @@ mod tests {
             let r = subtract(&[(s1, e1)], (s2, e2));
             let inside = |set: &[Range], x: u64| set.iter().any(|&(s, e)| s <= x && x <= e);
             prop_assert_eq!(inside(&r, p), (s1..=e1).contains(&p) && !(s2..=e2).contains(&p));
+        }
+
+        /// The in-place forms agree with the allocating ones.
+        #[test]
+        fn in_place_forms_agree(cuts in proptest::collection::vec((0u64..1000, 0u64..1000, any::<bool>()), 0..12)) {
+            let mut set = alloc::vec![(10u64, 990u64)];
+            let mut ours = set.clone();
+            for (a, b, sub) in cuts {
+                let r = (a.min(b), a.max(b));
+                if sub {
+                    set = subtract(&set, r);
+                    subtract_in(&mut ours, r).unwrap();
+                } else {
+                    set = intersect(&set, r);
+                    intersect_in(&mut ours, r);
+                }
+                prop_assert_eq!(&ours, &set);
+            }
         }
 
         /// A fit is aligned, inside the free set, and no lower aligned fit exists.

@@ -20,13 +20,19 @@
 //! table than asked is allowed: hardware may drop more IOTLB entries too). An index by parent
 //! IOVA finds the chunks an IOAS unmap hits.
 //!
+//! Heap: the chunks and their index are [`TryMap`]s, room for a chunk is
+//! reserved before the unit maps it, and a sync or a purge walks the chunks
+//! without listing them, so a full heap stops a sync with `ENOMEM` with what
+//! is recorded still exactly what is mapped, and a purge never allocates.
+//!
 //! Not emulated: accessed/dirty bits are never written back into the user's
 //! table, and U/S is ignored (every device access is treated alike).
 
-use crate::{errno, merge, Ioas, Memory, PAGE};
+use crate::{errno, merge, nomem, Ioas, Memory, PAGE};
 use abi::Errno;
-use alloc::collections::{BTreeMap, BTreeSet};
 use core::cell::Cell;
+use core::ops::Bound;
+use fallible::TryMap;
 use io_pgtable::formats::X86Paging;
 use io_pgtable::{level_size, Entry, Format, Gather};
 use iommu::{DomainId, Iommu, Perms};
@@ -83,9 +89,10 @@ pub(crate) struct Shadow {
     /// 4 or 5.
     levels: usize,
     /// Stage-1 IOVA → chunk.
-    chunks: BTreeMap<u64, Chunk>,
-    /// (parent IOVA, stage-1 IOVA) of every chunk.
-    by_src: BTreeSet<(u64, u64)>,
+    chunks: TryMap<u64, Chunk>,
+    /// (parent IOVA, stage-1 IOVA) of every chunk (a map to nothing rather
+    /// than a `TrySet`, for its `try_reserve`).
+    by_src: TryMap<(u64, u64), ()>,
     stats: ShadowStats,
 }
 
@@ -115,7 +122,10 @@ struct Run {
     perms: Perms,
     /// Size of the stage-1 leaves.
     leaf: u64,
-    pages: alloc::vec::Vec<u64>,
+    /// Frame of the first page (the run's frames are contiguous).
+    pa: u64,
+    /// Pages in the run.
+    count: u64,
 }
 
 /// Reads user table entries through the IOAS, counting against a budget.
@@ -187,10 +197,23 @@ impl Shadow {
         self.stats
     }
 
-    fn insert(&mut self, iova: u64, c: Chunk) {
-        self.chunks.insert(iova, c);
-        self.by_src.insert((c.src, iova));
+    /// Room for `more` chunks in both indexes: the next `more` inserts cannot fail.
+    fn reserve(&mut self, more: usize) -> Result<(), Errno> {
+        self.chunks.try_reserve(more).map_err(nomem)?;
+        self.by_src.try_reserve(more).map_err(nomem)
+    }
+
+    /// Records a chunk; only after [`Shadow::reserve`] made room (else a full
+    /// heap would leave it mapped but unrecorded: `ENOMEM`, recorded as far
+    /// as it went, is all that can be said then).
+    fn insert(&mut self, iova: u64, c: Chunk) -> Result<(), Errno> {
+        self.chunks.try_insert(iova, c).map_err(nomem)?;
+        if let Err(e) = self.by_src.try_insert((c.src, iova), ()) {
+            self.chunks.remove(&iova);
+            return Err(nomem(e));
+        }
         self.stats.pages += c.len / PAGE;
+        Ok(())
     }
 
     fn remove(&mut self, iova: u64) {
@@ -203,28 +226,38 @@ impl Shadow {
     /// Unmaps `[lo, hi)`, widened to whole stage-1 leaves, out of the chunk at
     /// `s` and keeps what is left of it on either side as chunks of their own;
     /// returns the range unmapped, or `None` (nothing changed) when the unit
-    /// cannot unmap part of it (a large leaf would have to split).
-    fn cut(&mut self, cx: &mut SyncCtx<'_>, s: u64, lo: u64, hi: u64, gather: &mut Gather) -> Option<(u64, u64)> {
-        let &c = self.chunks.get(&s)?;
+    /// cannot unmap part of it (a large leaf would have to split); `ENOMEM`
+    /// (nothing changed) when there is no room for the pieces.
+    fn cut(
+        &mut self,
+        cx: &mut SyncCtx<'_>,
+        s: u64,
+        lo: u64,
+        hi: u64,
+        gather: &mut Gather,
+    ) -> Result<Option<(u64, u64)>, Errno> {
+        let Some(&c) = self.chunks.get(&s) else { return Ok(None) };
         // Whole stage-1 leaves of the chunk.
         let lo = (lo & !(c.leaf - 1)).max(s);
         let hi = hi.checked_next_multiple_of(c.leaf).unwrap_or(u64::MAX).min(s + c.len);
         if lo >= hi {
-            return None;
+            return Ok(None);
         }
+        // The pieces left on either side must be recordable once the unit unmapped the middle.
+        self.reserve(2)?;
         match cx.unit.unmap(cx.domain, lo, hi - lo) {
             Ok(u) => {
                 merge(gather, u.gather);
                 self.remove(s);
                 if lo > s {
-                    self.insert(s, Chunk { len: lo - s, ..c });
+                    self.insert(s, Chunk { len: lo - s, ..c })?;
                 }
                 if hi < s + c.len {
-                    self.insert(hi, Chunk { src: c.src + (hi - s), len: s + c.len - hi, leaf: c.leaf });
+                    self.insert(hi, Chunk { src: c.src + (hi - s), len: s + c.len - hi, leaf: c.leaf })?;
                 }
-                Some((lo, hi))
+                Ok(Some((lo, hi)))
             }
-            Err(_) => None,
+            Err(_) => Ok(None),
         }
     }
 
@@ -243,27 +276,32 @@ impl Shadow {
             return Ok(());
         }
         let mut gather = Gather::default();
+        let mut result = Ok(());
         // A chunk across a boundary is cut there when the unit can unmap part
         // of it (it used small leaves); otherwise the range widens to it.
         if let Some((s, len)) = self.chunks.range(..start).next_back().map(|(&s, c)| (s, c.len)) {
             if s + len > start {
                 match self.cut(cx, s, start, (s + len).min(end), &mut gather) {
-                    Some((lo, hi)) => (start, end) = (lo, end.max(hi)),
-                    None => start = s,
+                    Ok(Some((lo, hi))) => (start, end) = (lo, end.max(hi)),
+                    Ok(None) => start = s,
+                    Err(e) => result = Err(e),
                 }
             }
         }
-        if let Some((s, len)) = self.chunks.range(..end).next_back().map(|(&s, c)| (s, c.len)) {
-            if s + len > end {
-                match self.cut(cx, s, s.max(start), end, &mut gather) {
-                    Some((lo, hi)) => (start, end) = (start.min(lo), hi),
-                    None => end = s + len,
+        if result.is_ok() {
+            if let Some((s, len)) = self.chunks.range(..end).next_back().map(|(&s, c)| (s, c.len)) {
+                if s + len > end {
+                    match self.cut(cx, s, s.max(start), end, &mut gather) {
+                        Ok(Some((lo, hi))) => (start, end) = (start.min(lo), hi),
+                        Ok(None) => end = s + len,
+                        Err(e) => result = Err(e),
+                    }
                 }
             }
         }
-        let mut result = Ok(());
-        let old: alloc::vec::Vec<(u64, u64)> = self.chunks.range(start..end).map(|(&s, c)| (s, c.len)).collect();
-        for (s, len) in old {
+        // The chunks inside, one at a time (each leaves the map once unmapped).
+        while result.is_ok() {
+            let Some((s, len)) = self.chunks.range(start..end).next().map(|(&s, c)| (s, c.len)) else { break };
             match cx.unit.unmap(cx.domain, s, len) {
                 Ok(u) => {
                     merge(&mut gather, u.gather);
@@ -366,36 +404,36 @@ impl Shadow {
                     // permissions, consecutive IOVAs, parent IOVAs and frames)
                     // join it: one map call for many stage-1 pages.
                     let joins = pending.as_ref().is_some_and(|r: &Run| {
-                        let len = r.pages.len() as u64 * PAGE;
+                        let len = r.count * PAGE;
                         huge && r.area == s
                             && r.perms == p
                             && r.leaf == size
                             && r.at + len == at
                             && r.src + len == src
-                            && r.pages.last().is_some_and(|&last| last + PAGE == run[0])
+                            && r.pa + len == run[0]
                     });
                     if joins {
                         if let Some(r) = pending.as_mut() {
-                            r.pages.extend_from_slice(run);
+                            r.count += n as u64;
                         }
                     } else {
                         if let Some(r) = pending.take() {
                             if let Err(e) =
-                                self.map_run(unit, domain, max_pages, r.at, r.src, r.leaf, &r.pages, r.perms)
+                                self.map_run(unit, domain, max_pages, r.at, r.src, r.leaf, r.pa, r.count, r.perms)
                             {
                                 err = Some(e);
                                 reader.stop.set(true);
                                 return;
                             }
                         }
-                        pending = Some(Run { area: s, at, src, perms: p, leaf: size, pages: run.to_vec() });
+                        pending = Some(Run { area: s, at, src, perms: p, leaf: size, pa: run[0], count: n as u64 });
                     }
                     i += n;
                 }
             }
         });
         if let (None, Some(r)) = (err, pending.take()) {
-            if let Err(e) = self.map_run(unit, domain, max_pages, r.at, r.src, r.leaf, &r.pages, r.perms) {
+            if let Err(e) = self.map_run(unit, domain, max_pages, r.at, r.src, r.leaf, r.pa, r.count, r.perms) {
                 err = Some(e);
             }
         }
@@ -408,8 +446,8 @@ impl Shadow {
         }
     }
 
-    /// Maps physically contiguous `pages` at stage-1 IOVA `at` (parent IOVA
-    /// `src`); pages the unit refuses are left out.
+    /// Maps `n` physically contiguous pages from frame `pa` at stage-1 IOVA
+    /// `at` (parent IOVA `src`); pages the unit refuses are left out.
     #[allow(clippy::too_many_arguments)]
     fn map_run(
         &mut self,
@@ -419,23 +457,22 @@ impl Shadow {
         at: u64,
         src: u64,
         leaf: u64,
-        pages: &[u64],
+        pa: u64,
+        n: u64,
         perms: Perms,
     ) -> Result<(), Errno> {
-        let n = pages.len() as u64;
         if self.stats.pages + n > max_pages {
             return Err(Errno::ENOSPC);
         }
-        match unit.map(domain, at, pages[0], n * PAGE, perms) {
-            Ok(()) => {
-                self.insert(at, Chunk { src, len: n * PAGE, leaf });
-                Ok(())
-            }
+        // Room to record the chunk before the unit maps it.
+        self.reserve(1)?;
+        match unit.map(domain, at, pa, n * PAGE, perms) {
+            Ok(()) => self.insert(at, Chunk { src, len: n * PAGE, leaf }),
             Err(e) if page_refused(e) && n > 1 => {
                 // One page in the way (a direct-map region, say): the others still go in.
-                for (k, &pa) in pages.iter().enumerate() {
-                    let off = k as u64 * PAGE;
-                    self.map_run(unit, domain, max_pages, at + off, src + off, leaf, &[pa], perms)?;
+                for k in 0..n {
+                    let off = k * PAGE;
+                    self.map_run(unit, domain, max_pages, at + off, src + off, leaf, pa + off, 1, perms)?;
                 }
                 Ok(())
             }
@@ -446,7 +483,8 @@ impl Shadow {
 
     /// Unmaps every chunk pointing into parent IOVAs `[first, last]` (the
     /// pages of an area about to be unpinned) into `gather`; the caller
-    /// flushes. A chunk the unit fails to unmap stays recorded.
+    /// flushes. A chunk the unit fails to unmap stays recorded. Walks the
+    /// index without listing it: never allocates.
     pub fn purge(
         &mut self,
         unit: &mut dyn Iommu,
@@ -455,11 +493,13 @@ impl Shadow {
         last: u64,
         gather: &mut Gather,
     ) -> Result<(), Errno> {
-        let hit: alloc::vec::Vec<u64> =
-            self.by_src.range((first, 0)..=(last, u64::MAX)).map(|&(_, iova)| iova).collect();
         let mut result = Ok(());
-        for iova in hit {
-            let len = self.chunks[&iova].len;
+        let mut from = Bound::Included((first, 0));
+        loop {
+            let to = Bound::Included((last, u64::MAX));
+            let Some(&(src, iova)) = self.by_src.range((from, to)).next().map(|(k, _)| k) else { break };
+            from = Bound::Excluded((src, iova));
+            let Some(len) = self.chunks.get(&iova).map(|c| c.len) else { continue };
             match unit.unmap(domain, iova, len) {
                 Ok(u) => {
                     merge(gather, u.gather);

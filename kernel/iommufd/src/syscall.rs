@@ -9,18 +9,26 @@
 //! unknown flags or non-zero reserved fields `EINVAL`, a bad user pointer
 //! `EFAULT`, an unknown op `ENOTTY`. Out fields are written back only as far
 //! as the caller's `size` reaches.
+//!
+//! Heap: every allocation here is fallible and answers `ENOMEM` before the
+//! op touches the table, or (a leaves report, a log) is given up without
+//! failing an op that already took effect; log lines format through small
+//! `Display` adapters, never through an allocated string.
 
-use crate::{abi_glue, CopyArgs, Iommufd, IovaChoice, MapArgs, Memory, Units};
+use crate::{abi_glue, nomem, CopyArgs, Iommufd, IovaChoice, MapArgs, Memory, Units};
 use abi::ioas::{self as a, Header, Op};
 use abi::Errno;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 use iommu::{DeviceId, Perms};
 use zerocopy::IntoBytes;
 
 /// The calling task's memory, every access checked against its page tables.
 pub trait UserMemory {
-    /// `len` bytes at `va` (`EFAULT` unless every byte is readable user memory).
+    /// `len` bytes at `va` (`EFAULT` unless every byte is readable user
+    /// memory). The vector is allocated fallibly (`try_reserve`): `ENOMEM`
+    /// when the heap has no room for `len` bytes.
     fn read(&self, va: u64, len: usize) -> Result<Vec<u8>, Errno>;
     /// Writes `bytes` at `va` (`EFAULT` unless every byte is writable user memory).
     fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Errno>;
@@ -41,6 +49,12 @@ pub trait Kernel {
     fn bind_target(&mut self, bdf: u64) -> Result<(usize, DeviceId), Errno>;
     /// The name of registered unit `unit` (`dmar0`, `smmu0`, ...).
     fn unit_name(&self, unit: usize) -> String;
+    /// Writes the name of unit `unit` to `out`. Syscall paths use this one
+    /// (for `GET_HW_INFO` and logs): the kernel should implement it without
+    /// allocating; the default goes through [`Kernel::unit_name`].
+    fn write_unit_name(&self, unit: usize, out: &mut dyn fmt::Write) -> fmt::Result {
+        out.write_str(&self.unit_name(unit))
+    }
     /// Monotonic time.
     fn now_ns(&self) -> u64;
     /// Sleeps a little (the table is not held) and hands the task the
@@ -77,11 +91,53 @@ fn iova_choice(flags: u32, iova: u64) -> IovaChoice {
     }
 }
 
-fn size_name(size: u64) -> String {
-    match size {
-        s if s >= 1 << 30 => alloc::format!("{}G", s >> 30),
-        s if s >= 1 << 20 => alloc::format!("{}M", s >> 20),
-        s => alloc::format!("{}K", s >> 10),
+/// A leaf size for logs (`4K`, `2M`, `1G`).
+struct SizeName(u64);
+
+impl fmt::Display for SizeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            s if s >= 1 << 30 => write!(f, "{}G", s >> 30),
+            s if s >= 1 << 20 => write!(f, "{}M", s >> 20),
+            s => write!(f, "{}K", s >> 10),
+        }
+    }
+}
+
+/// (size, count) pairs for logs: `2M x 1, 4K x 3`.
+struct LeavesText<'a>(&'a [(u64, u64)]);
+
+impl fmt::Display for LeavesText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(size, n)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} x {n}", SizeName(size))?;
+        }
+        Ok(())
+    }
+}
+
+/// A unit's name for logs, through [`Kernel::write_unit_name`].
+struct UnitName<'a>(&'a dyn Kernel, usize);
+
+impl fmt::Display for UnitName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_unit_name(self.1, f)
+    }
+}
+
+/// A unit name cut to the ABI's 15 bytes and a NUL, written without allocating.
+struct NameField {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl fmt::Write for NameField {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(15 - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
     }
 }
 
@@ -120,7 +176,9 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             let room = s.num_ranges as usize;
             s.num_ranges = ranges.len() as u32;
             s.out_iova_alignment = align;
-            let out: Vec<a::IovaRange> = ranges.iter().map(|&(start, last)| a::IovaRange { start, last }).collect();
+            let out: Vec<a::IovaRange> =
+                fallible::try_collect(ranges.iter().map(|&(start, last)| a::IovaRange { start, last }))
+                    .map_err(nomem)?;
             if out.len() > room {
                 write(k.user(), ptr, &s, size)?;
                 return Err(Errno::E2BIG);
@@ -135,7 +193,8 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             }
             let bytes = k.user().read(s.ranges, s.num_ranges as usize * core::mem::size_of::<a::IovaRange>())?;
             let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or_default());
-            let ranges: Vec<(u64, u64)> = bytes.chunks_exact(16).map(|c| (word(&c[..8]), word(&c[8..]))).collect();
+            let ranges: Vec<(u64, u64)> =
+                fallible::try_collect(bytes.chunks_exact(16).map(|c| (word(&c[..8]), word(&c[8..])))).map_err(nomem)?;
             with(k, |fd, units, _| fd.allow_iovas(units, s.ioas_id, &ranges))?;
         }
         Op::IoasMap => {
@@ -143,17 +202,23 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             let m = MapArgs { va: s.user_va, len: s.length, iova: iova_choice(s.flags, s.iova), perms: perms(s.flags) };
             let (iova, report) = with(k, |fd, units, mem| {
                 let iova = fd.map(units, mem, s.ioas_id, m)?;
+                // The map took effect: a report the heap has no room for is
+                // given up (`None`), never the call's error.
                 let report = if fd.hints(s.ioas_id)?.report_leaves {
-                    fd.leaves(units, s.ioas_id, iova, m.len)?
+                    fd.leaves(units, s.ioas_id, iova, m.len).ok()
                 } else {
-                    Vec::new()
+                    Some(Vec::new())
                 };
                 Ok((iova, report))
             })?;
-            for (unit, leaves) in report {
-                let text: Vec<String> =
-                    leaves.iter().map(|&(size, n)| alloc::format!("{} x {n}", size_name(size))).collect();
-                log::info!("ioas: {:#x} bytes at {iova:#x}: {} leaves {}", m.len, k.unit_name(unit), text.join(", "));
+            match report {
+                Some(report) => {
+                    for (unit, leaves) in report {
+                        let (name, text) = (UnitName(&*k, unit), LeavesText(&leaves));
+                        log::info!("ioas: {:#x} bytes at {iova:#x}: {name} leaves {text}", m.len);
+                    }
+                }
+                None => log::warn!("ioas: {:#x} bytes at {iova:#x}: leaves not reported (out of memory)", m.len),
             }
             s.iova = iova;
             write(k.user(), ptr, &s, size)?;
@@ -250,7 +315,10 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             }
             // The buffer is checked before records leave the queue, so none is lost to a bad pointer.
             let room_bytes = s.num as usize * core::mem::size_of::<a::FaultRecord>();
-            k.user().write(s.records, &alloc::vec![0u8; room_bytes])?;
+            k.user().write(s.records, &fallible::try_filled(0u8, room_bytes).map_err(nomem)?)?;
+            // Room for the records they turn into, before any leaves its queue.
+            let mut out: Vec<a::FaultRecord> = Vec::new();
+            out.try_reserve_exact(s.num as usize).map_err(|_| Errno::ENOMEM)?;
             let deadline = k.now_ns().saturating_add(u64::from(s.timeout_ms) * 1_000_000);
             let (records, overflows) = loop {
                 let (records, overflows) = with(k, |fd, _, _| fd.fault_read(s.fault_id, s.num as usize))?;
@@ -260,7 +328,8 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
                 // Faults are polled: look again after a short sleep.
                 k.wait_for_faults();
             };
-            let out: Vec<a::FaultRecord> = records.iter().map(abi_glue::fault_record).collect();
+            // Within the room reserved above (`fault_read` takes at most `num`).
+            out.extend(records.iter().take(s.num as usize).map(abi_glue::fault_record));
             k.user().write(s.records, out.as_bytes())?;
             let room = s.num;
             s.num = out.len() as u32;
@@ -278,10 +347,9 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
                 Ok((unit, units[unit].info(), units[unit].flushes()))
             })?;
             s.out_flushes = flushes;
-            let name = k.unit_name(unit);
-            let n = name.len().min(15);
-            s.out_unit_name = [0; 16];
-            s.out_unit_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+            let mut name = NameField { bytes: [0; 16], len: 0 };
+            let _ = k.write_unit_name(unit, &mut name);
+            s.out_unit_name = name.bytes;
             s.out_kind = match info.kind {
                 iommu::UnitKind::Vtd => a::hw_kind::VTD,
                 iommu::UnitKind::AmdVi => a::hw_kind::AMDVI,
@@ -289,16 +357,13 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
                 iommu::UnitKind::VirtioIommu => a::hw_kind::VIRTIO_IOMMU,
                 iommu::UnitKind::Mock => a::hw_kind::MOCK,
             };
-            let regs: Vec<a::HwReg> = info
-                .raw
-                .iter()
-                .map(|&(name, value)| {
-                    let mut n = [0u8; 8];
-                    let b = name.as_bytes();
-                    n[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
-                    a::HwReg { name: n, value }
-                })
-                .collect();
+            let regs: Vec<a::HwReg> = fallible::try_collect(info.raw.iter().map(|&(name, value)| {
+                let mut n = [0u8; 8];
+                let b = name.as_bytes();
+                n[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+                a::HwReg { name: n, value }
+            }))
+            .map_err(nomem)?;
             // The typed part first: it is complete even when the raw registers do not fit.
             let (data_type, typed) = abi_glue::typed_hw_info(&info);
             s.out_data_type = data_type;

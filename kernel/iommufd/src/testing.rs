@@ -2,6 +2,12 @@
 //! `PA_BASE + va`, pins are counted, pinning can be made to fail, and 64-bit
 //! words can be written and read back (user page tables for shadowing).
 //! With a [`FailNth`] countdown, every `pin` is an allocation injection point.
+//!
+//! Under heap fail-nth (this crate's unit tests) it behaves as the kernel's
+//! task memory: the pin vector is allocated fallibly (`ENOMEM`), while the
+//! fake's own records (pin counts, quarantine list) are kept outside the
+//! count ([`fallible::testing::unarmed`]): they are the test's, not the
+//! code under test.
 
 use crate::{Memory, PAGE};
 use abi::Errno;
@@ -28,6 +34,14 @@ pub struct FakeMemory {
     pub quarantined: Vec<u64>,
     /// A fail-nth countdown: each `pin` is a [`Point::Alloc`] (`ENOMEM`).
     pub fail_nth: Option<Arc<FailNth>>,
+}
+
+/// Runs the fake's own bookkeeping outside heap fail-nth.
+fn bookkeeping<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    return fallible::testing::unarmed(f);
+    #[cfg(not(test))]
+    f()
 }
 
 impl FakeMemory {
@@ -61,19 +75,25 @@ impl Memory for FakeMemory {
         if self.fail_nth.as_ref().is_some_and(|f| f.hit(Point::Alloc)) {
             return Err(Errno::ENOMEM);
         }
-        let pages: Vec<u64> = (va..end).step_by(PAGE as usize).collect();
-        if !pages.iter().all(|&p| self.is_mapped(p)) {
-            return Err(Errno::EFAULT);
+        // The one allocation a pin makes, fallible as the kernel's.
+        let mut pas: Vec<u64> = Vec::new();
+        pas.try_reserve_exact((len / PAGE) as usize).map_err(|_| Errno::ENOMEM)?;
+        for p in (va..end).step_by(PAGE as usize) {
+            if !self.is_mapped(p) {
+                return Err(Errno::EFAULT);
+            }
+            pas.push(PA_BASE + p);
         }
-        let pas: Vec<u64> = pages.iter().map(|p| PA_BASE + p).collect();
         self.repin(&pas);
         Ok(pas)
     }
 
     fn repin(&mut self, pages: &[u64]) {
-        for p in pages {
-            *self.pins.entry(*p).or_default() += 1;
-        }
+        bookkeeping(|| {
+            for p in pages {
+                *self.pins.entry(*p).or_default() += 1;
+            }
+        })
     }
 
     fn read_u64(&self, pa: u64) -> Option<u64> {
@@ -95,6 +115,6 @@ impl Memory for FakeMemory {
         for p in pages {
             assert!(self.pins.contains_key(p), "quarantine of a page never pinned");
         }
-        self.quarantined.extend_from_slice(pages);
+        bookkeeping(|| self.quarantined.extend_from_slice(pages));
     }
 }

@@ -529,11 +529,11 @@ proptest::proptest! {
         shift in 0u32..5,
         hole in 0u64..64,
     ) {
-        let mut areas = BTreeMap::new();
+        let mut areas = TryMap::new();
         let mut at = PAGE;
         for (gap, pages) in spans {
             at += gap * PAGE;
-            areas.insert(at, Area { len: pages * PAGE, pages: Vec::new(), perms: RW });
+            areas.try_insert(at, Area { len: pages * PAGE, pages: Vec::new(), perms: RW }).unwrap();
             at += pages * PAGE;
         }
         let usable = ranges::subtract(&[(PAGE, 0x10_0000 - 1)], (hole * PAGE + PAGE, hole * PAGE + 4 * PAGE - 1));
