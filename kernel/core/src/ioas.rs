@@ -210,6 +210,10 @@ impl iommufd::syscall::Kernel for TaskKernel {
         alloc::string::String::from(crate::iommu::unit_name(unit))
     }
 
+    fn write_unit_name(&self, unit: usize, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        out.write_str(crate::iommu::unit_name(unit))
+    }
+
     fn now_ns(&self) -> u64 {
         platform().uptime_ns()
     }

@@ -202,6 +202,8 @@ impl Task {
 static TASKS: spin::Mutex<Vec<alloc::boxed::Box<Task>>> = spin::Mutex::new(Vec::new());
 /// Id of the running task (0 = the scheduler / kernel).
 static RUNNING: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Top of the running task's kernel stack (for backtraces).
+static RUNNING_KSTACK_TOP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Saved stack pointer of the scheduler while a task runs.
 static SCHEDULER_SP: spin::Mutex<u64> = spin::Mutex::new(0);
 /// Interrupt slots that can be routed to tasks.
@@ -398,6 +400,7 @@ fn switch_to(index: usize) {
     let p = platform();
     p.disable_interrupts();
     SWITCHES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    RUNNING_KSTACK_TOP.store(top, core::sync::atomic::Ordering::Relaxed);
     RUNNING.store(id, core::sync::atomic::Ordering::Relaxed);
     SLICE_START.store(p.timer_ticks(), core::sync::atomic::Ordering::Relaxed);
     p.activate_task(root, top);
@@ -509,9 +512,10 @@ pub fn run(name: &str) -> Result<UserExit, SpawnError> {
 
 /// `(bottom, top)` of the running task's kernel stack, for backtraces.
 pub fn current_kernel_stack() -> Option<(usize, usize)> {
-    let tasks = TASKS.try_lock()?;
-    let t = tasks.iter().find(|t| t.cur.id == running())?;
-    Some((mm::phys_to_virt(t.kstack) as usize, t.kstack_top() as usize))
+    // Read without the task list's lock: a panic inside a syscall often
+    // happens while it is held.
+    let top = RUNNING_KSTACK_TOP.load(core::sync::atomic::Ordering::Relaxed) as usize;
+    (running() != 0 && top != 0).then(|| (top - KERNEL_STACK_PAGES * FRAME_SIZE as usize, top))
 }
 
 fn current_root() -> Option<u64> {
