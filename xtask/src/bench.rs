@@ -205,6 +205,17 @@ pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
             ours.entry(shape).or_default().push(a);
             linux.entry(shape).or_default().push(b);
         }
+        let nodomain = |rs: &[BTreeMap<String, String>], case: &str, backend: &str| {
+            rs.iter()
+                .find(|r| r.get("case").is_some_and(|c| c == case) && r.get("backend").is_none_or(|b| b == backend))
+                .and_then(pair_ns)
+        };
+        if let (Some(a), Some(b)) =
+            (nodomain(&ours_r, "a_1x4k_nodomain", ""), nodomain(&results(log.lines()), "a_1x4k", "iommufd-nodomain"))
+        {
+            ours.entry("4k-no-device").or_default().push(a);
+            linux.entry("4k-no-device").or_default().push(b);
+        }
         for (name, case) in [("4K", "a_1x4k"), ("256K", "g_256k"), ("2M", "c_2m"), ("64M", "g_64m"), ("1G", "g_1g")] {
             if let Some(v) = ours_r
                 .iter()
@@ -225,6 +236,15 @@ pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
         println!("bench ioas vs linux: {shape} ours {o:.0} linux {l:.0} ratio {ratio:.2}");
     }
     println!("bench ioas vs linux: worst ratio {worst:.2}");
+    // For reference (not a target): iommufd's own cost, with no IOMMU behind the IOAS.
+    if let (Some(o), Some(l)) =
+        (ours.get_mut("4k-no-device").and_then(|v| median(v)), linux.get_mut("4k-no-device").and_then(|v| median(v)))
+    {
+        println!(
+            "bench ioas vs linux: 4k-no-device ours {o:.0} linux {l:.0} ratio {:.2} (IOAS with no device; reference)",
+            o / l
+        );
+    }
     for name in ["4K", "256K", "2M", "64M", "1G"] {
         if let Some(v) = growth.get_mut(name).and_then(|v| median(v)) {
             println!("bench ioas growth: {name} map+unmap per 4K {v:.0} ns");

@@ -193,6 +193,11 @@ fn bench() -> Result<(), &'static str> {
     map_unmap(ioas_id, dev, 512, 3, 201, "2M", "c_2m")?;
     separate(ioas_id, dev, 1000, 11)?;
     error_path(1001)?;
+    // The same 4 KiB on an IOAS with no device: iommufd's own bookkeeping
+    // and the pin, no IOMMU (Linux's `iommufd-nodomain` backend).
+    let bare = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    map_unmap(bare, dev, 1, 3, 1001, "4K no dev", "a_1x4k_nodomain")?;
+    ioas::destroy(bare).map_err(|_| "destroy")?;
     // Growth: the cost per 4 KiB as maps get larger.
     map_unmap(ioas_id, dev, 64, 1, 51, "256K", "g_256k")?;
     map_unmap(ioas_id, dev, 16_384, 1, 5, "64M", "g_64m")?;
