@@ -175,8 +175,24 @@ fn table_empty(mem: &impl TableMemory, table: u64, hint: usize) -> bool {
     (0..512).all(|j| mem.read(table, j) == 0)
 }
 
+/// Chains of freed frames a [`Gather`] holds inline; more (after merges of
+/// gathers that each freed tables) spill to the heap, fallibly.
+const INLINE_CHAINS: usize = 4;
+
 /// Work the caller owes after a change: flush `start..end` from the IOTLB, then
 /// release the freed table frames.
+///
+/// The freed frames are kept without heap: they are threaded into chains
+/// through their own entry 0 (the link is the next frame's address, the last
+/// frame links to itself). A freed frame is no longer referenced by the table,
+/// and a walker that still holds a stale pointer to it (until the flush) reads
+/// a 4 KiB-aligned value there: its low 12 bits, which hold the present /
+/// valid bits of every format, are zero, so it sees a not-present entry as it
+/// did before (`gather_links_decode_as_empty` checks every format). So `unmap`
+/// never allocates and cannot fail halfway. [`Gather::merge`] joins chains
+/// without touching memory: it keeps up to four chains inline and spills more
+/// to a heap vector; should that allocation fail, the merged gather's frames
+/// are leaked (counted by [`leaked_tables`]) rather than freed early.
 #[must_use = "flush the IOTLB for the range, then release the freed tables"]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Gather {
@@ -184,8 +200,22 @@ pub struct Gather {
     pub start: u64,
     /// End of the touched range (exclusive); equals `start` when nothing changed.
     pub end: u64,
-    /// Table frames no longer referenced by the table.
-    pub freed: Vec<u64>,
+    /// Heads of the chains of freed frames (`chains[..inline]`).
+    chains: [u64; INLINE_CHAINS],
+    inline: usize,
+    /// Heads of the chains beyond the inline ones.
+    spill: Vec<u64>,
+    /// Frames in all chains.
+    freed: usize,
+}
+
+/// Table frames [`Gather::merge`] had to leak because the heap was full.
+static LEAKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Table frames leaked so far by [`Gather::merge`] for want of heap (never
+/// freed, so never reused while a walker could still see them).
+pub fn leaked_tables() -> u64 {
+    LEAKED.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 impl Gather {
@@ -198,23 +228,91 @@ impl Gather {
         }
     }
 
-    /// Whether anything needs flushing.
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end && self.freed.is_empty()
+    /// A gather covering `[start, end)` with no freed tables (for drivers
+    /// whose unit keeps no table in this engine).
+    pub fn range(start: u64, end: u64) -> Gather {
+        Gather { start, end, ..Gather::default() }
     }
 
-    /// Adds `other` to this gather (one flush covers both).
-    pub fn merge(&mut self, other: Gather) {
+    /// Takes `frame` (just unlinked from its table) into the gather: links it
+    /// in front of the first chain, through its entry 0.
+    fn free_frame(&mut self, mem: &mut impl TableMemory, frame: u64) {
+        if self.inline == 0 {
+            mem.write(frame, 0, frame); // last of its chain: links to itself
+            self.inline = 1;
+        } else {
+            mem.write(frame, 0, self.chains[0]);
+        }
+        self.chains[0] = frame;
+        self.freed += 1;
+    }
+
+    /// Whether anything needs flushing.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end && self.freed == 0
+    }
+
+    /// Whether the change freed table frames (the flush must then cover
+    /// cached non-leaf entries too).
+    pub fn has_freed_tables(&self) -> bool {
+        self.freed != 0
+    }
+
+    /// How many table frames the change freed.
+    pub fn freed_tables(&self) -> usize {
+        self.freed
+    }
+
+    fn heads(&self) -> impl Iterator<Item = u64> + '_ {
+        self.chains[..self.inline].iter().chain(self.spill.iter()).copied()
+    }
+
+    /// Adds `other` to this gather (one flush covers both). Allocates only
+    /// when both hold freed tables and this one already holds four chains.
+    pub fn merge(&mut self, mut other: Gather) {
         if other.start != other.end {
             self.add(other.start, other.end);
         }
-        self.freed.extend(other.freed);
+        if other.freed == 0 {
+            return;
+        }
+        if self.freed == 0 {
+            (self.chains, self.inline, self.spill, self.freed) =
+                (other.chains, other.inline, core::mem::take(&mut other.spill), other.freed);
+            return;
+        }
+        let room = INLINE_CHAINS - self.inline;
+        let more = other.inline + other.spill.len();
+        if more > room && self.spill.try_reserve(more - room).is_err() {
+            LEAKED.fetch_add(other.freed as u64, core::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        for head in other.heads() {
+            if self.inline < INLINE_CHAINS {
+                self.chains[self.inline] = head;
+                self.inline += 1;
+            } else {
+                // Reserved above: no allocation.
+                self.spill.push(head);
+            }
+        }
+        self.freed += other.freed;
     }
 
-    /// After the IOTLB flush: gives the freed frames back.
+    /// After the IOTLB flush: gives the freed frames back (each zeroed again,
+    /// as [`TableMemory::alloc_table`] hands them out).
     pub fn release(self, mem: &mut impl TableMemory) {
-        for f in self.freed {
-            mem.free_table(f);
+        for head in self.heads() {
+            let mut frame = head;
+            loop {
+                let next = mem.read(frame, 0);
+                mem.write(frame, 0, 0);
+                mem.free_table(frame);
+                if next == frame {
+                    break;
+                }
+                frame = next;
+            }
         }
     }
 }
@@ -308,24 +406,28 @@ impl<F: Format> PageTable<F> {
 
     /// Frees the empty tables on the walk path of `va` (bottom up, never the root).
     fn prune(&mut self, mem: &mut impl TableMemory, va: u64, g: &mut Gather) {
-        let mut path = Vec::new(); // (table, index in it, level)
+        // (table, index in it, child): at most one per level below the root,
+        // and formats have at most 6 levels (see `walk_foreign`).
+        let mut path = [(0u64, 0usize, 0u64); 6];
+        let mut depth = 0;
         let mut table = self.root;
         for level in (1..self.fmt.levels()).rev() {
             let i = index(va, level);
             match self.fmt.decode(mem.read(table, i), level) {
-                Entry::Table(next) => {
-                    path.push((table, i, next));
+                Entry::Table(next) if depth < path.len() => {
+                    path[depth] = (table, i, next);
+                    depth += 1;
                     table = next;
                 }
                 _ => break,
             }
         }
-        for (parent, i, child) in path.into_iter().rev() {
+        for &(parent, i, child) in path[..depth].iter().rev() {
             if !(0..512).all(|j| mem.read(child, j) == 0) {
                 break;
             }
             mem.write(parent, i, 0);
-            g.freed.push(child);
+            g.free_frame(mem, child);
         }
     }
 
@@ -469,7 +571,7 @@ impl<F: Format> PageTable<F> {
                     let last = index(end.saturating_sub(1).min(va + (size - 1)), level - 1);
                     if child_cleared && table_empty(mem, next, last) {
                         mem.write(table, i, 0);
-                        g.freed.push(next);
+                        g.free_frame(mem, next);
                         cleared = true;
                     }
                 }
@@ -609,3 +711,8 @@ pub mod arena;
 
 #[cfg(test)]
 mod tests;
+
+/// Heap fail-nth for this crate's tests (`fallible::testing`).
+#[cfg(test)]
+#[global_allocator]
+static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;
