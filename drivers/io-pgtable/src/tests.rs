@@ -313,7 +313,7 @@ fn gather_merges_and_collects_freed_tables() {
     assert_eq!(live, 4, "root + 3 levels of tables for one 4K page");
     let (n, g) = t.unmap(&mut mem, 0, 0x20_0000).unwrap();
     assert_eq!(n, 0x1000);
-    assert_eq!(g.freed_tables(), 3);
+    assert_eq!(g.freed_tables(&mem), 3);
     assert!(g.has_freed_tables());
     assert_eq!(mem.live(), 4, "frames are released only after the flush");
     g.release(&mut mem);
@@ -545,7 +545,7 @@ fn gather_links_decode_as_empty() {
 fn lone_page(t: &mut PageTable<VtdSecondLevel>, mem: &mut Arena, iova: u64) -> crate::Gather {
     t.map(mem, iova, 0x1000, 0x1000, Perms::READ).unwrap().release(mem);
     let (n, g) = t.unmap(mem, iova, 0x1000).unwrap();
-    assert_eq!((n, g.freed_tables()), (0x1000, 3));
+    assert_eq!((n, g.freed_tables(mem)), (0x1000, 3));
     g
 }
 
@@ -561,7 +561,7 @@ fn merged_gathers_release_every_frame_once() {
         all.merge(g);
         all.merge(crate::Gather::default());
     }
-    assert_eq!(all.freed_tables(), 30);
+    assert_eq!(all.freed_tables(&mem), 30);
     assert_eq!((all.start, all.end), (0, (9 << 39) + 0x1000));
     assert_eq!(mem.live(), 31, "nothing released before the flush");
     all.release(&mut mem);
@@ -609,17 +609,40 @@ fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
         assert!(n > 1, "the map allocated tables");
     }
     let live = mem.live();
-    fallible::testing::arm(1);
+    // Every unmap succeeds whichever heap allocation fails: a table the
+    // gather has no room for stays in place, empty.
     let mut g = crate::Gather::default();
-    for (iova, len) in [(0x4000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000), (0x7F_F000, 0x3000)] {
-        let (_, u) = t.unmap(&mut mem, iova, len).unwrap();
+    for (k, (iova, len)) in [(0x4000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000), (0x7F_F000, 0x3000)].into_iter().enumerate() {
+        fallible::testing::arm(1);
+        let (n, u) = t.unmap(&mut mem, iova, len).unwrap();
+        fallible::testing::disarm();
+        assert_eq!(n, len);
+        assert_eq!(t.iova_to_phys(&mem, iova), None);
+        if k == 0 {
+            assert!(!u.has_freed_tables(), "no heap for the first head: the tables stay");
+        }
         g.merge(u);
     }
-    assert_eq!(fallible::testing::disarm(), 0, "unmap and merge allocated");
-    assert!(g.has_freed_tables());
+    assert!(g.has_freed_tables(), "the second and third unmap freed tables");
+    // The kept tables are reused by a map and freed by a later unmap.
+    t.map(&mut mem, 0x4000_0000, 0x8000_0000, 0x1000, Perms::READ).unwrap().release(&mut mem);
+    let (_, mut u) = t.unmap(&mut mem, 0x4000_0000, 0x1000).unwrap();
+    let own = u.freed_tables(&mem);
+    assert!(own > 0);
+    // Merging gathers that both freed tables needs room for the heads: with
+    // no heap the merged-in frames are leaked, never freed before the flush.
+    let lost = g.freed_tables(&mem);
+    let (leaked, chains) = (crate::leaked_chains(), g.freed.len() as u64);
     fallible::testing::arm(1);
-    g.release(&mut mem);
+    u.merge(g);
+    assert_eq!(fallible::testing::disarm(), 1);
+    assert_eq!(crate::leaked_chains(), leaked + chains);
+    assert_eq!(u.freed_tables(&mem), own);
+    fallible::testing::arm(1);
+    u.release(&mut mem);
     assert_eq!(fallible::testing::disarm(), 0, "release allocated");
     assert!(mem.live() < live);
-    assert_eq!(mem.live(), 1);
+    // Tables kept for want of heap go with the table.
+    t.destroy(&mut mem);
+    assert_eq!(mem.live(), lost, "only the leaked tables are left");
 }
