@@ -2,8 +2,8 @@
 //! told to fail the N-th allocation. Used by the tests and the benchmark.
 
 use crate::TableMemory;
-use fallible::VecExt;
 use alloc::vec::Vec;
+use fallible::VecExt;
 
 /// Fake physical address of frame 0 (non-zero, so a zero entry never aliases a frame).
 const BASE: u64 = 0x1_0000_0000;

@@ -586,7 +586,9 @@ fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
     }
     let mut mem = Arena::new();
     let mut t = PageTable::new(ArmLpae::stage2(4), &mut mem).unwrap();
-    for (iova, pa, len) in [(0x4000_0000u64, 0x8000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000, 0x40_0000), (0x7F_F000, 0x1000, 0x3000)] {
+    for (iova, pa, len) in
+        [(0x4000_0000u64, 0x8000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000, 0x40_0000), (0x7F_F000, 0x1000, 0x3000)]
+    {
         let mut n = 1;
         loop {
             let (before, live) = (mappings(&t, &mem), mem.live());
@@ -612,7 +614,9 @@ fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
     // Every unmap succeeds whichever heap allocation fails: a table the
     // gather has no room for stays in place, empty.
     let mut g = crate::Gather::default();
-    for (k, (iova, len)) in [(0x4000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000), (0x7F_F000, 0x3000)].into_iter().enumerate() {
+    for (k, (iova, len)) in
+        [(0x4000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000), (0x7F_F000, 0x3000)].into_iter().enumerate()
+    {
         fallible::testing::arm(1);
         let (n, u) = t.unmap(&mut mem, iova, len).unwrap();
         fallible::testing::disarm();
