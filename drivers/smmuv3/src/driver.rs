@@ -27,8 +27,8 @@ use crate::ste;
 use crate::unit::{Smmu, SmmuError};
 use crate::user::{self, Attrs, UserSte};
 use abi::ioas::hwpt_data;
-use fallible::TryMap;
 use alloc::vec::Vec;
+use fallible::TryMap;
 use io_pgtable::formats::ArmLpae;
 use io_pgtable::{Gather, PageTable, Perms};
 use iommu::ids::IdAllocator;
@@ -221,7 +221,9 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
     fn streams_under(&self, parent: DomainId) -> impl Iterator<Item = u32> + '_ {
         self.attached
             .iter()
-            .filter(move |(_, d)| matches!(self.domains.get(&d.0), Some(Slot::Nested { parent: p, .. }) if *p == parent))
+            .filter(
+                move |(_, d)| matches!(self.domains.get(&d.0), Some(Slot::Nested { parent: p, .. }) if *p == parent),
+            )
             .map(|(&sid, _)| sid)
     }
 

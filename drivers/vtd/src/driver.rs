@@ -34,8 +34,8 @@ use crate::hwpt::{self, DomainConfig};
 use crate::intremap::{self, Destination, IrTable, Irte, RemappedIrte};
 use crate::unit::{Domain, Unit, VtdError};
 use crate::FaultRecord;
-use fallible::TryMap;
 use alloc::vec::Vec;
+use fallible::TryMap;
 use io_pgtable::{Gather, Perms, TableMemory};
 use iommu::{
     DeviceId, DmaMemory, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, MsiMessage, MsiTarget, Region, UnitKind,
@@ -508,7 +508,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
             return Err(Error::Hardware("interrupt remapping entry out of range"));
         }
         let _ = self.msi_handles.try_insert(key, handle); // reserved: no allocation
-        // A replaced entry may sit in the entry cache; a new one costs one descriptor.
+                                                          // A replaced entry may sit in the entry cache; a new one costs one descriptor.
         self.unit.invalidate_interrupt_entry(handle, &mut self.mem)?;
         Ok(Some(MsiMessage { address: u64::from(intremap::msi_address(handle)), data: intremap::msi_data() }))
     }
