@@ -50,8 +50,8 @@ use crate::dte::{self, Dte};
 use crate::intremap::{self, AmdIrTable, IrteFormat, RemapFields};
 use crate::unit::{AmdVi, AmdViError};
 use abi::ioas::{hwpt_data, HwptAmdviAttrs};
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use fallible::TryMap;
 use io_pgtable::formats::AmdV1;
 use io_pgtable::{Format, Gather, PageTable, Perms};
 use iommu::ids::IdAllocator;
@@ -67,9 +67,9 @@ const IR_LEN_LOG2: u8 = 4;
 /// Interrupt remapping state, once it is on.
 struct Remapping {
     /// Each device's interrupt table (made at its first `msi_remap`).
-    tables: BTreeMap<u16, AmdIrTable>,
+    tables: TryMap<u16, AmdIrTable>,
     /// The table index of each remapped (DeviceID, vector).
-    indices: BTreeMap<(u16, u8), u16>,
+    indices: TryMap<(u16, u8), u16>,
 }
 
 /// Page-table levels of paging domains (DTE Mode 4: 48-bit IOVAs).
@@ -166,13 +166,21 @@ pub struct AmdViIommu<M: DmaMemory> {
     /// (device, another DeviceID the unit looks its DMA up under).
     aliases: Vec<(u16, u16)>,
     reserved: Vec<(Option<u16>, Region)>,
-    domains: BTreeMap<u32, Domain>,
+    domains: TryMap<u32, Domain>,
     next_handle: u32,
-    attached: BTreeMap<u16, DomainId>,
+    attached: TryMap<u16, DomainId>,
     tags: IdAllocator,
     flushes: u64,
     flush_on_map: bool,
     ir: Option<Remapping>,
+}
+
+/// Leaf sizes of paging domains: 4 KiB, 2 MiB, 1 GiB.
+const PAGE_SIZES: u64 = 1 << 12 | 1 << 21 | 1 << 30;
+
+/// `device`'s own device-table entry, then its extra ones from `aliases`.
+fn entries(aliases: &[(u16, u16)], device: u16) -> impl Iterator<Item = u16> + Clone + '_ {
+    core::iter::once(device).chain(aliases.iter().filter(move |a| a.0 == device).map(|a| a.1))
 }
 
 impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
@@ -186,9 +194,9 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
             devices,
             aliases: Vec::new(),
             reserved,
-            domains: BTreeMap::new(),
+            domains: TryMap::new(),
             next_handle: 1,
-            attached: BTreeMap::new(),
+            attached: TryMap::new(),
             tags: IdAllocator::new(TAG_INDICES),
             flushes: 0,
             flush_on_map: false,
@@ -205,7 +213,7 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
             return Ok(());
         }
         self.unit.set_all_interrupt_fields(intremap::DTE_IV, &mut self.mem)?;
-        self.ir = Some(Remapping { tables: BTreeMap::new(), indices: BTreeMap::new() });
+        self.ir = Some(Remapping { tables: TryMap::new(), indices: TryMap::new() });
         log::info!("amdvi: interrupt remapping on: every DeviceID's interrupts blocked until given");
         Ok(())
     }
@@ -251,10 +259,8 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
 
     /// Every device-table entry that holds `device`'s translation: its own,
     /// then its extra ones.
-    fn entries_of(&self, device: u16) -> Vec<u16> {
-        let mut ids = alloc::vec![device];
-        ids.extend(self.dte_aliases(device));
-        ids
+    fn entries_of(&self, device: u16) -> impl Iterator<Item = u16> + Clone + '_ {
+        entries(&self.aliases, device)
     }
 
     /// An attached device other than `device` that shares an entry with it
@@ -264,7 +270,7 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
         self.attached
             .iter()
             .filter(|&(&other, &theirs)| other != device && theirs != domain)
-            .find(|&(&other, _)| self.entries_of(other).iter().any(|id| mine.contains(id)))
+            .find(|&(&other, _)| self.entries_of(other).any(|id| mine.clone().any(|m| m == id)))
             .map(|(&other, &theirs)| (other, theirs))
     }
 
@@ -324,6 +330,8 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
 
     /// A new domain of `kind`; a paging one gets a table of `levels` levels.
     fn alloc(&mut self, kind: DomainKind, levels: usize) -> Result<DomainId, Error> {
+        // Room for the handle first: nothing below can fail after the table.
+        self.domains.try_reserve(1).map_err(|_| Error::NoMemory)?;
         let tag = domain_tag(self.tags.alloc().ok_or(Error::NoDomainIds)?);
         let slot = match kind {
             DomainKind::Paging => match PageTable::new(AmdV1 { levels }, &mut self.mem) {
@@ -338,7 +346,10 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
         };
         let id = DomainId(self.next_handle);
         self.next_handle += 1;
-        self.domains.insert(id.0, Domain { slot, tag });
+        // Room reserved above: this insert does not allocate.
+        if self.domains.try_insert(id.0, Domain { slot, tag }).is_err() {
+            return Err(Error::NoMemory);
+        }
         Ok(id)
     }
 
@@ -362,6 +373,14 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
         Ok(self.unit.submit(&[cmd::invalidate_iommu_pages(tag, range, pde)], &mut self.mem)?)
     }
 
+    fn raw_regs(&self) -> [(&'static str, u64); 3] {
+        [("EFR", self.unit.efr()), ("CONTROL", self.unit.control()), ("STATUS", self.unit.status())]
+    }
+
+    fn info_with(&self, raw: Vec<(&'static str, u64)>) -> Info {
+        Info { kind: UnitKind::AmdVi, raw, page_sizes: PAGE_SIZES, aperture: (0, self.top()), native_identity: true }
+    }
+
     fn fault_event(e: &crate::event::Event) -> FaultEvent {
         FaultEvent {
             device: DeviceId(u32::from(e.device.unwrap_or(0))),
@@ -375,17 +394,24 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
 
 impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
     fn info(&self) -> Info {
-        Info {
-            kind: UnitKind::AmdVi,
-            raw: alloc::vec![
-                ("EFR", self.unit.efr()),
-                ("CONTROL", self.unit.control()),
-                ("STATUS", self.unit.status())
-            ],
-            page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
-            aperture: (0, self.top()),
-            native_identity: true,
-        }
+        let raw = iommu::raw_regs(&self.raw_regs()).unwrap_or_default();
+        self.info_with(raw)
+    }
+
+    fn try_info(&self) -> Result<Info, Error> {
+        Ok(self.info_with(iommu::raw_regs(&self.raw_regs())?))
+    }
+
+    fn kind(&self) -> UnitKind {
+        UnitKind::AmdVi
+    }
+
+    fn page_sizes(&self) -> u64 {
+        PAGE_SIZES
+    }
+
+    fn serves(&self, device: DeviceId) -> bool {
+        self.rid(device).is_ok()
     }
 
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
@@ -448,15 +474,19 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
             iommu::map_direct_regions(self, device, domain)?;
         }
         let entry = self.dte_for(domain)?;
-        let ids = self.entries_of(rid);
-        for (written, &id) in ids.iter().enumerate() {
+        // Room for the record before the hardware changes.
+        if !self.attached.contains_key(&rid) {
+            self.attached.try_reserve(1).map_err(|_| Error::NoMemory)?;
+        }
+        let ids = entries(&self.aliases, rid);
+        for (written, id) in ids.clone().enumerate() {
             // Each entry keeps its own interrupt fields (qword 2).
             let mut e = entry;
             e[2] = self.unit.dte(id, &self.mem)[2];
             if let Err(err) = self.unit.set_dte(id, &e, &mut self.mem) {
                 if written > 0 {
                     // Half moved: fail closed, every entry of the device blocked.
-                    for &id in &ids {
+                    for id in ids.clone() {
                         let mut b = self.unit.blocked_dte(dte::BLOCKED_TAG);
                         b[2] = self.unit.dte(id, &self.mem)[2];
                         let _ = self.unit.set_dte(id, &b, &mut self.mem);
@@ -466,7 +496,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
                 return Err(err.into());
             }
         }
-        self.attached.insert(rid, domain);
+        // Room reserved above (or the key is there): no allocation.
+        let _ = self.attached.try_insert(rid, domain);
         Ok(())
     }
 
@@ -476,9 +507,9 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         // INVALIDATE_IOMMU_PAGES, then a COMPLETION_WAIT: the unit has dropped
         // the old entries when this returns. Every entry is tried, even after
         // one failed; each keeps its own interrupt fields (qword 2).
-        let ids = self.entries_of(rid);
+        let ids = entries(&self.aliases, rid);
         let mut failed = None;
-        for &id in &ids {
+        for id in ids.clone() {
             let mut b = self.unit.blocked_dte(dte::BLOCKED_TAG);
             b[2] = self.unit.dte(id, &self.mem)[2];
             if let Err(e) = self.unit.set_dte(id, &b, &mut self.mem) {
@@ -491,11 +522,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         self.attached.remove(&rid);
         // A sharer whose every entry was just blocked (the host bridge whose
         // own entry is `rid`'s extra one) is no longer attached to anything.
-        let blocked: Vec<u16> =
-            self.attached.keys().copied().filter(|&o| self.entries_of(o).iter().all(|id| ids.contains(id))).collect();
-        for o in blocked {
-            self.attached.remove(&o);
-        }
+        let aliases = &self.aliases;
+        self.attached.retain(|&o, _| !entries(aliases, o).all(|id| ids.clone().any(|i| i == id)));
         Ok(())
     }
 
@@ -551,7 +579,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
             // freed; PDE as well when tables were freed.
             let range =
                 if gather.start < gather.end { PageRange::covering(gather.start, gather.end) } else { PageRange::ALL };
-            self.invalidate(tag, range, !gather.freed.is_empty())?;
+            self.invalidate(tag, range, gather.has_freed_tables())?;
         }
         gather.release(&mut self.mem);
         Ok(())
@@ -567,14 +595,28 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
 
     fn drain_faults(&mut self) -> Vec<FaultEvent> {
         let mut out = Vec::new();
-        for e in self.unit.take_events(&self.mem) {
+        self.drain_faults_with(&mut |f| out.push(f));
+        out
+    }
+
+    fn drain_faults_with(&mut self, f: &mut dyn FnMut(FaultEvent)) {
+        self.unit.take_events_with(&self.mem, &mut |e| {
             if e.is_request_fault() {
-                out.push(Self::fault_event(&e));
+                f(Self::fault_event(&e));
             } else {
                 log::warn!("amdvi: {e}");
             }
-        }
-        out
+        });
+    }
+
+    fn for_each_reserved(&self, device: DeviceId, f: &mut dyn FnMut(Region)) {
+        let rid = u16::try_from(device.0).ok();
+        self.reserved.iter().filter(|(d, _)| d.is_none() || *d == rid).for_each(|(_, r)| f(*r));
+    }
+
+    fn for_each_leaf_size(&self, domain: DomainId, iova: u64, len: u64, f: &mut dyn FnMut(u64, u64)) {
+        let Some(Domain { slot: Slot::Paging(table), .. }) = self.domains.get(&domain.0) else { return };
+        iommu::for_each_table_leaf_size(|g| table.for_each_mapping(&self.mem, g), iova, len, f);
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
@@ -597,10 +639,14 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         }
         let rid = self.rid(device)?;
         let Some(ir) = self.ir.as_mut() else { return Ok(None) };
+        // Room in both maps before anything changes.
+        ir.indices.try_reserve(1).map_err(|_| Error::NoMemory)?;
         let fresh = !ir.tables.contains_key(&rid);
         if fresh {
+            ir.tables.try_reserve(1).map_err(|_| Error::NoMemory)?;
             let t = AmdIrTable::new(&mut self.mem, IR_LEN_LOG2, IrteFormat::Legacy).ok_or(Error::NoMemory)?;
-            ir.tables.insert(rid, t);
+            // Reserved: no allocation.
+            let _ = ir.tables.try_insert(rid, t);
         }
         let Some(table) = ir.tables.get_mut(&rid) else { return Err(Error::NoMemory) };
         let key = (rid, target.vector);
@@ -612,7 +658,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
             let _ = table.free(&mut self.mem, index);
             return Err(Error::NotSupported("destinations above APIC ID 255 (x2APIC, GA mode)"));
         }
-        ir.indices.insert(key, index);
+        let _ = ir.indices.try_insert(key, index); // reserved: no allocation
         let fields = table.dte_fields(true);
         if fresh {
             self.unit.set_interrupt_fields(rid, fields, &mut self.mem)?;

@@ -112,6 +112,11 @@ impl FakeMem {
     }
 
     fn take(&self, frames: usize) -> Option<u64> {
+        // The fake's own heap is not the driver's: never failed by fail-nth.
+        fallible::testing::unarmed(|| self.take_frames(frames))
+    }
+
+    fn take_frames(&self, frames: usize) -> Option<u64> {
         if self.limit.is_some_and(|l| self.live() + frames > l) {
             return None;
         }
@@ -127,6 +132,10 @@ impl FakeMem {
 
     /// Runs the commands the driver queued (one simulation step).
     pub fn step(&self) {
+        fallible::testing::unarmed(|| self.run())
+    }
+
+    fn run(&self) {
         let r = self.regs();
         let on = (CONTROL::IOMMU_EN::SET + CONTROL::CMD_BUF_EN::SET).value;
         if r.control.get() & on != on {
@@ -221,7 +230,9 @@ impl FakeMem {
         }
         let (pa, perms) = self.walk(&dte, iova, need)?;
         if perms != 0 {
-            self.iotlb.borrow_mut().insert((devid, page), Cached { domain: dte[1] as u16, page: pa >> 12, perms });
+            fallible::testing::unarmed(|| {
+                self.iotlb.borrow_mut().insert((devid, page), Cached { domain: dte[1] as u16, page: pa >> 12, perms })
+            });
         }
         (perms & need == need).then_some(pa)
     }

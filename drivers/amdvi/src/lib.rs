@@ -55,6 +55,11 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+/// Heap fail-nth for this crate's tests (`fallible::testing`).
+#[cfg(test)]
+#[global_allocator]
+static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;
+
 pub use driver::AmdViIommu;
 pub use unit::{AmdVi, AmdViError};
 

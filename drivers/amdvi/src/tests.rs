@@ -186,7 +186,7 @@ fn unmap_needs_the_flush() {
     // Emptying the last-level table frees it: PDE is set.
     let live = a.mem.live();
     let u = a.unmap(pg, 0x20_0000, 0x1000).unwrap();
-    assert_eq!(u.gather.freed.len(), 3, "level-1, -2 and -3 tables emptied");
+    assert_eq!(u.gather.freed_tables(&a.mem), 3, "level-1, -2 and -3 tables emptied");
     let from = a.mem.log.borrow().len();
     a.flush(pg, u.gather).unwrap();
     assert_eq!(ran(&a, from)[0][1] & 3, 0b10, "one page, PDE");
@@ -440,7 +440,7 @@ mod hwpt {
         logged_at(log::Level::Info)
     }
 
-    fn attrs(levels: u32, reserved: u32) -> Vec<u8> {
+    pub(super) fn attrs(levels: u32, reserved: u32) -> Vec<u8> {
         HwptAmdviAttrs { levels, reserved }.as_bytes().to_vec()
     }
 
@@ -784,4 +784,99 @@ fn extra_entries_for_unknown_devices_or_themselves_are_left_out() {
         (0x0310, 0x0010),
     ]);
     assert_eq!((a.dte_aliases(0x0500), a.dte_aliases(DEV), a.dte_aliases(0x0310)), (vec![], vec![], vec![0x0010]));
+}
+
+/// What a caller can see of the driver: mappings at a few IOVAs per domain,
+/// who is attached where, the frames in use, the commands run.
+fn observe(a: &AmdViIommu<FakeMem>, domains: &[iommu::DomainId]) -> String {
+    fallible::testing::unarmed(|| {
+        let iovas = [0x10_0000u64, 0x10_1000, 0x40_0000, 0x5F_F000, 0x1234_5000];
+        let maps: Vec<_> = domains.iter().map(|&d| iovas.map(|i| a.iova_to_phys(d, i))).collect();
+        let att: Vec<_> = [DEV, OTHER].map(|r| a.attached(DeviceId(u32::from(r)))).to_vec();
+        let dtes: Vec<_> = [DEV, OTHER].map(|r| a.mem.dte(r)).to_vec();
+        format!("{maps:?} {att:?} {dtes:x?} live {}", a.mem.live())
+    })
+}
+
+/// Runs `op` failing its 1st, 2nd, ... heap allocation until it succeeds;
+/// each failure must answer `NoMemory` and leave `observe` unchanged.
+/// Returns the successful result and how many allocations it made.
+fn fail_nth<T: core::fmt::Debug>(
+    a: &mut AmdViIommu<FakeMem>,
+    domains: &[iommu::DomainId],
+    what: &str,
+    op: &mut dyn FnMut(&mut AmdViIommu<FakeMem>) -> Result<T, Error>,
+) -> (T, u64) {
+    for n in 1.. {
+        let before = observe(a, domains);
+        fallible::testing::arm(n);
+        let r = op(a);
+        let counted = fallible::testing::disarm();
+        match r {
+            Ok(v) if counted < n => return (v, counted),
+            Ok(v) => panic!("{what}: succeeded although allocation {n} of {counted} failed: {v:?}"),
+            Err(e) => {
+                assert_eq!(e, Error::NoMemory, "{what}: failure {n}");
+                assert_eq!(observe(a, domains), before, "{what}: failure {n} changed the state");
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn every_heap_failure_on_a_syscall_path_answers_no_memory_and_changes_nothing() {
+    let mut a = driver(vec![]);
+    let (dev, other) = (DeviceId(u32::from(DEV)), DeviceId(u32::from(OTHER)));
+    let (pg, n) = fail_nth(&mut a, &[], "domain_alloc", &mut |a| a.domain_alloc(DomainKind::Paging));
+    assert!(n >= 1, "the domain table grew");
+    let (user, _) = fail_nth(&mut a, &[pg], "domain_alloc_user", &mut |a| {
+        let data = fallible::testing::unarmed(|| hwpt::attrs(3, 0));
+        a.domain_alloc_user(abi::ioas::hwpt_data::AMDVI_ATTRS, &data, None)
+    });
+    let ds = [pg, user];
+    fail_nth(&mut a, &ds, "map 4K", &mut |a| a.map(pg, 0x10_0000, 0x30_0000, 0x1000, RW));
+    fail_nth(&mut a, &ds, "map 2M", &mut |a| a.map(pg, 0x40_0000, 0x80_0000, 0x20_0000, RW));
+    fail_nth(&mut a, &ds, "map user", &mut |a| a.map(user, 0x10_0000, 0x30_0000, 0x2000, RW));
+    let (_, n) = fail_nth(&mut a, &ds, "attach", &mut |a| a.attach(dev, pg));
+    assert!(n >= 1, "the attach record grew");
+    fail_nth(&mut a, &ds, "attach other", &mut |a| a.attach(other, user));
+    fail_nth(&mut a, &ds, "reattach", &mut |a| a.attach(other, pg));
+    // msi_remap is not exercised: the fake refuses INVALIDATE_INTERRUPT_TABLE
+    // (QEMU's command check knows opcodes 1, 2, 3 and 8 only).
+    let (_, n) = fail_nth(&mut a, &ds, "unmap+flush", &mut |a| {
+        let u = a.unmap(pg, 0x40_0000, 0x20_0000)?;
+        a.flush(pg, u.gather)
+    });
+    assert_eq!(n, 0, "unmap and flush of a leaf allocate nothing");
+    // An unmap that empties tables allocates once (the gather's first chain
+    // head) and never fails for it: without heap the tables stay, empty.
+    let live = a.mem.live();
+    fallible::testing::arm(1);
+    let u = a.unmap(pg, 0x10_0000, 0x1000).unwrap();
+    a.flush(pg, u.gather).unwrap();
+    assert_eq!(fallible::testing::disarm(), 1);
+    assert_eq!((a.iova_to_phys(pg, 0x10_0000), a.mem.live()), (None, live), "unmapped, tables kept");
+    let u = a.unmap(user, 0x10_0000, 0x2000).unwrap();
+    assert!(u.gather.has_freed_tables());
+    a.flush(user, u.gather).unwrap();
+    assert!(a.mem.live() < live, "with heap the emptied tables go");
+    fail_nth(&mut a, &ds, "detach", &mut |a| a.detach(dev));
+    fail_nth(&mut a, &ds, "detach other", &mut |a| a.detach(other));
+    fail_nth(&mut a, &ds, "domain_free", &mut |a| a.domain_free(user));
+    fail_nth(&mut a, &[pg], "domain_free", &mut |a| a.domain_free(pg));
+    // The allocation-free doors allocate nothing.
+    fallible::testing::arm(1);
+    assert!(a.serves(dev) && !a.serves(DeviceId(0x99)));
+    a.drain_faults_with(&mut |_| {});
+    a.for_each_reserved(dev, &mut |_| {});
+    a.for_each_leaf_size(pg, 0, 1 << 30, &mut |_, _| {});
+    assert_eq!((a.kind(), a.page_sizes()), (iommu::UnitKind::AmdVi, 1 << 12 | 1 << 21 | 1 << 30));
+    assert_eq!(fallible::testing::disarm(), 0);
+    fallible::testing::arm(1);
+    assert_eq!(a.try_info().map(|_| ()), Err(Error::NoMemory));
+    fallible::testing::arm(1);
+    assert!(a.info().raw.is_empty(), "info without heap: no raw registers, no abort");
+    fallible::testing::disarm();
+    assert_eq!(a.try_info().unwrap().raw.len(), 3);
 }

@@ -19,6 +19,7 @@ use crate::event::{Event, EventCode};
 use crate::regs::{Regs, CONTROL, DEVTAB_BASE, EXCL_BASE, RING_BASE, RING_PTR, STATUS};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
+use fallible::VecExt;
 use iommu::DmaMemory;
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -430,9 +431,17 @@ impl AmdVi {
     /// event log (§2.5), and the IOMMU stopped at it. The buffer is restarted
     /// empty and the refusal reported; other events are kept for `take_events`.
     fn command_failure(&mut self, mem: &mut impl DmaMemory) -> AmdViError {
-        let events = self.read_events(mem);
-        let refused = events.iter().find(|e| e.is_command_error()).copied();
-        self.pending.extend(events.into_iter().filter(|e| !e.is_command_error()));
+        let mut refused = None;
+        let mut pending = core::mem::take(&mut self.pending);
+        self.read_events_with(mem, &mut |e| {
+            if e.is_command_error() {
+                refused.get_or_insert(e);
+            } else if pending.try_push(e).is_err() {
+                // No heap to keep it for `take_events`: it is at least logged.
+                log::warn!("amdvi: event dropped (no memory to keep it): {e}");
+            }
+        });
+        self.pending = pending;
         let Some(e) = refused else {
             return AmdViError::Timeout("COMPLETION_WAIT");
         };
@@ -504,11 +513,12 @@ impl AmdVi {
             }
             mem.write(frame, word, new[0]);
         }
-        let mut cmds = alloc::vec![cmd::invalidate_devtab_entry(devid)];
-        if dte::valid(&old) && old[0] & dte::TV != 0 {
-            cmds.push(cmd::invalidate_iommu_pages(dte::domain_id(&old), cmd::PageRange::ALL, true));
-        }
-        self.submit(&cmds, mem)
+        let cmds = [
+            cmd::invalidate_devtab_entry(devid),
+            cmd::invalidate_iommu_pages(dte::domain_id(&old), cmd::PageRange::ALL, true),
+        ];
+        let n = if dte::valid(&old) && old[0] & dte::TV != 0 { 2 } else { 1 };
+        self.submit(&cmds[..n], mem)
     }
 
     /// Rewrites `devid`'s interrupt fields (DTE qword 2, §2.2.2.2) in one
@@ -554,27 +564,28 @@ impl AmdVi {
         self.submit(&[crate::intremap::invalidate_interrupt_table(devid)], mem)
     }
 
-    /// Reads the entries between EvtHead and EvtTail and advances EvtHead.
-    fn read_events(&mut self, mem: &impl DmaMemory) -> Vec<Event> {
+    /// Reads the entries between EvtHead and EvtTail, handing each to `f`,
+    /// and advances EvtHead.
+    fn read_events_with(&mut self, mem: &impl DmaMemory, f: &mut dyn FnMut(Event)) {
         let size = self.evt.bytes();
         let tail = (RING_PTR::OFFSET.read(self.regs().evt_tail.get()) * ENTRY) % size;
-        let mut out = Vec::new();
+        let mut any = false;
         // Bounded by the ring: the IOMMU cannot have more for us.
         for _ in 0..(1u32 << self.evt.log2) {
             if self.evt.at == tail {
                 break;
             }
             let (frame, word) = locate(self.evt.base, self.evt.at);
-            out.push(Event::decode([mem.read(frame, word), mem.read(frame, word + 1)]));
+            f(Event::decode([mem.read(frame, word), mem.read(frame, word + 1)]));
             self.evt.at = self.evt.next(self.evt.at);
+            any = true;
         }
-        if !out.is_empty() {
+        if any {
             if crate::tracing() {
                 log::info!("amdvi trace: EVT_HEAD <- {:#x}", self.evt.at);
             }
             self.regs().evt_head.set(self.evt.at);
         }
-        out
     }
 
     /// Takes every event the IOMMU logged since the last call. An overflow
@@ -582,8 +593,20 @@ impl AmdVi {
     /// cleared, and a halted log is restarted (EventLogEn off, the overflow
     /// acknowledged, EventLogEn on again, §2.5).
     pub fn take_events(&mut self, mem: &impl DmaMemory) -> Vec<Event> {
-        let mut out = core::mem::take(&mut self.pending);
-        out.extend(self.read_events(mem));
+        let mut out = Vec::new();
+        self.take_events_with(mem, &mut |e| out.push(e));
+        out
+    }
+
+    /// [`AmdVi::take_events`] without allocating: hands each event to `f`
+    /// in order (those kept by a failed command first).
+    pub fn take_events_with(&mut self, mem: &impl DmaMemory, f: &mut dyn FnMut(Event)) {
+        let mut pending = core::mem::take(&mut self.pending);
+        for e in pending.drain(..) {
+            f(e);
+        }
+        self.pending = pending; // its room is kept for the next failure
+        self.read_events_with(mem, f);
         let status = self.regs().status.get();
         if STATUS::EVENT_OVERFLOW.is_set(status) {
             self.event_overflows += 1;
@@ -601,7 +624,6 @@ impl AmdVi {
                 self.write_control(control);
             }
         }
-        out
     }
 }
 

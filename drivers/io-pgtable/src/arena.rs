@@ -2,8 +2,8 @@
 //! told to fail the N-th allocation. Used by the tests and the benchmark.
 
 use crate::TableMemory;
-use alloc::vec;
 use alloc::vec::Vec;
+use fallible::VecExt;
 
 /// Fake physical address of frame 0 (non-zero, so a zero entry never aliases a frame).
 const BASE: u64 = 0x1_0000_0000;
@@ -47,13 +47,21 @@ impl TableMemory for Arena {
         if self.fail_at == Some(n) {
             return None;
         }
+        // The frame's own heap allocation fails softly too (a heap fail-nth
+        // test then sees it as an exhausted table memory).
+        let frame = fallible::try_filled(0u64, 512).ok()?;
         let slot = match self.free.pop() {
             Some(s) => {
-                self.frames[s] = Some(vec![0; 512]);
+                self.frames[s] = Some(frame);
                 s
             }
             None => {
-                self.frames.push(Some(vec![0; 512]));
+                // Room in the free list for every frame, so `free_table`
+                // never allocates.
+                let want = (self.frames.len() + 1).saturating_sub(self.free.len());
+                if self.free.try_reserve(want).is_err() || self.frames.try_push(Some(frame)).is_err() {
+                    return None;
+                }
                 self.frames.len() - 1
             }
         };
@@ -64,7 +72,7 @@ impl TableMemory for Arena {
     fn free_table(&mut self, pa: u64) {
         let s = Self::slot(pa);
         assert!(self.frames[s].take().is_some(), "double free of table {pa:#x}");
-        self.free.push(s);
+        self.free.push(s); // room reserved in `alloc_table`
         self.live -= 1;
     }
 

@@ -177,6 +177,22 @@ fn table_empty(mem: &impl TableMemory, table: u64, hint: usize) -> bool {
 
 /// Work the caller owes after a change: flush `start..end` from the IOTLB, then
 /// release the freed table frames.
+///
+/// The freed frames are threaded into chains through their own entry 0 (the
+/// link is the next frame's address; the last frame links to itself), and
+/// `freed` holds only the chains' heads: one for a gather from one `unmap`,
+/// more after [`Gather::merge`]. A freed frame is no longer referenced by the
+/// table, and a walker that still holds a stale pointer to it (until the
+/// flush) reads a 4 KiB-aligned value there: its low 12 bits, which hold the
+/// present / valid bits of every format, are zero, so it sees a not-present
+/// entry as it did before (`gather_links_decode_as_empty` checks every format).
+///
+/// So an unmap allocates at most once, for the first freed table's head, and
+/// never fails for it: without room it leaves that table (and the tables
+/// above it) in place, empty, to be reused by a later map or freed with the
+/// table. [`Gather::merge`] reserves room for the other gather's heads; should
+/// the heap be full, those frames are leaked (counted by [`leaked_chains`])
+/// rather than freed before the flush.
 #[must_use = "flush the IOTLB for the range, then release the freed tables"]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Gather {
@@ -184,8 +200,42 @@ pub struct Gather {
     pub start: u64,
     /// End of the touched range (exclusive); equals `start` when nothing changed.
     pub end: u64,
-    /// Table frames no longer referenced by the table.
+    /// Heads of the chains of freed table frames (see above; use
+    /// [`Gather::has_freed_tables`], [`Gather::merge`] and
+    /// [`Gather::release`] rather than this field).
     pub freed: Vec<u64>,
+}
+
+/// Chains of table frames [`Gather::merge`] had to leak because the heap was full.
+static LEAKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Chains of table frames (one per unmap that freed tables) leaked so far
+/// by [`Gather::merge`] for want of heap (never freed, so never reused
+/// while a walker could still see them).
+pub fn leaked_chains() -> u64 {
+    LEAKED.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where [`PageTable`]'s walks put the tables they empty.
+enum Freed<'a> {
+    /// Into the gather, released after the flush.
+    Gather(&'a mut Gather),
+    /// Straight back to memory (undoing a failed map, whose leaves no flush
+    /// was owed for).
+    Now,
+}
+
+impl Freed<'_> {
+    /// Takes `frame`, just emptied; false when it must stay where it is.
+    fn take(&mut self, mem: &mut impl TableMemory, frame: u64) -> bool {
+        match self {
+            Freed::Gather(g) => g.free_frame(mem, frame),
+            Freed::Now => {
+                mem.free_table(frame);
+                true
+            }
+        }
+    }
 }
 
 impl Gather {
@@ -198,23 +248,101 @@ impl Gather {
         }
     }
 
+    /// A gather covering `[start, end)` with no freed tables (for drivers
+    /// whose unit keeps no table in this engine).
+    pub fn range(start: u64, end: u64) -> Gather {
+        Gather { start, end, freed: Vec::new() }
+    }
+
+    /// Takes `frame` into the gather, in front of the first chain, before
+    /// it is unlinked from its table; false (nothing changed) when there is
+    /// no heap for a first head.
+    fn free_frame(&mut self, mem: &mut impl TableMemory, frame: u64) -> bool {
+        match self.freed.first_mut() {
+            Some(head) => {
+                mem.write(frame, 0, *head);
+                *head = frame;
+            }
+            None => {
+                if self.freed.try_reserve_exact(1).is_err() {
+                    return false;
+                }
+                mem.write(frame, 0, frame); // last of its chain: links to itself
+                self.freed.push(frame); // reserved: no allocation
+            }
+        }
+        true
+    }
+
     /// Whether anything needs flushing.
     pub fn is_empty(&self) -> bool {
         self.start == self.end && self.freed.is_empty()
     }
 
-    /// Adds `other` to this gather (one flush covers both).
+    /// Whether the change freed table frames (the flush must then cover
+    /// cached non-leaf entries too).
+    pub fn has_freed_tables(&self) -> bool {
+        !self.freed.is_empty()
+    }
+
+    /// Calls `f` with each freed frame, by following the chains.
+    fn for_each_freed(&self, mem: &impl TableMemory, f: &mut dyn FnMut(u64)) {
+        for &head in &self.freed {
+            let mut frame = head;
+            loop {
+                let next = mem.read(frame, 0);
+                f(frame);
+                if next == frame {
+                    break;
+                }
+                frame = next;
+            }
+        }
+    }
+
+    /// How many table frames the change freed (follows the chains).
+    pub fn freed_tables(&self, mem: &impl TableMemory) -> usize {
+        let mut n = 0;
+        self.for_each_freed(mem, &mut |_| n += 1);
+        n
+    }
+
+    /// Adds `other` to this gather (one flush covers both). Allocates only
+    /// when both freed tables (room for `other`'s chain heads).
     pub fn merge(&mut self, other: Gather) {
         if other.start != other.end {
             self.add(other.start, other.end);
         }
-        self.freed.extend(other.freed);
+        if other.freed.is_empty() {
+            return;
+        }
+        if self.freed.is_empty() {
+            self.freed = other.freed;
+            return;
+        }
+        if self.freed.try_reserve(other.freed.len()).is_err() {
+            // The frames cannot be listed, and must not be freed before the
+            // flush: they are lost (a stale walk of them stays harmless).
+            LEAKED.fetch_add(other.freed.len() as u64, core::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        self.freed.extend_from_slice(&other.freed); // reserved: no allocation
     }
 
-    /// After the IOTLB flush: gives the freed frames back.
+    /// After the IOTLB flush: gives the freed frames back (each zeroed again,
+    /// as [`TableMemory::alloc_table`] hands them out).
     pub fn release(self, mem: &mut impl TableMemory) {
-        for f in self.freed {
-            mem.free_table(f);
+        for head in self.freed {
+            let mut frame = head;
+            loop {
+                let next = mem.read(frame, 0);
+                mem.write(frame, 0, 0);
+                mem.free_table(frame);
+                if next == frame {
+                    break;
+                }
+                frame = next;
+            }
         }
     }
 }
@@ -284,12 +412,10 @@ impl<F: Format> PageTable<F> {
                     // Undo: [iova, va) holds only leaves this call wrote (an
                     // occupied slot stops the loop), and tables created for `va`
                     // that stayed empty are pruned.
-                    let mut undo = Gather::default();
                     if va > iova {
-                        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut undo);
+                        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut Freed::Now);
                     }
-                    self.prune(mem, va, &mut undo);
-                    undo.release(mem);
+                    self.prune(mem, va);
                     if let Error::AlreadyMapped(_) = e {
                         // Report the first mapping in the way, as a pre-check would.
                         let mut first = None;
@@ -307,25 +433,29 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Frees the empty tables on the walk path of `va` (bottom up, never the root).
-    fn prune(&mut self, mem: &mut impl TableMemory, va: u64, g: &mut Gather) {
-        let mut path = Vec::new(); // (table, index in it, level)
+    fn prune(&mut self, mem: &mut impl TableMemory, va: u64) {
+        // (table, index in it, child): at most one per level below the root,
+        // and formats have at most 6 levels (see `walk_foreign`).
+        let mut path = [(0u64, 0usize, 0u64); 6];
+        let mut depth = 0;
         let mut table = self.root;
         for level in (1..self.fmt.levels()).rev() {
             let i = index(va, level);
             match self.fmt.decode(mem.read(table, i), level) {
-                Entry::Table(next) => {
-                    path.push((table, i, next));
+                Entry::Table(next) if depth < path.len() => {
+                    path[depth] = (table, i, next);
+                    depth += 1;
                     table = next;
                 }
                 _ => break,
             }
         }
-        for (parent, i, child) in path.into_iter().rev() {
+        for &(parent, i, child) in path[..depth].iter().rev() {
             if !(0..512).all(|j| mem.read(child, j) == 0) {
                 break;
             }
             mem.write(parent, i, 0);
-            g.freed.push(child);
+            mem.free_table(child);
         }
     }
 
@@ -432,7 +562,8 @@ impl<F: Format> PageTable<F> {
             return Err(Error::SplitLeaf(start));
         }
         let mut g = Gather::default();
-        let (unmapped, _) = self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut g);
+        let (unmapped, _) =
+            self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, end, &mut Freed::Gather(&mut g));
         if unmapped > 0 {
             g.add(iova, end);
         }
@@ -451,7 +582,7 @@ impl<F: Format> PageTable<F> {
         base: u64,
         start: u64,
         end: u64,
-        g: &mut Gather,
+        freed: &mut Freed<'_>,
     ) -> (u64, bool) {
         let size = level_size(level);
         let (mut done, mut cleared) = (0, false);
@@ -464,12 +595,12 @@ impl<F: Format> PageTable<F> {
                     cleared = true;
                 }
                 Entry::Table(next) if level > 0 => {
-                    let (d, child_cleared) = self.unmap_level(mem, next, level - 1, va, start, end, g);
+                    let (d, child_cleared) = self.unmap_level(mem, next, level - 1, va, start, end, freed);
                     done += d;
                     let last = index(end.saturating_sub(1).min(va + (size - 1)), level - 1);
-                    if child_cleared && table_empty(mem, next, last) {
+                    // A table the gather has no room for stays, empty.
+                    if child_cleared && table_empty(mem, next, last) && freed.take(mem, next) {
                         mem.write(table, i, 0);
-                        g.freed.push(next);
                         cleared = true;
                     }
                 }
@@ -609,3 +740,8 @@ pub mod arena;
 
 #[cfg(test)]
 mod tests;
+
+/// Heap fail-nth for this crate's tests (`fallible::testing`).
+#[cfg(test)]
+#[global_allocator]
+static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;

@@ -313,7 +313,8 @@ fn gather_merges_and_collects_freed_tables() {
     assert_eq!(live, 4, "root + 3 levels of tables for one 4K page");
     let (n, g) = t.unmap(&mut mem, 0, 0x20_0000).unwrap();
     assert_eq!(n, 0x1000);
-    assert_eq!(g.freed.len(), 3);
+    assert_eq!(g.freed_tables(&mem), 3);
+    assert!(g.has_freed_tables());
     assert_eq!(mem.live(), 4, "frames are released only after the flush");
     g.release(&mut mem);
     assert_eq!(mem.live(), 1);
@@ -519,4 +520,133 @@ fn foreign_walk_agrees_with_the_engine_on_every_format() {
     check(AmdV1 { levels: 6 });
     check(ArmLpae::stage1(4, 1, 0));
     check(ArmLpae::stage2(3));
+}
+
+#[test]
+fn gather_links_decode_as_empty() {
+    // A freed frame's entry 0 holds a 4 KiB-aligned link: every format must
+    // see it as not present at every level (a stale walker until the flush).
+    fn check<F: Format>(f: F) {
+        for level in 0..f.levels() {
+            for link in [0x1000u64, 0x1_2345_6000, 0x000F_FFFF_FFFF_F000, 0xFFFF_FFFF_FFFF_F000] {
+                assert_eq!(f.decode(link, level), crate::Entry::Empty, "{} level {level} link {link:#x}", f.name());
+            }
+        }
+    }
+    check(VtdSecondLevel { levels: 4, max_leaf_level: 2 });
+    check(X86Paging::vtd_first_level(4, 2));
+    check(X86Paging::vtd_first_level(5, 2));
+    check(AmdV1 { levels: 6 });
+    check(ArmLpae::stage1(4, 2, 0));
+    check(ArmLpae::stage2(4));
+}
+
+/// One 4 KiB page mapped alone in a fresh 4-level region: unmapping it frees 3 tables.
+fn lone_page(t: &mut PageTable<VtdSecondLevel>, mem: &mut Arena, iova: u64) -> crate::Gather {
+    t.map(mem, iova, 0x1000, 0x1000, Perms::READ).unwrap().release(mem);
+    let (n, g) = t.unmap(mem, iova, 0x1000).unwrap();
+    assert_eq!((n, g.freed_tables(mem)), (0x1000, 3));
+    g
+}
+
+#[test]
+fn merged_gathers_release_every_frame_once() {
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(VtdSecondLevel { levels: 4, max_leaf_level: 1 }, &mut mem).unwrap();
+    // Ten gathers that each freed tables: four chains inline, the rest spilled.
+    let mut all = crate::Gather::default();
+    assert!(all.is_empty());
+    for i in 0..10u64 {
+        let g = lone_page(&mut t, &mut mem, i << 39);
+        all.merge(g);
+        all.merge(crate::Gather::default());
+    }
+    assert_eq!(all.freed_tables(&mem), 30);
+    assert_eq!((all.start, all.end), (0, (9 << 39) + 0x1000));
+    assert_eq!(mem.live(), 31, "nothing released before the flush");
+    all.release(&mut mem);
+    assert_eq!(mem.live(), 1);
+    // The frames come back zeroed (the arena would hand them out as they are).
+    t.map(&mut mem, 0, 0x1000, 0x20_0000, Perms::READ).unwrap().release(&mut mem);
+    let mut n = 0;
+    t.for_each_mapping(&mem, &mut |_, _, _, _| n += 1);
+    assert_eq!(n, 512);
+}
+
+#[test]
+fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
+    // The arena's frames come from the heap fallibly, so failing the n-th heap
+    // allocation of a map is a table-memory exhaustion at that point.
+    fn mappings<F: Format>(t: &PageTable<F>, mem: &Arena) -> Vec<(u64, u64, u64)> {
+        fallible::testing::unarmed(|| {
+            let mut v = Vec::new();
+            t.for_each_mapping(mem, &mut |va, size, pa, _| v.push((va, size, pa)));
+            v
+        })
+    }
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(ArmLpae::stage2(4), &mut mem).unwrap();
+    for (iova, pa, len) in
+        [(0x4000_0000u64, 0x8000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000, 0x40_0000), (0x7F_F000, 0x1000, 0x3000)]
+    {
+        let mut n = 1;
+        loop {
+            let (before, live) = (mappings(&t, &mem), mem.live());
+            fallible::testing::arm(n);
+            let r = t.map(&mut mem, iova, pa, len, Perms::READ | Perms::WRITE);
+            fallible::testing::disarm();
+            match r {
+                Ok(g) => {
+                    g.release(&mut mem);
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e, Error::NoMemory, "map {iova:#x}: failure {n}");
+                    assert_eq!(mappings(&t, &mem), before, "map {iova:#x}: failure {n} left mappings");
+                    assert_eq!(mem.live(), live, "map {iova:#x}: failure {n} leaked tables");
+                }
+            }
+            n += 1;
+        }
+        assert!(n > 1, "the map allocated tables");
+    }
+    let live = mem.live();
+    // Every unmap succeeds whichever heap allocation fails: a table the
+    // gather has no room for stays in place, empty.
+    let mut g = crate::Gather::default();
+    for (k, (iova, len)) in
+        [(0x4000_0000u64, 0x1000u64), (0x20_0000, 0x40_0000), (0x7F_F000, 0x3000)].into_iter().enumerate()
+    {
+        fallible::testing::arm(1);
+        let (n, u) = t.unmap(&mut mem, iova, len).unwrap();
+        fallible::testing::disarm();
+        assert_eq!(n, len);
+        assert_eq!(t.iova_to_phys(&mem, iova), None);
+        if k == 0 {
+            assert!(!u.has_freed_tables(), "no heap for the first head: the tables stay");
+        }
+        g.merge(u);
+    }
+    assert!(g.has_freed_tables(), "the second and third unmap freed tables");
+    // The kept tables are reused by a map and freed by a later unmap.
+    t.map(&mut mem, 0x4000_0000, 0x8000_0000, 0x1000, Perms::READ).unwrap().release(&mut mem);
+    let (_, mut u) = t.unmap(&mut mem, 0x4000_0000, 0x1000).unwrap();
+    let own = u.freed_tables(&mem);
+    assert!(own > 0);
+    // Merging gathers that both freed tables needs room for the heads: with
+    // no heap the merged-in frames are leaked, never freed before the flush.
+    let lost = g.freed_tables(&mem);
+    let (leaked, chains) = (crate::leaked_chains(), g.freed.len() as u64);
+    fallible::testing::arm(1);
+    u.merge(g);
+    assert_eq!(fallible::testing::disarm(), 1);
+    assert_eq!(crate::leaked_chains(), leaked + chains);
+    assert_eq!(u.freed_tables(&mem), own);
+    fallible::testing::arm(1);
+    u.release(&mut mem);
+    assert_eq!(fallible::testing::disarm(), 0, "release allocated");
+    assert!(mem.live() < live);
+    // Tables kept for want of heap go with the table.
+    t.destroy(&mut mem);
+    assert_eq!(mem.live(), lost, "only the leaked tables are left");
 }

@@ -319,8 +319,27 @@ pub struct MsiMessage {
 
 /// One IOMMU unit, as its driver presents it.
 pub trait Iommu: Send {
-    /// Kind, capabilities, aperture and page sizes.
+    /// Kind, capabilities, aperture and page sizes. Drivers build it
+    /// without failing: should the heap have no room for the raw registers,
+    /// `raw` is empty ([`Iommu::try_info`] says so instead).
     fn info(&self) -> Info;
+
+    /// [`Iommu::info`] that answers [`Error::NoMemory`] when the raw
+    /// registers find no heap (the hw_info door uses this one).
+    fn try_info(&self) -> Result<Info, Error> {
+        Ok(self.info())
+    }
+
+    /// The hardware kind ([`Info::kind`], without building an [`Info`]).
+    fn kind(&self) -> UnitKind {
+        self.info().kind
+    }
+
+    /// The leaf sizes of paging domains ([`Info::page_sizes`], without
+    /// building an [`Info`]).
+    fn page_sizes(&self) -> u64 {
+        self.info().page_sizes
+    }
 
     /// A new domain. Identity and blocked domains always succeed when memory
     /// and IDs allow (a unit without a native identity mode emulates it).
@@ -486,6 +505,77 @@ pub fn poll(limit: u32, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The raw capability registers of an [`Info`], copied to the heap fallibly.
+pub fn raw_regs(regs: &[(&'static str, u64)]) -> Result<Vec<(&'static str, u64)>, Error> {
+    fallible::try_to_vec(regs).map_err(|_| Error::NoMemory)
+}
+
+/// Passes on the first fault of each run [`coalesce_faults`] would merge,
+/// without allocating: feed it every fault in order.
+#[derive(Debug, Default)]
+pub struct FaultCoalescer {
+    last: Option<FaultEvent>,
+}
+
+impl FaultCoalescer {
+    /// Whether `f` starts a new run (and so is to be reported).
+    pub fn starts_run(&mut self, f: FaultEvent) -> bool {
+        let same = self.last.is_some_and(|first| {
+            (first.device, first.reason, first.access) == (f.device, f.reason, f.access)
+                && first.address >> 12 == f.address >> 12
+        });
+        if !same {
+            self.last = Some(f);
+        }
+        !same
+    }
+}
+
+/// Leaves counted by size without allocating: one counter per power of two.
+#[derive(Debug, Clone, Copy)]
+pub struct LeafCounts([u64; 64]);
+
+impl Default for LeafCounts {
+    fn default() -> Self {
+        LeafCounts([0; 64])
+    }
+}
+
+impl LeafCounts {
+    /// Counts a leaf of `size` bytes (a power of two).
+    pub fn add(&mut self, size: u64) {
+        self.0[size.trailing_zeros().min(63) as usize] += 1;
+    }
+
+    /// Hands each (size, count) to `f`, largest first.
+    pub fn report(&self, f: &mut dyn FnMut(u64, u64)) {
+        for bit in (0..64).rev() {
+            if self.0[bit] != 0 {
+                f(1u64 << bit, self.0[bit]);
+            }
+        }
+    }
+}
+
+/// [`table_leaves`] without allocating: the leaves a table walk finds
+/// meeting `[iova, iova + len)`, counted by size, handed to `f` largest
+/// first ([`Iommu::for_each_leaf_size`] for drivers with I/O page tables).
+pub fn for_each_table_leaf_size(
+    for_each_mapping: impl FnOnce(&mut dyn FnMut(u64, u64, u64, Perms)),
+    iova: u64,
+    len: u64,
+    f: &mut dyn FnMut(u64, u64),
+) {
+    let mut counts = LeafCounts::default();
+    let end = iova.saturating_add(len);
+    for_each_mapping(&mut |at, size, _, _| {
+        if at < end && iova < at + size {
+            counts.add(size);
+        }
+    });
+    counts.report(f);
+}
+
 /// Counts leaves by size, largest first: the helper drivers use for [`Iommu::leaves`].
 pub fn count_leaves(sizes: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = Vec::new();
@@ -537,25 +627,51 @@ pub fn overlaps_reserved(regions: &[Region], start: u64, end: u64) -> Option<Reg
 /// device is pointed at the domain. Pages already mapped one to one are kept;
 /// a page mapped elsewhere is [`io_pgtable::Error::AlreadyMapped`].
 pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: DomainId) -> Result<(), Error> {
-    let page = unit.info().min_page();
-    let regions: Vec<Region> =
-        unit.reserved_regions(device).into_iter().filter(|r| r.kind == ReservedKind::DirectMap).collect();
-    for r in regions {
+    let page = 1u64 << unit.page_sizes().trailing_zeros().min(63);
+    // The runs this call mapped, undone if a later one fails (no heap: a
+    // device has a handful of direct-map regions; runs beyond the record
+    // stay mapped on failure, which is harmless for identity mappings the
+    // device needs anyway).
+    let mut done = [(0u64, 0u64); 8];
+    let mut n = 0;
+    let mut result = Ok(());
+    'regions: for k in 0.. {
+        // The k-th direct-map region, found without collecting them.
+        let (mut i, mut found) = (0usize, None);
+        unit.for_each_reserved(device, &mut |r| {
+            if r.kind == ReservedKind::DirectMap {
+                if i == k {
+                    found = Some(r);
+                }
+                i += 1;
+            }
+        });
+        let Some(r) = found else { break };
         let (start, end) = (r.start & !(page - 1), (r.end | (page - 1)).saturating_add(1));
         let mut at = start;
         while at < end {
             match unit.iova_to_phys(domain, at) {
                 Some(pa) if pa == at => at += page,
-                Some(_) => return Err(Error::Map(io_pgtable::Error::AlreadyMapped(at))),
+                Some(_) => {
+                    result = Err(Error::Map(io_pgtable::Error::AlreadyMapped(at)));
+                    break 'regions;
+                }
                 None => {
                     let mut run = at + page;
                     while run < end && unit.iova_to_phys(domain, run).is_none() {
                         run += page;
                     }
-                    unit.map(domain, at, at, run - at, Perms::READ | Perms::WRITE)?;
+                    if let Err(e) = unit.map(domain, at, at, run - at, Perms::READ | Perms::WRITE) {
+                        result = Err(e);
+                        break 'regions;
+                    }
+                    if n < done.len() {
+                        done[n] = (at, run - at);
+                        n += 1;
+                    }
                     log::info!(
                         "{}: direct-map region {at:#x}-{:#x} identity-mapped for device {:#06x}",
-                        unit.info().kind.name(),
+                        unit.kind().name(),
                         run - 1,
                         device.0
                     );
@@ -564,7 +680,12 @@ pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: Domain
             }
         }
     }
-    Ok(())
+    if result.is_err() {
+        for &(at, len) in &done[..n] {
+            let _ = unmap_and_flush(unit, domain, at, len);
+        }
+    }
+    result
 }
 
 #[cfg(test)]

@@ -27,8 +27,8 @@ use crate::ste;
 use crate::unit::{Smmu, SmmuError};
 use crate::user::{self, Attrs, UserSte};
 use abi::ioas::hwpt_data;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use fallible::TryMap;
 use io_pgtable::formats::ArmLpae;
 use io_pgtable::{Gather, PageTable, Perms};
 use iommu::ids::IdAllocator;
@@ -94,13 +94,29 @@ pub struct SmmuIommu<M: DmaMemory> {
     pub mem: M,
     devices: Vec<u32>,
     reserved: Vec<(Option<u32>, Region)>,
-    domains: BTreeMap<u32, Slot>,
+    domains: TryMap<u32, Slot>,
     next_handle: u32,
-    attached: BTreeMap<u32, DomainId>,
+    attached: TryMap<u32, DomainId>,
     asids: IdAllocator,
     vmids: IdAllocator,
     use_stage2: bool,
     flushes: u64,
+}
+
+/// Leaf sizes of paging domains: 4 KiB, 2 MiB, 1 GiB.
+const PAGE_SIZES: u64 = 1 << 12 | 1 << 21 | 1 << 30;
+
+/// A nested child's STE for the log, without allocating.
+struct Describe<'a>(&'a UserSte);
+
+impl core::fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            UserSte::Abort => f.write_str("abort"),
+            UserSte::Bypass => f.write_str("stage-1 bypass, the parent's stage 2 alone"),
+            UserSte::Translate(w) => write!(f, "stage-1 CD at IPA {:#x}", w[0] & ste::w0::S1_CONTEXT_PTR),
+        }
+    }
 }
 
 impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
@@ -122,9 +138,9 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             mem,
             devices,
             reserved,
-            domains: BTreeMap::new(),
+            domains: TryMap::new(),
             next_handle: 1,
-            attached: BTreeMap::new(),
+            attached: TryMap::new(),
             asids,
             vmids,
             use_stage2,
@@ -168,10 +184,17 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         Attrs { stage2: self.use_stage2, input_bits: self.input_bits() }
     }
 
+    /// Room for one more domain: callers reserve before they build a slot,
+    /// so [`Self::insert`] never allocates.
+    fn reserve_domain(&mut self) -> Result<(), Error> {
+        self.domains.try_reserve(1).map_err(|_| Error::NoMemory)
+    }
+
     fn insert(&mut self, slot: Slot) -> DomainId {
         let id = DomainId(self.next_handle);
         self.next_handle += 1;
-        self.domains.insert(id.0, slot);
+        // Room reserved by the caller (`reserve_domain`): no allocation.
+        let _ = self.domains.try_insert(id.0, slot);
         id
     }
 
@@ -195,12 +218,13 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
     }
 
     /// The streams attached to nested children of `parent`.
-    fn streams_under(&self, parent: DomainId) -> Vec<u32> {
+    fn streams_under(&self, parent: DomainId) -> impl Iterator<Item = u32> + '_ {
         self.attached
             .iter()
-            .filter(|(_, d)| matches!(self.domains.get(&d.0), Some(Slot::Nested { parent: p, .. }) if *p == parent))
+            .filter(
+                move |(_, d)| matches!(self.domains.get(&d.0), Some(Slot::Nested { parent: p, .. }) if *p == parent),
+            )
             .map(|(&sid, _)| sid)
-            .collect()
     }
 
     /// A stage-2 paging domain for nested children (`SMMUV3_STE`), or a plain
@@ -221,6 +245,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
     }
 
     fn insert_paging(&mut self, attrs: Attrs) -> Result<DomainId, Error> {
+        self.reserve_domain()?;
         let slot = self.new_paging(attrs)?;
         Ok(self.insert(slot))
     }
@@ -234,16 +259,18 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             return Err(Error::InvalidData("parent is not a stage-2 domain"));
         };
         let ste = user::check_ste(&self.smmu.idr, s2.ias, data)?;
+        self.reserve_domain()?;
         if let Some(Slot::Paging { children, .. }) = self.domains.get_mut(&parent.0) {
             *children += 1;
         }
         let id = self.insert(Slot::Nested { parent, ste });
-        let what = match ste {
-            UserSte::Abort => alloc::string::String::from("abort"),
-            UserSte::Bypass => alloc::string::String::from("stage-1 bypass, the parent's stage 2 alone"),
-            UserSte::Translate(w) => alloc::format!("stage-1 CD at IPA {:#x}", w[0] & ste::w0::S1_CONTEXT_PTR),
-        };
-        log::info!("smmuv3: domain {}: nested child of domain {} (VMID {}): {what}", id.0, parent.0, s2.vmid);
+        log::info!(
+            "smmuv3: domain {}: nested child of domain {} (VMID {}): {}",
+            id.0,
+            parent.0,
+            s2.vmid,
+            Describe(&ste)
+        );
         Ok(id)
     }
 
@@ -307,11 +334,35 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         }
     }
 
+    fn raw_regs(&self) -> [(&'static str, u64); 8] {
+        let idr = self.smmu.idr.map(u64::from);
+        [
+            ("IDR0", idr[0]),
+            ("IDR1", idr[1]),
+            ("IDR2", idr[2]),
+            ("IDR3", idr[3]),
+            ("IDR4", idr[4]),
+            ("IDR5", idr[5]),
+            ("IIDR", u64::from(self.smmu.iidr)),
+            ("AIDR", u64::from(self.smmu.aidr)),
+        ]
+    }
+
+    fn info_with(&self, raw: Vec<(&'static str, u64)>) -> Info {
+        Info {
+            kind: UnitKind::Smmuv3,
+            raw,
+            page_sizes: PAGE_SIZES,
+            aperture: (0, (1u64 << self.input_bits()) - 1),
+            native_identity: true,
+        }
+    }
+
     /// The TLB invalidation for `gather` in a domain tagged `tag`.
     fn invalidation(&self, tag: Tag, g: &Gather) -> cmd::Command {
         let ranged = self.smmu.range_invalidation();
         let range = Range::covering(g.start, g.end.max(g.start + 1));
-        let scope = range.map(|range| Scope { range, ranged, leaf: g.freed.is_empty() });
+        let scope = range.map(|range| Scope { range, ranged, leaf: !g.has_freed_tables() });
         let one_page = range.is_some_and(|r| r.num == 0 && r.scale == 0);
         match (tag, scope) {
             (Tag::Asid { asid, .. }, Some(s)) if ranged || one_page => cmd::tlbi_nh_va(asid, s),
@@ -324,20 +375,27 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
 
 impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     fn info(&self) -> Info {
-        let mut raw: Vec<(&'static str, u64)> =
-            ["IDR0", "IDR1", "IDR2", "IDR3", "IDR4", "IDR5"].into_iter().zip(self.smmu.idr.map(u64::from)).collect();
-        raw.push(("IIDR", u64::from(self.smmu.iidr)));
-        raw.push(("AIDR", u64::from(self.smmu.aidr)));
-        Info {
-            kind: UnitKind::Smmuv3,
-            raw,
-            page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
-            aperture: (0, (1u64 << self.input_bits()) - 1),
-            native_identity: true,
-        }
+        self.info_with(iommu::raw_regs(&self.raw_regs()).unwrap_or_default())
+    }
+
+    fn try_info(&self) -> Result<Info, Error> {
+        Ok(self.info_with(iommu::raw_regs(&self.raw_regs())?))
+    }
+
+    fn kind(&self) -> UnitKind {
+        UnitKind::Smmuv3
+    }
+
+    fn page_sizes(&self) -> u64 {
+        PAGE_SIZES
+    }
+
+    fn serves(&self, device: DeviceId) -> bool {
+        self.devices.contains(&device.0)
     }
 
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
+        self.reserve_domain()?;
         let slot = match kind {
             DomainKind::Paging => self.new_paging(self.default_attrs())?,
             DomainKind::Identity => Slot::Identity,
@@ -469,12 +527,16 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let sid = self.stream(device)?;
         let entry = self.ste_for(domain)?;
+        // Room for the record before the STE changes.
+        if !self.attached.contains_key(&sid) {
+            self.attached.try_reserve(1).map_err(|_| Error::NoMemory)?;
+        }
         if let Err(e) = self.smmu.write_ste(sid, &entry, &mut self.mem) {
             let _ = self.smmu.write_ste(sid, &ste::abort(), &mut self.mem);
             self.attached.remove(&sid);
             return Err(e.into());
         }
-        self.attached.insert(sid, domain);
+        let _ = self.attached.try_insert(sid, domain); // reserved: no allocation
         Ok(())
     }
 
@@ -536,18 +598,38 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         if !gather.is_empty() {
             // One TLBI for the whole gather (a range when IDR3.RIL, else the
             // page or the whole ASID / VMID), then the CMD_SYNC `submit` adds.
-            let mut cmds = alloc::vec![self.invalidation(tag, &gather)];
+            let first = self.invalidation(tag, &gather);
+            self.flushes += 1;
             if let (Tag::Vmid(vmid), true) = (tag, children > 0) {
                 // A nest parent: TLBI_S2_IPA leaves the combined stage-1 +
                 // stage-2 entries of its children (§4.4.3.1), which go with
                 // TLBI_NH_ALL; QEMU also keeps the stage-2 translation of the
                 // children's CD and table pointers in its configuration cache,
-                // which CFGI_STE of their streams drops (§4.3.1).
-                cmds.push(cmd::tlbi_nh_all(vmid));
-                cmds.extend(self.streams_under(domain).into_iter().map(cmd::cfgi_ste));
+                // which CFGI_STE of their streams drops (§4.3.1). Sent in
+                // batches from a buffer on the stack (no heap).
+                let mut batch = [first; USER_BATCH];
+                batch[1] = cmd::tlbi_nh_all(vmid);
+                let (mut n, mut done) = (2, 0);
+                loop {
+                    let mut more = false;
+                    for sid in self.streams_under(domain).skip(done) {
+                        if n == batch.len() {
+                            more = true;
+                            break;
+                        }
+                        batch[n] = cmd::cfgi_ste(sid);
+                        n += 1;
+                        done += 1;
+                    }
+                    self.smmu.submit(&batch[..n], &mut self.mem)?;
+                    if !more {
+                        break;
+                    }
+                    n = 0;
+                }
+            } else {
+                self.smmu.submit(&[first], &mut self.mem)?;
             }
-            self.flushes += 1;
-            self.smmu.submit(&cmds, &mut self.mem)?;
         }
         gather.release(&mut self.mem);
         Ok(())
@@ -565,14 +647,34 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     /// Events of one faulting DMA are merged ([`iommu::coalesce_faults`]):
     /// QEMU queues one per 4-byte retry of a blocked transfer.
     fn drain_faults(&mut self) -> Vec<FaultEvent> {
-        let events = self.smmu.take_events(&self.mem).into_iter().map(|e| FaultEvent {
-            device: DeviceId(e.stream),
-            address: e.address,
-            access: iommu::Access::from_write(!e.read),
-            reason: u32::from(e.kind.0),
-            reason_name: e.kind.name(),
+        let mut out = Vec::new();
+        self.drain_faults_with(&mut |f| out.push(f));
+        out
+    }
+
+    fn drain_faults_with(&mut self, f: &mut dyn FnMut(FaultEvent)) {
+        let mut runs = iommu::FaultCoalescer::default();
+        self.smmu.take_events_with(&self.mem, &mut |e| {
+            let event = FaultEvent {
+                device: DeviceId(e.stream),
+                address: e.address,
+                access: iommu::Access::from_write(!e.read),
+                reason: u32::from(e.kind.0),
+                reason_name: e.kind.name(),
+            };
+            if runs.starts_run(event) {
+                f(event);
+            }
         });
-        iommu::coalesce_faults(events).into_iter().map(|(f, _)| f).collect()
+    }
+
+    fn for_each_reserved(&self, device: DeviceId, f: &mut dyn FnMut(Region)) {
+        self.reserved.iter().filter(|(d, _)| d.is_none_or(|d| d == device.0)).for_each(|(_, r)| f(*r));
+    }
+
+    fn for_each_leaf_size(&self, domain: DomainId, iova: u64, len: u64, f: &mut dyn FnMut(u64, u64)) {
+        let Some(Slot::Paging { table, .. }) = self.domains.get(&domain.0) else { return };
+        iommu::for_each_table_leaf_size(|g| table.for_each_mapping(&self.mem, g), iova, len, f);
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {

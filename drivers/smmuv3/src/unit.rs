@@ -510,8 +510,15 @@ impl Smmu {
     /// Takes every event the SMMU queued since the last call. An overflow
     /// (events lost) is logged, counted and acknowledged.
     pub fn take_events(&mut self, mem: &impl DmaMemory) -> alloc::vec::Vec<Event> {
-        self.global_errors();
         let mut out = alloc::vec::Vec::new();
+        self.take_events_with(mem, &mut |e| out.push(e));
+        out
+    }
+
+    /// [`Smmu::take_events`] without allocating: hands each event to `f` in order.
+    pub fn take_events_with(&mut self, mem: &impl DmaMemory, f: &mut dyn FnMut(Event)) {
+        self.global_errors();
+        let mut any = false;
         let prod = self.page1().eventq_prod.get();
         let wr = EVENTQ_PROD::WR.read(prod) & ((2 << self.eventq.log2) - 1);
         let overflow = EVENTQ_PROD::OVFLG.read(prod);
@@ -523,18 +530,18 @@ impl Smmu {
             }
             let at = self.eventq.slot(self.eventq.index);
             let words = [0, 1, 2, 3].map(|i| read_word(mem, self.eventq.base, at + i));
-            out.push(Event::decode(words));
+            f(Event::decode(words));
+            any = true;
             self.eventq.index = self.eventq.next(self.eventq.index);
         }
         if overflow != ack {
             self.event_overflows += 1;
             log::warn!("smmuv3: event queue overflow: events were lost");
         }
-        if crate::tracing() && !out.is_empty() {
+        if crate::tracing() && any {
             log::info!("smmu trace: EVENTQ_CONS <- {:#x}", self.eventq.index);
         }
         self.page1().eventq_cons.write(EVENTQ_CONS::RD.val(self.eventq.index) + EVENTQ_CONS::OVACKFLG.val(overflow));
-        out
     }
 
     /// Logs and acknowledges global errors other than command-queue errors

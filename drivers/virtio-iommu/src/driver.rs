@@ -391,7 +391,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
                 bytes += m.end - s + 1;
             }
         }
-        let gather = Gather { start: first, end: last_map.end.saturating_add(1), freed: Vec::new() };
+        let gather = Gather::range(first, last_map.end.saturating_add(1));
         Ok(Unmapped { bytes, gather })
     }
 
@@ -434,6 +434,14 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
         self.reserved.get(&device.0).cloned().unwrap_or_default()
+    }
+
+    fn for_each_reserved(&self, device: DeviceId, f: &mut dyn FnMut(Region)) {
+        self.reserved.get(&device.0).into_iter().flatten().for_each(|r| f(*r));
+    }
+
+    fn serves(&self, device: DeviceId) -> bool {
+        self.endpoints.contains(&device.0)
     }
 
     /// One "leaf" per device mapping (a mapping is one entry of any size).

@@ -34,8 +34,8 @@ use crate::hwpt::{self, DomainConfig};
 use crate::intremap::{self, Destination, IrTable, Irte, RemappedIrte};
 use crate::unit::{Domain, Unit, VtdError};
 use crate::FaultRecord;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use fallible::TryMap;
 use io_pgtable::{Gather, Perms, TableMemory};
 use iommu::{
     DeviceId, DmaMemory, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, MsiMessage, MsiTarget, Region, UnitKind,
@@ -47,7 +47,7 @@ const PAGE: u64 = 4096;
 const IR_SIZE_FIELD: u8 = 7;
 
 /// The page table of paging domain `domain`.
-fn paging(domains: &mut BTreeMap<u32, Slot>, domain: DomainId) -> Result<&mut Domain, Error> {
+fn paging(domains: &mut TryMap<u32, Slot>, domain: DomainId) -> Result<&mut Domain, Error> {
     match domains.get_mut(&domain.0) {
         Some(Slot::Paging(d)) => Ok(d),
         Some(_) => Err(Error::NotPaging(domain)),
@@ -75,15 +75,15 @@ pub struct VtdIommu<M: TableMemory> {
     devices: Vec<u16>,
     reserved: Vec<(Option<u16>, Region)>,
     ram: Vec<(u64, u64)>,
-    domains: BTreeMap<u32, Slot>,
+    domains: TryMap<u32, Slot>,
     next_handle: u32,
-    attached: BTreeMap<u16, DomainId>,
+    attached: TryMap<u16, DomainId>,
     /// The empty page table every blocked device points at.
     blocking: Domain,
     /// The interrupt remapping table, once remapping is on.
     ir: Option<IrTable>,
     /// The table handle of each remapped (requester ID, vector).
-    msi_handles: BTreeMap<(u16, u8), u16>,
+    msi_handles: TryMap<(u16, u8), u16>,
 }
 
 impl From<VtdError> for Error {
@@ -126,12 +126,12 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
             devices,
             reserved,
             ram,
-            domains: BTreeMap::new(),
+            domains: TryMap::new(),
             next_handle: 1,
-            attached: BTreeMap::new(),
+            attached: TryMap::new(),
             blocking,
             ir: None,
-            msi_handles: BTreeMap::new(),
+            msi_handles: TryMap::new(),
         };
         for rid in v.devices.clone() {
             v.unit.attach(rid, &v.blocking, &mut v.mem)?;
@@ -229,10 +229,17 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
         u16::try_from(device.0).ok().filter(|r| self.devices.contains(r)).ok_or(Error::NoSuchDevice(device))
     }
 
+    /// Room for one more domain, reserved before a slot is built so that
+    /// [`Self::insert`] never allocates.
+    fn reserve_domain(&mut self) -> Result<(), Error> {
+        self.domains.try_reserve(1).map_err(|_| Error::NoMemory)
+    }
+
     fn insert(&mut self, slot: Slot) -> DomainId {
         let id = DomainId(self.next_handle);
         self.next_handle += 1;
-        self.domains.insert(id.0, slot);
+        // Room reserved by the caller (`reserve_domain`): no allocation.
+        let _ = self.domains.try_insert(id.0, slot);
         id
     }
 
@@ -271,6 +278,20 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
         Ok(())
     }
 
+    fn raw_regs(&self) -> [(&'static str, u64); 2] {
+        [("CAP", self.unit.cap), ("ECAP", self.unit.ecap)]
+    }
+
+    fn info_with(&self, raw: Vec<(&'static str, u64)>) -> Info {
+        Info {
+            kind: UnitKind::Vtd,
+            raw,
+            page_sizes: self.page_sizes(),
+            aperture: self.aperture(),
+            native_identity: self.unit.pass_through_supported(),
+        }
+    }
+
     fn record_event(r: FaultRecord) -> FaultEvent {
         FaultEvent {
             device: DeviceId(u32::from(r.source_id)),
@@ -284,17 +305,27 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
 
 impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
     fn info(&self) -> Info {
-        let max_leaf = self.unit.domain_max_leaf_level();
-        Info {
-            kind: UnitKind::Vtd,
-            raw: alloc::vec![("CAP", self.unit.cap), ("ECAP", self.unit.ecap)],
-            page_sizes: (0..=max_leaf).map(|l| 1u64 << (12 + 9 * l)).sum(),
-            aperture: self.aperture(),
-            native_identity: self.unit.pass_through_supported(),
-        }
+        self.info_with(iommu::raw_regs(&self.raw_regs()).unwrap_or_default())
+    }
+
+    fn try_info(&self) -> Result<Info, Error> {
+        Ok(self.info_with(iommu::raw_regs(&self.raw_regs())?))
+    }
+
+    fn kind(&self) -> UnitKind {
+        UnitKind::Vtd
+    }
+
+    fn page_sizes(&self) -> u64 {
+        (0..=self.unit.domain_max_leaf_level()).map(|l| 1u64 << (12 + 9 * l)).sum()
+    }
+
+    fn serves(&self, device: DeviceId) -> bool {
+        self.rid(device).is_ok()
     }
 
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
+        self.reserve_domain()?;
         let slot = match kind {
             DomainKind::Paging => Slot::Paging(self.unit.alloc_domain(&mut self.mem)?),
             DomainKind::Blocked => Slot::Blocked,
@@ -312,9 +343,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
     fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
         let config = hwpt::hwpt_config(self.unit.cap, self.unit.ecap, self.unit.stage, data_type, data, parent)
             .inspect_err(|e| log::warn!("vtd: HWPT refused: {e}"))?;
+        self.reserve_domain()?;
         let d = self.unit.alloc_domain_with(config, &mut self.mem)?;
         let id = self.insert(Slot::Paging(d));
-        log::info!("vtd: HWPT domain {}: {}", id.0, config.describe());
+        log::info!("vtd: HWPT domain {}: {}", id.0, config.display());
         Ok(id)
     }
 
@@ -344,6 +376,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         if matches!(self.domains.get(&domain.0), Some(Slot::Paging(_))) {
             iommu::map_direct_regions(self, device, domain)?;
         }
+        // Room for the record before the context entry changes.
+        if !self.attached.contains_key(&rid) {
+            self.attached.try_reserve(1).map_err(|_| Error::NoMemory)?;
+        }
         if let Err(e) = self.program(rid, domain) {
             // Whatever the failure left in the entry, the device goes back to
             // the blocking entry if the unit still answers.
@@ -351,7 +387,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
             self.attached.remove(&rid);
             return Err(e);
         }
-        self.attached.insert(rid, domain);
+        let _ = self.attached.try_insert(rid, domain); // reserved: no allocation
         Ok(())
     }
 
@@ -415,15 +451,29 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
 
     fn drain_faults(&mut self) -> Vec<FaultEvent> {
         let mut v = Vec::new();
+        self.drain_faults_with(&mut |f| v.push(f));
+        v
+    }
+
+    fn drain_faults_with(&mut self, f: &mut dyn FnMut(FaultEvent)) {
         // One fault-recording register per CAP.NFR + 1; bounded by that count
         // per call so a device faulting without pause cannot keep us here.
         for _ in 0..=crate::regs::CAP::NFR.read(self.unit.cap) {
             match self.unit.take_fault() {
-                Some(r) => v.push(Self::record_event(r)),
+                Some(r) => f(Self::record_event(r)),
                 None => break,
             }
         }
-        v
+    }
+
+    fn for_each_reserved(&self, device: DeviceId, f: &mut dyn FnMut(Region)) {
+        let rid = u16::try_from(device.0).ok();
+        self.reserved.iter().filter(|(d, _)| d.is_none() || *d == rid).for_each(|(_, r)| f(*r));
+    }
+
+    fn for_each_leaf_size(&self, domain: DomainId, iova: u64, len: u64, f: &mut dyn FnMut(u64, u64)) {
+        let Some(Slot::Paging(d)) = self.domains.get(&domain.0) else { return };
+        iommu::for_each_table_leaf_size(|g| d.table.for_each_mapping(&self.mem, g), iova, len, f);
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
@@ -447,6 +497,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         let cpu = u8::try_from(target.cpu).map_err(|_| Error::NotSupported("x2APIC destinations (EIME)"))?;
         let Some(table) = self.ir.as_mut() else { return Ok(None) };
         let key = (rid, target.vector);
+        // Room for the record before an entry is taken.
+        self.msi_handles.try_reserve(1).map_err(|_| Error::NoMemory)?;
         let handle = match self.msi_handles.get(&key) {
             Some(&h) => h,
             None => table.alloc().ok_or(Error::NotSupported("a free interrupt remapping entry (table full)"))?,
@@ -455,8 +507,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         if table.set(&mut self.mem, handle, irte).is_err() {
             return Err(Error::Hardware("interrupt remapping entry out of range"));
         }
-        self.msi_handles.insert(key, handle);
-        // A replaced entry may sit in the entry cache; a new one costs one descriptor.
+        let _ = self.msi_handles.try_insert(key, handle); // reserved: no allocation
+                                                          // A replaced entry may sit in the entry cache; a new one costs one descriptor.
         self.unit.invalidate_interrupt_entry(handle, &mut self.mem)?;
         Ok(Some(MsiMessage { address: u64::from(intremap::msi_address(handle)), data: intremap::msi_data() }))
     }

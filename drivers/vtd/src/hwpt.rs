@@ -52,13 +52,26 @@ impl DomainConfig {
 
     /// One-line description for the log: "second stage, 4 levels (48-bit), snoop off".
     pub fn describe(&self) -> alloc::string::String {
-        alloc::format!(
-            "{} stage, {} levels ({}-bit), snoop {}",
-            if self.first_stage { "first" } else { "second" },
-            self.levels,
-            self.table_bits(),
-            if self.snoop { "on" } else { "off" }
-        )
+        alloc::format!("{}", self.display())
+    }
+
+    /// [`DomainConfig::describe`] as a `Display` (logs without allocating).
+    pub fn display(&self) -> impl core::fmt::Display + '_ {
+        struct D<'a>(&'a DomainConfig);
+        impl core::fmt::Display for D<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let c = self.0;
+                write!(
+                    f,
+                    "{} stage, {} levels ({}-bit), snoop {}",
+                    if c.first_stage { "first" } else { "second" },
+                    c.levels,
+                    c.table_bits(),
+                    if c.snoop { "on" } else { "off" }
+                )
+            }
+        }
+        D(self)
     }
 }
 

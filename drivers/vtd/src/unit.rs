@@ -743,9 +743,15 @@ impl Unit {
         let (dir, table) = match self.pasid_tables.iter().find(|t| t.0 == rid) {
             Some(&(_, d, t)) => (d, t),
             None => {
+                // Room for the record first; a frame taken is given back
+                // if the second one is not there.
+                self.pasid_tables.try_reserve(1).map_err(|_| VtdError::NoMemory)?;
                 let d = mem.alloc_table().ok_or(VtdError::NoMemory)?;
-                let t = mem.alloc_table().ok_or(VtdError::NoMemory)?;
-                self.pasid_tables.push((rid, d, t));
+                let Some(t) = mem.alloc_table() else {
+                    mem.free_table(d);
+                    return Err(VtdError::NoMemory);
+                };
+                self.pasid_tables.push((rid, d, t)); // reserved: no allocation
                 (d, t)
             }
         };
