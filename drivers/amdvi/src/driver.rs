@@ -410,6 +410,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         PAGE_SIZES
     }
 
+    fn aperture(&self) -> (u64, u64) {
+        (0, self.top())
+    }
+
     fn serves(&self, device: DeviceId) -> bool {
         self.rid(device).is_ok()
     }

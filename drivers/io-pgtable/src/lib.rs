@@ -190,9 +190,9 @@ fn table_empty(mem: &impl TableMemory, table: u64, hint: usize) -> bool {
 /// So an unmap allocates at most once, for the first freed table's head, and
 /// never fails for it: without room it leaves that table (and the tables
 /// above it) in place, empty, to be reused by a later map or freed with the
-/// table. [`Gather::merge`] reserves room for the other gather's heads; should
-/// the heap be full, those frames are leaked (counted by [`leaked_chains`])
-/// rather than freed before the flush.
+/// table. [`Gather::try_merge`] reserves room for the other gather's heads;
+/// should the heap be full it hands that gather back, for the caller to
+/// flush on its own.
 #[must_use = "flush the IOTLB for the range, then release the freed tables"]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Gather {
@@ -201,19 +201,9 @@ pub struct Gather {
     /// End of the touched range (exclusive); equals `start` when nothing changed.
     pub end: u64,
     /// Heads of the chains of freed table frames (see above; use
-    /// [`Gather::has_freed_tables`], [`Gather::merge`] and
+    /// [`Gather::has_freed_tables`], [`Gather::try_merge`] and
     /// [`Gather::release`] rather than this field).
     pub freed: Vec<u64>,
-}
-
-/// Chains of table frames [`Gather::merge`] had to leak because the heap was full.
-static LEAKED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Chains of table frames (one per unmap that freed tables) leaked so far
-/// by [`Gather::merge`] for want of heap (never freed, so never reused
-/// while a walker could still see them).
-pub fn leaked_chains() -> u64 {
-    LEAKED.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// Where [`PageTable`]'s walks put the tables they empty.
@@ -308,25 +298,22 @@ impl Gather {
     }
 
     /// Adds `other` to this gather (one flush covers both). Allocates only
-    /// when both freed tables (room for `other`'s chain heads).
-    pub fn merge(&mut self, other: Gather) {
+    /// when both freed tables (room for `other`'s chain heads); without
+    /// heap for them, `other` comes back unchanged (and this gather too):
+    /// the caller flushes it on its own.
+    pub fn try_merge(&mut self, other: Gather) -> Result<(), Gather> {
+        if !other.freed.is_empty() && !self.freed.is_empty() && self.freed.try_reserve(other.freed.len()).is_err() {
+            return Err(other);
+        }
         if other.start != other.end {
             self.add(other.start, other.end);
         }
-        if other.freed.is_empty() {
-            return;
-        }
         if self.freed.is_empty() {
             self.freed = other.freed;
-            return;
+        } else {
+            self.freed.extend_from_slice(&other.freed); // reserved: no allocation
         }
-        if self.freed.try_reserve(other.freed.len()).is_err() {
-            // The frames cannot be listed, and must not be freed before the
-            // flush: they are lost (a stale walk of them stays harmless).
-            LEAKED.fetch_add(other.freed.len() as u64, core::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-        self.freed.extend_from_slice(&other.freed); // reserved: no allocation
+        Ok(())
     }
 
     /// After the IOTLB flush: gives the freed frames back (each zeroed again,

@@ -341,6 +341,12 @@ pub trait Iommu: Send {
         self.info().page_sizes
     }
 
+    /// The IOVAs a default paging domain translates ([`Info::aperture`],
+    /// without building an [`Info`]: syscall paths ask this one).
+    fn aperture(&self) -> (u64, u64) {
+        self.info().aperture
+    }
+
     /// A new domain. Identity and blocked domains always succeed when memory
     /// and IDs allow (a unit without a native identity mode emulates it).
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error>;

@@ -337,6 +337,18 @@ impl Iommu for MockIommu {
         }
     }
 
+    fn kind(&self) -> UnitKind {
+        UnitKind::Mock
+    }
+
+    fn page_sizes(&self) -> u64 {
+        self.cfg.page_sizes
+    }
+
+    fn aperture(&self) -> (u64, u64) {
+        self.cfg.aperture
+    }
+
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
         self.injected(Op::DomainAlloc)?;
         if self.domains.len() >= self.cfg.max_domains {

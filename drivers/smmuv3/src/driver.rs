@@ -390,6 +390,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         PAGE_SIZES
     }
 
+    fn aperture(&self) -> (u64, u64) {
+        (0, (1u64 << self.input_bits()) - 1)
+    }
+
     fn serves(&self, device: DeviceId) -> bool {
         self.devices.contains(&device.0)
     }

@@ -207,7 +207,7 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
     /// Lowest and highest IOVA a default paging domain translates (4-level
     /// first stage: the lower canonical half; second stage: the table's
     /// width within MGAW + 1).
-    fn aperture(&self) -> (u64, u64) {
+    fn default_aperture(&self) -> (u64, u64) {
         self.unit.default_config().aperture()
     }
 
@@ -222,7 +222,7 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
     /// Lowest and highest IOVA `domain` translates: its own input width for
     /// a paging domain, the default domains' aperture for the other kinds.
     pub fn domain_aperture(&self, domain: DomainId) -> (u64, u64) {
-        self.domain_config(domain).map_or_else(|| self.aperture(), |c| c.aperture())
+        self.domain_config(domain).map_or_else(|| self.default_aperture(), |c| c.aperture())
     }
 
     fn rid(&self, device: DeviceId) -> Result<u16, Error> {
@@ -246,7 +246,7 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
     /// A page table mapping every RAM range 1:1, read/write.
     fn identity_table(&mut self) -> Result<Domain, Error> {
         let mut d = self.unit.alloc_domain(&mut self.mem)?;
-        let top = self.aperture().1;
+        let top = self.default_aperture().1;
         for &(start, end) in &self.ram {
             let (s, e) = (start & !(PAGE - 1), end.next_multiple_of(PAGE).min(top.saturating_add(1)));
             if s < e {
@@ -287,7 +287,7 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
             kind: UnitKind::Vtd,
             raw,
             page_sizes: self.page_sizes(),
-            aperture: self.aperture(),
+            aperture: self.default_aperture(),
             native_identity: self.unit.pass_through_supported(),
         }
     }
@@ -318,6 +318,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
 
     fn page_sizes(&self) -> u64 {
         (0..=self.unit.domain_max_leaf_level()).map(|l| 1u64 << (12 + 9 * l)).sum()
+    }
+
+    fn aperture(&self) -> (u64, u64) {
+        self.default_aperture()
     }
 
     fn serves(&self, device: DeviceId) -> bool {

@@ -158,7 +158,7 @@ impl Iommufd {
         match data {
             HwptData::Default | HwptData::Driver { .. } => {
                 // The unit's aperture must hold what is mapped and what was promised.
-                let aperture = units[unit].info().aperture;
+                let aperture = units[unit].aperture();
                 let i = self.ioas(parent)?;
                 let taken = i.areas.iter().map(|(&s, a)| (s, s + (a.len - 1)));
                 if taken.chain(i.allowed.iter().copied()).any(|r| !crate::ranges::covers(&[aperture], r)) {

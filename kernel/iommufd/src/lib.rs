@@ -458,7 +458,7 @@ impl Iommufd {
         set.try_push((PAGE, u64::MAX)).map_err(nomem)?;
         for (unit, dev) in devices {
             let u = &units[unit];
-            ranges::intersect_in(&mut set, u.info().aperture);
+            ranges::intersect_in(&mut set, u.aperture());
             let mut full = false;
             u.for_each_reserved(dev, &mut |r| {
                 full |= ranges::subtract_in(&mut set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
@@ -492,7 +492,7 @@ impl Iommufd {
         let mut set = Self::usable_with(units, devices)?;
         if let Ok(i) = self.ioas(ioas) {
             for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
-                ranges::intersect_in(&mut set, units[h.unit].info().aperture);
+                ranges::intersect_in(&mut set, units[h.unit].aperture());
             }
         }
         Ok(set)
@@ -539,7 +539,7 @@ impl Iommufd {
 
     /// Page sizes all units attached to `ioas` support (4 KiB, 2 MiB, 1 GiB when none is).
     pub fn page_sizes(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
-        self.attached_devices(ioas).fold(1 << 12 | 1 << 21 | 1 << 30, |acc, (u, _)| acc & units[u].info().page_sizes)
+        self.attached_devices(ioas).fold(1 << 12 | 1 << 21 | 1 << 30, |acc, (u, _)| acc & units[u].page_sizes())
             | 1 << 12
     }
 
@@ -695,8 +695,8 @@ impl Iommufd {
             let unit = &mut *units[hw.unit];
             let mut gather = Gather::default();
             for (&s, a) in hit() {
-                match unit.unmap(hw.domain, s, a.len) {
-                    Ok(u) => merge(&mut gather, u.gather),
+                match unit.unmap(hw.domain, s, a.len).and_then(|u| merge(unit, hw.domain, &mut gather, u.gather)) {
+                    Ok(()) => {}
                     Err(e) => first_error = first_error.or(Some(errno(e))),
                 }
             }
@@ -1131,9 +1131,13 @@ fn lowest_gap(areas: &TryMap<u64, Area>, usable: &[Range], len: u64, align: u64)
     None
 }
 
-/// Adds `g` to `into` (one flush for both).
-fn merge(into: &mut Gather, g: Gather) {
-    into.merge(g);
+/// Adds `g` to `into` (one flush for both); without heap to do so, `g` is
+/// flushed on its own right away (one flush more, nothing lost).
+fn merge(unit: &mut dyn Iommu, domain: DomainId, into: &mut Gather, g: Gather) -> Result<(), iommu::Error> {
+    match into.try_merge(g) {
+        Ok(()) => Ok(()),
+        Err(g) => unit.flush(domain, g),
+    }
 }
 
 /// Maps `pages` (one PA per 4 KiB page) at `at`, in runs of physically

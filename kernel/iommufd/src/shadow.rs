@@ -247,7 +247,7 @@ impl Shadow {
         self.reserve(2)?;
         match cx.unit.unmap(cx.domain, lo, hi - lo) {
             Ok(u) => {
-                merge(gather, u.gather);
+                let flushed = merge(&mut *cx.unit, cx.domain, gather, u.gather);
                 self.remove(s);
                 if lo > s {
                     self.insert(s, Chunk { len: lo - s, ..c })?;
@@ -255,6 +255,7 @@ impl Shadow {
                 if hi < s + c.len {
                     self.insert(hi, Chunk { src: c.src + (hi - s), len: s + c.len - hi, leaf: c.leaf })?;
                 }
+                flushed.map_err(errno)?;
                 Ok(Some((lo, hi)))
             }
             Err(_) => Ok(None),
@@ -270,7 +271,7 @@ impl Shadow {
         self.stats.syncs += 1;
         self.stats.last_walked = 0;
         self.stats.last_reads = 0;
-        let (lo, hi) = self.span(cx.unit.info().aperture);
+        let (lo, hi) = self.span(cx.unit.aperture());
         let (mut start, mut end) = (start.max(lo) & !(PAGE - 1), end.min(hi).next_multiple_of(PAGE));
         if start >= end {
             return Ok(());
@@ -304,7 +305,9 @@ impl Shadow {
             let Some((s, len)) = self.chunks.range(start..end).next().map(|(&s, c)| (s, c.len)) else { break };
             match cx.unit.unmap(cx.domain, s, len) {
                 Ok(u) => {
-                    merge(&mut gather, u.gather);
+                    if let Err(e) = merge(&mut *cx.unit, cx.domain, &mut gather, u.gather) {
+                        result = Err(errno(e));
+                    }
                     self.remove(s);
                 }
                 Err(e) => {
@@ -502,7 +505,7 @@ impl Shadow {
             let Some(len) = self.chunks.get(&iova).map(|c| c.len) else { continue };
             match unit.unmap(domain, iova, len) {
                 Ok(u) => {
-                    merge(gather, u.gather);
+                    result = result.and(merge(unit, domain, gather, u.gather).map_err(errno));
                     self.remove(iova);
                 }
                 Err(e) => result = result.and(Err(errno(e))),

@@ -344,7 +344,8 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             let (mut s, size) = read::<a::HwInfo>(k.user(), ptr)?;
             let (unit, info, flushes) = with(k, |fd, units, _| {
                 let (unit, _) = fd.device_unit(s.dev_id)?;
-                Ok((unit, units[unit].info(), units[unit].flushes()))
+                let info = units[unit].try_info().map_err(|_| Errno::ENOMEM)?;
+                Ok((unit, info, units[unit].flushes()))
             })?;
             s.out_flushes = flushes;
             let mut name = NameField { bytes: [0; 16], len: 0 };
