@@ -689,6 +689,15 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         Ok(())
     }
 
+    fn shrink(&mut self) {
+        self.domains.shrink();
+        self.attached.shrink();
+        if let Some(ir) = self.ir.as_mut() {
+            ir.tables.shrink();
+            ir.indices.shrink();
+        }
+    }
+
     fn flushes(&self) -> u64 {
         self.flushes
     }

@@ -466,6 +466,12 @@ pub trait Iommu: Send {
         }
     }
 
+    /// Gives back heap the driver's bookkeeping no longer needs (room its
+    /// maps kept after entries left them: `fallible::TryMap::shrink`).
+    /// Called once a call that removed entries is over (never between a
+    /// reserve and its insert); never fails.
+    fn shrink(&mut self) {}
+
     /// IOTLB invalidations (flushes that reached the hardware) so far.
     fn flushes(&self) -> u64;
 

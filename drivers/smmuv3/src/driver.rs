@@ -212,9 +212,33 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         }
     }
 
-    /// The streams attached to `domain`.
-    fn streams_of(&self, domain: DomainId) -> Vec<u32> {
-        self.attached.iter().filter(|(_, d)| **d == domain).map(|(&sid, _)| sid).collect()
+    /// The streams attached to `domain` (`NoMemory` without heap for the list).
+    fn streams_of(&self, domain: DomainId) -> Result<Vec<u32>, Error> {
+        fallible::try_collect(self.attached.iter().filter(|(_, d)| **d == domain).map(|(&sid, _)| sid))
+            .map_err(|_| Error::NoMemory)
+    }
+
+    /// Submits user batch number `n` (`cmds`, each from entry `from[i]`);
+    /// on a refusal, the entries handled before it and the error.
+    fn submit_user_batch(
+        &mut self,
+        domain: DomainId,
+        n: usize,
+        cmds: &[cmd::Command],
+        from: &[usize],
+    ) -> Result<(), (u32, Error)> {
+        self.flushes += 1;
+        self.smmu.submit_batch(cmds, &mut self.mem).map_err(|(e, at)| {
+            // The entries before the refused command's were handled;
+            // without a position, those wholly before this batch.
+            let handled = from[at.map_or(0, |k| k.min(from.len() - 1))];
+            log::warn!("smmuv3: user invalidation batch {n} of domain {}: {e}", domain.0);
+            let err = match e {
+                SmmuError::Command { .. } => Error::Hardware("SMMU refused a user command"),
+                e => Error::from(e),
+            };
+            (handled as u32, err)
+        })
     }
 
     /// The streams attached to nested children of `parent`.
@@ -461,25 +485,29 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         }
         let Some(s2) = self.stage2_of(parent) else { return (0, Err(Error::NoSuchDomain(parent))) };
         let (accepted, stop) = user::check_commands(&self.smmu.idr, s2.vmid, entries, entry_len);
-        let streams = self.streams_of(domain);
-        // Each hardware command with the index of the entry it came from.
-        let mut cmds: Vec<(cmd::Command, usize)> = Vec::new();
+        let streams = match self.streams_of(domain) {
+            Ok(s) => s,
+            Err(e) => return (0, Err(e)),
+        };
+        // Hardware commands in batches on the stack, each with the index
+        // of the entry it came from.
+        let (mut batch, mut from) = ([[0u64; 2]; USER_BATCH], [0usize; USER_BATCH]);
+        let (mut len, mut n) = (0, 0);
         for (i, c) in accepted.iter().enumerate() {
-            cmds.extend(c.commands(&streams).map(|hw| (hw, i)));
+            for hw in c.commands(&streams) {
+                (batch[len], from[len]) = (hw, i);
+                len += 1;
+                if len == USER_BATCH {
+                    if let Err((handled, e)) = self.submit_user_batch(domain, n, &batch, &from) {
+                        return (handled, Err(e));
+                    }
+                    (len, n) = (0, n + 1);
+                }
+            }
         }
-        for (n, chunk) in cmds.chunks(USER_BATCH).enumerate() {
-            let batch: Vec<cmd::Command> = chunk.iter().map(|&(c, _)| c).collect();
-            self.flushes += 1;
-            if let Err((e, at)) = self.smmu.submit_batch(&batch, &mut self.mem) {
-                // The entries before the refused command's were handled;
-                // without a position, those wholly before this batch.
-                let handled = chunk[at.map_or(0, |k| k.min(chunk.len() - 1))].1;
-                log::warn!("smmuv3: user invalidation batch {n} of domain {}: {e}", domain.0);
-                let err = match e {
-                    SmmuError::Command { .. } => Error::Hardware("SMMU refused a user command"),
-                    e => Error::from(e),
-                };
-                return (handled as u32, Err(err));
+        if len > 0 {
+            if let Err((handled, e)) = self.submit_user_batch(domain, n, &batch[..len], &from[..len]) {
+                return (handled, Err(e));
             }
         }
         (accepted.len() as u32, stop.map_or(Ok(()), Err))
@@ -683,6 +711,11 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
         self.reserved.iter().filter(|(d, _)| d.is_none_or(|d| d == device.0)).map(|(_, r)| *r).collect()
+    }
+
+    fn shrink(&mut self) {
+        self.domains.shrink();
+        self.attached.shrink();
     }
 
     fn flushes(&self) -> u64 {

@@ -302,7 +302,8 @@ pub fn check_command(idr: &[u32; 6], vmid: u16, c: [u64; 2]) -> Result<Checked, 
 /// stopping at the first bad one: the accepted commands, and why it stopped
 /// (`None`: every entry was accepted). An entry shorter than 16 bytes (as
 /// `entry_len` = 0, or a cut-off last entry) is invalid; bytes past 16 must
-/// be zero.
+/// be zero. Without heap for the list, it stops there with
+/// [`Error::NoMemory`].
 pub fn check_commands(idr: &[u32; 6], vmid: u16, entries: &[u8], entry_len: usize) -> (Vec<Checked>, Option<Error>) {
     let mut out = Vec::new();
     if entries.is_empty() {
@@ -319,7 +320,11 @@ pub fn check_commands(idr: &[u32; 6], vmid: u16, entries: &[u8], entry_len: usiz
         let checked = by_length::<HwptSmmuv3Command>(entry, "bytes past the command")
             .and_then(|c| check_command(idr, vmid, c.cmd));
         match checked {
-            Ok(c) => out.push(c),
+            Ok(c) => {
+                if fallible::VecExt::try_push(&mut out, c).is_err() {
+                    return (out, Some(Error::NoMemory));
+                }
+            }
             Err(e) => return (out, Some(e)),
         }
     }

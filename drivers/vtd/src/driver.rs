@@ -485,6 +485,12 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         self.reserved.iter().filter(|(d, _)| d.is_none() || *d == rid).map(|(_, r)| *r).collect()
     }
 
+    fn shrink(&mut self) {
+        self.domains.shrink();
+        self.attached.shrink();
+        self.msi_handles.shrink();
+    }
+
     fn flushes(&self) -> u64 {
         self.unit.invalidations
     }

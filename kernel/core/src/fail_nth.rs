@@ -33,7 +33,7 @@ static IN_SYSCALL: AtomicU64 = AtomicU64::new(0);
 
 /// Whether heap allocations are injection points (on once every syscall
 /// path allocates fallibly).
-const HEAP_POINTS: bool = false;
+const HEAP_POINTS: bool = true;
 
 /// Marks the start (`Some(task)`) and end (`None`) of serving a syscall.
 pub fn syscall_scope(task: Option<u64>) {

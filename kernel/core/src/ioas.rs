@@ -167,7 +167,10 @@ pub fn close(fd: &mut Iommufd, root: u64) {
     if fd.is_empty() {
         return;
     }
-    crate::iommu::with_units(|units| fd.close(units, &mut TaskMemory { root }));
+    crate::iommu::with_units(|units| {
+        fd.close(units, &mut TaskMemory { root });
+        units.iter_mut().for_each(|u| u.shrink());
+    });
 }
 
 /// The running task as the decoder (`iommufd::syscall`) sees it.
@@ -287,6 +290,11 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     platform().enable_interrupts();
     let r = iommufd::syscall::dispatch(&mut TaskKernel { user: TaskUser }, op, ptr);
     platform().disable_interrupts();
+    // Calls that remove entries leave the units' maps with room to spare:
+    // given back now, so a kernel back in a state is back at its heap use.
+    if matches!(op_kind, Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach)) {
+        crate::iommu::with_units(|units| units.iter_mut().for_each(|u| u.shrink()));
+    }
     // fault_read may sleep, and other tasks' calls run meanwhile: it maps
     // nothing, so it is charged nothing.
     if op_kind != Some(Op::FaultRead) {

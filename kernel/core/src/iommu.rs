@@ -429,7 +429,11 @@ pub fn msi_remap(bdf: pci::Bdf, target: iommu::MsiTarget) -> Result<Option<iommu
 /// that message from the device is blocked.
 pub fn msi_unmap(bdf: pci::Bdf, vector: u8) -> Result<(), iommu::Error> {
     let Some((unit, id)) = unit_of(bdf) else { return Ok(()) };
-    with_units(|units| units[unit].msi_unmap(id, vector))
+    with_units(|units| {
+        let r = units[unit].msi_unmap(id, vector);
+        units[unit].shrink();
+        r
+    })
 }
 
 /// Whether a registered unit translates `bdf` (so its DMA can be confined):

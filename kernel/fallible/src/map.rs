@@ -6,6 +6,16 @@
 //! `try_reserve` before it moves anything, and a remove never allocates. An
 //! insert or remove moves the entries after it, which is cheap at the sizes
 //! the kernel holds per task (quotas bound them to thousands).
+//!
+//! Room: growing doubles, from 4, to `max(4, n.next_power_of_two())` for
+//! `n` entries. A remove keeps the room (so room reserved before a remove
+//! is still there for the insert after it); [`TryMap::shrink`], called
+//! where an operation that removed entries ends, brings the room back to
+//! what the length asks for (none when empty) — allocated fallibly, and
+//! skipped when the heap has none, so it never fails. A map shrunk that way
+//! holds a heap that is a function of its length, so a kernel that returns
+//! to a state returns to its heap use too (the leak checks compare heap
+//! bytes), as it would with `BTreeMap`.
 
 use crate::AllocError;
 use alloc::vec::Vec;
@@ -87,9 +97,7 @@ impl<K: Ord, V> TryMap<K, V> {
         match self.find(&key) {
             Ok(i) => Ok(Some(core::mem::replace(&mut self.entries[i].1, value))),
             Err(i) => {
-                if self.entries.len() == self.entries.capacity() {
-                    self.entries.try_reserve(self.entries.len().max(4))?;
-                }
+                self.room_for(self.entries.len() + 1)?;
                 self.entries.insert(i, (key, value));
                 Ok(None)
             }
@@ -98,7 +106,45 @@ impl<K: Ord, V> TryMap<K, V> {
 
     /// Room for `more` inserts that then cannot fail, or [`AllocError`].
     pub fn try_reserve(&mut self, more: usize) -> Result<(), AllocError> {
-        Ok(self.entries.try_reserve(more)?)
+        self.room_for(self.entries.len().checked_add(more).ok_or(AllocError)?)
+    }
+
+    /// The room a map of `len` entries keeps.
+    fn room(len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            len.checked_next_power_of_two().unwrap_or(len).max(4)
+        }
+    }
+
+    /// Room for `len` entries, in the size [`Self::room`] says.
+    fn room_for(&mut self, len: usize) -> Result<(), AllocError> {
+        if len <= self.entries.capacity() {
+            return Ok(());
+        }
+        let want = Self::room(len);
+        Ok(self.entries.try_reserve_exact(want - self.entries.len())?)
+    }
+
+    /// After removals, where an operation ends: down to the room the length
+    /// asks for (see the module doc), when a vector of that size can be had
+    /// (otherwise the room stays; nothing fails). Not between a reserve and
+    /// the insert it was for.
+    pub fn shrink(&mut self) {
+        let want = Self::room(self.entries.len());
+        if self.entries.capacity() <= want || self.entries.len() > self.entries.capacity() / 2 {
+            return;
+        }
+        if want == 0 {
+            self.entries = Vec::new(); // frees; never fails
+            return;
+        }
+        let mut smaller = Vec::new();
+        if smaller.try_reserve_exact(want).is_ok() {
+            smaller.extend(self.entries.drain(..)); // reserved: no allocation
+            self.entries = smaller;
+        }
     }
 
     /// Takes the entry under `key` out (never allocates).
@@ -233,6 +279,11 @@ impl<K: Ord> TrySet<K> {
         Ok(self.map.try_insert(key, ())?.is_none())
     }
 
+    /// As [`TryMap::shrink`].
+    pub fn shrink(&mut self) {
+        self.map.shrink();
+    }
+
     /// Takes `key` out; true when it was there (never allocates).
     pub fn remove(&mut self, key: &K) -> bool {
         self.map.remove(key).is_some()
@@ -316,6 +367,27 @@ mod tests {
             }
             prop_assert!(ours.iter().eq(model.iter()));
             prop_assert!(ours.range(10..100).eq(model.range(10..100)));
+        }
+    }
+
+    proptest! {
+        /// The room a map keeps is a function of its length (so the heap a
+        /// state holds does not depend on the path that led there).
+        #[test]
+        fn room_follows_the_length(ops in proptest::collection::vec((any::<bool>(), 0u16..300), 0..400)) {
+            let mut m = TryMap::new();
+            for (add, k) in ops {
+                if add {
+                    m.try_insert(k, 0u64).unwrap();
+                } else {
+                    m.remove(&k);
+                    m.shrink();
+                }
+                prop_assert_eq!(m.entries.capacity(), TryMap::<u16, u64>::room(m.len()), "len {}", m.len());
+            }
+            m.retain(|k, _| k % 7 == 0);
+            m.shrink();
+            prop_assert_eq!(m.entries.capacity(), TryMap::<u16, u64>::room(m.len()));
         }
     }
 
