@@ -442,17 +442,33 @@ impl VirtioIommuDevice {
 
     /// Sends `req` and waits for its answer. Returns the bytes the device
     /// wrote before the tail (PROBE's properties; empty otherwise); a status
-    /// other than OK is [`VirtioError::Status`].
+    /// other than OK is [`VirtioError::Status`]. The properties are copied
+    /// to the heap: a full heap is [`VirtioError::NoMemory`] (after the
+    /// device answered). Syscall paths use [`VirtioIommuDevice::send`].
     pub fn request(&mut self, req: &Request, mem: &mut impl DmaMemory) -> Result<Vec<u8>, VirtioError> {
+        self.send(req, mem)?;
+        let len = req.response_len(self.config.probe_size) - request::TAIL_LEN;
+        let mut bytes = fallible::try_filled(0u8, len).map_err(|_| VirtioError::NoMemory)?;
+        dma::read_bytes(mem, self.request_buf + RESPONSE_OFFSET, &mut bytes);
+        Ok(bytes)
+    }
+
+    /// Sends `req` and waits for its answer, without touching the heap: the
+    /// request is encoded on the stack into the buffer allocated at bring-up,
+    /// and only the status is read back (what the device wrote before the
+    /// tail stays in that buffer until the next request). A status other
+    /// than OK is [`VirtioError::Status`].
+    pub fn send(&mut self, req: &Request, mem: &mut impl DmaMemory) -> Result<(), VirtioError> {
         if self.broken {
             return Err(VirtioError::Broken);
         }
         let body = req.encode();
         let response_len = req.response_len(self.config.probe_size);
         let response = self.request_buf + RESPONSE_OFFSET;
+        let tail = response + response_len as u64 - request::TAIL_LEN as u64;
         dma::write_bytes(mem, self.request_buf, &body);
         // A status no device returns, so a tail the device never wrote is an error.
-        dma::write_bytes(mem, response + response_len as u64 - request::TAIL_LEN as u64, &[0xFF]);
+        dma::write_bytes(mem, tail, &[0xFF]);
         let head = self.requests.add(
             mem,
             &[
@@ -489,24 +505,20 @@ impl VirtioIommuDevice {
             self.broken = true;
             return Err(VirtioError::BadUsed { queue: REQUEST_QUEUE, id: u32::from(u.head) });
         }
-        let mut bytes = alloc::vec![0u8; response_len];
-        dma::read_bytes(mem, response, &mut bytes);
         let written = u.len as usize;
         // A device that could not fill the whole reply writes a bare tail
         // first (QEMU 10 does, `virtio_iommu_handle_command`).
-        let code = if written >= request::TAIL_LEN && written < response_len {
-            bytes[0]
-        } else {
-            bytes[response_len - request::TAIL_LEN]
-        };
+        let mut code = [0u8];
+        let at = if written >= request::TAIL_LEN && written < response_len { response } else { tail };
+        dma::read_bytes(mem, at, &mut code);
+        let code = code[0];
         if crate::tracing() {
             log::info!("virtio-iommu trace: {req} -> {}", request::status_name(code));
         }
         if code != status::OK {
             return Err(VirtioError::Status { request: *req, status: code });
         }
-        bytes.truncate(response_len - request::TAIL_LEN);
-        Ok(bytes)
+        Ok(())
     }
 
     /// ATTACH `endpoint` to `domain` (a bypass domain when `bypass`).
@@ -517,12 +529,12 @@ impl VirtioIommuDevice {
         bypass: bool,
         mem: &mut impl DmaMemory,
     ) -> Result<(), VirtioError> {
-        self.request(&request::attach(domain, endpoint, bypass), mem).map(drop)
+        self.send(&request::attach(domain, endpoint, bypass), mem)
     }
 
     /// DETACH `endpoint` from `domain`.
     pub fn detach(&mut self, domain: u32, endpoint: u32, mem: &mut impl DmaMemory) -> Result<(), VirtioError> {
-        self.request(&request::detach(domain, endpoint), mem).map(drop)
+        self.send(&request::detach(domain, endpoint), mem)
     }
 
     /// MAP `[start, end]` (inclusive) to `phys` in `domain` with [`request::map_flags`].
@@ -535,12 +547,12 @@ impl VirtioIommuDevice {
         flags: u32,
         mem: &mut impl DmaMemory,
     ) -> Result<(), VirtioError> {
-        self.request(&request::map(domain, start, end, phys, flags), mem).map(drop)
+        self.send(&request::map(domain, start, end, phys, flags), mem)
     }
 
     /// UNMAP `[start, end]` (inclusive) in `domain`.
     pub fn unmap(&mut self, domain: u32, start: u64, end: u64, mem: &mut impl DmaMemory) -> Result<(), VirtioError> {
-        self.request(&request::unmap(domain, start, end), mem).map(drop)
+        self.send(&request::unmap(domain, start, end), mem)
     }
 
     /// PROBE `endpoint`: its reserved regions (needs VIRTIO_IOMMU_F_PROBE).
@@ -555,9 +567,16 @@ impl VirtioIommuDevice {
     /// Takes the fault records the device wrote since the last call and
     /// posts their buffers again (at most one queue's worth per call).
     pub fn take_faults(&mut self, mem: &mut impl DmaMemory) -> Vec<Fault> {
+        let mut out = Vec::new();
+        self.take_faults_with(mem, &mut |f| out.push(f));
+        out
+    }
+
+    /// [`VirtioIommuDevice::take_faults`], handing each record to `f` in
+    /// order instead of collecting them (allocates nothing).
+    pub fn take_faults_with(&mut self, mem: &mut impl DmaMemory, f: &mut dyn FnMut(Fault)) {
         // Acknowledge any interrupt status (the rings ask for none).
         let _ = self.transport.isr();
-        let mut out = Vec::new();
         let mut reposted = false;
         for _ in 0..self.events.size() {
             let u = match self.events.pop_used(mem) {
@@ -568,21 +587,23 @@ impl VirtioIommuDevice {
                     break;
                 }
             };
-            let Some(addr) = self.event_slots[usize::from(u.head)].take() else { continue };
+            let Some(addr) = self.event_slots.get_mut(usize::from(u.head)).and_then(Option::take) else { continue };
             let mut record = [0u8; FAULT_LEN];
             dma::read_bytes(mem, addr, &mut record);
             match Fault::decode(&record[..(u.len as usize).min(FAULT_LEN)]) {
-                Some(f) => {
+                Some(fault) => {
                     if crate::tracing() {
-                        log::info!("virtio-iommu trace: fault {f:?}");
+                        log::info!("virtio-iommu trace: fault {fault:?}");
                     }
-                    out.push(f)
+                    f(fault)
                 }
                 None => log::warn!("virtio-iommu: short fault record ({} bytes)", u.len),
             }
             match self.events.add(mem, &[Buffer { addr, len: EVENT_SLOT as u32, device_writes: true }]) {
                 Ok(head) => {
-                    self.event_slots[usize::from(head)] = Some(addr);
+                    if let Some(slot) = self.event_slots.get_mut(usize::from(head)) {
+                        *slot = Some(addr);
+                    }
                     reposted = true;
                 }
                 Err(e) => log::error!("virtio-iommu: fault buffer not posted again: {e}"),
@@ -591,7 +612,6 @@ impl VirtioIommuDevice {
         if reposted {
             self.transport.notify(EVENT_QUEUE);
         }
-        out
     }
 
     /// Whether a lost request made the device unusable.

@@ -1,7 +1,7 @@
 //! [`VirtioIommu`]: one virtio-iommu behind the [`iommu::Iommu`] trait.
 //!
 //! The device keeps the mappings (there is no page table in guest memory);
-//! the driver mirrors every domain in a `BTreeMap` (IOVA → end, physical
+//! the driver mirrors every domain in a sorted map (IOVA → end, physical
 //! address, flags) for `iova_to_phys`, `leaves` and its own checks.
 //!
 //! **Domain lifetime.** In QEMU (`hw/virtio/virtio-iommu.c`) a domain exists
@@ -40,11 +40,20 @@
 //! dropped the translations when it answers, so `flush` sends nothing; it
 //! counts one flush per non-empty gather so [`Iommu::flushes`] reports
 //! invalidations per unmap call like the page-table drivers.
+//!
+//! **Heap.** Every allocation on a syscall path is fallible and answers
+//! [`Error::NoMemory`] with nothing changed: requests are encoded on the
+//! stack into the buffer allocated at bring-up, and each call reserves room
+//! in the mirror's tables ([`TryMap`]) before the device is told anything,
+//! so once a request reached the device the bookkeeping that follows cannot
+//! fail. Only bring-up ([`VirtioIommu::new`]: PROBE replies, the reserved
+//! regions) and the `Vec` forms of the trait (`devices`, `reserved_regions`,
+//! `drain_faults`, `leaves`) use the heap otherwise.
 
 use crate::device::{VirtioError, VirtioIommuDevice};
-use crate::request::{self, feature, map_flags, Request};
-use alloc::collections::{BTreeMap, BTreeSet};
+use crate::request::{self, feature, map_flags};
 use alloc::vec::Vec;
+use fallible::TryMap;
 use io_pgtable::Gather;
 use iommu::{
     DeviceId, DmaMemory, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Perms, Region, UnitKind, Unmapped,
@@ -76,9 +85,39 @@ struct Mapping {
 struct Domain {
     kind: Kind,
     /// Start IOVA → mapping.
-    mappings: BTreeMap<u64, Mapping>,
-    /// Attached endpoints; the device holds the domain exactly while this is not empty.
-    endpoints: BTreeSet<u32>,
+    mappings: TryMap<u64, Mapping>,
+    /// Attached endpoints (a map without values, for `try_reserve`); the
+    /// device holds the domain exactly while this is not empty.
+    endpoints: TryMap<u32, ()>,
+}
+
+impl Domain {
+    fn new(kind: Kind) -> Domain {
+        Domain { kind, mappings: TryMap::new(), endpoints: TryMap::new() }
+    }
+}
+
+fn no_memory(_: fallible::AllocError) -> Error {
+    Error::NoMemory
+}
+
+/// Sends the requests that rebuild domain `id` (`d`) on the device after it
+/// was (re)created; the number of mappings replayed.
+fn replay(dev: &mut VirtioIommuDevice, mem: &mut impl DmaMemory, id: u32, d: &Domain) -> Result<usize, VirtioError> {
+    match d.kind {
+        Kind::Paging => {
+            for (&s, m) in d.mappings.iter() {
+                dev.send(&request::map(id, s, m.end, m.pa, m.flags), mem)?;
+            }
+            Ok(d.mappings.len())
+        }
+        Kind::IdentityMapped => {
+            let (lo, hi) = dev.config.input_range;
+            dev.send(&request::map(id, lo, hi, lo, map_flags::READ | map_flags::WRITE), mem)?;
+            Ok(1)
+        }
+        Kind::Bypass | Kind::Blocked => Ok(0),
+    }
 }
 
 /// A virtio-iommu driven through the generic IOMMU interface.
@@ -88,10 +127,10 @@ pub struct VirtioIommu<M: DmaMemory> {
     /// Where queues and request buffers live.
     pub mem: M,
     endpoints: Vec<u32>,
-    reserved: BTreeMap<u32, Vec<Region>>,
-    domains: BTreeMap<u32, Domain>,
+    reserved: TryMap<u32, Vec<Region>>,
+    domains: TryMap<u32, Domain>,
     /// Endpoint → the domain it is attached to (the blocking one included).
-    attached: BTreeMap<u32, u32>,
+    attached: TryMap<u32, u32>,
     /// The domain every endpoint not attached elsewhere sits in.
     blocking: u32,
     flushes: u64,
@@ -111,20 +150,19 @@ impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
             dev,
             mem,
             endpoints,
-            reserved: BTreeMap::new(),
-            domains: BTreeMap::new(),
-            attached: BTreeMap::new(),
+            reserved: TryMap::new(),
+            domains: TryMap::new(),
+            attached: TryMap::new(),
             blocking: 0,
             flushes: 0,
         };
         s.blocking = s.free_domain_id().ok_or(Error::NoDomainIds)?;
-        s.domains
-            .insert(s.blocking, Domain { kind: Kind::Blocked, mappings: BTreeMap::new(), endpoints: BTreeSet::new() });
+        s.domains.try_insert(s.blocking, Domain::new(Kind::Blocked)).map_err(no_memory)?;
         if s.dev.has(feature::PROBE) {
             for ep in s.endpoints.clone() {
                 match s.dev.probe(ep, &mut s.mem) {
                     Ok(regions) => {
-                        s.reserved.insert(ep, regions);
+                        s.reserved.try_insert(ep, regions).map_err(no_memory)?;
                     }
                     Err(VirtioError::Status { status: request::status::NOENT, .. }) => {
                         log::debug!("virtio-iommu: PROBE {ep:#x}: no such endpoint");
@@ -202,38 +240,76 @@ impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
         }
     }
 
-    /// The requests that rebuild `domain` on the device after it was (re)created.
-    fn replay_requests(&self, id: u32) -> Vec<Request> {
-        let Some(d) = self.domains.get(&id) else { return Vec::new() };
-        match d.kind {
-            Kind::Paging => d.mappings.iter().map(|(&s, m)| request::map(id, s, m.end, m.pa, m.flags)).collect(),
-            Kind::IdentityMapped => {
-                let (lo, hi) = self.dev.config.input_range;
-                alloc::vec![request::map(id, lo, hi, lo, map_flags::READ | map_flags::WRITE)]
+    /// Room for every record an attach of `ep` to `domain` may write: the
+    /// attach record, the endpoint in `domain` and (should the replay fail)
+    /// in the blocking domain. Taken before the device hears of the attach.
+    fn reserve_attach(&mut self, ep: u32, domain: u32) -> Result<(), Error> {
+        if !self.attached.contains_key(&ep) {
+            self.attached.try_reserve(1).map_err(no_memory)?;
+        }
+        for id in [domain, self.blocking] {
+            if let Some(d) = self.domains.get_mut(&id) {
+                d.endpoints.try_reserve(1).map_err(no_memory)?;
             }
-            Kind::Bypass | Kind::Blocked => Vec::new(),
+        }
+        Ok(())
+    }
+
+    /// Records `ep` in `domain` (room reserved by [`Self::reserve_attach`]:
+    /// nothing here allocates); whether the domain had no endpoint before.
+    fn record_attach(&mut self, ep: u32, domain: u32) -> bool {
+        // Reserved: these inserts do not allocate and cannot fail.
+        let _ = self.attached.try_insert(ep, domain);
+        self.domains.get_mut(&domain).is_some_and(|d| {
+            let fresh = d.endpoints.is_empty();
+            let _ = d.endpoints.try_insert(ep, ());
+            fresh
+        })
+    }
+
+    const RAW_NAMES: [&'static str; 6] =
+        ["FEATURES", "PAGE_SIZE_MASK", "INPUT_START", "INPUT_END", "DOMAIN_START", "DOMAIN_END"];
+
+    fn raw_regs(&self) -> [(&'static str, u64); 6] {
+        let c = &self.dev.config;
+        let values = [
+            self.dev.features,
+            c.page_size_mask,
+            c.input_range.0,
+            c.input_range.1,
+            u64::from(c.domain_range.0),
+            u64::from(c.domain_range.1),
+        ];
+        core::array::from_fn(|i| (Self::RAW_NAMES[i], values[i]))
+    }
+
+    fn info_with(&self, raw: Vec<(&'static str, u64)>) -> Info {
+        Info {
+            kind: UnitKind::VirtioIommu,
+            raw,
+            page_sizes: self.page_sizes(),
+            aperture: self.dev.config.input_range,
+            native_identity: self.dev.has(feature::BYPASS_CONFIG),
         }
     }
 }
 
 impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
     fn info(&self) -> Info {
-        let c = &self.dev.config;
-        let granule = 1u64 << c.page_size_mask.trailing_zeros();
-        Info {
-            kind: UnitKind::VirtioIommu,
-            raw: alloc::vec![
-                ("FEATURES", self.dev.features),
-                ("PAGE_SIZE_MASK", c.page_size_mask),
-                ("INPUT_START", c.input_range.0),
-                ("INPUT_END", c.input_range.1),
-                ("DOMAIN_START", u64::from(c.domain_range.0)),
-                ("DOMAIN_END", u64::from(c.domain_range.1)),
-            ],
-            page_sizes: granule | (c.page_size_mask & (1 << 21 | 1 << 30)),
-            aperture: c.input_range,
-            native_identity: self.dev.has(feature::BYPASS_CONFIG),
-        }
+        self.info_with(iommu::raw_regs(&self.raw_regs()).unwrap_or_default())
+    }
+
+    fn try_info(&self) -> Result<Info, Error> {
+        Ok(self.info_with(iommu::raw_regs(&self.raw_regs())?))
+    }
+
+    fn kind(&self) -> UnitKind {
+        UnitKind::VirtioIommu
+    }
+
+    fn page_sizes(&self) -> u64 {
+        let mask = self.dev.config.page_size_mask;
+        self.granule() | (mask & (1 << 21 | 1 << 30))
     }
 
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
@@ -244,7 +320,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
             DomainKind::Identity => Kind::IdentityMapped,
             DomainKind::Blocked => Kind::Blocked,
         };
-        self.domains.insert(id, Domain { kind, mappings: BTreeMap::new(), endpoints: BTreeSet::new() });
+        // Unchanged on failure; an empty domain holds no heap of its own.
+        self.domains.try_insert(id, Domain::new(kind)).map_err(no_memory)?;
         Ok(DomainId(id))
     }
 
@@ -263,7 +340,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
 
     /// One ATTACH (the device moves the endpoint out of its old domain); if
     /// the domain was not on the device, its mappings are replayed. If the
-    /// replay fails the endpoint goes back to the blocking domain.
+    /// replay fails the endpoint goes back to the blocking domain. Room for
+    /// the bookkeeping is reserved before the ATTACH is sent.
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let ep = self.endpoint(device)?;
         let kind = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?.kind;
@@ -271,51 +349,48 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         if previous == Some(domain.0) {
             return Ok(());
         }
+        self.reserve_attach(ep, domain.0)?;
         self.dev.attach(domain.0, ep, kind == Kind::Bypass, &mut self.mem)?;
         if let Some(p) = previous.and_then(|p| self.domains.get_mut(&p)) {
             p.endpoints.remove(&ep);
         }
-        self.attached.insert(ep, domain.0);
-        let fresh = self.domains.get_mut(&domain.0).is_some_and(|d| {
-            let fresh = d.endpoints.is_empty();
-            d.endpoints.insert(ep);
-            fresh
-        });
-        if !fresh {
+        if !self.record_attach(ep, domain.0) {
             return Ok(());
         }
-        let replay = self.replay_requests(domain.0);
-        for r in &replay {
-            if let Err(e) = self.dev.request(r, &mut self.mem) {
-                log::error!("virtio-iommu: replaying domain {}: {e}", domain.0);
-                // Back to the blocking domain; if even that fails, DETACH
-                // (with bypass off an unattached endpoint faults too).
-                self.attached.remove(&ep);
-                if let Some(d) = self.domains.get_mut(&domain.0) {
-                    d.endpoints.remove(&ep);
+        let replayed = match self.domains.get(&domain.0) {
+            Some(d) => replay(&mut self.dev, &mut self.mem, domain.0, d),
+            None => Ok(0),
+        };
+        let e = match replayed {
+            Ok(n) => {
+                if n != 0 {
+                    log::debug!("virtio-iommu: domain {} back on the device with {n} mapping(s)", domain.0);
                 }
-                let blocking = self.blocking;
-                match self.dev.attach(blocking, ep, false, &mut self.mem) {
-                    Ok(()) => {
-                        self.attached.insert(ep, blocking);
-                        if let Some(b) = self.domains.get_mut(&blocking) {
-                            b.endpoints.insert(ep);
-                        }
-                    }
-                    Err(e2) => {
-                        log::error!("virtio-iommu: blocking {ep:#x} after the failed replay: {e2}");
-                        if let Err(e3) = self.dev.detach(domain.0, ep, &mut self.mem) {
-                            log::error!("virtio-iommu: detaching {ep:#x} after the failed replay: {e3}");
-                        }
-                    }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        log::error!("virtio-iommu: replaying domain {}: {e}", domain.0);
+        // Back to the blocking domain; if even that fails, DETACH
+        // (with bypass off an unattached endpoint faults too).
+        self.attached.remove(&ep);
+        if let Some(d) = self.domains.get_mut(&domain.0) {
+            d.endpoints.remove(&ep);
+        }
+        let blocking = self.blocking;
+        match self.dev.attach(blocking, ep, false, &mut self.mem) {
+            Ok(()) => {
+                // Room reserved above: no allocation.
+                self.record_attach(ep, blocking);
+            }
+            Err(e2) => {
+                log::error!("virtio-iommu: blocking {ep:#x} after the failed replay: {e2}");
+                if let Err(e3) = self.dev.detach(domain.0, ep, &mut self.mem) {
+                    log::error!("virtio-iommu: detaching {ep:#x} after the failed replay: {e3}");
                 }
-                return Err(e.into());
             }
         }
-        if !replay.is_empty() {
-            log::debug!("virtio-iommu: domain {} back on the device with {} mapping(s)", domain.0, replay.len());
-        }
-        Ok(())
+        Err(e.into())
     }
 
     /// ATTACH to the blocking domain (the device moves the endpoint out of
@@ -333,6 +408,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         self.endpoints.iter().map(|&e| DeviceId(e)).collect()
     }
 
+    /// Room in the mirror is reserved before the MAP is sent.
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
         let d = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?;
         if d.kind != Kind::Paging {
@@ -356,15 +432,21 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         if perms.contains(Perms::WRITE) {
             flags |= map_flags::WRITE;
         }
-        if !d.endpoints.is_empty() {
+        let live = !d.endpoints.is_empty();
+        let Some(d) = self.domains.get_mut(&domain.0) else { return Err(Error::NoSuchDomain(domain)) };
+        d.mappings.try_reserve(1).map_err(no_memory)?;
+        if live {
             self.dev.map(domain.0, iova, last, pa, flags, &mut self.mem)?;
         }
         if let Some(d) = self.domains.get_mut(&domain.0) {
-            d.mappings.insert(iova, Mapping { end: last, pa, flags });
+            // Room reserved above: no allocation, cannot fail.
+            let _ = d.mappings.try_insert(iova, Mapping { end: last, pa, flags });
         }
         Ok(())
     }
 
+    /// Allocates nothing: the mappings removed are those starting inside
+    /// the range (a mapping it cuts is refused first).
     fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error> {
         let d = self.domains.get(&domain.0).ok_or(Error::NoSuchDomain(domain))?;
         if d.kind != Kind::Paging {
@@ -372,26 +454,26 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         }
         let last = self.check_range(iova, len)?;
         // Mappings meeting the range: the one starting below it, then those inside.
-        let below = d.mappings.range(..iova).next_back().filter(|(_, m)| m.end >= iova);
-        let hit: Vec<(u64, Mapping)> =
-            below.into_iter().chain(d.mappings.range(iova..=last)).map(|(&s, &m)| (s, m)).collect();
-        if let Some(&(s, _)) = hit.iter().find(|(s, m)| *s < iova || m.end > last) {
+        if let Some((&s, _)) = d.mappings.range(..iova).next_back().filter(|(_, m)| m.end >= iova) {
             return Err(Error::Map(io_pgtable::Error::SplitLeaf(s)));
         }
-        let (Some(&(first, _)), Some(&(_, last_map))) = (hit.first(), hit.last()) else {
+        if let Some((&s, _)) = d.mappings.range(iova..=last).find(|(_, m)| m.end > last) {
+            return Err(Error::Map(io_pgtable::Error::SplitLeaf(s)));
+        }
+        let (Some((&first, _)), Some((_, last_map))) =
+            (d.mappings.range(iova..=last).next(), d.mappings.range(iova..=last).next_back())
+        else {
             return Ok(Unmapped { bytes: 0, gather: Gather::default() });
         };
+        let end = last_map.end;
+        let bytes: u64 = d.mappings.range(iova..=last).map(|(&s, m)| m.end - s + 1).sum();
         if !d.endpoints.is_empty() {
             self.dev.unmap(domain.0, iova, last, &mut self.mem)?;
         }
-        let mut bytes = 0;
         if let Some(d) = self.domains.get_mut(&domain.0) {
-            for (s, m) in &hit {
-                d.mappings.remove(s);
-                bytes += m.end - s + 1;
-            }
+            d.mappings.retain(|&s, _| !(iova..=last).contains(&s));
         }
-        let gather = Gather::range(first, last_map.end.saturating_add(1));
+        let gather = Gather::range(first, end.saturating_add(1));
         Ok(Unmapped { bytes, gather })
     }
 
@@ -425,11 +507,23 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         }
     }
 
-    /// Events of one faulting DMA are merged ([`iommu::coalesce_faults`]):
-    /// QEMU reports every 4-byte retry of a blocked transfer.
     fn drain_faults(&mut self) -> Vec<FaultEvent> {
-        let events = self.dev.take_faults(&mut self.mem).iter().map(|f| f.to_event()).collect::<Vec<_>>();
-        iommu::coalesce_faults(events).into_iter().map(|(f, _)| f).collect()
+        let mut out = Vec::new();
+        self.drain_faults_with(&mut |f| out.push(f));
+        out
+    }
+
+    /// Events of one faulting DMA are merged ([`iommu::FaultCoalescer`], as
+    /// [`iommu::coalesce_faults`]): QEMU reports every 4-byte retry of a
+    /// blocked transfer. Allocates nothing.
+    fn drain_faults_with(&mut self, f: &mut dyn FnMut(FaultEvent)) {
+        let mut runs = iommu::FaultCoalescer::default();
+        self.dev.take_faults_with(&mut self.mem, &mut |fault| {
+            let e = fault.to_event();
+            if runs.starts_run(e) {
+                f(e);
+            }
+        });
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<Region> {
@@ -446,10 +540,23 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
 
     /// One "leaf" per device mapping (a mapping is one entry of any size).
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
-        let Some(d) = self.domains.get(&domain.0).filter(|d| d.kind == Kind::Paging) else { return Vec::new() };
-        let Some(last) = len.checked_sub(1).map(|l| iova.saturating_add(l)) else { return Vec::new() };
-        let sizes = d.mappings.iter().filter(|(&s, m)| s <= last && iova <= m.end).map(|(&s, m)| m.end - s + 1);
-        iommu::count_leaves(sizes)
+        let mut out = Vec::new();
+        self.for_each_leaf_size(domain, iova, len, &mut |size, n| out.push((size, n)));
+        out
+    }
+
+    /// [`Iommu::leaves`] without allocating: mapping sizes are any multiple
+    /// of the granule, so each distinct size is found by a pass over the
+    /// mappings meeting the range (largest first, as `count_leaves` sorts).
+    fn for_each_leaf_size(&self, domain: DomainId, iova: u64, len: u64, f: &mut dyn FnMut(u64, u64)) {
+        let Some(d) = self.domains.get(&domain.0).filter(|d| d.kind == Kind::Paging) else { return };
+        let Some(last) = len.checked_sub(1).map(|l| iova.saturating_add(l)) else { return };
+        let sizes = || d.mappings.iter().filter(move |(&s, m)| s <= last && iova <= m.end).map(|(&s, m)| m.end - s + 1);
+        let mut below = None;
+        while let Some(size) = sizes().filter(|&s| below.is_none_or(|b| s < b)).max() {
+            f(size, sizes().filter(|&s| s == size).count() as u64);
+            below = Some(size);
+        }
     }
 
     fn flushes(&self) -> u64 {
@@ -735,5 +842,165 @@ mod tests {
         u.detach(A).unwrap();
         u.domain_free(d).unwrap();
         assert_eq!(u.mem.live(), base, "the driver holds no frames besides the device's");
+    }
+
+    /// What a caller and the device can see: the driver's translations at a
+    /// few IOVAs, its mapping counts and attach records; the fake device's
+    /// domains (mappings, endpoints), attach table and requests seen; frames in use.
+    fn observe(fake: &Fake, u: &VirtioIommu<TestMem>, domains: &[DomainId]) -> String {
+        fallible::testing::unarmed(|| {
+            let iovas = [0x10_0000u64, 0x10_1000, 0x40_0000, 0x5F_F000, 0x1234_5000];
+            let maps: Vec<_> = domains
+                .iter()
+                .map(|&d| (iovas.map(|i| u.iova_to_phys(d, i)), u.mapping_count(d), u.domain_live(d)))
+                .collect();
+            let att = [A, B, DeviceId(0x20)].map(|e| u.attached(e));
+            let f = fake.lock();
+            format!(
+                "{maps:?} {att:?} {:?} {:?} seen {} sent {} live {}",
+                f.domains,
+                f.attached,
+                f.requests_seen(),
+                u.dev.requests_sent,
+                u.mem.live()
+            )
+        })
+    }
+
+    /// Runs `op` failing its 1st, 2nd, ... heap allocation until it
+    /// succeeds; each failure must answer `NoMemory` and leave `observe`
+    /// unchanged. Returns the result and how many allocations it made.
+    fn fail_nth<T: core::fmt::Debug>(
+        fake: &Fake,
+        u: &mut VirtioIommu<TestMem>,
+        domains: &[DomainId],
+        what: &str,
+        op: &mut dyn FnMut(&mut VirtioIommu<TestMem>) -> Result<T, Error>,
+    ) -> (T, u64) {
+        for n in 1.. {
+            let before = observe(fake, u, domains);
+            fallible::testing::arm(n);
+            let r = op(u);
+            let counted = fallible::testing::disarm();
+            match r {
+                Ok(v) if counted < n => return (v, counted),
+                Ok(v) => panic!("{what}: succeeded although allocation {n} of {counted} failed: {v:?}"),
+                Err(e) => {
+                    assert_eq!(e, Error::NoMemory, "{what}: failure {n}");
+                    assert_eq!(observe(fake, u, domains), before, "{what}: failure {n} changed the state");
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn every_heap_failure_on_a_syscall_path_answers_no_memory_and_changes_nothing() {
+        let (fake, mut u) = unit();
+        // Enough domains that the table grows (the blocking domain's insert left room for a few).
+        let mut made = Vec::new();
+        let mut grew = 0;
+        for _ in 0..5 {
+            let (d, n) = fail_nth(&fake, &mut u, &made, "domain_alloc", &mut |u| u.domain_alloc(DomainKind::Paging));
+            made.push(d);
+            grew += n;
+        }
+        assert!(grew >= 1, "the domain table grew");
+        let (d1, d2) = (made[0], made[1]);
+        for &d in &made[2..] {
+            fail_nth(&fake, &mut u, &made, "domain_free spare", &mut |u| u.domain_free(d));
+        }
+        let ds = [d1, d2];
+        // Into a domain the device does not hold: the mirror only.
+        let (_, n) = fail_nth(&fake, &mut u, &ds, "map 4K", &mut |u| u.map(d1, 0x10_0000, 0x30_0000, 0x1000, RW));
+        assert!(n >= 1, "the mirror grew");
+        fail_nth(&fake, &mut u, &ds, "map 2M", &mut |u| u.map(d1, 0x40_0000, 0x80_0000, 0x20_0000, RW));
+        fail_nth(&fake, &mut u, &ds, "map d2", &mut |u| u.map(d2, 0x10_0000, 0x90_0000, 0x1000, Perms::READ));
+        // The first endpoint: ATTACH, then both mappings replayed.
+        let sent = u.dev.requests_sent;
+        let (_, n) = fail_nth(&fake, &mut u, &ds, "attach", &mut |u| u.attach(A, d1));
+        assert!(n >= 1, "the domain's endpoint set grew");
+        assert_eq!(u.dev.requests_sent - sent, 3, "ATTACH + 2 MAPs, sent once");
+        assert_eq!(fake.lock().translate(0x10, 0x40_1000, true), Some(0x80_1000));
+        // Into a live domain: MAP reaches the device.
+        fail_nth(&fake, &mut u, &ds, "map 4K live", &mut |u| u.map(d1, 0x10_1000, 0x31_0000, 0x1000, RW));
+        fail_nth(&fake, &mut u, &ds, "map 2M live", &mut |u| u.map(d1, 0x60_0000, 0xA0_0000, 0x20_0000, RW));
+        assert_eq!(fake.lock().translate(0x10, 0x60_0010, false), Some(0xA0_0010));
+        let (_, n) = fail_nth(&fake, &mut u, &ds, "map live, mirror grows", &mut |u| {
+            u.map(d1, 0x80_0000, 0xB0_0000, 0x1000, RW)
+        });
+        assert!(n >= 1, "the fifth mapping grew the mirror while the device holds the domain");
+        fail_nth(&fake, &mut u, &ds, "attach B", &mut |u| u.attach(B, d1));
+        let (_, n) = fail_nth(&fake, &mut u, &ds, "unmap+flush", &mut |u| {
+            let x = u.unmap(d1, 0x40_0000, 0x40_0000)?;
+            assert_eq!(x.bytes, 0x40_0000);
+            u.flush(d1, x.gather)
+        });
+        assert_eq!(n, 0, "unmap and flush allocate nothing");
+        assert_eq!(fake.lock().translate(0x10, 0x40_1000, true), None);
+        fail_nth(&fake, &mut u, &ds, "detach", &mut |u| u.detach(A));
+        fail_nth(&fake, &mut u, &ds, "detach B", &mut |u| u.detach(B));
+        assert!(!fake.lock().domains.contains_key(&d1.0), "d1 left the device");
+        // Re-attach to another domain, then move over to the first one.
+        fail_nth(&fake, &mut u, &ds, "attach to d2", &mut |u| u.attach(A, d2));
+        fail_nth(&fake, &mut u, &ds, "move to d1", &mut |u| u.attach(A, d1));
+        assert_eq!(fake.lock().translate(0x10, 0x10_1000, false), Some(0x31_0000), "d1 replayed");
+        let (id, _) =
+            fail_nth(&fake, &mut u, &ds, "domain_alloc identity", &mut |u| u.domain_alloc(DomainKind::Identity));
+        let ds3 = [d1, d2, id];
+        fail_nth(&fake, &mut u, &ds3, "attach identity", &mut |u| u.attach(B, id));
+        fail_nth(&fake, &mut u, &ds3, "detach identity", &mut |u| u.detach(B));
+        fail_nth(&fake, &mut u, &ds3, "domain_free identity", &mut |u| u.domain_free(id));
+        fail_nth(&fake, &mut u, &ds, "domain_free d2", &mut |u| u.domain_free(d2));
+        // Faults: every one handed out, nothing allocated, runs merged.
+        assert_eq!(u.drain_faults().len(), 1, "the probe of the unmapped page above");
+        for addr in [0x5000, 0x5004, 0x5008, 0x9000] {
+            assert_eq!(fake.lock().translate(0x10, addr, true), None);
+        }
+        let mut got = [(0u64, DeviceId(0)); 4];
+        let mut k = 0;
+        fallible::testing::arm(1);
+        u.drain_faults_with(&mut |f| {
+            got[k] = (f.address, f.device);
+            k += 1;
+        });
+        assert_eq!(fallible::testing::disarm(), 0, "drain_faults_with allocates nothing");
+        assert_eq!(got[..k], [(0x5000, A), (0x9000, A)], "one per faulting DMA");
+        // The allocation-free doors allocate nothing.
+        fallible::testing::arm(1);
+        assert!(u.serves(A) && !u.serves(DeviceId(0x77)));
+        let mut regions = 0;
+        u.for_each_reserved(A, &mut |_| regions += 1);
+        let mut leaves = [(0u64, 0u64); 2];
+        let mut k = 0;
+        u.for_each_leaf_size(d1, 0, 1 << 30, &mut |size, n| {
+            leaves[k] = (size, n);
+            k += 1;
+        });
+        assert_eq!((u.kind(), u.page_sizes()), (UnitKind::VirtioIommu, 1 << 12 | 1 << 21 | 1 << 30));
+        assert!(u.iova_to_phys(d1, 0x10_0000).is_some() && u.attached(A) == Some(d1));
+        assert_eq!(fallible::testing::disarm(), 0);
+        assert_eq!((regions, &leaves[..k]), (1, &[(0x1000, 3)][..]));
+        fallible::testing::arm(1);
+        assert_eq!(u.try_info().map(|_| ()), Err(Error::NoMemory));
+        fallible::testing::arm(1);
+        assert!(u.info().raw.is_empty(), "info without heap: no raw registers, no abort");
+        fallible::testing::disarm();
+        assert_eq!(u.try_info().unwrap().raw.len(), 6);
+    }
+
+    #[test]
+    fn leaf_sizes_match_count_leaves() {
+        let (_fake, mut u) = unit();
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        let sizes = [0x3000u64, 0x1000, 0x20_0000, 0x3000, 0x1000, 0x5000, 0x1000];
+        let mut at = 0x100_0000;
+        for s in sizes {
+            u.map(d, at, at, s, RW).unwrap();
+            at += s + 0x1000;
+        }
+        assert_eq!(u.leaves(d, 0, 1 << 30), iommu::count_leaves(sizes));
+        assert_eq!(u.leaves(d, 0x100_0000, 0x1000), [(0x3000, 1)], "a mapping meeting the range counts whole");
+        assert!(u.leaves(d, 0, 0).is_empty());
     }
 }

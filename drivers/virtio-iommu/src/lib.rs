@@ -49,6 +49,11 @@ pub mod transport;
 #[cfg(test)]
 mod testing;
 
+/// Heap fail-nth for this crate's tests (`fallible::testing`).
+#[cfg(test)]
+#[global_allocator]
+static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;
+
 pub use device::{Config, VirtioError, VirtioIommuDevice};
 pub use driver::VirtioIommu;
 pub use transport::{find_caps, CapRegion, Mapped, PciCaps};

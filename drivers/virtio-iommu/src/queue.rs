@@ -186,10 +186,15 @@ impl VirtQueue {
         if bufs.len() > self.free.len() {
             return Err(VirtioError::QueueFull(self.index));
         }
-        let ids: Vec<u16> = (0..bufs.len()).filter_map(|_| self.free.pop()).collect();
-        for (k, b) in bufs.iter().enumerate() {
-            let id = ids[k];
-            let next = ids.get(k + 1).copied();
+        // Built from the last buffer back, so each descriptor's `next` is
+        // known when it is written (no list of IDs on the heap).
+        let mut next = None;
+        for b in bufs.iter().rev() {
+            let Some(id) = self.free.pop() else {
+                // Counted above: unreachable, but give back what was taken.
+                self.free_chain(next);
+                return Err(VirtioError::QueueFull(self.index));
+            };
             let mut flags = if b.device_writes { DESC_F_WRITE } else { 0 };
             if next.is_some() {
                 flags |= DESC_F_NEXT;
@@ -199,8 +204,9 @@ impl VirtQueue {
             let word = u64::from(b.len) | u64::from(flags) << 32 | u64::from(next.unwrap_or(0)) << 48;
             dma::write_u64(mem, at + 8, word);
             self.next[usize::from(id)] = next.unwrap_or(NO_NEXT);
+            next = Some(id);
         }
-        let head = ids[0];
+        let Some(head) = next else { return Err(VirtioError::BadBuffer("empty chain or zero-length buffer")) };
         self.outstanding[usize::from(head)] = true;
         self.in_flight += 1;
         let slot = u64::from(self.avail_idx % self.size);
@@ -243,7 +249,15 @@ impl VirtQueue {
         };
         self.outstanding[usize::from(head)] = false;
         self.in_flight -= 1;
-        let mut d = head;
+        self.free_chain(Some(head));
+        Ok(Some(Used { head, len }))
+    }
+
+    /// Puts the descriptors of the chain starting at `head` back on the free
+    /// stack. The stack was built with room for every descriptor and never
+    /// holds more, so the pushes do not allocate.
+    fn free_chain(&mut self, head: Option<u16>) {
+        let Some(mut d) = head else { return };
         // A chain is at most `size` long; the bound keeps a corrupted copy from looping.
         for _ in 0..self.size {
             self.free.push(d);
@@ -253,7 +267,6 @@ impl VirtQueue {
             }
             d = n;
         }
-        Ok(Some(Used { head, len }))
     }
 
     /// Gives the queue's frames back (the device must no longer use the queue).

@@ -10,6 +10,7 @@
 use crate::device::VirtioError;
 use alloc::vec::Vec;
 use core::fmt;
+use fallible::VecExt;
 use iommu::{Region, ReservedKind};
 
 /// Request types (§5.13.6).
@@ -152,6 +153,41 @@ pub mod map_flags {
 /// Bytes of the request tail.
 pub const TAIL_LEN: usize = 4;
 
+/// Bytes of the longest device-readable part of a request: PROBE's head,
+/// endpoint and 64 reserved bytes (§5.13.6.8; ATTACH and DETACH take 20,
+/// MAP 36, UNMAP 28).
+pub const MAX_REQUEST_LEN: usize = 72;
+
+/// A request's device-readable bytes ([`Request::encode`]), held inline:
+/// encoding never touches the heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    bytes: [u8; MAX_REQUEST_LEN],
+    len: usize,
+}
+
+impl Encoded {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Appends `data` (every layout fits [`MAX_REQUEST_LEN`]; the encoder
+    /// above is the only caller).
+    fn put(&mut self, data: &[u8]) {
+        let end = self.len + data.len();
+        self.bytes[self.len..end].copy_from_slice(data);
+        self.len = end;
+    }
+}
+
+impl core::ops::Deref for Encoded {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// One request, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -249,37 +285,38 @@ impl Request {
     }
 
     /// The device-readable bytes: head and body, without the tail
-    /// (§5.13.6.4–§5.13.6.8 layouts; reserved bytes are zero).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = alloc::vec![self.kind(), 0, 0, 0];
+    /// (§5.13.6.4–§5.13.6.8 layouts; reserved bytes are zero), on the stack.
+    pub fn encode(&self) -> Encoded {
+        let mut b = Encoded { bytes: [0; MAX_REQUEST_LEN], len: 0 };
+        b.put(&[self.kind(), 0, 0, 0]);
         match *self {
             Request::Attach { domain, endpoint, bypass } => {
-                b.extend_from_slice(&domain.to_le_bytes());
-                b.extend_from_slice(&endpoint.to_le_bytes());
-                b.extend_from_slice(&(if bypass { ATTACH_F_BYPASS } else { 0 }).to_le_bytes());
-                b.extend_from_slice(&[0; 4]);
+                b.put(&domain.to_le_bytes());
+                b.put(&endpoint.to_le_bytes());
+                b.put(&(if bypass { ATTACH_F_BYPASS } else { 0 }).to_le_bytes());
+                b.put(&[0; 4]);
             }
             Request::Detach { domain, endpoint } => {
-                b.extend_from_slice(&domain.to_le_bytes());
-                b.extend_from_slice(&endpoint.to_le_bytes());
-                b.extend_from_slice(&[0; 8]);
+                b.put(&domain.to_le_bytes());
+                b.put(&endpoint.to_le_bytes());
+                b.put(&[0; 8]);
             }
             Request::Map { domain, virt_start, virt_end, phys_start, flags } => {
-                b.extend_from_slice(&domain.to_le_bytes());
-                b.extend_from_slice(&virt_start.to_le_bytes());
-                b.extend_from_slice(&virt_end.to_le_bytes());
-                b.extend_from_slice(&phys_start.to_le_bytes());
-                b.extend_from_slice(&flags.to_le_bytes());
+                b.put(&domain.to_le_bytes());
+                b.put(&virt_start.to_le_bytes());
+                b.put(&virt_end.to_le_bytes());
+                b.put(&phys_start.to_le_bytes());
+                b.put(&flags.to_le_bytes());
             }
             Request::Unmap { domain, virt_start, virt_end } => {
-                b.extend_from_slice(&domain.to_le_bytes());
-                b.extend_from_slice(&virt_start.to_le_bytes());
-                b.extend_from_slice(&virt_end.to_le_bytes());
-                b.extend_from_slice(&[0; 4]);
+                b.put(&domain.to_le_bytes());
+                b.put(&virt_start.to_le_bytes());
+                b.put(&virt_end.to_le_bytes());
+                b.put(&[0; 4]);
             }
             Request::Probe { endpoint } => {
-                b.extend_from_slice(&endpoint.to_le_bytes());
-                b.extend_from_slice(&[0; 64]);
+                b.put(&endpoint.to_le_bytes());
+                b.put(&[0; 64]);
             }
         }
         b
@@ -387,7 +424,7 @@ pub fn parse_probe(props: &[u8]) -> Result<Vec<Region>, VirtioError> {
                 property::RESV_MEM_T_MSI => ReservedKind::Msi,
                 _ => ReservedKind::Reserved,
             };
-            out.push(Region { start, end, kind });
+            out.try_push(Region { start, end, kind }).map_err(|_| VirtioError::NoMemory)?;
         }
         at = value + len;
     }
@@ -491,12 +528,15 @@ mod tests {
     fn attach_and_detach_bytes() {
         // struct virtio_iommu_req_attach minus the tail: 20 bytes.
         assert_eq!(
-            attach(0x0102_0304, 0x10, true).encode(),
+            attach(0x0102_0304, 0x10, true).encode().as_bytes(),
             [1, 0, 0, 0, 4, 3, 2, 1, 0x10, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(attach(7, 0x18, false).encode()[12..16], [0, 0, 0, 0]);
         // struct virtio_iommu_req_detach minus the tail: 20 bytes.
-        assert_eq!(detach(7, 0x20).encode(), [2, 0, 0, 0, 7, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            detach(7, 0x20).encode().as_bytes(),
+            [2, 0, 0, 0, 7, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -507,13 +547,13 @@ mod tests {
         want.extend_from_slice(&[0xFF, 0x1F, 0, 0, 0, 0, 0, 0]);
         want.extend_from_slice(&[0, 0, 0, 0, 8, 0, 0, 0]);
         want.extend_from_slice(&[3, 0, 0, 0]);
-        assert_eq!(m, want, "virtio_iommu_req_map: 36 bytes before the tail");
+        assert_eq!(m.as_bytes(), want, "virtio_iommu_req_map: 36 bytes before the tail");
         let u = unmap(9, 0xFFFF_0000_0000_0000, u64::MAX).encode();
         let mut want = vec![4, 0, 0, 0, 9, 0, 0, 0];
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0xFF, 0xFF]);
         want.extend_from_slice(&[0xFF; 8]);
         want.extend_from_slice(&[0; 4]);
-        assert_eq!(u, want, "virtio_iommu_req_unmap: 28 bytes before the tail");
+        assert_eq!(u.as_bytes(), want, "virtio_iommu_req_unmap: 28 bytes before the tail");
     }
 
     #[test]
