@@ -312,6 +312,10 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         self.granule() | (mask & (1 << 21 | 1 << 30))
     }
 
+    fn aperture(&self) -> (u64, u64) {
+        self.dev.config.input_range
+    }
+
     fn domain_alloc(&mut self, kind: DomainKind) -> Result<DomainId, Error> {
         let id = self.free_domain_id().ok_or(Error::NoDomainIds)?;
         let kind = match kind {
@@ -556,6 +560,15 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         while let Some(size) = sizes().filter(|&s| below.is_none_or(|b| s < b)).max() {
             f(size, sizes().filter(|&s| s == size).count() as u64);
             below = Some(size);
+        }
+    }
+
+    fn shrink(&mut self) {
+        self.domains.shrink();
+        self.attached.shrink();
+        for d in self.domains.values_mut() {
+            d.mappings.shrink();
+            d.endpoints.shrink();
         }
     }
 
