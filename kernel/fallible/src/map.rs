@@ -142,7 +142,7 @@ impl<K: Ord, V> TryMap<K, V> {
         }
         let mut smaller = Vec::new();
         if smaller.try_reserve_exact(want).is_ok() {
-            smaller.extend(self.entries.drain(..)); // reserved: no allocation
+            smaller.append(&mut self.entries); // reserved: no allocation
             self.entries = smaller;
         }
     }
