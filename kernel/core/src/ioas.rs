@@ -290,10 +290,16 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     platform().enable_interrupts();
     let r = iommufd::syscall::dispatch(&mut TaskKernel { user: TaskUser }, op, ptr);
     platform().disable_interrupts();
-    // Calls that remove entries leave the units' maps with room to spare:
-    // given back now, so a kernel back in a state is back at its heap use.
-    if matches!(op_kind, Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach)) {
+    // Calls that remove entries, and calls that ran out of memory (after
+    // reserving room), leave maps with room to spare: given back now, so a
+    // kernel back in a state is back at its heap use, and a call that found
+    // no memory leaves the heap as it found it.
+    if r == Err(Errno::ENOMEM) || matches!(op_kind, Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach)) {
         crate::iommu::with_units(|units| units.iter_mut().for_each(|u| u.shrink()));
+        let _ = with_current_iommufd(|fd, _| {
+            fd.shrink();
+            Ok(())
+        });
     }
     // fault_read may sleep, and other tasks' calls run meanwhile: it maps
     // nothing, so it is charged nothing.

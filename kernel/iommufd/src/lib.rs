@@ -311,6 +311,20 @@ pub struct CopyArgs {
 }
 
 impl Iommufd {
+    /// Gives back heap the table's maps no longer need (room they kept
+    /// after entries left them, or reserved by a call that then failed:
+    /// `fallible::TryMap::shrink`). For the end of a call; never fails.
+    pub fn shrink(&mut self) {
+        self.objects.shrink();
+        for o in self.objects.values_mut() {
+            match o {
+                Object::Ioas(i) => i.areas.shrink(),
+                Object::Hwpt(Hwpt { kind: HwptKind::Nested { shadow: Some(s), .. }, .. }) => s.shrink(),
+                _ => {}
+            }
+        }
+    }
+
     /// An empty table.
     pub fn new() -> Self {
         Self::default()

@@ -96,6 +96,14 @@ pub(crate) struct Shadow {
     stats: ShadowStats,
 }
 
+impl Shadow {
+    /// Gives back room its maps no longer need (`TryMap::shrink`).
+    pub(crate) fn shrink(&mut self) {
+        self.chunks.shrink();
+        self.by_src.shrink();
+    }
+}
+
 /// What a sync works with.
 pub(crate) struct SyncCtx<'a> {
     /// The parent IOAS (the user's tables and output addresses live here).
