@@ -59,12 +59,13 @@ pub fn free_user_frame(pa: u64) {
 
 /// Keeps task frames that a device may still reach (its unit could not
 /// block it) out of the allocator forever, counted and logged.
-pub fn quarantine(frames: &[u64]) {
-    if frames.is_empty() {
+pub fn quarantine(frames: impl IntoIterator<Item = u64>) {
+    let mut frames = frames.into_iter().peekable();
+    if frames.peek().is_none() {
         return;
     }
     let (new, all) = with_pins(|p| match p {
-        Some(p) => (frames.iter().filter(|&&f| p.quarantine(f)).count(), p.quarantined()),
+        Some(p) => (frames.filter(|&f| p.quarantine(f)).count(), p.quarantined()),
         None => (0, 0),
     });
     log::error!("iommu: {new} frame(s) quarantined (a unit may still reach them), {all} in all");
@@ -138,7 +139,7 @@ impl iommufd::Memory for TaskMemory {
 
     fn quarantine(&mut self, pages: &[u64]) {
         // The pins stay: neither unpin nor a task's exit frees these frames.
-        quarantine(pages);
+        quarantine(pages.iter().copied());
     }
 
     fn read_u64(&self, pa: u64) -> Option<u64> {

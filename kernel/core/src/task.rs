@@ -529,24 +529,29 @@ fn current_root() -> Option<u64> {
 /// that fails quarantines the task's pinned pages instead); only then the
 /// task's own frames are freed and the claims dropped.
 fn release(cur: &mut Current) {
-    let mine: Vec<pci::Bdf> = CLAIMS.lock().iter().filter(|(_, owner)| *owner == cur.id).map(|&(bdf, _)| bdf).collect();
-    for &bdf in &mine {
+    // Allocates nothing (a task's end must not depend on the heap): the
+    // claims are walked in place, under their lock (the steps below take
+    // no lock the claim syscall holds after it).
+    let id = cur.id;
+    let claims = CLAIMS.lock();
+    let mine = || claims.iter().filter(|(_, owner)| *owner == id).map(|&(bdf, _)| bdf);
+    for bdf in mine() {
         if let Some(access) = crate::pci::access(bdf) {
             pci::set_bus_master(access, bdf, false);
         }
     }
     // The decode bits as the claim found them (Bus Master stays off).
     let mut saved = CLAIM_COMMAND.lock();
-    for &bdf in &mine {
+    for bdf in mine() {
         if let (Some(&(_, cmd)), Some(access)) = (saved.iter().find(|(b, _)| *b == bdf), crate::pci::access(bdf)) {
             access.write16(bdf, pci::reg::COMMAND, cmd & !pci::reg::CMD_BUS_MASTER);
         }
     }
-    saved.retain(|(b, _)| !mine.contains(b));
+    saved.retain(|(b, _)| !mine().any(|m| m == *b));
     drop(saved);
     crate::ioas::close(&mut cur.iommufd, cur.root);
     let mut unblocked = 0;
-    for &bdf in &mine {
+    for bdf in mine() {
         if let Err(e) = crate::iommu::block(bdf) {
             log::error!("task {}: {bdf} could not be blocked at its IOMMU: {e}", cur.name);
             unblocked += 1;
@@ -554,19 +559,17 @@ fn release(cur: &mut Current) {
     }
     if unblocked > 0 {
         // A device of the task may still reach its memory: keep every frame.
-        let pages: Vec<u64> = cur.anon.iter().map(|&(_, pa)| pa).collect();
-        crate::ioas::quarantine(&pages);
+        crate::ioas::quarantine(cur.anon.iter().map(|&(_, pa)| pa));
     } else {
         for &(_, pa) in &cur.anon {
             crate::ioas::free_user_frame(pa);
         }
     }
-    let mut claims = CLAIMS.lock();
-    for &bdf in &mine {
+    for bdf in mine() {
         log::info!("task {}: released {bdf} (bus master off, blocked)", cur.name);
     }
-    claims.retain(|(_, owner)| *owner != cur.id);
     drop(claims);
+    CLAIMS.lock().retain(|(_, owner)| *owner != id);
     let mut owners = IRQ_OWNER.lock();
     for (slot, owner) in owners.iter_mut().enumerate() {
         if let Some((task, bdf)) = *owner {
