@@ -33,8 +33,10 @@
 //!   interrupt of every DeviceID is target-aborted (§2.2.5) until
 //!   [`Iommu::msi_remap`] gives a device its own 16-entry table (IntCtl =
 //!   10b) with one entry per vector. Entry 0 is never used; a cleared entry's
-//!   index is reused only after INVALIDATE_INTERRUPT_TABLE completed. DTE
-//!   changes for DMA (attach, detach) keep the interrupt fields.
+//!   index is reused only after INVALIDATE_INTERRUPT_TABLE completed. When a
+//!   device's last vector is unmapped its DTE goes back to abort and, once
+//!   that is invalidated, its table is freed. DTE changes for DMA (attach,
+//!   detach) keep the interrupt fields.
 //! - **Extra entries per device** ([`AmdViIommu::with_dte_aliases`]): a unit
 //!   that looks a device's DMA up under another DeviceID as well (QEMU 10.0,
 //!   [`crate::qemu`]) gets that entry written exactly like the device's own on
@@ -685,6 +687,15 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         self.unit.invalidate_interrupt_table(rid, &mut self.mem)?;
         if let Some(table) = self.ir.as_mut().and_then(|ir| ir.tables.get_mut(&rid)) {
             let _ = table.free(&mut self.mem, index);
+        }
+        // The device's last vector: its DTE goes back to abort (as remapping
+        // left every DTE), and once the unit has dropped the cached entry the
+        // table is freed, so a device routed once holds nothing for good.
+        if self.ir.as_ref().is_some_and(|ir| !ir.indices.keys().any(|&(r, _)| r == rid)) {
+            self.unit.set_interrupt_fields(rid, intremap::DTE_IV, &mut self.mem)?;
+            if let Some(t) = self.ir.as_mut().and_then(|ir| ir.tables.remove(&rid)) {
+                t.destroy(&mut self.mem);
+            }
         }
         Ok(())
     }

@@ -794,7 +794,10 @@ fn amdvi_interrupt_remapping() -> TestResult {
         b.unroute();
         with_amdvi(|a| {
             check!(a.msi_index(rid, vector).is_none());
-            check!(a.irte(rid, index).is_some_and(|e| !e.enabled()), "edu's entry is still enabled");
+            // Its last vector gone, the device's table is too, and its DTE aborts again.
+            check!(a.irte(rid, index).is_none(), "edu's interrupt table outlived its last vector");
+            let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem)[2]);
+            check!(q2.valid && q2.int_ctl == 0, "edu's interrupt fields after its last vector {q2:?}");
             Ok(())
         })?;
         Ok(())
