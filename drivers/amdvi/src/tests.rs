@@ -807,21 +807,7 @@ fn fail_nth<T: core::fmt::Debug>(
     what: &str,
     op: &mut dyn FnMut(&mut AmdViIommu<FakeMem>) -> Result<T, Error>,
 ) -> (T, u64) {
-    for n in 1.. {
-        let before = observe(a, domains);
-        fallible::testing::arm(n);
-        let r = op(a);
-        let counted = fallible::testing::disarm();
-        match r {
-            Ok(v) if counted < n => return (v, counted),
-            Ok(v) => panic!("{what}: succeeded although allocation {n} of {counted} failed: {v:?}"),
-            Err(e) => {
-                assert_eq!(e, Error::NoMemory, "{what}: failure {n}");
-                assert_eq!(observe(a, domains), before, "{what}: failure {n} changed the state");
-            }
-        }
-    }
-    unreachable!()
+    fallible::testing::each_failure(a, what, &Error::NoMemory, &|a| observe(a, domains), op)
 }
 
 #[test]

@@ -890,21 +890,7 @@ mod tests {
         what: &str,
         op: &mut dyn FnMut(&mut VirtioIommu<TestMem>) -> Result<T, Error>,
     ) -> (T, u64) {
-        for n in 1.. {
-            let before = observe(fake, u, domains);
-            fallible::testing::arm(n);
-            let r = op(u);
-            let counted = fallible::testing::disarm();
-            match r {
-                Ok(v) if counted < n => return (v, counted),
-                Ok(v) => panic!("{what}: succeeded although allocation {n} of {counted} failed: {v:?}"),
-                Err(e) => {
-                    assert_eq!(e, Error::NoMemory, "{what}: failure {n}");
-                    assert_eq!(observe(fake, u, domains), before, "{what}: failure {n} changed the state");
-                }
-            }
-        }
-        unreachable!()
+        fallible::testing::each_failure(u, what, &Error::NoMemory, &|u| observe(fake, u, domains), op)
     }
 
     #[test]

@@ -104,3 +104,33 @@ pub fn unarmed<R>(f: impl FnOnce() -> R) -> R {
     QUIET.with(|q| q.set(q.get() - 1));
     r
 }
+
+/// Runs `op` on `target` failing its 1st, 2nd, … allocation until it
+/// succeeds. Each failed run must answer `no_memory` and leave what
+/// `observe` sees of `target` unchanged (the test panics otherwise, naming
+/// `what` and the allocation). Returns the successful result and how many
+/// allocations that run made.
+pub fn each_failure<U, T: core::fmt::Debug, E: core::fmt::Debug + PartialEq, S: core::fmt::Debug + PartialEq>(
+    target: &mut U,
+    what: &str,
+    no_memory: &E,
+    observe: &dyn Fn(&U) -> S,
+    op: &mut dyn FnMut(&mut U) -> Result<T, E>,
+) -> (T, u64) {
+    let mut n = 1;
+    loop {
+        let before = unarmed(|| observe(target));
+        arm(n);
+        let r = op(target);
+        let counted = disarm();
+        match r {
+            Ok(v) if counted < n => return (v, counted),
+            Ok(v) => panic!("{what}: succeeded although allocation {n} of {counted} failed: {v:?}"),
+            Err(e) => {
+                assert_eq!(&e, no_memory, "{what}: failure {n}");
+                assert_eq!(unarmed(|| observe(target)), before, "{what}: failure {n} changed the state");
+            }
+        }
+        n += 1;
+    }
+}
