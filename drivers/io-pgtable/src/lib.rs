@@ -454,12 +454,18 @@ impl<F: Format> PageTable<F> {
             let size = level_size(level);
             let i = index(va, level);
             if self.fmt.leaf_allowed(level) && (va | pa).is_multiple_of(size) && left >= size {
-                if mem.read(table, i) != 0 {
+                let e = mem.read(table, i);
+                if e == 0 {
+                    let pte = self.fmt.encode_leaf(pa, level, perms)?;
+                    mem.write(table, i, pte);
+                    return Ok(size);
+                }
+                // A table here (one an unmap kept): the mapping goes inside
+                // it, in smaller leaves. Replacing it by the leaf would need
+                // the walk caches flushed before the table could be freed.
+                if level == 0 || !matches!(self.fmt.decode(e, level), Entry::Table(_)) {
                     return Err(Error::AlreadyMapped(va));
                 }
-                let pte = self.fmt.encode_leaf(pa, level, perms)?;
-                mem.write(table, i, pte);
-                return Ok(size);
             }
             if level == 0 {
                 // Level 0 leaves are always allowed and 4 KiB aligned by `check`.
@@ -557,8 +563,8 @@ impl<F: Format> PageTable<F> {
         Ok((unmapped, g))
     }
 
-    /// Clears leaves in range under `table`; frees child tables that become
-    /// empty. Returns the bytes unmapped and whether any entry of `table` was
+    /// Clears leaves in range under `table`; frees the child tables whose
+    /// span the range covers (every emptied one when undoing a map). Returns the bytes unmapped and whether any entry of `table` was
     /// cleared (only then can `table` itself have become empty).
     #[allow(clippy::too_many_arguments)]
     fn unmap_level(
@@ -585,8 +591,18 @@ impl<F: Format> PageTable<F> {
                     let (d, child_cleared) = self.unmap_level(mem, next, level - 1, va, start, end, freed);
                     done += d;
                     let last = index(end.saturating_sub(1).min(va + (size - 1)), level - 1);
-                    // A table the gather has no room for stays, empty.
-                    if child_cleared && table_empty(mem, next, last) && freed.take(mem, next) {
+                    // An unmap frees the tables whose whole span it covers
+                    // (as Linux's drivers do), empty ones left by earlier
+                    // unmaps included; a table it empties in only part of
+                    // its span stays for the next map there (so a map and
+                    // unmap of one 4 KiB page allocate, zero, scan and free
+                    // no table) and goes with a covering unmap or the domain.
+                    // A failed map's undo (`Freed::Now`) frees every table
+                    // it left empty. A table the gather has no room for
+                    // stays, empty.
+                    let covered = start <= va && va + (size - 1) < end;
+                    let free = if matches!(freed, Freed::Now) { child_cleared } else { covered };
+                    if free && table_empty(mem, next, last) && freed.take(mem, next) {
                         mem.write(table, i, 0);
                         cleared = true;
                     }
