@@ -170,9 +170,23 @@ struct Area {
 #[derive(Debug, Default)]
 struct Ioas {
     areas: TryMap<u64, Area>,
+    /// `[start, end)` wholly covered by back-to-back areas: the search for
+    /// a kernel-chosen IOVA steps over it at once instead of walking each of
+    /// its areas (so a map after a map is found in one step). A map at its
+    /// end extends it; an unmap inside it cuts it there.
+    run: (u64, u64),
     allowed: Vec<Range>,
     hwpts: Vec<u32>,
     hints: Hints,
+}
+
+impl Ioas {
+    /// The area at `at` left: the covered run ends there if it held it.
+    fn cut_run(&mut self, at: u64) {
+        if self.run.0 <= at && at < self.run.1 {
+            self.run.1 = at;
+        }
+    }
 }
 
 /// How a HWPT came to be, which decides how it goes.
@@ -616,8 +630,8 @@ impl Iommufd {
                 };
                 let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
                 let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
-                lowest_gap(&i.areas, &usable, len, align)
-                    .or_else(|| lowest_gap(&i.areas, &usable, len, PAGE))
+                lowest_gap(&i.areas, &usable, len, align, i.run)
+                    .or_else(|| lowest_gap(&i.areas, &usable, len, PAGE, i.run))
                     .ok_or(Errno::ENOSPC)
             }
         }
@@ -659,10 +673,16 @@ impl Iommufd {
         let Ok(i) = self.ioas_mut(ioas) else { return Err(InsertFailed { errno: Errno::ENOENT, pages, clean: true }) };
         if let Some((errno, clean)) = failed {
             i.areas.remove(&at);
+            i.cut_run(at);
             return Err(InsertFailed { errno, pages, clean });
         }
         if let Some(a) = i.areas.get_mut(&at) {
             a.pages = pages;
+        }
+        match at.checked_add(len) {
+            Some(end) if i.run.0 == i.run.1 => i.run = (at, end),
+            Some(end) if at == i.run.1 => i.run.1 = end,
+            _ => {}
         }
         self.pinned += len / PAGE;
         Ok(at)
@@ -730,6 +750,7 @@ impl Iommufd {
         let mut bytes = 0;
         while let Some(s) = i.areas.range(lo..=last).next().map(|(&s, _)| s) {
             if let Some(a) = i.areas.remove(&s) {
+                i.cut_run(s);
                 if quarantine {
                     mem.quarantine(&a.pages);
                 } else {
@@ -1103,15 +1124,22 @@ impl Iommufd {
 
 /// The lowest `align`-aligned IOVA where `len` bytes fit inside `usable`
 /// without touching an area: one walk over the areas in IOVA order.
-fn lowest_gap(areas: &TryMap<u64, Area>, usable: &[Range], len: u64, align: u64) -> Option<u64> {
+fn lowest_gap(areas: &TryMap<u64, Area>, usable: &[Range], len: u64, align: u64, run: (u64, u64)) -> Option<u64> {
     let fit = |lo: u64, hi: u64| -> Option<u64> {
         let start = lo.checked_add(align - 1)? & !(align - 1);
         (start >= lo && start.checked_add(len - 1)? <= hi).then_some(start)
     };
     for &(s, e) in usable {
         let mut cur = s;
-        // An area that began below `s` may reach into the range.
-        if let Some((&start, a)) = areas.range(..=s).next_back() {
+        // A run of back-to-back areas holding `cur` is stepped over at once.
+        if run.0 <= cur && cur < run.1 {
+            cur = run.1;
+            if cur > e {
+                continue;
+            }
+        }
+        // An area that began below `cur` may reach into the range.
+        if let Some((&start, a)) = areas.range(..=cur).next_back() {
             match start.checked_add(a.len) {
                 Some(end) if end > cur => cur = end,
                 None => continue,

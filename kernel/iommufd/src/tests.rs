@@ -539,6 +539,18 @@ proptest::proptest! {
         let usable = ranges::subtract(&[(PAGE, 0x10_0000 - 1)], (hole * PAGE + PAGE, hole * PAGE + 4 * PAGE - 1));
         let (len, align) = (len_pages * PAGE, PAGE << shift);
         let free = areas.iter().fold(usable.clone(), |set, (&s, a)| ranges::subtract(&set, (s, s + a.len - 1)));
-        proptest::prop_assert_eq!(lowest_gap(&areas, &usable, len, align), ranges::lowest_fit(&free, len, align));
+        let want = ranges::lowest_fit(&free, len, align);
+        proptest::prop_assert_eq!(lowest_gap(&areas, &usable, len, align, (0, 0)), want);
+        // With any run of back-to-back areas as the hint, the same answer.
+        let all: Vec<(u64, u64)> = areas.iter().map(|(&s, a)| (s, s + a.len)).collect();
+        for (k, &(start, mut end)) in all.iter().enumerate() {
+            for &(s, e) in &all[k + 1..] {
+                if s != end {
+                    break;
+                }
+                end = e;
+            }
+            proptest::prop_assert_eq!(lowest_gap(&areas, &usable, len, align, (start, end)), want, "run {:#x}..{:#x}", start, end);
+        }
     }
 }
