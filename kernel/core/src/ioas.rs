@@ -113,17 +113,23 @@ impl iommufd::Memory for TaskMemory {
         // Grown as pages are found, never sized from `len`: a huge length
         // fails at its first unmapped page, not in the allocator.
         let mut pages: Vec<u64> = Vec::new();
-        for page in (va..end).step_by(FRAME_SIZE as usize) {
-            let (pa, perms) = platform().user_translate(self.root, page).ok_or(Errno::EFAULT)?;
+        let mut error = Errno::EFAULT;
+        // One walk of the task's tables, leaf table by leaf table.
+        let stopped = platform().user_walk(self.root, va, end, &mut |_, pa, perms| {
             // Device memory (a mapped BAR) is no DMA target; a device may
             // write only what the task may write.
             if perms.device || (write && !perms.write) {
-                return Err(Errno::EFAULT);
+                return false;
             }
-            if pages.len() == pages.capacity() {
-                pages.try_reserve(pages.len().max(16)).map_err(|_| Errno::ENOMEM)?;
+            if pages.len() == pages.capacity() && pages.try_reserve(pages.len().max(16)).is_err() {
+                error = Errno::ENOMEM;
+                return false;
             }
             pages.push(pa);
+            true
+        });
+        if stopped < end {
+            return Err(error);
         }
         pin_all(&pages)?;
         Ok(pages)

@@ -133,6 +133,21 @@ pub trait Platform: Sync {
     fn user_prune(&self, root: u64, start: u64, end: u64);
     /// Physical address and rights of a user page, if mapped.
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, UserPerms)>;
+    /// Hands `f(va, pa, perms)` each mapped user page from `va` (page
+    /// aligned) up to `end`, in order, while `f` answers true; returns where
+    /// it stopped (`end`, the first unmapped page, or the page `f` refused).
+    /// Platforms walk each last-level table once instead of translating
+    /// page by page (the pin path of a DMA map).
+    fn user_walk(&self, root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+        let mut va = va;
+        while va < end {
+            match self.user_translate(root, va) {
+                Some((pa, perms)) if f(va, pa, perms) => va += 4096,
+                _ => break,
+            }
+        }
+        va
+    }
     /// Frees the page tables of a user address space (not the frames it mapped).
     fn user_space_free(&self, root: u64);
     /// Prepares a new task's kernel stack (top at `stack_top`) so that the first

@@ -211,6 +211,10 @@ impl Platform for ArmPlatform {
         user::unmap(root, va)
     }
 
+    fn user_walk(&self, root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, kcore::UserPerms) -> bool) -> u64 {
+        user::walk(root, va, end, f)
+    }
+
     fn user_prune(&self, root: u64, start: u64, end: u64) {
         user::prune(root, start, end)
     }

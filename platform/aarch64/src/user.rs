@@ -242,6 +242,32 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     ))
 }
 
+/// Hands `f(va, pa, perms)` each mapped user page from `va` up to `end`
+/// while it answers true, reading each level-3 table once; returns where it
+/// stopped (see `Platform::user_walk`).
+pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+    let end = end.min(USER_END);
+    while va < end {
+        let Ok(table) = leaf_table(root, va, false) else { return va };
+        for i in index(va, 3)..512 {
+            if va >= end {
+                return va;
+            }
+            // SAFETY: `table` is this space's level-3 table in the direct map; `i` < 512.
+            let e = unsafe { entry_at(table, i).read_volatile() };
+            if e & VALID == 0 || e & AP_EL0 == 0 {
+                return va;
+            }
+            let perms = UserPerms { write: e & AP_RO == 0, exec: e & UXN == 0, device: e & (7 << 2) == 0 };
+            if !f(va, e & ADDR_MASK, perms) {
+                return va;
+            }
+            va += 4096;
+        }
+    }
+    va
+}
+
 /// Unmaps a user page (the caller frees the frame) and invalidates its TLB entry.
 pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
     if va >= USER_END || !va.is_multiple_of(4096) {

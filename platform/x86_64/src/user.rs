@@ -312,6 +312,50 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     })
 }
 
+/// Hands `f(va, pa, perms)` each mapped user page from `va` up to `end`
+/// while it answers true, reading each last-level table once; returns where
+/// it stopped (see `Platform::user_walk`).
+pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+    let end = end.min(0x0000_8000_0000_0000);
+    while va < end {
+        // The page table (level 1) holding `va`: user space has no huge pages.
+        let mut table = root;
+        for level in [4u32, 3, 2] {
+            let i = (va >> (12 + 9 * (level - 1))) & 0x1FF;
+            // SAFETY: `table` is a page-table frame of this user space (the
+            // PML4 from `new_space`, or a table an entry of it names), in the
+            // direct map; `i` < 512.
+            let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
+            let flags = PageTableFlags::from_bits_truncate(e);
+            if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
+                return va;
+            }
+            table = e & 0x000F_FFFF_FFFF_F000;
+        }
+        for i in (va >> 12) & 0x1FF..512 {
+            if va >= end {
+                return va;
+            }
+            // SAFETY: as above, for the level-1 table.
+            let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
+            let flags = PageTableFlags::from_bits_truncate(e);
+            if !flags.contains(PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE) {
+                return va;
+            }
+            let perms = UserPerms {
+                write: flags.contains(PageTableFlags::WRITABLE),
+                exec: !flags.contains(PageTableFlags::NO_EXECUTE),
+                device: flags.contains(PageTableFlags::NO_CACHE),
+            };
+            if !f(va, e & 0x000F_FFFF_FFFF_F000, perms) {
+                return va;
+            }
+            va += 4096;
+        }
+    }
+    va
+}
+
 /// Unmaps a user page (the caller frees the frame) and flushes its TLB entry.
 pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
     if va >= 0x0000_8000_0000_0000 || !va.is_multiple_of(4096) {
