@@ -210,9 +210,9 @@ pub struct Gather {
 enum Freed<'a> {
     /// Into the gather, released after the flush.
     Gather(&'a mut Gather),
-    /// Straight back to memory (undoing a failed map, whose leaves no flush
-    /// was owed for).
-    Now,
+    /// Nowhere: a failed map's undo clears its leaves and keeps every table
+    /// (it frees only the tables it made itself, see [`Created`]).
+    Keep,
 }
 
 impl Freed<'_> {
@@ -220,10 +220,31 @@ impl Freed<'_> {
     fn take(&mut self, mem: &mut impl TableMemory, frame: u64) -> bool {
         match self {
             Freed::Gather(g) => g.free_frame(mem, frame),
-            Freed::Now => {
-                mem.free_table(frame);
-                true
-            }
+            Freed::Keep => false,
+        }
+    }
+}
+
+/// The tables one map call made (parent, index in it, table), so that its
+/// undo frees those and no other: a table that was there before the call
+/// (one an unmap kept) may be in a walk cache, and only a flush may free it.
+/// Tables beyond the first [`Created::MAX`] stay, empty, like a kept table.
+struct Created {
+    list: [(u64, usize, u64); Created::MAX],
+    len: usize,
+}
+
+impl Created {
+    const MAX: usize = 32;
+
+    fn new() -> Self {
+        Created { list: [(0, 0, 0); Created::MAX], len: 0 }
+    }
+
+    fn push(&mut self, parent: u64, index: usize, table: u64) {
+        if let Some(slot) = self.list.get_mut(self.len) {
+            *slot = (parent, index, table);
+            self.len += 1;
         }
     }
 }
@@ -389,20 +410,27 @@ impl<F: Format> PageTable<F> {
         self.fmt.encode_leaf(pa, 0, perms)?;
         let mut g = Gather::default();
         let (mut va, mut out) = (iova, pa);
+        let mut created = Created::new();
         while va < end {
-            match self.map_one(mem, va, out, end - va, perms) {
+            match self.map_one(mem, va, out, end - va, perms, &mut created) {
                 Ok(size) => {
                     va += size;
                     out += size;
                 }
                 Err(e) => {
                     // Undo: [iova, va) holds only leaves this call wrote (an
-                    // occupied slot stops the loop), and tables created for `va`
-                    // that stayed empty are pruned.
+                    // occupied slot stops the loop): they go, and so do the
+                    // tables this call made that are empty again.
                     if va > iova {
-                        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut Freed::Now);
+                        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut Freed::Keep);
                     }
-                    self.prune(mem, va);
+                    // The tables this call made, deepest first, where empty.
+                    for &(parent, i, table) in created.list[..created.len].iter().rev() {
+                        if (0..512).all(|j| mem.read(table, j) == 0) {
+                            mem.write(parent, i, 0);
+                            mem.free_table(table);
+                        }
+                    }
                     if let Error::AlreadyMapped(_) = e {
                         // Report the first mapping in the way, as a pre-check would.
                         let mut first = None;
@@ -419,35 +447,16 @@ impl<F: Format> PageTable<F> {
         Ok(g)
     }
 
-    /// Frees the empty tables on the walk path of `va` (bottom up, never the root).
-    fn prune(&mut self, mem: &mut impl TableMemory, va: u64) {
-        // (table, index in it, child): at most one per level below the root,
-        // and formats have at most 6 levels (see `walk_foreign`).
-        let mut path = [(0u64, 0usize, 0u64); 6];
-        let mut depth = 0;
-        let mut table = self.root;
-        for level in (1..self.fmt.levels()).rev() {
-            let i = index(va, level);
-            match self.fmt.decode(mem.read(table, i), level) {
-                Entry::Table(next) if depth < path.len() => {
-                    path[depth] = (table, i, next);
-                    depth += 1;
-                    table = next;
-                }
-                _ => break,
-            }
-        }
-        for &(parent, i, child) in path[..depth].iter().rev() {
-            if !(0..512).all(|j| mem.read(child, j) == 0) {
-                break;
-            }
-            mem.write(parent, i, 0);
-            mem.free_table(child);
-        }
-    }
-
     /// Maps the largest leaf possible at `va`; returns its size.
-    fn map_one(&mut self, mem: &mut impl TableMemory, va: u64, pa: u64, left: u64, perms: Perms) -> Result<u64, Error> {
+    fn map_one(
+        &mut self,
+        mem: &mut impl TableMemory,
+        va: u64,
+        pa: u64,
+        left: u64,
+        perms: Perms,
+        created: &mut Created,
+    ) -> Result<u64, Error> {
         let mut table = self.root;
         let mut level = self.fmt.levels() - 1;
         loop {
@@ -476,6 +485,7 @@ impl<F: Format> PageTable<F> {
                 Entry::Empty => {
                     let next = mem.alloc_table().ok_or(Error::NoMemory)?;
                     mem.write(table, i, self.fmt.encode_table(next, level));
+                    created.push(table, i, next);
                     next
                 }
                 Entry::Leaf { .. } => return Err(Error::AlreadyMapped(va)),
@@ -588,7 +598,7 @@ impl<F: Format> PageTable<F> {
                     cleared = true;
                 }
                 Entry::Table(next) if level > 0 => {
-                    let (d, child_cleared) = self.unmap_level(mem, next, level - 1, va, start, end, freed);
+                    let (d, _) = self.unmap_level(mem, next, level - 1, va, start, end, freed);
                     done += d;
                     let last = index(end.saturating_sub(1).min(va + (size - 1)), level - 1);
                     // An unmap frees the tables whose whole span it covers
@@ -597,12 +607,10 @@ impl<F: Format> PageTable<F> {
                     // its span stays for the next map there (so a map and
                     // unmap of one 4 KiB page allocate, zero, scan and free
                     // no table) and goes with a covering unmap or the domain.
-                    // A failed map's undo (`Freed::Now`) frees every table
-                    // it left empty. A table the gather has no room for
-                    // stays, empty.
+                    // (A failed map's undo, `Freed::Keep`, frees none here.)
+                    // A table the gather has no room for stays, empty.
                     let covered = start <= va && va + (size - 1) < end;
-                    let free = if matches!(freed, Freed::Now) { child_cleared } else { covered };
-                    if free && table_empty(mem, next, last) && freed.take(mem, next) {
+                    if covered && table_empty(mem, next, last) && freed.take(mem, next) {
                         mem.write(table, i, 0);
                         cleared = true;
                     }

@@ -716,3 +716,25 @@ fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
     t.destroy(&mut mem);
     assert_eq!(mem.live(), 0, "every table frame came back");
 }
+
+#[test]
+fn a_failed_map_frees_only_the_tables_it_made() {
+    // A table an unmap kept may sit in a walk cache: only a flush may free
+    // it, never a failed map's undo.
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(VtdSecondLevel { levels: 4, max_leaf_level: 1 }, &mut mem).unwrap();
+    t.map(&mut mem, 0x20_1000, 0x1000, 0x1000, Perms::READ).unwrap().release(&mut mem);
+    t.unmap(&mut mem, 0x20_1000, 0x1000).unwrap().1.release(&mut mem);
+    let live = mem.live();
+    assert_eq!(live, 4, "root + 3 tables, the last-level one kept empty");
+    // One page into the kept table, the next needs a new one, which fails.
+    fallible::testing::arm(1);
+    let r = t.map(&mut mem, 0x3F_F000, 0x1000, 0x2000, Perms::READ);
+    fallible::testing::disarm();
+    assert_eq!(r.map(|g| g.release(&mut mem)), Err(Error::NoMemory));
+    assert_eq!(mem.live(), live, "the kept table stays, nothing made is left");
+    assert_eq!(t.iova_to_phys(&mem, 0x3F_F000), None);
+    // It is still the one in use: a map there allocates nothing.
+    t.map(&mut mem, 0x3F_F000, 0x1000, 0x1000, Perms::READ).unwrap().release(&mut mem);
+    assert_eq!(mem.live(), live);
+}
