@@ -16,7 +16,11 @@
 //!   starts or ends inside a large leaf is refused with [`Error::SplitLeaf`]
 //!   before anything changes (the generic IOAS never asks for it, because it
 //!   unmaps exactly what it mapped).
-//! - **Empty tables are freed** on unmap, the root excepted.
+//! - **Tables an unmap covers are freed** (the root excepted): a table the
+//!   unmap empties in only part of its span stays for the next map there (as
+//!   Linux's drivers keep theirs), a large leaf that falls on such a table
+//!   goes inside it as smaller leaves, and a failed map frees only the
+//!   tables it made.
 //! - **Gather.** Every change returns a [`Gather`] (merged IOVA range + freed
 //!   table frames) marked `#[must_use]`: the driver flushes the IOTLB for the
 //!   range once, then gives the frames back with [`Gather::release`]. Freeing

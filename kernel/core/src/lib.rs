@@ -186,7 +186,11 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     })?;
     let ram = boot.usable_bytes();
     heap::init(heap::heap_size_for(ram))?;
-    ioas::init_pins()?;
+    // Without the table (no contiguous run of frames for it) the kernel
+    // still boots; DMA mappings are then refused (`ENOMEM`).
+    if let Err(e) = ioas::init_pins() {
+        log::error!("{e}: DMA mappings will be refused");
+    }
     CMDLINE.call_once(|| alloc::string::String::from(boot.cmdline()));
     BOOT_INFO.call_once(|| boot.clone());
     platform.init_interrupts(boot)?;
