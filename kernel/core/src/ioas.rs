@@ -31,9 +31,7 @@ pub fn init_pins() -> Result<(), &'static str> {
     let (base, frames) = mm::frame_span().ok_or("pins: no frame allocator")?;
     let pages = (frames * 4).div_ceil(FRAME_SIZE as usize);
     let pa = mm::alloc_frames(pages, 1).ok_or("pins: no memory for the pin table")?;
-    // SAFETY: `pages` zeroed frames were just allocated for the table alone
-    // and are kept for the life of the kernel; the direct map covers them and
-    // they are 4-byte aligned; `frames` words fit in `pages` frames.
+    // SAFETY: `pages` zeroed frames were just allocated for the table alone and are kept for the life of the kernel; the direct map covers them, they are 4-byte aligned, and `frames` words fit in them.
     let words = unsafe { core::slice::from_raw_parts_mut(mm::phys_to_virt(pa) as *mut u32, frames) };
     *PINS.lock() = Some(PinTable::new(base, words));
     Ok(())

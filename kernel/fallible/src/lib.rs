@@ -56,9 +56,7 @@ pub fn try_box<T>(value: T) -> Result<Box<T>, AllocError> {
     if ptr.is_null() {
         return Err(AllocError);
     }
-    // SAFETY: `ptr` is a fresh allocation with `T`'s layout from the global
-    // allocator, so writing `value` there and handing it to `Box` (which frees
-    // it with the same layout) is what `Box::new` does.
+    // SAFETY: `ptr` is a fresh global allocation with `T`'s layout: writing `value` there and handing it to `Box` (which frees it with that layout) is what `Box::new` does.
     unsafe {
         ptr.write(value);
         Ok(Box::from_raw(ptr))

@@ -322,8 +322,7 @@ pub fn prune(root: u64, start: u64, end: u64) {
     let mut freed = false;
     level_prune(root, 0, 0, start, end, &mut freed);
     if freed {
-        // SAFETY: drops every cached walk (the freed tables among them) for
-        // all ASIDs; barriers order it after the cleared entries.
+        // SAFETY: drops every cached walk (the freed tables among them) for all ASIDs; the barriers order it after the cleared entries.
         unsafe { core::arch::asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb", options(nostack)) };
     }
 }

@@ -322,9 +322,7 @@ pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPe
         let mut table = root;
         for level in [4u32, 3, 2] {
             let i = (va >> (12 + 9 * (level - 1))) & 0x1FF;
-            // SAFETY: `table` is a page-table frame of this user space (the
-            // PML4 from `new_space`, or a table an entry of it names), in the
-            // direct map; `i` < 512.
+            // SAFETY: `table` is a page-table frame of this user space (the PML4 from `new_space`, or a table an entry of it names) in the direct map; `i` < 512.
             let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
             let flags = PageTableFlags::from_bits_truncate(e);
             if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
@@ -382,9 +380,7 @@ pub fn prune(root: u64, start: u64, end: u64) {
     let first = Page::<Size4KiB>::containing_address(VirtAddr::new(start));
     let last = Page::<Size4KiB>::containing_address(VirtAddr::new(end - 1));
     with_space(root, |t| {
-        // SAFETY: the range is in the user half, whose tables belong to this
-        // space alone (built by `map`, each used at one place only); a table
-        // is freed only once it holds no entry.
+        // SAFETY: the range is in the user half, whose tables belong to this space alone (built by `map`, each used once); a table is freed only once it holds no entry.
         unsafe { t.clean_up_addr_range(Page::range_inclusive(first, last), &mut KernelFrames) };
     });
     // The paging-structure caches may hold the freed tables: reloading CR3
