@@ -214,10 +214,6 @@ impl iommufd::syscall::Kernel for TaskKernel {
         Ok((unit, iommu::DeviceId(t.id)))
     }
 
-    fn unit_name(&self, unit: usize) -> alloc::string::String {
-        alloc::string::String::from(crate::iommu::unit_name(unit))
-    }
-
     fn write_unit_name(&self, unit: usize, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
         out.write_str(crate::iommu::unit_name(unit))
     }

@@ -110,9 +110,6 @@ impl syscall::Kernel for Door<'_> {
             _ => Err(Errno::ENOENT),
         }
     }
-    fn unit_name(&self, unit: usize) -> String {
-        heap::unarmed(|| alloc::format!("mock{unit}"))
-    }
     fn write_unit_name(&self, unit: usize, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
         write!(out, "mock{unit}")
     }

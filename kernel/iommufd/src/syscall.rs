@@ -18,7 +18,6 @@
 use crate::{abi_glue, nomem, CopyArgs, Iommufd, IovaChoice, MapArgs, Memory, Units};
 use abi::ioas::{self as a, Header, Op};
 use abi::Errno;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use iommu::{DeviceId, Perms};
@@ -47,14 +46,9 @@ pub trait Kernel {
     /// `device_bind`, if the calling task owns it; otherwise its errno
     /// (`EPERM` not claimed, `EBUSY` another's, `ENODEV` no IOMMU, ...).
     fn bind_target(&mut self, bdf: u64) -> Result<(usize, DeviceId), Errno>;
-    /// The name of registered unit `unit` (`dmar0`, `smmu0`, ...).
-    fn unit_name(&self, unit: usize) -> String;
-    /// Writes the name of unit `unit` to `out`. Syscall paths use this one
-    /// (for `GET_HW_INFO` and logs): the kernel should implement it without
-    /// allocating; the default goes through [`Kernel::unit_name`].
-    fn write_unit_name(&self, unit: usize, out: &mut dyn fmt::Write) -> fmt::Result {
-        out.write_str(&self.unit_name(unit))
-    }
+    /// Writes the name of registered unit `unit` (`dmar0`, `smmu0`, ...) to
+    /// `out`, for `GET_HW_INFO` and logs (without allocating: syscall path).
+    fn write_unit_name(&self, unit: usize, out: &mut dyn fmt::Write) -> fmt::Result;
     /// Monotonic time.
     fn now_ns(&self) -> u64;
     /// Sleeps a little (the table is not held) and hands the task the
@@ -432,8 +426,8 @@ mod tests {
         fn bind_target(&mut self, _bdf: u64) -> Result<(usize, DeviceId), Errno> {
             Ok((0, DeviceId(0x10)))
         }
-        fn unit_name(&self, _unit: usize) -> String {
-            "mock0".into()
+        fn write_unit_name(&self, _unit: usize, out: &mut dyn fmt::Write) -> fmt::Result {
+            out.write_str("mock0")
         }
         fn now_ns(&self) -> u64 {
             0

@@ -87,8 +87,8 @@ impl iommufd::syscall::Kernel for HostKernel<'_> {
             }
         }
     }
-    fn unit_name(&self, unit: usize) -> String {
-        format!("mock{unit}")
+    fn write_unit_name(&self, unit: usize, out: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        write!(out, "mock{unit}")
     }
     fn now_ns(&self) -> u64 {
         0
