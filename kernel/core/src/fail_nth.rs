@@ -31,10 +31,6 @@ static PASSED: AtomicU64 = AtomicU64::new(0);
 /// count only there, not in the scheduler or a task's teardown.
 static IN_SYSCALL: AtomicU64 = AtomicU64::new(0);
 
-/// Whether heap allocations are injection points (on once every syscall
-/// path allocates fallibly).
-const HEAP_POINTS: bool = true;
-
 /// Marks the start (`Some(task)`) and end (`None`) of serving a syscall.
 pub fn syscall_scope(task: Option<u64>) {
     IN_SYSCALL.store(task.unwrap_or(0), Ordering::SeqCst);
@@ -48,7 +44,7 @@ pub fn current_scope() -> Option<u64> {
 /// The heap's injection point: true when this allocation must fail. Only
 /// allocations inside the armed task's syscall count.
 pub fn hit_heap() -> bool {
-    if !HEAP_POINTS || COUNTDOWN.load(Ordering::Relaxed) == 0 {
+    if COUNTDOWN.load(Ordering::Relaxed) == 0 {
         return false;
     }
     let task = IN_SYSCALL.load(Ordering::SeqCst);
