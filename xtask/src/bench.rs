@@ -128,6 +128,11 @@ fn results<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<BTreeMap<String, Str
         .collect()
 }
 
+/// The `RESULT` line of case `name`, if one was printed.
+fn case<'a>(rs: &'a [BTreeMap<String, String>], name: &str) -> Option<&'a BTreeMap<String, String>> {
+    rs.iter().find(|r| r.get("case").is_some_and(|c| c == name))
+}
+
 fn field(r: &BTreeMap<String, String>, key: &str) -> Option<f64> {
     r.get(key)?.parse().ok()
 }
@@ -192,36 +197,27 @@ pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
             return Err(format!("the Linux peer failed ({status}); its log is in {}", dir.display()));
         }
         let log = std::fs::read_to_string(dir.join("boot-0.log")).map_err(|e| format!("peer log: {e}"))?;
-        let linux_r: Vec<_> =
-            results(log.lines()).into_iter().filter(|r| r.get("backend").is_some_and(|b| b == "iommufd")).collect();
-        let find = |rs: &[BTreeMap<String, String>], case: &str| {
-            rs.iter().find(|r| r.get("case").is_some_and(|c| c == case)).and_then(pair_ns)
+        let peer_r = results(log.lines());
+        let backend = |b: &str| -> Vec<_> {
+            peer_r.iter().filter(|r| r.get("backend").is_some_and(|x| x == b)).cloned().collect()
         };
+        let (linux_r, linux_bare) = (backend("iommufd"), backend("iommufd-nodomain"));
         for (shape, o, l) in SHAPES {
-            let (a, b) = (find(&ours_r, o), find(&linux_r, l));
+            let (a, b) = (case(&ours_r, o).and_then(pair_ns), case(&linux_r, l).and_then(pair_ns));
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(format!("boot {i}: shape {shape}: ours {a:?}, linux {b:?} (a case did not report)"));
             };
             ours.entry(shape).or_default().push(a);
             linux.entry(shape).or_default().push(b);
         }
-        let nodomain = |rs: &[BTreeMap<String, String>], case: &str, backend: &str| {
-            rs.iter()
-                .find(|r| r.get("case").is_some_and(|c| c == case) && r.get("backend").is_none_or(|b| b == backend))
-                .and_then(pair_ns)
-        };
         if let (Some(a), Some(b)) =
-            (nodomain(&ours_r, "a_1x4k_nodomain", ""), nodomain(&results(log.lines()), "a_1x4k", "iommufd-nodomain"))
+            (case(&ours_r, "a_1x4k_nodomain").and_then(pair_ns), case(&linux_bare, "a_1x4k").and_then(pair_ns))
         {
             ours.entry("4k-no-device").or_default().push(a);
             linux.entry("4k-no-device").or_default().push(b);
         }
         for (name, case) in [("4K", "a_1x4k"), ("256K", "g_256k"), ("2M", "c_2m"), ("64M", "g_64m"), ("1G", "g_1g")] {
-            if let Some(v) = ours_r
-                .iter()
-                .find(|r| r.get("case").is_some_and(|c| c == case))
-                .and_then(|r| field(r, "pair_ns_per_4k"))
-            {
+            if let Some(v) = self::case(&ours_r, case).and_then(|r| field(r, "pair_ns_per_4k")) {
                 growth.entry(name).or_default().push(v);
             }
         }
