@@ -50,6 +50,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = dt.virtio_iommus();
     let _ = dt.iommu_clients();
     let mut errors = Vec::new();
-    let topo = firmware::build::from_devicetree(&dt, &mut errors);
+    let topo = topology::build::from_devicetree(&dt, &mut errors);
     query_topology(&topo);
 });

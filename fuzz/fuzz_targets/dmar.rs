@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     for s in d.drhds.iter().flat_map(|u| &u.scopes).chain(d.rmrrs.iter().flat_map(|r| &r.scopes)) {
         let _ = s.resolve(|bus, dev, func| bus.checked_add((dev ^ func).wrapping_add(1)));
     }
-    let mut topo = firmware::Topology::new();
-    firmware::build::add_dmar(&mut topo, &d, sample_functions(), (0xFEE0_0000, 0xFEEF_FFFF));
+    let mut topo = topology::Topology::new();
+    topology::build::add_dmar(&mut topo, &d, sample_functions(), (0xFEE0_0000, 0xFEEF_FFFF));
     query_topology(&topo);
 });

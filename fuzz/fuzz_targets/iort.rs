@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     for segment in [0, 1] {
         let _ = i.root_complex(segment);
     }
-    let mut topo = firmware::Topology::new();
-    firmware::build::add_iort(&mut topo, &i);
+    let mut topo = topology::Topology::new();
+    topology::build::add_iort(&mut topo, &i);
     query_topology(&topo);
 });

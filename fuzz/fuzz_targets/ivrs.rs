@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(v) = parsed else { return };
     let units = v.units();
     assert!(units.len() <= v.ivhds.len());
-    let mut topo = firmware::Topology::new();
-    firmware::build::add_ivrs(&mut topo, &v, (0xFEE0_0000, 0xFEEF_FFFF));
+    let mut topo = topology::Topology::new();
+    topology::build::add_ivrs(&mut topo, &v, (0xFEE0_0000, 0xFEEF_FFFF));
     query_topology(&topo);
 });

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let mut topo = firmware::Topology::new();
-    firmware::build::add_viot(&mut topo, &v, Some((0xFEE0_0000, 0xFEEF_FFFF)));
+    let mut topo = topology::Topology::new();
+    topology::build::add_viot(&mut topo, &v, Some((0xFEE0_0000, 0xFEEF_FFFF)));
     query_topology(&topo);
 });

@@ -2,7 +2,7 @@
 """Writes the small synthetic seeds of the fuzz targets that have no captured
 table in the repository (GTDT, the DSDT's _PRT, the boot hand-off, ELF
 images, page-table op sequences). The captured QEMU tables
-(platform/acpi-tables/tests/data/*.bin, platform/devicetree/tests/data/*.dtb)
+(firmware/acpi-tables/tests/data/*.bin, firmware/devicetree/tests/data/*.dtb)
 are read in place by `cargo xtask fuzz`. Run from this directory."""
 import os, struct
 

@@ -139,8 +139,8 @@ pub fn sample_host() -> pci::HostBridge {
 }
 
 /// Asks a topology every question the kernel asks, for a spread of requester IDs.
-pub fn query_topology(t: &firmware::Topology) {
-    let _ = firmware::build::lines(t, sample_functions());
+pub fn query_topology(t: &topology::Topology) {
+    let _ = topology::build::lines(t, sample_functions());
     for rid in [0u16, 1, 8, 0x10, 0x100, 0x108, 0x7FFF, 0xFFFF] {
         for segment in [0u16, 1] {
             let _ = t.translate_pci(segment, rid);

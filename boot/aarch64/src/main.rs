@@ -16,8 +16,8 @@
 #![no_std]
 #![no_main]
 
+use board_virt::{exit, PLATFORM};
 use bootinfo::{BootInfo, MemoryKind, MemoryRegion};
-use platform_aarch64::{exit, PLATFORM};
 
 core::arch::global_asm!(
     r#"
@@ -202,7 +202,7 @@ fn find_dtb(x0: u64, kernel_phys: u64) -> Option<u64> {
 /// Physical range of the kernel image, which the boot code found `delta`
 /// bytes away from its link address.
 fn image_range(delta: u64) -> (u64, u64) {
-    let phys = |va: u64| (va - platform_aarch64::KERNEL_WINDOW).wrapping_add(delta);
+    let phys = |va: u64| (va - board_virt::KERNEL_WINDOW).wrapping_add(delta);
     (phys(core::ptr::addr_of!(__kernel_start) as u64), phys(core::ptr::addr_of!(__kernel_end) as u64))
 }
 
@@ -212,11 +212,11 @@ fn build_boot_info(x0: u64, entry_el: u64, delta: u64) -> Result<BootInfo, &'sta
     boot.kernel_image = bootinfo::PhysRange { start, end };
     let dtb_pa = find_dtb(x0, start).ok_or("no device tree (x0 = 0 and none at the start of RAM)")?;
     boot.set_dtb(dtb_pa);
-    let dt = platform_aarch64::dtb_at(dtb_pa).ok_or("device tree header invalid")?;
+    let dt = board_virt::dtb_at(dtb_pa).ok_or("device tree header invalid")?;
     if let Some(uart) = dt.console() {
         // No frame allocator yet, so no dynamic mapping: the boot tables map the
         // first GiB (QEMU virt's device area) as device memory in the direct map.
-        platform_aarch64::pl011::init(kcore::mm::phys_to_virt(uart.base));
+        board_virt::pl011::init(kcore::mm::phys_to_virt(uart.base));
     }
     for m in dt.memory() {
         boot.push_region(MemoryRegion { base: m.base, size: m.size, kind: MemoryKind::Usable })
@@ -225,7 +225,7 @@ fn build_boot_info(x0: u64, entry_el: u64, delta: u64) -> Result<BootInfo, &'sta
     for r in dt.reserved() {
         let _ = boot.push_region(MemoryRegion { base: r.base, size: r.size, kind: MemoryKind::Reserved });
     }
-    let dtb_size = platform_aarch64::dtb_size(dtb_pa).ok_or("device tree header invalid")?;
+    let dtb_size = board_virt::dtb_size(dtb_pa).ok_or("device tree header invalid")?;
     boot.push_region(MemoryRegion { base: dtb_pa, size: dtb_size as u64, kind: MemoryKind::Reserved })
         .map_err(|_| "too many memory regions")?;
     if let Some(args) = dt.bootargs() {
@@ -241,9 +241,9 @@ fn handoff_boot_info(pa: u64, delta: u64) -> Result<BootInfo, &'static str> {
     let (start, end) = image_range(delta);
     // No console is known before the hand-off is accepted: a refusal only shows in the exit status.
     let mut boot = kcore::boot_handoff(pa, (start, end)).map_err(|_| "the loader's boot information was refused")?;
-    platform_aarch64::early_console(&boot);
+    board_virt::early_console(&boot);
     if let Some(dtb) = boot.dtb() {
-        let size = platform_aarch64::dtb_size(dtb).ok_or("device tree header invalid")?;
+        let size = board_virt::dtb_size(dtb).ok_or("device tree header invalid")?;
         boot.push_region(MemoryRegion { base: dtb, size: size as u64, kind: MemoryKind::Reserved })
             .map_err(|_| "too many memory regions")?;
     }
@@ -253,7 +253,7 @@ fn handoff_boot_info(pa: u64, delta: u64) -> Result<BootInfo, &'static str> {
 /// The first Rust code: EL1, MMU on, boot stack, interrupts masked.
 #[unsafe(no_mangle)]
 extern "C" fn aarch64_main(x0: u64, entry_el: u64, magic: u64, delta: u64) -> ! {
-    platform_aarch64::early_init();
+    board_virt::early_init();
     let boot = if magic == bootinfo::BOOTINFO_MAGIC {
         handoff_boot_info(x0, delta)
     } else {
@@ -267,5 +267,5 @@ extern "C" fn aarch64_main(x0: u64, entry_el: u64, magic: u64, delta: u64) -> ! 
         }
     };
     exit::configure(&boot);
-    kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, platform_aarch64::ktests::SUITES])
+    kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, board_virt::ktests::SUITES])
 }

@@ -17,7 +17,7 @@
 #![no_std]
 #![no_main]
 
-use platform_x86_64::{exit, pvh, PLATFORM};
+use board_pc::{exit, pvh, PLATFORM};
 
 core::arch::global_asm!(
     r#"
@@ -222,8 +222,8 @@ unsafe extern "C" {
 /// address the loader put the image (0 for PVH).
 #[unsafe(no_mangle)]
 extern "C" fn x86_64_main(arg: u64, magic: u64, delta: u64) -> ! {
-    platform_x86_64::tsc::mark_start();
-    platform_x86_64::early_init();
+    board_pc::tsc::mark_start();
+    board_pc::early_init();
     // The symbols sit in the identity-mapped .boot section: their link addresses are physical.
     let image = (
         (core::ptr::addr_of!(__kernel_phys_start) as u64).wrapping_add(delta),
@@ -236,7 +236,7 @@ extern "C" fn x86_64_main(arg: u64, magic: u64, delta: u64) -> ! {
     };
     let Ok(boot) = boot else { exit::exit(false) };
     exit::configure(&boot);
-    kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, platform_x86_64::ktests::SUITES])
+    kcore::start(&boot, &PLATFORM, &[kcore::ktests::SUITES, board_pc::ktests::SUITES])
 }
 
 /// Prints why there is no `BootInfo` (there is no heap yet).

@@ -36,8 +36,20 @@ pub mod mock;
 use alloc::vec::Vec;
 use core::fmt;
 
-pub use firmware::ReservedKind;
 pub use io_pgtable::{Gather, Perms};
+
+/// What a reserved region of a domain is for. The IOMMU's own vocabulary:
+/// firmware tables (through `topology`) and the device itself (virtio-iommu
+/// PROBE) both produce regions of these kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservedKind {
+    /// Must stay identity-mapped for a device (RMRR, IVMD unity, IORT RMR).
+    DirectMap,
+    /// An MSI doorbell window: never usable for DMA, translated specially.
+    Msi,
+    /// Not usable for DMA at all (IVMD exclusion, holes, RESV_MEM reserved).
+    Reserved,
+}
 
 /// Which hardware a unit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

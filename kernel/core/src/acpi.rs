@@ -117,8 +117,8 @@ pub fn spcr_console(rsdp: u64) -> Option<u64> {
 /// count. `msi_window` is the architecture's interrupt address range, reserved
 /// in every unit the tables describe (x86), or `None` where MSIs are
 /// translated like any DMA (arm).
-pub fn topology(rsdp: u64, functions: &[pci::Function], msi_window: Option<(u64, u64)>) -> firmware::Topology {
-    let mut t = firmware::Topology::new();
+pub fn topology(rsdp: u64, functions: &[pci::Function], msi_window: Option<(u64, u64)>) -> topology::Topology {
+    let mut t = topology::Topology::new();
     // DMAR and IVRS exist only on x86, which always passes its window.
     let window = msi_window.unwrap_or((0, 0));
     // A DMAR without remapping units (RMRRs only, e.g. a second table) or an
@@ -133,19 +133,19 @@ pub fn topology(rsdp: u64, functions: &[pci::Function], msi_window: Option<(u64,
                 if d.drhds.is_empty() {
                     unitless.push(d);
                 } else {
-                    firmware::build::add_dmar(&mut t, &d, functions, window)
+                    topology::build::add_dmar(&mut t, &d, functions, window)
                 }
             }),
             b"IVRS" => acpi_tables::ivrs::parse(bytes).map(|v| {
                 if v.ivhds.is_empty() {
                     unitless_ivrs.push(v);
                 } else {
-                    firmware::build::add_ivrs(&mut t, &v, window)
+                    topology::build::add_ivrs(&mut t, &v, window)
                 }
             }),
-            b"VIOT" => acpi_tables::viot::parse(bytes).map(|v| firmware::build::add_viot(&mut t, &v, msi_window)),
+            b"VIOT" => acpi_tables::viot::parse(bytes).map(|v| topology::build::add_viot(&mut t, &v, msi_window)),
             b"IORT" => acpi_tables::iort::parse(bytes).map(|v| {
-                firmware::build::add_iort(&mut t, &v);
+                topology::build::add_iort(&mut t, &v);
                 log::info!("acpi: IOMMU topology from the IORT");
             }),
             _ => continue,
@@ -156,10 +156,10 @@ pub fn topology(rsdp: u64, functions: &[pci::Function], msi_window: Option<(u64,
         }
     }
     for d in unitless {
-        firmware::build::add_dmar(&mut t, &d, functions, window);
+        topology::build::add_dmar(&mut t, &d, functions, window);
     }
     for v in unitless_ivrs {
-        firmware::build::add_ivrs(&mut t, &v, window);
+        topology::build::add_ivrs(&mut t, &v, window);
     }
     t
 }

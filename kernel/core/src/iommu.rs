@@ -15,7 +15,7 @@ static TOPOLOGY_INDEX: spin::Mutex<Vec<usize>> = spin::Mutex::new(Vec::new());
 /// still be using, then brings up every unit the platform has a driver for.
 pub fn init(boot: &bootinfo::BootInfo) {
     let Some(topo) = crate::pci::topology() else { return };
-    for r in topo.reserved().iter().filter(|r| r.kind == firmware::ReservedKind::DirectMap) {
+    for r in topo.reserved().iter().filter(|r| r.kind == topology::ReservedKind::DirectMap) {
         let end = r.end.saturating_add(1);
         let taken = mm::frames_taken(boot, r.start, end);
         if taken > 0 {
@@ -107,7 +107,7 @@ fn peer_slot(f: &pci::Function, all: &[pci::Function]) -> Option<(u16, u8, u8)> 
 /// Computes every function's unit, ID and group (after the units are
 /// registered, before any claim), and logs each function that is looked up
 /// under an extra ID, with the reason and its group.
-fn place_functions(topo: &firmware::Topology) {
+fn place_functions(topo: &topology::Topology) {
     use iommu::groups::{self, Member};
     let all = crate::pci::functions();
     let aliases = DMA_ALIASES.lock().clone();
@@ -164,7 +164,7 @@ fn place_functions(topo: &firmware::Topology) {
 
 /// The IDs unit `index` of `topology` sees the PCI functions behind it by
 /// (requester IDs after aliasing, or stream IDs), sorted, without repeats.
-pub fn unit_devices(topology: &firmware::Topology, index: usize) -> Vec<u32> {
+pub fn unit_devices(topology: &topology::Topology, index: usize) -> Vec<u32> {
     let functions = crate::pci::functions();
     let mut ids: Vec<u32> = functions
         .iter()
@@ -177,16 +177,25 @@ pub fn unit_devices(topology: &firmware::Topology, index: usize) -> Vec<u32> {
     ids
 }
 
+/// The IOMMU contract's name for what firmware reserved a region for.
+fn reserved_kind(kind: topology::ReservedKind) -> iommu::ReservedKind {
+    match kind {
+        topology::ReservedKind::DirectMap => iommu::ReservedKind::DirectMap,
+        topology::ReservedKind::Msi => iommu::ReservedKind::Msi,
+        topology::ReservedKind::Reserved => iommu::ReservedKind::Reserved,
+    }
+}
+
 /// Reserved regions of unit `index`, per device ID (`None`: every device),
 /// for the devices in `devices`.
 pub fn unit_reserved(
-    topology: &firmware::Topology,
+    topology: &topology::Topology,
     index: usize,
     devices: &[u32],
 ) -> Vec<(Option<u32>, iommu::Region)> {
     let mut out = Vec::new();
     for r in topology.reserved().iter().filter(|r| r.unit == index) {
-        let region = iommu::Region { start: r.start, end: r.end, kind: r.kind };
+        let region = iommu::Region { start: r.start, end: r.end, kind: reserved_kind(r.kind) };
         match r.devices {
             None => out.push((None, region)),
             Some((_, m)) => out.extend(
@@ -198,85 +207,6 @@ pub fn unit_reserved(
         }
     }
     out
-}
-
-/// Every virtio-iommu of `topology` (a PCI function, on either architecture):
-/// its virtio structures found through its vendor capabilities, the BARs
-/// holding them mapped, bus mastering on (its queues are DMA), the function
-/// kept from tasks, and the device initialised; a unit that fails is logged
-/// and left out.
-pub fn virtio_units(boot: &bootinfo::BootInfo, topology: &firmware::Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
-    use firmware::{IommuKind, UnitLocation};
-    virtio_iommu::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
-    let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
-    for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Virtio) {
-        let UnitLocation::Pci { segment, rid } = u.location else { continue };
-        let found =
-            crate::pci::devices().iter().find(|d| d.function.bdf.segment == segment && d.function.bdf.rid() == rid);
-        let Some(dev) = found else {
-            log::error!("virtio-iommu: {}: no PCI function {:04x}:{rid:04x}", u.name, segment);
-            continue;
-        };
-        let mut mem = KernelTables::default();
-        match virtio_device(dev, &mut mem) {
-            Ok(d) => {
-                log::info!("{} ({} at {})", d.describe(), u.name, dev.function.bdf);
-                let endpoints = unit_devices(topology, index);
-                match virtio_iommu::VirtioIommu::new(d, mem, endpoints) {
-                    Ok(v) => out.push((index, Box::new(v))),
-                    Err(e) => log::error!("virtio-iommu: {}: cannot block its endpoints: {e}", u.name),
-                }
-            }
-            Err(e) => log::error!("virtio-iommu: {}: bring-up failed: {e}", u.name),
-        }
-    }
-    out
-}
-
-/// Finds, maps and initialises the virtio-iommu at `dev` (virtio 1.2 §4.1.4).
-fn virtio_device(
-    dev: &crate::pci::Device,
-    mem: &mut KernelTables,
-) -> Result<virtio_iommu::VirtioIommuDevice, alloc::string::String> {
-    use alloc::format;
-    use pci::ConfigAccess;
-    let f = &dev.function;
-    let access = crate::pci::access(f.bdf).ok_or("no configuration access")?;
-    let vendor_caps: Vec<u16> = f.caps.legacy.iter().filter(|c| c.0 == pci::caps::id::VENDOR).map(|c| c.1).collect();
-    let caps = virtio_iommu::find_caps(|o| access.read8(f.bdf, o), |o| access.read32(f.bdf, o), &vendor_caps)
-        .map_err(|e| format!("{e}"))?;
-    // Each structure's BAR, mapped once.
-    let mut mapped_bars: Vec<(u8, u64)> = Vec::new();
-    let mut at = |r: virtio_iommu::CapRegion| -> Result<u64, alloc::string::String> {
-        let bar = f.bars.iter().find(|b| b.index == r.bar).ok_or_else(|| format!("BAR{} is not implemented", r.bar))?;
-        if bar.base == 0 || matches!(bar.kind, pci::BarKind::Io) {
-            return Err(format!("BAR{} is unassigned or an I/O BAR", r.bar));
-        }
-        if u64::from(r.offset) + u64::from(r.length) > bar.size {
-            return Err(format!("a virtio structure lies beyond BAR{}", r.bar));
-        }
-        let va = match mapped_bars.iter().find(|m| m.0 == r.bar) {
-            Some(m) => m.1,
-            None => {
-                let m = mm::map_mmio(crate::pci::bar_cpu_address(dev, bar), bar.size)
-                    .map_err(|e| format!("cannot map BAR{}: {e}", r.bar))?;
-                mapped_bars.push((r.bar, m.va));
-                m.va
-            }
-        };
-        Ok(va + u64::from(r.offset))
-    };
-    let mapped = virtio_iommu::Mapped {
-        common: at(caps.common)?,
-        notify: at(caps.notify)?,
-        notify_multiplier: caps.notify_off_multiplier,
-        isr: at(caps.isr)?,
-        device: at(caps.device)?,
-    };
-    crate::pci::keep_for_kernel(f.bdf);
-    pci::set_bus_master(access, f.bdf, true);
-    // SAFETY: `mapped` points into the function's BARs, mapped above for the rest of the kernel's life and never unmapped; the function is kept from tasks, so the driver is the device's only user; bus mastering is on.
-    unsafe { virtio_iommu::VirtioIommuDevice::new(mapped, mem) }.map_err(|e| format!("{e}"))
 }
 
 /// The registry index of the unit the topology lists at `topology_index`.
@@ -498,7 +428,7 @@ pub fn apply_boot_policy(boot: &bootinfo::BootInfo) {
         for (i, u) in units.iter_mut().enumerate() {
             let mut identity = None;
             for dev in u.devices() {
-                let direct = u.reserved_regions(dev).iter().any(|r| r.kind == firmware::ReservedKind::DirectMap);
+                let direct = u.reserved_regions(dev).iter().any(|r| r.kind == iommu::ReservedKind::DirectMap);
                 let domain = if direct {
                     u.domain_alloc(iommu::DomainKind::Paging)
                 } else if policy == UnclaimedPolicy::Identity {

@@ -1,6 +1,6 @@
 //! The portable kernel core: frames, heap, kernel mappings, logging, the boot
 //! flow and the core kernel tests. Architecture specifics arrive through the
-//! [`Platform`] trait, implemented in `platform/<arch>`.
+//! [`Platform`] trait, implemented by each board (`boards/pc`, `boards/virt`).
 //!
 //! Boot flow ([`start`]): logger → memory map → frame allocator → heap →
 //! interrupts and timer → summary → kernel tests (when the command line asks

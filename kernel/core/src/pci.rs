@@ -79,10 +79,10 @@ pub struct Device {
 }
 
 static HOSTS: spin::Once<Vec<Ecam>> = spin::Once::new();
-static TOPOLOGY: spin::Once<firmware::Topology> = spin::Once::new();
+static TOPOLOGY: spin::Once<topology::Topology> = spin::Once::new();
 
 /// The IOMMU topology found at boot.
-pub fn topology() -> Option<&'static firmware::Topology> {
+pub fn topology() -> Option<&'static topology::Topology> {
     TOPOLOGY.get()
 }
 
@@ -106,7 +106,7 @@ pub fn init_topology(boot: &bootinfo::BootInfo) {
         bootinfo::FirmwareTables::None => String::from("none"),
     };
     crate::kprintln!("topology: source {source}");
-    for line in firmware::build::lines(&t, functions) {
+    for line in topology::build::lines(&t, functions) {
         crate::kprintln!("{line}");
     }
     if t.units().is_empty() {

@@ -70,7 +70,7 @@ pub enum UserExit {
 
 /// The services one architecture provides to the portable kernel core.
 ///
-/// Implemented once per architecture in `platform/<arch>`; the boot binary
+/// Implemented once per board (`boards/pc`, `boards/virt`); the boot binary
 /// passes a `&'static` instance to [`crate::start`].
 pub trait Platform: Sync {
     /// Architecture name for the log (`"x86_64"`, `"aarch64"`).
@@ -108,14 +108,14 @@ pub trait Platform: Sync {
     /// The PCI host bridges (ECAM windows) the firmware describes.
     fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<crate::pci::Ecam>;
     /// The IOMMU topology the firmware describes, resolved against the PCI functions.
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology;
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology;
     /// Brings up the IOMMU units of `topology` this architecture has drivers
     /// for (translation still off) and returns them with their topology
     /// indices. The default has none.
     fn iommu_units(
         &self,
         boot: &bootinfo::BootInfo,
-        topology: &firmware::Topology,
+        topology: &topology::Topology,
     ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn iommu::Iommu>)> {
         let _ = (boot, topology);
         alloc::vec::Vec::new()

@@ -821,4 +821,4 @@ ktest::suite!(
 );
 
 /// The suites of this crate for the boot binary.
-pub static SUITES: &[&ktest::Suite] = &[&ARCH, &IOMMU];
+pub static SUITES: &[&ktest::Suite] = &[&ARCH, &IOMMU, &board_common::ktests::VIRTIO];

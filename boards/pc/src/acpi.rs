@@ -6,6 +6,6 @@
 pub const MSI_WINDOW: (u64, u64) = (0xFEE0_0000, 0xFEEF_FFFF);
 
 /// The IOMMU topology from DMAR, IVRS and VIOT (see [`kcore::acpi::topology`]).
-pub fn topology(rsdp: u64, functions: &[pci::Function]) -> firmware::Topology {
+pub fn topology(rsdp: u64, functions: &[pci::Function]) -> topology::Topology {
     kcore::acpi::topology(rsdp, functions, Some(MSI_WINDOW))
 }

@@ -171,24 +171,24 @@ impl Platform for ArmPlatform {
     fn iommu_units(
         &self,
         boot: &bootinfo::BootInfo,
-        topology: &firmware::Topology,
+        topology: &topology::Topology,
     ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
         iommu::units(boot, topology)
     }
 
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology {
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology {
         if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
             // MSIs go through the ITS doorbell, which the IOMMU translates like any DMA:
             // reserve it as the device tree path does (IORT names the ITS by ID; its base is in the MADT).
             let mut t = kcore::acpi::topology(rsdp, functions, None);
             if let Some(its) = acpi::gic(rsdp).ok().and_then(|g| g.its) {
-                firmware::build::reserve_its_doorbell(&mut t, its.base);
+                topology::build::reserve_its_doorbell(&mut t, its.base);
             }
             return t;
         }
-        let Some(dt) = dtb(boot) else { return firmware::Topology::new() };
+        let Some(dt) = dtb(boot) else { return topology::Topology::new() };
         let mut errors = alloc::vec::Vec::new();
-        let t = firmware::build::from_devicetree(&dt, &mut errors);
+        let t = topology::build::from_devicetree(&dt, &mut errors);
         for e in errors {
             log::error!("devicetree: {e}");
         }

@@ -143,17 +143,17 @@ impl Platform for X86Platform {
         }
     }
 
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> firmware::Topology {
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology {
         match boot.firmware() {
             bootinfo::FirmwareTables::Acpi { rsdp } => acpi::topology(rsdp, functions),
-            _ => firmware::Topology::new(),
+            _ => topology::Topology::new(),
         }
     }
 
     fn iommu_units(
         &self,
         boot: &bootinfo::BootInfo,
-        topology: &firmware::Topology,
+        topology: &topology::Topology,
     ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
         iommu::units(boot, topology)
     }

@@ -5,13 +5,13 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use firmware::{IommuKind, Topology, UnitLocation};
+use topology::{IommuKind, Topology, UnitLocation};
 
 /// One driver per SMMUv3 and virtio-iommu in `topology`, in topology order; a
 /// unit that fails to come up is logged and left out.
 pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     let mut out = smmu_units(boot, topology);
-    out.extend(kcore::iommu::virtio_units(boot, topology));
+    out.extend(board_common::virtio_units(boot, topology));
     out.sort_by_key(|(index, _)| *index);
     out
 }
