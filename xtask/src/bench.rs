@@ -11,7 +11,8 @@
 
 use crate::build;
 use crate::harness;
-use crate::machine::{Arch, Boot, Iommu, Machine};
+use crate::machine::Machine;
+use crate::target::{Arch, Boot, Iommu};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -66,7 +67,7 @@ fn syscall() -> Result<(), String> {
         let kernel = build::kernel(arch, true)?;
         let machine = Machine {
             arch,
-            iommu: crate::machine::Iommu::None,
+            iommu: crate::target::Iommu::None,
             cmdline: vec!["init=bench-syscall".into()],
             extra: Vec::new(),
             gdb: false,
@@ -161,7 +162,7 @@ fn median(v: &mut [f64]) -> Option<f64> {
 /// booted alternately `boots` times, the same shapes measured on both; per
 /// shape the median across boots of each boot's median, and the ratio.
 pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
-    let peer = crate::machine::workspace_root().join("../shared/peer/linux-iommufd");
+    let peer = crate::target::workspace_root().join("../shared/peer/linux-iommufd");
     if !peer.join("runner.py").exists() {
         return Err(format!("the Linux peer is not at {} (runner.py missing)", peer.display()));
     }
@@ -174,7 +175,7 @@ pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
         gdb: false,
         boot: Boot::Direct,
     };
-    let out = crate::machine::workspace_root().join("target").join("bench-vs-linux");
+    let out = crate::target::workspace_root().join("target").join("bench-vs-linux");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
         "bench ioas vs linux: x86_64 q35 + VT-d (caching mode) + edu, -m 2G -smp 2, TCG, {boots} boot(s) of each, alternating"
@@ -252,7 +253,7 @@ pub fn ioas_vs_linux(boots: usize) -> Result<(), String> {
 fn pgtable() -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .current_dir(crate::machine::workspace_root())
+        .current_dir(crate::target::workspace_root())
         .args(["bench", "--package", "io-pgtable", "--bench", "pgtable"])
         .status()
         .map_err(|e| format!("cannot run cargo bench: {e}"))?;

@@ -1,6 +1,6 @@
 //! Building the kernel ELF for one architecture.
 
-use crate::machine::{workspace_root, Arch};
+use crate::target::{workspace_root, Arch};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -92,9 +92,9 @@ pub fn uefi_loader(arch: Arch, release: bool) -> Result<PathBuf, String> {
 }
 
 /// Builds the kernel and, for a UEFI boot, its loader.
-pub fn kernel_for(arch: Arch, release: bool, boot: crate::machine::Boot) -> Result<Kernel, String> {
+pub fn kernel_for(arch: Arch, release: bool, boot: crate::target::Boot) -> Result<Kernel, String> {
     let mut k = kernel(arch, release)?;
-    if boot == crate::machine::Boot::Uefi {
+    if boot == crate::target::Boot::Uefi {
         let loader = uefi_loader(arch, release)?;
         let loader = std::fs::read(&loader).map_err(|e| format!("reading {}: {e}", loader.display()))?;
         k.uefi = Some(UefiFiles { loader, kernel: stripped(&k.elf)? });

@@ -10,7 +10,8 @@
 //! `cargo xtask test` runs [`BRIEF_RUNS`] inputs through every target,
 //! reproducibly, and counts each as a test.
 
-use crate::machine::{workspace_root, Arch, Boot, Iommu, Machine};
+use crate::machine::Machine;
+use crate::target::{workspace_root, Arch, Boot, Iommu};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Glue between the xtask's machines and the `qemu-tests` harness.
 
 use crate::build::Kernel;
-use crate::machine::{workspace_root, Machine};
+use crate::machine::Machine;
+use crate::target::workspace_root;
 use qemu_tests::report;
 use qemu_tests::runner::{self, Case, Expect};
 use std::time::Duration;

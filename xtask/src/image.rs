@@ -172,7 +172,7 @@ pub fn write(path: &Path, contents: &EspContents<'_>) -> Result<(), String> {
 
 /// Writes the image that boots `kernel` (built with its UEFI loader) with `cmdline`.
 pub fn write_kernel_image(
-    arch: crate::machine::Arch,
+    arch: crate::target::Arch,
     kernel: &crate::build::Kernel,
     cmdline: &str,
     path: &Path,
@@ -187,14 +187,14 @@ pub fn write_kernel_image(
 /// `cargo xtask image`: builds the kernel and the loader for `arch` and writes
 /// a bootable image (default `target/portcullis-<arch>.img`).
 pub fn build_image(
-    arch: crate::machine::Arch,
+    arch: crate::target::Arch,
     release: bool,
     cmdline: &str,
     output: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
-    let kernel = crate::build::kernel_for(arch, release, crate::machine::Boot::Uefi)?;
+    let kernel = crate::build::kernel_for(arch, release, crate::target::Boot::Uefi)?;
     let path = output.unwrap_or_else(|| {
-        crate::machine::workspace_root().join("target").join(format!("portcullis-{}.img", arch.name()))
+        crate::target::workspace_root().join("target").join(format!("portcullis-{}.img", arch.name()))
     });
     write_kernel_image(arch, &kernel, cmdline, &path)?;
     println!(

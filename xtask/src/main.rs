@@ -18,14 +18,16 @@ mod build;
 mod fuzz;
 mod harness;
 mod image;
+mod layers;
 mod machine;
 mod programs;
 mod setup;
+mod target;
 mod test;
 
 use clap::{Parser, Subcommand};
-use machine::{Arch, Boot, Iommu};
 use std::process::ExitCode;
+use target::{Arch, Boot, Iommu};
 
 /// The portcullis build tool.
 #[derive(Parser)]
@@ -112,6 +114,10 @@ enum Command {
         #[arg(long)]
         output: Option<std::path::PathBuf>,
     },
+    /// Print the crates by layer and check the tree's shape: crate dependencies
+    /// point down the layers, and no crate has an import circle between its
+    /// modules (`docs/architecture.md`; also run as a host test).
+    Layers,
     /// Run benchmarks and print figures: `boot`, `syscall`, `pgtable`, `ioas` (all when NAME is omitted).
     Bench {
         /// Benchmark to run.
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
+        Command::Layers => layers::run(&target::workspace_root()),
         Command::Run { arch, iommu, release, gdb, trace, hw, init, boot, qemu_args } => {
             let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot };
             setup::run().and_then(|()| test::run_demo(options, &qemu_args))

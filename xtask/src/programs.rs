@@ -6,7 +6,7 @@
 //! hand), sorted by name, so adding a file is all it takes and the image's
 //! order does not depend on the file system.
 
-use crate::machine::workspace_root;
+use crate::target::workspace_root;
 use std::path::{Path, PathBuf};
 
 /// `user/programs/src/bin`, where cargo discovers the programs.

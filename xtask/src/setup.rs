@@ -7,7 +7,7 @@
 //! - UEFI firmware for the `--boot uefi` path (`ovmf`, `qemu-efi-aarch64`), the same way;
 //! - a C++ compiler (`g++`) for libFuzzer, which `cargo xtask fuzz` builds from source.
 
-use crate::machine::workspace_root;
+use crate::target::workspace_root;
 use std::process::Command;
 
 /// Oldest QEMU with the IOMMU modes portcullis uses.
@@ -137,8 +137,8 @@ fn qemu() -> Result<(), String> {
 /// Makes sure the UEFI firmware images for both architectures are installed.
 fn firmware() -> Result<(), String> {
     let present = || {
-        crate::machine::Arch::all().into_iter().all(|a| {
-            let (code, vars) = crate::machine::uefi_firmware(a);
+        crate::target::Arch::all().into_iter().all(|a| {
+            let (code, vars) = crate::target::uefi_firmware(a);
             std::path::Path::new(code).exists() && std::path::Path::new(vars).exists()
         })
     };

@@ -2,7 +2,8 @@
 
 use crate::build;
 use crate::harness;
-use crate::machine::{Arch, Boot, Iommu, Machine};
+use crate::machine::Machine;
+use crate::target::{Arch, Boot, Iommu};
 use std::process::Command;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ fn host_tests() -> Result<HostCounts, String> {
     eprintln!("xtask: host tests (cargo test on the workspace's default members)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .current_dir(crate::machine::workspace_root())
+        .current_dir(crate::target::workspace_root())
         .args(["test", "--no-fail-fast"])
         .output()
         .map_err(|e| format!("cannot run cargo test: {e}"))?;
@@ -228,7 +229,7 @@ fn amdvi_stale_bus_case(kernel: &crate::build::Kernel) -> Result<qemu_tests::run
 
 /// Firmware-description cases: bridges, a corrupt DMAR, a corrupt DTB node.
 fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_tests::runner::Case>, String> {
-    let dir = crate::machine::workspace_root().join("target").join("qemu-tests");
+    let dir = crate::target::workspace_root().join("target").join("qemu-tests");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut cases = Vec::new();
     let machine = |iommu, extra: Vec<String>| Machine {
@@ -647,7 +648,7 @@ fn uefi_cases(
 /// UEFI machine has its boot disk as one more PCI function on aarch64, so its
 /// lines may be more, never different. Returns how many lines were compared.
 fn topology_agrees(arch: Arch, iommu: Iommu) -> Result<usize, String> {
-    let dir = crate::machine::workspace_root().join("target").join("qemu-tests");
+    let dir = crate::target::workspace_root().join("target").join("qemu-tests");
     let lines = |name: &str| -> Result<Vec<String>, String> {
         let path = dir.join(format!("{name}.log"));
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
