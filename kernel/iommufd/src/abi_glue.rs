@@ -3,7 +3,10 @@
 //! kernel's syscall and the host-side selftest door, so both refuse the same
 //! inputs with the same errors.
 
-use crate::{hwpt_flags, HwptAlloc, HwptData, Stage1Invalidation, PAGE};
+use crate::error::nomem;
+use crate::hwpt::{hwpt_flags, HwptAlloc, HwptData, Stage1Invalidation};
+use crate::object::{FaultRecord, Iommufd, Units};
+use crate::pages::{Memory, PAGE};
 use abi::ioas as a;
 use abi::Errno;
 use alloc::vec::Vec;
@@ -47,10 +50,10 @@ pub fn hwpt_alloc(s: &a::HwptAlloc, data: &[u8]) -> Result<HwptAlloc, Errno> {
         }
         // Driver attributes: the unit decodes and checks them.
         a::hwpt_data::VTD_ATTRS | a::hwpt_data::SMMUV3_ATTRS | a::hwpt_data::AMDVI_ATTRS => {
-            HwptData::Driver { data_type: s.data_type, bytes: fallible::try_to_vec(data).map_err(crate::nomem)? }
+            HwptData::Driver { data_type: s.data_type, bytes: fallible::try_to_vec(data).map_err(nomem)? }
         }
         a::hwpt_data::SMMUV3_STE => {
-            HwptData::DriverNested { data_type: s.data_type, bytes: fallible::try_to_vec(data).map_err(crate::nomem)? }
+            HwptData::DriverNested { data_type: s.data_type, bytes: fallible::try_to_vec(data).map_err(nomem)? }
         }
         _ => return Err(Errno::EOPNOTSUPP),
     };
@@ -107,9 +110,9 @@ pub fn invalidations(bytes: &[u8], entry_len: usize) -> (Vec<Stage1Invalidation>
 /// anything else goes to the unit of a hardware-nested child, which checks
 /// each entry itself. Returns how many were handled and why the batch stopped.
 pub fn invalidate(
-    fd: &mut crate::Iommufd,
-    units: crate::Units<'_>,
-    mem: &mut dyn crate::Memory,
+    fd: &mut Iommufd,
+    units: Units<'_>,
+    mem: &mut dyn Memory,
     hwpt: u32,
     data_type: u32,
     bytes: &[u8],
@@ -136,7 +139,7 @@ pub fn fault_queue_capacity(s: &a::FaultQueueAlloc) -> Result<usize, Errno> {
 }
 
 /// A fault record as the ABI carries it.
-pub fn fault_record(r: &crate::FaultRecord) -> a::FaultRecord {
+pub fn fault_record(r: &FaultRecord) -> a::FaultRecord {
     a::FaultRecord {
         dev_id: r.dev_id,
         hwpt_id: r.hwpt_id,

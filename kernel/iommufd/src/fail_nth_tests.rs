@@ -30,14 +30,18 @@
 //! for consistency and for a retry reaching the clean result.
 
 use super::*;
+use crate::object::{HwptKind, Object};
 use crate::syscall::{self, UserMemory};
 use crate::testing::FakeMemory;
 use abi::ioas::{self as a, Op};
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use fallible::testing as heap;
 use iommu::mock::{FailNth, MockConfig, MockIommu};
+use iommu::{DeviceId, DomainId, Iommu, Perms};
 use zerocopy::IntoBytes;
 
 const RW: Perms = Perms::READ.union(Perms::WRITE);

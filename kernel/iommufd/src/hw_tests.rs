@@ -3,8 +3,11 @@
 
 use super::*;
 use crate::testing::{FakeMemory, PA_BASE as BASE};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use iommu::mock::{reason, MockConfig, MockIommu, Op};
 use iommu::Access;
+use iommu::{DeviceId, DomainId, DomainKind, Gather, Iommu, Perms};
 
 const RW: Perms = Perms::READ.union(Perms::WRITE);
 const DEV: DeviceId = DeviceId(0x10);

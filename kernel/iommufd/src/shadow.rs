@@ -28,7 +28,8 @@
 //! Not emulated: accessed/dirty bits are never written back into the user's
 //! table, and U/S is ignored (every device access is treated alike).
 
-use crate::{errno, merge, nomem, Ioas, Memory, PAGE};
+use crate::error::{errno, nomem};
+use crate::pages::{merge, Area, Memory, PAGE};
 use abi::Errno;
 use core::cell::Cell;
 use core::ops::Bound;
@@ -106,8 +107,11 @@ impl Shadow {
 
 /// What a sync works with.
 pub(crate) struct SyncCtx<'a> {
-    /// The parent IOAS (the user's tables and output addresses live here).
-    pub ioas: &'a Ioas,
+    /// The areas of the parent IOAS (the user's tables and output addresses
+    /// live there).
+    pub areas: &'a TryMap<u64, Area>,
+    /// The parent IOAS's `huge_pages` hint.
+    pub huge_pages: bool,
     /// The task's memory, for reading table entries.
     pub mem: &'a dyn Memory,
     /// The child's unit.
@@ -138,7 +142,7 @@ struct Run {
 
 /// Reads user table entries through the IOAS, counting against a budget.
 struct Reader<'a> {
-    ioas: &'a Ioas,
+    areas: &'a TryMap<u64, Area>,
     mem: &'a dyn Memory,
     reads: Cell<u64>,
     limit: u64,
@@ -168,7 +172,7 @@ impl Reader<'_> {
         let frame = match self.last_page.get() {
             Some((p, frame)) if p == page => frame,
             _ => {
-                let (&start, area) = self.ioas.areas.range(..=addr).next_back()?;
+                let (&start, area) = self.areas.range(..=addr).next_back()?;
                 let off = addr - start;
                 // The walk reads through stage 2: the area must be readable.
                 if off > area.len - 1 || !area.perms.contains(Perms::READ) {
@@ -349,7 +353,7 @@ impl Shadow {
         let fmt = self.format();
         let (root, levels) = (self.root, self.levels);
         let reader = Reader {
-            ioas: cx.ioas,
+            areas: cx.areas,
             mem: cx.mem,
             reads: Cell::new(0),
             limit: cx.limits.max_reads,
@@ -357,8 +361,8 @@ impl Shadow {
             stop: Cell::new(false),
             last_page: Cell::new(None),
         };
-        let ioas = cx.ioas;
-        let huge = ioas.hints.huge_pages;
+        let areas = cx.areas;
+        let huge = cx.huge_pages;
         let (unit, domain, max_pages) = (&mut *cx.unit, cx.domain, cx.limits.max_pages);
         let mut err: Option<Errno> = None;
         let mut walked = 0u64;
@@ -389,11 +393,11 @@ impl Shadow {
             let Some(src_lo) = out.checked_add(lo - va) else { return };
             let Some(src_last) = src_lo.checked_add(hi - lo - 1) else { return };
             // The areas overlapping [src_lo, src_last], in order.
-            let first = match ioas.areas.range(..=src_lo).next_back() {
+            let first = match areas.range(..=src_lo).next_back() {
                 Some((&s, a)) if s + (a.len - 1) >= src_lo => s,
                 _ => src_lo,
             };
-            for (&s, area) in ioas.areas.range(first..=src_last) {
+            for (&s, area) in areas.range(first..=src_last) {
                 let p = perms & area.perms;
                 if !p.intersects(Perms::READ | Perms::WRITE) {
                     continue;

@@ -15,7 +15,11 @@
 //! failing an op that already took effect; log lines format through small
 //! `Display` adapters, never through an allocated string.
 
-use crate::{abi_glue, nomem, CopyArgs, Iommufd, IovaChoice, MapArgs, Memory, Units};
+use crate::abi_glue;
+use crate::error::nomem;
+use crate::ioas::{CopyArgs, IovaChoice, MapArgs};
+use crate::object::{Iommufd, Units};
+use crate::pages::Memory;
 use abi::ioas::{self as a, Header, Op};
 use abi::Errno;
 use alloc::vec::Vec;

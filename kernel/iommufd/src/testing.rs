@@ -9,7 +9,7 @@
 //! count ([`fallible::testing::unarmed`]): they are the test's, not the
 //! code under test.
 
-use crate::{Memory, PAGE};
+use crate::pages::{Memory, PAGE};
 use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;

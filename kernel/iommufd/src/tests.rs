@@ -1,7 +1,13 @@
 //! Host tests of the object model against `MockIommu`.
 
 use super::*;
+use crate::ioas::lowest_gap;
+use crate::pages::Area;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use fallible::TryMap;
 use iommu::mock::{MockConfig, MockIommu, Op as MockOp};
+use iommu::{DeviceId, Iommu, Perms};
 use iommu::{Region, ReservedKind};
 
 use crate::testing::{FakeMemory, PA_BASE as BASE};

@@ -1,23 +1,25 @@
-//! The hardware-specific door: user-created HWPTs (kernel-managed with driver
-//! data, nest parents, nested children shadowing a user's stage 1), stage-1
-//! invalidation, fault queues.
+//! Hardware page-table objects (HWPTs, ../shared/DESIGN.md §2): a domain
+//! of one IOMMU unit. Automatic ones (made by an attach to an IOAS, gone with
+//! their last device) and, through the hardware-specific door, user ones:
+//! kernel-managed (default or with driver data, possibly nest parents)
+//! mirroring an IOAS, and nested children (a user's stage 1 shadowed by the
+//! kernel, see [`crate::shadow`], or nested by the hardware itself), with
+//! their stage-1 invalidation.
 
-use crate::shadow::{Shadow, ShadowStats, SyncCtx};
-use crate::{errno, HwptKind, Iommufd, Memory, Object, ShadowLimits, Units, PAGE};
+use crate::error::{errno, nomem};
+use crate::object::{Hwpt, HwptKind, Iommufd, Object, Units};
+use crate::pages::{map_pages, Memory, PAGE};
+use crate::shadow::{Shadow, ShadowLimits, ShadowStats, SyncCtx};
 use abi::Errno;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use fallible::VecExt;
-use iommu::{DomainKind, Gather};
+use iommu::{DomainId, DomainKind};
 
 /// Flags of [`HwptAlloc::flags`].
 pub mod hwpt_flags {
     /// The HWPT may be the parent of nested children (it must be kernel-managed).
     pub const NEST_PARENT: u32 = 1;
 }
-
-/// Most records a fault queue may hold.
-pub const MAX_FAULT_QUEUE: usize = 1 << 16;
 
 /// What [`Iommufd::hwpt_alloc`] creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,31 +105,6 @@ impl Stage1Invalidation {
     }
 }
 
-/// A fault as a fault queue hands it to the task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultRecord {
-    /// The device object id (not the unit's ID).
-    pub dev_id: u32,
-    /// The HWPT the device was attached to.
-    pub hwpt_id: u32,
-    /// The faulting IOVA as the unit reported it.
-    pub address: u64,
-    /// Read, write, or not said.
-    pub access: iommu::Access,
-    /// The unit's reason code.
-    pub reason: u32,
-}
-
-/// A fault queue object.
-#[derive(Debug)]
-pub(crate) struct FaultQueue {
-    capacity: usize,
-    /// Room for `capacity` records, reserved at creation: a delivery never allocates.
-    records: VecDeque<FaultRecord>,
-    /// Records dropped because the queue was full, since the last read.
-    overflows: u64,
-}
-
 impl Iommufd {
     /// Sets the bounds on shadowing work (for every later sync).
     pub fn set_shadow_limits(&mut self, limits: ShadowLimits) {
@@ -146,7 +123,9 @@ impl Iommufd {
         if flags & !hwpt_flags::NEST_PARENT != 0 {
             return Err(Errno::EINVAL);
         }
-        let (unit, _) = self.device_unit(dev)?;
+        // The device's unit (`Iommufd::device_unit`, read here so that this
+        // file does not name `device.rs`, which builds on it).
+        let unit = self.device(dev)?.unit;
         if let Some(q) = fault_queue {
             match self.objects.get(&q) {
                 Some(Object::FaultQueue(_)) => {}
@@ -183,7 +162,7 @@ impl Iommufd {
                 let (ioas, parent_domain) = (p.ioas, p.domain);
                 let (obj, domain) =
                     self.reserve_with_domain(|| units[unit].domain_alloc_user(data_type, &bytes, Some(parent_domain)))?;
-                let hwpt = crate::Hwpt {
+                let hwpt = Hwpt {
                     unit,
                     domain,
                     ioas,
@@ -212,8 +191,14 @@ impl Iommufd {
                 let mut shadow = Shadow::new(root, levels);
                 let synced = match self.ioas(ioas) {
                     Ok(i) => {
-                        let mut cx =
-                            SyncCtx { ioas: i, mem: &*mem, unit: &mut *units[unit], domain, limits: self.limits };
+                        let mut cx = SyncCtx {
+                            areas: &i.areas,
+                            huge_pages: i.hints.huge_pages,
+                            mem: &*mem,
+                            unit: &mut *units[unit],
+                            domain,
+                            limits: self.limits,
+                        };
                         shadow.sync(&mut cx, 0, u64::MAX)
                     }
                     Err(e) => Err(e),
@@ -221,10 +206,10 @@ impl Iommufd {
                 if let Err(e) = synced {
                     // No device ever saw the domain: freeing it drops its tables.
                     let _ = units[unit].domain_free(domain);
-                    self.objects.remove(&obj);
+                    self.abort(obj);
                     return Err(e);
                 }
-                let hwpt = crate::Hwpt {
+                let hwpt = Hwpt {
                     unit,
                     domain,
                     ioas,
@@ -237,11 +222,79 @@ impl Iommufd {
         }
     }
 
+    /// An automatic HWPT on `unit` mirroring every area of `ioas`.
+    pub(crate) fn hwpt_create(&mut self, units: Units<'_>, unit: usize, ioas: u32) -> Result<u32, Errno> {
+        let (obj, domain) = self.reserve_with_domain(|| units[unit].domain_alloc(DomainKind::Paging))?;
+        self.publish_mirror(units, obj, unit, domain, ioas, HwptKind::Auto, None)
+    }
+
+    /// Fills `domain` with every area of `ioas` and publishes it as HWPT
+    /// `obj` on the IOAS's list; on failure frees the domain and the id.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_mirror(
+        &mut self,
+        units: Units<'_>,
+        obj: u32,
+        unit: usize,
+        domain: DomainId,
+        ioas: u32,
+        kind: HwptKind,
+        fault_queue: Option<u32>,
+    ) -> Result<u32, Errno> {
+        let u = &mut *units[unit];
+        // Room on the IOAS's list first: nothing can fail once it is filled.
+        let room = self.ioas_mut(ioas).and_then(|i| i.hwpts.try_reserve(1).map_err(|_| Errno::ENOMEM));
+        let filled = room.and_then(|()| self.ioas(ioas)).and_then(|i| {
+            let huge = i.hints.huge_pages;
+            i.areas.iter().try_for_each(|(&at, area)| {
+                map_pages(u, domain, at, &area.pages, area.perms, huge).map_err(|(e, _)| errno(e))
+            })
+        });
+        if let Err(e) = filled {
+            let _ = u.domain_free(domain);
+            self.abort(obj);
+            return Err(e);
+        }
+        if let Err(e) = self.ioas_mut(ioas).and_then(|i| i.hwpts.try_push(obj).map_err(nomem)) {
+            let _ = u.domain_free(domain);
+            self.abort(obj);
+            return Err(e);
+        }
+        Ok(self.publish(obj, Object::Hwpt(Hwpt { unit, domain, ioas, devices: 0, kind, fault_queue })))
+    }
+
     /// Whether nested children hang off HWPT `hwpt`.
     pub(crate) fn has_children(&self, hwpt: u32) -> bool {
         self.objects.values().any(
             |o| matches!(o, Object::Hwpt(h) if matches!(h.kind, HwptKind::Nested { parent, .. } if parent == hwpt)),
         )
+    }
+
+    pub(crate) fn drop_hwpt_ref(&mut self, units: Units<'_>, hwpt: u32) {
+        if let Some(Object::Hwpt(h)) = self.objects.get_mut(&hwpt) {
+            h.devices = h.devices.saturating_sub(1);
+        }
+        self.release_hwpt_if_unused(units, hwpt);
+    }
+
+    /// Frees an automatic HWPT no device uses any more (user HWPTs wait for `destroy`).
+    pub(crate) fn release_hwpt_if_unused(&mut self, units: Units<'_>, hwpt: u32) {
+        if self.hwpt(hwpt).is_some_and(|h| h.devices == 0 && matches!(h.kind, HwptKind::Auto)) {
+            self.free_hwpt(units, hwpt);
+        }
+    }
+
+    /// Frees a HWPT with no device: its domain, its id, its place on its IOAS.
+    pub(crate) fn free_hwpt(&mut self, units: Units<'_>, hwpt: u32) {
+        let Some(Object::Hwpt(h)) = self.objects.remove(&hwpt) else { return };
+        // Freeing the domain frees its tables and invalidates its TLB entries;
+        // the pages stay pinned by the IOAS.
+        let _ = units[h.unit].domain_free(h.domain);
+        if h.mirrors() {
+            if let Ok(i) = self.ioas_mut(h.ioas) {
+                i.hwpts.retain(|&x| x != hwpt);
+            }
+        }
     }
 
     /// Re-reads the user's stage-1 table for each entry in order (unmap the
@@ -321,7 +374,17 @@ impl Iommufd {
         // Out of the table while the IOAS is borrowed; put back below.
         let mut sh = core::mem::take(shadow);
         let r = match self.ioas(ioas) {
-            Ok(i) => sh.sync(&mut SyncCtx { ioas: i, mem, unit: &mut *units[unit], domain, limits }, start, end),
+            Ok(i) => {
+                let mut cx = SyncCtx {
+                    areas: &i.areas,
+                    huge_pages: i.hints.huge_pages,
+                    mem,
+                    unit: &mut *units[unit],
+                    domain,
+                    limits,
+                };
+                sh.sync(&mut cx, start, end)
+            }
             Err(e) => Err(e),
         };
         if let Some(Object::Hwpt(h)) = self.objects.get_mut(&hwpt) {
@@ -343,32 +406,6 @@ impl Iommufd {
         }
     }
 
-    /// Drops from every nested child shadowing `ioas` the pages that point
-    /// into parent IOVAs `[span.0, span.1]` (the areas an unmap hits), one
-    /// flush per child; allocates nothing.
-    pub(crate) fn purge_children(&mut self, units: Units<'_>, ioas: u32, span: (u64, u64)) -> Result<(), Errno> {
-        let mut result = Ok(());
-        for o in self.objects.values_mut() {
-            let Object::Hwpt(h) = o else { continue };
-            if h.ioas != ioas {
-                continue;
-            }
-            let (unit, domain) = (h.unit, h.domain);
-            let HwptKind::Nested { shadow: Some(shadow), .. } = &mut h.kind else { continue };
-            let u = &mut *units[unit];
-            let mut gather = Gather::default();
-            if let Err(e) = shadow.purge(u, domain, span.0, span.1, &mut gather) {
-                result = result.and(Err(e));
-            }
-            if !gather.is_empty() {
-                if let Err(e) = u.flush(domain, gather) {
-                    result = result.and(Err(errno(e)));
-                }
-            }
-        }
-        result
-    }
-
     /// What shadowing nested child `hwpt` costs (`None`: not a nested child).
     pub fn shadow_stats(&self, hwpt: u32) -> Option<ShadowStats> {
         match &self.hwpt(hwpt)?.kind {
@@ -385,62 +422,8 @@ impl Iommufd {
         }
     }
 
-    /// Creates a fault queue holding up to `capacity` records (1 to
-    /// [`MAX_FAULT_QUEUE`], else `EINVAL`); their room is allocated now
-    /// (`ENOMEM`), so delivering a fault never allocates.
-    pub fn fault_queue_alloc(&mut self, capacity: usize) -> Result<u32, Errno> {
-        if capacity == 0 || capacity > MAX_FAULT_QUEUE {
-            return Err(Errno::EINVAL);
-        }
-        let held: usize = self
-            .objects
-            .values()
-            .filter_map(|o| if let Object::FaultQueue(q) = o { Some(q.capacity) } else { None })
-            .sum();
-        if held + capacity > self.quota.fault_records {
-            return Err(Errno::EDQUOT);
-        }
-        let mut records = VecDeque::new();
-        records.try_reserve_exact(capacity).map_err(|_| Errno::ENOMEM)?;
-        let id = self.reserve_id()?;
-        let q = FaultQueue { capacity, records, overflows: 0 };
-        Ok(self.publish(id, Object::FaultQueue(q)))
-    }
-
-    /// Takes a fault `unit` reported if it is this table's: the device is bound
-    /// here and its HWPT routes faults to a queue. The record goes to the queue
-    /// (or, the queue full, is dropped and counted). False: not ours.
-    pub fn deliver_fault(&mut self, unit: usize, f: &iommu::FaultEvent) -> bool {
-        let found = self.objects.iter().find_map(|(&id, o)| match o {
-            Object::Device(d) if d.unit == unit && d.id == f.device => Some((id, d.hwpt)),
-            _ => None,
-        });
-        let Some((dev_id, Some(hwpt_id))) = found else { return false };
-        let Some(q) = self.hwpt(hwpt_id).and_then(|h| h.fault_queue) else { return false };
-        let Some(Object::FaultQueue(queue)) = self.objects.get_mut(&q) else { return false };
-        let r = FaultRecord { dev_id, hwpt_id, address: f.address, access: f.access, reason: f.reason };
-        // The room was reserved at creation; should it be missing, the
-        // record is dropped and counted as a full queue's would be.
-        if queue.records.len() >= queue.capacity || queue.records.try_push(r).is_err() {
-            queue.overflows += 1;
-        }
-        true
-    }
-
-    /// Takes up to `max` records from fault queue `q`, oldest first, and the
-    /// number of records dropped (queue full) since the last read. `ENOMEM`
-    /// takes none.
-    pub fn fault_read(&mut self, q: u32, max: usize) -> Result<(Vec<FaultRecord>, u64), Errno> {
-        let queue = match self.objects.get_mut(&q) {
-            Some(Object::FaultQueue(queue)) => queue,
-            Some(_) => return Err(Errno::EINVAL),
-            None => return Err(Errno::ENOENT),
-        };
-        let n = max.min(queue.records.len());
-        // The room first: a record leaves the queue only into it.
-        let mut records = Vec::new();
-        records.try_reserve_exact(n).map_err(|_| Errno::ENOMEM)?;
-        records.extend(queue.records.drain(..n));
-        Ok((records, core::mem::take(&mut queue.overflows)))
+    /// The domain behind a HWPT (for tests and the hardware-specific door).
+    pub fn hwpt_domain(&self, hwpt: u32) -> Option<(usize, DomainId)> {
+        self.hwpt(hwpt).map(|h| (h.unit, h.domain))
     }
 }

@@ -1,0 +1,566 @@
+//! The IOAS object (../shared/DESIGN.md §2): an IOVA space of areas of
+//! pinned user pages, mirrored into every HWPT on it.
+//!
+//! Here: allocation, the usable IOVA ranges (above page 0, inside each
+//! attached unit's aperture, outside each attached device's reserved regions)
+//! and the ranges promised by `allow_iovas`, the kernel's choice of an IOVA
+//! ([`lowest_gap`]), map / unmap / copy (each undone in full on failure, pages
+//! unpinned only once every unit forgot them), hints and inspection.
+
+use crate::error::{errno, nomem};
+use crate::object::{Hints, HwptKind, Ioas, Iommufd, Object, Units};
+use crate::pages::{map_pages, merge, Area, InsertFailed, Memory, PAGE};
+use crate::ranges::{self, Range};
+use abi::Errno;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use fallible::{TryMap, VecExt};
+use iommu::{DeviceId, Gather, Iommu, Perms};
+
+/// Leaves of a mapping in one unit: (leaf size, count) pairs, largest first.
+pub type Leaves = Vec<(u64, u64)>;
+
+/// Option ids for [`Iommufd::set_option`].
+pub mod option {
+    /// Value 1: allow huge leaves (default); 0: 4 KiB leaves only.
+    pub const HUGE_PAGES: u32 = 1;
+    /// Value 1: the kernel logs the leaves each new mapping gets; 0: not (default).
+    pub const REPORT_LEAVES: u32 = 2;
+}
+
+/// Where an IOVA for a new mapping comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IovaChoice {
+    /// Exactly here.
+    Fixed(u64),
+    /// The kernel picks, aligned to the largest page size that fits.
+    Auto,
+}
+
+/// What [`Iommufd::map`] maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapArgs {
+    /// Task virtual address (page aligned).
+    pub va: u64,
+    /// Bytes (page multiple, not zero).
+    pub len: u64,
+    /// Where.
+    pub iova: IovaChoice,
+    /// Device access.
+    pub perms: Perms,
+}
+
+/// What [`Iommufd::copy`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyArgs {
+    /// Source IOAS.
+    pub src: u32,
+    /// First IOVA in the source.
+    pub src_iova: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Where in the destination.
+    pub dst_iova: IovaChoice,
+    /// Device access in the destination (no more than the source allows).
+    pub perms: Perms,
+}
+
+impl Iommufd {
+    /// Creates an empty IOAS.
+    pub fn ioas_alloc(&mut self) -> Result<u32, Errno> {
+        let id = self.reserve_id()?;
+        Ok(self.publish(id, Object::Ioas(Ioas::default())))
+    }
+
+    /// Devices attached to `ioas` (through any of its HWPTs), with their
+    /// units (a walk of the table: nothing is allocated).
+    pub(crate) fn attached_devices(&self, ioas: u32) -> impl Iterator<Item = (usize, DeviceId)> + Clone + '_ {
+        self.objects.iter().filter_map(move |(_, o)| match o {
+            Object::Device(d) => d.hwpt.and_then(|h| self.hwpt(h)).filter(|h| h.ioas == ioas).map(|_| (d.unit, d.id)),
+            _ => None,
+        })
+    }
+
+    /// Usable IOVA ranges of an IOAS with `devices` attached: above page 0,
+    /// inside every unit's aperture, outside every device's reserved regions.
+    fn usable_with(
+        units: &[Box<dyn Iommu>],
+        devices: impl Iterator<Item = (usize, DeviceId)>,
+    ) -> Result<Vec<Range>, Errno> {
+        let mut set = Vec::new();
+        set.try_push((PAGE, u64::MAX)).map_err(nomem)?;
+        for (unit, dev) in devices {
+            let u = &units[unit];
+            ranges::intersect_in(&mut set, u.aperture());
+            let mut full = false;
+            u.for_each_reserved(dev, &mut |r| {
+                full |= ranges::subtract_in(&mut set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
+            });
+            if full {
+                return Err(Errno::ENOMEM);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Whether `r` meets a reserved region of one of `devices`.
+    fn hits_reserved(units: &[Box<dyn Iommu>], mut devices: impl Iterator<Item = (usize, DeviceId)>, r: Range) -> bool {
+        devices.any(|(unit, dev)| {
+            let mut hit = false;
+            units[unit].for_each_reserved(dev, &mut |x| {
+                hit |= ranges::overlaps(&[(x.start & !(PAGE - 1), x.end | (PAGE - 1))], r);
+            });
+            hit
+        })
+    }
+
+    /// Usable IOVA ranges of `ioas` with `devices` attached, narrowed to the
+    /// aperture of every unit it has a HWPT on (a user HWPT may have no device).
+    fn usable(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        devices: impl Iterator<Item = (usize, DeviceId)>,
+    ) -> Result<Vec<Range>, Errno> {
+        let mut set = Self::usable_with(units, devices)?;
+        if let Ok(i) = self.ioas(ioas) {
+            for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
+                ranges::intersect_in(&mut set, units[h.unit].aperture());
+            }
+        }
+        Ok(set)
+    }
+
+    /// The IOVA ranges a map into `ioas` may use now.
+    pub fn iova_ranges(&self, units: Units<'_>, ioas: u32) -> Result<Vec<Range>, Errno> {
+        self.ioas(ioas)?;
+        self.usable(units, ioas, self.attached_devices(ioas))
+    }
+
+    /// Promises that `ranges` stay usable: they must be usable now, and a
+    /// later attach that would take part of them away fails. An empty list
+    /// withdraws the promise.
+    pub fn allow_iovas(&mut self, units: Units<'_>, ioas: u32, allowed: &[Range]) -> Result<(), Errno> {
+        let usable = self.iova_ranges(units, ioas)?;
+        for &(s, e) in allowed {
+            if s > e || !s.is_multiple_of(PAGE) || e % PAGE != PAGE - 1 {
+                return Err(Errno::EINVAL);
+            }
+            if !ranges::covers(&usable, (s, e)) {
+                return Err(Errno::EADDRINUSE);
+            }
+        }
+        self.ioas_mut(ioas)?.allowed = fallible::try_to_vec(allowed).map_err(nomem)?;
+        Ok(())
+    }
+
+    /// Whether `ioas` can take `more` devices: their reserved regions must
+    /// not collide with what is mapped, nor narrow the ranges the IOAS was
+    /// promised, and their units' apertures must hold both (`EADDRINUSE`).
+    pub(crate) fn check_fits(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        more: &[(usize, DeviceId)],
+    ) -> Result<(), Errno> {
+        let devs = self.attached_devices(ioas).chain(more.iter().copied());
+        let i = self.ioas(ioas)?;
+        let usable = self.usable(units, ioas, devs)?;
+        let taken = i.areas.iter().map(|(&s, a)| (s, s + (a.len - 1)));
+        if taken.chain(i.allowed.iter().copied()).any(|r| !ranges::covers(&usable, r)) {
+            return Err(Errno::EADDRINUSE);
+        }
+        Ok(())
+    }
+
+    /// Sets a hint; returns whether it is honoured (unknown hints: false, never an error).
+    pub fn set_option(&mut self, ioas: u32, option: u32, value: u64) -> Result<bool, Errno> {
+        let i = self.ioas_mut(ioas)?;
+        match option {
+            option::HUGE_PAGES if value <= 1 => {
+                i.hints.huge_pages = value == 1;
+                Ok(true)
+            }
+            option::REPORT_LEAVES if value <= 1 => {
+                i.hints.report_leaves = value == 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The hints of `ioas`.
+    pub fn hints(&self, ioas: u32) -> Result<Hints, Errno> {
+        Ok(self.ioas(ioas)?.hints)
+    }
+
+    /// Page sizes all units attached to `ioas` support (4 KiB, 2 MiB, 1 GiB when none is).
+    pub fn page_sizes(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
+        self.attached_devices(ioas).fold(1 << 12 | 1 << 21 | 1 << 30, |acc, (u, _)| acc & units[u].page_sizes())
+            | 1 << 12
+    }
+
+    /// `EDQUOT` unless `pages` more pinned pages fit the quota.
+    fn check_pins(&self, pages: u64) -> Result<(), Errno> {
+        match self.pinned.checked_add(pages) {
+            Some(n) if n <= self.quota.pinned_pages => Ok(()),
+            _ => Err(Errno::EDQUOT),
+        }
+    }
+
+    /// Maps `[va, va + len)` of the task at an IOVA of `ioas`; returns the IOVA.
+    pub fn map(&mut self, units: Units<'_>, mem: &mut dyn Memory, ioas: u32, m: MapArgs) -> Result<u64, Errno> {
+        let MapArgs { va, len, iova, perms } = m;
+        if len == 0
+            || !va.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || !perms.intersects(Perms::READ | Perms::WRITE)
+        {
+            return Err(Errno::EINVAL);
+        }
+        va.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        let at = self.place(units, ioas, len, iova)?;
+        self.check_pins(len / PAGE)?;
+        let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
+        self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
+    }
+
+    /// Where a new area of `len` bytes goes in `ioas`. Both cases look only
+    /// at the areas near the answer (the areas are sorted by IOVA).
+    fn place(&self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
+        let i = self.ioas(ioas)?;
+        let devs = self.attached_devices(ioas);
+        let usable = self.usable(units, ioas, devs.clone())?;
+        match iova {
+            IovaChoice::Fixed(at) => {
+                if !at.is_multiple_of(PAGE) {
+                    return Err(Errno::EINVAL);
+                }
+                let last = at.checked_add(len - 1).ok_or(Errno::ERANGE)?;
+                if Self::hits_reserved(units, devs, (at, last)) {
+                    return Err(Errno::EADDRINUSE);
+                }
+                if !ranges::covers(&usable, (at, last)) {
+                    return Err(Errno::ERANGE);
+                }
+                if i.areas.range(..=last).next_back().is_some_and(|(&s, a)| s + (a.len - 1) >= at) {
+                    return Err(Errno::EEXIST);
+                }
+                Ok(at)
+            }
+            IovaChoice::Auto => {
+                // Ranges set by `allow_iovas` confine the kernel's choice (as Linux's).
+                let usable: Vec<Range> = if i.allowed.is_empty() {
+                    usable
+                } else {
+                    let mut within: Vec<Range> = Vec::new();
+                    for &r in &i.allowed {
+                        for &(s, e) in &usable {
+                            let (lo, hi) = (s.max(r.0), e.min(r.1));
+                            if lo <= hi {
+                                within.try_push((lo, hi)).map_err(nomem)?;
+                            }
+                        }
+                    }
+                    within.sort_unstable();
+                    within
+                };
+                let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
+                let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
+                lowest_gap(&i.areas, &usable, len, align, i.run)
+                    .or_else(|| lowest_gap(&i.areas, &usable, len, PAGE, i.run))
+                    .ok_or(Errno::ENOSPC)
+            }
+        }
+    }
+
+    /// Maps pinned `pages` at `at` in every HWPT of `ioas` and records the
+    /// area; on failure everything is undone and the pages handed back.
+    fn insert_area(
+        &mut self,
+        units: Units<'_>,
+        ioas: u32,
+        at: u64,
+        pages: Vec<u64>,
+        perms: Perms,
+    ) -> Result<u64, InsertFailed> {
+        let len = pages.len() as u64 * PAGE;
+        // The area's slot first (its pages join it once mapped), so nothing
+        // can fail after the units were told.
+        let huge = match self.ioas_mut(ioas) {
+            Ok(i) => match i.areas.try_insert(at, Area { len, pages: Vec::new(), perms }) {
+                Ok(_) => i.hints.huge_pages,
+                Err(_) => return Err(InsertFailed { errno: Errno::ENOMEM, pages, clean: true }),
+            },
+            Err(e) => return Err(InsertFailed { errno: e, pages, clean: true }),
+        };
+        let failed = match self.ioas(ioas) {
+            Ok(i) => i.hwpts.iter().enumerate().find_map(|(n, &h)| {
+                let hw = self.hwpt(h)?;
+                let (e, mut clean) = map_pages(&mut *units[hw.unit], hw.domain, at, &pages, perms, huge).err()?;
+                for &done in &i.hwpts[..n] {
+                    if let Some(hw) = self.hwpt(done) {
+                        clean &= iommu::unmap_and_flush(&mut *units[hw.unit], hw.domain, at, len).is_ok();
+                    }
+                }
+                Some((errno(e), clean && !self.poisoned))
+            }),
+            Err(e) => Some((e, true)),
+        };
+        let Ok(i) = self.ioas_mut(ioas) else { return Err(InsertFailed { errno: Errno::ENOENT, pages, clean: true }) };
+        if let Some((errno, clean)) = failed {
+            i.areas.remove(&at);
+            i.cut_run(at);
+            return Err(InsertFailed { errno, pages, clean });
+        }
+        if let Some(a) = i.areas.get_mut(&at) {
+            a.pages = pages;
+        }
+        match at.checked_add(len) {
+            Some(end) if i.run.0 == i.run.1 => i.run = (at, end),
+            Some(end) if at == i.run.1 => i.run.1 = end,
+            _ => {}
+        }
+        self.pinned += len / PAGE;
+        Ok(at)
+    }
+
+    /// Unmaps the areas inside `[iova, iova + len)`; the range must not cut
+    /// an area. `iova = 0, len = u64::MAX` unmaps everything. Returns the bytes
+    /// unmapped (`ENOENT` when there was nothing).
+    pub fn unmap(
+        &mut self,
+        units: Units<'_>,
+        mem: &mut dyn Memory,
+        ioas: u32,
+        iova: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let all = iova == 0 && len == u64::MAX;
+        if !all && (len == 0 || !iova.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE)) {
+            return Err(Errno::EINVAL);
+        }
+        let last = if all { u64::MAX } else { iova.checked_add(len - 1).ok_or(Errno::EINVAL)? };
+        let i = self.ioas(ioas)?;
+        // The areas hit are those starting in [lo, last]: the one holding
+        // `iova` (if any) and the ones after it. Walked again where needed
+        // rather than listed, so an unmap never allocates.
+        // Last bytes, never ends: an area may end at 2^64.
+        let lo = match i.areas.range(..=iova).next_back() {
+            Some((&s, a)) if s + (a.len - 1) >= iova => s,
+            _ => iova,
+        };
+        let hit = || i.areas.range(lo..=last);
+        if hit().any(|(&s, a)| s < iova || s + (a.len - 1) > last) {
+            return Err(Errno::EINVAL); // would cut an area
+        }
+        // The parent IOVAs the areas hit span (first and last byte).
+        let span = match (hit().next(), hit().next_back()) {
+            (Some((&first, _)), Some((&s, a))) => (first, s + (a.len - 1)),
+            // Unmap-all of an empty IOAS has nothing to do, and succeeds (as Linux's).
+            _ => return if all { Ok(0) } else { Err(Errno::ENOENT) },
+        };
+        let mut first_error = None;
+        for &h in &i.hwpts {
+            let Some(hw) = self.hwpt(h) else { continue };
+            let unit = &mut *units[hw.unit];
+            let mut gather = Gather::default();
+            for (&s, a) in hit() {
+                match unit.unmap(hw.domain, s, a.len).and_then(|u| merge(unit, hw.domain, &mut gather, u.gather)) {
+                    Ok(()) => {}
+                    Err(e) => first_error = first_error.or(Some(errno(e))),
+                }
+            }
+            // One flush per HWPT for the whole call.
+            if let Err(e) = unit.flush(hw.domain, gather) {
+                first_error = first_error.or(Some(errno(e)));
+            }
+        }
+        // Nested children shadowing this IOAS drop what points into the areas
+        // (unmapped and flushed) before the pages are unpinned.
+        if let Err(e) = self.purge_children(units, ioas, span) {
+            first_error = first_error.or(Some(e));
+        }
+        // Unpinned only once every unit confirmed it forgot them.
+        let quarantine = first_error.is_some() || self.poisoned;
+        let i = self.ioas_mut(ioas)?;
+        let mut bytes = 0;
+        while let Some(s) = i.areas.range(lo..=last).next().map(|(&s, _)| s) {
+            if let Some(a) = i.areas.remove(&s) {
+                i.cut_run(s);
+                if quarantine {
+                    mem.quarantine(&a.pages);
+                } else {
+                    mem.unpin(&a.pages);
+                }
+                bytes += a.len;
+            }
+        }
+        self.pinned = self.pinned.saturating_sub(bytes / PAGE);
+        match first_error {
+            // The areas are gone from the IOAS either way; the error says the
+            // hardware may not have been told.
+            Some(e) => Err(e),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Drops from every nested child shadowing `ioas` the pages that point
+    /// into parent IOVAs `[span.0, span.1]` (the areas an unmap hits), one
+    /// flush per child; allocates nothing.
+    pub(crate) fn purge_children(&mut self, units: Units<'_>, ioas: u32, span: (u64, u64)) -> Result<(), Errno> {
+        let mut result = Ok(());
+        for o in self.objects.values_mut() {
+            let Object::Hwpt(h) = o else { continue };
+            if h.ioas != ioas {
+                continue;
+            }
+            let (unit, domain) = (h.unit, h.domain);
+            let HwptKind::Nested { shadow: Some(shadow), .. } = &mut h.kind else { continue };
+            let u = &mut *units[unit];
+            let mut gather = Gather::default();
+            if let Err(e) = shadow.purge(u, domain, span.0, span.1, &mut gather) {
+                result = result.and(Err(e));
+            }
+            if !gather.is_empty() {
+                if let Err(e) = u.flush(domain, gather) {
+                    result = result.and(Err(errno(e)));
+                }
+            }
+        }
+        result
+    }
+
+    /// Maps the pages behind `[src_iova, src_iova + len)` of `src` into `dst`
+    /// as well (pinned once more); returns the IOVA in `dst`.
+    pub fn copy(&mut self, units: Units<'_>, mem: &mut dyn Memory, dst: u32, c: CopyArgs) -> Result<u64, Errno> {
+        let CopyArgs { src, src_iova, len, dst_iova, perms } = c;
+        if len == 0
+            || !src_iova.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || !perms.intersects(Perms::READ | Perms::WRITE)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let s = self.ioas(src)?;
+        let mut pages: Vec<u64> = Vec::new();
+        let mut at = src_iova;
+        // Last bytes, never ends: the source may end at 2^64.
+        let last = src_iova.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        loop {
+            let (&start, area) = s.areas.range(..=at).next_back().ok_or(Errno::ENOENT)?;
+            let area_last = start + (area.len - 1);
+            if at > area_last {
+                return Err(Errno::ENOENT);
+            }
+            if perms.contains(Perms::WRITE) && !area.perms.contains(Perms::WRITE) {
+                return Err(Errno::EPERM);
+            }
+            let upto = area_last.min(last);
+            let first = ((at - start) / PAGE) as usize;
+            let count = ((upto - at) / PAGE + 1) as usize;
+            pages.try_reserve(count).map_err(|_| Errno::ENOMEM)?;
+            pages.extend_from_slice(&area.pages[first..first + count]);
+            if upto == last {
+                break;
+            }
+            at = upto + 1;
+        }
+        let place = self.place(units, dst, len, dst_iova)?;
+        self.check_pins(pages.len() as u64)?;
+        mem.repin(&pages);
+        self.insert_area(units, dst, place, pages, perms).map_err(|f| f.give_back(mem))
+    }
+
+    /// The leaves `[iova, iova + len)` got in each HWPT of `ioas`: (unit, (size, count) pairs).
+    pub fn leaves(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        iova: u64,
+        len: u64,
+    ) -> Result<Vec<(usize, Leaves)>, Errno> {
+        let i = self.ioas(ioas)?;
+        let mut out = Vec::new();
+        out.try_reserve(i.hwpts.len()).map_err(|_| Errno::ENOMEM)?;
+        for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
+            let (mut leaves, mut full) = (Vec::new(), false);
+            units[h.unit].for_each_leaf_size(h.domain, iova, len, &mut |size, n| {
+                full |= leaves.try_push((size, n)).is_err();
+            });
+            if full {
+                return Err(Errno::ENOMEM);
+            }
+            out.try_push((h.unit, leaves)).map_err(nomem)?;
+        }
+        Ok(out)
+    }
+
+    /// Mapped areas of `ioas` as (iova, length), for inspection.
+    pub fn areas(&self, ioas: u32) -> Result<Vec<(u64, u64)>, Errno> {
+        fallible::try_collect(self.ioas(ioas)?.areas.iter().map(|(&s, a)| (s, a.len))).map_err(nomem)
+    }
+
+    /// The HWPT ids of `ioas` and the unit each is on.
+    pub fn hwpts(&self, ioas: u32) -> Result<Vec<(u32, usize)>, Errno> {
+        let i = self.ioas(ioas)?;
+        fallible::try_collect(i.hwpts.iter().filter_map(|&h| self.hwpt(h).map(|x| (h, x.unit)))).map_err(nomem)
+    }
+}
+
+/// The lowest `align`-aligned IOVA where `len` bytes fit inside `usable`
+/// without touching an area: one walk over the areas in IOVA order.
+pub(crate) fn lowest_gap(
+    areas: &TryMap<u64, Area>,
+    usable: &[Range],
+    len: u64,
+    align: u64,
+    run: (u64, u64),
+) -> Option<u64> {
+    let fit = |lo: u64, hi: u64| -> Option<u64> {
+        let start = lo.checked_add(align - 1)? & !(align - 1);
+        (start >= lo && start.checked_add(len - 1)? <= hi).then_some(start)
+    };
+    for &(s, e) in usable {
+        let mut cur = s;
+        // A run of back-to-back areas holding `cur` is stepped over at once.
+        if run.0 <= cur && cur < run.1 {
+            cur = run.1;
+            if cur > e {
+                continue;
+            }
+        }
+        // An area that began below `cur` may reach into the range.
+        if let Some((&start, a)) = areas.range(..=cur).next_back() {
+            match start.checked_add(a.len) {
+                Some(end) if end > cur => cur = end,
+                None => continue,
+                _ => {}
+            }
+        }
+        let mut blocked = false;
+        for (&start, a) in areas.range(cur..) {
+            if start > e {
+                break;
+            }
+            if start > cur {
+                if let Some(at) = fit(cur, start - 1) {
+                    return Some(at);
+                }
+            }
+            match start.checked_add(a.len) {
+                Some(end) => cur = cur.max(end),
+                None => {
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        if !blocked && cur <= e {
+            if let Some(at) = fit(cur, e) {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
