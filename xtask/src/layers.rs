@@ -455,7 +455,6 @@ mod tests {
         "drivers/virtio-iommu: import circle between modules device <-> queue <-> request <-> transport",
         "boards/pc: import circle between modules apic <-> interrupts",
         "boards/virt: import circle between modules gic <-> timer",
-        "boards/virt: import circle between modules exceptions <-> user",
     ];
 
     /// The tree itself: run by `cargo xtask test --host`.

@@ -206,7 +206,7 @@ extern "C" fn arm_trap(frame: &mut TrapFrame, vector: u64) {
             let esr = ESR_EL1.get();
             let ec = (esr >> 26) & 0x3F;
             if ec == 0x15 {
-                crate::user::syscall(frame);
+                crate::user::syscall(&mut frame.x);
                 return;
             }
             let addr = if matches!(ec, 0x20 | 0x24) { FAR_EL1.get() } else { 0 };

@@ -1,26 +1,74 @@
 //! Kernel page tables for the upper VA range (TTBR1_EL1), 4 KiB granule,
-//! 4 levels (ARM ARM D8.3 "Translation table descriptor formats").
+//! 4 levels, through io-pgtable's engine in the CPU format
+//! ([`io_pgtable::formats::ArmCpu`], ARM ARM D8.3 "Translation table
+//! descriptor formats"), and the [`TableMemory`] the user spaces use too.
 //!
-//! Only what the kernel needs: 4 KiB pages in the dynamic window, and a walk
-//! that understands the boot code's 1 GiB blocks. Table frames come from the
-//! kernel frame allocator and are reached through the direct map.
+//! Only what the kernel needs: 4 KiB pages in the dynamic window, and
+//! lookups that understand the boot code's 1 GiB and 2 MiB blocks. Table
+//! frames come from the kernel frame allocator and are reached through the
+//! direct map; none of this touches the heap (it runs before the heap
+//! exists). Barriers and TLB maintenance are here, around the engine's
+//! changes: a map only ever fills an invalid entry (nothing to invalidate,
+//! the TLB holds no faulting entry), an unmap clears a valid one and then
+//! invalidates its VA (break-before-make never needs more: no entry is
+//! changed from one valid value to another).
 
+use io_pgtable::formats::ArmCpu;
+use io_pgtable::{PageTable, Perms, TableMemory};
 use kcore::{MapError, PageAttr};
 
-const VALID: u64 = 1 << 0;
-/// Table descriptor at levels 0–2, page descriptor at level 3.
-const TABLE_OR_PAGE: u64 = 1 << 1;
-const ATTR_INDEX_SHIFT: u64 = 2;
-/// MAIR index 0: Device-nGnRnE; index 1: Normal write-back (set by the boot code).
-const ATTR_DEVICE: u64 = 0 << ATTR_INDEX_SHIFT;
-const ATTR_NORMAL: u64 = 1 << ATTR_INDEX_SHIFT;
-const SH_INNER: u64 = 3 << 8;
-const ACCESS_FLAG: u64 = 1 << 10;
-const PXN: u64 = 1 << 53;
-const UXN: u64 = 1 << 54;
+/// The tables as the boot code configured the MMU: 48-bit VAs (T0SZ = T1SZ
+/// = 16, four levels); MAIR_EL1 attr0 Device-nGnRnE, attr1 Normal write-back.
+pub(crate) const FORMAT: ArmCpu = ArmCpu::new(4, 1, 0);
 const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+/// First address of the upper range: the TTBR1 tables index VA\[47:0\].
+const UPPER: u64 = 0xFFFF_0000_0000_0000;
 
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Page-table frames of the CPU's tables (kernel and user): the kernel
+/// frame allocator (zeroed frames), reached through the direct map.
+pub(crate) struct CpuTables;
+
+impl TableMemory for CpuTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let pa = kcore::mm::alloc_frame()?;
+        // A table walk may read the frame as soon as the descriptor that
+        // publishes it is visible: the zeroing stores go first.
+        // SAFETY: a barrier only (orders the stores before it before any store after it).
+        unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
+        Some(pa)
+    }
+
+    fn free_table(&mut self, pa: u64) {
+        let _ = kcore::mm::free_frame(pa);
+    }
+
+    fn read(&self, table: u64, index: usize) -> u64 {
+        let p = (kcore::mm::phys_to_virt(table) + (index as u64 % 512) * 8) as *const u64;
+        // SAFETY: `table` is a page-table frame (reached from TTBR0/TTBR1 or just allocated) in the direct map; the index stays inside it.
+        unsafe { p.read_volatile() }
+    }
+
+    fn write(&mut self, table: u64, index: usize, value: u64) {
+        let p = (kcore::mm::phys_to_virt(table) + (index as u64 % 512) * 8) as *mut u64;
+        // SAFETY: as in `read`; kernel-table updates hold LOCK, a user space is changed by its owner alone.
+        unsafe { p.write_volatile(value) }
+    }
+}
+
+/// What an engine refusal means for a page at `va`.
+pub(crate) fn map_error(e: io_pgtable::Error, va: u64) -> MapError {
+    match e {
+        io_pgtable::Error::NoMemory => MapError::OutOfFrames,
+        io_pgtable::Error::AlreadyMapped(_) => MapError::AlreadyMapped(va),
+        io_pgtable::Error::SplitLeaf(_) => MapError::InsideHugePage(va),
+        io_pgtable::Error::Unaligned
+        | io_pgtable::Error::OutOfRange
+        | io_pgtable::Error::BadPerms
+        | io_pgtable::Error::Empty => MapError::BadAddress(va),
+    }
+}
 
 fn ttbr1_root() -> u64 {
     let ttbr: u64;
@@ -29,54 +77,21 @@ fn ttbr1_root() -> u64 {
     ttbr & ADDR_MASK
 }
 
-fn entry_ptr(table_pa: u64, index: u64) -> *mut u64 {
-    (kcore::mm::phys_to_virt(table_pa) + index * 8) as *mut u64
+/// The kernel's tables (the boot code built them; the caller holds LOCK).
+fn kernel_tables() -> PageTable<ArmCpu> {
+    PageTable::from_root(FORMAT, ttbr1_root())
 }
 
-fn read_entry(table_pa: u64, index: u64) -> u64 {
-    // SAFETY: `table_pa` is a page-table frame (reached from TTBR1) in the direct map.
-    unsafe { entry_ptr(table_pa, index).read_volatile() }
+/// `va` as the TTBR1 tables index it, if it is in the upper range.
+fn table_va(va: u64) -> Option<u64> {
+    (va >> 48 == 0xFFFF).then(|| va - UPPER)
 }
 
-fn write_entry(table_pa: u64, index: u64, value: u64) {
-    // SAFETY: as in `read_entry`; the caller holds LOCK, so no concurrent update.
-    unsafe { entry_ptr(table_pa, index).write_volatile(value) };
-}
-
-fn index(va: u64, level: u32) -> u64 {
-    (va >> (39 - 9 * level)) & 0x1FF
-}
-
-fn check_va(va: u64) -> Result<(), MapError> {
-    if va & 0xFFF != 0 || va >> 48 != 0xFFFF {
-        return Err(MapError::BadAddress(va));
+fn check_va(va: u64) -> Result<u64, MapError> {
+    match table_va(va) {
+        Some(t) if va & 0xFFF == 0 => Ok(t),
+        _ => Err(MapError::BadAddress(va)),
     }
-    Ok(())
-}
-
-/// Level-3 table covering `va`, creating intermediate tables when `create`.
-fn leaf_table(va: u64, create: bool) -> Result<u64, MapError> {
-    let mut table = ttbr1_root();
-    for level in 0..3 {
-        let i = index(va, level);
-        let e = read_entry(table, i);
-        if e & VALID == 0 {
-            if !create {
-                return Err(MapError::NotMapped(va));
-            }
-            let new = kcore::mm::alloc_frame().ok_or(MapError::OutOfFrames)?;
-            // Publish the zeroed table only after it is complete (it is: zeroed).
-            // SAFETY: orders the zeroing stores before the descriptor store.
-            unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
-            write_entry(table, i, new | VALID | TABLE_OR_PAGE);
-            table = new;
-        } else if e & TABLE_OR_PAGE == 0 {
-            return Err(MapError::InsideHugePage(va));
-        } else {
-            table = e & ADDR_MASK;
-        }
-    }
-    Ok(table)
 }
 
 fn sync_after_change(va: Option<u64>) {
@@ -91,68 +106,54 @@ fn sync_after_change(va: Option<u64>) {
     }
 }
 
-/// Maps one 4 KiB page in the upper range.
+/// Maps one 4 KiB page in the upper range (never executable; MMIO as Device memory).
 pub fn map_page(va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
-    check_va(va)?;
+    let tva = check_va(va)?;
     if pa & !ADDR_MASK != 0 {
         return Err(MapError::BadAddress(pa));
     }
     let _guard = LOCK.lock();
-    let table = leaf_table(va, true)?;
-    let i = index(va, 3);
-    if read_entry(table, i) & VALID != 0 {
-        return Err(MapError::AlreadyMapped(va));
+    let mut tables = kernel_tables();
+    if let Some(m) = tables.lookup(&CpuTables, tva) {
+        return Err(if m.size > 4096 { MapError::InsideHugePage(va) } else { MapError::AlreadyMapped(va) });
     }
-    let attrs = match attr {
-        PageAttr::Data => ATTR_NORMAL | SH_INNER,
-        PageAttr::Mmio => ATTR_DEVICE,
+    let perms = match attr {
+        PageAttr::Data => Perms::READ | Perms::WRITE | Perms::CACHE,
+        PageAttr::Mmio => Perms::READ | Perms::WRITE,
     };
-    write_entry(table, i, pa | VALID | TABLE_OR_PAGE | ACCESS_FLAG | attrs | PXN | UXN);
+    let done = tables.map(&mut CpuTables, tva, pa, 4096, perms).map_err(|e| map_error(e, va))?;
+    // The entry was invalid: no TLB entry to invalidate, only the store to publish.
     sync_after_change(None);
+    done.release(&mut CpuTables); // a map frees no table
     Ok(())
 }
 
 /// Unmaps one 4 KiB page and returns the physical address it mapped.
 pub fn unmap_page(va: u64) -> Result<u64, MapError> {
-    check_va(va)?;
+    let tva = check_va(va)?;
     let _guard = LOCK.lock();
-    let table = leaf_table(va, false)?;
-    let i = index(va, 3);
-    let e = read_entry(table, i);
-    if e & VALID == 0 {
-        return Err(MapError::NotMapped(va));
+    let mut tables = kernel_tables();
+    let m = tables.lookup(&CpuTables, tva).ok_or(MapError::NotMapped(va))?;
+    if m.size > 4096 {
+        return Err(MapError::InsideHugePage(va));
     }
-    write_entry(table, i, 0);
+    let (_, done) = tables.unmap(&mut CpuTables, tva, 4096).map_err(|e| map_error(e, va))?;
     sync_after_change(Some(va));
-    Ok(e & ADDR_MASK)
+    done.release(&mut CpuTables); // after the invalidation (a 4 KiB unmap frees no table)
+    Ok(m.pa)
 }
 
 /// Physical address behind an upper-range `va`, through pages or blocks.
 pub fn translate(va: u64) -> Option<u64> {
-    if va >> 48 != 0xFFFF {
-        return None;
-    }
+    let tva = table_va(va)?;
     let _guard = LOCK.lock();
-    let mut table = ttbr1_root();
-    for level in 0..4 {
-        let e = read_entry(table, index(va, level));
-        if e & VALID == 0 {
-            return None;
-        }
-        let is_leaf = level == 3 || e & TABLE_OR_PAGE == 0;
-        if is_leaf {
-            let block_mask = (1u64 << (12 + 9 * (3 - level))) - 1;
-            return Some((e & ADDR_MASK & !block_mask) | (va & block_mask));
-        }
-        table = e & ADDR_MASK;
-    }
-    None
+    kernel_tables().iova_to_phys(&CpuTables, tva)
 }
 
 /// Memory-attribute index of the leaf mapping `va` (0 device, 1 normal).
 pub fn attr_index(va: u64) -> Option<u64> {
+    let tva = table_va(va)?;
     let _guard = LOCK.lock();
-    let table = leaf_table(va, false).ok()?;
-    let e = read_entry(table, index(va, 3));
-    (e & VALID != 0).then_some((e >> ATTR_INDEX_SHIFT) & 7)
+    let m = kernel_tables().lookup(&CpuTables, tva)?;
+    Some(u64::from(if m.perms.contains(Perms::CACHE) { FORMAT.mair_normal } else { FORMAT.mair_device }))
 }

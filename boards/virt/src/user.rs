@@ -1,28 +1,20 @@
 //! EL0: user address spaces (TTBR0_EL1), entering EL0, the SVC syscall path and
-//! leaving EL0 on `exit` or a fault (ARM ARM D1.3 "Exception levels", D8.3
-//! descriptor formats: AP[2:1] at bits 7:6, nG bit 11, PXN 53, UXN 54).
+//! leaving EL0 on `exit` or a fault (ARM ARM D1.3 "Exception levels").
 //!
 //! User space is the lower VA range, translated through TTBR0_EL1; the kernel
 //! keeps running from TTBR1, so switching TTBR0 needs no kernel mappings in the
 //! user tables. Without ASIDs, every TTBR0 switch invalidates the EL1&0 TLB.
+//! The tables are io-pgtable's, in the CPU format
+//! ([`io_pgtable::formats::ArmCpu`]: user leaves have AP\[1\] and nG set,
+//! PXN always); the barriers and TLB maintenance around each change are here.
 
+use crate::paging::{map_error, CpuTables, FORMAT};
 use core::sync::atomic::{AtomicU64, Ordering};
+use io_pgtable::formats::ArmCpu;
+use io_pgtable::{PageTable, Perms};
 use kcore::task::SyscallOutcome;
 use kcore::{MapError, UserExit, UserPerms};
 
-const VALID: u64 = 1 << 0;
-const TABLE_OR_PAGE: u64 = 1 << 1;
-const ATTR_NORMAL: u64 = 1 << 2;
-/// AP[1] = 1: accessible from EL0.
-const AP_EL0: u64 = 1 << 6;
-/// AP[2] = 1: read-only.
-const AP_RO: u64 = 1 << 7;
-const SH_INNER: u64 = 3 << 8;
-const ACCESS_FLAG: u64 = 1 << 10;
-const NOT_GLOBAL: u64 = 1 << 11;
-const PXN: u64 = 1 << 53;
-const UXN: u64 = 1 << 54;
-const ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
 /// End of the lower (TTBR0) range with 48-bit VAs.
 const USER_END: u64 = 1 << 48;
 
@@ -87,11 +79,12 @@ unsafe extern "C" {
 /// Kernel stack of the running task (where traps from EL0 land).
 static TASK_KSTACK_TOP: AtomicU64 = AtomicU64::new(0);
 
-/// Serves an SVC from EL0: number in x8, arguments x0–x4, result in x0.
-pub fn syscall(frame: &mut crate::exceptions::TrapFrame) {
-    let args = [frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4]];
-    match kcore::task::syscall(frame.x[8], args) {
-        SyscallOutcome::Return(v) => frame.x[0] = v,
+/// Serves an SVC from EL0 on its saved general registers x0–x30 (the trap
+/// frame's): number in x8, arguments x0–x4, result in x0.
+pub fn syscall(x: &mut [u64; 31]) {
+    let args = [x[0], x[1], x[2], x[3], x[4]];
+    match kcore::task::syscall(x[8], args) {
+        SyscallOutcome::Return(v) => x[0] = v,
         SyscallOutcome::Exit(code) => leave(UserExit::Exited(code)),
     }
 }
@@ -160,68 +153,47 @@ pub fn enter_user(entry: u64, user_sp: u64) -> ! {
     unsafe { arm_enter_user(entry, user_sp, TASK_KSTACK_TOP.load(Ordering::Relaxed)) }
 }
 
-fn entry_at(table: u64, index: u64) -> *mut u64 {
-    (kcore::mm::phys_to_virt(table) + index * 8) as *mut u64
+/// A user space, taken over by its root for one call.
+fn space(root: u64) -> PageTable<ArmCpu> {
+    PageTable::from_root(FORMAT, root)
 }
 
-fn index(va: u64, level: u32) -> u64 {
-    (va >> (39 - 9 * level)) & 0x1FF
-}
-
-/// Level-3 table for `va` in `root`, creating tables when `create`.
-fn leaf_table(root: u64, va: u64, create: bool) -> Result<u64, MapError> {
-    let mut table = root;
-    for level in 0..3 {
-        let p = entry_at(table, index(va, level));
-        // SAFETY: `table` is a page-table frame of this user space, in the direct map.
-        let e = unsafe { p.read_volatile() };
-        if e & VALID == 0 {
-            if !create {
-                return Err(MapError::NotMapped(va));
-            }
-            let new = kcore::mm::alloc_frame().ok_or(MapError::OutOfFrames)?;
-            // SAFETY: as above; the new table is zeroed before it is published.
-            unsafe {
-                core::arch::asm!("dsb ishst", options(nostack));
-                p.write_volatile(new | VALID | TABLE_OR_PAGE);
-            }
-            table = new;
-        } else {
-            table = e & ADDR_MASK;
-        }
+/// The engine's rights for a user page: EL0 access (non-global), device
+/// memory never executable.
+fn perms_of(p: UserPerms) -> Perms {
+    let mut perms = Perms::USER | Perms::READ;
+    perms.set(Perms::WRITE, p.write);
+    if !p.device {
+        perms |= Perms::CACHE;
+        perms.set(Perms::EXEC, p.exec);
     }
-    Ok(table)
+    perms
+}
+
+fn user_perms(p: Perms) -> UserPerms {
+    UserPerms { write: p.contains(Perms::WRITE), exec: p.contains(Perms::EXEC), device: !p.contains(Perms::CACHE) }
+}
+
+fn check_va(va: u64) -> Result<(), MapError> {
+    if va >= USER_END || !va.is_multiple_of(4096) {
+        return Err(MapError::BadAddress(va));
+    }
+    Ok(())
 }
 
 /// A new, empty user address space (a level-0 table).
 pub fn new_space() -> Result<u64, MapError> {
-    kcore::mm::alloc_frame().ok_or(MapError::OutOfFrames)
+    PageTable::new(FORMAT, &mut CpuTables).map(|t| t.root()).map_err(|_| MapError::OutOfFrames)
 }
 
 /// Maps a user page.
 pub fn map(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError> {
-    if va >= USER_END || !va.is_multiple_of(4096) {
-        return Err(MapError::BadAddress(va));
-    }
-    let table = leaf_table(root, va, true)?;
-    let p = entry_at(table, index(va, 3));
-    // SAFETY: `table` is this space's level-3 table in the direct map.
-    if unsafe { p.read_volatile() } & VALID != 0 {
-        return Err(MapError::AlreadyMapped(va));
-    }
-    let memory = if perms.device { 0 } else { ATTR_NORMAL | SH_INNER };
-    let mut desc = pa | VALID | TABLE_OR_PAGE | ACCESS_FLAG | memory | AP_EL0 | NOT_GLOBAL | PXN;
-    if !perms.write {
-        desc |= AP_RO;
-    }
-    if !perms.exec || perms.device {
-        desc |= UXN;
-    }
-    // SAFETY: as above.
-    unsafe {
-        p.write_volatile(desc);
-        core::arch::asm!("dsb ishst", "isb", options(nostack));
-    }
+    check_va(va)?;
+    let done = space(root).map(&mut CpuTables, va, pa, 4096, perms_of(perms)).map_err(|e| map_error(e, va))?;
+    // The entry was invalid (no TLB entry to invalidate): publish the store.
+    // SAFETY: barriers only.
+    unsafe { core::arch::asm!("dsb ishst", "isb", options(nostack)) };
+    done.release(&mut CpuTables); // a map frees no table
     Ok(())
 }
 
@@ -230,116 +202,70 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     if va >= USER_END {
         return None;
     }
-    let table = leaf_table(root, va, false).ok()?;
-    // SAFETY: `table` is this space's level-3 table in the direct map.
-    let e = unsafe { entry_at(table, index(va, 3)).read_volatile() };
-    if e & VALID == 0 || e & AP_EL0 == 0 {
-        return None;
-    }
-    Some((
-        (e & ADDR_MASK) | (va & 0xFFF),
-        UserPerms { write: e & AP_RO == 0, exec: e & UXN == 0, device: e & (7 << 2) == 0 },
-    ))
+    let m = space(root).lookup(&CpuTables, va).filter(|m| m.perms.contains(Perms::USER))?;
+    Some((m.pa + (va - m.iova), user_perms(m.perms)))
 }
 
 /// Hands `f(va, pa, perms)` each mapped user page from `va` up to `end`
 /// while it answers true, reading each level-3 table once; returns where it
-/// stopped (see `Platform::user_walk`).
-pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+/// stopped (see `Platform::user_walk`): `end`, the first page not mapped for
+/// EL0, or the page `f` refused.
+pub fn walk(root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
     let end = end.min(USER_END);
-    while va < end {
-        let Ok(table) = leaf_table(root, va, false) else { return va };
-        for i in index(va, 3)..512 {
-            if va >= end {
-                return va;
-            }
-            // SAFETY: `table` is this space's level-3 table in the direct map; `i` < 512.
-            let e = unsafe { entry_at(table, i).read_volatile() };
-            if e & VALID == 0 || e & AP_EL0 == 0 {
-                return va;
-            }
-            let perms = UserPerms { write: e & AP_RO == 0, exec: e & UXN == 0, device: e & (7 << 2) == 0 };
-            if !f(va, e & ADDR_MASK, perms) {
-                return va;
-            }
-            va += 4096;
-        }
+    let mut next = va;
+    if next >= end {
+        return next;
     }
-    va
+    let _ = space(root).walk(&CpuTables, va, end, &mut |m| {
+        // A hole before this leaf, or a leaf EL0 may not use: stop at `next`.
+        if m.iova > next || !m.perms.contains(Perms::USER) {
+            return false;
+        }
+        let perms = user_perms(m.perms);
+        while next < end && next - m.iova < m.size {
+            if !f(next, m.pa + (next - m.iova), perms) {
+                return false;
+            }
+            next += 4096;
+        }
+        true
+    });
+    next
 }
 
 /// Unmaps a user page (the caller frees the frame) and invalidates its TLB entry.
 pub fn unmap(root: u64, va: u64) -> Result<u64, MapError> {
-    if va >= USER_END || !va.is_multiple_of(4096) {
-        return Err(MapError::BadAddress(va));
+    check_va(va)?;
+    let mut space = space(root);
+    let m = space.lookup(&CpuTables, va).ok_or(MapError::NotMapped(va))?;
+    if m.size > 4096 {
+        return Err(MapError::InsideHugePage(va));
     }
-    let table = leaf_table(root, va, false)?;
-    let p = entry_at(table, index(va, 3));
-    // SAFETY: `table` is this space's level-3 table in the direct map.
-    let e = unsafe { p.read_volatile() };
-    if e & VALID == 0 {
-        return Err(MapError::NotMapped(va));
-    }
-    // SAFETY: as above; then invalidate the page for every ASID (none are used).
-    unsafe {
-        p.write_volatile(0);
-        core::arch::asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack));
-    }
-    Ok(e & ADDR_MASK)
+    let (_, done) = space.unmap(&mut CpuTables, va, 4096).map_err(|e| map_error(e, va))?;
+    // SAFETY: barriers and an invalidation of the page for every ASID (none are used), after the cleared entry.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack)) };
+    done.release(&mut CpuTables); // after the invalidation (a 4 KiB unmap frees no table)
+    Ok(m.pa)
 }
 
 /// Frees the page tables under `[start, end)` that map nothing any more
 /// (after an unmap, or a map rolled back), so a failed or undone call leaves
-/// no table frame behind. The level-0 table stays.
+/// no table frame behind. The level-0 table stays. Needs no heap.
 pub fn prune(root: u64, start: u64, end: u64) {
-    /// Prunes below `table` (at `level`, mapping from `base`); true when it is empty after.
-    fn level_prune(table: u64, level: u32, base: u64, start: u64, end: u64, freed: &mut bool) -> bool {
-        let span = 1u64 << (39 - 9 * level);
-        let mut empty = true;
-        for i in 0..512u64 {
-            let lo = base + i * span;
-            let p = entry_at(table, i);
-            // SAFETY: `table` is a page-table frame of this space in the direct map.
-            let e = unsafe { p.read_volatile() };
-            let inside = lo < end && lo + span > start;
-            if inside && level < 3 && e & VALID != 0 && e & TABLE_OR_PAGE != 0 {
-                let next = e & ADDR_MASK;
-                if level_prune(next, level + 1, lo, start, end, freed) {
-                    // SAFETY: as above; the entry is cleared before its table is freed.
-                    unsafe { p.write_volatile(0) };
-                    let _ = kcore::mm::free_frame(next);
-                    *freed = true;
-                    continue;
-                }
-            }
-            empty &= e & VALID == 0;
-        }
-        empty
-    }
     if start >= end || end > USER_END {
         return;
     }
-    let mut freed = false;
-    level_prune(root, 0, 0, start, end, &mut freed);
-    if freed {
-        // SAFETY: drops every cached walk (the freed tables among them) for all ASIDs; the barriers order it after the cleared entries.
+    let freed = space(root).prune(&mut CpuTables, start, end);
+    if !freed.is_empty() {
+        // The walk caches may hold the unlinked tables: drop them before the frames are reused.
+        // SAFETY: drops every cached walk for all ASIDs; the barriers order it after the cleared entries.
         unsafe { core::arch::asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb", options(nostack)) };
     }
+    freed.release(&mut CpuTables);
 }
 
-/// Frees the tables of a user address space.
+/// Frees the tables of a user address space (not running: every TTBR0
+/// switch invalidates the TLB).
 pub fn free_space(root: u64) {
-    fn free_level(table: u64, level: u32) {
-        for i in 0..512 {
-            // SAFETY: `table` is a page-table frame of this space in the direct map.
-            let e = unsafe { entry_at(table, i).read_volatile() };
-            if e & VALID != 0 && e & TABLE_OR_PAGE != 0 && level < 3 {
-                let next = e & ADDR_MASK;
-                free_level(next, level + 1);
-                let _ = kcore::mm::free_frame(next);
-            }
-        }
-    }
-    free_level(root, 0);
-    let _ = kcore::mm::free_frame(root);
+    space(root).destroy(&mut CpuTables);
 }

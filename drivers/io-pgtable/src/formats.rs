@@ -382,3 +382,120 @@ impl Format for ArmLpae {
         }
     }
 }
+
+/// Arm VMSAv8-64 stage-1 translation tables as the CPU walks them, EL1&0
+/// regime, 4 KiB granule (ARM ARM D8.3 "Translation table descriptor
+/// formats", D8.4 "Memory access control", D8.6 "Memory region attributes"):
+/// the kernel's upper range (TTBR1_EL1) and user spaces (TTBR0_EL1).
+///
+/// The descriptor bits are those of [`ArmLpae`] stage 1; what differs is who
+/// decides them. Per leaf, from its [`Perms`]:
+/// - AP\[2\] (bit 7) read-only unless [`Perms::WRITE`]; every leaf is readable
+///   at EL1 (stage 1 has no write-only or no-access privileged encoding), so
+///   [`Perms::READ`] is required.
+/// - [`Perms::USER`]: AP\[1\] (bit 6, EL0 access) and nG (bit 11: the entry is
+///   tagged with the ASID, so it never outlives its address space in the TLB);
+///   PXN (bit 53) always, UXN (bit 54) unless [`Perms::EXEC`]. Without it the
+///   leaf is global and EL1-only: UXN always, PXN unless [`Perms::EXEC`].
+/// - [`Perms::CACHE`]: AttrIndx (bits 4:2) = `mair_normal` (Normal
+///   write-back) and SH = inner shareable (bits 9:8); clear: AttrIndx =
+///   `mair_device` and SH = 0 (Device memory is outer shareable whatever SH
+///   says, D8.6.2). Device memory is never executable (an instruction fetch
+///   could read a register speculatively): EXEC without CACHE is refused.
+/// - AF (bit 10) always set: the CPU would fault on first access otherwise
+///   (no hardware access-flag management assumed).
+///
+/// Input addresses are the 48 bits the tables index: for the upper range
+/// (T1SZ = 16) a caller passes `va - 0xFFFF_0000_0000_0000` (VA\[47:0\]).
+#[derive(Clone, Copy, Debug)]
+pub struct ArmCpu {
+    /// 3 or 4 levels (39- or 48-bit input; TxSZ = 25 or 16).
+    pub levels: usize,
+    /// MAIR_EL1 index of Normal write-back memory.
+    pub mair_normal: u8,
+    /// MAIR_EL1 index of Device memory.
+    pub mair_device: u8,
+}
+
+impl ArmCpu {
+    /// The format with the given level count and MAIR indices.
+    pub const fn new(levels: usize, mair_normal: u8, mair_device: u8) -> Self {
+        ArmCpu { levels, mair_normal, mair_device }
+    }
+
+    fn attr_index(pte: u64) -> u64 {
+        (pte >> 2) & 7
+    }
+}
+
+impl Format for ArmCpu {
+    fn name(&self) -> &'static str {
+        "arm-cpu"
+    }
+    fn levels(&self) -> usize {
+        self.levels
+    }
+    fn ia_bits(&self) -> u32 {
+        12 + 9 * self.levels as u32
+    }
+    fn leaf_allowed(&self, level: usize) -> bool {
+        // Pages, 2 MiB and 1 GiB blocks (the boot code maps RAM in 1 GiB blocks).
+        level <= 2
+    }
+    fn encode_table(&self, pa: u64, _level: usize) -> u64 {
+        // No APTable / XNTable limits: the leaves say everything.
+        pa | ArmLpae::VALID | ArmLpae::TABLE
+    }
+    fn encode_leaf(&self, pa: u64, level: usize, perms: Perms) -> Result<u64, Error> {
+        if !perms.contains(Perms::READ) || (perms.contains(Perms::EXEC) && !perms.contains(Perms::CACHE)) {
+            return Err(Error::BadPerms);
+        }
+        if pa & !ADDR_48 != 0 {
+            return Err(Error::OutOfRange);
+        }
+        let mut pte = pa | ArmLpae::VALID | ArmLpae::AF;
+        if level == 0 {
+            pte |= ArmLpae::TABLE; // page descriptor
+        }
+        if perms.contains(Perms::CACHE) {
+            pte |= (u64::from(self.mair_normal) & 7) << 2 | ArmLpae::SH_INNER;
+        } else {
+            pte |= (u64::from(self.mair_device) & 7) << 2;
+        }
+        if !perms.contains(Perms::WRITE) {
+            pte |= ArmLpae::AP_RDONLY;
+        }
+        let exec = perms.contains(Perms::EXEC);
+        if perms.contains(Perms::USER) {
+            pte |= ArmLpae::AP_UNPRIV | ArmLpae::NG | ArmLpae::PXN;
+            if !exec {
+                pte |= ArmLpae::UXN;
+            }
+        } else {
+            pte |= ArmLpae::UXN;
+            if !exec {
+                pte |= ArmLpae::PXN;
+            }
+        }
+        Ok(pte)
+    }
+    fn decode(&self, pte: u64, level: usize) -> Entry {
+        if pte & ArmLpae::VALID == 0 {
+            return Entry::Empty;
+        }
+        let is_table = pte & ArmLpae::TABLE != 0;
+        if level > 0 && is_table {
+            return Entry::Table(pte & ADDR_48);
+        }
+        if level == 0 && !is_table {
+            return Entry::Empty; // reserved encoding at level 3
+        }
+        let user = pte & ArmLpae::AP_UNPRIV != 0;
+        let mut perms = Perms::READ;
+        perms.set(Perms::WRITE, pte & ArmLpae::AP_RDONLY == 0);
+        perms.set(Perms::USER, user);
+        perms.set(Perms::EXEC, pte & if user { ArmLpae::UXN } else { ArmLpae::PXN } == 0);
+        perms.set(Perms::CACHE, Self::attr_index(pte) == u64::from(self.mair_normal));
+        Entry::Leaf { pa: leaf_addr(pte, ADDR_48, level), perms }
+    }
+}

@@ -1,10 +1,37 @@
-//! One I/O page-table engine for every IOMMU page-table format.
+//! One page-table engine for every IOMMU page-table format, and for the
+//! aarch64 CPU's own translation tables.
 //!
 //! The walk, map, unmap, lookup and dirty-tracking logic is written once in
 //! [`PageTable`]; each hardware format is a small [`Format`] implementation
 //! that says how many levels there are, which levels may hold leaves, and how
 //! to encode and decode an entry ([`formats`]: Intel VT-d second-level and
-//! first-level, AMD-Vi v1 and v2, Arm LPAE stage 1 and stage 2, 4 KiB granule).
+//! first-level, AMD-Vi v1 and v2, Arm LPAE stage 1 and stage 2, 4 KiB granule,
+//! and [`formats::ArmCpu`], the VMSAv8-64 stage-1 tables the aarch64 board
+//! builds for the kernel (TTBR1) and for user spaces (TTBR0)).
+//!
+//! **The CPU side.** A CPU mapping needs more than an IOMMU one: EL0 access
+//! (AP\[1\]), non-global user entries (nG) and an execute bit per privilege
+//! (UXN / PXN). [`Perms::USER`] carries that (the IOMMU formats ignore it);
+//! [`Perms::CACHE`] picks the MAIR index (Normal write-back or Device). The
+//! CPU needs a few more operations too, all on the same walk:
+//! [`PageTable::from_root`] (a table the boot code built, or a space whose
+//! root the kernel keeps), [`PageTable::lookup`] (the leaf and its rights),
+//! [`PageTable::walk`] (each leaf of a range once, stoppable) and
+//! [`PageTable::prune`] (free the tables a range no longer uses, returned as
+//! [`FreedTables`] without touching the heap). Barriers, break-before-make
+//! and TLB maintenance stay with the caller, as for the IOMMUs.
+//!
+//! **Why not x86 too.** The pc board keeps the `x86_64` crate for its CPU
+//! page tables. There the user and kernel halves share one root: every
+//! user PML4 copies the kernel's upper 256 entries, so a user space holds
+//! subtrees it does not own, which this engine's model (a table owns every
+//! frame under its root: `destroy`, `unmap` and `prune` free them) would
+//! have to learn; x86 CPU attributes are PAT/PCD/PWT bits and a global bit
+//! rather than a MAIR index, and the crate is needed for CR3, the MSRs, the
+//! GDT and the IDT anyway. The board's code there is a thin, typed layer on
+//! a maintained mapper, not a hand-written walker: sharing would add risk
+//! and remove little. Arm has no shared subtrees (TTBR0 and TTBR1 are two
+//! roots), so both CPU tables fit the engine as they are.
 //!
 //! Design points:
 //! - **Frames through a seam.** Table frames are allocated, freed, read and
@@ -48,8 +75,14 @@ bitflags::bitflags! {
         const WRITE = 1 << 1;
         /// Instruction fetch allowed (formats that distinguish it).
         const EXEC = 1 << 2;
-        /// Cacheable / snooped access (format-specific meaning).
+        /// Cacheable / snooped access (format-specific meaning; for
+        /// [`formats::ArmCpu`]: Normal write-back memory, clear: Device).
         const CACHE = 1 << 3;
+        /// Unprivileged (EL0, user) access, for the CPU format
+        /// ([`formats::ArmCpu`]): AP[1] set, the mapping is non-global (nG),
+        /// and [`Perms::EXEC`] means EL0 may execute (UXN clear; PXN is then
+        /// always set). The IOMMU formats ignore it and never report it.
+        const USER = 1 << 4;
     }
 }
 
@@ -116,6 +149,65 @@ pub enum Entry {
         /// Rights.
         perms: Perms,
     },
+}
+
+/// A leaf as a lookup or a walk reports it, whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// First input address the leaf maps (aligned to `size`).
+    pub iova: u64,
+    /// Bytes the leaf maps (the size of its level).
+    pub size: u64,
+    /// Output address of the leaf's first byte.
+    pub pa: u64,
+    /// Rights and attributes.
+    pub perms: Perms,
+}
+
+/// Table frames a [`PageTable::prune`] unlinked, threaded into one chain
+/// through their own entry 0 as in [`Gather`] (the last links to itself), so
+/// that a prune needs no heap. The caller invalidates the walk caches (the
+/// TLB), then gives the frames back with [`FreedTables::release`].
+#[must_use = "invalidate the walk caches, then release the freed tables"]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FreedTables {
+    head: Option<u64>,
+}
+
+impl FreedTables {
+    /// Whether no table was freed (then no invalidation is owed).
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    /// Takes `frame`, empty, into the chain before it is unlinked.
+    fn push(&mut self, mem: &mut impl TableMemory, frame: u64) {
+        mem.write(frame, 0, self.head.unwrap_or(frame));
+        self.head = Some(frame);
+    }
+
+    /// How many frames the chain holds.
+    pub fn count(&self, mem: &impl TableMemory) -> usize {
+        let mut n = 0;
+        let mut next = self.head;
+        while let Some(frame) = next {
+            n += 1;
+            let link = mem.read(frame, 0);
+            next = (link != frame).then_some(link);
+        }
+        n
+    }
+
+    /// After the invalidation: gives the frames back, each zeroed again.
+    pub fn release(self, mem: &mut impl TableMemory) {
+        let mut next = self.head;
+        while let Some(frame) = next {
+            let link = mem.read(frame, 0);
+            mem.write(frame, 0, 0);
+            mem.free_table(frame);
+            next = (link != frame).then_some(link);
+        }
+    }
 }
 
 /// One page-table format. Levels are numbered from the leaf: level 0 maps
@@ -373,6 +465,15 @@ impl<F: Format> PageTable<F> {
         Ok(PageTable { fmt, root })
     }
 
+    /// Takes over the table rooted at `root`, of format `fmt`: one the boot
+    /// code built (the kernel's TTBR1 tables) or one whose root the caller
+    /// kept from [`PageTable::new`] (a user space). Its tables must be
+    /// frames `mem` can read, write and (for [`PageTable::destroy`],
+    /// [`PageTable::prune`] and covering unmaps) free.
+    pub fn from_root(fmt: F, root: u64) -> Self {
+        PageTable { fmt, root }
+    }
+
     /// Physical address of the root table (what the hardware is pointed at).
     pub fn root(&self) -> u64 {
         self.root
@@ -438,8 +539,9 @@ impl<F: Format> PageTable<F> {
                     if let Error::AlreadyMapped(_) = e {
                         // Report the first mapping in the way, as a pre-check would.
                         let mut first = None;
-                        self.walk(mem, self.root, self.fmt.levels() - 1, 0, va, end, &mut |leaf, _, _, _| {
-                            first.get_or_insert(leaf);
+                        self.walk_level(mem, self.root, self.fmt.levels() - 1, 0, va, end, &mut |leaf, _, _, _| {
+                            first = Some(leaf);
+                            false
                         });
                         return Err(Error::AlreadyMapped(first.unwrap_or(va).max(iova)));
                     }
@@ -498,9 +600,10 @@ impl<F: Format> PageTable<F> {
         }
     }
 
-    /// Calls `f(va, size, pa, perms)` for each leaf intersecting `[start, end)`.
+    /// Calls `f(va, size, pa, perms)` for each leaf intersecting `[start,
+    /// end)`, in order, while it answers true; false when `f` stopped it.
     #[allow(clippy::too_many_arguments)]
-    fn walk(
+    fn walk_level(
         &self,
         mem: &impl TableMemory,
         table: u64,
@@ -508,17 +611,21 @@ impl<F: Format> PageTable<F> {
         base: u64,
         start: u64,
         end: u64,
-        f: &mut dyn FnMut(u64, u64, u64, Perms),
-    ) {
+        f: &mut dyn FnMut(u64, u64, u64, Perms) -> bool,
+    ) -> bool {
         let size = level_size(level);
         for (i, va) in slots(base, start, end, level) {
-            match self.fmt.decode(mem.read(table, i), level) {
-                Entry::Empty => {}
+            let go_on = match self.fmt.decode(mem.read(table, i), level) {
+                Entry::Empty => true,
                 Entry::Leaf { pa, perms } => f(va, size, pa, perms),
-                Entry::Table(next) if level > 0 => self.walk(mem, next, level - 1, va, start, end, f),
-                Entry::Table(_) => {}
+                Entry::Table(next) if level > 0 => self.walk_level(mem, next, level - 1, va, start, end, f),
+                Entry::Table(_) => true,
+            };
+            if !go_on {
+                return false;
             }
         }
+        true
     }
 
     /// Start and size of the leaf mapping `va`, if any.
@@ -553,7 +660,89 @@ impl<F: Format> PageTable<F> {
     /// Calls `f(iova, size, pa, perms)` for every leaf, in IOVA order.
     pub fn for_each_mapping(&self, mem: &impl TableMemory, f: &mut dyn FnMut(u64, u64, u64, Perms)) {
         let top = if self.fmt.ia_bits() >= 64 { u64::MAX } else { 1u64 << self.fmt.ia_bits() };
-        self.walk(mem, self.root, self.fmt.levels() - 1, 0, 0, top, f);
+        self.walk_level(mem, self.root, self.fmt.levels() - 1, 0, 0, top, &mut |va, size, pa, perms| {
+            f(va, size, pa, perms);
+            true
+        });
+    }
+
+    /// The leaf mapping `iova`, whole, if any.
+    pub fn lookup(&self, mem: &impl TableMemory, iova: u64) -> Option<Mapping> {
+        if self.fmt.ia_bits() < 64 && iova >> self.fmt.ia_bits() != 0 {
+            return None;
+        }
+        let mut table = self.root;
+        for level in (0..self.fmt.levels()).rev() {
+            match self.fmt.decode(mem.read(table, index(iova, level)), level) {
+                Entry::Empty => return None,
+                Entry::Leaf { pa, perms } => {
+                    let size = level_size(level);
+                    return Some(Mapping { iova: iova & !(size - 1), size, pa, perms });
+                }
+                Entry::Table(next) => table = next,
+            }
+        }
+        None
+    }
+
+    /// Hands `f` each leaf overlapping `[start, end)` once, whole (a leaf
+    /// that starts before `start` is reported from its own start), in input
+    /// address order, while `f` answers true. Reads each table on the way
+    /// once; holes are skipped silently (a caller that wants to stop at one
+    /// compares each leaf's start with where the previous one ended).
+    /// Returns false when `f` stopped the walk.
+    pub fn walk(&self, mem: &impl TableMemory, start: u64, end: u64, f: &mut dyn FnMut(Mapping) -> bool) -> bool {
+        let top = if self.fmt.ia_bits() >= 64 { u64::MAX } else { 1u64 << self.fmt.ia_bits() };
+        let end = end.min(top);
+        if start >= end {
+            return true;
+        }
+        self.walk_level(mem, self.root, self.fmt.levels() - 1, 0, start, end, &mut |iova, size, pa, perms| {
+            f(Mapping { iova, size, pa, perms })
+        })
+    }
+
+    /// Unlinks every table overlapping `[start, end)` that maps nothing
+    /// (after unmaps, or a map rolled back), deepest first, so a table
+    /// emptied by this very prune goes too; the root stays. A table that
+    /// still holds an entry (inside the range or not) stays. Nothing is
+    /// allocated: the frames come back as one [`FreedTables`] chain, to be
+    /// released after the walk caches are invalidated.
+    pub fn prune(&mut self, mem: &mut impl TableMemory, start: u64, end: u64) -> FreedTables {
+        let mut freed = FreedTables::default();
+        let top = if self.fmt.ia_bits() >= 64 { u64::MAX } else { 1u64 << self.fmt.ia_bits() };
+        let end = end.min(top);
+        if start < end {
+            self.prune_level(mem, self.root, self.fmt.levels() - 1, 0, start, end, &mut freed);
+        }
+        freed
+    }
+
+    /// Prunes the tables under `table` (at `level`, mapping from `base`);
+    /// true when `table` holds no entry afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn prune_level(
+        &mut self,
+        mem: &mut impl TableMemory,
+        table: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        freed: &mut FreedTables,
+    ) -> bool {
+        if level == 0 {
+            return (0..512).all(|j| mem.read(table, j) == 0);
+        }
+        for (i, va) in slots(base, start, end, level) {
+            if let Entry::Table(next) = self.fmt.decode(mem.read(table, i), level) {
+                if self.prune_level(mem, next, level - 1, va, start, end, freed) {
+                    freed.push(mem, next);
+                    mem.write(table, i, 0);
+                }
+            }
+        }
+        (0..512).all(|j| mem.read(table, j) == 0)
     }
 
     /// Unmaps every leaf inside `[iova, iova + len)` and returns the bytes

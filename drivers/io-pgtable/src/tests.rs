@@ -2,7 +2,9 @@
 //! allocation-failure injection and dirty tracking.
 
 use crate::arena::Arena;
-use crate::formats::{AmdV1, ArmLpae, VtdSecondLevel, X86Paging};
+use crate::formats::{AmdV1, ArmCpu, ArmLpae, VtdSecondLevel, X86Paging};
+
+mod cpu;
 use crate::{level_size, Error, Format, PageTable, Perms, TableMemory};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -208,6 +210,8 @@ fn all_formats() -> Vec<(&'static str, Runner)> {
         ("arm-s1-3", Box::new(|o: &[Op]| run(ArmLpae::stage1(3, 1, 0), o))),
         ("arm-s1-4", Box::new(|o: &[Op]| run(ArmLpae::stage1(4, 1, 0), o))),
         ("arm-s2-4", Box::new(|o: &[Op]| run(ArmLpae::stage2(4), o))),
+        ("arm-cpu-3", Box::new(|o: &[Op]| run(ArmCpu::new(3, 1, 0), o))),
+        ("arm-cpu-4", Box::new(|o: &[Op]| run(ArmCpu::new(4, 1, 0), o))),
     ]
 }
 
@@ -599,6 +603,7 @@ fn gather_links_decode_as_empty() {
     check(AmdV1 { levels: 6 });
     check(ArmLpae::stage1(4, 2, 0));
     check(ArmLpae::stage2(4));
+    check(ArmCpu::new(4, 1, 0));
 }
 
 /// One 4 KiB page mapped alone in a fresh 4-level region: unmapping it frees 3 tables.
