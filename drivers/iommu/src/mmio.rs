@@ -30,6 +30,11 @@
 //!    exists (the fake window of the `testing` feature lends its heap block
 //!    only to windows and to its own atomic accessors).
 //!
+//! A window (and a [`BlockRef`]) is `Send` and `Sync` like the raw
+//! addresses it replaces: two CPUs' volatile accesses to device registers
+//! are ordered by the device, and each driver serialises its programming
+//! sequences (command, then status poll) with its own locking, as before.
+//!
 //! Driver crates then carry `#![forbid(unsafe_code)]`: the `unsafe impl` the
 //! macro emits comes from this crate's `macro_rules!` expansion, in which
 //! rustc does not report the `unsafe_code` lint.
@@ -227,10 +232,59 @@ impl MmioWindow {
         Ok(unsafe { &*(at as *const T) })
     }
 
+    /// The register block `T` at byte `offset`, checked once (as for
+    /// [`MmioWindow::block`]) and kept: a driver checks its blocks at
+    /// bring-up and reaches them later without a fallible step.
+    pub fn checked<T: RegisterBlock>(&self, offset: u64) -> Result<BlockRef<T>, OutsideWindow> {
+        let size = core::mem::size_of::<T>() as u64;
+        let addr = self.check(offset, size, core::mem::align_of::<T>() as u64)?;
+        Ok(BlockRef { addr, block: core::marker::PhantomData })
+    }
+
     /// The `len` bytes at `offset` as a window of their own.
     pub fn sub(&self, offset: u64, len: u64) -> Result<MmioWindow, OutsideWindow> {
         let at = self.check(offset, len, 1)?;
         Ok(MmioWindow { base: at, len })
+    }
+}
+
+/// A register block [`MmioWindow::checked`] found inside its window and
+/// aligned: part of that window (its mapping contract covers the block for
+/// as long as the `BlockRef` is used), dereferencing to `&T`.
+pub struct BlockRef<T> {
+    addr: u64,
+    /// `fn() -> T`: the reference is to MMIO, not an owned `T` (Send and
+    /// Sync like the window's addresses).
+    block: core::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for BlockRef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for BlockRef<T> {}
+
+impl<T> fmt::Debug for BlockRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockRef({:#x})", self.addr)
+    }
+}
+
+impl<T: RegisterBlock> BlockRef<T> {
+    /// Virtual address of the block (for logs).
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+impl<T: RegisterBlock> core::ops::Deref for BlockRef<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: `MmioWindow::checked` found `addr..addr + size_of::<T>()` inside a window whose maker vouched it stays mapped while anything cut from it (this block) is used, and `addr` aligned for `T`; `T` is a `RegisterBlock` (volatile cells valid for any bit pattern, and padding).
+        unsafe { &*(self.addr as *const T) }
     }
 }
 
@@ -342,5 +396,11 @@ mod tests {
         assert!(s.block::<Byte>(0x18).is_err());
         assert!(w.sub(0x30, 0x11).is_err());
         assert!(w.sub(0x40, 0).is_ok_and(|s| s.is_empty()));
+        // Checked blocks: the same refusals, then plain dereferences.
+        assert!(w.checked::<Block>(0x30).is_err() && w.checked::<Block>(4).is_err());
+        let b = w.checked::<Block>(0x10).unwrap();
+        let copy = b;
+        copy.a.set(3);
+        assert_eq!((b.a.get(), b.addr()), (3, w.base() + 0x10));
     }
 }
