@@ -59,6 +59,25 @@ pub mod RAW {
     impl tock_registers::RegisterLongName for Register {}
 }
 
+/// The bits of `field` in `word`, left where they are (masked, not
+/// shifted down): an address field such as bits 63:12 read as an address.
+pub fn in_place<R: tock_registers::RegisterLongName>(
+    word: Word<R>,
+    field: tock_registers::fields::Field<u64, R>,
+) -> u64 {
+    field.val(word.read(field)).value
+}
+
+/// The value for `field` from bits already in place (the inverse of
+/// [`in_place`]): an address written to an address field such as bits
+/// 63:12, its bits outside the field dropped.
+pub fn from_place<R: tock_registers::RegisterLongName>(
+    field: tock_registers::fields::Field<u64, R>,
+    bits: u64,
+) -> tock_registers::fields::FieldValue<u64, R> {
+    field.val(bits.checked_shr(field.shift as u32).unwrap_or(0) & field.mask)
+}
+
 /// Counts one (for [`crate::descriptor!`]).
 #[doc(hidden)]
 #[macro_export]
@@ -154,5 +173,8 @@ mod tests {
         assert_eq!(back, d);
         assert_eq!((back.w0.read(W0::B), back.w1.read(W1::C), Three::WORDS), (9, 0xAB, 3));
         assert_ne!(Three::zeroed(), d);
+        assert_eq!(in_place(back.w0, W0::B), 0x9000_0000_0000_0000);
+        assert_eq!(from_place(W0::B, 0xA000_0000_0000_0FFF).value, 0xA000_0000_0000_0000);
+        assert_eq!(from_place(W1::C, 0xFFFF).value, 0xFF00, "bits outside the field dropped");
     }
 }
