@@ -1,6 +1,38 @@
 //! Fault records (VT-d §7.2.1 and Appendix A, "Non-Recoverable Fault Reason Codes").
 
 use core::fmt;
+use tock_registers::register_bitfields;
+
+register_bitfields![u64,
+    /// Fault-recording register bits 63:0 (§10.4.14).
+    pub FRCD_LO [
+        /// Bits 63:12: fault information, the faulting page address.
+        FI OFFSET(12) NUMBITS(52) [],
+        /// Bits 63:48: for an interrupt-remapping fault, the interrupt index.
+        FI_INDEX OFFSET(48) NUMBITS(16) []
+    ],
+    /// Fault-recording register bits 127:64 (§10.4.14).
+    pub FRCD_HI [
+        /// Bits 79:64: source identifier (requester ID).
+        SID OFFSET(0) NUMBITS(16) [],
+        /// Bits 103:96: fault reason.
+        FR OFFSET(32) NUMBITS(8) [],
+        /// Bit 126: type, 0 = write request, 1 = read request.
+        T OFFSET(62) NUMBITS(1) [],
+        /// Bit 127: fault recorded.
+        F OFFSET(63) NUMBITS(1) []
+    ]
+];
+
+iommu::descriptor! {
+    /// A fault-recording register's 128 bits as read (§10.4.14).
+    pub struct FaultRecordWords {
+        /// Bits 63:0.
+        lo: FRCD_LO,
+        /// Bits 127:64.
+        hi: FRCD_HI,
+    }
+}
 
 /// A decoded fault reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,18 +85,19 @@ pub struct FaultRecord {
 impl FaultRecord {
     /// Decodes the 128-bit fault-recording register (`lo`, `hi`).
     pub fn decode(lo: u64, hi: u64) -> Option<Self> {
-        if hi >> 63 == 0 {
+        let w = FaultRecordWords::from_words([lo, hi]);
+        if !w.hi.is_set(FRCD_HI::F) {
             return None; // F clear: no fault recorded
         }
-        let reason = FaultReason((hi >> 32) as u8);
+        let reason = FaultReason(w.hi.read(FRCD_HI::FR) as u8);
         Some(FaultRecord {
-            source_id: hi as u16,
+            source_id: w.hi.read(FRCD_HI::SID) as u16,
             address: if reason.is_interrupt() {
                 u64::from(crate::intremap::fault_interrupt_index(lo))
             } else {
-                lo & !0xFFF
+                iommu::desc::in_place(w.lo, FRCD_LO::FI)
             },
-            write: (hi >> 62) & 1 == 0,
+            write: !w.hi.is_set(FRCD_HI::T),
             reason,
         })
     }

@@ -4,7 +4,6 @@
 
 use crate::unit::VtdError;
 use tock_registers::register_bitfields;
-use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
 
 register_bitfields! [u64,
@@ -29,7 +28,11 @@ register_bitfields! [u64,
         /// Caching mode: not-present entries may be cached; flush on map too.
         CM OFFSET(7) NUMBITS(1) [],
         /// Maximum address-mask value for page-selective invalidation.
-        MAMV OFFSET(48) NUMBITS(6) []
+        MAMV OFFSET(48) NUMBITS(6) [],
+        /// First-stage 1 GiB pages.
+        FS1GP OFFSET(56) NUMBITS(1) [],
+        /// First-stage 5-level paging.
+        FL5LP OFFSET(60) NUMBITS(1) []
     ],
     /// Extended capability register (§10.4.3).
     pub ECAP [
@@ -37,6 +40,8 @@ register_bitfields! [u64,
         QI OFFSET(1) NUMBITS(1) [],
         /// Interrupt remapping.
         IR OFFSET(3) NUMBITS(1) [],
+        /// Snoop control: the second-stage SNP bit and the PASID entry's PGSNP may be set.
+        SC OFFSET(7) NUMBITS(1) [],
         /// Pass-through.
         PT OFFSET(6) NUMBITS(1) [],
         /// IOTLB register offset / 16.
@@ -77,6 +82,10 @@ register_bitfields! [u32,
         TE OFFSET(31) NUMBITS(1) [],
         /// Set root table pointer / status.
         SRTP OFFSET(30) NUMBITS(1) [],
+        /// Set fault log (one-shot).
+        SFL OFFSET(29) NUMBITS(1) [],
+        /// Write buffer flush (one-shot).
+        WBF OFFSET(27) NUMBITS(1) [],
         /// Queued invalidation enable.
         QIE OFFSET(26) NUMBITS(1) [],
         /// Interrupt remapping enable.
@@ -98,10 +107,49 @@ register_bitfields! [u32,
         ICE OFFSET(5) NUMBITS(1) [],
         /// Invalidation time-out error (a device-TLB invalidation was not answered in time).
         ITE OFFSET(6) NUMBITS(1) []
+    ],
+    /// Fault event control (§10.4.10).
+    pub FECTL [
+        /// Interrupt mask: fault events raise no interrupt while set.
+        IM OFFSET(31) NUMBITS(1) []
+    ],
+    /// Fault-recording register bits 127:96 (§10.4.14).
+    pub FRCD_HI_HI [
+        /// Fault (bit 127): a fault is recorded; write 1 to clear.
+        F OFFSET(31) NUMBITS(1) []
     ]
 ];
 
-register_structs! {
+/// The one-shot GCMD bits (SRTP, SFL, WBF, SIRTP), which must not be written
+/// back from GSTS with the persistent ones (§10.4.4).
+pub const GLOBAL_ONE_SHOT: u32 =
+    GLOBAL::SRTP::SET.value | GLOBAL::SFL::SET.value | GLOBAL::WBF::SET.value | GLOBAL::SIRTP::SET.value;
+
+register_bitfields! [u64,
+    /// Root table address (§10.4.6).
+    pub RTADDR [
+        /// Translation table mode (bits 11:10): legacy or scalable-mode root table.
+        TTM OFFSET(10) NUMBITS(2) [
+            /// Legacy-mode root table.
+            Legacy = 0,
+            /// Scalable-mode root table.
+            Scalable = 1
+        ],
+        /// Root table address (bits 63:12), 4 KiB aligned.
+        RTA OFFSET(12) NUMBITS(52) []
+    ],
+    /// Invalidation queue address (§10.4.23).
+    pub IQA [
+        /// Queue size: 2^QS 4 KiB pages (bits 2:0).
+        QS OFFSET(0) NUMBITS(3) [],
+        /// Descriptor width (bit 11): 0 for 128-bit descriptors.
+        DW OFFSET(11) NUMBITS(1) [],
+        /// Invalidation queue base address (bits 63:12).
+        IQA OFFSET(12) NUMBITS(52) []
+    ]
+];
+
+iommu::register_blocks! {
     /// The fixed-offset registers (§10.4, Table 42).
     pub Registers {
         (0x000 => pub version: ReadOnly<u32>),
@@ -110,18 +158,18 @@ register_structs! {
         (0x010 => pub ecap: ReadOnly<u64, ECAP::Register>),
         (0x018 => pub gcmd: ReadWrite<u32, GLOBAL::Register>),
         (0x01C => pub gsts: ReadOnly<u32, GLOBAL::Register>),
-        (0x020 => pub rtaddr: ReadWrite<u64>),
+        (0x020 => pub rtaddr: ReadWrite<u64, RTADDR::Register>),
         (0x028 => pub ccmd: ReadWrite<u64, CCMD::Register>),
         (0x030 => _reserved1),
         (0x034 => pub fsts: ReadWrite<u32, FSTS::Register>),
-        (0x038 => pub fectl: ReadWrite<u32>),
+        (0x038 => pub fectl: ReadWrite<u32, FECTL::Register>),
         (0x03C => pub fedata: ReadWrite<u32>),
         (0x040 => pub feaddr: ReadWrite<u32>),
         (0x044 => pub feuaddr: ReadWrite<u32>),
         (0x048 => _reserved2),
         (0x080 => pub iqh: ReadOnly<u64>),
         (0x088 => pub iqt: ReadWrite<u64>),
-        (0x090 => pub iqa: ReadWrite<u64>),
+        (0x090 => pub iqa: ReadWrite<u64, IQA::Register>),
         (0x098 => _reserved3),
         (0x09C => pub ics: ReadWrite<u32>),
         (0x0A0 => _reserved4),
@@ -131,7 +179,7 @@ register_structs! {
     }
 }
 
-register_structs! {
+iommu::register_blocks! {
     /// IOTLB registers at `ECAP.IRO * 16` (§10.4.8).
     pub IotlbRegisters {
         (0x000 => pub iva: ReadWrite<u64>),
@@ -140,13 +188,13 @@ register_structs! {
     }
 }
 
-register_structs! {
+iommu::register_blocks! {
     /// One fault-recording register at `CAP.FRO * 16` (§10.4.14).
     pub FaultRecordRegisters {
         (0x000 => pub lo: ReadOnly<u64>),
         (0x008 => pub hi_lo: ReadOnly<u32>),
         /// Bits 127:96; bit 31 (F) is write-1-to-clear.
-        (0x00C => pub hi_hi: ReadWrite<u32>),
+        (0x00C => pub hi_hi: ReadWrite<u32, FRCD_HI_HI::Register>),
         (0x010 => @END),
     }
 }
