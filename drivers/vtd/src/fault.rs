@@ -1,38 +1,7 @@
 //! Fault records (VT-d §7.2.1 and Appendix A, "Non-Recoverable Fault Reason Codes").
 
+use crate::regs::{FaultRecordWords, FRCD_HI, FRCD_LO};
 use core::fmt;
-use tock_registers::register_bitfields;
-
-register_bitfields![u64,
-    /// Fault-recording register bits 63:0 (§10.4.14).
-    pub FRCD_LO [
-        /// Bits 63:12: fault information, the faulting page address.
-        FI OFFSET(12) NUMBITS(52) [],
-        /// Bits 63:48: for an interrupt-remapping fault, the interrupt index.
-        FI_INDEX OFFSET(48) NUMBITS(16) []
-    ],
-    /// Fault-recording register bits 127:64 (§10.4.14).
-    pub FRCD_HI [
-        /// Bits 79:64: source identifier (requester ID).
-        SID OFFSET(0) NUMBITS(16) [],
-        /// Bits 103:96: fault reason.
-        FR OFFSET(32) NUMBITS(8) [],
-        /// Bit 126: type, 0 = write request, 1 = read request.
-        T OFFSET(62) NUMBITS(1) [],
-        /// Bit 127: fault recorded.
-        F OFFSET(63) NUMBITS(1) []
-    ]
-];
-
-iommu::descriptor! {
-    /// A fault-recording register's 128 bits as read (§10.4.14).
-    pub struct FaultRecordWords {
-        /// Bits 63:0.
-        lo: FRCD_LO,
-        /// Bits 127:64.
-        hi: FRCD_HI,
-    }
-}
 
 /// A decoded fault reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -474,7 +474,7 @@ iommu::descriptor! {
 /// 63:48 of the low qword, §10.4.14). Meaningful only for the reasons that
 /// looked up an entry (21h–24h, 26h–28h); undefined for 20h, 25h, 29h.
 pub fn fault_interrupt_index(frcd_lo: u64) -> u16 {
-    crate::fault::FaultRecordWords::from_words([frcd_lo, 0]).lo.read(crate::fault::FRCD_LO::FI_INDEX) as u16
+    crate::regs::FaultRecordWords::from_words([frcd_lo, 0]).lo.read(crate::regs::FRCD_LO::FI_INDEX) as u16
 }
 
 /// Name of an interrupt-remapping fault reason (§7.1.3, Appendix A), or

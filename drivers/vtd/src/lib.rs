@@ -20,7 +20,7 @@
 //! Hardware access: [`regs::Registers`] over the [`iommu::mmio::MmioWindow`]
 //! the DRHD describes (§8.3), with the IOTLB and fault-recording registers that
 //! ECAP.IRO, CAP.FRO and CAP.NFR locate checked to lie inside it before use
-//! ([`regs::check_window`]); the invalidation queue is an
+//! ([`layout::check_window`]); the invalidation queue is an
 //! [`iommu::ring::ProducerRing`]; in-memory structures (root, context and
 //! PASID entries, descriptors, fault records) are typed
 //! ([`iommu::descriptor!`]); tables live in frames the kernel provides
@@ -35,9 +35,11 @@ extern crate alloc;
 pub mod config;
 pub mod context;
 pub mod driver;
+pub mod error;
 pub mod fault;
 pub mod intremap;
 pub mod invalidation;
+pub mod layout;
 pub mod regs;
 pub mod unit;
 pub mod user_data;

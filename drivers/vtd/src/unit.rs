@@ -4,11 +4,13 @@
 pub use crate::config::Stage;
 use crate::config::{self, DomainConfig};
 use crate::context;
+pub use crate::error::VtdError;
 use crate::fault::FaultRecord;
 use crate::invalidation::{self as inv, Descriptor, QueueError};
+use crate::layout::Layout;
 use crate::regs::{
-    FaultRecordRegisters, IotlbRegisters, Layout, Registers, CAP, CCMD, ECAP, FECTL, FRCD_HI_HI, FSTS, GLOBAL,
-    GLOBAL_ONE_SHOT, IOTLB, IQA, RTADDR,
+    FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FECTL, FRCD_HI_HI, FSTS, GLOBAL, GLOBAL_ONE_SHOT,
+    IOTLB, IQA, RTADDR,
 };
 use io_pgtable::formats::{VtdSecondLevel, X86Paging};
 use io_pgtable::{Gather, PageTable, Perms, TableMemory};
@@ -19,84 +21,6 @@ use tock_registers::interfaces::{Readable, Writeable};
 
 /// Polls of a status bit before a wait is declared failed.
 const MAX_POLLS: u32 = 1_000_000;
-
-/// Why a unit operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VtdError {
-    /// The hardware did not acknowledge a command in time.
-    Timeout(&'static str),
-    /// No table memory.
-    NoMemory,
-    /// SAGAW offers no address width this driver can use.
-    NoAddressWidth,
-    /// A page-table operation failed.
-    Map(io_pgtable::Error),
-    /// Every domain ID the unit supports (CAP.ND) is in use.
-    NoDomainId,
-    /// The unit reported an invalidation-queue error; `head` is the descriptor
-    /// index IQH pointed at. The queue was made to run again before returning.
-    Queue {
-        /// Which error.
-        error: QueueError,
-        /// Descriptor index at IQH when the error was seen.
-        head: usize,
-    },
-    /// The operation needs the invalidation queue and the unit has none.
-    NoQueue,
-    /// The unit cannot do this (a missing capability, named).
-    NotSupported(&'static str),
-    /// Registers the capability registers locate (ECAP.IRO, CAP.FRO and
-    /// CAP.NFR) do not fit in the register window the firmware described
-    /// (DRHD size), or sit over the fixed registers: the unit is not used
-    /// ([`crate::regs::check_window`]).
-    RegisterOutsideWindow {
-        /// Which registers, and the capability field that placed them.
-        register: &'static str,
-        /// Their first byte, from the register base.
-        offset: u64,
-        /// One past their last byte.
-        end: u64,
-        /// Bytes in the window.
-        window: u64,
-    },
-    /// ECAP.IRO puts the IOTLB registers over the fault-recording registers
-    /// CAP.FRO and CAP.NFR describe.
-    RegistersOverlap {
-        /// IOTLB register offset (ECAP.IRO × 16).
-        iotlb: u64,
-        /// First fault-recording register (CAP.FRO × 16).
-        records: u64,
-        /// One past the last fault-recording register.
-        records_end: u64,
-    },
-}
-
-impl core::fmt::Display for VtdError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            VtdError::Timeout(what) => write!(f, "VT-d did not complete {what} in time"),
-            VtdError::NoMemory => f.write_str("out of memory for VT-d tables"),
-            VtdError::NoAddressWidth => f.write_str("no supported second-level address width in CAP.SAGAW"),
-            VtdError::Map(e) => write!(f, "page table: {e}"),
-            VtdError::NoDomainId => f.write_str("every VT-d domain ID (CAP.ND) is in use"),
-            VtdError::Queue { error, head } => {
-                write!(f, "invalidation queue error {} at descriptor {head}", error.name())
-            }
-            VtdError::NoQueue => f.write_str("the unit has no invalidation queue (ECAP.QI = 0)"),
-            VtdError::NotSupported(what) => write!(f, "the unit does not support {what}"),
-            VtdError::RegisterOutsideWindow { register, offset, end, window } => write!(
-                f,
-                "{register} at {offset:#x}..{end:#x} lie outside the unit's {window:#x}-byte register window \
-                 (DRHD size) or over its fixed registers"
-            ),
-            VtdError::RegistersOverlap { iotlb, records, records_end } => write!(
-                f,
-                "IOTLB registers (ECAP.IRO) at {iotlb:#x} overlap the fault-recording registers \
-                 (CAP.FRO, CAP.NFR) at {records:#x}..{records_end:#x}"
-            ),
-        }
-    }
-}
 
 /// A domain's page table, in the format its unit's stage needs.
 pub enum DomainTable {
@@ -301,7 +225,7 @@ impl Unit {
     /// Takes over the unit whose registers `window` covers (the DRHD's
     /// register set, its size 2^n pages, §8.3): checks that the registers
     /// CAP and ECAP locate lie in that window
-    /// ([`crate::regs::check_window`]; [`VtdError::RegisterOutsideWindow`]
+    /// ([`crate::layout::check_window`]; [`VtdError::RegisterOutsideWindow`]
     /// otherwise, before anything is written), installs an empty root table
     /// and invalidates the caches. Translation stays off. Nothing else may
     /// program the unit while the `Unit` lives.
@@ -324,7 +248,7 @@ impl Unit {
         let regs =
             window.checked::<Registers>(0).map_err(|e| outside("fixed registers (VER_REG..ICS_REG)", 0, e.len))?;
         let (cap, ecap) = (regs.cap.get(), regs.ecap.get());
-        let layout = crate::regs::check_window(cap, ecap, usize::try_from(window.len()).unwrap_or(usize::MAX))?;
+        let layout = crate::layout::check_window(cap, ecap, usize::try_from(window.len()).unwrap_or(usize::MAX))?;
         let iotlb_at = layout.iotlb as u64;
         let iotlb_end = iotlb_at + core::mem::size_of::<IotlbRegisters>() as u64;
         let iotlb = window
