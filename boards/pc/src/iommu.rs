@@ -147,8 +147,9 @@ fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<
         };
         let mut mem = kcore::iommu::KernelTables::default();
         let use_queue = boot.cmdline_value("vtd_qi") != Some("off");
-        // SAFETY: `mmio` maps the unit's `window`-byte register set for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
-        let unit = match unsafe { vtd::Unit::with_queue(mmio.va, window as usize, &mut mem, use_queue) } {
+        // SAFETY: `mmio` maps the unit's `window`-byte register set (device memory) for the rest of the kernel's life (never unmapped), no Rust reference covers it, and the VT-d driver becomes its only user.
+        let regs = unsafe { iommu::mmio::MmioWindow::new(mmio.va, window) };
+        let unit = match vtd::Unit::with_queue(regs, &mut mem, use_queue) {
             Ok(unit) => unit,
             Err(e) => {
                 log::error!("vtd: {}: bring-up failed: {e}", u.name);

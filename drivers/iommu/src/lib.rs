@@ -25,13 +25,31 @@
 //!   to a domain with no mappings, `bypass` off.
 //! - `unmap` hands back a [`Gather`] that the caller passes to [`Iommu::flush`]
 //!   once per batch; table frames are freed only after the flush.
+//!
+//! The driver toolkit, shared by every driver so each keeps only what its
+//! hardware makes different:
+//! - [`mmio`]: [`mmio::MmioWindow`], a bounds-checked register window, and
+//!   [`register_blocks!`] (the one `unsafe` of register access lives here,
+//!   so driver crates can `#![forbid(unsafe_code)]`);
+//! - [`dma`]: [`dma::DmaRegion`], bounds-checked word and byte access to a
+//!   run of DMA frames;
+//! - [`ring`]: [`ring::ProducerRing`], the command / invalidation queue
+//!   shape with its doorbell barrier and bounded wait;
+//! - [`desc`]: [`descriptor!`], typed in-memory descriptors;
+//! - [`user_data`]: [`user_data::read_struct`], the extensible-struct rule
+//!   for driver data a task passes.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
+pub mod desc;
+pub mod dma;
 pub mod groups;
 pub mod ids;
+pub mod mmio;
 pub mod mock;
+pub mod ring;
+pub mod user_data;
 
 use alloc::vec::Vec;
 use core::fmt;

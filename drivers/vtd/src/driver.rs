@@ -19,7 +19,7 @@
 //!   (VT-d §8.4: the firmware may keep such DMA running across the handover).
 //! - The hardware-specific door takes `hwpt_data::VTD_ATTRS` only: a paging
 //!   domain with a chosen stage, address width and snoop control
-//!   ([`crate::hwpt::hwpt_config`]); a request the unit cannot honour is
+//!   ([`crate::user_data::hwpt_config`]); a request the unit cannot honour is
 //!   refused with the reason logged. Each paging domain has its own
 //!   aperture (its input width); [`Info::aperture`] is the default domains'.
 //! - **Interrupt remapping** ([`VtdIommu::enable_interrupt_remapping`]): a
@@ -30,9 +30,10 @@
 //!   An entry is cleared and its cache line invalidated before its handle is
 //!   reused; a handle whose invalidation failed is never reused.
 
-use crate::hwpt::{self, DomainConfig};
+use crate::config::DomainConfig;
 use crate::intremap::{self, Destination, IrTable, Irte, RemappedIrte};
 use crate::unit::{Domain, Unit, VtdError};
+use crate::user_data;
 use crate::FaultRecord;
 use alloc::vec::Vec;
 use fallible::TryMap;
@@ -345,7 +346,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
     }
 
     fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
-        let config = hwpt::hwpt_config(self.unit.cap, self.unit.ecap, self.unit.stage, data_type, data, parent)
+        let config = user_data::hwpt_config(self.unit.cap, self.unit.ecap, self.unit.stage, data_type, data, parent)
             .inspect_err(|e| log::warn!("vtd: HWPT refused: {e}"))?;
         self.reserve_domain()?;
         let d = self.unit.alloc_domain_with(config, &mut self.mem)?;

@@ -1,5 +1,6 @@
 //! Fault records (VT-d §7.2.1 and Appendix A, "Non-Recoverable Fault Reason Codes").
 
+use crate::regs::{FaultRecordWords, FRCD_HI, FRCD_LO};
 use core::fmt;
 
 /// A decoded fault reason.
@@ -53,18 +54,19 @@ pub struct FaultRecord {
 impl FaultRecord {
     /// Decodes the 128-bit fault-recording register (`lo`, `hi`).
     pub fn decode(lo: u64, hi: u64) -> Option<Self> {
-        if hi >> 63 == 0 {
+        let w = FaultRecordWords::from_words([lo, hi]);
+        if !w.hi.is_set(FRCD_HI::F) {
             return None; // F clear: no fault recorded
         }
-        let reason = FaultReason((hi >> 32) as u8);
+        let reason = FaultReason(w.hi.read(FRCD_HI::FR) as u8);
         Some(FaultRecord {
-            source_id: hi as u16,
+            source_id: w.hi.read(FRCD_HI::SID) as u16,
             address: if reason.is_interrupt() {
                 u64::from(crate::intremap::fault_interrupt_index(lo))
             } else {
-                lo & !0xFFF
+                iommu::desc::in_place(w.lo, FRCD_LO::FI)
             },
-            write: (hi >> 62) & 1 == 0,
+            write: !w.hi.is_set(FRCD_HI::T),
             reason,
         })
     }

@@ -28,6 +28,7 @@
 //!   IM (bit 15, posted format) and the xAPIC-mode reserved destination bits
 //!   are not checked.
 
+use iommu::desc::RAW;
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 
@@ -416,7 +417,9 @@ pub fn decode_msi(address: u32, data: u32) -> Option<MsiRequest> {
 /// Interrupt entry cache invalidation of every entry (§6.5.2.7, type 4, G = 0),
 /// as a (low, high) queued-invalidation descriptor.
 pub fn iec_global() -> (u64, u64) {
-    (IEC_TYPE, 0)
+    let mut d = IecDesc::zeroed();
+    d.lo.write(IEC_LO::TYPE.val(IEC_TYPE) + IEC_LO::G::Global);
+    (d.lo.get(), d.hi.get())
 }
 
 /// Interrupt entry cache invalidation of the 2^`mask_log2` entries from
@@ -426,16 +429,52 @@ pub fn iec_selective(index: u16, mask_log2: u8) -> Option<(u64, u64)> {
     if mask_log2 > 16 || u32::from(index) & ((1u32 << mask_log2) - 1) != 0 {
         return None;
     }
-    Some((IEC_TYPE | 1 << 4 | u64::from(mask_log2) << 27 | u64::from(index) << 32, 0))
+    let mut d = IecDesc::zeroed();
+    d.lo.write(
+        IEC_LO::TYPE.val(IEC_TYPE)
+            + IEC_LO::G::Index
+            + IEC_LO::IM.val(u64::from(mask_log2))
+            + IEC_LO::IIDX.val(u64::from(index)),
+    );
+    Some((d.lo.get(), d.hi.get()))
 }
 
 const IEC_TYPE: u64 = 4;
+
+tock_registers::register_bitfields![u64,
+    /// Interrupt entry cache invalidate descriptor bits 63:0 (§6.5.2.7).
+    pub IEC_LO [
+        /// Bits 3:0: descriptor type (4).
+        TYPE OFFSET(0) NUMBITS(4) [],
+        /// Bit 4: granularity.
+        G OFFSET(4) NUMBITS(1) [
+            /// Every entry.
+            Global = 0,
+            /// The entries from IIDX that IM selects.
+            Index = 1
+        ],
+        /// Bits 31:27: index mask, 2^IM entries.
+        IM OFFSET(27) NUMBITS(5) [],
+        /// Bits 47:32: interrupt index.
+        IIDX OFFSET(32) NUMBITS(16) []
+    ]
+];
+
+iommu::descriptor! {
+    /// Interrupt entry cache invalidate descriptor (§6.5.2.7).
+    pub struct IecDesc {
+        /// Bits 63:0.
+        lo: IEC_LO,
+        /// Bits 127:64 (reserved).
+        hi: RAW,
+    }
+}
 
 /// The interrupt_index an interrupt-remapping fault record names (FRCD bits
 /// 63:48 of the low qword, §10.4.14). Meaningful only for the reasons that
 /// looked up an entry (21h–24h, 26h–28h); undefined for 20h, 25h, 29h.
 pub fn fault_interrupt_index(frcd_lo: u64) -> u16 {
-    (frcd_lo >> 48) as u16
+    crate::regs::FaultRecordWords::from_words([frcd_lo, 0]).lo.read(crate::regs::FRCD_LO::FI_INDEX) as u16
 }
 
 /// Name of an interrupt-remapping fault reason (§7.1.3, Appendix A), or

@@ -1,6 +1,10 @@
 //! Invalidation: the queued-invalidation interface (VT-d §6.5.2) with
 //! context-cache, IOTLB and wait descriptors, and the choice of granularity.
 
+use crate::regs::FSTS;
+use iommu::desc::{from_place, RAW};
+use tock_registers::register_bitfields;
+
 /// Descriptor type: context-cache invalidate (§6.5.2.1).
 pub const CONTEXT_CACHE: u64 = 1;
 /// Descriptor type: IOTLB invalidate (§6.5.2.3).
@@ -10,38 +14,180 @@ pub const WAIT: u64 = 5;
 /// Descriptor type: PASID-cache invalidate (§6.5.2.2), scalable mode.
 pub const PASID_CACHE: u64 = 7;
 
+register_bitfields![u64,
+    /// Context-cache invalidate descriptor bits 63:0 (§6.5.2.1).
+    pub CC_LO [
+        /// Bits 3:0: descriptor type (1).
+        TYPE OFFSET(0) NUMBITS(4) [],
+        /// Bits 5:4: granularity.
+        G OFFSET(4) NUMBITS(2) [
+            /// 01b: global.
+            Global = 1,
+            /// 10b: domain-selective.
+            Domain = 2,
+            /// 11b: device-selective.
+            Device = 3
+        ],
+        /// Bits 31:16: domain ID.
+        DID OFFSET(16) NUMBITS(16) []
+    ],
+    /// PASID-cache invalidate descriptor bits 63:0 (§6.5.2.2).
+    pub PC_LO [
+        /// Bits 3:0: descriptor type (7).
+        TYPE OFFSET(0) NUMBITS(4) [],
+        /// Bits 5:4: granularity.
+        G OFFSET(4) NUMBITS(2) [
+            /// 00b: domain-selective, every PASID of a domain.
+            DomainSelective = 0,
+            /// 01b: PASID-selective within a domain (the PASID in bits 51:32).
+            PasidSelective = 1,
+            /// 11b: global.
+            Global = 3
+        ],
+        /// Bits 31:16: domain ID.
+        DID OFFSET(16) NUMBITS(16) []
+    ],
+    /// IOTLB invalidate descriptor bits 63:0 (§6.5.2.3).
+    pub IOTLB_LO [
+        /// Bits 3:0: descriptor type (2).
+        TYPE OFFSET(0) NUMBITS(4) [],
+        /// Bits 5:4: granularity.
+        G OFFSET(4) NUMBITS(2) [
+            /// 01b: global.
+            Global = 1,
+            /// 10b: domain-selective.
+            Domain = 2,
+            /// 11b: page-selective within a domain.
+            Page = 3
+        ],
+        /// Bit 6: drain writes.
+        DW OFFSET(6) NUMBITS(1) [],
+        /// Bit 7: drain reads.
+        DR OFFSET(7) NUMBITS(1) [],
+        /// Bits 31:16: domain ID.
+        DID OFFSET(16) NUMBITS(16) []
+    ],
+    /// IOTLB invalidate descriptor bits 127:64 (§6.5.2.3).
+    pub IOTLB_HI [
+        /// Bits 69:64: address mask, 2^AM pages.
+        AM OFFSET(0) NUMBITS(6) [],
+        /// Bits 127:76: address (page number).
+        ADDR OFFSET(12) NUMBITS(52) []
+    ],
+    /// Invalidation wait descriptor bits 63:0 (§6.5.2.8).
+    pub WAIT_LO [
+        /// Bits 3:0: descriptor type (5).
+        TYPE OFFSET(0) NUMBITS(4) [],
+        /// Bit 4: interrupt flag (not used: QEMU aborts on SW with IF, QEMU.md G5).
+        IF OFFSET(4) NUMBITS(1) [],
+        /// Bit 5: status write.
+        SW OFFSET(5) NUMBITS(1) [],
+        /// Bits 63:32: status data.
+        STATUS_DATA OFFSET(32) NUMBITS(32) []
+    ],
+    /// Invalidation wait descriptor bits 127:64 (§6.5.2.8).
+    pub WAIT_HI [
+        /// Bits 127:66: status address, 4-byte aligned.
+        STATUS_ADDR OFFSET(2) NUMBITS(62) []
+    ]
+];
+
+iommu::descriptor! {
+    /// Context-cache invalidate descriptor (§6.5.2.1).
+    pub struct ContextCacheDesc {
+        /// Bits 63:0.
+        lo: CC_LO,
+        /// Bits 127:64 (unused here).
+        hi: RAW,
+    }
+}
+
+iommu::descriptor! {
+    /// PASID-cache invalidate descriptor (§6.5.2.2).
+    pub struct PasidCacheDesc {
+        /// Bits 63:0.
+        lo: PC_LO,
+        /// Bits 127:64 (unused here).
+        hi: RAW,
+    }
+}
+
+iommu::descriptor! {
+    /// IOTLB invalidate descriptor (§6.5.2.3).
+    pub struct IotlbDesc {
+        /// Bits 63:0.
+        lo: IOTLB_LO,
+        /// Bits 127:64.
+        hi: IOTLB_HI,
+    }
+}
+
+iommu::descriptor! {
+    /// Invalidation wait descriptor (§6.5.2.8).
+    pub struct WaitDesc {
+        /// Bits 63:0.
+        lo: WAIT_LO,
+        /// Bits 127:64.
+        hi: WAIT_HI,
+    }
+}
+
 /// A 128-bit descriptor (low, high).
 pub type Descriptor = (u64, u64);
 
-/// Global context-cache invalidation.
-pub fn context_global() -> Descriptor {
-    (CONTEXT_CACHE | 1 << 4, 0)
+fn pair(words: [u64; 2]) -> Descriptor {
+    (words[0], words[1])
 }
 
-/// PASID-cache invalidation of every PASID of domain `did` (granularity 01b).
+/// Global context-cache invalidation.
+pub fn context_global() -> Descriptor {
+    let mut d = ContextCacheDesc::zeroed();
+    d.lo.write(CC_LO::TYPE.val(CONTEXT_CACHE) + CC_LO::G::Global);
+    pair(d.to_words())
+}
+
+/// PASID-cache invalidation for domain `did` (granularity 01b,
+/// PASID-selective within the domain, with PASID 0: RID_PASID, the only
+/// PASID this driver's entries use, so every PASID entry of the domain).
 pub fn pasid_cache_domain(did: u16) -> Descriptor {
-    (PASID_CACHE | 1 << 4 | u64::from(did) << 16, 0)
+    let mut d = PasidCacheDesc::zeroed();
+    d.lo.write(PC_LO::TYPE.val(PASID_CACHE) + PC_LO::G::PasidSelective + PC_LO::DID.val(u64::from(did)));
+    pair(d.to_words())
+}
+
+/// IOTLB invalidation draining reads and writes, with granularity `g`.
+fn iotlb(g: tock_registers::fields::FieldValue<u64, IOTLB_LO::Register>, did: u16) -> IotlbDesc {
+    let mut d = IotlbDesc::zeroed();
+    d.lo.write(
+        IOTLB_LO::TYPE.val(IOTLB) + g + IOTLB_LO::DR::SET + IOTLB_LO::DW::SET + IOTLB_LO::DID.val(u64::from(did)),
+    );
+    d
 }
 
 /// Domain-selective IOTLB invalidation, draining reads and writes.
 pub fn iotlb_domain(did: u16) -> Descriptor {
-    (IOTLB | 2 << 4 | 1 << 7 | 1 << 6 | u64::from(did) << 16, 0)
+    pair(iotlb(IOTLB_LO::G::Domain, did).to_words())
 }
 
 /// Global IOTLB invalidation.
 pub fn iotlb_global() -> Descriptor {
-    (IOTLB | 1 << 4 | 1 << 7 | 1 << 6, 0)
+    pair(iotlb(IOTLB_LO::G::Global, 0).to_words())
 }
 
 /// Page-selective IOTLB invalidation of 2^`am` pages at `addr` (aligned to that size).
 pub fn iotlb_pages(did: u16, addr: u64, am: u32) -> Descriptor {
-    (IOTLB | 3 << 4 | 1 << 7 | 1 << 6 | u64::from(did) << 16, (addr & !0xFFF) | u64::from(am))
+    let mut d = iotlb(IOTLB_LO::G::Page, did);
+    d.hi.write(from_place(IOTLB_HI::ADDR, addr) + IOTLB_HI::AM.val(u64::from(am)));
+    pair(d.to_words())
 }
 
 /// Wait descriptor: the unit writes `status` to `status_pa` when all earlier descriptors are done
 /// (SW only: QEMU aborts on SW together with IF, QEMU.md G5).
 pub fn wait(status: u32, status_pa: u64) -> Descriptor {
-    (WAIT | 1 << 5 | u64::from(status) << 32, status_pa & !3)
+    let mut d = WaitDesc::zeroed();
+    d.lo.write(WAIT_LO::TYPE.val(WAIT) + WAIT_LO::SW::SET + WAIT_LO::STATUS_DATA.val(u64::from(status)));
+    d.hi.write(from_place(WAIT_HI::STATUS_ADDR, status_pa));
+    pair(d.to_words())
 }
 
 /// The smallest address mask covering `[start, end)` with one aligned block,
@@ -78,9 +224,9 @@ impl QueueError {
     /// Its write-1-to-clear bit in FSTS.
     pub fn fsts_bit(self) -> u32 {
         match self {
-            QueueError::InvalidDescriptor => 1 << 4,
-            QueueError::Completion => 1 << 5,
-            QueueError::TimeOut => 1 << 6,
+            QueueError::InvalidDescriptor => FSTS::IQE::SET.value,
+            QueueError::Completion => FSTS::ICE::SET.value,
+            QueueError::TimeOut => FSTS::ITE::SET.value,
         }
     }
 

@@ -14,25 +14,35 @@
 //! paging, pass-through (or emulated identity) and blocked domains, and RMRR
 //! regions identity-mapped into the paging domains of the devices that name
 //! them. The hardware-specific door takes kernel-managed HWPTs with driver
-//! attributes (stage, address width, snoop control; [`hwpt`]). Still to
+//! attributes (stage, address width, snoop control; [`user_data`]). Still to
 //! come: nested translation.
 //!
-//! Hardware access: [`regs::Registers`] over the MMIO window the DRHD describes
-//! (§8.3), with the IOTLB and fault-recording registers that ECAP.IRO, CAP.FRO and
-//! CAP.NFR locate checked to lie inside it before use ([`regs::check_window`]);
-//! tables live in frames the kernel provides through [`io_pgtable::TableMemory`].
+//! Hardware access: [`regs::Registers`] over the [`iommu::mmio::MmioWindow`]
+//! the DRHD describes (§8.3), with the IOTLB and fault-recording registers that
+//! ECAP.IRO, CAP.FRO and CAP.NFR locate checked to lie inside it before use
+//! ([`layout::check_window`]); the invalidation queue is an
+//! [`iommu::ring::ProducerRing`]; in-memory structures (root, context and
+//! PASID entries, descriptors, fault records) are typed
+//! ([`iommu::descriptor!`]); tables live in frames the kernel provides
+//! through [`io_pgtable::TableMemory`]. The crate has no `unsafe`: the one
+//! promise about the register mapping is the board's, made when it builds
+//! the window.
 #![no_std]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod config;
 pub mod context;
 pub mod driver;
+pub mod error;
 pub mod fault;
-pub mod hwpt;
 pub mod intremap;
 pub mod invalidation;
+pub mod layout;
 pub mod regs;
 pub mod unit;
+pub mod user_data;
 
 pub use fault::{FaultReason, FaultRecord};
 
@@ -42,6 +52,6 @@ pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBoo
 fn tracing() -> bool {
     TRACE.load(core::sync::atomic::Ordering::Relaxed)
 }
+pub use config::{DomainConfig, Stage};
 pub use driver::VtdIommu;
-pub use hwpt::DomainConfig;
-pub use unit::{Domain, DomainTable, Stage, Unit, VtdError};
+pub use unit::{Domain, DomainTable, Unit, VtdError};

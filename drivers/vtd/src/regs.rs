@@ -1,10 +1,9 @@
-//! The remapping unit's registers as typed definitions (VT-d §10.4), and
-//! the check that the registers CAP and ECAP locate lie inside the window the
-//! firmware described ([`check_window`]).
+//! The remapping unit's registers as typed definitions (VT-d §10.4),
+//! including the fault-recording register's 128 bits as a typed record.
+//! (Where CAP and ECAP place the movable registers is checked in
+//! [`crate::layout`].)
 
-use crate::unit::VtdError;
 use tock_registers::register_bitfields;
-use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
 
 register_bitfields! [u64,
@@ -29,7 +28,11 @@ register_bitfields! [u64,
         /// Caching mode: not-present entries may be cached; flush on map too.
         CM OFFSET(7) NUMBITS(1) [],
         /// Maximum address-mask value for page-selective invalidation.
-        MAMV OFFSET(48) NUMBITS(6) []
+        MAMV OFFSET(48) NUMBITS(6) [],
+        /// First-stage 1 GiB pages.
+        FS1GP OFFSET(56) NUMBITS(1) [],
+        /// First-stage 5-level paging.
+        FL5LP OFFSET(60) NUMBITS(1) []
     ],
     /// Extended capability register (§10.4.3).
     pub ECAP [
@@ -37,6 +40,8 @@ register_bitfields! [u64,
         QI OFFSET(1) NUMBITS(1) [],
         /// Interrupt remapping.
         IR OFFSET(3) NUMBITS(1) [],
+        /// Snoop control: the second-stage SNP bit and the PASID entry's PGSNP may be set.
+        SC OFFSET(7) NUMBITS(1) [],
         /// Pass-through.
         PT OFFSET(6) NUMBITS(1) [],
         /// IOTLB register offset / 16.
@@ -77,6 +82,10 @@ register_bitfields! [u32,
         TE OFFSET(31) NUMBITS(1) [],
         /// Set root table pointer / status.
         SRTP OFFSET(30) NUMBITS(1) [],
+        /// Set fault log (one-shot).
+        SFL OFFSET(29) NUMBITS(1) [],
+        /// Write buffer flush (one-shot).
+        WBF OFFSET(27) NUMBITS(1) [],
         /// Queued invalidation enable.
         QIE OFFSET(26) NUMBITS(1) [],
         /// Interrupt remapping enable.
@@ -98,10 +107,49 @@ register_bitfields! [u32,
         ICE OFFSET(5) NUMBITS(1) [],
         /// Invalidation time-out error (a device-TLB invalidation was not answered in time).
         ITE OFFSET(6) NUMBITS(1) []
+    ],
+    /// Fault event control (§10.4.10).
+    pub FECTL [
+        /// Interrupt mask: fault events raise no interrupt while set.
+        IM OFFSET(31) NUMBITS(1) []
+    ],
+    /// Fault-recording register bits 127:96 (§10.4.14).
+    pub FRCD_HI_HI [
+        /// Fault (bit 127): a fault is recorded; write 1 to clear.
+        F OFFSET(31) NUMBITS(1) []
     ]
 ];
 
-register_structs! {
+/// The one-shot GCMD bits (SRTP, SFL, WBF, SIRTP), which must not be written
+/// back from GSTS with the persistent ones (§10.4.4).
+pub const GLOBAL_ONE_SHOT: u32 =
+    GLOBAL::SRTP::SET.value | GLOBAL::SFL::SET.value | GLOBAL::WBF::SET.value | GLOBAL::SIRTP::SET.value;
+
+register_bitfields! [u64,
+    /// Root table address (§10.4.6).
+    pub RTADDR [
+        /// Translation table mode (bits 11:10): legacy or scalable-mode root table.
+        TTM OFFSET(10) NUMBITS(2) [
+            /// Legacy-mode root table.
+            Legacy = 0,
+            /// Scalable-mode root table.
+            Scalable = 1
+        ],
+        /// Root table address (bits 63:12), 4 KiB aligned.
+        RTA OFFSET(12) NUMBITS(52) []
+    ],
+    /// Invalidation queue address (§10.4.23).
+    pub IQA [
+        /// Queue size: 2^QS 4 KiB pages (bits 2:0).
+        QS OFFSET(0) NUMBITS(3) [],
+        /// Descriptor width (bit 11): 0 for 128-bit descriptors.
+        DW OFFSET(11) NUMBITS(1) [],
+        /// Invalidation queue base address (bits 63:12).
+        IQA OFFSET(12) NUMBITS(52) []
+    ]
+];
+
+iommu::register_blocks! {
     /// The fixed-offset registers (§10.4, Table 42).
     pub Registers {
         (0x000 => pub version: ReadOnly<u32>),
@@ -110,18 +158,18 @@ register_structs! {
         (0x010 => pub ecap: ReadOnly<u64, ECAP::Register>),
         (0x018 => pub gcmd: ReadWrite<u32, GLOBAL::Register>),
         (0x01C => pub gsts: ReadOnly<u32, GLOBAL::Register>),
-        (0x020 => pub rtaddr: ReadWrite<u64>),
+        (0x020 => pub rtaddr: ReadWrite<u64, RTADDR::Register>),
         (0x028 => pub ccmd: ReadWrite<u64, CCMD::Register>),
         (0x030 => _reserved1),
         (0x034 => pub fsts: ReadWrite<u32, FSTS::Register>),
-        (0x038 => pub fectl: ReadWrite<u32>),
+        (0x038 => pub fectl: ReadWrite<u32, FECTL::Register>),
         (0x03C => pub fedata: ReadWrite<u32>),
         (0x040 => pub feaddr: ReadWrite<u32>),
         (0x044 => pub feuaddr: ReadWrite<u32>),
         (0x048 => _reserved2),
         (0x080 => pub iqh: ReadOnly<u64>),
         (0x088 => pub iqt: ReadWrite<u64>),
-        (0x090 => pub iqa: ReadWrite<u64>),
+        (0x090 => pub iqa: ReadWrite<u64, IQA::Register>),
         (0x098 => _reserved3),
         (0x09C => pub ics: ReadWrite<u32>),
         (0x0A0 => _reserved4),
@@ -131,7 +179,7 @@ register_structs! {
     }
 }
 
-register_structs! {
+iommu::register_blocks! {
     /// IOTLB registers at `ECAP.IRO * 16` (§10.4.8).
     pub IotlbRegisters {
         (0x000 => pub iva: ReadWrite<u64>),
@@ -140,13 +188,13 @@ register_structs! {
     }
 }
 
-register_structs! {
+iommu::register_blocks! {
     /// One fault-recording register at `CAP.FRO * 16` (§10.4.14).
     pub FaultRecordRegisters {
         (0x000 => pub lo: ReadOnly<u64>),
         (0x008 => pub hi_lo: ReadOnly<u32>),
         /// Bits 127:96; bit 31 (F) is write-1-to-clear.
-        (0x00C => pub hi_hi: ReadWrite<u32>),
+        (0x00C => pub hi_hi: ReadWrite<u32, FRCD_HI_HI::Register>),
         (0x010 => @END),
     }
 }
@@ -157,191 +205,33 @@ register_structs! {
 /// puts the IOTLB register at 0x18).
 pub const FIXED_END: u64 = 0xC0;
 
-/// Where the registers the capability registers locate are, once
-/// [`check_window`] found them inside the register window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    /// Byte offset of the IOTLB register pair ([`IotlbRegisters`], 16 bytes):
-    /// ECAP.IRO × 16 (§10.4.3, §10.4.8).
-    pub iotlb: usize,
-    /// Byte offset of fault-recording register 0 ([`FaultRecordRegisters`],
-    /// 16 bytes each): CAP.FRO × 16 (§10.4.2, §10.4.14).
-    pub fault_records: usize,
-    /// How many fault-recording registers there are: CAP.NFR + 1.
-    pub fault_record_count: usize,
-}
+register_bitfields![u64,
+    /// Fault-recording register bits 63:0 (§10.4.14).
+    pub FRCD_LO [
+        /// Bits 63:12: fault information, the faulting page address.
+        FI OFFSET(12) NUMBITS(52) [],
+        /// Bits 63:48: for an interrupt-remapping fault, the interrupt index.
+        FI_INDEX OFFSET(48) NUMBITS(16) []
+    ],
+    /// Fault-recording register bits 127:64 (§10.4.14).
+    pub FRCD_HI [
+        /// Bits 79:64: source identifier (requester ID).
+        SID OFFSET(0) NUMBITS(16) [],
+        /// Bits 103:96: fault reason.
+        FR OFFSET(32) NUMBITS(8) [],
+        /// Bit 126: type, 0 = write request, 1 = read request.
+        T OFFSET(62) NUMBITS(1) [],
+        /// Bit 127: fault recorded.
+        F OFFSET(63) NUMBITS(1) []
+    ]
+];
 
-/// Checks the register offsets a unit's CAP and ECAP allege against the
-/// `window` bytes of registers the firmware described (DMAR DRHD "Size":
-/// 2^n 4 KiB pages, §8.3) and the kernel mapped. Hardware-supplied offsets
-/// are allegations: the driver forms register addresses from them, so each
-/// must stay inside the window and clear of the fixed registers.
-///
-/// - the fixed registers ([`Registers`], up to [`FIXED_END`]) fit;
-/// - the IOTLB register pair, 16 bytes at ECAP.IRO × 16 (ECAP bits 17:8,
-///   §10.4.3), lies in `[FIXED_END, window)`;
-/// - CAP.NFR + 1 fault-recording registers of 16 bytes each from
-///   CAP.FRO × 16 (CAP bits 33:24 and 47:40, §10.4.2) lie in
-///   `[FIXED_END, window)`;
-/// - the two do not overlap (an IOTLB invalidation must not write a fault
-///   record's write-1-to-clear F bit, nor a fault clear start an invalidation).
-///
-/// QEMU's unit: IRO = 0xF (0xF0–0xFF), FRO = 0x22 with NFR = 0 (0x220–0x22F),
-/// in the one page its DRHD describes (Size = 0).
-pub fn check_window(cap: u64, ecap: u64, window: usize) -> Result<Layout, VtdError> {
-    let window_bytes = window as u64;
-    let outside = |register, offset: u64, end: u64| VtdError::RegisterOutsideWindow {
-        register,
-        offset,
-        end,
-        window: window_bytes,
-    };
-    if window_bytes < FIXED_END {
-        return Err(outside("fixed registers (VER_REG..IRTA_REG)", 0, FIXED_END));
-    }
-    let iotlb = ECAP::IRO.read(ecap) * 16;
-    let iotlb_end = iotlb + core::mem::size_of::<IotlbRegisters>() as u64;
-    if iotlb < FIXED_END || iotlb_end > window_bytes {
-        return Err(outside("IOTLB registers (ECAP.IRO)", iotlb, iotlb_end));
-    }
-    let records = CAP::FRO.read(cap) * 16;
-    let count = CAP::NFR.read(cap) + 1;
-    let records_end = records + count * core::mem::size_of::<FaultRecordRegisters>() as u64;
-    if records < FIXED_END || records_end > window_bytes {
-        return Err(outside("fault-recording registers (CAP.FRO, CAP.NFR)", records, records_end));
-    }
-    if iotlb < records_end && records < iotlb_end {
-        return Err(VtdError::RegistersOverlap { iotlb, records, records_end });
-    }
-    // Every value is below 2^15 + 2^12 here (10-bit offsets, 8-bit count): the casts are exact.
-    Ok(Layout { iotlb: iotlb as usize, fault_records: records as usize, fault_record_count: count as usize })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use alloc::string::ToString;
-
-    /// CAP with FRO = `fro` (16-byte units) and NFR = `nfr`; ECAP with IRO = `iro`.
-    fn caps(fro: u64, nfr: u64, iro: u64) -> (u64, u64) {
-        ((CAP::FRO.val(fro) + CAP::NFR.val(nfr)).value, ECAP::IRO.val(iro).value)
-    }
-
-    fn outside(r: Result<Layout, VtdError>) -> (&'static str, u64, u64, u64) {
-        match r {
-            Err(VtdError::RegisterOutsideWindow { register, offset, end, window }) => (register, offset, end, window),
-            other => panic!("expected RegisterOutsideWindow, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn qemu_unit_fits_its_one_page() {
-        // QEMU: DMAR_IOTLB_REG_OFFSET 0xF0, DMAR_FRCD_REG_OFFSET 0x220, one record.
-        let (cap, ecap) = caps(0x22, 0, 0xF);
-        assert_eq!(
-            check_window(cap, ecap, 0x1000),
-            Ok(Layout { iotlb: 0xF0, fault_records: 0x220, fault_record_count: 1 })
-        );
-        // Its registers end at 0x230 (DMAR_REG_SIZE): that much is enough, one byte less is not.
-        assert!(check_window(cap, ecap, 0x230).is_ok());
-        assert_eq!(
-            outside(check_window(cap, ecap, 0x22F)),
-            ("fault-recording registers (CAP.FRO, CAP.NFR)", 0x220, 0x230, 0x22F)
-        );
-    }
-
-    #[test]
-    fn iotlb_registers_at_the_edge_and_one_past() {
-        let (cap, _) = caps(0x20, 0, 0);
-        let (_, at_edge) = caps(0, 0, 0xFF); // 0xFF0..0x1000
-        assert_eq!(check_window(cap, at_edge, 0x1000).map(|l| l.iotlb), Ok(0xFF0));
-        let (_, past) = caps(0, 0, 0x100); // 0x1000..0x1010
-        assert_eq!(outside(check_window(cap, past, 0x1000)), ("IOTLB registers (ECAP.IRO)", 0x1000, 0x1010, 0x1000));
-        // A bigger DRHD (Size = 1: two pages) holds it.
-        assert_eq!(check_window(cap, past, 0x2000).map(|l| l.iotlb), Ok(0x1000));
-    }
-
-    #[test]
-    fn fault_records_at_the_edge_and_one_past() {
-        let (_, ecap) = caps(0, 0, 0xF);
-        // 0xF00 + 16 records of 16 bytes = 0x1000 exactly.
-        let (edge, _) = caps(0xF0, 15, 0);
-        assert_eq!(
-            check_window(edge, ecap, 0x1000),
-            Ok(Layout { iotlb: 0xF0, fault_records: 0xF00, fault_record_count: 16 })
-        );
-        // One record more ends one record past the window.
-        let (past, _) = caps(0xF0, 16, 0);
-        assert_eq!(
-            outside(check_window(past, ecap, 0x1000)),
-            ("fault-recording registers (CAP.FRO, CAP.NFR)", 0xF00, 0x1010, 0x1000)
-        );
-        // Same records, one 16-byte step higher.
-        let (shifted, _) = caps(0xF1, 15, 0);
-        assert_eq!(outside(check_window(shifted, ecap, 0x1000)).2, 0x1010);
-    }
-
-    #[test]
-    fn nfr_max_needs_a_page_of_records() {
-        let (_, ecap) = caps(0, 0, 0xF);
-        let (cap, _) = caps(0x10, 255, 0); // 256 records from 0x100: up to 0x1100
-        assert_eq!(
-            outside(check_window(cap, ecap, 0x1000)),
-            ("fault-recording registers (CAP.FRO, CAP.NFR)", 0x100, 0x1100, 0x1000)
-        );
-        assert_eq!(check_window(cap, ecap, 0x2000).map(|l| l.fault_record_count), Ok(256));
-    }
-
-    #[test]
-    fn huge_values_are_refused_not_wrapped() {
-        // Every bit set: IRO = FRO = 0x3FF, NFR = 255.
-        let (cap, ecap) = (u64::MAX, u64::MAX);
-        assert_eq!(outside(check_window(cap, ecap, 0x1000)), ("IOTLB registers (ECAP.IRO)", 0x3FF0, 0x4000, 0x1000));
-        // A window big enough for both still refuses them: they overlap.
-        assert_eq!(
-            check_window(cap, ecap, usize::MAX),
-            Err(VtdError::RegistersOverlap { iotlb: 0x3FF0, records: 0x3FF0, records_end: 0x4FF0 })
-        );
-        // The largest DRHD size (2^15 pages) with the largest sane placement.
-        let (cap, _) = caps(0x3FF, 255, 0);
-        let (_, ecap) = caps(0, 0, 0x3FE);
-        assert_eq!(check_window(cap, ecap, 0x1000 << 15).map(|l| l.fault_records), Ok(0x3FF0));
-    }
-
-    #[test]
-    fn offsets_over_the_fixed_registers_are_refused() {
-        // ECAP.IRO = 1 would put the IOTLB register on GCMD (0x18).
-        let (cap, ecap) = caps(0x22, 0, 1);
-        assert_eq!(outside(check_window(cap, ecap, 0x1000)), ("IOTLB registers (ECAP.IRO)", 0x10, 0x20, 0x1000));
-        let (cap, ecap) = caps(0, 0, 0xF);
-        assert_eq!(outside(check_window(cap, ecap, 0x1000)).1, 0);
-        // Just above IRTA is fine.
-        let (cap, ecap) = caps(FIXED_END / 16, 0, FIXED_END / 16 + 1);
-        assert!(check_window(cap, ecap, 0x1000).is_ok());
-        // A window smaller than the fixed registers.
-        let (cap, ecap) = caps(0x22, 0, 0xF);
-        assert_eq!(outside(check_window(cap, ecap, 0x80)), ("fixed registers (VER_REG..IRTA_REG)", 0, FIXED_END, 0x80));
-        assert_eq!(outside(check_window(cap, ecap, 0)).3, 0);
-    }
-
-    #[test]
-    fn iotlb_inside_the_fault_records_is_refused() {
-        let (cap, _) = caps(0x20, 3, 0); // 0x200..0x240
-        let (_, ecap) = caps(0, 0, 0x23); // 0x230..0x240
-        assert_eq!(
-            check_window(cap, ecap, 0x1000),
-            Err(VtdError::RegistersOverlap { iotlb: 0x230, records: 0x200, records_end: 0x240 })
-        );
-        // Right after the last record is fine, right before the first too.
-        assert!(check_window(cap, caps(0, 0, 0x24).1, 0x1000).is_ok());
-        assert!(check_window(cap, caps(0, 0, 0x1F).1, 0x1000).is_ok());
-    }
-
-    #[test]
-    fn the_error_names_register_offset_and_window() {
-        let (cap, ecap) = caps(0x22, 0, 0x100);
-        let msg = check_window(cap, ecap, 0x1000).unwrap_err().to_string();
-        assert!(msg.contains("ECAP.IRO") && msg.contains("0x1000..0x1010") && msg.contains("0x1000-byte"), "{msg}");
-        assert!(msg.contains("DRHD size"), "{msg}");
+iommu::descriptor! {
+    /// A fault-recording register's 128 bits as read (§10.4.14).
+    pub struct FaultRecordWords {
+        /// Bits 63:0.
+        lo: FRCD_LO,
+        /// Bits 127:64.
+        hi: FRCD_HI,
     }
 }

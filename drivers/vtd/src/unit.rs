@@ -1,106 +1,26 @@
 //! One remapping unit (legacy or scalable mode), and its domains:
 //! second-stage tables, or first-stage tables in scalable mode.
 
+pub use crate::config::Stage;
+use crate::config::{self, DomainConfig};
 use crate::context;
+pub use crate::error::VtdError;
 use crate::fault::FaultRecord;
-use crate::hwpt::{self, DomainConfig};
 use crate::invalidation::{self as inv, Descriptor, QueueError};
-use crate::regs::{FaultRecordRegisters, IotlbRegisters, Layout, Registers, CAP, CCMD, ECAP, FSTS, GLOBAL, IOTLB};
+use crate::layout::Layout;
+use crate::regs::{
+    FaultRecordRegisters, IotlbRegisters, Registers, CAP, CCMD, ECAP, FECTL, FRCD_HI_HI, FSTS, GLOBAL, GLOBAL_ONE_SHOT,
+    IOTLB, IQA, RTADDR,
+};
 use io_pgtable::formats::{VtdSecondLevel, X86Paging};
 use io_pgtable::{Gather, PageTable, Perms, TableMemory};
+use iommu::dma::DmaRegion;
+use iommu::mmio::{BlockRef, MmioWindow};
+use iommu::ring::{Indexing, ProducerRing};
 use tock_registers::interfaces::{Readable, Writeable};
 
 /// Polls of a status bit before a wait is declared failed.
 const MAX_POLLS: u32 = 1_000_000;
-
-/// Why a unit operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VtdError {
-    /// The hardware did not acknowledge a command in time.
-    Timeout(&'static str),
-    /// No table memory.
-    NoMemory,
-    /// SAGAW offers no address width this driver can use.
-    NoAddressWidth,
-    /// A page-table operation failed.
-    Map(io_pgtable::Error),
-    /// Every domain ID the unit supports (CAP.ND) is in use.
-    NoDomainId,
-    /// The unit reported an invalidation-queue error; `head` is the descriptor
-    /// index IQH pointed at. The queue was made to run again before returning.
-    Queue {
-        /// Which error.
-        error: QueueError,
-        /// Descriptor index at IQH when the error was seen.
-        head: usize,
-    },
-    /// The operation needs the invalidation queue and the unit has none.
-    NoQueue,
-    /// The unit cannot do this (a missing capability, named).
-    NotSupported(&'static str),
-    /// Registers the capability registers locate (ECAP.IRO, CAP.FRO and
-    /// CAP.NFR) do not fit in the register window the firmware described
-    /// (DRHD size), or sit over the fixed registers: the unit is not used
-    /// ([`crate::regs::check_window`]).
-    RegisterOutsideWindow {
-        /// Which registers, and the capability field that placed them.
-        register: &'static str,
-        /// Their first byte, from the register base.
-        offset: u64,
-        /// One past their last byte.
-        end: u64,
-        /// Bytes in the window.
-        window: u64,
-    },
-    /// ECAP.IRO puts the IOTLB registers over the fault-recording registers
-    /// CAP.FRO and CAP.NFR describe.
-    RegistersOverlap {
-        /// IOTLB register offset (ECAP.IRO × 16).
-        iotlb: u64,
-        /// First fault-recording register (CAP.FRO × 16).
-        records: u64,
-        /// One past the last fault-recording register.
-        records_end: u64,
-    },
-}
-
-impl core::fmt::Display for VtdError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            VtdError::Timeout(what) => write!(f, "VT-d did not complete {what} in time"),
-            VtdError::NoMemory => f.write_str("out of memory for VT-d tables"),
-            VtdError::NoAddressWidth => f.write_str("no supported second-level address width in CAP.SAGAW"),
-            VtdError::Map(e) => write!(f, "page table: {e}"),
-            VtdError::NoDomainId => f.write_str("every VT-d domain ID (CAP.ND) is in use"),
-            VtdError::Queue { error, head } => {
-                write!(f, "invalidation queue error {} at descriptor {head}", error.name())
-            }
-            VtdError::NoQueue => f.write_str("the unit has no invalidation queue (ECAP.QI = 0)"),
-            VtdError::NotSupported(what) => write!(f, "the unit does not support {what}"),
-            VtdError::RegisterOutsideWindow { register, offset, end, window } => write!(
-                f,
-                "{register} at {offset:#x}..{end:#x} lie outside the unit's {window:#x}-byte register window \
-                 (DRHD size) or over its fixed registers"
-            ),
-            VtdError::RegistersOverlap { iotlb, records, records_end } => write!(
-                f,
-                "IOTLB registers (ECAP.IRO) at {iotlb:#x} overlap the fault-recording registers \
-                 (CAP.FRO, CAP.NFR) at {records:#x}..{records_end:#x}"
-            ),
-        }
-    }
-}
-
-/// Which translation a unit's domains use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Legacy root/context tables, second-level page tables.
-    Legacy,
-    /// Scalable mode, second-stage tables (ECAP.SLTS).
-    ScalableSecond,
-    /// Scalable mode, first-stage tables in x86 paging format (ECAP.FLTS only).
-    ScalableFirst,
-}
 
 /// A domain's page table, in the format its unit's stage needs.
 pub enum DomainTable {
@@ -192,7 +112,12 @@ impl Domain {
 
 /// A remapping unit.
 pub struct Unit {
-    base: u64,
+    /// The register window the DRHD describes.
+    window: MmioWindow,
+    /// The fixed registers, checked inside the window at bring-up.
+    regs: BlockRef<Registers>,
+    /// The IOTLB register pair at ECAP.IRO × 16, checked at bring-up.
+    iotlb: BlockRef<IotlbRegisters>,
     /// Where the IOTLB and fault-recording registers are, checked against
     /// the register window at bring-up.
     layout: Layout,
@@ -246,16 +171,16 @@ impl Entry {
     }
 }
 
-/// The invalidation queue: one 4 KiB page of 256 descriptors and a status word.
+/// The invalidation queue: one 4 KiB page of 256 descriptors (a
+/// [`ProducerRing`] with IQT / IQH byte offsets) and a status word.
 struct Queue {
-    base: u64,
-    status: u64,
-    tail: usize,
+    ring: ProducerRing,
+    status: DmaRegion,
     seq: u32,
 }
 
-/// Descriptors in the one-page queue (QS = 0).
-const QUEUE_ENTRIES: usize = 256;
+/// log2 of the descriptors in the one-page queue (QS = 0: 256 of 128 bits).
+const QUEUE_LOG2: u32 = 8;
 
 fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), VtdError> {
     if iommu::poll(MAX_POLLS, done) {
@@ -265,10 +190,15 @@ fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), VtdError> 
     }
 }
 
+/// GSTS with the one-shot bits cleared: what GCMD is written with to keep
+/// the persistent state (§10.4.4).
+fn persistent(gsts: u32) -> u32 {
+    gsts & !GLOBAL_ONE_SHOT
+}
+
 impl Unit {
     fn regs(&self) -> &Registers {
-        // SAFETY: `base` maps the unit's register window, which holds `Registers` (checked in `with_queue`), for the unit's lifetime (see `new`).
-        unsafe { &*(self.base as *const Registers) }
+        &self.regs
     }
 
     /// Where ECAP.IRO and CAP.FRO / CAP.NFR put the IOTLB and fault-recording
@@ -279,9 +209,7 @@ impl Unit {
 
     /// The IOTLB register pair at ECAP.IRO × 16.
     fn iotlb(&self) -> &IotlbRegisters {
-        let off = self.layout.iotlb as u64;
-        // SAFETY: `check_window` placed these 16 bytes inside the mapped register window (see `with_queue`), clear of every other register this driver defines.
-        unsafe { &*((self.base + off) as *const IotlbRegisters) }
+        &self.iotlb
     }
 
     /// Fault-recording register `i`, if the unit has that many (CAP.NFR + 1).
@@ -290,59 +218,49 @@ impl Unit {
             return None;
         }
         let off = (self.layout.fault_records + i * core::mem::size_of::<FaultRecordRegisters>()) as u64;
-        // SAFETY: `check_window` placed all CAP.NFR + 1 records (i is below that) inside the mapped register window (see `with_queue`).
-        Some(unsafe { &*((self.base + off) as *const FaultRecordRegisters) })
+        // `check_window` placed all CAP.NFR + 1 records inside the window; the window checks again.
+        self.window.block(off).ok()
     }
 
-    /// Takes over the unit whose registers are mapped at virtual address `base`,
-    /// `window` bytes of them (the DRHD's register set size, §8.3): checks that
-    /// the registers CAP and ECAP locate lie in that window
-    /// ([`crate::regs::check_window`]; [`VtdError::RegisterOutsideWindow`]
+    /// Takes over the unit whose registers `window` covers (the DRHD's
+    /// register set, its size 2^n pages, §8.3): checks that the registers
+    /// CAP and ECAP locate lie in that window
+    /// ([`crate::layout::check_window`]; [`VtdError::RegisterOutsideWindow`]
     /// otherwise, before anything is written), installs an empty root table
-    /// and invalidates the caches. Translation stays off.
-    ///
-    /// # Safety
-    /// `base` must map `window` bytes of the unit's registers (device memory),
-    /// at least the fixed ones, for as long as the returned `Unit` lives, and
-    /// nothing else may program the unit.
-    pub unsafe fn new(base: u64, window: usize, mem: &mut impl TableMemory) -> Result<Unit, VtdError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { Self::with_queue(base, window, mem, true) }
+    /// and invalidates the caches. Translation stays off. Nothing else may
+    /// program the unit while the `Unit` lives.
+    pub fn new(window: MmioWindow, mem: &mut impl TableMemory) -> Result<Unit, VtdError> {
+        Self::with_queue(window, mem, true)
     }
 
     /// As [`Unit::new`]; with `use_queue` false a legacy-mode unit invalidates
     /// through the CCMD/IOTLB registers even when it has a queue (to exercise
     /// that path on units that all have QI, like QEMU's). Scalable mode needs
     /// the queue (PASID-cache invalidation has no register form) and keeps it.
-    ///
-    /// # Safety
-    /// As for [`Unit::new`].
-    pub unsafe fn with_queue(
-        base: u64,
-        window: usize,
-        mem: &mut impl TableMemory,
-        use_queue: bool,
-    ) -> Result<Unit, VtdError> {
-        if window < core::mem::size_of::<Registers>() {
-            // Not even CAP and ECAP can be read.
-            return Err(VtdError::RegisterOutsideWindow {
-                register: "fixed registers (VER_REG..ICS_REG)",
-                offset: 0,
-                end: core::mem::size_of::<Registers>() as u64,
-                window: window as u64,
-            });
-        }
-        // SAFETY: the caller guarantees `base` maps `window` bytes of the registers, which holds `Registers` (checked just above).
-        let regs = unsafe { &*(base as *const Registers) };
+    pub fn with_queue(window: MmioWindow, mem: &mut impl TableMemory, use_queue: bool) -> Result<Unit, VtdError> {
+        let outside = |register, offset: u64, end: u64| VtdError::RegisterOutsideWindow {
+            register,
+            offset,
+            end,
+            window: window.len(),
+        };
+        // Not even CAP and ECAP can be read without the fixed registers.
+        let regs =
+            window.checked::<Registers>(0).map_err(|e| outside("fixed registers (VER_REG..ICS_REG)", 0, e.len))?;
         let (cap, ecap) = (regs.cap.get(), regs.ecap.get());
-        let layout = crate::regs::check_window(cap, ecap, window)?;
-        let levels = hwpt::sagaw_default_levels(cap).ok_or(VtdError::NoAddressWidth)?;
+        let layout = crate::layout::check_window(cap, ecap, usize::try_from(window.len()).unwrap_or(usize::MAX))?;
+        let iotlb_at = layout.iotlb as u64;
+        let iotlb_end = iotlb_at + core::mem::size_of::<IotlbRegisters>() as u64;
+        let iotlb = window
+            .checked::<IotlbRegisters>(iotlb_at)
+            .map_err(|_| outside("IOTLB registers (ECAP.IRO)", iotlb_at, iotlb_end))?;
+        let levels = config::sagaw_default_levels(cap).ok_or(VtdError::NoAddressWidth)?;
         let stage = match (ECAP::SMTS.read(ecap) != 0, ECAP::SLTS.read(ecap) != 0, ECAP::FLTS.read(ecap) != 0) {
             (true, true, _) => Stage::ScalableSecond,
             (true, false, true) => Stage::ScalableFirst,
             _ => Stage::Legacy,
         };
-        let default_config = hwpt::default_config(cap, stage).ok_or(VtdError::NoAddressWidth)?;
+        let default_config = config::default_config(cap, stage).ok_or(VtdError::NoAddressWidth)?;
         let sllps = CAP::SLLPS.read(cap);
         let max_leaf_level = if sllps & 2 != 0 {
             2
@@ -352,8 +270,11 @@ impl Unit {
             0
         };
         let root = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+        let base = window.base();
         let mut unit = Unit {
-            base,
+            window,
+            regs,
+            iotlb,
             layout,
             root,
             context_tables: [0; 256],
@@ -375,33 +296,44 @@ impl Unit {
         // queue) on: take both down before installing our tables, translation first,
         // then the queue (IQA may change only while QI is off, VT-d §6.5.2).
         // (QEMU's OVMF never does this, so this path is not exercised by the QEMU tests.)
-        let gsts = unit.regs().gsts.get();
-        if gsts & (1 << 31) != 0 {
+        let gsts = unit.regs().gsts.extract();
+        if gsts.is_set(GLOBAL::TE) {
             log::warn!("vtd: unit at {base:#x}: firmware left DMA remapping on; turning it off to take over");
             unit.disable()?;
         }
-        if gsts & (1 << 26) != 0 {
-            let keep = unit.regs().gsts.get() & 0x96FF_FFFF & !(1 << 26);
-            unit.regs().gcmd.set(keep);
-            wait("queued invalidation disable", || unit.regs().gsts.get() & (1 << 26) == 0)?;
+        if gsts.is_set(GLOBAL::QIE) {
+            unit.queue_disable()?;
         }
         // RTADDR.TTM (bits 11:10): 00 legacy root table, 01 scalable-mode root table.
-        let rtaddr = if unit.stage == Stage::Legacy { root } else { root | 1 << 10 };
+        let ttm = if unit.stage == Stage::Legacy { RTADDR::TTM::Legacy } else { RTADDR::TTM::Scalable };
+        let rtaddr = iommu::desc::from_place(RTADDR::RTA, root) + ttm;
         if crate::tracing() {
-            log::info!("vtd trace: RTADDR <- {rtaddr:#x}");
+            log::info!("vtd trace: RTADDR <- {:#x}", rtaddr.value);
         }
-        unit.regs().rtaddr.set(rtaddr);
-        unit.command(GLOBAL::SRTP::SET, "set root table pointer", |s| s & (1 << 30) != 0)?;
+        unit.regs().rtaddr.write(rtaddr);
+        unit.command(GLOBAL::SRTP::SET, "set root table pointer", |s| GLOBAL::SRTP.is_set(s))?;
         if ECAP::QI.read(ecap) != 0 && (use_queue || unit.stage != Stage::Legacy) {
-            let base = mem.alloc_table().ok_or(VtdError::NoMemory)?;
-            let status = mem.alloc_table().ok_or(VtdError::NoMemory)?;
+            let region = DmaRegion::alloc_frame(mem).ok_or(VtdError::NoMemory)?;
+            let Some(status) = DmaRegion::alloc_frame(mem) else {
+                region.free_frame(mem);
+                return Err(VtdError::NoMemory);
+            };
+            let ring = match ProducerRing::new(region, QUEUE_LOG2, 2, Indexing::Offsets) {
+                Ok(ring) => ring,
+                Err(_) => {
+                    region.free_frame(mem);
+                    status.free_frame(mem);
+                    return Err(VtdError::NoMemory);
+                }
+            };
             if crate::tracing() {
-                log::info!("vtd trace: IQT <- 0, IQA <- {base:#x} (QS 0: 256 descriptors)");
+                log::info!("vtd trace: IQT <- 0, IQA <- {:#x} (QS 0: 256 descriptors)", region.base());
             }
-            unit.regs().iqt.set(0);
-            unit.regs().iqa.set(base); // QS = 0, 128-bit descriptors
-            unit.command(GLOBAL::QIE::SET, "queued invalidation enable", |s| s & (1 << 26) != 0)?;
-            unit.queue = Some(Queue { base, status, tail: 0, seq: 0 });
+            unit.regs().iqt.set(ring.tail_offset());
+            // QS = 0 (one page), DW = 0 (128-bit descriptors).
+            unit.regs().iqa.write(iommu::desc::from_place(IQA::IQA, region.base()) + IQA::QS.val(0) + IQA::DW.val(0));
+            unit.command(GLOBAL::QIE::SET, "queued invalidation enable", |s| GLOBAL::QIE.is_set(s))?;
+            unit.queue = Some(Queue { ring, status, seq: 0 });
         }
         unit.invalidate_context_global(mem)?;
         unit.invalidate_iotlb(None, mem)?;
@@ -413,46 +345,69 @@ impl Unit {
         self.queue.is_some()
     }
 
-    /// Queues `descs` plus a wait descriptor and waits for the unit to write its status.
+    /// Queues `descs` plus a wait descriptor and waits for the unit to write
+    /// its status; a batch longer than the queue holds goes in several
+    /// rounds, each behind its own wait.
     fn submit(&mut self, descs: &[Descriptor], mem: &mut impl TableMemory) -> Result<(), VtdError> {
+        let Some(q) = self.queue.as_ref() else { return Ok(()) };
+        // Room for one round: every slot the ring offers but the wait's.
+        let round = (q.ring.capacity() as usize).saturating_sub(1).max(1);
+        if descs.is_empty() {
+            return self.submit_round(&[], mem);
+        }
+        for chunk in descs.chunks(round) {
+            self.submit_round(chunk, mem)?;
+        }
+        Ok(())
+    }
+
+    /// One round of [`Unit::submit`]: `descs` (fewer than the queue's
+    /// capacity) and a wait, then the bounded wait for its status write.
+    fn submit_round<M: TableMemory>(&mut self, descs: &[Descriptor], mem: &mut M) -> Result<(), VtdError> {
         let trace = crate::tracing();
+        let regs = self.regs;
         let Some(q) = self.queue.as_mut() else { return Ok(()) };
         q.seq = q.seq.wrapping_add(1);
-        mem.write(q.status, 0, 0);
-        let wait_desc = inv::wait(q.seq, q.status);
+        let seq = q.seq;
+        q.status.write_u64(mem, 0, 0).map_err(|_| VtdError::NoMemory)?;
+        let wait_desc = inv::wait(seq, q.status.base());
         for &(lo, hi) in descs.iter().chain(core::iter::once(&wait_desc)) {
             if trace {
-                log::info!("vtd trace: descriptor [{}] {lo:#018x} {hi:#018x}", q.tail);
+                log::info!("vtd trace: descriptor [{}] {lo:#018x} {hi:#018x}", q.ring.tail_index());
             }
-            mem.write(q.base, 2 * q.tail, lo);
-            mem.write(q.base, 2 * q.tail + 1, hi);
-            q.tail = (q.tail + 1) % QUEUE_ENTRIES;
+            q.ring.push(mem, &[lo, hi]).map_err(|_| VtdError::NotSupported("a batch larger than the queue"))?;
         }
-        let (tail, seq, status, base) = (q.tail, q.seq, q.status, q.base);
-        self.regs().iqt.set((tail as u64) << 4);
+        q.ring.publish(|r| regs.iqt.set(r.tail_offset()));
+        let status = q.status;
+        // The unit wrote the wait's status (a read refused by the region counts as not yet).
+        let done = |mem: &M| status.read_u64(mem, 0).is_ok_and(|v| v as u32 == seq);
         // The status word first: it is memory, FSTS is a (slow) register read.
-        wait("invalidation wait descriptor", || {
-            mem.read(status, 0) as u32 == seq || QueueError::from_fsts(self.regs().fsts.get()).is_some()
-        })?;
-        let Some(error) = QueueError::from_fsts(self.regs().fsts.get()) else { return Ok(()) };
-        let head = (self.regs().iqh.get() >> 4) as usize % QUEUE_ENTRIES;
-        let (lo, hi) = (mem.read(base, 2 * head), mem.read(base, 2 * head + 1));
+        let waited = ProducerRing::wait(MAX_POLLS, || done(mem) || QueueError::from_fsts(regs.fsts.get()).is_some());
+        // The wait came back (or the unit stopped): as before, the driver
+        // takes the queue as drained whatever happens next.
+        q.ring.retire_all();
+        waited.map_err(|_| VtdError::Timeout("invalidation wait descriptor"))?;
+        let Some(error) = QueueError::from_fsts(regs.fsts.get()) else { return Ok(()) };
+        let head = q.ring.index_of_offset(regs.iqh.get());
+        let mut bad = [0u64; 2];
+        q.ring.read_slot(mem, head, &mut bad).map_err(|_| VtdError::NoMemory)?;
+        let [lo, hi] = bad;
         log::error!("vtd: invalidation queue error {} at descriptor {head}: {lo:#018x} {hi:#018x}", error.name());
         if error == QueueError::InvalidDescriptor {
             // The unit stopped at the bad descriptor (§6.5.2.10): put a valid
             // one in its place (a global IOTLB flush never does harm), clear
             // IQE and ring the doorbell again so the rest, and our wait, run.
             let (glo, ghi) = inv::iotlb_global();
-            mem.write(base, 2 * head, glo);
-            mem.write(base, 2 * head + 1, ghi);
+            q.ring.write_slot(mem, head, &[glo, ghi]).map_err(|_| VtdError::NoMemory)?;
         }
-        self.regs().fsts.set(error.fsts_bit());
-        self.regs().iqt.set((tail as u64) << 4);
+        regs.fsts.set(error.fsts_bit());
+        q.ring.publish(|r| regs.iqt.set(r.tail_offset()));
         // After ITE the unit dropped pending waits; ours may never complete.
         if error != QueueError::TimeOut {
-            wait("invalidation wait after a queue error", || mem.read(status, 0) as u32 == seq)?;
+            ProducerRing::wait(MAX_POLLS, || done(mem))
+                .map_err(|_| VtdError::Timeout("invalidation wait after a queue error"))?;
         }
-        Err(VtdError::Queue { error, head })
+        Err(VtdError::Queue { error, head: head as usize })
     }
 
     /// Queues raw descriptors, followed by a wait, and waits for them: for
@@ -492,8 +447,7 @@ impl Unit {
         done: impl Fn(u32) -> bool,
     ) -> Result<(), VtdError> {
         // One-shot bits (SRTP, SFL, WBF, SIRTP) must not be written back (§10.4.4).
-        let persistent = self.regs().gsts.get() & 0x96FF_FFFF;
-        self.regs().gcmd.set(persistent | bit.value);
+        self.regs().gcmd.set(persistent(self.regs().gsts.get()) | bit.value);
         wait(what, || done(self.regs().gsts.get()))
     }
 
@@ -527,7 +481,7 @@ impl Unit {
 
     /// Whether DMA remapping is on (GSTS.TES).
     pub fn enabled(&self) -> bool {
-        self.regs().gsts.get() & (1 << 31) != 0
+        self.regs().gsts.is_set(GLOBAL::TE)
     }
 
     /// Whether the unit can remap interrupts (ECAP.IR, §10.4.3).
@@ -537,7 +491,7 @@ impl Unit {
 
     /// Whether interrupt remapping is on (GSTS.IRES).
     pub fn interrupt_remapping_enabled(&self) -> bool {
-        self.regs().gsts.get() & (1 << 25) != 0
+        self.regs().gsts.is_set(GLOBAL::IRE)
     }
 
     /// Latches `irta` (an [`crate::intremap::IrTable::irta_value`]) as the
@@ -553,7 +507,7 @@ impl Unit {
             log::info!("vtd trace: IRTA <- {irta:#x}, GCMD <- SIRTP");
         }
         self.regs().irta.set(irta);
-        self.command(GLOBAL::SIRTP::SET, "set interrupt remap table pointer", |s| s & (1 << 24) != 0)?;
+        self.command(GLOBAL::SIRTP::SET, "set interrupt remap table pointer", |s| GLOBAL::SIRTP.is_set(s))?;
         self.submit(&[crate::intremap::iec_global()], mem)
     }
 
@@ -564,7 +518,7 @@ impl Unit {
         if crate::tracing() {
             log::info!("vtd trace: GCMD <- IRE");
         }
-        self.command(GLOBAL::IRE::SET, "interrupt remapping enable", |s| s & (1 << 25) != 0)
+        self.command(GLOBAL::IRE::SET, "interrupt remapping enable", |s| GLOBAL::IRE.is_set(s))
     }
 
     /// Invalidates the interrupt entry cache for `handle` (§6.5.2.7) and
@@ -582,14 +536,21 @@ impl Unit {
         if crate::tracing() {
             log::info!("vtd trace: GCMD <- TE");
         }
-        self.command(GLOBAL::TE::SET, "translation enable", |s| s & (1 << 31) != 0)
+        self.command(GLOBAL::TE::SET, "translation enable", |s| GLOBAL::TE.is_set(s))
     }
 
     /// Turns DMA remapping off.
     pub fn disable(&self) -> Result<(), VtdError> {
-        let keep = self.regs().gsts.get() & 0x96FF_FFFF & !(1 << 31);
+        let keep = persistent(self.regs().gsts.get()) & !GLOBAL::TE::SET.value;
         self.regs().gcmd.set(keep);
-        wait("translation disable", || self.regs().gsts.get() & (1 << 31) == 0)
+        wait("translation disable", || !self.regs().gsts.is_set(GLOBAL::TE))
+    }
+
+    /// Turns queued invalidation off (GCMD.QIE clear) and waits for GSTS.QIES.
+    fn queue_disable(&self) -> Result<(), VtdError> {
+        let keep = persistent(self.regs().gsts.get()) & !GLOBAL::QIE::SET.value;
+        self.regs().gcmd.set(keep);
+        wait("queued invalidation disable", || !self.regs().gsts.is_set(GLOBAL::QIE))
     }
 
     /// Number of domain IDs the unit supports (CAP.ND: 2^(4 + 2·ND)).
@@ -613,7 +574,7 @@ impl Unit {
     }
 
     /// A new, empty domain with a fresh ID and configuration `config` (one
-    /// [`hwpt::hwpt_config`] accepted for this unit).
+    /// [`crate::user_data::hwpt_config`] accepted for this unit).
     pub fn alloc_domain_with(&mut self, config: DomainConfig, mem: &mut impl TableMemory) -> Result<Domain, VtdError> {
         let id = self.alloc_domain_id().ok_or(VtdError::NoDomainId)?;
         self.new_domain_with(id, config, mem).inspect_err(|_| self.free_domain_id(id))
@@ -634,7 +595,7 @@ impl Unit {
     /// CAP.FS1GP (bit 56).
     pub fn max_leaf_level_for(&self, first_stage: bool) -> usize {
         if first_stage {
-            1 + (self.cap >> 56 & 1) as usize
+            1 + CAP::FS1GP.read(self.cap) as usize
         } else {
             self.max_leaf_level
         }
@@ -704,7 +665,7 @@ impl Unit {
         };
         let ct = self.context_tables[bus];
         let devfn = usize::from(rid & 0xFF);
-        let present = mem.read(ct, 2 * devfn) & 1 != 0;
+        let present = context::context_present(mem.read(ct, 2 * devfn));
         if present {
             // A present entry is never rewritten in place (the unit could
             // fetch half of each): it goes not-present, the caches forget it
@@ -762,10 +723,10 @@ impl Unit {
             }
             Entry::Table { root, id, config } => context::pasid_entry_second_stage(root, config.levels, id),
         };
-        if mem.read(table, 0) & 1 != 0 {
+        if context::pasid_entry_present(mem.read(table, 0)) {
             // As in legacy mode: the old PASID entry goes not-present and is
             // forgotten (PASID cache of its domain, IOTLB globally) first.
-            let old_id = mem.read(table, 1) as u16;
+            let old_id = context::pasid_entry_domain(mem.read(table, 1));
             mem.write(table, 0, 0);
             self.invalidate_context_global(mem)?;
             self.submit(&[inv::pasid_cache_domain(old_id)], mem)?;
@@ -892,12 +853,12 @@ impl Unit {
         self.regs().fedata.set(data);
         self.regs().feaddr.set(address);
         self.regs().feuaddr.set(0);
-        self.regs().fectl.set(0); // IM = 0
+        self.regs().fectl.write(FECTL::IM::CLEAR);
     }
 
     /// Masks fault-event interrupts again.
     pub fn disable_fault_interrupt(&self) {
-        self.regs().fectl.set(1 << 31);
+        self.regs().fectl.write(FECTL::IM::SET);
     }
 
     /// Takes the next recorded fault, clearing it. A primary fault overflow
@@ -917,9 +878,9 @@ impl Unit {
         for i in 0..self.layout.fault_record_count {
             let Some(r) = self.fault_record(i) else { break };
             let lo = r.lo.get();
-            let hi = u64::from(r.hi_hi.get()) << 32 | u64::from(r.hi_lo.get());
+            let hi = u64::from(r.hi_hi.get()) << 32 | u64::from(r.hi_lo.get()); // bits 127:64 from two 32-bit reads
             if let Some(rec) = FaultRecord::decode(lo, hi) {
-                r.hi_hi.set(1 << 31); // F is write-1-to-clear
+                r.hi_hi.write(FRCD_HI_HI::F::SET); // F is write-1-to-clear
                 return Some(rec);
             }
         }
@@ -951,11 +912,9 @@ impl Unit {
             mem.free_table(t);
         }
         if let Some(q) = self.queue.take() {
-            let keep = self.regs().gsts.get() & 0x96FF_FFFF & !(1 << 26);
-            self.regs().gcmd.set(keep);
-            let _ = wait("queued invalidation disable", || self.regs().gsts.get() & (1 << 26) == 0);
-            mem.free_table(q.base);
-            mem.free_table(q.status);
+            let _ = self.queue_disable();
+            q.ring.region().free_frame(mem);
+            q.status.free_frame(mem);
         }
         for ct in self.context_tables.iter_mut().chain(self.upper_context_tables.iter_mut()).filter(|c| **c != 0) {
             mem.free_table(*ct);
@@ -987,14 +946,11 @@ mod tests {
         }
     }
 
-    /// A register page (plain memory) whose CAP and ECAP read `cap` and `ecap`.
-    #[repr(C, align(4096))]
-    struct Page([u64; 512]);
-
-    fn page(cap: u64, ecap: u64) -> alloc::boxed::Box<Page> {
-        let mut p = alloc::boxed::Box::new(Page([0; 512]));
-        p.0[1] = cap; // 0x08
-        p.0[2] = ecap; // 0x10
+    /// A fake register page whose CAP and ECAP read `cap` and `ecap`.
+    fn page(cap: u64, ecap: u64) -> iommu::mmio::FakeMmio {
+        let p = iommu::mmio::FakeMmio::new(0x1000).unwrap();
+        p.write_u64(0x08, cap);
+        p.write_u64(0x10, ecap);
         p
     }
 
@@ -1003,18 +959,15 @@ mod tests {
         // QEMU's FRO/NFR, and an IRO one page out.
         let cap = (CAP::FRO.val(0x22) + CAP::SAGAW.val(4) + CAP::MGAW.val(47)).value;
         let regs = page(cap, ECAP::IRO.val(0x100).value);
-        let base = regs.0.as_ptr() as u64;
-        // SAFETY: `regs` is 4 KiB of plain memory that outlives the call; the unit is refused before any write.
-        let r = unsafe { Unit::with_queue(base, 0x1000, &mut Untouched, false) };
+        let r = Unit::with_queue(regs.window(), &mut Untouched, false);
         assert!(
             matches!(r, Err(VtdError::RegisterOutsideWindow { offset: 0x1000, end: 0x1010, window: 0x1000, .. })),
             "{:?}",
             r.as_ref().err()
         );
         // A window too small to read CAP from.
-        // SAFETY: as above; nothing is read.
-        let r = unsafe { Unit::new(base, 0x10, &mut Untouched) };
+        let r = Unit::new(regs.window().sub(0, 0x10).unwrap(), &mut Untouched);
         assert!(matches!(r, Err(VtdError::RegisterOutsideWindow { offset: 0, window: 0x10, .. })));
-        assert_eq!(regs.0[3..].iter().filter(|w| **w != 0).count(), 0, "no register written");
+        assert_eq!((3..512).filter(|w| regs.read_u64(w * 8) != 0).count(), 0, "no register written");
     }
 }

@@ -1,6 +1,6 @@
-//! Paging-domain configurations: the unit's default (what
-//! `domain_alloc(Paging)` gives) and kernel-managed HWPTs with driver
-//! attributes (`hwpt_data::VTD_ATTRS`, [`abi::ioas::HwptVtdAttrs`]).
+//! Driver data of the hardware-specific door: kernel-managed HWPTs with
+//! driver attributes (`hwpt_data::VTD_ATTRS`, [`abi::ioas::HwptVtdAttrs`])
+//! decoded into a [`DomainConfig`].
 //!
 //! [`hwpt_config`] is a pure function of CAP, ECAP, the unit's mode and the
 //! request, so every answer it can give is tested on the host. A request the
@@ -13,116 +13,16 @@
 //! 2^(MGAW + 1)), §9.6 PASID entry (FLPM, PGSNP), §9.8 second-stage SNP bit 11,
 //! §11.4.2 CAP (SAGAW, MGAW, FS1GP, FL5LP), §11.4.3 ECAP (SC, SMTS, SLTS, FLTS).
 
+pub use crate::config::{default_config, sagaw_default_levels, DomainConfig, Stage};
+use crate::config::{default_second, first, max_input_bits};
 use crate::regs::{CAP, ECAP};
-use crate::unit::Stage;
 use abi::ioas::{hwpt_data, HwptVtdAttrs, VTD_ATTR_FIRST_STAGE, VTD_ATTR_SNOOP};
 use iommu::{DomainId, Error};
-use zerocopy::FromBytes;
-
-/// CAP bit 60 (FL5LP): first-stage 5-level paging.
-const CAP_FL5LP: u64 = 1 << 60;
-/// ECAP bit 7 (SC): 1-setting of the second-stage SNP bit and of the PASID
-/// entry's PGSNP bit is supported.
-const ECAP_SC: u64 = 1 << 7;
-
-/// How a paging domain translates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DomainConfig {
-    /// First-stage tables (x86 paging format, scalable mode only) instead of
-    /// second-stage (second-level) tables.
-    pub first_stage: bool,
-    /// Page-table levels: 3, 4 or 5.
-    pub levels: usize,
-    /// The domain translates IOVAs below 2^`input_bits` (its aperture).
-    pub input_bits: u32,
-    /// Snooped DMA: second-stage leaves carry SNP; a first-stage PASID entry has PGSNP.
-    pub snoop: bool,
-}
-
-impl DomainConfig {
-    /// Width of the page table's input, 12 + 9 per level (39, 48 or 57).
-    pub fn table_bits(&self) -> u32 {
-        12 + 9 * self.levels as u32
-    }
-
-    /// Lowest and highest (inclusive) IOVA the domain translates.
-    pub fn aperture(&self) -> (u64, u64) {
-        (0, (1u64 << self.input_bits) - 1)
-    }
-
-    /// One-line description for the log: "second stage, 4 levels (48-bit), snoop off".
-    pub fn describe(&self) -> alloc::string::String {
-        alloc::format!("{}", self.display())
-    }
-
-    /// [`DomainConfig::describe`] as a `Display` (logs without allocating).
-    pub fn display(&self) -> impl core::fmt::Display + '_ {
-        struct D<'a>(&'a DomainConfig);
-        impl core::fmt::Display for D<'_> {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                let c = self.0;
-                write!(
-                    f,
-                    "{} stage, {} levels ({}-bit), snoop {}",
-                    if c.first_stage { "first" } else { "second" },
-                    c.levels,
-                    c.table_bits(),
-                    if c.snoop { "on" } else { "off" }
-                )
-            }
-        }
-        D(self)
-    }
-}
-
-/// The second-stage levels a unit's domains use by default: 4 when SAGAW
-/// offers 48-bit tables, else 3 (39-bit), else 5 (57-bit); `None` when it
-/// offers none of them.
-pub fn sagaw_default_levels(cap: u64) -> Option<usize> {
-    let sagaw = CAP::SAGAW.read(cap);
-    [4, 3, 5].into_iter().find(|&l| sagaw & (1 << (l - 2)) != 0)
-}
-
-/// Largest second-stage input width the unit translates: MGAW + 1.
-fn max_input_bits(cap: u64) -> u32 {
-    CAP::MGAW.read(cap) as u32 + 1
-}
-
-/// The default second-stage configuration: SAGAW's preferred levels, the
-/// input clipped to MGAW + 1.
-fn default_second(cap: u64) -> Option<DomainConfig> {
-    let levels = sagaw_default_levels(cap)?;
-    let input_bits = (12 + 9 * levels as u32).min(max_input_bits(cap));
-    Some(DomainConfig { first_stage: false, levels, input_bits, snoop: false })
-}
-
-/// A first-stage configuration with `levels` (4 or 5) levels: inputs must be
-/// canonical, so only the lower half (bit N-1 clear) is used.
-fn first(levels: usize) -> DomainConfig {
-    DomainConfig { first_stage: true, levels, input_bits: 12 + 9 * levels as u32 - 1, snoop: false }
-}
-
-/// What `domain_alloc(Paging)` gives on a unit in `mode`: first-stage 4-level
-/// tables when the unit is in scalable mode with first-stage tables only,
-/// otherwise second-stage tables as [`sagaw_default_levels`] says (`None`
-/// when SAGAW offers no width).
-pub fn default_config(cap: u64, mode: Stage) -> Option<DomainConfig> {
-    match mode {
-        Stage::ScalableFirst => Some(first(4)),
-        Stage::Legacy | Stage::ScalableSecond => default_second(cap),
-    }
-}
 
 /// The attributes in `data`: an [`HwptVtdAttrs`] by length, shorter input
 /// zero-filled, longer input zero past its 8 bytes.
 fn decode(data: &[u8]) -> Result<HwptVtdAttrs, Error> {
-    let mut buf = [0u8; core::mem::size_of::<HwptVtdAttrs>()];
-    let n = data.len().min(buf.len());
-    buf[..n].copy_from_slice(&data[..n]);
-    if data[n..].iter().any(|&b| b != 0) {
-        return Err(Error::InvalidData("non-zero bytes past HwptVtdAttrs"));
-    }
-    HwptVtdAttrs::read_from_bytes(&buf).map_err(|_| Error::InvalidData("HwptVtdAttrs"))
+    iommu::user_data::read_struct(data).map_err(|_| Error::InvalidData("non-zero bytes past HwptVtdAttrs"))
 }
 
 /// The configuration of a kernel-managed HWPT asked for with `data_type`
@@ -174,7 +74,7 @@ pub fn hwpt_config(
         match levels {
             None => first(4),
             Some(4) => first(4),
-            Some(5) if cap & CAP_FL5LP != 0 => first(5),
+            Some(5) if CAP::FL5LP.is_set(cap) => first(5),
             Some(_) => return Err(Error::NotSupported("address width")),
         }
     } else {
@@ -183,7 +83,7 @@ pub fn hwpt_config(
         }
         match levels {
             None => default_second(cap).ok_or(Error::NotSupported("address width"))?,
-            Some(l) if CAP::SAGAW.read(cap) & (1 << (l - 2)) != 0 => {
+            Some(l) if crate::config::sagaw_bit(CAP::SAGAW.read(cap), l) => {
                 DomainConfig { first_stage: false, levels: l, input_bits: 12 + 9 * l as u32, snoop: false }
             }
             Some(_) => return Err(Error::NotSupported("address width")),
@@ -193,7 +93,7 @@ pub fn hwpt_config(
         return Err(Error::NotSupported("address width"));
     }
     if attrs.flags & VTD_ATTR_SNOOP != 0 {
-        if ecap & ECAP_SC == 0 {
+        if !ECAP::SC.is_set(ecap) {
             return Err(Error::NotSupported("snoop control"));
         }
         config.snoop = true;
@@ -213,6 +113,8 @@ mod tests {
     /// QEMU's legacy-mode CAP with aw-bits=48: SAGAW 39 and 48, MGAW 47.
     const SAGAW_39_48: u64 = 0b0110;
     const SMTS: u64 = 1 << 43;
+    const CAP_FL5LP: u64 = 1 << 60;
+    const ECAP_SC: u64 = 1 << 7;
     const SLTS: u64 = 1 << 46;
     const FLTS: u64 = 1 << 47;
 
