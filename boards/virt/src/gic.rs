@@ -173,12 +173,14 @@ pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
 /// SGI_base frame of this CPU's redistributor.
 static STATE: spin::Once<u64> = spin::Once::new();
 
-/// Enables a private peripheral interrupt (INTID 16..31) on this CPU.
-pub fn enable_ppi(intid: u32) -> Result<(), &'static str> {
+/// Enables a private peripheral interrupt (INTID 16..31) on this CPU, with
+/// `handler` called from [`handle_irq`] each time it fires.
+pub fn enable_ppi(intid: u32, handler: fn()) -> Result<(), &'static str> {
     if !(16..32).contains(&intid) {
         return Err("not a PPI");
     }
     let va = *STATE.get().ok_or("GIC not initialised")?;
+    PPI_HANDLERS[intid as usize - 16].store(handler as *mut (), core::sync::atomic::Ordering::Release);
     // SAFETY: `va` is this CPU's mapped SGI_base frame (set in `init`).
     let sgi = unsafe { &*(va as *const GicrSgiRegisters) };
     sgi.isenabler0.set(1 << intid);
@@ -262,6 +264,12 @@ pub fn unroute_slot(slot: u32) {
     }
 }
 
+/// The handler of each enabled PPI (INTID 16..32; null: none), set by
+/// [`enable_ppi`]: the GIC dispatches to it without knowing its owner (the
+/// timer names the GIC, never the other way round).
+static PPI_HANDLERS: [core::sync::atomic::AtomicPtr<()>; 16] =
+    [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; 16];
+
 /// Acknowledges and dispatches one pending interrupt.
 pub fn handle_irq() {
     let intid: u64;
@@ -272,8 +280,13 @@ pub fn handle_irq() {
         return; // spurious
     }
     let slot = SLOT_INTID.iter().position(|s| s.load(core::sync::atomic::Ordering::Relaxed) == intid as u32);
-    if intid as u32 == crate::timer::intid() {
-        crate::timer::on_tick();
+    let ppi = (16..32)
+        .contains(&intid)
+        .then(|| PPI_HANDLERS[intid as usize - 16].load(core::sync::atomic::Ordering::Acquire));
+    if let Some(handler) = ppi.filter(|h| !h.is_null()) {
+        // SAFETY: the only non-null values stored in PPI_HANDLERS are `fn()` pointers cast in `enable_ppi`.
+        let handler: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(handler) };
+        handler();
     } else if let Some(slot) = slot {
         // Level-triggered INTx: keep the line masked until the task has serviced
         // the device and waits again (it is unmasked then).

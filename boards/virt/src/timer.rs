@@ -2,7 +2,7 @@
 //! EL1 virtual timer (CNTV) as the periodic tick (ARM ARM D12 "The Generic Timer").
 
 use aarch64_cpu::registers::{Readable, Writeable, CNTFRQ_EL0, CNTVCT_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Frequency of the periodic timer.
 pub const TIMER_HZ: u32 = 100;
@@ -10,7 +10,6 @@ pub const TIMER_HZ: u32 = 100;
 pub static TICKS: AtomicU64 = AtomicU64::new(0);
 
 static START: AtomicU64 = AtomicU64::new(0);
-static INTID: AtomicU32 = AtomicU32::new(u32::MAX);
 static RELOAD: AtomicU64 = AtomicU64::new(0);
 
 /// Records the boot counter value.
@@ -25,11 +24,6 @@ pub fn uptime_ns() -> u64 {
     (u128::from(ticks) * 1_000_000_000 / u128::from(freq)) as u64
 }
 
-/// GIC INTID of the virtual timer.
-pub fn intid() -> u32 {
-    INTID.load(Ordering::Relaxed)
-}
-
 /// Starts the periodic tick on INTID `virt_intid` at `hz`.
 pub fn start(virt_intid: u32, hz: u32) -> Result<(), &'static str> {
     let freq = CNTFRQ_EL0.get();
@@ -38,8 +32,7 @@ pub fn start(virt_intid: u32, hz: u32) -> Result<(), &'static str> {
     }
     let reload = freq / u64::from(hz.max(1));
     RELOAD.store(reload, Ordering::Relaxed);
-    INTID.store(virt_intid, Ordering::Relaxed);
-    crate::gic::enable_ppi(virt_intid)?;
+    crate::gic::enable_ppi(virt_intid, on_tick)?;
     CNTV_TVAL_EL0.set(reload);
     CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::SET + CNTV_CTL_EL0::IMASK::CLEAR);
     log::info!("timer: virtual timer INTID {virt_intid}, counter {freq} Hz, tick {hz} Hz");
