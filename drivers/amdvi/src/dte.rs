@@ -203,10 +203,12 @@ impl DeviceTable {
         Dte::from_words([0, 1, 2, 3].map(|q| self.region.read_u64(mem, Self::word(devid, q)).unwrap_or(0)))
     }
 
-    /// Stores qword `q` (0–3) of `devid`'s entry (one 64-bit store).
+    /// Stores qword `q` (0–3; any other is ignored) of `devid`'s entry (one 64-bit store).
     pub fn write_qword(&self, mem: &mut impl TableMemory, devid: u16, q: usize, value: u64) {
-        // Every DeviceID's entry lies inside the table (and `q` < 4 at every caller): never refused.
-        let _ = self.region.write_u64(mem, Self::word(devid, q % Dte::WORDS), value);
+        if q < Dte::WORDS {
+            // Every DeviceID's entry lies inside the table: the store is never refused.
+            let _ = self.region.write_u64(mem, Self::word(devid, q), value);
+        }
     }
 }
 
