@@ -46,8 +46,9 @@ fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Bo
             }
         };
         let mut mem = kcore::iommu::KernelTables::default();
-        // SAFETY: `mmio` maps `mmio.len` bytes of the unit's registers for the rest of the kernel's life (never unmapped), and the registered driver becomes its only user.
-        let unit = match unsafe { amdvi::AmdVi::with_window(mmio.va, mmio.len, &mut mem) } {
+        // SAFETY: `mmio` maps `mmio.len` bytes of the unit's registers (device memory) for the rest of the kernel's life (never unmapped), no Rust reference covers them, and the AMD-Vi driver becomes their only user.
+        let regs = unsafe { iommu::mmio::MmioWindow::new(mmio.va, mmio.len) };
+        let unit = match amdvi::AmdVi::new(regs, &mut mem) {
             Ok(unit) => unit,
             Err(e) => {
                 log::error!("amdvi: {}: bring-up failed: {e}", u.name);

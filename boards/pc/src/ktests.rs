@@ -458,8 +458,8 @@ type AmdDriver = amdvi::AmdViIommu<kcore::iommu::KernelTables>;
 /// `rid`'s DTE is the blocked one: no translation, no access, and (with
 /// interrupt remapping on) its interrupts blocked or remapped, never passed.
 fn check_blocked_dte(a: &AmdDriver, rid: u16) -> TestResult {
-    let e = a.unit.dte(rid, &a.mem);
-    check_eq!(e[..2], a.unit.blocked_dte(amdvi::dte::BLOCKED_TAG)[..2]);
+    let e = a.unit.dte(rid, &a.mem).to_words();
+    check_eq!(e[..2], a.unit.blocked_dte(amdvi::dte::BLOCKED_TAG).to_words()[..2]);
     check_eq!(e[3], 0);
     if iommu::Iommu::remaps_interrupts(a) {
         check!(e[2] & amdvi::intremap::DTE_IV != 0, "interrupt fields {:#x}: IV clear, interrupts pass", e[2]);
@@ -503,8 +503,8 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
             let d = a.domain_alloc(kind).map_err(failed)?;
             a.attach(id, d).map_err(failed)?;
             let e = a.unit.dte(rid, &a.mem);
-            check!(dte::valid(&e) && dte::mode(&e) == mode, "{kind:?}: DTE {e:#x?}");
-            check_eq!(e[0] & (dte::IR | dte::IW) == dte::IR | dte::IW, access);
+            check!(dte::valid(&e) && dte::mode(&e) == mode, "{kind:?}: DTE {:#x?}", e.to_words());
+            check_eq!(dte::access(&e) == (true, true), access);
             check_eq!(Some(dte::domain_id(&e)), a.domain_tag(d));
             a.detach(id).map_err(failed)?;
             a.domain_free(d).map_err(failed)?;
@@ -518,7 +518,7 @@ fn amdvi_device_table_and_invalidations() -> TestResult {
         let map_ns = kcore::platform().uptime_ns() - t0;
         a.attach(id, d).map_err(failed)?;
         let e = a.unit.dte(rid, &a.mem);
-        check!(dte::valid(&e) && dte::mode(&e) == amdvi::driver::LEVELS as u64, "paging: DTE {e:#x?}");
+        check!(dte::valid(&e) && dte::mode(&e) == amdvi::driver::LEVELS as u64, "paging: DTE {:#x?}", e.to_words());
         check_eq!(Some(dte::domain_id(&e)), a.domain_tag(d));
         kcore::edu::pattern(frames[7], 3);
         fill(frames[200], 0);
@@ -777,11 +777,11 @@ fn amdvi_interrupt_remapping() -> TestResult {
             check!(index != 0, "index 0 handed out");
             let irte = a.irte(rid, index).ok_or(ktest::TestError::Failed("entry out of range".into()))?;
             check_eq!(irte.decode(), Ok(RemapFields::fixed(vector, crate::apic::id())));
-            let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem)[2]);
+            let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem).q2.get());
             check!(q2.valid && q2.int_ctl == 2 && q2.len_log2 == 4, "edu's interrupt fields {q2:?}");
             check!(!(q2.nmi_pass || q2.init_pass || q2.eint_pass || q2.lint0_pass || q2.lint1_pass), "{q2:?}");
             // The I/O APIC's DeviceID (and every other) blocks interrupts.
-            let io = DteInterrupt::decode(a.unit.dte(0x00A0, &a.mem)[2]);
+            let io = DteInterrupt::decode(a.unit.dte(0x00A0, &a.mem).q2.get());
             check!(io.valid && io.int_ctl == 0, "00:14.0's interrupt fields {io:?}");
             Ok(())
         })?;
@@ -796,7 +796,7 @@ fn amdvi_interrupt_remapping() -> TestResult {
             check!(a.msi_index(rid, vector).is_none());
             // Its last vector gone, the device's table is too, and its DTE aborts again.
             check!(a.irte(rid, index).is_none(), "edu's interrupt table outlived its last vector");
-            let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem)[2]);
+            let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem).q2.get());
             check!(q2.valid && q2.int_ctl == 0, "edu's interrupt fields after its last vector {q2:?}");
             Ok(())
         })?;

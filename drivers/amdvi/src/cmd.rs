@@ -1,38 +1,96 @@
-//! Command buffer entries (§2.4, "Commands"): 16 bytes each, the opcode in
-//! bits 63:60 of the first 64-bit word.
+//! Command buffer entries (§2.4, "Commands"): 16 bytes each ([`Command`],
+//! typed with [`iommu::descriptor!`]), the opcode in bits 63:60 of the
+//! first 64-bit word. The fields of every command this driver sends are
+//! named in [`CMD0`] and [`CMD1`], each with its command's section.
 
-/// A command as two 64-bit words.
-pub type Command = [u64; 2];
+use crate::field::{from_place, in_place};
+use tock_registers::register_bitfields;
 
-/// COMPLETION_WAIT opcode.
+register_bitfields![u64,
+    /// Command bits 63:0 (§2.4).
+    pub CMD0 [
+        /// COMPLETION_WAIT bit 0, S: store `StoreData` at the store address (§2.4.1).
+        CW_S OFFSET(0) NUMBITS(1) [],
+        /// COMPLETION_WAIT bits 51:3, StoreAddress: address bits 51:3 of the store (§2.4.1).
+        CW_STORE_ADDR OFFSET(3) NUMBITS(49) [],
+        /// INVALIDATE_DEVTAB_ENTRY (§2.4.2) and INVALIDATE_INTERRUPT_TABLE
+        /// (§2.4.5) bits 15:0, DeviceID.
+        DEVICE_ID OFFSET(0) NUMBITS(16) [],
+        /// INVALIDATE_IOMMU_PAGES bits 47:32, DomainID (§2.4.3).
+        DOMAIN_ID OFFSET(32) NUMBITS(16) [],
+        /// Bits 63:60, the opcode (§2.4).
+        OPCODE OFFSET(60) NUMBITS(4) []
+    ],
+    /// Command bits 127:64 (§2.4).
+    pub CMD1 [
+        /// INVALIDATE_IOMMU_PAGES bit 64, S: the address encodes a range (§2.4.3).
+        PAGES_S OFFSET(0) NUMBITS(1) [],
+        /// INVALIDATE_IOMMU_PAGES bit 65, PDE: cached page-directory entries too (§2.4.3).
+        PAGES_PDE OFFSET(1) NUMBITS(1) [],
+        /// INVALIDATE_IOMMU_PAGES bits 127:76, Address: address bits 63:12 (§2.4.3).
+        PAGES_ADDRESS OFFSET(12) NUMBITS(52) []
+    ]
+];
+
+iommu::descriptor! {
+    /// A command buffer entry (§2.4): two 64-bit words.
+    pub struct Command {
+        /// Bits 63:0: the opcode and the first operands.
+        w0: CMD0,
+        /// Bits 127:64: the rest (COMPLETION_WAIT's StoreData is all of it, §2.4.1).
+        w1: CMD1,
+    }
+}
+
+/// COMPLETION_WAIT opcode (§2.4.1).
 pub const COMPLETION_WAIT: u64 = 0x1;
-/// INVALIDATE_DEVTAB_ENTRY opcode.
+/// INVALIDATE_DEVTAB_ENTRY opcode (§2.4.2).
 pub const INVALIDATE_DEVTAB_ENTRY: u64 = 0x2;
-/// INVALIDATE_IOMMU_PAGES opcode.
+/// INVALIDATE_IOMMU_PAGES opcode (§2.4.3).
 pub const INVALIDATE_IOMMU_PAGES: u64 = 0x3;
-/// INVALIDATE_IOMMU_ALL opcode.
+/// INVALIDATE_INTERRUPT_TABLE opcode (§2.4.5).
+pub const INVALIDATE_INTERRUPT_TABLE: u64 = 0x5;
+/// INVALIDATE_IOMMU_ALL opcode (§2.4.8).
 pub const INVALIDATE_IOMMU_ALL: u64 = 0x8;
-
-const OPCODE_SHIFT: u32 = 60;
 
 /// The opcode of a command.
 pub fn opcode(c: &Command) -> u64 {
-    c[0] >> OPCODE_SHIFT
+    c.w0.read(CMD0::OPCODE)
 }
 
-/// COMPLETION_WAIT (§2.4.1) with the store bit (S, bit 0): once every earlier
+/// COMPLETION_WAIT (§2.4.1) with the store bit (S): once every earlier
 /// command has completed, the IOMMU writes `data` to the 8-byte aligned
 /// `store_pa` (address bits 51:3 in word 0, data in word 1). No interrupt (I),
 /// no flush-queue (F).
 pub fn completion_wait(store_pa: u64, data: u64) -> Command {
-    debug_assert_eq!(store_pa & 7, 0, "the store address is 8-byte aligned");
-    [COMPLETION_WAIT << OPCODE_SHIFT | (store_pa & 0x000F_FFFF_FFFF_FFF8) | 1, data]
+    debug_assert_eq!(store_pa % 8, 0, "the store address is 8-byte aligned");
+    let mut c = Command::zeroed();
+    c.w0.write(CMD0::OPCODE.val(COMPLETION_WAIT) + from_place(CMD0::CW_STORE_ADDR, store_pa) + CMD0::CW_S::SET);
+    c.w1.set(data);
+    c
+}
+
+/// The store address of a COMPLETION_WAIT (§2.4.1).
+pub fn store_address(c: &Command) -> u64 {
+    in_place(c.w0, CMD0::CW_STORE_ADDR)
 }
 
 /// INVALIDATE_DEVTAB_ENTRY (§2.4.2): the IOMMU forgets what it cached of
 /// DeviceID `devid`'s DTE.
 pub fn invalidate_devtab_entry(devid: u16) -> Command {
-    [INVALIDATE_DEVTAB_ENTRY << OPCODE_SHIFT | u64::from(devid), 0]
+    let mut c = Command::zeroed();
+    c.w0.write(CMD0::OPCODE.val(INVALIDATE_DEVTAB_ENTRY) + CMD0::DEVICE_ID.val(u64::from(devid)));
+    c
+}
+
+/// INVALIDATE_INTERRUPT_TABLE (§2.4.5): the IOMMU forgets what it cached of
+/// DeviceID `devid`'s interrupt table. Needed after every change of an entry
+/// the IOMMU may have seen. QEMU refuses it with any of word 0 bits 59:16 or
+/// word 1 set (`amdvi_inval_inttable`); none are.
+pub fn invalidate_interrupt_table(devid: u16) -> Command {
+    let mut c = Command::zeroed();
+    c.w0.write(CMD0::OPCODE.val(INVALIDATE_INTERRUPT_TABLE) + CMD0::DEVICE_ID.val(u64::from(devid)));
+    c
 }
 
 /// The address operand of INVALIDATE_IOMMU_PAGES (§2.4.3): one 4 KiB page
@@ -100,15 +158,27 @@ impl PageRange {
 /// the IOMMU drops cached translations of `range`; with `pde` also the cached
 /// page-directory entries (needed when tables were freed).
 pub fn invalidate_iommu_pages(domain_id: u16, range: PageRange, pde: bool) -> Command {
-    let w0 = INVALIDATE_IOMMU_PAGES << OPCODE_SHIFT | u64::from(domain_id) << 32;
-    let w1 = (range.address & !0xFFF) | u64::from(pde) << 1 | u64::from(range.size);
-    [w0, w1]
+    let mut c = Command::zeroed();
+    c.w0.write(CMD0::OPCODE.val(INVALIDATE_IOMMU_PAGES) + CMD0::DOMAIN_ID.val(u64::from(domain_id)));
+    c.w1.write(
+        from_place(CMD1::PAGES_ADDRESS, range.address)
+            + CMD1::PAGES_PDE.val(u64::from(pde))
+            + CMD1::PAGES_S.val(u64::from(range.size)),
+    );
+    c
+}
+
+/// The DomainID of an INVALIDATE_IOMMU_PAGES (§2.4.3).
+pub fn pages_domain(c: &Command) -> u16 {
+    c.w0.read(CMD0::DOMAIN_ID) as u16
 }
 
 /// INVALIDATE_IOMMU_ALL (§2.4.8; EFR.IASup): every cached DTE, translation
 /// and interrupt-table entry.
 pub fn invalidate_iommu_all() -> Command {
-    [INVALIDATE_IOMMU_ALL << OPCODE_SHIFT, 0]
+    let mut c = Command::zeroed();
+    c.w0.write(CMD0::OPCODE.val(INVALIDATE_IOMMU_ALL));
+    c
 }
 
 /// Name of a command's opcode, for trace lines.
@@ -134,25 +204,32 @@ mod tests {
     #[test]
     fn golden_words() {
         // S = 1, address bits 51:3, opcode 1 in bits 63:60, data in word 1.
-        assert_eq!(completion_wait(0x1234_5678, 0xABCD), [0x1000_0000_1234_5679, 0xABCD]);
-        assert_eq!(invalidate_devtab_entry(0x00A0), [0x2000_0000_0000_00A0, 0]);
-        assert_eq!(invalidate_iommu_all(), [0x8000_0000_0000_0000, 0]);
+        assert_eq!(completion_wait(0x1234_5678, 0xABCD).to_words(), [0x1000_0000_1234_5679, 0xABCD]);
+        assert_eq!(store_address(&completion_wait(0x1234_5678, 0xABCD)), 0x1234_5678);
+        assert_eq!(invalidate_devtab_entry(0x00A0).to_words(), [0x2000_0000_0000_00A0, 0]);
+        assert_eq!(invalidate_interrupt_table(0x00A0).to_words(), [0x5000_0000_0000_00A0, 0]);
+        assert_eq!(invalidate_iommu_all().to_words(), [0x8000_0000_0000_0000, 0]);
         // DomainID in bits 47:32 of word 0; S bit 0, PDE bit 1 of word 1.
         let one_page = invalidate_iommu_pages(5, PageRange::covering(0x20_3000, 0x20_4000), false);
-        assert_eq!(one_page, [0x3000_0005_0000_0000, 0x20_3000]);
+        assert_eq!((one_page.to_words(), pages_domain(&one_page)), ([0x3000_0005_0000_0000, 0x20_3000], 5));
         let eight_k = invalidate_iommu_pages(5, PageRange::covering(0x20_2000, 0x20_4000), false);
-        assert_eq!(eight_k[1], 0x20_2001, "8 KiB: bit 12 clear, S set");
+        assert_eq!(eight_k.w1.get(), 0x20_2001, "8 KiB: bit 12 clear, S set");
         let two_m = invalidate_iommu_pages(0xFEFF, PageRange::covering(0x4000_0000, 0x4020_0000), true);
-        assert_eq!(two_m, [0x3000_FEFF_0000_0000, 0x400F_F003], "2 MiB: bits 19:12 set, bit 20 clear, PDE, S");
+        assert_eq!(
+            two_m.to_words(),
+            [0x3000_FEFF_0000_0000, 0x400F_F003],
+            "2 MiB: bits 19:12 set, bit 20 clear, PDE, S"
+        );
         let all = invalidate_iommu_pages(1, PageRange::ALL, true);
-        assert_eq!(all[1], 0x7FFF_FFFF_FFFF_F003);
+        assert_eq!(all.w1.get(), 0x7FFF_FFFF_FFFF_F003);
     }
 
     #[test]
     fn qemu_parses_them() {
         // QEMU reads the completion store address as bits 51:3 of word 0 (`amdvi_completion_wait`).
         let c = completion_wait(0x000F_FFFF_FFFF_FFF8, 7);
-        assert_eq!((c[0] >> 3 & ((1 << 49) - 1)) << 3, 0x000F_FFFF_FFFF_FFF8);
+        let w0 = c.w0.get();
+        assert_eq!((w0 >> 3 & ((1 << 49) - 1)) << 3, 0x000F_FFFF_FFFF_FFF8);
         for c in [
             c,
             completion_wait(0x1000, u64::MAX),
@@ -161,9 +238,9 @@ mod tests {
             invalidate_iommu_pages(1, PageRange::covering(0x1234_5000, 0x1234_6000), false),
             invalidate_iommu_all(),
         ] {
-            assert!(qemu_accepts(&c), "{} {c:x?}", opcode_name(&c));
+            assert!(qemu_accepts(&c), "{} {:x?}", opcode_name(&c), c.to_words());
         }
-        assert!(!qemu_accepts(&[0xF << 60, 0]));
+        assert!(!qemu_accepts(&Command::from_words([0xF << 60, 0])));
         assert_eq!(opcode_name(&invalidate_iommu_all()), "INVALIDATE_IOMMU_ALL");
     }
 

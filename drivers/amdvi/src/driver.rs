@@ -49,9 +49,11 @@
 
 use crate::cmd::{self, PageRange};
 use crate::dte::{self, Dte};
+use crate::error::AmdViError;
 use crate::intremap::{self, AmdIrTable, IrteFormat, RemapFields};
-use crate::unit::{AmdVi, AmdViError};
-use abi::ioas::{hwpt_data, HwptAmdviAttrs};
+use crate::unit::AmdVi;
+use crate::user_data;
+use abi::ioas::hwpt_data;
 use alloc::vec::Vec;
 use fallible::TryMap;
 use io_pgtable::formats::AmdV1;
@@ -75,7 +77,7 @@ struct Remapping {
 }
 
 /// Page-table levels of paging domains (DTE Mode 4: 48-bit IOVAs).
-pub const LEVELS: usize = 4;
+pub use crate::dte::LEVELS;
 
 /// Most levels a host page table can have (DTE Mode 1–6, §2.2.2).
 pub const MAX_LEVELS: usize = 6;
@@ -92,30 +94,6 @@ pub fn last_iova(levels: usize) -> u64 {
         64.. => u64::MAX,
         bits => (1u64 << bits) - 1,
     }
-}
-
-/// Decodes `HwptAmdviAttrs` as the task gave it: shorter data is read as if
-/// zero-filled, longer data must be zero beyond the struct; `reserved` must
-/// be zero. Nothing else is checked here.
-fn decode_attrs(data: &[u8]) -> Result<HwptAmdviAttrs, Error> {
-    use zerocopy::{FromZeros, IntoBytes};
-    let mut attrs = HwptAmdviAttrs::new_zeroed();
-    let bytes = attrs.as_mut_bytes();
-    let (head, tail) = data.split_at(data.len().min(bytes.len()));
-    if tail.iter().any(|&b| b != 0) {
-        log::warn!(
-            "amdvi: HWPT refused: {} bytes of driver data, non-zero beyond the {} of HwptAmdviAttrs",
-            data.len(),
-            bytes.len()
-        );
-        return Err(Error::InvalidData("non-zero bytes beyond HwptAmdviAttrs"));
-    }
-    bytes[..head.len()].copy_from_slice(head);
-    if attrs.reserved != 0 {
-        log::warn!("amdvi: HWPT refused: HwptAmdviAttrs.reserved = {:#x}, must be 0", attrs.reserved);
-        return Err(Error::InvalidData("reserved"));
-    }
-    Ok(attrs)
 }
 
 /// Domain tags: 15 bits of index spread over 16-bit DomainIDs.
@@ -438,7 +416,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
             log::warn!("amdvi: HWPT refused: a nested HWPT under domain {} (AMD-Vi attributes make none)", p.0);
             return Err(Error::NotSupported("AMD-Vi has no nested HWPT of this type"));
         }
-        let attrs = decode_attrs(data)?;
+        let attrs = user_data::decode_attrs(data)?;
         let levels = self.requested_levels(attrs.levels)?;
         let id = self.alloc(DomainKind::Paging, levels)?;
         log::info!("amdvi: HWPT domain {}: {levels} levels ({}-bit IOVAs)", id.0, iova_bits(levels));
@@ -488,13 +466,13 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         for (written, id) in ids.clone().enumerate() {
             // Each entry keeps its own interrupt fields (qword 2).
             let mut e = entry;
-            e[2] = self.unit.dte(id, &self.mem)[2];
+            e.q2 = self.unit.dte(id, &self.mem).q2;
             if let Err(err) = self.unit.set_dte(id, &e, &mut self.mem) {
                 if written > 0 {
                     // Half moved: fail closed, every entry of the device blocked.
                     for id in ids.clone() {
                         let mut b = self.unit.blocked_dte(dte::BLOCKED_TAG);
-                        b[2] = self.unit.dte(id, &self.mem)[2];
+                        b.q2 = self.unit.dte(id, &self.mem).q2;
                         let _ = self.unit.set_dte(id, &b, &mut self.mem);
                     }
                     self.attached.remove(&rid);
@@ -517,7 +495,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         let mut failed = None;
         for id in ids.clone() {
             let mut b = self.unit.blocked_dte(dte::BLOCKED_TAG);
-            b[2] = self.unit.dte(id, &self.mem)[2];
+            b.q2 = self.unit.dte(id, &self.mem).q2;
             if let Err(e) = self.unit.set_dte(id, &b, &mut self.mem) {
                 failed.get_or_insert(e);
             }

@@ -12,6 +12,64 @@
 //! carry the error type in bits 10:9.
 
 use core::fmt;
+use tock_registers::register_bitfields;
+
+register_bitfields![u64,
+    /// Event log entry bits 63:0 (§2.5, the common layout of §2.5.2–§2.5.10).
+    pub EVT0 [
+        /// Bits 15:0, DeviceID of the request (codes that name a device).
+        DEVICE_ID OFFSET(0) NUMBITS(16) [],
+        /// Bits 19:16, PASID bits 19:16 (codes that carry a PASID, with GN).
+        PASID_HI OFFSET(16) NUMBITS(4) [],
+        /// Bits 47:32, DomainID, or PASID bits 15:0 when GN is set.
+        DOMAIN_OR_PASID OFFSET(32) NUMBITS(16) [],
+        /// Bits 59:48, the event flags ([`Flags`]).
+        FLAGS OFFSET(48) NUMBITS(12) [],
+        /// Bits 63:60, EventCode.
+        CODE OFFSET(60) NUMBITS(4) []
+    ],
+    /// Event log entry bits 127:64 (§2.5).
+    pub EVT1 [
+        /// IOTLB_INV_TIMEOUT bits 127:68: the command's address bits 63:4 (§2.5.8).
+        COMMAND_ADDRESS OFFSET(4) NUMBITS(60) []
+    ]
+];
+
+register_bitfields![u16,
+    /// The event flags, bits 59:48 of an event log entry (§2.5), numbered from bit 48.
+    pub EVT_FLAGS [
+        /// Bit 48, GN: the request carried a PASID.
+        GN OFFSET(0) NUMBITS(1) [],
+        /// Bit 49, NX: an instruction fetch.
+        NX OFFSET(1) NUMBITS(1) [],
+        /// Bit 50, US: a user-mode request.
+        US OFFSET(2) NUMBITS(1) [],
+        /// Bit 51, I: an interrupt request.
+        I OFFSET(3) NUMBITS(1) [],
+        /// Bit 52, PR: the entry was present.
+        PR OFFSET(4) NUMBITS(1) [],
+        /// Bit 53, RW: a write.
+        RW OFFSET(5) NUMBITS(1) [],
+        /// Bit 54, PE: permission denied.
+        PE OFFSET(6) NUMBITS(1) [],
+        /// Bit 55, RZ: a reserved bit was set.
+        RZ OFFSET(7) NUMBITS(1) [],
+        /// Bit 56, TR: a translation request.
+        TR OFFSET(8) NUMBITS(1) [],
+        /// Bits 58:57, Type of a hardware-error event (§2.5.4, §2.5.5, §2.5.7).
+        TYPE OFFSET(9) NUMBITS(2) []
+    ]
+];
+
+iommu::descriptor! {
+    /// An event log entry (§2.5) as it lies in the log: two 64-bit words.
+    pub struct EventEntry {
+        /// Bits 63:0: DeviceID, PASID / DomainID, flags, code.
+        w0: EVT0,
+        /// Bits 127:64: the address (its meaning depends on the code).
+        w1: EVT1,
+    }
+}
 
 /// An event code and its spec name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,23 +133,23 @@ pub struct Flags(pub u16);
 
 impl Flags {
     /// GN: the request carried a PASID (guest / nested address).
-    pub const GN: u16 = 1 << 0;
+    pub const GN: u16 = EVT_FLAGS::GN::SET.value;
     /// NX: an instruction fetch.
-    pub const NX: u16 = 1 << 1;
+    pub const NX: u16 = EVT_FLAGS::NX::SET.value;
     /// US: a user-mode request.
-    pub const US: u16 = 1 << 2;
+    pub const US: u16 = EVT_FLAGS::US::SET.value;
     /// I: an interrupt request (not a memory access).
-    pub const I: u16 = 1 << 3;
+    pub const I: u16 = EVT_FLAGS::I::SET.value;
     /// PR: the entry that stopped the request was present.
-    pub const PR: u16 = 1 << 4;
+    pub const PR: u16 = EVT_FLAGS::PR::SET.value;
     /// RW: a write.
-    pub const RW: u16 = 1 << 5;
+    pub const RW: u16 = EVT_FLAGS::RW::SET.value;
     /// PE: the entry did not grant the permission.
-    pub const PE: u16 = 1 << 6;
+    pub const PE: u16 = EVT_FLAGS::PE::SET.value;
     /// RZ: a reserved bit was set (or a level encoding was invalid).
-    pub const RZ: u16 = 1 << 7;
+    pub const RZ: u16 = EVT_FLAGS::RZ::SET.value;
     /// TR: a translation request (ATS), not a memory access.
-    pub const TR: u16 = 1 << 8;
+    pub const TR: u16 = EVT_FLAGS::TR::SET.value;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u16) -> bool {
@@ -101,7 +159,7 @@ impl Flags {
     /// The hardware-error type of DEV_TAB / PAGE_TAB / COMMAND_HARDWARE_ERROR
     /// (bits 58:57: 1 master abort, 2 target abort, 3 data error).
     pub fn hardware_error_type(self) -> u8 {
-        ((self.0 >> 9) & 3) as u8
+        tock_registers::LocalRegisterCopy::<u16, EVT_FLAGS::Register>::new(self.0).read(EVT_FLAGS::TYPE) as u8
     }
 }
 
@@ -128,19 +186,21 @@ pub struct Event {
 impl Event {
     /// Decodes an entry given as its two little-endian 64-bit words.
     pub fn decode(raw: [u64; 2]) -> Event {
-        let w0 = raw[0];
-        let code = EventCode((w0 >> 60) as u8);
-        let flags = Flags(((w0 >> 48) & 0xFFF) as u16);
+        let e = EventEntry::from_words(raw);
+        let code = EventCode(e.w0.read(EVT0::CODE) as u8);
+        let flags = Flags(e.w0.read(EVT0::FLAGS) as u16);
         let guest = flags.has(Flags::GN);
-        let low16 = (w0 >> 32) as u16;
-        let pasid = (code.has_pasid() && guest).then_some(((w0 >> 16) & 0xF) as u32 * 0x1_0000 + u32::from(low16));
+        let low16 = e.w0.read(EVT0::DOMAIN_OR_PASID) as u16;
+        let pasid =
+            (code.has_pasid() && guest).then_some(e.w0.read(EVT0::PASID_HI) as u32 * 0x1_0000 + u32::from(low16));
         let domain = (code.has_domain() && !guest).then_some(low16);
         let address = match code {
             // Bits 127:68: the command's address, 16-byte aligned.
-            EventCode::IOTLB_INV_TIMEOUT => raw[1] & !0xF,
-            _ => raw[1],
+            EventCode::IOTLB_INV_TIMEOUT => crate::field::in_place(e.w1, EVT1::COMMAND_ADDRESS),
+            _ => e.w1.get(),
         };
-        Event { code, device: code.has_device().then_some(w0 as u16), domain, pasid, flags, address, raw }
+        let device = code.has_device().then_some(e.w0.read(EVT0::DEVICE_ID) as u16);
+        Event { code, device, domain, pasid, flags, address, raw }
     }
 
     /// Whether the request was a write (RW flag).

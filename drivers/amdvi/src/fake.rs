@@ -14,7 +14,9 @@
 //! DomainID) and its 10.0 DTE reserved masks. Events can be injected.
 
 use crate::cmd::Command;
+use crate::dte::Dte;
 use crate::regs::{Regs, CONTROL, STATUS};
+use iommu::mmio::{BlockRef, FakeMmio, MmioWindow};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use tock_registers::interfaces::{Readable, Writeable};
@@ -29,6 +31,7 @@ const FIRST_FRAME: u64 = 0x1_0000_0000;
 
 /// Whether QEMU 10.0 accepts `c` without logging ILLEGAL_COMMAND_ERROR.
 pub fn qemu_accepts(c: &Command) -> bool {
+    let c = c.to_words();
     let bits = |w: u64, lo: u32, n: u32| (w >> lo) & ((1u64 << n) - 1);
     match c[0] >> 60 {
         0x1 => bits(c[0], 52, 8) == 0,
@@ -53,7 +56,7 @@ pub struct FakeMem {
     next: Cell<u64>,
     /// Frames that may be allocated in all (`None`: no limit).
     pub limit: Option<usize>,
-    regs: u64,
+    regs: FakeMmio,
     /// Every command the fake ran (or refused), in order.
     pub log: RefCell<Vec<Command>>,
     /// (DeviceID, IOVA page) → cached translation.
@@ -66,33 +69,28 @@ pub struct FakeMem {
 impl FakeMem {
     /// Memory with a register block whose EFR reads `efr`.
     pub fn with_unit(efr: u64) -> FakeMem {
-        let layout = std::alloc::Layout::from_size_align(crate::regs::MMIO_SIZE, 4096).unwrap();
-        // SAFETY: the layout has a non-zero size.
-        let block = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!block.is_null());
-        // SAFETY: `block` is a fresh, zeroed, 4 KiB-aligned allocation of 16 KiB; EFR is the aligned u64 at 0x30.
-        unsafe { block.add(0x30).cast::<u64>().write_volatile(efr) };
+        let regs = FakeMmio::new(crate::regs::MMIO_SIZE as u64).unwrap();
+        regs.write_u64(0x30, efr);
         FakeMem {
             frames: RefCell::new(BTreeMap::new()),
             next: Cell::new(FIRST_FRAME),
             limit: None,
-            // The block is never freed: the driver may hold its address as long as the test runs.
-            regs: block as u64,
+            // The block is never freed: the driver may hold its window as long as the test runs.
+            regs,
             log: RefCell::new(Vec::new()),
             iotlb: RefCell::new(BTreeMap::new()),
             halted_at: Cell::new(None),
         }
     }
 
-    /// Virtual address of the register block (what `AmdVi::new` takes).
-    pub fn register_base(&self) -> u64 {
-        self.regs
+    /// The window over the register block (what `AmdVi::new` takes).
+    pub fn register_window(&self) -> MmioWindow {
+        self.regs.window()
     }
 
     /// The register block, as the device sees it.
-    pub fn regs(&self) -> &Regs {
-        // SAFETY: `regs` is the 16 KiB block allocated in `with_unit`, never freed; its fields are volatile cells.
-        unsafe { &*(self.regs as *const Regs) }
+    pub fn regs(&self) -> BlockRef<Regs> {
+        self.regs.window().checked::<Regs>(0).unwrap()
     }
 
     /// Frames allocated now.
@@ -152,7 +150,7 @@ impl FakeMem {
             self.halted_at.set(None);
         }
         while head != tail {
-            let c = [self.word(base + head), self.word(base + head + 8)];
+            let c = Command::from_words([self.word(base + head), self.word(base + head + 8)]);
             self.log.borrow_mut().push(c);
             if !self.execute(&c) {
                 self.push_event([0x5 << 60, base + head]);
@@ -171,6 +169,7 @@ impl FakeMem {
         if !qemu_accepts(c) {
             return false;
         }
+        let c = c.to_words();
         match c[0] >> 60 {
             0x1 if c[0] & 1 != 0 => self.set_word(c[0] & 0x000F_FFFF_FFFF_FFF8, c[1]),
             0x3 => {
@@ -201,9 +200,9 @@ impl FakeMem {
     }
 
     /// The DTE of `devid` in the table the registers point at.
-    pub fn dte(&self, devid: u16) -> [u64; 4] {
+    pub fn dte(&self, devid: u16) -> Dte {
         let at = (self.regs().devtab_base.get() & ADDR) + u64::from(devid) * 32;
-        [0, 8, 16, 24].map(|o| self.word(at + o))
+        Dte::from_words([0, 8, 16, 24].map(|o| self.word(at + o)))
     }
 
     /// What a DMA of `devid` to `iova` reaches (`None`: refused), as QEMU
@@ -221,7 +220,7 @@ impl FakeMem {
         if let Some(c) = self.iotlb.borrow().get(&(devid, page)) {
             return (c.perms & need == need).then_some(c.page << 12 | (iova & 0xFFF));
         }
-        let dte = self.dte(devid);
+        let dte = self.dte(devid).to_words();
         if dte.iter().zip(QEMU_DTE_RESERVED).any(|(q, m)| q & m != 0) {
             return None; // ILLEGAL_DEV_TABLE_ENTRY
         }

@@ -33,8 +33,85 @@
 //! - No failure is logged: QEMU writes no IO_PAGE_FAULT event for interrupts
 //!   (`amdvi_mem_ir_write` only reports it once on stderr and drops the write).
 
+use crate::dte::DTE2;
+use crate::field::{from_place, in_place};
+use iommu::desc::Word;
+use iommu::dma::DmaRegion;
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
+use tock_registers::fields::FieldValue;
+use tock_registers::{register_bitfields, LocalRegisterCopy};
+
+register_bitfields![u32,
+    /// A 32-bit IRTE (§2.2.5.1).
+    pub IRTE32 [
+        /// Bit 0, RemapEn: the entry remaps (clear: target abort).
+        REMAP_EN OFFSET(0) NUMBITS(1) [],
+        /// Bit 1, SupIOPF: no IO_PAGE_FAULT event while not enabled.
+        SUP_IOPF OFFSET(1) NUMBITS(1) [],
+        /// Bits 4:2, IntType: 000b fixed, 001b arbitrated.
+        INT_TYPE OFFSET(2) NUMBITS(3) [],
+        /// Bit 5, RqEoi: request an EOI.
+        RQ_EOI OFFSET(5) NUMBITS(1) [],
+        /// Bit 6, DM: logical destination mode.
+        DM OFFSET(6) NUMBITS(1) [],
+        /// Bit 7, GuestMode: a guest virtual APIC entry (never written here).
+        GUEST_MODE OFFSET(7) NUMBITS(1) [],
+        /// Bits 15:8, Destination: the APIC ID.
+        DESTINATION OFFSET(8) NUMBITS(8) [],
+        /// Bits 23:16, Vector.
+        VECTOR OFFSET(16) NUMBITS(8) [],
+        /// Bits 31:24, reserved.
+        RESERVED OFFSET(24) NUMBITS(8) []
+    ],
+    /// A 32-bit destination APIC ID as the 128-bit IRTE splits it (§2.2.5.2).
+    pub DEST32 [
+        /// Destination[23:0], in low qword bits 31:8.
+        LO OFFSET(0) NUMBITS(24) [],
+        /// Destination[31:24], in high qword bits 63:56.
+        HI OFFSET(24) NUMBITS(8) []
+    ],
+    /// MSI data as the IOMMU reads it (§2.2.5).
+    pub MSI_DATA [
+        /// Bits 8:0: the table index without the 2K interrupt mode.
+        INDEX_512 OFFSET(0) NUMBITS(9) [],
+        /// Bits 10:0: the table offset (the index in the 2K mode).
+        INDEX_2K OFFSET(0) NUMBITS(11) [],
+        /// Bits 10:8: the message type (000b fixed, 001b arbitrated).
+        TYPE OFFSET(8) NUMBITS(3) []
+    ]
+];
+
+register_bitfields![u64,
+    /// A 128-bit IRTE bits 63:0, remapping mode (§2.2.5.2).
+    pub IRTE_LO [
+        /// Bit 0, RemapEn.
+        REMAP_EN OFFSET(0) NUMBITS(1) [],
+        /// Bit 1, SupIOPF.
+        SUP_IOPF OFFSET(1) NUMBITS(1) [],
+        /// Bits 4:2, IntType.
+        INT_TYPE OFFSET(2) NUMBITS(3) [],
+        /// Bit 5, RqEoi.
+        RQ_EOI OFFSET(5) NUMBITS(1) [],
+        /// Bit 6, DM.
+        DM OFFSET(6) NUMBITS(1) [],
+        /// Bit 7, GuestMode.
+        GUEST_MODE OFFSET(7) NUMBITS(1) [],
+        /// Bits 31:8, Destination[23:0].
+        DESTINATION_LO OFFSET(8) NUMBITS(24) [],
+        /// Bits 63:32, reserved with GuestMode = 0 (GATag in guest mode).
+        RESERVED OFFSET(32) NUMBITS(32) []
+    ],
+    /// A 128-bit IRTE bits 127:64, remapping mode (§2.2.5.2).
+    pub IRTE_HI [
+        /// Bits 71:64, Vector.
+        VECTOR OFFSET(0) NUMBITS(8) [],
+        /// Bits 119:72, reserved with GuestMode = 0 (the vAPIC root pointer in guest mode).
+        RESERVED OFFSET(8) NUMBITS(48) [],
+        /// Bits 127:120, Destination[31:24].
+        DESTINATION_HI OFFSET(56) NUMBITS(8) []
+    ]
+];
 
 /// Largest IntTabLen: 2^11 = 2048 entries (§2.2.2.2; 1100b–1111b are reserved).
 pub const MAX_LEN_LOG2: u8 = 11;
@@ -52,26 +129,9 @@ pub const MSI_ADDRESS: u32 = 0xFEE0_0000;
 /// the index instead of data[8:0].
 pub const MSI_ADDRESS_DM: u32 = 1 << 2;
 
-// DTE qword 2 (DTE bits 191:128).
-/// IV (DTE bit 128): the interrupt fields are valid. Clear: interrupts pass
-/// unchanged.
-pub const DTE_IV: u64 = 1 << 0;
-const INT_TAB_LEN_SHIFT: u32 = 1;
-/// IG (DTE bit 133): don't log IO_PAGE_FAULT events for unmapped interrupts.
-pub const DTE_IG: u64 = 1 << 5;
-/// IntTableRootPtr (DTE bits 179:134): address bits 51:6 of the table.
-pub const DTE_INT_TABLE_ROOT: u64 = 0x000F_FFFF_FFFF_FFC0;
-/// InitPass (DTE bit 184): INIT messages pass unchanged.
-pub const DTE_INIT_PASS: u64 = 1 << 56;
-/// EIntPass (DTE bit 185): ExtINT messages pass unchanged.
-pub const DTE_EINT_PASS: u64 = 1 << 57;
-/// NMIPass (DTE bit 186): NMI messages pass unchanged.
-pub const DTE_NMI_PASS: u64 = 1 << 58;
-const INT_CTL_SHIFT: u32 = 60;
-/// Lint0Pass (DTE bit 190): LINT0 messages pass unchanged.
-pub const DTE_LINT0_PASS: u64 = 1 << 62;
-/// Lint1Pass (DTE bit 191): LINT1 messages pass unchanged.
-pub const DTE_LINT1_PASS: u64 = 1 << 63;
+/// DTE qword 2 with IV alone (IntCtl = 00b, no table, no pass bit): every
+/// interrupt of the device is target-aborted (§2.2.2.2).
+pub const DTE_IV: u64 = DTE2::IV::SET.value;
 
 /// IntCtl (DTE bits 189:188): what fixed and arbitrated interrupts get (§2.2.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +154,14 @@ pub fn dte_interrupt_fields(table_pa: u64, len_log2: u8, remap: bool) -> u64 {
     debug_assert!(len_log2 <= MAX_LEN_LOG2, "IntTabLen 12-15 is reserved");
     debug_assert_eq!(table_pa % TABLE_ALIGN, 0, "interrupt tables are 128-byte aligned");
     let ctl = if remap { IntCtl::Remap } else { IntCtl::Abort };
-    DTE_IV
-        | u64::from(len_log2 & 0xF) << INT_TAB_LEN_SHIFT
-        | (table_pa & DTE_INT_TABLE_ROOT)
-        | (ctl as u64) << INT_CTL_SHIFT
+    let mut q2 = Word::<DTE2::Register>::new(0);
+    q2.write(
+        DTE2::IV::SET
+            + DTE2::INT_TAB_LEN.val(u64::from(len_log2))
+            + from_place(DTE2::INT_TABLE_ROOT, table_pa)
+            + DTE2::INT_CTL.val(ctl as u64),
+    );
+    q2.get()
 }
 
 /// The interrupt fields of DTE qword 2, decoded (for logs and tests).
@@ -128,34 +192,27 @@ pub struct DteInterrupt {
 impl DteInterrupt {
     /// Decodes DTE qword 2.
     pub fn decode(q2: u64) -> Self {
+        let q2 = Word::<DTE2::Register>::new(q2);
         DteInterrupt {
-            valid: q2 & DTE_IV != 0,
-            len_log2: ((q2 >> INT_TAB_LEN_SHIFT) & 0xF) as u8,
-            ignore_unmapped: q2 & DTE_IG != 0,
-            table: q2 & DTE_INT_TABLE_ROOT,
-            int_ctl: ((q2 >> INT_CTL_SHIFT) & 3) as u8,
-            init_pass: q2 & DTE_INIT_PASS != 0,
-            eint_pass: q2 & DTE_EINT_PASS != 0,
-            nmi_pass: q2 & DTE_NMI_PASS != 0,
-            lint0_pass: q2 & DTE_LINT0_PASS != 0,
-            lint1_pass: q2 & DTE_LINT1_PASS != 0,
+            valid: q2.is_set(DTE2::IV),
+            len_log2: q2.read(DTE2::INT_TAB_LEN) as u8,
+            ignore_unmapped: q2.is_set(DTE2::IG),
+            table: in_place(q2, DTE2::INT_TABLE_ROOT),
+            int_ctl: q2.read(DTE2::INT_CTL) as u8,
+            init_pass: q2.is_set(DTE2::INIT_PASS),
+            eint_pass: q2.is_set(DTE2::EINT_PASS),
+            nmi_pass: q2.is_set(DTE2::NMI_PASS),
+            lint0_pass: q2.is_set(DTE2::LINT0_PASS),
+            lint1_pass: q2.is_set(DTE2::LINT1_PASS),
         }
     }
-}
-
-/// INVALIDATE_INTERRUPT_TABLE (§2.4.5, opcode 5): the IOMMU forgets what it
-/// cached of DeviceID `devid`'s interrupt table. Needed after every change of
-/// an entry the IOMMU may have seen. QEMU refuses it with any of word 0 bits
-/// 59:16 or word 1 set (`amdvi_inval_inttable`); none are.
-pub fn invalidate_interrupt_table(devid: u16) -> [u64; 2] {
-    [5 << 60 | u64::from(devid), 0]
 }
 
 /// The MSI data that selects entry `index` (§2.2.5: data bits 10:0 are the
 /// table offset; bits 10:8 double as the message type, so without the 2K
 /// interrupt mode the index must be below [`MAX_INDEX_512`]).
 pub fn msi_data(index: u16) -> u32 {
-    u32::from(index) & 0x7FF
+    MSI_DATA::INDEX_2K.val(u32::from(index)).value
 }
 
 /// The MSI address of a remapped interrupt: [`MSI_ADDRESS`], with DM set in
@@ -172,11 +229,12 @@ pub fn msi_index(address: u32, data: u32, two_k: bool) -> Option<u16> {
     if address & 0xFFF0_0000 != MSI_ADDRESS {
         return None;
     }
+    let data = LocalRegisterCopy::<u32, MSI_DATA::Register>::new(data);
     if two_k && address & MSI_ADDRESS_DM != 0 {
-        return Some((data & 0x7FF) as u16);
+        return Some(data.read(MSI_DATA::INDEX_2K) as u16);
     }
-    match (data >> 8) & 7 {
-        0 | 1 => Some((data & 0x1FF) as u16),
+    match data.read(MSI_DATA::TYPE) {
+        0 | 1 => Some(data.read(MSI_DATA::INDEX_512) as u16),
         _ => None,
     }
 }
@@ -215,44 +273,59 @@ impl RemapFields {
         RemapFields { vector, destination, int_type: IntType::Fixed, logical: false, rq_eoi: false, sup_iopf: false }
     }
 
-    /// The low 8 bits shared by both formats: RemapEn, SupIOPF, IntType, RqEoi, DM, GuestMode = 0.
-    fn flags(&self) -> u64 {
-        let flag = |set: bool, bit: u64| if set { bit } else { 0 };
-        REMAP_EN
-            | flag(self.sup_iopf, SUP_IOPF)
-            | (self.int_type as u64) << 2
-            | flag(self.rq_eoi, RQ_EOI)
-            | flag(self.logical, DM)
+    /// Bits 7:0 of a 32-bit entry: RemapEn, SupIOPF, IntType, RqEoi, DM, GuestMode = 0.
+    fn flags32(&self) -> FieldValue<u32, IRTE32::Register> {
+        IRTE32::REMAP_EN::SET
+            + IRTE32::SUP_IOPF.val(u32::from(self.sup_iopf))
+            + IRTE32::INT_TYPE.val(self.int_type as u32)
+            + IRTE32::RQ_EOI.val(u32::from(self.rq_eoi))
+            + IRTE32::DM.val(u32::from(self.logical))
     }
 
-    fn from_flags(low: u64, vector: u8, destination: u32) -> Result<Self, IrteError> {
-        if low & REMAP_EN == 0 {
+    /// The same bits 7:0 of a 128-bit entry's low qword.
+    fn flags128(&self) -> FieldValue<u64, IRTE_LO::Register> {
+        IRTE_LO::REMAP_EN::SET
+            + IRTE_LO::SUP_IOPF.val(u64::from(self.sup_iopf))
+            + IRTE_LO::INT_TYPE.val(self.int_type as u64)
+            + IRTE_LO::RQ_EOI.val(u64::from(self.rq_eoi))
+            + IRTE_LO::DM.val(u64::from(self.logical))
+    }
+
+    /// The fields from the flag bits of either format (`flags`) and the
+    /// entry's vector and destination.
+    fn from_flags(flags: LowFlags, vector: u8, destination: u32) -> Result<Self, IrteError> {
+        if !flags.remap_en {
             return Err(IrteError::NotEnabled);
         }
-        if low & GUEST_MODE != 0 {
+        if flags.guest_mode {
             return Err(IrteError::GuestMode);
         }
-        let int_type = match (low >> 2) & 7 {
+        let int_type = match flags.int_type {
             0 => IntType::Fixed,
             1 => IntType::Arbitrated,
-            t => return Err(IrteError::IntType(t as u8)),
+            t => return Err(IrteError::IntType(t)),
         };
         Ok(RemapFields {
             vector,
             destination,
             int_type,
-            logical: low & DM != 0,
-            rq_eoi: low & RQ_EOI != 0,
-            sup_iopf: low & SUP_IOPF != 0,
+            logical: flags.dm,
+            rq_eoi: flags.rq_eoi,
+            sup_iopf: flags.sup_iopf,
         })
     }
 }
 
-const REMAP_EN: u64 = 1 << 0;
-const SUP_IOPF: u64 = 1 << 1;
-const RQ_EOI: u64 = 1 << 5;
-const DM: u64 = 1 << 6;
-const GUEST_MODE: u64 = 1 << 7;
+/// Bits 7:0 of either IRTE format, read by name (§2.2.5.1, §2.2.5.2).
+#[derive(Debug, Clone, Copy)]
+struct LowFlags {
+    remap_en: bool,
+    sup_iopf: bool,
+    int_type: u8,
+    rq_eoi: bool,
+    dm: bool,
+    guest_mode: bool,
+}
 
 /// Why an IRTE does not decode as an enabled remapping entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,8 +340,7 @@ pub enum IrteError {
     Reserved(u64, u64),
 }
 
-/// A 32-bit (basic / legacy) IRTE (§2.2.5.1): RemapEn 0, SupIOPF 1, IntType
-/// 4:2, RqEoi 5, DM 6, GuestMode 7, Destination 15:8, Vector 23:16, 31:24 reserved.
+/// A 32-bit (basic / legacy) IRTE (§2.2.5.1), laid out by [`IRTE32`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Irte32(pub u32);
 
@@ -280,64 +352,88 @@ impl Irte32 {
     /// fit in 8 bits.
     pub fn remapped(f: &RemapFields) -> Option<Irte32> {
         let dest = u8::try_from(f.destination).ok()?;
-        Some(Irte32(f.flags() as u32 | u32::from(dest) << 8 | u32::from(f.vector) << 16))
+        let value = f.flags32() + IRTE32::DESTINATION.val(u32::from(dest)) + IRTE32::VECTOR.val(u32::from(f.vector));
+        Some(Irte32(value.value))
+    }
+
+    fn word(self) -> LocalRegisterCopy<u32, IRTE32::Register> {
+        LocalRegisterCopy::new(self.0)
     }
 
     /// RemapEn.
     pub fn enabled(self) -> bool {
-        self.0 & 1 != 0
+        self.word().is_set(IRTE32::REMAP_EN)
     }
 
     /// The fields of an enabled entry.
     pub fn decode(self) -> Result<RemapFields, IrteError> {
-        let v = u64::from(self.0);
-        if v >> 24 != 0 {
-            return Err(IrteError::Reserved(v & 0xFF00_0000, 0));
+        let w = self.word();
+        if w.read(IRTE32::RESERVED) != 0 {
+            return Err(IrteError::Reserved(u64::from(IRTE32::RESERVED.val(w.read(IRTE32::RESERVED)).value), 0));
         }
-        RemapFields::from_flags(v, (v >> 16) as u8, u32::from((v >> 8) as u8))
+        let flags = LowFlags {
+            remap_en: w.is_set(IRTE32::REMAP_EN),
+            sup_iopf: w.is_set(IRTE32::SUP_IOPF),
+            int_type: w.read(IRTE32::INT_TYPE) as u8,
+            rq_eoi: w.is_set(IRTE32::RQ_EOI),
+            dm: w.is_set(IRTE32::DM),
+            guest_mode: w.is_set(IRTE32::GUEST_MODE),
+        };
+        RemapFields::from_flags(flags, w.read(IRTE32::VECTOR) as u8, w.read(IRTE32::DESTINATION))
     }
 }
 
-/// Reserved in the 128-bit entry with GuestMode = 0: low bits 63:32 (GATag in
-/// guest mode), high bits 55:8 (the guest vAPIC root pointer in guest mode).
-const GA_LO_RESERVED: u64 = 0xFFFF_FFFF_0000_0000;
-const GA_HI_RESERVED: u64 = 0x00FF_FFFF_FFFF_FF00;
-
-/// A 128-bit IRTE (§2.2.5.2, used when Control.GAEn = 1) in remapping mode
-/// (GuestMode = 0), as (low, high) qwords: low bits 7:0 as in [`Irte32`] and
-/// Destination[23:0] in 31:8; high bits 7:0 Vector and 63:56 Destination[31:24].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Irte128 {
-    /// Bits 63:0.
-    pub lo: u64,
-    /// Bits 127:64.
-    pub hi: u64,
+iommu::descriptor! {
+    /// A 128-bit IRTE (§2.2.5.2, used when Control.GAEn = 1) in remapping
+    /// mode (GuestMode = 0): low qword bits 7:0 as in [`Irte32`] and
+    /// Destination[23:0]; high qword Vector and Destination[31:24].
+    pub struct Irte128 {
+        /// Bits 63:0.
+        lo: IRTE_LO,
+        /// Bits 127:64.
+        hi: IRTE_HI,
+    }
 }
 
 impl Irte128 {
     /// RemapEn = 0: every interrupt through it is target-aborted.
-    pub const DISABLED: Irte128 = Irte128 { lo: 0, hi: 0 };
+    pub const DISABLED: Irte128 = Irte128::zeroed();
 
     /// An enabled entry with fields `f` (32-bit destinations need x2APIC
     /// support, EFR.XTSup, for the upper byte to be used).
     pub fn remapped(f: &RemapFields) -> Irte128 {
-        let d = u64::from(f.destination);
-        Irte128 { lo: f.flags() | (d & 0xFF_FFFF) << 8, hi: u64::from(f.vector) | (d >> 24) << 56 }
+        let d = LocalRegisterCopy::<u32, DEST32::Register>::new(f.destination);
+        let mut e = Irte128::zeroed();
+        e.lo.write(f.flags128() + IRTE_LO::DESTINATION_LO.val(u64::from(d.read(DEST32::LO))));
+        e.hi.write(
+            IRTE_HI::VECTOR.val(u64::from(f.vector)) + IRTE_HI::DESTINATION_HI.val(u64::from(d.read(DEST32::HI))),
+        );
+        e
     }
 
     /// RemapEn.
     pub fn enabled(self) -> bool {
-        self.lo & REMAP_EN != 0
+        self.lo.is_set(IRTE_LO::REMAP_EN)
     }
 
     /// The fields of an enabled remapping entry.
     pub fn decode(self) -> Result<RemapFields, IrteError> {
-        let (rlo, rhi) = (self.lo & GA_LO_RESERVED, self.hi & GA_HI_RESERVED);
-        if self.lo & GUEST_MODE == 0 && (rlo != 0 || rhi != 0) {
+        let (rlo, rhi) = (in_place(self.lo, IRTE_LO::RESERVED), in_place(self.hi, IRTE_HI::RESERVED));
+        if !self.lo.is_set(IRTE_LO::GUEST_MODE) && (rlo != 0 || rhi != 0) {
             return Err(IrteError::Reserved(rlo, rhi));
         }
-        let destination = ((self.lo >> 8) & 0xFF_FFFF) as u32 | ((self.hi >> 56) as u32) << 24;
-        RemapFields::from_flags(self.lo, self.hi as u8, destination)
+        let destination = (DEST32::LO.val(self.lo.read(IRTE_LO::DESTINATION_LO) as u32)
+            + DEST32::HI.val(self.hi.read(IRTE_HI::DESTINATION_HI) as u32))
+        .value;
+        let flags = LowFlags {
+            remap_en: self.lo.is_set(IRTE_LO::REMAP_EN),
+            sup_iopf: self.lo.is_set(IRTE_LO::SUP_IOPF),
+            int_type: self.lo.read(IRTE_LO::INT_TYPE) as u8,
+            rq_eoi: self.lo.is_set(IRTE_LO::RQ_EOI),
+            dm: self.lo.is_set(IRTE_LO::DM),
+            guest_mode: self.lo.is_set(IRTE_LO::GUEST_MODE),
+        };
+        RemapFields::from_flags(flags, self.hi.read(IRTE_HI::VECTOR) as u8, destination)
     }
 }
 
@@ -412,7 +508,7 @@ pub enum AmdIrError {
 /// [`set`](AmdIrTable::set). Changes to a live table take effect after
 /// [`invalidate_interrupt_table`] for the device (and a COMPLETION_WAIT).
 pub struct AmdIrTable {
-    base: u64,
+    region: DmaRegion,
     len_log2: u8,
     format: IrteFormat,
     /// Indices in use (0 never is).
@@ -428,14 +524,14 @@ impl AmdIrTable {
         }
         let entries = 1usize << len_log2;
         let frames = (entries * format.entry_bytes()).div_ceil(4096);
-        let base = mem.alloc_contiguous(frames)?;
-        debug_assert_eq!(base % TABLE_ALIGN, 0);
-        Some(AmdIrTable { base, len_log2, format, ids: IdAllocator::new(entries as u32) })
+        let region = DmaRegion::alloc_contiguous(mem, frames)?;
+        debug_assert_eq!(region.base() % TABLE_ALIGN, 0);
+        Some(AmdIrTable { region, len_log2, format, ids: IdAllocator::new(entries as u32) })
     }
 
     /// Physical address of entry 0.
     pub fn base(&self) -> u64 {
-        self.base
+        self.region.base()
     }
 
     /// IntTabLen.
@@ -465,7 +561,7 @@ impl AmdIrTable {
 
     /// DTE qword 2 naming this table ([`dte_interrupt_fields`]).
     pub fn dte_fields(&self, remap: bool) -> u64 {
-        dte_interrupt_fields(self.base, self.len_log2, remap)
+        dte_interrupt_fields(self.region.base(), self.len_log2, remap)
     }
 
     /// Takes the lowest free index (never 0), or `None` when the table is full.
@@ -494,10 +590,14 @@ impl AmdIrTable {
         Ok(i)
     }
 
-    /// Frame and qword index holding entry `i` (its low qword for GA entries).
-    fn slot(&self, i: usize) -> (u64, usize) {
-        let byte = i * self.format.entry_bytes();
-        (self.base + (byte / 4096) as u64 * 4096, (byte % 4096) / 8)
+    /// Byte offset of entry `i` in the table.
+    fn offset(&self, i: usize) -> u64 {
+        (i * self.format.entry_bytes()) as u64
+    }
+
+    /// Qword index of a GA entry's low qword (its high one follows).
+    fn ga_word(i: usize) -> usize {
+        i * 2
     }
 
     /// The entry at `index` (any index in range, allocated or not).
@@ -506,34 +606,42 @@ impl AmdIrTable {
         if i >= self.entries() {
             return None;
         }
-        let (frame, word) = self.slot(i);
+        // Every index below `entries()` lies inside the table's frames.
         Some(match self.format {
-            IrteFormat::Legacy => AmdIrte::Legacy(Irte32((mem.read(frame, word) >> (i % 2 * 32)) as u32)),
-            IrteFormat::Ga => AmdIrte::Ga(Irte128 { lo: mem.read(frame, word), hi: mem.read(frame, word + 1) }),
+            IrteFormat::Legacy => AmdIrte::Legacy(Irte32(self.region.read_u32(mem, self.offset(i)).ok()?)),
+            IrteFormat::Ga => {
+                let w = Self::ga_word(i);
+                let (lo, hi) = (self.region.read_u64(mem, w).ok()?, self.region.read_u64(mem, w + 1).ok()?);
+                AmdIrte::Ga(Irte128::from_words([lo, hi]))
+            }
         })
     }
 
     fn store(&self, mem: &mut impl DmaMemory, i: usize, new: AmdIrte) {
-        let (frame, word) = self.slot(i);
+        // `i` was checked against the table (`check`): no access below is refused.
         match new {
             AmdIrte::Legacy(e) => {
                 // One 64-bit store; the neighbouring entry is rewritten unchanged.
-                let shift = i % 2 * 32;
-                let q = mem.read(frame, word) & !(0xFFFF_FFFF << shift) | u64::from(e.0) << shift;
-                mem.write(frame, word, q);
+                let _ = self.region.write_u32(mem, self.offset(i), e.0);
             }
             AmdIrte::Ga(e) => {
                 // RemapEn is in the low qword: write the high one first and the
                 // low one last; when an enabled entry's high qword changes,
                 // disable it first so no interrupt sees a mix of both.
-                let old = Irte128 { lo: mem.read(frame, word), hi: mem.read(frame, word + 1) };
-                if old.hi != e.hi {
+                let w = Self::ga_word(i);
+                let old = Irte128::from_words([
+                    self.region.read_u64(mem, w).unwrap_or(0),
+                    self.region.read_u64(mem, w + 1).unwrap_or(0),
+                ]);
+                if old.hi.get() != e.hi.get() {
                     if old.enabled() {
-                        mem.write(frame, word, old.lo & !REMAP_EN);
+                        let mut off = old.lo;
+                        off.modify(IRTE_LO::REMAP_EN::CLEAR);
+                        let _ = self.region.write_u64(mem, w, off.get());
                     }
-                    mem.write(frame, word + 1, e.hi);
+                    let _ = self.region.write_u64(mem, w + 1, e.hi.get());
                 }
-                mem.write(frame, word, e.lo);
+                let _ = self.region.write_u64(mem, w, e.lo.get());
             }
         }
     }
@@ -558,9 +666,10 @@ impl AmdIrTable {
         match self.format {
             IrteFormat::Legacy => self.store(mem, i, AmdIrte::Legacy(Irte32::DISABLED)),
             IrteFormat::Ga => {
-                let (frame, word) = self.slot(i);
-                mem.write(frame, word, 0); // RemapEn first
-                mem.write(frame, word + 1, 0);
+                // `i` was checked against the table: neither store is refused.
+                let w = Self::ga_word(i);
+                let _ = self.region.write_u64(mem, w, 0); // RemapEn first
+                let _ = self.region.write_u64(mem, w + 1, 0);
             }
         }
         Ok(())
@@ -576,7 +685,7 @@ impl AmdIrTable {
     /// Gives the frames back. No DTE may name the table any more (and the
     /// DTE change must have been invalidated).
     pub fn destroy(self, mem: &mut impl DmaMemory) {
-        mem.free_contiguous(self.base, self.frames());
+        self.region.free_contiguous(mem);
     }
 }
 
@@ -651,9 +760,9 @@ mod tests {
     fn golden_ga_entries() {
         // Destination 0x12345678: bits 23:0 at low 31:8, bits 31:24 at high 63:56.
         let e = Irte128::remapped(&RemapFields::fixed(0xEC, 0x1234_5678));
-        assert_eq!(e, Irte128 { lo: 0x3456_7801, hi: 0x1200_0000_0000_00EC });
+        assert_eq!(e, Irte128::from_words([0x3456_7801, 0x1200_0000_0000_00EC]));
         let e = Irte128::remapped(&RemapFields { int_type: IntType::Arbitrated, ..RemapFields::fixed(0x30, 2) });
-        assert_eq!(e, Irte128 { lo: 0x0000_0205, hi: 0x30 });
+        assert_eq!(e, Irte128::from_words([0x0000_0205, 0x30]));
         assert_eq!(Irte128::DISABLED.decode(), Err(IrteError::NotEnabled));
     }
 
@@ -685,10 +794,11 @@ mod tests {
         assert_eq!(Irte32(good.0 | 2 << 2).decode(), Err(IrteError::IntType(2)));
         assert_eq!(Irte32(good.0 | 1 << 24).decode(), Err(IrteError::Reserved(1 << 24, 0)));
         let ga = Irte128::remapped(&RemapFields::fixed(0x41, 3));
-        assert_eq!(Irte128 { lo: ga.lo | 1 << 7, ..ga }.decode(), Err(IrteError::GuestMode));
-        assert_eq!(Irte128 { lo: ga.lo | 7 << 2, ..ga }.decode(), Err(IrteError::IntType(7)));
-        assert_eq!(Irte128 { lo: ga.lo | 1 << 32, ..ga }.decode(), Err(IrteError::Reserved(1 << 32, 0)));
-        assert_eq!(Irte128 { hi: ga.hi | 1 << 8, ..ga }.decode(), Err(IrteError::Reserved(0, 1 << 8)));
+        let [lo, hi] = ga.to_words();
+        assert_eq!(Irte128::from_words([lo | 1 << 7, hi]).decode(), Err(IrteError::GuestMode));
+        assert_eq!(Irte128::from_words([lo | 7 << 2, hi]).decode(), Err(IrteError::IntType(7)));
+        assert_eq!(Irte128::from_words([lo | 1 << 32, hi]).decode(), Err(IrteError::Reserved(1 << 32, 0)));
+        assert_eq!(Irte128::from_words([lo, hi | 1 << 8]).decode(), Err(IrteError::Reserved(0, 1 << 8)));
     }
 
     #[test]
@@ -715,16 +825,15 @@ mod tests {
         let blocked = DteInterrupt::decode(dte_interrupt_fields(0x8000, 1, false));
         assert_eq!((blocked.valid, blocked.int_ctl, blocked.len_log2), (true, IntCtl::Abort as u8, 1));
         // Pass bits and IG where the spec puts them (DTE bits 184-186, 190, 191, 133).
-        let all = DteInterrupt::decode(
-            DTE_INIT_PASS | DTE_EINT_PASS | DTE_NMI_PASS | DTE_LINT0_PASS | DTE_LINT1_PASS | DTE_IG,
-        );
+        let pass = 1 << 56 | 1 << 57 | 1 << 58 | 1 << 62 | 1 << 63 | 1 << 5;
+        let all = DteInterrupt::decode(pass);
         assert!(all.init_pass && all.eint_pass && all.nmi_pass && all.lint0_pass && all.lint1_pass);
         assert!(all.ignore_unmapped && !all.valid);
         // No bit QEMU 10.0 calls reserved in qword 2.
         for q2 in [
             dte_interrupt_fields(0x000F_FFFF_FFFF_FF80, 11, true),
             dte_interrupt_fields(0x1000, 0, false),
-            DTE_INIT_PASS | DTE_EINT_PASS | DTE_NMI_PASS | DTE_LINT0_PASS | DTE_LINT1_PASS | DTE_IG | 3 << 60,
+            pass | 3 << 60,
         ] {
             assert_eq!(q2 & QEMU_DTE_RESERVED[2], 0, "{q2:#x}");
         }
@@ -753,9 +862,11 @@ mod tests {
 
     #[test]
     fn inval_command() {
-        assert_eq!(invalidate_interrupt_table(0x00A0), [0x5000_0000_0000_00A0, 0]);
-        let c = invalidate_interrupt_table(0xFFFF);
+        use crate::cmd::invalidate_interrupt_table;
+        assert_eq!(invalidate_interrupt_table(0x00A0).to_words(), [0x5000_0000_0000_00A0, 0]);
+        let c = invalidate_interrupt_table(0xFFFF).to_words();
         assert_eq!((c[0] >> 16) & ((1 << 44) - 1), 0, "QEMU amdvi_inval_inttable reserved bits");
+        assert_eq!(c[1], 0);
     }
 
     #[test]
@@ -812,7 +923,7 @@ mod tests {
         t.set(&mut mem, i, &a).unwrap();
         let ea = Irte128::remapped(&a);
         let w: Vec<(usize, u64)> = mem.writes.iter().map(|&(_, i, v)| (i, v)).collect();
-        assert_eq!(w, [(3, ea.hi), (2, ea.lo)], "high first, RemapEn last");
+        assert_eq!(w, [(3, ea.hi.get()), (2, ea.lo.get())], "high first, RemapEn last");
         // Same vector and destination byte 3, new destination low bits: one store.
         mem.writes.clear();
         let b = RemapFields::fixed(0x30, 7);
@@ -824,12 +935,12 @@ mod tests {
         t.set(&mut mem, i, &c).unwrap();
         let (eb, ec) = (Irte128::remapped(&b), Irte128::remapped(&c));
         let w: Vec<(usize, u64)> = mem.writes.iter().map(|&(_, i, v)| (i, v)).collect();
-        assert_eq!(w, [(2, eb.lo & !1), (3, ec.hi), (2, ec.lo)]);
+        assert_eq!(w, [(2, eb.lo.get() & !1), (3, ec.hi.get()), (2, ec.lo.get())]);
         assert_eq!(t.get(&mem, i), Some(AmdIrte::Ga(ec)));
         // The last entry is at the end of the eighth frame.
         assert_eq!(t.alloc_block(1024), Some(1024));
         t.set(&mut mem, 2047, &a).unwrap();
-        assert_eq!(mem.frames[&(t.base() + 7 * 4096)][510..], [ea.lo, ea.hi]);
+        assert_eq!(mem.frames[&(t.base() + 7 * 4096)][510..], ea.to_words());
         assert_eq!(t.dte_fields(true), t.base() | 11 << 1 | 1 | 2 << 60);
         t.destroy(&mut mem);
         assert!(mem.frames.is_empty());

@@ -13,10 +13,16 @@
 //! (`hwpt_data::AMDVI_ATTRS`) is a paging domain of 1–6 levels, as many as
 //! EFR.HATS allows, with the matching DTE Mode and aperture.
 //!
-//! Hardware access: typed registers ([`regs`]) over the 16 KiB MMIO block the
-//! kernel mapped (checked to hold every register used: [`regs::check_window`]), tables and queues in memory the kernel provides
-//! ([`iommu::DmaMemory`]). Completion is polled (no MSI is programmed); every
-//! wait is bounded with [`iommu::poll`].
+//! Hardware access: typed registers ([`regs`], an [`iommu::register_blocks!`]
+//! block) over the [`iommu::mmio::MmioWindow`] the board made of the 16 KiB
+//! MMIO block (checked to hold every register used: [`regs::check_window`]);
+//! the command buffer is an [`iommu::ring::ProducerRing`], the device table
+//! and the event log [`iommu::dma::DmaRegion`]s in memory the kernel provides
+//! ([`iommu::DmaMemory`]); in-memory structures (DTEs, commands, events,
+//! IRTEs) are typed with [`iommu::descriptor!`]. Completion is polled (no MSI
+//! is programmed); every wait is bounded. The crate has no `unsafe`: the one
+//! promise about the register mapping is the board's, made when it builds
+//! the window.
 //!
 //! Facts about QEMU 10.0's model (`hw/i386/amd_iommu.c`) that shaped the
 //! driver, besides the QEMU.md gotchas G1 (`pt=off`) and G2 (no events):
@@ -38,17 +44,21 @@
 //! range (its registers are cleared: IVMD exclusion ranges are reported as
 //! reserved regions and kept out of IOVA allocation instead).
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
 pub mod cmd;
 pub mod driver;
 pub mod dte;
+pub mod error;
 pub mod event;
+mod field;
 pub mod intremap;
 pub mod qemu;
 pub mod regs;
 pub mod unit;
+pub mod user_data;
 
 #[cfg(test)]
 mod fake;

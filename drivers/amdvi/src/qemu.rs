@@ -33,7 +33,7 @@ pub const IOMMU_CLASS: u32 = 0x08_0600;
 /// `device_id` (its requester ID after aliasing) through, when that is not
 /// `device_id` itself: bus 0 with the same devfn for every ID off bus 0.
 pub fn stale_device_id(device_id: u16) -> Option<u16> {
-    (device_id >> 8 != 0).then_some(device_id & 0x00FF)
+    (device_id & 0xFF00 != 0).then_some(device_id & 0x00FF)
 }
 
 /// Whether a PCI function with these IDs is QEMU's AMD-Vi function: AMD's

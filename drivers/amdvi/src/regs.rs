@@ -5,10 +5,9 @@
 //! command-buffer base only after an 8-byte write or a write to the upper
 //! half, so whole-register writes are the simple, correct choice.
 
-use crate::unit::AmdViError;
+use crate::error::AmdViError;
+use iommu::mmio::tock_registers::registers::{ReadOnly, ReadWrite};
 use tock_registers::register_bitfields;
-use tock_registers::register_structs;
-use tock_registers::registers::{ReadOnly, ReadWrite};
 
 register_bitfields! [u64,
     /// Device Table Base Address register (MMIO offset 0000h).
@@ -119,7 +118,7 @@ register_bitfields! [u64,
     ]
 ];
 
-register_structs! {
+iommu::register_blocks! {
     /// The register block (§3.4): control registers at 0000h, ring pointers
     /// and status at 2000h, 16 KiB in all.
     pub Regs {

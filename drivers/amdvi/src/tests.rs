@@ -17,8 +17,7 @@ const RW: Perms = Perms::READ.union(Perms::WRITE);
 
 fn bring_up(efr: u64) -> (Result<AmdVi, AmdViError>, FakeMem) {
     let mut mem = FakeMem::with_unit(efr);
-    // SAFETY: the fake's register block is 16 KiB, lives for the rest of the test, and only this unit programs it.
-    let unit = unsafe { AmdVi::new(mem.register_base(), &mut mem) };
+    let unit = AmdVi::new(mem.register_window(), &mut mem);
     (unit, mem)
 }
 
@@ -76,8 +75,7 @@ fn bring_up_checks_features_and_memory() {
     // Out of memory after the device table: nothing leaks.
     let mut mem = FakeMem::with_unit(QEMU_EFR);
     mem.limit = Some(513);
-    // SAFETY: as in `bring_up`.
-    let e = unsafe { AmdVi::new(mem.register_base(), &mut mem) }.err().unwrap();
+    let e = AmdVi::new(mem.register_window(), &mut mem).err().unwrap();
     assert_eq!((e, mem.live()), (AmdViError::NoMemory, 0));
     assert_eq!(Error::from(e), Error::NoMemory);
 }
@@ -180,7 +178,7 @@ fn unmap_needs_the_flush() {
     assert_eq!(a.flushes(), flushes + 1);
     // Pages 0x201000 and 0x202000: the covering block is 16 KiB at 0x200000.
     assert_eq!(ran(&a, from)[0], cmd::invalidate_iommu_pages(tag, PageRange::covering(0x20_1000, 0x20_3000), false));
-    assert_eq!(ran(&a, from)[0][1], 0x20_1001);
+    assert_eq!(ran(&a, from)[0].w1.get(), 0x20_1001);
     assert_eq!(a.mem.translate(DEV, 0x20_1000, false), None);
     assert_eq!(a.mem.translate(DEV, 0x20_0000, false), Some(0x30_0000));
     // An unmap of the last page keeps the tables (for the next map there);
@@ -190,12 +188,12 @@ fn unmap_needs_the_flush() {
     assert_eq!(u.gather.freed_tables(&a.mem), 0, "tables kept");
     let from = a.mem.log.borrow().len();
     a.flush(pg, u.gather).unwrap();
-    assert_eq!(ran(&a, from)[0][1] & 3, 0b00, "one page, no PDE");
+    assert_eq!(ran(&a, from)[0].w1.get() & 3, 0b00, "one page, no PDE");
     let u = a.unmap(pg, 0, 1 << 39).unwrap();
     assert_eq!((u.bytes, u.gather.freed_tables(&a.mem)), (0, 3), "level-1, -2 and -3 tables freed");
     let from = a.mem.log.borrow().len();
     a.flush(pg, u.gather).unwrap();
-    assert_eq!(ran(&a, from)[0][1] & 2, 0b10, "PDE");
+    assert_eq!(ran(&a, from)[0].w1.get() & 2, 0b10, "PDE");
     assert_eq!(a.mem.live(), live - 3);
     // An empty gather sends nothing.
     let u = a.unmap(pg, 0x7000_0000, 0x1000).unwrap();
@@ -354,7 +352,7 @@ fn event_log_overflow_is_counted_and_restarted() {
 #[test]
 fn refused_command_is_reported_and_the_buffer_restarted() {
     let mut a = driver(Vec::new());
-    let bad: Command = [0xF << 60, 0];
+    let bad = Command::from_words([0xF << 60, 0]);
     let base = a.mem.regs().cmd_base.get() & 0x000F_FFFF_FFFF_F000;
     a.mem.push_event([2 << 60 | u64::from(DEV), 0x9000]); // a fault already in the log
     let e = a.unit.submit(&[bad], &mut a.mem).unwrap_err();
@@ -494,7 +492,7 @@ mod hwpt {
         a.attach(DeviceId(DEV.into()), d).unwrap();
         let entry = a.mem.dte(DEV);
         assert_eq!((dte::mode(&entry), dte::domain_id(&entry)), (3, a.domain_tag(d).unwrap()));
-        assert_eq!(entry[1..], [u64::from(a.domain_tag(d).unwrap()), 0, 0]);
+        assert_eq!(entry.to_words()[1..], [u64::from(a.domain_tag(d).unwrap()), 0, 0]);
         // The fake walks three levels from the DTE.
         assert_eq!(a.mem.translate(DEV, 0x1234, false), Some(0x5234));
         assert_eq!(a.mem.translate(DEV, 0x1234, true), None, "read-only page");
@@ -659,7 +657,8 @@ mod hwpt {
         a.attach(DeviceId(DEV.into()), plain).unwrap();
         a.attach(DeviceId(OTHER.into()), explicit).unwrap();
         let (p, e) = (a.mem.dte(DEV), a.mem.dte(OTHER));
-        assert_eq!(p[0] & !dte::ROOT_MASK, e[0] & !dte::ROOT_MASK);
+        let root = dte::DTE0::PT_ROOT.mask << dte::DTE0::PT_ROOT.shift;
+        assert_eq!(p.q0.get() & !root, e.q0.get() & !root);
         assert_eq!(dte::mode(&p), 4);
         // Short data is zero-filled: levels in the first bytes.
         for (data, levels) in [(&[3u8][..], 3), (&[2, 0][..], 2), (&[5, 0, 0, 0][..], 5), (&[1, 0, 0, 0, 0, 0][..], 1)]

@@ -14,19 +14,22 @@
 //! a sequence number into a small frame; the driver polls that frame (bounded).
 
 use crate::cmd::{self, Command};
-use crate::dte::{self, Dte};
-use crate::event::{Event, EventCode};
+use crate::dte::{self, DeviceTable, Dte};
+use crate::event::Event;
+use crate::field::from_place;
 use crate::regs::{Regs, CONTROL, DEVTAB_BASE, EXCL_BASE, RING_BASE, RING_PTR, STATUS};
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, Ordering};
 use fallible::VecExt;
+use iommu::dma::DmaRegion;
+use iommu::mmio::{BlockRef, MmioWindow};
+use iommu::ring::{Indexing, ProducerRing};
 use iommu::DmaMemory;
 use tock_registers::interfaces::{Readable, Writeable};
 
+pub use crate::error::AmdViError;
+
 /// Polls of memory or a register before a wait is declared failed.
 const MAX_POLLS: u32 = 1_000_000;
-/// Frames of the device table: 65536 DTEs of 32 bytes.
-const DEVTAB_FRAMES: usize = 512;
 /// log2 of the command buffer entries (256 × 16 bytes: one frame; the spec's minimum).
 const CMD_LOG2: u32 = 8;
 /// log2 of the event log entries (256 × 16 bytes: one frame).
@@ -34,106 +37,97 @@ const EVT_LOG2: u32 = 8;
 /// Bytes per command and per event.
 const ENTRY: u64 = 16;
 
-/// Why an AMD-Vi operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AmdViError {
-    /// The IOMMU did not complete something in time.
-    Timeout(&'static str),
-    /// No memory for tables or buffers.
-    NoMemory,
-    /// The IOMMU lacks something this driver needs (named).
-    Unsupported(&'static str),
-    /// The IOMMU refused a command (ILLEGAL_COMMAND_ERROR or
-    /// COMMAND_HARDWARE_ERROR in the event log); the command buffer was
-    /// restarted empty.
-    Command {
-        /// The event code.
-        code: EventCode,
-        /// Physical address of the command (or of the failed access).
-        address: u64,
-    },
-    /// Registers the driver uses lie outside the mapped register window
-    /// ([`crate::regs::check_window`]): the unit is not used.
-    RegisterOutsideWindow {
-        /// Which registers.
-        register: &'static str,
-        /// Their first byte, from the register base.
-        offset: u64,
-        /// One past their last byte.
-        end: u64,
-        /// Bytes in the window.
-        window: u64,
-    },
-}
-
-impl core::fmt::Display for AmdViError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            AmdViError::Timeout(what) => write!(f, "AMD-Vi did not complete {what} in time"),
-            AmdViError::NoMemory => f.write_str("out of memory for AMD-Vi tables or buffers"),
-            AmdViError::Unsupported(what) => write!(f, "AMD-Vi unit lacks {what}"),
-            AmdViError::Command { code, address } => {
-                write!(f, "AMD-Vi refused the command at {address:#x}: {}", code.name())
-            }
-            AmdViError::RegisterOutsideWindow { register, offset, end, window } => write!(
-                f,
-                "AMD-Vi {register} at {offset:#x}..{end:#x} lie outside the {window:#x}-byte register window \
-                 (the 16 KiB block of AMD IOMMU spec 3.4)"
-            ),
-        }
-    }
-}
-
 fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), AmdViError> {
-    if iommu::poll(MAX_POLLS, done) {
-        Ok(())
-    } else {
-        Err(AmdViError::Timeout(what))
+    ProducerRing::wait(MAX_POLLS, done).map_err(|_| AmdViError::Timeout(what))
+}
+
+/// Writes the Control register (traced).
+fn write_control(regs: &Regs, value: u64) {
+    if crate::tracing() {
+        log::info!("amdvi trace: CONTROL <- {value:#x}");
     }
+    regs.control.set(value);
 }
 
-/// Where byte `offset` of a run of contiguous frames at `base` lives: (frame, word index).
-fn locate(base: u64, offset: u64) -> (u64, usize) {
-    (base + (offset & !0xFFF), ((offset & 0xFFF) / 8) as usize)
+/// Turns off what the firmware may have left running (IommuEn, the
+/// command buffer, the event log) before the bases change.
+fn quiesce(regs: &Regs) -> Result<(), AmdViError> {
+    let running = STATUS::CMD_BUF_RUN::SET.value | STATUS::EVENT_LOG_RUN::SET.value;
+    if regs.control.get() == 0 && regs.status.get() & running == 0 {
+        return Ok(());
+    }
+    log::info!("amdvi: the unit was enabled by firmware (control {:#x}): turning it off", regs.control.get());
+    write_control(regs, 0);
+    wait("stopping the command buffer and event log", || regs.status.get() & running == 0)
 }
 
-/// A ring of 16-byte entries in one run of frames: the command buffer or the event log.
-struct Ring {
-    base: u64,
+/// A head or tail pointer register's byte offset (bits 18:4, §3.4.9–§3.4.12).
+fn ring_offset(value: u64) -> u64 {
+    from_place(RING_PTR::OFFSET, value).value
+}
+
+/// Frames of a ring of `1 << log2` 16-byte entries.
+fn ring_frames(log2: u32) -> usize {
+    (ENTRY << log2).div_ceil(4096) as usize
+}
+
+/// The event log (§2.5): 16-byte entries the unit writes at EvtTail, read
+/// by the driver from its head.
+#[derive(Debug, Clone, Copy)]
+struct EventLog {
+    region: DmaRegion,
     log2: u32,
-    /// Our pointer, a byte offset: the tail of the command buffer, the head of the event log.
-    at: u64,
+    /// The driver's EvtHead, a byte offset.
+    head: u64,
 }
 
-impl Ring {
+impl EventLog {
+    fn entries(&self) -> u32 {
+        1 << self.log2
+    }
+
     fn bytes(&self) -> u64 {
         ENTRY << self.log2
-    }
-
-    fn frames(&self) -> usize {
-        self.bytes().div_ceil(4096) as usize
     }
 
     fn next(&self, at: u64) -> u64 {
         (at + ENTRY) % self.bytes()
     }
 
-    /// The base-register value (address and length).
-    fn base_value(&self) -> u64 {
-        (RING_BASE::BASE.val(self.base >> 12) + RING_BASE::LEN.val(u64::from(self.log2))).value
+    /// The entry at byte offset `at`, or `None` outside the log.
+    fn entry(&self, mem: &impl DmaMemory, at: u64) -> Option<[u64; 2]> {
+        let word = (at / 8) as usize;
+        Some([self.region.read_u64(mem, word).ok()?, self.region.read_u64(mem, word + 1).ok()?])
     }
+}
+
+/// The Command Buffer / Event Log Base Address register value for a ring
+/// of `1 << log2` entries at `base` (§3.4.2, §3.4.3).
+fn ring_base(base: u64, log2: u32) -> tock_registers::fields::FieldValue<u64, RING_BASE::Register> {
+    from_place(RING_BASE::BASE, base) + RING_BASE::LEN.val(u64::from(log2))
+}
+
+/// Free command slots, from the unit's CmdHead: the ring holds one entry
+/// less than its size, so that a full ring differs from an empty one (§3.4:
+/// head == tail means empty).
+fn free_slots(ring: &mut ProducerRing, regs: &Regs) -> u32 {
+    // QEMU stores the unwrapped head (== size) after running the last
+    // slot (`amdvi_cmdbuf_run`): the ring reduces it modulo its size.
+    ring.set_head_offset(ring_offset(regs.cmd_head.get()));
+    ring.free()
 }
 
 /// An AMD-Vi IOMMU and its in-memory structures.
 pub struct AmdVi {
-    base: u64,
+    regs: BlockRef<Regs>,
     efr: u64,
-    devtab: u64,
-    cmd: Ring,
-    evt: Ring,
-    /// Frame the COMPLETION_WAIT stores its sequence number into; the frame
-    /// after it is the all-zero table blocked entries point at.
-    wait_frame: u64,
+    devtab: DeviceTable,
+    /// The command buffer (§2.4): CmdTail is its producer, CmdHead its consumer.
+    cmd: ProducerRing,
+    evt: EventLog,
+    /// Two frames: the COMPLETION_WAIT stores its sequence number into word 0
+    /// of the first; the second is the all-zero table blocked entries point at.
+    wait: DmaRegion,
     sequence: u64,
     /// Events read while recovering from a refused command, for the next `take_events`.
     pending: Vec<Event>,
@@ -143,150 +137,147 @@ pub struct AmdVi {
     pub event_overflows: u64,
 }
 
-impl AmdVi {
-    /// The register block.
-    fn regs(&self) -> &Regs {
-        // SAFETY: `new`'s caller guaranteed that `base` maps the 16 KiB register block for this value's whole life and that nothing else programs the unit; `Regs` is exactly that block, every field a volatile register.
-        unsafe { &*(self.base as *const Regs) }
-    }
+/// What bring-up allocates: the device table, the command buffer, the
+/// event log, and the completion frame with the empty table after it.
+struct Memory {
+    devtab: DeviceTable,
+    cmd: DmaRegion,
+    evt: DmaRegion,
+    wait: DmaRegion,
+}
 
-    /// Takes over the unit whose 16 KiB register block is mapped at virtual
-    /// address `base`: device table, command buffer and event log installed,
-    /// exclusion range off, the unit enabled with every one of the 65536 DTEs
-    /// blocked ([`dte::blocked`]: valid, no translation, no access; default
-    /// deny, so even a DeviceID no firmware table names reaches nothing), its
-    /// caches invalidated (INVALIDATE_IOMMU_ALL where EFR.IASup says so).
-    ///
-    /// # Safety
-    /// `base` is the virtual address of the unit's 16 KiB register block,
-    /// mapped (as device memory) for the rest of the kernel's life, and this
-    /// value becomes its only user.
-    pub unsafe fn new(base: u64, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
-        // SAFETY: forwarded from the caller, whose mapping is the whole block.
-        unsafe { Self::with_window(base, crate::regs::MMIO_SIZE as u64, mem) }
-    }
-
-    /// As [`AmdVi::new`] for a register window of `window` bytes: refused
-    /// with [`AmdViError::RegisterOutsideWindow`], before any register is
-    /// touched, unless it holds every register the driver uses
-    /// ([`crate::regs::check_window`]: the 16 KiB block, with CmdHead /
-    /// CmdTail / EvtHead / EvtTail / Status at 2000h-2027h).
-    ///
-    /// # Safety
-    /// `base` maps `window` bytes of the unit's registers (device memory)
-    /// for the rest of the kernel's life, and this value becomes its only user.
-    pub unsafe fn with_window(base: u64, window: u64, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
-        crate::regs::check_window(window)?;
-        let mut unit = AmdVi {
-            base,
-            efr: 0,
-            devtab: 0,
-            cmd: Ring { base: 0, log2: CMD_LOG2, at: 0 },
-            evt: Ring { base: 0, log2: EVT_LOG2, at: 0 },
-            wait_frame: 0,
-            sequence: 0,
-            pending: Vec::new(),
-            commands: 0,
-            event_overflows: 0,
-        };
-        unit.efr = unit.regs().efr.get();
-        let levels = crate::regs::host_levels(unit.efr).ok_or(AmdViError::Unsupported("a valid EFR.HATS"))?;
-        if levels < crate::driver::LEVELS {
-            return Err(AmdViError::Unsupported("4-level host page tables (EFR.HATS)"));
-        }
-        unit.quiesce()?;
-        unit.allocate(mem)?;
-        unit.block_all(mem);
-        unit.program();
-        let on =
-            CONTROL::IOMMU_EN::SET + CONTROL::EVENT_LOG_EN::SET + CONTROL::CMD_BUF_EN::SET + CONTROL::COHERENT::SET;
-        unit.write_control(on.value);
-        // The fresh table is all zero; without INVALIDATE_IOMMU_ALL only DTEs
-        // the firmware's table left cached could linger, and each is replaced
-        // (and invalidated) when its device is attached.
-        let first = if unit.invalidate_all_supported() {
-            unit.submit(&[cmd::invalidate_iommu_all()], mem)
-        } else {
-            unit.sync(mem)
-        };
-        if let Err(e) = first {
-            unit.write_control(0);
-            unit.release(mem);
-            return Err(e);
-        }
-        Ok(unit)
-    }
-
-    /// Turns off what the firmware may have left running (IommuEn, the
-    /// command buffer, the event log) before the bases change.
-    fn quiesce(&self) -> Result<(), AmdViError> {
-        let running = STATUS::CMD_BUF_RUN::SET.value | STATUS::EVENT_LOG_RUN::SET.value;
-        if self.regs().control.get() == 0 && self.regs().status.get() & running == 0 {
-            return Ok(());
-        }
-        log::info!(
-            "amdvi: the unit was enabled by firmware (control {:#x}): turning it off",
-            self.regs().control.get()
-        );
-        self.write_control(0);
-        wait("stopping the command buffer and event log", || self.regs().status.get() & running == 0)
-    }
-
-    /// Allocates the device table, the rings and the completion frame.
-    fn allocate(&mut self, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
-        let devtab = mem.alloc_contiguous(DEVTAB_FRAMES).ok_or(AmdViError::NoMemory)?;
-        let (cmd_frames, evt_frames) = (self.cmd.frames(), self.evt.frames());
-        let cmd = mem.alloc_contiguous(cmd_frames);
-        let evt = mem.alloc_contiguous(evt_frames);
+impl Memory {
+    fn alloc(mem: &mut impl DmaMemory) -> Result<Memory, AmdViError> {
+        let devtab = DeviceTable::alloc(mem).ok_or(AmdViError::NoMemory)?;
+        let cmd = DmaRegion::alloc_contiguous(mem, ring_frames(CMD_LOG2));
+        let evt = DmaRegion::alloc_contiguous(mem, ring_frames(EVT_LOG2));
         // The completion frame and, after it, the empty table of [`AmdVi::blocked_dte`].
-        let wait = mem.alloc_contiguous(2);
+        let wait = DmaRegion::alloc_contiguous(mem, 2);
         match (cmd, evt, wait) {
-            (Some(c), Some(e), Some(w)) => {
-                (self.devtab, self.cmd.base, self.evt.base, self.wait_frame) = (devtab, c, e, w);
-                Ok(())
-            }
+            (Some(cmd), Some(evt), Some(wait)) => Ok(Memory { devtab, cmd, evt, wait }),
             (c, e, w) => {
-                mem.free_contiguous(devtab, DEVTAB_FRAMES);
-                c.inspect(|&c| mem.free_contiguous(c, cmd_frames));
-                e.inspect(|&e| mem.free_contiguous(e, evt_frames));
-                w.inspect(|&w| mem.free_contiguous(w, 2));
+                devtab.free(mem);
+                for r in [c, e, w].into_iter().flatten() {
+                    r.free_contiguous(mem);
+                }
                 Err(AmdViError::NoMemory)
             }
         }
     }
 
+    fn free(self, mem: &mut impl DmaMemory) {
+        self.devtab.free(mem);
+        for r in [self.cmd, self.evt, self.wait] {
+            r.free_contiguous(mem);
+        }
+    }
+}
+
+impl AmdVi {
+    /// The register block.
+    fn regs(&self) -> &Regs {
+        &self.regs
+    }
+
+    /// Takes over the unit whose registers `regs` maps: refused with
+    /// [`AmdViError::RegisterOutsideWindow`], before any register is
+    /// touched, unless the window holds every register the driver uses
+    /// ([`crate::regs::check_window`]: the 16 KiB block of §3.4, with CmdHead /
+    /// CmdTail / EvtHead / EvtTail / Status at 2000h-2027h). Then: device
+    /// table, command buffer and event log installed, exclusion range off,
+    /// the unit enabled with every one of the 65536 DTEs blocked
+    /// ([`dte::blocked`]: valid, no translation, no access; default deny, so
+    /// even a DeviceID no firmware table names reaches nothing), its caches
+    /// invalidated (INVALIDATE_IOMMU_ALL where EFR.IASup says so). This value
+    /// becomes the registers' only user.
+    pub fn new(regs: MmioWindow, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
+        crate::regs::check_window(regs.len())?;
+        let regs = regs.checked::<Regs>(0).map_err(|e| AmdViError::RegisterOutsideWindow {
+            register: "register block (Regs, 0000h-3FFFh)",
+            offset: e.offset,
+            end: e.offset.saturating_add(e.len),
+            window: e.window,
+        })?;
+        let efr = regs.efr.get();
+        let levels = crate::regs::host_levels(efr).ok_or(AmdViError::Unsupported("a valid EFR.HATS"))?;
+        if levels < dte::LEVELS {
+            return Err(AmdViError::Unsupported("4-level host page tables (EFR.HATS)"));
+        }
+        quiesce(&regs)?;
+        let memory = Memory::alloc(mem)?;
+        let Ok(cmd) = ProducerRing::new(memory.cmd, CMD_LOG2, Command::WORDS, Indexing::Offsets) else {
+            // The geometry is fixed (256 entries of 2 words in one frame): never refused.
+            memory.free(mem);
+            return Err(AmdViError::Unsupported("the command buffer geometry"));
+        };
+        let unit = AmdVi {
+            regs,
+            efr,
+            devtab: memory.devtab,
+            cmd,
+            evt: EventLog { region: memory.evt, log2: EVT_LOG2, head: 0 },
+            wait: memory.wait,
+            sequence: 0,
+            pending: Vec::new(),
+            commands: 0,
+            event_overflows: 0,
+        };
+        unit.start(mem)
+    }
+
+    /// Fills the table, programs and enables the unit, and runs the first
+    /// command; on failure the unit is turned off and the memory given back.
+    fn start(mut self, mem: &mut impl DmaMemory) -> Result<AmdVi, AmdViError> {
+        self.block_all(mem);
+        self.program();
+        let on =
+            CONTROL::IOMMU_EN::SET + CONTROL::EVENT_LOG_EN::SET + CONTROL::CMD_BUF_EN::SET + CONTROL::COHERENT::SET;
+        self.write_control(on.value);
+        // The fresh table is all zero; without INVALIDATE_IOMMU_ALL only DTEs
+        // the firmware's table left cached could linger, and each is replaced
+        // (and invalidated) when its device is attached.
+        let first = if self.invalidate_all_supported() {
+            self.submit(&[cmd::invalidate_iommu_all()], mem)
+        } else {
+            self.sync(mem)
+        };
+        if let Err(e) = first {
+            self.write_control(0);
+            self.release(mem);
+            return Err(e);
+        }
+        Ok(self)
+    }
+
     /// The blocked entry ([`dte::blocked`]) tagged `domain_id`, over this
-    /// unit's empty table.
+    /// unit's empty table (the frame after the completion frame).
     pub fn blocked_dte(&self, domain_id: u16) -> Dte {
-        dte::blocked(domain_id, self.wait_frame + 4096)
+        dte::blocked(domain_id, self.wait.base() + 4096)
     }
 
     /// Fills the device table (the unit is off) with blocked entries.
     fn block_all(&self, mem: &mut impl DmaMemory) {
-        let entry = self.blocked_dte(dte::BLOCKED_TAG);
+        let entry = self.blocked_dte(dte::BLOCKED_TAG).to_words();
         for devid in 0..=u16::MAX {
-            let (frame, word) = self.dte_at(devid);
-            for (i, q) in entry.iter().enumerate() {
-                mem.write(frame, word + i, *q);
+            for (q, w) in entry.iter().enumerate() {
+                self.devtab.write_qword(mem, devid, q, *w);
             }
         }
     }
 
-    /// Gives back what `allocate` took (bring-up failed).
-    fn release(&mut self, mem: &mut impl DmaMemory) {
-        mem.free_contiguous(self.devtab, DEVTAB_FRAMES);
-        mem.free_contiguous(self.cmd.base, self.cmd.frames());
-        mem.free_contiguous(self.evt.base, self.evt.frames());
-        mem.free_contiguous(self.wait_frame, 2);
+    /// Gives back what bring-up allocated (bring-up failed).
+    fn release(self, mem: &mut impl DmaMemory) {
+        Memory { devtab: self.devtab, cmd: self.cmd.region(), evt: self.evt.region, wait: self.wait }.free(mem);
     }
 
     /// Programs bases, pointers and the exclusion range (the unit is off).
     fn program(&self) {
         let r = self.regs();
-        let devtab = DEVTAB_BASE::BASE.val(self.devtab >> 12) + DEVTAB_BASE::SIZE.val(DEVTAB_FRAMES as u64 - 1);
+        let devtab =
+            from_place(DEVTAB_BASE::BASE, self.devtab.base()) + DEVTAB_BASE::SIZE.val(DeviceTable::FRAMES as u64 - 1);
         r.devtab_base.write(devtab);
-        r.cmd_base.set(self.cmd.base_value());
-        r.evt_base.set(self.evt.base_value());
+        r.cmd_base.write(ring_base(self.cmd.region().base(), self.cmd.log2_slots()));
+        r.evt_base.write(ring_base(self.evt.region.base(), self.evt.log2));
         r.cmd_head.set(0);
         r.cmd_tail.set(0);
         r.evt_head.set(0);
@@ -309,10 +300,7 @@ impl AmdVi {
     }
 
     fn write_control(&self, value: u64) {
-        if crate::tracing() {
-            log::info!("amdvi trace: CONTROL <- {value:#x}");
-        }
-        self.regs().control.set(value);
+        write_control(self.regs(), value);
     }
 
     /// The Extended Feature register.
@@ -349,32 +337,28 @@ impl AmdVi {
             self.max_levels(),
             crate::regs::EFR::GATS.read(self.efr),
             crate::regs::EFR::PAS_MAX.read(self.efr),
-            DEVTAB_FRAMES * 4096 / 32,
-            1u32 << self.cmd.log2,
-            1u32 << self.evt.log2,
+            DeviceTable::FRAMES * 4096 / 32,
+            self.cmd.slots(),
+            self.evt.entries(),
         )
     }
 
     /// Frames the unit itself holds (device table, rings, completion frame,
     /// the blocked entries' empty table): what leak checks leave out.
     pub fn table_frames(&self) -> usize {
-        DEVTAB_FRAMES + self.cmd.frames() + self.evt.frames() + 2
+        DeviceTable::FRAMES + self.cmd.region().frames() + self.evt.region.frames() + self.wait.frames()
     }
 
     /// Free command slots: the ring holds one entry less than its size, so
     /// that a full ring differs from an empty one (§3.4: head == tail means empty).
-    fn free_slots(&self) -> u64 {
-        let size = self.cmd.bytes();
-        // QEMU stores the unwrapped head (== size) after running the last
-        // slot (`amdvi_cmdbuf_run`): reduce it modulo the ring.
-        let head = (RING_PTR::OFFSET.read(self.regs().cmd_head.get()) * ENTRY) % size;
-        ((head + size - self.cmd.at - ENTRY) % size) / ENTRY
+    fn free_slots(&mut self) -> u32 {
+        free_slots(&mut self.cmd, &self.regs)
     }
 
     /// Queues `cmds`, then a COMPLETION_WAIT, and waits until the IOMMU has
     /// completed them all. Batches longer than half the ring go in parts.
     pub fn submit(&mut self, cmds: &[Command], mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
-        let half = (1usize << self.cmd.log2) / 2;
+        let half = self.cmd.slots() as usize / 2;
         for part in cmds.chunks(half) {
             self.submit_part(part, mem)?;
         }
@@ -392,36 +376,35 @@ impl AmdVi {
     fn submit_part(&mut self, cmds: &[Command], mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
         self.sequence += 1;
         let seq = self.sequence;
-        let done = cmd::completion_wait(self.wait_frame, seq);
-        let needed = cmds.len() as u64 + 1;
+        let done = cmd::completion_wait(self.wait.base(), seq);
+        let needed = cmds.len() as u32 + 1;
         if self.free_slots() < needed {
-            wait("command buffer space", || self.free_slots() >= needed)?;
+            let (ring, regs) = (&mut self.cmd, &self.regs);
+            wait("command buffer space", || free_slots(ring, regs) >= needed)?;
         }
         let trace = crate::tracing();
         for c in cmds.iter().chain(core::iter::once(&done)) {
-            let (frame, word) = locate(self.cmd.base, self.cmd.at);
-            mem.write(frame, word, c[0]);
-            mem.write(frame, word + 1, c[1]);
+            let index = self.cmd.tail_index();
+            let words = c.to_words();
+            // Room for every entry was checked above.
+            self.cmd.push(mem, &words).map_err(|_| AmdViError::Timeout("command buffer space"))?;
             if trace {
-                log::info!(
-                    "amdvi trace: cmd [{}] {} {:#018x} {:#018x}",
-                    self.cmd.at / ENTRY,
-                    cmd::opcode_name(c),
-                    c[0],
-                    c[1]
-                );
+                log::info!("amdvi trace: cmd [{index}] {} {:#018x} {:#018x}", cmd::opcode_name(c), words[0], words[1]);
             }
-            self.cmd.at = self.cmd.next(self.cmd.at);
             self.commands += 1;
         }
-        // The entries must be in memory before the IOMMU sees the new tail.
-        fence(Ordering::SeqCst);
-        if trace {
-            log::info!("amdvi trace: CMD_TAIL <- {:#x}", self.cmd.at);
-        }
-        self.regs().cmd_tail.set(self.cmd.at);
-        let wait_frame = self.wait_frame;
-        if iommu::poll(MAX_POLLS, || mem.read(wait_frame, 0) == seq) {
+        // The entries must be in memory before the IOMMU sees the new tail:
+        // `publish` fences before the doorbell.
+        let regs = self.regs;
+        self.cmd.publish(|ring| {
+            if trace {
+                log::info!("amdvi trace: CMD_TAIL <- {:#x}", ring.tail_offset());
+            }
+            regs.cmd_tail.write(from_place(RING_PTR::OFFSET, ring.tail_offset()));
+        });
+        let wait_frame = self.wait;
+        if ProducerRing::wait(MAX_POLLS, || wait_frame.read_u64(mem, 0) == Ok(seq)).is_ok() {
+            self.cmd.retire_all();
             return Ok(());
         }
         Err(self.command_failure(mem))
@@ -454,7 +437,7 @@ impl AmdVi {
         }
         self.regs().cmd_head.set(0);
         self.regs().cmd_tail.set(0);
-        self.cmd.at = 0;
+        self.cmd.reset();
         self.write_control(control);
         match stopped {
             Ok(()) => AmdViError::Command { code: e.code, address: e.address },
@@ -462,15 +445,9 @@ impl AmdVi {
         }
     }
 
-    /// Where DeviceID `devid`'s entry lives: (frame, index of qword 0).
-    fn dte_at(&self, devid: u16) -> (u64, usize) {
-        locate(self.devtab, u64::from(devid) * 32)
-    }
-
     /// The DTE of `devid` as the table holds it.
     pub fn dte(&self, devid: u16, mem: &impl DmaMemory) -> Dte {
-        let (frame, word) = self.dte_at(devid);
-        [0, 1, 2, 3].map(|i| mem.read(frame, word + i))
+        self.devtab.read(mem, devid)
     }
 
     /// Installs `new` as `devid`'s DTE so that the IOMMU never uses a torn
@@ -489,35 +466,35 @@ impl AmdVi {
         if old == *new {
             return Ok(());
         }
-        let (frame, word) = self.dte_at(devid);
+        let (words, old_words) = (new.to_words(), old.to_words());
         if crate::tracing() {
             log::info!(
                 "amdvi trace: DTE[{devid:#06x}] <- {:#018x} {:#018x} {:#018x} {:#018x}",
-                new[0],
-                new[1],
-                new[2],
-                new[3]
+                words[0],
+                words[1],
+                words[2],
+                words[3]
             );
         }
         if !dte::valid(new) {
-            for (i, q) in new.iter().enumerate() {
-                mem.write(frame, word + i, *q);
+            for (q, w) in words.iter().enumerate() {
+                self.devtab.write_qword(mem, devid, q, *w);
             }
         } else {
-            if dte::valid(&old) && old[1..] != new[1..] {
-                mem.write(frame, word, self.blocked_dte(0)[0]);
+            if dte::valid(&old) && old_words[1..] != words[1..] {
+                self.devtab.write_qword(mem, devid, 0, self.blocked_dte(0).q0.get());
                 self.submit(&[cmd::invalidate_devtab_entry(devid)], mem)?;
             }
-            for i in (1..4).rev() {
-                mem.write(frame, word + i, new[i]);
+            for q in (1..Dte::WORDS).rev() {
+                self.devtab.write_qword(mem, devid, q, words[q]);
             }
-            mem.write(frame, word, new[0]);
+            self.devtab.write_qword(mem, devid, 0, words[0]);
         }
         let cmds = [
             cmd::invalidate_devtab_entry(devid),
             cmd::invalidate_iommu_pages(dte::domain_id(&old), cmd::PageRange::ALL, true),
         ];
-        let n = if dte::valid(&old) && old[0] & dte::TV != 0 { 2 } else { 1 };
+        let n = if dte::valid(&old) && dte::translation_valid(&old) { 2 } else { 1 };
         self.submit(&cmds[..n], mem)
     }
 
@@ -526,12 +503,11 @@ impl AmdVi {
     /// disturbed — and makes the IOMMU forget the old DTE and whatever it
     /// cached of the device's interrupt table.
     pub fn set_interrupt_fields(&mut self, devid: u16, q2: u64, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
-        let (frame, word) = self.dte_at(devid);
         if crate::tracing() {
             log::info!("amdvi trace: DTE[{devid:#06x}].q2 <- {q2:#018x}");
         }
-        mem.write(frame, word + 2, q2);
-        self.submit(&[cmd::invalidate_devtab_entry(devid), crate::intremap::invalidate_interrupt_table(devid)], mem)
+        self.devtab.write_qword(mem, devid, 2, q2);
+        self.submit(&[cmd::invalidate_devtab_entry(devid), cmd::invalidate_interrupt_table(devid)], mem)
     }
 
     /// Writes `q2` as the interrupt fields of every DTE (turning interrupt
@@ -543,15 +519,14 @@ impl AmdVi {
             log::info!("amdvi trace: DTE[*].q2 <- {q2:#018x}");
         }
         for devid in 0..=u16::MAX {
-            let (frame, word) = self.dte_at(devid);
-            mem.write(frame, word + 2, q2);
+            self.devtab.write_qword(mem, devid, 2, q2);
         }
         if self.invalidate_all_supported() {
             return self.submit(&[cmd::invalidate_iommu_all()], mem);
         }
         for first in (0..=u16::MAX).step_by(64) {
             let cmds: Vec<Command> = (first..=first.saturating_add(63))
-                .flat_map(|d| [cmd::invalidate_devtab_entry(d), crate::intremap::invalidate_interrupt_table(d)])
+                .flat_map(|d| [cmd::invalidate_devtab_entry(d), cmd::invalidate_interrupt_table(d)])
                 .collect();
             self.submit(&cmds, mem)?;
         }
@@ -561,30 +536,29 @@ impl AmdVi {
     /// Makes the IOMMU forget what it cached of `devid`'s interrupt table
     /// (INVALIDATE_INTERRUPT_TABLE and a COMPLETION_WAIT, §2.4.5).
     pub fn invalidate_interrupt_table(&mut self, devid: u16, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
-        self.submit(&[crate::intremap::invalidate_interrupt_table(devid)], mem)
+        self.submit(&[cmd::invalidate_interrupt_table(devid)], mem)
     }
 
     /// Reads the entries between EvtHead and EvtTail, handing each to `f`,
     /// and advances EvtHead.
     fn read_events_with(&mut self, mem: &impl DmaMemory, f: &mut dyn FnMut(Event)) {
-        let size = self.evt.bytes();
-        let tail = (RING_PTR::OFFSET.read(self.regs().evt_tail.get()) * ENTRY) % size;
+        let tail = ring_offset(self.regs().evt_tail.get()) % self.evt.bytes();
         let mut any = false;
-        // Bounded by the ring: the IOMMU cannot have more for us.
-        for _ in 0..(1u32 << self.evt.log2) {
-            if self.evt.at == tail {
+        // Bounded by the log: the IOMMU cannot have more for us.
+        for _ in 0..self.evt.entries() {
+            if self.evt.head == tail {
                 break;
             }
-            let (frame, word) = locate(self.evt.base, self.evt.at);
-            f(Event::decode([mem.read(frame, word), mem.read(frame, word + 1)]));
-            self.evt.at = self.evt.next(self.evt.at);
+            let Some(raw) = self.evt.entry(mem, self.evt.head) else { break };
+            f(Event::decode(raw));
+            self.evt.head = self.evt.next(self.evt.head);
             any = true;
         }
         if any {
             if crate::tracing() {
-                log::info!("amdvi trace: EVT_HEAD <- {:#x}", self.evt.at);
+                log::info!("amdvi trace: EVT_HEAD <- {:#x}", self.evt.head);
             }
-            self.regs().evt_head.set(self.evt.at);
+            self.regs().evt_head.write(from_place(RING_PTR::OFFSET, self.evt.head));
         }
     }
 
@@ -635,17 +609,16 @@ mod window_tests {
     #[test]
     fn bring_up_refuses_a_short_window_before_touching_anything() {
         let mut mem = FakeMem::with_unit(QEMU_EFR);
-        // SAFETY: the fake's block is 16 KiB and outlives the call; a refused window touches none of it.
-        let e = unsafe { AmdVi::with_window(mem.register_base(), 0x1000, &mut mem) }.err();
+        let short = mem.register_window().sub(0, 0x1000).unwrap();
+        let e = AmdVi::new(short, &mut mem).err();
         assert!(
             matches!(e, Some(AmdViError::RegisterOutsideWindow { offset: 0x2000, end: 0x2028, window: 0x1000, .. })),
             "{e:?}"
         );
         assert_eq!(mem.live(), 0, "nothing allocated");
         assert_eq!(mem.regs().control.get(), 0, "nothing enabled");
-        // The whole block works as `new` does.
-        // SAFETY: as above; this unit becomes the block's only user.
-        let unit = unsafe { AmdVi::with_window(mem.register_base(), 0x4000, &mut mem) };
+        // The whole block works.
+        let unit = AmdVi::new(mem.register_window(), &mut mem);
         assert!(unit.is_ok(), "{:?}", unit.err());
     }
 }

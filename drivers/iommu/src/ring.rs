@@ -170,6 +170,14 @@ impl ProducerRing {
         self.cons = self.prod;
     }
 
+    /// Empties the ring at slot 0: producer and consumer both back to the
+    /// start, as for a unit whose head and tail registers were reset to 0
+    /// (AMD-Vi restarting its command buffer after a refused command).
+    pub fn reset(&mut self) {
+        self.prod = 0;
+        self.cons = 0;
+    }
+
     /// Writes `entry` (at most `slot_words` words; the rest of the slot is
     /// zeroed) into slot `index`, without moving the producer.
     pub fn write_slot(&self, mem: &mut impl TableMemory, index: u32, entry: &[u64]) -> Result<(), OutsideRegion> {
@@ -295,6 +303,9 @@ mod tests {
         assert_eq!(r.used(), 0);
         r.push(&mut mem, &[5, 0]).unwrap();
         r.retire_all();
+        let mut copy = r;
+        copy.reset();
+        assert_eq!((copy.prod(), copy.cons(), copy.tail_offset(), copy.free()), (0, 0, 0, 3), "reset: empty at slot 0");
         assert_eq!((r.used(), r.free()), (0, 3));
         let mut slot = [0; 2];
         r.read_slot(&mem, 1, &mut slot).unwrap();
