@@ -3,7 +3,7 @@
 //! first 64-bit word. The fields of every command this driver sends are
 //! named in [`CMD0`] and [`CMD1`], each with its command's section.
 
-use crate::field::{from_place, in_place};
+use iommu::desc::{from_place, in_place};
 use tock_registers::register_bitfields;
 
 register_bitfields![u64,

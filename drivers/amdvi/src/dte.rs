@@ -20,9 +20,9 @@
 //! say): it has IR = IW = 0 *and* Mode 1 with a root table that is all zero
 //! and never written, so every DMA fails the walk at its first entry too.
 
-use crate::field::{from_place, in_place};
 use io_pgtable::TableMemory;
 use iommu::desc::RAW;
+use iommu::desc::{from_place, in_place};
 use iommu::dma::DmaRegion;
 use iommu::DmaMemory;
 use tock_registers::register_bitfields;

@@ -196,7 +196,7 @@ impl Event {
         let domain = (code.has_domain() && !guest).then_some(low16);
         let address = match code {
             // Bits 127:68: the command's address, 16-byte aligned.
-            EventCode::IOTLB_INV_TIMEOUT => crate::field::in_place(e.w1, EVT1::COMMAND_ADDRESS),
+            EventCode::IOTLB_INV_TIMEOUT => iommu::desc::in_place(e.w1, EVT1::COMMAND_ADDRESS),
             _ => e.w1.get(),
         };
         let device = code.has_device().then_some(e.w0.read(EVT0::DEVICE_ID) as u16);

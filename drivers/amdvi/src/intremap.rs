@@ -34,8 +34,8 @@
 //!   (`amdvi_mem_ir_write` only reports it once on stderr and drops the write).
 
 use crate::dte::DTE2;
-use crate::field::{from_place, in_place};
 use iommu::desc::Word;
+use iommu::desc::{from_place, in_place};
 use iommu::dma::DmaRegion;
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;

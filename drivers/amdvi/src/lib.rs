@@ -53,7 +53,6 @@ pub mod driver;
 pub mod dte;
 pub mod error;
 pub mod event;
-mod field;
 pub mod intremap;
 pub mod qemu;
 pub mod regs;

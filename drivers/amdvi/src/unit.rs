@@ -16,10 +16,10 @@
 use crate::cmd::{self, Command};
 use crate::dte::{self, DeviceTable, Dte};
 use crate::event::Event;
-use crate::field::from_place;
 use crate::regs::{Regs, CONTROL, DEVTAB_BASE, EXCL_BASE, RING_BASE, RING_PTR, STATUS};
 use alloc::vec::Vec;
 use fallible::VecExt;
+use iommu::desc::from_place;
 use iommu::dma::DmaRegion;
 use iommu::mmio::{BlockRef, MmioWindow};
 use iommu::ring::{Indexing, ProducerRing};
