@@ -9,7 +9,7 @@
 //! paging = stage 1 (a context descriptor with a fresh ASID) or, when the SMMU
 //! has no stage 1 or stage 2 is asked for, stage 2 (a fresh VMID).
 //!
-//! The hardware-specific door ([`crate::user`] checks what comes in):
+//! The hardware-specific door ([`crate::user_data`] checks what comes in):
 //! - `SMMUV3_ATTRS` domains: paging domains with their own stage and input
 //!   size (their aperture), otherwise like any other.
 //! - Nest parents: stage-2 paging domains. Nested children (`SMMUV3_STE`):
@@ -25,7 +25,7 @@ use crate::cd;
 use crate::cmd::{self, Range, Scope};
 use crate::ste;
 use crate::unit::{Smmu, SmmuError};
-use crate::user::{self, Attrs, UserSte};
+use crate::user_data::{self, Attrs, UserSte};
 use abi::ioas::hwpt_data;
 use alloc::vec::Vec;
 use fallible::TryMap;
@@ -82,6 +82,7 @@ impl From<SmmuError> for Error {
             SmmuError::Map(e) => Error::from(e),
             SmmuError::NoTags => Error::NoDomainIds,
             SmmuError::RegisterOutsideWindow { .. } => Error::Hardware("registers outside the register window"),
+            SmmuError::Dma(_) => Error::Hardware("SMMU table or queue access outside its memory"),
         }
     }
 }
@@ -257,7 +258,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         if !self.smmu.stage2() {
             return self.domain_alloc(DomainKind::Paging);
         }
-        let attrs = Attrs { stage2: true, input_bits: user::S2_DEFAULT_BITS };
+        let attrs = Attrs { stage2: true, input_bits: user_data::S2_DEFAULT_BITS };
         let id = self.insert_paging(attrs)?;
         log::info!(
             "smmuv3: domain {}: nest parent, stage 2, {}-bit input ({} levels)",
@@ -282,7 +283,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         let Some(s2) = self.stage2_of(parent) else {
             return Err(Error::InvalidData("parent is not a stage-2 domain"));
         };
-        let ste = user::check_ste(&self.smmu.idr, s2.ias, data)?;
+        let ste = user_data::check_ste(&self.smmu.idr, s2.ias, data)?;
         self.reserve_domain()?;
         if let Some(Slot::Paging { children, .. }) = self.domains.get_mut(&parent.0) {
             *children += 1;
@@ -433,13 +434,13 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     }
 
     /// `SMMUV3_ATTRS` (no parent): a paging domain with the stage, granule and
-    /// input size asked for ([`user::decode_attrs`]). `SMMUV3_STE` (parent: a
-    /// stage-2 domain of this SMMU): a nested child ([`user::check_ste`]);
+    /// input size asked for ([`user_data::decode_attrs`]). `SMMUV3_STE` (parent: a
+    /// stage-2 domain of this SMMU): a nested child ([`user_data::check_ste`]);
     /// needs both stages (IDR0.S1P and S2P, §6.3.1).
     fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
         match (data_type, parent) {
             (hwpt_data::SMMUV3_ATTRS, None) => {
-                let attrs = user::decode_attrs(&self.smmu.idr, self.use_stage2, data)?;
+                let attrs = user_data::decode_attrs(&self.smmu.idr, self.use_stage2, data)?;
                 let id = self.insert_paging(attrs)?;
                 log::info!(
                     "smmuv3: domain {}: stage {}, {}-bit input ({} levels, 4 KiB granule) from driver attributes",
@@ -464,7 +465,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     }
 
     /// `SMMUV3_STE` entries ([`abi::ioas::HwptSmmuv3Command`]) for a nested
-    /// child, checked by [`user::check_commands`]: the accepted ones go to the
+    /// child, checked by [`user_data::check_commands`]: the accepted ones go to the
     /// queue (CFGI_CD* once per stream attached to the child) in batches,
     /// each closed by a CMD_SYNC. A command the SMMU refuses (CERROR, §4.7.3)
     /// is [`Error::Hardware`], and only the entries before it count as handled.
@@ -484,7 +485,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
             return (0, Err(Error::NotSupported("invalidation data type")));
         }
         let Some(s2) = self.stage2_of(parent) else { return (0, Err(Error::NoSuchDomain(parent))) };
-        let (accepted, stop) = user::check_commands(&self.smmu.idr, s2.vmid, entries, entry_len);
+        let (accepted, stop) = user_data::check_commands(&self.smmu.idr, s2.vmid, entries, entry_len);
         let streams = match self.streams_of(domain) {
             Ok(s) => s,
             Err(e) => return (0, Err(e)),

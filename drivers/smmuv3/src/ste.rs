@@ -4,6 +4,14 @@
 /// An STE, as eight little-endian 64-bit words.
 pub type Ste = [u64; 8];
 
+/// Words of an STE (§5.2: 64 bytes).
+pub const STE_WORDS: usize = 8;
+
+/// Whether an STE whose word 0 is `word0` is valid (V, bit 0).
+pub fn valid(word0: u64) -> bool {
+    word0 & w0::V != 0
+}
+
 /// STE.Config (word 0 bits 3:1, §5.2): no traffic passes.
 pub const CONFIG_ABORT: u64 = 0b000;
 /// STE.Config: both stages bypassed.

@@ -17,15 +17,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Decodes `data` into `T` by length: missing bytes are zero, bytes past
 /// `T` must be zero ([`Error::InvalidData`] naming `what` otherwise).
-pub fn by_length<T: FromBytes + IntoBytes + Default>(data: &[u8], what: &'static str) -> Result<T, Error> {
-    let known = core::mem::size_of::<T>();
-    if data.len() > known && data[known..].iter().any(|&b| b != 0) {
-        return Err(Error::InvalidData(what));
-    }
-    let mut v = T::default();
-    let n = data.len().min(known);
-    v.as_mut_bytes()[..n].copy_from_slice(&data[..n]);
-    Ok(v)
+pub fn by_length<T: FromBytes + IntoBytes>(data: &[u8], what: &'static str) -> Result<T, Error> {
+    iommu::user_data::read_struct(data).map_err(|_| Error::InvalidData(what))
 }
 
 /// Input bits of a default stage-1 domain (4 levels).
