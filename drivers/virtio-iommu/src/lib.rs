@@ -35,12 +35,13 @@
 //! used index (§2.7.13). QEMU (the only device this has met) processes a
 //! notification synchronously in the vCPU that wrote it.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
 pub mod device;
-pub mod dma;
 pub mod driver;
+pub mod error;
 pub mod queue;
 pub mod regs;
 pub mod request;
