@@ -105,7 +105,7 @@ pub struct SmmuIommu<M: DmaMemory> {
 }
 
 /// Leaf sizes of paging domains: 4 KiB, 2 MiB, 1 GiB.
-const PAGE_SIZES: u64 = 1 << 12 | 1 << 21 | 1 << 30;
+const PAGE_SIZES: u64 = 0x1000 | 0x20_0000 | 0x4000_0000;
 
 /// A nested child's STE for the log, without allocating.
 struct Describe<'a>(&'a UserSte);
@@ -115,7 +115,14 @@ impl core::fmt::Display for Describe<'_> {
         match self.0 {
             UserSte::Abort => f.write_str("abort"),
             UserSte::Bypass => f.write_str("stage-1 bypass, the parent's stage 2 alone"),
-            UserSte::Translate(w) => write!(f, "stage-1 CD at IPA {:#x}", w[0] & ste::w0::S1_CONTEXT_PTR),
+            UserSte::Translate(w) => write!(
+                f,
+                "stage-1 CD at IPA {:#x}",
+                iommu::desc::read_in_place(
+                    ste::Ste::from_words([w[0], w[1], 0, 0, 0, 0, 0, 0]).w0,
+                    ste::STE0::S1_CONTEXT_PTR
+                )
+            ),
         }
     }
 }
@@ -331,8 +338,8 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
                 }
             };
             let desc = cd::stage1(cd::Stage1 { asid, ttb0: table.root(), ias, ips: self.smmu.oas(), mair: cd::MAIR });
-            for (i, w) in desc.iter().enumerate() {
-                self.mem.write(frame, i, *w);
+            for (i, w) in desc.to_words().into_iter().enumerate() {
+                self.mem.write(frame, i, w);
             }
             Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame }, ias, children: 0 })
         }

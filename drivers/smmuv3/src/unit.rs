@@ -429,7 +429,8 @@ impl Smmu {
     /// Installs `entry` as stream `sid`'s STE: the old one is invalidated and
     /// forgotten by the SMMU first, then the new words are written, the valid
     /// word last, and the SMMU told again (§3.21.1: no torn updates).
-    pub fn write_ste(&mut self, sid: u32, entry: &Ste, mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
+    pub fn write_ste(&mut self, sid: u32, ste: &Ste, mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
+        let entry = ste.to_words();
         let (table, at, fresh) = self.ste_address(sid, mem)?;
         if ste::valid(table.read_u64(mem, at).map_err(SmmuError::Dma)?) {
             table.write_u64(mem, at, 0).map_err(SmmuError::Dma)?;
@@ -451,7 +452,7 @@ impl Smmu {
         let inval = if fresh { cmd::cfgi_all() } else { cmd::cfgi_ste(sid) };
         // The CD of an STE that translates at stage 1 (alone or nested) may
         // be cached under the stream too (§4.3.3).
-        if ste::translates_stage1(entry) {
+        if ste::translates_stage1(ste) {
             self.submit(&[inval, cmd::cfgi_cd(sid)], mem)
         } else {
             self.submit(&[inval], mem)
