@@ -16,7 +16,12 @@
 //!
 //! Hardware access: typed registers over the MMIO window the firmware described
 //! (128 KiB architected, checked to hold page 1's queue indices:
-//! [`regs::check_window`]) and the kernel mapped; tables and queues in memory the kernel provides ([`iommu::DmaMemory`]).
+//! [`regs::check_window`]) and the kernel mapped ([`iommu::mmio::MmioWindow`]);
+//! tables and queues in memory the kernel provides ([`iommu::DmaMemory`]),
+//! reached through [`iommu::dma::DmaRegion`], the command queue an
+//! [`iommu::ring::ProducerRing`]; STEs, CDs, commands and event records typed
+//! with [`iommu::descriptor!`]. The crate has no `unsafe` code; every failure
+//! is an [`error::SmmuError`].
 //! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /
 //! PASIDs and CD tables, ATS / PRI, stall mode, non-coherent SMMUs.
 #![no_std]

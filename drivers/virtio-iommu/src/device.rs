@@ -135,7 +135,7 @@ impl VirtioIommuDevice {
         t.set_status(ACKNOWLEDGE | DRIVER);
         // Steps 4–6: features.
         let offered = t.device_features();
-        let has = |bit: u32| offered >> bit & 1 != 0;
+        let has = |bit: u32| feature::has(offered, bit);
         if !has(feature::VERSION_1) {
             return Err(VirtioError::MissingFeature("VERSION_1"));
         }
@@ -143,10 +143,10 @@ impl VirtioIommuDevice {
             return Err(VirtioError::MissingFeature("MAP_UNMAP"));
         }
         let optional = [feature::INPUT_RANGE, feature::DOMAIN_RANGE, feature::PROBE, feature::BYPASS_CONFIG];
-        let mut features = 1 << feature::VERSION_1 | 1 << feature::MAP_UNMAP;
+        let mut features = feature::bit(feature::VERSION_1) | feature::bit(feature::MAP_UNMAP);
         for bit in optional {
             if has(bit) {
-                features |= 1 << bit;
+                features |= feature::bit(bit);
             }
         }
         // The legacy BYPASS feature is never negotiated: an endpoint that is
@@ -156,7 +156,7 @@ impl VirtioIommuDevice {
         if t.status() & FEATURES_OK == 0 {
             return Err(VirtioError::FeaturesRejected);
         }
-        let negotiated = |bit: u32| features >> bit & 1 != 0;
+        let negotiated = |bit: u32| feature::has(features, bit);
         // Step 7: device setup. The configuration, read consistently (§4.1.4.3.1).
         let mut raw = None;
         for _ in 0..CONFIG_TRIES {
@@ -253,7 +253,7 @@ impl VirtioIommuDevice {
 
     /// Whether feature `bit` was negotiated.
     pub fn has(&self, bit: u32) -> bool {
-        self.features >> bit & 1 != 0
+        feature::has(self.features, bit)
     }
 
     /// The mapping granule: the smallest page size.

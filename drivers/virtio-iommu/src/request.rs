@@ -108,6 +108,16 @@ pub mod feature {
     /// Virtqueues can be reset one by one.
     pub const RING_RESET: u32 = 40;
 
+    /// Feature `bit` as a mask of the 64 feature bits.
+    pub fn bit(bit: u32) -> u64 {
+        1u64.checked_shl(bit).unwrap_or(0)
+    }
+
+    /// Whether feature `bit` is set in `features`.
+    pub fn has(features: u64, bit: u32) -> bool {
+        features & self::bit(bit) != 0
+    }
+
     /// The spec's name of feature `bit`, if this driver knows it.
     pub fn name(bit: u32) -> Option<&'static str> {
         Some(match bit {

@@ -509,4 +509,83 @@ mod tests {
         );
         assert_eq!(status::DEVICE_NEEDS_RESET, 0x40);
     }
+
+    /// A fake BAR: common configuration at 0, ISR at 0x100, device
+    /// configuration at 0x200 (`device_len` bytes), notification area at
+    /// 0x300 (0x100 bytes, multiplier 4).
+    fn fake_bar(device_len: u64) -> (iommu::mmio::FakeMmio, Mapped) {
+        let fake = iommu::mmio::FakeMmio::new(0x1000).unwrap();
+        let bar = fake.window();
+        let mapped = Mapped {
+            common: bar.sub(0, u64::from(regs::COMMON_CFG_LEN)).unwrap(),
+            notify: bar.sub(0x300, 0x100).unwrap(),
+            notify_multiplier: 4,
+            isr: bar.sub(0x100, 1).unwrap(),
+            device: bar.sub(0x200, device_len).unwrap(),
+        };
+        (fake, mapped)
+    }
+
+    fn byte(fake: &iommu::mmio::FakeMmio, at: u64) -> u8 {
+        (fake.read_u64(at & !7) >> ((at & 7) * 8)) as u8
+    }
+
+    #[test]
+    fn the_mmio_transport_drives_the_registers_in_its_windows() {
+        let (fake, mapped) = fake_bar(0x28);
+        let mut t = MmioTransport::new(mapped).unwrap();
+        // Device configuration: page sizes, input range, domains, probe size, bypass.
+        fake.write_u64(0x200, 0xFFFF_F000);
+        fake.write_u64(0x208, 0x1000);
+        fake.write_u64(0x210, 0xFFFF_FFFF_FFFF);
+        fake.write_u64(0x218, 0x20_0000_0001);
+        fake.write_u64(0x220, 1 << 32 | 0x200);
+        let c = t.read_config();
+        assert_eq!(c.page_size_mask, 0xFFFF_F000);
+        assert_eq!(c.input_range, (0x1000, 0xFFFF_FFFF_FFFF));
+        assert_eq!((c.domain_range, c.probe_size, c.bypass), ((1, 0x20), 0x200, 1));
+        t.set_bypass(0);
+        assert_eq!(byte(&fake, 0x224), 0);
+        // Status and queue programming land in the common configuration.
+        t.set_status(status::ACKNOWLEDGE | status::DRIVER);
+        assert_eq!((byte(&fake, 0x14), t.status()), (3, 3));
+        fake.write_u64(0x18, 2 << 48); // queue_notify_off of the selected queue: 2
+        t.enable_queue(1, 16, Rings { desc: 0x1_2345_6000, driver: 0x7000, device: 0x8000 });
+        assert_eq!(fake.read_u64(0x20), 0x1_2345_6000);
+        assert_eq!((fake.read_u32(0x28), fake.read_u32(0x30)), (0x7000, 0x8000));
+        assert_eq!(fake.read_u32(0x1C) & 0xFFFF, 1, "queue_enable");
+        // The notification goes to 0x300 + 2 * 4.
+        t.notify(1);
+        assert_eq!(fake.read_u64(0x308) & 0xFFFF, 1);
+        // A queue whose notification address leaves the area is not notified (and nothing panics).
+        fake.write_u64(0x18, 0x100 << 48);
+        t.enable_queue(0, 16, Rings { desc: 0, driver: 0, device: 0 });
+        t.notify(0);
+        assert_eq!(fake.read_u64(0x300), 0);
+    }
+
+    #[test]
+    fn short_or_misaligned_structures_are_refused() {
+        // No bypass field: read as 0, never written.
+        let (fake, mapped) = fake_bar(u64::from(regs::IOMMU_CFG_LEN));
+        fake.write_u64(0x220, 1 << 32);
+        let mut t = MmioTransport::new(mapped).unwrap();
+        assert_eq!(t.read_config().bypass, 0);
+        t.set_bypass(0);
+        assert_eq!(byte(&fake, 0x224), 1);
+        let (fake, mut mapped) = fake_bar(0x28);
+        mapped.device = fake.window().sub(0x200, 0x20).unwrap();
+        assert_eq!(
+            MmioTransport::new(mapped).err(),
+            Some(VirtioError::BadCapability("a virtio structure is shorter than its registers"))
+        );
+        mapped.device = fake.window().sub(0x202, 0x28).unwrap();
+        assert_eq!(
+            MmioTransport::new(mapped).err(),
+            Some(VirtioError::BadCapability("a virtio structure is not naturally aligned"))
+        );
+        let (fake, mut mapped) = fake_bar(0x28);
+        mapped.notify = fake.window().sub(0x301, 2).unwrap();
+        assert!(MmioTransport::new(mapped).is_err());
+    }
 }
