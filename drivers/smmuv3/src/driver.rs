@@ -31,6 +31,7 @@ use alloc::vec::Vec;
 use fallible::TryMap;
 use io_pgtable::formats::ArmLpae;
 use io_pgtable::{Gather, PageTable, Perms};
+use iommu::dma::DmaRegion;
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
@@ -324,14 +325,14 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         } else {
             let asid = self.asids.alloc().ok_or(Error::NoDomainIds)?;
             let fmt = ArmLpae::stage1(attrs.levels(), cd::MAIR_CACHED, cd::MAIR_DEVICE);
-            let (table, frame) = match (PageTable::new(fmt, &mut self.mem), self.mem.alloc_table()) {
+            let (table, frame) = match (PageTable::new(fmt, &mut self.mem), DmaRegion::alloc_frame(&mut self.mem)) {
                 (Ok(t), Some(f)) => (t, f),
                 (t, f) => {
                     if let Ok(t) = t {
                         t.destroy(&mut self.mem);
                     }
                     if let Some(f) = f {
-                        self.mem.free_table(f);
+                        f.free_frame(&mut self.mem);
                     }
                     self.asids.free(asid);
                     return Err(Error::NoMemory);
@@ -339,9 +340,14 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
             };
             let desc = cd::stage1(cd::Stage1 { asid, ttb0: table.root(), ias, ips: self.smmu.oas(), mair: cd::MAIR });
             for (i, w) in desc.to_words().into_iter().enumerate() {
-                self.mem.write(frame, i, w);
+                if let Err(e) = frame.write_u64(&mut self.mem, i, w) {
+                    table.destroy(&mut self.mem);
+                    frame.free_frame(&mut self.mem);
+                    self.asids.free(asid);
+                    return Err(SmmuError::Dma(e).into());
+                }
             }
-            Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame }, ias, children: 0 })
+            Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame.base() }, ias, children: 0 })
         }
     }
 
