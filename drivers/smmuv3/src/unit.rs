@@ -319,12 +319,12 @@ impl Smmu {
             while self.cmdq.free() == 0 {
                 self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
                 let ring = self.cmdq;
-                wait("command queue space", || {
+                ProducerRing::wait(MAX_POLLS, || {
                     let mut r = ring;
                     r.set_cons(CMDQ_CONS::RD.read(self.page0().cmdq_cons.get()));
                     r.free() > 0 || self.command_error().is_some()
                 })
-                .map_err(|e| (e, None))?;
+                .map_err(|_| (SmmuError::Timeout("command queue space"), None))?;
                 // A refused command stops the queue, full or not: let it run on.
                 self.recover(start, cmds.len(), mem, &mut refused).map_err(|e| (e, None))?;
                 self.refresh_cons();
@@ -344,10 +344,11 @@ impl Smmu {
         let prod = self.cmdq.prod();
         self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
         loop {
-            wait("command queue", || {
+            // The CMD_SYNC closing the batch consumed (§4.6), or a refusal: bounded.
+            ProducerRing::wait(MAX_POLLS, || {
                 CMDQ_CONS::RD.read(self.page0().cmdq_cons.get()) == prod || self.command_error().is_some()
             })
-            .map_err(|e| (e, None))?;
+            .map_err(|_| (SmmuError::Timeout("command queue"), None))?;
             if !self.recover(start, cmds.len(), mem, &mut refused).map_err(|e| (e, None))? {
                 break;
             }
