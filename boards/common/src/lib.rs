@@ -57,9 +57,9 @@ fn virtio_device(
     let vendor_caps: Vec<u16> = f.caps.legacy.iter().filter(|c| c.0 == pci::caps::id::VENDOR).map(|c| c.1).collect();
     let caps = virtio_iommu::find_caps(|o| access.read8(f.bdf, o), |o| access.read32(f.bdf, o), &vendor_caps)
         .map_err(|e| format!("{e}"))?;
-    // Each structure's BAR, mapped once.
-    let mut mapped_bars: Vec<(u8, u64)> = Vec::new();
-    let mut at = |r: virtio_iommu::CapRegion| -> Result<u64, alloc::string::String> {
+    // Each structure's BAR, mapped once; each structure a window of its capability's bytes.
+    let mut mapped_bars: Vec<(u8, iommu::mmio::MmioWindow)> = Vec::new();
+    let mut at = |r: virtio_iommu::CapRegion| -> Result<iommu::mmio::MmioWindow, alloc::string::String> {
         let bar = f.bars.iter().find(|b| b.index == r.bar).ok_or_else(|| format!("BAR{} is not implemented", r.bar))?;
         if bar.base == 0 || matches!(bar.kind, pci::BarKind::Io) {
             return Err(format!("BAR{} is unassigned or an I/O BAR", r.bar));
@@ -67,16 +67,18 @@ fn virtio_device(
         if u64::from(r.offset) + u64::from(r.length) > bar.size {
             return Err(format!("a virtio structure lies beyond BAR{}", r.bar));
         }
-        let va = match mapped_bars.iter().find(|m| m.0 == r.bar) {
+        let window = match mapped_bars.iter().find(|m| m.0 == r.bar) {
             Some(m) => m.1,
             None => {
                 let m = kcore::mm::map_mmio(kcore::pci::bar_cpu_address(dev, bar), bar.size)
                     .map_err(|e| format!("cannot map BAR{}: {e}", r.bar))?;
-                mapped_bars.push((r.bar, m.va));
-                m.va
+                // SAFETY: `map_mmio` mapped the whole BAR (device memory) for the rest of the kernel's life, never unmapped; the function is kept from tasks, so the driver is the only user of its registers.
+                let window = unsafe { iommu::mmio::MmioWindow::new(m.va, bar.size) };
+                mapped_bars.push((r.bar, window));
+                window
             }
         };
-        Ok(va + u64::from(r.offset))
+        window.sub(u64::from(r.offset), u64::from(r.length)).map_err(|e| format!("BAR{}: {e}", r.bar))
     };
     let mapped = virtio_iommu::Mapped {
         common: at(caps.common)?,
@@ -87,6 +89,6 @@ fn virtio_device(
     };
     kcore::pci::keep_for_kernel(f.bdf);
     pci::set_bus_master(access, f.bdf, true);
-    // SAFETY: `mapped` points into the function's BARs, mapped above for the rest of the kernel's life and never unmapped; the function is kept from tasks, so the driver is the device's only user; bus mastering is on.
-    unsafe { virtio_iommu::VirtioIommuDevice::new(mapped, mem) }.map_err(|e| format!("{e}"))
+    // Bus mastering is on; the windows stay mapped (see above).
+    virtio_iommu::VirtioIommuDevice::new(mapped, mem).map_err(|e| format!("{e}"))
 }

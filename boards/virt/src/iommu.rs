@@ -38,8 +38,9 @@ fn smmu_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box
         };
         let mut mem = kcore::iommu::KernelTables::default();
         let linear = boot.cmdline_value("smmu_st") == Some("linear");
-        // SAFETY: `mmio` maps the `window`-byte register window for the rest of the kernel's life (never unmapped), and the registered driver becomes the SMMU's only user.
-        let smmu = match unsafe { smmuv3::Smmu::with_options(mmio.va, window, &mut mem, linear) } {
+        // SAFETY: `mmio` maps the `window`-byte register window (device memory) for the rest of the kernel's life (never unmapped), and the registered driver becomes the SMMU's only user.
+        let regs = unsafe { iommu::mmio::MmioWindow::new(mmio.va, window) };
+        let smmu = match smmuv3::Smmu::with_options(regs, &mut mem, linear) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("smmuv3: {}: bring-up failed: {e}", u.name);

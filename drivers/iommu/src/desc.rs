@@ -49,6 +49,49 @@ pub use tock_registers;
 /// One 64-bit word of a descriptor, laid out by the bitfield register `R`.
 pub type Word<R> = tock_registers::LocalRegisterCopy<u64, R>;
 
+/// The bits `field` covers, in place (`NUMBITS` ones shifted to `OFFSET`):
+/// the mask of a field in a table of fields that must be clear, or of
+/// fields allowed to be set, built in `const` context.
+///
+/// ```
+/// use iommu::desc::tock_registers::register_bitfields;
+/// register_bitfields![u64, pub W [ A OFFSET(4) NUMBITS(3) [], B OFFSET(63) NUMBITS(1) [] ]];
+/// const BOTH: u64 = iommu::desc::field_mask(W::A) | iommu::desc::field_mask(W::B);
+/// assert_eq!(BOTH, 0x8000_0000_0000_0070);
+/// ```
+pub const fn field_mask<R: tock_registers::RegisterLongName>(field: tock_registers::fields::Field<u64, R>) -> u64 {
+    field.mask << field.shift
+}
+
+/// `field` set from `value` whose bits are already where the field puts
+/// them (an address field such as bits 51:12 of a table pointer: the
+/// address itself, its bits outside the field dropped).
+///
+/// ```
+/// use iommu::desc::tock_registers::register_bitfields;
+/// use iommu::desc::{in_place, read_in_place, Word};
+/// register_bitfields![u64, pub W [ PTR OFFSET(12) NUMBITS(40) [], V OFFSET(0) NUMBITS(1) [] ]];
+/// let mut w = Word::<W::Register>::new(0);
+/// w.write(W::V::SET + in_place(W::PTR, 0xFFF0_0000_1234_5FFF));
+/// assert_eq!(w.get(), 0x0000_0000_1234_5001);
+/// assert_eq!(read_in_place(w, W::PTR), 0x1234_5000);
+/// ```
+pub const fn in_place<R: tock_registers::RegisterLongName>(
+    field: tock_registers::fields::Field<u64, R>,
+    value: u64,
+) -> tock_registers::fields::FieldValue<u64, R> {
+    tock_registers::fields::FieldValue::<u64, R>::new(field.mask, field.shift, value >> field.shift)
+}
+
+/// The bits of `word` that `field` covers, left in place (the address an
+/// address field holds); the inverse of [`in_place`].
+pub fn read_in_place<R: tock_registers::RegisterLongName>(
+    word: Word<R>,
+    field: tock_registers::fields::Field<u64, R>,
+) -> u64 {
+    word.get() & field_mask(field)
+}
+
 /// A descriptor word without named fields (reserved, or unused by the driver).
 #[allow(non_snake_case)]
 pub mod RAW {
@@ -176,5 +219,25 @@ mod tests {
         assert_eq!(in_place(back.w0, W0::B), 0x9000_0000_0000_0000);
         assert_eq!(from_place(W0::B, 0xA000_0000_0000_0FFF).value, 0xA000_0000_0000_0000);
         assert_eq!(from_place(W1::C, 0xFFFF).value, 0xFF00, "bits outside the field dropped");
+    }
+
+    #[test]
+    fn field_masks_are_in_place() {
+        assert_eq!(field_mask(W0::A), 0xF);
+        assert_eq!(field_mask(W0::B), 0xF000_0000_0000_0000);
+        assert_eq!(field_mask(W1::C), 0xFF00);
+        const M: u64 = field_mask(W1::C);
+        assert_eq!(Word::<W1::Register>::new(u64::MAX).read(W1::C) << W1::C.shift, M);
+    }
+
+    #[test]
+    fn in_place_values_keep_their_bits_where_they_are() {
+        let mut w = Word::<W1::Register>::new(0);
+        w.write(in_place(W1::C, 0xFFFF));
+        assert_eq!((w.get(), w.read(W1::C)), (0xFF00, 0xFF));
+        assert_eq!(read_in_place(w, W1::C), 0xFF00);
+        assert_eq!(read_in_place(Word::<W1::Register>::new(0x1234), W1::C), 0x1200);
+        const V: u64 = in_place(W0::B, 0x9000_0000_0000_0001).value;
+        assert_eq!(V, 0x9000_0000_0000_0000);
     }
 }

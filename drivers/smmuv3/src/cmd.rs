@@ -1,72 +1,138 @@
 //! Command queue entries (SMMUv3 §4): two 64-bit words each, and the
 //! command-error codes the SMMU reports in CMDQ_CONS.ERR (§4.7.3).
 
-/// A command, as two 64-bit words.
+use iommu::desc::in_place;
+use tock_registers::fields::FieldValue;
+use tock_registers::register_bitfields;
+
+/// A command, as two 64-bit words (what the queue holds).
 pub type Command = [u64; 2];
 
-/// Opcodes (word 0 bits 7:0, §4.1.1) of the commands a nested child's owner
-/// may queue, and of the configuration invalidations.
-pub mod op {
-    /// CMD_CFGI_STE.
-    pub const CFGI_STE: u64 = 0x03;
-    /// CMD_CFGI_CD.
-    pub const CFGI_CD: u64 = 0x05;
-    /// CMD_CFGI_CD_ALL.
-    pub const CFGI_CD_ALL: u64 = 0x06;
-    /// CMD_TLBI_NH_ALL.
-    pub const TLBI_NH_ALL: u64 = 0x10;
-    /// CMD_TLBI_NH_ASID.
-    pub const TLBI_NH_ASID: u64 = 0x11;
-    /// CMD_TLBI_NH_VA.
-    pub const TLBI_NH_VA: u64 = 0x12;
-    /// CMD_TLBI_NH_VAA.
-    pub const TLBI_NH_VAA: u64 = 0x13;
+register_bitfields![u64,
+    /// Command word 0, bits 63:0 (§4.1.1 and each command's layout).
+    pub CMD0 [
+        /// Opcode, bits 7:0 (§4.1.1).
+        OPCODE OFFSET(0) NUMBITS(8) [
+            /// CMD_CFGI_STE (§4.3.1).
+            CfgiSte = 0x03,
+            /// CMD_CFGI_STE_RANGE (§4.3.2).
+            CfgiSteRange = 0x04,
+            /// CMD_CFGI_CD (§4.3.3).
+            CfgiCd = 0x05,
+            /// CMD_CFGI_CD_ALL (§4.3.4).
+            CfgiCdAll = 0x06,
+            /// CMD_TLBI_NH_ALL (§4.4.2.1).
+            TlbiNhAll = 0x10,
+            /// CMD_TLBI_NH_ASID (§4.4.2).
+            TlbiNhAsid = 0x11,
+            /// CMD_TLBI_NH_VA (§4.4.2).
+            TlbiNhVa = 0x12,
+            /// CMD_TLBI_NH_VAA (§4.4.2).
+            TlbiNhVaa = 0x13,
+            /// CMD_TLBI_S12_VMALL (§4.4.3).
+            TlbiS12Vmall = 0x28,
+            /// CMD_TLBI_S2_IPA (§4.4.3).
+            TlbiS2Ipa = 0x2A,
+            /// CMD_TLBI_NSNH_ALL (§4.4.4).
+            TlbiNsnhAll = 0x30,
+            /// CMD_SYNC (§4.6).
+            Sync = 0x46
+        ],
+        /// SubstreamID of CMD_CFGI_CD, bits 31:12 (§4.3.3).
+        SSID OFFSET(12) NUMBITS(20) [],
+        /// NUM of a range TLBI, bits 16:12: (NUM + 1) << SCALE pages (§4.4.1).
+        NUM OFFSET(12) NUMBITS(5) [],
+        /// SCALE of a range TLBI, bits 24:20 (bit 25 only with IDR5.DS; §4.4.1).
+        SCALE OFFSET(20) NUMBITS(5) [],
+        /// StreamID of CMD_CFGI_*, bits 63:32 (§4.3).
+        SID OFFSET(32) NUMBITS(32) [],
+        /// VMID of CMD_TLBI_*, bits 47:32 (§4.4).
+        VMID OFFSET(32) NUMBITS(16) [],
+        /// ASID of CMD_TLBI_NH_ASID / CMD_TLBI_NH_VA, bits 63:48 (§4.4.2).
+        ASID OFFSET(48) NUMBITS(16) []
+    ],
+    /// Command word 1, bits 127:64 (each command's layout, §4.3, §4.4).
+    pub CMD1 [
+        /// Leaf, bit 64: only last-level entries (TLBI, §4.4.1) or only the
+        /// STE / CD, not the level-1 descriptor (CFGI, §4.3.1).
+        LEAF OFFSET(0) NUMBITS(1) [],
+        /// Range of CMD_CFGI_STE_RANGE, bits 68:64: 2^(Range + 1) streams (§4.3.2).
+        RANGE OFFSET(0) NUMBITS(5) [],
+        /// TTL level hint, bits 73:72 (§4.4.1).
+        TTL OFFSET(8) NUMBITS(2) [],
+        /// TG translation granule of a range TLBI, bits 75:74 (1 = 4 KiB; §4.4.1).
+        TG OFFSET(10) NUMBITS(2) [],
+        /// Address, bits 127:76: address bits 63:12 (§4.4.2).
+        ADDR OFFSET(12) NUMBITS(52) [],
+        /// Address bits 51:12, what this driver puts in the commands it builds
+        /// (TLBI_S2_IPA's field is 51:12, §4.4.3).
+        ADDR_PA OFFSET(12) NUMBITS(40) []
+    ]
+];
+
+iommu::descriptor! {
+    /// A command queue entry (§4.1): 16 bytes.
+    pub struct Cmd {
+        /// Bits 63:0: opcode and tags.
+        w0: CMD0,
+        /// Bits 127:64: leaf, ranges and the address.
+        w1: CMD1,
+    }
+}
+
+/// The two words of a command laid out from its fields.
+fn build(w0: FieldValue<u64, CMD0::Register>, w1: FieldValue<u64, CMD1::Register>) -> Command {
+    let mut c = Cmd::zeroed();
+    c.w0.write(w0);
+    c.w1.write(w1);
+    c.to_words()
 }
 
 /// CMD_CFGI_STE: the SMMU forgets what it cached of stream `sid`'s STE.
 pub fn cfgi_ste(sid: u32) -> Command {
-    [op::CFGI_STE | u64::from(sid) << 32, 1] // Leaf = 1: only the STE, not the L1 descriptor
+    // Leaf = 1: only the STE, not the L1 descriptor.
+    build(CMD0::OPCODE::CfgiSte + CMD0::SID.val(u64::from(sid)), CMD1::LEAF::SET)
 }
 
 /// CMD_CFGI_ALL (CFGI_STE_RANGE with Range = 31): every cached STE and CD.
 pub fn cfgi_all() -> Command {
-    [0x04, 31]
+    build(CMD0::OPCODE::CfgiSteRange, CMD1::RANGE.val(31))
 }
 
 /// CMD_CFGI_CD: the cached CD of substream 0 of stream `sid`.
 pub fn cfgi_cd(sid: u32) -> Command {
-    [op::CFGI_CD | u64::from(sid) << 32, 1]
+    build(CMD0::OPCODE::CfgiCd + CMD0::SID.val(u64::from(sid)), CMD1::LEAF::SET)
 }
 
 /// CMD_CFGI_CD_ALL: every cached CD of stream `sid` (§4.3.4).
 pub fn cfgi_cd_all(sid: u32) -> Command {
-    [op::CFGI_CD_ALL | u64::from(sid) << 32, 0]
+    build(CMD0::OPCODE::CfgiCdAll + CMD0::SID.val(u64::from(sid)), CMD1::LEAF::CLEAR)
 }
 
 /// CMD_TLBI_NH_ALL: every stage-1 TLB entry tagged with `vmid` (§4.4.2.1),
 /// including the combined stage-1 + stage-2 entries of nested streams.
 pub fn tlbi_nh_all(vmid: u16) -> Command {
-    [op::TLBI_NH_ALL | u64::from(vmid) << 32, 0]
+    build(CMD0::OPCODE::TlbiNhAll + CMD0::VMID.val(u64::from(vmid)), CMD1::LEAF::CLEAR)
 }
 
 /// CMD_TLBI_NH_ASID: stage-1 TLB entries of `asid`.
 pub fn tlbi_nh_asid(asid: u16) -> Command {
-    [op::TLBI_NH_ASID | u64::from(asid) << 48, 0]
+    build(CMD0::OPCODE::TlbiNhAsid + CMD0::ASID.val(u64::from(asid)), CMD1::LEAF::CLEAR)
 }
 
 /// CMD_TLBI_S12_VMALL: every TLB entry tagged with `vmid`.
 pub fn tlbi_s12_vmall(vmid: u16) -> Command {
-    [0x28 | u64::from(vmid) << 32, 0]
+    build(CMD0::OPCODE::TlbiS12Vmall + CMD0::VMID.val(u64::from(vmid)), CMD1::LEAF::CLEAR)
 }
 
 /// CMD_TLBI_NSNH_ALL: every non-secure, non-hypervisor TLB entry.
 pub fn tlbi_nsnh_all() -> Command {
-    [0x30, 0]
+    build(CMD0::OPCODE::TlbiNsnhAll, CMD1::LEAF::CLEAR)
 }
 
 /// CMD_SYNC without a completion signal (completion is seen by polling CMDQ_CONS).
 pub fn sync() -> Command {
-    [0x46, 0]
+    build(CMD0::OPCODE::Sync, CMD1::LEAF::CLEAR)
 }
 
 /// A range of 4 KiB pages for TLBI_NH_VA / TLBI_S2_IPA (§4.4.1): `(NUM + 1) *
@@ -116,22 +182,25 @@ pub struct Scope {
     pub leaf: bool,
 }
 
-fn address_words(opcode: u64, tag: u64, s: Scope) -> Command {
+/// An address invalidation (§4.4.1): `opcode_tag` (the opcode and its
+/// ASID or VMID), NUM / SCALE / TG when ranged, Leaf, the start address.
+fn address_words(opcode_tag: FieldValue<u64, CMD0::Register>, s: Scope) -> Command {
     let (num, scale, tg) = if s.ranged { (s.range.num, s.range.scale, 1) } else { (0, 0, 0) };
-    let w0 = opcode | u64::from(num) << 12 | u64::from(scale) << 20 | tag;
     // TTL = 0: entries of any level.
-    let w1 = u64::from(s.leaf) | tg << 10 | (s.range.start & 0x000F_FFFF_FFFF_F000);
-    [w0, w1]
+    build(
+        opcode_tag + CMD0::NUM.val(u64::from(num)) + CMD0::SCALE.val(u64::from(scale)),
+        CMD1::LEAF.val(u64::from(s.leaf)) + CMD1::TG.val(tg) + in_place(CMD1::ADDR_PA, s.range.start),
+    )
 }
 
 /// CMD_TLBI_NH_VA: stage-1 entries of `asid` in the scope (TG = 4 KiB when ranged).
 pub fn tlbi_nh_va(asid: u16, scope: Scope) -> Command {
-    address_words(op::TLBI_NH_VA, u64::from(asid) << 48, scope)
+    address_words(CMD0::OPCODE::TlbiNhVa + CMD0::ASID.val(u64::from(asid)), scope)
 }
 
 /// CMD_TLBI_S2_IPA: stage-2 entries of `vmid` in the scope.
 pub fn tlbi_s2_ipa(vmid: u16, scope: Scope) -> Command {
-    address_words(0x2A, u64::from(vmid) << 32, scope)
+    address_words(CMD0::OPCODE::TlbiS2Ipa + CMD0::VMID.val(u64::from(vmid)), scope)
 }
 
 /// Why the SMMU refused a command (CMDQ_CONS.ERR).
@@ -171,20 +240,21 @@ impl CommandError {
 
 /// Name of a command opcode, for trace lines.
 pub fn opcode_name(word0: u64) -> &'static str {
-    match word0 & 0xFF {
-        0x03 => "CFGI_STE",
-        0x04 => "CFGI_STE_RANGE",
-        0x05 => "CFGI_CD",
-        0x06 => "CFGI_CD_ALL",
-        0x10 => "TLBI_NH_ALL",
-        0x11 => "TLBI_NH_ASID",
-        0x12 => "TLBI_NH_VA",
-        0x13 => "TLBI_NH_VAA",
-        0x28 => "TLBI_S12_VMALL",
-        0x2A => "TLBI_S2_IPA",
-        0x30 => "TLBI_NSNH_ALL",
-        0x46 => "SYNC",
-        _ => "?",
+    use CMD0::OPCODE::Value as Op;
+    match iommu::desc::Word::<CMD0::Register>::new(word0).read_as_enum(CMD0::OPCODE) {
+        Some(Op::CfgiSte) => "CFGI_STE",
+        Some(Op::CfgiSteRange) => "CFGI_STE_RANGE",
+        Some(Op::CfgiCd) => "CFGI_CD",
+        Some(Op::CfgiCdAll) => "CFGI_CD_ALL",
+        Some(Op::TlbiNhAll) => "TLBI_NH_ALL",
+        Some(Op::TlbiNhAsid) => "TLBI_NH_ASID",
+        Some(Op::TlbiNhVa) => "TLBI_NH_VA",
+        Some(Op::TlbiNhVaa) => "TLBI_NH_VAA",
+        Some(Op::TlbiS12Vmall) => "TLBI_S12_VMALL",
+        Some(Op::TlbiS2Ipa) => "TLBI_S2_IPA",
+        Some(Op::TlbiNsnhAll) => "TLBI_NSNH_ALL",
+        Some(Op::Sync) => "SYNC",
+        None => "?",
     }
 }
 

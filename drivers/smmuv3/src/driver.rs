@@ -9,7 +9,7 @@
 //! paging = stage 1 (a context descriptor with a fresh ASID) or, when the SMMU
 //! has no stage 1 or stage 2 is asked for, stage 2 (a fresh VMID).
 //!
-//! The hardware-specific door ([`crate::user`] checks what comes in):
+//! The hardware-specific door ([`crate::user_data`] checks what comes in):
 //! - `SMMUV3_ATTRS` domains: paging domains with their own stage and input
 //!   size (their aperture), otherwise like any other.
 //! - Nest parents: stage-2 paging domains. Nested children (`SMMUV3_STE`):
@@ -25,12 +25,13 @@ use crate::cd;
 use crate::cmd::{self, Range, Scope};
 use crate::ste;
 use crate::unit::{Smmu, SmmuError};
-use crate::user::{self, Attrs, UserSte};
+use crate::user_data::{self, Attrs, UserSte};
 use abi::ioas::hwpt_data;
 use alloc::vec::Vec;
 use fallible::TryMap;
 use io_pgtable::formats::ArmLpae;
 use io_pgtable::{Gather, PageTable, Perms};
+use iommu::dma::DmaRegion;
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
 use iommu::{DeviceId, DomainId, DomainKind, Error, FaultEvent, Info, Iommu, Region, UnitKind, Unmapped};
@@ -82,6 +83,7 @@ impl From<SmmuError> for Error {
             SmmuError::Map(e) => Error::from(e),
             SmmuError::NoTags => Error::NoDomainIds,
             SmmuError::RegisterOutsideWindow { .. } => Error::Hardware("registers outside the register window"),
+            SmmuError::Dma(_) => Error::Hardware("SMMU table or queue access outside its memory"),
         }
     }
 }
@@ -104,7 +106,7 @@ pub struct SmmuIommu<M: DmaMemory> {
 }
 
 /// Leaf sizes of paging domains: 4 KiB, 2 MiB, 1 GiB.
-const PAGE_SIZES: u64 = 1 << 12 | 1 << 21 | 1 << 30;
+const PAGE_SIZES: u64 = 0x1000 | 0x20_0000 | 0x4000_0000;
 
 /// A nested child's STE for the log, without allocating.
 struct Describe<'a>(&'a UserSte);
@@ -114,7 +116,14 @@ impl core::fmt::Display for Describe<'_> {
         match self.0 {
             UserSte::Abort => f.write_str("abort"),
             UserSte::Bypass => f.write_str("stage-1 bypass, the parent's stage 2 alone"),
-            UserSte::Translate(w) => write!(f, "stage-1 CD at IPA {:#x}", w[0] & ste::w0::S1_CONTEXT_PTR),
+            UserSte::Translate(w) => write!(
+                f,
+                "stage-1 CD at IPA {:#x}",
+                iommu::desc::read_in_place(
+                    ste::Ste::from_words([w[0], w[1], 0, 0, 0, 0, 0, 0]).w0,
+                    ste::STE0::S1_CONTEXT_PTR
+                )
+            ),
         }
     }
 }
@@ -257,7 +266,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         if !self.smmu.stage2() {
             return self.domain_alloc(DomainKind::Paging);
         }
-        let attrs = Attrs { stage2: true, input_bits: user::S2_DEFAULT_BITS };
+        let attrs = Attrs { stage2: true, input_bits: user_data::S2_DEFAULT_BITS };
         let id = self.insert_paging(attrs)?;
         log::info!(
             "smmuv3: domain {}: nest parent, stage 2, {}-bit input ({} levels)",
@@ -282,7 +291,7 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         let Some(s2) = self.stage2_of(parent) else {
             return Err(Error::InvalidData("parent is not a stage-2 domain"));
         };
-        let ste = user::check_ste(&self.smmu.idr, s2.ias, data)?;
+        let ste = user_data::check_ste(&self.smmu.idr, s2.ias, data)?;
         self.reserve_domain()?;
         if let Some(Slot::Paging { children, .. }) = self.domains.get_mut(&parent.0) {
             *children += 1;
@@ -316,24 +325,29 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
         } else {
             let asid = self.asids.alloc().ok_or(Error::NoDomainIds)?;
             let fmt = ArmLpae::stage1(attrs.levels(), cd::MAIR_CACHED, cd::MAIR_DEVICE);
-            let (table, frame) = match (PageTable::new(fmt, &mut self.mem), self.mem.alloc_table()) {
+            let (table, frame) = match (PageTable::new(fmt, &mut self.mem), DmaRegion::alloc_frame(&mut self.mem)) {
                 (Ok(t), Some(f)) => (t, f),
                 (t, f) => {
                     if let Ok(t) = t {
                         t.destroy(&mut self.mem);
                     }
                     if let Some(f) = f {
-                        self.mem.free_table(f);
+                        f.free_frame(&mut self.mem);
                     }
                     self.asids.free(asid);
                     return Err(Error::NoMemory);
                 }
             };
             let desc = cd::stage1(cd::Stage1 { asid, ttb0: table.root(), ias, ips: self.smmu.oas(), mair: cd::MAIR });
-            for (i, w) in desc.iter().enumerate() {
-                self.mem.write(frame, i, *w);
+            for (i, w) in desc.to_words().into_iter().enumerate() {
+                if let Err(e) = frame.write_u64(&mut self.mem, i, w) {
+                    table.destroy(&mut self.mem);
+                    frame.free_frame(&mut self.mem);
+                    self.asids.free(asid);
+                    return Err(SmmuError::Dma(e).into());
+                }
             }
-            Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame }, ias, children: 0 })
+            Ok(Slot::Paging { table, tag: Tag::Asid { asid, cd: frame.base() }, ias, children: 0 })
         }
     }
 
@@ -433,13 +447,13 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     }
 
     /// `SMMUV3_ATTRS` (no parent): a paging domain with the stage, granule and
-    /// input size asked for ([`user::decode_attrs`]). `SMMUV3_STE` (parent: a
-    /// stage-2 domain of this SMMU): a nested child ([`user::check_ste`]);
+    /// input size asked for ([`user_data::decode_attrs`]). `SMMUV3_STE` (parent: a
+    /// stage-2 domain of this SMMU): a nested child ([`user_data::check_ste`]);
     /// needs both stages (IDR0.S1P and S2P, §6.3.1).
     fn domain_alloc_user(&mut self, data_type: u32, data: &[u8], parent: Option<DomainId>) -> Result<DomainId, Error> {
         match (data_type, parent) {
             (hwpt_data::SMMUV3_ATTRS, None) => {
-                let attrs = user::decode_attrs(&self.smmu.idr, self.use_stage2, data)?;
+                let attrs = user_data::decode_attrs(&self.smmu.idr, self.use_stage2, data)?;
                 let id = self.insert_paging(attrs)?;
                 log::info!(
                     "smmuv3: domain {}: stage {}, {}-bit input ({} levels, 4 KiB granule) from driver attributes",
@@ -464,7 +478,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     }
 
     /// `SMMUV3_STE` entries ([`abi::ioas::HwptSmmuv3Command`]) for a nested
-    /// child, checked by [`user::check_commands`]: the accepted ones go to the
+    /// child, checked by [`user_data::check_commands`]: the accepted ones go to the
     /// queue (CFGI_CD* once per stream attached to the child) in batches,
     /// each closed by a CMD_SYNC. A command the SMMU refuses (CERROR, §4.7.3)
     /// is [`Error::Hardware`], and only the entries before it count as handled.
@@ -484,7 +498,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
             return (0, Err(Error::NotSupported("invalidation data type")));
         }
         let Some(s2) = self.stage2_of(parent) else { return (0, Err(Error::NoSuchDomain(parent))) };
-        let (accepted, stop) = user::check_commands(&self.smmu.idr, s2.vmid, entries, entry_len);
+        let (accepted, stop) = user_data::check_commands(&self.smmu.idr, s2.vmid, entries, entry_len);
         let streams = match self.streams_of(domain) {
             Ok(s) => s,
             Err(e) => return (0, Err(e)),

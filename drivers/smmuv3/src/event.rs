@@ -1,6 +1,43 @@
 //! Event queue records (SMMUv3 §7.3): 32 bytes, decoded into a typed event.
 
 use core::fmt;
+use iommu::desc::RAW;
+use tock_registers::register_bitfields;
+
+register_bitfields![u64,
+    /// Event record word 0, bits 63:0 (§7.3).
+    pub EVT0 [
+        /// Event type, bits 7:0 (§7.3).
+        TYPE OFFSET(0) NUMBITS(8) [],
+        /// SSV, bit 11: SubstreamID is valid (§7.3).
+        SSV OFFSET(11) NUMBITS(1) [],
+        /// SubstreamID, bits 31:12 (§7.3).
+        SUBSTREAM_ID OFFSET(12) NUMBITS(20) [],
+        /// StreamID, bits 63:32 (§7.3).
+        STREAM_ID OFFSET(32) NUMBITS(32) []
+    ],
+    /// Event record word 1, bits 127:64, of the translation-fault types (§7.3.12 - §7.3.15).
+    pub EVT1 [
+        /// RnW, bit 99: a read (1) or a write (§7.3).
+        RNW OFFSET(35) NUMBITS(1) [],
+        /// S2, bit 103: the fault was at stage 2 (§7.3).
+        S2 OFFSET(39) NUMBITS(1) []
+    ]
+];
+
+iommu::descriptor! {
+    /// An event queue record (§7.3): 32 bytes.
+    pub struct Record {
+        /// Bits 63:0: type, stream and substream.
+        w0: EVT0,
+        /// Bits 127:64: access and stage of a fault.
+        w1: EVT1,
+        /// Bits 191:128: the input address of the address-carrying types (§7.3), the whole word.
+        w2: RAW,
+        /// Bits 255:192: the IPA of stage-2 faults (unused here).
+        w3: RAW,
+    }
+}
 
 /// An event type code and its spec name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +96,14 @@ pub struct Event {
 impl Event {
     /// Decodes a record given as four little-endian 64-bit words.
     pub fn decode(w: [u64; 4]) -> Event {
+        let r = Record::from_words(w);
         Event {
-            kind: EventType(w[0] as u8),
-            stream: (w[0] >> 32) as u32,
-            substream: (w[0] >> 11 & 1 != 0).then_some((w[0] >> 12 & 0xF_FFFF) as u32),
-            address: w[2],
-            read: w[1] >> 35 & 1 != 0,
-            stage2: w[1] >> 39 & 1 != 0,
+            kind: EventType(r.w0.read(EVT0::TYPE) as u8),
+            stream: r.w0.read(EVT0::STREAM_ID) as u32,
+            substream: r.w0.is_set(EVT0::SSV).then_some(r.w0.read(EVT0::SUBSTREAM_ID) as u32),
+            address: r.w2.get(),
+            read: r.w1.is_set(EVT1::RNW),
+            stage2: r.w1.is_set(EVT1::S2),
         }
     }
 }

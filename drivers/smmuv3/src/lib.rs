@@ -8,7 +8,7 @@
 //! generic [`iommu::Iommu`] trait with paging domains on stage 1 or stage 2
 //! tables from the shared `io-pgtable` engine (ASIDs and VMIDs allocated),
 //! bypass for identity and abort for blocked domains. The hardware-specific
-//! door ([`user`]): paging domains with driver attributes (stage, input size),
+//! door ([`user_data`]): paging domains with driver attributes (stage, input size),
 //! stage-2 nest parents, nested children whose stage-1 STE words (and so
 //! their CDs and tables, at IPAs of the parent) a task supplies, with
 //! Config = 0b111 in hardware (§3.3.4, §5.2), and the task's TLBI_NH_* /
@@ -16,21 +16,28 @@
 //!
 //! Hardware access: typed registers over the MMIO window the firmware described
 //! (128 KiB architected, checked to hold page 1's queue indices:
-//! [`regs::check_window`]) and the kernel mapped; tables and queues in memory the kernel provides ([`iommu::DmaMemory`]).
+//! [`regs::check_window`]) and the kernel mapped ([`iommu::mmio::MmioWindow`]);
+//! tables and queues in memory the kernel provides ([`iommu::DmaMemory`]),
+//! reached through [`iommu::dma::DmaRegion`], the command queue an
+//! [`iommu::ring::ProducerRing`]; STEs, CDs, commands and event records typed
+//! with [`iommu::descriptor!`]. The crate has no `unsafe` code; every failure
+//! is an [`error::SmmuError`].
 //! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /
 //! PASIDs and CD tables, ATS / PRI, stall mode, non-coherent SMMUs.
 #![no_std]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
 pub mod cd;
 pub mod cmd;
 pub mod driver;
+pub mod error;
 pub mod event;
 pub mod regs;
 pub mod ste;
 pub mod unit;
-pub mod user;
+pub mod user_data;
 
 pub use driver::SmmuIommu;
 pub use unit::{Smmu, SmmuError};

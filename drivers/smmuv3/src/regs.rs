@@ -3,9 +3,8 @@
 //! event-queue producer and consumer indices. 32-bit registers are read with
 //! 32-bit loads (QEMU returns 0 for 64-bit reads of them, QEMU.md G6).
 
-use crate::unit::SmmuError;
+use crate::error::SmmuError;
 use tock_registers::register_bitfields;
-use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
 
 register_bitfields! [u32,
@@ -138,7 +137,19 @@ register_bitfields! [u32,
     ]
 ];
 
-register_structs! {
+register_bitfields! [u64,
+    /// STRTAB_BASE, CMDQ_BASE and EVENTQ_BASE (§6.3.24, §6.3.26, §6.3.30).
+    pub QUEUE_BASE [
+        /// log2 of the queue's entries (bits 4:0; 0 for STRTAB_BASE, whose size is in STRTAB_BASE_CFG).
+        LOG2SIZE OFFSET(0) NUMBITS(5) [],
+        /// Physical address bits 51:5 (STRTAB_BASE: 51:6, this driver's tables are frame-aligned).
+        ADDR OFFSET(5) NUMBITS(47) [],
+        /// Read-allocate hint (bit 62).
+        RA OFFSET(62) NUMBITS(1) []
+    ]
+];
+
+iommu::register_blocks! {
     /// Register page 0 (§6.3).
     pub Page0 {
         (0x000 => pub idr0: ReadOnly<u32, IDR0::Register>),
@@ -162,18 +173,15 @@ register_structs! {
         (0x060 => pub gerror: ReadOnly<u32, GERROR::Register>),
         (0x064 => pub gerrorn: ReadWrite<u32, GERROR::Register>),
         (0x068 => _reserved4),
-        (0x080 => pub strtab_base: ReadWrite<u64>),
+        (0x080 => pub strtab_base: ReadWrite<u64, QUEUE_BASE::Register>),
         (0x088 => pub strtab_base_cfg: ReadWrite<u32, STRTAB_BASE_CFG::Register>),
         (0x08C => _reserved5),
-        (0x090 => pub cmdq_base: ReadWrite<u64>),
+        (0x090 => pub cmdq_base: ReadWrite<u64, QUEUE_BASE::Register>),
         (0x098 => pub cmdq_prod: ReadWrite<u32>),
         (0x09C => pub cmdq_cons: ReadWrite<u32, CMDQ_CONS::Register>),
-        (0x0A0 => pub eventq_base: ReadWrite<u64>),
+        (0x0A0 => pub eventq_base: ReadWrite<u64, QUEUE_BASE::Register>),
         (0x0A8 => @END),
-    }
-}
-
-register_structs! {
+    },
     /// Register page 1, at page 0 + 0x10000 (§6.3).
     pub Page1 {
         (0x000 => _reserved0),
@@ -226,15 +234,22 @@ pub fn oas_bits(oas: u32) -> u32 {
 }
 
 /// Base-register value for a queue or table at `pa` with `log2size` (bits 4:0 for
-/// queues) and read/write-allocate hint bit 62 (§6.3.24, §6.3.26).
+/// queues) and the read-allocate hint (§6.3.24, §6.3.26).
 pub fn base_value(pa: u64, log2size: u32) -> u64 {
-    1 << 62 | (pa & 0x000F_FFFF_FFFF_FFE0) | u64::from(log2size & 0x1F)
+    (QUEUE_BASE::RA::SET + iommu::desc::in_place(QUEUE_BASE::ADDR, pa) + QUEUE_BASE::LOG2SIZE.val(u64::from(log2size)))
+        .value
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::string::ToString;
+
+    #[test]
+    fn base_values() {
+        assert_eq!(base_value(0x4010_0000, 8), 1 << 62 | 0x4010_0000 | 8);
+        assert_eq!(base_value(0xFFF0_0000_0000_1020, 0x25), 1 << 62 | 0x1020 | 5, "above bit 51 and LOG2SIZE masked");
+    }
 
     #[test]
     fn window_must_reach_the_page1_queue_indices() {

@@ -1,12 +1,16 @@
 //! One SMMU: probe, stream table, command and event queues, STE programming.
 
 use crate::cmd::{self, Command, CommandError};
+pub use crate::error::SmmuError;
 use crate::event::Event;
 use crate::regs::{
     Page0, Page1, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_CONS, EVENTQ_PROD, GBPA, GERROR, IDR0, IDR1, IDR3, IDR5,
 };
 use crate::regs::{PAGE1, STRTAB_BASE_CFG};
 use crate::ste::{self, Ste};
+use iommu::dma::DmaRegion;
+use iommu::mmio::{BlockRef, MmioWindow};
+use iommu::ring::{Indexing, ProducerRing};
 use iommu::DmaMemory;
 use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
 
@@ -16,63 +20,6 @@ const MAX_POLLS: u32 = 1_000_000;
 /// Stream IDs resolved by a level-2 table: 64 STEs of 64 bytes fill one frame.
 const SPLIT: u32 = 6;
 
-/// Why an SMMU operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmmuError {
-    /// The SMMU did not acknowledge in time.
-    Timeout(&'static str),
-    /// No memory for tables or queues.
-    NoMemory,
-    /// The SMMU lacks something this driver needs (named).
-    Unsupported(&'static str),
-    /// The stream ID is beyond the stream table.
-    BadStream(u32),
-    /// The SMMU refused a command; it was replaced by a CMD_SYNC and the queue
-    /// runs again.
-    Command {
-        /// CERROR.
-        error: CommandError,
-        /// Queue index of the refused command.
-        index: u32,
-    },
-    /// A page-table operation failed.
-    Map(io_pgtable::Error),
-    /// Every ASID or VMID is in use.
-    NoTags,
-    /// Registers the driver needs lie outside the register window the
-    /// firmware described (device-tree `reg` or IORT): the SMMU is not used
-    /// ([`crate::regs::check_window`]).
-    RegisterOutsideWindow {
-        /// Which registers.
-        register: &'static str,
-        /// Their first byte, from the register base.
-        offset: u64,
-        /// One past their last byte.
-        end: u64,
-        /// Bytes in the window.
-        window: u64,
-    },
-}
-
-impl core::fmt::Display for SmmuError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            SmmuError::Timeout(what) => write!(f, "SMMU did not complete {what} in time"),
-            SmmuError::NoMemory => f.write_str("out of memory for SMMU tables or queues"),
-            SmmuError::Unsupported(what) => write!(f, "SMMU lacks {what}"),
-            SmmuError::BadStream(sid) => write!(f, "stream ID {sid:#x} is beyond the stream table"),
-            SmmuError::Command { error, index } => write!(f, "command {index} refused: {}", error.name()),
-            SmmuError::Map(e) => write!(f, "page table: {e}"),
-            SmmuError::NoTags => f.write_str("every ASID / VMID is in use"),
-            SmmuError::RegisterOutsideWindow { register, offset, end, window } => write!(
-                f,
-                "{register} at {offset:#x}..{end:#x} lie outside the SMMU's {window:#x}-byte register window \
-                 (the firmware's reg / IORT size; the architecture needs page 0 and page 1, 0x20000 bytes)"
-            ),
-        }
-    }
-}
-
 fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), SmmuError> {
     if iommu::poll(MAX_POLLS, done) {
         Ok(())
@@ -81,48 +28,48 @@ fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), SmmuError>
     }
 }
 
-/// Writes word `index` of a region of contiguous frames starting at `base`.
-fn write_word(mem: &mut impl DmaMemory, base: u64, index: usize, value: u64) {
-    mem.write(base + (index / 512) as u64 * 4096, index % 512, value);
+/// Words of an event record (§7.3: 32 bytes).
+const EVENT_WORDS: usize = 4;
+
+/// Words of a command (§4: 16 bytes).
+const COMMAND_WORDS: usize = 2;
+
+/// Frames for `1 << log2` entries of `words` words (at least one).
+fn queue_frames(words: usize, log2: u32) -> usize {
+    ((words * 8) << log2).div_ceil(4096)
 }
 
-fn read_word(mem: &impl DmaMemory, base: u64, index: usize) -> u64 {
-    mem.read(base + (index / 512) as u64 * 4096, index % 512)
-}
-
-/// A circular queue in memory: `1 << log2` entries of `words` 64-bit words,
-/// with producer and consumer indices carrying a wrap bit (§3.5).
-struct Queue {
-    base: u64,
+/// The event queue, which the SMMU produces and the driver consumes:
+/// `1 << log2` records, the consumer index carrying a wrap bit (§3.5).
+struct EventQueue {
+    region: DmaRegion,
     log2: u32,
-    words: usize,
-    /// Our index (producer for the command queue, consumer for the event queue).
+    /// The consumer index with its wrap bit.
     index: u32,
 }
 
-impl Queue {
+impl EventQueue {
+    /// First word of the record at `index`.
     fn slot(&self, index: u32) -> usize {
-        (index & ((1 << self.log2) - 1)) as usize * self.words
+        (index & ((1 << self.log2) - 1)) as usize * EVENT_WORDS
     }
 
     fn next(&self, index: u32) -> u32 {
         (index + 1) & ((2 << self.log2) - 1)
     }
-
-    fn frames(&self) -> usize {
-        ((self.words * 8) << self.log2).div_ceil(4096)
-    }
 }
 
-/// The stream table: linear, or two levels with one-frame level-2 tables.
+/// The stream table: linear, or two levels with one-frame level-2 tables
+/// (`l2[i]`: physical address of the table of level-1 descriptor `i`, 0 when none).
 enum StreamTable {
-    Linear { base: u64, frames: usize },
-    TwoLevel { l1: u64, l1_frames: usize, l2: alloc::vec::Vec<u64> },
+    Linear { region: DmaRegion },
+    TwoLevel { l1: DmaRegion, l2: alloc::vec::Vec<u64> },
 }
 
 /// An SMMUv3 and its in-memory structures.
 pub struct Smmu {
-    base: u64,
+    page0: BlockRef<Page0>,
+    page1: BlockRef<Page1>,
     /// IDR0–IDR5 as read at probe.
     pub idr: [u32; 6],
     /// AIDR.
@@ -132,8 +79,8 @@ pub struct Smmu {
     /// Stream ID bits the stream table covers.
     pub sid_bits: u32,
     table: StreamTable,
-    cmdq: Queue,
-    eventq: Queue,
+    cmdq: ProducerRing,
+    eventq: EventQueue,
     /// Commands issued so far (CMD_SYNC included).
     pub commands: u64,
     /// Event-queue overflows seen (events lost).
@@ -142,47 +89,43 @@ pub struct Smmu {
 
 impl Smmu {
     fn page0(&self) -> &Page0 {
-        // SAFETY: `base` maps a register window holding `Page0` (checked in `with_options`) for the SMMU's lifetime (see `new`).
-        unsafe { &*(self.base as *const Page0) }
+        &self.page0
     }
 
     fn page1(&self) -> &Page1 {
-        // SAFETY: as in `page0`; `check_window` found page 1 up to `Page1`'s end inside the mapped window.
-        unsafe { &*((self.base + PAGE1) as *const Page1) }
+        &self.page1
     }
 
-    /// Takes over the SMMU whose register window, `window` bytes as the
-    /// firmware described it (128 KiB architected: page 0 and page 1, §6), is
-    /// mapped at virtual address `base`: checks the window holds every
+    /// Takes over the SMMU whose register window, as the firmware described
+    /// it (128 KiB architected: page 0 and page 1, §6), is `window`: checks
+    /// the window holds every
     /// register the driver uses ([`crate::regs::check_window`];
     /// [`SmmuError::RegisterOutsideWindow`] before any access otherwise),
     /// installs queues and an empty stream table, turns the command and
     /// event queues on and invalidates the caches. Translation (SMMUEN)
-    /// stays off.
-    ///
-    /// # Safety
-    /// `base` must map `window` bytes of the SMMU's registers (device memory)
-    /// for as long as the returned value lives, and nothing else may program
-    /// the SMMU.
-    pub unsafe fn new(base: u64, window: u64, mem: &mut impl DmaMemory) -> Result<Smmu, SmmuError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { Self::with_options(base, window, mem, false) }
+    /// stays off. Nothing else may program the SMMU meanwhile.
+    pub fn new(window: MmioWindow, mem: &mut impl DmaMemory) -> Result<Smmu, SmmuError> {
+        Self::with_options(window, mem, false)
     }
 
     /// As [`Smmu::new`]; `linear` asks for a linear stream table even where
     /// 2-level ones are supported (to test that path on QEMU, whose SMMU has both).
-    ///
-    /// # Safety
-    /// As for [`Smmu::new`].
-    pub unsafe fn with_options(
-        base: u64,
-        window: u64,
-        mem: &mut impl DmaMemory,
-        linear: bool,
-    ) -> Result<Smmu, SmmuError> {
-        crate::regs::check_window(window)?;
-        // SAFETY: the caller guarantees `window` bytes are mapped, and `check_window` found `Page0` inside them.
-        let p0 = unsafe { &*(base as *const Page0) };
+    pub fn with_options(window: MmioWindow, mem: &mut impl DmaMemory, linear: bool) -> Result<Smmu, SmmuError> {
+        crate::regs::check_window(window.len())?;
+        // `check_window` found both blocks inside the window; what is left to refuse is a misaligned base.
+        let misaligned = |register, offset: u64, size: usize| SmmuError::RegisterOutsideWindow {
+            register,
+            offset,
+            end: offset + size as u64,
+            window: window.len(),
+        };
+        let page0 = window
+            .checked::<Page0>(0)
+            .map_err(|_| misaligned("page 0 registers (IDR0..EVENTQ_BASE)", 0, core::mem::size_of::<Page0>()))?;
+        let page1 = window.checked::<Page1>(PAGE1).map_err(|_| {
+            misaligned("page 1 event queue indices (EVENTQ_PROD, EVENTQ_CONS)", PAGE1, core::mem::size_of::<Page1>())
+        })?;
+        let p0 = &*page0;
         let idr = [p0.idr0.get(), p0.idr1.get(), p0.idr2.get(), p0.idr3.get(), p0.idr4.get(), p0.idr5.get()];
         if IDR0::TTF.read(idr[0]) & 2 == 0 {
             return Err(SmmuError::Unsupported("AArch64 translation tables (IDR0.TTF)"));
@@ -201,20 +144,26 @@ impl Smmu {
         let two_level = IDR0::ST_LEVEL.read(idr[0]) == 1 && sid_bits > SPLIT && !linear;
         let table = if two_level {
             let l1_frames = ((8usize << (sid_bits - SPLIT)).div_ceil(4096)).next_power_of_two();
-            let l1 = mem.alloc_contiguous(l1_frames).ok_or(SmmuError::NoMemory)?;
-            StreamTable::TwoLevel { l1, l1_frames, l2: alloc::vec![0; 1 << (sid_bits - SPLIT)] }
+            let l1 = DmaRegion::alloc_contiguous(mem, l1_frames).ok_or(SmmuError::NoMemory)?;
+            StreamTable::TwoLevel { l1, l2: alloc::vec![0; 1 << (sid_bits - SPLIT)] }
         } else {
             let frames = ((64usize << sid_bits).div_ceil(4096)).next_power_of_two();
-            let base = mem.alloc_contiguous(frames).ok_or(SmmuError::NoMemory)?;
-            StreamTable::Linear { base, frames }
+            let region = DmaRegion::alloc_contiguous(mem, frames).ok_or(SmmuError::NoMemory)?;
+            StreamTable::Linear { region }
         };
         let cmdq_log2 = IDR1::CMDQS.read(idr[1]).min(8); // 256 commands: one frame
         let eventq_log2 = IDR1::EVENTQS.read(idr[1]).min(7); // 128 events: one frame
-        let cmdq = Queue { base: 0, log2: cmdq_log2, words: 2, index: 0 };
-        let eventq = Queue { base: 0, log2: eventq_log2, words: 4, index: 0 };
+        let cmdq_region =
+            DmaRegion::alloc_contiguous(mem, queue_frames(COMMAND_WORDS, cmdq_log2)).ok_or(SmmuError::NoMemory)?;
+        let cmdq = ProducerRing::new(cmdq_region, cmdq_log2, COMMAND_WORDS, Indexing::WrapBit)
+            .map_err(|_| SmmuError::Unsupported("a command queue of that size (IDR1.CMDQS)"))?;
+        let eventq_region =
+            DmaRegion::alloc_contiguous(mem, queue_frames(EVENT_WORDS, eventq_log2)).ok_or(SmmuError::NoMemory)?;
+        let eventq = EventQueue { region: eventq_region, log2: eventq_log2, index: 0 };
         let trace = crate::tracing();
         let mut smmu = Smmu {
-            base,
+            page0,
+            page1,
             idr,
             aidr: p0.aidr.get(),
             iidr: p0.iidr.get(),
@@ -225,8 +174,6 @@ impl Smmu {
             commands: 0,
             event_overflows: 0,
         };
-        smmu.cmdq.base = mem.alloc_contiguous(smmu.cmdq.frames()).ok_or(SmmuError::NoMemory)?;
-        smmu.eventq.base = mem.alloc_contiguous(smmu.eventq.frames()).ok_or(SmmuError::NoMemory)?;
         smmu.set_cr0(0, "CR0 disable")?;
         // While SMMUEN is 0, transactions follow GBPA: abort them (default
         // deny from the moment the driver owns the SMMU, §6.3.14).
@@ -246,11 +193,11 @@ impl Smmu {
         p0.cr1.write(cr1);
         p0.cr2.write(CR2::RECINVSID::SET + CR2::PTM::SET);
         let (strtab, cfg) = match &smmu.table {
-            StreamTable::Linear { base, .. } => {
-                (*base, STRTAB_BASE_CFG::FMT.val(0) + STRTAB_BASE_CFG::LOG2SIZE.val(sid_bits))
+            StreamTable::Linear { region } => {
+                (region.base(), STRTAB_BASE_CFG::FMT.val(0) + STRTAB_BASE_CFG::LOG2SIZE.val(sid_bits))
             }
             StreamTable::TwoLevel { l1, .. } => (
-                *l1,
+                l1.base(),
                 STRTAB_BASE_CFG::FMT.val(1)
                     + STRTAB_BASE_CFG::SPLIT.val(SPLIT)
                     + STRTAB_BASE_CFG::LOG2SIZE.val(sid_bits),
@@ -258,10 +205,10 @@ impl Smmu {
         };
         p0.strtab_base.set(crate::regs::base_value(strtab, 0));
         p0.strtab_base_cfg.write(cfg);
-        p0.cmdq_base.set(crate::regs::base_value(smmu.cmdq.base, cmdq_log2));
+        p0.cmdq_base.set(crate::regs::base_value(smmu.cmdq.region().base(), cmdq_log2));
         p0.cmdq_prod.set(0);
         p0.cmdq_cons.set(0);
-        p0.eventq_base.set(crate::regs::base_value(smmu.eventq.base, eventq_log2));
+        p0.eventq_base.set(crate::regs::base_value(smmu.eventq.region.base(), eventq_log2));
         smmu.page1().eventq_prod.set(0);
         smmu.page1().eventq_cons.set(0);
         if trace {
@@ -269,8 +216,8 @@ impl Smmu {
                 "smmu trace: CR1 <- {:#x}, CR2 <- RECINVSID|PTM, STRTAB_BASE <- {strtab:#x} ({}), CMDQ_BASE <- {:#x} (2^{cmdq_log2}), EVENTQ_BASE <- {:#x} (2^{eventq_log2})",
                 p0.cr1.get(),
                 if two_level { "2-level" } else { "linear" },
-                smmu.cmdq.base,
-                smmu.eventq.base
+                smmu.cmdq.region().base(),
+                smmu.eventq.region.base()
             );
         }
         smmu.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value, "CR0 queues enable")?;
@@ -341,7 +288,7 @@ impl Smmu {
             self.asid_bits(),
             self.vmid_bits(),
             crate::regs::oas_bits(self.oas()),
-            1u32 << self.cmdq.log2,
+            self.cmdq.slots(),
             1u32 << self.eventq.log2,
             if self.range_invalidation() { ", range invalidation" } else { "" },
             if IDR0::MSI.read(self.idr[0]) != 0 { ", MSI" } else { ", no MSI (wired interrupts)" },
@@ -364,93 +311,118 @@ impl Smmu {
         mem: &mut impl DmaMemory,
     ) -> Result<(), (SmmuError, Option<usize>)> {
         let trace = crate::tracing();
-        let size = 1u32 << self.cmdq.log2;
-        let span = (2u32 << self.cmdq.log2) - 1; // index and wrap bit
-        let start = self.cmdq.index;
+        let start = self.cmdq.prod();
         let mut refused: Option<(SmmuError, Option<usize>)> = None;
         for c in cmds.iter().chain(core::iter::once(&cmd::sync())) {
-            // Room for one more? (indices differ by less than the size.)
-            let full = |s: &Self| {
-                let cons = CMDQ_CONS::RD.read(s.page0().cmdq_cons.get()) & span;
-                s.cmdq.index.wrapping_sub(cons) & span >= size
-            };
-            if full(self) {
-                self.page0().cmdq_prod.set(self.cmdq.index);
-                wait("command queue space", || !full(self) || self.command_error().is_some()).map_err(|e| (e, None))?;
+            // Room for one more? (CMDQ_CONS with its wrap bit, §6.3.27.)
+            self.refresh_cons();
+            while self.cmdq.free() == 0 {
+                self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
+                let ring = self.cmdq;
+                ProducerRing::wait(MAX_POLLS, || {
+                    let mut r = ring;
+                    r.set_cons(CMDQ_CONS::RD.read(self.page0().cmdq_cons.get()));
+                    r.free() > 0 || self.command_error().is_some()
+                })
+                .map_err(|_| (SmmuError::Timeout("command queue space"), None))?;
+                // A refused command stops the queue, full or not: let it run on.
+                self.recover(start, cmds.len(), mem, &mut refused).map_err(|e| (e, None))?;
+                self.refresh_cons();
             }
-            let at = self.cmdq.slot(self.cmdq.index);
-            write_word(mem, self.cmdq.base, at, c[0]);
-            write_word(mem, self.cmdq.base, at + 1, c[1]);
             if trace {
                 log::info!(
                     "smmu trace: cmd [{}] {} {:#018x} {:#018x}",
-                    self.cmdq.index,
+                    self.cmdq.prod(),
                     cmd::opcode_name(c[0]),
                     c[0],
                     c[1]
                 );
             }
-            self.cmdq.index = self.cmdq.next(self.cmdq.index);
+            self.cmdq.push(mem, c).map_err(|_| (SmmuError::Timeout("command queue space"), None))?;
             self.commands += 1;
         }
-        let prod = self.cmdq.index;
-        self.page0().cmdq_prod.set(prod);
+        let prod = self.cmdq.prod();
+        self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
         loop {
-            wait("command queue", || {
+            // The CMD_SYNC closing the batch consumed (§4.6), or a refusal: bounded.
+            ProducerRing::wait(MAX_POLLS, || {
                 CMDQ_CONS::RD.read(self.page0().cmdq_cons.get()) == prod || self.command_error().is_some()
             })
-            .map_err(|e| (e, None))?;
-            let Some((error, index)) = self.command_error() else { break };
-            // §4.7.3 / §7.1: the queue stopped at the refused command. Put a
-            // CMD_SYNC in its place, acknowledge the error and let it run on.
-            log::error!("smmuv3: command {index} refused: {}", error.name());
-            let at = self.cmdq.slot(index);
-            let sync = cmd::sync();
-            write_word(mem, self.cmdq.base, at, sync[0]);
-            write_word(mem, self.cmdq.base, at + 1, sync[1]);
-            let gerror = self.page0().gerror.get();
-            if crate::tracing() {
-                log::info!("smmu trace: GERRORN <- CMDQ_ERR acknowledged");
-            }
-            self.page0().gerrorn.modify(GERROR::CMDQ_ERR.val(GERROR::CMDQ_ERR.read(gerror)));
-            self.page0().cmdq_prod.set(prod);
-            if refused.is_none() {
-                let offset = (index.wrapping_sub(start) & span) as usize;
-                let known = cmds.len() < span as usize && offset <= cmds.len();
-                refused = Some((SmmuError::Command { error, index }, known.then_some(offset)));
+            .map_err(|_| (SmmuError::Timeout("command queue"), None))?;
+            if !self.recover(start, cmds.len(), mem, &mut refused).map_err(|e| (e, None))? {
+                break;
             }
         }
+        self.cmdq.retire_all();
         refused.map_or(Ok(()), Err)
+    }
+
+    /// Takes the SMMU's consumer index into the command ring.
+    fn refresh_cons(&mut self) {
+        let cons = CMDQ_CONS::RD.read(self.page0().cmdq_cons.get());
+        self.cmdq.set_cons(cons);
+    }
+
+    /// When the SMMU refused a command (§4.7.3 / §7.1: the queue stopped at
+    /// it), puts a CMD_SYNC in its place, acknowledges the error and lets the
+    /// queue run on; the first refusal of the batch that began at producer
+    /// `start` with `n` commands is kept in `refused`. Whether there was one.
+    fn recover(
+        &mut self,
+        start: u32,
+        n: usize,
+        mem: &mut impl DmaMemory,
+        refused: &mut Option<(SmmuError, Option<usize>)>,
+    ) -> Result<bool, SmmuError> {
+        let Some((error, index)) = self.command_error() else { return Ok(false) };
+        log::error!("smmuv3: command {index} refused: {}", error.name());
+        self.cmdq.write_slot(mem, index, &cmd::sync()).map_err(SmmuError::Dma)?;
+        let gerror = self.page0().gerror.get();
+        if crate::tracing() {
+            log::info!("smmu trace: GERRORN <- CMDQ_ERR acknowledged");
+        }
+        self.page0().gerrorn.modify(GERROR::CMDQ_ERR.val(GERROR::CMDQ_ERR.read(gerror)));
+        self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
+        if refused.is_none() {
+            let span = (2 << self.cmdq.log2_slots()) - 1; // index and wrap bit
+            let offset = (index.wrapping_sub(start) & span) as usize;
+            let known = n < span as usize && offset <= n;
+            *refused = Some((SmmuError::Command { error, index }, known.then_some(offset)));
+        }
+        Ok(true)
     }
 
     /// The pending command-queue error: (CERROR, index of the command).
     fn command_error(&self) -> Option<(CommandError, u32)> {
         let active = self.page0().gerror.get() ^ self.page0().gerrorn.get();
-        if active & 1 == 0 {
+        if !GERROR::CMDQ_ERR.is_set(active) {
             return None;
         }
         let cons = self.page0().cmdq_cons.get();
         Some((CommandError::from_code(CMDQ_CONS::ERR.read(cons)), CMDQ_CONS::RD.read(cons)))
     }
 
-    /// Where stream `sid`'s STE lives, creating its level-2 table if needed;
-    /// the second value says a level-1 descriptor was just written.
-    fn ste_address(&mut self, sid: u32, mem: &mut impl DmaMemory) -> Result<(u64, bool), SmmuError> {
+    /// Where stream `sid`'s STE lives (a region and the index of its first
+    /// word), creating its level-2 table if needed; the last value says a
+    /// level-1 descriptor was just written.
+    fn ste_address(&mut self, sid: u32, mem: &mut impl DmaMemory) -> Result<(DmaRegion, usize, bool), SmmuError> {
         if u64::from(sid) >> self.sid_bits != 0 {
             return Err(SmmuError::BadStream(sid));
         }
+        let words = ste::STE_WORDS;
         match &mut self.table {
-            StreamTable::Linear { base, .. } => Ok((*base + u64::from(sid) * 64, false)),
-            StreamTable::TwoLevel { l1, l2, .. } => {
+            StreamTable::Linear { region } => Ok((*region, sid as usize * words, false)),
+            StreamTable::TwoLevel { l1, l2 } => {
                 let i = (sid >> SPLIT) as usize;
                 let mut fresh = false;
                 if l2[i] == 0 {
-                    let t = mem.alloc_table().ok_or(SmmuError::NoMemory)?;
-                    l2[i] = t;
-                    write_word(mem, *l1, i, ste::l1_descriptor(t, SPLIT));
+                    let t = DmaRegion::alloc_frame(mem).ok_or(SmmuError::NoMemory)?;
+                    l2[i] = t.base();
+                    l1.write_u64(mem, i, ste::l1_descriptor(t.base(), SPLIT)).map_err(SmmuError::Dma)?;
                     fresh = true;
                 }
-                Ok((l2[i] + u64::from(sid & ((1 << SPLIT) - 1)) * 64, fresh))
+                let table = DmaRegion::new(l2[i], 1).ok_or(SmmuError::NoMemory)?;
+                Ok((table, (sid & ((1 << SPLIT) - 1)) as usize * words, fresh))
             }
         }
     }
@@ -458,17 +430,17 @@ impl Smmu {
     /// Installs `entry` as stream `sid`'s STE: the old one is invalidated and
     /// forgotten by the SMMU first, then the new words are written, the valid
     /// word last, and the SMMU told again (§3.21.1: no torn updates).
-    pub fn write_ste(&mut self, sid: u32, entry: &Ste, mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
-        let (at, fresh) = self.ste_address(sid, mem)?;
-        let (frame, word) = (at & !0xFFF, ((at & 0xFFF) / 8) as usize);
-        if mem.read(frame, word) & 1 != 0 {
-            mem.write(frame, word, 0);
+    pub fn write_ste(&mut self, sid: u32, ste: &Ste, mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
+        let entry = ste.to_words();
+        let (table, at, fresh) = self.ste_address(sid, mem)?;
+        if ste::valid(table.read_u64(mem, at).map_err(SmmuError::Dma)?) {
+            table.write_u64(mem, at, 0).map_err(SmmuError::Dma)?;
             self.submit(&[cmd::cfgi_ste(sid)], mem)?;
         }
-        for i in (1..8).rev() {
-            mem.write(frame, word + i, entry[i]);
+        for i in (1..ste::STE_WORDS).rev() {
+            table.write_u64(mem, at + i, entry[i]).map_err(SmmuError::Dma)?;
         }
-        mem.write(frame, word, entry[0]);
+        table.write_u64(mem, at, entry[0]).map_err(SmmuError::Dma)?;
         if crate::tracing() {
             log::info!(
                 "smmu trace: STE[{sid:#x}] <- {:#018x} {:#018x} {:#018x} {:#018x}",
@@ -481,7 +453,7 @@ impl Smmu {
         let inval = if fresh { cmd::cfgi_all() } else { cmd::cfgi_ste(sid) };
         // The CD of an STE that translates at stage 1 (alone or nested) may
         // be cached under the stream too (§4.3.3).
-        if ste::translates_stage1(entry) {
+        if ste::translates_stage1(ste) {
             self.submit(&[inval, cmd::cfgi_cd(sid)], mem)
         } else {
             self.submit(&[inval], mem)
@@ -490,8 +462,8 @@ impl Smmu {
 
     /// Makes stream `sid`'s STE invalid again (its transactions then raise C_BAD_STE).
     pub fn clear_ste(&mut self, sid: u32, mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
-        let (at, _) = self.ste_address(sid, mem)?;
-        mem.write(at & !0xFFF, ((at & 0xFFF) / 8) as usize, 0);
+        let (table, at, _) = self.ste_address(sid, mem)?;
+        table.write_u64(mem, at, 0).map_err(SmmuError::Dma)?;
         self.submit(&[cmd::cfgi_ste(sid)], mem)
     }
 
@@ -529,7 +501,11 @@ impl Smmu {
                 break;
             }
             let at = self.eventq.slot(self.eventq.index);
-            let words = [0, 1, 2, 3].map(|i| read_word(mem, self.eventq.base, at + i));
+            let mut words = [0; EVENT_WORDS];
+            for (i, w) in words.iter_mut().enumerate() {
+                // The queue's frames hold every slot (allocated for `1 << log2` records).
+                *w = self.eventq.region.read_u64(mem, at + i).unwrap_or(0);
+            }
             f(Event::decode(words));
             any = true;
             self.eventq.index = self.eventq.next(self.eventq.index);
@@ -549,12 +525,16 @@ impl Smmu {
     /// aborts, MSI write aborts, service failure mode (§7.5).
     pub fn global_errors(&self) -> u32 {
         let (gerror, gerrorn) = (self.page0().gerror.get(), self.page0().gerrorn.get());
-        let active = (gerror ^ gerrorn) & !1;
+        let active = (gerror ^ gerrorn) & !GERROR::CMDQ_ERR::SET.mask();
         if active != 0 {
             log::error!(
                 "smmuv3: global error(s) {active:#x}{}{}",
-                if active & (1 << 2) != 0 { " EVENTQ_ABT_ERR (an event write aborted: events lost)" } else { "" },
-                if active & (1 << 8) != 0 { " SFM_ERR (service failure mode)" } else { "" },
+                if GERROR::EVENTQ_ABT_ERR.is_set(active) {
+                    " EVENTQ_ABT_ERR (an event write aborted: events lost)"
+                } else {
+                    ""
+                },
+                if GERROR::SFM_ERR.is_set(active) { " SFM_ERR (service failure mode)" } else { "" },
             );
             if crate::tracing() {
                 log::info!("smmu trace: GERRORN <- {:#x}", gerrorn ^ active);
@@ -568,10 +548,10 @@ impl Smmu {
     /// what leak checks leave out.
     pub fn table_frames(&self) -> usize {
         let table = match &self.table {
-            StreamTable::Linear { frames, .. } => *frames,
-            StreamTable::TwoLevel { l1_frames, l2, .. } => *l1_frames + l2.iter().filter(|t| **t != 0).count(),
+            StreamTable::Linear { region } => region.frames(),
+            StreamTable::TwoLevel { l1, l2 } => l1.frames() + l2.iter().filter(|t| **t != 0).count(),
         };
-        table + self.cmdq.frames() + self.eventq.frames()
+        table + self.cmdq.region().frames() + self.eventq.region.frames()
     }
 }
 
@@ -610,12 +590,8 @@ mod tests {
     fn bring_up_refuses_a_window_without_page1() {
         // Page 0 as plain memory with IDR0 = 0: were the window not checked
         // first, the probe would fail on IDR0.TTF instead.
-        #[repr(C, align(4096))]
-        struct Page([u32; 1024]);
-        let page = alloc::boxed::Box::new(Page([0; 1024]));
-        let base = page.0.as_ptr() as u64;
-        // SAFETY: 4 KiB of plain memory that outlives the call; the window check refuses before any access.
-        let r = unsafe { Smmu::new(base, 0x1000, &mut Untouched) };
+        let page = iommu::mmio::FakeMmio::new(0x1000).unwrap();
+        let r = Smmu::new(page.window(), &mut Untouched);
         assert!(
             matches!(r, Err(SmmuError::RegisterOutsideWindow { offset: 0x1_00A8, window: 0x1000, .. })),
             "{:?}",

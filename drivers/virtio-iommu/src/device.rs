@@ -12,15 +12,16 @@
 //! The event queue gets [`EVENT_BUFFERS`] device-writable buffers at start;
 //! [`VirtioIommuDevice::take_faults`] decodes the used ones and posts them again.
 
-use crate::dma;
+pub use crate::error::VirtioError;
 use crate::queue::{Buffer, VirtQueue};
 use crate::request::{self, feature, status, Fault, Request, FAULT_LEN};
+pub use crate::transport::Config;
 use crate::transport::{self, Mapped, MmioTransport, Transport};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
-use iommu::{DeviceId, DmaMemory, DomainId, Region};
+use iommu::dma::DmaRegion;
+use iommu::{DmaMemory, Region};
 
 /// Polls of the used ring before a request is declared lost.
 pub const REQUEST_POLLS: u32 = 10_000_000;
@@ -44,159 +45,19 @@ const RESPONSE_OFFSET: u64 = 128;
 /// Largest `probe_size` this driver provides a buffer for.
 const MAX_PROBE_SIZE: u32 = 0x1_0000;
 
-/// Why a virtio-iommu operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VirtioError {
-    /// A bounded wait ran out (what was awaited).
-    Timeout(&'static str),
-    /// No memory for queues or buffers.
-    NoMemory,
-    /// The function lacks a virtio capability (which).
-    MissingCapability(&'static str),
-    /// A capability or mapped structure is unusable (why).
-    BadCapability(&'static str),
-    /// The device does not offer a feature this driver needs (which).
-    MissingFeature(&'static str),
-    /// The device did not accept the features (FEATURES_OK did not stick).
-    FeaturesRejected,
-    /// The device reports DEVICE_NEEDS_RESET or FAILED (the status byte).
-    DeviceFailed(u8),
-    /// The device configuration is unusable (why).
-    BadConfig(&'static str),
-    /// `config_generation` kept changing while the configuration was read.
-    ConfigUnstable,
-    /// A virtqueue cannot be set up (which, why).
-    BadQueue {
-        /// Queue index.
-        queue: u16,
-        /// What is wrong.
-        what: &'static str,
-    },
-    /// No free descriptors in a queue.
-    QueueFull(u16),
-    /// A chain the driver built is malformed (a driver bug).
-    BadBuffer(&'static str),
-    /// The device returned a used entry that matches no outstanding chain.
-    BadUsed {
-        /// Queue index.
-        queue: u16,
-        /// The descriptor ID (or used index) it named.
-        id: u32,
-    },
-    /// The device answered a request with an error status.
-    Status {
-        /// The request.
-        request: Request,
-        /// Its status code ([`request::status`]).
-        status: u8,
-    },
-    /// A PROBE reply does not parse (where, why).
-    BadProbe {
-        /// Byte offset of the bad property.
-        offset: usize,
-        /// What is wrong.
-        what: &'static str,
-    },
-    /// An earlier request never completed; the device is not used any more.
-    Broken,
-}
-
-impl fmt::Display for VirtioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VirtioError::Timeout(what) => write!(f, "virtio-iommu: no answer in time ({what})"),
-            VirtioError::NoMemory => f.write_str("virtio-iommu: out of memory for queues or buffers"),
-            VirtioError::MissingCapability(what) => write!(f, "virtio-iommu: no {what} capability"),
-            VirtioError::BadCapability(what) => write!(f, "virtio-iommu: bad capability: {what}"),
-            VirtioError::MissingFeature(what) => write!(f, "virtio-iommu: device lacks feature {what}"),
-            VirtioError::FeaturesRejected => f.write_str("virtio-iommu: device refused the features (FEATURES_OK)"),
-            VirtioError::DeviceFailed(s) => write!(f, "virtio-iommu: device failed (status {s:#x})"),
-            VirtioError::BadConfig(what) => write!(f, "virtio-iommu: bad configuration: {what}"),
-            VirtioError::ConfigUnstable => f.write_str("virtio-iommu: configuration kept changing while read"),
-            VirtioError::BadQueue { queue, what } => write!(f, "virtio-iommu: queue {queue}: {what}"),
-            VirtioError::QueueFull(q) => write!(f, "virtio-iommu: queue {q} is full"),
-            VirtioError::BadBuffer(what) => write!(f, "virtio-iommu: bad descriptor chain: {what}"),
-            VirtioError::BadUsed { queue, id } => write!(f, "virtio-iommu: queue {queue}: bogus used entry {id}"),
-            VirtioError::Status { request, status } => write!(
-                f,
-                "virtio-iommu: {request}: {} ({})",
-                request::status_name(*status),
-                request::status_message(*status).trim_start_matches("virtio-iommu: ")
-            ),
-            VirtioError::BadProbe { offset, what } => write!(f, "virtio-iommu: PROBE reply at byte {offset}: {what}"),
-            VirtioError::Broken => f.write_str("virtio-iommu: device unusable after a lost request"),
-        }
-    }
-}
-
-impl From<VirtioError> for iommu::Error {
-    fn from(e: VirtioError) -> Self {
-        use io_pgtable::Error as Pt;
-        use iommu::Error as E;
-        match e {
-            VirtioError::NoMemory => E::NoMemory,
-            VirtioError::Status { request, status } => match (status, request) {
-                (status::NOENT, Request::Map { domain, .. } | Request::Unmap { domain, .. }) => {
-                    E::NoSuchDomain(DomainId(domain))
-                }
-                (
-                    status::NOENT,
-                    Request::Attach { endpoint, .. } | Request::Detach { endpoint, .. } | Request::Probe { endpoint },
-                ) => E::NoSuchDevice(DeviceId(endpoint)),
-                (status::RANGE, Request::Unmap { virt_start, .. }) => E::Map(Pt::SplitLeaf(virt_start)),
-                (status::RANGE, Request::Map { virt_start, virt_end, .. }) => {
-                    E::OutOfAperture { iova: virt_start, len: virt_end.wrapping_sub(virt_start).wrapping_add(1) }
-                }
-                (status::INVAL, Request::Map { virt_start, .. }) => E::Map(Pt::AlreadyMapped(virt_start)),
-                (status::NOMEM, _) => E::NoMemory,
-                (status::UNSUPP, _) => E::NotSupported(request::status_message(status)),
-                _ => E::Hardware(request::status_message(status)),
-            },
-            VirtioError::MissingFeature(what) => E::NotSupported(what),
-            VirtioError::Timeout(_) => E::Hardware("virtio-iommu: the device did not answer in time"),
-            VirtioError::Broken => E::Hardware("virtio-iommu: device unusable after a lost request"),
-            VirtioError::QueueFull(_) => E::Hardware("virtio-iommu: request queue full"),
-            VirtioError::BadUsed { .. } => E::Hardware("virtio-iommu: bogus used-ring entry"),
-            VirtioError::BadProbe { .. } => E::Hardware("virtio-iommu: malformed PROBE reply"),
-            VirtioError::MissingCapability(_) | VirtioError::BadCapability(_) => {
-                E::Hardware("virtio-iommu: unusable PCI capabilities")
-            }
-            VirtioError::FeaturesRejected | VirtioError::DeviceFailed(_) => E::Hardware("virtio-iommu: device failed"),
-            VirtioError::BadConfig(_) | VirtioError::ConfigUnstable => E::Hardware("virtio-iommu: bad configuration"),
-            VirtioError::BadQueue { .. } | VirtioError::BadBuffer(_) => E::Hardware("virtio-iommu: queue setup failed"),
-        }
-    }
-}
-
-/// The device configuration (§5.13.4) as this driver uses it: fields whose
-/// feature was not negotiated hold the value the spec implies instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Config {
-    /// Supported page sizes (bit n = 2^n bytes); the lowest set bit is the mapping granule.
-    pub page_size_mask: u64,
-    /// Lowest and highest (inclusive) IOVA (all of them without INPUT_RANGE).
-    pub input_range: (u64, u64),
-    /// Lowest and highest (inclusive) domain ID (all 32-bit IDs without DOMAIN_RANGE).
-    pub domain_range: (u32, u32),
-    /// Bytes of properties a PROBE reply carries (0 without PROBE).
-    pub probe_size: u32,
-    /// 1: endpoints not attached to a domain pass through untranslated; 0: their DMA faults.
-    pub bypass: u8,
-}
-
 /// Frames allocated during initialisation, given back if it fails.
-struct Allocations(Vec<(u64, usize)>);
+struct Allocations(Vec<DmaRegion>);
 
 impl Allocations {
-    fn take(&mut self, mem: &mut impl DmaMemory, frames: usize) -> Result<u64, VirtioError> {
-        let base = mem.alloc_contiguous(frames).ok_or(VirtioError::NoMemory)?;
-        self.0.push((base, frames));
-        Ok(base)
+    fn take(&mut self, mem: &mut impl DmaMemory, frames: usize) -> Result<DmaRegion, VirtioError> {
+        let region = DmaRegion::alloc_contiguous(mem, frames).ok_or(VirtioError::NoMemory)?;
+        self.0.push(region);
+        Ok(region)
     }
 
     fn release(self, mem: &mut impl DmaMemory) {
-        for (base, frames) in self.0 {
-            mem.free_contiguous(base, frames);
+        for region in self.0 {
+            region.free_contiguous(mem);
         }
     }
 }
@@ -220,10 +81,8 @@ pub struct VirtioIommuDevice {
     pub requests: VirtQueue,
     /// The event queue (queue 1).
     pub events: VirtQueue,
-    request_buf: u64,
-    request_frames: usize,
-    event_buf: u64,
-    event_frames: usize,
+    request_buf: DmaRegion,
+    event_buf: DmaRegion,
     /// Which buffer each outstanding event-queue head carries.
     event_slots: Vec<Option<u64>>,
     /// Used-ring polls before a request counts as lost.
@@ -236,15 +95,10 @@ pub struct VirtioIommuDevice {
 impl VirtioIommuDevice {
     /// Brings up the device whose structures the kernel mapped at `mapped`:
     /// reset, feature negotiation, configuration, both queues, fault buffers,
-    /// DRIVER_OK. Queues and buffers come from `mem`.
-    ///
-    /// # Safety
-    /// The addresses map the device's structures for the rest of the
-    /// kernel's life; this value becomes the device's only user. Bus
-    /// mastering is already enabled by the caller.
-    pub unsafe fn new(mapped: Mapped, mem: &mut impl DmaMemory) -> Result<VirtioIommuDevice, VirtioError> {
-        // SAFETY: the caller's guarantees are MmioTransport::new's.
-        let transport = unsafe { MmioTransport::new(mapped) }?;
+    /// DRIVER_OK. Queues and buffers come from `mem`. This value becomes
+    /// the device's only user; bus mastering is already enabled by the caller.
+    pub fn new(mapped: Mapped, mem: &mut impl DmaMemory) -> Result<VirtioIommuDevice, VirtioError> {
+        let transport = MmioTransport::new(mapped)?;
         Self::with_transport(Box::new(transport), mem)
     }
 
@@ -281,7 +135,7 @@ impl VirtioIommuDevice {
         t.set_status(ACKNOWLEDGE | DRIVER);
         // Steps 4–6: features.
         let offered = t.device_features();
-        let has = |bit: u32| offered >> bit & 1 != 0;
+        let has = |bit: u32| feature::has(offered, bit);
         if !has(feature::VERSION_1) {
             return Err(VirtioError::MissingFeature("VERSION_1"));
         }
@@ -289,10 +143,10 @@ impl VirtioIommuDevice {
             return Err(VirtioError::MissingFeature("MAP_UNMAP"));
         }
         let optional = [feature::INPUT_RANGE, feature::DOMAIN_RANGE, feature::PROBE, feature::BYPASS_CONFIG];
-        let mut features = 1 << feature::VERSION_1 | 1 << feature::MAP_UNMAP;
+        let mut features = feature::bit(feature::VERSION_1) | feature::bit(feature::MAP_UNMAP);
         for bit in optional {
             if has(bit) {
-                features |= 1 << bit;
+                features |= feature::bit(bit);
             }
         }
         // The legacy BYPASS feature is never negotiated: an endpoint that is
@@ -302,7 +156,7 @@ impl VirtioIommuDevice {
         if t.status() & FEATURES_OK == 0 {
             return Err(VirtioError::FeaturesRejected);
         }
-        let negotiated = |bit: u32| features >> bit & 1 != 0;
+        let negotiated = |bit: u32| feature::has(features, bit);
         // Step 7: device setup. The configuration, read consistently (§4.1.4.3.1).
         let mut raw = None;
         for _ in 0..CONFIG_TRIES {
@@ -354,9 +208,9 @@ impl VirtioIommuDevice {
             sizes[usize::from(q)] = floor_pow2(max).min(want);
         }
         let requests = VirtQueue::new(mem, REQUEST_QUEUE, sizes[0])?;
-        allocs.0.push((requests.desc_table(), requests.frames()));
+        allocs.0.push(requests.region());
         let mut events = VirtQueue::new(mem, EVENT_QUEUE, sizes[1])?;
-        allocs.0.push((events.desc_table(), events.frames()));
+        allocs.0.push(events.region());
         let response_len = request::TAIL_LEN as u64 + u64::from(config.probe_size);
         let request_frames = ((RESPONSE_OFFSET + response_len).div_ceil(4096) as usize).next_power_of_two();
         let request_buf = allocs.take(mem, request_frames)?;
@@ -366,7 +220,7 @@ impl VirtioIommuDevice {
         t.enable_queue(EVENT_QUEUE, events.size(), events.rings());
         let mut event_slots = alloc::vec![None; usize::from(events.size())];
         for i in 0..u64::from(events.size()) {
-            let addr = event_buf + i * EVENT_SLOT;
+            let addr = event_buf.base() + i * EVENT_SLOT;
             let head = events.add(mem, &[Buffer { addr, len: EVENT_SLOT as u32, device_writes: true }])?;
             event_slots[usize::from(head)] = Some(addr);
         }
@@ -377,18 +231,7 @@ impl VirtioIommuDevice {
         if s & (transport::status::DEVICE_NEEDS_RESET | transport::status::FAILED) != 0 {
             return Err(VirtioError::DeviceFailed(s));
         }
-        Ok(Parts {
-            offered,
-            features,
-            config,
-            requests,
-            events,
-            request_buf,
-            request_frames,
-            event_buf,
-            event_frames,
-            event_slots,
-        })
+        Ok(Parts { offered, features, config, requests, events, request_buf, event_buf, event_slots })
     }
 
     fn assemble(transport: Box<dyn Transport>, p: Parts) -> VirtioIommuDevice {
@@ -400,9 +243,7 @@ impl VirtioIommuDevice {
             requests: p.requests,
             events: p.events,
             request_buf: p.request_buf,
-            request_frames: p.request_frames,
             event_buf: p.event_buf,
-            event_frames: p.event_frames,
             event_slots: p.event_slots,
             poll_limit: REQUEST_POLLS,
             broken: false,
@@ -412,7 +253,7 @@ impl VirtioIommuDevice {
 
     /// Whether feature `bit` was negotiated.
     pub fn has(&self, bit: u32) -> bool {
-        self.features >> bit & 1 != 0
+        feature::has(self.features, bit)
     }
 
     /// The mapping granule: the smallest page size.
@@ -449,7 +290,7 @@ impl VirtioIommuDevice {
         self.send(req, mem)?;
         let len = req.response_len(self.config.probe_size) - request::TAIL_LEN;
         let mut bytes = fallible::try_filled(0u8, len).map_err(|_| VirtioError::NoMemory)?;
-        dma::read_bytes(mem, self.request_buf + RESPONSE_OFFSET, &mut bytes);
+        self.request_buf.read_bytes(mem, RESPONSE_OFFSET, &mut bytes)?;
         Ok(bytes)
     }
 
@@ -464,16 +305,16 @@ impl VirtioIommuDevice {
         }
         let body = req.encode();
         let response_len = req.response_len(self.config.probe_size);
-        let response = self.request_buf + RESPONSE_OFFSET;
+        let response = RESPONSE_OFFSET;
         let tail = response + response_len as u64 - request::TAIL_LEN as u64;
-        dma::write_bytes(mem, self.request_buf, &body);
+        self.request_buf.write_bytes(mem, 0, &body)?;
         // A status no device returns, so a tail the device never wrote is an error.
-        dma::write_bytes(mem, tail, &[0xFF]);
+        self.request_buf.write_bytes(mem, tail, &[0xFF])?;
         let head = self.requests.add(
             mem,
             &[
-                Buffer { addr: self.request_buf, len: body.len() as u32, device_writes: false },
-                Buffer { addr: response, len: response_len as u32, device_writes: true },
+                Buffer { addr: self.request_buf.base(), len: body.len() as u32, device_writes: false },
+                Buffer { addr: self.request_buf.pa(response)?, len: response_len as u32, device_writes: true },
             ],
         )?;
         self.transport.notify(REQUEST_QUEUE);
@@ -510,7 +351,7 @@ impl VirtioIommuDevice {
         // first (QEMU 10 does, `virtio_iommu_handle_command`).
         let mut code = [0u8];
         let at = if written >= request::TAIL_LEN && written < response_len { response } else { tail };
-        dma::read_bytes(mem, at, &mut code);
+        self.request_buf.read_bytes(mem, at, &mut code)?;
         let code = code[0];
         if crate::tracing() {
             log::info!("virtio-iommu trace: {req} -> {}", request::status_name(code));
@@ -561,7 +402,7 @@ impl VirtioIommuDevice {
             return Err(VirtioError::MissingFeature("PROBE"));
         }
         let props = self.request(&request::probe(endpoint), mem)?;
-        request::parse_probe(&props)
+        Ok(request::parse_probe(&props)?)
     }
 
     /// Takes the fault records the device wrote since the last call and
@@ -589,7 +430,10 @@ impl VirtioIommuDevice {
             };
             let Some(addr) = self.event_slots.get_mut(usize::from(u.head)).and_then(Option::take) else { continue };
             let mut record = [0u8; FAULT_LEN];
-            dma::read_bytes(mem, addr, &mut record);
+            if let Err(e) = self.event_buf.read_bytes(mem, addr.wrapping_sub(self.event_buf.base()), &mut record) {
+                log::error!("virtio-iommu: fault buffer: {e}");
+                continue;
+            }
             match Fault::decode(&record[..(u.len as usize).min(FAULT_LEN)]) {
                 Some(fault) => {
                     if crate::tracing() {
@@ -621,12 +465,12 @@ impl VirtioIommuDevice {
 
     /// Frames the device holds (queues and buffers): what leak checks leave out.
     pub fn frames(&self) -> usize {
-        self.requests.frames() + self.events.frames() + self.request_frames + self.event_frames
+        self.requests.frames() + self.events.frames() + self.request_buf.frames() + self.event_buf.frames()
     }
 
     /// Physical addresses of the request and event buffers (for tests and traces).
     pub fn buffers(&self) -> (u64, u64) {
-        (self.request_buf, self.event_buf)
+        (self.request_buf.base(), self.event_buf.base())
     }
 }
 
@@ -637,10 +481,8 @@ struct Parts {
     config: Config,
     requests: VirtQueue,
     events: VirtQueue,
-    request_buf: u64,
-    request_frames: usize,
-    event_buf: u64,
-    event_frames: usize,
+    request_buf: DmaRegion,
+    event_buf: DmaRegion,
     event_slots: Vec<Option<u64>>,
 }
 
@@ -649,6 +491,7 @@ mod tests {
     use super::*;
     use crate::request::{fault_flags, map_flags, reason};
     use crate::testing::{Fake, TestMem, DEFAULT_FEATURES};
+    use iommu::{DeviceId, DomainId};
 
     fn up() -> (Fake, TestMem, VirtioIommuDevice) {
         let fake = Fake::q35();

@@ -309,7 +309,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
 
     fn page_sizes(&self) -> u64 {
         let mask = self.dev.config.page_size_mask;
-        self.granule() | (mask & (1 << 21 | 1 << 30))
+        // 2 MiB and 1 GiB leaves where the device offers them.
+        self.granule() | (mask & (0x20_0000 | 0x4000_0000))
     }
 
     fn aperture(&self) -> (u64, u64) {

@@ -3,13 +3,19 @@
 //! - [`transport`]: the virtio PCI capabilities (§4.1.4) and the typed
 //!   registers behind them ([`regs`]), plus the [`transport::Transport`] seam
 //!   host tests put a simulated device behind.
-//! - [`queue`]: a split virtqueue (§2.7) in memory from [`iommu::DmaMemory`].
+//! - [`queue`]: a split virtqueue (§2.7) in memory from [`iommu::DmaMemory`],
+//!   reached through [`iommu::dma::DmaRegion`], its descriptors typed
+//!   ([`queue::Desc`]).
 //! - [`request`]: ATTACH / DETACH / MAP / UNMAP / PROBE encodings, PROBE
 //!   properties and fault records (§5.13.6, §5.13.7), as pure functions.
 //! - [`device`]: [`VirtioIommuDevice`], device initialisation (§3.1),
 //!   synchronous requests and the event queue.
 //! - [`driver`]: [`VirtioIommu`], the device behind [`iommu::Iommu`]; its
 //!   module documentation explains how QEMU's domain lifetime is handled.
+//! - [`error`]: [`VirtioError`], shared by the layers above.
+//!
+//! Register access goes through [`iommu::mmio::MmioWindow`]s the board cuts
+//! from the device's BARs: the crate has no `unsafe` code.
 //!
 //! Every wait on the device is bounded ([`iommu::poll`]) and ends in an error.
 //!
@@ -35,12 +41,13 @@
 //! used index (§2.7.13). QEMU (the only device this has met) processes a
 //! notification synchronously in the vCPU that wrote it.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
 pub mod device;
-pub mod dma;
 pub mod driver;
+pub mod error;
 pub mod queue;
 pub mod regs;
 pub mod request;

@@ -14,16 +14,55 @@
 //! that copy. Indices are free-running 16-bit counters (§2.7.6, §2.7.8); slots
 //! are the counters modulo the queue size.
 
-use crate::device::VirtioError;
-use crate::dma;
+use crate::error::VirtioError;
+use crate::transport::Rings;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
+use iommu::desc::RAW;
+use iommu::dma::DmaRegion;
 use iommu::DmaMemory;
+use tock_registers::register_bitfields;
 
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: the device writes this buffer (else it reads it).
 pub const DESC_F_WRITE: u16 = 2;
+
+register_bitfields![u64,
+    /// Bytes 8..16 of a split-virtqueue descriptor (virtio 1.2 §2.7.5):
+    /// `le32 len; le16 flags; le16 next`.
+    pub DESC_W1 [
+        /// `len`, bits 31:0: bytes in the buffer (§2.7.5).
+        LEN OFFSET(0) NUMBITS(32) [],
+        /// `flags` bit 0, VIRTQ_DESC_F_NEXT: the chain continues at `next` (§2.7.5).
+        F_NEXT OFFSET(32) NUMBITS(1) [],
+        /// `flags` bit 1, VIRTQ_DESC_F_WRITE: the device writes the buffer (§2.7.5).
+        F_WRITE OFFSET(33) NUMBITS(1) [],
+        /// `next`, bits 63:48: the following descriptor when F_NEXT is set (§2.7.5).
+        NEXT OFFSET(48) NUMBITS(16) []
+    ]
+];
+
+iommu::descriptor! {
+    /// One entry of the descriptor table (virtio 1.2 §2.7.5, `struct virtq_desc`).
+    pub struct Desc {
+        /// `le64 addr` (§2.7.5): physical address of the buffer, the whole word.
+        addr: RAW,
+        /// `len`, `flags` and `next` (§2.7.5).
+        meta: DESC_W1,
+    }
+}
+
+/// Bytes of a descriptor-table entry (§2.7.5).
+const DESC_BYTES: u64 = 16;
+/// Offset of `idx` in the available and the used ring (§2.7.6, §2.7.8).
+const RING_IDX: u64 = 2;
+/// Offset of `ring[0]` in the available and the used ring (§2.7.6, §2.7.8).
+const RING_ENTRIES: u64 = 4;
+/// Bytes of an available-ring entry (`le16`, §2.7.6).
+const AVAIL_ENTRY: u64 = 2;
+/// Bytes of a used-ring entry (`struct virtq_used_elem { le32 id; le32 len; }`, §2.7.8).
+const USED_ENTRY: u64 = 8;
 /// Available-ring flag: do not interrupt when buffers are used.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
@@ -67,9 +106,9 @@ impl Layout {
     /// The layout of a queue of `size` entries.
     pub fn new(size: u16) -> Layout {
         let n = u64::from(size);
-        let avail = 16 * n;
-        let used = (avail + 6 + 2 * n).next_multiple_of(8);
-        Layout { avail, used, bytes: used + 6 + 8 * n }
+        let avail = DESC_BYTES * n;
+        let used = (avail + 6 + AVAIL_ENTRY * n).next_multiple_of(8);
+        Layout { avail, used, bytes: used + 6 + USED_ENTRY * n }
     }
 
     /// Frames to allocate (a power of two, as [`DmaMemory::alloc_contiguous`] wants).
@@ -83,7 +122,7 @@ impl Layout {
 pub struct VirtQueue {
     index: u16,
     size: u16,
-    base: u64,
+    region: DmaRegion,
     layout: Layout,
     /// Free descriptors (a stack).
     free: Vec<u16>,
@@ -107,12 +146,15 @@ impl VirtQueue {
             return Err(VirtioError::BadQueue { queue: index, what: "size is not a power of two up to 32768" });
         }
         let layout = Layout::new(size);
-        let base = mem.alloc_contiguous(layout.frames()).ok_or(VirtioError::NoMemory)?;
-        dma::write_u16(mem, base + layout.avail, AVAIL_F_NO_INTERRUPT);
+        let region = DmaRegion::alloc_contiguous(mem, layout.frames()).ok_or(VirtioError::NoMemory)?;
+        if let Err(e) = region.write_u16(mem, layout.avail, AVAIL_F_NO_INTERRUPT) {
+            region.free_contiguous(mem);
+            return Err(e.into());
+        }
         Ok(VirtQueue {
             index,
             size,
-            base,
+            region,
             layout,
             free: (0..size).rev().collect(),
             next: alloc::vec![NO_NEXT; usize::from(size)],
@@ -135,22 +177,27 @@ impl VirtQueue {
 
     /// Physical address of the descriptor table.
     pub fn desc_table(&self) -> u64 {
-        self.base
+        self.region.base()
     }
 
     /// Physical address of the driver area (available ring).
     pub fn driver_area(&self) -> u64 {
-        self.base + self.layout.avail
+        self.region.base() + self.layout.avail
     }
 
     /// Physical address of the device area (used ring).
     pub fn device_area(&self) -> u64 {
-        self.base + self.layout.used
+        self.region.base() + self.layout.used
     }
 
     /// The three ring addresses, for the transport.
-    pub fn rings(&self) -> crate::transport::Rings {
-        crate::transport::Rings { desc: self.desc_table(), driver: self.driver_area(), device: self.device_area() }
+    pub fn rings(&self) -> Rings {
+        Rings { desc: self.desc_table(), driver: self.driver_area(), device: self.device_area() }
+    }
+
+    /// The memory the queue occupies.
+    pub fn region(&self) -> DmaRegion {
+        self.region
     }
 
     /// Frames the queue occupies.
@@ -195,14 +242,22 @@ impl VirtQueue {
                 self.free_chain(next);
                 return Err(VirtioError::QueueFull(self.index));
             };
-            let mut flags = if b.device_writes { DESC_F_WRITE } else { 0 };
-            if next.is_some() {
-                flags |= DESC_F_NEXT;
+            let mut desc = Desc::zeroed();
+            desc.addr.set(b.addr);
+            desc.meta.write(
+                DESC_W1::LEN.val(u64::from(b.len))
+                    + DESC_W1::F_WRITE.val(u64::from(b.device_writes))
+                    + DESC_W1::F_NEXT.val(u64::from(next.is_some()))
+                    + DESC_W1::NEXT.val(u64::from(next.unwrap_or(0))),
+            );
+            let first = usize::from(id) * Desc::WORDS;
+            for (i, w) in desc.to_words().into_iter().enumerate() {
+                if let Err(e) = self.region.write_u64(mem, first + i, w) {
+                    self.free.push(id);
+                    self.free_chain(next);
+                    return Err(e.into());
+                }
             }
-            let at = self.base + 16 * u64::from(id);
-            dma::write_u64(mem, at, b.addr);
-            let word = u64::from(b.len) | u64::from(flags) << 32 | u64::from(next.unwrap_or(0)) << 48;
-            dma::write_u64(mem, at + 8, word);
             self.next[usize::from(id)] = next.unwrap_or(NO_NEXT);
             next = Some(id);
         }
@@ -210,11 +265,11 @@ impl VirtQueue {
         self.outstanding[usize::from(head)] = true;
         self.in_flight += 1;
         let slot = u64::from(self.avail_idx % self.size);
-        dma::write_u16(mem, self.driver_area() + 4 + 2 * slot, head);
+        self.region.write_u16(mem, self.layout.avail + RING_ENTRIES + AVAIL_ENTRY * slot, head)?;
         // §2.7.13: the ring entry and descriptors are visible before the index moves.
         fence(Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        dma::write_u16(mem, self.driver_area() + 2, self.avail_idx);
+        self.region.write_u16(mem, self.layout.avail + RING_IDX, self.avail_idx)?;
         // And the index before the caller's notification.
         fence(Ordering::SeqCst);
         Ok(head)
@@ -222,7 +277,7 @@ impl VirtQueue {
 
     /// Whether the device has returned a chain we have not taken yet.
     pub fn has_used(&self, mem: &impl DmaMemory) -> bool {
-        dma::read_u16(mem, self.device_area() + 2) != self.last_used
+        self.region.read_u16(mem, self.layout.used + RING_IDX).is_ok_and(|idx| idx != self.last_used)
     }
 
     /// Takes the next chain the device has finished with, freeing its
@@ -230,7 +285,7 @@ impl VirtQueue {
     /// an outstanding chain, or more used entries than chains posted, is an
     /// error (the entry is skipped).
     pub fn pop_used(&mut self, mem: &impl DmaMemory) -> Result<Option<Used>, VirtioError> {
-        let device_idx = dma::read_u16(mem, self.device_area() + 2);
+        let device_idx = self.region.read_u16(mem, self.layout.used + RING_IDX)?;
         if device_idx == self.last_used {
             return Ok(None);
         }
@@ -240,8 +295,8 @@ impl VirtQueue {
         // §2.7.13: read the entry only after seeing the index.
         fence(Ordering::SeqCst);
         let slot = u64::from(self.last_used % self.size);
-        let at = self.device_area() + 4 + 8 * slot;
-        let (id, len) = (dma::read_u32(mem, at), dma::read_u32(mem, at + 4));
+        let at = self.layout.used + RING_ENTRIES + USED_ENTRY * slot;
+        let (id, len) = (self.region.read_u32(mem, at)?, self.region.read_u32(mem, at + 4)?);
         self.last_used = self.last_used.wrapping_add(1);
         let head = match u16::try_from(id) {
             Ok(h) if h < self.size && self.outstanding[usize::from(h)] => h,
@@ -271,14 +326,14 @@ impl VirtQueue {
 
     /// Gives the queue's frames back (the device must no longer use the queue).
     pub fn release(self, mem: &mut impl DmaMemory) {
-        mem.free_contiguous(self.base, self.layout.frames());
+        self.region.free_contiguous(mem);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{DeviceQueue, TestMem};
+    use crate::testing::{phys, DeviceQueue, TestMem};
 
     fn rw(addr: u64, len: u32, device_writes: bool) -> Buffer {
         Buffer { addr, len, device_writes }
@@ -299,21 +354,21 @@ mod tests {
     fn a_chain_is_laid_out_as_the_spec_says() {
         let mut mem = TestMem::new();
         let mut q = VirtQueue::new(&mut mem, 0, 8).unwrap();
-        assert_eq!(dma::read_u16(&mem, q.driver_area()), AVAIL_F_NO_INTERRUPT);
+        assert_eq!(phys::read_u16(&mem, q.driver_area()), AVAIL_F_NO_INTERRUPT);
         let head = q.add(&mut mem, &[rw(0x1000, 20, false), rw(0x2000, 4, true)]).unwrap();
         // Descriptor `head`: addr, len, flags NEXT, next = the second one.
         let d0 = q.desc_table() + 16 * u64::from(head);
-        assert_eq!(dma::read_u64(&mem, d0), 0x1000);
-        assert_eq!(dma::read_u32(&mem, d0 + 8), 20);
-        assert_eq!(dma::read_u16(&mem, d0 + 12), DESC_F_NEXT);
-        let second = dma::read_u16(&mem, d0 + 14);
+        assert_eq!(phys::read_u64(&mem, d0), 0x1000);
+        assert_eq!(phys::read_u32(&mem, d0 + 8), 20);
+        assert_eq!(phys::read_u16(&mem, d0 + 12), DESC_F_NEXT);
+        let second = phys::read_u16(&mem, d0 + 14);
         let d1 = q.desc_table() + 16 * u64::from(second);
-        assert_eq!(dma::read_u64(&mem, d1), 0x2000);
-        assert_eq!(dma::read_u32(&mem, d1 + 8), 4);
-        assert_eq!(dma::read_u16(&mem, d1 + 12), DESC_F_WRITE);
+        assert_eq!(phys::read_u64(&mem, d1), 0x2000);
+        assert_eq!(phys::read_u32(&mem, d1 + 8), 4);
+        assert_eq!(phys::read_u16(&mem, d1 + 12), DESC_F_WRITE);
         // Avail ring: idx 1, ring[0] = head.
-        assert_eq!(dma::read_u16(&mem, q.driver_area() + 2), 1);
-        assert_eq!(dma::read_u16(&mem, q.driver_area() + 4), head);
+        assert_eq!(phys::read_u16(&mem, q.driver_area() + 2), 1);
+        assert_eq!(phys::read_u16(&mem, q.driver_area() + 4), head);
         assert_eq!(q.free_descriptors(), 6);
         // The simulated device sees the same chain.
         let mut dev = DeviceQueue::new(q.rings(), 8);
@@ -344,7 +399,7 @@ mod tests {
             assert_eq!(q.pop_used(&mem).unwrap(), Some(Used { head, len: i }), "request {i}");
         }
         assert_eq!(q.avail_idx(), (70_000u32 % 65_536) as u16);
-        assert_eq!(dma::read_u16(&mem, q.device_area() + 2), (70_000u32 % 65_536) as u16);
+        assert_eq!(phys::read_u16(&mem, q.device_area() + 2), (70_000u32 % 65_536) as u16);
         assert_eq!(q.free_descriptors(), 4);
     }
 

@@ -10,7 +10,6 @@
 //! All of it is little-endian, like the targets this kernel runs on.
 
 use tock_registers::register_bitfields;
-use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 
 register_bitfields! [u8,
@@ -38,7 +37,7 @@ register_bitfields! [u8,
     ]
 ];
 
-register_structs! {
+iommu::register_blocks! {
     /// `struct virtio_pci_common_cfg` up to `queue_device` (§4.1.4.3); the
     /// queue fields apply to the queue named by `queue_select`.
     pub CommonCfg {
@@ -81,14 +80,7 @@ register_structs! {
         /// Device area address, bits 63:32.
         (0x34 => pub queue_device_hi: ReadWrite<u32>),
         (0x38 => @END),
-    }
-}
-
-/// Bytes of the common configuration this driver touches: a common cfg
-/// capability shorter than this is refused.
-pub const COMMON_CFG_LEN: u32 = 0x38;
-
-register_structs! {
+    },
     /// One queue's notification address (§4.1.4.4): `notify base +
     /// queue_notify_off * notify_off_multiplier`. Writing the queue index
     /// tells the device the queue has new available buffers.
@@ -96,31 +88,9 @@ register_structs! {
         /// The index of the queue that has new buffers.
         (0x0 => pub queue_index: WriteOnly<u16>),
         (0x2 => @END),
-    }
-}
-
-/// The ISR status register (in a module: tock's layout check divides by the
-/// struct's alignment, which is 1 here, and clippy objects to `% 1`).
-#[allow(clippy::modulo_one)]
-mod isr {
-    use super::ISR;
-    use tock_registers::register_structs;
-    use tock_registers::registers::ReadOnly;
-
-    register_structs! {
-        /// The ISR status byte (§4.1.4.5).
-        pub Isr {
-            /// Bit 0: a queue was used; bit 1: the configuration changed.
-            (0x0 => pub status: ReadOnly<u8, ISR::Register>),
-            (0x1 => @END),
-        }
-    }
-}
-
-pub use isr::Isr;
-
-register_structs! {
-    /// `struct virtio_iommu_config` (§5.13.4), 64-bit fields as two 32-bit halves.
+    },
+    /// `struct virtio_iommu_config` (§5.13.4) up to `probe_size`, 64-bit
+    /// fields as two 32-bit halves: what every virtio-iommu has.
     pub IommuConfig {
         /// Supported page sizes, bits 31:0.
         (0x00 => pub page_size_mask_lo: ReadOnly<u32>),
@@ -140,12 +110,42 @@ register_structs! {
         (0x1C => pub domain_end: ReadOnly<u32>),
         /// Bytes of properties in a PROBE reply.
         (0x20 => pub probe_size: ReadOnly<u32>),
-        /// 1: unattached endpoints bypass translation (with BYPASS_CONFIG).
-        (0x24 => pub bypass: ReadWrite<u8>),
-        (0x25 => _reserved),
-        (0x28 => @END),
+        (0x24 => @END),
     }
 }
+
+/// Bytes of the common configuration this driver touches: a common cfg
+/// capability shorter than this is refused.
+pub const COMMON_CFG_LEN: u32 = 0x38;
+
+/// The one-byte registers (in a module: tock's layout check divides by the
+/// struct's alignment, which is 1 here, and clippy objects to `% 1`).
+#[allow(clippy::modulo_one)]
+mod bytes {
+    use super::ISR;
+    use tock_registers::registers::{ReadOnly, ReadWrite};
+
+    iommu::register_blocks! {
+        /// The ISR status byte (§4.1.4.5).
+        pub Isr {
+            /// Bit 0: a queue was used; bit 1: the configuration changed.
+            (0x0 => pub status: ReadOnly<u8, ISR::Register>),
+            (0x1 => @END),
+        },
+        /// `bypass` of `struct virtio_iommu_config` (§5.13.4), at
+        /// [`super::BYPASS_OFFSET`]: there with VIRTIO_IOMMU_F_BYPASS_CONFIG.
+        pub Bypass {
+            /// 1: unattached endpoints bypass translation.
+            (0x0 => pub bypass: ReadWrite<u8>),
+            (0x1 => @END),
+        }
+    }
+}
+
+pub use bytes::{Bypass, Isr};
+
+/// Offset of `bypass` in the device configuration (§5.13.4).
+pub const BYPASS_OFFSET: u64 = 0x24;
 
 /// Bytes of the device configuration every virtio-iommu has (up to and
 /// including `probe_size`; `bypass` exists with VIRTIO_IOMMU_F_BYPASS_CONFIG).
@@ -158,7 +158,9 @@ mod tests {
     #[test]
     fn layouts_match_the_spec_sizes() {
         assert_eq!(core::mem::size_of::<CommonCfg>(), COMMON_CFG_LEN as usize);
-        assert_eq!(core::mem::size_of::<IommuConfig>(), 0x28);
+        assert_eq!(core::mem::size_of::<IommuConfig>(), IOMMU_CFG_LEN as usize);
+        assert_eq!(BYPASS_OFFSET, u64::from(IOMMU_CFG_LEN));
+        assert_eq!(core::mem::size_of::<Bypass>(), 1);
         assert_eq!(core::mem::size_of::<Notify>(), 2);
         assert_eq!(core::mem::size_of::<Isr>(), 1);
         assert_eq!(STATUS::FEATURES_OK.mask << STATUS::FEATURES_OK.shift, 8);

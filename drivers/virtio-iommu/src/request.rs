@@ -7,7 +7,6 @@
 //! the device-readable part, [`Request::response_len`] sizes the
 //! device-writable part. All fields are little-endian.
 
-use crate::device::VirtioError;
 use alloc::vec::Vec;
 use core::fmt;
 use fallible::VecExt;
@@ -108,6 +107,16 @@ pub mod feature {
     pub const ACCESS_PLATFORM: u32 = 33;
     /// Virtqueues can be reset one by one.
     pub const RING_RESET: u32 = 40;
+
+    /// Feature `bit` as a mask of the 64 feature bits.
+    pub fn bit(bit: u32) -> u64 {
+        1u64.checked_shl(bit).unwrap_or(0)
+    }
+
+    /// Whether feature `bit` is set in `features`.
+    pub fn has(features: u64, bit: u32) -> bool {
+        features & self::bit(bit) != 0
+    }
 
     /// The spec's name of feature `bit`, if this driver knows it.
     pub fn name(bit: u32) -> Option<&'static str> {
@@ -387,19 +396,43 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Why a PROBE reply was not taken ([`parse_probe`]); the device layer
+/// reports it as `VirtioError::BadProbe` or `VirtioError::NoMemory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeError {
+    /// A property does not parse (where, why).
+    Bad {
+        /// Byte offset of the bad property.
+        offset: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// No heap for the list of regions.
+    NoMemory,
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Bad { offset, what } => write!(f, "PROBE reply at byte {offset}: {what}"),
+            ProbeError::NoMemory => f.write_str("out of memory for the PROBE regions"),
+        }
+    }
+}
+
 /// The reserved regions in a PROBE reply's property area (`probe_size`
 /// bytes, the tail excluded). Properties follow each other without padding
 /// until a NONE type or the end; unknown types are skipped; RESV_MEM gives a
 /// [`Region`] (subtype MSI → [`ReservedKind::Msi`], RESERVED and unknown
 /// subtypes → [`ReservedKind::Reserved`], never usable as IOVA). A property
 /// that does not fit the buffer is an error, never a panic.
-pub fn parse_probe(props: &[u8]) -> Result<Vec<Region>, VirtioError> {
+pub fn parse_probe(props: &[u8]) -> Result<Vec<Region>, ProbeError> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < props.len() {
         if props.len() - at < property::HEADER_LEN {
             if props[at..].iter().any(|&b| b != 0) {
-                return Err(VirtioError::BadProbe { offset: at, what: "truncated property header" });
+                return Err(ProbeError::Bad { offset: at, what: "truncated property header" });
             }
             break;
         }
@@ -410,21 +443,21 @@ pub fn parse_probe(props: &[u8]) -> Result<Vec<Region>, VirtioError> {
         }
         let value = at + property::HEADER_LEN;
         if len > props.len() - value {
-            return Err(VirtioError::BadProbe { offset: at, what: "property length runs past the probe buffer" });
+            return Err(ProbeError::Bad { offset: at, what: "property length runs past the probe buffer" });
         }
         if ty == property::RESV_MEM {
             if len < property::RESV_MEM_LEN {
-                return Err(VirtioError::BadProbe { offset: at, what: "RESV_MEM property shorter than 20 bytes" });
+                return Err(ProbeError::Bad { offset: at, what: "RESV_MEM property shorter than 20 bytes" });
             }
             let (start, end) = (le64(props, value + 4), le64(props, value + 12));
             if start > end {
-                return Err(VirtioError::BadProbe { offset: at, what: "RESV_MEM region ends before it starts" });
+                return Err(ProbeError::Bad { offset: at, what: "RESV_MEM region ends before it starts" });
             }
             let kind = match props[value] {
                 property::RESV_MEM_T_MSI => ReservedKind::Msi,
                 _ => ReservedKind::Reserved,
             };
-            out.try_push(Region { start, end, kind }).map_err(|_| VirtioError::NoMemory)?;
+            out.try_push(Region { start, end, kind }).map_err(|_| ProbeError::NoMemory)?;
         }
         at = value + len;
     }
@@ -634,23 +667,23 @@ mod tests {
         let full = resv_mem(1, 0xFEE0_0000, 0xFEEF_FFFF);
         // Value cut off by the end of the buffer.
         let err = parse_probe(&full[..20]).unwrap_err();
-        assert!(matches!(err, VirtioError::BadProbe { offset: 0, .. }), "{err}");
+        assert!(matches!(err, ProbeError::Bad { offset: 0, .. }), "{err}");
         // Length field far beyond the buffer.
         let mut long = full.clone();
         long[2..4].copy_from_slice(&0xFFFFu16.to_le_bytes());
-        assert!(matches!(parse_probe(&long), Err(VirtioError::BadProbe { offset: 0, .. })));
+        assert!(matches!(parse_probe(&long), Err(ProbeError::Bad { offset: 0, .. })));
         // Second property overflows: the offset names it.
         let mut two = full.clone();
         two.extend([1, 0, 200, 0, 0, 0]);
-        assert!(matches!(parse_probe(&two), Err(VirtioError::BadProbe { offset: 24, .. })));
+        assert!(matches!(parse_probe(&two), Err(ProbeError::Bad { offset: 24, .. })));
         // A RESV_MEM too short for its fields.
-        assert!(matches!(parse_probe(&[1, 0, 4, 0, 1, 0, 0, 0]), Err(VirtioError::BadProbe { .. })));
+        assert!(matches!(parse_probe(&[1, 0, 4, 0, 1, 0, 0, 0]), Err(ProbeError::Bad { .. })));
         // Start above end.
         assert!(parse_probe(&resv_mem(0, 0x2000, 0x1000)).is_err());
         // Half a header with something in it.
         let mut tail = full.clone();
         tail.extend([1, 0]);
-        assert!(matches!(parse_probe(&tail), Err(VirtioError::BadProbe { offset: 24, .. })));
+        assert!(matches!(parse_probe(&tail), Err(ProbeError::Bad { offset: 24, .. })));
         // Every prefix of a valid list parses or fails, never panics.
         let mut many = full.clone();
         many.extend(resv_mem(0, 0, 0xFFF));

@@ -5,7 +5,6 @@
 //! lifetime (a domain exists only while an endpoint is attached).
 
 use crate::device::Config;
-use crate::dma;
 use crate::queue::{Buffer, DESC_F_NEXT, DESC_F_WRITE};
 use crate::request::{fault_flags, feature, kind, property, reason, status, ATTACH_F_BYPASS};
 use crate::transport::{self, Rings, Transport};
@@ -14,6 +13,52 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const BASE: u64 = 0x4000_0000;
+
+/// Byte access by physical address, as the simulated device has it: one
+/// [`iommu::dma::DmaRegion`] over the whole of (fake) physical memory.
+pub mod phys {
+    use io_pgtable::TableMemory;
+    use iommu::dma::DmaRegion;
+
+    fn all() -> DmaRegion {
+        DmaRegion::new(0, 1 << 36).unwrap()
+    }
+
+    /// Reads `out.len()` bytes at `pa`.
+    pub fn read_bytes(mem: &impl TableMemory, pa: u64, out: &mut [u8]) {
+        all().read_bytes(mem, pa, out).unwrap()
+    }
+
+    /// Writes `data` at `pa`.
+    pub fn write_bytes(mem: &mut impl TableMemory, pa: u64, data: &[u8]) {
+        all().write_bytes(mem, pa, data).unwrap()
+    }
+
+    /// The 16-bit value at `pa`.
+    pub fn read_u16(mem: &impl TableMemory, pa: u64) -> u16 {
+        all().read_u16(mem, pa).unwrap()
+    }
+
+    /// Writes the 16-bit value at `pa`.
+    pub fn write_u16(mem: &mut impl TableMemory, pa: u64, value: u16) {
+        all().write_u16(mem, pa, value).unwrap()
+    }
+
+    /// The 32-bit value at `pa`.
+    pub fn read_u32(mem: &impl TableMemory, pa: u64) -> u32 {
+        all().read_u32(mem, pa).unwrap()
+    }
+
+    /// Writes the 32-bit value at `pa`.
+    pub fn write_u32(mem: &mut impl TableMemory, pa: u64, value: u32) {
+        all().write_u32(mem, pa, value).unwrap()
+    }
+
+    /// The 64-bit value at `pa` (8-aligned).
+    pub fn read_u64(mem: &impl TableMemory, pa: u64) -> u64 {
+        all().read_u64(mem, (pa / 8) as usize).unwrap()
+    }
+}
 
 #[derive(Default)]
 struct Frames {
@@ -128,7 +173,7 @@ impl DeviceQueue {
 
     /// Chains made available and not taken yet.
     pub fn pending(&self, mem: &TestMem) -> u16 {
-        dma::read_u16(mem, self.rings.driver + 2).wrapping_sub(self.last_avail)
+        phys::read_u16(mem, self.rings.driver + 2).wrapping_sub(self.last_avail)
     }
 
     /// The next available chain.
@@ -137,22 +182,22 @@ impl DeviceQueue {
             return None;
         }
         let slot = u64::from(self.last_avail % self.size);
-        let head = dma::read_u16(mem, self.rings.driver + 4 + 2 * slot);
+        let head = phys::read_u16(mem, self.rings.driver + 4 + 2 * slot);
         self.last_avail = self.last_avail.wrapping_add(1);
         let mut bufs = Vec::new();
         let mut d = head;
         for _ in 0..self.size {
             let at = self.rings.desc + 16 * u64::from(d);
-            let flags = dma::read_u16(mem, at + 12);
+            let flags = phys::read_u16(mem, at + 12);
             bufs.push(Buffer {
-                addr: dma::read_u64(mem, at),
-                len: dma::read_u32(mem, at + 8),
+                addr: phys::read_u64(mem, at),
+                len: phys::read_u32(mem, at + 8),
                 device_writes: flags & DESC_F_WRITE != 0,
             });
             if flags & DESC_F_NEXT == 0 {
                 break;
             }
-            d = dma::read_u16(mem, at + 14);
+            d = phys::read_u16(mem, at + 14);
         }
         Some(Chain { head, bufs })
     }
@@ -160,10 +205,10 @@ impl DeviceQueue {
     /// Returns chain `head` with `len` bytes written.
     pub fn push(&mut self, mem: &mut TestMem, head: u16, len: u32) {
         let slot = u64::from(self.used_idx % self.size);
-        dma::write_u32(mem, self.rings.device + 4 + 8 * slot, u32::from(head));
-        dma::write_u32(mem, self.rings.device + 8 + 8 * slot, len);
+        phys::write_u32(mem, self.rings.device + 4 + 8 * slot, u32::from(head));
+        phys::write_u32(mem, self.rings.device + 8 + 8 * slot, len);
         self.used_idx = self.used_idx.wrapping_add(1);
-        dma::write_u16(mem, self.rings.device + 2, self.used_idx);
+        phys::write_u16(mem, self.rings.device + 2, self.used_idx);
     }
 }
 
@@ -350,7 +395,7 @@ impl FakeState {
                     writable.push(*b);
                 } else {
                     let mut bytes = vec![0; b.len as usize];
-                    dma::read_bytes(&self.mem, b.addr, &mut bytes);
+                    phys::read_bytes(&self.mem, b.addr, &mut bytes);
                     readable.extend(bytes);
                 }
             }
@@ -403,7 +448,7 @@ impl FakeState {
             let mut done = 0;
             for b in &writable {
                 let k = (b.len as usize).min(out.len() - done);
-                dma::write_bytes(&mut self.mem, b.addr, &out[done..done + k]);
+                phys::write_bytes(&mut self.mem, b.addr, &out[done..done + k]);
                 done += k;
             }
             if !self.silent {
@@ -557,7 +602,7 @@ impl FakeState {
         rec.extend(ep.to_le_bytes());
         rec.extend([0; 4]);
         rec.extend(addr.to_le_bytes());
-        dma::write_bytes(&mut self.mem, b.addr, &rec);
+        phys::write_bytes(&mut self.mem, b.addr, &rec);
         q.push(&mut self.mem, chain.head, 24);
         if let Some((_, dq)) = self.queues[1].as_mut() {
             *dq = q;

@@ -3,15 +3,17 @@
 //! [`find_caps`] reads the vendor-specific capabilities (§4.1.4) that say
 //! where, inside which BAR, the common configuration, notification area, ISR
 //! status and device configuration live. The kernel maps those BAR ranges and
-//! hands the virtual addresses over as [`Mapped`]; [`MmioTransport`] then
-//! drives them through the typed registers of [`crate::regs`].
+//! hands them over as register windows ([`Mapped`]); [`MmioTransport`] then
+//! drives them through the typed registers of [`crate::regs`], each block
+//! checked against its window.
 //!
 //! The device layer talks to the hardware only through the [`Transport`]
 //! trait, so host tests can put a simulated device behind it.
 
-use crate::device::{Config, VirtioError};
-use crate::regs::{self, CommonCfg, IommuConfig, Isr, Notify, STATUS};
+use crate::error::VirtioError;
+use crate::regs::{self, Bypass, CommonCfg, IommuConfig, Isr, Notify, STATUS};
 use alloc::vec::Vec;
+use iommu::mmio::{BlockRef, MmioWindow, OutsideWindow};
 use tock_registers::interfaces::{Readable, Writeable};
 
 /// `cfg_type` values of virtio PCI capabilities (§4.1.4).
@@ -141,20 +143,37 @@ pub fn find_caps(
     Ok(PciCaps { common, notify, notify_off_multiplier: multiplier, isr, device })
 }
 
-/// Where the kernel mapped each structure (virtual addresses), from
-/// [`PciCaps`] and the BAR mapping: `common` = BAR(common.bar) + common.offset, etc.
+/// Where the kernel mapped each structure, from [`PciCaps`] and the BAR
+/// mapping: `common` is the window of `common.length` bytes at
+/// BAR(common.bar) + common.offset, etc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapped {
     /// Common configuration.
-    pub common: u64,
-    /// Notification area (queue `q` notifies at `notify + queue_notify_off(q) * notify_multiplier`).
-    pub notify: u64,
+    pub common: MmioWindow,
+    /// Notification area (queue `q` notifies at `queue_notify_off(q) * notify_multiplier` in it).
+    pub notify: MmioWindow,
     /// [`PciCaps::notify_off_multiplier`].
     pub notify_multiplier: u32,
     /// ISR status.
-    pub isr: u64,
+    pub isr: MmioWindow,
     /// Device configuration.
-    pub device: u64,
+    pub device: MmioWindow,
+}
+
+/// The device configuration (§5.13.4) as this driver uses it: fields whose
+/// feature was not negotiated hold the value the spec implies instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Supported page sizes (bit n = 2^n bytes); the lowest set bit is the mapping granule.
+    pub page_size_mask: u64,
+    /// Lowest and highest (inclusive) IOVA (all of them without INPUT_RANGE).
+    pub input_range: (u64, u64),
+    /// Lowest and highest (inclusive) domain ID (all 32-bit IDs without DOMAIN_RANGE).
+    pub domain_range: (u32, u32),
+    /// Bytes of properties a PROBE reply carries (0 without PROBE).
+    pub probe_size: u32,
+    /// 1: endpoints not attached to a domain pass through untranslated; 0: their DMA faults.
+    pub bypass: u8,
 }
 
 /// The ring addresses of one virtqueue (§2.7).
@@ -199,45 +218,58 @@ pub trait Transport: Send {
 
 /// The transport over the memory-mapped structures of a virtio PCI device.
 pub struct MmioTransport {
-    mapped: Mapped,
+    common: BlockRef<CommonCfg>,
+    device: BlockRef<IommuConfig>,
+    /// `bypass`, when the device configuration window holds it.
+    bypass: Option<BlockRef<Bypass>>,
+    isr: BlockRef<Isr>,
+    notify: MmioWindow,
+    notify_multiplier: u32,
     /// `queue_notify_off` of each enabled queue, as (queue, offset).
     notify_offsets: Vec<(u16, u16)>,
 }
 
+/// Why a structure's registers are unusable: not naturally aligned, or
+/// shorter than its capability said.
+fn refused(e: OutsideWindow) -> VirtioError {
+    if e.misaligned != 0 {
+        VirtioError::BadCapability("a virtio structure is not naturally aligned")
+    } else {
+        VirtioError::BadCapability("a virtio structure is shorter than its registers")
+    }
+}
+
 impl MmioTransport {
-    /// Drives the structures at `mapped`.
-    ///
-    /// # Safety
-    /// The addresses must map the device's structures (device memory, at
-    /// least as long as [`PciCaps`] says, and the notification area up to
-    /// every queue's notification address) for the life of the value, and
-    /// nothing else may access them.
-    pub unsafe fn new(mapped: Mapped) -> Result<MmioTransport, VirtioError> {
-        if !mapped.common.is_multiple_of(4) || !mapped.device.is_multiple_of(4) || !mapped.notify.is_multiple_of(2) {
-            return Err(VirtioError::BadCapability("a virtio structure is not naturally aligned"));
-        }
-        Ok(MmioTransport { mapped, notify_offsets: Vec::new() })
+    /// Drives the structures in the windows of `mapped` (the notification
+    /// window must reach every queue's notification address, which is
+    /// checked when the queue is notified). Nothing else may access them.
+    pub fn new(mapped: Mapped) -> Result<MmioTransport, VirtioError> {
+        let common = mapped.common.checked::<CommonCfg>(0).map_err(refused)?;
+        let device = mapped.device.checked::<IommuConfig>(0).map_err(refused)?;
+        mapped.notify.checked::<Notify>(0).map_err(refused)?;
+        let isr = mapped.isr.checked::<Isr>(0).map_err(refused)?;
+        let bypass = mapped.device.checked::<Bypass>(regs::BYPASS_OFFSET).ok();
+        Ok(MmioTransport {
+            common,
+            device,
+            bypass,
+            isr,
+            notify: mapped.notify,
+            notify_multiplier: mapped.notify_multiplier,
+            notify_offsets: Vec::new(),
+        })
     }
 
     fn common(&self) -> &CommonCfg {
-        // SAFETY: `new`'s caller guarantees `common` maps the common configuration for our lifetime; alignment was checked.
-        unsafe { &*(self.mapped.common as *const CommonCfg) }
+        &self.common
     }
 
     fn device_cfg(&self) -> &IommuConfig {
-        // SAFETY: as in `common`, for the device configuration.
-        unsafe { &*(self.mapped.device as *const IommuConfig) }
+        &self.device
     }
 
     fn isr_reg(&self) -> &Isr {
-        // SAFETY: as in `common`, for the ISR status byte.
-        unsafe { &*(self.mapped.isr as *const Isr) }
-    }
-
-    fn notify_reg(&self, offset: u16) -> &Notify {
-        let at = self.mapped.notify + u64::from(offset) * u64::from(self.mapped.notify_multiplier);
-        // SAFETY: `new`'s caller guarantees the notification area covers every queue's address; `notify` is 2-aligned and the multiplier even, so `at` is too.
-        unsafe { &*(at as *const Notify) }
+        &self.isr
     }
 
     fn trace(&self, what: core::fmt::Arguments<'_>) {
@@ -307,7 +339,12 @@ impl Transport for MmioTransport {
 
     fn notify(&mut self, queue: u16) {
         let off = self.notify_offsets.iter().find(|&&(q, _)| q == queue).map_or(0, |&(_, o)| o);
-        self.notify_reg(off).queue_index.set(queue);
+        let at = u64::from(off) * u64::from(self.notify_multiplier);
+        match self.notify.block::<Notify>(at) {
+            Ok(n) => n.queue_index.set(queue),
+            // The device placed the queue's notification outside its area: nothing is written.
+            Err(e) => log::error!("virtio-iommu: queue {queue}: notification address: {e}"),
+        }
     }
 
     fn config_generation(&self) -> u8 {
@@ -325,13 +362,16 @@ impl Transport for MmioTransport {
             ),
             domain_range: (d.domain_start.get(), d.domain_end.get()),
             probe_size: d.probe_size.get(),
-            bypass: d.bypass.get(),
+            bypass: self.bypass.map_or(0, |b| b.bypass.get()),
         }
     }
 
     fn set_bypass(&mut self, bypass: u8) {
         self.trace(format_args!("config.bypass <- {bypass}"));
-        self.device_cfg().bypass.set(bypass);
+        match self.bypass {
+            Some(b) => b.bypass.set(bypass),
+            None => log::error!("virtio-iommu: the device configuration has no bypass field"),
+        }
     }
 
     fn isr(&mut self) -> u8 {
@@ -468,5 +508,84 @@ mod tests {
             [1, 2, 4, 8, 0x80]
         );
         assert_eq!(status::DEVICE_NEEDS_RESET, 0x40);
+    }
+
+    /// A fake BAR: common configuration at 0, ISR at 0x100, device
+    /// configuration at 0x200 (`device_len` bytes), notification area at
+    /// 0x300 (0x100 bytes, multiplier 4).
+    fn fake_bar(device_len: u64) -> (iommu::mmio::FakeMmio, Mapped) {
+        let fake = iommu::mmio::FakeMmio::new(0x1000).unwrap();
+        let bar = fake.window();
+        let mapped = Mapped {
+            common: bar.sub(0, u64::from(regs::COMMON_CFG_LEN)).unwrap(),
+            notify: bar.sub(0x300, 0x100).unwrap(),
+            notify_multiplier: 4,
+            isr: bar.sub(0x100, 1).unwrap(),
+            device: bar.sub(0x200, device_len).unwrap(),
+        };
+        (fake, mapped)
+    }
+
+    fn byte(fake: &iommu::mmio::FakeMmio, at: u64) -> u8 {
+        (fake.read_u64(at & !7) >> ((at & 7) * 8)) as u8
+    }
+
+    #[test]
+    fn the_mmio_transport_drives_the_registers_in_its_windows() {
+        let (fake, mapped) = fake_bar(0x28);
+        let mut t = MmioTransport::new(mapped).unwrap();
+        // Device configuration: page sizes, input range, domains, probe size, bypass.
+        fake.write_u64(0x200, 0xFFFF_F000);
+        fake.write_u64(0x208, 0x1000);
+        fake.write_u64(0x210, 0xFFFF_FFFF_FFFF);
+        fake.write_u64(0x218, 0x20_0000_0001);
+        fake.write_u64(0x220, 1 << 32 | 0x200);
+        let c = t.read_config();
+        assert_eq!(c.page_size_mask, 0xFFFF_F000);
+        assert_eq!(c.input_range, (0x1000, 0xFFFF_FFFF_FFFF));
+        assert_eq!((c.domain_range, c.probe_size, c.bypass), ((1, 0x20), 0x200, 1));
+        t.set_bypass(0);
+        assert_eq!(byte(&fake, 0x224), 0);
+        // Status and queue programming land in the common configuration.
+        t.set_status(status::ACKNOWLEDGE | status::DRIVER);
+        assert_eq!((byte(&fake, 0x14), t.status()), (3, 3));
+        fake.write_u64(0x18, 2 << 48); // queue_notify_off of the selected queue: 2
+        t.enable_queue(1, 16, Rings { desc: 0x1_2345_6000, driver: 0x7000, device: 0x8000 });
+        assert_eq!(fake.read_u64(0x20), 0x1_2345_6000);
+        assert_eq!((fake.read_u32(0x28), fake.read_u32(0x30)), (0x7000, 0x8000));
+        assert_eq!(fake.read_u32(0x1C) & 0xFFFF, 1, "queue_enable");
+        // The notification goes to 0x300 + 2 * 4.
+        t.notify(1);
+        assert_eq!(fake.read_u64(0x308) & 0xFFFF, 1);
+        // A queue whose notification address leaves the area is not notified (and nothing panics).
+        fake.write_u64(0x18, 0x100 << 48);
+        t.enable_queue(0, 16, Rings { desc: 0, driver: 0, device: 0 });
+        t.notify(0);
+        assert_eq!(fake.read_u64(0x300), 0);
+    }
+
+    #[test]
+    fn short_or_misaligned_structures_are_refused() {
+        // No bypass field: read as 0, never written.
+        let (fake, mapped) = fake_bar(u64::from(regs::IOMMU_CFG_LEN));
+        fake.write_u64(0x220, 1 << 32);
+        let mut t = MmioTransport::new(mapped).unwrap();
+        assert_eq!(t.read_config().bypass, 0);
+        t.set_bypass(0);
+        assert_eq!(byte(&fake, 0x224), 1);
+        let (fake, mut mapped) = fake_bar(0x28);
+        mapped.device = fake.window().sub(0x200, 0x20).unwrap();
+        assert_eq!(
+            MmioTransport::new(mapped).err(),
+            Some(VirtioError::BadCapability("a virtio structure is shorter than its registers"))
+        );
+        mapped.device = fake.window().sub(0x202, 0x28).unwrap();
+        assert_eq!(
+            MmioTransport::new(mapped).err(),
+            Some(VirtioError::BadCapability("a virtio structure is not naturally aligned"))
+        );
+        let (fake, mut mapped) = fake_bar(0x28);
+        mapped.notify = fake.window().sub(0x301, 2).unwrap();
+        assert!(MmioTransport::new(mapped).is_err());
     }
 }

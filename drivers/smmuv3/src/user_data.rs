@@ -7,25 +7,19 @@
 //! Every struct is decoded by length, as the IOAS ABI does: shorter data is
 //! zero-filled, longer data must be zero past what this driver knows.
 
-use crate::cmd::{op, Command};
+use crate::cmd::{Cmd, Command, CMD0, CMD1};
 use crate::regs::{oas_bits, IDR0, IDR3, IDR5};
-use crate::ste::{self, w0, w1};
+use crate::ste::{Ste, STE0, STE1};
 use abi::ioas::{HwptSmmuv3Attrs, HwptSmmuv3Command, HwptSmmuv3Ste};
 use alloc::vec::Vec;
+use iommu::desc::{field_mask, read_in_place};
 use iommu::Error;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Decodes `data` into `T` by length: missing bytes are zero, bytes past
 /// `T` must be zero ([`Error::InvalidData`] naming `what` otherwise).
-pub fn by_length<T: FromBytes + IntoBytes + Default>(data: &[u8], what: &'static str) -> Result<T, Error> {
-    let known = core::mem::size_of::<T>();
-    if data.len() > known && data[known..].iter().any(|&b| b != 0) {
-        return Err(Error::InvalidData(what));
-    }
-    let mut v = T::default();
-    let n = data.len().min(known);
-    v.as_mut_bytes()[..n].copy_from_slice(&data[..n]);
-    Ok(v)
+pub fn by_length<T: FromBytes + IntoBytes>(data: &[u8], what: &'static str) -> Result<T, Error> {
+    iommu::user_data::read_struct(data).map_err(|_| Error::InvalidData(what))
 }
 
 /// Input bits of a default stage-1 domain (4 levels).
@@ -116,31 +110,33 @@ pub enum UserSte {
 }
 
 /// Word 0 fields outside those a child's owner may set, named (§5.2).
-const W0_FORBIDDEN: &[(u64, &str)] =
-    &[(0x00F0_0000_0000_0000, "S1ContextPtr bits 55:52"), (0x0700_0000_0000_0000, "STE word 0 bits 58:56 (reserved)")];
+const W0_FORBIDDEN: &[(u64, &str)] = &[
+    (field_mask(STE0::S1_CONTEXT_PTR_HI), "S1ContextPtr bits 55:52"),
+    (field_mask(STE0::RES0_56), "STE word 0 bits 58:56 (reserved)"),
+];
 
 /// Word 1 fields outside those a child's owner may set, named (§5.2).
 const W1_FORBIDDEN: &[(u64, &str)] = &[
-    (0xF << 8, "S2HWU59-62"),
-    (1 << 12, "DRE"),
-    (0xF << 13, "CONT"),
-    (1 << 17, "DCP"),
-    (1 << 18, "PPAR"),
-    (1 << 19, "MEV"),
-    (0xF << 20, "SW_RESERVED"),
-    (1 << 24, "S1PIE"),
-    (1 << 25, "S2FWB"),
-    (1 << 26, "S1MPAM"),
-    (0b11 << 30, "STRW"),
-    (0xF << 32, "MemAttr"),
-    (1 << 36, "MTCFG"),
-    (0xF << 37, "ALLOCCFG"),
-    (0b111 << 41, "STE word 1 bits 43:41 (reserved)"),
-    (0b11 << 44, "SHCFG"),
-    (0b11 << 46, "NSCFG"),
-    (0b11 << 48, "PRIVCFG"),
-    (0b11 << 50, "INSTCFG"),
-    (0xFFF << 52, "STE word 1 bits 63:52 (IMPLEMENTATION DEFINED)"),
+    (field_mask(STE1::S2HWU), "S2HWU59-62"),
+    (field_mask(STE1::DRE), "DRE"),
+    (field_mask(STE1::CONT), "CONT"),
+    (field_mask(STE1::DCP), "DCP"),
+    (field_mask(STE1::PPAR), "PPAR"),
+    (field_mask(STE1::MEV), "MEV"),
+    (field_mask(STE1::SW_RESERVED), "SW_RESERVED"),
+    (field_mask(STE1::S1PIE), "S1PIE"),
+    (field_mask(STE1::S2FWB), "S2FWB"),
+    (field_mask(STE1::S1MPAM), "S1MPAM"),
+    (field_mask(STE1::STRW), "STRW"),
+    (field_mask(STE1::MEMATTR), "MemAttr"),
+    (field_mask(STE1::MTCFG), "MTCFG"),
+    (field_mask(STE1::ALLOCCFG), "ALLOCCFG"),
+    (field_mask(STE1::RES0_41), "STE word 1 bits 43:41 (reserved)"),
+    (field_mask(STE1::SHCFG), "SHCFG"),
+    (field_mask(STE1::NSCFG), "NSCFG"),
+    (field_mask(STE1::PRIVCFG), "PRIVCFG"),
+    (field_mask(STE1::INSTCFG), "INSTCFG"),
+    (field_mask(STE1::IMPDEF), "STE word 1 bits 63:52 (IMPLEMENTATION DEFINED)"),
 ];
 
 /// Checks the stage-1 STE words of a nested child ([`HwptSmmuv3Ste`], by
@@ -166,47 +162,48 @@ const W1_FORBIDDEN: &[(u64, &str)] = &[
 pub fn check_ste(idr: &[u32; 6], parent_bits: u32, data: &[u8]) -> Result<UserSte, Error> {
     let s: HwptSmmuv3Ste = by_length(data, "bytes past the STE words")?;
     let [a, b] = s.ste;
-    if a & w0::V == 0 {
+    let e = Ste::from_words([a, b, 0, 0, 0, 0, 0, 0]);
+    if !e.w0.is_set(STE0::V) {
         return Ok(UserSte::Abort);
     }
     for &(mask, name) in W0_FORBIDDEN {
-        if a & mask != 0 {
+        if e.w0.get() & mask != 0 {
             return Err(Error::InvalidData(name));
         }
     }
     for &(mask, name) in W1_FORBIDDEN {
-        if b & mask != 0 {
+        if e.w1.get() & mask != 0 {
             return Err(Error::InvalidData(name));
         }
     }
-    match (b & w1::EATS) >> 28 {
+    match e.w1.read(STE1::EATS) {
         0 => {}
         1 => return Err(Error::NotSupported("ATS (EATS)")),
         _ => return Err(Error::InvalidData("EATS")),
     }
-    match (a & w0::CONFIG) >> 1 {
-        ste::CONFIG_ABORT => return Ok(UserSte::Abort),
-        ste::CONFIG_BYPASS => return Ok(UserSte::Bypass),
-        ste::CONFIG_S1 => {}
+    match e.w0.read_as_enum(STE0::CONFIG) {
+        Some(STE0::CONFIG::Value::Abort) => return Ok(UserSte::Abort),
+        Some(STE0::CONFIG::Value::Bypass) => return Ok(UserSte::Bypass),
+        Some(STE0::CONFIG::Value::Stage1) => {}
         _ => return Err(Error::InvalidData("Config")),
     }
     // Stage 1 translates: its fields mean something now.
-    if (a & w0::S1FMT) >> 4 == 0b11 {
+    if e.w0.read(STE0::S1FMT) == 0b11 {
         return Err(Error::InvalidData("S1Fmt"));
     }
-    if b & w1::S1DSS == 0b11 {
+    if e.w1.read(STE1::S1DSS) == 0b11 {
         return Err(Error::InvalidData("S1DSS"));
     }
-    if (b & w1::S1CSH) >> 6 == 0b01 {
+    if e.w1.read(STE1::S1CSH) == 0b01 {
         return Err(Error::InvalidData("S1CSH"));
     }
-    if b & w1::S1STALLD != 0 && IDR0::STALL_MODEL.read(idr[0]) != 0 {
+    if e.w1.is_set(STE1::S1STALLD) && IDR0::STALL_MODEL.read(idr[0]) != 0 {
         return Err(Error::NotSupported("S1STALLD (stall model not configurable)"));
     }
-    if a & w0::S1CDMAX != 0 {
+    if e.w0.read(STE0::S1CDMAX) != 0 {
         return Err(Error::NotSupported("substreams (S1CDMax)"));
     }
-    if (a & w0::S1_CONTEXT_PTR) >> parent_bits.min(63) != 0 {
+    if read_in_place(e.w0, STE0::S1_CONTEXT_PTR) >> parent_bits.min(63) != 0 {
         return Err(Error::InvalidData("S1ContextPtr beyond the parent's input size"));
     }
     Ok(UserSte::Translate([a, b]))
@@ -226,30 +223,26 @@ impl Checked {
     /// The hardware commands for this one: itself, or one per stream in `streams`.
     pub fn commands<'a>(&'a self, streams: &'a [u32]) -> impl Iterator<Item = Command> + 'a {
         let (once, each) = if self.per_stream { (None, streams) } else { (Some(self.cmd), &[][..]) };
-        once.into_iter().chain(each.iter().map(|&sid| [self.cmd[0] | u64::from(sid) << 32, self.cmd[1]]))
+        once.into_iter().chain(each.iter().map(|&sid| {
+            let mut c = Cmd::from_words(self.cmd);
+            c.w0.modify(CMD0::SID.val(u64::from(sid)));
+            c.to_words()
+        }))
     }
 }
 
-/// Command word 0 bits 63:32 (StreamID of CFGI_*).
-const SID: u64 = 0xFFFF_FFFF << 32;
-/// Command word 0 bits 47:32 (VMID of TLBI_*).
-const VMID: u64 = 0xFFFF << 32;
-/// Command word 0 bits 63:48 (ASID of TLBI_NH_ASID / TLBI_NH_VA).
-const ASID: u64 = 0xFFFF << 48;
-/// Command word 0 bits 31:12 (SubstreamID of CFGI_CD).
-const SSID: u64 = 0xF_FFFF << 12;
-/// Command word 0 bits 16:12 (NUM of a range TLBI).
-const NUM: u64 = 0x1F << 12;
-/// Command word 0 bits 24:20 (SCALE of a range TLBI; bit 25 only with IDR5.DS).
-const SCALE: u64 = 0x1F << 20;
-/// Command word 1 bit 0 (Leaf).
-const LEAF: u64 = 1;
-/// Command word 1 bits 9:8 (TTL level hint).
-const TTL: u64 = 0b11 << 8;
-/// Command word 1 bits 11:10 (TG translation granule).
-const TG: u64 = 0b11 << 10;
-/// Command word 1 bits 63:12 (Address).
-const ADDR: u64 = !0xFFF;
+/// The fields of a user command (§4.3, §4.4), as masks.
+const SID: u64 = field_mask(CMD0::SID);
+const VMID: u64 = field_mask(CMD0::VMID);
+const ASID: u64 = field_mask(CMD0::ASID);
+const SSID: u64 = field_mask(CMD0::SSID);
+const NUM: u64 = field_mask(CMD0::NUM);
+const SCALE: u64 = field_mask(CMD0::SCALE);
+const OPCODE: u64 = field_mask(CMD0::OPCODE);
+const LEAF: u64 = field_mask(CMD1::LEAF);
+const TTL: u64 = field_mask(CMD1::TTL);
+const TG: u64 = field_mask(CMD1::TG);
+const ADDR: u64 = field_mask(CMD1::ADDR);
 
 /// Checks one command ([`HwptSmmuv3Command`] words) a nested child's owner
 /// queued and puts the kernel's tags in (§4.3, §4.4): `vmid` is the parent's.
@@ -264,24 +257,26 @@ const ADDR: u64 = !0xFFF;
 ///   StreamID is replaced by each stream attached to the child; SSec must be 0.
 /// - Other opcodes: `"command"`; any other bit set: `"reserved bits"`.
 pub fn check_command(idr: &[u32; 6], vmid: u16, c: [u64; 2]) -> Result<Checked, Error> {
-    let opcode = c[0] & 0xFF;
+    use CMD0::OPCODE::Value as Op;
+    let mut cmd = Cmd::from_words(c);
+    let opcode = cmd.w0.read_as_enum(CMD0::OPCODE);
     let ril = IDR3::RIL.read(idr[3]) != 0;
     let (allowed0, allowed1, per_stream) = match opcode {
-        op::TLBI_NH_ALL => (VMID, 0, false),
-        op::TLBI_NH_ASID => (VMID | ASID, 0, false),
-        op::TLBI_NH_VAA => (VMID | NUM | SCALE, LEAF | TTL | TG | ADDR, false),
-        op::TLBI_NH_VA => (VMID | ASID | NUM | SCALE, LEAF | TTL | TG | ADDR, false),
-        op::CFGI_CD => (SID | SSID, LEAF, true),
-        op::CFGI_CD_ALL => (SID, 0, true),
+        Some(Op::TlbiNhAll) => (VMID, 0, false),
+        Some(Op::TlbiNhAsid) => (VMID | ASID, 0, false),
+        Some(Op::TlbiNhVaa) => (VMID | NUM | SCALE, LEAF | TTL | TG | ADDR, false),
+        Some(Op::TlbiNhVa) => (VMID | ASID | NUM | SCALE, LEAF | TTL | TG | ADDR, false),
+        Some(Op::CfgiCd) => (SID | SSID, LEAF, true),
+        Some(Op::CfgiCdAll) => (SID, 0, true),
         _ => return Err(Error::InvalidData("command")),
     };
-    if c[0] & !(0xFF | allowed0) != 0 || c[1] & !allowed1 != 0 {
+    if c[0] & !(OPCODE | allowed0) != 0 || c[1] & !allowed1 != 0 {
         return Err(Error::InvalidData("reserved bits"));
     }
-    if opcode == op::CFGI_CD && c[0] & SSID != 0 {
+    if opcode == Some(Op::CfgiCd) && c[0] & SSID != 0 {
         return Err(Error::InvalidData("SSID"));
     }
-    if IDR0::ASID16.read(idr[0]) == 0 && c[0] & ASID & !(0xFF << 48) != 0 {
+    if IDR0::ASID16.read(idr[0]) == 0 && cmd.w0.read(CMD0::ASID) > 0xFF {
         return Err(Error::InvalidData("ASID"));
     }
     let (num_scale, ttl, tg) = (c[0] & (NUM | SCALE), c[1] & TTL, c[1] & TG);
@@ -294,8 +289,12 @@ pub fn check_command(idr: &[u32; 6], vmid: u16, c: [u64; 2]) -> Result<Checked, 
     if tg != 0 && (num_scale | ttl) == 0 {
         return Err(Error::InvalidData("TG without a range or TTL"));
     }
-    let cmd = if per_stream { [c[0] & !SID, c[1]] } else { [c[0] & !VMID | u64::from(vmid) << 32, c[1]] };
-    Ok(Checked { cmd, per_stream })
+    if per_stream {
+        cmd.w0.modify(CMD0::SID.val(0));
+    } else {
+        cmd.w0.modify(CMD0::VMID.val(u64::from(vmid)));
+    }
+    Ok(Checked { cmd: cmd.to_words(), per_stream })
 }
 
 /// Checks a batch of `entry_len`-byte [`HwptSmmuv3Command`] entries in order,
@@ -334,6 +333,20 @@ pub fn check_commands(idr: &[u32; 6], vmid: u16, entries: &[u8], entry_len: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opcodes as numbers (§4.1.1): the golden values the tests queue.
+    mod op {
+        pub const CFGI_CD: u64 = 0x05;
+        pub const CFGI_CD_ALL: u64 = 0x06;
+        pub const TLBI_NH_ALL: u64 = 0x10;
+        pub const TLBI_NH_ASID: u64 = 0x11;
+        pub const TLBI_NH_VA: u64 = 0x12;
+        pub const TLBI_NH_VAA: u64 = 0x13;
+    }
+
+    /// STE.Config as numbers (§5.2).
+    const CONFIG_BYPASS: u64 = 0b100;
+    const CONFIG_S1: u64 = 0b101;
     use crate::cmd;
     use zerocopy::IntoBytes;
 
@@ -436,7 +449,7 @@ mod tests {
         assert_eq!(ok(2, 30, 4), Err(Error::NotSupported("input size")));
     }
 
-    const S1: u64 = 1 | ste::CONFIG_S1 << 1;
+    const S1: u64 = 1 | CONFIG_S1 << 1;
 
     fn ste_bytes(a: u64, b: u64) -> Vec<u8> {
         HwptSmmuv3Ste { ste: [a, b] }.as_bytes().to_vec()
@@ -449,7 +462,7 @@ mod tests {
     #[test]
     fn ste_configs() {
         assert_eq!(check(1, 0), Ok(UserSte::Abort), "V, Config 0b000");
-        assert_eq!(check(1 | ste::CONFIG_BYPASS << 1, 0), Ok(UserSte::Bypass));
+        assert_eq!(check(1 | CONFIG_BYPASS << 1, 0), Ok(UserSte::Bypass));
         assert_eq!(check(S1 | 0x1000, 0xD4), Ok(UserSte::Translate([S1 | 0x1000, 0xD4])));
         for c in [0b001, 0b010, 0b011, 0b110, 0b111] {
             assert_eq!(check(1 | c << 1, 0), Err(Error::InvalidData("Config")), "{c:#b}");
@@ -459,7 +472,7 @@ mod tests {
     #[test]
     fn ste_invalid_is_abort_whatever_else_it_says() {
         assert_eq!(check(0, 0), Ok(UserSte::Abort));
-        assert_eq!(check(ste::CONFIG_S1 << 1 | 0x1000, u64::MAX), Ok(UserSte::Abort));
+        assert_eq!(check(CONFIG_S1 << 1 | 0x1000, u64::MAX), Ok(UserSte::Abort));
         assert_eq!(check_ste(&QEMU, 39, &[]), Ok(UserSte::Abort), "no data");
     }
 
@@ -496,7 +509,7 @@ mod tests {
         assert_eq!(check_ste(&QEMU, 44, &ste_bytes(S1 | 1 << 43, 0)), Ok(UserSte::Translate([S1 | 1 << 43, 0])));
         // ... and means nothing when stage 1 is bypassed, as the other
         // stage-1 fields, whatever their values.
-        let byp = 1 | ste::CONFIG_BYPASS << 1;
+        let byp = 1 | CONFIG_BYPASS << 1;
         assert_eq!(check(byp | 1 << 45, 0), Ok(UserSte::Bypass));
         assert_eq!(check(byp | 0b11 << 4 | 1 << 59, 0b11 | 0b01 << 6 | 1 << 27), Ok(UserSte::Bypass));
         assert_eq!(check(1 | 0b11 << 4 | 1 << 59, 0b11 | 0b01 << 6 | 1 << 27), Ok(UserSte::Abort));
@@ -537,11 +550,15 @@ mod tests {
             assert_eq!(check(S1, mask), Err(Error::InvalidData(name)), "{name}");
         }
         // Every bit is either allowed or named.
-        let allowed0 = w0::V | w0::CONFIG | w0::S1FMT | w0::S1_CONTEXT_PTR | w0::S1CDMAX;
+        let allowed0 = [STE0::V, STE0::CONFIG, STE0::S1FMT, STE0::S1_CONTEXT_PTR, STE0::S1CDMAX]
+            .into_iter()
+            .fold(0, |m, f| m | field_mask(f));
         let named0 = W0_FORBIDDEN.iter().fold(0, |m, f| m | f.0);
         assert_eq!(allowed0 ^ named0, u64::MAX);
         assert_eq!(allowed0 & named0, 0);
-        let allowed1 = w1::S1DSS | w1::S1CIR | w1::S1COR | w1::S1CSH | w1::S1STALLD | w1::EATS;
+        let allowed1 = [STE1::S1DSS, STE1::S1CIR, STE1::S1COR, STE1::S1CSH, STE1::S1STALLD, STE1::EATS]
+            .into_iter()
+            .fold(0, |m, f| m | field_mask(f));
         let named1 = W1_FORBIDDEN.iter().fold(0, |m, f| m | f.0);
         assert_eq!(allowed1 ^ named1, u64::MAX);
         assert_eq!(allowed1 & named1, 0);
