@@ -449,8 +449,6 @@ mod tests {
     /// the list only shrinks).
     const NOT_YET_REMOVED: &[&str] = &[
         "kernel/core: import circle between modules acpi <-> fail_nth <-> heap <-> ioas <-> iommu <-> mm <-> pci <-> platform <-> task",
-        "drivers/smmuv3: import circle between modules regs <-> unit",
-        "drivers/virtio-iommu: import circle between modules device <-> queue <-> request <-> transport",
         "boards/pc: import circle between modules apic <-> interrupts",
     ];
 

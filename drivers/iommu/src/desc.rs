@@ -63,35 +63,6 @@ pub const fn field_mask<R: tock_registers::RegisterLongName>(field: tock_registe
     field.mask << field.shift
 }
 
-/// `field` set from `value` whose bits are already where the field puts
-/// them (an address field such as bits 51:12 of a table pointer: the
-/// address itself, its bits outside the field dropped).
-///
-/// ```
-/// use iommu::desc::tock_registers::register_bitfields;
-/// use iommu::desc::{in_place, read_in_place, Word};
-/// register_bitfields![u64, pub W [ PTR OFFSET(12) NUMBITS(40) [], V OFFSET(0) NUMBITS(1) [] ]];
-/// let mut w = Word::<W::Register>::new(0);
-/// w.write(W::V::SET + in_place(W::PTR, 0xFFF0_0000_1234_5FFF));
-/// assert_eq!(w.get(), 0x0000_0000_1234_5001);
-/// assert_eq!(read_in_place(w, W::PTR), 0x1234_5000);
-/// ```
-pub const fn in_place<R: tock_registers::RegisterLongName>(
-    field: tock_registers::fields::Field<u64, R>,
-    value: u64,
-) -> tock_registers::fields::FieldValue<u64, R> {
-    tock_registers::fields::FieldValue::<u64, R>::new(field.mask, field.shift, value >> field.shift)
-}
-
-/// The bits of `word` that `field` covers, left in place (the address an
-/// address field holds); the inverse of [`in_place`].
-pub fn read_in_place<R: tock_registers::RegisterLongName>(
-    word: Word<R>,
-    field: tock_registers::fields::Field<u64, R>,
-) -> u64 {
-    word.get() & field_mask(field)
-}
-
 /// A descriptor word without named fields (reserved, or unused by the driver).
 #[allow(non_snake_case)]
 pub mod RAW {
@@ -114,11 +85,22 @@ pub fn in_place<R: tock_registers::RegisterLongName>(
 /// The value for `field` from bits already in place (the inverse of
 /// [`in_place`]): an address written to an address field such as bits
 /// 63:12, its bits outside the field dropped.
-pub fn from_place<R: tock_registers::RegisterLongName>(
+///
+/// ```
+/// use iommu::desc::tock_registers::register_bitfields;
+/// use iommu::desc::{from_place, in_place, Word};
+/// register_bitfields![u64, pub W [ PTR OFFSET(12) NUMBITS(40) [], V OFFSET(0) NUMBITS(1) [] ]];
+/// let mut w = Word::<W::Register>::new(0);
+/// w.write(W::V::SET + from_place(W::PTR, 0xFFF0_0000_1234_5FFF));
+/// assert_eq!(w.get(), 0x0000_0000_1234_5001);
+/// assert_eq!(in_place(w, W::PTR), 0x1234_5000);
+/// ```
+pub const fn from_place<R: tock_registers::RegisterLongName>(
     field: tock_registers::fields::Field<u64, R>,
     bits: u64,
 ) -> tock_registers::fields::FieldValue<u64, R> {
-    field.val(bits.checked_shr(field.shift as u32).unwrap_or(0) & field.mask)
+    // A u64 field's shift is below 64, so the shift cannot overflow.
+    tock_registers::fields::FieldValue::<u64, R>::new(field.mask, field.shift, bits >> field.shift)
 }
 
 /// Counts one (for [`crate::descriptor!`]).
@@ -233,11 +215,11 @@ mod tests {
     #[test]
     fn in_place_values_keep_their_bits_where_they_are() {
         let mut w = Word::<W1::Register>::new(0);
-        w.write(in_place(W1::C, 0xFFFF));
+        w.write(from_place(W1::C, 0xFFFF));
         assert_eq!((w.get(), w.read(W1::C)), (0xFF00, 0xFF));
-        assert_eq!(read_in_place(w, W1::C), 0xFF00);
-        assert_eq!(read_in_place(Word::<W1::Register>::new(0x1234), W1::C), 0x1200);
-        const V: u64 = in_place(W0::B, 0x9000_0000_0000_0001).value;
+        assert_eq!(in_place(w, W1::C), 0xFF00);
+        assert_eq!(in_place(Word::<W1::Register>::new(0x1234), W1::C), 0x1200);
+        const V: u64 = from_place(W0::B, 0x9000_0000_0000_0001).value;
         assert_eq!(V, 0x9000_0000_0000_0000);
     }
 }

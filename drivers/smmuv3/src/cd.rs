@@ -1,7 +1,7 @@
 //! Stage-1 context descriptors (SMMUv3 §5.4): eight 64-bit words, of which the
 //! first four (translation control, TTB0, TTB1, MAIR) are used.
 
-use iommu::desc::{in_place, RAW};
+use iommu::desc::{from_place, RAW};
 use tock_registers::register_bitfields;
 
 register_bitfields![u64,
@@ -95,7 +95,7 @@ pub fn stage1(s: Stage1) -> Cd {
             + CD0::A::SET
             + CD0::ASID.val(u64::from(s.asid)),
     );
-    cd.w1.write(in_place(CD1::TTB0, s.ttb0));
+    cd.w1.write(from_place(CD1::TTB0, s.ttb0));
     cd.w3.set(s.mair);
     cd
 }

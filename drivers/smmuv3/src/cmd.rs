@@ -1,7 +1,7 @@
 //! Command queue entries (SMMUv3 §4): two 64-bit words each, and the
 //! command-error codes the SMMU reports in CMDQ_CONS.ERR (§4.7.3).
 
-use iommu::desc::in_place;
+use iommu::desc::from_place;
 use tock_registers::fields::FieldValue;
 use tock_registers::register_bitfields;
 
@@ -189,7 +189,7 @@ fn address_words(opcode_tag: FieldValue<u64, CMD0::Register>, s: Scope) -> Comma
     // TTL = 0: entries of any level.
     build(
         opcode_tag + CMD0::NUM.val(u64::from(num)) + CMD0::SCALE.val(u64::from(scale)),
-        CMD1::LEAF.val(u64::from(s.leaf)) + CMD1::TG.val(tg) + in_place(CMD1::ADDR_PA, s.range.start),
+        CMD1::LEAF.val(u64::from(s.leaf)) + CMD1::TG.val(tg) + from_place(CMD1::ADDR_PA, s.range.start),
     )
 }
 

@@ -119,7 +119,7 @@ impl core::fmt::Display for Describe<'_> {
             UserSte::Translate(w) => write!(
                 f,
                 "stage-1 CD at IPA {:#x}",
-                iommu::desc::read_in_place(
+                iommu::desc::in_place(
                     ste::Ste::from_words([w[0], w[1], 0, 0, 0, 0, 0, 0]).w0,
                     ste::STE0::S1_CONTEXT_PTR
                 )

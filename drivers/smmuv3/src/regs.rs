@@ -236,8 +236,10 @@ pub fn oas_bits(oas: u32) -> u32 {
 /// Base-register value for a queue or table at `pa` with `log2size` (bits 4:0 for
 /// queues) and the read-allocate hint (§6.3.24, §6.3.26).
 pub fn base_value(pa: u64, log2size: u32) -> u64 {
-    (QUEUE_BASE::RA::SET + iommu::desc::in_place(QUEUE_BASE::ADDR, pa) + QUEUE_BASE::LOG2SIZE.val(u64::from(log2size)))
-        .value
+    (QUEUE_BASE::RA::SET
+        + iommu::desc::from_place(QUEUE_BASE::ADDR, pa)
+        + QUEUE_BASE::LOG2SIZE.val(u64::from(log2size)))
+    .value
 }
 
 #[cfg(test)]

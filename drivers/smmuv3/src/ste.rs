@@ -2,7 +2,7 @@
 //! §5.1). An STE is eight 64-bit words; only the first four carry fields used
 //! here.
 
-use iommu::desc::{in_place, read_in_place, RAW};
+use iommu::desc::{from_place, in_place, RAW};
 use tock_registers::register_bitfields;
 
 register_bitfields![u64,
@@ -184,7 +184,7 @@ pub fn bypass() -> Ste {
 /// write-back cacheable, inner shareable (S1CIR/S1COR = 01, S1CSH = 11).
 pub fn stage1(cd: u64) -> Ste {
     let mut e = Ste::zeroed();
-    e.w0.write(STE0::V::SET + STE0::CONFIG::Stage1 + in_place(STE0::S1_CONTEXT_PTR, cd));
+    e.w0.write(STE0::V::SET + STE0::CONFIG::Stage1 + from_place(STE0::S1_CONTEXT_PTR, cd));
     e.w1.write(STE1::S1CIR.val(1) + STE1::S1COR.val(1) + STE1::S1CSH.val(3));
     e
 }
@@ -221,7 +221,7 @@ pub fn stage2(s2: Stage2) -> Ste {
             + STE2::S2AA64::SET
             + STE2::S2R::SET,
     );
-    e.w3.write(in_place(STE3::S2TTB, s2.ttb));
+    e.w3.write(from_place(STE3::S2TTB, s2.ttb));
     e
 }
 
@@ -242,7 +242,7 @@ pub fn nested(s1: [u64; 2], s2: Stage2) -> Ste {
         STE0::V::SET
             + STE0::CONFIG::Nested
             + STE0::S1FMT.val(user.w0.read(STE0::S1FMT))
-            + in_place(STE0::S1_CONTEXT_PTR, read_in_place(user.w0, STE0::S1_CONTEXT_PTR))
+            + from_place(STE0::S1_CONTEXT_PTR, in_place(user.w0, STE0::S1_CONTEXT_PTR))
             + STE0::S1CDMAX.val(user.w0.read(STE0::S1CDMAX)),
     );
     e.w1.write(
@@ -268,7 +268,7 @@ pub fn translates_stage1(entry: &Ste) -> bool {
 /// Level-1 stream table descriptor pointing at a level-2 table of
 /// 2^(`split`) STEs (§5.1: L2Ptr 51:6, Span 4:0 = split + 1).
 pub fn l1_descriptor(l2: u64, split: u32) -> u64 {
-    (in_place(L1STD::L2PTR, l2) + L1STD::SPAN.val(u64::from(split + 1))).value
+    (from_place(L1STD::L2PTR, l2) + L1STD::SPAN.val(u64::from(split + 1))).value
 }
 
 #[cfg(test)]

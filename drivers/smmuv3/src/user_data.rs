@@ -12,7 +12,7 @@ use crate::regs::{oas_bits, IDR0, IDR3, IDR5};
 use crate::ste::{Ste, STE0, STE1};
 use abi::ioas::{HwptSmmuv3Attrs, HwptSmmuv3Command, HwptSmmuv3Ste};
 use alloc::vec::Vec;
-use iommu::desc::{field_mask, read_in_place};
+use iommu::desc::{field_mask, in_place};
 use iommu::Error;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -203,7 +203,7 @@ pub fn check_ste(idr: &[u32; 6], parent_bits: u32, data: &[u8]) -> Result<UserSt
     if e.w0.read(STE0::S1CDMAX) != 0 {
         return Err(Error::NotSupported("substreams (S1CDMax)"));
     }
-    if read_in_place(e.w0, STE0::S1_CONTEXT_PTR) >> parent_bits.min(63) != 0 {
+    if in_place(e.w0, STE0::S1_CONTEXT_PTR) >> parent_bits.min(63) != 0 {
         return Err(Error::InvalidData("S1ContextPtr beyond the parent's input size"));
     }
     Ok(UserSte::Translate([a, b]))
