@@ -12,7 +12,7 @@ const MAX_FRAMES: usize = 32;
 /// numbering frames from `first` (1 when the caller printed the faulting PC as #0).
 pub fn print_from(fp: usize, first: usize) {
     let ranges = crate::try_platform().map_or(&[][..], |p| p.stack_ranges());
-    let task = crate::task::current_kernel_stack();
+    let task = crate::cpu::current_kernel_stack();
     let inside = |a: usize| ranges.iter().chain(task.iter()).any(|&(lo, hi)| a >= lo && a.saturating_add(16) <= hi);
     let mut fp = fp;
     for n in first..first + MAX_FRAMES {
