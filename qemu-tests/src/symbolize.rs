@@ -39,6 +39,26 @@ fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("/"))
 }
 
+/// A source path as a backtrace shows it: relative to the workspace, or
+/// from `library/` for the standard library (its rust-src copy or the
+/// `/rustc/<commit>/` path of a prebuilt one).
+fn shown_path(file: &str) -> String {
+    let path = Path::new(file);
+    if let Ok(rel) = path.strip_prefix(workspace_root()) {
+        return rel.display().to_string();
+    }
+    for marker in ["/lib/rustlib/src/rust/", "/rustc/"] {
+        if let Some((_, rest)) = file.split_once(marker) {
+            // `/rustc/<commit>/library/...`: drop the commit too.
+            let rest = if marker == "/rustc/" { rest.split_once('/').map_or(rest, |(_, r)| r) } else { rest };
+            if rest.starts_with("library/") {
+                return rest.to_owned();
+            }
+        }
+    }
+    file.to_owned()
+}
+
 /// The DWARF of `file`, if it has any.
 fn load_dwarf(file: &object::File) -> Option<addr2line::Context<Reader>> {
     file.section_by_name(".debug_info")?;
@@ -107,10 +127,7 @@ impl Symbolizer {
                 .and_then(|f| f.demangle().ok().map(|n| n.into_owned()))
                 .unwrap_or_else(|| "?".to_owned());
             let (file, line) = frame.location.as_ref().map_or((None, 0), |l| {
-                let file = l.file.map(|f| {
-                    let path = Path::new(f);
-                    path.strip_prefix(workspace_root()).unwrap_or(path).display().to_string()
-                });
+                let file = l.file.map(shown_path);
                 (file, l.line.unwrap_or(0))
             });
             out.push(SourceFrame { function, file, line, inlined: true });
@@ -275,6 +292,16 @@ mod tests {
         let outer = frames.last().unwrap();
         assert!(outer.function.ends_with("outer_function_for_symbolizer_test") && !outer.inlined, "{frames:?}");
         assert_eq!((outer.file.as_deref(), outer.line), (Some("qemu-tests/src/symbolize.rs"), CALL_LINE), "{frames:?}");
+    }
+
+    #[test]
+    fn paths_are_shortened() {
+        let root = workspace_root().display().to_string();
+        assert_eq!(shown_path(&format!("{root}/kernel/core/src/lib.rs")), "kernel/core/src/lib.rs");
+        let src = "/root/.rustup/toolchains/x/lib/rustlib/src/rust/library/core/src/ptr/mod.rs";
+        assert_eq!(shown_path(src), "library/core/src/ptr/mod.rs");
+        assert_eq!(shown_path("/rustc/59807616e1fa/library/std/src/panicking.rs"), "library/std/src/panicking.rs");
+        assert_eq!(shown_path("/elsewhere/x.rs"), "/elsewhere/x.rs");
     }
 
     #[test]

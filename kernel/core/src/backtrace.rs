@@ -33,9 +33,11 @@ pub fn print_from(fp: usize, first: usize) {
     }
 }
 
-/// Prints the backtrace of the caller.
+/// Prints the backtrace of the caller. Numbered from 1: every frame is a
+/// return address (there is no faulting PC for `#0`), which the host
+/// symbolizer looks up one byte earlier, at the call.
 pub fn print_here() {
     if let Some(p) = crate::try_platform() {
-        print_from(p.frame_pointer(), 0);
+        print_from(p.frame_pointer(), 1);
     }
 }

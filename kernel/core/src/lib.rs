@@ -5,6 +5,18 @@
 //! Boot flow ([`start`]): logger → memory map → frame allocator → heap →
 //! interrupts and timer → summary → kernel tests (when the command line asks
 //! for them with `ktest=all` or `ktest=<filter>`) → exit.
+//!
+//! Modules, bottom up (each names only modules listed before it;
+//! `cargo xtask layers` checks there is no import circle):
+//! - leaves: [`platform`](mod@platform) (the board's traits), [`frames`], [`cpu`] (the
+//!   running task), [`user_layout`], [`limits`], [`irq_slots`], [`console`];
+//! - memory: [`fail_nth`], [`mm`], [`heap`], [`pins`];
+//! - firmware and devices: [`acpi`], [`pci`], [`iommu`] (the unit registry);
+//! - task support: [`claims`] (device claims), [`dma`] (pinned task memory,
+//!   kcore's `iommufd::Memory`), [`loader`] (packed programs, ELF checks);
+//! - [`scheduler`] (tasks, switching, a task's end), [`user_access`];
+//! - [`syscalls`] (one module per family), [`task`] (the boards' entry
+//!   points); [`backtrace`], [`edu`] and [`ktests`] for diagnostics and tests.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
