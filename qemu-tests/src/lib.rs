@@ -5,7 +5,8 @@
 //! - [`runner`] starts QEMU cases with a per-boot timeout (several at once),
 //!   captures the console with timestamps, keeps a log file per case and
 //!   decides a verdict.
-//! - [`symbolize`] appends `<function+0xoff>` to kernel addresses using the ELF.
+//! - [`symbolize`] appends `<function+0xoff>` to kernel addresses using the ELF, and
+//!   `function at file:line` for each source frame (inlined ones too) of a backtrace.
 //! - [`report`] prints every failure with its serial tail and the closing
 //!   `N passed, N failed, N skipped` counts.
 //!

@@ -79,7 +79,8 @@ pub fn print(results: &[CaseResult]) -> (Totals, bool) {
         let skip = r.lines.len().saturating_sub(TAIL_LINES);
         for (_, line) in &r.lines[skip..] {
             let shown = symbolizer.as_ref().map_or_else(|| line.clone(), |s| s.symbolize_line(line));
-            println!("  | {shown}");
+            // A backtrace line brings its source frames on lines of their own.
+            println!("  | {}", shown.replace('\n', "\n  | "));
         }
     }
     (totals, all_ok)

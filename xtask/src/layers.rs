@@ -444,26 +444,11 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
     }
 
-    /// Findings the refactor of issue 21 has not removed yet: the test fails
-    /// on any finding not listed here, and on a listed one that is gone (so
-    /// the list only shrinks).
-    const NOT_YET_REMOVED: &[&str] = &[
-        "kernel/core: import circle between modules acpi <-> fail_nth <-> heap <-> ioas <-> iommu <-> mm <-> pci <-> platform <-> task",
-        "boards/pc: import circle between modules apic <-> interrupts",
-    ];
-
     /// The tree itself: run by `cargo xtask test --host`.
     #[test]
     fn the_workspace_keeps_its_layers() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let found = findings(&root).unwrap_or_else(|e| vec![e]);
-        let new: Vec<&String> = found.iter().filter(|f| !NOT_YET_REMOVED.contains(&f.as_str())).collect();
-        assert!(
-            new.is_empty(),
-            "layering findings:\n{}",
-            new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
-        );
-        let gone: Vec<&&str> = NOT_YET_REMOVED.iter().filter(|k| !found.iter().any(|f| f == *k)).collect();
-        assert!(gone.is_empty(), "fixed, take these out of NOT_YET_REMOVED: {gone:?}");
+        assert!(found.is_empty(), "layering findings:\n{}", found.join("\n"));
     }
 }

@@ -65,15 +65,16 @@ fn regs() -> Option<&'static LapicRegisters> {
     Some(unsafe { &*(va as *const LapicRegisters) })
 }
 
-/// Maps the local APIC, enables it with spurious vector 0xFF and accepts all priorities.
-pub fn map_and_enable() -> Result<(), &'static str> {
+/// Maps the local APIC, enables it with spurious vector `spurious` and
+/// accepts all priorities.
+pub fn map_and_enable(spurious: u8) -> Result<(), &'static str> {
     // SAFETY: reading IA32_APIC_BASE has no side effects on any x86_64 CPU with an APIC.
     let base = unsafe { Msr::new(IA32_APIC_BASE).read() } & 0x000F_FFFF_FFFF_F000;
     let mmio = kcore::mm::map_mmio(base, 0x1000).map_err(|_| "cannot map the local APIC")?;
     LAPIC_VA.store(mmio.va, Ordering::Release);
     let r = regs().ok_or("local APIC not mapped")?;
     r.tpr.set(0);
-    r.svr.write(SVR::VECTOR.val(u32::from(crate::interrupts::SPURIOUS_VECTOR)) + SVR::APIC_ENABLE::SET);
+    r.svr.write(SVR::VECTOR.val(u32::from(spurious)) + SVR::APIC_ENABLE::SET);
     log::info!("lapic: base={base:#x} id={} version={:#x}", r.id.get() >> 24, r.version.get() & 0xFF);
     Ok(())
 }
@@ -96,12 +97,12 @@ pub fn calibrate_against_tsc() -> Result<u32, &'static str> {
     Ok(counted.max(1))
 }
 
-/// Starts the periodic timer at `hz` given the calibrated count per 10 ms.
-pub fn start_periodic(ticks_per_10ms: u32, hz: u32) -> Result<(), &'static str> {
+/// Starts the periodic timer at `hz` on `vector`, given the calibrated count per 10 ms.
+pub fn start_periodic(ticks_per_10ms: u32, hz: u32, vector: u8) -> Result<(), &'static str> {
     let r = regs().ok_or("local APIC not mapped")?;
     let initial = (u64::from(ticks_per_10ms) * 100 / u64::from(hz.max(1))).clamp(1, u64::from(u32::MAX)) as u32;
     r.timer_divide.set(DIVIDE_BY_16);
-    r.lvt_timer.write(LVT_TIMER::VECTOR.val(u32::from(crate::interrupts::TIMER_VECTOR)) + LVT_TIMER::MODE::Periodic);
+    r.lvt_timer.write(LVT_TIMER::VECTOR.val(u32::from(vector)) + LVT_TIMER::MODE::Periodic);
     r.timer_initial.set(initial);
     log::info!("lapic timer: {hz} Hz (initial count {initial}, divide 16)");
     Ok(())

@@ -27,7 +27,7 @@ pub mod tsc;
 pub mod user;
 
 use core::sync::atomic::Ordering;
-use kcore::{MapError, PageAttr, Platform};
+use kcore::{MapError, PageAttr};
 
 /// Offset of the direct map of physical memory.
 pub const DIRECT_MAP: u64 = 0xFFFF_8000_0000_0000;
@@ -54,32 +54,25 @@ pub fn early_init() {
     kcore::register_platform(&PLATFORM);
 }
 
-impl Platform for X86Platform {
+impl kcore::Arch for X86Platform {
     fn arch(&self) -> &'static str {
         "x86_64"
     }
 
+    fn elf_machine(&self) -> u16 {
+        kcore::loader::EM_X86_64
+    }
+}
+
+impl kcore::Console for X86Platform {
     fn console_write(&self, text: &str) {
         serial::write_str(text);
     }
+}
 
+impl kcore::Clock for X86Platform {
     fn uptime_ns(&self) -> u64 {
         tsc::uptime_ns()
-    }
-
-    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
-        pit::disable_legacy_pic();
-        apic::map_and_enable()?;
-        match boot.firmware() {
-            bootinfo::FirmwareTables::Acpi { rsdp } => {
-                if ioapic::init(rsdp)? == 0 {
-                    log::warn!("ioapic: the MADT lists no I/O APIC; legacy interrupts unavailable");
-                }
-            }
-            _ => log::warn!("ioapic: no ACPI tables; legacy interrupts unavailable"),
-        }
-        let per_10ms = apic::calibrate_against_tsc()?;
-        apic::start_periodic(per_10ms, interrupts::TIMER_HZ)
     }
 
     fn timer_ticks(&self) -> u64 {
@@ -89,9 +82,30 @@ impl Platform for X86Platform {
     fn timer_hz(&self) -> u32 {
         interrupts::TIMER_HZ
     }
+}
+
+impl kcore::Interrupts for X86Platform {
+    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
+        pit::disable_legacy_pic();
+        apic::map_and_enable(interrupts::SPURIOUS_VECTOR)?;
+        match boot.firmware() {
+            bootinfo::FirmwareTables::Acpi { rsdp } => {
+                if ioapic::init(rsdp)? == 0 {
+                    log::warn!("ioapic: the MADT lists no I/O APIC; legacy interrupts unavailable");
+                }
+            }
+            _ => log::warn!("ioapic: no ACPI tables; legacy interrupts unavailable"),
+        }
+        let per_10ms = apic::calibrate_against_tsc()?;
+        apic::start_periodic(per_10ms, interrupts::TIMER_HZ, interrupts::TIMER_VECTOR)
+    }
 
     fn enable_interrupts(&self) {
         x86_64::instructions::interrupts::enable();
+    }
+
+    fn disable_interrupts(&self) {
+        x86_64::instructions::interrupts::disable();
     }
 
     fn wait_for_interrupt(&self) {
@@ -105,7 +119,26 @@ impl Platform for X86Platform {
     fn breakpoints_handled(&self) -> u64 {
         interrupts::BREAKPOINTS.load(Ordering::Relaxed)
     }
+}
 
+impl kcore::DeviceIrqs for X86Platform {
+    fn route_device_irq(
+        &self,
+        f: &pci::Function,
+        access: &dyn pci::ConfigAccess,
+        slot: u32,
+    ) -> Result<(), &'static str> {
+        apic::route_msi(f, access, interrupts::DEVICE_VECTORS.start() + slot as u8)
+    }
+
+    fn unmask_device_irq(&self, _slot: u32) {}
+
+    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) {
+        apic::unroute_msi(f, access, interrupts::DEVICE_VECTORS.start() + slot as u8);
+    }
+}
+
+impl kcore::KernelSpace for X86Platform {
     fn map_page(&self, va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
         paging::map_page(va, pa, attr)
     }
@@ -121,7 +154,9 @@ impl Platform for X86Platform {
     fn dynamic_window(&self) -> (u64, u64) {
         DYNAMIC_WINDOW
     }
+}
 
+impl kcore::StackWalk for X86Platform {
     fn frame_pointer(&self) -> usize {
         let fp: usize;
         // SAFETY: reads rbp only; no memory access, no flags changed.
@@ -135,33 +170,9 @@ impl Platform for X86Platform {
     fn stack_ranges(&self) -> &[(usize, usize)] {
         gdt::stack_ranges()
     }
+}
 
-    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
-        match boot.firmware() {
-            bootinfo::FirmwareTables::Acpi { rsdp } => kcore::acpi::pci_hosts(rsdp),
-            _ => alloc::vec::Vec::new(),
-        }
-    }
-
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology {
-        match boot.firmware() {
-            bootinfo::FirmwareTables::Acpi { rsdp } => acpi::topology(rsdp, functions),
-            _ => topology::Topology::new(),
-        }
-    }
-
-    fn iommu_units(
-        &self,
-        boot: &bootinfo::BootInfo,
-        topology: &topology::Topology,
-    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
-        iommu::units(boot, topology)
-    }
-
-    fn elf_machine(&self) -> u16 {
-        kcore::elf::EM_X86_64
-    }
-
+impl kcore::UserSpace for X86Platform {
     fn user_space_new(&self) -> Result<u64, MapError> {
         user::new_space()
     }
@@ -189,7 +200,9 @@ impl Platform for X86Platform {
     fn user_space_free(&self, root: u64) {
         user::free_space(root)
     }
+}
 
+impl kcore::TaskSwitch for X86Platform {
     fn init_task_stack(&self, stack_top: u64, start: extern "C" fn() -> !) -> u64 {
         user::init_task_stack(stack_top, start)
     }
@@ -210,26 +223,35 @@ impl Platform for X86Platform {
     fn enter_user(&self, entry: u64, user_sp: u64) -> ! {
         user::enter_user(entry, user_sp)
     }
+}
 
-    fn disable_interrupts(&self) {
-        x86_64::instructions::interrupts::disable();
+impl kcore::PciHosts for X86Platform {
+    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::EcamHost> {
+        match boot.firmware() {
+            bootinfo::FirmwareTables::Acpi { rsdp } => kcore::acpi::pci_hosts(rsdp),
+            _ => alloc::vec::Vec::new(),
+        }
+    }
+}
+
+impl kcore::IommuBringup for X86Platform {
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology {
+        match boot.firmware() {
+            bootinfo::FirmwareTables::Acpi { rsdp } => acpi::topology(rsdp, functions),
+            _ => topology::Topology::new(),
+        }
     }
 
-    fn route_device_irq(
+    fn iommu_units(
         &self,
-        f: &pci::Function,
-        access: &dyn pci::ConfigAccess,
-        slot: u32,
-    ) -> Result<(), &'static str> {
-        apic::route_msi(f, access, interrupts::DEVICE_VECTORS.start() + slot as u8)
+        boot: &bootinfo::BootInfo,
+        topology: &topology::Topology,
+    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
+        iommu::units(boot, topology)
     }
+}
 
-    fn unmask_device_irq(&self, _slot: u32) {}
-
-    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) {
-        apic::unroute_msi(f, access, interrupts::DEVICE_VECTORS.start() + slot as u8);
-    }
-
+impl kcore::Power for X86Platform {
     fn exit(&self, success: bool) -> ! {
         exit::exit(success)
     }

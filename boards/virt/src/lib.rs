@@ -25,7 +25,7 @@ pub mod user;
 
 use bootinfo::FirmwareTables;
 use core::sync::atomic::Ordering;
-use kcore::{MapError, PageAttr, Platform};
+use kcore::{MapError, PageAttr};
 
 /// Offset of the direct map of physical memory.
 pub const DIRECT_MAP: u64 = 0xFFFF_0000_0000_0000;
@@ -48,19 +48,37 @@ pub fn early_init() {
     kcore::register_platform(&PLATFORM);
 }
 
-impl Platform for ArmPlatform {
+impl kcore::Arch for ArmPlatform {
     fn arch(&self) -> &'static str {
         "aarch64"
     }
 
+    fn elf_machine(&self) -> u16 {
+        kcore::loader::EM_AARCH64
+    }
+}
+
+impl kcore::Console for ArmPlatform {
     fn console_write(&self, text: &str) {
         pl011::write_str(text);
     }
+}
 
+impl kcore::Clock for ArmPlatform {
     fn uptime_ns(&self) -> u64 {
         timer::uptime_ns()
     }
 
+    fn timer_ticks(&self) -> u64 {
+        timer::TICKS.load(Ordering::Relaxed)
+    }
+
+    fn timer_hz(&self) -> u32 {
+        timer::TIMER_HZ
+    }
+}
+
+impl kcore::Interrupts for ArmPlatform {
     fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str> {
         let (gic, virt_timer) = match boot.firmware() {
             FirmwareTables::Acpi { rsdp } => {
@@ -80,17 +98,14 @@ impl Platform for ArmPlatform {
         timer::start(virt_timer, timer::TIMER_HZ)
     }
 
-    fn timer_ticks(&self) -> u64 {
-        timer::TICKS.load(Ordering::Relaxed)
-    }
-
-    fn timer_hz(&self) -> u32 {
-        timer::TIMER_HZ
-    }
-
     fn enable_interrupts(&self) {
         // SAFETY: unmasking IRQs at EL1; the vector table is installed.
         unsafe { core::arch::asm!("msr daifclr, #2", options(nomem, nostack)) };
+    }
+
+    fn disable_interrupts(&self) {
+        // SAFETY: masking IRQs at EL1.
+        unsafe { core::arch::asm!("msr daifset, #2", options(nomem, nostack)) };
     }
 
     fn wait_for_interrupt(&self) {
@@ -106,7 +121,33 @@ impl Platform for ArmPlatform {
     fn breakpoints_handled(&self) -> u64 {
         exceptions::BREAKPOINTS.load(Ordering::Relaxed)
     }
+}
 
+impl kcore::DeviceIrqs for ArmPlatform {
+    fn route_device_irq(
+        &self,
+        f: &pci::Function,
+        access: &dyn pci::ConfigAccess,
+        slot: u32,
+    ) -> Result<(), &'static str> {
+        let intid = intx_intid(f, access)?;
+        let cmd = access.read16(f.bdf, pci::reg::COMMAND);
+        access.write16(f.bdf, pci::reg::COMMAND, cmd & !(1 << 10)); // INTx enabled
+        gic::route_spi(intid, true, slot)?;
+        log::info!("intx: {} -> GIC INTID {intid} (level)", f.bdf);
+        Ok(())
+    }
+
+    fn unmask_device_irq(&self, slot: u32) {
+        gic::unmask_slot(slot);
+    }
+
+    fn unroute_device_irq(&self, _f: &pci::Function, _access: &dyn pci::ConfigAccess, slot: u32) {
+        gic::unroute_slot(slot);
+    }
+}
+
+impl kcore::KernelSpace for ArmPlatform {
     fn map_page(&self, va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError> {
         paging::map_page(va, pa, attr)
     }
@@ -122,7 +163,9 @@ impl Platform for ArmPlatform {
     fn dynamic_window(&self) -> (u64, u64) {
         DYNAMIC_WINDOW
     }
+}
 
+impl kcore::StackWalk for ArmPlatform {
     fn frame_pointer(&self) -> usize {
         let fp: usize;
         // SAFETY: reads x29 only; no memory access, no flags changed.
@@ -136,69 +179,9 @@ impl Platform for ArmPlatform {
     fn stack_ranges(&self) -> &[(usize, usize)] {
         exceptions::stack_ranges()
     }
+}
 
-    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::pci::Ecam> {
-        if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
-            return kcore::acpi::pci_hosts(rsdp);
-        }
-        let Some(dt) = dtb(boot) else { return alloc::vec::Vec::new() };
-        let mut out = alloc::vec::Vec::new();
-        for host in dt.pci_hosts() {
-            let h = match host {
-                Ok(h) => h,
-                Err(e) => {
-                    log::error!("devicetree: PCI host node rejected: {e}");
-                    continue;
-                }
-            };
-            let window = |space| {
-                h.window(space).map(|r| pci::Window { cpu_base: r.cpu_addr, pci_base: r.pci_addr, size: r.size })
-            };
-            use devicetree::pci::PciSpace;
-            let bridge = pci::HostBridge {
-                segment: h.segment,
-                bus_start: h.bus_start,
-                bus_end: h.bus_end,
-                mmio32: window(PciSpace::Mem32),
-                mmio64: window(PciSpace::Mem64),
-                io: window(PciSpace::Io),
-            };
-            out.push(kcore::pci::Ecam::new(h.ecam.base, bridge));
-        }
-        out
-    }
-
-    fn iommu_units(
-        &self,
-        boot: &bootinfo::BootInfo,
-        topology: &topology::Topology,
-    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
-        iommu::units(boot, topology)
-    }
-
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology {
-        if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
-            // MSIs go through the ITS doorbell, which the IOMMU translates like any DMA:
-            // reserve it as the device tree path does (IORT names the ITS by ID; its base is in the MADT).
-            let mut t = kcore::acpi::topology(rsdp, functions, None);
-            if let Some(its) = acpi::gic(rsdp).ok().and_then(|g| g.its) {
-                topology::build::reserve_its_doorbell(&mut t, its.base);
-            }
-            return t;
-        }
-        let Some(dt) = dtb(boot) else { return topology::Topology::new() };
-        let mut errors = alloc::vec::Vec::new();
-        let t = topology::build::from_devicetree(&dt, &mut errors);
-        for e in errors {
-            log::error!("devicetree: {e}");
-        }
-        t
-    }
-
-    fn elf_machine(&self) -> u16 {
-        kcore::elf::EM_AARCH64
-    }
-
+impl kcore::UserSpace for ArmPlatform {
     fn user_space_new(&self) -> Result<u64, MapError> {
         user::new_space()
     }
@@ -226,7 +209,9 @@ impl Platform for ArmPlatform {
     fn user_space_free(&self, root: u64) {
         user::free_space(root)
     }
+}
 
+impl kcore::TaskSwitch for ArmPlatform {
     fn init_task_stack(&self, stack_top: u64, start: extern "C" fn() -> !) -> u64 {
         user::init_task_stack(stack_top, start)
     }
@@ -247,34 +232,71 @@ impl Platform for ArmPlatform {
     fn enter_user(&self, entry: u64, user_sp: u64) -> ! {
         user::enter_user(entry, user_sp)
     }
+}
 
-    fn route_device_irq(
+impl kcore::PciHosts for ArmPlatform {
+    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<kcore::EcamHost> {
+        if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
+            return kcore::acpi::pci_hosts(rsdp);
+        }
+        let Some(dt) = dtb(boot) else { return alloc::vec::Vec::new() };
+        let mut out = alloc::vec::Vec::new();
+        for host in dt.pci_hosts() {
+            let h = match host {
+                Ok(h) => h,
+                Err(e) => {
+                    log::error!("devicetree: PCI host node rejected: {e}");
+                    continue;
+                }
+            };
+            let window = |space| {
+                h.window(space).map(|r| pci::Window { cpu_base: r.cpu_addr, pci_base: r.pci_addr, size: r.size })
+            };
+            use devicetree::pci::PciSpace;
+            let bridge = pci::HostBridge {
+                segment: h.segment,
+                bus_start: h.bus_start,
+                bus_end: h.bus_end,
+                mmio32: window(PciSpace::Mem32),
+                mmio64: window(PciSpace::Mem64),
+                io: window(PciSpace::Io),
+            };
+            out.push(kcore::EcamHost { base: h.ecam.base, host: bridge });
+        }
+        out
+    }
+}
+
+impl kcore::IommuBringup for ArmPlatform {
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology {
+        if let FirmwareTables::Acpi { rsdp } = boot.firmware() {
+            // MSIs go through the ITS doorbell, which the IOMMU translates like any DMA:
+            // reserve it as the device tree path does (IORT names the ITS by ID; its base is in the MADT).
+            let mut t = kcore::acpi::topology(rsdp, functions, None);
+            if let Some(its) = acpi::gic(rsdp).ok().and_then(|g| g.its) {
+                topology::build::reserve_its_doorbell(&mut t, its.base);
+            }
+            return t;
+        }
+        let Some(dt) = dtb(boot) else { return topology::Topology::new() };
+        let mut errors = alloc::vec::Vec::new();
+        let t = topology::build::from_devicetree(&dt, &mut errors);
+        for e in errors {
+            log::error!("devicetree: {e}");
+        }
+        t
+    }
+
+    fn iommu_units(
         &self,
-        f: &pci::Function,
-        access: &dyn pci::ConfigAccess,
-        slot: u32,
-    ) -> Result<(), &'static str> {
-        let intid = intx_intid(f, access)?;
-        let cmd = access.read16(f.bdf, pci::reg::COMMAND);
-        access.write16(f.bdf, pci::reg::COMMAND, cmd & !(1 << 10)); // INTx enabled
-        gic::route_spi(intid, true, slot)?;
-        log::info!("intx: {} -> GIC INTID {intid} (level)", f.bdf);
-        Ok(())
+        boot: &bootinfo::BootInfo,
+        topology: &topology::Topology,
+    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn ::iommu::Iommu>)> {
+        iommu::units(boot, topology)
     }
+}
 
-    fn unmask_device_irq(&self, slot: u32) {
-        gic::unmask_slot(slot);
-    }
-
-    fn unroute_device_irq(&self, _f: &pci::Function, _access: &dyn pci::ConfigAccess, slot: u32) {
-        gic::unroute_slot(slot);
-    }
-
-    fn disable_interrupts(&self) {
-        // SAFETY: masking IRQs at EL1.
-        unsafe { core::arch::asm!("msr daifset, #2", options(nomem, nostack)) };
-    }
-
+impl kcore::Power for ArmPlatform {
     fn exit(&self, success: bool) -> ! {
         exit::exit(success)
     }

@@ -33,7 +33,7 @@ pub fn tables(rsdp: u64) -> Result<AcpiTables<DirectMapHandler>, acpi::AcpiError
 /// ACPI describes the machine (PCs, UEFI on arm) firmware has assigned every
 /// BAR and bus number, which the enumeration keeps (the _CRS windows live in
 /// AML, not interpreted here).
-pub fn pci_hosts(rsdp: u64) -> alloc::vec::Vec<crate::pci::Ecam> {
+pub fn pci_hosts(rsdp: u64) -> alloc::vec::Vec<crate::platform::EcamHost> {
     let mut out = alloc::vec::Vec::new();
     let tables = match tables(rsdp) {
         Ok(t) => t,
@@ -54,7 +54,7 @@ pub fn pci_hosts(rsdp: u64) -> alloc::vec::Vec<crate::pci::Ecam> {
         }
         let host = pci::HostBridge { segment, bus_start: start, bus_end: end, mmio32: None, mmio64: None, io: None };
         // The ECAM base in MCFG is that of bus 0; ours is that of the first bus.
-        out.push(crate::pci::Ecam::new(base + (u64::from(start) << 20), host));
+        out.push(crate::platform::EcamHost { base: base + (u64::from(start) << 20), host });
     }
     out
 }

@@ -12,7 +12,7 @@ const MAX_FRAMES: usize = 32;
 /// numbering frames from `first` (1 when the caller printed the faulting PC as #0).
 pub fn print_from(fp: usize, first: usize) {
     let ranges = crate::try_platform().map_or(&[][..], |p| p.stack_ranges());
-    let task = crate::task::current_kernel_stack();
+    let task = crate::cpu::current_kernel_stack();
     let inside = |a: usize| ranges.iter().chain(task.iter()).any(|&(lo, hi)| a >= lo && a.saturating_add(16) <= hi);
     let mut fp = fp;
     for n in first..first + MAX_FRAMES {
@@ -33,9 +33,11 @@ pub fn print_from(fp: usize, first: usize) {
     }
 }
 
-/// Prints the backtrace of the caller.
+/// Prints the backtrace of the caller. Numbered from 1: every frame is a
+/// return address (there is no faulting PC for `#0`), which the host
+/// symbolizer looks up one byte earlier, at the call.
 pub fn print_here() {
     if let Some(p) = crate::try_platform() {
-        print_from(p.frame_pointer(), 0);
+        print_from(p.frame_pointer(), 1);
     }
 }

@@ -48,7 +48,7 @@ pub fn hit_heap() -> bool {
         return false;
     }
     let task = IN_SYSCALL.load(Ordering::SeqCst);
-    task != 0 && task == crate::task::running() && hit()
+    task != 0 && task == crate::cpu::running() && hit()
 }
 
 /// Fails the `n`-th injection point `task` passes from now (0 disarms).
@@ -71,7 +71,7 @@ pub fn hit() -> bool {
     if COUNTDOWN.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    if crate::task::running() != TASK.load(Ordering::SeqCst) {
+    if crate::cpu::running() != TASK.load(Ordering::SeqCst) {
         return false;
     }
     let Ok(left) = COUNTDOWN.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) else {

@@ -174,27 +174,27 @@ fn timer_ticks_advance() -> TestResult {
 
 /// A user program runs in its own address space and exits with status 0.
 fn task_user_program_runs_and_exits() -> TestResult {
-    if crate::task::programs().iter().all(|p| p.name != "hello") {
+    if crate::loader::programs().iter().all(|p| p.name != "hello") {
         return Err(ktest::TestError::Skipped("program hello not packed".into()));
     }
     let (free_before, _) = mm::frame_counts();
-    let exit = crate::task::run("hello");
+    let exit = crate::scheduler::run("hello");
     check_eq!(exit, Ok(crate::UserExit::Exited(0)));
     check_eq!(mm::frame_counts().0, free_before);
-    check_eq!(crate::task::run("no-such-program"), Err(crate::task::SpawnError::NotFound));
+    check_eq!(crate::scheduler::run("no-such-program"), Err(crate::loader::SpawnError::NotFound));
     Ok(())
 }
 
 /// A user task that faults is killed and the kernel goes on (and can run the next task).
 fn task_fault_kills_only_the_task() -> TestResult {
-    if crate::task::programs().iter().all(|p| p.name != "fault") {
+    if crate::loader::programs().iter().all(|p| p.name != "fault") {
         return Err(ktest::TestError::Skipped("program fault not packed".into()));
     }
     let (free_before, _) = mm::frame_counts();
-    let exit = crate::task::run("fault");
+    let exit = crate::scheduler::run("fault");
     check!(matches!(exit, Ok(crate::UserExit::Killed { addr: 0x10, .. })), "got {exit:?}");
     check_eq!(mm::frame_counts().0, free_before);
-    check_eq!(crate::task::run("hello"), Ok(crate::UserExit::Exited(0)));
+    check_eq!(crate::scheduler::run("hello"), Ok(crate::UserExit::Exited(0)));
     Ok(())
 }
 
@@ -249,20 +249,20 @@ fn pci_edu_registers_through_bar() -> TestResult {
 /// Two tasks that never yield both finish, interleaved by timer preemption,
 /// while a third task faults and is killed without disturbing them.
 fn task_preemptive_round_robin() -> TestResult {
-    if crate::task::programs().iter().all(|p| p.name != "spin") {
+    if crate::loader::programs().iter().all(|p| p.name != "spin") {
         return Err(ktest::TestError::Skipped("program spin not packed".into()));
     }
     let (free_before, _) = mm::frame_counts();
-    let before = crate::task::SWITCHES.load(core::sync::atomic::Ordering::Relaxed);
-    let a = crate::task::spawn("spin");
-    let f = crate::task::spawn("fault");
-    let b = crate::task::spawn("spin");
+    let before = crate::scheduler::SWITCHES.load(core::sync::atomic::Ordering::Relaxed);
+    let a = crate::scheduler::spawn("spin");
+    let f = crate::scheduler::spawn("fault");
+    let b = crate::scheduler::spawn("spin");
     check!(a.is_ok() && b.is_ok() && f.is_ok());
-    let exits = crate::task::run_until(&[a.unwrap_or(0), f.unwrap_or(0), b.unwrap_or(0)]);
+    let exits = crate::scheduler::run_until(&[a.unwrap_or(0), f.unwrap_or(0), b.unwrap_or(0)]);
     check_eq!(exits[0], crate::UserExit::Exited(0));
     check!(matches!(exits[1], crate::UserExit::Killed { addr: 0x10, .. }), "fault task: {:?}", exits[1]);
     check_eq!(exits[2], crate::UserExit::Exited(0));
-    let switches = crate::task::SWITCHES.load(core::sync::atomic::Ordering::Relaxed) - before;
+    let switches = crate::scheduler::SWITCHES.load(core::sync::atomic::Ordering::Relaxed) - before;
     // Each spins 60 ms against a 20 ms quantum; without preemption there are exactly 2 switches.
     check!(switches >= 3, "only {switches} context switches: no preemption");
     check_eq!(mm::frame_counts().0, free_before);
@@ -296,7 +296,7 @@ fn must_fail() -> TestResult {
 /// warm-up run, so structures the drivers keep for good are not counted).
 fn task_exit_releases_everything() -> TestResult {
     let run = || -> Result<(), ktest::TestError> {
-        match crate::task::run("ioas-leaker") {
+        match crate::scheduler::run("ioas-leaker") {
             Ok(crate::platform::UserExit::Exited(0)) => Ok(()),
             other => Err(ktest::TestError::Failed(alloc::format!("ioas-leaker: {other:?}"))),
         }
@@ -304,7 +304,7 @@ fn task_exit_releases_everything() -> TestResult {
     run()?;
     let (free, _) = crate::mm::frame_counts();
     run()?;
-    check_eq!(crate::ioas::pinned_frames(), 0);
+    check_eq!(crate::dma::pinned_frames(), 0);
     let (after, _) = crate::mm::frame_counts();
     check!(after == free, "free frames {free} before, {after} after: {} lost", free as i64 - after as i64);
     Ok(())
@@ -468,7 +468,7 @@ fn hw_vtd_program_passes() -> TestResult {
     if crate::iommu::with_units(|u| u.is_empty()) || crate::edu::devices().is_empty() {
         return Err(ktest::TestError::Skipped("no edu behind an IOMMU".into()));
     }
-    match crate::task::run("hw-vtd") {
+    match crate::scheduler::run("hw-vtd") {
         Ok(crate::platform::UserExit::Exited(0)) => Ok(()),
         other => Err(ktest::TestError::Failed(alloc::format!("hw-vtd: {other:?}"))),
     }
@@ -483,7 +483,7 @@ fn hw_smmuv3_program_passes() -> TestResult {
     if !smmu || crate::edu::devices().is_empty() {
         return Err(ktest::TestError::Skipped("no edu behind an SMMUv3".into()));
     }
-    match crate::task::run("hw-smmuv3") {
+    match crate::scheduler::run("hw-smmuv3") {
         Ok(crate::platform::UserExit::Exited(0)) => Ok(()),
         other => Err(ktest::TestError::Failed(alloc::format!("hw-smmuv3: {other:?}"))),
     }

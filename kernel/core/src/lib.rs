@@ -1,32 +1,55 @@
 //! The portable kernel core: frames, heap, kernel mappings, logging, the boot
 //! flow and the core kernel tests. Architecture specifics arrive through the
-//! [`Platform`] trait, implemented by each board (`boards/pc`, `boards/virt`).
+//! [`Platform`] traits, implemented by each board (`boards/pc`, `boards/virt`).
 //!
 //! Boot flow ([`start`]): logger → memory map → frame allocator → heap →
 //! interrupts and timer → summary → kernel tests (when the command line asks
 //! for them with `ktest=all` or `ktest=<filter>`) → exit.
+//!
+//! Modules, bottom up (each names only modules listed before it;
+//! `cargo xtask layers` checks there is no import circle):
+//! - leaves: [`platform`](mod@platform) (the board's traits), [`frames`], [`cpu`] (the
+//!   running task), [`user_layout`], [`limits`], [`irq_slots`], [`console`];
+//! - memory: [`fail_nth`], [`mm`], [`heap`], [`pins`];
+//! - firmware and devices: [`acpi`], [`pci`], [`iommu`] (the unit registry);
+//! - task support: [`claims`] (device claims), [`dma`] (pinned task memory,
+//!   kcore's `iommufd::Memory`), [`loader`] (packed programs, ELF checks);
+//! - [`scheduler`] (tasks, switching, a task's end), [`user_access`];
+//! - [`syscalls`] (one module per family), [`task`] (the boards' entry
+//!   points); [`backtrace`], [`edu`] and [`ktests`] for diagnostics and tests.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
 
 pub mod acpi;
 pub mod backtrace;
+pub mod claims;
 pub mod console;
+pub mod cpu;
+pub mod dma;
 pub mod edu;
-pub mod elf;
 pub mod fail_nth;
 pub mod frames;
 pub mod heap;
-pub mod ioas;
 pub mod iommu;
+pub mod irq_slots;
 pub mod ktests;
+pub mod limits;
+pub mod loader;
 pub mod mm;
 pub mod pci;
 pub mod pins;
 pub mod platform;
+pub mod scheduler;
+pub mod syscalls;
 pub mod task;
+pub mod user_access;
+pub mod user_layout;
 
-pub use platform::{MapError, PageAttr, Platform, UserExit, UserPerms};
+pub use platform::{
+    Arch, Clock, Console, DeviceIrqs, EcamHost, Interrupts, IommuBringup, KernelSpace, MapError, PageAttr, PciHosts,
+    Platform, Power, StackWalk, TaskSwitch, UserExit, UserPerms, UserSpace,
+};
 
 use bootinfo::{BootInfo, FirmwareTables, MemoryKind};
 
@@ -129,7 +152,7 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
 
 /// The names of the packed programs, for messages.
 fn packed_programs() -> alloc::string::String {
-    let names: alloc::vec::Vec<&str> = task::programs().iter().map(|p| p.name).collect();
+    let names: alloc::vec::Vec<&str> = loader::programs().iter().map(|p| p.name).collect();
     if names.is_empty() {
         "none packed".into()
     } else {
@@ -148,7 +171,7 @@ fn run_init(list: &str) -> bool {
     }
     let mut failed = alloc::vec::Vec::new();
     for &name in &names {
-        let ok = match task::run(name) {
+        let ok = match scheduler::run(name) {
             Ok(UserExit::Exited(0)) => true,
             Ok(UserExit::Exited(status)) => {
                 log::error!("init {name}: exited with status {status}");
@@ -158,7 +181,7 @@ fn run_init(list: &str) -> bool {
                 log::error!("init {name}: killed: {reason}");
                 false
             }
-            Err(task::SpawnError::NotFound) => {
+            Err(loader::SpawnError::NotFound) => {
                 log::error!("init {name}: no such program; user programs: {}", packed_programs());
                 false
             }
@@ -188,7 +211,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     heap::init(heap::heap_size_for(ram))?;
     // Without the table (no contiguous run of frames for it) the kernel
     // still boots; DMA mappings are then refused (`ENOMEM`).
-    if let Err(e) = ioas::init_pins() {
+    if let Err(e) = dma::init_pins() {
         log::error!("{e}: DMA mappings will be refused");
     }
     CMDLINE.call_once(|| alloc::string::String::from(boot.cmdline()));
@@ -244,7 +267,7 @@ fn run_tests(boot: &BootInfo, suites: &[&[&ktest::Suite]]) -> bool {
     let result = ktest::run(&suites, filter, &mut out, &mut |name| log::debug!("ktest: running {name}"));
     let kernel_ok = matches!(result, Ok(summary) if summary.ok());
     // User test programs print their own KTAP documents.
-    let user_ok = task::run_user_tests(filter);
+    let user_ok = scheduler::run_user_tests(filter);
     kernel_ok && user_ok
 }
 

@@ -162,7 +162,8 @@ pub fn bar_cpu_address(dev: &Device, bar: &pci::Bar) -> u64 {
 }
 
 /// Enumerates every host (assigning buses and BARs where firmware did not).
-pub fn init(hosts: Vec<Ecam>) {
+pub fn init(hosts: Vec<crate::platform::EcamHost>) {
+    let hosts: Vec<Ecam> = hosts.into_iter().map(|h| Ecam::new(h.base, h.host)).collect();
     let mut all = Vec::new();
     for (index, ecam) in hosts.iter().enumerate() {
         let host = &ecam.host;

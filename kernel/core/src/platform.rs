@@ -1,4 +1,16 @@
-//! What the portable core needs from an architecture.
+//! What the portable core needs from an architecture, by concern: one small
+//! trait each ([`Arch`], [`Console`], [`Clock`], [`Interrupts`],
+//! [`DeviceIrqs`], [`KernelSpace`], [`StackWalk`], [`UserSpace`],
+//! [`TaskSwitch`], [`PciHosts`], [`IommuBringup`], [`Power`]), and
+//! [`Platform`], the supertrait of them all, which kcore reaches through one
+//! `&'static dyn Platform` (`crate::platform()`).
+//!
+//! Why a supertrait rather than a struct of `&'static dyn` references: the
+//! running board is one object with one vtable, so every call site stays
+//! `platform().user_map(..)`; a board that forgets a concern does not
+//! compile (the blanket impl needs every small trait); and code that needs
+//! one concern only can take the small trait (`&dyn UserSpace` upcasts from
+//! `&dyn Platform`).
 
 use core::fmt;
 
@@ -68,32 +80,76 @@ pub enum UserExit {
     },
 }
 
-/// The services one architecture provides to the portable kernel core.
-///
-/// Implemented once per board (`boards/pc`, `boards/virt`); the boot binary
-/// passes a `&'static` instance to [`crate::start`].
-pub trait Platform: Sync {
+/// A PCI host bridge's ECAM window as the firmware describes it (PCIe 4.0
+/// §7.2.2): the physical base of bus `host.bus_start` and the bridge.
+/// `crate::pci` maps the buses on first use.
+#[derive(Debug, Clone)]
+pub struct EcamHost {
+    /// Physical base of bus `host.bus_start`.
+    pub base: u64,
+    /// The host bridge the window serves.
+    pub host: pci::HostBridge,
+}
+
+/// The architecture's names.
+pub trait Arch {
     /// Architecture name for the log (`"x86_64"`, `"aarch64"`).
     fn arch(&self) -> &'static str;
+    /// ELF `e_machine` of user programs for this architecture.
+    fn elf_machine(&self) -> u16;
+}
+
+/// The console the log and KTAP go to.
+pub trait Console {
     /// Writes text to the console without taking any lock that a panic could hold.
     fn console_write(&self, text: &str);
+}
+
+/// Time: the uptime clock and the periodic timer.
+pub trait Clock {
     /// Nanoseconds since an arbitrary point early in boot.
     fn uptime_ns(&self) -> u64;
-    /// Brings up the interrupt controller(s) and the periodic timer.
-    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str>;
     /// Periodic timer interrupts handled so far.
     fn timer_ticks(&self) -> u64;
     /// Configured timer frequency in Hz.
     fn timer_hz(&self) -> u32;
+}
+
+/// The interrupt controller(s) and this CPU's interrupt mask.
+pub trait Interrupts {
+    /// Brings up the interrupt controller(s) and the periodic timer.
+    fn init_interrupts(&self, boot: &bootinfo::BootInfo) -> Result<(), &'static str>;
     /// Unmasks interrupts on this CPU.
     fn enable_interrupts(&self);
+    /// Masks interrupts on this CPU.
+    fn disable_interrupts(&self);
     /// Sleeps until the next interrupt (interrupts must be enabled).
     fn wait_for_interrupt(&self);
     /// Executes a breakpoint instruction that the exception handler catches and returns from.
     fn trigger_breakpoint(&self);
     /// Breakpoint exceptions handled so far.
     fn breakpoints_handled(&self) -> u64;
-    /// Maps one 4 KiB kernel page; page-table frames come from [`crate::frames`].
+}
+
+/// Device interrupts routed to the slots tasks wait on.
+pub trait DeviceIrqs {
+    /// Routes the interrupt of PCI function `f` (MSI, else INTx) so that each one
+    /// ends in [`crate::irq_slots::device_irq`]`(slot)`; `slot` < 8.
+    fn route_device_irq(
+        &self,
+        f: &pci::Function,
+        access: &dyn pci::ConfigAccess,
+        slot: u32,
+    ) -> Result<(), &'static str>;
+    /// Re-enables a level-triggered line masked when it fired (no-op for MSI).
+    fn unmask_device_irq(&self, slot: u32);
+    /// Stops delivering `f`'s interrupts to `slot`.
+    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32);
+}
+
+/// The kernel's own address space.
+pub trait KernelSpace {
+    /// Maps one 4 KiB kernel page; page-table frames come from [`crate::mm`].
     fn map_page(&self, va: u64, pa: u64, attr: PageAttr) -> Result<(), MapError>;
     /// Unmaps one 4 KiB kernel page and returns the physical address it mapped.
     fn unmap_page(&self, va: u64) -> Result<u64, MapError>;
@@ -101,27 +157,18 @@ pub trait Platform: Sync {
     fn translate(&self, va: u64) -> Option<u64>;
     /// Kernel virtual window `(start, size)` for dynamic mappings (MMIO, tests).
     fn dynamic_window(&self) -> (u64, u64);
+}
+
+/// What a backtrace walk needs.
+pub trait StackWalk {
     /// Frame pointer of the caller's frame (for backtraces).
     fn frame_pointer(&self) -> usize;
     /// Address ranges `(low, high)` that hold kernel stacks, for safe backtrace walks.
     fn stack_ranges(&self) -> &[(usize, usize)];
-    /// The PCI host bridges (ECAM windows) the firmware describes.
-    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<crate::pci::Ecam>;
-    /// The IOMMU topology the firmware describes, resolved against the PCI functions.
-    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology;
-    /// Brings up the IOMMU units of `topology` this architecture has drivers
-    /// for (translation still off) and returns them with their topology
-    /// indices. The default has none.
-    fn iommu_units(
-        &self,
-        boot: &bootinfo::BootInfo,
-        topology: &topology::Topology,
-    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn iommu::Iommu>)> {
-        let _ = (boot, topology);
-        alloc::vec::Vec::new()
-    }
-    /// ELF `e_machine` of user programs for this architecture.
-    fn elf_machine(&self) -> u16;
+}
+
+/// User address spaces: create, map, unmap, prune, walk, free.
+pub trait UserSpace {
     /// Creates an empty user address space (kernel half shared) and returns its root.
     fn user_space_new(&self) -> Result<u64, MapError>;
     /// Maps one 4 KiB user page.
@@ -150,8 +197,12 @@ pub trait Platform: Sync {
     }
     /// Frees the page tables of a user address space (not the frames it mapped).
     fn user_space_free(&self, root: u64);
+}
+
+/// Kernel contexts of tasks, and the way into user mode.
+pub trait TaskSwitch {
     /// Prepares a new task's kernel stack (top at `stack_top`) so that the first
-    /// [`Platform::context_switch`] to the returned stack pointer calls `start` on it.
+    /// [`TaskSwitch::context_switch`] to the returned stack pointer calls `start` on it.
     fn init_task_stack(&self, stack_top: u64, start: extern "C" fn() -> !) -> u64;
     /// Saves the callee-saved registers and stack pointer to `*save` and
     /// resumes the context whose stack pointer is `load`.
@@ -159,7 +210,7 @@ pub trait Platform: Sync {
     /// # Safety
     /// `save` must be valid for a write for as long as the saved context may be
     /// resumed, and `load` must be a stack pointer saved by this function or
-    /// returned by [`Platform::init_task_stack`] whose stack is still alive.
+    /// returned by [`TaskSwitch::init_task_stack`] whose stack is still alive.
     unsafe fn context_switch(&self, save: *mut u64, load: u64);
     /// Makes `root` the user address space and `kernel_stack_top` the stack
     /// used for traps from user mode.
@@ -167,22 +218,76 @@ pub trait Platform: Sync {
     /// Returns to the kernel's own address space (before a task's tables are freed).
     fn activate_kernel(&self);
     /// Enters user mode at `entry` with stack `user_sp`, on the current task's
-    /// kernel stack; syscalls go to [`crate::task::syscall`].
+    /// kernel stack; syscalls go to [`crate::syscalls::syscall`].
     fn enter_user(&self, entry: u64, user_sp: u64) -> !;
-    /// Routes the interrupt of PCI function `f` (MSI, else INTx) so that each one
-    /// ends in [`crate::task::device_irq`]`(slot)`; `slot` < 8.
-    fn route_device_irq(
+}
+
+/// The PCI host bridges the firmware describes.
+pub trait PciHosts {
+    /// The PCI host bridges (ECAM windows) the firmware describes.
+    fn pci_hosts(&self, boot: &bootinfo::BootInfo) -> alloc::vec::Vec<EcamHost>;
+}
+
+/// IOMMU bring-up: the topology the firmware describes, and the units this
+/// architecture has drivers for.
+pub trait IommuBringup {
+    /// The IOMMU topology the firmware describes, resolved against the PCI functions.
+    fn iommu_topology(&self, boot: &bootinfo::BootInfo, functions: &[pci::Function]) -> topology::Topology;
+    /// Brings up the IOMMU units of `topology` this architecture has drivers
+    /// for (translation still off) and returns them with their topology
+    /// indices. The default has none.
+    fn iommu_units(
         &self,
-        f: &pci::Function,
-        access: &dyn pci::ConfigAccess,
-        slot: u32,
-    ) -> Result<(), &'static str>;
-    /// Re-enables a level-triggered line masked when it fired (no-op for MSI).
-    fn unmask_device_irq(&self, slot: u32);
-    /// Stops delivering `f`'s interrupts to `slot`.
-    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32);
-    /// Masks interrupts on this CPU.
-    fn disable_interrupts(&self);
+        boot: &bootinfo::BootInfo,
+        topology: &topology::Topology,
+    ) -> alloc::vec::Vec<(usize, alloc::boxed::Box<dyn iommu::Iommu>)> {
+        let _ = (boot, topology);
+        alloc::vec::Vec::new()
+    }
+}
+
+/// The end of a machine run.
+pub trait Power {
     /// Ends the machine run with a status (QEMU exit device where present, else halt).
     fn exit(&self, success: bool) -> !;
+}
+
+/// Every service one architecture provides to the portable kernel core.
+///
+/// Implemented by implementing each small trait (once per board:
+/// `boards/pc`, `boards/virt`); the blanket impl below makes the board a
+/// `Platform`, and the boot binary passes a `&'static` instance to
+/// [`crate::start`].
+pub trait Platform:
+    Arch
+    + Console
+    + Clock
+    + Interrupts
+    + DeviceIrqs
+    + KernelSpace
+    + StackWalk
+    + UserSpace
+    + TaskSwitch
+    + PciHosts
+    + IommuBringup
+    + Power
+    + Sync
+{
+}
+
+impl<T> Platform for T where
+    T: Arch
+        + Console
+        + Clock
+        + Interrupts
+        + DeviceIrqs
+        + KernelSpace
+        + StackWalk
+        + UserSpace
+        + TaskSwitch
+        + PciHosts
+        + IommuBringup
+        + Power
+        + Sync
+{
 }

@@ -1,0 +1,175 @@
+//! Task memory as DMA sees it: kcore's side of `iommufd::Memory`. Task pages
+//! are pinned while DMA-mapped, in the boot-time pin table (`crate::pins`);
+//! frames a unit may still reach are quarantined; a task's IOAS objects are
+//! closed at its exit. (The IOAS syscall itself is `crate::syscalls`.)
+//!
+//! Pinning: a frame mapped into an IOAS carries a pin count. A task that
+//! unmaps such a page from its own address space (or exits) does not free the
+//! frame; it becomes an orphan, freed by the last unpin.
+
+use crate::frames::FRAME_SIZE;
+use crate::mm;
+use crate::pins::{PinTable, Unpinned};
+use crate::user_layout::{USER_MIN, USER_STACK_TOP};
+use abi::Errno;
+use alloc::vec::Vec;
+use iommufd::Iommufd;
+
+/// Pin counts, orphan and quarantine marks, one word per frame of RAM
+/// (`crate::pins`); set up at boot by [`init_pins`].
+static PINS: spin::Mutex<Option<PinTable<'static>>> = spin::Mutex::new(None);
+
+/// Sizes the pin table for the frame allocator's span (4 bytes per frame,
+/// from frames, not the heap): after `mm::init_frames`.
+pub fn init_pins() -> Result<(), &'static str> {
+    let (base, frames) = mm::frame_span().ok_or("pins: no frame allocator")?;
+    let pages = (frames * 4).div_ceil(FRAME_SIZE as usize);
+    let pa = mm::alloc_frames(pages, 1).ok_or("pins: no memory for the pin table")?;
+    // SAFETY: `pages` zeroed frames were just allocated for the table alone and are kept for the life of the kernel; the direct map covers them, they are 4-byte aligned, and `frames` words fit in them.
+    let words = unsafe { core::slice::from_raw_parts_mut(mm::phys_to_virt(pa) as *mut u32, frames) };
+    *PINS.lock() = Some(PinTable::new(base, words));
+    Ok(())
+}
+
+/// Runs `f` on the pin table (`None` before [`init_pins`]).
+fn with_pins<R>(f: impl FnOnce(Option<&mut PinTable<'static>>) -> R) -> R {
+    f(PINS.lock().as_mut())
+}
+
+/// Frames quarantined so far (kept forever: a unit may still reach them).
+pub fn quarantined_frames() -> usize {
+    with_pins(|p| p.map_or(0, |p| p.quarantined()))
+}
+
+/// Frees a task frame, or leaves it to its last unpin while DMA-mapped
+/// (never, if quarantined).
+pub fn free_user_frame(pa: u64) {
+    if !with_pins(|p| p.is_some_and(|p| p.orphan(pa))) {
+        let _ = mm::free_frame(pa);
+    }
+}
+
+/// Keeps task frames that a device may still reach (its unit could not
+/// block it) out of the allocator forever, counted and logged.
+pub fn quarantine(frames: impl IntoIterator<Item = u64>) {
+    let mut frames = frames.into_iter().peekable();
+    if frames.peek().is_none() {
+        return;
+    }
+    let (new, all) = with_pins(|p| match p {
+        Some(p) => (frames.filter(|&f| p.quarantine(f)).count(), p.quarantined()),
+        None => (0, 0),
+    });
+    log::error!("iommu: {new} frame(s) quarantined (a unit may still reach them), {all} in all");
+}
+
+/// Frames pinned for DMA right now (for tests and the log).
+pub fn pinned_frames() -> usize {
+    with_pins(|p| p.map_or(0, |p| p.pinned()))
+}
+
+/// Pins every frame of `pages`, or none (the error, all undone).
+fn pin_all(pages: &[u64]) -> Result<(), Errno> {
+    with_pins(|p| {
+        let p = p.ok_or(Errno::ENOMEM)?;
+        for (i, &pa) in pages.iter().enumerate() {
+            if let Err(e) = p.pin(pa) {
+                log::error!("iommu: cannot pin {pa:#x}: {e:?}");
+                // Undo: these frames were pinned here, and their task still owns them.
+                for &done in &pages[..i] {
+                    let _ = p.unpin(done);
+                }
+                return Err(Errno::EFAULT);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A task's memory as its IOAS mappings see it: the user address space
+/// whose page-table root is `root`.
+pub struct TaskMemory {
+    /// Root of the task's page tables.
+    pub root: u64,
+}
+
+impl iommufd::Memory for TaskMemory {
+    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<u64>, Errno> {
+        let end = va.checked_add(len).filter(|&e| e <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
+        if va < USER_MIN {
+            return Err(Errno::EFAULT);
+        }
+        // A fail-nth injection point (the growth of the page vector is one
+        // too, as a heap allocation).
+        if crate::fail_nth::hit() {
+            return Err(Errno::ENOMEM);
+        }
+        // Grown as pages are found, never sized from `len`: a huge length
+        // fails at its first unmapped page, not in the allocator.
+        let mut pages: Vec<u64> = Vec::new();
+        let mut error = Errno::EFAULT;
+        // One walk of the task's tables, leaf table by leaf table.
+        let stopped = crate::platform().user_walk(self.root, va, end, &mut |_, pa, perms| {
+            // Device memory (a mapped BAR) is no DMA target; a device may
+            // write only what the task may write.
+            if perms.device || (write && !perms.write) {
+                return false;
+            }
+            if pages.len() == pages.capacity() && pages.try_reserve(pages.len().max(16)).is_err() {
+                error = Errno::ENOMEM;
+                return false;
+            }
+            pages.push(pa);
+            true
+        });
+        if stopped < end {
+            return Err(error);
+        }
+        pin_all(&pages)?;
+        Ok(pages)
+    }
+
+    fn repin(&mut self, pages: &[u64]) {
+        // The pages are pinned already (by the area copied from), so no
+        // frame is out of range; a count cannot saturate under the quotas.
+        if let Err(e) = pin_all(pages) {
+            log::error!("iommu: repin of {} page(s) refused: {e:?}", pages.len());
+        }
+    }
+
+    fn quarantine(&mut self, pages: &[u64]) {
+        // The pins stay: neither unpin nor a task's exit frees these frames.
+        quarantine(pages.iter().copied());
+    }
+
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        // Only pinned task frames (pages mapped in an IOAS) are read.
+        if !pa.is_multiple_of(8) || !with_pins(|p| p.is_some_and(|p| p.is_pinned(pa))) {
+            return None;
+        }
+        // SAFETY: `pa` lies in a frame pinned for DMA (allocated, not freed while pinned), reached through the direct map; the read is aligned.
+        Some(unsafe { (mm::phys_to_virt(pa) as *const u64).read_volatile() })
+    }
+
+    fn unpin(&mut self, pages: &[u64]) {
+        with_pins(|p| {
+            let Some(p) = p else { return };
+            for &pa in pages {
+                if p.unpin(pa) == Unpinned::FreeOrphan {
+                    let _ = mm::free_frame(pa);
+                }
+            }
+        });
+    }
+}
+
+/// Task exit: every device blocked, every mapping gone, every pin dropped.
+pub fn close(fd: &mut Iommufd, root: u64) {
+    if fd.is_empty() {
+        return;
+    }
+    crate::iommu::with_units(|units| {
+        fd.close(units, &mut TaskMemory { root });
+        units.iter_mut().for_each(|u| u.shrink());
+    });
+}

@@ -1,0 +1,127 @@
+//! Memory syscalls: `mem_map` (anonymous pages, 2 MiB-aligned runs where
+//! the range allows, within `quota.mem_pages`) and `mem_unmap`.
+
+use crate::frames::FRAME_SIZE;
+use crate::limits::limits;
+use crate::mm;
+use crate::platform::UserPerms;
+use crate::scheduler::with_current;
+use crate::user_layout::{MAX_MAP_PAGES, MMAP_END, USER_MIN};
+use abi::{Errno, SysResult};
+
+/// `mem_map(addr, len, prot)`: maps `len` bytes of zeroed pages at `addr`
+/// (0: the kernel chooses); the address.
+pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
+    if len == 0
+        || !len.is_multiple_of(FRAME_SIZE)
+        || !addr.is_multiple_of(FRAME_SIZE)
+        || prot & !(abi::PROT_READ | abi::PROT_WRITE) != 0
+    {
+        return Err(Errno::EINVAL);
+    }
+    if len / FRAME_SIZE > MAX_MAP_PAGES {
+        return Err(Errno::ENOMEM);
+    }
+    with_current(|cur| {
+        if (cur.anon.len() as u64).saturating_add(len / FRAME_SIZE) > limits().mem_pages {
+            return Err(Errno::EDQUOT);
+        }
+        let p = crate::platform();
+        // Kernel-chosen addresses of 2 MiB or more start 2 MiB aligned, so
+        // the 2 MiB-aligned runs of frames below can become large DMA leaves.
+        const RUN: u64 = 512 * FRAME_SIZE;
+        let va = if addr != 0 {
+            addr
+        } else if len >= RUN {
+            cur.next_va.next_multiple_of(RUN)
+        } else {
+            cur.next_va
+        };
+        let end = va.checked_add(len).ok_or(Errno::EINVAL)?;
+        if va < USER_MIN || end > MMAP_END {
+            return Err(Errno::EINVAL);
+        }
+        if (va..end).step_by(FRAME_SIZE as usize).any(|pg| p.user_translate(cur.root, pg).is_some()) {
+            return Err(Errno::EADDRINUSE);
+        }
+        let perms = UserPerms { write: prot & abi::PROT_WRITE != 0, exec: false, device: false };
+        // Room for every page's record first (the quota above bounds it).
+        cur.anon.try_reserve((len / FRAME_SIZE) as usize).map_err(|_| Errno::ENOMEM)?;
+        // Physically contiguous, 2 MiB-aligned frames for each whole 2 MiB
+        // of the range that is 2 MiB aligned (one frame at a time otherwise).
+        let mut run: Option<(u64, u64)> = None;
+        for pg in (va..end).step_by(FRAME_SIZE as usize) {
+            if pg % RUN == 0 && end - pg >= RUN {
+                run = mm::alloc_frames(512, 512).map(|pa| (pg, pa));
+            }
+            let frame = match run {
+                Some((start, pa)) if pg < start + RUN => Some(pa + (pg - start)),
+                _ => mm::alloc_frame(),
+            };
+            let mapped = frame.ok_or(Errno::ENOMEM).and_then(|pa| match p.user_map(cur.root, pg, pa, perms) {
+                Ok(()) => Ok(pa),
+                Err(_) => {
+                    let _ = mm::free_frame(pa);
+                    Err(Errno::ENOMEM)
+                }
+            });
+            match mapped {
+                Ok(pa) => cur.anon.push((pg, pa)),
+                Err(e) => {
+                    // Roll back what this call mapped, and the frames of the
+                    // current run that no page took yet.
+                    for undo in (va..pg).step_by(FRAME_SIZE as usize) {
+                        if let Some(i) = cur.anon.iter().position(|&(v, _)| v == undo) {
+                            let (_, pa) = cur.anon.swap_remove(i);
+                            let _ = p.user_unmap(cur.root, undo);
+                            let _ = mm::free_frame(pa);
+                        }
+                    }
+                    if let Some((start, pa)) = run.filter(|&(start, _)| pg >= start && pg < start + RUN) {
+                        for off in (pg - start + FRAME_SIZE..RUN).step_by(FRAME_SIZE as usize) {
+                            let _ = mm::free_frame(pa + off);
+                        }
+                    }
+                    // And the page tables this call added.
+                    p.user_prune(cur.root, va, end);
+                    return Err(e);
+                }
+            }
+        }
+        if addr == 0 {
+            cur.next_va = end + FRAME_SIZE; // a guard page between mappings
+        }
+        Ok(va)
+    })
+}
+
+/// `mem_unmap(addr, len)`: unmaps anonymous pages of the caller (every page
+/// must be one); a page still DMA-mapped is freed by its last unpin.
+pub fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
+    if len == 0 || !len.is_multiple_of(FRAME_SIZE) || !addr.is_multiple_of(FRAME_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+    with_current(|cur| {
+        // Every page must be an anonymous page of this task: nothing is
+        // unmapped otherwise. More pages than the task has cannot all be
+        // its own (and are never collected: a huge length costs nothing).
+        if len / FRAME_SIZE > cur.anon.len() as u64 {
+            return Err(Errno::EINVAL);
+        }
+        let pages = (addr..end).step_by(FRAME_SIZE as usize);
+        if !pages.clone().all(|pg| cur.anon.iter().any(|&(v, _)| v == pg)) {
+            return Err(Errno::EINVAL);
+        }
+        for pg in pages {
+            if let Some(i) = cur.anon.iter().position(|&(v, _)| v == pg) {
+                let (_, pa) = cur.anon.swap_remove(i);
+                let _ = crate::platform().user_unmap(cur.root, pg);
+                // A page still DMA-mapped stays allocated until its last unmap.
+                crate::dma::free_user_frame(pa);
+            }
+        }
+        crate::platform().user_prune(cur.root, addr, end);
+        Ok(0)
+    })
+}
