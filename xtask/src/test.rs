@@ -99,7 +99,7 @@ fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
     v
 }
 
-/// The unit kind the demo prints for a machine with `iommu` (`abi::ioas::hw_kind` names).
+/// The unit kind the demo prints for a machine with `iommu` (`abi::iommufd::hw_kind` names).
 fn demo_kind(iommu: Iommu) -> &'static str {
     match iommu {
         Iommu::Virtio => "virtio-iommu",

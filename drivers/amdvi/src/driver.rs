@@ -53,7 +53,7 @@ use crate::error::AmdViError;
 use crate::intremap::{self, AmdIrTable, IrteFormat, RemapFields};
 use crate::unit::AmdVi;
 use crate::user_data;
-use abi::ioas::hwpt_data;
+use abi::iommufd::hwpt_data;
 use alloc::vec::Vec;
 use fallible::TryMap;
 use io_pgtable::formats::AmdV1;

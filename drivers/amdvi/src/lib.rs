@@ -20,8 +20,8 @@
 //! and the event log [`iommu::dma::DmaRegion`]s in memory the kernel provides
 //! ([`iommu::DmaMemory`]); in-memory structures (DTEs, commands, events,
 //! IRTEs) are typed with [`iommu::descriptor!`]. Completion is polled (no MSI
-//! is programmed); every wait is bounded. The crate has no `unsafe`: the one
-//! promise about the register mapping is the board's, made when it builds
+//! is programmed); every wait is bounded. Nothing here vouches for
+//! memory: the one promise about the register mapping is the board's, made when it builds
 //! the window.
 //!
 //! Facts about QEMU 10.0's model (`hw/i386/amd_iommu.c`) that shaped the

@@ -400,7 +400,7 @@ fn status_and_control_show_in_info() {
 
 mod hwpt {
     use super::*;
-    use abi::ioas::{hwpt_data::AMDVI_ATTRS, HwptAmdviAttrs};
+    use abi::iommufd::{hwpt_data::AMDVI_ATTRS, HwptAmdviAttrs};
     use iommu::DomainId;
     use std::sync::Mutex;
     use zerocopy::IntoBytes;
@@ -823,7 +823,7 @@ fn every_heap_failure_on_a_syscall_path_answers_no_memory_and_changes_nothing() 
     assert!(n >= 1, "the domain table grew");
     let (user, _) = fail_nth(&mut a, &[pg], "domain_alloc_user", &mut |a| {
         let data = fallible::testing::unarmed(|| hwpt::attrs(3, 0));
-        a.domain_alloc_user(abi::ioas::hwpt_data::AMDVI_ATTRS, &data, None)
+        a.domain_alloc_user(abi::iommufd::hwpt_data::AMDVI_ATTRS, &data, None)
     });
     let ds = [pg, user];
     fail_nth(&mut a, &ds, "map 4K", &mut |a| a.map(pg, 0x10_0000, 0x30_0000, 0x1000, RW));

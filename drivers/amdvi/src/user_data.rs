@@ -1,7 +1,7 @@
 //! The hardware-specific user data this driver takes: `HwptAmdviAttrs`
 //! (`hwpt_data::AMDVI_ATTRS`), the attributes of a kernel-managed HWPT.
 
-use abi::ioas::HwptAmdviAttrs;
+use abi::iommufd::HwptAmdviAttrs;
 use iommu::Error;
 
 /// Decodes `HwptAmdviAttrs` as the task gave it: shorter data is read as if

@@ -26,7 +26,7 @@ use crate::cmd::{self, Range, Scope};
 use crate::ste;
 use crate::unit::{Smmu, SmmuError};
 use crate::user_data::{self, Attrs, UserSte};
-use abi::ioas::hwpt_data;
+use abi::iommufd::hwpt_data;
 use alloc::vec::Vec;
 use fallible::TryMap;
 use io_pgtable::formats::ArmLpae;
@@ -477,7 +477,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         self.nest_parent()
     }
 
-    /// `SMMUV3_STE` entries ([`abi::ioas::HwptSmmuv3Command`]) for a nested
+    /// `SMMUV3_STE` entries ([`abi::iommufd::HwptSmmuv3Command`]) for a nested
     /// child, checked by [`user_data::check_commands`]: the accepted ones go to the
     /// queue (CFGI_CD* once per stream attached to the child) in batches,
     /// each closed by a CMD_SYNC. A command the SMMU refuses (CERROR, §4.7.3)

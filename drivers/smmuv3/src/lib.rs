@@ -20,7 +20,7 @@
 //! tables and queues in memory the kernel provides ([`iommu::DmaMemory`]),
 //! reached through [`iommu::dma::DmaRegion`], the command queue an
 //! [`iommu::ring::ProducerRing`]; STEs, CDs, commands and event records typed
-//! with [`iommu::descriptor!`]. The crate has no `unsafe` code; every failure
+//! with [`iommu::descriptor!`]. Nothing here vouches for memory; every failure
 //! is an [`error::SmmuError`].
 //! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /
 //! PASIDs and CD tables, ATS / PRI, stall mode, non-coherent SMMUs.

@@ -10,7 +10,7 @@
 use crate::cmd::{Cmd, Command, CMD0, CMD1};
 use crate::regs::{oas_bits, IDR0, IDR3, IDR5};
 use crate::ste::{Ste, STE0, STE1};
-use abi::ioas::{HwptSmmuv3Attrs, HwptSmmuv3Command, HwptSmmuv3Ste};
+use abi::iommufd::{HwptSmmuv3Attrs, HwptSmmuv3Command, HwptSmmuv3Ste};
 use alloc::vec::Vec;
 use iommu::desc::{field_mask, in_place};
 use iommu::Error;

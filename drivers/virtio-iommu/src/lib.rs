@@ -15,7 +15,7 @@
 //! - [`error`]: [`VirtioError`], shared by the layers above.
 //!
 //! Register access goes through [`iommu::mmio::MmioWindow`]s the board cuts
-//! from the device's BARs: the crate has no `unsafe` code.
+//! from the device's BARs: nothing here vouches for memory.
 //!
 //! Every wait on the device is bounded ([`iommu::poll`]) and ends in an error.
 //!

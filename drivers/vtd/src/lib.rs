@@ -24,8 +24,8 @@
 //! [`iommu::ring::ProducerRing`]; in-memory structures (root, context and
 //! PASID entries, descriptors, fault records) are typed
 //! ([`iommu::descriptor!`]); tables live in frames the kernel provides
-//! through [`io_pgtable::TableMemory`]. The crate has no `unsafe`: the one
-//! promise about the register mapping is the board's, made when it builds
+//! through [`io_pgtable::TableMemory`]. Nothing here vouches for memory: the
+//! one promise about the register mapping is the board's, made when it builds
 //! the window.
 #![no_std]
 #![forbid(unsafe_code)]

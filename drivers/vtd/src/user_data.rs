@@ -1,5 +1,5 @@
 //! Driver data of the hardware-specific door: kernel-managed HWPTs with
-//! driver attributes (`hwpt_data::VTD_ATTRS`, [`abi::ioas::HwptVtdAttrs`])
+//! driver attributes (`hwpt_data::VTD_ATTRS`, [`abi::iommufd::HwptVtdAttrs`])
 //! decoded into a [`DomainConfig`].
 //!
 //! [`hwpt_config`] is a pure function of CAP, ECAP, the unit's mode and the
@@ -16,7 +16,7 @@
 pub use crate::config::{default_config, sagaw_default_levels, DomainConfig, Stage};
 use crate::config::{default_second, first, max_input_bits};
 use crate::regs::{CAP, ECAP};
-use abi::ioas::{hwpt_data, HwptVtdAttrs, VTD_ATTR_FIRST_STAGE, VTD_ATTR_SNOOP};
+use abi::iommufd::{hwpt_data, HwptVtdAttrs, VTD_ATTR_FIRST_STAGE, VTD_ATTR_SNOOP};
 use iommu::{DomainId, Error};
 
 /// The attributes in `data`: an [`HwptVtdAttrs`] by length, shorter input

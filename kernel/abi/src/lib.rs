@@ -334,7 +334,7 @@ impl DeviceInfo {
     }
 }
 
-pub mod ioas;
+pub mod iommufd;
 
 /// Longest text one `log` call accepts.
 pub const LOG_MAX: usize = 4096;

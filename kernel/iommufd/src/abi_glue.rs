@@ -1,4 +1,4 @@
-//! The hardware-specific door's ABI structs (`abi::ioas`) turned into this
+//! The hardware-specific door's ABI structs (`abi::iommufd`) turned into this
 //! crate's requests, with every rule the ABI states checked: shared by the
 //! kernel's syscall and the host-side selftest door, so both refuse the same
 //! inputs with the same errors.
@@ -7,7 +7,7 @@ use crate::error::nomem;
 use crate::hwpt::{hwpt_flags, HwptAlloc, HwptData, Stage1Invalidation};
 use crate::object::{FaultRecord, Iommufd, Units};
 use crate::pages::{Memory, PAGE};
-use abi::ioas as a;
+use abi::iommufd as a;
 use abi::Errno;
 use alloc::vec::Vec;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -175,7 +175,7 @@ pub fn invalidate_types(kind: iommu::UnitKind) -> u64 {
 }
 
 /// The bytes of a typed hardware-info struct, held without a heap
-/// allocation (every `abi::ioas::HwInfo*` fits); reads as a `[u8]`.
+/// allocation (every `abi::iommufd::HwInfo*` fits); reads as a `[u8]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TypedInfo {
     bytes: [u8; TypedInfo::MAX],
@@ -200,7 +200,7 @@ impl core::ops::Deref for TypedInfo {
     }
 }
 
-/// The unit's capabilities as the typed struct of its kind (`abi::ioas::HwInfo*`).
+/// The unit's capabilities as the typed struct of its kind (`abi::iommufd::HwInfo*`).
 pub fn typed_hw_info(info: &iommu::Info) -> (u32, TypedInfo) {
     let reg = |name: &str| info.raw.iter().find(|r| r.0 == name).map_or(0, |r| r.1);
     match info.kind {

@@ -33,7 +33,7 @@ use super::*;
 use crate::object::{HwptKind, Object};
 use crate::syscall::{self, UserMemory};
 use crate::testing::FakeMemory;
-use abi::ioas::{self as a, Op};
+use abi::iommufd::{self as a, Op};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;

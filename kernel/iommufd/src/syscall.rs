@@ -1,5 +1,5 @@
 //! The byte-level `iommufd(op, ptr)` syscall: each op's user struct read by
-//! the ABI's size rules (`abi::ioas::decode`), the op run on the task's
+//! the ABI's size rules (`abi::iommufd::decode`), the op run on the task's
 //! [`Iommufd`], the reply written back — the same code in the kernel and on
 //! the host. What only the kernel knows (the task's page tables, which
 //! function a task owns, sleeping) comes through [`Kernel`].
@@ -20,7 +20,7 @@ use crate::error::nomem;
 use crate::ioas::{CopyArgs, IovaChoice, MapArgs};
 use crate::object::{Iommufd, Units};
 use crate::pages::Memory;
-use abi::ioas::{self as a, Header, Op};
+use abi::iommufd::{self as a, Header, Op};
 use abi::Errno;
 use alloc::vec::Vec;
 use core::fmt;

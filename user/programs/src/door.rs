@@ -1,11 +1,11 @@
 //! The selftest `Door` over the real `iommufd` syscall, shared by the
 //! programs that drive it (`test-ioas`, `sysfuzz`) through `#[path]`.
 
-use abi::ioas::IovaRange;
+use abi::iommufd::IovaRange;
 use abi::Errno;
 use alloc::vec::Vec;
 use ioas_selftest::Door;
-use userlib::{ioas, sys};
+use userlib::{iommufd, sys};
 
 /// The selftest [`Door`] over the real `iommufd` syscall.
 pub struct SyscallDoor {
@@ -31,25 +31,25 @@ const MARKER: u64 = 0x6D61_726B_6572_2121;
 
 impl Door for SyscallDoor {
     fn ioas_alloc(&mut self) -> Result<u32, Errno> {
-        ioas::ioas_alloc()
+        iommufd::ioas_alloc()
     }
     fn destroy(&mut self, id: u32) -> Result<(), Errno> {
-        ioas::destroy(id)
+        iommufd::destroy(id)
     }
     fn iova_ranges(&mut self, id: u32) -> Result<(Vec<(u64, u64)>, u64), Errno> {
         let mut buf = [IovaRange::default(); 16];
-        let (n, align) = ioas::iova_ranges(id, &mut buf)?;
+        let (n, align) = iommufd::iova_ranges(id, &mut buf)?;
         Ok((buf[..n.min(16)].iter().map(|r| (r.start, r.last)).collect(), align))
     }
     fn allow_iovas(&mut self, id: u32, ranges: &[(u64, u64)]) -> Result<(), Errno> {
         let r: Vec<IovaRange> = ranges.iter().map(|&(start, last)| IovaRange { start, last }).collect();
-        ioas::allow_iovas(id, &r)
+        iommufd::allow_iovas(id, &r)
     }
     fn map(&mut self, id: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
-        ioas::map(id, va, len, iova, flags)
+        iommufd::map(id, va, len, iova, flags)
     }
     fn unmap(&mut self, id: u32, iova: u64, len: u64) -> Result<u64, Errno> {
-        ioas::unmap(id, iova, len)
+        iommufd::unmap(id, iova, len)
     }
     fn copy(
         &mut self,
@@ -60,22 +60,22 @@ impl Door for SyscallDoor {
         dst_iova: Option<u64>,
         flags: u32,
     ) -> Result<u64, Errno> {
-        ioas::copy(dst, src, src_iova, len, dst_iova, flags)
+        iommufd::copy(dst, src, src_iova, len, dst_iova, flags)
     }
     fn set_option(&mut self, id: u32, option: u32, value: u64) -> Result<bool, Errno> {
-        ioas::set_option(id, option, value)
+        iommufd::set_option(id, option, value)
     }
     fn devices(&self) -> Vec<usize> {
         self.devices.iter().map(|d| d.1).collect()
     }
     fn bind(&mut self, which: usize) -> Result<u32, Errno> {
-        ioas::device_bind(self.devices.get(which).ok_or(Errno::ENOENT)?.0)
+        iommufd::device_bind(self.devices.get(which).ok_or(Errno::ENOENT)?.0)
     }
     fn attach(&mut self, dev: u32, pt: u32) -> Result<u32, Errno> {
-        ioas::device_attach(dev, pt)
+        iommufd::device_attach(dev, pt)
     }
     fn detach(&mut self, dev: u32) -> Result<(), Errno> {
-        ioas::device_detach(dev)
+        iommufd::device_detach(dev)
     }
     fn alloc_pages(&mut self, pages: u64) -> Result<u64, Errno> {
         sys::mem_map(0, pages * 4096, abi::PROT_READ | abi::PROT_WRITE)
@@ -113,8 +113,8 @@ impl Door for SyscallDoor {
             }
         };
         let edu = self.edus[which].as_ref()?;
-        let flags = abi::ioas::MAP_READABLE | abi::ioas::MAP_WRITEABLE;
-        ioas::map(ioas, page, 4096, Some(RESULT_IOVA), flags).ok()?;
+        let flags = abi::iommufd::MAP_READABLE | abi::iommufd::MAP_WRITEABLE;
+        iommufd::map(ioas, page, 4096, Some(RESULT_IOVA), flags).ok()?;
         // SAFETY: `page` is this door's own page, mapped read/write.
         let word = |v: Option<u64>| unsafe {
             match v {
@@ -132,7 +132,7 @@ impl Door for SyscallDoor {
         word(Some(0));
         let back = copied.and_then(|_| edu.dma(RESULT_IOVA, true));
         let got = word(None);
-        let _ = ioas::unmap(ioas, RESULT_IOVA, 4096);
+        let _ = iommufd::unmap(ioas, RESULT_IOVA, 4096);
         back.ok()?;
         // A blocked read leaves the marker, or (QEMU: a refused DMA read
         // fills the device's buffer with zeros) zeros; no page of a case is
@@ -145,7 +145,7 @@ impl Door for SyscallDoor {
         Some([pins, sys::test_counter(sys::Counter::Objects).ok()?])
     }
     fn hw_info_typed(&mut self, dev: u32, data: &mut [u8]) -> Result<(u32, usize, u64, u64), Errno> {
-        let t = ioas::hw_info_typed(dev, data)?;
+        let t = iommufd::hw_info_typed(dev, data)?;
         Ok((t.data_type, t.data_len, t.hwpt_alloc_types, t.invalidate_types))
     }
     fn hwpt_alloc(
@@ -158,8 +158,8 @@ impl Door for SyscallDoor {
         fault_id: u32,
     ) -> Result<u32, Errno> {
         // Raw flags as given (FAULT_ID_VALID included or not).
-        let mut s = abi::ioas::HwptAlloc {
-            size: core::mem::size_of::<abi::ioas::HwptAlloc>() as u32,
+        let mut s = abi::iommufd::HwptAlloc {
+            size: core::mem::size_of::<abi::iommufd::HwptAlloc>() as u32,
             flags,
             dev_id: dev,
             pt_id: parent,
@@ -169,7 +169,7 @@ impl Door for SyscallDoor {
             fault_id,
             out_hwpt_id: 0,
         };
-        ioas::call(abi::ioas::Op::HwptAlloc, &mut s)?;
+        iommufd::call(abi::iommufd::Op::HwptAlloc, &mut s)?;
         Ok(s.out_hwpt_id)
     }
     fn hwpt_invalidate(
@@ -179,19 +179,19 @@ impl Door for SyscallDoor {
         entries: &[u8],
         entry_len: u32,
     ) -> (u32, Result<(), Errno>) {
-        ioas::hwpt_invalidate(hwpt, data_type, entries, entry_len as usize)
+        iommufd::hwpt_invalidate(hwpt, data_type, entries, entry_len as usize)
     }
     fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno> {
-        ioas::fault_queue_alloc(capacity)
+        iommufd::fault_queue_alloc(capacity)
     }
     fn fault_read(
         &mut self,
         queue: u32,
         room: usize,
         timeout_ms: u32,
-    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno> {
-        let mut buf = alloc::vec![abi::ioas::FaultRecord::default(); room];
-        let (n, overflows) = ioas::fault_read(queue, &mut buf, timeout_ms)?;
+    ) -> Result<(Vec<abi::iommufd::FaultRecord>, u64), Errno> {
+        let mut buf = alloc::vec![abi::iommufd::FaultRecord::default(); room];
+        let (n, overflows) = iommufd::fault_read(queue, &mut buf, timeout_ms)?;
         buf.truncate(n);
         Ok((buf, overflows))
     }

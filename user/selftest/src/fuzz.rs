@@ -19,7 +19,7 @@
 //! everything and requires no object and no pin left.
 
 use crate::{Door, PAGE, RO, RW};
-use abi::ioas as a;
+use abi::iommufd as a;
 use abi::Errno;
 use alloc::format;
 use alloc::string::String;
@@ -95,7 +95,7 @@ pub struct Stats {
     pub mappings: u64,
 }
 
-/// Struct sizes of ops 1..=16 (`abi::ioas`), each op's minimum.
+/// Struct sizes of ops 1..=16 (`abi::iommufd`), each op's minimum.
 pub const STRUCT_SIZES: [u32; 16] = [16, 16, 32, 24, 40, 32, 40, 32, 24, 24, 16, 88, 40, 32, 16, 40];
 
 #[derive(Debug, Clone, Copy)]

@@ -5,7 +5,7 @@
 //! the hardware cannot nest, so every case runs on every IOMMU).
 
 use crate::{with_device, with_pages, Case, Door, Verdict, PAGE, RW};
-use abi::ioas::{self as a, HWPT_ALLOC_FAULT_ID_VALID, HWPT_ALLOC_NEST_PARENT};
+use abi::iommufd::{self as a, HWPT_ALLOC_FAULT_ID_VALID, HWPT_ALLOC_NEST_PARENT};
 use abi::Errno;
 use alloc::format;
 use alloc::string::String;

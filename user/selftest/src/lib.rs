@@ -10,7 +10,7 @@
 
 extern crate alloc;
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::Errno;
 use alloc::format;
 use alloc::string::String;
@@ -117,7 +117,7 @@ pub trait Door {
         queue: u32,
         room: usize,
         timeout_ms: u32,
-    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno>;
+    ) -> Result<(Vec<abi::iommufd::FaultRecord>, u64), Errno>;
 
     // What the fuzzer (`fuzz`) compares with its model, where the backend can tell.
 
@@ -376,7 +376,7 @@ pub fn cases() -> Vec<(String, Case)> {
     })));
     case!("auto_map_without_huge_pages_is_4k_aligned", |d| with_ioas(d, |d, ioas| with_pages(d, 513, |d, va| {
         try_ok!(d.map(ioas, va, PAGE, None, RW));
-        expect!(d.set_option(ioas, abi::ioas::OPTION_HUGE_PAGES, 0), Ok(true));
+        expect!(d.set_option(ioas, abi::iommufd::OPTION_HUGE_PAGES, 0), Ok(true));
         let at = try_ok!(d.map(ioas, va + PAGE, 512 * PAGE, None, RW));
         ensure!(at % 0x20_0000 != 0, "{at:#x}: still 2 MiB aligned");
         Verdict::Pass
@@ -629,15 +629,15 @@ pub fn cases() -> Vec<(String, Case)> {
     }));
     // Hints.
     case!("option_huge_pages_honoured", |d| with_ioas(d, |d, ioas| {
-        expect!(d.set_option(ioas, abi::ioas::OPTION_HUGE_PAGES, 0), Ok(true));
-        expect!(d.set_option(ioas, abi::ioas::OPTION_HUGE_PAGES, 1), Ok(true));
+        expect!(d.set_option(ioas, abi::iommufd::OPTION_HUGE_PAGES, 0), Ok(true));
+        expect!(d.set_option(ioas, abi::iommufd::OPTION_HUGE_PAGES, 1), Ok(true));
         Verdict::Pass
     }));
     case!("option_report_leaves_honoured", |d| with_ioas(d, |d, ioas| with_pages(d, 1, |d, va| {
-        expect!(d.set_option(ioas, abi::ioas::OPTION_REPORT_LEAVES, 1), Ok(true));
+        expect!(d.set_option(ioas, abi::iommufd::OPTION_REPORT_LEAVES, 1), Ok(true));
         let at = try_ok!(d.map(ioas, va, PAGE, None, RW));
         expect!(d.unmap(ioas, at, PAGE), Ok(PAGE));
-        expect!(d.set_option(ioas, abi::ioas::OPTION_REPORT_LEAVES, 0), Ok(true));
+        expect!(d.set_option(ioas, abi::iommufd::OPTION_REPORT_LEAVES, 0), Ok(true));
         Verdict::Pass
     })));
     case!("option_unknown_reported_not_error", |d| with_ioas(d, |d, ioas| {
@@ -645,11 +645,11 @@ pub fn cases() -> Vec<(String, Case)> {
         Verdict::Pass
     }));
     case!("option_bad_value_reported_not_error", |d| with_ioas(d, |d, ioas| {
-        expect!(d.set_option(ioas, abi::ioas::OPTION_HUGE_PAGES, 9), Ok(false));
+        expect!(d.set_option(ioas, abi::iommufd::OPTION_HUGE_PAGES, 9), Ok(false));
         Verdict::Pass
     }));
     case!("option_on_missing_ioas_enoent", |d| {
-        expect!(d.set_option(0x7FFF_0000, abi::ioas::OPTION_HUGE_PAGES, 1), Err(Errno::ENOENT));
+        expect!(d.set_option(0x7FFF_0000, abi::iommufd::OPTION_HUGE_PAGES, 1), Err(Errno::ENOENT));
         Verdict::Pass
     });
     // Devices.
@@ -838,7 +838,7 @@ pub fn cases() -> Vec<(String, Case)> {
         Verdict::Pass
     }));
     // The raw ABI rules.
-    use abi::ioas::Op;
+    use abi::iommufd::Op;
     case!("raw_unknown_op_enotty", |d| raw_call(d, 99, &[16, 0], 16, Err(Errno::ENOTTY)));
     case!("raw_op_0_enotty", |d| raw_call(d, 0, &[16, 0], 16, Err(Errno::ENOTTY)));
     case!("raw_size_below_header_einval", |d| raw_call(d, Op::IoasAlloc as u64, &[4, 0], 4, Err(Errno::EINVAL)));
@@ -981,7 +981,7 @@ pub fn cases() -> Vec<(String, Case)> {
     });
     case!("raw_hwpt_alloc_null_data_pointer_efault", |d| with_device(d, |d, dev, ioas| {
         // data_len 8 with data_uptr 0: the kernel must not read address 0.
-        let words = [40, 0, dev, ioas, abi::ioas::hwpt_data::VTD_ATTRS, 8, 0, 0, 0, 0];
+        let words = [40, 0, dev, ioas, abi::iommufd::hwpt_data::VTD_ATTRS, 8, 0, 0, 0, 0];
         raw_call(d, Op::HwptAlloc as u64, &words, 40, Err(Errno::EFAULT))
     }));
     v.extend(hw::cases());

@@ -131,8 +131,8 @@ impl HostDoor {
 
 fn perms(flags: u32) -> Perms {
     let mut p = Perms::empty();
-    p.set(Perms::READ, flags & abi::ioas::MAP_READABLE != 0);
-    p.set(Perms::WRITE, flags & abi::ioas::MAP_WRITEABLE != 0);
+    p.set(Perms::READ, flags & abi::iommufd::MAP_READABLE != 0);
+    p.set(Perms::WRITE, flags & abi::iommufd::MAP_WRITEABLE != 0);
     p
 }
 
@@ -156,9 +156,9 @@ impl Door for HostDoor {
     }
     fn map(&mut self, ioas: u32, va: u64, len: u64, iova: Option<u64>, flags: u32) -> Result<u64, Errno> {
         // The ABI's flag rules first, as the kernel decodes the struct.
-        let fixed = if iova.is_some() { abi::ioas::MAP_FIXED_IOVA } else { 0 };
-        let s = abi::ioas::IoasMap { size: 40, flags: flags | fixed, ioas_id: ioas, ..Default::default() };
-        abi::ioas::decode::<abi::ioas::IoasMap>(zerocopy::IntoBytes::as_bytes(&s))?;
+        let fixed = if iova.is_some() { abi::iommufd::MAP_FIXED_IOVA } else { 0 };
+        let s = abi::iommufd::IoasMap { size: 40, flags: flags | fixed, ioas_id: ioas, ..Default::default() };
+        abi::iommufd::decode::<abi::iommufd::IoasMap>(zerocopy::IntoBytes::as_bytes(&s))?;
         let m = MapArgs { va, len, iova: choice(iova), perms: perms(flags) };
         self.fd.map(&mut self.units, &mut self.mem, ioas, m)
     }
@@ -174,9 +174,9 @@ impl Door for HostDoor {
         dst_iova: Option<u64>,
         flags: u32,
     ) -> Result<u64, Errno> {
-        let fixed = if dst_iova.is_some() { abi::ioas::MAP_FIXED_IOVA } else { 0 };
-        let s = abi::ioas::IoasCopy { size: 40, flags: flags | fixed, dst_ioas_id: dst, ..Default::default() };
-        abi::ioas::decode::<abi::ioas::IoasCopy>(zerocopy::IntoBytes::as_bytes(&s))?;
+        let fixed = if dst_iova.is_some() { abi::iommufd::MAP_FIXED_IOVA } else { 0 };
+        let s = abi::iommufd::IoasCopy { size: 40, flags: flags | fixed, dst_ioas_id: dst, ..Default::default() };
+        abi::iommufd::decode::<abi::iommufd::IoasCopy>(zerocopy::IntoBytes::as_bytes(&s))?;
         let c = CopyArgs { src, src_iova, len, dst_iova: choice(dst_iova), perms: perms(flags) };
         self.fd.copy(&mut self.units, &mut self.mem, dst, c)
     }
@@ -261,8 +261,8 @@ impl Door for HostDoor {
         fault_id: u32,
     ) -> Result<u32, Errno> {
         // The same decoding the kernel does: the ABI's flag rules, then the data rules.
-        let s = abi::ioas::HwptAlloc {
-            size: std::mem::size_of::<abi::ioas::HwptAlloc>() as u32,
+        let s = abi::iommufd::HwptAlloc {
+            size: std::mem::size_of::<abi::iommufd::HwptAlloc>() as u32,
             flags,
             dev_id: dev,
             pt_id: parent,
@@ -272,7 +272,7 @@ impl Door for HostDoor {
             fault_id,
             out_hwpt_id: 0,
         };
-        let s: abi::ioas::HwptAlloc = abi::ioas::decode(zerocopy::IntoBytes::as_bytes(&s))?;
+        let s: abi::iommufd::HwptAlloc = abi::iommufd::decode(zerocopy::IntoBytes::as_bytes(&s))?;
         let args = iommufd::abi_glue::hwpt_alloc(&s, data)?;
         self.fd.hwpt_alloc(&mut self.units, &mut self.mem, args)
     }
@@ -283,7 +283,7 @@ impl Door for HostDoor {
         entries: &[u8],
         entry_len: u32,
     ) -> (u32, Result<(), Errno>) {
-        let s = abi::ioas::HwptInvalidate {
+        let s = abi::iommufd::HwptInvalidate {
             size: 32,
             hwpt_id: hwpt,
             data_type,
@@ -305,7 +305,7 @@ impl Door for HostDoor {
         )
     }
     fn fault_queue_alloc(&mut self, capacity: u32) -> Result<u32, Errno> {
-        let s = abi::ioas::FaultQueueAlloc { size: 16, capacity, ..Default::default() };
+        let s = abi::iommufd::FaultQueueAlloc { size: 16, capacity, ..Default::default() };
         self.fd.fault_queue_alloc(iommufd::abi_glue::fault_queue_capacity(&s)?)
     }
     fn fault_read(
@@ -313,7 +313,7 @@ impl Door for HostDoor {
         queue: u32,
         room: usize,
         timeout_ms: u32,
-    ) -> Result<(Vec<abi::ioas::FaultRecord>, u64), Errno> {
+    ) -> Result<(Vec<abi::iommufd::FaultRecord>, u64), Errno> {
         let (records, overflows) = self.fd.fault_read(queue, room)?;
         if records.is_empty() && timeout_ms > 0 && room > 0 {
             return Err(Errno::ETIMEDOUT);

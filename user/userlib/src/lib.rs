@@ -8,7 +8,7 @@
 #![no_std]
 
 pub mod heap;
-pub mod ioas;
+pub mod iommufd;
 pub mod sys;
 
 extern crate alloc;

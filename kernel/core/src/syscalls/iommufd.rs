@@ -118,7 +118,7 @@ fn collect_faults() {
 /// (`quota.table_frames`); at the limit, ops that can add tables are `EDQUOT`.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
     collect_faults();
-    use abi::ioas::Op;
+    use abi::iommufd::Op;
     let op_kind = Op::from_raw(op);
     let frees_only = matches!(
         op_kind,

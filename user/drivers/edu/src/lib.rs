@@ -10,9 +10,9 @@
 //! decoded fault where the IOMMU model reports one).
 #![no_std]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::Errno;
-use userlib::ioas::{self, UnitInfo};
+use userlib::iommufd::{self, UnitInfo};
 use userlib::sys;
 
 /// Vendor and device ID of `edu`.
@@ -160,15 +160,15 @@ pub struct Report {
 /// must leave memory untouched.
 pub fn check(bdf: u64) -> Result<Report, Failure> {
     let edu = Edu::open(bdf)?;
-    let dev = ioas::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
-    let unit = ioas::hw_info(dev, &mut []).or_else(|e| match e {
+    let dev = iommufd::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
+    let unit = iommufd::hw_info(dev, &mut []).or_else(|e| match e {
         // No room for registers is fine: the kind and name came back.
-        Errno::E2BIG => ioas::hw_info(dev, &mut [abi::ioas::HwReg::default(); 16]),
+        Errno::E2BIG => iommufd::hw_info(dev, &mut [abi::iommufd::HwReg::default(); 16]),
         e => Err(e),
     });
     let unit = unit.map_err(fail("hw_info"))?;
-    let ioas = ioas::ioas_alloc().map_err(fail("ioas_alloc"))?;
-    ioas::device_attach(dev, ioas).map_err(fail("attach"))?;
+    let ioas = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    iommufd::device_attach(dev, ioas).map_err(fail("attach"))?;
     let buf = sys::mem_map(0, 3 * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(fail("mem_map"))?;
     let (src, dst, canary) = (page(buf), page(buf + PAGE), page(buf + 2 * PAGE));
     for (i, b) in src.iter_mut().enumerate() {
@@ -177,21 +177,21 @@ pub fn check(bdf: u64) -> Result<Report, Failure> {
     dst.fill(0);
     canary.fill(0xCC);
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    let src_iova = ioas::map(ioas, buf, PAGE, None, MAP_READABLE).map_err(fail("map source"))?;
-    let dst_iova = ioas::map(ioas, buf + PAGE, PAGE, None, rw).map_err(fail("map destination"))?;
+    let src_iova = iommufd::map(ioas, buf, PAGE, None, MAP_READABLE).map_err(fail("map source"))?;
+    let dst_iova = iommufd::map(ioas, buf + PAGE, PAGE, None, rw).map_err(fail("map destination"))?;
     check_that(src_iova + PAGE <= DMA_LIMIT && dst_iova + PAGE <= DMA_LIMIT, "IOVA beyond edu's 28-bit DMA mask")?;
     edu.dma(src_iova, false)?;
     edu.dma(dst_iova, true)?;
     check_that(dst == src, "data did not arrive through the IOMMU")?;
     // Stray DMA: an IOVA that was mapped and is unmapped again.
-    let stray = ioas::map(ioas, buf + 2 * PAGE, PAGE, None, rw).map_err(fail("map canary"))?;
-    check_that(ioas::unmap(ioas, stray, PAGE) == Ok(PAGE), "unmap canary")?;
+    let stray = iommufd::map(ioas, buf + 2 * PAGE, PAGE, None, rw).map_err(fail("map canary"))?;
+    check_that(iommufd::unmap(ioas, stray, PAGE) == Ok(PAGE), "unmap canary")?;
     edu.dma(stray, true)?;
     check_that(canary.iter().all(|&b| b == 0xCC), "a DMA to an unmapped IOVA reached memory")?;
     // Tear down in order: device detached (DMA blocked), IOAS gone, pages unmapped.
-    ioas::device_detach(dev).map_err(fail("detach"))?;
-    ioas::destroy(ioas).map_err(fail("destroy IOAS"))?;
-    ioas::destroy(dev).map_err(fail("unbind"))?;
+    iommufd::device_detach(dev).map_err(fail("detach"))?;
+    iommufd::destroy(ioas).map_err(fail("destroy IOAS"))?;
+    iommufd::destroy(dev).map_err(fail("unbind"))?;
     sys::mem_unmap(buf, 3 * PAGE).map_err(fail("mem_unmap"))?;
     Ok(Report { unit, iova: src_iova })
 }

@@ -10,9 +10,9 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::DeviceInfo;
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 
 const PAGE: u64 = 4096;
 const RW: u32 = MAP_READABLE | MAP_WRITEABLE;
@@ -22,16 +22,16 @@ fn now() -> u64 {
 }
 
 fn flushes(dev: u32) -> u64 {
-    ioas::hw_info(dev, &mut [Default::default(); 16]).map(|u| u.flushes).unwrap_or(0)
+    iommufd::hw_info(dev, &mut [Default::default(); 16]).map(|u| u.flushes).unwrap_or(0)
 }
 
 /// One untimed map of `pages` pages with leaf reporting on (the kernel logs
 /// the leaves it used), then unmapped.
 fn show_leaves(ioas_id: u32, va: u64, pages: u64) -> Result<(), &'static str> {
-    ioas::set_option(ioas_id, abi::ioas::OPTION_REPORT_LEAVES, 1).map_err(|_| "option")?;
-    let at = ioas::map(ioas_id, va, pages * PAGE, None, RW).map_err(|_| "map")?;
-    ioas::unmap(ioas_id, at, pages * PAGE).map_err(|_| "unmap")?;
-    ioas::set_option(ioas_id, abi::ioas::OPTION_REPORT_LEAVES, 0).map_err(|_| "option")?;
+    iommufd::set_option(ioas_id, abi::iommufd::OPTION_REPORT_LEAVES, 1).map_err(|_| "option")?;
+    let at = iommufd::map(ioas_id, va, pages * PAGE, None, RW).map_err(|_| "map")?;
+    iommufd::unmap(ioas_id, at, pages * PAGE).map_err(|_| "unmap")?;
+    iommufd::set_option(ioas_id, abi::iommufd::OPTION_REPORT_LEAVES, 0).map_err(|_| "option")?;
     Ok(())
 }
 
@@ -63,9 +63,9 @@ fn map_unmap(
     let f0 = flushes(dev);
     for i in 0..warm + reps {
         let t0 = now();
-        let at = ioas::map(ioas_id, va, pages * PAGE, None, RW).map_err(|_| "map")?;
+        let at = iommufd::map(ioas_id, va, pages * PAGE, None, RW).map_err(|_| "map")?;
         let t1 = now();
-        ioas::unmap(ioas_id, at, pages * PAGE).map_err(|_| "unmap")?;
+        iommufd::unmap(ioas_id, at, pages * PAGE).map_err(|_| "unmap")?;
         let t2 = now();
         if let Some(k) = i.checked_sub(warm) {
             (maps[k], unmaps[k], pairs[k]) = (t1 - t0, t2 - t1, t2 - t0);
@@ -96,7 +96,7 @@ fn error_path(reps: usize) -> Result<(), &'static str> {
     let mut t = [0u64; MAX_REPS];
     for slot in t.iter_mut().take(reps) {
         let t0 = now();
-        if ioas::destroy(u32::MAX) != Err(abi::Errno::ENOENT) {
+        if iommufd::destroy(u32::MAX) != Err(abi::Errno::ENOENT) {
             return Err("destroy of an unknown id did not answer ENOENT");
         }
         *slot = now() - t0;
@@ -145,11 +145,11 @@ fn separate(ioas_id: u32, dev: u32, n: u64, reps: usize) -> Result<(), &'static 
     for round in 0..=reps {
         let t0 = now();
         for (i, slot) in iovas.iter_mut().enumerate().take(n as usize) {
-            *slot = ioas::map(ioas_id, va + i as u64 * PAGE, PAGE, None, RW).map_err(|_| "map")?;
+            *slot = iommufd::map(ioas_id, va + i as u64 * PAGE, PAGE, None, RW).map_err(|_| "map")?;
         }
         let t1 = now();
         for &at in iovas.iter().take(n as usize) {
-            ioas::unmap(ioas_id, at, PAGE).map_err(|_| "unmap")?;
+            iommufd::unmap(ioas_id, at, PAGE).map_err(|_| "unmap")?;
         }
         let t2 = now();
         if let Some(k) = round.checked_sub(1) {
@@ -181,10 +181,10 @@ fn bench() -> Result<(), &'static str> {
         .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
         .ok_or("no edu behind an IOMMU")?;
     sys::device_claim(edu.bdf).map_err(|_| "claim")?;
-    let dev = ioas::device_bind(edu.bdf).map_err(|_| "bind")?;
-    let unit = ioas::hw_info(dev, &mut [Default::default(); 16]).map_err(|_| "hw_info")?;
-    let ioas_id = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
-    ioas::device_attach(dev, ioas_id).map_err(|_| "attach")?;
+    let dev = iommufd::device_bind(edu.bdf).map_err(|_| "bind")?;
+    let unit = iommufd::hw_info(dev, &mut [Default::default(); 16]).map_err(|_| "hw_info")?;
+    let ioas_id = iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    iommufd::device_attach(dev, ioas_id).map_err(|_| "attach")?;
     println!("bench-ioas: unit {} ({}), through the iommufd syscall, TCG", unit.name(), unit.kind_name());
     // The shapes and repetitions of the Linux peer (`../shared/peer/linux-iommufd`).
     map_unmap(ioas_id, dev, 1, 3, 1001, "4K", "a_1x4k")?;
@@ -195,9 +195,9 @@ fn bench() -> Result<(), &'static str> {
     error_path(1001)?;
     // The same 4 KiB on an IOAS with no device: iommufd's own bookkeeping
     // and the pin, no IOMMU (Linux's `iommufd-nodomain` backend).
-    let bare = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    let bare = iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?;
     map_unmap(bare, dev, 1, 3, 1001, "4K no dev", "a_1x4k_nodomain")?;
-    ioas::destroy(bare).map_err(|_| "destroy")?;
+    iommufd::destroy(bare).map_err(|_| "destroy")?;
     // Growth: the cost per 4 KiB as maps get larger.
     map_unmap(ioas_id, dev, 64, 1, 51, "256K", "g_256k")?;
     map_unmap(ioas_id, dev, 16_384, 1, 5, "64M", "g_64m")?;

@@ -18,9 +18,9 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{self as a, HWPT_ALLOC_NEST_PARENT, MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{self as a, HWPT_ALLOC_NEST_PARENT, MAP_READABLE, MAP_WRITEABLE};
 use edu_driver::{check_that as ensure, fail as step, Edu, Failure};
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 use zerocopy::IntoBytes;
 
 const PAGE: u64 = 4096;
@@ -73,7 +73,7 @@ fn tlbi_nh_va(iova: u64) -> a::HwptSmmuv3Command {
 
 fn expect_fault(queue: u32, dev: u32, child: u32, iova: u64) -> Result<(), Failure> {
     let mut records = [a::FaultRecord::default(); 8];
-    let (n, _) = ioas::fault_read(queue, &mut records, 500).map_err(step("fault_read"))?;
+    let (n, _) = iommufd::fault_read(queue, &mut records, 500).map_err(step("fault_read"))?;
     let r = &records[..n];
     ensure(n >= 1 && r.iter().all(|f| f.dev_id == dev && f.hwpt_id == child), "fault record names the wrong device")?;
     ensure(r.iter().any(|f| f.address & !(PAGE - 1) == iova), "no fault record at the blocked IOVA")?;
@@ -86,9 +86,9 @@ fn expect_fault(queue: u32, dev: u32, child: u32, iova: u64) -> Result<(), Failu
 
 fn run(bdf: u64) -> Result<bool, Failure> {
     let edu = Edu::open(bdf)?;
-    let dev = ioas::device_bind(bdf).map_err(step("bind"))?;
+    let dev = iommufd::device_bind(bdf).map_err(step("bind"))?;
     let mut typed = [0u8; 64];
-    let info = ioas::hw_info_typed(dev, &mut typed).map_err(step("hw_info"))?;
+    let info = iommufd::hw_info_typed(dev, &mut typed).map_err(step("hw_info"))?;
     if info.data_type != a::hw_kind::SMMUV3 {
         println!("hw-smmuv3: skipped: the unit is not an SMMUv3 (kind {})", info.data_type);
         return Ok(false);
@@ -105,11 +105,11 @@ fn run(bdf: u64) -> Result<bool, Failure> {
         return Ok(false);
     }
     let mem = sys::Pages::map(9).map_err(step("mem_map"))?;
-    let ioas_id = ioas::ioas_alloc().map_err(step("ioas_alloc"))?;
+    let ioas_id = iommufd::ioas_alloc().map_err(step("ioas_alloc"))?;
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    ioas::map(ioas_id, mem.va, 5 * PAGE, Some(TABLES_IOVA), MAP_READABLE).map_err(step("map CD and tables"))?;
-    ioas::map(ioas_id, mem.va + 5 * PAGE, 4 * PAGE, Some(DATA_IOVA), rw).map_err(step("map data"))?;
-    let parent = ioas::hwpt_alloc(dev, ioas_id, HWPT_ALLOC_NEST_PARENT, a::hwpt_data::NONE, &[], None)
+    iommufd::map(ioas_id, mem.va, 5 * PAGE, Some(TABLES_IOVA), MAP_READABLE).map_err(step("map CD and tables"))?;
+    iommufd::map(ioas_id, mem.va + 5 * PAGE, 4 * PAGE, Some(DATA_IOVA), rw).map_err(step("map data"))?;
+    let parent = iommufd::hwpt_alloc(dev, ioas_id, HWPT_ALLOC_NEST_PARENT, a::hwpt_data::NONE, &[], None)
         .map_err(step("NEST_PARENT hwpt_alloc"))?;
     let ipa = |n: u64| TABLES_IOVA + n * PAGE;
     let data = |n: u64| DATA_IOVA + n * PAGE;
@@ -125,10 +125,10 @@ fn run(bdf: u64) -> Result<bool, Failure> {
     // S1Fmt 0 (one CD), S1ContextPtr = the CD's IPA; word 1: S1CIR/S1COR
     // write-back, S1CSH inner shareable.
     let ste = a::HwptSmmuv3Ste { ste: [1 | 0b101 << 1 | ipa(0), 1 << 2 | 1 << 4 | 3 << 6] };
-    let queue = ioas::fault_queue_alloc(64).map_err(step("fault_queue_alloc"))?;
-    let child = ioas::hwpt_alloc(dev, parent, 0, a::hwpt_data::SMMUV3_STE, ste.as_bytes(), Some(queue))
+    let queue = iommufd::fault_queue_alloc(64).map_err(step("fault_queue_alloc"))?;
+    let child = iommufd::hwpt_alloc(dev, parent, 0, a::hwpt_data::SMMUV3_STE, ste.as_bytes(), Some(queue))
         .map_err(step("nested hwpt_alloc"))?;
-    ioas::device_attach(dev, child).map_err(step("attach to the nested HWPT"))?;
+    iommufd::device_attach(dev, child).map_err(step("attach to the nested HWPT"))?;
     for (i, b) in mem.bytes(5).iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(11) ^ 0xA5;
     }
@@ -139,7 +139,7 @@ fn run(bdf: u64) -> Result<bool, Failure> {
     // Repoint S1_DST at data page 2; the SMMU may keep the old entry until TLBI_NH_VA.
     mem.words(4)[index(S1_DST, 0)] = page(data(2), false);
     let tlbi = tlbi_nh_va(S1_DST);
-    let (handled, r) = ioas::hwpt_invalidate(child, a::hwpt_data::SMMUV3_STE, tlbi.as_bytes(), 16);
+    let (handled, r) = iommufd::hwpt_invalidate(child, a::hwpt_data::SMMUV3_STE, tlbi.as_bytes(), 16);
     r.map_err(step("hwpt_invalidate TLBI_NH_VA"))?;
     ensure(handled == 1, "the TLBI was not handled")?;
     mem.bytes(7).fill(0);
@@ -147,7 +147,7 @@ fn run(bdf: u64) -> Result<bool, Failure> {
     ensure(mem.bytes(7) == mem.bytes(5), "the changed PTE did not take effect after TLBI_NH_VA")?;
     // A batch with an illegal command (CMD_SYNC, 0x46, is the kernel's) stops there.
     let batch: [a::HwptSmmuv3Command; 2] = [tlbi_nh_va(S1_SRC), a::HwptSmmuv3Command { cmd: [0x46, 0] }];
-    let (handled, r) = ioas::hwpt_invalidate(child, a::hwpt_data::SMMUV3_STE, batch.as_bytes(), 16);
+    let (handled, r) = iommufd::hwpt_invalidate(child, a::hwpt_data::SMMUV3_STE, batch.as_bytes(), 16);
     ensure(handled == 1 && r == Err(abi::Errno::EINVAL), "an illegal command was not refused in place")?;
     // Stray DMA: no stage-1 entry.
     mem.bytes(8).fill(0xCC);
@@ -155,11 +155,11 @@ fn run(bdf: u64) -> Result<bool, Failure> {
     ensure(mem.bytes(8).iter().all(|&b| b == 0xCC), "a DMA to an unmapped stage-1 IOVA reached memory")?;
     expect_fault(queue, dev, child, S1_STRAY)?;
     println!("hw-smmuv3: nested stage-1 DMA ok, PTE change after TLBI_NH_VA ok, illegal command refused, stray DMA blocked and reported");
-    ioas::device_attach(dev, ioas_id).map_err(step("re-attach to the IOAS"))?;
-    ensure(ioas::destroy(parent) == Err(abi::Errno::EBUSY), "a parent with children was destroyed")?;
-    ioas::destroy(child).map_err(step("destroy child"))?;
-    ioas::destroy(parent).map_err(step("destroy parent"))?;
-    ioas::destroy(queue).map_err(step("destroy fault queue"))?;
+    iommufd::device_attach(dev, ioas_id).map_err(step("re-attach to the IOAS"))?;
+    ensure(iommufd::destroy(parent) == Err(abi::Errno::EBUSY), "a parent with children was destroyed")?;
+    iommufd::destroy(child).map_err(step("destroy child"))?;
+    iommufd::destroy(parent).map_err(step("destroy parent"))?;
+    iommufd::destroy(queue).map_err(step("destroy fault queue"))?;
     Ok(true)
 }
 

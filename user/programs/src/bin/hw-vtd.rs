@@ -19,9 +19,9 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{self as a, HWPT_ALLOC_NEST_PARENT, MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{self as a, HWPT_ALLOC_NEST_PARENT, MAP_READABLE, MAP_WRITEABLE};
 use edu_driver::{check_that as ensure, fail as step, Edu, Failure};
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 use zerocopy::IntoBytes;
 
 const PAGE: u64 = 4096;
@@ -49,7 +49,7 @@ fn pt_index(iova: u64, level: u32) -> usize {
 /// records no faults (QEMU's AMD-Vi, docs/qemu.md).
 fn expect_fault(queue: u32, dev: u32, child: u32, iova: u64, kind: u32) -> Result<&'static str, Failure> {
     let mut records = [a::FaultRecord::default(); 8];
-    match ioas::fault_read(queue, &mut records, 500) {
+    match iommufd::fault_read(queue, &mut records, 500) {
         Ok((n, _)) => {
             let r = &records[..n];
             ensure(
@@ -79,8 +79,8 @@ fn resync_cost(ioas_id: u32, child: u32, mem: &sys::Pages) -> Result<(), Failure
     const DATA2_IOVA: u64 = 0x100_0000;
     let big = sys::Pages::map(PAGES + 1).map_err(step("mem_map 2 MiB"))?;
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    ioas::map(ioas_id, big.va, PAGE, Some(TABLES_IOVA + 4 * PAGE), MAP_READABLE).map_err(step("map second PT"))?;
-    ioas::map(ioas_id, big.va + PAGE, PAGES * PAGE, Some(DATA2_IOVA), rw).map_err(step("map 512 pages"))?;
+    iommufd::map(ioas_id, big.va, PAGE, Some(TABLES_IOVA + 4 * PAGE), MAP_READABLE).map_err(step("map second PT"))?;
+    iommufd::map(ioas_id, big.va + PAGE, PAGES * PAGE, Some(DATA2_IOVA), rw).map_err(step("map 512 pages"))?;
     for (i, e) in big.words(0).iter_mut().enumerate() {
         *e = (DATA2_IOVA + i as u64 * PAGE) | P | RW | US;
     }
@@ -88,7 +88,7 @@ fn resync_cost(ioas_id: u32, child: u32, mem: &sys::Pages) -> Result<(), Failure
     let time = |npages: u64| -> Result<u64, Failure> {
         let e = a::HwptVtdS1Invalidation { addr: S1_BASE, npages, flags: 0, reserved: 0 };
         let t0 = sys::clock().unwrap_or(0);
-        let (handled, r) = ioas::hwpt_invalidate(child, a::hwpt_data::VTD_S1, e.as_bytes(), e.as_bytes().len());
+        let (handled, r) = iommufd::hwpt_invalidate(child, a::hwpt_data::VTD_S1, e.as_bytes(), e.as_bytes().len());
         let t1 = sys::clock().unwrap_or(0);
         r.map_err(step("timed hwpt_invalidate"))?;
         ensure(handled == 1, "timed invalidation not handled")?;
@@ -110,9 +110,9 @@ fn resync_cost(ioas_id: u32, child: u32, mem: &sys::Pages) -> Result<(), Failure
 
 fn run(bdf: u64) -> Result<&'static str, Failure> {
     let edu = Edu::open(bdf)?;
-    let dev = ioas::device_bind(bdf).map_err(step("bind"))?;
+    let dev = iommufd::device_bind(bdf).map_err(step("bind"))?;
     let mut typed = [0u8; 64];
-    let info = ioas::hw_info_typed(dev, &mut typed).map_err(step("hw_info"))?;
+    let info = iommufd::hw_info_typed(dev, &mut typed).map_err(step("hw_info"))?;
     ensure(info.hwpt_alloc_types & 1 << a::hwpt_data::VTD_S1 != 0, "the unit takes no VT-d stage-1 children")?;
     let kind = match info.data_type {
         a::hw_kind::VTD => {
@@ -126,11 +126,11 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
         _ => "unknown",
     };
     let mem = sys::Pages::map(8).map_err(step("mem_map"))?;
-    let ioas_id = ioas::ioas_alloc().map_err(step("ioas_alloc"))?;
+    let ioas_id = iommufd::ioas_alloc().map_err(step("ioas_alloc"))?;
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    ioas::map(ioas_id, mem.va, 4 * PAGE, Some(TABLES_IOVA), MAP_READABLE).map_err(step("map tables"))?;
-    ioas::map(ioas_id, mem.va + 4 * PAGE, 4 * PAGE, Some(DATA_IOVA), rw).map_err(step("map data"))?;
-    let parent = ioas::hwpt_alloc(dev, ioas_id, HWPT_ALLOC_NEST_PARENT, a::hwpt_data::NONE, &[], None)
+    iommufd::map(ioas_id, mem.va, 4 * PAGE, Some(TABLES_IOVA), MAP_READABLE).map_err(step("map tables"))?;
+    iommufd::map(ioas_id, mem.va + 4 * PAGE, 4 * PAGE, Some(DATA_IOVA), rw).map_err(step("map data"))?;
+    let parent = iommufd::hwpt_alloc(dev, ioas_id, HWPT_ALLOC_NEST_PARENT, a::hwpt_data::NONE, &[], None)
         .map_err(step("NEST_PARENT hwpt_alloc"))?;
     // Stage 1: PML4 (table page 0) → PDPT (1) → PD (2) → PT (3), entries name parent IOVAs.
     let table = |n: u64| TABLES_IOVA + n * PAGE;
@@ -143,10 +143,10 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
     pt[pt_index(S1_DST, 0)] = data(1) | P | RW | US;
     pt[pt_index(S1_OUTSIDE, 0)] = PARENT_HOLE | P | RW | US;
     let s1 = a::HwptVtdS1 { flags: 0, pgtbl_addr: table(0), addr_width: 48, reserved: 0 };
-    let queue = ioas::fault_queue_alloc(64).map_err(step("fault_queue_alloc"))?;
-    let child = ioas::hwpt_alloc(dev, parent, 0, a::hwpt_data::VTD_S1, s1.as_bytes(), Some(queue))
+    let queue = iommufd::fault_queue_alloc(64).map_err(step("fault_queue_alloc"))?;
+    let child = iommufd::hwpt_alloc(dev, parent, 0, a::hwpt_data::VTD_S1, s1.as_bytes(), Some(queue))
         .map_err(step("nested hwpt_alloc"))?;
-    ioas::device_attach(dev, child).map_err(step("attach to the nested HWPT"))?;
+    iommufd::device_attach(dev, child).map_err(step("attach to the nested HWPT"))?;
     // Data through the stage-1 IOVAs.
     for (i, b) in mem.bytes(4).iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(7) ^ 0x3C;
@@ -158,7 +158,7 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
     // Repoint S1_DST at data page 2; effective after the invalidation.
     mem.words(3)[pt_index(S1_DST, 0)] = data(2) | P | RW | US;
     let inv = a::HwptVtdS1Invalidation { addr: S1_DST, npages: 1, flags: 0, reserved: 0 };
-    let (handled, r) = ioas::hwpt_invalidate(child, a::hwpt_data::VTD_S1, inv.as_bytes(), inv.as_bytes().len());
+    let (handled, r) = iommufd::hwpt_invalidate(child, a::hwpt_data::VTD_S1, inv.as_bytes(), inv.as_bytes().len());
     r.map_err(step("hwpt_invalidate"))?;
     ensure(handled == 1, "the invalidation was not handled")?;
     mem.bytes(6).fill(0);
@@ -177,11 +177,11 @@ fn run(bdf: u64) -> Result<&'static str, Failure> {
     resync_cost(ioas_id, child, &mem)?;
     println!("hw-vtd: {kind}: stage-1 DMA ok, PTE change after invalidation ok, stray DMA blocked, fault {faults}");
     // Tear down: device back to the IOAS (replace), then children before parents.
-    ioas::device_attach(dev, ioas_id).map_err(step("re-attach to the IOAS"))?;
-    ensure(ioas::destroy(parent) == Err(abi::Errno::EBUSY), "a parent with children was destroyed")?;
-    ioas::destroy(child).map_err(step("destroy child"))?;
-    ioas::destroy(parent).map_err(step("destroy parent"))?;
-    ioas::destroy(queue).map_err(step("destroy fault queue"))?;
+    iommufd::device_attach(dev, ioas_id).map_err(step("re-attach to the IOAS"))?;
+    ensure(iommufd::destroy(parent) == Err(abi::Errno::EBUSY), "a parent with children was destroyed")?;
+    iommufd::destroy(child).map_err(step("destroy child"))?;
+    iommufd::destroy(parent).map_err(step("destroy parent"))?;
+    iommufd::destroy(queue).map_err(step("destroy fault queue"))?;
     Ok(kind)
 }
 

@@ -7,14 +7,14 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::DeviceInfo;
-use userlib::{ioas, sys};
+use userlib::{iommufd, sys};
 
 fn main() -> i32 {
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    let Ok(a) = ioas::ioas_alloc() else { return 1 };
-    let Ok(b) = ioas::ioas_alloc() else { return 2 };
+    let Ok(a) = iommufd::ioas_alloc() else { return 1 };
+    let Ok(b) = iommufd::ioas_alloc() else { return 2 };
     let Ok(buf) = sys::mem_map(0, 8 * 4096, abi::PROT_READ | abi::PROT_WRITE) else { return 3 };
     let mut list = [DeviceInfo::default(); 64];
     let mut dev = None;
@@ -24,27 +24,28 @@ fn main() -> i32 {
         .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
     {
         if sys::device_claim(edu.bdf).is_ok() {
-            if let Ok(d) = ioas::device_bind(edu.bdf) {
-                let _ = ioas::device_attach(d, a);
+            if let Ok(d) = iommufd::device_bind(edu.bdf) {
+                let _ = iommufd::device_attach(d, a);
                 dev = Some(d);
             }
         }
     }
-    let Ok(at) = ioas::map(a, buf, 8 * 4096, None, rw) else { return 4 };
-    if ioas::copy(b, a, at, 4 * 4096, None, rw).is_err() {
+    let Ok(at) = iommufd::map(a, buf, 8 * 4096, None, rw) else { return 4 };
+    if iommufd::copy(b, a, at, 4 * 4096, None, rw).is_err() {
         return 5;
     }
     if let Some(dev) = dev {
         // Hardware-specific door: a nested child with an (empty) stage 1 at
         // the first mapped page, faults routed to a queue, the device on it.
-        let s1 = abi::ioas::HwptVtdS1 { pgtbl_addr: at, addr_width: 48, ..Default::default() };
-        let nested = ioas::hwpt_alloc(dev, a, abi::ioas::HWPT_ALLOC_NEST_PARENT, abi::ioas::hwpt_data::NONE, &[], None)
-            .and_then(|parent| {
-                let queue = ioas::fault_queue_alloc(16)?;
-                let data = zerocopy::IntoBytes::as_bytes(&s1);
-                ioas::hwpt_alloc(dev, parent, 0, abi::ioas::hwpt_data::VTD_S1, data, Some(queue))
-            })
-            .and_then(|child| ioas::device_attach(dev, child));
+        let s1 = abi::iommufd::HwptVtdS1 { pgtbl_addr: at, addr_width: 48, ..Default::default() };
+        let nested =
+            iommufd::hwpt_alloc(dev, a, abi::iommufd::HWPT_ALLOC_NEST_PARENT, abi::iommufd::hwpt_data::NONE, &[], None)
+                .and_then(|parent| {
+                    let queue = iommufd::fault_queue_alloc(16)?;
+                    let data = zerocopy::IntoBytes::as_bytes(&s1);
+                    iommufd::hwpt_alloc(dev, parent, 0, abi::iommufd::hwpt_data::VTD_S1, data, Some(queue))
+                })
+                .and_then(|child| iommufd::device_attach(dev, child));
         if nested.is_err() {
             return 7;
         }

@@ -5,18 +5,18 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use edu_driver::Edu;
-use userlib::{ioas, sys};
+use userlib::{iommufd, sys};
 
 fn main() -> i32 {
     let Some(edu) = edu_driver::first_behind_iommu() else { return 1 };
     let Ok(dev) = Edu::open(edu.bdf) else { return 2 };
     let Ok(page) = sys::mem_map(0, 4096, 3) else { return 3 };
-    let Ok(space) = ioas::ioas_alloc() else { return 4 };
-    let Ok(iova) = ioas::map(space, page, 4096, None, MAP_READABLE | MAP_WRITEABLE) else { return 5 };
-    let Ok(id) = ioas::device_bind(edu.bdf) else { return 6 };
-    if ioas::device_attach(id, space).is_err() {
+    let Ok(space) = iommufd::ioas_alloc() else { return 4 };
+    let Ok(iova) = iommufd::map(space, page, 4096, None, MAP_READABLE | MAP_WRITEABLE) else { return 5 };
+    let Ok(id) = iommufd::device_bind(edu.bdf) else { return 6 };
+    if iommufd::device_attach(id, space).is_err() {
         return 7;
     }
     let _ = dev.dma(iova, true);

@@ -8,9 +8,9 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use edu_driver::Edu;
-use userlib::{ioas, sys};
+use userlib::{iommufd, sys};
 
 #[path = "../isolation_protocol.rs"]
 mod protocol;
@@ -39,11 +39,11 @@ fn run() -> Result<(), u64> {
         *b = pattern(i);
     }
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    let space = ioas::ioas_alloc().map_err(|_| 3u64)?;
-    let iova = ioas::map(space, buf, PAGE, None, rw).map_err(|_| 3u64)?;
-    let check_iova = ioas::map(space, buf + PAGE, PAGE, None, rw).map_err(|_| 3u64)?;
-    let id = ioas::device_bind(bdf).map_err(|_| 4u64)?;
-    ioas::device_attach(id, space).map_err(|_| 4u64)?;
+    let space = iommufd::ioas_alloc().map_err(|_| 3u64)?;
+    let iova = iommufd::map(space, buf, PAGE, None, rw).map_err(|_| 3u64)?;
+    let check_iova = iommufd::map(space, buf + PAGE, PAGE, None, rw).map_err(|_| 3u64)?;
+    let id = iommufd::device_bind(bdf).map_err(|_| 4u64)?;
+    iommufd::device_attach(id, space).map_err(|_| 4u64)?;
     // Our own device reaches the page through its IOVA: the IOVA is live and the page pinned.
     let round_trip = |check: &mut [u8]| -> Result<bool, u64> {
         check.fill(0);

@@ -18,7 +18,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use ioas_selftest::fuzz::{Fuzzer, Rng, Targets};
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 
 #[path = "../door.rs"]
 mod door;
@@ -318,13 +318,13 @@ fn main() -> i32 {
         if d.flags & abi::DEVICE_DMA_ALLOWED == 0 {
             continue;
         }
-        let Ok(dev) = ioas::device_bind(d.bdf) else { continue };
-        if let Ok(u) = ioas::hw_info(dev, &mut [Default::default(); 16]) {
+        let Ok(dev) = iommufd::device_bind(d.bdf) else { continue };
+        if let Ok(u) = iommufd::hw_info(dev, &mut [Default::default(); 16]) {
             if devices.is_empty() {
                 unit = String::from(u.name());
             }
         }
-        let _ = ioas::destroy(dev);
+        let _ = iommufd::destroy(dev);
         devices.push((d.bdf, devices.len()));
     }
     let seed = seed(&unit);

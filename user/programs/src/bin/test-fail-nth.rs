@@ -14,9 +14,9 @@
 
 extern crate alloc;
 
-use abi::ioas::{hwpt_data, MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{hwpt_data, MAP_READABLE, MAP_WRITEABLE};
 use abi::{DeviceInfo, Errno};
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 
 const PAGE: u64 = 4096;
 const RW: u32 = MAP_READABLE | MAP_WRITEABLE;
@@ -75,20 +75,20 @@ fn dev(c: &Ctx) -> Result<u32, Errno> {
 
 fn attach_a(c: &mut Ctx) -> Result<(), Errno> {
     match c.dev {
-        Some(d) => ioas::device_attach(d, c.a).map(drop),
+        Some(d) => iommufd::device_attach(d, c.a).map(drop),
         None => Ok(()),
     }
 }
 
 fn detach(c: &mut Ctx) -> Result<(), Errno> {
     match c.dev {
-        Some(d) => ioas::device_detach(d),
+        Some(d) => iommufd::device_detach(d),
         None => Ok(()),
     }
 }
 
 fn unmap_made_small(c: &mut Ctx) -> Result<(), Errno> {
-    ioas::unmap(c.a, c.made, SMALL).map(drop)
+    iommufd::unmap(c.a, c.made, SMALL).map(drop)
 }
 
 const SEQUENCES: &[Sequence] = &[
@@ -108,10 +108,10 @@ const SEQUENCES: &[Sequence] = &[
         needs_device: false,
         setup: nothing,
         call: |c| {
-            c.made = u64::from(ioas::ioas_alloc()?);
+            c.made = u64::from(iommufd::ioas_alloc()?);
             Ok(())
         },
-        undo: |c| ioas::destroy(c.made as u32),
+        undo: |c| iommufd::destroy(c.made as u32),
         cleanup: nothing,
     },
     Sequence {
@@ -119,7 +119,7 @@ const SEQUENCES: &[Sequence] = &[
         needs_device: false,
         setup: attach_a,
         call: |c| {
-            c.made = ioas::map(c.a, c.small, SMALL, None, RW)?;
+            c.made = iommufd::map(c.a, c.small, SMALL, None, RW)?;
             Ok(())
         },
         undo: unmap_made_small,
@@ -130,26 +130,26 @@ const SEQUENCES: &[Sequence] = &[
         needs_device: false,
         setup: attach_a,
         call: |c| {
-            c.made = ioas::map(c.a, c.big, BIG, None, RW)?;
+            c.made = iommufd::map(c.a, c.big, BIG, None, RW)?;
             Ok(())
         },
-        undo: |c| ioas::unmap(c.a, c.made, BIG).map(drop),
+        undo: |c| iommufd::unmap(c.a, c.made, BIG).map(drop),
         cleanup: detach,
     },
     Sequence {
         name: "copy_attached",
         needs_device: false,
         setup: |c| {
-            ioas::map(c.b, c.small, SMALL, Some(0x100_0000), RW)?;
+            iommufd::map(c.b, c.small, SMALL, Some(0x100_0000), RW)?;
             attach_a(c)
         },
         call: |c| {
-            c.made = ioas::copy(c.a, c.b, 0x100_0000, SMALL, None, RW)?;
+            c.made = iommufd::copy(c.a, c.b, 0x100_0000, SMALL, None, RW)?;
             Ok(())
         },
         undo: unmap_made_small,
         cleanup: |c| {
-            ioas::unmap_all(c.b)?;
+            iommufd::unmap_all(c.b)?;
             detach(c)
         },
     },
@@ -157,57 +157,57 @@ const SEQUENCES: &[Sequence] = &[
         name: "attach",
         needs_device: true,
         setup: |c| {
-            ioas::map(c.a, c.small, SMALL, None, RW)?;
-            ioas::map(c.a, c.big, BIG, None, RW).map(drop)
+            iommufd::map(c.a, c.small, SMALL, None, RW)?;
+            iommufd::map(c.a, c.big, BIG, None, RW).map(drop)
         },
         call: |c| {
-            ioas::device_attach(dev(c)?, c.a)?;
+            iommufd::device_attach(dev(c)?, c.a)?;
             Ok(())
         },
         undo: detach,
-        cleanup: |c| ioas::unmap_all(c.a).map(drop),
+        cleanup: |c| iommufd::unmap_all(c.a).map(drop),
     },
     Sequence {
         name: "replace",
         needs_device: true,
         setup: |c| {
-            ioas::map(c.a, c.small, SMALL, None, RW)?;
-            ioas::map(c.b, c.big, BIG, None, RW)?;
+            iommufd::map(c.a, c.small, SMALL, None, RW)?;
+            iommufd::map(c.b, c.big, BIG, None, RW)?;
             attach_a(c)
         },
         call: |c| {
-            ioas::device_attach(dev(c)?, c.b)?;
+            iommufd::device_attach(dev(c)?, c.b)?;
             Ok(())
         },
         undo: attach_a,
         cleanup: |c| {
             detach(c)?;
-            ioas::unmap_all(c.a)?;
-            ioas::unmap_all(c.b).map(drop)
+            iommufd::unmap_all(c.a)?;
+            iommufd::unmap_all(c.b).map(drop)
         },
     },
     Sequence {
         name: "hwpt_alloc",
         needs_device: true,
-        setup: |c| ioas::map(c.a, c.big, BIG, None, RW).map(drop),
+        setup: |c| iommufd::map(c.a, c.big, BIG, None, RW).map(drop),
         call: |c| {
-            c.made = u64::from(ioas::hwpt_alloc(dev(c)?, c.a, 0, hwpt_data::NONE, &[], None)?);
+            c.made = u64::from(iommufd::hwpt_alloc(dev(c)?, c.a, 0, hwpt_data::NONE, &[], None)?);
             Ok(())
         },
-        undo: |c| ioas::destroy(c.made as u32),
-        cleanup: |c| ioas::unmap_all(c.a).map(drop),
+        undo: |c| iommufd::destroy(c.made as u32),
+        cleanup: |c| iommufd::unmap_all(c.a).map(drop),
     },
     Sequence {
         name: "unmap_attached",
         needs_device: false,
         setup: |c| {
             attach_a(c)?;
-            ioas::map(c.a, c.big, BIG, Some(0x4000_0000), RW).map(drop)
+            iommufd::map(c.a, c.big, BIG, Some(0x4000_0000), RW).map(drop)
         },
-        call: |c| ioas::unmap(c.a, 0x4000_0000, BIG).map(drop),
-        undo: |c| ioas::map(c.a, c.big, BIG, Some(0x4000_0000), RW).map(drop),
+        call: |c| iommufd::unmap(c.a, 0x4000_0000, BIG).map(drop),
+        undo: |c| iommufd::map(c.a, c.big, BIG, Some(0x4000_0000), RW).map(drop),
         cleanup: |c| {
-            ioas::unmap_all(c.a)?;
+            iommufd::unmap_all(c.a)?;
             detach(c)
         },
     },
@@ -301,7 +301,7 @@ fn find_device() -> Option<u32> {
         .filter(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
         .find_map(|d| {
             sys::device_claim(d.bdf).ok()?;
-            ioas::device_bind(d.bdf).ok()
+            iommufd::device_bind(d.bdf).ok()
         })
 }
 
@@ -311,7 +311,7 @@ fn main() -> i32 {
     let setup = || -> Result<Ctx, Errno> {
         let small = sys::mem_map(0, SMALL, abi::PROT_READ | abi::PROT_WRITE)?;
         let big = sys::mem_map(0, BIG, abi::PROT_READ | abi::PROT_WRITE)?;
-        Ok(Ctx { a: ioas::ioas_alloc()?, b: ioas::ioas_alloc()?, small, big, dev: find_device(), made: 0 })
+        Ok(Ctx { a: iommufd::ioas_alloc()?, b: iommufd::ioas_alloc()?, small, big, dev: find_device(), made: 0 })
     };
     let mut c = match setup() {
         Ok(c) => c,

@@ -6,9 +6,9 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::Errno;
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 
 const PAGE: u64 = 4096;
 const RW: u32 = MAP_READABLE | MAP_WRITEABLE;
@@ -27,13 +27,13 @@ fn alive() -> Result<(), &'static str> {
 /// A map of 2^46 bytes with a kernel-chosen IOVA: refused before anything
 /// is allocated for its length (once it panicked the heap).
 fn huge_map() -> Result<(), &'static str> {
-    let space = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    let space = iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?;
     let page = sys::mem_map(0, PAGE, 3).map_err(|_| "mem_map")?;
-    match ioas::map(space, page, 1 << 46, None, RW) {
+    match iommufd::map(space, page, 1 << 46, None, RW) {
         Err(Errno::EDQUOT | Errno::EFAULT) => {}
         _ => return Err("a 2^46-byte map was not EDQUOT / EFAULT"),
     }
-    ioas::destroy(space).map_err(|_| "destroy")?;
+    iommufd::destroy(space).map_err(|_| "destroy")?;
     sys::mem_unmap(page, PAGE).map_err(|_| "mem_unmap")?;
     alive()
 }
@@ -41,26 +41,26 @@ fn huge_map() -> Result<(), &'static str> {
 /// An area ending at 2^64 (an IOAS no device narrows): map, copy, unmap and
 /// unmap-all all work (once unmap, copy and exit overflowed there).
 fn top_of_the_iova_space() -> Result<(), &'static str> {
-    let (a, b) = (ioas::ioas_alloc().map_err(|_| "ioas_alloc")?, ioas::ioas_alloc().map_err(|_| "ioas_alloc")?);
+    let (a, b) = (iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?, iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?);
     let page = sys::mem_map(0, 2 * PAGE, 3).map_err(|_| "mem_map")?;
     let top = u64::MAX - (2 * PAGE - 1);
-    if ioas::map(a, page, 2 * PAGE, Some(top), RW) != Ok(top) {
+    if iommufd::map(a, page, 2 * PAGE, Some(top), RW) != Ok(top) {
         return Err("map at the top refused");
     }
-    ioas::copy(b, a, top, 2 * PAGE, None, RW).map_err(|_| "copy of the top area")?;
-    if ioas::unmap(a, u64::MAX - (PAGE - 1), PAGE) != Err(Errno::EINVAL) {
+    iommufd::copy(b, a, top, 2 * PAGE, None, RW).map_err(|_| "copy of the top area")?;
+    if iommufd::unmap(a, u64::MAX - (PAGE - 1), PAGE) != Err(Errno::EINVAL) {
         return Err("an unmap cutting the top area not EINVAL");
     }
-    if ioas::unmap(a, top, 2 * PAGE) != Ok(2 * PAGE) {
+    if iommufd::unmap(a, top, 2 * PAGE) != Ok(2 * PAGE) {
         return Err("exact unmap of the top area");
     }
-    if ioas::unmap_all(a) != Ok(0) {
+    if iommufd::unmap_all(a) != Ok(0) {
         return Err("unmap-all of an empty IOAS did not succeed with 0");
     }
-    ioas::map(a, page, 2 * PAGE, Some(top), RW).map_err(|_| "map at the top again")?;
+    iommufd::map(a, page, 2 * PAGE, Some(top), RW).map_err(|_| "map at the top again")?;
     // Left mapped on purpose: destroy (and exit) must unpin it too.
-    ioas::destroy(a).map_err(|_| "destroy with the top area mapped")?;
-    ioas::destroy(b).map_err(|_| "destroy")?;
+    iommufd::destroy(a).map_err(|_| "destroy with the top area mapped")?;
+    iommufd::destroy(b).map_err(|_| "destroy")?;
     sys::mem_unmap(page, 2 * PAGE).map_err(|_| "mem_unmap")?;
     alive()
 }
@@ -89,8 +89,8 @@ fn overflowing_offsets_and_unknown_ops() -> Result<(), &'static str> {
             }
         }
     }
-    let mut s = abi::ioas::IoasAlloc { size: 16, ..Default::default() };
-    let ptr = &mut s as *mut abi::ioas::IoasAlloc as u64;
+    let mut s = abi::iommufd::IoasAlloc { size: 16, ..Default::default() };
+    let ptr = &mut s as *mut abi::iommufd::IoasAlloc as u64;
     for op in [0, 99, u64::MAX] {
         if abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [op, ptr, 0, 0, 0])) != Err(Errno::ENOTTY) {
             return Err("an unknown iommufd op not ENOTTY");
@@ -104,7 +104,7 @@ fn object_flood() -> Result<(), &'static str> {
     let mut ids = [0u32; OBJECTS as usize];
     let mut made = 0usize;
     let stop = loop {
-        match ioas::ioas_alloc() {
+        match iommufd::ioas_alloc() {
             Ok(id) if made < ids.len() => {
                 ids[made] = id;
                 made += 1;
@@ -114,12 +114,12 @@ fn object_flood() -> Result<(), &'static str> {
         }
     };
     for &id in &ids[..made] {
-        ioas::destroy(id).map_err(|_| "destroy")?;
+        iommufd::destroy(id).map_err(|_| "destroy")?;
     }
     if stop != Errno::EMFILE || made != OBJECTS as usize {
         return Err("the object flood did not stop at the quota with EMFILE");
     }
-    ioas::destroy(ioas::ioas_alloc().map_err(|_| "no object fits after the flood")?).map_err(|_| "destroy")?;
+    iommufd::destroy(iommufd::ioas_alloc().map_err(|_| "no object fits after the flood")?).map_err(|_| "destroy")?;
     alive()
 }
 
@@ -127,19 +127,19 @@ fn object_flood() -> Result<(), &'static str> {
 /// next map is EDQUOT, and unmap-all gives the room back.
 fn pin_flood() -> Result<(), &'static str> {
     const CHUNK: u64 = 256;
-    let space = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    let space = iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?;
     let buf = sys::mem_map(0, CHUNK * PAGE, 3).map_err(|_| "mem_map")?;
     for _ in 0..PINNED_PAGES / CHUNK {
-        ioas::map(space, buf, CHUNK * PAGE, None, RW).map_err(|_| "a map inside the pin quota failed")?;
+        iommufd::map(space, buf, CHUNK * PAGE, None, RW).map_err(|_| "a map inside the pin quota failed")?;
     }
-    if ioas::map(space, buf, PAGE, None, RW) != Err(Errno::EDQUOT) {
+    if iommufd::map(space, buf, PAGE, None, RW) != Err(Errno::EDQUOT) {
         return Err("a map beyond the pin quota not EDQUOT");
     }
-    if ioas::unmap_all(space) != Ok(PINNED_PAGES * PAGE) {
+    if iommufd::unmap_all(space) != Ok(PINNED_PAGES * PAGE) {
         return Err("unmap-all did not take every pin");
     }
-    ioas::map(space, buf, CHUNK * PAGE, None, RW).map_err(|_| "no room after unmap-all")?;
-    ioas::destroy(space).map_err(|_| "destroy")?;
+    iommufd::map(space, buf, CHUNK * PAGE, None, RW).map_err(|_| "no room after unmap-all")?;
+    iommufd::destroy(space).map_err(|_| "destroy")?;
     sys::mem_unmap(buf, CHUNK * PAGE).map_err(|_| "mem_unmap")?;
     alive()
 }
@@ -189,15 +189,15 @@ fn table_flood() -> Result<(), &'static str> {
     let Some(edu) = edu_driver::first_behind_iommu() else { return Err("SKIP no edu this task may drive") };
     // EBUSY when an earlier step already claimed it for this task.
     let _ = sys::device_claim(edu.bdf);
-    let Ok(dev) = ioas::device_bind(edu.bdf) else { return Err("SKIP the edu is another task's") };
-    let space = ioas::ioas_alloc().map_err(|_| "ioas_alloc")?;
-    ioas::device_attach(dev, space).map_err(|_| "attach")?;
+    let Ok(dev) = iommufd::device_bind(edu.bdf) else { return Err("SKIP the edu is another task's") };
+    let space = iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?;
+    iommufd::device_attach(dev, space).map_err(|_| "attach")?;
     let page = sys::mem_map(0, PAGE, 3).map_err(|_| "mem_map")?;
     let start = sys::test_counter(sys::Counter::MyTableFrames).map_err(|_| "no counters")?;
     let mut maps = 0u64;
     let stop = loop {
         let iova = (maps + 1) << 30;
-        match ioas::map(space, page, PAGE, Some(iova), RW) {
+        match iommufd::map(space, page, PAGE, Some(iova), RW) {
             Ok(_) => maps += 1,
             Err(e) => break e,
         }
@@ -209,9 +209,9 @@ fn table_flood() -> Result<(), &'static str> {
         }
     };
     let held = sys::test_counter(sys::Counter::MyTableFrames).unwrap_or(0);
-    ioas::unmap_all(space).map_err(|_| "unmap-all")?;
-    ioas::destroy(dev).map_err(|_| "destroy the device")?;
-    ioas::destroy(space).map_err(|_| "destroy the IOAS")?;
+    iommufd::unmap_all(space).map_err(|_| "unmap-all")?;
+    iommufd::destroy(dev).map_err(|_| "destroy the device")?;
+    iommufd::destroy(space).map_err(|_| "destroy the IOAS")?;
     sys::mem_unmap(page, PAGE).map_err(|_| "mem_unmap")?;
     let after = sys::test_counter(sys::Counter::MyTableFrames).unwrap_or(u64::MAX);
     if stop == Errno::ENOSYS {

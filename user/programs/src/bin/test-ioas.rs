@@ -9,7 +9,7 @@ extern crate alloc;
 use abi::DeviceInfo;
 use alloc::string::String;
 use alloc::vec::Vec;
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 
 #[path = "../door.rs"]
 mod door;
@@ -25,9 +25,9 @@ fn main() -> i32 {
             continue;
         }
         // Which unit is it behind? Bind once to ask, then unbind.
-        let Ok(dev) = ioas::device_bind(d.bdf) else { continue };
-        let unit = ioas::hw_info(dev, &mut []).or_else(|_| ioas::hw_info(dev, &mut [Default::default(); 16]));
-        let _ = ioas::destroy(dev);
+        let Ok(dev) = iommufd::device_bind(d.bdf) else { continue };
+        let unit = iommufd::hw_info(dev, &mut []).or_else(|_| iommufd::hw_info(dev, &mut [Default::default(); 16]));
+        let _ = iommufd::destroy(dev);
         let Ok(unit) = unit else { continue };
         let name = String::from(unit.name());
         let index = names.iter().position(|x| *x == name).unwrap_or_else(|| {

@@ -14,10 +14,10 @@
 #![no_std]
 #![no_main]
 
-use abi::ioas::{MAP_READABLE, MAP_WRITEABLE};
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::{DeviceInfo, Errno};
 use edu_driver::{check_that, fail, Edu, Failure};
-use userlib::{ioas, println, sys};
+use userlib::{iommufd, println, sys};
 
 #[path = "../isolation_protocol.rs"]
 mod protocol;
@@ -115,11 +115,11 @@ fn after_detach(ctx: &mut Ctx) -> Result<(), Failure> {
     let edu = ctx.edu.ok_or(Failure::new("no edu"))?;
     let dev = ctx.dev.as_ref().ok_or(Failure::new("no device"))?;
     let scratch = sys::mem_map(0, PAGE, 3).map_err(fail("mem_map scratch"))?;
-    let space = ioas::ioas_alloc().map_err(fail("ioas_alloc"))?;
-    let iova = ioas::map(space, scratch, PAGE, None, MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
-    let id = ioas::device_bind(edu.bdf).map_err(fail("bind"))?;
+    let space = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    let iova = iommufd::map(space, scratch, PAGE, None, MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
+    let id = iommufd::device_bind(edu.bdf).map_err(fail("bind"))?;
     attack(ctx, dev, &[iova], "DMA of a bound, unattached device reached memory")?;
-    ioas::device_attach(id, space).map_err(fail("attach"))?;
+    iommufd::device_attach(id, space).map_err(fail("attach"))?;
     // Attached: the mapped page is reachable (proves the DMA engine works).
     // SAFETY: `scratch` is a page this task mapped read/write.
     let s = unsafe { core::slice::from_raw_parts_mut(scratch as *mut u8, PAGE as usize) };
@@ -128,16 +128,16 @@ fn after_detach(ctx: &mut Ctx) -> Result<(), Failure> {
     s.fill(0);
     dev.dma(iova, true)?; // edu buffer -> page
     check_that(s.iter().all(|&b| b == 0x77), "attached: the DMA did not arrive")?;
-    ioas::device_detach(id).map_err(fail("detach"))?;
+    iommufd::device_detach(id).map_err(fail("detach"))?;
     s.fill(0x11);
     attack(ctx, dev, &[iova], "DMA after detach reached memory")?;
     check_that(s.iter().all(|&b| b == 0x11), "DMA after detach reached the once-mapped page")?;
     // Attached again, then destroyed while attached.
-    ioas::device_attach(id, space).map_err(fail("attach again"))?;
-    ioas::destroy(id).map_err(fail("destroy the device"))?;
+    iommufd::device_attach(id, space).map_err(fail("attach again"))?;
+    iommufd::destroy(id).map_err(fail("destroy the device"))?;
     attack(ctx, dev, &[iova], "DMA after destroy reached memory")?;
     check_that(s.iter().all(|&b| b == 0x11), "DMA after destroy reached the once-mapped page")?;
-    ioas::destroy(space).map_err(fail("destroy the IOAS"))?;
+    iommufd::destroy(space).map_err(fail("destroy the IOAS"))?;
     Ok(())
 }
 
@@ -326,10 +326,10 @@ fn attack_victim(ctx: &Ctx, v: &Victim) -> Result<(), Failure> {
     let scratch = sys::mem_map(0, PAGE, 3).map_err(fail("mem_map scratch"))?;
     // SAFETY: `scratch` is a page this task mapped read/write and never unmaps.
     let s = unsafe { core::slice::from_raw_parts_mut(scratch as *mut u8, PAGE as usize) };
-    let space = ioas::ioas_alloc().map_err(fail("ioas_alloc"))?;
-    ioas::map(space, scratch, PAGE, Some(iova), MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
-    let id = ioas::device_bind(edu.bdf).map_err(fail("bind"))?;
-    ioas::device_attach(id, space).map_err(fail("attach"))?;
+    let space = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    iommufd::map(space, scratch, PAGE, Some(iova), MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
+    let id = iommufd::device_bind(edu.bdf).map_err(fail("bind"))?;
+    iommufd::device_attach(id, space).map_err(fail("attach"))?;
     // Our DMA works: a round trip through our own page.
     s.fill(0x5C);
     dev.dma(iova, false)?;
@@ -349,9 +349,9 @@ fn attack_victim(ctx: &Ctx, v: &Victim) -> Result<(), Failure> {
         check_that(!holds_victim_pattern(s), "DMA read another task's pinned page")?;
     }
     attack(ctx, dev, &[v.iova, v.pa], "DMA of an attached device reached memory")?;
-    ioas::device_detach(id).map_err(fail("detach"))?;
-    ioas::destroy(id).map_err(fail("destroy the device"))?;
-    ioas::destroy(space).map_err(fail("destroy the IOAS"))?;
+    iommufd::device_detach(id).map_err(fail("detach"))?;
+    iommufd::destroy(id).map_err(fail("destroy the device"))?;
+    iommufd::destroy(space).map_err(fail("destroy the IOAS"))?;
     Ok(())
 }
 
@@ -413,7 +413,10 @@ fn other_tasks_group_member(ctx: &mut Ctx) -> Result<(), Failure> {
                 Ok(_) => return Err(Failure::new("claimed a member of another task's IOMMU group")),
                 Err(e) => return Err(Failure { what, errno: Some(e) }),
             }
-            check_that(ioas::device_bind(bdf) == Err(Errno::EBUSY), "bind of another task's group member not EBUSY")?;
+            check_that(
+                iommufd::device_bind(bdf) == Err(Errno::EBUSY),
+                "bind of another task's group member not EBUSY",
+            )?;
             check_that(sys::device_config_write(bdf, 4, 2, 4).is_err(), "config write to another task's group member")?;
             check_that(sys::device_map_bar(bdf, 0).is_err(), "mapped the BAR of another task's group member")?;
         }
@@ -448,10 +451,10 @@ fn into_interrupt_window(ctx: &mut Ctx) -> Result<(), Failure> {
         &[0x0809_0040, 0x0809_0000]
     };
     let scratch = sys::mem_map(0, PAGE, 3).map_err(fail("mem_map scratch"))?;
-    let space = ioas::ioas_alloc().map_err(fail("ioas_alloc"))?;
-    let iova = ioas::map(space, scratch, PAGE, None, MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
-    let id = ioas::device_bind(edu.bdf).map_err(fail("bind"))?;
-    ioas::device_attach(id, space).map_err(fail("attach"))?;
+    let space = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    let iova = iommufd::map(space, scratch, PAGE, None, MAP_READABLE | MAP_WRITEABLE).map_err(fail("map"))?;
+    let id = iommufd::device_bind(edu.bdf).map_err(fail("bind"))?;
+    iommufd::device_attach(id, space).map_err(fail("attach"))?;
     // SAFETY: `scratch` is a page this task mapped read/write.
     let s = unsafe { core::slice::from_raw_parts_mut(scratch as *mut u8, PAGE as usize) };
     s.fill(0); // message data 0: subhandle 0 (VT-d), entry 0 (AMD-Vi), EventID 0 (ITS)
@@ -461,10 +464,10 @@ fn into_interrupt_window(ctx: &mut Ctx) -> Result<(), Failure> {
         sys::clock().map_err(fail("the kernel stopped answering after a forged interrupt message"))?;
         // Any iommufd call first logs what the units recorded (VT-d keeps one
         // fault per source until it is read): an id that names nothing will do.
-        let _ = ioas::destroy(u32::MAX);
+        let _ = iommufd::destroy(u32::MAX);
     }
-    ioas::destroy(id).map_err(fail("destroy the device"))?;
-    ioas::destroy(space).map_err(fail("destroy the IOAS"))?;
+    iommufd::destroy(id).map_err(fail("destroy the device"))?;
+    iommufd::destroy(space).map_err(fail("destroy the IOAS"))?;
     canary_intact("the kernel canary changed")
 }
 

@@ -1,7 +1,7 @@
 //! The IOAS door from user space: typed wrappers over `Sysno::Iommufd`
-//! (structs and rules in `abi::ioas`).
+//! (structs and rules in `abi::iommufd`).
 
-use abi::ioas::{self as a, Op};
+use abi::iommufd::{self as a, Op};
 use abi::{decode, Errno, Sysno};
 
 /// Issues `iommufd(op, &mut s)`.
@@ -133,7 +133,7 @@ pub fn device_detach(dev: u32) -> Result<(), Errno> {
 /// What `hw_info` tells about a device's unit.
 #[derive(Debug, Clone, Copy)]
 pub struct UnitInfo {
-    /// `abi::ioas::hw_kind::*`.
+    /// `abi::iommufd::hw_kind::*`.
     pub kind: u32,
     /// Registers the unit has (those beyond `regs.len()` were not copied).
     pub num_regs: usize,
@@ -182,7 +182,7 @@ pub fn hw_info(dev: u32, regs: &mut [a::HwReg]) -> Result<UnitInfo, Errno> {
 /// (`data`, `data_len` bytes of it) and which HWPT data types it accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct TypedInfo {
-    /// `abi::ioas::hw_kind::*` of the data.
+    /// `abi::iommufd::hw_kind::*` of the data.
     pub data_type: u32,
     /// Bytes written to the caller's buffer.
     pub data_len: usize,
@@ -193,7 +193,7 @@ pub struct TypedInfo {
 }
 
 /// The typed capabilities of a device's unit, written into `data` (for
-/// example an `abi::ioas::HwInfoVtd`'s bytes).
+/// example an `abi::iommufd::HwInfoVtd`'s bytes).
 pub fn hw_info_typed(dev: u32, data: &mut [u8]) -> Result<TypedInfo, Errno> {
     // Room for the raw registers too, so the call does not end in E2BIG.
     let mut regs = [a::HwReg::default(); 16];
