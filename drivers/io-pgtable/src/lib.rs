@@ -643,18 +643,7 @@ impl<F: Format> PageTable<F> {
 
     /// Output address for `iova`, if mapped.
     pub fn iova_to_phys(&self, mem: &impl TableMemory, iova: u64) -> Option<u64> {
-        if self.fmt.ia_bits() < 64 && iova >> self.fmt.ia_bits() != 0 {
-            return None;
-        }
-        let mut table = self.root;
-        for level in (0..self.fmt.levels()).rev() {
-            match self.fmt.decode(mem.read(table, index(iova, level)), level) {
-                Entry::Empty => return None,
-                Entry::Leaf { pa, .. } => return Some(pa + (iova & (level_size(level) - 1))),
-                Entry::Table(next) => table = next,
-            }
-        }
-        None
+        self.lookup(mem, iova).map(|m| m.pa + (iova - m.iova))
     }
 
     /// Calls `f(iova, size, pa, perms)` for every leaf, in IOVA order.
