@@ -16,14 +16,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 /// leaves the rest zero, longer input must be zero past what this ABI knows
 /// (`E2BIG`).
 pub fn decode_data<T: FromBytes + IntoBytes + Immutable + Default>(bytes: &[u8]) -> Result<T, Errno> {
-    let mut v = T::default();
-    let known = v.as_bytes().len();
-    if bytes.len() > known && bytes[known..].iter().any(|&b| b != 0) {
-        return Err(Errno::E2BIG);
-    }
-    let n = bytes.len().min(known);
-    v.as_mut_bytes()[..n].copy_from_slice(&bytes[..n]);
-    Ok(v)
+    iommu::user_data::read_struct(bytes).map_err(|_| Errno::E2BIG)
 }
 
 /// The request an [`a::HwptAlloc`] (already decoded by the ABI's size and
