@@ -82,6 +82,10 @@ impl kcore::Clock for X86Platform {
     fn timer_hz(&self) -> u32 {
         interrupts::TIMER_HZ
     }
+
+    fn user_counter_hz(&self) -> Option<u64> {
+        Some(tsc::frequency()).filter(|&hz| hz != 0)
+    }
 }
 
 impl kcore::Interrupts for X86Platform {

@@ -21,6 +21,13 @@ pub fn set_frequency(hz: u64) {
     TSC_HZ.store(hz, Ordering::Relaxed);
 }
 
+/// The measured TSC frequency in Hz (0 until measured). Tasks may read the
+/// TSC themselves (`rdtsc` at CPL 3: CR4.TSD stays clear, Intel SDM Vol. 2B
+/// RDTSC), so this is the `clock_counter` syscall's answer.
+pub fn frequency() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
 /// Nanoseconds since [`mark_start`]; 0 until the frequency is known.
 pub fn uptime_ns() -> u64 {
     let hz = TSC_HZ.load(Ordering::Relaxed);

@@ -76,6 +76,10 @@ impl kcore::Clock for ArmPlatform {
     fn timer_hz(&self) -> u32 {
         timer::TIMER_HZ
     }
+
+    fn user_counter_hz(&self) -> Option<u64> {
+        timer::user_counter_hz()
+    }
 }
 
 impl kcore::Interrupts for ArmPlatform {

@@ -1,7 +1,7 @@
 //! The Arm generic timer: the virtual counter as the kernel clock and the
 //! EL1 virtual timer (CNTV) as the periodic tick (ARM ARM D12 "The Generic Timer").
 
-use aarch64_cpu::registers::{Readable, Writeable, CNTFRQ_EL0, CNTVCT_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0};
+use aarch64_cpu::registers::{Readable, Writeable, CNTFRQ_EL0, CNTKCTL_EL1, CNTVCT_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Frequency of the periodic timer.
@@ -12,9 +12,19 @@ pub static TICKS: AtomicU64 = AtomicU64::new(0);
 static START: AtomicU64 = AtomicU64::new(0);
 static RELOAD: AtomicU64 = AtomicU64::new(0);
 
-/// Records the boot counter value.
+/// Records the boot counter value, and lets EL0 read the virtual counter
+/// (CNTKCTL_EL1.EL0VCTEN, ARM ARM D12.6: `CNTVCT_EL0` and `CNTFRQ_EL0` at
+/// EL0) so tasks can time themselves without a syscall; the physical
+/// counter and every timer stay EL1's.
 pub fn mark_start() {
     START.store(CNTVCT_EL0.get(), Ordering::Relaxed);
+    CNTKCTL_EL1.write(CNTKCTL_EL1::EL0VCTEN::SET);
+}
+
+/// The frequency of the counter tasks may read (`None`: firmware left
+/// CNTFRQ_EL0 at 0).
+pub fn user_counter_hz() -> Option<u64> {
+    Some(CNTFRQ_EL0.get()).filter(|&hz| hz != 0)
 }
 
 /// Nanoseconds since [`mark_start`].

@@ -67,6 +67,11 @@ pub enum Sysno {
     /// fuzzer's parameters from the command line (`a` 0: `fuzz.seed=`, 1:
     /// `fuzz.calls=`; `ENOENT` when absent).
     TestCanary = 16,
+    /// `clock_counter()`: the frequency in Hz of the free-running counter a
+    /// task may read itself, without a syscall (x86_64: `rdtsc`; aarch64:
+    /// `CNTVCT_EL0`), as Linux's vDSO clock does; `ENOSYS` where the board
+    /// offers none. `userlib::time` builds a nanosecond clock on it.
+    ClockCounter = 17,
 }
 
 impl Sysno {
@@ -90,6 +95,7 @@ impl Sysno {
             14 => Sysno::DeviceIrqWait,
             15 => Sysno::Iommufd,
             16 => Sysno::TestCanary,
+            17 => Sysno::ClockCounter,
             _ => return None,
         })
     }

@@ -113,6 +113,11 @@ pub trait Clock {
     fn timer_ticks(&self) -> u64;
     /// Configured timer frequency in Hz.
     fn timer_hz(&self) -> u32;
+    /// Frequency in Hz of the counter user code may read directly (x86 TSC,
+    /// Arm virtual count), or `None` when tasks cannot read one.
+    fn user_counter_hz(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The interrupt controller(s) and this CPU's interrupt mask.

@@ -10,6 +10,7 @@
 pub mod heap;
 pub mod iommufd;
 pub mod sys;
+pub mod time;
 
 extern crate alloc;
 

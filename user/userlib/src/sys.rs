@@ -69,6 +69,11 @@ pub fn clock() -> SysResult {
     decode(raw(Sysno::Clock as u64, [0; 5]))
 }
 
+/// Frequency in Hz of the counter the task may read itself (`ENOSYS`: none); see [`crate::time`].
+pub fn clock_counter() -> SysResult {
+    decode(raw(Sysno::ClockCounter as u64, [0; 5]))
+}
+
 /// Sleeps at least `ns` nanoseconds.
 pub fn sleep(ns: u64) -> SysResult {
     decode(raw(Sysno::Sleep as u64, [ns, 0, 0, 0, 0]))

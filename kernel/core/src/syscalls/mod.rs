@@ -60,6 +60,7 @@ fn serve(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::Log) => console::sys_log(args[0], args[1]),
         Some(Sysno::Yield) => task::sys_yield(),
         Some(Sysno::Clock) => task::sys_clock(),
+        Some(Sysno::ClockCounter) => task::sys_clock_counter(),
         Some(Sysno::Sleep) => task::sys_sleep(args[0]),
         // Long (zeroing 128 MiB at the memory quota): with interrupts on, as
         // iommufd ops (see `iommufd::syscall` for why that is safe).

@@ -17,6 +17,11 @@ pub fn sys_clock() -> SysResult {
     Ok(crate::platform().uptime_ns())
 }
 
+/// `clock_counter()`: the user-readable counter's frequency (`ENOSYS`: none).
+pub fn sys_clock_counter() -> SysResult {
+    crate::platform().user_counter_hz().filter(|&hz| hz != 0).ok_or(Errno::ENOSYS)
+}
+
 /// `sleep(ns)`: other tasks run meanwhile.
 pub fn sys_sleep(ns: u64) -> SysResult {
     scheduler::sleep_current(ns);

@@ -41,6 +41,26 @@ fn clock_advances() -> Result<(), &'static str> {
     (b >= a + 2_000_000).then_some(()).ok_or("sleep(2 ms) returned early")
 }
 
+/// The user-readable counter (no syscall per read) runs at the rate the
+/// kernel reports: across a 20 ms sleep it agrees with the kernel's clock
+/// within 10 %, never runs backwards, and ignores whatever the arguments
+/// registers hold.
+fn user_counter_matches_the_kernel_clock() -> Result<(), &'static str> {
+    let hz = sys::clock_counter().map_err(|_| "clock_counter failed")?;
+    if hz < 1_000_000 {
+        return Err("clock_counter reports under 1 MHz");
+    }
+    if abi::decode(sys::raw(abi::Sysno::ClockCounter as u64, [u64::MAX, 1, 2, 3, 4])) != Ok(hz) {
+        return Err("clock_counter changed with garbage arguments");
+    }
+    let (k0, u0) = (sys::clock().map_err(|_| "clock failed")?, userlib::time::now_ns());
+    sys::sleep(20_000_000).map_err(|_| "sleep failed")?;
+    let (u1, k1) = (userlib::time::now_ns(), sys::clock().map_err(|_| "clock failed")?);
+    let (user, kernel) = (u1.checked_sub(u0).ok_or("the user counter ran backwards")?, k1 - k0);
+    let off = user.abs_diff(kernel);
+    (user >= 20_000_000 && off * 10 <= kernel).then_some(()).ok_or("the user counter disagrees with the kernel clock")
+}
+
 fn yield_returns() -> Result<(), &'static str> {
     (sys::yield_now() == Ok(0)).then_some(()).ok_or("yield failed")
 }
@@ -137,6 +157,7 @@ const TESTS: &[(&str, Check)] = &[
     ("log_invalid_utf8_is_einval", log_invalid_utf8),
     ("unknown_syscall_is_enosys", unknown_syscall),
     ("clock_and_sleep", clock_advances),
+    ("user_counter_matches_the_kernel_clock", user_counter_matches_the_kernel_clock),
     ("yield_returns", yield_returns),
     ("mem_map_and_unmap", mem_map_and_unmap),
     ("mem_map_bad_arguments", mem_map_bad_arguments),
