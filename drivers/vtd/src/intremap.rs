@@ -268,7 +268,7 @@ pub enum SourceValidation {
     /// SVT = 10b: the requester's bus must lie in `start..=end` (devices
     /// behind a PCIe-to-PCI bridge). Encoded as SID = start << 8 | end, as the
     /// spec's field description and Linux `set_irte_verify_bus` do; QEMU's
-    /// `vtd_irte_get` reads SID[15:8] as the *upper* bound instead, so under
+    /// `vtd_irte_get` reads SID\[15:8\] as the *upper* bound instead, so under
     /// QEMU this only works with `start == end`.
     Bus {
         /// First bus allowed.
