@@ -4,9 +4,11 @@
 //! touched here; the unit bring-up (IRTA, GCMD.SIRTP, GCMD.IRE) uses these.
 //!
 //! - [`Irte`]: the 128-bit table entry, built from [`RemappedIrte`] fields and
-//!   decoded back for logs and tests.
+//!   decoded back for logs and tests, through its typed words [`IrteWords`]
+//!   ([`IRTE_LO`] / [`IRTE_HI`], an [`iommu::descriptor!`]).
 //! - [`msi_address`] / [`msi_data`] / [`decode_msi`]: the remappable MSI
-//!   format (§5.1.2.2) a device is programmed with instead of a destination.
+//!   format (§5.1.2.2, [`MSI_ADDR`] / [`MSI_DATA`]) a device is programmed
+//!   with instead of a destination.
 //! - [`IrTable`]: a table of 2^(S+1) entries in contiguous frames, with handle
 //!   allocation, and the IRTA register value ([`IrTable::irta_value`]).
 //! - [`iec_global`] / [`iec_selective`]: interrupt entry cache invalidation
@@ -28,9 +30,12 @@
 //!   IM (bit 15, posted format) and the xAPIC-mode reserved destination bits
 //!   are not checked.
 
-use iommu::desc::RAW;
+use crate::regs::GLOBAL;
+use iommu::desc::{field_mask, from_place, Word, RAW};
 use iommu::ids::IdAllocator;
 use iommu::DmaMemory;
+use tock_registers::fields::FieldValue;
+use tock_registers::{register_bitfields, LocalRegisterCopy};
 
 /// Bytes per IRTE.
 pub const IRTE_BYTES: usize = 16;
@@ -38,43 +43,137 @@ pub const IRTE_BYTES: usize = 16;
 pub const IRTES_PER_FRAME: usize = 4096 / IRTE_BYTES;
 /// Largest IRTA.S value: 2^16 entries, every 16-bit handle (§10.4.29).
 pub const MAX_SIZE_FIELD: u8 = 15;
-/// Base of the interrupt address range, 0xFEEx_xxxx (§5.1.2).
-pub const MSI_BASE: u32 = 0xFEE0_0000;
+/// Base of the interrupt address range, 0xFEEx_xxxx (§5.1.2): MSI address
+/// bits 31:20 = FEEh.
+pub const MSI_BASE: u32 = MSI_ADDR::BASE::Interrupt.value;
 /// MMIO offset of the Interrupt Remapping Table Address register (§10.4.29).
 pub const IRTA_OFFSET: usize = 0xB8;
-/// ECAP.EIM (bit 4): the unit can remap to 32-bit x2APIC destinations (§10.4.3).
+/// ECAP.EIM (bit 4): the unit can remap to 32-bit x2APIC destinations
+/// (§10.4.3). (`regs::ECAP` has no EIM field yet.)
 pub const ECAP_EIM: u64 = 1 << 4;
 /// GCMD / GSTS bit 24: set interrupt remap table pointer / its status (§10.4.4).
-pub const GLOBAL_SIRTP: u32 = 1 << 24;
+pub const GLOBAL_SIRTP: u32 = GLOBAL::SIRTP::SET.value;
 /// GCMD / GSTS bit 23: compatibility-format interrupts allowed (CFI / CFIS, §10.4.4).
-pub const GLOBAL_CFI: u32 = 1 << 23;
+pub const GLOBAL_CFI: u32 = GLOBAL::CFI::SET.value;
 
-/// IRTA.EIME (bit 11): extended (x2APIC) interrupt mode, 32-bit destinations (§10.4.29).
-const IRTA_EIME: u64 = 1 << 11;
+register_bitfields![u64,
+    /// IRTE bits 63:0, remapped format (IM = 0, §9.10). The posted format
+    /// (IM = 1, §9.11) is only recognised by its IM bit, never written.
+    pub IRTE_LO [
+        /// Bit 0: present.
+        P OFFSET(0) NUMBITS(1) [],
+        /// Bit 1: fault processing disable (qualified faults not recorded).
+        FPD OFFSET(1) NUMBITS(1) [],
+        /// Bit 2: destination mode, 1 = logical, 0 = physical.
+        DM OFFSET(2) NUMBITS(1) [],
+        /// Bit 3: redirection hint.
+        RH OFFSET(3) NUMBITS(1) [],
+        /// Bit 4: trigger mode, 1 = level, 0 = edge.
+        TM OFFSET(4) NUMBITS(1) [],
+        /// Bits 7:5: delivery mode ([`DeliveryMode`]).
+        DLM OFFSET(5) NUMBITS(3) [],
+        /// Bits 11:8: available to software, ignored by hardware (left zero here).
+        AVAIL OFFSET(8) NUMBITS(4) [],
+        /// Bits 14:12: reserved (fault 24h when set).
+        RSVD_14_12 OFFSET(12) NUMBITS(3) [],
+        /// Bit 15: IRTE mode, 1 = posted format (§9.11), 0 = remapped.
+        IM OFFSET(15) NUMBITS(1) [],
+        /// Bits 23:16: vector.
+        VECTOR OFFSET(16) NUMBITS(8) [],
+        /// Bits 31:24: reserved (fault 24h when set).
+        RSVD_31_24 OFFSET(24) NUMBITS(8) [],
+        /// Bits 63:32: destination ID, a 32-bit x2APIC ID (IRTA.EIME = 1).
+        DST OFFSET(32) NUMBITS(32) [],
+        /// Bits 47:40 (DST[15:8]): the 8-bit xAPIC ID (IRTA.EIME = 0).
+        DST_XAPIC OFFSET(40) NUMBITS(8) [],
+        /// Bits 39:32 (DST[7:0]): reserved in xAPIC mode.
+        RSVD_XAPIC_39_32 OFFSET(32) NUMBITS(8) [],
+        /// Bits 63:48 (DST[31:16]): reserved in xAPIC mode.
+        RSVD_XAPIC_63_48 OFFSET(48) NUMBITS(16) []
+    ],
+    /// IRTE bits 127:64 (§9.10): source validation, the same in both formats.
+    pub IRTE_HI [
+        /// Bits 79:64: source identifier (requester ID, or buses with SVT = 10b).
+        SID OFFSET(0) NUMBITS(16) [],
+        /// Bits 71:64 (SID[7:0]): with SVT = 10b, the last bus allowed.
+        SID_END_BUS OFFSET(0) NUMBITS(8) [],
+        /// Bits 79:72 (SID[15:8]): with SVT = 10b, the first bus allowed.
+        SID_START_BUS OFFSET(8) NUMBITS(8) [],
+        /// Bits 81:80: source-id qualifier ([`SourceQualifier`]).
+        SQ OFFSET(16) NUMBITS(2) [],
+        /// Bits 83:82: source validation type.
+        SVT OFFSET(18) NUMBITS(2) [
+            /// 00b: no requester-ID verification.
+            NoVerification = 0,
+            /// 01b: requester ID against SID, the bits SQ selects.
+            RequesterId = 1,
+            /// 10b: the requester's bus within SID[15:8]..=SID[7:0].
+            Bus = 2
+        ],
+        /// Bits 127:84: reserved (fault 24h when set).
+        RSVD_127_84 OFFSET(20) NUMBITS(44) []
+    ],
+    /// Interrupt Remapping Table Address register (§10.4.29).
+    pub IRTA_REG [
+        /// Bits 3:0: table size, 2^(S+1) entries.
+        S OFFSET(0) NUMBITS(4) [],
+        /// Bit 11: extended interrupt mode, 32-bit x2APIC destinations.
+        EIME OFFSET(11) NUMBITS(1) [],
+        /// Bits 63:12: table base address.
+        IRTA OFFSET(12) NUMBITS(52) []
+    ]
+];
 
-// IRTE low qword (§9.10).
-const P: u64 = 1 << 0;
-const FPD: u64 = 1 << 1;
-const DM: u64 = 1 << 2;
-const RH: u64 = 1 << 3;
-const TM: u64 = 1 << 4;
-const DLM_SHIFT: u32 = 5;
-/// IM (bit 15): 1 = posted format (§9.11), which this module never writes.
-const IM: u64 = 1 << 15;
-const VECTOR_SHIFT: u32 = 16;
-const DST_SHIFT: u32 = 32;
-/// xAPIC mode: the 8-bit APIC ID sits in DST[15:8], IRTE bits 47:40.
-const XAPIC_DST_SHIFT: u32 = 40;
+register_bitfields![u32,
+    /// MSI address, remappable format (§5.1.2.2; programmed as §5.1.5.2
+    /// describes). The upper address dword is zero.
+    pub MSI_ADDR [
+        /// Bit 2: handle[15].
+        HANDLE_15 OFFSET(2) NUMBITS(1) [],
+        /// Bit 3: subhandle valid, the data's bits 15:0 are added to the handle.
+        SHV OFFSET(3) NUMBITS(1) [],
+        /// Bit 4: interrupt format.
+        IF OFFSET(4) NUMBITS(1) [
+            /// 0: compatibility format.
+            Compatibility = 0,
+            /// 1: remappable format.
+            Remappable = 1
+        ],
+        /// Bits 19:5: handle[14:0].
+        HANDLE_14_0 OFFSET(5) NUMBITS(15) [],
+        /// Bits 31:20: FEEh for an interrupt request.
+        BASE OFFSET(20) NUMBITS(12) [
+            /// FEEh.
+            Interrupt = 0xFEE
+        ]
+    ],
+    /// MSI data, remappable format with SHV = 1 (§5.1.2.2).
+    pub MSI_DATA [
+        /// Bits 15:0: subhandle.
+        SUBHANDLE OFFSET(0) NUMBITS(16) [],
+        /// Bits 31:16: reserved (fault 20h when set).
+        RSVD_31_16 OFFSET(16) NUMBITS(16) []
+    ]
+];
+
+iommu::descriptor! {
+    /// The IRTE's two words laid out by field (§9.10); [`Irte`] is the plain
+    /// (low, high) value stored in the table.
+    pub struct IrteWords {
+        /// Bits 63:0.
+        lo: IRTE_LO,
+        /// Bits 127:64.
+        hi: IRTE_HI,
+    }
+}
+
 /// Reserved in every remapped IRTE: bits 14:12 and 31:24. (Bits 11:8 are
 /// AVAIL, ignored by hardware; this module leaves them zero.)
-const LO_RESERVED: u64 = 0x7 << 12 | 0xFF << 24;
+const LO_RESERVED: u64 = field_mask(IRTE_LO::RSVD_14_12) | field_mask(IRTE_LO::RSVD_31_24);
 /// Reserved in xAPIC mode: DST bits 7:0 and 31:16 (IRTE bits 39:32, 63:48).
-const LO_RESERVED_XAPIC: u64 = 0xFF << 32 | 0xFFFF << 48;
-// IRTE high qword.
-const SQ_SHIFT: u32 = 16;
-const SVT_SHIFT: u32 = 18;
+const LO_RESERVED_XAPIC: u64 = field_mask(IRTE_LO::RSVD_XAPIC_39_32) | field_mask(IRTE_LO::RSVD_XAPIC_63_48);
 /// Reserved: bits 127:84.
-const HI_RESERVED: u64 = !0 << 20;
+const HI_RESERVED: u64 = field_mask(IRTE_HI::RSVD_127_84);
 
 /// Delivery mode of a remapped interrupt (IRTE bits 7:5, §9.10; the encodings
 /// of the MSI data register).
@@ -169,7 +268,7 @@ pub enum SourceValidation {
     /// SVT = 10b: the requester's bus must lie in `start..=end` (devices
     /// behind a PCIe-to-PCI bridge). Encoded as SID = start << 8 | end, as the
     /// spec's field description and Linux `set_irte_verify_bus` do; QEMU's
-    /// `vtd_irte_get` reads SID[15:8] as the *upper* bound instead, so under
+    /// `vtd_irte_get` reads SID\[15:8\] as the *upper* bound instead, so under
     /// QEMU this only works with `start == end`.
     Bus {
         /// First bus allowed.
@@ -185,13 +284,34 @@ impl SourceValidation {
         SourceValidation::RequesterId { sid, sq: SourceQualifier::All }
     }
 
-    fn encode(self) -> u64 {
-        let (svt, sq, sid) = match self {
-            SourceValidation::None => (0, 0, 0),
-            SourceValidation::RequesterId { sid, sq } => (1, sq as u64, u64::from(sid)),
-            SourceValidation::Bus { start, end } => (2, 0, u64::from(start) << 8 | u64::from(end)),
-        };
-        svt << SVT_SHIFT | sq << SQ_SHIFT | sid
+    /// SVT, SQ and SID (IRTE bits 83:64); every other high bit zero.
+    fn encode(self) -> FieldValue<u64, IRTE_HI::Register> {
+        match self {
+            SourceValidation::None => IRTE_HI::SVT::NoVerification,
+            SourceValidation::RequesterId { sid, sq } => {
+                IRTE_HI::SVT::RequesterId + IRTE_HI::SQ.val(sq as u64) + IRTE_HI::SID.val(u64::from(sid))
+            }
+            SourceValidation::Bus { start, end } => {
+                IRTE_HI::SVT::Bus
+                    + IRTE_HI::SID_START_BUS.val(u64::from(start))
+                    + IRTE_HI::SID_END_BUS.val(u64::from(end))
+            }
+        }
+    }
+
+    /// The source validation of the high word `hi`; `None` for SVT = 11b.
+    fn decode(hi: Word<IRTE_HI::Register>) -> Option<Self> {
+        Some(match hi.read_as_enum(IRTE_HI::SVT)? {
+            IRTE_HI::SVT::Value::NoVerification => SourceValidation::None,
+            IRTE_HI::SVT::Value::RequesterId => SourceValidation::RequesterId {
+                sid: hi.read(IRTE_HI::SID) as u16,
+                sq: SourceQualifier::from_bits(hi.read(IRTE_HI::SQ)),
+            },
+            IRTE_HI::SVT::Value::Bus => SourceValidation::Bus {
+                start: hi.read(IRTE_HI::SID_START_BUS) as u8,
+                end: hi.read(IRTE_HI::SID_END_BUS) as u8,
+            },
+        })
     }
 
     /// Whether a request from `requester` passes, as the spec describes the check.
@@ -274,25 +394,34 @@ impl Irte {
 
     /// A present remapped-format entry (IM = 0, AVAIL = 0) with fields `f`.
     pub fn remapped(f: &RemappedIrte) -> Irte {
+        let flag = |set: bool| u64::from(set);
         let dst = match f.destination {
-            Destination::XApic(id) => u64::from(id) << XAPIC_DST_SHIFT,
-            Destination::X2Apic(id) => u64::from(id) << DST_SHIFT,
+            Destination::XApic(id) => IRTE_LO::DST_XAPIC.val(u64::from(id)),
+            Destination::X2Apic(id) => IRTE_LO::DST.val(u64::from(id)),
         };
-        let flag = |set: bool, bit: u64| if set { bit } else { 0 };
-        let lo = P
-            | flag(f.fault_processing_disable, FPD)
-            | flag(f.logical, DM)
-            | flag(f.redirection_hint, RH)
-            | flag(f.level, TM)
-            | (f.delivery as u64) << DLM_SHIFT
-            | u64::from(f.vector) << VECTOR_SHIFT
-            | dst;
-        Irte { lo, hi: f.source.encode() }
+        let mut w = IrteWords::zeroed();
+        w.lo.write(
+            IRTE_LO::P::SET
+                + IRTE_LO::FPD.val(flag(f.fault_processing_disable))
+                + IRTE_LO::DM.val(flag(f.logical))
+                + IRTE_LO::RH.val(flag(f.redirection_hint))
+                + IRTE_LO::TM.val(flag(f.level))
+                + IRTE_LO::DLM.val(f.delivery as u64)
+                + IRTE_LO::VECTOR.val(u64::from(f.vector))
+                + dst,
+        );
+        w.hi.write(f.source.encode());
+        Irte::from(w)
+    }
+
+    /// The entry's words, laid out by field.
+    pub fn words(&self) -> IrteWords {
+        IrteWords::from_words([self.lo, self.hi])
     }
 
     /// P: the entry is present.
     pub fn present(&self) -> bool {
-        self.lo & P != 0
+        self.words().lo.is_set(IRTE_LO::P)
     }
 
     /// Reserved bits that are set, as (low, high), for a unit in xAPIC mode
@@ -305,49 +434,44 @@ impl Irte {
     /// The fields of a present remapped-format entry, read as a unit in
     /// x2APIC mode (`x2apic`, IRTA.EIME = 1) or xAPIC mode would read them.
     pub fn decode(&self, x2apic: bool) -> Result<RemappedIrte, IrteError> {
-        if !self.present() {
+        let w = self.words();
+        if !w.lo.is_set(IRTE_LO::P) {
             return Err(IrteError::NotPresent);
         }
-        if self.lo & IM != 0 {
+        if w.lo.is_set(IRTE_LO::IM) {
             return Err(IrteError::Posted);
         }
         let (rlo, rhi) = self.reserved_bits(x2apic);
         if rlo != 0 || rhi != 0 {
             return Err(IrteError::Reserved(rlo, rhi));
         }
-        let dlm = ((self.lo >> DLM_SHIFT) & 7) as u8;
+        let dlm = w.lo.read(IRTE_LO::DLM) as u8;
         let delivery = DeliveryMode::from_bits(dlm).ok_or(IrteError::DeliveryMode(dlm))?;
         let destination = if x2apic {
-            Destination::X2Apic((self.lo >> DST_SHIFT) as u32)
+            Destination::X2Apic(w.lo.read(IRTE_LO::DST) as u32)
         } else {
-            Destination::XApic((self.lo >> XAPIC_DST_SHIFT) as u8)
+            Destination::XApic(w.lo.read(IRTE_LO::DST_XAPIC) as u8)
         };
-        let sid = self.hi as u16;
-        let source = match (self.hi >> SVT_SHIFT) & 3 {
-            0 => SourceValidation::None,
-            1 => SourceValidation::RequesterId { sid, sq: SourceQualifier::from_bits(self.hi >> SQ_SHIFT) },
-            2 => SourceValidation::Bus { start: (sid >> 8) as u8, end: sid as u8 },
-            _ => return Err(IrteError::SourceValidation),
-        };
+        let source = SourceValidation::decode(w.hi).ok_or(IrteError::SourceValidation)?;
         Ok(RemappedIrte {
-            vector: (self.lo >> VECTOR_SHIFT) as u8,
+            vector: w.lo.read(IRTE_LO::VECTOR) as u8,
             destination,
             delivery,
-            logical: self.lo & DM != 0,
-            redirection_hint: self.lo & RH != 0,
-            level: self.lo & TM != 0,
-            fault_processing_disable: self.lo & FPD != 0,
+            logical: w.lo.is_set(IRTE_LO::DM),
+            redirection_hint: w.lo.is_set(IRTE_LO::RH),
+            level: w.lo.is_set(IRTE_LO::TM),
+            fault_processing_disable: w.lo.is_set(IRTE_LO::FPD),
             source,
         })
     }
 }
 
-// Remappable MSI address (§5.1.2.2): 31:20 FEEh, 19:5 handle[14:0],
-// 4 interrupt format (1 = remappable), 3 SHV, 2 handle[15], 1:0 ignored.
-const MSI_FORMAT: u32 = 1 << 4;
-const MSI_SHV: u32 = 1 << 3;
-const MSI_HANDLE15: u32 = 1 << 2;
-const MSI_HANDLE_SHIFT: u32 = 5;
+impl From<IrteWords> for Irte {
+    fn from(w: IrteWords) -> Irte {
+        let [lo, hi] = w.to_words();
+        Irte { lo, hi }
+    }
+}
 
 /// The remappable-format MSI address for `handle` (§5.1.2.2), with SHV set so
 /// the unit adds the data's subhandle: the index used is `handle + data[15:0]`.
@@ -356,15 +480,24 @@ const MSI_HANDLE_SHIFT: u32 = 5;
 /// the run with [`IrTable::alloc_block`]). The upper address dword is zero.
 pub fn msi_address(handle: u16) -> u32 {
     let h = u32::from(handle);
-    MSI_BASE | (h & 0x7FFF) << MSI_HANDLE_SHIFT | MSI_FORMAT | MSI_SHV | if h & 0x8000 != 0 { MSI_HANDLE15 } else { 0 }
+    let mut a = LocalRegisterCopy::<u32, MSI_ADDR::Register>::new(0);
+    a.write(
+        MSI_ADDR::BASE::Interrupt
+            + MSI_ADDR::HANDLE_14_0.val(h & 0x7FFF)
+            + MSI_ADDR::IF::Remappable
+            + MSI_ADDR::SHV::SET
+            + MSI_ADDR::HANDLE_15.val(h >> 15),
+    );
+    a.get()
 }
 
 /// The MSI data that goes with [`msi_address`]: subhandle 0 (bits 31:16 are
 /// reserved with SHV = 1, §5.1.2.2).
 pub fn msi_data() -> u32 {
-    0
+    let mut d = LocalRegisterCopy::<u32, MSI_DATA::Register>::new(0);
+    d.write(MSI_DATA::SUBHANDLE.val(0));
+    d.get()
 }
-
 /// An interrupt request as the remapping unit classifies it (§5.1.2, §5.1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsiRequest {
@@ -396,18 +529,20 @@ impl MsiRequest {
 /// not in the interrupt range (bits 31:20 ≠ FEEh) or a remappable request
 /// with SHV set has reserved data bits 31:16 set (the unit faults with 20h).
 pub fn decode_msi(address: u32, data: u32) -> Option<MsiRequest> {
-    if address & 0xFFF0_0000 != MSI_BASE {
+    let a = LocalRegisterCopy::<u32, MSI_ADDR::Register>::new(address);
+    if !a.matches_all(MSI_ADDR::BASE::Interrupt) {
         return None;
     }
-    if address & MSI_FORMAT == 0 {
+    if a.matches_all(MSI_ADDR::IF::Compatibility) {
         return Some(MsiRequest::Compatibility);
     }
-    let handle = ((address >> MSI_HANDLE_SHIFT) & 0x7FFF) as u16 | if address & MSI_HANDLE15 != 0 { 0x8000 } else { 0 };
-    let subhandle = if address & MSI_SHV != 0 {
-        if data >> 16 != 0 {
+    let handle = (a.read(MSI_ADDR::HANDLE_15) << 15 | a.read(MSI_ADDR::HANDLE_14_0)) as u16;
+    let subhandle = if a.is_set(MSI_ADDR::SHV) {
+        let d = LocalRegisterCopy::<u32, MSI_DATA::Register>::new(data);
+        if d.read(MSI_DATA::RSVD_31_16) != 0 {
             return None;
         }
-        Some(data as u16)
+        Some(d.read(MSI_DATA::SUBHANDLE) as u16)
     } else {
         None
     };
@@ -575,7 +710,13 @@ impl IrTable {
     /// The IRTA register value (§10.4.29): table base (bits 63:12), EIME
     /// (bit 11) for 32-bit x2APIC destinations when `ext_irq_mode`, and S.
     pub fn irta_value(&self, ext_irq_mode: bool) -> u64 {
-        self.base | if ext_irq_mode { IRTA_EIME } else { 0 } | u64::from(self.size_field)
+        let mut r = Word::<IRTA_REG::Register>::new(0);
+        r.write(
+            from_place(IRTA_REG::IRTA, self.base)
+                + IRTA_REG::EIME.val(u64::from(ext_irq_mode))
+                + IRTA_REG::S.val(u64::from(self.size_field)),
+        );
+        r.get()
     }
 
     /// Takes the lowest free handle (never 0), or `None` when the table is full.
@@ -613,7 +754,9 @@ impl IrTable {
         // the new source-id fields with the old destination.
         if old.hi != new.hi {
             if old.present() {
-                mem.write(frame, word, old.lo & !P);
+                let mut w = old.words();
+                w.lo.modify(IRTE_LO::P::CLEAR);
+                mem.write(frame, word, w.lo.get());
             }
             mem.write(frame, word + 1, new.hi);
         }
@@ -784,6 +927,128 @@ mod tests {
             let e = Irte::remapped(&f);
             assert_eq!(e.reserved_bits(x2apic), (0, 0), "{f:?}");
             assert_eq!(e.decode(x2apic), Ok(f));
+        }
+    }
+
+    #[test]
+    fn layouts_match_the_spec_bit_ranges() {
+        // The masks and constants the fields now derive, against their spec
+        // bit ranges written out.
+        assert_eq!(LO_RESERVED, 0x7 << 12 | 0xFF << 24);
+        assert_eq!(LO_RESERVED_XAPIC, 0xFF << 32 | 0xFFFF << 48);
+        assert_eq!(HI_RESERVED, !0 << 20);
+        assert_eq!((MSI_BASE, GLOBAL_SIRTP, GLOBAL_CFI), (0xFEE0_0000, 1 << 24, 1 << 23));
+        // Every IRTE bit is in exactly one named field of its format (xAPIC
+        // DST split in three, x2APIC DST whole; SID whole or as two buses).
+        let xapic_lo = [
+            IRTE_LO::P,
+            IRTE_LO::FPD,
+            IRTE_LO::DM,
+            IRTE_LO::RH,
+            IRTE_LO::TM,
+            IRTE_LO::DLM,
+            IRTE_LO::AVAIL,
+            IRTE_LO::RSVD_14_12,
+            IRTE_LO::IM,
+            IRTE_LO::VECTOR,
+            IRTE_LO::RSVD_31_24,
+            IRTE_LO::RSVD_XAPIC_39_32,
+            IRTE_LO::DST_XAPIC,
+            IRTE_LO::RSVD_XAPIC_63_48,
+        ];
+        let disjoint =
+            |masks: &[u64]| masks.iter().try_fold(0u64, |acc, &m| (acc & m == 0).then_some(acc | m)) == Some(u64::MAX);
+        assert!(disjoint(&xapic_lo.map(field_mask)));
+        let mut x2apic_lo = xapic_lo.map(field_mask).to_vec();
+        x2apic_lo.truncate(11);
+        x2apic_lo.push(field_mask(IRTE_LO::DST));
+        assert!(disjoint(&x2apic_lo));
+        let hi = [IRTE_HI::SID, IRTE_HI::SQ, IRTE_HI::SVT, IRTE_HI::RSVD_127_84].map(field_mask);
+        assert!(disjoint(&hi));
+        assert_eq!(field_mask(IRTE_HI::SID_START_BUS) | field_mask(IRTE_HI::SID_END_BUS), field_mask(IRTE_HI::SID));
+        assert_eq!(field_mask(IRTE_LO::DST_XAPIC), 0xFF << 40);
+        // IRTA: base 63:12, EIME 11, S 3:0.
+        let irta = [IRTA_REG::S, IRTA_REG::EIME, IRTA_REG::IRTA].map(field_mask);
+        assert_eq!(irta, [0xF, 1 << 11, !0xFFF]);
+    }
+
+    #[test]
+    fn every_flag_mode_and_source_round_trips_field_by_field() {
+        let modes = [0u8, 1, 2, 4, 5, 7].map(|b| DeliveryMode::from_bits(b).unwrap());
+        let sqs = [0u64, 1, 2, 3].map(SourceQualifier::from_bits);
+        let mut sources = vec![SourceValidation::None, SourceValidation::Bus { start: 0x12, end: 0x34 }];
+        sources.extend(sqs.map(|sq| SourceValidation::RequesterId { sid: 0xA5C3, sq }));
+        let dests = [Destination::XApic(0), Destination::XApic(0xA5), Destination::X2Apic(0), Destination::X2Apic(!0)];
+        for flags in 0..16u8 {
+            for &delivery in &modes {
+                for &source in &sources {
+                    for (&destination, vector) in dests.iter().zip([0u8, 0x31, 0xEC, 0xFF]) {
+                        let f = RemappedIrte {
+                            vector,
+                            destination,
+                            delivery,
+                            logical: flags & 1 != 0,
+                            redirection_hint: flags & 2 != 0,
+                            level: flags & 4 != 0,
+                            fault_processing_disable: flags & 8 != 0,
+                            source,
+                        };
+                        let e = Irte::remapped(&f);
+                        let x2apic = matches!(destination, Destination::X2Apic(_));
+                        assert_eq!(e.decode(x2apic), Ok(f));
+                        // Field by field, through the typed words.
+                        let w = e.words();
+                        assert_eq!(Irte::from(w), e);
+                        assert!(w.lo.is_set(IRTE_LO::P) && !w.lo.is_set(IRTE_LO::IM));
+                        assert_eq!(w.lo.read(IRTE_LO::AVAIL), 0);
+                        assert_eq!(w.lo.read(IRTE_LO::DLM), delivery as u64);
+                        assert_eq!(w.lo.read(IRTE_LO::VECTOR), u64::from(vector));
+                        let flag_bits = [IRTE_LO::DM, IRTE_LO::RH, IRTE_LO::TM, IRTE_LO::FPD].map(|b| w.lo.is_set(b));
+                        assert_eq!(flag_bits, [f.logical, f.redirection_hint, f.level, f.fault_processing_disable]);
+                        match destination {
+                            Destination::XApic(id) => {
+                                assert_eq!(w.lo.read(IRTE_LO::DST), u64::from(id) << 8, "DST[15:8]")
+                            }
+                            Destination::X2Apic(id) => assert_eq!(w.lo.read(IRTE_LO::DST), u64::from(id)),
+                        }
+                        let svt = w.hi.read(IRTE_HI::SVT);
+                        match source {
+                            SourceValidation::None => assert_eq!(w.hi.get(), 0),
+                            SourceValidation::RequesterId { sid, sq } => {
+                                assert_eq!((svt, w.hi.read(IRTE_HI::SQ)), (1, sq as u64));
+                                assert_eq!(w.hi.read(IRTE_HI::SID), u64::from(sid));
+                            }
+                            SourceValidation::Bus { start, end } => {
+                                assert_eq!((svt, w.hi.read(IRTE_HI::SQ)), (2, 0));
+                                assert_eq!(w.hi.read(IRTE_HI::SID), u64::from(start) << 8 | u64::from(end));
+                            }
+                        }
+                        // The other mode reads the same entry with the other destination width.
+                        let other = e.decode(!x2apic);
+                        if x2apic {
+                            // An x2APIC ID can set bits xAPIC mode reserves.
+                            assert!(other.is_ok() == (e.reserved_bits(false) == (0, 0)));
+                        } else if let Destination::XApic(id) = destination {
+                            // x2APIC mode reads the xAPIC ID as DST[15:8] of a 32-bit ID.
+                            assert_eq!(other.map(|o| o.destination), Ok(Destination::X2Apic(u32::from(id) << 8)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_handle_round_trips_through_the_msi_address() {
+        for handle in 0..=u16::MAX {
+            let a = LocalRegisterCopy::<u32, MSI_ADDR::Register>::new(msi_address(handle));
+            assert!(a.matches_all(MSI_ADDR::BASE::Interrupt + MSI_ADDR::IF::Remappable + MSI_ADDR::SHV::SET));
+            assert_eq!(a.get() & 3, 0, "bits 1:0 left clear");
+            let req = decode_msi(a.get(), msi_data());
+            assert_eq!(req, Some(MsiRequest::Remappable { handle, subhandle: Some(0) }));
+            // Without SHV the data is not looked at.
+            let no_shv = a.get() & !MSI_ADDR::SHV::SET.value;
+            assert_eq!(decode_msi(no_shv, !0), Some(MsiRequest::Remappable { handle, subhandle: None }));
         }
     }
 
