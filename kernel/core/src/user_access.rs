@@ -10,24 +10,34 @@ use alloc::vec::Vec;
 
 /// Copies `len` bytes from the current task's memory, checking every page is mapped for it.
 pub fn copy_from_user(va: u64, len: usize) -> Result<Vec<u8>, Errno> {
-    let root = crate::scheduler::current_root().ok_or(Errno::EFAULT)?;
-    va.checked_add(len as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
     let mut out = Vec::new();
     out.try_reserve_exact(len).map_err(|_| Errno::ENOMEM)?;
-    let mut at = va;
-    while out.len() < len {
+    out.resize(len, 0);
+    copy_from_user_into(va, &mut out)?;
+    Ok(out)
+}
+
+/// Fills `out` from the current task's memory at `va`, checking every page
+/// is mapped readable (not a device BAR); allocates nothing.
+pub fn copy_from_user_into(va: u64, out: &mut [u8]) -> Result<(), Errno> {
+    let root = crate::scheduler::current_root().ok_or(Errno::EFAULT)?;
+    let len = out.len();
+    va.checked_add(len as u64).filter(|&end| end <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
+    let mut done = 0;
+    while done < len {
+        let at = va + done as u64;
         let (pa, perms) = crate::platform().user_translate(root, at & !(FRAME_SIZE - 1)).ok_or(Errno::EFAULT)?;
         if perms.device {
             return Err(Errno::EFAULT);
         }
         let offset = at % FRAME_SIZE;
-        let n = ((FRAME_SIZE - offset) as usize).min(len - out.len());
+        let n = ((FRAME_SIZE - offset) as usize).min(len - done);
         let src = (mm::phys_to_virt(pa) + offset) as *const u8;
         // SAFETY: the page is mapped in the task's address space to frame `pa` (checked above), and the frame is reachable through the direct map.
-        out.extend_from_slice(unsafe { core::slice::from_raw_parts(src, n) });
-        at += n as u64;
+        out[done..done + n].copy_from_slice(unsafe { core::slice::from_raw_parts(src, n) });
+        done += n;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Copies `bytes` into the current task's memory at `va`, checking every page is mapped writable.

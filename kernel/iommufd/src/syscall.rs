@@ -33,6 +33,14 @@ pub trait UserMemory {
     /// memory). The vector is allocated fallibly (`try_reserve`): `ENOMEM`
     /// when the heap has no room for `len` bytes.
     fn read(&self, va: u64, len: usize) -> Result<Vec<u8>, Errno>;
+    /// Fills `out` with the bytes at `va` (`EFAULT` as for [`UserMemory::read`]).
+    /// The decoder reads every op's struct (at most [`a::MAX_STRUCT`] bytes)
+    /// this way, into a buffer on the stack; a kernel implements it without
+    /// allocating, so a call that fails early touches no heap.
+    fn read_into(&self, va: u64, out: &mut [u8]) -> Result<(), Errno> {
+        out.copy_from_slice(&self.read(va, out.len())?);
+        Ok(())
+    }
     /// Writes `bytes` at `va` (`EFAULT` unless every byte is writable user memory).
     fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Errno>;
 }
@@ -62,12 +70,16 @@ pub trait Kernel {
 
 /// Reads the struct at `ptr` by the ABI's size rules; returns it and the caller's size.
 fn read<T: Header>(user: &dyn UserMemory, ptr: u64) -> Result<(T, u32), Errno> {
-    let head = user.read(ptr, 4)?;
-    let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let mut head = [0u8; 4];
+    user.read_into(ptr, &mut head)?;
+    let size = u32::from_le_bytes(head);
     if size > a::MAX_STRUCT {
         return Err(Errno::E2BIG);
     }
-    Ok((a::decode::<T>(&user.read(ptr, size as usize)?)?, size))
+    let mut bytes = [0u8; a::MAX_STRUCT as usize];
+    let bytes = &mut bytes[..size as usize];
+    user.read_into(ptr, bytes)?;
+    Ok((a::decode::<T>(bytes)?, size))
 }
 
 fn write<T: Header>(user: &mut dyn UserMemory, ptr: u64, v: &T, size: u32) -> Result<(), Errno> {

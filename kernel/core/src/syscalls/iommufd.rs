@@ -7,7 +7,7 @@
 use super::device::{decode_bdf, owned_by_current};
 use crate::dma::TaskMemory;
 use crate::scheduler::with_current_iommufd;
-use crate::user_access::{copy_from_user, copy_to_user};
+use crate::user_access::{copy_from_user, copy_from_user_into, copy_to_user};
 use abi::{Errno, SysResult};
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -29,6 +29,10 @@ struct TaskUser;
 impl iommufd::syscall::UserMemory for TaskUser {
     fn read(&self, va: u64, len: usize) -> Result<Vec<u8>, Errno> {
         copy_from_user(va, len)
+    }
+
+    fn read_into(&self, va: u64, out: &mut [u8]) -> Result<(), Errno> {
+        copy_from_user_into(va, out)
     }
 
     fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
@@ -134,8 +138,11 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     // Calls that remove entries, and calls that ran out of memory (after
     // reserving room), leave maps with room to spare: given back now, so a
     // kernel back in a state is back at its heap use, and a call that found
-    // no memory leaves the heap as it found it.
-    if r == Err(Errno::ENOMEM) || matches!(op_kind, Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach)) {
+    // no memory leaves the heap as it found it. A call refused on its
+    // arguments (unknown id, bad struct or range) removed nothing.
+    let refused = matches!(r, Err(Errno::ENOENT | Errno::EINVAL | Errno::EFAULT | Errno::E2BIG | Errno::ENOTTY));
+    let removes = matches!(op_kind, Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach));
+    if r == Err(Errno::ENOMEM) || (removes && !refused) {
         crate::iommu::with_units(|units| units.iter_mut().for_each(|u| u.shrink()));
         let _ = with_current_iommufd(|fd, _| {
             fd.shrink();

@@ -1,6 +1,8 @@
 //! Measures syscall round trips for `cargo xtask bench syscall`:
 //! - null: an unknown number (dispatch and return with ENOSYS, no work),
-//! - yield: a full trip through the scheduler and back.
+//! - yield: a full trip through the scheduler and back,
+//! - iommufd error: the cheapest failing IOAS call (`destroy` of an unknown id),
+//!   dispatch through the iommufd door and back with ENOENT.
 #![no_std]
 #![no_main]
 
@@ -31,7 +33,12 @@ fn main() -> i32 {
     let yld = measure(|| {
         let _ = core::hint::black_box(sys::yield_now());
     });
-    println!("bench: null syscall {null} ns, yield {yld} ns ({CALLS} calls, best of 5 batches)");
+    let door = measure(|| {
+        let _ = core::hint::black_box(userlib::iommufd::destroy(u32::MAX));
+    });
+    println!(
+        "bench: null syscall {null} ns, yield {yld} ns, iommufd error {door} ns ({CALLS} calls, best of 5 batches)"
+    );
     0
 }
 
