@@ -17,6 +17,13 @@ use fallible::VecExt;
 static PENDING_FAULTS: spin::Mutex<VecDeque<(usize, iommu::FaultEvent)>> = spin::Mutex::new(VecDeque::new());
 /// Faults kept for their owner at most (older ones are dropped; all were logged).
 const PENDING_LIMIT: usize = 256;
+/// Uptime (ns) of the last poll of the units' fault records.
+static LAST_POLL_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// The units' fault records are polled at the start of a call at most this
+/// often (each poll reads every unit's fault status over MMIO, about 0.65 us
+/// under TCG, a third of the cheapest call); `fault_read` and its wait
+/// always poll, so a task asking for its faults never misses one.
+const POLL_INTERVAL_NS: u64 = 100_000;
 
 /// The running task as the decoder (`iommufd::syscall`) sees it.
 struct TaskKernel {
@@ -106,9 +113,10 @@ fn collect_faults() {
     });
 }
 
-/// `iommufd(op, ptr)`. Faults the units recorded since the last call are
+/// `iommufd(op, ptr)`. Faults the units recorded since the last poll are
 /// logged first (decoded), so a task sees its stray DMA reported, and
-/// delivered to the fault queues that asked for them; then the op runs
+/// delivered to the fault queues that asked for them (polled at most every
+/// [`POLL_INTERVAL_NS`], and always for `fault_read`); then the op runs
 /// through the decoder the host tests use too (`iommufd::syscall`).
 ///
 /// The op runs with interrupts on: a map at the pin quota takes tens of
@@ -121,9 +129,14 @@ fn collect_faults() {
 /// IOMMU table frames: what each call adds or frees is charged to the task
 /// (`quota.table_frames`); at the limit, ops that can add tables are `EDQUOT`.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
-    collect_faults();
     use abi::iommufd::Op;
+    use core::sync::atomic::Ordering;
     let op_kind = Op::from_raw(op);
+    let now = crate::platform().uptime_ns();
+    if op_kind == Some(Op::FaultRead) || now.wrapping_sub(LAST_POLL_NS.load(Ordering::Relaxed)) >= POLL_INTERVAL_NS {
+        LAST_POLL_NS.store(now, Ordering::Relaxed);
+        collect_faults();
+    }
     let frees_only = matches!(
         op_kind,
         Some(Op::Destroy | Op::IoasUnmap | Op::DeviceDetach | Op::IoasIovaRanges | Op::GetHwInfo | Op::FaultRead)
