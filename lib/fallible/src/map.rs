@@ -1,11 +1,14 @@
-//! An ordered map and set over one sorted vector.
+//! An ordered map and set over one sorted ring buffer (`VecDeque`).
 //!
 //! `BTreeMap` allocates a node whenever an insert fills one, and there is no
 //! fallible insert on stable Rust. [`TryMap`] keeps its entries sorted in one
-//! `Vec`: lookups are binary searches, an insert reserves room with
+//! `VecDeque`: lookups are binary searches, an insert reserves room with
 //! `try_reserve` before it moves anything, and a remove never allocates. An
-//! insert or remove moves the entries after it, which is cheap at the sizes
-//! the kernel holds per task (quotas bound them to thousands).
+//! insert or remove moves the entries on its shorter side only, so taking
+//! the first entry (unmapping areas in the order they were mapped) or adding
+//! after the last costs nothing however many there are; in the middle it is
+//! cheap at the sizes the kernel holds per task (quotas bound them to
+//! thousands).
 //!
 //! Room: growing doubles, from 4, to `max(4, n.next_power_of_two())` for
 //! `n` entries. A remove keeps the room (so room reserved before a remove
@@ -18,18 +21,18 @@
 //! bytes), as it would with `BTreeMap`.
 
 use crate::AllocError;
-use alloc::vec::Vec;
+use alloc::collections::VecDeque;
 use core::ops::{Bound, RangeBounds};
 
 /// An ordered map whose inserts answer a full heap (see the module doc).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TryMap<K, V> {
-    entries: Vec<(K, V)>,
+    entries: VecDeque<(K, V)>,
 }
 
 impl<K, V> Default for TryMap<K, V> {
     fn default() -> Self {
-        TryMap { entries: Vec::new() }
+        TryMap { entries: VecDeque::new() }
     }
 }
 
@@ -40,10 +43,11 @@ impl<K: core::fmt::Debug, V: core::fmt::Debug> core::fmt::Debug for TryMap<K, V>
 }
 
 /// Iterator over `(&K, &V)` in key order.
-pub type Iter<'a, K, V> = core::iter::Map<core::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+pub type Iter<'a, K, V> =
+    core::iter::Map<alloc::collections::vec_deque::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
 /// Iterator over `(&K, &mut V)` in key order.
 pub type IterMut<'a, K, V> =
-    core::iter::Map<core::slice::IterMut<'a, (K, V)>, fn(&'a mut (K, V)) -> (&'a K, &'a mut V)>;
+    core::iter::Map<alloc::collections::vec_deque::IterMut<'a, (K, V)>, fn(&'a mut (K, V)) -> (&'a K, &'a mut V)>;
 
 fn pair<K, V>(e: &(K, V)) -> (&K, &V) {
     (&e.0, &e.1)
@@ -56,7 +60,7 @@ fn pair_mut<K, V>(e: &mut (K, V)) -> (&K, &mut V) {
 impl<K: Ord, V> TryMap<K, V> {
     /// An empty map (allocates nothing).
     pub const fn new() -> Self {
-        TryMap { entries: Vec::new() }
+        TryMap { entries: VecDeque::new() }
     }
 
     /// Entries in the map.
@@ -137,10 +141,10 @@ impl<K: Ord, V> TryMap<K, V> {
             return;
         }
         if want == 0 {
-            self.entries = Vec::new(); // frees; never fails
+            self.entries = VecDeque::new(); // frees; never fails
             return;
         }
-        let mut smaller = Vec::new();
+        let mut smaller = VecDeque::new();
         if smaller.try_reserve_exact(want).is_ok() {
             smaller.append(&mut self.entries); // reserved: no allocation
             self.entries = smaller;
@@ -149,7 +153,7 @@ impl<K: Ord, V> TryMap<K, V> {
 
     /// Takes the entry under `key` out (never allocates).
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        self.find(key).ok().map(|i| self.entries.remove(i).1)
+        self.find(key).ok().and_then(|i| self.entries.remove(i)).map(|(_, v)| v)
     }
 
     /// Keeps only the entries `keep` accepts (never allocates).
@@ -159,7 +163,7 @@ impl<K: Ord, V> TryMap<K, V> {
 
     /// Removes every entry (keeps nothing allocated).
     pub fn clear(&mut self) {
-        self.entries = Vec::new();
+        self.entries = VecDeque::new();
     }
 
     /// The entries in key order.
@@ -189,12 +193,12 @@ impl<K: Ord, V> TryMap<K, V> {
 
     /// The entry with the smallest key.
     pub fn first_key_value(&self) -> Option<(&K, &V)> {
-        self.entries.first().map(pair)
+        self.entries.front().map(pair)
     }
 
     /// The entry with the largest key.
     pub fn last_key_value(&self) -> Option<(&K, &V)> {
-        self.entries.last().map(pair)
+        self.entries.back().map(pair)
     }
 
     /// Index bounds of the entries whose keys are in `range`.
@@ -215,13 +219,13 @@ impl<K: Ord, V> TryMap<K, V> {
     /// The entries whose keys are in `range`, in order (both ends, as `BTreeMap::range`).
     pub fn range(&self, range: impl RangeBounds<K>) -> Iter<'_, K, V> {
         let (lo, hi) = self.span(range);
-        self.entries[lo..hi].iter().map(pair as fn(&(K, V)) -> (&K, &V))
+        self.entries.range(lo..hi).map(pair as fn(&(K, V)) -> (&K, &V))
     }
 
     /// The entries whose keys are in `range`, values changeable.
     pub fn range_mut(&mut self, range: impl RangeBounds<K>) -> IterMut<'_, K, V> {
         let (lo, hi) = self.span(range);
-        self.entries[lo..hi].iter_mut().map(pair_mut as fn(&mut (K, V)) -> (&K, &mut V))
+        self.entries.range_mut(lo..hi).map(pair_mut as fn(&mut (K, V)) -> (&K, &mut V))
     }
 }
 
@@ -235,7 +239,7 @@ impl<'a, K: Ord, V> IntoIterator for &'a TryMap<K, V> {
 
 impl<K, V> IntoIterator for TryMap<K, V> {
     type Item = (K, V);
-    type IntoIter = alloc::vec::IntoIter<(K, V)>;
+    type IntoIter = alloc::collections::vec_deque::IntoIter<(K, V)>;
     fn into_iter(self) -> Self::IntoIter {
         self.entries.into_iter()
     }
