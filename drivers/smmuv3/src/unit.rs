@@ -21,11 +21,7 @@ const MAX_POLLS: u32 = 1_000_000;
 const SPLIT: u32 = 6;
 
 fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), SmmuError> {
-    if iommu::poll(MAX_POLLS, done) {
-        Ok(())
-    } else {
-        Err(SmmuError::Timeout(what))
-    }
+    iommu::ring::ProducerRing::wait(MAX_POLLS, done).map_err(|_| SmmuError::Timeout(what))
 }
 
 /// Words of an event record (§7.3: 32 bytes).

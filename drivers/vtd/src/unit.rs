@@ -183,11 +183,7 @@ struct Queue {
 const QUEUE_LOG2: u32 = 8;
 
 fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), VtdError> {
-    if iommu::poll(MAX_POLLS, done) {
-        Ok(())
-    } else {
-        Err(VtdError::Timeout(what))
-    }
+    iommu::ring::ProducerRing::wait(MAX_POLLS, done).map_err(|_| VtdError::Timeout(what))
 }
 
 /// GSTS with the one-shot bits cleared: what GCMD is written with to keep

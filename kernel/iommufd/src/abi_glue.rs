@@ -10,12 +10,12 @@ use crate::pages::{Memory, PAGE};
 use abi::iommufd as a;
 use abi::Errno;
 use alloc::vec::Vec;
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Decodes typed data passed by length (not by a size field): shorter input
 /// leaves the rest zero, longer input must be zero past what this ABI knows
 /// (`E2BIG`).
-pub fn decode_data<T: FromBytes + IntoBytes + Immutable + Default>(bytes: &[u8]) -> Result<T, Errno> {
+pub fn decode_data<T: FromBytes + IntoBytes>(bytes: &[u8]) -> Result<T, Errno> {
     iommu::user_data::read_struct(bytes).map_err(|_| Errno::E2BIG)
 }
 
