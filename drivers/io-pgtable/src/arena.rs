@@ -1,17 +1,25 @@
 //! [`TableMemory`] over plain host memory, counting every frame; it can be
 //! told to fail the N-th allocation. Used by the tests and the benchmark.
+//!
+//! The frames are one flat vector of words (frame `s` is words `512 s ..
+//! 512 (s + 1)`), so an entry access is one bounds-checked index, as cheap
+//! as the kernel's direct map: the benchmark then measures the engine, not
+//! the arena. Builds with debug assertions (the tests, the fuzz targets)
+//! also refuse any access to a freed frame.
 
 use crate::TableMemory;
 use alloc::vec::Vec;
-use fallible::VecExt;
 
 /// Fake physical address of frame 0 (non-zero, so a zero entry never aliases a frame).
 const BASE: u64 = 0x1_0000_0000;
+/// Entries per frame.
+const WORDS: usize = 512;
 
 /// A growable set of 4 KiB frames addressed by fake physical addresses.
 #[derive(Debug, Default)]
 pub struct Arena {
-    frames: Vec<Option<Vec<u64>>>,
+    words: Vec<u64>,
+    alive: Vec<bool>,
     free: Vec<usize>,
     live: usize,
     allocations: usize,
@@ -38,6 +46,13 @@ impl Arena {
     fn slot(pa: u64) -> usize {
         ((pa - BASE) / 4096) as usize
     }
+
+    /// Where entry `index` of the frame at `table` lives in `words`.
+    fn at(&self, table: u64, index: usize) -> usize {
+        let s = Self::slot(table);
+        debug_assert!(self.alive.get(s) == Some(&true), "access to freed or unknown table {table:#x}");
+        s * WORDS + index % WORDS
+    }
 }
 
 impl TableMemory for Arena {
@@ -47,40 +62,47 @@ impl TableMemory for Arena {
         if self.fail_at == Some(n) {
             return None;
         }
-        // The frame's own heap allocation fails softly too (a heap fail-nth
-        // test then sees it as an exhausted table memory).
-        let frame = fallible::try_filled(0u64, 512).ok()?;
         let slot = match self.free.pop() {
             Some(s) => {
-                self.frames[s] = Some(frame);
+                self.words[s * WORDS..(s + 1) * WORDS].fill(0);
                 s
             }
             None => {
                 // Room in the free list for every frame, so `free_table`
-                // never allocates.
-                let want = (self.frames.len() + 1).saturating_sub(self.free.len());
-                if self.free.try_reserve(want).is_err() || self.frames.try_push(Some(frame)).is_err() {
+                // never allocates; the heap failing is an exhausted table
+                // memory (a heap fail-nth test sees it so).
+                let s = self.alive.len();
+                let want = (s + 1).saturating_sub(self.free.len());
+                if self.free.try_reserve(want).is_err()
+                    || self.alive.try_reserve(1).is_err()
+                    || self.words.try_reserve(WORDS).is_err()
+                {
                     return None;
                 }
-                self.frames.len() - 1
+                self.words.resize((s + 1) * WORDS, 0);
+                self.alive.push(false);
+                s
             }
         };
+        self.alive[slot] = true;
         self.live += 1;
         Some(BASE + slot as u64 * 4096)
     }
 
     fn free_table(&mut self, pa: u64) {
         let s = Self::slot(pa);
-        assert!(self.frames[s].take().is_some(), "double free of table {pa:#x}");
+        assert!(self.alive.get(s) == Some(&true), "double free of table {pa:#x}");
+        self.alive[s] = false;
         self.free.push(s); // room reserved in `alloc_table`
         self.live -= 1;
     }
 
     fn read(&self, table: u64, index: usize) -> u64 {
-        self.frames[Self::slot(table)].as_ref().expect("read of a freed table")[index]
+        self.words[self.at(table, index)]
     }
 
     fn write(&mut self, table: u64, index: usize, value: u64) {
-        self.frames[Self::slot(table)].as_mut().expect("write to a freed table")[index] = value;
+        let i = self.at(table, index);
+        self.words[i] = value;
     }
 }

@@ -30,21 +30,27 @@ impl VtdSecondLevel {
 }
 
 impl Format for VtdSecondLevel {
+    #[inline]
     fn name(&self) -> &'static str {
         "vtd-sl"
     }
+    #[inline]
     fn levels(&self) -> usize {
         self.levels
     }
+    #[inline]
     fn ia_bits(&self) -> u32 {
         12 + 9 * self.levels as u32
     }
+    #[inline]
     fn leaf_allowed(&self, level: usize) -> bool {
         level <= self.max_leaf_level
     }
+    #[inline]
     fn encode_table(&self, pa: u64, _level: usize) -> u64 {
         pa | Self::R | Self::W
     }
+    #[inline]
     fn encode_leaf(&self, pa: u64, level: usize, perms: Perms) -> Result<u64, Error> {
         if !perms.intersects(Perms::READ | Perms::WRITE) {
             return Err(Error::BadPerms);
@@ -64,6 +70,7 @@ impl Format for VtdSecondLevel {
         }
         Ok(pte)
     }
+    #[inline]
     fn decode(&self, pte: u64, level: usize) -> Entry {
         if pte & (Self::R | Self::W) == 0 {
             return Entry::Empty;
@@ -77,9 +84,11 @@ impl Format for VtdSecondLevel {
         perms.set(Perms::CACHE, pte & Self::SNP != 0);
         Entry::Leaf { pa: leaf_addr(pte, ADDR_52, level), perms }
     }
+    #[inline]
     fn is_dirty(&self, pte: u64) -> Option<bool> {
         Some(pte & Self::D != 0)
     }
+    #[inline]
     fn clear_dirty(&self, pte: u64) -> u64 {
         pte & !Self::D
     }
@@ -109,33 +118,41 @@ impl X86Paging {
     const XD: u64 = 1 << 63;
 
     /// Intel VT-d first-level tables.
+    #[inline]
     pub const fn vtd_first_level(levels: usize, max_leaf_level: usize) -> Self {
         X86Paging { levels, max_leaf_level, name: "vtd-fl" }
     }
 
     /// AMD-Vi v2 tables (same format).
+    #[inline]
     pub const fn amd_v2(levels: usize) -> Self {
         X86Paging { levels, max_leaf_level: 2, name: "amd-v2" }
     }
 }
 
 impl Format for X86Paging {
+    #[inline]
     fn name(&self) -> &'static str {
         self.name
     }
+    #[inline]
     fn levels(&self) -> usize {
         self.levels
     }
+    #[inline]
     fn ia_bits(&self) -> u32 {
         12 + 9 * self.levels as u32
     }
+    #[inline]
     fn leaf_allowed(&self, level: usize) -> bool {
         level <= self.max_leaf_level
     }
+    #[inline]
     fn encode_table(&self, pa: u64, _level: usize) -> u64 {
         // U/S set on every level: device accesses are user accesses (VT-d §9.7).
         pa | Self::P | Self::RW | Self::US
     }
+    #[inline]
     fn encode_leaf(&self, pa: u64, level: usize, perms: Perms) -> Result<u64, Error> {
         if !perms.contains(Perms::READ) {
             return Err(Error::BadPerms); // x86 paging has no write-only pages
@@ -152,6 +169,7 @@ impl Format for X86Paging {
         }
         Ok(pte)
     }
+    #[inline]
     fn decode(&self, pte: u64, level: usize) -> Entry {
         if pte & Self::P == 0 {
             return Entry::Empty;
@@ -164,9 +182,11 @@ impl Format for X86Paging {
         perms.set(Perms::EXEC, pte & Self::XD == 0);
         Entry::Leaf { pa: leaf_addr(pte, ADDR_52, level), perms }
     }
+    #[inline]
     fn is_dirty(&self, pte: u64) -> Option<bool> {
         Some(pte & Self::D != 0)
     }
+    #[inline]
     fn clear_dirty(&self, pte: u64) -> u64 {
         pte & !Self::D
     }
@@ -190,23 +210,29 @@ impl AmdV1 {
 }
 
 impl Format for AmdV1 {
+    #[inline]
     fn name(&self) -> &'static str {
         "amd-v1"
     }
+    #[inline]
     fn levels(&self) -> usize {
         self.levels
     }
+    #[inline]
     fn ia_bits(&self) -> u32 {
         (12 + 9 * self.levels as u32).min(64)
     }
+    #[inline]
     fn leaf_allowed(&self, level: usize) -> bool {
         // 4 KiB, 2 MiB and 1 GiB leaves (NextLevel = 0 at levels 1–3).
         level <= 2
     }
+    #[inline]
     fn encode_table(&self, pa: u64, level: usize) -> u64 {
         // NextLevel names the level of the table pointed to, counted from 1 = PTE level.
         pa | Self::PR | Self::IR | Self::IW | ((level as u64) << Self::NEXT_SHIFT)
     }
+    #[inline]
     fn encode_leaf(&self, pa: u64, _level: usize, perms: Perms) -> Result<u64, Error> {
         if !perms.intersects(Perms::READ | Perms::WRITE) {
             return Err(Error::BadPerms);
@@ -220,6 +246,7 @@ impl Format for AmdV1 {
         }
         Ok(pte)
     }
+    #[inline]
     fn decode(&self, pte: u64, level: usize) -> Entry {
         if pte & Self::PR == 0 {
             return Entry::Empty;
@@ -275,16 +302,19 @@ impl ArmLpae {
     const UXN: u64 = 1 << 54;
 
     /// Stage-1 tables with the given MAIR indices.
+    #[inline]
     pub const fn stage1(levels: usize, mair_cached: u8, mair_device: u8) -> Self {
         ArmLpae { stage: 1, levels, mair_cached, mair_device, hw_dirty: false }
     }
 
     /// Stage-2 tables.
+    #[inline]
     pub const fn stage2(levels: usize) -> Self {
         ArmLpae { stage: 2, levels, mair_cached: 0, mair_device: 0, hw_dirty: false }
     }
 
     /// The same format with hardware dirty tracking on.
+    #[inline]
     pub const fn with_hw_dirty(mut self) -> Self {
         self.hw_dirty = true;
         self
@@ -292,6 +322,7 @@ impl ArmLpae {
 }
 
 impl Format for ArmLpae {
+    #[inline]
     fn name(&self) -> &'static str {
         if self.stage == 1 {
             "arm-s1"
@@ -299,19 +330,24 @@ impl Format for ArmLpae {
             "arm-s2"
         }
     }
+    #[inline]
     fn levels(&self) -> usize {
         self.levels
     }
+    #[inline]
     fn ia_bits(&self) -> u32 {
         12 + 9 * self.levels as u32
     }
+    #[inline]
     fn leaf_allowed(&self, level: usize) -> bool {
         // Blocks at level 1 (1 GiB) and level 2 (2 MiB) of the 4 KiB granule.
         level <= 2
     }
+    #[inline]
     fn encode_table(&self, pa: u64, _level: usize) -> u64 {
         pa | Self::VALID | Self::TABLE
     }
+    #[inline]
     fn encode_leaf(&self, pa: u64, level: usize, perms: Perms) -> Result<u64, Error> {
         if !perms.contains(Perms::READ) {
             return Err(Error::BadPerms);
@@ -345,6 +381,7 @@ impl Format for ArmLpae {
         }
         Ok(pte)
     }
+    #[inline]
     fn decode(&self, pte: u64, level: usize) -> Entry {
         if pte & Self::VALID == 0 {
             return Entry::Empty;
@@ -368,12 +405,14 @@ impl Format for ArmLpae {
         }
         Entry::Leaf { pa: leaf_addr(pte, ADDR_48, level), perms }
     }
+    #[inline]
     fn is_dirty(&self, pte: u64) -> Option<bool> {
         if pte & Self::DBM == 0 {
             return Some(false);
         }
         Some(if self.stage == 1 { pte & Self::AP_RDONLY == 0 } else { pte & Self::S2AP_W != 0 })
     }
+    #[inline]
     fn clear_dirty(&self, pte: u64) -> u64 {
         if self.stage == 1 {
             pte | Self::AP_RDONLY
@@ -419,33 +458,41 @@ pub struct ArmCpu {
 
 impl ArmCpu {
     /// The format with the given level count and MAIR indices.
+    #[inline]
     pub const fn new(levels: usize, mair_normal: u8, mair_device: u8) -> Self {
         ArmCpu { levels, mair_normal, mair_device }
     }
 
+    #[inline]
     fn attr_index(pte: u64) -> u64 {
         (pte >> 2) & 7
     }
 }
 
 impl Format for ArmCpu {
+    #[inline]
     fn name(&self) -> &'static str {
         "arm-cpu"
     }
+    #[inline]
     fn levels(&self) -> usize {
         self.levels
     }
+    #[inline]
     fn ia_bits(&self) -> u32 {
         12 + 9 * self.levels as u32
     }
+    #[inline]
     fn leaf_allowed(&self, level: usize) -> bool {
         // Pages, 2 MiB and 1 GiB blocks (the boot code maps RAM in 1 GiB blocks).
         level <= 2
     }
+    #[inline]
     fn encode_table(&self, pa: u64, _level: usize) -> u64 {
         // No APTable / XNTable limits: the leaves say everything.
         pa | ArmLpae::VALID | ArmLpae::TABLE
     }
+    #[inline]
     fn encode_leaf(&self, pa: u64, level: usize, perms: Perms) -> Result<u64, Error> {
         if !perms.contains(Perms::READ) || (perms.contains(Perms::EXEC) && !perms.contains(Perms::CACHE)) {
             return Err(Error::BadPerms);
@@ -479,6 +526,7 @@ impl Format for ArmCpu {
         }
         Ok(pte)
     }
+    #[inline]
     fn decode(&self, pte: u64, level: usize) -> Entry {
         if pte & ArmLpae::VALID == 0 {
             return Entry::Empty;

@@ -39,6 +39,11 @@
 //!   direct map, the tests over a counting arena. The crate has no `unsafe`.
 //! - **Largest leaf first.** `map` uses the biggest leaf the format allows at a
 //!   level whenever IOVA, physical address and remaining length are aligned.
+//! - **One walk per call.** `map` and `unmap` visit each table a range
+//!   touches once and fill or clear it slot by slot (a 1 GiB run of 4 KiB
+//!   pages is one entry write per page); the last leaf table used is
+//!   remembered, so a small call next to the previous one skips the walk
+//!   (see [`PageTable`]). `cargo xtask bench pgtable` prints the figures.
 //! - **No silent splits.** `unmap` removes whole leaves only: a range that
 //!   starts or ends inside a large leaf is refused with [`Error::SplitLeaf`]
 //!   before anything changes (the generic IOAS never asks for it, because it
@@ -238,10 +243,12 @@ pub trait Format {
 }
 
 /// The size a leaf at `level` maps.
+#[inline]
 pub const fn level_size(level: usize) -> u64 {
     1 << (12 + 9 * level)
 }
 
+#[inline]
 fn index(iova: u64, level: usize) -> usize {
     ((iova >> (12 + 9 * level)) & 0x1FF) as usize
 }
@@ -249,13 +256,17 @@ fn index(iova: u64, level: usize) -> usize {
 /// The entries `(index, first IOVA)` of a table at `level` covering `base..`
 /// that intersect `[start, end)`. The top level of a 64-bit space has fewer
 /// than 512 slots in use, so addresses are computed without overflow.
+#[inline]
 fn slots(base: u64, start: u64, end: u64, level: usize) -> impl Iterator<Item = (usize, u64)> {
-    let size = level_size(level);
+    let shift = 12 + 9 * level as u32;
     let first = if start > base { index(start, level) } else { 0 };
-    (first..512)
-        .map(move |i| (i, (i as u64).checked_mul(size).and_then(|o| base.checked_add(o))))
-        .take_while(move |&(_, va)| va.is_some_and(|v| v < end))
-        .map(|(i, va)| (i, va.unwrap_or(0)))
+    // One past the last slot holding a byte below `end` (none when `end <=
+    // base`); every slot's IOVA is then at most `end - 1`: no overflow.
+    let stop = match end.checked_sub(base) {
+        Some(n) if n > 0 => (((n - 1) >> shift).min(511) + 1) as usize,
+        _ => 0,
+    };
+    (first..stop).map(move |i| (i, base + ((i as u64) << shift)))
 }
 
 /// Whether every entry of `table` is zero. `hint` is the last index just
@@ -321,12 +332,31 @@ impl Freed<'_> {
     }
 }
 
-/// The tables one map call made (parent, index in it, table), so that its
-/// undo frees those and no other: a table that was there before the call
-/// (one an unmap kept) may be in a walk cache, and only a flush may free it.
-/// Tables beyond the first [`Created::MAX`] stay, empty, like a kept table.
+/// One map call's range and progress, threaded through its walk.
+struct MapRun {
+    /// First IOVA to map.
+    start: u64,
+    /// End of the range (exclusive).
+    end: u64,
+    /// Output address minus IOVA (wrapping), the same for every page.
+    delta: u64,
+    /// Rights of every leaf.
+    perms: Perms,
+    /// End of the last leaf written (the undo removes `[start, done)`).
+    done: u64,
+    /// The tables the call made.
+    created: Created,
+}
+
+/// The tables one map call made, so that its undo frees those and no
+/// other: a table that was there before the call (one an unmap kept) may be
+/// in a walk cache, and only a flush may free it. Each is recorded by the
+/// entry that points to it, packed in one word (the parent table's address,
+/// 4 KiB aligned, with the entry's index and the parent's level in the low 12
+/// bits), so the record costs a map of one page little to set up. Tables
+/// beyond the first [`Created::MAX`] stay, empty, like a kept table.
 struct Created {
-    list: [(u64, usize, u64); Created::MAX],
+    list: [u64; Created::MAX],
     len: usize,
 }
 
@@ -334,14 +364,20 @@ impl Created {
     const MAX: usize = 32;
 
     fn new() -> Self {
-        Created { list: [(0, 0, 0); Created::MAX], len: 0 }
+        Created { list: [0; Created::MAX], len: 0 }
     }
 
-    fn push(&mut self, parent: u64, index: usize, table: u64) {
+    /// Records the table entry `index` of `parent` (at `level`) points to.
+    fn push(&mut self, parent: u64, level: usize, index: usize) {
         if let Some(slot) = self.list.get_mut(self.len) {
-            *slot = (parent, index, table);
+            *slot = parent | ((index as u64) << 3) | level as u64;
             self.len += 1;
         }
+    }
+
+    /// The records, newest (deepest) first: `(parent, level, index)`.
+    fn newest_first(&self) -> impl Iterator<Item = (u64, usize, usize)> + '_ {
+        self.list[..self.len].iter().rev().map(|&w| (w & !0xFFF, (w & 7) as usize, ((w >> 3) & 0x1FF) as usize))
     }
 }
 
@@ -435,7 +471,11 @@ impl Gather {
 
     /// After the IOTLB flush: gives the freed frames back (each zeroed again,
     /// as [`TableMemory::alloc_table`] hands them out).
+    #[inline]
     pub fn release(self, mem: &mut impl TableMemory) {
+        if self.freed.is_empty() {
+            return;
+        }
         for head in self.freed {
             let mut frame = head;
             loop {
@@ -452,26 +492,55 @@ impl Gather {
 }
 
 /// A page table of format `F`.
+///
+/// It remembers the last leaf (level-0) table a map wrote into, with the
+/// 2 MiB of input addresses it serves: a map or an unmap that stays inside
+/// that span and does not cover all of it goes straight to the table, one
+/// entry access per page and no walk (IOVA allocators hand out neighbouring
+/// addresses, so most small calls land there). The table stays linked while
+/// it is remembered: every path that unlinks a table (an unmap that frees
+/// one, [`PageTable::prune`], a failed map's undo) forgets it first.
 #[derive(Debug)]
 pub struct PageTable<F: Format> {
     fmt: F,
     root: u64,
+    last_leaf_table: Option<LeafTable>,
+}
+
+/// A leaf table and the first input address it maps (2 MiB aligned).
+#[derive(Debug, Clone, Copy)]
+struct LeafTable {
+    base: u64,
+    table: u64,
+}
+
+impl LeafTable {
+    /// The table's entry indexes `first..=last` of `[start, end)`, when the
+    /// range lies inside the table's span and leaves part of it out (a range
+    /// that covers the span may place, or free, the table itself).
+    #[inline]
+    fn holds(self, start: u64, end: u64) -> Option<(usize, usize)> {
+        let span = level_size(1);
+        (start >= self.base && end - self.base <= span && end - start < span)
+            .then(|| (index(start, 0), index(end - 1, 0)))
+    }
 }
 
 impl<F: Format> PageTable<F> {
     /// Allocates an empty table.
     pub fn new(fmt: F, mem: &mut impl TableMemory) -> Result<Self, Error> {
         let root = mem.alloc_table().ok_or(Error::NoMemory)?;
-        Ok(PageTable { fmt, root })
+        Ok(PageTable { fmt, root, last_leaf_table: None })
     }
 
     /// Takes over the table rooted at `root`, of format `fmt`: one the boot
     /// code built (the kernel's TTBR1 tables) or one whose root the caller
     /// kept from [`PageTable::new`] (a user space). Its tables must be
     /// frames `mem` can read, write and (for [`PageTable::destroy`],
-    /// [`PageTable::prune`] and covering unmaps) free.
+    /// [`PageTable::prune`] and covering unmaps) free. While the value
+    /// lives, nothing else may unlink its tables (it remembers one).
     pub fn from_root(fmt: F, root: u64) -> Self {
-        PageTable { fmt, root }
+        PageTable { fmt, root, last_leaf_table: None }
     }
 
     /// Physical address of the root table (what the hardware is pointed at).
@@ -500,6 +569,10 @@ impl<F: Format> PageTable<F> {
 
     /// Maps `[iova, iova + len)` to `[pa, pa + len)`, choosing the largest
     /// leaves alignment allows. Fails without change if any part is mapped.
+    ///
+    /// One walk serves the whole range: each table on the way is reached
+    /// once and filled slot by slot (a run of 4 KiB pages costs one entry
+    /// write each, not a walk from the root each).
     pub fn map(
         &mut self,
         mem: &mut impl TableMemory,
@@ -512,92 +585,105 @@ impl<F: Format> PageTable<F> {
         if !pa.is_multiple_of(4096) {
             return Err(Error::Unaligned);
         }
+        // A physical range that wraps cannot be mapped.
+        pa.checked_add(len - 1).ok_or(Error::OutOfRange)?;
         self.fmt.encode_leaf(pa, 0, perms)?;
-        let mut g = Gather::default();
-        let (mut va, mut out) = (iova, pa);
-        let mut created = Created::new();
-        while va < end {
-            match self.map_one(mem, va, out, end - va, perms, &mut created) {
-                Ok(size) => {
-                    va += size;
-                    out += size;
+        if let Some((first, last)) = self.last_leaf_table.and_then(|c| c.holds(iova, end).map(|r| (c.table, r))) {
+            // Straight into the remembered leaf table, when every slot is
+            // free (otherwise the walk below finds what is in the way).
+            let (table, (first, last)) = (first, last);
+            if (first..=last).all(|i| mem.read(table, i) == 0) {
+                for (k, i) in (first..=last).enumerate() {
+                    mem.write(table, i, self.fmt.encode_leaf(pa + k as u64 * 4096, 0, perms)?);
                 }
-                Err(e) => {
-                    // Undo: [iova, va) holds only leaves this call wrote (an
-                    // occupied slot stops the loop): they go, and so do the
-                    // tables this call made that are empty again.
-                    if va > iova {
-                        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut Freed::Keep);
-                    }
-                    // The tables this call made, deepest first, where empty.
-                    for &(parent, i, table) in created.list[..created.len].iter().rev() {
-                        if (0..512).all(|j| mem.read(table, j) == 0) {
-                            mem.write(parent, i, 0);
-                            mem.free_table(table);
-                        }
-                    }
-                    if let Error::AlreadyMapped(_) = e {
-                        // Report the first mapping in the way, as a pre-check would.
-                        let mut first = None;
-                        self.walk_level(mem, self.root, self.fmt.levels() - 1, 0, va, end, &mut |leaf, _, _, _| {
-                            first = Some(leaf);
-                            false
-                        });
-                        return Err(Error::AlreadyMapped(first.unwrap_or(va).max(iova)));
-                    }
-                    return Err(e);
-                }
+                return Ok(Gather { start: iova, end, freed: Vec::new() });
             }
         }
-        g.add(iova, end);
-        Ok(g)
+        let mut run =
+            MapRun { start: iova, end, delta: pa.wrapping_sub(iova), perms, done: iova, created: Created::new() };
+        if let Err(e) = self.map_level(mem, self.root, self.fmt.levels() - 1, 0, &mut run) {
+            let va = run.done;
+            // Undo: [iova, va) holds only leaves this call wrote (an
+            // occupied slot stops the walk): they go, and so do the tables
+            // this call made that are empty again.
+            if va > iova {
+                self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, iova, va, &mut Freed::Keep);
+            }
+            // The tables this call made, deepest first, where empty.
+            for (parent, level, i) in run.created.newest_first() {
+                if let Entry::Table(table) = self.fmt.decode(mem.read(parent, i), level) {
+                    if (0..512).all(|j| mem.read(table, j) == 0) {
+                        mem.write(parent, i, 0);
+                        mem.free_table(table);
+                    }
+                }
+            }
+            // The undo may have freed the table the walks remembered.
+            self.last_leaf_table = None;
+            if let Error::AlreadyMapped(_) = e {
+                // Report the first mapping in the way, as a pre-check would.
+                let mut first = None;
+                self.walk_level(mem, self.root, self.fmt.levels() - 1, 0, va, end, &mut |leaf, _, _, _| {
+                    first = Some(leaf);
+                    false
+                });
+                return Err(Error::AlreadyMapped(first.unwrap_or(va).max(iova)));
+            }
+            return Err(e);
+        }
+        Ok(Gather { start: iova, end, freed: Vec::new() })
     }
 
-    /// Maps the largest leaf possible at `va`; returns its size.
-    fn map_one(
+    /// Maps the part of `run` under `table` (at `level`, mapping from
+    /// `base`), largest leaves first; `run.done` follows the last leaf written.
+    fn map_level(
         &mut self,
         mem: &mut impl TableMemory,
-        va: u64,
-        pa: u64,
-        left: u64,
-        perms: Perms,
-        created: &mut Created,
-    ) -> Result<u64, Error> {
-        let mut table = self.root;
-        let mut level = self.fmt.levels() - 1;
-        loop {
-            let size = level_size(level);
-            let i = index(va, level);
-            if self.fmt.leaf_allowed(level) && (va | pa).is_multiple_of(size) && left >= size {
-                let e = mem.read(table, i);
-                if e == 0 {
-                    let pte = self.fmt.encode_leaf(pa, level, perms)?;
-                    mem.write(table, i, pte);
-                    return Ok(size);
-                }
-                // A table here (one an unmap kept): the mapping goes inside
-                // it, in smaller leaves. Replacing it by the leaf would need
-                // the walk caches flushed before the table could be freed.
-                if level == 0 || !matches!(self.fmt.decode(e, level), Entry::Table(_)) {
+        table: u64,
+        level: usize,
+        base: u64,
+        run: &mut MapRun,
+    ) -> Result<(), Error> {
+        let size = level_size(level);
+        if level == 0 {
+            // The leaf level: one entry per page (alignment was checked).
+            self.last_leaf_table = Some(LeafTable { base, table });
+            for (i, va) in slots(base, run.start, run.end, 0) {
+                if mem.read(table, i) != 0 {
                     return Err(Error::AlreadyMapped(va));
                 }
+                let pte = self.fmt.encode_leaf(va.wrapping_add(run.delta), 0, run.perms)?;
+                mem.write(table, i, pte);
+                run.done = va + size;
             }
-            if level == 0 {
-                // Level 0 leaves are always allowed and 4 KiB aligned by `check`.
-                return Err(Error::BadPerms);
+            return Ok(());
+        }
+        let leaf_here = self.fmt.leaf_allowed(level) && run.delta.is_multiple_of(size);
+        for (i, va) in slots(base, run.start, run.end, level) {
+            let e = mem.read(table, i);
+            let whole = va >= run.start && run.end - va >= size;
+            // Where a table is in the way (one an unmap kept), the mapping
+            // goes inside it, in smaller leaves: replacing it by the leaf
+            // would need the walk caches flushed before it could be freed.
+            if leaf_here && whole && e == 0 {
+                let pte = self.fmt.encode_leaf(va.wrapping_add(run.delta), level, run.perms)?;
+                mem.write(table, i, pte);
+                run.done = va + size;
+                continue;
             }
-            table = match self.fmt.decode(mem.read(table, i), level) {
+            let next = match self.fmt.decode(e, level) {
                 Entry::Table(next) => next,
                 Entry::Empty => {
                     let next = mem.alloc_table().ok_or(Error::NoMemory)?;
                     mem.write(table, i, self.fmt.encode_table(next, level));
-                    created.push(table, i, next);
+                    run.created.push(table, level, i);
                     next
                 }
-                Entry::Leaf { .. } => return Err(Error::AlreadyMapped(va)),
+                Entry::Leaf { .. } => return Err(Error::AlreadyMapped(va.max(run.start))),
             };
-            level -= 1;
+            self.map_level(mem, next, level - 1, va, run)?;
         }
+        Ok(())
     }
 
     /// Calls `f(va, size, pa, perms)` for each leaf intersecting `[start,
@@ -628,14 +714,51 @@ impl<F: Format> PageTable<F> {
         true
     }
 
-    /// Start and size of the leaf mapping `va`, if any.
-    fn leaf_at(&self, mem: &impl TableMemory, va: u64) -> Option<(u64, u64)> {
-        let mut table = self.root;
-        for level in (0..self.fmt.levels()).rev() {
-            match self.fmt.decode(mem.read(table, index(va, level)), level) {
+    /// Start and size of the leaf mapping `va`, if any, looking from the
+    /// entry `e` found at `level` on the way to it.
+    fn leaf_from(&self, mem: &impl TableMemory, mut e: u64, mut level: usize, va: u64) -> Option<(u64, u64)> {
+        loop {
+            match self.fmt.decode(e, level) {
                 Entry::Empty => return None,
                 Entry::Leaf { .. } => return Some((va & !(level_size(level) - 1), level_size(level))),
-                Entry::Table(next) => table = next,
+                Entry::Table(next) if level > 0 => {
+                    level -= 1;
+                    e = mem.read(next, index(va, level));
+                }
+                Entry::Table(_) => return None,
+            }
+        }
+    }
+
+    /// The start of a leaf that holds the first or the last byte of
+    /// `[start, end)` and reaches outside it (only those two can), if any.
+    /// The two addresses share their walk down to where their paths part,
+    /// so a range inside one leaf table costs one walk.
+    fn straddling_leaf(&self, mem: &impl TableMemory, start: u64, end: u64) -> Option<u64> {
+        let last = end - 1;
+        let mut table = self.root;
+        for level in (0..self.fmt.levels()).rev() {
+            let (i, j) = (index(start, level), index(last, level));
+            let e = mem.read(table, i);
+            if i != j {
+                // The paths part here: the first byte's leaf may start
+                // before `start`, the last byte's may end after `last`.
+                if let Some((s, _)) = self.leaf_from(mem, e, level, start).filter(|&(s, _)| s < start) {
+                    return Some(s);
+                }
+                return self
+                    .leaf_from(mem, mem.read(table, j), level, last)
+                    .filter(|&(s, size)| s + (size - 1) > last)
+                    .map(|(s, _)| s);
+            }
+            match self.fmt.decode(e, level) {
+                Entry::Empty => return None,
+                Entry::Leaf { .. } => {
+                    let (s, size) = (start & !(level_size(level) - 1), level_size(level));
+                    return (s < start || s + (size - 1) > last).then_some(s);
+                }
+                Entry::Table(next) if level > 0 => table = next,
+                Entry::Table(_) => return None,
             }
         }
         None
@@ -727,6 +850,7 @@ impl<F: Format> PageTable<F> {
             if let Entry::Table(next) = self.fmt.decode(mem.read(table, i), level) {
                 if self.prune_level(mem, next, level - 1, va, start, end, freed) {
                     freed.push(mem, next);
+                    self.last_leaf_table = None;
                     mem.write(table, i, 0);
                 }
             }
@@ -739,11 +863,23 @@ impl<F: Format> PageTable<F> {
     /// call ([`Error::SplitLeaf`]); holes are skipped.
     pub fn unmap(&mut self, mem: &mut impl TableMemory, iova: u64, len: u64) -> Result<(u64, Gather), Error> {
         let end = self.check(iova, len)?;
-        // Only the leaves holding the first and the last byte can straddle the range.
-        if let Some((start, _)) = self.leaf_at(mem, iova).filter(|&(start, _)| start < iova) {
-            return Err(Error::SplitLeaf(start));
+        if let Some((table, (first, last))) =
+            self.last_leaf_table.and_then(|c| c.holds(iova, end).map(|r| (c.table, r)))
+        {
+            // Inside the remembered leaf table: only 4 KiB leaves live there
+            // (its parent entry is the table), so nothing can straddle the
+            // range, and a range short of the whole span frees no table.
+            let mut done = 0;
+            for i in first..=last {
+                if let Entry::Leaf { .. } = self.fmt.decode(mem.read(table, i), 0) {
+                    mem.write(table, i, 0);
+                    done += 4096;
+                }
+            }
+            let g = if done > 0 { Gather { start: iova, end, freed: Vec::new() } } else { Gather::default() };
+            return Ok((done, g));
         }
-        if let Some((start, _)) = self.leaf_at(mem, end - 1).filter(|&(start, size)| start + (size - 1) > end - 1) {
+        if let Some(start) = self.straddling_leaf(mem, iova, end) {
             return Err(Error::SplitLeaf(start));
         }
         let mut g = Gather::default();
@@ -771,6 +907,10 @@ impl<F: Format> PageTable<F> {
     ) -> (u64, bool) {
         let size = level_size(level);
         let (mut done, mut cleared) = (0, false);
+        if level == 0 {
+            // A covering unmap that frees this table forgets it again.
+            self.last_leaf_table = Some(LeafTable { base, table });
+        }
         for (i, va) in slots(base, start, end, level) {
             match self.fmt.decode(mem.read(table, i), level) {
                 Entry::Empty => {}
@@ -793,6 +933,7 @@ impl<F: Format> PageTable<F> {
                     // A table the gather has no room for stays, empty.
                     let covered = start <= va && va + (size - 1) < end;
                     if covered && table_empty(mem, next, last) && freed.take(mem, next) {
+                        self.last_leaf_table = None;
                         mem.write(table, i, 0);
                         cleared = true;
                     }

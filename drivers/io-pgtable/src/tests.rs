@@ -130,7 +130,7 @@ fn run<F: Format + Clone>(f: F, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got, m.map(&f, iova, pa, len, p), "map {:#x}+{:#x}", iova, len);
                 if got.is_ok() {
                     // The engine carries a large leaf in smaller ones where
-                    // it falls on a table an unmap kept (see `map_one`): the
+                    // it falls on a table an unmap kept (see `map_level`): the
                     // model takes the engine's shapes for what was just mapped.
                     let inside = |va: u64| va.wrapping_sub(iova) < len;
                     let keys: Vec<u64> = m.leaves.range(iova..).map(|(&k, _)| k).take_while(|&k| inside(k)).collect();
@@ -161,7 +161,7 @@ fn run<F: Format + Clone>(f: F, ops: &[Op]) -> Result<(), TestCaseError> {
     // Every 4 KiB page the model maps, mapped to the same frame with the
     // rights asked for; the leaf shapes are the model's, except where a
     // large leaf fell on a table an earlier unmap kept (then smaller leaves
-    // carry it: see `map_one`).
+    // carry it: see `map_level`).
     let mut seen = BTreeMap::new();
     t.for_each_mapping(&mem, &mut |va, size, pa, perms| {
         for off in (0..size).step_by(0x1000) {
@@ -640,9 +640,10 @@ fn merged_gathers_release_every_frame_once() {
 }
 
 #[test]
-fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
-    // The arena's frames come from the heap fallibly, so failing the n-th heap
-    // allocation of a map is a table-memory exhaustion at that point.
+fn map_rolls_back_on_every_table_failure_and_unmap_never_allocates() {
+    // A map allocates nothing from the heap; failing its n-th table
+    // allocation (the arena's frames grow the heap only now and then, so
+    // the arena is told to fail) must leave everything as it was.
     fn mappings<F: Format>(t: &PageTable<F>, mem: &Arena) -> Vec<(u64, u64, u64)> {
         fallible::testing::unarmed(|| {
             let mut v = Vec::new();
@@ -658,9 +659,9 @@ fn map_rolls_back_on_every_heap_failure_and_unmap_never_allocates() {
         let mut n = 1;
         loop {
             let (before, live) = (mappings(&t, &mem), mem.live());
-            fallible::testing::arm(n);
+            mem.fail_at = Some(mem.allocations() + n - 1);
             let r = t.map(&mut mem, iova, pa, len, Perms::READ | Perms::WRITE);
-            fallible::testing::disarm();
+            mem.fail_at = None;
             match r {
                 Ok(g) => {
                     g.release(&mut mem);
@@ -742,4 +743,77 @@ fn a_failed_map_frees_only_the_tables_it_made() {
     // It is still the one in use: a map there allocates nothing.
     t.map(&mut mem, 0x3F_F000, 0x1000, 0x1000, Perms::READ).unwrap().release(&mut mem);
     assert_eq!(mem.live(), live);
+}
+
+/// The leaf table a map or unmap remembers (to skip the walk next time) is
+/// forgotten whenever it is unlinked: by a covering unmap, by a prune and by
+/// a failed map's undo. A stale one would make the next call write into a
+/// freed frame (the arena refuses that in test builds) or lose a mapping.
+#[test]
+fn the_remembered_leaf_table_never_outlives_its_table() {
+    let perms = Perms::READ | Perms::WRITE;
+    let mut mem = Arena::new();
+    let mut t = PageTable::new(ArmLpae::stage2(4), &mut mem).unwrap();
+    let base = 0x4000_0000u64;
+    let check = |t: &PageTable<ArmLpae>, mem: &Arena, iova: u64, pa: Option<u64>| {
+        assert_eq!(t.iova_to_phys(mem, iova), pa, "{iova:#x}");
+    };
+
+    // 1. A covering unmap frees the table; the next map must make a new one.
+    t.map(&mut mem, base, 0x10_0000, 0x1000, perms).unwrap().release(&mut mem);
+    let (n, g) = t.unmap(&mut mem, base, 0x20_0000).unwrap();
+    assert_eq!((n, g.freed_tables(&mem)), (0x1000, 1), "the leaf table (the range covers its span)");
+    g.release(&mut mem);
+    let live = mem.live();
+    t.map(&mut mem, base + 0x1000, 0x20_0000, 0x1000, perms).unwrap().release(&mut mem);
+    assert_eq!(mem.live(), live + 1, "the map made a new leaf table");
+    check(&t, &mem, base + 0x1000, Some(0x20_0000));
+    check(&t, &mem, base, None);
+
+    // 2. A page unmapped inside the table leaves it; a prune then frees it.
+    let (n, g) = t.unmap(&mut mem, base + 0x1000, 0x1000).unwrap();
+    assert_eq!((n, g.freed_tables(&mem)), (0x1000, 0));
+    g.release(&mut mem);
+    let freed = t.prune(&mut mem, base, base + 0x20_0000);
+    assert_eq!(freed.count(&mem), 3);
+    freed.release(&mut mem);
+    t.map(&mut mem, base + 0x2000, 0x30_0000, 0x1000, perms).unwrap().release(&mut mem);
+    check(&t, &mem, base + 0x2000, Some(0x30_0000));
+    let (n, g) = t.unmap(&mut mem, base + 0x2000, 0x1000).unwrap();
+    assert_eq!(n, 0x1000);
+    g.release(&mut mem);
+    t.prune(&mut mem, base, base + 0x20_0000).release(&mut mem);
+
+    // 3. A map that fails after making a leaf table frees it on the way out.
+    let live = mem.live();
+    // Tables for the first 2 MiB come, then the second leaf table fails.
+    mem.fail_at = Some(mem.allocations() + 3);
+    let r = t.map(&mut mem, base + 0x1F_F000, 0x40_0000, 0x2000, perms);
+    mem.fail_at = None;
+    assert_eq!(r.unwrap_err(), Error::NoMemory);
+    assert_eq!(mem.live(), live, "the undo freed the tables it made");
+    t.map(&mut mem, base + 0x1F_E000, 0x50_0000, 0x1000, perms).unwrap().release(&mut mem);
+    check(&t, &mem, base + 0x1F_E000, Some(0x50_0000));
+    check(&t, &mem, base + 0x1F_F000, None);
+
+    // 4. Calls that stay in the remembered table agree with the walk.
+    for k in 0..16u64 {
+        t.map(&mut mem, base + k * 0x1000, 0x60_0000 + k * 0x1000, 0x1000, perms).unwrap().release(&mut mem);
+    }
+    assert!(
+        matches!(t.map(&mut mem, base + 0x3000, 0, 0x1000, perms), Err(Error::AlreadyMapped(a)) if a == base + 0x3000)
+    );
+    let (n, g) = t.unmap(&mut mem, base + 0x4000, 0x3000).unwrap();
+    assert_eq!(n, 0x3000);
+    assert_eq!((g.start, g.end), (base + 0x4000, base + 0x7000));
+    g.release(&mut mem);
+    let (n, g) = t.unmap(&mut mem, base + 0x4000, 0x3000).unwrap();
+    assert!(n == 0 && g.is_empty(), "a hole unmaps nothing and owes no flush");
+    check(&t, &mem, base + 0x3000, Some(0x60_3000));
+    check(&t, &mem, base + 0x5000, None);
+    check(&t, &mem, base + 0x7000, Some(0x60_7000));
+    let (_, g) = t.unmap(&mut mem, 0, 1 << 48).unwrap();
+    g.release(&mut mem);
+    assert_eq!(mem.live(), 1);
+    t.destroy(&mut mem);
 }
