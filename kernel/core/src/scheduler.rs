@@ -28,8 +28,9 @@ pub struct Current {
     pub name: &'static str,
     /// Root of its page tables.
     pub root: u64,
-    /// Anonymous pages from `mem_map`: (virtual, physical).
-    pub anon: Vec<(u64, u64)>,
+    /// Anonymous pages from `mem_map`: virtual → physical, ordered, so a
+    /// range is found and taken out in one pass.
+    pub anon: fallible::TryMap<u64, u64>,
     /// Next address for kernel-chosen mappings.
     pub next_va: u64,
     /// The task's IOAS objects (../shared/DESIGN.md §2).
@@ -104,7 +105,7 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
         parent: 0,
         name: program.name,
         root: owned.root,
-        anon: Vec::new(),
+        anon: fallible::TryMap::new(),
         next_va: MMAP_BASE,
         iommufd: iommufd::Iommufd::with_quota(limits().iommufd),
         table_frames: 0,
@@ -364,12 +365,12 @@ fn release(cur: &mut Current) {
         || crate::dma::close(fd, root),
         |all_blocked| {
             if all_blocked {
-                for &(_, pa) in anon {
+                for &pa in anon.values() {
                     crate::dma::free_user_frame(pa);
                 }
             } else {
                 // A device of the task may still reach its memory: keep every frame.
-                crate::dma::quarantine(anon.iter().map(|&(_, pa)| pa));
+                crate::dma::quarantine(anon.values().copied());
             }
         },
     );

@@ -22,7 +22,7 @@ mod map;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use map::{TryMap, TrySet};
+pub use map::{Run, TryMap, TrySet};
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;

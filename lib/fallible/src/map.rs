@@ -229,6 +229,83 @@ impl<K: Ord, V> TryMap<K, V> {
     }
 }
 
+impl<K: Ord, V> TryMap<K, V> {
+    /// Takes the entries whose keys are in `range` out, in order, in one
+    /// pass (the entries on the shorter side move once, whatever the count
+    /// taken; never allocates). Entries the iterator is not driven to are
+    /// taken out all the same when it is dropped.
+    pub fn drain(&mut self, range: impl RangeBounds<K>) -> impl DoubleEndedIterator<Item = (K, V)> + '_ {
+        let (lo, hi) = self.span(range);
+        self.entries.drain(lo..hi)
+    }
+
+    /// Opens a run of inserts at the place `key` would go: entries pushed
+    /// into the [`Run`], in increasing key order and all between the keys
+    /// around that place, cost one move each (plus, when the run opens and
+    /// closes, one move of the entries on the shorter side of the place),
+    /// where inserting them one at a time would move that side each time.
+    /// Reserve room first ([`TryMap::try_reserve`]): a run never allocates.
+    pub fn run_at(&mut self, key: &K) -> Run<'_, K, V> {
+        let before = self.entries.partition_point(|(x, _)| x < key);
+        let after = self.entries.len() - before;
+        // [before, after] becomes [after, before]: the place is the back.
+        self.entries.rotate_left(before);
+        Run { map: self, before, pushed: 0, after }
+    }
+}
+
+/// Inserts at one place of a [`TryMap`] ([`TryMap::run_at`]). While it is
+/// open the map is out of order inside (it holds the map borrowed, so
+/// nothing can look); dropping it puts the order back.
+pub struct Run<'a, K: Ord, V> {
+    map: &'a mut TryMap<K, V>,
+    /// Entries before the place.
+    before: usize,
+    /// Entries this run added.
+    pushed: usize,
+    /// Entries after the place (now at the front).
+    after: usize,
+}
+
+impl<K: Ord, V> Run<'_, K, V> {
+    /// Adds `key` after the entries pushed so far; refused (handed back)
+    /// when there is no room reserved for it or it is out of place: not
+    /// above the key before it, or not below the first key after the place.
+    pub fn push(&mut self, key: K, value: V) -> Result<(), (K, V)> {
+        let e = &self.map.entries;
+        let above_previous = self.before + self.pushed == 0 || e.back().is_some_and(|(k, _)| *k < key);
+        let below_next = self.after == 0 || e.front().is_some_and(|(k, _)| key < *k);
+        if e.len() == e.capacity() || !above_previous || !below_next {
+            return Err((key, value));
+        }
+        self.map.entries.push_back((key, value));
+        self.pushed += 1;
+        Ok(())
+    }
+
+    /// Takes the last entry this run pushed out again (never one that was
+    /// there before).
+    pub fn pop(&mut self) -> Option<(K, V)> {
+        if self.pushed == 0 {
+            return None;
+        }
+        self.pushed -= 1;
+        self.map.entries.pop_back()
+    }
+
+    /// Entries this run added and did not take out.
+    pub fn pushed(&self) -> usize {
+        self.pushed
+    }
+}
+
+impl<K: Ord, V> Drop for Run<'_, K, V> {
+    fn drop(&mut self) {
+        // [after, before, pushed] back to [before, pushed, after].
+        self.map.entries.rotate_left(self.after);
+    }
+}
+
 impl<'a, K: Ord, V> IntoIterator for &'a TryMap<K, V> {
     type Item = (&'a K, &'a V);
     type IntoIter = Iter<'a, K, V>;
@@ -392,6 +469,61 @@ mod tests {
             m.retain(|k, _| k % 7 == 0);
             m.shrink();
             prop_assert_eq!(m.entries.capacity(), TryMap::<u16, u64>::room(m.len()));
+        }
+    }
+
+    proptest! {
+        /// A run inserts what a loop of inserts would, refuses what is out
+        /// of place or has no room, and a drain takes out exactly a range.
+        #[test]
+        fn runs_and_drains_behave_as_btreemap(
+            keys in proptest::collection::btree_set(any::<u16>(), 0..120),
+            at in any::<u16>(),
+            run in proptest::collection::vec(any::<u16>(), 0..40),
+            pops in 0usize..5,
+            room in 0usize..50,
+            lo in any::<u16>(),
+            hi in any::<u16>(),
+        ) {
+            let mut m = TryMap::new();
+            let mut model = BTreeMap::new();
+            for &k in &keys {
+                m.try_insert(k, u32::from(k)).unwrap();
+                model.insert(k, u32::from(k));
+            }
+            m.try_reserve(room).unwrap();
+            let spare = m.entries.capacity() - m.len();
+            let prev = model.range(..at).next_back().map(|(&k, _)| k);
+            let next = model.range(at..).next().map(|(&k, _)| k);
+            let mut last = prev;
+            let mut added = alloc::vec::Vec::new();
+            {
+                let mut r = m.run_at(&at);
+                for &k in &run {
+                    let fits = last.is_none_or(|l| l < k) && next.is_none_or(|n| k < n) && added.len() < spare;
+                    let got = r.push(k, 7);
+                    prop_assert_eq!(got.is_ok(), fits, "push {}", k);
+                    if fits {
+                        added.push(k);
+                        last = Some(k);
+                    }
+                }
+                for _ in 0..pops {
+                    let want = added.pop();
+                    prop_assert_eq!(r.pop().map(|(k, _)| k), want);
+                }
+                prop_assert_eq!(r.pushed(), added.len());
+            }
+            for &k in &added {
+                model.insert(k, 7);
+            }
+            prop_assert!(m.iter().map(|(k, v)| (*k, *v)).eq(model.iter().map(|(k, v)| (*k, *v))));
+            let (lo, hi) = (lo.min(hi), lo.max(hi));
+            let taken: alloc::vec::Vec<(u16, u32)> = m.drain(lo..hi).collect();
+            let want: alloc::vec::Vec<(u16, u32)> = model.range(lo..hi).map(|(k, v)| (*k, *v)).collect();
+            prop_assert_eq!(taken, want);
+            model.retain(|k, _| !(lo..hi).contains(k));
+            prop_assert!(m.iter().map(|(k, v)| (*k, *v)).eq(model.iter().map(|(k, v)| (*k, *v))));
         }
     }
 

@@ -47,6 +47,10 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
         let perms = UserPerms { write: prot & abi::PROT_WRITE != 0, exec: false, device: false };
         // Room for every page's record first (the quota above bounds it).
         cur.anon.try_reserve((len / FRAME_SIZE) as usize).map_err(|_| Errno::ENOMEM)?;
+        // The records go in as one run at their place (no page of the range
+        // is mapped, so none is recorded): one move each, however many the
+        // task has elsewhere.
+        let mut records = cur.anon.run_at(&va);
         // Physically contiguous, 2 MiB-aligned frames for each whole 2 MiB
         // of the range that is 2 MiB aligned (one frame at a time otherwise).
         let mut run: Option<(u64, u64)> = None;
@@ -59,33 +63,35 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
                 _ => mm::alloc_frame(),
             };
             let mapped = frame.ok_or(Errno::ENOMEM).and_then(|pa| match p.user_map(cur.root, pg, pa, perms) {
-                Ok(()) => Ok(pa),
+                Ok(()) => records.push(pg, pa).map_err(|_| {
+                    // Reserved and in order: not reached, but never a page
+                    // mapped without its record.
+                    let _ = p.user_unmap(cur.root, pg);
+                    let _ = mm::free_frame(pa);
+                    Errno::ENOMEM
+                }),
                 Err(_) => {
                     let _ = mm::free_frame(pa);
                     Err(Errno::ENOMEM)
                 }
             });
-            match mapped {
-                Ok(pa) => cur.anon.push((pg, pa)),
-                Err(e) => {
-                    // Roll back what this call mapped, and the frames of the
-                    // current run that no page took yet.
-                    for undo in (va..pg).step_by(FRAME_SIZE as usize) {
-                        if let Some(i) = cur.anon.iter().position(|&(v, _)| v == undo) {
-                            let (_, pa) = cur.anon.swap_remove(i);
-                            let _ = p.user_unmap(cur.root, undo);
-                            let _ = mm::free_frame(pa);
-                        }
-                    }
-                    if let Some((start, pa)) = run.filter(|&(start, _)| pg >= start && pg < start + RUN) {
-                        for off in (pg - start + FRAME_SIZE..RUN).step_by(FRAME_SIZE as usize) {
-                            let _ = mm::free_frame(pa + off);
-                        }
-                    }
-                    // And the page tables this call added.
-                    p.user_prune(cur.root, va, end);
-                    return Err(e);
+            if let Err(e) = mapped {
+                // Roll back what this call mapped, and the frames of the
+                // current run that no page took yet.
+                while let Some((undo, pa)) = records.pop() {
+                    let _ = p.user_unmap(cur.root, undo);
+                    let _ = mm::free_frame(pa);
                 }
+                if let Some((start, pa)) = run.filter(|&(start, _)| pg >= start && pg < start + RUN) {
+                    for off in (pg - start + FRAME_SIZE..RUN).step_by(FRAME_SIZE as usize) {
+                        let _ = mm::free_frame(pa + off);
+                    }
+                }
+                // And the page tables this call added, and the room.
+                p.user_prune(cur.root, va, end);
+                drop(records);
+                cur.anon.shrink();
+                return Err(e);
             }
         }
         if addr == 0 {
@@ -104,24 +110,20 @@ pub fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
     let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
     with_current(|cur| {
         // Every page must be an anonymous page of this task: nothing is
-        // unmapped otherwise. More pages than the task has cannot all be
-        // its own (and are never collected: a huge length costs nothing).
-        if len / FRAME_SIZE > cur.anon.len() as u64 {
+        // unmapped otherwise. The records are ordered and one per page, so
+        // as many in the range as it has pages means every one (two binary
+        // searches, whatever the length or the task's page count).
+        if cur.anon.range(addr..end).len() as u64 != len / FRAME_SIZE {
             return Err(Errno::EINVAL);
         }
-        let pages = (addr..end).step_by(FRAME_SIZE as usize);
-        if !pages.clone().all(|pg| cur.anon.iter().any(|&(v, _)| v == pg)) {
-            return Err(Errno::EINVAL);
+        let p = crate::platform();
+        for (pg, pa) in cur.anon.drain(addr..end) {
+            let _ = p.user_unmap(cur.root, pg);
+            // A page still DMA-mapped stays allocated until its last unmap.
+            crate::dma::free_user_frame(pa);
         }
-        for pg in pages {
-            if let Some(i) = cur.anon.iter().position(|&(v, _)| v == pg) {
-                let (_, pa) = cur.anon.swap_remove(i);
-                let _ = crate::platform().user_unmap(cur.root, pg);
-                // A page still DMA-mapped stays allocated until its last unmap.
-                crate::dma::free_user_frame(pa);
-            }
-        }
-        crate::platform().user_prune(cur.root, addr, end);
+        cur.anon.shrink();
+        p.user_prune(cur.root, addr, end);
         Ok(0)
     })
 }

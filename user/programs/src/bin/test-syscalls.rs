@@ -98,6 +98,60 @@ fn mem_map_and_unmap() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Reads the marker word of page `i` of the mapping at `va`.
+fn marker(va: u64, i: u64) -> u64 {
+    // SAFETY: the callers only read pages of their own live mappings.
+    unsafe { ((va + i * 4096) as *const u64).read_volatile() }
+}
+
+/// The kernel keeps one ordered record per anonymous page: a hole unmapped
+/// in the middle of a mapping and mapped again (its records go in between
+/// the others), an unmap that meets the hole (refused, nothing changed), a
+/// whole mapping unmapped in one call, and a large one mapped and unmapped
+/// at once (one pass over the records, not one search per page).
+fn mem_unmap_holes_and_refills() -> Result<(), &'static str> {
+    let rw = abi::PROT_READ | abi::PROT_WRITE;
+    let a = sys::mem_map(0, 64 * 4096, rw).map_err(|_| "mem_map a failed")?;
+    let b = sys::mem_map(0, 8 * 4096, rw).map_err(|_| "mem_map b failed")?;
+    for i in 0..64 {
+        // SAFETY: page i of the 64 just mapped writable at `a`.
+        unsafe { ((a + i * 4096) as *mut u64).write_volatile(0x5A00 + i) };
+    }
+    // SAFETY: page 0 of the 8 just mapped writable at `b`.
+    unsafe { (b as *mut u64).write_volatile(0xB0B) };
+    sys::mem_unmap(a + 16 * 4096, 16 * 4096).map_err(|_| "unmapping the middle failed")?;
+    if sys::mem_unmap(a + 8 * 4096, 16 * 4096) != Err(Errno::EINVAL) {
+        return Err("an unmap over a hole was not EINVAL");
+    }
+    if marker(a, 8) != 0x5A08 || marker(a, 15) != 0x5A0F || marker(a, 32) != 0x5A20 {
+        return Err("a refused unmap changed pages");
+    }
+    if sys::log_raw(a + 16 * 4096, 8) != Err(Errno::EFAULT) {
+        return Err("the hole is still mapped");
+    }
+    if sys::mem_map(a + 16 * 4096, 16 * 4096, rw) != Ok(a + 16 * 4096) {
+        return Err("mapping the hole again failed");
+    }
+    if marker(a, 16) != 0 || marker(a, 31) != 0 || marker(a, 15) != 0x5A0F || marker(a, 32) != 0x5A20 {
+        return Err("the refilled hole is not zeroed, or its neighbours changed");
+    }
+    sys::mem_unmap(a, 64 * 4096).map_err(|_| "unmapping the whole refilled mapping failed")?;
+    if marker(b, 0) != 0xB0B {
+        return Err("the other mapping changed");
+    }
+    sys::mem_unmap(b, 8 * 4096).map_err(|_| "unmapping b failed")?;
+    let pages = 8192;
+    let big = sys::mem_map(0, pages * 4096, rw).map_err(|_| "mem_map of 32 MiB failed")?;
+    if sys::mem_unmap(big + 4096, pages * 4096) != Err(Errno::EINVAL) {
+        return Err("an unmap one page past the mapping was not EINVAL");
+    }
+    sys::mem_unmap(big, pages * 4096).map_err(|_| "mem_unmap of 32 MiB failed")?;
+    if sys::log_raw(big, 8) != Err(Errno::EFAULT) || sys::log_raw(big + (pages - 1) * 4096, 8) != Err(Errno::EFAULT) {
+        return Err("the 32 MiB mapping is still there");
+    }
+    Ok(())
+}
+
 fn mem_map_bad_arguments() -> Result<(), &'static str> {
     let bad = [
         sys::mem_map(0, 0, abi::PROT_READ),
@@ -160,6 +214,7 @@ const TESTS: &[(&str, Check)] = &[
     ("user_counter_matches_the_kernel_clock", user_counter_matches_the_kernel_clock),
     ("yield_returns", yield_returns),
     ("mem_map_and_unmap", mem_map_and_unmap),
+    ("mem_unmap_holes_and_refills", mem_unmap_holes_and_refills),
     ("mem_map_bad_arguments", mem_map_bad_arguments),
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
     ("heap_allocations", heap_allocations),
