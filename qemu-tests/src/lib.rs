@@ -7,6 +7,9 @@
 //!   decides a verdict.
 //! - [`symbolize`] appends `<function+0xoff>` to kernel addresses using the ELF, and
 //!   `function at file:line` for each source frame (inlined ones too) of a backtrace.
+//! - [`gdbstub`] is a minimal client of QEMU's gdbstub (stop, read a register,
+//!   continue) and [`profile`] turns sampled program counters into tables
+//!   (`cargo xtask profile`).
 //! - [`report`] prints every failure with its serial tail and the closing
 //!   `N passed, N failed, N skipped` counts.
 //!
@@ -16,7 +19,9 @@
 //! a signal, a crash or a missing plan fails the case; missing tests count as
 //! failed tests.
 
+pub mod gdbstub;
 pub mod ktap;
+pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod symbolize;

@@ -5,7 +5,8 @@
 //! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
-//! cargo xtask bench [NAME]
+//! cargo xtask bench [NAME] [--vs-linux [--boots N]]
+//! cargo xtask profile [--arch A] [--iommu I] [--init NAME[,NAME…]] [--samples N] [--interval-ms MS] [--from TEXT] [--until TEXT] [--top N] [--cmdline WORD…] [-- <extra QEMU args>]
 //! cargo xtask fuzz  [TARGET|all] [--time S] [--list] [--input FILE]
 //! cargo xtask fuzz  syscalls [--calls N] [--seed S] [--arch A] [--iommu I]
 //! cargo xtask setup
@@ -20,6 +21,7 @@ mod harness;
 mod image;
 mod layers;
 mod machine;
+mod profile;
 mod programs;
 mod setup;
 mod target;
@@ -131,6 +133,43 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         boots: usize,
     },
+    /// Sample where the kernel (and its first user program) spends its time:
+    /// QEMU runs with a gdbstub, the xtask stops the guest every interval,
+    /// reads the first CPU's program counter and resumes it; the samples are
+    /// symbolized (inlined functions too) and printed by function, symbol and
+    /// source line. Release build, direct boot.
+    Profile {
+        /// Architecture to boot.
+        #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+        arch: Arch,
+        /// IOMMU to put in the machine (default: vtd on x86_64, smmuv3 on aarch64).
+        #[arg(long, value_enum)]
+        iommu: Option<Iommu>,
+        /// User programs to run (`init=`); the first is symbolized for user-mode samples.
+        #[arg(long, value_name = "NAME[,NAME…]", default_value = "demo")]
+        init: String,
+        /// Extra kernel command-line words (e.g. `quota.mem_pages=327680`).
+        #[arg(long, value_name = "WORD", num_args = 1..)]
+        cmdline: Vec<String>,
+        /// Most samples to take.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Host milliseconds between samples.
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        /// Start sampling when a console line contains TEXT (default: at once).
+        #[arg(long, value_name = "TEXT")]
+        from: Option<String>,
+        /// Stop sampling when a console line contains TEXT (default: at exit or N samples).
+        #[arg(long, value_name = "TEXT")]
+        until: Option<String>,
+        /// Rows per table.
+        #[arg(long, default_value_t = 25)]
+        top: usize,
+        /// Extra QEMU arguments (after `--`).
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
     /// Coverage-guided fuzzing (libFuzzer) of a parser or the page-table engine; `--list` names the
     /// targets. `syscalls` instead boots one machine and runs the syscall fuzzer (`test-fuzz`).
     Fuzz {
@@ -185,6 +224,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench { name, .. } => setup::run().and_then(|()| bench::run(name.as_deref())),
+        Command::Profile { arch, iommu, init, cmdline, samples, interval_ms, from, until, top, qemu_args } => {
+            let options = profile::Options { arch, iommu, init, cmdline, samples, interval_ms, from, until, top };
+            setup::run().and_then(|()| profile::run(options, &qemu_args))
+        }
         Command::Fuzz { target, list: false, calls, seed, arch, iommu, .. }
             if target.as_deref() == Some("syscalls") =>
         {
