@@ -12,8 +12,7 @@ use crate::mm;
 use crate::pins::{PinTable, Unpinned};
 use crate::user_layout::{USER_MIN, USER_STACK_TOP};
 use abi::Errno;
-use alloc::vec::Vec;
-use iommufd::Iommufd;
+use iommufd::{Iommufd, Runs};
 
 /// Pin counts, orphan and quarantine marks, one word per frame of RAM
 /// (`crate::pins`); set up at boot by [`init_pins`].
@@ -69,14 +68,14 @@ pub fn pinned_frames() -> usize {
 }
 
 /// Pins every frame of `pages`, or none (the error, all undone).
-fn pin_all(pages: &[u64]) -> Result<(), Errno> {
+fn pin_all(pages: &Runs) -> Result<(), Errno> {
     with_pins(|p| {
         let p = p.ok_or(Errno::ENOMEM)?;
-        for (i, &pa) in pages.iter().enumerate() {
+        for (i, pa) in pages.frames().enumerate() {
             if let Err(e) = p.pin(pa) {
                 log::error!("iommu: cannot pin {pa:#x}: {e:?}");
                 // Undo: these frames were pinned here, and their task still owns them.
-                for &done in &pages[..i] {
+                for done in pages.frames().take(i) {
                     let _ = p.unpin(done);
                 }
                 return Err(Errno::EFAULT);
@@ -94,19 +93,20 @@ pub struct TaskMemory {
 }
 
 impl iommufd::Memory for TaskMemory {
-    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<u64>, Errno> {
+    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Runs, Errno> {
         let end = va.checked_add(len).filter(|&e| e <= USER_STACK_TOP).ok_or(Errno::EFAULT)?;
         if va < USER_MIN {
             return Err(Errno::EFAULT);
         }
-        // A fail-nth injection point (the growth of the page vector is one
-        // too, as a heap allocation).
+        // A fail-nth injection point (a new run of frames is one too, as a
+        // heap allocation).
         if crate::fail_nth::hit() {
             return Err(Errno::ENOMEM);
         }
-        // Grown as pages are found, never sized from `len`: a huge length
+        // Runs of contiguous frames, grown as pages are found: physically
+        // contiguous memory is one entry however long, and a huge length
         // fails at its first unmapped page, not in the allocator.
-        let mut pages: Vec<u64> = Vec::new();
+        let mut pages = Runs::new();
         let mut error = Errno::EFAULT;
         // One walk of the task's tables, leaf table by leaf table.
         let stopped = crate::platform().user_walk(self.root, va, end, &mut |_, pa, perms| {
@@ -115,11 +115,10 @@ impl iommufd::Memory for TaskMemory {
             if perms.device || (write && !perms.write) {
                 return false;
             }
-            if pages.len() == pages.capacity() && pages.try_reserve(pages.len().max(16)).is_err() {
-                error = Errno::ENOMEM;
+            if let Err(e) = pages.push(pa) {
+                error = e;
                 return false;
             }
-            pages.push(pa);
             true
         });
         if stopped < end {
@@ -129,17 +128,17 @@ impl iommufd::Memory for TaskMemory {
         Ok(pages)
     }
 
-    fn repin(&mut self, pages: &[u64]) {
+    fn repin(&mut self, pages: &Runs) {
         // The pages are pinned already (by the area copied from), so no
         // frame is out of range; a count cannot saturate under the quotas.
         if let Err(e) = pin_all(pages) {
-            log::error!("iommu: repin of {} page(s) refused: {e:?}", pages.len());
+            log::error!("iommu: repin of {} page(s) refused: {e:?}", pages.pages());
         }
     }
 
-    fn quarantine(&mut self, pages: &[u64]) {
+    fn quarantine(&mut self, pages: &Runs) {
         // The pins stay: neither unpin nor a task's exit frees these frames.
-        quarantine(pages.iter().copied());
+        quarantine(pages.frames());
     }
 
     fn read_u64(&self, pa: u64) -> Option<u64> {
@@ -151,10 +150,10 @@ impl iommufd::Memory for TaskMemory {
         Some(unsafe { (mm::phys_to_virt(pa) as *const u64).read_volatile() })
     }
 
-    fn unpin(&mut self, pages: &[u64]) {
+    fn unpin(&mut self, pages: &Runs) {
         with_pins(|p| {
             let Some(p) = p else { return };
-            for &pa in pages {
+            for pa in pages.frames() {
                 if p.unpin(pa) == Unpinned::FreeOrphan {
                     let _ = mm::free_frame(pa);
                 }

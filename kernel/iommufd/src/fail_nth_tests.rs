@@ -207,8 +207,8 @@ impl World {
         for o in self.fd.objects.values() {
             if let Object::Ioas(i) = o {
                 for a in i.areas.values() {
-                    pinned += a.pages.len() as u64;
-                    for &p in &a.pages {
+                    pinned += a.pages.pages();
+                    for p in a.pages.frames() {
                         *owed.entry(p).or_default() += 1;
                     }
                 }

@@ -775,18 +775,18 @@ struct Watch {
 }
 
 impl Memory for Watch {
-    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<u64>, Errno> {
+    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Runs, Errno> {
         self.inner.pin(va, len, write)
     }
-    fn repin(&mut self, pages: &[u64]) {
+    fn repin(&mut self, pages: &Runs) {
         self.inner.repin(pages)
     }
-    fn unpin(&mut self, pages: &[u64]) {
+    fn unpin(&mut self, pages: &Runs) {
         self.unpins += 1;
         let mut unit = self.unit.lock().unwrap();
         for &(dev, iova) in &self.probes {
             if let Some(pa) = unit.dma(dev, iova, false) {
-                if pages.contains(&(pa & !(PAGE - 1))) {
+                if pages.frames().any(|f| f == pa & !(PAGE - 1)) {
                     self.reached.push(pa);
                 }
             }
@@ -796,7 +796,7 @@ impl Memory for Watch {
     fn read_u64(&self, pa: u64) -> Option<u64> {
         self.inner.read_u64(pa)
     }
-    fn quarantine(&mut self, pages: &[u64]) {
+    fn quarantine(&mut self, pages: &Runs) {
         self.inner.quarantine(pages)
     }
 }

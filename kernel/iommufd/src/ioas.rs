@@ -9,7 +9,7 @@
 
 use crate::error::{errno, nomem};
 use crate::object::{Hints, HwptKind, Ioas, Iommufd, Object, Units};
-use crate::pages::{map_pages, merge, Area, InsertFailed, Memory, PAGE};
+use crate::pages::{map_pages, merge, Area, InsertFailed, Memory, Runs, PAGE};
 use crate::ranges::{self, Range};
 use abi::Errno;
 use alloc::boxed::Box;
@@ -281,14 +281,14 @@ impl Iommufd {
         units: Units<'_>,
         ioas: u32,
         at: u64,
-        pages: Vec<u64>,
+        pages: Runs,
         perms: Perms,
     ) -> Result<u64, InsertFailed> {
-        let len = pages.len() as u64 * PAGE;
+        let len = pages.pages() * PAGE;
         // The area's slot first (its pages join it once mapped), so nothing
         // can fail after the units were told.
         let huge = match self.ioas_mut(ioas) {
-            Ok(i) => match i.areas.try_insert(at, Area { len, pages: Vec::new(), perms }) {
+            Ok(i) => match i.areas.try_insert(at, Area { len, pages: Runs::new(), perms }) {
                 Ok(_) => i.hints.huge_pages,
                 Err(_) => return Err(InsertFailed { errno: Errno::ENOMEM, pages, clean: true }),
             },
@@ -443,7 +443,7 @@ impl Iommufd {
             return Err(Errno::EINVAL);
         }
         let s = self.ioas(src)?;
-        let mut pages: Vec<u64> = Vec::new();
+        let mut pages = Runs::new();
         let mut at = src_iova;
         // Last bytes, never ends: the source may end at 2^64.
         let last = src_iova.checked_add(len - 1).ok_or(Errno::EINVAL)?;
@@ -457,17 +457,18 @@ impl Iommufd {
                 return Err(Errno::EPERM);
             }
             let upto = area_last.min(last);
-            let first = ((at - start) / PAGE) as usize;
-            let count = ((upto - at) / PAGE + 1) as usize;
-            pages.try_reserve(count).map_err(|_| Errno::ENOMEM)?;
-            pages.extend_from_slice(&area.pages[first..first + count]);
+            let first = (at - start) / PAGE;
+            let count = (upto - at) / PAGE + 1;
+            for (_, run) in area.pages.window(first, count) {
+                pages.push_run(run)?;
+            }
             if upto == last {
                 break;
             }
             at = upto + 1;
         }
         let place = self.place(units, dst, len, dst_iova)?;
-        self.check_pins(pages.len() as u64)?;
+        self.check_pins(pages.pages())?;
         mem.repin(&pages);
         self.insert_area(units, dst, place, pages, perms).map_err(|f| f.give_back(mem))
     }

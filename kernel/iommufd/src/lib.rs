@@ -102,7 +102,7 @@ pub use fault::MAX_FAULT_QUEUE;
 pub use hwpt::{hwpt_flags, HwptAlloc, HwptData, Stage1Invalidation};
 pub use ioas::{option, CopyArgs, IovaChoice, Leaves, MapArgs};
 pub use object::{FaultRecord, Hints, Iommufd, Kind, Quota, Units};
-pub use pages::{Memory, PAGE};
+pub use pages::{Memory, Run, Runs, PAGE};
 pub use shadow::{ShadowLimits, ShadowStats};
 
 use abi::Errno;

@@ -11,19 +11,134 @@ use iommu::{DomainId, Gather, Iommu, Perms};
 /// Pages are 4 KiB everywhere in this model.
 pub const PAGE: u64 = 4096;
 
+/// A run of physically contiguous 4 KiB pages: `pages` frames from `pa`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Run {
+    /// Physical address of the first frame.
+    pub pa: u64,
+    /// Frames in the run.
+    pub pages: u64,
+}
+
+/// One run of [`Runs`], with the index of its first page in the whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Extent {
+    index: u64,
+    run: Run,
+}
+
+/// The frames behind a range of user memory, in order, as runs of
+/// physically contiguous pages (one entry per run, not per page). The first
+/// run is held inline, so a range of one run (every 4 KiB map) allocates
+/// nothing; more runs grow a vector fallibly (`ENOMEM`).
+#[derive(Debug, Clone, Default)]
+pub struct Runs {
+    first: Run,
+    rest: Vec<Extent>,
+    pages: u64,
+}
+
+impl Runs {
+    /// No pages.
+    pub const fn new() -> Self {
+        Runs { first: Run { pa: 0, pages: 0 }, rest: Vec::new(), pages: 0 }
+    }
+
+    /// Pages in all.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Whether there are no pages.
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// Runs held (at most one per page; one for contiguous memory).
+    pub fn run_count(&self) -> usize {
+        usize::from(self.pages != 0) + self.rest.len()
+    }
+
+    /// Appends the page at `pa` (joining the last run when it continues it).
+    pub fn push(&mut self, pa: u64) -> Result<(), Errno> {
+        self.push_run(Run { pa, pages: 1 })
+    }
+
+    /// Appends `run` (joined to the last run when it continues it; a run of
+    /// no pages is ignored). `ENOMEM`: no room for a new run; nothing changed.
+    pub fn push_run(&mut self, run: Run) -> Result<(), Errno> {
+        if run.pages == 0 {
+            return Ok(());
+        }
+        let total = self.pages.checked_add(run.pages).ok_or(Errno::EINVAL)?;
+        let last = match self.rest.last_mut() {
+            Some(e) => &mut e.run,
+            None => &mut self.first,
+        };
+        if self.pages == 0 {
+            *last = run;
+        } else if last.pa.checked_add(last.pages * PAGE) == Some(run.pa) {
+            last.pages += run.pages;
+        } else {
+            self.rest.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+            self.rest.push(Extent { index: self.pages, run });
+        }
+        self.pages = total;
+        Ok(())
+    }
+
+    /// The runs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Run> + '_ {
+        let first = (self.pages != 0).then_some(self.first);
+        first.into_iter().chain(self.rest.iter().map(|e| e.run))
+    }
+
+    /// Every frame's physical address, in order.
+    pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.iter().flat_map(|r| (0..r.pages).map(move |i| r.pa + i * PAGE))
+    }
+
+    /// The frame of page `index` (a binary search over the runs).
+    pub fn page(&self, index: u64) -> Option<u64> {
+        if index >= self.pages {
+            return None;
+        }
+        let at = self.rest.partition_point(|e| e.index <= index);
+        let (start, run) = match at.checked_sub(1) {
+            Some(i) => (self.rest[i].index, self.rest[i].run),
+            None => (0, self.first),
+        };
+        Some(run.pa + (index - start) * PAGE)
+    }
+
+    /// The runs of pages `[first, first + count)`, clipped to that window,
+    /// each with the index of its first page relative to `first`.
+    pub fn window(&self, first: u64, count: u64) -> impl Iterator<Item = (u64, Run)> + '_ {
+        let end = first.saturating_add(count).min(self.pages);
+        // The run holding `first`, then the ones after it.
+        let skip = self.rest.partition_point(|e| e.index <= first);
+        let head = (skip == 0 && self.pages != 0).then_some(Extent { index: 0, run: self.first });
+        let from = skip.saturating_sub(1);
+        head.into_iter().chain(self.rest[from.min(self.rest.len())..].iter().copied()).filter_map(move |e| {
+            let (lo, hi) = (e.index.max(first), (e.index + e.run.pages).min(end));
+            (lo < hi).then(|| (lo - first, Run { pa: e.run.pa + (lo - e.index) * PAGE, pages: hi - lo }))
+        })
+    }
+}
+
 /// The task's memory, as DMA mappings see it.
 pub trait Memory {
     /// Pins the pages of `[va, va + len)` (page aligned, mapped, writable when
-    /// `write`) and returns their physical addresses, one per page.
-    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Vec<u64>, Errno>;
+    /// `write`) and returns their frames, as runs of contiguous pages.
+    fn pin(&mut self, va: u64, len: u64, write: bool) -> Result<Runs, Errno>;
     /// Adds one more pin to each page (the same pages mapped again).
-    fn repin(&mut self, pages: &[u64]);
+    fn repin(&mut self, pages: &Runs);
     /// Drops one pin of each page.
-    fn unpin(&mut self, pages: &[u64]);
+    fn unpin(&mut self, pages: &Runs);
     /// Gives up on `pages` instead of unpinning them: the unit may still
     /// reach them (a flush or a detach failed), so they must never be handed
     /// out again. They stay pinned forever, counted and logged.
-    fn quarantine(&mut self, pages: &[u64]);
+    fn quarantine(&mut self, pages: &Runs);
     /// Reads the 8-byte-aligned `u64` at physical address `pa` of a page this
     /// table pinned (a user's stage-1 table entry); `None`: cannot be read (the
     /// entry is then treated as not present). The default reads nothing.
@@ -37,7 +152,7 @@ pub trait Memory {
 #[derive(Debug, Clone)]
 pub(crate) struct Area {
     pub(crate) len: u64,
-    pub(crate) pages: Vec<u64>,
+    pub(crate) pages: Runs,
     pub(crate) perms: Perms,
 }
 
@@ -45,7 +160,7 @@ pub(crate) struct Area {
 /// (`clean`: every unit confirmed it forgot what was mapped) or to quarantine.
 pub(crate) struct InsertFailed {
     pub(crate) errno: Errno,
-    pub(crate) pages: Vec<u64>,
+    pub(crate) pages: Runs,
     pub(crate) clean: bool,
 }
 
@@ -61,29 +176,27 @@ impl InsertFailed {
     }
 }
 
-/// Maps `pages` (one PA per 4 KiB page) at `at`, in runs of physically
-/// contiguous pages so the engine can use large leaves (4 KiB calls only when
-/// `huge` is off); on failure undoes what it mapped and says whether that
-/// undo (unmap + flush) succeeded.
+/// Maps `pages` at `at`, a call per physically contiguous run so the engine
+/// can use large leaves (4 KiB calls only when `huge` is off); on failure
+/// undoes what it mapped and says whether that undo (unmap + flush) succeeded.
 pub(crate) fn map_pages(
     u: &mut dyn Iommu,
     domain: DomainId,
     at: u64,
-    pages: &[u64],
+    pages: &Runs,
     perms: Perms,
     huge: bool,
 ) -> Result<(), (iommu::Error, bool)> {
-    let mut i = 0;
-    while i < pages.len() {
-        let mut n = 1;
-        while huge && i + n < pages.len() && pages[i + n] == pages[i] + n as u64 * PAGE {
-            n += 1;
+    for (index, run) in pages.window(0, pages.pages()) {
+        // One call per run; per page when large leaves are not wanted.
+        let (calls, step) = if huge { (1, run.pages) } else { (run.pages, 1) };
+        for c in 0..calls {
+            let done = index + c * step;
+            if let Err(e) = u.map(domain, at + done * PAGE, run.pa + c * step * PAGE, step * PAGE, perms) {
+                let clean = done == 0 || iommu::unmap_and_flush(u, domain, at, done * PAGE).is_ok();
+                return Err((e, clean));
+            }
         }
-        if let Err(e) = u.map(domain, at + i as u64 * PAGE, pages[i], n as u64 * PAGE, perms) {
-            let clean = i == 0 || iommu::unmap_and_flush(u, domain, at, i as u64 * PAGE).is_ok();
-            return Err((e, clean));
-        }
-        i += n;
     }
     Ok(())
 }
@@ -94,5 +207,89 @@ pub(crate) fn merge(unit: &mut dyn Iommu, domain: DomainId, into: &mut Gather, g
     match into.try_merge(g) {
         Ok(()) => Ok(()),
         Err(g) => unit.flush(domain, g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn runs_of(frames: &[u64]) -> Runs {
+        let mut r = Runs::new();
+        for &f in frames {
+            r.push(f).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn contiguous_frames_are_one_run_held_inline() {
+        let r = runs_of(&[0x1000, 0x2000, 0x3000]);
+        assert_eq!(r.run_count(), 1);
+        assert!(r.rest.capacity() == 0, "one run allocates nothing");
+        assert_eq!(r.iter().collect::<Vec<_>>(), [Run { pa: 0x1000, pages: 3 }]);
+        assert_eq!(r.page(2), Some(0x3000));
+        assert_eq!(r.page(3), None);
+        assert!(Runs::new().is_empty() && Runs::new().iter().next().is_none());
+    }
+
+    #[test]
+    fn a_gap_or_a_step_back_starts_a_new_run() {
+        let r = runs_of(&[0x5000, 0x6000, 0x1000, 0x3000, 0x4000, 0x4000]);
+        assert_eq!(
+            r.iter().collect::<Vec<_>>(),
+            [
+                Run { pa: 0x5000, pages: 2 },
+                Run { pa: 0x1000, pages: 1 },
+                Run { pa: 0x3000, pages: 2 },
+                Run { pa: 0x4000, pages: 1 }
+            ]
+        );
+        assert_eq!(r.pages(), 6);
+        assert_eq!(
+            r.window(1, 3).collect::<Vec<_>>(),
+            [(0, Run { pa: 0x6000, pages: 1 }), (1, Run { pa: 0x1000, pages: 1 }), (2, Run { pa: 0x3000, pages: 1 })]
+        );
+        // A run at the top of the address space does not wrap into page 0.
+        let top = runs_of(&[u64::MAX - 0xfff, 0]);
+        assert_eq!(top.run_count(), 2);
+    }
+
+    proptest! {
+        /// Runs against the plain per-page vector they replace: the same
+        /// frames in the same order, page by page and window by window, and
+        /// never more runs than breaks in contiguity.
+        #[test]
+        fn runs_agree_with_a_page_vector(
+            steps in proptest::collection::vec((0u64..4, 1u64..5), 0..40),
+            first in 0u64..200,
+            count in 0u64..200,
+        ) {
+            // Frames: runs of `len` pages, each run a jump of `gap` pages (0: contiguous).
+            let (mut frames, mut pa) = (Vec::new(), 0x10_0000u64);
+            for (gap, len) in steps {
+                pa += gap * PAGE;
+                for _ in 0..len {
+                    frames.push(pa);
+                    pa += PAGE;
+                }
+            }
+            let r = runs_of(&frames);
+            prop_assert_eq!(r.pages(), frames.len() as u64);
+            prop_assert_eq!(r.frames().collect::<Vec<_>>(), frames.clone());
+            let breaks = frames.windows(2).filter(|w| w[1] != w[0] + PAGE).count();
+            prop_assert_eq!(r.run_count(), if frames.is_empty() { 0 } else { breaks + 1 });
+            for (i, &f) in frames.iter().enumerate() {
+                prop_assert_eq!(r.page(i as u64), Some(f));
+            }
+            let expect: Vec<u64> = frames.iter().copied().skip(first as usize).take(count as usize).collect();
+            let mut got = Vec::new();
+            for (index, run) in r.window(first, count) {
+                prop_assert_eq!(index, got.len() as u64, "windows are in order, without holes");
+                got.extend((0..run.pages).map(|i| run.pa + i * PAGE));
+            }
+            prop_assert_eq!(got, expect);
+        }
     }
 }

@@ -178,7 +178,7 @@ impl Reader<'_> {
                 if off > area.len - 1 || !area.perms.contains(Perms::READ) {
                     return None;
                 }
-                let frame = area.pages[(off / PAGE) as usize];
+                let frame = area.pages.page(off / PAGE)?;
                 self.last_page.set(Some((page, frame)));
                 frame
             }
@@ -403,18 +403,17 @@ impl Shadow {
                     continue;
                 }
                 let (a_lo, a_last) = (s.max(src_lo), (s + (area.len - 1)).min(src_last));
-                let first_page = ((a_lo - s) / PAGE) as usize;
-                let pages = &area.pages[first_page..first_page + ((a_last - a_lo) / PAGE) as usize + 1];
+                let first_page = (a_lo - s) / PAGE;
                 let iova = lo + (a_lo - src_lo);
-                let mut i = 0;
-                while i < pages.len() {
-                    let mut n = 1;
-                    while huge && i + n < pages.len() && pages[i + n] == pages[i] + n as u64 * PAGE {
-                        n += 1;
-                    }
-                    let at = iova + i as u64 * PAGE;
-                    let src = a_lo + i as u64 * PAGE;
-                    let run = &pages[i..i + n];
+                // The area's runs of contiguous frames in the window, split
+                // into single pages when large leaves are not wanted.
+                let pieces = area.pages.window(first_page, (a_last - a_lo) / PAGE + 1).flat_map(|(index, run)| {
+                    let (calls, step) = if huge { (1, run.pages) } else { (run.pages, 1) };
+                    (0..calls).map(move |c| (index + c * step, run.pa + c * step * PAGE, step))
+                });
+                for (i, first_pa, n) in pieces {
+                    let at = iova + i * PAGE;
+                    let src = a_lo + i * PAGE;
                     // Leaves that continue the pending run (same area and
                     // permissions, consecutive IOVAs, parent IOVAs and frames)
                     // join it: one map call for many stage-1 pages.
@@ -425,11 +424,11 @@ impl Shadow {
                             && r.leaf == size
                             && r.at + len == at
                             && r.src + len == src
-                            && r.pa + len == run[0]
+                            && r.pa + len == first_pa
                     });
                     if joins {
                         if let Some(r) = pending.as_mut() {
-                            r.count += n as u64;
+                            r.count += n;
                         }
                     } else {
                         if let Some(r) = pending.take() {
@@ -441,9 +440,8 @@ impl Shadow {
                                 return;
                             }
                         }
-                        pending = Some(Run { area: s, at, src, perms: p, leaf: size, pa: run[0], count: n as u64 });
+                        pending = Some(Run { area: s, at, src, perms: p, leaf: size, pa: first_pa, count: n });
                     }
-                    i += n;
                 }
             }
         });

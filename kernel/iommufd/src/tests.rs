@@ -539,7 +539,7 @@ proptest::proptest! {
         let mut at = PAGE;
         for (gap, pages) in spans {
             at += gap * PAGE;
-            areas.try_insert(at, Area { len: pages * PAGE, pages: Vec::new(), perms: RW }).unwrap();
+            areas.try_insert(at, Area { len: pages * PAGE, pages: Runs::new(), perms: RW }).unwrap();
             at += pages * PAGE;
         }
         let usable = ranges::subtract(&[(PAGE, 0x10_0000 - 1)], (hole * PAGE + PAGE, hole * PAGE + 4 * PAGE - 1));
@@ -559,4 +559,58 @@ proptest::proptest! {
             proptest::prop_assert_eq!(lowest_gap(&areas, &usable, len, align, (start, end)), want, "run {:#x}..{:#x}", start, end);
         }
     }
+}
+
+/// Task memory that is not physically contiguous: every page is its own run
+/// and reaches its own frame through the unit, a copy of part of the area
+/// pins those frames once more, and each unmap drops exactly its pins.
+#[test]
+fn scattered_frames_each_land_where_they_belong() {
+    let mut units = vec![mock(&[0x10, 0x18], vec![])];
+    let mut mem = FakeMemory { scatter: true, ..FakeMemory::default() };
+    let mut fd = Iommufd::new();
+    let (a, b) = (fd.ioas_alloc().unwrap(), fd.ioas_alloc().unwrap());
+    let da = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    let db = fd.device_bind(&mut units, 0, DeviceId(0x18)).unwrap();
+    fd.device_attach(&mut units, da, a).unwrap();
+    fd.device_attach(&mut units, db, b).unwrap();
+    let va = 0x10_0000;
+    let iova = fd
+        .map(&mut units, &mut mem, a, MapArgs { va, len: 8 * PAGE, iova: IovaChoice::Fixed(0x100_0000), perms: RW })
+        .unwrap();
+    let Some(Object::Ioas(i)) = fd.objects.get(&a) else { panic!("no IOAS") };
+    assert_eq!(i.areas.get(&iova).map(|area| area.pages.run_count()), Some(8), "no two frames adjacent");
+    for p in 0..8 {
+        let want = mem.frame_of(va + p * PAGE) + 0x18;
+        assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), iova + p * PAGE + 0x18, true), Some(want), "page {p}");
+    }
+    let copy = CopyArgs {
+        src: a,
+        src_iova: iova + 3 * PAGE,
+        len: 3 * PAGE,
+        dst_iova: IovaChoice::Fixed(0x200_0000),
+        perms: RW,
+    };
+    assert_eq!(fd.copy(&mut units, &mut mem, b, copy), Ok(0x200_0000));
+    for p in 0..3 {
+        let want = mem.frame_of(va + (3 + p) * PAGE);
+        assert_eq!(
+            mock_of(&mut units, 0).dma(DeviceId(0x18), 0x200_0000 + p * PAGE, false),
+            Some(want),
+            "copied page {p}"
+        );
+        assert_eq!(mem.pins.get(&want), Some(&2));
+    }
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x18), 0x200_0000 + 3 * PAGE, false), None, "only what was copied");
+    assert_eq!(fd.unmap(&mut units, &mut mem, a, iova, 8 * PAGE), Ok(8 * PAGE));
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), iova, true), None);
+    let left: Vec<u64> = (3..6).map(|p| mem.frame_of(va + p * PAGE)).collect();
+    assert_eq!(mem.pins.keys().copied().collect::<Vec<_>>(), {
+        let mut l = left.clone();
+        l.sort();
+        l
+    });
+    assert!(mem.pins.values().all(|&n| n == 1));
+    assert_eq!(fd.unmap(&mut units, &mut mem, b, 0, u64::MAX), Ok(3 * PAGE));
+    assert!(mem.pins.is_empty() && mem.quarantined.is_empty());
 }
