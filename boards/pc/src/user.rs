@@ -12,10 +12,9 @@ use kcore::{MapError, UserExit, UserPerms};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags, KernelGsBase, LStar, SFMask};
 use x86_64::registers::rflags::RFlags;
-use x86_64::structures::paging::mapper::{CleanUp, MapToError, TranslateResult};
+use x86_64::structures::paging::mapper::{CleanUp, MapToError};
 use x86_64::structures::paging::{
     FrameAllocator, FrameDeallocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
-    Translate,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -294,22 +293,47 @@ pub fn map(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), MapError
     })
 }
 
-/// Frame and rights of a user page.
+/// The last-level table (its physical address) that holds user address
+/// `va` in the space rooted at `root`: four reads at most, no table built.
+/// `None` where a level is not present (or is a huge page: user space has none).
+fn leaf_table(root: u64, va: u64) -> Option<u64> {
+    let mut table = root;
+    for level in [4u32, 3, 2] {
+        let i = (va >> (12 + 9 * (level - 1))) & 0x1FF;
+        // SAFETY: `table` is a page-table frame of this user space (the PML4 from `new_space`, or a table an entry of it names) in the direct map; `i` < 512.
+        let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
+        let flags = PageTableFlags::from_bits_truncate(e);
+        if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
+            return None;
+        }
+        table = e & 0x000F_FFFF_FFFF_F000;
+    }
+    Some(table)
+}
+
+/// A user leaf entry's rights.
+fn user_perms(flags: PageTableFlags) -> UserPerms {
+    UserPerms {
+        write: flags.contains(PageTableFlags::WRITABLE),
+        exec: !flags.contains(PageTableFlags::NO_EXECUTE),
+        device: flags.contains(PageTableFlags::NO_CACHE),
+    }
+}
+
+/// Frame and rights of a user page: a walk of the four levels by hand (on
+/// every syscall that copies arguments, so it is kept to four loads).
 pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     if va >= 0x0000_8000_0000_0000 {
         return None;
     }
-    with_space(root, |t| match t.translate(VirtAddr::new(va)) {
-        TranslateResult::Mapped { frame, offset, flags } if flags.contains(PageTableFlags::USER_ACCESSIBLE) => Some((
-            frame.start_address().as_u64() + offset,
-            UserPerms {
-                write: flags.contains(PageTableFlags::WRITABLE),
-                exec: !flags.contains(PageTableFlags::NO_EXECUTE),
-                device: flags.contains(PageTableFlags::NO_CACHE),
-            },
-        )),
-        _ => None,
-    })
+    let table = leaf_table(root, va)?;
+    // SAFETY: `table` is a last-level table of this user space in the direct map (from `leaf_table`); the index is < 512.
+    let e = unsafe { ((kcore::mm::phys_to_virt(table) + ((va >> 12) & 0x1FF) * 8) as *const u64).read_volatile() };
+    let flags = PageTableFlags::from_bits_truncate(e);
+    if !flags.contains(PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE) {
+        return None;
+    }
+    Some(((e & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), user_perms(flags)))
 }
 
 /// Hands `f(va, pa, perms)` each mapped user page from `va` up to `end`
@@ -319,33 +343,18 @@ pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPe
     let end = end.min(0x0000_8000_0000_0000);
     while va < end {
         // The page table (level 1) holding `va`: user space has no huge pages.
-        let mut table = root;
-        for level in [4u32, 3, 2] {
-            let i = (va >> (12 + 9 * (level - 1))) & 0x1FF;
-            // SAFETY: `table` is a page-table frame of this user space (the PML4 from `new_space`, or a table an entry of it names) in the direct map; `i` < 512.
-            let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
-            let flags = PageTableFlags::from_bits_truncate(e);
-            if !flags.contains(PageTableFlags::PRESENT) || flags.contains(PageTableFlags::HUGE_PAGE) {
-                return va;
-            }
-            table = e & 0x000F_FFFF_FFFF_F000;
-        }
+        let Some(table) = leaf_table(root, va) else { return va };
         for i in (va >> 12) & 0x1FF..512 {
             if va >= end {
                 return va;
             }
-            // SAFETY: as above, for the level-1 table.
+            // SAFETY: `table` is a last-level table of this user space in the direct map (from `leaf_table`); `i` < 512.
             let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
             let flags = PageTableFlags::from_bits_truncate(e);
             if !flags.contains(PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE) {
                 return va;
             }
-            let perms = UserPerms {
-                write: flags.contains(PageTableFlags::WRITABLE),
-                exec: !flags.contains(PageTableFlags::NO_EXECUTE),
-                device: flags.contains(PageTableFlags::NO_CACHE),
-            };
-            if !f(va, e & 0x000F_FFFF_FFFF_F000, perms) {
+            if !f(va, e & 0x000F_FFFF_FFFF_F000, user_perms(flags)) {
                 return va;
             }
             va += 4096;

@@ -290,6 +290,23 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
         self.domain_levels(domain).map_or(self.top(), last_iova)
     }
 
+    /// Maps `[iova, iova + len)` → `pa` in paging domain `domain` without the
+    /// flush on map; returns the domain's tag for that flush.
+    fn map_unflushed(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<u16, Error> {
+        let top = self.domain_top(domain);
+        if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
+            return Err(Error::OutOfAperture { iova, len });
+        }
+        match self.domains.get_mut(&domain.0) {
+            Some(Domain { slot: Slot::Paging(table), tag }) => {
+                table.map(&mut self.mem, iova, pa, len, perms)?.release(&mut self.mem);
+                Ok(*tag)
+            }
+            Some(_) => Err(Error::NotPaging(domain)),
+            None => Err(Error::NoSuchDomain(domain)),
+        }
+    }
+
     /// The level count a task asked for (`HwptAmdviAttrs.levels`), checked
     /// against the DTE Mode encoding and what this unit walks (EFR.HATS).
     fn requested_levels(&self, levels: u32) -> Result<usize, Error> {
@@ -520,22 +537,43 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
     }
 
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
-        let top = self.domain_top(domain);
-        if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
-            return Err(Error::OutOfAperture { iova, len });
-        }
-        let tag = match self.domains.get_mut(&domain.0) {
-            Some(Domain { slot: Slot::Paging(table), tag }) => {
-                table.map(&mut self.mem, iova, pa, len, perms)?.release(&mut self.mem);
-                *tag
-            }
-            Some(_) => return Err(Error::NotPaging(domain)),
-            None => return Err(Error::NoSuchDomain(domain)),
-        };
+        let tag = self.map_unflushed(domain, iova, pa, len, perms)?;
         if self.flush_on_map {
             self.invalidate(tag, PageRange::covering(iova, iova + len), false)?;
         }
         Ok(())
+    }
+
+    fn map_runs(
+        &mut self,
+        domain: DomainId,
+        runs: &mut dyn Iterator<Item = (u64, u64, u64)>,
+        perms: Perms,
+    ) -> Result<(), (Error, usize)> {
+        if !self.flush_on_map {
+            return runs.enumerate().try_for_each(|(n, (iova, pa, len))| {
+                self.map_unflushed(domain, iova, pa, len, perms).map(|_| ()).map_err(|e| (e, n))
+            });
+        }
+        // One invalidation of the span of all the runs mapped.
+        let (mut lo, mut hi, mut done, mut tag) = (u64::MAX, 0u64, 0usize, None);
+        let mut failed = None;
+        for (iova, pa, len) in runs {
+            match self.map_unflushed(domain, iova, pa, len, perms) {
+                Ok(t) => {
+                    (lo, hi, tag) = (lo.min(iova), hi.max(iova + len), Some(t));
+                    done += 1;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(t) = tag {
+            self.invalidate(t, PageRange::covering(lo, hi), false).map_err(|e| (e, done))?;
+        }
+        failed.map_or(Ok(()), |e| Err((e, done)))
     }
 
     fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error> {

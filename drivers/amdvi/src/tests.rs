@@ -229,7 +229,21 @@ fn map_checks_aperture_and_kind() {
     a.set_flush_on_map(true);
     a.map(pg, 0x2000, 0x2000, 0x1000, RW).unwrap();
     let tag = a.domain_tag(pg).unwrap();
-    assert_eq!(ran(&a, from)[0], cmd::invalidate_iommu_pages(tag, PageRange { address: 0x2000, size: false }, false));
+    let single = ran(&a, from);
+    assert_eq!(single[0], cmd::invalidate_iommu_pages(tag, PageRange { address: 0x2000, size: false }, false));
+    // A batch of runs: one invalidation of the span they cover, not one each.
+    let from = a.mem.log.borrow().len();
+    let mut runs = [(0x10_000, 0x5000, 0x1000), (0x12_000, 0x9000, 0x2000), (0x11_000, 0x7000, 0x1000)].into_iter();
+    a.map_runs(pg, &mut runs, RW).unwrap();
+    let batch = ran(&a, from);
+    assert_eq!(opcodes(&batch), opcodes(&single), "as many commands as one map");
+    assert_eq!(batch[0], cmd::invalidate_iommu_pages(tag, PageRange::covering(0x10_000, 0x14_000), false));
+    assert_eq!(a.iova_to_phys(pg, 0x13_008), Some(0xa008));
+    // A run outside the aperture stops the batch: the runs before it are mapped (and flushed).
+    let mut runs = [(0x20_000, 0x5000, 0x1000), (1 << 60, 0, 0x1000), (0x21_000, 0x6000, 0x1000)].into_iter();
+    assert_eq!(a.map_runs(pg, &mut runs, RW), Err((Error::OutOfAperture { iova: 1 << 60, len: 0x1000 }, 1)));
+    assert_eq!(a.iova_to_phys(pg, 0x20_000), Some(0x5000));
+    assert_eq!(a.iova_to_phys(pg, 0x21_000), None);
 }
 
 #[test]

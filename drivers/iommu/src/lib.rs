@@ -444,6 +444,23 @@ pub trait Iommu: Send {
     /// unit caches not-present entries).
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error>;
 
+    /// Maps each `(iova, pa, len)` of `runs` as [`Iommu::map`] does, but with
+    /// at most one invalidation for them all where the unit needs one on map
+    /// (VT-d caching mode, AMD-Vi's flush on map). On failure: the error and
+    /// how many runs were mapped before it (the failing one left nothing);
+    /// the caller unmaps those. The default maps them one by one.
+    fn map_runs(
+        &mut self,
+        domain: DomainId,
+        runs: &mut dyn Iterator<Item = (u64, u64, u64)>,
+        perms: Perms,
+    ) -> Result<(), (Error, usize)> {
+        for (done, (iova, pa, len)) in runs.enumerate() {
+            self.map(domain, iova, pa, len, perms).map_err(|e| (e, done))?;
+        }
+        Ok(())
+    }
+
     /// Removes whole mappings in `[iova, iova + len)`; the caller flushes the
     /// returned gather (once for a batch of unmaps).
     fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error>;

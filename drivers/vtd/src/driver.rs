@@ -424,6 +424,33 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         Ok(self.unit.map(d, iova, pa, len, perms, &mut self.mem)?)
     }
 
+    fn map_runs(
+        &mut self,
+        domain: DomainId,
+        runs: &mut dyn Iterator<Item = (u64, u64, u64)>,
+        perms: Perms,
+    ) -> Result<(), (Error, usize)> {
+        let top = self.domain_aperture(domain).1;
+        let d = paging(&mut self.domains, domain).map_err(|e| (e, 0))?;
+        // The runs up to the first outside the aperture (which stops the map).
+        let outside = core::cell::Cell::new(None);
+        let mut in_aperture = core::iter::from_fn(|| {
+            let (iova, pa, len) = runs.next()?;
+            if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
+                outside.set(Some((iova, len)));
+                return None;
+            }
+            Some((iova, pa, len))
+        });
+        let r = self.unit.map_runs(d, &mut in_aperture, perms, &mut self.mem).map_err(|(e, n)| (Error::from(e), n));
+        match (r, outside.get()) {
+            (Err(e), _) => Err(e),
+            // Stopped at a run outside the aperture (the ones before it are mapped and flushed).
+            (Ok(n), Some((iova, len))) => Err((Error::OutOfAperture { iova, len }, n)),
+            (Ok(_), None) => Ok(()),
+        }
+    }
+
     fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> Result<Unmapped, Error> {
         let d = paging(&mut self.domains, domain)?;
         let (bytes, gather) = d.table.unmap(&mut self.mem, iova, len)?;

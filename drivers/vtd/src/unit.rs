@@ -804,6 +804,49 @@ impl Unit {
         }
     }
 
+    /// Maps each `(iova, pa, len)` of `runs` in `domain` as [`Unit::map`]
+    /// does, with one flush for them all in caching mode (of the range they
+    /// span). Returns how many runs were mapped; on failure, the error and
+    /// how many were mapped before it (those are flushed too).
+    pub fn map_runs(
+        &mut self,
+        domain: &mut Domain,
+        runs: &mut dyn Iterator<Item = (u64, u64, u64)>,
+        perms: Perms,
+        mem: &mut impl TableMemory,
+    ) -> Result<usize, (VtdError, usize)> {
+        let perms = if domain.config.snoop && !domain.config.first_stage { perms | Perms::CACHE } else { perms };
+        let mut all = Gather::default();
+        let mut done = 0;
+        let mut failed = None;
+        for (iova, pa, len) in runs {
+            match domain.table.map(mem, iova, pa, len, perms) {
+                Ok(g) if self.caching_mode => {
+                    if let Err(g) = all.try_merge(g) {
+                        // No heap to merge the two: this one flushed on its own.
+                        if let Err(e) = self.flush(domain.id, g, mem) {
+                            failed = Some(e);
+                            done += 1;
+                            break;
+                        }
+                    }
+                }
+                Ok(g) => g.release(mem),
+                Err(e) => {
+                    failed = Some(VtdError::Map(e));
+                    break;
+                }
+            }
+            done += 1;
+        }
+        // CAP.CM: the unit may have cached the not-present entries (§6.1).
+        let flushed = if self.caching_mode { self.flush(domain.id, all, mem) } else { Ok(()) };
+        match (failed, flushed) {
+            (Some(e), _) | (None, Err(e)) => Err((e, done)),
+            (None, Ok(())) => Ok(done),
+        }
+    }
+
     /// Unmaps `[iova, iova + len)` from `domain`, flushes the IOTLB, frees tables.
     pub fn unmap(
         &mut self,

@@ -9,7 +9,7 @@
 
 use crate::frames::FRAME_SIZE;
 use crate::mm;
-use crate::pins::{PinTable, Unpinned};
+use crate::pins::PinTable;
 use crate::user_layout::{USER_MIN, USER_STACK_TOP};
 use abi::Errno;
 use iommufd::{Iommufd, Runs};
@@ -71,12 +71,14 @@ pub fn pinned_frames() -> usize {
 fn pin_all(pages: &Runs) -> Result<(), Errno> {
     with_pins(|p| {
         let p = p.ok_or(Errno::ENOMEM)?;
-        for (i, pa) in pages.frames().enumerate() {
-            if let Err(e) = p.pin(pa) {
-                log::error!("iommu: cannot pin {pa:#x}: {e:?}");
-                // Undo: these frames were pinned here, and their task still owns them.
-                for done in pages.frames().take(i) {
-                    let _ = p.unpin(done);
+        // A run at a time: one pass over its words in the table.
+        for (i, run) in pages.iter().enumerate() {
+            if let Err(e) = p.pin_run(run.pa, run.pages) {
+                log::error!("iommu: cannot pin {} frame(s) from {:#x}: {e:?}", run.pages, run.pa);
+                // Undo: these frames were pinned here, and their task still
+                // owns them (so none of them is an orphan's last pin).
+                for done in pages.iter().take(i) {
+                    p.unpin_run(done.pa, done.pages, &mut |_| {});
                 }
                 return Err(Errno::EFAULT);
             }
@@ -153,10 +155,10 @@ impl iommufd::Memory for TaskMemory {
     fn unpin(&mut self, pages: &Runs) {
         with_pins(|p| {
             let Some(p) = p else { return };
-            for pa in pages.frames() {
-                if p.unpin(pa) == Unpinned::FreeOrphan {
+            for run in pages.iter() {
+                p.unpin_run(run.pa, run.pages, &mut |pa| {
                     let _ = mm::free_frame(pa);
-                }
+                });
             }
         });
     }

@@ -126,6 +126,18 @@ impl Runs {
     }
 }
 
+impl Runs {
+    /// [`Runs::window`] as the pieces one map call each takes: whole runs
+    /// when `huge` (large leaves wanted), single pages otherwise; each piece
+    /// `(index relative to first, pa, pages)`.
+    pub(crate) fn pieces(&self, first: u64, count: u64, huge: bool) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.window(first, count).flat_map(move |(index, run)| {
+            let (calls, step) = if huge { (1, run.pages) } else { (run.pages, 1) };
+            (0..calls).map(move |c| (index + c * step, run.pa + c * step * PAGE, step))
+        })
+    }
+}
+
 /// The task's memory, as DMA mappings see it.
 pub trait Memory {
     /// Pins the pages of `[va, va + len)` (page aligned, mapped, writable when
@@ -176,9 +188,11 @@ impl InsertFailed {
     }
 }
 
-/// Maps `pages` at `at`, a call per physically contiguous run so the engine
-/// can use large leaves (4 KiB calls only when `huge` is off); on failure
-/// undoes what it mapped and says whether that undo (unmap + flush) succeeded.
+/// Maps `pages` at `at`, one run of physically contiguous pages at a time
+/// so the engine can use large leaves (4 KiB at a time when `huge` is off),
+/// in one [`Iommu::map_runs`] call (one invalidation where the unit needs
+/// one on map); on failure undoes what it mapped and says whether that undo
+/// (unmap + flush) succeeded.
 pub(crate) fn map_pages(
     u: &mut dyn Iommu,
     domain: DomainId,
@@ -187,18 +201,13 @@ pub(crate) fn map_pages(
     perms: Perms,
     huge: bool,
 ) -> Result<(), (iommu::Error, bool)> {
-    for (index, run) in pages.window(0, pages.pages()) {
-        // One call per run; per page when large leaves are not wanted.
-        let (calls, step) = if huge { (1, run.pages) } else { (run.pages, 1) };
-        for c in 0..calls {
-            let done = index + c * step;
-            if let Err(e) = u.map(domain, at + done * PAGE, run.pa + c * step * PAGE, step * PAGE, perms) {
-                let clean = done == 0 || iommu::unmap_and_flush(u, domain, at, done * PAGE).is_ok();
-                return Err((e, clean));
-            }
-        }
-    }
-    Ok(())
+    let pieces = || pages.pieces(0, pages.pages(), huge);
+    let mut runs = pieces().map(|(index, pa, n)| (at + index * PAGE, pa, n * PAGE));
+    let Err((e, done)) = u.map_runs(domain, &mut runs, perms) else { return Ok(()) };
+    // The pieces mapped before the failure: they start at `at` and are consecutive.
+    let mapped: u64 = pieces().take(done).map(|(_, _, n)| n * PAGE).sum();
+    let clean = mapped == 0 || iommu::unmap_and_flush(u, domain, at, mapped).is_ok();
+    Err((e, clean))
 }
 
 /// Adds `g` to `into` (one flush for both); without heap to do so, `g` is

@@ -407,11 +407,7 @@ impl Shadow {
                 let iova = lo + (a_lo - src_lo);
                 // The area's runs of contiguous frames in the window, split
                 // into single pages when large leaves are not wanted.
-                let pieces = area.pages.window(first_page, (a_last - a_lo) / PAGE + 1).flat_map(|(index, run)| {
-                    let (calls, step) = if huge { (1, run.pages) } else { (run.pages, 1) };
-                    (0..calls).map(move |c| (index + c * step, run.pa + c * step * PAGE, step))
-                });
-                for (i, first_pa, n) in pieces {
+                for (i, first_pa, n) in area.pages.pieces(first_page, (a_last - a_lo) / PAGE + 1, huge) {
                     let at = iova + i * PAGE;
                     let src = a_lo + i * PAGE;
                     // Leaves that continue the pending run (same area and

@@ -614,3 +614,40 @@ fn scattered_frames_each_land_where_they_belong() {
     assert_eq!(fd.unmap(&mut units, &mut mem, b, 0, u64::MAX), Ok(3 * PAGE));
     assert!(mem.pins.is_empty() && mem.quarantined.is_empty());
 }
+
+/// A map of scattered memory (one unit call per page-run) that fails at each
+/// point in turn: whatever run failed, the runs before it are unmapped again,
+/// every pin is given back, and the device reaches nothing.
+#[test]
+fn a_scattered_map_failing_at_any_run_leaves_nothing() {
+    let fail = iommu::mock::FailNth::new();
+    for n in 1..64 {
+        let mut units = vec![mock(&[0x10], vec![])];
+        mock_of(&mut units, 0).set_fail_nth(fail.clone());
+        let mut mem = FakeMemory { scatter: true, ..FakeMemory::default() };
+        let mut fd = Iommufd::new();
+        let ioas = fd.ioas_alloc().unwrap();
+        let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+        fd.device_attach(&mut units, dev, ioas).unwrap();
+        fail.arm(n, false);
+        let m = MapArgs { va: 0x10_0000, len: 6 * PAGE, iova: IovaChoice::Fixed(0x100_0000), perms: RW };
+        let r = fd.map(&mut units, &mut mem, ioas, m);
+        let fired = fail.fired();
+        fail.disarm();
+        if !fired {
+            assert_eq!(r, Ok(0x100_0000), "n={n}");
+            assert!(n > 6, "a failure at each of the six runs at least, not {}", n - 1);
+            return;
+        }
+        assert!(r.is_err(), "n={n}: an injected failure is the call's error");
+        for p in 0..6 {
+            assert_eq!(
+                mock_of(&mut units, 0).dma(DeviceId(0x10), 0x100_0000 + p * PAGE, false),
+                None,
+                "n={n} page {p}"
+            );
+        }
+        assert!(mem.pins.is_empty() && mem.quarantined.is_empty(), "n={n}: {:?}", mem.pins);
+    }
+    panic!("the map never succeeded");
+}
