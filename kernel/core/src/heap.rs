@@ -16,6 +16,7 @@ unsafe impl GlobalAlloc for KernelHeap {
         if crate::fail_nth::hit_heap() {
             return core::ptr::null_mut();
         }
+        ALLOCATIONS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller's contract is `LockedHeap`'s.
         unsafe { self.0.alloc(layout) }
     }
@@ -28,6 +29,14 @@ unsafe impl GlobalAlloc for KernelHeap {
 
 #[cfg_attr(target_os = "none", global_allocator)]
 static HEAP: KernelHeap = KernelHeap(LockedHeap::empty());
+
+/// Heap allocations (growing reallocations included) since boot.
+static ALLOCATIONS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Heap allocations since boot (a test compares it around a call that must not allocate).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 /// Heap size for a machine with `ram` bytes of usable memory: 1/16 of RAM, 4–32 MiB.
 pub fn heap_size_for(ram: u64) -> usize {

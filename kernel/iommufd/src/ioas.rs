@@ -68,8 +68,9 @@ pub struct CopyArgs {
 impl Iommufd {
     /// Creates an empty IOAS.
     pub fn ioas_alloc(&mut self) -> Result<u32, Errno> {
+        let ioas = Ioas::new()?;
         let id = self.reserve_id()?;
-        Ok(self.publish(id, Object::Ioas(Ioas::default())))
+        Ok(self.publish(id, Object::Ioas(ioas)))
     }
 
     /// Devices attached to `ioas` (through any of its HWPTs), with their
@@ -83,24 +84,26 @@ impl Iommufd {
 
     /// Usable IOVA ranges of an IOAS with `devices` attached: above page 0,
     /// inside every unit's aperture, outside every device's reserved regions.
-    fn usable_with(
+    /// (Into `set`, cleared first; allocates only when its room runs out.)
+    fn usable_into(
         units: &[Box<dyn Iommu>],
         devices: impl Iterator<Item = (usize, DeviceId)>,
-    ) -> Result<Vec<Range>, Errno> {
-        let mut set = Vec::new();
+        set: &mut Vec<Range>,
+    ) -> Result<(), Errno> {
+        set.clear();
         set.try_push((PAGE, u64::MAX)).map_err(nomem)?;
         for (unit, dev) in devices {
             let u = &units[unit];
-            ranges::intersect_in(&mut set, u.aperture());
+            ranges::intersect_in(set, u.aperture());
             let mut full = false;
             u.for_each_reserved(dev, &mut |r| {
-                full |= ranges::subtract_in(&mut set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
+                full |= ranges::subtract_in(set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
             });
             if full {
                 return Err(Errno::ENOMEM);
             }
         }
-        Ok(set)
+        Ok(())
     }
 
     /// Whether `r` meets a reserved region of one of `devices`.
@@ -122,13 +125,27 @@ impl Iommufd {
         ioas: u32,
         devices: impl Iterator<Item = (usize, DeviceId)>,
     ) -> Result<Vec<Range>, Errno> {
-        let mut set = Self::usable_with(units, devices)?;
+        let mut set = Vec::new();
+        self.usable_in(units, ioas, devices, &mut set)?;
+        Ok(set)
+    }
+
+    /// [`Iommufd::usable`] into `set` (cleared first; allocates only when
+    /// its room runs out).
+    fn usable_in(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        devices: impl Iterator<Item = (usize, DeviceId)>,
+        set: &mut Vec<Range>,
+    ) -> Result<(), Errno> {
+        Self::usable_into(units, devices, set)?;
         if let Ok(i) = self.ioas(ioas) {
             for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
-                ranges::intersect_in(&mut set, units[h.unit].aperture());
+                ranges::intersect_in(set, units[h.unit].aperture());
             }
         }
-        Ok(set)
+        Ok(())
     }
 
     /// The IOVA ranges a map into `ioas` may use now.
@@ -227,10 +244,31 @@ impl Iommufd {
 
     /// Where a new area of `len` bytes goes in `ioas`. Both cases look only
     /// at the areas near the answer (the areas are sorted by IOVA).
-    fn place(&self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
+    fn place(&mut self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
+        // The usable ranges go into the IOAS's own room, lent out for the call.
+        let mut usable = core::mem::take(&mut self.ioas_mut(ioas)?.scratch);
+        let r = self.place_in(units, ioas, len, iova, &mut usable);
+        // Given back empty: its contents are the call's, not the IOAS's.
+        usable.clear();
+        if let Ok(i) = self.ioas_mut(ioas) {
+            i.scratch = usable;
+        }
+        r
+    }
+
+    /// [`Iommufd::place`] with `usable` as the room for the usable ranges.
+    fn place_in(
+        &self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        len: u64,
+        iova: IovaChoice,
+        usable: &mut Vec<Range>,
+    ) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
         let devs = self.attached_devices(ioas);
-        let usable = self.usable(units, ioas, devs.clone())?;
+        self.usable_in(units, ioas, devs.clone(), usable)?;
+        let usable = &*usable;
         match iova {
             IovaChoice::Fixed(at) => {
                 if !at.is_multiple_of(PAGE) {
@@ -240,7 +278,7 @@ impl Iommufd {
                 if Self::hits_reserved(units, devs, (at, last)) {
                     return Err(Errno::EADDRINUSE);
                 }
-                if !ranges::covers(&usable, (at, last)) {
+                if !ranges::covers(usable, (at, last)) {
                     return Err(Errno::ERANGE);
                 }
                 if i.areas.range(..=last).next_back().is_some_and(|(&s, a)| s + (a.len - 1) >= at) {
@@ -250,25 +288,27 @@ impl Iommufd {
             }
             IovaChoice::Auto => {
                 // Ranges set by `allow_iovas` confine the kernel's choice (as Linux's).
-                let usable: Vec<Range> = if i.allowed.is_empty() {
+                let within: Vec<Range>;
+                let usable: &[Range] = if i.allowed.is_empty() {
                     usable
                 } else {
-                    let mut within: Vec<Range> = Vec::new();
+                    let mut set: Vec<Range> = Vec::new();
                     for &r in &i.allowed {
-                        for &(s, e) in &usable {
+                        for &(s, e) in usable {
                             let (lo, hi) = (s.max(r.0), e.min(r.1));
                             if lo <= hi {
-                                within.try_push((lo, hi)).map_err(nomem)?;
+                                set.try_push((lo, hi)).map_err(nomem)?;
                             }
                         }
                     }
-                    within.sort_unstable();
-                    within
+                    set.sort_unstable();
+                    within = set;
+                    &within
                 };
                 let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
                 let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
-                lowest_gap(&i.areas, &usable, len, align, i.run)
-                    .or_else(|| lowest_gap(&i.areas, &usable, len, PAGE, i.run))
+                lowest_gap(&i.areas, usable, len, align, i.run)
+                    .or_else(|| lowest_gap(&i.areas, usable, len, PAGE, i.run))
                     .ok_or(Errno::ENOSPC)
             }
         }
@@ -351,15 +391,19 @@ impl Iommufd {
             _ => iova,
         };
         let hit = || i.areas.range(lo..=last);
-        if hit().any(|(&s, a)| s < iova || s + (a.len - 1) > last) {
+        // One pass: whether the range cuts an area, and the parent IOVAs the
+        // areas hit span (first and last byte).
+        let (mut cuts, mut span) = (false, None);
+        for (&s, a) in hit() {
+            let end = s + (a.len - 1);
+            cuts |= s < iova || end > last;
+            span = Some((span.map_or(s, |(first, _)| first), end));
+        }
+        if cuts {
             return Err(Errno::EINVAL); // would cut an area
         }
-        // The parent IOVAs the areas hit span (first and last byte).
-        let span = match (hit().next(), hit().next_back()) {
-            (Some((&first, _)), Some((&s, a))) => (first, s + (a.len - 1)),
-            // Unmap-all of an empty IOAS has nothing to do, and succeeds (as Linux's).
-            _ => return if all { Ok(0) } else { Err(Errno::ENOENT) },
-        };
+        // Unmap-all of an empty IOAS has nothing to do, and succeeds (as Linux's).
+        let Some(span) = span else { return if all { Ok(0) } else { Err(Errno::ENOENT) } };
         let mut first_error = None;
         for &h in &i.hwpts {
             let Some(hw) = self.hwpt(h) else { continue };
@@ -385,16 +429,16 @@ impl Iommufd {
         let quarantine = first_error.is_some() || self.poisoned;
         let i = self.ioas_mut(ioas)?;
         let mut bytes = 0;
-        while let Some(s) = i.areas.range(lo..=last).next().map(|(&s, _)| s) {
-            if let Some(a) = i.areas.remove(&s) {
-                i.cut_run(s);
-                if quarantine {
-                    mem.quarantine(&a.pages);
-                } else {
-                    mem.unpin(&a.pages);
-                }
-                bytes += a.len;
+        let run = &mut i.run;
+        // Taken out in one pass (the areas after them move once).
+        for (s, a) in i.areas.drain(lo..=last) {
+            Ioas::cut(run, s);
+            if quarantine {
+                mem.quarantine(&a.pages);
+            } else {
+                mem.unpin(&a.pages);
             }
+            bytes += a.len;
         }
         self.pinned = self.pinned.saturating_sub(bytes / PAGE);
         match first_error {

@@ -107,13 +107,37 @@ pub(crate) struct Ioas {
     pub(crate) hwpts: Vec<u32>,
     /// Its hints.
     pub(crate) hints: Hints,
+    /// Room for the usable IOVA ranges a map computes (taken out, filled,
+    /// put back: [`IOAS_SCRATCH`] ranges reserved at creation, so a map
+    /// allocates nothing for them; more when devices reserve more holes,
+    /// given back by [`Iommufd::shrink`]).
+    pub(crate) scratch: Vec<Range>,
 }
 
+/// Ranges an IOAS keeps room for in [`Ioas::scratch`].
+pub(crate) const IOAS_SCRATCH: usize = 8;
+/// Areas an IOAS keeps room for however few it holds (the areas map's floor).
+pub(crate) const IOAS_AREAS_FLOOR: usize = 4;
+
 impl Ioas {
+    /// An empty IOAS with its room reserved (`ENOMEM` without): a map and
+    /// unmap of one area, over and over, then allocates nothing.
+    pub(crate) fn new() -> Result<Self, Errno> {
+        let mut scratch = Vec::new();
+        scratch.try_reserve_exact(IOAS_SCRATCH).map_err(|_| Errno::ENOMEM)?;
+        let areas = TryMap::with_floor(IOAS_AREAS_FLOOR).map_err(|_| Errno::ENOMEM)?;
+        Ok(Ioas { areas, scratch, ..Ioas::default() })
+    }
+
     /// The area at `at` left: the covered run ends there if it held it.
     pub(crate) fn cut_run(&mut self, at: u64) {
-        if self.run.0 <= at && at < self.run.1 {
-            self.run.1 = at;
+        Self::cut(&mut self.run, at);
+    }
+
+    /// [`Ioas::cut_run`] on the run alone (while the areas are borrowed).
+    pub(crate) fn cut(run: &mut (u64, u64), at: u64) {
+        if run.0 <= at && at < run.1 {
+            run.1 = at;
         }
     }
 }
@@ -240,7 +264,15 @@ impl Iommufd {
         self.objects.shrink();
         for o in self.objects.values_mut() {
             match o {
-                Object::Ioas(i) => i.areas.shrink(),
+                Object::Ioas(i) => {
+                    i.areas.shrink();
+                    if i.scratch.capacity() > IOAS_SCRATCH {
+                        let mut smaller = Vec::new();
+                        if smaller.try_reserve_exact(IOAS_SCRATCH).is_ok() {
+                            i.scratch = smaller;
+                        }
+                    }
+                }
                 Object::Hwpt(Hwpt { kind: HwptKind::Nested { shadow: Some(s), .. }, .. }) => s.shrink(),
                 _ => {}
             }

@@ -19,7 +19,7 @@ use crate::abi_glue;
 use crate::error::nomem;
 use crate::ioas::{CopyArgs, IovaChoice, MapArgs};
 use crate::object::{Iommufd, Units};
-use crate::pages::Memory;
+use crate::pages::{Memory, PAGE};
 use abi::iommufd::{self as a, Header, Op};
 use abi::Errno;
 use alloc::vec::Vec;
@@ -70,16 +70,24 @@ pub trait Kernel {
 
 /// Reads the struct at `ptr` by the ABI's size rules; returns it and the caller's size.
 fn read<T: Header>(user: &dyn UserMemory, ptr: u64) -> Result<(T, u32), Errno> {
-    let mut head = [0u8; 4];
-    user.read_into(ptr, &mut head)?;
-    let size = u32::from_le_bytes(head);
+    let mut bytes = [0u8; a::MAX_STRUCT as usize];
+    // What of the struct lies on `ptr`'s page, in one read (one translation):
+    // the size word and, for nearly every call, the whole struct. Memory is
+    // readable a page at a time, so the bytes past the struct on that page
+    // read (unused) exactly when its first bytes do.
+    let on_page = (PAGE - ptr % PAGE).min(u64::from(a::MAX_STRUCT)) as usize;
+    let first = if on_page >= 4 { on_page } else { 4 };
+    user.read_into(ptr, &mut bytes[..first])?;
+    let size = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if size > a::MAX_STRUCT {
         return Err(Errno::E2BIG);
     }
-    let mut bytes = [0u8; a::MAX_STRUCT as usize];
-    let bytes = &mut bytes[..size as usize];
-    user.read_into(ptr, bytes)?;
-    Ok((a::decode::<T>(bytes)?, size))
+    let size_bytes = size as usize;
+    if size_bytes > first {
+        // The rest of a struct that runs onto the next page.
+        user.read_into(ptr.checked_add(first as u64).ok_or(Errno::EFAULT)?, &mut bytes[first..size_bytes])?;
+    }
+    Ok((a::decode::<T>(&bytes[..size_bytes])?, size))
 }
 
 fn write<T: Header>(user: &mut dyn UserMemory, ptr: u64, v: &T, size: u32) -> Result<(), Errno> {
@@ -410,16 +418,19 @@ mod tests {
 
     const AT: u64 = 0x1000;
 
-    /// One page of user memory at [`AT`]; everything else `EFAULT`.
+    /// User memory at [`AT`] (one page unless a test asks for more); everything else `EFAULT`.
     struct OnePage(Vec<u8>);
 
     impl UserMemory for OnePage {
         fn read(&self, va: u64, len: usize) -> Result<Vec<u8>, Errno> {
-            let off = va.checked_sub(AT).filter(|o| o + len as u64 <= 4096).ok_or(Errno::EFAULT)? as usize;
+            let off =
+                va.checked_sub(AT).filter(|o| o + len as u64 <= self.0.len() as u64).ok_or(Errno::EFAULT)? as usize;
             Ok(self.0[off..off + len].to_vec())
         }
         fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Errno> {
-            let off = va.checked_sub(AT).filter(|o| o + bytes.len() as u64 <= 4096).ok_or(Errno::EFAULT)? as usize;
+            let off =
+                va.checked_sub(AT).filter(|o| o + bytes.len() as u64 <= self.0.len() as u64).ok_or(Errno::EFAULT)?
+                    as usize;
             self.0[off..off + bytes.len()].copy_from_slice(bytes);
             Ok(())
         }
@@ -522,5 +533,27 @@ mod tests {
         let back = h.user.read(AT, core::mem::size_of::<a::IoasAlloc>()).unwrap();
         s = a::decode(&back).unwrap();
         assert_eq!(h.fd.kind(s.out_ioas_id), Some(crate::Kind::Ioas));
+    }
+
+    /// The struct is read a page at a time: one that ends at a page's end
+    /// works, one that runs onto a page that is not there is EFAULT, and one
+    /// that runs onto the next page (there) is read whole.
+    #[test]
+    fn a_struct_is_read_across_a_page_boundary_only_where_both_pages_are() {
+        let n = core::mem::size_of::<a::IoasAlloc>();
+        let s = a::IoasAlloc { size: n as u32, ..Default::default() };
+        let mut h = host();
+        let end = AT + 4096 - n as u64;
+        h.user.write(end, s.as_bytes()).unwrap();
+        assert_eq!(dispatch(&mut h, Op::IoasAlloc as u64, end), Ok(0), "ends at the page's end");
+        let across = AT + 4096 - 8;
+        h.user.write(across, &s.as_bytes()[..8]).unwrap();
+        assert_eq!(dispatch(&mut h, Op::IoasAlloc as u64, across), Err(Errno::EFAULT), "runs off the memory");
+        let mut h = host();
+        h.user = OnePage(vec![0; 8192]);
+        h.user.write(across, s.as_bytes()).unwrap();
+        assert_eq!(dispatch(&mut h, Op::IoasAlloc as u64, across), Ok(0), "runs onto the next page");
+        let back: a::IoasAlloc = a::decode(&h.user.read(across, n).unwrap()).unwrap();
+        assert_eq!(h.fd.kind(back.out_ioas_id), Some(crate::Kind::Ioas));
     }
 }

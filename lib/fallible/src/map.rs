@@ -28,11 +28,13 @@ use core::ops::{Bound, RangeBounds};
 #[derive(Clone, PartialEq, Eq)]
 pub struct TryMap<K, V> {
     entries: VecDeque<(K, V)>,
+    /// Room kept however few entries there are ([`TryMap::with_floor`]).
+    floor: usize,
 }
 
 impl<K, V> Default for TryMap<K, V> {
     fn default() -> Self {
-        TryMap { entries: VecDeque::new() }
+        TryMap { entries: VecDeque::new(), floor: 0 }
     }
 }
 
@@ -60,7 +62,20 @@ fn pair_mut<K, V>(e: &mut (K, V)) -> (&K, &mut V) {
 impl<K: Ord, V> TryMap<K, V> {
     /// An empty map (allocates nothing).
     pub const fn new() -> Self {
-        TryMap { entries: VecDeque::new() }
+        TryMap { entries: VecDeque::new(), floor: 0 }
+    }
+
+    /// An empty map with room for `floor` entries reserved now and kept
+    /// while it lives, however few entries it holds: a map that fills and
+    /// empties again (one mapping made and taken down, over and over)
+    /// allocates nothing after its creation. Its heap is still a function
+    /// of its length (see the module doc), with the floor under it.
+    /// The floor is rounded up to a size the map grows by (a power of two, 4 or more).
+    pub fn with_floor(floor: usize) -> Result<Self, AllocError> {
+        let floor = if floor == 0 { 0 } else { floor.checked_next_power_of_two().ok_or(AllocError)?.max(4) };
+        let mut entries = VecDeque::new();
+        entries.try_reserve_exact(floor)?;
+        Ok(TryMap { entries, floor })
     }
 
     /// Entries in the map.
@@ -114,12 +129,9 @@ impl<K: Ord, V> TryMap<K, V> {
     }
 
     /// The room a map of `len` entries keeps.
-    fn room(len: usize) -> usize {
-        if len == 0 {
-            0
-        } else {
-            len.checked_next_power_of_two().unwrap_or(len).max(4)
-        }
+    fn room(&self, len: usize) -> usize {
+        let room = if len == 0 { 0 } else { len.checked_next_power_of_two().unwrap_or(len).max(4) };
+        room.max(self.floor)
     }
 
     /// Room for `len` entries, in the size [`Self::room`] says.
@@ -127,7 +139,7 @@ impl<K: Ord, V> TryMap<K, V> {
         if len <= self.entries.capacity() {
             return Ok(());
         }
-        let want = Self::room(len);
+        let want = self.room(len);
         Ok(self.entries.try_reserve_exact(want - self.entries.len())?)
     }
 
@@ -136,7 +148,7 @@ impl<K: Ord, V> TryMap<K, V> {
     /// (otherwise the room stays; nothing fails). Not between a reserve and
     /// the insert it was for.
     pub fn shrink(&mut self) {
-        let want = Self::room(self.entries.len());
+        let want = self.room(self.entries.len());
         if self.entries.capacity() <= want || self.entries.len() > self.entries.capacity() / 2 {
             return;
         }
@@ -455,8 +467,10 @@ mod tests {
         /// The room a map keeps is a function of its length (so the heap a
         /// state holds does not depend on the path that led there).
         #[test]
-        fn room_follows_the_length(ops in proptest::collection::vec((any::<bool>(), 0u16..300), 0..400)) {
-            let mut m = TryMap::new();
+        fn room_follows_the_length(ops in proptest::collection::vec((any::<bool>(), 0u16..300), 0..400), floor in 0usize..7) {
+            let mut m = if floor == 0 { TryMap::new() } else { TryMap::with_floor(floor).unwrap() };
+            let floor = if floor == 0 { 0 } else { floor.next_power_of_two().max(4) };
+            prop_assert_eq!(m.entries.capacity(), floor, "the floor is reserved at creation");
             for (add, k) in ops {
                 if add {
                     m.try_insert(k, 0u64).unwrap();
@@ -464,11 +478,14 @@ mod tests {
                     m.remove(&k);
                     m.shrink();
                 }
-                prop_assert_eq!(m.entries.capacity(), TryMap::<u16, u64>::room(m.len()), "len {}", m.len());
+                prop_assert_eq!(m.entries.capacity(), m.room(m.len()), "len {}", m.len());
             }
             m.retain(|k, _| k % 7 == 0);
             m.shrink();
-            prop_assert_eq!(m.entries.capacity(), TryMap::<u16, u64>::room(m.len()));
+            prop_assert_eq!(m.entries.capacity(), m.room(m.len()));
+            m.retain(|_, _| false);
+            m.shrink();
+            prop_assert_eq!(m.entries.capacity(), floor, "an emptied map keeps its floor, no more");
         }
     }
 

@@ -152,6 +152,8 @@ pub enum Counter {
     TableFrames = 7,
     /// IOMMU table frames charged to this task (`quota.table_frames`).
     MyTableFrames = 8,
+    /// Kernel heap allocations since boot.
+    HeapAllocations = 9,
 }
 
 /// The kernel counter `c` (test boots only; `EPERM` without `ktest=`).

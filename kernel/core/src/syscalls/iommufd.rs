@@ -166,8 +166,9 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     }
     // fault_read may sleep, and other tasks' calls run meanwhile: it maps
     // nothing, so it is charged nothing.
-    if op_kind != Some(Op::FaultRead) {
-        crate::scheduler::charge_table_frames(crate::iommu::table_frames() as i64 - before);
+    let delta = crate::iommu::table_frames() as i64 - before;
+    if op_kind != Some(Op::FaultRead) && delta != 0 {
+        crate::scheduler::charge_table_frames(delta);
     }
     r
 }

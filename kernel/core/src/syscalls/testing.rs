@@ -45,6 +45,7 @@ pub fn sys_test_canary(op: u64, a: u64, b: u64) -> SysResult {
                 6 => with_current(|cur| Ok(cur.iommufd.pinned_pages())),
                 7 => Ok(crate::iommu::table_frames() as u64),
                 8 => with_current(|cur| Ok(cur.table_frames.max(0) as u64)),
+                9 => Ok(crate::heap::allocations()),
                 _ => Err(Errno::EINVAL),
             };
         }
