@@ -189,7 +189,13 @@ impl kcore::UserSpace for X86Platform {
         user::unmap(root, va)
     }
 
-    fn user_walk(&self, root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, kcore::UserPerms) -> bool) -> u64 {
+    fn user_walk(
+        &self,
+        root: u64,
+        va: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64, u64, kcore::UserPerms) -> bool,
+    ) -> u64 {
         user::walk(root, va, end, f)
     }
 

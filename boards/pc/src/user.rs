@@ -336,31 +336,33 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     Some(((e & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), user_perms(flags)))
 }
 
-/// Hands `f(va, pa, perms)` each mapped user page from `va` up to `end`
-/// while it answers true, reading each last-level table once; returns where
-/// it stopped (see `Platform::user_walk`).
-pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+/// Hands `f(va, pa, pages, perms)` the mapped user pages from `va` up to
+/// `end` as runs of contiguous frames ([`kcore::UserRuns`]) while it answers
+/// true, reading each last-level table once; returns where it stopped (see
+/// `Platform::user_walk`).
+pub fn walk(root: u64, mut va: u64, end: u64, f: &mut dyn FnMut(u64, u64, u64, UserPerms) -> bool) -> u64 {
     let end = end.min(0x0000_8000_0000_0000);
-    while va < end {
+    let mut runs = kcore::UserRuns::new(f);
+    'tables: while va < end {
         // The page table (level 1) holding `va`: user space has no huge pages.
-        let Some(table) = leaf_table(root, va) else { return va };
+        let Some(table) = leaf_table(root, va) else { break };
         for i in (va >> 12) & 0x1FF..512 {
             if va >= end {
-                return va;
+                break 'tables;
             }
             // SAFETY: `table` is a last-level table of this user space in the direct map (from `leaf_table`); `i` < 512.
             let e = unsafe { ((kcore::mm::phys_to_virt(table) + i * 8) as *const u64).read_volatile() };
             let flags = PageTableFlags::from_bits_truncate(e);
             if !flags.contains(PageTableFlags::PRESENT | PageTableFlags::USER_ACCESSIBLE) {
-                return va;
+                break 'tables;
             }
-            if !f(va, e & 0x000F_FFFF_FFFF_F000, user_perms(flags)) {
-                return va;
+            if let Err(at) = runs.add(va, e & 0x000F_FFFF_FFFF_F000, 1, user_perms(flags)) {
+                return at;
             }
             va += 4096;
         }
     }
-    va
+    runs.finish().err().unwrap_or(va)
 }
 
 /// Unmaps a user page (the caller frees the frame) and flushes its TLB entry.

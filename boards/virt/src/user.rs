@@ -206,31 +206,38 @@ pub fn translate(root: u64, va: u64) -> Option<(u64, UserPerms)> {
     Some((m.pa + (va - m.iova), user_perms(m.perms)))
 }
 
-/// Hands `f(va, pa, perms)` each mapped user page from `va` up to `end`
-/// while it answers true, reading each level-3 table once; returns where it
-/// stopped (see `Platform::user_walk`): `end`, the first page not mapped for
-/// EL0, or the page `f` refused.
-pub fn walk(root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+/// Hands `f(va, pa, pages, perms)` the mapped user pages from `va` up to
+/// `end` as runs of contiguous frames ([`kcore::UserRuns`]) while it answers
+/// true, reading each level-3 table once; returns where it stopped (see
+/// `Platform::user_walk`): `end`, the first page not mapped for EL0, or the
+/// start of the run `f` refused.
+pub fn walk(root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, u64, UserPerms) -> bool) -> u64 {
     let end = end.min(USER_END);
     let mut next = va;
     if next >= end {
         return next;
     }
+    let mut runs = kcore::UserRuns::new(f);
+    let mut refused = None;
     let _ = space(root).walk(&CpuTables, va, end, &mut |m| {
         // A hole before this leaf, or a leaf EL0 may not use: stop at `next`.
         if m.iova > next || !m.perms.contains(Perms::USER) {
             return false;
         }
-        let perms = user_perms(m.perms);
-        while next < end && next - m.iova < m.size {
-            if !f(next, m.pa + (next - m.iova), perms) {
-                return false;
-            }
-            next += 4096;
+        // The part of the leaf in [next, end).
+        let upto = (m.iova + m.size).min(end);
+        let pages = (upto - next) / 4096;
+        if let Err(at) = runs.add(next, m.pa + (next - m.iova), pages, user_perms(m.perms)) {
+            refused = Some(at);
+            return false;
         }
+        next = upto;
         true
     });
-    next
+    if let Some(at) = refused {
+        return at;
+    }
+    runs.finish().err().unwrap_or(next)
 }
 
 /// Unmaps a user page (the caller frees the frame) and invalidates its TLB entry.

@@ -110,14 +110,15 @@ impl iommufd::Memory for TaskMemory {
         // fails at its first unmapped page, not in the allocator.
         let mut pages = Runs::new();
         let mut error = Errno::EFAULT;
-        // One walk of the task's tables, leaf table by leaf table.
-        let stopped = crate::platform().user_walk(self.root, va, end, &mut |_, pa, perms| {
+        // One walk of the task's tables, leaf table by leaf table, a call
+        // per run of contiguous frames.
+        let stopped = crate::platform().user_walk(self.root, va, end, &mut |_, pa, n, perms| {
             // Device memory (a mapped BAR) is no DMA target; a device may
             // write only what the task may write.
             if perms.device || (write && !perms.write) {
                 return false;
             }
-            if let Err(e) = pages.push(pa) {
+            if let Err(e) = pages.push_run(iommufd::Run { pa, pages: n }) {
                 error = e;
                 return false;
             }

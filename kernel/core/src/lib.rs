@@ -48,7 +48,7 @@ pub mod user_layout;
 
 pub use platform::{
     Arch, Clock, Console, DeviceIrqs, EcamHost, Interrupts, IommuBringup, KernelSpace, MapError, PageAttr, PciHosts,
-    Platform, Power, StackWalk, TaskSwitch, UserExit, UserPerms, UserSpace,
+    Platform, Power, StackWalk, TaskSwitch, UserExit, UserPerms, UserRuns, UserSpace,
 };
 
 use bootinfo::{BootInfo, FirmwareTables, MemoryKind};

@@ -64,6 +64,48 @@ pub struct UserPerms {
     pub device: bool,
 }
 
+/// Joins the pages a user walk finds, in address order, into runs of
+/// physically contiguous pages with the same rights, and hands each run to
+/// a `Platform::user_walk` callback once it is complete.
+pub struct UserRuns<'a> {
+    f: &'a mut dyn FnMut(u64, u64, u64, UserPerms) -> bool,
+    /// The run being built: (va, pa, pages, perms).
+    run: Option<(u64, u64, u64, UserPerms)>,
+}
+
+impl<'a> UserRuns<'a> {
+    /// Runs for `f`.
+    pub fn new(f: &'a mut dyn FnMut(u64, u64, u64, UserPerms) -> bool) -> Self {
+        UserRuns { f, run: None }
+    }
+
+    /// Adds `pages` pages at `va` → `pa` (right after the pages added
+    /// before). `Err(at)`: the callback refused the run starting at `at`.
+    pub fn add(&mut self, va: u64, pa: u64, pages: u64, perms: UserPerms) -> Result<(), u64> {
+        if let Some((rva, rpa, n, p)) = &mut self.run {
+            if p == &perms && rpa.checked_add(*n * 4096) == Some(pa) && *rva + *n * 4096 == va {
+                *n += pages;
+                return Ok(());
+            }
+        }
+        self.flush()?;
+        self.run = Some((va, pa, pages, perms));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), u64> {
+        match self.run.take() {
+            Some((va, pa, n, p)) if !(self.f)(va, pa, n, p) => Err(va),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands over the last run. `Err(at)`: refused, as for [`UserRuns::add`].
+    pub fn finish(mut self) -> Result<(), u64> {
+        self.flush()
+    }
+}
+
 /// How a user task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserExit {
@@ -185,20 +227,24 @@ pub trait UserSpace {
     fn user_prune(&self, root: u64, start: u64, end: u64);
     /// Physical address and rights of a user page, if mapped.
     fn user_translate(&self, root: u64, va: u64) -> Option<(u64, UserPerms)>;
-    /// Hands `f(va, pa, perms)` each mapped user page from `va` (page
-    /// aligned) up to `end`, in order, while `f` answers true; returns where
-    /// it stopped (`end`, the first unmapped page, or the page `f` refused).
-    /// Platforms walk each last-level table once instead of translating
-    /// page by page (the pin path of a DMA map).
-    fn user_walk(&self, root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, UserPerms) -> bool) -> u64 {
+    /// Hands `f(va, pa, pages, perms)` the mapped user pages from `va`
+    /// (page aligned) up to `end`, in order, as runs of physically
+    /// contiguous pages with the same rights ([`UserRuns`]), while `f`
+    /// answers true; returns where it stopped (`end`, the first unmapped
+    /// page, or the start of the run `f` refused). Platforms walk each
+    /// last-level table once instead of translating page by page (the pin
+    /// path of a DMA map: contiguous memory is one call however long).
+    fn user_walk(&self, root: u64, va: u64, end: u64, f: &mut dyn FnMut(u64, u64, u64, UserPerms) -> bool) -> u64 {
+        let mut runs = UserRuns::new(f);
         let mut va = va;
         while va < end {
-            match self.user_translate(root, va) {
-                Some((pa, perms)) if f(va, pa, perms) => va += 4096,
-                _ => break,
+            let Some((pa, perms)) = self.user_translate(root, va) else { break };
+            if let Err(at) = runs.add(va, pa, 1, perms) {
+                return at;
             }
+            va += 4096;
         }
-        va
+        runs.finish().err().unwrap_or(va)
     }
     /// Frees the page tables of a user address space (not the frames it mapped).
     fn user_space_free(&self, root: u64);
@@ -295,4 +341,58 @@ impl<T> Platform for T where
         + Power
         + Sync
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    const RW: UserPerms = UserPerms { write: true, exec: false, device: false };
+    const RO: UserPerms = UserPerms { write: false, exec: false, device: false };
+
+    /// Runs handed over, as (va, pa, pages), and how the walk ended.
+    type Joined = (Vec<(u64, u64, u64)>, Result<(), u64>);
+
+    /// The runs `pages` (va, pa, perms) make, and where a callback that
+    /// refuses the run at `refuse` stops.
+    fn join(pages: &[(u64, u64, UserPerms)], refuse: Option<u64>) -> Joined {
+        let mut got = Vec::new();
+        let mut f = |va, pa, n, _| {
+            got.push((va, pa, n));
+            Some(va) != refuse
+        };
+        let mut runs = UserRuns::new(&mut f);
+        let mut r = Ok(());
+        for &(va, pa, p) in pages {
+            r = runs.add(va, pa, 1, p);
+            if r.is_err() {
+                break;
+            }
+        }
+        let r = r.and_then(|()| runs.finish());
+        (got, r)
+    }
+
+    #[test]
+    fn contiguous_pages_with_the_same_rights_are_one_run() {
+        let p = [(0x1000, 0x8000, RW), (0x2000, 0x9000, RW), (0x3000, 0xA000, RW)];
+        assert_eq!(join(&p, None), (vec![(0x1000, 0x8000, 3)], Ok(())));
+    }
+
+    #[test]
+    fn a_frame_gap_or_other_rights_start_a_new_run() {
+        let p = [(0x1000, 0x8000, RW), (0x2000, 0x3000, RW), (0x3000, 0x4000, RO), (0x4000, 0x5000, RO)];
+        assert_eq!(join(&p, None), (vec![(0x1000, 0x8000, 1), (0x2000, 0x3000, 1), (0x3000, 0x4000, 2)], Ok(())));
+        assert_eq!(join(&[], None), (vec![], Ok(())), "no pages, no call");
+    }
+
+    #[test]
+    fn a_refused_run_stops_the_walk_at_its_start() {
+        let p = [(0x1000, 0x8000, RW), (0x2000, 0x9000, RO), (0x3000, 0xA000, RO), (0x4000, 0x1000, RW)];
+        // The RO run is handed over when the RW page after it arrives, and refused.
+        assert_eq!(join(&p, Some(0x2000)), (vec![(0x1000, 0x8000, 1), (0x2000, 0x9000, 2)], Err(0x2000)));
+        // The last run is refused at finish.
+        assert_eq!(join(&p[..2], Some(0x2000)).1, Err(0x2000));
+    }
 }
