@@ -119,7 +119,9 @@ impl Runs {
         let skip = self.rest.partition_point(|e| e.index <= first);
         let head = (skip == 0 && self.pages != 0).then_some(Extent { index: 0, run: self.first });
         let from = skip.saturating_sub(1);
-        head.into_iter().chain(self.rest[from.min(self.rest.len())..].iter().copied()).filter_map(move |e| {
+        // In order: the walk ends at the first run past the window.
+        let runs = head.into_iter().chain(self.rest[from.min(self.rest.len())..].iter().copied());
+        runs.take_while(move |e| e.index < end).filter_map(move |e| {
             let (lo, hi) = (e.index.max(first), (e.index + e.run.pages).min(end));
             (lo < hi).then(|| (lo - first, Run { pa: e.run.pa + (lo - e.index) * PAGE, pages: hi - lo }))
         })
