@@ -537,11 +537,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
     }
 
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
-        let tag = self.map_unflushed(domain, iova, pa, len, perms)?;
-        if self.flush_on_map {
-            self.invalidate(tag, PageRange::covering(iova, iova + len), false)?;
-        }
-        Ok(())
+        self.map_runs(domain, &mut core::iter::once((iova, pa, len)), perms).map_err(|(e, _)| e)
     }
 
     fn map_runs(
@@ -550,12 +546,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         runs: &mut dyn Iterator<Item = (u64, u64, u64)>,
         perms: Perms,
     ) -> Result<(), (Error, usize)> {
-        if !self.flush_on_map {
-            return runs.enumerate().try_for_each(|(n, (iova, pa, len))| {
-                self.map_unflushed(domain, iova, pa, len, perms).map(|_| ()).map_err(|e| (e, n))
-            });
-        }
-        // One invalidation of the span of all the runs mapped.
+        // Where the unit asks for a flush on map: one invalidation of the
+        // span of all the runs mapped.
         let (mut lo, mut hi, mut done, mut tag) = (u64::MAX, 0u64, 0usize, None);
         let mut failed = None;
         for (iova, pa, len) in runs {
@@ -570,7 +562,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
                 }
             }
         }
-        if let Some(t) = tag {
+        if let (true, Some(t)) = (self.flush_on_map, tag) {
             self.invalidate(t, PageRange::covering(lo, hi), false).map_err(|e| (e, done))?;
         }
         failed.map_or(Ok(()), |e| Err((e, done)))

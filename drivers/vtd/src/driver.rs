@@ -416,12 +416,7 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
     }
 
     fn map(&mut self, domain: DomainId, iova: u64, pa: u64, len: u64, perms: Perms) -> Result<(), Error> {
-        let top = self.domain_aperture(domain).1;
-        if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
-            return Err(Error::OutOfAperture { iova, len });
-        }
-        let d = paging(&mut self.domains, domain)?;
-        Ok(self.unit.map(d, iova, pa, len, perms, &mut self.mem)?)
+        self.map_runs(domain, &mut core::iter::once((iova, pa, len)), perms).map_err(|(e, _)| e)
     }
 
     fn map_runs(
@@ -431,12 +426,18 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         perms: Perms,
     ) -> Result<(), (Error, usize)> {
         let top = self.domain_aperture(domain).1;
+        let beyond = |iova: u64, len: u64| len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top);
+        let mut runs = runs.peekable();
+        // A first run outside the aperture is refused before the domain is looked at.
+        if let Some(&(iova, _, len)) = runs.peek().filter(|&&(iova, _, len)| beyond(iova, len)) {
+            return Err((Error::OutOfAperture { iova, len }, 0));
+        }
         let d = paging(&mut self.domains, domain).map_err(|e| (e, 0))?;
         // The runs up to the first outside the aperture (which stops the map).
         let outside = core::cell::Cell::new(None);
         let mut in_aperture = core::iter::from_fn(|| {
             let (iova, pa, len) = runs.next()?;
-            if len > 0 && iova.checked_add(len - 1).is_none_or(|last| last > top) {
+            if beyond(iova, len) {
                 outside.set(Some((iova, len)));
                 return None;
             }

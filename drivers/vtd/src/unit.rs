@@ -800,17 +800,7 @@ impl Unit {
         perms: Perms,
         mem: &mut impl TableMemory,
     ) -> Result<(), VtdError> {
-        // Snooped second-stage domains: SNP (bit 11) in every leaf, which
-        // VtdSecondLevel writes for Perms::CACHE (first stage: PGSNP instead).
-        let perms = if domain.config.snoop && !domain.config.first_stage { perms | Perms::CACHE } else { perms };
-        let g = domain.table.map(mem, iova, pa, len, perms).map_err(VtdError::Map)?;
-        if self.caching_mode {
-            // CAP.CM: the unit may have cached the not-present entries (§6.1).
-            self.flush(domain.id, g, mem)
-        } else {
-            g.release(mem);
-            Ok(())
-        }
+        self.map_runs(domain, &mut core::iter::once((iova, pa, len)), perms, mem).map(|_| ()).map_err(|(e, _)| e)
     }
 
     /// Maps each `(iova, pa, len)` of `runs` in `domain` as [`Unit::map`]
@@ -824,6 +814,8 @@ impl Unit {
         perms: Perms,
         mem: &mut impl TableMemory,
     ) -> Result<usize, (VtdError, usize)> {
+        // Snooped second-stage domains: SNP (bit 11) in every leaf, which
+        // VtdSecondLevel writes for Perms::CACHE (first stage: PGSNP instead).
         let perms = if domain.config.snoop && !domain.config.first_stage { perms | Perms::CACHE } else { perms };
         let mut all = Gather::default();
         let mut done = 0;

@@ -11,7 +11,6 @@
 #![no_main]
 
 use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
-use abi::DeviceInfo;
 use userlib::{iommufd, println, sys};
 
 const PAGE: u64 = 4096;
@@ -189,12 +188,7 @@ fn separate(ioas_id: u32, dev: u32, n: u64, reps: usize) -> Result<(), &'static 
 }
 
 fn bench() -> Result<(), &'static str> {
-    let mut list = [DeviceInfo::default(); 64];
-    let n = sys::device_list(&mut list).map_err(|_| "device_list")? as usize;
-    let edu = list[..n.min(64)]
-        .iter()
-        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
-        .ok_or("no edu behind an IOMMU")?;
+    let edu = edu_driver::first_behind_iommu().ok_or("no edu behind an IOMMU")?;
     sys::device_claim(edu.bdf).map_err(|_| "claim")?;
     let dev = iommufd::device_bind(edu.bdf).map_err(|_| "bind")?;
     let unit = iommufd::hw_info(dev, &mut [Default::default(); 16]).map_err(|_| "hw_info")?;

@@ -215,12 +215,7 @@ fn ioas_4k_map_unmap_allocates_nothing() -> Result<(), &'static str> {
     let ioas = iommufd::ioas_alloc().map_err(|_| "ioas_alloc failed")?;
     // With an edu behind an IOMMU attached where there is one, so the unit's
     // map, unmap and invalidation are on the path too.
-    let mut list = [abi::DeviceInfo::default(); 64];
-    let n = sys::device_list(&mut list).unwrap_or(0) as usize;
-    let edu = list[..n.min(64)]
-        .iter()
-        .find(|d| (d.vendor, d.device) == (0x1234, 0x11E8) && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
-        .filter(|d| sys::device_claim(d.bdf).is_ok());
+    let edu = edu_driver::first_behind_iommu().filter(|d| sys::device_claim(d.bdf).is_ok());
     let device = match edu {
         Some(d) => {
             let dev = iommufd::device_bind(d.bdf).map_err(|_| "device_bind failed")?;
