@@ -126,20 +126,9 @@ impl<'a> PinTable<'a> {
     /// the table or without a pin are left alone, as [`PinTable::unpin`]);
     /// `free` gets each orphan whose last pin that was.
     pub fn unpin_run(&mut self, pa: u64, pages: u64, free: &mut dyn FnMut(u64)) {
-        for k in 0..pages {
-            let frame = pa + k * FRAME_SIZE;
-            // The common case in one step: a pinned frame that stays pinned
-            // or goes back to its task.
-            match self.slot(frame) {
-                Some(i) if self.words[i] & !COUNT == 0 && self.words[i] != 0 => {
-                    self.words[i] -= 1;
-                    self.pinned -= usize::from(self.words[i] == 0);
-                }
-                _ => {
-                    if self.unpin(frame) == Unpinned::FreeOrphan {
-                        free(frame);
-                    }
-                }
+        for frame in (0..pages).map(|k| pa + k * FRAME_SIZE) {
+            if self.unpin(frame) == Unpinned::FreeOrphan {
+                free(frame);
             }
         }
     }

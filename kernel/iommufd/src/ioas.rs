@@ -82,30 +82,6 @@ impl Iommufd {
         })
     }
 
-    /// Usable IOVA ranges of an IOAS with `devices` attached: above page 0,
-    /// inside every unit's aperture, outside every device's reserved regions.
-    /// (Into `set`, cleared first; allocates only when its room runs out.)
-    fn usable_into(
-        units: &[Box<dyn Iommu>],
-        devices: impl Iterator<Item = (usize, DeviceId)>,
-        set: &mut Vec<Range>,
-    ) -> Result<(), Errno> {
-        set.clear();
-        set.try_push((PAGE, u64::MAX)).map_err(nomem)?;
-        for (unit, dev) in devices {
-            let u = &units[unit];
-            ranges::intersect_in(set, u.aperture());
-            let mut full = false;
-            u.for_each_reserved(dev, &mut |r| {
-                full |= ranges::subtract_in(set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
-            });
-            if full {
-                return Err(Errno::ENOMEM);
-            }
-        }
-        Ok(())
-    }
-
     /// Whether `r` meets a reserved region of one of `devices`.
     fn hits_reserved(units: &[Box<dyn Iommu>], mut devices: impl Iterator<Item = (usize, DeviceId)>, r: Range) -> bool {
         devices.any(|(unit, dev)| {
@@ -131,7 +107,9 @@ impl Iommufd {
     }
 
     /// [`Iommufd::usable`] into `set` (cleared first; allocates only when
-    /// its room runs out).
+    /// its room runs out): above page 0, inside every unit's aperture,
+    /// outside every device's reserved regions, inside the aperture of every
+    /// unit the IOAS has a HWPT on.
     fn usable_in(
         &self,
         units: &[Box<dyn Iommu>],
@@ -139,7 +117,19 @@ impl Iommufd {
         devices: impl Iterator<Item = (usize, DeviceId)>,
         set: &mut Vec<Range>,
     ) -> Result<(), Errno> {
-        Self::usable_into(units, devices, set)?;
+        set.clear();
+        set.try_push((PAGE, u64::MAX)).map_err(nomem)?;
+        for (unit, dev) in devices {
+            let u = &units[unit];
+            ranges::intersect_in(set, u.aperture());
+            let mut full = false;
+            u.for_each_reserved(dev, &mut |r| {
+                full |= ranges::subtract_in(set, (r.start & !(PAGE - 1), r.end | (PAGE - 1))).is_err();
+            });
+            if full {
+                return Err(Errno::ENOMEM);
+            }
+        }
         if let Ok(i) = self.ioas(ioas) {
             for h in i.hwpts.iter().filter_map(|&h| self.hwpt(h)) {
                 ranges::intersect_in(set, units[h.unit].aperture());

@@ -126,9 +126,7 @@ impl Runs {
             (lo < hi).then(|| (lo - first, Run { pa: e.run.pa + (lo - e.index) * PAGE, pages: hi - lo }))
         })
     }
-}
 
-impl Runs {
     /// [`Runs::window`] as the pieces one map call each takes: whole runs
     /// when `huge` (large leaves wanted), single pages otherwise; each piece
     /// `(index relative to first, pa, pages)`.
