@@ -249,6 +249,48 @@ fn ioas_4k_map_unmap_allocates_nothing() -> Result<(), &'static str> {
     (allocs_after == allocs).then_some(()).ok_or("the 4 KiB map + unmap allocated on the kernel heap")
 }
 
+/// The pin path refuses what a device must not reach, now that it hands
+/// the page walk's runs up whole: a writable DMA map of memory whose second
+/// half is read-only is `EFAULT` with nothing pinned (the read-only run is
+/// refused even though the run before it was fine), the same range mapped
+/// read-only works, and a mapped BAR (device memory) is no DMA target.
+fn ioas_map_refuses_read_only_and_device_memory() -> Result<(), &'static str> {
+    use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
+    use userlib::iommufd;
+    let page = 4096;
+    let rw = abi::PROT_READ | abi::PROT_WRITE;
+    let a = sys::mem_map(0, 4 * page, rw).map_err(|_| "mem_map failed")?;
+    sys::mem_unmap(a + 2 * page, 2 * page).map_err(|_| "mem_unmap of the second half failed")?;
+    sys::mem_map(a + 2 * page, 2 * page, abi::PROT_READ).map_err(|_| "read-only mem_map failed")?;
+    let ioas = iommufd::ioas_alloc().map_err(|_| "ioas_alloc failed")?;
+    let pinned = || sys::test_counter(sys::Counter::PinnedPages).map_err(|_| "test_counter failed");
+    let before = pinned()?;
+    if iommufd::map(ioas, a, 4 * page, None, MAP_READABLE | MAP_WRITEABLE) != Err(Errno::EFAULT) {
+        return Err("a writable DMA map over read-only memory was not EFAULT");
+    }
+    if pinned()? != before {
+        return Err("a refused map left pages pinned");
+    }
+    let at = iommufd::map(ioas, a, 4 * page, None, MAP_READABLE).map_err(|_| "a read-only DMA map failed")?;
+    iommufd::unmap(ioas, at, 4 * page).map_err(|_| "unmap failed")?;
+    // A BAR of an edu this task holds (claimed here, or by the test before).
+    if let Some(edu) = edu_driver::first_behind_iommu() {
+        let claimed = matches!(sys::device_claim(edu.bdf), Ok(_) | Err(Errno::EBUSY));
+        if let (true, Ok(bar)) = (claimed, sys::device_map_bar(edu.bdf, 0)) {
+            if iommufd::map(ioas, bar, page, None, MAP_READABLE) != Err(Errno::EFAULT) {
+                return Err("a mapped BAR was accepted as a DMA target");
+            }
+            println!("# user.syscalls: a mapped BAR refused as a DMA target");
+        }
+    }
+    if pinned()? != before {
+        return Err("pages left pinned");
+    }
+    iommufd::destroy(ioas).map_err(|_| "destroy failed")?;
+    sys::mem_unmap(a, 4 * page).map_err(|_| "mem_unmap failed")?;
+    Ok(())
+}
+
 const TESTS: &[(&str, Check)] = &[
     ("log_ok", log_ok),
     ("log_bad_pointer_is_efault", log_bad_pointer),
@@ -264,6 +306,7 @@ const TESTS: &[(&str, Check)] = &[
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
     ("heap_allocations", heap_allocations),
     ("ioas_4k_map_unmap_allocates_nothing", ioas_4k_map_unmap_allocates_nothing),
+    ("ioas_map_refuses_read_only_and_device_memory", ioas_map_refuses_read_only_and_device_memory),
     ("task_spawn", task_spawn),
 ];
 
