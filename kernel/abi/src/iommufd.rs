@@ -687,13 +687,21 @@ pub fn decode<T: Header>(bytes: &[u8]) -> Result<T, crate::Errno> {
         return Err(crate::Errno::E2BIG);
     }
     let mut v = T::default();
-    let n = bytes.len().min(known);
-    v.as_mut_bytes()[..n].copy_from_slice(&bytes[..n]);
-    let flags = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    v.as_mut_bytes().copy_from_slice(&bytes[..known]);
+    check_fields(&v)?;
+    Ok(v)
+}
+
+/// The rule on a struct's own fields, once its bytes are in: flags it does
+/// not define, or reserved fields not zero, are `EINVAL` (the part of
+/// [`decode`] a reader that fills the struct in place applies itself).
+pub fn check_fields<T: Header>(v: &T) -> Result<(), crate::Errno> {
+    let b = v.as_bytes();
+    let flags = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
     if flags & !T::FLAGS != 0 || !v.reserved_clear() {
         return Err(crate::Errno::EINVAL);
     }
-    Ok(v)
+    Ok(())
 }
 
 /// The bytes to write back: as many as the caller's `size` covers.

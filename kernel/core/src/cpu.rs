@@ -7,6 +7,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Id of the running task (0 = the scheduler / kernel).
 static RUNNING: AtomicU64 = AtomicU64::new(0);
+/// Page-table root of the running task (0 while the kernel runs): every
+/// copy to or from user memory starts from it, without the task list's lock.
+static RUNNING_ROOT: AtomicU64 = AtomicU64::new(0);
 /// `(bottom, top)` of the running task's kernel stack (for backtraces).
 static KSTACK_BOTTOM: AtomicU64 = AtomicU64::new(0);
 static KSTACK_TOP: AtomicU64 = AtomicU64::new(0);
@@ -16,9 +19,16 @@ pub fn running() -> u64 {
     RUNNING.load(Ordering::Relaxed)
 }
 
-/// Records that task `id` runs now (0: back in the kernel).
-pub fn set_running(id: u64) {
+/// Records that task `id` with page-table root `root` runs now (`(0, 0)`:
+/// back in the kernel).
+pub fn set_running(id: u64, root: u64) {
     RUNNING.store(id, Ordering::Relaxed);
+    RUNNING_ROOT.store(root, Ordering::Relaxed);
+}
+
+/// Page-table root of the running task (`None`: the kernel itself runs).
+pub fn running_root() -> Option<u64> {
+    Some(RUNNING_ROOT.load(Ordering::Relaxed)).filter(|&r| r != 0)
 }
 
 /// Records the kernel stack `[bottom, top)` of the task about to run.

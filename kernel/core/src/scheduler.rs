@@ -214,7 +214,7 @@ fn switch_to(index: usize) {
     p.disable_interrupts();
     SWITCHES.fetch_add(1, Ordering::Relaxed);
     cpu::set_kernel_stack(top - (KERNEL_STACK_PAGES as u64) * FRAME_SIZE, top);
-    cpu::set_running(id);
+    cpu::set_running(id, root);
     SLICE_START.store(p.timer_ticks(), Ordering::Relaxed);
     p.activate_task(root, top);
     let save = {
@@ -224,7 +224,7 @@ fn switch_to(index: usize) {
     // SAFETY: `save` points into the SCHEDULER_SP static; `load` is the task's saved stack pointer (from `init_task_stack` or its last switch out), on a kernel stack the task owns until it is reaped.
     unsafe { p.context_switch(save, load) };
     p.activate_kernel();
-    cpu::set_running(0);
+    cpu::set_running(0, 0);
     p.enable_interrupts();
     let mut tasks = TASKS.lock();
     if let Some(t) = tasks.iter_mut().find(|t| t.cur.id == id) {
@@ -426,7 +426,7 @@ pub fn charge_table_frames(delta: i64) {
 
 /// Root of the running task's page tables.
 pub fn current_root() -> Option<u64> {
-    TASKS.lock().iter().find(|t| t.cur.id == running()).map(|t| t.cur.root)
+    cpu::running_root()
 }
 
 /// Name of the current task, for logs.

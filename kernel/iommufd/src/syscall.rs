@@ -69,25 +69,44 @@ pub trait Kernel {
 }
 
 /// Reads the struct at `ptr` by the ABI's size rules; returns it and the caller's size.
+///
+/// The bytes go straight into the struct: what of it lies on `ptr`'s page
+/// in one read (one translation; the whole struct for nearly every call),
+/// the rest only for a struct across a page boundary, and the bytes a newer
+/// caller has past the struct (which must be zero) a small piece at a time.
+/// The errors are [`a::decode`]'s, in its order.
 fn read<T: Header>(user: &dyn UserMemory, ptr: u64) -> Result<(T, u32), Errno> {
-    let mut bytes = [0u8; a::MAX_STRUCT as usize];
-    // What of the struct lies on `ptr`'s page, in one read (one translation):
-    // the size word and, for nearly every call, the whole struct. Memory is
-    // readable a page at a time, so the bytes past the struct on that page
-    // read (unused) exactly when its first bytes do.
-    let on_page = (PAGE - ptr % PAGE).min(u64::from(a::MAX_STRUCT)) as usize;
-    let first = if on_page >= 4 { on_page } else { 4 };
-    user.read_into(ptr, &mut bytes[..first])?;
-    let size = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let known = core::mem::size_of::<T>();
+    let mut v = T::default();
+    let on_page = (PAGE - ptr % PAGE) as usize;
+    // At least the size word, at most the struct (`known` is at least 8).
+    let first = on_page.clamp(4, known);
+    user.read_into(ptr, &mut v.as_mut_bytes()[..first])?;
+    let b = v.as_bytes();
+    let size = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     if size > a::MAX_STRUCT {
         return Err(Errno::E2BIG);
     }
     let size_bytes = size as usize;
-    if size_bytes > first {
-        // The rest of a struct that runs onto the next page.
-        user.read_into(ptr.checked_add(first as u64).ok_or(Errno::EFAULT)?, &mut bytes[first..size_bytes])?;
+    if size_bytes < 8 || size_bytes < known {
+        return Err(Errno::EINVAL);
     }
-    Ok((a::decode::<T>(&bytes[..size_bytes])?, size))
+    let at = |off: usize| ptr.checked_add(off as u64).ok_or(Errno::EFAULT);
+    if known > first {
+        user.read_into(at(first)?, &mut v.as_mut_bytes()[first..])?;
+    }
+    let mut tail = [0u8; 32];
+    let mut done = known;
+    while done < size_bytes {
+        let n = (size_bytes - done).min(tail.len());
+        user.read_into(at(done)?, &mut tail[..n])?;
+        if tail[..n].iter().any(|&x| x != 0) {
+            return Err(Errno::E2BIG);
+        }
+        done += n;
+    }
+    a::check_fields(&v)?;
+    Ok((v, size))
 }
 
 fn write<T: Header>(user: &mut dyn UserMemory, ptr: u64, v: &T, size: u32) -> Result<(), Errno> {

@@ -75,7 +75,7 @@ impl Drop for Owned {
         for &f in &self.frames {
             let _ = mm::free_frame(f);
         }
-        crate::platform().user_space_free(self.root);
+        crate::user_access::free_space(self.root);
     }
 }
 
@@ -83,7 +83,7 @@ fn map_new_page(owned: &mut Owned, va: u64, perms: UserPerms) -> Result<u64, Spa
     owned.frames.try_reserve(1).map_err(|_| SpawnError::OutOfMemory)?;
     let pa = mm::alloc_frame().ok_or(SpawnError::OutOfMemory)?;
     owned.frames.push(pa);
-    crate::platform().user_map(owned.root, va, pa, perms).map_err(|e| match e {
+    crate::user_access::map_page(owned.root, va, pa, perms).map_err(|e| match e {
         // Two segments in one page, or overlapping ones.
         MapError::AlreadyMapped(a) => SpawnError::Layout(a),
         other => SpawnError::Map(other),

@@ -153,8 +153,7 @@ pub fn sys_device_map_bar(raw: u64, index: u64) -> SysResult {
             if msix.contains(off) {
                 continue;
             }
-            crate::platform()
-                .user_map(cur.root, va + off, (pa & !(FRAME_SIZE - 1)) + off, perms)
+            crate::user_access::map_page(cur.root, va + off, (pa & !(FRAME_SIZE - 1)) + off, perms)
                 .map_err(|_| Errno::ENOMEM)?;
         }
         cur.next_va = va + span + FRAME_SIZE;

@@ -62,24 +62,25 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
                 Some((start, pa)) if pg < start + RUN => Some(pa + (pg - start)),
                 _ => mm::alloc_frame(),
             };
-            let mapped = frame.ok_or(Errno::ENOMEM).and_then(|pa| match p.user_map(cur.root, pg, pa, perms) {
-                Ok(()) => records.push(pg, pa).map_err(|_| {
-                    // Reserved and in order: not reached, but never a page
-                    // mapped without its record.
-                    let _ = p.user_unmap(cur.root, pg);
-                    let _ = mm::free_frame(pa);
-                    Errno::ENOMEM
-                }),
-                Err(_) => {
-                    let _ = mm::free_frame(pa);
-                    Err(Errno::ENOMEM)
-                }
-            });
+            let mapped =
+                frame.ok_or(Errno::ENOMEM).and_then(|pa| match crate::user_access::map_page(cur.root, pg, pa, perms) {
+                    Ok(()) => records.push(pg, pa).map_err(|_| {
+                        // Reserved and in order: not reached, but never a page
+                        // mapped without its record.
+                        let _ = crate::user_access::unmap_page(cur.root, pg);
+                        let _ = mm::free_frame(pa);
+                        Errno::ENOMEM
+                    }),
+                    Err(_) => {
+                        let _ = mm::free_frame(pa);
+                        Err(Errno::ENOMEM)
+                    }
+                });
             if let Err(e) = mapped {
                 // Roll back what this call mapped, and the frames of the
                 // current run that no page took yet.
                 while let Some((undo, pa)) = records.pop() {
-                    let _ = p.user_unmap(cur.root, undo);
+                    let _ = crate::user_access::unmap_page(cur.root, undo);
                     let _ = mm::free_frame(pa);
                 }
                 if let Some((start, pa)) = run.filter(|&(start, _)| pg >= start && pg < start + RUN) {
@@ -88,7 +89,7 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
                     }
                 }
                 // And the page tables this call added, and the room.
-                p.user_prune(cur.root, va, end);
+                crate::user_access::prune(cur.root, va, end);
                 drop(records);
                 cur.anon.shrink();
                 return Err(e);
@@ -116,14 +117,13 @@ pub fn sys_mem_unmap(addr: u64, len: u64) -> SysResult {
         if cur.anon.range(addr..end).len() as u64 != len / FRAME_SIZE {
             return Err(Errno::EINVAL);
         }
-        let p = crate::platform();
         for (pg, pa) in cur.anon.drain(addr..end) {
-            let _ = p.user_unmap(cur.root, pg);
+            let _ = crate::user_access::unmap_page(cur.root, pg);
             // A page still DMA-mapped stays allocated until its last unmap.
             crate::dma::free_user_frame(pa);
         }
         cur.anon.shrink();
-        p.user_prune(cur.root, addr, end);
+        crate::user_access::prune(cur.root, addr, end);
         Ok(0)
     })
 }

@@ -121,6 +121,23 @@ fn error_path(reps: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The floor under every figure: the cheapest syscall there is
+/// (`clock_counter`, which takes no lock and touches no user memory), timed
+/// as [`error_path`] is. A reference, not a shape compared with Linux.
+fn null_syscall(reps: usize) -> Result<(), &'static str> {
+    let reps = reps.min(MAX_REPS);
+    let mut t = [0u64; MAX_REPS];
+    for slot in t.iter_mut().take(reps) {
+        let t0 = now();
+        sys::clock_counter().map_err(|_| "clock_counter")?;
+        *slot = now() - t0;
+    }
+    let ns = median(&mut t[..reps]);
+    println!("bench-ioas: null syscall clock_counter      {ns:>7} ns");
+    println!("RESULT case=null_syscall reps={reps} ns={ns}");
+    Ok(())
+}
+
 /// Task memory for `pages` pages in calls of at most 256 MiB (the per-call
 /// limit), at consecutive addresses.
 fn map_memory(pages: u64) -> Result<u64, &'static str> {
@@ -202,6 +219,7 @@ fn bench() -> Result<(), &'static str> {
     map_unmap(ioas_id, dev, 512, 3, 201, "2M", "c_2m")?;
     separate(ioas_id, dev, 1000, 11)?;
     error_path(1001)?;
+    null_syscall(1001)?;
     // The same 4 KiB on an IOAS with no device: iommufd's own bookkeeping
     // and the pin, no IOMMU (Linux's `iommufd-nodomain` backend).
     let bare = iommufd::ioas_alloc().map_err(|_| "ioas_alloc")?;

@@ -291,8 +291,38 @@ fn ioas_map_refuses_read_only_and_device_memory() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The kernel keeps the last user page it translated for a copy
+/// (`kcore::user_access`): once the task unmaps that page, a struct there
+/// must be `EFAULT` (never read from the frame it had), and a page mapped
+/// again at the address is read afresh (zeroed: a size of 0 is `EINVAL`).
+fn a_struct_on_a_page_just_unmapped_is_efault() -> Result<(), &'static str> {
+    use abi::iommufd::{IoasAlloc, Op};
+    let rw = abi::PROT_READ | abi::PROT_WRITE;
+    let alloc_at = |ptr: u64| abi::decode(sys::raw(abi::Sysno::Iommufd as u64, [Op::IoasAlloc as u64, ptr, 0, 0, 0]));
+    let va = sys::mem_map(0, 4096, rw).map_err(|_| "mem_map failed")?;
+    let s = IoasAlloc { size: core::mem::size_of::<IoasAlloc>() as u32, ..Default::default() };
+    // SAFETY: `va` is a fresh, writable, page-aligned mapping of this task.
+    unsafe { (va as *mut IoasAlloc).write(s) };
+    alloc_at(va).map_err(|_| "ioas_alloc from a mapped page failed")?;
+    // SAFETY: as above; the kernel wrote its answer there.
+    let id = unsafe { (va as *const IoasAlloc).read() }.out_ioas_id;
+    userlib::iommufd::destroy(id).map_err(|_| "destroy failed")?;
+    sys::mem_unmap(va, 4096).map_err(|_| "mem_unmap failed")?;
+    if alloc_at(va) != Err(Errno::EFAULT) {
+        return Err("a struct on a page just unmapped was not EFAULT");
+    }
+    let again = sys::mem_map(va, 4096, rw).map_err(|_| "mem_map at the same address failed")?;
+    if again != va {
+        return Err("mem_map did not map at the address asked");
+    }
+    let r = alloc_at(va);
+    let _ = sys::mem_unmap(va, 4096);
+    (r == Err(Errno::EINVAL)).then_some(()).ok_or("a page mapped again was not read afresh")
+}
+
 const TESTS: &[(&str, Check)] = &[
     ("log_ok", log_ok),
+    ("a_struct_on_a_page_just_unmapped_is_efault", a_struct_on_a_page_just_unmapped_is_efault),
     ("log_bad_pointer_is_efault", log_bad_pointer),
     ("log_too_long_is_e2big", log_too_long),
     ("log_invalid_utf8_is_einval", log_invalid_utf8),
