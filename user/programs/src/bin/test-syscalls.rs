@@ -306,9 +306,14 @@ fn a_struct_on_a_page_just_unmapped_is_efault() -> Result<(), &'static str> {
     alloc_at(va).map_err(|_| "ioas_alloc from a mapped page failed")?;
     // SAFETY: as above; the kernel wrote its answer there.
     let id = unsafe { (va as *const IoasAlloc).read() }.out_ioas_id;
-    userlib::iommufd::destroy(id).map_err(|_| "destroy failed")?;
+    // No call in between: the page the kernel translated last is `va`'s.
     sys::mem_unmap(va, 4096).map_err(|_| "mem_unmap failed")?;
-    if alloc_at(va) != Err(Errno::EFAULT) {
+    let stale = alloc_at(va);
+    userlib::iommufd::destroy(id).map_err(|_| "destroy failed")?;
+    if let Ok(other) = stale {
+        let _ = userlib::iommufd::destroy(other as u32);
+    }
+    if stale != Err(Errno::EFAULT) {
         return Err("a struct on a page just unmapped was not EFAULT");
     }
     let again = sys::mem_map(va, 4096, rw).map_err(|_| "mem_map at the same address failed")?;
