@@ -32,13 +32,16 @@ static PASSED: AtomicU64 = AtomicU64::new(0);
 static IN_SYSCALL: AtomicU64 = AtomicU64::new(0);
 
 /// Marks the start (`Some(task)`) and end (`None`) of serving a syscall.
+///
+/// Relaxed: the scope is read on the CPU that serves the syscall (by the
+/// heap's injection point inside it), never by another.
 pub fn syscall_scope(task: Option<u64>) {
-    IN_SYSCALL.store(task.unwrap_or(0), Ordering::SeqCst);
+    IN_SYSCALL.store(task.unwrap_or(0), Ordering::Relaxed);
 }
 
 /// The task whose syscall is being served, if any.
 pub fn current_scope() -> Option<u64> {
-    Some(IN_SYSCALL.load(Ordering::SeqCst)).filter(|&t| t != 0)
+    Some(IN_SYSCALL.load(Ordering::Relaxed)).filter(|&t| t != 0)
 }
 
 /// The heap's injection point: true when this allocation must fail. Only
@@ -47,7 +50,7 @@ pub fn hit_heap() -> bool {
     if COUNTDOWN.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    let task = IN_SYSCALL.load(Ordering::SeqCst);
+    let task = IN_SYSCALL.load(Ordering::Relaxed);
     task != 0 && task == crate::cpu::running() && hit()
 }
 

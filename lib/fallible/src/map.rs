@@ -89,6 +89,13 @@ impl<K: Ord, V> TryMap<K, V> {
     }
 
     fn find(&self, key: &K) -> Result<usize, usize> {
+        // A key past the last one (an id never handed out, the next entry
+        // of a map that grows upward) needs no search.
+        match self.entries.back() {
+            None => return Err(0),
+            Some((last, _)) if *last < *key => return Err(self.entries.len()),
+            _ => {}
+        }
         self.entries.binary_search_by(|(k, _)| k.cmp(key))
     }
 
