@@ -593,8 +593,13 @@ impl<F: Format> PageTable<F> {
             // free (otherwise the walk below finds what is in the way).
             let (table, (first, last)) = (first, last);
             if (first..=last).all(|i| mem.read(table, i) == 0) {
+                let step = self.leaf_step(pa, last - first, perms)?;
                 for (k, i) in (first..=last).enumerate() {
-                    mem.write(table, i, self.fmt.encode_leaf(pa + k as u64 * 4096, 0, perms)?);
+                    let pte = match step {
+                        Some(pte0) => pte0 + k as u64 * 4096,
+                        None => self.fmt.encode_leaf(pa + k as u64 * 4096, 0, perms)?,
+                    };
+                    mem.write(table, i, pte);
                 }
                 return Ok(Gather { start: iova, end, freed: Vec::new() });
             }
@@ -634,6 +639,27 @@ impl<F: Format> PageTable<F> {
         Ok(Gather { start: iova, end, freed: Vec::new() })
     }
 
+    /// The 4 KiB leaf for `pa` when the leaves for `pa + k * 4 KiB`, `k` up
+    /// to `last`, are it plus `k * 4096` (the format keeps the address in
+    /// place, and no carry leaves the address field): checked on the
+    /// encoded leaves of the first, second and last page, so a leaf table is
+    /// filled with one add per page instead of one encoding. `None`: encode
+    /// each page. Errors are `encode_leaf`'s for the last page (a range past
+    /// what the format can address fails before anything is written).
+    fn leaf_step(&self, pa: u64, last: usize, perms: Perms) -> Result<Option<u64>, Error> {
+        let first = self.fmt.encode_leaf(pa, 0, perms)?;
+        if last == 0 {
+            return Ok(Some(first));
+        }
+        let (Some(last_pa), Some(second_pa)) = (pa.checked_add(last as u64 * 4096), pa.checked_add(4096)) else {
+            return Ok(None);
+        };
+        let end = self.fmt.encode_leaf(last_pa, 0, perms)?;
+        let second = self.fmt.encode_leaf(second_pa, 0, perms)?;
+        let steps = second.checked_sub(first) == Some(4096) && first.checked_add(last as u64 * 4096) == Some(end);
+        Ok(steps.then_some(first))
+    }
+
     /// Maps the part of `run` under `table` (at `level`, mapping from
     /// `base`), largest leaves first; `run.done` follows the last leaf written.
     fn map_level(
@@ -648,11 +674,18 @@ impl<F: Format> PageTable<F> {
         if level == 0 {
             // The leaf level: one entry per page (alignment was checked).
             self.last_leaf_table = Some(LeafTable { base, table });
-            for (i, va) in slots(base, run.start, run.end, 0) {
+            let mut slots = slots(base, run.start, run.end, 0).peekable();
+            let Some(&(i0, va0)) = slots.peek() else { return Ok(()) };
+            let n = (run.end.min(base.saturating_add(level_size(1))) - va0) / size;
+            let step = self.leaf_step(va0.wrapping_add(run.delta), n.saturating_sub(1) as usize, run.perms)?;
+            for (i, va) in slots {
                 if mem.read(table, i) != 0 {
                     return Err(Error::AlreadyMapped(va));
                 }
-                let pte = self.fmt.encode_leaf(va.wrapping_add(run.delta), 0, run.perms)?;
+                let pte = match step {
+                    Some(pte0) => pte0 + (i - i0) as u64 * 4096,
+                    None => self.fmt.encode_leaf(va.wrapping_add(run.delta), 0, run.perms)?,
+                };
                 mem.write(table, i, pte);
                 run.done = va + size;
             }
