@@ -595,11 +595,7 @@ impl<F: Format> PageTable<F> {
             if (first..=last).all(|i| mem.read(table, i) == 0) {
                 let step = self.leaf_step(pa, last - first, perms)?;
                 for (k, i) in (first..=last).enumerate() {
-                    let pte = match step {
-                        Some(pte0) => pte0 + k as u64 * 4096,
-                        None => self.fmt.encode_leaf(pa + k as u64 * 4096, 0, perms)?,
-                    };
-                    mem.write(table, i, pte);
+                    mem.write(table, i, self.nth_leaf(step, pa, k as u64, perms)?);
                 }
                 return Ok(Gather { start: iova, end, freed: Vec::new() });
             }
@@ -660,6 +656,15 @@ impl<F: Format> PageTable<F> {
         Ok(steps.then_some(first))
     }
 
+    /// The 4 KiB leaf of page `k` of a run from `pa`: [`Self::leaf_step`]'s
+    /// `step` plus `k` pages where the format steps, else its own encoding.
+    fn nth_leaf(&self, step: Option<u64>, pa: u64, k: u64, perms: Perms) -> Result<u64, Error> {
+        match step {
+            Some(first) => Ok(first + k * 4096),
+            None => self.fmt.encode_leaf(pa + k * 4096, 0, perms),
+        }
+    }
+
     /// Maps the part of `run` under `table` (at `level`, mapping from
     /// `base`), largest leaves first; `run.done` follows the last leaf written.
     fn map_level(
@@ -682,10 +687,7 @@ impl<F: Format> PageTable<F> {
                 if mem.read(table, i) != 0 {
                     return Err(Error::AlreadyMapped(va));
                 }
-                let pte = match step {
-                    Some(pte0) => pte0 + (i - i0) as u64 * 4096,
-                    None => self.fmt.encode_leaf(va.wrapping_add(run.delta), 0, run.perms)?,
-                };
+                let pte = self.nth_leaf(step, va0.wrapping_add(run.delta), (i - i0) as u64, run.perms)?;
                 mem.write(table, i, pte);
                 run.done = va + size;
             }

@@ -680,9 +680,7 @@ header!(FaultRead, 0, |s| s.reserved == 0);
 /// A field added later will make the older size the minimum of that op.)
 pub fn decode<T: Header>(bytes: &[u8]) -> Result<T, crate::Errno> {
     let known = core::mem::size_of::<T>();
-    if bytes.len() < 8 || bytes.len() < known {
-        return Err(crate::Errno::EINVAL);
-    }
+    check_size::<T>(bytes.len())?;
     if bytes.len() > known && bytes[known..].iter().any(|&b| b != 0) {
         return Err(crate::Errno::E2BIG);
     }
@@ -690,6 +688,15 @@ pub fn decode<T: Header>(bytes: &[u8]) -> Result<T, crate::Errno> {
     v.as_mut_bytes().copy_from_slice(&bytes[..known]);
     check_fields(&v)?;
     Ok(v)
+}
+
+/// The rule on a caller's `size` of `T` (of [`decode`]): shorter than the
+/// struct, or than its two header words, is `EINVAL`.
+pub fn check_size<T: Header>(size: usize) -> Result<(), crate::Errno> {
+    if size < 8 || size < core::mem::size_of::<T>() {
+        return Err(crate::Errno::EINVAL);
+    }
+    Ok(())
 }
 
 /// The rule on a struct's own fields, once its bytes are in: flags it does

@@ -137,8 +137,7 @@ pub fn copy_to_user(va: u64, bytes: &[u8]) -> Result<(), Errno> {
     };
     // Check every page first, so a bad pointer writes nothing (one page,
     // nearly every call: its check is its translation).
-    let first = va & !(FRAME_SIZE - 1);
-    let mut page = first;
+    let mut page = va & !(FRAME_SIZE - 1);
     while page < end {
         writable(page)?;
         page += FRAME_SIZE;

@@ -88,9 +88,7 @@ fn read<T: Header>(user: &dyn UserMemory, ptr: u64) -> Result<(T, u32), Errno> {
         return Err(Errno::E2BIG);
     }
     let size_bytes = size as usize;
-    if size_bytes < 8 || size_bytes < known {
-        return Err(Errno::EINVAL);
-    }
+    a::check_size::<T>(size_bytes)?;
     let at = |off: usize| ptr.checked_add(off as u64).ok_or(Errno::EFAULT);
     if known > first {
         user.read_into(at(first)?, &mut v.as_mut_bytes()[first..])?;

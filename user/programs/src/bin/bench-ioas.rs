@@ -103,19 +103,26 @@ fn counted_pair(ioas_id: u32, dev: u32, va: u64, pages: u64) -> Result<(u64, u64
     Ok((f1 - f0, flushes(dev) - f1))
 }
 
-/// The cheapest failing IOAS call: destroying an id that does not exist
-/// (`ENOENT`; the Linux peer's `null_ioctl_destroy_enoent`).
-fn error_path(reps: usize) -> Result<(), &'static str> {
+/// The median time (ns) of `reps` timed calls of `call`, one syscall each.
+fn median_call(reps: usize, mut call: impl FnMut() -> Result<(), &'static str>) -> Result<u64, &'static str> {
     let reps = reps.min(MAX_REPS);
     let mut t = [0u64; MAX_REPS];
     for slot in t.iter_mut().take(reps) {
         let t0 = now();
-        if iommufd::destroy(u32::MAX) != Err(abi::Errno::ENOENT) {
-            return Err("destroy of an unknown id did not answer ENOENT");
-        }
+        call()?;
         *slot = now() - t0;
     }
-    let ns = median(&mut t[..reps]);
+    Ok(median(&mut t[..reps]))
+}
+
+/// The cheapest failing IOAS call: destroying an id that does not exist
+/// (`ENOENT`; the Linux peer's `null_ioctl_destroy_enoent`).
+fn error_path(reps: usize) -> Result<(), &'static str> {
+    let ns = median_call(reps, || match iommufd::destroy(u32::MAX) {
+        Err(abi::Errno::ENOENT) => Ok(()),
+        _ => Err("destroy of an unknown id did not answer ENOENT"),
+    })?;
+    let reps = reps.min(MAX_REPS);
     println!("bench-ioas: error path   destroy of an unknown id {ns:>7} ns");
     println!("RESULT case=error_path reps={reps} ns={ns}");
     Ok(())
@@ -125,14 +132,8 @@ fn error_path(reps: usize) -> Result<(), &'static str> {
 /// (`clock_counter`, which takes no lock and touches no user memory), timed
 /// as [`error_path`] is. A reference, not a shape compared with Linux.
 fn null_syscall(reps: usize) -> Result<(), &'static str> {
+    let ns = median_call(reps, || sys::clock_counter().map(|_| ()).map_err(|_| "clock_counter"))?;
     let reps = reps.min(MAX_REPS);
-    let mut t = [0u64; MAX_REPS];
-    for slot in t.iter_mut().take(reps) {
-        let t0 = now();
-        sys::clock_counter().map_err(|_| "clock_counter")?;
-        *slot = now() - t0;
-    }
-    let ns = median(&mut t[..reps]);
     println!("bench-ioas: null syscall clock_counter      {ns:>7} ns");
     println!("RESULT case=null_syscall reps={reps} ns={ns}");
     Ok(())
