@@ -573,6 +573,7 @@ impl<F: Format> PageTable<F> {
     /// One walk serves the whole range: each table on the way is reached
     /// once and filled slot by slot (a run of 4 KiB pages costs one entry
     /// write each, not a walk from the root each).
+    #[inline]
     pub fn map(
         &mut self,
         mem: &mut impl TableMemory,
@@ -587,12 +588,18 @@ impl<F: Format> PageTable<F> {
         }
         // A physical range that wraps cannot be mapped.
         pa.checked_add(len - 1).ok_or(Error::OutOfRange)?;
-        self.fmt.encode_leaf(pa, 0, perms)?;
-        if let Some((first, last)) = self.last_leaf_table.and_then(|c| c.holds(iova, end).map(|r| (c.table, r))) {
+        if let Some((table, (first, last))) =
+            self.last_leaf_table.and_then(|c| c.holds(iova, end).map(|r| (c.table, r)))
+        {
             // Straight into the remembered leaf table, when every slot is
-            // free (otherwise the walk below finds what is in the way).
-            let (table, (first, last)) = (first, last);
-            if (first..=last).all(|i| mem.read(table, i) == 0) {
+            // free (otherwise the walk below finds what is in the way). The
+            // leaves are encoded (and so checked) before the first write.
+            if first == last {
+                if mem.read(table, first) == 0 {
+                    mem.write(table, first, self.fmt.encode_leaf(pa, 0, perms)?);
+                    return Ok(Gather { start: iova, end, freed: Vec::new() });
+                }
+            } else if (first..=last).all(|i| mem.read(table, i) == 0) {
                 let step = self.leaf_step(pa, last - first, perms)?;
                 for (k, i) in (first..=last).enumerate() {
                     mem.write(table, i, self.nth_leaf(step, pa, k as u64, perms)?);
@@ -600,6 +607,23 @@ impl<F: Format> PageTable<F> {
                 return Ok(Gather { start: iova, end, freed: Vec::new() });
             }
         }
+        self.map_walk(mem, iova, end, pa, perms)
+    }
+
+    /// [`PageTable::map`] by a walk from the root, for a checked range the
+    /// remembered leaf table does not take (kept out of line, so the common
+    /// small map above saves and restores few registers).
+    #[inline(never)]
+    fn map_walk(
+        &mut self,
+        mem: &mut impl TableMemory,
+        iova: u64,
+        end: u64,
+        pa: u64,
+        perms: Perms,
+    ) -> Result<Gather, Error> {
+        // Rights and the output address checked before the walk writes.
+        self.fmt.encode_leaf(pa, 0, perms)?;
         let mut run =
             MapRun { start: iova, end, delta: pa.wrapping_sub(iova), perms, done: iova, created: Created::new() };
         if let Err(e) = self.map_level(mem, self.root, self.fmt.levels() - 1, 0, &mut run) {

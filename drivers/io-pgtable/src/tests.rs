@@ -429,6 +429,31 @@ fn range_errors() {
     assert_eq!(t.map(&mut mem, 0x1000, 0x5000, 0x1000, Perms::READ), Err(Error::AlreadyMapped(0x1000)));
 }
 
+/// The remembered leaf table takes small maps without a walk; it must refuse
+/// what the walk refuses, before writing anything: rights the format cannot
+/// encode, an output address past the format's, a slot in use.
+#[test]
+fn maps_into_the_remembered_leaf_table_are_checked_like_walks() {
+    let mut mem = Arena::new();
+    // ArmCpu refuses both write-only pages and output bits past 48.
+    let mut t = PageTable::new(ArmCpu::new(4, 1, 0), &mut mem).unwrap();
+    t.map(&mut mem, 0x20_0000, 0x5000, 0x1000, Perms::READ).unwrap().release(&mut mem);
+    let leaves = |t: &PageTable<ArmCpu>, mem: &Arena| {
+        let mut v = Vec::new();
+        t.for_each_mapping(mem, &mut |va, size, pa, perms| v.push((va, size, pa, perms)));
+        v
+    };
+    let before = leaves(&t, &mem);
+    for len in [0x1000, 0x3000] {
+        assert_eq!(t.map(&mut mem, 0x20_1000, 0x6000, len, Perms::WRITE), Err(Error::BadPerms), "{len:#x}");
+        assert_eq!(t.map(&mut mem, 0x20_1000, 1 << 60, len, Perms::READ), Err(Error::OutOfRange), "{len:#x}");
+        assert_eq!(t.map(&mut mem, 0x20_0000, 0x6000, len, Perms::READ), Err(Error::AlreadyMapped(0x20_0000)));
+        assert_eq!(leaves(&t, &mem), before, "a refused map wrote something ({len:#x})");
+    }
+    t.map(&mut mem, 0x20_1000, 0x6000, 0x3000, Perms::READ).unwrap().release(&mut mem);
+    assert_eq!(t.iova_to_phys(&mem, 0x20_3000), Some(0x8000));
+}
+
 /// A table in plain memory for [`crate::walk_foreign`]: entries by (table, index);
 /// a missing entry reads as zero unless its table is listed as unreadable.
 #[derive(Default)]
