@@ -77,6 +77,7 @@ impl Iommufd {
         if let Some(Object::Device(d)) = self.objects.get_mut(&dev) {
             d.hwpt = Some(hwpt);
         }
+        self.topology_changed();
         if let Some(old) = old {
             self.drop_hwpt_ref(units, old);
         }
@@ -92,6 +93,7 @@ impl Iommufd {
         if let Some(Object::Device(d)) = self.objects.get_mut(&dev) {
             d.hwpt = None;
         }
+        self.topology_changed();
         self.drop_hwpt_ref(units, hwpt);
         Ok(())
     }

@@ -260,6 +260,7 @@ impl Iommufd {
             self.abort(obj);
             return Err(e);
         }
+        self.topology_changed();
         Ok(self.publish(obj, Object::Hwpt(Hwpt { unit, domain, ioas, devices: 0, kind, fault_queue })))
     }
 
@@ -295,6 +296,7 @@ impl Iommufd {
                 i.hwpts.retain(|&x| x != hwpt);
             }
         }
+        self.topology_changed();
     }
 
     /// Re-reads the user's stage-1 table for each entry in order (unmap the

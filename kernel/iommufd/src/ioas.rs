@@ -234,31 +234,48 @@ impl Iommufd {
 
     /// Where a new area of `len` bytes goes in `ioas`. Both cases look only
     /// at the areas near the answer (the areas are sorted by IOVA).
+    ///
+    /// The usable ranges are kept in the IOAS between calls and computed
+    /// again only after the devices or HWPTs on it changed
+    /// ([`Iommufd::topology_changed`]): a map after a map does not walk every
+    /// device's reserved regions again.
     fn place(&mut self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
-        // The usable ranges go into the IOAS's own room, lent out for the call.
-        let mut usable = core::mem::take(&mut self.ioas_mut(ioas)?.scratch);
-        let r = self.place_in(units, ioas, len, iova, &mut usable);
-        // Given back empty: its contents are the call's, not the IOAS's.
-        usable.clear();
+        let topology = self.topology;
+        let i = self.ioas_mut(ioas)?;
+        let cached = i.usable_at != 0 && i.usable_at == topology;
+        // Lent out for the call (the IOAS's own room).
+        let mut usable = core::mem::take(&mut i.scratch);
+        i.usable_at = 0;
+        let computed = if cached {
+            #[cfg(test)]
+            {
+                let mut fresh = Vec::new();
+                let _ = self.usable_in(units, ioas, self.attached_devices(ioas), &mut fresh);
+                assert_eq!(usable, fresh, "IOAS {ioas}: kept usable ranges are stale");
+            }
+            Ok(())
+        } else {
+            self.usable_in(units, ioas, self.attached_devices(ioas), &mut usable)
+        };
+        let r = computed.and_then(|()| self.place_in(units, ioas, len, iova, &usable));
         if let Ok(i) = self.ioas_mut(ioas) {
+            i.usable_at = if computed.is_ok() { topology } else { 0 };
             i.scratch = usable;
         }
         r
     }
 
-    /// [`Iommufd::place`] with `usable` as the room for the usable ranges.
+    /// [`Iommufd::place`] inside `usable`, the IOAS's usable ranges now.
     fn place_in(
         &self,
         units: &[Box<dyn Iommu>],
         ioas: u32,
         len: u64,
         iova: IovaChoice,
-        usable: &mut Vec<Range>,
+        usable: &[Range],
     ) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
         let devs = self.attached_devices(ioas);
-        self.usable_in(units, ioas, devs.clone(), usable)?;
-        let usable = &*usable;
         match iova {
             IovaChoice::Fixed(at) => {
                 if !at.is_multiple_of(PAGE) {

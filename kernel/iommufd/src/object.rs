@@ -91,7 +91,7 @@ impl Default for Hints {
 }
 
 /// An IOAS: an IOVA space of areas of pinned user pages (`ioas.rs`).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Ioas {
     /// The mappings, by first IOVA (they never overlap).
     pub(crate) areas: TryMap<u64, Area>,
@@ -107,11 +107,29 @@ pub(crate) struct Ioas {
     pub(crate) hwpts: Vec<u32>,
     /// Its hints.
     pub(crate) hints: Hints,
-    /// Room for the usable IOVA ranges a map computes (taken out, filled,
-    /// put back: [`IOAS_SCRATCH`] ranges reserved at creation, so a map
-    /// allocates nothing for them; more when devices reserve more holes,
-    /// given back by [`Iommufd::shrink`]).
+    /// The usable IOVA ranges as a map last computed them, valid while
+    /// [`Ioas::usable_at`] is the table's [`Iommufd::topology`] (room for
+    /// [`IOAS_SCRATCH`] ranges reserved at creation, so a map allocates
+    /// nothing for them; more when devices reserve more holes, given back by
+    /// [`Iommufd::shrink`]).
     pub(crate) scratch: Vec<Range>,
+    /// The [`Iommufd::topology`] `scratch` was computed at (0: never).
+    pub(crate) usable_at: u64,
+}
+
+/// What an IOAS holds, without the usable ranges it keeps between calls (a
+/// cache: the fail-nth tests compare this text before and after a failed
+/// call, and a call may leave the cache filled).
+impl core::fmt::Debug for Ioas {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ioas")
+            .field("areas", &self.areas)
+            .field("run", &self.run)
+            .field("allowed", &self.allowed)
+            .field("hwpts", &self.hwpts)
+            .field("hints", &self.hints)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Ranges an IOAS keeps room for in [`Ioas::scratch`].
@@ -234,17 +252,27 @@ pub struct Iommufd {
     pub(crate) quota: Quota,
     /// Pages pinned by the areas of every IOAS now.
     pub(crate) pinned: u64,
+    /// Moves on whenever a device joins or leaves a HWPT, or a HWPT joins or
+    /// leaves an IOAS ([`Iommufd::topology_changed`]): what an IOAS's usable
+    /// ranges depend on besides the units, which never change. Starts at 1.
+    pub(crate) topology: u64,
 }
 
 impl Iommufd {
     /// An empty table.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_quota(Quota::default())
     }
 
     /// An empty table with `quota`.
     pub fn with_quota(quota: Quota) -> Self {
-        Iommufd { quota, ..Self::default() }
+        Iommufd { quota, topology: 1, ..Self::default() }
+    }
+
+    /// Forgets every IOAS's usable ranges: a device was attached or
+    /// detached, or a HWPT added to or taken from an IOAS.
+    pub(crate) fn topology_changed(&mut self) {
+        self.topology = self.topology.wrapping_add(1).max(1);
     }
 
     /// The table's limits.
@@ -270,6 +298,7 @@ impl Iommufd {
                         let mut smaller = Vec::new();
                         if smaller.try_reserve_exact(IOAS_SCRATCH).is_ok() {
                             i.scratch = smaller;
+                            i.usable_at = 0;
                         }
                     }
                 }

@@ -436,6 +436,35 @@ fn attach_refuses_a_device_whose_reserved_regions_collide_with_mappings() {
     assert!(mem.pins.is_empty());
 }
 
+/// A map keeps the IOAS's usable ranges for the next one; attach and detach
+/// must make it compute them again: a device's reserved region is closed to
+/// maps while it is attached and open again once it left.
+#[test]
+fn usable_ranges_follow_attach_and_detach() {
+    let direct = Region { start: 0x10_0000, end: 0x10_0FFF, kind: ReservedKind::Reserved };
+    let mut units = vec![mock(&[0x10, 0x18], vec![(Some(DeviceId(0x18)), direct)])];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let at = |iova| MapArgs { va: 0, len: 0x1000, iova: IovaChoice::Fixed(iova), perms: RW };
+    // Computed with no device: all of it usable.
+    fd.map(&mut units, &mut mem, ioas, at(0x20_0000)).unwrap();
+    let plain = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    let holed = fd.device_bind(&mut units, 0, DeviceId(0x18)).unwrap();
+    fd.device_attach(&mut units, plain, ioas).unwrap();
+    fd.map(&mut units, &mut mem, ioas, at(0x30_0000)).unwrap();
+    // Joins the HWPT `plain` made: no HWPT comes or goes, only a device.
+    fd.device_attach(&mut units, holed, ioas).unwrap();
+    assert_eq!(fd.map(&mut units, &mut mem, ioas, at(0x10_0000)), Err(Errno::EADDRINUSE));
+    let auto = fd.map(&mut units, &mut mem, ioas, MapArgs { iova: IovaChoice::Auto, ..at(0) }).unwrap();
+    assert!(!(0x10_0000..0x10_1000).contains(&auto), "placed in the reserved hole");
+    fd.device_detach(&mut units, holed).unwrap();
+    // Kept from the attached state, the hole would still refuse this.
+    fd.map(&mut units, &mut mem, ioas, at(0x10_0000)).unwrap();
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty());
+}
+
 #[test]
 fn copy_maps_the_same_pages_again() {
     let mut units = vec![mock(&[0x10, 0x18], vec![])];

@@ -17,15 +17,15 @@ use fallible::VecExt;
 static PENDING_FAULTS: spin::Mutex<VecDeque<(usize, iommu::FaultEvent)>> = spin::Mutex::new(VecDeque::new());
 /// Faults kept for their owner at most (older ones are dropped; all were logged).
 const PENDING_LIMIT: usize = 256;
-/// Uptime (ns) of the last poll of the units' fault records.
-static LAST_POLL_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-/// The units' fault records are polled at the start of a call at most this
-/// often: each poll reads every unit's fault status over MMIO, and under TCG
-/// (`cargo xtask profile`) polls every 100 us still took a tenth of the
-/// cheapest call. `fault_read` and its wait always poll, so a task asking
-/// for its faults never misses one; the log of a stray DMA is at most this
-/// late (edu's DMA alone takes 100 ms).
-const POLL_INTERVAL_NS: u64 = 1_000_000;
+/// Timer tick of the last poll of the units' fault records. They are polled
+/// at the start of a call once per tick (10 ms at 100 Hz) at most: each poll
+/// reads every unit's fault status over MMIO, and under TCG (`cargo xtask
+/// profile`) polls every 100 us still took a tenth of the cheapest call; the
+/// tick is one atomic load where a clock read is a timer-counter read.
+/// `fault_read` and its wait always poll, so a task asking for its faults
+/// never misses one; the log of a stray DMA is at most a tick late (edu's
+/// DMA alone takes 100 ms).
+static LAST_POLL_TICK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
 
 /// The running task as the decoder (`iommufd::syscall`) sees it.
 struct TaskKernel {
@@ -117,8 +117,8 @@ fn collect_faults() {
 
 /// `iommufd(op, ptr)`. Faults the units recorded since the last poll are
 /// logged first (decoded), so a task sees its stray DMA reported, and
-/// delivered to the fault queues that asked for them (polled at most every
-/// [`POLL_INTERVAL_NS`], and always for `fault_read`); then the op runs
+/// delivered to the fault queues that asked for them (polled at most once
+/// per timer tick, see [`LAST_POLL_TICK`], and always for `fault_read`); then the op runs
 /// through the decoder the host tests use too (`iommufd::syscall`).
 ///
 /// The op runs with interrupts on: a map at the pin quota takes tens of
@@ -134,9 +134,9 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     use abi::iommufd::Op;
     use core::sync::atomic::Ordering;
     let op_kind = Op::from_raw(op);
-    let now = crate::platform().uptime_ns();
-    if op_kind == Some(Op::FaultRead) || now.wrapping_sub(LAST_POLL_NS.load(Ordering::Relaxed)) >= POLL_INTERVAL_NS {
-        LAST_POLL_NS.store(now, Ordering::Relaxed);
+    let tick = crate::platform().timer_ticks();
+    if op_kind == Some(Op::FaultRead) || tick != LAST_POLL_TICK.load(Ordering::Relaxed) {
+        LAST_POLL_TICK.store(tick, Ordering::Relaxed);
         collect_faults();
     }
     let frees_only = matches!(
