@@ -283,6 +283,26 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
     }
+    // The same demo, unchanged, when the IOMMU's smallest page is larger than
+    // the CPU's: virtio-iommu with a 64 KiB granule. The generic door reports
+    // the alignment (ioas_iova_ranges) and the driver's buffers honour it.
+    let mut c = harness::case(
+        &Machine {
+            cmdline: vec!["init=demo".to_owned()],
+            ..machine(Iommu::Virtio, split("-global virtio-iommu-pci.granule=64k -device edu"))
+        },
+        kernel,
+        BOOT_TIMEOUT,
+    )?;
+    c.name = format!("{}-virtio-64k-demo", arch.name());
+    c.log_file.set_file_name(format!("{}.log", c.name));
+    c.must_contain = vec![
+        "(granule 64 KiB)".into(),
+        "demo: passed 2 devices".into(),
+        "kind=virtio-iommu dma=ok stray-dma=blocked".into(),
+    ];
+    c.expect = qemu_tests::runner::Expect::Exit;
+    cases.push(c);
     match arch {
         Arch::X86_64 => {
             // VT-d with caching mode and a second edu (two domains), without

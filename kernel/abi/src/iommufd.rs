@@ -129,7 +129,11 @@ pub struct IoasIovaRanges {
     pub num_ranges: u32,
     /// User pointer to an array of [`IovaRange`].
     pub ranges: u64,
-    /// Out: the smallest page size every attached unit supports.
+    /// Out: the IOVA alignment (Linux's meaning): the largest of the
+    /// smallest pages of the units the IOAS reaches, 4 KiB at least. A map's
+    /// IOVA and length, and the physical blocks of its memory, must be
+    /// multiples of it (`mem_map` with [`crate::mem_align`] gives such
+    /// memory); `EINVAL` otherwise.
     pub out_iova_alignment: u64,
 }
 

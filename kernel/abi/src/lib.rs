@@ -218,6 +218,38 @@ pub fn decode(raw: u64) -> SysResult {
 pub const PROT_READ: u64 = 1;
 /// `mem_map` protection: writable.
 pub const PROT_WRITE: u64 = 2;
+/// `mem_map` flags, bits 8..=13: log2 of a physical alignment for the
+/// mapping ([`mem_align`]). Zero: 4 KiB, pages anywhere. Otherwise every
+/// naturally aligned block of that size in the mapping is one physically
+/// contiguous block aligned to its size, as an IOMMU whose smallest page is
+/// larger than the CPU's needs for DMA buffers (`ioas_iova_ranges`'s
+/// `out_iova_alignment`); the address and length must be multiples of it.
+pub const MEM_ALIGN_MASK: u64 = 0x3F << 8;
+/// Largest alignment [`mem_align`] may ask for (2 MiB).
+pub const MEM_ALIGN_MAX: u64 = 2 << 20;
+
+/// The `mem_map` flag asking for physically contiguous blocks of `bytes`
+/// (a power of two from 4 KiB to [`MEM_ALIGN_MAX`]; others are refused by
+/// the kernel with `EINVAL`: anything else encodes as a refused value).
+pub const fn mem_align(bytes: u64) -> u64 {
+    if !bytes.is_power_of_two() {
+        return MEM_ALIGN_MASK; // 2^63: refused
+    }
+    ((bytes.trailing_zeros() as u64) << 8) & MEM_ALIGN_MASK
+}
+
+/// The alignment `prot` asks [`mem_map`](Sysno::MemMap) for, in bytes (4 KiB when none);
+/// `None` when it is no power of two from 4 KiB to [`MEM_ALIGN_MAX`].
+pub const fn mem_align_of(prot: u64) -> Option<u64> {
+    let shift = (prot & MEM_ALIGN_MASK) >> 8;
+    if shift == 0 {
+        return Some(4096);
+    }
+    if shift < 12 || 1u64 << shift > MEM_ALIGN_MAX {
+        return None;
+    }
+    Some(1 << shift)
+}
 
 /// A PCI function address as syscalls pass it: `segment << 16 | bus << 8 | dev << 3 | func`.
 pub const fn bdf(segment: u16, bus: u8, dev: u8, func: u8) -> u64 {
@@ -347,6 +379,20 @@ pub const LOG_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mem_align_round_trips_and_refuses_the_rest() {
+        use super::{mem_align, mem_align_of, MEM_ALIGN_MAX, PROT_WRITE};
+        assert_eq!(mem_align_of(PROT_WRITE), Some(4096), "no flag: 4 KiB");
+        for shift in 12..=21 {
+            assert_eq!(mem_align_of(mem_align(1 << shift) | PROT_WRITE), Some(1 << shift));
+        }
+        for bad in [0, 2048, 0x3000, 2 * MEM_ALIGN_MAX, 1 << 40] {
+            assert_eq!(mem_align_of(mem_align(bad)), None, "{bad:#x}");
+        }
+        // Raw shifts below a page.
+        assert_eq!(mem_align_of(11 << 8), None);
+    }
+
     extern crate std;
     use super::*;
     use std::string::ToString;

@@ -172,10 +172,16 @@ impl Iommufd {
     ) -> Result<(), Errno> {
         let devs = self.attached_devices(ioas).chain(more.iter().copied());
         let i = self.ioas(ioas)?;
-        let usable = self.usable(units, ioas, devs)?;
+        let usable = self.usable(units, ioas, devs.clone())?;
         let taken = i.areas.iter().map(|(&s, a)| (s, s + (a.len - 1)));
         if taken.chain(i.allowed.iter().copied()).any(|r| !ranges::covers(&usable, r)) {
             return Err(Errno::EADDRINUSE);
+        }
+        // A unit with larger pages than the IOAS had so far: every area must
+        // already be mappable in them.
+        let align = Self::alignment_with(units, devs.map(|(u, _)| u).chain(self.hwpt_units(ioas)));
+        for (&at, a) in i.areas.iter() {
+            Self::check_aligned(at, &a.pages, align)?;
         }
         Ok(())
     }
@@ -207,6 +213,50 @@ impl Iommufd {
             | 1 << 12
     }
 
+    /// The IOVA alignment of `ioas` (Linux's `out_iova_alignment`): the
+    /// largest of the smallest pages of the units it reaches, through its
+    /// devices and its HWPTs, and 4 KiB at least. Every map, copy and attach
+    /// keeps each area's IOVA, length and physical runs multiples of it, so
+    /// every unit can map every area with its own pages.
+    pub fn iova_alignment(&self, units: &[Box<dyn Iommu>], ioas: u32) -> u64 {
+        Self::alignment_with(units, self.attached_devices(ioas).map(|(u, _)| u).chain(self.hwpt_units(ioas)))
+    }
+
+    /// The units of the HWPTs of `ioas` (none for an unknown id).
+    fn hwpt_units(&self, ioas: u32) -> impl Iterator<Item = usize> + '_ {
+        self.ioas(ioas).ok().into_iter().flat_map(|i| i.hwpts.iter()).filter_map(|&h| self.hwpt(h)).map(|h| h.unit)
+    }
+
+    /// The largest smallest page of `unit_ids`, 4 KiB at least.
+    fn alignment_with(units: &[Box<dyn Iommu>], unit_ids: impl Iterator<Item = usize>) -> u64 {
+        unit_ids.map(|u| 1u64 << units[u].page_sizes().trailing_zeros().min(63)).fold(PAGE, u64::max)
+    }
+
+    /// `EINVAL` (the reason logged) unless an area of `pages` at `at` can be
+    /// mapped in pages of `align` bytes: its IOVA and length multiples of
+    /// it, and each physically contiguous run starting and ending on it.
+    pub(crate) fn check_aligned(at: u64, pages: &Runs, align: u64) -> Result<(), Errno> {
+        if align <= PAGE {
+            return Ok(());
+        }
+        let len = pages.pages() * PAGE;
+        if !at.is_multiple_of(align) || !len.is_multiple_of(align) {
+            log::warn!(
+                "ioas: {len:#x} bytes at IOVA {at:#x}: not multiples of the IOAS's {align:#x}-byte IOVA alignment"
+            );
+            return Err(Errno::EINVAL);
+        }
+        if let Some(r) = pages.iter().find(|r| !r.pa.is_multiple_of(align) || !(r.pages * PAGE).is_multiple_of(align)) {
+            log::warn!(
+                "ioas: {len:#x} bytes at IOVA {at:#x}: memory at {:#x} is not in physically contiguous {align:#x}-byte \
+                 blocks (map a buffer from mem_map with abi::mem_align({align:#x}))",
+                r.pa
+            );
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
     /// `EDQUOT` unless `pages` more pinned pages fit the quota.
     fn check_pins(&self, pages: u64) -> Result<(), Errno> {
         match self.pinned.checked_add(pages) {
@@ -226,9 +276,13 @@ impl Iommufd {
             return Err(Errno::EINVAL);
         }
         va.checked_add(len - 1).ok_or(Errno::EINVAL)?;
-        let at = self.place(units, ioas, len, iova)?;
+        let (at, alignment) = self.place(units, ioas, len, iova)?;
         self.check_pins(len / PAGE)?;
         let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
+        if let Err(e) = Self::check_aligned(at, &pages, alignment) {
+            mem.unpin(&pages);
+            return Err(e);
+        }
         self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
     }
 
@@ -239,12 +293,15 @@ impl Iommufd {
     /// again only after the devices or HWPTs on it changed
     /// ([`Iommufd::topology_changed`]): a map after a map does not walk every
     /// device's reserved regions again.
-    fn place(&mut self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<u64, Errno> {
+    /// Answers the IOVA and the IOAS's IOVA alignment
+    /// ([`Iommufd::iova_alignment`], kept with the usable ranges).
+    fn place(&mut self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<(u64, u64), Errno> {
         let topology = self.topology;
         let i = self.ioas_mut(ioas)?;
         let cached = i.usable_at != 0 && i.usable_at == topology;
         // Lent out for the call (the IOAS's own room).
         let mut usable = core::mem::take(&mut i.scratch);
+        let mut alignment = i.alignment;
         i.usable_at = 0;
         let computed = if cached {
             #[cfg(test)]
@@ -252,17 +309,20 @@ impl Iommufd {
                 let mut fresh = Vec::new();
                 let _ = self.usable_in(units, ioas, self.attached_devices(ioas), &mut fresh);
                 assert_eq!(usable, fresh, "IOAS {ioas}: kept usable ranges are stale");
+                assert_eq!(alignment, self.iova_alignment(units, ioas), "IOAS {ioas}: kept alignment is stale");
             }
             Ok(())
         } else {
+            alignment = self.iova_alignment(units, ioas);
             self.usable_in(units, ioas, self.attached_devices(ioas), &mut usable)
         };
-        let r = computed.and_then(|()| self.place_in(units, ioas, len, iova, &usable));
+        let r = computed.and_then(|()| self.place_in(units, ioas, len, iova, &usable, alignment));
         if let Ok(i) = self.ioas_mut(ioas) {
             i.usable_at = if computed.is_ok() { topology } else { 0 };
             i.scratch = usable;
+            i.alignment = alignment;
         }
-        r
+        r.map(|at| (at, alignment))
     }
 
     /// [`Iommufd::place`] inside `usable`, the IOAS's usable ranges now.
@@ -273,12 +333,22 @@ impl Iommufd {
         len: u64,
         iova: IovaChoice,
         usable: &[Range],
+        alignment: u64,
     ) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
         let devs = self.attached_devices(ioas);
+        if !len.is_multiple_of(alignment) {
+            log::warn!("ioas: {len:#x} bytes: not a multiple of the IOAS's {alignment:#x}-byte IOVA alignment");
+            return Err(Errno::EINVAL);
+        }
         match iova {
             IovaChoice::Fixed(at) => {
-                if !at.is_multiple_of(PAGE) {
+                if !at.is_multiple_of(alignment) {
+                    if at.is_multiple_of(PAGE) {
+                        log::warn!(
+                            "ioas: IOVA {at:#x}: not a multiple of the IOAS's {alignment:#x}-byte IOVA alignment"
+                        );
+                    }
                     return Err(Errno::EINVAL);
                 }
                 let last = at.checked_add(len - 1).ok_or(Errno::ERANGE)?;
@@ -313,9 +383,9 @@ impl Iommufd {
                     &within
                 };
                 let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
-                let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(PAGE).leading_zeros());
+                let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(alignment).leading_zeros());
                 lowest_gap(&i.areas, usable, len, align, i.run)
-                    .or_else(|| lowest_gap(&i.areas, usable, len, PAGE, i.run))
+                    .or_else(|| lowest_gap(&i.areas, usable, len, alignment, i.run))
                     .ok_or(Errno::ENOSPC)
             }
         }
@@ -518,8 +588,9 @@ impl Iommufd {
             }
             at = upto + 1;
         }
-        let place = self.place(units, dst, len, dst_iova)?;
+        let (place, alignment) = self.place(units, dst, len, dst_iova)?;
         self.check_pins(pages.pages())?;
+        Self::check_aligned(place, &pages, alignment)?;
         mem.repin(&pages);
         self.insert_area(units, dst, place, pages, perms).map_err(|f| f.give_back(mem))
     }

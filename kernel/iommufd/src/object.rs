@@ -115,6 +115,8 @@ pub(crate) struct Ioas {
     pub(crate) scratch: Vec<Range>,
     /// The [`Iommufd::topology`] `scratch` was computed at (0: never).
     pub(crate) usable_at: u64,
+    /// [`Iommufd::iova_alignment`] as of `usable_at`.
+    pub(crate) alignment: u64,
 }
 
 /// What an IOAS holds, without the usable ranges it keeps between calls (a

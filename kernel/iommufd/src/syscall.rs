@@ -206,7 +206,7 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             let (mut s, size) = read::<a::IoasIovaRanges>(k.user(), ptr)?;
             let (ranges, align) = with(k, |fd, units, _| {
                 let r = fd.iova_ranges(units, s.ioas_id)?;
-                Ok((r, 1u64 << fd.page_sizes(units, s.ioas_id).trailing_zeros()))
+                Ok((r, fd.iova_alignment(units, s.ioas_id)))
             })?;
             let room = s.num_ranges as usize;
             s.num_ranges = ranges.len() as u32;

@@ -465,6 +465,65 @@ fn usable_ranges_follow_attach_and_detach() {
     assert!(mem.pins.is_empty());
 }
 
+/// A unit whose smallest page is 64 KiB (virtio-iommu `granule=64k`): the
+/// IOAS's alignment follows the units it reaches, and every map, copy and
+/// attach that would leave an area it cannot map in its pages is `EINVAL`
+/// with nothing changed.
+#[test]
+fn iova_alignment_follows_the_largest_smallest_page() {
+    const K64: u64 = 0x1_0000;
+    let mut big = MockConfig { devices: vec![DeviceId(0x20)], ..MockConfig::default() };
+    big.page_sizes = K64 | 1 << 21;
+    let mut units: Vec<Box<dyn Iommu>> = vec![mock(&[0x10], vec![]), Box::new(MockIommu::new(big))];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let args = |va, len, iova| MapArgs { va, len, iova, perms: RW };
+    assert_eq!(fd.iova_alignment(&units, ioas), PAGE);
+    // A 4 KiB area, fine until a 64 KiB unit joins: that attach is refused.
+    let small = fd.map(&mut units, &mut mem, ioas, args(0x3000, 0x1000, IovaChoice::Auto)).unwrap();
+    let d4 = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    let d64 = fd.device_bind(&mut units, 1, DeviceId(0x20)).unwrap();
+    fd.device_attach(&mut units, d4, ioas).unwrap();
+    // A tripwire: the 64 KiB unit's next map fails with ENOMEM. Every
+    // refusal below must come before the unit is asked (EINVAL, the reason
+    // logged), so it is still armed when the first good map comes.
+    mock_of(&mut units, 1).fail_next(MockOp::Map, iommu::Error::NoMemory);
+    assert_eq!(fd.device_attach(&mut units, d64, ioas), Err(Errno::EINVAL), "an area it cannot map");
+    assert_eq!(fd.iova_alignment(&units, ioas), PAGE, "the refused attach left nothing");
+    assert_eq!(fd.unmap(&mut units, &mut mem, ioas, small, 0x1000), Ok(0x1000));
+    fd.device_attach(&mut units, d64, ioas).unwrap();
+    assert_eq!(fd.iova_alignment(&units, ioas), K64);
+    let pins = mem.pins.len();
+    // Length, IOVA, and physical runs must all be 64 KiB multiples.
+    assert_eq!(fd.map(&mut units, &mut mem, ioas, args(0x10000, 0x1000, IovaChoice::Auto)), Err(Errno::EINVAL));
+    assert_eq!(
+        fd.map(&mut units, &mut mem, ioas, args(0x10000, K64, IovaChoice::Fixed(0x4000_1000))),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(fd.map(&mut units, &mut mem, ioas, args(0x11000, K64, IovaChoice::Auto)), Err(Errno::EINVAL), "memory");
+    assert_eq!(mem.pins.len(), pins, "a refused map holds no pin");
+    let good = args(0x10000, 2 * K64, IovaChoice::Auto);
+    assert_eq!(fd.map(&mut units, &mut mem, ioas, good), Err(Errno::ENOMEM), "a refused call reached the unit");
+    let at = fd.map(&mut units, &mut mem, ioas, args(0x10000, 2 * K64, IovaChoice::Auto)).unwrap();
+    assert!(at.is_multiple_of(K64), "{at:#x}");
+    assert_eq!(mock_of(&mut units, 1).dma(DeviceId(0x20), at + K64 + 8, true), Some(BASE + 0x2_0008));
+    assert_eq!(mock_of(&mut units, 0).dma(DeviceId(0x10), at + 8, false), Some(BASE + 0x1_0008));
+    // Copies into the IOAS obey it too: a 4 KiB piece of a source area is refused.
+    let src = fd.ioas_alloc().unwrap();
+    let s = fd.map(&mut units, &mut mem, src, args(0x40000, K64, IovaChoice::Auto)).unwrap();
+    let c = |src_iova, len| CopyArgs { src, src_iova, len, dst_iova: IovaChoice::Auto, perms: RW };
+    assert_eq!(fd.copy(&mut units, &mut mem, ioas, c(s + 0x1000, 0x1000)), Err(Errno::EINVAL));
+    let copied = fd.copy(&mut units, &mut mem, ioas, c(s, K64)).unwrap();
+    assert!(copied.is_multiple_of(K64));
+    // Once the 64 KiB unit left, 4 KiB maps are fine again.
+    fd.device_detach(&mut units, d64).unwrap();
+    assert_eq!(fd.iova_alignment(&units, ioas), PAGE);
+    fd.map(&mut units, &mut mem, ioas, args(0x3000, 0x1000, IovaChoice::Auto)).unwrap();
+    fd.close(&mut units, &mut mem);
+    assert!(mem.pins.is_empty());
+}
+
 #[test]
 fn copy_maps_the_same_pages_again() {
     let mut units = vec![mock(&[0x10, 0x18], vec![])];

@@ -39,6 +39,57 @@ pub fn iova_ranges(ioas: u32, out: &mut [a::IovaRange]) -> Result<(usize, u64), 
     Ok((s.num_ranges as usize, s.out_iova_alignment))
 }
 
+/// The IOVA alignment of `ioas` (`out_iova_alignment`): every map into it
+/// needs its IOVA, its length and its memory's physical blocks to be
+/// multiples of this (4 KiB on most IOMMUs; a virtio-iommu's `granule`, say
+/// 64 KiB, where that is larger). Allocate DMA buffers with [`dma_alloc`].
+pub fn iova_alignment(ioas: u32) -> Result<u64, Errno> {
+    // No room for ranges: the kernel still fills in the alignment (E2BIG).
+    let mut s = a::IoasIovaRanges { size: size_of::<a::IoasIovaRanges>(), ioas_id: ioas, ..Default::default() };
+    match call(Op::IoasIovaRanges, &mut s) {
+        Ok(_) | Err(Errno::E2BIG) => Ok(s.out_iova_alignment.max(4096)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Zeroed, writable memory a device behind `ioas` may reach: [`DmaBuffer::len`]
+/// is `len` rounded up to the IOAS's [`iova_alignment`], and the memory is
+/// physically contiguous in aligned blocks of it, so the whole buffer maps
+/// into `ioas` on any IOMMU. Ask after the devices are attached (an attach
+/// may raise the alignment).
+pub fn dma_alloc(ioas: u32, len: u64) -> Result<DmaBuffer, Errno> {
+    let align = iova_alignment(ioas)?;
+    let len = len.max(1).checked_next_multiple_of(align).ok_or(Errno::EINVAL)?;
+    let flags = if align > 4096 { abi::mem_align(align) } else { 0 };
+    let va = crate::sys::mem_map(0, len, abi::PROT_READ | abi::PROT_WRITE | flags)?;
+    Ok(DmaBuffer { va, len, align })
+}
+
+/// Memory from [`dma_alloc`] (not `Clone`: it hands out its bytes mutably).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DmaBuffer {
+    /// Where it is mapped in the task.
+    pub va: u64,
+    /// Its length: a multiple of `align`.
+    pub len: u64,
+    /// The IOVA alignment it was made for.
+    pub align: u64,
+}
+
+impl DmaBuffer {
+    /// The buffer as bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `dma_alloc` mapped `len` writable bytes at `va` for this task, and they stay mapped until `free` takes the buffer by value.
+        unsafe { core::slice::from_raw_parts_mut(self.va as *mut u8, self.len as usize) }
+    }
+
+    /// Gives the memory back (unmap it from every IOAS first; a page still
+    /// mapped for DMA stays allocated until then).
+    pub fn free(self) -> Result<(), Errno> {
+        crate::sys::mem_unmap(self.va, self.len).map(|_| ())
+    }
+}
+
 /// Promises `ranges` stay usable.
 pub fn allow_iovas(ioas: u32, ranges: &[a::IovaRange]) -> Result<(), Errno> {
     let mut s = a::IoasAllowIovas {

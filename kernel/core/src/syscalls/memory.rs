@@ -1,5 +1,6 @@
 //! Memory syscalls: `mem_map` (anonymous pages, 2 MiB-aligned runs where
-//! the range allows, within `quota.mem_pages`) and `mem_unmap`.
+//! the range allows, physically contiguous aligned blocks where the caller
+//! asks ([`abi::mem_align`]), within `quota.mem_pages`) and `mem_unmap`.
 
 use crate::frames::FRAME_SIZE;
 use crate::limits::limits;
@@ -10,12 +11,19 @@ use crate::user_layout::{MAX_MAP_PAGES, MMAP_END, USER_MIN};
 use abi::{Errno, SysResult};
 
 /// `mem_map(addr, len, prot)`: maps `len` bytes of zeroed pages at `addr`
-/// (0: the kernel chooses); the address.
+/// (0: the kernel chooses); the address. With [`abi::mem_align`] in `prot`,
+/// each aligned block of that size is one physically contiguous, aligned
+/// block (`ENOMEM` when memory has no such block left); `addr` and `len`
+/// must be multiples of it.
 pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
+    let Some(align) = abi::mem_align_of(prot) else {
+        log::debug!("mem_map: alignment flag {:#x} is no power of two from 4 KiB to 2 MiB", prot & abi::MEM_ALIGN_MASK);
+        return Err(Errno::EINVAL);
+    };
     if len == 0
-        || !len.is_multiple_of(FRAME_SIZE)
-        || !addr.is_multiple_of(FRAME_SIZE)
-        || prot & !(abi::PROT_READ | abi::PROT_WRITE) != 0
+        || !len.is_multiple_of(align)
+        || !addr.is_multiple_of(align)
+        || prot & !(abi::PROT_READ | abi::PROT_WRITE | abi::MEM_ALIGN_MASK) != 0
     {
         return Err(Errno::EINVAL);
     }
@@ -28,14 +36,15 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
         }
         let p = crate::platform();
         // Kernel-chosen addresses of 2 MiB or more start 2 MiB aligned, so
-        // the 2 MiB-aligned runs of frames below can become large DMA leaves.
+        // the 2 MiB-aligned runs of frames below can become large DMA leaves;
+        // all start aligned as asked.
         const RUN: u64 = 512 * FRAME_SIZE;
         let va = if addr != 0 {
             addr
         } else if len >= RUN {
             cur.next_va.next_multiple_of(RUN)
         } else {
-            cur.next_va
+            cur.next_va.next_multiple_of(align)
         };
         let end = va.checked_add(len).ok_or(Errno::EINVAL)?;
         if va < USER_MIN || end > MMAP_END {
@@ -52,14 +61,24 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
         // task has elsewhere.
         let mut records = cur.anon.run_at(&va);
         // Physically contiguous, 2 MiB-aligned frames for each whole 2 MiB
-        // of the range that is 2 MiB aligned (one frame at a time otherwise).
-        let mut run: Option<(u64, u64)> = None;
+        // of the range that is 2 MiB aligned where memory allows (a hint);
+        // an aligned block of `align` bytes wherever the caller asked for one
+        // (a promise: none left is ENOMEM); one frame at a time otherwise.
+        // A run is (first page, first frame, bytes).
+        let mut run: Option<(u64, u64, u64)> = None;
         for pg in (va..end).step_by(FRAME_SIZE as usize) {
             if pg % RUN == 0 && end - pg >= RUN {
-                run = mm::alloc_frames(512, 512).map(|pa| (pg, pa));
+                run = mm::alloc_frames(512, 512).map(|pa| (pg, pa, RUN));
+            }
+            let in_run = run.is_some_and(|(start, _, size)| pg < start + size);
+            if !in_run && align > FRAME_SIZE && pg.is_multiple_of(align) {
+                let frames = (align / FRAME_SIZE) as usize;
+                run = mm::alloc_frames(frames, frames).map(|pa| (pg, pa, align));
             }
             let frame = match run {
-                Some((start, pa)) if pg < start + RUN => Some(pa + (pg - start)),
+                Some((start, pa, size)) if pg < start + size => Some(pa + (pg - start)),
+                // Inside a block that had to be contiguous: no frame will do.
+                _ if align > FRAME_SIZE => None,
                 _ => mm::alloc_frame(),
             };
             let mapped =
@@ -83,8 +102,8 @@ pub fn sys_mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
                     let _ = crate::user_access::unmap_page(cur.root, undo);
                     let _ = mm::free_frame(pa);
                 }
-                if let Some((start, pa)) = run.filter(|&(start, _)| pg >= start && pg < start + RUN) {
-                    for off in (pg - start + FRAME_SIZE..RUN).step_by(FRAME_SIZE as usize) {
+                if let Some((start, pa, size)) = run.filter(|&(start, _, size)| pg >= start && pg < start + size) {
+                    for off in (pg - start + FRAME_SIZE..size).step_by(FRAME_SIZE as usize) {
                         let _ = mm::free_frame(pa + off);
                     }
                 }

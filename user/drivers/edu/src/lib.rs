@@ -141,11 +141,6 @@ impl Edu {
     }
 }
 
-fn page(va: u64) -> &'static mut [u8] {
-    // SAFETY: `va` is a page this task mapped read/write with mem_map and does not unmap while the slice is used.
-    unsafe { core::slice::from_raw_parts_mut(va as *mut u8, PAGE as usize) }
-}
-
 /// What [`check`] found.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
@@ -169,29 +164,33 @@ pub fn check(bdf: u64) -> Result<Report, Failure> {
     let unit = unit.map_err(fail("hw_info"))?;
     let ioas = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
     iommufd::device_attach(dev, ioas).map_err(fail("attach"))?;
-    let buf = sys::mem_map(0, 3 * PAGE, abi::PROT_READ | abi::PROT_WRITE).map_err(fail("mem_map"))?;
-    let (src, dst, canary) = (page(buf), page(buf + PAGE), page(buf + 2 * PAGE));
-    for (i, b) in src.iter_mut().enumerate() {
+    // Buffers as the IOAS needs them (a page each on most IOMMUs; one
+    // IOMMU page each where that is larger: virtio-iommu granule=64k).
+    let mut src = iommufd::dma_alloc(ioas, PAGE).map_err(fail("DMA buffer (source)"))?;
+    let mut dst = iommufd::dma_alloc(ioas, PAGE).map_err(fail("DMA buffer (destination)"))?;
+    let mut canary = iommufd::dma_alloc(ioas, PAGE).map_err(fail("DMA buffer (canary)"))?;
+    for (i, b) in src.bytes().iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(31) ^ 0x5A;
     }
-    dst.fill(0);
-    canary.fill(0xCC);
+    canary.bytes().fill(0xCC);
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    let src_iova = iommufd::map(ioas, buf, PAGE, None, MAP_READABLE).map_err(fail("map source"))?;
-    let dst_iova = iommufd::map(ioas, buf + PAGE, PAGE, None, rw).map_err(fail("map destination"))?;
+    let src_iova = iommufd::map(ioas, src.va, src.len, None, MAP_READABLE).map_err(fail("map source"))?;
+    let dst_iova = iommufd::map(ioas, dst.va, dst.len, None, rw).map_err(fail("map destination"))?;
     check_that(src_iova + PAGE <= DMA_LIMIT && dst_iova + PAGE <= DMA_LIMIT, "IOVA beyond edu's 28-bit DMA mask")?;
     edu.dma(src_iova, false)?;
     edu.dma(dst_iova, true)?;
-    check_that(dst == src, "data did not arrive through the IOMMU")?;
+    check_that(dst.bytes()[..PAGE as usize] == src.bytes()[..PAGE as usize], "data did not arrive through the IOMMU")?;
     // Stray DMA: an IOVA that was mapped and is unmapped again.
-    let stray = iommufd::map(ioas, buf + 2 * PAGE, PAGE, None, rw).map_err(fail("map canary"))?;
-    check_that(iommufd::unmap(ioas, stray, PAGE) == Ok(PAGE), "unmap canary")?;
+    let stray = iommufd::map(ioas, canary.va, canary.len, None, rw).map_err(fail("map canary"))?;
+    check_that(iommufd::unmap(ioas, stray, canary.len) == Ok(canary.len), "unmap canary")?;
     edu.dma(stray, true)?;
-    check_that(canary.iter().all(|&b| b == 0xCC), "a DMA to an unmapped IOVA reached memory")?;
+    check_that(canary.bytes().iter().all(|&b| b == 0xCC), "a DMA to an unmapped IOVA reached memory")?;
     // Tear down in order: device detached (DMA blocked), IOAS gone, pages unmapped.
     iommufd::device_detach(dev).map_err(fail("detach"))?;
     iommufd::destroy(ioas).map_err(fail("destroy IOAS"))?;
     iommufd::destroy(dev).map_err(fail("unbind"))?;
-    sys::mem_unmap(buf, 3 * PAGE).map_err(fail("mem_unmap"))?;
+    for b in [src, dst, canary] {
+        b.free().map_err(fail("mem_unmap"))?;
+    }
     Ok(Report { unit, iova: src_iova })
 }
