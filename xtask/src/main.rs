@@ -2,7 +2,7 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [-- <extra QEMU args>]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME] [--vs-linux [--boots N]]
@@ -75,6 +75,10 @@ enum Command {
         /// (OVMF / AAVMF) running the portcullis loader from a disk image.
         #[arg(long, value_enum, default_value_t = Boot::Direct)]
         boot: Boot,
+        /// Add a storage device on a 16 MiB disk image made on the fly
+        /// (`target/disks/`); the demo writes, reads back and attacks it.
+        #[arg(long, value_enum)]
+        disk: Option<target::Disk>,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -206,9 +210,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Layers => layers::run(&target::workspace_root()),
-        Command::Run { arch, iommu, release, gdb, trace, hw, init, boot, qemu_args } => {
+        Command::Run { arch, iommu, release, gdb, trace, hw, init, boot, disk, qemu_args } => {
             let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot };
-            setup::run().and_then(|()| test::run_demo(options, &qemu_args))
+            let mut qemu_args = qemu_args;
+            let disk = match disk {
+                Some(d) => target::disk_args(d, &format!("run-{}", arch.name())),
+                None => Ok(Vec::new()),
+            };
+            setup::run().and(disk).and_then(|d| {
+                qemu_args.extend(d);
+                test::run_demo(options, &qemu_args)
+            })
         }
         Command::Test { host, qemu, arch, iommu, filter, boot } => {
             setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot))

@@ -133,6 +133,38 @@ pub enum Boot {
     Uefi,
 }
 
+/// A storage device `run --disk` adds, on a disk image made on the fly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Disk {
+    /// An NVMe controller (`-device nvme`) with one namespace.
+    Nvme,
+}
+
+/// Bytes of the disk images [`disk_args`] makes.
+pub const DISK_BYTES: u64 = 16 << 20;
+
+/// QEMU arguments for `disk` on an image named `name` under
+/// `target/disks/` (made, zero-filled, [`DISK_BYTES`] long, when missing;
+/// one per machine, as QEMU locks an image for its writer).
+pub fn disk_args(disk: Disk, name: &str) -> Result<Vec<String>, String> {
+    let dir = workspace_root().join("target").join("disks");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let image = dir.join(format!("{name}.img"));
+    if !image.exists() {
+        let f = std::fs::File::create(&image).map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+        f.set_len(DISK_BYTES).map_err(|e| format!("cannot size {}: {e}", image.display()))?;
+    }
+    let file = image.display();
+    Ok(match disk {
+        Disk::Nvme => vec![
+            "-drive".to_owned(),
+            format!("file={file},if=none,id=nvme0,format=raw"),
+            "-device".to_owned(),
+            "nvme,serial=portcullis0,drive=nvme0".to_owned(),
+        ],
+    })
+}
+
 /// UEFI firmware images (code, variable-store template) for `arch`, as Debian's
 /// `ovmf` and `qemu-efi-aarch64` packages install them.
 pub fn uefi_firmware(arch: Arch) -> (&'static str, &'static str) {

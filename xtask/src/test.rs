@@ -219,8 +219,8 @@ fn amdvi_stale_bus_case(kernel: &crate::build::Kernel) -> Result<qemu_tests::run
     c.must_contain = vec![
         "amdvi: ivhd0: amdvi.stale_bus=Auto: 0000:00:01.0 is QEMU's AMD-Vi function".into(),
         "amdvi: 0000:01:00.0 is translated by QEMU 10.0 (bus numbers read before enumeration) through DeviceID 0x0000, not its own 0x0100; programming both entries, grouped with no other function; sharing it: 0000:00:00.0 (a host bridge".into(),
-        "demo: 0000:01:00.0 iommu=ivhd0 kind=amdvi dma=ok stray-dma=blocked".into(),
-        "demo: 0000:02:03.0 iommu=ivhd0 kind=amdvi dma=ok stray-dma=blocked".into(),
+        "demo: 0000:01:00.0 iommu=ivhd0 kind=amdvi dev=edu dma=ok stray-dma=blocked".into(),
+        "demo: 0000:02:03.0 iommu=ivhd0 kind=amdvi dev=edu dma=ok stray-dma=blocked".into(),
         "demo: passed 3 devices".into(),
     ];
     c.expect = qemu_tests::runner::Expect::Exit;
@@ -274,8 +274,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         )?;
         c.name = format!("{}-{}-demo", arch.name(), iommu.name());
         c.log_file.set_file_name(format!("{}.log", c.name));
-        c.must_contain =
-            vec!["demo: passed 2 devices".into(), format!("kind={} dma=ok stray-dma=blocked", demo_kind(iommu))];
+        c.must_contain = vec![
+            "demo: passed 2 devices".into(),
+            format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
+        ];
         if iommu == Iommu::Virtio {
             // virtio-iommu reports the stray DMA (QEMU's AMD-Vi reports nothing, QEMU.md G2).
             c.must_contain.push("viommu0: DMA access fault from device".into());
@@ -283,23 +285,46 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
     }
+    // The demo with an NVMe controller on a disk made on the fly (`run --disk
+    // nvme`), on every IOMMU: data written, read back and compared, a read
+    // through a PRP list at an unmapped IOVA failed by the controller.
+    for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
+        let name = format!("{}-{}-nvme-demo", arch.name(), iommu.name());
+        let disk = crate::target::disk_args(crate::target::Disk::Nvme, &name)?;
+        let mut c = harness::case(
+            &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(iommu, disk) },
+            kernel,
+            BOOT_TIMEOUT,
+        )?;
+        c.name = name;
+        c.log_file.set_file_name(format!("{}.log", c.name));
+        c.must_contain = vec![
+            "demo: passed 2 devices".into(),
+            format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
+            format!("kind={} dev=nvme dma=ok stray-dma=blocked", demo_kind(iommu)),
+            "read through an unmapped PRP list: Data Transfer Error".into(),
+        ];
+        c.expect = qemu_tests::runner::Expect::Exit;
+        cases.push(c);
+    }
     // The same demo, unchanged, when the IOMMU's smallest page is larger than
     // the CPU's: virtio-iommu with a 64 KiB granule. The generic door reports
-    // the alignment (ioas_iova_ranges) and the driver's buffers honour it.
+    // the alignment (ioas_iova_ranges) and the drivers' buffers honour it.
+    let name = format!("{}-virtio-64k-demo", arch.name());
+    let mut extra = split("-global virtio-iommu-pci.granule=64k -device edu");
+    extra.extend(crate::target::disk_args(crate::target::Disk::Nvme, &name)?);
     let mut c = harness::case(
-        &Machine {
-            cmdline: vec!["init=demo".to_owned()],
-            ..machine(Iommu::Virtio, split("-global virtio-iommu-pci.granule=64k -device edu"))
-        },
+        &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(Iommu::Virtio, extra) },
         kernel,
         BOOT_TIMEOUT,
     )?;
-    c.name = format!("{}-virtio-64k-demo", arch.name());
+    c.name = name;
     c.log_file.set_file_name(format!("{}.log", c.name));
     c.must_contain = vec![
         "(granule 64 KiB)".into(),
-        "demo: passed 2 devices".into(),
-        "kind=virtio-iommu dma=ok stray-dma=blocked".into(),
+        "demo: passed 3 devices".into(),
+        "kind=virtio-iommu dev=edu dma=ok stray-dma=blocked".into(),
+        "kind=virtio-iommu dev=nvme dma=ok stray-dma=blocked".into(),
     ];
     c.expect = qemu_tests::runner::Expect::Exit;
     cases.push(c);
@@ -634,8 +659,10 @@ fn uefi_cases(
             let mut c = harness::case(&demo, kernel, BOOT_TIMEOUT)?;
             c.name = format!("{}-demo", demo.name());
             c.log_file.set_file_name(format!("{}.log", c.name));
-            c.must_contain =
-                vec!["demo: passed 1 devices".into(), format!("kind={} dma=ok stray-dma=blocked", demo_kind(iommu))];
+            c.must_contain = vec![
+                "demo: passed 1 devices".into(),
+                format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
+            ];
             c.expect = qemu_tests::runner::Expect::Exit;
             cases.push(c);
         }

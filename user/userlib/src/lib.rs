@@ -7,6 +7,7 @@
 //! `alloc` (`Vec`, `Box`, `String`).
 #![no_std]
 
+pub mod driver;
 pub mod heap;
 pub mod iommufd;
 pub mod sys;

@@ -12,6 +12,7 @@
 
 use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use abi::Errno;
+pub use userlib::driver::{check_that, fail, Failure};
 use userlib::iommufd::{self, UnitInfo};
 use userlib::sys;
 
@@ -24,31 +25,6 @@ const DMA_LIMIT: u64 = 1 << 28;
 const EDU_BUFFER: u64 = 0x4_0000;
 const PAGE: u64 = 4096;
 
-/// What went wrong, and the errno when a syscall said so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failure {
-    /// The step.
-    pub what: &'static str,
-    /// The kernel's answer, if a syscall failed.
-    pub errno: Option<Errno>,
-}
-
-impl Failure {
-    /// A failure at step `what` with no errno.
-    pub const fn new(what: &'static str) -> Failure {
-        Failure { what, errno: None }
-    }
-}
-
-impl core::fmt::Display for Failure {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.errno {
-            Some(e) => write!(f, "{} ({e})", self.what),
-            None => f.write_str(self.what),
-        }
-    }
-}
-
 /// The first `edu` function a task may drive: behind an IOMMU, Bus Master
 /// allowed (`DEVICE_DMA_ALLOWED`), by its `device_list` entry.
 pub fn first_behind_iommu() -> Option<abi::DeviceInfo> {
@@ -58,20 +34,6 @@ pub fn first_behind_iommu() -> Option<abi::DeviceInfo> {
         .iter()
         .find(|d| (d.vendor, d.device) == EDU && d.flags & abi::DEVICE_DMA_ALLOWED != 0)
         .copied()
-}
-
-/// Turns a syscall error at step `what` into a [`Failure`] (for `map_err`).
-pub fn fail(what: &'static str) -> impl FnOnce(Errno) -> Failure {
-    move |e| Failure { what, errno: Some(e) }
-}
-
-/// A [`Failure`] at step `what` unless `ok`.
-pub fn check_that(ok: bool, what: &'static str) -> Result<(), Failure> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure { what, errno: None })
-    }
 }
 
 /// The device's DMA engine through its mapped BAR0.

@@ -1,6 +1,7 @@
-//! The main demo: runs the generic `edu` driver (`user/drivers/edu`) on every
-//! `edu` function and prints one line per device, then `demo: passed <n>
-//! devices`. Exits 1 if any device failed or none could be driven.
+//! The main demo: runs the generic drivers on every device they drive —
+//! `edu` (`user/drivers/edu`) and NVMe controllers (`user/drivers/nvme`) —
+//! and prints one line per device, then `demo: passed <n> devices`. Exits 1
+//! if any device failed or none could be driven.
 #![no_std]
 #![no_main]
 
@@ -17,9 +18,18 @@ fn main() -> i32 {
         println!("demo: device_list failed");
         return 1;
     };
-    let edus = buf[..(n as usize).min(buf.len())].iter().filter(|d| (d.vendor, d.device) == edu_driver::EDU);
+    let kind = |d: &DeviceInfo| {
+        if (d.vendor, d.device) == edu_driver::EDU {
+            Some("edu")
+        } else if d.class == nvme_driver::CLASS_NVME {
+            Some("nvme")
+        } else {
+            None
+        }
+    };
+    let devices = buf[..(n as usize).min(buf.len())].iter().filter_map(|d| kind(d).map(|k| (d, k)));
     let (mut passed, mut failed) = (0, 0);
-    for d in edus {
+    for (d, dev_kind) in devices {
         let (seg, bus, dev, func) = bdf_text(d.bdf);
         if d.flags & abi::DEVICE_BEHIND_IOMMU == 0 {
             println!("demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} iommu=none skipped (no IOMMU translates it)");
@@ -32,12 +42,25 @@ fn main() -> i32 {
             );
             continue;
         }
-        match edu_driver::check(d.bdf) {
-            Ok(r) => {
+        let result = match dev_kind {
+            "nvme" => nvme_driver::check(d.bdf).map(|r| {
                 println!(
-                    "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} iommu={} kind={} dma=ok stray-dma=blocked",
-                    r.unit.name(),
-                    r.unit.kind_name()
+                    "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} nvme: {} blocks of {} bytes written, flushed, read back; \
+                     read through an unmapped PRP list: {}",
+                    r.blocks,
+                    r.block_size,
+                    r.stray
+                );
+                r.unit
+            }),
+            _ => edu_driver::check(d.bdf).map(|r| r.unit),
+        };
+        match result {
+            Ok(unit) => {
+                println!(
+                    "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} iommu={} kind={} dev={dev_kind} dma=ok stray-dma=blocked",
+                    unit.name(),
+                    unit.kind_name()
                 );
                 passed += 1;
             }

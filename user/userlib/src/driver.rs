@@ -1,0 +1,73 @@
+//! What user-space device drivers share: a step-named [`Failure`] with the
+//! kernel's errno when a syscall said so, and small helpers to make one.
+
+use abi::Errno;
+
+/// What went wrong, and the errno when a syscall said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The step.
+    pub what: &'static str,
+    /// The kernel's answer, if a syscall failed.
+    pub errno: Option<Errno>,
+}
+
+impl Failure {
+    /// A failure at step `what` with no errno.
+    pub const fn new(what: &'static str) -> Failure {
+        Failure { what, errno: None }
+    }
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.errno {
+            Some(e) => write!(f, "{} ({e})", self.what),
+            None => f.write_str(self.what),
+        }
+    }
+}
+
+/// Turns a syscall error at step `what` into a [`Failure`] (for `map_err`).
+pub fn fail(what: &'static str) -> impl FnOnce(Errno) -> Failure {
+    move |e| Failure { what, errno: Some(e) }
+}
+
+/// A [`Failure`] at step `what` unless `ok`.
+pub fn check_that(ok: bool, what: &'static str) -> Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure { what, errno: None })
+    }
+}
+
+/// Waits until `done()` holds, yielding the CPU between looks, for at most
+/// `timeout_ns` of the kernel clock: `Err(Failure::new(what))` after that.
+pub fn wait_until(timeout_ns: u64, what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), Failure> {
+    let start = crate::sys::clock().unwrap_or(0);
+    loop {
+        if done() {
+            return Ok(());
+        }
+        if crate::sys::clock().unwrap_or(u64::MAX).saturating_sub(start) > timeout_ns {
+            // One last look: the clock may have run on while this task waited to run.
+            return if done() { Ok(()) } else { Err(Failure::new(what)) };
+        }
+        let _ = crate::sys::yield_now();
+    }
+}
+
+/// Orders this task's writes to DMA memory (a queue entry, a descriptor)
+/// before a later write to a device register (the doorbell that tells the
+/// device to read them): a full fence, and on aarch64 `dsb st`, since
+/// Device memory is outside the inner-shareable domain a `dmb ish` orders.
+#[inline]
+pub fn dma_write_barrier() {
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a barrier instruction; it touches no memory or register the compiler tracks.
+    unsafe {
+        core::arch::asm!("dsb st", options(nostack, preserves_flags))
+    };
+}
