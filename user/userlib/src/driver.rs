@@ -1,5 +1,6 @@
 //! What user-space device drivers share: a step-named [`Failure`] with the
-//! kernel's errno when a syscall said so, and small helpers to make one.
+//! kernel's errno when a syscall said so, helpers to make one, a bounded
+//! wait, the DMA write barrier, and the generic door's first steps ([`bind_to_new_ioas`]).
 
 use abi::Errno;
 
@@ -70,4 +71,31 @@ pub fn dma_write_barrier() {
     unsafe {
         core::arch::asm!("dsb st", options(nostack, preserves_flags))
     };
+}
+
+/// A claimed function bound to the IOAS door and attached to an IOAS of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The device object.
+    pub dev: u32,
+    /// The fresh IOAS it is attached to.
+    pub ioas: u32,
+    /// The unit that translates it.
+    pub unit: crate::iommufd::UnitInfo,
+}
+
+/// Binds the claimed function `bdf`, asks which unit translates it, and
+/// attaches it to a new IOAS: the generic door's first steps for any driver.
+pub fn bind_to_new_ioas(bdf: u64) -> Result<Bound, Failure> {
+    use crate::iommufd;
+    let dev = iommufd::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
+    let unit = iommufd::hw_info(dev, &mut []).or_else(|e| match e {
+        // No room for registers is fine: the kind and name came back.
+        Errno::E2BIG => iommufd::hw_info(dev, &mut [abi::iommufd::HwReg::default(); 16]),
+        e => Err(e),
+    });
+    let unit = unit.map_err(fail("hw_info"))?;
+    let ioas = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
+    iommufd::device_attach(dev, ioas).map_err(fail("attach"))?;
+    Ok(Bound { dev, ioas, unit })
 }

@@ -11,7 +11,6 @@
 #![no_std]
 
 use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
-use abi::Errno;
 pub use userlib::driver::{check_that, fail, Failure};
 use userlib::iommufd::{self, UnitInfo};
 use userlib::sys;
@@ -117,15 +116,7 @@ pub struct Report {
 /// must leave memory untouched.
 pub fn check(bdf: u64) -> Result<Report, Failure> {
     let edu = Edu::open(bdf)?;
-    let dev = iommufd::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
-    let unit = iommufd::hw_info(dev, &mut []).or_else(|e| match e {
-        // No room for registers is fine: the kind and name came back.
-        Errno::E2BIG => iommufd::hw_info(dev, &mut [abi::iommufd::HwReg::default(); 16]),
-        e => Err(e),
-    });
-    let unit = unit.map_err(fail("hw_info"))?;
-    let ioas = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
-    iommufd::device_attach(dev, ioas).map_err(fail("attach"))?;
+    let userlib::driver::Bound { dev, ioas, unit } = userlib::driver::bind_to_new_ioas(bdf)?;
     // Buffers as the IOAS needs them (a page each on most IOMMUs; one
     // IOMMU page each where that is larger: virtio-iommu granule=64k).
     let mut src = iommufd::dma_alloc(ioas, PAGE).map_err(fail("DMA buffer (source)"))?;

@@ -21,7 +21,6 @@
 #![no_std]
 
 use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
-use abi::Errno;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};
@@ -503,14 +502,7 @@ const SPAN: u64 = 8 * PAGE;
 /// still serve a read after it.
 pub fn check(bdf: u64) -> Result<Report, Failure> {
     sys::device_claim(bdf).map_err(fail("claim"))?;
-    let dev = iommufd::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
-    let unit = iommufd::hw_info(dev, &mut []).or_else(|e| match e {
-        Errno::E2BIG => iommufd::hw_info(dev, &mut [abi::iommufd::HwReg::default(); 16]),
-        e => Err(e),
-    });
-    let unit = unit.map_err(fail("hw_info"))?;
-    let ioas = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
-    iommufd::device_attach(dev, ioas).map_err(fail("attach"))?;
+    let userlib::driver::Bound { dev, ioas, unit } = userlib::driver::bind_to_new_ioas(bdf)?;
     let mut nvme = Nvme::open(bdf, ioas)?;
     let blocks = (SPAN / nvme.block_size) as u32;
     check_that(nvme.blocks >= u64::from(blocks) + 16, "namespace too small for the demo")?;
