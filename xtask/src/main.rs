@@ -2,7 +2,7 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme] [-- <extra QEMU args>]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme|virtio-blk] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME] [--vs-linux [--boots N]]

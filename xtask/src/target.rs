@@ -138,6 +138,9 @@ pub enum Boot {
 pub enum Disk {
     /// An NVMe controller (`-device nvme`) with one namespace.
     Nvme,
+    /// A virtio-blk device, modern transport, its DMA through the IOMMU
+    /// (`virtio-blk-pci,disable-legacy=on,iommu_platform=on`).
+    VirtioBlk,
 }
 
 /// Bytes of the disk images [`disk_args`] makes.
@@ -161,6 +164,12 @@ pub fn disk_args(disk: Disk, name: &str) -> Result<Vec<String>, String> {
             format!("file={file},if=none,id=nvme0,format=raw"),
             "-device".to_owned(),
             "nvme,serial=portcullis0,drive=nvme0".to_owned(),
+        ],
+        Disk::VirtioBlk => vec![
+            "-drive".to_owned(),
+            format!("file={file},if=none,id=vblk0,format=raw"),
+            "-device".to_owned(),
+            "virtio-blk-pci,drive=vblk0,disable-legacy=on,iommu_platform=on".to_owned(),
         ],
     })
 }

@@ -285,23 +285,29 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
     }
-    // The demo with an NVMe controller on a disk made on the fly (`run --disk
-    // nvme`), on every IOMMU: data written, read back and compared, a read
-    // through a PRP list at an unmapped IOVA failed by the controller.
+    // Both storage devices on disks made on the fly (`run --disk nvme`,
+    // `--disk virtio-blk`), on every IOMMU: data written, read back and
+    // compared; an NVMe read through a PRP list at an unmapped IOVA failed by
+    // the controller, a virtio-blk read into an unmapped IOVA stopped.
+    let disks = |name: &str| -> Result<Vec<String>, String> {
+        let mut args = crate::target::disk_args(crate::target::Disk::Nvme, &format!("{name}-nvme"))?;
+        args.extend(crate::target::disk_args(crate::target::Disk::VirtioBlk, &format!("{name}-vblk"))?);
+        Ok(args)
+    };
     for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
-        let name = format!("{}-{}-nvme-demo", arch.name(), iommu.name());
-        let disk = crate::target::disk_args(crate::target::Disk::Nvme, &name)?;
+        let name = format!("{}-{}-storage-demo", arch.name(), iommu.name());
         let mut c = harness::case(
-            &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(iommu, disk) },
+            &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(iommu, disks(&name)?) },
             kernel,
             BOOT_TIMEOUT,
         )?;
         c.name = name;
         c.log_file.set_file_name(format!("{}.log", c.name));
         c.must_contain = vec![
-            "demo: passed 2 devices".into(),
+            "demo: passed 3 devices".into(),
             format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
             format!("kind={} dev=nvme dma=ok stray-dma=blocked", demo_kind(iommu)),
+            format!("kind={} dev=virtio-blk dma=ok stray-dma=blocked", demo_kind(iommu)),
             "read through an unmapped PRP list: Data Transfer Error".into(),
         ];
         c.expect = qemu_tests::runner::Expect::Exit;
@@ -312,7 +318,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     // the alignment (ioas_iova_ranges) and the drivers' buffers honour it.
     let name = format!("{}-virtio-64k-demo", arch.name());
     let mut extra = split("-global virtio-iommu-pci.granule=64k -device edu");
-    extra.extend(crate::target::disk_args(crate::target::Disk::Nvme, &name)?);
+    extra.extend(disks(&name)?);
     let mut c = harness::case(
         &Machine { cmdline: vec!["init=demo".to_owned()], ..machine(Iommu::Virtio, extra) },
         kernel,
@@ -322,9 +328,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     c.log_file.set_file_name(format!("{}.log", c.name));
     c.must_contain = vec![
         "(granule 64 KiB)".into(),
-        "demo: passed 3 devices".into(),
+        "demo: passed 4 devices".into(),
         "kind=virtio-iommu dev=edu dma=ok stray-dma=blocked".into(),
         "kind=virtio-iommu dev=nvme dma=ok stray-dma=blocked".into(),
+        "kind=virtio-iommu dev=virtio-blk dma=ok stray-dma=blocked".into(),
     ];
     c.expect = qemu_tests::runner::Expect::Exit;
     cases.push(c);

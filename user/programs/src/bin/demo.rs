@@ -1,5 +1,6 @@
 //! The main demo: runs the generic drivers on every device they drive —
-//! `edu` (`user/drivers/edu`) and NVMe controllers (`user/drivers/nvme`) —
+//! `edu` (`user/drivers/edu`), NVMe controllers (`user/drivers/nvme`) and
+//! virtio-blk devices (`user/drivers/virtio-blk`) —
 //! and prints one line per device, then `demo: passed <n> devices`. Exits 1
 //! if any device failed or none could be driven.
 #![no_std]
@@ -23,6 +24,8 @@ fn main() -> i32 {
             Some("edu")
         } else if d.class == nvme_driver::CLASS_NVME {
             Some("nvme")
+        } else if (d.vendor, d.device) == virtio_blk_driver::VIRTIO_BLK {
+            Some("virtio-blk")
         } else {
             None
         }
@@ -51,6 +54,21 @@ fn main() -> i32 {
                     r.block_size,
                     r.stray
                 );
+                r.unit
+            }),
+            "virtio-blk" => virtio_blk_driver::check(d.bdf).map(|r| {
+                match r.stray {
+                    Some(e) => println!(
+                        "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} virtio-blk: {} sectors written, flushed, read back; \
+                         read into an unmapped IOVA: {e}, device restarted",
+                        r.sectors
+                    ),
+                    None => println!(
+                        "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} virtio-blk: {} sectors written, flushed, read back; \
+                         read into an unmapped IOVA: completed, every write to it dropped",
+                        r.sectors
+                    ),
+                }
                 r.unit
             }),
             _ => edu_driver::check(d.bdf).map(|r| r.unit),
