@@ -289,11 +289,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     // `--disk virtio-blk`), on every IOMMU: data written, read back and
     // compared; an NVMe read through a PRP list at an unmapped IOVA failed by
     // the controller, a virtio-blk read into an unmapped IOVA stopped.
-    let disks = |name: &str| -> Result<Vec<String>, String> {
-        let mut args = crate::target::disk_args(crate::target::Disk::Nvme, &format!("{name}-nvme"))?;
-        args.extend(crate::target::disk_args(crate::target::Disk::VirtioBlk, &format!("{name}-vblk"))?);
-        Ok(args)
-    };
+    let disks = storage_disks;
     for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
         let name = format!("{}-{}-storage-demo", arch.name(), iommu.name());
         let mut c = harness::case(
@@ -662,13 +658,17 @@ fn uefi_cases(
         c.must_contain.push(loader.clone());
         cases.push(c);
         if filter.is_none() {
-            let demo = Machine { cmdline: vec!["init=demo".to_owned()], extra: Vec::new(), ..machine };
+            // The demo with both storage devices, as in the direct boots.
+            let name = format!("{}-demo", machine.name());
+            let demo = Machine { cmdline: vec!["init=demo".to_owned()], extra: storage_disks(&name)?, ..machine };
             let mut c = harness::case(&demo, kernel, BOOT_TIMEOUT)?;
-            c.name = format!("{}-demo", demo.name());
+            c.name = name;
             c.log_file.set_file_name(format!("{}.log", c.name));
             c.must_contain = vec![
-                "demo: passed 1 devices".into(),
+                "demo: passed 3 devices".into(),
                 format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
+                format!("kind={} dev=nvme dma=ok stray-dma=blocked", demo_kind(iommu)),
+                format!("kind={} dev=virtio-blk dma=ok stray-dma=blocked", demo_kind(iommu)),
             ];
             c.expect = qemu_tests::runner::Expect::Exit;
             cases.push(c);
@@ -693,6 +693,14 @@ fn uefi_cases(
         cases.push(c);
     }
     Ok(cases)
+}
+
+/// QEMU arguments for an NVMe controller and a virtio-blk device, each on a
+/// disk image of its own named after the case `name`.
+fn storage_disks(name: &str) -> Result<Vec<String>, String> {
+    let mut args = crate::target::disk_args(crate::target::Disk::Nvme, &format!("{name}-nvme"))?;
+    args.extend(crate::target::disk_args(crate::target::Disk::VirtioBlk, &format!("{name}-vblk"))?);
+    Ok(args)
 }
 
 /// Checks that every `topology:` line the direct boot of (`arch`, `iommu`)
