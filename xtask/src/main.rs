@@ -124,7 +124,7 @@ enum Command {
     /// point down the layers, and no crate has an import circle between its
     /// modules (`docs/architecture.md`; also run as a host test).
     Layers,
-    /// Run benchmarks and print figures: `boot`, `syscall`, `pgtable`, `ioas` (all when NAME is omitted).
+    /// Run benchmarks and print figures: `boot`, `syscall`, `pgtable`, `ioas`, `blk` (all when NAME is omitted).
     Bench {
         /// Benchmark to run.
         name: Option<String>,

@@ -697,7 +697,7 @@ fn uefi_cases(
 
 /// QEMU arguments for an NVMe controller and a virtio-blk device, each on a
 /// disk image of its own named after the case `name`.
-fn storage_disks(name: &str) -> Result<Vec<String>, String> {
+pub(crate) fn storage_disks(name: &str) -> Result<Vec<String>, String> {
     let mut args = crate::target::disk_args(crate::target::Disk::Nvme, &format!("{name}-nvme"))?;
     args.extend(crate::target::disk_args(crate::target::Disk::VirtioBlk, &format!("{name}-vblk"))?);
     Ok(args)

@@ -446,16 +446,25 @@ impl Nvme {
     }
 }
 
-/// A data buffer with its PRP list, both mapped in one IOAS.
-struct Transfer {
-    data: DmaBuffer,
-    iova: u64,
-    list: DmaBuffer,
-    list_iova: u64,
+/// A data buffer with its PRP list (the IOVAs of its pages past the first),
+/// both mapped in one IOAS.
+pub struct Transfer {
+    /// The data.
+    pub data: DmaBuffer,
+    /// Where the data is mapped.
+    pub iova: u64,
+    /// The PRP list.
+    pub list: DmaBuffer,
+    /// Where the PRP list is mapped.
+    pub list_iova: u64,
+    /// The rights the data is mapped with.
+    flags: u32,
 }
 
 impl Transfer {
-    fn new(ioas: u32, len: u64, write_to_memory: bool) -> Result<Transfer, Failure> {
+    /// A zeroed buffer of `len` bytes (rounded up to the IOAS's alignment)
+    /// mapped for the device to read, and to write when `write_to_memory`.
+    pub fn new(ioas: u32, len: u64, write_to_memory: bool) -> Result<Transfer, Failure> {
         let data = iommufd::dma_alloc(ioas, len).map_err(fail("data buffer"))?;
         let flags = if write_to_memory { MAP_READABLE | MAP_WRITEABLE } else { MAP_READABLE };
         let iova = iommufd::map(ioas, data.va, data.len, None, flags).map_err(fail("map a data buffer"))?;
@@ -467,11 +476,22 @@ impl Transfer {
             slot.copy_from_slice(&v.to_le_bytes());
         }
         let list_iova = iommufd::map(ioas, list.va, list.len, None, MAP_READABLE).map_err(fail("map a PRP list"))?;
-        Ok(Transfer { data, iova, list, list_iova })
+        Ok(Transfer { data, iova, list, list_iova, flags })
+    }
+
+    /// Unmaps the data (the device can reach it no more); its IOVA stays
+    /// the buffer's, so [`Transfer::map_again`] puts it back where the PRP list says.
+    pub fn unmap(&self, ioas: u32) -> Result<(), userlib::Errno> {
+        iommufd::unmap(ioas, self.iova, self.data.len).map(|_| ())
+    }
+
+    /// Maps the data again at its IOVA.
+    pub fn map_again(&self, ioas: u32) -> Result<(), userlib::Errno> {
+        iommufd::map(ioas, self.data.va, self.data.len, Some(self.iova), self.flags).map(|_| ())
     }
 
     /// PRP2 for a transfer of `len` bytes from the start of the buffer (§4.3).
-    fn prp2(&self, len: u64) -> u64 {
+    pub fn prp2(&self, len: u64) -> u64 {
         match len.div_ceil(PAGE) {
             0 | 1 => 0,
             2 => self.iova + PAGE,
