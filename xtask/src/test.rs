@@ -305,7 +305,12 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             format!("kind={} dev=nvme dma=ok stray-dma=blocked", demo_kind(iommu)),
             format!("kind={} dev=virtio-blk dma=ok stray-dma=blocked", demo_kind(iommu)),
             "read through an unmapped PRP list: Data Transfer Error".into(),
+            // MSI-X entry 0 programmed by the kernel on x86_64, INTx on aarch64.
+            "; completions by interrupt".into(),
         ];
+        if matches!(iommu, Iommu::Vtd | Iommu::Amdvi) {
+            c.must_contain.push("(through interrupt remapping; message".into());
+        }
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
     }

@@ -134,10 +134,13 @@ pub fn id() -> u32 {
 /// other); a failure there fails the routing — a compatibility-format
 /// message is never the fallback, the unit would block it. Without
 /// remapping the device is programmed with the destination itself, and the
-/// log says that it is not confined. No MSI capability: an error.
+/// log says that it is not confined. A function with MSI-X and no MSI gets
+/// the same message in entry 0 of its table ([`crate::msix`]); neither: an error.
 pub fn route_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) -> Result<(), &'static str> {
-    let msi = f.caps.msi.ok_or("function has no MSI capability (INTx through the I/O APIC is not wired yet)")?;
-    let (bdf, o) = (f.bdf, msi.offset);
+    if f.caps.msi.is_none() && f.caps.msix.is_none() {
+        return Err("function has neither MSI nor MSI-X (INTx through the I/O APIC is not wired yet)");
+    }
+    let bdf = f.bdf;
     let target = iommu::MsiTarget { vector, cpu: id() };
     let (address, data, remapped) = match kcore::iommu::msi_remap(bdf, target) {
         Ok(Some(m)) => (m.address, m.data, true),
@@ -147,6 +150,18 @@ pub fn route_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) 
             return Err("the IOMMU could not give the device an interrupt remapping entry");
         }
     };
+    let Some(msi) = f.caps.msi else {
+        // MSI-X only (NVMe, virtio): entry 0 of its table, programmed here.
+        if let Err(why) = crate::msix::route(f, access, address, data) {
+            let _ = kcore::iommu::msi_unmap(bdf, vector);
+            return Err(why);
+        }
+        let how =
+            if remapped { "through interrupt remapping" } else { "not remapped: the device can raise any vector" };
+        log::info!("msi-x: {bdf} entry 0 -> vector {vector:#x} ({how}; message {address:#x}/{data:#x})");
+        return Ok(());
+    };
+    let o = msi.offset;
     if address >> 32 != 0 && !msi.is_64bit {
         let _ = kcore::iommu::msi_unmap(bdf, vector);
         return Err("the MSI address needs 64 bits and the function's MSI capability has 32");
@@ -179,6 +194,8 @@ pub fn unroute_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8
     if let Some(msi) = f.caps.msi {
         let ctrl = access.read16(f.bdf, msi.offset + 2);
         access.write16(f.bdf, msi.offset + 2, ctrl & !1);
+    } else {
+        crate::msix::unroute(f, access);
     }
     if let Err(e) = kcore::iommu::msi_unmap(f.bdf, vector) {
         log::error!("msi: {}: interrupt remapping entry for vector {vector:#x} not removed: {e}", f.bdf);

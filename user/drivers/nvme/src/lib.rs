@@ -5,9 +5,12 @@
 //! [`Nvme::open`] claims the controller, maps BAR0, resets it (CC.EN = 0,
 //! wait for CSTS.RDY = 0, bounded by CAP.TO), puts the admin queues at IOVAs
 //! of a fresh IOAS, enables it (bounded again), identifies the controller and
-//! namespace 1, and creates one I/O queue pair. Every command is polled for
-//! (the completion's phase tag, §4.6) with a deadline; interrupts stay
-//! masked (INTMS) and the queues are created without them. Data moves through
+//! namespace 1, and creates one I/O queue pair. Completions are found by
+//! their phase tag (§4.6) with a deadline; between looks the driver sleeps on
+//! the controller's interrupt where the kernel routes one
+//! (`device_irq_enable`: MSI-X entry 0 through interrupt remapping on
+//! x86_64, INTx through the GIC on aarch64), and polls (yielding) where it
+//! does not. Data moves through
 //! PRP entries (§4.3): the first page in PRP1, the second in PRP2 or, past
 //! two pages, a PRP list at an IOVA. A failed command is reported with its
 //! status decoded ([`Status`]).
@@ -217,6 +220,9 @@ pub struct Command {
 /// A controller this task drives.
 pub struct Nvme {
     regs: &'static Registers,
+    bdf: u64,
+    /// Completions wake the driver by interrupt (else it polls).
+    pub interrupts: bool,
     bar: u64,
     /// Doorbell stride in bytes (4 << CAP.DSTRD).
     stride: u64,
@@ -263,8 +269,13 @@ impl Nvme {
         regs.aqa.set(entries << 16 | entries);
         regs.asq.set(admin.sq_iova);
         regs.acq.set(admin.cq_iova);
-        // Interrupts masked: completions are polled for.
+        // Pin-based and MSI interrupts masked but vector 0 (INTMS/INTMC do not
+        // apply to MSI-X); completions raise vector 0 when the kernel routes it.
         regs.intms.set(u32::MAX);
+        let interrupts = sys::device_irq_enable(bdf).is_ok();
+        if interrupts {
+            regs.intmc.set(1);
+        }
         regs.cc.set(cc::EN | cc::IOSQES_64 | cc::IOCQES_16);
         userlib::driver::wait_until(ready_ns, "controller did not become ready (CSTS.RDY stayed 0)", || {
             regs.csts.get() & (csts::RDY | csts::CFS) != 0
@@ -272,6 +283,8 @@ impl Nvme {
         check_that(regs.csts.get() & csts::CFS == 0, "controller fatal status (CSTS.CFS) after enable")?;
         let mut nvme = Nvme {
             regs,
+            bdf,
+            interrupts,
             bar,
             stride,
             ioas,
@@ -336,6 +349,7 @@ impl Nvme {
         userlib::driver::dma_write_barrier();
         self.doorbell(2 * u64::from(qid), tail);
         // The completion: the entry at the head whose phase tag is the expected one (§4.6).
+        let (interrupts, bdf) = (self.interrupts, self.bdf);
         let q = if io { self.io.as_mut().ok_or(CommandError::Timeout)? } else { &mut self.admin };
         let slot = usize::from(q.head) * CQE;
         let base = q.cq.va + slot as u64;
@@ -345,8 +359,18 @@ impl Nvme {
             unsafe { ((base + off) as *const u32).read_volatile() }
         };
         let phase = q.phase;
-        let arrived = userlib::driver::wait_until(COMMAND_TIMEOUT_NS, "", || (read(12) >> 16 & 1 == 1) == phase);
-        if arrived.is_err() {
+        let arrived = || (read(12) >> 16 & 1 == 1) == phase;
+        if interrupts {
+            let start = sys::clock().unwrap_or(0);
+            while !arrived() {
+                let spent = sys::clock().unwrap_or(u64::MAX).saturating_sub(start);
+                if spent > COMMAND_TIMEOUT_NS {
+                    return Err(CommandError::Timeout);
+                }
+                // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
+                let _ = sys::device_irq_wait(bdf, COMMAND_TIMEOUT_NS - spent);
+            }
+        } else if userlib::driver::wait_until(COMMAND_TIMEOUT_NS, "", arrived).is_err() {
             return Err(CommandError::Timeout);
         }
         // The rest of the entry is read after its phase tag was seen.
@@ -407,11 +431,12 @@ impl Nvme {
     fn create_io_queues(&mut self) -> Result<(), Failure> {
         let q = QueuePair::new(self.ioas, 1)?;
         let size = u32::from(QUEUE_ENTRIES - 1) << 16;
-        // Physically contiguous (PC = 1), interrupts off (IEN = 0).
+        // Physically contiguous (PC = 1); interrupts (IEN, vector 0) when routed.
+        let ien = if self.interrupts { 2 } else { 0 };
         let cq = Command {
             opcode: admin::CREATE_IO_CQ,
             prp1: q.cq_iova,
-            cdw: [size | 1, 1, 0, 0, 0, 0],
+            cdw: [size | 1, ien | 1, 0, 0, 0, 0],
             ..Command::default()
         };
         self.submit(false, cq).map_err(|_| Failure::new("create I/O completion queue failed"))?;
@@ -511,6 +536,8 @@ pub struct Report {
     pub block_size: u64,
     /// How the stray read ended (the controller's status, or a timeout).
     pub stray: CommandError,
+    /// Completions came by interrupt (else by polling).
+    pub interrupts: bool,
 }
 
 /// Bytes the demo writes and reads back (8 pages: a PRP list is needed).
@@ -566,5 +593,5 @@ pub fn check(bdf: u64) -> Result<Report, Failure> {
     for b in [out.data, out.list, back.data, back.list, canary.data, canary.list] {
         b.free().map_err(fail("free a buffer"))?;
     }
-    Ok(Report { unit, blocks, block_size: nvme.block_size, stray })
+    Ok(Report { unit, blocks, block_size: nvme.block_size, stray, interrupts: nvme.interrupts })
 }

@@ -49,10 +49,11 @@ fn main() -> i32 {
             "nvme" => nvme_driver::check(d.bdf).map(|r| {
                 println!(
                     "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} nvme: {} blocks of {} bytes written, flushed, read back; \
-                     read through an unmapped PRP list: {}",
+                     read through an unmapped PRP list: {}; completions {}",
                     r.blocks,
                     r.block_size,
-                    r.stray
+                    r.stray,
+                    if r.interrupts { "by interrupt" } else { "polled" }
                 );
                 r.unit
             }),
