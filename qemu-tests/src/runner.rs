@@ -268,10 +268,12 @@ pub fn run_cases(cases: &[Case], parallel: usize) -> Vec<CaseResult> {
                     i
                 };
                 let Some(case) = cases.get(i) else { break };
-                eprintln!("qemu-tests: starting {}", case.name);
+                let total = cases.len();
+                eprintln!("qemu-tests: [{}/{total}] starting {}", i + 1, case.name);
                 let r = run_case(case, false);
                 eprintln!(
-                    "qemu-tests: {} {} ({:.1} s)",
+                    "qemu-tests: [{}/{total}] {} {} ({:.1} s)",
+                    i + 1,
                     if r.passed() { "PASS" } else { "FAIL" },
                     case.name,
                     r.elapsed.as_secs_f64()

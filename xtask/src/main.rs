@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme|virtio-blk] [-- <extra QEMU args>]
-//! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN]
+//! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN] [--list | --case NAME]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME] [--vs-linux [--boots N]]
 //! cargo xtask profile [--arch A] [--iommu I] [--init NAME[,NAME…]] [--samples N] [--interval-ms MS] [--from TEXT] [--until TEXT] [--top N] [--cmdline WORD…] [-- <extra QEMU args>]
@@ -103,6 +103,12 @@ enum Command {
         /// Only the boots through this path (default: both `direct` and `uefi`).
         #[arg(long, value_enum)]
         boot: Option<Boot>,
+        /// Print the QEMU cases the matrix holds (for `--arch` / `--boot`), one name a line, and run nothing.
+        #[arg(long, conflicts_with_all = ["host", "case", "filter"])]
+        list: bool,
+        /// Run only the QEMU case NAME (exact name, else every case whose name contains it; see `--list`).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["host", "filter", "iommu"])]
+        case: Option<String>,
     },
     /// Write a bootable GPT disk image (EFI system partition with the UEFI
     /// loader, the kernel and its command line) for a real machine or QEMU.
@@ -222,9 +228,10 @@ fn main() -> ExitCode {
                 test::run_demo(options, &qemu_args)
             })
         }
-        Command::Test { host, qemu, arch, iommu, filter, boot } => {
-            setup::run().and_then(|()| test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot))
-        }
+        Command::Test { host, qemu, arch, iommu, filter, boot, list, case } => setup::run().and_then(|()| {
+            let select = test::Select { list, case: case.as_deref() };
+            test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot, select)
+        }),
         Command::Image { arch, debug, cmdline, output } => {
             setup::run().and_then(|()| image::build_image(arch, !debug, &cmdline, output))
         }

@@ -763,6 +763,17 @@ fn matrix(arch: Option<Arch>, iommu: Option<Iommu>) -> Result<Vec<(Arch, Iommu)>
 }
 
 /// `cargo xtask test`.
+/// Which QEMU cases `test` runs: all of the matrix, one by name (`--case`),
+/// or none, only their names printed (`--list`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Select<'a> {
+    /// Print the names and run nothing.
+    pub list: bool,
+    /// Run only this case (exact name, else every name containing it).
+    pub case: Option<&'a str>,
+}
+
+/// Runs the suite (see `cargo xtask test --help`).
 pub fn run_tests(
     host_only: bool,
     qemu_only: bool,
@@ -770,8 +781,11 @@ pub fn run_tests(
     iommu: Option<Iommu>,
     filter: Option<&str>,
     boot: Option<Boot>,
+    select: Select<'_>,
 ) -> Result<(), String> {
+    let picking = select.list || select.case.is_some();
     let (do_host, do_qemu) = match (host_only, qemu_only) {
+        _ if picking => (false, true),
         (true, false) => (true, false),
         (false, true) => (false, true),
         _ => (true, true),
@@ -821,8 +835,22 @@ pub fn run_tests(
                 }
                 cases.push(c);
             }
-            if iommu.is_none() && filter.is_none() {
-                cases.extend(firmware_cases(a, &kernel)?);
+            if filter.is_none() {
+                match iommu {
+                    None => cases.extend(firmware_cases(a, &kernel)?),
+                    // With --iommu, the firmware and demo cases of that IOMMU
+                    // (named for it, or unnamed ones on the default IOMMU).
+                    Some(i) => {
+                        let named = |c: &qemu_tests::runner::Case, x: Iommu| {
+                            format!("{}-", c.name).contains(&format!("-{}-", x.name()))
+                        };
+                        let others: Vec<Iommu> =
+                            Iommu::for_arch(a).iter().copied().filter(|&x| x != i && x != Iommu::None).collect();
+                        cases.extend(firmware_cases(a, &kernel)?.into_iter().filter(|c| {
+                            named(c, i) || (i == a.default_iommu() && !others.iter().any(|&x| named(c, x)))
+                        }));
+                    }
+                }
             }
             if configs.contains(&(a, a.default_iommu())) && filter.is_none_or(|f| f.contains("isolation")) {
                 cases.extend(isolation_cases(a, &kernel)?);
@@ -855,13 +883,31 @@ pub fn run_tests(
                 }
             }
         }
+        if select.list {
+            for c in &cases {
+                println!("{}", c.name);
+            }
+            println!("{} cases", cases.len());
+            return Ok(());
+        }
+        if let Some(name) = select.case {
+            let exact: Vec<_> = cases.iter().filter(|c| c.name == name).cloned().collect();
+            let picked =
+                if exact.is_empty() { cases.into_iter().filter(|c| c.name.contains(name)).collect() } else { exact };
+            if picked.is_empty() {
+                return Err(format!(
+                    "no QEMU case is named (or contains) `{name}`: `cargo xtask test --list` prints them"
+                ));
+            }
+            cases = picked;
+        }
         let (ok, counts) = harness::run_and_report(cases)?;
         qemu_ok = ok;
         totals.passed += counts.passed;
         totals.failed += counts.failed;
         totals.skipped += counts.skipped;
         // With both boot paths run, the firmware descriptions must agree.
-        if direct && uefi {
+        if direct && uefi && select.case.is_none() {
             for (a, i) in configs.iter().copied().filter(|&(_, i)| i != Iommu::None) {
                 match topology_agrees(a, i) {
                     Ok(n) => {
