@@ -2,7 +2,7 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme|virtio-blk] [-- <extra QEMU args>]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme|virtio-blk] [--cmdline TEXT] [--memory SIZE] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN] [--list | --case NAME]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME] [--vs-linux [--boots N]]
@@ -79,6 +79,12 @@ enum Command {
         /// (`target/disks/`); the demo writes, reads back and attacks it.
         #[arg(long, value_enum)]
         disk: Option<target::Disk>,
+        /// More words for the kernel command line (e.g. `--cmdline "quota.mem_pages=65536"`).
+        #[arg(long, value_name = "TEXT")]
+        cmdline: Option<String>,
+        /// Guest memory, as QEMU's `-m` takes it (e.g. `2G`; default 512M on x86_64, 1G on aarch64).
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -216,9 +222,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Layers => layers::run(&target::workspace_root()),
-        Command::Run { arch, iommu, release, gdb, trace, hw, init, boot, disk, qemu_args } => {
-            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot };
-            let mut qemu_args = qemu_args;
+        Command::Run {
+            arch,
+            iommu,
+            release,
+            gdb,
+            trace,
+            hw,
+            init,
+            boot,
+            disk,
+            cmdline,
+            memory,
+            qemu_args: qemu_args_after,
+        } => {
+            let words = cmdline.map(|t| t.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot, cmdline: words };
+            // The last -m wins: the chosen size after the machine's default.
+            let mut qemu_args: Vec<String> = memory.map(|m| vec!["-m".to_owned(), m]).unwrap_or_default();
+            qemu_args.extend(qemu_args_after);
             let disk = match disk {
                 Some(d) => target::disk_args(d, &format!("run-{}", arch.name())),
                 None => Ok(Vec::new()),

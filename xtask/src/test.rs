@@ -951,13 +951,15 @@ pub struct RunOptions {
     pub hw: bool,
     /// `--init NAME[,NAME…]`: these programs instead of the demo.
     pub init: Option<String>,
+    /// `--cmdline TEXT`: more kernel command-line words.
+    pub cmdline: Vec<String>,
     /// Direct or UEFI boot.
     pub boot: Boot,
 }
 
 /// `cargo xtask run`: boots one machine with live, symbolized output.
 pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String> {
-    let RunOptions { arch, iommu, release, gdb, trace, hw, init, boot } = options;
+    let RunOptions { arch, iommu, release, gdb, trace, hw, init, boot, cmdline: more } = options;
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
     // The demo: the generic edu driver on every edu behind an IOMMU, or
@@ -973,6 +975,7 @@ pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String>
     if trace {
         cmdline.push("trace=1".to_owned());
     }
+    cmdline.extend(more);
     let machine = Machine { arch, iommu, cmdline, extra: qemu_args.to_vec(), gdb, boot };
     if gdb {
         println!(
