@@ -34,9 +34,32 @@ pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Cas
 
 /// Runs the cases in parallel and prints the report.
 pub fn run_and_report(cases: Vec<Case>) -> Result<(bool, Totals), String> {
+    run_and_report_each(cases).map(|(ok, totals, _)| (ok, totals))
+}
+
+/// A case's verdict for the summary file: (name, passed, one-line summary).
+pub type Verdict = (String, bool, String);
+
+/// As [`run_and_report`], with each case's [`Verdict`].
+pub fn run_and_report_each(cases: Vec<Case>) -> Result<(bool, Totals, Vec<Verdict>), String> {
     let results = runner::run_cases(&cases, parallelism());
     let (totals, ok) = report::print(&results);
-    Ok((ok, totals))
+    let each = results
+        .iter()
+        .map(|r| {
+            let c = report::count(r);
+            let summary = format!(
+                "{} passed, {} failed, {} skipped; {:.1} s; {}",
+                c.passed,
+                c.failed,
+                c.skipped,
+                r.elapsed.as_secs_f64(),
+                r.ending_text()
+            );
+            (r.case.name.clone(), r.passed(), summary)
+        })
+        .collect();
+    Ok((ok, totals, each))
 }
 
 /// Boots one machine with live output (`cargo xtask run`).

@@ -763,6 +763,28 @@ fn matrix(arch: Option<Arch>, iommu: Option<Iommu>) -> Result<Vec<(Arch, Iommu)>
 }
 
 /// `cargo xtask test`.
+/// The run's verdicts as TAP version 13 (one test point per phase, QEMU case
+/// and check), in `target/test-summary.tap`, for CI systems that read TAP.
+pub fn tap_text(entries: &[harness::Verdict]) -> String {
+    let mut out = format!("TAP version 13\n1..{}\n", entries.len());
+    for (i, (name, ok, detail)) in entries.iter().enumerate() {
+        let detail = detail.replace(['\n', '#'], " ");
+        out.push_str(&format!("{} {} - {name} # {detail}\n", if *ok { "ok" } else { "not ok" }, i + 1));
+    }
+    out
+}
+
+fn write_tap(entries: &[harness::Verdict]) {
+    if entries.is_empty() {
+        return;
+    }
+    let path = crate::target::workspace_root().join("target").join("test-summary.tap");
+    match std::fs::write(&path, tap_text(entries)) {
+        Ok(()) => println!("xtask: TAP summary of this run in {}", path.display()),
+        Err(e) => eprintln!("xtask: cannot write {}: {e}", path.display()),
+    }
+}
+
 /// Which QEMU cases `test` runs: all of the matrix, one by name (`--case`),
 /// or none, only their names printed (`--list`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -793,11 +815,19 @@ pub fn run_tests(
     let host = if do_host { host_tests()? } else { HostCounts::default() };
     let mut qemu_ok = true;
     let mut totals = harness::Totals { passed: host.passed, failed: host.failed, skipped: host.ignored };
+    // One entry per phase, case and check, for the TAP file at the end.
+    let mut summary: Vec<harness::Verdict> = Vec::new();
     if do_host {
+        summary.push((
+            "host-tests".into(),
+            host.failed == 0,
+            format!("{} passed, {} failed, {} ignored", host.passed, host.failed, host.ignored),
+        ));
         // Brief coverage-guided runs of every parser fuzz target (xtask/src/fuzz.rs), one test each.
         let (passed, failed) = crate::fuzz::brief();
         totals.passed += passed;
         totals.failed += failed;
+        summary.push(("fuzz-phase".into(), failed == 0, format!("{passed} targets passed, {failed} failed")));
     }
     if do_qemu {
         let configs = matrix(arch, iommu)?;
@@ -901,7 +931,8 @@ pub fn run_tests(
             }
             cases = picked;
         }
-        let (ok, counts) = harness::run_and_report(cases)?;
+        let (ok, counts, each) = harness::run_and_report_each(cases)?;
+        summary.extend(each);
         qemu_ok = ok;
         totals.passed += counts.passed;
         totals.failed += counts.failed;
@@ -917,15 +948,19 @@ pub fn run_tests(
                             i.name()
                         );
                         totals.passed += 1;
+                        let name = format!("{}-{}-topology-uefi-vs-direct", a.name(), i.name());
+                        summary.push((name, true, format!("{n} lines of the direct boot found")));
                     }
                     Err(e) => {
                         println!("FAIL {}-{}-topology-uefi-vs-direct: {e}", a.name(), i.name());
                         totals.failed += 1;
+                        summary.push((format!("{}-{}-topology-uefi-vs-direct", a.name(), i.name()), false, e));
                     }
                 }
             }
         }
     }
+    write_tap(&summary);
     // The plain closing line counts host and kernel tests together.
     println!("{} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.skipped);
     if totals.failed == 0 && host.failed == 0 && qemu_ok {
@@ -990,6 +1025,18 @@ pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tap_summary_numbers_every_entry_and_marks_failures() {
+        let text = tap_text(&[
+            ("host-tests".into(), true, "3 passed".into()),
+            ("x86_64-demo".into(), false, "missing output #1\nmore".into()),
+        ]);
+        assert_eq!(
+            text,
+            "TAP version 13\n1..2\nok 1 - host-tests # 3 passed\nnot ok 2 - x86_64-demo # missing output  1 more\n"
+        );
+    }
 
     #[test]
     fn cargo_test_lines_are_summed() {
