@@ -245,37 +245,57 @@ fn main() -> ExitCode {
                 Some(d) => target::disk_args(d, &format!("run-{}", arch.name())),
                 None => Ok(Vec::new()),
             };
-            setup::run().and(disk).and_then(|d| {
+            let needs = setup::Needs {
+                firmware: boot == Boot::Uefi,
+                gdb_multiarch: gdb && arch == Arch::Aarch64,
+                ..setup::Needs::QEMU
+            };
+            setup::ensure(needs).and(disk).and_then(|d| {
                 qemu_args.extend(d);
                 test::run_demo(options, &qemu_args)
             })
         }
-        Command::Test { host, qemu, arch, iommu, filter, boot, list, case } => setup::run().and_then(|()| {
-            let select = test::Select { list, case: case.as_deref() };
-            test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot, select)
-        }),
+        Command::Test { host, qemu, arch, iommu, filter, boot, list, case } => {
+            // `--host` needs no QEMU; the host phase's fuzz runs need a C++ compiler.
+            let boots = !host || qemu || list || case.is_some();
+            let hosted = (host || !qemu) && !list && case.is_none();
+            let needs = setup::Needs {
+                qemu: boots,
+                firmware: boots && boot != Some(Boot::Direct),
+                cxx: hosted,
+                gdb_multiarch: false,
+            };
+            setup::ensure(needs).and_then(|()| {
+                let select = test::Select { list, case: case.as_deref() };
+                test::run_tests(host, qemu, arch, iommu, filter.as_deref(), boot, select)
+            })
+        }
         Command::Image { arch, debug, cmdline, output } => {
-            setup::run().and_then(|()| image::build_image(arch, !debug, &cmdline, output))
+            setup::ensure(setup::Needs::default()).and_then(|()| image::build_image(arch, !debug, &cmdline, output))
         }
         Command::Bench { name, vs_linux: true, boots } => {
             if name.as_deref() != Some("ioas") {
                 Err("--vs-linux goes with `cargo xtask bench ioas`".into())
             } else {
-                setup::run().and_then(|()| bench::ioas_vs_linux(boots))
+                setup::ensure(setup::Needs::QEMU).and_then(|()| bench::ioas_vs_linux(boots))
             }
         }
-        Command::Bench { name, .. } => setup::run().and_then(|()| bench::run(name.as_deref())),
+        Command::Bench { name, .. } => {
+            let needs = if name.as_deref() == Some("pgtable") { setup::Needs::default() } else { setup::Needs::QEMU };
+            setup::ensure(needs).and_then(|()| bench::run(name.as_deref()))
+        }
         Command::Profile { arch, iommu, init, cmdline, samples, interval_ms, from, until, top, qemu_args } => {
             let options = profile::Options { arch, iommu, init, cmdline, samples, interval_ms, from, until, top };
-            setup::run().and_then(|()| profile::run(options, &qemu_args))
+            setup::ensure(setup::Needs::QEMU).and_then(|()| profile::run(options, &qemu_args))
         }
         Command::Fuzz { target, list: false, calls, seed, arch, iommu, .. }
             if target.as_deref() == Some("syscalls") =>
         {
-            setup::run().and_then(|()| fuzz::syscalls(arch, iommu, calls, seed.as_deref()))
+            setup::ensure(setup::Needs::QEMU).and_then(|()| fuzz::syscalls(arch, iommu, calls, seed.as_deref()))
         }
         Command::Fuzz { target, time, list, input, .. } => {
-            setup::run().and_then(|()| fuzz::run(target.as_deref(), time, list, input.as_deref()))
+            let needs = setup::Needs { cxx: true, ..setup::Needs::default() };
+            setup::ensure(needs).and_then(|()| fuzz::run(target.as_deref(), time, list, input.as_deref()))
         }
     };
     match result {

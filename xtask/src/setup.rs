@@ -5,7 +5,12 @@
 //!   bookworm-backports through apt when running as root, otherwise a message
 //!   with the exact commands;
 //! - UEFI firmware for the `--boot uefi` path (`ovmf`, `qemu-efi-aarch64`), the same way;
-//! - a C++ compiler (`g++`) for libFuzzer, which `cargo xtask fuzz` builds from source.
+//! - a C++ compiler (`g++`) for libFuzzer, which `cargo xtask fuzz` builds from source;
+//! - `gdb-multiarch`, the gdb that debugs an aarch64 guest (`run --gdb --arch aarch64`).
+//!
+//! `cargo xtask setup` installs all of it; every other command checks only
+//! what it needs ([`Needs`]: `test --host` and `image` need no QEMU), and
+//! when everything is there it asks nothing and changes nothing.
 
 use crate::target::workspace_root;
 use std::process::Command;
@@ -176,10 +181,59 @@ fn cxx() -> Result<(), String> {
     })
 }
 
+/// Makes sure `gdb-multiarch` is there (Debian's gdb debugs only the host's architecture).
+fn gdb_multiarch() -> Result<(), String> {
+    if output("gdb-multiarch", &["--version"]).is_some() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err("gdb-multiarch (to debug an aarch64 guest) is missing. Install it as root with:\n  sudo apt-get install -y gdb-multiarch".into());
+    }
+    run_cmd("apt-get", &["install", "-y", "-q", "gdb-multiarch"]).or_else(|_| {
+        run_cmd("apt-get", &["update", "-q"])
+            .and_then(|()| run_cmd("apt-get", &["install", "-y", "-q", "gdb-multiarch"]))
+    })
+}
+
+/// What a command needs besides the Rust targets and components (always checked).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// QEMU >= 10 for both architectures.
+    pub qemu: bool,
+    /// The UEFI firmware images (`--boot uefi`).
+    pub firmware: bool,
+    /// A C++ compiler (libFuzzer: the fuzz phase of `test`, `fuzz`).
+    pub cxx: bool,
+    /// `gdb-multiarch` (`run --gdb` on aarch64).
+    pub gdb_multiarch: bool,
+}
+
+impl Needs {
+    /// Everything (`cargo xtask setup`).
+    pub const ALL: Needs = Needs { qemu: true, firmware: true, cxx: true, gdb_multiarch: true };
+    /// QEMU only (boots with `-kernel`).
+    pub const QEMU: Needs = Needs { qemu: true, firmware: false, cxx: false, gdb_multiarch: false };
+}
+
+/// Installs what `needs` names and is missing (and the Rust targets and components).
+pub fn ensure(needs: Needs) -> Result<(), String> {
+    rust()?;
+    if needs.qemu {
+        qemu()?;
+    }
+    if needs.firmware {
+        firmware()?;
+    }
+    if needs.cxx {
+        cxx()?;
+    }
+    if needs.gdb_multiarch {
+        gdb_multiarch()?;
+    }
+    Ok(())
+}
+
 /// Installs everything that is missing.
 pub fn run() -> Result<(), String> {
-    rust()?;
-    qemu()?;
-    firmware()?;
-    cxx()
+    ensure(Needs::ALL)
 }

@@ -1014,7 +1014,8 @@ pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String>
     let machine = Machine { arch, iommu, cmdline, extra: qemu_args.to_vec(), gdb, boot };
     if gdb {
         println!(
-            "xtask: QEMU waits for gdb on localhost:1234. In another terminal:\n  gdb {} -ex 'target remote localhost:1234'",
+            "xtask: QEMU waits for gdb on localhost:1234. In another terminal:\n  {} {} -ex 'target remote localhost:1234'",
+            if arch == Arch::Aarch64 { "gdb-multiarch" } else { "gdb" },
             kernel.elf.display()
         );
     }
