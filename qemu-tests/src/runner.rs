@@ -49,6 +49,8 @@ pub struct Case {
     /// Text that ends the run at once as a failure (e.g. a boot loader's error
     /// after which firmware would wait for a key until the timeout).
     pub stop_on: Vec<String>,
+    /// A file fed to QEMU's standard input (the guest's console input), if any.
+    pub stdin: Option<PathBuf>,
 }
 
 /// How the QEMU process ended.
@@ -179,9 +181,17 @@ pub fn run_case(case: &Case, live: bool) -> CaseResult {
     if let Some(dir) = case.log_file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
+    let input = match &case.stdin {
+        Some(path) => match std::fs::File::open(path) {
+            Ok(f) => Stdio::from(f),
+            Err(e) => return fail(Ending::SpawnFailed(format!("{}: {e}", path.display()))),
+        },
+        None if live => Stdio::inherit(),
+        None => Stdio::null(),
+    };
     let mut child = match Command::new(&case.program)
         .args(&case.args)
-        .stdin(if live { Stdio::inherit() } else { Stdio::null() })
+        .stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -305,6 +315,7 @@ mod tests {
             expect,
             must_contain: Vec::new(),
             stop_on: Vec::new(),
+            stdin: None,
         }
     }
 

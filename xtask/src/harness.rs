@@ -29,6 +29,7 @@ pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Cas
         must_contain: Vec::new(),
         // A UEFI loader that gives up returns to the firmware, whose shell waits for a key.
         stop_on: vec!["portcullis-uefi: error:".into()],
+        stdin: None,
     })
 }
 
@@ -63,9 +64,15 @@ pub fn run_and_report_each(cases: Vec<Case>) -> Result<(bool, Totals, Vec<Verdic
 }
 
 /// Boots one machine with live output (`cargo xtask run`).
-pub fn run_live(machine: &Machine, kernel: &Kernel, timeout: Option<Duration>) -> Result<(), String> {
+pub fn run_live(
+    machine: &Machine,
+    kernel: &Kernel,
+    timeout: Option<Duration>,
+    stdin: Option<std::path::PathBuf>,
+) -> Result<(), String> {
     let mut c = case(machine, kernel, Duration::ZERO)?;
     c.timeout = timeout;
+    c.stdin = stdin;
     c.expect = Expect::Exit;
     eprintln!("xtask: {} {}", c.program, c.args.join(" "));
     let r = runner::run_case(&c, true);

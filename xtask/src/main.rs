@@ -2,7 +2,7 @@
 //! and the benchmarks, and installs what is missing.
 //!
 //! ```text
-//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…]] [--release] [--gdb] [--trace] [--disk nvme|virtio-blk] [--cmdline TEXT] [--memory SIZE] [-- <extra QEMU args>]
+//! cargo xtask run   [--arch x86_64|aarch64] [--iommu vtd|amdvi|smmuv3|virtio|none] [--boot direct|uefi] [--hw | --init NAME[,NAME…] | --shell [--script FILE]] [--release] [--gdb] [--trace] [--disk nvme|virtio-blk] [--cmdline TEXT] [--memory SIZE] [-- <extra QEMU args>]
 //! cargo xtask test  [--host] [--qemu] [--arch A] [--iommu I] [--boot direct|uefi] [--filter PATTERN] [--list | --case NAME]
 //! cargo xtask image [--arch A] [--debug] [--cmdline TEXT] [--output PATH]
 //! cargo xtask bench [NAME] [--vs-linux [--boots N]]
@@ -85,6 +85,12 @@ enum Command {
         /// Guest memory, as QEMU's `-m` takes it (e.g. `2G`; default 512M on x86_64, 1G on aarch64).
         #[arg(long, value_name = "SIZE")]
         memory: Option<String>,
+        /// Boot into the interactive shell on the serial console (`help` lists its commands).
+        #[arg(long, conflicts_with_all = ["hw", "init"])]
+        shell: bool,
+        /// With `--shell`: feed FILE to it as typed input (a lesson), then `exit`.
+        #[arg(long, value_name = "FILE", requires = "shell")]
+        script: Option<std::path::PathBuf>,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -234,10 +240,13 @@ fn main() -> ExitCode {
             disk,
             cmdline,
             memory,
+            shell,
+            script,
             qemu_args: qemu_args_after,
         } => {
             let words = cmdline.map(|t| t.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
-            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot, cmdline: words };
+            let init = if shell { Some("shell".to_owned()) } else { init };
+            let options = test::RunOptions { arch, iommu, release, gdb, trace, hw, init, boot, cmdline: words, script };
             // The last -m wins: the chosen size after the machine's default.
             let mut qemu_args: Vec<String> = memory.map(|m| vec!["-m".to_owned(), m]).unwrap_or_default();
             qemu_args.extend(qemu_args_after);

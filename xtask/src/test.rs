@@ -314,6 +314,30 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
     }
+    // The first lesson (docs/lessons/first-mapping.txt) typed into the shell
+    // on every IOMMU: the DMA arrives through a mapping and is blocked once
+    // it is unmapped. A command the shell refuses fails the case at once.
+    let lesson = crate::target::workspace_root().join("docs").join("lessons").join("first-mapping.txt");
+    for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
+        let name = format!("{}-{}-lesson", arch.name(), iommu.name());
+        let m = Machine { cmdline: vec!["init=shell".to_owned()], ..machine(iommu, Vec::new()) };
+        let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
+        c.stdin = Some(lesson_input(&lesson, &name)?);
+        c.name = name;
+        c.log_file.set_file_name(format!("{}.log", c.name));
+        c.must_contain = vec![
+            "device 1: ".into(),
+            "device 1 attached: hwpt 3".into(),
+            "IOVA alignment 0x1000".into(),
+            "  5a 5a 5a 5a 5a 5a 5a 5a".into(),
+            "  cc cc cc cc cc cc cc cc".into(),
+            "destroyed 1".into(),
+            "shell: bye".into(),
+        ];
+        c.stop_on.extend(["unknown command".into(), "bad arguments".into(), "no such buffer".into()]);
+        c.expect = qemu_tests::runner::Expect::Exit;
+        cases.push(c);
+    }
     // The same demo, unchanged, when the IOMMU's smallest page is larger than
     // the CPU's: virtio-iommu with a 64 KiB granule. The generic door reports
     // the alignment (ioas_iova_ranges) and the drivers' buffers honour it.
@@ -700,6 +724,22 @@ fn uefi_cases(
     Ok(cases)
 }
 
+/// The console input for a shell lesson: the script's lines, then `exit`
+/// (so the boot ends), in `target/lessons/<name>.input`.
+pub(crate) fn lesson_input(script: &std::path::Path, name: &str) -> Result<std::path::PathBuf, String> {
+    let text = std::fs::read_to_string(script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let dir = crate::target::workspace_root().join("target").join("lessons");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{name}.input"));
+    // Two empty lines first: firmware may take the first bytes typed (SeaBIOS
+    // looks for a key to open its boot menu) before the shell reads any.
+    let mut input = String::from("\n\n");
+    input.extend(text.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| format!("{l}\n")));
+    input.push_str("exit\n");
+    std::fs::write(&path, input).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// QEMU arguments for an NVMe controller and a virtio-blk device, each on a
 /// disk image of its own named after the case `name`.
 pub(crate) fn storage_disks(name: &str) -> Result<Vec<String>, String> {
@@ -988,13 +1028,15 @@ pub struct RunOptions {
     pub init: Option<String>,
     /// `--cmdline TEXT`: more kernel command-line words.
     pub cmdline: Vec<String>,
+    /// `--shell --script FILE`: typed into the guest's console.
+    pub script: Option<std::path::PathBuf>,
     /// Direct or UEFI boot.
     pub boot: Boot,
 }
 
 /// `cargo xtask run`: boots one machine with live, symbolized output.
 pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String> {
-    let RunOptions { arch, iommu, release, gdb, trace, hw, init, boot, cmdline: more } = options;
+    let RunOptions { arch, iommu, release, gdb, trace, hw, init, boot, cmdline: more, script } = options;
     let iommu = iommu.unwrap_or(arch.default_iommu());
     iommu.check(arch)?;
     // The demo: the generic edu driver on every edu behind an IOMMU, or
@@ -1020,7 +1062,8 @@ pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String>
         );
     }
     let timeout = if gdb { None } else { Some(Duration::from_secs(600)) };
-    harness::run_live(&machine, &kernel, timeout)
+    let input = script.map(|s| lesson_input(&s, &format!("run-{}", arch.name()))).transpose()?;
+    harness::run_live(&machine, &kernel, timeout, input)
 }
 
 #[cfg(test)]

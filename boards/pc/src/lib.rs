@@ -69,6 +69,10 @@ impl kcore::Console for X86Platform {
     fn console_write(&self, text: &str) {
         serial::write_str(text);
     }
+
+    fn console_read_byte(&self) -> Option<u8> {
+        serial::try_read()
+    }
 }
 
 impl kcore::Clock for X86Platform {

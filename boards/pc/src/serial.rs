@@ -31,3 +31,8 @@ pub fn write_str(text: &str) {
         }
     }
 }
+
+/// A received byte, if one is waiting (never blocks; `None` while a writer holds the port).
+pub fn try_read() -> Option<u8> {
+    PORT.try_lock()?.as_mut()?.try_receive().ok()
+}

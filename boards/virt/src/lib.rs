@@ -62,6 +62,10 @@ impl kcore::Console for ArmPlatform {
     fn console_write(&self, text: &str) {
         pl011::write_str(text);
     }
+
+    fn console_read_byte(&self) -> Option<u8> {
+        pl011::try_read()
+    }
 }
 
 impl kcore::Clock for ArmPlatform {

@@ -8,6 +8,8 @@ use tock_registers::{register_bitfields, register_structs};
 register_bitfields! [u32,
     /// Flag register.
     FR [
+        /// Receive FIFO empty.
+        RXFE OFFSET(4) NUMBITS(1) [],
         /// Transmit FIFO full.
         TXFF OFFSET(5) NUMBITS(1) []
     ],
@@ -66,4 +68,25 @@ pub fn write_str(text: &str) {
         }
         regs.dr.set(u32::from(b));
     }
+}
+
+/// A received byte, if one is waiting (never blocks); bytes the UART flagged
+/// with a framing, parity, break or overrun error (DR bits 11:8) are dropped.
+pub fn try_read() -> Option<u8> {
+    let va = BASE_VA.load(Ordering::Acquire);
+    if va == 0 {
+        return None;
+    }
+    // SAFETY: `va` maps the PL011 register page (device memory) for the kernel's life.
+    let regs = unsafe { &*(va as *const Pl011Registers) };
+    for _ in 0..32 {
+        if regs.fr.is_set(FR::RXFE) {
+            return None;
+        }
+        let d = regs.dr.get();
+        if d & 0xF00 == 0 {
+            return Some(d as u8);
+        }
+    }
+    None
 }

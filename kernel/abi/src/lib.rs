@@ -72,6 +72,11 @@ pub enum Sysno {
     /// `CNTVCT_EL0`), as Linux's vDSO clock does; `ENOSYS` where the board
     /// offers none. `userlib::time` builds a nanosecond clock on it.
     ClockCounter = 17,
+    /// `console_read(buf, len, timeout_ns)`: up to `len` (at most 256) bytes
+    /// typed on the console since the last read, waiting up to `timeout_ns`
+    /// for the first; 0 when none came. The buffer is checked writable before
+    /// any byte is taken (`EFAULT`, nothing lost).
+    ConsoleRead = 18,
 }
 
 impl Sysno {
@@ -96,6 +101,7 @@ impl Sysno {
             15 => Sysno::Iommufd,
             16 => Sysno::TestCanary,
             17 => Sysno::ClockCounter,
+            18 => Sysno::ConsoleRead,
             _ => return None,
         })
     }
@@ -373,6 +379,9 @@ impl DeviceInfo {
 }
 
 pub mod iommufd;
+
+/// Most bytes one `console_read` call returns.
+pub const CONSOLE_READ_MAX: usize = 256;
 
 /// Longest text one `log` call accepts.
 pub const LOG_MAX: usize = 4096;

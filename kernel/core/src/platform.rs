@@ -145,6 +145,10 @@ pub trait Arch {
 pub trait Console {
     /// Writes text to the console without taking any lock that a panic could hold.
     fn console_write(&self, text: &str);
+    /// A byte typed on the console, if one is waiting (polled; none where the console has no input).
+    fn console_read_byte(&self) -> Option<u8> {
+        None
+    }
 }
 
 /// Time: the uptime clock and the periodic timer.

@@ -84,6 +84,11 @@ pub fn mem_map(addr: u64, len: u64, prot: u64) -> SysResult {
     decode(raw(Sysno::MemMap as u64, [addr, len, prot, 0, 0]))
 }
 
+/// Bytes typed on the console (at most 256), waiting up to `timeout_ns` for the first; 0 when none came.
+pub fn console_read(buf: &mut [u8], timeout_ns: u64) -> SysResult {
+    decode(raw(Sysno::ConsoleRead as u64, [buf.as_mut_ptr() as u64, buf.len() as u64, timeout_ns, 0, 0]))
+}
+
 /// Unmaps memory mapped by [`mem_map`].
 pub fn mem_unmap(addr: u64, len: u64) -> SysResult {
     decode(raw(Sysno::MemUnmap as u64, [addr, len, 0, 0, 0]))

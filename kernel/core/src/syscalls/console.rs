@@ -13,3 +13,39 @@ pub fn sys_log(ptr: u64, len: u64) -> SysResult {
     crate::console::print(format_args!("{text}"));
     Ok(len)
 }
+
+/// `console_read(ptr, len, timeout_ns)`: bytes typed on the console (see
+/// [`abi::Sysno::ConsoleRead`]). The buffer is checked writable first, so a
+/// bad pointer takes nothing from the console; between polls the task sleeps
+/// (10 ms at most), so a waiting reader costs the others nothing.
+pub fn sys_console_read(ptr: u64, len: u64, timeout_ns: u64) -> SysResult {
+    let len = (len.min(abi::CONSOLE_READ_MAX as u64)) as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut buf = [0u8; abi::CONSOLE_READ_MAX];
+    crate::user_access::copy_to_user(ptr, &buf[..len])?;
+    let p = crate::platform();
+    let deadline = p.uptime_ns().saturating_add(timeout_ns);
+    loop {
+        let mut n = 0;
+        while n < len {
+            match p.console_read_byte() {
+                Some(b) => {
+                    buf[n] = b;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            crate::user_access::copy_to_user(ptr, &buf[..n])?;
+            return Ok(n as u64);
+        }
+        let now = p.uptime_ns();
+        if now >= deadline {
+            return Ok(0);
+        }
+        crate::scheduler::sleep_current((deadline - now).min(10_000_000));
+    }
+}

@@ -209,6 +209,32 @@ fn mem_map_aligned_blocks() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `console_read` checks its buffer before it takes a byte from the console:
+/// a bad or read-only buffer is EFAULT, an empty one reads nothing, and with
+/// a timeout of zero and nothing typed it answers 0 at once.
+fn console_read_checks_its_buffer() -> Result<(), &'static str> {
+    let r = |ptr: u64, len: u64, timeout: u64| {
+        abi::decode(sys::raw(abi::Sysno::ConsoleRead as u64, [ptr, len, timeout, 0, 0]))
+    };
+    if r(0x10, 8, 0) != Err(Errno::EFAULT) || r(0xFFFF_8000_0000_0000, 8, 0) != Err(Errno::EFAULT) {
+        return Err("console_read into an unmapped or kernel address was not EFAULT");
+    }
+    let ro = sys::mem_map(0, 4096, abi::PROT_READ).map_err(|_| "mem_map failed")?;
+    let refused = r(ro, 8, 0) == Err(Errno::EFAULT);
+    let _ = sys::mem_unmap(ro, 4096);
+    if !refused {
+        return Err("console_read into a read-only page was not EFAULT");
+    }
+    let mut buf = [0u8; 8];
+    if r(buf.as_mut_ptr() as u64, 0, 0) != Ok(0) {
+        return Err("console_read of 0 bytes did not answer 0");
+    }
+    match r(buf.as_mut_ptr() as u64, 8, 0) {
+        Ok(n) if n <= 8 => Ok(()),
+        _ => Err("console_read with no wait failed or overran its buffer"),
+    }
+}
+
 fn read_only_mapping_refuses_kernel_writes() -> Result<(), &'static str> {
     let va = sys::mem_map(0, 4096 * 8, abi::PROT_READ).map_err(|_| "mem_map failed")?;
     // device_list writes into the buffer: a read-only buffer is EFAULT.
@@ -379,6 +405,7 @@ const TESTS: &[(&str, Check)] = &[
     ("mem_unmap_holes_and_refills", mem_unmap_holes_and_refills),
     ("mem_map_bad_arguments", mem_map_bad_arguments),
     ("mem_map_aligned_blocks", mem_map_aligned_blocks),
+    ("console_read_checks_its_buffer", console_read_checks_its_buffer),
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
     ("heap_allocations", heap_allocations),
     ("ioas_4k_map_unmap_allocates_nothing", ioas_4k_map_unmap_allocates_nothing),
