@@ -49,8 +49,19 @@ pub struct Case {
     /// Text that ends the run at once as a failure (e.g. a boot loader's error
     /// after which firmware would wait for a key until the timeout).
     pub stop_on: Vec<String>,
-    /// A file fed to QEMU's standard input (the guest's console input), if any.
-    pub stdin: Option<PathBuf>,
+    /// Console input typed into the guest, if any ([`Input`]).
+    pub stdin: Option<Input>,
+}
+
+/// Bytes written to QEMU's standard input (the guest's serial console) once
+/// a console line contains `after`: not from the start, since firmware that
+/// polls the serial port for a key (SeaBIOS's boot menu) would eat them.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The text that says the guest reads its console now.
+    pub after: String,
+    /// The file whose bytes are typed.
+    pub file: PathBuf,
 }
 
 /// How the QEMU process ended.
@@ -181,11 +192,15 @@ pub fn run_case(case: &Case, live: bool) -> CaseResult {
     if let Some(dir) = case.log_file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let input = match &case.stdin {
-        Some(path) => match std::fs::File::open(path) {
-            Ok(f) => Stdio::from(f),
-            Err(e) => return fail(Ending::SpawnFailed(format!("{}: {e}", path.display()))),
+    let typed = match &case.stdin {
+        Some(i) => match std::fs::read(&i.file) {
+            Ok(bytes) => Some((i.after.clone(), bytes)),
+            Err(e) => return fail(Ending::SpawnFailed(format!("{}: {e}", i.file.display()))),
         },
+        None => None,
+    };
+    let input = match &typed {
+        Some(_) => Stdio::piped(),
         None if live => Stdio::inherit(),
         None => Stdio::null(),
     };
@@ -208,6 +223,9 @@ pub fn run_case(case: &Case, live: bool) -> CaseResult {
         pumps.push(pump(err, tx.clone()));
     }
     drop(tx);
+    // Kept open until the case ends (QEMU's stdio would see an end of input).
+    let mut stdin = child.stdin.take();
+    let mut typed = typed;
     let mut lines = Vec::new();
     let mut log = std::fs::File::create(&case.log_file).ok();
     let mut ending = None;
@@ -220,6 +238,13 @@ pub fn run_case(case: &Case, live: bool) -> CaseResult {
                 }
                 if let Some(f) = log.as_mut() {
                     let _ = writeln!(f, "{shown}");
+                }
+                if typed.as_ref().is_some_and(|(after, _)| line.contains(after.as_str())) {
+                    if let (Some((_, bytes)), Some(pipe)) = (typed.take(), stdin.as_mut()) {
+                        // Small (a lesson): the pipe's buffer takes it at once.
+                        let _ = pipe.write_all(&bytes);
+                        let _ = pipe.flush();
+                    }
                 }
                 if ending.is_none() && case.stop_on.iter().any(|p| line.contains(p.as_str())) {
                     let _ = child.kill();

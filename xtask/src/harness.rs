@@ -68,7 +68,7 @@ pub fn run_live(
     machine: &Machine,
     kernel: &Kernel,
     timeout: Option<Duration>,
-    stdin: Option<std::path::PathBuf>,
+    stdin: Option<runner::Input>,
 ) -> Result<(), String> {
     let mut c = case(machine, kernel, Duration::ZERO)?;
     c.timeout = timeout;

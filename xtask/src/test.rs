@@ -326,6 +326,8 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         c.name = name;
         c.log_file.set_file_name(format!("{}.log", c.name));
         c.must_contain = vec![
+            // `units` and `reserved`: the topology through info_read.
+            format!("  iommu {} kind=", unit_prefix(iommu)),
             "device 1: ".into(),
             "device 1 attached: hwpt 3".into(),
             "IOVA alignment 0x1000".into(),
@@ -724,20 +726,29 @@ fn uefi_cases(
     Ok(cases)
 }
 
-/// The console input for a shell lesson: the script's lines, then `exit`
-/// (so the boot ends), in `target/lessons/<name>.input`.
-pub(crate) fn lesson_input(script: &std::path::Path, name: &str) -> Result<std::path::PathBuf, String> {
+/// The name the kernel gives the first unit of kind `iommu`.
+fn unit_prefix(iommu: Iommu) -> &'static str {
+    match iommu {
+        Iommu::Vtd => "dmar0",
+        Iommu::Amdvi => "ivhd0",
+        Iommu::Smmuv3 => "smmu0",
+        Iommu::Virtio | Iommu::None => "viommu0",
+    }
+}
+
+/// The console input for a shell lesson: the script's lines (comments left
+/// out), then `exit` (so the boot ends), in `target/lessons/<name>.input`,
+/// typed once the shell has started (firmware before it would eat them).
+pub(crate) fn lesson_input(script: &std::path::Path, name: &str) -> Result<qemu_tests::runner::Input, String> {
     let text = std::fs::read_to_string(script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
     let dir = crate::target::workspace_root().join("target").join("lessons");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.input"));
-    // Two empty lines first: firmware may take the first bytes typed (SeaBIOS
-    // looks for a key to open its boot menu) before the shell reads any.
-    let mut input = String::from("\n\n");
-    input.extend(text.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| format!("{l}\n")));
+    let mut input: String =
+        text.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| format!("{l}\n")).collect();
     input.push_str("exit\n");
     std::fs::write(&path, input).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
+    Ok(qemu_tests::runner::Input { after: "portcullis shell:".into(), file: path })
 }
 
 /// QEMU arguments for an NVMe controller and a virtio-blk device, each on a

@@ -77,6 +77,18 @@ pub enum Sysno {
     /// for the first; 0 when none came. The buffer is checked writable before
     /// any byte is taken (`EFAULT`, nothing lost).
     ConsoleRead = 18,
+    /// `info_read(topic, offset, buf, len)`: bytes `offset..` of a read-only
+    /// text the kernel keeps about the machine (topic [`info_topic::TOPOLOGY`]:
+    /// the `topology:` lines of the boot log — IOMMU units, which unit
+    /// translates each PCI function under which ID, reserved regions); the
+    /// bytes copied, 0 past the end. Unknown topics are `EINVAL`.
+    InfoRead = 19,
+}
+
+/// Topics of [`Sysno::InfoRead`].
+pub mod info_topic {
+    /// The firmware's IOMMU topology as the kernel understood it.
+    pub const TOPOLOGY: u64 = 0;
 }
 
 impl Sysno {
@@ -102,6 +114,7 @@ impl Sysno {
             16 => Sysno::TestCanary,
             17 => Sysno::ClockCounter,
             18 => Sysno::ConsoleRead,
+            19 => Sysno::InfoRead,
             _ => return None,
         })
     }

@@ -106,15 +106,27 @@ pub fn init_topology(boot: &bootinfo::BootInfo) {
         bootinfo::FirmwareTables::None => String::from("none"),
     };
     crate::kprintln!("topology: source {source}");
+    let mut text = alloc::format!("topology: source {source}\n");
     for line in topology::build::lines(&t, functions) {
         crate::kprintln!("{line}");
+        text.push_str(&line);
+        text.push('\n');
     }
+    TOPOLOGY_TEXT.call_once(|| text);
     if t.units().is_empty() {
         log::info!("topology: no IOMMU described by the firmware");
     }
     TOPOLOGY.call_once(|| t);
 }
 static DEVICES: spin::Once<Vec<Device>> = spin::Once::new();
+/// The `topology:` lines printed at boot, kept for `info_read` (made once at
+/// boot, so the syscall only copies).
+static TOPOLOGY_TEXT: spin::Once<String> = spin::Once::new();
+
+/// The `topology:` lines of the boot log (empty before enumeration).
+pub fn topology_text() -> &'static str {
+    TOPOLOGY_TEXT.get().map_or("", String::as_str)
+}
 static FUNCTIONS: spin::Once<Vec<Function>> = spin::Once::new();
 
 /// The PCI hosts found at boot.

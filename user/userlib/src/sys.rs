@@ -89,6 +89,11 @@ pub fn console_read(buf: &mut [u8], timeout_ns: u64) -> SysResult {
     decode(raw(Sysno::ConsoleRead as u64, [buf.as_mut_ptr() as u64, buf.len() as u64, timeout_ns, 0, 0]))
 }
 
+/// Bytes `offset..` of the kernel's text on `topic` (`abi::info_topic`) into `buf`; 0 past the end.
+pub fn info_read(topic: u64, offset: u64, buf: &mut [u8]) -> SysResult {
+    decode(raw(Sysno::InfoRead as u64, [topic, offset, buf.as_mut_ptr() as u64, buf.len() as u64, 0]))
+}
+
 /// Unmaps memory mapped by [`mem_map`].
 pub fn mem_unmap(addr: u64, len: u64) -> SysResult {
     decode(raw(Sysno::MemUnmap as u64, [addr, len, 0, 0, 0]))

@@ -14,6 +14,22 @@ pub fn sys_log(ptr: u64, len: u64) -> SysResult {
     Ok(len)
 }
 
+/// `info_read(topic, offset, ptr, len)`: a piece of a read-only text the
+/// kernel keeps (see [`abi::Sysno::InfoRead`]); copies at most 4 KiB a call.
+pub fn sys_info_read(topic: u64, offset: u64, ptr: u64, len: u64) -> SysResult {
+    let text = match topic {
+        abi::info_topic::TOPOLOGY => crate::pci::topology_text().as_bytes(),
+        _ => return Err(Errno::EINVAL),
+    };
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+    let n = (len.min(4096) as usize).min(text.len() - start);
+    if n == 0 {
+        return Ok(0);
+    }
+    crate::user_access::copy_to_user(ptr, &text[start..start + n])?;
+    Ok(n as u64)
+}
+
 /// `console_read(ptr, len, timeout_ns)`: bytes typed on the console (see
 /// [`abi::Sysno::ConsoleRead`]). The buffer is checked writable first, so a
 /// bad pointer takes nothing from the console; between polls the task sleeps

@@ -2,7 +2,7 @@
 //! dispatches on [`Sysno`] to one module per family.
 //!
 //! - [`task`] — `yield`, `clock`, `sleep`, `task_spawn` (`exit` ends the task here)
-//! - [`console`] — `log`, `console_read`
+//! - [`console`] — `log`, `console_read`, `info_read`
 //! - [`memory`] — `mem_map`, `mem_unmap`
 //! - [`device`] — `device_list`, `device_claim`, `device_map_bar`, `device_config_read` / `_write`
 //! - [`irq`] — `device_irq_enable`, `device_irq_wait`
@@ -59,6 +59,7 @@ fn serve(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::Exit) => return SyscallOutcome::Exit(args[0] as i64),
         Some(Sysno::Log) => console::sys_log(args[0], args[1]),
         Some(Sysno::ConsoleRead) => console::sys_console_read(args[0], args[1], args[2]),
+        Some(Sysno::InfoRead) => console::sys_info_read(args[0], args[1], args[2], args[3]),
         Some(Sysno::Yield) => task::sys_yield(),
         Some(Sysno::Clock) => task::sys_clock(),
         Some(Sysno::ClockCounter) => task::sys_clock_counter(),

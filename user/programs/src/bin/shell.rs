@@ -22,6 +22,9 @@ use userlib::{println, sys};
 /// Commands: name, arguments, what it does.
 const COMMANDS: &[(&str, &str, &str)] = &[
     ("help", "[COMMAND]", "list the commands, or explain one"),
+    ("topology", "", "what the firmware described, as the kernel understood it (units, functions, reserved)"),
+    ("units", "", "the IOMMU units the firmware described"),
+    ("reserved", "", "the reserved regions (MSI windows, identity maps) per unit"),
     ("devices", "", "the PCI functions: address, IDs, class, IOMMU group, flags"),
     ("claim", "BDF", "take a function for this task (a whole IOMMU group)"),
     ("bind", "BDF", "bind a claimed function to the IOAS door; prints its device id and unit"),
@@ -115,6 +118,9 @@ fn run(line: &str, st: &mut State) -> bool {
             Ok(())
         }
         "exit" => return false,
+        "topology" => topology(""),
+        "units" => topology("topology: iommu "),
+        "reserved" => topology("topology: reserved "),
         "devices" => devices(),
         "claim" => match args.first().and_then(|s| parse_bdf(s)) {
             Some(b) => sys::device_claim(b).map(|_| println!("claimed {}", bdf_text(b))).map_err(errno),
@@ -225,6 +231,24 @@ fn unit_of(dev: u32) -> Result<iommufd::UnitInfo, String> {
             e => Err(e),
         })
         .map_err(errno)
+}
+
+/// The kernel's topology text, the lines starting with `prefix`.
+fn topology(prefix: &str) -> Result<(), String> {
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = sys::info_read(abi::info_topic::TOPOLOGY, text.len() as u64, &mut chunk).map_err(errno)? as usize;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+    let text = core::str::from_utf8(&text).map_err(|_| String::from("topology text is not UTF-8"))?;
+    for line in text.lines().filter(|l| l.starts_with(prefix)) {
+        println!("  {}", line.trim_start_matches("topology: "));
+    }
+    Ok(())
 }
 
 fn devices() -> Result<(), String> {

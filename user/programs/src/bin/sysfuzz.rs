@@ -263,8 +263,8 @@ impl Sys {
                 }
             }
             16 => {
-                let far = 19 + rng.below(1 << 40);
-                let n = rng.pick(&[19, 20, 64, 1 << 20, u64::MAX, far]);
+                let far = 20 + rng.below(1 << 40);
+                let n = rng.pick(&[20, 21, 64, 1 << 20, u64::MAX, far]);
                 let a = [rng_next(rng), self.ptr(rng), 0, u64::MAX, 1];
                 let got = abi::decode(sys::raw(n, a));
                 if got != Err(Errno::ENOSYS) {

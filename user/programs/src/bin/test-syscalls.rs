@@ -235,6 +235,29 @@ fn console_read_checks_its_buffer() -> Result<(), &'static str> {
     }
 }
 
+/// `info_read` hands out the boot log's topology lines, piece by piece, and
+/// refuses a bad topic or buffer.
+fn info_read_serves_the_topology() -> Result<(), &'static str> {
+    let mut buf = [0u8; 64];
+    let n = sys::info_read(abi::info_topic::TOPOLOGY, 0, &mut buf).map_err(|_| "info_read failed")? as usize;
+    if n == 0 || !buf[..n].starts_with(b"topology: source ") {
+        return Err("the topology text does not start with its source line");
+    }
+    let r = |topic: u64, offset: u64, ptr: u64, len: u64| {
+        abi::decode(sys::raw(abi::Sysno::InfoRead as u64, [topic, offset, ptr, len, 0]))
+    };
+    if r(7, 0, buf.as_mut_ptr() as u64, 8) != Err(Errno::EINVAL) {
+        return Err("an unknown info topic was not EINVAL");
+    }
+    if r(abi::info_topic::TOPOLOGY, 0, 0x10, 8) != Err(Errno::EFAULT) {
+        return Err("info_read into an unmapped address was not EFAULT");
+    }
+    if r(abi::info_topic::TOPOLOGY, u64::MAX, buf.as_mut_ptr() as u64, 8) != Ok(0) {
+        return Err("info_read past the end did not answer 0");
+    }
+    Ok(())
+}
+
 fn read_only_mapping_refuses_kernel_writes() -> Result<(), &'static str> {
     let va = sys::mem_map(0, 4096 * 8, abi::PROT_READ).map_err(|_| "mem_map failed")?;
     // device_list writes into the buffer: a read-only buffer is EFAULT.
@@ -406,6 +429,7 @@ const TESTS: &[(&str, Check)] = &[
     ("mem_map_bad_arguments", mem_map_bad_arguments),
     ("mem_map_aligned_blocks", mem_map_aligned_blocks),
     ("console_read_checks_its_buffer", console_read_checks_its_buffer),
+    ("info_read_serves_the_topology", info_read_serves_the_topology),
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
     ("heap_allocations", heap_allocations),
     ("ioas_4k_map_unmap_allocates_nothing", ioas_4k_map_unmap_allocates_nothing),
