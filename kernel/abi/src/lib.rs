@@ -462,7 +462,9 @@ mod tests {
         assert_eq!(Sysno::from_raw(15), Some(Sysno::Iommufd));
         assert_eq!(Sysno::from_raw(16), Some(Sysno::TestCanary));
         assert_eq!(Sysno::from_raw(17), Some(Sysno::ClockCounter));
-        assert_eq!(Sysno::from_raw(18), None);
+        assert_eq!(Sysno::from_raw(18), Some(Sysno::ConsoleRead));
+        assert_eq!(Sysno::from_raw(19), Some(Sysno::InfoRead));
+        assert_eq!(Sysno::from_raw(20), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }
