@@ -89,6 +89,9 @@ pub enum Sysno {
 pub mod info_topic {
     /// The firmware's IOMMU topology as the kernel understood it.
     pub const TOPOLOGY: u64 = 0;
+    /// The kernel log's most recent records (the last 32 KiB), oldest first,
+    /// in one call (`offset` must be 0; up to 32 KiB are copied).
+    pub const LOG: u64 = 1;
 }
 
 impl Sysno {

@@ -32,6 +32,60 @@ impl Write for Console {
     }
 }
 
+/// The last [`RING_BYTES`] of the kernel log's records (not the raw text
+/// tasks print), for `info_read` (the shell's `log`): what a teacher wants to
+/// see again after the fact, a unit's decoded capabilities or a fault.
+const RING_BYTES: usize = 32 * 1024;
+
+struct Ring {
+    buf: [u8; RING_BYTES],
+    /// Bytes ever written (the next one goes at `written % RING_BYTES`).
+    written: usize,
+}
+
+static RING: spin::Mutex<Ring> = spin::Mutex::new(Ring { buf: [0; RING_BYTES], written: 0 });
+
+/// Appends to the ring; a writer that finds it held (an interrupted logger)
+/// drops its text from the ring only (the console has it).
+struct RingWriter<'a>(Option<spin::MutexGuard<'a, Ring>>);
+
+impl Write for RingWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(r) = self.0.as_mut() {
+            for &b in s.as_bytes() {
+                let at = r.written % RING_BYTES;
+                r.buf[at] = b;
+                r.written = r.written.wrapping_add(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies the kept log records into `out`, oldest first, starting at a line
+/// once the ring has wrapped; the bytes copied.
+pub fn recent(out: &mut [u8]) -> usize {
+    let Some(r) = RING.try_lock() else { return 0 };
+    let (older, newer) = if r.written <= RING_BYTES {
+        (&r.buf[..r.written], &r.buf[..0])
+    } else {
+        let at = r.written % RING_BYTES;
+        (&r.buf[at..], &r.buf[..at])
+    };
+    // After a wrap the first line is cut: start after its end.
+    let skip =
+        if r.written > RING_BYTES { older.iter().position(|&b| b == b'\n').map_or(older.len(), |i| i + 1) } else { 0 };
+    let mut n = 0;
+    for &b in older[skip..].iter().chain(newer) {
+        if n == out.len() {
+            break;
+        }
+        out[n] = b;
+        n += 1;
+    }
+    n
+}
+
 struct KernelLogger;
 
 impl Log for KernelLogger {
@@ -44,6 +98,15 @@ impl Log for KernelLogger {
         let _guard = line_guard();
         let _ = writeln!(
             Console,
+            "[{:5}.{:06}] {:<5} {}: {}",
+            ns / 1_000_000_000,
+            (ns / 1000) % 1_000_000,
+            record.level(),
+            record.target(),
+            record.args()
+        );
+        let _ = writeln!(
+            RingWriter(RING.try_lock()),
             "[{:5}.{:06}] {:<5} {}: {}",
             ns / 1_000_000_000,
             (ns / 1000) % 1_000_000,

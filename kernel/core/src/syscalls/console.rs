@@ -17,6 +17,21 @@ pub fn sys_log(ptr: u64, len: u64) -> SysResult {
 /// `info_read(topic, offset, ptr, len)`: a piece of a read-only text the
 /// kernel keeps (see [`abi::Sysno::InfoRead`]); copies at most 4 KiB a call.
 pub fn sys_info_read(topic: u64, offset: u64, ptr: u64, len: u64) -> SysResult {
+    if topic == abi::info_topic::LOG {
+        if offset != 0 {
+            return Err(Errno::EINVAL);
+        }
+        // One snapshot (the ring moves on as the kernel logs); the buffer is
+        // checked writable first so nothing is formatted for a bad one.
+        let n = (len.min(32 * 1024)) as usize;
+        let mut copy = alloc::vec::Vec::new();
+        copy.try_reserve_exact(n).map_err(|_| Errno::ENOMEM)?;
+        copy.resize(n, 0);
+        crate::user_access::copy_to_user(ptr, &copy)?;
+        let got = crate::console::recent(&mut copy);
+        crate::user_access::copy_to_user(ptr, &copy[..got])?;
+        return Ok(got as u64);
+    }
     let text = match topic {
         abi::info_topic::TOPOLOGY => crate::pci::topology_text().as_bytes(),
         _ => return Err(Errno::EINVAL),

@@ -48,7 +48,14 @@ fn serve(number: u64, args: [u64; 5]) -> SyscallOutcome {
     // Calls that allocate on the heap start only with headroom left (ENOMEM otherwise).
     let allocates = matches!(
         Sysno::from_raw(number),
-        Some(Sysno::MemMap | Sysno::DeviceList | Sysno::TaskSpawn | Sysno::Iommufd | Sysno::DeviceIrqEnable)
+        Some(
+            Sysno::MemMap
+                | Sysno::DeviceList
+                | Sysno::TaskSpawn
+                | Sysno::Iommufd
+                | Sysno::DeviceIrqEnable
+                | Sysno::InfoRead
+        )
     );
     if allocates {
         if let Err(e) = crate::heap::ensure_headroom() {

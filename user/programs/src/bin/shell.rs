@@ -26,6 +26,7 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("units", "", "the IOMMU units the firmware described"),
     ("reserved", "", "the reserved regions (MSI windows, identity maps) per unit"),
     ("devices", "", "the PCI functions: address, IDs, class, IOMMU group, flags"),
+    ("log", "[TEXT]", "the kernel log's recent records (those containing TEXT): units decoded, faults"),
     ("claim", "BDF", "take a function for this task (a whole IOMMU group)"),
     ("bind", "BDF", "bind a claimed function to the IOAS door; prints its device id and unit"),
     ("hw-info", "DEV", "the unit a bound device sits behind: kind, name, raw capability registers"),
@@ -122,6 +123,7 @@ fn run(line: &str, st: &mut State) -> bool {
         "units" => topology("topology: iommu "),
         "reserved" => topology("topology: reserved "),
         "devices" => devices(),
+        "log" => kernel_log(args.first().copied().unwrap_or("")),
         "claim" => match args.first().and_then(|s| parse_bdf(s)) {
             Some(b) => sys::device_claim(b).map(|_| println!("claimed {}", bdf_text(b))).map_err(errno),
             None => Err(bad(cmd)),
@@ -247,6 +249,19 @@ fn topology(prefix: &str) -> Result<(), String> {
     let text = core::str::from_utf8(&text).map_err(|_| String::from("topology text is not UTF-8"))?;
     for line in text.lines().filter(|l| l.starts_with(prefix)) {
         println!("  {}", line.trim_start_matches("topology: "));
+    }
+    Ok(())
+}
+
+/// The kernel log's recent records containing `text`.
+fn kernel_log(text: &str) -> Result<(), String> {
+    let mut buf = alloc::vec![0u8; 32 * 1024];
+    let n = sys::info_read(abi::info_topic::LOG, 0, &mut buf).map_err(errno)? as usize;
+    let log = core::str::from_utf8(&buf[..n]).map_err(|_| String::from("log text is not UTF-8"))?;
+    for line in log.lines().filter(|l| l.contains(text)) {
+        // `log: <level> <target>: <text>` (the uptime stamp dropped).
+        let record = line.split_once("] ").map_or(line, |(_, r)| r);
+        println!("log: {record}");
     }
     Ok(())
 }

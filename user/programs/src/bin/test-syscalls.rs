@@ -255,6 +255,19 @@ fn info_read_serves_the_topology() -> Result<(), &'static str> {
     if r(abi::info_topic::TOPOLOGY, u64::MAX, buf.as_mut_ptr() as u64, 8) != Ok(0) {
         return Err("info_read past the end did not answer 0");
     }
+    // The log topic: one snapshot from offset 0, the kernel's own records.
+    extern crate alloc;
+    let mut log = alloc::vec![0u8; 32 * 1024];
+    let n = sys::info_read(abi::info_topic::LOG, 0, &mut log).map_err(|_| "info_read of the log failed")? as usize;
+    if n == 0 || !log[..n].windows(7).any(|w| w == b"kcore: ") {
+        return Err("the log topic holds no kernel record");
+    }
+    if r(abi::info_topic::LOG, 1, log.as_mut_ptr() as u64, 8) != Err(Errno::EINVAL) {
+        return Err("a log read from a non-zero offset was not EINVAL");
+    }
+    if r(abi::info_topic::LOG, 0, 0x10, 8) != Err(Errno::EFAULT) {
+        return Err("a log read into an unmapped address was not EFAULT");
+    }
     Ok(())
 }
 
