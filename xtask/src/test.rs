@@ -320,7 +320,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     let lesson = crate::target::workspace_root().join("docs").join("lessons").join("first-mapping.txt");
     for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
         let name = format!("{}-{}-lesson", arch.name(), iommu.name());
-        let m = Machine { cmdline: vec!["init=shell".to_owned()], ..machine(iommu, Vec::new()) };
+        let m = Machine {
+            cmdline: vec!["init=shell".to_owned(), "info.log=allow".to_owned()],
+            ..machine(iommu, Vec::new())
+        };
         let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
         c.stdin = Some(lesson_input(&lesson, &name)?);
         c.name = name;
@@ -1066,6 +1069,10 @@ pub fn run_demo(options: RunOptions, qemu_args: &[String]) -> Result<(), String>
     let mut cmdline = vec![init];
     if trace {
         cmdline.push("trace=1".to_owned());
+    }
+    if cmdline.iter().any(|w| w == "init=shell") {
+        // The shell's `log` reads the kernel log: allowed on this machine.
+        cmdline.push("info.log=allow".to_owned());
     }
     cmdline.extend(more);
     let machine = Machine { arch, iommu, cmdline, extra: qemu_args.to_vec(), gdb, boot };

@@ -90,7 +90,9 @@ pub mod info_topic {
     /// The firmware's IOMMU topology as the kernel understood it.
     pub const TOPOLOGY: u64 = 0;
     /// The kernel log's most recent records (the last 32 KiB), oldest first,
-    /// in one call (`offset` must be 0; up to 32 KiB are copied).
+    /// in one call (`offset` must be 0; up to 32 KiB are copied). It tells of
+    /// every task's devices and faults, so it is `EPERM` unless the kernel
+    /// command line has `info.log=allow` (or the boot runs its tests).
     pub const LOG: u64 = 1;
 }
 

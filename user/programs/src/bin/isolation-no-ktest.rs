@@ -2,7 +2,8 @@
 //! `<arch>-isolation-no-ktest` case): every `test_canary` operation — the
 //! canary's physical address, its check, the test mailbox and the physical
 //! address of a page of ours, the kernel counters, fail-nth — must be refused with `EPERM`, since outside a
-//! test boot they would hand a task kernel and physical addresses. Prints one
+//! test boot they would hand a task kernel and physical addresses; so must
+//! reading the kernel log (`info_read` topic LOG without `info.log=allow`). Prints one
 //! KTAP result and exits non-zero if anything was not refused.
 #![no_std]
 #![no_main]
@@ -21,6 +22,8 @@ fn main() -> i32 {
         ("kernel counter", sys::test_counter(sys::Counter::FreeFrames)),
         ("fail-nth arm", sys::test_fail_nth(1)),
         ("fail-nth disarm", sys::test_fail_nth_passed()),
+        // The kernel log tells of every task's devices and faults.
+        ("kernel log", sys::info_read(abi::info_topic::LOG, 0, &mut [0u8; 64])),
     ];
     println!("KTAP version 1");
     println!("1..1");
