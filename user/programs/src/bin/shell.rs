@@ -90,8 +90,9 @@ fn bdf_text(bdf: u64) -> String {
 }
 
 fn usage(name: &str) {
-    if let Some((n, args, what)) = COMMANDS.iter().find(|c| c.0 == name) {
-        println!("usage: {n} {args}\n  {what}");
+    match COMMANDS.iter().find(|c| c.0 == name) {
+        Some((n, args, what)) => println!("usage: {n} {args}\n  {what}"),
+        None => println!("no command `{name}` (try `help`)"),
     }
 }
 

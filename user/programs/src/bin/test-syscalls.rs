@@ -259,7 +259,9 @@ fn info_read_serves_the_topology() -> Result<(), &'static str> {
     extern crate alloc;
     let mut log = alloc::vec![0u8; 32 * 1024];
     let n = sys::info_read(abi::info_topic::LOG, 0, &mut log).map_err(|_| "info_read of the log failed")? as usize;
-    if n == 0 || !log[..n].windows(7).any(|w| w == b"kcore: ") {
+    // Records look like `[    0.123456] INFO  target: text`.
+    let record = |w: &[u8]| w == b"] INFO " || w == b"] WARN " || w == b"] ERROR";
+    if n == 0 || !log[..n].windows(7).any(record) {
         return Err("the log topic holds no kernel record");
     }
     if r(abi::info_topic::LOG, 1, log.as_mut_ptr() as u64, 8) != Err(Errno::EINVAL) {
