@@ -33,6 +33,12 @@ pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Cas
     })
 }
 
+/// Names `c` (and its log file, `target/qemu-tests/<name>.log`).
+pub fn rename(c: &mut Case, name: impl Into<String>) {
+    c.name = name.into();
+    c.log_file.set_file_name(format!("{}.log", c.name));
+}
+
 /// Runs the cases in parallel and prints the report.
 pub fn run_and_report(cases: Vec<Case>) -> Result<(bool, Totals), String> {
     run_and_report_each(cases).map(|(ok, totals, _)| (ok, totals))

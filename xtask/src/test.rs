@@ -214,8 +214,7 @@ fn amdvi_stale_bus_case(kernel: &crate::build::Kernel) -> Result<qemu_tests::run
         boot: Boot::Direct,
     };
     let mut c = harness::case(&machine, kernel, BOOT_TIMEOUT)?;
-    c.name = "x86_64-amdvi-stale-bus-demo".into();
-    c.log_file.set_file_name(format!("{}.log", c.name));
+    harness::rename(&mut c, "x86_64-amdvi-stale-bus-demo");
     c.must_contain = vec![
         "amdvi: ivhd0: amdvi.stale_bus=Auto: 0000:00:01.0 is QEMU's AMD-Vi function".into(),
         "amdvi: 0000:01:00.0 is translated by QEMU 10.0 (bus numbers read before enumeration) through DeviceID 0x0000, not its own 0x0100; programming both entries, grouped with no other function; sharing it: 0000:00:00.0 (a host bridge".into(),
@@ -245,8 +244,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     let iommu = arch.default_iommu();
     let unit = if arch == Arch::X86_64 { "dmar0" } else { "smmu0" };
     let mut c = harness::case(&machine(iommu, split(BRIDGED_EDUS)), kernel, BOOT_TIMEOUT)?;
-    c.name = format!("{}-bridges", arch.name());
-    c.log_file.set_file_name(format!("{}.log", c.name));
+    harness::rename(&mut c, format!("{}-bridges", arch.name()));
     c.must_contain = vec![
         format!("topology: pci 0000:01:00.0 1234:11e8 class=00ff00 iommu={unit} id=0x100"),
         format!("topology: pci 0000:02:03.0 1234:11e8 class=00ff00 iommu={unit} id=0x18 alias=0x18"),
@@ -260,8 +258,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         kernel,
         BOOT_TIMEOUT,
     )?;
-    c.name = format!("{}-demo", arch.name());
-    c.log_file.set_file_name(format!("{}.log", c.name));
+    harness::rename(&mut c, format!("{}-demo", arch.name()));
     c.must_contain = vec!["demo: passed 2 devices".into(), "dma=ok stray-dma=blocked".into()];
     c.expect = qemu_tests::runner::Expect::Exit;
     cases.push(c);
@@ -272,8 +269,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             kernel,
             BOOT_TIMEOUT,
         )?;
-        c.name = format!("{}-{}-demo", arch.name(), iommu.name());
-        c.log_file.set_file_name(format!("{}.log", c.name));
+        harness::rename(&mut c, format!("{}-{}-demo", arch.name(), iommu.name()));
         c.must_contain = vec![
             "demo: passed 2 devices".into(),
             format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
@@ -297,8 +293,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             kernel,
             BOOT_TIMEOUT,
         )?;
-        c.name = name;
-        c.log_file.set_file_name(format!("{}.log", c.name));
+        harness::rename(&mut c, name);
         c.must_contain = vec![
             "demo: passed 3 devices".into(),
             format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
@@ -326,8 +321,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         };
         let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
         c.stdin = Some(lesson_input(&lesson, &name)?);
-        c.name = name;
-        c.log_file.set_file_name(format!("{}.log", c.name));
+        harness::rename(&mut c, name);
         c.must_contain = vec![
             // `units` and `reserved`: the topology through info_read.
             format!("  iommu {} kind=", unit_prefix(iommu)),
@@ -358,8 +352,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         kernel,
         BOOT_TIMEOUT,
     )?;
-    c.name = name;
-    c.log_file.set_file_name(format!("{}.log", c.name));
+    harness::rename(&mut c, name);
     c.must_contain = vec![
         "(granule 64 KiB)".into(),
         "demo: passed 4 devices".into(),
@@ -390,8 +383,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "x86_64-vtd-caching-mode".into();
-            c.log_file.set_file_name("x86_64-vtd-caching-mode.log");
+            harness::rename(&mut c, "x86_64-vtd-caching-mode");
             c.must_contain = vec![
                 "caching mode".into(),
                 "register-based invalidation".into(),
@@ -411,8 +403,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "x86_64-vtd-no-intremap".into();
-            c.log_file.set_file_name("x86_64-vtd-no-intremap.log");
+            harness::rename(&mut c, "x86_64-vtd-no-intremap");
             c.must_contain = vec![
                 "vtd: dmar0: interrupts not remapped (not supported by this unit: interrupt remapping (ECAP.IR clear))"
                     .into(),
@@ -429,8 +420,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "x86_64-vtd-no-intremap-denied".into();
-            c.log_file.set_file_name("x86_64-vtd-no-intremap-denied.log");
+            harness::rename(&mut c, "x86_64-vtd-no-intremap-denied");
             c.must_contain = vec![
                 "ok 1 user.isolation.bus_master_refused_without_interrupt_remapping".into(),
                 "Bus Master refused: its IOMMU does not remap interrupts".into(),
@@ -450,8 +440,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "x86_64-vtd-scalable".into();
-            c.log_file.set_file_name("x86_64-vtd-scalable.log");
+            harness::rename(&mut c, "x86_64-vtd-scalable");
             c.must_contain = vec![
                 "scalable mode (second stage)".into(),
                 format!(
@@ -479,8 +468,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "x86_64-amdvi-ivmd".into();
-            c.log_file.set_file_name("x86_64-amdvi-ivmd.log");
+            harness::rename(&mut c, "x86_64-amdvi-ivmd");
             c.must_contain = vec![
                 format!(
                     "topology: reserved ivhd0 {RMRR_BASE:#x}-{:#x} direct-map devices=0000:00:10.0",
@@ -503,16 +491,14 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "x86_64-vtd-first-stage".into();
-            c.log_file.set_file_name("x86_64-vtd-first-stage.log");
+            harness::rename(&mut c, "x86_64-vtd-first-stage");
             c.must_contain = vec!["scalable mode (first stage)".into()];
             cases.push(c);
             let path = dir.join("corrupt-dmar.bin");
             std::fs::write(&path, corrupt_dmar()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             let extra = vec!["-acpitable".to_owned(), format!("file={}", path.display())];
             let mut c = harness::case(&machine(Iommu::None, extra), kernel, BOOT_TIMEOUT)?;
-            c.name = "x86_64-corrupt-dmar".into();
-            c.log_file.set_file_name("x86_64-corrupt-dmar.log");
+            harness::rename(&mut c, "x86_64-corrupt-dmar");
             c.must_contain = vec![
                 "acpi: DMAR rejected: structure at 0x30 has bad length 0".into(),
                 "1234:11e8 class=00ff00 iommu=none".into(),
@@ -535,8 +521,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "aarch64-smmuv3-stage2".into();
-            c.log_file.set_file_name("aarch64-smmuv3-stage2.log");
+            harness::rename(&mut c, "aarch64-smmuv3-stage2");
             c.must_contain = vec!["paging domains use stage 2".into(), "(linear stream table)".into()];
             cases.push(c);
             let path = dir.join("corrupt-smmu.dtb");
@@ -563,8 +548,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
                 kernel,
                 BOOT_TIMEOUT,
             )?;
-            c.name = "aarch64-corrupt-dtb".into();
-            c.log_file.set_file_name("aarch64-corrupt-dtb.log");
+            harness::rename(&mut c, "aarch64-corrupt-dtb");
             c.must_contain = vec![
                 "devicetree: smmu node 0: device tree structure is malformed; unit ignored".into(),
                 "1234:11e8 class=00ff00 iommu=none".into(),
@@ -599,8 +583,7 @@ fn isolation_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu
     };
     let mut cases = Vec::new();
     let mut c = harness::case(&machine("ktest=isolation", split(GROUPED_EDUS)), kernel, BOOT_TIMEOUT)?;
-    c.name = format!("{}-isolation-groups", arch.name());
-    c.log_file.set_file_name(format!("{}.log", c.name));
+    harness::rename(&mut c, format!("{}-isolation-groups", arch.name()));
     c.must_contain = vec![
         "user.isolation.other_tasks_group_member_refused".into(),
         "user.isolation.dma_into_other_task_pinned_memory_is_blocked".into(),
@@ -611,8 +594,7 @@ fn isolation_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu
     c.stop_on.push("user.isolation.dma_into_other_task_pinned_memory_is_blocked # SKIP".into());
     cases.push(c);
     let mut c = harness::case(&machine("init=isolation-no-ktest", Vec::new()), kernel, BOOT_TIMEOUT)?;
-    c.name = format!("{}-isolation-no-ktest", arch.name());
-    c.log_file.set_file_name(format!("{}.log", c.name));
+    harness::rename(&mut c, format!("{}-isolation-no-ktest", arch.name()));
     c.must_contain = vec!["ok 1 user.isolation.test_canary_refused_without_ktest".into()];
     cases.push(c);
     Ok(cases)
@@ -700,8 +682,7 @@ fn uefi_cases(
             let name = format!("{}-demo", machine.name());
             let demo = Machine { cmdline: vec!["init=demo".to_owned()], extra: storage_disks(&name)?, ..machine };
             let mut c = harness::case(&demo, kernel, BOOT_TIMEOUT)?;
-            c.name = name;
-            c.log_file.set_file_name(format!("{}.log", c.name));
+            harness::rename(&mut c, name);
             c.must_contain = vec![
                 "demo: passed 3 devices".into(),
                 format!("kind={} dev=edu dma=ok stray-dma=blocked", demo_kind(iommu)),
@@ -725,8 +706,7 @@ fn uefi_cases(
             boot: Boot::Uefi,
         };
         let mut c = harness::case(&machine, kernel, BOOT_TIMEOUT)?;
-        c.name = format!("{}-relocated", machine.name());
-        c.log_file.set_file_name(format!("{}.log", c.name));
+        harness::rename(&mut c, format!("{}-relocated", machine.name()));
         c.must_contain = vec!["portcullis-uefi: image relocated from its link address".into(), loader];
         cases.push(c);
     }
@@ -964,8 +944,7 @@ pub fn run_tests(
                         boot: Boot::Direct,
                     };
                     let mut c = harness::case(&machine, &kernel, BOOT_TIMEOUT)?;
-                    c.name = format!("{}-crash-{kind}", a.name());
-                    c.log_file.set_file_name(format!("{}.log", c.name));
+                    harness::rename(&mut c, format!("{}-crash-{kind}", a.name()));
                     c.expect = qemu_tests::runner::Expect::Crash;
                     cases.push(c);
                 }
