@@ -49,8 +49,7 @@ fn entry0(f: &pci::Function) -> Result<&'static TableEntry, &'static str> {
             r.va
         }
     };
-    // SAFETY: `va` maps the 16 bytes of entry 0 with device attributes for the kernel's life (kept
-    // in MAPPED); the register block is exactly one entry, accessed through tock-registers cells.
+    // SAFETY: `va` maps the 16 bytes of entry 0 with device attributes for the kernel's life (kept in MAPPED); the register block is exactly one entry, accessed through tock-registers cells.
     Ok(unsafe { &*(va as *const TableEntry) })
 }
 

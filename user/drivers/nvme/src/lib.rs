@@ -248,8 +248,7 @@ impl Nvme {
         // Memory decoding and bus mastering on (PCI command register bits 1 and 2).
         let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
         sys::device_config_write(bdf, 4, 2, command | 6).map_err(fail("enable bus mastering"))?;
-        // SAFETY: `bar` maps BAR0 of the controller in this task (device memory) for the task's
-        // life; the register block is its first 0x38 bytes, and tock-registers cells access them volatilely.
+        // SAFETY: `bar` maps BAR0 of the controller in this task (device memory) for the task's life; the register block is its first 0x38 bytes, and tock-registers cells access them volatilely.
         let regs: &'static Registers = unsafe { &*(bar as *const Registers) };
         let cap = regs.cap.get();
         // CAP.TO: worst case for CSTS.RDY to follow CC.EN, in 500 ms units (§3.1.1).
@@ -317,8 +316,7 @@ impl Nvme {
 
     fn doorbell(&self, index: u64, value: u16) {
         let at = self.bar + 0x1000 + index * self.stride;
-        // SAFETY: doorbells lie in BAR0 past 0x1000 (§3.1.10); `index` is 2·qid or 2·qid+1 of a
-        // queue the driver created, inside the BAR's 16 KiB for the queue ids used here.
+        // SAFETY: doorbells lie in BAR0 past 0x1000 (§3.1.10); `index` is 2·qid or 2·qid+1 of a queue the driver created, inside the BAR's 16 KiB for the queue ids used here.
         unsafe { (at as *mut u32).write_volatile(u32::from(value)) }
     }
 
@@ -354,8 +352,7 @@ impl Nvme {
         let slot = usize::from(q.head) * CQE;
         let base = q.cq.va + slot as u64;
         let read = |off: u64| {
-            // SAFETY: the entry lies inside the completion queue buffer, mapped for this task; the
-            // controller writes it by DMA, hence the volatile read.
+            // SAFETY: the entry lies inside the completion queue buffer, mapped for this task; the controller writes it by DMA, hence the volatile read.
             unsafe { ((base + off) as *const u32).read_volatile() }
         };
         let phase = q.phase;
