@@ -35,7 +35,7 @@ impl Write for Console {
 /// The last [`RING_BYTES`] of the kernel log's records (not the raw text
 /// tasks print), for `info_read` (the shell's `log`): what a teacher wants to
 /// see again after the fact, a unit's decoded capabilities or a fault.
-const RING_BYTES: usize = 32 * 1024;
+pub const RING_BYTES: usize = 32 * 1024;
 
 struct Ring {
     buf: [u8; RING_BYTES],
@@ -45,12 +45,14 @@ struct Ring {
 
 static RING: spin::Mutex<Ring> = spin::Mutex::new(Ring { buf: [0; RING_BYTES], written: 0 });
 
-/// Appends to the ring; a writer that finds it held (an interrupted logger)
-/// drops its text from the ring only (the console has it).
-struct RingWriter<'a>(Option<spin::MutexGuard<'a, Ring>>);
+/// A record's sink: the console, and the ring when its lock was free (a
+/// logger that interrupted another keeps its text from the ring only; the
+/// console has it). Each record is formatted once for both.
+struct RecordWriter<'a>(Option<spin::MutexGuard<'a, Ring>>);
 
-impl Write for RingWriter<'_> {
+impl Write for RecordWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        let _ = Console.write_str(s);
         if let Some(r) = self.0.as_mut() {
             for &b in s.as_bytes() {
                 let at = r.written % RING_BYTES;
@@ -76,11 +78,8 @@ pub fn recent(out: &mut [u8]) -> usize {
     let skip =
         if r.written > RING_BYTES { older.iter().position(|&b| b == b'\n').map_or(older.len(), |i| i + 1) } else { 0 };
     let mut n = 0;
-    for &b in older[skip..].iter().chain(newer) {
-        if n == out.len() {
-            break;
-        }
-        out[n] = b;
+    for (o, &b) in out.iter_mut().zip(older[skip..].iter().chain(newer)) {
+        *o = b;
         n += 1;
     }
     n
@@ -97,16 +96,7 @@ impl Log for KernelLogger {
         let ns = crate::try_platform().map_or(0, |p| p.uptime_ns());
         let _guard = line_guard();
         let _ = writeln!(
-            Console,
-            "[{:5}.{:06}] {:<5} {}: {}",
-            ns / 1_000_000_000,
-            (ns / 1000) % 1_000_000,
-            record.level(),
-            record.target(),
-            record.args()
-        );
-        let _ = writeln!(
-            RingWriter(RING.try_lock()),
+            RecordWriter(RING.try_lock()),
             "[{:5}.{:06}] {:<5} {}: {}",
             ns / 1_000_000_000,
             (ns / 1000) % 1_000_000,
