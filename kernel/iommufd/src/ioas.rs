@@ -8,7 +8,7 @@
 //! unpinned only once every unit forgot them), hints and inspection.
 
 use crate::error::{errno, nomem};
-use crate::object::{Hints, HwptKind, Ioas, Iommufd, Object, Units};
+use crate::object::{Hints, HwptKind, Ioas, Iommufd, Object, Placement, Units};
 use crate::pages::{map_pages, merge, Area, InsertFailed, Memory, Runs, PAGE};
 use crate::ranges::{self, Range};
 use abi::Errno;
@@ -286,57 +286,53 @@ impl Iommufd {
         self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
     }
 
-    /// Where a new area of `len` bytes goes in `ioas`. Both cases look only
-    /// at the areas near the answer (the areas are sorted by IOVA).
+    /// Where a new area of `len` bytes goes in `ioas`, and the IOAS's IOVA
+    /// alignment. Both cases look only at the areas near the answer (the
+    /// areas are sorted by IOVA).
     ///
-    /// The usable ranges are kept in the IOAS between calls and computed
-    /// again only after the devices or HWPTs on it changed
-    /// ([`Iommufd::topology_changed`]): a map after a map does not walk every
-    /// device's reserved regions again.
-    /// Answers the IOVA and the IOAS's IOVA alignment
-    /// ([`Iommufd::iova_alignment`], kept with the usable ranges).
+    /// The usable ranges, the alignment and the page sizes are kept in the
+    /// IOAS between calls ([`Placement`]) and computed again only after the
+    /// devices or HWPTs on it changed ([`Iommufd::topology_changed`]): a map
+    /// after a map does not walk every device and its reserved regions again.
     fn place(&mut self, units: &[Box<dyn Iommu>], ioas: u32, len: u64, iova: IovaChoice) -> Result<(u64, u64), Errno> {
         let topology = self.topology;
-        let i = self.ioas_mut(ioas)?;
-        let cached = i.usable_at != 0 && i.usable_at == topology;
         // Lent out for the call (the IOAS's own room).
-        let mut usable = core::mem::take(&mut i.scratch);
-        let mut alignment = i.alignment;
-        i.usable_at = 0;
-        let computed = if cached {
+        let mut kept = core::mem::take(&mut self.ioas_mut(ioas)?.placement);
+        let computed = if kept.at != 0 && kept.at == topology {
             #[cfg(test)]
             {
                 let mut fresh = Vec::new();
                 let _ = self.usable_in(units, ioas, self.attached_devices(ioas), &mut fresh);
-                assert_eq!(usable, fresh, "IOAS {ioas}: kept usable ranges are stale");
-                assert_eq!(alignment, self.iova_alignment(units, ioas), "IOAS {ioas}: kept alignment is stale");
+                assert_eq!(kept.usable, fresh, "IOAS {ioas}: kept usable ranges are stale");
+                assert_eq!(kept.alignment, self.iova_alignment(units, ioas), "IOAS {ioas}: kept alignment is stale");
+                assert_eq!(kept.page_sizes, self.page_sizes(units, ioas), "IOAS {ioas}: kept page sizes are stale");
             }
             Ok(())
         } else {
-            alignment = self.iova_alignment(units, ioas);
-            self.usable_in(units, ioas, self.attached_devices(ioas), &mut usable)
+            kept.alignment = self.iova_alignment(units, ioas);
+            kept.page_sizes = self.page_sizes(units, ioas);
+            self.usable_in(units, ioas, self.attached_devices(ioas), &mut kept.usable)
         };
-        let r = computed.and_then(|()| self.place_in(units, ioas, len, iova, &usable, alignment));
+        kept.at = if computed.is_ok() { topology } else { 0 };
+        let r = computed.and_then(|()| self.place_in(units, ioas, len, iova, &kept));
+        let alignment = kept.alignment;
         if let Ok(i) = self.ioas_mut(ioas) {
-            i.usable_at = if computed.is_ok() { topology } else { 0 };
-            i.scratch = usable;
-            i.alignment = alignment;
+            i.placement = kept;
         }
         r.map(|at| (at, alignment))
     }
 
-    /// [`Iommufd::place`] inside `usable`, the IOAS's usable ranges now.
+    /// [`Iommufd::place`] with `kept`, the IOAS's [`Placement`] now.
     fn place_in(
         &self,
         units: &[Box<dyn Iommu>],
         ioas: u32,
         len: u64,
         iova: IovaChoice,
-        usable: &[Range],
-        alignment: u64,
+        kept: &Placement,
     ) -> Result<u64, Errno> {
         let i = self.ioas(ioas)?;
-        let devs = self.attached_devices(ioas);
+        let (usable, alignment) = (kept.usable.as_slice(), kept.alignment);
         if !len.is_multiple_of(alignment) {
             log::warn!("ioas: {len:#x} bytes: not a multiple of the IOAS's {alignment:#x}-byte IOVA alignment");
             return Err(Errno::EINVAL);
@@ -352,7 +348,7 @@ impl Iommufd {
                     return Err(Errno::EINVAL);
                 }
                 let last = at.checked_add(len - 1).ok_or(Errno::ERANGE)?;
-                if Self::hits_reserved(units, devs, (at, last)) {
+                if Self::hits_reserved(units, self.attached_devices(ioas), (at, last)) {
                     return Err(Errno::EADDRINUSE);
                 }
                 if !ranges::covers(usable, (at, last)) {
@@ -382,7 +378,7 @@ impl Iommufd {
                     within = set;
                     &within
                 };
-                let sizes = if i.hints.huge_pages { self.page_sizes(units, ioas) } else { PAGE };
+                let sizes = if i.hints.huge_pages { kept.page_sizes } else { PAGE };
                 let align = 1u64 << (63 - (sizes & (u64::MAX >> len.leading_zeros())).max(alignment).leading_zeros());
                 lowest_gap(&i.areas, usable, len, align, i.run)
                     .or_else(|| lowest_gap(&i.areas, usable, len, alignment, i.run))

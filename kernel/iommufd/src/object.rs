@@ -107,19 +107,28 @@ pub(crate) struct Ioas {
     pub(crate) hwpts: Vec<u32>,
     /// Its hints.
     pub(crate) hints: Hints,
-    /// The usable IOVA ranges as a map last computed them, valid while
-    /// [`Ioas::usable_at`] is the table's [`Iommufd::topology`] (room for
-    /// [`IOAS_SCRATCH`] ranges reserved at creation, so a map allocates
-    /// nothing for them; more when devices reserve more holes, given back by
-    /// [`Iommufd::shrink`]).
-    pub(crate) scratch: Vec<Range>,
-    /// The [`Iommufd::topology`] `scratch` was computed at (0: never).
-    pub(crate) usable_at: u64,
-    /// [`Iommufd::iova_alignment`] as of `usable_at`.
-    pub(crate) alignment: u64,
+    /// What a map needs to place an area, kept between calls.
+    pub(crate) placement: Placement,
 }
 
-/// What an IOAS holds, without the usable ranges it keeps between calls (a
+/// What placing an area in an IOAS depends on besides its areas, as a map
+/// last computed it: valid while `at` is the table's [`Iommufd::topology`]
+/// (devices and HWPTs unchanged since; the units never change).
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    /// The usable IOVA ranges (room for [`IOAS_USABLE_ROOM`] reserved at
+    /// creation, so a map allocates nothing for them; more when devices
+    /// reserve more holes, given back by [`Iommufd::shrink`]).
+    pub(crate) usable: Vec<Range>,
+    /// [`Iommufd::iova_alignment`].
+    pub(crate) alignment: u64,
+    /// [`Iommufd::page_sizes`].
+    pub(crate) page_sizes: u64,
+    /// The [`Iommufd::topology`] the rest was computed at (0: never).
+    pub(crate) at: u64,
+}
+
+/// What an IOAS holds, without the [`Placement`] it keeps between calls (a
 /// cache: the fail-nth tests compare this text before and after a failed
 /// call, and a call may leave the cache filled).
 impl core::fmt::Debug for Ioas {
@@ -134,8 +143,8 @@ impl core::fmt::Debug for Ioas {
     }
 }
 
-/// Ranges an IOAS keeps room for in [`Ioas::scratch`].
-pub(crate) const IOAS_SCRATCH: usize = 8;
+/// Usable ranges an IOAS keeps room for in [`Placement::usable`].
+pub(crate) const IOAS_USABLE_ROOM: usize = 8;
 /// Areas an IOAS keeps room for however few it holds (the areas map's floor).
 pub(crate) const IOAS_AREAS_FLOOR: usize = 4;
 
@@ -143,10 +152,10 @@ impl Ioas {
     /// An empty IOAS with its room reserved (`ENOMEM` without): a map and
     /// unmap of one area, over and over, then allocates nothing.
     pub(crate) fn new() -> Result<Self, Errno> {
-        let mut scratch = Vec::new();
-        scratch.try_reserve_exact(IOAS_SCRATCH).map_err(|_| Errno::ENOMEM)?;
+        let mut usable = Vec::new();
+        usable.try_reserve_exact(IOAS_USABLE_ROOM).map_err(|_| Errno::ENOMEM)?;
         let areas = TryMap::with_floor(IOAS_AREAS_FLOOR).map_err(|_| Errno::ENOMEM)?;
-        Ok(Ioas { areas, scratch, ..Ioas::default() })
+        Ok(Ioas { areas, placement: Placement { usable, ..Placement::default() }, ..Ioas::default() })
     }
 
     /// The area at `at` left: the covered run ends there if it held it.
@@ -296,11 +305,10 @@ impl Iommufd {
             match o {
                 Object::Ioas(i) => {
                     i.areas.shrink();
-                    if i.scratch.capacity() > IOAS_SCRATCH {
+                    if i.placement.usable.capacity() > IOAS_USABLE_ROOM {
                         let mut smaller = Vec::new();
-                        if smaller.try_reserve_exact(IOAS_SCRATCH).is_ok() {
-                            i.scratch = smaller;
-                            i.usable_at = 0;
+                        if smaller.try_reserve_exact(IOAS_USABLE_ROOM).is_ok() {
+                            i.placement = Placement { usable: smaller, ..Placement::default() };
                         }
                     }
                 }
