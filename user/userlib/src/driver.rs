@@ -89,13 +89,19 @@ pub struct Bound {
 pub fn bind_to_new_ioas(bdf: u64) -> Result<Bound, Failure> {
     use crate::iommufd;
     let dev = iommufd::device_bind(bdf).map_err(fail("bind (is an IOMMU driving it?)"))?;
-    let unit = iommufd::hw_info(dev, &mut []).or_else(|e| match e {
-        // No room for registers is fine: the kind and name came back.
-        Errno::E2BIG => iommufd::hw_info(dev, &mut [abi::iommufd::HwReg::default(); 16]),
-        e => Err(e),
-    });
-    let unit = unit.map_err(fail("hw_info"))?;
+    let unit = iommufd::unit_info(dev).map_err(fail("hw_info"))?;
     let ioas = iommufd::ioas_alloc().map_err(fail("ioas_alloc"))?;
     iommufd::device_attach(dev, ioas).map_err(fail("attach"))?;
     Ok(Bound { dev, ioas, unit })
+}
+
+/// PCI command register bit 1: memory space decoding.
+pub const COMMAND_MEMORY: u64 = 1 << 1;
+/// PCI command register bit 2: bus mastering (the function may DMA).
+pub const COMMAND_BUS_MASTER: u64 = 1 << 2;
+
+/// Sets `bits` of claimed function `bdf`'s command register (read, or, write back).
+pub fn set_command_bits(bdf: u64, bits: u64) -> Result<(), Failure> {
+    let command = crate::sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
+    crate::sys::device_config_write(bdf, 4, 2, command | bits).map_err(fail("enable bus mastering")).map(|_| ())
 }

@@ -244,6 +244,16 @@ pub struct TypedInfo {
 }
 
 /// The typed capabilities of a device's unit, written into `data` (for
+/// The unit bound device `dev` sits behind (kind, name, invalidations),
+/// without its registers (asked again with room for them where the kernel
+/// answers `E2BIG` for none).
+pub fn unit_info(dev: u32) -> Result<UnitInfo, Errno> {
+    hw_info(dev, &mut []).or_else(|e| match e {
+        Errno::E2BIG => hw_info(dev, &mut [a::HwReg::default(); 16]),
+        e => Err(e),
+    })
+}
+
 /// example an `abi::iommufd::HwInfoVtd`'s bytes).
 pub fn hw_info_typed(dev: u32, data: &mut [u8]) -> Result<TypedInfo, Errno> {
     // Room for the raw registers too, so the call does not end in E2BIG.

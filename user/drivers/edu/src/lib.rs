@@ -51,9 +51,8 @@ impl Edu {
     /// As [`Edu::open`] for a function this task already claimed.
     pub fn open_claimed(bdf: u64) -> Result<Edu, Failure> {
         let edu = Edu { regs: sys::device_map_bar(bdf, 0).map_err(fail("map BAR0"))? };
-        // Bus mastering on (PCI command register bit 2), or the device cannot DMA at all.
-        let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
-        sys::device_config_write(bdf, 4, 2, command | 4).map_err(fail("enable bus mastering"))?;
+        // Bus mastering on, or the device cannot DMA at all.
+        userlib::driver::set_command_bits(bdf, userlib::driver::COMMAND_BUS_MASTER)?;
         Ok(edu)
     }
 

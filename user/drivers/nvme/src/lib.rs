@@ -245,9 +245,7 @@ impl Nvme {
     /// brings it up: reset, admin queues, enable, identify, one I/O queue pair.
     pub fn open(bdf: u64, ioas: u32) -> Result<Nvme, Failure> {
         let bar = sys::device_map_bar(bdf, 0).map_err(fail("map BAR0"))?;
-        // Memory decoding and bus mastering on (PCI command register bits 1 and 2).
-        let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
-        sys::device_config_write(bdf, 4, 2, command | 6).map_err(fail("enable bus mastering"))?;
+        userlib::driver::set_command_bits(bdf, userlib::driver::COMMAND_MEMORY | userlib::driver::COMMAND_BUS_MASTER)?;
         // SAFETY: `bar` maps BAR0 of the controller in this task (device memory) for the task's life; the register block is its first 0x38 bytes, and tock-registers cells access them volatilely.
         let regs: &'static Registers = unsafe { &*(bar as *const Registers) };
         let cap = regs.cap.get();

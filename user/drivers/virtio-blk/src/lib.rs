@@ -223,8 +223,7 @@ impl VirtioBlk {
         check_that(common.bar == notify.bar && common.bar == device.bar, "virtio structures in different BARs")?;
         check_that(common.length >= 0x38 && device.length >= 8 && notify.length >= 2, "virtio structures too short")?;
         let bar = sys::device_map_bar(bdf, u64::from(common.bar)).map_err(fail("map the virtio BAR"))?;
-        let command = sys::device_config_read(bdf, 4, 2).map_err(fail("read the command register"))?;
-        sys::device_config_write(bdf, 4, 2, command | 6).map_err(fail("enable bus mastering"))?;
+        userlib::driver::set_command_bits(bdf, userlib::driver::COMMAND_MEMORY | userlib::driver::COMMAND_BUS_MASTER)?;
         // SAFETY: `bar` maps the BAR for the task's life; the common structure is at `common.offset` inside it, at least 0x38 bytes long (checked), accessed through tock-registers cells.
         let common_cfg: &'static CommonCfg = unsafe { &*((bar + common.offset) as *const CommonCfg) };
         let queue_mem = iommufd::dma_alloc(ioas, PAGE).map_err(fail("queue memory"))?;

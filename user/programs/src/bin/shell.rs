@@ -131,7 +131,7 @@ fn run(line: &str, st: &mut State) -> bool {
         },
         "bind" => match args.first().and_then(|s| parse_bdf(s)) {
             Some(b) => iommufd::device_bind(b).map_err(errno).and_then(|dev| {
-                let unit = unit_of(dev)?;
+                let unit = iommufd::unit_info(dev).map_err(errno)?;
                 println!("device {dev}: {} behind {} ({})", bdf_text(b), unit.name(), unit.kind_name());
                 Ok(())
             }),
@@ -225,15 +225,6 @@ fn errno(e: Errno) -> String {
 fn bad(cmd: &str) -> String {
     let args = COMMANDS.iter().find(|c| c.0 == cmd).map_or("", |c| c.1);
     alloc::format!("bad arguments (usage: {cmd} {args})")
-}
-
-fn unit_of(dev: u32) -> Result<iommufd::UnitInfo, String> {
-    iommufd::hw_info(dev, &mut [])
-        .or_else(|e| match e {
-            Errno::E2BIG => iommufd::hw_info(dev, &mut [abi::iommufd::HwReg::default(); 16]),
-            e => Err(e),
-        })
-        .map_err(errno)
 }
 
 /// The kernel's topology text, the lines starting with `prefix`.
