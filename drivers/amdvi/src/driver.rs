@@ -390,6 +390,23 @@ impl<M: DmaMemory + Send + 'static> AmdViIommu<M> {
 }
 
 impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
+    fn describe(&self, what: iommu::describe::Describe, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        use crate::describe as d;
+        use iommu::describe::Describe;
+        let written = match what {
+            Describe::Registers => d::registers(&self.unit, out),
+            Describe::Device(device) => {
+                let devid = self.rid(device)?;
+                d::device(&self.unit.dte(devid, &self.mem), devid, out)
+            }
+            Describe::Walk { device, iova } => {
+                let devid = self.rid(device)?;
+                d::walk(&self.unit.dte(devid, &self.mem), &self.mem, devid, iova, out)
+            }
+        };
+        written.map_err(|_| Error::NoMemory)
+    }
+
     fn info(&self) -> Info {
         let raw = iommu::raw_regs(&self.raw_regs()).unwrap_or_default();
         self.info_with(raw)

@@ -49,6 +49,7 @@
 extern crate alloc;
 
 pub mod cmd;
+pub mod describe;
 pub mod driver;
 pub mod dte;
 pub mod error;

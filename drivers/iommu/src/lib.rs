@@ -43,6 +43,7 @@
 extern crate alloc;
 
 pub mod desc;
+pub mod describe;
 pub mod dma;
 pub mod groups;
 pub mod ids;
@@ -545,6 +546,16 @@ pub trait Iommu: Send {
     fn msi_unmap(&mut self, device: DeviceId, vector: u8) -> Result<(), Error> {
         let _ = (device, vector);
         Ok(())
+    }
+
+    /// Writes what `what` asks about in words (registers decoded field by
+    /// field, a device's structures, a page-table walk; see [`describe`]).
+    /// Read-only: nothing the unit holds changes. A unit that cannot say
+    /// answers [`Error::NotSupported`]; a device it does not serve,
+    /// [`Error::NoSuchDevice`].
+    fn describe(&self, what: describe::Describe, out: &mut dyn fmt::Write) -> Result<(), Error> {
+        let _ = (what, out);
+        Err(Error::NotSupported("describe"))
     }
 
     /// The driver behind the trait, for driver-specific tests and the

@@ -412,6 +412,24 @@ impl<M: DmaMemory + Send + 'static> SmmuIommu<M> {
 }
 
 impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
+    fn describe(&self, what: iommu::describe::Describe, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        use crate::describe::{self as d, StreamTable};
+        use iommu::describe::Describe;
+        let known = |device: DeviceId| {
+            if self.devices.contains(&device.0) {
+                Ok(device.0)
+            } else {
+                Err(Error::NoSuchDevice(device))
+            }
+        };
+        let written = match what {
+            Describe::Registers => d::registers(&self.smmu, out),
+            Describe::Device(device) => d::device(StreamTable::of(&self.smmu), &self.mem, known(device)?, out),
+            Describe::Walk { device, iova } => d::walk(StreamTable::of(&self.smmu), &self.mem, known(device)?, iova, out),
+        };
+        written.map_err(|_| Error::NoMemory)
+    }
+
     fn info(&self) -> Info {
         self.info_with(iommu::raw_regs(&self.raw_regs()).unwrap_or_default())
     }

@@ -31,6 +31,7 @@ extern crate alloc;
 
 pub mod cd;
 pub mod cmd;
+pub mod describe;
 pub mod driver;
 pub mod error;
 pub mod event;

@@ -230,6 +230,23 @@ impl Smmu {
         wait(what, || self.page0().cr0ack.get() == value)
     }
 
+    /// CR0, GBPA, GERROR, STRTAB_BASE, STRTAB_BASE_CFG, CMDQ_PROD / CONS and
+    /// EVENTQ_PROD / CONS as they read now (for reports).
+    pub fn live_registers(&self) -> [(&'static str, u64); 9] {
+        let (p0, p1) = (self.page0(), self.page1());
+        [
+            ("CR0", u64::from(p0.cr0.get())),
+            ("GBPA", u64::from(p0.gbpa.get())),
+            ("GERROR", u64::from(p0.gerror.get())),
+            ("STRTAB_BASE", p0.strtab_base.get()),
+            ("STRTAB_BASE_CFG", u64::from(p0.strtab_base_cfg.get())),
+            ("CMDQ_PROD", u64::from(p0.cmdq_prod.get())),
+            ("CMDQ_CONS", u64::from(p0.cmdq_cons.get())),
+            ("EVENTQ_PROD", u64::from(p1.eventq_prod.get())),
+            ("EVENTQ_CONS", u64::from(p1.eventq_cons.get())),
+        ]
+    }
+
     /// Stage-1 translation supported.
     pub fn stage1(&self) -> bool {
         IDR0::S1P.read(self.idr[0]) != 0

@@ -304,7 +304,108 @@ impl<M: DmaMemory + Send + 'static> VirtioIommu<M> {
     }
 }
 
+/// The feature bits `show` names (virtio 1.2 §5.13.3, §6).
+const FEATURE_FIELDS: &[iommu::describe::Field] = {
+    use iommu::describe::Field;
+    const fn bit(name: &'static str, shift: u32, meaning: &'static str) -> Field {
+        Field { name, shift, mask: 1, meaning }
+    }
+    &[
+        bit("INPUT_RANGE", feature::INPUT_RANGE, "input_range is valid"),
+        bit("DOMAIN_RANGE", feature::DOMAIN_RANGE, "domain_range is valid"),
+        bit("MAP_UNMAP", feature::MAP_UNMAP, "MAP and UNMAP requests"),
+        bit("BYPASS", feature::BYPASS, "unattached endpoints bypass (legacy)"),
+        bit("PROBE", feature::PROBE, "PROBE requests"),
+        bit("MMIO", feature::MMIO, "the MAP flag MMIO"),
+        bit("BYPASS_CONFIG", feature::BYPASS_CONFIG, "config.bypass and ATTACH's BYPASS flag"),
+        bit("RING_INDIRECT_DESC", feature::RING_INDIRECT_DESC, "indirect descriptors"),
+        bit("RING_EVENT_IDX", feature::RING_EVENT_IDX, "notification suppression"),
+        bit("VERSION_1", feature::VERSION_1, "virtio 1.0 or later"),
+        bit("ACCESS_PLATFORM", feature::ACCESS_PLATFORM, "the device's own DMA is translated"),
+        bit("RING_RESET", feature::RING_RESET, "virtqueue reset"),
+    ]
+};
+
+impl<M: DmaMemory> VirtioIommu<M> {
+    /// `show`: the negotiated features and the configuration (§5.13.4).
+    fn describe_registers(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        let c = &self.dev.config;
+        writeln!(out, "virtio-iommu (virtio 1.2 §5.13): no registers of its own; requests on a virtqueue")?;
+        iommu::describe::write_register(out, "FEATURES (negotiated)", self.dev.features, FEATURE_FIELDS)?;
+        writeln!(out, "config.page_size_mask = {:#x} (granule {})", c.page_size_mask, iommu::describe::size_text(1 << c.page_size_mask.trailing_zeros().min(63)))?;
+        writeln!(out, "config.input_range = {:#x}..={:#x}", c.input_range.0, c.input_range.1)?;
+        writeln!(out, "config.domain_range = {}..={}", c.domain_range.0, c.domain_range.1)?;
+        writeln!(out, "config.probe_size = {}", c.probe_size)?;
+        writeln!(out, "config.bypass = {} (unattached endpoints {})", c.bypass, if c.bypass == 1 { "pass through" } else { "fault" })
+    }
+
+    /// `dump`: the endpoint's domain on the device and the mappings this
+    /// driver asked for (the device keeps its tables to itself: these are
+    /// the MAP requests it acknowledged, §5.13.6.6).
+    fn describe_endpoint(&self, ep: u32, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        writeln!(out, "endpoint {ep:#x}")?;
+        let Some(&domain) = self.attached.get(&ep) else {
+            return writeln!(out, "=> attached to no domain: its DMA {}", if self.dev.config.bypass == 1 { "bypasses" } else { "faults" });
+        };
+        let Some(d) = self.domains.get(&domain) else { return writeln!(out, "=> domain {domain} (unknown)") };
+        let kind = match d.kind {
+            Kind::Paging => "paging",
+            Kind::Bypass => "bypass (ATTACH flag BYPASS)",
+            Kind::IdentityMapped => "identity (one mapping of the input range)",
+            Kind::Blocked => "blocking (no mappings)",
+        };
+        let blocking = if domain == self.blocking { ", the blocking domain" } else { "" };
+        writeln!(out, "domain {domain}: {kind}{blocking}, {} mapping(s), {} endpoint(s)", d.mappings.len(), d.endpoints.len())?;
+        for (shown, (start, m)) in d.mappings.iter().enumerate() {
+            if shown == 32 {
+                writeln!(out, "  ... {} more", d.mappings.len() - 32)?;
+                break;
+            }
+            writeln!(out, "  MAP {start:#x}..={:#x} -> {:#x} flags {:#x} ({})", m.end, m.pa, m.flags, map_flags(m.flags))?;
+        }
+        Ok(())
+    }
+
+    /// `walk`: the mapping the device would use for `iova`, or the fault.
+    fn describe_walk(&self, ep: u32, iova: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        self.describe_endpoint(ep, out)?;
+        let Some(d) = self.attached.get(&ep).and_then(|id| self.domains.get(id)) else { return Ok(()) };
+        if d.kind == Kind::Bypass {
+            return writeln!(out, "=> bypass: {iova:#x} reaches physical {iova:#x}");
+        }
+        let hit = d.mappings.range(..=iova).next_back().filter(|(_, m)| iova <= m.end);
+        match hit {
+            Some((start, m)) => writeln!(out, "=> {iova:#x} translates to {:#x} (mapping at {start:#x}, {})", m.pa + (iova - start), map_flags(m.flags)),
+            None => writeln!(out, "=> no translation: a DMA here faults (fault event, reason MAPPING)"),
+        }
+    }
+}
+
+/// `READ|WRITE|MMIO` of a MAP request's flags (§5.13.6.6).
+fn map_flags(flags: u32) -> &'static str {
+    match flags & 7 {
+        1 => "READ",
+        2 => "WRITE",
+        3 => "READ|WRITE",
+        5 => "READ|MMIO",
+        6 => "WRITE|MMIO",
+        7 => "READ|WRITE|MMIO",
+        4 => "MMIO",
+        _ => "none",
+    }
+}
+
 impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
+    fn describe(&self, what: iommu::describe::Describe, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        use iommu::describe::Describe;
+        let written = match what {
+            Describe::Registers => self.describe_registers(out),
+            Describe::Device(device) => self.describe_endpoint(self.endpoint(device)?, out),
+            Describe::Walk { device, iova } => self.describe_walk(self.endpoint(device)?, iova, out),
+        };
+        written.map_err(|_| Error::NoMemory)
+    }
+
     fn info(&self) -> Info {
         self.info_with(iommu::raw_regs(&self.raw_regs()).unwrap_or_default())
     }
@@ -615,6 +716,34 @@ mod tests {
         let fake = Fake::q35();
         let u = unit_with(&fake);
         (fake, u)
+    }
+
+    #[test]
+    fn describe_tells_features_domains_mappings_and_walks() {
+        use iommu::describe::Describe;
+        let (_fake, mut u) = unit();
+        let mut s = alloc::string::String::new();
+        u.describe(Describe::Registers, &mut s).unwrap();
+        assert!(s.lines().any(|l| l.trim_start().starts_with("MAP_UNMAP") && l.contains("= 0x1")), "{s}");
+        assert!(s.contains("granule 4 KiB"), "{s}");
+        let d = u.domain_alloc(DomainKind::Paging).unwrap();
+        u.attach(A, d).unwrap();
+        u.map(d, 0x4000, 0x7000, 0x2000, Perms::READ).unwrap();
+        let mut s = alloc::string::String::new();
+        u.describe(Describe::Device(A), &mut s).unwrap();
+        assert!(s.contains("paging, 1 mapping(s)"), "{s}");
+        assert!(s.contains("MAP 0x4000..=0x5fff -> 0x7000 flags 0x1 (READ)"), "{s}");
+        let mut s = alloc::string::String::new();
+        u.describe(Describe::Walk { device: A, iova: 0x5008 }, &mut s).unwrap();
+        assert!(s.contains("=> 0x5008 translates to 0x8008"), "{s}");
+        let mut s = alloc::string::String::new();
+        u.describe(Describe::Walk { device: A, iova: 0x6000 }, &mut s).unwrap();
+        assert!(s.contains("=> no translation"), "{s}");
+        u.detach(A).unwrap();
+        let mut s = alloc::string::String::new();
+        u.describe(Describe::Device(A), &mut s).unwrap();
+        assert!(s.contains("the blocking domain"), "{s}");
+        assert_eq!(u.describe(Describe::Device(DeviceId(0x4242)), &mut s), Err(Error::NoSuchDevice(DeviceId(0x4242))));
     }
 
     #[test]

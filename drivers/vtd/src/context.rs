@@ -18,6 +18,8 @@ register_bitfields![u64,
     pub CTX_LO [
         /// Bit 0: present.
         P OFFSET(0) NUMBITS(1) [],
+        /// Bit 1: fault processing disable.
+        FPD OFFSET(1) NUMBITS(1) [],
         /// Bits 3:2: translation type.
         TT OFFSET(2) NUMBITS(2) [
             /// 00b: untranslated requests use second-level translation.

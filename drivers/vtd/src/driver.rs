@@ -305,6 +305,16 @@ impl<M: DmaMemory + Send + 'static> VtdIommu<M> {
 }
 
 impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
+    fn describe(&self, what: iommu::describe::Describe, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        use iommu::describe::Describe;
+        let written = match what {
+            Describe::Registers => crate::describe::registers(&self.unit, out),
+            Describe::Device(device) => crate::describe::device(crate::describe::Tables::of(&self.unit), &self.mem, self.rid(device)?, out),
+            Describe::Walk { device, iova } => crate::describe::walk(crate::describe::Tables::of(&self.unit), &self.mem, self.rid(device)?, iova, out),
+        };
+        written.map_err(|_| Error::NoMemory)
+    }
+
     fn info(&self) -> Info {
         self.info_with(iommu::raw_regs(&self.raw_regs()).unwrap_or_default())
     }

@@ -34,6 +34,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod context;
+pub mod describe;
 pub mod driver;
 pub mod error;
 pub mod fault;

@@ -32,7 +32,25 @@ register_bitfields! [u64,
         /// First-stage 1 GiB pages.
         FS1GP OFFSET(56) NUMBITS(1) [],
         /// First-stage 5-level paging.
-        FL5LP OFFSET(60) NUMBITS(1) []
+        FL5LP OFFSET(60) NUMBITS(1) [],
+        /// Advanced fault logging.
+        AFL OFFSET(3) NUMBITS(1) [],
+        /// Protected low-memory region.
+        PLMR OFFSET(5) NUMBITS(1) [],
+        /// Protected high-memory region.
+        PHMR OFFSET(6) NUMBITS(1) [],
+        /// Zero-length read.
+        ZLR OFFSET(22) NUMBITS(1) [],
+        /// Write draining.
+        DWD OFFSET(54) NUMBITS(1) [],
+        /// Read draining.
+        DRD OFFSET(55) NUMBITS(1) [],
+        /// Posted interrupts.
+        PI OFFSET(59) NUMBITS(1) [],
+        /// Setting IRTP invalidates the interrupt entry cache.
+        ESIRTPS OFFSET(62) NUMBITS(1) [],
+        /// Setting RTADDR invalidates the context and translation caches.
+        ESRTPS OFFSET(63) NUMBITS(1) []
     ],
     /// Extended capability register (§10.4.3).
     pub ECAP [
@@ -51,7 +69,43 @@ register_bitfields! [u64,
         /// Second-stage translation in scalable mode.
         SLTS OFFSET(46) NUMBITS(1) [],
         /// First-stage translation in scalable mode.
-        FLTS OFFSET(47) NUMBITS(1) []
+        FLTS OFFSET(47) NUMBITS(1) [],
+        /// Page-walk coherency.
+        C OFFSET(0) NUMBITS(1) [],
+        /// Device-TLB (ATS).
+        DT OFFSET(2) NUMBITS(1) [],
+        /// Extended interrupt mode (32-bit x2APIC destination IDs).
+        EIM OFFSET(4) NUMBITS(1) [],
+        /// Maximum handle mask value.
+        MHMV OFFSET(20) NUMBITS(4) [],
+        /// Nested translation.
+        NEST OFFSET(26) NUMBITS(1) [],
+        /// Page requests.
+        PRS OFFSET(29) NUMBITS(1) [],
+        /// Execute requests.
+        ERS OFFSET(30) NUMBITS(1) [],
+        /// Supervisor requests.
+        SRS OFFSET(31) NUMBITS(1) [],
+        /// No-write flag.
+        NWFS OFFSET(33) NUMBITS(1) [],
+        /// Extended accessed flag.
+        EAFS OFFSET(34) NUMBITS(1) [],
+        /// PASID size minus one, in bits.
+        PSS OFFSET(35) NUMBITS(5) [],
+        /// Process address space IDs.
+        PASID OFFSET(40) NUMBITS(1) [],
+        /// Device-TLB invalidation throttling.
+        DIT OFFSET(41) NUMBITS(1) [],
+        /// Page-request drain.
+        PDS OFFSET(42) NUMBITS(1) [],
+        /// Virtual command.
+        VCS OFFSET(44) NUMBITS(1) [],
+        /// Second-stage accessed / dirty bits.
+        SLADS OFFSET(45) NUMBITS(1) [],
+        /// Scalable-mode page-walk coherency.
+        SMPWCS OFFSET(48) NUMBITS(1) [],
+        /// RID_PASID.
+        RPS OFFSET(49) NUMBITS(1) []
     ],
     /// Context command register (§10.4.7).
     pub CCMD [
@@ -76,6 +130,13 @@ register_bitfields! [u64,
 ];
 
 register_bitfields! [u32,
+    /// Version (§11.4.1).
+    pub VER [
+        /// Minor version.
+        MIN OFFSET(0) NUMBITS(4) [],
+        /// Major version.
+        MAX OFFSET(4) NUMBITS(4) []
+    ],
     /// Global command / status (§10.4.4, §10.4.5): same bit positions.
     pub GLOBAL [
         /// Translation enable / status.
@@ -106,12 +167,16 @@ register_bitfields! [u32,
         /// Invalidation completion error (a device-TLB invalidation response was invalid).
         ICE OFFSET(5) NUMBITS(1) [],
         /// Invalidation time-out error (a device-TLB invalidation was not answered in time).
-        ITE OFFSET(6) NUMBITS(1) []
+        ITE OFFSET(6) NUMBITS(1) [],
+        /// Fault record index: the first record to look at.
+        FRI OFFSET(8) NUMBITS(8) []
     ],
     /// Fault event control (§10.4.10).
     pub FECTL [
         /// Interrupt mask: fault events raise no interrupt while set.
-        IM OFFSET(31) NUMBITS(1) []
+        IM OFFSET(31) NUMBITS(1) [],
+        /// Interrupt pending.
+        IP OFFSET(30) NUMBITS(1) []
     ],
     /// Fault-recording register bits 127:96 (§10.4.14).
     pub FRCD_HI_HI [
@@ -152,7 +217,7 @@ register_bitfields! [u64,
 iommu::register_blocks! {
     /// The fixed-offset registers (§10.4, Table 42).
     pub Registers {
-        (0x000 => pub version: ReadOnly<u32>),
+        (0x000 => pub version: ReadOnly<u32, VER::Register>),
         (0x004 => _reserved0),
         (0x008 => pub cap: ReadOnly<u64, CAP::Register>),
         (0x010 => pub ecap: ReadOnly<u64, ECAP::Register>),

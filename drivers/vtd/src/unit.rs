@@ -92,6 +92,27 @@ impl DomainTable {
     }
 }
 
+/// Registers read for a report ([`Unit::status_registers`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StatusRegisters {
+    /// VER.
+    pub version: u64,
+    /// GSTS.
+    pub gsts: u64,
+    /// FSTS.
+    pub fsts: u64,
+    /// FECTL.
+    pub fectl: u64,
+    /// RTADDR.
+    pub rtaddr: u64,
+    /// IQA.
+    pub iqa: u64,
+    /// IQH.
+    pub iqh: u64,
+    /// IQT.
+    pub iqt: u64,
+}
+
 /// A translation domain.
 pub struct Domain {
     /// Domain ID in context/PASID entries and invalidations.
@@ -937,6 +958,21 @@ impl Unit {
     pub fn table_frames(&self) -> usize {
         let contexts = self.context_tables.iter().chain(self.upper_context_tables.iter()).filter(|c| **c != 0).count();
         1 + contexts + 2 * self.pasid_tables.len() + if self.queue.is_some() { 2 } else { 0 }
+    }
+
+    /// VER, GSTS, FSTS, FECTL, RTADDR and the queue registers as they read now.
+    pub fn status_registers(&self) -> StatusRegisters {
+        let r = self.regs();
+        StatusRegisters {
+            version: u64::from(r.version.get()),
+            gsts: u64::from(r.gsts.get()),
+            fsts: u64::from(r.fsts.get()),
+            fectl: u64::from(r.fectl.get()),
+            rtaddr: r.rtaddr.get(),
+            iqa: r.iqa.get(),
+            iqh: r.iqh.get(),
+            iqt: r.iqt.get(),
+        }
     }
 
     /// Physical address of the root table.
