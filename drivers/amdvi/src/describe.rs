@@ -100,7 +100,7 @@ enum Translation {
     /// Not valid: DMA passes untranslated and unchecked (the driver never leaves one).
     Untranslated,
     /// Mode 0: untranslated, with the IR / IW rights.
-    NoTranslation { read: bool, write: bool },
+    ModeZero { read: bool, write: bool },
     /// Host page tables.
     Tables { root: u64, levels: usize },
     /// A reserved mode.
@@ -113,7 +113,7 @@ fn translation(dte: &Dte) -> Translation {
         return Translation::Untranslated;
     }
     match DTE0::MODE.read(q0) as usize {
-        0 => Translation::NoTranslation { read: DTE0::IR.read(q0) != 0, write: DTE0::IW.read(q0) != 0 },
+        0 => Translation::ModeZero { read: DTE0::IR.read(q0) != 0, write: DTE0::IW.read(q0) != 0 },
         levels @ 1..=6 => Translation::Tables { root: DTE0::PT_ROOT.read(q0) << 12, levels },
         _ => Translation::Bad,
     }
@@ -124,10 +124,10 @@ pub fn device(dte: &Dte, devid: u16, out: &mut dyn Write) -> fmt::Result {
     write_dte(out, devid, dte)?;
     match translation(dte) {
         Translation::Untranslated => writeln!(out, "=> not valid: DMA passes untranslated"),
-        Translation::NoTranslation { read: false, write: false } => {
+        Translation::ModeZero { read: false, write: false } => {
             writeln!(out, "=> blocked: mode 0 with neither IR nor IW, every DMA is refused (IO_PAGE_FAULT)")
         }
-        Translation::NoTranslation { read, write } => {
+        Translation::ModeZero { read, write } => {
             writeln!(out, "=> untranslated (mode 0), reads {read}, writes {write}")
         }
         Translation::Tables { root, levels } => writeln!(out, "=> host page table at {root:#x}, {levels} levels"),
@@ -140,10 +140,10 @@ pub fn walk(dte: &Dte, mem: &impl TableMemory, devid: u16, iova: u64, out: &mut 
     write_dte(out, devid, dte)?;
     match translation(dte) {
         Translation::Untranslated => writeln!(out, "=> not valid: {iova:#x} passes untranslated"),
-        Translation::NoTranslation { read: false, write: false } => {
+        Translation::ModeZero { read: false, write: false } => {
             writeln!(out, "=> no translation: the DTE blocks every DMA (IO_PAGE_FAULT)")
         }
-        Translation::NoTranslation { .. } => writeln!(out, "=> untranslated: {iova:#x} reaches physical {iova:#x}"),
+        Translation::ModeZero { .. } => writeln!(out, "=> untranslated: {iova:#x} reaches physical {iova:#x}"),
         Translation::Tables { root, levels } => {
             let end = write_walk(out, &AmdV1 { levels }, root, iova, &mut |t, i| Some(mem.read(t, i)))?;
             write_walk_end(out, end, iova, "IO_PAGE_FAULT")

@@ -255,11 +255,11 @@ pub struct SizeText(u64);
 impl fmt::Display for SizeText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
-        if s >= 1 << 30 && s % (1 << 30) == 0 {
+        if s >= 1 << 30 && s.is_multiple_of(1 << 30) {
             write!(f, "{} GiB", s >> 30)
-        } else if s >= 1 << 20 && s % (1 << 20) == 0 {
+        } else if s >= 1 << 20 && s.is_multiple_of(1 << 20) {
             write!(f, "{} MiB", s >> 20)
-        } else if s >= 1 << 10 && s % (1 << 10) == 0 {
+        } else if s >= 1 << 10 && s.is_multiple_of(1 << 10) {
             write!(f, "{} KiB", s >> 10)
         } else {
             write!(f, "{s} bytes")

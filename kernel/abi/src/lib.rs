@@ -83,6 +83,46 @@ pub enum Sysno {
     /// translates each PCI function under which ID, reserved regions); the
     /// bytes copied, 0 past the end. Unknown topics are `EINVAL`.
     InfoRead = 19,
+    /// `info_query(topic, subject, arg, buf, len)`: a read-only report on
+    /// the IOMMU units, rendered as text when asked (topics in
+    /// [`query_topic`]); the text's full length is returned and as much as
+    /// fits is copied to `buf` (ask again with a larger buffer when the
+    /// result exceeds `len`; reports stop at [`QUERY_MAX`] bytes). Nothing a
+    /// unit holds changes, except that [`query_topic::TRACE`] switches a
+    /// unit's register trace on or off. `ENOENT`: no such unit; `ENODEV`:
+    /// no unit translates that device; `EINVAL`: unknown topic; `EPERM`: a
+    /// topic about other tasks' state without `info.log=allow`.
+    InfoQuery = 20,
+}
+
+/// Most bytes an [`Sysno::InfoQuery`] report holds (longer ones end in `(truncated)`).
+pub const QUERY_MAX: usize = 64 * 1024;
+
+/// Topics of [`Sysno::InfoQuery`]; `subject` and `arg` as each says.
+pub mod query_topic {
+    /// The registered units, one line each: `<index> <name> <kind>`. Open to every task.
+    pub const UNITS: u64 = 0;
+    /// Unit `subject`'s capability and status registers, every field
+    /// decoded with the spec's name (the shell's `show`). Open to every task.
+    pub const REGISTERS: u64 = 1;
+    /// The structures device `subject` (a BDF as `device_claim` takes it)
+    /// is translated through: VT-d root / context / PASID entries, SMMUv3
+    /// STE and CD, AMD-Vi DTE, virtio-iommu domain and mappings (`dump`).
+    /// Open for a device the caller holds, else `info.log=allow`.
+    pub const DEVICE: u64 = 2;
+    /// The walk device `subject`'s DMA at IOVA `arg` takes, level by level,
+    /// to the physical address or the fault (`walk`). As [`DEVICE`].
+    pub const WALK: u64 = 3;
+    /// The faults the units recorded lately (the last 64), oldest first,
+    /// one line each as `#<seq> <unit>: <fault>`, from sequence number
+    /// `subject` on (`faults`). Needs `info.log=allow`.
+    pub const FAULTS: u64 = 4;
+    /// Unit `subject`'s recent queued commands, decoded (`queue`). Needs `info.log=allow`.
+    pub const QUEUE: u64 = 5;
+    /// Switches the register trace of unit `subject` (`u64::MAX`: every
+    /// unit) on (`arg` 1) or off (`arg` 0); the report says what changed
+    /// (`trace`). Needs `info.log=allow`.
+    pub const TRACE: u64 = 6;
 }
 
 /// Topics of [`Sysno::InfoRead`].
@@ -120,6 +160,7 @@ impl Sysno {
             17 => Sysno::ClockCounter,
             18 => Sysno::ConsoleRead,
             19 => Sysno::InfoRead,
+            20 => Sysno::InfoQuery,
             _ => return None,
         })
     }
@@ -469,7 +510,8 @@ mod tests {
         assert_eq!(Sysno::from_raw(17), Some(Sysno::ClockCounter));
         assert_eq!(Sysno::from_raw(18), Some(Sysno::ConsoleRead));
         assert_eq!(Sysno::from_raw(19), Some(Sysno::InfoRead));
-        assert_eq!(Sysno::from_raw(20), None);
+        assert_eq!(Sysno::from_raw(20), Some(Sysno::InfoQuery));
+        assert_eq!(Sysno::from_raw(21), None);
         assert_eq!(Errno::EFAULT as i64, 14);
         assert_eq!(Errno::ENOSYS.to_string(), "ENOSYS");
     }

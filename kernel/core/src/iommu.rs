@@ -226,17 +226,55 @@ pub fn unit_name(unit: usize) -> &'static str {
         .unwrap_or_default()
 }
 
-/// Takes every fault the registered units recorded, logs each (decoded), and
-/// hands each to `f` with the registry index of its unit (allocates nothing).
+/// Takes every fault the registered units recorded, logs each (decoded),
+/// keeps it among the recent ones ([`recent_faults`]) and hands each to `f`
+/// with the registry index of its unit (allocates nothing).
 pub fn take_faults(f: &mut dyn FnMut(usize, iommu::FaultEvent)) {
     with_units(|units| {
         for (i, u) in units.iter_mut().enumerate() {
             u.drain_faults_with(&mut |e| {
                 log::warn!("iommu: {}: {e}", unit_name(i));
+                RECENT_FAULTS.lock().push(i, e);
                 f(i, e);
             });
         }
     })
+}
+
+/// Faults [`recent_faults`] keeps.
+const RECENT: usize = 64;
+
+/// The last [`RECENT`] faults, numbered from 0 in the order they were taken.
+struct RecentFaults {
+    slots: [Option<(u64, usize, iommu::FaultEvent)>; RECENT],
+    next: u64,
+}
+
+impl RecentFaults {
+    fn push(&mut self, unit: usize, e: iommu::FaultEvent) {
+        self.slots[(self.next % RECENT as u64) as usize] = Some((self.next, unit, e));
+        self.next += 1;
+    }
+}
+
+static RECENT_FAULTS: spin::Mutex<RecentFaults> =
+    spin::Mutex::new(RecentFaults { slots: [None; RECENT], next: 0 });
+
+/// Hands `f` each kept fault numbered `from` or later, oldest first, as
+/// (sequence number, unit's registry index, fault); returns the number the
+/// next fault will get. Faults are taken from the units first.
+pub fn recent_faults(from: u64, f: &mut dyn FnMut(u64, usize, iommu::FaultEvent)) -> u64 {
+    take_faults(&mut |_, _| {});
+    let kept = RECENT_FAULTS.lock();
+    let first = kept.next.saturating_sub(RECENT as u64).max(from);
+    for seq in first..kept.next {
+        if let Some((n, unit, e)) = kept.slots[(seq % RECENT as u64) as usize] {
+            if n == seq {
+                f(n, unit, e);
+            }
+        }
+    }
+    kept.next
 }
 
 /// Frames the units' drivers hold in tables now (device / stream tables,

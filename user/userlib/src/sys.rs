@@ -94,6 +94,27 @@ pub fn info_read(topic: u64, offset: u64, buf: &mut [u8]) -> SysResult {
     decode(raw(Sysno::InfoRead as u64, [topic, offset, buf.as_mut_ptr() as u64, buf.len() as u64, 0]))
 }
 
+/// `info_query(topic, subject, arg, buf)`: the report's full length (see
+/// [`abi::Sysno::InfoQuery`]); as much as fits is in `buf`. [`query`]
+/// returns the whole text.
+pub fn info_query(topic: u64, subject: u64, arg: u64, buf: &mut [u8]) -> SysResult {
+    decode(raw(Sysno::InfoQuery as u64, [topic, subject, arg, buf.as_mut_ptr() as u64, buf.len() as u64]))
+}
+
+/// The whole text of an [`info_query`] report (asked again with room for
+/// all of it when the first buffer was too small).
+pub fn query(topic: u64, subject: u64, arg: u64) -> Result<alloc::string::String, abi::Errno> {
+    let mut buf = alloc::vec![0u8; 4096];
+    loop {
+        let n = info_query(topic, subject, arg, &mut buf)? as usize;
+        if n <= buf.len() {
+            buf.truncate(n);
+            return alloc::string::String::from_utf8(buf).map_err(|_| abi::Errno::EIO);
+        }
+        buf.resize(n.min(abi::QUERY_MAX), 0);
+    }
+}
+
 /// Unmaps memory mapped by [`mem_map`].
 pub fn mem_unmap(addr: u64, len: u64) -> SysResult {
     decode(raw(Sysno::MemUnmap as u64, [addr, len, 0, 0, 0]))

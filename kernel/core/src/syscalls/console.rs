@@ -21,7 +21,7 @@ pub fn sys_info_read(topic: u64, offset: u64, ptr: u64, len: u64) -> SysResult {
         // The log tells of every task's devices and faults: readable only
         // when whoever booted the machine said so (`info.log=allow`, as
         // `cargo xtask run --shell` does), or in a test boot.
-        if crate::cmdline_value("info.log") != Some("allow") && crate::cmdline_value("ktest").is_none() {
+        if !super::info::introspection_allowed() {
             return Err(Errno::EPERM);
         }
         if offset != 0 {

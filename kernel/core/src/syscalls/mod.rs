@@ -4,6 +4,7 @@
 //! - [`task`] — `yield`, `clock`, `sleep`, `task_spawn` (`exit` ends the task here)
 //! - [`console`] — `log`, `console_read`, `info_read`
 //! - [`memory`] — `mem_map`, `mem_unmap`
+//! - [`info`] — `info_query` (read-only reports on the IOMMU units)
 //! - [`device`] — `device_list`, `device_claim`, `device_map_bar`, `device_config_read` / `_write`
 //! - [`irq`] — `device_irq_enable`, `device_irq_wait`
 //! - [`iommufd`] — `iommufd` (the IOAS door)
@@ -11,6 +12,7 @@
 
 pub mod console;
 pub mod device;
+pub mod info;
 pub mod iommufd;
 pub mod irq;
 pub mod memory;
@@ -55,6 +57,7 @@ fn serve(number: u64, args: [u64; 5]) -> SyscallOutcome {
                 | Sysno::Iommufd
                 | Sysno::DeviceIrqEnable
                 | Sysno::InfoRead
+                | Sysno::InfoQuery
         )
     );
     if allocates {
@@ -67,6 +70,7 @@ fn serve(number: u64, args: [u64; 5]) -> SyscallOutcome {
         Some(Sysno::Log) => console::sys_log(args[0], args[1]),
         Some(Sysno::ConsoleRead) => console::sys_console_read(args[0], args[1], args[2]),
         Some(Sysno::InfoRead) => console::sys_info_read(args[0], args[1], args[2], args[3]),
+        Some(Sysno::InfoQuery) => info::sys_info_query(args[0], args[1], args[2], args[3], args[4]),
         Some(Sysno::Yield) => task::sys_yield(),
         Some(Sysno::Clock) => task::sys_clock(),
         Some(Sysno::ClockCounter) => task::sys_clock_counter(),

@@ -27,10 +27,14 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("reserved", "", "the reserved regions (MSI windows, identity maps) per unit"),
     ("devices", "", "the PCI functions: address, IDs, class, IOMMU group, flags"),
     ("log", "[TEXT]", "the kernel log's recent records (those containing TEXT): units decoded, faults"),
+    ("show", "UNIT", "a unit's capability and status registers, every field decoded with the spec's name"),
+    ("dump", "BDF", "the structures the unit reads for a device (context / PASID entries, STE / CD, DTE, domain)"),
+    ("walk", "BDF IOVA", "the page-table walk for a device's DMA at IOVA, level by level, to the page or the fault"),
+    ("faults", "[all|follow]", "fault records the units made since the last `faults` (all kept ones; follow: live until a key)"),
     ("claim", "BDF", "take a function for this task (a whole IOMMU group)"),
     ("bind", "BDF", "bind a claimed function to the IOAS door; prints its device id and unit"),
     ("hw-info", "DEV", "the unit a bound device sits behind: kind, name, raw capability registers"),
-    ("ioas-new", "", "allocate an IOAS; prints its id"),
+    ("ioas-new", "", "allocate an IOAS; prints its id (also `ioas new`)"),
     ("attach", "DEV IOAS", "attach a bound device to an IOAS (or HWPT); prints the HWPT id"),
     ("detach", "DEV", "detach a device: its DMA is blocked again"),
     ("map", "IOAS BYTES [IOVA]", "allocate a zeroed DMA buffer and map it read/write; prints buffer, IOVA"),
@@ -46,6 +50,8 @@ const COMMANDS: &[(&str, &str, &str)] = &[
 /// What the shell holds between commands.
 struct State {
     buffers: Vec<DmaBuffer>,
+    /// The sequence number of the next fault `faults` has not shown.
+    next_fault: u64,
 }
 
 fn parse_u64(s: &str) -> Option<u64> {
@@ -124,6 +130,20 @@ fn run(line: &str, st: &mut State) -> bool {
         "units" => topology("topology: iommu "),
         "reserved" => topology("topology: reserved "),
         "devices" => devices(),
+        "show" => match args.first() {
+            Some(u) => unit_by_name(u).and_then(|i| report(abi::query_topic::REGISTERS, i, 0)),
+            None => Err(bad(cmd)),
+        },
+        "dump" => match args.first().and_then(|s| parse_bdf(s)) {
+            Some(b) => report(abi::query_topic::DEVICE, b, 0),
+            None => Err(bad(cmd)),
+        },
+        "walk" => match (args.first().and_then(|s| parse_bdf(s)), num(1)) {
+            (Some(b), Some(iova)) => report(abi::query_topic::WALK, b, iova),
+            _ => Err(bad(cmd)),
+        },
+        "faults" => faults(st, args.first().copied()),
+        "ioas" if args.first() == Some(&"new") => iommufd::ioas_alloc().map(|i| println!("ioas {i}")).map_err(errno),
         "log" => kernel_log(args.first().copied().unwrap_or("")),
         "claim" => match args.first().and_then(|s| parse_bdf(s)) {
             Some(b) => sys::device_claim(b).map(|_| println!("claimed {}", bdf_text(b))).map_err(errno),
@@ -216,6 +236,68 @@ fn run(line: &str, st: &mut State) -> bool {
         println!("{cmd}: {e}");
     }
     true
+}
+
+/// Prints a kernel report (`info_query`), indented.
+fn report(topic: u64, subject: u64, arg: u64) -> Result<(), String> {
+    let text = sys::query(topic, subject, arg).map_err(|e| match e {
+        Errno::EPERM => String::from("EPERM: not a device this shell claimed (boot with info.log=allow to look at others)"),
+        Errno::ENODEV => String::from("ENODEV: no IOMMU unit translates that function"),
+        Errno::ENOENT => String::from("ENOENT: no such unit or function"),
+        e => errno(e),
+    })?;
+    for line in text.lines() {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// A unit by its registry index or its firmware name (`dmar0`, `smmu0`; see `units`).
+fn unit_by_name(name: &str) -> Result<u64, String> {
+    if let Some(i) = parse_u64(name) {
+        return Ok(i);
+    }
+    let list = sys::query(abi::query_topic::UNITS, 0, 0).map_err(errno)?;
+    list.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            let (i, n) = (w.next()?, w.next()?);
+            (n == name).then(|| parse_u64(i)).flatten()
+        })
+        .ok_or_else(|| {
+            let names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+            alloc::format!("no unit `{name}` (units: {})", names.join(", "))
+        })
+}
+
+/// `faults`: the kept fault records past the last shown (`all`: every kept
+/// one; `follow`: keep printing new ones until a key is pressed).
+fn faults(st: &mut State, how: Option<&str>) -> Result<(), String> {
+    let from = if how == Some("all") { 0 } else { st.next_fault };
+    let show = |from: u64| -> Result<u64, String> {
+        let text = sys::query(abi::query_topic::FAULTS, from, 0).map_err(errno)?;
+        let mut next = from;
+        for line in text.lines() {
+            match line.strip_prefix("next #") {
+                Some(n) => next = parse_u64(n).unwrap_or(next),
+                None => println!("  {line}"),
+            }
+        }
+        Ok(next)
+    };
+    let mut next = show(from)?;
+    if next == from {
+        println!("  no new faults");
+    }
+    if how == Some("follow") {
+        println!("  following; press a key to stop");
+        let mut key = [0u8; 1];
+        while sys::console_read(&mut key, 200_000_000).map_err(errno)? == 0 {
+            next = show(next)?;
+        }
+    }
+    st.next_fault = next;
+    Ok(())
 }
 
 fn errno(e: Errno) -> String {
@@ -388,7 +470,7 @@ fn read_line(input: &mut Input, history: &mut Vec<String>) -> String {
 
 fn main() -> i32 {
     println!("portcullis shell: `help` lists the commands, `exit` ends it");
-    let mut st = State { buffers: Vec::new() };
+    let mut st = State { buffers: Vec::new(), next_fault: 0 };
     let mut history = Vec::new();
     let mut input = Input { buf: [0; abi::CONSOLE_READ_MAX], at: 0, len: 0 };
     loop {
