@@ -341,6 +341,44 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
     }
+    // The second lesson (docs/lessons/structures.txt): registers decoded,
+    // the device's structures before and after attach, a walk to the page
+    // and one to the fault, then the fault the unit recorded.
+    let lesson = crate::target::workspace_root().join("docs").join("lessons").join("structures.txt");
+    for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
+        let name = format!("{}-{}-structures", arch.name(), iommu.name());
+        let m = Machine {
+            cmdline: vec!["init=shell".to_owned(), "info.log=allow".to_owned()],
+            ..machine(iommu, Vec::new())
+        };
+        let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
+        c.stdin = Some(lesson_input(&lesson, &name)?);
+        harness::rename(&mut c, name);
+        let (register, structure) = match iommu {
+            Iommu::Vtd => ("  CAP = 0x", "  context entry [".to_owned()),
+            Iommu::Amdvi => ("  EFR = 0x", "  device table entry [".to_owned()),
+            Iommu::Smmuv3 => ("  IDR0 = 0x", "  STE at 0x".to_owned()),
+            _ => ("  FEATURES (negotiated) = 0x", "  domain 2: paging, 2 mapping(s), 1 endpoint(s)".to_owned()),
+        };
+        c.must_contain = vec![
+            register.into(),
+            structure,
+            "=> 0x100010 translates to 0x".into(),
+            "=> no translation".into(),
+            "destroyed 1".into(),
+            "shell: bye".into(),
+        ];
+        if iommu != Iommu::Virtio {
+            // A real table walk: four levels down to the 4 KiB leaf.
+            c.must_contain.push("level 0: table 0x".into());
+        }
+        if iommu != Iommu::Amdvi {
+            c.must_contain.push(format!("  #0 {}", unit_prefix(iommu)));
+        }
+        c.stop_on.extend(["unknown command".into(), "bad arguments".into(), "EPERM".into(), "ENOENT".into()]);
+        c.expect = qemu_tests::runner::Expect::Exit;
+        cases.push(c);
+    }
     // The same demo, unchanged, when the IOMMU's smallest page is larger than
     // the CPU's: virtio-iommu with a 64 KiB granule. The generic door reports
     // the alignment (ioas_iova_ranges) and the drivers' buffers honour it.

@@ -166,7 +166,12 @@ mod tests {
         let _ = pt.map(&mut mem, 0x3000, 0x7000, 0x1000, Perms::WRITE).unwrap();
         let mut dte = Dte::zeroed();
         dte.q0.write(
-            DTE0::V::SET + DTE0::TV::SET + DTE0::MODE.val(3) + DTE0::PT_ROOT.val(pt.root() >> 12) + DTE0::IR::SET + DTE0::IW::SET,
+            DTE0::V::SET
+                + DTE0::TV::SET
+                + DTE0::MODE.val(3)
+                + DTE0::PT_ROOT.val(pt.root() >> 12)
+                + DTE0::IR::SET
+                + DTE0::IW::SET,
         );
         dte.q1.write(DTE1::DOMAIN_ID.val(9));
         let mut s = String::new();

@@ -194,7 +194,12 @@ pub fn write_walk<F: Format>(
     read: &mut dyn FnMut(u64, usize) -> Option<u64>,
 ) -> Result<WalkEnd, fmt::Error> {
     let levels = fmt.levels();
-    writeln!(out, "walk {iova:#x} in a {} table at {root:#x} ({levels} levels, {}-bit input)", fmt.name(), fmt.ia_bits())?;
+    writeln!(
+        out,
+        "walk {iova:#x} through the {} table at {root:#x} ({levels} levels, {}-bit input)",
+        fmt.name(),
+        fmt.ia_bits()
+    )?;
     if fmt.ia_bits() < 64 && iova >> fmt.ia_bits() != 0 {
         return Ok(WalkEnd::OutOfRange { ia_bits: fmt.ia_bits() });
     }
@@ -236,7 +241,9 @@ pub fn write_walk_end(out: &mut dyn Write, end: WalkEnd, iova: u64, fault: &str)
         WalkEnd::Mapped { pa, size, perms } => {
             writeln!(out, "=> {iova:#x} translates to {pa:#x} ({} leaf, {})", size_text(size), perms_text(perms))
         }
-        WalkEnd::NotPresent { level } => writeln!(out, "=> no translation: a DMA here faults at level {level} ({fault})"),
+        WalkEnd::NotPresent { level } => {
+            writeln!(out, "=> no translation: a DMA here faults at level {level} ({fault})")
+        }
         WalkEnd::OutOfRange { ia_bits } => {
             writeln!(out, "=> no translation: {iova:#x} is beyond the table's {ia_bits}-bit input ({fault})")
         }

@@ -251,10 +251,9 @@ pub fn device(t: StreamTable, mem: &impl TableMemory, sid: u32, out: &mut dyn Wr
         Config::Stage2 { ttb, levels, ias } => {
             writeln!(out, "=> stage-2 tables at {ttb:#x}, {levels} levels, {ias}-bit input")
         }
-        Config::Nested { cd_ipa } => writeln!(
-            out,
-            "=> nested: the task's CD at IPA {cd_ipa:#x} (stage 1 is the task's), over the stage 2 above"
-        ),
+        Config::Nested { cd_ipa } => {
+            writeln!(out, "=> nested: the task's CD at IPA {cd_ipa:#x} (stage 1 is the task's), over the stage 2 above")
+        }
     }
 }
 
@@ -266,7 +265,8 @@ pub fn walk(t: StreamTable, mem: &impl TableMemory, sid: u32, iova: u64, out: &m
         Config::Bypass => writeln!(out, "=> bypass: {iova:#x} reaches physical {iova:#x}"),
         Config::Abort => writeln!(out, "=> no translation: the STE aborts every transaction"),
         Config::Stage1 { ttb, ias } => {
-            let fmt = ArmLpae::stage1(crate::user_data::levels_for(ias), crate::cd::MAIR_CACHED, crate::cd::MAIR_DEVICE);
+            let fmt =
+                ArmLpae::stage1(crate::user_data::levels_for(ias), crate::cd::MAIR_CACHED, crate::cd::MAIR_DEVICE);
             let end = write_walk(out, &fmt, ttb, iova, &mut read)?;
             write_walk_end(out, end, iova, "F_TRANSLATION, stage 1")
         }

@@ -425,7 +425,9 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
         let written = match what {
             Describe::Registers => d::registers(&self.smmu, out),
             Describe::Device(device) => d::device(StreamTable::of(&self.smmu), &self.mem, known(device)?, out),
-            Describe::Walk { device, iova } => d::walk(StreamTable::of(&self.smmu), &self.mem, known(device)?, iova, out),
+            Describe::Walk { device, iova } => {
+                d::walk(StreamTable::of(&self.smmu), &self.mem, known(device)?, iova, out)
+            }
         };
         written.map_err(|_| Error::NoMemory)
     }

@@ -332,11 +332,21 @@ impl<M: DmaMemory> VirtioIommu<M> {
         let c = &self.dev.config;
         writeln!(out, "virtio-iommu (virtio 1.2 §5.13): no registers of its own; requests on a virtqueue")?;
         iommu::describe::write_register(out, "FEATURES (negotiated)", self.dev.features, FEATURE_FIELDS)?;
-        writeln!(out, "config.page_size_mask = {:#x} (granule {})", c.page_size_mask, iommu::describe::size_text(1 << c.page_size_mask.trailing_zeros().min(63)))?;
+        writeln!(
+            out,
+            "config.page_size_mask = {:#x} (granule {})",
+            c.page_size_mask,
+            iommu::describe::size_text(1 << c.page_size_mask.trailing_zeros().min(63))
+        )?;
         writeln!(out, "config.input_range = {:#x}..={:#x}", c.input_range.0, c.input_range.1)?;
         writeln!(out, "config.domain_range = {}..={}", c.domain_range.0, c.domain_range.1)?;
         writeln!(out, "config.probe_size = {}", c.probe_size)?;
-        writeln!(out, "config.bypass = {} (unattached endpoints {})", c.bypass, if c.bypass == 1 { "pass through" } else { "fault" })
+        writeln!(
+            out,
+            "config.bypass = {} (unattached endpoints {})",
+            c.bypass,
+            if c.bypass == 1 { "pass through" } else { "fault" }
+        )
     }
 
     /// `dump`: the endpoint's domain on the device and the mappings this
@@ -345,7 +355,11 @@ impl<M: DmaMemory> VirtioIommu<M> {
     fn describe_endpoint(&self, ep: u32, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
         writeln!(out, "endpoint {ep:#x}")?;
         let Some(&domain) = self.attached.get(&ep) else {
-            return writeln!(out, "=> attached to no domain: its DMA {}", if self.dev.config.bypass == 1 { "bypasses" } else { "faults" });
+            return writeln!(
+                out,
+                "=> attached to no domain: its DMA {}",
+                if self.dev.config.bypass == 1 { "bypasses" } else { "faults" }
+            );
         };
         let Some(d) = self.domains.get(&domain) else { return writeln!(out, "=> domain {domain} (unknown)") };
         let kind = match d.kind {
@@ -355,13 +369,25 @@ impl<M: DmaMemory> VirtioIommu<M> {
             Kind::Blocked => "blocking (no mappings)",
         };
         let blocking = if domain == self.blocking { ", the blocking domain" } else { "" };
-        writeln!(out, "domain {domain}: {kind}{blocking}, {} mapping(s), {} endpoint(s)", d.mappings.len(), d.endpoints.len())?;
+        writeln!(
+            out,
+            "domain {domain}: {kind}{blocking}, {} mapping(s), {} endpoint(s)",
+            d.mappings.len(),
+            d.endpoints.len()
+        )?;
         for (shown, (start, m)) in d.mappings.iter().enumerate() {
             if shown == 32 {
                 writeln!(out, "  ... {} more", d.mappings.len() - 32)?;
                 break;
             }
-            writeln!(out, "  MAP {start:#x}..={:#x} -> {:#x} flags {:#x} ({})", m.end, m.pa, m.flags, map_flags(m.flags))?;
+            writeln!(
+                out,
+                "  MAP {start:#x}..={:#x} -> {:#x} flags {:#x} ({})",
+                m.end,
+                m.pa,
+                m.flags,
+                map_flags(m.flags)
+            )?;
         }
         Ok(())
     }
@@ -375,7 +401,12 @@ impl<M: DmaMemory> VirtioIommu<M> {
         }
         let hit = d.mappings.range(..=iova).next_back().filter(|(_, m)| iova <= m.end);
         match hit {
-            Some((start, m)) => writeln!(out, "=> {iova:#x} translates to {:#x} (mapping at {start:#x}, {})", m.pa + (iova - start), map_flags(m.flags)),
+            Some((start, m)) => writeln!(
+                out,
+                "=> {iova:#x} translates to {:#x} (mapping at {start:#x}, {})",
+                m.pa + (iova - start),
+                map_flags(m.flags)
+            ),
             None => writeln!(out, "=> no translation: a DMA here faults (fault event, reason MAPPING)"),
         }
     }

@@ -7,8 +7,8 @@
 //! tables in memory), not from the driver's bookkeeping, so what is shown is
 //! what the unit sees.
 
-use crate::context::{PASID_DIR, PASID_Q0, PASID_Q1, PASID_Q2, ROOT_LO, SCTX_Q0, SCTX_Q1};
 use crate::context::{CTX_HI, CTX_LO};
+use crate::context::{PASID_DIR, PASID_Q0, PASID_Q1, PASID_Q2, ROOT_LO, SCTX_Q0, SCTX_Q1};
 use crate::regs::{CAP, ECAP, FECTL, FSTS, GLOBAL, VER};
 use crate::unit::Unit;
 use crate::Stage;
@@ -247,7 +247,12 @@ pub fn walk(unit: Tables, mem: &impl TableMemory, rid: u16, iova: u64, out: &mut
     write_walk_end(out, end, iova, fault)
 }
 
-fn context_walk(unit: Tables, mem: &impl TableMemory, rid: u16, out: &mut dyn Write) -> Result<Translation, fmt::Error> {
+fn context_walk(
+    unit: Tables,
+    mem: &impl TableMemory,
+    rid: u16,
+    out: &mut dyn Write,
+) -> Result<Translation, fmt::Error> {
     let (bus, devfn) = (usize::from(rid >> 8), usize::from(rid & 0xFF));
     let root = unit.root;
     writeln!(out, "requester {rid:#06x} (bus {bus:#04x}, devfn {devfn:#04x}); root table at {root:#x}")?;
@@ -288,7 +293,12 @@ fn context_walk(unit: Tables, mem: &impl TableMemory, rid: u16, out: &mut dyn Wr
     let pasid = SCTX_Q1::RID_PASID.read(ce[1]) as usize;
     let dir = SCTX_Q0::PASIDDIRPTR.read(ce[0]) << 12;
     let de = mem.read(dir, pasid >> 6);
-    write_words(out, &alloc::format!("PASID directory entry [{}] at {dir:#x} (§9.5)", pasid >> 6), &[de], &[PASID_DIR_FIELDS])?;
+    write_words(
+        out,
+        &alloc::format!("PASID directory entry [{}] at {dir:#x} (§9.5)", pasid >> 6),
+        &[de],
+        &[PASID_DIR_FIELDS],
+    )?;
     if PASID_DIR::P.read(de) == 0 {
         return Ok(Translation::Fault(0x51));
     }
@@ -301,7 +311,10 @@ fn context_walk(unit: Tables, mem: &impl TableMemory, rid: u16, out: &mut dyn Wr
         return Ok(Translation::Fault(0x59));
     }
     Ok(match PASID_Q0::PGTT.read(pe[0]) {
-        1 => Translation::First { root: PASID_Q2::FSPTPTR.read(pe[2]) << 12, levels: 4 + PASID_Q2::FLPM.read(pe[2]) as usize },
+        1 => Translation::First {
+            root: PASID_Q2::FSPTPTR.read(pe[2]) << 12,
+            levels: 4 + PASID_Q2::FLPM.read(pe[2]) as usize,
+        },
         2 => Translation::Second {
             root: PASID_Q0::SSPTPTR.read(pe[0]) << 12,
             levels: PASID_Q0::AW.read(pe[0]) as usize + 2,
@@ -310,7 +323,6 @@ fn context_walk(unit: Tables, mem: &impl TableMemory, rid: u16, out: &mut dyn Wr
         _ => Translation::Fault(0x5B),
     })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -380,8 +392,12 @@ mod tests {
     #[test]
     fn scalable_mode_dumps_context_pasid_directory_and_pasid_entries() {
         let mut mem = Arena::new();
-        let (root, ct, dir, table) =
-            (mem.alloc_table().unwrap(), mem.alloc_table().unwrap(), mem.alloc_table().unwrap(), mem.alloc_table().unwrap());
+        let (root, ct, dir, table) = (
+            mem.alloc_table().unwrap(),
+            mem.alloc_table().unwrap(),
+            mem.alloc_table().unwrap(),
+            mem.alloc_table().unwrap(),
+        );
         let fmt = X86Paging::vtd_first_level(4, 2);
         let mut pt = PageTable::new(fmt, &mut mem).unwrap();
         let _ = pt.map(&mut mem, 0x4000, 0x9000, 0x1000, Perms::READ | Perms::WRITE).unwrap();

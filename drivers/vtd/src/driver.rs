@@ -309,8 +309,12 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         use iommu::describe::Describe;
         let written = match what {
             Describe::Registers => crate::describe::registers(&self.unit, out),
-            Describe::Device(device) => crate::describe::device(crate::describe::Tables::of(&self.unit), &self.mem, self.rid(device)?, out),
-            Describe::Walk { device, iova } => crate::describe::walk(crate::describe::Tables::of(&self.unit), &self.mem, self.rid(device)?, iova, out),
+            Describe::Device(device) => {
+                crate::describe::device(crate::describe::Tables::of(&self.unit), &self.mem, self.rid(device)?, out)
+            }
+            Describe::Walk { device, iova } => {
+                crate::describe::walk(crate::describe::Tables::of(&self.unit), &self.mem, self.rid(device)?, iova, out)
+            }
         };
         written.map_err(|_| Error::NoMemory)
     }

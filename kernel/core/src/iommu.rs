@@ -257,8 +257,7 @@ impl RecentFaults {
     }
 }
 
-static RECENT_FAULTS: spin::Mutex<RecentFaults> =
-    spin::Mutex::new(RecentFaults { slots: [None; RECENT], next: 0 });
+static RECENT_FAULTS: spin::Mutex<RecentFaults> = spin::Mutex::new(RecentFaults { slots: [None; RECENT], next: 0 });
 
 /// Hands `f` each kept fault numbered `from` or later, oldest first, as
 /// (sequence number, unit's registry index, fault); returns the number the

@@ -3,7 +3,8 @@
 //! canary's physical address, its check, the test mailbox and the physical
 //! address of a page of ours, the kernel counters, fail-nth — must be refused with `EPERM`, since outside a
 //! test boot they would hand a task kernel and physical addresses; so must
-//! reading the kernel log (`info_read` topic LOG without `info.log=allow`). Prints one
+//! reading the kernel log (`info_read` topic LOG without `info.log=allow`), and
+//! `info_query` reports on a device the task does not hold or on every unit's faults. Prints one
 //! KTAP result and exits non-zero if anything was not refused.
 #![no_std]
 #![no_main]
@@ -13,6 +14,11 @@ use userlib::{println, sys};
 
 fn main() -> i32 {
     let page = sys::mem_map(0, 4096, abi::PROT_READ | abi::PROT_WRITE);
+    // A function this task did not claim: its structures and walks describe
+    // another owner's memory (physical addresses).
+    let mut list = [abi::DeviceInfo::default(); 8];
+    let other = sys::device_list(&mut list).ok().filter(|&n| n > 0).map_or(0, |_| list[0].bdf);
+    let q = |topic, subject, arg| sys::info_query(topic, subject, arg, &mut [0u8; 64]);
     let answers = [
         ("canary address", sys::test_canary(0)),
         ("canary check", sys::test_canary(1)),
@@ -24,6 +30,9 @@ fn main() -> i32 {
         ("fail-nth disarm", sys::test_fail_nth_passed()),
         // The kernel log tells of every task's devices and faults.
         ("kernel log", sys::info_read(abi::info_topic::LOG, 0, &mut [0u8; 64])),
+        ("structures of an unclaimed device", q(abi::query_topic::DEVICE, other, 0)),
+        ("walk of an unclaimed device", q(abi::query_topic::WALK, other, 0x1000)),
+        ("recent faults", q(abi::query_topic::FAULTS, 0, 0)),
     ];
     println!("KTAP version 1");
     println!("1..1");

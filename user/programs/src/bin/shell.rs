@@ -30,7 +30,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("show", "UNIT", "a unit's capability and status registers, every field decoded with the spec's name"),
     ("dump", "BDF", "the structures the unit reads for a device (context / PASID entries, STE / CD, DTE, domain)"),
     ("walk", "BDF IOVA", "the page-table walk for a device's DMA at IOVA, level by level, to the page or the fault"),
-    ("faults", "[all|follow]", "fault records the units made since the last `faults` (all kept ones; follow: live until a key)"),
+    (
+        "faults",
+        "[all|follow]",
+        "fault records the units made since the last `faults` (all kept ones; follow: live until a key)",
+    ),
     ("claim", "BDF", "take a function for this task (a whole IOMMU group)"),
     ("bind", "BDF", "bind a claimed function to the IOAS door; prints its device id and unit"),
     ("hw-info", "DEV", "the unit a bound device sits behind: kind, name, raw capability registers"),
@@ -241,7 +245,9 @@ fn run(line: &str, st: &mut State) -> bool {
 /// Prints a kernel report (`info_query`), indented.
 fn report(topic: u64, subject: u64, arg: u64) -> Result<(), String> {
     let text = sys::query(topic, subject, arg).map_err(|e| match e {
-        Errno::EPERM => String::from("EPERM: not a device this shell claimed (boot with info.log=allow to look at others)"),
+        Errno::EPERM => {
+            String::from("EPERM: not a device this shell claimed (boot with info.log=allow to look at others)")
+        }
         Errno::ENODEV => String::from("ENODEV: no IOMMU unit translates that function"),
         Errno::ENOENT => String::from("ENOENT: no such unit or function"),
         e => errno(e),

@@ -273,6 +273,57 @@ fn info_read_serves_the_topology() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `info_query`: every topic's refusals, and a report cut to a small buffer
+/// is a prefix of the whole with the whole length returned.
+fn info_query_checks_its_arguments() -> Result<(), &'static str> {
+    use abi::query_topic as t;
+    extern crate alloc;
+    let q = |topic: u64, subject: u64, arg: u64, ptr: u64, len: u64| {
+        abi::decode(sys::raw(abi::Sysno::InfoQuery as u64, [topic, subject, arg, ptr, len]))
+    };
+    let units = sys::query(t::UNITS, 0, 0).map_err(|_| "the unit list failed")?;
+    let count = units.lines().count() as u64;
+    let mut small = [0u8; 16];
+    if q(99, 0, 0, small.as_mut_ptr() as u64, 16) != Err(Errno::EINVAL) {
+        return Err("an unknown topic was not EINVAL");
+    }
+    if q(t::REGISTERS, count, 0, small.as_mut_ptr() as u64, 16) != Err(Errno::ENOENT) {
+        return Err("the registers of a unit past the last were not ENOENT");
+    }
+    if q(t::REGISTERS, u64::MAX, 0, small.as_mut_ptr() as u64, 16) != Err(Errno::ENOENT) {
+        return Err("the registers of unit u64::MAX were not ENOENT");
+    }
+    if q(t::DEVICE, 1 << 40, 0, small.as_mut_ptr() as u64, 16) != Err(Errno::EINVAL) {
+        return Err("a BDF with bits above 31 was not EINVAL");
+    }
+    if q(t::WALK, abi::bdf(0, 0xFF, 31, 7), 0, small.as_mut_ptr() as u64, 16) != Err(Errno::ENOENT) {
+        return Err("the walk of a function that does not exist was not ENOENT");
+    }
+    if q(t::FAULTS, 0, 0, 0x10, 64) != Err(Errno::EFAULT) {
+        return Err("a report into an unmapped address was not EFAULT");
+    }
+    let whole = sys::query(t::FAULTS, 0, 0).map_err(|_| "the fault report failed")?;
+    if !whole.contains("next #") {
+        return Err("the fault report does not say the next sequence number");
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    let full = sys::query(t::REGISTERS, 0, 0).map_err(|_| "unit 0's registers failed")?;
+    let n = q(t::REGISTERS, 0, 0, small.as_mut_ptr() as u64, 16).map_err(|_| "a short read failed")?;
+    if n as usize != full.len() || full.len() <= 16 || &full.as_bytes()[..16] != small.as_slice() {
+        return Err("a report cut to the buffer is not the whole one's prefix with its length");
+    }
+    if !full.starts_with("unit 0: ") || full.lines().count() < 5 {
+        return Err("unit 0's registers are not decoded");
+    }
+    // A length query: no buffer, no copy, the length.
+    if q(t::REGISTERS, 0, 0, 0x10, 0) != Ok(n) {
+        return Err("a zero-length query did not answer the length");
+    }
+    Ok(())
+}
+
 fn read_only_mapping_refuses_kernel_writes() -> Result<(), &'static str> {
     let va = sys::mem_map(0, 4096 * 8, abi::PROT_READ).map_err(|_| "mem_map failed")?;
     // device_list writes into the buffer: a read-only buffer is EFAULT.
@@ -445,6 +496,7 @@ const TESTS: &[(&str, Check)] = &[
     ("mem_map_aligned_blocks", mem_map_aligned_blocks),
     ("console_read_checks_its_buffer", console_read_checks_its_buffer),
     ("info_read_serves_the_topology", info_read_serves_the_topology),
+    ("info_query_checks_its_arguments", info_query_checks_its_arguments),
     ("read_only_buffer_is_efault", read_only_mapping_refuses_kernel_writes),
     ("heap_allocations", heap_allocations),
     ("ioas_4k_map_unmap_allocates_nothing", ioas_4k_map_unmap_allocates_nothing),
