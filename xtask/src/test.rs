@@ -365,6 +365,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             structure,
             "=> 0x100010 translates to 0x".into(),
             "=> no translation".into(),
+            "copied 0x10000 bytes of IOAS 2 at 0x100000 to IOAS 4 at IOVA 0x300000".into(),
+            "hwpt 5 over IOAS 4".into(),
+            "device 1 attached: hwpt 5".into(),
+            "=> 0x300010 translates to 0x".into(),
             "destroyed 1".into(),
             "shell: bye".into(),
         ];

@@ -1,6 +1,7 @@
 //! An interactive shell on the serial console (`cargo xtask run --shell`,
 //! or `--shell --script FILE` to feed it a lesson): the generic IOAS door
-//! and the device syscalls by hand, one command a line. Line editing:
+//! and the device syscalls by hand, and the units' read-only reports
+//! (`show`, `dump`, `walk`, `faults`: the `info_query` syscall), one command a line. Line editing:
 //! backspace, Ctrl-U (erase the line), up / down (the last 16 lines).
 //! `help` lists the commands; every command takes `--help`. Where a command
 //! takes a BDF, `edu`, `nvme` or `virtio-blk` names the first such function.
@@ -43,6 +44,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("detach", "DEV", "detach a device: its DMA is blocked again"),
     ("map", "IOAS BYTES [IOVA]", "allocate a zeroed DMA buffer and map it read/write; prints buffer, IOVA"),
     ("unmap", "IOAS IOVA BYTES", "unmap a mapping (whole mappings only)"),
+    (
+        "copy",
+        "DST SRC SRC-IOVA BYTES [DST-IOVA]",
+        "map the pages SRC maps at SRC-IOVA into DST too (no new pin); prints the IOVA",
+    ),
+    (
+        "hwpt",
+        "alloc DEV IOAS [nest-parent] | free ID",
+        "a kernel-managed HWPT over an IOAS (the hardware door, no driver data)",
+    ),
     ("ranges", "IOAS", "the usable IOVA ranges and the IOVA alignment"),
     ("destroy", "ID", "destroy an IOAS, HWPT or device object"),
     ("peek", "BUF [BYTES]", "show the first bytes of buffer BUF (from `map`)"),
@@ -186,6 +197,26 @@ fn run(line: &str, st: &mut State) -> bool {
             (Some(ioas), Some(iova), Some(len)) => {
                 iommufd::unmap(ioas, iova, len).map(|n| println!("unmapped {n:#x} bytes at {iova:#x}")).map_err(errno)
             }
+            _ => Err(bad(cmd)),
+        },
+        "copy" => match (id(0), id(1), num(2), num(3)) {
+            (Some(dst), Some(src), Some(at), Some(len)) => {
+                iommufd::copy(dst, src, at, len, num(4), MAP_READABLE | MAP_WRITEABLE)
+                    .map(|iova| {
+                        println!("copied {len:#x} bytes of IOAS {src} at {at:#x} to IOAS {dst} at IOVA {iova:#x}")
+                    })
+                    .map_err(errno)
+            }
+            _ => Err(bad(cmd)),
+        },
+        "hwpt" => match (args.first().copied(), id(1), id(2)) {
+            (Some("alloc"), Some(dev), Some(ioas)) => {
+                let flags = if args.get(3) == Some(&"nest-parent") { abi::iommufd::HWPT_ALLOC_NEST_PARENT } else { 0 };
+                iommufd::hwpt_alloc(dev, ioas, flags, abi::iommufd::hwpt_data::NONE, &[], None)
+                    .map(|h| println!("hwpt {h} over IOAS {ioas}{}", if flags != 0 { " (nest parent)" } else { "" }))
+                    .map_err(errno)
+            }
+            (Some("free"), Some(h), _) => iommufd::destroy(h).map(|_| println!("destroyed {h}")).map_err(errno),
             _ => Err(bad(cmd)),
         },
         "ranges" => match id(0) {
