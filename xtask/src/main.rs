@@ -9,13 +9,17 @@
 //! cargo xtask profile [--arch A] [--iommu I] [--init NAME[,NAME…]] [--samples N] [--interval-ms MS] [--from TEXT] [--until TEXT] [--top N] [--cmdline WORD…] [-- <extra QEMU args>]
 //! cargo xtask fuzz  [TARGET|all] [--time S] [--list] [--input FILE]
 //! cargo xtask fuzz  syscalls [--calls N] [--seed S] [--arch A] [--iommu I]
+//! cargo xtask doc   [--guide | --api]
 //! cargo xtask setup
 //! ```
+//! `doc` builds the guide (`docs/guide`, mdBook) into `target/guide/` and the API docs of every
+//! crate (`cargo doc --no-deps`, rustdoc warnings denied); see [`doc`].
 //! `PORTCULLIS_QEMU_EXTRA` (whitespace-split) is appended to every QEMU command line.
 //! `PORTCULLIS_KTEST_SELFCHECK=1` builds the kernel with a test that fails on purpose.
 
 mod bench;
 mod build;
+mod doc;
 mod fuzz;
 mod harness;
 mod image;
@@ -219,6 +223,17 @@ enum Command {
         #[arg(long, value_enum)]
         iommu: Option<Iommu>,
     },
+    /// Build the guide (`docs/guide`, mdBook; installed into target/tools the first time) into
+    /// target/guide/, and the API docs of every crate (`cargo doc --no-deps` per target); any
+    /// warning fails.
+    Doc {
+        /// Only the guide.
+        #[arg(long, conflicts_with = "api")]
+        guide: bool,
+        /// Only the API docs.
+        #[arg(long)]
+        api: bool,
+    },
     /// Install what is missing: rustup targets and components, QEMU >= 10, UEFI firmware (OVMF, AAVMF), a C++ compiler.
     Setup,
 }
@@ -227,6 +242,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
+        Command::Doc { guide, api } => setup::ensure(setup::Needs::default()).and_then(|()| doc::run(guide, api)),
         Command::Layers => layers::run(&target::workspace_root()),
         Command::Run {
             arch,
