@@ -138,7 +138,7 @@ enum Command {
         /// Kernel command line written to `\portcullis\cmdline`.
         #[arg(long, default_value = "init=demo")]
         cmdline: String,
-        /// Where to write the image (default: target/portcullis-<arch>.img).
+        /// Where to write the image (default: `target/portcullis-<arch>.img`).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
     },

@@ -190,7 +190,7 @@ pub fn init_task_stack(top: u64, start: extern "C" fn() -> !) -> u64 {
 /// Saves the current kernel context to `*save` and resumes `load`.
 ///
 /// # Safety
-/// As [`kcore::Platform::context_switch`]: `save` writable while the context
+/// As [`kcore::platform::TaskSwitch::context_switch`]: `save` writable while the context
 /// may resume, `load` a live saved stack pointer.
 pub unsafe fn context_switch(save: *mut u64, load: u64) {
     // SAFETY: upheld by the caller (see above).

@@ -23,7 +23,7 @@
 //!   bit 2 (DM) clear, otherwise they are dropped; SMI and the rest are dropped.
 //!   So data bits 10:9 must be zero for a remapped interrupt: only indices
 //!   0–511 are reachable (see [`MAX_INDEX_512`]). A posted patch adds the 2K
-//!   mode (Control.NumIntRemapMode = 01b, MSI address DM = 1: data[10:0] is
+//!   mode (Control.NumIntRemapMode = 01b, MSI address DM = 1: `data[10:0]` is
 //!   the index) that the spec defines with EFR2.NumIntRemapSup.
 //! - Remap: the entry at `IntTableRootPtr + (data & 0x7FF) * size` (4 bytes,
 //!   16 with GAEn); IntTabLen is not compared with the index. RemapEn = 0:
@@ -125,8 +125,8 @@ pub const TABLE_ALIGN: u64 = 128;
 /// The MSI address of a remapped interrupt: the interrupt range base with
 /// destination ID 0 and DM = 0 (the IRTE supplies the real destination).
 pub const MSI_ADDRESS: u32 = 0xFEE0_0000;
-/// MSI address bit 2 (DM): in the 2K interrupt mode it selects data[10:0] as
-/// the index instead of data[8:0].
+/// MSI address bit 2 (DM): in the 2K interrupt mode it selects `data[10:0]` as
+/// the index instead of `data[8:0]`.
 pub const MSI_ADDRESS_DM: u32 = 1 << 2;
 
 /// DTE qword 2 with IV alone (IntCtl = 00b, no table, no pass bit): every
@@ -223,8 +223,8 @@ pub fn msi_address(two_k: bool) -> u32 {
 
 /// The table index an MSI reaches when DTE.IntCtl = 10b, or `None` when it is
 /// not a fixed or arbitrated interrupt (the pass bits decide those) or not an
-/// interrupt address. In the 2K mode (`two_k`) with address DM set, data[10:0];
-/// otherwise data[8:0], with data[10:8] the message type.
+/// interrupt address. In the 2K mode (`two_k`) with address DM set, `data[10:0]`;
+/// otherwise `data[8:0]`, with `data[10:8]` the message type.
 pub fn msi_index(address: u32, data: u32, two_k: bool) -> Option<u16> {
     if address & 0xFFF0_0000 != MSI_ADDRESS {
         return None;
@@ -506,7 +506,7 @@ pub enum AmdIrError {
 ///
 /// An index's entry is enabled only while the index is allocated and was
 /// [`set`](AmdIrTable::set). Changes to a live table take effect after
-/// [`invalidate_interrupt_table`] for the device (and a COMPLETION_WAIT).
+/// [`crate::cmd::invalidate_interrupt_table`] for the device (and a COMPLETION_WAIT).
 pub struct AmdIrTable {
     region: DmaRegion,
     len_log2: u8,

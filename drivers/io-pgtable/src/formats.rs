@@ -265,7 +265,7 @@ impl Format for AmdV1 {
 /// Arm VMSAv8-64 translation tables with the 4 KiB granule (ARM ARM D8.3),
 /// stage 1 (SMMUv3 context descriptors) or stage 2 (STE S2 fields).
 ///
-/// Stage 1: valid bit 0, table/page bit 1, AttrIndx 4:2, AP[2:1] 7:6 (AP[1] =
+/// Stage 1: valid bit 0, table/page bit 1, AttrIndx 4:2, `AP[2:1]` 7:6 (`AP[1]` =
 /// unprivileged access, set: SMMU client accesses are unprivileged unless the
 /// STE says otherwise), SH 9:8, AF 10, nG 11, DBM 51, PXN 53, UXN 54.
 /// Stage 2: MemAttr 5:2, S2AP 7:6 (bit 6 read, bit 7 write), SH, AF, XN 54:53.

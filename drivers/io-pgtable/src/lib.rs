@@ -288,7 +288,7 @@ fn table_empty(mem: &impl TableMemory, table: u64, hint: usize) -> bool {
 /// The freed frames are threaded into chains through their own entry 0 (the
 /// link is the next frame's address; the last frame links to itself), and
 /// `freed` holds only the chains' heads: one for a gather from one `unmap`,
-/// more after [`Gather::merge`]. A freed frame is no longer referenced by the
+/// more after [`Gather::try_merge`]. A freed frame is no longer referenced by the
 /// table, and a walker that still holds a stale pointer to it (until the
 /// flush) reads a 4 KiB-aligned value there: its low 12 bits, which hold the
 /// present / valid bits of every format, are zero, so it sees a not-present

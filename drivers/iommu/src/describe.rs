@@ -4,7 +4,7 @@
 //! the shell's `show`, `dump` and `walk` (read-only; `abi::Sysno::InfoQuery`).
 //!
 //! Drivers describe a register with a table of [`Field`]s made by
-//! [`fields!`] from the tock-registers field definitions they already
+//! [`fields!`](crate::fields!) from the tock-registers field definitions they already
 //! program the unit with, so a field's position is written down once, and
 //! the spec's name is the identifier itself.
 

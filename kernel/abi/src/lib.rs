@@ -53,7 +53,7 @@ pub enum Sysno {
     DeviceIrqEnable = 13,
     /// `device_irq_wait(bdf, timeout_ns)`: waits for interrupts, returns how many arrived.
     DeviceIrqWait = 14,
-    /// The IOAS door: `(op, struct pointer)`, see [`ioas`].
+    /// The IOAS door: `(op, struct pointer)`, see [`iommufd`].
     Iommufd = 15,
     /// `test_canary(op)`, only while the kernel runs its tests (`ktest=` on
     /// the command line; `ENOSYS`-like `EPERM` otherwise): op 0 returns the

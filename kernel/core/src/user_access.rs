@@ -2,14 +2,14 @@
 //! checked in the task's page tables first: below [`USER_STACK_TOP`],
 //! mapped, not device memory, and writable for a copy out.
 //!
-//! The last page translated is kept ([`translate_page`]): a syscall reads
+//! The last page translated is kept (`translate_page`): a syscall reads
 //! its struct and writes its answer on one page, nearly always the same
 //! page of the task's stack as the call before, so most accesses need no
 //! walk of the task's tables. The kept translation is valid only while no
 //! user mapping anywhere has changed since it was made: every change of a
 //! task's mappings goes through this module ([`map_page`], [`unmap_page`],
 //! [`prune`], [`free_space`]; clippy refuses the platform's methods
-//! anywhere else, `clippy.toml`), and each one moves [`GENERATION`] on
+//! anywhere else, `clippy.toml`), and each one moves `GENERATION` on
 //! once it changed the tables, so a translation made before is never used.
 
 use crate::frames::FRAME_SIZE;

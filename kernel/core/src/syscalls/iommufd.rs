@@ -118,7 +118,7 @@ fn collect_faults() {
 /// `iommufd(op, ptr)`. Faults the units recorded since the last poll are
 /// logged first (decoded), so a task sees its stray DMA reported, and
 /// delivered to the fault queues that asked for them (polled at most once
-/// per timer tick, see [`LAST_POLL_TICK`], and always for `fault_read`); then the op runs
+/// per timer tick, see `LAST_POLL_TICK`, and always for `fault_read`); then the op runs
 /// through the decoder the host tests use too (`iommufd::syscall`).
 ///
 /// The op runs with interrupts on: a map at the pin quota takes tens of

@@ -35,7 +35,7 @@ const S1_STRAY: u64 = 0x0800_5000;
 const ASID: u64 = 7;
 
 /// AArch64 stage-1 descriptor bits (Arm ARM D8.3): valid, table/page, AttrIndx 0,
-/// AP[1] unprivileged, AP[2] read-only, SH inner, AF.
+/// `AP[1]` unprivileged, `AP[2]` read-only, SH inner, AF.
 const VALID: u64 = 1;
 const TABLE: u64 = 2;
 const AP_UNPRIV: u64 = 1 << 6;

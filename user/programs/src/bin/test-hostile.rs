@@ -180,7 +180,7 @@ fn counters() -> [u64; 4] {
 }
 
 /// Single pages mapped 1 GiB apart through a device's IOMMU: each needs
-/// page tables of its own, so the task reaches `quota.table_frames` [4096]
+/// page tables of its own, so the task reaches `quota.table_frames` \[4096\]
 /// and the next map is `EDQUOT`; unmapping gives the frames back. Skipped
 /// where no unit here keeps page tables in kernel frames (virtio-iommu
 /// holds its mappings in the device) or no device can be attached.
