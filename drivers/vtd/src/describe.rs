@@ -184,6 +184,8 @@ enum Translation {
     Second { root: u64, levels: usize },
     /// First-stage tables (x86 paging).
     First { root: u64, levels: usize },
+    /// Nested (PGTT 011b): the first stage is the task's, at its own addresses.
+    Nested,
 }
 
 /// Where a unit's structures start: what `dump` and `walk` need of it.
@@ -217,6 +219,9 @@ pub fn device(unit: Tables, mem: &impl TableMemory, rid: u16, out: &mut dyn Writ
             writeln!(out, "=> second-level table at {root:#x}, {levels} levels")
         }
         Translation::First { root, levels } => writeln!(out, "=> first-stage table at {root:#x}, {levels} levels"),
+        Translation::Nested => {
+            writeln!(out, "=> nested: the first stage is the task's (its addresses), over the second stage")
+        }
     }
 }
 
@@ -229,6 +234,9 @@ pub fn walk(unit: Tables, mem: &impl TableMemory, rid: u16, iova: u64, out: &mut
             return writeln!(out, "=> no translation: reason {r:#x}, {}", crate::FaultReason(r).name());
         }
         Translation::PassThrough => return writeln!(out, "=> pass-through: {iova:#x} reaches physical {iova:#x}"),
+        Translation::Nested => {
+            return writeln!(out, "=> nested: the first stage is the task's; walk it with the task's own view")
+        }
         Translation::Second { root, levels } => {
             let fmt = VtdSecondLevel { levels, max_leaf_level: unit.max_leaf_level };
             let end = write_walk(out, &fmt, root, iova, &mut read)?;
@@ -320,6 +328,7 @@ fn context_walk(
             levels: PASID_Q0::AW.read(pe[0]) as usize + 2,
         },
         4 => Translation::PassThrough,
+        3 => Translation::Nested,
         _ => Translation::Fault(0x5B),
     })
 }

@@ -261,9 +261,10 @@ static RECENT_FAULTS: spin::Mutex<RecentFaults> = spin::Mutex::new(RecentFaults 
 
 /// Hands `f` each kept fault numbered `from` or later, oldest first, as
 /// (sequence number, unit's registry index, fault); returns the number the
-/// next fault will get. Faults are taken from the units first.
+/// next fault will get. Only what [`take_faults`] took is here: a caller
+/// that wants the latest collects them first, through the path that also
+/// delivers them to their owners' fault queues.
 pub fn recent_faults(from: u64, f: &mut dyn FnMut(u64, usize, iommu::FaultEvent)) -> u64 {
-    take_faults(&mut |_, _| {});
     let kept = RECENT_FAULTS.lock();
     let first = kept.next.saturating_sub(RECENT as u64).max(from);
     for seq in first..kept.next {

@@ -109,6 +109,9 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
             if !introspection_allowed() {
                 return Err(Errno::EPERM);
             }
+            // Taken from the units the way every iommufd call takes them, so
+            // their owners' fault queues still get them.
+            super::iommufd::collect_faults();
             let mut failed = false;
             let next = crate::iommu::recent_faults(subject, &mut |seq, unit, e| {
                 failed |= writeln!(out, "#{seq} {}: {e}", crate::iommu::unit_name(unit)).is_err();

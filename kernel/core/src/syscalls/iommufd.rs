@@ -86,7 +86,7 @@ impl iommufd::syscall::Kernel for TaskKernel {
 
 /// Drains the units' faults (each logged, decoded), keeps them for their
 /// owners, and hands the running task those its HWPTs route to a fault queue.
-fn collect_faults() {
+pub(crate) fn collect_faults() {
     let mut pending = PENDING_FAULTS.lock();
     // Room for the whole bound at once: the queue never grows afterwards, so
     // a task's faults do not show as kernel heap it leaves behind.
