@@ -234,10 +234,58 @@ fn lesson_script(chapter: &str) -> Option<&str> {
     Some(rest[..rest.find(" -->")?].trim())
 }
 
+/// The links a chapter makes to other chapters: `](file.md)` or
+/// `](file.md#anchor)` or `](#anchor)`, as (file, anchor) with an empty file
+/// for the chapter itself.
+fn chapter_links(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        let Some(end) = rest.find(')') else { break };
+        let target = &rest[..end];
+        if !target.contains("://") && !target.contains(' ') {
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            if file.ends_with(".md") || (file.is_empty() && !anchor.is_empty()) {
+                out.push((file.to_owned(), anchor.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The ids mdBook gives a chapter's headings: the heading's text without
+/// markup, lower-cased, spaces turned into `-`, everything but letters,
+/// digits, `-` and `_` dropped.
+fn heading_ids(text: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut ids = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        }
+        if in_code || !line.starts_with('#') {
+            continue;
+        }
+        let title = line.trim_start_matches('#').trim();
+        let id: String = title
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c.to_lowercase().next().unwrap_or(c)),
+                _ => None,
+            })
+            .collect();
+        ids.push(id);
+    }
+    ids
+}
+
 /// Everything wrong with the guide under `book` (`docs/guide`): chapters
 /// `SUMMARY.md` names that do not exist, images a chapter shows that do not
-/// exist or are not well-formed XML, shell commands a lesson chapter shows
-/// that its lesson does not type, and lessons no chapter walks through.
+/// exist or are not well-formed XML, links to chapters or headings that do
+/// not exist, shell commands a lesson chapter shows that its lesson does not
+/// type, and lessons no chapter walks through.
 pub fn check_guide(book: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let src = book.join("src");
@@ -266,6 +314,16 @@ pub fn check_guide(book: &Path) -> Vec<String> {
                         problems.push(format!("{image}: {p}"));
                     }
                 }
+            }
+        }
+        for (file, anchor) in chapter_links(&text) {
+            let target = if file.is_empty() { path.clone() } else { dir.join(&file) };
+            match std::fs::read_to_string(&target) {
+                Err(_) => problems.push(format!("{chapter} links to {file}, which does not exist")),
+                Ok(t) if !anchor.is_empty() && !heading_ids(&t).contains(&anchor) => {
+                    problems.push(format!("{chapter} links to {file}#{anchor}, a heading that does not exist"))
+                }
+                Ok(_) => {}
             }
         }
         if let Some(script) = lesson_script(&text) {
@@ -318,7 +376,8 @@ mod tests {
         std::fs::write(
             src.join("one.md"),
             "<!-- lesson: docs/lessons/one.txt -->\n![a](images/bad.svg)\n![b](images/none.svg)\n\
-             ```text\nportcullis> units\nportcullis> bind edu\nportcullis> exit\n```\n",
+             ```text\nportcullis> units\nportcullis> bind edu\nportcullis> exit\n```\n\
+             [ok](#a-lesson) [no](#nothing) [gone](gone.md#x)\n\n## A lesson\n",
         )
         .unwrap();
         let problems = check_guide(&dir.join("docs/guide"));
@@ -328,8 +387,18 @@ mod tests {
         assert!(has("bad.svg: not well-formed XML"), "{problems:?}");
         assert!(has("none.svg, which does not exist"), "{problems:?}");
         assert!(has("`bind edu`"), "{problems:?}");
-        assert!(!has("`units`") && !has("`exit`"), "{problems:?}");
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(has("links to #nothing"), "{problems:?}");
+        assert!(has("links to gone.md"), "{problems:?}");
+        assert!(!has("`units`") && !has("`exit`") && !has("#a-lesson"), "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
+    }
+
+    #[test]
+    fn heading_ids_follow_mdbook() {
+        let ids = heading_ids(
+            "# Intro\n```\n# not a heading\n```\n## Registers (spec §3.4)\n### `hw_info`: the unit's raw registers\n",
+        );
+        assert_eq!(ids, ["intro", "registers-spec-34", "hw_info-the-units-raw-registers"]);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - a C++ compiler (`g++`) for libFuzzer, which `cargo xtask fuzz` builds from source;
 //! - `gdb-multiarch`, the gdb that debugs an aarch64 guest (`run --gdb --arch aarch64`).
 //!
+//! mdBook, for the guide, is not here: Debian bookworm has no package of it, and only
+//! `cargo xtask doc` needs it, which installs its pinned version itself (`crate::doc`).
+//!
 //! `cargo xtask setup` installs all of it; every other command checks only
 //! what it needs ([`Needs`]: `test --host` and `image` need no QEMU), and
 //! when everything is there it asks nothing and changes nothing.
