@@ -36,6 +36,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "[all|follow]",
         "fault records the units made since the last `faults` (all kept ones; follow: live until a key)",
     ),
+    (
+        "queue",
+        "UNIT",
+        "the unit's last queued commands (invalidation descriptors, CMDQ, command buffer, requests), decoded",
+    ),
+    (
+        "trace",
+        "on|off [UNIT]",
+        "the register trace of one unit (or all): every register write, command and completion, numbered",
+    ),
     ("claim", "BDF", "take a function for this task (a whole IOMMU group)"),
     ("bind", "BDF", "bind a claimed function to the IOAS door; prints its device id and unit"),
     ("hw-info", "DEV", "the unit a bound device sits behind: kind, name, raw capability registers"),
@@ -158,6 +168,20 @@ fn run(line: &str, st: &mut State) -> bool {
             _ => Err(bad(cmd)),
         },
         "faults" => faults(st, args.first().copied()),
+        "queue" => match args.first() {
+            Some(u) => unit_by_name(u).and_then(|i| report(abi::query_topic::QUEUE, i, 0)),
+            None => Err(bad(cmd)),
+        },
+        "trace" => match (args.first().copied(), args.get(1)) {
+            (Some(w @ ("on" | "off")), unit) => {
+                let unit = match unit {
+                    Some(u) => unit_by_name(u),
+                    None => Ok(u64::MAX),
+                };
+                unit.and_then(|i| report(abi::query_topic::TRACE, i, u64::from(w == "on")))
+            }
+            _ => Err(bad(cmd)),
+        },
         "ioas" if args.first() == Some(&"new") => iommufd::ioas_alloc().map(|i| println!("ioas {i}")).map_err(errno),
         "log" => kernel_log(args.first().copied().unwrap_or("")),
         "claim" => match args.first().and_then(|s| parse_bdf(s)) {
