@@ -376,6 +376,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             }
         };
         c.must_contain = vec![
+            "  group 1: 0000:00:00.0".into(),
             register.into(),
             structure,
             "=> 0x100010 translates to 0x".into(),
