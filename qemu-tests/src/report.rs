@@ -68,6 +68,9 @@ pub fn print(results: &[CaseResult]) -> (Totals, bool) {
         for text in r.missing_texts() {
             println!("  missing output: {text:?}");
         }
+        if let Some(p) = r.order_problem() {
+            println!("  order: {p}");
+        }
         for p in &r.report.problems {
             println!("  problem: {p}");
         }

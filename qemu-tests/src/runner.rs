@@ -46,6 +46,9 @@ pub struct Case {
     pub expect: Expect,
     /// Text that must appear somewhere in the console output (each entry).
     pub must_contain: Vec<String>,
+    /// Texts that must appear in this order: each on a line after the line
+    /// the one before it was found on ([`in_order`]).
+    pub in_order: Vec<String>,
     /// Text that ends the run at once as a failure (e.g. a boot loader's error
     /// after which firmware would wait for a key until the timeout).
     pub stop_on: Vec<String>,
@@ -110,9 +113,17 @@ impl CaseResult {
             .collect()
     }
 
+    /// What is wrong with the order of the output: the first of
+    /// [`Case::in_order`] not found after the one before it, or a register
+    /// trace line whose sequence number does not increase ([`trace_sequence`]).
+    pub fn order_problem(&self) -> Option<String> {
+        let lines: Vec<&str> = self.lines.iter().map(|(_, l)| l.as_str()).collect();
+        in_order(&lines, &self.case.in_order).err().or_else(|| trace_sequence(&lines).err())
+    }
+
     /// The verdict (see the crate documentation).
     pub fn passed(&self) -> bool {
-        if !self.missing_texts().is_empty() {
+        if !self.missing_texts().is_empty() || self.order_problem().is_some() {
             return false;
         }
         match self.case.expect {
@@ -156,6 +167,51 @@ impl CaseResult {
             Ending::Stopped(line) => format!("stopped (killed) at a fatal line: {line}"),
         }
     }
+}
+
+/// Checks that every text of `wants` appears in `lines` in that order, each
+/// on a later line than the previous one's match; returns the line index of
+/// the last match, or which text was not found after which.
+pub fn in_order(lines: &[&str], wants: &[String]) -> Result<Option<usize>, String> {
+    let mut from = 0;
+    let mut last = None;
+    for (i, want) in wants.iter().enumerate() {
+        match lines[from.min(lines.len())..].iter().position(|l| l.contains(want.as_str())) {
+            Some(at) => {
+                last = Some(from + at);
+                from += at + 1;
+            }
+            None if i == 0 => return Err(format!("ordered output {want:?} never appeared")),
+            None => {
+                let seen = lines.iter().any(|l| l.contains(want.as_str()));
+                return Err(format!(
+                    "ordered output {want:?} {} after {:?}",
+                    if seen { "appeared only before, not" } else { "never appeared, not even" },
+                    wants[i - 1]
+                ));
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Checks the register trace's sequence numbers (`trace #N unit: ...`, the
+/// kernel's `iommu::trace`): strictly increasing over the whole output.
+/// Returns how many trace lines there were.
+pub fn trace_sequence(lines: &[&str]) -> Result<usize, String> {
+    let mut last: Option<u64> = None;
+    let mut n = 0;
+    for l in lines {
+        let Some(at) = l.find("trace #") else { continue };
+        let digits: String = l[at + 7..].chars().take_while(char::is_ascii_digit).collect();
+        let Ok(seq) = digits.parse::<u64>() else { continue };
+        if let Some(prev) = last.filter(|&p| seq <= p) {
+            return Err(format!("trace sequence number #{seq} after #{prev}: not increasing ({l:?})"));
+        }
+        last = Some(seq);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Forwards lines from a reader to the channel.
@@ -339,9 +395,50 @@ mod tests {
             elf: None,
             expect,
             must_contain: Vec::new(),
+            in_order: Vec::new(),
             stop_on: Vec::new(),
             stdin: None,
         }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn ordered_texts_must_follow_each_other() {
+        let lines = ["a RTADDR", "b IQA", "c GCMD TE", "d IQA again"];
+        assert_eq!(in_order(&lines, &strings(&["RTADDR", "IQA", "TE"])), Ok(Some(2)));
+        assert_eq!(in_order(&lines, &strings(&["RTADDR", "IQA", "IQA"])), Ok(Some(3)), "a later repeat counts");
+        assert_eq!(in_order(&lines, &[]), Ok(None));
+        let e = in_order(&lines, &strings(&["TE", "RTADDR"])).unwrap_err();
+        assert!(e.contains("appeared only before"), "{e}");
+        let e = in_order(&lines, &strings(&["RTADDR", "QIE"])).unwrap_err();
+        assert!(e.contains("never appeared"), "{e}");
+        // The same line cannot satisfy two entries.
+        assert!(in_order(&["x RTADDR IQA"], &strings(&["RTADDR", "IQA"])).is_err());
+    }
+
+    #[test]
+    fn trace_sequence_numbers_must_increase() {
+        let good = ["[0.1] INFO trace #1 vtd0: GCMD <- 0x0", "other", "[0.2] INFO trace #5 vtd0: IQT <- 0x20"];
+        assert_eq!(trace_sequence(&good), Ok(2));
+        let bad = ["trace #3 vtd0: a", "trace #3 vtd0: b"];
+        assert!(trace_sequence(&bad).unwrap_err().contains("#3 after #3"));
+        let back = ["trace #9 smmu0: a", "trace #2 smmu0: b"];
+        assert!(trace_sequence(&back).is_err());
+    }
+
+    #[test]
+    fn an_order_problem_fails_the_case() {
+        let mut c = sh_case("order", "echo second; echo first; exit 33", 20, Expect::Exit);
+        c.in_order = strings(&["first", "second"]);
+        let r = run_case(&c, false);
+        assert!(r.exit_ok());
+        assert!(r.order_problem().is_some());
+        assert!(!r.passed());
+        c.in_order = strings(&["second", "first"]);
+        assert!(run_case(&c, false).passed());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn case(machine: &Machine, kernel: &Kernel, timeout: Duration) -> Result<Cas
         elf: Some(kernel.elf.clone()),
         expect: Expect::Ktap,
         must_contain: Vec::new(),
+        in_order: Vec::new(),
         // A UEFI loader that gives up returns to the firmware, whose shell waits for a key.
         stop_on: vec!["portcullis-uefi: error:".into()],
         stdin: None,

@@ -18,8 +18,7 @@ use topology::{IommuKind, UnitLocation};
 /// holding them mapped, bus mastering on (its queues are DMA), the function
 /// kept from tasks, and the device initialised; a unit that fails is logged
 /// and left out.
-pub fn virtio_units(boot: &bootinfo::BootInfo, topology: &topology::Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
-    virtio_iommu::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
+pub fn virtio_units(_boot: &bootinfo::BootInfo, topology: &topology::Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Virtio) {
         let UnitLocation::Pci { segment, rid } = u.location else { continue };

@@ -33,7 +33,6 @@ fn devices_and_reserved(topology: &Topology, index: usize) -> (Vec<u16>, Vec<(Op
 
 /// AMD-Vi units (IVHD): device table, command buffer and event log.
 fn amdvi_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
-    amdvi::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::AmdVi) {
         let UnitLocation::Mmio { base, .. } = u.location else { continue };
@@ -130,7 +129,6 @@ fn stale_bus_entries(boot: &bootinfo::BootInfo, topology: &Topology, index: usiz
 
 /// VT-d remapping units (DRHD): root table and invalidation queue.
 fn vtd_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
-    vtd::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let intremap = boot.cmdline_value("intremap") != Some("off");
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Vtd) {

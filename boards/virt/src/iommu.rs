@@ -20,7 +20,6 @@ pub fn units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<
 /// domains use stage 2 where the SMMU has both stages; `smmu_st=linear` asks
 /// for a linear stream table where a 2-level one would do.
 fn smmu_units(boot: &bootinfo::BootInfo, topology: &Topology) -> Vec<(usize, Box<dyn iommu::Iommu>)> {
-    smmuv3::TRACE.store(boot.cmdline_value("trace") == Some("1"), core::sync::atomic::Ordering::Relaxed);
     let prefer_stage2 = boot.cmdline_value("smmu_stage") == Some("2");
     let mut out: Vec<(usize, Box<dyn iommu::Iommu>)> = Vec::new();
     for (index, u) in topology.units().iter().enumerate().filter(|(_, u)| u.kind == IommuKind::Smmuv3) {

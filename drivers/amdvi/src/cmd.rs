@@ -196,8 +196,92 @@ pub fn opcode_name(c: &Command) -> &'static str {
     }
 }
 
+/// Decodes a command buffer entry by the spec's names (AMD IOMMU spec
+/// §2.4.1–§2.4.9, "Commands"): its name, then its fields, e.g.
+/// `COMPLETION_WAIT (S=1 I=0 F=0 StoreAddr=0x1000 StoreData=0x3)`.
+pub fn decode(w: &[u64; 2], out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    let (w0, w1) = (w[0], w[1]);
+    let c = Command::from_words(*w);
+    out.write_str(match opcode(&c) {
+        0x0 => "reserved",
+        _ => opcode_name(&c),
+    })?;
+    let bit = |v: u64, n: u32| (v >> n) & 1;
+    match opcode(&c) {
+        // §2.4.1
+        COMPLETION_WAIT => write!(
+            out,
+            " (S={} I={} F={} StoreAddr={:#x} StoreData={w1:#x})",
+            bit(w0, 0),
+            bit(w0, 1),
+            bit(w0, 2),
+            w0 & 0x000F_FFFF_FFFF_FFF8
+        ),
+        // §2.4.2, §2.4.5
+        INVALIDATE_DEVTAB_ENTRY | INVALIDATE_INTERRUPT_TABLE => write!(out, " (DeviceID={:#06x})", w0 & 0xFFFF),
+        // §2.4.3
+        INVALIDATE_IOMMU_PAGES => write!(
+            out,
+            " (DomainID={:#x} PASID={:#x} S={} PDE={} GN={} Address={:#x})",
+            (w0 >> 32) & 0xFFFF,
+            w0 & 0xF_FFFF,
+            bit(w1, 0),
+            bit(w1, 1),
+            bit(w1, 2),
+            w1 & !0xFFF
+        ),
+        // §2.4.4
+        0x4 => write!(
+            out,
+            " (DeviceID={:#06x} Queueid={:#x} S={} Address={:#x})",
+            w0 & 0xFFFF,
+            (w0 >> 48) & 0xFFFF,
+            bit(w1, 0),
+            w1 & !0xFFF
+        ),
+        // §2.4.8
+        INVALIDATE_IOMMU_ALL => Ok(()),
+        _ => write!(out, " ({w0:#018x} {w1:#018x})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    fn decoded(c: super::Command) -> alloc::string::String {
+        let mut s = alloc::string::String::new();
+        super::decode(&c.to_words(), &mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn commands_decode_by_spec_names() {
+        use super::*;
+        assert_eq!(decoded(completion_wait(0x1000, 3)), "COMPLETION_WAIT (S=1 I=0 F=0 StoreAddr=0x1000 StoreData=0x3)");
+        assert_eq!(decoded(invalidate_devtab_entry(0x10)), "INVALIDATE_DEVTAB_ENTRY (DeviceID=0x0010)");
+        assert_eq!(decoded(invalidate_interrupt_table(0x8)), "INVALIDATE_INTERRUPT_TABLE (DeviceID=0x0008)");
+        assert_eq!(
+            decoded(invalidate_iommu_pages(2, PageRange::ALL, true)),
+            "INVALIDATE_IOMMU_PAGES (DomainID=0x2 PASID=0x0 S=1 PDE=1 GN=0 Address=0x7ffffffffffff000)"
+        );
+        assert_eq!(decoded(invalidate_iommu_all()), "INVALIDATE_IOMMU_ALL");
+        let mut s = alloc::string::String::new();
+        decode(&[0x9 << 60, 7], &mut s).unwrap();
+        assert_eq!(s, "? (0x9000000000000000 0x0000000000000007)");
+    }
+
+    #[test]
+    fn registers_decode_by_spec_names() {
+        let d = |name, v| {
+            let mut s = alloc::string::String::new();
+            crate::regs::decode(name, v, &mut s).unwrap();
+            s
+        };
+        assert_eq!(d("Control", 0x1405), "IommuEn EventLogEn Coherent CmdBufEn");
+        assert_eq!(d("CmdTail", 0x30), "offset=0x30 (entry 3)");
+        assert_eq!(d("Status", 1), "EventOverflow cleared");
+        assert_eq!(d("CmdBufBase", 8 << 56 | 0x1234_5000), "Base=0x12345000 Len=2^8");
+        assert_eq!(d("DevTabBase", 0x1234_5000 | 0x1FF), "Base=0x12345000 Size=512 pages");
+    }
     use super::*;
     use crate::fake::qemu_accepts;
 

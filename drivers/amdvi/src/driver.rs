@@ -568,6 +568,11 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
         let (mut lo, mut hi, mut done, mut tag) = (u64::MAX, 0u64, 0usize, None);
         let mut failed = None;
         for (iova, pa, len) in runs {
+            iommu::trace!(
+                self.unit.tracer(),
+                "map domain={:#x} iova={iova:#x} pa={pa:#x} len={len:#x} {perms:?}",
+                domain.0
+            );
             match self.map_unflushed(domain, iova, pa, len, perms) {
                 Ok(t) => {
                     (lo, hi, tag) = (lo.min(iova), hi.max(iova + len), Some(t));
@@ -736,6 +741,14 @@ impl<M: DmaMemory + Send + 'static> Iommu for AmdViIommu<M> {
 
     fn flushes(&self) -> u64 {
         self.flushes
+    }
+
+    fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        self.unit.describe_queue(out).map_err(|_| Error::NoMemory)
+    }
+
+    fn tracer(&self) -> iommu::trace::Tracer {
+        self.unit.tracer()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {

@@ -5,7 +5,9 @@
 //! device table covering every 16-bit DeviceID (§2.2.2), the command buffer
 //! with COMPLETION_WAIT / INVALIDATE_DEVTAB_ENTRY / INVALIDATE_IOMMU_PAGES /
 //! INVALIDATE_IOMMU_ALL (§2.4), and the event log decoded into typed events
-//! with overflow handling (§2.5). [`AmdViIommu`] puts it behind the generic
+//! with overflow handling (§2.5). Every register write goes through the
+//! register trace ([`iommu::trace`]; the unit traces as `amdviN`, registers
+//! decoded by [`regs::decode`], commands by [`cmd::decode`]). [`AmdViIommu`] puts it behind the generic
 //! [`iommu::Iommu`] trait: paging domains are AMD v1 host page tables of four
 //! levels (48-bit IOVAs) from the shared `io-pgtable` engine, identity and
 //! blocked domains are DTEs without translation (Mode 0) whose IR/IW bits
@@ -72,10 +74,3 @@ static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;
 
 pub use driver::AmdViIommu;
 pub use unit::{AmdVi, AmdViError};
-
-/// Log every register write and command (`--trace`; a teaching aid).
-pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-fn tracing() -> bool {
-    TRACE.load(core::sync::atomic::Ordering::Relaxed)
-}

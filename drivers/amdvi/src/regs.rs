@@ -218,6 +218,56 @@ pub fn efr_features(efr: u64) -> alloc::vec::Vec<&'static str> {
     flags.iter().filter(|(f, _)| f.read(efr) != 0).map(|(_, n)| *n).collect()
 }
 
+/// Decodes a value written to register `name` (the names [`crate::unit`]
+/// traces its writes under, the AMD IOMMU spec's §3.4 names) into its fields,
+/// for the register trace ([`iommu::trace::write`]).
+pub fn decode(name: &str, v: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    use iommu::trace::flags;
+    match name {
+        // §3.4.1
+        "DevTabBase" => write!(out, "Base={:#x} Size={} pages", v & 0x000F_FFFF_FFFF_F000, (v & 0x1FF) + 1),
+        // §3.4.2, §3.4.3
+        "CmdBufBase" | "EventLogBase" => {
+            write!(out, "Base={:#x} Len=2^{}", v & 0x000F_FFFF_FFFF_F000, (v >> 56) & 0xF)
+        }
+        // §3.4.4
+        "Control" => flags(
+            v,
+            &[
+                (0, "IommuEn"),
+                (1, "HtTunEn"),
+                (2, "EventLogEn"),
+                (3, "EventIntEn"),
+                (4, "ComWaitIntEn"),
+                (10, "Coherent"),
+                (12, "CmdBufEn"),
+                (13, "PPRLogEn"),
+                (16, "GTEn"),
+                (17, "GAEn"),
+            ],
+            out,
+        ),
+        // §3.4.5
+        "ExclBase" => write!(out, "ExEn={} Allow={} Base={:#x}", v & 1, (v >> 1) & 1, v & !0xFFF),
+        // §3.4.9–§3.4.12: byte offsets of 16-byte entries.
+        "CmdHead" | "CmdTail" | "EventLogHead" | "EventLogTail" => {
+            let off = v & 0x7_FFF0;
+            write!(out, "offset={off:#x} (entry {})", off / 16)
+        }
+        // §3.4.13: write-1-to-clear bits.
+        "Status" if v == 0 => out.write_str("nothing to clear"),
+        "Status" => {
+            flags(
+                v,
+                &[(0, "EventOverflow"), (1, "EventLogInt"), (2, "ComWaitInt"), (5, "PprOverflow"), (6, "PprInt")],
+                out,
+            )?;
+            out.write_str(" cleared")
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,8 +23,23 @@ use iommu::desc::from_place;
 use iommu::dma::DmaRegion;
 use iommu::mmio::{BlockRef, MmioWindow};
 use iommu::ring::{Indexing, ProducerRing};
+use iommu::trace::{History, Tracer};
 use iommu::DmaMemory;
 use tock_registers::interfaces::{Readable, Writeable};
+
+/// The one way this driver writes a register: through the register trace
+/// ([`iommu::trace::write`]), named as the AMD IOMMU spec §3.4 names it and
+/// decoded by [`crate::regs::decode`].
+fn wr<R>(t: Tracer, reg: &R, name: &'static str, value: R::T)
+where
+    R: Writeable,
+    R::T: Into<u64>,
+{
+    iommu::trace::write(t, reg, name, value, crate::regs::decode)
+}
+
+/// Commands the command-buffer history keeps ([`AmdVi::describe_queue`]).
+pub const HISTORY: usize = 32;
 
 pub use crate::error::AmdViError;
 
@@ -41,29 +56,35 @@ fn wait(what: &'static str, done: impl FnMut() -> bool) -> Result<(), AmdViError
     ProducerRing::wait(MAX_POLLS, done).map_err(|_| AmdViError::Timeout(what))
 }
 
-/// Writes the Control register (traced).
-fn write_control(regs: &Regs, value: u64) {
-    if crate::tracing() {
-        log::info!("amdvi trace: CONTROL <- {value:#x}");
-    }
-    regs.control.set(value);
+/// Writes the Control register (§3.4.4).
+fn write_control(t: Tracer, regs: &Regs, value: u64) {
+    wr(t, &regs.control, "Control", value);
 }
 
 /// Turns off what the firmware may have left running (IommuEn, the
 /// command buffer, the event log) before the bases change.
-fn quiesce(regs: &Regs) -> Result<(), AmdViError> {
+fn quiesce(t: Tracer, regs: &Regs) -> Result<(), AmdViError> {
     let running = STATUS::CMD_BUF_RUN::SET.value | STATUS::EVENT_LOG_RUN::SET.value;
     if regs.control.get() == 0 && regs.status.get() & running == 0 {
         return Ok(());
     }
     log::info!("amdvi: the unit was enabled by firmware (control {:#x}): turning it off", regs.control.get());
-    write_control(regs, 0);
+    write_control(t, regs, 0);
     wait("stopping the command buffer and event log", || regs.status.get() & running == 0)
 }
 
 /// A head or tail pointer register's byte offset (bits 18:4, §3.4.9–§3.4.12).
 fn ring_offset(value: u64) -> u64 {
     from_place(RING_PTR::OFFSET, value).value
+}
+
+/// A command decoded for the trace ([`cmd::decode`]).
+struct Cmd([u64; 2]);
+
+impl core::fmt::Display for Cmd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        cmd::decode(&self.0, f)
+    }
 }
 
 /// Frames of a ring of `1 << log2` 16-byte entries.
@@ -135,6 +156,10 @@ pub struct AmdVi {
     pub commands: u64,
     /// Event-log overflows seen (events were lost).
     pub event_overflows: u64,
+    /// The unit's register-trace handle (name `amdviN`).
+    trace: Tracer,
+    /// The last commands submitted (whether tracing or not).
+    history: History<2, HISTORY>,
 }
 
 /// What bring-up allocates: the device table, the command buffer, the
@@ -203,7 +228,8 @@ impl AmdVi {
         if levels < dte::LEVELS {
             return Err(AmdViError::Unsupported("4-level host page tables (EFR.HATS)"));
         }
-        quiesce(&regs)?;
+        let t = Tracer::register(iommu::UnitKind::AmdVi);
+        quiesce(t, &regs)?;
         let memory = Memory::alloc(mem)?;
         let Ok(cmd) = ProducerRing::new(memory.cmd, CMD_LOG2, Command::WORDS, Indexing::Offsets) else {
             // The geometry is fixed (256 entries of 2 words in one frame): never refused.
@@ -221,6 +247,8 @@ impl AmdVi {
             pending: Vec::new(),
             commands: 0,
             event_overflows: 0,
+            trace: t,
+            history: History::new(),
         };
         unit.start(mem)
     }
@@ -272,35 +300,38 @@ impl AmdVi {
 
     /// Programs bases, pointers and the exclusion range (the unit is off).
     fn program(&self) {
-        let r = self.regs();
+        let (r, t) = (self.regs(), self.trace);
         let devtab =
             from_place(DEVTAB_BASE::BASE, self.devtab.base()) + DEVTAB_BASE::SIZE.val(DeviceTable::FRAMES as u64 - 1);
-        r.devtab_base.write(devtab);
-        r.cmd_base.write(ring_base(self.cmd.region().base(), self.cmd.log2_slots()));
-        r.evt_base.write(ring_base(self.evt.region.base(), self.evt.log2));
-        r.cmd_head.set(0);
-        r.cmd_tail.set(0);
-        r.evt_head.set(0);
-        r.evt_tail.set(0);
+        wr(t, &r.devtab_base, "DevTabBase", devtab.value);
+        wr(t, &r.cmd_base, "CmdBufBase", ring_base(self.cmd.region().base(), self.cmd.log2_slots()).value);
+        wr(t, &r.evt_base, "EventLogBase", ring_base(self.evt.region.base(), self.evt.log2).value);
+        wr(t, &r.cmd_head, "CmdHead", 0);
+        wr(t, &r.cmd_tail, "CmdTail", 0);
+        wr(t, &r.evt_head, "EventLogHead", 0);
+        wr(t, &r.evt_tail, "EventLogTail", 0);
         // No exclusion range: IVMD exclusion ranges become reserved regions
         // (kept out of IOVA allocation) instead of untranslated holes.
-        r.excl_base.write(EXCL_BASE::EX_EN::CLEAR);
-        r.excl_limit.set(0);
+        wr(t, &r.excl_base, "ExclBase", EXCL_BASE::EX_EN::CLEAR.value);
+        wr(t, &r.excl_limit, "ExclLimit", 0);
         // Acknowledge whatever W1C status the firmware left.
         let ack = r.status.get() & crate::regs::STATUS_W1C;
-        r.status.set(ack);
-        if crate::tracing() {
-            log::info!(
-                "amdvi trace: DEVTAB <- {:#x}, CMD_BASE <- {:#x}, EVT_BASE <- {:#x}, heads/tails <- 0, EXCL_BASE/LIMIT <- 0, STATUS <- {ack:#x}",
-                r.devtab_base.get(),
-                r.cmd_base.get(),
-                r.evt_base.get()
-            );
-        }
+        wr(t, &r.status, "Status", ack);
     }
 
     fn write_control(&self, value: u64) {
-        write_control(self.regs(), value);
+        write_control(self.trace, self.regs(), value);
+    }
+
+    /// The unit's most recent commands, oldest first, one per line
+    /// (`#seq CMDBUF[entry] NAME (fields)`).
+    pub fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        self.history.describe("CMDBUF", out, cmd::decode)
+    }
+
+    /// The unit's register-trace handle.
+    pub fn tracer(&self) -> Tracer {
+        self.trace
     }
 
     /// The Extended Feature register.
@@ -382,31 +413,30 @@ impl AmdVi {
             let (ring, regs) = (&mut self.cmd, &self.regs);
             wait("command buffer space", || free_slots(ring, regs) >= needed)?;
         }
-        let trace = crate::tracing();
+        let t = self.trace;
         for c in cmds.iter().chain(core::iter::once(&done)) {
             let index = self.cmd.tail_index();
             let words = c.to_words();
             // Room for every entry was checked above.
             self.cmd.push(mem, &words).map_err(|_| AmdViError::Timeout("command buffer space"))?;
-            if trace {
-                log::info!("amdvi trace: cmd [{index}] {} {:#018x} {:#018x}", cmd::opcode_name(c), words[0], words[1]);
+            let n = self.history.record(index, words);
+            if t.on() {
+                t.emit_seq(n, format_args!("CMDBUF[{index}] submit {}", Cmd(words)));
             }
             self.commands += 1;
         }
         // The entries must be in memory before the IOMMU sees the new tail:
         // `publish` fences before the doorbell.
         let regs = self.regs;
-        self.cmd.publish(|ring| {
-            if trace {
-                log::info!("amdvi trace: CMD_TAIL <- {:#x}", ring.tail_offset());
-            }
-            regs.cmd_tail.write(from_place(RING_PTR::OFFSET, ring.tail_offset()));
-        });
+        self.cmd
+            .publish(|ring| wr(t, &regs.cmd_tail, "CmdTail", from_place(RING_PTR::OFFSET, ring.tail_offset()).value));
         let wait_frame = self.wait;
         if ProducerRing::wait(MAX_POLLS, || wait_frame.read_u64(mem, 0) == Ok(seq)).is_ok() {
             self.cmd.retire_all();
+            iommu::trace!(t, "COMPLETION_WAIT done (StoreData={seq:#x})");
             return Ok(());
         }
+        iommu::trace!(t, "COMPLETION_WAIT timed out (StoreData={seq:#x})");
         Err(self.command_failure(mem))
     }
 
@@ -432,11 +462,8 @@ impl AmdVi {
         let control = self.regs().control.get();
         self.write_control(control & !CONTROL::CMD_BUF_EN::SET.value);
         let stopped = wait("command buffer stop", || !self.regs().status.is_set(STATUS::CMD_BUF_RUN));
-        if crate::tracing() {
-            log::info!("amdvi trace: CMD_HEAD <- 0, CMD_TAIL <- 0");
-        }
-        self.regs().cmd_head.set(0);
-        self.regs().cmd_tail.set(0);
+        wr(self.trace, &self.regs().cmd_head, "CmdHead", 0);
+        wr(self.trace, &self.regs().cmd_tail, "CmdTail", 0);
         self.cmd.reset();
         self.write_control(control);
         match stopped {
@@ -467,15 +494,18 @@ impl AmdVi {
             return Ok(());
         }
         let (words, old_words) = (new.to_words(), old.to_words());
-        if crate::tracing() {
-            log::info!(
-                "amdvi trace: DTE[{devid:#06x}] <- {:#018x} {:#018x} {:#018x} {:#018x}",
-                words[0],
-                words[1],
-                words[2],
-                words[3]
-            );
-        }
+        iommu::trace!(
+            self.trace,
+            "DTE[{devid:#06x}] <- {:#018x} {:#018x} {:#018x} {:#018x} (V={} TV={} Mode={} DomainID={:#x})",
+            words[0],
+            words[1],
+            words[2],
+            words[3],
+            words[0] & 1,
+            (words[0] >> 1) & 1,
+            (words[0] >> 9) & 7,
+            words[1] & 0xFFFF
+        );
         if !dte::valid(new) {
             for (q, w) in words.iter().enumerate() {
                 self.devtab.write_qword(mem, devid, q, *w);
@@ -503,9 +533,7 @@ impl AmdVi {
     /// disturbed — and makes the IOMMU forget the old DTE and whatever it
     /// cached of the device's interrupt table.
     pub fn set_interrupt_fields(&mut self, devid: u16, q2: u64, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
-        if crate::tracing() {
-            log::info!("amdvi trace: DTE[{devid:#06x}].q2 <- {q2:#018x}");
-        }
+        iommu::trace!(self.trace, "DTE[{devid:#06x}].q2 <- {q2:#018x}");
         self.devtab.write_qword(mem, devid, 2, q2);
         self.submit(&[cmd::invalidate_devtab_entry(devid), cmd::invalidate_interrupt_table(devid)], mem)
     }
@@ -515,9 +543,7 @@ impl AmdVi {
     /// interrupt table: with INVALIDATE_IOMMU_ALL where the unit has it, else
     /// one INVALIDATE_DEVTAB_ENTRY and INVALIDATE_INTERRUPT_TABLE per DeviceID.
     pub fn set_all_interrupt_fields(&mut self, q2: u64, mem: &mut impl DmaMemory) -> Result<(), AmdViError> {
-        if crate::tracing() {
-            log::info!("amdvi trace: DTE[*].q2 <- {q2:#018x}");
-        }
+        iommu::trace!(self.trace, "DTE[*].q2 <- {q2:#018x}");
         for devid in 0..=u16::MAX {
             self.devtab.write_qword(mem, devid, 2, q2);
         }
@@ -550,15 +576,15 @@ impl AmdVi {
                 break;
             }
             let Some(raw) = self.evt.entry(mem, self.evt.head) else { break };
-            f(Event::decode(raw));
+            let e = Event::decode(raw);
+            iommu::trace!(self.trace, "EventLog[{}] event {e}", self.evt.head / ENTRY);
+            f(e);
             self.evt.head = self.evt.next(self.evt.head);
             any = true;
         }
         if any {
-            if crate::tracing() {
-                log::info!("amdvi trace: EVT_HEAD <- {:#x}", self.evt.head);
-            }
-            self.regs().evt_head.write(from_place(RING_PTR::OFFSET, self.evt.head));
+            let head = from_place(RING_PTR::OFFSET, self.evt.head).value;
+            wr(self.trace, &self.regs().evt_head, "EventLogHead", head);
         }
     }
 
@@ -590,10 +616,7 @@ impl AmdVi {
             if halted {
                 self.write_control(control & !CONTROL::EVENT_LOG_EN::SET.value);
             }
-            if crate::tracing() {
-                log::info!("amdvi trace: STATUS <- EventOverflow (write 1 to clear)");
-            }
-            self.regs().status.write(STATUS::EVENT_OVERFLOW::SET);
+            wr(self.trace, &self.regs().status, "Status", STATUS::EVENT_OVERFLOW::SET.value);
             if halted {
                 self.write_control(control);
             }
@@ -605,6 +628,15 @@ impl AmdVi {
 mod window_tests {
     use super::*;
     use crate::fake::{FakeMem, QEMU_EFR};
+
+    #[test]
+    fn every_register_write_goes_through_the_trace() {
+        for (file, src) in [("unit.rs", include_str!("unit.rs")), ("driver.rs", include_str!("driver.rs"))] {
+            let bad = iommu::trace::untraced_writes(src, &["regs", "r."]);
+            assert!(bad.is_empty(), "{file}: register writes outside `wr`: {bad:?}");
+        }
+        assert_eq!(iommu::trace::untraced_writes("        r.cmd_head.set(0);", &["r."]).len(), 1);
+    }
 
     #[test]
     fn bring_up_refuses_a_short_window_before_touching_anything() {

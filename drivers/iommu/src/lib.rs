@@ -37,7 +37,11 @@
 //!   shape with its doorbell barrier and bounded wait;
 //! - [`desc`]: [`descriptor!`], typed in-memory descriptors;
 //! - [`user_data`]: [`user_data::read_struct`], the extensible-struct rule
-//!   for driver data a task passes.
+//!   for driver data a task passes;
+//! - [`trace`]: the register trace (`trace=` on the command line): one
+//!   numbered log line per register write, submitted descriptor and
+//!   completion, a switch per unit, and the queue [`trace::History`] behind
+//!   [`Iommu::describe_queue`].
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -50,6 +54,7 @@ pub mod ids;
 pub mod mmio;
 pub mod mock;
 pub mod ring;
+pub mod trace;
 pub mod user_data;
 
 use alloc::vec::Vec;
@@ -556,6 +561,22 @@ pub trait Iommu: Send {
     fn describe(&self, what: describe::Describe, out: &mut dyn fmt::Write) -> Result<(), Error> {
         let _ = (what, out);
         Err(Error::NotSupported("describe"))
+    }
+
+    /// The unit's most recently submitted queue entries (VT-d invalidation
+    /// descriptors, SMMUv3 commands, AMD-Vi command-buffer entries,
+    /// virtio-iommu requests), oldest first, one line each: its sequence
+    /// number (the one its trace line had), its slot and its decode by spec
+    /// names. Kept whether tracing is on or off.
+    fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        let _ = out;
+        Err(Error::NotSupported("queue history"))
+    }
+
+    /// The unit's handle on the register trace (its name and switch;
+    /// [`trace::Tracer::NONE`] for a unit that is never traced).
+    fn tracer(&self) -> trace::Tracer {
+        trace::Tracer::NONE
     }
 
     /// The driver behind the trait, for driver-specific tests and the

@@ -258,9 +258,149 @@ pub fn opcode_name(word0: u64) -> &'static str {
     }
 }
 
+/// A command's spec name by opcode (SMMUv3 §4.1.1, Table 4.1): `CMD_CFGI_STE`.
+pub fn command_name(opcode: u8) -> &'static str {
+    match opcode {
+        0x01 => "CMD_PREFETCH_CONFIG",
+        0x02 => "CMD_PREFETCH_ADDR",
+        0x03 => "CMD_CFGI_STE",
+        0x04 => "CMD_CFGI_STE_RANGE",
+        0x05 => "CMD_CFGI_CD",
+        0x06 => "CMD_CFGI_CD_ALL",
+        0x07 => "CMD_CFGI_VMS_PIDM",
+        0x10 => "CMD_TLBI_NH_ALL",
+        0x11 => "CMD_TLBI_NH_ASID",
+        0x12 => "CMD_TLBI_NH_VA",
+        0x13 => "CMD_TLBI_NH_VAA",
+        0x18 => "CMD_TLBI_EL3_ALL",
+        0x1A => "CMD_TLBI_EL3_VA",
+        0x20 => "CMD_TLBI_EL2_ALL",
+        0x21 => "CMD_TLBI_EL2_ASID",
+        0x22 => "CMD_TLBI_EL2_VA",
+        0x23 => "CMD_TLBI_EL2_VAA",
+        0x28 => "CMD_TLBI_S12_VMALL",
+        0x2A => "CMD_TLBI_S2_IPA",
+        0x30 => "CMD_TLBI_NSNH_ALL",
+        0x40 => "CMD_ATC_INV",
+        0x41 => "CMD_PRI_RESP",
+        0x44 => "CMD_RESUME",
+        0x45 => "CMD_STALL_TERM",
+        0x46 => "CMD_SYNC",
+        _ => "CMD_?",
+    }
+}
+
+/// Decodes a command queue entry by the spec's names (SMMUv3 §4.3–§4.6):
+/// its name, then its fields, e.g. `CMD_CFGI_STE (SID=0x8 LEAF=1)`;
+/// `CMD_CFGI_STE_RANGE` with Range 31 is named `CMD_CFGI_ALL` (§4.3.2).
+pub fn decode(c: &Command, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    let (w0, w1) = (c[0], c[1]);
+    let op = (w0 & 0xFF) as u8;
+    let f0 = |at: u32, n: u32| (w0 >> at) & ((1u64 << n) - 1);
+    let f1 = |at: u32, n: u32| (w1 >> at) & ((1u64 << n) - 1);
+    let sid = f0(32, 32);
+    let vmid = f0(32, 16);
+    let asid = f0(48, 16);
+    let leaf = f1(0, 1);
+    // Address invalidations (§4.4.1): NUM, SCALE, TG and TTL beside the address.
+    let addr = |out: &mut dyn core::fmt::Write| {
+        write!(
+            out,
+            " ADDR={:#x} LEAF={leaf} NUM={} SCALE={} TG={} TTL={}",
+            w1 & !0xFFF,
+            f0(12, 5),
+            f0(20, 5),
+            f1(10, 2),
+            f1(8, 2)
+        )
+    };
+    match op {
+        0x04 if f1(0, 5) == 31 => return write!(out, "CMD_CFGI_ALL"),
+        _ => out.write_str(command_name(op))?,
+    }
+    match op {
+        0x01 => write!(out, " (SID={sid:#x} SSID={:#x})", f0(12, 20)),
+        0x03 => write!(out, " (SID={sid:#x} LEAF={leaf})"),
+        0x04 => write!(out, " (SID={sid:#x} Range={})", f1(0, 5)),
+        0x05 => write!(out, " (SID={sid:#x} SSID={:#x} LEAF={leaf})", f0(12, 20)),
+        0x06 => write!(out, " (SID={sid:#x})"),
+        0x10 | 0x28 => write!(out, " (VMID={vmid:#x})"),
+        0x11 => write!(out, " (VMID={vmid:#x} ASID={asid:#x})"),
+        0x12 => {
+            write!(out, " (VMID={vmid:#x} ASID={asid:#x}")?;
+            addr(out)?;
+            out.write_str(")")
+        }
+        0x13 | 0x2A => {
+            write!(out, " (VMID={vmid:#x}")?;
+            addr(out)?;
+            out.write_str(")")
+        }
+        0x46 => write!(
+            out,
+            " (CS={} MSH={} MSIATTR={} MSIDATA={:#x} MSIADDR={:#x})",
+            ["SIG_NONE", "SIG_IRQ", "SIG_SEV", "reserved"][f0(12, 2) as usize],
+            f0(22, 2),
+            f0(24, 4),
+            f0(32, 32),
+            w1 & 0x000F_FFFF_FFFF_FFFC
+        ),
+        0x30 => Ok(()),
+        _ => write!(out, " ({w0:#018x} {w1:#018x})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decoded(c: Command) -> alloc::string::String {
+        let mut s = alloc::string::String::new();
+        decode(&c, &mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn commands_decode_by_spec_names() {
+        assert_eq!(decoded(cfgi_ste(0x8)), "CMD_CFGI_STE (SID=0x8 LEAF=1)");
+        assert_eq!(decoded(cfgi_all()), "CMD_CFGI_ALL");
+        assert_eq!(
+            decoded(build(CMD0::OPCODE::CfgiSteRange + CMD0::SID.val(0x40), CMD1::RANGE.val(5))),
+            "CMD_CFGI_STE_RANGE (SID=0x40 Range=5)"
+        );
+        assert_eq!(decoded(cfgi_cd(0x10)), "CMD_CFGI_CD (SID=0x10 SSID=0x0 LEAF=1)");
+        assert_eq!(decoded(tlbi_nh_asid(7)), "CMD_TLBI_NH_ASID (VMID=0x0 ASID=0x7)");
+        assert_eq!(decoded(tlbi_s12_vmall(2)), "CMD_TLBI_S12_VMALL (VMID=0x2)");
+        assert_eq!(decoded(tlbi_nsnh_all()), "CMD_TLBI_NSNH_ALL");
+        assert_eq!(decoded(sync()), "CMD_SYNC (CS=SIG_NONE MSH=0 MSIATTR=0 MSIDATA=0x0 MSIADDR=0x0)");
+        let r = Range::covering(0x20_0000, 0x20_3000).unwrap();
+        let s = Scope { range: r, ranged: true, leaf: true };
+        assert_eq!(
+            decoded(tlbi_nh_va(3, s)),
+            "CMD_TLBI_NH_VA (VMID=0x0 ASID=0x3 ADDR=0x200000 LEAF=1 NUM=2 SCALE=0 TG=1 TTL=0)"
+        );
+        assert_eq!(
+            decoded(tlbi_s2_ipa(9, s)),
+            "CMD_TLBI_S2_IPA (VMID=0x9 ADDR=0x200000 LEAF=1 NUM=2 SCALE=0 TG=1 TTL=0)"
+        );
+        assert_eq!(decoded([0x77, 5]), "CMD_? (0x0000000000000077 0x0000000000000005)");
+    }
+
+    #[test]
+    fn registers_decode_by_spec_names() {
+        let d = |name, v| {
+            let mut s = alloc::string::String::new();
+            crate::regs::decode(name, v, &mut s).unwrap();
+            s
+        };
+        assert_eq!(d("CR0", 0xD), "SMMUEN EVENTQEN CMDQEN");
+        assert_eq!(d("GBPA", 1 << 31 | 1 << 20), "UPDATE ABORT");
+        assert_eq!(d("CMDQ_BASE", crate::regs::base_value(0x4000_1000, 8)), "ADDR=0x40001000 LOG2SIZE=8 RA=1");
+        assert_eq!(d("STRTAB_BASE_CFG", 1 << 16 | 6 << 6 | 16), "FMT=2-level SPLIT=6 LOG2SIZE=16");
+        assert_eq!(d("EVENTQ_CONS", 1 << 31 | 0x81), "RD=0x81 OVACKFLG=1");
+        assert_eq!(d("GERRORN", 1), "CMDQ_ERR");
+        assert_eq!(d("CR2", 6), "RECINVSID PTM");
+    }
 
     #[test]
     fn encodings() {

@@ -633,6 +633,8 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
             // New entries replace invalid ones, which the SMMU never caches:
             // nothing to invalidate (§3.21.3).
             Some(Slot::Paging { table, .. }) => {
+                let t = self.smmu.tracer();
+                iommu::trace!(t, "map domain={:#x} iova={iova:#x} pa={pa:#x} len={len:#x} {perms:?}", domain.0);
                 table.map(&mut self.mem, iova, pa, len, perms)?.release(&mut self.mem);
                 Ok(())
             }
@@ -759,6 +761,14 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     fn leaves(&self, domain: DomainId, iova: u64, len: u64) -> Vec<(u64, u64)> {
         let Some(Slot::Paging { table, .. }) = self.domains.get(&domain.0) else { return Vec::new() };
         iommu::table_leaves(|f| table.for_each_mapping(&self.mem, f), iova, len)
+    }
+
+    fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        self.smmu.describe_queue(out).map_err(|_| Error::NoMemory)
+    }
+
+    fn tracer(&self) -> iommu::trace::Tracer {
+        self.smmu.tracer()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {

@@ -20,7 +20,9 @@
 //! tables and queues in memory the kernel provides ([`iommu::DmaMemory`]),
 //! reached through [`iommu::dma::DmaRegion`], the command queue an
 //! [`iommu::ring::ProducerRing`]; STEs, CDs, commands and event records typed
-//! with [`iommu::descriptor!`]. Nothing here vouches for memory; every failure
+//! with [`iommu::descriptor!`]. Every register write goes through the
+//! register trace ([`iommu::trace`]; the unit traces as `smmuN`, registers
+//! decoded by [`regs::decode`], commands by [`cmd::decode`]). Nothing here vouches for memory; every failure
 //! is an [`error::SmmuError`].
 //! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /
 //! PASIDs and CD tables, ATS / PRI, stall mode, non-coherent SMMUs.
@@ -42,10 +44,3 @@ pub mod user_data;
 
 pub use driver::SmmuIommu;
 pub use unit::{Smmu, SmmuError};
-
-/// Log every register write and command (`--trace`; a teaching aid).
-pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-fn tracing() -> bool {
-    TRACE.load(core::sync::atomic::Ordering::Relaxed)
-}

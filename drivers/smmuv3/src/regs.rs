@@ -242,6 +242,72 @@ pub fn base_value(pa: u64, log2size: u32) -> u64 {
     .value
 }
 
+/// Decodes a value written to register `name` (the names [`crate::unit`]
+/// traces its writes under, SMMUv3 §6.3) into its fields by spec name, for
+/// the register trace ([`iommu::trace::write`]).
+pub fn decode(name: &str, v: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    use iommu::trace::flags;
+    let bits = |at: u32, n: u32| (v >> at) & ((1 << n) - 1);
+    match name {
+        // §6.3.9.
+        "CR0" => flags(v, &[(0, "SMMUEN"), (1, "PRIQEN"), (2, "EVENTQEN"), (3, "CMDQEN"), (4, "ATSCHK")], out),
+        // §6.3.11.
+        "CR1" => write!(
+            out,
+            "QUEUE_IC={} QUEUE_OC={} QUEUE_SH={} TABLE_IC={} TABLE_OC={} TABLE_SH={}",
+            bits(0, 2),
+            bits(2, 2),
+            bits(4, 2),
+            bits(6, 2),
+            bits(8, 2),
+            bits(10, 2)
+        ),
+        // §6.3.12.
+        "CR2" => flags(v, &[(0, "E2H"), (1, "RECINVSID"), (2, "PTM")], out),
+        // §6.3.14.
+        "GBPA" => {
+            flags(v, &[(31, "UPDATE"), (20, "ABORT")], out)?;
+            if bits(20, 1) == 0 {
+                out.write_str(" (bypass)")?;
+            }
+            Ok(())
+        }
+        // §6.3.17: GERRORN toggles acknowledge the active GERROR bits.
+        "GERRORN" => flags(
+            v,
+            &[
+                (0, "CMDQ_ERR"),
+                (2, "EVENTQ_ABT_ERR"),
+                (3, "PRIQ_ABT_ERR"),
+                (4, "MSI_CMDQ_ABT_ERR"),
+                (5, "MSI_EVENTQ_ABT_ERR"),
+                (7, "MSI_GERROR_ABT_ERR"),
+                (8, "SFM_ERR"),
+            ],
+            out,
+        ),
+        // §6.3.13.
+        "IRQ_CTRL" => flags(v, &[(0, "GERROR_IRQEN"), (1, "PRIQ_IRQEN"), (2, "EVENTQ_IRQEN")], out),
+        // §6.3.24, §6.3.26, §6.3.30 (STRTAB_BASE's size lives in STRTAB_BASE_CFG).
+        "STRTAB_BASE" => write!(out, "ADDR={:#x} RA={}", v & 0x000F_FFFF_FFFF_FFC0, bits(62, 1)),
+        "CMDQ_BASE" | "EVENTQ_BASE" => {
+            write!(out, "ADDR={:#x} LOG2SIZE={} RA={}", v & 0x000F_FFFF_FFFF_FFE0, bits(0, 5), bits(62, 1))
+        }
+        // §6.3.25.
+        "STRTAB_BASE_CFG" => write!(
+            out,
+            "FMT={} SPLIT={} LOG2SIZE={}",
+            if bits(16, 2) == 1 { "2-level" } else { "linear" },
+            bits(6, 5),
+            bits(0, 6)
+        ),
+        // §6.3.27–§6.3.30: index with its wrap bit (and overflow flags).
+        "CMDQ_PROD" | "CMDQ_CONS" | "EVENTQ_PROD" => write!(out, "index={:#x}", bits(0, 20)),
+        "EVENTQ_CONS" => write!(out, "RD={:#x} OVACKFLG={}", bits(0, 20), bits(31, 1)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,23 @@ use crate::ste::{self, Ste};
 use iommu::dma::DmaRegion;
 use iommu::mmio::{BlockRef, MmioWindow};
 use iommu::ring::{Indexing, ProducerRing};
+use iommu::trace::{History, Tracer};
 use iommu::DmaMemory;
-use tock_registers::interfaces::{ReadWriteable, Readable, Writeable};
+use tock_registers::interfaces::{Readable, Writeable};
+
+/// The one way this driver writes a register: through the register trace
+/// ([`iommu::trace::write`]), named as SMMUv3 §6.3 names it and decoded by
+/// [`crate::regs::decode`].
+fn wr<R>(t: Tracer, reg: &R, name: &'static str, value: R::T)
+where
+    R: Writeable,
+    R::T: Into<u64>,
+{
+    iommu::trace::write(t, reg, name, value, crate::regs::decode)
+}
+
+/// Commands the queue history keeps ([`Smmu::describe_queue`]).
+pub const HISTORY: usize = 32;
 
 /// Polls of a status register before a wait is declared failed.
 const MAX_POLLS: u32 = 1_000_000;
@@ -29,6 +44,15 @@ const EVENT_WORDS: usize = 4;
 
 /// Words of a command (§4: 16 bytes).
 const COMMAND_WORDS: usize = 2;
+
+/// A command decoded for the trace ([`cmd::decode`]).
+struct Cmd<'a>(&'a Command);
+
+impl core::fmt::Display for Cmd<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        cmd::decode(self.0, f)
+    }
+}
 
 /// Frames for `1 << log2` entries of `words` words (at least one).
 fn queue_frames(words: usize, log2: u32) -> usize {
@@ -81,6 +105,10 @@ pub struct Smmu {
     pub commands: u64,
     /// Event-queue overflows seen (events lost).
     pub event_overflows: u64,
+    /// The unit's register-trace handle (name `smmuN`).
+    trace: Tracer,
+    /// The last commands submitted (whether tracing or not).
+    history: History<COMMAND_WORDS, HISTORY>,
 }
 
 impl Smmu {
@@ -156,7 +184,7 @@ impl Smmu {
         let eventq_region =
             DmaRegion::alloc_contiguous(mem, queue_frames(EVENT_WORDS, eventq_log2)).ok_or(SmmuError::NoMemory)?;
         let eventq = EventQueue { region: eventq_region, log2: eventq_log2, index: 0 };
-        let trace = crate::tracing();
+        let t = Tracer::register(iommu::UnitKind::Smmuv3);
         let mut smmu = Smmu {
             page0,
             page1,
@@ -169,16 +197,16 @@ impl Smmu {
             eventq,
             commands: 0,
             event_overflows: 0,
+            trace: t,
+            history: History::new(),
         };
         smmu.set_cr0(0, "CR0 disable")?;
         // While SMMUEN is 0, transactions follow GBPA: abort them (default
         // deny from the moment the driver owns the SMMU, §6.3.14).
         if !p0.gbpa.is_set(GBPA::ABORT) {
-            if trace {
-                log::info!("smmu trace: GBPA <- UPDATE|ABORT");
-            }
-            p0.gbpa.modify(GBPA::ABORT::SET + GBPA::UPDATE::SET);
+            wr(t, &p0.gbpa, "GBPA", p0.gbpa.get() | (GBPA::ABORT::SET + GBPA::UPDATE::SET).value);
             wait("GBPA update", || !p0.gbpa.is_set(GBPA::UPDATE))?;
+            iommu::trace!(t, "GBPA update done");
         }
         let cr1 = CR1::QUEUE_IC.val(1)
             + CR1::QUEUE_OC.val(1)
@@ -186,8 +214,8 @@ impl Smmu {
             + CR1::TABLE_IC.val(1)
             + CR1::TABLE_OC.val(1)
             + CR1::TABLE_SH.val(3);
-        p0.cr1.write(cr1);
-        p0.cr2.write(CR2::RECINVSID::SET + CR2::PTM::SET);
+        wr(t, &p0.cr1, "CR1", cr1.value);
+        wr(t, &p0.cr2, "CR2", (CR2::RECINVSID::SET + CR2::PTM::SET).value);
         let (strtab, cfg) = match &smmu.table {
             StreamTable::Linear { region } => {
                 (region.base(), STRTAB_BASE_CFG::FMT.val(0) + STRTAB_BASE_CFG::LOG2SIZE.val(sid_bits))
@@ -199,23 +227,14 @@ impl Smmu {
                     + STRTAB_BASE_CFG::LOG2SIZE.val(sid_bits),
             ),
         };
-        p0.strtab_base.set(crate::regs::base_value(strtab, 0));
-        p0.strtab_base_cfg.write(cfg);
-        p0.cmdq_base.set(crate::regs::base_value(smmu.cmdq.region().base(), cmdq_log2));
-        p0.cmdq_prod.set(0);
-        p0.cmdq_cons.set(0);
-        p0.eventq_base.set(crate::regs::base_value(smmu.eventq.region.base(), eventq_log2));
-        smmu.page1().eventq_prod.set(0);
-        smmu.page1().eventq_cons.set(0);
-        if trace {
-            log::info!(
-                "smmu trace: CR1 <- {:#x}, CR2 <- RECINVSID|PTM, STRTAB_BASE <- {strtab:#x} ({}), CMDQ_BASE <- {:#x} (2^{cmdq_log2}), EVENTQ_BASE <- {:#x} (2^{eventq_log2})",
-                p0.cr1.get(),
-                if two_level { "2-level" } else { "linear" },
-                smmu.cmdq.region().base(),
-                smmu.eventq.region.base()
-            );
-        }
+        wr(t, &p0.strtab_base, "STRTAB_BASE", crate::regs::base_value(strtab, 0));
+        wr(t, &p0.strtab_base_cfg, "STRTAB_BASE_CFG", cfg.value);
+        wr(t, &p0.cmdq_base, "CMDQ_BASE", crate::regs::base_value(smmu.cmdq.region().base(), cmdq_log2));
+        wr(t, &p0.cmdq_prod, "CMDQ_PROD", 0);
+        wr(t, &p0.cmdq_cons, "CMDQ_CONS", 0);
+        wr(t, &p0.eventq_base, "EVENTQ_BASE", crate::regs::base_value(smmu.eventq.region.base(), eventq_log2));
+        wr(t, &smmu.page1().eventq_prod, "EVENTQ_PROD", 0);
+        wr(t, &smmu.page1().eventq_cons, "EVENTQ_CONS", 0);
         smmu.set_cr0((CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value, "CR0 queues enable")?;
         smmu.submit(&[cmd::cfgi_all(), cmd::tlbi_nsnh_all()], mem)?;
         Ok(smmu)
@@ -223,11 +242,34 @@ impl Smmu {
 
     /// Writes CR0 and waits for CR0ACK to match.
     fn set_cr0(&self, value: u32, what: &'static str) -> Result<(), SmmuError> {
-        if crate::tracing() {
-            log::info!("smmu trace: CR0 <- {value:#x}");
-        }
-        self.page0().cr0.set(value);
-        wait(what, || self.page0().cr0ack.get() == value)
+        wr(self.trace, &self.page0().cr0, "CR0", value);
+        let r = wait(what, || self.page0().cr0ack.get() == value);
+        iommu::trace!(
+            self.trace,
+            "CR0ACK {:#x}{}: {what} {}",
+            self.page0().cr0ack.get(),
+            iommu::trace::Fields(crate::regs::decode, "CR0", u64::from(self.page0().cr0ack.get())),
+            if r.is_ok() { "done" } else { "timed out" }
+        );
+        r
+    }
+
+    /// The SMMU's most recent commands, oldest first, one per line
+    /// (`#seq CMDQ[index] CMD_... (fields)`; the index carries the wrap bit).
+    pub fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        self.history.describe("CMDQ", out, cmd::decode)
+    }
+
+    /// The unit's register-trace handle.
+    pub fn tracer(&self) -> Tracer {
+        self.trace
+    }
+
+    /// Writes CMDQ_PROD with the ring's producer index (the doorbell).
+    fn doorbell(&self) {
+        let t = self.trace;
+        let p0 = self.page0();
+        self.cmdq.publish(|r| wr(t, &p0.cmdq_prod, "CMDQ_PROD", r.prod()));
     }
 
     /// CR0, GBPA, GERROR, STRTAB_BASE, STRTAB_BASE_CFG, CMDQ_PROD / CONS and
@@ -323,14 +365,14 @@ impl Smmu {
         cmds: &[Command],
         mem: &mut impl DmaMemory,
     ) -> Result<(), (SmmuError, Option<usize>)> {
-        let trace = crate::tracing();
+        let t = self.trace;
         let start = self.cmdq.prod();
         let mut refused: Option<(SmmuError, Option<usize>)> = None;
         for c in cmds.iter().chain(core::iter::once(&cmd::sync())) {
             // Room for one more? (CMDQ_CONS with its wrap bit, §6.3.27.)
             self.refresh_cons();
             while self.cmdq.free() == 0 {
-                self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
+                self.doorbell();
                 let ring = self.cmdq;
                 ProducerRing::wait(MAX_POLLS, || {
                     let mut r = ring;
@@ -342,26 +384,26 @@ impl Smmu {
                 self.recover(start, cmds.len(), mem, &mut refused).map_err(|e| (e, None))?;
                 self.refresh_cons();
             }
-            if trace {
-                log::info!(
-                    "smmu trace: cmd [{}] {} {:#018x} {:#018x}",
-                    self.cmdq.prod(),
-                    cmd::opcode_name(c[0]),
-                    c[0],
-                    c[1]
-                );
-            }
+            let index = self.cmdq.prod();
             self.cmdq.push(mem, c).map_err(|_| (SmmuError::Timeout("command queue space"), None))?;
+            let n = self.history.record(index, *c);
+            if t.on() {
+                t.emit_seq(n, format_args!("CMDQ[{index:#x}] submit {}", Cmd(c)));
+            }
             self.commands += 1;
         }
         let prod = self.cmdq.prod();
-        self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
+        self.doorbell();
         loop {
             // The CMD_SYNC closing the batch consumed (§4.6), or a refusal: bounded.
             ProducerRing::wait(MAX_POLLS, || {
                 CMDQ_CONS::RD.read(self.page0().cmdq_cons.get()) == prod || self.command_error().is_some()
             })
+            .inspect_err(|_| iommu::trace!(t, "CMD_SYNC timed out (CMDQ_PROD {prod:#x})"))
             .map_err(|_| (SmmuError::Timeout("command queue"), None))?;
+            if self.command_error().is_none() {
+                iommu::trace!(t, "CMD_SYNC done (CMDQ_CONS {prod:#x})");
+            }
             if !self.recover(start, cmds.len(), mem, &mut refused).map_err(|e| (e, None))? {
                 break;
             }
@@ -390,12 +432,19 @@ impl Smmu {
         let Some((error, index)) = self.command_error() else { return Ok(false) };
         log::error!("smmuv3: command {index} refused: {}", error.name());
         self.cmdq.write_slot(mem, index, &cmd::sync()).map_err(SmmuError::Dma)?;
-        let gerror = self.page0().gerror.get();
-        if crate::tracing() {
-            log::info!("smmu trace: GERRORN <- CMDQ_ERR acknowledged");
+        let seq = self.history.record(index, cmd::sync());
+        if self.trace.on() {
+            self.trace.emit_seq(
+                seq,
+                format_args!("CMDQ[{index:#x}] replace {} (refused: {})", Cmd(&cmd::sync()), error.name()),
+            );
         }
-        self.page0().gerrorn.modify(GERROR::CMDQ_ERR.val(GERROR::CMDQ_ERR.read(gerror)));
-        self.cmdq.publish(|r| self.page0().cmdq_prod.set(r.prod()));
+        let gerror = self.page0().gerror.get();
+        // GERRORN.CMDQ_ERR made equal to GERROR.CMDQ_ERR: acknowledged (§6.3.17).
+        let mask = GERROR::CMDQ_ERR::SET.value;
+        let gerrorn = (self.page0().gerrorn.get() & !mask) | (gerror & mask);
+        wr(self.trace, &self.page0().gerrorn, "GERRORN", gerrorn);
+        self.doorbell();
         if refused.is_none() {
             let span = (2 << self.cmdq.log2_slots()) - 1; // index and wrap bit
             let offset = (index.wrapping_sub(start) & span) as usize;
@@ -454,15 +503,16 @@ impl Smmu {
             table.write_u64(mem, at + i, entry[i]).map_err(SmmuError::Dma)?;
         }
         table.write_u64(mem, at, entry[0]).map_err(SmmuError::Dma)?;
-        if crate::tracing() {
-            log::info!(
-                "smmu trace: STE[{sid:#x}] <- {:#018x} {:#018x} {:#018x} {:#018x}",
-                entry[0],
-                entry[1],
-                entry[2],
-                entry[3]
-            );
-        }
+        iommu::trace!(
+            self.trace,
+            "STE[{sid:#x}] <- {:#018x} {:#018x} {:#018x} {:#018x} (V={} Config={:#x})",
+            entry[0],
+            entry[1],
+            entry[2],
+            entry[3],
+            entry[0] & 1,
+            (entry[0] >> 1) & 7
+        );
         let inval = if fresh { cmd::cfgi_all() } else { cmd::cfgi_ste(sid) };
         // The CD of an STE that translates at stage 1 (alone or nested) may
         // be cached under the stream too (§4.3.3).
@@ -477,6 +527,7 @@ impl Smmu {
     pub fn clear_ste(&mut self, sid: u32, mem: &mut impl DmaMemory) -> Result<(), SmmuError> {
         let (table, at, _) = self.ste_address(sid, mem)?;
         table.write_u64(mem, at, 0).map_err(SmmuError::Dma)?;
+        iommu::trace!(self.trace, "STE[{sid:#x}].word0 <- 0 (V=0)");
         self.submit(&[cmd::cfgi_ste(sid)], mem)
     }
 
@@ -505,12 +556,12 @@ impl Smmu {
         self.global_errors();
         let mut any = false;
         let prod = self.page1().eventq_prod.get();
-        let wr = EVENTQ_PROD::WR.read(prod) & ((2 << self.eventq.log2) - 1);
+        let wr_index = EVENTQ_PROD::WR.read(prod) & ((2 << self.eventq.log2) - 1);
         let overflow = EVENTQ_PROD::OVFLG.read(prod);
         let ack = EVENTQ_CONS::OVACKFLG.read(self.page1().eventq_cons.get());
         // Bounded by the queue size: the SMMU cannot have more for us.
         for _ in 0..(1u32 << self.eventq.log2) {
-            if self.eventq.index == wr {
+            if self.eventq.index == wr_index {
                 break;
             }
             let at = self.eventq.slot(self.eventq.index);
@@ -519,7 +570,9 @@ impl Smmu {
                 // The queue's frames hold every slot (allocated for `1 << log2` records).
                 *w = self.eventq.region.read_u64(mem, at + i).unwrap_or(0);
             }
-            f(Event::decode(words));
+            let e = Event::decode(words);
+            iommu::trace!(self.trace, "EVENTQ[{:#x}] event {e}", self.eventq.index);
+            f(e);
             any = true;
             self.eventq.index = self.eventq.next(self.eventq.index);
         }
@@ -527,10 +580,12 @@ impl Smmu {
             self.event_overflows += 1;
             log::warn!("smmuv3: event queue overflow: events were lost");
         }
-        if crate::tracing() && any {
-            log::info!("smmu trace: EVENTQ_CONS <- {:#x}", self.eventq.index);
+        let cons = (EVENTQ_CONS::RD.val(self.eventq.index) + EVENTQ_CONS::OVACKFLG.val(overflow)).value;
+        // Nothing consumed and no overflow to acknowledge: EVENTQ_CONS already
+        // holds this value, so the write (one per fault poll) is left out.
+        if any || overflow != ack {
+            wr(self.trace, &self.page1().eventq_cons, "EVENTQ_CONS", cons);
         }
-        self.page1().eventq_cons.write(EVENTQ_CONS::RD.val(self.eventq.index) + EVENTQ_CONS::OVACKFLG.val(overflow));
     }
 
     /// Logs and acknowledges global errors other than command-queue errors
@@ -549,10 +604,7 @@ impl Smmu {
                 },
                 if GERROR::SFM_ERR.is_set(active) { " SFM_ERR (service failure mode)" } else { "" },
             );
-            if crate::tracing() {
-                log::info!("smmu trace: GERRORN <- {:#x}", gerrorn ^ active);
-            }
-            self.page0().gerrorn.set(gerrorn ^ active);
+            wr(self.trace, &self.page0().gerrorn, "GERRORN", gerrorn ^ active);
         }
         active
     }
@@ -597,6 +649,15 @@ mod tests {
         fn free_contiguous(&mut self, _: u64, _: usize) {
             panic!("free_contiguous")
         }
+    }
+
+    #[test]
+    fn every_register_write_goes_through_the_trace() {
+        for (file, src) in [("unit.rs", include_str!("unit.rs")), ("driver.rs", include_str!("driver.rs"))] {
+            let bad = iommu::trace::untraced_writes(src, &["page0()", "page1()", "p0"]);
+            assert!(bad.is_empty(), "{file}: register writes outside `wr`: {bad:?}");
+        }
+        assert_eq!(iommu::trace::untraced_writes("    p0.cr1.write(cr1);", &["p0"]).len(), 1);
     }
 
     #[test]

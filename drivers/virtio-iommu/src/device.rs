@@ -42,6 +42,17 @@ const EVENT_SLOT: u64 = 64;
 /// Where the device-writable part starts in the request buffer (after the
 /// longest request body, PROBE's 72 bytes).
 const RESPONSE_OFFSET: u64 = 128;
+/// Requests the queue history keeps ([`VirtioIommuDevice::describe_queue`]).
+pub const HISTORY: usize = 32;
+
+/// A request decoded for the trace ([`request::decode`]).
+struct Req<'a>(&'a [u8]);
+
+impl core::fmt::Display for Req<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        request::decode(self.0, f)
+    }
+}
 /// Largest `probe_size` this driver provides a buffer for.
 const MAX_PROBE_SIZE: u32 = 0x1_0000;
 
@@ -70,6 +81,10 @@ fn floor_pow2(n: u16) -> u16 {
 /// A virtio-iommu that went through initialisation: features negotiated,
 /// queues live, fault buffers posted.
 pub struct VirtioIommuDevice {
+    /// The unit's register-trace handle (name `virtioN`).
+    tracer: iommu::trace::Tracer,
+    /// The last requests sent (whether tracing or not).
+    history: iommu::trace::History<5, HISTORY>,
     transport: Box<dyn Transport>,
     /// Feature bits the device offered.
     pub offered: u64,
@@ -108,8 +123,10 @@ impl VirtioIommuDevice {
         mem: &mut impl DmaMemory,
     ) -> Result<VirtioIommuDevice, VirtioError> {
         let mut allocs = Allocations(Vec::new());
+        let tracer = iommu::trace::Tracer::register(iommu::UnitKind::VirtioIommu);
+        transport.set_tracer(tracer);
         match Self::bring_up(&mut *transport, mem, &mut allocs) {
-            Ok(parts) => Ok(Self::assemble(transport, parts)),
+            Ok(parts) => Ok(Self::assemble(transport, parts, tracer)),
             Err(e) => {
                 // §3.1.1: a driver that gives up sets FAILED.
                 let s = transport.status();
@@ -234,8 +251,10 @@ impl VirtioIommuDevice {
         Ok(Parts { offered, features, config, requests, events, request_buf, event_buf, event_slots })
     }
 
-    fn assemble(transport: Box<dyn Transport>, p: Parts) -> VirtioIommuDevice {
+    fn assemble(transport: Box<dyn Transport>, p: Parts, tracer: iommu::trace::Tracer) -> VirtioIommuDevice {
         VirtioIommuDevice {
+            tracer,
+            history: iommu::trace::History::new(),
             transport,
             offered: p.offered,
             features: p.features,
@@ -249,6 +268,17 @@ impl VirtioIommuDevice {
             broken: false,
             requests_sent: 0,
         }
+    }
+
+    /// The device's most recent requests, oldest first, one per line
+    /// (`#seq REQ[descriptor] TYPE (fields)`).
+    pub fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        self.history.describe("REQ", out, request::decode_words)
+    }
+
+    /// The unit's register-trace handle.
+    pub fn tracer(&self) -> iommu::trace::Tracer {
+        self.tracer
     }
 
     /// Whether feature `bit` was negotiated.
@@ -317,6 +347,10 @@ impl VirtioIommuDevice {
                 Buffer { addr: self.request_buf.pa(response)?, len: response_len as u32, device_writes: true },
             ],
         )?;
+        let n = self.history.record(u32::from(head), request::history_words(&body));
+        if self.tracer.on() {
+            self.tracer.emit_seq(n, format_args!("REQ[{head}] submit {}", Req(&body)));
+        }
         self.transport.notify(REQUEST_QUEUE);
         self.requests_sent += 1;
         let (mut used, mut bad) = (None, None);
@@ -353,9 +387,7 @@ impl VirtioIommuDevice {
         let at = if written >= request::TAIL_LEN && written < response_len { response } else { tail };
         self.request_buf.read_bytes(mem, at, &mut code)?;
         let code = code[0];
-        if crate::tracing() {
-            log::info!("virtio-iommu trace: {req} -> {}", request::status_name(code));
-        }
+        iommu::trace!(self.tracer, "REQ[{head}] used: {} -> {}", Req(&body), request::status_name(code));
         if code != status::OK {
             return Err(VirtioError::Status { request: *req, status: code });
         }
@@ -436,9 +468,7 @@ impl VirtioIommuDevice {
             }
             match Fault::decode(&record[..(u.len as usize).min(FAULT_LEN)]) {
                 Some(fault) => {
-                    if crate::tracing() {
-                        log::info!("virtio-iommu trace: fault {fault:?}");
-                    }
+                    iommu::trace!(self.tracer, "EVENTQ[{}] used: fault {fault:?}", u.head);
                     f(fault)
                 }
                 None => log::warn!("virtio-iommu: short fault record ({} bytes)", u.len),

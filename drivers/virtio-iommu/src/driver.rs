@@ -721,6 +721,14 @@ impl<M: DmaMemory + Send + 'static> Iommu for VirtioIommu<M> {
         self.flushes
     }
 
+    fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> Result<(), Error> {
+        self.dev.describe_queue(out).map_err(|_| Error::NoMemory)
+    }
+
+    fn tracer(&self) -> iommu::trace::Tracer {
+        self.dev.tracer()
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
         self
     }

@@ -15,7 +15,10 @@
 //! - [`error`]: [`VirtioError`], shared by the layers above.
 //!
 //! Register access goes through [`iommu::mmio::MmioWindow`]s the board cuts
-//! from the device's BARs: nothing here vouches for memory.
+//! from the device's BARs: nothing here vouches for memory. Every write to
+//! them goes through the register trace ([`iommu::trace`]; the device traces
+//! as `virtioN`, fields decoded by [`transport::decode`], requests by
+//! [`request::decode`], each with its status when the device used it).
 //!
 //! Every wait on the device is bounded ([`iommu::poll`]) and ends in an error.
 //!
@@ -64,11 +67,3 @@ static HEAP: fallible::testing::FailingAlloc = fallible::testing::FailingAlloc;
 pub use device::{Config, VirtioError, VirtioIommuDevice};
 pub use driver::VirtioIommu;
 pub use transport::{find_caps, CapRegion, Mapped, PciCaps};
-
-/// When true, every request and its status is logged, and so is every
-/// write to the device's registers (`--trace`; a teaching aid).
-pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-fn tracing() -> bool {
-    TRACE.load(core::sync::atomic::Ordering::Relaxed)
-}

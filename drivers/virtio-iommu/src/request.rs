@@ -553,8 +553,100 @@ impl Fault {
     }
 }
 
+/// Decodes an encoded request (its device-readable part) by the spec's
+/// names (virtio 1.2 §5.13.6.3–§5.13.6.7): `ATTACH (domain=1 endpoint=0x8
+/// flags=0)`, `MAP (domain=1 virt_start=0x1000 virt_end=0x1fff
+/// phys_start=0x40000 flags=READ|WRITE)`. Bytes past the end read as 0.
+pub fn decode(body: &[u8], out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    let byte = |at: usize| body.get(at).copied().unwrap_or(0);
+    let le32 = |at: usize| u32::from_le_bytes([byte(at), byte(at + 1), byte(at + 2), byte(at + 3)]);
+    let le64 = |at: usize| u64::from(le32(at)) | u64::from(le32(at + 4)) << 32;
+    match byte(0) {
+        kind::ATTACH => write!(
+            out,
+            "ATTACH (domain={} endpoint={:#x} flags={})",
+            le32(4),
+            le32(8),
+            if le32(12) & ATTACH_F_BYPASS != 0 { "BYPASS" } else { "0" }
+        ),
+        kind::DETACH => write!(out, "DETACH (domain={} endpoint={:#x})", le32(4), le32(8)),
+        kind::MAP => {
+            write!(
+                out,
+                "MAP (domain={} virt_start={:#x} virt_end={:#x} phys_start={:#x} flags=",
+                le32(4),
+                le64(8),
+                le64(16),
+                le64(24)
+            )?;
+            let f = le32(32);
+            let mut any = false;
+            for (bit, name) in [(1, "READ"), (2, "WRITE"), (4, "MMIO")] {
+                if f & bit != 0 {
+                    out.write_str(if any { "|" } else { "" })?;
+                    out.write_str(name)?;
+                    any = true;
+                }
+            }
+            out.write_str(if any { ")" } else { "0)" })
+        }
+        kind::UNMAP => write!(out, "UNMAP (domain={} virt_start={:#x} virt_end={:#x})", le32(4), le64(8), le64(16)),
+        kind::PROBE => write!(out, "PROBE (endpoint={:#x})", le32(4)),
+        t => write!(out, "request type {t} (unknown)"),
+    }
+}
+
+/// Request bytes as the queue history keeps them: the first 40 (enough for
+/// every request's fields), little-endian in five words.
+pub fn history_words(body: &[u8]) -> [u64; 5] {
+    let mut w = [0u64; 5];
+    for (i, b) in body.iter().take(40).enumerate() {
+        w[i / 8] |= u64::from(*b) << (8 * (i % 8));
+    }
+    w
+}
+
+/// [`decode`] of what [`history_words`] kept.
+pub fn decode_words(w: &[u64; 5], out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    let mut bytes = [0u8; 40];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (w[i / 8] >> (8 * (i % 8))) as u8;
+    }
+    decode(&bytes, out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn requests_decode_by_spec_names() {
+        let d = |r: Request| {
+            let mut s = alloc::string::String::new();
+            decode_words(&history_words(&r.encode()), &mut s).unwrap();
+            s
+        };
+        assert_eq!(
+            d(Request::Attach { domain: 1, endpoint: 8, bypass: false }),
+            "ATTACH (domain=1 endpoint=0x8 flags=0)"
+        );
+        assert_eq!(
+            d(Request::Attach { domain: 2, endpoint: 8, bypass: true }),
+            "ATTACH (domain=2 endpoint=0x8 flags=BYPASS)"
+        );
+        assert_eq!(d(Request::Detach { domain: 1, endpoint: 0x10 }), "DETACH (domain=1 endpoint=0x10)");
+        assert_eq!(
+            d(Request::Map { domain: 1, virt_start: 0x1000, virt_end: 0x1fff, phys_start: 0x4000_0000, flags: 3 }),
+            "MAP (domain=1 virt_start=0x1000 virt_end=0x1fff phys_start=0x40000000 flags=READ|WRITE)"
+        );
+        assert_eq!(
+            d(Request::Unmap { domain: 1, virt_start: 0x3000, virt_end: 0x3fff }),
+            "UNMAP (domain=1 virt_start=0x3000 virt_end=0x3fff)"
+        );
+        assert_eq!(d(Request::Probe { endpoint: 8 }), "PROBE (endpoint=0x8)");
+        let mut s = alloc::string::String::new();
+        decode(&[9], &mut s).unwrap();
+        assert_eq!(s, "request type 9 (unknown)");
+    }
+
     use super::*;
 
     #[test]

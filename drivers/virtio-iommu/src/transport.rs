@@ -14,7 +14,7 @@ use crate::error::VirtioError;
 use crate::regs::{self, Bypass, CommonCfg, IommuConfig, Isr, Notify, STATUS};
 use alloc::vec::Vec;
 use iommu::mmio::{BlockRef, MmioWindow, OutsideWindow};
-use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::interfaces::Readable;
 
 /// `cfg_type` values of virtio PCI capabilities (§4.1.4).
 pub mod cfg_type {
@@ -190,6 +190,11 @@ pub struct Rings {
 /// What the device layer needs from a virtio-iommu's transport. The kernel
 /// uses [`MmioTransport`]; host tests put a simulated device behind it.
 pub trait Transport: Send {
+    /// The register-trace handle the transport's writes are traced under
+    /// (set once, before bring-up; a transport without registers ignores it).
+    fn set_tracer(&mut self, tracer: iommu::trace::Tracer) {
+        let _ = tracer;
+    }
     /// `device_status` (§2.1).
     fn status(&self) -> u8;
     /// Writes `device_status` (0 resets the device).
@@ -227,6 +232,43 @@ pub struct MmioTransport {
     notify_multiplier: u32,
     /// `queue_notify_off` of each enabled queue, as (queue, offset).
     notify_offsets: Vec<(u16, u16)>,
+    /// The register-trace handle of the device's unit.
+    tracer: iommu::trace::Tracer,
+}
+
+/// The one way this transport writes a register: through the register
+/// trace ([`iommu::trace::write`]), named as virtio 1.2 §4.1.4.3 and §5.13.4
+/// name the fields, decoded by [`decode`].
+fn wr<R>(t: iommu::trace::Tracer, reg: &R, name: &'static str, value: R::T)
+where
+    R: tock_registers::interfaces::Writeable,
+    R::T: Into<u64>,
+{
+    iommu::trace::write(t, reg, name, value, decode)
+}
+
+/// Decodes a value written to the common or device configuration field
+/// `name` (virtio 1.2 §2.1 device status bits; §4.1.4.3; §5.13.4), for the trace.
+pub fn decode(name: &str, v: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    match name {
+        "device_status" if v == 0 => out.write_str("reset"),
+        "device_status" => iommu::trace::flags(
+            v,
+            &[
+                (0, "ACKNOWLEDGE"),
+                (1, "DRIVER"),
+                (2, "DRIVER_OK"),
+                (3, "FEATURES_OK"),
+                (6, "DEVICE_NEEDS_RESET"),
+                (7, "FAILED"),
+            ],
+            out,
+        ),
+        "bypass" => {
+            out.write_str(if v & 1 != 0 { "bypass unattached endpoints" } else { "block unattached endpoints" })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Why a structure's registers are unusable: not naturally aligned, or
@@ -257,6 +299,7 @@ impl MmioTransport {
             notify: mapped.notify,
             notify_multiplier: mapped.notify_multiplier,
             notify_offsets: Vec::new(),
+            tracer: iommu::trace::Tracer::NONE,
         })
     }
 
@@ -271,12 +314,6 @@ impl MmioTransport {
     fn isr_reg(&self) -> &Isr {
         &self.isr
     }
-
-    fn trace(&self, what: core::fmt::Arguments<'_>) {
-        if crate::tracing() {
-            log::info!("virtio-iommu trace: {what}");
-        }
-    }
 }
 
 impl Transport for MmioTransport {
@@ -284,27 +321,29 @@ impl Transport for MmioTransport {
         self.common().device_status.get()
     }
 
+    fn set_tracer(&mut self, tracer: iommu::trace::Tracer) {
+        self.tracer = tracer;
+    }
+
     fn set_status(&mut self, status: u8) {
-        self.trace(format_args!("device_status <- {status:#x}"));
-        self.common().device_status.set(status);
+        wr(self.tracer, &self.common().device_status, "device_status", status);
     }
 
     fn device_features(&mut self) -> u64 {
-        let c = self.common();
-        c.device_feature_select.set(0);
+        let (c, t) = (self.common(), self.tracer);
+        wr(t, &c.device_feature_select, "device_feature_select", 0);
         let low = c.device_feature.get();
-        c.device_feature_select.set(1);
+        wr(t, &c.device_feature_select, "device_feature_select", 1);
         let high = c.device_feature.get();
         u64::from(high) << 32 | u64::from(low)
     }
 
     fn set_driver_features(&mut self, features: u64) {
-        self.trace(format_args!("driver_feature <- {features:#x}"));
-        let c = self.common();
-        c.driver_feature_select.set(0);
-        c.driver_feature.set(features as u32);
-        c.driver_feature_select.set(1);
-        c.driver_feature.set((features >> 32) as u32);
+        let (c, t) = (self.common(), self.tracer);
+        wr(t, &c.driver_feature_select, "driver_feature_select", 0);
+        wr(t, &c.driver_feature, "driver_feature", features as u32);
+        wr(t, &c.driver_feature_select, "driver_feature_select", 1);
+        wr(t, &c.driver_feature, "driver_feature", (features >> 32) as u32);
     }
 
     fn num_queues(&self) -> u16 {
@@ -313,26 +352,22 @@ impl Transport for MmioTransport {
 
     fn queue_max(&mut self, queue: u16) -> u16 {
         let c = self.common();
-        c.queue_select.set(queue);
+        wr(self.tracer, &c.queue_select, "queue_select", queue);
         c.queue_size.get()
     }
 
     fn enable_queue(&mut self, queue: u16, size: u16, rings: Rings) {
-        self.trace(format_args!(
-            "queue {queue}: size {size}, desc {:#x}, driver {:#x}, device {:#x}, enable",
-            rings.desc, rings.driver, rings.device
-        ));
-        let c = self.common();
-        c.queue_select.set(queue);
-        c.queue_size.set(size);
-        c.queue_desc_lo.set(rings.desc as u32);
-        c.queue_desc_hi.set((rings.desc >> 32) as u32);
-        c.queue_driver_lo.set(rings.driver as u32);
-        c.queue_driver_hi.set((rings.driver >> 32) as u32);
-        c.queue_device_lo.set(rings.device as u32);
-        c.queue_device_hi.set((rings.device >> 32) as u32);
+        let (c, t) = (self.common(), self.tracer);
+        wr(t, &c.queue_select, "queue_select", queue);
+        wr(t, &c.queue_size, "queue_size", size);
+        wr(t, &c.queue_desc_lo, "queue_desc (low)", rings.desc as u32);
+        wr(t, &c.queue_desc_hi, "queue_desc (high)", (rings.desc >> 32) as u32);
+        wr(t, &c.queue_driver_lo, "queue_driver (low)", rings.driver as u32);
+        wr(t, &c.queue_driver_hi, "queue_driver (high)", (rings.driver >> 32) as u32);
+        wr(t, &c.queue_device_lo, "queue_device (low)", rings.device as u32);
+        wr(t, &c.queue_device_hi, "queue_device (high)", (rings.device >> 32) as u32);
         let off = c.queue_notify_off.get();
-        c.queue_enable.set(1);
+        wr(t, &c.queue_enable, "queue_enable", 1);
         self.notify_offsets.retain(|&(q, _)| q != queue);
         self.notify_offsets.push((queue, off));
     }
@@ -341,7 +376,7 @@ impl Transport for MmioTransport {
         let off = self.notify_offsets.iter().find(|&&(q, _)| q == queue).map_or(0, |&(_, o)| o);
         let at = u64::from(off) * u64::from(self.notify_multiplier);
         match self.notify.block::<Notify>(at) {
-            Ok(n) => n.queue_index.set(queue),
+            Ok(n) => wr(self.tracer, &n.queue_index, "queue_notify", queue),
             // The device placed the queue's notification outside its area: nothing is written.
             Err(e) => log::error!("virtio-iommu: queue {queue}: notification address: {e}"),
         }
@@ -367,9 +402,8 @@ impl Transport for MmioTransport {
     }
 
     fn set_bypass(&mut self, bypass: u8) {
-        self.trace(format_args!("config.bypass <- {bypass}"));
         match self.bypass {
-            Some(b) => b.bypass.set(bypass),
+            Some(b) => wr(self.tracer, &b.bypass, "bypass", bypass),
             None => log::error!("virtio-iommu: the device configuration has no bypass field"),
         }
     }
@@ -399,6 +433,26 @@ pub mod status {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_register_write_goes_through_the_trace() {
+        let bad = iommu::trace::untraced_writes(include_str!("transport.rs"), &["c.", "common()", "n.", "b."]);
+        assert!(bad.is_empty(), "transport.rs: register writes outside `wr`: {bad:?}");
+        assert_eq!(iommu::trace::untraced_writes("        c.queue_enable.set(1);", &["c."]).len(), 1);
+    }
+
+    #[test]
+    fn config_writes_decode_by_spec_names() {
+        let d = |name, v| {
+            let mut s = alloc::string::String::new();
+            decode(name, v, &mut s).unwrap();
+            s
+        };
+        assert_eq!(d("device_status", 0), "reset");
+        assert_eq!(d("device_status", 0xB), "ACKNOWLEDGE DRIVER FEATURES_OK");
+        assert_eq!(d("bypass", 0), "block unattached endpoints");
+        assert_eq!(d("queue_size", 16), "");
+    }
+
     use super::*;
     use std::cell::RefCell;
 

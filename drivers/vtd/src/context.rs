@@ -259,6 +259,25 @@ pub fn pasid_entry_domain(q1: u64) -> u16 {
     PasidEntry::from_words([0, q1, 0, 0, 0, 0, 0, 0]).q1.read(PASID_Q1::DID) as u16
 }
 
+/// A legacy context entry (low, high) decoded for the trace (§9.3):
+/// ` (P=1 TT=second-level SLPTPTR=0x... AW=2 DID=0x1)`.
+pub struct Decoded(pub u64, pub u64);
+
+impl core::fmt::Display for Decoded {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (lo, hi) = (self.0, self.1);
+        write!(
+            f,
+            " (P={} TT={} SLPTPTR={:#x} AW={} DID={:#x})",
+            lo & 1,
+            ["second-level", "dev-tlb", "pass-through", "reserved"][((lo >> 2) & 3) as usize],
+            lo & !0xFFF,
+            hi & 7,
+            (hi >> 8) & 0xFFFF
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -587,6 +587,14 @@ impl<M: DmaMemory + Send + 'static> Iommu for VtdIommu<M> {
         iommu::table_leaves(|f| d.table.for_each_mapping(&self.mem, f), iova, len)
     }
 
+    fn describe_queue(&self, out: &mut dyn core::fmt::Write) -> Result<(), iommu::Error> {
+        self.unit.describe_queue(out).map_err(|_| iommu::Error::NoMemory)
+    }
+
+    fn tracer(&self) -> iommu::trace::Tracer {
+        self.unit.tracer()
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
         self
     }

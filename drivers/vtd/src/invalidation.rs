@@ -190,6 +190,114 @@ pub fn wait(status: u32, status_pa: u64) -> Descriptor {
     pair(d.to_words())
 }
 
+/// The spec's short name of descriptor type `t` (VT-d §6.5.2, Table 20):
+/// bits 3:0 and 11:9 of the low word.
+pub fn type_name(t: u64) -> &'static str {
+    match t {
+        1 => "cc_inv",
+        2 => "iotlb_inv",
+        3 => "dev_tlb_inv",
+        4 => "iec_inv",
+        5 => "inv_wait",
+        6 => "p_iotlb_inv",
+        7 => "pc_inv",
+        8 => "p_dev_tlb_inv",
+        _ => "reserved",
+    }
+}
+
+/// A 128-bit invalidation descriptor's type (bits 3:0, and 11:9 as bits 6:4).
+pub fn descriptor_type(lo: u64) -> u64 {
+    (lo & 0xF) | ((lo >> 9) & 0x7) << 4
+}
+
+/// Decodes a 128-bit invalidation descriptor by the spec's names (VT-d
+/// §6.5.2.1–§6.5.2.8): its type, then its fields, e.g.
+/// `inv_wait (SW=1 IF=0 FN=0 SDATA=0x1 SADDR=0x7f000)`.
+pub fn decode(lo: u64, hi: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    let t = descriptor_type(lo);
+    let g = (lo >> 4) & 3;
+    let did = (lo >> 16) & 0xFFFF;
+    let bit = |w: u64, n: u32| (w >> n) & 1;
+    write!(out, "{}", type_name(t))?;
+    match t {
+        // §6.5.2.1
+        CONTEXT_CACHE => write!(
+            out,
+            " (G={} DID={did:#x} SID={:#06x} FM={})",
+            ["reserved", "global", "domain", "device"][g as usize],
+            (lo >> 32) & 0xFFFF,
+            (lo >> 48) & 3
+        ),
+        // §6.5.2.3
+        IOTLB => write!(
+            out,
+            " (G={} DR={} DW={} DID={did:#x} ADDR={:#x} IH={} AM={})",
+            ["reserved", "global", "domain", "page"][g as usize],
+            bit(lo, 7),
+            bit(lo, 6),
+            hi & !0xFFF,
+            bit(hi, 6),
+            hi & 0x3F
+        ),
+        // §6.5.2.5
+        3 => write!(
+            out,
+            " (SID={:#06x} MIP={} PFSID={:#x} ADDR={:#x} S={})",
+            (lo >> 32) & 0xFFFF,
+            (lo >> 16) & 0x1F,
+            ((lo >> 12) & 0xF) | ((lo >> 52) & 0xFFF) << 4,
+            hi & !0xFFF,
+            bit(hi, 0)
+        ),
+        // §6.5.2.7
+        4 => {
+            if bit(lo, 4) == 0 {
+                write!(out, " (G=global)")
+            } else {
+                write!(out, " (G=index IM={} IIDX={:#x})", (lo >> 27) & 0x1F, (lo >> 32) & 0xFFFF)
+            }
+        }
+        // §6.5.2.8
+        WAIT => write!(
+            out,
+            " (SW={} IF={} FN={} PD={} SDATA={:#x} SADDR={:#x})",
+            bit(lo, 5),
+            bit(lo, 4),
+            bit(lo, 6),
+            bit(lo, 7),
+            lo >> 32,
+            hi & !3
+        ),
+        // §6.5.2.4
+        6 => write!(
+            out,
+            " (G={} DID={did:#x} PASID={:#x} ADDR={:#x} IH={} AM={})",
+            ["reserved", "reserved", "pasid", "page"][g as usize],
+            (lo >> 32) & 0xF_FFFF,
+            hi & !0xFFF,
+            bit(hi, 6),
+            hi & 0x3F
+        ),
+        // §6.5.2.2
+        PASID_CACHE => write!(
+            out,
+            " (G={} DID={did:#x} PASID={:#x})",
+            ["domain", "pasid", "reserved", "global"][g as usize],
+            (lo >> 32) & 0xF_FFFF
+        ),
+        // §6.5.2.6
+        8 => write!(
+            out,
+            " (SID={:#06x} PASID={:#x} ADDR={:#x})",
+            (lo >> 32) & 0xFFFF,
+            (lo >> 32) & 0xF_FFFF,
+            hi & !0xFFF
+        ),
+        _ => write!(out, " ({lo:#018x} {hi:#018x})"),
+    }
+}
+
 /// The smallest address mask covering `[start, end)` with one aligned block,
 /// or `None` when it would exceed `mamv` (then invalidate the whole domain).
 pub fn address_mask(start: u64, end: u64, mamv: u32) -> Option<(u64, u32)> {
@@ -251,6 +359,48 @@ mod tests {
         assert_eq!(iotlb_pages(1, 0x20_0000, 9), (0x2 | 0x30 | 0xC0 | 1 << 16, 0x20_0009));
         assert_eq!(wait(7, 0x1000), (0x5 | 0x20 | 7 << 32, 0x1000));
         assert_eq!(pasid_cache_domain(3), (0x7 | 0x10 | 3 << 16, 0));
+    }
+
+    fn decoded(d: Descriptor) -> alloc::string::String {
+        let mut s = alloc::string::String::new();
+        decode(d.0, d.1, &mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn descriptors_decode_by_spec_names() {
+        assert_eq!(decoded(context_global()), "cc_inv (G=global DID=0x0 SID=0x0000 FM=0)");
+        assert_eq!(decoded(iotlb_domain(5)), "iotlb_inv (G=domain DR=1 DW=1 DID=0x5 ADDR=0x0 IH=0 AM=0)");
+        assert_eq!(
+            decoded(iotlb_pages(1, 0x20_0000, 9)),
+            "iotlb_inv (G=page DR=1 DW=1 DID=0x1 ADDR=0x200000 IH=0 AM=9)"
+        );
+        assert_eq!(decoded(wait(7, 0x1000)), "inv_wait (SW=1 IF=0 FN=0 PD=0 SDATA=0x7 SADDR=0x1000)");
+        assert_eq!(decoded(pasid_cache_domain(3)), "pc_inv (G=pasid DID=0x3 PASID=0x0)");
+        assert_eq!(decoded(crate::intremap::iec_global()), "iec_inv (G=global)");
+        assert_eq!(decoded(crate::intremap::iec_selective(0x20, 4).unwrap()), "iec_inv (G=index IM=4 IIDX=0x20)");
+        // Type bits 11:9 count: 0x200 | 0 is type 0x10, reserved.
+        assert_eq!(decoded((0x200, 0)), "reserved (0x0000000000000200 0x0000000000000000)");
+        assert_eq!(descriptor_type(0x205), 0x15);
+    }
+
+    #[test]
+    fn registers_decode_by_spec_names() {
+        let d = |name, v| {
+            let mut s = alloc::string::String::new();
+            crate::regs::decode(name, v, &mut s).unwrap();
+            s
+        };
+        assert_eq!(d("GCMD", 0x8400_0000), "TE QIE");
+        assert_eq!(d("GCMD", 0x4000_0000), "SRTP");
+        assert_eq!(d("RTADDR", 0x1234_5000 | 1 << 10), "RTA=0x12345000 TTM=scalable");
+        assert_eq!(d("IQA", 0x7_7000), "IQA=0x77000 DW=0 QS=0");
+        assert_eq!(d("IQT", 0x50), "QT=5");
+        assert_eq!(d("FSTS", 0x11), "PFO IQE cleared");
+        assert_eq!(d("FRCD_HI", 0x8000_0000), "F cleared");
+        assert_eq!(d("CCMD", 1 << 63 | 1 << 61), "ICC=1 CIRG=global DID=0x0");
+        assert_eq!(d("IOTLB", 1 << 63 | 2 << 60 | 3 << 48 | 7 << 32), "IVT=1 IIRG=domain DR=1 DW=1 DID=0x7");
+        assert_eq!(d("FEDATA", 0x41), "");
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! come: nested translation.
 //!
 //! Hardware access: [`regs::Registers`] over the [`iommu::mmio::MmioWindow`]
-//! the DRHD describes (§8.3), with the IOTLB and fault-recording registers that
+//! the DRHD describes (§8.3), every write through one traced path
+//! ([`iommu::trace`]: the unit traces as `vtdN`; registers named and decoded
+//! by [`regs::decode`], invalidation descriptors by [`invalidation::decode`]), with the IOTLB and fault-recording registers that
 //! ECAP.IRO, CAP.FRO and CAP.NFR locate checked to lie inside it before use
 //! ([`layout::check_window`]); the invalidation queue is an
 //! [`iommu::ring::ProducerRing`]; in-memory structures (root, context and
@@ -47,12 +49,6 @@ pub mod user_data;
 
 pub use fault::{FaultReason, FaultRecord};
 
-/// Log every register command and queued descriptor (`--trace`; a teaching aid).
-pub static TRACE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-fn tracing() -> bool {
-    TRACE.load(core::sync::atomic::Ordering::Relaxed)
-}
 pub use config::{DomainConfig, Stage};
 pub use driver::VtdIommu;
 pub use unit::{Domain, DomainTable, Unit, VtdError};

@@ -300,3 +300,74 @@ iommu::descriptor! {
         hi: FRCD_HI,
     }
 }
+
+/// Decodes a value written to register `name` (the names [`crate::unit`]
+/// traces its writes under, VT-d §10.4) into its fields by spec name, for
+/// the register trace ([`iommu::trace::write`]).
+pub fn decode(name: &str, v: u64, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    use iommu::trace::flags;
+    let bit = |n: u32| (v >> n) & 1;
+    match name {
+        // §10.4.4: the command bits (GSTS reads back the same positions).
+        "GCMD" => flags(
+            v,
+            &[
+                (31, "TE"),
+                (30, "SRTP"),
+                (29, "SFL"),
+                (28, "EAFL"),
+                (27, "WBF"),
+                (26, "QIE"),
+                (25, "IRE"),
+                (24, "SIRTP"),
+                (23, "CFI"),
+            ],
+            out,
+        ),
+        // §10.4.6.
+        "RTADDR" => write!(
+            out,
+            "RTA={:#x} TTM={}",
+            v & !0xFFF,
+            match (v >> 10) & 3 {
+                0 => "legacy",
+                1 => "scalable",
+                _ => "reserved",
+            }
+        ),
+        // §10.4.7.
+        "CCMD" => write!(
+            out,
+            "ICC={} CIRG={} DID={:#x}",
+            bit(63),
+            ["reserved", "global", "domain", "device"][((v >> 61) & 3) as usize],
+            v & 0xFFFF
+        ),
+        // §10.4.8.1.
+        "IOTLB" => write!(
+            out,
+            "IVT={} IIRG={} DR={} DW={} DID={:#x}",
+            bit(63),
+            ["reserved", "global", "domain", "page"][((v >> 60) & 3) as usize],
+            bit(49),
+            bit(48),
+            (v >> 32) & 0xFFFF
+        ),
+        // §10.4.9: write-1-to-clear.
+        "FSTS" => {
+            flags(v, &[(0, "PFO"), (1, "PPF"), (4, "IQE"), (5, "ICE"), (6, "ITE")], out)?;
+            out.write_str(" cleared")
+        }
+        // §10.4.10.
+        "FECTL" => write!(out, "IM={}", bit(31)),
+        // §10.4.14: bits 127:96 of a fault-recording register; F is write-1-to-clear.
+        "FRCD_HI" => out.write_str(if bit(31) != 0 { "F cleared" } else { "" }),
+        // §10.4.22: IQT holds the byte offset of the next free 128-bit descriptor.
+        "IQT" => write!(out, "QT={}", (v >> 4) & 0x7FFF),
+        // §10.4.23.
+        "IQA" => write!(out, "IQA={:#x} DW={} QS={}", v & !0xFFF, bit(11), v & 7),
+        // §10.4.29.
+        "IRTA" => write!(out, "IRTA={:#x} EIME={} S={}", v & !0xFFF, bit(11), v & 0xF),
+        _ => Ok(()),
+    }
+}

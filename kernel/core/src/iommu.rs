@@ -32,11 +32,19 @@ pub fn init(boot: &bootinfo::BootInfo) {
             Err(e) => log::error!("iommu: cannot reserve {:#x}-{:#x}: {e:?}", r.start, r.end),
         }
     }
+    // `trace=1` / `trace=vtd0,smmu0`: before the drivers register their units.
+    if let Err(name) = iommu::trace::configure(boot.cmdline_value("trace")) {
+        log::warn!("iommu: trace={name}: not a unit trace name (vtd0, amdvi0, smmu0, virtio0, ...)");
+    }
     let units = crate::platform().iommu_units(boot, topo);
     if !units.is_empty() {
         log::info!("iommu: {} unit(s) registered", units.len());
     }
     for (index, unit) in units {
+        let t = unit.tracer();
+        if t.on() {
+            log::info!("iommu: {} traces as {}", topo.units().get(index).map_or("?", |u| u.name.as_str()), t.name());
+        }
         TOPOLOGY_INDEX.lock().push(index);
         UNITS.lock().push(unit);
     }
@@ -224,6 +232,19 @@ pub fn unit_name(unit: usize) -> &'static str {
     topology_index(unit)
         .and_then(|t| crate::pci::topology().and_then(|topo| topo.units().get(t).map(|u| u.name.as_str())))
         .unwrap_or_default()
+}
+
+/// Turns registered unit `unit`'s register trace on or off
+/// ([`iommu::trace`]; by name: `iommu::trace::set("vtd0", on)`); `None` if
+/// there is no such unit.
+pub fn set_trace(unit: usize, on: bool) -> Option<()> {
+    with_units(|units| units.get(unit).map(|u| u.tracer().set(on)))
+}
+
+/// Writes registered unit `unit`'s recent queue entries
+/// ([`iommu::Iommu::describe_queue`]).
+pub fn describe_queue(unit: usize, out: &mut dyn core::fmt::Write) -> Result<(), iommu::Error> {
+    with_units(|units| units.get(unit).ok_or(iommu::Error::NotSupported("no such unit"))?.describe_queue(out))
 }
 
 /// Takes every fault the registered units recorded, logs each (decoded),

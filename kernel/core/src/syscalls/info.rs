@@ -121,6 +121,50 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
             }
             let _ = writeln!(out, "next #{next}");
         }
+        query_topic::QUEUE => {
+            if !introspection_allowed() {
+                return Err(Errno::EPERM);
+            }
+            let unit = unit_index(subject)?;
+            writeln!(out, "unit {unit} ({}): the last queued entries, oldest first", crate::iommu::unit_name(unit))
+                .map_err(|_| oom(&out))?;
+            let r = crate::iommu::describe_queue(unit, &mut out);
+            if let Err(e) = r {
+                if !out.truncated {
+                    return Err(if out.no_memory { Errno::ENOMEM } else { unit_error(e) });
+                }
+            }
+        }
+        query_topic::TRACE => {
+            if !introspection_allowed() {
+                return Err(Errno::EPERM);
+            }
+            let on = match arg {
+                0 => false,
+                1 => true,
+                _ => return Err(Errno::EINVAL),
+            };
+            let chosen = if subject == u64::MAX { None } else { Some(unit_index(subject)?) };
+            for unit in 0..unit_count() {
+                if chosen.is_some_and(|c| c != unit) {
+                    continue;
+                }
+                crate::iommu::set_trace(unit, on).ok_or(Errno::ENOENT)?;
+                let traced = crate::iommu::with_units(|u| u[unit].tracer().name());
+                log::info!(
+                    "iommu: {}: register trace {} (as {traced})",
+                    crate::iommu::unit_name(unit),
+                    if on { "on" } else { "off" }
+                );
+                writeln!(
+                    out,
+                    "{} (traces as {traced}): trace {}",
+                    crate::iommu::unit_name(unit),
+                    if on { "on" } else { "off" }
+                )
+                .map_err(|_| oom(&out))?;
+            }
+        }
         _ => return Err(Errno::EINVAL),
     }
     if out.truncated && out.bytes.try_reserve(12).is_ok() {

@@ -33,6 +33,8 @@ fn main() -> i32 {
         ("structures of an unclaimed device", q(abi::query_topic::DEVICE, other, 0)),
         ("walk of an unclaimed device", q(abi::query_topic::WALK, other, 0x1000)),
         ("recent faults", q(abi::query_topic::FAULTS, 0, 0)),
+        ("a unit's queue", q(abi::query_topic::QUEUE, 0, 0)),
+        ("the register trace switch", q(abi::query_topic::TRACE, u64::MAX, 1)),
     ];
     println!("KTAP version 1");
     println!("1..1");

@@ -26,6 +26,7 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("topology", "", "what the firmware described, as the kernel understood it (units, functions, reserved)"),
     ("units", "", "the IOMMU units the firmware described"),
     ("reserved", "", "the reserved regions (MSI windows, identity maps) per unit"),
+    ("groups", "", "the IOMMU groups: functions the unit cannot tell apart, claimed together"),
     ("devices", "", "the PCI functions: address, IDs, class, IOMMU group, flags"),
     ("log", "[TEXT]", "the kernel log's recent records (those containing TEXT): units decoded, faults"),
     ("show", "UNIT", "a unit's capability and status registers, every field decoded with the spec's name"),
@@ -35,6 +36,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "faults",
         "[all|follow]",
         "fault records the units made since the last `faults` (all kept ones; follow: live until a key)",
+    ),
+    (
+        "queue",
+        "UNIT",
+        "the unit's last queued commands (invalidation descriptors, CMDQ, command buffer, requests), decoded",
+    ),
+    (
+        "trace",
+        "on|off [UNIT]",
+        "the register trace of one unit (or all): every register write, command and completion, numbered",
     ),
     ("claim", "BDF", "take a function for this task (a whole IOMMU group)"),
     ("bind", "BDF", "bind a claimed function to the IOAS door; prints its device id and unit"),
@@ -145,6 +156,7 @@ fn run(line: &str, st: &mut State) -> bool {
         "units" => topology("topology: iommu "),
         "reserved" => topology("topology: reserved "),
         "devices" => devices(),
+        "groups" => groups(),
         "show" => match args.first() {
             Some(u) => unit_by_name(u).and_then(|i| report(abi::query_topic::REGISTERS, i, 0)),
             None => Err(bad(cmd)),
@@ -158,6 +170,20 @@ fn run(line: &str, st: &mut State) -> bool {
             _ => Err(bad(cmd)),
         },
         "faults" => faults(st, args.first().copied()),
+        "queue" => match args.first() {
+            Some(u) => unit_by_name(u).and_then(|i| report(abi::query_topic::QUEUE, i, 0)),
+            None => Err(bad(cmd)),
+        },
+        "trace" => match (args.first().copied(), args.get(1)) {
+            (Some(w @ ("on" | "off")), unit) => {
+                let unit = match unit {
+                    Some(u) => unit_by_name(u),
+                    None => Ok(u64::MAX),
+                };
+                unit.and_then(|i| report(abi::query_topic::TRACE, i, u64::from(w == "on")))
+            }
+            _ => Err(bad(cmd)),
+        },
         "ioas" if args.first() == Some(&"new") => iommufd::ioas_alloc().map(|i| println!("ioas {i}")).map_err(errno),
         "log" => kernel_log(args.first().copied().unwrap_or("")),
         "claim" => match args.first().and_then(|s| parse_bdf(s)) {
@@ -395,6 +421,24 @@ fn devices() -> Result<(), String> {
             }
         }
         println!("  {:<12} {:04x}:{:04x} {:06x} {:<5} {flags}", bdf_text(d.bdf), d.vendor, d.device, d.class, d.group);
+    }
+    Ok(())
+}
+
+/// `groups`: each IOMMU group and its functions (from `device_list`).
+fn groups() -> Result<(), String> {
+    let mut buf = [DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut buf).map_err(errno)? as usize;
+    let all = &buf[..n.min(buf.len())];
+    let mut seen: Vec<u32> = Vec::new();
+    for d in all {
+        if seen.contains(&d.group) {
+            continue;
+        }
+        seen.push(d.group);
+        let members: Vec<String> = all.iter().filter(|m| m.group == d.group).map(|m| bdf_text(m.bdf)).collect();
+        let iommu = if d.flags & abi::DEVICE_BEHIND_IOMMU != 0 { "behind an IOMMU" } else { "no IOMMU" };
+        println!("  group {}: {} ({iommu})", d.group, members.join(" "));
     }
     Ok(())
 }

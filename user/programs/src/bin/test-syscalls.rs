@@ -299,6 +299,15 @@ fn info_query_checks_its_arguments() -> Result<(), &'static str> {
     if q(t::WALK, abi::bdf(0, 0xFF, 31, 7), 0, small.as_mut_ptr() as u64, 16) != Err(Errno::ENOENT) {
         return Err("the walk of a function that does not exist was not ENOENT");
     }
+    if q(t::TRACE, u64::MAX, 2, small.as_mut_ptr() as u64, 16) != Err(Errno::EINVAL) {
+        return Err("a trace switch other than 0 or 1 was not EINVAL");
+    }
+    if q(t::TRACE, count, 0, small.as_mut_ptr() as u64, 16) != Err(Errno::ENOENT) {
+        return Err("the trace of a unit past the last was not ENOENT");
+    }
+    if q(t::QUEUE, count, 0, small.as_mut_ptr() as u64, 16) != Err(Errno::ENOENT) {
+        return Err("the queue of a unit past the last was not ENOENT");
+    }
     if q(t::FAULTS, 0, 0, 0x10, 64) != Err(Errno::EFAULT) {
         return Err("a report into an unmapped address was not EFAULT");
     }
@@ -316,6 +325,10 @@ fn info_query_checks_its_arguments() -> Result<(), &'static str> {
     }
     if !full.starts_with("unit 0: ") || full.lines().count() < 5 {
         return Err("unit 0's registers are not decoded");
+    }
+    let queue = sys::query(t::QUEUE, 0, 0).map_err(|_| "unit 0's queue failed")?;
+    if !queue.starts_with("unit 0 (") {
+        return Err("unit 0's queue report has no heading");
     }
     // A length query: no buffer, no copy, the length.
     if q(t::REGISTERS, 0, 0, 0x10, 0) != Ok(n) {
