@@ -6,7 +6,7 @@
 //! with COMPLETION_WAIT / INVALIDATE_DEVTAB_ENTRY / INVALIDATE_IOMMU_PAGES /
 //! INVALIDATE_IOMMU_ALL (§2.4), and the event log decoded into typed events
 //! with overflow handling (§2.5). Every register write goes through the
-//! register trace ([`iommu::trace`]; the unit traces as `amdviN`, registers
+//! register trace ([`iommu::trace`](mod@iommu::trace); the unit traces as `amdviN`, registers
 //! decoded by [`regs::decode`], commands by [`cmd::decode`]). [`AmdViIommu`] puts it behind the generic
 //! [`iommu::Iommu`] trait: paging domains are AMD v1 host page tables of four
 //! levels (48-bit IOVAs) from the shared `io-pgtable` engine, identity and

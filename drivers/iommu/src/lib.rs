@@ -38,7 +38,7 @@
 //! - [`desc`]: [`descriptor!`], typed in-memory descriptors;
 //! - [`user_data`]: [`user_data::read_struct`], the extensible-struct rule
 //!   for driver data a task passes;
-//! - [`trace`]: the register trace (`trace=` on the command line): one
+//! - [`trace`](mod@trace): the register trace (`trace=` on the command line): one
 //!   numbered log line per register write, submitted descriptor and
 //!   completion, a switch per unit, and the queue [`trace::History`] behind
 //!   [`Iommu::describe_queue`].

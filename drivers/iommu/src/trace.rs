@@ -342,7 +342,7 @@ where
     reg.set(value);
 }
 
-/// As [`write`], for register `index` of an array of them (fault-recording
+/// As [`write`](fn@write), for register `index` of an array of them (fault-recording
 /// registers): logs `NAME[index] <- value (fields)`.
 #[inline]
 pub fn write_at<R>(tracer: Tracer, reg: &R, name: &'static str, index: usize, value: R::T, decode: Decode)

@@ -21,7 +21,7 @@
 //! reached through [`iommu::dma::DmaRegion`], the command queue an
 //! [`iommu::ring::ProducerRing`]; STEs, CDs, commands and event records typed
 //! with [`iommu::descriptor!`]. Every register write goes through the
-//! register trace ([`iommu::trace`]; the unit traces as `smmuN`, registers
+//! register trace ([`iommu::trace`](mod@iommu::trace); the unit traces as `smmuN`, registers
 //! decoded by [`regs::decode`], commands by [`cmd::decode`]). Nothing here vouches for memory; every failure
 //! is an [`error::SmmuError`].
 //! Left out: MSIs (QEMU's SMMU has none; completion is polled), substreams /

@@ -16,7 +16,7 @@
 //!
 //! Register access goes through [`iommu::mmio::MmioWindow`]s the board cuts
 //! from the device's BARs: nothing here vouches for memory. Every write to
-//! them goes through the register trace ([`iommu::trace`]; the device traces
+//! them goes through the register trace ([`iommu::trace`](mod@iommu::trace); the device traces
 //! as `virtioN`, fields decoded by [`transport::decode`], requests by
 //! [`request::decode`], each with its status when the device used it).
 //!

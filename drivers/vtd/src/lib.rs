@@ -19,7 +19,7 @@
 //!
 //! Hardware access: [`regs::Registers`] over the [`iommu::mmio::MmioWindow`]
 //! the DRHD describes (§8.3), every write through one traced path
-//! ([`iommu::trace`]: the unit traces as `vtdN`; registers named and decoded
+//! ([`iommu::trace`](mod@iommu::trace): the unit traces as `vtdN`; registers named and decoded
 //! by [`regs::decode`], invalidation descriptors by [`invalidation::decode`]), with the IOTLB and fault-recording registers that
 //! ECAP.IRO, CAP.FRO and CAP.NFR locate checked to lie inside it before use
 //! ([`layout::check_window`]); the invalidation queue is an

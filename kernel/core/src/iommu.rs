@@ -235,7 +235,7 @@ pub fn unit_name(unit: usize) -> &'static str {
 }
 
 /// Turns registered unit `unit`'s register trace on or off
-/// ([`iommu::trace`]; by name: `iommu::trace::set("vtd0", on)`); `None` if
+/// ([`iommu::trace`](mod@iommu::trace); by name: `iommu::trace::set("vtd0", on)`); `None` if
 /// there is no such unit.
 pub fn set_trace(unit: usize, on: bool) -> Option<()> {
     with_units(|units| units.get(unit).map(|u| u.tracer().set(on)))
