@@ -103,12 +103,14 @@ pub mod query_topic {
     /// The registered units, one line each: `<index> <name> <kind>`. Open to every task.
     pub const UNITS: u64 = 0;
     /// Unit `subject`'s capability and status registers, every field
-    /// decoded with the spec's name (the shell's `show`). Open to every task.
+    /// decoded with the spec's name (the shell's `show`). They name the
+    /// physical addresses of the kernel's tables: needs `info.log=allow`.
     pub const REGISTERS: u64 = 1;
     /// The structures device `subject` (a BDF as `device_claim` takes it)
     /// is translated through: VT-d root / context / PASID entries, SMMUv3
     /// STE and CD, AMD-Vi DTE, virtio-iommu domain and mappings (`dump`).
-    /// Open for a device the caller holds, else `info.log=allow`.
+    /// Physical addresses throughout: needs `info.log=allow`, as every
+    /// topic but [`UNITS`] does.
     pub const DEVICE: u64 = 2;
     /// The walk device `subject`'s DMA at IOVA `arg` takes, level by level,
     /// to the physical address or the fault (`walk`). As [`DEVICE`].

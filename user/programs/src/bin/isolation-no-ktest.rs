@@ -4,7 +4,7 @@
 //! address of a page of ours, the kernel counters, fail-nth — must be refused with `EPERM`, since outside a
 //! test boot they would hand a task kernel and physical addresses; so must
 //! reading the kernel log (`info_read` topic LOG without `info.log=allow`), and
-//! `info_query` reports on a device the task does not hold or on every unit's faults. Prints one
+//! every `info_query` report but the unit list (they name physical addresses). Prints one
 //! KTAP result and exits non-zero if anything was not refused.
 #![no_std]
 #![no_main]
@@ -30,6 +30,7 @@ fn main() -> i32 {
         ("fail-nth disarm", sys::test_fail_nth_passed()),
         // The kernel log tells of every task's devices and faults.
         ("kernel log", sys::info_read(abi::info_topic::LOG, 0, &mut [0u8; 64])),
+        ("a unit's registers", q(abi::query_topic::REGISTERS, 0, 0)),
         ("structures of an unclaimed device", q(abi::query_topic::DEVICE, other, 0)),
         ("walk of an unclaimed device", q(abi::query_topic::WALK, other, 0x1000)),
         ("recent faults", q(abi::query_topic::FAULTS, 0, 0)),
