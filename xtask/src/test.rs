@@ -325,9 +325,11 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     // The first lesson (docs/lessons/first-mapping.txt) typed into the shell
     // on every IOMMU: the DMA arrives through a mapping and is blocked once
     // it is unmapped. A command the shell refuses fails the case at once.
-    let lesson = crate::target::workspace_root().join("docs").join("lessons").join("first-mapping.txt");
-    for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
-        let name = format!("{}-{}-lesson", arch.name(), iommu.name());
+    // A lesson of docs/lessons typed into the shell (as `run --shell --script`
+    // does) on one IOMMU, as the case `<arch>-<iommu>-<suffix>`.
+    let lesson_case = |file: &str, suffix: &str, iommu: Iommu| -> Result<qemu_tests::runner::Case, String> {
+        let lesson = crate::target::workspace_root().join("docs").join("lessons").join(file);
+        let name = format!("{}-{}-{suffix}", arch.name(), iommu.name());
         let m = Machine {
             cmdline: vec!["init=shell".to_owned(), "info.log=allow".to_owned()],
             ..machine(iommu, Vec::new())
@@ -335,6 +337,10 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
         let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
         c.stdin = Some(lesson_input(&lesson, &name)?);
         harness::rename(&mut c, name);
+        Ok(c)
+    };
+    for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
+        let mut c = lesson_case("first-mapping.txt", "lesson", iommu)?;
         c.must_contain = vec![
             // `units` and `reserved`: the topology through info_read.
             format!("  iommu {} kind=", unit_prefix(iommu)),
@@ -357,16 +363,8 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
     // The second lesson (docs/lessons/structures.txt): registers decoded,
     // the device's structures before and after attach, a walk to the page
     // and one to the fault, then the fault the unit recorded.
-    let lesson = crate::target::workspace_root().join("docs").join("lessons").join("structures.txt");
     for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
-        let name = format!("{}-{}-structures", arch.name(), iommu.name());
-        let m = Machine {
-            cmdline: vec!["init=shell".to_owned(), "info.log=allow".to_owned()],
-            ..machine(iommu, Vec::new())
-        };
-        let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
-        c.stdin = Some(lesson_input(&lesson, &name)?);
-        harness::rename(&mut c, name);
+        let mut c = lesson_case("structures.txt", "structures", iommu)?;
         let (register, structure, queue) = match iommu {
             Iommu::Vtd => ("  CAP = 0x", "  context entry [".to_owned(), " IQ["),
             Iommu::Amdvi => ("  EFR = 0x", "  device table entry [".to_owned(), " CMDBUF["),

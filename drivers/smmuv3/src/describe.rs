@@ -183,9 +183,8 @@ pub struct StreamTable {
 impl StreamTable {
     /// The SMMU's, read now.
     pub fn of(smmu: &Smmu) -> StreamTable {
-        let live = smmu.live_registers();
-        let get = |n: &str| live.iter().find(|r| r.0 == n).map_or(0, |r| r.1);
-        StreamTable { base: get("STRTAB_BASE"), cfg: get("STRTAB_BASE_CFG") }
+        let (base, cfg) = smmu.stream_table_registers();
+        StreamTable { base, cfg }
     }
 }
 

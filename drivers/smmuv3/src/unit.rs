@@ -289,6 +289,12 @@ impl Smmu {
         ]
     }
 
+    /// STRTAB_BASE and STRTAB_BASE_CFG as they read now: where the SMMU finds STEs.
+    pub fn stream_table_registers(&self) -> (u64, u64) {
+        let p0 = self.page0();
+        (p0.strtab_base.get(), u64::from(p0.strtab_base_cfg.get()))
+    }
+
     /// Stage-1 translation supported.
     pub fn stage1(&self) -> bool {
         IDR0::S1P.read(self.idr[0]) != 0

@@ -38,13 +38,8 @@ pub fn introspection_allowed() -> bool {
     crate::cmdline_value("info.log") == Some("allow") || crate::cmdline_value("ktest").is_some()
 }
 
-/// The unit translating `bdf` and its ID there. Reports name physical
-/// addresses (the kernel's tables, the pages a device reaches), which a task
-/// is never told outside such a boot, even for a device it holds.
+/// The unit translating `bdf` and its ID there.
 fn device_subject(raw: u64) -> Result<(usize, iommu::DeviceId), Errno> {
-    if !introspection_allowed() {
-        return Err(Errno::EPERM);
-    }
     let bdf = super::device::decode_bdf(raw)?;
     crate::claims::device(bdf)?;
     crate::iommu::unit_of(bdf).ok_or(Errno::ENODEV)
@@ -83,6 +78,15 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
     use fmt::Write;
     let mut out = Report { bytes: Vec::new(), truncated: false, no_memory: false };
     let oom = |r: &Report| if r.no_memory { Errno::ENOMEM } else { Errno::EINVAL };
+    // Every report but the unit list names physical addresses (the kernel's
+    // tables, the pages a device reaches, queue bases), which a task is never
+    // told outside such a boot, even about a device it holds.
+    match topic {
+        query_topic::UNITS => {}
+        query_topic::REGISTERS..=query_topic::TRACE if !introspection_allowed() => return Err(Errno::EPERM),
+        query_topic::REGISTERS..=query_topic::TRACE => {}
+        _ => return Err(Errno::EINVAL),
+    }
     match topic {
         query_topic::UNITS => {
             for i in 0..unit_count() {
@@ -91,10 +95,6 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
             }
         }
         query_topic::REGISTERS => {
-            // RTADDR, STRTAB_BASE, queue bases: physical addresses of the kernel's tables.
-            if !introspection_allowed() {
-                return Err(Errno::EPERM);
-            }
             let unit = unit_index(subject)?;
             writeln!(out, "unit {unit}: {}", crate::iommu::unit_name(unit)).map_err(|_| oom(&out))?;
             describe(unit, Describe::Registers, &mut out)?;
@@ -111,9 +111,6 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
             describe(unit, what, &mut out)?;
         }
         query_topic::FAULTS => {
-            if !introspection_allowed() {
-                return Err(Errno::EPERM);
-            }
             // Taken from the units the way every iommufd call takes them, so
             // their owners' fault queues still get them.
             super::iommufd::collect_faults();
@@ -127,9 +124,6 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
             let _ = writeln!(out, "next #{next}");
         }
         query_topic::QUEUE => {
-            if !introspection_allowed() {
-                return Err(Errno::EPERM);
-            }
             let unit = unit_index(subject)?;
             writeln!(out, "unit {unit} ({}): the last queued entries, oldest first", crate::iommu::unit_name(unit))
                 .map_err(|_| oom(&out))?;
@@ -141,9 +135,6 @@ pub fn sys_info_query(topic: u64, subject: u64, arg: u64, buf: u64, len: u64) ->
             }
         }
         query_topic::TRACE => {
-            if !introspection_allowed() {
-                return Err(Errno::EPERM);
-            }
             let on = match arg {
                 0 => false,
                 1 => true,
