@@ -92,7 +92,7 @@ fn expected_topology(arch: Arch, iommu: Iommu) -> Vec<String> {
         (_, Iommu::Smmuv3) => vec![
             "topology: iommu smmu0 kind=smmuv3 base=0x9050000".into(),
             format!("{edu} iommu=smmu0 id=0x8"),
-            "topology: reserved smmu0 0x8090000-0x8090fff msi".into(),
+            "topology: reserved smmu0 0x8090000-0x8090fff msi-doorbell".into(),
         ],
         (_, Iommu::None) => vec![format!("{edu} iommu=none")],
     };
@@ -313,11 +313,15 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             format!("kind={} dev=nvme dma=ok stray-dma=blocked", demo_kind(iommu)),
             format!("kind={} dev=virtio-blk dma=ok stray-dma=blocked", demo_kind(iommu)),
             "read through an unmapped PRP list: Data Transfer Error".into(),
-            // MSI-X entry 0 programmed by the kernel on x86_64, INTx on aarch64.
+            // MSI-X entry 0 programmed by the kernel: through interrupt
+            // remapping on x86_64, through the GICv3 ITS on aarch64.
             "; completions by interrupt".into(),
         ];
         if matches!(iommu, Iommu::Vtd | Iommu::Amdvi) {
             c.must_contain.push("(through interrupt remapping; message".into());
+        }
+        if arch == Arch::Aarch64 {
+            c.must_contain.push("through the ITS (DeviceID".into());
         }
         c.expect = qemu_tests::runner::Expect::Exit;
         cases.push(c);
@@ -469,7 +473,7 @@ fn firmware_cases(arch: Arch, kernel: &crate::build::Kernel) -> Result<Vec<qemu_
             c.must_contain = vec![
                 "vtd: dmar0: interrupts not remapped (not supported by this unit: interrupt remapping (ECAP.IR clear))"
                     .into(),
-                "(not remapped: the device can raise any vector)".into(),
+                "(not remapped: the device can raise any vector; message".into(),
             ];
             cases.push(c);
             // The same without `iommu.unsafe_interrupts=allow`: Bus Master is

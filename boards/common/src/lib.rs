@@ -1,5 +1,6 @@
 //! Bring-up both boards share: the virtio-iommu, a PCI function on either
-//! architecture (virtio 1.2 §5.13, PCI transport §4.1), and its kernel tests.
+//! architecture (virtio 1.2 §5.13, PCI transport §4.1), and its kernel tests;
+//! programming a function's MSI or MSI-X message ([`msi`], [`msix`]).
 //! The arch boards (`board-pc`, `board-virt`) call [`virtio_units`] beside
 //! their own IOMMUs; nothing else in the kernel names the virtio-iommu driver.
 
@@ -8,6 +9,8 @@
 extern crate alloc;
 
 pub mod ktests;
+pub mod msi;
+pub mod msix;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -135,7 +135,7 @@ pub fn id() -> u32 {
 /// message is never the fallback, the unit would block it. Without
 /// remapping the device is programmed with the destination itself, and the
 /// log says that it is not confined. A function with MSI-X and no MSI gets
-/// the same message in entry 0 of its table ([`crate::msix`]); neither: an error.
+/// the same message in entry 0 of its table ([`board_common::msix`]); neither: an error.
 pub fn route_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) -> Result<(), &'static str> {
     if f.caps.msi.is_none() && f.caps.msix.is_none() {
         return Err("function has neither MSI nor MSI-X (INTx through the I/O APIC is not wired yet)");
@@ -150,53 +150,23 @@ pub fn route_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) 
             return Err("the IOMMU could not give the device an interrupt remapping entry");
         }
     };
-    let Some(msi) = f.caps.msi else {
-        // MSI-X only (NVMe, virtio): entry 0 of its table, programmed here.
-        if let Err(why) = crate::msix::route(f, access, address, data) {
+    let kind = match board_common::msi::program(f, access, address, data) {
+        Ok(kind) => kind,
+        Err(why) => {
             let _ = kcore::iommu::msi_unmap(bdf, vector);
             return Err(why);
         }
-        let how =
-            if remapped { "through interrupt remapping" } else { "not remapped: the device can raise any vector" };
-        log::info!("msi-x: {bdf} entry 0 -> vector {vector:#x} ({how}; message {address:#x}/{data:#x})");
-        return Ok(());
     };
-    let o = msi.offset;
-    if address >> 32 != 0 && !msi.is_64bit {
-        let _ = kcore::iommu::msi_unmap(bdf, vector);
-        return Err("the MSI address needs 64 bits and the function's MSI capability has 32");
-    }
-    let ctrl = access.read16(bdf, o + 2);
-    access.write16(bdf, o + 2, ctrl & !1); // disable while reprogramming
-    access.write32(bdf, o + 4, address as u32);
-    let data_at = if msi.is_64bit {
-        access.write32(bdf, o + 8, (address >> 32) as u32);
-        o + 0xC
-    } else {
-        o + 8
-    };
-    access.write16(bdf, data_at, data as u16);
-    // One vector (MME = 0), enabled.
-    access.write16(bdf, o + 2, (ctrl & !(0x7 << 4)) | 1);
-    let cmd = access.read16(bdf, pci::reg::COMMAND);
-    access.write16(bdf, pci::reg::COMMAND, cmd | (1 << 10)); // INTx disable
-    if remapped {
-        log::info!("msi: {bdf} -> vector {vector:#x} through interrupt remapping (message {address:#x}/{data:#x})");
-    } else {
-        log::info!("msi: {bdf} -> vector {vector:#x} at {address:#x} (not remapped: the device can raise any vector)");
-    }
+    let what = kind.name();
+    let how = if remapped { "through interrupt remapping" } else { "not remapped: the device can raise any vector" };
+    log::info!("{what}: {bdf} -> vector {vector:#x} ({how}; message {address:#x}/{data:#x})");
     Ok(())
 }
 
 /// Turns `f`'s MSI off again and drops its remapping entry for `vector`
 /// (after the device stopped using it).
 pub fn unroute_msi(f: &pci::Function, access: &dyn pci::ConfigAccess, vector: u8) {
-    if let Some(msi) = f.caps.msi {
-        let ctrl = access.read16(f.bdf, msi.offset + 2);
-        access.write16(f.bdf, msi.offset + 2, ctrl & !1);
-    } else {
-        crate::msix::unroute(f, access);
-    }
+    board_common::msi::disable(f, access);
     if let Err(e) = kcore::iommu::msi_unmap(f.bdf, vector) {
         log::error!("msi: {}: interrupt remapping entry for vector {vector:#x} not removed: {e}", f.bdf);
     }

@@ -19,7 +19,6 @@ pub mod interrupts;
 pub mod ioapic;
 pub mod iommu;
 pub mod ktests;
-pub mod msix;
 pub mod paging;
 pub mod pit;
 pub mod pvh;

@@ -51,7 +51,10 @@ register_structs! {
         (0x000C => typer_hi: ReadOnly<u32>),
         (0x0010 => _reserved0),
         (0x0014 => waker: ReadWrite<u32, GICR_WAKER::Register>),
-        (0x0018 => @END),
+        (0x0018 => _reserved1),
+        (0x0070 => propbaser: ReadWrite<u64>),
+        (0x0078 => pendbaser: ReadWrite<u64>),
+        (0x0080 => @END),
     }
 }
 
@@ -167,11 +170,41 @@ pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
         gicd.iidr.get()
     );
     STATE.call_once(|| sgi as *const GicrSgiRegisters as u64);
+    RD_FRAME.call_once(|| (frame, redist.base + off));
     Ok(())
 }
 
 /// SGI_base frame of this CPU's redistributor.
 static STATE: spin::Once<u64> = spin::Once::new();
+/// RD_base frame of this CPU's redistributor: (kernel virtual, physical).
+static RD_FRAME: spin::Once<(u64, u64)> = spin::Once::new();
+
+/// GICR_CTLR.EnableLPIs and GICR_TYPER.PLPIS (bit 0 of each).
+const ENABLE_LPIS: u32 = 1;
+
+/// Points this CPU's redistributor at the LPI tables (GICR_PROPBASER and
+/// GICR_PENDBASER values, [`gic_its::lpi::LpiTables`]) and enables LPIs
+/// (IHI 0069 §5.1; EnableLPIs cannot be cleared again, so the tables then
+/// belong to the redistributor for good). Returns the redistributor's
+/// physical address and processor number (GICR_TYPER bits 23:8), the two
+/// ways an ITS names it.
+pub fn enable_lpis(propbaser: u64, pendbaser: u64) -> Result<(u64, u16), &'static str> {
+    let &(va, pa) = RD_FRAME.get().ok_or("GIC not initialised")?;
+    // SAFETY: `va` is this CPU's mapped RD_base frame (set in `init`).
+    let rd = unsafe { &*(va as *const GicrRdRegisters) };
+    if rd.typer_lo.get() & ENABLE_LPIS == 0 {
+        return Err("the redistributor has no physical LPIs (GICR_TYPER.PLPIS clear)");
+    }
+    if rd.ctlr.get() & ENABLE_LPIS != 0 {
+        return Err("LPIs were already enabled (by firmware): their tables cannot be replaced");
+    }
+    rd.propbaser.set(propbaser);
+    rd.pendbaser.set(pendbaser);
+    // The tables' zeroes before the redistributor may read them.
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    rd.ctlr.set(rd.ctlr.get() | ENABLE_LPIS);
+    Ok((pa, ((rd.typer_lo.get() >> 8) & 0xFFFF) as u16))
+}
 
 /// Enables a private peripheral interrupt (INTID 16..31) on this CPU, with
 /// `handler` called from [`handle_irq`] each time it fires.
@@ -216,6 +249,22 @@ pub fn set_spi_priority(intid: u32, priority: u8) -> Result<(), &'static str> {
 
 /// Shared interrupts routed to device-interrupt slots (0 = unused).
 static SLOT_INTID: [core::sync::atomic::AtomicU32; 8] = [const { core::sync::atomic::AtomicU32::new(0) }; 8];
+/// LPIs (from the ITS) routed to device-interrupt slots (0 = unused).
+static SLOT_LPI: [core::sync::atomic::AtomicU32; 8] = [const { core::sync::atomic::AtomicU32::new(0) }; 8];
+
+/// Delivers LPI `lpi` to device-interrupt `slot` (the ITS mapped it).
+pub fn route_lpi(lpi: u32, slot: u32) -> Result<(), &'static str> {
+    let s = SLOT_LPI.get(slot as usize).ok_or("no such device-interrupt slot")?;
+    s.store(lpi, core::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Stops delivering any LPI to `slot`.
+pub fn unroute_lpi(slot: u32) {
+    if let Some(s) = SLOT_LPI.get(slot as usize) {
+        s.store(0, core::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Configures SPI `intid` (level, Group 1, to this CPU) for device-interrupt `slot` and enables it.
 pub fn route_spi(intid: u32, level: bool, slot: u32) -> Result<(), &'static str> {
@@ -270,6 +319,9 @@ pub fn unroute_slot(slot: u32) {
 static PPI_HANDLERS: [core::sync::atomic::AtomicPtr<()>; 16] =
     [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; 16];
 
+/// LPIs taken for a slot since boot.
+pub static LPIS_TAKEN: AtomicU64 = AtomicU64::new(0);
+
 /// Acknowledges and dispatches one pending interrupt.
 pub fn handle_irq() {
     let intid: u64;
@@ -280,6 +332,9 @@ pub fn handle_irq() {
         return; // spurious
     }
     let slot = SLOT_INTID.iter().position(|s| s.load(core::sync::atomic::Ordering::Relaxed) == intid as u32);
+    let lpi_slot = (intid >= u64::from(gic_its::lpi::FIRST_LPI))
+        .then(|| SLOT_LPI.iter().position(|s| s.load(core::sync::atomic::Ordering::Relaxed) == intid as u32))
+        .flatten();
     let ppi = (16..32)
         .contains(&intid)
         .then(|| PPI_HANDLERS[intid as usize - 16].load(core::sync::atomic::Ordering::Acquire));
@@ -287,6 +342,10 @@ pub fn handle_irq() {
         // SAFETY: the only non-null values stored in PPI_HANDLERS are `fn()` pointers cast in `enable_ppi`.
         let handler: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(handler) };
         handler();
+    } else if let Some(slot) = lpi_slot {
+        // An LPI is edge-like and has no active state: nothing to mask.
+        LPIS_TAKEN.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        kcore::task::device_irq(slot as u32);
     } else if let Some(slot) = slot {
         // Level-triggered INTx: keep the line masked until the task has serviced
         // the device and waits again (it is unmasked then).

@@ -245,13 +245,133 @@ fn smmu_generic_domains() -> TestResult {
     outcome
 }
 
+/// Spins up to `ns` with IRQs unmasked until `done`; masks them again if
+/// they were masked. Whether `done` came true.
+fn wait_with_interrupts(ns: u64, mut done: impl FnMut() -> bool) -> bool {
+    let daif: u64;
+    // SAFETY: reading DAIF has no side effects.
+    unsafe { core::arch::asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack)) };
+    let masked = daif & (1 << 7) != 0;
+    let p = kcore::platform();
+    if masked {
+        p.enable_interrupts();
+    }
+    let t0 = p.uptime_ns();
+    let mut ok = done();
+    while !ok && p.uptime_ns() - t0 < ns {
+        core::hint::spin_loop();
+        ok = done();
+    }
+    if masked {
+        p.disable_interrupts();
+    }
+    ok
+}
+
+/// The GICv3 ITS end to end, with edu's MSI through its IOMMU: routed by
+/// the kernel (DeviceID = edu's requester ID), it arrives only while edu is
+/// attached to a paging domain (the doorbell page is mapped there; blocked,
+/// the write to the doorbell faults in the IOMMU and raises nothing); a
+/// message edu forges by DMA-writing another device's EventID to the
+/// doorbell raises nothing (the ITS tells writers apart by DeviceID, which
+/// the device does not choose), though that event is live (the ITS's INT
+/// command raises it); once the kernel takes the route back, neither edu's
+/// MSI nor an INT for its old event arrives.
+fn its_confines_device_msis() -> TestResult {
+    use iommu::{DomainKind, Perms};
+    use kcore::edu::failed;
+    if !crate::its::present() {
+        return Err(ktest::TestError::Skipped("no ITS (boot virt with gic-version=3)".into()));
+    }
+    let Some(&(dev, rid)) = kcore::edu::devices().first() else {
+        return Err(ktest::TestError::Skipped("no edu device".into()));
+    };
+    let f = &dev.function;
+    let Some((unit, id)) = kcore::iommu::unit_of(f.bdf) else {
+        return Err(ktest::TestError::Skipped("edu is behind no IOMMU".into()));
+    };
+    let access = kcore::pci::access(f.bdf).ok_or(ktest::TestError::Failed("no config access".into()))?;
+    let doorbell = crate::its::doorbell().ok_or(ktest::TestError::Failed("no doorbell".into()))?;
+    let frame = kcore::mm::alloc_frame().ok_or(ktest::TestError::Failed("no frame".into()))?;
+    let edu = kcore::edu::open(dev)?;
+    let (slot, victim_slot, victim) = (7u32, 6u32, 0xFFF0u32);
+    let raise = |wait: u64| {
+        let before = kcore::task::irq_pending(slot);
+        edu.raise_interrupt(1);
+        let delivered = wait_with_interrupts(wait, || kcore::task::irq_pending(slot) > before);
+        edu.ack_interrupt(1);
+        delivered
+    };
+    let mut domain = None;
+    let outcome = (|| -> TestResult {
+        crate::its::route(f, access, slot).map_err(|e| ktest::TestError::Failed(e.into()))?;
+        check!(crate::its::is_mapped(f), "no ITS mapping for edu");
+        let d = kcore::iommu::with_units(|units| -> Result<iommu::DomainId, iommu::Error> {
+            let u = &mut units[unit];
+            u.detach(id)?;
+            let d = u.domain_alloc(DomainKind::Paging)?;
+            u.map(d, 0x10_0000, frame, 4096, Perms::READ)?;
+            Ok(d)
+        })
+        .map_err(failed)?;
+        domain = Some(d);
+        let lpis0 = crate::gic::LPIS_TAKEN.load(core::sync::atomic::Ordering::Relaxed);
+        check!(!raise(50_000_000), "edu's MSI arrived while edu was blocked");
+        kcore::iommu::with_units(|units| units[unit].attach(id, d)).map_err(failed)?;
+        check!(raise(500_000_000), "edu's MSI did not arrive through the ITS while attached");
+        let lpis = crate::gic::LPIS_TAKEN.load(core::sync::atomic::Ordering::Relaxed) - lpis0;
+        check!(lpis >= 1, "the interrupt was not an LPI");
+        // A victim event, live (INT raises it) but not edu's to raise.
+        crate::its::route_raw(victim, victim_slot, victim_slot).map_err(ktest::TestError::Failed)?;
+        let before = kcore::task::irq_pending(victim_slot);
+        crate::its::raise(victim, victim_slot).map_err(ktest::TestError::Failed)?;
+        check!(
+            wait_with_interrupts(500_000_000, || kcore::task::irq_pending(victim_slot) > before),
+            "the victim event raised by INT did not arrive"
+        );
+        // SAFETY: `frame` is the test's frame, in the direct map.
+        unsafe { (kcore::mm::phys_to_virt(frame) as *mut u32).write_volatile(victim_slot) };
+        let before = kcore::task::irq_pending(victim_slot);
+        edu.dma(0x10_0000, 4, false)?;
+        edu.dma(doorbell, 4, true)?;
+        check!(
+            !wait_with_interrupts(50_000_000, || kcore::task::irq_pending(victim_slot) > before),
+            "edu raised another device's event by writing it to the doorbell"
+        );
+        // Taken back: nothing arrives, by MSI or by INT of the old event.
+        let before = kcore::task::irq_pending(slot);
+        crate::its::unroute(f, access, slot);
+        check!(!crate::its::is_mapped(f), "edu still has an ITS mapping");
+        check!(!raise(50_000_000), "edu's MSI arrived after the kernel took the route back");
+        crate::its::raise(u32::from(rid), slot).map_err(ktest::TestError::Failed)?;
+        check!(
+            !wait_with_interrupts(50_000_000, || kcore::task::irq_pending(slot) > before),
+            "an INT for edu's old event arrived after the unroute"
+        );
+        Ok(())
+    })();
+    crate::its::unroute(f, access, slot);
+    crate::its::unroute_raw(victim, victim_slot, victim_slot);
+    kcore::iommu::with_units(|units| {
+        let _ = units[unit].detach(id);
+        if let Some(d) = domain {
+            let _ = iommu::unmap_and_flush(&mut *units[unit], d, 0x10_0000, 4096);
+            let _ = units[unit].domain_free(d);
+        }
+        let _ = units[unit].drain_faults();
+    });
+    kcore::edu::release(&[frame], &[(dev, rid)]);
+    outcome
+}
+
 ktest::suite!(
     pub IOMMU = "iommu",
     [
         smmu_edu_dma_through_a_domain,
         smmu_large_pages_high_iovas_and_isolation,
         smmu_command_error_reported,
-        smmu_generic_domains
+        smmu_generic_domains,
+        its_confines_device_msis
     ]
 );
 

@@ -17,6 +17,7 @@ pub mod exceptions;
 pub mod exit;
 pub mod gic;
 pub mod iommu;
+pub mod its;
 pub mod ktests;
 pub mod paging;
 pub mod pl011;
@@ -103,6 +104,14 @@ impl kcore::Interrupts for ArmPlatform {
             FirmwareTables::None => return Err("no firmware tables: cannot find the GIC and timer"),
         };
         gic::init(&gic)?;
+        match gic.its {
+            Some(its) => {
+                if let Err(e) = its::init(its.base) {
+                    log::error!("its: {:#x}: {e}; device interrupts stay on INTx", its.base);
+                }
+            }
+            None => log::info!("its: none described; device interrupts use INTx"),
+        }
         timer::start(virt_timer, timer::TIMER_HZ)
     }
 
@@ -138,6 +147,12 @@ impl kcore::DeviceIrqs for ArmPlatform {
         access: &dyn pci::ConfigAccess,
         slot: u32,
     ) -> Result<(), &'static str> {
+        // MSI or MSI-X through the ITS where there is one; INTx otherwise.
+        if its::present() && (f.caps.msi.is_some() || f.caps.msix.is_some()) {
+            let line = its::route(f, access, slot)?;
+            log::info!("{line}");
+            return Ok(());
+        }
         let intid = intx_intid(f, access)?;
         let cmd = access.read16(f.bdf, pci::reg::COMMAND);
         access.write16(f.bdf, pci::reg::COMMAND, cmd & !(1 << 10)); // INTx enabled
@@ -150,7 +165,8 @@ impl kcore::DeviceIrqs for ArmPlatform {
         gic::unmask_slot(slot);
     }
 
-    fn unroute_device_irq(&self, _f: &pci::Function, _access: &dyn pci::ConfigAccess, slot: u32) {
+    fn unroute_device_irq(&self, f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) {
+        its::unroute(f, access, slot);
         gic::unroute_slot(slot);
     }
 }
@@ -318,8 +334,8 @@ impl kcore::Power for ArmPlatform {
 
 /// The GIC INTID of `f`'s INTx line: its pin swizzled through every bridge up
 /// to the root bus (PCI-to-PCI Bridge spec 1.2 §9.1), then looked up in the
-/// host's `interrupt-map` (device tree) or `_PRT` (ACPI). (MSIs on arm need
-/// the GICv3 ITS, not driven yet.)
+/// host's `interrupt-map` (device tree) or `_PRT` (ACPI): the fallback for a
+/// machine without an ITS ([`its`]).
 fn intx_intid(f: &pci::Function, access: &dyn pci::ConfigAccess) -> Result<u32, &'static str> {
     let pin = u32::from(access.read8(f.bdf, pci::reg::INTERRUPT + 1));
     if !(1..=4).contains(&pin) {

@@ -69,8 +69,17 @@ pub use io_pgtable::{Gather, Perms};
 pub enum ReservedKind {
     /// Must stay identity-mapped for a device (RMRR, IVMD unity, IORT RMR).
     DirectMap,
-    /// An MSI doorbell window: never usable for DMA, translated specially.
+    /// An MSI window the unit (or the platform) handles itself, untranslated
+    /// (x86's 0xFEEx_xxxx, a virtio-iommu's RESV_MEM MSI region): never
+    /// usable for DMA and never mapped.
     Msi,
+    /// An interrupt controller's doorbell that the unit translates like any
+    /// DMA target (the GICv3 ITS behind an SMMU; Linux's "software MSI"):
+    /// never usable for DMA by a task, identity-mapped by the kernel into
+    /// every paging domain a device joins ([`map_direct_regions`]) so that
+    /// its MSIs arrive. The interrupt controller confines what a device can
+    /// raise there (the ITS by DeviceID), not the IOMMU.
+    MsiDoorbell,
     /// Not usable for DMA at all (IVMD exclusion, holes, RESV_MEM reserved).
     Reserved,
 }
@@ -713,9 +722,11 @@ pub fn overlaps_reserved(regions: &[Region], start: u64, end: u64) -> Option<Reg
 }
 
 /// Identity-maps `device`'s direct-map regions ([`ReservedKind::DirectMap`]:
-/// RMRRs, IVMD unity ranges, RMRs) read/write into paging domain `domain`,
-/// using only the trait, so any driver can call it from `attach` before the
-/// device is pointed at the domain. Pages already mapped one to one are kept;
+/// RMRRs, IVMD unity ranges, RMRs) and interrupt doorbells
+/// ([`ReservedKind::MsiDoorbell`], unless an untranslated MSI region of the
+/// device already covers the doorbell, as a virtio-iommu's PROBE reports)
+/// read/write into paging domain `domain`, using only the trait, so any
+/// driver can call it from `attach` before the device is pointed at the domain. Pages already mapped one to one are kept;
 /// a page mapped elsewhere is [`io_pgtable::Error::AlreadyMapped`].
 pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: DomainId) -> Result<(), Error> {
     let page = 1u64 << unit.page_sizes().trailing_zeros().min(63);
@@ -728,16 +739,23 @@ pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: Domain
     let mut result = Ok(());
     'regions: for k in 0.. {
         // The k-th direct-map region, found without collecting them.
-        let (mut i, mut found) = (0usize, None);
+        let (mut i, mut found, mut bypassed) = (0usize, None, [(0u64, 0u64); 4]);
+        let mut b = 0;
         unit.for_each_reserved(device, &mut |r| {
-            if r.kind == ReservedKind::DirectMap {
+            if matches!(r.kind, ReservedKind::DirectMap | ReservedKind::MsiDoorbell) {
                 if i == k {
                     found = Some(r);
                 }
                 i += 1;
+            } else if r.kind == ReservedKind::Msi && b < bypassed.len() {
+                bypassed[b] = (r.start, r.end);
+                b += 1;
             }
         });
         let Some(r) = found else { break };
+        if r.kind == ReservedKind::MsiDoorbell && bypassed[..b].iter().any(|&(s, e)| s <= r.start && r.end <= e) {
+            continue;
+        }
         let (start, end) = (r.start & !(page - 1), (r.end | (page - 1)).saturating_add(1));
         let mut at = start;
         while at < end {
@@ -760,8 +778,9 @@ pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: Domain
                         done[n] = (at, run - at);
                         n += 1;
                     }
+                    let what = if r.kind == ReservedKind::MsiDoorbell { "MSI doorbell" } else { "direct-map region" };
                     log::info!(
-                        "{}: direct-map region {at:#x}-{:#x} identity-mapped for device {:#06x}",
+                        "{}: {what} {at:#x}-{:#x} identity-mapped for device {:#06x}",
                         unit.kind().name(),
                         run - 1,
                         device.0

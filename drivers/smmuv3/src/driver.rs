@@ -593,6 +593,11 @@ impl<M: DmaMemory + Send + 'static> Iommu for SmmuIommu<M> {
     fn attach(&mut self, device: DeviceId, domain: DomainId) -> Result<(), Error> {
         let sid = self.stream(device)?;
         let entry = self.ste_for(domain)?;
+        // The ITS doorbell (and any RMR) identity-mapped before the stream
+        // can reach the domain: its MSIs are translated like its DMA.
+        if matches!(self.domains.get(&domain.0), Some(Slot::Paging { .. })) {
+            iommu::map_direct_regions(self, device, domain)?;
+        }
         // Room for the record before the STE changes.
         if !self.attached.contains_key(&sid) {
             self.attached.try_reserve(1).map_err(|_| Error::NoMemory)?;

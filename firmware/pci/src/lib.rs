@@ -118,6 +118,8 @@ pub mod reg {
     pub const CMD_MEMORY: u16 = 1 << 1;
     /// Command: bus master.
     pub const CMD_BUS_MASTER: u16 = 1 << 2;
+    /// Command: INTx emulation disabled.
+    pub const CMD_INTX_DISABLE: u16 = 1 << 10;
     /// Status: capability list present.
     pub const STATUS_CAP_LIST: u16 = 1 << 4;
     /// Status bits that are write-1-to-clear error flags (PCI 3.0 §6.2.3;

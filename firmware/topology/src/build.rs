@@ -340,8 +340,9 @@ pub fn from_devicetree(dt: &devicetree::DeviceTree<'_>, errors: &mut Vec<String>
     t
 }
 
-/// Reserves the doorbell page of the GICv3 ITS at `its_base` as an MSI window
-/// on every unit: devices behind an IOMMU write their MSIs there through it.
+/// Reserves the doorbell page of the GICv3 ITS at `its_base` as an MSI
+/// doorbell on every unit: devices behind an IOMMU write their MSIs there
+/// through it, so the kernel maps it into their domains.
 /// (The ITS base comes from the device tree or the MADT; IORT names ITS groups
 /// by ID only.)
 pub fn reserve_its_doorbell(t: &mut Topology, its_base: u64) {
@@ -353,7 +354,7 @@ pub fn reserve_its_doorbell(t: &mut Topology, its_base: u64) {
             devices: None,
             start: doorbell,
             end: doorbell + 0xFFF,
-            kind: ReservedKind::Msi,
+            kind: ReservedKind::MsiDoorbell,
         });
     }
 }

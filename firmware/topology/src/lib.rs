@@ -155,8 +155,13 @@ pub struct PciRule {
 pub enum ReservedKind {
     /// Firmware needs an identity mapping (RMRR, IVMD unity, IORT RMR).
     DirectMap,
-    /// MSI doorbell window: never usable for DMA, translated specially.
+    /// MSI window the platform handles untranslated (x86 0xFEEx_xxxx):
+    /// never usable for DMA.
     Msi,
+    /// An interrupt controller's doorbell reached through the unit like any
+    /// DMA target (the GICv3 ITS's GITS_TRANSLATER page): never usable for
+    /// DMA by a task; the kernel maps it into its devices' domains.
+    MsiDoorbell,
     /// Must not be used for DMA at all (IVMD exclusion, holes).
     Reserved,
 }
@@ -167,6 +172,7 @@ impl ReservedKind {
         match self {
             ReservedKind::DirectMap => "direct-map",
             ReservedKind::Msi => "msi",
+            ReservedKind::MsiDoorbell => "msi-doorbell",
             ReservedKind::Reserved => "reserved",
         }
     }

@@ -190,6 +190,7 @@ fn reserved_kind(kind: topology::ReservedKind) -> iommu::ReservedKind {
     match kind {
         topology::ReservedKind::DirectMap => iommu::ReservedKind::DirectMap,
         topology::ReservedKind::Msi => iommu::ReservedKind::Msi,
+        topology::ReservedKind::MsiDoorbell => iommu::ReservedKind::MsiDoorbell,
         topology::ReservedKind::Reserved => iommu::ReservedKind::Reserved,
     }
 }
@@ -435,7 +436,9 @@ pub fn protected(bdf: pci::Bdf) -> bool {
 /// such a write *is* an interrupt message, which no DMA translation stops: a
 /// device can send any vector, an NMI or an INIT (a CPU reset) unless its
 /// unit remaps interrupts. On aarch64 the doorbell (the GIC ITS) is reached
-/// through the device's own translation and is never mapped for a task.
+/// through the device's own translation, is never mapped for a task, and
+/// translates only the (DeviceID, EventID) pairs the kernel mapped for the
+/// writing device (`drivers/gic-its`).
 pub fn interrupts_confined(bdf: pci::Bdf) -> bool {
     if crate::platform().arch() != "x86_64" {
         return true;

@@ -9,7 +9,7 @@
 //! their phase tag (§4.6) with a deadline; between looks the driver sleeps on
 //! the controller's interrupt where the kernel routes one
 //! (`device_irq_enable`: MSI-X entry 0 through interrupt remapping on
-//! x86_64, INTx through the GIC on aarch64), and polls (yielding) where it
+//! x86_64, through the GICv3 ITS on aarch64), and polls (yielding) where it
 //! does not. Data moves through
 //! PRP entries (§4.3): the first page in PRP1, the second in PRP2 or, past
 //! two pages, a PRP list at an IOVA. A failed command is reported with its

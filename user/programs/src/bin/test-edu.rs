@@ -141,6 +141,17 @@ fn interrupt(ctx: &mut Ctx) -> Result<(), &'static str> {
     if sys::device_irq_wait(edu.bdf, 0) != Err(Errno::EINVAL) {
         return Err("waiting before enabling not EINVAL");
     }
+    // An MSI is a DMA write: on aarch64 it reaches the GIC ITS through the
+    // device's own translation, which blocks a claimed device until it is
+    // attached. Attached to an empty IOAS, only the doorbell the kernel maps
+    // there is reachable.
+    let mut attached = None;
+    if edu.flags & abi::DEVICE_BEHIND_IOMMU != 0 {
+        let ioas = userlib::iommufd::ioas_alloc().map_err(|_| "ioas_alloc failed")?;
+        let dev = userlib::iommufd::device_bind(edu.bdf).map_err(|_| "device_bind failed")?;
+        userlib::iommufd::device_attach(dev, ioas).map_err(|_| "device_attach failed")?;
+        attached = Some((dev, ioas));
+    }
     match sys::device_irq_enable(edu.bdf) {
         Ok(_) => {}
         Err(Errno::EOPNOTSUPP) => return Err("interrupt routing not supported on this platform yet"),
@@ -157,6 +168,11 @@ fn interrupt(ctx: &mut Ctx) -> Result<(), &'static str> {
     let status = unsafe { reg(ctx, 0x24).read_volatile() };
     // SAFETY: as above.
     unsafe { reg(ctx, 0x64).write_volatile(status) };
+    if let Some((dev, ioas)) = attached {
+        let _ = userlib::iommufd::device_detach(dev);
+        let _ = userlib::iommufd::destroy(dev);
+        let _ = userlib::iommufd::destroy(ioas);
+    }
     match got {
         Ok(n) if n >= 1 && status & 0x4 != 0 => Ok(()),
         Ok(_) => Err("woken without the interrupt status bit"),

@@ -69,7 +69,7 @@ pub fn route(f: &pci::Function, access: &dyn pci::ConfigAccess, address: u64, da
     e.control.set(e.control.get() & !MASKED);
     access.write16(f.bdf, ctrl_at, (ctrl | ENABLE) & !FUNCTION_MASK);
     let cmd = access.read16(f.bdf, pci::reg::COMMAND);
-    access.write16(f.bdf, pci::reg::COMMAND, cmd | (1 << 10)); // INTx disable
+    access.write16(f.bdf, pci::reg::COMMAND, cmd | pci::reg::CMD_INTX_DISABLE);
     Ok(())
 }
 
