@@ -8,8 +8,11 @@
 //! §6.1; without it the device would bypass translation), puts request queue
 //! 0 (descriptor table, available and used rings) at IOVAs of the IOAS, and
 //! sets DRIVER_OK. Requests are header + data + status chains (§5.2.6),
-//! polled for in the used ring with a deadline; no interrupt is asked for
-//! (VIRTQ_AVAIL_F_NO_INTERRUPT, no MSI-X vector).
+//! found in the used ring with a deadline; between looks the driver sleeps
+//! on MSI-X vector 0 where the kernel routes it (`device_irq_enable`: entry 0
+//! through interrupt remapping on x86_64, through the GICv3 ITS on aarch64;
+//! the queue's `queue_msix_vector` is 0), and otherwise polls, with the
+//! device told not to interrupt (VIRTQ_AVAIL_F_NO_INTERRUPT, no vector).
 //!
 //! The kernel's virtio-iommu driver has its own split virtqueue
 //! (`drivers/virtio-iommu/src/queue.rs`): it works on physical frames through
@@ -39,6 +42,8 @@ const PAGE: u64 = 4096;
 const QUEUE_SIZE: u16 = 64;
 /// How long one request may take.
 const REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
+/// VIRTIO_MSI_NO_VECTOR (§4.1.5.1.2).
+const NO_VECTOR: u16 = 0xFFFF;
 
 /// Feature bits (§6, §5.2.3).
 mod feature {
@@ -186,6 +191,10 @@ pub struct VirtioBlk {
     /// Capacity in 512-byte sectors.
     pub sectors: u64,
     flush: bool,
+    /// The kernel routed the function's MSI-X entry 0 (`device_irq_enable`).
+    routed: bool,
+    /// Queue 0 raises MSI-X vector 0 and the driver sleeps on it (else it polls).
+    pub interrupts: bool,
 }
 
 /// What a request ended in.
@@ -242,6 +251,9 @@ impl VirtioBlk {
             req_iova,
             sectors: 0,
             flush: false,
+            // Before the queue asks for vector 0: MSI-X enabled by the kernel.
+            routed: sys::device_irq_enable(bdf).is_ok(),
+            interrupts: false,
         };
         blk.start(bar + notify.offset, caps.notify_multiplier, notify.length)?;
         Ok(blk)
@@ -280,12 +292,18 @@ impl VirtioBlk {
         let size = c.queue_size.get();
         check_that(size >= QUEUE_SIZE, "request queue shorter than 64 entries")?;
         c.queue_size.set(QUEUE_SIZE);
-        c.queue_msix_vector.set(0xFFFF); // VIRTIO_MSI_NO_VECTOR: polled
+        // Vector 0 (the MSI-X entry the kernel programmed) where routed, for
+        // the queue and for configuration changes (DEVICE_NEEDS_RESET wakes
+        // the driver too); the device answers VIRTIO_MSI_NO_VECTOR (0xFFFF)
+        // to a vector it cannot use (§4.1.5.1.2), and then the queue is polled.
+        c.config_msix_vector.set(if self.routed { 0 } else { NO_VECTOR });
+        c.queue_msix_vector.set(if self.routed { 0 } else { NO_VECTOR });
+        self.interrupts = self.routed && c.queue_msix_vector.get() == 0;
         self.queue.mem.bytes()[..(USED_AT + 4 + 8 * u64::from(QUEUE_SIZE)) as usize].fill(0);
         self.queue.avail_idx = 0;
         self.queue.used_idx = 0;
-        // The device is told not to interrupt (VIRTQ_AVAIL_F_NO_INTERRUPT, §2.7.7).
-        self.queue.write::<u16>(AVAIL_AT, 1);
+        // Polled, the device is told not to interrupt (VIRTQ_AVAIL_F_NO_INTERRUPT, §2.7.7).
+        self.queue.write::<u16>(AVAIL_AT, u16::from(!self.interrupts));
         c.queue_desc.set(self.queue.iova + DESC_AT);
         c.queue_driver.set(self.queue.iova + AVAIL_AT);
         c.queue_device.set(self.queue.iova + USED_AT);
@@ -338,9 +356,23 @@ impl VirtioBlk {
         let want = self.queue.used_idx.wrapping_add(1);
         let c = self.common;
         let q = &self.queue;
-        let done = userlib::driver::wait_until(REQUEST_TIMEOUT_NS, "", || {
-            q.read::<u16>(USED_AT + 2) == want || c.device_status.get() & status::NEEDS_RESET != 0
-        });
+        let finished = || q.read::<u16>(USED_AT + 2) == want || c.device_status.get() & status::NEEDS_RESET != 0;
+        let done = if self.interrupts {
+            let start = sys::clock().unwrap_or(0);
+            loop {
+                if finished() {
+                    break Ok(());
+                }
+                let spent = sys::clock().unwrap_or(u64::MAX).saturating_sub(start);
+                if spent > REQUEST_TIMEOUT_NS {
+                    break if finished() { Ok(()) } else { Err(()) };
+                }
+                // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
+                let _ = sys::device_irq_wait(self.bdf, REQUEST_TIMEOUT_NS - spent);
+            }
+        } else {
+            userlib::driver::wait_until(REQUEST_TIMEOUT_NS, "", finished).map_err(|_| ())
+        };
         if self.queue.read::<u16>(USED_AT + 2) != want {
             return Err(if done.is_ok() { RequestError::NeedsReset } else { RequestError::Timeout });
         }
@@ -403,6 +435,8 @@ pub struct Report {
     /// How the stray read ended: `None` when the device completed it (its
     /// writes to the unmapped IOVA dropped by the IOMMU).
     pub stray: Option<RequestError>,
+    /// Completions woke the driver by interrupt (else it polled).
+    pub interrupts: bool,
 }
 
 /// Bytes the demo writes and reads back.
@@ -451,5 +485,5 @@ pub fn check(bdf: u64) -> Result<Report, Failure> {
     for b in [out, back, canary] {
         b.free().map_err(fail("free a buffer"))?;
     }
-    Ok(Report { unit, sectors: SPAN / 512, stray })
+    Ok(Report { unit, sectors: SPAN / 512, stray, interrupts: blk.interrupts })
 }

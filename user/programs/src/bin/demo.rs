@@ -58,15 +58,16 @@ fn main() -> i32 {
                 r.unit
             }),
             "virtio-blk" => virtio_blk_driver::check(d.bdf).map(|r| {
+                let how = if r.interrupts { "by interrupt" } else { "polled" };
                 match r.stray {
                     Some(e) => println!(
                         "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} virtio-blk: {} sectors written, flushed, read back; \
-                         read into an unmapped IOVA: {e}, device restarted",
+                         read into an unmapped IOVA: {e}, device restarted; completions {how}",
                         r.sectors
                     ),
                     None => println!(
                         "demo: {seg:04x}:{bus:02x}:{dev:02x}.{func} virtio-blk: {} sectors written, flushed, read back; \
-                         read into an unmapped IOVA: completed, every write to it dropped",
+                         read into an unmapped IOVA: completed, every write to it dropped; completions {how}",
                         r.sectors
                     ),
                 }
