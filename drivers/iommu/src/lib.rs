@@ -53,6 +53,7 @@ pub mod groups;
 pub mod ids;
 pub mod mmio;
 pub mod mock;
+pub mod noiommu;
 pub mod ring;
 pub mod trace;
 pub mod user_data;
@@ -97,6 +98,8 @@ pub enum UnitKind {
     VirtioIommu,
     /// The host-test mock.
     Mock,
+    /// No IOMMU: the unit `iommu.noiommu=allow` registers ([`noiommu`]).
+    NoIommu,
 }
 
 impl UnitKind {
@@ -108,6 +111,7 @@ impl UnitKind {
             UnitKind::Smmuv3 => "smmuv3",
             UnitKind::VirtioIommu => "virtio-iommu",
             UnitKind::Mock => "mock",
+            UnitKind::NoIommu => "noiommu",
         }
     }
 }
@@ -539,6 +543,14 @@ pub trait Iommu: Send {
 
     /// Whether this unit remaps (and so confines) its devices' interrupts.
     fn remaps_interrupts(&self) -> bool {
+        false
+    }
+
+    /// Whether paging domains take only identity mappings (IOVA = physical
+    /// address): the no-IOMMU unit ([`noiommu`]), which translates nothing.
+    /// An IOAS with such a device places each area at the physical address
+    /// of its pages (which must then be contiguous).
+    fn identity_only(&self) -> bool {
         false
     }
 

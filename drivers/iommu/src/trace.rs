@@ -43,7 +43,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering:
 use crate::UnitKind;
 
 /// The kinds a trace name can start with, in [`kind_index`] order.
-const PREFIXES: [&str; 5] = ["vtd", "amdvi", "smmu", "virtio", "mock"];
+const PREFIXES: [&str; 6] = ["vtd", "amdvi", "smmu", "virtio", "mock", "noiommu"];
 
 /// Units the switch table holds; units registered beyond it are never traced.
 pub const MAX_UNITS: usize = 32;
@@ -55,6 +55,7 @@ fn kind_index(kind: UnitKind) -> usize {
         UnitKind::Smmuv3 => 2,
         UnitKind::VirtioIommu => 3,
         UnitKind::Mock => 4,
+        UnitKind::NoIommu => 5,
     }
 }
 

@@ -359,6 +359,37 @@ pub fn reserve_its_doorbell(t: &mut Topology, its_base: u64) {
     }
 }
 
+/// Adds the no-IOMMU unit `noiommu0` (no registers) and a rule putting
+/// every requester ID of each segment in `segments` behind it, for a machine
+/// whose firmware describes no IOMMU, booted with `iommu.noiommu=allow`: the
+/// kernel then registers `iommu::noiommu::NoIommu` for it, which translates
+/// and blocks nothing (benchmarks of what an IOMMU costs). Returns the unit's
+/// index; a topology that has units already is left alone (`None`).
+pub fn add_noiommu(t: &mut Topology, segments: &[u16]) -> Option<usize> {
+    if !t.units().is_empty() {
+        return None;
+    }
+    let unit = t.add_unit(IommuUnit {
+        name: "noiommu0".into(),
+        kind: IommuKind::NoIommu,
+        location: UnitLocation::Mmio { base: 0, size: 0 },
+        segment: segments.first().copied().unwrap_or(0),
+        interrupts: Vec::new(),
+        flags: 0,
+        interrupt_remapping: Some(false),
+    });
+    for &segment in segments {
+        let _ = t.add_rule(PciRule {
+            segment,
+            matches: PciMatch::Rids { first: 0, last: u16::MAX },
+            unit: Some(unit),
+            id_base: 0,
+            alias: None,
+        });
+    }
+    Some(unit)
+}
+
 /// The lines the kernel prints for a topology, in the documented format.
 pub fn lines(t: &Topology, functions: &[Function]) -> Vec<String> {
     let mut out = Vec::new();
@@ -420,6 +451,21 @@ pub fn lines(t: &Topology, functions: &[Function]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_noiommu_unit_covers_every_function_of_a_machine_without_iommus() {
+        let mut t = Topology::new();
+        let u = add_noiommu(&mut t, &[0, 1]).unwrap();
+        assert_eq!(t.units()[u].kind, IommuKind::NoIommu);
+        assert_eq!(t.units()[u].name, "noiommu0");
+        for (segment, rid) in [(0, 0), (0, 0x0108), (1, 0xFFFF)] {
+            let x = t.translate_pci(segment, rid).unwrap();
+            assert_eq!((x.unit, x.id), (u, u32::from(rid)));
+        }
+        assert!(t.translate_pci(2, 0).is_none(), "a segment not named");
+        assert_eq!(add_noiommu(&mut t, &[0]), None, "never beside a real unit (or twice)");
+        assert_eq!(t.units().len(), 1);
+    }
 
     #[test]
     fn qemu_tables_build_topologies() {

@@ -29,6 +29,9 @@ pub enum IommuKind {
     Smmuv3,
     /// virtio-iommu (VIOT node or `virtio,pci-iommu`).
     Virtio,
+    /// No IOMMU at all, standing in for one (`iommu.noiommu=allow`; see
+    /// [`build::add_noiommu`]).
+    NoIommu,
 }
 
 impl IommuKind {
@@ -39,6 +42,7 @@ impl IommuKind {
             IommuKind::AmdVi => "amdvi",
             IommuKind::Smmuv3 => "smmuv3",
             IommuKind::Virtio => "virtio",
+            IommuKind::NoIommu => "noiommu",
         }
     }
 }

@@ -306,6 +306,8 @@ pub mod hw_kind {
     pub const VIRTIO_IOMMU: u32 = 4;
     /// Host-test mock.
     pub const MOCK: u32 = 5;
+    /// No IOMMU (`iommu.noiommu=allow`, benchmarks only): nothing is translated or blocked.
+    pub const NOIOMMU: u32 = 6;
 }
 
 /// One raw capability register in [`HwInfo`]'s data.

@@ -386,6 +386,11 @@ pub const DEVICE_INTERRUPTS_CONFINED: u32 = 4;
 /// Master bit on: it is behind an IOMMU, and its interrupts are confined or
 /// the kernel was booted with `iommu.unsafe_interrupts=allow`.
 pub const DEVICE_DMA_ALLOWED: u32 = 8;
+/// `DeviceInfo.flags`: no IOMMU translates the function, but the kernel was
+/// booted with `iommu.noiommu=allow`: the generic door drives it with IOVA =
+/// physical address and nothing confined (never set with
+/// [`DEVICE_BEHIND_IOMMU`]; for benchmarks only).
+pub const DEVICE_NO_IOMMU: u32 = 16;
 
 impl DeviceInfo {
     /// The record as bytes (for copying out to user memory).

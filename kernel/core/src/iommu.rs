@@ -36,7 +36,11 @@ pub fn init(boot: &bootinfo::BootInfo) {
     if let Err(name) = iommu::trace::configure(boot.cmdline_value("trace")) {
         log::warn!("iommu: trace={name}: not a unit trace name (vtd0, amdvi0, smmu0, virtio0, ...)");
     }
-    let units = crate::platform().iommu_units(boot, topo);
+    let mut units = crate::platform().iommu_units(boot, topo);
+    for (index, _) in topo.units().iter().enumerate().filter(|(_, u)| u.kind == topology::IommuKind::NoIommu) {
+        let devices = unit_devices(topo, index).into_iter().map(iommu::DeviceId).collect();
+        units.push((index, alloc::boxed::Box::new(iommu::noiommu::NoIommu::new(devices))));
+    }
     if !units.is_empty() {
         log::info!("iommu: {} unit(s) registered", units.len());
     }
@@ -445,6 +449,20 @@ pub fn interrupts_confined(bdf: pci::Bdf) -> bool {
     }
     let Some((unit, _)) = unit_of(bdf) else { return false };
     with_units(|units| units[unit].remaps_interrupts())
+}
+
+/// `iommu.noiommu=allow` on the command line, on a machine without an
+/// IOMMU: every PCI function is put behind the no-IOMMU unit
+/// (`iommu::noiommu`), so the generic door drives it with IOVA = physical
+/// address and nothing confined (as Linux's VFIO no-IOMMU mode). Off by
+/// default; `cargo xtask bench blk` uses it for its "none" column.
+pub fn noiommu_allowed() -> bool {
+    crate::cmdline_value("iommu.noiommu") == Some("allow")
+}
+
+/// Whether `bdf` sits behind the no-IOMMU unit (nothing translates it).
+pub fn behind_noiommu(bdf: pci::Bdf) -> bool {
+    unit_of(bdf).is_some_and(|(unit, _)| with_units(|units| units[unit].identity_only()))
 }
 
 /// `iommu.unsafe_interrupts=allow` on the command line: a task may turn Bus

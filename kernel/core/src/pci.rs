@@ -89,7 +89,20 @@ pub fn topology() -> Option<&'static topology::Topology> {
 /// Builds the IOMMU topology from the firmware and prints it, one line per item.
 pub fn init_topology(boot: &bootinfo::BootInfo) {
     let functions = self::functions();
-    let t = crate::platform().iommu_topology(boot, functions);
+    let mut t = crate::platform().iommu_topology(boot, functions);
+    if crate::iommu::noiommu_allowed() {
+        let mut segments: Vec<u16> = functions.iter().map(|f| f.bdf.segment).collect();
+        segments.sort_unstable();
+        segments.dedup();
+        if topology::build::add_noiommu(&mut t, &segments).is_some() {
+            log::warn!(
+                "iommu.noiommu=allow: no IOMMU described; devices do DMA to physical addresses, untranslated and \
+                 unconfined (IOVA = physical address; for measuring what an IOMMU costs, never for isolation)"
+            );
+        } else {
+            log::warn!("iommu.noiommu=allow ignored: the firmware describes an IOMMU");
+        }
+    }
     let source = match boot.firmware() {
         bootinfo::FirmwareTables::Acpi { rsdp } => {
             let tables: Vec<String> = crate::acpi::raw_tables(rsdp)

@@ -157,7 +157,7 @@ pub fn hwpt_alloc_types(kind: iommu::UnitKind) -> u64 {
             iommu::UnitKind::Vtd => 1 << a::hwpt_data::VTD_ATTRS,
             iommu::UnitKind::AmdVi => 1 << a::hwpt_data::AMDVI_ATTRS,
             iommu::UnitKind::Smmuv3 => 1 << a::hwpt_data::SMMUV3_ATTRS | 1 << a::hwpt_data::SMMUV3_STE,
-            iommu::UnitKind::VirtioIommu | iommu::UnitKind::Mock => 0,
+            iommu::UnitKind::VirtioIommu | iommu::UnitKind::Mock | iommu::UnitKind::NoIommu => 0,
         }
 }
 
@@ -220,6 +220,7 @@ pub fn typed_hw_info(info: &iommu::Info) -> (u32, TypedInfo) {
             (a::hw_kind::VIRTIO_IOMMU, TypedInfo::of(t.as_bytes()))
         }
         iommu::UnitKind::Mock => (a::hw_kind::MOCK, TypedInfo::of(&[])),
+        iommu::UnitKind::NoIommu => (a::hw_kind::NOIOMMU, TypedInfo::of(&[])),
     }
 }
 

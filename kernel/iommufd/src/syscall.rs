@@ -392,6 +392,7 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
                 iommu::UnitKind::Smmuv3 => a::hw_kind::SMMUV3,
                 iommu::UnitKind::VirtioIommu => a::hw_kind::VIRTIO_IOMMU,
                 iommu::UnitKind::Mock => a::hw_kind::MOCK,
+                iommu::UnitKind::NoIommu => a::hw_kind::NOIOMMU,
             };
             let regs: Vec<a::HwReg> = fallible::try_collect(info.raw.iter().map(|&(name, value)| {
                 let mut n = [0u8; 8];
@@ -407,7 +408,9 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
             s.out_invalidate_types = abi_glue::invalidate_types(info.kind);
             if s.data_len > 0 {
                 let n = typed.len().min(s.data_len as usize);
-                k.user().write(s.data_uptr, &typed[..n])?;
+                if n > 0 {
+                    k.user().write(s.data_uptr, &typed[..n])?;
+                }
                 s.data_len = n as u32;
             }
             let room = s.num_regs as usize;
@@ -416,7 +419,10 @@ pub fn dispatch(k: &mut dyn Kernel, op: u64, ptr: u64) -> Result<u64, Errno> {
                 write(k.user(), ptr, &s, size)?;
                 return Err(Errno::E2BIG);
             }
-            k.user().write(s.data, regs.as_bytes())?;
+            // A unit without registers (no IOMMU) writes none, wherever `data` points.
+            if !regs.is_empty() {
+                k.user().write(s.data, regs.as_bytes())?;
+            }
             write(k.user(), ptr, &s, size)?;
         }
     }

@@ -739,3 +739,38 @@ fn a_scattered_map_failing_at_any_run_leaves_nothing() {
     }
     panic!("the map never succeeded");
 }
+
+/// An IOAS with a device of the no-IOMMU unit places every area at the
+/// physical address of its pages: a fixed IOVA elsewhere and memory that is
+/// not physically contiguous are refused (EINVAL) with nothing left pinned;
+/// once the device is gone the IOAS chooses IOVAs freely again.
+#[test]
+fn a_device_without_an_iommu_gets_identity_iovas_only() {
+    let mut units: Vec<Box<dyn Iommu>> = vec![Box::new(iommu::noiommu::NoIommu::new(vec![DeviceId(0x10)]))];
+    let mut mem = FakeMemory::default();
+    let mut fd = Iommufd::new();
+    let ioas = fd.ioas_alloc().unwrap();
+    let dev = fd.device_bind(&mut units, 0, DeviceId(0x10)).unwrap();
+    fd.device_attach(&mut units, dev, ioas).unwrap();
+    // The unit reports 2 MiB pages: the IOAS's alignment asks for 2 MiB physical blocks.
+    assert_eq!(fd.iova_alignment(&units, ioas), 2 << 20);
+    const MB2: u64 = 2 << 20;
+    let map = |fd: &mut Iommufd, mem: &mut FakeMemory, units: &mut Vec<Box<dyn Iommu>>, va, iova| {
+        fd.map(units, mem, ioas, MapArgs { va, len: MB2, iova, perms: RW })
+    };
+    let at = map(&mut fd, &mut mem, &mut units, MB2, IovaChoice::Auto).unwrap();
+    assert_eq!(at, BASE + MB2, "the IOVA is the physical address");
+    assert_eq!(units[0].iova_to_phys(units[0].attached(DeviceId(0x10)).unwrap(), at + 0x1000), Some(at + 0x1000));
+    let pinned = mem.pins.len();
+    assert_eq!(map(&mut fd, &mut mem, &mut units, 2 * MB2, IovaChoice::Fixed(8 * MB2)), Err(Errno::EINVAL));
+    assert_eq!(map(&mut fd, &mut mem, &mut units, 2 * MB2, IovaChoice::Fixed(BASE + 2 * MB2)), Ok(BASE + 2 * MB2));
+    mem.scatter = true;
+    assert_eq!(map(&mut fd, &mut mem, &mut units, 4 * MB2, IovaChoice::Auto), Err(Errno::EINVAL), "not contiguous");
+    assert_eq!(mem.pins.len(), pinned + 512, "refused maps pin nothing");
+    mem.scatter = false;
+    fd.device_detach(&mut units, dev).unwrap();
+    fd.destroy(&mut units, &mut mem, ioas).unwrap();
+    fd.destroy(&mut units, &mut mem, dev).unwrap();
+    assert!(mem.pins.is_empty());
+    assert!(fd.is_empty());
+}

@@ -71,7 +71,7 @@ fn typed_len(kind: u32) -> Option<usize> {
         a::hw_kind::AMDVI => Some(core::mem::size_of::<a::HwInfoAmdvi>()),
         a::hw_kind::SMMUV3 => Some(core::mem::size_of::<a::HwInfoSmmuv3>()),
         a::hw_kind::VIRTIO_IOMMU => Some(core::mem::size_of::<a::HwInfoVirtio>()),
-        a::hw_kind::MOCK => Some(0),
+        a::hw_kind::MOCK | a::hw_kind::NOIOMMU => Some(0),
         _ => None,
     }
 }

@@ -209,6 +209,7 @@ impl UnitInfo {
             a::hw_kind::SMMUV3 => "smmuv3",
             a::hw_kind::VIRTIO_IOMMU => "virtio-iommu",
             a::hw_kind::MOCK => "mock",
+            a::hw_kind::NOIOMMU => "noiommu",
             _ => "unknown",
         }
     }

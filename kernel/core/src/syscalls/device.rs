@@ -45,7 +45,9 @@ pub fn sys_device_list(buf: u64, len: u64) -> SysResult {
         if claims::is_claimed(f.bdf) || crate::pci::kernel_owned(f.bdf) {
             info.flags |= abi::DEVICE_CLAIMED;
         }
-        if topology.and_then(|t| t.translate_pci(f.bdf.segment, f.bdf.rid())).is_some() {
+        if crate::iommu::behind_noiommu(f.bdf) {
+            info.flags |= abi::DEVICE_NO_IOMMU;
+        } else if topology.and_then(|t| t.translate_pci(f.bdf.segment, f.bdf.rid())).is_some() {
             info.flags |= abi::DEVICE_BEHIND_IOMMU;
         }
         let confined = crate::iommu::interrupts_confined(f.bdf);
