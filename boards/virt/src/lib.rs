@@ -147,8 +147,10 @@ impl kcore::DeviceIrqs for ArmPlatform {
         access: &dyn pci::ConfigAccess,
         slot: u32,
     ) -> Result<(), &'static str> {
-        // MSI or MSI-X through the ITS where there is one; INTx otherwise.
-        if its::present() && (f.caps.msi.is_some() || f.caps.msix.is_some()) {
+        // MSI or MSI-X through the ITS where there is one and the function
+        // may master the bus (an MSI is a DMA write: only behind an IOMMU);
+        // INTx otherwise.
+        if its::present() && kcore::iommu::protected(f.bdf) && (f.caps.msi.is_some() || f.caps.msix.is_some()) {
             let line = its::route(f, access, slot)?;
             log::info!("{line}");
             return Ok(());
