@@ -128,7 +128,7 @@ pub struct Its<M: DmaMemory> {
     /// The memory its queue and tables come from.
     pub mem: M,
     queue: ProducerRing,
-    /// The tables given to GITS_BASER<n> (None: that register is unused).
+    /// The tables given to `GITS_BASER<n>` (None: that register is unused).
     tables: [Option<DmaRegion>; 8],
     device_ids: u32,
     event_bits: u32,

@@ -52,7 +52,7 @@ register_bitfields! [u64,
         /// The queue is valid.
         VALID OFFSET(63) NUMBITS(1) []
     ],
-    /// GITS_BASER<n>: one table the ITS keeps in memory.
+    /// `GITS_BASER<n>`: one table the ITS keeps in memory.
     pub GITS_BASER [
         /// Pages of the table, minus one.
         SIZE OFFSET(0) NUMBITS(8) [],
