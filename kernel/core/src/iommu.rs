@@ -451,15 +451,6 @@ pub fn interrupts_confined(bdf: pci::Bdf) -> bool {
     with_units(|units| units[unit].remaps_interrupts())
 }
 
-/// `iommu.noiommu=allow` on the command line, on a machine without an
-/// IOMMU: every PCI function is put behind the no-IOMMU unit
-/// (`iommu::noiommu`), so the generic door drives it with IOVA = physical
-/// address and nothing confined (as Linux's VFIO no-IOMMU mode). Off by
-/// default; `cargo xtask bench blk` uses it for its "none" column.
-pub fn noiommu_allowed() -> bool {
-    crate::cmdline_value("iommu.noiommu") == Some("allow")
-}
-
 /// Whether `bdf` sits behind the no-IOMMU unit (nothing translates it).
 pub fn behind_noiommu(bdf: pci::Bdf) -> bool {
     unit_of(bdf).is_some_and(|(unit, _)| with_units(|units| units[unit].identity_only()))

@@ -86,11 +86,21 @@ pub fn topology() -> Option<&'static topology::Topology> {
     TOPOLOGY.get()
 }
 
+/// `iommu.noiommu=allow` on the command line, on a machine without an
+/// IOMMU: every PCI function is put behind the no-IOMMU unit
+/// (`iommu::noiommu`, registered by [`crate::iommu::init`]), so the generic
+/// door drives it with IOVA = physical address and nothing confined (as
+/// Linux's VFIO no-IOMMU mode). Off by default; `cargo xtask bench blk`
+/// uses it for its "none" column.
+pub fn noiommu_allowed() -> bool {
+    crate::cmdline_value("iommu.noiommu") == Some("allow")
+}
+
 /// Builds the IOMMU topology from the firmware and prints it, one line per item.
 pub fn init_topology(boot: &bootinfo::BootInfo) {
     let functions = self::functions();
     let mut t = crate::platform().iommu_topology(boot, functions);
-    if crate::iommu::noiommu_allowed() {
+    if noiommu_allowed() {
         let mut segments: Vec<u16> = functions.iter().map(|f| f.bdf.segment).collect();
         segments.sort_unstable();
         segments.dedup();
