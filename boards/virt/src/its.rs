@@ -7,9 +7,10 @@
 //! the writer by DeviceID, so whatever the device writes to the doorbell it
 //! can raise only the events mapped for it. The doorbell page sits behind
 //! the device's IOMMU like any DMA target: the topology reserves it and the
-//! IOMMU drivers map it into every paging domain the device joins
-//! (`iommu::ReservedKind::MsiDoorbell`), so a blocked device cannot even
-//! reach it.
+//! SMMUv3 driver maps it into every paging domain the device joins
+//! (`iommu::ReservedKind::MsiDoorbell`), so a device the SMMU blocks cannot
+//! even reach it (a virtio-iommu passes the doorbell untranslated, its
+//! PROBE's MSI region; the ITS still confines what the device raises).
 
 use alloc::format;
 use alloc::string::String;
@@ -92,7 +93,11 @@ pub fn route(f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) -> Re
     }
     let doorbell = s.its.translater();
     // Deliver before the device can send.
-    crate::gic::route_lpi(lpi, slot)?;
+    if let Err(why) = crate::gic::route_lpi(lpi, slot) {
+        let _ = s.its.unmap_event(device, slot);
+        s.lpis.configure(&mut s.tables, lpi, PRIORITY, false);
+        return Err(why);
+    }
     match board_common::msi::program(f, access, doorbell, slot) {
         Ok(kind) => Ok(format!(
             "{}: {} -> LPI {lpi} through the ITS (DeviceID {device:#x}, EventID {slot}; message {doorbell:#x}/{slot:#x})",

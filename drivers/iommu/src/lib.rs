@@ -738,7 +738,8 @@ pub fn overlaps_reserved(regions: &[Region], start: u64, end: u64) -> Option<Reg
 /// ([`ReservedKind::MsiDoorbell`], unless an untranslated MSI region of the
 /// device already covers the doorbell, as a virtio-iommu's PROBE reports)
 /// read/write into paging domain `domain`, using only the trait, so any
-/// driver can call it from `attach` before the device is pointed at the domain. Pages already mapped one to one are kept;
+/// driver can call it from `attach` before the device is pointed at the
+/// domain. Pages already mapped one to one are kept;
 /// a page mapped elsewhere is [`io_pgtable::Error::AlreadyMapped`].
 pub fn map_direct_regions(unit: &mut dyn Iommu, device: DeviceId, domain: DomainId) -> Result<(), Error> {
     let page = 1u64 << unit.page_sizes().trailing_zeros().min(63);
