@@ -138,7 +138,11 @@ pub fn release_task(task: u64, name: &str, close: impl FnOnce(), give_back: impl
     // A device of the task may still reach its memory: keep every frame.
     give_back(unblocked == 0);
     for bdf in mine() {
-        log::info!("task {name}: released {bdf} (bus master off, blocked)");
+        if crate::iommu::behind_noiommu(bdf) {
+            log::info!("task {name}: released {bdf} (bus master off; no IOMMU, nothing else stops its DMA)");
+        } else {
+            log::info!("task {name}: released {bdf} (bus master off, blocked)");
+        }
     }
     drop(claims);
     CLAIMS.lock().retain(|(_, owner)| *owner != id);
