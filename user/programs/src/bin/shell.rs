@@ -412,6 +412,7 @@ fn devices() -> Result<(), String> {
         for (bit, name) in [
             (abi::DEVICE_CLAIMED, "claimed"),
             (abi::DEVICE_BEHIND_IOMMU, "iommu"),
+            (abi::DEVICE_NO_IOMMU, "noiommu"),
             (abi::DEVICE_INTERRUPTS_CONFINED, "irq-confined"),
             (abi::DEVICE_DMA_ALLOWED, "dma"),
         ] {
