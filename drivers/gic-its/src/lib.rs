@@ -132,7 +132,6 @@ pub struct Its<M: DmaMemory> {
     tables: [Option<DmaRegion>; 8],
     device_ids: u32,
     event_bits: u32,
-    itt_frames_needed: bool,
     rd: RdBase,
     translater: u64,
     devices: [Option<Device>; MAX_DEVICES],
@@ -149,9 +148,9 @@ impl<M: DmaMemory> fmt::Debug for Its<M> {
     }
 }
 
-/// The page size a GITS_BASER reads back, in bytes.
-fn page_bytes(value: u64) -> u64 {
-    match (value >> 8) & 3 {
+/// Bytes of a GITS_BASER Page_Size code (0 4 KiB, 1 16 KiB, 2 64 KiB).
+fn page_bytes(code: u64) -> u64 {
+    match code {
         0 => 0x1000,
         1 => 0x4000,
         _ => 0x1_0000,
@@ -193,7 +192,8 @@ impl<M: DmaMemory> Its<M> {
         };
         let typer = regs.typer.extract();
         let id_bits = typer.read(GITS_TYPER::ID_BITS) as u32 + 1;
-        let itt_entry = typer.read(GITS_TYPER::ITT_ENTRY_SIZE) + 1;
+        // An ITT of 2^event_bits entries of at most 16 bytes (ITT_entry_size
+        // is four bits) is at most 512 bytes: one frame always holds it.
         let event_bits = EVENT_BITS.min(id_bits);
         let rd = if typer.is_set(GITS_TYPER::PTA) { RdBase::physical(rd_pa) } else { RdBase::processor(processor) };
         let mut its = Its {
@@ -203,7 +203,6 @@ impl<M: DmaMemory> Its<M> {
             tables: [None; 8],
             device_ids: 0,
             event_bits,
-            itt_frames_needed: (itt_entry << event_bits) > 4096,
             rd,
             translater: base + TRANSLATER_OFFSET,
             devices: [None; MAX_DEVICES],
@@ -253,7 +252,9 @@ impl<M: DmaMemory> Its<M> {
             let entry = value.read(GITS_BASER::ENTRY_SIZE) + 1;
             // Ask for 64 KiB pages; an ITS that supports fewer sizes reads back one it has.
             reg.write(GITS_BASER::PAGE_SIZE::Size64K + GITS_BASER::TYPE.val(value.read(GITS_BASER::TYPE)));
-            let page = page_bytes(reg.get());
+            // 3 is reserved: taken (and written back) as 64 KiB.
+            let code = reg.read(GITS_BASER::PAGE_SIZE).min(2);
+            let page = page_bytes(code);
             let pages = (wanted * entry).div_ceil(page).clamp(1, 256);
             let frames = ((pages * page) / 4096) as usize;
             let table =
@@ -262,16 +263,11 @@ impl<M: DmaMemory> Its<M> {
             let pa = table.base();
             // 64 KiB pages carry address bits 51:48 in field bits 3:0.
             let field = if page == 0x1_0000 { (pa >> 12) & !0xF | (pa >> 48) & 0xF } else { pa >> 12 };
-            let size_code = match page {
-                0x1000 => 0,
-                0x4000 => 1,
-                _ => 2,
-            };
             reg.write(
                 GITS_BASER::VALID::SET
                     + GITS_BASER::INNER_CACHE.val(WB_RAWA)
                     + GITS_BASER::SHAREABILITY.val(INNER_SHAREABLE)
-                    + GITS_BASER::PAGE_SIZE.val(size_code)
+                    + GITS_BASER::PAGE_SIZE.val(code)
                     + GITS_BASER::PHYSICAL_ADDRESS.val(field)
                     + GITS_BASER::SIZE.val(pages - 1),
             );
@@ -292,7 +288,7 @@ impl<M: DmaMemory> Its<M> {
             t.free_contiguous(&mut self.mem);
         }
         for d in self.devices.iter_mut().filter_map(Option::take) {
-            d.itt.free_contiguous(&mut self.mem);
+            d.itt.free_frame(&mut self.mem);
         }
         self.queue.region().free_contiguous(&mut self.mem);
     }
@@ -355,9 +351,6 @@ impl<M: DmaMemory> Its<M> {
             Some(i) => i,
             None => {
                 let i = self.devices.iter().position(Option::is_none).ok_or(Error::TooManyDevices)?;
-                if self.itt_frames_needed {
-                    return Err(Error::NoMemory);
-                }
                 let itt = DmaRegion::alloc_frame(&mut self.mem).ok_or(Error::NoMemory)?;
                 if let Err(e) = self.submit(&[Command::mapd(device, self.event_bits, itt.base(), true)]) {
                     log::error!("its: MAPD of device {device:#x} failed ({e}); its ITT stays allocated");
