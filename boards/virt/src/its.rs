@@ -73,6 +73,38 @@ fn device_id(f: &pci::Function) -> Result<u32, &'static str> {
     Ok(u32::from(pci::dma_requester_id(f, kcore::pci::functions())))
 }
 
+impl State {
+    /// Maps EventID `event` of DeviceID `device` to the LPI of `slot`
+    /// (configured, translated by the ITS, delivered to the slot); nothing
+    /// is left behind on failure. Returns the LPI.
+    fn map_slot(&mut self, device: u32, event: u32, slot: u32) -> Result<u32, gic_its::Error> {
+        let lpi = FIRST_LPI + slot;
+        if !self.lpis.configure(&mut self.tables, lpi, PRIORITY, true) {
+            return Err(gic_its::Error::EventOutOfRange(slot));
+        }
+        if let Err(e) = self.its.map_event(device, event, lpi) {
+            self.lpis.configure(&mut self.tables, lpi, PRIORITY, false);
+            return Err(e);
+        }
+        // Delivered before the device can send.
+        if crate::gic::route_lpi(lpi, slot).is_err() {
+            self.unmap_slot(device, event, slot);
+            return Err(gic_its::Error::EventOutOfRange(slot));
+        }
+        Ok(lpi)
+    }
+
+    /// Undoes [`State::map_slot`]: the event discarded (a write already on
+    /// its way raises nothing), the LPI disabled, the slot forgotten.
+    fn unmap_slot(&mut self, device: u32, event: u32, slot: u32) {
+        crate::gic::unroute_lpi(slot);
+        if let Err(e) = self.its.unmap_event(device, event) {
+            log::error!("its: DeviceID {device:#x} EventID {event} not discarded: {e}");
+        }
+        self.lpis.configure(&mut self.tables, FIRST_LPI + slot, PRIORITY, false);
+    }
+}
+
 /// Routes `f`'s MSI (or MSI-X entry 0) through the ITS to device-interrupt
 /// `slot`. Returns the log line's text.
 pub fn route(f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) -> Result<String, &'static str> {
@@ -80,24 +112,13 @@ pub fn route(f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) -> Re
         return Err("function has neither MSI nor MSI-X");
     }
     let device = device_id(f)?;
-    let lpi = FIRST_LPI + slot;
     let mut guard = ITS.lock();
     let s = guard.as_mut().ok_or("no ITS")?;
-    if !s.lpis.configure(&mut s.tables, lpi, PRIORITY, true) {
-        return Err("no LPI for this slot");
-    }
-    if let Err(e) = s.its.map_event(device, slot, lpi) {
+    let lpi = s.map_slot(device, slot, slot).map_err(|e| {
         log::error!("its: {}: mapping DeviceID {device:#x} EventID {slot}: {e}", f.bdf);
-        s.lpis.configure(&mut s.tables, lpi, PRIORITY, false);
-        return Err("the ITS refused the interrupt mapping");
-    }
+        "the ITS refused the interrupt mapping"
+    })?;
     let doorbell = s.its.translater();
-    // Deliver before the device can send.
-    if let Err(why) = crate::gic::route_lpi(lpi, slot) {
-        let _ = s.its.unmap_event(device, slot);
-        s.lpis.configure(&mut s.tables, lpi, PRIORITY, false);
-        return Err(why);
-    }
     match board_common::msi::program(f, access, doorbell, slot) {
         Ok(kind) => Ok(format!(
             "{}: {} -> LPI {lpi} through the ITS (DeviceID {device:#x}, EventID {slot}; message {doorbell:#x}/{slot:#x})",
@@ -105,9 +126,7 @@ pub fn route(f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) -> Re
             f.bdf
         )),
         Err(why) => {
-            crate::gic::unroute_lpi(slot);
-            let _ = s.its.unmap_event(device, slot);
-            s.lpis.configure(&mut s.tables, lpi, PRIORITY, false);
+            s.unmap_slot(device, slot, slot);
             Err(why)
         }
     }
@@ -117,15 +136,10 @@ pub fn route(f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) -> Re
 /// discarded: a write already on its way raises nothing) and forgets the slot.
 pub fn unroute(f: &pci::Function, access: &dyn pci::ConfigAccess, slot: u32) {
     board_common::msi::disable(f, access);
-    let Ok(device) = device_id(f) else { return };
-    let mut guard = ITS.lock();
-    if let Some(s) = guard.as_mut() {
-        if let Err(e) = s.its.unmap_event(device, slot) {
-            log::error!("its: {}: DeviceID {device:#x} EventID {slot} not discarded: {e}", f.bdf);
-        }
-        s.lpis.configure(&mut s.tables, FIRST_LPI + slot, PRIORITY, false);
+    match (device_id(f), ITS.lock().as_mut()) {
+        (Ok(device), Some(s)) => s.unmap_slot(device, slot, slot),
+        _ => crate::gic::unroute_lpi(slot),
     }
-    crate::gic::unroute_lpi(slot);
 }
 
 /// Whether `f` has an event mapped in the ITS (for tests).
@@ -151,22 +165,15 @@ pub fn raise(device: u32, event: u32) -> Result<(), String> {
 /// for no function (for tests: a "victim" mapping another device must not
 /// be able to raise).
 pub fn route_raw(device: u32, event: u32, slot: u32) -> Result<(), String> {
-    let lpi = FIRST_LPI + slot;
     let mut guard = ITS.lock();
     let s = guard.as_mut().ok_or(String::from("no ITS"))?;
-    if !s.lpis.configure(&mut s.tables, lpi, PRIORITY, true) {
-        return Err("no LPI for this slot".into());
-    }
-    s.its.map_event(device, event, lpi).map_err(|e| format!("{e}"))?;
-    crate::gic::route_lpi(lpi, slot).map_err(String::from)
+    s.map_slot(device, event, slot).map(|_| ()).map_err(|e| format!("{e}"))
 }
 
 /// Undoes [`route_raw`].
 pub fn unroute_raw(device: u32, event: u32, slot: u32) {
-    let mut guard = ITS.lock();
-    if let Some(s) = guard.as_mut() {
-        let _ = s.its.unmap_event(device, event);
-        s.lpis.configure(&mut s.tables, FIRST_LPI + slot, PRIORITY, false);
+    match ITS.lock().as_mut() {
+        Some(s) => s.unmap_slot(device, event, slot),
+        None => crate::gic::unroute_lpi(slot),
     }
-    crate::gic::unroute_lpi(slot);
 }
