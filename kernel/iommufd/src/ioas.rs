@@ -276,12 +276,23 @@ impl Iommufd {
             return Err(Errno::EINVAL);
         }
         va.checked_add(len - 1).ok_or(Errno::EINVAL)?;
-        if self.attached_devices(ioas).any(|(u, _)| units[u].identity_only()) {
-            return self.map_identity(units, mem, ioas, m);
-        }
-        let (at, alignment) = self.place(units, ioas, len, iova)?;
-        self.check_pins(len / PAGE)?;
-        let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
+        let (at, alignment, pages) = if self.attached_devices(ioas).any(|(u, _)| units[u].identity_only()) {
+            // No IOMMU ([`iommu::noiommu`]): pinned first, the area goes at
+            // the pages' physical address.
+            self.check_pins(len / PAGE)?;
+            let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
+            match self.place_identity(units, ioas, len, iova, &pages) {
+                Ok((at, alignment)) => (at, alignment, pages),
+                Err(e) => {
+                    mem.unpin(&pages);
+                    return Err(e);
+                }
+            }
+        } else {
+            let (at, alignment) = self.place(units, ioas, len, iova)?;
+            self.check_pins(len / PAGE)?;
+            (at, alignment, mem.pin(va, len, perms.contains(Perms::WRITE))?)
+        };
         if let Err(e) = Self::check_aligned(at, &pages, alignment) {
             mem.unpin(&pages);
             return Err(e);
@@ -289,41 +300,28 @@ impl Iommufd {
         self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
     }
 
-    /// [`Iommufd::map`] for an IOAS with a device of a unit that takes only
-    /// identity mappings (no IOMMU, [`iommu::noiommu`]): the pages are pinned
-    /// first and the area goes at their physical address, which they must
-    /// cover contiguously (a fixed IOVA elsewhere is `EINVAL`).
-    fn map_identity(&mut self, units: Units<'_>, mem: &mut dyn Memory, ioas: u32, m: MapArgs) -> Result<u64, Errno> {
-        let MapArgs { va, len, iova, perms } = m;
-        self.check_pins(len / PAGE)?;
-        let pages = mem.pin(va, len, perms.contains(Perms::WRITE))?;
+    /// [`Iommufd::place`] for an IOAS with a device of a unit that takes
+    /// only identity mappings: at the physical address of `pages`, which
+    /// must cover it contiguously (a fixed IOVA elsewhere is `EINVAL`).
+    fn place_identity(
+        &mut self,
+        units: &[Box<dyn Iommu>],
+        ioas: u32,
+        len: u64,
+        iova: IovaChoice,
+        pages: &Runs,
+    ) -> Result<(u64, u64), Errno> {
         let pa = match pages.iter().next() {
             Some(run) if pages.run_count() == 1 => run.pa,
             _ => {
-                log::warn!(
-                    "ioas: {len:#x} bytes at {va:#x}: not physically contiguous, so no identity mapping (no IOMMU)"
-                );
-                mem.unpin(&pages);
+                log::warn!("ioas: {len:#x} bytes: not physically contiguous, so no identity mapping (no IOMMU)");
                 return Err(Errno::EINVAL);
             }
         };
         if matches!(iova, IovaChoice::Fixed(at) if at != pa) {
-            mem.unpin(&pages);
             return Err(Errno::EINVAL);
         }
-        let placed = self.place(units, ioas, len, IovaChoice::Fixed(pa));
-        let (at, alignment) = match placed {
-            Ok(p) => p,
-            Err(e) => {
-                mem.unpin(&pages);
-                return Err(e);
-            }
-        };
-        if let Err(e) = Self::check_aligned(at, &pages, alignment) {
-            mem.unpin(&pages);
-            return Err(e);
-        }
-        self.insert_area(units, ioas, at, pages, perms).map_err(|f| f.give_back(mem))
+        self.place(units, ioas, len, IovaChoice::Fixed(pa))
     }
 
     /// Where a new area of `len` bytes goes in `ioas`, and the IOAS's IOVA
