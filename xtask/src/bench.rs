@@ -156,22 +156,20 @@ fn blk() -> Result<(), String> {
                 return Err(format!("{label}: the benchmark did not finish: {said:?}"));
             }
             let rs = results(lines.iter().map(String::as_str));
+            // Each (device, mode, pattern) the runs name, then its medians.
+            let runs: std::collections::BTreeSet<(String, String, String)> = rs
+                .iter()
+                .filter_map(|r| Some((r.get("dev")?.clone(), r.get("mode")?.clone(), r.get("pattern")?.clone())))
+                .collect();
             let mut medians = Medians::new();
-            for r in &rs {
-                let (Some(dev), Some(mode), Some(pattern)) = (r.get("dev"), r.get("mode"), r.get("pattern")) else {
-                    continue;
-                };
-                let key = (dev.clone(), mode.clone(), pattern.clone());
-                if medians.contains_key(&key) {
-                    continue;
-                }
+            for (dev, mode, pattern) in runs {
                 for k in ["iops", "mbps"] {
                     let mut v: Vec<f64> = rs
                         .iter()
                         .filter(|x| {
-                            x.get("dev") == Some(dev)
-                                && x.get("mode") == Some(mode)
-                                && x.get("pattern") == Some(pattern)
+                            x.get("dev") == Some(&dev)
+                                && x.get("mode") == Some(&mode)
+                                && x.get("pattern") == Some(&pattern)
                         })
                         .filter_map(|x| field(x, k))
                         .collect();
@@ -179,7 +177,6 @@ fn blk() -> Result<(), String> {
                         medians.insert((dev.clone(), format!("{mode}/{k}"), pattern.clone()), m);
                     }
                 }
-                medians.insert(key, 0.0);
             }
             let get = |m: &Medians, dev: &str, what: &str, pattern: &str| {
                 m.get(&(dev.to_owned(), what.to_owned(), pattern.to_owned())).copied()

@@ -45,17 +45,38 @@ pub fn check_that(ok: bool, what: &'static str) -> Result<(), Failure> {
 
 /// Waits until `done()` holds, yielding the CPU between looks, for at most
 /// `timeout_ns` of the kernel clock: `Err(Failure::new(what))` after that.
-pub fn wait_until(timeout_ns: u64, what: &'static str, mut done: impl FnMut() -> bool) -> Result<(), Failure> {
+pub fn wait_until(timeout_ns: u64, what: &'static str, done: impl FnMut() -> bool) -> Result<(), Failure> {
+    wait_on(None, timeout_ns, what, done)
+}
+
+/// [`wait_until`], sleeping between looks on the interrupt of the function
+/// `irq` names (its `device_irq_enable` succeeded) until the interrupt or the
+/// deadline wakes the task; `None`: yielding, as [`wait_until`].
+pub fn wait_on(
+    irq: Option<u64>,
+    timeout_ns: u64,
+    what: &'static str,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), Failure> {
     let start = crate::sys::clock().unwrap_or(0);
     loop {
         if done() {
             return Ok(());
         }
-        if crate::sys::clock().unwrap_or(u64::MAX).saturating_sub(start) > timeout_ns {
+        let spent = crate::sys::clock().unwrap_or(u64::MAX).saturating_sub(start);
+        if spent > timeout_ns {
             // One last look: the clock may have run on while this task waited to run.
             return if done() { Ok(()) } else { Err(Failure::new(what)) };
         }
-        let _ = crate::sys::yield_now();
+        match irq {
+            // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
+            Some(bdf) => {
+                let _ = crate::sys::device_irq_wait(bdf, timeout_ns - spent);
+            }
+            None => {
+                let _ = crate::sys::yield_now();
+            }
+        }
     }
 }
 

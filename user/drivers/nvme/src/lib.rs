@@ -355,17 +355,7 @@ impl Nvme {
         };
         let phase = q.phase;
         let arrived = || (read(12) >> 16 & 1 == 1) == phase;
-        if interrupts {
-            let start = sys::clock().unwrap_or(0);
-            while !arrived() {
-                let spent = sys::clock().unwrap_or(u64::MAX).saturating_sub(start);
-                if spent > COMMAND_TIMEOUT_NS {
-                    return Err(CommandError::Timeout);
-                }
-                // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
-                let _ = sys::device_irq_wait(bdf, COMMAND_TIMEOUT_NS - spent);
-            }
-        } else if userlib::driver::wait_until(COMMAND_TIMEOUT_NS, "", arrived).is_err() {
+        if userlib::driver::wait_on(interrupts.then_some(bdf), COMMAND_TIMEOUT_NS, "", arrived).is_err() {
             return Err(CommandError::Timeout);
         }
         // The rest of the entry is read after its phase tag was seen.

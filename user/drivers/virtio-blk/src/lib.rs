@@ -357,22 +357,7 @@ impl VirtioBlk {
         let c = self.common;
         let q = &self.queue;
         let finished = || q.read::<u16>(USED_AT + 2) == want || c.device_status.get() & status::NEEDS_RESET != 0;
-        let done = if self.interrupts {
-            let start = sys::clock().unwrap_or(0);
-            loop {
-                if finished() {
-                    break Ok(());
-                }
-                let spent = sys::clock().unwrap_or(u64::MAX).saturating_sub(start);
-                if spent > REQUEST_TIMEOUT_NS {
-                    break if finished() { Ok(()) } else { Err(()) };
-                }
-                // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
-                let _ = sys::device_irq_wait(self.bdf, REQUEST_TIMEOUT_NS - spent);
-            }
-        } else {
-            userlib::driver::wait_until(REQUEST_TIMEOUT_NS, "", finished).map_err(|_| ())
-        };
+        let done = userlib::driver::wait_on(self.interrupts.then_some(self.bdf), REQUEST_TIMEOUT_NS, "", finished);
         if self.queue.read::<u16>(USED_AT + 2) != want {
             return Err(if done.is_ok() { RequestError::NeedsReset } else { RequestError::Timeout });
         }
