@@ -8,6 +8,29 @@ use crate::target::{Arch, Boot, Iommu};
 /// Numbers the disk images of one xtask run, so that parallel boots never share one.
 static IMAGE_SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// CPUs of every machine (`--smp`); see [`set_smp`].
+static SMP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Gives every machine booted from now `n` CPUs (1 to 16).
+pub fn set_smp(n: usize) {
+    SMP.store(n.clamp(1, 16), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// CPUs of the machines booted, unless a machine's own QEMU arguments say `-smp`.
+pub fn smp() -> usize {
+    SMP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The QEMU words that give a machine `n` CPUs: with more than one, TCG
+/// runs one host thread per CPU (multi-threaded TCG), so CPUs really race.
+pub fn smp_args(n: usize) -> String {
+    if n > 1 {
+        format!("-smp {n} -accel tcg,thread=multi")
+    } else {
+        "-smp 1".to_owned()
+    }
+}
+
 /// Extra kernel command-line words from `PORTCULLIS_CMDLINE`.
 pub fn env_cmdline() -> Vec<String> {
     std::env::var("PORTCULLIS_CMDLINE").map(|v| v.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
@@ -44,6 +67,9 @@ impl Machine {
         let mut a: Vec<String> = Vec::new();
         let mut add = |s: &str| a.extend(s.split_whitespace().map(str::to_owned));
         let mut cmdline = self.cmdline.clone();
+        // A machine whose own arguments name `-smp` (a one-CPU case) keeps them.
+        let own_smp = self.extra.iter().chain(env_extra().iter()).any(|w| w == "-smp");
+        let cpus = if own_smp { String::new() } else { smp_args(smp()) };
         let program = match self.arch {
             Arch::X86_64 => {
                 // Interrupt remapping wants the I/O APIC in QEMU, not in KVM
@@ -51,7 +77,7 @@ impl Machine {
                 let irqchip =
                     if matches!(self.iommu, Iommu::Vtd | Iommu::Amdvi) { ",kernel-irqchip=split" } else { "" };
                 add(&format!(
-                    "-machine q35{irqchip} -cpu max -m 512M -smp 1 -nographic -no-reboot -vga none -nic none"
+                    "-machine q35{irqchip} -cpu max -m 512M {cpus} -nographic -no-reboot -vga none -nic none"
                 ));
                 add("-device isa-debug-exit,iobase=0xf4,iosize=0x04");
                 match self.iommu {
@@ -77,7 +103,7 @@ impl Machine {
             Arch::Aarch64 => {
                 let smmu = if self.iommu == Iommu::Smmuv3 { ",iommu=smmuv3" } else { "" };
                 add(&format!("-machine virt,virtualization=on,gic-version=3{smmu}"));
-                add("-cpu max -m 1G -smp 1 -nographic -no-reboot -nic none -semihosting");
+                add(&format!("-cpu max -m 1G {cpus} -nographic -no-reboot -nic none -semihosting"));
                 if self.iommu == Iommu::Virtio {
                     add("-device virtio-iommu-pci");
                 }

@@ -14,6 +14,7 @@
 //! ```
 //! `doc` builds the guide (`docs/guide`, mdBook) into `target/guide/` and the API docs of every
 //! crate (`cargo doc --no-deps`, rustdoc warnings denied); see [`doc`].
+//! `--smp N` (before or after the subcommand) gives every machine booted N CPUs.
 //! `PORTCULLIS_QEMU_EXTRA` (whitespace-split) is appended to every QEMU command line.
 //! `PORTCULLIS_KTEST_SELFCHECK=1` builds the kernel with a test that fails on purpose.
 
@@ -39,6 +40,10 @@ use target::{Arch, Boot, Iommu};
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, boot, test and benchmark portcullis", version)]
 struct Cli {
+    /// CPUs of every QEMU machine booted (`-smp N`, multi-threaded TCG when
+    /// above 1; default 1). Cases that need one CPU keep one.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=16))]
+    smp: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -240,6 +245,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.smp {
+        machine::set_smp(usize::from(n));
+    }
     let result = match cli.command {
         Command::Setup => setup::run(),
         Command::Doc { guide, api } => setup::ensure(setup::Needs::default()).and_then(|()| doc::run(guide, api)),

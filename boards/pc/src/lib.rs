@@ -265,6 +265,8 @@ impl kcore::IommuBringup for X86Platform {
     }
 }
 
+impl kcore::Smp for X86Platform {}
+
 impl kcore::Power for X86Platform {
     fn exit(&self, success: bool) -> ! {
         exit::exit(success)

@@ -328,6 +328,8 @@ impl kcore::IommuBringup for ArmPlatform {
     }
 }
 
+impl kcore::Smp for ArmPlatform {}
+
 impl kcore::Power for ArmPlatform {
     fn exit(&self, success: bool) -> ! {
         exit::exit(success)

@@ -27,21 +27,21 @@ static TASK: AtomicU64 = AtomicU64::new(0);
 static COUNTDOWN: AtomicU64 = AtomicU64::new(0);
 /// Points the armed task passed since it armed.
 static PASSED: AtomicU64 = AtomicU64::new(0);
-/// The task whose syscall is being served (0: none): heap allocations
-/// count only there, not in the scheduler or a task's teardown.
-static IN_SYSCALL: AtomicU64 = AtomicU64::new(0);
+/// Per CPU, the task whose syscall that CPU serves (0: none): heap
+/// allocations count only there, not in the scheduler or a task's teardown.
+static IN_SYSCALL: [AtomicU64; crate::cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::cpu::MAX_CPUS];
 
 /// Marks the start (`Some(task)`) and end (`None`) of serving a syscall.
 ///
 /// Relaxed: the scope is read on the CPU that serves the syscall (by the
 /// heap's injection point inside it), never by another.
 pub fn syscall_scope(task: Option<u64>) {
-    IN_SYSCALL.store(task.unwrap_or(0), Ordering::Relaxed);
+    IN_SYSCALL[crate::cpu::index()].store(task.unwrap_or(0), Ordering::Relaxed);
 }
 
-/// The task whose syscall is being served, if any.
+/// The task whose syscall this CPU serves, if any.
 pub fn current_scope() -> Option<u64> {
-    Some(IN_SYSCALL.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    Some(IN_SYSCALL[crate::cpu::index()].load(Ordering::Relaxed)).filter(|&t| t != 0)
 }
 
 /// The heap's injection point: true when this allocation must fail. Only
@@ -50,7 +50,7 @@ pub fn hit_heap() -> bool {
     if COUNTDOWN.load(Ordering::Relaxed) == 0 {
         return false;
     }
-    let task = IN_SYSCALL.load(Ordering::Relaxed);
+    let task = IN_SYSCALL[crate::cpu::index()].load(Ordering::Relaxed);
     task != 0 && task == crate::cpu::running() && hit()
 }
 

@@ -41,6 +41,7 @@ pub mod pci;
 pub mod pins;
 pub mod platform;
 pub mod scheduler;
+pub mod smp;
 pub mod syscalls;
 pub mod task;
 pub mod user_access;
@@ -48,7 +49,7 @@ pub mod user_layout;
 
 pub use platform::{
     Arch, Clock, Console, DeviceIrqs, EcamHost, Interrupts, IommuBringup, KernelSpace, MapError, PageAttr, PciHosts,
-    Platform, Power, StackWalk, TaskSwitch, UserExit, UserPerms, UserRuns, UserSpace,
+    Platform, Power, Smp, StackWalk, TaskSwitch, UserExit, UserPerms, UserRuns, UserSpace,
 };
 
 use bootinfo::{BootInfo, FirmwareTables, MemoryKind};
@@ -221,6 +222,7 @@ fn boot_core(boot: &BootInfo, platform: &'static dyn Platform) -> Result<(), &'s
     pci::init(platform.pci_hosts(boot));
     pci::init_topology(boot);
     iommu::init(boot);
+    smp::start(boot);
     let (free, total) = mm::frame_counts();
     let (_, heap_free) = heap::usage();
     let firmware = match boot.firmware() {

@@ -301,6 +301,25 @@ pub trait IommuBringup {
     }
 }
 
+/// Multiprocessing: which CPU runs this code, and bringing up the others.
+pub trait Smp {
+    /// Index of the CPU executing this call: 0 for the boot CPU, then the
+    /// order [`Smp::start_cpus`] started them in; always below
+    /// [`crate::cpu::MAX_CPUS`]. The default is a machine of one CPU.
+    fn cpu_index(&self) -> usize {
+        0
+    }
+    /// Starts the other CPUs the firmware describes, at most `max` CPUs in
+    /// all: each sets itself up (descriptor tables or vectors, its interrupt
+    /// controller interface, its timer) and calls `entry(index)` with
+    /// interrupts masked. Returns how many CPUs run, the boot CPU included;
+    /// a CPU that does not answer within its bound is left out (logged).
+    fn start_cpus(&self, boot: &bootinfo::BootInfo, max: usize, entry: extern "C" fn(usize) -> !) -> usize {
+        let _ = (boot, max, entry);
+        1
+    }
+}
+
 /// The end of a machine run.
 pub trait Power {
     /// Ends the machine run with a status (QEMU exit device where present, else halt).
@@ -325,6 +344,7 @@ pub trait Platform:
     + TaskSwitch
     + PciHosts
     + IommuBringup
+    + Smp
     + Power
     + Sync
 {
@@ -342,6 +362,7 @@ impl<T> Platform for T where
         + TaskSwitch
         + PciHosts
         + IommuBringup
+        + Smp
         + Power
         + Sync
 {

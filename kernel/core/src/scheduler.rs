@@ -3,8 +3,16 @@
 //! while in user mode), sleeping and interrupt waits, and a task's end: its
 //! claims, IOAS objects, interrupt slots and memory given back.
 //!
-//! One CPU: the kernel is never preempted (a switch happens only from user
-//! mode, or where a task blocks in a syscall).
+//! Every CPU schedules (docs/smp.md): the boot CPU from [`run_until`], the
+//! others from [`serve_forever`], all from one task list under one lock
+//! (one run queue: tasks are few and every pick is a short scan, while
+//! what costs is IOMMU work, which does not run under this lock). A task runs on one CPU
+//! at a time; the kernel is never preempted (a switch happens only from user
+//! mode, or where a task blocks in a syscall). A task leaving its CPU does
+//! not change its own state: it records the state it leaves for
+//! ([`Task::leave`]) and the scheduler of that CPU applies it once the
+//! switch is complete, so no other CPU can pick a task whose registers are
+//! still being saved.
 
 use crate::frames::FRAME_SIZE;
 use crate::limits::limits;
@@ -37,8 +45,8 @@ pub struct Current {
     pub iommufd: iommufd::Iommufd,
     /// IOMMU table frames the task's iommufd calls took and did not give
     /// back (`quota.table_frames`): each call's change of the units' table
-    /// frames, which only that call can have caused (one CPU, no kernel
-    /// preemption).
+    /// frames, which only that call can have caused (iommufd calls run one
+    /// at a time: they hold the task list's lock, see [`with_current`]).
     pub table_frames: i64,
 }
 
@@ -65,6 +73,9 @@ struct Task {
     owned: Owned,
     entry: u64,
     state: State,
+    /// The state to take once the switch away from the task is complete
+    /// (`None`: ready again); set only by the task itself while it runs.
+    leave: Option<State>,
     /// Physical base of the kernel stack frames.
     kstack: u64,
     /// Saved kernel stack pointer while not running.
@@ -81,14 +92,16 @@ impl Task {
 /// across context switches, so a task must not move).
 #[allow(clippy::vec_box)] // the boxes are the point: `sp` must not move when the Vec grows
 static TASKS: spin::Mutex<Vec<alloc::boxed::Box<Task>>> = spin::Mutex::new(Vec::new());
-/// Saved stack pointer of the scheduler while a task runs.
-static SCHEDULER_SP: spin::Mutex<u64> = spin::Mutex::new(0);
+/// Per CPU, the saved stack pointer of its scheduler while a task runs there.
+static SCHEDULER_SP: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Context switches into tasks so far.
 pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
-/// Tick count when the running task was last scheduled.
-static SLICE_START: AtomicU64 = AtomicU64::new(0);
+/// Per CPU, the tick count when its running task was last scheduled.
+static SLICE_START: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
+/// Per CPU, the switches into tasks it made (the spread of work over CPUs).
+static CPU_SWITCHES: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
 
 fn running() -> u64 {
     cpu::running()
@@ -117,7 +130,8 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     };
     // A task that cannot be recorded is dropped whole: its `Owned` gives
     // back its frames and address space, and the stack goes back here.
-    let Ok(mut task) = fallible::try_box(Task { cur, owned, entry, state: State::Ready, kstack, sp: 0 }) else {
+    let Ok(mut task) = fallible::try_box(Task { cur, owned, entry, state: State::Ready, leave: None, kstack, sp: 0 })
+    else {
         free_kstack();
         return Err(SpawnError::OutOfMemory);
     };
@@ -149,16 +163,24 @@ extern "C" fn task_start() -> ! {
     }
 }
 
-/// Switches from the running task back to the scheduler; returns when the task is scheduled again.
-fn to_scheduler() {
+/// Switches from the running task back to its CPU's scheduler, which puts
+/// it in state `leave` (`None`: ready); returns when the task is scheduled
+/// again (on any CPU).
+fn to_scheduler(leave: Option<State>) {
     let save = {
         let mut tasks = TASKS.lock();
         match tasks.iter_mut().find(|t| t.cur.id == running()) {
-            Some(t) => &mut t.sp as *mut u64,
+            Some(t) => {
+                t.leave = leave;
+                &mut t.sp as *mut u64
+            }
             None => return,
         }
     };
-    let load = *SCHEDULER_SP.lock();
+    // Interrupts stay off from here until the scheduler runs: the CPU must
+    // not change under the switch (its scheduler's stack is read here).
+    crate::platform().disable_interrupts();
+    let load = SCHEDULER_SP[cpu::index()].load(Ordering::Relaxed);
     // A task may switch away inside a syscall (a sleep): the scheduler and
     // other tasks run outside it; it is back in it when it returns here.
     let in_syscall = crate::fail_nth::current_scope();
@@ -177,7 +199,7 @@ pub fn yield_current() {
             .iter()
             .any(|t| t.cur.id != me && matches!(t.state, State::Ready | State::Sleeping(_) | State::WaitIrq(..)));
     if someone_else {
-        to_scheduler();
+        to_scheduler(None);
     }
 }
 
@@ -185,51 +207,93 @@ pub fn yield_current() {
 /// the running task once its quantum is used up.
 pub fn preempt() {
     let now = crate::platform().timer_ticks();
-    if running() != 0 && now.saturating_sub(SLICE_START.load(Ordering::Relaxed)) >= QUANTUM_TICKS {
+    if running() != 0 && now.saturating_sub(SLICE_START[cpu::index()].load(Ordering::Relaxed)) >= QUANTUM_TICKS {
         yield_current();
     }
 }
 
 /// Ends the running task (from `exit` or a fatal fault); never returns.
 pub fn exit_current(exit: UserExit) -> ! {
-    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
-        t.state = State::Exited(exit);
-    }
-    to_scheduler();
+    to_scheduler(Some(State::Exited(exit)));
     // The scheduler never switches back to an exited task.
     loop {
         core::hint::spin_loop();
     }
 }
 
-/// Runs `task` until it yields, sleeps, is preempted or exits.
-fn switch_to(index: usize) {
-    let (root, top, load, id) = {
-        let mut tasks = TASKS.lock();
-        let t = &mut tasks[index];
-        t.state = State::Running;
-        (t.cur.root, t.kstack_top(), t.sp, t.cur.id)
-    };
+/// A task picked to run on this CPU: what the switch needs.
+struct Picked {
+    id: u64,
+    root: u64,
+    top: u64,
+    sp: u64,
+}
+
+/// Wakes the sleepers whose time or interrupt came and takes the first
+/// ready task at or after position `*next` for this CPU (marked running in
+/// the same critical section, so no other CPU takes it too).
+fn pick(next: &mut usize) -> Option<Picked> {
+    let now = crate::platform().uptime_ns();
+    let mut tasks = TASKS.lock();
+    for t in tasks.iter_mut() {
+        let wake = match t.state {
+            State::Sleeping(until) => until <= now,
+            State::WaitIrq(slot, until) => until <= now || crate::irq_slots::has_pending(slot),
+            _ => false,
+        };
+        if wake {
+            t.state = State::Ready;
+        }
+    }
+    let n = tasks.len();
+    let i = (0..n).map(|k| (*next + k) % n).find(|&i| tasks[i].state == State::Ready)?;
+    *next = i + 1;
+    let t = &mut tasks[i];
+    t.state = State::Running;
+    t.leave = None;
+    Some(Picked { id: t.cur.id, root: t.cur.root, top: t.kstack_top(), sp: t.sp })
+}
+
+/// Runs the picked task on this CPU until it yields, sleeps, is preempted
+/// or exits, then puts it in the state it left for.
+fn switch_to(task: Picked) {
+    let Picked { id, root, top, sp: load } = task;
     let p = crate::platform();
     p.disable_interrupts();
+    let me = cpu::index();
     SWITCHES.fetch_add(1, Ordering::Relaxed);
+    CPU_SWITCHES[me].fetch_add(1, Ordering::Relaxed);
     cpu::set_kernel_stack(top - (KERNEL_STACK_PAGES as u64) * FRAME_SIZE, top);
     cpu::set_running(id, root);
-    SLICE_START.store(p.timer_ticks(), Ordering::Relaxed);
+    SLICE_START[me].store(p.timer_ticks(), Ordering::Relaxed);
     p.activate_task(root, top);
-    let save = {
-        let mut guard = SCHEDULER_SP.lock();
-        &mut *guard as *mut u64
-    };
-    // SAFETY: `save` points into the SCHEDULER_SP static; `load` is the task's saved stack pointer (from `init_task_stack` or its last switch out), on a kernel stack the task owns until it is reaped.
+    let save = SCHEDULER_SP[me].as_ptr();
+    // SAFETY: `save` points into this CPU's SCHEDULER_SP slot, used by no other CPU; `load` is the task's saved stack pointer (from `init_task_stack` or its last switch out, completed: the task was picked only after its leaving state was applied), on a kernel stack the task owns until it is reaped.
     unsafe { p.context_switch(save, load) };
     p.activate_kernel();
     cpu::set_running(0, 0);
-    p.enable_interrupts();
     let mut tasks = TASKS.lock();
     if let Some(t) = tasks.iter_mut().find(|t| t.cur.id == id) {
-        if t.state == State::Running {
-            t.state = State::Ready;
+        t.state = t.leave.take().unwrap_or(State::Ready);
+    }
+    drop(tasks);
+    p.enable_interrupts();
+}
+
+/// Switches into each CPU's tasks so far, CPU 0 first (the spread of work).
+pub fn switches_per_cpu() -> [u64; cpu::MAX_CPUS] {
+    core::array::from_fn(|i| CPU_SWITCHES[i].load(Ordering::Relaxed))
+}
+
+/// The scheduler of a CPU other than the boot CPU: runs ready tasks for
+/// ever, waiting for an interrupt (its timer ticks) when there is none.
+/// Exited tasks are left for the boot CPU to reap ([`run_until`]).
+pub fn serve_forever() -> ! {
+    let mut next = 0usize;
+    loop {
+        match pick(&mut next) {
+            Some(task) => switch_to(task),
+            None => crate::platform().wait_for_interrupt(),
         }
     }
 }
@@ -279,37 +343,23 @@ pub fn run_until(ids: &[u64]) -> Vec<UserExit> {
         if exits.iter().all(Option::is_some) {
             return exits.into_iter().flatten().collect();
         }
-        // Wake sleepers, pick the next ready task after the last one run.
-        let now = crate::platform().uptime_ns();
-        let pick = {
-            let mut tasks = TASKS.lock();
-            for t in tasks.iter_mut() {
-                let wake = match t.state {
-                    State::Sleeping(until) => until <= now,
-                    State::WaitIrq(slot, until) => until <= now || crate::irq_slots::has_pending(slot),
-                    _ => false,
-                };
-                if wake {
-                    t.state = State::Ready;
-                }
-            }
-            let n = tasks.len();
-            (0..n).map(|k| (next + k) % n).find(|&i| tasks[i].state == State::Ready)
-        };
-        match pick {
-            Some(i) => {
-                switch_to(i);
-                next = i + 1;
-            }
-            None if TASKS.lock().iter().any(|t| matches!(t.state, State::Sleeping(_) | State::WaitIrq(..))) => {
-                crate::platform().wait_for_interrupt();
-            }
+        match pick(&mut next) {
+            Some(task) => switch_to(task),
             None => {
-                // The tasks waited for are gone without an exit record (cannot happen).
-                return exits
-                    .into_iter()
-                    .map(|e| e.unwrap_or(UserExit::Killed { reason: "lost", pc: 0, addr: 0 }))
-                    .collect();
+                // A task waited for that is not in the list and has no exit
+                // record is lost (cannot happen); the rest run elsewhere,
+                // sleep or wait for an interrupt.
+                let alive = {
+                    let tasks = TASKS.lock();
+                    ids.iter().zip(&exits).all(|(id, e)| e.is_some() || tasks.iter().any(|t| t.cur.id == *id))
+                };
+                if !alive {
+                    return exits
+                        .into_iter()
+                        .map(|e| e.unwrap_or(UserExit::Killed { reason: "lost", pc: 0, addr: 0 }))
+                        .collect();
+                }
+                crate::platform().wait_for_interrupt();
             }
         }
     }
@@ -384,19 +434,13 @@ fn release(cur: &mut Current) {
 /// Puts the running task to sleep for `ns` (other tasks run meanwhile).
 pub fn sleep_current(ns: u64) {
     let deadline = crate::platform().uptime_ns().saturating_add(ns);
-    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
-        t.state = State::Sleeping(deadline);
-    }
-    to_scheduler();
+    to_scheduler(Some(State::Sleeping(deadline)));
 }
 
 /// Blocks the running task until interrupt slot `slot` fires or the uptime
 /// reaches `deadline` (ns); other tasks run meanwhile.
 pub fn wait_irq(slot: usize, deadline: u64) {
-    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == running()) {
-        t.state = State::WaitIrq(slot, deadline);
-    }
-    to_scheduler();
+    to_scheduler(Some(State::WaitIrq(slot, deadline)));
 }
 
 /// Runs `f` on what the running task holds (`EPERM` when no task runs).
