@@ -42,6 +42,31 @@ pub fn gic(rsdp: u64) -> Result<Gic, &'static str> {
     Ok(Gic { version, dist, redist, its, v2m: None, cpu_if: None })
 }
 
+/// The CPUs of the MADT (GICC entries with Enabled or Online Capable set,
+/// ACPI 6.5 §5.2.12.14: their MPIDR affinity fields) and the PSCI conduit
+/// the FADT names (`arm_boot_arch`: PSCI_COMPLIANT, PSCI_USE_HVC; §5.2.9).
+pub fn cpus(rsdp: u64) -> Result<(alloc::vec::Vec<u64>, devicetree::PsciConduit), &'static str> {
+    let tables = kcore::acpi::tables(rsdp).map_err(|_| "ACPI tables unreadable")?;
+    let madt = tables.find_table::<Madt>().map_err(|_| "no MADT in the ACPI tables")?;
+    let mut cpus = alloc::vec::Vec::new();
+    for entry in madt.get().entries() {
+        if let MadtEntry::Gicc(e) = entry {
+            let (flags, mpidr) = (e.flags, e.mpidr);
+            if flags & 0b1001 != 0 {
+                cpus.push(mpidr & 0xFF_00FF_FFFF);
+            }
+        }
+    }
+    let fadt = tables.find_table::<acpi::fadt::Fadt>().map_err(|_| "no FADT in the ACPI tables")?;
+    let boot = fadt.get().arm_boot_arch;
+    if !boot.implements_psci() {
+        return Err("the FADT says the machine has no PSCI: other CPUs cannot be started");
+    }
+    let conduit =
+        if boot.use_hvc_as_psci_conduit() { devicetree::PsciConduit::Hvc } else { devicetree::PsciConduit::Smc };
+    Ok((cpus, conduit))
+}
+
 /// The EL1 virtual timer's INTID from the GTDT.
 pub fn virtual_timer(rsdp: u64) -> Result<u32, &'static str> {
     let (_, bytes) = kcore::acpi::raw_tables(rsdp)

@@ -104,7 +104,8 @@ fn read_mpidr_affinity() -> u32 {
     (((mpidr >> 32) & 0xFF) << 24 | (mpidr & 0xFF_FFFF)) as u32
 }
 
-/// Brings up the distributor, this CPU's redistributor and CPU interface.
+/// Brings up the distributor, then this CPU's redistributor and CPU
+/// interface ([`init_cpu`]); the other CPUs call [`init_cpu`] themselves.
 pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
     if gic.version != devicetree::GicVersion::V3 {
         return Err("only GICv3 is supported (boot QEMU virt with gic-version=3)");
@@ -113,20 +114,38 @@ pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
     let d = kcore::mm::map_mmio(gic.dist.base, gic.dist.size.max(0x1_0000)).map_err(|_| "cannot map GICD")?;
     let r = kcore::mm::map_mmio(redist.base, redist.size).map_err(|_| "cannot map GICR")?;
     GICD_VA.store(d.va, Ordering::Release);
+    REDIST.call_once(|| (r.va, redist.base, redist.size));
     // SAFETY: d.va maps the distributor registers (device memory) for the kernel's life.
     let gicd = unsafe { &*(d.va as *const GicdRegisters) };
     gicd.ctlr.write(GICD_CTLR::ARE::SET + GICD_CTLR::ENABLE_GRP0::SET + GICD_CTLR::ENABLE_GRP1::SET);
     wait("GICD_CTLR.RWP", || !gicd.ctlr.is_set(GICD_CTLR::RWP))?;
+    let off = init_cpu()?;
+    log::info!(
+        "gic: v3 dist={:#x} redist={:#x} (frame +{off:#x}) lines={} iidr={:#x}",
+        gic.dist.base,
+        redist.base,
+        32 * ((gicd.typer.get() & 0x1F) + 1),
+        gicd.iidr.get()
+    );
+    Ok(())
+}
 
+/// The mapped redistributor region: (kernel virtual, physical, size).
+static REDIST: spin::Once<(u64, u64, u64)> = spin::Once::new();
+
+/// Brings up the redistributor of the CPU running this (found by affinity)
+/// and its CPU interface; returns the frame's offset in the region.
+pub fn init_cpu() -> Result<u64, &'static str> {
+    let &(va, pa, size) = REDIST.get().ok_or("GIC distributor not initialised")?;
     // Find this CPU's redistributor by affinity (GICR_TYPER.Last ends the list).
     let me = read_mpidr_affinity();
     let mut frame = None;
     let mut off = 0;
-    while off + GICR_STRIDE <= redist.size {
+    while off + GICR_STRIDE <= size {
         // SAFETY: off < mapped size; each frame starts with RD_base registers.
-        let rd = unsafe { &*((r.va + off) as *const GicrRdRegisters) };
+        let rd = unsafe { &*((va + off) as *const GicrRdRegisters) };
         if rd.typer_hi.get() == me {
-            frame = Some(r.va + off);
+            frame = Some(va + off);
             break;
         }
         if rd.typer_lo.get() & (1 << 4) != 0 {
@@ -145,7 +164,7 @@ pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
         p.set(0xA0A0_A0A0);
     }
     // CPU interface: system registers on, all priorities, Group 1 enabled.
-    // SAFETY: EL2 set ICC_SRE_EL2.Enable at boot, so EL1 may use ICC_* registers.
+    // SAFETY: EL2 set ICC_SRE_EL2.Enable at boot (every CPU's entry does), so EL1 may use ICC_* registers.
     unsafe {
         core::arch::asm!(
             "mrs {t}, icc_sre_el1",
@@ -162,27 +181,24 @@ pub fn init(gic: &devicetree::Gic) -> Result<(), &'static str> {
             options(nostack)
         );
     }
-    log::info!(
-        "gic: v3 dist={:#x} redist={:#x} (frame +{off:#x}) lines={} iidr={:#x}",
-        gic.dist.base,
-        redist.base,
-        32 * ((gicd.typer.get() & 0x1F) + 1),
-        gicd.iidr.get()
-    );
-    STATE.call_once(|| sgi as *const GicrSgiRegisters as u64);
-    RD_FRAME.call_once(|| (frame, redist.base + off));
-    Ok(())
+    let cpu = kcore::cpu::index();
+    SGI_FRAMES[cpu].store(sgi as *const GicrSgiRegisters as u64, Ordering::Release);
+    if cpu == 0 {
+        RD_FRAME.call_once(|| (frame, pa + off));
+    }
+    Ok(off)
 }
 
-/// SGI_base frame of this CPU's redistributor.
-static STATE: spin::Once<u64> = spin::Once::new();
-/// RD_base frame of this CPU's redistributor: (kernel virtual, physical).
+/// Per CPU, the SGI_base frame of its redistributor (0: not brought up).
+static SGI_FRAMES: [AtomicU64; kcore::cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; kcore::cpu::MAX_CPUS];
+/// RD_base frame of the boot CPU's redistributor, the one the ITS delivers
+/// LPIs to: (kernel virtual, physical).
 static RD_FRAME: spin::Once<(u64, u64)> = spin::Once::new();
 
 /// GICR_CTLR.EnableLPIs and GICR_TYPER.PLPIS (bit 0 of each).
 const ENABLE_LPIS: u32 = 1;
 
-/// Points this CPU's redistributor at the LPI tables (GICR_PROPBASER and
+/// Points the boot CPU's redistributor at the LPI tables (GICR_PROPBASER and
 /// GICR_PENDBASER values, [`gic_its::lpi::LpiTables`]) and enables LPIs
 /// (IHI 0069 §5.1; EnableLPIs cannot be cleared again, so the tables then
 /// belong to the redistributor for good). Returns the redistributor's
@@ -190,7 +206,7 @@ const ENABLE_LPIS: u32 = 1;
 /// ways an ITS names it.
 pub fn enable_lpis(propbaser: u64, pendbaser: u64) -> Result<(u64, u16), &'static str> {
     let &(va, pa) = RD_FRAME.get().ok_or("GIC not initialised")?;
-    // SAFETY: `va` is this CPU's mapped RD_base frame (set in `init`).
+    // SAFETY: `va` is the boot CPU's mapped RD_base frame (set in `init_cpu`).
     let rd = unsafe { &*(va as *const GicrRdRegisters) };
     if rd.typer_lo.get() & ENABLE_LPIS == 0 {
         return Err("the redistributor has no physical LPIs (GICR_TYPER.PLPIS clear)");
@@ -212,9 +228,12 @@ pub fn enable_ppi(intid: u32, handler: fn()) -> Result<(), &'static str> {
     if !(16..32).contains(&intid) {
         return Err("not a PPI");
     }
-    let va = *STATE.get().ok_or("GIC not initialised")?;
+    let va = SGI_FRAMES[kcore::cpu::index()].load(Ordering::Acquire);
+    if va == 0 {
+        return Err("GIC not initialised on this CPU");
+    }
     PPI_HANDLERS[intid as usize - 16].store(handler as *mut (), core::sync::atomic::Ordering::Release);
-    // SAFETY: `va` is this CPU's mapped SGI_base frame (set in `init`).
+    // SAFETY: `va` is this CPU's mapped SGI_base frame (set in `init_cpu`).
     let sgi = unsafe { &*(va as *const GicrSgiRegisters) };
     sgi.isenabler0.set(1 << intid);
     Ok(())

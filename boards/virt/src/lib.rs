@@ -21,6 +21,7 @@ pub mod its;
 pub mod ktests;
 pub mod paging;
 pub mod pl011;
+pub mod smp;
 pub mod timer;
 pub mod user;
 
@@ -43,6 +44,7 @@ pub static PLATFORM: ArmPlatform = ArmPlatform;
 
 /// First steps at EL1 with the MMU on: exception vectors, direct map, clock.
 pub fn early_init() {
+    smp::set_boot_cpu();
     exceptions::install_vectors();
     kcore::mm::set_direct_map(DIRECT_MAP);
     timer::mark_start();
@@ -328,7 +330,15 @@ impl kcore::IommuBringup for ArmPlatform {
     }
 }
 
-impl kcore::Smp for ArmPlatform {}
+impl kcore::Smp for ArmPlatform {
+    fn cpu_index(&self) -> usize {
+        smp::index()
+    }
+
+    fn start_cpus(&self, boot: &bootinfo::BootInfo, max: usize, entry: extern "C" fn(usize) -> !) -> usize {
+        smp::start_cpus(boot, max, entry)
+    }
+}
 
 impl kcore::Power for ArmPlatform {
     fn exit(&self, success: bool) -> ! {

@@ -42,15 +42,33 @@ pub fn start(virt_intid: u32, hz: u32) -> Result<(), &'static str> {
     }
     let reload = freq / u64::from(hz.max(1));
     RELOAD.store(reload, Ordering::Relaxed);
-    crate::gic::enable_ppi(virt_intid, on_tick)?;
-    CNTV_TVAL_EL0.set(reload);
-    CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::SET + CNTV_CTL_EL0::IMASK::CLEAR);
+    VIRT_INTID.store(u64::from(virt_intid), Ordering::Relaxed);
+    start_cpu()?;
     log::info!("timer: virtual timer INTID {virt_intid}, counter {freq} Hz, tick {hz} Hz");
     Ok(())
 }
 
 /// Handles one tick: counts it and rearms the timer.
+/// The virtual timer's INTID (a PPI: every CPU has its own timer behind it).
+static VIRT_INTID: AtomicU64 = AtomicU64::new(0);
+
+/// Starts the tick on the CPU running this (after [`start`] on the boot
+/// CPU): EL0 access to the virtual counter, the timer's PPI on this CPU's
+/// redistributor, the first period.
+pub fn start_cpu() -> Result<(), &'static str> {
+    CNTKCTL_EL1.write(CNTKCTL_EL1::EL0VCTEN::SET);
+    crate::gic::enable_ppi(VIRT_INTID.load(Ordering::Relaxed) as u32, on_tick)?;
+    CNTV_TVAL_EL0.set(RELOAD.load(Ordering::Relaxed));
+    CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::SET + CNTV_CTL_EL0::IMASK::CLEAR);
+    Ok(())
+}
+
 pub fn on_tick() {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+    // The tick count is the kernel's clock of quanta: the boot CPU's timer
+    // alone moves it; the others only re-arm theirs (their tick still ends
+    // a user task's quantum there).
+    if kcore::cpu::index() == 0 {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+    }
     CNTV_TVAL_EL0.set(RELOAD.load(Ordering::Relaxed));
 }

@@ -76,8 +76,8 @@ unsafe extern "C" {
     fn arm_context_switch(save: *mut u64, load: u64);
 }
 
-/// Kernel stack of the running task (where traps from EL0 land).
-static TASK_KSTACK_TOP: AtomicU64 = AtomicU64::new(0);
+/// Per CPU, the kernel stack of the task running there (where its traps from EL0 land).
+static TASK_KSTACK_TOP: [AtomicU64; kcore::cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; kcore::cpu::MAX_CPUS];
 
 /// Serves an SVC from EL0 on its saved general registers x0–x30 (the trap
 /// frame's): number in x8, arguments x0–x4, result in x0.
@@ -134,7 +134,7 @@ pub fn activate_task(root: u64, kernel_stack_top: u64) {
         unsafe { core::arch::asm!("mrs {}, ttbr0_el1", out(reg) old, options(nomem, nostack)) };
         KERNEL_TTBR0.store(old, Ordering::Relaxed);
     }
-    TASK_KSTACK_TOP.store(kernel_stack_top, Ordering::Relaxed);
+    TASK_KSTACK_TOP[crate::smp::index()].store(kernel_stack_top, Ordering::Relaxed);
     set_ttbr0(root);
 }
 
@@ -150,7 +150,7 @@ pub fn activate_kernel() {
 /// stack, where exceptions from EL0 will build their frames.
 pub fn enter_user(entry: u64, user_sp: u64) -> ! {
     // SAFETY: the task's tables are in TTBR0 (`activate_task`), entry and stack are mapped for EL0; the kernel stack top belongs to the running task.
-    unsafe { arm_enter_user(entry, user_sp, TASK_KSTACK_TOP.load(Ordering::Relaxed)) }
+    unsafe { arm_enter_user(entry, user_sp, TASK_KSTACK_TOP[crate::smp::index()].load(Ordering::Relaxed)) }
 }
 
 /// A user space, taken over by its root for one call.

@@ -102,6 +102,24 @@ pub struct Timer {
     pub hyp_phys: u32,
 }
 
+/// A CPU under `/cpus` (DT spec §3.7, `device_type = "cpu"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu {
+    /// Its `reg`: the affinity fields of its MPIDR_EL1 (Aff3 in bits 39:32, Aff2..0 in 23:0).
+    pub mpidr: u64,
+    /// `enable-method = "psci"`: started by PSCI CPU_ON.
+    pub psci: bool,
+}
+
+/// How PSCI calls reach the firmware (`/psci` `method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PsciConduit {
+    /// `smc #0` (EL3, or QEMU's emulation when EL2 belongs to the guest).
+    Smc,
+    /// `hvc #0` (a hypervisor at EL2).
+    Hvc,
+}
+
 /// Magic number at the start of every DTB (big endian).
 pub const FDT_MAGIC: u32 = 0xD00D_FEED;
 
@@ -497,6 +515,39 @@ impl<'a> DeviceTree<'a> {
         self.reg(&child).next()
     }
 
+    /// The CPUs under `/cpus` that are not `status = "disabled"`, in tree order
+    /// (a `reg` of more than two cells is skipped).
+    pub fn cpus(&self) -> impl Iterator<Item = Cpu> + 'a {
+        let dt = *self;
+        self.find_path("/cpus")
+            .into_iter()
+            .flat_map(move |n| dt.children(&n))
+            .filter(move |n| dt.property(n, "device_type").is_some_and(|p| p.strings().next() == Some("cpu")))
+            .filter(move |n| dt.property(n, "status").and_then(|p| p.strings().next()) != Some("disabled"))
+            .filter_map(move |n| {
+                let ac = n.parent_address_cells;
+                let value = dt.property(&n, "reg")?.value;
+                let cells: [u32; 2] = core::array::from_fn(|k| be32(value, k * 4).unwrap_or(0));
+                let mpidr = match ac {
+                    1 if value.len() >= 4 => u64::from(cells[0]),
+                    2 if value.len() >= 8 => u64::from(cells[0]) << 32 | u64::from(cells[1]),
+                    _ => return None,
+                };
+                let psci = dt.property(&n, "enable-method").and_then(|p| p.strings().next()) == Some("psci");
+                Some(Cpu { mpidr, psci })
+            })
+    }
+
+    /// The PSCI conduit of `/psci` (`method`), if the tree describes PSCI.
+    pub fn psci_conduit(&self) -> Option<PsciConduit> {
+        let n = self.find_path("/psci")?;
+        match self.property(&n, "method")?.strings().next()? {
+            "smc" => Some(PsciConduit::Smc),
+            "hvc" => Some(PsciConduit::Hvc),
+            _ => None,
+        }
+    }
+
     /// The GIC (v3 preferred when both are described).
     pub fn gic(&self) -> Option<Gic> {
         if let Some(n) = self.find_compatible(&["arm,gic-v3"]) {
@@ -565,6 +616,16 @@ mod tests {
     }
 
     #[test]
+    fn cpus_and_psci_of_a_four_cpu_machine() {
+        let dt = DeviceTree::from_bytes(include_bytes!("../tests/data/virt-smmuv3-smp4.dtb")).unwrap();
+        let cpus: Vec<Cpu> = dt.cpus().collect();
+        assert_eq!(cpus, (0..4).map(|mpidr| Cpu { mpidr, psci: true }).collect::<Vec<_>>());
+        assert_eq!(dt.psci_conduit(), Some(PsciConduit::Smc), "virtualization=on: QEMU's PSCI answers SMC");
+        let one = DeviceTree::from_bytes(SMMU).unwrap();
+        assert_eq!(one.cpus().count(), 1);
+    }
+
+    #[test]
     fn generic_queries() {
         let dt = DeviceTree::from_bytes(SMMU).unwrap();
         let root = dt.find_path("/").unwrap();
@@ -609,7 +670,8 @@ mod tests {
                 parsed += 1;
                 let _ = dt.memory().count();
                 let _ = dt.reserved().count();
-                let _ = (dt.console(), dt.gic(), dt.timer(), dt.bootargs());
+                let _ = (dt.console(), dt.gic(), dt.timer(), dt.bootargs(), dt.psci_conduit());
+                let _ = dt.cpus().count();
             }
         }
         assert!(parsed > 1000, "most single-byte mutations still parse ({parsed})");

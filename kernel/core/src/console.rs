@@ -1,19 +1,40 @@
 //! The kernel log: a `log` backend on the platform console, with uptime stamps.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Serialises whole lines so that messages from different contexts do not mix.
 static LINE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+/// The CPU holding [`LINE_LOCK`] (`usize::MAX`: none).
+static LINE_OWNER: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Polls of the line lock a CPU makes while another CPU writes (a serial
+/// line of a few hundred bytes under TCG is far shorter than this).
+const LINE_WAIT_POLLS: u32 = 20_000_000;
 
-/// The line lock, or `None` after a bounded wait: an interrupt handler that
-/// logs while the code it interrupted holds the lock (syscalls run with
-/// interrupts on) must not spin forever on this CPU; it writes unlocked (a
-/// line may interleave, nothing is lost).
-fn line_guard() -> Option<spin::MutexGuard<'static, ()>> {
-    for _ in 0..10_000 {
+/// The held line lock; clears the owner before the lock is let go.
+struct LineGuard(#[allow(dead_code)] spin::MutexGuard<'static, ()>);
+
+impl Drop for LineGuard {
+    fn drop(&mut self) {
+        LINE_OWNER.store(usize::MAX, Ordering::Release);
+    }
+}
+
+/// The line lock, or `None` when this CPU already holds it (an interrupt
+/// handler that logs while the code it interrupted writes a line: it must
+/// not spin on itself) or when another CPU kept it past a long bound (a
+/// CPU that died writing must not silence the others). Without the lock
+/// the text is written as is (a line may interleave, nothing is lost).
+fn line_guard() -> Option<LineGuard> {
+    let me = crate::cpu::index();
+    if LINE_OWNER.load(Ordering::Acquire) == me {
+        return None;
+    }
+    for _ in 0..LINE_WAIT_POLLS {
         if let Some(g) = LINE_LOCK.try_lock() {
-            return Some(g);
+            LINE_OWNER.store(me, Ordering::Release);
+            return Some(LineGuard(g));
         }
         core::hint::spin_loop();
     }

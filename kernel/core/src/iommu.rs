@@ -311,6 +311,26 @@ pub fn table_frames() -> usize {
 
 /// Frames handed out to IOMMU drivers and not given back.
 static TABLE_FRAMES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// Per CPU, table frames taken minus given back by code running there: an
+/// iommufd call runs on one CPU from start to end (a task is never
+/// preempted in the kernel), so the change of its CPU's count over the call
+/// is the call's own, whatever other CPUs do meanwhile.
+static CPU_TABLE_FRAMES: [core::sync::atomic::AtomicI64; crate::cpu::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicI64::new(0) }; crate::cpu::MAX_CPUS];
+
+/// The running CPU's count of table frames taken minus given back (see [`CPU_TABLE_FRAMES`]).
+pub fn cpu_table_frames() -> i64 {
+    CPU_TABLE_FRAMES[crate::cpu::index()].load(core::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_table_frames(delta: i64) {
+    if delta >= 0 {
+        TABLE_FRAMES.fetch_add(delta as usize, core::sync::atomic::Ordering::Relaxed);
+    } else {
+        TABLE_FRAMES.fetch_sub(delta.unsigned_abs() as usize, core::sync::atomic::Ordering::Relaxed);
+    }
+    CPU_TABLE_FRAMES[crate::cpu::index()].fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// Runs `f` on the registered units (in topology order), holding the registry lock.
 pub fn with_units<R>(f: impl FnOnce(&mut [Box<dyn iommu::Iommu>]) -> R) -> R {
@@ -321,7 +341,7 @@ impl iommu::DmaMemory for KernelTables {
     fn alloc_contiguous(&mut self, frames: usize) -> Option<u64> {
         let pa = mm::alloc_frames(frames, frames)?;
         self.live += frames;
-        TABLE_FRAMES.fetch_add(frames, core::sync::atomic::Ordering::Relaxed);
+        count_table_frames(frames as i64);
         Some(pa)
     }
 
@@ -329,7 +349,7 @@ impl iommu::DmaMemory for KernelTables {
         for i in 0..frames as u64 {
             if mm::free_frame(base + i * 4096).is_ok() {
                 self.live -= 1;
-                TABLE_FRAMES.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+                count_table_frames(-1);
             }
         }
     }
@@ -346,14 +366,14 @@ impl io_pgtable::TableMemory for KernelTables {
     fn alloc_table(&mut self) -> Option<u64> {
         let pa = mm::alloc_frame()?;
         self.live += 1;
-        TABLE_FRAMES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        count_table_frames(1);
         Some(pa)
     }
 
     fn free_table(&mut self, pa: u64) {
         if mm::free_frame(pa).is_ok() {
             self.live -= 1;
-            TABLE_FRAMES.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+            count_table_frames(-1);
         }
     }
 

@@ -147,6 +147,7 @@ pub fn start(boot: &BootInfo, platform: &'static dyn Platform, suites: &[&[&ktes
             false
         }
     };
+    smp::log_spread();
     log::info!("portcullis: exit {}", if ok { "success" } else { "failure" });
     platform.exit(ok)
 }

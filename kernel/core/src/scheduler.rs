@@ -45,8 +45,8 @@ pub struct Current {
     pub iommufd: iommufd::Iommufd,
     /// IOMMU table frames the task's iommufd calls took and did not give
     /// back (`quota.table_frames`): each call's change of the units' table
-    /// frames, which only that call can have caused (iommufd calls run one
-    /// at a time: they hold the task list's lock, see [`with_current`]).
+    /// frames on the CPU it ran on, which only that call can have caused
+    /// there (`crate::iommu::cpu_table_frames`).
     pub table_frames: i64,
 }
 
@@ -298,6 +298,12 @@ pub fn serve_forever() -> ! {
     }
 }
 
+/// The parent of the task being reaped (`u64::MAX`: none). Only the boot
+/// CPU reaps, one task at a time; until everything the task held is given
+/// back it still counts as alive ([`task_count`], [`children_of`]), so a
+/// task on another CPU that waits for it to be gone sees its resources back.
+static REAPING_PARENT: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// Removes an exited task and frees everything it held.
 fn reap(id: u64) -> Option<UserExit> {
     let task = {
@@ -306,8 +312,16 @@ fn reap(id: u64) -> Option<UserExit> {
         if !matches!(tasks[i].state, State::Exited(_)) {
             return None;
         }
+        REAPING_PARENT.store(tasks[i].cur.parent, Ordering::Relaxed);
         tasks.remove(i)
     };
+    let exit = finish_reap(task);
+    REAPING_PARENT.store(u64::MAX, Ordering::Release);
+    exit
+}
+
+/// Frees what a removed, exited task held.
+fn finish_reap(task: alloc::boxed::Box<Task>) -> Option<UserExit> {
     let mut task = task;
     release(&mut task.cur);
     let State::Exited(exit) = task.state.clone() else { return None };
@@ -485,12 +499,15 @@ pub fn current_name_or_unknown() -> &'static str {
 
 /// Tasks alive now.
 pub fn task_count() -> usize {
-    TASKS.lock().len()
+    let tasks = TASKS.lock();
+    tasks.len() + usize::from(REAPING_PARENT.load(Ordering::Acquire) != u64::MAX)
 }
 
 /// Live tasks whose parent is task `parent`.
 pub fn children_of(parent: u64) -> usize {
-    TASKS.lock().iter().filter(|t| t.cur.parent == parent).count()
+    let tasks = TASKS.lock();
+    tasks.iter().filter(|t| t.cur.parent == parent).count()
+        + usize::from(REAPING_PARENT.load(Ordering::Acquire) == parent)
 }
 
 /// Records task `parent` as the parent of task `id`.

@@ -40,6 +40,17 @@ pub fn start(boot: &bootinfo::BootInfo) {
     log::info!("smp: {n} CPU{} online (at most {max})", if n == 1 { "" } else { "s" });
 }
 
+/// Logs how many switches into tasks each CPU made (with more than one CPU).
+pub fn log_spread() {
+    let n = online();
+    if n > 1 {
+        let per = crate::scheduler::switches_per_cpu();
+        let list: alloc::vec::Vec<alloc::string::String> =
+            per[..n].iter().enumerate().map(|(i, s)| alloc::format!("cpu{i}={s}")).collect();
+        log::info!("smp: task switches per CPU: {}", list.join(" "));
+    }
+}
+
 /// First portable code of a CPU other than the boot CPU (interrupts masked).
 extern "C" fn secondary_main(index: usize) -> ! {
     log::info!("cpu {index}: online, scheduling");

@@ -123,13 +123,16 @@ pub(crate) fn collect_faults() {
 ///
 /// The op runs with interrupts on: a map at the pin quota takes tens of
 /// milliseconds (45 ms for 128 MiB under TCG), and the timer and devices
-/// are served meanwhile. That is safe on one CPU: no interrupt handler
-/// takes a lock a syscall may hold (they count, acknowledge, and at most
-/// log, which does not wait on an interrupted writer), and the kernel is
-/// not preempted (a task switch happens only from user mode).
+/// are served meanwhile. That is safe: no interrupt handler takes a lock a
+/// syscall may hold (they count, acknowledge, and at most log, which does
+/// not wait on an interrupted writer of its own CPU), and the kernel is not
+/// preempted (a task switch happens only from user mode), so the call
+/// stays on its CPU. Calls of tasks on other CPUs run meanwhile; they meet
+/// at the locks of docs/smp.md (the task list, then the unit registry).
 ///
-/// IOMMU table frames: what each call adds or frees is charged to the task
-/// (`quota.table_frames`); at the limit, ops that can add tables are `EDQUOT`.
+/// IOMMU table frames: what each call adds or frees on its CPU is charged
+/// to the task (`quota.table_frames`); at the limit, ops that can add tables
+/// are `EDQUOT`.
 pub fn syscall(op: u64, ptr: u64) -> SysResult {
     use abi::iommufd::Op;
     use core::sync::atomic::Ordering;
@@ -146,7 +149,7 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     if !frees_only && crate::scheduler::current_table_frames()? >= crate::limits::limits().table_frames {
         return Err(Errno::EDQUOT);
     }
-    let before = crate::iommu::table_frames() as i64;
+    let before = crate::iommu::cpu_table_frames();
     crate::platform().enable_interrupts();
     let r = iommufd::syscall::dispatch(&mut TaskKernel { user: TaskUser }, op, ptr);
     crate::platform().disable_interrupts();
@@ -166,7 +169,7 @@ pub fn syscall(op: u64, ptr: u64) -> SysResult {
     }
     // fault_read may sleep, and other tasks' calls run meanwhile: it maps
     // nothing, so it is charged nothing.
-    let delta = crate::iommu::table_frames() as i64 - before;
+    let delta = crate::iommu::cpu_table_frames() - before;
     if op_kind != Some(Op::FaultRead) && delta != 0 {
         crate::scheduler::charge_table_frames(delta);
     }
