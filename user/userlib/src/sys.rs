@@ -185,6 +185,10 @@ pub enum Counter {
     MyTableFrames = 8,
     /// Kernel heap allocations since boot.
     HeapAllocations = 9,
+    /// CPUs online.
+    Cpus = 10,
+    /// The CPU serving this call.
+    ThisCpu = 11,
 }
 
 /// The kernel counter `c` (test boots only; `EPERM` without `ktest=`).
@@ -194,7 +198,7 @@ pub fn test_counter(c: Counter) -> SysResult {
 
 /// A parameter of the syscall fuzzer from the kernel command line (test
 /// boots only, `test_canary` op 8): `fuzz.seed=` (`which` 0) or
-/// `fuzz.calls=` (1); `ENOENT` when the boot gave none.
+/// `fuzz.calls=` (1), the concurrency test's `smp.ops=` (2); `ENOENT` when the boot gave none.
 pub fn test_fuzz_param(which: u64) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [8, which, 0, 0, 0]))
 }

@@ -46,15 +46,19 @@ pub fn sys_test_canary(op: u64, a: u64, b: u64) -> SysResult {
                 7 => Ok(crate::iommu::table_frames() as u64),
                 8 => with_current(|cur| Ok(cur.table_frames.max(0) as u64)),
                 9 => Ok(crate::heap::allocations()),
+                10 => Ok(crate::smp::online() as u64),
+                11 => Ok(crate::cpu::index() as u64),
                 _ => Err(Errno::EINVAL),
             };
         }
         8 => {
             // The syscall fuzzer's parameters from the command line
-            // (`fuzz.seed=`, `fuzz.calls=`; decimal or 0x hex): `ENOENT` when absent.
+            // (`fuzz.seed=`, `fuzz.calls=`; decimal or 0x hex), and the
+            // concurrency test's operations per worker (`smp.ops=`): `ENOENT` when absent.
             let key = match a {
                 0 => "fuzz.seed",
                 1 => "fuzz.calls",
+                2 => "smp.ops",
                 _ => return Err(Errno::EINVAL),
             };
             let v = crate::cmdline_value(key).ok_or(Errno::ENOENT)?;
