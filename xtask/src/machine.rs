@@ -9,7 +9,7 @@ use crate::target::{Arch, Boot, Iommu};
 static IMAGE_SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// CPUs of every machine (`--smp`); see [`set_smp`].
-static SMP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+static SMP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(2);
 
 /// Gives every machine booted from now `n` CPUs (1 to 16).
 pub fn set_smp(n: usize) {

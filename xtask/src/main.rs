@@ -41,7 +41,7 @@ use target::{Arch, Boot, Iommu};
 #[command(name = "cargo xtask", about = "Build, boot, test and benchmark portcullis", version)]
 struct Cli {
     /// CPUs of every QEMU machine booted (`-smp N`, multi-threaded TCG when
-    /// above 1; default 1). Cases that need one CPU keep one.
+    /// above 1; default 2). Cases that need one CPU keep one.
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=16))]
     smp: Option<u16>,
     #[command(subcommand)]

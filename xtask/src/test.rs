@@ -977,6 +977,48 @@ fn matrix(arch: Option<Arch>, iommu: Option<Iommu>) -> Result<Vec<(Arch, Iommu)>
     Ok(cases)
 }
 
+/// Operations each of `test-smp`'s four workers runs in a stress case: 10^5 per IOMMU.
+const SMP_STRESS_OPS: u64 = 25_000;
+/// A stress case's bound: 10^5 IOAS operations and their DMA checks under TCG.
+const SMP_STRESS_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The multiprocessor cases of `arch` (docs/smp.md): per IOMMU,
+/// `<arch>-<iommu>-smp-stress` runs `test-smp` with 10^5 operations (four
+/// workers on the CPUs `--smp` gives, default 2, each with an `edu` of its
+/// own); `<arch>-smp1` is the default IOMMU's whole suite on one CPU, the
+/// machine every earlier session tested on.
+fn smp_cases(
+    arch: Arch,
+    kernel: &crate::build::Kernel,
+    configs: &[(Arch, Iommu)],
+) -> Result<Vec<qemu_tests::runner::Case>, String> {
+    let mut cases = Vec::new();
+    let edu = || ["-device".to_owned(), "edu,dma_mask=0xffffffffffffffff".to_owned()];
+    for &(_, iommu) in configs.iter().filter(|(a, i)| *a == arch && *i != Iommu::None) {
+        // Four edus in all (the machine brings one): a device per worker.
+        let extra: Vec<String> = (0..3).flat_map(|_| edu()).collect();
+        let cmdline = vec!["ktest=test-smp".to_owned(), format!("smp.ops={SMP_STRESS_OPS}")];
+        let m = Machine { arch, iommu, cmdline, extra, gdb: false, boot: Boot::Direct };
+        let mut c = harness::case(&m, kernel, SMP_STRESS_TIMEOUT)?;
+        harness::rename(&mut c, format!("{}-{}-smp-stress", arch.name(), iommu.name()));
+        c.must_contain = (0..4)
+            .map(|k| format!("user.smp.worker_{k} # {SMP_STRESS_OPS} operations"))
+            .chain(["ok 5 user.smp.dma_checked # ".to_owned(), "ok 6 user.smp.baseline_restored".to_owned()])
+            .collect();
+        cases.push(c);
+    }
+    let iommu = arch.default_iommu();
+    if configs.contains(&(arch, iommu)) {
+        let extra = ["-smp", "1", "-device", "edu,dma_mask=0xffffffffffffffff"].map(str::to_owned).to_vec();
+        let m = Machine { arch, iommu, cmdline: vec!["ktest=all".to_owned()], extra, gdb: false, boot: Boot::Direct };
+        let mut c = harness::case(&m, kernel, BOOT_TIMEOUT)?;
+        harness::rename(&mut c, format!("{}-smp1", arch.name()));
+        c.must_contain = vec!["smp: 1 CPU online".to_owned()];
+        cases.push(c);
+    }
+    Ok(cases)
+}
+
 /// `cargo xtask test`.
 /// The run's verdicts as TAP version 13 (one test point per phase, QEMU case
 /// and check), in `target/test-summary.tap`, for CI systems that read TAP.
@@ -1105,6 +1147,9 @@ pub fn run_tests(
             }
             if configs.contains(&(a, Iommu::Amdvi)) && filter.is_none() {
                 cases.push(amdvi_stale_bus_case(&kernel)?);
+            }
+            if filter.is_none_or(|f| f.contains("smp")) {
+                cases.extend(smp_cases(a, &kernel, &configs)?);
             }
         }
         // The exception and panic report paths, once per architecture.

@@ -30,8 +30,6 @@ use fallible::VecExt;
 pub struct Current {
     /// Task id (never 0).
     pub id: u64,
-    /// The task that spawned this one (0: the kernel).
-    pub parent: u64,
     /// The program's name.
     pub name: &'static str,
     /// Root of its page tables.
@@ -69,7 +67,18 @@ enum State {
 
 /// A user task: its address space, kernel stack and saved kernel context.
 struct Task {
-    cur: Current,
+    /// Task id (never 0), as in `cur` (kept here for the list's scans).
+    id: u64,
+    /// The program's name, as in `cur`.
+    name: &'static str,
+    /// Root of its page tables, as in `cur`.
+    root: u64,
+    /// The task that spawned this one (0: the kernel).
+    parent: u64,
+    /// What the task holds: locked by the task's own syscalls alone
+    /// ([`with_current`]), never under [`TASKS`]'s lock, so one task's
+    /// IOMMU work does not stop the scheduling of the others.
+    cur: spin::Mutex<Current>,
     owned: Owned,
     entry: u64,
     state: State,
@@ -115,7 +124,6 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     let id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
     let cur = Current {
         id,
-        parent: 0,
         name: program.name,
         root: owned.root,
         anon: fallible::TryMap::new(),
@@ -130,8 +138,19 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
     };
     // A task that cannot be recorded is dropped whole: its `Owned` gives
     // back its frames and address space, and the stack goes back here.
-    let Ok(mut task) = fallible::try_box(Task { cur, owned, entry, state: State::Ready, leave: None, kstack, sp: 0 })
-    else {
+    let Ok(mut task) = fallible::try_box(Task {
+        id,
+        name: program.name,
+        root: owned.root,
+        parent: 0,
+        cur: spin::Mutex::new(cur),
+        owned,
+        entry,
+        state: State::Ready,
+        leave: None,
+        kstack,
+        sp: 0,
+    }) else {
         free_kstack();
         return Err(SpawnError::OutOfMemory);
     };
@@ -156,7 +175,7 @@ pub fn spawn(name: &str) -> Result<u64, SpawnError> {
 
 /// First code of every task, on its own kernel stack: enter user mode.
 extern "C" fn task_start() -> ! {
-    let entry = TASKS.lock().iter().find(|t| t.cur.id == running()).map(|t| t.entry);
+    let entry = TASKS.lock().iter().find(|t| t.id == running()).map(|t| t.entry);
     match entry {
         Some(entry) => crate::platform().enter_user(entry, USER_STACK_TOP),
         None => exit_current(UserExit::Killed { reason: "task vanished before it started", pc: 0, addr: 0 }),
@@ -169,7 +188,7 @@ extern "C" fn task_start() -> ! {
 fn to_scheduler(leave: Option<State>) {
     let save = {
         let mut tasks = TASKS.lock();
-        match tasks.iter_mut().find(|t| t.cur.id == running()) {
+        match tasks.iter_mut().find(|t| t.id == running()) {
             Some(t) => {
                 t.leave = leave;
                 &mut t.sp as *mut u64
@@ -197,7 +216,7 @@ pub fn yield_current() {
         && TASKS
             .lock()
             .iter()
-            .any(|t| t.cur.id != me && matches!(t.state, State::Ready | State::Sleeping(_) | State::WaitIrq(..)));
+            .any(|t| t.id != me && matches!(t.state, State::Ready | State::Sleeping(_) | State::WaitIrq(..)));
     if someone_else {
         to_scheduler(None);
     }
@@ -251,7 +270,7 @@ fn pick(next: &mut usize) -> Option<Picked> {
     let t = &mut tasks[i];
     t.state = State::Running;
     t.leave = None;
-    Some(Picked { id: t.cur.id, root: t.cur.root, top: t.kstack_top(), sp: t.sp })
+    Some(Picked { id: t.id, root: t.root, top: t.kstack_top(), sp: t.sp })
 }
 
 /// Runs the picked task on this CPU until it yields, sleeps, is preempted
@@ -273,7 +292,7 @@ fn switch_to(task: Picked) {
     p.activate_kernel();
     cpu::set_running(0, 0);
     let mut tasks = TASKS.lock();
-    if let Some(t) = tasks.iter_mut().find(|t| t.cur.id == id) {
+    if let Some(t) = tasks.iter_mut().find(|t| t.id == id) {
         t.state = t.leave.take().unwrap_or(State::Ready);
     }
     drop(tasks);
@@ -308,11 +327,11 @@ static REAPING_PARENT: AtomicU64 = AtomicU64::new(u64::MAX);
 fn reap(id: u64) -> Option<UserExit> {
     let task = {
         let mut tasks = TASKS.lock();
-        let i = tasks.iter().position(|t| t.cur.id == id)?;
+        let i = tasks.iter().position(|t| t.id == id)?;
         if !matches!(tasks[i].state, State::Exited(_)) {
             return None;
         }
-        REAPING_PARENT.store(tasks[i].cur.parent, Ordering::Relaxed);
+        REAPING_PARENT.store(tasks[i].parent, Ordering::Relaxed);
         tasks.remove(i)
     };
     let exit = finish_reap(task);
@@ -323,12 +342,12 @@ fn reap(id: u64) -> Option<UserExit> {
 /// Frees what a removed, exited task held.
 fn finish_reap(task: alloc::boxed::Box<Task>) -> Option<UserExit> {
     let mut task = task;
-    release(&mut task.cur);
+    release(task.cur.get_mut());
     let State::Exited(exit) = task.state.clone() else { return None };
     match &exit {
-        UserExit::Exited(code) => log::info!("task {}: exited with status {code}", task.cur.name),
+        UserExit::Exited(code) => log::info!("task {}: exited with status {code}", task.name),
         UserExit::Killed { reason, pc, addr } => {
-            log::warn!("task {}: killed: {reason} at pc {pc:#x} (address {addr:#x})", task.cur.name)
+            log::warn!("task {}: killed: {reason} at pc {pc:#x} (address {addr:#x})", task.name)
         }
     }
     for i in 0..KERNEL_STACK_PAGES as u64 {
@@ -346,7 +365,7 @@ pub fn run_until(ids: &[u64]) -> Vec<UserExit> {
     loop {
         // Reap whatever exited.
         let exited: Vec<u64> =
-            TASKS.lock().iter().filter(|t| matches!(t.state, State::Exited(_))).map(|t| t.cur.id).collect();
+            TASKS.lock().iter().filter(|t| matches!(t.state, State::Exited(_))).map(|t| t.id).collect();
         for id in exited {
             if let Some(e) = reap(id) {
                 if let Some(i) = ids.iter().position(|&x| x == id) {
@@ -365,7 +384,7 @@ pub fn run_until(ids: &[u64]) -> Vec<UserExit> {
                 // sleep or wait for an interrupt.
                 let alive = {
                     let tasks = TASKS.lock();
-                    ids.iter().zip(&exits).all(|(id, e)| e.is_some() || tasks.iter().any(|t| t.cur.id == *id))
+                    ids.iter().zip(&exits).all(|(id, e)| e.is_some() || tasks.iter().any(|t| t.id == *id))
                 };
                 if !alive {
                     return exits
@@ -457,11 +476,18 @@ pub fn wait_irq(slot: usize, deadline: u64) {
     to_scheduler(Some(State::WaitIrq(slot, deadline)));
 }
 
-/// Runs `f` on what the running task holds (`EPERM` when no task runs).
+/// Runs `f` on what the running task holds (`EPERM` when no task runs),
+/// under the task's own lock: the task list's lock is held only to find it.
 pub fn with_current<R>(f: impl FnOnce(&mut Current) -> Result<R, Errno>) -> Result<R, Errno> {
-    let mut tasks = TASKS.lock();
-    let t = tasks.iter_mut().find(|t| t.cur.id == running()).ok_or(Errno::EPERM)?;
-    f(&mut t.cur)
+    let me = running();
+    let cur: *const spin::Mutex<Current> = {
+        let tasks = TASKS.lock();
+        &tasks.iter().find(|t| me != 0 && t.id == me).ok_or(Errno::EPERM)?.cur
+    };
+    // SAFETY: the running task's box stays in the list (it never moves: boxed) until it is reaped, and only a task that exited and switched out is reaped, never one whose syscall runs here on its CPU.
+    let cur = unsafe { &*cur };
+    let mut guard = cur.lock();
+    f(&mut guard)
 }
 
 /// Runs `f` on the running task's IOAS objects, with its page-table root.
@@ -489,12 +515,12 @@ pub fn current_root() -> Option<u64> {
 
 /// Name of the current task, for logs.
 pub fn current_name() -> &'static str {
-    TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("kernel", |t| t.cur.name)
+    TASKS.lock().iter().find(|t| t.id == running()).map_or("kernel", |t| t.name)
 }
 
 /// Name of the current task, or `"?"` (the unknown-syscall log).
 pub fn current_name_or_unknown() -> &'static str {
-    TASKS.lock().iter().find(|t| t.cur.id == running()).map_or("?", |t| t.cur.name)
+    TASKS.lock().iter().find(|t| t.id == running()).map_or("?", |t| t.name)
 }
 
 /// Tasks alive now.
@@ -506,13 +532,12 @@ pub fn task_count() -> usize {
 /// Live tasks whose parent is task `parent`.
 pub fn children_of(parent: u64) -> usize {
     let tasks = TASKS.lock();
-    tasks.iter().filter(|t| t.cur.parent == parent).count()
-        + usize::from(REAPING_PARENT.load(Ordering::Acquire) == parent)
+    tasks.iter().filter(|t| t.parent == parent).count() + usize::from(REAPING_PARENT.load(Ordering::Acquire) == parent)
 }
 
 /// Records task `parent` as the parent of task `id`.
 pub fn set_parent(id: u64, parent: u64) {
-    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.cur.id == id) {
-        t.cur.parent = parent;
+    if let Some(t) = TASKS.lock().iter_mut().find(|t| t.id == id) {
+        t.parent = parent;
     }
 }

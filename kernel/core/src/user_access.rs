@@ -76,6 +76,13 @@ pub fn map_page(root: u64, va: u64, pa: u64, perms: UserPerms) -> Result<(), Map
 /// Unmaps one user page; the physical address it mapped.
 #[allow(clippy::disallowed_methods)]
 pub fn unmap_page(root: u64, va: u64) -> Result<u64, MapError> {
+    // No TLB shootdown is needed (docs/smp.md): a task is single-threaded, so
+    // its address space is live on at most its own CPU, and a CPU switching
+    // away drops its translations (x86: the CR3 load; aarch64: TLBI
+    // broadcast on unmap). Should that ever stop holding, say so loudly.
+    if crate::cpu::root_active_elsewhere(root) {
+        log::error!("user_access: unmap of {va:#x} in an address space another CPU runs: its TLB may keep the page");
+    }
     let r = crate::platform().user_unmap(root, va);
     mappings_changed();
     r
