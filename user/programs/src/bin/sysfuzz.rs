@@ -30,6 +30,12 @@ const PAGE: u64 = 4096;
 const DEFAULT_CALLS: u64 = 20_000;
 /// The test mailbox word `test-fuzz` sets for a warm-up run.
 const WARM_UP_SLOT: u64 = 7;
+/// The mailbox word `test-fuzz` sets to [`PARALLEL`] for its round of one
+/// worker per CPU at once (each run as a warm-up, with a seed of its own);
+/// a worker whose run fails sets it to [`PARALLEL_FAILED`].
+const PARALLEL_SLOT: u64 = 6;
+const PARALLEL: u64 = 0x5A5A_0001;
+const PARALLEL_FAILED: u64 = 0x5A5A_0002;
 /// Children alive at once and in all (`hello` exits at once).
 const MAX_SPAWNS: u64 = 16;
 
@@ -346,7 +352,13 @@ fn main() -> i32 {
         let _ = iommufd::destroy(dev);
         devices.push((d.bdf, devices.len()));
     }
-    let seed = seed(&unit);
+    let parallel = sys::test_mailbox_get(PARALLEL_SLOT) == Ok(PARALLEL);
+    // Workers of the parallel round start together: the clock tells them apart.
+    let seed = if parallel {
+        (seed(&unit) ^ sys::clock().unwrap_or(0).wrapping_mul(0x9E37_79B9)) & (i64::MAX as u64)
+    } else {
+        seed(&unit)
+    };
     // A warm-up run (`test-fuzz` puts its call count in mailbox slot 7) prints no results.
     let warm_up = sys::test_mailbox_get(WARM_UP_SLOT).unwrap_or(0);
     let calls = if warm_up != 0 { warm_up } else { sys::test_fuzz_param(1).unwrap_or(DEFAULT_CALLS) };
@@ -400,6 +412,9 @@ fn main() -> i32 {
             let _ = sys::mem_unmap(va, 4 * PAGE);
         }
         println!("# user.fuzz: warm-up of {total} calls: {r:?}");
+        if parallel && r.is_err() {
+            let _ = sys::test_mailbox_set(PARALLEL_SLOT, PARALLEL_FAILED);
+        }
         return i32::from(r.is_err());
     }
     match &result {
