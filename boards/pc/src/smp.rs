@@ -10,7 +10,7 @@
 //! The trampoline area ([`TRAMPOLINE_PAGES`] pages, chosen by
 //! [`trampoline_base`]): page 0 holds the code (copied from
 //! `ap_tramp_start..ap_tramp_end`, position independent: it finds its
-//! base in CS) and at [`DATA_OFFSET`] the [`TrampolineData`] the boot CPU
+//! base in CS) and at offset 0xF00 the `TrampolineData` the boot CPU
 //! fills for each AP (temporary GDT, far-jump targets, control registers,
 //! stack, index); page 1 the temporary PML4 (entry 0 → page 2, entries
 //! 256–511 the kernel's); page 2 a PDPT identity-mapping the first GiB.
@@ -222,8 +222,8 @@ pub fn madt_cpus(rsdp: u64) -> Result<Vec<MadtCpu>, &'static str> {
     Ok(cpus)
 }
 
-/// The lowest of the highest `pages` pages of low usable RAM for the
-/// trampoline: wholly inside a usable region, in [4 KiB, 640 KiB) (page 0
+/// Base of the trampoline area: the highest run of `pages` pages of low
+/// usable RAM, wholly inside a usable region, in [4 KiB, 640 KiB) (page 0
 /// holds the real-mode vectors and the BIOS data area; 640 KiB up is the
 /// legacy video and ROM hole), touching no region of another kind (the
 /// maps may overlap) nor the kernel image. Highest first, as Linux places
@@ -283,8 +283,10 @@ fn install_trampoline(base: u64) -> Result<(), &'static str> {
     let page = kcore::mm::phys_to_virt(base);
     let pml4_pa = base + 0x1000;
     let pdpt_pa = base + 0x2000;
-    let (kernel_root, _) = Cr3::read();
-    let kernel_pml4 = kcore::mm::phys_to_virt(kernel_root.start_address().as_u64()) as *const u64;
+    // The kernel's root (no task runs on the boot CPU while it starts the others).
+    let (kernel_root, cr3_low) = Cr3::read_raw();
+    let kernel_root = kernel_root.start_address().as_u64();
+    let kernel_pml4 = kcore::mm::phys_to_virt(kernel_root) as *const u64;
     let pml4 = kcore::mm::phys_to_virt(pml4_pa) as *mut u64;
     let pdpt = kcore::mm::phys_to_virt(pdpt_pa) as *mut u64;
     // SAFETY: [base, base + 3 pages) is the trampoline area: usable RAM below 1 MiB that nothing else uses (see `trampoline_base` and the module doc), mapped writable through the direct map; the source is the trampoline's code in the kernel image and the kernel's PML4 (read only). No AP runs the area now (none is being started).
@@ -312,7 +314,7 @@ fn install_trampoline(base: u64) -> Result<(), &'static str> {
         cr0: Cr0::read_raw(),
         efer: Efer::read_raw(),
         cr4: cr4.bits(),
-        kernel_cr3: Cr3::read_raw().0.start_address().as_u64() | u64::from(Cr3::read_raw().1),
+        kernel_cr3: kernel_root | u64::from(cr3_low),
         stack_top: 0,
         index: 0,
         entry: ap_entry64 as *const () as u64,

@@ -36,7 +36,7 @@ struct PerCpu {
 /// interrupts off, the scratch by its `syscall` stub.
 static mut PERCPU: [PerCpu; MAX_CPUS] = [const { PerCpu { kernel_rsp: 0, user_rsp_scratch: 0 } }; MAX_CPUS];
 
-/// Index of the executing CPU: which [`PERCPU`] block its
+/// Index of the executing CPU: which `PERCPU` block its
 /// IA32_KERNEL_GS_BASE names (0 before [`init_syscalls`] ran on the boot
 /// CPU, when the MSR is still 0). One RDMSR, no memory access.
 pub fn cpu_index() -> usize {
@@ -166,7 +166,7 @@ pub fn init_syscalls() {
 }
 
 /// Enables `syscall`/`sysret` on the executing CPU, CPU `cpu`, points them
-/// at the entry stub and gives it its [`PERCPU`] block (which also makes
+/// at the entry stub and gives it its `PERCPU` block (which also makes
 /// [`cpu_index`] answer `cpu` on it).
 pub fn init_syscalls_cpu(cpu: usize) {
     // SAFETY: EFER.SCE only enables the SYSCALL instruction; NXE and LME stay set.
