@@ -22,7 +22,7 @@ pub static IOMMU_FAULT_IRQS: AtomicU64 = AtomicU64::new(0);
 /// Frequency of the periodic timer.
 pub const TIMER_HZ: u32 = 100;
 
-/// Timer interrupts handled.
+/// Timer interrupts handled on CPU 0 (the kernel's tick clock).
 pub static TICKS: AtomicU64 = AtomicU64::new(0);
 /// Breakpoint exceptions handled.
 pub static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
@@ -324,7 +324,8 @@ const VECTORS: [u8; 43] = [
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
-/// Builds and loads the IDT.
+/// Builds the IDT (first call) and loads it on the executing CPU; every CPU
+/// shares the one table.
 pub fn init_idt() {
     let idt = IDT.call_once(|| {
         let mut idt = InterruptDescriptorTable::new();
@@ -441,7 +442,10 @@ extern "C" fn x86_trap(frame: &mut TrapFrame) {
             log::debug!("breakpoint at {:#x}", frame.rip);
         }
         v if v == u64::from(TIMER_VECTOR) => {
-            TICKS.fetch_add(1, Ordering::Relaxed);
+            // Every CPU's timer ticks; the tick clock counts CPU 0's only.
+            if crate::user::cpu_index() == 0 {
+                TICKS.fetch_add(1, Ordering::Relaxed);
+            }
             crate::apic::eoi();
             if frame.cs & 3 == 3 {
                 kcore::task::preempt();

@@ -708,7 +708,7 @@ fn vtd_interrupt_remapping() -> TestResult {
         with_vtd(|v| {
             handle = v.msi_handle(rid, vector).ok_or(ktest::TestError::Failed("no entry for edu".into()))?;
             let irte = v.irte(handle).ok_or(ktest::TestError::Failed("entry out of range".into()))?;
-            let want = RemappedIrte::fixed(vector, Destination::XApic(crate::apic::id() as u8), rid);
+            let want = RemappedIrte::fixed(vector, Destination::XApic(crate::apic::irq_destination() as u8), rid);
             check_eq!(irte.decode(false), Ok(want));
             Ok(())
         })?;
@@ -776,7 +776,7 @@ fn amdvi_interrupt_remapping() -> TestResult {
             index = a.msi_index(rid, vector).ok_or(ktest::TestError::Failed("no entry for edu".into()))?;
             check!(index != 0, "index 0 handed out");
             let irte = a.irte(rid, index).ok_or(ktest::TestError::Failed("entry out of range".into()))?;
-            check_eq!(irte.decode(), Ok(RemapFields::fixed(vector, crate::apic::id())));
+            check_eq!(irte.decode(), Ok(RemapFields::fixed(vector, crate::apic::irq_destination())));
             let q2 = DteInterrupt::decode(a.unit.dte(rid, &a.mem).q2.get());
             check!(q2.valid && q2.int_ctl == 2 && q2.len_log2 == 4, "edu's interrupt fields {q2:?}");
             check!(!(q2.nmi_pass || q2.init_pass || q2.eint_pass || q2.lint0_pass || q2.lint1_pass), "{q2:?}");

@@ -1,7 +1,8 @@
 //! x86_64 platform: the COM1 console, descriptor tables and exception entry,
 //! kernel page tables, the local APIC timer (calibrated against the PIT), the I/O
 //! APICs from the ACPI MADT (masked until a driver routes a line), the
-//! TSC clock and the QEMU exit device.
+//! TSC clock, the QEMU exit device, and the other CPUs (started from the
+//! MADT with INIT-SIPI-SIPI, [`smp`]).
 //!
 //! Virtual memory layout (4-level paging, set up by `boot/x86_64`):
 //! - `0xFFFF_8000_0000_0000` + phys: direct map of the first 512 GiB (1 GiB pages),
@@ -23,6 +24,7 @@ pub mod paging;
 pub mod pit;
 pub mod pvh;
 pub mod serial;
+pub mod smp;
 pub mod tsc;
 pub mod user;
 
@@ -265,7 +267,15 @@ impl kcore::IommuBringup for X86Platform {
     }
 }
 
-impl kcore::Smp for X86Platform {}
+impl kcore::Smp for X86Platform {
+    fn cpu_index(&self) -> usize {
+        user::cpu_index()
+    }
+
+    fn start_cpus(&self, boot: &bootinfo::BootInfo, max: usize, entry: extern "C" fn(usize) -> !) -> usize {
+        smp::start_cpus(boot, max, entry)
+    }
+}
 
 impl kcore::Power for X86Platform {
     fn exit(&self, success: bool) -> ! {

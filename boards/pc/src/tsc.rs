@@ -41,3 +41,15 @@ pub fn uptime_ns() -> u64 {
     // 0 until the frequency is known (the factor is 0 then).
     ((u128::from(ticks) * u128::from(q32)) >> 32) as u64
 }
+
+/// Spins for at least `ns` nanoseconds of the calibrated clock (returns at
+/// once while the frequency is unknown: every wait stays bounded).
+pub fn delay_ns(ns: u64) {
+    let t0 = uptime_ns();
+    if t0 == 0 && uptime_ns() == 0 {
+        return;
+    }
+    while uptime_ns().saturating_sub(t0) < ns {
+        core::hint::spin_loop();
+    }
+}

@@ -7,6 +7,7 @@
 //! code runs; user pages carry the USER bit and NX unless executable.
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use kcore::cpu::MAX_CPUS;
 use kcore::task::SyscallOutcome;
 use kcore::{MapError, UserExit, UserPerms};
 use x86_64::registers::control::{Cr3, Cr3Flags};
@@ -18,14 +19,35 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-/// Per-CPU data reached through GS during `syscall` entry: kernel stack top, scratch.
-#[repr(C)]
+/// Per-CPU data reached through GS during `syscall` entry: kernel stack
+/// top (`gs:[0]`), scratch (`gs:[8]`). One cache line each, so CPUs do not
+/// share lines.
+#[repr(C, align(64))]
 struct PerCpu {
     kernel_rsp: u64,
     user_rsp_scratch: u64,
 }
 
-static mut PERCPU: PerCpu = PerCpu { kernel_rsp: 0, user_rsp_scratch: 0 };
+/// One block per CPU, indexed by CPU index. While kernel code runs, CPU
+/// `i`'s IA32_KERNEL_GS_BASE holds the address of block `i` (the `syscall`
+/// stub swaps it into GS only between its first and fifth instruction, with
+/// interrupts masked), which is how [`cpu_index`] knows the CPU. Block `i`
+/// is written only by CPU `i`: `kernel_rsp` by [`activate_task`] with
+/// interrupts off, the scratch by its `syscall` stub.
+static mut PERCPU: [PerCpu; MAX_CPUS] = [const { PerCpu { kernel_rsp: 0, user_rsp_scratch: 0 } }; MAX_CPUS];
+
+/// Index of the executing CPU: which `PERCPU` block its
+/// IA32_KERNEL_GS_BASE names (0 before [`init_syscalls`] ran on the boot
+/// CPU, when the MSR is still 0). One RDMSR, no memory access.
+pub fn cpu_index() -> usize {
+    let base = core::ptr::addr_of!(PERCPU) as u64;
+    let at = KernelGsBase::read().as_u64();
+    let index = at.wrapping_sub(base) / core::mem::size_of::<PerCpu>() as u64;
+    if at < base || index >= MAX_CPUS as u64 {
+        return 0;
+    }
+    index as usize
+}
 /// CR3 of the kernel address space, restored after a task.
 static KERNEL_CR3: AtomicU64 = AtomicU64::new(0);
 
@@ -138,8 +160,15 @@ unsafe extern "C" {
     fn x86_context_switch(save: *mut u64, load: u64);
 }
 
-/// Enables `syscall`/`sysret` and points them at the entry stub.
+/// Enables `syscall`/`sysret` on the boot CPU (see [`init_syscalls_cpu`]).
 pub fn init_syscalls() {
+    init_syscalls_cpu(0);
+}
+
+/// Enables `syscall`/`sysret` on the executing CPU, CPU `cpu`, points them
+/// at the entry stub and gives it its `PERCPU` block (which also makes
+/// [`cpu_index`] answer `cpu` on it).
+pub fn init_syscalls_cpu(cpu: usize) {
     // SAFETY: EFER.SCE only enables the SYSCALL instruction; NXE and LME stay set.
     unsafe { Efer::update(|f| *f |= EferFlags::SYSTEM_CALL_EXTENSIONS) };
     LStar::write(VirtAddr::new(x86_syscall_entry as *const () as u64));
@@ -148,7 +177,8 @@ pub fn init_syscalls() {
     let star = (u64::from(crate::gdt::USER_DATA - 8) << 48) | (u64::from(crate::gdt::KERNEL_CODE) << 32);
     // SAFETY: STAR holds the selector bases SYSCALL/SYSRET derive CS/SS from; the GDT layout (kernel code, kernel data, user data, user code) matches them.
     unsafe { x86_64::registers::model_specific::Msr::new(0xC000_0081).write(star) };
-    KernelGsBase::write(VirtAddr::new(core::ptr::addr_of!(PERCPU) as u64));
+    let block = core::ptr::addr_of!(PERCPU) as u64 + (cpu.min(MAX_CPUS - 1) * core::mem::size_of::<PerCpu>()) as u64;
+    KernelGsBase::write(VirtAddr::new(block));
 }
 
 #[unsafe(no_mangle)]
@@ -204,8 +234,9 @@ pub fn activate_task(root: u64, kernel_stack_top: u64) {
         KERNEL_CR3.store(Cr3::read().0.start_address().as_u64(), Ordering::Relaxed);
     }
     crate::gdt::set_rsp0(kernel_stack_top);
-    // SAFETY: single CPU, interrupts off (the scheduler disables them); the syscall stub reads this only after SWAPGS in a later syscall.
-    unsafe { (*core::ptr::addr_of_mut!(PERCPU)).kernel_rsp = kernel_stack_top };
+    let cpu = cpu_index();
+    // SAFETY: block `cpu` belongs to the executing CPU alone (see `PERCPU`), interrupts are off (the scheduler disables them), and its syscall stub reads this only after SWAPGS in a later syscall on this CPU.
+    unsafe { (*core::ptr::addr_of_mut!(PERCPU))[cpu].kernel_rsp = kernel_stack_top };
     // SAFETY: `root` is a user PML4 built by `new_space`, whose upper half is the kernel's, so this code stays mapped after the switch.
     unsafe { Cr3::write(PhysFrame::containing_address(PhysAddr::new(root)), Cr3Flags::empty()) };
 }
