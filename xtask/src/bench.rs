@@ -110,6 +110,36 @@ fn ioas() -> Result<(), String> {
             }
         }
     }
+    ioas_scaling()
+}
+
+/// The scaling part of `bench ioas`: 4 KiB map + unmap pairs from 1, 2 and
+/// up to 4 tasks at once (as many as `--smp` gives CPUs), each on its own
+/// IOAS with its own `edu`, on every IOMMU (`bench-smp`); pairs per second
+/// of each round and the ratio to one task (medians of 3 rounds).
+fn ioas_scaling() -> Result<(), String> {
+    let cpus = crate::machine::smp();
+    println!("bench ioas: scaling with tasks on separate IOAS, {cpus} CPU(s) (--smp N), release kernels");
+    for arch in Arch::all() {
+        let kernel = build::kernel(arch, true)?;
+        for &iommu in Iommu::for_arch(arch).iter().filter(|&&i| i != Iommu::None) {
+            // Four edus in all (the machine brings one): one per task.
+            let extra: Vec<String> =
+                (0..3).flat_map(|_| ["-device".to_owned(), "edu,dma_mask=0xffffffffffffffff".to_owned()]).collect();
+            // `ktest=` opens the test mailbox and counters the workers meet through.
+            let cmdline = vec!["init=bench-smp".to_owned(), "ktest=bench-smp".to_owned()];
+            let machine = Machine { arch, iommu, cmdline, extra, gdb: false, boot: Boot::Direct };
+            let label = machine.name();
+            let lines = harness::boot_lines(&machine, &kernel, Duration::from_secs(900))?;
+            let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("bench-smp:")).collect();
+            if !ours.iter().any(|l| l.contains("bench-smp: done")) {
+                return Err(format!("{label}: the scaling benchmark did not finish: {ours:?}"));
+            }
+            for l in ours.iter().filter(|l| !l.contains("done")) {
+                println!("{label:<16} {}", l.trim_start_matches("bench-smp: "));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -86,8 +86,8 @@ fn main() -> i32 {
     if spawned != cpus {
         println!("not ok 4 user.fuzz.all_cpus # {spawned} of {cpus} workers started");
         failed += 1;
-    } else if verdict != Ok(PARALLEL) {
-        println!("not ok 4 user.fuzz.all_cpus # a worker's run failed (its line above says why)");
+    } else if verdict == Ok(PARALLEL_FAILED) || verdict != Ok(PARALLEL) {
+        println!("not ok 4 user.fuzz.all_cpus # a worker's run failed (its line above says why): {verdict:?}");
         failed += 1;
     } else if !before.contains(&u64::MAX) && again != after {
         println!("not ok 4 user.fuzz.all_cpus # {COUNTERS:?}: {after:?} before, {again:?} after");

@@ -1,0 +1,61 @@
+//! One task of `bench-smp`: map + unmap pairs of one 4 KiB page on an IOAS
+//! of its own with its own `edu` attached (so every call reaches the IOMMU),
+//! started together with the others by `bench-smp`'s start word.
+//!
+//! Mailbox (shared with `bench-smp`): slot 0 hands over the index (answered
+//! with `TAKEN`), slot 1 the pairs to run, slot 2 the start word, slot 3 +
+//! index receives the user-counter time the last pair ended (or `FAILED`).
+#![no_std]
+#![no_main]
+
+use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
+use edu_driver as edu;
+use userlib::{iommufd, sys};
+
+const PAGE: u64 = 4096;
+const TAKEN: u64 = 0xDEAD_0000_0000;
+const GO: u64 = 0x60_0060;
+const FAILED: u64 = 0xFA11_0000_0000;
+
+/// Claims the first free edu behind an IOMMU and attaches it to a new IOAS.
+fn setup() -> Option<(u32, u32)> {
+    let mut list = [abi::DeviceInfo::default(); 64];
+    let n = sys::device_list(&mut list).unwrap_or(0) as usize;
+    for d in list[..n.min(64)].iter().filter(|d| (d.vendor, d.device) == edu::EDU) {
+        if d.flags & abi::DEVICE_DMA_ALLOWED == 0 || sys::device_claim(d.bdf).is_err() {
+            continue;
+        }
+        let bound = userlib::driver::bind_to_new_ioas(d.bdf).ok()?;
+        return Some((bound.ioas, bound.dev));
+    }
+    None
+}
+
+fn main() -> i32 {
+    let index = sys::test_mailbox_get(0).unwrap_or(0);
+    let _ = sys::test_mailbox_set(0, TAKEN);
+    let pairs = sys::test_mailbox_get(1).unwrap_or(0);
+    let Some((ioas, _dev)) = setup() else {
+        let _ = sys::test_mailbox_set(3 + index, FAILED);
+        return 1;
+    };
+    let Ok(buf) = iommufd::dma_alloc(ioas, PAGE) else {
+        let _ = sys::test_mailbox_set(3 + index, FAILED);
+        return 1;
+    };
+    while sys::test_mailbox_get(2) != Ok(GO) {
+        let _ = sys::yield_now();
+    }
+    let rw = MAP_READABLE | MAP_WRITEABLE;
+    for _ in 0..pairs {
+        let ok = iommufd::map(ioas, buf.va, PAGE, None, rw).and_then(|at| iommufd::unmap(ioas, at, PAGE));
+        if ok.is_err() {
+            let _ = sys::test_mailbox_set(3 + index, FAILED);
+            return 1;
+        }
+    }
+    let _ = sys::test_mailbox_set(3 + index, userlib::time::now_ns());
+    0
+}
+
+userlib::entry!(main);

@@ -1,0 +1,91 @@
+//! `cargo xtask bench ioas --smp N`, the scaling part: 4 KiB map + unmap
+//! pairs from 1, 2, … up to N tasks at once (N = the CPUs online, at most
+//! 4), each on its own IOAS with its own `edu` attached, started together;
+//! prints the pairs per second of each round and its ratio to one task, and
+//! a `RESULT` line per round. Figures only (no verdicts).
+#![no_std]
+#![no_main]
+
+use userlib::println;
+use userlib::sys::{self, Counter};
+
+const TAKEN: u64 = 0xDEAD_0000_0000;
+const GO: u64 = 0x60_0060;
+const FAILED: u64 = 0xFA11_0000_0000;
+const NOT_YET: u64 = 0;
+/// Pairs per task and round.
+const PAIRS: u64 = 3_000;
+/// Rounds per task count (the median is printed).
+const ROUNDS: usize = 3;
+
+/// Waits (sleeping 1 ms at a time) until `done` or `seconds` pass.
+fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = sys::clock().unwrap_or(0).saturating_add(seconds * 1_000_000_000);
+    while !done() {
+        if sys::clock().unwrap_or(u64::MAX) >= deadline {
+            return false;
+        }
+        let _ = sys::sleep(1_000_000);
+    }
+    true
+}
+
+/// One round of `tasks` workers; the pairs per second of all together.
+fn round(tasks: u64, alone: u64) -> Result<f64, &'static str> {
+    let _ = sys::test_mailbox_set(1, PAIRS);
+    let _ = sys::test_mailbox_set(2, 0);
+    for k in 0..tasks {
+        let _ = sys::test_mailbox_set(3 + k, NOT_YET);
+        let _ = sys::test_mailbox_set(0, k);
+        sys::task_spawn("bench-smp-worker").map_err(|_| "spawn")?;
+        if !wait_until(30, || sys::test_mailbox_get(0) == Ok(TAKEN)) {
+            return Err("a worker did not start");
+        }
+    }
+    // Every worker has set up (claimed, bound, attached) before the start.
+    let _ = sys::sleep(50_000_000);
+    let start = userlib::time::now_ns();
+    let _ = sys::test_mailbox_set(2, GO);
+    if !wait_until(600, || (0..tasks).all(|k| sys::test_mailbox_get(3 + k).is_ok_and(|v| v != NOT_YET))) {
+        return Err("a worker did not finish");
+    }
+    let ends: Option<u64> =
+        (0..tasks).map(|k| sys::test_mailbox_get(3 + k).ok().filter(|&v| v != FAILED)).max().flatten();
+    let failed = (0..tasks).any(|k| sys::test_mailbox_get(3 + k) == Ok(FAILED));
+    wait_until(60, || sys::test_counter(Counter::Tasks).unwrap_or(0) <= alone);
+    let end = ends.filter(|_| !failed).ok_or("a worker's map or unmap failed (no edu of its own?)")?;
+    let secs = end.saturating_sub(start).max(1) as f64 / 1e9;
+    Ok((tasks * PAIRS) as f64 / secs)
+}
+
+fn main() -> i32 {
+    let cpus = sys::test_counter(Counter::Cpus).unwrap_or(1);
+    let alone = sys::test_counter(Counter::Tasks).unwrap_or(1);
+    let max = cpus.clamp(1, 4);
+    let mut base = 0.0;
+    println!("bench-smp: {cpus} CPU(s); 4 KiB map + unmap pairs, {PAIRS} per task, each task its own IOAS and edu");
+    for tasks in [1u64, 2, 4].into_iter().filter(|&t| t <= max.max(2)) {
+        let mut rates = [0f64; ROUNDS];
+        for r in rates.iter_mut() {
+            match round(tasks, alone) {
+                Ok(rate) => *r = rate,
+                Err(e) => {
+                    println!("bench-smp: failed: {tasks} task(s): {e}");
+                    return 1;
+                }
+            }
+        }
+        rates.sort_unstable_by(f64::total_cmp);
+        let median = rates[ROUNDS / 2];
+        if tasks == 1 {
+            base = median;
+        }
+        let ratio = if base > 0.0 { median / base } else { 0.0 };
+        println!("bench-smp: {tasks} task(s): {median:.0} pairs/s ({ratio:.2} x one task)");
+        println!("RESULT case=smp tasks={tasks} cpus={cpus} pairs_per_s={median:.0} ratio_x100={:.0}", ratio * 100.0);
+    }
+    println!("bench-smp: done");
+    0
+}
+
+userlib::entry!(main);
