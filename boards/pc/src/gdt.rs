@@ -57,10 +57,11 @@ pub fn user_kernel_stack_top() -> u64 {
     (core::ptr::addr_of!(USER_KERNEL_STACK) as usize + USER_KERNEL_STACK_SIZE) as u64
 }
 
-/// Sets the stack the executing CPU switches to on an interrupt from ring 3.
-pub fn set_rsp0(top: u64) {
-    let cpu = crate::user::cpu_index();
-    // SAFETY: entry `cpu` belongs to the executing CPU alone, and its caller (the scheduler, via `activate_task`) runs with interrupts disabled before entering user mode, so its hardware cannot read the TSS concurrently and no other CPU writes it.
+/// Sets the stack CPU `cpu`, the executing one, switches to on an
+/// interrupt from ring 3 (the caller knows its index: `user::cpu_index`).
+pub fn set_rsp0(cpu: usize, top: u64) {
+    let cpu = cpu.min(kcore::cpu::MAX_CPUS - 1);
+    // SAFETY: entry `cpu` belongs to the executing CPU alone (the caller passes its own index), and its caller (the scheduler, via `activate_task`) runs with interrupts disabled before entering user mode, so its hardware cannot read the TSS concurrently and no other CPU writes it.
     unsafe { (*core::ptr::addr_of_mut!(TSS))[cpu].privilege_stack_table[0] = VirtAddr::new(top) };
 }
 

@@ -233,7 +233,7 @@ pub fn activate_task(root: u64, kernel_stack_top: u64) {
     if KERNEL_CR3.load(Ordering::Relaxed) == 0 {
         KERNEL_CR3.store(Cr3::read().0.start_address().as_u64(), Ordering::Relaxed);
     }
-    crate::gdt::set_rsp0(kernel_stack_top);
+    crate::gdt::set_rsp0(cpu_index(), kernel_stack_top);
     let cpu = cpu_index();
     // SAFETY: block `cpu` belongs to the executing CPU alone (see `PERCPU`), interrupts are off (the scheduler disables them), and its syscall stub reads this only after SWAPGS in a later syscall on this CPU.
     unsafe { (*core::ptr::addr_of_mut!(PERCPU))[cpu].kernel_rsp = kernel_stack_top };

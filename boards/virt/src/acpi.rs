@@ -42,8 +42,9 @@ pub fn gic(rsdp: u64) -> Result<Gic, &'static str> {
     Ok(Gic { version, dist, redist, its, v2m: None, cpu_if: None })
 }
 
-/// The CPUs of the MADT (GICC entries with Enabled or Online Capable set,
-/// ACPI 6.5 §5.2.12.14: their MPIDR affinity fields) and the PSCI conduit
+/// The CPUs of the MADT (GICC entries with Enabled set, ACPI 6.5
+/// §5.2.12.14: their MPIDR affinity fields; an Online Capable one is a CPU
+/// that may be plugged in later, not one that is there) and the PSCI conduit
 /// the FADT names (`arm_boot_arch`: PSCI_COMPLIANT, PSCI_USE_HVC; §5.2.9).
 pub fn cpus(rsdp: u64) -> Result<(alloc::vec::Vec<u64>, devicetree::PsciConduit), &'static str> {
     let tables = kcore::acpi::tables(rsdp).map_err(|_| "ACPI tables unreadable")?;
@@ -52,7 +53,7 @@ pub fn cpus(rsdp: u64) -> Result<(alloc::vec::Vec<u64>, devicetree::PsciConduit)
     for entry in madt.get().entries() {
         if let MadtEntry::Gicc(e) = entry {
             let (flags, mpidr) = (e.flags, e.mpidr);
-            if flags & 0b1001 != 0 {
+            if flags & 1 != 0 {
                 cpus.push(mpidr & 0xFF_00FF_FFFF);
             }
         }

@@ -12,13 +12,22 @@
 //! after an unmap returns, the device writes poison at the unmapped IOVA
 //! and the page that was mapped there must be untouched (the invalidation
 //! was complete before the unmap returned); and the device is detached and
-//! attached again now and then.
+//! attached again now and then. It also gives back memory a mapping still
+//! pins: a fresh page is mapped at a spare IOVA, unmapped from the task
+//! (`mem_unmap`), and only then written by the device through the IOVA; the
+//! page must stay the task's until the IOVA is unmapped too.
+//!
+//! Every worker also keeps a few fresh anonymous pages for a while: each
+//! must be all zeroes when it comes and when it goes. A page the kernel gave
+//! out while a device could still write it (the pinned page above, freed
+//! too early) would show another task's DMA there.
 //!
 //! Protocol with `test-smp` (test mailbox): slot 0 hands the worker its
 //! index (the worker answers `0xDEAD_0000_0000`), slot 1 the operations to run,
 //! slot 2 + index receives `ops << 16 | dma_checks << 4 | status` (status
 //! 0: clean; 1: a call answered other than the model; 2: DMA data wrong;
-//! 3: a DMA reached unmapped memory; 4: setup failed).
+//! 3: a DMA reached unmapped memory; 4: setup failed; 5: a fresh page was
+//! not all zeroes).
 #![no_std]
 #![no_main]
 
@@ -38,6 +47,9 @@ const DMA_LEN: usize = 4096;
 const DMA_EVERY: u64 = 16;
 
 const SETUP_FAILED: u64 = 4;
+const NOT_ZERO: u64 = 5;
+/// Fresh pages a worker holds at once.
+const HELD: usize = 4;
 /// What the worker leaves in mailbox slot 0 once it took its index (`test-smp`'s `NONE`).
 const TAKEN: u64 = 0xDEAD_0000_0000;
 
@@ -134,9 +146,10 @@ fn run(index: u64, ops: u64) -> u64 {
         buf.set(poison_off + i, 0xEE);
     }
     let rw = MAP_READABLE | MAP_WRITEABLE;
-    let Some(base) = iova_window(ioas, granule * (SLOTS as u64 + 2), granule) else { return SETUP_FAILED };
+    let Some(base) = iova_window(ioas, granule * (SLOTS as u64 + 3), granule) else { return SETUP_FAILED };
     let iova = |slot: usize| base + slot as u64 * granule;
-    let (check_iova, poison_iova) = (iova(SLOTS), iova(SLOTS + 1));
+    let (check_iova, poison_iova, spare_iova) = (iova(SLOTS), iova(SLOTS + 1), iova(SLOTS + 2));
+    let mut held = Held { pages: [0; HELD], next: 0 };
     let map_fixed = |ioas: u32, off: usize, at: u64| iommufd::map(ioas, buf.va + off as u64, granule, Some(at), rw);
     if map_fixed(ioas, check_off, check_iova).is_err() || map_fixed(ioas, poison_off, poison_iova).is_err() {
         return SETUP_FAILED;
@@ -168,6 +181,14 @@ fn run(index: u64, ops: u64) -> u64 {
                 if map_fixed(ioas, check_off, check_iova).is_err() || map_fixed(ioas, poison_off, poison_iova).is_err()
                 {
                     status = SETUP_FAILED;
+                }
+            }
+            // A fresh page kept a while; with a device, memory given back
+            // while a mapping still pins it.
+            1 | 2 => {
+                status = held.churn();
+                if status == 0 && (r >> 8) % 64 == 2 && granule == 4096 {
+                    status = unmap_under_dma(&checks, ioas, spare_iova, poison_iova);
                 }
             }
             // Maps: twice as likely as unmaps, so slots fill.
@@ -203,6 +224,9 @@ fn run(index: u64, ops: u64) -> u64 {
     if status != 0 {
         println!("smp-worker {index} (started on cpu {cpu}): stopped after {done} operations (status {status})");
     }
+    if held.release() != 0 && status == 0 {
+        status = NOT_ZERO;
+    }
     // Teardown in order: device detached (DMA blocked), IOAS gone, pages unmapped.
     if let Some(d) = checks.dma.take() {
         let _ = iommufd::device_detach(d.dev);
@@ -211,6 +235,83 @@ fn run(index: u64, ops: u64) -> u64 {
     let _ = iommufd::destroy(ioas);
     let _ = pages.free();
     (done << 16) | (checks.count.min(0xFFF) << 4) | status
+}
+
+/// Fresh anonymous pages held for a while (0: an empty place).
+struct Held {
+    pages: [u64; HELD],
+    next: usize,
+}
+
+/// Whether the page at `va` is all zeroes.
+fn zeroed(va: u64) -> bool {
+    let b = Buf { va, len: 4096 };
+    (0..4096).all(|i| b.get(i) == 0)
+}
+
+impl Held {
+    /// Maps a fresh page (it must be zero) in place of the oldest, which
+    /// must still be zero when it is given back.
+    fn churn(&mut self) -> u64 {
+        let old = core::mem::replace(&mut self.pages[self.next], 0);
+        self.next = (self.next + 1) % HELD;
+        if old != 0 {
+            let clean = zeroed(old);
+            let _ = sys::mem_unmap(old, 4096);
+            if !clean {
+                println!("smp-worker: a page held since it was fresh changed under the task");
+                return NOT_ZERO;
+            }
+        }
+        let Ok(va) = sys::mem_map(0, 4096, abi::PROT_READ | abi::PROT_WRITE) else { return 0 };
+        if !zeroed(va) {
+            println!("smp-worker: a fresh page was not all zeroes");
+            let _ = sys::mem_unmap(va, 4096);
+            return NOT_ZERO;
+        }
+        self.pages[(self.next + HELD - 1) % HELD] = va;
+        0
+    }
+
+    /// Gives every held page back; nonzero when one changed.
+    fn release(&mut self) -> u64 {
+        let mut status = 0;
+        for va in self.pages.iter_mut().filter(|v| **v != 0) {
+            if !zeroed(*va) {
+                status = NOT_ZERO;
+            }
+            let _ = sys::mem_unmap(*va, 4096);
+            *va = 0;
+        }
+        status
+    }
+}
+
+/// A fresh page mapped at `spare`, unmapped from the task, then written by
+/// the device through `spare` (allowed: the mapping still pins it), then
+/// unmapped from the IOAS (when its frame goes back).
+fn unmap_under_dma(checks: &Checks, ioas: u32, spare: u64, poison_iova: u64) -> u64 {
+    let Some(d) = &checks.dma else { return 0 };
+    let Ok(va) = sys::mem_map(0, 4096, abi::PROT_READ | abi::PROT_WRITE) else { return 0 };
+    let rw = MAP_READABLE | MAP_WRITEABLE;
+    if iommufd::map(ioas, va, 4096, Some(spare), rw) != Ok(spare) {
+        let _ = sys::mem_unmap(va, 4096);
+        println!("smp-worker: the spare IOVA {spare:#x} could not be mapped");
+        return 1;
+    }
+    if sys::mem_unmap(va, 4096).is_err() {
+        return 1;
+    }
+    if d.edu.dma(poison_iova, false).is_err() || d.edu.dma(spare, true).is_err() {
+        return SETUP_FAILED;
+    }
+    match iommufd::unmap(ioas, spare, 4096) {
+        Ok(4096) => 0,
+        other => {
+            println!("smp-worker: unmap of the spare IOVA answered {other:?}");
+            1
+        }
+    }
 }
 
 /// Empties nothing (the caller did): detaches the device, destroys the
