@@ -3,8 +3,8 @@
 //! (Arm DEN 0022 §5.1.4, function 0xC400_0003) at [`secondary_entry`].
 //!
 //! A started CPU enters at EL2 or EL1 with the MMU off, like the boot CPU
-//! (`boot/aarch64`): the entry stub gives EL1 the same EL2 configuration,
-//! drops to EL1, loads the boot CPU's translation registers (TTBR0 is the
+//! (`boot/aarch64`): the entry stub gives EL1 the same EL2 configuration
+//! (`el2_enter_el1`, which the boot CPU's `_start` calls too), drops to EL1, loads the boot CPU's translation registers (TTBR0 is the
 //! identity map the stub runs from until it jumps to the linked address,
 //! TTBR1 the kernel's), its vector base, and its own stack from a
 //! [`StartBlock`] whose physical address PSCI passes in x0, then sets up
@@ -58,37 +58,8 @@ core::arch::global_asm!(
 .global secondary_entry
 secondary_entry:
     mov x19, x0                     /* physical address of the StartBlock */
-    mrs x20, CurrentEL
-    lsr x20, x20, #2
-    cmp x20, #2
-    b.ne 1f
-    /* ---- EL2: the boot CPU's EL2 configuration, then drop to EL1 ---- */
-    mov x0, #(1 << 31)              /* HCR_EL2.RW */
-    msr hcr_el2, x0
-    mrs x0, cnthctl_el2
-    orr x0, x0, #3                  /* EL1PCTEN | EL1PCEN */
-    msr cnthctl_el2, x0
-    msr cntvoff_el2, xzr
-    mov x0, #0x33ff                 /* CPTR_EL2: no FP/SIMD traps */
-    msr cptr_el2, x0
-    mrs x0, id_aa64pfr0_el1
-    ubfx x0, x0, #24, #4
-    cbz x0, 2f
-    mov x0, #0xf                    /* ICC_SRE_EL2: SRE | DFB | DIB | Enable */
-    msr icc_sre_el2, x0
-    isb
-2:  msr vttbr_el2, xzr
-    adr x0, secondary_el2_vectors
-    msr vbar_el2, x0
-    mov x0, #0x0800
-    movk x0, #0x30d0, lsl #16       /* SCTLR_EL1 RES1 bits, MMU off */
-    msr sctlr_el1, x0
-    mov x0, #0x3c5                  /* EL1h, DAIF masked */
-    msr spsr_el2, x0
-    adr x0, 1f
-    msr elr_el2, x0
-    eret
-1:  /* ---- EL1, MMU off ---- */
+    bl el2_enter_el1
+    /* ---- EL1, MMU off ---- */
     mov x0, #(3 << 20)              /* CPACR_EL1.FPEN */
     msr cpacr_el1, x0
     isb
@@ -120,9 +91,47 @@ secondary_entry:
     mov x30, #0
     br x2
 
-/* EL2 vectors of a started CPU: anything taken to EL2 returns at once. */
+/* el2_enter_el1: at EL2, configures EL2 for a kernel at EL1 (EL1 is
+ * AArch64, counter and timer access, no FP/SIMD traps, GIC system
+ * registers on, no stage 2, the vectors below) and returns to x30 at EL1h
+ * with DAIF masked and SCTLR_EL1 reset (MMU off); at EL1 it returns at
+ * once. Position independent, MMU off; clobbers x0. Shared by the boot
+ * CPU's `_start` (boot/aarch64) and every started CPU's entry. */
+.global el2_enter_el1
+el2_enter_el1:
+    mrs x0, CurrentEL
+    lsr x0, x0, #2
+    cmp x0, #2
+    b.ne 3f
+    mov x0, #(1 << 31)              /* HCR_EL2.RW: EL1 is AArch64 */
+    msr hcr_el2, x0
+    mrs x0, cnthctl_el2
+    orr x0, x0, #3                  /* EL1PCTEN | EL1PCEN */
+    msr cnthctl_el2, x0
+    msr cntvoff_el2, xzr
+    mov x0, #0x33ff                 /* CPTR_EL2: no FP/SIMD traps */
+    msr cptr_el2, x0
+    mrs x0, id_aa64pfr0_el1
+    ubfx x0, x0, #24, #4            /* GIC system registers implemented? */
+    cbz x0, 2f
+    mov x0, #0xf                    /* ICC_SRE_EL2: SRE | DFB | DIB | Enable */
+    msr icc_sre_el2, x0
+    isb
+2:  msr vttbr_el2, xzr
+    adr x0, el2_vectors
+    msr vbar_el2, x0
+    mov x0, #0x0800
+    movk x0, #0x30d0, lsl #16       /* SCTLR_EL1 RES1 bits, MMU off */
+    msr sctlr_el1, x0
+    mov x0, #0x3c5                  /* SPSR: EL1h, DAIF masked */
+    msr spsr_el2, x0
+    msr elr_el2, x30
+    eret
+3:  ret
+
+/* EL2 vectors: anything taken to EL2 returns at once (a later hypervisor replaces them). */
 .balign 2048
-secondary_el2_vectors:
+el2_vectors:
 .rept 16
 .balign 0x80
     eret

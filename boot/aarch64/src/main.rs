@@ -28,38 +28,8 @@ _start:
     mov x21, x1                     /* BOOTINFO_MAGIC when x0 is a hand-off */
     mrs x20, CurrentEL
     lsr x20, x20, #2
-    cmp x20, #2
-    b.ne 1f
-
-    /* ---- EL2: prepare EL1 and drop ---- */
-    mov x0, #(1 << 31)              /* HCR_EL2.RW: EL1 is AArch64 */
-    msr hcr_el2, x0
-    mrs x0, cnthctl_el2
-    orr x0, x0, #3                  /* EL1PCTEN | EL1PCEN */
-    msr cnthctl_el2, x0
-    msr cntvoff_el2, xzr
-    mov x0, #0x33ff                 /* CPTR_EL2: no FP/SIMD traps */
-    msr cptr_el2, x0
-    mrs x0, id_aa64pfr0_el1
-    ubfx x0, x0, #24, #4            /* GIC system registers implemented? */
-    cbz x0, 2f
-    mov x0, #0xf                    /* ICC_SRE_EL2: SRE | DFB | DIB | Enable */
-    msr icc_sre_el2, x0
-    isb
-2:
-    msr vttbr_el2, xzr
-    adr x0, el2_vectors
-    msr vbar_el2, x0
-    mov x0, #0x0800
-    movk x0, #0x30d0, lsl #16       /* SCTLR_EL1 RES1 bits, MMU off */
-    msr sctlr_el1, x0
-    mov x0, #0x3c5                  /* SPSR: EL1h, DAIF masked */
-    msr spsr_el2, x0
-    adr x0, 1f
-    msr elr_el2, x0
-    eret
-
-1:  /* ---- EL1, MMU off ---- */
+    bl el2_enter_el1                /* EL2: configure it, drop to EL1 (boards/virt/src/smp.rs) */
+    /* ---- EL1, MMU off ---- */
     mov x0, #(3 << 20)              /* CPACR_EL1.FPEN */
     msr cpacr_el1, x0
     isb
@@ -160,14 +130,6 @@ _start:
     mov x3, x22
     ldr x4, =aarch64_main
     br x4
-
-/* EL2 vectors: anything taken to EL2 returns at once (a later hypervisor replaces them). */
-.balign 2048
-el2_vectors:
-.rept 16
-.balign 0x80
-    eret
-.endr
 
 .section .bss.boot, "aw", @nobits
 .balign 4096
