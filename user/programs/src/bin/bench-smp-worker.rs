@@ -4,7 +4,9 @@
 //!
 //! Mailbox (shared with `bench-smp`): slot 0 hands over the index (answered
 //! with `TAKEN`), slot 1 the pairs to run, slot 2 the start word, slot 3 +
-//! index receives the user-counter time the last pair ended (or `FAILED`).
+//! index receives the user-counter time the last pair ended (or `FAILED`),
+//! slot 7 says [`NO_DEVICE`] for a round without devices (the IOAS then
+//! reaches no IOMMU: the kernel's own share of the cost).
 #![no_std]
 #![no_main]
 
@@ -16,6 +18,7 @@ const PAGE: u64 = 4096;
 const TAKEN: u64 = 0xDEAD_0000_0000;
 const GO: u64 = 0x60_0060;
 const FAILED: u64 = 0xFA11_0000_0000;
+const NO_DEVICE: u64 = 0x0DE0_0001;
 
 /// Claims the first free edu behind an IOMMU and attaches it to a new IOAS.
 fn setup() -> Option<(u32, u32)> {
@@ -35,7 +38,12 @@ fn main() -> i32 {
     let index = sys::test_mailbox_get(0).unwrap_or(0);
     let _ = sys::test_mailbox_set(0, TAKEN);
     let pairs = sys::test_mailbox_get(1).unwrap_or(0);
-    let Some((ioas, _dev)) = setup() else {
+    let setup = if sys::test_mailbox_get(7) == Ok(NO_DEVICE) {
+        userlib::iommufd::ioas_alloc().ok().map(|ioas| (ioas, 0))
+    } else {
+        setup()
+    };
+    let Some((ioas, _dev)) = setup else {
         let _ = sys::test_mailbox_set(3 + index, FAILED);
         return 1;
     };
