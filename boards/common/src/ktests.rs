@@ -21,7 +21,7 @@ fn virtio_requests_and_reserved_regions() -> TestResult {
     let (dev, id, edu) = kcore::ktests::edu_behind(unit.0)?;
     const PAGES: u64 = 256;
     let frames: Vec<u64> = (0..PAGES).filter_map(|_| kcore::mm::alloc_frame()).collect();
-    let outcome = kcore::iommu::with_units(|units| {
+    let outcome = kcore::iommu::with_drivers(|units| {
         let Some(v) = units[unit.0].as_any_mut().downcast_mut::<VirtioDriver>() else {
             return Err(ktest::TestError::Failed("the virtio-iommu unit is not a VirtioIommu".into()));
         };

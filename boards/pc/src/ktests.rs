@@ -44,7 +44,7 @@ use kcore::edu::{fill, frame_bytes};
 
 /// Runs `f` on the registered driver of the first VT-d unit (skips without one).
 fn with_vtd(f: impl FnOnce(&mut vtd::VtdIommu<kcore::iommu::KernelTables>) -> TestResult) -> TestResult {
-    kcore::iommu::with_units(|units| {
+    kcore::iommu::with_drivers(|units| {
         match units.iter_mut().find_map(|u| u.as_any_mut().downcast_mut::<vtd::VtdIommu<kcore::iommu::KernelTables>>())
         {
             Some(v) => f(v),
@@ -391,8 +391,8 @@ fn direct_map_regions_identity_mapped() -> TestResult {
     let (Some(src), Some(canary)) = (kcore::mm::alloc_frame(), kcore::mm::alloc_frame()) else {
         return Err(ktest::TestError::Failed("no frame".into()));
     };
-    let outcome = kcore::iommu::with_units(|units| {
-        let u = units[unit].as_mut();
+    let outcome = kcore::iommu::with_drivers(|units| {
+        let u = &mut *units[unit];
         let records_faults = u.info().kind != UnitKind::AmdVi;
         let live0 = unit_domain_frames(u);
         let dev_id = DeviceId(u32::from(rid));
@@ -470,9 +470,11 @@ fn check_blocked_dte(a: &AmdDriver, rid: u16) -> TestResult {
 }
 
 fn with_amdvi(f: impl FnOnce(&mut AmdDriver) -> TestResult) -> TestResult {
-    kcore::iommu::with_units(|units| match units.iter_mut().find_map(|u| u.as_any_mut().downcast_mut::<AmdDriver>()) {
-        Some(a) => f(a),
-        None => Err(ktest::TestError::Skipped("no AMD-Vi unit (boot with --iommu amdvi)".into())),
+    kcore::iommu::with_drivers(|units| {
+        match units.iter_mut().find_map(|u| u.as_any_mut().downcast_mut::<AmdDriver>()) {
+            Some(a) => f(a),
+            None => Err(ktest::TestError::Skipped("no AMD-Vi unit (boot with --iommu amdvi)".into())),
+        }
     })
 }
 

@@ -47,7 +47,7 @@ type Driver = smmuv3::SmmuIommu<kcore::iommu::KernelTables>;
 
 /// Runs `f` on the registered driver of the first SMMU (skips without one).
 fn with_smmu(f: impl FnOnce(&mut Driver) -> TestResult) -> TestResult {
-    kcore::iommu::with_units(|units| match units.iter_mut().find_map(|u| u.as_any_mut().downcast_mut::<Driver>()) {
+    kcore::iommu::with_drivers(|units| match units.iter_mut().find_map(|u| u.as_any_mut().downcast_mut::<Driver>()) {
         Some(s) => f(s),
         None => Err(ktest::TestError::Skipped("no SMMUv3 (boot with --iommu smmuv3)".into())),
     })

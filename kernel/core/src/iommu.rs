@@ -6,8 +6,15 @@ use crate::mm;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-static UNITS: spin::Mutex<Vec<Box<dyn iommu::Iommu>>> = spin::Mutex::new(Vec::new());
-/// The topology index of each registered unit (same order as `UNITS`).
+/// Every registered unit, each under its own lock (docs/smp.md), in
+/// registration order; the list only grows, at boot.
+static DRIVERS: spin::Mutex<Vec<&'static crate::shared_unit::UnitLock>> = spin::Mutex::new(Vec::new());
+/// Per CPU, a [`crate::shared_unit::SharedUnit`] per registered unit: what
+/// [`with_units`] lends, locked by its CPU alone (so never contended: a
+/// call holding it runs on that CPU from start to end).
+static PROXIES: [spin::Mutex<Vec<Box<dyn iommu::Iommu>>>; crate::cpu::MAX_CPUS] =
+    [const { spin::Mutex::new(Vec::new()) }; crate::cpu::MAX_CPUS];
+/// The topology index of each registered unit (same order as `DRIVERS`).
 static TOPOLOGY_INDEX: spin::Mutex<Vec<usize>> = spin::Mutex::new(Vec::new());
 
 /// Reserves the firmware's direct-map regions (RMRR, IVMD unity, IORT RMR) in
@@ -50,7 +57,7 @@ pub fn init(boot: &bootinfo::BootInfo) {
             log::info!("iommu: {} traces as {}", topo.units().get(index).map_or("?", |u| u.name.as_str()), t.name());
         }
         TOPOLOGY_INDEX.lock().push(index);
-        UNITS.lock().push(unit);
+        register(unit);
     }
     place_functions(topo);
     apply_boot_policy(boot);
@@ -332,9 +339,36 @@ fn count_table_frames(delta: i64) {
     CPU_TABLE_FRAMES[crate::cpu::index()].fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
 }
 
-/// Runs `f` on the registered units (in topology order), holding the registry lock.
+/// Registers a unit: its lock lives for good, and every CPU gets a proxy
+/// for it. Out of memory at boot, the unit is left out (logged).
+fn register(unit: Box<dyn iommu::Iommu>) {
+    let Ok(lock) = fallible::try_box(spin::Mutex::new(unit)) else {
+        log::error!("iommu: no memory to register a unit; it is left out");
+        return;
+    };
+    let lock: &'static crate::shared_unit::UnitLock = Box::leak(lock);
+    for proxies in PROXIES.iter() {
+        let proxy: Box<dyn iommu::Iommu> = Box::new(crate::shared_unit::SharedUnit(lock));
+        proxies.lock().push(proxy);
+    }
+    DRIVERS.lock().push(lock);
+}
+
+/// Runs `f` on the registered units (in topology order): this CPU's
+/// proxies, each call of which takes its unit's own lock. Not reentrant (a
+/// nested call on the same CPU would wait for itself).
 pub fn with_units<R>(f: impl FnOnce(&mut [Box<dyn iommu::Iommu>]) -> R) -> R {
-    f(&mut UNITS.lock())
+    f(&mut PROXIES[crate::cpu::index()].lock())
+}
+
+/// Runs `f` on the drivers themselves (for kernel tests that reach a
+/// driver's own type), every unit's lock held, in registration order.
+pub fn with_drivers<R>(f: impl FnOnce(&mut [&mut dyn iommu::Iommu]) -> R) -> R {
+    let locks: Vec<&'static crate::shared_unit::UnitLock> = DRIVERS.lock().clone();
+    let mut guards: Vec<spin::MutexGuard<'static, Box<dyn iommu::Iommu>>> = locks.iter().map(|l| l.lock()).collect();
+    let mut drivers: Vec<&mut dyn iommu::Iommu> =
+        guards.iter_mut().map(|g| &mut ***g as &mut dyn iommu::Iommu).collect();
+    f(&mut drivers)
 }
 
 impl iommu::DmaMemory for KernelTables {

@@ -41,6 +41,7 @@ pub mod pci;
 pub mod pins;
 pub mod platform;
 pub mod scheduler;
+pub mod shared_unit;
 pub mod smp;
 pub mod syscalls;
 pub mod task;

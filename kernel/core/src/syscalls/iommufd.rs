@@ -128,7 +128,7 @@ pub(crate) fn collect_faults() {
 /// not wait on an interrupted writer of its own CPU), and the kernel is not
 /// preempted (a task switch happens only from user mode), so the call
 /// stays on its CPU. Calls of tasks on other CPUs run meanwhile; they meet
-/// at the locks of docs/smp.md (the task list, then the unit registry).
+/// at the locks of docs/smp.md (the task list briefly, then each unit's own lock for its calls).
 ///
 /// IOMMU table frames: what each call adds or frees on its CPU is charged
 /// to the task (`quota.table_frames`); at the limit, ops that can add tables
