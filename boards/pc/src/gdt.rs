@@ -94,8 +94,13 @@ fn boot_stack_ranges() -> &'static [(usize, usize)] {
 
 /// Adds the other CPUs' stacks to [`stack_ranges`] (once, before any of
 /// them starts; the table is never freed).
+/// Without heap room the walker keeps the boot CPU's stacks only (logged).
 pub fn publish_stack_ranges(others: &[(usize, usize)]) {
-    let mut all = alloc::vec::Vec::with_capacity(3 + others.len());
+    let mut all = alloc::vec::Vec::new();
+    if all.try_reserve_exact(3 + others.len()).is_err() {
+        log::warn!("smp: no heap for the stack table; backtraces on the other CPUs stop at their stacks");
+        return;
+    }
     all.extend_from_slice(boot_stack_ranges());
     all.extend_from_slice(others);
     ALL_STACKS.call_once(|| all.leak());

@@ -196,25 +196,28 @@ fn describe(boot: &bootinfo::BootInfo) -> Result<(alloc::vec::Vec<u64>, PsciCond
     }
 }
 
+/// One PSCI call per the SMC calling convention through `insn` (`smc #0` or
+/// `hvc #0`): x0–x3 in, x0 out, x1–x17 clobbered.
+macro_rules! psci_call {
+    ($insn:literal, $fid:expr, $a:expr, $b:expr, $c:expr) => {{
+        let ret: u64;
+        // SAFETY: a PSCI call per the SMC calling convention: x0-x3 in, x0 out, x1-x17 may be clobbered; it changes no memory of ours.
+        unsafe {
+            core::arch::asm!($insn, inout("x0") $fid => ret, inout("x1") $a => _, inout("x2") $b => _,
+                inout("x3") $c => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
+                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _, options(nostack))
+        };
+        ret
+    }};
+}
+
 /// `CPU_ON(target, entry, context)`: the PSCI return code (0: on its way).
 fn cpu_on(conduit: PsciConduit, target: u64, entry: u64, context: u64) -> i64 {
-    let ret: u64;
-    match conduit {
-        // SAFETY: a PSCI call per the SMC calling convention: x0-x3 in, x0 out, x1-x17 may be clobbered; it changes no memory of ours.
-        PsciConduit::Smc => unsafe {
-            core::arch::asm!("smc #0", inout("x0") PSCI_CPU_ON => ret, inout("x1") target => _, inout("x2") entry => _,
-                inout("x3") context => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
-                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-                out("x16") _, out("x17") _, options(nostack))
-        },
-        // SAFETY: as above, through the hypervisor conduit.
-        PsciConduit::Hvc => unsafe {
-            core::arch::asm!("hvc #0", inout("x0") PSCI_CPU_ON => ret, inout("x1") target => _, inout("x2") entry => _,
-                inout("x3") context => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
-                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
-                out("x16") _, out("x17") _, options(nostack))
-        },
-    }
+    let ret = match conduit {
+        PsciConduit::Smc => psci_call!("smc #0", PSCI_CPU_ON, target, entry, context),
+        PsciConduit::Hvc => psci_call!("hvc #0", PSCI_CPU_ON, target, entry, context),
+    };
     ret as i64
 }
 
@@ -309,9 +312,9 @@ pub fn start_cpus(boot: &bootinfo::BootInfo, max: usize, entry: extern "C" fn(us
             let why = block.failed.load(Ordering::Acquire);
             if why != 0 {
                 let len = block.failed_len.load(Ordering::Relaxed) as usize;
+                let bytes = why as *const u8;
                 // SAFETY: the CPU stored the pointer and length of a `&'static str` of the kernel image.
-                let text =
-                    unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(why as *const u8, len)) };
+                let text = unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(bytes, len)) };
                 break Some(text);
             }
             if kcore::platform().uptime_ns() > deadline {

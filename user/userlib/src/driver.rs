@@ -56,7 +56,34 @@ pub fn wait_on(
     irq: Option<u64>,
     timeout_ns: u64,
     what: &'static str,
+    done: impl FnMut() -> bool,
+) -> Result<(), Failure> {
+    wait_with(timeout_ns, what, done, |left| match irq {
+        // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
+        Some(bdf) => {
+            let _ = crate::sys::device_irq_wait(bdf, left);
+        }
+        None => {
+            let _ = crate::sys::yield_now();
+        }
+    })
+}
+
+/// [`wait_until`], sleeping 1 ms between looks: a waiter that leaves the
+/// CPUs to the tasks it waits for (a parent waiting for its workers).
+pub fn sleep_until(timeout_ns: u64, what: &'static str, done: impl FnMut() -> bool) -> Result<(), Failure> {
+    wait_with(timeout_ns, what, done, |_| {
+        let _ = crate::sys::sleep(1_000_000);
+    })
+}
+
+/// The one wait loop: looks at `done` until it holds or `timeout_ns` of the
+/// kernel clock passed (then one last look), calling `pause(ns left)` between looks.
+fn wait_with(
+    timeout_ns: u64,
+    what: &'static str,
     mut done: impl FnMut() -> bool,
+    mut pause: impl FnMut(u64),
 ) -> Result<(), Failure> {
     let start = crate::sys::clock().unwrap_or(0);
     loop {
@@ -68,15 +95,7 @@ pub fn wait_on(
             // One last look: the clock may have run on while this task waited to run.
             return if done() { Ok(()) } else { Err(Failure::new(what)) };
         }
-        match irq {
-            // Woken by the interrupt, or by the deadline (ETIMEDOUT): look again either way.
-            Some(bdf) => {
-                let _ = crate::sys::device_irq_wait(bdf, timeout_ns - spent);
-            }
-            None => {
-                let _ = crate::sys::yield_now();
-            }
-        }
+        pause(timeout_ns - spent);
     }
 }
 

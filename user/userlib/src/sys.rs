@@ -191,6 +191,23 @@ pub enum Counter {
     ThisCpu = 11,
 }
 
+/// The counters a leak check compares before and after a task's run: what
+/// a task's exit must give back (frames, pins, quarantine, IOMMU table
+/// frames, tasks, kernel heap).
+pub const LEAK_COUNTERS: [Counter; 6] = [
+    Counter::FreeFrames,
+    Counter::PinnedFrames,
+    Counter::QuarantinedFrames,
+    Counter::TableFrames,
+    Counter::Tasks,
+    Counter::HeapUsed,
+];
+
+/// The [`LEAK_COUNTERS`] now (`u64::MAX` for each one not readable: no `ktest=`).
+pub fn leak_counters() -> [u64; 6] {
+    LEAK_COUNTERS.map(|c| test_counter(c).unwrap_or(u64::MAX))
+}
+
 /// The kernel counter `c` (test boots only; `EPERM` without `ktest=`).
 pub fn test_counter(c: Counter) -> SysResult {
     decode(raw(Sysno::TestCanary as u64, [5, c as u64, 0, 0, 0]))

@@ -20,16 +20,9 @@ const PAIRS: u64 = 3_000;
 /// Rounds per task count (the median is printed).
 const ROUNDS: usize = 3;
 
-/// Waits (sleeping 1 ms at a time) until `done` or `seconds` pass.
-fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = sys::clock().unwrap_or(0).saturating_add(seconds * 1_000_000_000);
-    while !done() {
-        if sys::clock().unwrap_or(u64::MAX) >= deadline {
-            return false;
-        }
-        let _ = sys::sleep(1_000_000);
-    }
-    true
+/// Waits (sleeping 1 ms at a time) until `done` or `seconds` pass; whether it held.
+fn wait_until(seconds: u64, done: impl FnMut() -> bool) -> bool {
+    userlib::driver::sleep_until(seconds * 1_000_000_000, "wait", done).is_ok()
 }
 
 /// One round of `tasks` workers; the pairs per second of all together.

@@ -12,18 +12,7 @@
 use userlib::println;
 use userlib::sys::{self, Counter};
 
-const COUNTERS: [Counter; 6] = [
-    Counter::FreeFrames,
-    Counter::PinnedFrames,
-    Counter::QuarantinedFrames,
-    Counter::TableFrames,
-    Counter::Tasks,
-    Counter::HeapUsed,
-];
-
-fn counters() -> [u64; 6] {
-    COUNTERS.map(|c| sys::test_counter(c).unwrap_or(u64::MAX))
-}
+use sys::{leak_counters as counters, LEAK_COUNTERS as COUNTERS};
 
 /// The mailbox word the worker reads its warm-up call count from.
 const WARM_UP_SLOT: u64 = 7;

@@ -17,29 +17,11 @@ const WARM_UP_OPS: u64 = 100;
 /// A mailbox word no worker wrote (not `u64::MAX`: that reads back as an error).
 const NONE: u64 = 0xDEAD_0000_0000;
 
-const COUNTERS: [Counter; 6] = [
-    Counter::FreeFrames,
-    Counter::PinnedFrames,
-    Counter::QuarantinedFrames,
-    Counter::TableFrames,
-    Counter::Tasks,
-    Counter::HeapUsed,
-];
+use sys::{leak_counters as counters, LEAK_COUNTERS as COUNTERS};
 
-fn counters() -> [u64; 6] {
-    COUNTERS.map(|c| sys::test_counter(c).unwrap_or(u64::MAX))
-}
-
-/// Waits (sleeping) until `done` holds or `seconds` pass; whether it held.
-fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = sys::clock().unwrap_or(0).saturating_add(seconds * 1_000_000_000);
-    while !done() {
-        if sys::clock().unwrap_or(u64::MAX) >= deadline {
-            return false;
-        }
-        let _ = sys::sleep(1_000_000);
-    }
-    true
+/// Waits (sleeping 1 ms at a time) until `done` or `seconds` pass; whether it held.
+fn wait_until(seconds: u64, done: impl FnMut() -> bool) -> bool {
+    userlib::driver::sleep_until(seconds * 1_000_000_000, "wait", done).is_ok()
 }
 
 /// Runs [`WORKERS`] workers of `ops` operations each and waits until they
