@@ -1,13 +1,14 @@
 //! The other CPUs: found in the device tree (`/cpus`, `/psci`) or the ACPI
 //! MADT (GICC entries) and FADT, started one at a time by PSCI `CPU_ON`
-//! (Arm DEN 0022 §5.1.4, function 0xC400_0003) at [`secondary_entry`].
+//! (Arm DEN 0022 §5.1.4, function 0xC400_0003) at `secondary_entry`.
 //!
 //! A started CPU enters at EL2 or EL1 with the MMU off, like the boot CPU
 //! (`boot/aarch64`): the entry stub gives EL1 the same EL2 configuration
-//! (`el2_enter_el1`, which the boot CPU's `_start` calls too), drops to EL1, loads the boot CPU's translation registers (TTBR0 is the
+//! (`el2_enter_el1`, which the boot CPU's `_start` calls too), drops to
+//! EL1, loads the boot CPU's translation registers (TTBR0 is the
 //! identity map the stub runs from until it jumps to the linked address,
 //! TTBR1 the kernel's), its vector base, and its own stack from a
-//! [`StartBlock`] whose physical address PSCI passes in x0, then sets up
+//! `StartBlock` whose physical address PSCI passes in x0, then sets up
 //! its redistributor, CPU interface and timer and enters the kernel's
 //! scheduler. `TPIDR_EL1` holds the CPU's index for [`index`] (EL0 cannot
 //! read it).

@@ -325,7 +325,7 @@ static TABLE_FRAMES: core::sync::atomic::AtomicUsize = core::sync::atomic::Atomi
 static CPU_TABLE_FRAMES: [core::sync::atomic::AtomicI64; crate::cpu::MAX_CPUS] =
     [const { core::sync::atomic::AtomicI64::new(0) }; crate::cpu::MAX_CPUS];
 
-/// The running CPU's count of table frames taken minus given back (see [`CPU_TABLE_FRAMES`]).
+/// The running CPU's count of table frames taken minus given back (one counter per CPU).
 pub fn cpu_table_frames() -> i64 {
     CPU_TABLE_FRAMES[crate::cpu::index()].load(core::sync::atomic::Ordering::Relaxed)
 }

@@ -10,7 +10,7 @@
 //! at a time; the kernel is never preempted (a switch happens only from user
 //! mode, or where a task blocks in a syscall). A task leaving its CPU does
 //! not change its own state: it records the state it leaves for
-//! ([`Task::leave`]) and the scheduler of that CPU applies it once the
+//! (`Task::leave`) and the scheduler of that CPU applies it once the
 //! switch is complete, so no other CPU can pick a task whose registers are
 //! still being saved.
 
