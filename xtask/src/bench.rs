@@ -116,7 +116,9 @@ fn ioas() -> Result<(), String> {
 /// The scaling part of `bench ioas`: 4 KiB map + unmap pairs from 1, 2 and
 /// up to 4 tasks at once (as many as `--smp` gives CPUs), each on its own
 /// IOAS with its own `edu`, on every IOMMU (`bench-smp`); pairs per second
-/// of each round and the ratio to one task (medians of 3 rounds).
+/// of each round and the ratio to one task (medians of 3 rounds). Then the
+/// same without devices, pairs of the cheapest syscall, and pairs of a loop
+/// without syscalls (the machine's ceiling), to show where scaling stops.
 fn ioas_scaling() -> Result<(), String> {
     let cpus = crate::machine::smp();
     println!("bench ioas: scaling with tasks on separate IOAS, {cpus} CPU(s) (--smp N), release kernels");

@@ -77,7 +77,8 @@ unsafe extern "C" {
 }
 
 /// Per CPU, the kernel stack of the task running there (where its traps from EL0 land).
-static TASK_KSTACK_TOP: [AtomicU64; kcore::cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; kcore::cpu::MAX_CPUS];
+static TASK_KSTACK_TOP: [kcore::cpu::CachePadded<AtomicU64>; kcore::cpu::MAX_CPUS] =
+    [const { kcore::cpu::CachePadded::new(AtomicU64::new(0)) }; kcore::cpu::MAX_CPUS];
 
 /// Serves an SVC from EL0 on its saved general registers x0–x30 (the trap
 /// frame's): number in x8, arguments x0–x4, result in x0.

@@ -20,6 +20,7 @@
 //! between; their allocations pass untouched).
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
 
 /// The task the countdown is armed for (0: none).
 static TASK: AtomicU64 = AtomicU64::new(0);
@@ -29,7 +30,8 @@ static COUNTDOWN: AtomicU64 = AtomicU64::new(0);
 static PASSED: AtomicU64 = AtomicU64::new(0);
 /// Per CPU, the task whose syscall that CPU serves (0: none): heap
 /// allocations count only there, not in the scheduler or a task's teardown.
-static IN_SYSCALL: [AtomicU64; crate::cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::cpu::MAX_CPUS];
+static IN_SYSCALL: [CachePadded<AtomicU64>; crate::cpu::MAX_CPUS] =
+    [const { CachePadded::new(AtomicU64::new(0)) }; crate::cpu::MAX_CPUS];
 
 /// Marks the start (`Some(task)`) and end (`None`) of serving a syscall.
 ///

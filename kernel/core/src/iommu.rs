@@ -5,6 +5,7 @@
 use crate::mm;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use crossbeam_utils::CachePadded;
 
 /// Every registered unit, each under its own lock (docs/smp.md), in
 /// registration order; the list only grows, at boot.
@@ -322,8 +323,8 @@ static TABLE_FRAMES: core::sync::atomic::AtomicUsize = core::sync::atomic::Atomi
 /// iommufd call runs on one CPU from start to end (a task is never
 /// preempted in the kernel), so the change of its CPU's count over the call
 /// is the call's own, whatever other CPUs do meanwhile.
-static CPU_TABLE_FRAMES: [core::sync::atomic::AtomicI64; crate::cpu::MAX_CPUS] =
-    [const { core::sync::atomic::AtomicI64::new(0) }; crate::cpu::MAX_CPUS];
+static CPU_TABLE_FRAMES: [CachePadded<core::sync::atomic::AtomicI64>; crate::cpu::MAX_CPUS] =
+    [const { CachePadded::new(core::sync::atomic::AtomicI64::new(0)) }; crate::cpu::MAX_CPUS];
 
 /// The running CPU's count of table frames taken minus given back (one counter per CPU).
 pub fn cpu_table_frames() -> i64 {

@@ -23,6 +23,7 @@ use crate::{cpu, mm};
 use abi::Errno;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
 use fallible::VecExt;
 
 /// What a task holds besides its kernel context: its address space, its
@@ -102,15 +103,18 @@ impl Task {
 #[allow(clippy::vec_box)] // the boxes are the point: `sp` must not move when the Vec grows
 static TASKS: spin::Mutex<Vec<alloc::boxed::Box<Task>>> = spin::Mutex::new(Vec::new());
 /// Per CPU, the saved stack pointer of its scheduler while a task runs there.
-static SCHEDULER_SP: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
+static SCHEDULER_SP: [CachePadded<AtomicU64>; cpu::MAX_CPUS] =
+    [const { CachePadded::new(AtomicU64::new(0)) }; cpu::MAX_CPUS];
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Context switches into tasks so far.
 pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
 /// Per CPU, the tick count when its running task was last scheduled.
-static SLICE_START: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
+static SLICE_START: [CachePadded<AtomicU64>; cpu::MAX_CPUS] =
+    [const { CachePadded::new(AtomicU64::new(0)) }; cpu::MAX_CPUS];
 /// Per CPU, the switches into tasks it made (the spread of work over CPUs).
-static CPU_SWITCHES: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
+static CPU_SWITCHES: [CachePadded<AtomicU64>; cpu::MAX_CPUS] =
+    [const { CachePadded::new(AtomicU64::new(0)) }; cpu::MAX_CPUS];
 
 fn running() -> u64 {
     cpu::running()

@@ -33,15 +33,18 @@ struct Kept {
     perms: UserPerms,
 }
 
-/// The last translation of a user page for an access (none at first).
-static LAST: spin::Mutex<Option<Kept>> = spin::Mutex::new(None);
+/// Each CPU's last translation of a user page for an access (none at
+/// first): per CPU, so tasks on different CPUs neither share the line nor
+/// evict each other's entry.
+static LAST: [crate::cpu::CachePadded<spin::Mutex<Option<Kept>>>; crate::cpu::MAX_CPUS] =
+    [const { crate::cpu::CachePadded::new(spin::Mutex::new(None)) }; crate::cpu::MAX_CPUS];
 
 /// Physical address and rights of user page `page` (aligned) of the space
 /// rooted at `root`: the kept translation when nothing changed since it was
 /// made, else a walk of the tables (kept for next time).
 fn translate_page(root: u64, page: u64) -> Option<(u64, UserPerms)> {
     let generation = GENERATION.load(Ordering::Acquire);
-    if let Some(last) = LAST.try_lock() {
+    if let Some(last) = LAST[crate::cpu::index()].try_lock() {
         if let Some(k) = *last {
             if k.generation == generation && k.root == root && k.page == page {
                 return Some((k.pa, k.perms));
@@ -51,7 +54,7 @@ fn translate_page(root: u64, page: u64) -> Option<(u64, UserPerms)> {
     let (pa, perms) = crate::platform().user_translate(root, page)?;
     // A change that raced the walk moved the generation on: the entry kept
     // here is then never used.
-    if let Some(mut last) = LAST.try_lock() {
+    if let Some(mut last) = LAST[crate::cpu::index()].try_lock() {
         *last = Some(Kept { generation, root, page, pa, perms });
     }
     Some((pa, perms))

@@ -6,7 +6,10 @@
 //! with `TAKEN`), slot 1 the pairs to run, slot 2 the start word, slot 3 +
 //! index receives the user-counter time the last pair ended (or `FAILED`),
 //! slot 7 says [`NO_DEVICE`] for a round without devices (the IOAS then
-//! reaches no IOMMU: the kernel's own share of the cost).
+//! reaches no IOMMU: the kernel's own share of the cost), [`NULL_CALLS`]
+//! for pairs of the cheapest syscall (the entry and exit path alone), or
+//! [`COMPUTE`] for pairs of a fixed loop without syscalls (what the
+//! machine's CPUs give: the ceiling of any scaling).
 #![no_std]
 #![no_main]
 
@@ -19,6 +22,11 @@ const TAKEN: u64 = 0xDEAD_0000_0000;
 const GO: u64 = 0x60_0060;
 const FAILED: u64 = 0xFA11_0000_0000;
 const NO_DEVICE: u64 = 0x0DE0_0001;
+const NULL_CALLS: u64 = 0x0DE0_0002;
+const COMPUTE: u64 = 0x0DE0_0003;
+/// Loop steps of one `COMPUTE` pair (about as long as a map + unmap pair
+/// without devices, under TCG).
+const COMPUTE_STEPS: u64 = 20_000;
 
 /// Claims the first free edu behind an IOMMU and attaches it to a new IOAS.
 fn setup() -> Option<(u32, u32)> {
@@ -38,11 +46,11 @@ fn main() -> i32 {
     let index = sys::test_mailbox_get(0).unwrap_or(0);
     let _ = sys::test_mailbox_set(0, TAKEN);
     let pairs = sys::test_mailbox_get(1).unwrap_or(0);
-    let setup = if sys::test_mailbox_get(7) == Ok(NO_DEVICE) {
-        userlib::iommufd::ioas_alloc().ok().map(|ioas| (ioas, 0))
-    } else {
-        setup()
-    };
+    let mode = sys::test_mailbox_get(7).unwrap_or(0);
+    if mode == NULL_CALLS || mode == COMPUTE {
+        return without_iommufd(index, pairs, mode);
+    }
+    let setup = if mode == NO_DEVICE { userlib::iommufd::ioas_alloc().ok().map(|ioas| (ioas, 0)) } else { setup() };
     let Some((ioas, _dev)) = setup else {
         let _ = sys::test_mailbox_set(3 + index, FAILED);
         return 1;
@@ -51,9 +59,7 @@ fn main() -> i32 {
         let _ = sys::test_mailbox_set(3 + index, FAILED);
         return 1;
     };
-    while sys::test_mailbox_get(2) != Ok(GO) {
-        let _ = sys::yield_now();
-    }
+    wait_for_go();
     let rw = MAP_READABLE | MAP_WRITEABLE;
     for _ in 0..pairs {
         let ok = iommufd::map(ioas, buf.va, PAGE, None, rw).and_then(|at| iommufd::unmap(ioas, at, PAGE));
@@ -62,6 +68,34 @@ fn main() -> i32 {
             return 1;
         }
     }
+    let _ = sys::test_mailbox_set(3 + index, userlib::time::now_ns());
+    0
+}
+
+/// Spins (yielding) until `bench-smp` gives the start word.
+fn wait_for_go() {
+    while sys::test_mailbox_get(2) != Ok(GO) {
+        let _ = sys::yield_now();
+    }
+}
+
+/// The rounds that reach no IOAS: `pairs` pairs of the cheapest syscall
+/// ([`NULL_CALLS`]) or of a loop of [`COMPUTE_STEPS`] steps ([`COMPUTE`]).
+fn without_iommufd(index: u64, pairs: u64, mode: u64) -> i32 {
+    wait_for_go();
+    let mut x = index.wrapping_add(1);
+    for _ in 0..pairs {
+        if mode == NULL_CALLS {
+            let a = sys::clock_counter();
+            let b = sys::clock_counter();
+            x = x.wrapping_add(u64::from(a.is_ok()) + u64::from(b.is_ok()));
+        } else {
+            for i in 0..COMPUTE_STEPS {
+                x = core::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+            }
+        }
+    }
+    core::hint::black_box(x);
     let _ = sys::test_mailbox_set(3 + index, userlib::time::now_ns());
     0
 }

@@ -3,7 +3,9 @@
 //! 4), each on its own IOAS with its own `edu` attached, started together;
 //! prints the pairs per second of each round and its ratio to one task, and
 //! a `RESULT` line per round; then the same without devices (the IOAS
-//! reaches no IOMMU: what the kernel's own locks allow). Figures only.
+//! reaches no IOMMU: what the kernel's own locks allow), and two baselines:
+//! pairs of the cheapest syscall (the entry path) and pairs of a loop
+//! without syscalls (what the CPUs of the machine give at all). Figures only.
 #![no_std]
 #![no_main]
 
@@ -14,9 +16,13 @@ const TAKEN: u64 = 0xDEAD_0000_0000;
 const GO: u64 = 0x60_0060;
 const FAILED: u64 = 0xFA11_0000_0000;
 const NO_DEVICE: u64 = 0x0DE0_0001;
+const NULL_CALLS: u64 = 0x0DE0_0002;
+const COMPUTE: u64 = 0x0DE0_0003;
 const NOT_YET: u64 = 0;
-/// Pairs per task and round.
+/// Pairs per task and round (map + unmap, and compute loops).
 const PAIRS: u64 = 3_000;
+/// Pairs per task and round of the null syscalls (each far cheaper).
+const NULL_PAIRS: u64 = 60_000;
 /// Rounds per task count (the median is printed).
 const ROUNDS: usize = 3;
 
@@ -26,8 +32,8 @@ fn wait_until(seconds: u64, done: impl FnMut() -> bool) -> bool {
 }
 
 /// One round of `tasks` workers; the pairs per second of all together.
-fn round(tasks: u64, alone: u64) -> Result<f64, &'static str> {
-    let _ = sys::test_mailbox_set(1, PAIRS);
+fn round(tasks: u64, alone: u64, pairs: u64) -> Result<f64, &'static str> {
+    let _ = sys::test_mailbox_set(1, pairs);
     let _ = sys::test_mailbox_set(2, 0);
     for k in 0..tasks {
         let _ = sys::test_mailbox_set(3 + k, NOT_YET);
@@ -50,21 +56,28 @@ fn round(tasks: u64, alone: u64) -> Result<f64, &'static str> {
     wait_until(60, || sys::test_counter(Counter::Tasks).unwrap_or(0) <= alone);
     let end = ends.filter(|_| !failed).ok_or("a worker's map or unmap failed (no edu of its own?)")?;
     let secs = end.saturating_sub(start).max(1) as f64 / 1e9;
-    Ok((tasks * PAIRS) as f64 / secs)
+    Ok((tasks * pairs) as f64 / secs)
 }
 
 fn main() -> i32 {
     let cpus = sys::test_counter(Counter::Cpus).unwrap_or(1);
     let alone = sys::test_counter(Counter::Tasks).unwrap_or(1);
     let max = cpus.clamp(1, 4);
-    println!("bench-smp: {cpus} CPU(s); 4 KiB map + unmap pairs, {PAIRS} per task, each task its own IOAS");
-    for (mode, label) in [(0, "edu"), (NO_DEVICE, "no-device")] {
+    println!("bench-smp: {cpus} CPU(s); pairs per second, {PAIRS} per task ({NULL_PAIRS} of null syscalls), each task its own IOAS");
+    let series = [
+        (0, "edu", "map + unmap, each with its own edu attached"),
+        (NO_DEVICE, "no-device", "map + unmap, no device (no IOMMU reached)"),
+        (NULL_CALLS, "null-syscall", "two cheapest syscalls (clock_counter)"),
+        (COMPUTE, "compute", "a loop without syscalls (the CPUs' ceiling)"),
+    ];
+    for (mode, label, what) in series {
         let _ = sys::test_mailbox_set(7, mode);
+        let pairs = if mode == NULL_CALLS { NULL_PAIRS } else { PAIRS };
         let mut base = 0.0;
         for tasks in [1u64, 2, 4].into_iter().filter(|&t| t <= max.max(2)) {
             let mut rates = [0f64; ROUNDS];
             for r in rates.iter_mut() {
-                match round(tasks, alone) {
+                match round(tasks, alone, pairs) {
                     Ok(rate) => *r = rate,
                     Err(e) => {
                         println!("bench-smp: failed: {tasks} task(s), {label}: {e}");
@@ -79,7 +92,6 @@ fn main() -> i32 {
                 base = median;
             }
             let ratio = if base > 0.0 { median / base } else { 0.0 };
-            let what = if mode == 0 { "each with its own edu attached" } else { "no device (no IOMMU reached)" };
             println!("bench-smp: {tasks} task(s), {what}: {median:.0} pairs/s ({ratio:.2} x one task)");
             println!(
                 "RESULT case=smp devices={label} tasks={tasks} cpus={cpus} pairs_per_s={median:.0} ratio_x100={:.0}",
