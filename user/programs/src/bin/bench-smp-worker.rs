@@ -24,8 +24,8 @@ const FAILED: u64 = 0xFA11_0000_0000;
 const NO_DEVICE: u64 = 0x0DE0_0001;
 const NULL_CALLS: u64 = 0x0DE0_0002;
 const COMPUTE: u64 = 0x0DE0_0003;
-/// Loop steps of one `COMPUTE` pair (about as long as a map + unmap pair
-/// without devices, under TCG).
+/// Loop steps of one `COMPUTE` pair (about 57 us under TCG, so a round of
+/// 3 000 pairs lasts about 0.17 s: long against the 10 ms tick).
 const COMPUTE_STEPS: u64 = 20_000;
 
 /// Claims the first free edu behind an IOMMU and attaches it to a new IOAS.
