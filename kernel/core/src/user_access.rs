@@ -2,7 +2,7 @@
 //! checked in the task's page tables first: below [`USER_STACK_TOP`],
 //! mapped, not device memory, and writable for a copy out.
 //!
-//! The last page translated is kept (`translate_page`): a syscall reads
+//! Each CPU keeps the last page it translated (`translate_page`): a syscall reads
 //! its struct and writes its answer on one page, nearly always the same
 //! page of the task's stack as the call before, so most accesses need no
 //! walk of the task's tables. The kept translation is valid only while no
@@ -44,7 +44,8 @@ static LAST: [crate::cpu::CachePadded<spin::Mutex<Option<Kept>>>; crate::cpu::MA
 /// made, else a walk of the tables (kept for next time).
 fn translate_page(root: u64, page: u64) -> Option<(u64, UserPerms)> {
     let generation = GENERATION.load(Ordering::Acquire);
-    if let Some(last) = LAST[crate::cpu::index()].try_lock() {
+    let kept = &LAST[crate::cpu::index()];
+    if let Some(last) = kept.try_lock() {
         if let Some(k) = *last {
             if k.generation == generation && k.root == root && k.page == page {
                 return Some((k.pa, k.perms));
@@ -54,7 +55,7 @@ fn translate_page(root: u64, page: u64) -> Option<(u64, UserPerms)> {
     let (pa, perms) = crate::platform().user_translate(root, page)?;
     // A change that raced the walk moved the generation on: the entry kept
     // here is then never used.
-    if let Some(mut last) = LAST[crate::cpu::index()].try_lock() {
+    if let Some(mut last) = kept.try_lock() {
         *last = Some(Kept { generation, root, page, pa, perms });
     }
     Some((pa, perms))

@@ -2,14 +2,9 @@
 //! of its own with its own `edu` attached (so every call reaches the IOMMU),
 //! started together with the others by `bench-smp`'s start word.
 //!
-//! Mailbox (shared with `bench-smp`): slot 0 hands over the index (answered
-//! with `TAKEN`), slot 1 the pairs to run, slot 2 the start word, slot 3 +
-//! index receives the user-counter time the last pair ended (or `FAILED`),
-//! slot 7 says [`NO_DEVICE`] for a round without devices (the IOAS then
-//! reaches no IOMMU: the kernel's own share of the cost), [`NULL_CALLS`]
-//! for pairs of the cheapest syscall (the entry and exit path alone), or
-//! [`COMPUTE`] for pairs of a fixed loop without syscalls (what the
-//! machine's CPUs give: the ceiling of any scaling).
+//! Or, by the series `bench-smp` names, the same without a device, pairs
+//! of the cheapest syscall, or pairs of a loop without syscalls. The
+//! mailbox words are in `bench_smp_protocol.rs`.
 #![no_std]
 #![no_main]
 
@@ -17,13 +12,12 @@ use abi::iommufd::{MAP_READABLE, MAP_WRITEABLE};
 use edu_driver as edu;
 use userlib::{iommufd, sys};
 
+#[path = "../bench_smp_protocol.rs"]
+mod protocol;
+
+use protocol::*;
+
 const PAGE: u64 = 4096;
-const TAKEN: u64 = 0xDEAD_0000_0000;
-const GO: u64 = 0x60_0060;
-const FAILED: u64 = 0xFA11_0000_0000;
-const NO_DEVICE: u64 = 0x0DE0_0001;
-const NULL_CALLS: u64 = 0x0DE0_0002;
-const COMPUTE: u64 = 0x0DE0_0003;
 /// Loop steps of one `COMPUTE` pair (about 57 us under TCG, so a round of
 /// 3 000 pairs lasts about 0.17 s: long against the 10 ms tick).
 const COMPUTE_STEPS: u64 = 20_000;
@@ -59,7 +53,9 @@ fn main() -> i32 {
         let _ = sys::test_mailbox_set(3 + index, FAILED);
         return 1;
     };
-    wait_for_go();
+    if !wait_for_go(index) {
+        return 1;
+    }
     let rw = MAP_READABLE | MAP_WRITEABLE;
     for _ in 0..pairs {
         let ok = iommufd::map(ioas, buf.va, PAGE, None, rw).and_then(|at| iommufd::unmap(ioas, at, PAGE));
@@ -72,17 +68,22 @@ fn main() -> i32 {
     0
 }
 
-/// Spins (yielding) until `bench-smp` gives the start word.
-fn wait_for_go() {
-    while sys::test_mailbox_get(2) != Ok(GO) {
-        let _ = sys::yield_now();
+/// Waits (yielding) for `bench-smp`'s start word, for at most a minute; on
+/// a timeout marks this worker failed. Whether the start came.
+fn wait_for_go(index: u64) -> bool {
+    let go = userlib::driver::wait_until(60_000_000_000, "start", || sys::test_mailbox_get(2) == Ok(GO)).is_ok();
+    if !go {
+        let _ = sys::test_mailbox_set(3 + index, FAILED);
     }
+    go
 }
 
 /// The rounds that reach no IOAS: `pairs` pairs of the cheapest syscall
 /// ([`NULL_CALLS`]) or of a loop of [`COMPUTE_STEPS`] steps ([`COMPUTE`]).
 fn without_iommufd(index: u64, pairs: u64, mode: u64) -> i32 {
-    wait_for_go();
+    if !wait_for_go(index) {
+        return 1;
+    }
     let mut x = index.wrapping_add(1);
     for _ in 0..pairs {
         if mode == NULL_CALLS {

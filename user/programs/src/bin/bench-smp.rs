@@ -12,13 +12,11 @@
 use userlib::println;
 use userlib::sys::{self, Counter};
 
-const TAKEN: u64 = 0xDEAD_0000_0000;
-const GO: u64 = 0x60_0060;
-const FAILED: u64 = 0xFA11_0000_0000;
-const NO_DEVICE: u64 = 0x0DE0_0001;
-const NULL_CALLS: u64 = 0x0DE0_0002;
-const COMPUTE: u64 = 0x0DE0_0003;
-const NOT_YET: u64 = 0;
+#[path = "../bench_smp_protocol.rs"]
+mod protocol;
+
+use protocol::*;
+
 /// Pairs per task and round (map + unmap, and compute loops).
 const PAIRS: u64 = 3_000;
 /// Pairs per task and round of the null syscalls (each far cheaper).
